@@ -1,0 +1,53 @@
+//! The state-machine contract every replicated app implements.
+//!
+//! A replica applies committed log entries, in log order, to its [`StateMachine`].
+//! Only the leader's answer reaches the client, but every replica must reach the same
+//! state, so implementations must be deterministic:
+//!
+//! # To ensure correctness
+//! - `apply` must depend only on the current state, `index`, `time_ms` and `command`.
+//!   Never read a clock, a random source or the environment inside `apply`: the leader
+//!   stamps its wall clock into every entry as `time_ms`, which is non-decreasing.
+//! - `query` must not change the state that later `apply` calls observe.
+//! - `restore(snapshot())` must yield a machine indistinguishable from the original.
+
+use async_trait::async_trait;
+
+/// An error from a state machine. The replica hosting it is stopped; the host is not.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The app broke the protocol or returned garbage; the message says how.
+    #[error("app protocol error: {0}")]
+    Protocol(String),
+    /// The app process is gone or its socket failed.
+    #[error("app unavailable: {0}")]
+    Unavailable(String),
+    /// A snapshot could not be decoded.
+    #[error("bad snapshot: {0}")]
+    BadSnapshot(String),
+}
+
+/// A deterministic state machine hosted by a replica.
+#[async_trait]
+pub trait StateMachine: Send + Sync + 'static {
+    /// Applies one committed command and returns the reply for the client.
+    async fn apply(&mut self, index: u64, time_ms: u64, command: &[u8]) -> Result<Vec<u8>, AppError>;
+
+    /// Answers a read-only request against the current state.
+    async fn query(&mut self, time_ms: u64, request: &[u8]) -> Result<Vec<u8>, AppError>;
+
+    /// Serialises the whole state.
+    async fn snapshot(&mut self) -> Result<Vec<u8>, AppError>;
+
+    /// Replaces the whole state with a snapshot taken by [`StateMachine::snapshot`].
+    async fn restore(&mut self, snapshot: &[u8]) -> Result<(), AppError>;
+
+    /// Approximate bytes of state held, for metrics and placement.
+    fn state_bytes(&self) -> u64;
+}
+
+/// Builds a fresh, empty state machine for a new replica.
+pub trait StateMachineFactory: Send + Sync + 'static {
+    /// A new empty machine for `group`.
+    fn create(&self, group: crate::ids::GroupId) -> Box<dyn StateMachine>;
+}

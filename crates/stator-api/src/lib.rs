@@ -1,0 +1,14 @@
+//! Types shared by every stator layer.
+//!
+//! # Layout
+//! - [`app`]: the contract between a replica and the state machine it runs
+//!   (built-in `kv`, an external `stator-sm/1` process, ...).
+//! - [`ids`]: node, group and replica identifiers.
+//! - [`slot`]: Redis-Cluster key slots (`CRC16(hash-tag(key)) mod 16384`) and slot ranges.
+//! - [`spec`]: service, node-pool and node specs as users write them, with validation
+//!   whose errors name the field.
+
+pub mod app;
+pub mod ids;
+pub mod slot;
+pub mod spec;

@@ -1,0 +1,1 @@
+//! Redis-Cluster key slots. (to be written)

@@ -1,0 +1,1 @@
+//! Specs. (to be written)
