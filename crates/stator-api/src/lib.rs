@@ -5,6 +5,7 @@
 //!   (built-in `kv`, an external `stator-sm/1` process, ...).
 //! - [`ids`]: node, group and replica identifiers.
 //! - [`slot`]: Redis-Cluster key slots (`CRC16(hash-tag(key)) mod 16384`) and slot ranges.
+//! - [`agent`]: the agent <-> server protocol: registration, heartbeats, assignments.
 //! - [`spec`]: service, node-pool and node specs as users write them, with validation
 //!   whose errors name the field.
 
@@ -12,3 +13,4 @@ pub mod app;
 pub mod ids;
 pub mod slot;
 pub mod spec;
+pub mod agent;

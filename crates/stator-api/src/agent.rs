@@ -1,0 +1,1 @@
+//! The agent <-> server protocol. (being written)
