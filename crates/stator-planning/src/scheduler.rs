@@ -1,0 +1,562 @@
+//! Placement: filter the nodes, score the survivors, pick distinct nodes (and zones).
+//!
+//! Filters, in order: schedulable, label requirements, free capacity for the request,
+//! node anti-affinity (no node already hosting a member of the partition). Zone
+//! anti-affinity is applied when choosing: with `SpreadDomain::Zone`, each new replica
+//! goes to a zone no member uses while such zones have a feasible node; only when the
+//! cluster has fewer usable zones than replicas does a zone take a second member.
+//!
+//! Scores (higher is better, ties broken by the lower node id so runs repeat):
+//! - [`Policy::Spread`]: Kubernetes' defaults, NodeResourcesFit/LeastAllocated plus
+//!   BalancedAllocation, weight 1 each, both on a 0-100 scale over CPU and memory.
+//! - [`Policy::Cost`]: best fit (least capacity left after placing) with the node's
+//!   price per unit of resource as a tie-breaker; long-running replicas and jobs kept
+//!   on separate nodes; jobs binned by expected end time so nodes empty together;
+//!   CPU-only work kept off GPU nodes.
+
+use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
+
+use crate::error::PlacementError;
+use crate::view::{free_of, ClusterView, LabelRequirement, NodeEntry, Resources, WorkloadKind};
+use stator_api::ids::NodeId;
+
+/// Scoring policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Policy {
+    /// Kubernetes default scoring: spread load, balance CPU against memory.
+    Spread,
+    /// Pack onto the cheapest fitting capacity so whole nodes can be released.
+    Cost,
+}
+
+/// The failure domain that replicas of one partition must not share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SpreadDomain {
+    /// Distinct nodes.
+    Node,
+    /// Distinct zones where enough zones exist (and always distinct nodes).
+    Zone,
+}
+
+/// What to place: `replicas` new replicas of one partition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlacementRequest {
+    /// Service name.
+    pub service: String,
+    /// Partition index.
+    pub partition: u32,
+    /// How many new replicas to place (members already in the view are avoided, not
+    /// counted).
+    pub replicas: u32,
+    /// Resources each replica requests.
+    pub resources: Resources,
+    /// Anti-affinity domain.
+    pub spread: SpreadDomain,
+    /// Long-running or job.
+    pub kind: WorkloadKind,
+    /// Now, in the caller's time base (seconds): a job's expected end is
+    /// `now_s + expected_duration_s`.
+    pub now_s: u64,
+    /// Label requirements (e.g. an allowed GPU model); empty = none.
+    pub node_selector: Vec<LabelRequirement>,
+}
+
+impl PlacementRequest {
+    /// A long-running request with zone spread and no selector.
+    pub fn long_running(service: &str, partition: u32, replicas: u32, resources: Resources) -> Self {
+        PlacementRequest {
+            service: service.to_string(),
+            partition,
+            replicas,
+            resources,
+            spread: SpreadDomain::Zone,
+            kind: WorkloadKind::LongRunning,
+            now_s: 0,
+            node_selector: Vec::new(),
+        }
+    }
+
+    /// A single-replica job expected to run `expected_duration_s` from `now_s`.
+    pub fn job(service: &str, resources: Resources, now_s: u64, expected_duration_s: u64) -> Self {
+        PlacementRequest {
+            service: service.to_string(),
+            partition: 0,
+            replicas: 1,
+            resources,
+            spread: SpreadDomain::Node,
+            kind: WorkloadKind::Job { expected_duration_s },
+            now_s,
+            node_selector: Vec::new(),
+        }
+    }
+
+    /// When a job placed now is expected to end (None for long-running).
+    pub fn expected_end_s(&self) -> Option<u64> {
+        match self.kind {
+            WorkloadKind::LongRunning => None,
+            WorkloadKind::Job { expected_duration_s } => Some(self.now_s.saturating_add(expected_duration_s)),
+        }
+    }
+}
+
+/// Width of a job end-time bin: jobs ending within the same bin share nodes.
+pub const JOB_END_BIN_S: u64 = 1800;
+
+/// Places `req.replicas` new replicas of a partition on distinct nodes that host no
+/// member of the partition yet, in distinct zones (also distinct from existing
+/// members' zones) when `req.spread` is `Zone` and enough zones have room. Returns the
+/// chosen nodes, best first. The view is not changed.
+pub fn place_partition(view: &ClusterView, req: &PlacementRequest, policy: Policy) -> Result<Vec<NodeId>, PlacementError> {
+    let members = view.partition_nodes(&req.service, req.partition);
+    place_avoiding(view, req, &members, req.replicas, policy)
+}
+
+/// Chooses the node for a replacement of a lost replica: one node that hosts none of
+/// `survivors`, in a zone none of them uses where possible. The lost replica's own
+/// node should be absent or unschedulable in the view (or listed among `survivors`
+/// to be avoided).
+pub fn place_replacement(
+    view: &ClusterView,
+    req: &PlacementRequest,
+    survivors: &[NodeId],
+    policy: Policy,
+) -> Result<NodeId, PlacementError> {
+    place_avoiding(view, req, survivors, 1, policy).map(|v| v[0])
+}
+
+/// Places several requests in best-fit-decreasing order (largest request first, by
+/// its dominant share of the largest node), applying each placement to a scratch copy
+/// of the view so later requests see earlier ones. Returns, per request in the input
+/// order, its nodes or its error.
+pub fn place_batch(
+    view: &ClusterView,
+    requests: &[PlacementRequest],
+    policy: Policy,
+) -> Vec<Result<Vec<NodeId>, PlacementError>> {
+    let mut scratch = view.clone();
+    let max_cap = view.nodes().fold(Resources::default(), |m, n| Resources {
+        cpu_millis: m.cpu_millis.max(n.capacity.cpu_millis),
+        memory_mib: m.memory_mib.max(n.capacity.memory_mib),
+        gpu_milli: m.gpu_milli.max(n.capacity.gpu_milli),
+    });
+    let mut order: Vec<usize> = (0..requests.len()).collect();
+    order.sort_by(|&a, &b| {
+        dominant_share(&requests[b].resources, &max_cap)
+            .total_cmp(&dominant_share(&requests[a].resources, &max_cap))
+            .then(a.cmp(&b))
+    });
+    let mut out: Vec<Option<Result<Vec<NodeId>, PlacementError>>> = vec![None; requests.len()];
+    for i in order {
+        let req = &requests[i];
+        let result = place_partition(&scratch, req, policy);
+        if let Ok(nodes) = &result {
+            for &n in nodes {
+                scratch.add_replica(crate::view::Replica {
+                    service: req.service.clone(),
+                    partition: req.partition,
+                    node: n,
+                    resources: req.resources,
+                    kind: req.kind,
+                    expected_end_s: req.expected_end_s(),
+                    state_bytes: 0,
+                });
+            }
+        }
+        out[i] = Some(result);
+    }
+    out.into_iter().map(|r| r.expect("every request placed or failed")).collect()
+}
+
+fn dominant_share(r: &Resources, cap: &Resources) -> f64 {
+    let f = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    f(r.cpu_millis, cap.cpu_millis).max(f(r.memory_mib, cap.memory_mib)).max(f(r.gpu_milli, cap.gpu_milli))
+}
+
+/// Whether `node` passes every filter for `req` (capacity, schedulable, selector).
+/// Anti-affinity is the caller's: it depends on the partition's members.
+#[inline]
+fn passes_filters(e: &NodeEntry, req: &PlacementRequest) -> bool {
+    if !e.node.schedulable || !req.resources.fits_in(&free_of(e)) {
+        return false;
+    }
+    req.node_selector.iter().all(|l| match e.node.labels.get(&l.key) {
+        Some(v) => l.values.is_empty() || l.values.iter().any(|a| a == v),
+        None => false,
+    })
+}
+
+/// The score of placing `req` on the node (higher is better), or None if it does not
+/// pass the filters. Exposed for tests and for explaining decisions.
+pub fn score_node(view: &ClusterView, node: NodeId, req: &PlacementRequest, policy: Policy) -> Option<f64> {
+    let e = &view.nodes[view.node_index(node)?];
+    passes_filters(e, req).then(|| score(e, req, policy))
+}
+
+#[inline]
+fn score(e: &NodeEntry, req: &PlacementRequest, policy: Policy) -> f64 {
+    match policy {
+        Policy::Spread => spread_score(e, req),
+        Policy::Cost => cost_score(e, req),
+    }
+}
+
+/// LeastAllocated + BalancedAllocation (each 0-100, weight 1), over CPU and memory,
+/// with the request included, as kube-scheduler computes them.
+#[inline]
+fn spread_score(e: &NodeEntry, req: &PlacementRequest) -> f64 {
+    let cap = &e.node.capacity;
+    let used = e.stats.allocated + e.node.reserved + req.resources;
+    let frac = |u: u64, c: u64| if c == 0 { 1.0 } else { (u as f64 / c as f64).min(1.0) };
+    let cpu = frac(used.cpu_millis, cap.cpu_millis);
+    let mem = frac(used.memory_mib, cap.memory_mib);
+    let least_allocated = ((1.0 - cpu) * 100.0 + (1.0 - mem) * 100.0) / 2.0;
+    let balanced = (1.0 - (cpu - mem).abs() / 2.0) * 100.0;
+    least_allocated + balanced
+}
+
+/// Best fit on price: prefer nodes left fullest by the placement, then cheaper per
+/// unit of resource; keep jobs and long-running work apart; bin jobs by end time.
+#[inline]
+fn cost_score(e: &NodeEntry, req: &PlacementRequest) -> f64 {
+    let cap = &e.node.capacity;
+    let used = e.stats.allocated + e.node.reserved + req.resources;
+    let frac = |u: u64, c: u64| if c == 0 { 1.0 } else { (u as f64 / c as f64).min(1.0) };
+    // Leftover after placing, 0 (perfect fit) to 100 (empty).
+    let leftover = 100.0 - (frac(used.cpu_millis, cap.cpu_millis) + frac(used.memory_mib, cap.memory_mib)) * 50.0;
+    let mut penalty = leftover;
+    // Keep CPU-only work off GPU nodes: GPUs are the scarce, expensive part.
+    if req.resources.gpu_milli == 0 && cap.gpu_milli > 0 {
+        penalty += 400.0;
+    }
+    let is_empty = e.stats.long_running == 0 && e.stats.jobs == 0;
+    match req.kind {
+        WorkloadKind::LongRunning => {
+            if e.stats.jobs > 0 {
+                penalty += 200.0;
+            }
+        }
+        WorkloadKind::Job { .. } => {
+            if e.stats.long_running > 0 {
+                penalty += 200.0;
+            } else if !is_empty {
+                let end = req.expected_end_s().unwrap_or(0) / JOB_END_BIN_S;
+                let node_end = e.stats.job_end_max_s / JOB_END_BIN_S;
+                // Each bin of distance costs like 10 % of a node's leftover; capped so a
+                // badly binned but nearly full node still beats an empty one.
+                penalty += (end.abs_diff(node_end) as f64 * 10.0).min(90.0);
+            }
+        }
+    }
+    // An empty node is capacity we could release: opening it costs its whole price.
+    if is_empty {
+        penalty += 100.0;
+    }
+    // Price per unit as a fine tie-breaker (USD/h per unit is typically 0.01-0.1).
+    penalty += e.node.price_per_unit().min(10.0);
+    -penalty
+}
+
+#[derive(Clone, Copy)]
+struct Candidate {
+    score: f64,
+    id: NodeId,
+    zone: u32,
+}
+
+#[inline]
+fn better(a: &Candidate, b: &Candidate) -> Ordering {
+    // Descending score, ascending id.
+    b.score.total_cmp(&a.score).then(a.id.cmp(&b.id))
+}
+
+fn place_avoiding(
+    view: &ClusterView,
+    req: &PlacementRequest,
+    avoid_nodes: &[NodeId],
+    count: u32,
+    policy: Policy,
+) -> Result<Vec<NodeId>, PlacementError> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let avoid_zones: Vec<u32> =
+        avoid_nodes.iter().filter_map(|&n| view.node_index(n)).map(|ix| view.nodes[ix].zone_ix).collect();
+    let want = count as usize;
+    let zone_spread = req.spread == SpreadDomain::Zone;
+    // Best candidate per zone (for zone spread) and the best `want` overall, kept
+    // without sorting every node: one pass, small buffers.
+    let mut best_per_zone: Vec<Option<Candidate>> = if zone_spread { vec![None; view.zone_count()] } else { Vec::new() };
+    let mut top: Vec<Candidate> = Vec::with_capacity(want + avoid_nodes.len() + 1);
+    let keep = want + if zone_spread { want } else { 0 };
+    let mut feasible = 0u32;
+    for e in &view.nodes {
+        if !passes_filters(e, req) || avoid_nodes.contains(&e.node.id) {
+            continue;
+        }
+        feasible += 1;
+        let c = Candidate { score: score(e, req, policy), id: e.node.id, zone: e.zone_ix };
+        if zone_spread {
+            let slot = &mut best_per_zone[c.zone as usize];
+            if slot.map_or(true, |b| better(&c, &b) == Ordering::Less) {
+                *slot = Some(c);
+            }
+        }
+        // Maintain the `keep` best overall (insertion into a short sorted vec).
+        if top.len() < keep || better(&c, top.last().expect("non-empty")) == Ordering::Less {
+            let pos = top.partition_point(|t| better(t, &c) == Ordering::Less);
+            top.insert(pos, c);
+            if top.len() > keep {
+                top.pop();
+            }
+        }
+    }
+    if (feasible as usize) < want {
+        return Err(PlacementError::InsufficientNodes {
+            service: req.service.clone(),
+            partition: req.partition,
+            wanted: count,
+            feasible,
+        });
+    }
+    let mut chosen: Vec<Candidate> = Vec::with_capacity(want);
+    if zone_spread {
+        let mut zone_best: Vec<Candidate> =
+            best_per_zone.into_iter().flatten().filter(|c| !avoid_zones.contains(&c.zone)).collect();
+        zone_best.sort_by(better);
+        chosen.extend(zone_best.into_iter().take(want));
+    }
+    if chosen.len() < want {
+        // Not enough fresh zones (or node spread): fill with the best remaining nodes,
+        // preferring zones used least so far.
+        let mut rest: Vec<Candidate> =
+            top.iter().filter(|c| !chosen.iter().any(|x| x.id == c.id)).copied().collect();
+        if chosen.len() + rest.len() < want {
+            // `top` was too short after removing chosen ones: rescan everything.
+            rest = view
+                .nodes
+                .iter()
+                .filter(|e| passes_filters(e, req) && !avoid_nodes.contains(&e.node.id))
+                .filter(|e| !chosen.iter().any(|x| x.id == e.node.id))
+                .map(|e| Candidate { score: score(e, req, policy), id: e.node.id, zone: e.zone_ix })
+                .collect();
+            rest.sort_by(better);
+        }
+        while chosen.len() < want {
+            let zone_uses = |z: u32| {
+                avoid_zones.iter().filter(|&&x| x == z).count() + chosen.iter().filter(|x| x.zone == z).count()
+            };
+            let pick = if zone_spread {
+                rest.iter().enumerate().min_by(|(_, a), (_, b)| zone_uses(a.zone).cmp(&zone_uses(b.zone)).then(better(a, b)))
+            } else {
+                rest.iter().enumerate().next()
+            };
+            let (i, _) = pick.expect("feasible >= want");
+            chosen.push(rest.remove(i));
+        }
+    }
+    Ok(chosen.into_iter().map(|c| c.id).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::{Node, Replica};
+
+    fn node(id: NodeId, zone: &str, cpu: u64, mem: u64, price: f64) -> Node {
+        Node::new(id, zone, "p", Resources::new(cpu, mem), price)
+    }
+
+    fn lr(service: &str, partition: u32, node: NodeId, cpu: u64, mem: u64) -> Replica {
+        Replica {
+            service: service.into(),
+            partition,
+            node,
+            resources: Resources::new(cpu, mem),
+            kind: WorkloadKind::LongRunning,
+            expected_end_s: None,
+            state_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn spread_score_matches_kubernetes_formula() {
+        // Node 4000m / 8192Mi with 1000m / 2048Mi used; request 1000m / 2048Mi.
+        // After: cpu 0.5, mem 0.5 -> LeastAllocated 50, Balanced 100.
+        let view = ClusterView::from_parts(vec![node(1, "a", 4000, 8192, 1.0)], vec![lr("x", 9, 1, 1000, 2048)]);
+        let req = PlacementRequest::long_running("s", 0, 1, Resources::new(1000, 2048));
+        assert_eq!(score_node(&view, 1, &req, Policy::Spread), Some(150.0));
+        // Unbalanced: request 2000m / 0 -> cpu 0.75, mem 0.25: LA 50, BA 75.
+        let req = PlacementRequest::long_running("s", 0, 1, Resources::new(2000, 0));
+        assert_eq!(score_node(&view, 1, &req, Policy::Spread), Some(125.0));
+    }
+
+    #[test]
+    fn spread_prefers_least_allocated_cost_prefers_fullest() {
+        let view = ClusterView::from_parts(
+            vec![node(1, "a", 4000, 8192, 1.0), node(2, "a", 4000, 8192, 1.0)],
+            vec![lr("x", 0, 1, 2000, 4096)],
+        );
+        let req = PlacementRequest { spread: SpreadDomain::Node, ..PlacementRequest::long_running("s", 0, 1, Resources::new(1000, 1024)) };
+        assert_eq!(place_partition(&view, &req, Policy::Spread).unwrap(), vec![2]);
+        assert_eq!(place_partition(&view, &req, Policy::Cost).unwrap(), vec![1]);
+    }
+
+    #[test]
+    fn distinct_zones_when_enough_zones() {
+        // Zone a has the two emptiest nodes, but a partition of 3 must span a, b, c.
+        let view = ClusterView::from_parts(
+            vec![
+                node(1, "a", 8000, 16384, 1.0),
+                node(2, "a", 8000, 16384, 1.0),
+                node(3, "b", 4000, 8192, 1.0),
+                node(4, "c", 4000, 8192, 1.0),
+            ],
+            vec![],
+        );
+        let req = PlacementRequest::long_running("s", 0, 3, Resources::new(500, 512));
+        for policy in [Policy::Spread, Policy::Cost] {
+            let mut got = place_partition(&view, &req, policy).unwrap();
+            let zones: std::collections::BTreeSet<_> = got.iter().map(|&n| view.zone_of(n).unwrap()).collect();
+            assert_eq!(zones.len(), 3, "{policy:?} chose {got:?}");
+            got.sort();
+            got.dedup();
+            assert_eq!(got.len(), 3);
+        }
+    }
+
+    #[test]
+    fn falls_back_to_distinct_nodes_with_too_few_zones() {
+        let view = ClusterView::from_parts(
+            vec![node(1, "a", 4000, 8192, 1.0), node(2, "a", 4000, 8192, 1.0), node(3, "b", 4000, 8192, 1.0)],
+            vec![],
+        );
+        let req = PlacementRequest::long_running("s", 0, 3, Resources::new(500, 512));
+        let mut got = place_partition(&view, &req, Policy::Spread).unwrap();
+        got.sort();
+        assert_eq!(got, vec![1, 2, 3]);
+        let req4 = PlacementRequest { replicas: 4, ..req };
+        assert!(matches!(
+            place_partition(&view, &req4, Policy::Spread),
+            Err(PlacementError::InsufficientNodes { wanted: 4, feasible: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn capacity_and_schedulable_filters() {
+        let mut view = ClusterView::from_parts(
+            vec![node(1, "a", 1000, 1024, 1.0), node(2, "b", 4000, 8192, 1.0), node(3, "c", 4000, 8192, 1.0)],
+            vec![],
+        );
+        view.set_schedulable(3, false);
+        let req = PlacementRequest::long_running("s", 0, 1, Resources::new(2000, 512));
+        assert_eq!(place_partition(&view, &req, Policy::Cost).unwrap(), vec![2]);
+        assert_eq!(place_partition(&view, &req, Policy::Spread).unwrap(), vec![2]);
+    }
+
+    #[test]
+    fn replacement_avoids_survivor_nodes_and_zones() {
+        // Partition members on 1 (zone a) and 2 (zone b); 3 (zone c) lost. Candidates:
+        // 4 in zone a (emptiest), 5 in zone c.
+        let mut view = ClusterView::from_parts(
+            vec![
+                node(1, "a", 4000, 8192, 1.0),
+                node(2, "b", 4000, 8192, 1.0),
+                node(3, "c", 4000, 8192, 1.0),
+                node(4, "a", 16000, 65536, 1.0),
+                node(5, "c", 4000, 8192, 1.0),
+            ],
+            vec![lr("s", 0, 1, 500, 512), lr("s", 0, 2, 500, 512), lr("s", 0, 3, 500, 512)],
+        );
+        view.remove_node(3);
+        let req = PlacementRequest::long_running("s", 0, 1, Resources::new(500, 512));
+        for policy in [Policy::Spread, Policy::Cost] {
+            assert_eq!(place_replacement(&view, &req, &[1, 2], policy).unwrap(), 5);
+        }
+        // place_partition finds the members itself.
+        assert_eq!(place_partition(&view, &req, Policy::Spread).unwrap(), vec![5]);
+    }
+
+    #[test]
+    fn cost_prefers_cheaper_per_unit_among_equal_fits() {
+        let view = ClusterView::from_parts(
+            vec![node(1, "a", 4000, 8192, 2.0), node(2, "a", 4000, 8192, 1.0)],
+            vec![lr("x", 0, 1, 1000, 1024), lr("x", 1, 2, 1000, 1024)],
+        );
+        let req = PlacementRequest { spread: SpreadDomain::Node, ..PlacementRequest::long_running("s", 0, 1, Resources::new(1000, 1024)) };
+        assert_eq!(place_partition(&view, &req, Policy::Cost).unwrap(), vec![2]);
+    }
+
+    #[test]
+    fn cost_keeps_jobs_apart_and_bins_by_end_time() {
+        let job = |node: NodeId, end: u64| Replica {
+            service: format!("job-{node}-{end}"),
+            partition: 0,
+            node,
+            resources: Resources::new(1000, 1024),
+            kind: WorkloadKind::Job { expected_duration_s: end },
+            expected_end_s: Some(end),
+            state_bytes: 0,
+        };
+        let view = ClusterView::from_parts(
+            vec![node(1, "a", 8000, 16384, 1.0), node(2, "a", 8000, 16384, 1.0), node(3, "a", 8000, 16384, 1.0)],
+            vec![lr("svc", 0, 1, 1000, 1024), job(2, 600), job(3, 36000)],
+        );
+        // A job ending at t=700 goes with the job ending at 600, not the one at 36000
+        // and not beside the long-running replica.
+        let req = PlacementRequest::job("j", Resources::new(1000, 1024), 100, 600);
+        assert_eq!(place_partition(&view, &req, Policy::Cost).unwrap(), vec![2]);
+        let late = PlacementRequest::job("j", Resources::new(1000, 1024), 30000, 6000);
+        assert_eq!(place_partition(&view, &late, Policy::Cost).unwrap(), vec![3]);
+        // A long-running replica goes beside the long-running one.
+        let svc = PlacementRequest { spread: SpreadDomain::Node, ..PlacementRequest::long_running("t", 0, 1, Resources::new(1000, 1024)) };
+        assert_eq!(place_partition(&view, &svc, Policy::Cost).unwrap(), vec![1]);
+    }
+
+    #[test]
+    fn gpu_requests_need_gpu_and_selector() {
+        let mut g1 = Node::new(1, "a", "g", Resources::with_gpu(8000, 16384, 2000), 3.0);
+        g1.labels.insert("gpu.model".into(), "T4".into());
+        let mut g2 = Node::new(2, "a", "g", Resources::with_gpu(8000, 16384, 2000), 3.0);
+        g2.labels.insert("gpu.model".into(), "V100".into());
+        let c = node(3, "a", 8000, 16384, 0.5);
+        let view = ClusterView::from_parts(vec![g1, g2, c], vec![]);
+        let mut req = PlacementRequest::job("j", Resources::with_gpu(1000, 1024, 500), 0, 60);
+        req.node_selector = vec![LabelRequirement { key: "gpu.model".into(), values: vec!["V100".into()] }];
+        assert_eq!(place_partition(&view, &req, Policy::Cost).unwrap(), vec![2]);
+        // CPU-only work stays off the GPU nodes under Cost.
+        let cpu = PlacementRequest::job("k", Resources::new(1000, 1024), 0, 60);
+        assert_eq!(place_partition(&view, &cpu, Policy::Cost).unwrap(), vec![3]);
+    }
+
+    #[test]
+    fn batch_places_largest_first() {
+        // One 4-core node and one 2-core node: first-come would put the 1-core request
+        // on the 2-core node (best fit) and then the 3-core one on the 4-core; with a
+        // single 4-core node and a 2-core node and requests 2+3 cores, order matters.
+        let view = ClusterView::from_parts(vec![node(1, "a", 4000, 8192, 1.0), node(2, "a", 2000, 4096, 0.5)], vec![]);
+        let small = PlacementRequest { spread: SpreadDomain::Node, ..PlacementRequest::long_running("a", 0, 1, Resources::new(2000, 1024)) };
+        let big = PlacementRequest { spread: SpreadDomain::Node, ..PlacementRequest::long_running("b", 0, 1, Resources::new(3000, 1024)) };
+        let out = place_batch(&view, &[small, big], Policy::Cost);
+        assert_eq!(out[1].as_ref().unwrap(), &vec![1]);
+        assert_eq!(out[0].as_ref().unwrap(), &vec![2]);
+    }
+
+    #[test]
+    fn view_bookkeeping_follows_mutations() {
+        let mut view = ClusterView::from_parts(vec![node(1, "a", 4000, 8192, 1.0), node(2, "b", 4000, 8192, 1.0)], vec![]);
+        let s = view.add_replica(lr("s", 0, 1, 1000, 1024));
+        assert_eq!(view.free(1), Some(Resources::new(3000, 7168)));
+        view.move_replica(s, 2);
+        assert_eq!(view.free(1), Some(Resources::new(4000, 8192)));
+        assert_eq!(view.partition_nodes("s", 0), vec![2]);
+        view.resize_replica(s, Resources::new(2000, 1024));
+        assert_eq!(view.free(2), Some(Resources::new(2000, 7168)));
+        let gone = view.remove_node(2);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(view.replica_count(), 0);
+        assert!(view.partition_nodes("s", 0).is_empty());
+        assert_eq!(view.node_count(), 1);
+        assert_eq!(view.free(1), Some(Resources::new(4000, 8192)));
+    }
+}

@@ -1,0 +1,456 @@
+//! The cluster as the planner sees it: nodes, allocations and replicas, indexed.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::ops::{Add, Sub};
+
+use stator_api::ids::NodeId;
+
+/// A bundle of resources. GPUs are counted in milli-GPUs (one whole GPU = 1000), summed
+/// over the node's devices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Resources {
+    /// CPU in millicores.
+    pub cpu_millis: u64,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// GPU in milli-GPUs (0 for CPU-only).
+    pub gpu_milli: u64,
+}
+
+impl Resources {
+    /// CPU and memory, no GPU.
+    pub const fn new(cpu_millis: u64, memory_mib: u64) -> Self {
+        Resources { cpu_millis, memory_mib, gpu_milli: 0 }
+    }
+    /// With a GPU share.
+    pub const fn with_gpu(cpu_millis: u64, memory_mib: u64, gpu_milli: u64) -> Self {
+        Resources { cpu_millis, memory_mib, gpu_milli }
+    }
+    /// Whether every component of `self` is at most the one of `other`.
+    #[inline]
+    pub fn fits_in(&self, other: &Resources) -> bool {
+        self.cpu_millis <= other.cpu_millis
+            && self.memory_mib <= other.memory_mib
+            && self.gpu_milli <= other.gpu_milli
+    }
+    /// Component-wise subtraction that stops at zero.
+    #[inline]
+    pub fn saturating_sub(&self, other: &Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_sub(other.cpu_millis),
+            memory_mib: self.memory_mib.saturating_sub(other.memory_mib),
+            gpu_milli: self.gpu_milli.saturating_sub(other.gpu_milli),
+        }
+    }
+    /// Whether all components are zero.
+    pub fn is_zero(&self) -> bool {
+        self.cpu_millis == 0 && self.memory_mib == 0 && self.gpu_milli == 0
+    }
+}
+
+impl Add for Resources {
+    type Output = Resources;
+    fn add(self, o: Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis + o.cpu_millis,
+            memory_mib: self.memory_mib + o.memory_mib,
+            gpu_milli: self.gpu_milli + o.gpu_milli,
+        }
+    }
+}
+
+impl Sub for Resources {
+    type Output = Resources;
+    /// Panics on underflow: allocation can never go below zero.
+    fn sub(self, o: Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.checked_sub(o.cpu_millis).expect("cpu underflow"),
+            memory_mib: self.memory_mib.checked_sub(o.memory_mib).expect("memory underflow"),
+            gpu_milli: self.gpu_milli.checked_sub(o.gpu_milli).expect("gpu underflow"),
+        }
+    }
+}
+
+/// A node label requirement: the node's label `key` must be one of `values` (or, when
+/// `values` is empty, merely present).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelRequirement {
+    /// Label key, e.g. `gpu.model`.
+    pub key: String,
+    /// Accepted values; empty = any value.
+    pub values: Vec<String>,
+}
+
+/// One machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// The control plane's id for the node.
+    pub id: NodeId,
+    /// Human name (agent name, trace `sn`).
+    pub name: String,
+    /// Failure domain.
+    pub zone: String,
+    /// Node pool the node was provisioned from.
+    pub pool: String,
+    /// Allocatable capacity.
+    pub capacity: Resources,
+    /// Already requested by things the view holds no [`Replica`] for (system
+    /// daemons, foreign workloads). The view adds its replicas on top of this.
+    pub reserved: Resources,
+    /// What the node costs per hour, in USD.
+    pub price_per_hour: f64,
+    /// Free-form labels (`gpu.model`, ...).
+    pub labels: BTreeMap<String, String>,
+    /// False when cordoned, draining or not ready: no new replicas go there.
+    pub schedulable: bool,
+}
+
+impl Node {
+    /// A schedulable node with no labels and nothing reserved.
+    pub fn new(id: NodeId, zone: &str, pool: &str, capacity: Resources, price_per_hour: f64) -> Self {
+        Node {
+            id,
+            name: format!("node-{id}"),
+            zone: zone.to_string(),
+            pool: pool.to_string(),
+            capacity,
+            reserved: Resources::default(),
+            price_per_hour,
+            labels: BTreeMap::new(),
+            schedulable: true,
+        }
+    }
+
+    /// USD per hour per "unit" of resource, where a unit is the node's capacity
+    /// normalised to one core + 4 GiB (+ one GPU counted as 8 cores' worth): lets
+    /// nodes of different shapes be compared by price.
+    pub fn price_per_unit(&self) -> f64 {
+        let units = self.capacity.cpu_millis as f64 / 1000.0
+            + self.capacity.memory_mib as f64 / 4096.0
+            + self.capacity.gpu_milli as f64 / 1000.0 * 8.0;
+        if units <= 0.0 {
+            f64::INFINITY
+        } else {
+            self.price_per_hour / units
+        }
+    }
+}
+
+/// How a replica's lifetime is expected to go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WorkloadKind {
+    /// A service replica that runs until told otherwise.
+    LongRunning,
+    /// A batch task expected to finish after `expected_duration_s` seconds.
+    Job {
+        /// Expected run time in seconds.
+        expected_duration_s: u64,
+    },
+}
+
+/// One replica (or task) placed on a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Replica {
+    /// Service name.
+    pub service: String,
+    /// Partition index within the service (0 for single-partition services and jobs).
+    pub partition: u32,
+    /// Node hosting it.
+    pub node: NodeId,
+    /// Requested resources.
+    pub resources: Resources,
+    /// Long-running or job.
+    pub kind: WorkloadKind,
+    /// For jobs: when it is expected to end, in the caller's time base (seconds).
+    pub expected_end_s: Option<u64>,
+    /// Size of the replica's state, for migration cost (0 = stateless).
+    pub state_bytes: u64,
+}
+
+/// Handle to a replica inside a [`ClusterView`]; stable until the replica is removed.
+pub type ReplicaSlot = usize;
+
+/// Bookkeeping per node kept by the view.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NodeStats {
+    /// Requested by the view's replicas (not including `Node::reserved`).
+    pub(crate) allocated: Resources,
+    pub(crate) long_running: u32,
+    pub(crate) jobs: u32,
+    /// Latest expected end among the node's jobs.
+    pub(crate) job_end_max_s: u64,
+    pub(crate) replicas: Vec<ReplicaSlot>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct NodeEntry {
+    pub(crate) node: Node,
+    pub(crate) zone_ix: u32,
+    pub(crate) stats: NodeStats,
+}
+
+/// Nodes and replicas with the indexes the planner needs: node by id, zone numbers,
+/// replicas by node and by (service, partition). Mutations keep every index and each
+/// node's allocation in step, so a planner can apply its own actions to a copy and
+/// keep planning.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    pub(crate) nodes: Vec<NodeEntry>,
+    node_ix: HashMap<NodeId, usize>,
+    zones: Vec<String>,
+    zone_ix: HashMap<String, u32>,
+    replicas: Vec<Option<Replica>>,
+    free_slots: Vec<ReplicaSlot>,
+    services: HashMap<String, u32>,
+    partitions: HashMap<(u32, u32), Vec<ReplicaSlot>>,
+    replica_count: usize,
+}
+
+impl ClusterView {
+    /// An empty view.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A view of `nodes` holding `replicas`. Panics if a replica names an unknown node
+    /// or a node id repeats: the caller built an inconsistent snapshot.
+    pub fn from_parts(nodes: Vec<Node>, replicas: Vec<Replica>) -> Self {
+        let mut view = ClusterView::new();
+        for n in nodes {
+            view.add_node(n);
+        }
+        for r in replicas {
+            view.add_replica(r);
+        }
+        view
+    }
+
+    /// Adds a node. Panics if its id is already present.
+    pub fn add_node(&mut self, node: Node) {
+        assert!(!self.node_ix.contains_key(&node.id), "node {} added twice", node.id);
+        let zone_ix = self.intern_zone(&node.zone);
+        self.node_ix.insert(node.id, self.nodes.len());
+        self.nodes.push(NodeEntry { node, zone_ix, stats: NodeStats::default() });
+    }
+
+    /// Removes a node together with every replica on it; returns the removed replicas.
+    pub fn remove_node(&mut self, id: NodeId) -> Vec<Replica> {
+        let Some(&ix) = self.node_ix.get(&id) else { return Vec::new() };
+        let slots = self.nodes[ix].stats.replicas.clone();
+        let removed: Vec<Replica> = slots.into_iter().filter_map(|s| self.remove_replica(s)).collect();
+        let ix = self.node_ix.remove(&id).expect("indexed");
+        self.nodes.swap_remove(ix);
+        if ix < self.nodes.len() {
+            let moved = self.nodes[ix].node.id;
+            self.node_ix.insert(moved, ix);
+        }
+        removed
+    }
+
+    /// Marks a node (un)schedulable. Returns false if the node is unknown.
+    pub fn set_schedulable(&mut self, id: NodeId, schedulable: bool) -> bool {
+        match self.node_ix.get(&id) {
+            Some(&ix) => {
+                self.nodes[ix].node.schedulable = schedulable;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Adds a replica on its node, charging the node. Panics if the node is unknown.
+    pub fn add_replica(&mut self, replica: Replica) -> ReplicaSlot {
+        let ix = *self
+            .node_ix
+            .get(&replica.node)
+            .unwrap_or_else(|| panic!("replica of {} on unknown node {}", replica.service, replica.node));
+        let service_ix = self.intern_service(&replica.service);
+        let slot = match self.free_slots.pop() {
+            Some(s) => s,
+            None => {
+                self.replicas.push(None);
+                self.replicas.len() - 1
+            }
+        };
+        Self::charge(&mut self.nodes[ix].stats, &replica, slot);
+        self.partitions.entry((service_ix, replica.partition)).or_default().push(slot);
+        self.replicas[slot] = Some(replica);
+        self.replica_count += 1;
+        slot
+    }
+
+    /// Removes a replica, releasing its resources. None if the slot is empty.
+    pub fn remove_replica(&mut self, slot: ReplicaSlot) -> Option<Replica> {
+        let replica = self.replicas.get_mut(slot)?.take()?;
+        let ix = self.node_ix[&replica.node];
+        Self::release(&mut self.nodes[ix].stats, &replica, slot);
+        let service_ix = self.services[&replica.service];
+        let key = (service_ix, replica.partition);
+        if let Some(members) = self.partitions.get_mut(&key) {
+            members.retain(|&s| s != slot);
+            if members.is_empty() {
+                self.partitions.remove(&key);
+            }
+        }
+        self.free_slots.push(slot);
+        self.replica_count -= 1;
+        Some(replica)
+    }
+
+    /// Moves a replica to another node (the end state of a live migration). Panics if
+    /// the slot is empty or the target node unknown.
+    pub fn move_replica(&mut self, slot: ReplicaSlot, to: NodeId) {
+        let from = self.replicas[slot].as_ref().expect("moving an empty slot").node;
+        let from_ix = self.node_ix[&from];
+        let to_ix = *self.node_ix.get(&to).unwrap_or_else(|| panic!("move to unknown node {to}"));
+        let mut replica = self.replicas[slot].take().expect("checked");
+        Self::release(&mut self.nodes[from_ix].stats, &replica, slot);
+        replica.node = to;
+        Self::charge(&mut self.nodes[to_ix].stats, &replica, slot);
+        self.replicas[slot] = Some(replica);
+    }
+
+    /// Changes a replica's requested resources in place (vertical scaling).
+    pub fn resize_replica(&mut self, slot: ReplicaSlot, resources: Resources) {
+        let replica = self.replicas[slot].as_mut().expect("resizing an empty slot");
+        let ix = self.node_ix[&replica.node];
+        let stats = &mut self.nodes[ix].stats;
+        stats.allocated = stats.allocated - replica.resources + resources;
+        replica.resources = resources;
+    }
+
+    fn charge(stats: &mut NodeStats, replica: &Replica, slot: ReplicaSlot) {
+        stats.allocated = stats.allocated + replica.resources;
+        match replica.kind {
+            WorkloadKind::LongRunning => stats.long_running += 1,
+            WorkloadKind::Job { .. } => {
+                stats.jobs += 1;
+                stats.job_end_max_s = stats.job_end_max_s.max(replica.expected_end_s.unwrap_or(0));
+            }
+        }
+        stats.replicas.push(slot);
+    }
+
+    fn release(stats: &mut NodeStats, replica: &Replica, slot: ReplicaSlot) {
+        stats.allocated = stats.allocated - replica.resources;
+        match replica.kind {
+            WorkloadKind::LongRunning => stats.long_running -= 1,
+            WorkloadKind::Job { .. } => {
+                stats.jobs -= 1;
+                if stats.jobs == 0 {
+                    stats.job_end_max_s = 0;
+                }
+            }
+        }
+        if let Some(p) = stats.replicas.iter().position(|&s| s == slot) {
+            stats.replicas.swap_remove(p);
+        }
+    }
+
+    fn intern_zone(&mut self, zone: &str) -> u32 {
+        if let Some(&z) = self.zone_ix.get(zone) {
+            return z;
+        }
+        let z = self.zones.len() as u32;
+        self.zones.push(zone.to_string());
+        self.zone_ix.insert(zone.to_string(), z);
+        z
+    }
+
+    fn intern_service(&mut self, service: &str) -> u32 {
+        if let Some(&s) = self.services.get(service) {
+            return s;
+        }
+        let s = self.services.len() as u32;
+        self.services.insert(service.to_string(), s);
+        s
+    }
+
+    // ----- queries -----
+
+    /// Number of nodes.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+    /// Number of replicas.
+    pub fn replica_count(&self) -> usize {
+        self.replica_count
+    }
+    /// Number of distinct zones among nodes ever added.
+    pub fn zone_count(&self) -> usize {
+        self.zones.len()
+    }
+    /// Every node, in insertion order (modulo removals).
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> + '_ {
+        self.nodes.iter().map(|e| &e.node)
+    }
+    /// The node with this id.
+    pub fn node(&self, id: NodeId) -> Option<&Node> {
+        self.node_ix.get(&id).map(|&ix| &self.nodes[ix].node)
+    }
+    /// Resources requested on the node by the view's replicas plus `reserved`.
+    pub fn allocated(&self, id: NodeId) -> Option<Resources> {
+        self.node_ix.get(&id).map(|&ix| self.nodes[ix].stats.allocated + self.nodes[ix].node.reserved)
+    }
+    /// Capacity not yet requested on the node.
+    pub fn free(&self, id: NodeId) -> Option<Resources> {
+        self.node_ix.get(&id).map(|&ix| free_of(&self.nodes[ix]))
+    }
+    /// The replica in a slot.
+    pub fn replica(&self, slot: ReplicaSlot) -> Option<&Replica> {
+        self.replicas.get(slot).and_then(|r| r.as_ref())
+    }
+    /// Every replica with its slot.
+    pub fn replicas(&self) -> impl Iterator<Item = (ReplicaSlot, &Replica)> + '_ {
+        self.replicas.iter().enumerate().filter_map(|(s, r)| r.as_ref().map(|r| (s, r)))
+    }
+    /// Slots of the replicas on a node.
+    pub fn replicas_on(&self, id: NodeId) -> &[ReplicaSlot] {
+        match self.node_ix.get(&id) {
+            Some(&ix) => &self.nodes[ix].stats.replicas,
+            None => &[],
+        }
+    }
+    /// Slots of the replicas of one partition.
+    pub fn partition_members(&self, service: &str, partition: u32) -> &[ReplicaSlot] {
+        let Some(&s) = self.services.get(service) else { return &[] };
+        self.partitions.get(&(s, partition)).map(|v| v.as_slice()).unwrap_or(&[])
+    }
+    /// Nodes hosting a replica of the partition.
+    pub fn partition_nodes(&self, service: &str, partition: u32) -> Vec<NodeId> {
+        self.partition_members(service, partition)
+            .iter()
+            .map(|&s| self.replicas[s].as_ref().expect("indexed").node)
+            .collect()
+    }
+    /// Every (service, partition) present, sorted for determinism.
+    pub fn partition_keys(&self) -> Vec<(String, u32)> {
+        let mut names: Vec<(&String, &u32)> = self.services.iter().collect();
+        names.sort_by_key(|(_, &ix)| ix);
+        let names: Vec<&String> = names.into_iter().map(|(n, _)| n).collect();
+        let mut keys: Vec<(String, u32)> =
+            self.partitions.keys().map(|&(s, p)| (names[s as usize].clone(), p)).collect();
+        keys.sort();
+        keys
+    }
+    /// Zone of a node.
+    pub fn zone_of(&self, id: NodeId) -> Option<&str> {
+        self.node(id).map(|n| n.zone.as_str())
+    }
+    /// Count of long-running replicas and of jobs on a node.
+    pub fn workload_counts(&self, id: NodeId) -> (u32, u32) {
+        match self.node_ix.get(&id) {
+            Some(&ix) => (self.nodes[ix].stats.long_running, self.nodes[ix].stats.jobs),
+            None => (0, 0),
+        }
+    }
+    pub(crate) fn node_index(&self, id: NodeId) -> Option<usize> {
+        self.node_ix.get(&id).copied()
+    }
+}
+
+#[inline]
+pub(crate) fn free_of(e: &NodeEntry) -> Resources {
+    e.node.capacity.saturating_sub(&(e.stats.allocated + e.node.reserved))
+}
