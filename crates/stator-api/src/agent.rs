@@ -1,1 +1,283 @@
-//! The agent <-> server protocol. (being written)
+//! The agent <-> server protocol: registration, heartbeats, assignments (JSON over HTTP).
+//!
+//! An agent calls [`REGISTER_PATH`] once per process start with its capacity and gets a
+//! fresh [`NodeId`]; then every `heartbeat_interval_ms` it posts a [`Heartbeat`] to
+//! [`heartbeat_path`] and receives its full [`Assignments`]. Both calls carry the join
+//! token as `Authorization: Bearer <token>`.
+//!
+//! # To ensure correctness
+//! - Assignments are level-triggered: each answer is the complete desired state of the
+//!   node. The agent starts what is assigned and not running, and stops what is running
+//!   and not assigned (a deleted service simply disappears from the list).
+//! - A node id is never reused. An agent that restarts has lost its in-memory Raft logs,
+//!   so it registers again and joins groups as a new member. A heartbeat for an id the
+//!   server no longer knows (it declared the node lost and removed it, or forgot it)
+//!   answers HTTP 404 with [`UNKNOWN_NODE_ERROR`] in the error; the agent must then stop
+//!   every replica and register again.
+//! - `members` of a [`ReplicaAssignment`] is the *designed* voter set. The agent hosting
+//!   the current leader reconciles the group toward it (add the new member as a learner,
+//!   wait for it to catch up, then change membership, one member at a time); other agents
+//!   just host their replica. Only `bootstrap = true` replicas may initialise a group.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use crate::ids::{GroupId, NodeId};
+use crate::spec::{AppSpec, Probe};
+
+/// Path of the registration call (POST, body [`RegisterRequest`]).
+pub const REGISTER_PATH: &str = "/v1/agents/register";
+
+/// Marker in the error of a heartbeat for a node the server does not know: register again.
+pub const UNKNOWN_NODE_ERROR: &str = "unknown node";
+
+/// Path of the heartbeat call (POST, body [`Heartbeat`], answer [`Assignments`]).
+pub fn heartbeat_path(node_id: NodeId) -> String {
+    format!("/v1/agents/{node_id}/heartbeat")
+}
+
+/// What an agent tells the server about itself when it starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// Human name, unique among live nodes (defaults to the host name in the agent).
+    pub name: String,
+    /// Failure domain.
+    pub zone: String,
+    /// Node pool it was provisioned from.
+    pub pool: String,
+    /// Allocatable CPU in millicores.
+    pub cpu_millis: u64,
+    /// Allocatable memory in MiB.
+    pub memory_mib: u64,
+    /// What the node costs per hour, in USD.
+    pub price_per_hour: f64,
+    /// Free-form labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// `host:port` where the agent's replica transport and client calls listen; other
+    /// agents and gateways dial it.
+    pub transport_addr: String,
+}
+
+/// The server's answer to a registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    /// A fresh id for this agent process, never given out before.
+    pub node_id: NodeId,
+    /// Shared secret every agent proves in the replica transport handshake.
+    pub cluster_secret: String,
+    /// How often to heartbeat.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// What an agent reports every heartbeat interval.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The id from [`RegisterResponse`].
+    pub node_id: NodeId,
+    /// Every replica the agent hosts, including ones it is stopping.
+    #[serde(default)]
+    pub replicas: Vec<ReplicaStatus>,
+    /// Every stateless or job instance the agent runs or recently finished.
+    #[serde(default)]
+    pub instances: Vec<InstanceStatus>,
+}
+
+/// A replica's role in its group, as its Raft node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaRole {
+    /// Answers clients and replicates the log.
+    Leader,
+    /// A voter following a leader.
+    Follower,
+    /// A non-voting member catching up.
+    Learner,
+    /// Running an election.
+    Candidate,
+    /// Not running (being removed, or failed: see `error`).
+    Stopped,
+}
+
+/// One hosted replica, as observed by its agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// The partition's group.
+    pub group: GroupId,
+    /// Service name.
+    pub service: String,
+    /// Partition index.
+    pub partition: u32,
+    /// Role of this replica.
+    pub role: ReplicaRole,
+    /// The leader this replica knows of.
+    pub leader: Option<NodeId>,
+    /// Current Raft term.
+    pub term: u64,
+    /// Voters of the group's effective membership, as this replica sees it.
+    pub voters: Vec<NodeId>,
+    /// Learners of the group's effective membership.
+    pub learners: Vec<NodeId>,
+    /// Last log index applied to the state machine.
+    pub applied_index: u64,
+    /// Approximate bytes of state held.
+    pub state_bytes: u64,
+    /// Client operations answered per second (leader only; 0 elsewhere).
+    pub ops_per_sec: f64,
+    /// p99 latency of client operations, in microseconds.
+    pub p99_us: u64,
+    /// Why the replica is stopped or unhealthy, if it is.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Lifecycle of a stateless or job instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceState {
+    /// Assigned, process not started yet or restarting after a crash.
+    Starting,
+    /// Process alive, readiness not (yet) confirmed.
+    Running,
+    /// Process alive and its readiness probe passes (or it has none).
+    Ready,
+    /// Exited with status 0 (jobs).
+    Succeeded,
+    /// Exited non-zero, or could not start (jobs: one failed attempt).
+    Failed,
+}
+
+/// One instance, as observed by its agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    /// The id from [`InstanceAssignment`].
+    pub id: String,
+    /// Service name.
+    pub service: String,
+    /// Current state.
+    pub state: InstanceState,
+    /// Times the agent restarted the process.
+    pub restarts: u32,
+    /// Last exit code, when the process exited.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Human detail (last error, probe failure).
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// A member of a partition group with the address its agent listens on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Member {
+    /// The member's node (also its Raft member id).
+    pub node_id: NodeId,
+    /// The node's `transport_addr`.
+    pub addr: String,
+}
+
+/// A replica the node must host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaAssignment {
+    /// The partition's group.
+    pub group: GroupId,
+    /// Service name.
+    pub service: String,
+    /// Partition index.
+    pub partition: u32,
+    /// What the replica runs.
+    pub app: AppSpec,
+    /// The designed voter set, this node included.
+    pub members: Vec<Member>,
+    /// True only for the initial members of a partition that has never reported a
+    /// leader: they may initialise the group with `members`. Everyone else waits to be
+    /// added by the leader.
+    pub bootstrap: bool,
+    /// Raft election timeout.
+    pub election_timeout_ms: u64,
+}
+
+/// Whether an instance runs forever or to completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceKind {
+    /// Kept running; restarted with capped back-off when it exits.
+    Stateless,
+    /// Run once; exit 0 is success, anything else a failed attempt (not restarted by the
+    /// agent: the server schedules the retry, as a new instance id).
+    Job,
+}
+
+/// A stateless or job instance the node must run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceAssignment {
+    /// Unique id (`<service>-<n>` for stateless, `<service>-<n>-<attempt>` for jobs).
+    pub id: String,
+    /// Service name.
+    pub service: String,
+    /// Stateless or job.
+    pub kind: InstanceKind,
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Extra environment (the agent adds `PORT` when `port` is set).
+    pub env: BTreeMap<String, String>,
+    /// Directory to start in.
+    pub working_dir: Option<String>,
+    /// Port the instance listens on.
+    pub port: Option<u16>,
+    /// Readiness probe.
+    pub readiness: Option<Probe>,
+    /// CPU requested, in millicores (for limits).
+    pub cpu_millis: u64,
+    /// Memory requested, in MiB (for limits).
+    pub memory_mib: u64,
+}
+
+/// Everything a node must run, answered to each heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignments {
+    /// Replicas to host.
+    pub replicas: Vec<ReplicaAssignment>,
+    /// Instances to run.
+    pub instances: Vec<InstanceAssignment>,
+    /// The node is being drained: expect replicas to move away.
+    pub draining: bool,
+}
+
+/// The JSON body of every error answer of the API: `{"error": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What was wrong and what to do.
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_round_trips_through_json() {
+        let heartbeat = Heartbeat {
+            node_id: 7,
+            replicas: vec![ReplicaStatus {
+                group: GroupId::new(1, 2),
+                service: "sessions".into(),
+                partition: 2,
+                role: ReplicaRole::Leader,
+                leader: Some(7),
+                term: 3,
+                voters: vec![7, 8, 9],
+                learners: vec![],
+                applied_index: 10,
+                state_bytes: 100,
+                ops_per_sec: 1.5,
+                p99_us: 900,
+                error: None,
+            }],
+            instances: vec![],
+        };
+        let json = serde_json::to_string(&heartbeat).unwrap();
+        assert!(json.contains("\"role\":\"leader\""));
+        assert_eq!(serde_json::from_str::<Heartbeat>(&json).unwrap(), heartbeat);
+        assert_eq!(heartbeat_path(7), "/v1/agents/7/heartbeat");
+    }
+}

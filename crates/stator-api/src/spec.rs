@@ -1,1 +1,1311 @@
-//! Specs. (to be written)
+//! Service and node-pool specs as users write them (TOML, YAML or JSON), with validation
+//! whose errors name the field and the fix.
+//!
+//! A spec goes through two steps: [`parse_spec`] turns text into a [`ServiceSpec`]
+//! (rejecting unknown fields and wrong types), then [`ServiceSpec::validate`] checks the
+//! values against the limits below. Both steps return a [`SpecError`] whose message starts
+//! with the field's path, e.g. `replicas: must be 1, 3, 5 or 7 (an odd number keeps a
+//! majority), got 0`.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+/// Most partitions one service may declare: each partition is a Raft group with its own
+/// heartbeats, so more than this per service costs more than it shards.
+pub const MAX_PARTITIONS: u32 = 1024;
+/// Replica counts a partition may have: odd, so a majority survives the loss of
+/// `(replicas - 1) / 2` members; 7 already tolerates three failures.
+pub const ALLOWED_REPLICAS: [u32; 4] = [1, 3, 5, 7];
+/// Most instances of a stateless service, and most completions of a job: a bound on what
+/// one spec can ask the scheduler for.
+pub const MAX_INSTANCES: u32 = 1024;
+/// Most retries of a failed job run before the job is marked failed.
+pub const MAX_JOB_RETRIES: u32 = 100;
+/// Shortest back-off between job retries: below this a crash loop spins the node.
+pub const MIN_JOB_BACKOFF_MS: u64 = 10;
+/// Longest back-off between job retries (one hour).
+pub const MAX_JOB_BACKOFF_MS: u64 = 3_600_000;
+/// Shortest Raft election timeout: below this a busy LAN triggers spurious elections.
+pub const MIN_ELECTION_TIMEOUT_MS: u64 = 50;
+/// Longest Raft election timeout: beyond a minute failover is slower than a StatefulSet's.
+pub const MAX_ELECTION_TIMEOUT_MS: u64 = 60_000;
+/// Longest service or pool name: a DNS label, so names can become host names.
+pub const MAX_NAME_LEN: usize = 63;
+/// Most CPU one replica or instance may request (1000 cores).
+pub const MAX_CPU_MILLIS: u64 = 1_000_000;
+/// Most memory one replica or instance may request (4 TiB).
+pub const MAX_MEMORY_MIB: u64 = 4 * 1024 * 1024;
+/// Most arguments in a process command line.
+pub const MAX_COMMAND_ARGS: usize = 256;
+/// Most environment variables in a process spec.
+pub const MAX_ENV_VARS: usize = 256;
+/// Most nodes one pool may hold.
+pub const MAX_POOL_NODES: u32 = 100_000;
+
+/// Partitions of a replicated service when the spec does not say.
+pub const DEFAULT_PARTITIONS: u32 = 1;
+/// Replicas per partition when the spec does not say: tolerates one node loss.
+pub const DEFAULT_REPLICAS: u32 = 3;
+/// Raft election timeout when the spec does not say: tuned for a LAN, where heartbeats
+/// take well under a millisecond, so failover stays far below a second.
+pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 300;
+/// CPU requested when the spec does not say.
+pub const DEFAULT_CPU_MILLIS: u64 = 100;
+/// Memory requested when the spec does not say.
+pub const DEFAULT_MEMORY_MIB: u64 = 64;
+/// Retries of a job when the spec does not say.
+pub const DEFAULT_JOB_RETRIES: u32 = 3;
+/// Back-off before the first retry of a job when the spec does not say; it doubles per
+/// retry up to [`MAX_JOB_BACKOFF_MS`].
+pub const DEFAULT_JOB_BACKOFF_MS: u64 = 1_000;
+
+/// What went wrong reading or checking a spec. Every message starts with what to look at.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// The text is not valid TOML/YAML/JSON for a spec: bad syntax, an unknown field, a
+    /// wrong type or a missing required field. The message is the parser's, with location.
+    #[error("{format} spec does not parse: {message}")]
+    Parse {
+        /// The format the text was read as.
+        format: SpecFormat,
+        /// The parser's message (names the field and the line where it can).
+        message: String,
+    },
+    /// A field holds a value outside what stator accepts.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// Path of the field, e.g. `replicas` or `app.process.command`.
+        field: String,
+        /// What was wrong and what to write instead.
+        reason: String,
+    },
+}
+
+impl SpecError {
+    fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        SpecError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Text format of a spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpecFormat {
+    /// TOML, the format of the examples.
+    Toml,
+    /// YAML.
+    Yaml,
+    /// JSON (what the API stores and returns).
+    Json,
+    /// Guess: JSON when it starts with `{`, TOML when a line looks like `key = value`,
+    /// YAML otherwise.
+    Auto,
+}
+
+impl fmt::Display for SpecFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SpecFormat::Toml => "TOML",
+            SpecFormat::Yaml => "YAML",
+            SpecFormat::Json => "JSON",
+            SpecFormat::Auto => "auto-detected",
+        })
+    }
+}
+
+impl SpecFormat {
+    /// The format a file name's extension implies (`.toml`, `.yaml`/`.yml`, `.json`),
+    /// [`SpecFormat::Auto`] for anything else.
+    pub fn from_path(path: &str) -> SpecFormat {
+        let lower = path.to_ascii_lowercase();
+        if lower.ends_with(".toml") {
+            SpecFormat::Toml
+        } else if lower.ends_with(".yaml") || lower.ends_with(".yml") {
+            SpecFormat::Yaml
+        } else if lower.ends_with(".json") {
+            SpecFormat::Json
+        } else {
+            SpecFormat::Auto
+        }
+    }
+
+    /// Resolves [`SpecFormat::Auto`] by looking at the text.
+    pub fn detect(self, text: &str) -> SpecFormat {
+        if self != SpecFormat::Auto {
+            return self;
+        }
+        let trimmed = text.trim_start();
+        if trimmed.starts_with('{') {
+            return SpecFormat::Json;
+        }
+        let looks_like_toml = text.lines().any(|line| {
+            let line = line.trim();
+            line.starts_with('[')
+                || line
+                    .split_once('=')
+                    .is_some_and(|(key, _)| !key.trim().is_empty() && !key.contains(':'))
+        });
+        if looks_like_toml {
+            SpecFormat::Toml
+        } else {
+            SpecFormat::Yaml
+        }
+    }
+}
+
+/// Reads a service spec from `text`. Unknown fields, wrong types and missing required
+/// fields are errors; values are not checked here (call [`ServiceSpec::validate`]).
+pub fn parse_spec(text: &str, format: SpecFormat) -> Result<ServiceSpec, SpecError> {
+    parse_document(text, format)
+}
+
+/// Reads a node-pool spec from `text`, like [`parse_spec`].
+pub fn parse_node_pool(text: &str, format: SpecFormat) -> Result<NodePoolSpec, SpecError> {
+    parse_document(text, format)
+}
+
+fn parse_document<T: for<'de> Deserialize<'de>>(
+    text: &str,
+    format: SpecFormat,
+) -> Result<T, SpecError> {
+    let format = format.detect(text);
+    let parsed = match format {
+        SpecFormat::Toml => toml::from_str(text).map_err(|e| e.to_string()),
+        SpecFormat::Yaml => serde_yaml_ng::from_str(text).map_err(|e| e.to_string()),
+        SpecFormat::Json | SpecFormat::Auto => {
+            serde_json::from_str(text).map_err(|e| e.to_string())
+        }
+    };
+    parsed.map_err(|message| SpecError::Parse {
+        format,
+        message: message.trim().to_string(),
+    })
+}
+
+/// What a service is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceKind {
+    /// Stateful: `partitions` Raft groups of `replicas` members each; only leaders answer.
+    #[default]
+    Replicated,
+    /// `instances` identical processes behind a round-robin proxy, replaced when lost.
+    Stateless,
+    /// Runs to completion `completions` times, retried with back-off on failure.
+    Job,
+}
+
+impl fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServiceKind::Replicated => "replicated",
+            ServiceKind::Stateless => "stateless",
+            ServiceKind::Job => "job",
+        })
+    }
+}
+
+/// A service as the user declares it. See DESIGN section 8 for the example this accepts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Unique name: a DNS label (`[a-z0-9-]`, starting with a letter).
+    pub name: String,
+    /// What the service is; `replicated` when absent.
+    #[serde(default)]
+    pub kind: ServiceKind,
+    /// Replicated only: number of partitions (shards), each owning a slot range.
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+    /// Replicated only: members per partition group.
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+    /// What each replica or instance runs.
+    pub app: AppSpec,
+    /// Where the gateway exposes the service.
+    #[serde(default)]
+    pub expose: ExposeSpec,
+    /// What each replica or instance requests from its node.
+    #[serde(default)]
+    pub resources: ResourceSpec,
+    /// How replicas are spread and which policy scores nodes.
+    #[serde(default)]
+    pub placement: PlacementSpec,
+    /// Latency target, read by the autoscaler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<QosSpec>,
+    /// Stateless only: number of instances.
+    #[serde(default = "default_instances")]
+    pub instances: u32,
+    /// Stateless only: the port each instance listens on (passed as `PORT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Stateless only: when an instance counts as ready for traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<Probe>,
+    /// Job only: successful runs needed for the job to succeed.
+    #[serde(default = "default_completions")]
+    pub completions: u32,
+    /// Job only: failed runs retried before the job is failed.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Job only: delay before the first retry, doubled per retry.
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_ms: u64,
+    /// Replicated only: Raft election timeout; [`DEFAULT_ELECTION_TIMEOUT_MS`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub election_timeout_ms: Option<u64>,
+}
+
+fn default_partitions() -> u32 {
+    DEFAULT_PARTITIONS
+}
+fn default_replicas() -> u32 {
+    DEFAULT_REPLICAS
+}
+fn default_instances() -> u32 {
+    1
+}
+fn default_completions() -> u32 {
+    1
+}
+fn default_retries() -> u32 {
+    DEFAULT_JOB_RETRIES
+}
+fn default_backoff_ms() -> u64 {
+    DEFAULT_JOB_BACKOFF_MS
+}
+
+impl ServiceSpec {
+    /// Checks every value against stator's limits. The error names the first bad field.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        validate_name("name", &self.name)?;
+        self.app.validate()?;
+        self.expose.validate()?;
+        self.resources.validate("resources")?;
+        if let Some(qos) = &self.qos {
+            if qos.p99_latency_ms == Some(0) {
+                return Err(SpecError::invalid(
+                    "qos.p99_latency_ms",
+                    "must be at least 1, or left out for no latency target",
+                ));
+            }
+        }
+        match self.kind {
+            ServiceKind::Replicated => self.validate_replicated(),
+            ServiceKind::Stateless => self.validate_stateless(),
+            ServiceKind::Job => self.validate_job(),
+        }
+    }
+
+    fn validate_replicated(&self) -> Result<(), SpecError> {
+        if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
+            return Err(SpecError::invalid(
+                "partitions",
+                format!(
+                    "must be between 1 and {MAX_PARTITIONS}, got {}",
+                    self.partitions
+                ),
+            ));
+        }
+        if !ALLOWED_REPLICAS.contains(&self.replicas) {
+            return Err(SpecError::invalid(
+                "replicas",
+                format!(
+                    "must be 1, 3, 5 or 7 (an odd number keeps a majority), got {}",
+                    self.replicas
+                ),
+            ));
+        }
+        if let Some(timeout_ms) = self.election_timeout_ms {
+            if !(MIN_ELECTION_TIMEOUT_MS..=MAX_ELECTION_TIMEOUT_MS).contains(&timeout_ms) {
+                return Err(SpecError::invalid(
+                    "election_timeout_ms",
+                    format!(
+                        "must be between {MIN_ELECTION_TIMEOUT_MS} and {MAX_ELECTION_TIMEOUT_MS}, got {timeout_ms}"
+                    ),
+                ));
+            }
+        }
+        if self.expose.resp.is_some() && !self.app.is_builtin_kv() {
+            return Err(SpecError::invalid(
+                "expose.resp",
+                "the RESP endpoint serves the built-in kv app only; use app = { builtin = \"kv\" } or expose.http",
+            ));
+        }
+        self.reject_fields_of_other_kinds()
+    }
+
+    fn validate_stateless(&self) -> Result<(), SpecError> {
+        if !matches!(self.app, AppSpec::Process(_)) {
+            return Err(SpecError::invalid(
+                "app",
+                "a stateless service runs a process: use app = { process = { command = [\"...\"] } }",
+            ));
+        }
+        if self.instances == 0 || self.instances > MAX_INSTANCES {
+            return Err(SpecError::invalid(
+                "instances",
+                format!(
+                    "must be between 1 and {MAX_INSTANCES}, got {}",
+                    self.instances
+                ),
+            ));
+        }
+        if self.port == Some(0) {
+            return Err(SpecError::invalid(
+                "port",
+                "must be a port between 1 and 65535, or left out",
+            ));
+        }
+        if self.expose.resp.is_some() {
+            return Err(SpecError::invalid(
+                "expose.resp",
+                "only replicated kv services speak RESP; use expose.http for a stateless service",
+            ));
+        }
+        if self.expose.http.is_some() && self.port.is_none() {
+            return Err(SpecError::invalid(
+                "port",
+                "expose.http proxies to each instance's port: set port = <the port your process listens on>",
+            ));
+        }
+        if let Some(probe) = &self.readiness {
+            probe.validate("readiness")?;
+        }
+        self.reject_fields_of_other_kinds()
+    }
+
+    fn validate_job(&self) -> Result<(), SpecError> {
+        if !matches!(self.app, AppSpec::Process(_)) {
+            return Err(SpecError::invalid(
+                "app",
+                "a job runs a process: use app = { process = { command = [\"...\"] } }",
+            ));
+        }
+        if self.completions == 0 || self.completions > MAX_INSTANCES {
+            return Err(SpecError::invalid(
+                "completions",
+                format!(
+                    "must be between 1 and {MAX_INSTANCES}, got {}",
+                    self.completions
+                ),
+            ));
+        }
+        if self.retries > MAX_JOB_RETRIES {
+            return Err(SpecError::invalid(
+                "retries",
+                format!("must be at most {MAX_JOB_RETRIES}, got {}", self.retries),
+            ));
+        }
+        if !(MIN_JOB_BACKOFF_MS..=MAX_JOB_BACKOFF_MS).contains(&self.backoff_ms) {
+            return Err(SpecError::invalid(
+                "backoff_ms",
+                format!(
+                    "must be between {MIN_JOB_BACKOFF_MS} and {MAX_JOB_BACKOFF_MS}, got {}",
+                    self.backoff_ms
+                ),
+            ));
+        }
+        if self.expose.resp.is_some() || self.expose.http.is_some() {
+            return Err(SpecError::invalid(
+                "expose",
+                "a job serves no traffic; remove expose",
+            ));
+        }
+        self.reject_fields_of_other_kinds()
+    }
+
+    /// Fields with no meaning for this kind are errors rather than silently ignored, so a
+    /// user who wrote `replicas` on a stateless service learns it should be `instances`.
+    fn reject_fields_of_other_kinds(&self) -> Result<(), SpecError> {
+        let kind = self.kind;
+        let misplaced = |field: &str, belongs_to: &str| {
+            SpecError::invalid(
+                field,
+                format!("applies to {belongs_to} services only, this one is {kind}; remove it"),
+            )
+        };
+        if kind != ServiceKind::Replicated {
+            if self.partitions != DEFAULT_PARTITIONS {
+                return Err(misplaced("partitions", "replicated"));
+            }
+            if self.replicas != DEFAULT_REPLICAS {
+                return Err(misplaced("replicas", "replicated"));
+            }
+            if self.election_timeout_ms.is_some() {
+                return Err(misplaced("election_timeout_ms", "replicated"));
+            }
+        }
+        if kind != ServiceKind::Stateless {
+            if self.instances != default_instances() {
+                return Err(misplaced("instances", "stateless"));
+            }
+            if self.port.is_some() {
+                return Err(misplaced("port", "stateless"));
+            }
+            if self.readiness.is_some() {
+                return Err(misplaced("readiness", "stateless"));
+            }
+        }
+        if kind != ServiceKind::Job {
+            if self.completions != default_completions() {
+                return Err(misplaced("completions", "job"));
+            }
+            if self.retries != DEFAULT_JOB_RETRIES {
+                return Err(misplaced("retries", "job"));
+            }
+            if self.backoff_ms != DEFAULT_JOB_BACKOFF_MS {
+                return Err(misplaced("backoff_ms", "job"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The election timeout replicas should use.
+    pub fn election_timeout_ms(&self) -> u64 {
+        self.election_timeout_ms
+            .unwrap_or(DEFAULT_ELECTION_TIMEOUT_MS)
+    }
+}
+
+fn validate_name(field: &str, name: &str) -> Result<(), SpecError> {
+    let valid_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let starts_with_letter = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase());
+    let ends_well = !name.ends_with('-');
+    if name.is_empty()
+        || name.len() > MAX_NAME_LEN
+        || !valid_chars
+        || !starts_with_letter
+        || !ends_well
+    {
+        return Err(SpecError::invalid(
+            field,
+            format!(
+                "must be 1 to {MAX_NAME_LEN} lowercase letters, digits or '-', starting with a letter and not ending with '-' (a DNS label), got {name:?}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What a replica or instance runs.
+///
+/// Written as `{ builtin = "kv" }` or `{ process = { command = [...], env = {...},
+/// working_dir = "..." } }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawAppSpec", into = "RawAppSpec")]
+pub enum AppSpec {
+    /// A state machine compiled into the agent, by name (`kv`).
+    Builtin(String),
+    /// An external process: a `stator-sm/1` state machine for replicated services, the
+    /// program itself for stateless services and jobs.
+    Process(ProcessSpec),
+}
+
+/// Built-in state machines the agent ships.
+pub const BUILTIN_APPS: [&str; 1] = ["kv"];
+
+impl AppSpec {
+    /// Whether this is the built-in kv store (the one the RESP endpoint speaks to).
+    pub fn is_builtin_kv(&self) -> bool {
+        matches!(self, AppSpec::Builtin(name) if name == "kv")
+    }
+
+    fn validate(&self) -> Result<(), SpecError> {
+        match self {
+            AppSpec::Builtin(name) => {
+                if !BUILTIN_APPS.contains(&name.as_str()) {
+                    return Err(SpecError::invalid(
+                        "app.builtin",
+                        format!(
+                            "unknown built-in app {name:?}; the built-ins are {BUILTIN_APPS:?}"
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            AppSpec::Process(process) => process.validate("app.process"),
+        }
+    }
+}
+
+/// The on-the-wire shape of [`AppSpec`]: a table with exactly one of two keys. Parsed
+/// through this struct rather than a serde enum so TOML, YAML and JSON all accept the
+/// same `{ builtin = ... }` shape and the error names the field.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAppSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    builtin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    process: Option<ProcessSpec>,
+}
+
+impl TryFrom<RawAppSpec> for AppSpec {
+    type Error = String;
+    fn try_from(raw: RawAppSpec) -> Result<Self, String> {
+        match (raw.builtin, raw.process) {
+            (Some(name), None) => Ok(AppSpec::Builtin(name)),
+            (None, Some(process)) => Ok(AppSpec::Process(process)),
+            _ => Err("app: set exactly one of `builtin` (e.g. app = { builtin = \"kv\" }) or `process` (app = { process = { command = [\"...\"] } })".to_string()),
+        }
+    }
+}
+
+impl From<AppSpec> for RawAppSpec {
+    fn from(app: AppSpec) -> Self {
+        match app {
+            AppSpec::Builtin(name) => RawAppSpec {
+                builtin: Some(name),
+                process: None,
+            },
+            AppSpec::Process(process) => RawAppSpec {
+                builtin: None,
+                process: Some(process),
+            },
+        }
+    }
+}
+
+/// An external process to run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessSpec {
+    /// Program and arguments; the program is looked up in `PATH` when it has no `/`.
+    pub command: Vec<String>,
+    /// Extra environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Directory to start in; the agent's data directory for the instance when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+}
+
+impl ProcessSpec {
+    fn validate(&self, field: &str) -> Result<(), SpecError> {
+        if self.command.is_empty() || self.command[0].trim().is_empty() {
+            return Err(SpecError::invalid(
+                format!("{field}.command"),
+                "must name a program, e.g. command = [\"python3\", \"app.py\"]",
+            ));
+        }
+        if self.command.len() > MAX_COMMAND_ARGS {
+            return Err(SpecError::invalid(
+                format!("{field}.command"),
+                format!(
+                    "at most {MAX_COMMAND_ARGS} arguments, got {}",
+                    self.command.len()
+                ),
+            ));
+        }
+        if self.env.len() > MAX_ENV_VARS {
+            return Err(SpecError::invalid(
+                format!("{field}.env"),
+                format!("at most {MAX_ENV_VARS} variables, got {}", self.env.len()),
+            ));
+        }
+        for key in self.env.keys() {
+            let valid = !key.is_empty()
+                && !key.as_bytes()[0].is_ascii_digit()
+                && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                return Err(SpecError::invalid(
+                    format!("{field}.env"),
+                    format!("variable name {key:?} must be letters, digits and '_', not starting with a digit"),
+                ));
+            }
+        }
+        if self.working_dir.as_deref() == Some("") {
+            return Err(SpecError::invalid(
+                format!("{field}.working_dir"),
+                "must be a directory path, or left out",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where the gateway exposes a service. Addresses are `host:port`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExposeSpec {
+    /// A RESP (Redis protocol) listener, for built-in kv services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resp: Option<String>,
+    /// An HTTP listener: the stator-sm/1 call route, or the round-robin proxy of a
+    /// stateless service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+}
+
+impl ExposeSpec {
+    fn validate(&self) -> Result<(), SpecError> {
+        for (field, value) in [("expose.resp", &self.resp), ("expose.http", &self.http)] {
+            if let Some(addr) = value {
+                if addr.parse::<SocketAddr>().is_err() {
+                    return Err(SpecError::invalid(
+                        field,
+                        format!(
+                            "must be an IP address and port like \"127.0.0.1:6380\", got {addr:?}"
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.resp.is_some() && self.resp == self.http {
+            return Err(SpecError::invalid(
+                "expose.http",
+                "must differ from expose.resp: one port serves one protocol",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The RESP address, parsed (validation guarantees it parses).
+    pub fn resp_addr(&self) -> Option<SocketAddr> {
+        self.resp.as_deref().and_then(|addr| addr.parse().ok())
+    }
+
+    /// The HTTP address, parsed (validation guarantees it parses).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_deref().and_then(|addr| addr.parse().ok())
+    }
+}
+
+/// What one replica or instance requests, in Kubernetes quantities
+/// (`cpu = "250m"`, `memory = "128Mi"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceSpec {
+    /// CPU: `"250m"` (millicores), `"1"`, `"0.5"` or a number of cores.
+    #[serde(default = "default_cpu")]
+    pub cpu: CpuMillis,
+    /// Memory: `"128Mi"`, `"1Gi"`, `"512M"`, or bytes; rounded up to whole MiB.
+    #[serde(default = "default_memory")]
+    pub memory: MemoryMib,
+}
+
+fn default_cpu() -> CpuMillis {
+    CpuMillis(DEFAULT_CPU_MILLIS)
+}
+fn default_memory() -> MemoryMib {
+    MemoryMib(DEFAULT_MEMORY_MIB)
+}
+
+impl Default for ResourceSpec {
+    fn default() -> Self {
+        ResourceSpec {
+            cpu: default_cpu(),
+            memory: default_memory(),
+        }
+    }
+}
+
+impl ResourceSpec {
+    /// CPU in millicores.
+    pub fn cpu_millis(&self) -> u64 {
+        self.cpu.0
+    }
+    /// Memory in MiB.
+    pub fn memory_mib(&self) -> u64 {
+        self.memory.0
+    }
+
+    fn validate(&self, field: &str) -> Result<(), SpecError> {
+        if self.cpu.0 == 0 || self.cpu.0 > MAX_CPU_MILLIS {
+            return Err(SpecError::invalid(
+                format!("{field}.cpu"),
+                format!(
+                    "must be between 1m and {}, got {}",
+                    MAX_CPU_MILLIS / 1000,
+                    self.cpu
+                ),
+            ));
+        }
+        if self.memory.0 == 0 || self.memory.0 > MAX_MEMORY_MIB {
+            return Err(SpecError::invalid(
+                format!("{field}.memory"),
+                format!(
+                    "must be between 1Mi and {}Gi, got {}",
+                    MAX_MEMORY_MIB / 1024,
+                    self.memory
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A CPU quantity in millicores. Reads Kubernetes syntax, writes `"<n>m"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CpuMillis(pub u64);
+
+impl fmt::Display for CpuMillis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}m", self.0)
+    }
+}
+
+/// A memory quantity in MiB. Reads Kubernetes syntax, writes `"<n>Mi"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MemoryMib(pub u64);
+
+impl fmt::Display for MemoryMib {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}Mi", self.0)
+    }
+}
+
+/// Parses a Kubernetes CPU quantity (`"250m"`, `"2"`, `"0.5"`) into millicores.
+pub fn parse_cpu_millis(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let bad = || format!("CPU quantity {text:?} is not like \"250m\", \"1\" or \"0.5\"");
+    if let Some(millis) = text.strip_suffix('m') {
+        return millis.parse::<u64>().map_err(|_| bad());
+    }
+    let cores: f64 = text.parse().map_err(|_| bad())?;
+    cores_to_millis(cores).ok_or_else(bad)
+}
+
+fn cores_to_millis(cores: f64) -> Option<u64> {
+    if !cores.is_finite() || cores < 0.0 || cores > u64::MAX as f64 / 1000.0 {
+        return None;
+    }
+    Some((cores * 1000.0).ceil() as u64)
+}
+
+/// Parses a Kubernetes memory quantity (`"128Mi"`, `"1Gi"`, `"512M"`, `"1e9"`, bytes)
+/// into MiB, rounding up.
+pub fn parse_memory_mib(text: &str) -> Result<u64, String> {
+    const SUFFIXES: [(&str, f64); 10] = [
+        ("Ki", 1024.0),
+        ("Mi", 1_048_576.0),
+        ("Gi", 1_073_741_824.0),
+        ("Ti", 1_099_511_627_776.0),
+        ("Pi", 1_125_899_906_842_624.0),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+    ];
+    let text = text.trim();
+    let bad = || format!("memory quantity {text:?} is not like \"128Mi\", \"1Gi\" or \"512M\"");
+    let (number, multiplier) = SUFFIXES
+        .iter()
+        .find_map(|(suffix, multiplier)| text.strip_suffix(suffix).map(|n| (n, *multiplier)))
+        .unwrap_or((text, 1.0));
+    let value: f64 = number.trim().parse().map_err(|_| bad())?;
+    bytes_to_mib(value * multiplier).ok_or_else(bad)
+}
+
+fn bytes_to_mib(bytes: f64) -> Option<u64> {
+    if !bytes.is_finite() || bytes < 0.0 {
+        return None;
+    }
+    let mib = (bytes / 1_048_576.0).ceil();
+    (mib <= u64::MAX as f64).then_some(mib as u64)
+}
+
+/// A quantity as written: a string (`"250m"`) or a bare number (cores, or bytes).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum QuantityText {
+    Text(String),
+    Integer(u64),
+    Float(f64),
+}
+
+impl<'de> Deserialize<'de> for CpuMillis {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let millis = match QuantityText::deserialize(deserializer)? {
+            QuantityText::Text(text) => parse_cpu_millis(&text),
+            QuantityText::Integer(cores) => cores
+                .checked_mul(1000)
+                .ok_or_else(|| format!("CPU quantity {cores} cores is too large")),
+            QuantityText::Float(cores) => {
+                cores_to_millis(cores).ok_or_else(|| format!("CPU quantity {cores} is not valid"))
+            }
+        };
+        millis.map(CpuMillis).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for CpuMillis {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MemoryMib {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mib = match QuantityText::deserialize(deserializer)? {
+            QuantityText::Text(text) => parse_memory_mib(&text),
+            QuantityText::Integer(bytes) => {
+                bytes_to_mib(bytes as f64).ok_or_else(|| format!("memory {bytes} is not valid"))
+            }
+            QuantityText::Float(bytes) => {
+                bytes_to_mib(bytes).ok_or_else(|| format!("memory {bytes} is not valid"))
+            }
+        };
+        mib.map(MemoryMib).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for MemoryMib {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Placement preferences.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementSpec {
+    /// The failure domain no two replicas of a partition may share.
+    #[serde(default)]
+    pub spread: SpreadOver,
+    /// How candidate nodes are scored.
+    #[serde(default)]
+    pub policy: PlacementPolicy,
+}
+
+/// The failure domain replicas of one partition are spread over.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpreadOver {
+    /// Distinct nodes (works on one machine).
+    #[default]
+    Node,
+    /// Distinct zones (survives a zone outage; needs as many zones as replicas).
+    Zone,
+}
+
+/// How candidate nodes are scored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlacementPolicy {
+    /// Least allocated first (Kubernetes default scoring).
+    #[default]
+    Spread,
+    /// Cheapest price per unit of resource first (best fit).
+    Cost,
+}
+
+/// Quality-of-service targets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QosSpec {
+    /// Target p99 request latency at the leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_latency_ms: Option<u64>,
+}
+
+/// How an agent decides an instance is ready for traffic.
+///
+/// Written as `{ tcp = { port = 8080 } }`, `{ http = { port = 8080, path = "/healthz" } }`
+/// or `{ exec = { command = ["check.sh"] } }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawProbe", into = "RawProbe")]
+pub enum Probe {
+    /// Ready when a TCP connection to `port` on the instance's host succeeds.
+    Tcp(TcpProbe),
+    /// Ready when `GET http://127.0.0.1:<port><path>` answers 2xx.
+    Http(HttpProbe),
+    /// Ready when `command` exits with status 0.
+    Exec(ExecProbe),
+}
+
+/// A TCP readiness probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpProbe {
+    /// Port to connect to; the service's `port` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// An HTTP readiness probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProbe {
+    /// Port to query; the service's `port` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Path to GET, starting with `/`.
+    #[serde(default = "default_probe_path")]
+    pub path: String,
+}
+
+fn default_probe_path() -> String {
+    "/".to_string()
+}
+
+/// An exec readiness probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecProbe {
+    /// Program and arguments, run in the instance's working directory.
+    pub command: Vec<String>,
+}
+
+impl Probe {
+    fn validate(&self, field: &str) -> Result<(), SpecError> {
+        match self {
+            Probe::Tcp(TcpProbe { port: Some(0) })
+            | Probe::Http(HttpProbe { port: Some(0), .. }) => Err(SpecError::invalid(
+                format!("{field}.port"),
+                "must be between 1 and 65535, or left out to use the service's port",
+            )),
+            Probe::Http(HttpProbe { path, .. }) if !path.starts_with('/') => {
+                Err(SpecError::invalid(
+                    format!("{field}.http.path"),
+                    format!("must start with '/', got {path:?}"),
+                ))
+            }
+            Probe::Exec(ExecProbe { command })
+                if command.is_empty() || command.len() > MAX_COMMAND_ARGS =>
+            {
+                Err(SpecError::invalid(
+                    format!("{field}.exec.command"),
+                    format!("must name a program and at most {MAX_COMMAND_ARGS} arguments"),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// On-the-wire shape of [`Probe`]: exactly one key, like [`AppSpec`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tcp: Option<TcpProbe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    http: Option<HttpProbe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exec: Option<ExecProbe>,
+}
+
+impl TryFrom<RawProbe> for Probe {
+    type Error = String;
+    fn try_from(raw: RawProbe) -> Result<Self, String> {
+        match (raw.tcp, raw.http, raw.exec) {
+            (Some(tcp), None, None) => Ok(Probe::Tcp(tcp)),
+            (None, Some(http), None) => Ok(Probe::Http(http)),
+            (None, None, Some(exec)) => Ok(Probe::Exec(exec)),
+            _ => Err("readiness: set exactly one of `tcp`, `http` or `exec`, e.g. readiness = { tcp = { port = 8080 } }".to_string()),
+        }
+    }
+}
+
+impl From<Probe> for RawProbe {
+    fn from(probe: Probe) -> Self {
+        let mut raw = RawProbe {
+            tcp: None,
+            http: None,
+            exec: None,
+        };
+        match probe {
+            Probe::Tcp(tcp) => raw.tcp = Some(tcp),
+            Probe::Http(http) => raw.http = Some(http),
+            Probe::Exec(exec) => raw.exec = Some(exec),
+        }
+        raw
+    }
+}
+
+/// A kind of node that can be provisioned (read by the autoscaler and the simulator).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodePoolSpec {
+    /// Unique pool name (a DNS label).
+    pub name: String,
+    /// CPU of one node.
+    pub cpu: CpuMillis,
+    /// Memory of one node.
+    pub memory: MemoryMib,
+    /// What one node costs per hour, in USD.
+    pub price_per_hour: f64,
+    /// Seconds from asking for a node to its agent registering.
+    #[serde(default)]
+    pub boot_delay_s: u64,
+    /// Fewest nodes the pool keeps.
+    #[serde(default)]
+    pub min: u32,
+    /// Most nodes the pool may hold.
+    pub max: u32,
+}
+
+impl NodePoolSpec {
+    /// Checks every value; the error names the first bad field.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        validate_name("name", &self.name)?;
+        if self.cpu.0 == 0 {
+            return Err(SpecError::invalid(
+                "cpu",
+                "must be more than 0, e.g. cpu = \"4\"",
+            ));
+        }
+        if self.memory.0 == 0 {
+            return Err(SpecError::invalid(
+                "memory",
+                "must be more than 0, e.g. memory = \"16Gi\"",
+            ));
+        }
+        if !self.price_per_hour.is_finite() || self.price_per_hour < 0.0 {
+            return Err(SpecError::invalid(
+                "price_per_hour",
+                format!(
+                    "must be a non-negative number of USD, got {}",
+                    self.price_per_hour
+                ),
+            ));
+        }
+        if self.max == 0 || self.max > MAX_POOL_NODES {
+            return Err(SpecError::invalid(
+                "max",
+                format!("must be between 1 and {MAX_POOL_NODES}, got {}", self.max),
+            ));
+        }
+        if self.min > self.max {
+            return Err(SpecError::invalid(
+                "min",
+                format!("must be at most max ({}), got {}", self.max, self.min),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DESIGN_EXAMPLE: &str = r#"
+name = "sessions"
+kind = "replicated"
+partitions = 8
+replicas = 3
+app = { builtin = "kv" }
+expose = { resp = "127.0.0.1:6380" }
+resources = { cpu = "250m", memory = "128Mi" }
+placement = { spread = "zone" }
+qos = { p99_latency_ms = 5 }
+"#;
+
+    fn invalid_field(result: Result<(), SpecError>) -> String {
+        match result {
+            Err(SpecError::Invalid { field, .. }) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn accepts_the_design_example() {
+        let spec = parse_spec(DESIGN_EXAMPLE, SpecFormat::Auto).unwrap();
+        spec.validate().unwrap();
+        assert_eq!(spec.name, "sessions");
+        assert_eq!(spec.kind, ServiceKind::Replicated);
+        assert_eq!(spec.partitions, 8);
+        assert_eq!(spec.replicas, 3);
+        assert!(spec.app.is_builtin_kv());
+        assert_eq!(
+            spec.expose.resp_addr(),
+            Some("127.0.0.1:6380".parse().unwrap())
+        );
+        assert_eq!(spec.resources.cpu_millis(), 250);
+        assert_eq!(spec.resources.memory_mib(), 128);
+        assert_eq!(spec.placement.spread, SpreadOver::Zone);
+        assert_eq!(spec.qos.unwrap().p99_latency_ms, Some(5));
+    }
+
+    #[test]
+    fn yaml_and_json_read_the_same_spec() {
+        let yaml = r#"
+name: sessions
+kind: replicated
+partitions: 8
+replicas: 3
+app: { builtin: kv }
+expose: { resp: "127.0.0.1:6380" }
+resources: { cpu: 250m, memory: 128Mi }
+placement: { spread: zone }
+qos: { p99_latency_ms: 5 }
+"#;
+        let toml_spec = parse_spec(DESIGN_EXAMPLE, SpecFormat::Toml).unwrap();
+        let yaml_spec = parse_spec(yaml, SpecFormat::Auto).unwrap();
+        assert_eq!(toml_spec, yaml_spec);
+        let json = serde_json::to_string(&toml_spec).unwrap();
+        assert_eq!(parse_spec(&json, SpecFormat::Auto).unwrap(), toml_spec);
+    }
+
+    #[test]
+    fn reads_process_apps_and_probes_in_every_format() {
+        let toml_text = r#"
+name = "web"
+kind = "stateless"
+instances = 3
+port = 8080
+app = { process = { command = ["python3", "-m", "http.server", "8080"], env = { A = "1" }, working_dir = "/tmp" } }
+readiness = { http = { path = "/" } }
+expose = { http = "127.0.0.1:8088" }
+"#;
+        let spec = parse_spec(toml_text, SpecFormat::Auto).unwrap();
+        spec.validate().unwrap();
+        let AppSpec::Process(process) = &spec.app else {
+            panic!("expected a process app")
+        };
+        assert_eq!(process.command[0], "python3");
+        assert_eq!(process.env["A"], "1");
+        assert!(matches!(spec.readiness, Some(Probe::Http(_))));
+        let yaml = serde_yaml_ng::to_string(&spec).unwrap();
+        assert_eq!(parse_spec(&yaml, SpecFormat::Yaml).unwrap(), spec);
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_wrong_types_naming_them() {
+        let unknown = DESIGN_EXAMPLE.replace("replicas = 3", "replicas = 3\nreplica = 3");
+        let err = parse_spec(&unknown, SpecFormat::Toml)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("replica"), "{err}");
+        let wrong_type = DESIGN_EXAMPLE.replace("partitions = 8", "partitions = \"eight\"");
+        let err = parse_spec(&wrong_type, SpecFormat::Toml)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("partitions"), "{err}");
+        let both_apps = DESIGN_EXAMPLE.replace(
+            "app = { builtin = \"kv\" }",
+            "app = { builtin = \"kv\", process = { command = [\"x\"] } }",
+        );
+        let err = parse_spec(&both_apps, SpecFormat::Toml)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exactly one"), "{err}");
+        let yaml_unknown = "name: a\napp: { builtin: kv }\nbogus: 1\n";
+        let err = parse_spec(yaml_unknown, SpecFormat::Yaml)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_field_and_the_fix() {
+        let base = parse_spec(DESIGN_EXAMPLE, SpecFormat::Toml).unwrap();
+        let mut spec = base.clone();
+        spec.replicas = 0;
+        assert_eq!(
+            spec.validate().unwrap_err().to_string(),
+            "replicas: must be 1, 3, 5 or 7 (an odd number keeps a majority), got 0"
+        );
+        spec = base.clone();
+        spec.partitions = 1_000_000_000;
+        assert_eq!(
+            spec.validate().unwrap_err().to_string(),
+            "partitions: must be between 1 and 1024, got 1000000000"
+        );
+        spec = base.clone();
+        spec.name = "Bad_Name".into();
+        assert_eq!(invalid_field(spec.validate()), "name");
+        spec = base.clone();
+        spec.expose.resp = Some("nowhere".into());
+        assert_eq!(invalid_field(spec.validate()), "expose.resp");
+        spec = base.clone();
+        spec.election_timeout_ms = Some(1);
+        assert_eq!(invalid_field(spec.validate()), "election_timeout_ms");
+        spec = base.clone();
+        spec.app = AppSpec::Builtin("nope".into());
+        assert_eq!(invalid_field(spec.validate()), "app.builtin");
+        spec = base.clone();
+        spec.instances = 4;
+        assert_eq!(invalid_field(spec.validate()), "instances");
+        spec = base;
+        spec.kind = ServiceKind::Job;
+        spec.app = AppSpec::Process(ProcessSpec::default());
+        spec.expose = ExposeSpec::default();
+        assert_eq!(invalid_field(spec.validate()), "app.process.command");
+    }
+
+    #[test]
+    fn parses_kubernetes_quantities() {
+        assert_eq!(parse_cpu_millis("250m"), Ok(250));
+        assert_eq!(parse_cpu_millis("1"), Ok(1000));
+        assert_eq!(parse_cpu_millis("0.5"), Ok(500));
+        assert_eq!(parse_cpu_millis("2.25"), Ok(2250));
+        assert!(parse_cpu_millis("fast").is_err());
+        assert!(parse_cpu_millis("-1").is_err());
+        assert_eq!(parse_memory_mib("128Mi"), Ok(128));
+        assert_eq!(parse_memory_mib("1Gi"), Ok(1024));
+        assert_eq!(parse_memory_mib("1.5Gi"), Ok(1536));
+        assert_eq!(parse_memory_mib("512M"), Ok(489));
+        assert_eq!(parse_memory_mib("1Ki"), Ok(1));
+        assert_eq!(parse_memory_mib("134217728"), Ok(128));
+        assert!(parse_memory_mib("lots").is_err());
+        let spec = parse_spec(
+            "name = \"a\"\napp = { builtin = \"kv\" }\nresources = { cpu = 2, memory = 1073741824 }",
+            SpecFormat::Toml,
+        )
+        .unwrap();
+        assert_eq!(spec.resources.cpu_millis(), 2000);
+        assert_eq!(spec.resources.memory_mib(), 1024);
+        let err = parse_spec(
+            "name = \"a\"\napp = { builtin = \"kv\" }\nresources = { cpu = \"fast\" }",
+            SpecFormat::Toml,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("CPU quantity"), "{err}");
+    }
+
+    #[test]
+    fn jobs_take_their_own_fields_only() {
+        let job = parse_spec(
+            "name = \"batch\"\nkind = \"job\"\ncompletions = 2\nretries = 1\nbackoff_ms = 100\napp = { process = { command = [\"true\"] } }",
+            SpecFormat::Auto,
+        )
+        .unwrap();
+        job.validate().unwrap();
+        let mut bad = job.clone();
+        bad.retries = 1000;
+        assert_eq!(invalid_field(bad.validate()), "retries");
+        bad = job;
+        bad.port = Some(80);
+        assert_eq!(invalid_field(bad.validate()), "port");
+    }
+
+    #[test]
+    fn node_pools_validate() {
+        let pool = parse_node_pool(
+            "name = \"small\"\ncpu = \"4\"\nmemory = \"16Gi\"\nprice_per_hour = 0.17\nboot_delay_s = 60\nmin = 0\nmax = 10",
+            SpecFormat::Auto,
+        )
+        .unwrap();
+        pool.validate().unwrap();
+        assert_eq!(pool.cpu, CpuMillis(4000));
+        assert_eq!(pool.memory, MemoryMib(16384));
+        let mut bad = pool;
+        bad.min = 11;
+        assert_eq!(invalid_field(bad.validate()), "min");
+    }
+
+    #[test]
+    fn detects_formats() {
+        assert_eq!(SpecFormat::Auto.detect("{\"name\":1}"), SpecFormat::Json);
+        assert_eq!(SpecFormat::Auto.detect("name = \"x\""), SpecFormat::Toml);
+        assert_eq!(
+            SpecFormat::Auto.detect("name: x\nenv: {a: \"b=c\"}"),
+            SpecFormat::Yaml
+        );
+        assert_eq!(SpecFormat::from_path("a/b.yml"), SpecFormat::Yaml);
+    }
+}
