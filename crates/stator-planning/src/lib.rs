@@ -9,11 +9,29 @@
 //! - [`scheduler`]: filter (capacity, schedulable, selectors, anti-affinity) then score
 //!   under a [`Policy`]: `Spread` (Kubernetes default scoring) or `Cost`
 //!   (best-fit on price per unit of resource, jobs packed apart and binned by end time).
+//! - [`actions`]: [`Action`] — place, migrate, resize, add/cordon/remove node.
+//! - [`pools`]: node pools ([`PoolSpec`]) and nodes still booting.
+//! - [`autoscaler`]: QoS first — repair, vertical resize, then migrate or add a node
+//!   from the cheapest fitting pool; stabilisation window against flapping.
+//! - [`consolidator`]: release empty nodes, empty under-used ones by live migration
+//!   under a disruption budget, never below quorum or against anti-affinity.
+//! - [`baseline`]: the `k8s-default` policy set (HPA, Cluster Autoscaler, node
+//!   lifecycle timings) for side-by-side comparison.
 //! - [`error`]: [`PlacementError`].
 
+pub mod actions;
+pub mod autoscaler;
+pub mod baseline;
+pub mod consolidator;
 pub mod error;
+pub mod pools;
 pub mod scheduler;
 pub mod view;
+
+pub use actions::Action;
+pub use autoscaler::{autoscale, plan_new_nodes, AutoscalerConfig, AutoscalerState, PartitionDemand, PoolChoice, UnmetNeed};
+pub use consolidator::{consolidate, ConsolidatorConfig, ConsolidatorState};
+pub use pools::{BootingNode, PoolSpec};
 
 pub use error::PlacementError;
 pub use scheduler::{

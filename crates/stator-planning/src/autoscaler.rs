@@ -1,0 +1,421 @@
+//! The QoS-first autoscaler: repair, then vertical, then horizontal.
+//!
+//! Each round, per partition:
+//! 1. **Repair**: a partition with fewer members than `min_replicas` (a node was lost)
+//!    gets replacements, on distinct nodes and fresh zones.
+//! 2. **Vertical**: every replica's CPU request follows the measured demand divided by
+//!    the target utilisation, in `cpu_step_millis` steps. Up at once; down only to the
+//!    highest recommendation of the last `scale_down_window_s` (stabilisation).
+//! 3. **Horizontal**: a raise that does not fit on the replica's node moves the replica
+//!    (live migration, within the disruption budget) to a node with room; where no node
+//!    has room, a node is added from the cheapest pool (per unit of resource) that fits
+//!    the replica, in a zone no other member uses.
+//!
+//! Scale-in is the consolidator's job. The planner applies its actions to the view it
+//! is given (the projection of the cluster once they are carried out), so a caller can
+//! keep planning on it; it never takes a partition below its member count and never
+//! places two members in one node (or one zone, when enough zones exist).
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use crate::actions::Action;
+use crate::pools::{pool_counts, pools_by_unit_price, BootingNode, PoolSpec};
+use crate::scheduler::{place_partition, place_replacement, Policy, PlacementRequest, SpreadDomain};
+use crate::view::{ClusterView, Replica, Resources, WorkloadKind};
+use stator_api::ids::NodeId;
+
+/// Measured demand of one partition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartitionDemand {
+    /// Service name.
+    pub service: String,
+    /// Partition index.
+    pub partition: u32,
+    /// CPU each replica is using, in millicores.
+    pub cpu_used_millis: u64,
+    /// Members the partition must keep (its replication factor).
+    pub min_replicas: u32,
+    /// The request a new replica starts with when repairing (memory is never scaled).
+    pub base_resources: Resources,
+    /// State size, for migration cost.
+    pub state_bytes: u64,
+    /// Anti-affinity domain.
+    pub spread: SpreadDomain,
+}
+
+/// Tunables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutoscalerConfig {
+    /// Utilisation (used / requested) each replica is sized for; derived from the
+    /// latency target: below it the queueing delay keeps p99 within the SLO.
+    pub target_utilization: f64,
+    /// Requests move in steps of this many millicores.
+    pub cpu_step_millis: u64,
+    /// Smallest CPU request.
+    pub min_cpu_millis: u64,
+    /// Largest CPU request.
+    pub max_cpu_millis: u64,
+    /// Scale-down stabilisation window.
+    pub scale_down_window_s: u64,
+    /// Ignore changes smaller than this fraction of the current request (anti-flap).
+    pub tolerance: f64,
+    /// Most migrations one round may start (disruption budget).
+    pub max_migrations: usize,
+}
+
+impl Default for AutoscalerConfig {
+    fn default() -> Self {
+        AutoscalerConfig {
+            target_utilization: 0.7,
+            cpu_step_millis: 50,
+            min_cpu_millis: 50,
+            max_cpu_millis: 64_000,
+            scale_down_window_s: 300,
+            tolerance: 0.1,
+            max_migrations: 64,
+        }
+    }
+}
+
+/// What the autoscaler remembers between rounds: recent recommendations per partition.
+#[derive(Debug, Clone, Default)]
+pub struct AutoscalerState {
+    recommendations: HashMap<(String, u32), VecDeque<(u64, u64)>>,
+}
+
+impl AutoscalerState {
+    /// Records a recommendation and returns the stabilised one: the maximum over the
+    /// scale-down window (so requests rise at once but fall only after the window).
+    fn stabilise(&mut self, key: (String, u32), now_s: u64, rec: u64, window_s: u64) -> u64 {
+        let q = self.recommendations.entry(key).or_default();
+        while q.front().is_some_and(|&(t, _)| t + window_s < now_s) {
+            q.pop_front();
+        }
+        // Keep the queue short: a newer, larger value dominates older smaller ones.
+        while q.back().is_some_and(|&(_, r)| r <= rec) {
+            q.pop_back();
+        }
+        q.push_back((now_s, rec));
+        q.front().map(|&(_, r)| r).unwrap_or(rec)
+    }
+}
+
+/// One autoscaling round; see the module doc. `booting` are nodes already requested.
+pub fn autoscale(
+    view: &mut ClusterView,
+    demands: &[PartitionDemand],
+    pools: &[PoolSpec],
+    booting: &[BootingNode],
+    state: &mut AutoscalerState,
+    cfg: &AutoscalerConfig,
+    now_s: u64,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let mut unmet: Vec<UnmetNeed> = Vec::new();
+    let mut migrations = 0usize;
+    for d in demands {
+        let members = view.partition_members(&d.service, d.partition).to_vec();
+        // Desired request per replica.
+        // The small epsilon keeps 700 / 0.7 at 1000, not 1001.
+        let raw = (d.cpu_used_millis as f64 / cfg.target_utilization - 1e-6).ceil().max(0.0) as u64;
+        let rec = round_up(raw, cfg.cpu_step_millis).clamp(cfg.min_cpu_millis, cfg.max_cpu_millis);
+        let desired = state.stabilise((d.service.clone(), d.partition), now_s, rec, cfg.scale_down_window_s);
+
+        // 1. Repair.
+        if (members.len() as u32) < d.min_replicas {
+            let missing = d.min_replicas - members.len() as u32;
+            let resources = Resources { cpu_millis: desired, ..d.base_resources };
+            let req = PlacementRequest {
+                spread: d.spread,
+                ..PlacementRequest::long_running(&d.service, d.partition, missing, resources)
+            };
+            match place_partition(view, &req, Policy::Cost) {
+                Ok(nodes) => {
+                    for node in nodes {
+                        view.add_replica(new_replica(d, node, resources));
+                        actions.push(Action::Place { service: d.service.clone(), partition: d.partition, node, resources });
+                    }
+                }
+                Err(_) => {
+                    let zones_used = zones_of(view, &view.partition_nodes(&d.service, d.partition));
+                    for _ in 0..missing {
+                        unmet.push(UnmetNeed { resources, avoid_zones: zones_used.clone() });
+                    }
+                }
+            }
+        }
+
+        // 2. Vertical, 3. horizontal.
+        for slot in view.partition_members(&d.service, d.partition).to_vec() {
+            let r = view.replica(slot).expect("member").clone();
+            let current = r.resources.cpu_millis;
+            let change = desired.abs_diff(current) as f64;
+            if change <= cfg.tolerance * current as f64 {
+                continue;
+            }
+            let new_res = Resources { cpu_millis: desired, ..r.resources };
+            if desired < current {
+                view.resize_replica(slot, new_res);
+                actions.push(Action::Resize { service: r.service.clone(), partition: r.partition, node: r.node, from: r.resources, to: new_res });
+                continue;
+            }
+            let free = view.free(r.node).expect("member node");
+            if desired - current <= free.cpu_millis {
+                view.resize_replica(slot, new_res);
+                actions.push(Action::Resize { service: r.service.clone(), partition: r.partition, node: r.node, from: r.resources, to: new_res });
+                continue;
+            }
+            if migrations >= cfg.max_migrations {
+                continue;
+            }
+            let survivors: Vec<NodeId> =
+                view.partition_nodes(&r.service, r.partition).into_iter().filter(|&n| n != r.node).collect();
+            let req = PlacementRequest { spread: d.spread, ..PlacementRequest::long_running(&r.service, r.partition, 1, new_res) };
+            let mut avoid = survivors.clone();
+            avoid.push(r.node);
+            match place_replacement(view, &req, &avoid, Policy::Cost) {
+                Ok(to) if keeps_zone_spread(view, &survivors, r.node, to) => {
+                    view.move_replica(slot, to);
+                    view.resize_replica(slot, new_res);
+                    migrations += 1;
+                    actions.push(Action::Migrate {
+                        service: r.service.clone(),
+                        partition: r.partition,
+                        from: r.node,
+                        to,
+                        resources: new_res,
+                        state_bytes: r.state_bytes,
+                    });
+                }
+                _ => {
+                    // Take what the node has now; ask for a node for the rest.
+                    if free.cpu_millis >= cfg.cpu_step_millis {
+                        let partial = Resources { cpu_millis: current + free.cpu_millis / cfg.cpu_step_millis * cfg.cpu_step_millis, ..r.resources };
+                        view.resize_replica(slot, partial);
+                        actions.push(Action::Resize { service: r.service.clone(), partition: r.partition, node: r.node, from: r.resources, to: partial });
+                    }
+                    unmet.push(UnmetNeed { resources: new_res, avoid_zones: zones_of(view, &survivors) });
+                }
+            }
+        }
+    }
+    actions.extend(plan_new_nodes(view, &unmet, pools, booting, PoolChoice::CheapestPerUnit));
+    actions
+}
+
+/// Capacity that could not be found among existing nodes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnmetNeed {
+    /// What one replica needs.
+    pub resources: Resources,
+    /// Zones it must avoid if possible.
+    pub avoid_zones: Vec<String>,
+}
+
+/// How to choose the pool for a new node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolChoice {
+    /// stator: the cheapest pool per unit of resource that fits.
+    CheapestPerUnit,
+    /// Cluster Autoscaler's default `random` expander; the value picks among the
+    /// fitting pools (the caller draws it from its seeded generator).
+    Random(u64),
+}
+
+/// Adds nodes so every unmet need fits: first into nodes already booting (and those
+/// planned in this call), then into new ones. Respects pool maximums.
+pub fn plan_new_nodes(
+    view: &ClusterView,
+    unmet: &[UnmetNeed],
+    pools: &[PoolSpec],
+    booting: &[BootingNode],
+    choice: PoolChoice,
+) -> Vec<Action> {
+    if unmet.is_empty() {
+        return Vec::new();
+    }
+    let mut counts: BTreeMap<String, u32> = pool_counts(view, booting);
+    let by_pool: HashMap<&str, &PoolSpec> = pools.iter().map(|p| (p.name.as_str(), p)).collect();
+    // Virtual bins: booting nodes start empty (the view does not hold them yet).
+    let mut bins: Vec<(String, Resources)> = booting
+        .iter()
+        .filter_map(|b| by_pool.get(b.pool.as_str()).map(|p| (b.zone.clone(), p.capacity)))
+        .collect();
+    let mut order: Vec<&UnmetNeed> = unmet.iter().collect();
+    order.sort_by(|a, b| b.resources.cpu_millis.cmp(&a.resources.cpu_millis).then(b.resources.memory_mib.cmp(&a.resources.memory_mib)));
+    let sorted_pools = pools_by_unit_price(pools);
+    let mut actions = Vec::new();
+    for need in order {
+        let fit = bins.iter_mut().find(|(z, free)| need.resources.fits_in(free) && !need.avoid_zones.contains(z));
+        if let Some((_, free)) = fit {
+            *free = free.saturating_sub(&need.resources);
+            continue;
+        }
+        let fitting: Vec<&PoolSpec> = sorted_pools
+            .iter()
+            .copied()
+            .filter(|p| need.resources.fits_in(&p.capacity) && counts.get(&p.name).copied().unwrap_or(0) < p.max_nodes)
+            .collect();
+        let pool = match choice {
+            PoolChoice::CheapestPerUnit => fitting.first().copied(),
+            PoolChoice::Random(x) => (!fitting.is_empty()).then(|| fitting[(x as usize) % fitting.len()]),
+        };
+        let Some(pool) = pool else { continue };
+        // Zone: one the need does not avoid, with the fewest of this pool's nodes.
+        let zone = pool
+            .zones
+            .iter()
+            .filter(|z| !need.avoid_zones.contains(z))
+            .min_by_key(|z| {
+                view.nodes().filter(|n| &n.zone == *z && n.pool == pool.name).count()
+                    + bins.iter().filter(|(bz, _)| bz == *z).count()
+            })
+            .or(pool.zones.first())
+            .cloned()
+            .unwrap_or_default();
+        *counts.entry(pool.name.clone()).or_insert(0) += 1;
+        bins.push((zone.clone(), pool.capacity.saturating_sub(&need.resources)));
+        actions.push(Action::AddNode { pool: pool.name.clone(), zone });
+    }
+    actions
+}
+
+fn new_replica(d: &PartitionDemand, node: NodeId, resources: Resources) -> Replica {
+    Replica {
+        service: d.service.clone(),
+        partition: d.partition,
+        node,
+        resources,
+        kind: WorkloadKind::LongRunning,
+        expected_end_s: None,
+        state_bytes: d.state_bytes,
+    }
+}
+
+fn round_up(x: u64, step: u64) -> u64 {
+    if step == 0 {
+        x
+    } else {
+        x.div_ceil(step) * step
+    }
+}
+
+pub(crate) fn zones_of(view: &ClusterView, nodes: &[NodeId]) -> Vec<String> {
+    nodes.iter().filter_map(|&n| view.zone_of(n)).map(str::to_string).collect()
+}
+
+/// A move from `from` to `to` must not put a member into a zone another member uses,
+/// unless `from` already shared a zone with one (then it cannot get worse).
+pub(crate) fn keeps_zone_spread(view: &ClusterView, survivors: &[NodeId], from: NodeId, to: NodeId) -> bool {
+    let zone = |n: NodeId| view.zone_of(n).map(str::to_string);
+    let to_zone = zone(to);
+    let from_zone = zone(from);
+    let clash = |z: &Option<String>| survivors.iter().any(|&s| zone(s) == *z);
+    !clash(&to_zone) || clash(&from_zone)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::Node;
+
+    fn pool(name: &str, cpu: u64, price: f64) -> PoolSpec {
+        PoolSpec {
+            name: name.into(),
+            capacity: Resources::new(cpu, cpu * 4),
+            price_per_hour: price,
+            boot_delay_s: 60,
+            min_nodes: 0,
+            max_nodes: 100,
+            zones: vec!["a".into(), "b".into(), "c".into()],
+            labels: Default::default(),
+        }
+    }
+
+    fn demand(p: u32, used: u64) -> PartitionDemand {
+        PartitionDemand {
+            service: "s".into(),
+            partition: p,
+            cpu_used_millis: used,
+            min_replicas: 3,
+            base_resources: Resources::new(500, 512),
+            state_bytes: 1 << 20,
+            spread: SpreadDomain::Zone,
+        }
+    }
+
+    fn three_zone_view(cpu: u64) -> ClusterView {
+        ClusterView::from_parts(
+            ["a", "b", "c"].iter().enumerate().map(|(i, z)| Node::new(i as u64 + 1, z, "small", Resources::new(cpu, cpu * 4), 0.1)).collect(),
+            vec![],
+        )
+    }
+
+    #[test]
+    fn repairs_then_resizes_in_place() {
+        let mut view = three_zone_view(4000);
+        let mut st = AutoscalerState::default();
+        let cfg = AutoscalerConfig::default();
+        let acts = autoscale(&mut view, &[demand(0, 700)], &[], &[], &mut st, &cfg, 0);
+        // 700 / 0.7 = 1000m on each of 3 zones.
+        assert_eq!(acts.iter().filter(|a| matches!(a, Action::Place { .. })).count(), 3);
+        for (_, r) in view.replicas() {
+            assert_eq!(r.resources.cpu_millis, 1000);
+        }
+        // Demand doubles: resize in place.
+        let acts = autoscale(&mut view, &[demand(0, 1400)], &[], &[], &mut st, &cfg, 15);
+        assert_eq!(acts.len(), 3);
+        assert!(acts.iter().all(|a| matches!(a, Action::Resize { to, .. } if to.cpu_millis == 2000)));
+        // Demand drops: held for the window, then released.
+        let acts = autoscale(&mut view, &[demand(0, 350)], &[], &[], &mut st, &cfg, 30);
+        assert!(acts.is_empty());
+        let acts = autoscale(&mut view, &[demand(0, 350)], &[], &[], &mut st, &cfg, 30 + 301);
+        assert!(acts.iter().all(|a| matches!(a, Action::Resize { to, .. } if to.cpu_millis == 500)), "{acts:?}");
+    }
+
+    #[test]
+    fn adds_cheapest_fitting_pool_node_in_a_free_zone() {
+        let mut view = three_zone_view(2000);
+        let mut st = AutoscalerState::default();
+        let cfg = AutoscalerConfig::default();
+        autoscale(&mut view, &[demand(0, 700)], &[], &[], &mut st, &cfg, 0);
+        // Needs 3000m: nothing fits; pools: big is cheaper per unit.
+        let pools = vec![pool("small", 2000, 0.1), pool("big", 8000, 0.3), pool("huge", 32000, 10.0)];
+        let acts = autoscale(&mut view, &[demand(0, 2100)], &pools, &[], &mut st, &cfg, 15);
+        let adds: Vec<_> = acts.iter().filter(|a| matches!(a, Action::AddNode { .. })).collect();
+        assert_eq!(adds.len(), 3, "{acts:?}");
+        assert!(adds.iter().all(|a| matches!(a, Action::AddNode { pool, .. } if pool == "big")));
+        // A node per zone, since each replica must stay in its own zone.
+        let zones: std::collections::BTreeSet<_> =
+            adds.iter().map(|a| match a { Action::AddNode { zone, .. } => zone.clone(), _ => unreachable!() }).collect();
+        assert_eq!(zones.len(), 3);
+        // Booting nodes absorb the same need next round: nothing more is added.
+        let booting: Vec<BootingNode> = adds
+            .iter()
+            .map(|a| match a { Action::AddNode { pool, zone } => BootingNode { pool: pool.clone(), zone: zone.clone() }, _ => unreachable!() })
+            .collect();
+        let acts = autoscale(&mut view, &[demand(0, 2100)], &pools, &booting, &mut st, &cfg, 30);
+        assert!(!acts.iter().any(|a| matches!(a, Action::AddNode { .. })), "{acts:?}");
+    }
+
+    #[test]
+    fn migrates_when_node_is_full_but_another_has_room() {
+        let mut view = ClusterView::from_parts(
+            vec![
+                Node::new(1, "a", "p", Resources::new(2000, 8192), 0.1),
+                Node::new(2, "b", "p", Resources::new(2000, 8192), 0.1),
+                Node::new(3, "c", "p", Resources::new(2000, 8192), 0.1),
+                Node::new(4, "c", "p", Resources::new(8000, 8192), 0.1),
+            ],
+            vec![],
+        );
+        let mut st = AutoscalerState::default();
+        let cfg = AutoscalerConfig { max_migrations: 10, ..Default::default() };
+        autoscale(&mut view, &[demand(0, 700)], &[], &[], &mut st, &cfg, 0);
+        let acts = autoscale(&mut view, &[demand(0, 2100)], &[], &[], &mut st, &cfg, 15);
+        let moves: Vec<_> = acts.iter().filter(|a| matches!(a, Action::Migrate { .. })).collect();
+        assert_eq!(moves.len(), 1, "{acts:?}");
+        assert!(matches!(moves[0], Action::Migrate { to: 4, .. }));
+    }
+}

@@ -1,0 +1,256 @@
+//! Scale-in by consolidation (Karpenter/HTAS-like): release empty nodes, then empty
+//! the least-used nodes by live-migrating their replicas to nodes with room.
+//!
+//! Rules kept on every move: the target has the capacity; it hosts no other member of
+//! the partition; it puts the replica in no zone another member uses (unless the
+//! replica already shared one); members are moved, never dropped, so a partition keeps
+//! its size (and quorum) throughout. At most `disruption_budget` moves are in flight.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+use crate::actions::Action;
+use crate::autoscaler::keeps_zone_spread;
+use crate::pools::PoolSpec;
+use crate::scheduler::{place_replacement, Policy, PlacementRequest, SpreadDomain};
+use crate::view::{ClusterView, WorkloadKind};
+use stator_api::ids::NodeId;
+
+/// Tunables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsolidatorConfig {
+    /// Most concurrent migrations (including those already running).
+    pub disruption_budget: usize,
+    /// A node must stay empty this long before it is released (anti-flap).
+    pub empty_for_s: u64,
+    /// Only nodes whose requested CPU and memory are both under this fraction are
+    /// candidates for emptying.
+    pub underutilized_below: f64,
+    /// Most candidate nodes examined per round (bounds the work per round).
+    pub max_candidates: usize,
+    /// Fill a target node to at most this fraction of its CPU with moved replicas,
+    /// leaving headroom for vertical scaling.
+    pub max_target_fill: f64,
+    /// Scheduling policy for the targets.
+    pub policy: Policy,
+}
+
+impl Default for ConsolidatorConfig {
+    fn default() -> Self {
+        ConsolidatorConfig {
+            disruption_budget: 32,
+            empty_for_s: 120,
+            underutilized_below: 0.5,
+            max_candidates: 16,
+            max_target_fill: 0.9,
+            policy: Policy::Cost,
+        }
+    }
+}
+
+/// What the consolidator remembers: since when each node has been empty.
+#[derive(Debug, Clone, Default)]
+pub struct ConsolidatorState {
+    empty_since: HashMap<NodeId, u64>,
+}
+
+/// One consolidation round. `in_flight_moves` are migrations still running;
+/// `busy_nodes` are nodes with a migration running to or from them (not released).
+/// Applies its actions to `view`.
+pub fn consolidate(
+    view: &mut ClusterView,
+    pools: &[PoolSpec],
+    in_flight_moves: usize,
+    busy_nodes: &[NodeId],
+    state: &mut ConsolidatorState,
+    cfg: &ConsolidatorConfig,
+    now_s: u64,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let min_nodes: HashMap<&str, u32> = pools.iter().map(|p| (p.name.as_str(), p.min_nodes)).collect();
+    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    for n in view.nodes() {
+        *counts.entry(n.pool.clone()).or_insert(0) += 1;
+    }
+
+    // 1. Empty nodes, once empty for long enough.
+    let mut empty: Vec<NodeId> = Vec::new();
+    let mut seen_empty: Vec<NodeId> = Vec::new();
+    for n in view.nodes() {
+        if view.replicas_on(n.id).is_empty() && view.allocated(n.id).is_some_and(|a| a == n.reserved) {
+            seen_empty.push(n.id);
+            let since = *state.empty_since.entry(n.id).or_insert(now_s);
+            if now_s >= since + cfg.empty_for_s && !busy_nodes.contains(&n.id) {
+                empty.push(n.id);
+            }
+        }
+    }
+    let seen_empty: std::collections::HashSet<NodeId> = seen_empty.into_iter().collect();
+    state.empty_since.retain(|id, _| seen_empty.contains(id));
+    // Most expensive first.
+    empty.sort_by(|a, b| {
+        let pa = view.node(*a).expect("listed").price_per_hour;
+        let pb = view.node(*b).expect("listed").price_per_hour;
+        pb.total_cmp(&pa).then(a.cmp(b))
+    });
+    for id in empty {
+        let pool = view.node(id).expect("listed").pool.clone();
+        let count = counts.get(&pool).copied().unwrap_or(0);
+        if count <= min_nodes.get(pool.as_str()).copied().unwrap_or(0) {
+            continue;
+        }
+        *counts.get_mut(&pool).expect("counted") -= 1;
+        view.remove_node(id);
+        state.empty_since.remove(&id);
+        actions.push(Action::RemoveNode { node: id });
+    }
+
+    // 2. Under-used nodes whose replicas all fit elsewhere.
+    let mut budget = cfg.disruption_budget.saturating_sub(in_flight_moves);
+    if budget == 0 {
+        return actions;
+    }
+    let mut candidates: Vec<(f64, f64, NodeId)> = view
+        .nodes()
+        .filter(|n| n.schedulable && !busy_nodes.contains(&n.id))
+        .filter(|n| !view.replicas_on(n.id).is_empty())
+        .filter_map(|n| {
+            let a = view.allocated(n.id)?;
+            let cpu = a.cpu_millis as f64 / n.capacity.cpu_millis.max(1) as f64;
+            let mem = a.memory_mib as f64 / n.capacity.memory_mib.max(1) as f64;
+            (cpu < cfg.underutilized_below && mem < cfg.underutilized_below).then_some((cpu.max(mem), n.price_per_unit(), n.id))
+        })
+        .collect();
+    // Emptiest first; among equals the dearest per unit.
+    candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(&b.2)));
+    for &(_, _, node) in candidates.iter().take(cfg.max_candidates) {
+        let slots = view.replicas_on(node).to_vec();
+        if slots.len() > budget {
+            continue;
+        }
+        view.set_schedulable(node, false);
+        let mut moved: Vec<(usize, NodeId)> = Vec::new();
+        let mut ok = true;
+        for &slot in &slots {
+            let r = view.replica(slot).expect("on node").clone();
+            let survivors: Vec<NodeId> =
+                view.partition_nodes(&r.service, r.partition).into_iter().filter(|&n| n != node).collect();
+            let mut req = match r.kind {
+                WorkloadKind::LongRunning => PlacementRequest::long_running(&r.service, r.partition, 1, r.resources),
+                WorkloadKind::Job { expected_duration_s } => PlacementRequest {
+                    kind: WorkloadKind::Job { expected_duration_s },
+                    now_s: r.expected_end_s.unwrap_or(now_s).saturating_sub(expected_duration_s),
+                    ..PlacementRequest::job(&r.service, r.resources, now_s, expected_duration_s)
+                },
+            };
+            req.spread = SpreadDomain::Zone;
+            let target = place_replacement(view, &req, &survivors, cfg.policy)
+                .ok()
+                .filter(|&to| keeps_zone_spread(view, &survivors, node, to))
+                .filter(|&to| {
+                    let n = view.node(to).expect("placed");
+                    let after = view.allocated(to).expect("placed").cpu_millis + r.resources.cpu_millis;
+                    after as f64 <= cfg.max_target_fill * n.capacity.cpu_millis as f64
+                });
+            match target {
+                Some(to) => {
+                    view.move_replica(slot, to);
+                    moved.push((slot, to));
+                }
+                None => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if !ok {
+            for &(slot, _) in moved.iter().rev() {
+                view.move_replica(slot, node);
+            }
+            view.set_schedulable(node, true);
+            continue;
+        }
+        actions.push(Action::Cordon { node });
+        for (slot, to) in moved {
+            let r = view.replica(slot).expect("moved");
+            actions.push(Action::Migrate {
+                service: r.service.clone(),
+                partition: r.partition,
+                from: node,
+                to,
+                resources: r.resources,
+                state_bytes: r.state_bytes,
+            });
+        }
+        budget -= slots.len();
+        if budget == 0 {
+            break;
+        }
+    }
+    actions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::{Node, Replica, Resources};
+
+    fn lr(p: u32, node: NodeId, cpu: u64) -> Replica {
+        Replica {
+            service: "s".into(),
+            partition: p,
+            node,
+            resources: Resources::new(cpu, 512),
+            kind: WorkloadKind::LongRunning,
+            expected_end_s: None,
+            state_bytes: 100,
+        }
+    }
+
+    #[test]
+    fn removes_empty_after_window_and_respects_min() {
+        let pools = vec![PoolSpec {
+            name: "p".into(),
+            capacity: Resources::new(4000, 8192),
+            price_per_hour: 1.0,
+            boot_delay_s: 0,
+            min_nodes: 1,
+            max_nodes: 10,
+            zones: vec!["a".into()],
+            labels: Default::default(),
+        }];
+        let mut view = ClusterView::from_parts(
+            (1..=3).map(|i| Node::new(i, "a", "p", Resources::new(4000, 8192), 1.0)).collect(),
+            vec![],
+        );
+        let mut st = ConsolidatorState::default();
+        let cfg = ConsolidatorConfig::default();
+        assert!(consolidate(&mut view, &pools, 0, &[], &mut st, &cfg, 0).is_empty());
+        let acts = consolidate(&mut view, &pools, 0, &[], &mut st, &cfg, 200);
+        assert_eq!(acts.len(), 2, "{acts:?}");
+        assert_eq!(view.node_count(), 1);
+    }
+
+    #[test]
+    fn empties_an_underused_node_keeping_zones() {
+        // Zones a, b, c each with a big node; zone c also has a small, lightly used
+        // node holding the c-member of partition 0.
+        let nodes = vec![
+            Node::new(1, "a", "p", Resources::new(8000, 16384), 1.0),
+            Node::new(2, "b", "p", Resources::new(8000, 16384), 1.0),
+            Node::new(3, "c", "p", Resources::new(8000, 16384), 1.0),
+            Node::new(4, "c", "p", Resources::new(8000, 16384), 1.0),
+        ];
+        let replicas = vec![
+            lr(0, 1, 2000), lr(0, 2, 2000), lr(0, 4, 1000),
+            lr(1, 1, 2000), lr(1, 2, 2000), lr(1, 3, 3000),
+        ];
+        let mut view = ClusterView::from_parts(nodes, replicas);
+        let mut st = ConsolidatorState::default();
+        let acts = consolidate(&mut view, &[], 0, &[], &mut st, &ConsolidatorConfig::default(), 0);
+        assert!(acts.contains(&Action::Cordon { node: 4 }), "{acts:?}");
+        assert!(acts.iter().any(|a| matches!(a, Action::Migrate { from: 4, to: 3, .. })), "{acts:?}");
+        assert_eq!(view.partition_nodes("s", 0).len(), 3);
+        assert!(view.replicas_on(4).is_empty());
+    }
+}

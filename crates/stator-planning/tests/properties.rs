@@ -1,0 +1,131 @@
+//! Property tests: no planner action breaks quorum, anti-affinity or capacity.
+
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+use stator_planning::{
+    autoscale, consolidate, place_partition, AutoscalerConfig, AutoscalerState, ClusterView, ConsolidatorConfig,
+    ConsolidatorState, Node, PartitionDemand, Policy, PlacementRequest, PoolSpec, Replica, Resources, SpreadDomain,
+    WorkloadKind,
+};
+
+const ZONES: [&str; 4] = ["a", "b", "c", "d"];
+
+fn check_capacity(view: &ClusterView) {
+    for n in view.nodes() {
+        let a = view.allocated(n.id).unwrap();
+        assert!(a.fits_in(&n.capacity), "node {} over capacity: {a:?} > {:?}", n.id, n.capacity);
+    }
+}
+
+/// Per partition: member count and distinct zones.
+fn shape(view: &ClusterView) -> BTreeMap<(String, u32), (usize, usize)> {
+    let mut out = BTreeMap::new();
+    for (service, p) in view.partition_keys() {
+        let nodes = view.partition_nodes(&service, p);
+        let distinct_nodes: BTreeSet<_> = nodes.iter().collect();
+        assert_eq!(distinct_nodes.len(), nodes.len(), "{service}/{p} has two members on one node: {nodes:?}");
+        let zones: BTreeSet<_> = nodes.iter().map(|&n| view.zone_of(n).unwrap().to_string()).collect();
+        out.insert((service, p), (nodes.len(), zones.len()));
+    }
+    out
+}
+
+fn check_no_worse(before: &BTreeMap<(String, u32), (usize, usize)>, after: &BTreeMap<(String, u32), (usize, usize)>) {
+    for (k, &(members, zones)) in before {
+        let &(m2, z2) = after.get(k).unwrap_or(&(0, 0));
+        assert!(m2 >= members, "{k:?} lost members: {members} -> {m2}");
+        assert!(z2 >= zones, "{k:?} lost zone spread: {zones} -> {z2}");
+    }
+}
+
+prop_compose! {
+    fn cluster()(nodes in prop::collection::vec((0usize..4, 1u64..9, 0u64..3), 3..12)) -> ClusterView {
+        ClusterView::from_parts(
+            nodes.into_iter().enumerate().map(|(i, (z, cores, price))| {
+                Node::new(i as u64 + 1, ZONES[z], "p", Resources::new(cores * 1000, cores * 4096), 0.05 * (price + 1) as f64 * cores as f64)
+            }).collect(),
+            vec![],
+        )
+    }
+}
+
+fn pools() -> Vec<PoolSpec> {
+    vec![PoolSpec {
+        name: "p".into(),
+        capacity: Resources::new(4000, 16384),
+        price_per_hour: 0.2,
+        boot_delay_s: 60,
+        min_nodes: 0,
+        max_nodes: 1000,
+        zones: ZONES.iter().map(|z| z.to_string()).collect(),
+        labels: Default::default(),
+    }]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn placement_keeps_capacity_and_anti_affinity(
+        mut view in cluster(),
+        parts in prop::collection::vec((1u32..4, 100u64..1500, any::<bool>()), 1..12),
+        cost in any::<bool>(),
+    ) {
+        let policy = if cost { Policy::Cost } else { Policy::Spread };
+        for (i, (r, cpu, zone)) in parts.into_iter().enumerate() {
+            let req = PlacementRequest {
+                spread: if zone { SpreadDomain::Zone } else { SpreadDomain::Node },
+                ..PlacementRequest::long_running("s", i as u32, r, Resources::new(cpu, 512))
+            };
+            if let Ok(nodes) = place_partition(&view, &req, policy) {
+                prop_assert_eq!(nodes.len(), r as usize);
+                let zones_avail: BTreeSet<_> = view.nodes().filter(|n| req.resources.fits_in(&view.free(n.id).unwrap())).map(|n| n.zone.clone()).collect();
+                for n in nodes {
+                    view.add_replica(Replica { service: "s".into(), partition: i as u32, node: n, resources: req.resources, kind: WorkloadKind::LongRunning, expected_end_s: None, state_bytes: 0 });
+                }
+                let s = shape(&view);
+                if zone && zones_avail.len() >= r as usize {
+                    prop_assert_eq!(s[&("s".to_string(), i as u32)].1, r as usize, "zones available {:?}", zones_avail);
+                }
+            }
+            check_capacity(&view);
+        }
+    }
+
+    #[test]
+    fn autoscaler_and_consolidator_never_break_invariants(
+        mut view in cluster(),
+        parts in prop::collection::vec((1u32..4, 100u64..1200), 1..10),
+        rounds in prop::collection::vec(prop::collection::vec(0u64..3000, 10), 1..6),
+    ) {
+        for (i, &(r, cpu)) in parts.iter().enumerate() {
+            let req = PlacementRequest::long_running("s", i as u32, r, Resources::new(cpu, 512));
+            if let Ok(nodes) = place_partition(&view, &req, Policy::Cost) {
+                for n in nodes {
+                    view.add_replica(Replica { service: "s".into(), partition: i as u32, node: n, resources: req.resources, kind: WorkloadKind::LongRunning, expected_end_s: None, state_bytes: 1 });
+                }
+            }
+        }
+        let mut ast = AutoscalerState::default();
+        let mut cst = ConsolidatorState::default();
+        let acfg = AutoscalerConfig::default();
+        let ccfg = ConsolidatorConfig { empty_for_s: 0, ..Default::default() };
+        for (t, usage) in rounds.into_iter().enumerate() {
+            let now = t as u64 * 400;
+            let demands: Vec<PartitionDemand> = view.partition_keys().into_iter().map(|(s, p)| {
+                let members = view.partition_nodes(&s, p).len() as u32;
+                PartitionDemand { service: s, partition: p, cpu_used_millis: usage[p as usize % usage.len()], min_replicas: members, base_resources: Resources::new(100, 512), state_bytes: 1, spread: SpreadDomain::Zone }
+            }).collect();
+            let before = shape(&view);
+            autoscale(&mut view, &demands, &pools(), &[], &mut ast, &acfg, now);
+            check_capacity(&view);
+            let mid = shape(&view);
+            check_no_worse(&before, &mid);
+            consolidate(&mut view, &pools(), 0, &[], &mut cst, &ccfg, now);
+            check_capacity(&view);
+            let after = shape(&view);
+            check_no_worse(&mid, &after);
+        }
+    }
+}
