@@ -1,0 +1,68 @@
+//! The `kv` machine behind the replica contract: RESP bytes in, RESP bytes out.
+
+use crate::machine::KvMachine;
+use crate::resp::parse_whole_command;
+use crate::snapshot;
+use async_trait::async_trait;
+use stator_api::app::{AppError, StateMachine, StateMachineFactory};
+use stator_api::ids::GroupId;
+
+#[async_trait]
+impl StateMachine for KvMachine {
+    /// `command` is one RESP command array. A malformed command gets a protocol error
+    /// reply rather than an `AppError`: every replica sees the same bytes, and stopping all
+    /// of them over one client's garbage would take the partition down.
+    async fn apply(&mut self, _index: u64, time_ms: u64, command: &[u8]) -> Result<Vec<u8>, AppError> {
+        let reply = match parse_whole_command(command) {
+            Ok(argv) => self.apply_owned(time_ms, argv),
+            Err(error) => {
+                self.advance_clock(time_ms);
+                error.to_reply()
+            }
+        };
+        Ok(reply.to_bytes())
+    }
+
+    async fn query(&mut self, time_ms: u64, request: &[u8]) -> Result<Vec<u8>, AppError> {
+        let reply = match parse_whole_command(request) {
+            Ok(argv) => self.query_argv(time_ms, &argv),
+            Err(error) => error.to_reply(),
+        };
+        Ok(reply.to_bytes())
+    }
+
+    async fn snapshot(&mut self) -> Result<Vec<u8>, AppError> {
+        Ok(snapshot::encode(self))
+    }
+
+    async fn restore(&mut self, snapshot: &[u8]) -> Result<(), AppError> {
+        *self = snapshot::decode(snapshot)?;
+        Ok(())
+    }
+
+    fn state_bytes(&self) -> u64 {
+        self.data_bytes()
+    }
+}
+
+impl KvMachine {
+    /// The snapshot bytes of this machine (what `StateMachine::snapshot` returns).
+    pub fn to_snapshot(&self) -> Vec<u8> {
+        snapshot::encode(self)
+    }
+
+    /// A machine rebuilt from [`KvMachine::to_snapshot`] output.
+    pub fn from_snapshot(bytes: &[u8]) -> Result<Self, AppError> {
+        snapshot::decode(bytes)
+    }
+}
+
+/// Builds empty [`KvMachine`]s: the `builtin = "kv"` app.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KvFactory;
+
+impl StateMachineFactory for KvFactory {
+    fn create(&self, _group: GroupId) -> Box<dyn StateMachine> {
+        Box::new(KvMachine::new())
+    }
+}

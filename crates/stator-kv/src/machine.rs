@@ -1,0 +1,499 @@
+//! `KvMachine`: Redis string commands with deterministic, leader-clocked expiry.
+
+use crate::command::{lookup, slot_of_keys, Command, CommandKind, CommandSpec, KeySlot};
+use crate::keyspace::{Entry, ExpiryChange, Keyspace};
+use crate::resp::{parse_i64_strict, push_decimal, Value, MAX_BULK_BYTES};
+
+/// Most expired keys reclaimed by the sweep in one apply. Every write creates at most one
+/// expiring key, so sweeping more than one per apply drains any backlog, while the cap
+/// keeps a mass expiry from stalling a single apply (Redis samples 20 keys per cycle).
+pub const MAX_EXPIRED_SWEPT_PER_APPLY: usize = 32;
+
+/// Most argument bytes echoed back in an unknown-command error, as Redis does.
+const MAX_UNKNOWN_ARGS_ECHO_BYTES: usize = 128;
+
+const NOT_AN_INTEGER: &str = "ERR value is not an integer or out of range";
+const NOT_A_FLOAT: &str = "ERR value is not a valid float";
+const SYNTAX_ERROR: &str = "ERR syntax error";
+const OVERFLOW: &str = "ERR increment or decrement would overflow";
+const CROSS_SLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
+const TOO_LONG: &str = "ERR string exceeds maximum allowed size (proto-max-bulk-len)";
+
+/// The built-in Redis-compatible key-value state machine.
+///
+/// Time comes only from the `time_ms` stamped on each entry by the leader; the machine keeps
+/// the largest value seen, so its clock never runs backwards even across leader changes.
+#[derive(Debug, Default)]
+pub struct KvMachine {
+    pub(crate) keyspace: Keyspace,
+    pub(crate) now_ms: u64,
+}
+
+/// Units of an expiry argument.
+#[derive(Clone, Copy)]
+enum TimeUnit {
+    Seconds,
+    Milliseconds,
+}
+
+/// Whether an expiry argument counts from now or from the epoch.
+#[derive(Clone, Copy)]
+enum TimeBase {
+    Relative,
+    Absolute,
+}
+
+impl KvMachine {
+    /// An empty machine at time 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The machine's clock: the largest `time_ms` applied so far.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// Keys held, including expired keys not yet reclaimed.
+    pub fn key_count(&self) -> usize {
+        self.keyspace.len()
+    }
+
+    /// Approximate bytes of keys and values held.
+    pub fn data_bytes(&self) -> u64 {
+        self.keyspace.bytes()
+    }
+
+    /// Applies one command at leader time `time_ms` and returns its reply.
+    pub fn apply_argv(&mut self, time_ms: u64, argv: &[Vec<u8>]) -> Value {
+        self.apply_owned(time_ms, argv.to_vec())
+    }
+
+    /// Like [`KvMachine::apply_argv`], but takes the arguments so keys and values move into
+    /// the map without a copy: the fast path for log entries.
+    pub fn apply_owned(&mut self, time_ms: u64, argv: Vec<Vec<u8>>) -> Value {
+        self.advance_clock(time_ms);
+        let spec = match resolve(&argv) {
+            Ok(spec) => spec,
+            Err(reply) => return reply,
+        };
+        let now_ms = self.now_ms;
+        for index in spec.key_indexes(argv.len()) {
+            self.keyspace.reclaim_if_expired(&argv[index], now_ms);
+        }
+        match spec.kind {
+            CommandKind::Read => self.read(now_ms, spec, &argv),
+            CommandKind::Write | CommandKind::Unknown => self.write(spec, argv),
+        }
+    }
+
+    /// Answers a read-only command at leader time `time_ms` without changing any state.
+    /// A write command gets an error reply: it must go through the log.
+    pub fn query_argv(&self, time_ms: u64, argv: &[Vec<u8>]) -> Value {
+        let spec = match resolve(argv) {
+            Ok(spec) => spec,
+            Err(reply) => return reply,
+        };
+        if spec.kind != CommandKind::Read {
+            return Value::error(format!(
+                "ERR '{}' changes state and cannot run as a read-only query; send it as a write",
+                spec.name
+            ));
+        }
+        self.read(self.now_ms.max(time_ms), spec, argv)
+    }
+
+    /// Moves the clock to `time_ms` unless that would run it backwards, then reclaims a
+    /// bounded number of expired keys. Depends only on state and `time_ms`: deterministic.
+    pub(crate) fn advance_clock(&mut self, time_ms: u64) {
+        self.now_ms = self.now_ms.max(time_ms);
+        self.keyspace.sweep_expired(self.now_ms, MAX_EXPIRED_SWEPT_PER_APPLY);
+    }
+
+    fn live(&self, key: &[u8], now_ms: u64) -> Option<&Entry> {
+        self.keyspace.live(key, now_ms)
+    }
+
+    fn read(&self, now_ms: u64, spec: &CommandSpec, argv: &[Vec<u8>]) -> Value {
+        match spec.command {
+            Command::Get => Value::Bulk(self.live(&argv[1], now_ms).map(|entry| entry.value.clone())),
+            Command::StrLen => Value::Integer(self.live(&argv[1], now_ms).map_or(0, |entry| entry.value.len() as i64)),
+            Command::Exists => Value::Integer(
+                argv[1..]
+                    .iter()
+                    .filter(|key| self.live(key, now_ms).is_some())
+                    .count() as i64,
+            ),
+            Command::MGet => Value::Array(Some(
+                argv[1..]
+                    .iter()
+                    .map(|key| Value::Bulk(self.live(key, now_ms).map(|entry| entry.value.clone())))
+                    .collect(),
+            )),
+            Command::Ttl | Command::PTtl => {
+                let Some(entry) = self.live(&argv[1], now_ms) else {
+                    return Value::Integer(-2);
+                };
+                let Some(at_ms) = entry.expires_at_ms else {
+                    return Value::Integer(-1);
+                };
+                let remaining_ms = at_ms.saturating_sub(now_ms) as i64;
+                match spec.command {
+                    // Redis rounds the seconds to nearest.
+                    Command::Ttl => Value::Integer((remaining_ms + 500) / 1000),
+                    _ => Value::Integer(remaining_ms),
+                }
+            }
+            Command::Ping => match argv.len() {
+                1 => Value::Simple("PONG".to_owned()),
+                2 => Value::bulk(argv[1].clone()),
+                _ => wrong_arity(spec.name),
+            },
+            Command::Echo => Value::bulk(argv[1].clone()),
+            other => unreachable!("{other:?} is a write but was dispatched as a read"),
+        }
+    }
+
+    fn write(&mut self, spec: &CommandSpec, mut argv: Vec<Vec<u8>>) -> Value {
+        let now_ms = self.now_ms;
+        match spec.command {
+            Command::Set => self.set(argv),
+            Command::SetNx => {
+                if self.live(&argv[1], now_ms).is_some() {
+                    return Value::Integer(0);
+                }
+                let value = std::mem::take(&mut argv[2]);
+                self.keyspace.insert(take_key(&mut argv), value, ExpiryChange::Clear);
+                Value::Integer(1)
+            }
+            Command::SetEx | Command::PSetEx => {
+                let unit = if spec.command == Command::SetEx { TimeUnit::Seconds } else { TimeUnit::Milliseconds };
+                let Some(amount) = parse_i64_strict(&argv[2]) else {
+                    return Value::error(NOT_AN_INTEGER);
+                };
+                let at_ms = match (amount > 0).then(|| expiry_at_ms(now_ms, amount, unit, TimeBase::Relative)).flatten() {
+                    Some(at_ms) => at_ms,
+                    None => return invalid_expire(spec.name),
+                };
+                let value = std::mem::take(&mut argv[3]);
+                self.keyspace.insert(take_key(&mut argv), value, ExpiryChange::At(at_ms));
+                Value::ok()
+            }
+            Command::GetSet => {
+                let value = std::mem::take(&mut argv[2]);
+                Value::Bulk(self.keyspace.insert(take_key(&mut argv), value, ExpiryChange::Clear))
+            }
+            Command::GetDel => Value::Bulk(self.keyspace.remove(&argv[1]).map(|entry| entry.value)),
+            Command::Del => Value::Integer(argv[1..].iter().filter(|key| self.keyspace.remove(key).is_some()).count() as i64),
+            Command::Incr => self.increment(argv, 1),
+            Command::Decr => self.increment(argv, -1),
+            Command::IncrBy => match parse_i64_strict(&argv[2]) {
+                Some(delta) => self.increment(argv, delta),
+                None => Value::error(NOT_AN_INTEGER),
+            },
+            Command::DecrBy => match parse_i64_strict(&argv[2]) {
+                Some(i64::MIN) => Value::error("ERR decrement would overflow"),
+                Some(delta) => self.increment(argv, -delta),
+                None => Value::error(NOT_AN_INTEGER),
+            },
+            Command::IncrByFloat => self.increment_float(argv),
+            Command::Append => {
+                let current_len = self.live(&argv[1], now_ms).map_or(0, |entry| entry.value.len());
+                let new_len = current_len + argv[2].len();
+                if new_len > MAX_BULK_BYTES {
+                    return Value::error(TOO_LONG);
+                }
+                let suffix = std::mem::take(&mut argv[2]);
+                if self.keyspace.update_value(&argv[1], |value| value.extend_from_slice(&suffix)).is_none() {
+                    self.keyspace.insert(take_key(&mut argv), suffix, ExpiryChange::Clear);
+                }
+                Value::Integer(new_len as i64)
+            }
+            Command::MSet => {
+                if argv.len() % 2 == 0 {
+                    return wrong_arity(spec.name);
+                }
+                let mut pairs = argv.into_iter().skip(1);
+                while let (Some(key), Some(value)) = (pairs.next(), pairs.next()) {
+                    self.keyspace.insert(key, value, ExpiryChange::Clear);
+                }
+                Value::ok()
+            }
+            Command::Expire => self.expire(spec.name, &argv, TimeUnit::Seconds, TimeBase::Relative),
+            Command::PExpire => self.expire(spec.name, &argv, TimeUnit::Milliseconds, TimeBase::Relative),
+            Command::ExpireAt => self.expire(spec.name, &argv, TimeUnit::Seconds, TimeBase::Absolute),
+            Command::PExpireAt => self.expire(spec.name, &argv, TimeUnit::Milliseconds, TimeBase::Absolute),
+            Command::Persist => {
+                let has_expiry = self.live(&argv[1], now_ms).is_some_and(|entry| entry.expires_at_ms.is_some());
+                if has_expiry {
+                    self.keyspace.set_expiry(&argv[1], None);
+                }
+                Value::Integer(i64::from(has_expiry))
+            }
+            other => unreachable!("{other:?} is a read but was dispatched as a write"),
+        }
+    }
+
+    /// `SET key value [NX | XX] [GET] [EX s | PX ms | EXAT s | PXAT ms | KEEPTTL]`.
+    fn set(&mut self, mut argv: Vec<Vec<u8>>) -> Value {
+        #[derive(PartialEq)]
+        enum Condition {
+            Always,
+            IfMissing,
+            IfExists,
+        }
+        let mut condition = Condition::Always;
+        let mut return_previous = false;
+        let mut keep_ttl = false;
+        let mut expiry: Option<(TimeUnit, TimeBase, usize)> = None;
+        let mut index = 3;
+        while index < argv.len() {
+            let option = argv[index].to_ascii_uppercase();
+            let has_next = index + 1 < argv.len();
+            match option.as_slice() {
+                b"NX" if condition != Condition::IfExists => condition = Condition::IfMissing,
+                b"XX" if condition != Condition::IfMissing => condition = Condition::IfExists,
+                b"GET" => return_previous = true,
+                b"KEEPTTL" if expiry.is_none() => keep_ttl = true,
+                b"EX" | b"PX" | b"EXAT" | b"PXAT" if !keep_ttl && has_next => {
+                    let (unit, base) = match option.as_slice() {
+                        b"EX" => (TimeUnit::Seconds, TimeBase::Relative),
+                        b"PX" => (TimeUnit::Milliseconds, TimeBase::Relative),
+                        b"EXAT" => (TimeUnit::Seconds, TimeBase::Absolute),
+                        _ => (TimeUnit::Milliseconds, TimeBase::Absolute),
+                    };
+                    if expiry.is_some_and(|(_, _, earlier)| argv[earlier - 1].to_ascii_uppercase() != option) {
+                        return Value::error(SYNTAX_ERROR);
+                    }
+                    expiry = Some((unit, base, index + 1));
+                    index += 1;
+                }
+                _ => return Value::error(SYNTAX_ERROR),
+            }
+            index += 1;
+        }
+        let now_ms = self.now_ms;
+        let expiry_change = match expiry {
+            None if keep_ttl => ExpiryChange::Keep,
+            None => ExpiryChange::Clear,
+            Some((unit, base, value_index)) => {
+                let Some(amount) = parse_i64_strict(&argv[value_index]) else {
+                    return Value::error(NOT_AN_INTEGER);
+                };
+                match (amount > 0).then(|| expiry_at_ms(now_ms, amount, unit, base)).flatten() {
+                    Some(at_ms) => ExpiryChange::At(at_ms),
+                    None => return invalid_expire("set"),
+                }
+            }
+        };
+        let exists = self.live(&argv[1], now_ms).is_some();
+        let skip = match condition {
+            Condition::Always => false,
+            Condition::IfMissing => exists,
+            Condition::IfExists => !exists,
+        };
+        if skip {
+            return if return_previous {
+                Value::Bulk(self.live(&argv[1], now_ms).map(|entry| entry.value.clone()))
+            } else {
+                Value::null()
+            };
+        }
+        let previous = match expiry_change {
+            // An absolute time already past: the key is written and gone at once (Redis 7).
+            ExpiryChange::At(at_ms) if at_ms <= now_ms => self.keyspace.remove(&argv[1]).map(|entry| entry.value),
+            _ => {
+                let value = std::mem::take(&mut argv[2]);
+                self.keyspace.insert(take_key(&mut argv), value, expiry_change)
+            }
+        };
+        if return_previous {
+            Value::Bulk(previous)
+        } else {
+            Value::ok()
+        }
+    }
+
+    /// INCR / DECR / INCRBY / DECRBY: the value must be a decimal i64; the TTL is kept.
+    fn increment(&mut self, mut argv: Vec<Vec<u8>>, delta: i64) -> Value {
+        let current = match self.live(&argv[1], self.now_ms) {
+            Some(entry) => match parse_i64_strict(&entry.value) {
+                Some(number) => Some(number),
+                None => return Value::error(NOT_AN_INTEGER),
+            },
+            None => None,
+        };
+        let Some(updated) = current.unwrap_or(0).checked_add(delta) else {
+            return Value::error(OVERFLOW);
+        };
+        let write_decimal = |value: &mut Vec<u8>| {
+            value.clear();
+            push_decimal(value, updated);
+        };
+        if current.is_some() {
+            self.keyspace.update_value(&argv[1], write_decimal);
+        } else {
+            let mut value = Vec::with_capacity(20);
+            write_decimal(&mut value);
+            self.keyspace.insert(take_key(&mut argv), value, ExpiryChange::Clear);
+        }
+        Value::Integer(updated)
+    }
+
+    /// INCRBYFLOAT: the TTL is kept; the result is stored and returned as a decimal string.
+    fn increment_float(&mut self, mut argv: Vec<Vec<u8>>) -> Value {
+        let Some(delta) = parse_f64_strict(&argv[2]) else {
+            return Value::error(NOT_A_FLOAT);
+        };
+        let current = match self.live(&argv[1], self.now_ms) {
+            Some(entry) => match parse_f64_strict(&entry.value) {
+                Some(number) => Some(number),
+                None => return Value::error(NOT_A_FLOAT),
+            },
+            None => None,
+        };
+        let updated = current.unwrap_or(0.0) + delta;
+        if !updated.is_finite() {
+            return Value::error("ERR increment would produce NaN or Infinity");
+        }
+        let text = format_f64(updated);
+        if current.is_some() {
+            self.keyspace.update_value(&argv[1], |value| {
+                value.clear();
+                value.extend_from_slice(&text);
+            });
+        } else {
+            self.keyspace.insert(take_key(&mut argv), text.clone(), ExpiryChange::Clear);
+        }
+        Value::bulk(text)
+    }
+
+    /// `EXPIRE key amount [NX | XX | GT | LT]` and its PEXPIRE / EXPIREAT / PEXPIREAT kin.
+    fn expire(&mut self, name: &str, argv: &[Vec<u8>], unit: TimeUnit, base: TimeBase) -> Value {
+        let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+        for option in &argv[3..] {
+            match option.to_ascii_uppercase().as_slice() {
+                b"NX" => nx = true,
+                b"XX" => xx = true,
+                b"GT" => gt = true,
+                b"LT" => lt = true,
+                _ => {
+                    return Value::error(format!("ERR Unsupported option {}", String::from_utf8_lossy(option)));
+                }
+            }
+        }
+        if nx && (xx || gt || lt) {
+            return Value::error("ERR NX and XX, GT or LT options at the same time are not compatible");
+        }
+        if gt && lt {
+            return Value::error("ERR GT and LT options at the same time are not compatible");
+        }
+        let Some(amount) = parse_i64_strict(&argv[2]) else {
+            return Value::error(NOT_AN_INTEGER);
+        };
+        let now_ms = self.now_ms;
+        // Negative results are legal (the key is deleted); only overflow is refused.
+        let Some(at_ms) = signed_expiry_at_ms(now_ms, amount, unit, base) else {
+            return invalid_expire(name);
+        };
+        let Some(entry) = self.live(&argv[1], now_ms) else {
+            return Value::Integer(0);
+        };
+        let current_ms = entry.expires_at_ms.map(|at| at as i128);
+        let allowed = match current_ms {
+            None => !xx && !gt,
+            Some(current_ms) => !nx && !(gt && at_ms <= current_ms) && !(lt && at_ms >= current_ms),
+        };
+        if !allowed {
+            return Value::Integer(0);
+        }
+        if at_ms <= now_ms as i128 {
+            self.keyspace.remove(&argv[1]);
+        } else {
+            self.keyspace.set_expiry(&argv[1], Some(at_ms as u64));
+        }
+        Value::Integer(1)
+    }
+}
+
+/// Looks the command up and checks its arity and slots, or returns the error reply.
+fn resolve(argv: &[Vec<u8>]) -> Result<&'static CommandSpec, Value> {
+    let Some(name) = argv.first() else {
+        return Err(Value::error("ERR empty command; send a command name and its arguments"));
+    };
+    let Some(spec) = lookup(name) else {
+        return Err(unknown_command(argv));
+    };
+    if !spec.arity_ok(argv.len()) {
+        return Err(wrong_arity(spec.name));
+    }
+    if slot_of_keys(spec, argv) == KeySlot::CrossSlot {
+        return Err(Value::error(CROSS_SLOT));
+    }
+    Ok(spec)
+}
+
+fn take_key(argv: &mut [Vec<u8>]) -> Vec<u8> {
+    std::mem::take(&mut argv[1])
+}
+
+/// Absolute expiry in ms for a positive `amount`, or `None` on overflow.
+fn expiry_at_ms(now_ms: u64, amount: i64, unit: TimeUnit, base: TimeBase) -> Option<u64> {
+    let at_ms = signed_expiry_at_ms(now_ms, amount, unit, base)?;
+    // Redis keeps expiries in a signed 64-bit millisecond clock.
+    (at_ms <= i64::MAX as i128).then_some(at_ms as u64)
+}
+
+/// Absolute expiry in ms (may be negative or past), or `None` if it leaves the i64 range.
+fn signed_expiry_at_ms(now_ms: u64, amount: i64, unit: TimeUnit, base: TimeBase) -> Option<i128> {
+    let amount_ms = match unit {
+        TimeUnit::Seconds => amount.checked_mul(1000)?,
+        TimeUnit::Milliseconds => amount,
+    };
+    let at_ms = match base {
+        TimeBase::Relative => i128::from(amount_ms) + i128::from(now_ms),
+        TimeBase::Absolute => i128::from(amount_ms),
+    };
+    (i128::from(i64::MIN)..=i128::from(i64::MAX)).contains(&at_ms).then_some(at_ms)
+}
+
+/// Parses a float as Redis does for INCRBYFLOAT: no surrounding spaces, no NaN.
+fn parse_f64_strict(bytes: &[u8]) -> Option<f64> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    if text.is_empty() || text.trim() != text {
+        return None;
+    }
+    let number: f64 = text.parse().ok()?;
+    (!number.is_nan()).then_some(number)
+}
+
+/// Shortest decimal that reads back as `number`, with no exponent (e.g. `10.5`, `3`).
+fn format_f64(number: f64) -> Vec<u8> {
+    format!("{number}").into_bytes()
+}
+
+fn wrong_arity(name: &str) -> Value {
+    Value::error(format!("ERR wrong number of arguments for '{name}' command"))
+}
+
+fn invalid_expire(name: &str) -> Value {
+    Value::error(format!("ERR invalid expire time in '{name}' command"))
+}
+
+/// Redis' wording: `ERR unknown command 'foo', with args beginning with: 'a' 'b' `.
+fn unknown_command(argv: &[Vec<u8>]) -> Value {
+    let name = String::from_utf8_lossy(&argv[0]);
+    let name: String = name.chars().take(MAX_UNKNOWN_ARGS_ECHO_BYTES).collect();
+    let mut args = String::new();
+    for arg in &argv[1..] {
+        if args.len() >= MAX_UNKNOWN_ARGS_ECHO_BYTES {
+            break;
+        }
+        let room = MAX_UNKNOWN_ARGS_ECHO_BYTES - args.len();
+        let arg: String = String::from_utf8_lossy(arg).chars().take(room).collect();
+        args.push('\'');
+        args.push_str(&arg);
+        args.push_str("' ");
+    }
+    Value::error(format!("ERR unknown command '{name}', with args beginning with: {args}"))
+}
