@@ -1,14 +1,33 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Replicated partitions: each partition of a service is one openraft group whose
+//! members live on different hosts; only the leader answers.
+//!
+//! # Layout
+//! - [`types`]: the openraft type configuration, logged commands and client messages.
+//! - [`log_store`]: the in-memory Raft log and vote (replication is the durability).
+//! - [`state_machine`]: applies committed entries to the hosted app, with snapshots.
+//! - [`session`]: exactly-once client sessions, replicated with the state.
+//! - [`transport`]: one multiplexed, authenticated, batched TCP connection per peer.
+//! - [`network`]: openraft's network traits over the transport.
+//! - [`host`]: many replicas in one process; membership reconcile steps; client serving.
+//! - [`client`]: calling a group from outside, following leader hints, with retries.
+//! - [`stats`]: per-replica throughput and latency windows.
+//! - [`testing`]: an in-process cluster with faults (kill, cut, drop, delay) and a
+//!   register app, for tests and the benchmark.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod client;
+pub mod host;
+pub mod log_store;
+pub mod network;
+pub mod session;
+pub mod state_machine;
+pub mod stats;
+pub mod testing;
+pub mod transport;
+pub mod types;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use client::{ClientError, ReplicaClient};
+pub use host::{
+    GroupOptions, GroupStatus, Host, HostConfig, HostError, MembershipStep, Role,
+    SNAPSHOT_CHUNK_BYTES,
+};
+pub use types::{ClientReply, ClientRequest, GroupId, NodeId, RequestKind};

@@ -1,0 +1,155 @@
+//! openraft's network traits over the shared [`Transport`].
+
+use crate::transport::{Request, Response, Transport, TransportError};
+use crate::types::{GroupId, NodeId, TypeConfig};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use std::sync::Arc;
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+/// Builds per-target clients for one group.
+pub struct GroupNetwork {
+    pub(crate) group: GroupId,
+    pub(crate) node_id: NodeId,
+    pub(crate) transport: Arc<Transport>,
+}
+
+/// One group's view of one target replica.
+pub struct GroupPeer {
+    group: GroupId,
+    from: NodeId,
+    target: NodeId,
+    addr: String,
+    transport: Arc<Transport>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
+    type Network = GroupPeer;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        GroupPeer {
+            group: self.group,
+            from: self.node_id,
+            target,
+            addr: node.addr.clone(),
+            transport: self.transport.clone(),
+        }
+    }
+}
+
+fn map_err<E: std::error::Error>(
+    peer: &GroupPeer,
+    option: &RPCOption,
+    e: TransportError,
+) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    match e {
+        TransportError::Timeout { .. } => RPCError::Timeout(Timeout {
+            action: openraft::network::RPCTypes::AppendEntries,
+            id: peer.from,
+            target: peer.target,
+            timeout: option.hard_ttl(),
+        }),
+        TransportError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+        TransportError::Protocol { .. } => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
+fn no_group<E: std::error::Error>(
+    peer: &GroupPeer,
+) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    // The target has not created its replica yet (a learner being added) or has removed
+    // it: openraft backs off and retries an unreachable target.
+    let e = std::io::Error::other(format!(
+        "node {} has no replica of group {}",
+        peer.target, peer.group
+    ));
+    RPCError::Unreachable(Unreachable::new(&e))
+}
+
+fn unexpected<E: std::error::Error>(
+    r: Response,
+) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(format!(
+        "unexpected response {r:?}"
+    ))))
+}
+
+impl RaftNetwork<TypeConfig> for GroupPeer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        let resp = self
+            .transport
+            .call(
+                &self.addr,
+                Request::Append(self.group, rpc),
+                option.hard_ttl(),
+            )
+            .await
+            .map_err(|e| map_err(self, &option, e))?;
+        match resp {
+            Response::Append(r) => r.map_err(|e| {
+                RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))
+            }),
+            Response::NoGroup => Err(no_group(self)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        let resp = self
+            .transport
+            .call(
+                &self.addr,
+                Request::InstallSnapshot(self.group, rpc),
+                option.hard_ttl(),
+            )
+            .await
+            .map_err(|e| map_err(self, &option, e))?;
+        match resp {
+            Response::InstallSnapshot(r) => r.map_err(|e| {
+                RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))
+            }),
+            Response::NoGroup => Err(no_group(self)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
+        let resp = self
+            .transport
+            .call(
+                &self.addr,
+                Request::Vote(self.group, rpc),
+                option.hard_ttl(),
+            )
+            .await
+            .map_err(|e| map_err(self, &option, e))?;
+        match resp {
+            Response::Vote(r) => r.map_err(|e| {
+                RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))
+            }),
+            Response::NoGroup => Err(no_group(self)),
+            other => Err(unexpected(other)),
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Exactly-once client sessions, replicated with the state machine.
+//!
+//! Every write carries `(client_id, seq)`. The group remembers the last sequence number
+//! and reply per client, so a client that retries after a timeout or a failover gets the
+//! first answer again instead of applying its command twice. The table is bounded: past
+//! [`MAX_SESSIONS`] clients the one idle for the most log entries is forgotten, and that
+//! choice depends only on the log, so every replica forgets the same client.
+
+use crate::types::CommandReply;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// Clients remembered per group. A forgotten client that retries a very old request
+/// gets it applied again, so this is sized well above the number of gateways and SDK
+/// clients a partition sees at once.
+pub const MAX_SESSIONS: usize = 65_536;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Session {
+    last_seq: u64,
+    last_reply: CommandReply,
+    last_index: u64,
+}
+
+/// What to do with an incoming write.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SessionCheck {
+    /// New sequence number: apply it.
+    Apply,
+    /// Already applied: answer with the stored reply, apply nothing.
+    Duplicate(CommandReply),
+}
+
+/// The per-group session table.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sessions {
+    by_client: HashMap<u64, Session>,
+    /// `last_index -> client`, oldest first, for deterministic eviction.
+    by_age: BTreeMap<u64, u64>,
+}
+
+impl Sessions {
+    /// Decides whether `(client_id, seq)` must be applied. Client 0 has no session.
+    pub fn check(&self, client_id: u64, seq: u64) -> SessionCheck {
+        if client_id == 0 {
+            return SessionCheck::Apply;
+        }
+        match self.by_client.get(&client_id) {
+            Some(s) if seq == s.last_seq => SessionCheck::Duplicate(s.last_reply.clone()),
+            Some(s) if seq < s.last_seq => SessionCheck::Duplicate(CommandReply::StaleSequence {
+                last_seq: s.last_seq,
+            }),
+            _ => SessionCheck::Apply,
+        }
+    }
+
+    /// Records the reply to `(client_id, seq)` applied at log `index`.
+    pub fn record(&mut self, client_id: u64, seq: u64, index: u64, reply: &CommandReply) {
+        if client_id == 0 {
+            return;
+        }
+        if let Some(old) = self.by_client.get(&client_id) {
+            self.by_age.remove(&old.last_index);
+        }
+        self.by_client.insert(
+            client_id,
+            Session {
+                last_seq: seq,
+                last_reply: reply.clone(),
+                last_index: index,
+            },
+        );
+        self.by_age.insert(index, client_id);
+        while self.by_client.len() > MAX_SESSIONS {
+            let (_, oldest) = self
+                .by_age
+                .pop_first()
+                .expect("age index matches the session map");
+            self.by_client.remove(&oldest);
+        }
+    }
+
+    /// Number of clients remembered.
+    pub fn len(&self) -> usize {
+        self.by_client.len()
+    }
+
+    /// Whether no client is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.by_client.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(s: &str) -> CommandReply {
+        CommandReply::Applied(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn duplicate_returns_first_reply_and_old_seq_is_stale() {
+        let mut s = Sessions::default();
+        assert_eq!(s.check(7, 1), SessionCheck::Apply);
+        s.record(7, 1, 10, &reply("a"));
+        assert_eq!(s.check(7, 1), SessionCheck::Duplicate(reply("a")));
+        assert_eq!(s.check(7, 2), SessionCheck::Apply);
+        s.record(7, 2, 11, &reply("b"));
+        assert_eq!(
+            s.check(7, 1),
+            SessionCheck::Duplicate(CommandReply::StaleSequence { last_seq: 2 })
+        );
+        assert_eq!(
+            s.check(0, 1),
+            SessionCheck::Apply,
+            "client 0 has no session"
+        );
+    }
+
+    #[test]
+    fn eviction_is_bounded_and_forgets_the_oldest() {
+        let mut s = Sessions::default();
+        for client in 1..=(MAX_SESSIONS as u64 + 3) {
+            s.record(client, 1, client, &reply("x"));
+        }
+        assert_eq!(s.len(), MAX_SESSIONS);
+        assert_eq!(
+            s.check(1, 1),
+            SessionCheck::Apply,
+            "oldest client forgotten"
+        );
+        assert_eq!(
+            s.check(MAX_SESSIONS as u64 + 3, 1),
+            SessionCheck::Duplicate(reply("x"))
+        );
+    }
+}

@@ -1,0 +1,215 @@
+//! The openraft state machine of one replica: sessions + the hosted app.
+
+use crate::session::{SessionCheck, Sessions};
+use crate::types::{CommandReply, Entry, NodeId, StorageError, TypeConfig};
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageIOError,
+    StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use stator_api::app::{AppError, StateMachine};
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+/// What a snapshot carries besides openraft's metadata.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    sessions: Sessions,
+    app: Vec<u8>,
+}
+
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    data: Vec<u8>,
+}
+
+pub(crate) struct SmInner {
+    app: Box<dyn StateMachine>,
+    sessions: Sessions,
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, openraft::BasicNode>,
+    snapshot: Option<StoredSnapshot>,
+}
+
+/// Shared handle: openraft owns one clone (applies entries), the host another (queries).
+#[derive(Clone)]
+pub struct ReplicaStateMachine {
+    inner: Arc<Mutex<SmInner>>,
+    snapshot_counter: Arc<AtomicU64>,
+    state_bytes: Arc<AtomicU64>,
+}
+
+fn app_error(e: AppError) -> StorageError {
+    StorageIOError::write_state_machine(&std::io::Error::other(e.to_string())).into()
+}
+
+impl ReplicaStateMachine {
+    /// Wraps an empty app.
+    pub fn new(app: Box<dyn StateMachine>) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(SmInner {
+                app,
+                sessions: Sessions::default(),
+                last_applied: None,
+                membership: StoredMembership::default(),
+                snapshot: None,
+            })),
+            snapshot_counter: Arc::new(AtomicU64::new(0)),
+            state_bytes: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Answers a read-only request against the applied state.
+    pub async fn query(&self, time_ms: u64, request: &[u8]) -> Result<Vec<u8>, AppError> {
+        let mut inner = self.inner.lock().await;
+        inner.app.query(time_ms, request).await
+    }
+
+    /// Index of the last applied entry.
+    pub async fn last_applied_index(&self) -> u64 {
+        self.inner.lock().await.last_applied.map_or(0, |l| l.index)
+    }
+
+    /// Bytes of app state, as last reported by the app.
+    pub fn state_bytes(&self) -> u64 {
+        self.state_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The app's full snapshot bytes (for tests comparing replicas).
+    pub async fn app_snapshot(&self) -> Result<Vec<u8>, AppError> {
+        self.inner.lock().await.app.snapshot().await
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for ReplicaStateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let mut inner = self.inner.lock().await;
+        let app = inner.app.snapshot().await.map_err(app_error)?;
+        let body = SnapshotBody {
+            sessions: inner.sessions.clone(),
+            app,
+        };
+        let data = postcard::to_allocvec(&body).map_err(|e| {
+            StorageIOError::read_state_machine(&std::io::Error::other(e.to_string()))
+        })?;
+        let n = self.snapshot_counter.fetch_add(1, Ordering::Relaxed) + 1;
+        let snapshot_id = match inner.last_applied {
+            Some(l) => format!("{}-{}-{n}", l.leader_id, l.index),
+            None => format!("none-{n}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: inner.last_applied,
+            last_membership: inner.membership.clone(),
+            snapshot_id,
+        };
+        inner.snapshot = Some(StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        });
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<
+        (
+            Option<LogId<NodeId>>,
+            StoredMembership<NodeId, openraft::BasicNode>,
+        ),
+        StorageError,
+    > {
+        let inner = self.inner.lock().await;
+        Ok((inner.last_applied, inner.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandReply>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut guard = self.inner.lock().await;
+        let inner = &mut *guard;
+        let mut replies = Vec::new();
+        for entry in entries {
+            inner.last_applied = Some(entry.log_id);
+            let reply = match entry.payload {
+                EntryPayload::Blank => CommandReply::Applied(Vec::new()),
+                EntryPayload::Membership(m) => {
+                    inner.membership = StoredMembership::new(Some(entry.log_id), m);
+                    CommandReply::Applied(Vec::new())
+                }
+                EntryPayload::Normal(cmd) => match inner.sessions.check(cmd.client_id, cmd.seq) {
+                    SessionCheck::Duplicate(reply) => reply,
+                    SessionCheck::Apply => {
+                        let out = inner
+                            .app
+                            .apply(entry.log_id.index, cmd.time_ms, &cmd.payload)
+                            .await
+                            .map_err(app_error)?;
+                        let reply = CommandReply::Applied(out);
+                        inner
+                            .sessions
+                            .record(cmd.client_id, cmd.seq, entry.log_id.index, &reply);
+                        reply
+                    }
+                },
+            };
+            replies.push(reply);
+        }
+        self.state_bytes
+            .store(inner.app.state_bytes(), Ordering::Relaxed);
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let body: SnapshotBody = postcard::from_bytes(&data).map_err(|e| {
+            StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                &std::io::Error::other(e.to_string()),
+            )
+        })?;
+        let mut inner = self.inner.lock().await;
+        inner.app.restore(&body.app).await.map_err(app_error)?;
+        inner.sessions = body.sessions;
+        inner.last_applied = meta.last_log_id;
+        inner.membership = meta.last_membership.clone();
+        inner.snapshot = Some(StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        });
+        self.state_bytes
+            .store(inner.app.state_bytes(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let inner = self.inner.lock().await;
+        Ok(inner.snapshot.as_ref().map(|s| Snapshot {
+            meta: s.meta.clone(),
+            snapshot: Box::new(Cursor::new(s.data.clone())),
+        }))
+    }
+}

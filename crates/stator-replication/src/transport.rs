@@ -1,0 +1,681 @@
+//! One multiplexed, authenticated, batched TCP connection per peer.
+//!
+//! Every Raft message of every group between two hosts, and every client call to a host,
+//! travels as a length-prefixed frame over one connection per (caller, callee) pair.
+//! Frames carry a request id, so many requests are in flight at once; the writer task
+//! coalesces whatever frames are queued into one `write` (batching under load, no added
+//! latency when idle). Connections start with a challenge-response handshake proving both
+//! sides know the cluster secret.
+//!
+//! # Wire format
+//! `u32` big-endian length, then that many bytes of a postcard-encoded [`Message`].
+
+use crate::types::{ClientReply, ClientRequest, GroupId, NodeId, TypeConfig};
+use async_trait::async_trait;
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// Largest frame accepted. Snapshot chunks are capped at [`crate::SNAPSHOT_CHUNK_BYTES`]
+/// and append batches at `max_payload_entries`; 32 MiB leaves room for both while
+/// keeping a garbled length from allocating gigabytes.
+pub const MAX_FRAME_BYTES: usize = 32 << 20;
+/// Bytes of requests in flight to one peer; past it callers wait (back-pressure).
+pub const MAX_INFLIGHT_BYTES: usize = 64 << 20;
+/// Frames queued for one connection's writer before senders wait.
+pub const MAX_QUEUED_FRAMES: usize = 8192;
+/// A writer stops coalescing frames into one write at this size.
+pub const MAX_BATCH_BYTES: usize = 256 << 10;
+/// Time allowed to connect and authenticate.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// First and largest delay between reconnect attempts to an unreachable peer.
+pub const RECONNECT_BACKOFF_MIN_MS: u64 = 5;
+/// See [`RECONNECT_BACKOFF_MIN_MS`]; a second keeps a dead peer cheap yet noticed quickly.
+pub const RECONNECT_BACKOFF_MAX_MS: u64 = 1_000;
+/// Bumped on any incompatible change of [`Message`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Transport failures; openraft treats them as "unreachable" and retries with back-off.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// No connection could be made (or the link is cut by a test fault).
+    #[error("peer {addr} unreachable: {reason}")]
+    Unreachable {
+        /// The peer's address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The request was sent but no answer came in time; it may or may not have been applied.
+    #[error("no answer from {addr} within {timeout_ms} ms")]
+    Timeout {
+        /// The peer's address.
+        addr: String,
+        /// The deadline that passed.
+        timeout_ms: u64,
+    },
+    /// The peer broke the protocol or failed authentication; check both sides use the same
+    /// cluster secret and stator version.
+    #[error("protocol error with {addr}: {reason}")]
+    Protocol {
+        /// The peer's address.
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Requests a host serves.
+#[derive(Debug, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)] // reason: boxed or not, the frame is decoded once and moved on
+pub enum Request {
+    /// Raft AppendEntries for a group.
+    Append(GroupId, AppendEntriesRequest<TypeConfig>),
+    /// Raft RequestVote for a group.
+    Vote(GroupId, VoteRequest<NodeId>),
+    /// One chunk of a Raft snapshot for a group.
+    InstallSnapshot(GroupId, InstallSnapshotRequest<TypeConfig>),
+    /// A client read or write.
+    Client(GroupId, ClientRequest),
+    /// Ask this replica to start an election now (used to move leadership before the
+    /// current leader leaves the group).
+    Elect(GroupId),
+}
+
+/// Answers to [`Request`]s.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// To [`Request::Append`].
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// To [`Request::Vote`].
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// To [`Request::InstallSnapshot`].
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+    /// To [`Request::Client`].
+    Client(ClientReply),
+    /// To [`Request::Elect`].
+    Elect(Result<(), String>),
+    /// The host has no replica of that group (yet, or any more).
+    NoGroup,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Message {
+    Hello {
+        version: u32,
+        node_id: NodeId,
+        listen_addr: String,
+        nonce: [u8; 32],
+    },
+    Proof {
+        mac: [u8; 32],
+    },
+    Request {
+        id: u64,
+        body: Request,
+    },
+    Response {
+        id: u64,
+        body: Response,
+    },
+}
+
+/// Who is on the other end of an accepted connection.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// The caller's node id (0 for clients such as gateways).
+    pub node_id: NodeId,
+    /// Where the caller itself listens ("" for clients).
+    pub listen_addr: String,
+}
+
+/// Serves requests arriving over accepted connections.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request.
+    async fn handle(&self, peer: &PeerInfo, request: Request) -> Response;
+}
+
+/// What a fault filter decides for one message on a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkAction {
+    /// Send normally.
+    Deliver,
+    /// Lose it: the caller sees a timeout.
+    Drop,
+    /// Deliver after a delay.
+    Delay(Duration),
+}
+
+/// Test hook deciding the fate of each message from one listen address to another.
+pub trait LinkFilter: Send + Sync + 'static {
+    /// Fate of a message sent by `from` (a listen address, "" for clients) to `to`.
+    fn check(&self, from: &str, to: &str) -> LinkAction;
+}
+
+/// Settings of one transport endpoint.
+#[derive(Clone)]
+pub struct TransportConfig {
+    /// This host's node id (0 for clients).
+    pub node_id: NodeId,
+    /// Where this host listens, as peers should dial it ("" for clients).
+    pub listen_addr: String,
+    /// The cluster secret both sides must share.
+    pub cluster_secret: String,
+    /// Optional fault injection, for tests.
+    pub filter: Option<Arc<dyn LinkFilter>>,
+}
+
+fn derive_key(secret: &str) -> [u8; 32] {
+    blake3::derive_key("stator transport v1 cluster secret", secret.as_bytes())
+}
+
+fn proof(key: &[u8; 32], role: &[u8], nonce: &[u8; 32]) -> blake3::Hash {
+    let mut h = blake3::Hasher::new_keyed(key);
+    h.update(role);
+    h.update(nonce);
+    h.finalize()
+}
+
+fn encode(msg: &Message) -> Vec<u8> {
+    let mut out = vec![0u8; 4];
+    postcard::to_io(msg, &mut out).expect("encoding to a Vec cannot fail");
+    let len = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+async fn read_message<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Message> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(std::io::Error::other(format!(
+            "frame of {len} bytes exceeds the {MAX_FRAME_BYTES}-byte limit"
+        )));
+    }
+    buf.clear();
+    buf.resize(len, 0);
+    r.read_exact(buf).await?;
+    postcard::from_bytes(buf).map_err(|e| std::io::Error::other(format!("garbled frame: {e}")))
+}
+
+/// Runs the handshake; returns the peer's identity.
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    config: &TransportConfig,
+    we_dialed: bool,
+) -> std::io::Result<PeerInfo> {
+    let key = derive_key(&config.cluster_secret);
+    let nonce: [u8; 32] = rand::random();
+    let hello = Message::Hello {
+        version: PROTOCOL_VERSION,
+        node_id: config.node_id,
+        listen_addr: config.listen_addr.clone(),
+        nonce,
+    };
+    stream.write_all(&encode(&hello)).await?;
+    let mut buf = Vec::new();
+    let (peer, peer_nonce) = match read_message(stream, &mut buf).await? {
+        Message::Hello { version, node_id, listen_addr, nonce } if version == PROTOCOL_VERSION => {
+            (PeerInfo { node_id, listen_addr }, nonce)
+        }
+        Message::Hello { version, .. } => {
+            return Err(std::io::Error::other(format!(
+                "peer speaks transport version {version}, this host {PROTOCOL_VERSION}: upgrade the older side"
+            )))
+        }
+        _ => return Err(std::io::Error::other("expected Hello")),
+    };
+    // Roles differ so a proof made on one connection cannot be replayed on another.
+    let (my_role, peer_role): (&[u8], &[u8]) = if we_dialed {
+        (b"dialer", b"listener")
+    } else {
+        (b"listener", b"dialer")
+    };
+    let mac = *proof(&key, my_role, &peer_nonce).as_bytes();
+    stream.write_all(&encode(&Message::Proof { mac })).await?;
+    match read_message(stream, &mut buf).await? {
+        Message::Proof { mac } if proof(&key, peer_role, &nonce) == blake3::Hash::from(mac) => {
+            Ok(peer)
+        }
+        Message::Proof { .. } => Err(std::io::Error::other(
+            "peer failed authentication: both sides must use the same cluster secret",
+        )),
+        _ => Err(std::io::Error::other("expected Proof")),
+    }
+}
+
+async fn writer_task(mut w: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut batch = Vec::with_capacity(64 << 10);
+    while let Some(frame) = rx.recv().await {
+        batch.extend_from_slice(&frame);
+        while batch.len() < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(frame) => batch.extend_from_slice(&frame),
+                Err(_) => break,
+            }
+        }
+        if w.write_all(&batch).await.is_err() {
+            break;
+        }
+        batch.clear();
+    }
+}
+
+struct Conn {
+    tx: mpsc::Sender<Vec<u8>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+    inflight: Semaphore,
+}
+
+struct Peer {
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    /// (earliest next attempt, current delay), for capped exponential back-off.
+    backoff: Mutex<(Instant, u64)>,
+}
+
+/// A transport endpoint: dials peers (lazily, one connection each) and, when
+/// [`Transport::serve`] runs, answers requests with a [`Handler`].
+pub struct Transport {
+    config: TransportConfig,
+    peers: Mutex<HashMap<String, Arc<Peer>>>,
+}
+
+impl Transport {
+    /// A new endpoint; nothing is dialled until the first call.
+    pub fn new(config: TransportConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            peers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// This endpoint's settings.
+    pub fn config(&self) -> &TransportConfig {
+        &self.config
+    }
+
+    /// Sends `request` to the host at `addr` and waits up to `timeout` for its answer.
+    pub async fn call(
+        &self,
+        addr: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, TransportError> {
+        if let Some(filter) = &self.config.filter {
+            match filter.check(&self.config.listen_addr, addr) {
+                LinkAction::Deliver => {}
+                LinkAction::Drop => {
+                    tokio::time::sleep(timeout).await;
+                    return Err(TransportError::Timeout {
+                        addr: addr.into(),
+                        timeout_ms: timeout.as_millis() as u64,
+                    });
+                }
+                LinkAction::Delay(d) => tokio::time::sleep(d).await,
+            }
+        }
+        let conn = self.connection(addr).await?;
+        let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = encode(&Message::Request { id, body: request });
+        if frame.len() - 4 > MAX_FRAME_BYTES {
+            return Err(TransportError::Protocol {
+                addr: addr.into(),
+                reason: format!("request of {} bytes exceeds the frame limit", frame.len()),
+            });
+        }
+        let permits = frame.len().min(MAX_INFLIGHT_BYTES) as u32;
+        let _inflight = conn
+            .inflight
+            .acquire_many(permits)
+            .await
+            .expect("semaphore never closed");
+        let (tx, rx) = oneshot::channel();
+        conn.pending
+            .lock()
+            .expect("pending mutex poisoned")
+            .insert(id, tx);
+        if conn.tx.send(frame).await.is_err() {
+            conn.closed.store(true, Ordering::Relaxed);
+            conn.pending
+                .lock()
+                .expect("pending mutex poisoned")
+                .remove(&id);
+            return Err(TransportError::Unreachable {
+                addr: addr.into(),
+                reason: "connection closed".into(),
+            });
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(_)) => Err(TransportError::Unreachable {
+                addr: addr.into(),
+                reason: "connection lost".into(),
+            }),
+            Err(_) => {
+                conn.pending
+                    .lock()
+                    .expect("pending mutex poisoned")
+                    .remove(&id);
+                Err(TransportError::Timeout {
+                    addr: addr.into(),
+                    timeout_ms: timeout.as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    fn peer(&self, addr: &str) -> Arc<Peer> {
+        let mut peers = self.peers.lock().expect("peers mutex poisoned");
+        peers
+            .entry(addr.to_string())
+            .or_insert_with(|| {
+                Arc::new(Peer {
+                    conn: tokio::sync::Mutex::new(None),
+                    backoff: Mutex::new((Instant::now(), 0)),
+                })
+            })
+            .clone()
+    }
+
+    async fn connection(&self, addr: &str) -> Result<Arc<Conn>, TransportError> {
+        let peer = self.peer(addr);
+        let mut slot = peer.conn.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            if !conn.closed.load(Ordering::Relaxed) {
+                return Ok(conn.clone());
+            }
+        }
+        *slot = None;
+        {
+            let backoff = peer.backoff.lock().expect("backoff mutex poisoned");
+            if Instant::now() < backoff.0 {
+                return Err(TransportError::Unreachable {
+                    addr: addr.into(),
+                    reason: "backing off after a failed connect".into(),
+                });
+            }
+        }
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.dial(addr)).await {
+            Ok(Ok(conn)) => {
+                *peer.backoff.lock().expect("backoff mutex poisoned") = (Instant::now(), 0);
+                *slot = Some(conn.clone());
+                Ok(conn)
+            }
+            result => {
+                let reason = match result {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "connect timed out".to_string(),
+                };
+                let mut backoff = peer.backoff.lock().expect("backoff mutex poisoned");
+                let delay =
+                    (backoff.1 * 2).clamp(RECONNECT_BACKOFF_MIN_MS, RECONNECT_BACKOFF_MAX_MS);
+                *backoff = (Instant::now() + Duration::from_millis(delay), delay);
+                Err(TransportError::Unreachable {
+                    addr: addr.into(),
+                    reason,
+                })
+            }
+        }
+    }
+
+    async fn dial(&self, addr: &str) -> std::io::Result<Arc<Conn>> {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        handshake(&mut stream, &self.config, true).await?;
+        let (mut r, w) = stream.into_split();
+        let (tx, rx) = mpsc::channel(MAX_QUEUED_FRAMES);
+        tokio::spawn(writer_task(w, rx));
+        let conn = Arc::new(Conn {
+            tx,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            inflight: Semaphore::new(MAX_INFLIGHT_BYTES),
+        });
+        let reader_conn = conn.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            loop {
+                match read_message(&mut r, &mut buf).await {
+                    Ok(Message::Response { id, body }) => {
+                        let waiter = reader_conn
+                            .pending
+                            .lock()
+                            .expect("pending mutex poisoned")
+                            .remove(&id);
+                        if let Some(waiter) = waiter {
+                            let _ = waiter.send(body);
+                        }
+                    }
+                    Ok(other) => {
+                        tracing::warn!("unexpected message on a dialled connection: {other:?}");
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            reader_conn.closed.store(true, Ordering::Relaxed);
+            // Dropping the waiters fails every pending call at once.
+            reader_conn
+                .pending
+                .lock()
+                .expect("pending mutex poisoned")
+                .clear();
+        });
+        Ok(conn)
+    }
+
+    /// Accepts connections on `listener` and answers their requests with `handler`
+    /// until the returned task is aborted.
+    pub fn serve(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        handler: Arc<dyn Handler>,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let this = this.clone();
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = this.serve_connection(stream, handler).await {
+                        tracing::debug!("connection ended: {e}");
+                    }
+                });
+            }
+        })
+    }
+
+    async fn serve_connection(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        handler: Arc<dyn Handler>,
+    ) -> std::io::Result<()> {
+        stream.set_nodelay(true)?;
+        let peer = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            handshake(&mut stream, &self.config, false),
+        )
+        .await
+        .map_err(|_| std::io::Error::other("handshake timed out"))??;
+        let peer = Arc::new(peer);
+        let (mut r, w) = stream.into_split();
+        let (tx, rx) = mpsc::channel(MAX_QUEUED_FRAMES);
+        let writer = tokio::spawn(writer_task(w, rx));
+        let mut buf = Vec::new();
+        let result = loop {
+            match read_message(&mut r, &mut buf).await {
+                Ok(Message::Request { id, body }) => {
+                    let (handler, peer, tx, this) =
+                        (handler.clone(), peer.clone(), tx.clone(), self.clone());
+                    tokio::spawn(async move {
+                        let body = handler.handle(&peer, body).await;
+                        if let Some(filter) = &this.config.filter {
+                            match filter.check(&this.config.listen_addr, &peer.listen_addr) {
+                                LinkAction::Deliver => {}
+                                LinkAction::Drop => return,
+                                LinkAction::Delay(d) => tokio::time::sleep(d).await,
+                            }
+                        }
+                        let _ = tx.send(encode(&Message::Response { id, body })).await;
+                    });
+                }
+                Ok(_) => break Err(std::io::Error::other("unexpected message from a caller")),
+                Err(e) => break Err(e),
+            }
+        };
+        drop(tx);
+        let _ = writer.await;
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::RequestKind;
+
+    struct Echo;
+    #[async_trait]
+    impl Handler for Echo {
+        async fn handle(&self, _peer: &PeerInfo, request: Request) -> Response {
+            match request {
+                Request::Client(_, req) => Response::Client(ClientReply::Ok(req.payload)),
+                _ => Response::NoGroup,
+            }
+        }
+    }
+
+    fn config(secret: &str, addr: &str) -> TransportConfig {
+        TransportConfig {
+            node_id: 1,
+            listen_addr: addr.into(),
+            cluster_secret: secret.into(),
+            filter: None,
+        }
+    }
+
+    fn client_request(payload: &[u8]) -> Request {
+        Request::Client(
+            GroupId(1),
+            ClientRequest {
+                client_id: 1,
+                seq: 1,
+                kind: RequestKind::Write,
+                payload: payload.to_vec(),
+            },
+        )
+    }
+
+    async fn server(secret: &str) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        Transport::new(config(secret, &addr)).serve(listener, Arc::new(Echo));
+        addr
+    }
+
+    #[tokio::test]
+    async fn many_requests_share_one_connection() {
+        let addr = server("s3cret").await;
+        let client = Transport::new(config("s3cret", ""));
+        let calls = (0..200u32).map(|i| {
+            let client = client.clone();
+            let addr = addr.clone();
+            async move {
+                client
+                    .call(
+                        &addr,
+                        client_request(&i.to_be_bytes()),
+                        Duration::from_secs(5),
+                    )
+                    .await
+            }
+        });
+        let replies = futures::future::join_all(calls).await;
+        for (i, reply) in replies.into_iter().enumerate() {
+            match reply.unwrap() {
+                Response::Client(ClientReply::Ok(p)) => assert_eq!(p, (i as u32).to_be_bytes()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(client.peers.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn wrong_secret_is_refused() {
+        let addr = server("right").await;
+        let client = Transport::new(config("wrong", ""));
+        let err = client
+            .call(&addr, client_request(b"x"), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TransportError::Unreachable { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn garbage_and_oversized_frames_close_only_that_connection() {
+        let addr = server("s").await;
+        // Oversized length prefix, then pure garbage, on raw sockets.
+        for junk in [
+            vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3],
+            vec![0, 0, 0, 3, 0xde, 0xad, 0xbe],
+        ] {
+            let mut raw = TcpStream::connect(&addr).await.unwrap();
+            raw.write_all(&junk).await.unwrap();
+            let mut sink = Vec::new();
+            // The server closes the connection; reading sees EOF (after its Hello).
+            let _ = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut sink))
+                .await
+                .unwrap();
+        }
+        let client = Transport::new(config("s", ""));
+        let reply = client
+            .call(&addr, client_request(b"ok"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(matches!(reply, Response::Client(ClientReply::Ok(p)) if p == b"ok"));
+    }
+
+    #[tokio::test]
+    async fn unreachable_peer_fails_fast_then_backs_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let client = Transport::new(config("s", ""));
+        let first = client
+            .call(&addr, client_request(b"x"), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(first, TransportError::Unreachable { .. }));
+        let second = client
+            .call(&addr, client_request(b"x"), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(
+            second.to_string().contains("backing off")
+                || matches!(second, TransportError::Unreachable { .. })
+        );
+    }
+}

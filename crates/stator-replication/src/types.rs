@@ -1,0 +1,102 @@
+//! openraft type configuration and the messages a group logs and answers.
+
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+
+pub use stator_api::ids::{GroupId, NodeId};
+
+/// One logged client command. The leader stamps `time_ms` when it proposes the entry, so
+/// expiry and other time-dependent logic is the same on every replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Who sent it; 0 means "no session" (no retry deduplication).
+    pub client_id: u64,
+    /// The client's sequence number for exactly-once retries (increasing per client).
+    pub seq: u64,
+    /// The leader's wall clock when it proposed the entry, in ms since the Unix epoch.
+    pub time_ms: u64,
+    /// Opaque to the replication layer: what the app's `apply` receives.
+    pub payload: Vec<u8>,
+}
+
+/// The reply to one applied [`Command`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandReply {
+    /// What the app answered.
+    Applied(Vec<u8>),
+    /// The client reused a sequence number older than its last one; nothing was applied.
+    StaleSequence {
+        /// The newest sequence number this group has seen from the client.
+        last_seq: u64,
+    },
+    /// The app failed; the message says why.
+    AppFailed(String),
+}
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of every stator partition group.
+    pub TypeConfig:
+        D = Command,
+        R = CommandReply,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A partition group's Raft handle.
+pub type Raft = openraft::Raft<TypeConfig>;
+/// A log entry.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// Storage errors, as openraft wants them.
+pub type StorageError = openraft::StorageError<NodeId>;
+
+/// How a client request is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestKind {
+    /// Logged, committed on a majority, applied everywhere; the leader answers.
+    Write,
+    /// Linearizable read: the leader confirms it still leads (read index), waits until
+    /// it has applied that far, then queries its state machine.
+    Read,
+    /// Read whatever this replica has applied, leader or not. May be stale.
+    StaleRead,
+}
+
+/// A client's request to a partition group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRequest {
+    /// The client's id for exactly-once writes (0: no deduplication).
+    pub client_id: u64,
+    /// The client's sequence number; a retry reuses it.
+    pub seq: u64,
+    /// Write, linearizable read or stale read.
+    pub kind: RequestKind,
+    /// What the app receives.
+    pub payload: Vec<u8>,
+}
+
+/// A group's answer to a [`ClientRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientReply {
+    /// Served; the app's reply.
+    Ok(Vec<u8>),
+    /// This replica does not lead; retry at the hinted leader if any.
+    NotLeader {
+        /// The leader this replica knows of.
+        leader_id: Option<NodeId>,
+        /// Its transport address.
+        leader_addr: Option<String>,
+    },
+    /// This host has no replica of the group.
+    NoGroup,
+    /// The sequence number was older than the client's last one: nothing applied.
+    StaleSequence {
+        /// The newest sequence number the group saw from this client.
+        last_seq: u64,
+    },
+    /// The group could not serve it now (no quorum, shutting down, app failed); retry
+    /// later. A write answered this way may or may not have been applied.
+    Unavailable(String),
+}
