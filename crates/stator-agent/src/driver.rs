@@ -1,0 +1,1 @@
+//! Supervises stateless service instances and jobs as child processes.
