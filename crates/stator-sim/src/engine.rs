@@ -1,0 +1,926 @@
+//! The discrete-event loop: one run of one policy set over one scenario.
+//!
+//! Time advances from event to event (a [`BinaryHeap`] ordered by time then sequence
+//! number, so equal times resolve in insertion order and runs repeat exactly).
+//! Bookkeeping is incremental: the cost rate changes only when a node is provisioned
+//! or released; the cluster itself is the planner's [`ClusterView`], updated by the
+//! same actions the policies return.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+
+use crate::scenario::Scenario;
+use stator_planning::baseline::{
+    cluster_autoscaler_scale_down, hpa_recommendation, ClusterAutoscalerState, HpaState, EVICTION_TOLERATION_S,
+    HPA_DEFAULT_TARGET, HPA_SYNC_S, NODE_MONITOR_GRACE_S,
+};
+use stator_planning::{
+    autoscale, consolidate, place_partition, plan_new_nodes, Action, AutoscalerConfig, AutoscalerState, BootingNode,
+    ClusterView, ConsolidatorConfig, ConsolidatorState, LabelRequirement, Node, NodeId, PartitionDemand, Policy,
+    PlacementRequest, PoolChoice, PoolSpec, Replica, ReplicaSlot, Resources, SpreadDomain, UnmetNeed,
+};
+
+/// Which policy set drives the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum PolicySet {
+    /// Cost placement, QoS-first autoscaler, consolidation by live migration.
+    Stator,
+    /// Kubernetes defaults: spread, HPA, Cluster Autoscaler, StatefulSet failover.
+    K8sDefault,
+}
+
+impl PolicySet {
+    /// Name used in reports and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicySet::Stator => "stator",
+            PolicySet::K8sDefault => "k8s-default",
+        }
+    }
+}
+
+/// The summary of one run: the fields of DESIGN section 7.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Node-hours times price.
+    pub cost_usd: f64,
+    /// Node-hours paid (provisioning to release).
+    pub node_hours: f64,
+    /// Partition-seconds whose modelled p99 latency exceeded the objective.
+    pub slo_violation_s: f64,
+    /// Partition-seconds with fewer live members than a majority.
+    pub quorum_loss_s: f64,
+    /// Partition-seconds unable to serve (quorum loss, leader election).
+    pub unavailable_s: f64,
+    /// Replica moves (live migrations; evictions for k8s-default).
+    pub migrations: u64,
+    /// State copied by moves and repairs.
+    pub bytes_moved: u64,
+    /// Tasks or replicas never placed.
+    pub unscheduled: u64,
+    /// 99th percentile of time from wanting a placement to getting it.
+    pub pending_s_p99: f64,
+    /// Most nodes at once (booting included).
+    pub nodes_max: u64,
+    /// Most replicas/tasks at once.
+    pub replicas_max: u64,
+    /// Simulated time.
+    pub simulated_s: u64,
+}
+
+/// One row of the time series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Time.
+    pub t_s: u64,
+    /// Nodes (booting included).
+    pub nodes: u64,
+    /// Replicas/tasks placed.
+    pub replicas: u64,
+    /// Cost so far.
+    pub cost_usd: f64,
+    /// Partitions violating the SLO now.
+    pub slo_violating: u64,
+    /// Partitions without quorum now.
+    pub quorum_lost: u64,
+    /// Placements waiting.
+    pub pending: u64,
+    /// CPU requested, cores.
+    pub cpu_requested_cores: f64,
+    /// CPU demanded, cores.
+    pub cpu_used_cores: f64,
+}
+
+/// A run's output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// Policy set.
+    pub policy: PolicySet,
+    /// Summary.
+    pub summary: Summary,
+    /// Time series.
+    pub samples: Vec<Sample>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    Tick,
+    NodeReady { token: u64 },
+    NodeFail { node: NodeId },
+    FailureDetected { node: NodeId },
+    K8sNotReady { node: NodeId },
+    K8sEvict { node: NodeId },
+    CatchUpDone { slot: ReplicaSlot, node: NodeId },
+    MigrationDone { from: NodeId, to: NodeId },
+    TaskStart { task: usize },
+    TaskEnd { task: usize },
+}
+
+struct Part {
+    service: usize,
+    partition: u32,
+    weight: f64,
+    /// Replica count wanted (R, plus HPA replicas for k8s-default).
+    spec_replicas: u32,
+    /// When a member was lost and not yet replaced.
+    lost_since: Option<u64>,
+}
+
+#[derive(Clone, Copy)]
+enum PendingKind {
+    Replica { part: usize },
+    Task { task: usize },
+}
+
+#[derive(Clone, Copy)]
+struct Pending {
+    kind: PendingKind,
+    since_s: u64,
+}
+
+struct Sim<'a> {
+    sc: &'a Scenario,
+    policy: PolicySet,
+    rng: ChaCha8Rng,
+    view: ClusterView,
+    pools: Vec<PoolSpec>,
+    pool_price: HashMap<String, f64>,
+    heap: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    seq: u64,
+    now_s: u64,
+    next_node_id: NodeId,
+    booting: BTreeMap<u64, BootingNode>,
+    next_token: u64,
+    price_rate_per_h: f64,
+    provisioned: u64,
+    /// Price of every node in the view (booting nodes are paid for via the rate).
+    node_price: HashMap<NodeId, f64>,
+    last_cost_t: u64,
+    cost_usd: f64,
+    node_seconds: f64,
+    parts: Vec<Part>,
+    part_ix: HashMap<(usize, u32), usize>,
+    down_nodes: BTreeSet<NodeId>,
+    catching_up: HashMap<ReplicaSlot, NodeId>,
+    busy: BTreeMap<NodeId, u32>,
+    in_flight: usize,
+    pending: Vec<Pending>,
+    task_slot: Vec<Option<ReplicaSlot>>,
+    task_done: Vec<bool>,
+    pending_waits: Vec<u64>,
+    // Policy memory.
+    a_state: AutoscalerState,
+    a_cfg: Vec<AutoscalerConfig>,
+    c_state: ConsolidatorState,
+    c_cfg: ConsolidatorConfig,
+    hpa: HpaState,
+    ca: ClusterAutoscalerState,
+    next_consolidate_s: u64,
+    next_hpa_s: u64,
+    // Metrics.
+    s: Summary,
+    samples: Vec<Sample>,
+    demand_now: Vec<f64>,
+}
+
+/// Runs one policy set over a scenario with a seed. `progress` is called with the
+/// simulated time after each tick.
+pub fn run_policy(sc: &Scenario, policy: PolicySet, seed: u64, progress: &mut dyn FnMut(u64)) -> RunResult {
+    let mut sim = Sim::new(sc, policy, seed);
+    sim.bootstrap();
+    sim.run(progress);
+    sim.finish()
+}
+
+const STATOR_SPREAD: SpreadDomain = SpreadDomain::Zone;
+
+impl<'a> Sim<'a> {
+    fn new(sc: &'a Scenario, policy: PolicySet, seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let pools: Vec<PoolSpec> = sc.pools.iter().map(|p| p.spec()).collect();
+        let pool_price = pools.iter().map(|p| (p.name.clone(), p.price_per_hour)).collect();
+        let mut parts = Vec::new();
+        let mut part_ix = HashMap::new();
+        for (si, svc) in sc.services.iter().enumerate() {
+            for p in 0..svc.partitions {
+                let weight = 1.0 + svc.skew * (rng.gen::<f64>() * 2.0 - 1.0);
+                part_ix.insert((si, p), parts.len());
+                parts.push(Part { service: si, partition: p, weight: weight.max(0.05), spec_replicas: svc.replicas, lost_since: None });
+            }
+        }
+        let a_cfg = sc
+            .services
+            .iter()
+            .map(|svc| {
+                // Utilisation at which the M/M/1 p99 (ln(100) * S / (1 - rho)) meets the
+                // objective, less a margin for the next tick's growth.
+                let rho_slo = 1.0 - (100f64).ln() * svc.service_time_ms / svc.p99_latency_ms;
+                AutoscalerConfig { target_utilization: (rho_slo - 0.12).clamp(0.3, 0.8), ..AutoscalerConfig::default() }
+            })
+            .collect();
+        let n_parts = parts.len();
+        Sim {
+            sc,
+            policy,
+            rng,
+            view: ClusterView::new(),
+            pools,
+            pool_price,
+            heap: BinaryHeap::new(),
+            seq: 0,
+            now_s: 0,
+            next_node_id: 1,
+            booting: BTreeMap::new(),
+            next_token: 0,
+            price_rate_per_h: 0.0,
+            provisioned: 0,
+            node_price: HashMap::new(),
+            last_cost_t: 0,
+            cost_usd: 0.0,
+            node_seconds: 0.0,
+            parts,
+            part_ix,
+            down_nodes: BTreeSet::new(),
+            catching_up: HashMap::new(),
+            busy: BTreeMap::new(),
+            in_flight: 0,
+            pending: Vec::new(),
+            task_slot: vec![None; sc.tasks.len()],
+            task_done: vec![false; sc.tasks.len()],
+            pending_waits: Vec::new(),
+            a_state: AutoscalerState::default(),
+            a_cfg,
+            c_state: ConsolidatorState::default(),
+            c_cfg: ConsolidatorConfig::default(),
+            hpa: HpaState::default(),
+            ca: ClusterAutoscalerState::default(),
+            next_consolidate_s: 0,
+            next_hpa_s: 0,
+            s: Summary {
+                cost_usd: 0.0,
+                node_hours: 0.0,
+                slo_violation_s: 0.0,
+                quorum_loss_s: 0.0,
+                unavailable_s: 0.0,
+                migrations: 0,
+                bytes_moved: 0,
+                unscheduled: 0,
+                pending_s_p99: 0.0,
+                nodes_max: 0,
+                replicas_max: 0,
+                simulated_s: sc.duration_s,
+            },
+            samples: Vec::new(),
+            demand_now: vec![0.0; n_parts],
+        }
+    }
+
+    fn push(&mut self, t: u64, e: Event) {
+        self.seq += 1;
+        self.heap.push(Reverse((t, self.seq, e)));
+    }
+
+    fn advance_cost(&mut self, t: u64) {
+        let dt = t.saturating_sub(self.last_cost_t) as f64;
+        self.cost_usd += self.price_rate_per_h * dt / 3600.0;
+        self.node_seconds += self.provisioned as f64 * dt;
+        self.last_cost_t = t;
+    }
+
+    fn provision(&mut self, pool: &str, zone: &str, instant: bool) {
+        // Paid from the request on; a booting node's price moves to `node_price` when
+        // it joins.
+        let price = self.pool_price[pool];
+        self.price_rate_per_h += price;
+        self.provisioned += 1;
+        self.s.nodes_max = self.s.nodes_max.max(self.provisioned);
+        let token = self.next_token;
+        self.next_token += 1;
+        self.booting.insert(token, BootingNode { pool: pool.to_string(), zone: zone.to_string() });
+        if instant {
+            self.node_ready(token);
+        } else {
+            let delay = self.pools.iter().find(|p| p.name == pool).map(|p| p.boot_delay_s).unwrap_or(60);
+            self.push(self.now_s + delay, Event::NodeReady { token });
+        }
+    }
+
+    fn node_ready(&mut self, token: u64) {
+        let Some(b) = self.booting.remove(&token) else { return };
+        let spec = self.pools.iter().find(|p| p.name == b.pool).expect("pool").clone();
+        let id = self.next_node_id;
+        self.next_node_id += 1;
+        let mut node = Node::new(id, &b.zone, &spec.name, spec.capacity, spec.price_per_hour);
+        node.labels = spec.labels.clone();
+        self.view.add_node(node);
+        self.node_price.insert(id, spec.price_per_hour);
+        if self.sc.failures.node_mtbf_h > 0.0 {
+            let u: f64 = self.rng.gen::<f64>().max(1e-12);
+            let ttf = (-u.ln() * self.sc.failures.node_mtbf_h * 3600.0) as u64;
+            self.push(self.now_s + ttf.max(1), Event::NodeFail { node: id });
+        }
+    }
+
+    fn release(&mut self, node: NodeId) {
+        if let Some(price) = self.node_price.remove(&node) {
+            self.price_rate_per_h -= price;
+            self.provisioned -= 1;
+        }
+        for slot in self.view.replicas_on(node).to_vec() {
+            self.catching_up.remove(&slot);
+        }
+        self.view.remove_node(node);
+        self.down_nodes.remove(&node);
+    }
+
+    fn replica_count(&self) -> u64 {
+        self.view.replica_count() as u64
+    }
+
+    // ----- set-up -----
+
+    fn bootstrap(&mut self) {
+        for p in self.sc.pools.clone() {
+            let n = p.initial.unwrap_or(p.min);
+            for i in 0..n {
+                let zone = p.zones[i as usize % p.zones.len()].clone();
+                self.provision(&p.name, &zone, true);
+            }
+        }
+        if !self.parts.is_empty() {
+            self.compute_demand(0);
+            match self.policy {
+                PolicySet::Stator => {
+                    // Place everything, adding nodes instantly until it fits.
+                    for _ in 0..64 {
+                        let demands = self.demands();
+                        let actions = self.run_autoscaler(&demands);
+                        let adds: Vec<(String, String)> = actions
+                            .iter()
+                            .filter_map(|a| match a {
+                                Action::AddNode { pool, zone } => Some((pool.clone(), zone.clone())),
+                                _ => None,
+                            })
+                            .collect();
+                        if adds.is_empty() {
+                            break;
+                        }
+                        for (pool, zone) in adds {
+                            self.provision(&pool, &zone, true);
+                        }
+                    }
+                }
+                PolicySet::K8sDefault => {
+                    for part in 0..self.parts.len() {
+                        for _ in 0..self.parts[part].spec_replicas {
+                            self.pending.push(Pending { kind: PendingKind::Replica { part }, since_s: 0 });
+                        }
+                    }
+                    for _ in 0..64 {
+                        let unmet = self.place_pending();
+                        if unmet.is_empty() {
+                            break;
+                        }
+                        let choice = self.rng.gen::<u64>();
+                        let adds = plan_new_nodes(&self.view, &unmet, &self.pools, &[], PoolChoice::Random(choice));
+                        if adds.is_empty() {
+                            break;
+                        }
+                        for a in adds {
+                            if let Action::AddNode { pool, zone } = a {
+                                self.provision(&pool, &zone, true);
+                            }
+                        }
+                    }
+                }
+            }
+            // Start-up placements are not "pending" waits, and nothing is catching up.
+            self.pending_waits.clear();
+            self.catching_up.clear();
+            self.s.bytes_moved = 0;
+            self.s.migrations = 0;
+            for p in &mut self.parts {
+                p.lost_since = None;
+            }
+        }
+        for (i, t) in self.sc.tasks.iter().enumerate() {
+            self.push(t.start_s, Event::TaskStart { task: i });
+            self.push(t.end_s, Event::TaskEnd { task: i });
+        }
+        self.push(0, Event::Tick);
+    }
+
+    // ----- main loop -----
+
+    fn run(&mut self, progress: &mut dyn FnMut(u64)) {
+        while let Some(Reverse((t, _, e))) = self.heap.pop() {
+            if t > self.sc.duration_s {
+                break;
+            }
+            self.advance_cost(t);
+            self.now_s = t;
+            match e {
+                Event::Tick => {
+                    self.tick();
+                    progress(t);
+                    let next = t + self.sc.tick_s;
+                    if next <= self.sc.duration_s {
+                        self.push(next, Event::Tick);
+                    }
+                }
+                Event::NodeReady { token } => {
+                    self.node_ready(token);
+                }
+                Event::NodeFail { node } => self.node_fail(node),
+                Event::FailureDetected { node } => {
+                    if self.down_nodes.contains(&node) {
+                        self.lose_node(node);
+                    }
+                }
+                Event::K8sNotReady { node } => {
+                    if self.down_nodes.contains(&node) {
+                        self.view.set_schedulable(node, false);
+                        self.push(self.now_s + EVICTION_TOLERATION_S, Event::K8sEvict { node });
+                    }
+                }
+                Event::K8sEvict { node } => {
+                    if self.down_nodes.contains(&node) {
+                        self.lose_node(node);
+                    }
+                }
+                Event::CatchUpDone { slot, node } => {
+                    if self.catching_up.get(&slot) == Some(&node) {
+                        self.catching_up.remove(&slot);
+                    }
+                }
+                Event::MigrationDone { from, to } => {
+                    self.in_flight = self.in_flight.saturating_sub(1);
+                    for n in [from, to] {
+                        if let Some(c) = self.busy.get_mut(&n) {
+                            *c -= 1;
+                            if *c == 0 {
+                                self.busy.remove(&n);
+                            }
+                        }
+                    }
+                }
+                Event::TaskStart { task } => {
+                    self.pending.push(Pending { kind: PendingKind::Task { task }, since_s: self.now_s });
+                    let unmet = self.place_pending();
+                    self.scale_up(unmet);
+                }
+                Event::TaskEnd { task } => {
+                    self.task_done[task] = true;
+                    if let Some(slot) = self.task_slot[task].take() {
+                        self.catching_up.remove(&slot);
+                        self.view.remove_replica(slot);
+                    } else if let Some(i) =
+                        self.pending.iter().position(|p| matches!(p.kind, PendingKind::Task { task: t } if t == task))
+                    {
+                        self.pending.remove(i);
+                        self.s.unscheduled += 1;
+                    }
+                }
+            }
+        }
+        self.advance_cost(self.sc.duration_s);
+        self.now_s = self.sc.duration_s;
+    }
+
+    fn node_fail(&mut self, node: NodeId) {
+        if self.view.node(node).is_none() {
+            return;
+        }
+        self.down_nodes.insert(node);
+        // Partitions led from this node lose their leader for an election timeout
+        // (stator and the replicated app under Kubernetes alike). The leader is taken
+        // to be a partition's first member.
+        let election_s = self.sc.timing.election_timeout_ms as f64 / 1000.0;
+        for slot in self.view.replicas_on(node).to_vec() {
+            let r = self.view.replica(slot).expect("on node");
+            if self.view.partition_members(&r.service, r.partition).first() == Some(&slot) {
+                self.s.unavailable_s += election_s;
+            }
+        }
+        match self.policy {
+            PolicySet::Stator => self.push(self.now_s + self.sc.timing.detect_s, Event::FailureDetected { node }),
+            PolicySet::K8sDefault => self.push(self.now_s + NODE_MONITOR_GRACE_S, Event::K8sNotReady { node }),
+        }
+    }
+
+    /// The node is gone for good: release it; its replicas need replacements.
+    fn lose_node(&mut self, node: NodeId) {
+        let mut lost_parts = Vec::new();
+        let mut lost_tasks = Vec::new();
+        for slot in self.view.replicas_on(node).to_vec() {
+            let r = self.view.replica(slot).expect("on node");
+            if let Some(&part) = self.service_index(&r.service).and_then(|si| self.part_ix.get(&(si, r.partition))) {
+                lost_parts.push(part);
+            } else if let Some(task) = self.task_slot.iter().position(|s| *s == Some(slot)) {
+                lost_tasks.push(task);
+            }
+        }
+        self.release(node);
+        for part in lost_parts {
+            self.parts[part].lost_since.get_or_insert(self.now_s);
+            if self.policy == PolicySet::K8sDefault {
+                self.pending.push(Pending { kind: PendingKind::Replica { part }, since_s: self.now_s });
+            }
+        }
+        for task in lost_tasks {
+            self.task_slot[task] = None;
+            self.pending.push(Pending { kind: PendingKind::Task { task }, since_s: self.now_s });
+        }
+    }
+
+    fn service_index(&self, name: &str) -> Option<usize> {
+        self.sc.services.iter().position(|s| s.name == name)
+    }
+
+    // ----- control period -----
+
+    fn tick(&mut self) {
+        if !self.parts.is_empty() {
+            self.compute_demand(self.now_s);
+        }
+        match self.policy {
+            PolicySet::Stator => {
+                if !self.parts.is_empty() {
+                    let demands = self.demands();
+                    let actions = self.run_autoscaler(&demands);
+                    self.execute(actions, false);
+                }
+                let unmet = self.place_pending();
+                self.scale_up(unmet);
+                if self.now_s >= self.next_consolidate_s {
+                    self.next_consolidate_s = self.now_s + self.sc.consolidate_every_s;
+                    let busy: Vec<NodeId> = self.busy_nodes();
+                    let actions =
+                        consolidate(&mut self.view, &self.pools, self.in_flight, &busy, &mut self.c_state, &self.c_cfg, self.now_s);
+                    self.execute(actions, false);
+                }
+            }
+            PolicySet::K8sDefault => {
+                if !self.parts.is_empty() && self.now_s >= self.next_hpa_s {
+                    self.next_hpa_s = self.now_s + HPA_SYNC_S;
+                    self.hpa_round();
+                }
+                let unmet = self.place_pending();
+                self.scale_up(unmet);
+                let busy = self.busy_nodes();
+                let mins: HashMap<String, u32> = self.pools.iter().map(|p| (p.name.clone(), p.min_nodes)).collect();
+                let min_of = |p: &str| mins.get(p).copied().unwrap_or(0);
+                let actions = cluster_autoscaler_scale_down(&mut self.view, &mut self.ca, &min_of, &busy, self.now_s);
+                self.execute(actions, true);
+            }
+        }
+        self.sample();
+    }
+
+    fn busy_nodes(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self.busy.keys().copied().collect();
+        v.extend(self.down_nodes.iter().copied());
+        v
+    }
+
+    fn compute_demand(&mut self, t: u64) {
+        for (i, p) in self.parts.iter().enumerate() {
+            let svc = &self.sc.services[p.service];
+            let noise = svc.load.noise();
+            let jitter = if noise > 0.0 { 1.0 + noise * (self.rng.gen::<f64>() * 2.0 - 1.0) } else { 1.0 };
+            self.demand_now[i] = svc.load.at(t as f64) * p.weight * jitter;
+        }
+    }
+
+    fn demands(&self) -> Vec<PartitionDemand> {
+        self.parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let svc = &self.sc.services[p.service];
+                PartitionDemand {
+                    service: svc.name.clone(),
+                    partition: p.partition,
+                    cpu_used_millis: (self.demand_now[i] / svc.replicas as f64).ceil() as u64,
+                    min_replicas: svc.replicas,
+                    base_resources: Resources::new(svc.cpu_millis, svc.memory_mib),
+                    state_bytes: svc.state_mib << 20,
+                    spread: STATOR_SPREAD,
+                }
+            })
+            .collect()
+    }
+
+    fn run_autoscaler(&mut self, demands: &[PartitionDemand]) -> Vec<Action> {
+        // One config per service: run per service so each keeps its own target.
+        let booting: Vec<BootingNode> = self.booting.values().cloned().collect();
+        let mut all = Vec::new();
+        let mut start = 0;
+        for (si, cfg) in self.a_cfg.iter().enumerate() {
+            let n = self.sc.services[si].partitions as usize;
+            let acts = autoscale(&mut self.view, &demands[start..start + n], &self.pools, &booting, &mut self.a_state, cfg, self.now_s);
+            start += n;
+            all.extend(acts);
+        }
+        // Adds from different services were planned separately; keep them (the next
+        // round sees them as booting).
+        all
+    }
+
+    /// Carries out actions the policy already applied to the view.
+    fn execute(&mut self, actions: Vec<Action>, restart_moves: bool) {
+        let bw = self.sc.timing.copy_mib_per_s.max(0.001);
+        for a in actions {
+            match a {
+                Action::Place { service, partition, node, .. } => {
+                    let slot = self.slot_of(&service, partition, node);
+                    let si = self.service_index(&service).expect("service");
+                    let state = self.sc.services[si].state_mib;
+                    self.s.bytes_moved += state << 20;
+                    let done = self.now_s + self.sc.timing.start_s + (state as f64 / bw).ceil() as u64;
+                    self.catching_up.insert(slot, node);
+                    self.push(done, Event::CatchUpDone { slot, node });
+                    if let Some(&part) = self.part_ix.get(&(si, partition)) {
+                        if let Some(since) = self.parts[part].lost_since.take() {
+                            self.pending_waits.push(self.now_s - since);
+                        }
+                    }
+                }
+                Action::Migrate { service, partition, from, to, state_bytes, .. } => {
+                    self.s.migrations += 1;
+                    self.s.bytes_moved += state_bytes;
+                    let secs = ((state_bytes >> 20) as f64 / bw).ceil() as u64 + 1;
+                    if restart_moves {
+                        // Kubernetes evicts and recreates: the member is down while the
+                        // new pod starts and re-syncs its state.
+                        let slot = self.slot_of(&service, partition, to);
+                        self.catching_up.insert(slot, to);
+                        self.push(self.now_s + self.sc.timing.start_s + secs, Event::CatchUpDone { slot, node: to });
+                    } else {
+                        self.in_flight += 1;
+                        *self.busy.entry(from).or_insert(0) += 1;
+                        *self.busy.entry(to).or_insert(0) += 1;
+                        self.push(self.now_s + secs, Event::MigrationDone { from, to });
+                    }
+                }
+                Action::Resize { .. } | Action::Cordon { .. } => {}
+                Action::AddNode { pool, zone } => self.provision(&pool, &zone, false),
+                Action::RemoveNode { node } => {
+                    // The planner removed it from the view; stop paying.
+                    if let Some(price) = self.node_price.remove(&node) {
+                        self.price_rate_per_h -= price;
+                        self.provisioned -= 1;
+                    }
+                }
+            }
+        }
+    }
+
+
+    fn slot_of(&self, service: &str, partition: u32, node: NodeId) -> ReplicaSlot {
+        *self
+            .view
+            .partition_members(service, partition)
+            .iter()
+            .find(|&&s| self.view.replica(s).expect("member").node == node)
+            .expect("placed replica is in the view")
+    }
+}
+
+impl Sim<'_> {
+    fn scheduler_policy(&self) -> Policy {
+        match self.policy {
+            PolicySet::Stator => Policy::Cost,
+            PolicySet::K8sDefault => Policy::Spread,
+        }
+    }
+
+    /// Tries every waiting placement once; returns what did not fit.
+    fn place_pending(&mut self) -> Vec<UnmetNeed> {
+        let policy = self.scheduler_policy();
+        let pending = std::mem::take(&mut self.pending);
+        let mut unmet = Vec::new();
+        for p in pending {
+            let (req, part, task) = match p.kind {
+                PendingKind::Replica { part } => {
+                    let pt = &self.parts[part];
+                    let svc = &self.sc.services[pt.service];
+                    let members = self.view.partition_members(&svc.name, pt.partition).len() as u32;
+                    if members >= pt.spec_replicas {
+                        continue;
+                    }
+                    let req = PlacementRequest {
+                        spread: SpreadDomain::Zone,
+                        ..PlacementRequest::long_running(&svc.name, pt.partition, 1, Resources::new(svc.cpu_millis, svc.memory_mib))
+                    };
+                    (req, Some(part), None)
+                }
+                PendingKind::Task { task } => {
+                    if self.task_done[task] {
+                        self.s.unscheduled += 1;
+                        continue;
+                    }
+                    let t = &self.sc.tasks[task];
+                    let mut req = if t.long_running {
+                        PlacementRequest {
+                            spread: SpreadDomain::Node,
+                            ..PlacementRequest::long_running(&t.name, 0, 1, t.resources)
+                        }
+                    } else {
+                        PlacementRequest::job(&t.name, t.resources, self.now_s, t.end_s.saturating_sub(self.now_s))
+                    };
+                    if t.resources.gpu_milli > 0 && !t.gpu_models.is_empty() {
+                        req.node_selector = vec![LabelRequirement { key: "gpu.model".into(), values: t.gpu_models.clone() }];
+                    }
+                    (req, None, Some(task))
+                }
+            };
+            match place_partition(&self.view, &req, policy) {
+                Ok(nodes) => {
+                    let node = nodes[0];
+                    let state_bytes = match part {
+                        Some(pi) => self.sc.services[self.parts[pi].service].state_mib << 20,
+                        None => req.resources.memory_mib << 20,
+                    };
+                    let slot = self.view.add_replica(Replica {
+                        service: req.service.clone(),
+                        partition: req.partition,
+                        node,
+                        resources: req.resources,
+                        kind: req.kind,
+                        expected_end_s: req.expected_end_s(),
+                        state_bytes,
+                    });
+                    self.pending_waits.push(self.now_s - p.since_s);
+                    if let Some(task) = task {
+                        self.task_slot[task] = Some(slot);
+                    }
+                    if let Some(pi) = part {
+                        // A new pod starts and syncs its state before it counts.
+                        self.s.bytes_moved += state_bytes;
+                        let bw = self.sc.timing.copy_mib_per_s.max(0.001);
+                        let done = self.now_s + self.sc.timing.start_s + ((state_bytes >> 20) as f64 / bw).ceil() as u64;
+                        self.catching_up.insert(slot, node);
+                        self.push(done, Event::CatchUpDone { slot, node });
+                        self.parts[pi].lost_since = None;
+                    }
+                }
+                Err(_) => {
+                    let avoid = self
+                        .view
+                        .partition_nodes(&req.service, req.partition)
+                        .iter()
+                        .filter_map(|&n| self.view.zone_of(n).map(str::to_string))
+                        .collect();
+                    unmet.push(UnmetNeed { resources: req.resources, avoid_zones: avoid });
+                    self.pending.push(p);
+                }
+            }
+        }
+        unmet
+    }
+
+    fn scale_up(&mut self, unmet: Vec<UnmetNeed>) {
+        if unmet.is_empty() {
+            return;
+        }
+        let choice = match self.policy {
+            PolicySet::Stator => PoolChoice::CheapestPerUnit,
+            PolicySet::K8sDefault => PoolChoice::Random(self.rng.gen::<u64>()),
+        };
+        let booting: Vec<BootingNode> = self.booting.values().cloned().collect();
+        for a in plan_new_nodes(&self.view, &unmet, &self.pools, &booting, choice) {
+            if let Action::AddNode { pool, zone } = a {
+                self.provision(&pool, &zone, false);
+            }
+        }
+    }
+
+    /// One HPA sync for every service: a StatefulSet per partition, all with the
+    /// service's HPA (CPU utilisation over the service's pods).
+    fn hpa_round(&mut self) {
+        let mut start = 0;
+        for si in 0..self.sc.services.len() {
+            let svc = &self.sc.services[si];
+            let n = svc.partitions as usize;
+            let (mut used, mut requested) = (0.0, 0.0);
+            for pi in start..start + n {
+                let p = &self.parts[pi];
+                let members = self.view.partition_members(&svc.name, p.partition);
+                if members.is_empty() {
+                    continue;
+                }
+                let per = self.demand_now[pi] / members.len() as f64;
+                for &slot in members {
+                    let req = self.view.replica(slot).expect("member").resources.cpu_millis as f64;
+                    // Limits = requests: a pod cannot use more than it requested.
+                    used += per.min(req);
+                    requested += req;
+                }
+            }
+            let target = svc.hpa_target.unwrap_or(HPA_DEFAULT_TARGET);
+            let current = self.parts[start].spec_replicas;
+            let util = if requested > 0.0 { used / requested } else { 0.0 };
+            let rec = hpa_recommendation(current, util, target);
+            let max = svc.hpa_max_replicas.unwrap_or(svc.replicas * 4);
+            let desired = self.hpa.desired(&svc.name, self.now_s, rec, svc.replicas, max);
+            let name = svc.name.clone();
+            for pi in start..start + n {
+                self.parts[pi].spec_replicas = desired;
+                let partition = self.parts[pi].partition;
+                let members = self.view.partition_members(&name, partition).to_vec();
+                let waiting = self
+                    .pending
+                    .iter()
+                    .filter(|p| matches!(p.kind, PendingKind::Replica { part } if part == pi))
+                    .count() as u32;
+                let have = members.len() as u32 + waiting;
+                if desired > have {
+                    for _ in 0..desired - have {
+                        self.pending.push(Pending { kind: PendingKind::Replica { part: pi }, since_s: self.now_s });
+                    }
+                } else if (members.len() as u32) > desired {
+                    // Scale down from the highest ordinal (the newest pods).
+                    for &slot in members.iter().skip(desired as usize).rev() {
+                        self.catching_up.remove(&slot);
+                        self.view.remove_replica(slot);
+                    }
+                }
+            }
+            start += n;
+        }
+    }
+
+    fn sample(&mut self) {
+        let dt = self.sc.tick_s as f64;
+        let mut slo_violating = 0;
+        let mut quorum_lost = 0;
+        let mut used_total = 0.0;
+        for (pi, p) in self.parts.iter().enumerate() {
+            let svc = &self.sc.services[p.service];
+            let members = self.view.partition_members(&svc.name, p.partition);
+            let mut live = 0u32;
+            let mut min_req = u64::MAX;
+            for &slot in members {
+                let r = self.view.replica(slot).expect("member");
+                if self.down_nodes.contains(&r.node) || self.catching_up.contains_key(&slot) {
+                    continue;
+                }
+                live += 1;
+                min_req = min_req.min(r.resources.cpu_millis);
+            }
+            used_total += self.demand_now[pi];
+            let majority = svc.replicas / 2 + 1;
+            if live < majority {
+                quorum_lost += 1;
+                continue;
+            }
+            let per = self.demand_now[pi] / members.len().max(1) as f64;
+            let rho = per / min_req.max(1) as f64;
+            let p99_ms = if rho >= 1.0 { f64::INFINITY } else { (100f64).ln() * svc.service_time_ms / (1.0 - rho) };
+            if p99_ms > svc.p99_latency_ms {
+                slo_violating += 1;
+            }
+        }
+        self.s.quorum_loss_s += quorum_lost as f64 * dt;
+        self.s.unavailable_s += quorum_lost as f64 * dt;
+        self.s.slo_violation_s += slo_violating as f64 * dt;
+        let requested: u64 = self.view.nodes().map(|n| self.view.allocated(n.id).map(|a| a.cpu_millis).unwrap_or(0)).sum();
+        let replicas = self.replica_count();
+        self.s.replicas_max = self.s.replicas_max.max(replicas);
+        self.samples.push(Sample {
+            t_s: self.now_s,
+            nodes: self.provisioned,
+            replicas,
+            cost_usd: self.cost_usd,
+            slo_violating,
+            quorum_lost,
+            pending: self.pending.len() as u64,
+            cpu_requested_cores: requested as f64 / 1000.0,
+            cpu_used_cores: used_total / 1000.0,
+        });
+    }
+
+    fn finish(mut self) -> RunResult {
+        // Still waiting at the end: never placed.
+        self.s.unscheduled += self.pending.len() as u64;
+        self.s.cost_usd = round3(self.cost_usd);
+        self.s.node_hours = round3(self.node_seconds / 3600.0);
+        self.pending_waits.sort_unstable();
+        self.s.pending_s_p99 = if self.pending_waits.is_empty() {
+            0.0
+        } else {
+            let ix = ((self.pending_waits.len() as f64 * 0.99).ceil() as usize).clamp(1, self.pending_waits.len()) - 1;
+            self.pending_waits[ix] as f64
+        };
+        self.s.unavailable_s = round3(self.s.unavailable_s);
+        RunResult { policy: self.policy, summary: self.s, samples: self.samples }
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
