@@ -1,0 +1,96 @@
+//! What each node must run: the answer to its heartbeat, derived from the design.
+
+use stator_api::agent::{
+    Assignments, InstanceAssignment, Member, ReplicaAssignment,
+};
+use stator_api::ids::NodeId;
+use stator_api::spec::{AppSpec, ServiceKind};
+
+use crate::model::{Cluster, InstancePhase, NodeState};
+
+/// The full desired state of `node`.
+///
+/// A node hosts a partition replica while the design includes it, and also while the
+/// group still counts it as a member (a move under way): stopping it before the leader
+/// has removed it from the membership would take a voter away early. When no live leader
+/// is reported, the node's own view of the membership decides, for the same reason.
+pub fn assignments_for(cluster: &Cluster, node: NodeId) -> Assignments {
+    let mut assignments = Assignments {
+        draining: cluster.node_state(node) == NodeState::Draining,
+        ..Assignments::default()
+    };
+    let own_report = cluster.observed.get(&node);
+    for service in cluster.services.values() {
+        let spec = service.spec();
+        match spec.kind {
+            ServiceKind::Replicated => {
+                for (index, design) in service.placement.partitions.iter().enumerate() {
+                    if design.members.is_empty() {
+                        continue;
+                    }
+                    let partition = index as u32;
+                    let group = service.group(partition);
+                    let designed = design.members.contains(&node);
+                    let still_member = match cluster.group_observed(group) {
+                        Some(observed) => {
+                            observed.voters.contains(&node) || observed.learners.contains(&node)
+                        }
+                        None => own_report.is_some_and(|o| {
+                            o.replicas.iter().any(|r| {
+                                r.group == group
+                                    && (r.voters.contains(&node) || r.learners.contains(&node))
+                            })
+                        }),
+                    };
+                    if !designed && !still_member {
+                        continue;
+                    }
+                    assignments.replicas.push(ReplicaAssignment {
+                        group,
+                        service: spec.name.clone(),
+                        partition,
+                        app: spec.app.clone(),
+                        members: design
+                            .members
+                            .iter()
+                            .map(|&node_id| Member {
+                                node_id,
+                                addr: cluster.node_addr(node_id),
+                            })
+                            .collect(),
+                        bootstrap: !design.has_had_leader
+                            && design.initial_members.contains(&node),
+                        election_timeout_ms: spec.election_timeout_ms(),
+                    });
+                }
+            }
+            ServiceKind::Stateless | ServiceKind::Job => {
+                let Some(kind) = service.instance_kind() else {
+                    continue;
+                };
+                let AppSpec::Process(process) = &spec.app else {
+                    // Validation rejects builtin apps for instances.
+                    continue;
+                };
+                for instance in &service.placement.instances {
+                    if instance.node != node || instance.phase != InstancePhase::Assigned {
+                        continue;
+                    }
+                    assignments.instances.push(InstanceAssignment {
+                        id: instance.id.clone(),
+                        service: spec.name.clone(),
+                        kind,
+                        command: process.command.clone(),
+                        env: process.env.clone(),
+                        working_dir: process.working_dir.clone(),
+                        port: spec.port,
+                        readiness: spec.readiness.clone(),
+                        cpu_millis: spec.resources.cpu_millis(),
+                        memory_mib: spec.resources.memory_mib(),
+                    });
+                }
+            }
+        }
+    }
+    assignments
+}

@@ -1,0 +1,757 @@
+//! The controller task: sole owner of the [`Cluster`], persister of its records, runner
+//! of the reconcile loop, publisher of events.
+//!
+//! API handlers talk to it through a bounded channel of [`Command`]s and get answers on
+//! oneshot channels, so no lock guards the cluster and every change is ordered.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use stator_api::agent::{Assignments, Heartbeat, RegisterRequest, RegisterResponse, ReplicaRole};
+use stator_api::ids::{GroupId, NodeId};
+use stator_api::spec::{ServiceKind, ServiceSpec};
+use stator_store::Store;
+
+use crate::assign::assignments_for;
+use crate::error::{Result, ServerError};
+use crate::metrics::Metrics;
+use crate::model::{
+    Cluster, JobPhase, NodeObserved, NodeRecord, NodeState, PartitionDesign, Placement, Service,
+    ServiceRecord, META_PREFIX, NODES_PREFIX, PLACEMENTS_PREFIX, SERVICES_PREFIX,
+};
+use crate::reconcile::{apply_action, reconcile, Action, ReplaceReason};
+use crate::views::{service_view, ApplyResult, Event, EventKind};
+
+/// Commands queued for the controller before senders wait: enough for a burst of
+/// heartbeats from a few hundred nodes, small enough to push back on a flood.
+pub const COMMAND_QUEUE_LEN: usize = 1024;
+/// Events kept for slow subscribers before they are told they lagged.
+pub const EVENT_BUFFER_LEN: usize = 1024;
+/// Shortest gap between two reconcile passes triggered by changes: coalesces a burst of
+/// heartbeats into one pass.
+pub const MIN_RECONCILE_GAP_MS: u64 = 50;
+/// Lost node records kept for `GET /v1/nodes`; older ones are forgotten.
+pub const MAX_LOST_NODES_KEPT: usize = 256;
+/// Longest node name accepted at registration (a DNS name).
+pub const MAX_NODE_NAME_LEN: usize = 253;
+
+const NEXT_NODE_ID_KEY: &str = "/stator/meta/next-node-id";
+const NEXT_SERVICE_ID_KEY: &str = "/stator/meta/next-service-id";
+const CLUSTER_SECRET_KEY: &str = "/stator/meta/cluster-secret";
+
+/// A read of the cluster, run inside the controller task.
+type ReadFn = Box<dyn FnOnce(&Cluster, u64) + Send>;
+
+/// What API handlers ask of the controller.
+pub enum Command {
+    /// An agent registers.
+    Register(RegisterRequest, oneshot::Sender<Result<RegisterResponse>>),
+    /// An agent heartbeats.
+    Heartbeat(Heartbeat, oneshot::Sender<Result<Assignments>>),
+    /// A validated spec is applied.
+    Apply(Box<ServiceSpec>, oneshot::Sender<Result<ApplyResult>>),
+    /// A service is deleted.
+    Delete(String, oneshot::Sender<Result<()>>),
+    /// A node (by name or id) starts draining.
+    Drain(String, oneshot::Sender<Result<NodeId>>),
+    /// A read-only query.
+    Read(ReadFn),
+}
+
+/// The handle API handlers hold.
+#[derive(Clone)]
+pub struct ControllerHandle {
+    commands: mpsc::Sender<Command>,
+    events: broadcast::Sender<Event>,
+}
+
+impl ControllerHandle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| ServerError::ShuttingDown)?;
+        answer.await.map_err(|_| ServerError::ShuttingDown)?
+    }
+
+    /// Registers an agent.
+    pub async fn register(&self, request: RegisterRequest) -> Result<RegisterResponse> {
+        self.ask(|reply| Command::Register(request, reply)).await
+    }
+
+    /// Records a heartbeat and returns the node's assignments.
+    pub async fn heartbeat(&self, heartbeat: Heartbeat) -> Result<Assignments> {
+        self.ask(|reply| Command::Heartbeat(heartbeat, reply)).await
+    }
+
+    /// Applies a validated spec.
+    pub async fn apply(&self, spec: ServiceSpec) -> Result<ApplyResult> {
+        self.ask(|reply| Command::Apply(Box::new(spec), reply)).await
+    }
+
+    /// Deletes a service.
+    pub async fn delete(&self, name: String) -> Result<()> {
+        self.ask(|reply| Command::Delete(name, reply)).await
+    }
+
+    /// Starts draining a node; returns its id.
+    pub async fn drain(&self, node: String) -> Result<NodeId> {
+        self.ask(|reply| Command::Drain(node, reply)).await
+    }
+
+    /// Runs `read` against the cluster (with the current time) and returns its result.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Cluster, u64) -> T + Send + 'static,
+    ) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        let read: ReadFn = Box::new(move |cluster, now_ms| {
+            // The asker may have gone away; nothing to do then.
+            let _ = reply.send(read(cluster, now_ms));
+        });
+        self.commands
+            .send(Command::Read(read))
+            .await
+            .map_err(|_| ServerError::ShuttingDown)?;
+        answer.await.map_err(|_| ServerError::ShuttingDown)
+    }
+
+    /// A subscription to events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+}
+
+/// Settings the controller needs from the server config.
+#[derive(Debug, Clone, Copy)]
+pub struct ControllerSettings {
+    /// Heartbeat grace.
+    pub node_grace_ms: u64,
+    /// Interval told to agents.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// Wall-clock ms since the Unix epoch: the time base of heartbeats and retries, since
+/// retry deadlines are persisted and must mean the same after a restart.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Loads the cluster from the store and spawns the controller task.
+pub async fn spawn(
+    store: Arc<dyn Store>,
+    settings: ControllerSettings,
+    metrics: Arc<Metrics>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(ControllerHandle, tokio::task::JoinHandle<()>)> {
+    let (commands, receiver) = mpsc::channel(COMMAND_QUEUE_LEN);
+    let (events, _) = broadcast::channel(EVENT_BUFFER_LEN);
+    let mut controller = Controller::load(store, settings, metrics, events.clone()).await?;
+    let task = tokio::spawn(async move { controller.run(receiver, shutdown).await });
+    Ok((ControllerHandle { commands, events }, task))
+}
+
+struct Controller {
+    cluster: Cluster,
+    store: Arc<dyn Store>,
+    settings: ControllerSettings,
+    metrics: Arc<Metrics>,
+    events: broadcast::Sender<Event>,
+    next_event_seq: u64,
+    next_node_id: u64,
+    next_service_id: u64,
+    cluster_secret: String,
+    /// When the next reconcile pass is due, ms since the Unix epoch.
+    next_run_ms: u64,
+}
+
+impl Controller {
+    async fn load(
+        store: Arc<dyn Store>,
+        settings: ControllerSettings,
+        metrics: Arc<Metrics>,
+        events: broadcast::Sender<Event>,
+    ) -> Result<Self> {
+        let now = now_ms();
+        let mut cluster = Cluster::default();
+        for (key, value) in store.list(NODES_PREFIX).await? {
+            let record: NodeRecord = decode(&key, &value.value)?;
+            if record.state.is_alive() {
+                // Heartbeats are not persisted: give every node a fresh grace.
+                cluster.observed.insert(
+                    record.id,
+                    NodeObserved {
+                        last_heartbeat_ms: now,
+                        ..NodeObserved::default()
+                    },
+                );
+            }
+            cluster.nodes.insert(record.id, record);
+        }
+        let mut placements: BTreeMap<String, Placement> = BTreeMap::new();
+        for (key, value) in store.list(PLACEMENTS_PREFIX).await? {
+            let name = key[PLACEMENTS_PREFIX.len()..].to_string();
+            placements.insert(name, decode(&key, &value.value)?);
+        }
+        for (key, value) in store.list(SERVICES_PREFIX).await? {
+            let record: ServiceRecord = decode(&key, &value.value)?;
+            let placement = placements
+                .remove(&record.spec.name)
+                .unwrap_or_else(|| fresh_placement(&record.spec));
+            cluster
+                .services
+                .insert(record.spec.name.clone(), Service { record, placement });
+        }
+        let next_node_id = read_counter(&*store, NEXT_NODE_ID_KEY).await?;
+        let next_service_id = read_counter(&*store, NEXT_SERVICE_ID_KEY).await?;
+        let cluster_secret = match store.get(CLUSTER_SECRET_KEY).await? {
+            Some(value) => String::from_utf8_lossy(&value.value).into_owned(),
+            None => {
+                let secret = crate::config::generate_token();
+                store
+                    .put(CLUSTER_SECRET_KEY, Bytes::from(secret.clone()))
+                    .await?;
+                secret
+            }
+        };
+        debug_assert!(CLUSTER_SECRET_KEY.starts_with(META_PREFIX));
+        metrics.observe(&cluster);
+        Ok(Controller {
+            cluster,
+            store,
+            settings,
+            metrics,
+            events,
+            next_event_seq: 0,
+            next_node_id,
+            next_service_id,
+            cluster_secret,
+            next_run_ms: now,
+        })
+    }
+
+    async fn run(
+        &mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            let delay = Duration::from_millis(self.next_run_ms.saturating_sub(now_ms()));
+            tokio::select! {
+                // Shutdown first, so a flood of heartbeats cannot hold the server up.
+                biased;
+                _ = shutdown.changed() => break,
+                command = commands.recv() => match command {
+                    Some(command) => self.handle(command).await,
+                    None => break,
+                },
+                _ = tokio::time::sleep(delay) => self.reconcile().await,
+            }
+        }
+    }
+
+    /// Asks for a reconcile pass soon (coalesced with others).
+    fn wake(&mut self) {
+        self.next_run_ms = self.next_run_ms.min(now_ms() + MIN_RECONCILE_GAP_MS);
+    }
+
+    async fn handle(&mut self, command: Command) {
+        // A dropped reply channel means the caller gave up; the change still stands.
+        match command {
+            Command::Register(request, reply) => {
+                let _ = reply.send(self.register(request).await);
+            }
+            Command::Heartbeat(heartbeat, reply) => {
+                let _ = reply.send(self.heartbeat(heartbeat));
+            }
+            Command::Apply(spec, reply) => {
+                let _ = reply.send(self.apply(*spec).await);
+            }
+            Command::Delete(name, reply) => {
+                let _ = reply.send(self.delete(&name).await);
+            }
+            Command::Drain(node, reply) => {
+                let _ = reply.send(self.drain(&node).await);
+            }
+            Command::Read(read) => read(&self.cluster, now_ms()),
+        }
+    }
+
+    async fn register(&mut self, request: RegisterRequest) -> Result<RegisterResponse> {
+        validate_registration(&request)?;
+        let now = now_ms();
+        // An agent that comes back under the same name restarted and lost its in-memory
+        // replicas: its old incarnation is gone, replace what it hosted now.
+        let stale: Vec<NodeId> = self
+            .cluster
+            .nodes
+            .values()
+            .filter(|n| n.state.is_alive() && n.info.name == request.name)
+            .map(|n| n.id)
+            .collect();
+        for node in stale {
+            self.apply_actions(vec![Action::MarkNodeLost { node }]).await;
+        }
+        let id = self.next_node_id.max(1);
+        self.next_node_id = id + 1;
+        // Persist the counter before handing the id out: an id is never given twice.
+        put_json(&*self.store, NEXT_NODE_ID_KEY, &self.next_node_id).await?;
+        let record = NodeRecord {
+            id,
+            info: request,
+            state: NodeState::Ready,
+            registered_at_ms: now,
+        };
+        put_json(&*self.store, &node_key(id), &record).await?;
+        self.publish(EventKind::NodeJoined {
+            node_id: id,
+            name: record.info.name.clone(),
+        });
+        self.cluster.nodes.insert(id, record);
+        self.cluster.observed.insert(
+            id,
+            NodeObserved {
+                last_heartbeat_ms: now,
+                ..NodeObserved::default()
+            },
+        );
+        self.prune_lost_nodes().await;
+        self.wake();
+        Ok(RegisterResponse {
+            node_id: id,
+            cluster_secret: self.cluster_secret.clone(),
+            heartbeat_interval_ms: self.settings.heartbeat_interval_ms,
+        })
+    }
+
+    fn heartbeat(&mut self, heartbeat: Heartbeat) -> Result<Assignments> {
+        let node = heartbeat.node_id;
+        if !self.cluster.is_alive(node) {
+            return Err(ServerError::UnknownNode(node));
+        }
+        let groups: BTreeMap<GroupId, (String, u32)> = heartbeat
+            .replicas
+            .iter()
+            .map(|r| (r.group, (r.service.clone(), r.partition)))
+            .chain(
+                // Groups this node led before: it may have lost leadership.
+                self.cluster
+                    .observed
+                    .get(&node)
+                    .into_iter()
+                    .flat_map(|o| o.replicas.iter())
+                    .filter(|r| r.role == ReplicaRole::Leader)
+                    .map(|r| (r.group, (r.service.clone(), r.partition))),
+            )
+            .collect();
+        let before: Vec<_> = groups
+            .keys()
+            .map(|g| self.cluster.group_observed(*g).map(|o| (o.leader, o.term)))
+            .collect();
+        self.cluster.observed.insert(
+            node,
+            NodeObserved {
+                last_heartbeat_ms: now_ms(),
+                replicas: heartbeat.replicas,
+                instances: heartbeat.instances,
+            },
+        );
+        for ((group, (service, partition)), before) in groups.into_iter().zip(before) {
+            let after = self.cluster.group_observed(group).map(|o| (o.leader, o.term));
+            if after.map(|a| a.0) != before.map(|b| b.0) && self.group_exists(group) {
+                self.publish(EventKind::LeaderChanged {
+                    service,
+                    partition,
+                    leader: after.map(|a| a.0),
+                    term: after.map_or(0, |a| a.1),
+                });
+            }
+        }
+        self.wake();
+        Ok(assignments_for(&self.cluster, node))
+    }
+
+    fn group_exists(&self, group: GroupId) -> bool {
+        self.cluster.services.values().any(|s| {
+            s.record.id == group.service_id()
+                && (group.partition() as usize) < s.placement.partitions.len()
+        })
+    }
+
+    async fn apply(&mut self, spec: ServiceSpec) -> Result<ApplyResult> {
+        let name = spec.name.clone();
+        let outcome = match self.cluster.services.get(&name) {
+            Some(existing) if existing.record.spec == spec => "unchanged",
+            Some(existing) => {
+                check_immutable(&existing.record.spec, &spec)?;
+                let record = ServiceRecord {
+                    id: existing.record.id,
+                    spec,
+                    generation: existing.record.generation + 1,
+                };
+                put_json(&*self.store, &service_key(&name), &record).await?;
+                let service = self.cluster.services.get_mut(&name).expect("checked above");
+                service.record = record;
+                "updated"
+            }
+            None => {
+                let id = self.next_service_id.max(1);
+                self.next_service_id = id + 1;
+                put_json(&*self.store, NEXT_SERVICE_ID_KEY, &self.next_service_id).await?;
+                let placement = fresh_placement(&spec);
+                let record = ServiceRecord {
+                    id,
+                    spec,
+                    generation: 1,
+                };
+                put_json(&*self.store, &placement_key(&name), &placement).await?;
+                put_json(&*self.store, &service_key(&name), &record).await?;
+                self.cluster
+                    .services
+                    .insert(name.clone(), Service { record, placement });
+                "created"
+            }
+        };
+        let service = &self.cluster.services[&name];
+        let view = service_view(&self.cluster, service);
+        if outcome != "unchanged" {
+            self.publish(EventKind::ServiceApplied {
+                service: name,
+                generation: view.generation,
+            });
+            self.wake();
+        }
+        Ok(ApplyResult {
+            result: outcome.to_string(),
+            service: view,
+        })
+    }
+
+    async fn delete(&mut self, name: &str) -> Result<()> {
+        if !self.cluster.services.contains_key(name) {
+            return Err(ServerError::NotFound {
+                kind: "service",
+                name: name.to_string(),
+            });
+        }
+        self.store.delete(&service_key(name)).await?;
+        self.store.delete(&placement_key(name)).await?;
+        self.cluster.services.remove(name);
+        self.publish(EventKind::ServiceDeleted {
+            service: name.to_string(),
+        });
+        self.wake();
+        Ok(())
+    }
+
+    async fn drain(&mut self, node: &str) -> Result<NodeId> {
+        let found = self
+            .cluster
+            .nodes
+            .values()
+            .filter(|n| n.info.name == node || n.id.to_string() == node)
+            // Prefer the live incarnation when a name was reused.
+            .max_by_key(|n| (n.state.is_alive(), n.id))
+            .map(|n| (n.id, n.state));
+        let (id, state) = found.ok_or_else(|| ServerError::NotFound {
+            kind: "node",
+            name: node.to_string(),
+        })?;
+        match state {
+            NodeState::Lost => Err(ServerError::Conflict {
+                field: "node",
+                reason: format!(
+                    "{node} is lost: its replicas are being replaced already; nothing to drain"
+                ),
+            }),
+            NodeState::Draining | NodeState::Drained => Ok(id),
+            NodeState::Ready => {
+                let mut record = self.cluster.nodes[&id].clone();
+                record.state = NodeState::Draining;
+                put_json(&*self.store, &node_key(id), &record).await?;
+                self.publish(EventKind::NodeDraining {
+                    node_id: id,
+                    name: record.info.name.clone(),
+                });
+                self.cluster.nodes.insert(id, record);
+                self.wake();
+                Ok(id)
+            }
+        }
+    }
+
+    async fn reconcile(&mut self) {
+        let now = now_ms();
+        let decision = reconcile(&self.cluster, now, self.settings.node_grace_ms);
+        for problem in &decision.problems {
+            tracing::warn!(%problem, "controller could not act");
+        }
+        self.metrics.reconcile_run(decision.actions.len());
+        self.next_run_ms = decision.next_run_ms.max(now + MIN_RECONCILE_GAP_MS);
+        if !decision.actions.is_empty() {
+            self.apply_actions(decision.actions).await;
+            // Actions change what the next pass sees: look again soon.
+            self.wake();
+        }
+        self.metrics.observe(&self.cluster);
+    }
+
+    /// Applies actions to the cluster, persists what they touched and publishes events.
+    async fn apply_actions(&mut self, actions: Vec<Action>) {
+        let mut touched_nodes = BTreeSet::new();
+        let mut touched_services = BTreeSet::new();
+        for action in &actions {
+            apply_action(&mut self.cluster, action);
+            match action {
+                Action::MarkNodeLost { node } | Action::MarkNodeDrained { node } => {
+                    touched_nodes.insert(*node);
+                }
+                Action::PlacePartition { service, .. }
+                | Action::MarkGroupStarted { service, .. }
+                | Action::ReplaceMember { service, .. }
+                | Action::PlaceInstance { service, .. }
+                | Action::RemoveInstance { service, .. }
+                | Action::FinishInstance { service, .. }
+                | Action::SetJobPhase { service, .. } => {
+                    touched_services.insert(service.clone());
+                }
+            }
+            if let Some(event) = self.event_of(action) {
+                self.publish(event);
+            }
+        }
+        for node in touched_nodes {
+            if let Some(record) = self.cluster.nodes.get(&node) {
+                if let Err(error) = put_json(&*self.store, &node_key(node), record).await {
+                    tracing::error!(%error, node, "could not persist node record");
+                }
+            }
+        }
+        for name in touched_services {
+            if let Some(service) = self.cluster.services.get(&name) {
+                let placement = &service.placement;
+                if let Err(error) = put_json(&*self.store, &placement_key(&name), placement).await
+                {
+                    tracing::error!(%error, service = %name, "could not persist placement");
+                }
+            }
+        }
+    }
+
+    fn event_of(&self, action: &Action) -> Option<EventKind> {
+        Some(match action {
+            Action::MarkNodeLost { node } => EventKind::NodeLost {
+                node_id: *node,
+                name: self.cluster.node_name(*node),
+            },
+            Action::MarkNodeDrained { node } => EventKind::NodeDrained {
+                node_id: *node,
+                name: self.cluster.node_name(*node),
+            },
+            Action::PlacePartition {
+                service,
+                partition,
+                members,
+            } => EventKind::ReplicaPlaced {
+                service: service.clone(),
+                partition: *partition,
+                members: members.clone(),
+            },
+            Action::MarkGroupStarted { .. } => return None,
+            Action::ReplaceMember {
+                service,
+                partition,
+                remove,
+                add,
+                reason,
+            } => EventKind::ReplicaMoved {
+                service: service.clone(),
+                partition: *partition,
+                from: *remove,
+                to: *add,
+                reason: match reason {
+                    ReplaceReason::NodeLost => "node_lost",
+                    ReplaceReason::NodeDraining => "node_draining",
+                }
+                .to_string(),
+            },
+            Action::PlaceInstance { service, node, .. } => {
+                // apply_action has run: the newest instance is this one.
+                let id = self.cluster.services[service]
+                    .placement
+                    .instances
+                    .last()
+                    .map(|i| i.id.clone())
+                    .unwrap_or_default();
+                EventKind::InstancePlaced {
+                    service: service.clone(),
+                    id,
+                    node_id: *node,
+                }
+            }
+            Action::RemoveInstance { service, id } => EventKind::InstanceRemoved {
+                service: service.clone(),
+                id: id.clone(),
+            },
+            Action::FinishInstance {
+                service,
+                id,
+                succeeded,
+                ..
+            } => EventKind::InstanceFinished {
+                service: service.clone(),
+                id: id.clone(),
+                succeeded: *succeeded,
+            },
+            Action::SetJobPhase { service, phase } => EventKind::JobFinished {
+                service: service.clone(),
+                phase: *phase,
+            },
+        })
+    }
+
+    fn publish(&mut self, kind: EventKind) {
+        self.next_event_seq += 1;
+        tracing::info!(event = kind.name(), ?kind, "event");
+        // No subscribers is fine: events are a live feed, not a log.
+        let _ = self.events.send(Event {
+            seq: self.next_event_seq,
+            time_ms: now_ms(),
+            kind,
+        });
+    }
+
+    async fn prune_lost_nodes(&mut self) {
+        let lost: Vec<NodeId> = self
+            .cluster
+            .nodes
+            .values()
+            .filter(|n| n.state == NodeState::Lost)
+            .map(|n| n.id)
+            .collect();
+        if lost.len() <= MAX_LOST_NODES_KEPT {
+            return;
+        }
+        for id in &lost[..lost.len() - MAX_LOST_NODES_KEPT] {
+            self.cluster.nodes.remove(id);
+            if let Err(error) = self.store.delete(&node_key(*id)).await {
+                tracing::warn!(%error, node = id, "could not forget lost node");
+            }
+        }
+    }
+}
+
+/// Spec fields that cannot change on a live service: they define its groups.
+fn check_immutable(old: &ServiceSpec, new: &ServiceSpec) -> Result<()> {
+    if old.kind != new.kind {
+        return Err(ServerError::Conflict {
+            field: "kind",
+            reason: format!(
+                "cannot change from {} to {} on an existing service; delete it first",
+                old.kind, new.kind
+            ),
+        });
+    }
+    if old.kind == ServiceKind::Replicated {
+        if old.partitions != new.partitions {
+            return Err(ServerError::Conflict {
+                field: "partitions",
+                reason: format!(
+                    "cannot change from {} to {} on an existing service (resharding is not supported); delete and re-create it",
+                    old.partitions, new.partitions
+                ),
+            });
+        }
+        if old.replicas != new.replicas {
+            return Err(ServerError::Conflict {
+                field: "replicas",
+                reason: format!(
+                    "cannot change from {} to {} on an existing service yet; delete and re-create it",
+                    old.replicas, new.replicas
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn validate_registration(request: &RegisterRequest) -> Result<()> {
+    let bad = |message: String| Err(ServerError::BadRequest(message));
+    if request.name.is_empty() || request.name.len() > MAX_NODE_NAME_LEN {
+        return bad(format!(
+            "name: must be 1 to {MAX_NODE_NAME_LEN} characters, got {:?}",
+            request.name
+        ));
+    }
+    let port_ok = request
+        .transport_addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !port_ok {
+        return bad(format!(
+            "transport_addr: must be host:port where the agent listens, got {:?}",
+            request.transport_addr
+        ));
+    }
+    if request.cpu_millis == 0 || request.memory_mib == 0 {
+        return bad("cpu_millis, memory_mib: a node must offer some CPU and memory".to_string());
+    }
+    if !request.price_per_hour.is_finite() || request.price_per_hour < 0.0 {
+        return bad("price_per_hour: must be a non-negative number".to_string());
+    }
+    Ok(())
+}
+
+fn fresh_placement(spec: &ServiceSpec) -> Placement {
+    Placement {
+        partitions: match spec.kind {
+            ServiceKind::Replicated => vec![PartitionDesign::default(); spec.partitions as usize],
+            _ => Vec::new(),
+        },
+        instances: Vec::new(),
+        next_instance: 0,
+        job_phase: (spec.kind == ServiceKind::Job).then_some(JobPhase::Running),
+    }
+}
+
+fn node_key(id: NodeId) -> String {
+    // Zero-padded so the store lists nodes in id order.
+    format!("{NODES_PREFIX}{id:020}")
+}
+
+fn service_key(name: &str) -> String {
+    format!("{SERVICES_PREFIX}{name}")
+}
+
+fn placement_key(name: &str) -> String {
+    format!("{PLACEMENTS_PREFIX}{name}")
+}
+
+async fn put_json<T: Serialize + ?Sized>(store: &dyn Store, key: &str, value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec(value).expect("records always serialize");
+    store.put(key, Bytes::from(bytes)).await?;
+    Ok(())
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|error| ServerError::CorruptRecord {
+        key: key.to_string(),
+        detail: error.to_string(),
+    })
+}
+
+async fn read_counter(store: &dyn Store, key: &str) -> Result<u64> {
+    match store.get(key).await? {
+        Some(value) => decode(key, &value.value),
+        None => Ok(1),
+    }
+}

@@ -1,0 +1,817 @@
+//! The controllers' decisions: a pure function from the cluster and the time to actions.
+//!
+//! [`reconcile`] looks at the whole [`Cluster`] (level-triggered: it never asks what
+//! changed) and returns the [`Action`]s that move it toward its specs, plus when to look
+//! again. [`apply_action`] applies one action to a cluster; the controller task applies
+//! them to its state, persists the result and publishes events. Neither reads a clock
+//! or does IO, so both are tested here with plain values.
+//!
+//! Controllers, in the order they run within one pass:
+//! 1. node lifecycle: a node without a heartbeat for the grace is lost; a draining node
+//!    that hosts nothing any more is drained;
+//! 2. replica groups: place new partitions on distinct nodes (zones), mark groups started
+//!    once a leader is reported, then replace one member at a time when its node is
+//!    lost or draining;
+//! 3. stateless services: keep `instances` instances on ready nodes;
+//! 4. jobs: place each completion, retry failures with doubling back-off, finish.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use stator_api::agent::InstanceState;
+use stator_api::ids::NodeId;
+use stator_api::spec::{
+    PlacementPolicy, ServiceKind, ServiceSpec, SpreadOver, MAX_JOB_BACKOFF_MS,
+};
+use stator_planning::{
+    place_partition, place_replacement, ClusterView, Node, PlacementError, PlacementRequest,
+    Policy, Replica, Resources, SpreadDomain, WorkloadKind,
+};
+
+use crate::model::{
+    Cluster, InstanceDesign, InstancePhase, JobPhase, NodeState, PartitionDesign, Service,
+};
+
+/// Longest wait between two reconcile passes when nothing is due: bounds how late a
+/// decision that depends on something the pass does not predict (a heartbeat) can be.
+pub const MAX_RECONCILE_INTERVAL_MS: u64 = 500;
+
+/// Moves of replicas off one draining node that may be in flight at once: one, so a
+/// drain never takes more than one member of any group away before it has been replaced.
+pub const MAX_MOVES_PER_DRAINING_NODE: usize = 1;
+
+/// Run time the planner assumes for a job attempt when binning jobs by end time; stator
+/// does not know the real one.
+pub const ASSUMED_JOB_DURATION_S: u64 = 600;
+
+/// Partition key under which stateless instances and job attempts are placed, so the
+/// planner's anti-affinity spreads one service's instances over distinct nodes.
+const INSTANCE_PARTITION_KEY: u32 = 0;
+/// Partition key used when there are fewer nodes than instances: no anti-affinity.
+const INSTANCE_OVERFLOW_PARTITION_KEY: u32 = u32::MAX;
+
+/// One change the controllers want.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// The node missed its heartbeat grace.
+    MarkNodeLost {
+        /// The node.
+        node: NodeId,
+    },
+    /// The draining node hosts nothing any more.
+    MarkNodeDrained {
+        /// The node.
+        node: NodeId,
+    },
+    /// First placement of a partition: its initial members.
+    PlacePartition {
+        /// Service name.
+        service: String,
+        /// Partition index.
+        partition: u32,
+        /// Initial members, distinct nodes (zones when asked).
+        members: Vec<NodeId>,
+    },
+    /// A replica of the partition reported a leader: the group exists.
+    MarkGroupStarted {
+        /// Service name.
+        service: String,
+        /// Partition index.
+        partition: u32,
+    },
+    /// Designed membership changes by one: `remove` leaves, `add` joins.
+    ReplaceMember {
+        /// Service name.
+        service: String,
+        /// Partition index.
+        partition: u32,
+        /// The member leaving the design.
+        remove: NodeId,
+        /// The member joining it.
+        add: NodeId,
+        /// Why.
+        reason: ReplaceReason,
+    },
+    /// A new stateless instance or job attempt.
+    PlaceInstance {
+        /// Service name.
+        service: String,
+        /// The node chosen.
+        node: NodeId,
+        /// Job completion index (0 for stateless).
+        slot: u32,
+        /// Job attempt number, from 1 (1 for stateless).
+        attempt: u32,
+    },
+    /// A stateless instance is no longer wanted (its node is lost or draining, or the
+    /// service shrank).
+    RemoveInstance {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
+    /// A job attempt ended.
+    FinishInstance {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
+        /// Whether it exited 0.
+        succeeded: bool,
+        /// When a retry may start (ignored on success).
+        retry_at_ms: u64,
+    },
+    /// The job as a whole ended.
+    SetJobPhase {
+        /// Service name.
+        service: String,
+        /// The new phase.
+        phase: JobPhase,
+    },
+}
+
+/// Why a member is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplaceReason {
+    /// Its node is lost.
+    NodeLost,
+    /// Its node is draining: a live migration.
+    NodeDraining,
+}
+
+/// The outcome of one pass.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Decision {
+    /// What to change, in order.
+    pub actions: Vec<Action>,
+    /// Things the pass could not do (e.g. not enough nodes), for logs and status.
+    pub problems: Vec<String>,
+    /// Run again at the latest at this time (ms since the Unix epoch).
+    pub next_run_ms: u64,
+}
+
+/// Decides what to change, given the cluster at `now_ms` and the heartbeat grace.
+pub fn reconcile(cluster: &Cluster, now_ms: u64, node_grace_ms: u64) -> Decision {
+    let mut pass = Pass {
+        scratch: cluster.clone(),
+        decision: Decision {
+            next_run_ms: now_ms + MAX_RECONCILE_INTERVAL_MS,
+            ..Decision::default()
+        },
+        now_ms,
+        view: ClusterView::new(),
+    };
+    pass.node_lifecycle(node_grace_ms);
+    pass.view = build_view(&pass.scratch);
+    let names: Vec<String> = pass.scratch.services.keys().cloned().collect();
+    let mut moves_in_flight = moves_in_flight_per_draining_node(&pass.scratch);
+    for name in &names {
+        match pass.scratch.services[name].spec().kind {
+            ServiceKind::Replicated => pass.replica_groups(name, &mut moves_in_flight),
+            ServiceKind::Stateless => pass.stateless(name),
+            ServiceKind::Job => pass.job(name),
+        }
+    }
+    pass.drained_nodes();
+    pass.decision
+}
+
+struct Pass {
+    /// The cluster with this pass's actions applied so far, so later decisions see
+    /// earlier ones.
+    scratch: Cluster,
+    decision: Decision,
+    now_ms: u64,
+    /// The planner's view of `scratch`, kept in step with placements.
+    view: ClusterView,
+}
+
+impl Pass {
+    fn push(&mut self, action: Action) {
+        apply_action(&mut self.scratch, &action);
+        self.decision.actions.push(action);
+    }
+
+    fn run_again_by(&mut self, at_ms: u64) {
+        self.decision.next_run_ms = self.decision.next_run_ms.min(at_ms.max(self.now_ms));
+    }
+
+    fn node_lifecycle(&mut self, node_grace_ms: u64) {
+        let nodes: Vec<(NodeId, NodeState, u64)> = self
+            .scratch
+            .nodes
+            .values()
+            .map(|n| {
+                let last_ms = self
+                    .scratch
+                    .observed
+                    .get(&n.id)
+                    .map_or(n.registered_at_ms, |o| o.last_heartbeat_ms);
+                (n.id, n.state, last_ms)
+            })
+            .collect();
+        for (node, state, last_ms) in nodes {
+            if !state.is_alive() {
+                continue;
+            }
+            let deadline_ms = last_ms.saturating_add(node_grace_ms);
+            if self.now_ms > deadline_ms {
+                self.push(Action::MarkNodeLost { node });
+            } else {
+                self.run_again_by(deadline_ms + 1);
+            }
+        }
+    }
+
+    fn drained_nodes(&mut self) {
+        let draining: Vec<NodeId> = self
+            .scratch
+            .nodes
+            .values()
+            .filter(|n| n.state == NodeState::Draining)
+            .map(|n| n.id)
+            .collect();
+        for node in draining {
+            if !hosts_anything(&self.scratch, node) {
+                self.push(Action::MarkNodeDrained { node });
+            }
+        }
+    }
+
+    fn replica_groups(&mut self, name: &str, moves_in_flight: &mut BTreeMap<NodeId, usize>) {
+        let partitions = self.scratch.services[name].placement.partitions.len() as u32;
+        for partition in 0..partitions {
+            let service = &self.scratch.services[name];
+            let design = service.placement.partitions[partition as usize].clone();
+            let request = replica_request(service.spec(), partition);
+            let policy = policy_of(service.spec());
+            if design.members.is_empty() {
+                match place_partition(&self.view, &request, policy) {
+                    Ok(members) => {
+                        for &node in &members {
+                            self.view.add_replica(replica_of(&request, node));
+                        }
+                        self.push(Action::PlacePartition {
+                            service: name.to_string(),
+                            partition,
+                            members,
+                        });
+                    }
+                    Err(error) => self.problem(error),
+                }
+                continue;
+            }
+            let group = service.group(partition);
+            if !design.has_had_leader {
+                // Until a leader exists the initial members may still be bootstrapping
+                // with the initial set: changing the design now could create two
+                // groups with different first configurations. Wait.
+                if self.scratch.any_leader_reported(group) {
+                    self.push(Action::MarkGroupStarted {
+                        service: name.to_string(),
+                        partition,
+                    });
+                }
+                continue;
+            }
+            let Some(observed) = self.scratch.group_observed(group) else {
+                // No live leader: an election is running, or quorum is lost. Either way
+                // only the group can change its membership; wait for a leader.
+                continue;
+            };
+            let Some((remove, reason)) =
+                member_to_replace(&self.scratch, &design, &observed.voters, moves_in_flight)
+            else {
+                continue;
+            };
+            let survivors: Vec<NodeId> = design
+                .members
+                .iter()
+                .copied()
+                .filter(|&n| n != remove)
+                .collect();
+            match place_replacement(&self.view, &request, &survivors, policy) {
+                Ok(add) => {
+                    self.view.add_replica(replica_of(&request, add));
+                    if reason == ReplaceReason::NodeDraining {
+                        *moves_in_flight.entry(remove).or_default() += 1;
+                    }
+                    self.push(Action::ReplaceMember {
+                        service: name.to_string(),
+                        partition,
+                        remove,
+                        add,
+                        reason,
+                    });
+                }
+                Err(error) => self.problem(error),
+            }
+        }
+    }
+
+    fn stateless(&mut self, name: &str) {
+        let service = &self.scratch.services[name];
+        let wanted = service.spec().instances as usize;
+        let instances = service.placement.instances.clone();
+        // Instances on lost nodes are gone.
+        for instance in &instances {
+            if !self.scratch.is_alive(instance.node) {
+                self.push(Action::RemoveInstance {
+                    service: name.to_string(),
+                    id: instance.id.clone(),
+                });
+            }
+        }
+        let on_ready: Vec<&InstanceDesign> = instances
+            .iter()
+            .filter(|i| self.scratch.node_state(i.node) == NodeState::Ready)
+            .collect();
+        for _ in on_ready.len()..wanted {
+            if !self.place_instance(name, 0, 1) {
+                break;
+            }
+        }
+        if on_ready.len() > wanted {
+            // Shrink: drop the newest extras first, the oldest are most likely warm.
+            for instance in on_ready.iter().rev().take(on_ready.len() - wanted) {
+                self.push(Action::RemoveInstance {
+                    service: name.to_string(),
+                    id: instance.id.clone(),
+                });
+            }
+        }
+        // Instances on draining nodes stop once enough replacements are up, so the
+        // service never runs below its count during a drain.
+        let service = &self.scratch.services[name];
+        let serving_on_ready = service
+            .placement
+            .instances
+            .iter()
+            .filter(|i| self.scratch.node_state(i.node) == NodeState::Ready)
+            .filter(|i| {
+                matches!(
+                    instance_report(&self.scratch, i),
+                    Some(InstanceState::Ready | InstanceState::Running)
+                )
+            })
+            .count();
+        if serving_on_ready >= wanted {
+            let leaving: Vec<String> = service
+                .placement
+                .instances
+                .iter()
+                .filter(|i| {
+                    matches!(
+                        self.scratch.node_state(i.node),
+                        NodeState::Draining | NodeState::Drained
+                    )
+                })
+                .map(|i| i.id.clone())
+                .collect();
+            for id in leaving {
+                self.push(Action::RemoveInstance {
+                    service: name.to_string(),
+                    id,
+                });
+            }
+        }
+    }
+
+    fn job(&mut self, name: &str) {
+        let service = &self.scratch.services[name];
+        if service.placement.job_phase != Some(JobPhase::Running) {
+            return;
+        }
+        let spec = service.spec().clone();
+        let max_attempts = spec.retries + 1;
+        let mut succeeded_slots = 0;
+        let mut failed_for_good = false;
+        for slot in 0..spec.completions {
+            let latest = self.scratch.services[name]
+                .placement
+                .instances
+                .iter()
+                .filter(|i| i.slot == slot)
+                .max_by_key(|i| i.attempt)
+                .cloned();
+            let Some(latest) = latest else {
+                self.place_instance(name, slot, 1);
+                continue;
+            };
+            match latest.phase {
+                InstancePhase::Succeeded => succeeded_slots += 1,
+                InstancePhase::Assigned => {
+                    let outcome = if !self.scratch.is_alive(latest.node) {
+                        Some(false)
+                    } else {
+                        match instance_report(&self.scratch, &latest) {
+                            Some(InstanceState::Succeeded) => Some(true),
+                            Some(InstanceState::Failed) => Some(false),
+                            _ => None,
+                        }
+                    };
+                    if let Some(succeeded) = outcome {
+                        let retry_at_ms =
+                            self.now_ms + job_backoff_ms(spec.backoff_ms, latest.attempt);
+                        self.push(Action::FinishInstance {
+                            service: name.to_string(),
+                            id: latest.id.clone(),
+                            succeeded,
+                            retry_at_ms,
+                        });
+                        if succeeded {
+                            succeeded_slots += 1;
+                        } else if latest.attempt >= max_attempts {
+                            failed_for_good = true;
+                        } else {
+                            self.run_again_by(retry_at_ms);
+                        }
+                    }
+                }
+                InstancePhase::Failed { retry_at_ms } => {
+                    if latest.attempt >= max_attempts {
+                        failed_for_good = true;
+                    } else if self.now_ms >= retry_at_ms {
+                        self.place_instance(name, slot, latest.attempt + 1);
+                    } else {
+                        self.run_again_by(retry_at_ms);
+                    }
+                }
+            }
+        }
+        let phase = if failed_for_good {
+            Some(JobPhase::Failed)
+        } else if succeeded_slots == spec.completions {
+            Some(JobPhase::Succeeded)
+        } else {
+            None
+        };
+        if let Some(phase) = phase {
+            self.push(Action::SetJobPhase {
+                service: name.to_string(),
+                phase,
+            });
+        }
+    }
+
+    /// Places one instance of `name`; false when no node fits (recorded as a problem).
+    fn place_instance(&mut self, name: &str, slot: u32, attempt: u32) -> bool {
+        let spec = self.scratch.services[name].spec();
+        let kind = match spec.kind {
+            ServiceKind::Job => WorkloadKind::Job {
+                expected_duration_s: ASSUMED_JOB_DURATION_S,
+            },
+            _ => WorkloadKind::LongRunning,
+        };
+        let mut request = PlacementRequest {
+            service: name.to_string(),
+            partition: INSTANCE_PARTITION_KEY,
+            replicas: 1,
+            resources: resources_of(spec),
+            spread: SpreadDomain::Node,
+            kind,
+            now_s: self.now_ms / 1000,
+            node_selector: Vec::new(),
+        };
+        let policy = policy_of(spec);
+        let placed = place_partition(&self.view, &request, policy).or_else(|_| {
+            // More instances than nodes: share nodes rather than run fewer.
+            request.partition = INSTANCE_OVERFLOW_PARTITION_KEY;
+            place_partition(&self.view, &request, policy)
+        });
+        match placed {
+            Ok(nodes) => {
+                let node = nodes[0];
+                request.partition = INSTANCE_PARTITION_KEY;
+                self.view.add_replica(replica_of(&request, node));
+                self.push(Action::PlaceInstance {
+                    service: name.to_string(),
+                    node,
+                    slot,
+                    attempt,
+                });
+                true
+            }
+            Err(error) => {
+                self.problem(error);
+                false
+            }
+        }
+    }
+
+    fn problem(&mut self, error: PlacementError) {
+        self.decision.problems.push(error.to_string());
+    }
+}
+
+/// Which member of a started group to replace now, if any.
+///
+/// One member at a time: when the observed voters equal the design (the last change is
+/// done), a member on a lost node goes first, then one on a draining node (within the
+/// per-node move budget). While a change is in flight, only a joining member whose node
+/// was lost before it became a voter may be swapped for another.
+fn member_to_replace(
+    cluster: &Cluster,
+    design: &PartitionDesign,
+    observed_voters: &BTreeSet<NodeId>,
+    moves_in_flight: &BTreeMap<NodeId, usize>,
+) -> Option<(NodeId, ReplaceReason)> {
+    let designed: BTreeSet<NodeId> = design.members.iter().copied().collect();
+    let stable = &designed == observed_voters;
+    let lost = |n: &&NodeId| !cluster.is_alive(**n);
+    if !stable {
+        return design
+            .members
+            .iter()
+            .filter(|n| !observed_voters.contains(n))
+            .find(lost)
+            .map(|&n| (n, ReplaceReason::NodeLost));
+    }
+    if let Some(&node) = design.members.iter().find(lost) {
+        return Some((node, ReplaceReason::NodeLost));
+    }
+    design
+        .members
+        .iter()
+        .find(|n| {
+            matches!(
+                cluster.node_state(**n),
+                NodeState::Draining | NodeState::Drained
+            ) && moves_in_flight.get(n).copied().unwrap_or(0) < MAX_MOVES_PER_DRAINING_NODE
+        })
+        .map(|&n| (n, ReplaceReason::NodeDraining))
+}
+
+/// Per draining node: partitions that no longer design it but whose group still has it
+/// as a member (a move under way).
+fn moves_in_flight_per_draining_node(cluster: &Cluster) -> BTreeMap<NodeId, usize> {
+    let mut moves = BTreeMap::new();
+    for service in cluster.services.values() {
+        for (partition, design) in service.placement.partitions.iter().enumerate() {
+            let Some(observed) = cluster.group_observed(service.group(partition as u32)) else {
+                continue;
+            };
+            for node in observed.voters.iter().chain(&observed.learners) {
+                if cluster.node_state(*node) == NodeState::Draining
+                    && !design.members.contains(node)
+                {
+                    *moves.entry(*node).or_default() += 1;
+                }
+            }
+        }
+    }
+    moves
+}
+
+/// Whether `node` is designed into anything, still a member of a group, or still runs
+/// replicas or instances by its own report.
+fn hosts_anything(cluster: &Cluster, node: NodeId) -> bool {
+    let designed = cluster.services.values().any(|s| {
+        s.placement.partitions.iter().any(|p| p.members.contains(&node))
+            || s
+                .placement
+                .instances
+                .iter()
+                .any(|i| i.node == node && i.phase == InstancePhase::Assigned)
+    });
+    let in_a_group = cluster.services.values().any(|s| {
+        (0..s.placement.partitions.len() as u32).any(|p| {
+            cluster
+                .group_observed(s.group(p))
+                .is_some_and(|o| o.voters.contains(&node) || o.learners.contains(&node))
+        })
+    });
+    let reports_work = cluster.observed.get(&node).is_some_and(|o| {
+        o.replicas
+            .iter()
+            .any(|r| r.role != stator_api::agent::ReplicaRole::Stopped)
+            || o.instances.iter().any(|i| {
+                matches!(
+                    i.state,
+                    InstanceState::Starting | InstanceState::Running | InstanceState::Ready
+                )
+            })
+    });
+    designed || in_a_group || reports_work
+}
+
+/// What the instance's node last reported about it.
+fn instance_report(cluster: &Cluster, instance: &InstanceDesign) -> Option<InstanceState> {
+    cluster
+        .observed
+        .get(&instance.node)?
+        .instances
+        .iter()
+        .find(|s| s.id == instance.id)
+        .map(|s| s.state)
+}
+
+/// Delay before attempt `failed_attempt + 1`: the spec's back-off doubled per failed
+/// attempt, capped at [`MAX_JOB_BACKOFF_MS`].
+pub fn job_backoff_ms(backoff_ms: u64, failed_attempt: u32) -> u64 {
+    let doublings = failed_attempt.saturating_sub(1).min(32);
+    backoff_ms
+        .saturating_mul(1u64 << doublings)
+        .min(MAX_JOB_BACKOFF_MS)
+}
+
+/// The planner's view of the cluster: live nodes (schedulable only when ready), every
+/// designed replica and assigned instance as an allocation.
+pub fn build_view(cluster: &Cluster) -> ClusterView {
+    let nodes = cluster
+        .nodes
+        .values()
+        .filter(|n| n.state.is_alive())
+        .map(|n| Node {
+            id: n.id,
+            name: n.info.name.clone(),
+            zone: n.info.zone.clone(),
+            pool: n.info.pool.clone(),
+            capacity: Resources::new(n.info.cpu_millis, n.info.memory_mib),
+            reserved: Resources::default(),
+            price_per_hour: n.info.price_per_hour,
+            labels: n.info.labels.clone(),
+            schedulable: n.state == NodeState::Ready,
+        })
+        .collect();
+    let mut replicas = Vec::new();
+    for (name, service) in &cluster.services {
+        let spec = service.spec();
+        for (partition, design) in service.placement.partitions.iter().enumerate() {
+            let request = replica_request(spec, partition as u32);
+            replicas.extend(
+                design
+                    .members
+                    .iter()
+                    .filter(|n| cluster.is_alive(**n))
+                    .map(|&n| replica_of(&request, n)),
+            );
+        }
+        for instance in &service.placement.instances {
+            if instance.phase == InstancePhase::Assigned && cluster.is_alive(instance.node) {
+                replicas.push(Replica {
+                    service: name.clone(),
+                    partition: INSTANCE_PARTITION_KEY,
+                    node: instance.node,
+                    resources: resources_of(spec),
+                    kind: WorkloadKind::LongRunning,
+                    expected_end_s: None,
+                    state_bytes: 0,
+                });
+            }
+        }
+    }
+    ClusterView::from_parts(nodes, replicas)
+}
+
+fn replica_request(spec: &ServiceSpec, partition: u32) -> PlacementRequest {
+    PlacementRequest {
+        service: spec.name.clone(),
+        partition,
+        replicas: spec.replicas,
+        resources: resources_of(spec),
+        spread: match spec.placement.spread {
+            SpreadOver::Node => SpreadDomain::Node,
+            SpreadOver::Zone => SpreadDomain::Zone,
+        },
+        kind: WorkloadKind::LongRunning,
+        now_s: 0,
+        node_selector: Vec::new(),
+    }
+}
+
+fn replica_of(request: &PlacementRequest, node: NodeId) -> Replica {
+    Replica {
+        service: request.service.clone(),
+        partition: request.partition,
+        node,
+        resources: request.resources,
+        kind: request.kind,
+        expected_end_s: request.expected_end_s(),
+        state_bytes: 0,
+    }
+}
+
+fn resources_of(spec: &ServiceSpec) -> Resources {
+    Resources::new(spec.resources.cpu_millis(), spec.resources.memory_mib())
+}
+
+fn policy_of(spec: &ServiceSpec) -> Policy {
+    match spec.placement.policy {
+        PlacementPolicy::Spread => Policy::Spread,
+        PlacementPolicy::Cost => Policy::Cost,
+    }
+}
+
+/// Applies one action to `cluster`. Deterministic, so the controller and a pass's
+/// scratch copy agree.
+///
+/// # Panics
+/// If the action names a service or partition the cluster does not have: actions are
+/// only ever applied to the cluster they were decided from.
+pub fn apply_action(cluster: &mut Cluster, action: &Action) {
+    match action {
+        Action::MarkNodeLost { node } => {
+            if let Some(record) = cluster.nodes.get_mut(node) {
+                record.state = NodeState::Lost;
+            }
+            cluster.observed.remove(node);
+        }
+        Action::MarkNodeDrained { node } => {
+            if let Some(record) = cluster.nodes.get_mut(node) {
+                record.state = NodeState::Drained;
+            }
+        }
+        Action::PlacePartition {
+            service,
+            partition,
+            members,
+        } => {
+            let design = partition_mut(cluster, service, *partition);
+            design.members = members.clone();
+            design.initial_members = members.clone();
+        }
+        Action::MarkGroupStarted { service, partition } => {
+            partition_mut(cluster, service, *partition).has_had_leader = true;
+        }
+        Action::ReplaceMember {
+            service,
+            partition,
+            remove,
+            add,
+            ..
+        } => {
+            let design = partition_mut(cluster, service, *partition);
+            let slot = design
+                .members
+                .iter_mut()
+                .find(|n| **n == *remove)
+                .unwrap_or_else(|| panic!("{service}/{partition}: {remove} is not a member"));
+            *slot = *add;
+        }
+        Action::PlaceInstance {
+            service,
+            node,
+            slot,
+            attempt,
+        } => {
+            let placement = &mut service_mut(cluster, service).placement;
+            let id = format!("{service}-{}", placement.next_instance);
+            placement.next_instance += 1;
+            placement.instances.push(InstanceDesign {
+                id,
+                node: *node,
+                slot: *slot,
+                attempt: *attempt,
+                phase: InstancePhase::Assigned,
+            });
+        }
+        Action::RemoveInstance { service, id } => {
+            service_mut(cluster, service)
+                .placement
+                .instances
+                .retain(|i| &i.id != id);
+        }
+        Action::FinishInstance {
+            service,
+            id,
+            succeeded,
+            retry_at_ms,
+        } => {
+            let placement = &mut service_mut(cluster, service).placement;
+            if let Some(instance) = placement.instances.iter_mut().find(|i| &i.id == id) {
+                instance.phase = if *succeeded {
+                    InstancePhase::Succeeded
+                } else {
+                    InstancePhase::Failed {
+                        retry_at_ms: *retry_at_ms,
+                    }
+                };
+                let slot = instance.slot;
+                // Keep only the latest attempt per slot: history is in the events.
+                let latest = instance.attempt;
+                placement
+                    .instances
+                    .retain(|i| i.slot != slot || i.attempt >= latest);
+            }
+        }
+        Action::SetJobPhase { service, phase } => {
+            service_mut(cluster, service).placement.job_phase = Some(*phase);
+        }
+    }
+}
+
+fn service_mut<'a>(cluster: &'a mut Cluster, name: &str) -> &'a mut Service {
+    cluster
+        .services
+        .get_mut(name)
+        .unwrap_or_else(|| panic!("action for unknown service {name}"))
+}
+
+fn partition_mut<'a>(cluster: &'a mut Cluster, name: &str, partition: u32) -> &'a mut PartitionDesign {
+    service_mut(cluster, name)
+        .placement
+        .partitions
+        .get_mut(partition as usize)
+        .unwrap_or_else(|| panic!("action for unknown partition {name}/{partition}"))
+}

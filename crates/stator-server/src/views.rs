@@ -1,0 +1,443 @@
+//! What the REST API returns: nodes, services, partitions and events, as JSON types
+//! that the CLI and the gateway deserialize.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+use stator_api::agent::{InstanceState, ReplicaRole};
+use stator_api::ids::{GroupId, NodeId};
+use stator_api::slot::{partition_ranges, SlotRange};
+use stator_api::spec::{ServiceKind, ServiceSpec};
+
+use crate::model::{Cluster, InstancePhase, JobPhase, NodeState, Service};
+
+/// One node, as `GET /v1/nodes` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// Node id (also its Raft member id in every group).
+    pub id: NodeId,
+    /// Name the agent registered with.
+    pub name: String,
+    /// Lifecycle state.
+    pub state: NodeState,
+    /// Failure domain.
+    pub zone: String,
+    /// Node pool.
+    pub pool: String,
+    /// Allocatable CPU, millicores.
+    pub cpu_millis: u64,
+    /// Allocatable memory, MiB.
+    pub memory_mib: u64,
+    /// USD per hour.
+    pub price_per_hour: f64,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Where its replica transport and client calls listen.
+    pub transport_addr: String,
+    /// Time since its last heartbeat (None for a lost node).
+    pub last_heartbeat_age_ms: Option<u64>,
+    /// Partition replicas designed onto it.
+    pub replicas: usize,
+    /// Replicas on it that report themselves leader.
+    pub leaders: usize,
+    /// Stateless instances and running job attempts assigned to it.
+    pub instances: usize,
+}
+
+/// One member of a partition group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    /// Node id.
+    pub node_id: NodeId,
+    /// Node name.
+    pub name: String,
+    /// The node's transport address.
+    pub addr: String,
+    /// Role its own replica reports (None when it reports none yet).
+    pub role: Option<ReplicaRole>,
+    /// Whether the design includes it (false: being moved away).
+    pub designed: bool,
+    /// Whether the node is alive.
+    pub alive: bool,
+}
+
+/// The leader of a partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderView {
+    /// Node id.
+    pub node_id: NodeId,
+    /// Node name.
+    pub name: String,
+    /// Where to send the partition's client calls.
+    pub addr: String,
+    /// The leader's term.
+    pub term: u64,
+}
+
+/// One partition, as `GET /v1/partitions` lists it (what the gateway routes by).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionView {
+    /// Service name.
+    pub service: String,
+    /// Partition index.
+    pub partition: u32,
+    /// The partition's Raft group.
+    pub group: GroupId,
+    /// Key slots it owns.
+    pub slots: SlotRange,
+    /// The live leader, if one is reported.
+    pub leader: Option<LeaderView>,
+    /// Designed members plus any member still leaving.
+    pub members: Vec<MemberView>,
+    /// Transport addresses of every live member (for leader discovery by the gateway).
+    pub member_addrs: Vec<String>,
+    /// Replicas the spec asks for.
+    pub replicas: u32,
+    /// Observed voters equal the designed members, all alive.
+    pub replication_factor_met: bool,
+}
+
+/// Status of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// Replicated: partitions with a live leader.
+    pub partitions_with_leader: u32,
+    /// Replicated: partitions whose replication factor is met.
+    pub partitions_replicated: u32,
+    /// Replicated: partitions not placed yet (not enough nodes).
+    pub partitions_unplaced: u32,
+    /// Stateless: instances assigned.
+    pub instances_assigned: u32,
+    /// Stateless: instances reporting ready.
+    pub instances_ready: u32,
+    /// Job: completions succeeded.
+    pub completions_succeeded: u32,
+    /// Job: overall phase.
+    pub job_phase: Option<JobPhase>,
+}
+
+/// A service, as `GET /v1/services` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceView {
+    /// Name.
+    pub name: String,
+    /// Kind.
+    pub kind: ServiceKind,
+    /// Id its partition groups derive from.
+    pub id: u64,
+    /// Bumped by every apply that changed the spec.
+    pub generation: u64,
+    /// The spec as applied.
+    pub spec: ServiceSpec,
+    /// What is running.
+    pub status: ServiceStatus,
+}
+
+/// What `PUT /v1/services/{name}` answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyResult {
+    /// `created`, `updated` or `unchanged`.
+    pub result: String,
+    /// The service after the apply.
+    pub service: ServiceView,
+}
+
+/// One event of `GET /v1/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Increasing per server process.
+    pub seq: u64,
+    /// Wall-clock time, ms since the Unix epoch.
+    pub time_ms: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// An agent registered.
+    NodeJoined {
+        /// Node id.
+        node_id: NodeId,
+        /// Node name.
+        name: String,
+    },
+    /// A node missed its heartbeat grace.
+    NodeLost {
+        /// Node id.
+        node_id: NodeId,
+        /// Node name.
+        name: String,
+    },
+    /// A drain started.
+    NodeDraining {
+        /// Node id.
+        node_id: NodeId,
+        /// Node name.
+        name: String,
+    },
+    /// A drain finished.
+    NodeDrained {
+        /// Node id.
+        node_id: NodeId,
+        /// Node name.
+        name: String,
+    },
+    /// A partition got its initial members.
+    ReplicaPlaced {
+        /// Service name.
+        service: String,
+        /// Partition index.
+        partition: u32,
+        /// The members.
+        members: Vec<NodeId>,
+    },
+    /// A member was replaced in the design.
+    ReplicaMoved {
+        /// Service name.
+        service: String,
+        /// Partition index.
+        partition: u32,
+        /// Leaving node.
+        from: NodeId,
+        /// Joining node.
+        to: NodeId,
+        /// `node_lost` or `node_draining`.
+        reason: String,
+    },
+    /// A partition's reported leader changed.
+    LeaderChanged {
+        /// Service name.
+        service: String,
+        /// Partition index.
+        partition: u32,
+        /// The new leader (None: none reported).
+        leader: Option<NodeId>,
+        /// Its term.
+        term: u64,
+    },
+    /// A spec was applied.
+    ServiceApplied {
+        /// Service name.
+        service: String,
+        /// Its generation.
+        generation: u64,
+    },
+    /// A service was deleted.
+    ServiceDeleted {
+        /// Service name.
+        service: String,
+    },
+    /// An instance or job attempt was assigned.
+    InstancePlaced {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
+        /// Node.
+        node_id: NodeId,
+    },
+    /// An instance was removed.
+    InstanceRemoved {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
+    /// A job attempt ended.
+    InstanceFinished {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
+        /// Whether it exited 0.
+        succeeded: bool,
+    },
+    /// A job ended.
+    JobFinished {
+        /// Service name.
+        service: String,
+        /// `succeeded` or `failed`.
+        phase: JobPhase,
+    },
+    /// This subscriber fell behind and missed events; re-read the lists.
+    Lagged {
+        /// Events missed.
+        missed: u64,
+    },
+}
+
+impl EventKind {
+    /// The `type` tag, used as the SSE event name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::NodeJoined { .. } => "node_joined",
+            EventKind::NodeLost { .. } => "node_lost",
+            EventKind::NodeDraining { .. } => "node_draining",
+            EventKind::NodeDrained { .. } => "node_drained",
+            EventKind::ReplicaPlaced { .. } => "replica_placed",
+            EventKind::ReplicaMoved { .. } => "replica_moved",
+            EventKind::LeaderChanged { .. } => "leader_changed",
+            EventKind::ServiceApplied { .. } => "service_applied",
+            EventKind::ServiceDeleted { .. } => "service_deleted",
+            EventKind::InstancePlaced { .. } => "instance_placed",
+            EventKind::InstanceRemoved { .. } => "instance_removed",
+            EventKind::InstanceFinished { .. } => "instance_finished",
+            EventKind::JobFinished { .. } => "job_finished",
+            EventKind::Lagged { .. } => "lagged",
+        }
+    }
+}
+
+/// The node as the API shows it.
+pub fn node_view(cluster: &Cluster, id: NodeId, now_ms: u64) -> Option<NodeView> {
+    let record = cluster.nodes.get(&id)?;
+    let mut replicas = 0;
+    let mut instances = 0;
+    for service in cluster.services.values() {
+        replicas += service
+            .placement
+            .partitions
+            .iter()
+            .filter(|p| p.members.contains(&id))
+            .count();
+        instances += service
+            .placement
+            .instances
+            .iter()
+            .filter(|i| i.node == id && i.phase == InstancePhase::Assigned)
+            .count();
+    }
+    let observed = cluster.observed.get(&id);
+    Some(NodeView {
+        id,
+        name: record.info.name.clone(),
+        state: record.state,
+        zone: record.info.zone.clone(),
+        pool: record.info.pool.clone(),
+        cpu_millis: record.info.cpu_millis,
+        memory_mib: record.info.memory_mib,
+        price_per_hour: record.info.price_per_hour,
+        labels: record.info.labels.clone(),
+        transport_addr: record.info.transport_addr.clone(),
+        last_heartbeat_age_ms: observed.map(|o| now_ms.saturating_sub(o.last_heartbeat_ms)),
+        replicas,
+        leaders: observed.map_or(0, |o| {
+            o.replicas
+                .iter()
+                .filter(|r| r.role == ReplicaRole::Leader)
+                .count()
+        }),
+        instances,
+    })
+}
+
+/// Every partition of `service`.
+pub fn partition_views(cluster: &Cluster, service: &Service) -> Vec<PartitionView> {
+    let spec = service.spec();
+    if spec.kind != ServiceKind::Replicated {
+        return Vec::new();
+    }
+    let ranges = partition_ranges(spec.partitions);
+    service
+        .placement
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(index, design)| {
+            let partition = index as u32;
+            let group = service.group(partition);
+            let observed = cluster.group_observed(group);
+            let mut nodes: BTreeSet<NodeId> = design.members.iter().copied().collect();
+            if let Some(observed) = &observed {
+                nodes.extend(observed.voters.iter().chain(&observed.learners));
+            }
+            // Designed members first, in design order, then the ones leaving.
+            let mut ordered: Vec<NodeId> = design.members.clone();
+            ordered.extend(nodes.iter().filter(|n| !design.members.contains(n)));
+            let members: Vec<MemberView> = ordered
+                .iter()
+                .map(|&node_id| MemberView {
+                    node_id,
+                    name: cluster.node_name(node_id),
+                    addr: cluster.node_addr(node_id),
+                    role: cluster.replica_role(node_id, group),
+                    designed: design.members.contains(&node_id),
+                    alive: cluster.is_alive(node_id),
+                })
+                .collect();
+            PartitionView {
+                service: spec.name.clone(),
+                partition,
+                group,
+                slots: ranges[index],
+                leader: observed.as_ref().map(|o| LeaderView {
+                    node_id: o.leader,
+                    name: cluster.node_name(o.leader),
+                    addr: cluster.node_addr(o.leader),
+                    term: o.term,
+                }),
+                member_addrs: members
+                    .iter()
+                    .filter(|m| m.alive)
+                    .map(|m| m.addr.clone())
+                    .collect(),
+                members,
+                replicas: spec.replicas,
+                replication_factor_met: cluster.replication_factor_met(service, partition),
+            }
+        })
+        .collect()
+}
+
+/// The service as the API shows it.
+pub fn service_view(cluster: &Cluster, service: &Service) -> ServiceView {
+    let spec = service.spec();
+    let mut status = ServiceStatus {
+        partitions_with_leader: 0,
+        partitions_replicated: 0,
+        partitions_unplaced: 0,
+        instances_assigned: 0,
+        instances_ready: 0,
+        completions_succeeded: 0,
+        job_phase: service.placement.job_phase,
+    };
+    for (index, design) in service.placement.partitions.iter().enumerate() {
+        let partition = index as u32;
+        if design.members.is_empty() {
+            status.partitions_unplaced += 1;
+        }
+        if cluster.group_observed(service.group(partition)).is_some() {
+            status.partitions_with_leader += 1;
+        }
+        if cluster.replication_factor_met(service, partition) {
+            status.partitions_replicated += 1;
+        }
+    }
+    for instance in &service.placement.instances {
+        match instance.phase {
+            InstancePhase::Assigned => {
+                status.instances_assigned += 1;
+                let ready = cluster.observed.get(&instance.node).is_some_and(|o| {
+                    o.instances
+                        .iter()
+                        .any(|s| s.id == instance.id && s.state == InstanceState::Ready)
+                });
+                status.instances_ready += u32::from(ready);
+            }
+            InstancePhase::Succeeded => status.completions_succeeded += 1,
+            InstancePhase::Failed { .. } => {}
+        }
+    }
+    ServiceView {
+        name: spec.name.clone(),
+        kind: spec.kind,
+        id: service.record.id,
+        generation: service.record.generation,
+        spec: spec.clone(),
+        status,
+    }
+}
