@@ -1,14 +1,27 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! The control-plane store: where the stator server keeps specs, node records, placement
+//! and leases, behind one trait with interchangeable backends.
+//!
+//! # Layout
+//! - [`store`]: the [`Store`] trait (get / put / delete / compare-and-swap / list / watch /
+//!   leases) and the contract every backend keeps.
+//! - [`types`]: revisions, [`Versioned`] values, [`Expected`] conditions, [`WatchEvent`]s,
+//!   the [`Watch`] stream, and the size and TTL limits.
+//! - [`embedded`]: [`EmbeddedStore`], a single redb file with in-process watches and
+//!   in-memory leases (the default, needs nothing installed).
+//! - [`conformance`]: the test cases every backend must pass, runnable from any crate with
+//!   [`store_conformance_tests!`].
+//! - [`error`]: the crate error type, [`StoreError`].
+//!
+//! An etcd backend will live in an `etcd` module behind the `etcd` cargo feature (off by
+//! default, since the etcd client needs `protoc` to build); it is not written yet.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod conformance;
+pub mod embedded;
+pub mod error;
+pub mod store;
+pub mod types;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use embedded::{EmbeddedOptions, EmbeddedStore};
+pub use error::{Result, StoreError};
+pub use store::Store;
+pub use types::{CasOutcome, Expected, LeaseId, Revision, Versioned, Watch, WatchEvent};
