@@ -109,6 +109,8 @@ def handle(app, type_byte, body):
             (time_ms,) = _U64.unpack_from(body)
             reply = app.query(time_ms, bytes(body[8:]))
         elif type_byte == TYPE_SNAPSHOT:
+            if body:
+                raise ProtocolError("SNAPSHOT with a %d-byte body, want none" % len(body))
             reply = app.snapshot()
         elif type_byte == TYPE_RESTORE:
             app.restore(bytes(body))

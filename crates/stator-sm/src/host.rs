@@ -200,8 +200,15 @@ pub struct ProcessMachine {
 }
 
 impl ProcessMachine {
-    /// A machine for `config`; nothing is started yet.
-    pub fn new(config: ProcessMachineConfig) -> Self {
+    /// A machine for `config`; nothing is started yet. A relative `run_dir` is taken
+    /// from the current directory, so the app finds the socket whatever its own
+    /// working directory.
+    pub fn new(mut config: ProcessMachineConfig) -> Self {
+        if config.run_dir.is_relative() {
+            if let Ok(current_dir) = std::env::current_dir() {
+                config.run_dir = current_dir.join(&config.run_dir);
+            }
+        }
         ProcessMachine {
             config,
             handle: ProcessHandle::default(),
@@ -388,11 +395,7 @@ impl ProcessMachine {
                 last: self.last_failure.clone(),
             });
         }
-        let backoff = limits
-            .restart_backoff_initial
-            .saturating_mul(1u32 << in_window.min(16))
-            .min(limits.restart_backoff_max);
-        tokio::time::sleep(backoff).await;
+        tokio::time::sleep(restart_backoff(limits, in_window)).await;
         self.restart_times.push_back(Instant::now());
         self.handle.0.restarts.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -688,6 +691,17 @@ async fn exchange(
         })?
 }
 
+/// The wait before a restart when `restarts_in_window` restarts already happened in
+/// the window: the initial back-off doubled for each, capped.
+pub fn restart_backoff(limits: &ProcessLimits, restarts_in_window: u32) -> Duration {
+    // 2^16 times any sane initial back-off is already past any sane cap.
+    let factor = 1u32 << restarts_in_window.min(16);
+    limits
+        .restart_backoff_initial
+        .saturating_mul(factor)
+        .min(limits.restart_backoff_max)
+}
+
 async fn kill_and_reap(child: &mut Child) {
     // Errors mean it already exited; wait() then reaps it either way.
     let _ = child.start_kill();
@@ -805,4 +819,36 @@ impl std::fmt::Debug for ProcessFactory {
 /// The socket path a run directory gives, for apps and tests that connect by hand.
 pub fn socket_path_in(run_dir: &Path) -> PathBuf {
     run_dir.join(SOCKET_FILE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_then_caps() {
+        let limits = ProcessLimits::default();
+        let delays_ms: Vec<u128> = (0..8)
+            .map(|restarts| restart_backoff(&limits, restarts).as_millis())
+            .collect();
+        assert_eq!(delays_ms, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(restart_backoff(&limits, u32::MAX), RESTART_BACKOFF_MAX);
+    }
+
+    #[test]
+    fn relative_run_dirs_become_absolute() {
+        let machine = ProcessMachine::new(ProcessMachineConfig {
+            program: "true".to_string(),
+            args: Vec::new(),
+            env: Vec::new(),
+            working_dir: None,
+            run_dir: PathBuf::from("run/p0"),
+            service: "s".to_string(),
+            partition: 0,
+            replica: 1,
+            limits: ProcessLimits::default(),
+        });
+        assert!(machine.config().socket_path().is_absolute());
+        assert!(machine.config().socket_path().ends_with("run/p0/sm.sock"));
+    }
 }

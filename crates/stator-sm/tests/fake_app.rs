@@ -134,6 +134,26 @@ async fn wrong_handshake_is_refused() {
 }
 
 #[tokio::test]
+async fn hung_app_times_out_and_is_restarted() {
+    tokio::time::timeout(common::TEST_TIMEOUT, async {
+        let mut config = dummy_config("hung");
+        config.limits.request_timeout = Duration::from_millis(200);
+        config.limits.max_restarts_per_window = 0;
+        // The fake app greets, reads the request and never answers.
+        let app = fake_app(config.socket_path(), Vec::new());
+        let mut machine = ProcessMachine::new(config);
+        let error = machine.apply(1, 1, b"cmd").await.unwrap_err();
+        app.abort();
+        let AppError::Unavailable(message) = &error else {
+            panic!("expected unavailable, got {error:?}");
+        };
+        assert!(message.contains("timed out after 200 ms"), "{message}");
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
 async fn truncated_frames_exhaust_the_restart_budget() {
     tokio::time::timeout(common::TEST_TIMEOUT, async {
         let mut config = dummy_config("trunc");
