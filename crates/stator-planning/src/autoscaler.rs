@@ -245,6 +245,10 @@ pub fn plan_new_nodes(
     let mut order: Vec<&UnmetNeed> = unmet.iter().collect();
     order.sort_by(|a, b| b.resources.cpu_millis.cmp(&a.resources.cpu_millis).then(b.resources.memory_mib.cmp(&a.resources.memory_mib)));
     let sorted_pools = pools_by_unit_price(pools);
+    let mut zone_pool_counts: HashMap<(String, String), usize> = HashMap::new();
+    for n in view.nodes() {
+        *zone_pool_counts.entry((n.zone.clone(), n.pool.clone())).or_insert(0) += 1;
+    }
     let mut actions = Vec::new();
     for need in order {
         let fit = bins.iter_mut().find(|(z, free)| need.resources.fits_in(free) && !need.avoid_zones.contains(z));
@@ -268,7 +272,7 @@ pub fn plan_new_nodes(
             .iter()
             .filter(|z| !need.avoid_zones.contains(z))
             .min_by_key(|z| {
-                view.nodes().filter(|n| &n.zone == *z && n.pool == pool.name).count()
+                zone_pool_counts.get(&((*z).clone(), pool.name.clone())).copied().unwrap_or(0)
                     + bins.iter().filter(|(bz, _)| bz == *z).count()
             })
             .or(pool.zones.first())

@@ -221,9 +221,9 @@ fn spread_score(e: &NodeEntry, req: &PlacementRequest) -> f64 {
 fn cost_score(e: &NodeEntry, req: &PlacementRequest) -> f64 {
     let cap = &e.node.capacity;
     let used = e.stats.allocated + e.node.reserved + req.resources;
-    let frac = |u: u64, c: u64| if c == 0 { 1.0 } else { (u as f64 / c as f64).min(1.0) };
+    let frac = |u: u64, inv: f64| if inv == 0.0 { 1.0 } else { (u as f64 * inv).min(1.0) };
     // Leftover after placing, 0 (perfect fit) to 100 (empty).
-    let leftover = 100.0 - (frac(used.cpu_millis, cap.cpu_millis) + frac(used.memory_mib, cap.memory_mib)) * 50.0;
+    let leftover = 100.0 - (frac(used.cpu_millis, e.inv_cpu) + frac(used.memory_mib, e.inv_mem)) * 50.0;
     let mut penalty = leftover;
     // Keep CPU-only work off GPU nodes: GPUs are the scarce, expensive part.
     if req.resources.gpu_milli == 0 && cap.gpu_milli > 0 {
@@ -253,7 +253,7 @@ fn cost_score(e: &NodeEntry, req: &PlacementRequest) -> f64 {
         penalty += 100.0;
     }
     // Price per unit as a fine tie-breaker (USD/h per unit is typically 0.01-0.1).
-    penalty += e.node.price_per_unit().min(10.0);
+    penalty += e.price_per_unit.min(10.0);
     -penalty
 }
 

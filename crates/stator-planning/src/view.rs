@@ -187,6 +187,11 @@ pub(crate) struct NodeStats {
 pub(crate) struct NodeEntry {
     pub(crate) node: Node,
     pub(crate) zone_ix: u32,
+    /// Scoring constants, computed once: 1/capacity (0 for an absent resource) and
+    /// the price per unit.
+    pub(crate) inv_cpu: f64,
+    pub(crate) inv_mem: f64,
+    pub(crate) price_per_unit: f64,
     pub(crate) stats: NodeStats,
 }
 
@@ -231,7 +236,10 @@ impl ClusterView {
         assert!(!self.node_ix.contains_key(&node.id), "node {} added twice", node.id);
         let zone_ix = self.intern_zone(&node.zone);
         self.node_ix.insert(node.id, self.nodes.len());
-        self.nodes.push(NodeEntry { node, zone_ix, stats: NodeStats::default() });
+        let inv = |c: u64| if c == 0 { 0.0 } else { 1.0 / c as f64 };
+        let (inv_cpu, inv_mem) = (inv(node.capacity.cpu_millis), inv(node.capacity.memory_mib));
+        let price_per_unit = node.price_per_unit();
+        self.nodes.push(NodeEntry { node, zone_ix, inv_cpu, inv_mem, price_per_unit, stats: NodeStats::default() });
     }
 
     /// Removes a node together with every replica on it; returns the removed replicas.

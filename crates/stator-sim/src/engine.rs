@@ -218,7 +218,11 @@ impl<'a> Sim<'a> {
                 // Utilisation at which the M/M/1 p99 (ln(100) * S / (1 - rho)) meets the
                 // objective, less a margin for the next tick's growth.
                 let rho_slo = 1.0 - (100f64).ln() * svc.service_time_ms / svc.p99_latency_ms;
-                AutoscalerConfig { target_utilization: (rho_slo - 0.12).clamp(0.3, 0.8), ..AutoscalerConfig::default() }
+                AutoscalerConfig {
+                    target_utilization: (rho_slo - 0.12).clamp(0.3, 0.8),
+                    max_migrations: 24,
+                    ..AutoscalerConfig::default()
+                }
             })
             .collect();
         let n_parts = parts.len();
@@ -433,6 +437,11 @@ impl<'a> Sim<'a> {
                 }
                 Event::NodeReady { token } => {
                     self.node_ready(token);
+                    // Pods waiting for this node get it now, not at the next tick.
+                    if !self.pending.is_empty() {
+                        let unmet = self.place_pending();
+                        self.scale_up(unmet);
+                    }
                 }
                 Event::NodeFail { node } => self.node_fail(node),
                 Event::FailureDetected { node } => {

@@ -382,7 +382,7 @@ pub fn from_openb_trace(nodes_csv: &Path, pods_csv: &Path) -> Result<Scenario, S
     Ok(Scenario {
         name: "alibaba-openb".into(),
         duration_s,
-        tick_s: 300,
+        tick_s: 60,
         consolidate_every_s: 300,
         seed: 0,
         pools,
