@@ -69,12 +69,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/partitions", get(list_partitions))
         .route("/v1/events", get(events))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY_BYTES))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_token));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_token,
+        ));
     let agent_routes = Router::new()
         .route("/v1/agents/register", post(register))
         .route("/v1/agents/{node_id}/heartbeat", post(heartbeat))
         .layer(DefaultBodyLimit::max(MAX_HEARTBEAT_BODY_BYTES))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_join_token));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_join_token,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
@@ -86,14 +92,19 @@ pub fn router(state: AppState) -> Router {
                 name: "the requested path".to_string(),
             }
         })
-        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .with_state(state)
 }
 
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let method = request.method().to_string();
     let response = next.run(request).await;
-    state.metrics.api_request(&method, response.status().as_u16());
+    state
+        .metrics
+        .api_request(&method, response.status().as_u16());
     response
 }
 
@@ -169,7 +180,8 @@ async fn get_node(
                 .and_then(|n| node_view(cluster, n.id, now))
         })
         .await?;
-    node.map(Json).ok_or(ServerError::NotFound { kind: "node", name })
+    node.map(Json)
+        .ok_or(ServerError::NotFound { kind: "node", name })
 }
 
 async fn drain_node(
@@ -182,7 +194,8 @@ async fn drain_node(
         .controller
         .read(move |cluster, now| node_view(cluster, id, now))
         .await?;
-    node.map(Json).ok_or(ServerError::NotFound { kind: "node", name })
+    node.map(Json)
+        .ok_or(ServerError::NotFound { kind: "node", name })
 }
 
 async fn list_services(State(state): State<AppState>) -> Result<Json<Vec<ServiceView>>> {
@@ -351,7 +364,8 @@ async fn events(
     .take_until(async move {
         let _ = shutdown.wait_for(|stopping| *stopping).await;
     });
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_millis(EVENTS_KEEP_ALIVE_MS)))
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_millis(EVENTS_KEEP_ALIVE_MS)))
 }
 
 async fn register(

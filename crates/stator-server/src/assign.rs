@@ -1,8 +1,6 @@
 //! What each node must run: the answer to its heartbeat, derived from the design.
 
-use stator_api::agent::{
-    Assignments, InstanceAssignment, Member, ReplicaAssignment,
-};
+use stator_api::agent::{Assignments, InstanceAssignment, Member, ReplicaAssignment};
 use stator_api::ids::NodeId;
 use stator_api::spec::{AppSpec, ServiceKind};
 
@@ -58,8 +56,7 @@ pub fn assignments_for(cluster: &Cluster, node: NodeId) -> Assignments {
                                 addr: cluster.node_addr(node_id),
                             })
                             .collect(),
-                        bootstrap: !design.has_had_leader
-                            && design.initial_members.contains(&node),
+                        bootstrap: !design.has_had_leader && design.initial_members.contains(&node),
                         election_timeout_ms: spec.election_timeout_ms(),
                     });
                 }

@@ -50,7 +50,9 @@ impl FromStr for StoreConfig {
     fn from_str(text: &str) -> Result<Self, String> {
         if let Some(dir) = text.strip_prefix("embedded:") {
             if dir.is_empty() {
-                return Err("--store embedded: needs a directory, e.g. embedded:./stator-data/store".into());
+                return Err(
+                    "--store embedded: needs a directory, e.g. embedded:./stator-data/store".into(),
+                );
             }
             return Ok(StoreConfig::Embedded(PathBuf::from(dir)));
         }
@@ -89,7 +91,9 @@ impl ServerConfig {
         let data_dir = data_dir.into();
         ServerConfig {
             store: StoreConfig::Embedded(data_dir.join("store")),
-            listen: DEFAULT_LISTEN.parse().expect("default listen address parses"),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .expect("default listen address parses"),
             data_dir,
             api_token: None,
             join_token: None,

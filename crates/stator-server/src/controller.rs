@@ -93,7 +93,8 @@ impl ControllerHandle {
 
     /// Applies a validated spec.
     pub async fn apply(&self, spec: ServiceSpec) -> Result<ApplyResult> {
-        self.ask(|reply| Command::Apply(Box::new(spec), reply)).await
+        self.ask(|reply| Command::Apply(Box::new(spec), reply))
+            .await
     }
 
     /// Deletes a service.
@@ -299,7 +300,8 @@ impl Controller {
             .map(|n| n.id)
             .collect();
         for node in stale {
-            self.apply_actions(vec![Action::MarkNodeLost { node }]).await;
+            self.apply_actions(vec![Action::MarkNodeLost { node }])
+                .await;
         }
         let id = self.next_node_id.max(1);
         self.next_node_id = id + 1;
@@ -366,7 +368,10 @@ impl Controller {
             },
         );
         for ((group, (service, partition)), before) in groups.into_iter().zip(before) {
-            let after = self.cluster.group_observed(group).map(|o| (o.leader, o.term));
+            let after = self
+                .cluster
+                .group_observed(group)
+                .map(|o| (o.leader, o.term));
             if after.map(|a| a.0) != before.map(|b| b.0) && self.group_exists(group) {
                 self.publish(EventKind::LeaderChanged {
                     service,
@@ -539,8 +544,7 @@ impl Controller {
         for name in touched_services {
             if let Some(service) = self.cluster.services.get(&name) {
                 let placement = &service.placement;
-                if let Err(error) = put_json(&*self.store, &placement_key(&name), placement).await
-                {
+                if let Err(error) = put_json(&*self.store, &placement_key(&name), placement).await {
                     tracing::error!(%error, service = %name, "could not persist placement");
                 }
             }

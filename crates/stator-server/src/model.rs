@@ -8,7 +8,9 @@
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-use stator_api::agent::{InstanceKind, InstanceStatus, RegisterRequest, ReplicaRole, ReplicaStatus};
+use stator_api::agent::{
+    InstanceKind, InstanceStatus, RegisterRequest, ReplicaRole, ReplicaStatus,
+};
 use stator_api::ids::{GroupId, NodeId};
 use stator_api::spec::{ServiceKind, ServiceSpec};
 

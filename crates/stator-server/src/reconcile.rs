@@ -19,9 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use stator_api::agent::InstanceState;
 use stator_api::ids::NodeId;
-use stator_api::spec::{
-    PlacementPolicy, ServiceKind, ServiceSpec, SpreadOver, MAX_JOB_BACKOFF_MS,
-};
+use stator_api::spec::{PlacementPolicy, ServiceKind, ServiceSpec, SpreadOver, MAX_JOB_BACKOFF_MS};
 use stator_planning::{
     place_partition, place_replacement, ClusterView, Node, PlacementError, PlacementRequest,
     Policy, Replica, Resources, SpreadDomain, WorkloadKind,
@@ -567,9 +565,11 @@ fn moves_in_flight_per_draining_node(cluster: &Cluster) -> BTreeMap<NodeId, usiz
 /// replicas or instances by its own report.
 fn hosts_anything(cluster: &Cluster, node: NodeId) -> bool {
     let designed = cluster.services.values().any(|s| {
-        s.placement.partitions.iter().any(|p| p.members.contains(&node))
-            || s
-                .placement
+        s.placement
+            .partitions
+            .iter()
+            .any(|p| p.members.contains(&node))
+            || s.placement
                 .instances
                 .iter()
                 .any(|i| i.node == node && i.phase == InstancePhase::Assigned)
@@ -808,10 +808,432 @@ fn service_mut<'a>(cluster: &'a mut Cluster, name: &str) -> &'a mut Service {
         .unwrap_or_else(|| panic!("action for unknown service {name}"))
 }
 
-fn partition_mut<'a>(cluster: &'a mut Cluster, name: &str, partition: u32) -> &'a mut PartitionDesign {
+fn partition_mut<'a>(
+    cluster: &'a mut Cluster,
+    name: &str,
+    partition: u32,
+) -> &'a mut PartitionDesign {
     service_mut(cluster, name)
         .placement
         .partitions
         .get_mut(partition as usize)
         .unwrap_or_else(|| panic!("action for unknown partition {name}/{partition}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{NodeObserved, NodeRecord, Placement, ServiceRecord};
+    use stator_api::agent::{InstanceStatus, RegisterRequest, ReplicaRole, ReplicaStatus};
+    use stator_api::spec::{parse_spec, SpecFormat};
+
+    const GRACE_MS: u64 = 3_000;
+    const NOW_MS: u64 = 1_000_000;
+
+    fn cluster_with_nodes(zones: &[&str]) -> Cluster {
+        let mut cluster = Cluster::default();
+        for (index, zone) in zones.iter().enumerate() {
+            let id = index as NodeId + 1;
+            cluster.nodes.insert(
+                id,
+                NodeRecord {
+                    id,
+                    info: RegisterRequest {
+                        name: format!("n{id}"),
+                        zone: zone.to_string(),
+                        pool: "default".into(),
+                        cpu_millis: 4000,
+                        memory_mib: 8192,
+                        price_per_hour: 0.1,
+                        labels: Default::default(),
+                        transport_addr: format!("127.0.0.1:{}", 9000 + id),
+                    },
+                    state: NodeState::Ready,
+                    registered_at_ms: NOW_MS,
+                },
+            );
+            cluster.observed.insert(
+                id,
+                NodeObserved {
+                    last_heartbeat_ms: NOW_MS,
+                    ..NodeObserved::default()
+                },
+            );
+        }
+        cluster
+    }
+
+    fn add_service(cluster: &mut Cluster, toml_text: &str) -> String {
+        let spec = parse_spec(toml_text, SpecFormat::Toml).unwrap();
+        spec.validate().unwrap();
+        let name = spec.name.clone();
+        let placement = Placement {
+            partitions: match spec.kind {
+                ServiceKind::Replicated => {
+                    vec![PartitionDesign::default(); spec.partitions as usize]
+                }
+                _ => Vec::new(),
+            },
+            job_phase: (spec.kind == ServiceKind::Job).then_some(JobPhase::Running),
+            ..Placement::default()
+        };
+        let id = cluster.services.len() as u64 + 1;
+        cluster.services.insert(
+            name.clone(),
+            Service {
+                record: ServiceRecord {
+                    id,
+                    spec,
+                    generation: 1,
+                },
+                placement,
+            },
+        );
+        name
+    }
+
+    fn kv(partitions: u32, spread: &str) -> String {
+        format!(
+            "name = \"kv\"\npartitions = {partitions}\nreplicas = 3\napp = {{ builtin = \"kv\" }}\nplacement = {{ spread = \"{spread}\" }}"
+        )
+    }
+
+    /// Applies every action of one pass and returns them.
+    fn step(cluster: &mut Cluster, now_ms: u64) -> Vec<Action> {
+        let decision = reconcile(cluster, now_ms, GRACE_MS);
+        for action in &decision.actions {
+            apply_action(cluster, action);
+        }
+        decision.actions
+    }
+
+    /// Makes `leader` report leadership of every partition of `kv` with `voters`.
+    fn report_leader(cluster: &mut Cluster, leader: NodeId, partition: u32, voters: &[NodeId]) {
+        let group = cluster.services["kv"].group(partition);
+        let observed = cluster.observed.entry(leader).or_default();
+        observed.last_heartbeat_ms = NOW_MS;
+        observed.replicas.retain(|r| r.group != group);
+        observed.replicas.push(ReplicaStatus {
+            group,
+            service: "kv".into(),
+            partition,
+            role: ReplicaRole::Leader,
+            leader: Some(leader),
+            term: 1,
+            voters: voters.to_vec(),
+            learners: vec![],
+            applied_index: 1,
+            state_bytes: 0,
+            ops_per_sec: 0.0,
+            p99_us: 0,
+            error: None,
+        });
+    }
+
+    fn started(cluster: &mut Cluster, partition: u32, members: &[NodeId]) {
+        let design =
+            &mut cluster.services.get_mut("kv").unwrap().placement.partitions[partition as usize];
+        design.members = members.to_vec();
+        design.initial_members = members.to_vec();
+        design.has_had_leader = true;
+    }
+
+    #[test]
+    fn places_every_partition_on_distinct_zones() {
+        let mut cluster = cluster_with_nodes(&["a", "a", "b", "b", "c", "c"]);
+        add_service(&mut cluster, &kv(4, "zone"));
+        let actions = step(&mut cluster, NOW_MS);
+        assert_eq!(actions.len(), 4);
+        for design in &cluster.services["kv"].placement.partitions {
+            let zones: BTreeSet<&str> = design
+                .members
+                .iter()
+                .map(|n| cluster.nodes[n].info.zone.as_str())
+                .collect();
+            assert_eq!(zones.len(), 3, "{design:?}");
+            assert_eq!(design.members, design.initial_members);
+        }
+        // Level-triggered: nothing more to do for the same state.
+        assert!(step(&mut cluster, NOW_MS).is_empty());
+    }
+
+    #[test]
+    fn too_few_nodes_is_a_problem_not_a_partial_placement() {
+        let mut cluster = cluster_with_nodes(&["a", "b"]);
+        add_service(&mut cluster, &kv(1, "node"));
+        let decision = reconcile(&cluster, NOW_MS, GRACE_MS);
+        assert!(decision.actions.is_empty());
+        assert_eq!(decision.problems.len(), 1);
+    }
+
+    #[test]
+    fn a_node_is_lost_only_after_the_grace() {
+        let mut cluster = cluster_with_nodes(&["a"]);
+        let decision = reconcile(&cluster, NOW_MS + GRACE_MS, GRACE_MS);
+        assert!(decision.actions.is_empty());
+        assert_eq!(decision.next_run_ms, NOW_MS + GRACE_MS + 1);
+        let actions = step(&mut cluster, NOW_MS + GRACE_MS + 1);
+        assert_eq!(actions, vec![Action::MarkNodeLost { node: 1 }]);
+        assert_eq!(cluster.nodes[&1].state, NodeState::Lost);
+    }
+
+    #[test]
+    fn the_group_starts_when_a_leader_is_reported() {
+        let mut cluster = cluster_with_nodes(&["a", "b", "c"]);
+        add_service(&mut cluster, &kv(1, "node"));
+        step(&mut cluster, NOW_MS);
+        assert!(!cluster.services["kv"].placement.partitions[0].has_had_leader);
+        report_leader(&mut cluster, 1, 0, &[1, 2, 3]);
+        let actions = step(&mut cluster, NOW_MS);
+        assert!(matches!(actions[..], [Action::MarkGroupStarted { .. }]));
+    }
+
+    #[test]
+    fn no_member_is_replaced_before_the_group_has_a_leader() {
+        let mut cluster = cluster_with_nodes(&["a", "b", "c", "d"]);
+        add_service(&mut cluster, &kv(1, "node"));
+        let design = &mut cluster.services.get_mut("kv").unwrap().placement.partitions[0];
+        design.members = vec![1, 2, 3];
+        design.initial_members = vec![1, 2, 3];
+        cluster.nodes.get_mut(&1).unwrap().state = NodeState::Lost;
+        assert!(step(&mut cluster, NOW_MS).is_empty());
+    }
+
+    #[test]
+    fn a_lost_member_is_replaced_by_a_fresh_node() {
+        let mut cluster = cluster_with_nodes(&["a", "b", "c", "d"]);
+        add_service(&mut cluster, &kv(1, "node"));
+        started(&mut cluster, 0, &[1, 2, 3]);
+        report_leader(&mut cluster, 2, 0, &[1, 2, 3]);
+        cluster.observed.get_mut(&1).unwrap().last_heartbeat_ms = 0;
+        let actions = step(&mut cluster, NOW_MS);
+        assert_eq!(actions[0], Action::MarkNodeLost { node: 1 });
+        assert_eq!(
+            actions[1],
+            Action::ReplaceMember {
+                service: "kv".into(),
+                partition: 0,
+                remove: 1,
+                add: 4,
+                reason: ReplaceReason::NodeLost,
+            }
+        );
+        assert_eq!(
+            cluster.services["kv"].placement.partitions[0].members,
+            vec![4, 2, 3]
+        );
+        // In flight (voters still 1,2,3): nothing more until the leader reports the change.
+        assert!(step(&mut cluster, NOW_MS).is_empty());
+        report_leader(&mut cluster, 2, 0, &[2, 3, 4]);
+        assert!(cluster.replication_factor_met(&cluster.services["kv"], 0));
+        assert!(step(&mut cluster, NOW_MS).is_empty());
+    }
+
+    #[test]
+    fn two_lost_members_are_replaced_one_at_a_time() {
+        let mut cluster = cluster_with_nodes(&["a", "b", "c", "d", "e"]);
+        add_service(&mut cluster, &kv(1, "node"));
+        started(&mut cluster, 0, &[1, 2, 3]);
+        cluster.nodes.get_mut(&1).unwrap().state = NodeState::Lost;
+        cluster.nodes.get_mut(&2).unwrap().state = NodeState::Lost;
+        report_leader(&mut cluster, 3, 0, &[1, 2, 3]);
+        let actions = step(&mut cluster, NOW_MS);
+        assert_eq!(actions.len(), 1, "{actions:?}");
+        assert!(step(&mut cluster, NOW_MS).is_empty());
+    }
+
+    #[test]
+    fn a_joining_member_that_dies_is_swapped_for_another() {
+        let mut cluster = cluster_with_nodes(&["a", "b", "c", "d", "e"]);
+        add_service(&mut cluster, &kv(1, "node"));
+        started(&mut cluster, 0, &[4, 2, 3]);
+        cluster.nodes.get_mut(&1).unwrap().state = NodeState::Lost;
+        cluster.nodes.get_mut(&4).unwrap().state = NodeState::Lost;
+        report_leader(&mut cluster, 2, 0, &[1, 2, 3]);
+        let actions = step(&mut cluster, NOW_MS);
+        assert!(
+            matches!(
+                actions[..],
+                [Action::ReplaceMember {
+                    remove: 4,
+                    add: 5,
+                    ..
+                }]
+            ),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn drain_moves_one_partition_at_a_time_then_marks_drained() {
+        let mut cluster = cluster_with_nodes(&["a", "b", "c", "d"]);
+        add_service(&mut cluster, &kv(2, "node"));
+        started(&mut cluster, 0, &[1, 2, 3]);
+        started(&mut cluster, 1, &[1, 2, 3]);
+        report_leader(&mut cluster, 2, 0, &[1, 2, 3]);
+        report_leader(&mut cluster, 2, 1, &[1, 2, 3]);
+        cluster.nodes.get_mut(&1).unwrap().state = NodeState::Draining;
+        let actions = step(&mut cluster, NOW_MS);
+        assert!(
+            matches!(
+                actions[..],
+                [Action::ReplaceMember {
+                    partition: 0,
+                    remove: 1,
+                    add: 4,
+                    reason: ReplaceReason::NodeDraining,
+                    ..
+                }]
+            ),
+            "{actions:?}"
+        );
+        // Partition 0 still has node 1 as a voter: partition 1 waits.
+        assert!(step(&mut cluster, NOW_MS).is_empty());
+        report_leader(&mut cluster, 2, 0, &[2, 3, 4]);
+        let actions = step(&mut cluster, NOW_MS);
+        assert!(
+            matches!(actions[..], [Action::ReplaceMember { partition: 1, .. }]),
+            "{actions:?}"
+        );
+        report_leader(&mut cluster, 2, 1, &[2, 3, 4]);
+        let actions = step(&mut cluster, NOW_MS);
+        assert_eq!(actions, vec![Action::MarkNodeDrained { node: 1 }]);
+    }
+
+    #[test]
+    fn stateless_instances_spread_and_are_replaced_when_a_node_is_lost() {
+        let mut cluster = cluster_with_nodes(&["a", "b", "c", "d"]);
+        add_service(
+            &mut cluster,
+            "name = \"web\"\nkind = \"stateless\"\ninstances = 3\napp = { process = { command = [\"sleep\", \"100\"] } }",
+        );
+        step(&mut cluster, NOW_MS);
+        let nodes: BTreeSet<NodeId> = cluster.services["web"]
+            .placement
+            .instances
+            .iter()
+            .map(|i| i.node)
+            .collect();
+        assert_eq!(nodes.len(), 3);
+        let victim = *nodes.iter().next().unwrap();
+        cluster.nodes.get_mut(&victim).unwrap().state = NodeState::Lost;
+        let actions = step(&mut cluster, NOW_MS);
+        assert!(actions
+            .iter()
+            .any(|a| matches!(a, Action::RemoveInstance { .. })));
+        assert!(actions
+            .iter()
+            .any(|a| matches!(a, Action::PlaceInstance { node: 4, .. })));
+        assert_eq!(cluster.services["web"].placement.instances.len(), 3);
+    }
+
+    #[test]
+    fn more_instances_than_nodes_share_nodes() {
+        let mut cluster = cluster_with_nodes(&["a", "b"]);
+        add_service(
+            &mut cluster,
+            "name = \"web\"\nkind = \"stateless\"\ninstances = 5\napp = { process = { command = [\"x\"] } }",
+        );
+        step(&mut cluster, NOW_MS);
+        assert_eq!(cluster.services["web"].placement.instances.len(), 5);
+    }
+
+    fn report_instance(cluster: &mut Cluster, node: NodeId, id: &str, state: InstanceState) {
+        cluster.observed.get_mut(&node).unwrap().instances = vec![InstanceStatus {
+            id: id.to_string(),
+            service: "batch".into(),
+            state,
+            restarts: 0,
+            exit_code: Some(1),
+            message: None,
+        }];
+    }
+
+    #[test]
+    fn jobs_retry_with_back_off_then_fail() {
+        let mut cluster = cluster_with_nodes(&["a"]);
+        add_service(
+            &mut cluster,
+            "name = \"batch\"\nkind = \"job\"\nretries = 1\nbackoff_ms = 1000\napp = { process = { command = [\"false\"] } }",
+        );
+        step(&mut cluster, NOW_MS);
+        let first = cluster.services["batch"].placement.instances[0].clone();
+        assert_eq!(first.attempt, 1);
+        report_instance(&mut cluster, first.node, &first.id, InstanceState::Failed);
+        let actions = step(&mut cluster, NOW_MS);
+        assert!(
+            matches!(actions[..], [Action::FinishInstance { succeeded: false, retry_at_ms, .. }] if retry_at_ms == NOW_MS + 1000)
+        );
+        // Not before the back-off.
+        assert!(step(&mut cluster, NOW_MS + 999).is_empty());
+        let actions = step(&mut cluster, NOW_MS + 1000);
+        assert!(
+            matches!(actions[..], [Action::PlaceInstance { attempt: 2, .. }]),
+            "{actions:?}"
+        );
+        let second = cluster.services["batch"]
+            .placement
+            .instances
+            .last()
+            .unwrap()
+            .clone();
+        report_instance(&mut cluster, second.node, &second.id, InstanceState::Failed);
+        let actions = step(&mut cluster, NOW_MS + 1000);
+        assert!(
+            matches!(
+                actions[..],
+                [
+                    Action::FinishInstance { .. },
+                    Action::SetJobPhase {
+                        phase: JobPhase::Failed,
+                        ..
+                    }
+                ]
+            ),
+            "{actions:?}"
+        );
+        assert!(step(&mut cluster, NOW_MS + 2_000).is_empty());
+    }
+
+    #[test]
+    fn jobs_succeed_when_every_completion_does() {
+        let mut cluster = cluster_with_nodes(&["a"]);
+        add_service(
+            &mut cluster,
+            "name = \"batch\"\nkind = \"job\"\napp = { process = { command = [\"true\"] } }",
+        );
+        step(&mut cluster, NOW_MS);
+        let first = cluster.services["batch"].placement.instances[0].clone();
+        report_instance(
+            &mut cluster,
+            first.node,
+            &first.id,
+            InstanceState::Succeeded,
+        );
+        let actions = step(&mut cluster, NOW_MS);
+        assert!(
+            matches!(
+                actions[..],
+                [
+                    Action::FinishInstance {
+                        succeeded: true,
+                        ..
+                    },
+                    Action::SetJobPhase {
+                        phase: JobPhase::Succeeded,
+                        ..
+                    }
+                ]
+            ),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn back_off_doubles_and_is_capped() {
+        assert_eq!(job_backoff_ms(100, 1), 100);
+        assert_eq!(job_backoff_ms(100, 2), 200);
+        assert_eq!(job_backoff_ms(100, 4), 800);
+        assert_eq!(job_backoff_ms(1000, 100), MAX_JOB_BACKOFF_MS);
+    }
 }
