@@ -497,3 +497,113 @@ fn unknown_command(argv: &[Vec<u8>]) -> Value {
     }
     Value::error(format!("ERR unknown command '{name}', with args beginning with: {args}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Commands over a few keys sharing a hash tag (so multi-key commands mostly run) plus
+    /// one untagged key (so some hit CROSSSLOT), with small expiries so keys really expire.
+    fn command_strategy() -> impl Strategy<Value = Vec<Vec<u8>>> {
+        let key = prop::sample::select(vec!["{t}a", "{t}b", "{t}c", "other"]);
+        let value = prop::sample::select(vec!["1", "-7", "x", "", "9223372036854775807", "2.5"]);
+        let amount = -5i64..300;
+        let option = prop::sample::select(vec!["", "NX", "XX", "GT", "LT", "GET", "KEEPTTL"]);
+        (
+            0usize..16,
+            key.clone(),
+            key,
+            value,
+            amount,
+            option,
+        )
+            .prop_map(|(which, key, other_key, value, amount, option)| {
+                let amount = amount.to_string();
+                let words: Vec<&str> = match which {
+                    0 => vec!["SET", key, value],
+                    1 => vec!["SET", key, value, "PX", &amount, option],
+                    2 => vec!["SET", key, value, option],
+                    3 => vec!["GET", key],
+                    4 => vec!["DEL", key, other_key],
+                    5 => vec!["INCRBY", key, &amount],
+                    6 => vec!["APPEND", key, value],
+                    7 => vec!["PEXPIRE", key, &amount, option],
+                    8 => vec!["PTTL", key],
+                    9 => vec!["MSET", key, value, other_key, value],
+                    10 => vec!["MGET", key, other_key],
+                    11 => vec!["PERSIST", key],
+                    12 => vec!["GETDEL", key],
+                    13 => vec!["EXISTS", key, other_key],
+                    14 => vec!["INCRBYFLOAT", key, value],
+                    _ => vec!["SETNX", key, value],
+                };
+                words.into_iter().filter(|w| !w.is_empty() || which == 0).map(|w| w.as_bytes().to_vec()).collect()
+            })
+    }
+
+    /// Each step: a command and how far the leader clock moves (sometimes backwards, as a
+    /// new leader's clock may be behind).
+    fn steps_strategy() -> impl Strategy<Value = Vec<(Vec<Vec<u8>>, i64)>> {
+        prop::collection::vec((command_strategy(), -20i64..120), 1..120)
+    }
+
+    proptest! {
+        #[test]
+        fn snapshot_restored_copy_answers_identically(steps in steps_strategy(), cut in 0usize..120) {
+            let mut original = KvMachine::new();
+            let mut copy: Option<KvMachine> = None;
+            let mut time_ms: i64 = 1_000;
+            for (index, (argv, clock_step_ms)) in steps.iter().enumerate() {
+                if index == cut.min(steps.len() - 1) {
+                    copy = Some(KvMachine::from_snapshot(&original.to_snapshot()).unwrap());
+                }
+                time_ms = (time_ms + clock_step_ms).max(0);
+                let reply = original.apply_argv(time_ms as u64, argv);
+                original.keyspace.assert_consistent();
+                if let Some(copy) = copy.as_mut() {
+                    prop_assert_eq!(&copy.apply_argv(time_ms as u64, argv), &reply, "step {} {:?}", index, argv);
+                    copy.keyspace.assert_consistent();
+                }
+            }
+            let copy = copy.expect("a snapshot was taken");
+            prop_assert_eq!(original.to_snapshot(), copy.to_snapshot());
+            prop_assert_eq!(original.data_bytes(), copy.data_bytes());
+        }
+
+        #[test]
+        fn two_machines_fed_the_same_entries_end_identical(steps in steps_strategy()) {
+            let mut first = KvMachine::new();
+            let mut second = KvMachine::new();
+            let mut time_ms: i64 = 0;
+            for (argv, clock_step_ms) in &steps {
+                time_ms = (time_ms + clock_step_ms).max(0);
+                let reply = first.apply_argv(time_ms as u64, argv);
+                prop_assert_eq!(second.apply_argv(time_ms as u64, argv), reply);
+            }
+            prop_assert_eq!(first.to_snapshot(), second.to_snapshot());
+            let restored = KvMachine::from_snapshot(&first.to_snapshot()).unwrap();
+            prop_assert_eq!(restored.to_snapshot(), first.to_snapshot());
+            prop_assert_eq!(restored.now_ms(), first.now_ms());
+        }
+    }
+
+    #[test]
+    fn sweep_reclaims_a_bounded_number_per_apply() {
+        let mut machine = KvMachine::new();
+        let keys = MAX_EXPIRED_SWEPT_PER_APPLY * 2 + 1;
+        for index in 0..keys {
+            let argv: Vec<Vec<u8>> = vec![b"SET".to_vec(), format!("k{index}").into_bytes(), b"v".to_vec(), b"PX".to_vec(), b"10".to_vec()];
+            machine.apply_argv(0, &argv);
+        }
+        assert_eq!(machine.key_count(), keys);
+        let ping = vec![b"PING".to_vec()];
+        machine.apply_argv(11, &ping);
+        assert_eq!(machine.key_count(), keys - MAX_EXPIRED_SWEPT_PER_APPLY);
+        machine.apply_argv(11, &ping);
+        machine.apply_argv(11, &ping);
+        assert_eq!(machine.key_count(), 0);
+        assert_eq!(machine.data_bytes(), 0);
+        machine.keyspace.assert_consistent();
+    }
+}

@@ -427,7 +427,9 @@ fn split_inline_args(line: &[u8]) -> Result<Vec<Vec<u8>>, RespError> {
                 }
             } else {
                 match byte {
-                    None | Some(b' ' | b'\n' | b'\r' | b'\t' | 0) => break,
+                    // Every delimiter here is skipped as whitespace above, so each word
+                    // advances `position`; NUL is an ordinary byte (binary-safe).
+                    None | Some(b' ' | b'\n' | b'\r' | b'\t') => break,
                     Some(b'"') => in_double_quotes = true,
                     Some(b'\'') => in_single_quotes = true,
                     Some(other) => current.push(other),
@@ -579,6 +581,8 @@ mod tests {
         assert_eq!(parse_command(b"set \"a\n"), Err(RespError::UnbalancedQuotes));
         assert_eq!(parse_command(b"set \"a\"b\n"), Err(RespError::UnbalancedQuotes));
         assert_eq!(parse_command(b"set 'a\n"), Err(RespError::UnbalancedQuotes));
+        // Found by the fuzzer: a NUL once made the splitter loop forever.
+        assert_eq!(parse_command(b"a\0b \0\n").unwrap(), Some((vec![b"a\0b".to_vec(), b"\0".to_vec()], 6)));
     }
 
     #[test]
