@@ -1,0 +1,670 @@
+//! The server through real HTTP on 127.0.0.1:0: authentication, apply, validation,
+//! simulated agents (plain HTTP calls), node loss, drain, events, restart.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use stator_api::agent::{
+    Assignments, Heartbeat, RegisterRequest, RegisterResponse, ReplicaRole, ReplicaStatus,
+};
+use stator_api::ids::NodeId;
+use stator_server::views::PartitionView;
+use stator_server::{ServerConfig, ServerHandle};
+
+/// Grace used by these tests: short so node loss is detected quickly, long enough that
+/// a loaded CI machine does not lose a node that keeps heartbeating every 100 ms.
+const TEST_GRACE_MS: u64 = 1_500;
+/// Bound on every wait-until loop: generous, the assertions never depend on timing.
+const WAIT_LIMIT: Duration = Duration::from_secs(30);
+/// Pause between rounds of simulated heartbeats.
+const ROUND_PAUSE: Duration = Duration::from_millis(100);
+
+const KV_SPEC: &str = r#"
+name = "sessions"
+kind = "replicated"
+partitions = 4
+replicas = 3
+app = { builtin = "kv" }
+expose = { resp = "127.0.0.1:6380" }
+resources = { cpu = "250m", memory = "128Mi" }
+placement = { spread = "node" }
+qos = { p99_latency_ms = 5 }
+"#;
+
+struct TestServer {
+    handle: ServerHandle,
+    client: reqwest::Client,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Self::start_in(dir.path()).await;
+        server._dir = Some(dir);
+        server
+    }
+
+    async fn start_in(path: &std::path::Path) -> Self {
+        let mut config = ServerConfig::new(path);
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.node_grace_ms = TEST_GRACE_MS;
+        config.heartbeat_interval_ms = 100;
+        let handle = stator_server::start(config).await.unwrap();
+        TestServer {
+            handle,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            _dir: None,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.handle.url())
+    }
+
+    fn api(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(self.handle.api_token())
+    }
+
+    async fn get_json(&self, path: &str) -> Value {
+        let response = self.api(Method::GET, path).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+        response.json().await.unwrap()
+    }
+
+    async fn apply(&self, name: &str, content_type: &str, body: &str) -> (StatusCode, Value) {
+        let response = self
+            .api(Method::PUT, &format!("/v1/services/{name}"))
+            .header("content-type", content_type)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap())
+    }
+
+    async fn register(&self, name: &str, zone: &str) -> RegisterResponse {
+        let request = RegisterRequest {
+            name: name.into(),
+            zone: zone.into(),
+            pool: "default".into(),
+            cpu_millis: 4000,
+            memory_mib: 8192,
+            price_per_hour: 0.1,
+            labels: BTreeMap::new(),
+            transport_addr: format!(
+                "127.0.0.1:{}",
+                20000 + name.len() as u16 * 7 + zone.len() as u16
+            ),
+        };
+        let response = self
+            .client
+            .post(self.url("/v1/agents/register"))
+            .bearer_auth(self.handle.join_token())
+            .json(&request)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.unwrap()
+    }
+
+    async fn heartbeat(&self, heartbeat: &Heartbeat) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/v1/agents/{}/heartbeat", heartbeat.node_id)))
+            .bearer_auth(self.handle.join_token())
+            .json(heartbeat)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn partitions(&self) -> Vec<PartitionView> {
+        serde_json::from_value(self.get_json("/v1/partitions").await).unwrap()
+    }
+}
+
+/// A simulated agent: reports a replica for every assignment it got last time; the
+/// first live member of a partition plays leader, and (standing in for the real
+/// learner/catch-up/swap path) reports the designed members as the voters.
+struct SimAgent {
+    id: NodeId,
+    assignments: Assignments,
+}
+
+impl SimAgent {
+    fn heartbeat(&self, leaders_of: &BTreeMap<u32, NodeId>) -> Heartbeat {
+        Heartbeat {
+            node_id: self.id,
+            replicas: self
+                .assignments
+                .replicas
+                .iter()
+                .map(|a| {
+                    let leader = leaders_of.get(&a.partition).copied();
+                    let role = if leader == Some(self.id) {
+                        ReplicaRole::Leader
+                    } else {
+                        ReplicaRole::Follower
+                    };
+                    ReplicaStatus {
+                        group: a.group,
+                        service: a.service.clone(),
+                        partition: a.partition,
+                        role,
+                        leader,
+                        term: 1,
+                        voters: a.members.iter().map(|m| m.node_id).collect(),
+                        learners: vec![],
+                        applied_index: 1,
+                        state_bytes: 0,
+                        ops_per_sec: 0.0,
+                        p99_us: 0,
+                        error: None,
+                    }
+                })
+                .collect(),
+            instances: vec![],
+        }
+    }
+}
+
+/// One round: every live agent heartbeats and keeps its new assignments. The leader of
+/// each partition is its first designed member among the live agents.
+async fn round(server: &TestServer, agents: &mut [SimAgent], live: &BTreeSet<NodeId>) {
+    let mut leaders_of = BTreeMap::new();
+    for agent in agents.iter() {
+        for assignment in &agent.assignments.replicas {
+            if let Some(first) = assignment
+                .members
+                .iter()
+                .map(|m| m.node_id)
+                .find(|n| live.contains(n))
+            {
+                leaders_of.insert(assignment.partition, first);
+            }
+        }
+    }
+    for agent in agents.iter_mut().filter(|a| live.contains(&a.id)) {
+        let response = server.heartbeat(&agent.heartbeat(&leaders_of)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        agent.assignments = response.json().await.unwrap();
+    }
+}
+
+async fn register_agents(server: &TestServer, names: &[&str]) -> Vec<SimAgent> {
+    let mut agents = Vec::new();
+    for (index, name) in names.iter().enumerate() {
+        let zone = format!("zone-{index}");
+        let registered = server.register(name, &zone).await;
+        assert_eq!(registered.heartbeat_interval_ms, 100);
+        assert!(!registered.cluster_secret.is_empty());
+        agents.push(SimAgent {
+            id: registered.node_id,
+            assignments: Assignments::default(),
+        });
+    }
+    agents
+}
+
+/// Runs heartbeat rounds until `done` holds for the partitions, or panics at the limit.
+async fn rounds_until(
+    server: &TestServer,
+    agents: &mut [SimAgent],
+    live: &BTreeSet<NodeId>,
+    what: &str,
+    done: impl Fn(&[PartitionView]) -> bool,
+) -> Vec<PartitionView> {
+    let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
+    loop {
+        round(server, agents, live).await;
+        let partitions = server.partitions().await;
+        if done(&partitions) {
+            return partitions;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what}: {partitions:#?}"
+        );
+        tokio::time::sleep(ROUND_PAUSE).await;
+    }
+}
+
+fn designed(partition: &PartitionView) -> BTreeSet<NodeId> {
+    partition
+        .members
+        .iter()
+        .filter(|m| m.designed)
+        .map(|m| m.node_id)
+        .collect()
+}
+
+#[tokio::test]
+async fn every_v1_route_refuses_a_missing_or_wrong_token() {
+    let server = TestServer::start().await;
+    let api_routes = [
+        (Method::GET, "/v1/nodes"),
+        (Method::GET, "/v1/nodes/n1"),
+        (Method::POST, "/v1/nodes/n1/drain"),
+        (Method::GET, "/v1/services"),
+        (Method::GET, "/v1/services/sessions"),
+        (Method::PUT, "/v1/services/sessions"),
+        (Method::DELETE, "/v1/services/sessions"),
+        (Method::GET, "/v1/partitions"),
+        (Method::GET, "/v1/partitions?service=sessions"),
+        (Method::GET, "/v1/events"),
+    ];
+    let agent_routes = [
+        (Method::POST, "/v1/agents/register"),
+        (Method::POST, "/v1/agents/1/heartbeat"),
+    ];
+    let join = server.handle.join_token().to_string();
+    let api = server.handle.api_token().to_string();
+    let wrong = "0".repeat(64);
+    for (routes, right_token, other_token) in [
+        (&api_routes[..], &api, &join),
+        (&agent_routes[..], &join, &api),
+    ] {
+        for (method, path) in routes {
+            for token in [None, Some(wrong.as_str()), Some(other_token.as_str())] {
+                let mut request = server
+                    .client
+                    .request(method.clone(), server.url(path))
+                    .header("content-type", "application/toml")
+                    .body(KV_SPEC);
+                if let Some(token) = token {
+                    request = request.bearer_auth(token);
+                }
+                let response = request.send().await.unwrap();
+                assert_eq!(
+                    response.status(),
+                    StatusCode::UNAUTHORIZED,
+                    "{method} {path} with {token:?}"
+                );
+                let body: Value = response.json().await.unwrap();
+                assert!(body["error"].as_str().unwrap().contains("bearer token"));
+            }
+            assert_ne!(right_token, other_token);
+        }
+    }
+    // Nothing was applied by the refused PUTs.
+    assert_eq!(server.get_json("/v1/services").await, serde_json::json!([]));
+    // Open routes.
+    let health = server
+        .client
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let metrics = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), StatusCode::OK);
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("stator_api_requests_total"), "{text}");
+    assert!(text.contains("stator_nodes"), "{text}");
+    server.handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn apply_is_idempotent_in_every_format() {
+    let server = TestServer::start().await;
+    let (status, body) = server.apply("sessions", "application/toml", KV_SPEC).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["result"], "created");
+    let (status, body) = server.apply("sessions", "application/toml", KV_SPEC).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["result"], "unchanged");
+    // The same spec as JSON and YAML is still unchanged.
+    let spec = stator_api::spec::parse_spec(KV_SPEC, stator_api::spec::SpecFormat::Toml).unwrap();
+    let json = serde_json::to_string(&spec).unwrap();
+    let (_, body) = server.apply("sessions", "application/json", &json).await;
+    assert_eq!(body["result"], "unchanged");
+    let yaml = "name: sessions\npartitions: 4\napp: {builtin: kv}\nexpose: {resp: \"127.0.0.1:6380\"}\nresources: {cpu: 250m, memory: 128Mi}\nqos: {p99_latency_ms: 5}\n";
+    let (_, body) = server.apply("sessions", "application/yaml", yaml).await;
+    assert_eq!(body["result"], "unchanged", "{body}");
+    let services = server.get_json("/v1/services").await;
+    assert_eq!(services.as_array().unwrap().len(), 1);
+    assert_eq!(services[0]["generation"], 1);
+    // A real change bumps the generation; a change of partitions is refused.
+    let (_, body) = server
+        .apply(
+            "sessions",
+            "application/toml",
+            &KV_SPEC.replace("p99_latency_ms = 5", "p99_latency_ms = 7"),
+        )
+        .await;
+    assert_eq!(body["result"], "updated");
+    assert_eq!(body["service"]["generation"], 2);
+    let (status, body) = server
+        .apply(
+            "sessions",
+            "application/toml",
+            &KV_SPEC.replace("partitions = 4", "partitions = 8"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        body["error"].as_str().unwrap().starts_with("partitions:"),
+        "{body}"
+    );
+    // Delete removes it; a second delete is a 404.
+    let response = server
+        .api(Method::DELETE, "/v1/services/sessions")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let response = server
+        .api(Method::DELETE, "/v1/services/sessions")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    server.handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_specs_are_refused_naming_the_field_and_nothing_is_stored() {
+    let server = TestServer::start().await;
+    let oversized = format!("{KV_SPEC}\n# {}\n", "x".repeat(2 * 1024 * 1024));
+    let cases: Vec<(&str, String, StatusCode, &str)> = vec![
+        (
+            "application/toml",
+            "name = \"sessions\"\npartitions = [".into(),
+            StatusCode::BAD_REQUEST,
+            "TOML",
+        ),
+        (
+            "application/yaml",
+            "name: sessions\n  partitions: : 3\n".into(),
+            StatusCode::BAD_REQUEST,
+            "YAML",
+        ),
+        (
+            "application/json",
+            "{\"name\": \"sessions\",".into(),
+            StatusCode::BAD_REQUEST,
+            "JSON",
+        ),
+        (
+            "application/toml",
+            KV_SPEC.replace("replicas = 3", "replicas = 3\nreplica_count = 3"),
+            StatusCode::BAD_REQUEST,
+            "replica_count",
+        ),
+        (
+            "application/toml",
+            KV_SPEC.replace("partitions = 4", "partitions = \"four\""),
+            StatusCode::BAD_REQUEST,
+            "partitions",
+        ),
+        (
+            "application/toml",
+            KV_SPEC.replace("replicas = 3", "replicas = 0"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "replicas: must be 1, 3, 5 or 7",
+        ),
+        (
+            "application/toml",
+            KV_SPEC.replace("partitions = 4", "partitions = 1000000000"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "partitions: must be between 1 and 1024",
+        ),
+        (
+            "application/toml",
+            KV_SPEC.replace("cpu = \"250m\"", "cpu = \"lots\""),
+            StatusCode::BAD_REQUEST,
+            "CPU quantity",
+        ),
+        (
+            "application/toml",
+            KV_SPEC.replace("name = \"sessions\"", "name = \"other\""),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name:",
+        ),
+        (
+            "application/toml",
+            oversized,
+            StatusCode::BAD_REQUEST,
+            "at most 1048576 bytes",
+        ),
+    ];
+    for (content_type, body, want_status, want_text) in cases {
+        let (status, answer) = server.apply("sessions", content_type, &body).await;
+        let error = answer["error"].as_str().unwrap_or_default().to_string();
+        assert_eq!(status, want_status, "{want_text}: {error}");
+        assert!(
+            error.contains(want_text),
+            "expected {want_text:?} in {error:?}"
+        );
+    }
+    assert_eq!(server.get_json("/v1/services").await, serde_json::json!([]));
+    server.handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn agents_get_distinct_members_and_a_lost_node_is_replaced() {
+    let server = TestServer::start().await;
+    let mut agents = register_agents(&server, &["n1", "n2", "n3"]).await;
+    let (status, _) = server.apply("sessions", "application/toml", KV_SPEC).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let mut live: BTreeSet<NodeId> = agents.iter().map(|a| a.id).collect();
+    let partitions = rounds_until(
+        &server,
+        &mut agents,
+        &live,
+        "replication factor met",
+        |ps| {
+            ps.len() == 4
+                && ps
+                    .iter()
+                    .all(|p| p.replication_factor_met && p.leader.is_some())
+        },
+    )
+    .await;
+    for partition in &partitions {
+        assert_eq!(designed(partition), live, "3 distinct members");
+        assert_eq!(partition.member_addrs.len(), 3);
+    }
+    // Every agent got every partition; the first ones bootstrapped.
+    for agent in &agents {
+        assert_eq!(agent.assignments.replicas.len(), 4);
+        for assignment in &agent.assignments.replicas {
+            let members: BTreeSet<NodeId> = assignment.members.iter().map(|m| m.node_id).collect();
+            assert_eq!(members, live);
+            assert!(assignment.election_timeout_ms > 0);
+        }
+    }
+
+    // A fourth node joins; the first stops heartbeating.
+    agents.extend(register_agents(&server, &["n4"]).await);
+    let fourth = agents[3].id;
+    let victim = agents[0].id;
+    live.insert(fourth);
+    live.remove(&victim);
+    let partitions = rounds_until(
+        &server,
+        &mut agents,
+        &live,
+        "replacement on the fourth node",
+        |ps| {
+            ps.iter()
+                .all(|p| designed(p) == live && p.replication_factor_met)
+        },
+    )
+    .await;
+    assert!(partitions
+        .iter()
+        .all(|p| p.members.iter().all(|m| m.node_id != victim)));
+    let replacement = &agents[3].assignments.replicas;
+    assert_eq!(replacement.len(), 4);
+    assert!(
+        replacement.iter().all(|a| !a.bootstrap),
+        "a replacement joins, never bootstraps"
+    );
+    let nodes = server.get_json("/v1/nodes").await;
+    let victim_state = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == victim)
+        .map(|n| n["state"].clone());
+    assert_eq!(victim_state, Some(Value::from("lost")));
+    // The lost agent must register again: its heartbeats are refused.
+    let response = server
+        .heartbeat(&Heartbeat {
+            node_id: victim,
+            ..Heartbeat::default()
+        })
+        .await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains(stator_api::agent::UNKNOWN_NODE_ERROR));
+    server.handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn drain_moves_replicas_away_then_the_node_is_drained() {
+    let server = TestServer::start().await;
+    let mut agents = register_agents(&server, &["n1", "n2", "n3", "n4"]).await;
+    let spec = KV_SPEC.replace("partitions = 4", "partitions = 2");
+    server.apply("sessions", "application/toml", &spec).await;
+    let live: BTreeSet<NodeId> = agents.iter().map(|a| a.id).collect();
+    let partitions = rounds_until(
+        &server,
+        &mut agents,
+        &live,
+        "replication factor met",
+        |ps| ps.len() == 2 && ps.iter().all(|p| p.replication_factor_met),
+    )
+    .await;
+    // Drain a node that hosts at least one replica.
+    let target = *designed(&partitions[0]).iter().next().unwrap();
+    let name = agents
+        .iter()
+        .position(|a| a.id == target)
+        .map(|i| format!("n{}", i + 1))
+        .unwrap();
+    let response = server
+        .api(Method::POST, &format!("/v1/nodes/{name}/drain"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let node: Value = response.json().await.unwrap();
+    assert!(
+        node["state"] == "draining" || node["state"] == "drained",
+        "{node}"
+    );
+    rounds_until(&server, &mut agents, &live, "node drained", |ps| {
+        ps.iter()
+            .all(|p| !designed(p).contains(&target) && p.replication_factor_met)
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
+    loop {
+        round(&server, &mut agents, &live).await;
+        let node = server.get_json(&format!("/v1/nodes/{name}")).await;
+        if node["state"] == "drained" {
+            assert_eq!(node["replicas"], 0);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never drained: {node}"
+        );
+        tokio::time::sleep(ROUND_PAUSE).await;
+    }
+    let drained = agents.iter().find(|a| a.id == target).unwrap();
+    assert!(drained.assignments.replicas.is_empty());
+    server.handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_event_stream_delivers_events() {
+    use futures::StreamExt;
+    let server = TestServer::start().await;
+    let response = server.api(Method::GET, "/v1/events").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut stream = response.bytes_stream();
+    register_agents(&server, &["n1"]).await;
+    server
+        .apply(
+            "sessions",
+            "application/toml",
+            &KV_SPEC.replace("replicas = 3", "replicas = 1"),
+        )
+        .await;
+    let mut seen = String::new();
+    let found = tokio::time::timeout(WAIT_LIMIT, async {
+        while let Some(chunk) = stream.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            if seen.contains("event: node_joined")
+                && seen.contains("event: service_applied")
+                && seen.contains("event: replica_placed")
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "events seen: {seen}");
+    assert!(seen.contains("\"type\":\"service_applied\""), "{seen}");
+    drop(stream);
+    server.handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn services_and_nodes_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir.path()).await;
+    let token = server.handle.api_token().to_string();
+    let agents = register_agents(&server, &["n1"]).await;
+    server
+        .apply(
+            "sessions",
+            "application/toml",
+            &KV_SPEC.replace("replicas = 3", "replicas = 1"),
+        )
+        .await;
+    server.handle.shutdown().await.unwrap();
+
+    let server = TestServer::start_in(dir.path()).await;
+    assert_eq!(
+        server.handle.api_token(),
+        token,
+        "tokens are kept in the data directory"
+    );
+    let services = server.get_json("/v1/services").await;
+    assert_eq!(services[0]["name"], "sessions");
+    // The node is still known: its heartbeat is answered, with its assignment.
+    let response = server
+        .heartbeat(&Heartbeat {
+            node_id: agents[0].id,
+            ..Heartbeat::default()
+        })
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    // A new registration gets a fresh id, never a reused one.
+    let again = server.register("n2", "z").await;
+    assert!(again.node_id > agents[0].id);
+    server.handle.shutdown().await.unwrap();
+}
