@@ -1,14 +1,219 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! The stator gateway: stateless, any number of them; routes each request by key slot to
+//! its partition's leader and follows the leader when it moves.
+//!
+//! Used by `stator gateway` and, in-process, by `stator up`: call [`run`] or [`start`].
+//!
+//! # Layout
+//! - [`map`]: the partition map (services -> partitions -> group, slots, leader, members)
+//!   and the pure function that builds it from the server's API views.
+//! - [`poller`]: the one task that owns the map, polling the server (with fail-over
+//!   between server URLs) and publishing `Arc` snapshots on a watch channel.
+//! - [`router`]: forwards one request to a partition leader, exactly once: a pool of
+//!   replication sessions, a leader cache, retries with the same sequence number.
+//! - [`resp`]: a RESP (Redis protocol) listener per kv service, pipelined connections,
+//!   the commands the gateway answers itself.
+//! - [`http`]: the stator-sm/1 call route and the round-robin proxy of stateless services.
+//! - [`error`]: the crate's one error type, [`GatewayError`].
+
+pub mod error;
+pub mod http;
+pub mod map;
+pub mod poller;
+pub mod resp;
+pub mod router;
+
+pub use error::{GatewayError, Result};
+pub use map::{PartitionMap, PartitionRoute, ServiceRoutes};
+pub use router::Router;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long a request may go unanswered (leader lost, election, retries) before the client
+/// gets `TRYAGAIN`. Several LAN elections fit, so a failover is invisible but slower.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5_000;
+
+/// How the gateway finds the cluster and where it listens.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Base URLs of stator servers (`http://127.0.0.1:7070`); tried in turn.
+    pub server_urls: Vec<String>,
+    /// API bearer token for `GET /v1/services` and `GET /v1/partitions`.
+    pub api_token: String,
+    /// The secret of the replica transport. The server does not hand it to API clients,
+    /// so whoever starts the gateway passes it (`stator up` knows it).
+    pub cluster_secret: String,
+    /// Where the HTTP routes listen; none when absent.
+    pub http_listen: Option<SocketAddr>,
+    /// See [`DEFAULT_REQUEST_TIMEOUT_MS`].
+    pub request_timeout_ms: u64,
+    /// See [`poller::DEFAULT_POLL_INTERVAL_MS`].
+    pub poll_interval_ms: u64,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+impl GatewayConfig {
+    /// A configuration with default timeouts and no HTTP listener.
+    pub fn new(
+        server_urls: Vec<String>,
+        api_token: impl Into<String>,
+        cluster_secret: impl Into<String>,
+    ) -> Self {
+        Self {
+            server_urls,
+            api_token: api_token.into(),
+            cluster_secret: cluster_secret.into(),
+            http_listen: None,
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            poll_interval_ms: poller::DEFAULT_POLL_INTERVAL_MS,
+        }
     }
+}
+
+/// A running gateway.
+pub struct GatewayHandle {
+    http_addr: Option<SocketAddr>,
+    resp_addrs: watch::Receiver<BTreeMap<String, SocketAddr>>,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl GatewayHandle {
+    /// Where the HTTP routes listen, if enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Service -> bound address of every RESP listener running now.
+    pub fn resp_addrs(&self) -> BTreeMap<String, SocketAddr> {
+        self.resp_addrs.borrow().clone()
+    }
+
+    /// Waits until `service`'s RESP listener is up (it starts once the service appears in
+    /// the map); `None` after `timeout`.
+    pub async fn wait_for_resp(&self, service: &str, timeout: Duration) -> Option<SocketAddr> {
+        let mut addrs = self.resp_addrs.clone();
+        tokio::time::timeout(timeout, async {
+            loop {
+                if let Some(addr) = addrs.borrow_and_update().get(service) {
+                    return Some(*addr);
+                }
+                addrs.changed().await.ok()?;
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Stops every listener and connection and waits for the gateway's tasks.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Starts a gateway that polls the servers of `config` for its partition map.
+pub async fn start(config: GatewayConfig) -> Result<GatewayHandle> {
+    let poller = poller::Poller::new(config.server_urls.clone(), config.api_token.clone())?;
+    let (map_tx, map_rx) = watch::channel(Arc::new(PartitionMap::default()));
+    let refresh = Arc::new(Notify::new());
+    let cancel = CancellationToken::new();
+    let poll = tokio::spawn(poller.run(
+        map_tx,
+        Duration::from_millis(config.poll_interval_ms.max(1)),
+        refresh.clone(),
+        cancel.clone(),
+    ));
+    let mut handle = start_parts(&config, map_rx, refresh, cancel).await?;
+    handle.tasks.push(poll);
+    Ok(handle)
+}
+
+/// Starts a gateway whose partition map comes from `map` instead of a server: for tests,
+/// and for embedders that already know the map. The server fields of `config` are unused.
+pub async fn start_with_map(
+    config: GatewayConfig,
+    map: watch::Receiver<Arc<PartitionMap>>,
+) -> Result<GatewayHandle> {
+    start_parts(
+        &config,
+        map,
+        Arc::new(Notify::new()),
+        CancellationToken::new(),
+    )
+    .await
+}
+
+async fn start_parts(
+    config: &GatewayConfig,
+    map: watch::Receiver<Arc<PartitionMap>>,
+    refresh: Arc<Notify>,
+    cancel: CancellationToken,
+) -> Result<GatewayHandle> {
+    if config.cluster_secret.is_empty() {
+        return Err(GatewayError::Config(
+            "cluster_secret is empty; pass the cluster's replica transport secret".into(),
+        ));
+    }
+    let router = Arc::new(Router::new(
+        &config.cluster_secret,
+        Duration::from_millis(config.request_timeout_ms.max(1)),
+        refresh,
+    ));
+    let mut tasks = Vec::new();
+    let http_addr = match config.http_listen {
+        Some(listen) => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|source| GatewayError::Bind {
+                    addr: listen.to_string(),
+                    source,
+                })?;
+            let addr = listener.local_addr().map_err(|source| GatewayError::Http {
+                addr: listen,
+                source,
+            })?;
+            let app = http::routes(router.clone(), map.clone());
+            let stop = cancel.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(source) = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+                {
+                    tracing::error!(error = %GatewayError::Http { addr, source }, "HTTP listener stopped");
+                }
+            }));
+            Some(addr)
+        }
+        None => None,
+    };
+    let (bound_tx, resp_addrs) = watch::channel(BTreeMap::new());
+    tasks.push(tokio::spawn(resp::supervise(
+        router,
+        map,
+        bound_tx,
+        cancel.clone(),
+    )));
+    Ok(GatewayHandle {
+        http_addr,
+        resp_addrs,
+        cancel,
+        tasks,
+    })
+}
+
+/// Runs a gateway until `shutdown` completes, then stops it cleanly.
+pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let handle = start(config).await?;
+    shutdown.await;
+    handle.shutdown().await;
+    Ok(())
 }

@@ -1,0 +1,164 @@
+//! RESP listeners: one per kv service that asks for one (`expose.resp`), started and
+//! stopped as services come and go in the partition map.
+//!
+//! # Layout
+//! - [`local`]: commands the gateway answers itself, and how the rest are classified.
+//! - [`connection`]: one client connection, pipelined and answered in order.
+
+pub mod connection;
+pub(crate) mod local;
+
+use crate::map::PartitionMap;
+use crate::router::Router;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// RESP connections open at once through one gateway, over all services. Each costs a
+/// task and buffers of tens of KiB; past this the listener stops accepting (clients wait
+/// in the kernel backlog) rather than run the process out of file descriptors (the usual
+/// soft limit is 1024 per process, and the replica transport needs some too).
+pub const MAX_RESP_CONNECTIONS: usize = 768;
+
+/// How often a listener whose address could not be bound is tried again.
+const BIND_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+struct Running {
+    listen: String,
+    bound: SocketAddr,
+    cancel: CancellationToken,
+}
+
+/// Keeps one listener per RESP-exposed service; publishes the bound addresses.
+pub(crate) async fn supervise(
+    router: Arc<Router>,
+    mut map: watch::Receiver<Arc<PartitionMap>>,
+    bound_tx: watch::Sender<BTreeMap<String, SocketAddr>>,
+    cancel: CancellationToken,
+) {
+    let connections = Arc::new(Semaphore::new(MAX_RESP_CONNECTIONS));
+    let connection_ids = Arc::new(AtomicU64::new(1));
+    let mut running: HashMap<String, Running> = HashMap::new();
+    // (service, address) pairs whose bind failed, so the failure is logged once.
+    let mut reported: HashMap<String, String> = HashMap::new();
+    loop {
+        let snapshot = map.borrow_and_update().clone();
+        // Level-triggered: compare what runs with what the map asks for.
+        running.retain(|name, listener| {
+            let keep = snapshot.services.get(name).is_some_and(|s| {
+                s.serves_resp() && s.resp_listen.as_deref() == Some(&listener.listen)
+            });
+            if !keep {
+                tracing::info!(service = %name, addr = %listener.bound, "stopping RESP listener");
+                listener.cancel.cancel();
+            }
+            keep
+        });
+        for service in snapshot.services.values().filter(|s| s.serves_resp()) {
+            if running.contains_key(&service.name) {
+                continue;
+            }
+            let listen = service
+                .resp_listen
+                .clone()
+                .expect("serves_resp implies an address");
+            match TcpListener::bind(&listen).await {
+                Ok(listener) => {
+                    let bound = listener
+                        .local_addr()
+                        .expect("a bound listener has an address");
+                    tracing::info!(service = %service.name, addr = %bound, "RESP listener up");
+                    reported.remove(&service.name);
+                    let token = cancel.child_token();
+                    tokio::spawn(accept_loop(
+                        listener,
+                        service.name.clone(),
+                        router.clone(),
+                        map.clone(),
+                        connections.clone(),
+                        connection_ids.clone(),
+                        token.clone(),
+                    ));
+                    running.insert(
+                        service.name.clone(),
+                        Running {
+                            listen,
+                            bound,
+                            cancel: token,
+                        },
+                    );
+                }
+                Err(error) => {
+                    if reported.get(&service.name) != Some(&listen) {
+                        tracing::warn!(service = %service.name, addr = %listen, %error,
+                            "cannot bind the RESP listener; retrying every {BIND_RETRY_INTERVAL:?}");
+                        reported.insert(service.name.clone(), listen);
+                    }
+                }
+            }
+        }
+        let addrs: BTreeMap<String, SocketAddr> = running
+            .iter()
+            .map(|(name, r)| (name.clone(), r.bound))
+            .collect();
+        bound_tx.send_if_modified(|current| {
+            let changed = *current != addrs;
+            *current = addrs;
+            changed
+        });
+        let retry = !reported.is_empty();
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            changed = map.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(BIND_RETRY_INTERVAL), if retry => {}
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    service: String,
+    router: Arc<Router>,
+    map: watch::Receiver<Arc<PartitionMap>>,
+    connections: Arc<Semaphore>,
+    connection_ids: Arc<AtomicU64>,
+    cancel: CancellationToken,
+) {
+    loop {
+        // Wait for a free connection slot before accepting, so excess clients queue in
+        // the kernel backlog instead of being accepted and starved.
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => return,
+            permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of descriptors or similar: back off briefly instead of spinning.
+                    tracing::warn!(service = %service, %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let id = connection_ids.fetch_add(1, Ordering::Relaxed);
+        let (router, map, service, cancel) =
+            (router.clone(), map.clone(), service.clone(), cancel.clone());
+        tokio::spawn(async move {
+            if let Err(error) =
+                connection::serve(stream, router, service.clone(), map, id, cancel).await
+            {
+                tracing::debug!(service = %service, %peer, %error, "RESP connection ended");
+            }
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,260 @@
+//! Forwarding one request to a partition's leader, exactly once.
+//!
+//! A Redis connection may pipeline many writes, and the replication layer remembers only
+//! the last `(client id, sequence)` per client. So the router does not give each connection
+//! one session: every write checks a session out of a pool for its whole life (first
+//! attempt and all retries share its sequence number) and returns it with the next
+//! sequence number afterwards. One session never has two writes in flight, so no retry can
+//! ever be mistaken for an older request, however many writes run at once.
+
+use crate::map::PartitionRoute;
+use stator_replication::client::{ATTEMPT_TIMEOUT, RETRY_PAUSE};
+use stator_replication::{
+    ClientError, ClientReply, ClientRequest, GroupId, ReplicaClient, RequestKind,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// Idle sessions kept for reuse. Above this the surplus is forgotten; the groups' own
+/// session tables (65,536 clients each) then evict them in time. Sized above the writes
+/// that can be in flight at once through one gateway in ordinary use.
+pub const MAX_IDLE_SESSIONS: usize = 16_384;
+
+/// Leader hints followed in a row without a pause: two replicas that each name the other
+/// (a stale view during an election) must not make the router spin.
+const MAX_HINTS_WITHOUT_PAUSE: u32 = 4;
+
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    client_id: u64,
+    next_seq: u64,
+}
+
+/// Forwards requests to partition leaders; shared by every listener of a gateway.
+pub struct Router {
+    client: ReplicaClient,
+    idle_sessions: Mutex<Vec<Session>>,
+    /// Leaders learned from answers and hints, fresher than the polled map.
+    leaders: RwLock<HashMap<GroupId, Arc<str>>>,
+    /// Wakes the map poller early after a routing failure.
+    refresh: Arc<Notify>,
+    deadline: Duration,
+}
+
+/// Returns a checked-out session to the pool with its next sequence number, also when the
+/// request's future is dropped mid-flight (the client went away): that sequence number may
+/// or may not have been applied, so it is never sent again.
+struct SessionGuard<'a> {
+    router: &'a Router,
+    session: Session,
+}
+
+impl Drop for SessionGuard<'_> {
+    fn drop(&mut self) {
+        let mut idle = self
+            .router
+            .idle_sessions
+            .lock()
+            .expect("session pool poisoned");
+        if idle.len() < MAX_IDLE_SESSIONS {
+            idle.push(Session {
+                client_id: self.session.client_id,
+                next_seq: self.session.next_seq + 1,
+            });
+        }
+    }
+}
+
+impl Router {
+    /// A router of the cluster sharing `cluster_secret`; gives up on a request after
+    /// `deadline`; pokes `refresh` when the map looks stale.
+    pub fn new(cluster_secret: &str, deadline: Duration, refresh: Arc<Notify>) -> Self {
+        Self {
+            client: ReplicaClient::new(cluster_secret),
+            idle_sessions: Mutex::new(Vec::new()),
+            leaders: RwLock::new(HashMap::new()),
+            refresh,
+            deadline,
+        }
+    }
+
+    /// How long a request may take before it fails with [`ClientError::Timeout`].
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    fn checkout(&self) -> SessionGuard<'_> {
+        let reused = self
+            .idle_sessions
+            .lock()
+            .expect("session pool poisoned")
+            .pop();
+        let session = reused.unwrap_or_else(|| Session {
+            // Never 0: client 0 means "no session". A fresh random id per session means a
+            // restarted gateway never collides with its former self.
+            client_id: rand_client_id(),
+            next_seq: 1,
+        });
+        SessionGuard {
+            router: self,
+            session,
+        }
+    }
+
+    fn cached_leader(&self, group: GroupId) -> Option<Arc<str>> {
+        self.leaders
+            .read()
+            .expect("leader cache poisoned")
+            .get(&group)
+            .cloned()
+    }
+
+    fn remember_leader(&self, group: GroupId, addr: &Arc<str>) {
+        let known = self.cached_leader(group);
+        if known.as_deref() != Some(&**addr) {
+            self.leaders
+                .write()
+                .expect("leader cache poisoned")
+                .insert(group, addr.clone());
+        }
+    }
+
+    fn forget_leader(&self, group: GroupId) {
+        self.leaders
+            .write()
+            .expect("leader cache poisoned")
+            .remove(&group);
+        self.refresh.notify_one();
+    }
+
+    /// Asks the map poller for a fresh map now (a route was missing).
+    pub fn request_refresh(&self) {
+        self.refresh.notify_one();
+    }
+
+    /// Sends `payload` to `route`'s leader as `kind`, following leader hints and trying
+    /// every member, retrying a write with the same sequence number until it is answered
+    /// or the deadline passes. A [`ClientError::Timeout`] of a write means the write may or
+    /// may not have been applied.
+    pub async fn forward(
+        &self,
+        route: &PartitionRoute,
+        kind: RequestKind,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, ClientError> {
+        let group = route.group;
+        let session = (kind == RequestKind::Write).then(|| self.checkout());
+        let (client_id, seq) = session
+            .as_ref()
+            .map_or((0, 0), |s| (s.session.client_id, s.session.next_seq));
+        let started = Instant::now();
+        let mut target: Option<Arc<str>> = self
+            .cached_leader(group)
+            .or_else(|| route.leader_addr.as_deref().map(Arc::from));
+        let mut next_member = 0usize;
+        let mut hints_in_a_row = 0u32;
+        let mut last = String::from("no attempt");
+        loop {
+            let remaining = self.deadline.saturating_sub(started.elapsed());
+            if remaining.is_zero() {
+                return Err(ClientError::Timeout {
+                    group,
+                    deadline_ms: self.deadline.as_millis() as u64,
+                    last,
+                });
+            }
+            let addr: Arc<str> = match target.take() {
+                Some(addr) => addr,
+                None if route.member_addrs.is_empty() => {
+                    self.refresh.notify_one();
+                    last = "the partition map lists no live member".into();
+                    tokio::time::sleep(RETRY_PAUSE.min(remaining)).await;
+                    continue;
+                }
+                None => {
+                    next_member += 1;
+                    Arc::from(
+                        route.member_addrs[(next_member - 1) % route.member_addrs.len()].as_str(),
+                    )
+                }
+            };
+            let request = ClientRequest {
+                client_id,
+                seq,
+                kind,
+                payload: payload.clone(),
+            };
+            match self
+                .client
+                .call(&addr, group, request, remaining.min(ATTEMPT_TIMEOUT))
+                .await
+            {
+                Ok(ClientReply::Ok(bytes)) => {
+                    self.remember_leader(group, &addr);
+                    return Ok(bytes);
+                }
+                Ok(ClientReply::StaleSequence { last_seq }) => {
+                    // Impossible while sessions are checked out one request at a time; the
+                    // request was not applied, so report it rather than panic.
+                    return Err(ClientError::StaleSequence { seq, last_seq });
+                }
+                Ok(ClientReply::NotLeader {
+                    leader_addr: Some(hint),
+                    ..
+                }) if *hint != *addr && hints_in_a_row < MAX_HINTS_WITHOUT_PAUSE => {
+                    hints_in_a_row += 1;
+                    target = Some(Arc::from(hint));
+                    continue;
+                }
+                Ok(other) => {
+                    last = format!("{addr}: {other:?}");
+                    self.forget_leader(group);
+                }
+                Err(error) => {
+                    last = format!("{addr}: {error}");
+                    self.forget_leader(group);
+                }
+            }
+            hints_in_a_row = 0;
+            tokio::time::sleep(RETRY_PAUSE.min(self.deadline.saturating_sub(started.elapsed())))
+                .await;
+        }
+    }
+}
+
+fn rand_client_id() -> u64 {
+    rand::random::<u64>() | 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_are_reused_with_the_next_sequence() {
+        let router = Router::new("s", Duration::from_secs(1), Arc::new(Notify::new()));
+        let (id, seq) = {
+            let a = router.checkout();
+            let b = router.checkout();
+            assert_ne!(
+                a.session.client_id, b.session.client_id,
+                "in-flight writes never share a session"
+            );
+            (a.session.client_id, a.session.next_seq)
+        };
+        let ids: Vec<(u64, u64)> = (0..2)
+            .map(|_| router.checkout())
+            .map(|g| (g.session.client_id, g.session.next_seq))
+            .collect();
+        assert!(
+            ids.contains(&(id, seq + 1)),
+            "returned with its next sequence: {ids:?}"
+        );
+        assert!(
+            ids.iter().all(|(id, _)| id & 1 == 1),
+            "client ids are never 0"
+        );
+    }
+}
