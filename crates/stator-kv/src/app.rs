@@ -12,7 +12,12 @@ impl StateMachine for KvMachine {
     /// `command` is one RESP command array. A malformed command gets a protocol error
     /// reply rather than an `AppError`: every replica sees the same bytes, and stopping all
     /// of them over one client's garbage would take the partition down.
-    async fn apply(&mut self, _index: u64, time_ms: u64, command: &[u8]) -> Result<Vec<u8>, AppError> {
+    async fn apply(
+        &mut self,
+        _index: u64,
+        time_ms: u64,
+        command: &[u8],
+    ) -> Result<Vec<u8>, AppError> {
         let reply = match parse_whole_command(command) {
             Ok(argv) => self.apply_owned(time_ms, argv),
             Err(error) => {

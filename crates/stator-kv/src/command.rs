@@ -165,7 +165,9 @@ pub fn command_keys(argv: &[Vec<u8>]) -> Vec<&[u8]> {
     let Some(spec) = argv.first().and_then(|name| lookup(name)) else {
         return Vec::new();
     };
-    spec.key_indexes(argv.len()).map(|index| argv[index].as_slice()).collect()
+    spec.key_indexes(argv.len())
+        .map(|index| argv[index].as_slice())
+        .collect()
 }
 
 /// Where a command's keys hash to.
@@ -188,7 +190,9 @@ pub fn command_slot(argv: &[Vec<u8>]) -> KeySlot {
 }
 
 pub(crate) fn slot_of_keys(spec: &CommandSpec, argv: &[Vec<u8>]) -> KeySlot {
-    let mut slots = spec.key_indexes(argv.len()).map(|index| key_slot(&argv[index]));
+    let mut slots = spec
+        .key_indexes(argv.len())
+        .map(|index| key_slot(&argv[index]));
     let Some(first) = slots.next() else {
         return KeySlot::NoKeys;
     };
@@ -221,10 +225,22 @@ mod tests {
     #[test]
     fn keys_follow_the_key_spec() {
         assert_eq!(command_keys(&argv(&["GET", "k"])), vec![b"k"]);
-        assert_eq!(command_keys(&argv(&["SET", "k", "v", "EX", "1"])), vec![b"k"]);
-        assert_eq!(command_keys(&argv(&["DEL", "a", "b", "c"])), vec![b"a", b"b", b"c"]);
-        assert_eq!(command_keys(&argv(&["MSET", "a", "1", "b", "2"])), vec![b"a", b"b"]);
-        assert_eq!(command_keys(&argv(&["MSET", "a", "1", "b"])), vec![b"a", b"b"]);
+        assert_eq!(
+            command_keys(&argv(&["SET", "k", "v", "EX", "1"])),
+            vec![b"k"]
+        );
+        assert_eq!(
+            command_keys(&argv(&["DEL", "a", "b", "c"])),
+            vec![b"a", b"b", b"c"]
+        );
+        assert_eq!(
+            command_keys(&argv(&["MSET", "a", "1", "b", "2"])),
+            vec![b"a", b"b"]
+        );
+        assert_eq!(
+            command_keys(&argv(&["MSET", "a", "1", "b"])),
+            vec![b"a", b"b"]
+        );
         assert!(command_keys(&argv(&["PING", "x"])).is_empty());
         assert!(command_keys(&argv(&["GET"])).is_empty());
         assert!(command_keys(&argv(&["DEL"])).is_empty());
@@ -234,8 +250,14 @@ mod tests {
     #[test]
     fn slots_detect_cross_slot_commands() {
         assert_eq!(command_slot(&argv(&["GET", "foo"])), KeySlot::Slot(12182));
-        assert_eq!(command_slot(&argv(&["MGET", "{u}a", "{u}b"])), command_slot(&argv(&["GET", "u"])));
-        assert_eq!(command_slot(&argv(&["MGET", "foo", "bar"])), KeySlot::CrossSlot);
+        assert_eq!(
+            command_slot(&argv(&["MGET", "{u}a", "{u}b"])),
+            command_slot(&argv(&["GET", "u"]))
+        );
+        assert_eq!(
+            command_slot(&argv(&["MGET", "foo", "bar"])),
+            KeySlot::CrossSlot
+        );
         assert_eq!(command_slot(&argv(&["PING"])), KeySlot::NoKeys);
     }
 

@@ -50,7 +50,9 @@ impl Keyspace {
 
     /// The entry under `key` unless it is missing or expired at `now_ms`.
     pub(crate) fn live(&self, key: &[u8], now_ms: u64) -> Option<&Entry> {
-        self.entries.get(key).filter(|entry| !entry.is_expired(now_ms))
+        self.entries
+            .get(key)
+            .filter(|entry| !entry.is_expired(now_ms))
     }
 
     /// Approximate bytes held: key and value lengths.
@@ -70,7 +72,11 @@ impl Keyspace {
 
     /// Removes `key` if it is expired at `now_ms` (lazy expiry on access).
     pub(crate) fn reclaim_if_expired(&mut self, key: &[u8], now_ms: u64) {
-        if self.entries.get(key).is_some_and(|entry| entry.is_expired(now_ms)) {
+        if self
+            .entries
+            .get(key)
+            .is_some_and(|entry| entry.is_expired(now_ms))
+        {
             self.remove(key);
         }
     }
@@ -84,12 +90,18 @@ impl Keyspace {
                 Some((at_ms, _)) if now_ms > *at_ms => {}
                 _ => break,
             }
-            let (at_ms, key) = self.by_expiry.pop_first().expect("first() just returned an element");
-            let entry = self
-                .entries
-                .remove(&key)
-                .unwrap_or_else(|| panic!("expiry index names key {key:?} (at {at_ms}) missing from the keyspace"));
-            assert_eq!(entry.expires_at_ms, Some(at_ms), "expiry index out of sync for key {key:?}");
+            let (at_ms, key) = self
+                .by_expiry
+                .pop_first()
+                .expect("first() just returned an element");
+            let entry = self.entries.remove(&key).unwrap_or_else(|| {
+                panic!("expiry index names key {key:?} (at {at_ms}) missing from the keyspace")
+            });
+            assert_eq!(
+                entry.expires_at_ms,
+                Some(at_ms),
+                "expiry index out of sync for key {key:?}"
+            );
             self.bytes -= (key.len() + entry.value.len()) as u64;
             removed += 1;
         }
@@ -98,7 +110,12 @@ impl Keyspace {
 
     /// Stores `value` under `key`, changing its expiry as asked. Returns the previous value.
     /// The caller reclaims an expired previous entry first if it must not be returned.
-    pub(crate) fn insert(&mut self, key: Vec<u8>, value: Vec<u8>, expiry: ExpiryChange) -> Option<Vec<u8>> {
+    pub(crate) fn insert(
+        &mut self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        expiry: ExpiryChange,
+    ) -> Option<Vec<u8>> {
         match self.entries.get_mut(key.as_slice()) {
             Some(entry) => {
                 self.bytes = self.bytes - entry.value.len() as u64 + value.len() as u64;
@@ -133,7 +150,13 @@ impl Keyspace {
                     }
                     ExpiryChange::Keep | ExpiryChange::Clear => None,
                 };
-                self.entries.insert(key, Entry { value, expires_at_ms });
+                self.entries.insert(
+                    key,
+                    Entry {
+                        value,
+                        expires_at_ms,
+                    },
+                );
                 None
             }
         }
@@ -145,7 +168,10 @@ impl Keyspace {
         self.bytes -= (key.len() + entry.value.len()) as u64;
         if let Some(at_ms) = entry.expires_at_ms {
             let was_indexed = self.by_expiry.remove(&(at_ms, key));
-            assert!(was_indexed, "expiry index missing a key that had expiry {at_ms}");
+            assert!(
+                was_indexed,
+                "expiry index missing a key that had expiry {at_ms}"
+            );
         }
         Some(entry)
     }
@@ -176,7 +202,11 @@ impl Keyspace {
 
     /// Runs `change` on the value of an existing `key`, keeping the byte count right.
     /// Returns `None` if `key` is missing.
-    pub(crate) fn update_value<R>(&mut self, key: &[u8], change: impl FnOnce(&mut Vec<u8>) -> R) -> Option<R> {
+    pub(crate) fn update_value<R>(
+        &mut self,
+        key: &[u8],
+        change: impl FnOnce(&mut Vec<u8>) -> R,
+    ) -> Option<R> {
         let entry = self.entries.get_mut(key)?;
         let before_bytes = entry.value.len() as u64;
         let result = change(&mut entry.value);
@@ -193,10 +223,17 @@ impl Keyspace {
             bytes += (key.len() + entry.value.len()) as u64;
             if let Some(at_ms) = entry.expires_at_ms {
                 expiring += 1;
-                assert!(self.by_expiry.contains(&(at_ms, key.clone())), "key {key:?} not indexed");
+                assert!(
+                    self.by_expiry.contains(&(at_ms, key.clone())),
+                    "key {key:?} not indexed"
+                );
             }
         }
-        assert_eq!(expiring, self.by_expiry.len(), "stale entries in the expiry index");
+        assert_eq!(
+            expiring,
+            self.by_expiry.len(),
+            "stale entries in the expiry index"
+        );
         assert_eq!(bytes, self.bytes, "byte count out of sync");
     }
 }

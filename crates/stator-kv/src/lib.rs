@@ -23,4 +23,4 @@ mod snapshot;
 pub use app::KvFactory;
 pub use command::{command_keys, command_kind, command_slot, CommandKind, KeySlot};
 pub use machine::KvMachine;
-pub use resp::{encode_command, parse_command, parse_reply, RespError, Value};
+pub use resp::{encode_command, parse_command, parse_reply, Argv, RespError, Value};

@@ -107,7 +107,8 @@ impl KvMachine {
     /// bounded number of expired keys. Depends only on state and `time_ms`: deterministic.
     pub(crate) fn advance_clock(&mut self, time_ms: u64) {
         self.now_ms = self.now_ms.max(time_ms);
-        self.keyspace.sweep_expired(self.now_ms, MAX_EXPIRED_SWEPT_PER_APPLY);
+        self.keyspace
+            .sweep_expired(self.now_ms, MAX_EXPIRED_SWEPT_PER_APPLY);
     }
 
     fn live(&self, key: &[u8], now_ms: u64) -> Option<&Entry> {
@@ -116,8 +117,13 @@ impl KvMachine {
 
     fn read(&self, now_ms: u64, spec: &CommandSpec, argv: &[Vec<u8>]) -> Value {
         match spec.command {
-            Command::Get => Value::Bulk(self.live(&argv[1], now_ms).map(|entry| entry.value.clone())),
-            Command::StrLen => Value::Integer(self.live(&argv[1], now_ms).map_or(0, |entry| entry.value.len() as i64)),
+            Command::Get => {
+                Value::Bulk(self.live(&argv[1], now_ms).map(|entry| entry.value.clone()))
+            }
+            Command::StrLen => Value::Integer(
+                self.live(&argv[1], now_ms)
+                    .map_or(0, |entry| entry.value.len() as i64),
+            ),
             Command::Exists => Value::Integer(
                 argv[1..]
                     .iter()
@@ -163,28 +169,45 @@ impl KvMachine {
                     return Value::Integer(0);
                 }
                 let value = std::mem::take(&mut argv[2]);
-                self.keyspace.insert(take_key(&mut argv), value, ExpiryChange::Clear);
+                self.keyspace
+                    .insert(take_key(&mut argv), value, ExpiryChange::Clear);
                 Value::Integer(1)
             }
             Command::SetEx | Command::PSetEx => {
-                let unit = if spec.command == Command::SetEx { TimeUnit::Seconds } else { TimeUnit::Milliseconds };
+                let unit = if spec.command == Command::SetEx {
+                    TimeUnit::Seconds
+                } else {
+                    TimeUnit::Milliseconds
+                };
                 let Some(amount) = parse_i64_strict(&argv[2]) else {
                     return Value::error(NOT_AN_INTEGER);
                 };
-                let at_ms = match (amount > 0).then(|| expiry_at_ms(now_ms, amount, unit, TimeBase::Relative)).flatten() {
+                let at_ms = match (amount > 0)
+                    .then(|| expiry_at_ms(now_ms, amount, unit, TimeBase::Relative))
+                    .flatten()
+                {
                     Some(at_ms) => at_ms,
                     None => return invalid_expire(spec.name),
                 };
                 let value = std::mem::take(&mut argv[3]);
-                self.keyspace.insert(take_key(&mut argv), value, ExpiryChange::At(at_ms));
+                self.keyspace
+                    .insert(take_key(&mut argv), value, ExpiryChange::At(at_ms));
                 Value::ok()
             }
             Command::GetSet => {
                 let value = std::mem::take(&mut argv[2]);
-                Value::Bulk(self.keyspace.insert(take_key(&mut argv), value, ExpiryChange::Clear))
+                Value::Bulk(
+                    self.keyspace
+                        .insert(take_key(&mut argv), value, ExpiryChange::Clear),
+                )
             }
             Command::GetDel => Value::Bulk(self.keyspace.remove(&argv[1]).map(|entry| entry.value)),
-            Command::Del => Value::Integer(argv[1..].iter().filter(|key| self.keyspace.remove(key).is_some()).count() as i64),
+            Command::Del => Value::Integer(
+                argv[1..]
+                    .iter()
+                    .filter(|key| self.keyspace.remove(key).is_some())
+                    .count() as i64,
+            ),
             Command::Incr => self.increment(argv, 1),
             Command::Decr => self.increment(argv, -1),
             Command::IncrBy => match parse_i64_strict(&argv[2]) {
@@ -198,14 +221,21 @@ impl KvMachine {
             },
             Command::IncrByFloat => self.increment_float(argv),
             Command::Append => {
-                let current_len = self.live(&argv[1], now_ms).map_or(0, |entry| entry.value.len());
+                let current_len = self
+                    .live(&argv[1], now_ms)
+                    .map_or(0, |entry| entry.value.len());
                 let new_len = current_len + argv[2].len();
                 if new_len > MAX_BULK_BYTES {
                     return Value::error(TOO_LONG);
                 }
                 let suffix = std::mem::take(&mut argv[2]);
-                if self.keyspace.update_value(&argv[1], |value| value.extend_from_slice(&suffix)).is_none() {
-                    self.keyspace.insert(take_key(&mut argv), suffix, ExpiryChange::Clear);
+                if self
+                    .keyspace
+                    .update_value(&argv[1], |value| value.extend_from_slice(&suffix))
+                    .is_none()
+                {
+                    self.keyspace
+                        .insert(take_key(&mut argv), suffix, ExpiryChange::Clear);
                 }
                 Value::Integer(new_len as i64)
             }
@@ -220,11 +250,19 @@ impl KvMachine {
                 Value::ok()
             }
             Command::Expire => self.expire(spec.name, &argv, TimeUnit::Seconds, TimeBase::Relative),
-            Command::PExpire => self.expire(spec.name, &argv, TimeUnit::Milliseconds, TimeBase::Relative),
-            Command::ExpireAt => self.expire(spec.name, &argv, TimeUnit::Seconds, TimeBase::Absolute),
-            Command::PExpireAt => self.expire(spec.name, &argv, TimeUnit::Milliseconds, TimeBase::Absolute),
+            Command::PExpire => {
+                self.expire(spec.name, &argv, TimeUnit::Milliseconds, TimeBase::Relative)
+            }
+            Command::ExpireAt => {
+                self.expire(spec.name, &argv, TimeUnit::Seconds, TimeBase::Absolute)
+            }
+            Command::PExpireAt => {
+                self.expire(spec.name, &argv, TimeUnit::Milliseconds, TimeBase::Absolute)
+            }
             Command::Persist => {
-                let has_expiry = self.live(&argv[1], now_ms).is_some_and(|entry| entry.expires_at_ms.is_some());
+                let has_expiry = self
+                    .live(&argv[1], now_ms)
+                    .is_some_and(|entry| entry.expires_at_ms.is_some());
                 if has_expiry {
                     self.keyspace.set_expiry(&argv[1], None);
                 }
@@ -262,7 +300,9 @@ impl KvMachine {
                         b"EXAT" => (TimeUnit::Seconds, TimeBase::Absolute),
                         _ => (TimeUnit::Milliseconds, TimeBase::Absolute),
                     };
-                    if expiry.is_some_and(|(_, _, earlier)| argv[earlier - 1].to_ascii_uppercase() != option) {
+                    if expiry.is_some_and(|(_, _, earlier)| {
+                        argv[earlier - 1].to_ascii_uppercase() != option
+                    }) {
                         return Value::error(SYNTAX_ERROR);
                     }
                     expiry = Some((unit, base, index + 1));
@@ -280,7 +320,10 @@ impl KvMachine {
                 let Some(amount) = parse_i64_strict(&argv[value_index]) else {
                     return Value::error(NOT_AN_INTEGER);
                 };
-                match (amount > 0).then(|| expiry_at_ms(now_ms, amount, unit, base)).flatten() {
+                match (amount > 0)
+                    .then(|| expiry_at_ms(now_ms, amount, unit, base))
+                    .flatten()
+                {
                     Some(at_ms) => ExpiryChange::At(at_ms),
                     None => return invalid_expire("set"),
                 }
@@ -301,10 +344,13 @@ impl KvMachine {
         }
         let previous = match expiry_change {
             // An absolute time already past: the key is written and gone at once (Redis 7).
-            ExpiryChange::At(at_ms) if at_ms <= now_ms => self.keyspace.remove(&argv[1]).map(|entry| entry.value),
+            ExpiryChange::At(at_ms) if at_ms <= now_ms => {
+                self.keyspace.remove(&argv[1]).map(|entry| entry.value)
+            }
             _ => {
                 let value = std::mem::take(&mut argv[2]);
-                self.keyspace.insert(take_key(&mut argv), value, expiry_change)
+                self.keyspace
+                    .insert(take_key(&mut argv), value, expiry_change)
             }
         };
         if return_previous {
@@ -335,7 +381,8 @@ impl KvMachine {
         } else {
             let mut value = Vec::with_capacity(20);
             write_decimal(&mut value);
-            self.keyspace.insert(take_key(&mut argv), value, ExpiryChange::Clear);
+            self.keyspace
+                .insert(take_key(&mut argv), value, ExpiryChange::Clear);
         }
         Value::Integer(updated)
     }
@@ -363,7 +410,8 @@ impl KvMachine {
                 value.extend_from_slice(&text);
             });
         } else {
-            self.keyspace.insert(take_key(&mut argv), text.clone(), ExpiryChange::Clear);
+            self.keyspace
+                .insert(take_key(&mut argv), text.clone(), ExpiryChange::Clear);
         }
         Value::bulk(text)
     }
@@ -378,12 +426,17 @@ impl KvMachine {
                 b"GT" => gt = true,
                 b"LT" => lt = true,
                 _ => {
-                    return Value::error(format!("ERR Unsupported option {}", String::from_utf8_lossy(option)));
+                    return Value::error(format!(
+                        "ERR Unsupported option {}",
+                        String::from_utf8_lossy(option)
+                    ));
                 }
             }
         }
         if nx && (xx || gt || lt) {
-            return Value::error("ERR NX and XX, GT or LT options at the same time are not compatible");
+            return Value::error(
+                "ERR NX and XX, GT or LT options at the same time are not compatible",
+            );
         }
         if gt && lt {
             return Value::error("ERR GT and LT options at the same time are not compatible");
@@ -400,11 +453,12 @@ impl KvMachine {
             return Value::Integer(0);
         };
         let current_ms = entry.expires_at_ms.map(|at| at as i128);
-        let allowed = match current_ms {
-            None => !xx && !gt,
-            Some(current_ms) => !nx && !(gt && at_ms <= current_ms) && !(lt && at_ms >= current_ms),
+        // No TTL counts as an infinite one: GT never beats it, LT always does.
+        let refused = match current_ms {
+            None => xx || gt,
+            Some(current_ms) => nx || (gt && at_ms <= current_ms) || (lt && at_ms >= current_ms),
         };
-        if !allowed {
+        if refused {
             return Value::Integer(0);
         }
         if at_ms <= now_ms as i128 {
@@ -419,7 +473,9 @@ impl KvMachine {
 /// Looks the command up and checks its arity and slots, or returns the error reply.
 fn resolve(argv: &[Vec<u8>]) -> Result<&'static CommandSpec, Value> {
     let Some(name) = argv.first() else {
-        return Err(Value::error("ERR empty command; send a command name and its arguments"));
+        return Err(Value::error(
+            "ERR empty command; send a command name and its arguments",
+        ));
     };
     let Some(spec) = lookup(name) else {
         return Err(unknown_command(argv));
@@ -454,7 +510,9 @@ fn signed_expiry_at_ms(now_ms: u64, amount: i64, unit: TimeUnit, base: TimeBase)
         TimeBase::Relative => i128::from(amount_ms) + i128::from(now_ms),
         TimeBase::Absolute => i128::from(amount_ms),
     };
-    (i128::from(i64::MIN)..=i128::from(i64::MAX)).contains(&at_ms).then_some(at_ms)
+    (i128::from(i64::MIN)..=i128::from(i64::MAX))
+        .contains(&at_ms)
+        .then_some(at_ms)
 }
 
 /// Parses a float as Redis does for INCRBYFLOAT: no surrounding spaces, no NaN.
@@ -473,7 +531,9 @@ fn format_f64(number: f64) -> Vec<u8> {
 }
 
 fn wrong_arity(name: &str) -> Value {
-    Value::error(format!("ERR wrong number of arguments for '{name}' command"))
+    Value::error(format!(
+        "ERR wrong number of arguments for '{name}' command"
+    ))
 }
 
 fn invalid_expire(name: &str) -> Value {
@@ -495,7 +555,9 @@ fn unknown_command(argv: &[Vec<u8>]) -> Value {
         args.push_str(&arg);
         args.push_str("' ");
     }
-    Value::error(format!("ERR unknown command '{name}', with args beginning with: {args}"))
+    Value::error(format!(
+        "ERR unknown command '{name}', with args beginning with: {args}"
+    ))
 }
 
 #[cfg(test)]
@@ -510,15 +572,8 @@ mod tests {
         let value = prop::sample::select(vec!["1", "-7", "x", "", "9223372036854775807", "2.5"]);
         let amount = -5i64..300;
         let option = prop::sample::select(vec!["", "NX", "XX", "GT", "LT", "GET", "KEEPTTL"]);
-        (
-            0usize..16,
-            key.clone(),
-            key,
-            value,
-            amount,
-            option,
-        )
-            .prop_map(|(which, key, other_key, value, amount, option)| {
+        (0usize..16, key.clone(), key, value, amount, option).prop_map(
+            |(which, key, other_key, value, amount, option)| {
                 let amount = amount.to_string();
                 let words: Vec<&str> = match which {
                     0 => vec!["SET", key, value],
@@ -538,8 +593,13 @@ mod tests {
                     14 => vec!["INCRBYFLOAT", key, value],
                     _ => vec!["SETNX", key, value],
                 };
-                words.into_iter().filter(|w| !w.is_empty() || which == 0).map(|w| w.as_bytes().to_vec()).collect()
-            })
+                words
+                    .into_iter()
+                    .filter(|w| !w.is_empty() || which == 0)
+                    .map(|w| w.as_bytes().to_vec())
+                    .collect()
+            },
+        )
     }
 
     /// Each step: a command and how far the leader clock moves (sometimes backwards, as a
@@ -593,7 +653,13 @@ mod tests {
         let mut machine = KvMachine::new();
         let keys = MAX_EXPIRED_SWEPT_PER_APPLY * 2 + 1;
         for index in 0..keys {
-            let argv: Vec<Vec<u8>> = vec![b"SET".to_vec(), format!("k{index}").into_bytes(), b"v".to_vec(), b"PX".to_vec(), b"10".to_vec()];
+            let argv: Vec<Vec<u8>> = vec![
+                b"SET".to_vec(),
+                format!("k{index}").into_bytes(),
+                b"v".to_vec(),
+                b"PX".to_vec(),
+                b"10".to_vec(),
+            ];
             machine.apply_argv(0, &argv);
         }
         assert_eq!(machine.key_count(), keys);

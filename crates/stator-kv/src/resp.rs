@@ -33,6 +33,9 @@ const MIN_BULK_ENCODED_BYTES: usize = 6;
 /// Fewest bytes one encoded reply element can take (`_\r\n`).
 const MIN_REPLY_ENCODED_BYTES: usize = 3;
 
+/// A command's arguments, its name first, as the client sent them.
+pub type Argv = Vec<Vec<u8>>;
+
 /// Input that is not, and can never become, a valid RESP message.
 ///
 /// Messages follow Redis' `Protocol error: ...` wording so a gateway can send
@@ -40,7 +43,9 @@ const MIN_REPLY_ENCODED_BYTES: usize = 3;
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum RespError {
     /// An array header did not hold a decimal integer.
-    #[error("Protocol error: invalid multibulk length; send '*<count>\\r\\n' with a decimal count")]
+    #[error(
+        "Protocol error: invalid multibulk length; send '*<count>\\r\\n' with a decimal count"
+    )]
     InvalidMultibulkLength,
     /// An array declared more elements than [`MAX_ARRAY_ELEMENTS`].
     #[error("Protocol error: array of {count} elements exceeds the limit of {MAX_ARRAY_ELEMENTS}; split the request")]
@@ -205,7 +210,10 @@ fn encode_bulk(out: &mut Vec<u8>, bytes: &[u8]) {
 /// the client, so they become spaces (as Redis does for error strings).
 fn encode_line(out: &mut Vec<u8>, marker: u8, line: &[u8]) {
     out.push(marker);
-    out.extend(line.iter().map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
+    out.extend(
+        line.iter()
+            .map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+    );
     out.extend_from_slice(b"\r\n");
 }
 
@@ -247,7 +255,9 @@ pub fn parse_i64_strict(bytes: &[u8]) -> Option<i64> {
         if !byte.is_ascii_digit() {
             return None;
         }
-        magnitude = magnitude.checked_mul(10)?.checked_add(u64::from(byte - b'0'))?;
+        magnitude = magnitude
+            .checked_mul(10)?
+            .checked_add(u64::from(byte - b'0'))?;
     }
     if negative {
         0i64.checked_sub_unsigned(magnitude)
@@ -261,7 +271,7 @@ pub fn parse_i64_strict(bytes: &[u8]) -> Option<i64> {
 ///
 /// Returns the arguments and the bytes consumed, or `None` when `buf` holds only part of a
 /// command. An empty argument list (blank inline line, `*0`) is a no-op the caller skips.
-pub fn parse_command(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, RespError> {
+pub fn parse_command(buf: &[u8]) -> Result<Option<(Argv, usize)>, RespError> {
     match buf.first() {
         None => Ok(None),
         Some(b'*') => parse_multibulk(buf),
@@ -270,7 +280,7 @@ pub fn parse_command(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, RespEr
 }
 
 /// Parses a buffer that must hold exactly one command (a log entry).
-pub fn parse_whole_command(buf: &[u8]) -> Result<Vec<Vec<u8>>, RespError> {
+pub fn parse_whole_command(buf: &[u8]) -> Result<Argv, RespError> {
     match parse_command(buf)? {
         None => Err(RespError::Incomplete),
         Some((argv, consumed)) if consumed == buf.len() => Ok(argv),
@@ -285,14 +295,16 @@ fn find_line_end(buf: &[u8], start: usize, limit: usize) -> Result<Option<usize>
     let window_end = buf.len().min(start.saturating_add(limit).saturating_add(2));
     let window = buf.get(start..window_end).unwrap_or_default();
     match window.iter().position(|&b| b == b'\n') {
-        Some(newline) if newline > 0 && window[newline - 1] == b'\r' => Ok(Some(start + newline - 1)),
+        Some(newline) if newline > 0 && window[newline - 1] == b'\r' => {
+            Ok(Some(start + newline - 1))
+        }
         Some(_) => Err(RespError::MissingCrlf),
         None if window.len() >= limit + 2 => Err(RespError::LineTooLong { limit }),
         None => Ok(None),
     }
 }
 
-fn parse_multibulk(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, RespError> {
+fn parse_multibulk(buf: &[u8]) -> Result<Option<(Argv, usize)>, RespError> {
     let Some(header_end) = find_line_end(buf, 1, MAX_HEADER_LINE_BYTES)? else {
         return Ok(None);
     };
@@ -326,7 +338,10 @@ fn parse_multibulk(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, RespErro
 
 /// Parses `<len>\r\n<data>\r\n` starting after a `$`. Returns `Some(None)` for the null
 /// bulk `-1`, `Some(Some((data_start, data_end)))` for data, `None` when incomplete.
-#[allow(clippy::type_complexity, reason = "private helper; the nesting mirrors incomplete / null / data")]
+#[allow(
+    clippy::type_complexity,
+    reason = "private helper; the nesting mirrors incomplete / null / data"
+)]
 fn parse_bulk_body(buf: &[u8], start: usize) -> Result<Option<Option<(usize, usize)>>, RespError> {
     let Some(header_end) = find_line_end(buf, start, MAX_HEADER_LINE_BYTES)? else {
         return Ok(None);
@@ -349,7 +364,7 @@ fn parse_bulk_body(buf: &[u8], start: usize) -> Result<Option<Option<(usize, usi
     Ok(Some(Some((data_start, data_end))))
 }
 
-fn parse_inline(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, RespError> {
+fn parse_inline(buf: &[u8]) -> Result<Option<(Argv, usize)>, RespError> {
     let window = &buf[..buf.len().min(MAX_INLINE_BYTES)];
     let Some(newline) = window.iter().position(|&b| b == b'\n') else {
         return if buf.len() >= MAX_INLINE_BYTES {
@@ -358,17 +373,22 @@ fn parse_inline(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, RespError> 
             Ok(None)
         };
     };
-    let line = buf[..newline].strip_suffix(b"\r").unwrap_or(&buf[..newline]);
+    let line = buf[..newline]
+        .strip_suffix(b"\r")
+        .unwrap_or(&buf[..newline]);
     Ok(Some((split_inline_args(line)?, newline + 1)))
 }
 
 /// Splits an inline command line like Redis' `sdssplitargs`: words separated by spaces,
 /// `"double quotes"` with `\n \r \t \b \a \\ \" \xHH` escapes, `'single quotes'` with `\'`.
-fn split_inline_args(line: &[u8]) -> Result<Vec<Vec<u8>>, RespError> {
+fn split_inline_args(line: &[u8]) -> Result<Argv, RespError> {
     let mut args = Vec::new();
     let mut position = 0;
     loop {
-        while line.get(position).is_some_and(|b| b.is_ascii_whitespace() || *b == 0x0b) {
+        while line
+            .get(position)
+            .is_some_and(|b| b.is_ascii_whitespace() || *b == 0x0b)
+        {
             position += 1;
         }
         if position >= line.len() {
@@ -386,7 +406,9 @@ fn split_inline_args(line: &[u8]) -> Result<Vec<Vec<u8>>, RespError> {
                         if line.get(position + 2).is_some_and(u8::is_ascii_hexdigit)
                             && line.get(position + 3).is_some_and(u8::is_ascii_hexdigit) =>
                     {
-                        current.push(hex_value(line[position + 2]) << 4 | hex_value(line[position + 3]));
+                        current.push(
+                            hex_value(line[position + 2]) << 4 | hex_value(line[position + 3]),
+                        );
                         position += 3;
                     }
                     (b'\\', Some(escaped)) => {
@@ -456,7 +478,11 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Value, usize)>, RespError> {
     parse_reply_at(buf, 0, 0)
 }
 
-fn parse_reply_at(buf: &[u8], start: usize, depth: usize) -> Result<Option<(Value, usize)>, RespError> {
+fn parse_reply_at(
+    buf: &[u8],
+    start: usize,
+    depth: usize,
+) -> Result<Option<(Value, usize)>, RespError> {
     if depth > MAX_REPLY_DEPTH {
         return Err(RespError::TooDeep);
     }
@@ -470,7 +496,11 @@ fn parse_reply_at(buf: &[u8], start: usize, depth: usize) -> Result<Option<(Valu
                 return Ok(None);
             };
             let line = String::from_utf8_lossy(&buf[body..line_end]).into_owned();
-            let value = if marker == b'+' { Value::Simple(line) } else { Value::Error(line) };
+            let value = if marker == b'+' {
+                Value::Simple(line)
+            } else {
+                Value::Error(line)
+            };
             Ok(Some((value, line_end + 2)))
         }
         b':' => {
@@ -482,7 +512,10 @@ fn parse_reply_at(buf: &[u8], start: usize, depth: usize) -> Result<Option<(Valu
         }
         b'$' => Ok(parse_bulk_body(buf, body)?.map(|bulk| match bulk {
             None => (Value::Bulk(None), find_line_end_unchecked(buf, body) + 2),
-            Some((data_start, data_end)) => (Value::Bulk(Some(buf[data_start..data_end].to_vec())), data_end + 2),
+            Some((data_start, data_end)) => (
+                Value::Bulk(Some(buf[data_start..data_end].to_vec())),
+                data_end + 2,
+            ),
         })),
         b'_' => {
             let Some(line_end) = find_line_end(buf, body, 0)? else {
@@ -494,7 +527,8 @@ fn parse_reply_at(buf: &[u8], start: usize, depth: usize) -> Result<Option<(Valu
             let Some(header_end) = find_line_end(buf, body, MAX_HEADER_LINE_BYTES)? else {
                 return Ok(None);
             };
-            let count = parse_i64_strict(&buf[body..header_end]).ok_or(RespError::InvalidMultibulkLength)?;
+            let count = parse_i64_strict(&buf[body..header_end])
+                .ok_or(RespError::InvalidMultibulkLength)?;
             let mut position = header_end + 2;
             if count == -1 {
                 return Ok(Some((Value::Array(None), position)));
@@ -574,44 +608,93 @@ mod tests {
     fn inline_commands_split_like_redis() {
         let buf = b"set  k \"a b\\x41\\n\" 'it\\'s'\r\nGET";
         let (args, used) = parse_command(buf).unwrap().unwrap();
-        assert_eq!(args, vec![b"set".to_vec(), b"k".to_vec(), b"a bA\n".to_vec(), b"it's".to_vec()]);
+        assert_eq!(
+            args,
+            vec![
+                b"set".to_vec(),
+                b"k".to_vec(),
+                b"a bA\n".to_vec(),
+                b"it's".to_vec()
+            ]
+        );
         assert_eq!(&buf[used..], b"GET");
-        assert_eq!(parse_command(b"PING\n").unwrap(), Some((argv(&["PING"]), 5)));
+        assert_eq!(
+            parse_command(b"PING\n").unwrap(),
+            Some((argv(&["PING"]), 5))
+        );
         assert_eq!(parse_command(b"PING").unwrap(), None);
-        assert_eq!(parse_command(b"set \"a\n"), Err(RespError::UnbalancedQuotes));
-        assert_eq!(parse_command(b"set \"a\"b\n"), Err(RespError::UnbalancedQuotes));
+        assert_eq!(
+            parse_command(b"set \"a\n"),
+            Err(RespError::UnbalancedQuotes)
+        );
+        assert_eq!(
+            parse_command(b"set \"a\"b\n"),
+            Err(RespError::UnbalancedQuotes)
+        );
         assert_eq!(parse_command(b"set 'a\n"), Err(RespError::UnbalancedQuotes));
         // Found by the fuzzer: a NUL once made the splitter loop forever.
-        assert_eq!(parse_command(b"a\0b \0\n").unwrap(), Some((vec![b"a\0b".to_vec(), b"\0".to_vec()], 6)));
+        assert_eq!(
+            parse_command(b"a\0b \0\n").unwrap(),
+            Some((vec![b"a\0b".to_vec(), b"\0".to_vec()], 6))
+        );
     }
 
     #[test]
     fn oversized_and_garbled_input_is_an_error() {
-        assert_eq!(parse_command(b"*x\r\n"), Err(RespError::InvalidMultibulkLength));
-        assert_eq!(parse_command(b"*01\r\n"), Err(RespError::InvalidMultibulkLength));
+        assert_eq!(
+            parse_command(b"*x\r\n"),
+            Err(RespError::InvalidMultibulkLength)
+        );
+        assert_eq!(
+            parse_command(b"*01\r\n"),
+            Err(RespError::InvalidMultibulkLength)
+        );
         assert_eq!(
             parse_command(b"*99999999\r\n"),
             Err(RespError::TooManyElements { count: 99_999_999 })
         );
-        assert_eq!(parse_command(b"*1\r\n+OK\r\n"), Err(RespError::ExpectedBulk { found: b'+' }));
-        assert_eq!(parse_command(b"*1\r\n$-1\r\n"), Err(RespError::InvalidBulkLength));
-        assert_eq!(parse_command(b"*1\r\n$536870913\r\n"), Err(RespError::InvalidBulkLength));
-        assert_eq!(parse_command(b"*1\r\n$1\r\nab\r\n"), Err(RespError::MissingCrlf));
+        assert_eq!(
+            parse_command(b"*1\r\n+OK\r\n"),
+            Err(RespError::ExpectedBulk { found: b'+' })
+        );
+        assert_eq!(
+            parse_command(b"*1\r\n$-1\r\n"),
+            Err(RespError::InvalidBulkLength)
+        );
+        assert_eq!(
+            parse_command(b"*1\r\n$536870913\r\n"),
+            Err(RespError::InvalidBulkLength)
+        );
+        assert_eq!(
+            parse_command(b"*1\r\n$1\r\nab\r\n"),
+            Err(RespError::MissingCrlf)
+        );
         assert_eq!(parse_command(b"*1\n"), Err(RespError::MissingCrlf));
         let long_header = [b"*".as_slice(), &[b'1'; 40]].concat();
         assert_eq!(
             parse_command(&long_header),
-            Err(RespError::LineTooLong { limit: MAX_HEADER_LINE_BYTES })
+            Err(RespError::LineTooLong {
+                limit: MAX_HEADER_LINE_BYTES
+            })
         );
-        assert_eq!(parse_command(&vec![b'a'; MAX_INLINE_BYTES]), Err(RespError::InlineTooLong));
+        assert_eq!(
+            parse_command(&vec![b'a'; MAX_INLINE_BYTES]),
+            Err(RespError::InlineTooLong)
+        );
         // A huge declared bulk with few bytes buffered waits without allocating it.
         assert_eq!(parse_command(b"*1\r\n$536870912\r\nabc").unwrap(), None);
     }
 
     #[test]
     fn whole_command_rejects_partial_and_trailing_bytes() {
-        assert_eq!(parse_whole_command(b"*1\r\n$4\r\nPING\r\n").unwrap(), argv(&["PING"]));
-        assert_eq!(parse_whole_command(b"*1\r\n$4\r\nPI"), Err(RespError::Incomplete));
+        assert_eq!(
+            parse_whole_command(b"*1\r\n$4\r\nPING\r\n").unwrap(),
+            argv(&["PING"])
+        );
+        assert_eq!(
+            parse_whole_command(b"*1\r\n$4\r\nPI"),
+            Err(RespError::Incomplete)
+        );
         assert_eq!(
             parse_whole_command(b"*1\r\n$4\r\nPING\r\nx"),
             Err(RespError::TrailingBytes { extra: 1 })
@@ -631,13 +714,25 @@ mod tests {
             Value::bulk(b"x\r\ny".to_vec()),
             Value::Array(None),
             Value::Array(Some(vec![])),
-            Value::Array(Some(vec![Value::bulk("a"), Value::null(), Value::Array(Some(vec![Value::Integer(-3)]))])),
+            Value::Array(Some(vec![
+                Value::bulk("a"),
+                Value::null(),
+                Value::Array(Some(vec![Value::Integer(-3)])),
+            ])),
         ];
         for value in values {
             let bytes = value.to_bytes();
-            assert_eq!(parse_reply(&bytes).unwrap(), Some((value.clone(), bytes.len())), "{value:?}");
+            assert_eq!(
+                parse_reply(&bytes).unwrap(),
+                Some((value.clone(), bytes.len())),
+                "{value:?}"
+            );
             for cut in 0..bytes.len() {
-                assert_eq!(parse_reply(&bytes[..cut]).unwrap(), None, "{value:?} cut at {cut}");
+                assert_eq!(
+                    parse_reply(&bytes[..cut]).unwrap(),
+                    None,
+                    "{value:?} cut at {cut}"
+                );
             }
         }
     }
@@ -648,13 +743,19 @@ mod tests {
         assert_eq!(Value::null().to_bytes(), b"$-1\r\n");
         assert_eq!(Value::Integer(-12).to_bytes(), b":-12\r\n");
         assert_eq!(Value::error("ERR a\r\nb").to_bytes(), b"-ERR a  b\r\n");
-        assert_eq!(encode_command(&["GET", "k"]), b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+        assert_eq!(
+            encode_command(&["GET", "k"]),
+            b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+        );
     }
 
     #[test]
     fn reply_parser_limits() {
         assert_eq!(parse_reply(b"_\r\n").unwrap(), Some((Value::null(), 3)));
-        assert_eq!(parse_reply(b"%1\r\n"), Err(RespError::UnexpectedReplyType { found: b'%' }));
+        assert_eq!(
+            parse_reply(b"%1\r\n"),
+            Err(RespError::UnexpectedReplyType { found: b'%' })
+        );
         assert_eq!(parse_reply(b":1x\r\n"), Err(RespError::InvalidInteger));
         let deep = b"*1\r\n".repeat(MAX_REPLY_DEPTH + 2);
         assert_eq!(parse_reply(&deep), Err(RespError::TooDeep));
@@ -666,8 +767,23 @@ mod tests {
         assert_eq!(parse_i64_strict(b"-12"), Some(-12));
         assert_eq!(parse_i64_strict(b"9223372036854775807"), Some(i64::MAX));
         assert_eq!(parse_i64_strict(b"-9223372036854775808"), Some(i64::MIN));
-        for bad in [&b""[..], b"-", b"-0", b"01", b"+1", b" 1", b"1 ", b"9223372036854775808", b"1.0"] {
-            assert_eq!(parse_i64_strict(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b""[..],
+            b"-",
+            b"-0",
+            b"01",
+            b"+1",
+            b" 1",
+            b"1 ",
+            b"9223372036854775808",
+            b"1.0",
+        ] {
+            assert_eq!(
+                parse_i64_strict(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

@@ -39,7 +39,8 @@ pub(crate) fn encode(machine: &KvMachine) -> Vec<u8> {
 }
 
 fn push_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    let len = u32::try_from(bytes.len()).expect("keys and values are bounded by MAX_BULK_BYTES, far below u32::MAX");
+    let len = u32::try_from(bytes.len())
+        .expect("keys and values are bounded by MAX_BULK_BYTES, far below u32::MAX");
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(bytes);
 }
@@ -48,22 +49,30 @@ fn push_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 pub(crate) fn decode(bytes: &[u8]) -> Result<KvMachine, AppError> {
     let mut reader = Reader { bytes, position: 0 };
     if reader.take(4)? != MAGIC {
-        return Err(bad("does not start with the kv snapshot magic 'STKV'; was it taken by another app?"));
+        return Err(bad(
+            "does not start with the kv snapshot magic 'STKV'; was it taken by another app?",
+        ));
     }
     let version = reader.take(1)?[0];
     if version != VERSION {
-        return Err(bad(&format!("version {version} is not supported (expected {VERSION}); upgrade this node")));
+        return Err(bad(&format!(
+            "version {version} is not supported (expected {VERSION}); upgrade this node"
+        )));
     }
     let now_ms = reader.u64()?;
     let entry_count = reader.u64()?;
     let remaining_bytes = bytes.len() - reader.position;
-    let capacity = usize::try_from(entry_count).unwrap_or(usize::MAX).min(remaining_bytes / MIN_ENTRY_BYTES);
+    let capacity = usize::try_from(entry_count)
+        .unwrap_or(usize::MAX)
+        .min(remaining_bytes / MIN_ENTRY_BYTES);
     let mut keyspace = Keyspace::with_capacity(capacity);
     let mut previous_key: Option<&[u8]> = None;
     for _ in 0..entry_count {
         let key = reader.len_prefixed()?;
         if previous_key.is_some_and(|previous| previous >= key) {
-            return Err(bad("keys are not strictly sorted (duplicate or reordered entry)"));
+            return Err(bad(
+                "keys are not strictly sorted (duplicate or reordered entry)",
+            ));
         }
         previous_key = Some(key);
         let value = reader.len_prefixed()?;
@@ -75,7 +84,10 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<KvMachine, AppError> {
         keyspace.insert(key.to_vec(), value.to_vec(), expiry);
     }
     if reader.position != bytes.len() {
-        return Err(bad(&format!("{} trailing bytes after the last entry", bytes.len() - reader.position)));
+        return Err(bad(&format!(
+            "{} trailing bytes after the last entry",
+            bytes.len() - reader.position
+        )));
     }
     Ok(KvMachine { keyspace, now_ms })
 }
@@ -91,20 +103,26 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, len: usize) -> Result<&'a [u8], AppError> {
-        let end = self.position.checked_add(len).filter(|&end| end <= self.bytes.len()).ok_or_else(|| {
-            bad(&format!(
-                "is truncated: needs {len} bytes at offset {} of {}",
-                self.position,
-                self.bytes.len()
-            ))
-        })?;
+        let end = self
+            .position
+            .checked_add(len)
+            .filter(|&end| end <= self.bytes.len())
+            .ok_or_else(|| {
+                bad(&format!(
+                    "is truncated: needs {len} bytes at offset {} of {}",
+                    self.position,
+                    self.bytes.len()
+                ))
+            })?;
         let slice = &self.bytes[self.position..end];
         self.position = end;
         Ok(slice)
     }
 
     fn u64(&mut self) -> Result<u64, AppError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("took 8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("took 8 bytes"),
+        ))
     }
 
     fn len_prefixed(&mut self) -> Result<&'a [u8], AppError> {
@@ -119,8 +137,17 @@ mod tests {
 
     #[test]
     fn garbage_is_refused_not_panicked_on() {
-        for input in [&b""[..], b"STKV", b"XXXX\x01", b"STKV\x02", b"STKV\x01\0\0\0\0\0\0\0\0\xff\xff\xff\xff\xff\xff\xff\xff"] {
-            assert!(matches!(decode(input), Err(AppError::BadSnapshot(_))), "{input:?}");
+        for input in [
+            &b""[..],
+            b"STKV",
+            b"XXXX\x01",
+            b"STKV\x02",
+            b"STKV\x01\0\0\0\0\0\0\0\0\xff\xff\xff\xff\xff\xff\xff\xff",
+        ] {
+            assert!(
+                matches!(decode(input), Err(AppError::BadSnapshot(_))),
+                "{input:?}"
+            );
         }
         let mut valid = encode(&KvMachine::new());
         assert_eq!(decode(&valid).unwrap().key_count(), 0);

@@ -3,7 +3,9 @@
 use stator_kv::{KvMachine, Value};
 
 fn argv(line: &str) -> Vec<Vec<u8>> {
-    line.split_whitespace().map(|word| word.as_bytes().to_vec()).collect()
+    line.split_whitespace()
+        .map(|word| word.as_bytes().to_vec())
+        .collect()
 }
 
 /// A machine driven at an explicit clock, for readable tests.
@@ -14,7 +16,10 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
-        Harness { machine: KvMachine::new(), now_ms: 1_000_000 }
+        Harness {
+            machine: KvMachine::new(),
+            now_ms: 1_000_000,
+        }
     }
     fn run(&mut self, line: &str) -> Value {
         self.machine.apply_argv(self.now_ms, &argv(line))
@@ -46,7 +51,10 @@ fn get_set_del_exists() {
     assert_eq!(h.run("GET k"), nil());
     assert_eq!(h.run("SET k v"), ok());
     assert_eq!(h.run("get k"), bulk("v"));
-    assert_eq!(h.run("EXISTS k k nope"), err("CROSSSLOT Keys in request don't hash to the same slot"));
+    assert_eq!(
+        h.run("EXISTS k k nope"),
+        err("CROSSSLOT Keys in request don't hash to the same slot")
+    );
     assert_eq!(h.run("EXISTS {t}a {t}a {t}b"), int(0));
     assert_eq!(h.run("SET {t}a 1"), ok());
     assert_eq!(h.run("EXISTS {t}a {t}a {t}b"), int(2));
@@ -99,10 +107,22 @@ fn set_expiry_options() {
     assert_eq!(h.run("SET k v EX 10 KEEPTTL"), err("ERR syntax error"));
     assert_eq!(h.run("SET k v KEEPTTL EX 10"), err("ERR syntax error"));
     assert_eq!(h.run("SET k v EX"), err("ERR syntax error"));
-    assert_eq!(h.run("SET k v EX abc"), err("ERR value is not an integer or out of range"));
-    assert_eq!(h.run("SET k v EX 0"), err("ERR invalid expire time in 'set' command"));
-    assert_eq!(h.run("SET k v PX -5"), err("ERR invalid expire time in 'set' command"));
-    assert_eq!(h.run("SET k v EX 9223372036854775807"), err("ERR invalid expire time in 'set' command"));
+    assert_eq!(
+        h.run("SET k v EX abc"),
+        err("ERR value is not an integer or out of range")
+    );
+    assert_eq!(
+        h.run("SET k v EX 0"),
+        err("ERR invalid expire time in 'set' command")
+    );
+    assert_eq!(
+        h.run("SET k v PX -5"),
+        err("ERR invalid expire time in 'set' command")
+    );
+    assert_eq!(
+        h.run("SET k v EX 9223372036854775807"),
+        err("ERR invalid expire time in 'set' command")
+    );
     // An absolute time in the past writes and deletes at once.
     assert_eq!(h.run("SET k v PXAT 1"), ok());
     assert_eq!(h.run("EXISTS k"), int(0));
@@ -115,8 +135,14 @@ fn setex_and_psetex() {
     assert_eq!(h.run("PTTL k"), int(3000));
     assert_eq!(h.run("PSETEX k 20 v"), ok());
     assert_eq!(h.run("PTTL k"), int(20));
-    assert_eq!(h.run("SETEX k 0 v"), err("ERR invalid expire time in 'setex' command"));
-    assert_eq!(h.run("SETEX k x v"), err("ERR value is not an integer or out of range"));
+    assert_eq!(
+        h.run("SETEX k 0 v"),
+        err("ERR invalid expire time in 'setex' command")
+    );
+    assert_eq!(
+        h.run("SETEX k x v"),
+        err("ERR value is not an integer or out of range")
+    );
 }
 
 #[test]
@@ -124,7 +150,11 @@ fn keys_expire_on_the_applied_clock() {
     let mut h = Harness::new();
     h.run("SET k v PX 100");
     h.advance_ms(100);
-    assert_eq!(h.run("GET k"), bulk("v"), "alive at exactly its expiry, as Redis");
+    assert_eq!(
+        h.run("GET k"),
+        bulk("v"),
+        "alive at exactly its expiry, as Redis"
+    );
     assert_eq!(h.run("PTTL k"), int(0));
     h.advance_ms(1);
     assert_eq!(h.run("GET k"), nil());
@@ -146,14 +176,29 @@ fn counters() {
     assert_eq!(h.run("DECR n"), int(10));
     assert_eq!(h.run("DECRBY n -5"), int(15));
     assert_eq!(h.run("GET n"), bulk("15"));
-    assert_eq!(h.run("INCRBY n x"), err("ERR value is not an integer or out of range"));
+    assert_eq!(
+        h.run("INCRBY n x"),
+        err("ERR value is not an integer or out of range")
+    );
     assert_eq!(h.run("SET s abc"), ok());
-    assert_eq!(h.run("INCR s"), err("ERR value is not an integer or out of range"));
+    assert_eq!(
+        h.run("INCR s"),
+        err("ERR value is not an integer or out of range")
+    );
     assert_eq!(h.run("SET s 007"), ok());
-    assert_eq!(h.run("INCR s"), err("ERR value is not an integer or out of range"));
+    assert_eq!(
+        h.run("INCR s"),
+        err("ERR value is not an integer or out of range")
+    );
     assert_eq!(h.run("SET m 9223372036854775807"), ok());
-    assert_eq!(h.run("INCR m"), err("ERR increment or decrement would overflow"));
-    assert_eq!(h.run("DECRBY n -9223372036854775808"), err("ERR decrement would overflow"));
+    assert_eq!(
+        h.run("INCR m"),
+        err("ERR increment or decrement would overflow")
+    );
+    assert_eq!(
+        h.run("DECRBY n -9223372036854775808"),
+        err("ERR decrement would overflow")
+    );
     // INCR keeps the TTL.
     assert_eq!(h.run("SET t 1 EX 100"), ok());
     assert_eq!(h.run("INCR t"), int(2));
@@ -165,10 +210,19 @@ fn incrbyfloat() {
     let mut h = Harness::new();
     assert_eq!(h.run("INCRBYFLOAT f 10.5"), bulk("10.5"));
     assert_eq!(h.run("INCRBYFLOAT f -0.5"), bulk("10"));
-    assert_eq!(h.run("INCRBYFLOAT f abc"), err("ERR value is not a valid float"));
+    assert_eq!(
+        h.run("INCRBYFLOAT f abc"),
+        err("ERR value is not a valid float")
+    );
     assert_eq!(h.run("SET s abc"), ok());
-    assert_eq!(h.run("INCRBYFLOAT s 1"), err("ERR value is not a valid float"));
-    assert_eq!(h.run("INCRBYFLOAT f inf"), err("ERR increment would produce NaN or Infinity"));
+    assert_eq!(
+        h.run("INCRBYFLOAT s 1"),
+        err("ERR value is not a valid float")
+    );
+    assert_eq!(
+        h.run("INCRBYFLOAT f inf"),
+        err("ERR increment would produce NaN or Infinity")
+    );
 }
 
 #[test]
@@ -190,9 +244,18 @@ fn mget_mset_need_one_slot() {
         h.run("MGET {u}a {u}b {u}c"),
         Value::Array(Some(vec![bulk("1"), bulk("2"), nil()]))
     );
-    assert_eq!(h.run("MSET a 1 b 2"), err("CROSSSLOT Keys in request don't hash to the same slot"));
-    assert_eq!(h.run("MGET a b"), err("CROSSSLOT Keys in request don't hash to the same slot"));
-    assert_eq!(h.run("MSET {u}a 1 {u}b"), err("ERR wrong number of arguments for 'mset' command"));
+    assert_eq!(
+        h.run("MSET a 1 b 2"),
+        err("CROSSSLOT Keys in request don't hash to the same slot")
+    );
+    assert_eq!(
+        h.run("MGET a b"),
+        err("CROSSSLOT Keys in request don't hash to the same slot")
+    );
+    assert_eq!(
+        h.run("MSET {u}a 1 {u}b"),
+        err("ERR wrong number of arguments for 'mset' command")
+    );
 }
 
 #[test]
@@ -211,16 +274,31 @@ fn expire_family_and_options() {
     assert_eq!(h.run("PTTL k"), int(1500));
     assert_eq!(h.run(&format!("PEXPIREAT k {}", h.now_ms + 42)), int(1));
     assert_eq!(h.run("PTTL k"), int(42));
-    assert_eq!(h.run(&format!("EXPIREAT k {}", h.now_ms / 1000 + 60)), int(1));
+    assert_eq!(
+        h.run(&format!("EXPIREAT k {}", h.now_ms / 1000 + 60)),
+        int(1)
+    );
     assert_eq!(h.run("TTL k"), int(60));
     assert_eq!(h.run("PERSIST k"), int(1));
     assert_eq!(h.run("PERSIST k"), int(0));
     assert_eq!(h.run("TTL k"), int(-1));
-    assert_eq!(h.run("EXPIRE k 10 NX XX"), err("ERR NX and XX, GT or LT options at the same time are not compatible"));
-    assert_eq!(h.run("EXPIRE k 10 GT LT"), err("ERR GT and LT options at the same time are not compatible"));
+    assert_eq!(
+        h.run("EXPIRE k 10 NX XX"),
+        err("ERR NX and XX, GT or LT options at the same time are not compatible")
+    );
+    assert_eq!(
+        h.run("EXPIRE k 10 GT LT"),
+        err("ERR GT and LT options at the same time are not compatible")
+    );
     assert_eq!(h.run("EXPIRE k 10 FOO"), err("ERR Unsupported option FOO"));
-    assert_eq!(h.run("EXPIRE k ten"), err("ERR value is not an integer or out of range"));
-    assert_eq!(h.run("EXPIRE k 9223372036854775807"), err("ERR invalid expire time in 'expire' command"));
+    assert_eq!(
+        h.run("EXPIRE k ten"),
+        err("ERR value is not an integer or out of range")
+    );
+    assert_eq!(
+        h.run("EXPIRE k 9223372036854775807"),
+        err("ERR invalid expire time in 'expire' command")
+    );
     // A time not in the future deletes the key.
     assert_eq!(h.run("EXPIRE k 0"), int(1));
     assert_eq!(h.run("EXISTS k"), int(0));
@@ -232,14 +310,26 @@ fn expire_family_and_options() {
 #[test]
 fn errors_use_redis_wording() {
     let mut h = Harness::new();
-    assert_eq!(h.run("GET"), err("ERR wrong number of arguments for 'get' command"));
-    assert_eq!(h.run("GET a b"), err("ERR wrong number of arguments for 'get' command"));
-    assert_eq!(h.run("SET k"), err("ERR wrong number of arguments for 'set' command"));
+    assert_eq!(
+        h.run("GET"),
+        err("ERR wrong number of arguments for 'get' command")
+    );
+    assert_eq!(
+        h.run("GET a b"),
+        err("ERR wrong number of arguments for 'get' command")
+    );
+    assert_eq!(
+        h.run("SET k"),
+        err("ERR wrong number of arguments for 'set' command")
+    );
     assert_eq!(
         h.run("FOO a b"),
         err("ERR unknown command 'FOO', with args beginning with: 'a' 'b' ")
     );
-    assert_eq!(h.run("FOO"), err("ERR unknown command 'FOO', with args beginning with: "));
+    assert_eq!(
+        h.run("FOO"),
+        err("ERR unknown command 'FOO', with args beginning with: ")
+    );
     assert_eq!(h.run("PING"), Value::Simple("PONG".into()));
     assert_eq!(h.run("PING hi"), bulk("hi"));
     assert_eq!(h.run("ECHO hi"), bulk("hi"));
@@ -252,8 +342,16 @@ fn queries_only_read() {
     h.run("SET k v PX 100");
     let machine = &h.machine;
     assert_eq!(machine.query_argv(h.now_ms, &argv("GET k")), bulk("v"));
-    assert_eq!(machine.query_argv(h.now_ms + 101, &argv("GET k")), nil(), "a later read sees the expiry");
-    assert_eq!(machine.query_argv(0, &argv("GET k")), bulk("v"), "an older read time never rewinds");
+    assert_eq!(
+        machine.query_argv(h.now_ms + 101, &argv("GET k")),
+        nil(),
+        "a later read sees the expiry"
+    );
+    assert_eq!(
+        machine.query_argv(0, &argv("GET k")),
+        bulk("v"),
+        "an older read time never rewinds"
+    );
     let write = machine.query_argv(h.now_ms, &argv("SET k w"));
     assert!(write.is_error(), "{write:?}");
     assert_eq!(h.run("GET k"), bulk("v"));

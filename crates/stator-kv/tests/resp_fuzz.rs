@@ -113,6 +113,9 @@ fn huge_declared_lengths_allocate_nothing_large() {
         b"*1048576\r\n*1048576\r\n",
     ] {
         let (_, allocated) = allocated_by(|| (parse_command(input), parse_reply(input)));
-        assert!(allocated <= allocation_budget(input.len()), "{allocated} bytes for {input:?}");
+        assert!(
+            allocated <= allocation_budget(input.len()),
+            "{allocated} bytes for {input:?}"
+        );
     }
 }
