@@ -1,0 +1,59 @@
+//! `stator bench`: benchmarks that run their baselines in the same run.
+//!
+//! - [`replication`]: write latency and throughput of a partition group against etcd
+//!   (one consensus write per request, as DORADO orders requests) and Redis with `WAIT`.
+//! - [`baselines`]: starting and driving etcd and Redis on loopback.
+//! - [`latency`]: latency histograms and the JSON run record.
+
+pub mod baselines;
+pub mod latency;
+pub mod replication;
+
+/// Finds a free loopback port by binding port 0 and releasing it.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Whether `program` is on PATH.
+pub fn installed(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+/// Prints a table on stderr and, with `json`, the DESIGN-format object on stdout's last
+/// line, with each baseline's p50 and throughput as a ratio to stator's at the same load.
+pub fn print_runs(runs: &[latency::Run], json: bool) {
+    eprintln!("{:<11} {:>8} {:>7} {:>9} {:>9} {:>9} {:>12}", "system", "replicas", "clients", "p50_us", "p99_us", "p999_us", "ops/s");
+    for r in runs {
+        match &r.skipped {
+            Some(why) => eprintln!("{:<11} {:>8} {:>7} skipped: {why}", r.system, r.replicas, r.clients),
+            None => eprintln!(
+                "{:<11} {:>8} {:>7} {:>9} {:>9} {:>9} {:>12.0}",
+                r.system,
+                r.replicas,
+                r.clients,
+                r.p50_us.unwrap_or(0),
+                r.p99_us.unwrap_or(0),
+                r.p999_us.unwrap_or(0),
+                r.ops_per_sec.unwrap_or(0.0)
+            ),
+        }
+    }
+    let mut ratios = serde_json::Map::new();
+    for r in runs.iter().filter(|r| r.system != "stator" && r.skipped.is_none()) {
+        if let Some(s) = runs.iter().find(|s| s.system == "stator" && s.clients == r.clients && s.skipped.is_none()) {
+            let key = format!("{}_clients_{}", r.system, r.clients);
+            ratios.insert(
+                key,
+                serde_json::json!({
+                    "p50_baseline_over_stator": r.p50_us.unwrap_or(0) as f64 / s.p50_us.unwrap_or(1).max(1) as f64,
+                    "ops_stator_over_baseline": s.ops_per_sec.unwrap_or(0.0) / r.ops_per_sec.unwrap_or(1.0).max(1e-9),
+                }),
+            );
+        }
+    }
+    if json {
+        println!("{}", serde_json::json!({ "runs": runs, "ratios": ratios }));
+    }
+}

@@ -1,0 +1,273 @@
+//! `stator bench replication`: write latency and throughput of replicated partitions over
+//! real TCP on loopback, beside etcd and Redis-with-WAIT measured in the same run.
+//!
+//! Each stator host runs in its own thread with its own single-threaded tokio runtime
+//! (as separate processes would, minus the exec), the clients in another runtime. Every
+//! client has its own exactly-once session and keeps one write in flight: a `SET` of a
+//! random key with a `value_bytes` value through the built-in `kv` state machine.
+
+use super::baselines::{etcd_put, start_etcd, start_redis_with_replica, RespConn};
+use super::latency::{Recorder, Run};
+use anyhow::Context;
+use async_trait::async_trait;
+use rand::Rng;
+use stator_api::ids::GroupId;
+use stator_api::slot::{key_slot, partition_of_slot};
+use stator_replication::{GroupOptions, Host, HostConfig, ReplicaClient, RequestKind};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Distinct keys written; enough that hot keys don't matter, few enough to stay in cache.
+const KEY_SPACE: u64 = 10_000;
+/// Load before measuring starts (connections, elections, allocator warm-up).
+const WARMUP: Duration = Duration::from_secs(1);
+/// Deadline for one write before it counts as an error.
+const OP_DEADLINE: Duration = Duration::from_secs(5);
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Members per group.
+    pub replicas: usize,
+    /// Client counts to measure, one run each.
+    pub clients: Vec<usize>,
+    /// Bytes per value.
+    pub value_bytes: usize,
+    /// Measured seconds per run.
+    pub duration: Duration,
+    /// Partition groups (leaders spread over hosts).
+    pub partitions: u32,
+    /// Systems to skip ("etcd", "redis-wait").
+    pub skip: Vec<String>,
+}
+
+#[async_trait]
+trait Driver: Send + 'static {
+    async fn write(&mut self, key: &[u8], value: &[u8]) -> anyhow::Result<()>;
+}
+
+async fn drive(drivers: Vec<Box<dyn Driver>>, value_bytes: usize, duration: Duration) -> (Recorder, Duration) {
+    let start = Instant::now();
+    let measure_from = start + WARMUP;
+    let end = measure_from + duration;
+    let tasks: Vec<_> = drivers
+        .into_iter()
+        .map(|mut d| {
+            tokio::spawn(async move {
+                let mut rec = Recorder::default();
+                let value = vec![b'v'; value_bytes];
+                loop {
+                    let key = format!("key:{}", rand::thread_rng().gen_range(0..KEY_SPACE));
+                    let t0 = Instant::now();
+                    if t0 >= end {
+                        break;
+                    }
+                    let result = d.write(key.as_bytes(), &value).await;
+                    if t0 >= measure_from {
+                        match result {
+                            Ok(()) => rec.record(t0.elapsed()),
+                            Err(_) => rec.errors += 1,
+                        }
+                    }
+                }
+                rec
+            })
+        })
+        .collect();
+    let mut total = Recorder::default();
+    for t in tasks {
+        total.merge(&t.await.expect("client task panicked"));
+    }
+    (total, duration)
+}
+
+/// Each partition's group and its members' addresses.
+type Groups = Vec<(GroupId, Vec<String>)>;
+
+struct StatorDriver {
+    client: ReplicaClient,
+    groups: Arc<Groups>,
+    leaders: Vec<Option<String>>,
+}
+
+#[async_trait]
+impl Driver for StatorDriver {
+    async fn write(&mut self, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+        let p = partition_of_slot(self.groups.len() as u32, key_slot(key)) as usize;
+        let (group, members) = &self.groups[p];
+        let cmd = stator_kv::encode_command(&[b"SET".as_slice(), key, value]);
+        let reply = self.client.execute(*group, members, &mut self.leaders[p], RequestKind::Write, cmd, OP_DEADLINE).await?;
+        anyhow::ensure!(reply == b"+OK\r\n", "unexpected reply {:?}", String::from_utf8_lossy(&reply));
+        Ok(())
+    }
+}
+
+/// Hosts, each on its own thread and runtime; dropping this stops them.
+struct HostThreads {
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for HostThreads {
+    fn drop(&mut self) {
+        for s in self.stops.drain(..) {
+            let _ = s.send(());
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts `replicas` hosts with `partitions` kv groups; returns them and each group's members.
+async fn start_stator(replicas: usize, partitions: u32) -> anyhow::Result<(HostThreads, Groups, String)> {
+    let secret = format!("{:032x}", rand::random::<u128>());
+    let groups: Vec<GroupId> = (0..partitions).map(|p| GroupId::new(1, p)).collect();
+    let mut threads = HostThreads { stops: Vec::new(), threads: Vec::new() };
+    let (addr_tx, mut addr_rx) = tokio::sync::mpsc::channel(replicas);
+    let mut member_txs = Vec::new();
+    for node_id in 1..=replicas as u64 {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (members_tx, members_rx) = tokio::sync::oneshot::channel::<BTreeMap<u64, String>>();
+        let (addr_tx, secret, groups) = (addr_tx.clone(), secret.clone(), groups.clone());
+        threads.stops.push(stop_tx);
+        member_txs.push(members_tx);
+        threads.threads.push(std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                let host = Host::start(HostConfig {
+                    node_id,
+                    listen_addr: "127.0.0.1:0".into(),
+                    cluster_secret: secret,
+                    filter: None,
+                })
+                .await
+                .expect("bind loopback");
+                for g in &groups {
+                    host.create_group(*g, GroupOptions::default(), Box::new(stator_kv::KvMachine::default()))
+                        .await
+                        .expect("create group");
+                }
+                addr_tx.send((node_id, host.addr().to_string())).await.expect("bench alive");
+                let Ok(members) = members_rx.await else { return };
+                // Spread leaders: each partition is bootstrapped by one host only.
+                for (i, g) in groups.iter().enumerate() {
+                    if i % members.len() == (node_id as usize - 1) {
+                        host.bootstrap(*g, &members).await.expect("bootstrap");
+                    }
+                }
+                let _ = stop_rx.await;
+                host.shutdown().await;
+            });
+        }));
+    }
+    let mut members = BTreeMap::new();
+    for _ in 0..replicas {
+        let (id, addr) = addr_rx.recv().await.context("host thread died")?;
+        members.insert(id, addr);
+    }
+    for tx in member_txs {
+        let _ = tx.send(members.clone());
+    }
+    let addrs: Vec<String> = members.values().cloned().collect();
+    Ok((threads, groups.into_iter().map(|g| (g, addrs.clone())).collect(), secret))
+}
+
+async fn measure_stator(opts: &Options, clients: usize, groups: &Arc<Groups>, secret: &str) -> Run {
+    let drivers: Vec<Box<dyn Driver>> = (0..clients)
+        .map(|_| {
+            Box::new(StatorDriver {
+                client: ReplicaClient::new(secret),
+                groups: groups.clone(),
+                leaders: vec![None; groups.len()],
+            }) as Box<dyn Driver>
+        })
+        .collect();
+    let (rec, window) = drive(drivers, opts.value_bytes, opts.duration).await;
+    Run::measured("stator", opts.replicas, clients, opts.value_bytes, &rec, window)
+}
+
+struct EtcdDriver {
+    http: reqwest::Client,
+    endpoint: String,
+}
+
+#[async_trait]
+impl Driver for EtcdDriver {
+    async fn write(&mut self, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+        etcd_put(&self.http, &self.endpoint, key, value).await
+    }
+}
+
+struct RedisWaitDriver {
+    conn: RespConn,
+    frames: Vec<u8>,
+}
+
+#[async_trait]
+impl Driver for RedisWaitDriver {
+    async fn write(&mut self, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+        self.frames.clear();
+        self.frames.extend_from_slice(&stator_kv::encode_command(&[b"SET".as_slice(), key, value]));
+        self.frames.extend_from_slice(&stator_kv::encode_command(&[b"WAIT".as_slice(), b"1", b"0"]));
+        let frames = std::mem::take(&mut self.frames);
+        let replies = self.conn.pipeline(&frames, 2).await?;
+        self.frames = frames;
+        anyhow::ensure!(replies[1] == b":1\r\n", "WAIT reached {:?} replicas", String::from_utf8_lossy(&replies[1]));
+        Ok(())
+    }
+}
+
+/// Runs every system for every client count; returns the runs in order.
+pub async fn run(opts: &Options) -> anyhow::Result<Vec<Run>> {
+    let mut runs = Vec::new();
+    // stator
+    let (hosts, groups, secret) = start_stator(opts.replicas, opts.partitions).await?;
+    let groups = Arc::new(groups);
+    for &clients in &opts.clients {
+        eprintln!("stator: {} replicas, {clients} clients ...", opts.replicas);
+        runs.push(measure_stator(opts, clients, &groups, &secret).await);
+    }
+    drop(hosts);
+    // etcd: one consensus write per ordered request, 3 members as DORADO runs it.
+    if !opts.skip.iter().any(|s| s == "etcd") {
+        match start_etcd(3).await {
+            Ok(etcd) => {
+                for &clients in &opts.clients {
+                    eprintln!("etcd: 3 members, {clients} clients ...");
+                    let http = reqwest::Client::builder().pool_max_idle_per_host(clients).build()?;
+                    let drivers: Vec<Box<dyn Driver>> = (0..clients)
+                        .map(|i| {
+                            Box::new(EtcdDriver { http: http.clone(), endpoint: etcd.endpoints[i % etcd.endpoints.len()].clone() })
+                                as Box<dyn Driver>
+                        })
+                        .collect();
+                    let (rec, window) = drive(drivers, opts.value_bytes, opts.duration).await;
+                    runs.push(Run::measured("etcd", 3, clients, opts.value_bytes, &rec, window));
+                }
+            }
+            Err(e) => runs.extend(opts.clients.iter().map(|c| Run::skipped("etcd", 3, *c, opts.value_bytes, e.to_string()))),
+        }
+    }
+    if !opts.skip.iter().any(|s| s == "redis-wait") {
+        match start_redis_with_replica().await {
+            Ok(redis) => {
+                for &clients in &opts.clients {
+                    eprintln!("redis-wait: primary + 1 replica, {clients} clients ...");
+                    let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
+                    for _ in 0..clients {
+                        let conn = RespConn::connect(&redis.endpoints[0]).await?;
+                        drivers.push(Box::new(RedisWaitDriver { conn, frames: Vec::new() }));
+                    }
+                    let (rec, window) = drive(drivers, opts.value_bytes, opts.duration).await;
+                    runs.push(Run::measured("redis-wait", 2, clients, opts.value_bytes, &rec, window));
+                }
+            }
+            Err(e) => {
+                runs.extend(opts.clients.iter().map(|c| Run::skipped("redis-wait", 2, *c, opts.value_bytes, e.to_string())))
+            }
+        }
+    }
+    Ok(runs)
+}
