@@ -18,6 +18,9 @@
 //!   the current leader reconciles the group toward it (add the new member as a learner,
 //!   wait for it to catch up, then change membership, one member at a time); other agents
 //!   just host their replica. Only `bootstrap = true` replicas may initialise a group.
+//! - A replica may be assigned to a node that is *not* in its `members`: it is being
+//!   moved away (drain) and must keep serving until the group's membership no longer
+//!   includes it; the assignment then disappears and the agent stops the replica.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -173,6 +173,8 @@ struct Controller {
     cluster_secret: String,
     /// When the next reconcile pass is due, ms since the Unix epoch.
     next_run_ms: u64,
+    /// Problems of the last pass, to log only changes.
+    last_problems: Vec<String>,
 }
 
 impl Controller {
@@ -237,6 +239,7 @@ impl Controller {
             next_service_id,
             cluster_secret,
             next_run_ms: now,
+            last_problems: Vec::new(),
         })
     }
 
@@ -497,8 +500,13 @@ impl Controller {
     async fn reconcile(&mut self) {
         let now = now_ms();
         let decision = reconcile(&self.cluster, now, self.settings.node_grace_ms);
-        for problem in &decision.problems {
-            tracing::warn!(%problem, "controller could not act");
+        // Log problems when they change, not on every pass: a service waiting for
+        // nodes would otherwise log twice a second.
+        if decision.problems != self.last_problems {
+            for problem in &decision.problems {
+                tracing::warn!(%problem, "controller could not act");
+            }
+            self.last_problems = decision.problems.clone();
         }
         self.metrics.reconcile_run(decision.actions.len());
         self.next_run_ms = decision.next_run_ms.max(now + MIN_RECONCILE_GAP_MS);

@@ -668,3 +668,67 @@ async fn services_and_nodes_survive_a_restart() {
     assert!(again.node_id > agents[0].id);
     server.handle.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn stateless_instances_and_jobs_are_assigned_and_jobs_finish() {
+    use stator_api::agent::{InstanceKind, InstanceState, InstanceStatus};
+    let server = TestServer::start().await;
+    let agents = register_agents(&server, &["n1", "n2"]).await;
+    let web = "name = \"web\"\nkind = \"stateless\"\ninstances = 2\nport = 8080\napp = { process = { command = [\"python3\", \"-m\", \"http.server\", \"8080\"] } }\nreadiness = { tcp = {} }\nexpose = { http = \"127.0.0.1:8088\" }";
+    let (status, body) = server.apply("web", "application/toml", web).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let job = "name = \"batch\"\nkind = \"job\"\nretries = 0\napp = { process = { command = [\"true\"] } }";
+    let (status, body) = server.apply("batch", "application/toml", job).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
+    let mut reports: BTreeMap<NodeId, Vec<InstanceStatus>> = BTreeMap::new();
+    loop {
+        let mut web_nodes = BTreeSet::new();
+        for agent in &agents {
+            let heartbeat = Heartbeat {
+                node_id: agent.id,
+                replicas: vec![],
+                instances: reports.get(&agent.id).cloned().unwrap_or_default(),
+            };
+            let assignments: Assignments = server.heartbeat(&heartbeat).await.json().await.unwrap();
+            // Every job attempt succeeds, every web instance is ready.
+            let statuses = assignments
+                .instances
+                .iter()
+                .map(|i| InstanceStatus {
+                    id: i.id.clone(),
+                    service: i.service.clone(),
+                    state: match i.kind {
+                        InstanceKind::Job => InstanceState::Succeeded,
+                        InstanceKind::Stateless => InstanceState::Ready,
+                    },
+                    restarts: 0,
+                    exit_code: None,
+                    message: None,
+                })
+                .collect();
+            reports.insert(agent.id, statuses);
+            if assignments.instances.iter().any(|i| i.service == "web") {
+                assert!(assignments
+                    .instances
+                    .iter()
+                    .all(|i| i.service != "web" || i.port == Some(8080)));
+                web_nodes.insert(agent.id);
+            }
+        }
+        let batch = server.get_json("/v1/services/batch").await;
+        let web = server.get_json("/v1/services/web").await;
+        if batch["status"]["job_phase"] == "succeeded"
+            && web["status"]["instances_ready"] == 2
+            && web_nodes.len() == 2
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "batch {batch}\nweb {web}"
+        );
+        tokio::time::sleep(ROUND_PAUSE).await;
+    }
+    server.handle.shutdown().await.unwrap();
+}
