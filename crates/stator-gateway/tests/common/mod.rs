@@ -1,0 +1,165 @@
+//! Shared by the gateway's integration tests: a 3-host kv cluster, a partition map the
+//! test drives, a gateway on loopback, and a raw RESP client.
+
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use stator_api::ids::GroupId;
+use stator_api::slot::partition_ranges;
+use stator_api::spec::ServiceKind;
+use stator_gateway::{GatewayConfig, GatewayHandle, PartitionMap, PartitionRoute, ServiceRoutes};
+use stator_kv::{encode_command, parse_reply, Value};
+use stator_replication::testing::{Cluster, TEST_SECRET};
+use stator_replication::GroupOptions;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// Service id of the test kv service.
+pub const SERVICE_ID: u64 = 1;
+/// Its name.
+pub const SERVICE: &str = "sessions";
+/// Bound on anything a test waits for; tests assert behaviour, never speed.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct Setup {
+    pub cluster: Cluster,
+    pub gateway: GatewayHandle,
+    pub map_tx: watch::Sender<Arc<PartitionMap>>,
+    pub resp_addr: std::net::SocketAddr,
+    pub partitions: u32,
+}
+
+pub fn group(partition: u32) -> GroupId {
+    GroupId::new(SERVICE_ID, partition)
+}
+
+/// A map of the kv service over `partitions` groups on every host of `cluster`, with no
+/// leader known, so the gateway discovers leaders itself.
+pub fn kv_map(cluster: &Cluster, partitions: u32, extra: Vec<ServiceRoutes>) -> PartitionMap {
+    let mut members: Vec<String> = cluster.addrs.values().cloned().collect();
+    members.sort();
+    let routes = ServiceRoutes {
+        name: SERVICE.into(),
+        kind: ServiceKind::Replicated,
+        builtin_kv: true,
+        resp_listen: Some("127.0.0.1:0".into()),
+        partitions: partition_ranges(partitions)
+            .into_iter()
+            .enumerate()
+            .map(|(index, slots)| PartitionRoute {
+                partition: index as u32,
+                group: group(index as u32),
+                slots,
+                leader_addr: None,
+                member_addrs: members.clone(),
+            })
+            .collect(),
+        instances: Vec::new(),
+    };
+    let mut services = BTreeMap::new();
+    services.insert(SERVICE.to_string(), Arc::new(routes));
+    for service in extra {
+        services.insert(service.name.clone(), Arc::new(service));
+    }
+    PartitionMap { services }
+}
+
+/// 3 hosts, `partitions` kv groups on all of them, a gateway with a RESP listener.
+pub async fn setup(partitions: u32, http: bool) -> Setup {
+    let cluster = Cluster::start(3, Arc::new(stator_kv::KvFactory)).await;
+    for partition in 0..partitions {
+        cluster
+            .create_group(group(partition), &[1, 2, 3], GroupOptions::default())
+            .await;
+    }
+    for partition in 0..partitions {
+        cluster.leader(group(partition)).await;
+    }
+    let (map_tx, map_rx) = watch::channel(Arc::new(kv_map(&cluster, partitions, Vec::new())));
+    let mut config = GatewayConfig::new(Vec::new(), "unused", TEST_SECRET);
+    config.request_timeout_ms = 15_000;
+    if http {
+        config.http_listen = Some("127.0.0.1:0".parse().unwrap());
+    }
+    let gateway = stator_gateway::start_with_map(config, map_rx)
+        .await
+        .expect("gateway starts");
+    let resp_addr = gateway
+        .wait_for_resp(SERVICE, WAIT)
+        .await
+        .expect("RESP listener comes up");
+    Setup {
+        cluster,
+        gateway,
+        map_tx,
+        resp_addr,
+        partitions,
+    }
+}
+
+/// A minimal RESP client over a raw socket.
+pub struct Resp {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Resp {
+    pub async fn connect(addr: std::net::SocketAddr) -> Resp {
+        Resp {
+            stream: TcpStream::connect(addr)
+                .await
+                .expect("connect to the gateway"),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends raw bytes.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Sends one command without waiting.
+    pub async fn send(&mut self, argv: &[&str]) {
+        self.send_raw(&encode_command(argv)).await;
+    }
+
+    /// Reads one reply; `None` when the server closed the connection.
+    pub async fn read(&mut self) -> Option<Value> {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some((value, used)) = parse_reply(&self.buf).expect("well-formed reply") {
+                    self.buf.drain(..used);
+                    return Some(value);
+                }
+                let mut chunk = [0u8; 16 << 10];
+                let n = self.stream.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await
+        .expect("a reply within the test bound")
+    }
+
+    /// Sends one command and reads its reply.
+    pub async fn call(&mut self, argv: &[&str]) -> Value {
+        self.send(argv).await;
+        self.read().await.expect("connection open")
+    }
+}
+
+pub fn bulk(s: &str) -> Value {
+    Value::bulk(s)
+}
+
+pub fn error_text(value: &Value) -> String {
+    match value {
+        Value::Error(text) => text.clone(),
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+}
