@@ -166,7 +166,11 @@ impl InstanceSupervisor {
             .collect();
         for id in gone {
             let handle = registry.assigned.remove(&id).expect("id listed just above");
-            tracing::info!(%id, "stopping instance that is no longer assigned as it runs");
+            if wanted.contains_key(id.as_str()) {
+                tracing::info!(%id, "assignment changed; restarting the instance");
+            } else {
+                tracing::info!(%id, "instance no longer assigned; stopping it");
+            }
             let task = handle.stop();
             registry.stopping.insert(id, task);
         }
