@@ -1,16 +1,150 @@
+//! The node agent: one per machine. It registers with the server, heartbeats its status,
+//! and reconciles what it runs toward the assignments each heartbeat returns.
+//!
+//! Replicas fail over among themselves without the agent or the server: the agent only
+//! creates and removes replicas, bootstraps new groups, and, where its replica leads,
+//! moves the group's membership toward the designed member set one step at a time.
+//!
+//! # Layout
+//! - [`config`]: [`AgentConfig`] and its defaults.
+//! - [`server`]: the HTTP client of the server API, failing over between server URLs.
+//! - [`replicas`]: hosts partition replicas (the replication engine) and reconciles them
+//!   toward the assigned groups and members.
+//! - [`driver`]: supervises stateless instances and jobs (processes).
+//! - [`probe`]: readiness probes (TCP, HTTP, exec).
+
+pub mod config;
 pub mod driver;
 pub mod probe;
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+pub mod replicas;
+pub mod server;
+
+pub use config::AgentConfig;
+
+use stator_api::agent::{Heartbeat, RegisterRequest};
+use std::future::Future;
+use std::time::Duration;
+
+/// Agent failures that stop it.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The transport address could not be bound; pick another `--listen`.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No server accepted the registration; check the URLs and the join token.
+    #[error("registration failed: {0}")]
+    Register(String),
+    /// The replica host failed to start.
+    #[error("replica host: {0}")]
+    Host(#[from] stator_replication::HostError),
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// How one incarnation of the agent ended.
+enum Ended {
+    /// Asked to stop.
+    Shutdown,
+    /// The server declared this node lost (or forgot it): its replicas were replaced, so
+    /// the agent drops everything and joins again as a new member.
+    Forgotten,
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+/// Runs the agent until `shutdown` resolves; then stops every replica and process.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    tokio::pin!(shutdown);
+    loop {
+        match run_incarnation(&config, &mut shutdown).await? {
+            Ended::Shutdown => return Ok(()),
+            Ended::Forgotten => {
+                tracing::warn!("the server no longer knows this node; rejoining as a new member")
+            }
+        }
     }
+}
+
+async fn run_incarnation(
+    config: &AgentConfig,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Ended, AgentError> {
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: config.listen.clone(),
+            source,
+        })?;
+    let transport_addr = listener
+        .local_addr()
+        .map_err(|source| AgentError::Listen {
+            addr: config.listen.clone(),
+            source,
+        })?
+        .to_string();
+    let server = server::ServerClient::new(config.server_urls.clone(), config.join_token.clone());
+    let registration = server
+        .register(&RegisterRequest {
+            name: config.name.clone(),
+            zone: config.zone.clone(),
+            pool: config.pool.clone(),
+            cpu_millis: config.cpu_millis,
+            memory_mib: config.memory_mib,
+            price_per_hour: config.price_per_hour,
+            labels: config.labels.clone(),
+            transport_addr: transport_addr.clone(),
+        })
+        .await
+        .map_err(|e| AgentError::Register(e.to_string()))?;
+    let node_id = registration.node_id;
+    tracing::info!(node_id, %transport_addr, "registered");
+    let host = stator_replication::Host::start_with_listener(
+        stator_replication::HostConfig {
+            node_id,
+            listen_addr: transport_addr.clone(),
+            cluster_secret: registration.cluster_secret.clone(),
+            filter: None,
+        },
+        listener,
+    )?;
+    let replicas = replicas::Replicas::new(host.clone(), config.data_dir.join("replicas"));
+    let supervisor = driver::InstanceSupervisor::new(config.data_dir.join("instances"));
+    let interval = Duration::from_millis(registration.heartbeat_interval_ms.max(50));
+
+    let heartbeat_loop = async {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let beat = Heartbeat {
+                node_id,
+                replicas: replicas.statuses(),
+                instances: supervisor.statuses(),
+            };
+            match server.heartbeat(&beat).await {
+                Ok(assignments) => {
+                    replicas.reconcile(&assignments.replicas).await;
+                    supervisor.reconcile(&assignments.instances).await;
+                }
+                Err(server::ServerCallError::Refused { status: 404, .. }) => {
+                    return Ended::Forgotten
+                }
+                // Level-triggered: the next beat carries the full state again.
+                Err(e) => tracing::warn!("heartbeat failed: {e}"),
+            }
+        }
+    };
+    let ended = tokio::select! {
+        // Shutdown first: a stopping agent must not start new work.
+        biased;
+        _ = shutdown.as_mut() => Ended::Shutdown,
+        ended = heartbeat_loop => ended,
+    };
+    supervisor.shutdown().await;
+    host.shutdown().await;
+    Ok(ended)
 }

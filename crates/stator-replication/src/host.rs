@@ -211,6 +211,15 @@ impl Host {
                 addr: config.listen_addr.clone(),
                 source,
             })?;
+        Self::start_with_listener(config, listener)
+    }
+
+    /// Serves on an already bound listener (an agent binds first, registers its address,
+    /// then learns its node id). `config.listen_addr` is only used in error messages.
+    pub fn start_with_listener(
+        config: HostConfig,
+        listener: TcpListener,
+    ) -> Result<Host, HostError> {
         let addr = listener.local_addr().map_err(|source| HostError::Listen {
             addr: config.listen_addr.clone(),
             source,
