@@ -64,6 +64,7 @@ pub(crate) fn routes(router: Arc<Router>, map: watch::Receiver<Arc<PartitionMap>
             post(call).layer(DefaultBodyLimit::max(MAX_CALL_BODY_BYTES)),
         )
         .route("/proxy/{service}", any(proxy_root))
+        .route("/proxy/{service}/", any(proxy_root))
         .route("/proxy/{service}/{*rest}", any(proxy))
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .with_state(state)
