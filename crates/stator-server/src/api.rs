@@ -67,6 +67,7 @@ pub fn router(state: AppState) -> Router {
             get(get_service).put(apply_service).delete(delete_service),
         )
         .route("/v1/partitions", get(list_partitions))
+        .route("/v1/cluster", get(cluster_info))
         .route("/v1/events", get(events))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY_BYTES))
         .route_layer(middleware::from_fn_with_state(
@@ -310,6 +311,19 @@ async fn delete_service(
 #[derive(Debug, Deserialize)]
 struct PartitionQuery {
     service: Option<String>,
+}
+
+/// What a gateway or client needs to reach replicas directly.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ClusterInfo {
+    /// The secret the replica transport authenticates with.
+    pub cluster_secret: String,
+}
+
+async fn cluster_info(State(state): State<AppState>) -> Json<ClusterInfo> {
+    Json(ClusterInfo {
+        cluster_secret: state.controller.cluster_secret().to_string(),
+    })
 }
 
 async fn list_partitions(

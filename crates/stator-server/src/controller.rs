@@ -69,6 +69,7 @@ pub enum Command {
 pub struct ControllerHandle {
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<Event>,
+    cluster_secret: Arc<str>,
 }
 
 impl ControllerHandle {
@@ -124,6 +125,11 @@ impl ControllerHandle {
         answer.await.map_err(|_| ServerError::ShuttingDown)
     }
 
+    /// The secret replica transports and gateways authenticate with.
+    pub fn cluster_secret(&self) -> &str {
+        &self.cluster_secret
+    }
+
     /// A subscription to events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
@@ -157,8 +163,16 @@ pub async fn spawn(
     let (commands, receiver) = mpsc::channel(COMMAND_QUEUE_LEN);
     let (events, _) = broadcast::channel(EVENT_BUFFER_LEN);
     let mut controller = Controller::load(store, settings, metrics, events.clone()).await?;
+    let cluster_secret: Arc<str> = controller.cluster_secret.as_str().into();
     let task = tokio::spawn(async move { controller.run(receiver, shutdown).await });
-    Ok((ControllerHandle { commands, events }, task))
+    Ok((
+        ControllerHandle {
+            commands,
+            events,
+            cluster_secret,
+        },
+        task,
+    ))
 }
 
 struct Controller {

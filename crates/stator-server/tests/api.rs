@@ -260,6 +260,7 @@ async fn every_v1_route_refuses_a_missing_or_wrong_token() {
         (Method::PUT, "/v1/services/sessions"),
         (Method::DELETE, "/v1/services/sessions"),
         (Method::GET, "/v1/partitions"),
+        (Method::GET, "/v1/cluster"),
         (Method::GET, "/v1/partitions?service=sessions"),
         (Method::GET, "/v1/events"),
     ];
