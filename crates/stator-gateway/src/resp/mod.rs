@@ -25,6 +25,10 @@ use tokio_util::sync::CancellationToken;
 /// soft limit is 1024 per process, and the replica transport needs some too).
 pub const MAX_RESP_CONNECTIONS: usize = 768;
 
+/// Pause after a failed accept (out of file descriptors, usually), so the loop does not
+/// spin while the condition lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// How often a listener whose address could not be bound is tried again.
 const BIND_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -144,7 +148,7 @@ async fn accept_loop(
                 Err(error) => {
                     // Out of descriptors or similar: back off briefly instead of spinning.
                     tracing::warn!(service = %service, %error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
