@@ -46,8 +46,8 @@ pub struct GatewayConfig {
     pub server_urls: Vec<String>,
     /// API bearer token for `GET /v1/services` and `GET /v1/partitions`.
     pub api_token: String,
-    /// The secret of the replica transport. The server does not hand it to API clients,
-    /// so whoever starts the gateway passes it (`stator up` knows it).
+    /// The secret of the replica transport. Empty: [`start`] fetches it from the server's
+    /// `GET /v1/cluster` with the API token.
     pub cluster_secret: String,
     /// Where the HTTP routes listen; none when absent.
     pub http_listen: Option<SocketAddr>,
@@ -121,8 +121,11 @@ impl GatewayHandle {
 }
 
 /// Starts a gateway that polls the servers of `config` for its partition map.
-pub async fn start(config: GatewayConfig) -> Result<GatewayHandle> {
-    let poller = poller::Poller::new(config.server_urls.clone(), config.api_token.clone())?;
+pub async fn start(mut config: GatewayConfig) -> Result<GatewayHandle> {
+    let mut poller = poller::Poller::new(config.server_urls.clone(), config.api_token.clone())?;
+    if config.cluster_secret.is_empty() {
+        config.cluster_secret = poller.fetch_cluster_secret().await?;
+    }
     let (map_tx, map_rx) = watch::channel(Arc::new(PartitionMap::default()));
     let refresh = Arc::new(Notify::new());
     let cancel = CancellationToken::new();

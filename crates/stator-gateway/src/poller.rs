@@ -16,6 +16,13 @@ pub const DEFAULT_POLL_INTERVAL_MS: u64 = 250;
 /// partition must not turn every failed request into an API call.
 const MIN_POLL_GAP: Duration = Duration::from_millis(50);
 
+/// Rounds over every server URL when fetching the cluster secret at start: a gateway
+/// started beside a server that is still coming up waits for it a little.
+pub const SECRET_FETCH_ROUNDS: u32 = 10;
+
+/// Pause between those rounds.
+const SECRET_FETCH_PAUSE: Duration = Duration::from_millis(500);
+
 /// Timeout of one API request: a server slower than this counts as down and the next URL
 /// is tried.
 const API_TIMEOUT: Duration = Duration::from_secs(2);
@@ -72,6 +79,38 @@ impl Poller {
             .json()
             .await
             .map_err(|e| format!("{url}{path}: bad JSON: {e}"))
+    }
+
+    /// The replica transport secret from `GET /v1/cluster`, from the first server that
+    /// answers, trying all of them up to [`SECRET_FETCH_ROUNDS`] times.
+    pub(crate) async fn fetch_cluster_secret(&mut self) -> Result<String, GatewayError> {
+        #[derive(serde::Deserialize)]
+        struct ClusterInfo {
+            cluster_secret: String,
+        }
+        let mut last = String::new();
+        for round in 0..SECRET_FETCH_ROUNDS {
+            if round > 0 {
+                tokio::time::sleep(SECRET_FETCH_PAUSE).await;
+            }
+            for attempt in 0..self.server_urls.len() {
+                let index = (self.preferred + attempt) % self.server_urls.len();
+                match self
+                    .get::<ClusterInfo>(&self.server_urls[index], "/v1/cluster")
+                    .await
+                {
+                    Ok(info) => {
+                        self.preferred = index;
+                        return Ok(info.cluster_secret);
+                    }
+                    Err(e) => last = e,
+                }
+            }
+        }
+        Err(GatewayError::ServerUnreachable {
+            tried: self.server_urls.len(),
+            last,
+        })
     }
 
     /// One poll: the first server (starting with the last good one) that answers both.

@@ -33,6 +33,18 @@ async fn fake_server(members: Vec<String>) -> String {
     }]);
     let app = axum::Router::new()
         .route(
+            "/v1/cluster",
+            get(move |headers: HeaderMap| async move {
+                if authorized(&headers) {
+                    Ok(axum::Json(
+                        serde_json::json!({ "cluster_secret": TEST_SECRET }),
+                    ))
+                } else {
+                    Err(StatusCode::UNAUTHORIZED)
+                }
+            }),
+        )
+        .route(
             "/v1/services",
             get(move |headers: HeaderMap| async move {
                 if authorized(&headers) {
@@ -66,8 +78,9 @@ async fn polls_the_server_and_serves_its_services() {
         .await;
     cluster.leader(group(0)).await;
     let url = fake_server(cluster.addrs.values().cloned().collect()).await;
-    // A dead URL first: the poller must fail over to the live one.
-    let config = GatewayConfig::new(vec!["http://127.0.0.1:1".into(), url], TOKEN, TEST_SECRET);
+    // A dead URL first: the poller must fail over to the live one. No secret given: the
+    // gateway fetches it from the server.
+    let config = GatewayConfig::new(vec!["http://127.0.0.1:1".into(), url], TOKEN, "");
     let gateway = stator_gateway::start(config).await.expect("gateway starts");
     let addr = gateway
         .wait_for_resp(SERVICE, WAIT)
