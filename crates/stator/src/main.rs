@@ -1,21 +1,173 @@
 //! The `stator` binary: every verb of the CLI.
 
 mod bench;
+mod client;
+mod commands;
+mod context;
+mod up;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use commands::Output;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// stator: an orchestrator for stateful, real-time services.
 #[derive(Parser)]
 #[command(name = "stator", version, about, long_about = None)]
 struct Cli {
+    /// Context file with the API address and token (default: the one `stator up` made current).
+    #[arg(long, global = true, env = "STATOR_CONTEXT")]
+    context: Option<PathBuf>,
+    /// API base URL; overrides the context (needs --token-file).
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// File holding the API token.
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Verb,
 }
 
 #[derive(Subcommand)]
 enum Verb {
+    /// Start a whole cluster on this machine: server, gateway and N agents.
+    Up {
+        /// Where the store, tokens, logs and context go.
+        #[arg(long, default_value = "stator-data")]
+        data_dir: PathBuf,
+        /// Agents (nodes) to start.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// API listen address.
+        #[arg(long, default_value = stator_server::config::DEFAULT_LISTEN)]
+        api: String,
+        /// Gateway HTTP listen address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        gateway_http: String,
+        /// Service specs to apply once the nodes are ready.
+        #[arg(short = 'f', long = "apply")]
+        apply: Vec<PathBuf>,
+        /// Milliseconds without a heartbeat after which a node is lost.
+        #[arg(long, default_value_t = stator_server::config::DEFAULT_NODE_GRACE_MS)]
+        node_grace_ms: u64,
+    },
+    /// Run the control plane (API and controllers).
+    Server {
+        /// `embedded:DIR` (single file, the default) or `etcd://H:P,H:P`.
+        #[arg(long)]
+        store: Option<String>,
+        /// API listen address (loopback unless configured).
+        #[arg(long, default_value = stator_server::config::DEFAULT_LISTEN)]
+        listen: String,
+        /// Where tokens (api-token, join-token) and the embedded store live.
+        #[arg(long, default_value = "stator-data/server")]
+        data_dir: PathBuf,
+        /// Milliseconds without a heartbeat after which a node is lost.
+        #[arg(long, default_value_t = stator_server::config::DEFAULT_NODE_GRACE_MS)]
+        node_grace_ms: u64,
+    },
+    /// Run a node agent that joins a cluster (`--server URL[,URL...]`, tried in turn).
+    Agent {
+        /// File holding the cluster's join token.
+        #[arg(long)]
+        join_token_file: PathBuf,
+        /// Node name (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Failure domain.
+        #[arg(long, default_value = "default")]
+        zone: String,
+        /// Node pool.
+        #[arg(long, default_value = "default")]
+        pool: String,
+        /// CPU offered, millicores.
+        #[arg(long, default_value_t = 4000)]
+        cpu: u64,
+        /// Memory offered, MiB.
+        #[arg(long, default_value_t = 8192)]
+        memory: u64,
+        /// Price of this machine per hour (for cost-aware placement).
+        #[arg(long, default_value_t = 0.0)]
+        price: f64,
+        /// Where the replica transport listens.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// Logs, sockets and run files.
+        #[arg(long, default_value = "stator-data/agent")]
+        data_dir: PathBuf,
+    },
+    /// Run a stateless gateway: RESP endpoints, the HTTP call route and the proxy.
+    Gateway {
+        /// HTTP listen address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: String,
+    },
+    /// Create or update a service from a TOML or YAML spec (idempotent).
+    Apply {
+        /// The spec file.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// List nodes, services or partitions.
+    Get {
+        /// nodes | services | partitions
+        what: String,
+        /// Only this service's partitions.
+        service: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Show one service in detail.
+    Describe {
+        /// Only `service` for now.
+        kind: String,
+        /// The service name.
+        name: String,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Delete a service.
+    Delete {
+        /// Only `service` for now.
+        kind: String,
+        /// The service name.
+        name: String,
+    },
+    /// Move every replica and instance off a node, then mark it drained.
+    Drain {
+        /// Node name or id.
+        node: String,
+    },
+    /// Simulate policies on a scenario or a real trace (deterministic).
+    Sim {
+        /// Scenario TOML.
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// Alibaba openb node list CSV.
+        #[arg(long)]
+        trace_nodes: Option<PathBuf>,
+        /// Alibaba openb pod list CSV.
+        #[arg(long)]
+        trace_pods: Option<PathBuf>,
+        /// stator | k8s-default.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Run stator and k8s-default and print the ratios.
+        #[arg(long)]
+        compare: bool,
+        /// Directory for CSV time series and plots.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Random seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// One JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmarks that measure their baselines in the same run.
     Bench {
         #[command(subcommand)]
@@ -51,17 +203,205 @@ enum BenchVerb {
     },
 }
 
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("STATOR_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STATOR_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    if let Verb::Sim {
+        scenario,
+        trace_nodes,
+        trace_pods,
+        policy,
+        compare,
+        out,
+        seed,
+        json,
+    } = cli.command
+    {
+        let opts = stator_sim::SimOptions {
+            scenario,
+            trace_nodes,
+            trace_pods,
+            policy,
+            compare,
+            out,
+            json,
+            seed,
+            progress: true,
+        };
+        let report = stator_sim::run(&opts)?;
+        stator_sim::print_report(&report, json);
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
     runtime.block_on(async move {
+        let api = || -> anyhow::Result<client::Api> {
+            let ctx = context::resolve(
+                cli.server.as_deref(),
+                cli.token_file.as_deref(),
+                cli.context.as_deref(),
+            )?;
+            client::Api::new(&ctx)
+        };
         match cli.command {
-            Verb::Bench { which: BenchVerb::Replication { replicas, clients, value_bytes, duration, partitions, skip, json } } => {
-                anyhow::ensure!(matches!(replicas, 1 | 3 | 5), "--replicas: must be 1, 3 or 5, got {replicas}");
+            Verb::Sim { .. } => unreachable!("handled before the runtime starts"),
+            Verb::Up {
+                data_dir,
+                nodes,
+                api,
+                gateway_http,
+                apply,
+                node_grace_ms,
+            } => {
+                anyhow::ensure!(nodes >= 1, "--nodes: at least 1");
+                up::run(up::UpOptions {
+                    data_dir,
+                    nodes,
+                    api,
+                    gateway_http,
+                    apply,
+                    node_grace_ms,
+                })
+                .await
+            }
+            Verb::Server {
+                store,
+                listen,
+                data_dir,
+                node_grace_ms,
+            } => {
+                let mut config = stator_server::ServerConfig::new(&data_dir);
+                if let Some(store) = store {
+                    config.store = store.parse().map_err(|e| anyhow::anyhow!("--store: {e}"))?;
+                }
+                config.listen = listen
+                    .parse()
+                    .with_context(|| format!("--listen: not an address: {listen}"))?;
+                config.node_grace_ms = node_grace_ms;
+                let server = stator_server::start(config).await?;
+                eprintln!(
+                    "stator server listening on {} (tokens in {})",
+                    server.url(),
+                    data_dir.display()
+                );
+                shutdown_signal().await;
+                server.shutdown().await?;
+                Ok(())
+            }
+            Verb::Agent {
+                join_token_file,
+                name,
+                zone,
+                pool,
+                cpu,
+                memory,
+                price,
+                listen,
+                data_dir,
+            } => {
+                let servers: Vec<String> = match &cli.server {
+                    Some(s) => s.split(',').map(str::to_string).collect(),
+                    None => anyhow::bail!("agent: --server URL[,URL...] is required"),
+                };
+                let name = name.unwrap_or_else(|| {
+                    std::fs::read_to_string("/etc/hostname")
+                        .map(|h| h.trim().to_string())
+                        .unwrap_or_else(|_| "node".into())
+                });
+                let mut config = stator_agent::AgentConfig::new(
+                    servers,
+                    context::read_token(&join_token_file)?,
+                    name,
+                    data_dir,
+                );
+                config.zone = zone;
+                config.pool = pool;
+                config.cpu_millis = cpu;
+                config.memory_mib = memory;
+                config.price_per_hour = price;
+                config.listen = listen;
+                stator_agent::run(config, shutdown_signal()).await?;
+                Ok(())
+            }
+            Verb::Gateway { http } => {
+                let ctx = context::resolve(
+                    cli.server.as_deref(),
+                    cli.token_file.as_deref(),
+                    cli.context.as_deref(),
+                )?;
+                let mut config = stator_gateway::GatewayConfig::new(
+                    vec![ctx.server.clone()],
+                    ctx.token.clone(),
+                    String::new(),
+                );
+                config.http_listen = Some(
+                    http.parse()
+                        .with_context(|| format!("--http: not an address: {http}"))?,
+                );
+                stator_gateway::run(config, shutdown_signal()).await?;
+                Ok(())
+            }
+            Verb::Apply { file } => commands::apply(&api()?, &file).await,
+            Verb::Get {
+                what,
+                service,
+                output,
+            } => commands::get(&api()?, &what, service.as_deref(), output).await,
+            Verb::Describe { kind, name, output } => {
+                anyhow::ensure!(
+                    kind == "service" || kind == "svc",
+                    "describe {kind}: only `describe service NAME` exists"
+                );
+                commands::describe_service(&api()?, &name, output).await
+            }
+            Verb::Delete { kind, name } => {
+                anyhow::ensure!(
+                    kind == "service" || kind == "svc",
+                    "delete {kind}: only `delete service NAME` exists"
+                );
+                api()?.delete(&format!("/v1/services/{name}")).await?;
+                println!("service/{name} deleted");
+                Ok(())
+            }
+            Verb::Drain { node } => {
+                api()?.post(&format!("/v1/nodes/{node}/drain")).await?;
+                println!("node/{node} draining");
+                Ok(())
+            }
+            Verb::Bench {
+                which:
+                    BenchVerb::Replication {
+                        replicas,
+                        clients,
+                        value_bytes,
+                        duration,
+                        partitions,
+                        skip,
+                        json,
+                    },
+            } => {
+                anyhow::ensure!(
+                    matches!(replicas, 1 | 3 | 5),
+                    "--replicas: must be 1, 3 or 5, got {replicas}"
+                );
                 let opts = bench::replication::Options {
                     replicas,
                     clients,
@@ -76,4 +416,15 @@ fn main() -> anyhow::Result<()> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
 }

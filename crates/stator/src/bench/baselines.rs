@@ -39,21 +39,42 @@ pub async fn start_etcd(members: usize) -> anyhow::Result<Servers> {
     for _ in 0..members {
         ports.push((free_port()?, free_port()?));
     }
-    let cluster: Vec<String> =
-        ports.iter().enumerate().map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}")).collect();
-    let mut servers = Servers { children: Vec::new(), _dir: dir, endpoints: Vec::new() };
+    let cluster: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
+        .collect();
+    let mut servers = Servers {
+        children: Vec::new(),
+        _dir: dir,
+        endpoints: Vec::new(),
+    };
     for (i, (client, peer)) in ports.iter().enumerate() {
         let data = servers._dir.path().join(format!("e{i}"));
         let child = Command::new("etcd")
             .args(["--name", &format!("e{i}")])
             .arg("--data-dir")
             .arg(&data)
-            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+            ])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+            ])
             .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
             .args(["--initial-cluster", &cluster.join(",")])
-            .args(["--initial-cluster-state", "new", "--initial-cluster-token", "stator-bench"])
+            .args([
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                "stator-bench",
+            ])
             .args(["--log-level", "error"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -65,7 +86,10 @@ pub async fn start_etcd(members: usize) -> anyhow::Result<Servers> {
     let http = reqwest::Client::new();
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
-        if etcd_put(&http, &servers.endpoints[0], b"ready", b"1").await.is_ok() {
+        if etcd_put(&http, &servers.endpoints[0], b"ready", b"1")
+            .await
+            .is_ok()
+        {
             return Ok(servers);
         }
         if Instant::now() > deadline {
@@ -76,10 +100,19 @@ pub async fn start_etcd(members: usize) -> anyhow::Result<Servers> {
 }
 
 /// One linearizable put through etcd's v3 JSON gateway.
-pub async fn etcd_put(http: &reqwest::Client, endpoint: &str, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+pub async fn etcd_put(
+    http: &reqwest::Client,
+    endpoint: &str,
+    key: &[u8],
+    value: &[u8],
+) -> anyhow::Result<()> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let body = serde_json::json!({ "key": b64.encode(key), "value": b64.encode(value) });
-    let resp = http.post(format!("{endpoint}/v3/kv/put")).json(&body).send().await?;
+    let resp = http
+        .post(format!("{endpoint}/v3/kv/put"))
+        .json(&body)
+        .send()
+        .await?;
     if !resp.status().is_success() {
         bail!("etcd put: HTTP {}", resp.status());
     }
@@ -95,10 +128,33 @@ pub async fn start_redis_with_replica() -> anyhow::Result<Servers> {
     }
     let dir = tempfile::tempdir()?;
     let (primary, replica) = (free_port()?, free_port()?);
-    let mut servers = Servers { children: Vec::new(), _dir: dir, endpoints: vec![format!("127.0.0.1:{primary}")] };
-    for (port, extra) in [(primary, vec![]), (replica, vec!["--replicaof".to_string(), "127.0.0.1".into(), primary.to_string()])] {
+    let mut servers = Servers {
+        children: Vec::new(),
+        _dir: dir,
+        endpoints: vec![format!("127.0.0.1:{primary}")],
+    };
+    for (port, extra) in [
+        (primary, vec![]),
+        (
+            replica,
+            vec![
+                "--replicaof".to_string(),
+                "127.0.0.1".into(),
+                primary.to_string(),
+            ],
+        ),
+    ] {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(servers._dir.path())
             .args(["--dbfilename", &format!("dump-{port}.rdb")])
@@ -138,12 +194,17 @@ impl RespConn {
     pub async fn connect(addr: &str) -> anyhow::Result<RespConn> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        Ok(RespConn { stream, buf: Vec::with_capacity(4096) })
+        Ok(RespConn {
+            stream,
+            buf: Vec::with_capacity(4096),
+        })
     }
 
     /// Sends one command and returns its raw reply payload.
     pub async fn command(&mut self, argv: &[&[u8]]) -> anyhow::Result<Vec<u8>> {
-        self.stream.write_all(&stator_kv::encode_command(argv)).await?;
+        self.stream
+            .write_all(&stator_kv::encode_command(argv))
+            .await?;
         Ok(self.read_replies(1).await?.remove(0))
     }
 

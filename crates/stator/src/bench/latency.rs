@@ -37,7 +37,13 @@ pub struct Run {
 
 impl Run {
     /// A run that could not be measured, and why.
-    pub fn skipped(system: &str, replicas: usize, clients: usize, value_bytes: usize, why: String) -> Run {
+    pub fn skipped(
+        system: &str,
+        replicas: usize,
+        clients: usize,
+        value_bytes: usize,
+        why: String,
+    ) -> Run {
         Run {
             system: system.into(),
             replicas,
@@ -87,14 +93,19 @@ pub struct Recorder {
 
 impl Default for Recorder {
     fn default() -> Self {
-        Self { histogram: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"), errors: 0 }
+        Self {
+            histogram: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            errors: 0,
+        }
     }
 }
 
 impl Recorder {
     /// Records one acknowledged request.
     pub fn record(&mut self, latency: Duration) {
-        let _ = self.histogram.record((latency.as_micros() as u64).clamp(1, 60_000_000));
+        let _ = self
+            .histogram
+            .record((latency.as_micros() as u64).clamp(1, 60_000_000));
     }
 
     /// Adds another client's record.

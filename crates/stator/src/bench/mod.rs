@@ -11,7 +11,9 @@ pub mod replication;
 
 /// Finds a free loopback port by binding port 0 and releasing it.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Whether `program` is on PATH.
@@ -24,10 +26,16 @@ pub fn installed(program: &str) -> bool {
 /// Prints a table on stderr and, with `json`, the DESIGN-format object on stdout's last
 /// line, with each baseline's p50 and throughput as a ratio to stator's at the same load.
 pub fn print_runs(runs: &[latency::Run], json: bool) {
-    eprintln!("{:<11} {:>8} {:>7} {:>9} {:>9} {:>9} {:>12}", "system", "replicas", "clients", "p50_us", "p99_us", "p999_us", "ops/s");
+    eprintln!(
+        "{:<11} {:>8} {:>7} {:>9} {:>9} {:>9} {:>12}",
+        "system", "replicas", "clients", "p50_us", "p99_us", "p999_us", "ops/s"
+    );
     for r in runs {
         match &r.skipped {
-            Some(why) => eprintln!("{:<11} {:>8} {:>7} skipped: {why}", r.system, r.replicas, r.clients),
+            Some(why) => eprintln!(
+                "{:<11} {:>8} {:>7} skipped: {why}",
+                r.system, r.replicas, r.clients
+            ),
             None => eprintln!(
                 "{:<11} {:>8} {:>7} {:>9} {:>9} {:>9} {:>12.0}",
                 r.system,
@@ -41,8 +49,14 @@ pub fn print_runs(runs: &[latency::Run], json: bool) {
         }
     }
     let mut ratios = serde_json::Map::new();
-    for r in runs.iter().filter(|r| r.system != "stator" && r.skipped.is_none()) {
-        if let Some(s) = runs.iter().find(|s| s.system == "stator" && s.clients == r.clients && s.skipped.is_none()) {
+    for r in runs
+        .iter()
+        .filter(|r| r.system != "stator" && r.skipped.is_none())
+    {
+        if let Some(s) = runs
+            .iter()
+            .find(|s| s.system == "stator" && s.clients == r.clients && s.skipped.is_none())
+        {
             let key = format!("{}_clients_{}", r.system, r.clients);
             ratios.insert(
                 key,

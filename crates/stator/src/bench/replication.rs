@@ -47,7 +47,11 @@ trait Driver: Send + 'static {
     async fn write(&mut self, key: &[u8], value: &[u8]) -> anyhow::Result<()>;
 }
 
-async fn drive(drivers: Vec<Box<dyn Driver>>, value_bytes: usize, duration: Duration) -> (Recorder, Duration) {
+async fn drive(
+    drivers: Vec<Box<dyn Driver>>,
+    value_bytes: usize,
+    duration: Duration,
+) -> (Recorder, Duration) {
     let start = Instant::now();
     let measure_from = start + WARMUP;
     let end = measure_from + duration;
@@ -97,8 +101,22 @@ impl Driver for StatorDriver {
         let p = partition_of_slot(self.groups.len() as u32, key_slot(key)) as usize;
         let (group, members) = &self.groups[p];
         let cmd = stator_kv::encode_command(&[b"SET".as_slice(), key, value]);
-        let reply = self.client.execute(*group, members, &mut self.leaders[p], RequestKind::Write, cmd, OP_DEADLINE).await?;
-        anyhow::ensure!(reply == b"+OK\r\n", "unexpected reply {:?}", String::from_utf8_lossy(&reply));
+        let reply = self
+            .client
+            .execute(
+                *group,
+                members,
+                &mut self.leaders[p],
+                RequestKind::Write,
+                cmd,
+                OP_DEADLINE,
+            )
+            .await?;
+        anyhow::ensure!(
+            reply == b"+OK\r\n",
+            "unexpected reply {:?}",
+            String::from_utf8_lossy(&reply)
+        );
         Ok(())
     }
 }
@@ -121,10 +139,16 @@ impl Drop for HostThreads {
 }
 
 /// Starts `replicas` hosts with `partitions` kv groups; returns them and each group's members.
-async fn start_stator(replicas: usize, partitions: u32) -> anyhow::Result<(HostThreads, Groups, String)> {
+async fn start_stator(
+    replicas: usize,
+    partitions: u32,
+) -> anyhow::Result<(HostThreads, Groups, String)> {
     let secret = format!("{:032x}", rand::random::<u128>());
     let groups: Vec<GroupId> = (0..partitions).map(|p| GroupId::new(1, p)).collect();
-    let mut threads = HostThreads { stops: Vec::new(), threads: Vec::new() };
+    let mut threads = HostThreads {
+        stops: Vec::new(),
+        threads: Vec::new(),
+    };
     let (addr_tx, mut addr_rx) = tokio::sync::mpsc::channel(replicas);
     let mut member_txs = Vec::new();
     for node_id in 1..=replicas as u64 {
@@ -134,7 +158,10 @@ async fn start_stator(replicas: usize, partitions: u32) -> anyhow::Result<(HostT
         threads.stops.push(stop_tx);
         member_txs.push(members_tx);
         threads.threads.push(std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
             rt.block_on(async move {
                 let host = Host::start(HostConfig {
                     node_id,
@@ -145,12 +172,21 @@ async fn start_stator(replicas: usize, partitions: u32) -> anyhow::Result<(HostT
                 .await
                 .expect("bind loopback");
                 for g in &groups {
-                    host.create_group(*g, GroupOptions::default(), Box::new(stator_kv::KvMachine::default()))
-                        .await
-                        .expect("create group");
+                    host.create_group(
+                        *g,
+                        GroupOptions::default(),
+                        Box::new(stator_kv::KvMachine::default()),
+                    )
+                    .await
+                    .expect("create group");
                 }
-                addr_tx.send((node_id, host.addr().to_string())).await.expect("bench alive");
-                let Ok(members) = members_rx.await else { return };
+                addr_tx
+                    .send((node_id, host.addr().to_string()))
+                    .await
+                    .expect("bench alive");
+                let Ok(members) = members_rx.await else {
+                    return;
+                };
                 // Spread leaders: each partition is bootstrapped by one host only.
                 for (i, g) in groups.iter().enumerate() {
                     if i % members.len() == (node_id as usize - 1) {
@@ -171,7 +207,11 @@ async fn start_stator(replicas: usize, partitions: u32) -> anyhow::Result<(HostT
         let _ = tx.send(members.clone());
     }
     let addrs: Vec<String> = members.values().cloned().collect();
-    Ok((threads, groups.into_iter().map(|g| (g, addrs.clone())).collect(), secret))
+    Ok((
+        threads,
+        groups.into_iter().map(|g| (g, addrs.clone())).collect(),
+        secret,
+    ))
 }
 
 async fn measure_stator(opts: &Options, clients: usize, groups: &Arc<Groups>, secret: &str) -> Run {
@@ -185,7 +225,14 @@ async fn measure_stator(opts: &Options, clients: usize, groups: &Arc<Groups>, se
         })
         .collect();
     let (rec, window) = drive(drivers, opts.value_bytes, opts.duration).await;
-    Run::measured("stator", opts.replicas, clients, opts.value_bytes, &rec, window)
+    Run::measured(
+        "stator",
+        opts.replicas,
+        clients,
+        opts.value_bytes,
+        &rec,
+        window,
+    )
 }
 
 struct EtcdDriver {
@@ -209,12 +256,21 @@ struct RedisWaitDriver {
 impl Driver for RedisWaitDriver {
     async fn write(&mut self, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
         self.frames.clear();
-        self.frames.extend_from_slice(&stator_kv::encode_command(&[b"SET".as_slice(), key, value]));
-        self.frames.extend_from_slice(&stator_kv::encode_command(&[b"WAIT".as_slice(), b"1", b"0"]));
+        self.frames
+            .extend_from_slice(&stator_kv::encode_command(&[b"SET".as_slice(), key, value]));
+        self.frames.extend_from_slice(&stator_kv::encode_command(&[
+            b"WAIT".as_slice(),
+            b"1",
+            b"0",
+        ]));
         let frames = std::mem::take(&mut self.frames);
         let replies = self.conn.pipeline(&frames, 2).await?;
         self.frames = frames;
-        anyhow::ensure!(replies[1] == b":1\r\n", "WAIT reached {:?} replicas", String::from_utf8_lossy(&replies[1]));
+        anyhow::ensure!(
+            replies[1] == b":1\r\n",
+            "WAIT reached {:?} replicas",
+            String::from_utf8_lossy(&replies[1])
+        );
         Ok(())
     }
 }
@@ -236,18 +292,33 @@ pub async fn run(opts: &Options) -> anyhow::Result<Vec<Run>> {
             Ok(etcd) => {
                 for &clients in &opts.clients {
                     eprintln!("etcd: 3 members, {clients} clients ...");
-                    let http = reqwest::Client::builder().pool_max_idle_per_host(clients).build()?;
+                    let http = reqwest::Client::builder()
+                        .pool_max_idle_per_host(clients)
+                        .build()?;
                     let drivers: Vec<Box<dyn Driver>> = (0..clients)
                         .map(|i| {
-                            Box::new(EtcdDriver { http: http.clone(), endpoint: etcd.endpoints[i % etcd.endpoints.len()].clone() })
-                                as Box<dyn Driver>
+                            Box::new(EtcdDriver {
+                                http: http.clone(),
+                                endpoint: etcd.endpoints[i % etcd.endpoints.len()].clone(),
+                            }) as Box<dyn Driver>
                         })
                         .collect();
                     let (rec, window) = drive(drivers, opts.value_bytes, opts.duration).await;
-                    runs.push(Run::measured("etcd", 3, clients, opts.value_bytes, &rec, window));
+                    runs.push(Run::measured(
+                        "etcd",
+                        3,
+                        clients,
+                        opts.value_bytes,
+                        &rec,
+                        window,
+                    ));
                 }
             }
-            Err(e) => runs.extend(opts.clients.iter().map(|c| Run::skipped("etcd", 3, *c, opts.value_bytes, e.to_string()))),
+            Err(e) => runs.extend(
+                opts.clients
+                    .iter()
+                    .map(|c| Run::skipped("etcd", 3, *c, opts.value_bytes, e.to_string())),
+            ),
         }
     }
     if !opts.skip.iter().any(|s| s == "redis-wait") {
@@ -258,15 +329,27 @@ pub async fn run(opts: &Options) -> anyhow::Result<Vec<Run>> {
                     let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
                     for _ in 0..clients {
                         let conn = RespConn::connect(&redis.endpoints[0]).await?;
-                        drivers.push(Box::new(RedisWaitDriver { conn, frames: Vec::new() }));
+                        drivers.push(Box::new(RedisWaitDriver {
+                            conn,
+                            frames: Vec::new(),
+                        }));
                     }
                     let (rec, window) = drive(drivers, opts.value_bytes, opts.duration).await;
-                    runs.push(Run::measured("redis-wait", 2, clients, opts.value_bytes, &rec, window));
+                    runs.push(Run::measured(
+                        "redis-wait",
+                        2,
+                        clients,
+                        opts.value_bytes,
+                        &rec,
+                        window,
+                    ));
                 }
             }
-            Err(e) => {
-                runs.extend(opts.clients.iter().map(|c| Run::skipped("redis-wait", 2, *c, opts.value_bytes, e.to_string())))
-            }
+            Err(e) => runs.extend(
+                opts.clients
+                    .iter()
+                    .map(|c| Run::skipped("redis-wait", 2, *c, opts.value_bytes, e.to_string())),
+            ),
         }
     }
     Ok(runs)

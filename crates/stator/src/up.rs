@@ -1,0 +1,251 @@
+//! `stator up`: a whole cluster on this machine. The server and gateway run in this
+//! process; agents run as child processes of the same binary, so `kill -9` of one is a
+//! real node failure. A dead agent is started again after a pause, as a machine that
+//! reboots: it rejoins as a new member, since its in-memory replicas died with it.
+
+use crate::context::{self, Context};
+use anyhow::Context as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+/// How long a dead agent stays down before `up` starts it again: longer than the
+/// server's heartbeat grace, so the cluster first sees the node as lost and heals.
+pub const AGENT_RESTART_DELAY: Duration = Duration::from_secs(5);
+/// Zones agents are spread over, round-robin, so `spread = "zone"` has three domains.
+const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
+
+/// Settings of `stator up`.
+pub struct UpOptions {
+    /// Where the store, tokens, logs and context live.
+    pub data_dir: PathBuf,
+    /// Agents to start.
+    pub nodes: usize,
+    /// API listen address.
+    pub api: String,
+    /// Gateway HTTP listen address.
+    pub gateway_http: String,
+    /// Specs to apply once the cluster is ready.
+    pub apply: Vec<PathBuf>,
+    /// Heartbeat grace after which a silent node is lost, in ms.
+    pub node_grace_ms: u64,
+}
+
+struct AgentProcess {
+    name: String,
+    zone: &'static str,
+    child: Option<Child>,
+    restart_at: Option<tokio::time::Instant>,
+}
+
+fn spawn_agent(
+    exe: &Path,
+    opts: &UpOptions,
+    server: &str,
+    token_file: &Path,
+    name: &str,
+    zone: &str,
+) -> anyhow::Result<Child> {
+    let dir = opts.data_dir.join("agents").join(name);
+    std::fs::create_dir_all(&dir)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("agent.log"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("agent")
+        .args(["--server", server])
+        .arg("--join-token-file")
+        .arg(token_file)
+        .args(["--name", name, "--zone", zone])
+        .arg("--data-dir")
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the agent
+    // when `up` dies, so a crashed `up` leaves no orphaned cluster behind.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("starting agent {name}"))
+}
+
+/// Runs the cluster until Ctrl-C or SIGTERM.
+pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("creating {}", opts.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&opts.data_dir)?;
+    let server_dir = data_dir.join("server");
+    let mut config = stator_server::ServerConfig::new(&server_dir);
+    config.listen = opts
+        .api
+        .parse()
+        .with_context(|| format!("--api: not an address: {}", opts.api))?;
+    config.node_grace_ms = opts.node_grace_ms;
+    let server = stator_server::start(config)
+        .await
+        .context("starting the server")?;
+    let url = server.url();
+    let token_file = server_dir.join(stator_server::config::JOIN_TOKEN_FILE);
+
+    let http = reqwest::Client::new();
+    let cluster: serde_json::Value = http
+        .get(format!("{url}/v1/cluster"))
+        .bearer_auth(server.api_token())
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let secret = cluster["cluster_secret"]
+        .as_str()
+        .context("server gave no cluster secret")?
+        .to_string();
+    let mut gateway_config =
+        stator_gateway::GatewayConfig::new(vec![url.clone()], server.api_token(), secret);
+    gateway_config.http_listen = Some(
+        opts.gateway_http
+            .parse()
+            .with_context(|| format!("--gateway-http: not an address: {}", opts.gateway_http))?,
+    );
+    let gateway = stator_gateway::start(gateway_config)
+        .await
+        .context("starting the gateway")?;
+    let gateway_url = gateway.http_addr().map(|a| format!("http://{a}"));
+
+    let ctx_path = data_dir.join("context");
+    context::write(
+        &ctx_path,
+        &Context {
+            server: url.clone(),
+            token: server.api_token().to_string(),
+            gateway_http: gateway_url.clone(),
+        },
+    )?;
+
+    let exe = std::env::current_exe()?;
+    let mut agents = Vec::new();
+    for i in 0..opts.nodes {
+        let name = format!("node-{}", i + 1);
+        let zone = ZONES[i % ZONES.len()];
+        let child = spawn_agent(&exe, &opts, &url, &token_file, &name, zone)?;
+        agents.push(AgentProcess {
+            name,
+            zone,
+            child: Some(child),
+            restart_at: None,
+        });
+    }
+
+    // Wait until every agent has registered, then apply the given specs.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let nodes: Vec<serde_json::Value> = http
+            .get(format!("{url}/v1/nodes"))
+            .bearer_auth(server.api_token())
+            .send()
+            .await?
+            .json()
+            .await?;
+        let ready = nodes.iter().filter(|n| n["state"] == "ready").count();
+        if ready >= opts.nodes {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "only {ready} of {} agents registered within 30 s; see {}/agents/*/agent.log",
+            opts.nodes,
+            data_dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let api = crate::client::Api::new(&Context {
+        server: url.clone(),
+        token: server.api_token().to_string(),
+        gateway_http: None,
+    })?;
+    for spec in &opts.apply {
+        crate::commands::apply(&api, spec).await?;
+    }
+
+    println!(
+        "stator is up: {} nodes on the embedded store in {}",
+        opts.nodes,
+        data_dir.display()
+    );
+    println!(
+        "  API        {url}   (token in {}/api-token; context {})",
+        server_dir.display(),
+        ctx_path.display()
+    );
+    if let Some(g) = &gateway_url {
+        println!("  gateway    {g}   (RESP endpoints open as kv services declare them)");
+    }
+    println!(
+        "  agents     logs in {}/agents/<node>/agent.log",
+        data_dir.display()
+    );
+    println!("next, in another terminal:");
+    if opts.apply.is_empty() {
+        println!("  stator apply -f examples/kv.toml");
+    }
+    println!("  redis-cli -p 6380 set hello world        # the kv example's RESP endpoint");
+    println!("  stator get partitions                     # leaders and members");
+    println!("  kill -9 <pid of an agent>                 # watch a new leader, then the replication factor restored");
+    println!("Ctrl-C stops everything.");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut ticker = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = ticker.tick() => {
+                for agent in &mut agents {
+                    if let Some(child) = agent.child.as_mut() {
+                        if let Ok(Some(status)) = child.try_wait() {
+                            eprintln!("agent {} exited ({status}); starting it again in {AGENT_RESTART_DELAY:?} as a new member", agent.name);
+                            agent.child = None;
+                            agent.restart_at = Some(tokio::time::Instant::now() + AGENT_RESTART_DELAY);
+                        }
+                    } else if agent.restart_at.is_some_and(|t| tokio::time::Instant::now() >= t) {
+                        agent.restart_at = None;
+                        match spawn_agent(&exe, &opts, &url, &token_file, &agent.name, agent.zone) {
+                            Ok(child) => agent.child = Some(child),
+                            Err(e) => eprintln!("cannot restart agent {}: {e}", agent.name),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    println!("stopping ...");
+    for agent in &mut agents {
+        if let Some(child) = agent.child.as_mut() {
+            if let Some(pid) = child.id() {
+                // SAFETY: plain kill(2) on our own child's pid.
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            }
+        }
+    }
+    for agent in &mut agents {
+        if let Some(mut child) = agent.child.take() {
+            if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+    }
+    gateway.shutdown().await;
+    server.shutdown().await?;
+    Ok(())
+}
