@@ -198,7 +198,10 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     }
     println!("  redis-cli -p 6380 set hello world        # the kv example's RESP endpoint");
     println!("  stator get partitions                     # leaders and members");
-    println!("  kill -9 <pid of an agent>                 # watch a new leader, then the replication factor restored");
+    println!(
+        "  kill -9 $(cat {}/agents/node-1/pid)   # a node failure: a new leader, then the replication factor restored",
+        data_dir.display()
+    );
     println!("Ctrl-C stops everything.");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
