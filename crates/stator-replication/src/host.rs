@@ -2,6 +2,7 @@
 
 use crate::log_store::MemLogStore;
 use crate::network::GroupNetwork;
+use crate::read_index::{ReadIndex, RoundResult};
 use crate::state_machine::ReplicaStateMachine;
 use crate::stats::LatencyWindow;
 use crate::transport::{
@@ -114,6 +115,7 @@ pub struct Replica {
     pub sm: ReplicaStateMachine,
     log: MemLogStore,
     latency: LatencyWindow,
+    read_index: Arc<ReadIndex>,
 }
 
 /// The role of a replica as seen in its metrics.
@@ -330,6 +332,7 @@ impl Host {
             sm,
             log,
             latency: LatencyWindow::default(),
+            read_index: Arc::default(),
         });
         let mut groups = self.inner.groups.write().expect("groups lock poisoned");
         // Another caller may have raced us; keep the first and drop ours.
@@ -548,12 +551,16 @@ async fn serve_client(inner: &HostInner, group: GroupId, request: ClientRequest)
                 Err(e) => ClientReply::Unavailable(e.to_string()),
             }
         }
-        RequestKind::Read => match replica.raft.ensure_linearizable().await {
-            Ok(_) => query(&replica, &request.payload).await,
-            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
-                leader_hint(f.leader_id, f.leader_node)
-            }
-            Err(e) => ClientReply::Unavailable(e.to_string()),
+        RequestKind::Read => match replica.read_index.confirm(&replica.raft).await {
+            RoundResult::Confirmed => query(&replica, &request.payload).await,
+            RoundResult::NotLeader {
+                leader_id,
+                leader_addr,
+            } => ClientReply::NotLeader {
+                leader_id,
+                leader_addr,
+            },
+            RoundResult::Failed(e) => ClientReply::Unavailable(e),
         },
         RequestKind::StaleRead => query(&replica, &request.payload).await,
     };

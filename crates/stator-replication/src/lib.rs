@@ -9,6 +9,7 @@
 //! - [`transport`]: one multiplexed, authenticated, batched TCP connection per peer.
 //! - [`network`]: openraft's network traits over the transport.
 //! - [`host`]: many replicas in one process; membership reconcile steps; client serving.
+//! - [`read_index`]: linearizable reads batched behind one leadership confirmation.
 //! - [`client`]: calling a group from outside, following leader hints, with retries.
 //! - [`stats`]: per-replica throughput and latency windows.
 //! - [`testing`]: an in-process cluster with faults (kill, cut, drop, delay) and a
@@ -18,6 +19,7 @@ pub mod client;
 pub mod host;
 pub mod log_store;
 pub mod network;
+pub mod read_index;
 pub mod session;
 pub mod state_machine;
 pub mod stats;

@@ -191,6 +191,16 @@ async fn followers_answer_with_a_leader_hint() {
     let (cluster, _members) = three_hosts().await;
     let leader = cluster.leader(GROUP).await;
     let follower = *cluster.hosts.keys().find(|id| **id != leader).unwrap();
+    // The majority that elected the leader may not include this follower yet: wait until
+    // it has heard from the leader, which is what a hint is made of.
+    let deadline = std::time::Instant::now() + stator_replication::testing::WAIT;
+    while cluster.hosts[&follower].status(GROUP).unwrap().leader != Some(leader) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "follower never heard from the leader"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let rpc = ReplicaClient::new(TEST_SECRET);
     let req = ClientRequest {
         client_id: 0,
