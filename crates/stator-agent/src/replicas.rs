@@ -15,11 +15,17 @@ use stator_sm::host::{ProcessLimits, ProcessMachine, ProcessMachineConfig};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a non-designated initial member waits before forming the group itself, in
+/// case the designated one died before it could.
+pub const BOOTSTRAP_FALLBACK: Duration = Duration::from_secs(2);
 
 struct Known {
     service: String,
     partition: u32,
     bootstrapped: bool,
+    created: Instant,
 }
 
 /// The replicas of one agent.
@@ -100,17 +106,29 @@ impl Replicas {
                         service: a.service.clone(),
                         partition: a.partition,
                         bootstrapped: false,
+                        created: Instant::now(),
                     },
                 );
             }
+            // Initialising elects the caller at once, so one designated member per
+            // partition (rotating) forms the group: leaders start spread over the nodes.
+            // The others follow after a pause in case it died first; every caller uses the
+            // same member set, so several initialisations are harmless.
+            let me = self.host.node_id();
+            let designated = a
+                .members
+                .get(a.partition as usize % a.members.len().max(1))
+                .map(|m| m.node_id);
             let must_bootstrap = a.bootstrap
-                && members.contains_key(&self.host.node_id())
-                && !self
-                    .known
-                    .lock()
-                    .expect("known mutex poisoned")
-                    .get(&a.group)
-                    .is_some_and(|k| k.bootstrapped);
+                && members.contains_key(&me)
+                && {
+                    let known = self.known.lock().expect("known mutex poisoned");
+                    known.get(&a.group).is_some_and(|k| {
+                        !k.bootstrapped
+                            && (designated == Some(me) || k.created.elapsed() >= BOOTSTRAP_FALLBACK)
+                    })
+                }
+                && self.host.status(a.group).is_none_or(|s| s.leader.is_none());
             if must_bootstrap {
                 match self.host.bootstrap(a.group, &members).await {
                     Ok(()) => {
