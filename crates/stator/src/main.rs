@@ -1,6 +1,7 @@
 //! The `stator` binary: every verb of the CLI.
 
 mod bench;
+mod chaos;
 mod client;
 mod commands;
 mod context;
@@ -165,6 +166,33 @@ enum Verb {
         #[arg(long)]
         seed: Option<u64>,
         /// One JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Jepsen-style run: a local cluster, clients, a nemesis and a linearizability verdict.
+    Chaos {
+        /// Seconds of faults under load.
+        #[arg(long, default_value_t = 60)]
+        duration: u64,
+        /// Fault kinds: kill, pause, partition, membership.
+        #[arg(long, value_delimiter = ',', default_value = "kill,pause,partition,membership")]
+        faults: Vec<String>,
+        /// Agents (5: a majority of every group survives one fault).
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 5)]
+        clients: usize,
+        /// Keys the clients share (few, so operations conflict).
+        #[arg(long, default_value_t = 8)]
+        keys: usize,
+        /// Seed of the fault schedule and the clients (default: random, printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where to write the history (JSONL, DESIGN section 8).
+        #[arg(long, default_value = "chaos-history.jsonl")]
+        history: PathBuf,
+        /// Print the result as one JSON object on the last line.
         #[arg(long)]
         json: bool,
     },
@@ -379,6 +407,43 @@ fn main() -> anyhow::Result<()> {
                 );
                 api()?.delete(&format!("/v1/services/{name}")).await?;
                 println!("service/{name} deleted");
+                Ok(())
+            }
+            Verb::Chaos {
+                duration,
+                faults,
+                nodes,
+                clients,
+                keys,
+                seed,
+                history,
+                json,
+            } => {
+                let faults = faults
+                    .iter()
+                    .map(|f| chaos::nemesis::FaultKind::parse(f.trim()))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let summary = chaos::run(chaos::Options {
+                    duration: Duration::from_secs(duration),
+                    faults,
+                    nodes,
+                    clients,
+                    keys,
+                    seed: seed.unwrap_or_else(rand::random),
+                    history,
+                })
+                .await?;
+                if json {
+                    println!("{}", serde_json::to_string(&summary)?);
+                }
+                anyhow::ensure!(
+                    summary.passed(),
+                    "chaos found a problem: verdict {:?}, {} anomalies, {} lost acknowledged writes, {} unrecovered faults",
+                    summary.verdict,
+                    summary.anomalies,
+                    summary.lost_acked_writes,
+                    summary.unrecovered
+                );
                 Ok(())
             }
             Verb::Drain { node } => {

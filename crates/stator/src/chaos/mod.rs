@@ -1,0 +1,376 @@
+//! `stator chaos`: a Jepsen-style run. A local cluster, concurrent clients on a few keys,
+//! a nemesis (kill, pause, partition, membership), then a linearizability verdict.
+//!
+//! # Layout
+//! - [`cluster`]: the child `stator up`, the API calls and the agents' process ids.
+//! - [`workload`]: RESP clients through the gateway, reply classification, final reads.
+//! - [`nemesis`]: the seeded fault schedule and the injection of each fault.
+//! - [`firewall`]: partitions as iptables rules matching per-node cgroups on loopback.
+
+pub mod cluster;
+pub mod firewall;
+pub mod nemesis;
+pub mod workload;
+
+use anyhow::Context as _;
+use cluster::Cluster;
+use firewall::Firewall;
+use nemesis::{FaultKind, FaultRecord, Nemesis, Schedule};
+use serde::Serialize;
+use stator_check::{Recorder, Status, Verdict};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Partition groups of the kv service: several, so leaders spread over the nodes.
+const PARTITIONS: u32 = 3;
+/// Time allowed for the service to be placed and elect leaders after it is applied.
+const SERVICE_READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the agents are checked for a place in their node's cgroup: short, so an
+/// agent `up` restarts is moved before it dials its peers.
+const ADOPT_INTERVAL: Duration = Duration::from_millis(20);
+/// Set to 1 to fail instead of skipping a fault kind this machine cannot inject.
+pub const REQUIRE_ALL_ENV: &str = "STATOR_REQUIRE_ALL";
+
+/// Settings of one run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long the clients run under faults.
+    pub duration: Duration,
+    /// Fault kinds to inject.
+    pub faults: Vec<FaultKind>,
+    /// Agents.
+    pub nodes: usize,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Keys the clients share.
+    pub keys: usize,
+    /// Seed of the schedule and the clients (default: random, printed).
+    pub seed: u64,
+    /// Where the history goes.
+    pub history: PathBuf,
+}
+
+/// The last line of `--json` output.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub ops: usize,
+    pub ok: usize,
+    pub fail: usize,
+    pub unknown: usize,
+    pub anomalies: usize,
+    pub lost_acked_writes: usize,
+    pub verdict: Verdict,
+    pub faults: BTreeMap<&'static str, usize>,
+    pub duration_s: f64,
+    pub seed: u64,
+    pub nodes: usize,
+    pub clients: usize,
+    pub keys: usize,
+    /// Faults after which the cluster did not become healthy within the recovery bound.
+    pub unrecovered: usize,
+    /// Keys whose final read never answered (not judged for lost writes).
+    pub keys_without_final_read: usize,
+    /// Fault kinds asked for but not injectable here, with why.
+    pub skipped: BTreeMap<&'static str, String>,
+    pub history: String,
+}
+
+impl Summary {
+    /// Whether the run found nothing wrong.
+    pub fn passed(&self) -> bool {
+        self.verdict == Verdict::Ok && self.lost_acked_writes == 0 && self.unrecovered == 0
+    }
+}
+
+/// Runs chaos and returns the summary (it also prints progress and the human summary on
+/// stderr). The caller prints the JSON and picks the exit code.
+pub async fn run(opts: Options) -> anyhow::Result<Summary> {
+    anyhow::ensure!(
+        opts.nodes >= 3,
+        "--nodes: at least 3, so a majority survives a fault"
+    );
+    anyhow::ensure!(opts.clients >= 1, "--clients: at least 1");
+    anyhow::ensure!(opts.keys >= 1, "--keys: at least 1");
+    anyhow::ensure!(!opts.faults.is_empty(), "--faults: name at least one");
+    let require_all = std::env::var(REQUIRE_ALL_ENV).is_ok_and(|v| v == "1");
+
+    let mut kinds = opts.faults.clone();
+    kinds.sort();
+    kinds.dedup();
+    let mut skipped = BTreeMap::new();
+    let firewall = if kinds.contains(&FaultKind::Partition) {
+        match Firewall::new() {
+            Ok(f) => Some(Arc::new(f)),
+            Err(e) if require_all => {
+                return Err(e.context(format!(
+                    "partitions cannot be injected here and {REQUIRE_ALL_ENV}=1"
+                )))
+            }
+            Err(e) => {
+                eprintln!("chaos: SKIPPING partitions: {e:#}");
+                skipped.insert("partition", format!("{e:#}"));
+                kinds.retain(|k| *k != FaultKind::Partition);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    anyhow::ensure!(!kinds.is_empty(), "no fault kind can be injected here");
+
+    let data_dir = tempfile::Builder::new()
+        .prefix("stator-chaos-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    eprintln!(
+        "chaos: seed {}, {} nodes, {} clients, {} keys, faults {:?}, data in {}",
+        opts.seed,
+        opts.nodes,
+        opts.clients,
+        opts.keys,
+        kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
+        data_dir.path().display()
+    );
+    let outcome = run_in(&opts, &kinds, firewall.clone(), data_dir.path(), skipped).await;
+    // The cluster is stopped by now; the cgroups are empty and can go.
+    if let Some(firewall) = firewall {
+        match Arc::try_unwrap(firewall) {
+            Ok(mut f) => f.cleanup(),
+            Err(_) => eprintln!("chaos: the firewall is still shared; it is removed on exit"),
+        }
+    }
+    match &outcome {
+        Ok(summary) if summary.passed() => {}
+        _ => {
+            let kept = data_dir.keep();
+            eprintln!(
+                "chaos: cluster logs kept in {} (up.log, agents/*/agent.log)",
+                kept.display()
+            );
+        }
+    }
+    outcome
+}
+
+async fn run_in(
+    opts: &Options,
+    kinds: &[FaultKind],
+    firewall: Option<Arc<Firewall>>,
+    data_dir: &std::path::Path,
+    skipped: BTreeMap<&'static str, String>,
+) -> anyhow::Result<Summary> {
+    let mut cluster = Cluster::start(data_dir, opts.nodes).await?;
+    let up_pid = cluster.up_pid().context("`stator up` has no pid")?;
+
+    // Agents go into their node's cgroup before they open any replica connection, and
+    // restarted ones as soon as they appear.
+    let adopter = firewall.clone().map(|firewall| {
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(ADOPT_INTERVAL);
+            loop {
+                ticker.tick().await;
+                for (node, pid) in cluster::agent_pids(up_pid) {
+                    if let Err(e) = firewall.adopt(&node, pid) {
+                        eprintln!("chaos: cannot place agent {node} in its cgroup: {e:#}");
+                    }
+                }
+            }
+        })
+    });
+    let result = async {
+        if firewall.is_some() {
+            // Wait for the first adoption pass to cover every agent.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while cluster::agent_pids(up_pid).len() < opts.nodes && Instant::now() < deadline {
+                tokio::time::sleep(ADOPT_INTERVAL).await;
+            }
+            tokio::time::sleep(ADOPT_INTERVAL * 3).await;
+        }
+        cluster.apply_service(PARTITIONS).await?;
+        cluster
+            .wait_healthy(SERVICE_READY_TIMEOUT)
+            .await
+            .map_err(|why| anyhow::anyhow!("the kv service did not become healthy: {why}"))?;
+        workload::wait_ready(&cluster.resp_addr, SERVICE_READY_TIMEOUT).await?;
+        drive(
+            opts,
+            kinds,
+            &mut cluster,
+            firewall.as_deref(),
+            up_pid,
+            skipped,
+        )
+        .await
+    }
+    .await;
+    if let Some(adopter) = adopter {
+        adopter.abort();
+        let _ = adopter.await;
+    }
+    cluster.stop().await;
+    result
+}
+
+/// The run proper: clients and nemesis, then the end phase and the verdict.
+async fn drive(
+    opts: &Options,
+    kinds: &[FaultKind],
+    cluster: &mut Cluster,
+    firewall: Option<&Firewall>,
+    up_pid: u32,
+    skipped: BTreeMap<&'static str, String>,
+) -> anyhow::Result<Summary> {
+    let recorder = Recorder::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let clients = workload::spawn_clients(
+        &cluster.resp_addr,
+        opts.clients,
+        opts.keys,
+        opts.seed,
+        recorder.clone(),
+        stop.clone(),
+    );
+    eprintln!(
+        "chaos: cluster healthy; {} clients on {}, faults for {:?}",
+        opts.clients, cluster.resp_addr, opts.duration
+    );
+
+    let mut schedule = Schedule::new(opts.seed, kinds.to_vec());
+    let mut records: Vec<FaultRecord> = Vec::new();
+    let nemesis_result: anyhow::Result<()> = async {
+        let nemesis = Nemesis::new(cluster, firewall, up_pid, started);
+        loop {
+            let plan = schedule.next_fault();
+            if started.elapsed() + plan.gap >= opts.duration {
+                break;
+            }
+            tokio::time::sleep(plan.gap).await;
+            let record = nemesis.run_fault(&plan).await?;
+            let recovered = record.recovery_s.is_some();
+            records.push(record);
+            if !recovered {
+                eprintln!("chaos: the cluster did not recover; no more faults");
+                break;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    // Let the clients run out the clock if the schedule stopped early.
+    if let Some(left) = opts.duration.checked_sub(started.elapsed()) {
+        tokio::time::sleep(left).await;
+    }
+    let final_health = cluster.wait_healthy(nemesis::RECOVERY_TIMEOUT).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut error_samples = Vec::new();
+    for client in clients {
+        if let Ok(errors) = client.await {
+            error_samples.extend(errors.samples);
+        }
+    }
+    let run_s = started.elapsed().as_secs_f64();
+    cluster.check_running()?;
+    nemesis_result?;
+    if let Err(why) = &final_health {
+        eprintln!("chaos: the cluster is not healthy at the end: {why}");
+    }
+
+    let final_values = workload::final_reads(
+        &cluster.resp_addr,
+        opts.keys,
+        opts.clients as u64,
+        &recorder,
+    )
+    .await;
+    let entries = recorder.entries();
+    stator_check::write_file(&opts.history, &entries)
+        .with_context(|| format!("writing {}", opts.history.display()))?;
+    let check_entries = entries.clone();
+    let report =
+        tokio::task::spawn_blocking(move || stator_check::check_history(&check_entries)).await??;
+    let lost = stator_check::lost_acked_writes(&entries, &final_values);
+
+    let count = |status: Status| entries.iter().filter(|e| e.status == status).count();
+    let mut faults: BTreeMap<&'static str, usize> =
+        opts.faults.iter().map(|k| (k.name(), 0)).collect();
+    for record in records.iter().filter(|r| r.injected) {
+        *faults.entry(record.kind.name()).or_default() += 1;
+    }
+    let anomalies: Vec<_> = report.anomalies().collect();
+    let summary = Summary {
+        ops: entries.len(),
+        ok: count(Status::Ok),
+        fail: count(Status::Fail),
+        unknown: count(Status::Unknown),
+        anomalies: anomalies.len(),
+        lost_acked_writes: lost.len(),
+        verdict: report.verdict,
+        faults,
+        duration_s: (run_s * 10.0).round() / 10.0,
+        seed: opts.seed,
+        nodes: opts.nodes,
+        clients: opts.clients,
+        keys: opts.keys,
+        unrecovered: records.iter().filter(|r| r.recovery_s.is_none()).count()
+            + usize::from(final_health.is_err()),
+        keys_without_final_read: opts.keys - final_values.len(),
+        skipped,
+        history: opts.history.display().to_string(),
+    };
+
+    eprintln!("chaos: ---- summary ----");
+    for record in &records {
+        eprintln!(
+            "chaos:   {:7.2}s {:<10} {}{} (recovered {})",
+            record.at_s,
+            record.kind.name(),
+            if record.injected {
+                ""
+            } else {
+                "NOT INJECTED: "
+            },
+            record.detail,
+            record
+                .recovery_s
+                .map(|s| format!("in {s:.1}s"))
+                .unwrap_or_else(|| "NO".into())
+        );
+    }
+    if !error_samples.is_empty() {
+        error_samples.sort();
+        error_samples.dedup();
+        for sample in error_samples.iter().take(5) {
+            eprintln!("chaos:   error reply seen: {sample}");
+        }
+    }
+    eprintln!(
+        "chaos:   {} ops in {:.1}s: {} ok, {} fail, {} unknown; faults {:?}",
+        summary.ops, summary.duration_s, summary.ok, summary.fail, summary.unknown, summary.faults
+    );
+    for (key, anomaly) in &anomalies {
+        eprintln!("chaos:   ANOMALY on key {key}: {}", anomaly.explanation);
+        for op in &anomaly.ops {
+            eprintln!("chaos:     {}", serde_json::to_string(op)?);
+        }
+    }
+    for write in &lost {
+        eprintln!(
+            "chaos:   LOST acknowledged write {} (final read {:?})",
+            serde_json::to_string(&write.write)?,
+            write.final_value
+        );
+    }
+    eprintln!(
+        "chaos:   verdict {:?}, {} anomalies, {} lost acknowledged writes; history in {}",
+        summary.verdict,
+        summary.anomalies,
+        summary.lost_acked_writes,
+        opts.history.display()
+    );
+    Ok(summary)
+}

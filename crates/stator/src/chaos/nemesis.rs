@@ -1,0 +1,578 @@
+//! The nemesis: a seeded schedule of faults (pure) and their injection into the cluster.
+//!
+//! One fault at a time, each healed and the cluster back to health before the next, so a
+//! majority of every partition group survives throughout (the guarantee's precondition).
+
+use super::cluster::{self, Cluster};
+use super::firewall::{self, Firewall};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use stator_server::model::NodeState;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Quiet time between a recovered cluster and the next fault, in ms (low, high).
+const GAP_MS: (u64, u64) = (1_000, 3_000);
+/// How long a paused agent stays stopped, in ms: both sides of the 3 s heartbeat grace,
+/// so some pauses end with the node declared lost and rejoining.
+const PAUSE_MS: (u64, u64) = (1_000, 6_000);
+/// How long a partition holds, in ms: past several election timeouts.
+const PARTITION_MS: (u64, u64) = (2_000, 6_000);
+/// Time allowed for the cluster to heal after a fault before the run gives up injecting.
+pub const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time allowed for a drain to move every replica away.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The kinds of fault, as named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultKind {
+    /// SIGKILL an agent (a leader's); `up` restarts it as a new member.
+    Kill,
+    /// SIGSTOP an agent (a leader's) for a while, then SIGCONT.
+    Pause,
+    /// Cut the replica network: isolate a leader, split majority/minority, or a bridge.
+    Partition,
+    /// Drain a node (live migration), then kill it so it returns as a new member.
+    Membership,
+}
+
+impl FaultKind {
+    /// Every kind.
+    pub const ALL: [FaultKind; 4] = [
+        FaultKind::Kill,
+        FaultKind::Pause,
+        FaultKind::Partition,
+        FaultKind::Membership,
+    ];
+
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Kill => "kill",
+            FaultKind::Pause => "pause",
+            FaultKind::Partition => "partition",
+            FaultKind::Membership => "membership",
+        }
+    }
+
+    /// Parses a command-line name.
+    pub fn parse(name: &str) -> anyhow::Result<FaultKind> {
+        FaultKind::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--faults: unknown fault {name:?}; use kill, pause, partition, membership"
+                )
+            })
+    }
+}
+
+/// The shape of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionShape {
+    /// A leader's node alone on one side.
+    IsolateLeader,
+    /// A minority (holding a leader) cut from the majority.
+    MajorityMinority,
+    /// Two halves that cannot talk, and one node that talks to both.
+    Bridge,
+}
+
+/// One fault the schedule chose; targets are picked from the live cluster with `pick`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultPlan {
+    /// What to do.
+    pub kind: FaultKind,
+    /// For partitions.
+    pub shape: PartitionShape,
+    /// How long a pause or partition holds.
+    pub hold: Duration,
+    /// Quiet time before the fault.
+    pub gap: Duration,
+    /// Random number that picks targets among candidates.
+    pub pick: u64,
+}
+
+/// The seeded fault schedule: kinds come from a shuffled deck of the enabled kinds, so
+/// every kind appears once in each round of `kinds.len()` faults.
+pub struct Schedule {
+    rng: StdRng,
+    kinds: Vec<FaultKind>,
+    deck: Vec<FaultKind>,
+}
+
+impl Schedule {
+    /// A schedule over `kinds` (not empty) from `seed`.
+    pub fn new(seed: u64, kinds: Vec<FaultKind>) -> Schedule {
+        assert!(
+            !kinds.is_empty(),
+            "a schedule needs at least one fault kind"
+        );
+        Schedule {
+            rng: StdRng::seed_from_u64(seed),
+            kinds,
+            deck: Vec::new(),
+        }
+    }
+
+    /// The next fault.
+    pub fn next_fault(&mut self) -> FaultPlan {
+        if self.deck.is_empty() {
+            self.deck = self.kinds.clone();
+            self.deck.shuffle(&mut self.rng);
+        }
+        let kind = self.deck.pop().expect("refilled above");
+        let shape = match self.rng.gen_range(0..3) {
+            0 => PartitionShape::IsolateLeader,
+            1 => PartitionShape::MajorityMinority,
+            _ => PartitionShape::Bridge,
+        };
+        let hold_ms = match kind {
+            FaultKind::Pause => self.rng.gen_range(PAUSE_MS.0..=PAUSE_MS.1),
+            FaultKind::Partition => self.rng.gen_range(PARTITION_MS.0..=PARTITION_MS.1),
+            FaultKind::Kill | FaultKind::Membership => 0,
+        };
+        FaultPlan {
+            kind,
+            shape,
+            hold: Duration::from_millis(hold_ms),
+            gap: Duration::from_millis(self.rng.gen_range(GAP_MS.0..=GAP_MS.1)),
+            pick: self.rng.gen(),
+        }
+    }
+}
+
+/// What happened to one fault, for the log and the summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultRecord {
+    /// Kind of fault.
+    pub kind: FaultKind,
+    /// Targets and shape, in words.
+    pub detail: String,
+    /// Seconds since the clients started, when injected.
+    pub at_s: f64,
+    /// Whether it was actually injected (a target could be missing).
+    pub injected: bool,
+    /// Seconds from heal to a healthy cluster; `None` if it did not recover in time.
+    pub recovery_s: Option<f64>,
+}
+
+/// The sides of a partition: names on the left cannot reach names on the right.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    /// One side.
+    pub left: Vec<String>,
+    /// The other side.
+    pub right: Vec<String>,
+    /// Words for the log.
+    pub detail: String,
+}
+
+/// Chooses the sides of a partition of `nodes` (sorted, alive) given a leader's node.
+/// Pure, so its shapes are unit-tested.
+pub fn plan_split(shape: PartitionShape, nodes: &[String], leader: &str, pick: u64) -> Split {
+    let mut rng = StdRng::seed_from_u64(pick);
+    let mut others: Vec<String> = nodes.iter().filter(|n| *n != leader).cloned().collect();
+    others.shuffle(&mut rng);
+    match shape {
+        PartitionShape::IsolateLeader => Split {
+            detail: format!("isolate leader node {leader}"),
+            left: vec![leader.to_string()],
+            right: others,
+        },
+        PartitionShape::MajorityMinority => {
+            // The leader plus enough others for a minority: (n - 1) / 2 nodes.
+            let minority_size = (nodes.len().saturating_sub(1) / 2).max(1);
+            let mut minority = vec![leader.to_string()];
+            minority.extend(others.drain(..(minority_size - 1).min(others.len())));
+            Split {
+                detail: format!("minority {minority:?} (has a leader) | majority {others:?}"),
+                left: minority,
+                right: others,
+            }
+        }
+        PartitionShape::Bridge => {
+            // [leader, a ...] | bridge | [b ...]: the bridge sees both sides.
+            let bridge = others.pop();
+            // The leader's side gets half of the non-bridge nodes, the leader included.
+            let take = ((others.len() + 1) / 2).saturating_sub(1);
+            let mut left = vec![leader.to_string()];
+            left.extend(others.drain(..take));
+            Split {
+                detail: format!("bridge {bridge:?} between {left:?} and {others:?}"),
+                left,
+                right: others,
+            }
+        }
+    }
+}
+
+/// Injects faults into a cluster.
+pub struct Nemesis<'a> {
+    cluster: &'a Cluster,
+    firewall: Option<&'a Firewall>,
+    up_pid: u32,
+    started: Instant,
+}
+
+/// Sends `signal` to `pid`.
+fn signal(pid: u32, signal: i32) -> anyhow::Result<()> {
+    // SAFETY: kill(2) with a pid of an agent child of our `up`.
+    if unsafe { libc::kill(pid as i32, signal) } != 0 {
+        anyhow::bail!("kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sends SIGCONT when dropped, so a paused agent is resumed on every path.
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = signal(self.0, libc::SIGCONT);
+    }
+}
+
+/// Removes every partition rule when dropped.
+struct Heal<'a>(&'a Firewall);
+
+impl Drop for Heal<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.set(&BTreeSet::new()) {
+            eprintln!("chaos: healing the partition failed: {e}");
+        }
+    }
+}
+
+impl<'a> Nemesis<'a> {
+    /// A nemesis for `cluster`; `firewall` is needed for partitions.
+    pub fn new(
+        cluster: &'a Cluster,
+        firewall: Option<&'a Firewall>,
+        up_pid: u32,
+        started: Instant,
+    ) -> Self {
+        Nemesis {
+            cluster,
+            firewall,
+            up_pid,
+            started,
+        }
+    }
+
+    /// Names of the nodes leading a partition, sorted.
+    async fn leaders(&self) -> Vec<String> {
+        let mut leaders: Vec<String> = self
+            .cluster
+            .partitions()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| p.leader.map(|l| l.name))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        leaders.sort();
+        leaders
+    }
+
+    /// Each partition's (leader node, term).
+    async fn leadership(&self) -> BTreeMap<u32, (String, u64)> {
+        self.cluster
+            .partitions()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| p.leader.map(|l| (p.partition, (l.name, l.term))))
+            .collect()
+    }
+
+    /// The id of the alive node named `name`.
+    async fn node_id(&self, name: &str) -> Option<u64> {
+        self.cluster
+            .nodes()
+            .await
+            .ok()?
+            .into_iter()
+            .find(|n| n.name == name && cluster::alive(n))
+            .map(|n| n.id)
+    }
+
+    /// Waits until `name` has registered again under an id other than `old` (the killed
+    /// incarnation), so the health check that follows sees the fault's effect.
+    async fn wait_replaced(&self, name: &str, old: Option<u64>) {
+        let start = Instant::now();
+        while start.elapsed() < RECOVERY_TIMEOUT {
+            if let Some(id) = self.node_id(name).await {
+                if Some(id) != old {
+                    self.log(&format!(
+                        "{name} is back as a new member (id {id}) after {:.1}s",
+                        start.elapsed().as_secs_f64()
+                    ));
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.log(&format!(
+            "{name} did not come back within {RECOVERY_TIMEOUT:?}"
+        ));
+    }
+
+    /// A leader's node (picked with `pick`), or any agent if no partition has a leader.
+    async fn leader_target(&self, pick: u64) -> Option<String> {
+        let leaders = self.leaders().await;
+        if !leaders.is_empty() {
+            return Some(leaders[(pick % leaders.len() as u64) as usize].clone());
+        }
+        let agents: Vec<String> = cluster::agent_pids(self.up_pid).into_keys().collect();
+        (!agents.is_empty()).then(|| agents[(pick % agents.len() as u64) as usize].clone())
+    }
+
+    fn pid_of(&self, node: &str) -> anyhow::Result<u32> {
+        cluster::agent_pids(self.up_pid)
+            .get(node)
+            .copied()
+            .ok_or_else(|| anyhow::anyhow!("no agent process for {node}"))
+    }
+
+    fn log(&self, message: &str) {
+        eprintln!(
+            "chaos [{:7.2}s] {message}",
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Injects `plan`, heals it, and waits for the cluster to be healthy again.
+    pub async fn run_fault(&self, plan: &FaultPlan) -> anyhow::Result<FaultRecord> {
+        let at_s = self.started.elapsed().as_secs_f64();
+        let before = self.leadership().await;
+        let (injected, mut detail) = match plan.kind {
+            FaultKind::Kill => self.kill(plan).await?,
+            FaultKind::Pause => self.pause(plan).await?,
+            FaultKind::Partition => self.partition(plan).await?,
+            FaultKind::Membership => self.membership(plan).await?,
+        };
+        let recovery_s = match self.cluster.wait_healthy(RECOVERY_TIMEOUT).await {
+            Ok(took) => {
+                self.log(&format!(
+                    "healthy again {:.1}s after healing the {}",
+                    took.as_secs_f64(),
+                    plan.kind.name()
+                ));
+                Some(took.as_secs_f64())
+            }
+            Err(why) => {
+                self.log(&format!(
+                    "NOT healthy {RECOVERY_TIMEOUT:?} after the {}: {why}",
+                    plan.kind.name()
+                ));
+                None
+            }
+        };
+        let after = self.leadership().await;
+        let changed = before
+            .iter()
+            .filter(|(partition, leader)| after.get(*partition) != Some(*leader))
+            .count();
+        detail.push_str(&format!(
+            "; {changed} of {} partitions changed leader or term",
+            before.len()
+        ));
+        Ok(FaultRecord {
+            kind: plan.kind,
+            detail,
+            at_s,
+            injected,
+            recovery_s,
+        })
+    }
+
+    async fn kill(&self, plan: &FaultPlan) -> anyhow::Result<(bool, String)> {
+        let Some(node) = self.leader_target(plan.pick).await else {
+            return Ok((false, "no agent to kill".into()));
+        };
+        let pid = self.pid_of(&node)?;
+        let old_id = self.node_id(&node).await;
+        signal(pid, libc::SIGKILL)?;
+        let detail = format!("SIGKILL {node} (pid {pid}, a leader's node)");
+        self.log(&format!("kill: {detail}; `up` restarts it as a new member"));
+        self.wait_replaced(&node, old_id).await;
+        Ok((true, detail))
+    }
+
+    async fn pause(&self, plan: &FaultPlan) -> anyhow::Result<(bool, String)> {
+        let Some(node) = self.leader_target(plan.pick).await else {
+            return Ok((false, "no agent to pause".into()));
+        };
+        let pid = self.pid_of(&node)?;
+        signal(pid, libc::SIGSTOP)?;
+        let resume = Resume(pid);
+        let detail = format!(
+            "SIGSTOP {node} (pid {pid}) for {} ms",
+            plan.hold.as_millis()
+        );
+        self.log(&format!("pause: {detail}"));
+        tokio::time::sleep(plan.hold).await;
+        drop(resume);
+        anyhow::ensure!(
+            !cluster::is_stopped(pid),
+            "agent {node} (pid {pid}) still stopped after SIGCONT"
+        );
+        self.log(&format!("pause: SIGCONT {node}"));
+        Ok((true, detail))
+    }
+
+    async fn partition(&self, plan: &FaultPlan) -> anyhow::Result<(bool, String)> {
+        let firewall = self
+            .firewall
+            .expect("partitions are scheduled only with a firewall");
+        let Some(leader) = self.leader_target(plan.pick).await else {
+            return Ok((false, "no node to partition".into()));
+        };
+        let ports = self.cluster.transport_ports().await?;
+        let nodes: Vec<String> = ports.keys().cloned().collect();
+        let split = plan_split(plan.shape, &nodes, &leader, plan.pick);
+        let blocks = firewall::cut(&split.left, &split.right, &ports);
+        firewall.set(&blocks)?;
+        let heal = Heal(firewall);
+        self.log(&format!(
+            "partition: {} for {} ms ({} iptables rules)",
+            split.detail,
+            plan.hold.as_millis(),
+            blocks.len()
+        ));
+        tokio::time::sleep(plan.hold).await;
+        let dropped = firewall.dropped_packets().unwrap_or(0);
+        drop(heal);
+        self.log(&format!(
+            "partition: healed (rules removed; they dropped {dropped} packets)"
+        ));
+        Ok((
+            true,
+            format!(
+                "{} for {} ms, {dropped} packets dropped",
+                split.detail,
+                plan.hold.as_millis()
+            ),
+        ))
+    }
+
+    async fn membership(&self, plan: &FaultPlan) -> anyhow::Result<(bool, String)> {
+        let Some(node) = self.leader_target(plan.pick).await else {
+            return Ok((false, "no node to drain".into()));
+        };
+        if let Err(e) = self
+            .cluster
+            .api
+            .post(&format!("/v1/nodes/{node}/drain"))
+            .await
+        {
+            self.log(&format!("membership: drain {node} refused: {e}"));
+            return Ok((false, format!("drain {node} refused: {e}")));
+        }
+        self.log(&format!(
+            "membership: draining {node} (live migration of its replicas)"
+        ));
+        let start = Instant::now();
+        let drained = loop {
+            let state = self
+                .cluster
+                .nodes()
+                .await
+                .ok()
+                .and_then(|nodes| {
+                    nodes
+                        .into_iter()
+                        .find(|n| n.name == node && cluster::alive(n))
+                })
+                .map(|n| n.state);
+            match state {
+                Some(NodeState::Drained) => break true,
+                None => break false,
+                _ if start.elapsed() > DRAIN_TIMEOUT => break false,
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        let took = start.elapsed().as_secs_f64();
+        if drained {
+            self.log(&format!("membership: {node} drained in {took:.1}s"));
+        } else {
+            self.log(&format!(
+                "membership: {node} not drained after {took:.1}s; killing it anyway"
+            ));
+        }
+        let pid = self.pid_of(&node)?;
+        let old_id = self.node_id(&node).await;
+        signal(pid, libc::SIGKILL)?;
+        self.log(&format!(
+            "membership: SIGKILL drained {node}; it returns as a new member"
+        ));
+        self.wait_replaced(&node, old_id).await;
+        Ok((
+            true,
+            format!(
+                "drain {node} ({} in {took:.1}s), then kill it so it rejoins fresh",
+                if drained { "drained" } else { "NOT drained" }
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("node-{i}")).collect()
+    }
+
+    #[test]
+    fn every_kind_appears_in_each_round() {
+        let mut schedule = Schedule::new(7, FaultKind::ALL.to_vec());
+        for _ in 0..3 {
+            let round: BTreeSet<FaultKind> = (0..4).map(|_| schedule.next_fault().kind).collect();
+            assert_eq!(round.len(), 4);
+        }
+    }
+
+    #[test]
+    fn the_schedule_is_a_function_of_the_seed() {
+        let a: Vec<FaultPlan> = {
+            let mut s = Schedule::new(3, FaultKind::ALL.to_vec());
+            (0..10).map(|_| s.next_fault()).collect()
+        };
+        let b: Vec<FaultPlan> = {
+            let mut s = Schedule::new(3, FaultKind::ALL.to_vec());
+            (0..10).map(|_| s.next_fault()).collect()
+        };
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn splits_have_the_promised_shapes() {
+        let nodes = names(5);
+        for pick in 0..20 {
+            let isolate = plan_split(PartitionShape::IsolateLeader, &nodes, "node-2", pick);
+            assert_eq!(isolate.left, vec!["node-2".to_string()]);
+            assert_eq!(isolate.right.len(), 4);
+
+            let split = plan_split(PartitionShape::MajorityMinority, &nodes, "node-2", pick);
+            assert_eq!(split.left.len(), 2);
+            assert_eq!(split.right.len(), 3);
+            assert!(split.left.contains(&"node-2".to_string()));
+
+            let bridge = plan_split(PartitionShape::Bridge, &nodes, "node-2", pick);
+            assert_eq!(bridge.left.len(), 2);
+            assert_eq!(bridge.right.len(), 2);
+            assert!(bridge.left.contains(&"node-2".to_string()));
+            let all: BTreeSet<&String> = bridge.left.iter().chain(&bridge.right).collect();
+            assert_eq!(all.len(), 4, "the bridge node is on neither side");
+        }
+    }
+}

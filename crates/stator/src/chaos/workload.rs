@@ -1,0 +1,317 @@
+//! The clients: concurrent get/set on a few keys through the gateway's RESP endpoint,
+//! one request at a time per connection, every operation recorded.
+//!
+//! How a reply is classified (what the checker may assume):
+//! - `+OK` to SET, a bulk string or null to GET: `ok`.
+//! - `-CLUSTERDOWN` (the gateway had no route, nothing was sent) and the gateway's
+//!   "nothing was applied" error: `fail`.
+//! - `-TRYAGAIN` to a SET (the gateway gave up on the leader; the write may still take
+//!   effect), any other error to a SET, a lost connection, or no reply within
+//!   [`OP_DEADLINE`]: `unknown`. A GET that did not answer is recorded the same way; it
+//!   observed nothing, so the checker ignores it.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use stator_check::Recorder;
+use stator_kv::{encode_command, parse_reply, Value};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// A client's deadline for one operation. Longer than the gateway's own 5 s request
+/// timeout, so the gateway's verdict (`TRYAGAIN`) normally arrives first; past it the
+/// operation is `unknown`.
+pub const OP_DEADLINE: Duration = Duration::from_secs(8);
+/// Time allowed to connect to the gateway.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest pause between a client's operations, in ms. A little think time keeps the
+/// history a size the checker handles in seconds while clients still overlap constantly.
+const MAX_THINK_MS: u64 = 10;
+/// Largest reply accepted: values here are a few bytes; anything bigger is a broken peer.
+const MAX_REPLY_BYTES: usize = 1 << 20;
+/// Time allowed for the final read of every key.
+const FINAL_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One connection to the RESP endpoint.
+struct Connection {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Connection {
+    async fn open(addr: &str) -> std::io::Result<Connection> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
+        stream.set_nodelay(true)?;
+        Ok(Connection {
+            stream,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// Sends one command and reads its reply.
+    async fn call(&mut self, argv: &[&[u8]]) -> std::io::Result<Value> {
+        self.stream.write_all(&encode_command(argv)).await?;
+        loop {
+            match parse_reply(&self.buffer) {
+                Ok(Some((value, used))) => {
+                    self.buffer.drain(..used);
+                    return Ok(value);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("malformed reply: {e}"),
+                    ))
+                }
+            }
+            if self.buffer.len() > MAX_REPLY_BYTES {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "reply too large",
+                ));
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buffer.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// What a reply means for the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Acknowledged; for a get, what was read.
+    Ok(Option<String>),
+    /// Definitely not applied.
+    Fail,
+    /// May or may not have been applied.
+    Unknown,
+}
+
+/// Classifies a reply to SET (`is_set`) or GET; see the module doc.
+pub fn classify(is_set: bool, reply: &Value) -> Outcome {
+    match reply {
+        Value::Simple(s) if is_set && s == "OK" => Outcome::Ok(None),
+        Value::Bulk(value) if !is_set => Outcome::Ok(
+            value
+                .as_ref()
+                .map(|v| String::from_utf8_lossy(v).into_owned()),
+        ),
+        Value::Error(message)
+            if message.starts_with("CLUSTERDOWN") || message.contains("nothing was applied") =>
+        {
+            Outcome::Fail
+        }
+        _ => Outcome::Unknown,
+    }
+}
+
+/// Counters of one run's clients.
+#[derive(Debug, Default, Clone)]
+pub struct ErrorSamples {
+    /// A few error replies seen, for the log.
+    pub samples: Vec<String>,
+}
+
+/// Runs `clients` clients against `addr` until `stop`; returns their tasks.
+pub fn spawn_clients(
+    addr: &str,
+    clients: usize,
+    keys: usize,
+    seed: u64,
+    recorder: Recorder,
+    stop: Arc<AtomicBool>,
+) -> Vec<JoinHandle<ErrorSamples>> {
+    (0..clients)
+        .map(|client| {
+            let addr = addr.to_string();
+            let recorder = recorder.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                client_loop(client as u64, &addr, keys, seed, recorder, stop).await
+            })
+        })
+        .collect()
+}
+
+async fn client_loop(
+    client: u64,
+    addr: &str,
+    keys: usize,
+    seed: u64,
+    recorder: Recorder,
+    stop: Arc<AtomicBool>,
+) -> ErrorSamples {
+    let mut rng = StdRng::seed_from_u64(seed ^ (client + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut errors = ErrorSamples::default();
+    let mut connection: Option<Connection> = None;
+    let mut sequence = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        if connection.is_none() {
+            match Connection::open(addr).await {
+                Ok(c) => connection = Some(c),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+        }
+        let conn = connection.as_mut().expect("connected above");
+        let key = format!("k{}", rng.gen_range(0..keys));
+        let is_set = rng.gen_bool(0.5);
+        let (pending, value) = if is_set {
+            sequence += 1;
+            let value = format!("c{client}-{sequence}");
+            (
+                recorder.set(client, key.clone(), value.clone()),
+                Some(value),
+            )
+        } else {
+            (recorder.get(client, key.clone()), None)
+        };
+        let argv: Vec<&[u8]> = match &value {
+            Some(v) => vec![b"SET", key.as_bytes(), v.as_bytes()],
+            None => vec![b"GET", key.as_bytes()],
+        };
+        let outcome = match tokio::time::timeout(OP_DEADLINE, conn.call(&argv)).await {
+            Ok(Ok(reply)) => {
+                let outcome = classify(is_set, &reply);
+                if let (Value::Error(message), true) = (&reply, errors.samples.len() < 5) {
+                    errors.samples.push(message.clone());
+                }
+                outcome
+            }
+            // A broken connection or a timeout: the request may have reached the cluster.
+            // The connection's state is unknown too, so open a new one.
+            Ok(Err(_)) | Err(_) => {
+                connection = None;
+                Outcome::Unknown
+            }
+        };
+        match outcome {
+            Outcome::Ok(read) if is_set => {
+                debug_assert!(read.is_none());
+                pending.ok()
+            }
+            Outcome::Ok(read) => pending.ok_read(read),
+            Outcome::Fail => pending.fail(),
+            Outcome::Unknown => pending.unknown(),
+        }
+        let think_ms = rng.gen_range(0..=MAX_THINK_MS);
+        tokio::time::sleep(Duration::from_millis(think_ms)).await;
+    }
+    errors
+}
+
+/// Reads every key once more after the run (retrying until each answers, at most
+/// [`FINAL_READ_TIMEOUT`]); records the reads as client `client`. Returns the values of
+/// the keys that answered.
+pub async fn final_reads(
+    addr: &str,
+    keys: usize,
+    client: u64,
+    recorder: &Recorder,
+) -> BTreeMap<String, Option<String>> {
+    let deadline = Instant::now() + FINAL_READ_TIMEOUT;
+    let mut values = BTreeMap::new();
+    let mut connection: Option<Connection> = None;
+    for index in 0..keys {
+        let key = format!("k{index}");
+        while Instant::now() < deadline {
+            if connection.is_none() {
+                match Connection::open(addr).await {
+                    Ok(c) => connection = Some(c),
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                }
+            }
+            let conn = connection.as_mut().expect("connected above");
+            let pending = recorder.get(client, key.clone());
+            match tokio::time::timeout(OP_DEADLINE, conn.call(&[b"GET", key.as_bytes()])).await {
+                Ok(Ok(reply)) => match classify(false, &reply) {
+                    Outcome::Ok(value) => {
+                        pending.ok_read(value.clone());
+                        values.insert(key.clone(), value);
+                        break;
+                    }
+                    Outcome::Fail => pending.fail(),
+                    Outcome::Unknown => pending.unknown(),
+                },
+                Ok(Err(_)) | Err(_) => {
+                    connection = None;
+                    pending.unknown();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    values
+}
+
+/// Waits until the endpoint answers PING, at most `timeout`.
+pub async fn wait_ready(addr: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(mut conn) = Connection::open(addr).await {
+            if let Ok(Ok(Value::Simple(_))) =
+                tokio::time::timeout(Duration::from_secs(2), conn.call(&[b"PING"])).await
+            {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the RESP endpoint {addr} did not answer PING within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_map_to_history_statuses() {
+        assert_eq!(classify(true, &Value::ok()), Outcome::Ok(None));
+        assert_eq!(
+            classify(false, &Value::bulk("v")),
+            Outcome::Ok(Some("v".into()))
+        );
+        assert_eq!(classify(false, &Value::null()), Outcome::Ok(None));
+        assert_eq!(
+            classify(true, &Value::error("CLUSTERDOWN no route")),
+            Outcome::Fail
+        );
+        assert_eq!(
+            classify(
+                true,
+                &Value::error(
+                    "TRYAGAIN partition 0 ...; the write may or may not have been applied"
+                )
+            ),
+            Outcome::Unknown
+        );
+        assert_eq!(
+            classify(true, &Value::error("ERR something new")),
+            Outcome::Unknown
+        );
+        // A SET answered like a GET is not an acknowledgement.
+        assert_eq!(classify(true, &Value::bulk("x")), Outcome::Unknown);
+    }
+}
