@@ -12,16 +12,24 @@
 //!   [`store_conformance_tests!`].
 //! - [`error`]: the crate error type, [`StoreError`].
 //!
-//! An etcd backend will live in an `etcd` module behind the `etcd` cargo feature (off by
-//! default, since the etcd client needs `protoc` to build); it is not written yet.
+//! - `etcd` (cargo feature `etcd`, off by default since the etcd client needs `protoc` to
+//!   build): `EtcdStore`, the same trait on an etcd v3 cluster.
+//! - `etcd_cluster` (feature `etcd`): `LocalEtcdCluster`, a real N-member etcd on loopback
+//!   for tests.
 
 pub mod conformance;
 pub mod embedded;
 pub mod error;
+#[cfg(feature = "etcd")]
+pub mod etcd;
+#[cfg(feature = "etcd")]
+pub mod etcd_cluster;
 pub mod store;
 pub mod types;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use error::{Result, StoreError};
+#[cfg(feature = "etcd")]
+pub use etcd::EtcdStore;
 pub use store::Store;
 pub use types::{CasOutcome, Expected, LeaseId, Revision, Versioned, Watch, WatchEvent};
