@@ -115,7 +115,7 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
         let mut inner = self.inner.lock().expect("log mutex poisoned");
         assert!(
-            inner.last_purged.map_or(true, |p| p <= log_id),
+            inner.last_purged.is_none_or(|p| p <= log_id),
             "purge must move forward: {:?} then {log_id}",
             inner.last_purged
         );

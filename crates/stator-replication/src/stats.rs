@@ -73,10 +73,9 @@ impl LatencyWindow {
     pub fn summary(&self) -> (f64, u64) {
         let w = self.window.lock().expect("latency mutex poisoned");
         let elapsed = w.started.elapsed();
-        if elapsed >= WINDOW || w.last.is_none() {
-            summarise(&w, elapsed)
-        } else {
-            w.last.expect("checked above")
+        match w.last {
+            Some(last) if elapsed < WINDOW => last,
+            _ => summarise(&w, elapsed),
         }
     }
 }

@@ -287,9 +287,10 @@ impl Cluster {
         let deadline = Instant::now() + WAIT;
         loop {
             let leader = self.leader(group).await;
-            match self.hosts[&leader].reconcile_membership(group, &want).await {
-                Ok(MembershipStep::InSync) => return,
-                Ok(_) | Err(_) => {}
+            if let Ok(MembershipStep::InSync) =
+                self.hosts[&leader].reconcile_membership(group, &want).await
+            {
+                return;
             }
             assert!(
                 Instant::now() < deadline,

@@ -678,4 +678,37 @@ mod tests {
                 || matches!(second, TransportError::Unreachable { .. })
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+        /// Arbitrary bytes from a peer never panic the decoder and never make it allocate
+        /// past the frame limit: they decode or are refused.
+        #[test]
+        fn decoder_survives_arbitrary_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let mut reader = bytes.as_slice();
+                let mut buf = Vec::new();
+                while read_message(&mut reader, &mut buf).await.is_ok() {}
+                assert!(buf.capacity() <= MAX_FRAME_BYTES.max(512));
+            });
+        }
+
+        /// Every message survives an encode/decode round trip.
+        #[test]
+        fn frames_round_trip(payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096), id in 0u64..u64::MAX) {
+            let msg = Message::Request { id, body: client_request(&payload) };
+            let bytes = encode(&msg);
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let decoded = rt.block_on(async { read_message(&mut bytes.as_slice(), &mut Vec::new()).await.unwrap() });
+            match decoded {
+                Message::Request { id: got, body: Request::Client(_, req) } => {
+                    assert_eq!(got, id);
+                    assert_eq!(req.payload, payload);
+                }
+                other => panic!("decoded {other:?}"),
+            }
+        }
+    }
 }
