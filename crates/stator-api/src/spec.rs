@@ -175,7 +175,7 @@ fn parse_document<T: for<'de> Deserialize<'de>>(
 ) -> Result<T, SpecError> {
     let format = format.detect(text);
     let parsed = match format {
-        SpecFormat::Toml => toml::from_str(text).map_err(|e| e.to_string()),
+        SpecFormat::Toml => toml::from_str(text).map_err(|e| one_line_toml_error(text, &e)),
         SpecFormat::Yaml => serde_yaml_ng::from_str(text).map_err(|e| e.to_string()),
         SpecFormat::Json | SpecFormat::Auto => {
             serde_json::from_str(text).map_err(|e| e.to_string())
@@ -185,6 +185,25 @@ fn parse_document<T: for<'de> Deserialize<'de>>(
         format,
         message: message.trim().to_string(),
     })
+}
+
+/// The toml crate renders an error as a source excerpt over several lines; errors are
+/// one line (the CLI prints them as its one-line reason), so keep the location, the
+/// offending line (which names the field) and the message.
+fn one_line_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim().replace('\n', " ");
+    let Some(span) = error.span() else {
+        return message;
+    };
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line = text[..start].matches('\n').count() + 1;
+    let column = text[line_start..start].chars().count() + 1;
+    format!(
+        "line {line}, column {column} (`{}`): {message}",
+        text[line_start..line_end].trim()
+    )
 }
 
 /// What a service is.
