@@ -229,6 +229,34 @@ enum BenchVerb {
         #[arg(long)]
         json: bool,
     },
+    /// SIGKILL of a node under `stator up`: unavailability, new leader, replication
+    /// factor restored, no acknowledged write lost; beside an etcd leader kill.
+    Failover {
+        /// Agents to start.
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        /// Partitions of the benchmark's service (3 replicas each).
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+        /// Kills per kind.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Paced writes per second to partition 0.
+        #[arg(long, default_value_t = 200)]
+        rate_per_sec: u32,
+        /// Which node each round kills.
+        #[arg(long, value_enum, default_value_t = bench::failover::KillKind::Both)]
+        kind: bench::failover::KillKind,
+        /// Heartbeat grace after which the server declares a node lost.
+        #[arg(long, default_value_t = stator_server::config::DEFAULT_NODE_GRACE_MS)]
+        node_grace_ms: u64,
+        /// Baselines to leave out: etcd.
+        #[arg(long, value_delimiter = ',')]
+        skip: Vec<String>,
+        /// Print the result as one JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -477,6 +505,35 @@ fn main() -> anyhow::Result<()> {
                 };
                 let runs = bench::replication::run(&opts).await?;
                 bench::print_runs(&runs, json);
+                Ok(())
+            }
+            Verb::Bench {
+                which:
+                    BenchVerb::Failover {
+                        nodes,
+                        partitions,
+                        rounds,
+                        rate_per_sec,
+                        kind,
+                        node_grace_ms,
+                        skip,
+                        json,
+                    },
+            } => {
+                anyhow::ensure!(nodes >= 3, "--nodes: at least 3 (replicas are 3), got {nodes}");
+                anyhow::ensure!(rounds >= 1, "--rounds: at least 1");
+                anyhow::ensure!(rate_per_sec >= 1, "--rate-per-sec: at least 1");
+                let opts = bench::failover::Options {
+                    nodes,
+                    partitions,
+                    rounds,
+                    rate_per_sec,
+                    kind,
+                    node_grace_ms,
+                    skip,
+                };
+                let report = bench::failover::run(&opts).await?;
+                bench::failover::print_report(&report, json);
                 Ok(())
             }
         }

@@ -2,10 +2,13 @@
 //!
 //! - [`replication`]: write latency and throughput of a partition group against etcd
 //!   (one consensus write per request, as DORADO orders requests) and Redis with `WAIT`.
+//! - [`failover`]: client-observed unavailability, new leader and replication factor
+//!   restored after a SIGKILLed node under `stator up`, beside an etcd leader kill.
 //! - [`baselines`]: starting and driving etcd and Redis on loopback.
 //! - [`latency`]: latency histograms and the JSON run record.
 
 pub mod baselines;
+pub mod failover;
 pub mod latency;
 pub mod replication;
 

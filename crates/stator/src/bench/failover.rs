@@ -1,0 +1,1254 @@
+//! `stator bench failover`: what a client sees when a node dies, how long until a new
+//! leader and the replication factor are back, and whether an acknowledged write was lost,
+//! beside a 3-member etcd whose leader is killed the same way in the same run.
+//!
+//! The stator cluster is `stator up` run as a child of this process; its agents are its
+//! own children, so a SIGKILL of one is a real node failure. A paced client writes unique
+//! keys of partition 0 through the gateway's RESP endpoint (the path a Redis client
+//! takes) and times every acknowledgement and failure. Each round kills one agent (the
+//! one hosting partition 0's leader, or one hosting a follower), polls the API for the new
+//! leader and the restored replication factor, and waits for full health before the next
+//! round (`up` starts the dead agent again after 5 s, as a new member). The figures are
+//! computed from the client's record once the client has stopped; then every
+//! acknowledged key is read back.
+
+use super::baselines::{etcd_put, RespConn};
+use super::{free_port, installed};
+use crate::client::Api;
+use crate::context::Context;
+use anyhow::{bail, Context as _};
+use async_trait::async_trait;
+use base64::Engine;
+use serde_json::{json, Value};
+use stator_api::slot::{key_slot, partition_of_slot};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// The benchmark's service name.
+const SERVICE: &str = "failover-bench";
+/// Client connections, each with one write in flight. A stall of a second at a few
+/// hundred writes/s leaves the paced writes queued, not dropped; on recovery they drain.
+const CLIENT_CONNECTIONS: usize = 64;
+/// Paced writes waiting for a free connection; a tick beyond this is dropped and counted.
+const MAX_QUEUED_WRITES: usize = 16_384;
+/// How often the API (or etcd's status endpoint) is polled during a round.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// `stator up` must have a leader and the replication factor for every partition by then.
+const CLUSTER_START_TIMEOUT: Duration = Duration::from_secs(90);
+/// A round must be back to full health by then, or the benchmark fails.
+const HEAL_TIMEOUT: Duration = Duration::from_secs(90);
+/// Writes before the first kill, so connections and leader caches are warm.
+const WARMUP: Duration = Duration::from_secs(2);
+/// Quiet time after full health before the next kill, so every round starts steady.
+const SETTLE: Duration = Duration::from_secs(1);
+/// Client-side guard on one write; the gateway gives up on its own after 5 s.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// etcd client: one attempt against one member ...
+const ETCD_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+/// ... retried on the next member, as clientv3 does, until this deadline (the gateway's).
+const ETCD_WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// Pause between etcd attempts: the same as stator's replication client.
+const ETCD_RETRY_PAUSE: Duration = Duration::from_millis(10);
+/// etcd timing flags, passed explicitly: they are etcd's defaults.
+const ETCD_HEARTBEAT_MS: u64 = 100;
+const ETCD_ELECTION_TIMEOUT_MS: u64 = 1_000;
+/// How long an etcd member stays down before it is started again on its data dir: long
+/// enough that the survivors have elected a leader and the client is writing again.
+const ETCD_DOWN: Duration = Duration::from_secs(2);
+/// GETs pipelined per batch when reading every acknowledged key back.
+const READBACK_BATCH: usize = 200;
+/// Read-back attempts per batch (a batch hitting a leader change is read again).
+const READBACK_ATTEMPTS: usize = 20;
+/// etcd key prefix of the benchmark's writes.
+const ETCD_PREFIX: &str = "failover/";
+
+/// Which node a round kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KillKind {
+    /// The agent hosting partition 0's leader.
+    Leader,
+    /// An agent hosting one of partition 0's followers.
+    Follower,
+    /// Leader rounds, then follower rounds.
+    Both,
+}
+
+impl KillKind {
+    fn name(self) -> &'static str {
+        match self {
+            KillKind::Leader => "leader_kill",
+            KillKind::Follower => "follower_kill",
+            KillKind::Both => "both",
+        }
+    }
+}
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Agents `stator up` starts.
+    pub nodes: usize,
+    /// Partitions of the benchmark's service (3 replicas each).
+    pub partitions: u32,
+    /// Kills per kind.
+    pub rounds: usize,
+    /// Paced writes per second.
+    pub rate_per_sec: u32,
+    /// Which nodes to kill.
+    pub kind: KillKind,
+    /// Heartbeat grace after which the server declares a node lost.
+    pub node_grace_ms: u64,
+    /// Baselines to leave out ("etcd").
+    pub skip: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------------------
+// The paced client.
+
+#[async_trait]
+trait Writer: Send + 'static {
+    async fn set(&mut self, key: &[u8], value: &[u8]) -> anyhow::Result<()>;
+}
+
+/// One write as the client saw it.
+struct Outcome {
+    key: String,
+    value: String,
+    done: Instant,
+    acked: bool,
+}
+
+/// Writes `key_prefix{n}` = unique values at a steady rate until stopped.
+struct PacedClient {
+    stop: watch::Sender<bool>,
+    ticker: JoinHandle<u64>,
+    workers: Vec<JoinHandle<Vec<Outcome>>>,
+}
+
+/// Everything the client did.
+struct ClientRecord {
+    outcomes: Vec<Outcome>,
+    /// Ticks dropped because every connection was busy and the queue full.
+    dropped: u64,
+}
+
+impl ClientRecord {
+    /// Acknowledgement instants, sorted.
+    fn ack_times(&self) -> Vec<Instant> {
+        let mut acks: Vec<Instant> = self
+            .outcomes
+            .iter()
+            .filter(|o| o.acked)
+            .map(|o| o.done)
+            .collect();
+        acks.sort();
+        acks
+    }
+}
+
+impl PacedClient {
+    fn start(writers: Vec<Box<dyn Writer>>, rate_per_sec: u32, key_prefix: String) -> Self {
+        let (stop, mut stop_rx) = watch::channel(false);
+        let (tx, rx) = mpsc::channel::<u64>(MAX_QUEUED_WRITES);
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let period = Duration::from_secs_f64(1.0 / f64::from(rate_per_sec.max(1)));
+        let ticker = tokio::spawn(async move {
+            let mut interval = tokio::time::interval(period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let (mut seq, mut dropped) = (0u64, 0u64);
+            loop {
+                tokio::select! {
+                    _ = stop_rx.changed() => break,
+                    _ = interval.tick() => {
+                        seq += 1;
+                        if tx.try_send(seq).is_err() {
+                            dropped += 1;
+                        }
+                    }
+                }
+            }
+            dropped
+        });
+        let nonce = rand::random::<u32>();
+        let workers = writers
+            .into_iter()
+            .map(|mut writer| {
+                let (rx, prefix) = (rx.clone(), key_prefix.clone());
+                tokio::spawn(async move {
+                    let mut outcomes = Vec::new();
+                    loop {
+                        let next = rx.lock().await.recv().await;
+                        let Some(seq) = next else { break };
+                        let key = format!("{prefix}{seq}");
+                        let value = format!("v{seq}-{nonce:08x}");
+                        let result = tokio::time::timeout(
+                            WRITE_TIMEOUT,
+                            writer.set(key.as_bytes(), value.as_bytes()),
+                        )
+                        .await;
+                        outcomes.push(Outcome {
+                            key,
+                            value,
+                            done: Instant::now(),
+                            acked: matches!(result, Ok(Ok(()))),
+                        });
+                    }
+                    outcomes
+                })
+            })
+            .collect();
+        PacedClient {
+            stop,
+            ticker,
+            workers,
+        }
+    }
+
+    /// Stops pacing, lets queued writes finish, and returns the record.
+    async fn finish(self) -> ClientRecord {
+        let _ = self.stop.send(true);
+        let dropped = self.ticker.await.expect("ticker panicked");
+        let mut outcomes = Vec::new();
+        for w in self.workers {
+            outcomes.extend(w.await.expect("client worker panicked"));
+        }
+        ClientRecord { outcomes, dropped }
+    }
+}
+
+/// `SET` through the gateway's RESP endpoint; reconnects after any error.
+struct GatewayWriter {
+    addr: String,
+    conn: Option<RespConn>,
+}
+
+#[async_trait]
+impl Writer for GatewayWriter {
+    async fn set(&mut self, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+        if self.conn.is_none() {
+            self.conn = Some(RespConn::connect(&self.addr).await?);
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        match conn.command(&[b"SET".as_slice(), key, value]).await {
+            Ok(reply) if reply == b"+OK\r\n" => Ok(()),
+            Ok(reply) => {
+                self.conn = None;
+                bail!("unexpected reply {:?}", String::from_utf8_lossy(&reply))
+            }
+            Err(e) => {
+                self.conn = None;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A put through etcd's JSON gateway, moving to the next member on failure as clientv3
+/// does, until [`ETCD_WRITE_DEADLINE`].
+struct EtcdWriter {
+    http: reqwest::Client,
+    endpoints: Arc<Vec<String>>,
+    current: usize,
+}
+
+#[async_trait]
+impl Writer for EtcdWriter {
+    async fn set(&mut self, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            let endpoint = &self.endpoints[self.current % self.endpoints.len()];
+            match etcd_put(&self.http, endpoint, key, value).await {
+                Ok(()) => return Ok(()),
+                Err(e) if started.elapsed() >= ETCD_WRITE_DEADLINE => return Err(e),
+                Err(_) => {
+                    self.current = (self.current + 1) % self.endpoints.len();
+                    tokio::time::sleep(ETCD_RETRY_PAUSE).await;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Rounds and their figures.
+
+/// What the prober saw in one round; the client's view is joined in afterwards.
+#[derive(Debug, Clone)]
+struct Round {
+    kind: KillKind,
+    /// The killed node's name.
+    node: String,
+    kill_at: Instant,
+    /// When the API (stator) or a surviving member (etcd) first showed another leader.
+    new_leader_at: Option<Instant>,
+    /// When every partition had its replication factor again without the dead node.
+    rf_restored_at: Option<Instant>,
+}
+
+/// Client-observed figures of one round: the gap straddling the kill (last ack before it
+/// to first ack after it), the longest gap between acks from the kill to the next round,
+/// and the writes that failed meanwhile.
+#[derive(Debug, Clone, Copy)]
+struct ClientView {
+    unavailable: Option<Duration>,
+    max_gap: Option<Duration>,
+    failed: usize,
+}
+
+fn client_view(record: &ClientRecord, acks: &[Instant], from: Instant, to: Instant) -> ClientView {
+    let after = acks.partition_point(|t| *t < from);
+    let end = acks.partition_point(|t| *t < to);
+    let unavailable = match (after.checked_sub(1).map(|i| acks[i]), acks.get(after)) {
+        (Some(before), Some(first)) => Some(*first - before),
+        _ => None,
+    };
+    let start = after.saturating_sub(1);
+    let max_gap = acks[start..end.max(start)]
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .or(unavailable);
+    let failed = record
+        .outcomes
+        .iter()
+        .filter(|o| !o.acked && o.done >= from && o.done < to)
+        .count();
+    ClientView {
+        unavailable,
+        max_gap,
+        failed,
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
+}
+
+/// The median (mean of the middle two for an even count) and the maximum.
+fn median_max(mut values: Vec<f64>) -> (Option<f64>, Option<f64>) {
+    if values.is_empty() {
+        return (None, None);
+    }
+    values.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let n = values.len();
+    let median = if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    };
+    (Some((median * 10.0).round() / 10.0), values.last().copied())
+}
+
+/// The JSON summary of one kind's rounds. `ends[i]` is where round i's window closes.
+fn summarize(
+    rounds: &[Round],
+    ends: &[Instant],
+    record: &ClientRecord,
+    acks: &[Instant],
+    grace_ms: Option<u64>,
+    readback: Option<&ReadBack>,
+    window: (Instant, Instant),
+) -> Value {
+    let mut per_round = Vec::new();
+    let (mut unavailable, mut max_gap, mut new_leader, mut rf) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut failed = 0;
+    for (round, end) in rounds.iter().zip(ends) {
+        let view = client_view(record, acks, round.kill_at, *end);
+        failed += view.failed;
+        let since_kill = |t: Option<Instant>| t.map(|t| ms(t - round.kill_at));
+        unavailable.extend(view.unavailable.map(ms));
+        max_gap.extend(view.max_gap.map(ms));
+        new_leader.extend(since_kill(round.new_leader_at));
+        rf.extend(since_kill(round.rf_restored_at));
+        per_round.push(json!({
+            "node": round.node,
+            "unavailable_ms": view.unavailable.map(ms),
+            "max_ack_gap_ms": view.max_gap.map(ms),
+            "new_leader_ms": since_kill(round.new_leader_at),
+            "rf_restored_ms": since_kill(round.rf_restored_at),
+            "failed_writes": view.failed,
+        }));
+    }
+    let (unavailable_p50, unavailable_max) = median_max(unavailable);
+    let (gap_p50, gap_max) = median_max(max_gap);
+    let (leader_p50, leader_max) = median_max(new_leader);
+    let (rf_p50, rf_max) = median_max(rf);
+    let mut out = json!({
+        "rounds": rounds.len(),
+        "unavailable_ms_p50": unavailable_p50,
+        "unavailable_ms_max": unavailable_max,
+        "max_ack_gap_ms_p50": gap_p50,
+        "max_ack_gap_ms_max": gap_max,
+        "new_leader_ms_p50": leader_p50,
+        "new_leader_ms_max": leader_max,
+        "failed_writes": failed,
+        "per_round": per_round,
+    });
+    if let Some(grace) = grace_ms {
+        out["rf_restored_ms_p50"] = json!(rf_p50);
+        out["rf_restored_ms_max"] = json!(rf_max);
+        out["rf_restored_after_grace_ms_p50"] = json!(rf_p50.map(|v| v - grace as f64));
+        out["rf_restored_after_grace_ms_max"] = json!(rf_max.map(|v| v - grace as f64));
+    }
+    if let Some(rb) = readback {
+        let in_window = |o: &&Outcome| o.acked && o.done >= window.0 && o.done < window.1;
+        let acked: Vec<&Outcome> = record.outcomes.iter().filter(in_window).collect();
+        let lost = acked
+            .iter()
+            .filter(|o| rb.lost.contains_key(&o.key))
+            .count();
+        out["acked_writes"] = json!(acked.len());
+        out["lost_acked_writes"] = json!(lost);
+    }
+    out
+}
+
+/// Acknowledged keys not read back with their value (key -> what was read).
+struct ReadBack {
+    checked: usize,
+    lost: HashMap<String, String>,
+}
+
+// ---------------------------------------------------------------------------------------
+// The stator cluster under `stator up`.
+
+struct UpCluster {
+    child: tokio::process::Child,
+    data_dir: PathBuf,
+    api: Api,
+    resp_addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl UpCluster {
+    async fn start(opts: &Options) -> anyhow::Result<UpCluster> {
+        let dir = tempfile::tempdir()?;
+        let data_dir = dir.path().join("cluster");
+        let resp_addr = format!("127.0.0.1:{}", free_port()?);
+        let spec = dir.path().join("failover.toml");
+        std::fs::write(
+            &spec,
+            format!(
+                "name = \"{SERVICE}\"\nkind = \"replicated\"\npartitions = {}\nreplicas = 3\n\
+                 app = {{ builtin = \"kv\" }}\nexpose = {{ resp = \"{resp_addr}\" }}\n\
+                 resources = {{ cpu = \"250m\", memory = \"128Mi\" }}\n",
+                opts.partitions
+            ),
+        )?;
+        let log = std::fs::File::create(dir.path().join("up.log"))?;
+        let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+        cmd.arg("up")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--nodes", &opts.nodes.to_string()])
+            .args(["--api", "127.0.0.1:0", "--gateway-http", "127.0.0.1:0"])
+            .arg("-f")
+            .arg(&spec)
+            .args(["--node-grace-ms", &opts.node_grace_ms.to_string()])
+            // `up` makes its context the user's current one; keep the user's untouched.
+            .env("HOME", dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL `up` (and
+        // so, through its own death signal, its agents) if this benchmark dies.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().context("starting `stator up`")?;
+        let started = Instant::now();
+        let context_file = data_dir.join("context");
+        let ctx: Context = loop {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "`stator up` exited ({status}); see {}",
+                    dir.path().join("up.log").display()
+                );
+            }
+            if let Ok(text) = std::fs::read_to_string(&context_file) {
+                if let Ok(ctx) = serde_json::from_str(&text) {
+                    break ctx;
+                }
+            }
+            if started.elapsed() > CLUSTER_START_TIMEOUT {
+                bail!("`stator up` wrote no context within {CLUSTER_START_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let cluster = UpCluster {
+            child,
+            data_dir,
+            api: Api::new(&ctx)?,
+            resp_addr,
+            _dir: dir,
+        };
+        cluster
+            .wait_healthy(opts.nodes, None, CLUSTER_START_TIMEOUT)
+            .await?;
+        // The gateway opens the RESP listener once it has seen the service.
+        loop {
+            if let Ok(mut conn) = RespConn::connect(&cluster.resp_addr).await {
+                if conn.command(&[b"PING".as_slice()]).await.is_ok() {
+                    break;
+                }
+            }
+            if started.elapsed() > CLUSTER_START_TIMEOUT {
+                bail!(
+                    "the gateway's RESP endpoint {} never answered",
+                    cluster.resp_addr
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(cluster)
+    }
+
+    async fn partitions(&self) -> anyhow::Result<Vec<Value>> {
+        self.api
+            .get(&format!("/v1/partitions?service={SERVICE}"))
+            .await
+    }
+
+    async fn ready_nodes(&self) -> anyhow::Result<usize> {
+        let nodes: Vec<Value> = self.api.get("/v1/nodes").await?;
+        Ok(nodes.iter().filter(|n| n["state"] == "ready").count())
+    }
+
+    /// Waits until `nodes` nodes are ready and every partition has a leader and its
+    /// replication factor, with no member on `gone`.
+    async fn wait_healthy(
+        &self,
+        nodes: usize,
+        gone: Option<&Value>,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            let parts = self.partitions().await.unwrap_or_default();
+            if !parts.is_empty()
+                && partitions_healthy(&parts, gone)
+                && self.ready_nodes().await.unwrap_or(0) >= nodes
+            {
+                return Ok(());
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "cluster not healthy within {timeout:?}; partitions: {}",
+                    serde_json::to_string(&parts)?
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL * 5).await;
+        }
+    }
+
+    /// The pid of the running agent named `name`: `DATA_DIR/agents/<name>/pid` when `up`
+    /// writes one, else the child of `up` started with `--name <name>`.
+    fn agent_pid(&self, name: &str) -> anyhow::Result<i32> {
+        let pid_file = self.data_dir.join("agents").join(name).join("pid");
+        if let Ok(text) = std::fs::read_to_string(&pid_file) {
+            if let Ok(pid) = text.trim().parse::<i32>() {
+                if Path::new(&format!("/proc/{pid}")).exists() {
+                    return Ok(pid);
+                }
+            }
+        }
+        let up_pid = self.child.id().context("`stator up` has exited")?;
+        for entry in std::fs::read_dir("/proc")? {
+            let Ok(pid) = entry?.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // Fields after the parenthesised command name: state, ppid, ...
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid != Some(up_pid) {
+                continue;
+            }
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            if args
+                .windows(2)
+                .any(|w| w[0] == b"--name" && w[1] == name.as_bytes())
+            {
+                return Ok(pid);
+            }
+        }
+        bail!("no running agent named {name} under `stator up` (pid {up_pid})")
+    }
+
+    /// Stops `up` with SIGTERM (it stops its agents), then SIGKILL if it lingers.
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        if tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// Every partition has a leader and its replication factor, every member is alive, and
+/// none is on `gone`.
+fn partitions_healthy(parts: &[Value], gone: Option<&Value>) -> bool {
+    parts.iter().all(|p| {
+        p["replication_factor_met"] == true
+            && !p["leader"].is_null()
+            && p["members"].as_array().is_some_and(|members| {
+                members
+                    .iter()
+                    .all(|m| m["alive"] == true && Some(&m["node_id"]) != gone)
+            })
+    })
+}
+
+/// Runs one kill round against the stator cluster.
+async fn stator_round(
+    cluster: &UpCluster,
+    opts: &Options,
+    kind: KillKind,
+) -> anyhow::Result<Round> {
+    let parts = cluster.partitions().await?;
+    let p0 = parts
+        .iter()
+        .find(|p| p["partition"] == 0)
+        .context("partition 0 missing")?;
+    let leader_id = p0["leader"]["node_id"].clone();
+    let (victim_id, victim) = match kind {
+        KillKind::Leader => (leader_id.clone(), p0["leader"]["name"].clone()),
+        _ => {
+            let follower = p0["members"]
+                .as_array()
+                .and_then(|ms| ms.iter().find(|m| m["node_id"] != leader_id))
+                .context("partition 0 has no follower")?;
+            (follower["node_id"].clone(), follower["name"].clone())
+        }
+    };
+    let victim = victim
+        .as_str()
+        .context("member without a name")?
+        .to_string();
+    let pid = cluster.agent_pid(&victim)?;
+    let kill_at = Instant::now();
+    // SAFETY: kill(2) of an agent process `up` started for this benchmark.
+    if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+        bail!(
+            "kill -9 {pid} ({victim}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let mut round = Round {
+        kind,
+        node: victim,
+        kill_at,
+        new_leader_at: None,
+        rf_restored_at: None,
+    };
+    loop {
+        if let Ok(parts) = cluster.partitions().await {
+            let now = Instant::now();
+            let p0 = parts.iter().find(|p| p["partition"] == 0);
+            let leader = p0.map(|p| &p["leader"]["node_id"]);
+            if round.new_leader_at.is_none()
+                && kind == KillKind::Leader
+                && leader.is_some_and(|l| !l.is_null() && *l != victim_id)
+            {
+                round.new_leader_at = Some(now);
+            }
+            if round.rf_restored_at.is_none() && partitions_healthy(&parts, Some(&victim_id)) {
+                round.rf_restored_at = Some(now);
+            }
+        }
+        if round.rf_restored_at.is_some()
+            && (kind != KillKind::Leader || round.new_leader_at.is_some())
+        {
+            break;
+        }
+        if kill_at.elapsed() > HEAL_TIMEOUT {
+            bail!(
+                "round {kind:?} of {}: not healed within {HEAL_TIMEOUT:?}",
+                round.node
+            );
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    // Full health: the dead agent is back (as a new member) and everything is placed.
+    cluster.wait_healthy(opts.nodes, None, HEAL_TIMEOUT).await?;
+    tokio::time::sleep(SETTLE).await;
+    Ok(round)
+}
+
+/// Reads every acknowledged key back through the gateway.
+async fn read_back_gateway(addr: &str, record: &ClientRecord) -> anyhow::Result<ReadBack> {
+    let acked: Vec<&Outcome> = record.outcomes.iter().filter(|o| o.acked).collect();
+    let mut lost = HashMap::new();
+    let mut conn: Option<RespConn> = None;
+    for batch in acked.chunks(READBACK_BATCH) {
+        let mut frames = Vec::new();
+        for o in batch {
+            frames.extend_from_slice(&stator_kv::encode_command(&[
+                b"GET".as_slice(),
+                o.key.as_bytes(),
+            ]));
+        }
+        let mut attempt = 0;
+        let replies = loop {
+            attempt += 1;
+            if conn.is_none() {
+                conn = RespConn::connect(addr).await.ok();
+            }
+            if let Some(c) = conn.as_mut() {
+                match c.pipeline(&frames, batch.len()).await {
+                    Ok(replies) => break replies,
+                    Err(e) if attempt >= READBACK_ATTEMPTS => {
+                        return Err(e.context("reading acknowledged writes back"))
+                    }
+                    Err(_) => conn = None,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        for (o, reply) in batch.iter().zip(replies) {
+            if reply != o.value.as_bytes() {
+                lost.insert(o.key.clone(), String::from_utf8_lossy(&reply).into_owned());
+            }
+        }
+    }
+    Ok(ReadBack {
+        checked: acked.len(),
+        lost,
+    })
+}
+
+/// The whole stator side: cluster, warm-up, rounds, read-back.
+async fn measure_stator(opts: &Options) -> anyhow::Result<Value> {
+    eprintln!(
+        "stator: `stator up` with {} nodes, {} partitions x 3 replicas, node grace {} ms ...",
+        opts.nodes, opts.partitions, opts.node_grace_ms
+    );
+    let cluster = UpCluster::start(opts).await?;
+    let result = stator_rounds(&cluster, opts).await;
+    cluster.stop().await;
+    result
+}
+
+async fn stator_rounds(cluster: &UpCluster, opts: &Options) -> anyhow::Result<Value> {
+    let tag = (0u32..)
+        .map(|i| format!("fo{i}"))
+        .find(|t| partition_of_slot(opts.partitions, key_slot(t.as_bytes())) == 0)
+        .expect("some tag hashes to partition 0");
+    let writers: Vec<Box<dyn Writer>> = (0..CLIENT_CONNECTIONS)
+        .map(|_| {
+            Box::new(GatewayWriter {
+                addr: cluster.resp_addr.clone(),
+                conn: None,
+            }) as Box<dyn Writer>
+        })
+        .collect();
+    let client_start = Instant::now();
+    let client = PacedClient::start(writers, opts.rate_per_sec, format!("{{{tag}}}:"));
+    tokio::time::sleep(WARMUP).await;
+    let kinds: Vec<KillKind> = match opts.kind {
+        KillKind::Both => vec![KillKind::Leader, KillKind::Follower],
+        k => vec![k],
+    };
+    let mut rounds = Vec::new();
+    let outcome: anyhow::Result<()> = async {
+        for &kind in &kinds {
+            for i in 0..opts.rounds {
+                let round = stator_round(cluster, opts, kind).await?;
+                eprintln!(
+                    "  stator {} round {}/{}: killed {}, new leader seen after {:?}, replication factor after {:?}",
+                    kind.name(),
+                    i + 1,
+                    opts.rounds,
+                    round.node,
+                    round.new_leader_at.map(|t| t - round.kill_at),
+                    round.rf_restored_at.map(|t| t - round.kill_at)
+                );
+                rounds.push(round);
+            }
+        }
+        Ok(())
+    }
+    .await;
+    let client_end = Instant::now();
+    let record = client.finish().await;
+    outcome?;
+    eprintln!(
+        "  reading {} acknowledged writes back ...",
+        record.ack_times().len()
+    );
+    let readback = read_back_gateway(&cluster.resp_addr, &record).await?;
+    let acks = record.ack_times();
+    let mut out = json!({
+        "client": format!("gateway RESP endpoint, {CLIENT_CONNECTIONS} connections, paced"),
+        "nodes": opts.nodes,
+        "partitions": opts.partitions,
+        "replicas": 3,
+        "node_grace_ms": opts.node_grace_ms,
+        "rate_per_sec": opts.rate_per_sec,
+        "warmup_max_ack_gap_ms": client_view(&record, &acks, client_start, client_start + WARMUP).max_gap.map(ms),
+        "dropped_ticks": record.dropped,
+        "read_back": readback.checked,
+    });
+    if !readback.lost.is_empty() {
+        let sample: Vec<_> = readback.lost.iter().take(5).collect();
+        eprintln!("  LOST acknowledged writes, e.g. {sample:?}");
+    }
+    for &kind in &kinds {
+        let of_kind: Vec<Round> = rounds.iter().filter(|r| r.kind == kind).cloned().collect();
+        let ends = round_ends(&rounds, &of_kind, client_end);
+        let window = (
+            if kind == kinds[0] {
+                client_start
+            } else {
+                of_kind[0].kill_at
+            },
+            *ends.last().expect("at least one round"),
+        );
+        out[kind.name()] = summarize(
+            &of_kind,
+            &ends,
+            &record,
+            &acks,
+            Some(opts.node_grace_ms),
+            Some(&readback),
+            window,
+        );
+    }
+    Ok(out)
+}
+
+/// Where each of `of_kind`'s windows ends: at the next round's kill (of any kind), or at
+/// `last` for the final round.
+fn round_ends(all: &[Round], of_kind: &[Round], last: Instant) -> Vec<Instant> {
+    of_kind
+        .iter()
+        .map(|r| {
+            all.iter()
+                .map(|o| o.kill_at)
+                .filter(|t| *t > r.kill_at)
+                .min()
+                .unwrap_or(last)
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// The etcd baseline.
+
+/// A 3-member etcd whose members can be killed and started again on their data dirs.
+struct EtcdCluster {
+    dir: tempfile::TempDir,
+    ports: Vec<(u16, u16)>,
+    children: Vec<Option<std::process::Child>>,
+    endpoints: Vec<String>,
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl EtcdCluster {
+    async fn start(members: usize) -> anyhow::Result<EtcdCluster> {
+        if !installed("etcd") {
+            bail!("etcd not installed (apt-get install etcd-server)");
+        }
+        let mut ports = Vec::new();
+        for _ in 0..members {
+            ports.push((free_port()?, free_port()?));
+        }
+        let mut cluster = EtcdCluster {
+            dir: tempfile::tempdir()?,
+            endpoints: ports
+                .iter()
+                .map(|(client, _)| format!("http://127.0.0.1:{client}"))
+                .collect(),
+            ports,
+            children: (0..members).map(|_| None).collect(),
+        };
+        for i in 0..members {
+            cluster.spawn(i)?;
+        }
+        let http = reqwest::Client::builder()
+            .timeout(ETCD_ATTEMPT_TIMEOUT)
+            .build()?;
+        let started = Instant::now();
+        while etcd_put(&http, &cluster.endpoints[0], b"ready", b"1")
+            .await
+            .is_err()
+        {
+            if started.elapsed() > CLUSTER_START_TIMEOUT {
+                bail!("etcd did not become ready within {CLUSTER_START_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts member `i` (again) on its data dir.
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let initial: Vec<String> = self
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(j, (_, peer))| format!("e{j}=http://127.0.0.1:{peer}"))
+            .collect();
+        let (client, peer) = self.ports[i];
+        let child = std::process::Command::new("etcd")
+            .args(["--name", &format!("e{i}")])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("e{i}")))
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+            ])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args(["--initial-cluster", &initial.join(",")])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "stator-failover-bench"])
+            .args(["--heartbeat-interval", &ETCD_HEARTBEAT_MS.to_string()])
+            .args(["--election-timeout", &ETCD_ELECTION_TIMEOUT_MS.to_string()])
+            .args(["--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting etcd")?;
+        self.children[i] = Some(child);
+        Ok(())
+    }
+
+    /// Member `i`'s own id and the leader it knows (0: none), from its status endpoint.
+    async fn status(&self, http: &reqwest::Client, i: usize) -> Option<(String, String)> {
+        let resp = http
+            .post(format!("{}/v3/maintenance/status", self.endpoints[i]))
+            .json(&json!({}))
+            .send()
+            .await
+            .ok()?;
+        let body: Value = resp.json().await.ok()?;
+        let id = body["header"]["member_id"].as_str()?.to_string();
+        let leader = body["leader"].as_str().unwrap_or("0").to_string();
+        Some((id, leader))
+    }
+
+    /// The index of the member that is leader by its own account.
+    async fn leader(&self, http: &reqwest::Client) -> Option<(usize, String)> {
+        for i in 0..self.endpoints.len() {
+            if let Some((id, leader)) = self.status(http, i).await {
+                if id == leader {
+                    return Some((i, id));
+                }
+            }
+        }
+        None
+    }
+
+    /// Every member up and agreeing on one leader.
+    async fn healthy(&self, http: &reqwest::Client) -> bool {
+        let mut leaders = Vec::new();
+        for i in 0..self.endpoints.len() {
+            match self.status(http, i).await {
+                Some((_, leader)) if leader != "0" => leaders.push(leader),
+                _ => return false,
+            }
+        }
+        leaders.windows(2).all(|w| w[0] == w[1])
+    }
+}
+
+async fn etcd_round(cluster: &mut EtcdCluster, http: &reqwest::Client) -> anyhow::Result<Round> {
+    let (victim, victim_id) = cluster.leader(http).await.context("etcd has no leader")?;
+    let mut child = cluster.children[victim]
+        .take()
+        .context("etcd leader not running")?;
+    let kill_at = Instant::now();
+    child.kill().context("kill -9 of the etcd leader")?;
+    let _ = child.wait();
+    let mut round = Round {
+        kind: KillKind::Leader,
+        node: format!("e{victim}"),
+        kill_at,
+        new_leader_at: None,
+        rf_restored_at: None,
+    };
+    while round.new_leader_at.is_none() {
+        for i in (0..cluster.endpoints.len()).filter(|i| *i != victim) {
+            if let Some((_, leader)) = cluster.status(http, i).await {
+                if leader != "0" && leader != victim_id {
+                    round.new_leader_at = Some(Instant::now());
+                }
+            }
+        }
+        if kill_at.elapsed() > HEAL_TIMEOUT {
+            bail!("etcd elected no new leader within {HEAL_TIMEOUT:?}");
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    tokio::time::sleep(ETCD_DOWN.saturating_sub(kill_at.elapsed())).await;
+    cluster.spawn(victim)?;
+    let started = Instant::now();
+    while !cluster.healthy(http).await {
+        if started.elapsed() > HEAL_TIMEOUT {
+            bail!("restarted etcd member e{victim} did not rejoin within {HEAL_TIMEOUT:?}");
+        }
+        tokio::time::sleep(POLL_INTERVAL * 5).await;
+    }
+    tokio::time::sleep(SETTLE).await;
+    Ok(round)
+}
+
+async fn read_back_etcd(endpoint: &str, record: &ClientRecord) -> anyhow::Result<ReadBack> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut end = ETCD_PREFIX.as_bytes().to_vec();
+    *end.last_mut().expect("non-empty prefix") += 1;
+    let body: Value = reqwest::Client::new()
+        .post(format!("{endpoint}/v3/kv/range"))
+        .json(&json!({ "key": b64.encode(ETCD_PREFIX), "range_end": b64.encode(&end) }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let mut stored = HashMap::new();
+    for kv in body["kvs"].as_array().into_iter().flatten() {
+        let decode = |field: &str| -> Option<String> {
+            let bytes = b64.decode(kv[field].as_str()?).ok()?;
+            Some(String::from_utf8_lossy(&bytes).into_owned())
+        };
+        if let (Some(k), Some(v)) = (decode("key"), decode("value")) {
+            stored.insert(k, v);
+        }
+    }
+    let mut lost = HashMap::new();
+    let mut checked = 0;
+    for o in record.outcomes.iter().filter(|o| o.acked) {
+        checked += 1;
+        if stored.get(&o.key) != Some(&o.value) {
+            lost.insert(
+                o.key.clone(),
+                stored.get(&o.key).cloned().unwrap_or_default(),
+            );
+        }
+    }
+    Ok(ReadBack { checked, lost })
+}
+
+async fn measure_etcd(opts: &Options) -> anyhow::Result<Value> {
+    eprintln!(
+        "etcd: 3 members, heartbeat {ETCD_HEARTBEAT_MS} ms, election timeout {ETCD_ELECTION_TIMEOUT_MS} ms ..."
+    );
+    let mut cluster = EtcdCluster::start(3).await?;
+    let http = reqwest::Client::builder()
+        .timeout(ETCD_ATTEMPT_TIMEOUT)
+        .pool_max_idle_per_host(CLIENT_CONNECTIONS)
+        .build()?;
+    let endpoints = Arc::new(cluster.endpoints.clone());
+    let writers: Vec<Box<dyn Writer>> = (0..CLIENT_CONNECTIONS)
+        .map(|i| {
+            Box::new(EtcdWriter {
+                http: http.clone(),
+                endpoints: endpoints.clone(),
+                current: i,
+            }) as Box<dyn Writer>
+        })
+        .collect();
+    let client_start = Instant::now();
+    let client = PacedClient::start(writers, opts.rate_per_sec, ETCD_PREFIX.to_string());
+    tokio::time::sleep(WARMUP).await;
+    let mut rounds = Vec::new();
+    let mut outcome = Ok(());
+    for i in 0..opts.rounds {
+        match etcd_round(&mut cluster, &http).await {
+            Ok(round) => {
+                eprintln!(
+                    "  etcd leader_kill round {}/{}: killed {}, new leader seen after {:?}",
+                    i + 1,
+                    opts.rounds,
+                    round.node,
+                    round.new_leader_at.map(|t| t - round.kill_at)
+                );
+                rounds.push(round);
+            }
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        }
+    }
+    let client_end = Instant::now();
+    let record = client.finish().await;
+    outcome?;
+    let readback = read_back_etcd(&cluster.endpoints[0], &record).await?;
+    let acks = record.ack_times();
+    let ends = round_ends(&rounds, &rounds, client_end);
+    Ok(json!({
+        "members": 3,
+        "heartbeat_ms": ETCD_HEARTBEAT_MS,
+        "election_timeout_ms": ETCD_ELECTION_TIMEOUT_MS,
+        "client": format!("JSON gateway, {CLIENT_CONNECTIONS} connections, paced, next member on failure"),
+        "rate_per_sec": opts.rate_per_sec,
+        "warmup_max_ack_gap_ms": client_view(&record, &acks, client_start, client_start + WARMUP).max_gap.map(ms),
+        "dropped_ticks": record.dropped,
+        "read_back": readback.checked,
+        "leader_kill": summarize(&rounds, &ends, &record, &acks, None, Some(&readback), (client_start, client_end)),
+    }))
+}
+
+// ---------------------------------------------------------------------------------------
+// The run and its report.
+
+/// The documented figures printed beside the measured ones (not measured here).
+fn anchors() -> Value {
+    json!({
+        "etcd_default_election_timeout_ms": 1000,
+        "redis_sentinel_default_down_after_ms": 30000,
+        "k8s_statefulset_node_failure": {
+            "node_monitor_grace_ms": "40000-50000",
+            "not_ready_toleration_ms": 300000,
+            "reported_outage": "about 5-6 min (kubernetes/kubernetes 54368, 74947, 105341)"
+        }
+    })
+}
+
+/// Runs the stator rounds and the etcd baseline; returns the report object.
+pub async fn run(opts: &Options) -> anyhow::Result<Value> {
+    let stator = measure_stator(opts).await?;
+    let etcd = if opts.skip.iter().any(|s| s == "etcd") {
+        json!({ "skipped": "--skip etcd" })
+    } else if opts.kind == KillKind::Follower {
+        json!({ "skipped": "only leader kills are compared with etcd" })
+    } else {
+        match measure_etcd(opts).await {
+            Ok(v) => v,
+            Err(e) => json!({ "skipped": e.to_string() }),
+        }
+    };
+    let ratio = |field: &str| -> Value {
+        let s = stator["leader_kill"][field].as_f64();
+        let e = etcd["leader_kill"][field].as_f64();
+        match (s, e) {
+            (Some(s), Some(e)) if s > 0.0 => json!(((e / s) * 100.0).round() / 100.0),
+            _ => Value::Null,
+        }
+    };
+    let ratios = json!({
+        "unavailable_p50_etcd_over_stator": ratio("unavailable_ms_p50"),
+        "unavailable_max_etcd_over_stator": ratio("unavailable_ms_max"),
+        "new_leader_p50_etcd_over_stator": ratio("new_leader_ms_p50"),
+    });
+    Ok(json!({ "stator": stator, "etcd": etcd, "ratios": ratios, "anchors": anchors() }))
+}
+
+/// Prints the table on stderr and, with `json`, the report on stdout's last line.
+pub fn print_report(report: &Value, json: bool) {
+    let s = &report["stator"];
+    eprintln!();
+    eprintln!(
+        "failover: stator {} nodes, {} partitions x 3 replicas, node grace {} ms; client {} writes/s to partition 0 through the gateway RESP endpoint",
+        s["nodes"], s["partitions"], s["node_grace_ms"], s["rate_per_sec"]
+    );
+    eprintln!(
+        "{:<7} {:<14} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>5}",
+        "system",
+        "kill",
+        "rounds",
+        "unav_p50",
+        "unav_max",
+        "gap_max",
+        "ldr_p50",
+        "ldr_max",
+        "rf_p50",
+        "rf_max",
+        "failed",
+        "acked",
+        "lost"
+    );
+    let cell = |v: &Value| match v.as_f64() {
+        Some(f) => format!("{f:.0}"),
+        None => "-".into(),
+    };
+    let row = |system: &str, kind: &str, r: &Value| {
+        eprintln!(
+            "{:<7} {:<14} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>5}",
+            system,
+            kind,
+            r["rounds"],
+            cell(&r["unavailable_ms_p50"]),
+            cell(&r["unavailable_ms_max"]),
+            cell(&r["max_ack_gap_ms_max"]),
+            cell(&r["new_leader_ms_p50"]),
+            cell(&r["new_leader_ms_max"]),
+            cell(&r["rf_restored_ms_p50"]),
+            cell(&r["rf_restored_ms_max"]),
+            r["failed_writes"],
+            r["acked_writes"],
+            r["lost_acked_writes"]
+        )
+    };
+    for kind in ["leader_kill", "follower_kill"] {
+        if s[kind].is_object() {
+            row("stator", kind, &s[kind]);
+        }
+    }
+    let e = &report["etcd"];
+    match e["skipped"].as_str() {
+        Some(why) => eprintln!("{:<7} {:<14} skipped: {why}", "etcd", "leader_kill"),
+        None => row("etcd", "leader_kill", &e["leader_kill"]),
+    }
+    eprintln!("  (all times in ms from the SIGKILL; unav = last ack before the kill to first ack after it;");
+    eprintln!("   gap_max = longest gap between acks until the next round; ldr = new leader visible in the");
+    eprintln!(
+        "   API (stator: reported by agent heartbeats, every 500 ms) or in a survivor's status (etcd);"
+    );
+    eprintln!(
+        "   rf = every partition at 3 live replicas without the dead node, includes the {} ms grace)",
+        s["node_grace_ms"]
+    );
+    eprintln!(
+        "anchor  etcd default election timeout          1000 ms (\"about an election timeout to elect a leader\")"
+    );
+    eprintln!("anchor  Redis Sentinel down-after-milliseconds 30000 ms (default)");
+    eprintln!(
+        "anchor  Kubernetes StatefulSet, node failure    40-50 s node-monitor grace + 300 s toleration, then replacement"
+    );
+    if let Some(r) = report["ratios"]["unavailable_p50_etcd_over_stator"].as_f64() {
+        eprintln!("ratio   unavailable p50 etcd / stator = {r}");
+    }
+    if json {
+        println!("{report}");
+    }
+}
