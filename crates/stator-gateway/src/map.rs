@@ -86,8 +86,9 @@ pub struct ServiceViewMirror {
 /// One stateless instance, if the server lists them with a service.
 #[derive(Debug, Clone, Deserialize)]
 pub struct InstanceViewMirror {
-    /// `host:port` the instance serves on.
-    pub addr: String,
+    /// `host:port` the instance serves on (absent when the service has no port).
+    #[serde(default)]
+    pub addr: Option<String>,
     /// Whether its readiness probe passes; unready instances get no traffic.
     #[serde(default = "default_true")]
     pub ready: bool,
@@ -147,7 +148,7 @@ pub fn build_map(
                     .instances
                     .iter()
                     .filter(|i| i.ready)
-                    .map(|i| i.addr.clone())
+                    .filter_map(|i| i.addr.clone())
                     .collect(),
             },
         );

@@ -80,7 +80,7 @@ pub fn assignments_for(cluster: &Cluster, node: NodeId) -> Assignments {
                         command: process.command.clone(),
                         env: process.env.clone(),
                         working_dir: process.working_dir.clone(),
-                        port: spec.port,
+                        port: instance_port(spec.port, &instance.id),
                         readiness: spec.readiness.clone(),
                         cpu_millis: spec.resources.cpu_millis(),
                         memory_mib: spec.resources.memory_mib(),
@@ -90,4 +90,20 @@ pub fn assignments_for(cluster: &Cluster, node: NodeId) -> Assignments {
         }
     }
     assignments
+}
+
+/// Ports spread instance ports over this many values past the spec's `port`.
+pub const INSTANCE_PORT_SPREAD: u16 = 1_000;
+
+/// The port instance `id` (`<service>-<n>`) serves on: the spec's port plus `n` modulo
+/// [`INSTANCE_PORT_SPREAD`], so instances sharing a machine (every node of `stator up`
+/// is 127.0.0.1) never collide.
+pub fn instance_port(base: Option<u16>, id: &str) -> Option<u16> {
+    let base = base?;
+    let n: u16 = id
+        .rsplit('-')
+        .next()
+        .and_then(|n| n.parse::<u64>().ok())
+        .map_or(0, |n| (n % INSTANCE_PORT_SPREAD as u64) as u16);
+    Some(base.saturating_add(n))
 }

@@ -70,6 +70,30 @@ pub enum ServerError {
         /// The IO error.
         source: std::io::Error,
     },
+    /// Several servers share the store and none holds the controller lease right now
+    /// (an election is under way, or the holder just stopped).
+    #[error("no server holds the controller lease right now (an election is under way); retry in a few seconds")]
+    NoLeader,
+    /// This server forwards to the controller holder, which did not answer.
+    #[error("the server holding the controller lease ({leader}) does not answer: {detail}; retry in a few seconds or call another server")]
+    LeaderUnreachable {
+        /// The holder's URL.
+        leader: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A forwarded request reached a server that does not hold the lease either (the
+    /// lease moved while it was in flight); it is not forwarded twice.
+    #[error(
+        "the request was forwarded to a server that no longer holds the controller lease; retry"
+    )]
+    ForwardedTooFar,
+    /// Two servers given different tokens share one store.
+    #[error("the {which} token given to this server differs from the one the cluster already uses (stored in the store); give every server the same token, or none to adopt the cluster's")]
+    TokenMismatch {
+        /// `API` or `join`.
+        which: &'static str,
+    },
     /// The controller task is gone (the server is shutting down).
     #[error("the server is shutting down; retry against a running server")]
     ShuttingDown,
@@ -86,7 +110,11 @@ impl ServerError {
             ServerError::Spec(SpecError::Invalid { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
             ServerError::NotFound { .. } | ServerError::UnknownNode(_) => StatusCode::NOT_FOUND,
             ServerError::Conflict { .. } => StatusCode::CONFLICT,
-            ServerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ServerError::ShuttingDown
+            | ServerError::NoLeader
+            | ServerError::ForwardedTooFar
+            | ServerError::LeaderUnreachable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ServerError::TokenMismatch { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ServerError::Store(_)
             | ServerError::CorruptRecord { .. }
             | ServerError::DataDir { .. }

@@ -9,6 +9,10 @@
 //! - [`config`]: [`ServerConfig`], defaults, the token files of the data directory.
 //! - [`api`]: the axum router: `/v1` routes (bearer token), agent routes (join token),
 //!   `/healthz`, `/metrics`, body limits, JSON errors, the SSE event stream.
+//! - [`leader`]: with several servers on one store (etcd), the election of the one that
+//!   runs the controller (a lease), and controller terms that end the moment it is lost.
+//! - [`forward`]: the front door: serve locally while leading, forward to the holder
+//!   while following, 503 while no holder is known.
 //! - [`controller`]: the task that owns the cluster state, persists it, runs the
 //!   reconcile loop and publishes events; handlers talk to it over a bounded channel.
 //! - [`reconcile`]: the controllers' decisions as a pure function (cluster, time) ->
@@ -25,6 +29,8 @@ pub mod assign;
 pub mod config;
 pub mod controller;
 pub mod error;
+pub mod forward;
+pub mod leader;
 pub mod metrics;
 pub mod model;
 pub mod reconcile;
@@ -38,17 +44,22 @@ use stator_store::{EmbeddedStore, Store};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::leader::{Election, Role, StartTerm, Term};
+
 pub use config::{ServerConfig, StoreConfig};
 pub use error::{Result, ServerError};
 
 /// A running server.
 pub struct ServerHandle {
     addr: SocketAddr,
+    advertise_url: String,
     api_token: String,
     join_token: String,
     shutdown: watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
-    controller: JoinHandle<()>,
+    /// Owns the controller term(s): the election loop, or the embedded store's one term.
+    leadership: JoinHandle<()>,
+    role: watch::Receiver<Role>,
 }
 
 impl ServerHandle {
@@ -62,6 +73,11 @@ impl ServerHandle {
         format!("http://{}", self.addr)
     }
 
+    /// The URL other servers forward to while this one runs the controller.
+    pub fn advertise_url(&self) -> &str {
+        &self.advertise_url
+    }
+
     /// The API bearer token.
     pub fn api_token(&self) -> &str {
         &self.api_token
@@ -72,13 +88,34 @@ impl ServerHandle {
         &self.join_token
     }
 
-    /// Stops accepting requests, ends event streams, waits for in-flight requests and
-    /// stops the controller.
+    /// True while this server runs the controller.
+    pub fn is_leader(&self) -> bool {
+        matches!(*self.role.borrow(), Role::Leading(_))
+    }
+
+    /// The URL of the server running the controller, as this server knows it (None while
+    /// an election is under way).
+    pub fn leader_url(&self) -> Option<String> {
+        match &*self.role.borrow() {
+            Role::Leading(_) => Some(self.advertise_url.clone()),
+            Role::Following { leader_url } => Some(leader_url.clone()),
+            Role::Electing => None,
+        }
+    }
+
+    /// A subscription to this server's role changes (for tests and tools).
+    pub fn role(&self) -> watch::Receiver<Role> {
+        self.role.clone()
+    }
+
+    /// Stops accepting requests, ends event streams, waits for in-flight requests, stops
+    /// the controller and gives up the controller lease (so another server takes over at
+    /// once).
     pub async fn shutdown(self) -> Result<()> {
         // Receivers may be gone already if a task ended; nothing else to tell then.
         let _ = self.shutdown.send(true);
         let http = self.http.await;
-        let _ = self.controller.await;
+        let _ = self.leadership.await;
         match http {
             Ok(Ok(())) => Ok(()),
             Ok(Err(source)) => Err(ServerError::Bind {
@@ -88,20 +125,19 @@ impl ServerHandle {
             Err(join) => panic!("HTTP server task panicked: {join}"),
         }
     }
+
+    /// Stops the server the way a crash would, for failover tests: the controller and the
+    /// listener stop at once, the lease is not given up (it expires after its TTL), and
+    /// connections still open answer 503.
+    pub fn abort(self) {
+        self.leadership.abort();
+        self.http.abort();
+    }
 }
 
-/// Starts the server: opens the store, loads the cluster, binds the listen address and
-/// serves until [`ServerHandle::shutdown`].
-pub async fn start(config: ServerConfig) -> Result<ServerHandle> {
-    let api_token = match &config.api_token {
-        Some(token) => token.clone(),
-        None => config::load_or_create_token(&config.data_dir, config::API_TOKEN_FILE)?,
-    };
-    let join_token = match &config.join_token {
-        Some(token) => token.clone(),
-        None => config::load_or_create_token(&config.data_dir, config::JOIN_TOKEN_FILE)?,
-    };
-    let store: Arc<dyn Store> = match &config.store {
+/// Opens the configured store.
+async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>> {
+    Ok(match config {
         StoreConfig::Shared(store) => store.clone(),
         StoreConfig::Embedded(dir) => {
             std::fs::create_dir_all(dir).map_err(|source| ServerError::DataDir {
@@ -110,19 +146,80 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle> {
             })?;
             Arc::new(EmbeddedStore::open(dir)?)
         }
+        #[cfg(feature = "etcd")]
+        StoreConfig::Etcd(endpoints) => {
+            Arc::new(stator_store::EtcdStore::connect(endpoints).await?)
+        }
+    })
+}
+
+/// The API and join tokens: shared through the store when several servers may share it,
+/// otherwise from the data directory.
+async fn tokens(config: &ServerConfig, store: &dyn Store) -> Result<(String, String)> {
+    if config.store.is_shared() {
+        let api = config::shared_token(
+            store,
+            config.api_token.as_deref(),
+            &config.data_dir,
+            config::API_TOKEN_FILE,
+            config::API_TOKEN_KEY,
+            "API",
+        )
+        .await?;
+        let join = config::shared_token(
+            store,
+            config.join_token.as_deref(),
+            &config.data_dir,
+            config::JOIN_TOKEN_FILE,
+            config::JOIN_TOKEN_KEY,
+            "join",
+        )
+        .await?;
+        return Ok((api, join));
+    }
+    let api = match &config.api_token {
+        Some(token) => token.clone(),
+        None => config::load_or_create_token(&config.data_dir, config::API_TOKEN_FILE)?,
     };
-    let metrics = Arc::new(metrics::Metrics::new());
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let (controller_handle, controller) = controller::spawn(
-        store,
-        controller::ControllerSettings {
-            node_grace_ms: config.node_grace_ms,
-            heartbeat_interval_ms: config.heartbeat_interval_ms,
-        },
-        metrics.clone(),
-        shutdown_rx.clone(),
-    )
-    .await?;
+    let join = match &config.join_token {
+        Some(token) => token.clone(),
+        None => config::load_or_create_token(&config.data_dir, config::JOIN_TOKEN_FILE)?,
+    };
+    Ok((api, join))
+}
+
+/// Starts a controller term: loads the cluster from the store, spawns the controller and
+/// builds the API router bound to it.
+async fn start_term(
+    store: Arc<dyn Store>,
+    settings: controller::ControllerSettings,
+    metrics: Arc<metrics::Metrics>,
+    api_token: Arc<str>,
+    join_token: Arc<str>,
+) -> Result<Term> {
+    let (stop, stop_rx) = watch::channel(false);
+    let (handle, controller) =
+        controller::spawn(store, settings, metrics.clone(), stop_rx.clone()).await?;
+    let router = api::router(api::AppState {
+        controller: handle,
+        api_token,
+        join_token,
+        metrics,
+        shutdown: stop_rx,
+    });
+    Ok(Term {
+        router,
+        stop,
+        controller,
+    })
+}
+
+/// Starts the server: opens the store, binds the listen address, and either runs the
+/// controller (embedded store) or joins the election for it (shared store, etcd); serves
+/// until [`ServerHandle::shutdown`].
+pub async fn start(config: ServerConfig) -> Result<ServerHandle> {
+    let store = open_store(&config.store).await?;
+    let (api_token, join_token) = tokens(&config, &*store).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -133,13 +230,61 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle> {
         addr: config.listen,
         source,
     })?;
-    let router = api::router(api::AppState {
-        controller: controller_handle,
-        api_token: api_token.clone().into(),
-        join_token: join_token.clone().into(),
-        metrics,
-        shutdown: shutdown_rx.clone(),
+    let advertise_url = config
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let metrics = Arc::new(metrics::Metrics::new());
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let settings = controller::ControllerSettings {
+        node_grace_ms: config.node_grace_ms,
+        heartbeat_interval_ms: config.heartbeat_interval_ms,
+    };
+    let (api_arc, join_arc): (Arc<str>, Arc<str>) =
+        (api_token.clone().into(), join_token.clone().into());
+    let term_store = store.clone();
+    let (term_api, term_join) = (api_arc.clone(), join_arc.clone());
+    let new_term: StartTerm = Arc::new(move || {
+        Box::pin(start_term(
+            term_store.clone(),
+            settings,
+            metrics.clone(),
+            term_api.clone(),
+            term_join.clone(),
+        ))
     });
+    let (role_tx, role) = watch::channel(Role::Electing);
+    let leadership = if config.store.is_shared() {
+        tokio::spawn(
+            Election {
+                store,
+                me: advertise_url.clone(),
+                ttl_ms: config.leader_lease_ttl_ms,
+                start_term: new_term,
+                role: role_tx,
+                shutdown: shutdown_rx.clone(),
+            }
+            .run(),
+        )
+    } else {
+        // The embedded store belongs to this server alone: it always leads.
+        let term = new_term().await?;
+        role_tx.send_replace(Role::Leading(term.router.clone()));
+        let mut stop = shutdown_rx.clone();
+        tokio::spawn(async move {
+            let _ = stop.wait_for(|stopping| *stopping).await;
+            term.stop_gracefully().await;
+            drop(role_tx);
+        })
+    };
+    let router = forward::FrontDoor::new(
+        role.clone(),
+        advertise_url.clone(),
+        api_arc,
+        join_arc,
+        shutdown_rx.clone(),
+    )
+    .router();
     let mut stop = shutdown_rx;
     let http = tokio::spawn(async move {
         axum::serve(listener, router)
@@ -151,11 +296,13 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle> {
     tracing::info!(%addr, "stator server listening");
     Ok(ServerHandle {
         addr,
+        advertise_url,
         api_token,
         join_token,
         shutdown,
         http,
-        controller,
+        leadership,
+        role,
     })
 }
 

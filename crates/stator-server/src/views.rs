@@ -131,6 +131,22 @@ pub struct ServiceView {
     pub spec: ServiceSpec,
     /// What is running.
     pub status: ServiceStatus,
+    /// Stateless: where each assigned instance serves (the gateway proxies to them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceView>,
+}
+
+/// One assigned instance of a stateless service or job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceView {
+    /// Instance id.
+    pub id: String,
+    /// Node name.
+    pub node: String,
+    /// `host:port` when the service has a port.
+    pub addr: Option<String>,
+    /// Whether its readiness probe passes.
+    pub ready: bool,
 }
 
 /// What `PUT /v1/services/{name}` answers.
@@ -417,6 +433,7 @@ pub fn service_view(cluster: &Cluster, service: &Service) -> ServiceView {
             status.partitions_replicated += 1;
         }
     }
+    let mut instances = Vec::new();
     for instance in &service.placement.instances {
         match instance.phase {
             InstancePhase::Assigned => {
@@ -427,6 +444,20 @@ pub fn service_view(cluster: &Cluster, service: &Service) -> ServiceView {
                         .any(|s| s.id == instance.id && s.state == InstanceState::Ready)
                 });
                 status.instances_ready += u32::from(ready);
+                let node = cluster.nodes.get(&instance.node);
+                let host = node.and_then(|n| {
+                    n.info
+                        .transport_addr
+                        .rsplit_once(':')
+                        .map(|(h, _)| h.to_string())
+                });
+                let port = crate::assign::instance_port(spec.port, &instance.id);
+                instances.push(InstanceView {
+                    id: instance.id.clone(),
+                    node: node.map_or_else(|| instance.node.to_string(), |n| n.info.name.clone()),
+                    addr: host.zip(port).map(|(h, p)| format!("{h}:{p}")),
+                    ready,
+                });
             }
             InstancePhase::Succeeded => status.completions_succeeded += 1,
             InstancePhase::Failed { .. } => {}
@@ -439,5 +470,6 @@ pub fn service_view(cluster: &Cluster, service: &Service) -> ServiceView {
         generation: service.record.generation,
         spec: spec.clone(),
         status,
+        instances,
     }
 }

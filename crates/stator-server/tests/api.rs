@@ -710,10 +710,11 @@ async fn stateless_instances_and_jobs_are_assigned_and_jobs_finish() {
                 .collect();
             reports.insert(agent.id, statuses);
             if assignments.instances.iter().any(|i| i.service == "web") {
-                assert!(assignments
-                    .instances
-                    .iter()
-                    .all(|i| i.service != "web" || i.port == Some(8080)));
+                // Each instance serves on the spec's port plus its id's ordinal, so
+                // instances sharing one machine never collide.
+                assert!(assignments.instances.iter().all(|i| i.service != "web"
+                    || i.port == stator_server::assign::instance_port(Some(8080), &i.id)));
+                assert!(assignments.instances.iter().all(|i| i.port != Some(0)));
                 web_nodes.insert(agent.id);
             }
         }
