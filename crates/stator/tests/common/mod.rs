@@ -196,6 +196,10 @@ impl Cluster {
             .arg(&self.context)
             .args(args)
             .env("HOME", self.data_dir.parent().unwrap())
+            // anyhow appends a backtrace to the one-line reason when these are set (as
+            // they often are under `cargo test`); a user's shell usually has neither.
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE")
             .stdin(Stdio::null())
             .output()
             .expect("run stator")
