@@ -278,6 +278,28 @@ pub fn agent_pids(up_pid: u32) -> BTreeMap<String, u32> {
     agents
 }
 
+/// Milliseconds since process `pid` started, from `/proc`.
+pub fn process_age_ms(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 (starttime, clock ticks after boot); 20th after the `(comm)` field.
+    let start_ticks: u64 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    let uptime_s: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(((uptime_s - start_ticks as f64 / ticks_per_s).max(0.0) * 1000.0) as u64)
+}
+
 /// Whether `pid` is stopped (SIGSTOP), from `/proc/PID/stat`.
 pub fn is_stopped(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

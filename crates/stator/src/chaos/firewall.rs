@@ -252,7 +252,18 @@ impl Firewall {
                 eprintln!("chaos: cleaning up iptables: {e}");
             }
         }
-        remove_cgroup_tree(&self.cgroup_dir);
+        // Processes killed a moment ago may still be leaving their cgroups.
+        for _ in 0..20 {
+            remove_cgroup_tree(&self.cgroup_dir);
+            if !self.cgroup_dir.exists() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        eprintln!(
+            "chaos: {} still holds processes; the next run removes it",
+            self.cgroup_dir.display()
+        );
     }
 }
 

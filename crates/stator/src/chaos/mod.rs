@@ -32,6 +32,9 @@ const SERVICE_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the agents are checked for a place in their node's cgroup: short, so an
 /// agent `up` restarts is moved before it dials its peers.
 const ADOPT_INTERVAL: Duration = Duration::from_millis(20);
+/// An agent placed in its cgroup later than this after it started may have opened
+/// connections before (registration and placement take longer than this).
+const LATE_ADOPTION_MS: u64 = 500;
 /// Set to 1 to fail instead of skipping a fault kind this machine cannot inject.
 pub const REQUIRE_ALL_ENV: &str = "STATOR_REQUIRE_ALL";
 
@@ -135,13 +138,27 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
         kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
         data_dir.path().display()
     );
-    let outcome = run_in(&opts, &kinds, firewall.clone(), data_dir.path(), skipped).await;
+    // On Ctrl-C or SIGTERM the run is dropped: `up` dies with its agents (kill on drop,
+    // and their parent-death signal) and the firewall is removed below.
+    let outcome = tokio::select! {
+        outcome = run_in(&opts, &kinds, firewall.clone(), data_dir.path(), skipped) => outcome,
+        _ = crate::shutdown_signal() => Err(anyhow::anyhow!("interrupted; cluster stopped, partitions healed")),
+    };
     // The cluster is stopped by now; the cgroups are empty and can go.
-    if let Some(firewall) = firewall {
-        match Arc::try_unwrap(firewall) {
-            Ok(mut f) => f.cleanup(),
-            Err(_) => eprintln!("chaos: the firewall is still shared; it is removed on exit"),
+    // The adopter task may hold it for a moment (it upgrades a weak reference per tick).
+    let mut firewall = firewall;
+    for _ in 0..100 {
+        match firewall.take().map(Arc::try_unwrap) {
+            None => break,
+            Some(Ok(mut f)) => f.cleanup(),
+            Some(Err(shared)) => {
+                firewall = Some(shared);
+                tokio::time::sleep(ADOPT_INTERVAL).await;
+            }
         }
+    }
+    if firewall.is_some() {
+        eprintln!("chaos: the firewall is still shared; it is removed when the last user drops it");
     }
     match &outcome {
         Ok(summary) if summary.passed() => {}
@@ -168,14 +185,31 @@ async fn run_in(
 
     // Agents go into their node's cgroup before they open any replica connection, and
     // restarted ones as soon as they appear.
-    let adopter = firewall.clone().map(|firewall| {
+    // The task holds only a weak reference, so the firewall can be removed even if the
+    // task outlives an interrupted run.
+    let adopter = firewall.as_ref().map(Arc::downgrade).map(|firewall| {
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(ADOPT_INTERVAL);
             loop {
                 ticker.tick().await;
+                let Some(firewall) = firewall.upgrade() else {
+                    return;
+                };
                 for (node, pid) in cluster::agent_pids(up_pid) {
-                    if let Err(e) = firewall.adopt(&node, pid) {
-                        eprintln!("chaos: cannot place agent {node} in its cgroup: {e:#}");
+                    match firewall.adopt(&node, pid) {
+                        Ok(true) => {
+                            // A socket keeps the cgroup it was made in: an agent adopted
+                            // late may have dialled peers outside its cgroup already.
+                            if let Some(age_ms) = cluster::process_age_ms(pid) {
+                                if age_ms > LATE_ADOPTION_MS {
+                                    eprintln!("chaos: WARNING agent {node} placed in its cgroup {age_ms} ms after it started; its early connections escape partitions");
+                                }
+                            }
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            eprintln!("chaos: cannot place agent {node} in its cgroup: {e:#}")
+                        }
                     }
                 }
             }

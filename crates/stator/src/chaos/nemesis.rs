@@ -158,7 +158,8 @@ pub struct FaultRecord {
     pub at_s: f64,
     /// Whether it was actually injected (a target could be missing).
     pub injected: bool,
-    /// Seconds from heal to a healthy cluster; `None` if it did not recover in time.
+    /// Seconds from the heal (SIGCONT, rules removed; for kills, the SIGKILL: `up`
+    /// restarts the node by itself) to a healthy cluster; `None` if it did not recover.
     pub recovery_s: Option<f64>,
 }
 
@@ -198,13 +199,13 @@ pub fn plan_split(shape: PartitionShape, nodes: &[String], leader: &str, pick: u
         }
         PartitionShape::Bridge => {
             // [leader, a ...] | bridge | [b ...]: the bridge sees both sides.
-            let bridge = others.pop();
+            let bridge = others.pop().unwrap_or_default();
             // The leader's side gets half of the non-bridge nodes, the leader included.
             let take = ((others.len() + 1) / 2).saturating_sub(1);
             let mut left = vec![leader.to_string()];
             left.extend(others.drain(..take));
             Split {
-                detail: format!("bridge {bridge:?} between {left:?} and {others:?}"),
+                detail: format!("bridge {bridge} between {left:?} and {others:?}"),
                 left,
                 right: others,
             }
@@ -352,14 +353,15 @@ impl<'a> Nemesis<'a> {
     pub async fn run_fault(&self, plan: &FaultPlan) -> anyhow::Result<FaultRecord> {
         let at_s = self.started.elapsed().as_secs_f64();
         let before = self.leadership().await;
-        let (injected, mut detail) = match plan.kind {
+        let (injected, mut detail, healed_at) = match plan.kind {
             FaultKind::Kill => self.kill(plan).await?,
             FaultKind::Pause => self.pause(plan).await?,
             FaultKind::Partition => self.partition(plan).await?,
             FaultKind::Membership => self.membership(plan).await?,
         };
         let recovery_s = match self.cluster.wait_healthy(RECOVERY_TIMEOUT).await {
-            Ok(took) => {
+            Ok(_) => {
+                let took = healed_at.elapsed();
                 self.log(&format!(
                     "healthy again {:.1}s after healing the {}",
                     took.as_secs_f64(),
@@ -393,22 +395,23 @@ impl<'a> Nemesis<'a> {
         })
     }
 
-    async fn kill(&self, plan: &FaultPlan) -> anyhow::Result<(bool, String)> {
+    async fn kill(&self, plan: &FaultPlan) -> anyhow::Result<(bool, String, Instant)> {
         let Some(node) = self.leader_target(plan.pick).await else {
-            return Ok((false, "no agent to kill".into()));
+            return Ok((false, "no agent to kill".into(), Instant::now()));
         };
         let pid = self.pid_of(&node)?;
         let old_id = self.node_id(&node).await;
         signal(pid, libc::SIGKILL)?;
+        let killed_at = Instant::now();
         let detail = format!("SIGKILL {node} (pid {pid}, a leader's node)");
         self.log(&format!("kill: {detail}; `up` restarts it as a new member"));
         self.wait_replaced(&node, old_id).await;
-        Ok((true, detail))
+        Ok((true, detail, killed_at))
     }
 
-    async fn pause(&self, plan: &FaultPlan) -> anyhow::Result<(bool, String)> {
+    async fn pause(&self, plan: &FaultPlan) -> anyhow::Result<(bool, String, Instant)> {
         let Some(node) = self.leader_target(plan.pick).await else {
-            return Ok((false, "no agent to pause".into()));
+            return Ok((false, "no agent to pause".into(), Instant::now()));
         };
         let pid = self.pid_of(&node)?;
         signal(pid, libc::SIGSTOP)?;
@@ -420,20 +423,21 @@ impl<'a> Nemesis<'a> {
         self.log(&format!("pause: {detail}"));
         tokio::time::sleep(plan.hold).await;
         drop(resume);
+        let resumed_at = Instant::now();
         anyhow::ensure!(
             !cluster::is_stopped(pid),
             "agent {node} (pid {pid}) still stopped after SIGCONT"
         );
         self.log(&format!("pause: SIGCONT {node}"));
-        Ok((true, detail))
+        Ok((true, detail, resumed_at))
     }
 
-    async fn partition(&self, plan: &FaultPlan) -> anyhow::Result<(bool, String)> {
+    async fn partition(&self, plan: &FaultPlan) -> anyhow::Result<(bool, String, Instant)> {
         let firewall = self
             .firewall
             .expect("partitions are scheduled only with a firewall");
         let Some(leader) = self.leader_target(plan.pick).await else {
-            return Ok((false, "no node to partition".into()));
+            return Ok((false, "no node to partition".into(), Instant::now()));
         };
         let ports = self.cluster.transport_ports().await?;
         let nodes: Vec<String> = ports.keys().cloned().collect();
@@ -450,6 +454,7 @@ impl<'a> Nemesis<'a> {
         tokio::time::sleep(plan.hold).await;
         let dropped = firewall.dropped_packets().unwrap_or(0);
         drop(heal);
+        let healed_at = Instant::now();
         self.log(&format!(
             "partition: healed (rules removed; they dropped {dropped} packets)"
         ));
@@ -460,12 +465,13 @@ impl<'a> Nemesis<'a> {
                 split.detail,
                 plan.hold.as_millis()
             ),
+            healed_at,
         ))
     }
 
-    async fn membership(&self, plan: &FaultPlan) -> anyhow::Result<(bool, String)> {
+    async fn membership(&self, plan: &FaultPlan) -> anyhow::Result<(bool, String, Instant)> {
         let Some(node) = self.leader_target(plan.pick).await else {
-            return Ok((false, "no node to drain".into()));
+            return Ok((false, "no node to drain".into(), Instant::now()));
         };
         if let Err(e) = self
             .cluster
@@ -474,7 +480,7 @@ impl<'a> Nemesis<'a> {
             .await
         {
             self.log(&format!("membership: drain {node} refused: {e}"));
-            return Ok((false, format!("drain {node} refused: {e}")));
+            return Ok((false, format!("drain {node} refused: {e}"), Instant::now()));
         }
         self.log(&format!(
             "membership: draining {node} (live migration of its replicas)"
@@ -510,6 +516,7 @@ impl<'a> Nemesis<'a> {
         let pid = self.pid_of(&node)?;
         let old_id = self.node_id(&node).await;
         signal(pid, libc::SIGKILL)?;
+        let killed_at = Instant::now();
         self.log(&format!(
             "membership: SIGKILL drained {node}; it returns as a new member"
         ));
@@ -520,6 +527,7 @@ impl<'a> Nemesis<'a> {
                 "drain {node} ({} in {took:.1}s), then kill it so it rejoins fresh",
                 if drained { "drained" } else { "NOT drained" }
             ),
+            killed_at,
         ))
     }
 }
