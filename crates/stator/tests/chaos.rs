@@ -5,23 +5,45 @@
 //! Partitions need root, iptables and a writable cgroup2; where they are missing the run
 //! skips them with a message and this test checks the other kinds, unless
 //! `STATOR_REQUIRE_ALL=1` (CI), where the run must fail instead.
+//!
+//! `STATOR_CHAOS_RUNS=3 STATOR_CHAOS_DURATION_S=60` makes it CI's 3 x 60 s rounds (each
+//! run with its own seed); the default is one 45 s run.
 
 use serde_json::Value;
 use std::process::{Command, Stdio};
 
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}={v}: not a number"))
+        })
+        .unwrap_or(default)
+}
+
 #[test]
 fn chaos_run_finds_no_anomaly_and_injects_every_fault() {
+    let runs = env_number("STATOR_CHAOS_RUNS", 1);
+    let duration_s = env_number("STATOR_CHAOS_DURATION_S", 45);
+    for run in 0..runs {
+        eprintln!("chaos run {} of {runs}, {duration_s} s", run + 1);
+        one_run(duration_s, 4 + run);
+    }
+}
+
+fn one_run(duration_s: u64, seed: u64) {
     let dir = tempfile::tempdir().expect("temp dir");
     let history = dir.path().join("history.jsonl");
     let output = Command::new(env!("CARGO_BIN_EXE_stator"))
         .args([
             "chaos",
             "--duration",
-            "45",
+            &duration_s.to_string(),
             "--faults",
             "kill,pause,partition,membership",
             "--seed",
-            "4",
+            &seed.to_string(),
             "--json",
             "--history",
         ])
