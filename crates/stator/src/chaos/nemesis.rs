@@ -201,7 +201,7 @@ pub fn plan_split(shape: PartitionShape, nodes: &[String], leader: &str, pick: u
             // [leader, a ...] | bridge | [b ...]: the bridge sees both sides.
             let bridge = others.pop().unwrap_or_default();
             // The leader's side gets half of the non-bridge nodes, the leader included.
-            let take = ((others.len() + 1) / 2).saturating_sub(1);
+            let take = others.len().div_ceil(2).saturating_sub(1);
             let mut left = vec![leader.to_string()];
             left.extend(others.drain(..take));
             Split {
