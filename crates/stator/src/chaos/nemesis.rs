@@ -414,9 +414,10 @@ impl<'a> Nemesis<'a> {
             return Ok((false, "no agent to pause".into(), Instant::now()));
         };
         let pid = self.pid_of(&node)?;
+        let old_id = self.node_id(&node).await;
         signal(pid, libc::SIGSTOP)?;
         let resume = Resume(pid);
-        let detail = format!(
+        let mut detail = format!(
             "SIGSTOP {node} (pid {pid}) for {} ms",
             plan.hold.as_millis()
         );
@@ -429,6 +430,15 @@ impl<'a> Nemesis<'a> {
             "agent {node} (pid {pid}) still stopped after SIGCONT"
         );
         self.log(&format!("pause: SIGCONT {node}"));
+        // A pause past the heartbeat grace gets the node declared lost; it then rejoins
+        // under a new id. Say which happened.
+        let _ = self.cluster.wait_healthy(RECOVERY_TIMEOUT).await;
+        let new_id = self.node_id(&node).await;
+        detail.push_str(if new_id == old_id {
+            "; stayed a member"
+        } else {
+            "; declared lost, rejoined as a new member"
+        });
         Ok((true, detail, resumed_at))
     }
 
