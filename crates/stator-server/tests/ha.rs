@@ -1,0 +1,465 @@
+//! Several servers on one store: exactly one runs the controller, the others forward to
+//! it, and killing it hands the controller to another server, which reconciles.
+//!
+//! Every scenario runs twice: on one embedded store shared in-process (no etcd needed),
+//! and, with the `etcd` feature, on a real 3-member etcd on loopback with each server on
+//! its own etcd connection (printing `SKIPPED: etcd not installed` without etcd, unless
+//! STATOR_REQUIRE_ALL=1). Waits are bounded; no assertion depends on a timing. The
+//! failover time is printed (`FAILOVER ...`) for the record.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use stator_api::agent::{Assignments, Heartbeat, RegisterRequest, RegisterResponse};
+use stator_api::ids::NodeId;
+use stator_server::{ServerConfig, ServerHandle, StoreConfig};
+use stator_store::{Store, StoreError};
+
+/// Bound on every wait: generous for a loaded CI machine; a broken election still fails.
+const WAIT_LIMIT: Duration = Duration::from_secs(30);
+/// Pause between polls and heartbeat rounds.
+const POLL_PAUSE: Duration = Duration::from_millis(50);
+/// Node grace: long enough that nodes heartbeating every 100 ms survive a failover
+/// (the new holder also gives every node a fresh grace).
+const TEST_GRACE_MS: u64 = 5_000;
+
+const WEB_SPEC: &str = "name = \"NAME\"\nkind = \"stateless\"\ninstances = 2\nport = 8080\napp = { process = { command = [\"sleep\", \"1000\"] } }";
+
+fn web_spec(name: &str) -> String {
+    WEB_SPEC.replace("NAME", name)
+}
+
+/// The servers of one test and a client.
+struct Servers {
+    servers: Vec<Option<ServerHandle>>,
+    client: reqwest::Client,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Servers {
+    async fn start(count: usize, store: impl Fn() -> StoreConfig) -> Servers {
+        let mut servers = Vec::new();
+        let mut dirs = Vec::new();
+        for _ in 0..count {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = ServerConfig::new(dir.path());
+            config.store = store();
+            config.listen = "127.0.0.1:0".parse().unwrap();
+            config.node_grace_ms = TEST_GRACE_MS;
+            config.heartbeat_interval_ms = 100;
+            servers.push(Some(stator_server::start(config).await.unwrap()));
+            dirs.push(dir);
+        }
+        Servers {
+            servers,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            _dirs: dirs,
+        }
+    }
+
+    fn live(&self) -> impl Iterator<Item = (usize, &ServerHandle)> {
+        self.servers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
+    }
+
+    fn server(&self, index: usize) -> &ServerHandle {
+        self.servers[index].as_ref().expect("server is running")
+    }
+
+    /// Waits until exactly one live server leads and every other one knows it; returns
+    /// the leader's index.
+    async fn settled_leader(&self) -> usize {
+        let deadline = Instant::now() + WAIT_LIMIT;
+        loop {
+            let leaders: Vec<usize> = self
+                .live()
+                .filter(|(_, s)| s.is_leader())
+                .map(|(i, _)| i)
+                .collect();
+            if let [leader] = leaders[..] {
+                let url = self.server(leader).advertise_url().to_string();
+                if self
+                    .live()
+                    .all(|(_, s)| s.leader_url().as_deref() == Some(url.as_str()))
+                {
+                    return leader;
+                }
+            }
+            assert!(leaders.len() <= 1, "two servers lead at once: {leaders:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no single leader within {WAIT_LIMIT:?}: leaders {leaders:?}, views {:?}",
+                self.live().map(|(_, s)| s.leader_url()).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(POLL_PAUSE).await;
+        }
+    }
+
+    /// Some live server other than `not`.
+    fn other_than(&self, not: usize) -> usize {
+        self.live()
+            .map(|(i, _)| i)
+            .find(|&i| i != not)
+            .expect("another server is running")
+    }
+
+    async fn apply(&self, via: usize, name: &str) -> StatusCode {
+        let server = self.server(via);
+        self.client
+            .put(format!("{}/v1/services/{name}", server.url()))
+            .bearer_auth(server.api_token())
+            .header("content-type", "application/toml")
+            .body(web_spec(name))
+            .send()
+            .await
+            .map(|r| r.status())
+            .unwrap_or(StatusCode::BAD_GATEWAY)
+    }
+
+    async fn get_json(&self, via: usize, path: &str) -> (StatusCode, Value) {
+        let server = self.server(via);
+        let response = self
+            .client
+            .get(format!("{}{path}", server.url()))
+            .bearer_auth(server.api_token())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn register(&self, via: usize, name: &str) -> RegisterResponse {
+        let server = self.server(via);
+        let request = RegisterRequest {
+            name: name.into(),
+            zone: format!("zone-{name}"),
+            pool: "default".into(),
+            cpu_millis: 4000,
+            memory_mib: 8192,
+            price_per_hour: 0.1,
+            labels: BTreeMap::new(),
+            transport_addr: "127.0.0.1:1".into(),
+        };
+        let response = self
+            .client
+            .post(format!("{}/v1/agents/register", server.url()))
+            .bearer_auth(server.join_token())
+            .json(&request)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.unwrap()
+    }
+
+    /// One heartbeat of `node` through server `via`: its assignments, or None if the
+    /// call failed (no holder yet during a failover).
+    async fn heartbeat(&self, via: usize, node: NodeId) -> Option<Assignments> {
+        let server = self.server(via);
+        let heartbeat = Heartbeat {
+            node_id: node,
+            replicas: vec![],
+            instances: vec![],
+        };
+        let response = self
+            .client
+            .post(format!("{}/v1/agents/{node}/heartbeat", server.url()))
+            .bearer_auth(server.join_token())
+            .json(&heartbeat)
+            .send()
+            .await
+            .ok()?;
+        if response.status() != StatusCode::OK {
+            return None;
+        }
+        response.json().await.ok()
+    }
+
+    /// Heartbeats every node through `via` until each has an instance of `service`;
+    /// returns when they all do.
+    async fn heartbeat_until_assigned(&self, via: usize, nodes: &[NodeId], service: &str) {
+        let deadline = Instant::now() + WAIT_LIMIT;
+        loop {
+            let mut assigned = 0;
+            for &node in nodes {
+                if let Some(assignments) = self.heartbeat(via, node).await {
+                    if assignments.instances.iter().any(|i| i.service == service) {
+                        assigned += 1;
+                    }
+                }
+            }
+            if assigned == nodes.len() {
+                return;
+            }
+            if Instant::now() > deadline {
+                let (_, view) = self.get_json(via, &format!("/v1/services/{service}")).await;
+                let (_, listed) = self.get_json(via, "/v1/nodes").await;
+                panic!(
+                    "{service} not assigned to every node within {WAIT_LIMIT:?}: {view:#}\n{listed:#}"
+                );
+            }
+            tokio::time::sleep(POLL_PAUSE).await;
+        }
+    }
+
+    async fn shutdown_all(mut self) {
+        for server in self.servers.iter_mut().filter_map(Option::take) {
+            server.shutdown().await.unwrap();
+        }
+    }
+}
+
+/// How the controller holder is stopped.
+#[derive(Debug, Clone, Copy)]
+enum Kill {
+    /// `ServerHandle::shutdown`: the lease is given up at once.
+    Graceful,
+    /// `ServerHandle::abort`, like a crash: the lease must expire first.
+    Crash,
+}
+
+/// Three servers: one leads, all share tokens, and every API and agent call works
+/// through any of them.
+async fn one_leader_and_calls_work_through_any_server(store: impl Fn() -> StoreConfig) {
+    let servers = Servers::start(3, store).await;
+    let leader = servers.settled_leader().await;
+    let tokens: Vec<(&str, &str)> = servers
+        .live()
+        .map(|(_, s)| (s.api_token(), s.join_token()))
+        .collect();
+    assert!(
+        tokens.windows(2).all(|w| w[0] == w[1]),
+        "servers on one store share its tokens"
+    );
+    let follower = servers.other_than(leader);
+    assert_eq!(servers.apply(follower, "web").await, StatusCode::CREATED);
+    for (index, _) in servers.live() {
+        let (status, body) = servers.get_json(index, "/v1/services/web").await;
+        assert_eq!(status, StatusCode::OK, "via server {index}: {body}");
+        assert_eq!(body["name"], "web");
+    }
+    // A follower refuses a wrong token itself instead of relaying it.
+    let response = servers
+        .client
+        .get(format!("{}/v1/services", servers.server(follower).url()))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    // Agents register and get work through a follower.
+    let nodes = [
+        servers.register(follower, "n1").await.node_id,
+        servers.register(follower, "n2").await.node_id,
+    ];
+    servers
+        .heartbeat_until_assigned(follower, &nodes, "web")
+        .await;
+    servers.shutdown_all().await;
+}
+
+/// Kills the holder; another server takes over, loads the cluster and reconciles: a
+/// service applied after the kill is assigned to nodes heartbeating through a survivor.
+/// Returns the milliseconds from the kill to that assignment.
+async fn the_controller_moves_when_its_holder_dies(
+    store: impl Fn() -> StoreConfig,
+    kill: Kill,
+) -> u128 {
+    let mut servers = Servers::start(3, store).await;
+    let leader = servers.settled_leader().await;
+    let survivor = servers.other_than(leader);
+    let nodes = [
+        servers.register(survivor, "n1").await.node_id,
+        servers.register(survivor, "n2").await.node_id,
+    ];
+    assert_eq!(servers.apply(survivor, "before").await, StatusCode::CREATED);
+    servers
+        .heartbeat_until_assigned(survivor, &nodes, "before")
+        .await;
+
+    let holder = servers.servers[leader].take().unwrap();
+    let killed_at = Instant::now();
+    match kill {
+        Kill::Graceful => holder.shutdown().await.unwrap(),
+        Kill::Crash => holder.abort(),
+    }
+    // Keep heartbeating (nodes must not look lost) and apply the new service until a
+    // holder accepts it.
+    let deadline = Instant::now() + WAIT_LIMIT;
+    loop {
+        for &node in &nodes {
+            servers.heartbeat(survivor, node).await;
+        }
+        match servers.apply(survivor, "after").await {
+            StatusCode::CREATED => break,
+            status => assert!(
+                status == StatusCode::SERVICE_UNAVAILABLE,
+                "only 503 is expected while the controller moves, got {status}"
+            ),
+        }
+        assert!(Instant::now() < deadline, "no holder took over");
+        tokio::time::sleep(POLL_PAUSE).await;
+    }
+    servers
+        .heartbeat_until_assigned(survivor, &nodes, "after")
+        .await;
+    let failover_ms = killed_at.elapsed().as_millis();
+    let new_leader = servers.settled_leader().await;
+    assert_ne!(new_leader, leader);
+    // The new holder loaded what the old one stored: the first service and the nodes.
+    let (_, before) = servers.get_json(survivor, "/v1/services/before").await;
+    assert_eq!(before["name"], "before");
+    let (_, listed) = servers.get_json(new_leader, "/v1/nodes").await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    servers.shutdown_all().await;
+    failover_ms
+}
+
+/// While the key names a holder that does not answer, calls get a 503 that says so;
+/// when its lease ends a live server takes over.
+async fn an_unreachable_holder_is_a_503_until_its_lease_ends(store: Arc<dyn Store>) {
+    let lease = store.grant_lease(60_000).await.unwrap();
+    store
+        .put_with_lease(
+            stator_server::leader::LEADER_KEY,
+            bytes::Bytes::from_static(b"http://127.0.0.1:1"),
+            lease,
+        )
+        .await
+        .unwrap();
+    let shared = store.clone();
+    let servers = Servers::start(1, move || StoreConfig::Shared(shared.clone())).await;
+    let deadline = Instant::now() + WAIT_LIMIT;
+    while servers.server(0).leader_url().as_deref() != Some("http://127.0.0.1:1") {
+        assert!(Instant::now() < deadline, "the server never saw the holder");
+        tokio::time::sleep(POLL_PAUSE).await;
+    }
+    let (status, body) = servers.get_json(0, "/v1/services").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let message = body["error"].as_str().unwrap_or_default();
+    assert!(message.contains("does not answer"), "{message}");
+    assert!(matches!(
+        store.revoke(lease).await,
+        Ok(()) | Err(StoreError::LeaseNotFound { .. })
+    ));
+    servers.settled_leader().await;
+    let (status, _) = servers.get_json(0, "/v1/services").await;
+    assert_eq!(status, StatusCode::OK);
+    servers.shutdown_all().await;
+}
+
+mod shared_embedded {
+    use super::*;
+    use stator_store::EmbeddedStore;
+
+    fn shared_store() -> (tempfile::TempDir, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        (dir, store)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_leader_and_calls_work_through_any_server() {
+        let (_dir, store) = shared_store();
+        super::one_leader_and_calls_work_through_any_server(|| StoreConfig::Shared(store.clone()))
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn graceful_stop_of_the_holder_hands_over() {
+        let (_dir, store) = shared_store();
+        let ms = super::the_controller_moves_when_its_holder_dies(
+            || StoreConfig::Shared(store.clone()),
+            Kill::Graceful,
+        )
+        .await;
+        println!("FAILOVER store=shared-embedded kill=graceful reconciled_after_ms={ms}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn crash_of_the_holder_hands_over() {
+        let (_dir, store) = shared_store();
+        let ms = super::the_controller_moves_when_its_holder_dies(
+            || StoreConfig::Shared(store.clone()),
+            Kill::Crash,
+        )
+        .await;
+        println!("FAILOVER store=shared-embedded kill=crash reconciled_after_ms={ms}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_holder_is_a_503_until_its_lease_ends() {
+        let (_dir, store) = shared_store();
+        super::an_unreachable_holder_is_a_503_until_its_lease_ends(store).await;
+    }
+}
+
+#[cfg(feature = "etcd")]
+mod etcd {
+    use super::*;
+    use stator_store::etcd_cluster::{etcd_available_or_skip, LocalEtcdCluster};
+
+    /// Each server gets its own connection, as separate processes would.
+    fn etcd_config(cluster: &LocalEtcdCluster) -> impl Fn() -> StoreConfig {
+        let endpoints: Vec<String> = cluster
+            .endpoints()
+            .iter()
+            .map(|url| url.trim_start_matches("http://").to_string())
+            .collect();
+        move || StoreConfig::Etcd(endpoints.clone())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_leader_and_calls_work_through_any_server() {
+        if !etcd_available_or_skip() {
+            return;
+        }
+        let cluster = LocalEtcdCluster::start(3).await;
+        super::one_leader_and_calls_work_through_any_server(etcd_config(&cluster)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn graceful_stop_of_the_holder_hands_over() {
+        if !etcd_available_or_skip() {
+            return;
+        }
+        let cluster = LocalEtcdCluster::start(3).await;
+        let ms =
+            super::the_controller_moves_when_its_holder_dies(etcd_config(&cluster), Kill::Graceful)
+                .await;
+        println!("FAILOVER store=etcd kill=graceful reconciled_after_ms={ms}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn crash_of_the_holder_hands_over() {
+        if !etcd_available_or_skip() {
+            return;
+        }
+        let cluster = LocalEtcdCluster::start(3).await;
+        let ms =
+            super::the_controller_moves_when_its_holder_dies(etcd_config(&cluster), Kill::Crash)
+                .await;
+        println!("FAILOVER store=etcd kill=crash reconciled_after_ms={ms}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_holder_is_a_503_until_its_lease_ends() {
+        if !etcd_available_or_skip() {
+            return;
+        }
+        let cluster = LocalEtcdCluster::start(3).await;
+        let store: Arc<dyn Store> = Arc::new(cluster.store("").await);
+        super::an_unreachable_holder_is_a_503_until_its_lease_ends(store).await;
+    }
+}
