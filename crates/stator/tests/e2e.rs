@@ -360,25 +360,34 @@ fn drain_moves_replicas_away_without_losing_writes() {
     assert_eq!(drained["replicas"], 0, "{drained}");
 }
 
-/// A GET over a fresh TCP connection: (status code, body).
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_string();
-    Some((status, body))
+/// A free port whose successor is free too (instance n serves on port + n).
+fn free_port_pair() -> u16 {
+    wait_for("two consecutive free ports", WAIT, || {
+        let port = free_port();
+        let next_free =
+            port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok();
+        next_free.then_some(port)
+    })
 }
 
-/// (d) The stateless and job examples: instances ready and answering, the job succeeded.
+/// A GET over a fresh connection: (status code, body); None if nothing answered.
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    runtime().block_on(async {
+        let resp = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .ok()?
+            .get(format!("http://{addr}{path}"))
+            .send()
+            .await
+            .ok()?;
+        let status = resp.status().as_u16();
+        Some((status, resp.text().await.ok()?))
+    })
+}
+
+/// (d) The stateless and job examples: instances ready and answering, directly and
+/// through the gateway proxy; the job succeeded.
 #[test]
 fn stateless_service_and_job_examples_run() {
     if !have(
@@ -389,8 +398,9 @@ fn stateless_service_and_job_examples_run() {
         return;
     }
     let cluster = Cluster::start(3, &[]);
-    let port = free_port();
+    let port = free_port_pair();
     let web = std::fs::read_to_string(repo_root().join("examples/stateless.toml")).unwrap();
+    // Instance n serves on port + n.
     assert!(
         web.contains("port = 8081"),
         "examples/stateless.toml changed"
@@ -413,40 +423,37 @@ fn stateless_service_and_job_examples_run() {
         (web["status"]["instances_ready"] == 2 && web["status"]["instances_assigned"] == 2)
             .then_some(web)
     });
-    // Both instances really serve (their replies name them), not just one answering
-    // both readiness probes.
-    let addr = format!("127.0.0.1:{port}");
-    let mut seen = BTreeSet::new();
-    wait_for("both hello-web instances to answer", WAIT, || {
-        if let Some((200, body)) = http_get(&addr, "/") {
-            assert!(body.starts_with("hello from "), "{body}");
-            seen.insert(body.trim().to_string());
-        }
-        (seen.len() == 2).then_some(())
-    });
+    // Each instance really serves on the address the server lists (its reply names it),
+    // not just one process answering both readiness probes.
+    let instances = web["instances"]
+        .as_array()
+        .unwrap_or_else(|| panic!("GET /v1/services lists no instances: {web}"));
+    let mut names = BTreeSet::new();
+    for instance in instances {
+        let addr = instance["addr"].as_str().expect("an instance address");
+        assert!(addr.starts_with("127.0.0.1:"), "{instance}");
+        let id = instance["id"].as_str().unwrap();
+        let (status, body) = wait_for(&format!("{id} to answer on {addr}"), WAIT, || {
+            http_get(addr, "/")
+        });
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body.trim(), format!("hello from {id}"));
+        names.insert(body.trim().to_string());
+    }
+    assert_eq!(names.len(), 2, "{names:?}");
 
-    // The gateway proxy routes to instance addresses the server lists with the service.
+    // The gateway's proxy reaches both, round-robin.
     let gateway = cluster
         .gateway_http
         .trim_start_matches("http://")
         .to_string();
-    if web.get("instances").is_some() {
-        let (status, body) = wait_for("the proxy to answer", WAIT, || {
-            http_get(&gateway, "/proxy/hello-web/").filter(|(s, _)| *s == 200)
-        });
-        assert_eq!(status, 200);
-        assert!(body.starts_with("hello from "), "{body}");
-    } else {
-        // What is real today: the server's service view carries no instance addresses,
-        // so the proxy says so instead of routing.
-        let (status, body) = http_get(&gateway, "/proxy/hello-web/").expect("gateway answers");
-        println!(
-            "NOTE: GET /v1/services lists no instance addresses, so /proxy/hello-web/ answers {status}: {}",
-            body.trim()
-        );
-        assert_eq!(status, 503, "{body}");
-        assert!(body.contains("no ready instance"), "{body}");
-    }
+    let mut seen = BTreeSet::new();
+    wait_for("the gateway proxy to reach both instances", WAIT, || {
+        if let Some((200, body)) = http_get(&gateway, "/proxy/hello-web/") {
+            seen.insert(body.trim().to_string());
+        }
+        (seen == names).then_some(())
+    });
 }
 
 /// (e) Malformed specs: `stator apply` exits non-zero with one line naming the field, and
