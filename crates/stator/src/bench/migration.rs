@@ -1,0 +1,752 @@
+//! `stator bench migration`: a live move of a replica holding tens of MiB of state while
+//! a client writes at a steady rate, beside a stop-and-copy move of the same state.
+//!
+//! Four hosts run on their own threads and single-threaded runtimes, as in
+//! [`super::replication`]; one kv group lives on hosts 1-3. After a fill to the requested
+//! state size, a paced writer runs for the whole benchmark and every request's latency is
+//! taken from the moment it was *scheduled*, so a stall shows up in the percentiles
+//! instead of silently slowing the writer. The move swaps host 1 (the leader or a
+//! follower) for host 4 by repeating `Host::reconcile_membership` on whoever leads: the
+//! learner/catch-up/joint-change path every drain and consolidation uses.
+//!
+//! The baseline is what a checkpoint/restore (CRIU-style) move does with the same
+//! state: stop the writes, dump the state, copy it to the new host over loopback TCP,
+//! restore it, resume. Its downtime is measured; the writes that arrive meanwhile queue.
+
+use super::latency::Recorder;
+use super::replication::HostThreads;
+use anyhow::Context;
+use serde::Serialize;
+use stator_api::ids::GroupId;
+use stator_kv::{KvMachine, Value};
+use stator_replication::{
+    GroupOptions, Host, HostConfig, MembershipStep, NodeId, ReplicaClient, RequestKind, Role,
+};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The one partition group moved.
+fn group() -> GroupId {
+    GroupId::new(1, 0)
+}
+/// Hosts started: three members and the destination of the move.
+const HOSTS: u64 = 4;
+/// The host whose replica moves.
+const SOURCE: NodeId = 1;
+/// The host it moves to.
+const DESTINATION: NodeId = 4;
+/// Concurrent clients filling the state; each keeps one write in flight, so the leader
+/// batches this many per round.
+const FILL_CLIENTS: usize = 32;
+/// A request not acknowledged within this is a failed request.
+const OP_DEADLINE: Duration = Duration::from_secs(5);
+/// Paced writes before measuring (connections, allocator).
+const WARMUP: Duration = Duration::from_secs(1);
+/// Measured window before the move.
+const BEFORE: Duration = Duration::from_secs(5);
+/// Writes kept up after the move, so a late stall is seen.
+const AFTER: Duration = Duration::from_secs(2);
+/// Pause between reconcile steps; a step is cheap, catch-up is what takes time.
+const RECONCILE_PAUSE: Duration = Duration::from_millis(10);
+/// A move that has not converged by then is a failed benchmark, not a number.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
+/// Bound on waits for a leader or for replicas to converge.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Paced requests in flight at once; past this the writer waits (and the wait counts in
+/// the latency, which is taken from the scheduled time).
+const MAX_IN_FLIGHT: usize = 4_096;
+
+/// Which replica moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MoveKind {
+    /// The leader: it commits the change, steps down, the others elect.
+    Leader,
+    /// A follower: the leader stays.
+    Follower,
+}
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// State to fill the group with before the move.
+    pub state_mib: u64,
+    /// Bytes per value, for the fill and the paced writes.
+    pub value_bytes: usize,
+    /// Paced writes per second during the whole run.
+    pub rate_per_sec: u32,
+    /// Which replica moves.
+    pub moved: MoveKind,
+}
+
+/// The stop-and-copy move of the same state.
+#[derive(Debug, Clone, Serialize)]
+pub struct Baseline {
+    /// What was measured and what it leaves out.
+    pub models: &'static str,
+    /// Bytes of the dumped image.
+    pub image_bytes: u64,
+    /// Dumping the state into an image.
+    pub dump_ms: f64,
+    /// Copying the image over loopback TCP.
+    pub transfer_ms: f64,
+    /// Rebuilding the state from the image on the receiving side.
+    pub restore_ms: f64,
+    /// Writes stopped, from the dump's start to the restored copy's readiness.
+    pub baseline_stop_and_copy_downtime_ms: f64,
+    /// Paced writes that would arrive during the downtime and wait for it to end.
+    pub queued_requests: u64,
+    /// Of those, the ones whose wait would pass the request deadline.
+    pub failed_requests: u64,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Paced writes not acknowledged within their deadline, over the whole run.
+    pub failed_requests: u64,
+    /// From the first reconcile step to the membership being in sync on the new leader.
+    pub migration_ms: u64,
+    /// App state of the group when the move started (the leader's count).
+    pub state_bytes: u64,
+    /// Paced-write latency over the window before the move.
+    pub p99_us_before: u64,
+    /// Paced-write latency of the writes scheduled during the move.
+    pub p99_us_during: u64,
+    /// Median before the move.
+    pub p50_us_before: u64,
+    /// Median during the move.
+    pub p50_us_during: u64,
+    /// Slowest write scheduled during the move: the worst stall a client saw.
+    pub max_us_during: u64,
+    /// p99 after the move (the new membership).
+    pub p99_us_after: u64,
+    /// Writes measured before and during the move.
+    pub requests_before: u64,
+    /// Writes scheduled during the move.
+    pub requests_during: u64,
+    /// `leader` or `follower`.
+    pub moved: MoveKind,
+    /// Acknowledged writes, fill and paced, each checked on the new replica afterwards.
+    pub acked_writes: u64,
+    /// Acknowledged writes missing or wrong on the new replica.
+    pub lost_acked_writes: u64,
+    /// Whether hosts 2-4 reached the same applied index and the same app snapshot.
+    pub converged: bool,
+    /// Bytes per value.
+    pub value_bytes: usize,
+    /// Paced writes per second.
+    pub rate_per_sec: u32,
+    /// The stop-and-copy move of the same state, measured in the same run.
+    pub baseline: Baseline,
+    /// stator beside the baseline.
+    pub ratios: Ratios,
+}
+
+/// stator beside stop-and-copy.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratios {
+    /// The baseline's downtime over the worst write stall during stator's move.
+    pub baseline_downtime_over_stator_max_stall: f64,
+    /// stator's whole move over the baseline's downtime (stator moves for longer, but
+    /// keeps serving while it does).
+    pub stator_migration_over_baseline_downtime: f64,
+}
+
+/// Phases of the paced writer, by the time a request was scheduled.
+const WARMING: u8 = 0;
+const PHASE_BEFORE: u8 = 1;
+const PHASE_DURING: u8 = 2;
+const PHASE_AFTER: u8 = 3;
+const STOPPED: u8 = 4;
+
+/// Runs the benchmark.
+pub async fn run(opts: &Options) -> anyhow::Result<Report> {
+    anyhow::ensure!(opts.value_bytes >= 16, "--value-bytes: at least 16");
+    let secret = format!("{:032x}", rand::random::<u128>());
+    let (threads, hosts) = start_hosts(&secret).await?;
+    let addrs: BTreeMap<NodeId, String> = hosts
+        .iter()
+        .map(|(id, h)| (*id, h.addr().to_string()))
+        .collect();
+    let initial: BTreeMap<NodeId, String> =
+        addrs.range(1..=3).map(|(i, a)| (*i, a.clone())).collect();
+    let desired: BTreeMap<NodeId, String> = addrs
+        .iter()
+        .filter(|(i, _)| **i != SOURCE)
+        .map(|(i, a)| (*i, a.clone()))
+        .collect();
+    // The bootstrapping host elects itself first: host 1 to move the leader, host 2 to
+    // make host 1 a follower.
+    let first_leader = match opts.moved {
+        MoveKind::Leader => SOURCE,
+        MoveKind::Follower => 2,
+    };
+    hosts[&first_leader].bootstrap(group(), &initial).await?;
+    wait_for_leader(&hosts, first_leader).await?;
+
+    let all_members: Vec<String> = addrs.values().cloned().collect();
+    let target_bytes = opts.state_mib << 20;
+    eprintln!(
+        "migration: filling to {} MiB with {}-byte values ...",
+        opts.state_mib, opts.value_bytes
+    );
+    let fill_started = Instant::now();
+    let filled = fill(
+        &hosts,
+        &secret,
+        &all_members,
+        target_bytes,
+        opts.value_bytes,
+    )
+    .await?;
+    eprintln!(
+        "migration: {filled} keys written in {:.1} s",
+        fill_started.elapsed().as_secs_f64()
+    );
+    // The fill's load may have moved leadership; the move needs the chosen role.
+    wait_for_leader(&hosts, first_leader).await?;
+
+    let writer = PacedWriter::start(
+        &secret,
+        all_members.clone(),
+        opts.rate_per_sec,
+        opts.value_bytes,
+    );
+    tokio::time::sleep(WARMUP).await;
+    writer.phase.store(PHASE_BEFORE, Ordering::SeqCst);
+    tokio::time::sleep(BEFORE).await;
+
+    let leader = current_leader(&hosts).context("no leader before the move")?;
+    let state_bytes = hosts[&leader].status(group()).map_or(0, |s| s.state_bytes);
+    eprintln!(
+        "migration: moving the {} (host {SOURCE}) to host {DESTINATION}, {state_bytes} state bytes ...",
+        match opts.moved {
+            MoveKind::Leader => "leader",
+            MoveKind::Follower => "follower",
+        }
+    );
+    writer.phase.store(PHASE_DURING, Ordering::SeqCst);
+    let move_started = Instant::now();
+    move_replica(&hosts, &desired).await?;
+    let migration = move_started.elapsed();
+    writer.phase.store(PHASE_AFTER, Ordering::SeqCst);
+    eprintln!("migration: in sync after {} ms", migration.as_millis());
+    tokio::time::sleep(AFTER).await;
+    let outcome = writer.stop().await;
+
+    eprintln!("migration: checking convergence and acknowledged writes ...");
+    let converged_state = converged_state(&hosts, &desired).await;
+    let converged = converged_state.is_some();
+    let lost_acked_writes = match &converged_state {
+        Some(bytes) => {
+            let machine = KvMachine::from_snapshot(bytes)
+                .map_err(|e| anyhow::anyhow!("decoding the converged snapshot: {e}"))?;
+            count_lost(&machine, filled, &outcome.acked, opts.value_bytes)
+        }
+        None => filled + outcome.acked.len() as u64,
+    };
+
+    eprintln!("migration: stop-and-copy baseline of the same state ...");
+    let image = match converged_state {
+        Some(bytes) => bytes,
+        None => hosts[&DESTINATION]
+            .replica(group())
+            .context("destination lost its replica")?
+            .sm
+            .app_snapshot()
+            .await
+            .map_err(|e| anyhow::anyhow!("snapshot: {e}"))?,
+    };
+    let baseline = stop_and_copy(image, opts.rate_per_sec).await?;
+    drop(hosts);
+    drop(threads);
+
+    let rec = &outcome.recorders;
+    let before = &rec[PHASE_BEFORE as usize].histogram;
+    let during = &rec[PHASE_DURING as usize].histogram;
+    let after = &rec[PHASE_AFTER as usize].histogram;
+    let failed_requests = rec.iter().map(|r| r.errors).sum();
+    let max_us_during = during.max();
+    let migration_ms = migration.as_millis() as u64;
+    Ok(Report {
+        failed_requests,
+        migration_ms,
+        state_bytes,
+        p99_us_before: before.value_at_quantile(0.99),
+        p99_us_during: during.value_at_quantile(0.99),
+        p50_us_before: before.value_at_quantile(0.5),
+        p50_us_during: during.value_at_quantile(0.5),
+        max_us_during,
+        p99_us_after: after.value_at_quantile(0.99),
+        requests_before: before.len() + rec[PHASE_BEFORE as usize].errors,
+        requests_during: during.len() + rec[PHASE_DURING as usize].errors,
+        moved: opts.moved,
+        acked_writes: filled + outcome.acked.len() as u64,
+        lost_acked_writes,
+        converged,
+        value_bytes: opts.value_bytes,
+        rate_per_sec: opts.rate_per_sec,
+        ratios: Ratios {
+            baseline_downtime_over_stator_max_stall: round2(
+                baseline.baseline_stop_and_copy_downtime_ms * 1000.0 / max_us_during.max(1) as f64,
+            ),
+            stator_migration_over_baseline_downtime: round2(
+                migration_ms as f64 / baseline.baseline_stop_and_copy_downtime_ms.max(0.001),
+            ),
+        },
+        baseline,
+    })
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Prints the summary on stderr and, with `json`, the report on stdout's last line.
+pub fn print_report(report: &Report, json: bool) {
+    let b = &report.baseline;
+    eprintln!(
+        "stator live move of the {:?} ({} state bytes, {} writes/s of {} B):",
+        report.moved, report.state_bytes, report.rate_per_sec, report.value_bytes
+    );
+    eprintln!(
+        "  migration {} ms, failed requests {}, p50 {} -> {} us, p99 {} -> {} us (after: {} us), worst stall {} us",
+        report.migration_ms,
+        report.failed_requests,
+        report.p50_us_before,
+        report.p50_us_during,
+        report.p99_us_before,
+        report.p99_us_during,
+        report.p99_us_after,
+        report.max_us_during
+    );
+    eprintln!(
+        "  converged {}, acknowledged writes {}, lost {}",
+        report.converged, report.acked_writes, report.lost_acked_writes
+    );
+    eprintln!(
+        "stop-and-copy of the same state ({} image bytes): downtime {:.1} ms (dump {:.1}, copy {:.1}, restore {:.1}), {} writes queued, {} past their deadline",
+        b.image_bytes,
+        b.baseline_stop_and_copy_downtime_ms,
+        b.dump_ms,
+        b.transfer_ms,
+        b.restore_ms,
+        b.queued_requests,
+        b.failed_requests
+    );
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(report).expect("report serialises")
+        );
+    }
+}
+
+/// Starts the hosts, each with an empty replica of the group; none is bootstrapped.
+async fn start_hosts(secret: &str) -> anyhow::Result<(HostThreads, BTreeMap<NodeId, Host>)> {
+    let mut threads = HostThreads {
+        stops: Vec::new(),
+        threads: Vec::new(),
+    };
+    let (host_tx, mut host_rx) = tokio::sync::mpsc::channel(HOSTS as usize);
+    for node_id in 1..=HOSTS {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (host_tx, secret) = (host_tx.clone(), secret.to_string());
+        threads.stops.push(stop_tx);
+        threads.threads.push(std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let host = Host::start(HostConfig {
+                    node_id,
+                    listen_addr: "127.0.0.1:0".into(),
+                    cluster_secret: secret,
+                    filter: None,
+                })
+                .await
+                .expect("bind loopback");
+                // Host 4's replica too: an empty, uninitialised member-to-be, as the
+                // control plane creates it before adding it as a learner.
+                host.create_group(
+                    group(),
+                    GroupOptions::default(),
+                    Box::new(KvMachine::default()),
+                )
+                .await
+                .expect("create group");
+                host_tx
+                    .send((node_id, host.clone()))
+                    .await
+                    .expect("bench alive");
+                let _ = stop_rx.await;
+                host.shutdown().await;
+            });
+        }));
+    }
+    let mut hosts = BTreeMap::new();
+    for _ in 0..HOSTS {
+        let (id, host) = host_rx.recv().await.context("host thread died")?;
+        hosts.insert(id, host);
+    }
+    Ok((threads, hosts))
+}
+
+/// The host whose replica leads, if exactly one does.
+fn current_leader(hosts: &BTreeMap<NodeId, Host>) -> Option<NodeId> {
+    let leaders: Vec<NodeId> = hosts
+        .iter()
+        .filter(|(_, h)| h.status(group()).is_some_and(|s| s.role == Role::Leader))
+        .map(|(id, _)| *id)
+        .collect();
+    (leaders.len() == 1).then(|| leaders[0])
+}
+
+/// Waits until `want` leads, asking it to run an election if another host does.
+async fn wait_for_leader(hosts: &BTreeMap<NodeId, Host>, want: NodeId) -> anyhow::Result<()> {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let mut last_elect = Instant::now();
+    loop {
+        match current_leader(hosts) {
+            Some(l) if l == want => return Ok(()),
+            Some(_) if last_elect.elapsed() > Duration::from_secs(1) => {
+                if let Some(r) = hosts[&want].replica(group()) {
+                    let _ = r.raft.trigger().elect().await;
+                }
+                last_elect = Instant::now();
+            }
+            _ => {}
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "host {want} did not become the leader within {SETTLE_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn fill_key(i: u64) -> String {
+    format!("fill:{i:010}")
+}
+
+fn paced_key(n: u64) -> String {
+    format!("paced:{n:010}")
+}
+
+/// A value of `value_bytes` that names its key, so a check can tell a stale one.
+fn value_for(key: &str, value_bytes: usize) -> Vec<u8> {
+    let mut v = key.as_bytes().to_vec();
+    v.resize(value_bytes.max(v.len()), b'.');
+    v
+}
+
+/// Writes fill keys from several clients until the leader reports `target_bytes` of
+/// state; returns how many keys were written (all acknowledged).
+async fn fill(
+    hosts: &BTreeMap<NodeId, Host>,
+    secret: &str,
+    members: &[String],
+    target_bytes: u64,
+    value_bytes: usize,
+) -> anyhow::Result<u64> {
+    let per_key = (fill_key(0).len() + value_bytes) as u64;
+    let mut written = 0u64;
+    loop {
+        let state = current_leader(hosts)
+            .and_then(|l| hosts[&l].status(group()))
+            .map_or(0, |s| s.state_bytes);
+        if state >= target_bytes && written > 0 {
+            return Ok(written);
+        }
+        let more = (target_bytes.saturating_sub(state) / per_key).max(FILL_CLIENTS as u64);
+        let next = Arc::new(AtomicU64::new(written));
+        let end = written + more;
+        let tasks: Vec<_> = (0..FILL_CLIENTS)
+            .map(|_| {
+                let (next, members) = (next.clone(), members.to_vec());
+                let client = ReplicaClient::new(secret);
+                tokio::spawn(async move {
+                    let mut leader = None;
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= end {
+                            return Ok::<(), anyhow::Error>(());
+                        }
+                        let key = fill_key(i);
+                        let cmd = stator_kv::encode_command(&[
+                            b"SET".as_slice(),
+                            key.as_bytes(),
+                            &value_for(&key, value_bytes),
+                        ]);
+                        let reply = client
+                            .execute(
+                                group(),
+                                &members,
+                                &mut leader,
+                                RequestKind::Write,
+                                cmd,
+                                OP_DEADLINE,
+                            )
+                            .await
+                            .with_context(|| format!("fill write {key}"))?;
+                        anyhow::ensure!(reply == b"+OK\r\n", "fill write {key}: {reply:?}");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("fill task panicked")?;
+        }
+        written = end;
+    }
+}
+
+/// What the paced writer saw.
+struct WriterOutcome {
+    /// One recorder per phase.
+    recorders: Vec<Recorder>,
+    /// Sequence numbers of acknowledged paced writes.
+    acked: Vec<u64>,
+}
+
+/// Shared between the pacing loop and its requests.
+#[derive(Default)]
+struct WriterState {
+    recorders: Vec<Recorder>,
+    acked: Vec<u64>,
+}
+
+/// Writes at a fixed rate from a pool of clients (one request in flight per client,
+/// because a session's sequence numbers must arrive in order).
+struct PacedWriter {
+    phase: Arc<AtomicU8>,
+    pacer: tokio::task::JoinHandle<()>,
+    state: Arc<Mutex<WriterState>>,
+}
+
+impl PacedWriter {
+    fn start(secret: &str, members: Vec<String>, rate_per_sec: u32, value_bytes: usize) -> Self {
+        let phase = Arc::new(AtomicU8::new(WARMING));
+        let state = Arc::new(Mutex::new(WriterState {
+            recorders: (0..=PHASE_AFTER).map(|_| Recorder::default()).collect(),
+            acked: Vec::new(),
+        }));
+        let interval = Duration::from_secs_f64(1.0 / f64::from(rate_per_sec.max(1)));
+        let pacer = {
+            let (phase, state, secret) = (phase.clone(), state.clone(), secret.to_string());
+            tokio::spawn(async move {
+                // Idle clients; a std mutex because nothing awaits while it is held.
+                let pool: Arc<Mutex<Vec<(ReplicaClient, Option<String>)>>> = Arc::default();
+                let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+                let members = Arc::new(members);
+                let mut next = tokio::time::Instant::now();
+                let mut requests = Vec::new();
+                for n in 0u64.. {
+                    tokio::time::sleep_until(next).await;
+                    let scheduled = next;
+                    next += interval;
+                    let at_phase = phase.load(Ordering::SeqCst);
+                    if at_phase == STOPPED {
+                        break;
+                    }
+                    let permit = in_flight.clone().acquire_owned().await.expect("open");
+                    let (pool, state, members, secret) =
+                        (pool.clone(), state.clone(), members.clone(), secret.clone());
+                    requests.push(tokio::spawn(async move {
+                        let _permit = permit;
+                        let popped = pool.lock().expect("pool lock").pop();
+                        let (client, mut leader) =
+                            popped.unwrap_or_else(|| (ReplicaClient::new(&secret), None));
+                        let key = paced_key(n);
+                        let cmd = stator_kv::encode_command(&[
+                            b"SET".as_slice(),
+                            key.as_bytes(),
+                            &value_for(&key, value_bytes),
+                        ]);
+                        let result = client
+                            .execute(
+                                group(),
+                                &members,
+                                &mut leader,
+                                RequestKind::Write,
+                                cmd,
+                                OP_DEADLINE,
+                            )
+                            .await;
+                        let latency = scheduled.elapsed();
+                        let ok = matches!(&result, Ok(r) if r == b"+OK\r\n");
+                        pool.lock().expect("pool lock").push((client, leader));
+                        let mut s = state.lock().expect("writer lock");
+                        if ok {
+                            s.acked.push(n);
+                            s.recorders[at_phase as usize].record(latency);
+                        } else {
+                            s.recorders[at_phase as usize].errors += 1;
+                        }
+                    }));
+                    requests.retain(|r| !r.is_finished());
+                }
+                for r in requests {
+                    let _ = r.await;
+                }
+            })
+        };
+        PacedWriter {
+            phase,
+            pacer,
+            state,
+        }
+    }
+
+    /// Stops pacing, waits for the requests in flight and returns what they saw.
+    async fn stop(self) -> WriterOutcome {
+        self.phase.store(STOPPED, Ordering::SeqCst);
+        self.pacer.await.expect("pacer panicked");
+        let mut s = self.state.lock().expect("writer lock");
+        let s = std::mem::take(&mut *s);
+        WriterOutcome {
+            recorders: s.recorders,
+            acked: s.acked,
+        }
+    }
+}
+
+/// Repeats the leader's reconcile step until the group's voters are `desired`, as the
+/// control plane's reconciler does; logs each step that changed something.
+async fn move_replica(
+    hosts: &BTreeMap<NodeId, Host>,
+    desired: &BTreeMap<NodeId, String>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut last_step = None;
+    loop {
+        // Every host is asked: only a leader acts. A removed ex-leader may still see the
+        // new configuration as its own, so only a desired member's InSync counts.
+        for (id, host) in hosts {
+            match host.reconcile_membership(group(), desired).await {
+                Ok(MembershipStep::NotLeader) => {}
+                Ok(MembershipStep::InSync) if desired.contains_key(id) => return Ok(()),
+                Ok(step) => {
+                    let shown = format!("{step:?}");
+                    if last_step.as_ref() != Some(&shown) {
+                        eprintln!(
+                            "  {:>6} ms  host {id}: {shown}",
+                            started.elapsed().as_millis()
+                        );
+                        last_step = Some(shown);
+                    }
+                }
+                Err(e) => eprintln!("  {:>6} ms  host {id}: {e}", started.elapsed().as_millis()),
+            }
+        }
+        anyhow::ensure!(
+            started.elapsed() < MIGRATION_TIMEOUT,
+            "membership not in sync within {MIGRATION_TIMEOUT:?}"
+        );
+        tokio::time::sleep(RECONCILE_PAUSE).await;
+    }
+}
+
+/// Waits until the members of `desired` have applied the same index and hold the same
+/// app snapshot; returns it, or `None` if they do not within the settle timeout.
+async fn converged_state(
+    hosts: &BTreeMap<NodeId, Host>,
+    desired: &BTreeMap<NodeId, String>,
+) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while Instant::now() < deadline {
+        let mut states = Vec::new();
+        for id in desired.keys() {
+            let replica = hosts[id].replica(group())?;
+            let applied = replica.sm.last_applied_index().await;
+            let snapshot = replica.sm.app_snapshot().await.ok()?;
+            states.push((applied, snapshot));
+        }
+        if states.windows(2).all(|w| w[0] == w[1]) {
+            return states.pop().map(|(_, s)| s);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// Acknowledged writes whose value is missing or wrong in `machine`.
+fn count_lost(machine: &KvMachine, filled: u64, acked: &[u64], value_bytes: usize) -> u64 {
+    let keys = (0..filled)
+        .map(fill_key)
+        .chain(acked.iter().map(|n| paced_key(*n)));
+    keys.filter(|key| {
+        let got = machine.query_argv(
+            machine.now_ms(),
+            &[b"GET".to_vec(), key.as_bytes().to_vec()],
+        );
+        got != Value::Bulk(Some(value_for(key, value_bytes)))
+    })
+    .count() as u64
+}
+
+/// The CRIU-style move of the same state, measured: rebuild a live copy of the state
+/// (untimed: the process being moved), then, timed, dump it to an image, stream the image
+/// over loopback TCP to a receiver thread that restores it, and wait for its "ready".
+async fn stop_and_copy(snapshot: Vec<u8>, rate_per_sec: u32) -> anyhow::Result<Baseline> {
+    tokio::task::spawn_blocking(move || {
+        let source = KvMachine::from_snapshot(&snapshot)
+            .map_err(|e| anyhow::anyhow!("decoding the state: {e}"))?;
+        drop(snapshot);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let receiver = std::thread::spawn(move || -> anyhow::Result<Duration> {
+            let (mut conn, _) = listener.accept()?;
+            let mut len = [0u8; 8];
+            conn.read_exact(&mut len)?;
+            let mut image = vec![0u8; u64::from_le_bytes(len) as usize];
+            conn.read_exact(&mut image)?;
+            let received = Instant::now();
+            let restored = KvMachine::from_snapshot(&image)
+                .map_err(|e| anyhow::anyhow!("restoring the image: {e}"))?;
+            let restore = received.elapsed();
+            conn.write_all(&[1])?;
+            drop(restored);
+            Ok(restore)
+        });
+        let mut conn = std::net::TcpStream::connect(addr)?;
+        conn.set_nodelay(true)?;
+        // Downtime starts when writes stop: the dump.
+        let stopped = Instant::now();
+        let image = source.to_snapshot();
+        let dump = stopped.elapsed();
+        let copy_started = Instant::now();
+        conn.write_all(&(image.len() as u64).to_le_bytes())?;
+        conn.write_all(&image)?;
+        let mut ready = [0u8; 1];
+        conn.read_exact(&mut ready)?;
+        let downtime = stopped.elapsed();
+        let restore = receiver.join().expect("receiver panicked")?;
+        let transfer = copy_started.elapsed().saturating_sub(restore);
+        let ms = |d: Duration| round2(d.as_secs_f64() * 1000.0);
+        let queued = (downtime.as_secs_f64() * f64::from(rate_per_sec)).floor() as u64;
+        let failed = (downtime.saturating_sub(OP_DEADLINE).as_secs_f64() * f64::from(rate_per_sec))
+            .floor() as u64;
+        Ok(Baseline {
+            models: "checkpoint/restore of the state alone: serialise the kv state, copy it \
+                     over loopback TCP, deserialise it; writes stop for the whole time. \
+                     Leaves out what CRIU adds (freezing the process, dumping every memory \
+                     page rather than the live data, re-creating the process and its \
+                     sockets, moving the address), so it is a lower bound on CRIU's downtime",
+            image_bytes: image.len() as u64,
+            dump_ms: ms(dump),
+            transfer_ms: ms(transfer),
+            restore_ms: ms(restore),
+            baseline_stop_and_copy_downtime_ms: ms(downtime),
+            queued_requests: queued,
+            failed_requests: failed,
+        })
+    })
+    .await
+    .expect("baseline panicked")
+}
