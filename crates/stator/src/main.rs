@@ -250,6 +250,9 @@ enum BenchVerb {
         /// Heartbeat grace after which the server declares a node lost.
         #[arg(long, default_value_t = stator_server::config::DEFAULT_NODE_GRACE_MS)]
         node_grace_ms: u64,
+        /// The service's Raft election timeout (default: the spec's default).
+        #[arg(long)]
+        election_timeout_ms: Option<u64>,
         /// Baselines to leave out: etcd.
         #[arg(long, value_delimiter = ',')]
         skip: Vec<String>,
@@ -516,6 +519,7 @@ fn main() -> anyhow::Result<()> {
                         rate_per_sec,
                         kind,
                         node_grace_ms,
+                        election_timeout_ms,
                         skip,
                         json,
                     },
@@ -530,6 +534,7 @@ fn main() -> anyhow::Result<()> {
                     rate_per_sec,
                     kind,
                     node_grace_ms,
+                    election_timeout_ms,
                     skip,
                 };
                 let report = bench::failover::run(&opts).await?;

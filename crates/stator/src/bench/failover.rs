@@ -103,6 +103,8 @@ pub struct Options {
     pub kind: KillKind,
     /// Heartbeat grace after which the server declares a node lost.
     pub node_grace_ms: u64,
+    /// The service's Raft election timeout; the spec's default when `None`.
+    pub election_timeout_ms: Option<u64>,
     /// Baselines to leave out ("etcd").
     pub skip: Vec<String>,
 }
@@ -393,8 +395,9 @@ fn summarize(
     if let Some(grace) = grace_ms {
         out["rf_restored_ms_p50"] = json!(rf_p50);
         out["rf_restored_ms_max"] = json!(rf_max);
-        out["rf_restored_after_grace_ms_p50"] = json!(rf_p50.map(|v| v - grace as f64));
-        out["rf_restored_after_grace_ms_max"] = json!(rf_max.map(|v| v - grace as f64));
+        let after_grace = |v: f64| ((v - grace as f64) * 10.0).round() / 10.0;
+        out["rf_restored_after_grace_ms_p50"] = json!(rf_p50.map(after_grace));
+        out["rf_restored_after_grace_ms_max"] = json!(rf_max.map(after_grace));
     }
     if let Some(rb) = readback {
         let in_window = |o: &&Outcome| o.acked && o.done >= window.0 && o.done < window.1;
@@ -432,15 +435,16 @@ impl UpCluster {
         let data_dir = dir.path().join("cluster");
         let resp_addr = format!("127.0.0.1:{}", free_port()?);
         let spec = dir.path().join("failover.toml");
-        std::fs::write(
-            &spec,
-            format!(
-                "name = \"{SERVICE}\"\nkind = \"replicated\"\npartitions = {}\nreplicas = 3\n\
-                 app = {{ builtin = \"kv\" }}\nexpose = {{ resp = \"{resp_addr}\" }}\n\
-                 resources = {{ cpu = \"250m\", memory = \"128Mi\" }}\n",
-                opts.partitions
-            ),
-        )?;
+        let mut text = format!(
+            "name = \"{SERVICE}\"\nkind = \"replicated\"\npartitions = {}\nreplicas = 3\n\
+             app = {{ builtin = \"kv\" }}\nexpose = {{ resp = \"{resp_addr}\" }}\n\
+             resources = {{ cpu = \"250m\", memory = \"128Mi\" }}\n",
+            opts.partitions
+        );
+        if let Some(timeout_ms) = opts.election_timeout_ms {
+            text.push_str(&format!("election_timeout_ms = {timeout_ms}\n"));
+        }
+        std::fs::write(&spec, text)?;
         let log = std::fs::File::create(dir.path().join("up.log"))?;
         let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
         cmd.arg("up")
@@ -764,6 +768,9 @@ async fn stator_rounds(cluster: &UpCluster, opts: &Options) -> anyhow::Result<Va
             }) as Box<dyn Writer>
         })
         .collect();
+    let election_timeout_ms = opts
+        .election_timeout_ms
+        .unwrap_or(stator_api::spec::DEFAULT_ELECTION_TIMEOUT_MS);
     let client_start = Instant::now();
     let client = PacedClient::start(writers, opts.rate_per_sec, format!("{{{tag}}}:"));
     tokio::time::sleep(WARMUP).await;
@@ -806,6 +813,7 @@ async fn stator_rounds(cluster: &UpCluster, opts: &Options) -> anyhow::Result<Va
         "partitions": opts.partitions,
         "replicas": 3,
         "node_grace_ms": opts.node_grace_ms,
+        "election_timeout_ms": election_timeout_ms,
         "rate_per_sec": opts.rate_per_sec,
         "warmup_max_ack_gap_ms": client_view(&record, &acks, client_start, client_start + WARMUP).max_gap.map(ms),
         "dropped_ticks": record.dropped,
@@ -1178,8 +1186,12 @@ pub fn print_report(report: &Value, json: bool) {
     let s = &report["stator"];
     eprintln!();
     eprintln!(
-        "failover: stator {} nodes, {} partitions x 3 replicas, node grace {} ms; client {} writes/s to partition 0 through the gateway RESP endpoint",
-        s["nodes"], s["partitions"], s["node_grace_ms"], s["rate_per_sec"]
+        "failover: stator {} nodes, {} partitions x 3 replicas, Raft election timeout {} ms, node grace {} ms;",
+        s["nodes"], s["partitions"], s["election_timeout_ms"], s["node_grace_ms"]
+    );
+    eprintln!(
+        "          client {} writes/s to partition 0 through the gateway RESP endpoint; etcd client the same rate",
+        s["rate_per_sec"]
     );
     eprintln!(
         "{:<7} {:<14} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>5}",
@@ -1206,7 +1218,7 @@ pub fn print_report(report: &Value, json: bool) {
             "{:<7} {:<14} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>5}",
             system,
             kind,
-            r["rounds"],
+            r["rounds"].to_string(),
             cell(&r["unavailable_ms_p50"]),
             cell(&r["unavailable_ms_max"]),
             cell(&r["max_ack_gap_ms_max"]),
@@ -1214,9 +1226,9 @@ pub fn print_report(report: &Value, json: bool) {
             cell(&r["new_leader_ms_max"]),
             cell(&r["rf_restored_ms_p50"]),
             cell(&r["rf_restored_ms_max"]),
-            r["failed_writes"],
-            r["acked_writes"],
-            r["lost_acked_writes"]
+            r["failed_writes"].to_string(),
+            r["acked_writes"].to_string(),
+            r["lost_acked_writes"].to_string()
         )
     };
     for kind in ["leader_kill", "follower_kill"] {
