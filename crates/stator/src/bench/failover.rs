@@ -36,6 +36,9 @@ const SERVICE: &str = "failover-bench";
 const CLIENT_CONNECTIONS: usize = 64;
 /// Paced writes waiting for a free connection; a tick beyond this is dropped and counted.
 const MAX_QUEUED_WRITES: usize = 16_384;
+/// Acks this soon after a kill may be answers sent before it (in flight to the client);
+/// the unavailability is the longest ack gap starting before this point.
+const IN_FLIGHT_ACKS: Duration = Duration::from_millis(100);
 /// How often the API (or etcd's status endpoint) is polled during a round.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// `stator up` must have a leader and the replication factor for every partition by then.
@@ -59,7 +62,7 @@ const ETCD_HEARTBEAT_MS: u64 = 100;
 const ETCD_ELECTION_TIMEOUT_MS: u64 = 1_000;
 /// How long an etcd member stays down before it is started again on its data dir: long
 /// enough that the survivors have elected a leader and the client is writing again.
-const ETCD_DOWN: Duration = Duration::from_secs(2);
+const ETCD_DOWN: Duration = Duration::from_secs(3);
 /// GETs pipelined per batch when reading every acknowledged key back.
 const READBACK_BATCH: usize = 200;
 /// Read-back attempts per batch (a batch hitting a leader change is read again).
@@ -292,8 +295,9 @@ struct Round {
     rf_restored_at: Option<Instant>,
 }
 
-/// Client-observed figures of one round: the gap straddling the kill (last ack before it
-/// to first ack after it), the longest gap between acks from the kill to the next round,
+/// Client-observed figures of one round: the unavailability (the gap from the last ack
+/// before the kill to the first ack after it, skipping answers in flight at the kill),
+/// the longest gap between acks from the kill to the next round,
 /// and the writes that failed meanwhile.
 #[derive(Debug, Clone, Copy)]
 struct ClientView {
@@ -305,11 +309,13 @@ struct ClientView {
 fn client_view(record: &ClientRecord, acks: &[Instant], from: Instant, to: Instant) -> ClientView {
     let after = acks.partition_point(|t| *t < from);
     let end = acks.partition_point(|t| *t < to);
-    let unavailable = match (after.checked_sub(1).map(|i| acks[i]), acks.get(after)) {
-        (Some(before), Some(first)) => Some(*first - before),
-        _ => None,
-    };
     let start = after.saturating_sub(1);
+    // The longest gap starting at the last ack before the kill or at an ack in flight
+    // when it struck: those are answers the dead leader had already sent.
+    let in_flight_end = acks.partition_point(|t| *t <= from + IN_FLIGHT_ACKS);
+    let unavailable = (start..in_flight_end.max(start + 1))
+        .filter_map(|i| Some(*acks.get(i + 1)? - *acks.get(i)?))
+        .max();
     let max_gap = acks[start..end.max(start)]
         .windows(2)
         .map(|w| w[1] - w[0])
@@ -1241,7 +1247,8 @@ pub fn print_report(report: &Value, json: bool) {
         Some(why) => eprintln!("{:<7} {:<14} skipped: {why}", "etcd", "leader_kill"),
         None => row("etcd", "leader_kill", &e["leader_kill"]),
     }
-    eprintln!("  (all times in ms from the SIGKILL; unav = last ack before the kill to first ack after it;");
+    eprintln!("  (all times in ms from the SIGKILL; unav = last ack before the kill to first ack after it,");
+    eprintln!("   answers in flight at the kill (acks within {IN_FLIGHT_ACKS:?}) skipped;");
     eprintln!("   gap_max = longest gap between acks until the next round; ldr = new leader visible in the");
     eprintln!(
         "   API (stator: reported by agent heartbeats, every 500 ms) or in a survivor's status (etcd);"
