@@ -720,14 +720,14 @@ async fn stop_and_copy(snapshot: Vec<u8>, rate_per_sec: u32) -> anyhow::Result<B
         let stopped = Instant::now();
         let image = source.to_snapshot();
         let dump = stopped.elapsed();
-        let copy_started = Instant::now();
         conn.write_all(&(image.len() as u64).to_le_bytes())?;
         conn.write_all(&image)?;
         let mut ready = [0u8; 1];
         conn.read_exact(&mut ready)?;
         let downtime = stopped.elapsed();
         let restore = receiver.join().expect("receiver panicked")?;
-        let transfer = copy_started.elapsed().saturating_sub(restore);
+        // The copy is what remains once the dump and the restore are accounted for.
+        let transfer = downtime.saturating_sub(dump).saturating_sub(restore);
         let ms = |d: Duration| round2(d.as_secs_f64() * 1000.0);
         let queued = (downtime.as_secs_f64() * f64::from(rate_per_sec)).floor() as u64;
         let failed = (downtime.saturating_sub(OP_DEADLINE).as_secs_f64() * f64::from(rate_per_sec))
