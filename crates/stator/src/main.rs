@@ -67,6 +67,10 @@ enum Verb {
         /// Milliseconds without a heartbeat after which a node is lost.
         #[arg(long, default_value_t = stator_server::config::DEFAULT_NODE_GRACE_MS)]
         node_grace_ms: u64,
+        /// URL the other servers on the same etcd forward calls to while this one runs
+        /// the controller (default: http:// + the listen address).
+        #[arg(long)]
+        advertise: Option<String>,
     },
     /// Run a node agent that joins a cluster (`--server URL[,URL...]`, tried in turn).
     Agent {
@@ -229,6 +233,25 @@ enum BenchVerb {
         #[arg(long)]
         json: bool,
     },
+    /// Live move of a replica holding `--state-mib` of state under steady writes, beside
+    /// a stop-and-copy (checkpoint/restore) move of the same state.
+    Migration {
+        /// State to fill the partition with before the move.
+        #[arg(long, default_value_t = 64)]
+        state_mib: u64,
+        /// Bytes per written value.
+        #[arg(long, default_value_t = 1024)]
+        value_bytes: usize,
+        /// Paced writes per second during the whole run.
+        #[arg(long, default_value_t = 500)]
+        rate_per_sec: u32,
+        /// Which replica moves: the leader or a follower.
+        #[arg(long = "move", value_enum, default_value_t = bench::migration::MoveKind::Follower)]
+        moved: bench::migration::MoveKind,
+        /// Print the result as one JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+    },
     /// SIGKILL of a node under `stator up`: unavailability, new leader, replication
     /// factor restored, no acknowledged write lost; beside an etcd leader kill.
     Failover {
@@ -346,8 +369,10 @@ fn main() -> anyhow::Result<()> {
                 listen,
                 data_dir,
                 node_grace_ms,
+                advertise,
             } => {
                 let mut config = stator_server::ServerConfig::new(&data_dir);
+                config.advertise_url = advertise;
                 if let Some(store) = store {
                     config.store = store.parse().map_err(|e| anyhow::anyhow!("--store: {e}"))?;
                 }
@@ -508,6 +533,28 @@ fn main() -> anyhow::Result<()> {
                 };
                 let runs = bench::replication::run(&opts).await?;
                 bench::print_runs(&runs, json);
+                Ok(())
+            }
+            Verb::Bench {
+                which:
+                    BenchVerb::Migration {
+                        state_mib,
+                        value_bytes,
+                        rate_per_sec,
+                        moved,
+                        json,
+                    },
+            } => {
+                anyhow::ensure!(state_mib >= 1, "--state-mib: at least 1");
+                anyhow::ensure!(rate_per_sec >= 1, "--rate-per-sec: at least 1");
+                let opts = bench::migration::Options {
+                    state_mib,
+                    value_bytes,
+                    rate_per_sec,
+                    moved,
+                };
+                let report = bench::migration::run(&opts).await?;
+                bench::migration::print_report(&report, json);
                 Ok(())
             }
             Verb::Bench {

@@ -4,12 +4,14 @@
 //!   (one consensus write per request, as DORADO orders requests) and Redis with `WAIT`.
 //! - [`failover`]: client-observed unavailability, new leader and replication factor
 //!   restored after a SIGKILLed node under `stator up`, beside an etcd leader kill.
+//! - [`migration`]: a live replica move under steady writes, beside stop-and-copy.
 //! - [`baselines`]: starting and driving etcd and Redis on loopback.
 //! - [`latency`]: latency histograms and the JSON run record.
 
 pub mod baselines;
 pub mod failover;
 pub mod latency;
+pub mod migration;
 pub mod replication;
 
 /// Finds a free loopback port by binding port 0 and releasing it.

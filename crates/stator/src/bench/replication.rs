@@ -122,9 +122,9 @@ impl Driver for StatorDriver {
 }
 
 /// Hosts, each on its own thread and runtime; dropping this stops them.
-struct HostThreads {
-    stops: Vec<tokio::sync::oneshot::Sender<()>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+pub(crate) struct HostThreads {
+    pub(crate) stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    pub(crate) threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for HostThreads {
