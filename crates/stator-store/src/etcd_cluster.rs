@@ -25,6 +25,9 @@ pub const ELECTION_TIMEOUT_MS: u64 = 500;
 /// and framing, so a value at the limit fits (etcd's own default is exactly 1.5 MiB).
 pub const MAX_REQUEST_BYTES: u64 = 2 * 1024 * 1024;
 
+/// Start attempts with fresh ports when a member finds its port taken.
+pub const START_ATTEMPTS: u32 = 3;
+
 /// The environment variable that turns a missing program into a test failure (CI sets it).
 pub const REQUIRE_ALL_ENV: &str = "STATOR_REQUIRE_ALL";
 
@@ -67,6 +70,23 @@ impl LocalEtcdCluster {
     /// Starts `members` etcd processes forming one cluster and waits until it answers.
     /// Panics (with the members' logs) if it does not within [`START_LIMIT_MS`].
     pub async fn start(members: usize) -> LocalEtcdCluster {
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(members).await {
+                Ok(cluster) => return cluster,
+                // Free ports are picked by closing a listener; another process may take
+                // one before etcd binds it. Try again with new ports.
+                Err(logs)
+                    if attempt < START_ATTEMPTS && logs.contains("address already in use") =>
+                {
+                    attempt += 1;
+                }
+                Err(logs) => panic!("{logs}"),
+            }
+        }
+    }
+
+    async fn try_start(members: usize) -> Result<LocalEtcdCluster, String> {
         assert!(members >= 1, "a cluster needs at least one member");
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let unique = format!(
@@ -119,8 +139,8 @@ impl LocalEtcdCluster {
                 process: Some(process),
             });
         }
-        cluster.wait_ready().await;
-        cluster
+        cluster.wait_ready().await?;
+        Ok(cluster)
     }
 
     /// Client URLs of the members still running, e.g. `http://127.0.0.1:23790`.
@@ -159,7 +179,7 @@ impl LocalEtcdCluster {
         }
     }
 
-    async fn wait_ready(&mut self) {
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_millis(START_LIMIT_MS);
         loop {
             let exited = self.members.iter_mut().find_map(|member| {
@@ -167,20 +187,20 @@ impl LocalEtcdCluster {
                 Some((member.name.clone(), status))
             });
             if let Some((name, status)) = exited {
-                panic!(
+                return Err(format!(
                     "etcd member {name} exited during start-up ({status}):\n{}",
                     self.logs()
-                );
+                ));
             }
             // Every member must answer, not just the first one a channel picks.
             if self.all_members_answer().await {
-                return;
+                return Ok(());
             }
             if Instant::now() > deadline {
-                panic!(
+                return Err(format!(
                     "etcd cluster did not answer within {START_LIMIT_MS} ms:\n{}",
                     self.logs()
-                );
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
