@@ -31,7 +31,12 @@ pub enum AppError {
 #[async_trait]
 pub trait StateMachine: Send + Sync + 'static {
     /// Applies one committed command and returns the reply for the client.
-    async fn apply(&mut self, index: u64, time_ms: u64, command: &[u8]) -> Result<Vec<u8>, AppError>;
+    async fn apply(
+        &mut self,
+        index: u64,
+        time_ms: u64,
+        command: &[u8],
+    ) -> Result<Vec<u8>, AppError>;
 
     /// Answers a read-only request against the current state.
     async fn query(&mut self, time_ms: u64, request: &[u8]) -> Result<Vec<u8>, AppError>;

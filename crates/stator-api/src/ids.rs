@@ -19,7 +19,10 @@ pub const MAX_PARTITIONS_PER_SERVICE: u32 = 1 << 16;
 impl GroupId {
     /// The group of partition `partition` of service `service_id`.
     pub fn new(service_id: u64, partition: u32) -> Self {
-        assert!(partition < MAX_PARTITIONS_PER_SERVICE, "partition {partition} out of range");
+        assert!(
+            partition < MAX_PARTITIONS_PER_SERVICE,
+            "partition {partition} out of range"
+        );
         GroupId(service_id << 16 | partition as u64)
     }
     /// The service id part.

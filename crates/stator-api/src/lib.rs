@@ -9,8 +9,8 @@
 //! - [`spec`]: service, node-pool and node specs as users write them, with validation
 //!   whose errors name the field.
 
+pub mod agent;
 pub mod app;
 pub mod ids;
 pub mod slot;
 pub mod spec;
-pub mod agent;

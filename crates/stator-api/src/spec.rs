@@ -49,8 +49,10 @@ pub const DEFAULT_PARTITIONS: u32 = 1;
 /// Replicas per partition when the spec does not say: tolerates one node loss.
 pub const DEFAULT_REPLICAS: u32 = 3;
 /// Raft election timeout when the spec does not say: tuned for a LAN, where heartbeats
-/// take well under a millisecond, so failover stays far below a second.
-pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 300;
+/// take well under a millisecond, so failover stays far below a second. openraft waits
+/// one leader lease (the timeout's upper bound, 1.25x this) plus the timeout before a
+/// follower that knew a leader runs for election: about 2.3-2.5x this in all.
+pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 100;
 /// CPU requested when the spec does not say.
 pub const DEFAULT_CPU_MILLIS: u64 = 100;
 /// Memory requested when the spec does not say.

@@ -20,10 +20,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 
-/// Default lower bound of the randomised election timeout. LAN round trips are well
-/// under a millisecond, so a leader that misses ~3 heartbeats is gone; the upper bound is
-/// twice this.
-pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 150;
+/// Default lower bound of the randomised election timeout (the upper is 1.25x). LAN
+/// round trips are well under a millisecond, so a leader silent this long is gone.
+pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = stator_api::spec::DEFAULT_ELECTION_TIMEOUT_MS;
 /// Entries between snapshots; older entries are then purged, bounding log memory.
 pub const DEFAULT_SNAPSHOT_EVERY_ENTRIES: u64 = 20_000;
 /// Largest snapshot chunk sent in one frame (well under the transport's frame limit).
@@ -77,7 +76,7 @@ pub enum HostError {
 /// Per-group tunables.
 #[derive(Debug, Clone, Copy)]
 pub struct GroupOptions {
-    /// Lower bound of the election timeout; the upper is twice this; heartbeats every third.
+    /// Lower bound of the election timeout; the upper is 1.25x this; heartbeats every half.
     pub election_timeout_ms: u64,
     /// Entries between snapshots.
     pub snapshot_every_entries: u64,
@@ -295,9 +294,14 @@ impl Host {
         let election = options.election_timeout_ms.max(10);
         let config = openraft::Config {
             cluster_name: format!("stator-{group}"),
-            heartbeat_interval: (election / 3).max(5),
+            // openraft also uses the heartbeat interval as the AppendEntries timeout, so it
+            // stays as long as the election timeout allows: a busy 2-core machine must not
+            // time out large appends and resend them.
+            heartbeat_interval: (election / 2).max(5),
             election_timeout_min: election,
-            election_timeout_max: election * 2,
+            // openraft's leader lease equals this upper bound and delays every election
+            // after a leader dies, so the randomisation range is kept narrow.
+            election_timeout_max: election + (election / 4).max(10),
             install_snapshot_timeout: 10_000,
             max_payload_entries: MAX_ENTRIES_PER_APPEND,
             replication_lag_threshold: options.snapshot_every_entries,

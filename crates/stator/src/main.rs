@@ -179,7 +179,11 @@ enum Verb {
         #[arg(long, default_value_t = 60)]
         duration: u64,
         /// Fault kinds: kill, pause, partition, membership.
-        #[arg(long, value_delimiter = ',', default_value = "kill,pause,partition,membership")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "kill,pause,partition,membership"
+        )]
         faults: Vec<String>,
         /// Agents (5: a majority of every group survives one fault).
         #[arg(long, default_value_t = 5)]
@@ -295,7 +299,18 @@ async fn shutdown_signal() {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+/// Errors exit non-zero with one line: the reason and its causes, never a backtrace.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STATOR_LOG")

@@ -73,8 +73,14 @@ fn spawn_agent(
             Ok(())
         });
     }
-    cmd.spawn()
-        .with_context(|| format!("starting agent {name}"))
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting agent {name}"))?;
+    // Scripts, benchmarks and the README tour find the agent to kill here.
+    if let Some(pid) = child.id() {
+        std::fs::write(dir.join("pid"), pid.to_string())?;
+    }
+    Ok(child)
 }
 
 /// Runs the cluster until Ctrl-C or SIGTERM.

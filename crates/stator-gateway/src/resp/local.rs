@@ -217,13 +217,14 @@ fn command(argv: &[Vec<u8>], sub: Option<&[u8]>) -> Dispatch {
 }
 
 fn hello(argv: &[Vec<u8>], state: &mut ConnectionState) -> Dispatch {
-    match argv.get(1).map(Vec::as_slice) {
-        None | Some(b"2") => {}
-        Some(b"3") => {
-            return error("NOPROTO the stator gateway speaks RESP2 only; connect with protocol 2")
-        }
-        Some(_) => return error("ERR Protocol version is not an integer or out of range"),
-    }
+    // RESP3 clients (redis-py 8 by default) get the HELLO answer as a RESP3 map; every
+    // later reply stays in the RESP2 types, which RESP3 parsers read as well (strings,
+    // errors, integers, arrays, and the RESP2 nulls).
+    let resp3 = match argv.get(1).map(Vec::as_slice) {
+        None | Some(b"2") => false,
+        Some(b"3") => true,
+        Some(_) => return error("NOPROTO unsupported protocol version"),
+    };
     // Options after the version: AUTH is ignored (the gateway has no users), SETNAME names
     // the connection.
     let mut index = 2;
@@ -237,13 +238,13 @@ fn hello(argv: &[Vec<u8>], state: &mut ConnectionState) -> Dispatch {
             return error("ERR syntax error in HELLO options");
         }
     }
-    reply(Value::Array(Some(vec![
+    let fields = vec![
         Value::bulk("server"),
         Value::bulk("redis"),
         Value::bulk("version"),
         Value::bulk(REPORTED_REDIS_VERSION),
         Value::bulk("proto"),
-        Value::Integer(2),
+        Value::Integer(if resp3 { 3 } else { 2 }),
         Value::bulk("id"),
         Value::Integer(state.id as i64),
         Value::bulk("mode"),
@@ -252,7 +253,15 @@ fn hello(argv: &[Vec<u8>], state: &mut ConnectionState) -> Dispatch {
         Value::bulk("master"),
         Value::bulk("modules"),
         Value::Array(Some(Vec::new())),
-    ])))
+    ];
+    if !resp3 {
+        return reply(Value::Array(Some(fields)));
+    }
+    let mut out = format!("%{}\r\n", fields.len() / 2).into_bytes();
+    for field in &fields {
+        field.encode(&mut out);
+    }
+    Dispatch::Reply(out)
 }
 
 fn config(argv: &[Vec<u8>], sub: Option<&[u8]>) -> Dispatch {
@@ -366,7 +375,8 @@ mod tests {
         assert!(text(run(&["SELECT", "1"])).starts_with("-ERR DB index is out of range"));
         assert_eq!(text(run(&["COMMAND", "DOCS"])), "*0\r\n");
         assert_eq!(text(run(&["CLIENT", "ID"])), ":7\r\n");
-        assert!(text(run(&["HELLO", "3"])).starts_with("-NOPROTO"));
+        assert!(text(run(&["HELLO", "3"])).starts_with("%7\r\n$6\r\nserver"));
+        assert!(text(run(&["HELLO", "4"])).starts_with("-NOPROTO"));
         assert!(text(run(&["HELLO", "2"])).starts_with("*14\r\n"));
         assert!(text(run(&["INFO"])).contains("redis_version:"));
         assert_eq!(
