@@ -41,7 +41,7 @@ async fn commands_round_trip_through_the_leader() {
     // Inline commands, as telnet and redis-cli's interactive mode may send them.
     c.send_raw(b"GET foo\r\n").await;
     assert_eq!(c.read().await, Some(bulk("bar")));
-    assert!(error_text(&c.call(&["HELLO", "3"]).await).starts_with("NOPROTO"));
+    assert!(error_text(&c.call(&["HELLO", "4"]).await).starts_with("NOPROTO"));
     match c.call(&["INFO"]).await {
         Value::Bulk(Some(text)) => {
             assert!(String::from_utf8(text).unwrap().contains("redis_version:"))

@@ -183,8 +183,9 @@ fn kv_example_serves_real_redis_clients() {
         let script = format!(
             r#"
 import redis
-# protocol=2: redis-py 8 defaults to RESP3 (HELLO 3), which the gateway refuses with
-# NOPROTO; RESP3 support in the gateway is a known gap.
+# Unmodified client defaults (redis-py 8 starts with HELLO 3), then RESP2 explicitly.
+r = redis.Redis(host="127.0.0.1", port={port}, decode_responses=True)
+assert r.ping() and r.set("py:default", "x") and r.get("py:default") == "x"
 r = redis.Redis(host="127.0.0.1", port={port}, decode_responses=True, protocol=2)
 assert r.ping()
 assert r.set("py:k", "v1")
