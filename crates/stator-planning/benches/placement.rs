@@ -3,13 +3,21 @@
 //! cargo bench -p stator-planning --bench placement
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use stator_planning::{place_partition, ClusterView, Node, Policy, PlacementRequest, Replica, Resources, WorkloadKind};
+use stator_planning::{
+    place_partition, ClusterView, Node, PlacementRequest, Policy, Replica, Resources, WorkloadKind,
+};
 
 fn cluster(nodes: u64) -> ClusterView {
     let zones = ["a", "b", "c"];
     let mut view = ClusterView::new();
     for i in 0..nodes {
-        view.add_node(Node::new(i + 1, zones[(i % 3) as usize], "p", Resources::new(16_000, 65_536), 0.768));
+        view.add_node(Node::new(
+            i + 1,
+            zones[(i % 3) as usize],
+            "p",
+            Resources::new(16_000, 65_536),
+            0.768,
+        ));
     }
     // Half full, unevenly.
     for i in 0..nodes {

@@ -21,7 +21,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::actions::Action;
 use crate::pools::{pool_counts, pools_by_unit_price, BootingNode, PoolSpec};
-use crate::scheduler::{place_partition, place_replacement, Policy, PlacementRequest, SpreadDomain};
+use crate::scheduler::{
+    place_partition, place_replacement, PlacementRequest, Policy, SpreadDomain,
+};
 use crate::view::{ClusterView, Replica, Resources, WorkloadKind};
 use stator_api::ids::NodeId;
 
@@ -118,14 +120,24 @@ pub fn autoscale(
         let members = view.partition_members(&d.service, d.partition).to_vec();
         // Desired request per replica.
         // The small epsilon keeps 700 / 0.7 at 1000, not 1001.
-        let raw = (d.cpu_used_millis as f64 / cfg.target_utilization - 1e-6).ceil().max(0.0) as u64;
+        let raw = (d.cpu_used_millis as f64 / cfg.target_utilization - 1e-6)
+            .ceil()
+            .max(0.0) as u64;
         let rec = round_up(raw, cfg.cpu_step_millis).clamp(cfg.min_cpu_millis, cfg.max_cpu_millis);
-        let desired = state.stabilise((d.service.clone(), d.partition), now_s, rec, cfg.scale_down_window_s);
+        let desired = state.stabilise(
+            (d.service.clone(), d.partition),
+            now_s,
+            rec,
+            cfg.scale_down_window_s,
+        );
 
         // 1. Repair.
         if (members.len() as u32) < d.min_replicas {
             let missing = d.min_replicas - members.len() as u32;
-            let resources = Resources { cpu_millis: desired, ..d.base_resources };
+            let resources = Resources {
+                cpu_millis: desired,
+                ..d.base_resources
+            };
             let req = PlacementRequest {
                 spread: d.spread,
                 ..PlacementRequest::long_running(&d.service, d.partition, missing, resources)
@@ -134,13 +146,21 @@ pub fn autoscale(
                 Ok(nodes) => {
                     for node in nodes {
                         view.add_replica(new_replica(d, node, resources));
-                        actions.push(Action::Place { service: d.service.clone(), partition: d.partition, node, resources });
+                        actions.push(Action::Place {
+                            service: d.service.clone(),
+                            partition: d.partition,
+                            node,
+                            resources,
+                        });
                     }
                 }
                 Err(_) => {
                     let zones_used = zones_of(view, &view.partition_nodes(&d.service, d.partition));
                     for _ in 0..missing {
-                        unmet.push(UnmetNeed { resources, avoid_zones: zones_used.clone() });
+                        unmet.push(UnmetNeed {
+                            resources,
+                            avoid_zones: zones_used.clone(),
+                        });
                     }
                 }
             }
@@ -154,24 +174,45 @@ pub fn autoscale(
             if change <= cfg.tolerance * current as f64 {
                 continue;
             }
-            let new_res = Resources { cpu_millis: desired, ..r.resources };
+            let new_res = Resources {
+                cpu_millis: desired,
+                ..r.resources
+            };
             if desired < current {
                 view.resize_replica(slot, new_res);
-                actions.push(Action::Resize { service: r.service.clone(), partition: r.partition, node: r.node, from: r.resources, to: new_res });
+                actions.push(Action::Resize {
+                    service: r.service.clone(),
+                    partition: r.partition,
+                    node: r.node,
+                    from: r.resources,
+                    to: new_res,
+                });
                 continue;
             }
             let free = view.free(r.node).expect("member node");
             if desired - current <= free.cpu_millis {
                 view.resize_replica(slot, new_res);
-                actions.push(Action::Resize { service: r.service.clone(), partition: r.partition, node: r.node, from: r.resources, to: new_res });
+                actions.push(Action::Resize {
+                    service: r.service.clone(),
+                    partition: r.partition,
+                    node: r.node,
+                    from: r.resources,
+                    to: new_res,
+                });
                 continue;
             }
             if migrations >= cfg.max_migrations {
                 continue;
             }
-            let survivors: Vec<NodeId> =
-                view.partition_nodes(&r.service, r.partition).into_iter().filter(|&n| n != r.node).collect();
-            let req = PlacementRequest { spread: d.spread, ..PlacementRequest::long_running(&r.service, r.partition, 1, new_res) };
+            let survivors: Vec<NodeId> = view
+                .partition_nodes(&r.service, r.partition)
+                .into_iter()
+                .filter(|&n| n != r.node)
+                .collect();
+            let req = PlacementRequest {
+                spread: d.spread,
+                ..PlacementRequest::long_running(&r.service, r.partition, 1, new_res)
+            };
             let mut avoid = survivors.clone();
             avoid.push(r.node);
             match place_replacement(view, &req, &avoid, Policy::Cost) {
@@ -191,16 +232,35 @@ pub fn autoscale(
                 _ => {
                     // Take what the node has now; ask for a node for the rest.
                     if free.cpu_millis >= cfg.cpu_step_millis {
-                        let partial = Resources { cpu_millis: current + free.cpu_millis / cfg.cpu_step_millis * cfg.cpu_step_millis, ..r.resources };
+                        let partial = Resources {
+                            cpu_millis: current
+                                + free.cpu_millis / cfg.cpu_step_millis * cfg.cpu_step_millis,
+                            ..r.resources
+                        };
                         view.resize_replica(slot, partial);
-                        actions.push(Action::Resize { service: r.service.clone(), partition: r.partition, node: r.node, from: r.resources, to: partial });
+                        actions.push(Action::Resize {
+                            service: r.service.clone(),
+                            partition: r.partition,
+                            node: r.node,
+                            from: r.resources,
+                            to: partial,
+                        });
                     }
-                    unmet.push(UnmetNeed { resources: new_res, avoid_zones: zones_of(view, &survivors) });
+                    unmet.push(UnmetNeed {
+                        resources: new_res,
+                        avoid_zones: zones_of(view, &survivors),
+                    });
                 }
             }
         }
     }
-    actions.extend(plan_new_nodes(view, &unmet, pools, booting, PoolChoice::CheapestPerUnit));
+    actions.extend(plan_new_nodes(
+        view,
+        &unmet,
+        pools,
+        booting,
+        PoolChoice::CheapestPerUnit,
+    ));
     actions
 }
 
@@ -240,18 +300,31 @@ pub fn plan_new_nodes(
     // Virtual bins: booting nodes start empty (the view does not hold them yet).
     let mut bins: Vec<(String, Resources)> = booting
         .iter()
-        .filter_map(|b| by_pool.get(b.pool.as_str()).map(|p| (b.zone.clone(), p.capacity)))
+        .filter_map(|b| {
+            by_pool
+                .get(b.pool.as_str())
+                .map(|p| (b.zone.clone(), p.capacity))
+        })
         .collect();
     let mut order: Vec<&UnmetNeed> = unmet.iter().collect();
-    order.sort_by(|a, b| b.resources.cpu_millis.cmp(&a.resources.cpu_millis).then(b.resources.memory_mib.cmp(&a.resources.memory_mib)));
+    order.sort_by(|a, b| {
+        b.resources
+            .cpu_millis
+            .cmp(&a.resources.cpu_millis)
+            .then(b.resources.memory_mib.cmp(&a.resources.memory_mib))
+    });
     let sorted_pools = pools_by_unit_price(pools);
     let mut zone_pool_counts: HashMap<(String, String), usize> = HashMap::new();
     for n in view.nodes() {
-        *zone_pool_counts.entry((n.zone.clone(), n.pool.clone())).or_insert(0) += 1;
+        *zone_pool_counts
+            .entry((n.zone.clone(), n.pool.clone()))
+            .or_insert(0) += 1;
     }
     let mut actions = Vec::new();
     for need in order {
-        let fit = bins.iter_mut().find(|(z, free)| need.resources.fits_in(free) && !need.avoid_zones.contains(z));
+        let fit = bins
+            .iter_mut()
+            .find(|(z, free)| need.resources.fits_in(free) && !need.avoid_zones.contains(z));
         if let Some((_, free)) = fit {
             *free = free.saturating_sub(&need.resources);
             continue;
@@ -259,11 +332,16 @@ pub fn plan_new_nodes(
         let fitting: Vec<&PoolSpec> = sorted_pools
             .iter()
             .copied()
-            .filter(|p| need.resources.fits_in(&p.capacity) && counts.get(&p.name).copied().unwrap_or(0) < p.max_nodes)
+            .filter(|p| {
+                need.resources.fits_in(&p.capacity)
+                    && counts.get(&p.name).copied().unwrap_or(0) < p.max_nodes
+            })
             .collect();
         let pool = match choice {
             PoolChoice::CheapestPerUnit => fitting.first().copied(),
-            PoolChoice::Random(x) => (!fitting.is_empty()).then(|| fitting[(x as usize) % fitting.len()]),
+            PoolChoice::Random(x) => {
+                (!fitting.is_empty()).then(|| fitting[(x as usize) % fitting.len()])
+            }
         };
         let Some(pool) = pool else { continue };
         // Zone: one the need does not avoid, with the fewest of this pool's nodes.
@@ -272,7 +350,10 @@ pub fn plan_new_nodes(
             .iter()
             .filter(|z| !need.avoid_zones.contains(z))
             .min_by_key(|z| {
-                zone_pool_counts.get(&((*z).clone(), pool.name.clone())).copied().unwrap_or(0)
+                zone_pool_counts
+                    .get(&((*z).clone(), pool.name.clone()))
+                    .copied()
+                    .unwrap_or(0)
                     + bins.iter().filter(|(bz, _)| bz == *z).count()
             })
             .or(pool.zones.first())
@@ -280,7 +361,10 @@ pub fn plan_new_nodes(
             .unwrap_or_default();
         *counts.entry(pool.name.clone()).or_insert(0) += 1;
         bins.push((zone.clone(), pool.capacity.saturating_sub(&need.resources)));
-        actions.push(Action::AddNode { pool: pool.name.clone(), zone });
+        actions.push(Action::AddNode {
+            pool: pool.name.clone(),
+            zone,
+        });
     }
     actions
 }
@@ -306,12 +390,21 @@ fn round_up(x: u64, step: u64) -> u64 {
 }
 
 pub(crate) fn zones_of(view: &ClusterView, nodes: &[NodeId]) -> Vec<String> {
-    nodes.iter().filter_map(|&n| view.zone_of(n)).map(str::to_string).collect()
+    nodes
+        .iter()
+        .filter_map(|&n| view.zone_of(n))
+        .map(str::to_string)
+        .collect()
 }
 
 /// A move from `from` to `to` must not put a member into a zone another member uses,
 /// unless `from` already shared a zone with one (then it cannot get worse).
-pub(crate) fn keeps_zone_spread(view: &ClusterView, survivors: &[NodeId], from: NodeId, to: NodeId) -> bool {
+pub(crate) fn keeps_zone_spread(
+    view: &ClusterView,
+    survivors: &[NodeId],
+    from: NodeId,
+    to: NodeId,
+) -> bool {
     let zone = |n: NodeId| view.zone_of(n).map(str::to_string);
     let to_zone = zone(to);
     let from_zone = zone(from);
@@ -351,7 +444,13 @@ mod tests {
 
     fn three_zone_view(cpu: u64) -> ClusterView {
         ClusterView::from_parts(
-            ["a", "b", "c"].iter().enumerate().map(|(i, z)| Node::new(i as u64 + 1, z, "small", Resources::new(cpu, cpu * 4), 0.1)).collect(),
+            ["a", "b", "c"]
+                .iter()
+                .enumerate()
+                .map(|(i, z)| {
+                    Node::new(i as u64 + 1, z, "small", Resources::new(cpu, cpu * 4), 0.1)
+                })
+                .collect(),
             vec![],
         )
     }
@@ -363,19 +462,38 @@ mod tests {
         let cfg = AutoscalerConfig::default();
         let acts = autoscale(&mut view, &[demand(0, 700)], &[], &[], &mut st, &cfg, 0);
         // 700 / 0.7 = 1000m on each of 3 zones.
-        assert_eq!(acts.iter().filter(|a| matches!(a, Action::Place { .. })).count(), 3);
+        assert_eq!(
+            acts.iter()
+                .filter(|a| matches!(a, Action::Place { .. }))
+                .count(),
+            3
+        );
         for (_, r) in view.replicas() {
             assert_eq!(r.resources.cpu_millis, 1000);
         }
         // Demand doubles: resize in place.
         let acts = autoscale(&mut view, &[demand(0, 1400)], &[], &[], &mut st, &cfg, 15);
         assert_eq!(acts.len(), 3);
-        assert!(acts.iter().all(|a| matches!(a, Action::Resize { to, .. } if to.cpu_millis == 2000)));
+        assert!(acts
+            .iter()
+            .all(|a| matches!(a, Action::Resize { to, .. } if to.cpu_millis == 2000)));
         // Demand drops: held for the window, then released.
         let acts = autoscale(&mut view, &[demand(0, 350)], &[], &[], &mut st, &cfg, 30);
         assert!(acts.is_empty());
-        let acts = autoscale(&mut view, &[demand(0, 350)], &[], &[], &mut st, &cfg, 30 + 301);
-        assert!(acts.iter().all(|a| matches!(a, Action::Resize { to, .. } if to.cpu_millis == 500)), "{acts:?}");
+        let acts = autoscale(
+            &mut view,
+            &[demand(0, 350)],
+            &[],
+            &[],
+            &mut st,
+            &cfg,
+            30 + 301,
+        );
+        assert!(
+            acts.iter()
+                .all(|a| matches!(a, Action::Resize { to, .. } if to.cpu_millis == 500)),
+            "{acts:?}"
+        );
     }
 
     #[test]
@@ -385,22 +503,61 @@ mod tests {
         let cfg = AutoscalerConfig::default();
         autoscale(&mut view, &[demand(0, 700)], &[], &[], &mut st, &cfg, 0);
         // Needs 3000m: nothing fits; pools: big is cheaper per unit.
-        let pools = vec![pool("small", 2000, 0.1), pool("big", 8000, 0.3), pool("huge", 32000, 10.0)];
-        let acts = autoscale(&mut view, &[demand(0, 2100)], &pools, &[], &mut st, &cfg, 15);
-        let adds: Vec<_> = acts.iter().filter(|a| matches!(a, Action::AddNode { .. })).collect();
+        let pools = vec![
+            pool("small", 2000, 0.1),
+            pool("big", 8000, 0.3),
+            pool("huge", 32000, 10.0),
+        ];
+        let acts = autoscale(
+            &mut view,
+            &[demand(0, 2100)],
+            &pools,
+            &[],
+            &mut st,
+            &cfg,
+            15,
+        );
+        let adds: Vec<_> = acts
+            .iter()
+            .filter(|a| matches!(a, Action::AddNode { .. }))
+            .collect();
         assert_eq!(adds.len(), 3, "{acts:?}");
-        assert!(adds.iter().all(|a| matches!(a, Action::AddNode { pool, .. } if pool == "big")));
+        assert!(adds
+            .iter()
+            .all(|a| matches!(a, Action::AddNode { pool, .. } if pool == "big")));
         // A node per zone, since each replica must stay in its own zone.
-        let zones: std::collections::BTreeSet<_> =
-            adds.iter().map(|a| match a { Action::AddNode { zone, .. } => zone.clone(), _ => unreachable!() }).collect();
+        let zones: std::collections::BTreeSet<_> = adds
+            .iter()
+            .map(|a| match a {
+                Action::AddNode { zone, .. } => zone.clone(),
+                _ => unreachable!(),
+            })
+            .collect();
         assert_eq!(zones.len(), 3);
         // Booting nodes absorb the same need next round: nothing more is added.
         let booting: Vec<BootingNode> = adds
             .iter()
-            .map(|a| match a { Action::AddNode { pool, zone } => BootingNode { pool: pool.clone(), zone: zone.clone() }, _ => unreachable!() })
+            .map(|a| match a {
+                Action::AddNode { pool, zone } => BootingNode {
+                    pool: pool.clone(),
+                    zone: zone.clone(),
+                },
+                _ => unreachable!(),
+            })
             .collect();
-        let acts = autoscale(&mut view, &[demand(0, 2100)], &pools, &booting, &mut st, &cfg, 30);
-        assert!(!acts.iter().any(|a| matches!(a, Action::AddNode { .. })), "{acts:?}");
+        let acts = autoscale(
+            &mut view,
+            &[demand(0, 2100)],
+            &pools,
+            &booting,
+            &mut st,
+            &cfg,
+            30,
+        );
+        assert!(
+            !acts.iter().any(|a| matches!(a, Action::AddNode { .. })),
+            "{acts:?}"
+        );
     }
 
     #[test]
@@ -415,10 +572,16 @@ mod tests {
             vec![],
         );
         let mut st = AutoscalerState::default();
-        let cfg = AutoscalerConfig { max_migrations: 10, ..Default::default() };
+        let cfg = AutoscalerConfig {
+            max_migrations: 10,
+            ..Default::default()
+        };
         autoscale(&mut view, &[demand(0, 700)], &[], &[], &mut st, &cfg, 0);
         let acts = autoscale(&mut view, &[demand(0, 2100)], &[], &[], &mut st, &cfg, 15);
-        let moves: Vec<_> = acts.iter().filter(|a| matches!(a, Action::Migrate { .. })).collect();
+        let moves: Vec<_> = acts
+            .iter()
+            .filter(|a| matches!(a, Action::Migrate { .. }))
+            .collect();
         assert_eq!(moves.len(), 1, "{acts:?}");
         assert!(matches!(moves[0], Action::Migrate { to: 4, .. }));
     }

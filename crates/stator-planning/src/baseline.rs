@@ -13,7 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::actions::Action;
-use crate::scheduler::{place_replacement, Policy, PlacementRequest, SpreadDomain};
+use crate::scheduler::{place_replacement, PlacementRequest, Policy, SpreadDomain};
 use crate::view::{ClusterView, WorkloadKind};
 use stator_api::ids::NodeId;
 
@@ -57,9 +57,19 @@ pub struct HpaState {
 impl HpaState {
     /// The stabilised desired count for `target_name`: up at once, down only to the
     /// highest recommendation of the last 300 s; clamped to `[min, max]`.
-    pub fn desired(&mut self, target_name: &str, now_s: u64, recommendation: u32, min: u32, max: u32) -> u32 {
+    pub fn desired(
+        &mut self,
+        target_name: &str,
+        now_s: u64,
+        recommendation: u32,
+        min: u32,
+        max: u32,
+    ) -> u32 {
         let q = self.history.entry(target_name.to_string()).or_default();
-        while q.front().is_some_and(|&(t, _)| t + HPA_SCALE_DOWN_WINDOW_S < now_s) {
+        while q
+            .front()
+            .is_some_and(|&(t, _)| t + HPA_SCALE_DOWN_WINDOW_S < now_s)
+        {
             q.pop_front();
         }
         q.push_back((now_s, recommendation));
@@ -92,12 +102,18 @@ pub fn cluster_autoscaler_scale_down(
         let a = view.allocated(n.id).expect("listed");
         let cpu = a.cpu_millis as f64 / n.capacity.cpu_millis.max(1) as f64;
         let mem = a.memory_mib as f64 / n.capacity.memory_mib.max(1) as f64;
-        if n.schedulable && cpu < CA_UTILIZATION_THRESHOLD && mem < CA_UTILIZATION_THRESHOLD && !busy_nodes.contains(&n.id) {
+        if n.schedulable
+            && cpu < CA_UTILIZATION_THRESHOLD
+            && mem < CA_UTILIZATION_THRESHOLD
+            && !busy_nodes.contains(&n.id)
+        {
             unneeded.push(n.id);
         }
     }
     let unneeded_set: std::collections::HashSet<NodeId> = unneeded.iter().copied().collect();
-    state.unneeded_since.retain(|id, _| unneeded_set.contains(id));
+    state
+        .unneeded_since
+        .retain(|id, _| unneeded_set.contains(id));
     let mut ripe: Vec<NodeId> = Vec::new();
     for &id in &unneeded {
         let since = *state.unneeded_since.entry(id).or_insert(now_s);
@@ -133,15 +149,21 @@ pub fn cluster_autoscaler_scale_down(
             let mut moved = Vec::new();
             for &slot in &slots {
                 let r = view.replica(slot).expect("on node").clone();
-                let survivors: Vec<NodeId> =
-                    view.partition_nodes(&r.service, r.partition).into_iter().filter(|&n| n != id).collect();
+                let survivors: Vec<NodeId> = view
+                    .partition_nodes(&r.service, r.partition)
+                    .into_iter()
+                    .filter(|&n| n != id)
+                    .collect();
                 let req = PlacementRequest {
                     spread: SpreadDomain::Zone,
                     kind: r.kind,
                     ..PlacementRequest::long_running(&r.service, r.partition, 1, r.resources)
                 };
                 let req = match r.kind {
-                    WorkloadKind::Job { .. } => PlacementRequest { spread: SpreadDomain::Node, ..req },
+                    WorkloadKind::Job { .. } => PlacementRequest {
+                        spread: SpreadDomain::Node,
+                        ..req
+                    },
                     WorkloadKind::LongRunning => req,
                 };
                 match place_replacement(view, &req, &survivors, Policy::Spread) {

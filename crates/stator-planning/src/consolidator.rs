@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::actions::Action;
 use crate::autoscaler::keeps_zone_spread;
 use crate::pools::PoolSpec;
-use crate::scheduler::{place_replacement, Policy, PlacementRequest, SpreadDomain};
+use crate::scheduler::{place_replacement, PlacementRequest, Policy, SpreadDomain};
 use crate::view::{ClusterView, WorkloadKind};
 use stator_api::ids::NodeId;
 
@@ -67,7 +67,10 @@ pub fn consolidate(
     now_s: u64,
 ) -> Vec<Action> {
     let mut actions = Vec::new();
-    let min_nodes: HashMap<&str, u32> = pools.iter().map(|p| (p.name.as_str(), p.min_nodes)).collect();
+    let min_nodes: HashMap<&str, u32> = pools
+        .iter()
+        .map(|p| (p.name.as_str(), p.min_nodes))
+        .collect();
     let mut counts: BTreeMap<String, u32> = BTreeMap::new();
     for n in view.nodes() {
         *counts.entry(n.pool.clone()).or_insert(0) += 1;
@@ -77,7 +80,9 @@ pub fn consolidate(
     let mut empty: Vec<NodeId> = Vec::new();
     let mut seen_empty: Vec<NodeId> = Vec::new();
     for n in view.nodes() {
-        if view.replicas_on(n.id).is_empty() && view.allocated(n.id).is_some_and(|a| a == n.reserved) {
+        if view.replicas_on(n.id).is_empty()
+            && view.allocated(n.id).is_some_and(|a| a == n.reserved)
+        {
             seen_empty.push(n.id);
             let since = *state.empty_since.entry(n.id).or_insert(now_s);
             if now_s >= since + cfg.empty_for_s && !busy_nodes.contains(&n.id) {
@@ -118,11 +123,19 @@ pub fn consolidate(
             let a = view.allocated(n.id)?;
             let cpu = a.cpu_millis as f64 / n.capacity.cpu_millis.max(1) as f64;
             let mem = a.memory_mib as f64 / n.capacity.memory_mib.max(1) as f64;
-            (cpu < cfg.underutilized_below && mem < cfg.underutilized_below).then_some((cpu.max(mem), n.price_per_unit(), n.id))
+            (cpu < cfg.underutilized_below && mem < cfg.underutilized_below).then_some((
+                cpu.max(mem),
+                n.price_per_unit(),
+                n.id,
+            ))
         })
         .collect();
     // Emptiest first; among equals the dearest per unit.
-    candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(&b.2)));
+    candidates.sort_by(|a, b| {
+        a.0.total_cmp(&b.0)
+            .then(b.1.total_cmp(&a.1))
+            .then(a.2.cmp(&b.2))
+    });
     for &(_, _, node) in candidates.iter().take(cfg.max_candidates) {
         let slots = view.replicas_on(node).to_vec();
         if slots.len() > budget {
@@ -133,13 +146,25 @@ pub fn consolidate(
         let mut ok = true;
         for &slot in &slots {
             let r = view.replica(slot).expect("on node").clone();
-            let survivors: Vec<NodeId> =
-                view.partition_nodes(&r.service, r.partition).into_iter().filter(|&n| n != node).collect();
+            let survivors: Vec<NodeId> = view
+                .partition_nodes(&r.service, r.partition)
+                .into_iter()
+                .filter(|&n| n != node)
+                .collect();
             let mut req = match r.kind {
-                WorkloadKind::LongRunning => PlacementRequest::long_running(&r.service, r.partition, 1, r.resources),
-                WorkloadKind::Job { expected_duration_s } => PlacementRequest {
-                    kind: WorkloadKind::Job { expected_duration_s },
-                    now_s: r.expected_end_s.unwrap_or(now_s).saturating_sub(expected_duration_s),
+                WorkloadKind::LongRunning => {
+                    PlacementRequest::long_running(&r.service, r.partition, 1, r.resources)
+                }
+                WorkloadKind::Job {
+                    expected_duration_s,
+                } => PlacementRequest {
+                    kind: WorkloadKind::Job {
+                        expected_duration_s,
+                    },
+                    now_s: r
+                        .expected_end_s
+                        .unwrap_or(now_s)
+                        .saturating_sub(expected_duration_s),
                     ..PlacementRequest::job(&r.service, r.resources, now_s, expected_duration_s)
                 },
             };
@@ -149,7 +174,8 @@ pub fn consolidate(
                 .filter(|&to| keeps_zone_spread(view, &survivors, node, to))
                 .filter(|&to| {
                     let n = view.node(to).expect("placed");
-                    let after = view.allocated(to).expect("placed").cpu_millis + r.resources.cpu_millis;
+                    let after =
+                        view.allocated(to).expect("placed").cpu_millis + r.resources.cpu_millis;
                     after as f64 <= cfg.max_target_fill * n.capacity.cpu_millis as f64
                 });
             match target {
@@ -220,7 +246,9 @@ mod tests {
             labels: Default::default(),
         }];
         let mut view = ClusterView::from_parts(
-            (1..=3).map(|i| Node::new(i, "a", "p", Resources::new(4000, 8192), 1.0)).collect(),
+            (1..=3)
+                .map(|i| Node::new(i, "a", "p", Resources::new(4000, 8192), 1.0))
+                .collect(),
             vec![],
         );
         let mut st = ConsolidatorState::default();
@@ -242,14 +270,30 @@ mod tests {
             Node::new(4, "c", "p", Resources::new(8000, 16384), 1.0),
         ];
         let replicas = vec![
-            lr(0, 1, 2000), lr(0, 2, 2000), lr(0, 4, 1000),
-            lr(1, 1, 2000), lr(1, 2, 2000), lr(1, 3, 3000),
+            lr(0, 1, 2000),
+            lr(0, 2, 2000),
+            lr(0, 4, 1000),
+            lr(1, 1, 2000),
+            lr(1, 2, 2000),
+            lr(1, 3, 3000),
         ];
         let mut view = ClusterView::from_parts(nodes, replicas);
         let mut st = ConsolidatorState::default();
-        let acts = consolidate(&mut view, &[], 0, &[], &mut st, &ConsolidatorConfig::default(), 0);
+        let acts = consolidate(
+            &mut view,
+            &[],
+            0,
+            &[],
+            &mut st,
+            &ConsolidatorConfig::default(),
+            0,
+        );
         assert!(acts.contains(&Action::Cordon { node: 4 }), "{acts:?}");
-        assert!(acts.iter().any(|a| matches!(a, Action::Migrate { from: 4, to: 3, .. })), "{acts:?}");
+        assert!(
+            acts.iter()
+                .any(|a| matches!(a, Action::Migrate { from: 4, to: 3, .. })),
+            "{acts:?}"
+        );
         assert_eq!(view.partition_nodes("s", 0).len(), 3);
         assert!(view.replicas_on(4).is_empty());
     }

@@ -17,7 +17,7 @@
 //!   under a disruption budget, never below quorum or against anti-affinity.
 //! - [`baseline`]: the `k8s-default` policy set (HPA, Cluster Autoscaler, node
 //!   lifecycle timings) for side-by-side comparison.
-//! - [`error`]: [`PlacementError`].
+//! - [`error`]: the placement error type, `PlacementError`.
 
 pub mod actions;
 pub mod autoscaler;
@@ -29,14 +29,19 @@ pub mod scheduler;
 pub mod view;
 
 pub use actions::Action;
-pub use autoscaler::{autoscale, plan_new_nodes, AutoscalerConfig, AutoscalerState, PartitionDemand, PoolChoice, UnmetNeed};
+pub use autoscaler::{
+    autoscale, plan_new_nodes, AutoscalerConfig, AutoscalerState, PartitionDemand, PoolChoice,
+    UnmetNeed,
+};
 pub use consolidator::{consolidate, ConsolidatorConfig, ConsolidatorState};
 pub use pools::{BootingNode, PoolSpec};
 
 pub use error::PlacementError;
 pub use scheduler::{
-    place_batch, place_partition, place_replacement, score_node, Policy, PlacementRequest,
+    place_batch, place_partition, place_replacement, score_node, PlacementRequest, Policy,
     SpreadDomain,
 };
-pub use view::{ClusterView, LabelRequirement, Node, Replica, ReplicaSlot, Resources, WorkloadKind};
 pub use stator_api::ids::NodeId;
+pub use view::{
+    ClusterView, LabelRequirement, Node, Replica, ReplicaSlot, Resources, WorkloadKind,
+};

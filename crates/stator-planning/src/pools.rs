@@ -59,6 +59,10 @@ pub fn pool_counts(view: &ClusterView, booting: &[BootingNode]) -> BTreeMap<Stri
 /// The pools, cheapest per unit of resource first (name breaks ties).
 pub fn pools_by_unit_price(pools: &[PoolSpec]) -> Vec<&PoolSpec> {
     let mut v: Vec<&PoolSpec> = pools.iter().collect();
-    v.sort_by(|a, b| a.price_per_unit().total_cmp(&b.price_per_unit()).then(a.name.cmp(&b.name)));
+    v.sort_by(|a, b| {
+        a.price_per_unit()
+            .total_cmp(&b.price_per_unit())
+            .then(a.name.cmp(&b.name))
+    });
     v
 }

@@ -64,7 +64,12 @@ pub struct PlacementRequest {
 
 impl PlacementRequest {
     /// A long-running request with zone spread and no selector.
-    pub fn long_running(service: &str, partition: u32, replicas: u32, resources: Resources) -> Self {
+    pub fn long_running(
+        service: &str,
+        partition: u32,
+        replicas: u32,
+        resources: Resources,
+    ) -> Self {
         PlacementRequest {
             service: service.to_string(),
             partition,
@@ -85,7 +90,9 @@ impl PlacementRequest {
             replicas: 1,
             resources,
             spread: SpreadDomain::Node,
-            kind: WorkloadKind::Job { expected_duration_s },
+            kind: WorkloadKind::Job {
+                expected_duration_s,
+            },
             now_s,
             node_selector: Vec::new(),
         }
@@ -95,7 +102,9 @@ impl PlacementRequest {
     pub fn expected_end_s(&self) -> Option<u64> {
         match self.kind {
             WorkloadKind::LongRunning => None,
-            WorkloadKind::Job { expected_duration_s } => Some(self.now_s.saturating_add(expected_duration_s)),
+            WorkloadKind::Job {
+                expected_duration_s,
+            } => Some(self.now_s.saturating_add(expected_duration_s)),
         }
     }
 }
@@ -107,7 +116,11 @@ pub const JOB_END_BIN_S: u64 = 1800;
 /// member of the partition yet, in distinct zones (also distinct from existing
 /// members' zones) when `req.spread` is `Zone` and enough zones have room. Returns the
 /// chosen nodes, best first. The view is not changed.
-pub fn place_partition(view: &ClusterView, req: &PlacementRequest, policy: Policy) -> Result<Vec<NodeId>, PlacementError> {
+pub fn place_partition(
+    view: &ClusterView,
+    req: &PlacementRequest,
+    policy: Policy,
+) -> Result<Vec<NodeId>, PlacementError> {
     let members = view.partition_nodes(&req.service, req.partition);
     place_avoiding(view, req, &members, req.replicas, policy)
 }
@@ -165,12 +178,16 @@ pub fn place_batch(
         }
         out[i] = Some(result);
     }
-    out.into_iter().map(|r| r.expect("every request placed or failed")).collect()
+    out.into_iter()
+        .map(|r| r.expect("every request placed or failed"))
+        .collect()
 }
 
 fn dominant_share(r: &Resources, cap: &Resources) -> f64 {
     let f = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-    f(r.cpu_millis, cap.cpu_millis).max(f(r.memory_mib, cap.memory_mib)).max(f(r.gpu_milli, cap.gpu_milli))
+    f(r.cpu_millis, cap.cpu_millis)
+        .max(f(r.memory_mib, cap.memory_mib))
+        .max(f(r.gpu_milli, cap.gpu_milli))
 }
 
 /// Whether `node` passes every filter for `req` (capacity, schedulable, selector).
@@ -180,15 +197,22 @@ fn passes_filters(e: &NodeEntry, req: &PlacementRequest) -> bool {
     if !e.node.schedulable || !req.resources.fits_in(&free_of(e)) {
         return false;
     }
-    req.node_selector.iter().all(|l| match e.node.labels.get(&l.key) {
-        Some(v) => l.values.is_empty() || l.values.iter().any(|a| a == v),
-        None => false,
-    })
+    req.node_selector
+        .iter()
+        .all(|l| match e.node.labels.get(&l.key) {
+            Some(v) => l.values.is_empty() || l.values.iter().any(|a| a == v),
+            None => false,
+        })
 }
 
 /// The score of placing `req` on the node (higher is better), or None if it does not
 /// pass the filters. Exposed for tests and for explaining decisions.
-pub fn score_node(view: &ClusterView, node: NodeId, req: &PlacementRequest, policy: Policy) -> Option<f64> {
+pub fn score_node(
+    view: &ClusterView,
+    node: NodeId,
+    req: &PlacementRequest,
+    policy: Policy,
+) -> Option<f64> {
     let e = &view.nodes[view.node_index(node)?];
     passes_filters(e, req).then(|| score(e, req, policy))
 }
@@ -207,7 +231,13 @@ fn score(e: &NodeEntry, req: &PlacementRequest, policy: Policy) -> f64 {
 fn spread_score(e: &NodeEntry, req: &PlacementRequest) -> f64 {
     let cap = &e.node.capacity;
     let used = e.stats.allocated + e.node.reserved + req.resources;
-    let frac = |u: u64, c: u64| if c == 0 { 1.0 } else { (u as f64 / c as f64).min(1.0) };
+    let frac = |u: u64, c: u64| {
+        if c == 0 {
+            1.0
+        } else {
+            (u as f64 / c as f64).min(1.0)
+        }
+    };
     let cpu = frac(used.cpu_millis, cap.cpu_millis);
     let mem = frac(used.memory_mib, cap.memory_mib);
     let least_allocated = ((1.0 - cpu) * 100.0 + (1.0 - mem) * 100.0) / 2.0;
@@ -221,9 +251,16 @@ fn spread_score(e: &NodeEntry, req: &PlacementRequest) -> f64 {
 fn cost_score(e: &NodeEntry, req: &PlacementRequest) -> f64 {
     let cap = &e.node.capacity;
     let used = e.stats.allocated + e.node.reserved + req.resources;
-    let frac = |u: u64, inv: f64| if inv == 0.0 { 1.0 } else { (u as f64 * inv).min(1.0) };
+    let frac = |u: u64, inv: f64| {
+        if inv == 0.0 {
+            1.0
+        } else {
+            (u as f64 * inv).min(1.0)
+        }
+    };
     // Leftover after placing, 0 (perfect fit) to 100 (empty).
-    let leftover = 100.0 - (frac(used.cpu_millis, e.inv_cpu) + frac(used.memory_mib, e.inv_mem)) * 50.0;
+    let leftover =
+        100.0 - (frac(used.cpu_millis, e.inv_cpu) + frac(used.memory_mib, e.inv_mem)) * 50.0;
     let mut penalty = leftover;
     // Keep CPU-only work off GPU nodes: GPUs are the scarce, expensive part.
     if req.resources.gpu_milli == 0 && cap.gpu_milli > 0 {
@@ -280,13 +317,20 @@ fn place_avoiding(
     if count == 0 {
         return Ok(Vec::new());
     }
-    let avoid_zones: Vec<u32> =
-        avoid_nodes.iter().filter_map(|&n| view.node_index(n)).map(|ix| view.nodes[ix].zone_ix).collect();
+    let avoid_zones: Vec<u32> = avoid_nodes
+        .iter()
+        .filter_map(|&n| view.node_index(n))
+        .map(|ix| view.nodes[ix].zone_ix)
+        .collect();
     let want = count as usize;
     let zone_spread = req.spread == SpreadDomain::Zone;
     // Best candidate per zone (for zone spread) and the best `want` overall, kept
     // without sorting every node: one pass, small buffers.
-    let mut best_per_zone: Vec<Option<Candidate>> = if zone_spread { vec![None; view.zone_count()] } else { Vec::new() };
+    let mut best_per_zone: Vec<Option<Candidate>> = if zone_spread {
+        vec![None; view.zone_count()]
+    } else {
+        Vec::new()
+    };
     let mut top: Vec<Candidate> = Vec::with_capacity(want + avoid_nodes.len() + 1);
     let keep = want + if zone_spread { want } else { 0 };
     let mut feasible = 0u32;
@@ -295,10 +339,14 @@ fn place_avoiding(
             continue;
         }
         feasible += 1;
-        let c = Candidate { score: score(e, req, policy), id: e.node.id, zone: e.zone_ix };
+        let c = Candidate {
+            score: score(e, req, policy),
+            id: e.node.id,
+            zone: e.zone_ix,
+        };
         if zone_spread {
             let slot = &mut best_per_zone[c.zone as usize];
-            if slot.map_or(true, |b| better(&c, &b) == Ordering::Less) {
+            if slot.is_none_or(|b| better(&c, &b) == Ordering::Less) {
                 *slot = Some(c);
             }
         }
@@ -321,16 +369,22 @@ fn place_avoiding(
     }
     let mut chosen: Vec<Candidate> = Vec::with_capacity(want);
     if zone_spread {
-        let mut zone_best: Vec<Candidate> =
-            best_per_zone.into_iter().flatten().filter(|c| !avoid_zones.contains(&c.zone)).collect();
+        let mut zone_best: Vec<Candidate> = best_per_zone
+            .into_iter()
+            .flatten()
+            .filter(|c| !avoid_zones.contains(&c.zone))
+            .collect();
         zone_best.sort_by(better);
         chosen.extend(zone_best.into_iter().take(want));
     }
     if chosen.len() < want {
         // Not enough fresh zones (or node spread): fill with the best remaining nodes,
         // preferring zones used least so far.
-        let mut rest: Vec<Candidate> =
-            top.iter().filter(|c| !chosen.iter().any(|x| x.id == c.id)).copied().collect();
+        let mut rest: Vec<Candidate> = top
+            .iter()
+            .filter(|c| !chosen.iter().any(|x| x.id == c.id))
+            .copied()
+            .collect();
         if chosen.len() + rest.len() < want {
             // `top` was too short after removing chosen ones: rescan everything.
             rest = view
@@ -338,16 +392,23 @@ fn place_avoiding(
                 .iter()
                 .filter(|e| passes_filters(e, req) && !avoid_nodes.contains(&e.node.id))
                 .filter(|e| !chosen.iter().any(|x| x.id == e.node.id))
-                .map(|e| Candidate { score: score(e, req, policy), id: e.node.id, zone: e.zone_ix })
+                .map(|e| Candidate {
+                    score: score(e, req, policy),
+                    id: e.node.id,
+                    zone: e.zone_ix,
+                })
                 .collect();
             rest.sort_by(better);
         }
         while chosen.len() < want {
             let zone_uses = |z: u32| {
-                avoid_zones.iter().filter(|&&x| x == z).count() + chosen.iter().filter(|x| x.zone == z).count()
+                avoid_zones.iter().filter(|&&x| x == z).count()
+                    + chosen.iter().filter(|x| x.zone == z).count()
             };
             let pick = if zone_spread {
-                rest.iter().enumerate().min_by(|(_, a), (_, b)| zone_uses(a.zone).cmp(&zone_uses(b.zone)).then(better(a, b)))
+                rest.iter().enumerate().min_by(|(_, a), (_, b)| {
+                    zone_uses(a.zone).cmp(&zone_uses(b.zone)).then(better(a, b))
+                })
             } else {
                 rest.iter().enumerate().next()
             };
@@ -383,7 +444,10 @@ mod tests {
     fn spread_score_matches_kubernetes_formula() {
         // Node 4000m / 8192Mi with 1000m / 2048Mi used; request 1000m / 2048Mi.
         // After: cpu 0.5, mem 0.5 -> LeastAllocated 50, Balanced 100.
-        let view = ClusterView::from_parts(vec![node(1, "a", 4000, 8192, 1.0)], vec![lr("x", 9, 1, 1000, 2048)]);
+        let view = ClusterView::from_parts(
+            vec![node(1, "a", 4000, 8192, 1.0)],
+            vec![lr("x", 9, 1, 1000, 2048)],
+        );
         let req = PlacementRequest::long_running("s", 0, 1, Resources::new(1000, 2048));
         assert_eq!(score_node(&view, 1, &req, Policy::Spread), Some(150.0));
         // Unbalanced: request 2000m / 0 -> cpu 0.75, mem 0.25: LA 50, BA 75.
@@ -397,8 +461,14 @@ mod tests {
             vec![node(1, "a", 4000, 8192, 1.0), node(2, "a", 4000, 8192, 1.0)],
             vec![lr("x", 0, 1, 2000, 4096)],
         );
-        let req = PlacementRequest { spread: SpreadDomain::Node, ..PlacementRequest::long_running("s", 0, 1, Resources::new(1000, 1024)) };
-        assert_eq!(place_partition(&view, &req, Policy::Spread).unwrap(), vec![2]);
+        let req = PlacementRequest {
+            spread: SpreadDomain::Node,
+            ..PlacementRequest::long_running("s", 0, 1, Resources::new(1000, 1024))
+        };
+        assert_eq!(
+            place_partition(&view, &req, Policy::Spread).unwrap(),
+            vec![2]
+        );
         assert_eq!(place_partition(&view, &req, Policy::Cost).unwrap(), vec![1]);
     }
 
@@ -417,7 +487,8 @@ mod tests {
         let req = PlacementRequest::long_running("s", 0, 3, Resources::new(500, 512));
         for policy in [Policy::Spread, Policy::Cost] {
             let mut got = place_partition(&view, &req, policy).unwrap();
-            let zones: std::collections::BTreeSet<_> = got.iter().map(|&n| view.zone_of(n).unwrap()).collect();
+            let zones: std::collections::BTreeSet<_> =
+                got.iter().map(|&n| view.zone_of(n).unwrap()).collect();
             assert_eq!(zones.len(), 3, "{policy:?} chose {got:?}");
             got.sort();
             got.dedup();
@@ -428,7 +499,11 @@ mod tests {
     #[test]
     fn falls_back_to_distinct_nodes_with_too_few_zones() {
         let view = ClusterView::from_parts(
-            vec![node(1, "a", 4000, 8192, 1.0), node(2, "a", 4000, 8192, 1.0), node(3, "b", 4000, 8192, 1.0)],
+            vec![
+                node(1, "a", 4000, 8192, 1.0),
+                node(2, "a", 4000, 8192, 1.0),
+                node(3, "b", 4000, 8192, 1.0),
+            ],
             vec![],
         );
         let req = PlacementRequest::long_running("s", 0, 3, Resources::new(500, 512));
@@ -438,20 +513,31 @@ mod tests {
         let req4 = PlacementRequest { replicas: 4, ..req };
         assert!(matches!(
             place_partition(&view, &req4, Policy::Spread),
-            Err(PlacementError::InsufficientNodes { wanted: 4, feasible: 3, .. })
+            Err(PlacementError::InsufficientNodes {
+                wanted: 4,
+                feasible: 3,
+                ..
+            })
         ));
     }
 
     #[test]
     fn capacity_and_schedulable_filters() {
         let mut view = ClusterView::from_parts(
-            vec![node(1, "a", 1000, 1024, 1.0), node(2, "b", 4000, 8192, 1.0), node(3, "c", 4000, 8192, 1.0)],
+            vec![
+                node(1, "a", 1000, 1024, 1.0),
+                node(2, "b", 4000, 8192, 1.0),
+                node(3, "c", 4000, 8192, 1.0),
+            ],
             vec![],
         );
         view.set_schedulable(3, false);
         let req = PlacementRequest::long_running("s", 0, 1, Resources::new(2000, 512));
         assert_eq!(place_partition(&view, &req, Policy::Cost).unwrap(), vec![2]);
-        assert_eq!(place_partition(&view, &req, Policy::Spread).unwrap(), vec![2]);
+        assert_eq!(
+            place_partition(&view, &req, Policy::Spread).unwrap(),
+            vec![2]
+        );
     }
 
     #[test]
@@ -466,7 +552,11 @@ mod tests {
                 node(4, "a", 16000, 65536, 1.0),
                 node(5, "c", 4000, 8192, 1.0),
             ],
-            vec![lr("s", 0, 1, 500, 512), lr("s", 0, 2, 500, 512), lr("s", 0, 3, 500, 512)],
+            vec![
+                lr("s", 0, 1, 500, 512),
+                lr("s", 0, 2, 500, 512),
+                lr("s", 0, 3, 500, 512),
+            ],
         );
         view.remove_node(3);
         let req = PlacementRequest::long_running("s", 0, 1, Resources::new(500, 512));
@@ -474,7 +564,10 @@ mod tests {
             assert_eq!(place_replacement(&view, &req, &[1, 2], policy).unwrap(), 5);
         }
         // place_partition finds the members itself.
-        assert_eq!(place_partition(&view, &req, Policy::Spread).unwrap(), vec![5]);
+        assert_eq!(
+            place_partition(&view, &req, Policy::Spread).unwrap(),
+            vec![5]
+        );
     }
 
     #[test]
@@ -483,7 +576,10 @@ mod tests {
             vec![node(1, "a", 4000, 8192, 2.0), node(2, "a", 4000, 8192, 1.0)],
             vec![lr("x", 0, 1, 1000, 1024), lr("x", 1, 2, 1000, 1024)],
         );
-        let req = PlacementRequest { spread: SpreadDomain::Node, ..PlacementRequest::long_running("s", 0, 1, Resources::new(1000, 1024)) };
+        let req = PlacementRequest {
+            spread: SpreadDomain::Node,
+            ..PlacementRequest::long_running("s", 0, 1, Resources::new(1000, 1024))
+        };
         assert_eq!(place_partition(&view, &req, Policy::Cost).unwrap(), vec![2]);
     }
 
@@ -494,12 +590,18 @@ mod tests {
             partition: 0,
             node,
             resources: Resources::new(1000, 1024),
-            kind: WorkloadKind::Job { expected_duration_s: end },
+            kind: WorkloadKind::Job {
+                expected_duration_s: end,
+            },
             expected_end_s: Some(end),
             state_bytes: 0,
         };
         let view = ClusterView::from_parts(
-            vec![node(1, "a", 8000, 16384, 1.0), node(2, "a", 8000, 16384, 1.0), node(3, "a", 8000, 16384, 1.0)],
+            vec![
+                node(1, "a", 8000, 16384, 1.0),
+                node(2, "a", 8000, 16384, 1.0),
+                node(3, "a", 8000, 16384, 1.0),
+            ],
             vec![lr("svc", 0, 1, 1000, 1024), job(2, 600), job(3, 36000)],
         );
         // A job ending at t=700 goes with the job ending at 600, not the one at 36000
@@ -507,9 +609,15 @@ mod tests {
         let req = PlacementRequest::job("j", Resources::new(1000, 1024), 100, 600);
         assert_eq!(place_partition(&view, &req, Policy::Cost).unwrap(), vec![2]);
         let late = PlacementRequest::job("j", Resources::new(1000, 1024), 30000, 6000);
-        assert_eq!(place_partition(&view, &late, Policy::Cost).unwrap(), vec![3]);
+        assert_eq!(
+            place_partition(&view, &late, Policy::Cost).unwrap(),
+            vec![3]
+        );
         // A long-running replica goes beside the long-running one.
-        let svc = PlacementRequest { spread: SpreadDomain::Node, ..PlacementRequest::long_running("t", 0, 1, Resources::new(1000, 1024)) };
+        let svc = PlacementRequest {
+            spread: SpreadDomain::Node,
+            ..PlacementRequest::long_running("t", 0, 1, Resources::new(1000, 1024))
+        };
         assert_eq!(place_partition(&view, &svc, Policy::Cost).unwrap(), vec![1]);
     }
 
@@ -522,7 +630,10 @@ mod tests {
         let c = node(3, "a", 8000, 16384, 0.5);
         let view = ClusterView::from_parts(vec![g1, g2, c], vec![]);
         let mut req = PlacementRequest::job("j", Resources::with_gpu(1000, 1024, 500), 0, 60);
-        req.node_selector = vec![LabelRequirement { key: "gpu.model".into(), values: vec!["V100".into()] }];
+        req.node_selector = vec![LabelRequirement {
+            key: "gpu.model".into(),
+            values: vec!["V100".into()],
+        }];
         assert_eq!(place_partition(&view, &req, Policy::Cost).unwrap(), vec![2]);
         // CPU-only work stays off the GPU nodes under Cost.
         let cpu = PlacementRequest::job("k", Resources::new(1000, 1024), 0, 60);
@@ -534,9 +645,18 @@ mod tests {
         // One 4-core node and one 2-core node: first-come would put the 1-core request
         // on the 2-core node (best fit) and then the 3-core one on the 4-core; with a
         // single 4-core node and a 2-core node and requests 2+3 cores, order matters.
-        let view = ClusterView::from_parts(vec![node(1, "a", 4000, 8192, 1.0), node(2, "a", 2000, 4096, 0.5)], vec![]);
-        let small = PlacementRequest { spread: SpreadDomain::Node, ..PlacementRequest::long_running("a", 0, 1, Resources::new(2000, 1024)) };
-        let big = PlacementRequest { spread: SpreadDomain::Node, ..PlacementRequest::long_running("b", 0, 1, Resources::new(3000, 1024)) };
+        let view = ClusterView::from_parts(
+            vec![node(1, "a", 4000, 8192, 1.0), node(2, "a", 2000, 4096, 0.5)],
+            vec![],
+        );
+        let small = PlacementRequest {
+            spread: SpreadDomain::Node,
+            ..PlacementRequest::long_running("a", 0, 1, Resources::new(2000, 1024))
+        };
+        let big = PlacementRequest {
+            spread: SpreadDomain::Node,
+            ..PlacementRequest::long_running("b", 0, 1, Resources::new(3000, 1024))
+        };
         let out = place_batch(&view, &[small, big], Policy::Cost);
         assert_eq!(out[1].as_ref().unwrap(), &vec![1]);
         assert_eq!(out[0].as_ref().unwrap(), &vec![2]);
@@ -544,7 +664,10 @@ mod tests {
 
     #[test]
     fn view_bookkeeping_follows_mutations() {
-        let mut view = ClusterView::from_parts(vec![node(1, "a", 4000, 8192, 1.0), node(2, "b", 4000, 8192, 1.0)], vec![]);
+        let mut view = ClusterView::from_parts(
+            vec![node(1, "a", 4000, 8192, 1.0), node(2, "b", 4000, 8192, 1.0)],
+            vec![],
+        );
         let s = view.add_replica(lr("s", 0, 1, 1000, 1024));
         assert_eq!(view.free(1), Some(Resources::new(3000, 7168)));
         view.move_replica(s, 2);

@@ -21,11 +21,19 @@ pub struct Resources {
 impl Resources {
     /// CPU and memory, no GPU.
     pub const fn new(cpu_millis: u64, memory_mib: u64) -> Self {
-        Resources { cpu_millis, memory_mib, gpu_milli: 0 }
+        Resources {
+            cpu_millis,
+            memory_mib,
+            gpu_milli: 0,
+        }
     }
     /// With a GPU share.
     pub const fn with_gpu(cpu_millis: u64, memory_mib: u64, gpu_milli: u64) -> Self {
-        Resources { cpu_millis, memory_mib, gpu_milli }
+        Resources {
+            cpu_millis,
+            memory_mib,
+            gpu_milli,
+        }
     }
     /// Whether every component of `self` is at most the one of `other`.
     #[inline]
@@ -65,9 +73,18 @@ impl Sub for Resources {
     /// Panics on underflow: allocation can never go below zero.
     fn sub(self, o: Resources) -> Resources {
         Resources {
-            cpu_millis: self.cpu_millis.checked_sub(o.cpu_millis).expect("cpu underflow"),
-            memory_mib: self.memory_mib.checked_sub(o.memory_mib).expect("memory underflow"),
-            gpu_milli: self.gpu_milli.checked_sub(o.gpu_milli).expect("gpu underflow"),
+            cpu_millis: self
+                .cpu_millis
+                .checked_sub(o.cpu_millis)
+                .expect("cpu underflow"),
+            memory_mib: self
+                .memory_mib
+                .checked_sub(o.memory_mib)
+                .expect("memory underflow"),
+            gpu_milli: self
+                .gpu_milli
+                .checked_sub(o.gpu_milli)
+                .expect("gpu underflow"),
         }
     }
 }
@@ -108,7 +125,13 @@ pub struct Node {
 
 impl Node {
     /// A schedulable node with no labels and nothing reserved.
-    pub fn new(id: NodeId, zone: &str, pool: &str, capacity: Resources, price_per_hour: f64) -> Self {
+    pub fn new(
+        id: NodeId,
+        zone: &str,
+        pool: &str,
+        capacity: Resources,
+        price_per_hour: f64,
+    ) -> Self {
         Node {
             id,
             name: format!("node-{id}"),
@@ -233,20 +256,36 @@ impl ClusterView {
 
     /// Adds a node. Panics if its id is already present.
     pub fn add_node(&mut self, node: Node) {
-        assert!(!self.node_ix.contains_key(&node.id), "node {} added twice", node.id);
+        assert!(
+            !self.node_ix.contains_key(&node.id),
+            "node {} added twice",
+            node.id
+        );
         let zone_ix = self.intern_zone(&node.zone);
         self.node_ix.insert(node.id, self.nodes.len());
         let inv = |c: u64| if c == 0 { 0.0 } else { 1.0 / c as f64 };
         let (inv_cpu, inv_mem) = (inv(node.capacity.cpu_millis), inv(node.capacity.memory_mib));
         let price_per_unit = node.price_per_unit();
-        self.nodes.push(NodeEntry { node, zone_ix, inv_cpu, inv_mem, price_per_unit, stats: NodeStats::default() });
+        self.nodes.push(NodeEntry {
+            node,
+            zone_ix,
+            inv_cpu,
+            inv_mem,
+            price_per_unit,
+            stats: NodeStats::default(),
+        });
     }
 
     /// Removes a node together with every replica on it; returns the removed replicas.
     pub fn remove_node(&mut self, id: NodeId) -> Vec<Replica> {
-        let Some(&ix) = self.node_ix.get(&id) else { return Vec::new() };
+        let Some(&ix) = self.node_ix.get(&id) else {
+            return Vec::new();
+        };
         let slots = self.nodes[ix].stats.replicas.clone();
-        let removed: Vec<Replica> = slots.into_iter().filter_map(|s| self.remove_replica(s)).collect();
+        let removed: Vec<Replica> = slots
+            .into_iter()
+            .filter_map(|s| self.remove_replica(s))
+            .collect();
         let ix = self.node_ix.remove(&id).expect("indexed");
         self.nodes.swap_remove(ix);
         if ix < self.nodes.len() {
@@ -269,10 +308,12 @@ impl ClusterView {
 
     /// Adds a replica on its node, charging the node. Panics if the node is unknown.
     pub fn add_replica(&mut self, replica: Replica) -> ReplicaSlot {
-        let ix = *self
-            .node_ix
-            .get(&replica.node)
-            .unwrap_or_else(|| panic!("replica of {} on unknown node {}", replica.service, replica.node));
+        let ix = *self.node_ix.get(&replica.node).unwrap_or_else(|| {
+            panic!(
+                "replica of {} on unknown node {}",
+                replica.service, replica.node
+            )
+        });
         let service_ix = self.intern_service(&replica.service);
         let slot = match self.free_slots.pop() {
             Some(s) => s,
@@ -282,7 +323,10 @@ impl ClusterView {
             }
         };
         Self::charge(&mut self.nodes[ix].stats, &replica, slot);
-        self.partitions.entry((service_ix, replica.partition)).or_default().push(slot);
+        self.partitions
+            .entry((service_ix, replica.partition))
+            .or_default()
+            .push(slot);
         self.replicas[slot] = Some(replica);
         self.replica_count += 1;
         slot
@@ -309,9 +353,15 @@ impl ClusterView {
     /// Moves a replica to another node (the end state of a live migration). Panics if
     /// the slot is empty or the target node unknown.
     pub fn move_replica(&mut self, slot: ReplicaSlot, to: NodeId) {
-        let from = self.replicas[slot].as_ref().expect("moving an empty slot").node;
+        let from = self.replicas[slot]
+            .as_ref()
+            .expect("moving an empty slot")
+            .node;
         let from_ix = self.node_ix[&from];
-        let to_ix = *self.node_ix.get(&to).unwrap_or_else(|| panic!("move to unknown node {to}"));
+        let to_ix = *self
+            .node_ix
+            .get(&to)
+            .unwrap_or_else(|| panic!("move to unknown node {to}"));
         let mut replica = self.replicas[slot].take().expect("checked");
         Self::release(&mut self.nodes[from_ix].stats, &replica, slot);
         replica.node = to;
@@ -321,7 +371,9 @@ impl ClusterView {
 
     /// Changes a replica's requested resources in place (vertical scaling).
     pub fn resize_replica(&mut self, slot: ReplicaSlot, resources: Resources) {
-        let replica = self.replicas[slot].as_mut().expect("resizing an empty slot");
+        let replica = self.replicas[slot]
+            .as_mut()
+            .expect("resizing an empty slot");
         let ix = self.node_ix[&replica.node];
         let stats = &mut self.nodes[ix].stats;
         stats.allocated = stats.allocated - replica.resources + resources;
@@ -399,7 +451,9 @@ impl ClusterView {
     }
     /// Resources requested on the node by the view's replicas plus `reserved`.
     pub fn allocated(&self, id: NodeId) -> Option<Resources> {
-        self.node_ix.get(&id).map(|&ix| self.nodes[ix].stats.allocated + self.nodes[ix].node.reserved)
+        self.node_ix
+            .get(&id)
+            .map(|&ix| self.nodes[ix].stats.allocated + self.nodes[ix].node.reserved)
     }
     /// Capacity not yet requested on the node.
     pub fn free(&self, id: NodeId) -> Option<Resources> {
@@ -411,7 +465,10 @@ impl ClusterView {
     }
     /// Every replica with its slot.
     pub fn replicas(&self) -> impl Iterator<Item = (ReplicaSlot, &Replica)> + '_ {
-        self.replicas.iter().enumerate().filter_map(|(s, r)| r.as_ref().map(|r| (s, r)))
+        self.replicas
+            .iter()
+            .enumerate()
+            .filter_map(|(s, r)| r.as_ref().map(|r| (s, r)))
     }
     /// Slots of the replicas on a node.
     pub fn replicas_on(&self, id: NodeId) -> &[ReplicaSlot] {
@@ -422,8 +479,13 @@ impl ClusterView {
     }
     /// Slots of the replicas of one partition.
     pub fn partition_members(&self, service: &str, partition: u32) -> &[ReplicaSlot] {
-        let Some(&s) = self.services.get(service) else { return &[] };
-        self.partitions.get(&(s, partition)).map(|v| v.as_slice()).unwrap_or(&[])
+        let Some(&s) = self.services.get(service) else {
+            return &[];
+        };
+        self.partitions
+            .get(&(s, partition))
+            .map(|v| v.as_slice())
+            .unwrap_or(&[])
     }
     /// Nodes hosting a replica of the partition.
     pub fn partition_nodes(&self, service: &str, partition: u32) -> Vec<NodeId> {
@@ -437,8 +499,11 @@ impl ClusterView {
         let mut names: Vec<(&String, &u32)> = self.services.iter().collect();
         names.sort_by_key(|(_, &ix)| ix);
         let names: Vec<&String> = names.into_iter().map(|(n, _)| n).collect();
-        let mut keys: Vec<(String, u32)> =
-            self.partitions.keys().map(|&(s, p)| (names[s as usize].clone(), p)).collect();
+        let mut keys: Vec<(String, u32)> = self
+            .partitions
+            .keys()
+            .map(|&(s, p)| (names[s as usize].clone(), p))
+            .collect();
         keys.sort();
         keys
     }
@@ -460,5 +525,7 @@ impl ClusterView {
 
 #[inline]
 pub(crate) fn free_of(e: &NodeEntry) -> Resources {
-    e.node.capacity.saturating_sub(&(e.stats.allocated + e.node.reserved))
+    e.node
+        .capacity
+        .saturating_sub(&(e.stats.allocated + e.node.reserved))
 }

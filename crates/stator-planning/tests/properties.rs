@@ -4,9 +4,9 @@ use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 
 use stator_planning::{
-    autoscale, consolidate, place_partition, AutoscalerConfig, AutoscalerState, ClusterView, ConsolidatorConfig,
-    ConsolidatorState, Node, PartitionDemand, Policy, PlacementRequest, PoolSpec, Replica, Resources, SpreadDomain,
-    WorkloadKind,
+    autoscale, consolidate, place_partition, AutoscalerConfig, AutoscalerState, ClusterView,
+    ConsolidatorConfig, ConsolidatorState, Node, PartitionDemand, PlacementRequest, Policy,
+    PoolSpec, Replica, Resources, SpreadDomain, WorkloadKind,
 };
 
 const ZONES: [&str; 4] = ["a", "b", "c", "d"];
@@ -14,7 +14,12 @@ const ZONES: [&str; 4] = ["a", "b", "c", "d"];
 fn check_capacity(view: &ClusterView) {
     for n in view.nodes() {
         let a = view.allocated(n.id).unwrap();
-        assert!(a.fits_in(&n.capacity), "node {} over capacity: {a:?} > {:?}", n.id, n.capacity);
+        assert!(
+            a.fits_in(&n.capacity),
+            "node {} over capacity: {a:?} > {:?}",
+            n.id,
+            n.capacity
+        );
     }
 }
 
@@ -24,14 +29,24 @@ fn shape(view: &ClusterView) -> BTreeMap<(String, u32), (usize, usize)> {
     for (service, p) in view.partition_keys() {
         let nodes = view.partition_nodes(&service, p);
         let distinct_nodes: BTreeSet<_> = nodes.iter().collect();
-        assert_eq!(distinct_nodes.len(), nodes.len(), "{service}/{p} has two members on one node: {nodes:?}");
-        let zones: BTreeSet<_> = nodes.iter().map(|&n| view.zone_of(n).unwrap().to_string()).collect();
+        assert_eq!(
+            distinct_nodes.len(),
+            nodes.len(),
+            "{service}/{p} has two members on one node: {nodes:?}"
+        );
+        let zones: BTreeSet<_> = nodes
+            .iter()
+            .map(|&n| view.zone_of(n).unwrap().to_string())
+            .collect();
         out.insert((service, p), (nodes.len(), zones.len()));
     }
     out
 }
 
-fn check_no_worse(before: &BTreeMap<(String, u32), (usize, usize)>, after: &BTreeMap<(String, u32), (usize, usize)>) {
+fn check_no_worse(
+    before: &BTreeMap<(String, u32), (usize, usize)>,
+    after: &BTreeMap<(String, u32), (usize, usize)>,
+) {
     for (k, &(members, zones)) in before {
         let &(m2, z2) = after.get(k).unwrap_or(&(0, 0));
         assert!(m2 >= members, "{k:?} lost members: {members} -> {m2}");

@@ -5,10 +5,16 @@
 use stator_sim::{print_report, run, SimOptions};
 
 fn main() -> anyhow::Result<()> {
-    let mut opts = SimOptions { progress: true, ..SimOptions::default() };
+    let mut opts = SimOptions {
+        progress: true,
+        ..SimOptions::default()
+    };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut val = || args.next().ok_or_else(|| anyhow::anyhow!("{a} needs a value"));
+        let mut val = || {
+            args.next()
+                .ok_or_else(|| anyhow::anyhow!("{a} needs a value"))
+        };
         match a.as_str() {
             "--scenario" => opts.scenario = Some(val()?.into()),
             "--trace-nodes" => opts.trace_nodes = Some(val()?.into()),

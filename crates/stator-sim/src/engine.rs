@@ -14,13 +14,14 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 use crate::scenario::Scenario;
 use stator_planning::baseline::{
-    cluster_autoscaler_scale_down, hpa_recommendation, ClusterAutoscalerState, HpaState, EVICTION_TOLERATION_S,
-    HPA_DEFAULT_TARGET, HPA_SYNC_S, NODE_MONITOR_GRACE_S,
+    cluster_autoscaler_scale_down, hpa_recommendation, ClusterAutoscalerState, HpaState,
+    EVICTION_TOLERATION_S, HPA_DEFAULT_TARGET, HPA_SYNC_S, NODE_MONITOR_GRACE_S,
 };
 use stator_planning::{
-    autoscale, consolidate, place_partition, plan_new_nodes, Action, AutoscalerConfig, AutoscalerState, BootingNode,
-    ClusterView, ConsolidatorConfig, ConsolidatorState, LabelRequirement, Node, NodeId, PartitionDemand, Policy,
-    PlacementRequest, PoolChoice, PoolSpec, Replica, ReplicaSlot, Resources, SpreadDomain, UnmetNeed,
+    autoscale, consolidate, place_partition, plan_new_nodes, Action, AutoscalerConfig,
+    AutoscalerState, BootingNode, ClusterView, ConsolidatorConfig, ConsolidatorState,
+    LabelRequirement, Node, NodeId, PartitionDemand, PlacementRequest, Policy, PoolChoice,
+    PoolSpec, Replica, ReplicaSlot, Resources, SpreadDomain, UnmetNeed,
 };
 
 /// Which policy set drives the cluster.
@@ -188,7 +189,12 @@ struct Sim<'a> {
 
 /// Runs one policy set over a scenario with a seed. `progress` is called with the
 /// simulated time after each tick.
-pub fn run_policy(sc: &Scenario, policy: PolicySet, seed: u64, progress: &mut dyn FnMut(u64)) -> RunResult {
+pub fn run_policy(
+    sc: &Scenario,
+    policy: PolicySet,
+    seed: u64,
+    progress: &mut dyn FnMut(u64),
+) -> RunResult {
     let mut sim = Sim::new(sc, policy, seed);
     sim.bootstrap();
     sim.run(progress);
@@ -201,14 +207,23 @@ impl<'a> Sim<'a> {
     fn new(sc: &'a Scenario, policy: PolicySet, seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let pools: Vec<PoolSpec> = sc.pools.iter().map(|p| p.spec()).collect();
-        let pool_price = pools.iter().map(|p| (p.name.clone(), p.price_per_hour)).collect();
+        let pool_price = pools
+            .iter()
+            .map(|p| (p.name.clone(), p.price_per_hour))
+            .collect();
         let mut parts = Vec::new();
         let mut part_ix = HashMap::new();
         for (si, svc) in sc.services.iter().enumerate() {
             for p in 0..svc.partitions {
                 let weight = 1.0 + svc.skew * (rng.gen::<f64>() * 2.0 - 1.0);
                 part_ix.insert((si, p), parts.len());
-                parts.push(Part { service: si, partition: p, weight: weight.max(0.05), spec_replicas: svc.replicas, lost_since: None });
+                parts.push(Part {
+                    service: si,
+                    partition: p,
+                    weight: weight.max(0.05),
+                    spec_replicas: svc.replicas,
+                    lost_since: None,
+                });
             }
         }
         let a_cfg = sc
@@ -303,18 +318,36 @@ impl<'a> Sim<'a> {
         self.s.nodes_max = self.s.nodes_max.max(self.provisioned);
         let token = self.next_token;
         self.next_token += 1;
-        self.booting.insert(token, BootingNode { pool: pool.to_string(), zone: zone.to_string() });
+        self.booting.insert(
+            token,
+            BootingNode {
+                pool: pool.to_string(),
+                zone: zone.to_string(),
+            },
+        );
         if instant {
             self.node_ready(token);
         } else {
-            let delay = self.pools.iter().find(|p| p.name == pool).map(|p| p.boot_delay_s).unwrap_or(60);
+            let delay = self
+                .pools
+                .iter()
+                .find(|p| p.name == pool)
+                .map(|p| p.boot_delay_s)
+                .unwrap_or(60);
             self.push(self.now_s + delay, Event::NodeReady { token });
         }
     }
 
     fn node_ready(&mut self, token: u64) {
-        let Some(b) = self.booting.remove(&token) else { return };
-        let spec = self.pools.iter().find(|p| p.name == b.pool).expect("pool").clone();
+        let Some(b) = self.booting.remove(&token) else {
+            return;
+        };
+        let spec = self
+            .pools
+            .iter()
+            .find(|p| p.name == b.pool)
+            .expect("pool")
+            .clone();
         let id = self.next_node_id;
         self.next_node_id += 1;
         let mut node = Node::new(id, &b.zone, &spec.name, spec.capacity, spec.price_per_hour);
@@ -365,7 +398,9 @@ impl<'a> Sim<'a> {
                         let adds: Vec<(String, String)> = actions
                             .iter()
                             .filter_map(|a| match a {
-                                Action::AddNode { pool, zone } => Some((pool.clone(), zone.clone())),
+                                Action::AddNode { pool, zone } => {
+                                    Some((pool.clone(), zone.clone()))
+                                }
                                 _ => None,
                             })
                             .collect();
@@ -380,7 +415,10 @@ impl<'a> Sim<'a> {
                 PolicySet::K8sDefault => {
                     for part in 0..self.parts.len() {
                         for _ in 0..self.parts[part].spec_replicas {
-                            self.pending.push(Pending { kind: PendingKind::Replica { part }, since_s: 0 });
+                            self.pending.push(Pending {
+                                kind: PendingKind::Replica { part },
+                                since_s: 0,
+                            });
                         }
                     }
                     for _ in 0..64 {
@@ -389,7 +427,13 @@ impl<'a> Sim<'a> {
                             break;
                         }
                         let choice = self.rng.gen::<u64>();
-                        let adds = plan_new_nodes(&self.view, &unmet, &self.pools, &[], PoolChoice::Random(choice));
+                        let adds = plan_new_nodes(
+                            &self.view,
+                            &unmet,
+                            &self.pools,
+                            &[],
+                            PoolChoice::Random(choice),
+                        );
                         if adds.is_empty() {
                             break;
                         }
@@ -477,7 +521,10 @@ impl<'a> Sim<'a> {
                     }
                 }
                 Event::TaskStart { task } => {
-                    self.pending.push(Pending { kind: PendingKind::Task { task }, since_s: self.now_s });
+                    self.pending.push(Pending {
+                        kind: PendingKind::Task { task },
+                        since_s: self.now_s,
+                    });
                     let unmet = self.place_pending();
                     self.scale_up(unmet);
                 }
@@ -486,8 +533,10 @@ impl<'a> Sim<'a> {
                     if let Some(slot) = self.task_slot[task].take() {
                         self.catching_up.remove(&slot);
                         self.view.remove_replica(slot);
-                    } else if let Some(i) =
-                        self.pending.iter().position(|p| matches!(p.kind, PendingKind::Task { task: t } if t == task))
+                    } else if let Some(i) = self
+                        .pending
+                        .iter()
+                        .position(|p| matches!(p.kind, PendingKind::Task { task: t } if t == task))
                     {
                         self.pending.remove(i);
                         self.s.unscheduled += 1;
@@ -515,8 +564,14 @@ impl<'a> Sim<'a> {
             }
         }
         match self.policy {
-            PolicySet::Stator => self.push(self.now_s + self.sc.timing.detect_s, Event::FailureDetected { node }),
-            PolicySet::K8sDefault => self.push(self.now_s + NODE_MONITOR_GRACE_S, Event::K8sNotReady { node }),
+            PolicySet::Stator => self.push(
+                self.now_s + self.sc.timing.detect_s,
+                Event::FailureDetected { node },
+            ),
+            PolicySet::K8sDefault => self.push(
+                self.now_s + NODE_MONITOR_GRACE_S,
+                Event::K8sNotReady { node },
+            ),
         }
     }
 
@@ -526,7 +581,10 @@ impl<'a> Sim<'a> {
         let mut lost_tasks = Vec::new();
         for slot in self.view.replicas_on(node).to_vec() {
             let r = self.view.replica(slot).expect("on node");
-            if let Some(&part) = self.service_index(&r.service).and_then(|si| self.part_ix.get(&(si, r.partition))) {
+            if let Some(&part) = self
+                .service_index(&r.service)
+                .and_then(|si| self.part_ix.get(&(si, r.partition)))
+            {
                 lost_parts.push(part);
             } else if let Some(task) = self.task_slot.iter().position(|s| *s == Some(slot)) {
                 lost_tasks.push(task);
@@ -536,12 +594,18 @@ impl<'a> Sim<'a> {
         for part in lost_parts {
             self.parts[part].lost_since.get_or_insert(self.now_s);
             if self.policy == PolicySet::K8sDefault {
-                self.pending.push(Pending { kind: PendingKind::Replica { part }, since_s: self.now_s });
+                self.pending.push(Pending {
+                    kind: PendingKind::Replica { part },
+                    since_s: self.now_s,
+                });
             }
         }
         for task in lost_tasks {
             self.task_slot[task] = None;
-            self.pending.push(Pending { kind: PendingKind::Task { task }, since_s: self.now_s });
+            self.pending.push(Pending {
+                kind: PendingKind::Task { task },
+                since_s: self.now_s,
+            });
         }
     }
 
@@ -567,8 +631,15 @@ impl<'a> Sim<'a> {
                 if self.now_s >= self.next_consolidate_s {
                     self.next_consolidate_s = self.now_s + self.sc.consolidate_every_s;
                     let busy: Vec<NodeId> = self.busy_nodes();
-                    let actions =
-                        consolidate(&mut self.view, &self.pools, self.in_flight, &busy, &mut self.c_state, &self.c_cfg, self.now_s);
+                    let actions = consolidate(
+                        &mut self.view,
+                        &self.pools,
+                        self.in_flight,
+                        &busy,
+                        &mut self.c_state,
+                        &self.c_cfg,
+                        self.now_s,
+                    );
                     self.execute(actions, false);
                 }
             }
@@ -580,9 +651,19 @@ impl<'a> Sim<'a> {
                 let unmet = self.place_pending();
                 self.scale_up(unmet);
                 let busy = self.busy_nodes();
-                let mins: HashMap<String, u32> = self.pools.iter().map(|p| (p.name.clone(), p.min_nodes)).collect();
+                let mins: HashMap<String, u32> = self
+                    .pools
+                    .iter()
+                    .map(|p| (p.name.clone(), p.min_nodes))
+                    .collect();
                 let min_of = |p: &str| mins.get(p).copied().unwrap_or(0);
-                let actions = cluster_autoscaler_scale_down(&mut self.view, &mut self.ca, &min_of, &busy, self.now_s);
+                let actions = cluster_autoscaler_scale_down(
+                    &mut self.view,
+                    &mut self.ca,
+                    &min_of,
+                    &busy,
+                    self.now_s,
+                );
                 self.execute(actions, true);
             }
         }
@@ -599,7 +680,11 @@ impl<'a> Sim<'a> {
         for (i, p) in self.parts.iter().enumerate() {
             let svc = &self.sc.services[p.service];
             let noise = svc.load.noise();
-            let jitter = if noise > 0.0 { 1.0 + noise * (self.rng.gen::<f64>() * 2.0 - 1.0) } else { 1.0 };
+            let jitter = if noise > 0.0 {
+                1.0 + noise * (self.rng.gen::<f64>() * 2.0 - 1.0)
+            } else {
+                1.0
+            };
             self.demand_now[i] = svc.load.at(t as f64) * p.weight * jitter;
         }
     }
@@ -630,7 +715,15 @@ impl<'a> Sim<'a> {
         let mut start = 0;
         for (si, cfg) in self.a_cfg.iter().enumerate() {
             let n = self.sc.services[si].partitions as usize;
-            let acts = autoscale(&mut self.view, &demands[start..start + n], &self.pools, &booting, &mut self.a_state, cfg, self.now_s);
+            let acts = autoscale(
+                &mut self.view,
+                &demands[start..start + n],
+                &self.pools,
+                &booting,
+                &mut self.a_state,
+                cfg,
+                self.now_s,
+            );
             start += n;
             all.extend(acts);
         }
@@ -644,12 +737,18 @@ impl<'a> Sim<'a> {
         let bw = self.sc.timing.copy_mib_per_s.max(0.001);
         for a in actions {
             match a {
-                Action::Place { service, partition, node, .. } => {
+                Action::Place {
+                    service,
+                    partition,
+                    node,
+                    ..
+                } => {
                     let slot = self.slot_of(&service, partition, node);
                     let si = self.service_index(&service).expect("service");
                     let state = self.sc.services[si].state_mib;
                     self.s.bytes_moved += state << 20;
-                    let done = self.now_s + self.sc.timing.start_s + (state as f64 / bw).ceil() as u64;
+                    let done =
+                        self.now_s + self.sc.timing.start_s + (state as f64 / bw).ceil() as u64;
                     self.catching_up.insert(slot, node);
                     self.push(done, Event::CatchUpDone { slot, node });
                     if let Some(&part) = self.part_ix.get(&(si, partition)) {
@@ -658,7 +757,14 @@ impl<'a> Sim<'a> {
                         }
                     }
                 }
-                Action::Migrate { service, partition, from, to, state_bytes, .. } => {
+                Action::Migrate {
+                    service,
+                    partition,
+                    from,
+                    to,
+                    state_bytes,
+                    ..
+                } => {
                     self.s.migrations += 1;
                     self.s.bytes_moved += state_bytes;
                     let secs = ((state_bytes >> 20) as f64 / bw).ceil() as u64 + 1;
@@ -667,7 +773,10 @@ impl<'a> Sim<'a> {
                         // new pod starts and re-syncs its state.
                         let slot = self.slot_of(&service, partition, to);
                         self.catching_up.insert(slot, to);
-                        self.push(self.now_s + self.sc.timing.start_s + secs, Event::CatchUpDone { slot, node: to });
+                        self.push(
+                            self.now_s + self.sc.timing.start_s + secs,
+                            Event::CatchUpDone { slot, node: to },
+                        );
                     } else {
                         self.in_flight += 1;
                         *self.busy.entry(from).or_insert(0) += 1;
@@ -687,7 +796,6 @@ impl<'a> Sim<'a> {
             }
         }
     }
-
 
     fn slot_of(&self, service: &str, partition: u32, node: NodeId) -> ReplicaSlot {
         *self
@@ -723,7 +831,12 @@ impl Sim<'_> {
                     }
                     let req = PlacementRequest {
                         spread: SpreadDomain::Zone,
-                        ..PlacementRequest::long_running(&svc.name, pt.partition, 1, Resources::new(svc.cpu_millis, svc.memory_mib))
+                        ..PlacementRequest::long_running(
+                            &svc.name,
+                            pt.partition,
+                            1,
+                            Resources::new(svc.cpu_millis, svc.memory_mib),
+                        )
                     };
                     (req, Some(part), None)
                 }
@@ -739,10 +852,18 @@ impl Sim<'_> {
                             ..PlacementRequest::long_running(&t.name, 0, 1, t.resources)
                         }
                     } else {
-                        PlacementRequest::job(&t.name, t.resources, self.now_s, t.end_s.saturating_sub(self.now_s))
+                        PlacementRequest::job(
+                            &t.name,
+                            t.resources,
+                            self.now_s,
+                            t.end_s.saturating_sub(self.now_s),
+                        )
                     };
                     if t.resources.gpu_milli > 0 && !t.gpu_models.is_empty() {
-                        req.node_selector = vec![LabelRequirement { key: "gpu.model".into(), values: t.gpu_models.clone() }];
+                        req.node_selector = vec![LabelRequirement {
+                            key: "gpu.model".into(),
+                            values: t.gpu_models.clone(),
+                        }];
                     }
                     (req, None, Some(task))
                 }
@@ -771,7 +892,9 @@ impl Sim<'_> {
                         // A new pod starts and syncs its state before it counts.
                         self.s.bytes_moved += state_bytes;
                         let bw = self.sc.timing.copy_mib_per_s.max(0.001);
-                        let done = self.now_s + self.sc.timing.start_s + ((state_bytes >> 20) as f64 / bw).ceil() as u64;
+                        let done = self.now_s
+                            + self.sc.timing.start_s
+                            + ((state_bytes >> 20) as f64 / bw).ceil() as u64;
                         self.catching_up.insert(slot, node);
                         self.push(done, Event::CatchUpDone { slot, node });
                         self.parts[pi].lost_since = None;
@@ -784,7 +907,10 @@ impl Sim<'_> {
                         .iter()
                         .filter_map(|&n| self.view.zone_of(n).map(str::to_string))
                         .collect();
-                    unmet.push(UnmetNeed { resources: req.resources, avoid_zones: avoid });
+                    unmet.push(UnmetNeed {
+                        resources: req.resources,
+                        avoid_zones: avoid,
+                    });
                     self.pending.push(p);
                 }
             }
@@ -824,7 +950,12 @@ impl Sim<'_> {
                 }
                 let per = self.demand_now[pi] / members.len() as f64;
                 for &slot in members {
-                    let req = self.view.replica(slot).expect("member").resources.cpu_millis as f64;
+                    let req = self
+                        .view
+                        .replica(slot)
+                        .expect("member")
+                        .resources
+                        .cpu_millis as f64;
                     // Limits = requests: a pod cannot use more than it requested.
                     used += per.min(req);
                     requested += req;
@@ -832,10 +963,16 @@ impl Sim<'_> {
             }
             let target = svc.hpa_target.unwrap_or(HPA_DEFAULT_TARGET);
             let current = self.parts[start].spec_replicas;
-            let util = if requested > 0.0 { used / requested } else { 0.0 };
+            let util = if requested > 0.0 {
+                used / requested
+            } else {
+                0.0
+            };
             let rec = hpa_recommendation(current, util, target);
             let max = svc.hpa_max_replicas.unwrap_or(svc.replicas * 4);
-            let desired = self.hpa.desired(&svc.name, self.now_s, rec, svc.replicas, max);
+            let desired = self
+                .hpa
+                .desired(&svc.name, self.now_s, rec, svc.replicas, max);
             let name = svc.name.clone();
             for pi in start..start + n {
                 self.parts[pi].spec_replicas = desired;
@@ -849,7 +986,10 @@ impl Sim<'_> {
                 let have = members.len() as u32 + waiting;
                 if desired > have {
                     for _ in 0..desired - have {
-                        self.pending.push(Pending { kind: PendingKind::Replica { part: pi }, since_s: self.now_s });
+                        self.pending.push(Pending {
+                            kind: PendingKind::Replica { part: pi },
+                            since_s: self.now_s,
+                        });
                     }
                 } else if (members.len() as u32) > desired {
                     // Scale down from the highest ordinal (the newest pods).
@@ -889,7 +1029,11 @@ impl Sim<'_> {
             }
             let per = self.demand_now[pi] / members.len().max(1) as f64;
             let rho = per / min_req.max(1) as f64;
-            let p99_ms = if rho >= 1.0 { f64::INFINITY } else { (100f64).ln() * svc.service_time_ms / (1.0 - rho) };
+            let p99_ms = if rho >= 1.0 {
+                f64::INFINITY
+            } else {
+                (100f64).ln() * svc.service_time_ms / (1.0 - rho)
+            };
             if p99_ms > svc.p99_latency_ms {
                 slo_violating += 1;
             }
@@ -897,7 +1041,11 @@ impl Sim<'_> {
         self.s.quorum_loss_s += quorum_lost as f64 * dt;
         self.s.unavailable_s += quorum_lost as f64 * dt;
         self.s.slo_violation_s += slo_violating as f64 * dt;
-        let requested: u64 = self.view.nodes().map(|n| self.view.allocated(n.id).map(|a| a.cpu_millis).unwrap_or(0)).sum();
+        let requested: u64 = self
+            .view
+            .nodes()
+            .map(|n| self.view.allocated(n.id).map(|a| a.cpu_millis).unwrap_or(0))
+            .sum();
         let replicas = self.replica_count();
         self.s.replicas_max = self.s.replicas_max.max(replicas);
         self.samples.push(Sample {
@@ -922,11 +1070,17 @@ impl Sim<'_> {
         self.s.pending_s_p99 = if self.pending_waits.is_empty() {
             0.0
         } else {
-            let ix = ((self.pending_waits.len() as f64 * 0.99).ceil() as usize).clamp(1, self.pending_waits.len()) - 1;
+            let ix = ((self.pending_waits.len() as f64 * 0.99).ceil() as usize)
+                .clamp(1, self.pending_waits.len())
+                - 1;
             self.pending_waits[ix] as f64
         };
         self.s.unavailable_s = round3(self.s.unavailable_s);
-        RunResult { policy: self.policy, summary: self.s, samples: self.samples }
+        RunResult {
+            policy: self.policy,
+            summary: self.s,
+            samples: self.samples,
+        }
     }
 }
 

@@ -70,7 +70,9 @@ pub fn parse_policy(name: &str) -> Result<PolicySet, SimError> {
     match name {
         "stator" => Ok(PolicySet::Stator),
         "k8s-default" | "k8s" => Ok(PolicySet::K8sDefault),
-        other => Err(SimError::Usage(format!("unknown policy {other:?}; use stator or k8s-default"))),
+        other => Err(SimError::Usage(format!(
+            "unknown policy {other:?}; use stator or k8s-default"
+        ))),
     }
 }
 
@@ -88,7 +90,9 @@ pub fn load_scenario(opts: &SimOptions) -> Result<Scenario, SimError> {
 /// Runs the simulation(s) the options ask for, writing `--out` files if asked.
 pub fn run(opts: &SimOptions) -> Result<SimReport, SimError> {
     if opts.compare && opts.policy.is_some() {
-        return Err(SimError::Usage("--compare runs both policies; drop --policy".into()));
+        return Err(SimError::Usage(
+            "--compare runs both policies; drop --policy".into(),
+        ));
     }
     let sc = load_scenario(opts)?;
     let seed = opts.seed.unwrap_or(sc.seed);

@@ -6,6 +6,13 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::OnceLock;
 
+/// A plot: file stem, title, and the sampled value drawn.
+type Chart = (
+    &'static str,
+    &'static str,
+    fn(&crate::engine::Sample) -> f64,
+);
+
 use crate::engine::{PolicySet, RunResult};
 use crate::SimError;
 
@@ -23,7 +30,11 @@ pub struct SimReport {
 impl SimReport {
     /// Wraps runs.
     pub fn new(scenario: &str, seed: u64, runs: Vec<RunResult>) -> Self {
-        SimReport { scenario: scenario.to_string(), seed, runs }
+        SimReport {
+            scenario: scenario.to_string(),
+            seed,
+            runs,
+        }
     }
 
     /// The run of one policy set.
@@ -39,11 +50,24 @@ impl SimReport {
         }
         let mut policies = Map::new();
         for r in &self.runs {
-            policies.insert(r.policy.name().to_string(), serde_json::to_value(&r.summary).expect("summary serialises"));
+            policies.insert(
+                r.policy.name().to_string(),
+                serde_json::to_value(&r.summary).expect("summary serialises"),
+            );
         }
         let mut out = json!({ "policies": policies });
         if let (Some(s), Some(k)) = (self.run(PolicySet::Stator), self.run(PolicySet::K8sDefault)) {
-            let ratio = |a: f64, b: f64| if b == 0.0 { if a == 0.0 { json!(1.0) } else { Value::Null } } else { json!(((a / b) * 1000.0).round() / 1000.0) };
+            let ratio = |a: f64, b: f64| {
+                if b == 0.0 {
+                    if a == 0.0 {
+                        json!(1.0)
+                    } else {
+                        Value::Null
+                    }
+                } else {
+                    json!(((a / b) * 1000.0).round() / 1000.0)
+                }
+            };
             let (s, k) = (&s.summary, &k.summary);
             out["ratios"] = json!({
                 "cost": ratio(s.cost_usd, k.cost_usd),
@@ -65,28 +89,50 @@ impl SimReport {
         let io = |p: &Path, e| SimError::Io(p.display().to_string(), e);
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         let path = dir.join("summary.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&self.to_json()).expect("json") + "\n").map_err(|e| io(&path, e))?;
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&self.to_json()).expect("json") + "\n",
+        )
+        .map_err(|e| io(&path, e))?;
         for r in &self.runs {
             let path = dir.join(format!("{}.csv", r.policy.name()));
             let mut csv = String::from("t_s,nodes,replicas,cost_usd,slo_violating,quorum_lost,pending,cpu_requested_cores,cpu_used_cores\n");
             for s in &r.samples {
                 csv.push_str(&format!(
                     "{},{},{},{:.4},{},{},{},{:.3},{:.3}\n",
-                    s.t_s, s.nodes, s.replicas, s.cost_usd, s.slo_violating, s.quorum_lost, s.pending, s.cpu_requested_cores, s.cpu_used_cores
+                    s.t_s,
+                    s.nodes,
+                    s.replicas,
+                    s.cost_usd,
+                    s.slo_violating,
+                    s.quorum_lost,
+                    s.pending,
+                    s.cpu_requested_cores,
+                    s.cpu_used_cores
                 ));
             }
             std::fs::write(&path, csv).map_err(|e| io(&path, e))?;
         }
-        let charts: [(&str, &str, fn(&crate::engine::Sample) -> f64); 3] = [
+        let charts: [Chart; 3] = [
             ("nodes", "nodes over time", |s| s.nodes as f64),
             ("cost", "cumulative cost (USD)", |s| s.cost_usd),
-            ("slo", "partitions violating the p99 objective", |s| s.slo_violating as f64),
+            ("slo", "partitions violating the p99 objective", |s| {
+                s.slo_violating as f64
+            }),
         ];
         for (file, title, f) in charts {
             let series: Vec<(String, Vec<(f64, f64)>)> = self
                 .runs
                 .iter()
-                .map(|r| (r.policy.name().to_string(), r.samples.iter().map(|s| (s.t_s as f64 / 3600.0, f(s))).collect()))
+                .map(|r| {
+                    (
+                        r.policy.name().to_string(),
+                        r.samples
+                            .iter()
+                            .map(|s| (s.t_s as f64 / 3600.0, f(s)))
+                            .collect(),
+                    )
+                })
                 .collect();
             let title = format!("{}: {title}", self.scenario);
             plot::draw(&dir.join(format!("{file}.svg")), &title, &series, true)?;
@@ -102,7 +148,17 @@ pub fn print_report(report: &SimReport, json: bool) {
     println!("scenario {} (seed {})", report.scenario, report.seed);
     println!(
         "{:<12} {:>12} {:>11} {:>10} {:>10} {:>11} {:>10} {:>12} {:>11} {:>10} {:>9}",
-        "policy", "cost_usd", "node_hours", "slo_viol_s", "quorum_s", "unavail_s", "migrations", "bytes_moved", "unscheduled", "pend_p99", "nodes_max"
+        "policy",
+        "cost_usd",
+        "node_hours",
+        "slo_viol_s",
+        "quorum_s",
+        "unavail_s",
+        "migrations",
+        "bytes_moved",
+        "unscheduled",
+        "pend_p99",
+        "nodes_max"
     );
     for r in &report.runs {
         let s = &r.summary;
@@ -117,15 +173,24 @@ pub fn print_report(report: &SimReport, json: bool) {
 }
 
 /// A progress bar on stderr, only when asked and stderr is a terminal.
-pub(crate) fn progress_bar(enabled: bool, total_s: u64, label: &str) -> Option<indicatif::ProgressBar> {
+pub(crate) fn progress_bar(
+    enabled: bool,
+    total_s: u64,
+    label: &str,
+) -> Option<indicatif::ProgressBar> {
     if !enabled || !std::io::stderr().is_terminal() {
         return None;
     }
-    let bar = indicatif::ProgressBar::with_draw_target(Some(total_s), indicatif::ProgressDrawTarget::stderr());
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total_s),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix:>12} [{bar:40}] {percent:>3}% simulated, {elapsed} wall")
-            .expect("template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>12} [{bar:40}] {percent:>3}% simulated, {elapsed} wall",
+        )
+        .expect("template")
+        .progress_chars("=> "),
     );
     bar.set_prefix(label.to_string());
     Some(bar)
@@ -135,8 +200,10 @@ mod plot {
     use super::*;
     use plotters::prelude::*;
 
-    const FONT_PATHS: [&str; 2] =
-        ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf"];
+    const FONT_PATHS: [&str; 2] = [
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    ];
 
     /// Registers a system font for labels once; plots go without text if none.
     fn have_font() -> bool {
@@ -145,7 +212,9 @@ mod plot {
             for p in FONT_PATHS {
                 if let Ok(bytes) = std::fs::read(p) {
                     let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                    if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                    if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+                        .is_ok()
+                    {
                         return true;
                     }
                 }
@@ -154,7 +223,12 @@ mod plot {
         })
     }
 
-    pub(super) fn draw(path: &Path, title: &str, series: &[(String, Vec<(f64, f64)>)], svg: bool) -> Result<(), SimError> {
+    pub(super) fn draw(
+        path: &Path,
+        title: &str,
+        series: &[(String, Vec<(f64, f64)>)],
+        svg: bool,
+    ) -> Result<(), SimError> {
         let err = |e: String| SimError::Plot(format!("{}: {e}", path.display()));
         if svg {
             let root = SVGBackend::new(path, (900, 450)).into_drawing_area();
@@ -175,25 +249,57 @@ mod plot {
     {
         let text = have_font();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
-        let x_max = series.iter().flat_map(|(_, v)| v.iter().map(|p| p.0)).fold(0.0f64, f64::max).max(1e-9);
-        let y_max = series.iter().flat_map(|(_, v)| v.iter().map(|p| p.1)).fold(0.0f64, f64::max).max(1.0) * 1.05;
+        let x_max = series
+            .iter()
+            .flat_map(|(_, v)| v.iter().map(|p| p.0))
+            .fold(0.0f64, f64::max)
+            .max(1e-9);
+        let y_max = series
+            .iter()
+            .flat_map(|(_, v)| v.iter().map(|p| p.1))
+            .fold(0.0f64, f64::max)
+            .max(1.0)
+            * 1.05;
         let mut builder = ChartBuilder::on(&root);
         builder.margin(12);
         if text {
-            builder.caption(title, ("sans-serif", 20)).x_label_area_size(36).y_label_area_size(60);
+            builder
+                .caption(title, ("sans-serif", 20))
+                .x_label_area_size(36)
+                .y_label_area_size(60);
         }
-        let mut chart = builder.build_cartesian_2d(0.0..x_max, 0.0..y_max).map_err(|e| e.to_string())?;
+        let mut chart = builder
+            .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+            .map_err(|e| e.to_string())?;
         if text {
-            chart.configure_mesh().x_desc("simulated hours").draw().map_err(|e| e.to_string())?;
+            chart
+                .configure_mesh()
+                .x_desc("simulated hours")
+                .draw()
+                .map_err(|e| e.to_string())?;
         } else {
-            chart.configure_mesh().disable_x_mesh().x_labels(0).y_labels(0).draw().map_err(|e| e.to_string())?;
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .x_labels(0)
+                .y_labels(0)
+                .draw()
+                .map_err(|e| e.to_string())?;
         }
-        let colors = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44)];
+        let colors = [
+            RGBColor(31, 119, 180),
+            RGBColor(214, 39, 40),
+            RGBColor(44, 160, 44),
+        ];
         for (i, (name, pts)) in series.iter().enumerate() {
             let color = colors[i % colors.len()];
-            let s = chart.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2))).map_err(|e| e.to_string())?;
+            let s = chart
+                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+                .map_err(|e| e.to_string())?;
             if text {
-                s.label(name.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                s.label(name.clone()).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
             }
         }
         if text {

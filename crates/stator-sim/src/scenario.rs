@@ -185,7 +185,12 @@ impl LoadCurve {
     pub fn at(&self, t_s: f64) -> f64 {
         match *self {
             LoadCurve::Constant { cpu_millis } => cpu_millis as f64,
-            LoadCurve::Diurnal { peak_cpu_millis, peak_to_trough, peak_hour, .. } => {
+            LoadCurve::Diurnal {
+                peak_cpu_millis,
+                peak_to_trough,
+                peak_hour,
+                ..
+            } => {
                 let trough = 1.0 / peak_to_trough.max(1.0);
                 let phase = (t_s / 3600.0 - peak_hour) / 24.0 * std::f64::consts::TAU;
                 let shape = 0.5 + 0.5 * phase.cos(); // 1 at the peak, 0 twelve hours away
@@ -274,8 +279,10 @@ impl Default for TimingConfig {
 impl Scenario {
     /// Reads a scenario TOML file.
     pub fn from_toml_file(path: &Path) -> Result<Scenario, SimError> {
-        let text = std::fs::read_to_string(path).map_err(|e| SimError::Io(path.display().to_string(), e))?;
-        let s: Scenario = toml::from_str(&text).map_err(|e| SimError::Scenario(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SimError::Io(path.display().to_string(), e))?;
+        let s: Scenario = toml::from_str(&text)
+            .map_err(|e| SimError::Scenario(format!("{}: {e}", path.display())))?;
         s.validate()?;
         Ok(s)
     }
@@ -291,12 +298,18 @@ impl Scenario {
         }
         for p in &self.pools {
             if p.zones.is_empty() || p.max == 0 || p.cpu_millis == 0 {
-                return bad(format!("pool {}: needs zones, max > 0 and cpu_millis > 0", p.name));
+                return bad(format!(
+                    "pool {}: needs zones, max > 0 and cpu_millis > 0",
+                    p.name
+                ));
             }
         }
         for s in &self.services {
             if s.replicas == 0 || s.partitions == 0 {
-                return bad(format!("service {}: partitions and replicas must be > 0", s.name));
+                return bad(format!(
+                    "service {}: partitions and replicas must be > 0",
+                    s.name
+                ));
             }
         }
         Ok(())
@@ -325,22 +338,41 @@ pub fn trace_node_price(cpu_millis: u64, memory_mib: u64, gpus: u64, model: &str
 /// (at most as many nodes as listed of that shape, none at start, 60 s boot), one task
 /// per pod.
 pub fn from_openb_trace(nodes_csv: &Path, pods_csv: &Path) -> Result<Scenario, SimError> {
-    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| SimError::Io(p.display().to_string(), e));
+    let read =
+        |p: &Path| std::fs::read_to_string(p).map_err(|e| SimError::Io(p.display().to_string(), e));
     let nodes = read(nodes_csv)?;
     let pods = read(pods_csv)?;
     let mut shapes: BTreeMap<(u64, u64, u64, String), u32> = BTreeMap::new();
     for (i, line) in nodes.lines().enumerate().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
         if f.len() < 5 {
-            return Err(SimError::Trace(format!("{}:{}: expected 5 columns sn,cpu_milli,memory_mib,gpu,model", nodes_csv.display(), i + 1)));
+            return Err(SimError::Trace(format!(
+                "{}:{}: expected 5 columns sn,cpu_milli,memory_mib,gpu,model",
+                nodes_csv.display(),
+                i + 1
+            )));
         }
-        let num = |s: &str| s.trim().parse::<u64>().map_err(|_| SimError::Trace(format!("{}:{}: bad number {s:?}", nodes_csv.display(), i + 1)));
-        *shapes.entry((num(f[1])?, num(f[2])?, num(f[3])?, f[4].trim().to_string())).or_insert(0) += 1;
+        let num = |s: &str| {
+            s.trim().parse::<u64>().map_err(|_| {
+                SimError::Trace(format!(
+                    "{}:{}: bad number {s:?}",
+                    nodes_csv.display(),
+                    i + 1
+                ))
+            })
+        };
+        *shapes
+            .entry((num(f[1])?, num(f[2])?, num(f[3])?, f[4].trim().to_string()))
+            .or_insert(0) += 1;
     }
     let pools: Vec<PoolConfig> = shapes
         .into_iter()
         .map(|((cpu, mem, gpu, model), count)| PoolConfig {
-            name: if model.is_empty() { format!("cpu-{}c-{}g", cpu / 1000, mem / 1024) } else { format!("{}x{}-{}c-{}g", gpu, model, cpu / 1000, mem / 1024) },
+            name: if model.is_empty() {
+                format!("cpu-{}c-{}g", cpu / 1000, mem / 1024)
+            } else {
+                format!("{}x{}-{}c-{}g", gpu, model, cpu / 1000, mem / 1024)
+            },
             cpu_millis: cpu,
             memory_mib: mem,
             gpu_milli: gpu * 1000,
@@ -357,13 +389,23 @@ pub fn from_openb_trace(nodes_csv: &Path, pods_csv: &Path) -> Result<Scenario, S
     for (i, line) in pods.lines().enumerate().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
         if f.len() < 11 {
-            return Err(SimError::Trace(format!("{}:{}: expected 11 columns", pods_csv.display(), i + 1)));
+            return Err(SimError::Trace(format!(
+                "{}:{}: expected 11 columns",
+                pods_csv.display(),
+                i + 1
+            )));
         }
         let num = |s: &str| -> Result<u64, SimError> {
             if s.trim().is_empty() {
                 return Ok(0);
             }
-            s.trim().parse::<u64>().map_err(|_| SimError::Trace(format!("{}:{}: bad number {s:?}", pods_csv.display(), i + 1)))
+            s.trim().parse::<u64>().map_err(|_| {
+                SimError::Trace(format!(
+                    "{}:{}: bad number {s:?}",
+                    pods_csv.display(),
+                    i + 1
+                ))
+            })
         };
         let (start, end) = (num(f[8])?, num(f[9])?);
         if end <= start {
@@ -372,7 +414,12 @@ pub fn from_openb_trace(nodes_csv: &Path, pods_csv: &Path) -> Result<Scenario, S
         tasks.push(TaskConfig {
             name: f[0].to_string(),
             resources: Resources::with_gpu(num(f[1])?, num(f[2])?, num(f[3])? * num(f[4])?),
-            gpu_models: f[5].split('|').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect(),
+            gpu_models: f[5]
+                .split('|')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
             long_running: f[6].trim() != "BE",
             start_s: start,
             end_s: end,
