@@ -28,6 +28,9 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Idle clients of the paced writer, each with its last known leader.
+type ClientPool = Vec<(ReplicaClient, Option<String>)>;
+
 /// The one partition group moved.
 fn group() -> GroupId {
     GroupId::new(1, 0)
@@ -541,7 +544,7 @@ impl PacedWriter {
             let (phase, state, secret) = (phase.clone(), state.clone(), secret.to_string());
             tokio::spawn(async move {
                 // Idle clients; a std mutex because nothing awaits while it is held.
-                let pool: Arc<Mutex<Vec<(ReplicaClient, Option<String>)>>> = Arc::default();
+                let pool: Arc<Mutex<ClientPool>> = Arc::default();
                 let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
                 let members = Arc::new(members);
                 let mut next = tokio::time::Instant::now();
