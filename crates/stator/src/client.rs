@@ -49,16 +49,23 @@ impl Api {
         )
     }
 
-    /// GET a JSON document.
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let resp = self
-            .http
-            .get(self.url(path))
+    /// Sends `request` with the token; the response if the API accepted it.
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let resp = request
             .bearer_auth(&self.token)
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
-        Ok(Self::check(resp).await?.json().await?)
+        Self::check(resp).await
+    }
+
+    /// GET a JSON document.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        Ok(self
+            .send(self.http.get(self.url(path)))
+            .await?
+            .json()
+            .await?)
     }
 
     /// PUT a raw body with a content type; returns the JSON answer.
@@ -68,41 +75,23 @@ impl Api {
         content_type: &str,
         body: Vec<u8>,
     ) -> anyhow::Result<serde_json::Value> {
-        let resp = self
+        let request = self
             .http
             .put(self.url(path))
-            .bearer_auth(&self.token)
             .header(reqwest::header::CONTENT_TYPE, content_type)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        Ok(Self::check(resp).await?.json().await?)
+            .body(body);
+        Ok(self.send(request).await?.json().await?)
     }
 
-    /// POST without a body; returns the JSON answer.
+    /// POST without a body; returns the JSON answer, if any.
     pub async fn post(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        let resp = self
-            .http
-            .post(self.url(path))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        let resp = Self::check(resp).await?;
+        let resp = self.send(self.http.post(self.url(path))).await?;
         Ok(resp.json().await.unwrap_or(serde_json::Value::Null))
     }
 
-    /// DELETE; returns the JSON answer if any.
+    /// DELETE; returns the JSON answer, if any.
     pub async fn delete(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        let resp = self
-            .http
-            .delete(self.url(path))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        let resp = Self::check(resp).await?;
+        let resp = self.send(self.http.delete(self.url(path))).await?;
         Ok(resp.json().await.unwrap_or(serde_json::Value::Null))
     }
 }
