@@ -113,6 +113,14 @@ async fn run_schedule(replicas: usize, faults: Vec<Fault>) {
     cluster.converged_state(GROUP).await;
 }
 
+/// Schedules per replica count: 3 by default (CI), `PROPTEST_CASES` for a longer soak.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -122,7 +130,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 3, max_shrink_iters: 0, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), max_shrink_iters: 0, ..ProptestConfig::default() })]
 
     #[test]
     fn three_replicas_stay_linearizable(faults in proptest::collection::vec(fault(), 2..5)) {
