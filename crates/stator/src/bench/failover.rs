@@ -573,31 +573,8 @@ impl UpCluster {
             }
         }
         let up_pid = self.child.id().context("`stator up` has exited")?;
-        for entry in std::fs::read_dir("/proc")? {
-            let Ok(pid) = entry?.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            // Fields after the parenthesised command name: state, ppid, ...
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if ppid != Some(up_pid) {
-                continue;
-            }
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            if args
-                .windows(2)
-                .any(|w| w[0] == b"--name" && w[1] == name.as_bytes())
-            {
-                return Ok(pid);
-            }
+        if let Some(pid) = crate::chaos::cluster::agent_pids(up_pid).get(name) {
+            return Ok(*pid as i32);
         }
         bail!("no running agent named {name} under `stator up` (pid {up_pid})")
     }
