@@ -14,7 +14,9 @@ use bytes::Bytes;
 
 use crate::error::StoreError;
 use crate::store::Store;
-use crate::types::{CasOutcome, Expected, Watch, WatchEvent, MIN_LEASE_TTL_MS};
+use crate::types::{
+    CasOutcome, Expected, Guard, Watch, WatchEvent, WriteOp, MAX_BATCH_OPS, MIN_LEASE_TTL_MS,
+};
 
 /// Longest wait for an expected watch event; generous so a loaded CI machine cannot make a
 /// correct store fail, while a broken one still fails in bounded time.
@@ -42,6 +44,11 @@ macro_rules! store_conformance_tests {
             cas_mod_revision,
             cas_value,
             cas_with_lease,
+            cas_create_revision,
+            guarded_batch_applies_while_the_guard_holds,
+            guarded_batch_is_fenced_once_the_guard_changes,
+            unguarded_batch_is_atomic,
+            invalid_batch_is_rejected_whole,
             list_by_prefix,
             watch_sees_puts_and_deletes_in_order,
             watch_starts_after_current_revision,
@@ -78,6 +85,11 @@ where
     cas_mod_revision(make().await).await;
     cas_value(make().await).await;
     cas_with_lease(make().await).await;
+    cas_create_revision(make().await).await;
+    guarded_batch_applies_while_the_guard_holds(make().await).await;
+    guarded_batch_is_fenced_once_the_guard_changes(make().await).await;
+    unguarded_batch_is_atomic(make().await).await;
+    invalid_batch_is_rejected_whole(make().await).await;
     list_by_prefix(make().await).await;
     watch_sees_puts_and_deletes_in_order(make().await).await;
     watch_starts_after_current_revision(make().await).await;
@@ -280,6 +292,275 @@ pub async fn cas_with_lease(store: Arc<dyn Store>) {
     assert!(!lost.swapped(), "second candidate must lose");
     store.revoke(lease).await.unwrap();
     assert_eq!(store.get("/e/leader").await.unwrap(), None);
+}
+
+/// `Expected::CreateRevision` holds until the key is deleted, not after it is re-created.
+pub async fn cas_create_revision(store: Arc<dyn Store>) {
+    let created = store.put("/c/k", bytes("a")).await.unwrap();
+    store.put("/c/k", bytes("b")).await.unwrap();
+    let swapped = store
+        .compare_and_swap("/c/k", Expected::CreateRevision(created), Some(bytes("c")))
+        .await
+        .unwrap();
+    assert!(swapped.swapped(), "overwrites keep the create revision");
+    assert!(store.delete("/c/k").await.unwrap());
+    store.put("/c/k", bytes("c")).await.unwrap();
+    let stale = store
+        .compare_and_swap("/c/k", Expected::CreateRevision(created), Some(bytes("d")))
+        .await
+        .unwrap();
+    assert!(
+        !stale.swapped(),
+        "a re-created key (same value) must not match the old create revision: {stale:?}"
+    );
+    let zero = store
+        .compare_and_swap("/c/k", Expected::CreateRevision(0), Some(bytes("d")))
+        .await
+        .unwrap();
+    assert!(!zero.swapped(), "no key is created at revision 0");
+    let missing = store
+        .compare_and_swap("/c/missing", Expected::CreateRevision(0), Some(bytes("d")))
+        .await
+        .unwrap();
+    assert!(!missing.swapped(), "a missing key has no create revision");
+    assert_eq!(store.get("/c/k").await.unwrap().unwrap().value, bytes("c"));
+}
+
+/// Wins a leader key the way an election does; returns the guard of that win.
+async fn win_leader_key(store: &Arc<dyn Store>, key: &str, me: &'static str) -> Guard {
+    let lease = store.grant_lease(KEPT_ALIVE_TTL_MS * 30).await.unwrap();
+    let won = store
+        .compare_and_swap_with_lease(key, Expected::Absent, Some(bytes(me)), Some(lease))
+        .await
+        .unwrap();
+    let CasOutcome::Swapped { revision } = won else {
+        panic!("the leader key must be free, got {won:?}");
+    };
+    Guard {
+        key: key.to_string(),
+        expected: Expected::CreateRevision(revision),
+    }
+}
+
+fn put_op(key: &str, value: &'static str) -> WriteOp {
+    WriteOp::Put {
+        key: key.to_string(),
+        value: bytes(value),
+    }
+}
+
+fn delete_op(key: &str) -> WriteOp {
+    WriteOp::Delete {
+        key: key.to_string(),
+    }
+}
+
+/// Every key under `prefix` with its value, for before/after comparisons.
+async fn snapshot(store: &Arc<dyn Store>, prefix: &str) -> Vec<(String, Bytes)> {
+    store
+        .list(prefix)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(key, versioned)| (key, versioned.value))
+        .collect()
+}
+
+/// A guarded batch applies while its guard holds (create revision, mod revision or value),
+/// all operations at one new revision, seen by watchers in order.
+pub async fn guarded_batch_applies_while_the_guard_holds(store: Arc<dyn Store>) {
+    let guard = win_leader_key(&store, "/f/leader", "a").await;
+    store.put("/f/d/old", bytes("old")).await.unwrap();
+    let mut watch = store.watch("/f/d/").await.unwrap();
+    let before = store.revision().await.unwrap();
+    let revision = store
+        .write_batch(
+            Some(&guard),
+            vec![
+                put_op("/f/d/a", "1"),
+                put_op("/f/d/b", "2"),
+                delete_op("/f/d/old"),
+                delete_op("/f/d/never"),
+            ],
+        )
+        .await
+        .expect("the guard holds: the batch must apply");
+    assert!(
+        revision > before,
+        "a batch that changes keys bumps the revision"
+    );
+    assert_eq!(
+        store.revision().await.unwrap(),
+        revision,
+        "one revision for the batch"
+    );
+    for (key, value) in [("/f/d/a", "1"), ("/f/d/b", "2")] {
+        let got = store.get(key).await.unwrap().expect("key of the batch");
+        assert_eq!(
+            (got.value, got.mod_revision, got.lease),
+            (bytes(value), revision, None)
+        );
+    }
+    assert_eq!(store.get("/f/d/old").await.unwrap(), None);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let event = next_event(&mut watch).await;
+        assert_eq!(event.revision(), revision);
+        seen.push(event.key().to_string());
+    }
+    assert_eq!(
+        seen,
+        ["/f/d/a", "/f/d/b", "/f/d/old"],
+        "events in batch order"
+    );
+
+    let leader = store.get("/f/leader").await.unwrap().unwrap();
+    for expected in [
+        Expected::ModRevision(leader.mod_revision),
+        Expected::Value(bytes("a")),
+    ] {
+        let guard = Guard {
+            key: "/f/leader".to_string(),
+            expected,
+        };
+        store
+            .write_batch(Some(&guard), vec![put_op("/f/d/a", "3")])
+            .await
+            .expect("the guard holds");
+    }
+    assert_eq!(
+        store.get("/f/d/a").await.unwrap().unwrap().value,
+        bytes("3")
+    );
+
+    let current = store.revision().await.unwrap();
+    let unchanged = store
+        .write_batch(Some(&guard), vec![delete_op("/f/d/never")])
+        .await
+        .unwrap();
+    assert_eq!(
+        unchanged, current,
+        "a batch that changes nothing does not bump"
+    );
+    let empty = store.write_batch(Some(&guard), Vec::new()).await.unwrap();
+    assert_eq!(empty, current, "an empty batch only checks the guard");
+}
+
+/// Once the guard key is re-created by another winner (even with the same value), or
+/// deleted, or never existed, a guarded batch fails with `Fenced` and applies nothing.
+pub async fn guarded_batch_is_fenced_once_the_guard_changes(store: Arc<dyn Store>) {
+    let old = win_leader_key(&store, "/f/leader", "a").await;
+    store
+        .write_batch(Some(&old), vec![put_op("/f/d/a", "mine")])
+        .await
+        .expect("the guard holds");
+
+    // A new winner takes the key over, with the same value as the old holder.
+    assert!(store.delete("/f/leader").await.unwrap());
+    let new = win_leader_key(&store, "/f/leader", "a").await;
+    assert_ne!(old, new, "a new win has a new create revision");
+    let fenced = |result: crate::error::Result<u64>| match result {
+        Err(StoreError::Fenced { key }) => assert_eq!(key, "/f/leader"),
+        other => panic!("a deposed writer must be fenced, got {other:?}"),
+    };
+    let before = (
+        store.revision().await.unwrap(),
+        snapshot(&store, "/f/d/").await,
+    );
+    let stale_batch = || {
+        vec![
+            put_op("/f/d/a", "stale"),
+            put_op("/f/d/b", "stale"),
+            delete_op("/f/d/a2"),
+        ]
+    };
+    fenced(store.write_batch(Some(&old), stale_batch()).await);
+    assert_eq!(
+        (
+            store.revision().await.unwrap(),
+            snapshot(&store, "/f/d/").await
+        ),
+        before,
+        "a fenced batch applies nothing"
+    );
+    store
+        .write_batch(Some(&new), vec![put_op("/f/d/a", "new")])
+        .await
+        .expect("the new holder writes");
+
+    // The key is deleted (the holder's lease ended): nobody's guard holds.
+    assert!(store.delete("/f/leader").await.unwrap());
+    let before = (
+        store.revision().await.unwrap(),
+        snapshot(&store, "/f/d/").await,
+    );
+    fenced(store.write_batch(Some(&new), stale_batch()).await);
+    fenced(store.write_batch(Some(&old), Vec::new()).await);
+    let value_guard = Guard {
+        key: "/f/leader".to_string(),
+        expected: Expected::Value(bytes("a")),
+    };
+    fenced(store.write_batch(Some(&value_guard), stale_batch()).await);
+    assert_eq!(
+        (
+            store.revision().await.unwrap(),
+            snapshot(&store, "/f/d/").await
+        ),
+        before,
+        "a fenced batch applies nothing"
+    );
+    assert_eq!(
+        store.get("/f/d/a").await.unwrap().unwrap().value,
+        bytes("new")
+    );
+}
+
+/// Without a guard a batch still applies whole, at one revision.
+pub async fn unguarded_batch_is_atomic(store: Arc<dyn Store>) {
+    store.put("/u/gone", bytes("x")).await.unwrap();
+    let revision = store
+        .write_batch(None, vec![put_op("/u/a", "1"), delete_op("/u/gone")])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get("/u/a").await.unwrap().unwrap().mod_revision,
+        revision
+    );
+    assert_eq!(store.get("/u/gone").await.unwrap(), None);
+    assert_eq!(store.revision().await.unwrap(), revision);
+}
+
+/// Batches that break a limit are refused before anything is written.
+pub async fn invalid_batch_is_rejected_whole(store: Arc<dyn Store>) {
+    let before = store.revision().await.unwrap();
+    let twice = store
+        .write_batch(None, vec![put_op("/v/a", "1"), delete_op("/v/a")])
+        .await;
+    assert!(
+        matches!(twice, Err(StoreError::InvalidBatch { .. })),
+        "{twice:?}"
+    );
+    let too_many: Vec<WriteOp> = (0..=MAX_BATCH_OPS)
+        .map(|index| put_op(&format!("/v/{index}"), "x"))
+        .collect();
+    let many = store.write_batch(None, too_many).await;
+    assert!(
+        matches!(many, Err(StoreError::InvalidBatch { .. })),
+        "{many:?}"
+    );
+    let bad_key = store
+        .write_batch(None, vec![put_op("/v/ok", "1"), put_op("", "2")])
+        .await;
+    assert!(
+        matches!(bad_key, Err(StoreError::InvalidKey { .. })),
+        "{bad_key:?}"
+    );
+    assert_eq!(
+        store.revision().await.unwrap(),
+        before,
+        "nothing was written"
+    );
+    assert!(store.list("/v/").await.unwrap().is_empty());
 }
 
 /// Lists are sorted and exact: `/a/b/` does not include `/a/bc/..`.

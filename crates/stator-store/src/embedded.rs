@@ -14,8 +14,8 @@ use tokio::sync::broadcast;
 use crate::error::{Result, StoreError};
 use crate::store::Store;
 use crate::types::{
-    validate_key, validate_ttl, validate_value, CasOutcome, Expected, LeaseId, Revision, Versioned,
-    Watch, WatchEvent,
+    validate_batch, validate_key, validate_ttl, validate_value, CasOutcome, Expected, Guard,
+    LeaseId, Revision, Versioned, Watch, WatchEvent, WriteOp,
 };
 
 /// Name of the database file inside the data directory.
@@ -227,6 +227,13 @@ impl Store for EmbeddedStore {
             .await
     }
 
+    async fn write_batch(&self, guard: Option<&Guard>, ops: Vec<WriteOp>) -> Result<Revision> {
+        validate_batch(guard, &ops)?;
+        let guard = guard.cloned();
+        self.blocking(move |inner| inner.write_batch(guard.as_ref(), ops))
+            .await
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>> {
         let prefix = prefix.to_string();
         self.blocking(move |inner| inner.list(&prefix)).await
@@ -349,13 +356,7 @@ impl Inner {
                 .get(key)
                 .map_err(|e| StoreError::backend("compare_and_swap", e))?
                 .map(|guard| decode_record(guard.value()));
-            let holds = match (&expected, &current) {
-                (Expected::Absent, current) => current.is_none(),
-                (Expected::ModRevision(want), Some(current)) => current.mod_revision == *want,
-                (Expected::Value(want), Some(current)) => current.value == *want,
-                (_, None) => false,
-            };
-            if !holds {
+            if !expected.holds(current.as_ref()) {
                 return Ok((CasOutcome::Mismatch { current }, Change::default()));
             }
             let mut change = Change::default();
@@ -390,6 +391,50 @@ impl Inner {
                 revision
             };
             Ok((CasOutcome::Swapped { revision }, change))
+        })
+    }
+
+    /// The guard is read inside the same write transaction, under the writer lock, as the
+    /// batch is applied: no other write can come between the check and the batch.
+    fn write_batch(&self, guard: Option<&Guard>, ops: Vec<WriteOp>) -> Result<Revision> {
+        self.write("write_batch", |_, table, revision| {
+            if let Some(guard) = guard {
+                let current = table
+                    .get(guard.key.as_str())
+                    .map_err(|e| StoreError::backend("write_batch", e))?
+                    .map(|record| decode_record(record.value()));
+                if !guard.expected.holds(current.as_ref()) {
+                    // Returning an error drops the transaction uncommitted.
+                    return Err(StoreError::Fenced {
+                        key: guard.key.clone(),
+                    });
+                }
+            }
+            let mut change = Change::default();
+            for op in ops {
+                match op {
+                    WriteOp::Put { key, value } => {
+                        let value = put_record(table, &key, value, None, revision)?;
+                        change.events.push(WatchEvent::Put { key, value });
+                    }
+                    WriteOp::Delete { key } => {
+                        let existed = table
+                            .remove(key.as_str())
+                            .map_err(|e| StoreError::backend("write_batch", e))?
+                            .is_some();
+                        if existed {
+                            change.events.push(WatchEvent::Delete { key, revision });
+                        }
+                    }
+                }
+            }
+            // A batch that changed nothing does not bump the revision.
+            let revision = if change.events.is_empty() {
+                revision - 1
+            } else {
+                revision
+            };
+            Ok((revision, change))
         })
     }
 

@@ -70,6 +70,26 @@ pub enum StoreError {
         missed: u64,
     },
 
+    /// A guarded [`write_batch`](crate::Store::write_batch) was refused because its guard
+    /// key no longer holds what the writer won it with: another writer (a new leader) took
+    /// over. Nothing of the batch was applied.
+    #[error(
+        "write refused: the guard key {key:?} no longer holds what this writer won it with \
+         (another server took over); stop writing, the new holder owns the state now"
+    )]
+    Fenced {
+        /// The guard key.
+        key: String,
+    },
+
+    /// A batch breaks a batch limit (too many operations or bytes, or a key written twice).
+    /// Nothing of it was applied.
+    #[error("invalid write batch: {reason}")]
+    InvalidBatch {
+        /// What was wrong and what to do.
+        reason: String,
+    },
+
     /// The store was closed (dropped) while the call or watch was in flight.
     #[error("the store is closed; open it again")]
     Closed,

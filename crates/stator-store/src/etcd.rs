@@ -4,8 +4,11 @@
 //! - revisions are etcd's cluster-wide revisions;
 //! - compare-and-swap is one etcd transaction: `create_revision == 0` for
 //!   [`Expected::Absent`], `mod_revision == r` (and the key exists) for
-//!   [`Expected::ModRevision`], `value == v` for [`Expected::Value`]; the else branch reads
-//!   the key so a mismatch reports what is there;
+//!   [`Expected::ModRevision`], `value == v` for [`Expected::Value`], `create_revision ==
+//!   r` for [`Expected::CreateRevision`]; the else branch reads the key so a mismatch
+//!   reports what is there;
+//! - a guarded batch is one etcd transaction too: the guard's comparison, then every
+//!   operation (etcd gives the whole transaction one revision);
 //! - leases are etcd leases (TTL rounded up to whole seconds, etcd's unit; etcd may also
 //!   raise a TTL below its own minimum, about 1.5 x its election timeout);
 //! - a watch starts at `current revision + 1` on the prefix, resumes from the next
@@ -30,8 +33,8 @@ use tokio::sync::watch as signal;
 use crate::error::{Result, StoreError};
 use crate::store::Store;
 use crate::types::{
-    validate_key, validate_ttl, validate_value, CasOutcome, Expected, LeaseId, Revision, Versioned,
-    Watch, WatchEvent,
+    validate_batch, validate_key, validate_ttl, validate_value, CasOutcome, Expected, Guard,
+    LeaseId, Revision, Versioned, Watch, WatchEvent, WriteOp,
 };
 
 /// Longest wait for one unary etcd call. A member that does not answer within this is
@@ -212,6 +215,28 @@ fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// The etcd comparisons that hold exactly when `expected` holds for `full_key`; `None` if
+/// it names a revision beyond etcd's range, which no key can have.
+fn compares_for(full_key: &str, expected: &Expected) -> Option<Vec<Compare>> {
+    let revision = |revision: Revision| i64::try_from(revision).ok();
+    Some(match expected {
+        Expected::Absent => vec![Compare::create_revision(full_key, CompareOp::Equal, 0)],
+        // A missing key has mod_revision 0, so also require that it exists.
+        Expected::ModRevision(want) => vec![
+            Compare::create_revision(full_key, CompareOp::Greater, 0),
+            Compare::mod_revision(full_key, CompareOp::Equal, revision(*want)?),
+        ],
+        // Etcd fails a value comparison on a missing key, as the trait wants.
+        Expected::Value(value) => vec![Compare::value(full_key, CompareOp::Equal, value.to_vec())],
+        // A missing key has create_revision 0, so also require that it exists (which makes
+        // `CreateRevision(0)` false, as on every backend).
+        Expected::CreateRevision(want) => vec![
+            Compare::create_revision(full_key, CompareOp::Greater, 0),
+            Compare::create_revision(full_key, CompareOp::Equal, revision(*want)?),
+        ],
+    })
+}
+
 /// TTL in etcd's unit: whole seconds, rounded up so a lease never lives shorter than asked.
 fn ttl_seconds(ttl_ms: u64) -> i64 {
     ttl_ms.div_ceil(1000).max(1) as i64
@@ -279,29 +304,11 @@ impl Store for EtcdStore {
             validate_value(key, value)?;
         }
         let full = self.full_key(key);
-        let compares = match expected {
-            Expected::Absent => vec![Compare::create_revision(full.clone(), CompareOp::Equal, 0)],
-            Expected::ModRevision(revision) => {
-                let Ok(revision) = i64::try_from(revision) else {
-                    // No etcd revision is this large: the condition cannot hold.
-                    return Ok(CasOutcome::Mismatch {
-                        current: self.get(key).await?,
-                    });
-                };
-                // A missing key has mod_revision 0, so also require that it exists.
-                vec![
-                    Compare::create_revision(full.clone(), CompareOp::Greater, 0),
-                    Compare::mod_revision(full.clone(), CompareOp::Equal, revision),
-                ]
-            }
-            // Etcd fails a value comparison on a missing key, as the trait wants.
-            Expected::Value(value) => {
-                vec![Compare::value(
-                    full.clone(),
-                    CompareOp::Equal,
-                    value.to_vec(),
-                )]
-            }
+        let Some(compares) = compares_for(&full, &expected) else {
+            // No etcd revision is this large: the condition cannot hold.
+            return Ok(CasOutcome::Mismatch {
+                current: self.get(key).await?,
+            });
         };
         let write = match new {
             Some(value) => {
@@ -334,6 +341,42 @@ impl Store for EtcdStore {
             })
             .flatten();
         Ok(CasOutcome::Mismatch { current })
+    }
+
+    async fn write_batch(&self, guard: Option<&Guard>, ops: Vec<WriteOp>) -> Result<Revision> {
+        validate_batch(guard, &ops)?;
+        let compares = match guard {
+            Some(guard) => match compares_for(&self.full_key(&guard.key), &guard.expected) {
+                Some(compares) => compares,
+                // No etcd revision is this large: the guard cannot hold.
+                None => {
+                    return Err(StoreError::Fenced {
+                        key: guard.key.clone(),
+                    })
+                }
+            },
+            None => Vec::new(),
+        };
+        let writes: Vec<TxnOp> = ops
+            .into_iter()
+            .map(|op| match op {
+                WriteOp::Put { key, value } => {
+                    TxnOp::put(self.full_key(&key), value.to_vec(), None::<PutOptions>)
+                }
+                WriteOp::Delete { key } => {
+                    TxnOp::delete(self.full_key(&key), None::<DeleteOptions>)
+                }
+            })
+            .collect();
+        let txn = Txn::new().when(compares).and_then(writes);
+        let response = bounded("write_batch", self.client.kv_client().txn(txn))
+            .await?
+            .map_err(|e| StoreError::backend("write_batch", e))?;
+        if !response.succeeded() {
+            let key = guard.map(|guard| guard.key.clone()).unwrap_or_default();
+            return Err(StoreError::Fenced { key });
+        }
+        header_revision("write_batch", response.header())
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>> {

@@ -2,10 +2,11 @@
 //! and leases, behind one trait with interchangeable backends.
 //!
 //! # Layout
-//! - [`store`]: the [`Store`] trait (get / put / delete / compare-and-swap / list / watch /
-//!   leases) and the contract every backend keeps.
-//! - [`types`]: revisions, [`Versioned`] values, [`Expected`] conditions, [`WatchEvent`]s,
-//!   the [`Watch`] stream, and the size and TTL limits.
+//! - [`store`]: the [`Store`] trait (get / put / delete / compare-and-swap / guarded
+//!   batches / list / watch / leases) and the contract every backend keeps.
+//! - [`types`]: revisions, [`Versioned`] values, [`Expected`] conditions, [`Guard`]s and
+//!   [`WriteOp`]s of guarded batches, [`WatchEvent`]s, the [`Watch`] stream, and the size,
+//!   batch and TTL limits.
 //! - [`embedded`]: [`EmbeddedStore`], a single redb file with in-process watches and
 //!   in-memory leases (the default, needs nothing installed).
 //! - [`conformance`]: the test cases every backend must pass, runnable from any crate with
@@ -32,4 +33,6 @@ pub use error::{Result, StoreError};
 #[cfg(feature = "etcd")]
 pub use etcd::EtcdStore;
 pub use store::Store;
-pub use types::{CasOutcome, Expected, LeaseId, Revision, Versioned, Watch, WatchEvent};
+pub use types::{
+    CasOutcome, Expected, Guard, LeaseId, Revision, Versioned, Watch, WatchEvent, WriteOp,
+};

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::Result;
-use crate::types::{CasOutcome, Expected, LeaseId, Revision, Versioned, Watch};
+use crate::types::{CasOutcome, Expected, Guard, LeaseId, Revision, Versioned, Watch, WriteOp};
 
 /// A small, strongly consistent key-value store with revisions, watches and leases, modelled
 /// on the etcd v3 API. Keys are strings (paths such as `/stator/services/x`), values bytes.
@@ -23,6 +23,10 @@ use crate::types::{CasOutcome, Expected, LeaseId, Revision, Versioned, Watch};
 ///   events are never dropped silently.
 /// - **Prefixes are byte prefixes.** `list("/a/b")` includes `/a/b` and `/a/bc`; callers
 ///   that mean a directory pass a trailing `/`.
+/// - **Batches are atomic and fenced.** [`Store::write_batch`] checks its guard and
+///   applies every operation in one step at one revision, or applies nothing; a guard that
+///   does not hold is [`StoreError::Fenced`](crate::StoreError::Fenced), never a partial
+///   write and never a silent success.
 /// - **Leases.** A key put with a lease is deleted (with a delete event) when the lease
 ///   expires or is revoked. A later put without that lease detaches the key from it.
 #[async_trait]
@@ -60,6 +64,18 @@ pub trait Store: Send + Sync + 'static {
         self.compare_and_swap_with_lease(key, expected, new, None)
             .await
     }
+
+    /// Atomically: if `guard` holds (or there is none), apply every operation of `ops` in
+    /// order, all at one new revision, and return it (the current revision if nothing
+    /// changed, e.g. only deletes of missing keys). If the guard does not hold, apply
+    /// nothing and fail with `Fenced`. Keys must be distinct and the batch within
+    /// [`MAX_BATCH_OPS`](crate::types::MAX_BATCH_OPS) and
+    /// [`MAX_BATCH_BYTES`](crate::types::MAX_BATCH_BYTES), else `InvalidBatch`.
+    ///
+    /// This is how a leader fences its writes: the guard is the leader key with the create
+    /// revision it won it at, so a holder that was paused past its lease cannot write once
+    /// another holder exists (etcd: one Txn comparing the leader key, then the writes).
+    async fn write_batch(&self, guard: Option<&Guard>, ops: Vec<WriteOp>) -> Result<Revision>;
 
     /// Every key starting with `prefix` (byte prefix), in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>>;

@@ -51,6 +51,71 @@ pub enum Expected {
     ModRevision(Revision),
     /// The key must exist and hold exactly these bytes.
     Value(Bytes),
+    /// The key must exist and have been created (since it last did not exist) at exactly
+    /// this revision: true from the write that created it until it is deleted.
+    CreateRevision(Revision),
+}
+
+impl Expected {
+    /// Whether the condition holds for `current` (what the key holds, `None` if missing).
+    pub fn holds(&self, current: Option<&Versioned>) -> bool {
+        match (self, current) {
+            (Expected::Absent, current) => current.is_none(),
+            (Expected::ModRevision(want), Some(current)) => current.mod_revision == *want,
+            (Expected::Value(want), Some(current)) => current.value == *want,
+            (Expected::CreateRevision(want), Some(current)) => current.create_revision == *want,
+            (_, None) => false,
+        }
+    }
+}
+
+/// Most operations in one [`write_batch`](crate::Store::write_batch): etcd's default
+/// `--max-txn-ops`, so a batch the embedded store takes is one etcd also takes.
+pub const MAX_BATCH_OPS: usize = 128;
+
+/// Most value bytes in one batch, summed over its puts: etcd refuses requests above its
+/// `--max-request-bytes` (1.5 MiB by default), so a batch is held to one value's limit.
+pub const MAX_BATCH_BYTES: usize = MAX_VALUE_BYTES;
+
+/// One write of a [`write_batch`](crate::Store::write_batch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Write `value` under `key`, detached from any lease (like [`Store::put`]).
+    ///
+    /// [`Store::put`]: crate::Store::put
+    Put {
+        /// The key to write.
+        key: String,
+        /// The bytes to store.
+        value: Bytes,
+    },
+    /// Delete `key` if it exists.
+    Delete {
+        /// The key to delete.
+        key: String,
+    },
+}
+
+impl WriteOp {
+    /// The key the operation writes.
+    pub fn key(&self) -> &str {
+        match self {
+            WriteOp::Put { key, .. } | WriteOp::Delete { key } => key,
+        }
+    }
+}
+
+/// The condition a guarded [`write_batch`](crate::Store::write_batch) checks on another key
+/// in the same atomic step: a writer that won a leader key passes what it won with, and its
+/// writes are refused with [`StoreError::Fenced`] once the key changed hands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guard {
+    /// The key checked, e.g. a leader key.
+    pub key: String,
+    /// What the key must still hold. [`Expected::CreateRevision`] is the election idiom:
+    /// a key re-created by another winner has a new create revision even if its value is
+    /// the same.
+    pub expected: Expected,
 }
 
 /// What a compare-and-swap did.
@@ -178,6 +243,50 @@ pub fn validate_value(key: &str, value: &[u8]) -> Result<()> {
         return Err(StoreError::ValueTooLarge {
             key: key.to_string(),
             size_bytes: value.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a batch against [`MAX_BATCH_OPS`], [`MAX_BATCH_BYTES`], the key and value limits,
+/// and that no key appears twice (etcd refuses that in one transaction, and the order of two
+/// writes to one key at one revision would be ambiguous).
+pub fn validate_batch(guard: Option<&Guard>, ops: &[WriteOp]) -> Result<()> {
+    if let Some(guard) = guard {
+        validate_key(&guard.key)?;
+    }
+    if ops.len() > MAX_BATCH_OPS {
+        return Err(StoreError::InvalidBatch {
+            reason: format!(
+                "{} operations, more than the limit of {MAX_BATCH_OPS}; split it into smaller \
+                 batches",
+                ops.len()
+            ),
+        });
+    }
+    let mut keys = std::collections::BTreeSet::new();
+    let mut size_bytes = 0usize;
+    for op in ops {
+        validate_key(op.key())?;
+        if let WriteOp::Put { key, value } = op {
+            validate_value(key, value)?;
+            size_bytes += value.len();
+        }
+        if !keys.insert(op.key()) {
+            return Err(StoreError::InvalidBatch {
+                reason: format!(
+                    "key {:?} is written twice; merge the two writes into one",
+                    op.key()
+                ),
+            });
+        }
+    }
+    if size_bytes > MAX_BATCH_BYTES {
+        return Err(StoreError::InvalidBatch {
+            reason: format!(
+                "{size_bytes} value bytes, more than the limit of {MAX_BATCH_BYTES}; split it \
+                 into smaller batches"
+            ),
         });
     }
     Ok(())
