@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 
 use crate::error::PlacementError;
-use crate::view::{free_of, ClusterView, LabelRequirement, NodeEntry, Resources, WorkloadKind};
+use crate::view::{ClusterView, HotNode, LabelRequirement, Resources, WorkloadKind};
 use stator_api::ids::NodeId;
 
 /// Scoring policy.
@@ -190,19 +190,25 @@ fn dominant_share(r: &Resources, cap: &Resources) -> f64 {
         .max(f(r.gpu_milli, cap.gpu_milli))
 }
 
-/// Whether `node` passes every filter for `req` (capacity, schedulable, selector).
-/// Anti-affinity is the caller's: it depends on the partition's members.
+/// Whether the node passes every filter for `req` (capacity, schedulable, selector).
+/// Anti-affinity is the caller's: it depends on the partition's members. Reads the
+/// hot record; the full entry only when a selector must be matched against labels.
 #[inline]
-fn passes_filters(e: &NodeEntry, req: &PlacementRequest) -> bool {
-    if !e.node.schedulable || !req.resources.fits_in(&free_of(e)) {
+fn passes_filters(view: &ClusterView, ix: usize, h: &HotNode, req: &PlacementRequest) -> bool {
+    if !h.schedulable || !req.resources.fits_in(&h.free) {
         return false;
     }
-    req.node_selector
-        .iter()
-        .all(|l| match e.node.labels.get(&l.key) {
-            Some(v) => l.values.is_empty() || l.values.iter().any(|a| a == v),
-            None => false,
-        })
+    if req.node_selector.is_empty() {
+        return true;
+    }
+    if !h.has_labels {
+        return false;
+    }
+    let labels = &view.nodes[ix].node.labels;
+    req.node_selector.iter().all(|l| match labels.get(&l.key) {
+        Some(v) => l.values.is_empty() || l.values.iter().any(|a| a == v),
+        None => false,
+    })
 }
 
 /// The score of placing `req` on the node (higher is better), or None if it does not
@@ -213,85 +219,103 @@ pub fn score_node(
     req: &PlacementRequest,
     policy: Policy,
 ) -> Option<f64> {
-    let e = &view.nodes[view.node_index(node)?];
-    passes_filters(e, req).then(|| score(e, req, policy))
+    let ix = view.node_index(node)?;
+    let h = &view.hot[ix];
+    passes_filters(view, ix, h, req).then(|| Scorer::new(req, policy).score(h))
 }
 
-#[inline]
-fn score(e: &NodeEntry, req: &PlacementRequest, policy: Policy) -> f64 {
-    match policy {
-        Policy::Spread => spread_score(e, req),
-        Policy::Cost => cost_score(e, req),
-    }
+/// What a score needs from the request, computed once per scan.
+#[derive(Clone, Copy)]
+struct Scorer {
+    policy: Policy,
+    req_cpu: f64,
+    req_mem: f64,
+    cpu_only: bool,
+    /// None for long-running work; the end-time bin for a job.
+    job_end_bin: Option<u64>,
 }
 
-/// LeastAllocated + BalancedAllocation (each 0-100, weight 1), over CPU and memory,
-/// with the request included, as kube-scheduler computes them.
-#[inline]
-fn spread_score(e: &NodeEntry, req: &PlacementRequest) -> f64 {
-    let cap = &e.node.capacity;
-    let used = e.stats.allocated + e.node.reserved + req.resources;
-    let frac = |u: u64, c: u64| {
-        if c == 0 {
-            1.0
-        } else {
-            (u as f64 / c as f64).min(1.0)
+impl Scorer {
+    fn new(req: &PlacementRequest, policy: Policy) -> Self {
+        Scorer {
+            policy,
+            req_cpu: req.resources.cpu_millis as f64,
+            req_mem: req.resources.memory_mib as f64,
+            cpu_only: req.resources.gpu_milli == 0,
+            job_end_bin: match req.kind {
+                WorkloadKind::LongRunning => None,
+                WorkloadKind::Job { .. } => Some(req.expected_end_s().unwrap_or(0) / JOB_END_BIN_S),
+            },
         }
-    };
-    let cpu = frac(used.cpu_millis, cap.cpu_millis);
-    let mem = frac(used.memory_mib, cap.memory_mib);
-    let least_allocated = ((1.0 - cpu) * 100.0 + (1.0 - mem) * 100.0) / 2.0;
-    let balanced = (1.0 - (cpu - mem).abs() / 2.0) * 100.0;
-    least_allocated + balanced
-}
-
-/// Best fit on price: prefer nodes left fullest by the placement, then cheaper per
-/// unit of resource; keep jobs and long-running work apart; bin jobs by end time.
-#[inline]
-fn cost_score(e: &NodeEntry, req: &PlacementRequest) -> f64 {
-    let cap = &e.node.capacity;
-    let used = e.stats.allocated + e.node.reserved + req.resources;
-    let frac = |u: u64, inv: f64| {
-        if inv == 0.0 {
-            1.0
-        } else {
-            (u as f64 * inv).min(1.0)
-        }
-    };
-    // Leftover after placing, 0 (perfect fit) to 100 (empty).
-    let leftover =
-        100.0 - (frac(used.cpu_millis, e.inv_cpu) + frac(used.memory_mib, e.inv_mem)) * 50.0;
-    let mut penalty = leftover;
-    // Keep CPU-only work off GPU nodes: GPUs are the scarce, expensive part.
-    if req.resources.gpu_milli == 0 && cap.gpu_milli > 0 {
-        penalty += 400.0;
     }
-    let is_empty = e.stats.long_running == 0 && e.stats.jobs == 0;
-    match req.kind {
-        WorkloadKind::LongRunning => {
-            if e.stats.jobs > 0 {
-                penalty += 200.0;
+
+    /// The score; `+ 0.0` turns a -0.0 into 0.0 so plain float compares order
+    /// scores as `total_cmp` does.
+    #[inline]
+    fn score(&self, h: &HotNode) -> f64 {
+        let s = match self.policy {
+            Policy::Spread => self.spread_score(h),
+            Policy::Cost => self.cost_score(h),
+        };
+        s + 0.0
+    }
+
+    /// LeastAllocated + BalancedAllocation (each 0-100, weight 1), over CPU and memory,
+    /// with the request included, as kube-scheduler computes them.
+    #[inline]
+    fn spread_score(&self, h: &HotNode) -> f64 {
+        // Requested before placing: capacity less free (at most the capacity, which
+        // scores the same as anything above it). Sums of integers below 2^53: exact.
+        let used_cpu = h.used_cpu + self.req_cpu;
+        let used_mem = h.used_mem + self.req_mem;
+        let frac = |u: f64, c: f64| if c == 0.0 { 1.0 } else { (u / c).min(1.0) };
+        let cpu = frac(used_cpu, h.cap_cpu);
+        let mem = frac(used_mem, h.cap_mem);
+        let least_allocated = ((1.0 - cpu) * 100.0 + (1.0 - mem) * 100.0) / 2.0;
+        let balanced = (1.0 - (cpu - mem).abs() / 2.0) * 100.0;
+        least_allocated + balanced
+    }
+
+    /// Best fit on price: prefer nodes left fullest by the placement, then cheaper per
+    /// unit of resource; keep jobs and long-running work apart; bin jobs by end time.
+    #[inline]
+    fn cost_score(&self, h: &HotNode) -> f64 {
+        let used_cpu = h.used_cpu + self.req_cpu;
+        let used_mem = h.used_mem + self.req_mem;
+        let frac = |u: f64, inv: f64| if inv == 0.0 { 1.0 } else { (u * inv).min(1.0) };
+        // Leftover after placing, 0 (perfect fit) to 100 (empty).
+        let leftover = 100.0 - (frac(used_cpu, h.inv_cpu) + frac(used_mem, h.inv_mem)) * 50.0;
+        let mut penalty = leftover;
+        // Keep CPU-only work off GPU nodes: GPUs are the scarce, expensive part.
+        if self.cpu_only && h.has_gpu {
+            penalty += 400.0;
+        }
+        let is_empty = h.long_running == 0 && h.jobs == 0;
+        match self.job_end_bin {
+            None => {
+                if h.jobs > 0 {
+                    penalty += 200.0;
+                }
+            }
+            Some(end) => {
+                if h.long_running > 0 {
+                    penalty += 200.0;
+                } else if !is_empty {
+                    let node_end = h.job_end_max_s / JOB_END_BIN_S;
+                    // Each bin of distance costs like 10 % of a node's leftover; capped
+                    // so a badly binned but nearly full node still beats an empty one.
+                    penalty += (end.abs_diff(node_end) as f64 * 10.0).min(90.0);
+                }
             }
         }
-        WorkloadKind::Job { .. } => {
-            if e.stats.long_running > 0 {
-                penalty += 200.0;
-            } else if !is_empty {
-                let end = req.expected_end_s().unwrap_or(0) / JOB_END_BIN_S;
-                let node_end = e.stats.job_end_max_s / JOB_END_BIN_S;
-                // Each bin of distance costs like 10 % of a node's leftover; capped so a
-                // badly binned but nearly full node still beats an empty one.
-                penalty += (end.abs_diff(node_end) as f64 * 10.0).min(90.0);
-            }
+        // An empty node is capacity we could release: opening it costs its whole price.
+        if is_empty {
+            penalty += 100.0;
         }
+        // Price per unit as a fine tie-breaker (USD/h per unit is typically 0.01-0.1).
+        penalty += h.price_per_unit.min(10.0);
+        -penalty
     }
-    // An empty node is capacity we could release: opening it costs its whole price.
-    if is_empty {
-        penalty += 100.0;
-    }
-    // Price per unit as a fine tie-breaker (USD/h per unit is typically 0.01-0.1).
-    penalty += e.price_per_unit.min(10.0);
-    -penalty
 }
 
 #[derive(Clone, Copy)]
@@ -299,6 +323,13 @@ struct Candidate {
     score: f64,
     id: NodeId,
     zone: u32,
+}
+
+/// Whether `a` ranks before `b`: the order of [`better`] with plain float compares
+/// (scores are never NaN and never -0.0, see [`Scorer::score`]), for the scan's hot path.
+#[inline]
+fn beats(a: &Candidate, b: &Candidate) -> bool {
+    a.score > b.score || (a.score == b.score && a.id < b.id)
 }
 
 #[inline]
@@ -334,25 +365,26 @@ fn place_avoiding(
     let mut top: Vec<Candidate> = Vec::with_capacity(want + avoid_nodes.len() + 1);
     let keep = want + if zone_spread { want } else { 0 };
     let mut feasible = 0u32;
-    for e in &view.nodes {
-        if !passes_filters(e, req) || avoid_nodes.contains(&e.node.id) {
+    let scorer = Scorer::new(req, policy);
+    for (ix, h) in view.hot.iter().enumerate() {
+        if !passes_filters(view, ix, h, req) || avoid_nodes.contains(&h.id) {
             continue;
         }
         feasible += 1;
         let c = Candidate {
-            score: score(e, req, policy),
-            id: e.node.id,
-            zone: e.zone_ix,
+            score: scorer.score(h),
+            id: h.id,
+            zone: h.zone_ix,
         };
         if zone_spread {
             let slot = &mut best_per_zone[c.zone as usize];
-            if slot.is_none_or(|b| better(&c, &b) == Ordering::Less) {
+            if slot.is_none_or(|b| beats(&c, &b)) {
                 *slot = Some(c);
             }
         }
         // Maintain the `keep` best overall (insertion into a short sorted vec).
-        if top.len() < keep || better(&c, top.last().expect("non-empty")) == Ordering::Less {
-            let pos = top.partition_point(|t| better(t, &c) == Ordering::Less);
+        if top.len() < keep || beats(&c, top.last().expect("non-empty")) {
+            let pos = top.partition_point(|t| beats(t, &c));
             top.insert(pos, c);
             if top.len() > keep {
                 top.pop();
@@ -388,14 +420,15 @@ fn place_avoiding(
         if chosen.len() + rest.len() < want {
             // `top` was too short after removing chosen ones: rescan everything.
             rest = view
-                .nodes
+                .hot
                 .iter()
-                .filter(|e| passes_filters(e, req) && !avoid_nodes.contains(&e.node.id))
-                .filter(|e| !chosen.iter().any(|x| x.id == e.node.id))
-                .map(|e| Candidate {
-                    score: score(e, req, policy),
-                    id: e.node.id,
-                    zone: e.zone_ix,
+                .enumerate()
+                .filter(|(ix, h)| passes_filters(view, *ix, h, req) && !avoid_nodes.contains(&h.id))
+                .filter(|(_, h)| !chosen.iter().any(|x| x.id == h.id))
+                .map(|(_, h)| Candidate {
+                    score: scorer.score(h),
+                    id: h.id,
+                    zone: h.zone_ix,
                 })
                 .collect();
             rest.sort_by(better);

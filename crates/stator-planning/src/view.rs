@@ -206,6 +206,60 @@ pub(crate) struct NodeStats {
     pub(crate) replicas: Vec<ReplicaSlot>,
 }
 
+/// The fields a placement scan reads, one small copyable record per node kept in a
+/// vector parallel to the node entries: a scan over thousands of nodes then walks a
+/// dense array that stays in cache instead of the full [`Node`] records (names,
+/// labels, replica lists). Refreshed by every mutation of the node or its replicas.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HotNode {
+    /// Capacity not yet requested (allocation and `reserved` subtracted, floor zero).
+    pub(crate) free: Resources,
+    /// Requested CPU and memory (capacity less free) and the capacity, as floats so a
+    /// score converts nothing per node (exact: integers below 2^53).
+    pub(crate) used_cpu: f64,
+    pub(crate) used_mem: f64,
+    pub(crate) cap_cpu: f64,
+    pub(crate) cap_mem: f64,
+    /// 1/capacity (0 for an absent resource).
+    pub(crate) inv_cpu: f64,
+    pub(crate) inv_mem: f64,
+    pub(crate) price_per_unit: f64,
+    pub(crate) id: NodeId,
+    /// Latest expected end among the node's jobs.
+    pub(crate) job_end_max_s: u64,
+    pub(crate) zone_ix: u32,
+    pub(crate) long_running: u32,
+    pub(crate) jobs: u32,
+    pub(crate) schedulable: bool,
+    pub(crate) has_labels: bool,
+    pub(crate) has_gpu: bool,
+}
+
+impl HotNode {
+    fn of(e: &NodeEntry) -> HotNode {
+        let free = free_of(e);
+        let cap = &e.node.capacity;
+        HotNode {
+            free,
+            used_cpu: (cap.cpu_millis - free.cpu_millis) as f64,
+            used_mem: (cap.memory_mib - free.memory_mib) as f64,
+            cap_cpu: cap.cpu_millis as f64,
+            cap_mem: cap.memory_mib as f64,
+            inv_cpu: e.inv_cpu,
+            inv_mem: e.inv_mem,
+            price_per_unit: e.price_per_unit,
+            id: e.node.id,
+            job_end_max_s: e.stats.job_end_max_s,
+            zone_ix: e.zone_ix,
+            long_running: e.stats.long_running,
+            jobs: e.stats.jobs,
+            schedulable: e.node.schedulable,
+            has_labels: !e.node.labels.is_empty(),
+            has_gpu: e.node.capacity.gpu_milli > 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct NodeEntry {
     pub(crate) node: Node,
@@ -225,6 +279,8 @@ pub(crate) struct NodeEntry {
 #[derive(Debug, Clone, Default)]
 pub struct ClusterView {
     pub(crate) nodes: Vec<NodeEntry>,
+    /// `hot[i]` summarises `nodes[i]` for placement scans.
+    pub(crate) hot: Vec<HotNode>,
     node_ix: HashMap<NodeId, usize>,
     zones: Vec<String>,
     zone_ix: HashMap<String, u32>,
@@ -274,6 +330,12 @@ impl ClusterView {
             price_per_unit,
             stats: NodeStats::default(),
         });
+        let last = self.nodes.len() - 1;
+        self.hot.push(HotNode::of(&self.nodes[last]));
+    }
+
+    fn refresh_hot(&mut self, ix: usize) {
+        self.hot[ix] = HotNode::of(&self.nodes[ix]);
     }
 
     /// Removes a node together with every replica on it; returns the removed replicas.
@@ -288,6 +350,7 @@ impl ClusterView {
             .collect();
         let ix = self.node_ix.remove(&id).expect("indexed");
         self.nodes.swap_remove(ix);
+        self.hot.swap_remove(ix);
         if ix < self.nodes.len() {
             let moved = self.nodes[ix].node.id;
             self.node_ix.insert(moved, ix);
@@ -300,6 +363,7 @@ impl ClusterView {
         match self.node_ix.get(&id) {
             Some(&ix) => {
                 self.nodes[ix].node.schedulable = schedulable;
+                self.refresh_hot(ix);
                 true
             }
             None => false,
@@ -323,6 +387,7 @@ impl ClusterView {
             }
         };
         Self::charge(&mut self.nodes[ix].stats, &replica, slot);
+        self.refresh_hot(ix);
         self.partitions
             .entry((service_ix, replica.partition))
             .or_default()
@@ -337,6 +402,7 @@ impl ClusterView {
         let replica = self.replicas.get_mut(slot)?.take()?;
         let ix = self.node_ix[&replica.node];
         Self::release(&mut self.nodes[ix].stats, &replica, slot);
+        self.refresh_hot(ix);
         let service_ix = self.services[&replica.service];
         let key = (service_ix, replica.partition);
         if let Some(members) = self.partitions.get_mut(&key) {
@@ -366,6 +432,8 @@ impl ClusterView {
         Self::release(&mut self.nodes[from_ix].stats, &replica, slot);
         replica.node = to;
         Self::charge(&mut self.nodes[to_ix].stats, &replica, slot);
+        self.refresh_hot(from_ix);
+        self.refresh_hot(to_ix);
         self.replicas[slot] = Some(replica);
     }
 
@@ -378,6 +446,7 @@ impl ClusterView {
         let stats = &mut self.nodes[ix].stats;
         stats.allocated = stats.allocated - replica.resources + resources;
         replica.resources = resources;
+        self.refresh_hot(ix);
     }
 
     fn charge(stats: &mut NodeStats, replica: &Replica, slot: ReplicaSlot) {
