@@ -28,6 +28,8 @@ pub struct AgentConfig {
     pub listen: String,
     /// Where process logs, sockets and run files go.
     pub data_dir: PathBuf,
+    /// Mutual TLS on the replica transport (`None`: the cluster secret alone).
+    pub tls: Option<stator_replication::TlsConfig>,
 }
 
 impl AgentConfig {
@@ -50,6 +52,7 @@ impl AgentConfig {
             labels: BTreeMap::new(),
             listen: "127.0.0.1:0".into(),
             data_dir,
+            tls: None,
         }
     }
 }

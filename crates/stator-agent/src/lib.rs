@@ -58,6 +58,11 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    // Bad TLS files fail here, before this node registers with the server.
+    if let Some(tls) = &config.tls {
+        stator_replication::tls::TransportTls::load(tls)
+            .map_err(stator_replication::HostError::from)?;
+    }
     tokio::pin!(shutdown);
     loop {
         match run_incarnation(&config, &mut shutdown).await? {
@@ -108,6 +113,7 @@ async fn run_incarnation(
             listen_addr: transport_addr.clone(),
             cluster_secret: registration.cluster_secret.clone(),
             filter: None,
+            tls: config.tls.clone(),
         },
         listener,
     )?;

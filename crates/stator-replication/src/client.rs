@@ -1,5 +1,6 @@
 //! Calling partition groups from outside: gateways, SDKs, benchmarks, tests.
 
+use crate::tls::{TlsConfig, TlsError, TransportTls};
 use crate::transport::{Request, Response, Transport, TransportConfig, TransportError};
 use crate::types::{ClientReply, ClientRequest, GroupId, RequestKind};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,13 +45,27 @@ pub struct ReplicaClient {
 }
 
 impl ReplicaClient {
-    /// A client of the cluster sharing `cluster_secret`.
+    /// A client of the cluster sharing `cluster_secret` (plain TCP).
     pub fn new(cluster_secret: &str) -> Self {
+        Self::with_transport(cluster_secret, None)
+    }
+
+    /// A client of a cluster whose hosts require mutual TLS: it presents the certificate
+    /// in `tls` and checks theirs against its CA.
+    pub fn with_tls(cluster_secret: &str, tls: &TlsConfig) -> Result<Self, TlsError> {
+        Ok(Self::with_transport(
+            cluster_secret,
+            Some(TransportTls::load(tls)?),
+        ))
+    }
+
+    fn with_transport(cluster_secret: &str, tls: Option<Arc<TransportTls>>) -> Self {
         let transport = Transport::new(TransportConfig {
             node_id: 0,
             listen_addr: String::new(),
             cluster_secret: cluster_secret.to_string(),
             filter: None,
+            tls,
         });
         // Never 0: client 0 means "no session".
         Self {

@@ -5,6 +5,7 @@ use crate::network::GroupNetwork;
 use crate::read_index::{ReadIndex, RoundResult};
 use crate::state_machine::ReplicaStateMachine;
 use crate::stats::LatencyWindow;
+use crate::tls::{TlsConfig, TlsError, TransportTls};
 use crate::transport::{
     Handler, LinkFilter, PeerInfo, Request, Response, Transport, TransportConfig,
 };
@@ -52,6 +53,10 @@ pub enum HostError {
         /// openraft's reason.
         reason: String,
     },
+    /// The TLS files could not be loaded; fix the paths or the files. (Not a `source`:
+    /// the message already carries the whole story, and error chains print it once.)
+    #[error("transport TLS: {0}")]
+    Tls(TlsError),
     /// The host has no replica of this group.
     #[error("no replica of group {0} on this host")]
     NoGroup(GroupId),
@@ -71,6 +76,12 @@ pub enum HostError {
         /// openraft's reason.
         reason: String,
     },
+}
+
+impl From<TlsError> for HostError {
+    fn from(e: TlsError) -> Self {
+        HostError::Tls(e)
+    }
 }
 
 /// Per-group tunables.
@@ -102,6 +113,9 @@ pub struct HostConfig {
     pub cluster_secret: String,
     /// Fault injection, for tests.
     pub filter: Option<Arc<dyn LinkFilter>>,
+    /// Mutual TLS on the transport (every peer and client then needs a certificate from
+    /// the same CA); `None` authenticates with the cluster secret alone.
+    pub tls: Option<TlsConfig>,
 }
 
 /// One hosted replica.
@@ -225,11 +239,13 @@ impl Host {
             addr: config.listen_addr.clone(),
             source,
         })?;
+        let tls = config.tls.as_ref().map(TransportTls::load).transpose()?;
         let transport = Transport::new(TransportConfig {
             node_id: config.node_id,
             listen_addr: addr.to_string(),
             cluster_secret: config.cluster_secret,
             filter: config.filter,
+            tls,
         });
         let inner = Arc::new(HostInner {
             node_id: config.node_id,

@@ -7,6 +7,7 @@
 //! - [`state_machine`]: applies committed entries to the hosted app, with snapshots.
 //! - [`session`]: exactly-once client sessions, replicated with the state.
 //! - [`transport`]: one multiplexed, authenticated, batched TCP connection per peer.
+//! - [`tls`]: optional mutual TLS 1.3 under the transport (PEM files, rustls).
 //! - [`network`]: openraft's network traits over the transport.
 //! - [`host`]: many replicas in one process; membership reconcile steps; client serving.
 //! - [`read_index`]: linearizable reads batched behind one leadership confirmation.
@@ -24,6 +25,7 @@ pub mod session;
 pub mod state_machine;
 pub mod stats;
 pub mod testing;
+pub mod tls;
 pub mod transport;
 pub mod types;
 
@@ -32,4 +34,5 @@ pub use host::{
     GroupOptions, GroupStatus, Host, HostConfig, HostError, MembershipStep, Role,
     SNAPSHOT_CHUNK_BYTES,
 };
+pub use tls::{TlsConfig, TlsError};
 pub use types::{ClientReply, ClientRequest, GroupId, NodeId, RequestKind};

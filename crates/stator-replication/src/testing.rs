@@ -3,6 +3,7 @@
 //! delay messages) and a tiny register app to check histories against.
 
 use crate::host::{GroupOptions, Host, HostConfig, MembershipStep};
+use crate::tls::TlsConfig;
 use crate::transport::{LinkAction, LinkFilter};
 use crate::types::{GroupId, NodeId};
 use async_trait::async_trait;
@@ -164,6 +165,8 @@ pub struct Cluster {
     pub addrs: HashMap<NodeId, String>,
     /// Link faults.
     pub faults: Arc<Faults>,
+    /// TLS files every host started from now on uses (`None`: plain TCP).
+    pub tls: Option<TlsConfig>,
     factory: Arc<dyn StateMachineFactory>,
     next_node_id: NodeId,
 }
@@ -174,10 +177,20 @@ pub const WAIT: Duration = Duration::from_secs(20);
 impl Cluster {
     /// Starts `n` hosts running apps from `factory`.
     pub async fn start(n: usize, factory: Arc<dyn StateMachineFactory>) -> Cluster {
+        Self::start_with_tls(n, factory, None).await
+    }
+
+    /// Starts `n` hosts whose transports use mutual TLS with `tls` (plain TCP if `None`).
+    pub async fn start_with_tls(
+        n: usize,
+        factory: Arc<dyn StateMachineFactory>,
+        tls: Option<TlsConfig>,
+    ) -> Cluster {
         let mut cluster = Cluster {
             hosts: BTreeMap::new(),
             addrs: HashMap::new(),
             faults: Arc::new(Faults::default()),
+            tls,
             factory,
             next_node_id: 1,
         };
@@ -196,9 +209,10 @@ impl Cluster {
             listen_addr: "127.0.0.1:0".into(),
             cluster_secret: TEST_SECRET.into(),
             filter: Some(self.faults.clone()),
+            tls: self.tls.clone(),
         })
         .await
-        .expect("bind loopback");
+        .expect("bind loopback and load the TLS files");
         self.addrs.insert(node_id, host.addr().to_string());
         self.hosts.insert(node_id, host);
         node_id

@@ -5,11 +5,13 @@
 //! Frames carry a request id, so many requests are in flight at once; the writer task
 //! coalesces whatever frames are queued into one `write` (batching under load, no added
 //! latency when idle). Connections start with a challenge-response handshake proving both
-//! sides know the cluster secret.
+//! sides know the cluster secret; with [`TransportConfig::tls`] set, the connection is
+//! first wrapped in mutual TLS 1.3 (see [`crate::tls`]) and that handshake runs inside it.
 //!
 //! # Wire format
 //! `u32` big-endian length, then that many bytes of a postcard-encoded [`Message`].
 
+use crate::tls::TransportTls;
 use crate::types::{ClientReply, ClientRequest, GroupId, NodeId, TypeConfig};
 use async_trait::async_trait;
 use openraft::error::{InstallSnapshotError, RaftError};
@@ -176,6 +178,9 @@ pub struct TransportConfig {
     pub cluster_secret: String,
     /// Optional fault injection, for tests.
     pub filter: Option<Arc<dyn LinkFilter>>,
+    /// Mutual TLS on every connection, dialled or accepted; `None` is plain TCP with the
+    /// secret handshake only.
+    pub tls: Option<Arc<TransportTls>>,
 }
 
 fn derive_key(secret: &str) -> [u8; 32] {
@@ -203,8 +208,15 @@ async fn read_message<R: AsyncRead + Unpin>(
 ) -> std::io::Result<Message> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await?;
+    let prefix = len;
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_FRAME_BYTES {
+        // A TLS record (alert 0x15 or handshake 0x16, version 3.x) read as a length.
+        if matches!(prefix, [0x15 | 0x16, 0x03, ..]) {
+            return Err(std::io::Error::other(
+                "the peer speaks TLS and this side does not: give both sides the same --tls-* settings",
+            ));
+        }
         return Err(std::io::Error::other(format!(
             "frame of {len} bytes exceeds the {MAX_FRAME_BYTES}-byte limit"
         )));
@@ -230,6 +242,8 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         nonce,
     };
     stream.write_all(&encode(&hello)).await?;
+    // A no-op on TCP; TLS may hold the bytes until flushed.
+    stream.flush().await?;
     let mut buf = Vec::new();
     let (peer, peer_nonce) = match read_message(stream, &mut buf).await? {
         Message::Hello { version, node_id, listen_addr, nonce } if version == PROTOCOL_VERSION => {
@@ -250,6 +264,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let mac = *proof(&key, my_role, &peer_nonce).as_bytes();
     stream.write_all(&encode(&Message::Proof { mac })).await?;
+    stream.flush().await?;
     match read_message(stream, &mut buf).await? {
         Message::Proof { mac } if proof(&key, peer_role, &nonce) == blake3::Hash::from(mac) => {
             Ok(peer)
@@ -261,7 +276,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn writer_task(mut w: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
+async fn writer_task<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Vec<u8>>) {
     let mut batch = Vec::with_capacity(64 << 10);
     while let Some(frame) = rx.recv().await {
         batch.extend_from_slice(&frame);
@@ -271,11 +286,15 @@ async fn writer_task(mut w: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Recei
                 Err(_) => break,
             }
         }
-        if w.write_all(&batch).await.is_err() {
+        // flush: a no-op on TCP, sends the buffered records on TLS.
+        if w.write_all(&batch).await.is_err() || w.flush().await.is_err() {
             break;
         }
         batch.clear();
     }
+    // Tells the peer we are done (FIN; close_notify first on TLS) even while our read half
+    // lives on, so its side of the connection ends too.
+    let _ = w.shutdown().await;
 }
 
 struct Conn {
@@ -438,50 +457,22 @@ impl Transport {
     }
 
     async fn dial(&self, addr: &str) -> std::io::Result<Arc<Conn>> {
-        let mut stream = TcpStream::connect(addr).await?;
+        let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        handshake(&mut stream, &self.config, true).await?;
-        let (mut r, w) = stream.into_split();
-        let (tx, rx) = mpsc::channel(MAX_QUEUED_FRAMES);
-        tokio::spawn(writer_task(w, rx));
-        let conn = Arc::new(Conn {
-            tx,
-            pending: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-            closed: AtomicBool::new(false),
-            inflight: Semaphore::new(MAX_INFLIGHT_BYTES),
-        });
-        let reader_conn = conn.clone();
-        tokio::spawn(async move {
-            let mut buf = Vec::new();
-            loop {
-                match read_message(&mut r, &mut buf).await {
-                    Ok(Message::Response { id, body }) => {
-                        let waiter = reader_conn
-                            .pending
-                            .lock()
-                            .expect("pending mutex poisoned")
-                            .remove(&id);
-                        if let Some(waiter) = waiter {
-                            let _ = waiter.send(body);
-                        }
-                    }
-                    Ok(other) => {
-                        tracing::warn!("unexpected message on a dialled connection: {other:?}");
-                        break;
-                    }
-                    Err(_) => break,
-                }
+        match &self.config.tls {
+            None => {
+                let mut stream = stream;
+                handshake(&mut stream, &self.config, true).await?;
+                let (r, w) = stream.into_split();
+                Ok(start_dialled(r, w))
             }
-            reader_conn.closed.store(true, Ordering::Relaxed);
-            // Dropping the waiters fails every pending call at once.
-            reader_conn
-                .pending
-                .lock()
-                .expect("pending mutex poisoned")
-                .clear();
-        });
-        Ok(conn)
+            Some(tls) => {
+                let mut stream = tls.connect(addr, stream).await?;
+                handshake(&mut stream, &self.config, true).await?;
+                let (r, w) = tokio::io::split(stream);
+                Ok(start_dialled(r, w))
+            }
+        }
     }
 
     /// Accepts connections on `listener` and answers their requests with `handler`
@@ -510,18 +501,49 @@ impl Transport {
 
     async fn serve_connection(
         self: Arc<Self>,
-        mut stream: TcpStream,
+        stream: TcpStream,
         handler: Arc<dyn Handler>,
     ) -> std::io::Result<()> {
         stream.set_nodelay(true)?;
-        let peer = tokio::time::timeout(
-            HANDSHAKE_TIMEOUT,
-            handshake(&mut stream, &self.config, false),
-        )
-        .await
-        .map_err(|_| std::io::Error::other("handshake timed out"))??;
+        let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+        let timed_out = |_| std::io::Error::other("handshake timed out");
+        match self.config.tls.clone() {
+            None => {
+                let mut stream = stream;
+                let peer =
+                    tokio::time::timeout_at(deadline, handshake(&mut stream, &self.config, false))
+                        .await
+                        .map_err(timed_out)??;
+                let (r, w) = stream.into_split();
+                self.serve_requests(peer, r, w, handler).await
+            }
+            Some(tls) => {
+                let mut stream = tokio::time::timeout_at(deadline, tls.accept(stream))
+                    .await
+                    .map_err(timed_out)??;
+                let peer =
+                    tokio::time::timeout_at(deadline, handshake(&mut stream, &self.config, false))
+                        .await
+                        .map_err(timed_out)??;
+                let (r, w) = tokio::io::split(stream);
+                self.serve_requests(peer, r, w, handler).await
+            }
+        }
+    }
+
+    /// Answers the requests of one authenticated caller until it goes away.
+    async fn serve_requests<R, W>(
+        self: Arc<Self>,
+        peer: PeerInfo,
+        mut r: R,
+        w: W,
+        handler: Arc<dyn Handler>,
+    ) -> std::io::Result<()>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let peer = Arc::new(peer);
-        let (mut r, w) = stream.into_split();
         let (tx, rx) = mpsc::channel(MAX_QUEUED_FRAMES);
         let writer = tokio::spawn(writer_task(w, rx));
         let mut buf = Vec::new();
@@ -566,6 +588,54 @@ pub fn fuzz_read_frames(mut bytes: &[u8]) -> (Vec<Vec<u8>>, usize) {
     (frames, buf.capacity())
 }
 
+/// Starts the writer and the reply reader of a connection we dialled and authenticated.
+fn start_dialled<R, W>(mut r: R, w: W) -> Arc<Conn>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(MAX_QUEUED_FRAMES);
+    tokio::spawn(writer_task(w, rx));
+    let conn = Arc::new(Conn {
+        tx,
+        pending: Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(1),
+        closed: AtomicBool::new(false),
+        inflight: Semaphore::new(MAX_INFLIGHT_BYTES),
+    });
+    let reader_conn = conn.clone();
+    tokio::spawn(async move {
+        let mut buf = Vec::new();
+        loop {
+            match read_message(&mut r, &mut buf).await {
+                Ok(Message::Response { id, body }) => {
+                    let waiter = reader_conn
+                        .pending
+                        .lock()
+                        .expect("pending mutex poisoned")
+                        .remove(&id);
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.send(body);
+                    }
+                }
+                Ok(other) => {
+                    tracing::warn!("unexpected message on a dialled connection: {other:?}");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        reader_conn.closed.store(true, Ordering::Relaxed);
+        // Dropping the waiters fails every pending call at once.
+        reader_conn
+            .pending
+            .lock()
+            .expect("pending mutex poisoned")
+            .clear();
+    });
+    conn
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,6 +658,7 @@ mod tests {
             listen_addr: addr.into(),
             cluster_secret: secret.into(),
             filter: None,
+            tls: None,
         }
     }
 

@@ -98,6 +98,16 @@ enum Verb {
         /// Where the replica transport listens.
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: String,
+        /// Mutual TLS on the replica transport: this node's certificate chain (PEM; it
+        /// must name the `--listen` host). Needs --tls-key and --tls-ca too.
+        #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM).
+        #[arg(long, requires_all = ["tls_cert", "tls_ca"])]
+        tls_key: Option<PathBuf>,
+        /// The CA (PEM) every peer's certificate must chain to.
+        #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+        tls_ca: Option<PathBuf>,
         /// Logs, sockets and run files.
         #[arg(long, default_value = "stator-data/agent")]
         data_dir: PathBuf,
@@ -414,6 +424,9 @@ fn run() -> anyhow::Result<()> {
                 memory,
                 price,
                 listen,
+                tls_cert,
+                tls_key,
+                tls_ca,
                 data_dir,
             } => {
                 let servers: Vec<String> = match &cli.server {
@@ -437,6 +450,13 @@ fn run() -> anyhow::Result<()> {
                 config.memory_mib = memory;
                 config.price_per_hour = price;
                 config.listen = listen;
+                if let (Some(cert), Some(key), Some(ca)) = (tls_cert, tls_key, tls_ca) {
+                    config.tls = Some(stator_replication::TlsConfig {
+                        cert_pem_path: cert,
+                        key_pem_path: key,
+                        ca_pem_path: ca,
+                    });
+                }
                 stator_agent::run(config, shutdown_signal()).await?;
                 Ok(())
             }

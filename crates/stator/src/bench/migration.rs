@@ -371,6 +371,7 @@ async fn start_hosts(secret: &str) -> anyhow::Result<(HostThreads, BTreeMap<Node
                     listen_addr: "127.0.0.1:0".into(),
                     cluster_secret: secret,
                     filter: None,
+                    tls: None,
                 })
                 .await
                 .expect("bind loopback");

@@ -168,6 +168,7 @@ async fn start_stator(
                     listen_addr: "127.0.0.1:0".into(),
                     cluster_secret: secret,
                     filter: None,
+                    tls: None,
                 })
                 .await
                 .expect("bind loopback");
