@@ -197,6 +197,11 @@ pub struct ReplicaAssignment {
     pub bootstrap: bool,
     /// Raft election timeout.
     pub election_timeout_ms: u64,
+    /// CPU share of this replica in millicores (the spec's request, or what the
+    /// autoscaler resized it to); agents enforce it with cgroups where they can. 0 from
+    /// servers that predate it: no share to enforce.
+    #[serde(default)]
+    pub cpu_millis: u64,
 }
 
 /// Whether an instance runs forever or to completion.

@@ -136,6 +136,9 @@ pub struct ServerConfig {
     /// TTL of the controller lease on a shared store: a crashed holder is replaced about
     /// this long after it died.
     pub leader_lease_ttl_ms: u64,
+    /// Node pools and the provider the autoscaler grows and shrinks them with; None: no
+    /// autoscaling (the nodes are what registers).
+    pub autoscale: Option<crate::controller::Autoscaling>,
 }
 
 impl ServerConfig {
@@ -155,6 +158,7 @@ impl ServerConfig {
             heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
             advertise_url: None,
             leader_lease_ttl_ms: crate::leader::LEADER_LEASE_TTL_MS,
+            autoscale: None,
         }
     }
 }

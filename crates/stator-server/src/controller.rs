@@ -16,15 +16,18 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use stator_api::agent::{Assignments, Heartbeat, RegisterRequest, RegisterResponse, ReplicaRole};
 use stator_api::ids::{GroupId, NodeId};
 use stator_api::spec::{ServiceKind, ServiceSpec};
-use stator_store::Store;
+use stator_store::{Store, WriteOp};
 
 use crate::assign::assignments_for;
+use crate::autoscale::{self, AutoscaleConfig, AutoscaleState};
 use crate::error::{Result, ServerError};
+use crate::fence::Fence;
 use crate::metrics::Metrics;
 use crate::model::{
     Cluster, JobPhase, NodeObserved, NodeRecord, NodeState, PartitionDesign, Placement, Service,
     ServiceRecord, META_PREFIX, NODES_PREFIX, PLACEMENTS_PREFIX, SERVICES_PREFIX,
 };
+use crate::provider::NodeProvider;
 use crate::reconcile::{apply_action, reconcile, Action, ReplaceReason};
 use crate::views::{service_view, ApplyResult, Event, EventKind};
 
@@ -137,12 +140,31 @@ impl ControllerHandle {
 }
 
 /// Settings the controller needs from the server config.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ControllerSettings {
     /// Heartbeat grace.
     pub node_grace_ms: u64,
     /// Interval told to agents.
     pub heartbeat_interval_ms: u64,
+    /// Node pools, the autoscaler's tunables and the provider; None: no autoscaling.
+    pub autoscale: Option<Autoscaling>,
+}
+
+/// What the autoscaler needs: its config and where nodes come from.
+#[derive(Debug, Clone)]
+pub struct Autoscaling {
+    /// Pools and tunables.
+    pub config: AutoscaleConfig,
+    /// Provisions and releases nodes.
+    pub provider: Arc<dyn NodeProvider>,
+}
+
+/// The autoscaler's part of the controller task.
+struct Scaling {
+    settings: Autoscaling,
+    state: AutoscaleState,
+    /// When the next round is due, ms since the Unix epoch.
+    next_round_ms: u64,
 }
 
 /// Wall-clock ms since the Unix epoch: the time base of heartbeats and retries, since
@@ -153,16 +175,29 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Loads the cluster from the store and spawns the controller task.
+/// Why a controller task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControllerExit {
+    /// Shutdown was asked for, or every handle is gone.
+    Stopped,
+    /// A write was refused by the fence: another server holds the leader key now. The
+    /// task stopped at once; this server must step down (it never retries the write).
+    Fenced,
+}
+
+/// Loads the cluster from the store and spawns the controller task. Every store write of
+/// the task goes through `fence` (the leader key this term won; unfenced when the server
+/// owns its store alone).
 pub async fn spawn(
     store: Arc<dyn Store>,
+    fence: Fence,
     settings: ControllerSettings,
     metrics: Arc<Metrics>,
     shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Result<(ControllerHandle, tokio::task::JoinHandle<()>)> {
+) -> Result<(ControllerHandle, tokio::task::JoinHandle<ControllerExit>)> {
     let (commands, receiver) = mpsc::channel(COMMAND_QUEUE_LEN);
     let (events, _) = broadcast::channel(EVENT_BUFFER_LEN);
-    let mut controller = Controller::load(store, settings, metrics, events.clone()).await?;
+    let mut controller = Controller::load(store, fence, settings, metrics, events.clone()).await?;
     let cluster_secret: Arc<str> = controller.cluster_secret.as_str().into();
     let task = tokio::spawn(async move { controller.run(receiver, shutdown).await });
     Ok((
@@ -178,6 +213,8 @@ pub async fn spawn(
 struct Controller {
     cluster: Cluster,
     store: Arc<dyn Store>,
+    /// Every write goes through it; once it refuses one, the task ends.
+    fence: Fence,
     settings: ControllerSettings,
     metrics: Arc<Metrics>,
     events: broadcast::Sender<Event>,
@@ -189,11 +226,14 @@ struct Controller {
     next_run_ms: u64,
     /// Problems of the last pass, to log only changes.
     last_problems: Vec<String>,
+    /// Autoscaling, when node pools are configured.
+    scaling: Option<Scaling>,
 }
 
 impl Controller {
     async fn load(
         store: Arc<dyn Store>,
+        mut fence: Fence,
         settings: ControllerSettings,
         metrics: Arc<Metrics>,
         events: broadcast::Sender<Event>,
@@ -234,17 +274,25 @@ impl Controller {
             Some(value) => String::from_utf8_lossy(&value.value).into_owned(),
             None => {
                 let secret = crate::config::generate_token();
-                store
-                    .put(CLUSTER_SECRET_KEY, Bytes::from(secret.clone()))
-                    .await?;
+                let op = WriteOp::Put {
+                    key: CLUSTER_SECRET_KEY.to_string(),
+                    value: Bytes::from(secret.clone()),
+                };
+                fence.write(&*store, vec![op]).await?;
                 secret
             }
         };
         debug_assert!(CLUSTER_SECRET_KEY.starts_with(META_PREFIX));
         metrics.observe(&cluster);
+        let scaling = settings.autoscale.clone().map(|settings| Scaling {
+            next_round_ms: now + settings.config.interval_ms,
+            settings,
+            state: AutoscaleState::default(),
+        });
         Ok(Controller {
             cluster,
             store,
+            fence,
             settings,
             metrics,
             events,
@@ -254,6 +302,7 @@ impl Controller {
             cluster_secret,
             next_run_ms: now,
             last_problems: Vec::new(),
+            scaling,
         })
     }
 
@@ -261,18 +310,22 @@ impl Controller {
         &mut self,
         mut commands: mpsc::Receiver<Command>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) {
+    ) -> ControllerExit {
         loop {
             let delay = Duration::from_millis(self.next_run_ms.saturating_sub(now_ms()));
             tokio::select! {
                 // Shutdown first, so a flood of heartbeats cannot hold the server up.
                 biased;
-                _ = shutdown.changed() => break,
+                _ = shutdown.changed() => return ControllerExit::Stopped,
                 command = commands.recv() => match command {
                     Some(command) => self.handle(command).await,
-                    None => break,
+                    None => return ControllerExit::Stopped,
                 },
                 _ = tokio::time::sleep(delay) => self.reconcile().await,
+            }
+            // Deposed: stop before the next command or pass; the server steps down.
+            if self.fence.is_deposed() {
+                return ControllerExit::Fenced;
             }
         }
     }
@@ -323,14 +376,20 @@ impl Controller {
         let id = self.next_node_id.max(1);
         self.next_node_id = id + 1;
         // Persist the counter before handing the id out: an id is never given twice.
-        put_json(&*self.store, NEXT_NODE_ID_KEY, &self.next_node_id).await?;
+        put_json(
+            &*self.store,
+            &mut self.fence,
+            NEXT_NODE_ID_KEY,
+            &self.next_node_id,
+        )
+        .await?;
         let record = NodeRecord {
             id,
             info: request,
             state: NodeState::Ready,
             registered_at_ms: now,
         };
-        put_json(&*self.store, &node_key(id), &record).await?;
+        put_json(&*self.store, &mut self.fence, &node_key(id), &record).await?;
         self.publish(EventKind::NodeJoined {
             node_id: id,
             name: record.info.name.clone(),
@@ -420,7 +479,7 @@ impl Controller {
                     spec,
                     generation: existing.record.generation + 1,
                 };
-                put_json(&*self.store, &service_key(&name), &record).await?;
+                put_json(&*self.store, &mut self.fence, &service_key(&name), &record).await?;
                 let service = self.cluster.services.get_mut(&name).expect("checked above");
                 service.record = record;
                 "updated"
@@ -428,15 +487,27 @@ impl Controller {
             None => {
                 let id = self.next_service_id.max(1);
                 self.next_service_id = id + 1;
-                put_json(&*self.store, NEXT_SERVICE_ID_KEY, &self.next_service_id).await?;
+                put_json(
+                    &*self.store,
+                    &mut self.fence,
+                    NEXT_SERVICE_ID_KEY,
+                    &self.next_service_id,
+                )
+                .await?;
                 let placement = fresh_placement(&spec);
                 let record = ServiceRecord {
                     id,
                     spec,
                     generation: 1,
                 };
-                put_json(&*self.store, &placement_key(&name), &placement).await?;
-                put_json(&*self.store, &service_key(&name), &record).await?;
+                put_json(
+                    &*self.store,
+                    &mut self.fence,
+                    &placement_key(&name),
+                    &placement,
+                )
+                .await?;
+                put_json(&*self.store, &mut self.fence, &service_key(&name), &record).await?;
                 self.cluster
                     .services
                     .insert(name.clone(), Service { record, placement });
@@ -465,8 +536,8 @@ impl Controller {
                 name: name.to_string(),
             });
         }
-        self.store.delete(&service_key(name)).await?;
-        self.store.delete(&placement_key(name)).await?;
+        let ops = vec![delete_op(service_key(name)), delete_op(placement_key(name))];
+        self.fence.write(&*self.store, ops).await?;
         self.cluster.services.remove(name);
         self.publish(EventKind::ServiceDeleted {
             service: name.to_string(),
@@ -499,7 +570,7 @@ impl Controller {
             NodeState::Ready => {
                 let mut record = self.cluster.nodes[&id].clone();
                 record.state = NodeState::Draining;
-                put_json(&*self.store, &node_key(id), &record).await?;
+                put_json(&*self.store, &mut self.fence, &node_key(id), &record).await?;
                 self.publish(EventKind::NodeDraining {
                     node_id: id,
                     name: record.info.name.clone(),
@@ -529,7 +600,61 @@ impl Controller {
             // Actions change what the next pass sees: look again soon.
             self.wake();
         }
+        self.autoscale_round(now).await;
         self.metrics.observe(&self.cluster);
+    }
+
+    /// One autoscaling round when due: resizes, migrations and drains are applied and
+    /// persisted like any action; provisions and releases go to the provider on their
+    /// own tasks, so a slow provider never holds up the controller.
+    async fn autoscale_round(&mut self, now: u64) {
+        let Some(scaling) = self.scaling.as_mut() else {
+            return;
+        };
+        if now < scaling.next_round_ms {
+            self.next_run_ms = self.next_run_ms.min(scaling.next_round_ms);
+            return;
+        }
+        scaling.next_round_ms = now + scaling.settings.config.interval_ms;
+        self.next_run_ms = self.next_run_ms.min(scaling.next_round_ms);
+        let round = autoscale::round(
+            &self.cluster,
+            now,
+            &scaling.settings.config,
+            &mut scaling.state,
+        );
+        let provider = scaling.settings.provider.clone();
+        for request in round.provision {
+            self.publish(EventKind::NodeRequested {
+                pool: request.pool.name.clone(),
+                zone: request.zone.clone(),
+            });
+            let provider = provider.clone();
+            tokio::spawn(async move {
+                match provider.provision(&request.pool, &request.zone).await {
+                    Ok(name) => {
+                        tracing::info!(pool = %request.pool.name, zone = %request.zone, %name, "node requested")
+                    }
+                    Err(error) => tracing::warn!(%error, "could not provision a node"),
+                }
+            });
+        }
+        if !round.actions.is_empty() {
+            self.apply_actions(round.actions).await;
+            self.wake();
+        }
+        for request in round.release {
+            self.publish(EventKind::NodeReleased {
+                node_id: request.node,
+                name: request.name.clone(),
+            });
+            let provider = provider.clone();
+            tokio::spawn(async move {
+                if let Err(error) = provider.release(&request.pool, &request.name).await {
+                    tracing::warn!(%error, node = %request.name, "could not release a node");
+                }
+            });
+        }
     }
 
     /// Applies actions to the cluster, persists what they touched and publishes events.
@@ -539,7 +664,9 @@ impl Controller {
         for action in &actions {
             apply_action(&mut self.cluster, action);
             match action {
-                Action::MarkNodeLost { node } | Action::MarkNodeDrained { node } => {
+                Action::MarkNodeLost { node }
+                | Action::MarkNodeDrained { node }
+                | Action::MarkNodeDraining { node } => {
                     touched_nodes.insert(*node);
                 }
                 Action::PlacePartition { service, .. }
@@ -548,7 +675,9 @@ impl Controller {
                 | Action::PlaceInstance { service, .. }
                 | Action::RemoveInstance { service, .. }
                 | Action::FinishInstance { service, .. }
-                | Action::SetJobPhase { service, .. } => {
+                | Action::SetJobPhase { service, .. }
+                | Action::ResizeReplica { service, .. }
+                | Action::MigrateMember { service, .. } => {
                     touched_services.insert(service.clone());
                 }
             }
@@ -558,7 +687,12 @@ impl Controller {
         }
         for node in touched_nodes {
             if let Some(record) = self.cluster.nodes.get(&node) {
-                if let Err(error) = put_json(&*self.store, &node_key(node), record).await {
+                let written =
+                    put_json(&*self.store, &mut self.fence, &node_key(node), record).await;
+                if self.fence.is_deposed() {
+                    return;
+                }
+                if let Err(error) = written {
                     tracing::error!(%error, node, "could not persist node record");
                 }
             }
@@ -566,7 +700,17 @@ impl Controller {
         for name in touched_services {
             if let Some(service) = self.cluster.services.get(&name) {
                 let placement = &service.placement;
-                if let Err(error) = put_json(&*self.store, &placement_key(&name), placement).await {
+                let written = put_json(
+                    &*self.store,
+                    &mut self.fence,
+                    &placement_key(&name),
+                    placement,
+                )
+                .await;
+                if self.fence.is_deposed() {
+                    return;
+                }
+                if let Err(error) = written {
                     tracing::error!(%error, service = %name, "could not persist placement");
                 }
             }
@@ -642,6 +786,34 @@ impl Controller {
                 service: service.clone(),
                 phase: *phase,
             },
+            Action::ResizeReplica {
+                service,
+                partition,
+                node,
+                cpu_millis,
+            } => EventKind::ReplicaResized {
+                service: service.clone(),
+                partition: *partition,
+                node_id: *node,
+                cpu_millis: *cpu_millis,
+            },
+            Action::MigrateMember {
+                service,
+                partition,
+                from,
+                to,
+                ..
+            } => EventKind::ReplicaMoved {
+                service: service.clone(),
+                partition: *partition,
+                from: *from,
+                to: *to,
+                reason: "autoscale".to_string(),
+            },
+            Action::MarkNodeDraining { node } => EventKind::NodeDraining {
+                node_id: *node,
+                name: self.cluster.node_name(*node),
+            },
         })
     }
 
@@ -669,7 +841,14 @@ impl Controller {
         }
         for id in &lost[..lost.len() - MAX_LOST_NODES_KEPT] {
             self.cluster.nodes.remove(id);
-            if let Err(error) = self.store.delete(&node_key(*id)).await {
+            if let Err(error) = self
+                .fence
+                .write(&*self.store, vec![delete_op(node_key(*id))])
+                .await
+            {
+                if self.fence.is_deposed() {
+                    return;
+                }
                 tracing::warn!(%error, node = id, "could not forget lost node");
             }
         }
@@ -762,10 +941,24 @@ fn placement_key(name: &str) -> String {
     format!("{PLACEMENTS_PREFIX}{name}")
 }
 
-async fn put_json<T: Serialize + ?Sized>(store: &dyn Store, key: &str, value: &T) -> Result<()> {
+/// Writes `value` as JSON under `key` through the term's fence.
+async fn put_json<T: Serialize + ?Sized>(
+    store: &dyn Store,
+    fence: &mut Fence,
+    key: &str,
+    value: &T,
+) -> Result<()> {
     let bytes = serde_json::to_vec(value).expect("records always serialize");
-    store.put(key, Bytes::from(bytes)).await?;
+    let op = WriteOp::Put {
+        key: key.to_string(),
+        value: Bytes::from(bytes),
+    };
+    fence.write(store, vec![op]).await?;
     Ok(())
+}
+
+fn delete_op(key: String) -> WriteOp {
+    WriteOp::Delete { key }
 }
 
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {

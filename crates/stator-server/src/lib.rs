@@ -11,12 +11,18 @@
 //!   `/healthz`, `/metrics`, body limits, JSON errors, the SSE event stream.
 //! - [`leader`]: with several servers on one store (etcd), the election of the one that
 //!   runs the controller (a lease), and controller terms that end the moment it is lost.
+//! - [`fence`]: the guard on every store write of a controller term (the leader key's
+//!   create revision), so a deposed holder cannot write.
 //! - [`forward`]: the front door: serve locally while leading, forward to the holder
 //!   while following, 503 while no holder is known.
 //! - [`controller`]: the task that owns the cluster state, persists it, runs the
 //!   reconcile loop and publishes events; handlers talk to it over a bounded channel.
 //! - [`reconcile`]: the controllers' decisions as a pure function (cluster, time) ->
 //!   actions: node lifecycle, replica groups, stateless instances, jobs, drain.
+//! - [`autoscale`]: the live autoscaler and consolidator round (pure): resizes,
+//!   migrations, drains, and nodes to provision or release.
+//! - [`provider`]: [`provider::NodeProvider`], how nodes of a pool are provisioned and
+//!   released (`static`: fixed machines).
 //! - [`assign`]: what each node must run, answered to its heartbeat.
 //! - [`model`]: persisted records (nodes, services, designed placement) and observed
 //!   status (heartbeats).
@@ -26,13 +32,16 @@
 
 pub mod api;
 pub mod assign;
+pub mod autoscale;
 pub mod config;
 pub mod controller;
 pub mod error;
+pub mod fence;
 pub mod forward;
 pub mod leader;
 pub mod metrics;
 pub mod model;
+pub mod provider;
 pub mod reconcile;
 pub mod views;
 
@@ -188,10 +197,21 @@ async fn tokens(config: &ServerConfig, store: &dyn Store) -> Result<(String, Str
     Ok((api, join))
 }
 
+/// The controller's settings from the server config (public so tests can start a
+/// controller on its own).
+pub fn controller_settings(config: &ServerConfig) -> controller::ControllerSettings {
+    controller::ControllerSettings {
+        node_grace_ms: config.node_grace_ms,
+        heartbeat_interval_ms: config.heartbeat_interval_ms,
+        autoscale: config.autoscale.clone(),
+    }
+}
+
 /// Starts a controller term: loads the cluster from the store, spawns the controller and
 /// builds the API router bound to it.
 async fn start_term(
     store: Arc<dyn Store>,
+    fence: fence::Fence,
     settings: controller::ControllerSettings,
     metrics: Arc<metrics::Metrics>,
     api_token: Arc<str>,
@@ -199,7 +219,7 @@ async fn start_term(
 ) -> Result<Term> {
     let (stop, stop_rx) = watch::channel(false);
     let (handle, controller) =
-        controller::spawn(store, settings, metrics.clone(), stop_rx.clone()).await?;
+        controller::spawn(store, fence, settings, metrics.clone(), stop_rx.clone()).await?;
     let router = api::router(api::AppState {
         controller: handle,
         api_token,
@@ -236,18 +256,16 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle> {
         .unwrap_or_else(|| format!("http://{addr}"));
     let metrics = Arc::new(metrics::Metrics::new());
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let settings = controller::ControllerSettings {
-        node_grace_ms: config.node_grace_ms,
-        heartbeat_interval_ms: config.heartbeat_interval_ms,
-    };
+    let settings = controller_settings(&config);
     let (api_arc, join_arc): (Arc<str>, Arc<str>) =
         (api_token.clone().into(), join_token.clone().into());
     let term_store = store.clone();
     let (term_api, term_join) = (api_arc.clone(), join_arc.clone());
-    let new_term: StartTerm = Arc::new(move || {
+    let new_term: StartTerm = Arc::new(move |fence| {
         Box::pin(start_term(
             term_store.clone(),
-            settings,
+            fence,
+            settings.clone(),
             metrics.clone(),
             term_api.clone(),
             term_join.clone(),
@@ -267,8 +285,8 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle> {
             .run(),
         )
     } else {
-        // The embedded store belongs to this server alone: it always leads.
-        let term = new_term().await?;
+        // The embedded store belongs to this server alone: it always leads, unfenced.
+        let term = new_term(fence::Fence::unfenced()).await?;
         role_tx.send_replace(Role::Leading(term.router.clone()));
         let mut stop = shutdown_rx.clone();
         tokio::spawn(async move {

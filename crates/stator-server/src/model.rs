@@ -99,6 +99,20 @@ pub struct PartitionDesign {
     /// Whether any replica ever reported a leader: from then on the group exists and
     /// members change only through the leader, one at a time.
     pub has_had_leader: bool,
+    /// CPU request per member in millicores where the autoscaler resized it; members
+    /// absent here request the spec's `resources.cpu`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cpu_millis: BTreeMap<NodeId, u64>,
+}
+
+impl PartitionDesign {
+    /// The CPU request of the member on `node`, in millicores.
+    pub fn member_cpu_millis(&self, node: NodeId, spec_cpu_millis: u64) -> u64 {
+        self.cpu_millis
+            .get(&node)
+            .copied()
+            .unwrap_or(spec_cpu_millis)
+    }
 }
 
 /// Where a stateless or job instance stands, as the server tracks it.

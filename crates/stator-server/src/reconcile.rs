@@ -126,6 +126,37 @@ pub enum Action {
         /// The new phase.
         phase: JobPhase,
     },
+    /// Autoscaler: a member's CPU request changes in place (vertical scaling).
+    ResizeReplica {
+        /// Service name.
+        service: String,
+        /// Partition index.
+        partition: u32,
+        /// The member's node.
+        node: NodeId,
+        /// The new request, millicores.
+        cpu_millis: u64,
+    },
+    /// Autoscaler: a member moves by live migration to a node with room (scale-out
+    /// rebalancing), with the request it gets there.
+    MigrateMember {
+        /// Service name.
+        service: String,
+        /// Partition index.
+        partition: u32,
+        /// The member leaving.
+        from: NodeId,
+        /// The member joining.
+        to: NodeId,
+        /// Its CPU request on `to`, millicores.
+        cpu_millis: u64,
+    },
+    /// Consolidator: a ready node is emptied (it drains like `stator drain`) so it can
+    /// be released.
+    MarkNodeDraining {
+        /// The node.
+        node: NodeId,
+    },
 }
 
 /// Why a member is replaced.
@@ -563,7 +594,7 @@ fn moves_in_flight_per_draining_node(cluster: &Cluster) -> BTreeMap<NodeId, usiz
 
 /// Whether `node` is designed into anything, still a member of a group, or still runs
 /// replicas or instances by its own report.
-fn hosts_anything(cluster: &Cluster, node: NodeId) -> bool {
+pub(crate) fn hosts_anything(cluster: &Cluster, node: NodeId) -> bool {
     let designed = cluster.services.values().any(|s| {
         s.placement
             .partitions
@@ -644,7 +675,12 @@ pub fn build_view(cluster: &Cluster) -> ClusterView {
                     .members
                     .iter()
                     .filter(|n| cluster.is_alive(**n))
-                    .map(|&n| replica_of(&request, n)),
+                    .map(|&n| {
+                        let mut replica = replica_of(&request, n);
+                        replica.resources.cpu_millis =
+                            design.member_cpu_millis(n, request.resources.cpu_millis);
+                        replica
+                    }),
             );
         }
         for instance in &service.placement.instances {
@@ -748,6 +784,44 @@ pub fn apply_action(cluster: &mut Cluster, action: &Action) {
                 .find(|n| **n == *remove)
                 .unwrap_or_else(|| panic!("{service}/{partition}: {remove} is not a member"));
             *slot = *add;
+            // The replacement keeps the request the member had.
+            if let Some(cpu_millis) = design.cpu_millis.remove(remove) {
+                design.cpu_millis.insert(*add, cpu_millis);
+            }
+        }
+        Action::MigrateMember {
+            service,
+            partition,
+            from,
+            to,
+            cpu_millis,
+        } => {
+            let design = partition_mut(cluster, service, *partition);
+            let slot = design
+                .members
+                .iter_mut()
+                .find(|n| **n == *from)
+                .unwrap_or_else(|| panic!("{service}/{partition}: {from} is not a member"));
+            *slot = *to;
+            design.cpu_millis.remove(from);
+            design.cpu_millis.insert(*to, *cpu_millis);
+        }
+        Action::ResizeReplica {
+            service,
+            partition,
+            node,
+            cpu_millis,
+        } => {
+            partition_mut(cluster, service, *partition)
+                .cpu_millis
+                .insert(*node, *cpu_millis);
+        }
+        Action::MarkNodeDraining { node } => {
+            if let Some(record) = cluster.nodes.get_mut(node) {
+                if record.state == NodeState::Ready {
+                    record.state = NodeState::Draining;
+                }
+            }
         }
         Action::PlaceInstance {
             service,

@@ -221,8 +221,33 @@ pub enum EventKind {
         from: NodeId,
         /// Joining node.
         to: NodeId,
-        /// `node_lost` or `node_draining`.
+        /// `node_lost`, `node_draining` or `autoscale`.
         reason: String,
+    },
+    /// The autoscaler changed a member's CPU request.
+    ReplicaResized {
+        /// Service name.
+        service: String,
+        /// Partition index.
+        partition: u32,
+        /// The member's node.
+        node_id: NodeId,
+        /// The new request, millicores.
+        cpu_millis: u64,
+    },
+    /// The autoscaler asked the node provider for a node.
+    NodeRequested {
+        /// Pool.
+        pool: String,
+        /// Zone.
+        zone: String,
+    },
+    /// An empty node was handed back to the node provider.
+    NodeReleased {
+        /// Node id.
+        node_id: NodeId,
+        /// Node name.
+        name: String,
     },
     /// A partition's reported leader changed.
     LeaderChanged {
@@ -297,6 +322,9 @@ impl EventKind {
             EventKind::ReplicaPlaced { .. } => "replica_placed",
             EventKind::ReplicaMoved { .. } => "replica_moved",
             EventKind::LeaderChanged { .. } => "leader_changed",
+            EventKind::ReplicaResized { .. } => "replica_resized",
+            EventKind::NodeRequested { .. } => "node_requested",
+            EventKind::NodeReleased { .. } => "node_released",
             EventKind::ServiceApplied { .. } => "service_applied",
             EventKind::ServiceDeleted { .. } => "service_deleted",
             EventKind::InstancePlaced { .. } => "instance_placed",
