@@ -112,7 +112,8 @@ enum Verb {
         #[arg(long, default_value = "stator-data/agent")]
         data_dir: PathBuf,
     },
-    /// Run a stateless gateway: RESP endpoints, the HTTP call route and the proxy.
+    /// Run a stateless gateway: RESP endpoints, the HTTP call route and the proxy
+    /// (`--server URL[,URL...]`, tried in turn).
     Gateway {
         /// HTTP listen address.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -188,7 +189,8 @@ enum Verb {
         /// Seconds of faults under load.
         #[arg(long, default_value_t = 60)]
         duration: u64,
-        /// Fault kinds: kill, pause, partition, membership.
+        /// Fault kinds: kill, pause, partition, membership, server (the controller
+        /// holder among three servers on etcd; needs the etcd feature and binary).
         #[arg(
             long,
             value_delimiter = ',',
@@ -210,6 +212,10 @@ enum Verb {
         /// Where to write the history (JSONL, DESIGN section 8).
         #[arg(long, default_value = "chaos-history.jsonl")]
         history: PathBuf,
+        /// Agents in network namespaces (needs root) or on loopback; auto: namespaces
+        /// where they can be made.
+        #[arg(long, value_enum, default_value_t = chaos::NetworkMode::Auto)]
+        network: chaos::NetworkMode,
         /// Print the result as one JSON object on the last line.
         #[arg(long)]
         json: bool,
@@ -466,8 +472,9 @@ fn run() -> anyhow::Result<()> {
                     cli.token_file.as_deref(),
                     cli.context.as_deref(),
                 )?;
+                // `--server URL[,URL...]`: several servers on one etcd, tried in turn.
                 let mut config = stator_gateway::GatewayConfig::new(
-                    vec![ctx.server.clone()],
+                    ctx.server.split(',').map(str::to_string).collect(),
                     ctx.token.clone(),
                     String::new(),
                 );
@@ -508,6 +515,7 @@ fn run() -> anyhow::Result<()> {
                 keys,
                 seed,
                 history,
+                network,
                 json,
             } => {
                 let faults = faults
@@ -522,6 +530,7 @@ fn run() -> anyhow::Result<()> {
                     keys,
                     seed: seed.unwrap_or_else(rand::random),
                     history,
+                    network,
                 })
                 .await?;
                 if json {

@@ -1,61 +1,86 @@
-//! The cluster under test: a child `stator up` of this same binary in a temporary
-//! directory, the API calls the nemesis needs, and the agents' process ids.
+//! The cluster under test, started by chaos itself in a temporary directory: one
+//! `stator server` on the embedded store, or three on one etcd (the controller lease
+//! moves between them); a `stator gateway` given every server URL; and `--nodes`
+//! `stator agent`s, each in a network namespace of its own when there are namespaces
+//! ([`super::netns`]), else on loopback. Every process is a child of chaos; a supervisor
+//! starts dead ones again: agents after `up`'s restart delay (they rejoin as new
+//! members), servers after [`SERVER_RESTART_DELAY`] on the same address and data
+//! directory. Also: the API calls the nemesis needs, failing over between servers.
 
+use super::netns::Netns;
+use crate::bench::baselines::Servers as Etcd;
 use crate::client::Api;
-use crate::context::Context;
+use crate::context::{self, Context};
 use anyhow::{bail, Context as _};
+use base64::Engine as _;
 use stator_server::model::NodeState;
 use stator_server::views::{NodeView, PartitionView};
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// Name of the kv service the clients use.
 pub const SERVICE: &str = "chaos-kv";
-/// Time allowed for `stator up` to start and every agent to register.
+/// Time allowed for the servers to start and every agent to register.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Servers sharing etcd: a majority-free control plane needs only one alive, three lets
+/// a kill of the holder hand the lease to one of two others.
+pub const ETCD_SERVERS: usize = 3;
+/// How long a killed server stays down before it is started again (a machine reboot).
+pub const SERVER_RESTART_DELAY: Duration = Duration::from_secs(3);
+/// How long a dead gateway stays down (it is not a fault target; a crash is logged).
+const GATEWAY_RESTART_DELAY: Duration = Duration::from_secs(1);
+/// How often the supervisor looks for exited processes.
+const SUPERVISE_INTERVAL: Duration = Duration::from_millis(100);
+/// Time allowed for the processes to stop after SIGTERM before they are killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Zones agents are spread over, round-robin, as `stator up` does.
+const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
+/// The key holding the controller holder's URL (`stator_server::leader::LEADER_KEY`).
+const LEADER_KEY: &str = stator_server::leader::LEADER_KEY;
 
-/// A running `stator up` and a client of its API.
-pub struct Cluster {
-    child: Child,
-    pub api: Api,
-    pub data_dir: PathBuf,
-    /// Where the kv service's RESP endpoint listens.
-    pub resp_addr: String,
-    /// Agents `up` keeps running.
-    pub nodes: usize,
+/// Where the agents run.
+pub enum Placement {
+    /// On loopback, as processes of this machine (partitions: [`super::firewall`]).
+    Loopback,
+    /// Each in its own network namespace on a private bridge.
+    Netns(Arc<Netns>),
 }
 
-/// A free loopback port (bound then released: a small race, fine for a test cluster).
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+/// What a supervised process is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Role {
+    Server(usize),
+    Gateway,
+    Agent(String),
 }
 
-/// Whether the node is registered and alive (not lost).
-pub fn alive(node: &NodeView) -> bool {
-    node.state != NodeState::Lost
+/// A supervised child process and how to start it again.
+struct Proc {
+    role: Role,
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    restart_delay: Duration,
+    child: Option<Child>,
+    restart_at: Option<Instant>,
 }
 
-impl Cluster {
-    /// Starts `stator up` with `nodes` agents in `data_dir` and waits until every agent
-    /// is ready. The service is applied later by [`Cluster::apply_service`], once the
-    /// caller has placed the agents in their cgroups.
-    pub async fn start(data_dir: &Path, nodes: usize) -> anyhow::Result<Cluster> {
-        let exe = std::env::current_exe()?;
-        let log = std::fs::File::create(data_dir.join("up.log"))?;
-        let mut cmd = Command::new(exe);
-        cmd.arg("up")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--nodes", &nodes.to_string()])
-            .args(["--api", "127.0.0.1:0", "--gateway-http", "127.0.0.1:0"])
-            // `up` records its context as the user's current one under $HOME: keep the
-            // user's own untouched.
-            .env("HOME", data_dir)
+impl Proc {
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -67,33 +92,199 @@ impl Cluster {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().context("starting `stator up`")?;
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        let context_file = data_dir.join("context");
-        let ctx: Context = loop {
-            if let Some(status) = child.try_wait()? {
-                bail!(
-                    "`stator up` exited ({status}); see {}",
-                    data_dir.join("up.log").display()
-                );
-            }
-            if let Ok(text) = std::fs::read_to_string(&context_file) {
-                if let Ok(ctx) = serde_json::from_str(&text) {
-                    break ctx;
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("`stator up` wrote no context within {STARTUP_TIMEOUT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        self.child = Some(
+            cmd.spawn()
+                .with_context(|| format!("starting {:?}", self.role))?,
+        );
+        Ok(())
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+}
+
+/// The running cluster and clients of its API.
+pub struct Cluster {
+    procs: Arc<Mutex<Vec<Proc>>>,
+    supervisor: Option<JoinHandle<()>>,
+    /// One API client per server, tried in turn.
+    apis: Vec<Api>,
+    /// Each server's URL (also its advertised URL), by index.
+    pub server_urls: Vec<String>,
+    etcd: Option<Etcd>,
+    http: reqwest::Client,
+    pub data_dir: PathBuf,
+    /// Where the kv service's RESP endpoint listens.
+    pub resp_addr: String,
+    /// Agents kept running.
+    pub nodes: usize,
+}
+
+/// A free port on `ip` (bound then released: a small race, fine for a test cluster).
+fn free_port(ip: IpAddr) -> anyhow::Result<u16> {
+    let listener =
+        std::net::TcpListener::bind((ip, 0)).with_context(|| format!("binding a port on {ip}"))?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Whether the node is registered and alive (not lost).
+pub fn alive(node: &NodeView) -> bool {
+    node.state != NodeState::Lost
+}
+
+/// Node names chaos gives its agents.
+pub fn node_names(nodes: usize) -> Vec<String> {
+    (1..=nodes).map(|i| format!("node-{i}")).collect()
+}
+
+impl Cluster {
+    /// Starts etcd (when `with_etcd`), the servers, the gateway and `nodes` agents placed
+    /// by `placement` in `data_dir`, and waits until every agent is ready. The service
+    /// is applied later by [`Cluster::apply_service`].
+    pub async fn start(
+        data_dir: &Path,
+        nodes: usize,
+        placement: &Placement,
+        with_etcd: bool,
+    ) -> anyhow::Result<Cluster> {
+        let exe = std::env::current_exe()?;
+        let host_ip: IpAddr = match placement {
+            Placement::Loopback => [127, 0, 0, 1].into(),
+            Placement::Netns(netns) => netns.bridge_ip().into(),
         };
-        let cluster = Cluster {
-            child,
-            api: Api::new(&ctx)?,
+        let etcd = if with_etcd {
+            Some(crate::bench::baselines::start_etcd(1).await?)
+        } else {
+            None
+        };
+        let server_count = if etcd.is_some() { ETCD_SERVERS } else { 1 };
+        let mut cluster = Cluster {
+            procs: Arc::new(Mutex::new(Vec::new())),
+            supervisor: None,
+            apis: Vec::new(),
+            server_urls: Vec::new(),
+            etcd,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()?,
             data_dir: data_dir.to_path_buf(),
-            resp_addr: format!("127.0.0.1:{}", free_port()?),
+            resp_addr: format!("{host_ip}:{}", free_port(host_ip)?),
             nodes,
         };
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+
+        // Servers: the first one alone, so the others adopt the tokens it stores.
+        let s0 = data_dir.join("servers").join("s0");
+        for i in 0..server_count {
+            let dir = data_dir.join("servers").join(format!("s{i}"));
+            std::fs::create_dir_all(&dir)?;
+            let addr = format!("{host_ip}:{}", free_port(host_ip)?);
+            let url = format!("http://{addr}");
+            let mut args: Vec<String> = ["server", "--listen", &addr, "--advertise", &url]
+                .map(String::from)
+                .to_vec();
+            args.extend(["--data-dir".into(), dir.display().to_string()]);
+            if let Some(etcd) = &cluster.etcd {
+                let hosts: Vec<&str> = etcd
+                    .endpoints
+                    .iter()
+                    .map(|e| e.trim_start_matches("http://"))
+                    .collect();
+                args.extend(["--store".into(), format!("etcd://{}", hosts.join(","))]);
+            }
+            cluster.server_urls.push(url.clone());
+            cluster.launch(Proc {
+                role: Role::Server(i),
+                program: exe.clone(),
+                args,
+                log: dir.join("server.log"),
+                restart_delay: SERVER_RESTART_DELAY,
+                child: None,
+                restart_at: None,
+            })?;
+            cluster.wait_server(i, &dir, deadline).await?;
+        }
+        let api_token = s0.join(stator_server::config::API_TOKEN_FILE);
+        let join_token = s0.join(stator_server::config::JOIN_TOKEN_FILE);
+        let token = context::read_token(&api_token)?;
+        for url in &cluster.server_urls {
+            cluster.apis.push(Api::new(&Context {
+                server: url.clone(),
+                token: token.clone(),
+                gateway_http: None,
+            })?);
+        }
+        let urls = cluster.server_urls.join(",");
+
+        let gateway_http = format!("{host_ip}:{}", free_port(host_ip)?);
+        cluster.launch(Proc {
+            role: Role::Gateway,
+            program: exe.clone(),
+            args: vec![
+                "gateway".into(),
+                "--server".into(),
+                urls.clone(),
+                "--token-file".into(),
+                api_token.display().to_string(),
+                "--http".into(),
+                gateway_http,
+            ],
+            log: data_dir.join("gateway.log"),
+            restart_delay: GATEWAY_RESTART_DELAY,
+            child: None,
+            restart_at: None,
+        })?;
+
+        for (i, name) in node_names(nodes).into_iter().enumerate() {
+            let dir = data_dir.join("agents").join(&name);
+            std::fs::create_dir_all(&dir)?;
+            let (program, mut args, listen) = match placement {
+                Placement::Loopback => (exe.clone(), Vec::new(), "127.0.0.1:0".to_string()),
+                Placement::Netns(netns) => {
+                    let net = netns
+                        .node(&name)
+                        .with_context(|| format!("no namespace for {name}"))?;
+                    (
+                        PathBuf::from("ip"),
+                        vec![
+                            "netns".to_string(),
+                            "exec".into(),
+                            net.ns.clone(),
+                            exe.display().to_string(),
+                        ],
+                        format!("{}:0", net.ip),
+                    )
+                }
+            };
+            // `agent` first: [`agent_pids`] recognises agents by their second argument.
+            args.extend([
+                "agent".to_string(),
+                "--server".into(),
+                urls.clone(),
+                "--join-token-file".into(),
+                join_token.display().to_string(),
+                "--name".into(),
+                name.clone(),
+                "--zone".into(),
+                ZONES[i % ZONES.len()].into(),
+                "--listen".into(),
+                listen,
+                "--data-dir".into(),
+                dir.display().to_string(),
+            ]);
+            cluster.launch(Proc {
+                role: Role::Agent(name),
+                program,
+                args,
+                log: dir.join("agent.log"),
+                restart_delay: crate::up::AGENT_RESTART_DELAY,
+                child: None,
+                restart_at: None,
+            })?;
+        }
+        cluster.supervisor = Some(tokio::spawn(supervise(cluster.procs.clone())));
+
         loop {
             let ready = cluster
                 .nodes()
@@ -114,20 +305,143 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// The process id of `stator up`.
-    pub fn up_pid(&self) -> Option<u32> {
-        self.child.id()
+    fn launch(&self, mut proc: Proc) -> anyhow::Result<()> {
+        proc.spawn()?;
+        self.procs.lock().expect("not poisoned").push(proc);
+        Ok(())
     }
 
-    /// Fails if `stator up` is gone.
-    pub fn check_running(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!(
-                "`stator up` exited during the run ({status}); see {}",
-                self.data_dir.join("up.log").display()
-            );
+    /// Waits until server `index` has written its tokens and answers `/healthz`.
+    async fn wait_server(&self, index: usize, dir: &Path, deadline: Instant) -> anyhow::Result<()> {
+        let url = &self.server_urls[index];
+        loop {
+            let tokens = dir.join(stator_server::config::JOIN_TOKEN_FILE).exists()
+                && dir.join(stator_server::config::API_TOKEN_FILE).exists();
+            if tokens
+                && self
+                    .http
+                    .get(format!("{url}/healthz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            {
+                return Ok(());
+            }
+            if !self.server_running(index) {
+                bail!(
+                    "server s{index} exited at start-up; see {}",
+                    dir.join("server.log").display()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "server s{index} did not answer within {STARTUP_TIMEOUT:?}; see {}",
+                    dir.join("server.log").display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(())
+    }
+
+    /// Whether the cluster has several servers on etcd (so the controller can move).
+    pub fn has_etcd(&self) -> bool {
+        self.etcd.is_some()
+    }
+
+    fn pid_of(&self, role: &Role) -> Option<u32> {
+        self.procs
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .find(|p| p.role == *role)
+            .and_then(Proc::pid)
+    }
+
+    /// The process id of agent `node`, if it runs now.
+    pub fn agent_pid(&self, node: &str) -> Option<u32> {
+        self.pid_of(&Role::Agent(node.to_string()))
+    }
+
+    /// The agents running now, by name.
+    pub fn agent_pids(&self) -> BTreeMap<String, u32> {
+        self.procs
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .filter_map(|p| match (&p.role, p.pid()) {
+                (Role::Agent(name), Some(pid)) => Some((name.clone(), pid)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The process id of server `index`, if it runs now.
+    pub fn server_pid(&self, index: usize) -> Option<u32> {
+        self.pid_of(&Role::Server(index))
+    }
+
+    /// Whether server `index` runs (not waiting for its restart).
+    pub fn server_running(&self, index: usize) -> bool {
+        let mut procs = self.procs.lock().expect("not poisoned");
+        procs
+            .iter_mut()
+            .find(|p| p.role == Role::Server(index))
+            .and_then(|p| p.child.as_mut())
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The index of the server holding the controller lease, read from etcd; `None`
+    /// without etcd, or while no server holds it.
+    pub async fn controller_holder(&self) -> Option<usize> {
+        self.controller_term().await.map(|(index, _)| index)
+    }
+
+    /// The holder's index and the etcd revision at which it took the lease (a new
+    /// revision is a new term, even for the same server).
+    pub async fn controller_term(&self) -> Option<(usize, u64)> {
+        let etcd = self.etcd.as_ref()?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let body = serde_json::json!({ "key": b64.encode(LEADER_KEY) });
+        let answer: serde_json::Value = self
+            .http
+            .post(format!("{}/v3/kv/range", etcd.endpoints[0]))
+            .json(&body)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let kv = &answer["kvs"][0];
+        let url = String::from_utf8(b64.decode(kv["value"].as_str()?).ok()?).ok()?;
+        // The JSON gateway writes 64-bit integers as strings.
+        let revision = kv["create_revision"].as_str()?.parse().ok()?;
+        let index = self.server_urls.iter().position(|u| *u == url)?;
+        Some((index, revision))
+    }
+
+    /// A GET through the first server that answers.
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let mut last = None;
+        for api in &self.apis {
+            match api.get(path).await {
+                Ok(value) => return Ok(value),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no server")))
+    }
+
+    /// POST `path` through the first server that answers.
+    pub async fn post(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let mut last = None;
+        for api in &self.apis {
+            match api.post(path).await {
+                Ok(value) => return Ok(value),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no server")))
     }
 
     /// Applies the kv service: `partitions` partitions of 3 replicas, RESP on
@@ -139,24 +453,31 @@ impl Cluster {
              resources = {{ cpu = \"250m\", memory = \"128Mi\" }}\n",
             self.resp_addr
         );
-        self.api
-            .put_raw(
-                &format!("/v1/services/{SERVICE}"),
-                "application/toml",
-                spec.into_bytes(),
-            )
-            .await?;
-        Ok(())
+        let mut last = None;
+        for api in &self.apis {
+            match api
+                .put_raw(
+                    &format!("/v1/services/{SERVICE}"),
+                    "application/toml",
+                    spec.clone().into_bytes(),
+                )
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no server")))
     }
 
     /// Every registered node, lost ones included.
     pub async fn nodes(&self) -> anyhow::Result<Vec<NodeView>> {
-        self.api.get("/v1/nodes").await
+        self.get("/v1/nodes").await
     }
 
     /// The kv service's partitions.
     pub async fn partitions(&self) -> anyhow::Result<Vec<PartitionView>> {
-        let all: Vec<PartitionView> = self.api.get("/v1/partitions").await?;
+        let all: Vec<PartitionView> = self.get("/v1/partitions").await?;
         Ok(all.into_iter().filter(|p| p.service == SERVICE).collect())
     }
 
@@ -183,9 +504,18 @@ impl Cluster {
         Ok(ports)
     }
 
-    /// Healthy: every agent ready, every partition with a leader, its replication factor
-    /// met and every member alive. `None` when healthy, else why not.
+    /// Healthy: every server running (and, on etcd, one holding the controller lease),
+    /// every agent ready, every partition with a leader, its replication factor met and
+    /// every member alive. `None` when healthy, else why not.
     pub async fn unhealthy(&self) -> Option<String> {
+        for index in 0..self.server_urls.len() {
+            if !self.server_running(index) {
+                return Some(format!("server s{index} is down"));
+            }
+        }
+        if self.has_etcd() && self.controller_holder().await.is_none() {
+            return Some("no server holds the controller lease".into());
+        }
         let nodes = match self.nodes().await {
             Ok(n) => n,
             Err(e) => return Some(format!("API: {e}")),
@@ -225,17 +555,86 @@ impl Cluster {
         }
     }
 
-    /// Stops `stator up` (SIGTERM, then SIGKILL after 10 s) and its agents.
-    pub async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        }
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .is_err()
+    /// Fails if the gateway is gone for good (it is not a fault target).
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        let procs = self.procs.lock().expect("not poisoned");
+        if procs
+            .iter()
+            .any(|p| p.role == Role::Gateway && p.child.is_none() && p.restart_at.is_none())
         {
-            let _ = self.child.kill().await;
+            bail!(
+                "the gateway could not be restarted; see {}",
+                self.data_dir.join("gateway.log").display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Stops every process (SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]) and etcd.
+    pub async fn stop(mut self) {
+        if let Some(supervisor) = self.supervisor.take() {
+            supervisor.abort();
+            let _ = supervisor.await;
+        }
+        let mut children: Vec<Child> = self
+            .procs
+            .lock()
+            .expect("not poisoned")
+            .iter_mut()
+            .filter_map(|p| p.child.take())
+            .collect();
+        for child in &children {
+            if let Some(pid) = child.id() {
+                // SAFETY: kill(2) on our own child; SIGCONT too, in case it is paused.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGTERM);
+                    libc::kill(pid as i32, libc::SIGCONT);
+                }
+            }
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        for child in &mut children {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+        }
+        drop(self.etcd.take());
+    }
+}
+
+impl Drop for Cluster {
+    /// Without [`Cluster::stop`] (an error or Ctrl-C): the supervisor stops, so the
+    /// processes, killed on drop, are not started again.
+    fn drop(&mut self) {
+        if let Some(supervisor) = self.supervisor.take() {
+            supervisor.abort();
+        }
+    }
+}
+
+/// Starts exited processes again after their restart delay, until aborted.
+async fn supervise(procs: Arc<Mutex<Vec<Proc>>>) {
+    let mut ticker = tokio::time::interval(SUPERVISE_INTERVAL);
+    loop {
+        ticker.tick().await;
+        let mut procs = procs.lock().expect("not poisoned");
+        for proc in procs.iter_mut() {
+            if let Some(child) = proc.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    eprintln!(
+                        "chaos: {:?} exited ({status}); starting it again in {:?}",
+                        proc.role, proc.restart_delay
+                    );
+                    proc.child = None;
+                    proc.restart_at = Some(Instant::now() + proc.restart_delay);
+                }
+            } else if proc.restart_at.is_some_and(|t| Instant::now() >= t) {
+                proc.restart_at = None;
+                if let Err(e) = proc.spawn() {
+                    eprintln!("chaos: cannot start {:?} again: {e:#}", proc.role);
+                }
+            }
         }
     }
 }

@@ -1,21 +1,26 @@
 //! `stator chaos`: a Jepsen-style run. A local cluster, concurrent clients on a few keys,
-//! a nemesis (kill, pause, partition, membership), then a linearizability verdict.
+//! a nemesis (kill, pause, partition, membership, server), then a linearizability verdict.
 //!
 //! # Layout
-//! - [`cluster`]: the child `stator up`, the API calls and the agents' process ids.
+//! - [`cluster`]: the servers (three on etcd, or one), the gateway and the agents as
+//!   supervised child processes, the API calls and the controller holder.
 //! - [`workload`]: RESP clients through the gateway, reply classification, final reads.
 //! - [`nemesis`]: the seeded fault schedule and the injection of each fault.
-//! - [`firewall`]: partitions as iptables rules matching per-node cgroups on loopback.
+//! - [`netns`]: agents in network namespaces on a bridge; isolation and cuts (default).
+//! - [`firewall`]: partitions as iptables rules matching per-node cgroups on loopback
+//!   (the fallback where namespaces cannot be made).
 
 pub mod cluster;
 pub mod firewall;
 pub mod nemesis;
+pub mod netns;
 pub mod workload;
 
 use anyhow::Context as _;
-use cluster::Cluster;
+use cluster::{Cluster, Placement};
 use firewall::Firewall;
-use nemesis::{FaultKind, FaultRecord, Nemesis, Schedule};
+use nemesis::{FaultKind, FaultRecord, Nemesis, Network, Schedule};
+use netns::Netns;
 use serde::Serialize;
 use stator_check::{Recorder, Status, Verdict};
 use std::collections::BTreeMap;
@@ -38,6 +43,17 @@ const LATE_ADOPTION_MS: u64 = 500;
 /// Set to 1 to fail instead of skipping a fault kind this machine cannot inject.
 pub const REQUIRE_ALL_ENV: &str = "STATOR_REQUIRE_ALL";
 
+/// Where the agents run and how partitions are made (`--network`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetworkMode {
+    /// Namespaces where they can be made (root, iproute2), else loopback.
+    Auto,
+    /// Each agent in a network namespace on a private bridge; fails where impossible.
+    Netns,
+    /// Agents on loopback; partitions by iptables rules per agent cgroup.
+    Loopback,
+}
+
 /// Settings of one run.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -55,6 +71,8 @@ pub struct Options {
     pub seed: u64,
     /// Where the history goes.
     pub history: PathBuf,
+    /// Namespaces or loopback.
+    pub network: NetworkMode,
 }
 
 /// The last line of `--json` output.
@@ -73,6 +91,10 @@ pub struct Summary {
     pub nodes: usize,
     pub clients: usize,
     pub keys: usize,
+    /// `netns` (agents in network namespaces) or `loopback`.
+    pub network: &'static str,
+    /// Servers: 3 on one etcd (the `server` fault), else 1 on the embedded store.
+    pub servers: usize,
     /// Faults after which the cluster did not become healthy within the recovery bound.
     pub unrecovered: usize,
     /// Keys whose final read never answered (not judged for lost writes).
@@ -105,7 +127,50 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
     kinds.sort();
     kinds.dedup();
     let mut skipped = BTreeMap::new();
-    let firewall = if kinds.contains(&FaultKind::Partition) {
+    // Several servers on etcd, for kills of the controller holder.
+    let with_etcd = if kinds.contains(&FaultKind::Server) {
+        match etcd_unavailable() {
+            None => true,
+            Some(why) if require_all => {
+                anyhow::bail!(
+                    "the server fault cannot be injected here and {REQUIRE_ALL_ENV}=1: {why}"
+                )
+            }
+            Some(why) => {
+                eprintln!("chaos: SKIPPING server kills: {why}");
+                skipped.insert("server", why);
+                kinds.retain(|k| *k != FaultKind::Server);
+                false
+            }
+        }
+    } else {
+        false
+    };
+    let netns = match opts.network {
+        NetworkMode::Loopback => None,
+        NetworkMode::Auto | NetworkMode::Netns => {
+            match Netns::new(&cluster::node_names(opts.nodes)) {
+                Ok(netns) => {
+                    eprintln!("chaos: agents in network namespaces: {}", netns.describe());
+                    Some(Arc::new(netns))
+                }
+                Err(e) if require_all || opts.network == NetworkMode::Netns => {
+                    return Err(e.context(format!(
+                        "network namespaces unavailable (--network {:?}, {REQUIRE_ALL_ENV}={})",
+                        opts.network,
+                        u8::from(require_all)
+                    )))
+                }
+                Err(e) => {
+                    eprintln!(
+                        "chaos: network namespaces unavailable: {e:#}; using loopback firewall"
+                    );
+                    None
+                }
+            }
+        }
+    };
+    let firewall = if kinds.contains(&FaultKind::Partition) && netns.is_none() {
         match Firewall::new() {
             Ok(f) => Some(Arc::new(f)),
             Err(e) if require_all => {
@@ -138,12 +203,26 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
         kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
         data_dir.path().display()
     );
-    // On Ctrl-C or SIGTERM the run is dropped: `up` dies with its agents (kill on drop,
-    // and their parent-death signal) and the firewall is removed below.
+    let placement = match &netns {
+        Some(netns) => Placement::Netns(netns.clone()),
+        None => Placement::Loopback,
+    };
+    // On Ctrl-C or SIGTERM the run is dropped: the cluster's processes die (kill on
+    // drop, and their parent-death signal) and the namespaces and firewall are removed
+    // below.
     let outcome = tokio::select! {
-        outcome = run_in(&opts, &kinds, firewall.clone(), data_dir.path(), skipped) => outcome,
+        outcome = run_in(&opts, &kinds, &placement, with_etcd, firewall.clone(), data_dir.path(), skipped) => outcome,
         _ = crate::shutdown_signal() => Err(anyhow::anyhow!("interrupted; cluster stopped, partitions healed")),
     };
+    drop(placement);
+    if let Some(netns) = netns {
+        match Arc::try_unwrap(netns) {
+            Ok(mut netns) => netns.cleanup(),
+            Err(_) => eprintln!(
+                "chaos: the namespaces are still shared; removed when the last user drops them"
+            ),
+        }
+    }
     // The cluster is stopped by now; the cgroups are empty and can go.
     // The adopter task may hold it for a moment (it upgrades a weak reference per tick).
     let mut firewall = firewall;
@@ -165,7 +244,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
         _ => {
             let kept = data_dir.keep();
             eprintln!(
-                "chaos: cluster logs kept in {} (up.log, agents/*/agent.log)",
+                "chaos: cluster logs kept in {} (servers/*/server.log, gateway.log, agents/*/agent.log)",
                 kept.display()
             );
         }
@@ -173,15 +252,31 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
     outcome
 }
 
+/// Why several servers on etcd cannot run here, if they cannot.
+fn etcd_unavailable() -> Option<String> {
+    if !cfg!(feature = "etcd") {
+        return Some(
+            "needs several servers on etcd: rebuild with `--features etcd` (needs protoc)".into(),
+        );
+    }
+    if !crate::bench::installed("etcd") {
+        return Some("needs an etcd binary (apt-get install etcd-server)".into());
+    }
+    None
+}
+
 async fn run_in(
     opts: &Options,
     kinds: &[FaultKind],
+    placement: &Placement,
+    with_etcd: bool,
     firewall: Option<Arc<Firewall>>,
     data_dir: &std::path::Path,
     skipped: BTreeMap<&'static str, String>,
 ) -> anyhow::Result<Summary> {
-    let mut cluster = Cluster::start(data_dir, opts.nodes).await?;
-    let up_pid = cluster.up_pid().context("`stator up` has no pid")?;
+    let mut cluster = Cluster::start(data_dir, opts.nodes, placement, with_etcd).await?;
+    // Agents are children of this process.
+    let parent_pid = std::process::id();
 
     // Agents go into their node's cgroup before they open any replica connection, and
     // restarted ones as soon as they appear.
@@ -195,7 +290,7 @@ async fn run_in(
                 let Some(firewall) = firewall.upgrade() else {
                     return;
                 };
-                for (node, pid) in cluster::agent_pids(up_pid) {
+                for (node, pid) in cluster::agent_pids(parent_pid) {
                     match firewall.adopt(&node, pid) {
                         Ok(true) => {
                             // A socket keeps the cgroup it was made in: an agent adopted
@@ -219,7 +314,7 @@ async fn run_in(
         if firewall.is_some() {
             // Wait for the first adoption pass to cover every agent.
             let deadline = Instant::now() + Duration::from_secs(5);
-            while cluster::agent_pids(up_pid).len() < opts.nodes && Instant::now() < deadline {
+            while cluster::agent_pids(parent_pid).len() < opts.nodes && Instant::now() < deadline {
                 tokio::time::sleep(ADOPT_INTERVAL).await;
             }
             tokio::time::sleep(ADOPT_INTERVAL * 3).await;
@@ -230,15 +325,11 @@ async fn run_in(
             .await
             .map_err(|why| anyhow::anyhow!("the kv service did not become healthy: {why}"))?;
         workload::wait_ready(&cluster.resp_addr, SERVICE_READY_TIMEOUT).await?;
-        drive(
-            opts,
-            kinds,
-            &mut cluster,
-            firewall.as_deref(),
-            up_pid,
-            skipped,
-        )
-        .await
+        let network = match placement {
+            Placement::Netns(netns) => Some(Network::Netns(netns)),
+            Placement::Loopback => firewall.as_deref().map(Network::Firewall),
+        };
+        drive(opts, kinds, &mut cluster, network, skipped).await
     }
     .await;
     if let Some(adopter) = adopter {
@@ -254,8 +345,7 @@ async fn drive(
     opts: &Options,
     kinds: &[FaultKind],
     cluster: &mut Cluster,
-    firewall: Option<&Firewall>,
-    up_pid: u32,
+    network: Option<Network<'_>>,
     skipped: BTreeMap<&'static str, String>,
 ) -> anyhow::Result<Summary> {
     let recorder = Recorder::new();
@@ -277,7 +367,7 @@ async fn drive(
     let mut schedule = Schedule::new(opts.seed, kinds.to_vec());
     let mut records: Vec<FaultRecord> = Vec::new();
     let nemesis_result: anyhow::Result<()> = async {
-        let nemesis = Nemesis::new(cluster, firewall, up_pid, started);
+        let nemesis = Nemesis::new(cluster, network, started);
         loop {
             let plan = schedule.next_fault();
             if started.elapsed() + plan.gap >= opts.duration {
@@ -350,6 +440,11 @@ async fn drive(
         nodes: opts.nodes,
         clients: opts.clients,
         keys: opts.keys,
+        network: match network {
+            Some(Network::Netns(_)) => "netns",
+            _ => "loopback",
+        },
+        servers: cluster.server_urls.len(),
         unrecovered: records.iter().filter(|r| r.recovery_s.is_none()).count()
             + usize::from(final_health.is_err()),
         keys_without_final_read: opts.keys - final_values.len(),

@@ -5,6 +5,7 @@
 
 use super::cluster::{self, Cluster};
 use super::firewall::{self, Firewall};
+use super::netns::Netns;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -38,15 +39,19 @@ pub enum FaultKind {
     Partition,
     /// Drain a node (live migration), then kill it so it returns as a new member.
     Membership,
+    /// SIGKILL the server holding the controller lease (several servers on etcd); it is
+    /// started again after a few seconds.
+    Server,
 }
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [FaultKind; 4] = [
+    pub const ALL: [FaultKind; 5] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Partition,
         FaultKind::Membership,
+        FaultKind::Server,
     ];
 
     /// The command-line name.
@@ -56,6 +61,7 @@ impl FaultKind {
             FaultKind::Pause => "pause",
             FaultKind::Partition => "partition",
             FaultKind::Membership => "membership",
+            FaultKind::Server => "server",
         }
     }
 
@@ -66,7 +72,7 @@ impl FaultKind {
             .find(|k| k.name() == name)
             .ok_or_else(|| {
                 anyhow::anyhow!(
-                    "--faults: unknown fault {name:?}; use kill, pause, partition, membership"
+                    "--faults: unknown fault {name:?}; use kill, pause, partition, membership, server"
                 )
             })
     }
@@ -135,7 +141,7 @@ impl Schedule {
         let hold_ms = match kind {
             FaultKind::Pause => self.rng.gen_range(PAUSE_MS.0..=PAUSE_MS.1),
             FaultKind::Partition => self.rng.gen_range(PARTITION_MS.0..=PARTITION_MS.1),
-            FaultKind::Kill | FaultKind::Membership => 0,
+            FaultKind::Kill | FaultKind::Membership | FaultKind::Server => 0,
         };
         FaultPlan {
             kind,
@@ -158,8 +164,9 @@ pub struct FaultRecord {
     pub at_s: f64,
     /// Whether it was actually injected (a target could be missing).
     pub injected: bool,
-    /// Seconds from the heal (SIGCONT, rules removed; for kills, the SIGKILL: `up`
-    /// restarts the node by itself) to a healthy cluster; `None` if it did not recover.
+    /// Seconds from the heal (SIGCONT, rules removed, veth up; for kills, the SIGKILL:
+    /// the supervisor restarts the process by itself) to a healthy cluster; `None` if it
+    /// did not recover.
     pub recovery_s: Option<f64>,
 }
 
@@ -213,11 +220,19 @@ pub fn plan_split(shape: PartitionShape, nodes: &[String], leader: &str, pick: u
     }
 }
 
+/// How partitions are made.
+#[derive(Clone, Copy)]
+pub enum Network<'a> {
+    /// iptables rules on loopback matched per agent cgroup.
+    Firewall(&'a Firewall),
+    /// Agents in network namespaces on a bridge.
+    Netns(&'a Netns),
+}
+
 /// Injects faults into a cluster.
 pub struct Nemesis<'a> {
     cluster: &'a Cluster,
-    firewall: Option<&'a Firewall>,
-    up_pid: u32,
+    network: Option<Network<'a>>,
     started: Instant,
 }
 
@@ -239,29 +254,27 @@ impl Drop for Resume {
     }
 }
 
-/// Removes every partition rule when dropped.
-struct Heal<'a>(&'a Firewall);
+/// Removes every partition rule (and sets every veth up) when dropped.
+struct Heal<'a>(Network<'a>);
 
 impl Drop for Heal<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self.0.set(&BTreeSet::new()) {
-            eprintln!("chaos: healing the partition failed: {e}");
+        let healed = match self.0 {
+            Network::Firewall(firewall) => firewall.set(&BTreeSet::new()),
+            Network::Netns(netns) => netns.heal(),
+        };
+        if let Err(e) = healed {
+            eprintln!("chaos: healing the partition failed: {e:#}");
         }
     }
 }
 
 impl<'a> Nemesis<'a> {
-    /// A nemesis for `cluster`; `firewall` is needed for partitions.
-    pub fn new(
-        cluster: &'a Cluster,
-        firewall: Option<&'a Firewall>,
-        up_pid: u32,
-        started: Instant,
-    ) -> Self {
+    /// A nemesis for `cluster`; `network` is needed for partitions.
+    pub fn new(cluster: &'a Cluster, network: Option<Network<'a>>, started: Instant) -> Self {
         Nemesis {
             cluster,
-            firewall,
-            up_pid,
+            network,
             started,
         }
     }
@@ -331,14 +344,13 @@ impl<'a> Nemesis<'a> {
         if !leaders.is_empty() {
             return Some(leaders[(pick % leaders.len() as u64) as usize].clone());
         }
-        let agents: Vec<String> = cluster::agent_pids(self.up_pid).into_keys().collect();
+        let agents: Vec<String> = self.cluster.agent_pids().into_keys().collect();
         (!agents.is_empty()).then(|| agents[(pick % agents.len() as u64) as usize].clone())
     }
 
     fn pid_of(&self, node: &str) -> anyhow::Result<u32> {
-        cluster::agent_pids(self.up_pid)
-            .get(node)
-            .copied()
+        self.cluster
+            .agent_pid(node)
             .ok_or_else(|| anyhow::anyhow!("no agent process for {node}"))
     }
 
@@ -358,6 +370,7 @@ impl<'a> Nemesis<'a> {
             FaultKind::Pause => self.pause(plan).await?,
             FaultKind::Partition => self.partition(plan).await?,
             FaultKind::Membership => self.membership(plan).await?,
+            FaultKind::Server => self.server().await?,
         };
         let recovery_s = match self.cluster.wait_healthy(RECOVERY_TIMEOUT).await {
             Ok(_) => {
@@ -404,7 +417,10 @@ impl<'a> Nemesis<'a> {
         signal(pid, libc::SIGKILL)?;
         let killed_at = Instant::now();
         let detail = format!("SIGKILL {node} (pid {pid}, a leader's node)");
-        self.log(&format!("kill: {detail}; `up` restarts it as a new member"));
+        self.log(&format!(
+            "kill: {detail}; it is restarted as a new member in {:?}",
+            crate::up::AGENT_RESTART_DELAY
+        ));
         self.wait_replaced(&node, old_id).await;
         Ok((true, detail, killed_at))
     }
@@ -443,41 +459,66 @@ impl<'a> Nemesis<'a> {
     }
 
     async fn partition(&self, plan: &FaultPlan) -> anyhow::Result<(bool, String, Instant)> {
-        let firewall = self
-            .firewall
-            .expect("partitions are scheduled only with a firewall");
+        let network = self
+            .network
+            .expect("partitions are scheduled only with a network to cut");
         let Some(leader) = self.leader_target(plan.pick).await else {
             return Ok((false, "no node to partition".into(), Instant::now()));
         };
         let ports = self.cluster.transport_ports().await?;
         let nodes: Vec<String> = ports.keys().cloned().collect();
         let split = plan_split(plan.shape, &nodes, &leader, plan.pick);
-        let blocks = firewall::cut(&split.left, &split.right, &ports);
-        firewall.set(&blocks)?;
-        let heal = Heal(firewall);
+        // Evidence the cut was real: packets the rules dropped, or for an isolated
+        // namespace, the segments its TCP connections retransmitted.
+        let (how, evidence_before) = match network {
+            Network::Firewall(firewall) => {
+                let blocks = firewall::cut(&split.left, &split.right, &ports);
+                firewall.set(&blocks)?;
+                (format!("{} iptables rules", blocks.len()), 0)
+            }
+            Network::Netns(netns) if plan.shape == PartitionShape::IsolateLeader => {
+                let before = netns.retransmits(&leader).unwrap_or(0);
+                netns.isolate(&leader)?;
+                (format!("veth of {leader} down"), before)
+            }
+            Network::Netns(netns) => {
+                netns.cut(&split.left, &split.right)?;
+                ("drop rules in the namespaces".to_string(), 0)
+            }
+        };
+        let heal = Heal(network);
         self.log(&format!(
-            "partition: {} for {} ms ({} iptables rules)",
+            "partition: {} for {} ms ({how})",
             split.detail,
             plan.hold.as_millis(),
-            blocks.len()
         ));
         tokio::time::sleep(plan.hold).await;
-        let dropped = firewall.dropped_packets().unwrap_or(0);
+        let (evidence, unit) = match network {
+            Network::Firewall(firewall) => {
+                (firewall.dropped_packets().unwrap_or(0), "packets dropped")
+            }
+            Network::Netns(netns) if plan.shape == PartitionShape::IsolateLeader => (
+                netns
+                    .retransmits(&leader)
+                    .unwrap_or(0)
+                    .saturating_sub(evidence_before),
+                "TCP segments retransmitted by the isolated node",
+            ),
+            Network::Netns(netns) => (netns.dropped_packets(), "packets dropped"),
+        };
         drop(heal);
         let healed_at = Instant::now();
-        self.log(&format!(
-            "partition: healed (rules removed; they dropped {dropped} packets)"
-        ));
-        // Replicas exchange heartbeats many times a second: rules that dropped nothing
+        self.log(&format!("partition: healed ({evidence} {unit})"));
+        // Replicas exchange heartbeats many times a second: a cut that dropped nothing
         // matched nothing (e.g. a cgroup path the kernel resolves elsewhere), so the
         // partition did not happen and is not counted.
-        if dropped == 0 {
-            self.log("partition: WARNING the rules dropped no packet; not counted as injected");
+        if evidence == 0 {
+            self.log("partition: WARNING the cut stopped no packet; not counted as injected");
         }
         Ok((
-            dropped > 0,
+            evidence > 0,
             format!(
-                "{} for {} ms, {dropped} packets dropped",
+                "{} for {} ms ({how}), {evidence} {unit}",
                 split.detail,
                 plan.hold.as_millis()
             ),
@@ -485,16 +526,58 @@ impl<'a> Nemesis<'a> {
         ))
     }
 
+    /// SIGKILLs the server holding the controller lease; the supervisor starts it again
+    /// after [`cluster::SERVER_RESTART_DELAY`]. Waits for another server to take the
+    /// lease and for the killed one to run again.
+    async fn server(&self) -> anyhow::Result<(bool, String, Instant)> {
+        let Some((holder, term)) = self.cluster.controller_term().await else {
+            return Ok((
+                false,
+                "no server holds the controller lease".into(),
+                Instant::now(),
+            ));
+        };
+        let pid = self
+            .cluster
+            .server_pid(holder)
+            .ok_or_else(|| anyhow::anyhow!("server s{holder} holds the lease but does not run"))?;
+        signal(pid, libc::SIGKILL)?;
+        let killed_at = Instant::now();
+        self.log(&format!(
+            "server: SIGKILL s{holder} (pid {pid}), the controller holder; restarted in {:?}",
+            cluster::SERVER_RESTART_DELAY
+        ));
+        let mut detail = format!("SIGKILL controller holder s{holder} (pid {pid})");
+        let mut taken = false;
+        while killed_at.elapsed() < RECOVERY_TIMEOUT {
+            match self.cluster.controller_term().await {
+                // A new term: another server, or the restarted one, won the lease.
+                Some((next, revision)) if revision != term => {
+                    let took = killed_at.elapsed().as_secs_f64();
+                    self.log(&format!(
+                        "server: s{next} took the controller lease after {took:.1}s"
+                    ));
+                    detail.push_str(&format!("; s{next} took the lease after {took:.1}s"));
+                    taken = true;
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        if !taken {
+            detail.push_str("; no server took the lease");
+        }
+        while !self.cluster.server_running(holder) && killed_at.elapsed() < RECOVERY_TIMEOUT {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok((true, detail, killed_at))
+    }
+
     async fn membership(&self, plan: &FaultPlan) -> anyhow::Result<(bool, String, Instant)> {
         let Some(node) = self.leader_target(plan.pick).await else {
             return Ok((false, "no node to drain".into(), Instant::now()));
         };
-        if let Err(e) = self
-            .cluster
-            .api
-            .post(&format!("/v1/nodes/{node}/drain"))
-            .await
-        {
+        if let Err(e) = self.cluster.post(&format!("/v1/nodes/{node}/drain")).await {
             self.log(&format!("membership: drain {node} refused: {e}"));
             return Ok((false, format!("drain {node} refused: {e}"), Instant::now()));
         }
@@ -560,9 +643,19 @@ mod tests {
     fn every_kind_appears_in_each_round() {
         let mut schedule = Schedule::new(7, FaultKind::ALL.to_vec());
         for _ in 0..3 {
-            let round: BTreeSet<FaultKind> = (0..4).map(|_| schedule.next_fault().kind).collect();
-            assert_eq!(round.len(), 4);
+            let round: BTreeSet<FaultKind> = (0..FaultKind::ALL.len())
+                .map(|_| schedule.next_fault().kind)
+                .collect();
+            assert_eq!(round.len(), FaultKind::ALL.len());
         }
+    }
+
+    #[test]
+    fn every_kind_has_a_name_that_parses_back() {
+        for kind in FaultKind::ALL {
+            assert_eq!(FaultKind::parse(kind.name()).unwrap(), kind);
+        }
+        assert!(FaultKind::parse("reboot").is_err());
     }
 
     #[test]
