@@ -222,6 +222,8 @@ async fn read_message<R: AsyncRead + Unpin>(
         )));
     }
     buf.clear();
+    // Exact: a buffer reused for a bigger frame must not double past MAX_FRAME_BYTES.
+    buf.reserve_exact(len);
     buf.resize(len, 0);
     r.read_exact(buf).await?;
     postcard::from_bytes(buf).map_err(|e| std::io::Error::other(format!("garbled frame: {e}")))
