@@ -114,6 +114,8 @@ impl ServerError {
             | ServerError::NoLeader
             | ServerError::ForwardedTooFar
             | ServerError::LeaderUnreachable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            // This server's controller was deposed mid-call: the new holder will answer.
+            ServerError::Store(StoreError::Fenced { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             ServerError::TokenMismatch { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ServerError::Store(_)
             | ServerError::CorruptRecord { .. }

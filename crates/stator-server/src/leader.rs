@@ -10,9 +10,16 @@
 //! steps down [`STEP_DOWN_MARGIN_MS`] before `last successful renewal sent + TTL`, since
 //! etcd counts the TTL from when it processed that renewal, which is later. It also steps
 //! down the moment the key changes or vanishes (a watch on it), or a renewal says the
-//! lease is gone. What remains is the one case no lease can fence: an operator deleting
-//! the key by hand while the holder is alive lets another server win before the holder's
-//! watch event arrives (milliseconds).
+//! lease is gone.
+//!
+//! # Fenced writes
+//! Stepping down on time cannot stop a holder that was paused (SIGSTOP, a GC pause, a slow
+//! disk) past its lease and wakes mid-write, nor one whose key an operator deleted. So a
+//! term's controller writes only through a [`Fence`]: the leader key with the create
+//! revision this term won it at, checked by the store atomically with every write. Once
+//! another server has won the key, the deposed controller's next write is refused
+//! ([`StoreError::Fenced`]), nothing of it lands, the controller stops and this server
+//! steps down and follows.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +32,9 @@ use tokio::time::Instant;
 
 use stator_store::{CasOutcome, Expected, LeaseId, Store, StoreError, Versioned, WatchEvent};
 
+use crate::controller::ControllerExit;
 use crate::error::Result;
+use crate::fence::Fence;
 
 /// The key holding the URL of the server that runs the controller, attached to its lease.
 pub const LEADER_KEY: &str = "/stator/leader";
@@ -73,13 +82,14 @@ pub struct Term {
     pub router: Router,
     /// Flipped to end this term's event streams.
     pub stop: watch::Sender<bool>,
-    /// The controller task; aborted when the term is dropped.
-    pub controller: JoinHandle<()>,
+    /// The controller task; aborted when the term is dropped. It ends by itself only on
+    /// [`ControllerExit::Fenced`] (or at shutdown).
+    pub controller: JoinHandle<ControllerExit>,
 }
 
 impl Term {
     /// Ends the term at once: the controller task is aborted wherever it is. Its store
-    /// writes are single atomic operations, so nothing half-written is left behind.
+    /// writes are single atomic guarded batches, so nothing half-written is left behind.
     fn abort(self) {
         // Dropping aborts; the explicit call documents the intent at call sites.
         drop(self);
@@ -101,9 +111,10 @@ impl Drop for Term {
     }
 }
 
-/// Starts a controller term: loads the cluster from the store and spawns the controller.
+/// Starts a controller term whose writes go through the given fence: loads the cluster
+/// from the store and spawns the controller.
 pub type StartTerm =
-    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<Term>> + Send + Sync + 'static>;
+    Arc<dyn Fn(Fence) -> futures::future::BoxFuture<'static, Result<Term>> + Send + Sync + 'static>;
 
 /// Everything the election task needs.
 pub struct Election {
@@ -182,8 +193,10 @@ impl Election {
                     )
                     .await;
                 match outcome {
-                    Ok(CasOutcome::Swapped { .. }) => {
-                        return self.lead(lease, granted_at, &mut watch).await;
+                    Ok(CasOutcome::Swapped { revision }) => {
+                        // The swap created the key: its create revision is `revision`.
+                        let fence = Fence::leader(LEADER_KEY, revision);
+                        return self.lead(lease, granted_at, fence, &mut watch).await;
                     }
                     Ok(CasOutcome::Mismatch { current }) => {
                         self.release(lease).await;
@@ -248,6 +261,7 @@ impl Election {
         &mut self,
         lease: LeaseId,
         granted_at: Instant,
+        fence: Fence,
         watch: &mut stator_store::Watch,
     ) -> Result<RoundEnd> {
         tracing::info!(url = %self.me, lease, "won the controller lease");
@@ -261,7 +275,7 @@ impl Election {
             ttl / 3,
             renewals_tx,
         )));
-        let start = (self.start_term)();
+        let start = (self.start_term)(fence);
         tokio::pin!(start);
         let mut term: Option<Term> = None;
         let mut shutdown = self.shutdown.clone();
@@ -299,6 +313,19 @@ impl Election {
                     Some(Err(error)) => break Err(error.into()),
                     None => break Err(StoreError::Closed.into()),
                 },
+                exit = controller_exit(&mut term) => {
+                    match exit {
+                        ControllerExit::Fenced => tracing::warn!(
+                            url = %self.me,
+                            "deposed: the store refused a controller write because \
+                             {LEADER_KEY} changed hands; controller stopped, following"
+                        ),
+                        ControllerExit::Stopped => {
+                            tracing::warn!("the controller stopped by itself; stepping down")
+                        }
+                    }
+                    break Ok(RoundEnd::Again);
+                }
                 started = &mut start, if term.is_none() => match started {
                     Ok(started) => {
                         tracing::info!(url = %self.me, "controller running");
@@ -329,6 +356,17 @@ impl Election {
                 tracing::debug!(%error, lease, "could not revoke the controller lease");
             }
         }
+    }
+}
+
+/// How the running term's controller task ended; pending while it runs or before a term
+/// started. A task that panicked counts as stopped.
+async fn controller_exit(term: &mut Option<Term>) -> ControllerExit {
+    match term {
+        Some(term) => (&mut term.controller)
+            .await
+            .unwrap_or(ControllerExit::Stopped),
+        None => std::future::pending().await,
     }
 }
 
@@ -374,5 +412,91 @@ pub struct AbortOnDrop(pub JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use stator_store::EmbeddedStore;
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::*;
+
+    /// Longest wait for the election to act; generous for a loaded machine.
+    const WAIT_LIMIT: Duration = Duration::from_secs(30);
+
+    /// A term as the election sees it, and the switch that makes its controller end with
+    /// `Fenced` (as a real one does when the store refuses its write).
+    type StartedTerm = (Fence, oneshot::Sender<()>);
+
+    /// A controller that ends with `Fenced` ends the term even though the key did not
+    /// change under the watch: the server releases the lease and campaigns again, and the
+    /// next term has a new fence.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fenced_controller_ends_the_term() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let (terms_tx, mut terms) = mpsc::unbounded_channel::<StartedTerm>();
+        let start_term: StartTerm = Arc::new(move |fence| {
+            let terms_tx = terms_tx.clone();
+            Box::pin(async move {
+                let (depose, deposed) = oneshot::channel::<()>();
+                terms_tx
+                    .send((fence, depose))
+                    .expect("the test is listening");
+                let controller = tokio::spawn(async move {
+                    let _ = deposed.await;
+                    ControllerExit::Fenced
+                });
+                let (stop, _) = watch::channel(false);
+                Ok(Term {
+                    router: Router::new(),
+                    stop,
+                    controller,
+                })
+            })
+        });
+        let (role_tx, _role) = watch::channel(Role::Electing);
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let election = tokio::spawn(
+            Election {
+                store: store.clone(),
+                me: "http://me".to_string(),
+                ttl_ms: LEADER_LEASE_TTL_MS,
+                start_term,
+                role: role_tx,
+                shutdown,
+            }
+            .run(),
+        );
+        let (first, depose_first) = tokio::time::timeout(WAIT_LIMIT, terms.recv())
+            .await
+            .expect("a term starts")
+            .expect("the election runs");
+        let held = store
+            .get(LEADER_KEY)
+            .await
+            .unwrap()
+            .expect("the key is won");
+        assert_eq!(
+            first.guard().map(|guard| &guard.expected),
+            Some(&Expected::CreateRevision(held.create_revision)),
+            "the fence is the create revision of the win"
+        );
+        depose_first.send(()).unwrap();
+        let (second, _keep_second) = tokio::time::timeout(WAIT_LIMIT, terms.recv())
+            .await
+            .expect("a new term starts")
+            .expect("the election runs");
+        assert_ne!(
+            first.guard(),
+            second.guard(),
+            "the old term ended, its lease was released and the key won anew"
+        );
+        shutdown_tx.send(true).unwrap();
+        tokio::time::timeout(WAIT_LIMIT, election)
+            .await
+            .expect("the election stops at shutdown")
+            .unwrap();
     }
 }

@@ -6,6 +6,11 @@
 //! its own etcd connection (printing `SKIPPED: etcd not installed` without etcd, unless
 //! STATOR_REQUIRE_ALL=1). Waits are bounded; no assertion depends on a timing. The
 //! failover time is printed (`FAILOVER ...`) for the record.
+//!
+//! Fencing: a controller whose term lost the leader key (as a holder paused past its lease
+//! would find on waking) has its next write refused by the store, stops, and leaves the
+//! store unchanged; a server whose key is taken over behind its back follows the new
+//! holder and writes nothing more.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,8 +22,12 @@ use tokio::time::Instant;
 
 use stator_api::agent::{Assignments, Heartbeat, RegisterRequest, RegisterResponse};
 use stator_api::ids::NodeId;
-use stator_server::{ServerConfig, ServerHandle, StoreConfig};
-use stator_store::{Store, StoreError};
+use stator_server::controller::{self, ControllerExit};
+use stator_server::fence::Fence;
+use stator_server::leader::LEADER_KEY;
+use stator_server::metrics::Metrics;
+use stator_server::{ServerConfig, ServerError, ServerHandle, StoreConfig};
+use stator_store::{CasOutcome, Expected, LeaseId, Store, StoreError};
 
 /// Bound on every wait: generous for a loaded CI machine; a broken election still fails.
 const WAIT_LIMIT: Duration = Duration::from_secs(30);
@@ -359,6 +368,149 @@ async fn an_unreachable_holder_is_a_503_until_its_lease_ends(store: Arc<dyn Stor
     servers.shutdown_all().await;
 }
 
+/// Lease TTL of the keys the fencing tests plant by hand: far longer than any test.
+const PLANTED_LEASE_TTL_MS: u64 = 60_000;
+
+/// Wins [`LEADER_KEY`] for `url` the way an election does; returns the lease and the
+/// revision the key was created at, or None if the key is taken.
+async fn try_win_leader_key(store: &Arc<dyn Store>, url: &'static str) -> Option<(LeaseId, u64)> {
+    let lease = store.grant_lease(PLANTED_LEASE_TTL_MS).await.unwrap();
+    let won = store
+        .compare_and_swap_with_lease(
+            LEADER_KEY,
+            Expected::Absent,
+            Some(bytes::Bytes::from_static(url.as_bytes())),
+            Some(lease),
+        )
+        .await
+        .unwrap();
+    match won {
+        CasOutcome::Swapped { revision } => Some((lease, revision)),
+        CasOutcome::Mismatch { .. } => {
+            store.revoke(lease).await.unwrap();
+            None
+        }
+    }
+}
+
+/// [`try_win_leader_key`] on a key nobody else campaigns for.
+async fn win_leader_key(store: &Arc<dyn Store>, url: &'static str) -> (LeaseId, u64) {
+    try_win_leader_key(store, url)
+        .await
+        .expect("the leader key must be free")
+}
+
+/// Every key the server keeps and the store revision: equal before and after a refused
+/// write when nothing of it landed.
+async fn store_state(store: &Arc<dyn Store>) -> (u64, Vec<(String, bytes::Bytes)>) {
+    let listed = store.list("/stator/").await.unwrap();
+    let keys = listed.into_iter().map(|(k, v)| (k, v.value)).collect();
+    (store.revision().await.unwrap(), keys)
+}
+
+fn parsed_web_spec(name: &str) -> stator_api::spec::ServiceSpec {
+    stator_api::spec::parse_spec(&web_spec(name), stator_api::spec::SpecFormat::Toml).unwrap()
+}
+
+/// Server A's controller runs with the fence of its win; another server takes the leader
+/// key over behind its back (A's lease ended while A was paused, B won). A's next write,
+/// an apply through its handle, is refused with the fenced error, nothing of it reaches
+/// the store, and A's controller stops by itself with `Fenced`.
+async fn a_deposed_controller_cannot_write(store: Arc<dyn Store>) {
+    let (lease_a, won_at) = win_leader_key(&store, "http://server-a").await;
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new(dir.path());
+    config.node_grace_ms = TEST_GRACE_MS;
+    let settings = stator_server::controller_settings(&config);
+    let (handle, task) = controller::spawn(
+        store.clone(),
+        Fence::leader(LEADER_KEY, won_at),
+        settings,
+        Arc::new(Metrics::new()),
+        stop_rx,
+    )
+    .await
+    .unwrap();
+    let applied = handle.apply(parsed_web_spec("while-leading")).await;
+    assert!(applied.is_ok(), "A holds the key: {applied:?}");
+
+    // B wins the key; A's controller has not noticed (no election task runs here).
+    store.revoke(lease_a).await.unwrap();
+    let (_lease_b, _) = win_leader_key(&store, "http://server-b").await;
+    let before = store_state(&store).await;
+    let refused = handle.apply(parsed_web_spec("after-deposed")).await;
+    match &refused {
+        Err(ServerError::Store(StoreError::Fenced { key })) => assert_eq!(key, LEADER_KEY),
+        other => panic!("a deposed controller's write must be fenced, got {other:?}"),
+    }
+    assert_eq!(
+        refused.unwrap_err().status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "callers are told to retry (the new holder answers)"
+    );
+    assert_eq!(
+        store_state(&store).await,
+        before,
+        "nothing of the write landed"
+    );
+    let exit = tokio::time::timeout(WAIT_LIMIT, task)
+        .await
+        .expect("a fenced controller stops by itself")
+        .expect("the controller task does not panic");
+    assert_eq!(exit, ControllerExit::Fenced);
+    let after_stop = handle.apply(parsed_web_spec("after-stop")).await;
+    assert!(
+        matches!(after_stop, Err(ServerError::ShuttingDown)),
+        "a stopped controller takes no more commands: {after_stop:?}"
+    );
+    assert_eq!(store_state(&store).await, before);
+}
+
+/// A server leads; its leader key is taken over behind its back (deleted and won by
+/// another server, as after a pause). It stops its controller and follows the new holder;
+/// an apply sent to it is not written by it.
+async fn a_server_whose_key_is_taken_follows_and_writes_nothing(store: Arc<dyn Store>) {
+    let shared = store.clone();
+    let servers = Servers::start(1, move || StoreConfig::Shared(shared.clone())).await;
+    servers.settled_leader().await;
+    assert_eq!(servers.apply(0, "before").await, StatusCode::CREATED);
+    // B takes over: A's lease ends (its key goes) and B wins the free key. A may win it
+    // back first when it notices; then B ends that lease too and tries again.
+    let deadline = Instant::now() + WAIT_LIMIT;
+    loop {
+        if let Some(held) = store.get(LEADER_KEY).await.unwrap() {
+            let lease = held.lease.expect("the leader key carries a lease");
+            assert!(matches!(
+                store.revoke(lease).await,
+                Ok(()) | Err(StoreError::LeaseNotFound { .. })
+            ));
+        }
+        if try_win_leader_key(&store, "http://127.0.0.1:1")
+            .await
+            .is_some()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B never won the leader key");
+    }
+    let deadline = Instant::now() + WAIT_LIMIT;
+    while servers.server(0).leader_url().as_deref() != Some("http://127.0.0.1:1") {
+        assert!(Instant::now() < deadline, "A never followed the new holder");
+        tokio::time::sleep(POLL_PAUSE).await;
+    }
+    assert!(!servers.server(0).is_leader());
+    let before = store_state(&store).await;
+    let status = servers.apply(0, "after").await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "forwarded to the new holder, which does not answer"
+    );
+    assert_eq!(store_state(&store).await, before, "A wrote nothing more");
+    servers.shutdown_all().await;
+}
+
 mod shared_embedded {
     use super::*;
     use stator_store::EmbeddedStore;
@@ -402,6 +554,18 @@ mod shared_embedded {
     async fn an_unreachable_holder_is_a_503_until_its_lease_ends() {
         let (_dir, store) = shared_store();
         super::an_unreachable_holder_is_a_503_until_its_lease_ends(store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deposed_controller_cannot_write() {
+        let (_dir, store) = shared_store();
+        super::a_deposed_controller_cannot_write(store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_whose_key_is_taken_follows_and_writes_nothing() {
+        let (_dir, store) = shared_store();
+        super::a_server_whose_key_is_taken_follows_and_writes_nothing(store).await;
     }
 }
 
@@ -461,5 +625,25 @@ mod etcd {
         let cluster = LocalEtcdCluster::start(3).await;
         let store: Arc<dyn Store> = Arc::new(cluster.store("").await);
         super::an_unreachable_holder_is_a_503_until_its_lease_ends(store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deposed_controller_cannot_write() {
+        if !etcd_available_or_skip() {
+            return;
+        }
+        let cluster = LocalEtcdCluster::start(3).await;
+        let store: Arc<dyn Store> = Arc::new(cluster.store("").await);
+        super::a_deposed_controller_cannot_write(store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_whose_key_is_taken_follows_and_writes_nothing() {
+        if !etcd_available_or_skip() {
+            return;
+        }
+        let cluster = LocalEtcdCluster::start(3).await;
+        let store: Arc<dyn Store> = Arc::new(cluster.store("").await);
+        super::a_server_whose_key_is_taken_follows_and_writes_nothing(store).await;
     }
 }
