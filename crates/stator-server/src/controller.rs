@@ -19,6 +19,7 @@ use stator_api::spec::{ServiceKind, ServiceSpec};
 use stator_store::{Store, WriteOp};
 
 use crate::assign::assignments_for;
+use crate::autoscale::{self, AutoscaleConfig, AutoscaleState};
 use crate::error::{Result, ServerError};
 use crate::fence::Fence;
 use crate::metrics::Metrics;
@@ -26,6 +27,7 @@ use crate::model::{
     Cluster, JobPhase, NodeObserved, NodeRecord, NodeState, PartitionDesign, Placement, Service,
     ServiceRecord, META_PREFIX, NODES_PREFIX, PLACEMENTS_PREFIX, SERVICES_PREFIX,
 };
+use crate::provider::NodeProvider;
 use crate::reconcile::{apply_action, reconcile, Action, ReplaceReason};
 use crate::views::{service_view, ApplyResult, Event, EventKind};
 
@@ -138,12 +140,31 @@ impl ControllerHandle {
 }
 
 /// Settings the controller needs from the server config.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ControllerSettings {
     /// Heartbeat grace.
     pub node_grace_ms: u64,
     /// Interval told to agents.
     pub heartbeat_interval_ms: u64,
+    /// Node pools, the autoscaler's tunables and the provider; None: no autoscaling.
+    pub autoscale: Option<Autoscaling>,
+}
+
+/// What the autoscaler needs: its config and where nodes come from.
+#[derive(Debug, Clone)]
+pub struct Autoscaling {
+    /// Pools and tunables.
+    pub config: AutoscaleConfig,
+    /// Provisions and releases nodes.
+    pub provider: Arc<dyn NodeProvider>,
+}
+
+/// The autoscaler's part of the controller task.
+struct Scaling {
+    settings: Autoscaling,
+    state: AutoscaleState,
+    /// When the next round is due, ms since the Unix epoch.
+    next_round_ms: u64,
 }
 
 /// Wall-clock ms since the Unix epoch: the time base of heartbeats and retries, since
@@ -205,6 +226,8 @@ struct Controller {
     next_run_ms: u64,
     /// Problems of the last pass, to log only changes.
     last_problems: Vec<String>,
+    /// Autoscaling, when node pools are configured.
+    scaling: Option<Scaling>,
 }
 
 impl Controller {
@@ -261,6 +284,11 @@ impl Controller {
         };
         debug_assert!(CLUSTER_SECRET_KEY.starts_with(META_PREFIX));
         metrics.observe(&cluster);
+        let scaling = settings.autoscale.clone().map(|settings| Scaling {
+            next_round_ms: now + settings.config.interval_ms,
+            settings,
+            state: AutoscaleState::default(),
+        });
         Ok(Controller {
             cluster,
             store,
@@ -274,6 +302,7 @@ impl Controller {
             cluster_secret,
             next_run_ms: now,
             last_problems: Vec::new(),
+            scaling,
         })
     }
 
@@ -571,7 +600,61 @@ impl Controller {
             // Actions change what the next pass sees: look again soon.
             self.wake();
         }
+        self.autoscale_round(now).await;
         self.metrics.observe(&self.cluster);
+    }
+
+    /// One autoscaling round when due: resizes, migrations and drains are applied and
+    /// persisted like any action; provisions and releases go to the provider on their
+    /// own tasks, so a slow provider never holds up the controller.
+    async fn autoscale_round(&mut self, now: u64) {
+        let Some(scaling) = self.scaling.as_mut() else {
+            return;
+        };
+        if now < scaling.next_round_ms {
+            self.next_run_ms = self.next_run_ms.min(scaling.next_round_ms);
+            return;
+        }
+        scaling.next_round_ms = now + scaling.settings.config.interval_ms;
+        self.next_run_ms = self.next_run_ms.min(scaling.next_round_ms);
+        let round = autoscale::round(
+            &self.cluster,
+            now,
+            &scaling.settings.config,
+            &mut scaling.state,
+        );
+        let provider = scaling.settings.provider.clone();
+        for request in round.provision {
+            self.publish(EventKind::NodeRequested {
+                pool: request.pool.name.clone(),
+                zone: request.zone.clone(),
+            });
+            let provider = provider.clone();
+            tokio::spawn(async move {
+                match provider.provision(&request.pool, &request.zone).await {
+                    Ok(name) => {
+                        tracing::info!(pool = %request.pool.name, zone = %request.zone, %name, "node requested")
+                    }
+                    Err(error) => tracing::warn!(%error, "could not provision a node"),
+                }
+            });
+        }
+        if !round.actions.is_empty() {
+            self.apply_actions(round.actions).await;
+            self.wake();
+        }
+        for request in round.release {
+            self.publish(EventKind::NodeReleased {
+                node_id: request.node,
+                name: request.name.clone(),
+            });
+            let provider = provider.clone();
+            tokio::spawn(async move {
+                if let Err(error) = provider.release(&request.pool, &request.name).await {
+                    tracing::warn!(%error, node = %request.name, "could not release a node");
+                }
+            });
+        }
     }
 
     /// Applies actions to the cluster, persists what they touched and publishes events.
@@ -581,7 +664,9 @@ impl Controller {
         for action in &actions {
             apply_action(&mut self.cluster, action);
             match action {
-                Action::MarkNodeLost { node } | Action::MarkNodeDrained { node } => {
+                Action::MarkNodeLost { node }
+                | Action::MarkNodeDrained { node }
+                | Action::MarkNodeDraining { node } => {
                     touched_nodes.insert(*node);
                 }
                 Action::PlacePartition { service, .. }
@@ -590,7 +675,9 @@ impl Controller {
                 | Action::PlaceInstance { service, .. }
                 | Action::RemoveInstance { service, .. }
                 | Action::FinishInstance { service, .. }
-                | Action::SetJobPhase { service, .. } => {
+                | Action::SetJobPhase { service, .. }
+                | Action::ResizeReplica { service, .. }
+                | Action::MigrateMember { service, .. } => {
                     touched_services.insert(service.clone());
                 }
             }
@@ -698,6 +785,34 @@ impl Controller {
             Action::SetJobPhase { service, phase } => EventKind::JobFinished {
                 service: service.clone(),
                 phase: *phase,
+            },
+            Action::ResizeReplica {
+                service,
+                partition,
+                node,
+                cpu_millis,
+            } => EventKind::ReplicaResized {
+                service: service.clone(),
+                partition: *partition,
+                node_id: *node,
+                cpu_millis: *cpu_millis,
+            },
+            Action::MigrateMember {
+                service,
+                partition,
+                from,
+                to,
+                ..
+            } => EventKind::ReplicaMoved {
+                service: service.clone(),
+                partition: *partition,
+                from: *from,
+                to: *to,
+                reason: "autoscale".to_string(),
+            },
+            Action::MarkNodeDraining { node } => EventKind::NodeDraining {
+                node_id: *node,
+                name: self.cluster.node_name(*node),
             },
         })
     }

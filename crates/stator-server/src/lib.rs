@@ -19,6 +19,10 @@
 //!   reconcile loop and publishes events; handlers talk to it over a bounded channel.
 //! - [`reconcile`]: the controllers' decisions as a pure function (cluster, time) ->
 //!   actions: node lifecycle, replica groups, stateless instances, jobs, drain.
+//! - [`autoscale`]: the live autoscaler and consolidator round (pure): resizes,
+//!   migrations, drains, and nodes to provision or release.
+//! - [`provider`]: [`provider::NodeProvider`], how nodes of a pool are provisioned and
+//!   released (`static`: fixed machines).
 //! - [`assign`]: what each node must run, answered to its heartbeat.
 //! - [`model`]: persisted records (nodes, services, designed placement) and observed
 //!   status (heartbeats).
@@ -28,6 +32,7 @@
 
 pub mod api;
 pub mod assign;
+pub mod autoscale;
 pub mod config;
 pub mod controller;
 pub mod error;
@@ -36,6 +41,7 @@ pub mod forward;
 pub mod leader;
 pub mod metrics;
 pub mod model;
+pub mod provider;
 pub mod reconcile;
 pub mod views;
 
@@ -197,6 +203,7 @@ pub fn controller_settings(config: &ServerConfig) -> controller::ControllerSetti
     controller::ControllerSettings {
         node_grace_ms: config.node_grace_ms,
         heartbeat_interval_ms: config.heartbeat_interval_ms,
+        autoscale: config.autoscale.clone(),
     }
 }
 
@@ -258,7 +265,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle> {
         Box::pin(start_term(
             term_store.clone(),
             fence,
-            settings,
+            settings.clone(),
             metrics.clone(),
             term_api.clone(),
             term_join.clone(),
