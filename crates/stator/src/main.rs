@@ -5,6 +5,7 @@ mod chaos;
 mod client;
 mod commands;
 mod context;
+mod pools;
 mod up;
 
 use anyhow::Context;
@@ -52,6 +53,10 @@ enum Verb {
         /// Milliseconds without a heartbeat after which a node is lost.
         #[arg(long, default_value_t = stator_server::config::DEFAULT_NODE_GRACE_MS)]
         node_grace_ms: u64,
+        /// Node pools (TOML `[[pool]]` list): start each pool's `min` nodes instead of
+        /// `--nodes`, and let the autoscaler add and release local agents.
+        #[arg(long)]
+        pools: Option<PathBuf>,
     },
     /// Run the control plane (API and controllers).
     Server {
@@ -383,6 +388,7 @@ fn run() -> anyhow::Result<()> {
                 gateway_http,
                 apply,
                 node_grace_ms,
+                pools,
             } => {
                 anyhow::ensure!(nodes >= 1, "--nodes: at least 1");
                 up::run(up::UpOptions {
@@ -392,6 +398,7 @@ fn run() -> anyhow::Result<()> {
                     gateway_http,
                     apply,
                     node_grace_ms,
+                    pools,
                 })
                 .await
             }

@@ -2,11 +2,17 @@
 //! process; agents run as child processes of the same binary, so `kill -9` of one is a
 //! real node failure. A dead agent is started again after a pause, as a machine that
 //! reboots: it rejoins as a new member, since its in-memory replicas died with it.
+//!
+//! With `--pools FILE` the nodes are the pools' `min` nodes, started through the
+//! `local` node provider (`pools.rs`), and the server's autoscaler adds and releases
+//! agents of those pools through the same provider.
 
 use crate::context::{self, Context};
+use crate::pools::{self, AgentProcess, Agents, Launch, LocalProvider};
 use anyhow::Context as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::process::{Child, Command};
 
@@ -15,6 +21,10 @@ use tokio::process::{Child, Command};
 pub const AGENT_RESTART_DELAY: Duration = Duration::from_secs(5);
 /// Zones agents are spread over, round-robin, so `spread = "zone"` has three domains.
 const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
+/// CPU each agent offers without `--pools` (the agent's own default).
+const DEFAULT_AGENT_CPU_MILLIS: u64 = 4_000;
+/// Memory each agent offers without `--pools` (the agent's own default).
+const DEFAULT_AGENT_MEMORY_MIB: u64 = 8_192;
 
 /// Settings of `stator up`.
 pub struct UpOptions {
@@ -30,35 +40,48 @@ pub struct UpOptions {
     pub apply: Vec<PathBuf>,
     /// Heartbeat grace after which a silent node is lost, in ms.
     pub node_grace_ms: u64,
+    /// A pools file: start the pools' `min` nodes (instead of `nodes`) and let the
+    /// autoscaler grow and shrink them.
+    pub pools: Option<PathBuf>,
 }
 
-struct AgentProcess {
-    name: String,
-    zone: &'static str,
-    child: Option<Child>,
-    restart_at: Option<tokio::time::Instant>,
+/// What one agent is started with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentSpec {
+    /// Node name.
+    pub name: String,
+    /// Zone.
+    pub zone: String,
+    /// Pool.
+    pub pool: String,
+    /// CPU offered, millicores.
+    pub cpu_millis: u64,
+    /// Memory offered, MiB.
+    pub memory_mib: u64,
+    /// USD per hour.
+    pub price_per_hour: f64,
 }
 
-fn spawn_agent(
-    exe: &Path,
-    opts: &UpOptions,
-    server: &str,
-    token_file: &Path,
-    name: &str,
-    zone: &str,
-) -> anyhow::Result<Child> {
-    let dir = opts.data_dir.join("agents").join(name);
+/// Starts `stator agent` as a child of this process, logging to
+/// `DATA_DIR/agents/<name>/agent.log` and writing its pid next to it.
+pub fn spawn_agent(launch: &Launch, spec: &AgentSpec) -> anyhow::Result<Child> {
+    let dir = launch.data_dir.join("agents").join(&spec.name);
     std::fs::create_dir_all(&dir)?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("agent.log"))?;
-    let mut cmd = Command::new(exe);
+    let mut cmd = Command::new(&launch.exe);
     cmd.arg("agent")
-        .args(["--server", server])
+        .args(["--server", &launch.server])
         .arg("--join-token-file")
-        .arg(token_file)
-        .args(["--name", name, "--zone", zone])
+        .arg(&launch.token_file)
+        .args([
+            "--name", &spec.name, "--zone", &spec.zone, "--pool", &spec.pool,
+        ])
+        .args(["--cpu", &spec.cpu_millis.to_string()])
+        .args(["--memory", &spec.memory_mib.to_string()])
+        .args(["--price", &spec.price_per_hour.to_string()])
         .arg("--data-dir")
         .arg(&dir)
         .stdin(Stdio::null())
@@ -75,7 +98,7 @@ fn spawn_agent(
     }
     let child = cmd
         .spawn()
-        .with_context(|| format!("starting agent {name}"))?;
+        .with_context(|| format!("starting agent {}", spec.name))?;
     // Scripts, benchmarks and the README tour find the agent to kill here.
     if let Some(pid) = child.id() {
         std::fs::write(dir.join("pid"), pid.to_string())?;
@@ -95,11 +118,31 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         .parse()
         .with_context(|| format!("--api: not an address: {}", opts.api))?;
     config.node_grace_ms = opts.node_grace_ms;
+    let pool_config = match &opts.pools {
+        Some(path) => Some(pools::read_pools_file(path, &ZONES)?),
+        None => None,
+    };
+    let agents: Agents = Arc::new(Mutex::new(Vec::new()));
+    // The provider learns where agents dial once the server listens (below).
+    let provider = Arc::new(LocalProvider::new(agents.clone()));
+    if let Some(pool_config) = &pool_config {
+        config.autoscale = Some(stator_server::controller::Autoscaling {
+            config: pool_config.clone(),
+            provider: provider.clone(),
+        });
+    }
     let server = stator_server::start(config)
         .await
         .context("starting the server")?;
     let url = server.url();
     let token_file = server_dir.join(stator_server::config::JOIN_TOKEN_FILE);
+    let launch = Launch {
+        exe: std::env::current_exe()?,
+        data_dir: data_dir.clone(),
+        server: url.clone(),
+        token_file: token_file.clone(),
+    };
+    provider.set_launch(launch.clone());
 
     let http = reqwest::Client::new();
     let cluster: serde_json::Value = http
@@ -136,18 +179,35 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         },
     )?;
 
-    let exe = std::env::current_exe()?;
-    let mut agents = Vec::new();
-    for i in 0..opts.nodes {
-        let name = format!("node-{}", i + 1);
-        let zone = ZONES[i % ZONES.len()];
-        let child = spawn_agent(&exe, &opts, &url, &token_file, &name, zone)?;
-        agents.push(AgentProcess {
-            name,
-            zone,
-            child: Some(child),
-            restart_at: None,
-        });
+    let mut expected_nodes = opts.nodes;
+    match &pool_config {
+        Some(pool_config) => {
+            expected_nodes = 0;
+            for pool in &pool_config.pools {
+                for i in 0..pool.min as usize {
+                    provider.start(pool, ZONES[i % ZONES.len()])?;
+                    expected_nodes += 1;
+                }
+            }
+        }
+        None => {
+            for i in 0..opts.nodes {
+                let spec = AgentSpec {
+                    name: format!("node-{}", i + 1),
+                    zone: ZONES[i % ZONES.len()].to_string(),
+                    pool: "default".into(),
+                    cpu_millis: DEFAULT_AGENT_CPU_MILLIS,
+                    memory_mib: DEFAULT_AGENT_MEMORY_MIB,
+                    price_per_hour: 0.0,
+                };
+                let child = spawn_agent(&launch, &spec)?;
+                pools::lock(&agents).push(AgentProcess {
+                    spec,
+                    child: Some(child),
+                    restart_at: None,
+                });
+            }
+        }
     }
 
     // Wait until every agent has registered, then apply the given specs.
@@ -161,13 +221,12 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
             .json()
             .await?;
         let ready = nodes.iter().filter(|n| n["state"] == "ready").count();
-        if ready >= opts.nodes {
+        if ready >= expected_nodes {
             break;
         }
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "only {ready} of {} agents registered within 30 s; see {}/agents/*/agent.log",
-            opts.nodes,
+            "only {ready} of {expected_nodes} agents registered within 30 s; see {}/agents/*/agent.log",
             data_dir.display()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -182,10 +241,21 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     }
 
     println!(
-        "stator is up: {} nodes on the embedded store in {}",
-        opts.nodes,
+        "stator is up: {expected_nodes} nodes on the embedded store in {}",
         data_dir.display()
     );
+    if let Some(pool_config) = &pool_config {
+        let names: Vec<String> = pool_config
+            .pools
+            .iter()
+            .map(|p| format!("{} ({}..{} nodes)", p.name, p.min, p.max))
+            .collect();
+        println!(
+            "  pools      {}: the autoscaler adds and releases local agents every {} ms",
+            names.join(", "),
+            pool_config.interval_ms
+        );
+    }
     println!(
         "  API        {url}   (token in {}/api-token; context {})",
         server_dir.display(),
@@ -204,8 +274,11 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     }
     println!("  redis-cli -p 6380 set hello world        # the kv example's RESP endpoint");
     println!("  stator get partitions                     # leaders and members");
+    let first_agent = pools::lock(&agents)
+        .first()
+        .map_or_else(|| "node-1".to_string(), |a| a.spec.name.clone());
     println!(
-        "  kill -9 $(cat {}/agents/node-1/pid)   # a node failure: a new leader, then the replication factor restored",
+        "  kill -9 $(cat {}/agents/{first_agent}/pid)   # a node failure: a new leader, then the replication factor restored",
         data_dir.display()
     );
     println!("Ctrl-C stops everything.");
@@ -217,18 +290,18 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = ticker.tick() => {
-                for agent in &mut agents {
+                for agent in pools::lock(&agents).iter_mut() {
                     if let Some(child) = agent.child.as_mut() {
                         if let Ok(Some(status)) = child.try_wait() {
-                            eprintln!("agent {} exited ({status}); starting it again in {AGENT_RESTART_DELAY:?} as a new member", agent.name);
+                            eprintln!("agent {} exited ({status}); starting it again in {AGENT_RESTART_DELAY:?} as a new member", agent.spec.name);
                             agent.child = None;
                             agent.restart_at = Some(tokio::time::Instant::now() + AGENT_RESTART_DELAY);
                         }
                     } else if agent.restart_at.is_some_and(|t| tokio::time::Instant::now() >= t) {
                         agent.restart_at = None;
-                        match spawn_agent(&exe, &opts, &url, &token_file, &agent.name, agent.zone) {
+                        match spawn_agent(&launch, &agent.spec) {
                             Ok(child) => agent.child = Some(child),
-                            Err(e) => eprintln!("cannot restart agent {}: {e}", agent.name),
+                            Err(e) => eprintln!("cannot restart agent {}: {e}", agent.spec.name),
                         }
                     }
                 }
@@ -236,6 +309,8 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         }
     }
     println!("stopping ...");
+    // Take the agents out of the shared list: a provider call still running finds none.
+    let mut agents: Vec<AgentProcess> = std::mem::take(&mut *pools::lock(&agents));
     for agent in &mut agents {
         if let Some(child) = agent.child.as_mut() {
             if let Some(pid) = child.id() {

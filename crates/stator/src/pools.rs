@@ -1,0 +1,256 @@
+//! Node pools for `stator up --pools FILE`: the pools file, and the `local` node
+//! provider that runs each node of a pool as a `stator agent` child process.
+//!
+//! The provider shares its list of agent processes with `up`, which restarts an agent
+//! that died (a rebooting machine) and stops them all at the end; a released agent
+//! leaves the list first, so it is not started again.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use serde::Deserialize;
+use stator_api::spec::NodePoolSpec;
+use stator_server::autoscale::AutoscaleConfig;
+use stator_server::provider::{NodeProvider, ProviderError};
+use tokio::process::Child;
+
+use crate::up::{spawn_agent, AgentSpec};
+
+/// Time a released agent gets between SIGTERM and SIGKILL: it hosts nothing, so it
+/// only has to say goodbye.
+pub const RELEASE_GRACE: Duration = Duration::from_secs(5);
+
+/// The pools file: `[[pool]]` tables (name, cpu, memory, price_per_hour, boot_delay_s,
+/// min, max) and an optional `[autoscale]` table of tunables.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolsFile {
+    pool: Vec<NodePoolSpec>,
+    #[serde(default)]
+    autoscale: Tunables,
+}
+
+/// `[autoscale]`: every field optional, defaults from `stator_server::autoscale`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Tunables {
+    interval_ms: Option<u64>,
+    scale_down_window_s: Option<u64>,
+    empty_node_s: Option<u64>,
+    disruption_budget: Option<usize>,
+    cpu_micros_per_op: Option<u64>,
+}
+
+/// Reads and checks a pools file; `zones` are where local nodes may go.
+pub fn read_pools_file(path: &Path, zones: &[&str]) -> anyhow::Result<AutoscaleConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--pools: cannot read {}", path.display()))?;
+    parse_pools(&text, zones).with_context(|| format!("--pools {}", path.display()))
+}
+
+fn parse_pools(text: &str, zones: &[&str]) -> anyhow::Result<AutoscaleConfig> {
+    let file: PoolsFile = toml::from_str(text).map_err(|e| {
+        anyhow::anyhow!(
+            "{} (expected [[pool]] tables with name, cpu, memory, price_per_hour, min, max)",
+            e.message().trim()
+        )
+    })?;
+    anyhow::ensure!(!file.pool.is_empty(), "no [[pool]] given");
+    let mut seen = std::collections::BTreeSet::new();
+    for pool in &file.pool {
+        pool.validate()
+            .map_err(|e| anyhow::anyhow!("pool {}: {e}", pool.name))?;
+        anyhow::ensure!(
+            seen.insert(pool.name.clone()),
+            "pool {} is given twice; pool names must be unique",
+            pool.name
+        );
+    }
+    let mut config = AutoscaleConfig::new(file.pool);
+    config.zones = zones.iter().map(|z| z.to_string()).collect();
+    let t = file.autoscale;
+    if let Some(v) = t.interval_ms {
+        anyhow::ensure!(v >= 100, "autoscale.interval_ms: at least 100, got {v}");
+        config.interval_ms = v;
+    }
+    if let Some(v) = t.scale_down_window_s {
+        config.scale_down_window_s = v;
+    }
+    if let Some(v) = t.empty_node_s {
+        config.empty_node_s = v;
+    }
+    if let Some(v) = t.disruption_budget {
+        anyhow::ensure!(v >= 1, "autoscale.disruption_budget: at least 1, got {v}");
+        config.disruption_budget = v;
+    }
+    if let Some(v) = t.cpu_micros_per_op {
+        anyhow::ensure!(v >= 1, "autoscale.cpu_micros_per_op: at least 1, got {v}");
+        config.cpu_micros_per_op = v;
+    }
+    Ok(config)
+}
+
+/// One agent child process of `up`.
+pub struct AgentProcess {
+    /// What it was started with (restarts reuse it).
+    pub spec: AgentSpec,
+    /// The running process; None while it waits to be restarted.
+    pub child: Option<Child>,
+    /// When to start it again after it died.
+    pub restart_at: Option<tokio::time::Instant>,
+}
+
+/// The agents of `up`, shared by `up`'s supervision loop and the local provider.
+pub type Agents = Arc<Mutex<Vec<AgentProcess>>>;
+
+/// Locks the agent list. A std mutex: nothing awaits while holding it.
+pub fn lock(agents: &Agents) -> std::sync::MutexGuard<'_, Vec<AgentProcess>> {
+    // Each change is one push or remove: the list stays consistent after a panic.
+    agents.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where a local agent dials and writes its files.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The `stator` binary.
+    pub exe: PathBuf,
+    /// `up`'s data directory (agents under `agents/<name>`).
+    pub data_dir: PathBuf,
+    /// Server URL.
+    pub server: String,
+    /// Join token file.
+    pub token_file: PathBuf,
+}
+
+/// The `local` provider: a node is a `stator agent` child process on this machine,
+/// registered with its pool's name, CPU, memory and price.
+pub struct LocalProvider {
+    agents: Agents,
+    /// Set once the server listens.
+    launch: std::sync::OnceLock<Launch>,
+    /// Next number per pool for node names (`<pool>-<n>`).
+    next_number: Mutex<BTreeMap<String, u32>>,
+}
+
+impl LocalProvider {
+    /// A provider adding to `agents`; it starts nothing before [`Self::set_launch`].
+    pub fn new(agents: Agents) -> Self {
+        LocalProvider {
+            agents,
+            launch: std::sync::OnceLock::new(),
+            next_number: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Where agents dial and keep their files (known once the server listens).
+    pub fn set_launch(&self, launch: Launch) {
+        // Set once by `up`; a second call would be a bug in `up`.
+        assert!(self.launch.set(launch).is_ok(), "launch set twice");
+    }
+
+    /// Starts one agent of `pool` in `zone` now; returns its name.
+    pub fn start(&self, pool: &NodePoolSpec, zone: &str) -> anyhow::Result<String> {
+        let launch = self
+            .launch
+            .get()
+            .context("the local provider is not started yet (the server is still starting); retried next round")?;
+        let number = {
+            let mut next = self
+                .next_number
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let n = next.entry(pool.name.clone()).or_insert(1);
+            let number = *n;
+            *n += 1;
+            number
+        };
+        let spec = AgentSpec {
+            name: format!("{}-{number}", pool.name),
+            zone: zone.to_string(),
+            pool: pool.name.clone(),
+            cpu_millis: pool.cpu.0,
+            memory_mib: pool.memory.0,
+            price_per_hour: pool.price_per_hour,
+        };
+        let child = spawn_agent(launch, &spec)?;
+        let name = spec.name.clone();
+        lock(&self.agents).push(AgentProcess {
+            spec,
+            child: Some(child),
+            restart_at: None,
+        });
+        Ok(name)
+    }
+}
+
+#[async_trait]
+impl NodeProvider for LocalProvider {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn provision(&self, pool: &NodePoolSpec, zone: &str) -> Result<String, ProviderError> {
+        // A real pool takes boot_delay_s to deliver a machine; so does this one.
+        tokio::time::sleep(Duration::from_secs(pool.boot_delay_s)).await;
+        self.start(pool, zone).map_err(|e| ProviderError::Failed {
+            action: format!("provision pool {}", pool.name),
+            detail: format!("{e:#}; see the agent log under the data directory's agents/"),
+        })
+    }
+
+    async fn release(&self, _pool: &str, name: &str) -> Result<(), ProviderError> {
+        let agent = {
+            let mut agents = lock(&self.agents);
+            match agents.iter().position(|a| a.spec.name == name) {
+                Some(index) => agents.remove(index),
+                // Released before: nothing left to do.
+                None => return Ok(()),
+            }
+        };
+        if let Some(mut child) = agent.child {
+            if let Some(pid) = child.id() {
+                // SAFETY: plain kill(2) on our own child's pid.
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            }
+            if tokio::time::timeout(RELEASE_GRACE, child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+        eprintln!("node {name} released: its agent is stopped");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_pools_and_tunables() {
+        let config = parse_pools(
+            "[[pool]]\nname = \"small\"\ncpu = \"1\"\nmemory = \"2Gi\"\nprice_per_hour = 0.05\nmin = 3\nmax = 4\n\n[autoscale]\ninterval_ms = 1000\nempty_node_s = 3\n",
+            &["zone-a", "zone-b"],
+        )
+        .unwrap();
+        assert_eq!(config.pools.len(), 1);
+        assert_eq!(config.pools[0].cpu.0, 1000);
+        assert_eq!(config.interval_ms, 1000);
+        assert_eq!(config.empty_node_s, 3);
+        assert_eq!(config.zones, vec!["zone-a", "zone-b"]);
+    }
+
+    #[test]
+    fn bad_pools_name_the_problem() {
+        let error = parse_pools("[[pool]]\nname = \"small\"\ncpu = \"1\"\nmemory = \"2Gi\"\nprice_per_hour = 0.05\nmin = 5\nmax = 4\n", &[]).unwrap_err();
+        assert!(format!("{error:#}").contains("min"), "{error:#}");
+        let error = parse_pools("[autoscale]\ninterval_ms = 1000\n", &[]).unwrap_err();
+        assert!(format!("{error:#}").contains("pool"), "{error:#}");
+    }
+}
