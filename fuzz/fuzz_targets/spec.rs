@@ -59,8 +59,7 @@ fuzz_target!(|data: &[u8]| {
             }
         },
     }
-    match parse_node_pool(text, format).and_then(|pool| pool.validate()) {
-        Err(error) => check_error(&error),
-        Ok(()) => {}
+    if let Err(error) = parse_node_pool(text, format).and_then(|pool| pool.validate()) {
+        check_error(&error);
     }
 });
