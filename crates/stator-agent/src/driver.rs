@@ -33,14 +33,18 @@
 //!   directory is the assignment's, or the agent's when none is given.
 //! - **Logs**: stdout and stderr are appended to `<run_dir>/<id>/stdout.log` and
 //!   `stderr.log`; a file over [`MAX_LOG_BYTES`] is rotated to `*.log.1` at the next start.
-//! - `cpu_millis` and `memory_mib` are not enforced by this driver (no cgroups yet).
+//! - **CPU shares**: with [`InstanceSupervisor::with_cpu_cgroups`], each instance runs
+//!   in its own cgroup (see [`crate::cgroup`]) whose share follows `cpu_millis`; a change
+//!   of `cpu_millis` alone updates the share without a restart. `memory_mib` is not
+//!   enforced.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use stator_api::agent::{InstanceAssignment, InstanceKind, InstanceState, InstanceStatus};
@@ -49,6 +53,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::cgroup::{self, CpuCgroups};
 use crate::probe::{self, describe_exit, ProbeTarget, PROBE_FAILURE_THRESHOLD, PROBE_PERIOD_MS};
 
 /// First restart delay of a crashed stateless instance: quick, since most crashes of a
@@ -87,6 +92,8 @@ const CONTROL_QUEUE_CAPACITY: usize = 4;
 /// [`InstanceSupervisor::shutdown`] is the orderly path that also waits for the processes.
 pub struct InstanceSupervisor {
     run_dir: PathBuf,
+    /// Where instances get their CPU share; None: not enforced.
+    cgroups: Option<Arc<CpuCgroups>>,
     /// A std mutex: it is never held across an await, only to add or take handles.
     registry: Mutex<Registry>,
 }
@@ -104,6 +111,8 @@ struct Registry {
 /// The registry's view of one instance; the instance's task owns everything else.
 struct InstanceHandle {
     assignment: InstanceAssignment,
+    /// The CPU share the instance's task applies at each (re)start.
+    cpu_millis: Arc<AtomicU64>,
     control: mpsc::Sender<Control>,
     status: watch::Receiver<InstanceStatus>,
     task: JoinHandle<()>,
@@ -131,8 +140,16 @@ impl InstanceSupervisor {
     pub fn new(run_dir: PathBuf) -> Self {
         Self {
             run_dir,
+            cgroups: None,
             registry: Mutex::new(Registry::default()),
         }
+    }
+
+    /// Runs each instance in its own cgroup of `cgroups`, with a CPU share from its
+    /// `cpu_millis` (None: shares are not enforced).
+    pub fn with_cpu_cgroups(mut self, cgroups: Option<Arc<CpuCgroups>>) -> Self {
+        self.cgroups = cgroups;
+        self
     }
 
     /// Where the instance `id` keeps its logs.
@@ -158,6 +175,26 @@ impl InstanceSupervisor {
             }
         }
 
+        // A new CPU share alone is a resize: update the cgroup, keep the process.
+        for (id, handle) in registry.assigned.iter_mut() {
+            let Some(&want) = wanted.get(id.as_str()) else {
+                continue;
+            };
+            if want.cpu_millis != handle.assignment.cpu_millis
+                && same_but_cpu(want, &handle.assignment)
+            {
+                handle.assignment.cpu_millis = want.cpu_millis;
+                handle.cpu_millis.store(want.cpu_millis, Ordering::Relaxed);
+                if let Some(cgroups) = &self.cgroups {
+                    match cgroups.set_cpu(id, want.cpu_millis) {
+                        Ok(()) => {
+                            tracing::info!(%id, cpu_millis = want.cpu_millis, "instance CPU share resized")
+                        }
+                        Err(error) => tracing::warn!(%id, %error, "cannot resize the CPU share"),
+                    }
+                }
+            }
+        }
         let gone: Vec<String> = registry
             .assigned
             .iter()
@@ -234,14 +271,18 @@ impl InstanceSupervisor {
             exit_code: None,
             message: None,
         });
+        let cpu_millis = Arc::new(AtomicU64::new(assignment.cpu_millis));
         let task = InstanceTask {
             instance_dir: self.instance_dir(&assignment.id),
             assignment: assignment.clone(),
             control: control_rx,
             status: status_tx,
+            cgroups: self.cgroups.clone(),
+            cpu_millis: cpu_millis.clone(),
         };
         InstanceHandle {
             assignment,
+            cpu_millis,
             control: control_tx,
             status: status_rx,
             task: tokio::spawn(task.run(previous)),
@@ -305,10 +346,25 @@ struct InstanceTask {
     instance_dir: PathBuf,
     control: mpsc::Receiver<Control>,
     status: watch::Sender<InstanceStatus>,
+    cgroups: Option<Arc<CpuCgroups>>,
+    /// The current CPU share (a resize updates it while the process runs).
+    cpu_millis: Arc<AtomicU64>,
 }
 
 impl InstanceTask {
-    async fn run(mut self, previous: Option<JoinHandle<()>>) {
+    async fn run(self, previous: Option<JoinHandle<()>>) {
+        let cgroups = self.cgroups.clone();
+        let id = self.assignment.id.clone();
+        self.run_until_done(previous).await;
+        // The process is gone: its cgroup can go too.
+        if let Some(cgroups) = cgroups {
+            if validate_instance_id(&id).is_ok() {
+                cgroups.remove(&id);
+            }
+        }
+    }
+
+    async fn run_until_done(mut self, previous: Option<JoinHandle<()>>) {
         if let Some(previous) = previous {
             // The same id is still stopping: its port and log files are not free yet.
             let _ = previous.await;
@@ -417,10 +473,22 @@ impl InstanceTask {
             command.current_dir(dir);
         }
         let agent_pid = std::process::id();
+        let cgroup_procs = self.cgroups.as_ref().and_then(|cgroups| {
+            let cpu_millis = self.cpu_millis.load(Ordering::Relaxed);
+            cgroups
+                .create(&assignment.id, cpu_millis)
+                .map_err(|error| tracing::warn!(id = %assignment.id, %error, "instance runs without its CPU share"))
+                .ok()
+        });
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-        // system calls (prctl, getppid) without allocating.
+        // system calls (prctl, getppid, open, write, close) without allocating.
         unsafe {
-            command.pre_exec(move || die_with_agent(agent_pid));
+            command.pre_exec(move || {
+                if let Some(procs) = &cgroup_procs {
+                    cgroup::join_in_child(procs);
+                }
+                die_with_agent(agent_pid)
+            });
         }
         let child = command.spawn().map_err(|error| {
             format!(
@@ -502,6 +570,13 @@ impl InstanceTask {
             }
         }
     }
+}
+
+/// Whether two assignments differ at most in their CPU share.
+fn same_but_cpu(a: &InstanceAssignment, b: &InstanceAssignment) -> bool {
+    let mut b = b.clone();
+    b.cpu_millis = a.cpu_millis;
+    *a == b
 }
 
 /// SIGTERM to the group, SIGKILL after [`STOP_GRACE_MS`], then reaps the process.

@@ -11,8 +11,10 @@
 //! - [`replicas`]: hosts partition replicas (the replication engine) and reconciles them
 //!   toward the assigned groups and members.
 //! - [`driver`]: supervises stateless instances and jobs (processes).
+//! - [`cgroup`]: CPU shares: one cgroup per app process, `cpu.weight` / `cpu.shares`.
 //! - [`probe`]: readiness probes (TCP, HTTP, exec).
 
+pub mod cgroup;
 pub mod config;
 pub mod driver;
 pub mod probe;
@@ -118,7 +120,15 @@ async fn run_incarnation(
         listener,
     )?;
     let replicas = replicas::Replicas::new(host.clone(), config.data_dir.join("replicas"));
-    let supervisor = driver::InstanceSupervisor::new(config.data_dir.join("instances"));
+    let cgroups = match cgroup::CpuCgroups::for_agent() {
+        Ok(cgroups) => Some(std::sync::Arc::new(cgroups)),
+        Err(why) => {
+            tracing::warn!("cgroups unavailable: {why}; CPU shares not enforced");
+            None
+        }
+    };
+    let supervisor = driver::InstanceSupervisor::new(config.data_dir.join("instances"))
+        .with_cpu_cgroups(cgroups.clone());
     let interval = Duration::from_millis(registration.heartbeat_interval_ms.max(50));
 
     let heartbeat_loop = async {
@@ -151,6 +161,9 @@ async fn run_incarnation(
         ended = heartbeat_loop => ended,
     };
     supervisor.shutdown().await;
+    if let Some(cgroups) = &cgroups {
+        cgroups.remove_all();
+    }
     host.shutdown().await;
     Ok(ended)
 }
