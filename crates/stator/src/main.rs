@@ -76,6 +76,10 @@ enum Verb {
         /// the controller (default: http:// + the listen address).
         #[arg(long)]
         advertise: Option<String>,
+        /// Node pools (TOML `[[pool]]` list) of fixed machines (the `static` provider):
+        /// the autoscaler resizes, rebalances and drains empty nodes; it never adds one.
+        #[arg(long)]
+        pools: Option<PathBuf>,
     },
     /// Run a node agent that joins a cluster (`--server URL[,URL...]`, tried in turn).
     Agent {
@@ -408,9 +412,16 @@ fn run() -> anyhow::Result<()> {
                 data_dir,
                 node_grace_ms,
                 advertise,
+                pools,
             } => {
                 let mut config = stator_server::ServerConfig::new(&data_dir);
                 config.advertise_url = advertise;
+                if let Some(path) = pools {
+                    config.autoscale = Some(stator_server::controller::Autoscaling {
+                        config: pools::read_pools_file(&path, &[])?,
+                        provider: std::sync::Arc::new(stator_server::provider::StaticProvider),
+                    });
+                }
                 if let Some(store) = store {
                     config.store = store.parse().map_err(|e| anyhow::anyhow!("--store: {e}"))?;
                 }
