@@ -185,7 +185,8 @@ fn parse_document<T: for<'de> Deserialize<'de>>(
     };
     parsed.map_err(|message| SpecError::Parse {
         format,
-        message: message.trim().to_string(),
+        // One line even when the parser quotes a key or value that holds a line break.
+        message: message.trim().replace('\r', "\\r").replace('\n', "\\n"),
     })
 }
 
