@@ -2,10 +2,11 @@
 //! shrinks it back when the load stops, while a client writes throughout.
 //!
 //! The pool holds 3 to 4 nodes of 1 CPU; a kv service of 4 partitions x 3 replicas
-//! requests 200m per replica, so each node starts at 800m of 1000m. The pools file sets
-//! the demand model to 10 ms of CPU per operation, so a steady ~240 ops/s makes each
-//! replica want far more than its node has left: the autoscaler asks the local provider
-//! for a 4th agent and live-migrates a replica onto it. When the load stops, the requests
+//! requests 240m per replica, so each node starts at 960m of 1000m. The pools file sets
+//! the demand model to 10 ms of CPU per operation, so a steady load of 100-240 ops/s
+//! (depending on how busy the machine is) makes each replica want 400-900m, more than
+//! its node has left but less than a node: the autoscaler asks the local provider for a
+//! 4th agent and live-migrates a replica onto it. When the load stops, the requests
 //! fall after the (short) stabilisation window, the consolidator drains the emptiest node
 //! and releases it once it has stayed empty.
 
@@ -21,9 +22,10 @@ use std::time::{Duration, Instant};
 
 /// Bound on scale-out and on scale-in, each. Generous: a loaded 2-core CI box.
 const PHASE_WAIT: Duration = Duration::from_secs(100);
-/// Load threads, and the pause between two of one thread's writes (~60 ops/s each).
-const LOAD_THREADS: usize = 4;
-const LOAD_PAUSE: Duration = Duration::from_millis(16);
+/// Load threads, and the pause between two of one thread's writes (at most ~40 ops/s
+/// each: the load can never make a replica want more than a whole node).
+const LOAD_THREADS: usize = 6;
+const LOAD_PAUSE: Duration = Duration::from_millis(25);
 /// The checking client's pause between writes (~25 ops/s: light enough to count as
 /// idle once the load stops).
 const CHECK_PAUSE: Duration = Duration::from_millis(40);
@@ -151,7 +153,7 @@ fn a_pool_grows_under_load_and_shrinks_back_without_failed_requests() {
         &format!(
             "name = \"kv\"\npartitions = 4\nreplicas = 3\napp = {{ builtin = \"kv\" }}\n\
              expose = {{ resp = \"127.0.0.1:{port}\" }}\n\
-             resources = {{ cpu = \"200m\", memory = \"64Mi\" }}\nplacement = {{ spread = \"zone\" }}\n"
+             resources = {{ cpu = \"240m\", memory = \"64Mi\" }}\nplacement = {{ spread = \"zone\" }}\n"
         ),
     );
     cluster.apply(&spec);
