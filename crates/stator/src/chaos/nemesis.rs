@@ -469,7 +469,7 @@ impl<'a> Nemesis<'a> {
         let nodes: Vec<String> = ports.keys().cloned().collect();
         let split = plan_split(plan.shape, &nodes, &leader, plan.pick);
         // Evidence the cut was real: packets the rules dropped, or for an isolated
-        // namespace, the segments its TCP connections retransmitted.
+        // namespace, the packets its veth end dropped.
         let (how, evidence_before) = match network {
             Network::Firewall(firewall) => {
                 let blocks = firewall::cut(&split.left, &split.right, &ports);
@@ -477,7 +477,7 @@ impl<'a> Nemesis<'a> {
                 (format!("{} iptables rules", blocks.len()), 0)
             }
             Network::Netns(netns) if plan.shape == PartitionShape::IsolateLeader => {
-                let before = netns.retransmits(&leader).unwrap_or(0);
+                let before = netns.tx_dropped(&leader).unwrap_or(0);
                 netns.isolate(&leader)?;
                 (format!("veth of {leader} down"), before)
             }
@@ -499,10 +499,10 @@ impl<'a> Nemesis<'a> {
             }
             Network::Netns(netns) if plan.shape == PartitionShape::IsolateLeader => (
                 netns
-                    .retransmits(&leader)
+                    .tx_dropped(&leader)
                     .unwrap_or(0)
                     .saturating_sub(evidence_before),
-                "TCP segments retransmitted by the isolated node",
+                "packets dropped at the isolated node's veth",
             ),
             Network::Netns(netns) => (netns.dropped_packets(), "packets dropped"),
         };

@@ -15,7 +15,8 @@
 //!
 //! Faults:
 //! - **isolate** a node: its veth's host end down. Nothing crosses, in either direction,
-//!   to any peer, the servers or the gateway.
+//!   to any peer, the servers or the gateway; the node's packets are dropped at its
+//!   veth end (counted in its `tx_dropped`).
 //! - **cut** two sets of nodes apart (a majority/minority split, or a bridge where one
 //!   node is on neither side and so reaches both): in each cut node's namespace, the
 //!   filter table drops packets to and from the other side's addresses. The links to the
@@ -325,8 +326,7 @@ impl Netns {
     }
 
     /// Evidence that the current cut is real: packets the namespaces' drop rules
-    /// matched, plus TCP segments the isolated nodes retransmitted since `baseline`
-    /// (see [`Netns::retransmits`]).
+    /// matched (for isolation, see [`Netns::tx_dropped`]).
     pub fn dropped_packets(&self) -> u64 {
         let cut = self.cut.lock().expect("not poisoned").clone();
         cut.iter()
@@ -349,15 +349,25 @@ impl Netns {
             .sum()
     }
 
-    /// TCP segments retransmitted so far inside `node`'s namespace (`/proc/net/snmp`
-    /// is per namespace): during an isolation, every connection of the node retransmits.
-    pub fn retransmits(&self, node: &str) -> Option<u64> {
+    /// Packets `node`'s end of its veth dropped so far: while the host end is down,
+    /// everything the node sends (new segments, retransmissions, ARP) is dropped there.
+    pub fn tx_dropped(&self, node: &str) -> Option<u64> {
         let net = self.node(node)?;
-        let snmp = run("ip", &["netns", "exec", &net.ns, "cat", "/proc/net/snmp"]).ok()?;
-        let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-        let (names, values) = (tcp.next()?, tcp.next()?);
-        let at = names.split_whitespace().position(|n| n == "RetransSegs")?;
-        values.split_whitespace().nth(at)?.parse().ok()
+        // `ip netns exec` mounts the namespace's own /sys.
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &net.ns,
+                "cat",
+                "/sys/class/net/eth0/statistics/tx_dropped",
+            ],
+        )
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
     }
 
     /// Heals every fault: veths up, drop rules removed. Tries everything, reports the
