@@ -259,7 +259,7 @@ pub fn autoscale(
         &unmet,
         pools,
         booting,
-        PoolChoice::CheapestPerUnit,
+        PoolChoice::CheapestForShape,
     ));
     actions
 }
@@ -276,8 +276,15 @@ pub struct UnmetNeed {
 /// How to choose the pool for a new node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolChoice {
-    /// stator: the cheapest pool per unit of resource that fits.
+    /// The cheapest pool per unit of resource (one core + 4 GiB, a GPU as 8 cores)
+    /// that fits.
     CheapestPerUnit,
+    /// stator: the pool whose node holds the need's shape most cheaply — price times
+    /// the need's dominant share of the node (what one such need costs when nodes of
+    /// that pool are filled with needs like it). A GPU task then goes to the pool with
+    /// the cheapest GPU slot for its CPU and memory, not to the node with the cheapest
+    /// average unit, and CPU-bound replicas to compute-optimised nodes.
+    CheapestForShape,
     /// Cluster Autoscaler's default `random` expander; the value picks among the
     /// fitting pools (the caller draws it from its seeded generator).
     Random(u64),
@@ -339,6 +346,11 @@ pub fn plan_new_nodes(
             .collect();
         let pool = match choice {
             PoolChoice::CheapestPerUnit => fitting.first().copied(),
+            PoolChoice::CheapestForShape => fitting.iter().copied().min_by(|a, b| {
+                shape_price(a, &need.resources)
+                    .total_cmp(&shape_price(b, &need.resources))
+                    .then(a.name.cmp(&b.name))
+            }),
             PoolChoice::Random(x) => {
                 (!fitting.is_empty()).then(|| fitting[(x as usize) % fitting.len()])
             }
@@ -367,6 +379,16 @@ pub fn plan_new_nodes(
         });
     }
     actions
+}
+
+/// USD per hour one `need` costs on a node of `pool` filled with needs of its shape:
+/// the price times the need's largest share of any resource of the node.
+pub fn shape_price(pool: &PoolSpec, need: &Resources) -> f64 {
+    let share = |n: u64, c: u64| if c == 0 { 0.0 } else { n as f64 / c as f64 };
+    let dominant = share(need.cpu_millis, pool.capacity.cpu_millis)
+        .max(share(need.memory_mib, pool.capacity.memory_mib))
+        .max(share(need.gpu_milli, pool.capacity.gpu_milli));
+    pool.price_per_hour * dominant
 }
 
 fn new_replica(d: &PartitionDemand, node: NodeId, resources: Resources) -> Replica {

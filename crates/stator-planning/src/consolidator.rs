@@ -13,7 +13,7 @@ use crate::actions::Action;
 use crate::autoscaler::keeps_zone_spread;
 use crate::pools::PoolSpec;
 use crate::scheduler::{place_replacement, PlacementRequest, Policy, SpreadDomain};
-use crate::view::{ClusterView, WorkloadKind};
+use crate::view::{ClusterView, Resources, WorkloadKind};
 use stator_api::ids::NodeId;
 
 /// Tunables.
@@ -66,6 +66,33 @@ pub fn consolidate(
     cfg: &ConsolidatorConfig,
     now_s: u64,
 ) -> Vec<Action> {
+    consolidate_with_headroom(
+        view,
+        pools,
+        in_flight_moves,
+        busy_nodes,
+        state,
+        cfg,
+        now_s,
+        &[],
+    )
+}
+
+/// [`consolidate`] that keeps a warm spare: an empty node is not released while the
+/// other nodes (schedulable, not busy) would hold fewer copies of a `headroom` shape
+/// than the shape is listed times, so a short task of a shape seen lately starts at
+/// once instead of waiting for a node to boot (and ending before one is ready).
+#[allow(clippy::too_many_arguments)] // reason: `consolidate`'s arguments plus the headroom
+pub fn consolidate_with_headroom(
+    view: &mut ClusterView,
+    pools: &[PoolSpec],
+    in_flight_moves: usize,
+    busy_nodes: &[NodeId],
+    state: &mut ConsolidatorState,
+    cfg: &ConsolidatorConfig,
+    now_s: u64,
+    headroom: &[Resources],
+) -> Vec<Action> {
     let mut actions = Vec::new();
     let min_nodes: HashMap<&str, u32> = pools
         .iter()
@@ -102,6 +129,9 @@ pub fn consolidate(
         let pool = view.node(id).expect("listed").pool.clone();
         let count = counts.get(&pool).copied().unwrap_or(0);
         if count <= min_nodes.get(pool.as_str()).copied().unwrap_or(0) {
+            continue;
+        }
+        if !headroom.is_empty() && is_last_room(view, id, busy_nodes, headroom) {
             continue;
         }
         *counts.get_mut(&pool).expect("counted") -= 1;
@@ -216,10 +246,50 @@ pub fn consolidate(
     actions
 }
 
+/// Whether removing `id` would leave fewer slots (copies that fit, over schedulable,
+/// non-busy nodes) for some `headroom` shape than the shape is listed times.
+fn is_last_room(
+    view: &ClusterView,
+    id: NodeId,
+    busy_nodes: &[NodeId],
+    headroom: &[Resources],
+) -> bool {
+    headroom.iter().enumerate().any(|(i, shape)| {
+        if headroom[..i].contains(shape) {
+            return false;
+        }
+        let wanted = headroom.iter().filter(|s| *s == shape).count() as u64;
+        let in_id = view.free(id).map_or(0, |f| slots(shape, &f));
+        if in_id == 0 {
+            return false;
+        }
+        let elsewhere: u64 = view
+            .nodes()
+            .filter(|n| n.id != id && n.schedulable && !busy_nodes.contains(&n.id))
+            .filter_map(|n| view.free(n.id))
+            .map(|f| slots(shape, &f))
+            .sum();
+        elsewhere < wanted
+    })
+}
+
+/// How many copies of `shape` fit in `free` (0 for an all-zero shape: it needs no room).
+pub fn slots(shape: &Resources, free: &Resources) -> u64 {
+    let per = |need: u64, have: u64| have.checked_div(need).unwrap_or(u64::MAX);
+    let n = per(shape.cpu_millis, free.cpu_millis)
+        .min(per(shape.memory_mib, free.memory_mib))
+        .min(per(shape.gpu_milli, free.gpu_milli));
+    if n == u64::MAX {
+        0
+    } else {
+        n
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::view::{Node, Replica, Resources};
+    use crate::view::{Node, Replica};
 
     fn lr(p: u32, node: NodeId, cpu: u64) -> Replica {
         Replica {
@@ -296,5 +366,30 @@ mod tests {
         );
         assert_eq!(view.partition_nodes("s", 0).len(), 3);
         assert!(view.replicas_on(4).is_empty());
+    }
+
+    #[test]
+    fn headroom_keeps_the_last_node_with_room_for_a_recent_shape() {
+        let view = ClusterView::from_parts(
+            vec![
+                Node::new(1, "a", "p", Resources::new(4000, 8192), 1.0),
+                Node::new(2, "a", "p", Resources::new(16000, 32768), 2.0),
+                Node::new(3, "a", "p", Resources::new(16000, 32768), 2.0),
+            ],
+            vec![],
+        );
+        let cfg = ConsolidatorConfig::default();
+        let shape = [Resources::new(8000, 4096)];
+        let run = |headroom: &[Resources]| {
+            let (mut view, mut st) = (view.clone(), ConsolidatorState::default());
+            consolidate_with_headroom(&mut view, &[], 0, &[], &mut st, &cfg, 0, headroom);
+            consolidate_with_headroom(&mut view, &[], 0, &[], &mut st, &cfg, 200, headroom);
+            view.nodes().map(|n| n.id).collect::<Vec<_>>()
+        };
+        // The small node and one big node go; the other big one stays as room for
+        // an 8-core task.
+        assert_eq!(run(&shape), vec![3]);
+        // Without headroom every empty node goes.
+        assert!(run(&[]).is_empty());
     }
 }

@@ -33,7 +33,9 @@ pub use autoscaler::{
     autoscale, plan_new_nodes, AutoscalerConfig, AutoscalerState, PartitionDemand, PoolChoice,
     UnmetNeed,
 };
-pub use consolidator::{consolidate, ConsolidatorConfig, ConsolidatorState};
+pub use consolidator::{
+    consolidate, consolidate_with_headroom, ConsolidatorConfig, ConsolidatorState,
+};
 pub use pools::{BootingNode, PoolSpec};
 
 pub use error::PlacementError;

@@ -10,18 +10,19 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 
 use crate::scenario::Scenario;
 use stator_planning::baseline::{
     cluster_autoscaler_scale_down, hpa_recommendation, ClusterAutoscalerState, HpaState,
     EVICTION_TOLERATION_S, HPA_DEFAULT_TARGET, HPA_SYNC_S, NODE_MONITOR_GRACE_S,
 };
+use stator_planning::consolidator::slots;
 use stator_planning::{
-    autoscale, consolidate, place_partition, plan_new_nodes, Action, AutoscalerConfig,
-    AutoscalerState, BootingNode, ClusterView, ConsolidatorConfig, ConsolidatorState,
-    LabelRequirement, Node, NodeId, PartitionDemand, PlacementRequest, Policy, PoolChoice,
-    PoolSpec, Replica, ReplicaSlot, Resources, SpreadDomain, UnmetNeed,
+    autoscale, consolidate_with_headroom, place_partition, plan_new_nodes, Action,
+    AutoscalerConfig, AutoscalerState, BootingNode, ClusterView, ConsolidatorConfig,
+    ConsolidatorState, LabelRequirement, Node, NodeId, PartitionDemand, PlacementRequest, Policy,
+    PoolChoice, PoolSpec, Replica, ReplicaSlot, Resources, SpreadDomain, UnmetNeed,
 };
 
 /// Which policy set drives the cluster.
@@ -104,6 +105,10 @@ pub struct RunResult {
     pub summary: Summary,
     /// Time series.
     pub samples: Vec<Sample>,
+    /// Names of the trace tasks never placed (sorted), to compare policies task by
+    /// task: a policy should leave unplaced only tasks the other could not place either.
+    #[serde(default)]
+    pub unscheduled_tasks: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -172,6 +177,9 @@ struct Sim<'a> {
     task_slot: Vec<Option<ReplicaSlot>>,
     task_done: Vec<bool>,
     pending_waits: Vec<u64>,
+    unscheduled_tasks: Vec<usize>,
+    /// (start, shape) of the tasks started in the last [`HEADROOM_WINDOW_S`].
+    recent_shapes: VecDeque<(u64, Resources)>,
     // Policy memory.
     a_state: AutoscalerState,
     a_cfg: Vec<AutoscalerConfig>,
@@ -202,6 +210,15 @@ pub fn run_policy(
 }
 
 const STATOR_SPREAD: SpreadDomain = SpreadDomain::Zone;
+
+/// stator keeps room for more tasks of the shapes started within this window (a warm
+/// spare), so short tasks do not wait for a node to boot: a day of arrivals.
+const HEADROOM_WINDOW_S: u64 = 86_400;
+/// Most distinct shapes kept as headroom (the largest win): bounds the work per round.
+const MAX_HEADROOM_SHAPES: usize = 16;
+/// Copies of each recent shape the spare room holds: tasks arrive in bursts of two
+/// or three within seconds, and the first would otherwise take the only slot.
+const HEADROOM_COPIES: usize = 2;
 
 impl<'a> Sim<'a> {
     fn new(sc: &'a Scenario, policy: PolicySet, seed: u64) -> Self {
@@ -270,6 +287,8 @@ impl<'a> Sim<'a> {
             task_slot: vec![None; sc.tasks.len()],
             task_done: vec![false; sc.tasks.len()],
             pending_waits: Vec::new(),
+            unscheduled_tasks: Vec::new(),
+            recent_shapes: VecDeque::new(),
             a_state: AutoscalerState::default(),
             a_cfg,
             c_state: ConsolidatorState::default(),
@@ -521,6 +540,10 @@ impl<'a> Sim<'a> {
                     }
                 }
                 Event::TaskStart { task } => {
+                    if self.policy == PolicySet::Stator {
+                        self.recent_shapes
+                            .push_back((self.now_s, self.sc.tasks[task].resources));
+                    }
                     self.pending.push(Pending {
                         kind: PendingKind::Task { task },
                         since_s: self.now_s,
@@ -540,6 +563,7 @@ impl<'a> Sim<'a> {
                     {
                         self.pending.remove(i);
                         self.s.unscheduled += 1;
+                        self.unscheduled_tasks.push(task);
                     }
                 }
             }
@@ -631,7 +655,8 @@ impl<'a> Sim<'a> {
                 if self.now_s >= self.next_consolidate_s {
                     self.next_consolidate_s = self.now_s + self.sc.consolidate_every_s;
                     let busy: Vec<NodeId> = self.busy_nodes();
-                    let actions = consolidate(
+                    let headroom = self.headroom_shapes();
+                    let actions = consolidate_with_headroom(
                         &mut self.view,
                         &self.pools,
                         self.in_flight,
@@ -639,6 +664,7 @@ impl<'a> Sim<'a> {
                         &mut self.c_state,
                         &self.c_cfg,
                         self.now_s,
+                        &headroom,
                     );
                     self.execute(actions, false);
                 }
@@ -843,6 +869,7 @@ impl Sim<'_> {
                 PendingKind::Task { task } => {
                     if self.task_done[task] {
                         self.s.unscheduled += 1;
+                        self.unscheduled_tasks.push(task);
                         continue;
                     }
                     let t = &self.sc.tasks[task];
@@ -918,12 +945,15 @@ impl Sim<'_> {
         unmet
     }
 
-    fn scale_up(&mut self, unmet: Vec<UnmetNeed>) {
+    fn scale_up(&mut self, mut unmet: Vec<UnmetNeed>) {
+        if self.policy == PolicySet::Stator {
+            unmet.extend(self.headroom_needs());
+        }
         if unmet.is_empty() {
             return;
         }
         let choice = match self.policy {
-            PolicySet::Stator => PoolChoice::CheapestPerUnit,
+            PolicySet::Stator => PoolChoice::CheapestForShape,
             PolicySet::K8sDefault => PoolChoice::Random(self.rng.gen::<u64>()),
         };
         let booting: Vec<BootingNode> = self.booting.values().cloned().collect();
@@ -932,6 +962,64 @@ impl Sim<'_> {
                 self.provision(&pool, &zone, false);
             }
         }
+    }
+
+    /// The task shapes stator keeps room for: distinct shapes started within the
+    /// window, most frequent first, at most [`MAX_HEADROOM_SHAPES`], each listed
+    /// [`HEADROOM_COPIES`] times.
+    fn headroom_shapes(&mut self) -> Vec<Resources> {
+        while self
+            .recent_shapes
+            .front()
+            .is_some_and(|&(t, _)| t + HEADROOM_WINDOW_S < self.now_s)
+        {
+            self.recent_shapes.pop_front();
+        }
+        // Most frequent first (larger first among equals).
+        let mut counts: BTreeMap<(u64, u64, u64), usize> = BTreeMap::new();
+        for &(_, r) in &self.recent_shapes {
+            *counts
+                .entry((r.gpu_milli, r.cpu_millis, r.memory_mib))
+                .or_insert(0) += 1;
+        }
+        let mut ranked: Vec<((u64, u64, u64), usize)> = counts.into_iter().collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
+        let shapes: Vec<Resources> = ranked
+            .into_iter()
+            .take(MAX_HEADROOM_SHAPES)
+            .map(|((g, c, m), _)| Resources::with_gpu(c, m, g))
+            .collect();
+        shapes
+            .into_iter()
+            .flat_map(|s| std::iter::repeat_n(s, HEADROOM_COPIES))
+            .collect()
+    }
+
+    /// A need for every headroom shape no ready node (schedulable, not failed) has
+    /// room for; `plan_new_nodes` lets booting nodes absorb them first.
+    fn headroom_needs(&mut self) -> Vec<UnmetNeed> {
+        let mut shapes = self.headroom_shapes();
+        if shapes.is_empty() {
+            return Vec::new();
+        }
+        let free: Vec<Resources> = self
+            .view
+            .nodes()
+            .filter(|n| n.schedulable && !self.down_nodes.contains(&n.id))
+            .filter_map(|n| self.view.free(n.id))
+            .collect();
+        shapes.dedup();
+        let mut needs = Vec::new();
+        for s in shapes {
+            let have: u64 = free.iter().map(|f| slots(&s, f)).sum();
+            for _ in have..HEADROOM_COPIES as u64 {
+                needs.push(UnmetNeed {
+                    resources: s,
+                    avoid_zones: Vec::new(),
+                });
+            }
+        }
+        needs
     }
 
     /// One HPA sync for every service: a StatefulSet per partition, all with the
@@ -1064,6 +1152,18 @@ impl Sim<'_> {
     fn finish(mut self) -> RunResult {
         // Still waiting at the end: never placed.
         self.s.unscheduled += self.pending.len() as u64;
+        for p in &self.pending {
+            if let PendingKind::Task { task } = p.kind {
+                self.unscheduled_tasks.push(task);
+            }
+        }
+        let mut unscheduled_tasks: Vec<String> = self
+            .unscheduled_tasks
+            .iter()
+            .map(|&t| self.sc.tasks[t].name.clone())
+            .collect();
+        unscheduled_tasks.sort();
+        unscheduled_tasks.dedup();
         self.s.cost_usd = round3(self.cost_usd);
         self.s.node_hours = round3(self.node_seconds / 3600.0);
         self.pending_waits.sort_unstable();
@@ -1080,6 +1180,7 @@ impl Sim<'_> {
             policy: self.policy,
             summary: self.s,
             samples: self.samples,
+            unscheduled_tasks,
         }
     }
 }
