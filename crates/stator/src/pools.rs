@@ -247,6 +247,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_pools_file_reads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/pools.toml");
+        let config = read_pools_file(&path, &["zone-a"]).unwrap();
+        assert_eq!(config.pools[0].name, "small");
+        assert!(config.pools[0].min <= config.pools[0].max);
+    }
+
+    #[test]
     fn bad_pools_name_the_problem() {
         let error = parse_pools("[[pool]]\nname = \"small\"\ncpu = \"1\"\nmemory = \"2Gi\"\nprice_per_hour = 0.05\nmin = 5\nmax = 4\n", &[]).unwrap_err();
         assert!(format!("{error:#}").contains("min"), "{error:#}");
