@@ -54,6 +54,17 @@ pub enum NetworkMode {
     Loopback,
 }
 
+impl NetworkMode {
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            NetworkMode::Auto => "auto",
+            NetworkMode::Netns => "netns",
+            NetworkMode::Loopback => "loopback",
+        }
+    }
+}
+
 /// Settings of one run.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -156,8 +167,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
                 }
                 Err(e) if require_all || opts.network == NetworkMode::Netns => {
                     return Err(e.context(format!(
-                        "network namespaces unavailable (--network {:?}, {REQUIRE_ALL_ENV}={})",
-                        opts.network,
+                        "network namespaces unavailable (--network {}, {REQUIRE_ALL_ENV}={})",
+                        opts.network.name(),
                         u8::from(require_all)
                     )))
                 }
