@@ -121,6 +121,14 @@ impl CpuCgroups {
             .map_err(|e| format!("cannot write {}: {e}", path.display()))
     }
 
+    /// Moves the running process `pid` (and only it: what it forked before stays) into
+    /// the cgroup of `name`, for processes the agent does not spawn itself.
+    pub fn move_process(&self, name: &str, pid: u32) -> Result<(), String> {
+        let path = self.dir_of(name).join("cgroup.procs");
+        fs::write(&path, pid.to_string())
+            .map_err(|e| format!("cannot move {pid} into {}: {e}", path.display()))
+    }
+
     /// Removes the cgroup of `name` once its processes are gone (a no-op if it is not
     /// there).
     pub fn remove(&self, name: &str) {

@@ -119,7 +119,6 @@ async fn run_incarnation(
         },
         listener,
     )?;
-    let replicas = replicas::Replicas::new(host.clone(), config.data_dir.join("replicas"));
     let cgroups = match cgroup::CpuCgroups::for_agent() {
         Ok(cgroups) => Some(std::sync::Arc::new(cgroups)),
         Err(why) => {
@@ -127,6 +126,8 @@ async fn run_incarnation(
             None
         }
     };
+    let replicas = replicas::Replicas::new(host.clone(), config.data_dir.join("replicas"))
+        .with_cpu_cgroups(cgroups.clone());
     let supervisor = driver::InstanceSupervisor::new(config.data_dir.join("instances"))
         .with_cpu_cgroups(cgroups.clone());
     let interval = Duration::from_millis(registration.heartbeat_interval_ms.max(50));

@@ -11,7 +11,7 @@ use stator_api::app::StateMachine;
 use stator_api::ids::{GroupId, NodeId};
 use stator_api::spec::AppSpec;
 use stator_replication::{GroupOptions, Host, Role};
-use stator_sm::host::{ProcessLimits, ProcessMachine, ProcessMachineConfig};
+use stator_sm::host::{ProcessHandle, ProcessLimits, ProcessMachine, ProcessMachineConfig};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -26,6 +26,10 @@ struct Known {
     partition: u32,
     bootstrapped: bool,
     created: Instant,
+    /// The app process of a `process` app (pid, restarts).
+    process: Option<ProcessHandle>,
+    /// (pid, millicores) last put in the replica's cgroup.
+    cgroup_applied: Option<(u32, u64)>,
 }
 
 /// The replicas of one agent.
@@ -36,6 +40,8 @@ pub struct Replicas {
     known: Mutex<HashMap<GroupId, Known>>,
     /// Groups with a membership step in flight (one at a time per group).
     busy: Arc<Mutex<HashSet<GroupId>>>,
+    /// Where `process` apps get their CPU share; None: not enforced.
+    cgroups: Option<Arc<crate::cgroup::CpuCgroups>>,
 }
 
 fn role(r: Role) -> ReplicaRole {
@@ -56,25 +62,71 @@ impl Replicas {
             run_root,
             known: Mutex::new(HashMap::new()),
             busy: Arc::new(Mutex::new(HashSet::new())),
+            cgroups: None,
         }
     }
 
-    fn app(&self, a: &ReplicaAssignment) -> Box<dyn StateMachine> {
+    /// Runs the app process of each `process` replica in its own cgroup of `cgroups`,
+    /// with the CPU share of its assignment (built-in apps run inside the agent and get
+    /// none).
+    pub fn with_cpu_cgroups(mut self, cgroups: Option<Arc<crate::cgroup::CpuCgroups>>) -> Self {
+        self.cgroups = cgroups;
+        self
+    }
+
+    fn app(&self, a: &ReplicaAssignment) -> (Box<dyn StateMachine>, Option<ProcessHandle>) {
         match &a.app {
-            AppSpec::Builtin(_) => Box::new(stator_kv::KvMachine::default()),
-            AppSpec::Process(p) => Box::new(ProcessMachine::new(ProcessMachineConfig {
-                program: p.command[0].clone(),
-                args: p.command[1..].to_vec(),
-                env: p.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                working_dir: p.working_dir.as_ref().map(PathBuf::from),
-                run_dir: self
-                    .run_root
-                    .join(format!("{}-p{}", a.service, a.partition)),
-                service: a.service.clone(),
-                partition: a.partition,
-                replica: self.host.node_id(),
-                limits: ProcessLimits::default(),
-            })),
+            AppSpec::Builtin(_) => (Box::new(stator_kv::KvMachine::default()), None),
+            AppSpec::Process(p) => {
+                let machine = ProcessMachine::new(ProcessMachineConfig {
+                    program: p.command[0].clone(),
+                    args: p.command[1..].to_vec(),
+                    env: p.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    working_dir: p.working_dir.as_ref().map(PathBuf::from),
+                    run_dir: self
+                        .run_root
+                        .join(format!("{}-p{}", a.service, a.partition)),
+                    service: a.service.clone(),
+                    partition: a.partition,
+                    replica: self.host.node_id(),
+                    limits: ProcessLimits::default(),
+                });
+                let handle = machine.handle();
+                (Box::new(machine), Some(handle))
+            }
+        }
+    }
+
+    /// Keeps a `process` replica's app in its cgroup with its assigned share: the app is
+    /// restarted after a crash under a new pid, and a resize changes the share.
+    fn apply_cpu_share(&self, a: &ReplicaAssignment) {
+        let Some(cgroups) = &self.cgroups else {
+            return;
+        };
+        if a.cpu_millis == 0 {
+            return;
+        }
+        let mut known = self.known.lock().expect("known mutex poisoned");
+        let Some(k) = known.get_mut(&a.group) else {
+            return;
+        };
+        let Some(pid) = k.process.as_ref().and_then(ProcessHandle::pid) else {
+            return;
+        };
+        if k.cgroup_applied == Some((pid, a.cpu_millis)) {
+            return;
+        }
+        let name = replica_cgroup(a.group);
+        let result = cgroups
+            .create(&name, a.cpu_millis)
+            .and_then(|_| cgroups.move_process(&name, pid));
+        match result {
+            Ok(()) => k.cgroup_applied = Some((pid, a.cpu_millis)),
+            Err(error) => {
+                // Remember the attempt too: one warning, not one per heartbeat.
+                k.cgroup_applied = Some((pid, a.cpu_millis));
+                tracing::warn!(group = %a.group, %error, "replica app runs without its CPU share");
+            }
         }
     }
 
@@ -96,7 +148,8 @@ impl Replicas {
                     },
                     ..GroupOptions::default()
                 };
-                if let Err(e) = self.host.create_group(a.group, options, self.app(a)).await {
+                let (app, process) = self.app(a);
+                if let Err(e) = self.host.create_group(a.group, options, app).await {
                     tracing::warn!(group = %a.group, "cannot create replica: {e}");
                     continue;
                 }
@@ -107,9 +160,12 @@ impl Replicas {
                         partition: a.partition,
                         bootstrapped: false,
                         created: Instant::now(),
+                        process,
+                        cgroup_applied: None,
                     },
                 );
             }
+            self.apply_cpu_share(a);
             // Initialising elects the caller at once, so one designated member per
             // partition (rotating) forms the group: leaders start spread over the nodes.
             // The others follow after a pause in case it died first; every caller uses the
@@ -176,6 +232,9 @@ impl Replicas {
                     .lock()
                     .expect("known mutex poisoned")
                     .remove(&group);
+                if let Some(cgroups) = &self.cgroups {
+                    cgroups.remove(&replica_cgroup(group));
+                }
             }
         }
     }
@@ -206,4 +265,9 @@ impl Replicas {
             })
             .collect()
     }
+}
+
+/// The cgroup name of a replica's app: `replica-<service id>-<partition>`.
+fn replica_cgroup(group: GroupId) -> String {
+    format!("replica-{}-{}", group.service_id(), group.partition())
 }
