@@ -44,6 +44,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const RECONNECT_BACKOFF_MIN_MS: u64 = 5;
 /// See [`RECONNECT_BACKOFF_MIN_MS`]; a second keeps a dead peer cheap yet noticed quickly.
 pub const RECONNECT_BACKOFF_MAX_MS: u64 = 1_000;
+/// Read buffer of one connection. Without it every frame costs two `recv` calls (length,
+/// then body) plus one that finds nothing; with it one `recv` takes in every frame that
+/// has arrived. Frames larger than this bypass it.
+pub const READ_BUFFER_BYTES: usize = 64 << 10;
 /// Bumped on any incompatible change of [`Message`].
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -537,7 +541,7 @@ impl Transport {
     async fn serve_requests<R, W>(
         self: Arc<Self>,
         peer: PeerInfo,
-        mut r: R,
+        r: R,
         w: W,
         handler: Arc<dyn Handler>,
     ) -> std::io::Result<()>
@@ -546,6 +550,7 @@ impl Transport {
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let peer = Arc::new(peer);
+        let mut r = tokio::io::BufReader::with_capacity(READ_BUFFER_BYTES, r);
         let (tx, rx) = mpsc::channel(MAX_QUEUED_FRAMES);
         let writer = tokio::spawn(writer_task(w, rx));
         let mut buf = Vec::new();
@@ -591,7 +596,7 @@ pub fn fuzz_read_frames(mut bytes: &[u8]) -> (Vec<Vec<u8>>, usize) {
 }
 
 /// Starts the writer and the reply reader of a connection we dialled and authenticated.
-fn start_dialled<R, W>(mut r: R, w: W) -> Arc<Conn>
+fn start_dialled<R, W>(r: R, w: W) -> Arc<Conn>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -607,6 +612,7 @@ where
     });
     let reader_conn = conn.clone();
     tokio::spawn(async move {
+        let mut r = tokio::io::BufReader::with_capacity(READ_BUFFER_BYTES, r);
         let mut buf = Vec::new();
         loop {
             match read_message(&mut r, &mut buf).await {
