@@ -168,7 +168,16 @@ pub fn autoscale(
 
         // 2. Vertical, 3. horizontal.
         for slot in view.partition_members(&d.service, d.partition).to_vec() {
-            let r = view.replica(slot).expect("member").clone();
+            // Copy only what the round needs: cloning each member (and its service
+            // name) every round is most of a round's allocations at 100k replicas.
+            let r = {
+                let m = view.replica(slot).expect("member");
+                MemberFacts {
+                    node: m.node,
+                    resources: m.resources,
+                    state_bytes: m.state_bytes,
+                }
+            };
             let current = r.resources.cpu_millis;
             let change = desired.abs_diff(current) as f64;
             if change <= cfg.tolerance * current as f64 {
@@ -181,8 +190,8 @@ pub fn autoscale(
             if desired < current {
                 view.resize_replica(slot, new_res);
                 actions.push(Action::Resize {
-                    service: r.service.clone(),
-                    partition: r.partition,
+                    service: d.service.clone(),
+                    partition: d.partition,
                     node: r.node,
                     from: r.resources,
                     to: new_res,
@@ -193,8 +202,8 @@ pub fn autoscale(
             if desired - current <= free.cpu_millis {
                 view.resize_replica(slot, new_res);
                 actions.push(Action::Resize {
-                    service: r.service.clone(),
-                    partition: r.partition,
+                    service: d.service.clone(),
+                    partition: d.partition,
                     node: r.node,
                     from: r.resources,
                     to: new_res,
@@ -205,13 +214,13 @@ pub fn autoscale(
                 continue;
             }
             let survivors: Vec<NodeId> = view
-                .partition_nodes(&r.service, r.partition)
+                .partition_nodes(&d.service, d.partition)
                 .into_iter()
                 .filter(|&n| n != r.node)
                 .collect();
             let req = PlacementRequest {
                 spread: d.spread,
-                ..PlacementRequest::long_running(&r.service, r.partition, 1, new_res)
+                ..PlacementRequest::long_running(&d.service, d.partition, 1, new_res)
             };
             let mut avoid = survivors.clone();
             avoid.push(r.node);
@@ -221,8 +230,8 @@ pub fn autoscale(
                     view.resize_replica(slot, new_res);
                     migrations += 1;
                     actions.push(Action::Migrate {
-                        service: r.service.clone(),
-                        partition: r.partition,
+                        service: d.service.clone(),
+                        partition: d.partition,
                         from: r.node,
                         to,
                         resources: new_res,
@@ -239,8 +248,8 @@ pub fn autoscale(
                         };
                         view.resize_replica(slot, partial);
                         actions.push(Action::Resize {
-                            service: r.service.clone(),
-                            partition: r.partition,
+                            service: d.service.clone(),
+                            partition: d.partition,
                             node: r.node,
                             from: r.resources,
                             to: partial,
@@ -262,6 +271,13 @@ pub fn autoscale(
         PoolChoice::CheapestForShape,
     ));
     actions
+}
+
+/// What the vertical/horizontal step reads of a member.
+struct MemberFacts {
+    node: NodeId,
+    resources: Resources,
+    state_bytes: u64,
 }
 
 /// Capacity that could not be found among existing nodes.
@@ -321,10 +337,10 @@ pub fn plan_new_nodes(
             .then(b.resources.memory_mib.cmp(&a.resources.memory_mib))
     });
     let sorted_pools = pools_by_unit_price(pools);
-    let mut zone_pool_counts: HashMap<(String, String), usize> = HashMap::new();
+    let mut zone_pool_counts: HashMap<(&str, &str), usize> = HashMap::new();
     for n in view.nodes() {
         *zone_pool_counts
-            .entry((n.zone.clone(), n.pool.clone()))
+            .entry((n.zone.as_str(), n.pool.as_str()))
             .or_insert(0) += 1;
     }
     let mut actions = Vec::new();
@@ -363,7 +379,7 @@ pub fn plan_new_nodes(
             .filter(|z| !need.avoid_zones.contains(z))
             .min_by_key(|z| {
                 zone_pool_counts
-                    .get(&((*z).clone(), pool.name.clone()))
+                    .get(&(z.as_str(), pool.name.as_str()))
                     .copied()
                     .unwrap_or(0)
                     + bins.iter().filter(|(bz, _)| bz == *z).count()
