@@ -148,7 +148,12 @@ impl Cluster {
         placement: &Placement,
         with_etcd: bool,
     ) -> anyhow::Result<Cluster> {
-        let exe = std::env::current_exe()?;
+        // Every process runs a copy of the binary this run started from: a rebuild
+        // during the run (cargo replaces target/*/stator) must not change what a
+        // restarted server or agent runs.
+        let exe = data_dir.join("stator");
+        std::fs::copy("/proc/self/exe", &exe)
+            .with_context(|| format!("copying this binary to {}", exe.display()))?;
         let host_ip: IpAddr = match placement {
             Placement::Loopback => [127, 0, 0, 1].into(),
             Placement::Netns(netns) => netns.bridge_ip().into(),
