@@ -498,6 +498,11 @@ async fn drive(
             eprintln!("chaos:     {}", serde_json::to_string(op)?);
         }
     }
+    for (key, verdict) in &report.keys {
+        if let stator_check::KeyVerdict::Undetermined { reason } = verdict {
+            eprintln!("chaos:   UNDETERMINED key {key}: {reason}");
+        }
+    }
     for write in &lost {
         eprintln!(
             "chaos:   LOST acknowledged write {} (final read {:?})",
