@@ -49,6 +49,8 @@ pub const RECONNECT_BACKOFF_MAX_MS: u64 = 1_000;
 /// has arrived. Frames larger than this bypass it.
 pub const READ_BUFFER_BYTES: usize = 64 << 10;
 /// Bumped on any incompatible change of [`Message`].
+/// Bytes a frame's buffer first grows to before more of the frame has arrived.
+const FIRST_READ_BYTES: usize = 64 << 10;
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Transport failures; openraft treats them as "unreachable" and retries with back-off.
@@ -226,10 +228,24 @@ async fn read_message<R: AsyncRead + Unpin>(
         )));
     }
     buf.clear();
-    // Exact: a buffer reused for a bigger frame must not double past MAX_FRAME_BYTES.
-    buf.reserve_exact(len);
-    buf.resize(len, 0);
-    r.read_exact(buf).await?;
+    // Memory follows the bytes that arrive, not the length a peer claims: a connection
+    // that sends a 4-byte prefix and nothing else (before the handshake proves anything)
+    // holds at most FIRST_READ_BYTES. The buffer grows geometrically, capped exactly at the
+    // frame's length, so it never passes MAX_FRAME_BYTES.
+    while buf.len() < len {
+        if buf.len() == buf.capacity() {
+            let grow_to = len.min((buf.capacity() * 2).max(FIRST_READ_BYTES));
+            buf.reserve_exact(grow_to - buf.len());
+        }
+        let start = buf.len();
+        let end = len.min(buf.capacity());
+        buf.resize(end, 0);
+        let n = r.read(&mut buf[start..end]).await?;
+        buf.truncate(start + n);
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
     postcard::from_bytes(buf).map_err(|e| std::io::Error::other(format!("garbled frame: {e}")))
 }
 

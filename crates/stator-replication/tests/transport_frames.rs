@@ -43,3 +43,17 @@ fn a_reused_read_buffer_never_grows_past_the_frame_limit() {
         "read buffer grew to {capacity} bytes, over the {MAX_FRAME_BYTES}-byte frame limit"
     );
 }
+
+#[test]
+fn a_claimed_length_alone_reserves_no_memory_beyond_the_first_read() {
+    // A peer that sends a length prefix claiming the whole limit and nothing else (as an
+    // unauthenticated connection could, before the handshake) must not make the reader
+    // set aside the claimed 32 MiB: memory follows the bytes that actually arrive.
+    let bytes = u32::try_from(MAX_FRAME_BYTES).unwrap().to_be_bytes();
+    let (frames, capacity) = fuzz_read_frames(&bytes);
+    assert!(frames.is_empty());
+    assert!(
+        capacity <= 64 << 10,
+        "a 4-byte prefix made the reader reserve {capacity} bytes"
+    );
+}
