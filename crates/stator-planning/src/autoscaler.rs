@@ -187,19 +187,9 @@ pub fn autoscale(
                 cpu_millis: desired,
                 ..r.resources
             };
-            if desired < current {
-                view.resize_replica(slot, new_res);
-                actions.push(Action::Resize {
-                    service: d.service.clone(),
-                    partition: d.partition,
-                    node: r.node,
-                    from: r.resources,
-                    to: new_res,
-                });
-                continue;
-            }
+            // Shrinking always fits; growing fits where the node has the room.
             let free = view.free(r.node).expect("member node");
-            if desired - current <= free.cpu_millis {
+            if desired < current || desired - current <= free.cpu_millis {
                 view.resize_replica(slot, new_res);
                 actions.push(Action::Resize {
                     service: d.service.clone(),
