@@ -442,6 +442,15 @@ fn paced_key(n: u64) -> String {
     format!("paced:{n:010}")
 }
 
+/// `SET key <value_for(key)>` as the kv machine takes it.
+fn set_command(key: &str, value_bytes: usize) -> Vec<u8> {
+    stator_kv::encode_command(&[
+        b"SET".as_slice(),
+        key.as_bytes(),
+        &value_for(key, value_bytes),
+    ])
+}
+
 /// A value of `value_bytes` that names its key, so a check can tell a stale one.
 fn value_for(key: &str, value_bytes: usize) -> Vec<u8> {
     let mut v = key.as_bytes().to_vec();
@@ -482,11 +491,7 @@ async fn fill(
                             return Ok::<(), anyhow::Error>(());
                         }
                         let key = fill_key(i);
-                        let cmd = stator_kv::encode_command(&[
-                            b"SET".as_slice(),
-                            key.as_bytes(),
-                            &value_for(&key, value_bytes),
-                        ]);
+                        let cmd = set_command(&key, value_bytes);
                         let reply = client
                             .execute(
                                 group(),
@@ -567,11 +572,7 @@ impl PacedWriter {
                         let (client, mut leader) =
                             popped.unwrap_or_else(|| (ReplicaClient::new(&secret), None));
                         let key = paced_key(n);
-                        let cmd = stator_kv::encode_command(&[
-                            b"SET".as_slice(),
-                            key.as_bytes(),
-                            &value_for(&key, value_bytes),
-                        ]);
+                        let cmd = set_command(&key, value_bytes);
                         let result = client
                             .execute(
                                 group(),
