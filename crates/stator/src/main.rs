@@ -255,9 +255,14 @@ enum BenchVerb {
         /// Partition groups (leaders spread over the hosts).
         #[arg(long, default_value_t = 1)]
         partitions: u32,
-        /// Baselines to leave out: etcd, redis-wait.
+        /// Baselines to leave out: etcd, redis-wait, redis, stator-unbatched,
+        /// stator-readindex.
         #[arg(long, value_delimiter = ',')]
         skip: Vec<String>,
+        /// Request measured: `set` (replicated write) or `get` (linearizable read, beside
+        /// read-index rounds and a plain Redis GET).
+        #[arg(long, default_value = "set")]
+        op: String,
         /// Print the result as one JSON object on the last line.
         #[arg(long)]
         json: bool,
@@ -578,6 +583,7 @@ fn run() -> anyhow::Result<()> {
                         duration,
                         partitions,
                         skip,
+                        op,
                         json,
                     },
             } => {
@@ -585,6 +591,11 @@ fn run() -> anyhow::Result<()> {
                     matches!(replicas, 1 | 3 | 5),
                     "--replicas: must be 1, 3 or 5, got {replicas}"
                 );
+                let op = match op.as_str() {
+                    "set" => bench::replication::Op::Set,
+                    "get" => bench::replication::Op::Get,
+                    other => anyhow::bail!("--op: must be set or get, got {other:?}"),
+                };
                 let opts = bench::replication::Options {
                     replicas,
                     clients,
@@ -592,6 +603,7 @@ fn run() -> anyhow::Result<()> {
                     duration: Duration::from_secs(duration),
                     partitions,
                     skip,
+                    op,
                 };
                 let runs = bench::replication::run(&opts).await?;
                 bench::print_runs(&runs, json);
