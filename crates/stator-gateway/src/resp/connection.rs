@@ -8,6 +8,7 @@
 //! always leave in request order.
 
 use super::local::{dispatch, ConnectionState, Dispatch};
+use super::Backend;
 use crate::map::{PartitionMap, ServiceRoutes};
 use crate::router::Router;
 use bytes::{Buf, BytesMut};
@@ -53,7 +54,7 @@ struct Done {
     slot: Option<u16>,
 }
 
-async fn perform(router: &Router, work: Work) -> Done {
+async fn perform<B: Backend>(backend: &B, work: Work) -> Done {
     match work {
         Work::Ready(reply) => Done { reply, slot: None },
         Work::Forward {
@@ -62,21 +63,39 @@ async fn perform(router: &Router, work: Work) -> Done {
             slot,
             kind,
             payload,
-        } => {
-            let route = &routes.partitions[partition];
-            let reply = match router.forward(route, kind, payload).await {
-                Ok(reply) => reply,
-                Err(error) => error_reply(&routes, route.partition, kind, &error),
-            };
-            Done {
-                reply,
-                slot: Some(slot),
-            }
-        }
+        } => Done {
+            reply: backend
+                .execute(routes, partition, slot, kind, payload)
+                .await,
+            slot: Some(slot),
+        },
     }
 }
 
-fn error_reply(
+/// The gateway: every keyed command goes to its partition's leader through the router.
+impl Backend for Router {
+    async fn execute(
+        &self,
+        routes: Arc<ServiceRoutes>,
+        partition: usize,
+        _slot: u16,
+        kind: RequestKind,
+        payload: Vec<u8>,
+    ) -> Vec<u8> {
+        let route = &routes.partitions[partition];
+        match self.forward(route, kind, payload).await {
+            Ok(reply) => reply,
+            Err(error) => error_reply(&routes, route.partition, kind, &error),
+        }
+    }
+
+    fn request_refresh(&self) {
+        Router::request_refresh(self);
+    }
+}
+
+/// The RESP error for a request the router gave up on.
+pub fn error_reply(
     routes: &ServiceRoutes,
     partition: u32,
     kind: RequestKind,
@@ -100,9 +119,9 @@ fn error_reply(
 }
 
 /// Serves one connection until the client leaves, sends QUIT or garbage, or `cancel`.
-pub(crate) async fn serve(
+pub async fn serve<B: Backend>(
     mut stream: TcpStream,
-    router: Arc<Router>,
+    router: Arc<B>,
     service: String,
     mut map: watch::Receiver<Arc<PartitionMap>>,
     connection_id: u64,
@@ -112,7 +131,8 @@ pub(crate) async fn serve(
     let (mut reader, mut writer) = stream.split();
     let mut state = ConnectionState {
         id: connection_id,
-        name: None,
+        node: router.node(),
+        ..ConnectionState::default()
     };
     let mut routes = map.borrow_and_update().services.get(&service).cloned();
     let mut input = BytesMut::with_capacity(READ_CHUNK_BYTES);
@@ -131,7 +151,7 @@ pub(crate) async fn serve(
                 Ok(Some(parsed)) => parsed,
                 Ok(None) => {
                     if input.len() > MAX_COMMAND_BYTES {
-                        in_flight.push_back(perform(&router, Work::Ready(Value::error(format!(
+                        in_flight.push_back(perform(&*router, Work::Ready(Value::error(format!(
                             "ERR Protocol error: command larger than {MAX_COMMAND_BYTES} bytes; split the value"
                         )).to_bytes())));
                         closing = true;
@@ -140,7 +160,7 @@ pub(crate) async fn serve(
                     break;
                 }
                 Err(error) => {
-                    in_flight.push_back(perform(&router, Work::Ready(error.to_reply().to_bytes())));
+                    in_flight.push_back(perform(&*router, Work::Ready(error.to_reply().to_bytes())));
                     closing = true;
                     break;
                 }
@@ -164,7 +184,7 @@ pub(crate) async fn serve(
                         break;
                     }
                     match forward_work(
-                        &router,
+                        &*router,
                         routes.as_ref(),
                         &service,
                         slot,
@@ -180,7 +200,7 @@ pub(crate) async fn serve(
                     }
                 }
             };
-            in_flight.push_back(perform(&router, work));
+            in_flight.push_back(perform(&*router, work));
             input.advance(used);
         }
         if in_flight.is_empty() && closing {
@@ -228,8 +248,8 @@ fn release(busy_slots: &mut HashMap<u16, u32>, slot: u16) {
 }
 
 /// The forwarding work of a command, or the error reply when no partition owns its slot.
-fn forward_work(
-    router: &Router,
+fn forward_work<B: Backend>(
+    router: &B,
     routes: Option<&Arc<ServiceRoutes>>,
     service: &str,
     slot: u16,
