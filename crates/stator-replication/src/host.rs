@@ -552,6 +552,7 @@ impl Host {
         for group in self.groups() {
             self.remove_group(group).await;
         }
+        self.inner.transport.disconnect_all();
     }
 
     /// Serves a client request on the local replica of `group`.
