@@ -30,7 +30,7 @@ pub const DEFAULT_SNAPSHOT_EVERY_ENTRIES: u64 = 20_000;
 /// Largest snapshot chunk sent in one frame (well under the transport's frame limit).
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 << 20;
 /// Entries per AppendEntries message; bounds one frame's size for small commands.
-pub const MAX_ENTRIES_PER_APPEND: u64 = 1_024;
+pub const MAX_ENTRIES_PER_APPEND: u64 = 128;
 /// A learner this many entries behind the leader counts as caught up: the last few are
 /// replicated within one round trip once it is a voter.
 pub const CATCH_UP_SLACK_ENTRIES: u64 = 64;
@@ -45,9 +45,11 @@ pub const LEADERSHIP_TRANSFER_TIMEOUT: Duration = Duration::from_millis(1_000);
 /// every write that arrives meanwhile still joins the next entry.
 pub const MAX_WRITE_BATCHES_IN_FLIGHT: usize = 4;
 /// A write batch closes at this many payload bytes (a larger single write goes alone).
-/// With [`MAX_ENTRIES_PER_APPEND`] entries per AppendEntries, a frame stays near 16 MiB,
-/// under the transport's frame limit.
-pub const MAX_WRITE_BATCH_BYTES: usize = 16 << 10;
+/// With [`MAX_ENTRIES_PER_APPEND`] entries per AppendEntries an append carries about
+/// 1 MiB at most: openraft times an append out after one heartbeat interval, and a
+/// larger one would miss that on a busy machine again and again, so a lagging follower
+/// would never catch up.
+pub const MAX_WRITE_BATCH_BYTES: usize = 8 << 10;
 
 /// Client writes waiting at a replica to be proposed as one entry.
 struct WriteQueue {
@@ -552,6 +554,7 @@ impl Host {
         for group in self.groups() {
             self.remove_group(group).await;
         }
+        self.inner.transport.disconnect_all();
     }
 
     /// Serves a client request on the local replica of `group`.
@@ -623,9 +626,21 @@ impl Host {
         if voters != wanted {
             let last = metrics.last_log_index.unwrap_or(0);
             let matched = metrics.replication.clone().unwrap_or_default();
+            let lagging: Vec<NodeId> = wanted
+                .difference(&voters)
+                .filter(|id| {
+                    let at = matched.get(id).copied().flatten().map_or(0, |l| l.index);
+                    at + CATCH_UP_SLACK_ENTRIES < last
+                })
+                .copied()
+                .collect();
+            if !lagging.is_empty() {
+                return Ok(MembershipStep::WaitingForCatchUp(lagging));
+            }
             if !wanted.contains(&self.inner.node_id) {
                 // Leaving: hand leadership to the most caught-up voter that stays, so
-                // writes pause for about one round trip instead of an election timeout.
+                // writes pause for about one round trip instead of an election timeout
+                // (only now: while learners catch up, this leader keeps feeding them).
                 // If that fails the leader commits the change itself and steps down.
                 let successor = voters
                     .intersection(&wanted)
@@ -637,17 +652,6 @@ impl Host {
                         return Ok(MembershipStep::TransferredLeadership(to));
                     }
                 }
-            }
-            let lagging: Vec<NodeId> = wanted
-                .difference(&voters)
-                .filter(|id| {
-                    let at = matched.get(id).copied().flatten().map_or(0, |l| l.index);
-                    at + CATCH_UP_SLACK_ENTRIES < last
-                })
-                .copied()
-                .collect();
-            if !lagging.is_empty() {
-                return Ok(MembershipStep::WaitingForCatchUp(lagging));
             }
             replica
                 .raft

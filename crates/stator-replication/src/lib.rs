@@ -2,16 +2,21 @@
 //! members live on different hosts; only the leader answers.
 //!
 //! # Layout
-//! - [`types`]: the openraft type configuration, logged commands and client messages.
+//! - [`types`]: the openraft type configuration, logged commands (a batch of client
+//!   writes per entry) and client messages.
 //! - [`log_store`]: the in-memory Raft log and vote (replication is the durability).
 //! - [`state_machine`]: applies committed entries to the hosted app, with snapshots.
 //! - [`session`]: exactly-once client sessions, replicated with the state.
 //! - [`transport`]: one multiplexed, authenticated, batched TCP connection per peer.
 //! - [`tls`]: optional mutual TLS 1.3 under the transport (PEM files, rustls).
 //! - [`network`]: openraft's network traits over the transport.
-//! - [`host`]: many replicas in one process; membership reconcile steps; client serving.
-//! - [`read_index`]: linearizable reads batched behind one leadership confirmation.
-//! - [`client`]: calling a group from outside, following leader hints, with retries.
+//! - [`host`]: many replicas in one process; membership reconcile steps; leadership
+//!   transfer; client serving, with the writes waiting at a leader proposed as one entry;
+//!   a fast election when a leader's host drops its connections.
+//! - [`read_index`]: linearizable reads under a leader lease, or batched behind one
+//!   leadership confirmation when the lease is unsure.
+//! - [`client`]: calling a group from outside, following leader hints, with retries;
+//!   calls waiting for the same host share one frame.
 //! - [`stats`]: per-replica throughput and latency windows.
 //! - [`testing`]: an in-process cluster with faults (kill, cut, drop, delay) and a
 //!   register app, for tests and the benchmark.

@@ -336,6 +336,8 @@ struct Conn {
     next_id: AtomicU64,
     closed: AtomicBool,
     inflight: Semaphore,
+    /// The writer task: aborting it drops the write half, which sends FIN.
+    writer: tokio::task::AbortHandle,
 }
 
 struct Peer {
@@ -431,6 +433,21 @@ impl Transport {
                     addr: addr.into(),
                     timeout_ms: timeout.as_millis() as u64,
                 })
+            }
+        }
+    }
+
+    /// Closes every connection this endpoint dialled (peers see them end, as when its
+    /// process dies) and forgets them; a later call dials again.
+    pub fn disconnect_all(&self) {
+        let peers = std::mem::take(&mut *self.peers.lock().expect("peers mutex poisoned"));
+        for peer in peers.values() {
+            // A dial in progress holds the lock; its connection is left to the peer.
+            if let Ok(conn) = peer.conn.try_lock() {
+                if let Some(conn) = conn.as_ref() {
+                    conn.closed.store(true, Ordering::Relaxed);
+                    conn.writer.abort();
+                }
             }
         }
     }
@@ -632,8 +649,9 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(MAX_QUEUED_FRAMES);
-    tokio::spawn(writer_task(w, rx));
+    let writer = tokio::spawn(writer_task(w, rx)).abort_handle();
     let conn = Arc::new(Conn {
+        writer,
         tx,
         pending: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
