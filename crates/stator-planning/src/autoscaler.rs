@@ -490,24 +490,26 @@ pub fn plan_new_nodes_with_fit(
                 partitions: Vec<(String, u32)>,
                 needs: Vec<usize>,
             }
-            let holds = |total: &Resources,
-                         zone: &str,
-                         needs: &[usize],
-                         counts: &BTreeMap<String, u32>| {
-                pools.iter().any(|p| {
-                    total.fits_in(&p.capacity)
-                        && has_room(p, counts)
-                        && p.zones.iter().any(|z| z == zone)
-                        && needs.iter().all(|&n| selects(&unmet[n].node_selector, &p.labels))
-                })
-            };
+            let holds =
+                |total: &Resources, zone: &str, needs: &[usize], counts: &BTreeMap<String, u32>| {
+                    pools.iter().any(|p| {
+                        total.fits_in(&p.capacity)
+                            && has_room(p, counts)
+                            && p.zones.iter().any(|z| z == zone)
+                            && needs
+                                .iter()
+                                .all(|&n| selects(&unmet[n].node_selector, &p.labels))
+                    })
+                };
             let mut claims: Vec<Claim> = Vec::new();
             for i in rest {
                 let need = &unmet[i];
                 let selects_all = |c: &Claim, need: &UnmetNeed| {
                     pools.iter().any(|p| {
                         selects(&need.node_selector, &p.labels)
-                            && c.needs.iter().all(|&n| selects(&unmet[n].node_selector, &p.labels))
+                            && c.needs
+                                .iter()
+                                .all(|&n| selects(&unmet[n].node_selector, &p.labels))
                     })
                 };
                 let joins = |c: &Claim| {
@@ -564,7 +566,9 @@ pub fn plan_new_nodes_with_fit(
                         c.total.fits_in(&p.capacity)
                             && has_room(p, &counts)
                             && p.zones.contains(&c.zone)
-                            && c.needs.iter().all(|&n| selects(&unmet[n].node_selector, &p.labels))
+                            && c.needs
+                                .iter()
+                                .all(|&n| selects(&unmet[n].node_selector, &p.labels))
                     })
                     .min_by(|a, b| {
                         a.price_per_hour
@@ -588,9 +592,7 @@ pub fn plan_new_nodes_with_fit(
             // One node group per loop: drawn among those that fit a pending need.
             let groups: Vec<&PoolSpec> = pools
                 .iter()
-                .filter(|p| {
-                    has_room(p, &counts) && rest.iter().any(|&i| unmet[i].fits_pool(p))
-                })
+                .filter(|p| has_room(p, &counts) && rest.iter().any(|&i| unmet[i].fits_pool(p)))
                 .collect();
             if groups.is_empty() {
                 return plan;

@@ -169,10 +169,7 @@ impl HpaState {
         {
             q.pop_front();
         }
-        let down = q
-            .iter()
-            .map(|&(_, r)| r)
-            .fold(recommendation, u32::max);
+        let down = q.iter().map(|&(_, r)| r).fold(recommendation, u32::max);
         q.push_back((now_s, recommendation));
         // Stabilise: the up window is 0 s, so only the down limit applies.
         let stabilised = current.max(recommendation).min(down);
@@ -221,7 +218,9 @@ pub fn vpa_recommendation(
         .clamp(1, usage_millis.len())
         - 1;
     // The epsilon keeps 900 / 0.6 at 1500, not 1501.
-    let raw = (usage_millis[ix] / target_utilization.max(0.05) - 1e-6).ceil().max(0.0) as u64;
+    let raw = (usage_millis[ix] / target_utilization.max(0.05) - 1e-6)
+        .ceil()
+        .max(0.0) as u64;
     let step = step_millis.max(1);
     raw.div_ceil(step).max(1) * step
 }
@@ -241,6 +240,9 @@ pub struct ScaleDownConfig {
     pub max_empty_bulk_delete: usize,
     /// The scheduler that re-places evicted pods in the simulation.
     pub policy: Policy,
+    /// Whether nodes running batch jobs may be emptied (false: jobs carry Karpenter's
+    /// `do-not-disrupt` annotation, as an operator sets for batch work).
+    pub disrupt_jobs: bool,
 }
 
 impl ScaleDownConfig {
@@ -252,6 +254,7 @@ impl ScaleDownConfig {
             delay_after_add_s: CA_DELAY_AFTER_ADD_S,
             max_empty_bulk_delete: CA_MAX_EMPTY_BULK_DELETE,
             policy: Policy::Spread,
+            disrupt_jobs: true,
         }
     }
     /// Karpenter-like `WhenEmptyOrUnderutilized` consolidation: any node whose pods
@@ -264,6 +267,7 @@ impl ScaleDownConfig {
             delay_after_add_s: 0,
             max_empty_bulk_delete: usize::MAX,
             policy: Policy::Cost,
+            disrupt_jobs: false,
         }
     }
 }
@@ -300,7 +304,16 @@ pub fn cluster_autoscaler_scale_down(
             share(a.cpu_millis, n.capacity.cpu_millis)
                 .max(share(a.memory_mib, n.capacity.memory_mib))
         };
-        if n.schedulable && utilization < cfg.utilization_threshold && !busy_nodes.contains(&n.id)
+        let has_jobs = || {
+            view.replicas_on(n.id).iter().any(|&s| {
+                view.replica(s)
+                    .is_some_and(|r| matches!(r.kind, WorkloadKind::Job { .. }))
+            })
+        };
+        if n.schedulable
+            && utilization < cfg.utilization_threshold
+            && !busy_nodes.contains(&n.id)
+            && (cfg.disrupt_jobs || !has_jobs())
         {
             unneeded.push((utilization, n.id));
         }
@@ -418,7 +431,10 @@ mod tests {
     fn replica_calculator_matches_kubernetes_cases() {
         let r = |u: u64| (u, 1000u64);
         // TestReplicaCalcScaleUp: 50 % against 30 % -> ceil(1.667 * 3) = 5.
-        assert_eq!(hpa_replica_calculator(3, &[r(300), r(500), r(700)], &[], 30), 5);
+        assert_eq!(
+            hpa_replica_calculator(3, &[r(300), r(500), r(700)], &[], 30),
+            5
+        );
         // TestReplicaCalcScaleUpUnreadyLessScale: ready 60 %; with the unready pod at
         // 0 %, 40 % -> ceil(1.333 * 3) = 4.
         assert_eq!(hpa_replica_calculator(3, &[r(500), r(700)], &[1000], 30), 4);

@@ -19,11 +19,12 @@ use stator_planning::baseline::{
     HPA_SYNC_S, NODE_MONITOR_GRACE_S,
 };
 use stator_planning::consolidator::slots;
+use stator_planning::pools::pool_counts;
 use stator_planning::{
-    autoscale, consolidate_with_headroom, place_partition, plan_new_nodes, Action,
+    autoscale, consolidate_with_headroom, place_partition, plan_merges, plan_new_nodes, Action,
     AutoscalerConfig, AutoscalerState, BootingNode, ClusterView, ConsolidatorConfig,
-    ConsolidatorState, LabelRequirement, Node, NodeId, PartitionDemand, PlacementRequest, Policy,
-    PoolChoice, PoolSpec, Replica, ReplicaSlot, Resources, SpreadDomain, UnmetNeed,
+    ConsolidatorState, LabelRequirement, Merge, Node, NodeId, PartitionDemand, PlacementRequest,
+    Policy, PoolChoice, PoolSpec, Replica, ReplicaSlot, Resources, SpreadDomain, UnmetNeed,
 };
 
 /// Which policy set drives the cluster.
@@ -147,15 +148,35 @@ pub struct RunResult {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     Tick,
-    NodeReady { token: u64 },
-    NodeFail { node: NodeId },
-    FailureDetected { node: NodeId },
-    K8sNotReady { node: NodeId },
-    K8sEvict { node: NodeId },
-    CatchUpDone { slot: ReplicaSlot, node: NodeId },
-    MigrationDone { from: NodeId, to: NodeId },
-    TaskStart { task: usize },
-    TaskEnd { task: usize },
+    NodeReady {
+        token: u64,
+    },
+    NodeFail {
+        node: NodeId,
+    },
+    FailureDetected {
+        node: NodeId,
+    },
+    K8sNotReady {
+        node: NodeId,
+    },
+    K8sEvict {
+        node: NodeId,
+    },
+    CatchUpDone {
+        slot: ReplicaSlot,
+        node: NodeId,
+    },
+    MigrationDone {
+        from: NodeId,
+        to: NodeId,
+    },
+    TaskStart {
+        task: usize,
+    },
+    TaskEnd {
+        task: usize,
+    },
     /// The Kubernetes baselines' node autoscaler loop.
     AutoscalerLoop,
 }
@@ -229,6 +250,8 @@ struct Sim<'a> {
     ca: ClusterAutoscalerState,
     scale_down_cfg: ScaleDownConfig,
     last_scale_up_s: Option<u64>,
+    /// stator: replacements under way, by the booting token of their new node.
+    merges: Vec<(u64, Merge)>,
     pool_node_seconds: BTreeMap<String, f64>,
     pool_provisioned: BTreeMap<String, u64>,
     next_consolidate_s: u64,
@@ -254,6 +277,10 @@ pub fn run_policy(
 }
 
 const STATOR_SPREAD: SpreadDomain = SpreadDomain::Zone;
+
+/// stator: most node-pair replacements started per round (each boots a node and moves
+/// two nodes' replicas).
+const MAX_MERGES_PER_ROUND: usize = 2;
 
 /// k8s-tuned: the usage history the VPA-style recommendation is taken over (a day; the
 /// recommender keeps eight days with a one-day half-life, and the scenarios repeat daily).
@@ -373,6 +400,7 @@ impl<'a> Sim<'a> {
             ca: ClusterAutoscalerState::default(),
             scale_down_cfg,
             last_scale_up_s: None,
+            merges: Vec::new(),
             pool_node_seconds: BTreeMap::new(),
             pool_provisioned: BTreeMap::new(),
             next_consolidate_s: 0,
@@ -447,10 +475,8 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn node_ready(&mut self, token: u64) {
-        let Some(b) = self.booting.remove(&token) else {
-            return;
-        };
+    fn node_ready(&mut self, token: u64) -> Option<NodeId> {
+        let b = self.booting.remove(&token)?;
         let spec = self
             .pools
             .iter()
@@ -469,6 +495,7 @@ impl<'a> Sim<'a> {
             let ttf = (-u.ln() * self.sc.failures.node_mtbf_h * 3600.0) as u64;
             self.push(self.now_s + ttf.max(1), Event::NodeFail { node: id });
         }
+        Some(id)
     }
 
     fn release(&mut self, node: NodeId) {
@@ -597,7 +624,9 @@ impl<'a> Sim<'a> {
                     }
                 }
                 Event::NodeReady { token } => {
-                    self.node_ready(token);
+                    if let Some(id) = self.node_ready(token) {
+                        self.finish_merge(token, id);
+                    }
                     // Pods waiting for this node get it now, not at the next tick.
                     if !self.pending.is_empty() {
                         let unmet = self.place_pending();
@@ -777,6 +806,7 @@ impl<'a> Sim<'a> {
                         &headroom,
                     );
                     self.execute(actions, false);
+                    self.start_merges();
                 }
             }
             PolicySet::K8sDefault | PolicySet::K8sTuned => {
@@ -816,6 +846,69 @@ impl<'a> Sim<'a> {
             self.now_s,
         );
         self.execute(actions, true);
+    }
+
+    /// stator: plans replacements of node pairs by one cheaper node while nothing
+    /// else moves (no migration in flight, no node booting, none under way).
+    fn start_merges(&mut self) {
+        if !self.merges.is_empty() || self.in_flight > 0 || !self.booting.is_empty() {
+            return;
+        }
+        let booting: Vec<BootingNode> = Vec::new();
+        let counts = pool_counts(&self.view, &booting);
+        let busy = self.busy_nodes();
+        for m in plan_merges(
+            &self.view,
+            &self.pools,
+            &counts,
+            &busy,
+            MAX_MERGES_PER_ROUND,
+        ) {
+            let token = self.next_token;
+            self.provision(&m.pool, &m.zone, false);
+            self.merges.push((token, m));
+        }
+    }
+
+    /// The new node of a replacement is ready: live-migrate every replica of the nodes
+    /// it replaces onto it, if they still fit (else give up: the consolidator releases
+    /// the new node once it has stayed empty).
+    fn finish_merge(&mut self, token: u64, to: NodeId) {
+        let Some(ix) = self.merges.iter().position(|(t, _)| *t == token) else {
+            return;
+        };
+        let (_, m) = self.merges.swap_remove(ix);
+        let mut slots = Vec::new();
+        let mut need = Resources::default();
+        for &n in &m.nodes {
+            if self.view.node(n).is_none()
+                || self.down_nodes.contains(&n)
+                || self.busy.contains_key(&n)
+            {
+                return;
+            }
+            for &slot in self.view.replicas_on(n) {
+                need = need + self.view.replica(slot).expect("on node").resources;
+                slots.push((slot, n));
+            }
+        }
+        if !self.view.free(to).is_some_and(|f| need.fits_in(&f)) {
+            return;
+        }
+        let mut actions = Vec::new();
+        for (slot, from) in slots {
+            self.view.move_replica(slot, to);
+            let r = self.view.replica(slot).expect("moved");
+            actions.push(Action::Migrate {
+                service: r.service.clone(),
+                partition: r.partition,
+                from,
+                to,
+                resources: r.resources,
+                state_bytes: r.state_bytes,
+            });
+        }
+        self.execute(actions, false);
     }
 
     fn pool_choice(&mut self) -> PoolChoice {
@@ -866,7 +959,7 @@ impl<'a> Sim<'a> {
 
     fn run_autoscaler(&mut self, demands: &[PartitionDemand]) -> Vec<Action> {
         // One config per service: run per service so each keeps its own target.
-        let booting: Vec<BootingNode> = self.booting.values().cloned().collect();
+        let mut booting: Vec<BootingNode> = self.booting.values().cloned().collect();
         let mut all = Vec::new();
         let mut start = 0;
         for (si, cfg) in self.a_cfg.iter().enumerate() {
@@ -881,6 +974,14 @@ impl<'a> Sim<'a> {
                 self.now_s,
             );
             start += n;
+            // Later services see the nodes asked for by earlier ones as booting.
+            booting.extend(acts.iter().filter_map(|a| match a {
+                Action::AddNode { pool, zone } => Some(BootingNode {
+                    pool: pool.clone(),
+                    zone: zone.clone(),
+                }),
+                _ => None,
+            }));
             all.extend(acts);
         }
         // Adds from different services were planned separately; keep them (the next
@@ -985,12 +1086,7 @@ impl Sim<'_> {
                     }
                     let req = PlacementRequest {
                         spread: SpreadDomain::Zone,
-                        ..PlacementRequest::long_running(
-                            &svc.name,
-                            pt.partition,
-                            1,
-                            pt.request,
-                        )
+                        ..PlacementRequest::long_running(&svc.name, pt.partition, 1, pt.request)
                     };
                     (req, Some(part), None)
                 }
@@ -1163,7 +1259,12 @@ impl Sim<'_> {
         for pi in 0..self.parts.len() {
             let (si, partition, current, request) = {
                 let p = &self.parts[pi];
-                (p.service, p.partition, p.spec_replicas, p.request.cpu_millis)
+                (
+                    p.service,
+                    p.partition,
+                    p.spec_replicas,
+                    p.request.cpu_millis,
+                )
             };
             let svc = &self.sc.services[si];
             let members = self.view.partition_members(&svc.name, partition).to_vec();

@@ -74,8 +74,11 @@ pub struct SimOptions {
 pub const MAX_SEEDS: usize = 100;
 
 /// Every policy set `--compare` runs: stator first, then the baselines.
-pub const COMPARED_POLICIES: [PolicySet; 3] =
-    [PolicySet::Stator, PolicySet::K8sDefault, PolicySet::K8sTuned];
+pub const COMPARED_POLICIES: [PolicySet; 3] = [
+    PolicySet::Stator,
+    PolicySet::K8sDefault,
+    PolicySet::K8sTuned,
+];
 
 /// Parses a policy name.
 pub fn parse_policy(name: &str) -> Result<PolicySet, SimError> {

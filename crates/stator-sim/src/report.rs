@@ -119,9 +119,11 @@ impl SimReport {
             ("cpu-requested", "CPU requested (cores)", |s| {
                 s.cpu_requested_cores
             }),
-            ("cpu-provisioned", "CPU of the nodes paid for (cores)", |s| {
-                s.cpu_provisioned_cores
-            }),
+            (
+                "cpu-provisioned",
+                "CPU of the nodes paid for (cores)",
+                |s| s.cpu_provisioned_cores,
+            ),
         ];
         for (file, title, f) in charts {
             let series: Vec<(String, Vec<(f64, f64)>)> = self
@@ -331,7 +333,13 @@ impl SeedsReport {
                 continue;
             }
             let mut fields = Map::new();
-            for f in ["cost", "node_hours", "slo_violation", "quorum_loss", "unavailable"] {
+            for f in [
+                "cost",
+                "node_hours",
+                "slo_violation",
+                "quorum_loss",
+                "unavailable",
+            ] {
                 let vals: Vec<f64> = per_seed
                     .iter()
                     .filter_map(|j| j["ratios"][b][f].as_f64())
@@ -359,7 +367,7 @@ pub fn print_seeds_report(report: &SeedsReport, json: bool) {
     }
     let j = report.to_json();
     println!(
-        "{} over seeds {:?}: median [min - max]",
+        "{} over seeds {}: median [min - max]",
         report.scenario, j["seeds"]
     );
     let fmt = |v: &Value| match (v["median"].as_f64(), v["min"].as_f64(), v["max"].as_f64()) {
