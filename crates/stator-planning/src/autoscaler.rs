@@ -24,7 +24,7 @@ use crate::pools::{pool_counts, pools_by_unit_price, BootingNode, PoolSpec};
 use crate::scheduler::{
     place_partition, place_replacement, PlacementRequest, Policy, SpreadDomain,
 };
-use crate::view::{ClusterView, Replica, Resources, WorkloadKind};
+use crate::view::{ClusterView, LabelRequirement, Replica, Resources, WorkloadKind};
 use stator_api::ids::NodeId;
 
 /// Measured demand of one partition.
@@ -158,8 +158,8 @@ pub fn autoscale(
                     let zones_used = zones_of(view, &view.partition_nodes(&d.service, d.partition));
                     for _ in 0..missing {
                         unmet.push(UnmetNeed {
-                            resources,
-                            avoid_zones: zones_used.clone(),
+                            partition: Some((d.service.clone(), d.partition)),
+                            ..UnmetNeed::new(resources, zones_used.clone())
                         });
                     }
                 }
@@ -246,8 +246,8 @@ pub fn autoscale(
                         });
                     }
                     unmet.push(UnmetNeed {
-                        resources: new_res,
-                        avoid_zones: zones_of(view, &survivors),
+                        partition: Some((d.service.clone(), d.partition)),
+                        ..UnmetNeed::new(new_res, zones_of(view, &survivors))
                     });
                 }
             }
@@ -275,8 +275,45 @@ struct MemberFacts {
 pub struct UnmetNeed {
     /// What one replica needs.
     pub resources: Resources,
-    /// Zones it must avoid if possible.
+    /// Zones it should avoid (the zones its partition's other members use).
     pub avoid_zones: Vec<String>,
+    /// Whether `avoid_zones` is only preferred: true for Kubernetes pods, whose zone
+    /// spread is a scheduling preference the scheduler relaxes when no zone is free
+    /// (so Cluster Autoscaler's simulation must relax it too); false for stator's
+    /// moves, which must land in a free zone.
+    pub soft_spread: bool,
+    /// The partition it belongs to: two needs of one partition never share a node
+    /// (node anti-affinity is hard for both policy sets).
+    pub partition: Option<(String, u32)>,
+    /// Labels a node must carry (e.g. the GPU model); only pools whose labels match
+    /// are considered.
+    pub node_selector: Vec<LabelRequirement>,
+}
+
+impl UnmetNeed {
+    /// A need whose zone avoidance is hard and that belongs to no partition.
+    pub fn new(resources: Resources, avoid_zones: Vec<String>) -> Self {
+        UnmetNeed {
+            resources,
+            avoid_zones,
+            soft_spread: false,
+            partition: None,
+            node_selector: Vec::new(),
+        }
+    }
+
+    /// Whether a node of `pool` could take this need (capacity and labels).
+    fn fits_pool(&self, pool: &PoolSpec) -> bool {
+        self.resources.fits_in(&pool.capacity) && selects(&self.node_selector, &pool.labels)
+    }
+}
+
+/// Whether `labels` satisfy every requirement of `selector`.
+fn selects(selector: &[LabelRequirement], labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|l| match labels.get(&l.key) {
+        Some(v) => l.values.is_empty() || l.values.iter().any(|a| a == v),
+        None => false,
+    })
 }
 
 /// How to choose the pool for a new node.
@@ -291,13 +328,60 @@ pub enum PoolChoice {
     /// the cheapest GPU slot for its CPU and memory, not to the node with the cheapest
     /// average unit, and CPU-bound replicas to compute-optimised nodes.
     CheapestForShape,
-    /// Cluster Autoscaler's default `random` expander; the value picks among the
-    /// fitting pools (the caller draws it from its seeded generator).
+    /// Cluster Autoscaler's default `random` expander: one scale-up per loop, for one
+    /// node group drawn (by this value, from the caller's seeded generator) among the
+    /// groups that fit at least one pending pod; the pods that group cannot hold wait
+    /// for the next loop.
     Random(u64),
+    /// Karpenter-like provisioning: pending pods are packed (largest first) into new
+    /// node claims as long as some pool can hold the claim; each claim then launches
+    /// the cheapest pool that holds everything packed on it.
+    CheapestForBatch,
+}
+
+/// Cluster Autoscaler's `--max-nodes-per-scaleup` default: most nodes one scale-up
+/// may add (kubernetes/autoscaler `cluster-autoscaler/FAQ.md`).
+pub const MAX_NODES_PER_SCALEUP: usize = 1000;
+
+/// A node that needs are simulated onto: booting, or planned in this call.
+struct Bin<'a> {
+    zone: String,
+    free: Resources,
+    partitions: Vec<(String, u32)>,
+    labels: &'a BTreeMap<String, String>,
+}
+
+impl Bin<'_> {
+    fn takes(&self, need: &UnmetNeed) -> bool {
+        need.resources.fits_in(&self.free)
+            && selects(&need.node_selector, self.labels)
+            && need
+                .partition
+                .as_ref()
+                .is_none_or(|p| !self.partitions.contains(p))
+    }
+    fn put(&mut self, need: &UnmetNeed) {
+        self.free = self.free.saturating_sub(&need.resources);
+        if let Some(p) = &need.partition {
+            self.partitions.push(p.clone());
+        }
+    }
+}
+
+/// The first bin that takes `need`, in a zone it does not avoid unless its spread is
+/// soft. Cluster Autoscaler's estimator runs the scheduler's filters only, so a
+/// preferred spread (a score) does not keep a pod off a node there. A pure filter
+/// plus first fit also makes the planning repeatable: asked again with the nodes it
+/// planned booting, the same needs land on them in the same order.
+fn fit_in_bins(bins: &[Bin], need: &UnmetNeed) -> Option<usize> {
+    bins.iter()
+        .position(|b| b.takes(need) && (need.soft_spread || !need.avoid_zones.contains(&b.zone)))
 }
 
 /// Adds nodes so every unmet need fits: first into nodes already booting (and those
-/// planned in this call), then into new ones. Respects pool maximums.
+/// planned in this call), then into new ones. Respects pool maximums. Never adds a
+/// node that no need is simulated onto, so calling it again with the nodes it asked
+/// for as `booting` adds nothing for the same needs.
 pub fn plan_new_nodes(
     view: &ClusterView,
     unmet: &[UnmetNeed],
@@ -305,66 +389,85 @@ pub fn plan_new_nodes(
     booting: &[BootingNode],
     choice: PoolChoice,
 ) -> Vec<Action> {
+    plan_new_nodes_with_fit(view, unmet, pools, booting, choice).actions
+}
+
+/// What [`plan_new_nodes_with_fit`] decided.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScaleUpPlan {
+    /// One `AddNode` per new node.
+    pub actions: Vec<Action>,
+    /// Per unmet need (input order): `Some(i)` when it was simulated onto the `i`-th
+    /// new node of `actions`, `None` when it fits a booting node or nothing.
+    pub new_node_of: Vec<Option<usize>>,
+    /// Per unmet need: whether it fits a node already booting.
+    pub on_booting: Vec<bool>,
+}
+
+/// [`plan_new_nodes`], also returning where each need was simulated onto (for tests
+/// that hold it to "no more capacity than the needs").
+pub fn plan_new_nodes_with_fit(
+    view: &ClusterView,
+    unmet: &[UnmetNeed],
+    pools: &[PoolSpec],
+    booting: &[BootingNode],
+    choice: PoolChoice,
+) -> ScaleUpPlan {
+    let mut plan = ScaleUpPlan {
+        actions: Vec::new(),
+        new_node_of: vec![None; unmet.len()],
+        on_booting: vec![false; unmet.len()],
+    };
     if unmet.is_empty() {
-        return Vec::new();
+        return plan;
     }
     let mut counts: BTreeMap<String, u32> = pool_counts(view, booting);
     let by_pool: HashMap<&str, &PoolSpec> = pools.iter().map(|p| (p.name.as_str(), p)).collect();
     // Virtual bins: booting nodes start empty (the view does not hold them yet).
-    let mut bins: Vec<(String, Resources)> = booting
+    let mut bins: Vec<Bin> = booting
         .iter()
         .filter_map(|b| {
-            by_pool
-                .get(b.pool.as_str())
-                .map(|p| (b.zone.clone(), p.capacity))
+            by_pool.get(b.pool.as_str()).map(|p| Bin {
+                zone: b.zone.clone(),
+                free: p.capacity,
+                partitions: Vec::new(),
+                labels: &p.labels,
+            })
         })
         .collect();
-    let mut order: Vec<&UnmetNeed> = unmet.iter().collect();
-    order.sort_by(|a, b| {
-        b.resources
-            .cpu_millis
-            .cmp(&a.resources.cpu_millis)
-            .then(b.resources.memory_mib.cmp(&a.resources.memory_mib))
+    let n_booting = bins.len();
+    let mut order: Vec<usize> = (0..unmet.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&unmet[a].resources, &unmet[b].resources);
+        b.cpu_millis
+            .cmp(&a.cpu_millis)
+            .then(b.memory_mib.cmp(&a.memory_mib))
+            .then(b.gpu_milli.cmp(&a.gpu_milli))
     });
-    let sorted_pools = pools_by_unit_price(pools);
     let mut zone_pool_counts: HashMap<(&str, &str), usize> = HashMap::new();
     for n in view.nodes() {
         *zone_pool_counts
             .entry((n.zone.as_str(), n.pool.as_str()))
             .or_insert(0) += 1;
     }
-    let mut actions = Vec::new();
-    for need in order {
-        let fit = bins
-            .iter_mut()
-            .find(|(z, free)| need.resources.fits_in(free) && !need.avoid_zones.contains(z));
-        if let Some((_, free)) = fit {
-            *free = free.saturating_sub(&need.resources);
-            continue;
-        }
-        let fitting: Vec<&PoolSpec> = sorted_pools
-            .iter()
-            .copied()
-            .filter(|p| {
-                need.resources.fits_in(&p.capacity)
-                    && counts.get(&p.name).copied().unwrap_or(0) < p.max_nodes
-            })
-            .collect();
-        let pool = match choice {
-            PoolChoice::CheapestPerUnit => fitting.first().copied(),
-            PoolChoice::CheapestForShape => fitting.iter().copied().min_by(|a, b| {
-                shape_price(a, &need.resources)
-                    .total_cmp(&shape_price(b, &need.resources))
-                    .then(a.name.cmp(&b.name))
-            }),
-            PoolChoice::Random(x) => {
-                (!fitting.is_empty()).then(|| fitting[(x as usize) % fitting.len()])
+    // Booting nodes absorb what they can, whatever the pool choice.
+    let mut rest = Vec::new();
+    for i in order {
+        match fit_in_bins(&bins, &unmet[i]) {
+            Some(b) => {
+                bins[b].put(&unmet[i]);
+                plan.on_booting[i] = true;
             }
-        };
-        let Some(pool) = pool else { continue };
-        // Zone: one the need does not avoid, with the fewest of this pool's nodes.
-        let zone = pool
-            .zones
+            None => rest.push(i),
+        }
+    }
+    let has_room = |p: &PoolSpec, counts: &BTreeMap<String, u32>| {
+        counts.get(&p.name).copied().unwrap_or(0) < p.max_nodes
+    };
+    // Zone for a new node of `pool`: one the need does not avoid, with the fewest of
+    // this pool's nodes (existing and planned).
+    let pick_zone = |pool: &PoolSpec, need: &UnmetNeed, bins: &[Bin]| -> String {
+        pool.zones
             .iter()
             .filter(|z| !need.avoid_zones.contains(z))
             .min_by_key(|z| {
@@ -372,19 +475,202 @@ pub fn plan_new_nodes(
                     .get(&(z.as_str(), pool.name.as_str()))
                     .copied()
                     .unwrap_or(0)
-                    + bins.iter().filter(|(bz, _)| bz == *z).count()
+                    + bins.iter().filter(|b| b.zone == **z).count()
             })
             .or(pool.zones.first())
             .cloned()
-            .unwrap_or_default();
-        *counts.entry(pool.name.clone()).or_insert(0) += 1;
-        bins.push((zone.clone(), pool.capacity.saturating_sub(&need.resources)));
-        actions.push(Action::AddNode {
-            pool: pool.name.clone(),
-            zone,
-        });
+            .unwrap_or_default()
+    };
+    match choice {
+        PoolChoice::CheapestForBatch => {
+            // Claims: needs packed while some pool with room could hold them all.
+            struct Claim {
+                zone: String,
+                total: Resources,
+                partitions: Vec<(String, u32)>,
+                needs: Vec<usize>,
+            }
+            let holds =
+                |total: &Resources, zone: &str, needs: &[usize], counts: &BTreeMap<String, u32>| {
+                    pools.iter().any(|p| {
+                        total.fits_in(&p.capacity)
+                            && has_room(p, counts)
+                            && p.zones.iter().any(|z| z == zone)
+                            && needs
+                                .iter()
+                                .all(|&n| selects(&unmet[n].node_selector, &p.labels))
+                    })
+                };
+            let mut claims: Vec<Claim> = Vec::new();
+            for i in rest {
+                let need = &unmet[i];
+                let selects_all = |c: &Claim, need: &UnmetNeed| {
+                    pools.iter().any(|p| {
+                        selects(&need.node_selector, &p.labels)
+                            && c.needs
+                                .iter()
+                                .all(|&n| selects(&unmet[n].node_selector, &p.labels))
+                    })
+                };
+                let joins = |c: &Claim| {
+                    (need.soft_spread || !need.avoid_zones.contains(&c.zone))
+                        && need
+                            .partition
+                            .as_ref()
+                            .is_none_or(|p| !c.partitions.contains(p))
+                        && selects_all(c, need)
+                        && holds(&(c.total + need.resources), &c.zone, &c.needs, &counts)
+                };
+                let at = match claims.iter().position(joins) {
+                    Some(at) => at,
+                    None => {
+                        // The zone: the one the need does not avoid with the fewest
+                        // nodes planned so far.
+                        let zones: Vec<&String> = pools
+                            .iter()
+                            .filter(|p| need.fits_pool(p) && has_room(p, &counts))
+                            .flat_map(|p| p.zones.iter())
+                            .collect();
+                        let Some(zone) = zones
+                            .iter()
+                            .filter(|z| !need.avoid_zones.contains(z))
+                            .min_by_key(|z| claims.iter().filter(|c| &c.zone == **z).count())
+                            .or(zones.first())
+                            .map(|z| (*z).clone())
+                        else {
+                            continue;
+                        };
+                        if claims.len() >= MAX_NODES_PER_SCALEUP {
+                            continue;
+                        }
+                        claims.push(Claim {
+                            zone,
+                            total: Resources::default(),
+                            partitions: Vec::new(),
+                            needs: Vec::new(),
+                        });
+                        claims.len() - 1
+                    }
+                };
+                let c = &mut claims[at];
+                c.total = c.total + need.resources;
+                if let Some(p) = &need.partition {
+                    c.partitions.push(p.clone());
+                }
+                c.needs.push(i);
+            }
+            for c in claims {
+                let Some(pool) = pools
+                    .iter()
+                    .filter(|p| {
+                        c.total.fits_in(&p.capacity)
+                            && has_room(p, &counts)
+                            && p.zones.contains(&c.zone)
+                            && c.needs
+                                .iter()
+                                .all(|&n| selects(&unmet[n].node_selector, &p.labels))
+                    })
+                    .min_by(|a, b| {
+                        a.price_per_hour
+                            .total_cmp(&b.price_per_hour)
+                            .then(a.name.cmp(&b.name))
+                    })
+                else {
+                    continue;
+                };
+                *counts.entry(pool.name.clone()).or_insert(0) += 1;
+                for &i in &c.needs {
+                    plan.new_node_of[i] = Some(plan.actions.len());
+                }
+                plan.actions.push(Action::AddNode {
+                    pool: pool.name.clone(),
+                    zone: c.zone,
+                });
+            }
+        }
+        PoolChoice::Random(x) => {
+            // One node group per loop: drawn among those that fit a pending need.
+            let groups: Vec<&PoolSpec> = pools
+                .iter()
+                .filter(|p| has_room(p, &counts) && rest.iter().any(|&i| unmet[i].fits_pool(p)))
+                .collect();
+            if groups.is_empty() {
+                return plan;
+            }
+            let pool = groups[(x as usize) % groups.len()];
+            let mut added = 0usize;
+            for i in rest {
+                let need = &unmet[i];
+                if !need.fits_pool(pool) {
+                    continue;
+                }
+                if let Some(b) = fit_in_bins(&bins[n_booting..], need) {
+                    bins[n_booting + b].put(need);
+                    plan.new_node_of[i] = Some(b);
+                    continue;
+                }
+                if !has_room(pool, &counts) || added >= MAX_NODES_PER_SCALEUP {
+                    continue;
+                }
+                let zone = pick_zone(pool, need, &bins);
+                *counts.entry(pool.name.clone()).or_insert(0) += 1;
+                let mut bin = Bin {
+                    zone: zone.clone(),
+                    free: pool.capacity,
+                    partitions: Vec::new(),
+                    labels: &pool.labels,
+                };
+                bin.put(need);
+                bins.push(bin);
+                plan.new_node_of[i] = Some(added);
+                added += 1;
+                plan.actions.push(Action::AddNode {
+                    pool: pool.name.clone(),
+                    zone,
+                });
+            }
+        }
+        PoolChoice::CheapestPerUnit | PoolChoice::CheapestForShape => {
+            let sorted_pools = pools_by_unit_price(pools);
+            for i in rest {
+                let need = &unmet[i];
+                if let Some(b) = fit_in_bins(&bins[n_booting..], need) {
+                    bins[n_booting + b].put(need);
+                    plan.new_node_of[i] = Some(b);
+                    continue;
+                }
+                let fitting = sorted_pools
+                    .iter()
+                    .copied()
+                    .filter(|p| need.fits_pool(p) && has_room(p, &counts));
+                let pool = match choice {
+                    PoolChoice::CheapestForShape => fitting.min_by(|a, b| {
+                        shape_price(a, &need.resources)
+                            .total_cmp(&shape_price(b, &need.resources))
+                            .then(a.name.cmp(&b.name))
+                    }),
+                    _ => fitting.into_iter().next(),
+                };
+                let Some(pool) = pool else { continue };
+                let zone = pick_zone(pool, need, &bins);
+                *counts.entry(pool.name.clone()).or_insert(0) += 1;
+                let mut bin = Bin {
+                    zone: zone.clone(),
+                    free: pool.capacity,
+                    partitions: Vec::new(),
+                    labels: &pool.labels,
+                };
+                bin.put(need);
+                bins.push(bin);
+                plan.new_node_of[i] = Some(plan.actions.len());
+                plan.actions.push(Action::AddNode {
+                    pool: pool.name.clone(),
+                    zone,
+                });
+            }
+        }
     }
-    actions
+    plan
 }
 
 /// USD per hour one `need` costs on a node of `pool` filled with needs of its shape:

@@ -286,6 +286,126 @@ pub fn slots(shape: &Resources, free: &Resources) -> u64 {
     }
 }
 
+/// A replacement planned by [`plan_merges`]: one new node of `pool` in `zone` takes
+/// every replica of `nodes` (all in that zone), which are then released.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Merge {
+    /// Pool of the new node.
+    pub pool: String,
+    /// Zone of the new node and of every node it replaces.
+    pub zone: String,
+    /// The nodes it replaces.
+    pub nodes: Vec<NodeId>,
+}
+
+/// A merge is planned only when the new node costs at most this share of the nodes it
+/// replaces (a boot and the migrations must pay for themselves).
+pub const MERGE_MAX_PRICE_SHARE: f64 = 0.75;
+/// The merged replicas fill the new node's CPU to at most this (room to grow in place
+/// as the load rises before anything must move again).
+pub const MERGE_MAX_CPU_FILL: f64 = 0.75;
+/// ... and its memory to at most this (memory requests do not follow the load).
+pub const MERGE_MAX_MEMORY_FILL: f64 = 0.95;
+
+/// Consolidation by replacement, for what emptying one node at a time cannot reach:
+/// nodes bound by memory (at night, CPU requests shrink, memory does not) whose pool
+/// is the wrong shape for what they now hold. Pairs of nodes of one zone whose
+/// replicas fit together on one node of a cheaper-for-the-pair pool (at most
+/// [`MERGE_MAX_PRICE_SHARE`] of their price, within the fill limits) are replaced by
+/// it. Pairs stay in one zone, so zone spread is kept; a pair sharing a partition is
+/// skipped. CPU-only, long-running nodes only; at most `max_merges` per call. Pure: the
+/// caller provisions the node and, once it is ready, moves the replicas (live).
+pub fn plan_merges(
+    view: &ClusterView,
+    pools: &[PoolSpec],
+    pool_counts: &BTreeMap<String, u32>,
+    busy_nodes: &[NodeId],
+    max_merges: usize,
+) -> Vec<Merge> {
+    let mut counts = pool_counts.clone();
+    let mut by_zone: BTreeMap<&str, Vec<NodeId>> = BTreeMap::new();
+    for n in view.nodes() {
+        let slots = view.replicas_on(n.id);
+        if !n.schedulable
+            || busy_nodes.contains(&n.id)
+            || slots.is_empty()
+            || n.capacity.gpu_milli > 0
+            || slots.iter().any(|&s| {
+                view.replica(s)
+                    .is_some_and(|r| !matches!(r.kind, WorkloadKind::LongRunning))
+            })
+        {
+            continue;
+        }
+        by_zone.entry(n.zone.as_str()).or_default().push(n.id);
+    }
+    let partitions_of = |id: NodeId| -> Vec<(&str, u32)> {
+        view.replicas_on(id)
+            .iter()
+            .filter_map(|&s| view.replica(s))
+            .map(|r| (r.service.as_str(), r.partition))
+            .collect()
+    };
+    let mut merges = Vec::new();
+    for (zone, mut nodes) in by_zone {
+        // Least CPU requested first: the nodes whose shape fits them worst.
+        nodes.sort_by_key(|&id| (view.allocated(id).map(|a| a.cpu_millis).unwrap_or(0), id));
+        let mut used = vec![false; nodes.len()];
+        for i in 0..nodes.len() {
+            if merges.len() >= max_merges {
+                return merges;
+            }
+            if used[i] {
+                continue;
+            }
+            for j in i + 1..nodes.len() {
+                if used[j] {
+                    continue;
+                }
+                let (a, b) = (nodes[i], nodes[j]);
+                let total =
+                    view.allocated(a).unwrap_or_default() + view.allocated(b).unwrap_or_default();
+                let price = view.node(a).map(|n| n.price_per_hour).unwrap_or(0.0)
+                    + view.node(b).map(|n| n.price_per_hour).unwrap_or(0.0);
+                let pa = partitions_of(a);
+                if partitions_of(b).iter().any(|p| pa.contains(p)) {
+                    continue;
+                }
+                let pool = pools
+                    .iter()
+                    .filter(|p| {
+                        p.labels.is_empty()
+                            && p.capacity.gpu_milli == 0
+                            && p.zones.iter().any(|z| z == zone)
+                            && counts.get(&p.name).copied().unwrap_or(0) < p.max_nodes
+                            && total.cpu_millis as f64
+                                <= p.capacity.cpu_millis as f64 * MERGE_MAX_CPU_FILL
+                            && total.memory_mib as f64
+                                <= p.capacity.memory_mib as f64 * MERGE_MAX_MEMORY_FILL
+                            && p.price_per_hour <= price * MERGE_MAX_PRICE_SHARE
+                    })
+                    .min_by(|x, y| {
+                        x.price_per_hour
+                            .total_cmp(&y.price_per_hour)
+                            .then(x.name.cmp(&y.name))
+                    });
+                if let Some(pool) = pool {
+                    *counts.entry(pool.name.clone()).or_insert(0) += 1;
+                    used[i] = true;
+                    used[j] = true;
+                    merges.push(Merge {
+                        pool: pool.name.clone(),
+                        zone: zone.to_string(),
+                        nodes: vec![a, b],
+                    });
+                    break;
+                }
+            }
+        }
+    }
+    merges
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,5 +511,74 @@ mod tests {
         assert_eq!(run(&shape), vec![3]);
         // Without headroom every empty node goes.
         assert!(run(&[]).is_empty());
+    }
+
+    #[test]
+    fn merges_memory_bound_pairs_onto_a_cheaper_shape() {
+        // Two compute nodes (16 cores, 32 GiB, 0.68/h) in one zone, each holding
+        // 3 cores and 28 GiB: memory-bound. One 16-core 64 GiB node (0.768/h) holds both.
+        let pools = vec![
+            PoolSpec {
+                name: "c-16".into(),
+                capacity: Resources::new(16000, 32768),
+                price_per_hour: 0.68,
+                boot_delay_s: 0,
+                min_nodes: 0,
+                max_nodes: 10,
+                zones: vec!["a".into(), "b".into()],
+                labels: Default::default(),
+            },
+            PoolSpec {
+                name: "gp-16".into(),
+                capacity: Resources::new(16000, 65536),
+                price_per_hour: 0.768,
+                boot_delay_s: 0,
+                min_nodes: 0,
+                max_nodes: 10,
+                zones: vec!["a".into(), "b".into()],
+                labels: Default::default(),
+            },
+        ];
+        let mem = |p: u32, node: NodeId| Replica {
+            resources: Resources::new(1000, 9500),
+            ..lr(p, node, 0)
+        };
+        let view = ClusterView::from_parts(
+            vec![
+                Node::new(1, "a", "c-16", Resources::new(16000, 32768), 0.68),
+                Node::new(2, "a", "c-16", Resources::new(16000, 32768), 0.68),
+                Node::new(3, "b", "c-16", Resources::new(16000, 32768), 0.68),
+            ],
+            vec![
+                mem(0, 1),
+                mem(1, 1),
+                mem(2, 1),
+                mem(3, 2),
+                mem(4, 2),
+                mem(5, 2),
+                mem(0, 3),
+            ],
+        );
+        let counts = BTreeMap::from([("c-16".to_string(), 3)]);
+        let merges = plan_merges(&view, &pools, &counts, &[], 4);
+        assert_eq!(
+            merges,
+            vec![Merge {
+                pool: "gp-16".into(),
+                zone: "a".into(),
+                nodes: vec![1, 2]
+            }]
+        );
+        // A pair sharing a partition is never merged.
+        let view = ClusterView::from_parts(
+            vec![
+                Node::new(1, "a", "c-16", Resources::new(16000, 32768), 0.68),
+                Node::new(2, "a", "c-16", Resources::new(16000, 32768), 0.68),
+            ],
+            vec![mem(0, 1), mem(1, 1), mem(0, 2)],
+        );
+        assert!(plan_merges(&view, &pools, &counts, &[], 4).is_empty());
+        // Busy nodes are left alone.
+        assert!(plan_merges(&view, &pools, &counts, &[1], 4).is_empty());
     }
 }

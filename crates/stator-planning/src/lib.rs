@@ -14,9 +14,12 @@
 //! - [`autoscaler`]: QoS first — repair, vertical resize, then migrate or add a node
 //!   from the cheapest fitting pool; stabilisation window against flapping.
 //! - [`consolidator`]: release empty nodes, empty under-used ones by live migration
-//!   under a disruption budget, never below quorum or against anti-affinity.
-//! - [`baseline`]: the `k8s-default` policy set (HPA, Cluster Autoscaler, node
-//!   lifecycle timings) for side-by-side comparison.
+//!   under a disruption budget, never below quorum or against anti-affinity; replace
+//!   pairs of nodes of the wrong shape by one cheaper node ([`plan_merges`]).
+//! - [`baseline`]: the Kubernetes baselines for side-by-side comparison: `k8s-default`
+//!   (HPA v2 replica calculator and behaviour, Cluster Autoscaler, node lifecycle
+//!   timings) and `k8s-tuned`'s parts (VPA-style requests, Karpenter-like
+//!   consolidation).
 //! - [`error`]: the placement error type, `PlacementError`.
 
 pub mod actions;
@@ -34,7 +37,8 @@ pub use autoscaler::{
     UnmetNeed,
 };
 pub use consolidator::{
-    consolidate, consolidate_with_headroom, ConsolidatorConfig, ConsolidatorState,
+    consolidate, consolidate_with_headroom, plan_merges, ConsolidatorConfig, ConsolidatorState,
+    Merge,
 };
 pub use pools::{BootingNode, PoolSpec};
 

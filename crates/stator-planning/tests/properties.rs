@@ -3,10 +3,12 @@
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 
+use stator_planning::autoscaler::plan_new_nodes_with_fit;
 use stator_planning::{
-    autoscale, consolidate, place_partition, AutoscalerConfig, AutoscalerState, ClusterView,
-    ConsolidatorConfig, ConsolidatorState, Node, PartitionDemand, PlacementRequest, Policy,
-    PoolSpec, Replica, Resources, SpreadDomain, WorkloadKind,
+    autoscale, consolidate, place_partition, Action, AutoscalerConfig, AutoscalerState,
+    BootingNode, ClusterView, ConsolidatorConfig, ConsolidatorState, Node, PartitionDemand,
+    PlacementRequest, Policy, PoolChoice, PoolSpec, Replica, Resources, SpreadDomain, UnmetNeed,
+    WorkloadKind,
 };
 
 const ZONES: [&str; 4] = ["a", "b", "c", "d"];
@@ -141,6 +143,66 @@ proptest! {
             check_capacity(&view);
             let after = shape(&view);
             check_no_worse(&mid, &after);
+        }
+    }
+
+    /// Cluster Autoscaler (and the other pool choices) never provision more capacity
+    /// than the pending pods need: every new node holds at least one need and no more
+    /// than fits it; a need that fits a booting node adds nothing; and asking again
+    /// with the planned nodes booting adds nothing for the same needs (the old model
+    /// added a node per pending pod on every pass).
+    #[test]
+    fn scale_up_never_provisions_beyond_the_pending_pods(
+        view in cluster(),
+        needs in prop::collection::vec((100u64..6000, 256u64..20000, 0usize..4, 0u32..6, any::<bool>()), 1..24),
+        choice in 0u8..4,
+        draw in any::<u64>(),
+    ) {
+        let pools = vec![
+            PoolSpec { name: "small".into(), capacity: Resources::new(4000, 16384), price_per_hour: 0.19, max_nodes: 40, ..pools()[0].clone() },
+            PoolSpec { name: "big".into(), capacity: Resources::new(16000, 65536), price_per_hour: 0.77, max_nodes: 40, ..pools()[0].clone() },
+            PoolSpec { name: "cpu".into(), capacity: Resources::new(16000, 32768), price_per_hour: 0.68, max_nodes: 40, ..pools()[0].clone() },
+        ];
+        let unmet: Vec<UnmetNeed> = needs.iter().map(|&(cpu, mem, avoid, part, soft)| UnmetNeed {
+            soft_spread: soft,
+            partition: Some(("s".to_string(), part)),
+            ..UnmetNeed::new(Resources::new(cpu, mem), ZONES[..avoid].iter().map(|z| z.to_string()).collect())
+        }).collect();
+        let choice = match choice {
+            0 => PoolChoice::CheapestPerUnit,
+            1 => PoolChoice::CheapestForShape,
+            2 => PoolChoice::Random(draw),
+            _ => PoolChoice::CheapestForBatch,
+        };
+        let plan = plan_new_nodes_with_fit(&view, &unmet, &pools, &[], choice);
+        let booting: Vec<BootingNode> = plan.actions.iter().map(|a| match a {
+            Action::AddNode { pool, zone } => BootingNode { pool: pool.clone(), zone: zone.clone() },
+            other => panic!("not an AddNode: {other:?}"),
+        }).collect();
+        // Every new node holds at least one need, and what it holds fits it.
+        for (i, b) in booting.iter().enumerate() {
+            let on: Vec<usize> = (0..unmet.len()).filter(|&n| plan.new_node_of[n] == Some(i)).collect();
+            prop_assert!(!on.is_empty(), "node {i} ({b:?}) holds no pending need: {plan:?}");
+            let total = on.iter().fold(Resources::default(), |t, &n| t + unmet[n].resources);
+            let cap = pools.iter().find(|p| p.name == b.pool).unwrap().capacity;
+            prop_assert!(total.fits_in(&cap), "node {i} over capacity: {total:?} > {cap:?}");
+            let mut parts: Vec<u32> = on.iter().map(|&n| unmet[n].partition.as_ref().unwrap().1).collect();
+            parts.sort_unstable();
+            let distinct = { let mut d = parts.clone(); d.dedup(); d.len() };
+            prop_assert_eq!(distinct, parts.len(), "two members of a partition on one node");
+        }
+        prop_assert!(booting.len() <= unmet.len());
+        // The same needs again, with those nodes booting: each need planned onto a
+        // new node now lands on a booting one, and when every need was provided for
+        // nothing more is added.
+        let again = plan_new_nodes_with_fit(&view, &unmet, &pools, &booting, choice);
+        for n in 0..unmet.len() {
+            if plan.new_node_of[n].is_some() {
+                prop_assert!(again.on_booting[n], "need {n} not on its booting node: {plan:?} then {again:?}");
+            }
+        }
+        if plan.new_node_of.iter().all(Option::is_some) {
+            prop_assert!(again.actions.is_empty(), "added again for the same pods: {:?}", again.actions);
         }
     }
 }

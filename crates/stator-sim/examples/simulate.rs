@@ -1,8 +1,8 @@
 //! `stator sim` without the CLI: the same flags, parsed by hand.
 //!
-//! cargo run --release -p stator-sim --example simulate -- --scenario examples/sim/mmo-diurnal.toml --compare --json
+//! cargo run --release -p stator-sim --example simulate -- --scenario examples/sim/mmo-diurnal.toml --compare --seeds 1..5 --json
 
-use stator_sim::{print_report, run, SimOptions};
+use stator_sim::{parse_seeds, run_and_report, SimOptions};
 
 fn main() -> anyhow::Result<()> {
     let mut opts = SimOptions {
@@ -23,13 +23,13 @@ fn main() -> anyhow::Result<()> {
             "--compare" => opts.compare = true,
             "--out" => opts.out = Some(val()?.into()),
             "--seed" => opts.seed = Some(val()?.parse()?),
+            "--seeds" => opts.seeds = parse_seeds(&val()?)?,
             "--json" => opts.json = true,
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
     let started = std::time::Instant::now();
-    let report = run(&opts)?;
+    run_and_report(&opts)?;
     eprintln!("wall time: {:.2} s", started.elapsed().as_secs_f64());
-    print_report(&report, opts.json);
     Ok(())
 }

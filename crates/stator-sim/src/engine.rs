@@ -14,15 +14,17 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 
 use crate::scenario::Scenario;
 use stator_planning::baseline::{
-    cluster_autoscaler_scale_down, hpa_recommendation, ClusterAutoscalerState, HpaState,
-    EVICTION_TOLERATION_S, HPA_DEFAULT_TARGET, HPA_SYNC_S, NODE_MONITOR_GRACE_S,
+    cluster_autoscaler_scale_down, hpa_replica_calculator, vpa_recommendation,
+    ClusterAutoscalerState, HpaState, ScaleDownConfig, CA_SCAN_INTERVAL_S, EVICTION_TOLERATION_S,
+    HPA_SYNC_S, NODE_MONITOR_GRACE_S,
 };
 use stator_planning::consolidator::slots;
+use stator_planning::pools::pool_counts;
 use stator_planning::{
-    autoscale, consolidate_with_headroom, place_partition, plan_new_nodes, Action,
+    autoscale, consolidate_with_headroom, place_partition, plan_merges, plan_new_nodes, Action,
     AutoscalerConfig, AutoscalerState, BootingNode, ClusterView, ConsolidatorConfig,
-    ConsolidatorState, LabelRequirement, Node, NodeId, PartitionDemand, PlacementRequest, Policy,
-    PoolChoice, PoolSpec, Replica, ReplicaSlot, Resources, SpreadDomain, UnmetNeed,
+    ConsolidatorState, LabelRequirement, Merge, Node, NodeId, PartitionDemand, PlacementRequest,
+    Policy, PoolChoice, PoolSpec, Replica, ReplicaSlot, Resources, SpreadDomain, UnmetNeed,
 };
 
 /// Which policy set drives the cluster.
@@ -32,6 +34,10 @@ pub enum PolicySet {
     Stator,
     /// Kubernetes defaults: spread, HPA, Cluster Autoscaler, StatefulSet failover.
     K8sDefault,
+    /// What a skilled Kubernetes operator runs: VPA-style requests, the HPA at the
+    /// SLO's utilisation, best-fit scheduling, Karpenter-like provisioning (cheapest
+    /// instance per batch of pending pods) and consolidation.
+    K8sTuned,
 }
 
 impl PolicySet {
@@ -40,7 +46,13 @@ impl PolicySet {
         match self {
             PolicySet::Stator => "stator",
             PolicySet::K8sDefault => "k8s-default",
+            PolicySet::K8sTuned => "k8s-tuned",
         }
+    }
+
+    /// Whether this is one of the Kubernetes baselines.
+    pub fn is_kubernetes(self) -> bool {
+        matches!(self, PolicySet::K8sDefault | PolicySet::K8sTuned)
     }
 }
 
@@ -71,6 +83,22 @@ pub struct Summary {
     pub replicas_max: u64,
     /// Simulated time.
     pub simulated_s: u64,
+    /// Kubernetes baselines: the HPA's CPU utilisation target per service (a choice
+    /// stated beside every result: the scenario's `hpa_target`, else the utilisation
+    /// at which the modelled p99 meets the SLO, the same target stator sizes for).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hpa_target_utilization: BTreeMap<String, f64>,
+    /// Kubernetes baselines: the CPU request per pod of each service, millicores
+    /// (`k8s-tuned`: the VPA-style recommendation, the median over its partitions).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cpu_request_millis: BTreeMap<String, u64>,
+    /// Node-hours per pool (the node types used).
+    #[serde(default)]
+    pub node_hours_by_pool: BTreeMap<String, f64>,
+    /// Kubernetes baselines: most nodes booting beyond the pods pending, checked after
+    /// every autoscaler loop (0 = never more nodes than the pending pods need).
+    #[serde(default)]
+    pub booting_beyond_pending_max: u64,
 }
 
 /// One row of the time series.
@@ -94,6 +122,12 @@ pub struct Sample {
     pub cpu_requested_cores: f64,
     /// CPU demanded, cores.
     pub cpu_used_cores: f64,
+    /// CPU of the nodes paid for (booting included), cores.
+    #[serde(default)]
+    pub cpu_provisioned_cores: f64,
+    /// Nodes booting.
+    #[serde(default)]
+    pub booting: u64,
 }
 
 /// A run's output.
@@ -114,23 +148,47 @@ pub struct RunResult {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     Tick,
-    NodeReady { token: u64 },
-    NodeFail { node: NodeId },
-    FailureDetected { node: NodeId },
-    K8sNotReady { node: NodeId },
-    K8sEvict { node: NodeId },
-    CatchUpDone { slot: ReplicaSlot, node: NodeId },
-    MigrationDone { from: NodeId, to: NodeId },
-    TaskStart { task: usize },
-    TaskEnd { task: usize },
+    NodeReady {
+        token: u64,
+    },
+    NodeFail {
+        node: NodeId,
+    },
+    FailureDetected {
+        node: NodeId,
+    },
+    K8sNotReady {
+        node: NodeId,
+    },
+    K8sEvict {
+        node: NodeId,
+    },
+    CatchUpDone {
+        slot: ReplicaSlot,
+        node: NodeId,
+    },
+    MigrationDone {
+        from: NodeId,
+        to: NodeId,
+    },
+    TaskStart {
+        task: usize,
+    },
+    TaskEnd {
+        task: usize,
+    },
+    /// The Kubernetes baselines' node autoscaler loop.
+    AutoscalerLoop,
 }
 
 struct Part {
     service: usize,
     partition: u32,
     weight: f64,
-    /// Replica count wanted (R, plus HPA replicas for k8s-default).
+    /// Replica count wanted (R, plus HPA replicas for the Kubernetes baselines).
     spec_replicas: u32,
+    /// Kubernetes baselines: the request of each pod (the spec's, or VPA-style).
+    request: Resources,
     /// When a member was lost and not yet replaced.
     lost_since: Option<u64>,
 }
@@ -164,6 +222,8 @@ struct Sim<'a> {
     provisioned: u64,
     /// Price of every node in the view (booting nodes are paid for via the rate).
     node_price: HashMap<NodeId, f64>,
+    /// Pool of every node in the view.
+    node_pool: HashMap<NodeId, String>,
     last_cost_t: u64,
     cost_usd: f64,
     node_seconds: f64,
@@ -186,7 +246,14 @@ struct Sim<'a> {
     c_state: ConsolidatorState,
     c_cfg: ConsolidatorConfig,
     hpa: HpaState,
+    hpa_target: Vec<f64>,
     ca: ClusterAutoscalerState,
+    scale_down_cfg: ScaleDownConfig,
+    last_scale_up_s: Option<u64>,
+    /// stator: replacements under way, by the booting token of their new node.
+    merges: Vec<(u64, Merge)>,
+    pool_node_seconds: BTreeMap<String, f64>,
+    pool_provisioned: BTreeMap<String, u64>,
     next_consolidate_s: u64,
     next_hpa_s: u64,
     // Metrics.
@@ -210,6 +277,16 @@ pub fn run_policy(
 }
 
 const STATOR_SPREAD: SpreadDomain = SpreadDomain::Zone;
+
+/// stator: most node-pair replacements started per round (each boots a node and moves
+/// two nodes' replicas).
+const MAX_MERGES_PER_ROUND: usize = 2;
+
+/// k8s-tuned: the usage history the VPA-style recommendation is taken over (a day; the
+/// recommender keeps eight days with a one-day half-life, and the scenarios repeat daily).
+const VPA_HISTORY_S: u64 = 86_400;
+/// k8s-tuned: requests are rounded up to this many millicores.
+const VPA_STEP_MILLIS: u64 = 50;
 
 /// stator keeps room for more tasks of the shapes started within this window (a warm
 /// spare), so short tasks do not wait for a node to boot: a day of arrivals.
@@ -239,6 +316,7 @@ impl<'a> Sim<'a> {
                     partition: p,
                     weight: weight.max(0.05),
                     spec_replicas: svc.replicas,
+                    request: Resources::new(svc.cpu_millis, svc.memory_mib),
                     lost_since: None,
                 });
             }
@@ -256,7 +334,30 @@ impl<'a> Sim<'a> {
                     ..AutoscalerConfig::default()
                 }
             })
+            .collect::<Vec<AutoscalerConfig>>();
+        let hpa_target: Vec<f64> = sc
+            .services
+            .iter()
+            .zip(&a_cfg)
+            .map(|(svc, cfg)| svc.hpa_target.unwrap_or(cfg.target_utilization))
             .collect();
+        if policy == PolicySet::K8sTuned {
+            // VPA-style requests: the percentile of the previous day's per-pod usage
+            // (the load curve repeats daily; no jitter), over the HPA's target.
+            for p in &mut parts {
+                let svc = &sc.services[p.service];
+                let mut usage: Vec<f64> = (0..VPA_HISTORY_S)
+                    .step_by(sc.tick_s.max(1) as usize)
+                    .map(|t| svc.load.at(t as f64) * p.weight / svc.replicas as f64)
+                    .collect();
+                let cpu = vpa_recommendation(&mut usage, hpa_target[p.service], VPA_STEP_MILLIS);
+                p.request = Resources::new(cpu, svc.memory_mib);
+            }
+        }
+        let scale_down_cfg = match policy {
+            PolicySet::K8sTuned => ScaleDownConfig::karpenter(),
+            _ => ScaleDownConfig::cluster_autoscaler(),
+        };
         let n_parts = parts.len();
         Sim {
             sc,
@@ -274,6 +375,7 @@ impl<'a> Sim<'a> {
             price_rate_per_h: 0.0,
             provisioned: 0,
             node_price: HashMap::new(),
+            node_pool: HashMap::new(),
             last_cost_t: 0,
             cost_usd: 0.0,
             node_seconds: 0.0,
@@ -294,7 +396,13 @@ impl<'a> Sim<'a> {
             c_state: ConsolidatorState::default(),
             c_cfg: ConsolidatorConfig::default(),
             hpa: HpaState::default(),
+            hpa_target,
             ca: ClusterAutoscalerState::default(),
+            scale_down_cfg,
+            last_scale_up_s: None,
+            merges: Vec::new(),
+            pool_node_seconds: BTreeMap::new(),
+            pool_provisioned: BTreeMap::new(),
             next_consolidate_s: 0,
             next_hpa_s: 0,
             s: Summary {
@@ -310,6 +418,10 @@ impl<'a> Sim<'a> {
                 nodes_max: 0,
                 replicas_max: 0,
                 simulated_s: sc.duration_s,
+                hpa_target_utilization: BTreeMap::new(),
+                cpu_request_millis: BTreeMap::new(),
+                node_hours_by_pool: BTreeMap::new(),
+                booting_beyond_pending_max: 0,
             },
             samples: Vec::new(),
             demand_now: vec![0.0; n_parts],
@@ -325,6 +437,11 @@ impl<'a> Sim<'a> {
         let dt = t.saturating_sub(self.last_cost_t) as f64;
         self.cost_usd += self.price_rate_per_h * dt / 3600.0;
         self.node_seconds += self.provisioned as f64 * dt;
+        if dt > 0.0 {
+            for (pool, &n) in &self.pool_provisioned {
+                *self.pool_node_seconds.entry(pool.clone()).or_insert(0.0) += n as f64 * dt;
+            }
+        }
         self.last_cost_t = t;
     }
 
@@ -334,6 +451,7 @@ impl<'a> Sim<'a> {
         let price = self.pool_price[pool];
         self.price_rate_per_h += price;
         self.provisioned += 1;
+        *self.pool_provisioned.entry(pool.to_string()).or_insert(0) += 1;
         self.s.nodes_max = self.s.nodes_max.max(self.provisioned);
         let token = self.next_token;
         self.next_token += 1;
@@ -357,10 +475,8 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn node_ready(&mut self, token: u64) {
-        let Some(b) = self.booting.remove(&token) else {
-            return;
-        };
+    fn node_ready(&mut self, token: u64) -> Option<NodeId> {
+        let b = self.booting.remove(&token)?;
         let spec = self
             .pools
             .iter()
@@ -373,23 +489,35 @@ impl<'a> Sim<'a> {
         node.labels = spec.labels.clone();
         self.view.add_node(node);
         self.node_price.insert(id, spec.price_per_hour);
+        self.node_pool.insert(id, spec.name.clone());
         if self.sc.failures.node_mtbf_h > 0.0 {
             let u: f64 = self.rng.gen::<f64>().max(1e-12);
             let ttf = (-u.ln() * self.sc.failures.node_mtbf_h * 3600.0) as u64;
             self.push(self.now_s + ttf.max(1), Event::NodeFail { node: id });
         }
+        Some(id)
     }
 
     fn release(&mut self, node: NodeId) {
-        if let Some(price) = self.node_price.remove(&node) {
-            self.price_rate_per_h -= price;
-            self.provisioned -= 1;
-        }
+        self.stop_paying(node);
         for slot in self.view.replicas_on(node).to_vec() {
             self.catching_up.remove(&slot);
         }
         self.view.remove_node(node);
         self.down_nodes.remove(&node);
+    }
+
+    /// Stops paying for a node in the view (its pool is known from `node_pool`).
+    fn stop_paying(&mut self, node: NodeId) {
+        if let Some(price) = self.node_price.remove(&node) {
+            self.price_rate_per_h -= price;
+            self.provisioned -= 1;
+            if let Some(pool) = self.node_pool.remove(&node) {
+                if let Some(n) = self.pool_provisioned.get_mut(&pool) {
+                    *n -= 1;
+                }
+            }
+        }
     }
 
     fn replica_count(&self) -> u64 {
@@ -431,7 +559,7 @@ impl<'a> Sim<'a> {
                         }
                     }
                 }
-                PolicySet::K8sDefault => {
+                PolicySet::K8sDefault | PolicySet::K8sTuned => {
                     for part in 0..self.parts.len() {
                         for _ in 0..self.parts[part].spec_replicas {
                             self.pending.push(Pending {
@@ -445,14 +573,8 @@ impl<'a> Sim<'a> {
                         if unmet.is_empty() {
                             break;
                         }
-                        let choice = self.rng.gen::<u64>();
-                        let adds = plan_new_nodes(
-                            &self.view,
-                            &unmet,
-                            &self.pools,
-                            &[],
-                            PoolChoice::Random(choice),
-                        );
+                        let choice = self.pool_choice();
+                        let adds = plan_new_nodes(&self.view, &unmet, &self.pools, &[], choice);
                         if adds.is_empty() {
                             break;
                         }
@@ -478,6 +600,9 @@ impl<'a> Sim<'a> {
             self.push(t.end_s, Event::TaskEnd { task: i });
         }
         self.push(0, Event::Tick);
+        if self.policy.is_kubernetes() {
+            self.push(0, Event::AutoscalerLoop);
+        }
     }
 
     // ----- main loop -----
@@ -499,11 +624,22 @@ impl<'a> Sim<'a> {
                     }
                 }
                 Event::NodeReady { token } => {
-                    self.node_ready(token);
+                    if let Some(id) = self.node_ready(token) {
+                        self.finish_merge(token, id);
+                    }
                     // Pods waiting for this node get it now, not at the next tick.
                     if !self.pending.is_empty() {
                         let unmet = self.place_pending();
-                        self.scale_up(unmet);
+                        if self.policy == PolicySet::Stator {
+                            self.scale_up(unmet);
+                        }
+                    }
+                }
+                Event::AutoscalerLoop => {
+                    self.autoscaler_loop();
+                    let next = t + CA_SCAN_INTERVAL_S;
+                    if next <= self.sc.duration_s {
+                        self.push(next, Event::AutoscalerLoop);
                     }
                 }
                 Event::NodeFail { node } => self.node_fail(node),
@@ -549,7 +685,10 @@ impl<'a> Sim<'a> {
                         since_s: self.now_s,
                     });
                     let unmet = self.place_pending();
-                    self.scale_up(unmet);
+                    // Kubernetes' autoscalers act in their own loop.
+                    if self.policy == PolicySet::Stator {
+                        self.scale_up(unmet);
+                    }
                 }
                 Event::TaskEnd { task } => {
                     self.task_done[task] = true;
@@ -592,7 +731,7 @@ impl<'a> Sim<'a> {
                 self.now_s + self.sc.timing.detect_s,
                 Event::FailureDetected { node },
             ),
-            PolicySet::K8sDefault => self.push(
+            PolicySet::K8sDefault | PolicySet::K8sTuned => self.push(
                 self.now_s + NODE_MONITOR_GRACE_S,
                 Event::K8sNotReady { node },
             ),
@@ -617,7 +756,7 @@ impl<'a> Sim<'a> {
         self.release(node);
         for part in lost_parts {
             self.parts[part].lost_since.get_or_insert(self.now_s);
-            if self.policy == PolicySet::K8sDefault {
+            if self.policy.is_kubernetes() {
                 self.pending.push(Pending {
                     kind: PendingKind::Replica { part },
                     since_s: self.now_s,
@@ -667,33 +806,117 @@ impl<'a> Sim<'a> {
                         &headroom,
                     );
                     self.execute(actions, false);
+                    self.start_merges();
                 }
             }
-            PolicySet::K8sDefault => {
+            PolicySet::K8sDefault | PolicySet::K8sTuned => {
                 if !self.parts.is_empty() && self.now_s >= self.next_hpa_s {
                     self.next_hpa_s = self.now_s + HPA_SYNC_S;
                     self.hpa_round();
                 }
-                let unmet = self.place_pending();
-                self.scale_up(unmet);
-                let busy = self.busy_nodes();
-                let mins: HashMap<String, u32> = self
-                    .pools
-                    .iter()
-                    .map(|p| (p.name.clone(), p.min_nodes))
-                    .collect();
-                let min_of = |p: &str| mins.get(p).copied().unwrap_or(0);
-                let actions = cluster_autoscaler_scale_down(
-                    &mut self.view,
-                    &mut self.ca,
-                    &min_of,
-                    &busy,
-                    self.now_s,
-                );
-                self.execute(actions, true);
+                // The scheduler places the pods the HPA created; nodes come from the
+                // autoscaler's own loop.
+                self.place_pending();
             }
         }
         self.sample();
+    }
+
+    /// One loop of Cluster Autoscaler (or the Karpenter-like provisioner): scale up
+    /// for the pods still pending, then scale down.
+    fn autoscaler_loop(&mut self) {
+        let unmet = self.place_pending();
+        self.scale_up(unmet);
+        let beyond = (self.booting.len() as u64).saturating_sub(self.pending.len() as u64);
+        self.s.booting_beyond_pending_max = self.s.booting_beyond_pending_max.max(beyond);
+        let busy = self.busy_nodes();
+        let mins: HashMap<String, u32> = self
+            .pools
+            .iter()
+            .map(|p| (p.name.clone(), p.min_nodes))
+            .collect();
+        let min_of = |p: &str| mins.get(p).copied().unwrap_or(0);
+        let actions = cluster_autoscaler_scale_down(
+            &mut self.view,
+            &mut self.ca,
+            &self.scale_down_cfg,
+            &min_of,
+            &busy,
+            self.last_scale_up_s,
+            self.now_s,
+        );
+        self.execute(actions, true);
+    }
+
+    /// stator: plans replacements of node pairs by one cheaper node while nothing
+    /// else moves (no migration in flight, no node booting, none under way).
+    fn start_merges(&mut self) {
+        if !self.merges.is_empty() || self.in_flight > 0 || !self.booting.is_empty() {
+            return;
+        }
+        let booting: Vec<BootingNode> = Vec::new();
+        let counts = pool_counts(&self.view, &booting);
+        let busy = self.busy_nodes();
+        for m in plan_merges(
+            &self.view,
+            &self.pools,
+            &counts,
+            &busy,
+            MAX_MERGES_PER_ROUND,
+        ) {
+            let token = self.next_token;
+            self.provision(&m.pool, &m.zone, false);
+            self.merges.push((token, m));
+        }
+    }
+
+    /// The new node of a replacement is ready: live-migrate every replica of the nodes
+    /// it replaces onto it, if they still fit (else give up: the consolidator releases
+    /// the new node once it has stayed empty).
+    fn finish_merge(&mut self, token: u64, to: NodeId) {
+        let Some(ix) = self.merges.iter().position(|(t, _)| *t == token) else {
+            return;
+        };
+        let (_, m) = self.merges.swap_remove(ix);
+        let mut slots = Vec::new();
+        let mut need = Resources::default();
+        for &n in &m.nodes {
+            if self.view.node(n).is_none()
+                || self.down_nodes.contains(&n)
+                || self.busy.contains_key(&n)
+            {
+                return;
+            }
+            for &slot in self.view.replicas_on(n) {
+                need = need + self.view.replica(slot).expect("on node").resources;
+                slots.push((slot, n));
+            }
+        }
+        if !self.view.free(to).is_some_and(|f| need.fits_in(&f)) {
+            return;
+        }
+        let mut actions = Vec::new();
+        for (slot, from) in slots {
+            self.view.move_replica(slot, to);
+            let r = self.view.replica(slot).expect("moved");
+            actions.push(Action::Migrate {
+                service: r.service.clone(),
+                partition: r.partition,
+                from,
+                to,
+                resources: r.resources,
+                state_bytes: r.state_bytes,
+            });
+        }
+        self.execute(actions, false);
+    }
+
+    fn pool_choice(&mut self) -> PoolChoice {
+        match self.policy {
+            PolicySet::Stator => PoolChoice::CheapestForShape,
+            PolicySet::K8sDefault => PoolChoice::Random(self.rng.gen::<u64>()),
+            PolicySet::K8sTuned => PoolChoice::CheapestForBatch,
+        }
     }
 
     fn busy_nodes(&self) -> Vec<NodeId> {
@@ -736,7 +959,7 @@ impl<'a> Sim<'a> {
 
     fn run_autoscaler(&mut self, demands: &[PartitionDemand]) -> Vec<Action> {
         // One config per service: run per service so each keeps its own target.
-        let booting: Vec<BootingNode> = self.booting.values().cloned().collect();
+        let mut booting: Vec<BootingNode> = self.booting.values().cloned().collect();
         let mut all = Vec::new();
         let mut start = 0;
         for (si, cfg) in self.a_cfg.iter().enumerate() {
@@ -751,6 +974,14 @@ impl<'a> Sim<'a> {
                 self.now_s,
             );
             start += n;
+            // Later services see the nodes asked for by earlier ones as booting.
+            booting.extend(acts.iter().filter_map(|a| match a {
+                Action::AddNode { pool, zone } => Some(BootingNode {
+                    pool: pool.clone(),
+                    zone: zone.clone(),
+                }),
+                _ => None,
+            }));
             all.extend(acts);
         }
         // Adds from different services were planned separately; keep them (the next
@@ -814,10 +1045,7 @@ impl<'a> Sim<'a> {
                 Action::AddNode { pool, zone } => self.provision(&pool, &zone, false),
                 Action::RemoveNode { node } => {
                     // The planner removed it from the view; stop paying.
-                    if let Some(price) = self.node_price.remove(&node) {
-                        self.price_rate_per_h -= price;
-                        self.provisioned -= 1;
-                    }
+                    self.stop_paying(node);
                 }
             }
         }
@@ -836,7 +1064,8 @@ impl<'a> Sim<'a> {
 impl Sim<'_> {
     fn scheduler_policy(&self) -> Policy {
         match self.policy {
-            PolicySet::Stator => Policy::Cost,
+            // k8s-tuned: kube-scheduler's `MostAllocated` scoring, modelled by best fit.
+            PolicySet::Stator | PolicySet::K8sTuned => Policy::Cost,
             PolicySet::K8sDefault => Policy::Spread,
         }
     }
@@ -857,12 +1086,7 @@ impl Sim<'_> {
                     }
                     let req = PlacementRequest {
                         spread: SpreadDomain::Zone,
-                        ..PlacementRequest::long_running(
-                            &svc.name,
-                            pt.partition,
-                            1,
-                            Resources::new(svc.cpu_millis, svc.memory_mib),
-                        )
+                        ..PlacementRequest::long_running(&svc.name, pt.partition, 1, pt.request)
                     };
                     (req, Some(part), None)
                 }
@@ -934,9 +1158,13 @@ impl Sim<'_> {
                         .iter()
                         .filter_map(|&n| self.view.zone_of(n).map(str::to_string))
                         .collect();
+                    // Pod anti-affinity per node is hard; the zone spread is a
+                    // preference the scheduler relaxes, so the autoscaler may too.
                     unmet.push(UnmetNeed {
-                        resources: req.resources,
-                        avoid_zones: avoid,
+                        soft_spread: self.policy.is_kubernetes(),
+                        partition: part.is_some().then(|| (req.service.clone(), req.partition)),
+                        node_selector: req.node_selector.clone(),
+                        ..UnmetNeed::new(req.resources, avoid)
                     });
                     self.pending.push(p);
                 }
@@ -952,14 +1180,12 @@ impl Sim<'_> {
         if unmet.is_empty() {
             return;
         }
-        let choice = match self.policy {
-            PolicySet::Stator => PoolChoice::CheapestForShape,
-            PolicySet::K8sDefault => PoolChoice::Random(self.rng.gen::<u64>()),
-        };
+        let choice = self.pool_choice();
         let booting: Vec<BootingNode> = self.booting.values().cloned().collect();
         for a in plan_new_nodes(&self.view, &unmet, &self.pools, &booting, choice) {
             if let Action::AddNode { pool, zone } = a {
                 self.provision(&pool, &zone, false);
+                self.last_scale_up_s = Some(self.now_s);
             }
         }
     }
@@ -1013,81 +1239,70 @@ impl Sim<'_> {
         for s in shapes {
             let have: u64 = free.iter().map(|f| slots(&s, f)).sum();
             for _ in have..HEADROOM_COPIES as u64 {
-                needs.push(UnmetNeed {
-                    resources: s,
-                    avoid_zones: Vec::new(),
-                });
+                needs.push(UnmetNeed::new(s, Vec::new()));
             }
         }
         needs
     }
 
-    /// One HPA sync for every service: a StatefulSet per partition, all with the
-    /// service's HPA (CPU utilisation over the service's pods).
+    /// One HPA sync: one HPA per StatefulSet (one StatefulSet per partition), the
+    /// v2 replica calculator over the partition's pods (pending and catching-up pods
+    /// unready), the default behaviour, limits = requests (a pod cannot use more than
+    /// it requested). StatefulSets use `podManagementPolicy: Parallel`.
     fn hpa_round(&mut self) {
-        let mut start = 0;
-        for si in 0..self.sc.services.len() {
-            let svc = &self.sc.services[si];
-            let n = svc.partitions as usize;
-            let (mut used, mut requested) = (0.0, 0.0);
-            for pi in start..start + n {
+        let mut waiting = vec![0u32; self.parts.len()];
+        for p in &self.pending {
+            if let PendingKind::Replica { part } = p.kind {
+                waiting[part] += 1;
+            }
+        }
+        for pi in 0..self.parts.len() {
+            let (si, partition, current, request) = {
                 let p = &self.parts[pi];
-                let members = self.view.partition_members(&svc.name, p.partition);
-                if members.is_empty() {
-                    continue;
-                }
-                let per = self.demand_now[pi] / members.len() as f64;
-                for &slot in members {
-                    let req = self
-                        .view
-                        .replica(slot)
-                        .expect("member")
-                        .resources
-                        .cpu_millis as f64;
-                    // Limits = requests: a pod cannot use more than it requested.
-                    used += per.min(req);
-                    requested += req;
+                (
+                    p.service,
+                    p.partition,
+                    p.spec_replicas,
+                    p.request.cpu_millis,
+                )
+            };
+            let svc = &self.sc.services[si];
+            let members = self.view.partition_members(&svc.name, partition).to_vec();
+            let per = self.demand_now[pi] / members.len().max(1) as f64;
+            let mut ready = Vec::with_capacity(members.len());
+            let mut unready = vec![request; waiting[pi] as usize];
+            for &slot in &members {
+                let r = self.view.replica(slot).expect("member");
+                let req = r.resources.cpu_millis;
+                if self.catching_up.contains_key(&slot) || self.down_nodes.contains(&r.node) {
+                    unready.push(req);
+                } else {
+                    ready.push(((per.min(req as f64)) as u64, req));
                 }
             }
-            let target = svc.hpa_target.unwrap_or(HPA_DEFAULT_TARGET);
-            let current = self.parts[start].spec_replicas;
-            let util = if requested > 0.0 {
-                used / requested
-            } else {
-                0.0
-            };
-            let rec = hpa_recommendation(current, util, target);
+            let target_percent = (self.hpa_target[si] * 100.0).round() as u32;
+            let rec = hpa_replica_calculator(current, &ready, &unready, target_percent);
             let max = svc.hpa_max_replicas.unwrap_or(svc.replicas * 4);
+            let key = format!("{}/{}", svc.name, partition);
             let desired = self
                 .hpa
-                .desired(&svc.name, self.now_s, rec, svc.replicas, max);
-            let name = svc.name.clone();
-            for pi in start..start + n {
-                self.parts[pi].spec_replicas = desired;
-                let partition = self.parts[pi].partition;
-                let members = self.view.partition_members(&name, partition).to_vec();
-                let waiting = self
-                    .pending
-                    .iter()
-                    .filter(|p| matches!(p.kind, PendingKind::Replica { part } if part == pi))
-                    .count() as u32;
-                let have = members.len() as u32 + waiting;
-                if desired > have {
-                    for _ in 0..desired - have {
-                        self.pending.push(Pending {
-                            kind: PendingKind::Replica { part: pi },
-                            since_s: self.now_s,
-                        });
-                    }
-                } else if (members.len() as u32) > desired {
-                    // Scale down from the highest ordinal (the newest pods).
-                    for &slot in members.iter().skip(desired as usize).rev() {
-                        self.catching_up.remove(&slot);
-                        self.view.remove_replica(slot);
-                    }
+                .normalize(&key, self.now_s, current, rec, svc.replicas, max);
+            self.parts[pi].spec_replicas = desired;
+            let have = members.len() as u32 + waiting[pi];
+            if desired > have {
+                for _ in 0..desired - have {
+                    self.pending.push(Pending {
+                        kind: PendingKind::Replica { part: pi },
+                        since_s: self.now_s,
+                    });
+                }
+            } else if (members.len() as u32) > desired {
+                // Scale down from the highest ordinal (the newest pods).
+                for &slot in members.iter().skip(desired as usize).rev() {
+                    self.catching_up.remove(&slot);
+                    self.view.remove_replica(slot);
                 }
             }
-            start += n;
         }
     }
 
@@ -1136,6 +1351,17 @@ impl Sim<'_> {
             .sum();
         let replicas = self.replica_count();
         self.s.replicas_max = self.s.replicas_max.max(replicas);
+        let capacity: u64 = self
+            .view
+            .nodes()
+            .map(|n| n.capacity.cpu_millis)
+            .chain(self.booting.values().filter_map(|b| {
+                self.pools
+                    .iter()
+                    .find(|p| p.name == b.pool)
+                    .map(|p| p.capacity.cpu_millis)
+            }))
+            .sum();
         self.samples.push(Sample {
             t_s: self.now_s,
             nodes: self.provisioned,
@@ -1146,6 +1372,8 @@ impl Sim<'_> {
             pending: self.pending.len() as u64,
             cpu_requested_cores: requested as f64 / 1000.0,
             cpu_used_cores: used_total / 1000.0,
+            cpu_provisioned_cores: capacity as f64 / 1000.0,
+            booting: self.booting.len() as u64,
         });
     }
 
@@ -1176,6 +1404,29 @@ impl Sim<'_> {
             self.pending_waits[ix] as f64
         };
         self.s.unavailable_s = round3(self.s.unavailable_s);
+        self.s.node_hours_by_pool = self
+            .pool_node_seconds
+            .iter()
+            .filter(|(_, &s)| s > 0.0)
+            .map(|(p, &s)| (p.clone(), round3(s / 3600.0)))
+            .collect();
+        if self.policy.is_kubernetes() {
+            for (si, svc) in self.sc.services.iter().enumerate() {
+                self.s
+                    .hpa_target_utilization
+                    .insert(svc.name.clone(), round3(self.hpa_target[si]));
+                let mut reqs: Vec<u64> = self
+                    .parts
+                    .iter()
+                    .filter(|p| p.service == si)
+                    .map(|p| p.request.cpu_millis)
+                    .collect();
+                reqs.sort_unstable();
+                if let Some(&m) = reqs.get(reqs.len() / 2) {
+                    self.s.cpu_request_millis.insert(svc.name.clone(), m);
+                }
+            }
+        }
         RunResult {
             policy: self.policy,
             summary: self.s,

@@ -7,8 +7,9 @@
 //! - [`engine`]: the event loop for one policy set ([`run_policy`]).
 //! - [`report`]: JSON summary, CSV time series, SVG/PNG plots, `--compare` ratios.
 //!
-//! The `stator sim` command only parses flags into [`SimOptions`] and calls [`run`]
-//! then [`print_report`].
+//! The `stator sim` command only parses flags into [`SimOptions`] and calls
+//! [`run_and_report`] (one seed: [`run`] then [`print_report`]; several seeds
+//! (`--seeds 1..5`): [`run_seeds`] then [`print_seeds_report`], medians and ranges).
 
 pub mod engine;
 pub mod report;
@@ -19,7 +20,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 pub use engine::{run_policy, PolicySet, RunResult, Sample, Summary};
-pub use report::{print_report, SimReport};
+pub use report::{print_report, print_seeds_report, SeedsReport, SimReport};
 pub use scenario::Scenario;
 
 /// Errors of the simulator.
@@ -51,9 +52,9 @@ pub struct SimOptions {
     pub trace_nodes: Option<PathBuf>,
     /// `--trace-pods CSV`.
     pub trace_pods: Option<PathBuf>,
-    /// `--policy stator|k8s-default` (default stator).
+    /// `--policy stator|k8s-default|k8s-tuned` (default stator).
     pub policy: Option<String>,
-    /// `--compare`: run both policy sets.
+    /// `--compare`: run stator and every baseline.
     pub compare: bool,
     /// `--out DIR`: CSV time series and plots.
     pub out: Option<PathBuf>,
@@ -61,19 +62,62 @@ pub struct SimOptions {
     pub json: bool,
     /// `--seed N` (default: the scenario's seed).
     pub seed: Option<u64>,
+    /// `--seeds 1..5` (inclusive) or `1,2,7`: one run per seed, with medians and
+    /// ranges (see [`parse_seeds`]). Empty: one run with `seed`.
+    #[serde(default)]
+    pub seeds: Vec<u64>,
     /// Show a progress bar on stderr when it is a terminal.
     pub progress: bool,
 }
+
+/// Most seeds one `--seeds` run takes (each seed runs every policy once).
+pub const MAX_SEEDS: usize = 100;
+
+/// Every policy set `--compare` runs: stator first, then the baselines.
+pub const COMPARED_POLICIES: [PolicySet; 3] = [
+    PolicySet::Stator,
+    PolicySet::K8sDefault,
+    PolicySet::K8sTuned,
+];
 
 /// Parses a policy name.
 pub fn parse_policy(name: &str) -> Result<PolicySet, SimError> {
     match name {
         "stator" => Ok(PolicySet::Stator),
         "k8s-default" | "k8s" => Ok(PolicySet::K8sDefault),
+        "k8s-tuned" => Ok(PolicySet::K8sTuned),
         other => Err(SimError::Usage(format!(
-            "unknown policy {other:?}; use stator or k8s-default"
+            "unknown policy {other:?}; use stator, k8s-default or k8s-tuned"
         ))),
     }
+}
+
+/// Parses `--seeds`: `A..B` (both ends included) or a comma list `1,2,7`.
+pub fn parse_seeds(text: &str) -> Result<Vec<u64>, SimError> {
+    let bad = || {
+        SimError::Usage(format!(
+            "--seeds {text:?}: give a range such as 1..5 (both ends included) or a list such as 1,2,7"
+        ))
+    };
+    let num = |s: &str| s.trim().parse::<u64>().map_err(|_| bad());
+    let seeds: Vec<u64> = if let Some((a, b)) = text.split_once("..") {
+        let (a, b) = (num(a)?, num(b.trim_start_matches('='))?);
+        if b < a {
+            return Err(bad());
+        }
+        if b - a >= MAX_SEEDS as u64 {
+            return Err(SimError::Usage(format!(
+                "--seeds {text}: at most {MAX_SEEDS} seeds per run"
+            )));
+        }
+        (a..=b).collect()
+    } else {
+        text.split(',').map(num).collect::<Result<_, _>>()?
+    };
+    if seeds.is_empty() || seeds.len() > MAX_SEEDS {
+        return Err(bad());
+    }
+    Ok(seeds)
 }
 
 /// Loads the input named by the options.
@@ -89,22 +133,65 @@ pub fn load_scenario(opts: &SimOptions) -> Result<Scenario, SimError> {
 
 /// Runs the simulation(s) the options ask for, writing `--out` files if asked.
 pub fn run(opts: &SimOptions) -> Result<SimReport, SimError> {
-    if opts.compare && opts.policy.is_some() {
+    let sc = load_scenario(opts)?;
+    let seed = opts.seed.unwrap_or(sc.seed);
+    run_scenario(&sc, opts, seed, opts.out.as_deref())
+}
+
+/// Runs every seed of `opts.seeds` (each as [`run`] with that seed); `--out DIR` gets a
+/// `seed-N` directory per seed.
+pub fn run_seeds(opts: &SimOptions) -> Result<SeedsReport, SimError> {
+    if opts.seeds.is_empty() {
         return Err(SimError::Usage(
-            "--compare runs both policies; drop --policy".into(),
+            "no seeds: give --seeds 1..5 or a list 1,2,7".into(),
+        ));
+    }
+    if opts.seed.is_some() {
+        return Err(SimError::Usage(
+            "--seed and --seeds do not go together; keep one".into(),
         ));
     }
     let sc = load_scenario(opts)?;
-    let seed = opts.seed.unwrap_or(sc.seed);
+    let mut reports = Vec::new();
+    for &seed in &opts.seeds {
+        let out = opts.out.as_ref().map(|d| d.join(format!("seed-{seed}")));
+        reports.push(run_scenario(&sc, opts, seed, out.as_deref())?);
+    }
+    Ok(SeedsReport::new(&sc.name, reports))
+}
+
+/// What `stator sim` does: one seed or several, printed (JSON last with `json`).
+pub fn run_and_report(opts: &SimOptions) -> Result<(), SimError> {
+    if opts.seeds.is_empty() {
+        let report = run(opts)?;
+        print_report(&report, opts.json);
+    } else {
+        let report = run_seeds(opts)?;
+        print_seeds_report(&report, opts.json);
+    }
+    Ok(())
+}
+
+fn run_scenario(
+    sc: &Scenario,
+    opts: &SimOptions,
+    seed: u64,
+    out: Option<&std::path::Path>,
+) -> Result<SimReport, SimError> {
+    if opts.compare && opts.policy.is_some() {
+        return Err(SimError::Usage(
+            "--compare runs every policy; drop --policy".into(),
+        ));
+    }
     let policies = if opts.compare {
-        vec![PolicySet::Stator, PolicySet::K8sDefault]
+        COMPARED_POLICIES.to_vec()
     } else {
         vec![parse_policy(opts.policy.as_deref().unwrap_or("stator"))?]
     };
     let mut runs = Vec::new();
     for p in policies {
         let bar = report::progress_bar(opts.progress, sc.duration_s, p.name());
-        let result = run_policy(&sc, p, seed, &mut |t| {
+        let result = run_policy(sc, p, seed, &mut |t| {
             if let Some(b) = &bar {
                 b.set_position(t);
             }
@@ -115,7 +202,7 @@ pub fn run(opts: &SimOptions) -> Result<SimReport, SimError> {
         runs.push(result);
     }
     let report = SimReport::new(&sc.name, seed, runs);
-    if let Some(dir) = &opts.out {
+    if let Some(dir) = out {
         report.write_out(dir)?;
     }
     Ok(report)

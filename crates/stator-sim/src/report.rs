@@ -56,29 +56,24 @@ impl SimReport {
             );
         }
         let mut out = json!({ "policies": policies });
-        if let (Some(s), Some(k)) = (self.run(PolicySet::Stator), self.run(PolicySet::K8sDefault)) {
-            let ratio = |a: f64, b: f64| {
-                if b == 0.0 {
-                    if a == 0.0 {
-                        json!(1.0)
-                    } else {
-                        Value::Null
+        if let Some(s) = self.run(PolicySet::Stator) {
+            // `ratios` holds stator over each baseline under the baseline's name; its
+            // top-level keys keep meaning stator over k8s-default.
+            let mut ratios = Map::new();
+            for b in [PolicySet::K8sDefault, PolicySet::K8sTuned] {
+                if let Some(k) = self.run(b) {
+                    let r = ratios_of(&s.summary, &k.summary);
+                    if b == PolicySet::K8sDefault {
+                        for (key, v) in r.as_object().expect("object") {
+                            ratios.insert(key.clone(), v.clone());
+                        }
                     }
-                } else {
-                    json!(((a / b) * 1000.0).round() / 1000.0)
+                    ratios.insert(b.name().to_string(), r);
                 }
-            };
-            let (s, k) = (&s.summary, &k.summary);
-            out["ratios"] = json!({
-                "cost": ratio(s.cost_usd, k.cost_usd),
-                "node_hours": ratio(s.node_hours, k.node_hours),
-                "slo_violation": ratio(s.slo_violation_s, k.slo_violation_s),
-                "quorum_loss": ratio(s.quorum_loss_s, k.quorum_loss_s),
-                "unavailable": ratio(s.unavailable_s, k.unavailable_s),
-                "pending_s_p99": ratio(s.pending_s_p99, k.pending_s_p99),
-                "nodes_max": ratio(s.nodes_max as f64, k.nodes_max as f64),
-                "unscheduled": ratio(s.unscheduled as f64, k.unscheduled as f64),
-            });
+            }
+            if !ratios.is_empty() {
+                out["ratios"] = Value::Object(ratios);
+            }
         }
         out
     }
@@ -96,10 +91,10 @@ impl SimReport {
         .map_err(|e| io(&path, e))?;
         for r in &self.runs {
             let path = dir.join(format!("{}.csv", r.policy.name()));
-            let mut csv = String::from("t_s,nodes,replicas,cost_usd,slo_violating,quorum_lost,pending,cpu_requested_cores,cpu_used_cores\n");
+            let mut csv = String::from("t_s,nodes,replicas,cost_usd,slo_violating,quorum_lost,pending,cpu_requested_cores,cpu_used_cores,cpu_provisioned_cores,booting\n");
             for s in &r.samples {
                 csv.push_str(&format!(
-                    "{},{},{},{:.4},{},{},{},{:.3},{:.3}\n",
+                    "{},{},{},{:.4},{},{},{},{:.3},{:.3},{:.3},{}\n",
                     s.t_s,
                     s.nodes,
                     s.replicas,
@@ -108,17 +103,27 @@ impl SimReport {
                     s.quorum_lost,
                     s.pending,
                     s.cpu_requested_cores,
-                    s.cpu_used_cores
+                    s.cpu_used_cores,
+                    s.cpu_provisioned_cores,
+                    s.booting
                 ));
             }
             std::fs::write(&path, csv).map_err(|e| io(&path, e))?;
         }
-        let charts: [Chart; 3] = [
+        let charts: [Chart; 5] = [
             ("nodes", "nodes over time", |s| s.nodes as f64),
             ("cost", "cumulative cost (USD)", |s| s.cost_usd),
             ("slo", "partitions violating the p99 objective", |s| {
                 s.slo_violating as f64
             }),
+            ("cpu-requested", "CPU requested (cores)", |s| {
+                s.cpu_requested_cores
+            }),
+            (
+                "cpu-provisioned",
+                "CPU of the nodes paid for (cores)",
+                |s| s.cpu_provisioned_cores,
+            ),
         ];
         for (file, title, f) in charts {
             let series: Vec<(String, Vec<(f64, f64)>)> = self
@@ -167,8 +172,225 @@ pub fn print_report(report: &SimReport, json: bool) {
             r.policy.name(), s.cost_usd, s.node_hours, s.slo_violation_s, s.quorum_loss_s, s.unavailable_s, s.migrations, s.bytes_moved, s.unscheduled, s.pending_s_p99, s.nodes_max
         );
     }
+    print_settings(report);
     if json {
         println!("{}", report.to_json());
+    }
+}
+
+/// The choices behind each baseline's figure, printed beside it: HPA targets, pod
+/// requests and the node types used.
+fn print_settings(report: &SimReport) {
+    for r in &report.runs {
+        let s = &r.summary;
+        let mut parts = Vec::new();
+        if !s.hpa_target_utilization.is_empty() {
+            let t: Vec<String> = s
+                .hpa_target_utilization
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.2}"))
+                .collect();
+            parts.push(format!("HPA CPU target: {}", t.join(", ")));
+        }
+        if !s.cpu_request_millis.is_empty() {
+            let t: Vec<String> = s
+                .cpu_request_millis
+                .iter()
+                .map(|(k, v)| format!("{k} {v}m"))
+                .collect();
+            parts.push(format!("requests: {}", t.join(", ")));
+        }
+        let t: Vec<String> = s
+            .node_hours_by_pool
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.0}"))
+            .collect();
+        parts.push(format!("node-hours by pool: {}", t.join(", ")));
+        println!("  {}: {}", r.policy.name(), parts.join("; "));
+    }
+}
+
+fn ratio(a: f64, b: f64) -> Value {
+    if b == 0.0 {
+        if a == 0.0 {
+            json!(1.0)
+        } else {
+            Value::Null
+        }
+    } else {
+        json!(((a / b) * 1000.0).round() / 1000.0)
+    }
+}
+
+/// Stator's summary over a baseline's, field by field.
+fn ratios_of(s: &crate::engine::Summary, k: &crate::engine::Summary) -> Value {
+    json!({
+        "cost": ratio(s.cost_usd, k.cost_usd),
+        "node_hours": ratio(s.node_hours, k.node_hours),
+        "slo_violation": ratio(s.slo_violation_s, k.slo_violation_s),
+        "quorum_loss": ratio(s.quorum_loss_s, k.quorum_loss_s),
+        "unavailable": ratio(s.unavailable_s, k.unavailable_s),
+        "pending_s_p99": ratio(s.pending_s_p99, k.pending_s_p99),
+        "nodes_max": ratio(s.nodes_max as f64, k.nodes_max as f64),
+        "unscheduled": ratio(s.unscheduled as f64, k.unscheduled as f64),
+    })
+}
+
+/// One report per seed of a `--seeds` run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeedsReport {
+    /// Scenario name.
+    pub scenario: String,
+    /// One report per seed, in the order given.
+    pub reports: Vec<SimReport>,
+}
+
+/// Median, smallest and largest of some values (the median of an even count is the
+/// mean of the middle two).
+pub fn median_range(values: &[f64]) -> Option<(f64, f64, f64)> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Some((median, v[0], v[n - 1]))
+}
+
+fn stats_json(values: &[f64]) -> Value {
+    match median_range(values) {
+        Some((m, lo, hi)) => json!({
+            "median": (m * 1000.0).round() / 1000.0,
+            "min": (lo * 1000.0).round() / 1000.0,
+            "max": (hi * 1000.0).round() / 1000.0,
+        }),
+        None => Value::Null,
+    }
+}
+
+/// Summary fields given a median and range across seeds.
+const SEED_FIELDS: [&str; 9] = [
+    "cost_usd",
+    "node_hours",
+    "slo_violation_s",
+    "quorum_loss_s",
+    "unavailable_s",
+    "migrations",
+    "unscheduled",
+    "nodes_max",
+    "booting_beyond_pending_max",
+];
+
+impl SeedsReport {
+    /// Wraps per-seed reports.
+    pub fn new(scenario: &str, reports: Vec<SimReport>) -> Self {
+        SeedsReport {
+            scenario: scenario.to_string(),
+            reports,
+        }
+    }
+
+    /// `{"scenario":..,"seeds":[..],"per_seed":[{"seed":..,"policies":..,"ratios":..}],
+    /// "policies":{"stator":{"cost_usd":{"median","min","max"},..},..},
+    /// "ratios":{"k8s-default":{"cost":{"median","min","max"},..},"k8s-tuned":{..}}}`.
+    pub fn to_json(&self) -> Value {
+        let per_seed: Vec<Value> = self
+            .reports
+            .iter()
+            .map(|r| {
+                let mut j = r.to_json();
+                if let Some(o) = j.as_object_mut() {
+                    o.insert("seed".into(), json!(r.seed));
+                }
+                j
+            })
+            .collect();
+        let mut policies = Map::new();
+        let names: Vec<&str> = self
+            .reports
+            .first()
+            .map(|r| r.runs.iter().map(|x| x.policy.name()).collect())
+            .unwrap_or_default();
+        for name in &names {
+            let mut fields = Map::new();
+            for f in SEED_FIELDS {
+                let vals: Vec<f64> = per_seed
+                    .iter()
+                    .filter_map(|j| j["policies"][name][f].as_f64())
+                    .collect();
+                fields.insert(f.to_string(), stats_json(&vals));
+            }
+            policies.insert(name.to_string(), Value::Object(fields));
+        }
+        let mut ratios = Map::new();
+        for b in ["k8s-default", "k8s-tuned"] {
+            if !names.contains(&b) || !names.contains(&"stator") {
+                continue;
+            }
+            let mut fields = Map::new();
+            for f in [
+                "cost",
+                "node_hours",
+                "slo_violation",
+                "quorum_loss",
+                "unavailable",
+            ] {
+                let vals: Vec<f64> = per_seed
+                    .iter()
+                    .filter_map(|j| j["ratios"][b][f].as_f64())
+                    .collect();
+                fields.insert(f.to_string(), stats_json(&vals));
+            }
+            ratios.insert(b.to_string(), Value::Object(fields));
+        }
+        json!({
+            "scenario": self.scenario,
+            "seeds": self.reports.iter().map(|r| r.seed).collect::<Vec<_>>(),
+            "per_seed": per_seed,
+            "policies": policies,
+            "ratios": ratios,
+        })
+    }
+}
+
+/// Prints each seed's table, then the medians and ranges; with `json` the JSON object
+/// of [`SeedsReport::to_json`] as the last line.
+pub fn print_seeds_report(report: &SeedsReport, json: bool) {
+    for r in &report.reports {
+        print_report(r, false);
+        println!();
+    }
+    let j = report.to_json();
+    println!(
+        "{} over seeds {}: median [min - max]",
+        report.scenario, j["seeds"]
+    );
+    let fmt = |v: &Value| match (v["median"].as_f64(), v["min"].as_f64(), v["max"].as_f64()) {
+        (Some(m), Some(lo), Some(hi)) => format!("{m:.3} [{lo:.3} - {hi:.3}]"),
+        _ => "-".to_string(),
+    };
+    if let Some(p) = j["policies"].as_object() {
+        for (name, fields) in p {
+            println!(
+                "  {name:<12} cost_usd {}  slo_violation_s {}  quorum_loss_s {}",
+                fmt(&fields["cost_usd"]),
+                fmt(&fields["slo_violation_s"]),
+                fmt(&fields["quorum_loss_s"])
+            );
+        }
+    }
+    if let Some(r) = j["ratios"].as_object() {
+        for (b, fields) in r {
+            println!("  stator / {b:<12} cost {}", fmt(&fields["cost"]));
+        }
+    }
+    if json {
+        println!("{j}");
     }
 }
 

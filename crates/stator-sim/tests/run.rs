@@ -30,7 +30,7 @@ fn same_seed_same_json_and_compare_shape() {
     let a = run(&opts).unwrap().to_json();
     let b = run(&opts).unwrap().to_json();
     assert_eq!(a, b, "two runs with one seed differ");
-    for p in ["stator", "k8s-default"] {
+    for p in ["stator", "k8s-default", "k8s-tuned"] {
         for f in [
             "cost_usd",
             "node_hours",
@@ -49,6 +49,16 @@ fn same_seed_same_json_and_compare_shape() {
         }
     }
     assert!(a["ratios"]["cost"].as_f64().unwrap() > 0.0);
+    // Per-baseline ratios; the top-level keys keep meaning "over k8s-default".
+    assert_eq!(a["ratios"]["cost"], a["ratios"]["k8s-default"]["cost"]);
+    assert!(a["ratios"]["k8s-tuned"]["cost"].as_f64().unwrap() > 0.0);
+    // The choices behind the baselines are stated beside their figures.
+    for p in ["k8s-default", "k8s-tuned"] {
+        for svc in ["sessions", "world", "inventory"] {
+            let t = a["policies"][p]["hpa_target_utilization"][svc].as_f64();
+            assert!(t.is_some_and(|t| t > 0.0 && t < 1.0), "{p} {svc}: {a}");
+        }
+    }
     assert_eq!(a["policies"]["stator"]["quorum_loss_s"].as_f64(), Some(0.0));
     let c = run(&SimOptions {
         seed: Some(4),
@@ -158,4 +168,55 @@ fn scale_10k_day() {
         started.elapsed().as_secs_f64(),
         report.to_json()
     );
+}
+
+/// The Cluster Autoscaler model never keeps more nodes booting than there are pods
+/// pending (issue 11: it used to add a node per pending pod on every pass, up to the
+/// pools' maxima), on several seeds; and the same holds for the Karpenter-like
+/// provisioner of `k8s-tuned`.
+#[test]
+fn baselines_never_provision_beyond_pending_pods() {
+    let opts = SimOptions {
+        scenario: Some(short_mmo()),
+        compare: true,
+        seeds: stator_sim::parse_seeds("1..3").unwrap(),
+        ..Default::default()
+    };
+    let report = stator_sim::run_seeds(&opts).unwrap();
+    let json = report.to_json();
+    for r in &report.reports {
+        for run in &r.runs {
+            if run.policy.is_kubernetes() {
+                assert_eq!(
+                    run.summary.booting_beyond_pending_max,
+                    0,
+                    "seed {} {}: nodes booting beyond the pending pods",
+                    r.seed,
+                    run.policy.name()
+                );
+            }
+        }
+    }
+    for b in ["k8s-default", "k8s-tuned"] {
+        let cost = &json["ratios"][b]["cost"];
+        let (m, lo, hi) = (
+            cost["median"].as_f64().unwrap(),
+            cost["min"].as_f64().unwrap(),
+            cost["max"].as_f64().unwrap(),
+        );
+        assert!(lo <= m && m <= hi, "{b}: {cost}");
+    }
+    assert_eq!(json["seeds"], serde_json::json!([1, 2, 3]));
+}
+
+#[test]
+fn seeds_flag_parses_ranges_and_lists() {
+    use stator_sim::parse_seeds;
+    assert_eq!(parse_seeds("1..5").unwrap(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(parse_seeds("1,2,7").unwrap(), vec![1, 2, 7]);
+    assert_eq!(parse_seeds("4").unwrap(), vec![4]);
+    for bad in ["", "5..1", "a..b", "1..1000", "1,,2"] {
+        let e = parse_seeds(bad).unwrap_err().to_string();
+        assert!(e.contains("--seeds"), "{bad}: {e}");
+    }
 }

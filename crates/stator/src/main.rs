@@ -190,10 +190,10 @@ enum Verb {
         /// Alibaba openb pod list CSV.
         #[arg(long)]
         trace_pods: Option<PathBuf>,
-        /// stator | k8s-default.
+        /// stator | k8s-default | k8s-tuned.
         #[arg(long)]
         policy: Option<String>,
-        /// Run stator and k8s-default and print the ratios.
+        /// Run stator and every baseline (k8s-default, k8s-tuned) and print the ratios.
         #[arg(long)]
         compare: bool,
         /// Directory for CSV time series and plots.
@@ -202,6 +202,10 @@ enum Verb {
         /// Random seed.
         #[arg(long)]
         seed: Option<u64>,
+        /// Several seeds, `1..5` (both ends included) or `1,2,7`: per-seed results,
+        /// then medians and ranges.
+        #[arg(long)]
+        seeds: Option<String>,
         /// One JSON object on the last line.
         #[arg(long)]
         json: bool,
@@ -387,6 +391,7 @@ fn run() -> anyhow::Result<()> {
         compare,
         out,
         seed,
+        seeds,
         json,
     } = cli.command
     {
@@ -399,10 +404,13 @@ fn run() -> anyhow::Result<()> {
             out,
             json,
             seed,
+            seeds: match seeds {
+                Some(text) => stator_sim::parse_seeds(&text)?,
+                None => Vec::new(),
+            },
             progress: true,
         };
-        let report = stator_sim::run(&opts)?;
-        stator_sim::print_report(&report, json);
+        stator_sim::run_and_report(&opts)?;
         return Ok(());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
