@@ -4,12 +4,26 @@
 //! # Layout
 //! - [`local`]: commands the gateway answers itself, and how the rest are classified.
 //! - [`connection`]: one client connection, pipelined and answered in order.
+//! - [`auth`]: `expose.auth` passwords and ACL users, AUTH, ACL, protected mode.
+//! - [`keyspace`]: KEYS, SCAN, DBSIZE, FLUSHALL/FLUSHDB, RANDOMKEY over every partition.
+//! - [`pubsub`]: SUBSCRIBE/PUBLISH and friends through this gateway's broker.
+//! - [`transaction`]: MULTI/EXEC/DISCARD/WATCH/UNWATCH, one `STATOR.EXEC` write per EXEC.
+//! - `resp3`: replies re-typed for connections that sent `HELLO 3`.
+//! - `glob`: Redis's glob patterns (ACL key patterns, `KEYS`, `SCAN MATCH`).
 
+pub mod auth;
 pub mod connection;
+mod glob;
+pub mod keyspace;
 pub(crate) mod local;
+pub mod pubsub;
+mod resp3;
+pub mod transaction;
 
 use crate::map::PartitionMap;
 use crate::router::Router;
+use auth::AccessCache;
+use pubsub::Broker;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +46,15 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How often a listener whose address could not be bound is tried again.
 const BIND_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
+/// What every connection of every service through one gateway shares.
+#[derive(Default)]
+pub(crate) struct Shared {
+    /// Loaded `expose.auth` per service (the HTTP routes read it too).
+    pub(crate) access: AccessCache,
+    /// Pub/Sub subscriptions.
+    pub(crate) broker: Arc<Broker>,
+}
+
 struct Running {
     listen: String,
     bound: SocketAddr,
@@ -41,6 +64,7 @@ struct Running {
 /// Keeps one listener per RESP-exposed service; publishes the bound addresses.
 pub(crate) async fn supervise(
     router: Arc<Router>,
+    shared: Arc<Shared>,
     mut map: watch::Receiver<Arc<PartitionMap>>,
     bound_tx: watch::Sender<BTreeMap<String, SocketAddr>>,
     cancel: CancellationToken,
@@ -83,6 +107,7 @@ pub(crate) async fn supervise(
                         listener,
                         service.name.clone(),
                         router.clone(),
+                        shared.clone(),
                         map.clone(),
                         connections.clone(),
                         connection_ids.clone(),
@@ -129,6 +154,7 @@ async fn accept_loop(
     listener: TcpListener,
     service: String,
     router: Arc<Router>,
+    shared: Arc<Shared>,
     map: watch::Receiver<Arc<PartitionMap>>,
     connections: Arc<Semaphore>,
     connection_ids: Arc<AtomicU64>,
@@ -154,12 +180,25 @@ async fn accept_loop(
             },
         };
         let id = connection_ids.fetch_add(1, Ordering::Relaxed);
-        let (router, map, service, cancel) =
-            (router.clone(), map.clone(), service.clone(), cancel.clone());
+        let (router, shared, map, service, cancel) = (
+            router.clone(),
+            shared.clone(),
+            map.clone(),
+            service.clone(),
+            cancel.clone(),
+        );
         tokio::spawn(async move {
-            if let Err(error) =
-                connection::serve(stream, router, service.clone(), map, id, cancel).await
-            {
+            let serve = connection::serve(
+                stream,
+                peer,
+                router,
+                shared,
+                service.clone(),
+                map,
+                id,
+                cancel,
+            );
+            if let Err(error) = serve.await {
                 tracing::debug!(service = %service, %peer, %error, "RESP connection ended");
             }
             drop(permit);
