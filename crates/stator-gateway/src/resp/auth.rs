@@ -6,7 +6,7 @@
 //! change. Errors are Redis 7.0's, word for word, so clients recognise them.
 
 use super::glob::glob_match;
-use super::local::{ConnectionState, Dispatch};
+use super::local::{is_known, ConnectionState, Dispatch};
 use crate::map::ServiceRoutes;
 use ring::digest;
 use stator_api::spec::{AclUserSpec, AuthSpec};
@@ -424,7 +424,9 @@ pub(crate) fn intercept(
     }
     if access.requires_auth() {
         let Some(user) = &state.user else {
-            if name.eq_ignore_ascii_case(b"quit") {
+            // QUIT runs unauthenticated; unknown commands get Redis's "unknown command",
+            // which Redis answers before checking authentication.
+            if name.eq_ignore_ascii_case(b"quit") || !is_known(argv) {
                 return None;
             }
             return Some(error(NOAUTH));

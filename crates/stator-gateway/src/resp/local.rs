@@ -69,7 +69,25 @@ const KNOWN_COMMANDS: &[&str] = &[
     "discard",
     "watch",
     "unwatch",
+    "subscribe",
+    "unsubscribe",
+    "psubscribe",
+    "punsubscribe",
+    "ssubscribe",
+    "sunsubscribe",
+    "publish",
+    "spublish",
+    "pubsub",
 ];
+
+/// Whether the gateway or the kv machine knows the command `argv` names (Redis answers
+/// unknown commands with their own error, even before AUTH).
+pub(crate) fn is_known(argv: &[Vec<u8>]) -> bool {
+    command_kind(argv) != CommandKind::Unknown
+        || KNOWN_COMMANDS
+            .iter()
+            .any(|known| argv[0].eq_ignore_ascii_case(known.as_bytes()))
+}
 
 /// Per-connection state the local commands read and change.
 #[derive(Debug, Default)]
