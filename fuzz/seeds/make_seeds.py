@@ -56,7 +56,7 @@ def vote(term, node, committed):
     return leader_id(term, node) + bytes([1 if committed else 0])
 
 
-hello = frame(varint(0) + varint(1) + varint(7) + string("127.0.0.1:7100") + bytes(range(32)))
+hello = frame(varint(0) + varint(2) + varint(7) + string("127.0.0.1:7100") + bytes(range(32)))
 proof = frame(varint(1) + bytes(32))
 client = frame(
     varint(2) + varint(5) + varint(3) + varint(65537)
@@ -67,7 +67,8 @@ vote_request = frame(
     varint(2) + varint(7) + varint(1) + varint(65537)
     + vote(2, 1, False) + b"\x01" + log_id(1, 1, 10)
 )
-command = varint(9) + varint(3) + varint(1_700_000_000_000) + varint(2) + b"+1"
+# Command { time_ms, writes: [Write { client_id, seq, payload }] }
+command = varint(1_700_000_000_000) + varint(1) + varint(9) + varint(3) + varint(2) + b"+1"
 append = frame(
     varint(2) + varint(8) + varint(0) + varint(65537)
     + vote(2, 1, True) + b"\x01" + log_id(1, 1, 10)
@@ -81,11 +82,18 @@ not_leader = frame(
     + b"\x01" + varint(2) + b"\x01" + string("127.0.0.1:7101")
 )
 no_group = frame(varint(3) + varint(6) + varint(5))
+ping = varint(14) + b"*1\r\n$4\r\nPING\r\n"
+client_batch = frame(
+    varint(2) + varint(9) + varint(5) + varint(2)
+    + varint(65537) + varint(9) + varint(3) + varint(0) + ping
+    + varint(65537) + varint(0) + varint(0) + varint(1) + ping
+)
 write("transport_frame", "handshake", hello + proof)
 write("transport_frame", "client_request", client)
 write("transport_frame", "elect_and_vote", elect + vote_request)
 write("transport_frame", "append", append)
 write("transport_frame", "responses", not_leader + no_group)
+write("transport_frame", "client_batch", client_batch)
 
 
 # --- sm_frame: stator-sm/1 frames -----------------------------------------------------

@@ -30,9 +30,43 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// Mutual TLS on the replica transport (`None`: the cluster secret alone).
     pub tls: Option<stator_replication::TlsConfig>,
+    /// IP the cluster-mode RESP listeners bind; `None`: the host of `listen`.
+    pub resp_host: Option<String>,
+    /// Host advertised for them (in `MOVED`, `CLUSTER SLOTS`, `/v1/partitions`); `None`:
+    /// the bind host, or 127.0.0.1 when that is a wildcard.
+    pub advertise_host: Option<String>,
+    /// Ports the RESP listeners may use (one per kv service), inclusive; `None`: any.
+    pub resp_ports: Option<(u16, u16)>,
 }
 
 impl AgentConfig {
+    /// Where the cluster-mode RESP listeners bind and what they advertise.
+    pub fn resp_config(&self) -> crate::resp::RespConfig {
+        let listen_host = self
+            .listen
+            .rsplit_once(':')
+            .map_or(self.listen.as_str(), |(host, _)| host)
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let bind_host = self.resp_host.clone().unwrap_or(listen_host);
+        let advertise_host = self.advertise_host.clone().unwrap_or_else(|| {
+            let wildcard = bind_host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_unspecified());
+            if wildcard {
+                "127.0.0.1".into()
+            } else {
+                bind_host.clone()
+            }
+        });
+        crate::resp::RespConfig {
+            bind_host,
+            advertise_host,
+            port_range: self.resp_ports,
+        }
+    }
+
     /// A config with the defaults: loopback, zone `default`, 4 cores, 8 GiB.
     pub fn new(
         server_urls: Vec<String>,
@@ -53,6 +87,9 @@ impl AgentConfig {
             listen: "127.0.0.1:0".into(),
             data_dir,
             tls: None,
+            resp_host: None,
+            advertise_host: None,
+            resp_ports: None,
         }
     }
 }

@@ -10,6 +10,8 @@
 //! - [`server`]: the HTTP client of the server API, failing over between server URLs.
 //! - [`replicas`]: hosts partition replicas (the replication engine) and reconciles them
 //!   toward the assigned groups and members.
+//! - [`resp`]: the Redis Cluster protocol for the kv services it hosts: a RESP listener
+//!   per service serving the slots its replicas lead, `MOVED` for the rest.
 //! - [`driver`]: supervises stateless instances and jobs (processes).
 //! - [`cgroup`]: CPU shares: one cgroup per app process, `cpu.weight` / `cpu.shares`.
 //! - [`probe`]: readiness probes (TCP, HTTP, exec).
@@ -19,6 +21,7 @@ pub mod config;
 pub mod driver;
 pub mod probe;
 pub mod replicas;
+pub mod resp;
 pub mod server;
 
 pub use config::AgentConfig;
@@ -128,6 +131,11 @@ async fn run_incarnation(
     };
     let replicas = replicas::Replicas::new(host.clone(), config.data_dir.join("replicas"))
         .with_cpu_cgroups(cgroups.clone());
+    let resp = resp::RespServer::new(
+        host.clone(),
+        &registration.cluster_secret,
+        config.resp_config(),
+    );
     let supervisor = driver::InstanceSupervisor::new(config.data_dir.join("instances"))
         .with_cpu_cgroups(cgroups.clone());
     let interval = Duration::from_millis(registration.heartbeat_interval_ms.max(50));
@@ -141,10 +149,12 @@ async fn run_incarnation(
                 node_id,
                 replicas: replicas.statuses(),
                 instances: supervisor.statuses(),
+                resp_addrs: resp.advertised(),
             };
             match server.heartbeat(&beat).await {
                 Ok(assignments) => {
                     replicas.reconcile(&assignments.replicas).await;
+                    resp.reconcile(&assignments.cluster).await;
                     supervisor.reconcile(&assignments.instances).await;
                 }
                 Err(server::ServerCallError::Refused { status: 404, .. }) => {
@@ -161,6 +171,7 @@ async fn run_incarnation(
         _ = shutdown.as_mut() => Ended::Shutdown,
         ended = heartbeat_loop => ended,
     };
+    resp.shutdown();
     supervisor.shutdown().await;
     if let Some(cgroups) = &cgroups {
         cgroups.remove_all();

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use crate::ids::{GroupId, NodeId};
+use crate::slot::SlotRange;
 use crate::spec::{AppSpec, Probe};
 
 /// Path of the registration call (POST, body [`RegisterRequest`]).
@@ -84,6 +85,10 @@ pub struct Heartbeat {
     /// Every stateless or job instance the agent runs or recently finished.
     #[serde(default)]
     pub instances: Vec<InstanceStatus>,
+    /// Kv service name -> `host:port` where this agent serves the Redis Cluster protocol
+    /// for it (its advertised address, what `MOVED` and `CLUSTER SLOTS` hand out).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resp_addrs: BTreeMap<String, String>,
 }
 
 /// A replica's role in its group, as its Raft node sees it.
@@ -249,6 +254,46 @@ pub struct Assignments {
     pub instances: Vec<InstanceAssignment>,
     /// The node is being drained: expect replicas to move away.
     pub draining: bool,
+    /// The slot map of every kv service in cluster mode that this node hosts a replica
+    /// of: the agent serves RESP for it, answers its slots where it leads and `MOVED`
+    /// elsewhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster: Vec<ClusterService>,
+}
+
+/// A kv service's partitions as a Redis Cluster client sees them (cluster mode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterService {
+    /// Service name.
+    pub service: String,
+    /// Every partition of the service, ordered by slot range.
+    pub partitions: Vec<ClusterPartition>,
+}
+
+/// One partition of a [`ClusterService`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterPartition {
+    /// Partition index.
+    pub partition: u32,
+    /// Its group.
+    pub group: GroupId,
+    /// The slots it owns.
+    pub slots: SlotRange,
+    /// The live leader the server last saw.
+    pub leader: Option<NodeId>,
+    /// Its live members (designed, or still in the group while leaving).
+    pub members: Vec<ClusterMember>,
+}
+
+/// A member of a [`ClusterPartition`] with both of its addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMember {
+    /// The member's node.
+    pub node_id: NodeId,
+    /// The node's replica transport address.
+    pub addr: String,
+    /// Where the node serves RESP for this service, once it reported one.
+    pub resp_addr: Option<String>,
 }
 
 /// The JSON body of every error answer of the API: `{"error": "..."}`.
@@ -282,6 +327,7 @@ mod tests {
                 error: None,
             }],
             instances: vec![],
+            resp_addrs: BTreeMap::from([("sessions".into(), "127.0.0.1:7001".into())]),
         };
         let json = serde_json::to_string(&heartbeat).unwrap();
         assert!(json.contains("\"role\":\"leader\""));

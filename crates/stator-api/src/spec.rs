@@ -666,6 +666,11 @@ pub struct ExposeSpec {
     /// stateless service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
+    /// Whether the RESP endpoint also speaks the Redis Cluster protocol (`CLUSTER SLOTS`
+    /// and friends, with every agent serving its leaders' slots itself and answering
+    /// `MOVED` for the rest). On unless set to `false`; needs `resp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<bool>,
     /// Who may talk to the data: a password for the RESP endpoint (`AUTH`) and the HTTP
     /// routes (`Authorization: Bearer`), and ACL users. None: anyone who can connect,
     /// subject to [`ExposeSpec::protected_mode`].
@@ -682,6 +687,7 @@ impl Default for ExposeSpec {
         Self {
             resp: None,
             http: None,
+            cluster: None,
             auth: None,
             protected_mode: true,
         }
@@ -813,6 +819,12 @@ impl ExposeSpec {
                 }
             }
         }
+        if self.cluster.is_some() && self.resp.is_none() {
+            return Err(SpecError::invalid(
+                "expose.cluster",
+                "switches the Redis Cluster protocol of the RESP endpoint: set expose.resp too, or remove cluster",
+            ));
+        }
         if self.resp.is_some() && self.resp == self.http {
             return Err(SpecError::invalid(
                 "expose.http",
@@ -820,6 +832,12 @@ impl ExposeSpec {
             ));
         }
         Ok(())
+    }
+
+    /// Whether the RESP endpoint serves the Redis Cluster protocol: it exists and the spec
+    /// did not turn cluster mode off.
+    pub fn cluster_enabled(&self) -> bool {
+        self.resp.is_some() && self.cluster != Some(false)
     }
 
     /// The RESP address, parsed (validation guarantees it parses).
@@ -1398,6 +1416,16 @@ expose = { http = "127.0.0.1:8088" }
             invalid_field(spec.validate()),
             "expose.auth.users[0].commands"
         );
+        spec = base.clone();
+        assert!(
+            spec.expose.cluster_enabled(),
+            "cluster mode is on by default"
+        );
+        spec.expose.cluster = Some(false);
+        spec.validate().unwrap();
+        assert!(!spec.expose.cluster_enabled());
+        spec.expose.resp = None;
+        assert_eq!(invalid_field(spec.validate()), "expose.cluster");
         spec = base.clone();
         spec.election_timeout_ms = Some(1);
         assert_eq!(invalid_field(spec.validate()), "election_timeout_ms");

@@ -4,7 +4,7 @@
 //! poller in [`crate::poller`] owns the task that refreshes it.
 
 use serde::Deserialize;
-use stator_api::ids::GroupId;
+use stator_api::ids::{GroupId, NodeId};
 use stator_api::slot::SlotRange;
 use stator_api::spec::{AuthSpec, ServiceKind, ServiceSpec};
 use std::collections::BTreeMap;
@@ -32,6 +32,8 @@ pub struct ServiceRoutes {
     pub auth: Option<AuthSpec>,
     /// `expose.protected_mode`: with no `auth`, serve loopback clients only.
     pub protected_mode: bool,
+    /// Whether the RESP endpoint speaks the Redis Cluster protocol (`expose.cluster`).
+    pub cluster: bool,
     /// Replicated: partitions ordered by slot range.
     pub partitions: Vec<PartitionRoute>,
     /// Stateless: `host:port` of each ready instance, for the proxy.
@@ -51,6 +53,31 @@ pub struct PartitionRoute {
     pub leader_addr: Option<String>,
     /// Transport addresses of its live members (leader discovery falls back to these).
     pub member_addrs: Vec<String>,
+    /// The leader's node, if one is known.
+    pub leader_id: Option<NodeId>,
+    /// Live members that serve the Redis Cluster protocol for this service, with their
+    /// RESP addresses (cluster mode only; the leader among them when it reported one).
+    pub resp_nodes: Vec<RespNode>,
+}
+
+/// A node serving a service's slots over RESP, as cluster clients are told about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RespNode {
+    /// The node.
+    pub node_id: NodeId,
+    /// Its advertised RESP `host:port` for the service.
+    pub addr: String,
+}
+
+impl PartitionRoute {
+    /// The RESP address of the leader, when the leader serves RESP.
+    pub fn leader_resp_addr(&self) -> Option<&str> {
+        let leader = self.leader_id?;
+        self.resp_nodes
+            .iter()
+            .find(|n| n.node_id == leader)
+            .map(|n| n.addr.as_str())
+    }
 }
 
 impl ServiceRoutes {
@@ -118,11 +145,30 @@ pub struct PartitionViewMirror {
     /// Live members' transport addresses.
     #[serde(default)]
     pub member_addrs: Vec<String>,
+    /// Members with their RESP addresses (servers that predate cluster mode send none).
+    #[serde(default)]
+    pub members: Vec<MemberViewMirror>,
+}
+
+/// The part of a partition member the gateway reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MemberViewMirror {
+    /// Its node.
+    pub node_id: NodeId,
+    /// Whether the node is alive.
+    #[serde(default = "default_true")]
+    pub alive: bool,
+    /// Where it serves the Redis Cluster protocol for the service.
+    #[serde(default)]
+    pub resp_addr: Option<String>,
 }
 
 /// The leader of a partition.
 #[derive(Debug, Clone, Deserialize)]
 pub struct LeaderViewMirror {
+    /// Its node (0 from servers that predate cluster mode).
+    #[serde(default)]
+    pub node_id: NodeId,
     /// Its transport address.
     pub addr: String,
 }
@@ -149,6 +195,7 @@ pub fn build_map(
                 },
                 auth: spec.expose.auth.clone(),
                 protected_mode: spec.expose.protected_mode,
+                cluster: builtin_kv && spec.expose.cluster_enabled(),
                 partitions: Vec::new(),
                 instances: service
                     .instances
@@ -169,6 +216,18 @@ pub fn build_map(
                 slots: partition.slots,
                 leader_addr: partition.leader.as_ref().map(|l| l.addr.clone()),
                 member_addrs: partition.member_addrs.clone(),
+                leader_id: partition.leader.as_ref().map(|l| l.node_id),
+                resp_nodes: partition
+                    .members
+                    .iter()
+                    .filter(|m| m.alive)
+                    .filter_map(|m| {
+                        Some(RespNode {
+                            node_id: m.node_id,
+                            addr: m.resp_addr.clone()?,
+                        })
+                    })
+                    .collect(),
             });
         }
     }

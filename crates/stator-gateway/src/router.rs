@@ -43,12 +43,21 @@ pub struct Router {
     deadline: Duration,
 }
 
-/// Returns a checked-out session to the pool with its next sequence number, also when the
+/// An exactly-once session checked out for one write ([`Router::checkout`]).
+///
+/// Returns to the pool with its next sequence number when dropped, also when the
 /// request's future is dropped mid-flight (the client went away): that sequence number may
 /// or may not have been applied, so it is never sent again.
-struct SessionGuard<'a> {
+pub struct SessionGuard<'a> {
     router: &'a Router,
     session: Session,
+}
+
+impl SessionGuard<'_> {
+    /// `(client id, sequence number)` of this write.
+    pub fn ids(&self) -> (u64, u64) {
+        (self.session.client_id, self.session.next_seq)
+    }
 }
 
 impl Drop for SessionGuard<'_> {
@@ -85,7 +94,10 @@ impl Router {
         self.deadline
     }
 
-    fn checkout(&self) -> SessionGuard<'_> {
+    /// Checks out a session for one write: its `(client id, sequence)` is used for every
+    /// attempt of that write, wherever it is sent (an agent first proposes it to its own
+    /// replica, then hands it to [`Router::forward_in`] if that replica lost leadership).
+    pub fn checkout(&self) -> SessionGuard<'_> {
         let reused = self
             .idle_sessions
             .lock()
@@ -144,11 +156,22 @@ impl Router {
         kind: RequestKind,
         payload: Vec<u8>,
     ) -> Result<Vec<u8>, ClientError> {
-        let group = route.group;
         let session = (kind == RequestKind::Write).then(|| self.checkout());
-        let (client_id, seq) = session
-            .as_ref()
-            .map_or((0, 0), |s| (s.session.client_id, s.session.next_seq));
+        self.forward_in(route, kind, payload, session.as_ref())
+            .await
+    }
+
+    /// [`Router::forward`] within a session checked out by the caller (writes; `None` for
+    /// reads).
+    pub async fn forward_in(
+        &self,
+        route: &PartitionRoute,
+        kind: RequestKind,
+        payload: Vec<u8>,
+        session: Option<&SessionGuard<'_>>,
+    ) -> Result<Vec<u8>, ClientError> {
+        let group = route.group;
+        let (client_id, seq) = session.map_or((0, 0), SessionGuard::ids);
         let started = Instant::now();
         let mut target: Option<Arc<str>> = self
             .cached_leader(group)

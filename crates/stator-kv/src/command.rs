@@ -203,6 +203,47 @@ pub(crate) fn slot_of_keys(spec: &CommandSpec, argv: &[Vec<u8>]) -> KeySlot {
     }
 }
 
+/// What `COMMAND` and `COMMAND INFO` tell clients about one kv command: Redis' own
+/// arity and key positions, which cluster clients (redis-py) use to find a command's slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandInfo {
+    /// Lower-case name.
+    pub name: &'static str,
+    /// Redis arity: `n > 0` exactly `n` arguments (name included), `-n` at least `n`.
+    pub arity: i32,
+    /// Read or write.
+    pub kind: CommandKind,
+    /// Index of the first key; 0 when the command takes none.
+    pub first_key: usize,
+    /// Index of the last key; negative counts from the end.
+    pub last_key: isize,
+    /// Distance between keys.
+    pub key_step: usize,
+}
+
+impl From<&CommandSpec> for CommandInfo {
+    fn from(spec: &CommandSpec) -> Self {
+        Self {
+            name: spec.name,
+            arity: spec.arity,
+            kind: spec.kind,
+            first_key: spec.first_key,
+            last_key: spec.last_key,
+            key_step: spec.key_step,
+        }
+    }
+}
+
+/// Every command of the kv machine, in table order.
+pub fn command_table() -> impl Iterator<Item = CommandInfo> {
+    COMMANDS.iter().map(CommandInfo::from)
+}
+
+/// The table entry of command `name` (any case).
+pub fn command_info(name: &[u8]) -> Option<CommandInfo> {
+    lookup(name).map(CommandInfo::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

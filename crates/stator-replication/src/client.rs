@@ -1,17 +1,147 @@
 //! Calling partition groups from outside: gateways, SDKs, benchmarks, tests.
+//!
+//! Calls bound for the same host that wait at the same moment travel as one
+//! [`Request::ClientBatch`] frame: a call queues for its host; up to
+//! [`MAX_FRAMES_IN_FLIGHT`] sender tasks per host take whatever has queued (flushing as
+//! soon as the queue is non-empty, never waiting for a batch to fill) and send it. The
+//! host serves a frame's writes as one log entry per group.
 
 use crate::tls::{TlsConfig, TlsError, TransportTls};
 use crate::transport::{Request, Response, Transport, TransportConfig, TransportError};
 use crate::types::{ClientReply, ClientRequest, GroupId, RequestKind};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 /// Pause before retrying when no leader is known (an election is under way). Short,
 /// because a LAN election takes a few hundred milliseconds at most.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(10);
 /// Timeout of one attempt; a retry follows with the same sequence number.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1_000);
+
+/// Frames of batched calls in flight to one host at once; calls arriving while all are
+/// out queue and leave together in the next frame.
+pub const MAX_FRAMES_IN_FLIGHT: usize = 4;
+/// Most calls in one frame.
+pub const MAX_CALLS_PER_FRAME: usize = 512;
+/// A frame closes at this many payload bytes (a larger single call goes alone).
+pub const MAX_FRAME_PAYLOAD_BYTES: usize = 256 << 10;
+
+type CallResult = Result<ClientReply, TransportError>;
+
+struct QueuedCall {
+    group: GroupId,
+    request: ClientRequest,
+    timeout: Duration,
+    reply: oneshot::Sender<CallResult>,
+}
+
+/// Calls waiting for one host.
+#[derive(Default)]
+struct HostQueue {
+    // A std mutex: a push or a take, never held across an await.
+    state: Mutex<HostQueueState>,
+}
+
+#[derive(Default)]
+struct HostQueueState {
+    waiting: VecDeque<QueuedCall>,
+    senders: usize,
+}
+
+impl HostQueue {
+    /// Queues a call; `true` when the caller must start a sender.
+    fn push(&self, call: QueuedCall) -> bool {
+        let mut s = self.state.lock().expect("call queue poisoned");
+        s.waiting.push_back(call);
+        if s.senders < MAX_FRAMES_IN_FLIGHT {
+            s.senders += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The next frame's calls; `None` (and one sender fewer) when none wait.
+    fn take(&self) -> Option<Vec<QueuedCall>> {
+        let mut s = self.state.lock().expect("call queue poisoned");
+        if s.waiting.is_empty() {
+            s.senders -= 1;
+            return None;
+        }
+        let mut bytes = 0;
+        let mut calls = Vec::new();
+        while let Some(call) = s.waiting.front() {
+            let size = call.request.payload.len();
+            if !calls.is_empty()
+                && (calls.len() == MAX_CALLS_PER_FRAME || bytes + size > MAX_FRAME_PAYLOAD_BYTES)
+            {
+                break;
+            }
+            bytes += size;
+            calls.push(s.waiting.pop_front().expect("front exists"));
+        }
+        Some(calls)
+    }
+}
+
+/// Sends the calls queued for `addr`, one frame at a time, until none wait.
+async fn send_frames(transport: Arc<Transport>, addr: String, queue: Arc<HostQueue>) {
+    while let Some(calls) = queue.take() {
+        let timeout = calls.iter().map(|c| c.timeout).max().unwrap_or_default();
+        if calls.len() == 1 {
+            let call = calls.into_iter().next().expect("one call");
+            let result = transport
+                .call(&addr, Request::Client(call.group, call.request), timeout)
+                .await
+                .and_then(|r| client_reply(&addr, r));
+            let _ = call.reply.send(result);
+            continue;
+        }
+        let (requests, replies): (Vec<_>, Vec<_>) = calls
+            .into_iter()
+            .map(|c| ((c.group, c.request), c.reply))
+            .unzip();
+        let count = requests.len();
+        match transport
+            .call(&addr, Request::ClientBatch(requests), timeout)
+            .await
+        {
+            Ok(Response::ClientBatch(answers)) if answers.len() == count => {
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(answer));
+                }
+            }
+            Ok(other) => {
+                let error = TransportError::Protocol {
+                    addr: addr.clone(),
+                    reason: format!("unexpected answer to {count} batched calls: {other:?}"),
+                };
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+            Err(error) => {
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn client_reply(addr: &str, response: Response) -> CallResult {
+    match response {
+        Response::Client(reply) => Ok(reply),
+        Response::NoGroup => Ok(ClientReply::NoGroup),
+        other => Err(TransportError::Protocol {
+            addr: addr.into(),
+            reason: format!("unexpected {other:?}"),
+        }),
+    }
+}
 
 /// Why a call did not get an answer.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +172,7 @@ pub struct ReplicaClient {
     transport: Arc<Transport>,
     client_id: u64,
     seq: AtomicU64,
+    queues: Mutex<HashMap<String, Arc<HostQueue>>>,
 }
 
 impl ReplicaClient {
@@ -72,6 +203,7 @@ impl ReplicaClient {
             transport,
             client_id: rand::random::<u64>() | 1,
             seq: AtomicU64::new(1),
+            queues: Mutex::new(HashMap::new()),
         }
     }
 
@@ -85,7 +217,8 @@ impl ReplicaClient {
         self.seq.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// One attempt at one replica.
+    /// One attempt at one replica; it shares a frame with the other calls waiting for
+    /// the same host.
     pub async fn call(
         &self,
         addr: &str,
@@ -93,17 +226,34 @@ impl ReplicaClient {
         request: ClientRequest,
         timeout: Duration,
     ) -> Result<ClientReply, TransportError> {
-        match self
-            .transport
-            .call(addr, Request::Client(group, request), timeout)
-            .await?
-        {
-            Response::Client(reply) => Ok(reply),
-            Response::NoGroup => Ok(ClientReply::NoGroup),
-            other => Err(TransportError::Protocol {
+        let queue = {
+            let mut queues = self.queues.lock().expect("call queues poisoned");
+            match queues.get(addr) {
+                Some(q) => q.clone(),
+                None => queues.entry(addr.to_string()).or_default().clone(),
+            }
+        };
+        let (reply, answer) = oneshot::channel();
+        let call = QueuedCall {
+            group,
+            request,
+            timeout,
+            reply,
+        };
+        if queue.push(call) {
+            tokio::spawn(send_frames(self.transport.clone(), addr.to_string(), queue));
+        }
+        let timed_out = || TransportError::Timeout {
+            addr: addr.into(),
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(TransportError::Unreachable {
                 addr: addr.into(),
-                reason: format!("unexpected {other:?}"),
+                reason: "the call's sender stopped".into(),
             }),
+            Err(_) => Err(timed_out()),
         }
     }
 

@@ -2,7 +2,7 @@
 
 use crate::log_store::MemLogStore;
 use crate::network::GroupNetwork;
-use crate::read_index::{ReadIndex, RoundResult};
+use crate::read_index::{leadership, lease_duration, LeaseCheck, ReadIndex, RoundResult};
 use crate::state_machine::ReplicaStateMachine;
 use crate::stats::LatencyWindow;
 use crate::tls::{TlsConfig, TlsError, TransportTls};
@@ -10,15 +10,16 @@ use crate::transport::{
     Handler, LinkFilter, PeerInfo, Request, Response, Transport, TransportConfig,
 };
 use crate::types::{
-    ClientReply, ClientRequest, Command, CommandReply, GroupId, NodeId, Raft, RequestKind,
+    ClientReply, ClientRequest, Command, CommandReply, GroupId, NodeId, Raft, RequestKind, Write,
 };
 use async_trait::async_trait;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use stator_api::app::StateMachine;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 
 /// Default lower bound of the randomised election timeout (the upper is 1.25x). LAN
@@ -33,6 +34,106 @@ pub const MAX_ENTRIES_PER_APPEND: u64 = 1_024;
 /// A learner this many entries behind the leader counts as caught up: the last few are
 /// replicated within one round trip once it is a voter.
 pub const CATCH_UP_SLACK_ENTRIES: u64 = 64;
+
+/// Longest a leadership transfer may take (the successor catching up on the last
+/// entries, then winning its election); writes arriving meanwhile wait this long at most,
+/// and a transfer that has not finished by then is abandoned and the leader carries on.
+pub const LEADERSHIP_TRANSFER_TIMEOUT: Duration = Duration::from_millis(1_000);
+
+/// Entries proposed at once per replica by write batching. One is enough to batch but
+/// leaves the pipeline empty while an entry commits; a few keep it full under load while
+/// every write that arrives meanwhile still joins the next entry.
+pub const MAX_WRITE_BATCHES_IN_FLIGHT: usize = 4;
+/// A write batch closes at this many payload bytes (a larger single write goes alone).
+/// With [`MAX_ENTRIES_PER_APPEND`] entries per AppendEntries, a frame stays near 16 MiB,
+/// under the transport's frame limit.
+pub const MAX_WRITE_BATCH_BYTES: usize = 16 << 10;
+
+/// Client writes waiting at a replica to be proposed as one entry.
+struct WriteQueue {
+    // A std mutex: a push or a take, never held across an await.
+    state: std::sync::Mutex<WriteQueueState>,
+    /// Proposers at once, and writes per entry.
+    max_proposers: usize,
+    max_writes: usize,
+}
+
+#[derive(Default)]
+struct WriteQueueState {
+    waiting: VecDeque<(Write, tokio::sync::oneshot::Sender<ClientReply>)>,
+    /// `propose_writes` tasks running.
+    proposers: usize,
+}
+
+impl WriteQueue {
+    fn new(batch_writes: bool) -> Self {
+        let (max_proposers, max_writes) = if batch_writes {
+            (MAX_WRITE_BATCHES_IN_FLIGHT, usize::MAX)
+        } else {
+            (usize::MAX, 1)
+        };
+        Self {
+            state: Default::default(),
+            max_proposers,
+            max_writes,
+        }
+    }
+
+    /// Whether writes are batched at all.
+    fn batching(&self) -> bool {
+        self.max_writes > 1
+    }
+
+    /// Queues a write; `true` when the caller must start a proposer for it.
+    fn push(&self, write: Write, reply: tokio::sync::oneshot::Sender<ClientReply>) -> bool {
+        let mut s = self.state.lock().expect("write queue poisoned");
+        s.waiting.push_back((write, reply));
+        if s.proposers < self.max_proposers {
+            s.proposers += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The next batch, oldest first, up to [`MAX_WRITE_BATCH_BYTES`]; `None` (and one
+    /// proposer fewer) when nothing waits.
+    fn take_batch(&self) -> Option<Vec<(Write, tokio::sync::oneshot::Sender<ClientReply>)>> {
+        let mut s = self.state.lock().expect("write queue poisoned");
+        if s.waiting.is_empty() {
+            s.proposers -= 1;
+            return None;
+        }
+        let mut bytes = 0;
+        let mut batch = Vec::new();
+        while let Some((write, _)) = s.waiting.front() {
+            if !batch.is_empty()
+                && (batch.len() == self.max_writes
+                    || bytes + write.payload.len() > MAX_WRITE_BATCH_BYTES)
+            {
+                break;
+            }
+            bytes += write.payload.len();
+            batch.push(s.waiting.pop_front().expect("front exists"));
+        }
+        Some(batch)
+    }
+}
+
+/// After the connection from a leader's host breaks, the follower chosen to succeed it
+/// runs for election this long after the other voters' leader lease has run out (their
+/// last heartbeat came at about the same time as its own; this covers the difference).
+pub const FAST_ELECTION_MARGIN: Duration = Duration::from_millis(15);
+
+/// The instant `last_append_us` counts from.
+fn process_epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn micros_since_epoch() -> u64 {
+    process_epoch().elapsed().as_micros() as u64
+}
 
 /// Host failures.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +192,13 @@ pub struct GroupOptions {
     pub election_timeout_ms: u64,
     /// Entries between snapshots.
     pub snapshot_every_entries: u64,
+    /// Serve linearizable reads under a leader lease when one is held (see
+    /// [`crate::read_index`]); `false` takes a read-index round for every read batch.
+    pub lease_reads: bool,
+    /// Propose the writes that wait at the leader together, as one log entry (up to
+    /// [`MAX_WRITE_BATCHES_IN_FLIGHT`] entries at once); `false` proposes each write as
+    /// its own entry at once (the benchmark's baseline).
+    pub batch_writes: bool,
 }
 
 impl Default for GroupOptions {
@@ -98,6 +206,8 @@ impl Default for GroupOptions {
         Self {
             election_timeout_ms: DEFAULT_ELECTION_TIMEOUT_MS,
             snapshot_every_entries: DEFAULT_SNAPSHOT_EVERY_ENTRIES,
+            lease_reads: true,
+            batch_writes: true,
         }
     }
 }
@@ -129,6 +239,17 @@ pub struct Replica {
     log: MemLogStore,
     latency: LatencyWindow,
     read_index: Arc<ReadIndex>,
+    /// Until then this replica refuses to vote: it may have restarted and forgotten which
+    /// leader it last heard from, whose lease it must not cut short.
+    votes_from: Instant,
+    /// The node leadership is being handed to, while a transfer runs; writes wait.
+    transfer: tokio::sync::watch::Sender<Option<NodeId>>,
+    /// Writes waiting to be proposed together.
+    writes: WriteQueue,
+    /// openraft's leader lease (the election timeout's upper bound).
+    raft_lease: Duration,
+    /// When an AppendEntries last arrived, in µs since [`process_epoch`].
+    last_append_us: AtomicU64,
 }
 
 /// The role of a replica as seen in its metrics.
@@ -192,6 +313,23 @@ pub enum MembershipStep {
     ChangedVoters(Vec<NodeId>),
     /// Removed learners that are not wanted.
     RemovedLearners(Vec<NodeId>),
+    /// This leader is not wanted: it handed leadership to this caught-up voter, which
+    /// makes the membership change from here.
+    TransferredLeadership(NodeId),
+}
+
+/// How a [`Host::transfer_leadership`] call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferOutcome {
+    /// This replica does not lead (any more); nothing was done.
+    NotLeader,
+    /// The target is not a voter of the group.
+    NotAVoter,
+    /// The old leader has stepped down and knows this node as its successor.
+    Moved(NodeId),
+    /// The target did not catch up or win in time; the old leader carries on (or, if the
+    /// target's election deposed it, an ordinary election follows).
+    TimedOut,
 }
 
 struct HostInner {
@@ -308,6 +446,9 @@ impl Host {
             return Ok(r);
         }
         let election = options.election_timeout_ms.max(10);
+        // openraft's leader lease: how long a follower refuses votes after hearing from
+        // its leader, and how long a follower waits before it runs for election.
+        let raft_lease_ms = election + (election / 4).max(10);
         let config = openraft::Config {
             cluster_name: format!("stator-{group}"),
             // openraft also uses the heartbeat interval as the AppendEntries timeout, so it
@@ -317,7 +458,7 @@ impl Host {
             election_timeout_min: election,
             // openraft's leader lease equals this upper bound and delays every election
             // after a leader dies, so the randomisation range is kept narrow.
-            election_timeout_max: election + (election / 4).max(10),
+            election_timeout_max: raft_lease_ms,
             install_snapshot_timeout: 10_000,
             max_payload_entries: MAX_ENTRIES_PER_APPEND,
             replication_lag_threshold: options.snapshot_every_entries,
@@ -352,7 +493,16 @@ impl Host {
             sm,
             log,
             latency: LatencyWindow::default(),
-            read_index: Arc::default(),
+            read_index: Arc::new(if options.lease_reads {
+                ReadIndex::new(lease_duration(Duration::from_millis(raft_lease_ms)))
+            } else {
+                ReadIndex::default()
+            }),
+            votes_from: Instant::now() + Duration::from_millis(raft_lease_ms),
+            transfer: tokio::sync::watch::channel(None).0,
+            writes: WriteQueue::new(options.batch_writes),
+            raft_lease: Duration::from_millis(raft_lease_ms),
+            last_append_us: AtomicU64::new(0),
         });
         let mut groups = self.inner.groups.write().expect("groups lock poisoned");
         // Another caller may have raced us; keep the first and drop ours.
@@ -473,6 +623,21 @@ impl Host {
         if voters != wanted {
             let last = metrics.last_log_index.unwrap_or(0);
             let matched = metrics.replication.clone().unwrap_or_default();
+            if !wanted.contains(&self.inner.node_id) {
+                // Leaving: hand leadership to the most caught-up voter that stays, so
+                // writes pause for about one round trip instead of an election timeout.
+                // If that fails the leader commits the change itself and steps down.
+                let successor = voters
+                    .intersection(&wanted)
+                    .filter(|id| **id != self.inner.node_id)
+                    .max_by_key(|id| matched.get(id).copied().flatten().map_or(0, |l| l.index))
+                    .copied();
+                if let Some(to) = successor {
+                    if let TransferOutcome::Moved(to) = self.transfer_leadership(group, to).await? {
+                        return Ok(MembershipStep::TransferredLeadership(to));
+                    }
+                }
+            }
             let lagging: Vec<NodeId> = wanted
                 .difference(&voters)
                 .filter(|id| {
@@ -501,6 +666,98 @@ impl Host {
             return Ok(MembershipStep::RemovedLearners(stray.into_iter().collect()));
         }
         Ok(MembershipStep::InSync)
+    }
+}
+
+impl Host {
+    /// Hands leadership of `group` from this replica (its leader) to the voter `to`:
+    /// new writes wait, `to` catches up on the last entries, then starts an election at
+    /// once (a TimeoutNow message, which openraft 0.9 lacks and the transport carries as
+    /// `Elect`); this replica votes for it, since the candidate's log is as long as its
+    /// own. Lease reads stop for the duration. Used to move a leader before it leaves the
+    /// group and to spread leaders over nodes.
+    pub async fn transfer_leadership(
+        &self,
+        group: GroupId,
+        to: NodeId,
+    ) -> Result<TransferOutcome, HostError> {
+        let replica = self.replica(group).ok_or(HostError::NoGroup(group))?;
+        let metrics = replica.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader || to == self.inner.node_id {
+            return Ok(TransferOutcome::NotLeader);
+        }
+        let membership = metrics.membership_config.membership().clone();
+        let Some(addr) = membership
+            .voter_ids()
+            .any(|id| id == to)
+            .then(|| membership.get_node(&to).map(|n| n.addr.clone()))
+            .flatten()
+        else {
+            return Ok(TransferOutcome::NotAVoter);
+        };
+        // Writes wait from here on (see `serve_client`), and no lease is held: the
+        // successor is elected with this replica's vote, before any lease would end.
+        replica.transfer.send_replace(Some(to));
+        replica.read_index.suspend(true);
+        let outcome = self.hand_over(&replica, to, &addr).await;
+        replica.read_index.suspend(false);
+        replica.transfer.send_replace(None);
+        Ok(outcome)
+    }
+
+    async fn hand_over(&self, replica: &Replica, to: NodeId, addr: &str) -> TransferOutcome {
+        let deadline = Instant::now() + LEADERSHIP_TRANSFER_TIMEOUT;
+        let mut metrics = replica.raft.metrics();
+        // 1. The successor holds every entry this leader has (writes no longer arrive).
+        loop {
+            let caught_up = {
+                let m = metrics.borrow_and_update();
+                if m.state != ServerState::Leader {
+                    return TransferOutcome::NotLeader;
+                }
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&to).copied().flatten())
+                    .map(|l| l.index);
+                matched.is_some() && matched >= m.last_log_index
+            };
+            if caught_up {
+                break;
+            }
+            if tokio::time::timeout_at(deadline.into(), metrics.changed())
+                .await
+                .map_or(true, |r| r.is_err())
+            {
+                return TransferOutcome::TimedOut;
+            }
+        }
+        // 2. TimeoutNow: the successor runs for election now.
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match self
+            .inner
+            .transport
+            .call(addr, Request::Elect(replica.group), remaining)
+            .await
+        {
+            Ok(Response::Elect(Ok(()))) => {}
+            _ => return TransferOutcome::TimedOut,
+        }
+        // 3. This replica learns of the successor by voting for it, then from its appends.
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if m.state != ServerState::Leader && m.current_leader == Some(to) {
+                    return TransferOutcome::Moved(to);
+                }
+            }
+            if tokio::time::timeout_at(deadline.into(), metrics.changed())
+                .await
+                .map_or(true, |r| r.is_err())
+            {
+                return TransferOutcome::TimedOut;
+            }
+        }
     }
 }
 
@@ -551,36 +808,33 @@ async fn serve_client(inner: &HostInner, group: GroupId, request: ClientRequest)
     let started = std::time::Instant::now();
     let reply = match request.kind {
         RequestKind::Write => {
-            let command = Command {
+            // While leadership is handed over, writes wait for the outcome: then this
+            // replica either answers with its successor's address or carries on leading.
+            if replica.transfer.borrow().is_some() {
+                let mut transfer = replica.transfer.subscribe();
+                let _ = tokio::time::timeout(
+                    LEADERSHIP_TRANSFER_TIMEOUT,
+                    transfer.wait_for(|t| t.is_none()),
+                )
+                .await;
+            }
+            let (reply, wait) = tokio::sync::oneshot::channel();
+            let write = Write {
                 client_id: request.client_id,
                 seq: request.seq,
-                time_ms: now_ms(),
                 payload: request.payload,
             };
-            match replica.raft.client_write(command).await {
-                Ok(resp) => match resp.data {
-                    CommandReply::Applied(bytes) => ClientReply::Ok(bytes),
-                    CommandReply::StaleSequence { last_seq } => {
-                        ClientReply::StaleSequence { last_seq }
-                    }
-                    CommandReply::AppFailed(why) => ClientReply::Unavailable(why),
-                },
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    leader_hint(f.leader_id, f.leader_node)
-                }
-                Err(e) => ClientReply::Unavailable(e.to_string()),
+            if !replica.writes.batching() {
+                propose(&replica, vec![(write, reply)]).await;
+            } else if replica.writes.push(write, reply) {
+                tokio::spawn(propose_writes(replica.clone()));
             }
+            wait.await
+                .unwrap_or_else(|_| ClientReply::Unavailable("replica stopped".into()))
         }
-        RequestKind::Read => match replica.read_index.confirm(&replica.raft).await {
-            RoundResult::Confirmed => query(&replica, &request.payload).await,
-            RoundResult::NotLeader {
-                leader_id,
-                leader_addr,
-            } => ClientReply::NotLeader {
-                leader_id,
-                leader_addr,
-            },
-            RoundResult::Failed(e) => ClientReply::Unavailable(e),
+        RequestKind::Read => match lease_read(&replica, &request.payload).await {
+            Some(reply) => reply,
+            None => read_index_read(&replica, &request.payload).await,
         },
         RequestKind::StaleRead => query(&replica, &request.payload).await,
     };
@@ -588,6 +842,96 @@ async fn serve_client(inner: &HostInner, group: GroupId, request: ClientRequest)
         replica.latency.record(started.elapsed());
     }
     reply
+}
+
+/// Proposes the writes waiting at `replica`, one entry per batch, until none wait. Up to
+/// [`MAX_WRITE_BATCHES_IN_FLIGHT`] of these run per replica; writes arriving while they
+/// are all busy queue up and go out together as the next entry.
+async fn propose_writes(replica: Arc<Replica>) {
+    while let Some(batch) = replica.writes.take_batch() {
+        propose(&replica, batch).await;
+    }
+}
+
+/// Proposes `batch` as one entry and answers each write.
+async fn propose(
+    replica: &Replica,
+    batch: Vec<(Write, tokio::sync::oneshot::Sender<ClientReply>)>,
+) {
+    {
+        let started = Instant::now();
+        let before = leadership(&replica.raft).map(|(l, _)| l);
+        let (writes, replies): (Vec<Write>, Vec<_>) = batch.into_iter().unzip();
+        let command = Command {
+            time_ms: now_ms(),
+            writes,
+        };
+        match replica.raft.client_write(command).await {
+            Ok(resp) => {
+                // Committed: a quorum accepted this term's messages sent after `started`.
+                let after = leadership(&replica.raft).map(|(l, _)| l);
+                if let Some(leader) =
+                    before.filter(|l| Some(*l) == after && l.term == resp.log_id.leader_id.term)
+                {
+                    replica.read_index.renew(leader, started);
+                }
+                // One reply per write, in order (a shorter list would be a bug in `apply`;
+                // the unanswered writes would then see "replica stopped").
+                for (reply, answer) in replies.into_iter().zip(resp.data) {
+                    let _ = reply.send(match answer {
+                        CommandReply::Applied(bytes) => ClientReply::Ok(bytes),
+                        CommandReply::StaleSequence { last_seq } => {
+                            ClientReply::StaleSequence { last_seq }
+                        }
+                        CommandReply::AppFailed(why) => ClientReply::Unavailable(why),
+                    });
+                }
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                for reply in replies {
+                    let _ = reply.send(leader_hint(f.leader_id, f.leader_node.clone()));
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(ClientReply::Unavailable(why.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// A read served under the leader lease, or `None` when the lease is unsure (not leader,
+/// expired, this term's first entry not applied yet, or it expired while reading).
+async fn lease_read(replica: &Arc<Replica>, payload: &[u8]) -> Option<ClientReply> {
+    let LeaseCheck::Valid { renew } = replica.read_index.check_lease(&replica.raft) else {
+        return None;
+    };
+    if renew {
+        replica.read_index.renew_in_background(&replica.raft);
+    }
+    let reply = query(replica, payload).await;
+    // Checked again after reading: a leader paused while reading must not answer from a
+    // lease that expired meanwhile (a successor may have written since).
+    match replica.read_index.check_lease(&replica.raft) {
+        LeaseCheck::Valid { .. } => Some(reply),
+        LeaseCheck::Unsure => None,
+    }
+}
+
+async fn read_index_read(replica: &Arc<Replica>, payload: &[u8]) -> ClientReply {
+    match replica.read_index.confirm(&replica.raft).await {
+        RoundResult::Confirmed => query(replica, payload).await,
+        RoundResult::NotLeader {
+            leader_id,
+            leader_addr,
+        } => ClientReply::NotLeader {
+            leader_id,
+            leader_addr,
+        },
+        RoundResult::Failed(e) => ClientReply::Unavailable(e),
+    }
 }
 
 async fn query(replica: &Replica, payload: &[u8]) -> ClientReply {
@@ -614,13 +958,38 @@ impl HostHandler {
 
 #[async_trait]
 impl Handler for HostHandler {
+    /// A leader's host that drops its connection is usually dead (SIGKILL, crash of the
+    /// process): its successor runs for election as soon as the lease allows instead of
+    /// after a full election timeout. If the leader lives, its next heartbeat cancels it.
+    fn peer_gone(&self, peer: &PeerInfo) {
+        let me = self.inner.node_id;
+        let replicas: Vec<Arc<Replica>> = self
+            .inner
+            .groups
+            .read()
+            .expect("groups lock poisoned")
+            .values()
+            .filter(|r| is_successor(r, me, peer.node_id))
+            .cloned()
+            .collect();
+        for replica in replicas {
+            tokio::spawn(elect_after_leader_loss(replica, me, peer.node_id));
+        }
+    }
+
     async fn handle(&self, _peer: &PeerInfo, request: Request) -> Response {
         match request {
             Request::Append(group, rpc) => match self.replica(group) {
-                Some(r) => Response::Append(r.raft.append_entries(rpc).await),
+                Some(r) => {
+                    r.last_append_us
+                        .store(micros_since_epoch(), Ordering::Relaxed);
+                    Response::Append(r.raft.append_entries(rpc).await)
+                }
                 None => Response::NoGroup,
             },
             Request::Vote(group, rpc) => match self.replica(group) {
+                // Answered as if absent: the candidate retries after a back-off.
+                Some(r) if Instant::now() < r.votes_from => Response::NoGroup,
                 Some(r) => Response::Vote(r.raft.vote(rpc).await),
                 None => Response::NoGroup,
             },
@@ -631,6 +1000,16 @@ impl Handler for HostHandler {
             Request::Client(group, req) => {
                 Response::Client(serve_client(&self.inner, group, req).await)
             }
+            // Polled in order, every write of the frame joins the replica's write queue
+            // before any proposer runs, so they travel as one entry.
+            Request::ClientBatch(calls) => Response::ClientBatch(
+                futures::future::join_all(
+                    calls
+                        .into_iter()
+                        .map(|(group, req)| serve_client(&self.inner, group, req)),
+                )
+                .await,
+            ),
             Request::Elect(group) => match self.replica(group) {
                 Some(r) => {
                     Response::Elect(r.raft.trigger().elect().await.map_err(|e| e.to_string()))
@@ -638,6 +1017,36 @@ impl Handler for HostHandler {
                 None => Response::NoGroup,
             },
         }
+    }
+}
+
+/// Whether this follower of `leader` is the voter to succeed it: the lowest id among
+/// the other voters (one candidate, so no split vote), per its metrics.
+fn is_successor(replica: &Replica, me: NodeId, leader: NodeId) -> bool {
+    let m = replica.raft.metrics();
+    let m = m.borrow();
+    m.state == ServerState::Follower
+        && m.current_leader == Some(leader)
+        && m.membership_config
+            .membership()
+            .voter_ids()
+            .filter(|id| *id != leader)
+            .min()
+            == Some(me)
+}
+
+/// Runs for election as soon as the other voters will grant it, unless the leader turns
+/// out to be alive (an AppendEntries arrives) or someone else leads meanwhile. openraft's
+/// own timer would wait a lease plus an election timeout, plus up to a tick.
+async fn elect_after_leader_loss(replica: Arc<Replica>, me: NodeId, leader: NodeId) {
+    let heard_us = replica.last_append_us.load(Ordering::Relaxed);
+    let lease_ends = process_epoch() + Duration::from_micros(heard_us) + replica.raft_lease;
+    tokio::time::sleep_until((lease_ends + FAST_ELECTION_MARGIN).into()).await;
+    if replica.last_append_us.load(Ordering::Relaxed) == heard_us
+        && is_successor(&replica, me, leader)
+    {
+        tracing::info!(group = %replica.group, leader, "leader's host went away: running for election");
+        let _ = replica.raft.trigger().elect().await;
     }
 }
 

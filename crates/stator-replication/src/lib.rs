@@ -31,7 +31,7 @@ pub mod types;
 
 pub use client::{ClientError, ReplicaClient};
 pub use host::{
-    GroupOptions, GroupStatus, Host, HostConfig, HostError, MembershipStep, Role,
+    GroupOptions, GroupStatus, Host, HostConfig, HostError, MembershipStep, Role, TransferOutcome,
     SNAPSHOT_CHUNK_BYTES,
 };
 pub use tls::{TlsConfig, TlsError};

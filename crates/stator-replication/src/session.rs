@@ -19,7 +19,8 @@ pub const MAX_SESSIONS: usize = 65_536;
 struct Session {
     last_seq: u64,
     last_reply: CommandReply,
-    last_index: u64,
+    /// Where its last write was applied: (log index, position in the entry's batch).
+    last_at: (u64, u32),
 }
 
 /// What to do with an incoming write.
@@ -35,8 +36,8 @@ pub enum SessionCheck {
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sessions {
     by_client: HashMap<u64, Session>,
-    /// `last_index -> client`, oldest first, for deterministic eviction.
-    by_age: BTreeMap<u64, u64>,
+    /// `last_at -> client`, oldest first, for deterministic eviction.
+    by_age: BTreeMap<(u64, u32), u64>,
 }
 
 impl Sessions {
@@ -54,23 +55,24 @@ impl Sessions {
         }
     }
 
-    /// Records the reply to `(client_id, seq)` applied at log `index`.
-    pub fn record(&mut self, client_id: u64, seq: u64, index: u64, reply: &CommandReply) {
+    /// Records the reply to `(client_id, seq)` applied at `at` (log index, position of
+    /// the write in that entry's batch).
+    pub fn record(&mut self, client_id: u64, seq: u64, at: (u64, u32), reply: &CommandReply) {
         if client_id == 0 {
             return;
         }
         if let Some(old) = self.by_client.get(&client_id) {
-            self.by_age.remove(&old.last_index);
+            self.by_age.remove(&old.last_at);
         }
         self.by_client.insert(
             client_id,
             Session {
                 last_seq: seq,
                 last_reply: reply.clone(),
-                last_index: index,
+                last_at: at,
             },
         );
-        self.by_age.insert(index, client_id);
+        self.by_age.insert(at, client_id);
         while self.by_client.len() > MAX_SESSIONS {
             let (_, oldest) = self
                 .by_age
@@ -103,10 +105,10 @@ mod tests {
     fn duplicate_returns_first_reply_and_old_seq_is_stale() {
         let mut s = Sessions::default();
         assert_eq!(s.check(7, 1), SessionCheck::Apply);
-        s.record(7, 1, 10, &reply("a"));
+        s.record(7, 1, (10, 0), &reply("a"));
         assert_eq!(s.check(7, 1), SessionCheck::Duplicate(reply("a")));
         assert_eq!(s.check(7, 2), SessionCheck::Apply);
-        s.record(7, 2, 11, &reply("b"));
+        s.record(7, 2, (10, 1), &reply("b"));
         assert_eq!(
             s.check(7, 1),
             SessionCheck::Duplicate(CommandReply::StaleSequence { last_seq: 2 })
@@ -122,7 +124,7 @@ mod tests {
     fn eviction_is_bounded_and_forgets_the_oldest() {
         let mut s = Sessions::default();
         for client in 1..=(MAX_SESSIONS as u64 + 3) {
-            s.record(client, 1, client, &reply("x"));
+            s.record(client, 1, (client / 2, (client % 2) as u32), &reply("x"));
         }
         assert_eq!(s.len(), MAX_SESSIONS);
         assert_eq!(

@@ -1,7 +1,7 @@
 //! The openraft state machine of one replica: sessions + the hosted app.
 
 use crate::session::{SessionCheck, Sessions};
-use crate::types::{CommandReply, Entry, NodeId, StorageError, TypeConfig};
+use crate::types::{BatchReply, CommandReply, Entry, NodeId, StorageError, TypeConfig};
 use openraft::storage::RaftStateMachine;
 use openraft::{
     EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageIOError,
@@ -132,7 +132,7 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
         Ok((inner.last_applied, inner.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandReply>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchReply>, StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -143,26 +143,39 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
         for entry in entries {
             inner.last_applied = Some(entry.log_id);
             let reply = match entry.payload {
-                EntryPayload::Blank => CommandReply::Applied(Vec::new()),
+                EntryPayload::Blank => Vec::new(),
                 EntryPayload::Membership(m) => {
                     inner.membership = StoredMembership::new(Some(entry.log_id), m);
-                    CommandReply::Applied(Vec::new())
+                    Vec::new()
                 }
-                EntryPayload::Normal(cmd) => match inner.sessions.check(cmd.client_id, cmd.seq) {
-                    SessionCheck::Duplicate(reply) => reply,
-                    SessionCheck::Apply => {
-                        let out = inner
-                            .app
-                            .apply(entry.log_id.index, cmd.time_ms, &cmd.payload)
-                            .await
-                            .map_err(app_error)?;
-                        let reply = CommandReply::Applied(out);
-                        inner
-                            .sessions
-                            .record(cmd.client_id, cmd.seq, entry.log_id.index, &reply);
-                        reply
+                EntryPayload::Normal(cmd) => {
+                    let index = entry.log_id.index;
+                    let mut batch = Vec::with_capacity(cmd.writes.len());
+                    // In order, each with its own session check: a batch applies exactly
+                    // as the same writes would one entry each (they share the index).
+                    for (position, write) in cmd.writes.iter().enumerate() {
+                        let reply = match inner.sessions.check(write.client_id, write.seq) {
+                            SessionCheck::Duplicate(reply) => reply,
+                            SessionCheck::Apply => {
+                                let out = inner
+                                    .app
+                                    .apply(index, cmd.time_ms, &write.payload)
+                                    .await
+                                    .map_err(app_error)?;
+                                let reply = CommandReply::Applied(out);
+                                inner.sessions.record(
+                                    write.client_id,
+                                    write.seq,
+                                    (index, position as u32),
+                                    &reply,
+                                );
+                                reply
+                            }
+                        };
+                        batch.push(reply);
                     }
-                },
+                    batch
+                }
             };
             replies.push(reply);
         }

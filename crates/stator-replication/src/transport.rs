@@ -48,13 +48,14 @@ pub const RECONNECT_BACKOFF_MAX_MS: u64 = 1_000;
 /// then body) plus one that finds nothing; with it one `recv` takes in every frame that
 /// has arrived. Frames larger than this bypass it.
 pub const READ_BUFFER_BYTES: usize = 64 << 10;
-/// Bumped on any incompatible change of [`Message`].
 /// Bytes a frame's buffer first grows to before more of the frame has arrived.
 const FIRST_READ_BYTES: usize = 64 << 10;
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Bumped on any incompatible change of [`Message`] (2: batched log entries and client
+/// calls).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Transport failures; openraft treats them as "unreachable" and retries with back-off.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TransportError {
     /// No connection could be made (or the link is cut by a test fault).
     #[error("peer {addr} unreachable: {reason}")]
@@ -98,6 +99,9 @@ pub enum Request {
     /// Ask this replica to start an election now (used to move leadership before the
     /// current leader leaves the group).
     Elect(GroupId),
+    /// Client calls that waited for the same host at the same moment, in one frame (see
+    /// [`crate::client`]); served together, answered in order.
+    ClientBatch(Vec<(GroupId, ClientRequest)>),
 }
 
 /// Answers to [`Request`]s.
@@ -115,6 +119,8 @@ pub enum Response {
     Client(ClientReply),
     /// To [`Request::Elect`].
     Elect(Result<(), String>),
+    /// To [`Request::ClientBatch`]: one reply per call, in order.
+    ClientBatch(Vec<ClientReply>),
     /// The host has no replica of that group (yet, or any more).
     NoGroup,
 }
@@ -154,6 +160,11 @@ pub struct PeerInfo {
 pub trait Handler: Send + Sync + 'static {
     /// Answers one request.
     async fn handle(&self, peer: &PeerInfo, request: Request) -> Response;
+
+    /// The connection a peer host (node id not 0) opened to us has ended: the peer closed
+    /// it, the network broke, or its process died (the kernel closes a killed process's
+    /// sockets at once). A hint only: it may already have reconnected.
+    fn peer_gone(&self, _peer: &PeerInfo) {}
 }
 
 /// What a fault filter decides for one message on a link.
@@ -592,6 +603,9 @@ impl Transport {
             }
         };
         drop(tx);
+        if peer.node_id != 0 {
+            handler.peer_gone(&peer);
+        }
         let _ = writer.await;
         result
     }

@@ -5,21 +5,30 @@ use std::io::Cursor;
 
 pub use stator_api::ids::{GroupId, NodeId};
 
-/// One logged client command. The leader stamps `time_ms` when it proposes the entry, so
-/// expiry and other time-dependent logic is the same on every replica.
+/// One client write inside a logged [`Command`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Command {
+pub struct Write {
     /// Who sent it; 0 means "no session" (no retry deduplication).
     pub client_id: u64,
     /// The client's sequence number for exactly-once retries (increasing per client).
     pub seq: u64,
-    /// The leader's wall clock when it proposed the entry, in ms since the Unix epoch.
-    pub time_ms: u64,
     /// Opaque to the replication layer: what the app's `apply` receives.
     pub payload: Vec<u8>,
 }
 
-/// The reply to one applied [`Command`].
+/// One log entry's worth of client writes: every write that waited at the leader when
+/// the entry was proposed (see `host`'s write batching), applied in order, each with its
+/// own session check and its own reply. The leader stamps `time_ms` when it proposes the
+/// entry, so expiry and other time-dependent logic is the same on every replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// The leader's wall clock when it proposed the entry, in ms since the Unix epoch.
+    pub time_ms: u64,
+    /// The writes, in the order they are applied; never empty.
+    pub writes: Vec<Write>,
+}
+
+/// The reply to one applied [`Write`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandReply {
     /// What the app answered.
@@ -37,13 +46,16 @@ openraft::declare_raft_types!(
     /// The openraft type configuration of every stator partition group.
     pub TypeConfig:
         D = Command,
-        R = CommandReply,
+        R = BatchReply,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
         AsyncRuntime = openraft::TokioRuntime,
 );
+
+/// The replies to one entry's writes, in order (empty for Raft's own entries).
+pub type BatchReply = Vec<CommandReply>;
 
 /// A partition group's Raft handle.
 pub type Raft = openraft::Raft<TypeConfig>;

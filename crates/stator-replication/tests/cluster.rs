@@ -265,3 +265,91 @@ async fn compaction_bounds_the_log_and_a_new_member_catches_up_from_a_snapshot()
     let state = cluster.converged_state(GROUP).await;
     assert!(!state.is_empty());
 }
+
+fn register_read(key: &str) -> ClientRequest {
+    ClientRequest {
+        client_id: 0,
+        seq: 0,
+        kind: RequestKind::Read,
+        payload: encode_op(&RegisterOp::Get(key.into())),
+    }
+}
+
+/// The leader lease: reads are served at the leader without a quorum round while it holds
+/// one, and a leader cut off from its group stops serving them once the lease runs out,
+/// even though it still believes it leads, so it never answers with a value its successor
+/// has overwritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_leader_never_serves_a_stale_read() {
+    let (cluster, _members) = three_hosts().await;
+    let old = cluster.leader(GROUP).await;
+    let rpc = ReplicaClient::new(TEST_SECRET);
+    let all: Vec<String> = cluster.members(&[1, 2, 3]).into_values().collect();
+    let mut leader = None;
+    let set = |v: &str| encode_op(&RegisterOp::Set("k".into(), v.into()));
+    rpc.execute(
+        GROUP,
+        &all,
+        &mut leader,
+        RequestKind::Write,
+        set("old"),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let before = rpc
+        .call(
+            &cluster.addrs[&old],
+            GROUP,
+            register_read("k"),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let ClientReply::Ok(bytes) = before else {
+        panic!("leader read failed: {before:?}")
+    };
+    assert_eq!(
+        stator_replication::testing::decode_reply(&bytes).as_deref(),
+        Some("old")
+    );
+
+    cluster.isolate(old);
+    let others: Vec<String> = cluster
+        .addrs
+        .iter()
+        .filter(|(id, _)| **id != old)
+        .map(|(_, a)| a.clone())
+        .collect();
+    let mut new_leader = None;
+    rpc.execute(
+        GROUP,
+        &others,
+        &mut new_leader,
+        RequestKind::Write,
+        set("new"),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("the majority side elects a leader and takes the write");
+    assert_ne!(new_leader.as_deref(), Some(cluster.addrs[&old].as_str()));
+
+    // The old leader still thinks it leads (it has heard of no successor) but its lease
+    // has expired: it must not answer "old".
+    let stale = rpc
+        .call(
+            &cluster.addrs[&old],
+            GROUP,
+            register_read("k"),
+            Duration::from_secs(2),
+        )
+        .await;
+    match stale {
+        Ok(ClientReply::Ok(bytes)) => panic!(
+            "cut-off leader served a read: {:?}",
+            stator_replication::testing::decode_reply(&bytes)
+        ),
+        Ok(_) | Err(_) => {}
+    }
+    cluster.faults.heal();
+}

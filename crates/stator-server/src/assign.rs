@@ -1,7 +1,11 @@
 //! What each node must run: the answer to its heartbeat, derived from the design.
 
-use stator_api::agent::{Assignments, InstanceAssignment, Member, ReplicaAssignment};
+use stator_api::agent::{
+    Assignments, ClusterMember, ClusterPartition, ClusterService, InstanceAssignment, Member,
+    ReplicaAssignment,
+};
 use stator_api::ids::NodeId;
+use stator_api::slot::partition_ranges;
 use stator_api::spec::{AppSpec, ServiceKind};
 
 use crate::model::{Cluster, InstancePhase, NodeState};
@@ -90,7 +94,65 @@ pub fn assignments_for(cluster: &Cluster, node: NodeId) -> Assignments {
             }
         }
     }
+    assignments.cluster = cluster_services(cluster, &assignments.replicas);
     assignments
+}
+
+/// The slot maps of the cluster-mode kv services among `replicas` (the services a node
+/// serves RESP for).
+fn cluster_services(cluster: &Cluster, replicas: &[ReplicaAssignment]) -> Vec<ClusterService> {
+    let names: std::collections::BTreeSet<&str> =
+        replicas.iter().map(|r| r.service.as_str()).collect();
+    let mut out = Vec::new();
+    for name in names {
+        let Some(service) = cluster.services.get(name) else {
+            continue;
+        };
+        let spec = service.spec();
+        if !spec.app.is_builtin_kv() || !spec.expose.cluster_enabled() {
+            continue;
+        }
+        let ranges = partition_ranges(spec.partitions);
+        let partitions = service
+            .placement
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(index, design)| {
+                let partition = index as u32;
+                let group = service.group(partition);
+                let observed = cluster.group_observed(group);
+                let mut nodes: Vec<NodeId> = design.members.clone();
+                if let Some(observed) = &observed {
+                    for node in observed.voters.iter().chain(&observed.learners) {
+                        if !nodes.contains(node) {
+                            nodes.push(*node);
+                        }
+                    }
+                }
+                ClusterPartition {
+                    partition,
+                    group,
+                    slots: ranges[index],
+                    leader: observed.as_ref().map(|o| o.leader),
+                    members: nodes
+                        .into_iter()
+                        .filter(|&node| cluster.is_alive(node))
+                        .map(|node_id| ClusterMember {
+                            node_id,
+                            addr: cluster.node_addr(node_id),
+                            resp_addr: cluster.node_resp_addr(node_id, name),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        out.push(ClusterService {
+            service: name.to_string(),
+            partitions,
+        });
+    }
+    out
 }
 
 /// Ports spread instance ports over this many values past the spec's `port`.

@@ -435,6 +435,11 @@ impl Controller {
             .keys()
             .map(|g| self.cluster.group_observed(*g).map(|o| (o.leader, o.term)))
             .collect();
+        if heartbeat.resp_addrs.is_empty() {
+            self.cluster.resp_addrs.remove(&node);
+        } else {
+            self.cluster.resp_addrs.insert(node, heartbeat.resp_addrs);
+        }
         self.cluster.observed.insert(
             node,
             NodeObserved {

@@ -233,6 +233,9 @@ pub struct Cluster {
     pub observed: BTreeMap<NodeId, NodeObserved>,
     /// Services by name.
     pub services: BTreeMap<String, Service>,
+    /// Per node, kv service -> the `host:port` where the node serves the Redis Cluster
+    /// protocol for it, as its last heartbeat reported.
+    pub resp_addrs: BTreeMap<NodeId, BTreeMap<String, String>>,
 }
 
 impl Cluster {
@@ -259,6 +262,14 @@ impl Cluster {
             .get(&id)
             .map(|n| n.info.transport_addr.clone())
             .unwrap_or_default()
+    }
+
+    /// Where the live node `id` serves RESP for `service`, if it reported that.
+    pub fn node_resp_addr(&self, id: NodeId, service: &str) -> Option<String> {
+        if !self.is_alive(id) {
+            return None;
+        }
+        self.resp_addrs.get(&id)?.get(service).cloned()
     }
 
     /// The group as reported by its leader: among live nodes' reports of a leader role,

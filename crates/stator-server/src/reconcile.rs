@@ -752,6 +752,7 @@ pub fn apply_action(cluster: &mut Cluster, action: &Action) {
                 record.state = NodeState::Lost;
             }
             cluster.observed.remove(node);
+            cluster.resp_addrs.remove(node);
         }
         Action::MarkNodeDrained { node } => {
             if let Some(record) = cluster.nodes.get_mut(node) {

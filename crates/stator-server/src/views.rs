@@ -59,6 +59,10 @@ pub struct MemberView {
     pub designed: bool,
     /// Whether the node is alive.
     pub alive: bool,
+    /// Where the node serves the Redis Cluster protocol for this service (kv services in
+    /// cluster mode, once the agent reported it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resp_addr: Option<String>,
 }
 
 /// The leader of a partition.
@@ -72,6 +76,9 @@ pub struct LeaderView {
     pub addr: String,
     /// The leader's term.
     pub term: u64,
+    /// Where the leader serves the Redis Cluster protocol for this service, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resp_addr: Option<String>,
 }
 
 /// One partition, as `GET /v1/partitions` lists it (what the gateway routes by).
@@ -411,6 +418,7 @@ pub fn partition_views(cluster: &Cluster, service: &Service) -> Vec<PartitionVie
                     role: cluster.replica_role(node_id, group),
                     designed: design.members.contains(&node_id),
                     alive: cluster.is_alive(node_id),
+                    resp_addr: cluster.node_resp_addr(node_id, &spec.name),
                 })
                 .collect();
             PartitionView {
@@ -423,6 +431,7 @@ pub fn partition_views(cluster: &Cluster, service: &Service) -> Vec<PartitionVie
                     name: cluster.node_name(o.leader),
                     addr: cluster.node_addr(o.leader),
                     term: o.term,
+                    resp_addr: cluster.node_resp_addr(o.leader, &spec.name),
                 }),
                 member_addrs: members
                     .iter()

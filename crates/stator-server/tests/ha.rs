@@ -180,6 +180,7 @@ impl Servers {
             node_id: node,
             replicas: vec![],
             instances: vec![],
+            resp_addrs: Default::default(),
         };
         let response = self
             .client

@@ -107,6 +107,19 @@ enum Verb {
         /// Where the replica transport listens.
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: String,
+        /// IP the Redis Cluster RESP listeners bind, one per kv service in cluster mode
+        /// (default: the host of --listen).
+        #[arg(long)]
+        resp_host: Option<String>,
+        /// Host clients are told to dial in MOVED and CLUSTER SLOTS (default: the
+        /// --resp-host, or 127.0.0.1 when that is 0.0.0.0). Set it on a multi-machine
+        /// cluster: the address of this machine that clients can reach.
+        #[arg(long)]
+        advertise_host: Option<String>,
+        /// Ports the RESP listeners may take, `LOW-HIGH` (one per kv service; default:
+        /// any free port). Open this range in firewalls between clients and agents.
+        #[arg(long, value_parser = parse_port_range)]
+        resp_ports: Option<(u16, u16)>,
         /// Mutual TLS on the replica transport: this node's certificate chain (PEM; it
         /// must name the `--listen` host). Needs --tls-key and --tls-ca too.
         #[arg(long, requires_all = ["tls_key", "tls_ca"])]
@@ -255,9 +268,14 @@ enum BenchVerb {
         /// Partition groups (leaders spread over the hosts).
         #[arg(long, default_value_t = 1)]
         partitions: u32,
-        /// Baselines to leave out: etcd, redis-wait.
+        /// Baselines to leave out: etcd, redis-wait, redis, stator-unbatched,
+        /// stator-readindex.
         #[arg(long, value_delimiter = ',')]
         skip: Vec<String>,
+        /// Request measured: `set` (replicated write) or `get` (linearizable read, beside
+        /// read-index rounds and a plain Redis GET).
+        #[arg(long, default_value = "set")]
+        op: String,
         /// Print the result as one JSON object on the last line.
         #[arg(long)]
         json: bool,
@@ -315,6 +333,23 @@ enum BenchVerb {
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
+/// `LOW-HIGH`, an inclusive port range with LOW <= HIGH.
+fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let (low, high) = text
+        .split_once('-')
+        .ok_or_else(|| format!("expected LOW-HIGH like 7100-7199, got {text:?}"))?;
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("{p:?} is not a port (1-65535) in {text:?}"))
+    };
+    let (low, high) = (port(low)?, port(high)?);
+    if low == 0 || low > high {
+        return Err(format!("LOW must be 1..=HIGH in {text:?}"));
+    }
+    Ok((low, high))
+}
+
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("signal handler");
@@ -448,6 +483,9 @@ fn run() -> anyhow::Result<()> {
                 memory,
                 price,
                 listen,
+                resp_host,
+                advertise_host,
+                resp_ports,
                 tls_cert,
                 tls_key,
                 tls_ca,
@@ -474,6 +512,9 @@ fn run() -> anyhow::Result<()> {
                 config.memory_mib = memory;
                 config.price_per_hour = price;
                 config.listen = listen;
+                config.resp_host = resp_host;
+                config.advertise_host = advertise_host;
+                config.resp_ports = resp_ports;
                 if let (Some(cert), Some(key), Some(ca)) = (tls_cert, tls_key, tls_ca) {
                     config.tls = Some(stator_replication::TlsConfig {
                         cert_pem_path: cert,
@@ -578,6 +619,7 @@ fn run() -> anyhow::Result<()> {
                         duration,
                         partitions,
                         skip,
+                        op,
                         json,
                     },
             } => {
@@ -585,6 +627,11 @@ fn run() -> anyhow::Result<()> {
                     matches!(replicas, 1 | 3 | 5),
                     "--replicas: must be 1, 3 or 5, got {replicas}"
                 );
+                let op = match op.as_str() {
+                    "set" => bench::replication::Op::Set,
+                    "get" => bench::replication::Op::Get,
+                    other => anyhow::bail!("--op: must be set or get, got {other:?}"),
+                };
                 let opts = bench::replication::Options {
                     replicas,
                     clients,
@@ -592,6 +639,7 @@ fn run() -> anyhow::Result<()> {
                     duration: Duration::from_secs(duration),
                     partitions,
                     skip,
+                    op,
                 };
                 let runs = bench::replication::run(&opts).await?;
                 bench::print_runs(&runs, json);

@@ -13,6 +13,7 @@ use super::local::{dispatch, ConnectionState, Dispatch};
 use super::pubsub::{self, PubSub};
 use super::resp3::{self, Shape};
 use super::transaction::{self, TxWork};
+use super::Backend;
 use super::Shared;
 use crate::map::{PartitionMap, ServiceRoutes};
 use crate::router::Router;
@@ -57,10 +58,11 @@ enum Work {
         routes: Arc<ServiceRoutes>,
         fan: FanOut,
     },
-    /// `WATCH`: read the versions of `keys` from `partition` of `routes`.
+    /// `WATCH`: read the versions of `keys` (on `slot`) from `partition` of `routes`.
     Watch {
         routes: Arc<ServiceRoutes>,
         partition: usize,
+        slot: u16,
         keys: Vec<Vec<u8>>,
         payload: Vec<u8>,
     },
@@ -85,31 +87,30 @@ impl Done {
 }
 
 /// Runs `work`; with `resp3`, re-types the reply for a RESP3 connection.
-async fn perform(router: &Router, work: Work, resp3: Option<Shape>) -> Done {
-    let mut done = perform_resp2(router, work).await;
+async fn perform<B: Backend>(backend: &B, work: Work, resp3: Option<Shape>) -> Done {
+    let mut done = perform_resp2(backend, work).await;
     if let Some(shape) = resp3 {
         done.reply = resp3::convert(done.reply, shape);
     }
     done
 }
 
-async fn perform_resp2(router: &Router, work: Work) -> Done {
+async fn perform_resp2<B: Backend>(backend: &B, work: Work) -> Done {
     match work {
         Work::Ready(reply) => Done::reply(reply, None),
         Work::FanOut { routes, fan } => {
-            Done::reply(keyspace::run(router, &routes, fan).await, None)
+            Done::reply(keyspace::run(backend, &routes, fan).await, None)
         }
         Work::Watch {
             routes,
             partition,
+            slot,
             keys,
             payload,
         } => {
-            let route = &routes.partitions[partition];
-            let reply = match router.forward(route, RequestKind::Read, payload).await {
-                Ok(reply) => reply,
-                Err(error) => error_reply(&routes, route.partition, RequestKind::Read, &error),
-            };
+            let reply = backend
+                .execute(routes, partition, slot, RequestKind::Read, payload)
+                .await;
             let value = match parse_reply(&reply) {
                 Ok(Some((value, _))) => value,
                 _ => Value::error("ERR a partition sent a WATCH reply the gateway cannot parse"),
@@ -129,19 +130,39 @@ async fn perform_resp2(router: &Router, work: Work) -> Done {
             slot,
             kind,
             payload,
-        } => {
-            let route = &routes.partitions[partition];
-            let reply = match router.forward(route, kind, payload).await {
-                Ok(reply) => reply,
-                Err(error) => error_reply(&routes, route.partition, kind, &error),
-            };
-            Done::reply(reply, Some(slot))
-        }
+        } => Done::reply(
+            backend
+                .execute(routes, partition, slot, kind, payload)
+                .await,
+            Some(slot),
+        ),
     }
 }
 
-/// The reply to a command the router could not deliver.
-pub(crate) fn error_reply(
+/// The gateway: every keyed command goes to its partition's leader through the router.
+impl Backend for Router {
+    async fn execute(
+        &self,
+        routes: Arc<ServiceRoutes>,
+        partition: usize,
+        _slot: u16,
+        kind: RequestKind,
+        payload: Vec<u8>,
+    ) -> Vec<u8> {
+        let route = &routes.partitions[partition];
+        match self.forward(route, kind, payload).await {
+            Ok(reply) => reply,
+            Err(error) => error_reply(&routes, route.partition, kind, &error),
+        }
+    }
+
+    fn request_refresh(&self) {
+        Router::request_refresh(self);
+    }
+}
+
+/// The RESP error for a request the router gave up on.
+pub fn error_reply(
     routes: &ServiceRoutes,
     partition: u32,
     kind: RequestKind,
@@ -167,12 +188,12 @@ pub(crate) fn error_reply(
 /// Serves one connection until the client leaves, sends QUIT or garbage, or `cancel`.
 #[allow(
     clippy::too_many_arguments,
-    reason = "one call site, each argument distinct"
+    reason = "gateway and agents call it, each argument distinct"
 )]
-pub(crate) async fn serve(
+pub async fn serve<B: Backend>(
     mut stream: TcpStream,
     peer: SocketAddr,
-    router: Arc<Router>,
+    router: Arc<B>,
     shared: Arc<Shared>,
     service: String,
     mut map: watch::Receiver<Arc<PartitionMap>>,
@@ -182,6 +203,7 @@ pub(crate) async fn serve(
     stream.set_nodelay(true)?;
     let mut state = ConnectionState {
         id: connection_id,
+        node: router.node(),
         ..ConnectionState::default()
     };
     let mut routes = map.borrow_and_update().services.get(&service).cloned();
@@ -221,7 +243,7 @@ pub(crate) async fn serve(
                 Ok(Some(parsed)) => parsed,
                 Ok(None) => {
                     if input.len() > MAX_COMMAND_BYTES {
-                        in_flight.push_back(perform(&router, Work::Ready(Value::error(format!(
+                        in_flight.push_back(perform(&*router, Work::Ready(Value::error(format!(
                             "ERR Protocol error: command larger than {MAX_COMMAND_BYTES} bytes; split the value"
                         )).to_bytes()), None));
                         closing = true;
@@ -231,7 +253,7 @@ pub(crate) async fn serve(
                 }
                 Err(error) => {
                     in_flight.push_back(perform(
-                        &router,
+                        &*router,
                         Work::Ready(error.to_reply().to_bytes()),
                         None,
                     ));
@@ -275,10 +297,10 @@ pub(crate) async fn serve(
                             fan,
                         }
                     }
-                    None => Work::Ready(not_in_map(&router, &service)),
+                    None => Work::Ready(not_in_map(&*router, &service)),
                 },
                 Dispatch::Transaction(tx_work) => {
-                    match transaction_work(&router, routes.as_ref(), &service, tx_work) {
+                    match transaction_work(&*router, routes.as_ref(), &service, tx_work) {
                         Ok(work) => {
                             alone_in_flight = true;
                             if let Work::Forward { slot, .. } = &work {
@@ -291,7 +313,7 @@ pub(crate) async fn serve(
                 }
                 Dispatch::ForwardAlone { slot, kind } => {
                     match forward_work(
-                        &router,
+                        &*router,
                         routes.as_ref(),
                         &service,
                         slot,
@@ -313,7 +335,7 @@ pub(crate) async fn serve(
                         break;
                     }
                     match forward_work(
-                        &router,
+                        &*router,
                         routes.as_ref(),
                         &service,
                         slot,
@@ -330,7 +352,7 @@ pub(crate) async fn serve(
                 }
             };
             let shape = state.resp3.then(|| resp3::shape(&argv));
-            in_flight.push_back(perform(&router, work, shape));
+            in_flight.push_back(perform(&*router, work, shape));
             input.advance(used);
         }
         if in_flight.is_empty() && closing {
@@ -394,8 +416,8 @@ fn release(busy_slots: &mut HashMap<u16, u32>, slot: u16) {
 }
 
 /// The work of `WATCH` or `EXEC`, or the error reply when no partition owns its slot.
-fn transaction_work(
-    router: &Router,
+fn transaction_work<B: Backend>(
+    router: &B,
     routes: Option<&Arc<ServiceRoutes>>,
     service: &str,
     tx_work: TxWork,
@@ -414,9 +436,14 @@ fn transaction_work(
         .to_bytes());
     };
     Ok(match tx_work {
-        TxWork::Watch { keys, payload, .. } => Work::Watch {
+        TxWork::Watch {
+            slot,
+            keys,
+            payload,
+        } => Work::Watch {
             routes: routes.clone(),
             partition,
+            slot,
             keys,
             payload,
         },
@@ -430,7 +457,7 @@ fn transaction_work(
     })
 }
 
-fn not_in_map(router: &Router, service: &str) -> Vec<u8> {
+fn not_in_map<B: Backend>(router: &B, service: &str) -> Vec<u8> {
     router.request_refresh();
     Value::error(format!(
         "CLUSTERDOWN service '{service}' is not in the partition map (deleted, or not applied yet)"
@@ -439,8 +466,8 @@ fn not_in_map(router: &Router, service: &str) -> Vec<u8> {
 }
 
 /// The forwarding work of a command, or the error reply when no partition owns its slot.
-fn forward_work(
-    router: &Router,
+fn forward_work<B: Backend>(
+    router: &B,
     routes: Option<&Arc<ServiceRoutes>>,
     service: &str,
     slot: u16,

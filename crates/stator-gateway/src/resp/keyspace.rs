@@ -8,14 +8,14 @@
 //! as the partition count does not change during the scan (a resize moves keys between
 //! partitions; a scan across one may miss or repeat the moved keys).
 
-use super::connection::error_reply;
+use super::Backend;
 use crate::map::ServiceRoutes;
-use crate::router::Router;
 use futures::future::join_all;
 use rand::seq::SliceRandom;
 use stator_api::spec::MAX_PARTITIONS;
 use stator_kv::{encode_command, parse_reply, Value};
 use stator_replication::RequestKind;
+use std::sync::Arc;
 
 /// Bits of a `SCAN` cursor naming the partition: enough for [`MAX_PARTITIONS`].
 pub const SCAN_PARTITION_BITS: u32 = 10;
@@ -125,19 +125,27 @@ fn scan(argv: &[Vec<u8>]) -> Result<FanOut, Value> {
 }
 
 /// Runs `fan` on the partitions of `routes` and returns the merged reply.
-pub(crate) async fn run(router: &Router, routes: &ServiceRoutes, fan: FanOut) -> Vec<u8> {
-    match merge(router, routes, fan).await {
+pub(crate) async fn run<B: Backend>(
+    backend: &B,
+    routes: &Arc<ServiceRoutes>,
+    fan: FanOut,
+) -> Vec<u8> {
+    match merge(backend, routes, fan).await {
         Ok(value) | Err(value) => value.to_bytes(),
     }
 }
 
-async fn merge(router: &Router, routes: &ServiceRoutes, fan: FanOut) -> Result<Value, Value> {
+async fn merge<B: Backend>(
+    backend: &B,
+    routes: &Arc<ServiceRoutes>,
+    fan: FanOut,
+) -> Result<Value, Value> {
     let all: Vec<usize> = (0..routes.partitions.len()).collect();
     match fan {
         FanOut::Keys(pattern) => {
             let command = encode_command(&[b"KEYS".as_slice(), &pattern]);
             let mut keys = Vec::new();
-            for reply in ask(router, routes, &all, RequestKind::Read, &command).await? {
+            for reply in ask(backend, routes, &all, RequestKind::Read, &command).await? {
                 keys.extend(array(reply)?);
             }
             Ok(Value::Array(Some(keys)))
@@ -145,7 +153,7 @@ async fn merge(router: &Router, routes: &ServiceRoutes, fan: FanOut) -> Result<V
         FanOut::DbSize => {
             let command = encode_command(&["DBSIZE"]);
             let mut total = 0i64;
-            for reply in ask(router, routes, &all, RequestKind::Read, &command).await? {
+            for reply in ask(backend, routes, &all, RequestKind::Read, &command).await? {
                 match reply {
                     Value::Integer(n) => total += n,
                     other => return Err(unexpected("DBSIZE", &other)),
@@ -155,7 +163,7 @@ async fn merge(router: &Router, routes: &ServiceRoutes, fan: FanOut) -> Result<V
         }
         FanOut::Flush(argv) => {
             let command = encode_command(&argv);
-            for reply in ask(router, routes, &all, RequestKind::Write, &command).await? {
+            for reply in ask(backend, routes, &all, RequestKind::Write, &command).await? {
                 if reply != Value::ok() {
                     return Err(unexpected("FLUSHALL", &reply));
                 }
@@ -167,7 +175,7 @@ async fn merge(router: &Router, routes: &ServiceRoutes, fan: FanOut) -> Result<V
             let mut order = all;
             order.shuffle(&mut rand::thread_rng());
             for partition in order {
-                let reply = ask(router, routes, &[partition], RequestKind::Read, &command).await?;
+                let reply = ask(backend, routes, &[partition], RequestKind::Read, &command).await?;
                 match reply.into_iter().next() {
                     Some(Value::Bulk(None)) => continue,
                     Some(key @ Value::Bulk(Some(_))) => return Ok(key),
@@ -189,7 +197,7 @@ async fn merge(router: &Router, routes: &ServiceRoutes, fan: FanOut) -> Result<V
             let mut argv = vec![b"SCAN".to_vec(), inner.to_string().into_bytes()];
             argv.extend(options);
             let command = encode_command(&argv);
-            let reply = ask(router, routes, &[partition], RequestKind::Read, &command).await?;
+            let reply = ask(backend, routes, &[partition], RequestKind::Read, &command).await?;
             let (next_inner, keys) = match reply.into_iter().next() {
                 Some(Value::Array(Some(parts))) if parts.len() == 2 => {
                     let mut parts = parts.into_iter();
@@ -254,9 +262,9 @@ fn unexpected(command: &str, reply: &Value) -> Value {
 
 /// Sends `command` to each of `partitions` at once; their replies in order, or the first
 /// failure as the reply to give.
-async fn ask(
-    router: &Router,
-    routes: &ServiceRoutes,
+async fn ask<B: Backend>(
+    backend: &B,
+    routes: &Arc<ServiceRoutes>,
     partitions: &[usize],
     kind: RequestKind,
     command: &[u8],
@@ -264,10 +272,16 @@ async fn ask(
     let answers = join_all(partitions.iter().map(|&index| {
         let route = &routes.partitions[index];
         async move {
-            let reply = match router.forward(route, kind, command.to_vec()).await {
-                Ok(reply) => reply,
-                Err(error) => error_reply(routes, route.partition, kind, &error),
-            };
+            // Any slot of the partition routes the command there.
+            let reply = backend
+                .execute(
+                    routes.clone(),
+                    index,
+                    route.slots.start,
+                    kind,
+                    command.to_vec(),
+                )
+                .await;
             match parse_reply(&reply) {
                 Ok(Some((value, _))) => value,
                 _ => Value::error(format!(

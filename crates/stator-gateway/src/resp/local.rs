@@ -20,73 +20,11 @@ const MAX_ECHOED_ARG_CHARS: usize = 128;
 /// newest whose RESP2 behaviour the gateway follows.
 pub const REPORTED_REDIS_VERSION: &str = "7.0.0";
 
-/// Commands the gateway or the kv machine understand, for `COMMAND COUNT` / `COMMAND LIST`.
-const KNOWN_COMMANDS: &[&str] = &[
-    "get",
-    "set",
-    "setnx",
-    "setex",
-    "psetex",
-    "getset",
-    "getdel",
-    "del",
-    "exists",
-    "incr",
-    "incrby",
-    "decr",
-    "decrby",
-    "incrbyfloat",
-    "append",
-    "strlen",
-    "mget",
-    "mset",
-    "expire",
-    "pexpire",
-    "expireat",
-    "pexpireat",
-    "ttl",
-    "pttl",
-    "persist",
-    "ping",
-    "echo",
-    "select",
-    "client",
-    "command",
-    "info",
-    "hello",
-    "quit",
-    "config",
-    "auth",
-    "acl",
-    "keys",
-    "scan",
-    "dbsize",
-    "flushall",
-    "flushdb",
-    "randomkey",
-    "multi",
-    "exec",
-    "discard",
-    "watch",
-    "unwatch",
-    "subscribe",
-    "unsubscribe",
-    "psubscribe",
-    "punsubscribe",
-    "ssubscribe",
-    "sunsubscribe",
-    "publish",
-    "spublish",
-    "pubsub",
-];
-
 /// Whether the gateway or the kv machine knows the command `argv` names (Redis answers
 /// unknown commands with their own error, even before AUTH).
 pub(crate) fn is_known(argv: &[Vec<u8>]) -> bool {
     command_kind(argv) != CommandKind::Unknown
-        || KNOWN_COMMANDS
-            .iter()
-            .any(|known| argv[0].eq_ignore_ascii_case(known.as_bytes()))
+        || super::command_table::is_endpoint_command(&argv[0])
 }
 
 /// Per-connection state the local commands read and change.
@@ -102,6 +40,9 @@ pub(crate) struct ConnectionState {
     pub(crate) resp3: bool,
     /// `MULTI` queue and `WATCH`ed keys.
     pub(crate) tx: Transaction,
+    /// The stator node this endpoint belongs to (an agent's listener); `None` on a
+    /// gateway. `CLUSTER MYID` and `CLUSTER NODES`' `myself` come from it.
+    pub(crate) node: Option<stator_api::ids::NodeId>,
 }
 
 /// What to do with one parsed command.
@@ -151,7 +92,8 @@ pub(crate) fn dispatch(
     service: Option<&ServiceRoutes>,
 ) -> Dispatch {
     let name = &argv[0];
-    if let Some(fan) = keyspace::classify(argv) {
+    // A gateway spans every partition; an agent's cluster listener answers for itself.
+    if let Some(fan) = keyspace::classify(argv).filter(|_| state.node.is_none()) {
         return match fan {
             Ok(fan) => Dispatch::FanOut(fan),
             Err(value) => reply(value),
@@ -237,10 +179,18 @@ fn local(
         return client(argv, sub, state);
     }
     if name_is(name, "command") {
-        return command(argv, sub);
+        return super::command_table::command(argv);
+    }
+    if name_is(name, "cluster") {
+        return super::cluster::cluster(argv, state, service);
+    }
+    if name_is(name, "readonly") || name_is(name, "readwrite") {
+        return super::cluster::read_mode(argv);
     }
     if name_is(name, "info") {
-        return reply(Value::bulk(info(state, service)));
+        return reply(Value::bulk(
+            info(state, service) + &super::cluster::info_section(service),
+        ));
     }
     if name_is(name, "hello") {
         return hello(argv, state);
@@ -272,25 +222,6 @@ fn client(argv: &[Vec<u8>], sub: Option<&[u8]>, state: &mut ConnectionState) -> 
         _ => error(format!(
             "ERR unknown subcommand or wrong number of arguments for 'client|{}'; the stator gateway supports CLIENT SETNAME, GETNAME, ID, SETINFO, INFO",
             String::from_utf8_lossy(argv.get(1).map(Vec::as_slice).unwrap_or_default()).to_lowercase()
-        )),
-    }
-}
-
-fn command(argv: &[Vec<u8>], sub: Option<&[u8]>) -> Dispatch {
-    match sub {
-        // No per-command metadata: clients (redis-cli hints) treat an empty answer as
-        // "nothing known" and carry on.
-        None | Some(b"DOCS") => reply(Value::Array(Some(Vec::new()))),
-        Some(b"COUNT") => reply(Value::Integer(KNOWN_COMMANDS.len() as i64)),
-        Some(b"LIST") => reply(Value::Array(Some(
-            KNOWN_COMMANDS.iter().map(|c| Value::bulk(*c)).collect(),
-        ))),
-        Some(b"INFO") => reply(Value::Array(Some(
-            argv[2..].iter().map(|_| Value::Array(None)).collect(),
-        ))),
-        Some(_) => error(format!(
-            "ERR unknown subcommand '{}'. Try COMMAND, COMMAND DOCS, COMMAND COUNT, COMMAND LIST or COMMAND INFO",
-            String::from_utf8_lossy(&argv[1])
         )),
     }
 }
@@ -378,14 +309,24 @@ fn info(state: &ConnectionState, service: Option<&ServiceRoutes>) -> String {
                 .count(),
         )
     });
+    let mode = if service.is_some_and(|s| s.cluster) {
+        "cluster"
+    } else {
+        "standalone"
+    };
     format!(
-        "# Server\r\nredis_version:{REPORTED_REDIS_VERSION}\r\nredis_mode:standalone\r\n\
-         stator_version:{}\r\nstator_role:gateway\r\nprocess_id:{}\r\n\r\n\
+        "# Server\r\nredis_version:{REPORTED_REDIS_VERSION}\r\nredis_mode:{mode}\r\n\
+         stator_version:{}\r\nstator_role:{}\r\nprocess_id:{}\r\n\r\n\
          # Clients\r\nclient_id:{}\r\n\r\n\
          # Replication\r\nrole:master\r\nconnected_slaves:0\r\n\r\n\
          # Stator\r\nstator_service:{name}\r\nstator_partitions:{partitions}\r\n\
          stator_partitions_with_leader:{with_leader}\r\n",
         env!("CARGO_PKG_VERSION"),
+        if state.node.is_some() {
+            "agent"
+        } else {
+            "gateway"
+        },
         std::process::id(),
         state.id,
     )

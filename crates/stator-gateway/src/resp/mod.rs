@@ -1,9 +1,15 @@
 //! RESP listeners: one per kv service that asks for one (`expose.resp`), started and
 //! stopped as services come and go in the partition map.
 //!
+//! The connection code is shared with the agents' cluster-mode listeners: a [`Backend`]
+//! says what happens to a keyed command (the gateway's [`Router`] forwards it to the
+//! leader; an agent serves it from its own replica or answers `MOVED`).
+//!
 //! # Layout
 //! - [`local`]: commands the gateway answers itself, and how the rest are classified.
 //! - [`connection`]: one client connection, pipelined and answered in order.
+//! - [`cluster`]: the Redis Cluster topology commands (`CLUSTER SLOTS`, ...) from the map.
+//! - [`command_table`]: `COMMAND` with every command's key positions.
 //! - [`auth`]: `expose.auth` passwords and ACL users, AUTH, ACL, protected mode.
 //! - [`keyspace`]: KEYS, SCAN, DBSIZE, FLUSHALL/FLUSHDB, RANDOMKEY over every partition.
 //! - [`pubsub`]: SUBSCRIBE/PUBLISH and friends through this gateway's broker.
@@ -12,6 +18,8 @@
 //! - `glob`: Redis's glob patterns (ACL key patterns, `KEYS`, `SCAN MATCH`).
 
 pub mod auth;
+pub mod cluster;
+pub(crate) mod command_table;
 pub mod connection;
 mod glob;
 pub mod keyspace;
@@ -20,11 +28,14 @@ pub mod pubsub;
 mod resp3;
 pub mod transaction;
 
-use crate::map::PartitionMap;
+use crate::map::{PartitionMap, ServiceRoutes};
 use crate::router::Router;
 use auth::AccessCache;
 use pubsub::Broker;
+use stator_api::ids::NodeId;
+use stator_replication::RequestKind;
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -46,9 +57,32 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How often a listener whose address could not be bound is tried again.
 const BIND_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Where a RESP connection sends the keyed commands it does not answer itself.
+pub trait Backend: Send + Sync + 'static {
+    /// Answers one command on `slot` of `routes.partitions[partition]` (`payload` is the
+    /// command as RESP) with the RESP reply bytes, errors included.
+    fn execute(
+        &self,
+        routes: Arc<ServiceRoutes>,
+        partition: usize,
+        slot: u16,
+        kind: RequestKind,
+        payload: Vec<u8>,
+    ) -> impl Future<Output = Vec<u8>> + Send;
+
+    /// The map looks stale (a slot without a partition): refresh it soon.
+    fn request_refresh(&self);
+
+    /// The node whose endpoint this is: `None` for a gateway (a seed, no node), the
+    /// agent's node id for an agent's cluster listener.
+    fn node(&self) -> Option<NodeId> {
+        None
+    }
+}
+
 /// What every connection of every service through one gateway shares.
 #[derive(Default)]
-pub(crate) struct Shared {
+pub struct Shared {
     /// Loaded `expose.auth` per service (the HTTP routes read it too).
     pub(crate) access: AccessCache,
     /// Pub/Sub subscriptions.
@@ -150,10 +184,17 @@ pub(crate) async fn supervise(
     }
 }
 
-async fn accept_loop(
+/// Accepts RESP connections for `service` on `listener` until `cancel`, each served by
+/// [`connection::serve`] with `backend` and `shared` (access rules, pub/sub broker), at
+/// most as many at once as `connections` has permits.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "gateway and agents call it, each argument distinct"
+)]
+pub async fn accept_loop<B: Backend>(
     listener: TcpListener,
     service: String,
-    router: Arc<Router>,
+    router: Arc<B>,
     shared: Arc<Shared>,
     map: watch::Receiver<Arc<PartitionMap>>,
     connections: Arc<Semaphore>,

@@ -48,6 +48,7 @@ pub fn kv_map(cluster: &Cluster, partitions: u32, extra: Vec<ServiceRoutes>) -> 
         resp_listen: Some("127.0.0.1:0".into()),
         auth: None,
         protected_mode: true,
+        cluster: false,
         partitions: partition_ranges(partitions)
             .into_iter()
             .enumerate()
@@ -57,6 +58,8 @@ pub fn kv_map(cluster: &Cluster, partitions: u32, extra: Vec<ServiceRoutes>) -> 
                 slots,
                 leader_addr: None,
                 member_addrs: members.clone(),
+                leader_id: None,
+                resp_nodes: Vec::new(),
             })
             .collect(),
         instances: Vec::new(),

@@ -3,8 +3,13 @@
 //!
 //! Each stator host runs in its own thread with its own single-threaded tokio runtime
 //! (as separate processes would, minus the exec), the clients in another runtime. Every
-//! client has its own exactly-once session and keeps one write in flight: a `SET` of a
-//! random key with a `value_bytes` value through the built-in `kv` state machine.
+//! client has its own exactly-once session and keeps one request in flight: a `SET` of a
+//! random key with a `value_bytes` value through the built-in `kv` state machine, or
+//! with `--op get` a linearizable `GET`.
+//!
+//! stator's own baselines run in the same run on a second cluster: `stator-unbatched`
+//! proposes every write as its own log entry (no write batching at the leader), and for
+//! `GET`, `stator-readindex` takes a read-index quorum round instead of the leader lease.
 
 use super::baselines::{etcd_put, start_etcd, start_redis_with_replica, RespConn};
 use super::latency::{Recorder, Run};
@@ -38,8 +43,20 @@ pub struct Options {
     pub duration: Duration,
     /// Partition groups (leaders spread over hosts).
     pub partitions: u32,
-    /// Systems to skip ("etcd", "redis-wait").
+    /// Systems to skip ("etcd", "redis-wait", "redis", "stator-unbatched",
+    /// "stator-readindex").
     pub skip: Vec<String>,
+    /// What each request does.
+    pub op: Op,
+}
+
+/// The request a benchmark client repeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// A replicated `SET`.
+    Set,
+    /// A linearizable `GET`.
+    Get,
 }
 
 #[async_trait]
@@ -93,6 +110,7 @@ struct StatorDriver {
     client: ReplicaClient,
     groups: Arc<Groups>,
     leaders: Vec<Option<String>>,
+    op: Op,
 }
 
 #[async_trait]
@@ -100,20 +118,32 @@ impl Driver for StatorDriver {
     async fn write(&mut self, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
         let p = partition_of_slot(self.groups.len() as u32, key_slot(key)) as usize;
         let (group, members) = &self.groups[p];
-        let cmd = stator_kv::encode_command(&[b"SET".as_slice(), key, value]);
+        let (kind, cmd) = match self.op {
+            Op::Set => (
+                RequestKind::Write,
+                stator_kv::encode_command(&[b"SET".as_slice(), key, value]),
+            ),
+            Op::Get => (
+                RequestKind::Read,
+                stator_kv::encode_command(&[b"GET".as_slice(), key]),
+            ),
+        };
         let reply = self
             .client
             .execute(
                 *group,
                 members,
                 &mut self.leaders[p],
-                RequestKind::Write,
+                kind,
                 cmd,
                 OP_DEADLINE,
             )
             .await?;
         anyhow::ensure!(
-            reply == b"+OK\r\n",
+            match self.op {
+                Op::Set => reply == b"+OK\r\n",
+                Op::Get => reply.first() == Some(&b'$'),
+            },
             "unexpected reply {:?}",
             String::from_utf8_lossy(&reply)
         );
@@ -142,6 +172,7 @@ impl Drop for HostThreads {
 async fn start_stator(
     replicas: usize,
     partitions: u32,
+    options: GroupOptions,
 ) -> anyhow::Result<(HostThreads, Groups, String)> {
     let secret = format!("{:032x}", rand::random::<u128>());
     let groups: Vec<GroupId> = (0..partitions).map(|p| GroupId::new(1, p)).collect();
@@ -173,13 +204,9 @@ async fn start_stator(
                 .await
                 .expect("bind loopback");
                 for g in &groups {
-                    host.create_group(
-                        *g,
-                        GroupOptions::default(),
-                        Box::new(stator_kv::KvMachine::default()),
-                    )
-                    .await
-                    .expect("create group");
+                    host.create_group(*g, options, Box::new(stator_kv::KvMachine::default()))
+                        .await
+                        .expect("create group");
                 }
                 addr_tx
                     .send((node_id, host.addr().to_string()))
@@ -215,19 +242,26 @@ async fn start_stator(
     ))
 }
 
-async fn measure_stator(opts: &Options, clients: usize, groups: &Arc<Groups>, secret: &str) -> Run {
+async fn measure_stator(
+    system: &str,
+    opts: &Options,
+    clients: usize,
+    groups: &Arc<Groups>,
+    secret: &str,
+) -> Run {
     let drivers: Vec<Box<dyn Driver>> = (0..clients)
         .map(|_| {
             Box::new(StatorDriver {
                 client: ReplicaClient::new(secret),
                 groups: groups.clone(),
                 leaders: vec![None; groups.len()],
+                op: opts.op,
             }) as Box<dyn Driver>
         })
         .collect();
     let (rec, window) = drive(drivers, opts.value_bytes, opts.duration).await;
     Run::measured(
-        "stator",
+        system,
         opts.replicas,
         clients,
         opts.value_bytes,
@@ -276,17 +310,86 @@ impl Driver for RedisWaitDriver {
     }
 }
 
+/// A plain Redis `GET`: the anchor for reads.
+struct RedisGetDriver {
+    conn: RespConn,
+}
+
+#[async_trait]
+impl Driver for RedisGetDriver {
+    async fn write(&mut self, key: &[u8], _value: &[u8]) -> anyhow::Result<()> {
+        let frame = stator_kv::encode_command(&[b"GET".as_slice(), key]);
+        self.conn.pipeline(&frame, 1).await?;
+        Ok(())
+    }
+}
+
 /// Runs every system for every client count; returns the runs in order.
 pub async fn run(opts: &Options) -> anyhow::Result<Vec<Run>> {
     let mut runs = Vec::new();
-    // stator
-    let (hosts, groups, secret) = start_stator(opts.replicas, opts.partitions).await?;
-    let groups = Arc::new(groups);
-    for &clients in &opts.clients {
-        eprintln!("stator: {} replicas, {clients} clients ...", opts.replicas);
-        runs.push(measure_stator(opts, clients, &groups, &secret).await);
+    // stator, then stator without the feature under test, on a fresh cluster each.
+    let baseline = match opts.op {
+        Op::Set => (
+            "stator-unbatched",
+            GroupOptions {
+                batch_writes: false,
+                ..GroupOptions::default()
+            },
+        ),
+        Op::Get => (
+            "stator-readindex",
+            GroupOptions {
+                lease_reads: false,
+                ..GroupOptions::default()
+            },
+        ),
+    };
+    for (system, options) in [("stator", GroupOptions::default()), baseline] {
+        if opts.skip.iter().any(|s| s == system) {
+            continue;
+        }
+        let (hosts, groups, secret) = start_stator(opts.replicas, opts.partitions, options).await?;
+        let groups = Arc::new(groups);
+        for &clients in &opts.clients {
+            eprintln!(
+                "{system}: {} replicas, {clients} clients ...",
+                opts.replicas
+            );
+            runs.push(measure_stator(system, opts, clients, &groups, &secret).await);
+        }
+        drop(hosts);
     }
-    drop(hosts);
+    if opts.op == Op::Get {
+        if !opts.skip.iter().any(|s| s == "redis") {
+            match start_redis_with_replica().await {
+                Ok(redis) => {
+                    for &clients in &opts.clients {
+                        eprintln!("redis: GET on the primary, {clients} clients ...");
+                        let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
+                        for _ in 0..clients {
+                            let conn = RespConn::connect(&redis.endpoints[0]).await?;
+                            drivers.push(Box::new(RedisGetDriver { conn }));
+                        }
+                        let (rec, window) = drive(drivers, opts.value_bytes, opts.duration).await;
+                        runs.push(Run::measured(
+                            "redis",
+                            1,
+                            clients,
+                            opts.value_bytes,
+                            &rec,
+                            window,
+                        ));
+                    }
+                }
+                Err(e) => runs.extend(
+                    opts.clients
+                        .iter()
+                        .map(|c| Run::skipped("redis", 1, *c, opts.value_bytes, e.to_string())),
+                ),
+            }
+        }
+        return Ok(runs);
+    }
     // etcd: one consensus write per ordered request, 3 members as DORADO runs it.
     if !opts.skip.iter().any(|s| s == "etcd") {
         match start_etcd(3).await {

@@ -1,0 +1,338 @@
+//! End-to-end: the Redis Cluster protocol against the real binary. The gateway's RESP
+//! endpoint is a cluster seed (`CLUSTER SLOTS`, `NODES`, `INFO`, ...); every agent serves
+//! the slots it leads and answers `MOVED` for the rest. Driven with `redis-cli -c`,
+//! `redis-benchmark --cluster` and redis-py's `RedisCluster`, including across a leader
+//! SIGKILL and a `stator drain`.
+//!
+//! Tests assert behaviour (replies, nothing acknowledged lost), never timings. Tests that
+//! need an outside program print `SKIPPED: ...` when it is missing, unless
+//! `STATOR_REQUIRE_ALL=1`.
+
+mod common;
+
+use common::{
+    busiest_leader, free_port, have, kv_spec, sigkill, wait_for, wait_resp_ready, Cluster, WAIT,
+};
+use serde_json::Value;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Runs `program args`, returning (success, stdout + stderr).
+fn run(program: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let port = port.to_string();
+    let mut all = vec!["-p", &port];
+    all.extend(args);
+    run("redis-cli", &all).1.trim().to_string()
+}
+
+/// Waits until every partition's leader serves RESP (its agent reported the address),
+/// returning the partitions.
+fn wait_cluster_addrs(cluster: &Cluster, service: &str, partitions: usize) -> Vec<Value> {
+    wait_for(
+        &format!("{service}: every leader with a RESP address"),
+        WAIT,
+        || {
+            let parts = cluster.try_json(&["get", "partitions", service])?;
+            let parts = parts.as_array()?.clone();
+            (parts.len() == partitions
+                && parts.iter().all(|p| {
+                    p["leader"]["resp_addr"].is_string() && p["replication_factor_met"] == true
+                }))
+            .then_some(parts)
+        },
+    )
+}
+
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit_once(':').unwrap().1.parse().unwrap()
+}
+
+/// The gateway seeds cluster clients; agents serve their leaders' slots and redirect the
+/// rest; `redis-cli -c` and `redis-benchmark --cluster` run without errors; a service
+/// with `cluster = false` keeps the plain protocol.
+#[test]
+fn cluster_clients_reach_the_leaders() {
+    let cluster = Cluster::start(3, &[]);
+    let port = free_port();
+    cluster.apply(&cluster.write_spec("kv.toml", &kv_spec("sessions", 4, port)));
+    cluster.wait_service_healthy("sessions", 4);
+    let parts = wait_cluster_addrs(&cluster, "sessions", 4);
+    wait_resp_ready(&format!("127.0.0.1:{port}"));
+    let plain_port = free_port();
+    let plain = kv_spec("plain", 1, plain_port)
+        .replace("\" }\nresources", "\", cluster = false }\nresources");
+    assert!(plain.contains("cluster = false"), "{plain}");
+    cluster.apply(&cluster.write_spec("plain.toml", &plain));
+    if !have("redis-cli", &["--version"], "redis-tools") {
+        return;
+    }
+
+    // The seed: topology from the partition map.
+    let info = redis_cli(port, &["CLUSTER", "INFO"]);
+    assert!(info.contains("cluster_state:ok"), "{info}");
+    assert!(info.contains("cluster_slots_assigned:16384"), "{info}");
+    assert!(redis_cli(port, &["INFO", "cluster"]).contains("cluster_enabled:1"));
+    assert_eq!(redis_cli(port, &["CLUSTER", "KEYSLOT", "foo"]), "12182");
+    assert_eq!(redis_cli(port, &["READONLY"]), "OK");
+    let slots = redis_cli(port, &["CLUSTER", "SLOTS"]);
+    let nodes = redis_cli(port, &["CLUSTER", "NODES"]);
+    for p in &parts {
+        let leader = p["leader"]["resp_addr"].as_str().unwrap();
+        assert!(
+            slots.contains(&port_of(leader).to_string()),
+            "{leader} in {slots}"
+        );
+        let range = format!("{}-{}", p["slots"]["start"], p["slots"]["end_inclusive"]);
+        assert!(
+            nodes
+                .lines()
+                .any(|l| l.contains(leader) && l.contains("master") && l.contains(&range)),
+            "{leader} masters {range}: {nodes}"
+        );
+    }
+    let command = redis_cli(port, &["COMMAND", "INFO", "set"]);
+    assert!(
+        command.contains("set") && command.contains("write"),
+        "{command}"
+    );
+
+    // An agent: serves its own slots, MOVED for the others; `redis-cli -c` follows.
+    let agent = p_leader_port(&parts[0]);
+    let key_elsewhere = (0..1000)
+        .map(|i| format!("k{i}"))
+        .find(|k| {
+            let slot: u64 = redis_cli(port, &["CLUSTER", "KEYSLOT", k]).parse().unwrap();
+            !(parts[0]["slots"]["start"].as_u64().unwrap()
+                ..=parts[0]["slots"]["end_inclusive"].as_u64().unwrap())
+                .contains(&slot)
+        })
+        .unwrap();
+    let moved = redis_cli(agent, &["SET", &key_elsewhere, "v"]);
+    assert!(moved.starts_with("MOVED "), "{moved}");
+    assert!(redis_cli(agent, &["CLUSTER", "NODES"]).contains("myself,master"));
+    for i in 0..20 {
+        let key = format!("cli:{i}");
+        assert_eq!(redis_cli(agent, &["-c", "SET", &key, &i.to_string()]), "OK");
+        assert_eq!(redis_cli(agent, &["-c", "GET", &key]), i.to_string());
+        // Through the gateway too: one keyspace.
+        assert_eq!(redis_cli(port, &["GET", &key]), i.to_string());
+    }
+
+    // Cluster mode off: the plain protocol only.
+    cluster.wait_service_healthy("plain", 1);
+    wait_resp_ready(&format!("127.0.0.1:{plain_port}"));
+    assert!(redis_cli(plain_port, &["CLUSTER", "SLOTS"]).contains("cluster support disabled"));
+    assert!(redis_cli(plain_port, &["INFO"]).contains("cluster_enabled:0"));
+    assert_eq!(redis_cli(plain_port, &["SET", "p", "1"]), "OK");
+
+    if have("redis-benchmark", &["--version"], "redis-tools") {
+        let port_arg = port.to_string();
+        let (ok, out) = run(
+            "redis-benchmark",
+            &[
+                "--cluster",
+                "-p",
+                &port_arg,
+                "-c",
+                "10",
+                "-n",
+                "3000",
+                "-P",
+                "4",
+                "-r",
+                "1000",
+                "-t",
+                "set,get",
+                "-q",
+            ],
+        );
+        assert!(ok, "redis-benchmark --cluster failed: {out}");
+        for test in ["SET", "GET"] {
+            assert!(
+                out.lines()
+                    .any(|l| l.contains(test) && l.contains("requests per second")),
+                "no {test} result from redis-benchmark --cluster: {out}"
+            );
+        }
+        assert!(
+            !out.to_lowercase().contains("error"),
+            "redis-benchmark --cluster saw errors: {out}"
+        );
+    }
+}
+
+fn p_leader_port(partition: &Value) -> u16 {
+    port_of(partition["leader"]["resp_addr"].as_str().unwrap())
+}
+
+/// redis-py's writer: `RedisCluster` seeded with the gateway, one SET at a time,
+/// retrying a failed one (the client refreshes its map) until it is acknowledged;
+/// acknowledged keys are counted in `progress`; after `stop` appears every acknowledged
+/// key is read back.
+const PY_WRITER: &str = r#"
+import os, sys, time
+from redis.cluster import RedisCluster
+port, workdir = int(sys.argv[1]), sys.argv[2]
+rc = RedisCluster(host="127.0.0.1", port=port, decode_responses=True)
+node = rc.get_node_from_key("c:0")
+assert node.port != port, "RedisCluster must talk to the agents, not the gateway seed"
+acked, retries, i = [], 0, 0
+def publish():
+    with open(os.path.join(workdir, "progress.tmp"), "w") as f:
+        f.write("%d %d" % (len(acked), retries))
+    os.replace(os.path.join(workdir, "progress.tmp"), os.path.join(workdir, "progress"))
+while not os.path.exists(os.path.join(workdir, "stop")):
+    key, deadline = "c:%d" % i, time.time() + 60
+    while True:
+        try:
+            assert rc.set(key, str(i)) is True
+            break
+        except Exception as e:
+            retries += 1
+            if time.time() > deadline:
+                raise
+            time.sleep(0.05)
+    acked.append(key)
+    i += 1
+    if i % 10 == 0:
+        publish()
+publish()
+rc = RedisCluster(host="127.0.0.1", port=port, decode_responses=True)
+lost = [k for k in acked if rc.get(k) != k[2:]]
+assert not lost, "lost %d acknowledged writes, first %s" % (len(lost), lost[:5])
+print("verified %d acknowledged writes, %d retries" % (len(acked), retries))
+"#;
+
+fn progress(dir: &std::path::Path) -> u64 {
+    std::fs::read_to_string(dir.join("progress"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn wait_progress(dir: &std::path::Path, writer: &mut std::process::Child, more: u64, what: &str) {
+    let start = progress(dir);
+    wait_for(&format!("{more} more redis-py writes {what}"), WAIT, || {
+        if let Ok(Some(status)) = writer.try_wait() {
+            panic!("the redis-py writer exited ({status}) {what}");
+        }
+        (progress(dir) >= start + more).then_some(())
+    });
+}
+
+/// redis-py `RedisCluster` seeded with the gateway writes straight to the leaders,
+/// through a SIGKILL of the agent leading the most slots and a `stator drain` of the
+/// next busiest: its writes succeed again after each, and every acknowledged one reads
+/// back.
+#[test]
+fn redis_py_cluster_follows_failover_and_drain() {
+    if !have(
+        "python3",
+        &["-c", "import redis.cluster"],
+        "the Python redis client (pip install redis)",
+    ) {
+        return;
+    }
+    let cluster = Cluster::start(4, &[]);
+    let port = free_port();
+    cluster.apply(&cluster.write_spec("kv.toml", &kv_spec("sessions", 4, port)));
+    cluster.wait_service_healthy("sessions", 4);
+    let parts = wait_cluster_addrs(&cluster, "sessions", 4);
+    wait_resp_ready(&format!("127.0.0.1:{port}"));
+
+    let dir = cluster.test_dir().join("py");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("writer.py");
+    std::fs::File::create(&script)
+        .unwrap()
+        .write_all(PY_WRITER.as_bytes())
+        .unwrap();
+    let mut writer = Command::new("python3")
+        .arg(&script)
+        .arg(port.to_string())
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the redis-py writer");
+    wait_progress(&dir, &mut writer, 100, "before the kill");
+
+    let victim = busiest_leader(&parts);
+    let pid = cluster.agent_pid(&victim).expect("the victim's agent");
+    let victim_addr = parts
+        .iter()
+        .find(|p| p["leader"]["name"] == victim.as_str())
+        .and_then(|p| p["leader"]["resp_addr"].as_str())
+        .unwrap()
+        .to_string();
+    sigkill(pid);
+    wait_for(&format!("no partition led by {victim}"), WAIT, || {
+        let parts = cluster.try_json(&["get", "partitions", "sessions"])?;
+        parts
+            .as_array()?
+            .iter()
+            .all(|p| {
+                p["leader"]["resp_addr"]
+                    .as_str()
+                    .is_some_and(|a| a != victim_addr)
+            })
+            .then_some(())
+    });
+    wait_progress(&dir, &mut writer, 100, "after the leader SIGKILL");
+
+    let parts = wait_cluster_addrs(&cluster, "sessions", 4);
+    let target = busiest_leader(&parts);
+    cluster.stator_ok(&["drain", &target]);
+    wait_for(&format!("no partition on {target}"), WAIT, || {
+        let parts = cluster.try_json(&["get", "partitions", "sessions"])?;
+        parts
+            .as_array()?
+            .iter()
+            .all(|p| {
+                p["replication_factor_met"] == true
+                    && p["leader"]["resp_addr"].is_string()
+                    && p["members"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|m| m["name"] != target.as_str())
+            })
+            .then_some(())
+    });
+    wait_progress(&dir, &mut writer, 100, "after the drain");
+
+    std::fs::File::create(dir.join("stop")).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let out = loop {
+        if writer.try_wait().unwrap().is_some() {
+            break writer.wait_with_output().unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the redis-py writer did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(
+        out.status.success() && text.contains("verified"),
+        "redis-py writer failed: {text}"
+    );
+}
