@@ -27,7 +27,7 @@ use stator_api::agent::ClusterService;
 use stator_api::ids::NodeId;
 use stator_gateway::map::{PartitionMap, PartitionRoute, RespNode, ServiceRoutes};
 use stator_gateway::resp::connection::error_reply;
-use stator_gateway::resp::{accept_loop, Backend};
+use stator_gateway::resp::{accept_loop, Backend, Shared};
 use stator_gateway::Router;
 use stator_kv::Value;
 use stator_replication::{ClientReply, ClientRequest, Host, RequestKind, Role};
@@ -67,6 +67,8 @@ struct Listener {
 /// The agent's cluster-mode RESP listeners and the slot map they answer from.
 pub struct RespServer {
     backend: Arc<AgentBackend>,
+    /// Access rules and the pub/sub broker of this agent's listeners.
+    shared: Arc<Shared>,
     config: RespConfig,
     map_tx: watch::Sender<Arc<PartitionMap>>,
     // A std mutex: bookkeeping only, never held across an await.
@@ -88,6 +90,7 @@ impl RespServer {
         let (map_tx, _) = watch::channel(Arc::new(PartitionMap::default()));
         Self {
             backend: Arc::new(AgentBackend { host, router }),
+            shared: Arc::new(Shared::default()),
             config,
             map_tx,
             listeners: Mutex::new(HashMap::new()),
@@ -154,6 +157,7 @@ impl RespServer {
                 listener,
                 service.service.clone(),
                 self.backend.clone(),
+                self.shared.clone(),
                 self.map_tx.subscribe(),
                 self.connections.clone(),
                 self.connection_ids.clone(),
@@ -256,6 +260,10 @@ pub fn build_map(
                 builtin_kv: true,
                 resp_listen: None,
                 cluster: true,
+                // The agent's assignment carries no `expose.auth` yet: cluster-mode
+                // listeners serve as before (issue 12 item 7 for agents is open).
+                auth: None,
+                protected_mode: false,
                 partitions,
                 instances: Vec::new(),
             };
@@ -285,11 +293,7 @@ enum Target {
 
 /// Decides the [`Target`] from the local replica's role and leader (if hosted here) and
 /// the map's route.
-fn target(
-    me: NodeId,
-    local: Option<(Role, Option<NodeId>)>,
-    route: &PartitionRoute,
-) -> Target {
+fn target(me: NodeId, local: Option<(Role, Option<NodeId>)>, route: &PartitionRoute) -> Target {
     let resp_addr = |node: NodeId| {
         route
             .resp_nodes
@@ -414,15 +418,20 @@ mod tests {
 
     #[test]
     fn the_local_view_of_the_leader_wins_over_the_server_map() {
-        let map = build_map(&[service()], |group| {
-            (group.partition() == 1).then_some(2)
-        });
+        let map = build_map(&[service()], |group| (group.partition() == 1).then_some(2));
         let kv = &map.services["kv"];
         assert_eq!(kv.partitions[0].leader_id, Some(1));
-        assert_eq!(kv.partitions[0].leader_addr.as_deref(), Some("127.0.0.1:9001"));
+        assert_eq!(
+            kv.partitions[0].leader_addr.as_deref(),
+            Some("127.0.0.1:9001")
+        );
         assert_eq!(kv.partitions[1].leader_id, Some(2));
         assert_eq!(kv.partitions[1].leader_resp_addr(), Some("127.0.0.1:7002"));
-        assert_eq!(kv.partitions[0].resp_nodes.len(), 2, "node 3 serves no RESP yet");
+        assert_eq!(
+            kv.partitions[0].resp_nodes.len(),
+            2,
+            "node 3 serves no RESP yet"
+        );
         assert!(kv.cluster);
     }
 
@@ -430,7 +439,10 @@ mod tests {
     fn leaders_serve_others_move_unknown_forwards() {
         let map = build_map(&[service()], |_| None);
         let route = &map.services["kv"].partitions[0];
-        assert_eq!(target(2, Some((Role::Leader, Some(2))), route), Target::Local);
+        assert_eq!(
+            target(2, Some((Role::Leader, Some(2))), route),
+            Target::Local
+        );
         assert_eq!(
             target(2, Some((Role::Follower, Some(1))), route),
             Target::Moved("127.0.0.1:7001".into())

@@ -656,7 +656,7 @@ impl ProcessSpec {
 }
 
 /// Where the gateway exposes a service. Addresses are `host:port`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExposeSpec {
     /// A RESP (Redis protocol) listener, for built-in kv services.
@@ -671,10 +671,142 @@ pub struct ExposeSpec {
     /// `MOVED` for the rest). On unless set to `false`; needs `resp`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<bool>,
+    /// Who may talk to the data: a password for the RESP endpoint (`AUTH`) and the HTTP
+    /// routes (`Authorization: Bearer`), and ACL users. None: anyone who can connect,
+    /// subject to [`ExposeSpec::protected_mode`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+    /// Redis's protected mode: with no `auth`, clients from addresses other than loopback
+    /// are refused (`DENIED`). On unless set to `false`.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub protected_mode: bool,
+}
+
+impl Default for ExposeSpec {
+    fn default() -> Self {
+        Self {
+            resp: None,
+            http: None,
+            cluster: None,
+            auth: None,
+            protected_mode: true,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
+/// Longest ACL user name, as a bound on hostile specs.
+pub const MAX_ACL_USER_NAME_BYTES: usize = 64;
+
+/// Most ACL users one service may define.
+pub const MAX_ACL_USERS: usize = 64;
+
+/// `expose.auth`: the service's password and ACL users. Secrets stay out of the spec:
+/// each is a path to a file holding it (one line; a trailing newline is ignored) that
+/// must be readable on every host running a gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSpec {
+    /// The `default` user's password (`AUTH <password>`), also the HTTP bearer token.
+    pub password_file: String,
+    /// More users (`AUTH <user> <password>`) with narrower rights.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<AclUserSpec>,
+}
+
+/// One ACL user of `expose.auth.users`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclUserSpec {
+    /// The user name (`AUTH <name> <password>`); not `default`.
+    pub name: String,
+    /// File holding the user's password.
+    pub password_file: String,
+    /// Redis ACL command rules applied in order: `+@all`, `-@all`, `+@read`, `+@write`,
+    /// `+get`, `-flushall`, `allcommands`, `nocommands`. Empty: no command.
+    #[serde(default)]
+    pub commands: Vec<String>,
+    /// Key glob patterns the user may touch (`user:*`); `*` for every key. Empty: none.
+    #[serde(default)]
+    pub keys: Vec<String>,
+}
+
+impl AuthSpec {
+    fn validate(&self) -> Result<(), SpecError> {
+        if self.password_file.trim().is_empty() {
+            return Err(SpecError::invalid(
+                "expose.auth.password_file",
+                "must be the path of a file holding the password",
+            ));
+        }
+        if self.users.len() > MAX_ACL_USERS {
+            return Err(SpecError::invalid(
+                "expose.auth.users",
+                format!("at most {MAX_ACL_USERS} users, got {}", self.users.len()),
+            ));
+        }
+        for (index, user) in self.users.iter().enumerate() {
+            let field = format!("expose.auth.users[{index}]");
+            let name_ok = !user.name.is_empty()
+                && user.name.len() <= MAX_ACL_USER_NAME_BYTES
+                && user.name.bytes().all(|b| b.is_ascii_graphic());
+            if !name_ok {
+                return Err(SpecError::invalid(
+                    format!("{field}.name"),
+                    format!("must be 1 to {MAX_ACL_USER_NAME_BYTES} printable characters without spaces, got {:?}", user.name),
+                ));
+            }
+            if user.name == "default" {
+                return Err(SpecError::invalid(
+                    format!("{field}.name"),
+                    "`default` is the user of expose.auth.password_file; pick another name",
+                ));
+            }
+            if self.users[..index].iter().any(|u| u.name == user.name) {
+                return Err(SpecError::invalid(
+                    format!("{field}.name"),
+                    format!("user {:?} is defined twice", user.name),
+                ));
+            }
+            if user.password_file.trim().is_empty() {
+                return Err(SpecError::invalid(
+                    format!("{field}.password_file"),
+                    "must be the path of a file holding the user's password",
+                ));
+            }
+            for rule in &user.commands {
+                let known = matches!(rule.as_str(), "allcommands" | "nocommands")
+                    || ((rule.starts_with('+') || rule.starts_with('-')) && rule.len() > 1);
+                if !known {
+                    return Err(SpecError::invalid(
+                        format!("{field}.commands"),
+                        format!("rule {rule:?} is not understood; use +<command>, -<command>, +@<category>, -@<category>, allcommands or nocommands"),
+                    ));
+                }
+            }
+            if let Some(empty) = user.keys.iter().find(|k| k.is_empty()) {
+                return Err(SpecError::invalid(
+                    format!("{field}.keys"),
+                    format!("pattern {empty:?} is empty; use \"*\" for every key"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl ExposeSpec {
     fn validate(&self) -> Result<(), SpecError> {
+        if let Some(auth) = &self.auth {
+            auth.validate()?;
+        }
         for (field, value) in [("expose.resp", &self.resp), ("expose.http", &self.http)] {
             if let Some(addr) = value {
                 if addr.parse::<SocketAddr>().is_err() {
@@ -1260,7 +1392,35 @@ expose = { http = "127.0.0.1:8088" }
         spec.expose.resp = Some("nowhere".into());
         assert_eq!(invalid_field(spec.validate()), "expose.resp");
         spec = base.clone();
-        assert!(spec.expose.cluster_enabled(), "cluster mode is on by default");
+        spec.expose.auth = Some(AuthSpec {
+            password_file: " ".into(),
+            users: Vec::new(),
+        });
+        assert_eq!(invalid_field(spec.validate()), "expose.auth.password_file");
+        spec = base.clone();
+        spec.expose.auth = Some(AuthSpec {
+            password_file: "/etc/stator/kv.pass".into(),
+            users: vec![AclUserSpec {
+                name: "default".into(),
+                password_file: "/etc/stator/app.pass".into(),
+                commands: vec!["+@read".into()],
+                keys: vec!["user:*".into()],
+            }],
+        });
+        assert_eq!(invalid_field(spec.validate()), "expose.auth.users[0].name");
+        if let Some(auth) = spec.expose.auth.as_mut() {
+            auth.users[0].name = "app".into();
+            auth.users[0].commands.push("get".into());
+        }
+        assert_eq!(
+            invalid_field(spec.validate()),
+            "expose.auth.users[0].commands"
+        );
+        spec = base.clone();
+        assert!(
+            spec.expose.cluster_enabled(),
+            "cluster mode is on by default"
+        );
         spec.expose.cluster = Some(false);
         spec.validate().unwrap();
         assert!(!spec.expose.cluster_enabled());

@@ -2,10 +2,11 @@
 //! `/proxy/{service}/...`, a round-robin reverse proxy to a stateless service's instances.
 
 use crate::map::PartitionMap;
+use crate::resp::Shared;
 use crate::router::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{header, HeaderName, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use serde::Deserialize;
@@ -45,13 +46,19 @@ struct HttpState {
     map: watch::Receiver<Arc<PartitionMap>>,
     proxy: reqwest::Client,
     next_instance: AtomicUsize,
+    shared: Arc<Shared>,
 }
 
 /// The gateway's HTTP routes.
-pub(crate) fn routes(router: Arc<Router>, map: watch::Receiver<Arc<PartitionMap>>) -> axum::Router {
+pub(crate) fn routes(
+    router: Arc<Router>,
+    map: watch::Receiver<Arc<PartitionMap>>,
+    shared: Arc<Shared>,
+) -> axum::Router {
     let state = Arc::new(HttpState {
         router,
         map,
+        shared,
         proxy: reqwest::Client::builder()
             .timeout(PROXY_TIMEOUT)
             .build()
@@ -89,6 +96,7 @@ async fn call(
     State(state): State<Arc<HttpState>>,
     Path(name): Path<String>,
     Query(query): Query<CallQuery>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let Some(key) = query.key else {
@@ -115,6 +123,21 @@ async fn call(
             format!("service '{name}' is not in the partition map; apply it first"),
         );
     };
+    // The service's password is its bearer token (expose.auth), as AUTH is on RESP.
+    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    if let Err(message) = state
+        .shared
+        .access
+        .get(&service)
+        .check_bearer(authorization)
+    {
+        let mut response = error(StatusCode::UNAUTHORIZED, message);
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return response;
+    }
     let slot = key_slot(key.as_bytes());
     let Some(route) = service.route(slot) else {
         state.router.request_refresh();

@@ -172,6 +172,7 @@ async fn start_parts(
         Duration::from_millis(config.request_timeout_ms.max(1)),
         refresh,
     ));
+    let shared = Arc::new(resp::Shared::default());
     let mut tasks = Vec::new();
     let http_addr = match config.http_listen {
         Some(listen) => {
@@ -185,7 +186,7 @@ async fn start_parts(
                 addr: listen,
                 source,
             })?;
-            let app = http::routes(router.clone(), map.clone());
+            let app = http::routes(router.clone(), map.clone(), shared.clone());
             let stop = cancel.clone();
             tasks.push(tokio::spawn(async move {
                 if let Err(source) = axum::serve(listener, app)
@@ -202,6 +203,7 @@ async fn start_parts(
     let (bound_tx, resp_addrs) = watch::channel(BTreeMap::new());
     tasks.push(tokio::spawn(resp::supervise(
         router,
+        shared,
         map,
         bound_tx,
         cancel.clone(),

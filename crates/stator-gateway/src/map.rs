@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use stator_api::ids::{GroupId, NodeId};
 use stator_api::slot::SlotRange;
-use stator_api::spec::{ServiceKind, ServiceSpec};
+use stator_api::spec::{AuthSpec, ServiceKind, ServiceSpec};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -28,6 +28,10 @@ pub struct ServiceRoutes {
     pub builtin_kv: bool,
     /// `expose.resp`: where the gateway serves RESP for it (kv services only).
     pub resp_listen: Option<String>,
+    /// `expose.auth`: the password and ACL users of the RESP endpoint and HTTP routes.
+    pub auth: Option<AuthSpec>,
+    /// `expose.protected_mode`: with no `auth`, serve loopback clients only.
+    pub protected_mode: bool,
     /// Whether the RESP endpoint speaks the Redis Cluster protocol (`expose.cluster`).
     pub cluster: bool,
     /// Replicated: partitions ordered by slot range.
@@ -189,6 +193,8 @@ pub fn build_map(
                 } else {
                     None
                 },
+                auth: spec.expose.auth.clone(),
+                protected_mode: spec.expose.protected_mode,
                 cluster: builtin_kv && spec.expose.cluster_enabled(),
                 partitions: Vec::new(),
                 instances: service

@@ -71,6 +71,8 @@ async fn proxy_spreads_requests_over_instances() {
         kind: ServiceKind::Stateless,
         builtin_kv: false,
         resp_listen: None,
+        auth: None,
+        protected_mode: true,
         cluster: false,
         partitions: Vec::new(),
         instances: vec![instance("a").await, instance("b").await],

@@ -90,18 +90,23 @@ fn cluster_clients_reach_the_leaders() {
     let nodes = redis_cli(port, &["CLUSTER", "NODES"]);
     for p in &parts {
         let leader = p["leader"]["resp_addr"].as_str().unwrap();
-        assert!(slots.contains(&port_of(leader).to_string()), "{leader} in {slots}");
-        let range = format!(
-            "{}-{}",
-            p["slots"]["start"], p["slots"]["end_inclusive"]
-        );
         assert!(
-            nodes.lines().any(|l| l.contains(leader) && l.contains("master") && l.contains(&range)),
+            slots.contains(&port_of(leader).to_string()),
+            "{leader} in {slots}"
+        );
+        let range = format!("{}-{}", p["slots"]["start"], p["slots"]["end_inclusive"]);
+        assert!(
+            nodes
+                .lines()
+                .any(|l| l.contains(leader) && l.contains("master") && l.contains(&range)),
             "{leader} masters {range}: {nodes}"
         );
     }
     let command = redis_cli(port, &["COMMAND", "INFO", "set"]);
-    assert!(command.contains("set") && command.contains("write"), "{command}");
+    assert!(
+        command.contains("set") && command.contains("write"),
+        "{command}"
+    );
 
     // An agent: serves its own slots, MOVED for the others; `redis-cli -c` follows.
     let agent = p_leader_port(&parts[0]);
@@ -143,8 +148,20 @@ fn cluster_clients_reach_the_leaders() {
         let (ok, out) = run(
             "redis-benchmark",
             &[
-                "--cluster", "-p", &port_arg, "-c", "10", "-n", "3000", "-P", "4", "-r", "1000",
-                "-t", "set,get", "-q",
+                "--cluster",
+                "-p",
+                &port_arg,
+                "-c",
+                "10",
+                "-n",
+                "3000",
+                "-P",
+                "4",
+                "-r",
+                "1000",
+                "-t",
+                "set,get",
+                "-q",
             ],
         );
         assert!(ok, "redis-benchmark --cluster failed: {out}");

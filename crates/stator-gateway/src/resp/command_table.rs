@@ -21,14 +21,70 @@ const CONNECTION_COMMANDS: &[(&str, i32, &[&str])] = &[
     ("cluster", -2, &["loading", "stale"]),
     ("readonly", 1, &["loading", "stale", "fast"]),
     ("readwrite", 1, &["loading", "stale", "fast"]),
+    (
+        "auth",
+        -2,
+        &["noscript", "loading", "stale", "fast", "no_auth"],
+    ),
+    ("acl", -2, &["admin", "noscript", "loading", "stale"]),
+    ("multi", 1, &["noscript", "loading", "stale", "fast"]),
+    ("exec", 1, &["noscript", "loading", "stale"]),
+    ("discard", 1, &["noscript", "loading", "stale", "fast"]),
+    ("watch", -2, &["noscript", "loading", "stale", "fast"]),
+    ("unwatch", 1, &["noscript", "loading", "stale", "fast"]),
+    ("subscribe", -2, &["pubsub", "noscript", "loading", "stale"]),
+    (
+        "unsubscribe",
+        -1,
+        &["pubsub", "noscript", "loading", "stale"],
+    ),
+    (
+        "psubscribe",
+        -2,
+        &["pubsub", "noscript", "loading", "stale"],
+    ),
+    (
+        "punsubscribe",
+        -1,
+        &["pubsub", "noscript", "loading", "stale"],
+    ),
+    (
+        "ssubscribe",
+        -2,
+        &["pubsub", "noscript", "loading", "stale"],
+    ),
+    (
+        "sunsubscribe",
+        -1,
+        &["pubsub", "noscript", "loading", "stale"],
+    ),
+    ("publish", 3, &["pubsub", "loading", "stale", "fast"]),
+    ("spublish", 3, &["pubsub", "loading", "stale", "fast"]),
+    ("pubsub", -2, &["loading", "stale"]),
 ];
+
+/// Keyspace commands the gateway fans out over partitions (`super::keyspace`); the kv
+/// machine lists them itself once it answers them per partition.
+const FANNED_OUT_COMMANDS: &[&str] =
+    &["keys", "scan", "dbsize", "flushall", "flushdb", "randomkey"];
+
+/// Whether the endpoint itself answers the command `name` (any case).
+pub(crate) fn is_endpoint_command(name: &[u8]) -> bool {
+    CONNECTION_COMMANDS
+        .iter()
+        .map(|(n, _, _)| *n)
+        .chain(FANNED_OUT_COMMANDS.iter().copied())
+        .any(|n| n.as_bytes().eq_ignore_ascii_case(name))
+}
 
 fn entry(name: &str, arity: i32, flags: &[&str], keys: (usize, isize, usize)) -> Value {
     let empty = || Value::Array(Some(Vec::new()));
     Value::Array(Some(vec![
         Value::bulk(name),
         Value::Integer(arity as i64),
-        Value::Array(Some(flags.iter().map(|f| Value::Simple((*f).into())).collect())),
+        Value::Array(Some(
+            flags.iter().map(|f| Value::Simple((*f).into())).collect(),
+        )),
         Value::Integer(keys.0 as i64),
         Value::Integer(keys.1 as i64),
         Value::Integer(keys.2 as i64),
@@ -140,12 +196,17 @@ mod tests {
     fn entries_carry_key_positions() {
         let set = run(&["COMMAND", "INFO", "set"]);
         assert!(
-            set.starts_with("*1\r\n*10\r\n$3\r\nset\r\n:-3\r\n*2\r\n+write\r\n+denyoom\r\n:1\r\n:1\r\n:1\r\n"),
+            set.starts_with(
+                "*1\r\n*10\r\n$3\r\nset\r\n:-3\r\n*2\r\n+write\r\n+denyoom\r\n:1\r\n:1\r\n:1\r\n"
+            ),
             "{set}"
         );
         let mset = run(&["COMMAND", "INFO", "MSET", "nope"]);
         assert!(mset.contains(":1\r\n:-1\r\n:2\r\n"), "{mset}");
-        assert!(mset.ends_with("*-1\r\n"), "unknown commands are nil: {mset}");
+        assert!(
+            mset.ends_with("*-1\r\n"),
+            "unknown commands are nil: {mset}"
+        );
         let all = run(&["COMMAND"]);
         assert!(all.contains("$7\r\ncluster\r\n"), "{all}");
         let count = run(&["COMMAND", "COUNT"]);

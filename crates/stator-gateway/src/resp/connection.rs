@@ -7,16 +7,23 @@
 //! and Redis promises a connection's commands on one key run in the order sent. Replies
 //! always leave in request order.
 
+use super::auth;
+use super::keyspace::{self, FanOut};
 use super::local::{dispatch, ConnectionState, Dispatch};
+use super::pubsub::{self, PubSub};
+use super::resp3::{self, Shape};
+use super::transaction::{self, TxWork};
 use super::Backend;
+use super::Shared;
 use crate::map::{PartitionMap, ServiceRoutes};
 use crate::router::Router;
 use bytes::{Buf, BytesMut};
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
-use stator_kv::{encode_command, parse_command, Value};
+use stator_kv::{encode_command, parse_command, parse_reply, Value};
 use stator_replication::{ClientError, RequestKind};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -46,29 +53,89 @@ enum Work {
         kind: RequestKind,
         payload: Vec<u8>,
     },
+    /// A keyspace command over every partition of `routes`.
+    FanOut {
+        routes: Arc<ServiceRoutes>,
+        fan: FanOut,
+    },
+    /// `WATCH`: read the versions of `keys` (on `slot`) from `partition` of `routes`.
+    Watch {
+        routes: Arc<ServiceRoutes>,
+        partition: usize,
+        slot: u16,
+        keys: Vec<Vec<u8>>,
+        payload: Vec<u8>,
+    },
 }
 
 /// A finished command: its reply and the slot it held, if any.
 struct Done {
     reply: Vec<u8>,
     slot: Option<u16>,
+    /// `WATCH` succeeded: keys and the versions to remember.
+    watched: Vec<(Vec<u8>, u64)>,
 }
 
-async fn perform<B: Backend>(backend: &B, work: Work) -> Done {
+impl Done {
+    fn reply(reply: Vec<u8>, slot: Option<u16>) -> Done {
+        Done {
+            reply,
+            slot,
+            watched: Vec::new(),
+        }
+    }
+}
+
+/// Runs `work`; with `resp3`, re-types the reply for a RESP3 connection.
+async fn perform<B: Backend>(backend: &B, work: Work, resp3: Option<Shape>) -> Done {
+    let mut done = perform_resp2(backend, work).await;
+    if let Some(shape) = resp3 {
+        done.reply = resp3::convert(done.reply, shape);
+    }
+    done
+}
+
+async fn perform_resp2<B: Backend>(backend: &B, work: Work) -> Done {
     match work {
-        Work::Ready(reply) => Done { reply, slot: None },
+        Work::Ready(reply) => Done::reply(reply, None),
+        Work::FanOut { routes, fan } => {
+            Done::reply(keyspace::run(backend, &routes, fan).await, None)
+        }
+        Work::Watch {
+            routes,
+            partition,
+            slot,
+            keys,
+            payload,
+        } => {
+            let reply = backend
+                .execute(routes, partition, slot, RequestKind::Read, payload)
+                .await;
+            let value = match parse_reply(&reply) {
+                Ok(Some((value, _))) => value,
+                _ => Value::error("ERR a partition sent a WATCH reply the gateway cannot parse"),
+            };
+            match transaction::parse_versions(&value, keys.len()) {
+                Ok(versions) => Done {
+                    reply: Value::ok().to_bytes(),
+                    slot: None,
+                    watched: keys.into_iter().zip(versions).collect(),
+                },
+                Err(error) => Done::reply(error.to_bytes(), None),
+            }
+        }
         Work::Forward {
             routes,
             partition,
             slot,
             kind,
             payload,
-        } => Done {
-            reply: backend
+        } => Done::reply(
+            backend
                 .execute(routes, partition, slot, kind, payload)
                 .await,
-            slot: Some(slot),
-        },
+            Some(slot),
+        ),
     }
 }
 
@@ -119,22 +186,44 @@ pub fn error_reply(
 }
 
 /// Serves one connection until the client leaves, sends QUIT or garbage, or `cancel`.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "gateway and agents call it, each argument distinct"
+)]
 pub async fn serve<B: Backend>(
     mut stream: TcpStream,
+    peer: SocketAddr,
     router: Arc<B>,
+    shared: Arc<Shared>,
     service: String,
     mut map: watch::Receiver<Arc<PartitionMap>>,
     connection_id: u64,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
-    let (mut reader, mut writer) = stream.split();
     let mut state = ConnectionState {
         id: connection_id,
         node: router.node(),
         ..ConnectionState::default()
     };
     let mut routes = map.borrow_and_update().services.get(&service).cloned();
+    let mut access = match &routes {
+        Some(routes) => shared.access.get(routes),
+        None => Arc::new(auth::Access::Open {
+            protected_mode: true,
+        }),
+    };
+    if !access.admits(peer.ip()) {
+        // Protected mode: say why, then close, as Redis does.
+        stream
+            .write_all(&Value::error(auth::DENIED).to_bytes())
+            .await?;
+        stream.shutdown().await.ok();
+        return Ok(());
+    }
+    let (mut pubsub, mut messages, too_slow) =
+        PubSub::new(shared.broker.clone(), service.clone(), connection_id);
+    let (mut reader, mut writer) = stream.split();
     let mut input = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut output: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
     let mut in_flight = FuturesOrdered::new();
@@ -142,25 +231,32 @@ pub async fn serve<B: Backend>(
     let mut busy_slots: HashMap<u16, u32> = HashMap::new();
     // QUIT or a protocol error: answer what came before, then close.
     let mut closing = false;
+    // A command sent alone (keys over several slots, or every partition) is in flight:
+    // nothing else is dispatched until it is answered.
+    let mut alone_in_flight = false;
     loop {
         // Dispatch every complete command buffered, until the pipeline is full or a
         // command must wait for an earlier one on its slot.
         let mut need_input = false;
-        while !closing && in_flight.len() < MAX_PIPELINE_DEPTH {
+        while !closing && !alone_in_flight && in_flight.len() < MAX_PIPELINE_DEPTH {
             let (argv, used) = match parse_command(&input) {
                 Ok(Some(parsed)) => parsed,
                 Ok(None) => {
                     if input.len() > MAX_COMMAND_BYTES {
                         in_flight.push_back(perform(&*router, Work::Ready(Value::error(format!(
                             "ERR Protocol error: command larger than {MAX_COMMAND_BYTES} bytes; split the value"
-                        )).to_bytes())));
+                        )).to_bytes()), None));
                         closing = true;
                     }
                     need_input = true;
                     break;
                 }
                 Err(error) => {
-                    in_flight.push_back(perform(&*router, Work::Ready(error.to_reply().to_bytes())));
+                    in_flight.push_back(perform(
+                        &*router,
+                        Work::Ready(error.to_reply().to_bytes()),
+                        None,
+                    ));
                     closing = true;
                     break;
                 }
@@ -171,12 +267,67 @@ pub async fn serve<B: Backend>(
             }
             if map.has_changed().unwrap_or(false) {
                 routes = map.borrow_and_update().services.get(&service).cloned();
+                if let Some(routes) = &routes {
+                    access = shared.access.get(routes);
+                    state.user = access.refresh_user(&state.user);
+                }
             }
-            let work = match dispatch(&argv, &mut state, routes.as_deref()) {
+            let decided = auth::intercept(&argv, &mut state, &access)
+                .or_else(|| transaction::intercept(&argv, &mut state.tx, routes.as_deref()))
+                .or_else(|| pubsub::intercept(&argv, &mut pubsub, state.resp3));
+            let work = match decided
+                .unwrap_or_else(|| dispatch(&argv, &mut state, routes.as_deref()))
+            {
                 Dispatch::Reply(reply) => Work::Ready(reply),
                 Dispatch::ReplyAndClose(reply) => {
                     closing = true;
                     Work::Ready(reply)
+                }
+                Dispatch::ForwardAlone { .. } | Dispatch::FanOut(_) | Dispatch::Transaction(_)
+                    if !in_flight.is_empty() =>
+                {
+                    // Parsed again once everything before it is answered.
+                    break;
+                }
+                Dispatch::FanOut(fan) => match &routes {
+                    Some(routes) => {
+                        alone_in_flight = true;
+                        Work::FanOut {
+                            routes: routes.clone(),
+                            fan,
+                        }
+                    }
+                    None => Work::Ready(not_in_map(&*router, &service)),
+                },
+                Dispatch::Transaction(tx_work) => {
+                    match transaction_work(&*router, routes.as_ref(), &service, tx_work) {
+                        Ok(work) => {
+                            alone_in_flight = true;
+                            if let Work::Forward { slot, .. } = &work {
+                                *busy_slots.entry(*slot).or_default() += 1;
+                            }
+                            work
+                        }
+                        Err(reply) => Work::Ready(reply),
+                    }
+                }
+                Dispatch::ForwardAlone { slot, kind } => {
+                    match forward_work(
+                        &*router,
+                        routes.as_ref(),
+                        &service,
+                        slot,
+                        kind,
+                        &input[..used],
+                        &argv,
+                    ) {
+                        Ok(work) => {
+                            alone_in_flight = true;
+                            *busy_slots.entry(slot).or_default() += 1;
+                            work
+                        }
+                        Err(reply) => Work::Ready(reply),
+                    }
                 }
                 Dispatch::Forward { slot, kind } => {
                     if busy_slots.contains_key(&slot) {
@@ -200,7 +351,8 @@ pub async fn serve<B: Backend>(
                     }
                 }
             };
-            in_flight.push_back(perform(&*router, work));
+            let shape = state.resp3.then(|| resp3::shape(&argv));
+            in_flight.push_back(perform(&*router, work, shape));
             input.advance(used);
         }
         if in_flight.is_empty() && closing {
@@ -211,15 +363,31 @@ pub async fn serve<B: Backend>(
             // Cancellation first: a service removed from the map closes its connections.
             biased;
             _ = cancel.cancelled() => return Ok(()),
+            // Redis closes a subscriber whose pending messages pass its limit.
+            _ = too_slow.cancelled() => return Ok(()),
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                 let mut done = Some(done);
                 // Collect every reply ready now so one write carries a whole pipeline.
-                while let Some(Done { reply, slot }) = done.take() {
+                while let Some(Done { reply, slot, watched }) = done.take() {
                     output.extend_from_slice(&reply);
+                    state.tx.watched.extend(watched);
                     if let Some(slot) = slot {
                         release(&mut busy_slots, slot);
                     }
+                    if in_flight.is_empty() {
+                        alone_in_flight = false;
+                    }
                     done = in_flight.next().now_or_never().flatten();
+                }
+                writer.write_all(&output).await?;
+                output.clear();
+            }
+            // Messages wait while replies are owed, so a SUBSCRIBE's confirmation (and
+            // anything sent before it) is answered before the first message.
+            Some(message) = messages.recv(), if in_flight.is_empty() => {
+                message.encode(state.resp3, &mut output);
+                while let Ok(message) = messages.try_recv() {
+                    message.encode(state.resp3, &mut output);
                 }
                 writer.write_all(&output).await?;
                 output.clear();
@@ -247,6 +415,56 @@ fn release(busy_slots: &mut HashMap<u16, u32>, slot: u16) {
     }
 }
 
+/// The work of `WATCH` or `EXEC`, or the error reply when no partition owns its slot.
+fn transaction_work<B: Backend>(
+    router: &B,
+    routes: Option<&Arc<ServiceRoutes>>,
+    service: &str,
+    tx_work: TxWork,
+) -> Result<Work, Vec<u8>> {
+    let Some(routes) = routes else {
+        return Err(not_in_map(router, service));
+    };
+    let slot = match &tx_work {
+        TxWork::Watch { slot, .. } | TxWork::Exec { slot, .. } => *slot,
+    };
+    let Some(partition) = routes.route_index(slot) else {
+        router.request_refresh();
+        return Err(Value::error(format!(
+            "CLUSTERDOWN no partition of service '{service}' owns slot {slot} yet; retry shortly"
+        ))
+        .to_bytes());
+    };
+    Ok(match tx_work {
+        TxWork::Watch {
+            slot,
+            keys,
+            payload,
+        } => Work::Watch {
+            routes: routes.clone(),
+            partition,
+            slot,
+            keys,
+            payload,
+        },
+        TxWork::Exec { slot, payload } => Work::Forward {
+            routes: routes.clone(),
+            partition,
+            slot,
+            kind: RequestKind::Write,
+            payload,
+        },
+    })
+}
+
+fn not_in_map<B: Backend>(router: &B, service: &str) -> Vec<u8> {
+    router.request_refresh();
+    Value::error(format!(
+        "CLUSTERDOWN service '{service}' is not in the partition map (deleted, or not applied yet)"
+    ))
+    .to_bytes()
+}
+
 /// The forwarding work of a command, or the error reply when no partition owns its slot.
 fn forward_work<B: Backend>(
     router: &B,
@@ -258,11 +476,7 @@ fn forward_work<B: Backend>(
     argv: &[Vec<u8>],
 ) -> Result<Work, Vec<u8>> {
     let Some(routes) = routes else {
-        router.request_refresh();
-        return Err(Value::error(format!(
-            "CLUSTERDOWN service '{service}' is not in the partition map (deleted, or not applied yet)"
-        ))
-        .to_bytes());
+        return Err(not_in_map(router, service));
     };
     let Some(partition) = routes.route_index(slot) else {
         router.request_refresh();

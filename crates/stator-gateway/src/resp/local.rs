@@ -4,9 +4,14 @@
 //! QUIT) are answered by the gateway: they have no key, so no partition owns them, and
 //! clients send them on connect (redis-cli interactive mode, redis-py, redis-benchmark).
 
+use super::auth::User;
+use super::keyspace::{self, FanOut};
+use super::transaction::{Transaction, TxWork};
 use crate::map::ServiceRoutes;
-use stator_kv::{command_kind, command_slot, CommandKind, KeySlot, Value};
+use stator_api::slot::key_slot;
+use stator_kv::{command_keys, command_kind, command_slot, CommandKind, KeySlot, Value};
 use stator_replication::RequestKind;
+use std::sync::Arc;
 
 /// Longest argument echoed in an "unknown command" error, as Redis does.
 const MAX_ECHOED_ARG_CHARS: usize = 128;
@@ -15,6 +20,13 @@ const MAX_ECHOED_ARG_CHARS: usize = 128;
 /// newest whose RESP2 behaviour the gateway follows.
 pub const REPORTED_REDIS_VERSION: &str = "7.0.0";
 
+/// Whether the gateway or the kv machine knows the command `argv` names (Redis answers
+/// unknown commands with their own error, even before AUTH).
+pub(crate) fn is_known(argv: &[Vec<u8>]) -> bool {
+    command_kind(argv) != CommandKind::Unknown
+        || super::command_table::is_endpoint_command(&argv[0])
+}
+
 /// Per-connection state the local commands read and change.
 #[derive(Debug, Default)]
 pub(crate) struct ConnectionState {
@@ -22,6 +34,12 @@ pub(crate) struct ConnectionState {
     pub(crate) id: u64,
     /// `CLIENT SETNAME`.
     pub(crate) name: Option<Vec<u8>>,
+    /// The user authenticated with `AUTH` or `HELLO ... AUTH`, when the service has users.
+    pub(crate) user: Option<Arc<User>>,
+    /// `HELLO 3` was sent: replies are re-typed by [`super::resp3`].
+    pub(crate) resp3: bool,
+    /// `MULTI` queue and `WATCH`ed keys.
+    pub(crate) tx: Transaction,
     /// The stator node this endpoint belongs to (an agent's listener); `None` on a
     /// gateway. `CLUSTER MYID` and `CLUSTER NODES`' `myself` come from it.
     pub(crate) node: Option<stator_api::ids::NodeId>,
@@ -41,6 +59,18 @@ pub(crate) enum Dispatch {
         /// Write or linearizable read.
         kind: RequestKind,
     },
+    /// Like `Forward`, but the keys span several slots of one partition: sent alone, after
+    /// every earlier command of the connection is answered and before any later one.
+    ForwardAlone {
+        /// The slot of the first key; its partition owns every key.
+        slot: u16,
+        /// Write or linearizable read.
+        kind: RequestKind,
+    },
+    /// A keyspace command over every partition, also sent alone.
+    FanOut(FanOut),
+    /// `WATCH`'s version read or `EXEC`'s one write, also sent alone.
+    Transaction(TxWork),
 }
 
 fn reply(value: Value) -> Dispatch {
@@ -62,6 +92,13 @@ pub(crate) fn dispatch(
     service: Option<&ServiceRoutes>,
 ) -> Dispatch {
     let name = &argv[0];
+    // A gateway spans every partition; an agent's cluster listener answers for itself.
+    if let Some(fan) = keyspace::classify(argv).filter(|_| state.node.is_none()) {
+        return match fan {
+            Ok(fan) => Dispatch::FanOut(fan),
+            Err(value) => reply(value),
+        };
+    }
     match command_kind(argv) {
         CommandKind::Read | CommandKind::Write if name_is(name, "ping") || name_is(name, "echo") => {
             ping_or_echo(argv)
@@ -71,9 +108,15 @@ pub(crate) fn dispatch(
                 slot,
                 kind: if kind == CommandKind::Write { RequestKind::Write } else { RequestKind::Read },
             },
-            KeySlot::CrossSlot => error(
-                "CROSSSLOT Keys in request don't hash to the same slot; put a {hash tag} in the keys to keep them together",
-            ),
+            KeySlot::CrossSlot => match one_partition(argv, service) {
+                Some(slot) => Dispatch::ForwardAlone {
+                    slot,
+                    kind: if kind == CommandKind::Write { RequestKind::Write } else { RequestKind::Read },
+                },
+                None => error(
+                    "CROSSSLOT Keys in request don't hash to the same slot; put a {hash tag} in the keys to keep them together",
+                ),
+            },
             // Every kv command but PING and ECHO takes a key first: no key means too few
             // arguments.
             KeySlot::NoKeys => error(format!(
@@ -83,6 +126,19 @@ pub(crate) fn dispatch(
         },
         CommandKind::Unknown => local(argv, state, service),
     }
+}
+
+/// The slot of the first key when every key of `argv` lives in one partition of
+/// `service` (a one-partition service takes any keys, as a standalone Redis does).
+fn one_partition(argv: &[Vec<u8>], service: Option<&ServiceRoutes>) -> Option<u16> {
+    let service = service?;
+    let keys = command_keys(argv);
+    let first = key_slot(keys.first()?);
+    let partition = service.route_index(first)?;
+    keys[1..]
+        .iter()
+        .all(|key| service.route_index(key_slot(key)) == Some(partition))
+        .then_some(first)
 }
 
 fn ping_or_echo(argv: &[Vec<u8>]) -> Dispatch {
@@ -171,22 +227,24 @@ fn client(argv: &[Vec<u8>], sub: Option<&[u8]>, state: &mut ConnectionState) -> 
 }
 
 fn hello(argv: &[Vec<u8>], state: &mut ConnectionState) -> Dispatch {
-    // RESP3 clients (redis-py 8 by default) get the HELLO answer as a RESP3 map; every
-    // later reply stays in the RESP2 types, which RESP3 parsers read as well (strings,
-    // errors, integers, arrays, and the RESP2 nulls).
+    // After `HELLO 3` the connection's replies are re-typed for RESP3 (maps, sets,
+    // doubles, nulls: see `resp3`); HELLO's own reply is the map Redis sends.
     let resp3 = match argv.get(1).map(Vec::as_slice) {
-        None | Some(b"2") => false,
+        None => state.resp3,
+        Some(b"2") => false,
         Some(b"3") => true,
         Some(_) => return error("NOPROTO unsupported protocol version"),
     };
     // Options after the version: AUTH is ignored (the gateway has no users), SETNAME names
     // the connection.
+    // AUTH was checked by `auth::intercept` before this runs.
     let mut index = 2;
     while index < argv.len() {
         if name_is(&argv[index], "setname") && index + 1 < argv.len() {
             state.name = Some(argv[index + 1].clone());
             index += 2;
         } else if name_is(&argv[index], "auth") && index + 2 < argv.len() {
+            // Checked by `auth::intercept` before this runs.
             index += 3;
         } else {
             return error("ERR syntax error in HELLO options");
@@ -208,6 +266,7 @@ fn hello(argv: &[Vec<u8>], state: &mut ConnectionState) -> Dispatch {
         Value::bulk("modules"),
         Value::Array(Some(Vec::new())),
     ];
+    state.resp3 = resp3;
     if !resp3 {
         return reply(Value::Array(Some(fields)));
     }
@@ -263,7 +322,11 @@ fn info(state: &ConnectionState, service: Option<&ServiceRoutes>) -> String {
          # Stator\r\nstator_service:{name}\r\nstator_partitions:{partitions}\r\n\
          stator_partitions_with_leader:{with_leader}\r\n",
         env!("CARGO_PKG_VERSION"),
-        if state.node.is_some() { "agent" } else { "gateway" },
+        if state.node.is_some() {
+            "agent"
+        } else {
+            "gateway"
+        },
         std::process::id(),
         state.id,
     )
@@ -326,7 +389,10 @@ mod tests {
                 kind: RequestKind::Read
             }
         );
-        assert!(text(run(&["MGET", "foo", "bar"])).starts_with("-CROSSSLOT"));
+        assert!(
+            text(run(&["MGET", "foo", "bar"])).starts_with("-CROSSSLOT"),
+            "without a map no partition is known to own both"
+        );
         assert_eq!(
             text(run(&["GET"])),
             "-ERR wrong number of arguments for 'get' command\r\n"
@@ -352,8 +418,12 @@ mod tests {
         );
         assert!(matches!(run(&["QUIT"]), Dispatch::ReplyAndClose(_)));
         assert_eq!(
-            text(run(&["FLUSHALL", "ASYNC"])),
-            "-ERR unknown command 'FLUSHALL', with args beginning with: 'ASYNC' \r\n"
+            run(&["FLUSHALL", "ASYNC"]),
+            Dispatch::FanOut(FanOut::Flush(vec![b"FLUSHALL".to_vec(), b"ASYNC".to_vec()]))
+        );
+        assert_eq!(
+            text(run(&["NOSUCH", "x"])),
+            "-ERR unknown command 'NOSUCH', with args beginning with: 'x' \r\n"
         );
     }
 

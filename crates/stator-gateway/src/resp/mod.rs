@@ -10,18 +10,32 @@
 //! - [`connection`]: one client connection, pipelined and answered in order.
 //! - [`cluster`]: the Redis Cluster topology commands (`CLUSTER SLOTS`, ...) from the map.
 //! - [`command_table`]: `COMMAND` with every command's key positions.
+//! - [`auth`]: `expose.auth` passwords and ACL users, AUTH, ACL, protected mode.
+//! - [`keyspace`]: KEYS, SCAN, DBSIZE, FLUSHALL/FLUSHDB, RANDOMKEY over every partition.
+//! - [`pubsub`]: SUBSCRIBE/PUBLISH and friends through this gateway's broker.
+//! - [`transaction`]: MULTI/EXEC/DISCARD/WATCH/UNWATCH, one `STATOR.EXEC` write per EXEC.
+//! - `resp3`: replies re-typed for connections that sent `HELLO 3`.
+//! - `glob`: Redis's glob patterns (ACL key patterns, `KEYS`, `SCAN MATCH`).
 
+pub mod auth;
 pub mod cluster;
 pub(crate) mod command_table;
 pub mod connection;
+mod glob;
+pub mod keyspace;
 pub(crate) mod local;
+pub mod pubsub;
+mod resp3;
+pub mod transaction;
 
 use crate::map::{PartitionMap, ServiceRoutes};
 use crate::router::Router;
+use auth::AccessCache;
+use pubsub::Broker;
 use stator_api::ids::NodeId;
 use stator_replication::RequestKind;
-use std::future::Future;
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -66,6 +80,15 @@ pub trait Backend: Send + Sync + 'static {
     }
 }
 
+/// What every connection of every service through one gateway shares.
+#[derive(Default)]
+pub struct Shared {
+    /// Loaded `expose.auth` per service (the HTTP routes read it too).
+    pub(crate) access: AccessCache,
+    /// Pub/Sub subscriptions.
+    pub(crate) broker: Arc<Broker>,
+}
+
 struct Running {
     listen: String,
     bound: SocketAddr,
@@ -75,6 +98,7 @@ struct Running {
 /// Keeps one listener per RESP-exposed service; publishes the bound addresses.
 pub(crate) async fn supervise(
     router: Arc<Router>,
+    shared: Arc<Shared>,
     mut map: watch::Receiver<Arc<PartitionMap>>,
     bound_tx: watch::Sender<BTreeMap<String, SocketAddr>>,
     cancel: CancellationToken,
@@ -117,6 +141,7 @@ pub(crate) async fn supervise(
                         listener,
                         service.name.clone(),
                         router.clone(),
+                        shared.clone(),
                         map.clone(),
                         connections.clone(),
                         connection_ids.clone(),
@@ -160,12 +185,17 @@ pub(crate) async fn supervise(
 }
 
 /// Accepts RESP connections for `service` on `listener` until `cancel`, each served by
-/// [`connection::serve`] with `backend`, at most as many at once as `connections` has
-/// permits.
+/// [`connection::serve`] with `backend` and `shared` (access rules, pub/sub broker), at
+/// most as many at once as `connections` has permits.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "gateway and agents call it, each argument distinct"
+)]
 pub async fn accept_loop<B: Backend>(
     listener: TcpListener,
     service: String,
     router: Arc<B>,
+    shared: Arc<Shared>,
     map: watch::Receiver<Arc<PartitionMap>>,
     connections: Arc<Semaphore>,
     connection_ids: Arc<AtomicU64>,
@@ -191,12 +221,25 @@ pub async fn accept_loop<B: Backend>(
             },
         };
         let id = connection_ids.fetch_add(1, Ordering::Relaxed);
-        let (router, map, service, cancel) =
-            (router.clone(), map.clone(), service.clone(), cancel.clone());
+        let (router, shared, map, service, cancel) = (
+            router.clone(),
+            shared.clone(),
+            map.clone(),
+            service.clone(),
+            cancel.clone(),
+        );
         tokio::spawn(async move {
-            if let Err(error) =
-                connection::serve(stream, router, service.clone(), map, id, cancel).await
-            {
+            let serve = connection::serve(
+                stream,
+                peer,
+                router,
+                shared,
+                service.clone(),
+                map,
+                id,
+                cancel,
+            );
+            if let Err(error) = serve.await {
                 tracing::debug!(service = %service, %peer, %error, "RESP connection ended");
             }
             drop(permit);

@@ -46,6 +46,8 @@ pub fn kv_map(cluster: &Cluster, partitions: u32, extra: Vec<ServiceRoutes>) -> 
         kind: ServiceKind::Replicated,
         builtin_kv: true,
         resp_listen: Some("127.0.0.1:0".into()),
+        auth: None,
+        protected_mode: true,
         cluster: false,
         partitions: partition_ranges(partitions)
             .into_iter()

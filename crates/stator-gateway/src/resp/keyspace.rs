@@ -1,0 +1,358 @@
+//! Keyspace commands over every partition of a service: `KEYS`, `SCAN`, `DBSIZE`,
+//! `FLUSHALL`/`FLUSHDB` and `RANDOMKEY` are sent to each partition and the answers merged,
+//! so a service of many partitions answers as one Redis does.
+//!
+//! A `SCAN` cursor names the partition in its low [`SCAN_PARTITION_BITS`] bits and that
+//! partition's own cursor in the rest: the scan walks partitions in slot order, each to its
+//! end. Keys present for the whole scan are returned at least once, as in Redis, as long
+//! as the partition count does not change during the scan (a resize moves keys between
+//! partitions; a scan across one may miss or repeat the moved keys).
+
+use super::Backend;
+use crate::map::ServiceRoutes;
+use futures::future::join_all;
+use rand::seq::SliceRandom;
+use stator_api::spec::MAX_PARTITIONS;
+use stator_kv::{encode_command, parse_reply, Value};
+use stator_replication::RequestKind;
+use std::sync::Arc;
+
+/// Bits of a `SCAN` cursor naming the partition: enough for [`MAX_PARTITIONS`].
+pub const SCAN_PARTITION_BITS: u32 = 10;
+const _: () = assert!(MAX_PARTITIONS <= 1 << SCAN_PARTITION_BITS);
+
+/// A keyspace command to run on every partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FanOut {
+    /// `KEYS pattern`: every partition's matches, concatenated.
+    Keys(Vec<u8>),
+    /// `SCAN cursor [MATCH p] [COUNT n] [TYPE t]`: one partition per step.
+    Scan {
+        /// The partition's index in the service's slot order.
+        partition: usize,
+        /// That partition's own cursor.
+        inner: u64,
+        /// `MATCH`, `COUNT`, `TYPE` and their values, as sent.
+        options: Vec<Vec<u8>>,
+    },
+    /// `DBSIZE`: the sum.
+    DbSize,
+    /// `FLUSHALL`/`FLUSHDB [ASYNC|SYNC]`: a write on every partition.
+    Flush(Vec<Vec<u8>>),
+    /// `RANDOMKEY`: partitions in random order until one has a key.
+    RandomKey,
+}
+
+fn arity_error(name: &str) -> Value {
+    Value::error(format!(
+        "ERR wrong number of arguments for '{name}' command"
+    ))
+}
+
+/// `Some` when `argv` is a keyspace command: the work, or the error reply for bad syntax.
+pub(crate) fn classify(argv: &[Vec<u8>]) -> Option<Result<FanOut, Value>> {
+    let name = argv[0].as_slice();
+    if !(4..=9).contains(&name.len()) {
+        return None;
+    }
+    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    let fan = if is("keys") {
+        match argv {
+            [_, pattern] => Ok(FanOut::Keys(pattern.clone())),
+            _ => Err(arity_error("keys")),
+        }
+    } else if is("scan") {
+        scan(argv)
+    } else if is("dbsize") {
+        match argv {
+            [_] => Ok(FanOut::DbSize),
+            _ => Err(arity_error("dbsize")),
+        }
+    } else if is("flushall") || is("flushdb") {
+        match argv {
+            [_] => Ok(FanOut::Flush(argv.to_vec())),
+            [_, mode]
+                if mode.eq_ignore_ascii_case(b"async") || mode.eq_ignore_ascii_case(b"sync") =>
+            {
+                Ok(FanOut::Flush(argv.to_vec()))
+            }
+            _ => Err(Value::error("ERR syntax error")),
+        }
+    } else if is("randomkey") {
+        match argv {
+            [_] => Ok(FanOut::RandomKey),
+            _ => Err(arity_error("randomkey")),
+        }
+    } else {
+        return None;
+    };
+    Some(fan)
+}
+
+fn scan(argv: &[Vec<u8>]) -> Result<FanOut, Value> {
+    if argv.len() < 2 {
+        return Err(arity_error("scan"));
+    }
+    let cursor: u64 = std::str::from_utf8(&argv[1])
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| Value::error("ERR invalid cursor"))?;
+    let options = argv[2..].to_vec();
+    let mut index = 0;
+    while index < options.len() {
+        let option = &options[index];
+        let Some(value) = options.get(index + 1) else {
+            return Err(Value::error("ERR syntax error"));
+        };
+        if option.eq_ignore_ascii_case(b"count") {
+            let count = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.parse::<i64>().ok())
+                .ok_or_else(|| Value::error("ERR value is not an integer or out of range"))?;
+            if count < 1 {
+                return Err(Value::error("ERR syntax error"));
+            }
+        } else if !option.eq_ignore_ascii_case(b"match") && !option.eq_ignore_ascii_case(b"type") {
+            return Err(Value::error("ERR syntax error"));
+        }
+        index += 2;
+    }
+    Ok(FanOut::Scan {
+        partition: (cursor & ((1 << SCAN_PARTITION_BITS) - 1)) as usize,
+        inner: cursor >> SCAN_PARTITION_BITS,
+        options,
+    })
+}
+
+/// Runs `fan` on the partitions of `routes` and returns the merged reply.
+pub(crate) async fn run<B: Backend>(
+    backend: &B,
+    routes: &Arc<ServiceRoutes>,
+    fan: FanOut,
+) -> Vec<u8> {
+    match merge(backend, routes, fan).await {
+        Ok(value) | Err(value) => value.to_bytes(),
+    }
+}
+
+async fn merge<B: Backend>(
+    backend: &B,
+    routes: &Arc<ServiceRoutes>,
+    fan: FanOut,
+) -> Result<Value, Value> {
+    let all: Vec<usize> = (0..routes.partitions.len()).collect();
+    match fan {
+        FanOut::Keys(pattern) => {
+            let command = encode_command(&[b"KEYS".as_slice(), &pattern]);
+            let mut keys = Vec::new();
+            for reply in ask(backend, routes, &all, RequestKind::Read, &command).await? {
+                keys.extend(array(reply)?);
+            }
+            Ok(Value::Array(Some(keys)))
+        }
+        FanOut::DbSize => {
+            let command = encode_command(&["DBSIZE"]);
+            let mut total = 0i64;
+            for reply in ask(backend, routes, &all, RequestKind::Read, &command).await? {
+                match reply {
+                    Value::Integer(n) => total += n,
+                    other => return Err(unexpected("DBSIZE", &other)),
+                }
+            }
+            Ok(Value::Integer(total))
+        }
+        FanOut::Flush(argv) => {
+            let command = encode_command(&argv);
+            for reply in ask(backend, routes, &all, RequestKind::Write, &command).await? {
+                if reply != Value::ok() {
+                    return Err(unexpected("FLUSHALL", &reply));
+                }
+            }
+            Ok(Value::ok())
+        }
+        FanOut::RandomKey => {
+            let command = encode_command(&["RANDOMKEY"]);
+            let mut order = all;
+            order.shuffle(&mut rand::thread_rng());
+            for partition in order {
+                let reply = ask(backend, routes, &[partition], RequestKind::Read, &command).await?;
+                match reply.into_iter().next() {
+                    Some(Value::Bulk(None)) => continue,
+                    Some(key @ Value::Bulk(Some(_))) => return Ok(key),
+                    Some(other) => return Err(unexpected("RANDOMKEY", &other)),
+                    None => unreachable!("one partition asked, one reply"),
+                }
+            }
+            Ok(Value::Bulk(None))
+        }
+        FanOut::Scan {
+            partition,
+            inner,
+            options,
+        } => {
+            if partition >= routes.partitions.len() {
+                // A cursor from before a resize, or made up: the scan is over.
+                return Ok(scan_reply(0, Vec::new()));
+            }
+            let mut argv = vec![b"SCAN".to_vec(), inner.to_string().into_bytes()];
+            argv.extend(options);
+            let command = encode_command(&argv);
+            let reply = ask(backend, routes, &[partition], RequestKind::Read, &command).await?;
+            let (next_inner, keys) = match reply.into_iter().next() {
+                Some(Value::Array(Some(parts))) if parts.len() == 2 => {
+                    let mut parts = parts.into_iter();
+                    let cursor = parts.next().expect("two parts");
+                    let keys = array(parts.next().expect("two parts"))?;
+                    let cursor = match &cursor {
+                        Value::Bulk(Some(text)) => std::str::from_utf8(text)
+                            .ok()
+                            .and_then(|t| t.parse::<u64>().ok()),
+                        _ => None,
+                    };
+                    let Some(cursor) = cursor else {
+                        return Err(Value::error(
+                            "ERR a partition answered SCAN with a cursor that is not a number",
+                        ));
+                    };
+                    (cursor, keys)
+                }
+                Some(other) => return Err(unexpected("SCAN", &other)),
+                None => unreachable!("one partition asked, one reply"),
+            };
+            let next = if next_inner != 0 {
+                if next_inner >= 1 << (64 - SCAN_PARTITION_BITS) {
+                    return Err(Value::error(format!(
+                        "ERR partition {partition} answered SCAN with cursor {next_inner}, too large to combine with a partition number"
+                    )));
+                }
+                next_inner << SCAN_PARTITION_BITS | partition as u64
+            } else if partition + 1 < routes.partitions.len() {
+                (partition + 1) as u64
+            } else {
+                0
+            };
+            Ok(scan_reply(next, keys))
+        }
+    }
+}
+
+fn scan_reply(cursor: u64, keys: Vec<Value>) -> Value {
+    Value::Array(Some(vec![
+        Value::bulk(cursor.to_string()),
+        Value::Array(Some(keys)),
+    ]))
+}
+
+fn array(value: Value) -> Result<Vec<Value>, Value> {
+    match value {
+        Value::Array(Some(items)) => Ok(items),
+        other => Err(unexpected("a keyspace command", &other)),
+    }
+}
+
+/// A partition's error passes through as it is; anything else unexpected is named.
+fn unexpected(command: &str, reply: &Value) -> Value {
+    match reply {
+        Value::Error(_) => reply.clone(),
+        other => Value::error(format!(
+            "ERR a partition answered {command} with {other:?}, not what the gateway expects"
+        )),
+    }
+}
+
+/// Sends `command` to each of `partitions` at once; their replies in order, or the first
+/// failure as the reply to give.
+async fn ask<B: Backend>(
+    backend: &B,
+    routes: &Arc<ServiceRoutes>,
+    partitions: &[usize],
+    kind: RequestKind,
+    command: &[u8],
+) -> Result<Vec<Value>, Value> {
+    let answers = join_all(partitions.iter().map(|&index| {
+        let route = &routes.partitions[index];
+        async move {
+            // Any slot of the partition routes the command there.
+            let reply = backend
+                .execute(
+                    routes.clone(),
+                    index,
+                    route.slots.start,
+                    kind,
+                    command.to_vec(),
+                )
+                .await;
+            match parse_reply(&reply) {
+                Ok(Some((value, _))) => value,
+                _ => Value::error(format!(
+                    "ERR partition {} sent a reply the gateway cannot parse",
+                    route.partition
+                )),
+            }
+        }
+    }))
+    .await;
+    if let Some(error) = answers.iter().find(|a| a.is_error()) {
+        return Err(error.clone());
+    }
+    Ok(answers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(words: &[&str]) -> Vec<Vec<u8>> {
+        words.iter().map(|w| w.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn classifies_keyspace_commands() {
+        assert_eq!(classify(&argv(&["GET", "k"])), None);
+        assert_eq!(
+            classify(&argv(&["keys", "user:*"])),
+            Some(Ok(FanOut::Keys(b"user:*".to_vec())))
+        );
+        assert_eq!(classify(&argv(&["DBSIZE"])), Some(Ok(FanOut::DbSize)));
+        assert_eq!(
+            classify(&argv(&["FLUSHALL", "ASYNC"])),
+            Some(Ok(FanOut::Flush(argv(&["FLUSHALL", "ASYNC"]))))
+        );
+        assert_eq!(
+            classify(&argv(&["FLUSHDB", "LATER"])),
+            Some(Err(Value::error("ERR syntax error")))
+        );
+        assert_eq!(
+            classify(&argv(&["SCAN", "x"])),
+            Some(Err(Value::error("ERR invalid cursor")))
+        );
+        assert_eq!(
+            classify(&argv(&["SCAN", "0", "COUNT", "0"])),
+            Some(Err(Value::error("ERR syntax error")))
+        );
+        assert_eq!(
+            classify(&argv(&["SCAN", "0", "MATCH"])),
+            Some(Err(Value::error("ERR syntax error")))
+        );
+    }
+
+    #[test]
+    fn scan_cursor_names_partition_and_inner_cursor() {
+        let cursor = (37u64 << SCAN_PARTITION_BITS) | 5;
+        assert_eq!(
+            classify(&argv(&[
+                "SCAN",
+                &cursor.to_string(),
+                "MATCH",
+                "a*",
+                "COUNT",
+                "10"
+            ])),
+            Some(Ok(FanOut::Scan {
+                partition: 5,
+                inner: 37,
+                options: argv(&["MATCH", "a*", "COUNT", "10"]),
+            }))
+        );
+    }
+}
