@@ -233,6 +233,9 @@ pub struct Cluster {
     pub observed: BTreeMap<NodeId, NodeObserved>,
     /// Services by name.
     pub services: BTreeMap<String, Service>,
+    /// Per draining node, why its drain cannot go on (one line per blocked partition),
+    /// as the last reconcile pass found. In memory: the next pass finds it again.
+    pub drain_waits: BTreeMap<NodeId, Vec<String>>,
 }
 
 impl Cluster {

@@ -175,6 +175,8 @@ pub struct Decision {
     pub actions: Vec<Action>,
     /// Things the pass could not do (e.g. not enough nodes), for logs and status.
     pub problems: Vec<String>,
+    /// Per draining node, the partitions whose move off it cannot be planned, and why.
+    pub drain_waits: BTreeMap<NodeId, Vec<String>>,
     /// Run again at the latest at this time (ms since the Unix epoch).
     pub next_run_ms: u64,
 }
@@ -333,7 +335,16 @@ impl Pass {
                         reason,
                     });
                 }
-                Err(error) => self.problem(error),
+                Err(error) => {
+                    if reason == ReplaceReason::NodeDraining {
+                        self.decision
+                            .drain_waits
+                            .entry(remove)
+                            .or_default()
+                            .push(format!("partition {name}/{partition}: {error}"));
+                    }
+                    self.problem(error)
+                }
             }
         }
     }
