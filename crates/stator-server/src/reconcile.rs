@@ -1186,6 +1186,28 @@ mod tests {
     }
 
     #[test]
+    fn a_drain_with_nowhere_to_go_says_which_partition_waits_and_why() {
+        // Three nodes, three replicas: no fourth node can take node 1's replica.
+        let mut cluster = cluster_with_nodes(&["a", "b", "c"]);
+        add_service(&mut cluster, &kv(1, "node"));
+        started(&mut cluster, 0, &[1, 2, 3]);
+        report_leader(&mut cluster, 2, 0, &[1, 2, 3]);
+        cluster.nodes.get_mut(&1).unwrap().state = NodeState::Draining;
+        let decision = reconcile(&cluster, NOW_MS, GRACE_MS);
+        assert!(decision.actions.is_empty(), "{:?}", decision.actions);
+        let waits = &decision.drain_waits[&1];
+        assert_eq!(waits.len(), 1, "{waits:?}");
+        assert!(
+            waits[0].starts_with("partition ")
+                && waits[0].contains("/0: ")
+                && waits[0].contains("add nodes"),
+            "{waits:?}"
+        );
+        // Nodes that are not draining never wait.
+        assert_eq!(decision.drain_waits.len(), 1);
+    }
+
+    #[test]
     fn stateless_instances_spread_and_are_replaced_when_a_node_is_lost() {
         let mut cluster = cluster_with_nodes(&["a", "b", "c", "d"]);
         add_service(

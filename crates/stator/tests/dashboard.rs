@@ -281,6 +281,7 @@ fn dashboard_shows_the_cluster_live_and_refuses_a_wrong_token() {
         "a new leader of partition 0 on the page",
         &new_leader_js,
     );
+    let new_leader = new_leader.as_str().expect("a node name").to_string();
     let new_leader_after = killed.elapsed();
     browser.wait_js(
         &page,

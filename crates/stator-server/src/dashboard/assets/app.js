@@ -52,11 +52,18 @@ function fmtBytes(b) {
   return (i ? b.toFixed(1) : b) + units[i];
 }
 function fmtTime(ms) { return new Date(ms).toLocaleTimeString(); }
-// A stable colour per node name, for the slot map and leader placement.
+// Distinct colours for nodes (slot map, leader placement) and policies (sim charts).
+const PALETTE = ['#2d5bd7', '#e07b00', '#1f8a4c', '#8e44ad', '#00838f', '#c2185b',
+  '#6d4c41', '#7cb342', '#5c6bc0', '#f4b400', '#455a64', '#d81b60'];
 function colorOf(name) {
-  let h = 0;
-  for (const c of name) h = (h * 31 + c.charCodeAt(0)) >>> 0;
-  return `hsl(${h % 360} 60% 55%)`;
+  // Nodes by their rank among the names known, so few nodes never share a colour.
+  const names = [...new Set(state.nodes.map(n => n.name))].sort();
+  let index = names.indexOf(name);
+  if (index < 0) {
+    index = 0;
+    for (const c of name) index = (index * 31 + c.charCodeAt(0)) >>> 0;
+  }
+  return PALETTE[index % PALETTE.length];
 }
 function badge(text, cls) { return { text, cls: 'badge ' + (cls || text) }; }
 const link = (text, href) => ({ text, href });
