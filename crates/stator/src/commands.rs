@@ -612,13 +612,7 @@ pub async fn describe_node(api: &Api, name: &str, output: Output) -> anyhow::Res
         return Ok(());
     }
     let (_, names) = node_names(api).await?;
-    let percent = |used: u64, total: u64| {
-        if total == 0 {
-            0
-        } else {
-            used * 100 / total
-        }
-    };
+    let percent = |used: u64, total: u64| (used * 100).checked_div(total).unwrap_or(0);
     outln!("Name:         {}", node.name);
     outln!("ID:           {}", node.id);
     outln!("State:        {}", lower(&node.state));
@@ -963,11 +957,9 @@ pub async fn top(api: &Api, limit: usize, output: Output) -> anyhow::Result<()> 
             .iter()
             .map(|n| {
                 let pct = |used: u64, total: u64| {
-                    if total == 0 {
-                        "-".to_string()
-                    } else {
-                        format!("{}%", used * 100 / total)
-                    }
+                    (used * 100)
+                        .checked_div(total)
+                        .map_or_else(|| "-".to_string(), |p| format!("{p}%"))
                 };
                 vec![
                     n.name.clone(),

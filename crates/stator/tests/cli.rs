@@ -175,6 +175,30 @@ fn every_verb_answers_bad_input_with_one_line_and_closed_pipes_quietly() {
         .then_some(())
     });
 
+    // A drain with nowhere to go (one node) says why: in `get nodes`, in `describe
+    // node`, and as one event however many passes find it blocked.
+    cluster.stator_ok(&["drain", "node-1"]);
+    let described = wait_for("describe node to show the drain waiting", WAIT, || {
+        let text = cluster.stator_ok(&["describe", "node", "node-1"]);
+        text.contains("Drain:        waiting on").then_some(text)
+    });
+    assert!(
+        described.contains("one/0") && described.contains("add nodes"),
+        "{described}"
+    );
+    let nodes = cluster.stator_ok(&["get", "nodes"]);
+    assert!(nodes.contains("node-1 drain waits on:"), "{nodes}");
+    std::thread::sleep(std::time::Duration::from_secs(2)); // several reconcile passes
+    let events = cluster.stator_ok(&["events", "-o", "json"]);
+    let blocked = events
+        .lines()
+        .filter(|l| l.contains("\"drain_blocked\""))
+        .count();
+    assert_eq!(
+        blocked, 1,
+        "one drain_blocked event, not one per pass:\n{events}"
+    );
+
     // A closed pipe ends every printing verb quietly: exit 0, nothing on stderr.
     for args in [
         &["describe", "service", "one"][..],
