@@ -235,6 +235,18 @@ fn dashboard_shows_the_cluster_live_and_refuses_a_wrong_token() {
     cluster.wait_service_healthy("sessions", 4);
     let shots = screenshots_dir();
 
+    // `stator up` printed the dashboard's URL with the token in the fragment.
+    let printed = std::fs::read_to_string(cluster.test_dir().join("up.log")).expect("up.log");
+    let line = printed
+        .lines()
+        .find(|l| l.contains("dashboard"))
+        .unwrap_or_else(|| panic!("no dashboard line in the output of `stator up`:\n{printed}"));
+    assert!(
+        line.contains(&format!("{}/ui/#token={}", cluster.api, cluster.token))
+            && !line.contains('?'),
+        "{line}"
+    );
+
     let mut browser = Browser::launch();
     let page = browser.open(&format!("{}/ui/#token={}", cluster.api, cluster.token));
     browser.wait_js(
