@@ -373,6 +373,36 @@ fn dashboard_shows_the_cluster_live_and_refuses_a_wrong_token() {
     );
     browser.screenshot(&page, &shots.join("dashboard-node.png"));
 
+    // Read-only by default: the drain buttons are hidden until actions are turned on,
+    // and a drain asks first (declined here, so nothing drains).
+    browser.eval(&page, "location.hash = '#/'");
+    browser.wait_js(
+        &page,
+        "the overview again",
+        "!!document.querySelector('#nodes tbody button.act')",
+    );
+    assert_eq!(
+        browser.eval(
+            &page,
+            "getComputedStyle(document.querySelector('#nodes tbody button.act')).display"
+        ),
+        json!("none")
+    );
+    let asked = browser.eval(
+        &page,
+        "document.querySelector('#actions-toggle').click(); \
+         window.confirm = question => { window.asked = question; return false; }; \
+         document.querySelector('#nodes tbody button.act').click(); window.asked",
+    );
+    assert!(
+        asked.as_str().is_some_and(|q| q.starts_with("Drain ")),
+        "{asked}"
+    );
+    assert!(
+        cluster.nodes().iter().all(|n| n["state"] != "draining"),
+        "a declined confirmation drained a node"
+    );
+
     // The simulator report page reads `stator sim --compare --out DIR` files in the
     // browser (files shaped as stator-sim's report writes them).
     let sim_dir = cluster.test_dir().join("sim-out");
