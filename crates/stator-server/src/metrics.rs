@@ -373,7 +373,7 @@ impl Metrics {
                 .set(leading().count() as i64);
             n.ops_per_second
                 .get_or_create(&labels)
-                .set(leading().map(|r| r.ops_per_sec).sum());
+                .set(leading().fold(0.0, |total, r| total + r.ops_per_sec));
             n.state_bytes
                 .get_or_create(&labels)
                 .set(reports.iter().map(|r| r.state_bytes as i64).sum());

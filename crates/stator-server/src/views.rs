@@ -468,7 +468,8 @@ pub fn node_view(cluster: &Cluster, id: NodeId, now_ms: u64) -> Option<NodeView>
                 .iter()
                 .filter(|r| r.role == ReplicaRole::Leader)
                 .map(|r| r.ops_per_sec)
-                .sum()
+                // An empty float sum is -0.0; shown as "-0.0" it would puzzle.
+                .fold(0.0, |total, ops| total + ops)
         }),
         drain_waits: cluster.drain_waits.get(&id).cloned().unwrap_or_default(),
     })

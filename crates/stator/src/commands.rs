@@ -99,7 +99,10 @@ fn ops(per_sec: f64) -> String {
 }
 
 fn micros(us: u64) -> String {
-    if us >= 1000 {
+    if us == 0 {
+        // No operation in the window: no latency to speak of.
+        "-".to_string()
+    } else if us >= 1000 {
         format!("{:.1}ms", us as f64 / 1000.0)
     } else {
         format!("{us}us")
@@ -785,20 +788,19 @@ pub async fn describe_partition(api: &Api, reference: &str, output: Output) -> a
         (None, _) => outln!("Leader:       <none reported: an election runs, or quorum is lost>"),
     }
     let designed = p.members.iter().filter(|m| m.designed).count();
-    outln!(
-        "Replication:  {} ({designed} designed of {} wanted, all alive and voting: {})",
-        if p.replication_factor_met {
-            "factor met"
-        } else {
-            "factor NOT met"
-        },
-        p.replicas,
-        if p.replication_factor_met {
-            "yes"
-        } else {
-            "no"
-        }
-    );
+    let alive = p.members.iter().filter(|m| m.designed && m.alive).count();
+    if p.replication_factor_met {
+        outln!(
+            "Replication:  factor met: {designed} of {} members designed, alive and voting",
+            p.replicas
+        );
+    } else {
+        outln!(
+            "Replication:  factor NOT met: {designed} of {} members designed, {alive} alive; \
+             the control plane is replacing or adding members",
+            p.replicas
+        );
+    }
     if let Some(load) = &p.load {
         outln!("Load:");
         outln!("  ops/s:        {}", ops(load.ops_per_sec));

@@ -44,7 +44,8 @@ function fmtAge(ms) {
   return Math.round(ms / 60000) + 'm';
 }
 function fmtOps(x) { return x == null ? '-' : (x >= 100 ? Math.round(x).toString() : x.toFixed(1)); }
-function fmtUs(us) { return us == null ? '-' : (us >= 1000 ? (us / 1000).toFixed(1) + 'ms' : us + 'µs'); }
+// 0: no operation in the window, so no latency to speak of.
+function fmtUs(us) { return !us ? '-' : (us >= 1000 ? (us / 1000).toFixed(1) + 'ms' : us + 'µs'); }
 function fmtBytes(b) {
   if (b == null) return '-';
   const units = ['B', 'KiB', 'MiB', 'GiB'];
