@@ -69,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/partitions", get(list_partitions))
         .route("/v1/cluster", get(cluster_info))
         .route("/v1/events", get(events))
+        .route("/v1/events/recent", get(recent_events))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY_BYTES))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -85,6 +86,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
+        .merge(crate::dashboard::routes())
         .merge(user_routes)
         .merge(agent_routes)
         .fallback(|| async {
@@ -229,10 +231,10 @@ async fn get_service(
     let wanted = name.clone();
     let detail = state
         .controller
-        .read(move |cluster, _| {
+        .read(move |cluster, now| {
             cluster.services.get(&wanted).map(|s| ServiceDetail {
                 service: service_view(cluster, s),
-                partitions: partition_views(cluster, s),
+                partitions: partition_views(cluster, s, now),
             })
         })
         .await?;
@@ -334,7 +336,7 @@ async fn list_partitions(
     let wanted = query.service.clone();
     let partitions = state
         .controller
-        .read(move |cluster, _| {
+        .read(move |cluster, now| {
             let services: Vec<_> = match &wanted {
                 Some(name) => cluster.services.get(name).into_iter().collect(),
                 None => cluster.services.values().collect(),
@@ -342,7 +344,7 @@ async fn list_partitions(
             let found = wanted.is_none() || !services.is_empty();
             let views: Vec<PartitionView> = services
                 .into_iter()
-                .flat_map(|s| partition_views(cluster, s))
+                .flat_map(|s| partition_views(cluster, s, now))
                 .collect();
             found.then_some(views)
         })
@@ -351,6 +353,11 @@ async fn list_partitions(
         kind: "service",
         name: query.service.unwrap_or_default(),
     })
+}
+
+/// The last events the controller published, oldest first.
+async fn recent_events(State(state): State<AppState>) -> Result<Json<Vec<Event>>> {
+    Ok(Json(state.controller.recent_events().await?))
 }
 
 async fn events(

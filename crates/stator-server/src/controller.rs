@@ -4,7 +4,7 @@
 //! API handlers talk to it through a bounded channel of [`Command`]s and get answers on
 //! oneshot channels, so no lock guards the cluster and every change is ordered.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -36,6 +36,9 @@ use crate::views::{service_view, ApplyResult, Event, EventKind};
 pub const COMMAND_QUEUE_LEN: usize = 1024;
 /// Events kept for slow subscribers before they are told they lagged.
 pub const EVENT_BUFFER_LEN: usize = 1024;
+/// Past events kept for `GET /v1/events/recent` (the CLI's `stator events`, the
+/// dashboard's feed): about an hour of a busy small cluster, a few hundred KiB.
+pub const RECENT_EVENTS_KEPT: usize = 1000;
 /// Shortest gap between two reconcile passes triggered by changes: coalesces a burst of
 /// heartbeats into one pass.
 pub const MIN_RECONCILE_GAP_MS: u64 = 50;
@@ -65,6 +68,8 @@ pub enum Command {
     Drain(String, oneshot::Sender<Result<NodeId>>),
     /// A read-only query.
     Read(ReadFn),
+    /// The recent events, oldest first.
+    RecentEvents(oneshot::Sender<Vec<Event>>),
 }
 
 /// The handle API handlers hold.
@@ -131,6 +136,16 @@ impl ControllerHandle {
     /// The secret replica transports and gateways authenticate with.
     pub fn cluster_secret(&self) -> &str {
         &self.cluster_secret
+    }
+
+    /// The last [`RECENT_EVENTS_KEPT`] events, oldest first.
+    pub async fn recent_events(&self) -> Result<Vec<Event>> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::RecentEvents(reply))
+            .await
+            .map_err(|_| ServerError::ShuttingDown)?;
+        answer.await.map_err(|_| ServerError::ShuttingDown)
     }
 
     /// A subscription to events from now on.
@@ -218,6 +233,8 @@ struct Controller {
     settings: ControllerSettings,
     metrics: Arc<Metrics>,
     events: broadcast::Sender<Event>,
+    /// The last events published, for readers that arrive later.
+    recent_events: VecDeque<Event>,
     next_event_seq: u64,
     next_node_id: u64,
     next_service_id: u64,
@@ -283,7 +300,7 @@ impl Controller {
             }
         };
         debug_assert!(CLUSTER_SECRET_KEY.starts_with(META_PREFIX));
-        metrics.observe(&cluster);
+        metrics.observe(&cluster, now);
         let scaling = settings.autoscale.clone().map(|settings| Scaling {
             next_round_ms: now + settings.config.interval_ms,
             settings,
@@ -296,6 +313,7 @@ impl Controller {
             settings,
             metrics,
             events,
+            recent_events: VecDeque::with_capacity(RECENT_EVENTS_KEPT),
             next_event_seq: 0,
             next_node_id,
             next_service_id,
@@ -354,6 +372,9 @@ impl Controller {
                 let _ = reply.send(self.drain(&node).await);
             }
             Command::Read(read) => read(&self.cluster, now_ms()),
+            Command::RecentEvents(reply) => {
+                let _ = reply.send(self.recent_events.iter().cloned().collect());
+            }
         }
     }
 
@@ -589,7 +610,8 @@ impl Controller {
 
     async fn reconcile(&mut self) {
         let now = now_ms();
-        let decision = reconcile(&self.cluster, now, self.settings.node_grace_ms);
+        let mut decision = reconcile(&self.cluster, now, self.settings.node_grace_ms);
+        self.note_drain_waits(std::mem::take(&mut decision.drain_waits));
         // Log problems when they change, not on every pass: a service waiting for
         // nodes would otherwise log twice a second.
         if decision.problems != self.last_problems {
@@ -606,7 +628,7 @@ impl Controller {
             self.wake();
         }
         self.autoscale_round(now).await;
-        self.metrics.observe(&self.cluster);
+        self.metrics.observe(&self.cluster, now);
     }
 
     /// One autoscaling round when due: resizes, migrations and drains are applied and
@@ -822,15 +844,36 @@ impl Controller {
         })
     }
 
+    /// Keeps why drains wait, publishing one event per node when its reasons change
+    /// (not one per pass: a blocked drain would otherwise repeat twice a second).
+    fn note_drain_waits(&mut self, waits: BTreeMap<NodeId, Vec<String>>) {
+        for (node, reasons) in &waits {
+            if self.cluster.drain_waits.get(node) != Some(reasons) {
+                self.publish(EventKind::DrainBlocked {
+                    node_id: *node,
+                    name: self.cluster.node_name(*node),
+                    reasons: reasons.clone(),
+                });
+            }
+        }
+        self.cluster.drain_waits = waits;
+    }
+
     fn publish(&mut self, kind: EventKind) {
         self.next_event_seq += 1;
         tracing::info!(event = kind.name(), ?kind, "event");
-        // No subscribers is fine: events are a live feed, not a log.
-        let _ = self.events.send(Event {
+        self.metrics.event(&kind);
+        let event = Event {
             seq: self.next_event_seq,
             time_ms: now_ms(),
             kind,
-        });
+        };
+        if self.recent_events.len() == RECENT_EVENTS_KEPT {
+            self.recent_events.pop_front();
+        }
+        self.recent_events.push_back(event.clone());
+        // No subscribers is fine: live readers subscribe, late ones read the recent.
+        let _ = self.events.send(event);
     }
 
     async fn prune_lost_nodes(&mut self) {

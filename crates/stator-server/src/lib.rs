@@ -27,6 +27,8 @@
 //! - [`model`]: persisted records (nodes, services, designed placement) and observed
 //!   status (heartbeats).
 //! - [`views`]: the JSON the API returns (nodes, services, partitions, events).
+//! - [`dashboard`]: the web dashboard at `/ui/` (page, script and styles embedded in
+//!   the binary; data through the `/v1` API with the user's token).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`error`]: [`ServerError`] and its HTTP statuses.
 
@@ -35,6 +37,7 @@ pub mod assign;
 pub mod autoscale;
 pub mod config;
 pub mod controller;
+pub mod dashboard;
 pub mod error;
 pub mod fence;
 pub mod forward;

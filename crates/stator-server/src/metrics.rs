@@ -1,16 +1,59 @@
-//! Prometheus metrics of the control plane, served as text at `/metrics`.
+//! Prometheus metrics of the control plane, served as text at `/metrics`: cluster
+//! totals, and per-partition and per-node series built from what heartbeats carry
+//! (`deploy/grafana/stator.json` charts them).
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use stator_api::agent::{ReplicaRole, ReplicaStatus};
+use stator_api::ids::{GroupId, NodeId};
 use stator_api::spec::ServiceKind;
 
 use crate::model::{Cluster, NodeState};
+use crate::views::EventKind;
 
 type Labels = Vec<(String, String)>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Shortest gap between two refreshes of the per-partition and per-node series: they
+/// walk every replica report, and a scrape every few seconds needs nothing fresher.
+pub const SERIES_REFRESH_INTERVAL_MS: u64 = 1_000;
+
+/// Per-partition series, labelled `service` and `partition`.
+#[derive(Debug, Default)]
+struct PartitionSeries {
+    leader_changes: Family<Labels, Counter>,
+    ops_per_second: Family<Labels, FloatGauge>,
+    p99_seconds: Family<Labels, FloatGauge>,
+    apply_lag_entries: Family<Labels, Gauge>,
+    state_bytes: Family<Labels, Gauge>,
+    replication_factor_met: Family<Labels, Gauge>,
+    report_age_seconds: Family<Labels, FloatGauge>,
+}
+
+/// Per-node series, labelled `node`, `zone` and `pool`.
+#[derive(Debug, Default)]
+struct NodeSeries {
+    replicas: Family<Labels, Gauge>,
+    leaders: Family<Labels, Gauge>,
+    ops_per_second: Family<Labels, FloatGauge>,
+    state_bytes: Family<Labels, Gauge>,
+    cpu_capacity_millicores: Family<Labels, Gauge>,
+    cpu_requested_millicores: Family<Labels, Gauge>,
+    heartbeat_age_seconds: Family<Labels, FloatGauge>,
+}
+
+fn partition_labels(service: &str, partition: u32) -> Labels {
+    vec![
+        ("service".to_string(), service.to_string()),
+        ("partition".to_string(), partition.to_string()),
+    ]
+}
 
 /// The server's metrics. Cheap to update from any task: every metric is atomic.
 #[derive(Debug)]
@@ -24,6 +67,10 @@ pub struct Metrics {
     api_requests: Family<Labels, Counter>,
     reconcile_runs: Counter,
     reconcile_actions: Counter,
+    partition: PartitionSeries,
+    node: NodeSeries,
+    /// When the per-partition and per-node series were last refreshed, ms.
+    series_refreshed_ms: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -45,8 +92,83 @@ impl Metrics {
             api_requests: Family::default(),
             reconcile_runs: Counter::default(),
             reconcile_actions: Counter::default(),
+            partition: PartitionSeries::default(),
+            node: NodeSeries::default(),
+            series_refreshed_ms: AtomicU64::new(0),
             registry: Registry::default(),
         };
+        let p = &metrics.partition;
+        registry.register(
+            "partition_leader_changes",
+            "Leader changes reported by heartbeats, per partition",
+            p.leader_changes.clone(),
+        );
+        registry.register(
+            "partition_ops_per_second",
+            "Client operations per second the partition's leader answers",
+            p.ops_per_second.clone(),
+        );
+        registry.register(
+            "partition_p99_seconds",
+            "p99 latency of client operations (commit and apply for writes) at the leader",
+            p.p99_seconds.clone(),
+        );
+        registry.register(
+            "partition_apply_lag_entries",
+            "Largest gap between the leader's applied log index and a live member's",
+            p.apply_lag_entries.clone(),
+        );
+        registry.register(
+            "partition_state_bytes",
+            "Bytes of state the leader holds: the size of the partition's next snapshot",
+            p.state_bytes.clone(),
+        );
+        registry.register(
+            "partition_replication_factor_met",
+            "1 when the observed voters are the designed members, all alive",
+            p.replication_factor_met.clone(),
+        );
+        registry.register(
+            "partition_report_age_seconds",
+            "Age of the leader's last report (its node's last heartbeat)",
+            p.report_age_seconds.clone(),
+        );
+        let n = &metrics.node;
+        registry.register(
+            "node_replicas",
+            "Replicas a node reports",
+            n.replicas.clone(),
+        );
+        registry.register(
+            "node_leaders",
+            "Replicas a node reports as leader",
+            n.leaders.clone(),
+        );
+        registry.register(
+            "node_ops_per_second",
+            "Client operations per second a node's leaders answer",
+            n.ops_per_second.clone(),
+        );
+        registry.register(
+            "node_state_bytes",
+            "Bytes of replica state a node holds",
+            n.state_bytes.clone(),
+        );
+        registry.register(
+            "node_cpu_capacity_millicores",
+            "CPU a node offers",
+            n.cpu_capacity_millicores.clone(),
+        );
+        registry.register(
+            "node_cpu_requested_millicores",
+            "CPU requested by the replicas designed onto a node",
+            n.cpu_requested_millicores.clone(),
+        );
+        registry.register(
+            "node_heartbeat_age_seconds",
+            "Time since a node's last heartbeat",
+            n.heartbeat_age_seconds.clone(),
+        );
         registry.register("nodes", "Registered nodes by state", metrics.nodes.clone());
         registry.register("services", "Services applied", metrics.services.clone());
         registry.register(
@@ -101,8 +223,28 @@ impl Metrics {
         self.reconcile_actions.inc_by(actions as u64);
     }
 
-    /// Sets the gauges from the cluster.
-    pub fn observe(&self, cluster: &Cluster) {
+    /// Counts what an event says (leader changes per partition).
+    pub fn event(&self, kind: &EventKind) {
+        if let EventKind::LeaderChanged {
+            service, partition, ..
+        } = kind
+        {
+            self.partition
+                .leader_changes
+                .get_or_create(&partition_labels(service, *partition))
+                .inc();
+        }
+    }
+
+    /// Sets the gauges from the cluster at `now_ms`; the per-partition and per-node
+    /// series at most every [`SERIES_REFRESH_INTERVAL_MS`].
+    pub fn observe(&self, cluster: &Cluster, now_ms: u64) {
+        let last_ms = self.series_refreshed_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last_ms) >= SERIES_REFRESH_INTERVAL_MS {
+            self.series_refreshed_ms.store(now_ms, Ordering::Relaxed);
+            self.observe_partitions(cluster, now_ms);
+            self.observe_nodes(cluster, now_ms);
+        }
         for state in NodeState::ALL {
             let count = cluster.nodes.values().filter(|n| n.state == state).count();
             self.nodes
@@ -128,6 +270,137 @@ impl Metrics {
         self.partitions.set(partitions);
         self.partitions_without_leader.set(without_leader);
         self.partitions_under_replicated.set(under_replicated);
+    }
+
+    /// Per-partition gauges, rebuilt so deleted partitions leave no stale series.
+    fn observe_partitions(&self, cluster: &Cluster, now_ms: u64) {
+        // One walk over every report instead of a search per partition.
+        let mut leaders: BTreeMap<GroupId, (NodeId, &ReplicaStatus)> = BTreeMap::new();
+        let mut applied: BTreeMap<GroupId, Vec<u64>> = BTreeMap::new();
+        for (node, observed) in &cluster.observed {
+            if !cluster.is_alive(*node) {
+                continue;
+            }
+            for report in &observed.replicas {
+                applied
+                    .entry(report.group)
+                    .or_default()
+                    .push(report.applied_index);
+                if report.role == ReplicaRole::Leader
+                    && leaders
+                        .get(&report.group)
+                        .is_none_or(|(_, known)| known.term < report.term)
+                {
+                    leaders.insert(report.group, (*node, report));
+                }
+            }
+        }
+        let p = &self.partition;
+        p.ops_per_second.clear();
+        p.p99_seconds.clear();
+        p.apply_lag_entries.clear();
+        p.state_bytes.clear();
+        p.replication_factor_met.clear();
+        p.report_age_seconds.clear();
+        for service in cluster.services.values() {
+            if service.spec().kind != ServiceKind::Replicated {
+                continue;
+            }
+            for partition in 0..service.placement.partitions.len() as u32 {
+                let labels = partition_labels(&service.spec().name, partition);
+                let met = cluster.replication_factor_met(service, partition);
+                p.replication_factor_met
+                    .get_or_create(&labels)
+                    .set(i64::from(met));
+                let group = service.group(partition);
+                let Some((leader, report)) = leaders.get(&group) else {
+                    continue;
+                };
+                p.ops_per_second
+                    .get_or_create(&labels)
+                    .set(report.ops_per_sec);
+                p.p99_seconds
+                    .get_or_create(&labels)
+                    .set(report.p99_us as f64 / 1e6);
+                p.state_bytes
+                    .get_or_create(&labels)
+                    .set(report.state_bytes as i64);
+                let lag = applied.get(&group).map_or(0, |all| {
+                    all.iter()
+                        .map(|a| report.applied_index.saturating_sub(*a))
+                        .max()
+                        .unwrap_or(0)
+                });
+                p.apply_lag_entries.get_or_create(&labels).set(lag as i64);
+                let age_ms = cluster
+                    .observed
+                    .get(leader)
+                    .map_or(0, |o| now_ms.saturating_sub(o.last_heartbeat_ms));
+                p.report_age_seconds
+                    .get_or_create(&labels)
+                    .set(age_ms as f64 / 1e3);
+            }
+        }
+    }
+
+    /// Per-node gauges of live nodes.
+    fn observe_nodes(&self, cluster: &Cluster, now_ms: u64) {
+        let n = &self.node;
+        n.replicas.clear();
+        n.leaders.clear();
+        n.ops_per_second.clear();
+        n.state_bytes.clear();
+        n.cpu_capacity_millicores.clear();
+        n.cpu_requested_millicores.clear();
+        n.heartbeat_age_seconds.clear();
+        for record in cluster.nodes.values() {
+            if !record.state.is_alive() {
+                continue;
+            }
+            let labels: Labels = vec![
+                ("node".to_string(), record.info.name.clone()),
+                ("zone".to_string(), record.info.zone.clone()),
+                ("pool".to_string(), record.info.pool.clone()),
+            ];
+            let reports = cluster
+                .observed
+                .get(&record.id)
+                .map_or(&[][..], |o| &o.replicas[..]);
+            let leading = || reports.iter().filter(|r| r.role == ReplicaRole::Leader);
+            n.replicas.get_or_create(&labels).set(reports.len() as i64);
+            n.leaders
+                .get_or_create(&labels)
+                .set(leading().count() as i64);
+            n.ops_per_second
+                .get_or_create(&labels)
+                .set(leading().fold(0.0, |total, r| total + r.ops_per_sec));
+            n.state_bytes
+                .get_or_create(&labels)
+                .set(reports.iter().map(|r| r.state_bytes as i64).sum());
+            n.cpu_capacity_millicores
+                .get_or_create(&labels)
+                .set(record.info.cpu_millis as i64);
+            let requested: u64 = cluster
+                .services
+                .values()
+                .flat_map(|s| {
+                    let cpu = s.spec().resources.cpu_millis();
+                    s.placement
+                        .partitions
+                        .iter()
+                        .filter(|d| d.members.contains(&record.id))
+                        .map(move |d| d.member_cpu_millis(record.id, cpu))
+                })
+                .sum();
+            n.cpu_requested_millicores
+                .get_or_create(&labels)
+                .set(requested as i64);
+            if let Some(observed) = cluster.observed.get(&record.id) {
+                n.heartbeat_age_seconds
+                    .get_or_create(&labels)
+                    .set(now_ms.saturating_sub(observed.last_heartbeat_ms) as f64 / 1e3);
+            }
+        }
     }
 
     /// The Prometheus text exposition.

@@ -236,6 +236,9 @@ pub struct Cluster {
     /// Per node, kv service -> the `host:port` where the node serves the Redis Cluster
     /// protocol for it, as its last heartbeat reported.
     pub resp_addrs: BTreeMap<NodeId, BTreeMap<String, String>>,
+    /// Per draining node, why its drain cannot go on (one line per blocked partition),
+    /// as the last reconcile pass found. In memory: the next pass finds it again.
+    pub drain_waits: BTreeMap<NodeId, Vec<String>>,
 }
 
 impl Cluster {

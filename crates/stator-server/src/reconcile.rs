@@ -175,6 +175,8 @@ pub struct Decision {
     pub actions: Vec<Action>,
     /// Things the pass could not do (e.g. not enough nodes), for logs and status.
     pub problems: Vec<String>,
+    /// Per draining node, the partitions whose move off it cannot be planned, and why.
+    pub drain_waits: BTreeMap<NodeId, Vec<String>>,
     /// Run again at the latest at this time (ms since the Unix epoch).
     pub next_run_ms: u64,
 }
@@ -333,7 +335,16 @@ impl Pass {
                         reason,
                     });
                 }
-                Err(error) => self.problem(error),
+                Err(error) => {
+                    if reason == ReplaceReason::NodeDraining {
+                        self.decision
+                            .drain_waits
+                            .entry(remove)
+                            .or_default()
+                            .push(format!("partition {name}/{partition}: {error}"));
+                    }
+                    self.problem(error)
+                }
             }
         }
     }
@@ -1173,6 +1184,28 @@ mod tests {
         report_leader(&mut cluster, 2, 1, &[2, 3, 4]);
         let actions = step(&mut cluster, NOW_MS);
         assert_eq!(actions, vec![Action::MarkNodeDrained { node: 1 }]);
+    }
+
+    #[test]
+    fn a_drain_with_nowhere_to_go_says_which_partition_waits_and_why() {
+        // Three nodes, three replicas: no fourth node can take node 1's replica.
+        let mut cluster = cluster_with_nodes(&["a", "b", "c"]);
+        add_service(&mut cluster, &kv(1, "node"));
+        started(&mut cluster, 0, &[1, 2, 3]);
+        report_leader(&mut cluster, 2, 0, &[1, 2, 3]);
+        cluster.nodes.get_mut(&1).unwrap().state = NodeState::Draining;
+        let decision = reconcile(&cluster, NOW_MS, GRACE_MS);
+        assert!(decision.actions.is_empty(), "{:?}", decision.actions);
+        let waits = &decision.drain_waits[&1];
+        assert_eq!(waits.len(), 1, "{waits:?}");
+        assert!(
+            waits[0].starts_with("partition ")
+                && waits[0].contains("/0: ")
+                && waits[0].contains("add nodes"),
+            "{waits:?}"
+        );
+        // Nodes that are not draining never wait.
+        assert_eq!(decision.drain_waits.len(), 1);
     }
 
     #[test]

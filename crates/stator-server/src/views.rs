@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-use stator_api::agent::{InstanceState, ReplicaRole};
+use stator_api::agent::{InstanceState, ReplicaRole, ReplicaStatus};
 use stator_api::ids::{GroupId, NodeId};
 use stator_api::slot::{partition_ranges, SlotRange};
 use stator_api::spec::{ServiceKind, ServiceSpec};
@@ -42,6 +42,19 @@ pub struct NodeView {
     pub leaders: usize,
     /// Stateless instances and running job attempts assigned to it.
     pub instances: usize,
+    /// CPU requested by what is designed onto it, millicores (its use of `cpu_millis`).
+    #[serde(default)]
+    pub cpu_requested_millis: u64,
+    /// Memory requested by what is designed onto it, MiB.
+    #[serde(default)]
+    pub memory_requested_mib: u64,
+    /// Client operations per second its leader replicas answer (from its heartbeat).
+    #[serde(default)]
+    pub ops_per_sec: f64,
+    /// While draining: why the drain cannot finish yet, one line per blocked
+    /// partition (empty when it is moving along or not draining).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drain_waits: Vec<String>,
 }
 
 /// One member of a partition group.
@@ -63,6 +76,26 @@ pub struct MemberView {
     /// cluster mode, once the agent reported it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resp_addr: Option<String>,
+    /// Last log index its replica applied, as its last heartbeat said.
+    #[serde(default)]
+    pub applied_index: Option<u64>,
+}
+
+/// What the leader of a partition said about it in its last heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartitionLoad {
+    /// Client operations answered per second.
+    pub ops_per_sec: f64,
+    /// p99 latency of client operations, microseconds.
+    pub p99_us: u64,
+    /// The leader's last applied log index.
+    pub applied_index: u64,
+    /// Approximate bytes of state the leader holds (what a snapshot carries).
+    pub state_bytes: u64,
+    /// Largest gap between the leader's applied index and a live member's.
+    pub apply_lag_entries: u64,
+    /// Age of this report: time since the leader's node last heartbeated, ms.
+    pub observed_age_ms: u64,
 }
 
 /// The leader of a partition.
@@ -82,7 +115,7 @@ pub struct LeaderView {
 }
 
 /// One partition, as `GET /v1/partitions` lists it (what the gateway routes by).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PartitionView {
     /// Service name.
     pub service: String,
@@ -102,6 +135,9 @@ pub struct PartitionView {
     pub replicas: u32,
     /// Observed voters equal the designed members, all alive.
     pub replication_factor_met: bool,
+    /// Load and age of the leader's report (None while no leader is reported).
+    #[serde(default)]
+    pub load: Option<PartitionLoad>,
 }
 
 /// Status of a service.
@@ -311,6 +347,15 @@ pub enum EventKind {
         /// `succeeded` or `failed`.
         phase: JobPhase,
     },
+    /// A drain cannot go on: published once when the reasons change, not per pass.
+    DrainBlocked {
+        /// Node id.
+        node_id: NodeId,
+        /// Node name.
+        name: String,
+        /// One line per blocked partition.
+        reasons: Vec<String>,
+    },
     /// This subscriber fell behind and missed events; re-read the lists.
     Lagged {
         /// Events missed.
@@ -338,7 +383,41 @@ impl EventKind {
             EventKind::InstanceRemoved { .. } => "instance_removed",
             EventKind::InstanceFinished { .. } => "instance_finished",
             EventKind::JobFinished { .. } => "job_finished",
+            EventKind::DrainBlocked { .. } => "drain_blocked",
             EventKind::Lagged { .. } => "lagged",
+        }
+    }
+
+    /// The service the event is about, if it is about one.
+    pub fn service(&self) -> Option<&str> {
+        match self {
+            EventKind::ReplicaPlaced { service, .. }
+            | EventKind::ReplicaMoved { service, .. }
+            | EventKind::ReplicaResized { service, .. }
+            | EventKind::LeaderChanged { service, .. }
+            | EventKind::ServiceApplied { service, .. }
+            | EventKind::ServiceDeleted { service }
+            | EventKind::InstancePlaced { service, .. }
+            | EventKind::InstanceRemoved { service, .. }
+            | EventKind::InstanceFinished { service, .. }
+            | EventKind::JobFinished { service, .. } => Some(service),
+            _ => None,
+        }
+    }
+
+    /// The node the event is about, if it is about one.
+    pub fn node(&self) -> Option<NodeId> {
+        match self {
+            EventKind::NodeJoined { node_id, .. }
+            | EventKind::NodeLost { node_id, .. }
+            | EventKind::NodeDraining { node_id, .. }
+            | EventKind::NodeDrained { node_id, .. }
+            | EventKind::NodeReleased { node_id, .. }
+            | EventKind::DrainBlocked { node_id, .. }
+            | EventKind::ReplicaResized { node_id, .. }
+            | EventKind::InstancePlaced { node_id, .. } => Some(*node_id),
+            EventKind::LeaderChanged { leader, .. } => *leader,
+            _ => None,
         }
     }
 }
@@ -348,19 +427,25 @@ pub fn node_view(cluster: &Cluster, id: NodeId, now_ms: u64) -> Option<NodeView>
     let record = cluster.nodes.get(&id)?;
     let mut replicas = 0;
     let mut instances = 0;
+    let (mut cpu_requested_millis, mut memory_requested_mib) = (0, 0);
     for service in cluster.services.values() {
-        replicas += service
-            .placement
-            .partitions
-            .iter()
-            .filter(|p| p.members.contains(&id))
-            .count();
-        instances += service
+        let resources = &service.spec().resources;
+        for design in service.placement.partitions.iter() {
+            if design.members.contains(&id) {
+                replicas += 1;
+                cpu_requested_millis += design.member_cpu_millis(id, resources.cpu_millis());
+                memory_requested_mib += resources.memory_mib();
+            }
+        }
+        let assigned = service
             .placement
             .instances
             .iter()
             .filter(|i| i.node == id && i.phase == InstancePhase::Assigned)
             .count();
+        instances += assigned;
+        cpu_requested_millis += assigned as u64 * resources.cpu_millis();
+        memory_requested_mib += assigned as u64 * resources.memory_mib();
     }
     let observed = cluster.observed.get(&id);
     Some(NodeView {
@@ -383,11 +468,59 @@ pub fn node_view(cluster: &Cluster, id: NodeId, now_ms: u64) -> Option<NodeView>
                 .count()
         }),
         instances,
+        cpu_requested_millis,
+        memory_requested_mib,
+        ops_per_sec: observed.map_or(0.0, |o| {
+            o.replicas
+                .iter()
+                .filter(|r| r.role == ReplicaRole::Leader)
+                .map(|r| r.ops_per_sec)
+                // An empty float sum is -0.0; shown as "-0.0" it would puzzle.
+                .fold(0.0, |total, ops| total + ops)
+        }),
+        drain_waits: cluster.drain_waits.get(&id).cloned().unwrap_or_default(),
     })
 }
 
-/// Every partition of `service`.
-pub fn partition_views(cluster: &Cluster, service: &Service) -> Vec<PartitionView> {
+/// What `node` reports about its replica of `group`.
+fn replica_status(cluster: &Cluster, node: NodeId, group: GroupId) -> Option<&ReplicaStatus> {
+    cluster
+        .observed
+        .get(&node)?
+        .replicas
+        .iter()
+        .find(|r| r.group == group)
+}
+
+/// The load of a partition as its leader reported it, with the report's age.
+fn partition_load(
+    cluster: &Cluster,
+    leader: NodeId,
+    group: GroupId,
+    members: &[MemberView],
+    now_ms: u64,
+) -> Option<PartitionLoad> {
+    let report = replica_status(cluster, leader, group)?;
+    let last_heartbeat_ms = cluster.observed.get(&leader)?.last_heartbeat_ms;
+    let apply_lag_entries = members
+        .iter()
+        .filter(|m| m.alive)
+        .filter_map(|m| m.applied_index)
+        .map(|applied| report.applied_index.saturating_sub(applied))
+        .max()
+        .unwrap_or(0);
+    Some(PartitionLoad {
+        ops_per_sec: report.ops_per_sec,
+        p99_us: report.p99_us,
+        applied_index: report.applied_index,
+        state_bytes: report.state_bytes,
+        apply_lag_entries,
+        observed_age_ms: now_ms.saturating_sub(last_heartbeat_ms),
+    })
+}
+
+/// Every partition of `service`, with ages measured at `now_ms`.
+pub fn partition_views(cluster: &Cluster, service: &Service, now_ms: u64) -> Vec<PartitionView> {
     let spec = service.spec();
     if spec.kind != ServiceKind::Replicated {
         return Vec::new();
@@ -419,8 +552,12 @@ pub fn partition_views(cluster: &Cluster, service: &Service) -> Vec<PartitionVie
                     designed: design.members.contains(&node_id),
                     alive: cluster.is_alive(node_id),
                     resp_addr: cluster.node_resp_addr(node_id, &spec.name),
+                    applied_index: replica_status(cluster, node_id, group).map(|r| r.applied_index),
                 })
                 .collect();
+            let load = observed
+                .as_ref()
+                .and_then(|o| partition_load(cluster, o.leader, group, &members, now_ms));
             PartitionView {
                 service: spec.name.clone(),
                 partition,
@@ -441,6 +578,7 @@ pub fn partition_views(cluster: &Cluster, service: &Service) -> Vec<PartitionVie
                 members,
                 replicas: spec.replicas,
                 replication_factor_met: cluster.replication_factor_met(service, partition),
+                load,
             }
         })
         .collect()

@@ -264,6 +264,7 @@ async fn every_v1_route_refuses_a_missing_or_wrong_token() {
         (Method::GET, "/v1/cluster"),
         (Method::GET, "/v1/partitions?service=sessions"),
         (Method::GET, "/v1/events"),
+        (Method::GET, "/v1/events/recent"),
     ];
     let agent_routes = [
         (Method::POST, "/v1/agents/register"),
@@ -596,6 +597,58 @@ async fn drain_moves_replicas_away_then_the_node_is_drained() {
     }
     let drained = agents.iter().find(|a| a.id == target).unwrap();
     assert!(drained.assignments.replicas.is_empty());
+    server.handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_dashboard_is_served_without_data_and_recent_events_need_the_token() {
+    let server = TestServer::start().await;
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let root = no_redirects.get(server.url("/")).send().await.unwrap();
+    assert!(root.status().is_redirection());
+    assert_eq!(root.headers()["location"], "/ui/");
+    for (path, kind) in [
+        ("/ui/", "text/html"),
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+    ] {
+        let response = server.client.get(server.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let headers = response.headers();
+        assert!(headers["content-type"].to_str().unwrap().starts_with(kind));
+        let policy = headers["content-security-policy"].to_str().unwrap();
+        assert!(policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'"));
+        assert_eq!(headers["referrer-policy"], "no-referrer");
+    }
+    register_agents(&server, &["n1"]).await;
+    server
+        .apply(
+            "sessions",
+            "application/toml",
+            &KV_SPEC.replace("replicas = 3", "replicas = 1"),
+        )
+        .await;
+    let recent = server.get_json("/v1/events/recent").await;
+    let types: Vec<&str> = recent
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(&types[..2], ["node_joined", "service_applied"], "{types:?}");
+    let seqs: Vec<u64> = recent
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "oldest first: {seqs:?}"
+    );
     server.handle.shutdown().await.unwrap();
 }
 

@@ -7,12 +7,58 @@ use std::time::Duration;
 
 /// One call's timeout.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait to connect for a stream (a stream itself has no end to wait for).
+const STREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest event the stream reader buffers: events are a few hundred bytes; a server
+/// that sends more without a blank line is not speaking SSE.
+const MAX_EVENT_BYTES: usize = 1024 * 1024;
 
 /// An authenticated API client.
 pub struct Api {
     base: String,
     token: String,
     http: reqwest::Client,
+    /// Without a total timeout: for `/v1/events`, which stays open.
+    streaming: reqwest::Client,
+}
+
+/// The `/v1/events` stream, one event at a time.
+pub struct EventStream {
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+impl EventStream {
+    /// The next event; None when the server ends the stream.
+    pub async fn next_event(&mut self) -> anyhow::Result<Option<stator_server::views::Event>> {
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&block[..end]);
+                let data: Vec<&str> = text
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect();
+                if data.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                let event = serde_json::from_str(&data.join("\n"))
+                    .map_err(|e| anyhow::anyhow!("the server sent an event this CLI cannot read ({e}); is the CLI older than the server?"))?;
+                return Ok(Some(event));
+            }
+            match self.response.chunk().await? {
+                Some(chunk) => {
+                    self.buffer.extend_from_slice(&chunk);
+                    anyhow::ensure!(
+                        self.buffer.len() <= MAX_EVENT_BYTES,
+                        "the event stream sent {MAX_EVENT_BYTES} bytes without ending an event"
+                    );
+                }
+                None => return Ok(None),
+            }
+        }
+    }
 }
 
 impl Api {
@@ -22,6 +68,9 @@ impl Api {
             base: ctx.server.trim_end_matches('/').to_string(),
             token: ctx.token.clone(),
             http: reqwest::Client::builder().timeout(CALL_TIMEOUT).build()?,
+            streaming: reqwest::Client::builder()
+                .connect_timeout(STREAM_CONNECT_TIMEOUT)
+                .build()?,
         })
     }
 
@@ -66,6 +115,18 @@ impl Api {
             .await?
             .json()
             .await?)
+    }
+
+    /// Opens a server-sent event stream.
+    pub async fn stream(&self, path: &str) -> anyhow::Result<EventStream> {
+        let request = self
+            .streaming
+            .get(self.url(path))
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        Ok(EventStream {
+            response: self.send(request).await?,
+            buffer: Vec::new(),
+        })
     }
 
     /// PUT a raw body with a content type; returns the JSON answer.

@@ -9,7 +9,7 @@ mod pools;
 mod up;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use commands::Output;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -142,12 +142,16 @@ enum Verb {
         http: String,
     },
     /// Create or update a service from a TOML or YAML spec (idempotent).
+    #[command(after_help = "Example:\n  stator apply -f examples/kv.toml")]
     Apply {
         /// The spec file.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
-    /// List nodes, services or partitions.
+    /// List nodes, services or partitions (with the age of each observation).
+    #[command(
+        after_help = "Examples:\n  stator get nodes\n  stator get partitions sessions\n  stator get services -o json"
+    )]
     Get {
         /// nodes | services | partitions
         what: String,
@@ -157,27 +161,66 @@ enum Verb {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
-    /// Show one service in detail.
+    /// Show one node, service or partition in detail, with its recent events.
+    #[command(
+        after_help = "Examples:\n  stator describe node node-2\n  stator describe service sessions\n  stator describe partition sessions/0"
+    )]
     Describe {
-        /// Only `service` for now.
+        /// node | service | partition
         kind: String,
-        /// The service name.
+        /// The node's name or id, the service's name, or SERVICE/N for a partition.
         name: String,
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
     /// Delete a service.
+    #[command(after_help = "Example:\n  stator delete service sessions")]
     Delete {
         /// Only `service` for now.
         kind: String,
         /// The service name.
         name: String,
     },
-    /// Move every replica and instance off a node, then mark it drained.
+    /// Move every replica and instance off a node, then mark it drained. Why a drain
+    /// waits shows in `get nodes`, `describe node` and one `drain_blocked` event.
+    #[command(after_help = "Example:\n  stator drain node-2 && stator describe node node-2")]
     Drain {
         /// Node name or id.
         node: String,
+    },
+    /// Print what the control plane did: the recent events, then (-f) new ones live.
+    #[command(
+        after_help = "Examples:\n  stator events\n  stator events -f --service sessions\n  stator events -o json | jq .type"
+    )]
+    Events {
+        /// Keep printing events as they happen (Ctrl-C stops).
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only events about this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Output format (json: one event per line).
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Nodes and partitions by load (ops/s from the last heartbeats).
+    #[command(after_help = "Examples:\n  stator top\n  stator top --limit 5 -o json")]
+    Top {
+        /// Rows per table.
+        #[arg(long, default_value_t = commands::TOP_DEFAULT_LIMIT)]
+        limit: usize,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  stator completions bash > /etc/bash_completion.d/stator\n  stator completions zsh > \"${fpath[1]}/_stator\""
+    )]
+    Completions {
+        /// bash | zsh | fish | elvish | powershell
+        shell: clap_complete::Shell,
     },
     /// Simulate policies on a scenario or a real trace (deterministic).
     Sim {
@@ -363,6 +406,32 @@ async fn shutdown_signal() {
     }
 }
 
+/// A bad command line: help and version print as clap prints them; errors become one
+/// line (clap's own message spans several).
+fn parse_error(error: clap::Error) -> anyhow::Result<()> {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        commands::write_stdout_bytes(error.render().to_string().as_bytes());
+        if error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            std::process::exit(2);
+        }
+        return Ok(());
+    }
+    let text = error.render().to_string();
+    let reason: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more"))
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .collect();
+    anyhow::bail!("{} (see `stator --help`)", reason.join("; "))
+}
+
 /// Errors exit non-zero with one line: the reason and its causes, never a backtrace.
 fn main() -> std::process::ExitCode {
     match run() {
@@ -382,7 +451,16 @@ fn run() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return parse_error(error),
+    };
+    if let Verb::Completions { shell } = cli.command {
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "stator", &mut script);
+        commands::write_stdout_bytes(&script);
+        return Ok(());
+    }
     if let Verb::Sim {
         scenario,
         trace_nodes,
@@ -410,6 +488,12 @@ fn run() -> anyhow::Result<()> {
             },
             progress: true,
         };
+        // The simulator prints with println!; it writes no socket, so the default
+        // SIGPIPE action (end quietly) is safe here and keeps `stator sim | head` calm.
+        // SAFETY: setting a signal disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
         stator_sim::run_and_report(&opts)?;
         return Ok(());
     }
@@ -427,7 +511,9 @@ fn run() -> anyhow::Result<()> {
             client::Api::new(&ctx)
         };
         match cli.command {
-            Verb::Sim { .. } => unreachable!("handled before the runtime starts"),
+            Verb::Sim { .. } | Verb::Completions { .. } => {
+                unreachable!("handled before the runtime starts")
+            }
             Verb::Up {
                 data_dir,
                 nodes,
@@ -558,12 +644,25 @@ fn run() -> anyhow::Result<()> {
                 service,
                 output,
             } => commands::get(&api()?, &what, service.as_deref(), output).await,
-            Verb::Describe { kind, name, output } => {
-                anyhow::ensure!(
-                    kind == "service" || kind == "svc",
-                    "describe {kind}: only `describe service NAME` exists"
-                );
-                commands::describe_service(&api()?, &name, output).await
+            Verb::Describe { kind, name, output } => match kind.as_str() {
+                "service" | "svc" => commands::describe_service(&api()?, &name, output).await,
+                "node" | "no" => commands::describe_node(&api()?, &name, output).await,
+                "partition" | "pt" => {
+                    commands::parse_partition_ref(&name)?;
+                    commands::describe_partition(&api()?, &name, output).await
+                }
+                other => anyhow::bail!(
+                    "describe {other}: expected node NAME, service NAME or partition SERVICE/N"
+                ),
+            },
+            Verb::Events {
+                follow,
+                service,
+                output,
+            } => commands::events(&api()?, follow, service.as_deref(), output).await,
+            Verb::Top { limit, output } => {
+                anyhow::ensure!(limit >= 1, "--limit: at least 1, got {limit}");
+                commands::top(&api()?, limit, output).await
             }
             Verb::Delete { kind, name } => {
                 anyhow::ensure!(
@@ -571,7 +670,7 @@ fn run() -> anyhow::Result<()> {
                     "delete {kind}: only `delete service NAME` exists"
                 );
                 api()?.delete(&format!("/v1/services/{name}")).await?;
-                println!("service/{name} deleted");
+                outln!("service/{name} deleted");
                 Ok(())
             }
             Verb::Chaos {
@@ -615,7 +714,7 @@ fn run() -> anyhow::Result<()> {
             }
             Verb::Drain { node } => {
                 api()?.post(&format!("/v1/nodes/{node}/drain")).await?;
-                println!("node/{node} draining");
+                outln!("node/{node} draining; `stator describe node {node}` shows its progress");
                 Ok(())
             }
             Verb::Bench {
@@ -713,7 +812,6 @@ fn run() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn the_command_line_is_well_formed() {

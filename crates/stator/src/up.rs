@@ -261,6 +261,10 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         server_dir.display(),
         ctx_path.display()
     );
+    println!(
+        "  dashboard  {}",
+        stator_server::dashboard::url_with_token(&url, server.api_token())
+    );
     if let Some(g) = &gateway_url {
         println!("  gateway    {g}   (RESP endpoints open as kv services declare them)");
     }
