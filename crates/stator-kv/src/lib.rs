@@ -17,10 +17,14 @@ mod app;
 pub mod command;
 mod keyspace;
 pub mod machine;
+mod ops;
 pub mod resp;
 mod snapshot;
+pub mod transaction;
+mod types;
 
 pub use app::KvFactory;
 pub use command::{command_keys, command_kind, command_slot, CommandKind, KeySlot};
 pub use machine::KvMachine;
 pub use resp::{encode_command, parse_command, parse_reply, Argv, RespError, Value};
+pub use transaction::{encode_exec, queued_command_error};
