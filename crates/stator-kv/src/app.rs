@@ -14,10 +14,11 @@ impl StateMachine for KvMachine {
     /// of them over one client's garbage would take the partition down.
     async fn apply(
         &mut self,
-        _index: u64,
+        index: u64,
         time_ms: u64,
         command: &[u8],
     ) -> Result<Vec<u8>, AppError> {
+        self.set_entry_index(index);
         let reply = match parse_whole_command(command) {
             Ok(argv) => self.apply_owned(time_ms, argv),
             Err(error) => {

@@ -16,24 +16,36 @@ pub enum CommandKind {
 /// The commands the `kv` machine understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Command {
-    Get,
     Set,
+    Get,
+    Incr,
+    Del,
+    MGet,
+    MSet,
+    Exists,
+    HSet,
+    HGet,
+    LPush,
+    RPush,
+    LPop,
+    RPop,
+    SAdd,
+    ZAdd,
     SetNx,
     SetEx,
     PSetEx,
     GetSet,
     GetDel,
-    Del,
-    Exists,
-    Incr,
+    GetEx,
+    GetRange,
+    SetRange,
+    MSetNx,
     IncrBy,
     Decr,
     DecrBy,
     IncrByFloat,
     Append,
     StrLen,
-    MGet,
-    MSet,
     Expire,
     PExpire,
     ExpireAt,
@@ -41,8 +53,102 @@ pub(crate) enum Command {
     Ttl,
     PTtl,
     Persist,
+    ExpireTime,
+    PExpireTime,
     Ping,
     Echo,
+    HMSet,
+    HMGet,
+    HGetAll,
+    HDel,
+    HExists,
+    HIncrBy,
+    HIncrByFloat,
+    HKeys,
+    HVals,
+    HLen,
+    HSetNx,
+    HStrLen,
+    HRandField,
+    HScan,
+    LPushX,
+    RPushX,
+    LRange,
+    LLen,
+    LIndex,
+    LSet,
+    LRem,
+    LTrim,
+    LInsert,
+    LPos,
+    LMove,
+    RPopLPush,
+    BLPop,
+    BRPop,
+    BLMove,
+    BRPopLPush,
+    SRem,
+    SMembers,
+    SIsMember,
+    SMIsMember,
+    SCard,
+    SPop,
+    SRandMember,
+    SMove,
+    SInter,
+    SUnion,
+    SDiff,
+    SInterStore,
+    SUnionStore,
+    SDiffStore,
+    SInterCard,
+    SScan,
+    ZIncrBy,
+    ZScore,
+    ZMScore,
+    ZRank,
+    ZRevRank,
+    ZRange,
+    ZRangeByScore,
+    ZRevRangeByScore,
+    ZRangeByLex,
+    ZRevRangeByLex,
+    ZRevRange,
+    ZCount,
+    ZLexCount,
+    ZRem,
+    ZRemRangeByRank,
+    ZRemRangeByScore,
+    ZRemRangeByLex,
+    ZPopMin,
+    ZPopMax,
+    BZPopMin,
+    BZPopMax,
+    ZCard,
+    ZRandMember,
+    ZUnionStore,
+    ZInterStore,
+    ZDiffStore,
+    ZUnion,
+    ZInter,
+    ZDiff,
+    ZRangeStore,
+    ZScan,
+    Type,
+    Rename,
+    RenameNx,
+    Copy,
+    Unlink,
+    Touch,
+    RandomKey,
+    Object,
+    DbSize,
+    Keys,
+    Scan,
+    FlushAll,
+    FlushDb,
+    StatorVersion,
+    StatorExec,
 }
 
 /// One row of the command table, in Redis' own terms.
@@ -60,6 +166,9 @@ pub(crate) struct CommandSpec {
     pub(crate) last_key: isize,
     /// Distance between key arguments (2 for MSET's key value pairs).
     pub(crate) key_step: usize,
+    /// Index of a `numkeys` argument followed by that many keys (ZUNIONSTORE, SINTERCARD);
+    /// 0 when the command has none. These keys come after the fixed ones above.
+    pub(crate) numkeys_index: usize,
 }
 
 const fn spec(
@@ -68,6 +177,7 @@ const fn spec(
     arity: i32,
     kind: CommandKind,
     keys: (usize, isize, usize),
+    numkeys_index: usize,
 ) -> CommandSpec {
     CommandSpec {
         command,
@@ -77,6 +187,7 @@ const fn spec(
         first_key: keys.0,
         last_key: keys.1,
         key_step: keys.2,
+        numkeys_index,
     }
 }
 
@@ -84,38 +195,144 @@ use CommandKind::{Read, Write};
 
 /// Hot commands first: lookup is a linear scan, which beats hashing for a table this small.
 const COMMANDS: &[CommandSpec] = &[
-    spec(Command::Set, "set", -3, Write, (1, 1, 1)),
-    spec(Command::Get, "get", 2, Read, (1, 1, 1)),
-    spec(Command::Incr, "incr", 2, Write, (1, 1, 1)),
-    spec(Command::Del, "del", -2, Write, (1, -1, 1)),
-    spec(Command::MGet, "mget", -2, Read, (1, -1, 1)),
-    spec(Command::MSet, "mset", -3, Write, (1, -1, 2)),
-    spec(Command::Exists, "exists", -2, Read, (1, -1, 1)),
-    spec(Command::SetNx, "setnx", 3, Write, (1, 1, 1)),
-    spec(Command::SetEx, "setex", 4, Write, (1, 1, 1)),
-    spec(Command::PSetEx, "psetex", 4, Write, (1, 1, 1)),
-    spec(Command::GetSet, "getset", 3, Write, (1, 1, 1)),
-    spec(Command::GetDel, "getdel", 2, Write, (1, 1, 1)),
-    spec(Command::IncrBy, "incrby", 3, Write, (1, 1, 1)),
-    spec(Command::Decr, "decr", 2, Write, (1, 1, 1)),
-    spec(Command::DecrBy, "decrby", 3, Write, (1, 1, 1)),
-    spec(Command::IncrByFloat, "incrbyfloat", 3, Write, (1, 1, 1)),
-    spec(Command::Append, "append", 3, Write, (1, 1, 1)),
-    spec(Command::StrLen, "strlen", 2, Read, (1, 1, 1)),
-    spec(Command::Expire, "expire", -3, Write, (1, 1, 1)),
-    spec(Command::PExpire, "pexpire", -3, Write, (1, 1, 1)),
-    spec(Command::ExpireAt, "expireat", -3, Write, (1, 1, 1)),
-    spec(Command::PExpireAt, "pexpireat", -3, Write, (1, 1, 1)),
-    spec(Command::Ttl, "ttl", 2, Read, (1, 1, 1)),
-    spec(Command::PTtl, "pttl", 2, Read, (1, 1, 1)),
-    spec(Command::Persist, "persist", 2, Write, (1, 1, 1)),
-    spec(Command::Ping, "ping", -1, Read, (0, 0, 0)),
-    spec(Command::Echo, "echo", 2, Read, (0, 0, 0)),
+    spec(Command::Set, "set", -3, Write, (1, 1, 1), 0),
+    spec(Command::Get, "get", 2, Read, (1, 1, 1), 0),
+    spec(Command::Incr, "incr", 2, Write, (1, 1, 1), 0),
+    spec(Command::Del, "del", -2, Write, (1, -1, 1), 0),
+    spec(Command::MGet, "mget", -2, Read, (1, -1, 1), 0),
+    spec(Command::MSet, "mset", -3, Write, (1, -1, 2), 0),
+    spec(Command::Exists, "exists", -2, Read, (1, -1, 1), 0),
+    spec(Command::HSet, "hset", -4, Write, (1, 1, 1), 0),
+    spec(Command::HGet, "hget", 3, Read, (1, 1, 1), 0),
+    spec(Command::LPush, "lpush", -3, Write, (1, 1, 1), 0),
+    spec(Command::RPush, "rpush", -3, Write, (1, 1, 1), 0),
+    spec(Command::LPop, "lpop", -2, Write, (1, 1, 1), 0),
+    spec(Command::RPop, "rpop", -2, Write, (1, 1, 1), 0),
+    spec(Command::SAdd, "sadd", -3, Write, (1, 1, 1), 0),
+    spec(Command::ZAdd, "zadd", -4, Write, (1, 1, 1), 0),
+    spec(Command::SetNx, "setnx", 3, Write, (1, 1, 1), 0),
+    spec(Command::SetEx, "setex", 4, Write, (1, 1, 1), 0),
+    spec(Command::PSetEx, "psetex", 4, Write, (1, 1, 1), 0),
+    spec(Command::GetSet, "getset", 3, Write, (1, 1, 1), 0),
+    spec(Command::GetDel, "getdel", 2, Write, (1, 1, 1), 0),
+    spec(Command::GetEx, "getex", -2, Write, (1, 1, 1), 0),
+    spec(Command::GetRange, "getrange", 4, Read, (1, 1, 1), 0),
+    spec(Command::SetRange, "setrange", 4, Write, (1, 1, 1), 0),
+    spec(Command::MSetNx, "msetnx", -3, Write, (1, -1, 2), 0),
+    spec(Command::IncrBy, "incrby", 3, Write, (1, 1, 1), 0),
+    spec(Command::Decr, "decr", 2, Write, (1, 1, 1), 0),
+    spec(Command::DecrBy, "decrby", 3, Write, (1, 1, 1), 0),
+    spec(Command::IncrByFloat, "incrbyfloat", 3, Write, (1, 1, 1), 0),
+    spec(Command::Append, "append", 3, Write, (1, 1, 1), 0),
+    spec(Command::StrLen, "strlen", 2, Read, (1, 1, 1), 0),
+    spec(Command::Expire, "expire", -3, Write, (1, 1, 1), 0),
+    spec(Command::PExpire, "pexpire", -3, Write, (1, 1, 1), 0),
+    spec(Command::ExpireAt, "expireat", -3, Write, (1, 1, 1), 0),
+    spec(Command::PExpireAt, "pexpireat", -3, Write, (1, 1, 1), 0),
+    spec(Command::Ttl, "ttl", 2, Read, (1, 1, 1), 0),
+    spec(Command::PTtl, "pttl", 2, Read, (1, 1, 1), 0),
+    spec(Command::Persist, "persist", 2, Write, (1, 1, 1), 0),
+    spec(Command::ExpireTime, "expiretime", 2, Read, (1, 1, 1), 0),
+    spec(Command::PExpireTime, "pexpiretime", 2, Read, (1, 1, 1), 0),
+    spec(Command::Ping, "ping", -1, Read, (0, 0, 0), 0),
+    spec(Command::Echo, "echo", 2, Read, (0, 0, 0), 0),
+    spec(Command::HMSet, "hmset", -4, Write, (1, 1, 1), 0),
+    spec(Command::HMGet, "hmget", -3, Read, (1, 1, 1), 0),
+    spec(Command::HGetAll, "hgetall", 2, Read, (1, 1, 1), 0),
+    spec(Command::HDel, "hdel", -3, Write, (1, 1, 1), 0),
+    spec(Command::HExists, "hexists", 3, Read, (1, 1, 1), 0),
+    spec(Command::HIncrBy, "hincrby", 4, Write, (1, 1, 1), 0),
+    spec(Command::HIncrByFloat, "hincrbyfloat", 4, Write, (1, 1, 1), 0),
+    spec(Command::HKeys, "hkeys", 2, Read, (1, 1, 1), 0),
+    spec(Command::HVals, "hvals", 2, Read, (1, 1, 1), 0),
+    spec(Command::HLen, "hlen", 2, Read, (1, 1, 1), 0),
+    spec(Command::HSetNx, "hsetnx", 4, Write, (1, 1, 1), 0),
+    spec(Command::HStrLen, "hstrlen", 3, Read, (1, 1, 1), 0),
+    spec(Command::HRandField, "hrandfield", -2, Read, (1, 1, 1), 0),
+    spec(Command::HScan, "hscan", -3, Read, (1, 1, 1), 0),
+    spec(Command::LPushX, "lpushx", -3, Write, (1, 1, 1), 0),
+    spec(Command::RPushX, "rpushx", -3, Write, (1, 1, 1), 0),
+    spec(Command::LRange, "lrange", 4, Read, (1, 1, 1), 0),
+    spec(Command::LLen, "llen", 2, Read, (1, 1, 1), 0),
+    spec(Command::LIndex, "lindex", 3, Read, (1, 1, 1), 0),
+    spec(Command::LSet, "lset", 4, Write, (1, 1, 1), 0),
+    spec(Command::LRem, "lrem", 4, Write, (1, 1, 1), 0),
+    spec(Command::LTrim, "ltrim", 4, Write, (1, 1, 1), 0),
+    spec(Command::LInsert, "linsert", 5, Write, (1, 1, 1), 0),
+    spec(Command::LPos, "lpos", -3, Read, (1, 1, 1), 0),
+    spec(Command::LMove, "lmove", 5, Write, (1, 2, 1), 0),
+    spec(Command::RPopLPush, "rpoplpush", 3, Write, (1, 2, 1), 0),
+    spec(Command::BLPop, "blpop", -3, Write, (1, -2, 1), 0),
+    spec(Command::BRPop, "brpop", -3, Write, (1, -2, 1), 0),
+    spec(Command::BLMove, "blmove", 6, Write, (1, 2, 1), 0),
+    spec(Command::BRPopLPush, "brpoplpush", 4, Write, (1, 2, 1), 0),
+    spec(Command::SRem, "srem", -3, Write, (1, 1, 1), 0),
+    spec(Command::SMembers, "smembers", 2, Read, (1, 1, 1), 0),
+    spec(Command::SIsMember, "sismember", 3, Read, (1, 1, 1), 0),
+    spec(Command::SMIsMember, "smismember", -3, Read, (1, 1, 1), 0),
+    spec(Command::SCard, "scard", 2, Read, (1, 1, 1), 0),
+    spec(Command::SPop, "spop", -2, Write, (1, 1, 1), 0),
+    spec(Command::SRandMember, "srandmember", -2, Read, (1, 1, 1), 0),
+    spec(Command::SMove, "smove", 4, Write, (1, 2, 1), 0),
+    spec(Command::SInter, "sinter", -2, Read, (1, -1, 1), 0),
+    spec(Command::SUnion, "sunion", -2, Read, (1, -1, 1), 0),
+    spec(Command::SDiff, "sdiff", -2, Read, (1, -1, 1), 0),
+    spec(Command::SInterStore, "sinterstore", -3, Write, (1, -1, 1), 0),
+    spec(Command::SUnionStore, "sunionstore", -3, Write, (1, -1, 1), 0),
+    spec(Command::SDiffStore, "sdiffstore", -3, Write, (1, -1, 1), 0),
+    spec(Command::SInterCard, "sintercard", -3, Read, (0, 0, 0), 1),
+    spec(Command::SScan, "sscan", -3, Read, (1, 1, 1), 0),
+    spec(Command::ZIncrBy, "zincrby", 4, Write, (1, 1, 1), 0),
+    spec(Command::ZScore, "zscore", 3, Read, (1, 1, 1), 0),
+    spec(Command::ZMScore, "zmscore", -3, Read, (1, 1, 1), 0),
+    spec(Command::ZRank, "zrank", 3, Read, (1, 1, 1), 0),
+    spec(Command::ZRevRank, "zrevrank", 3, Read, (1, 1, 1), 0),
+    spec(Command::ZRange, "zrange", -4, Read, (1, 1, 1), 0),
+    spec(Command::ZRangeByScore, "zrangebyscore", -4, Read, (1, 1, 1), 0),
+    spec(Command::ZRevRangeByScore, "zrevrangebyscore", -4, Read, (1, 1, 1), 0),
+    spec(Command::ZRangeByLex, "zrangebylex", -4, Read, (1, 1, 1), 0),
+    spec(Command::ZRevRangeByLex, "zrevrangebylex", -4, Read, (1, 1, 1), 0),
+    spec(Command::ZRevRange, "zrevrange", -4, Read, (1, 1, 1), 0),
+    spec(Command::ZCount, "zcount", 4, Read, (1, 1, 1), 0),
+    spec(Command::ZLexCount, "zlexcount", 4, Read, (1, 1, 1), 0),
+    spec(Command::ZRem, "zrem", -3, Write, (1, 1, 1), 0),
+    spec(Command::ZRemRangeByRank, "zremrangebyrank", 4, Write, (1, 1, 1), 0),
+    spec(Command::ZRemRangeByScore, "zremrangebyscore", 4, Write, (1, 1, 1), 0),
+    spec(Command::ZRemRangeByLex, "zremrangebylex", 4, Write, (1, 1, 1), 0),
+    spec(Command::ZPopMin, "zpopmin", -2, Write, (1, 1, 1), 0),
+    spec(Command::ZPopMax, "zpopmax", -2, Write, (1, 1, 1), 0),
+    spec(Command::BZPopMin, "bzpopmin", -3, Write, (1, -2, 1), 0),
+    spec(Command::BZPopMax, "bzpopmax", -3, Write, (1, -2, 1), 0),
+    spec(Command::ZCard, "zcard", 2, Read, (1, 1, 1), 0),
+    spec(Command::ZRandMember, "zrandmember", -2, Read, (1, 1, 1), 0),
+    spec(Command::ZUnionStore, "zunionstore", -4, Write, (1, 1, 1), 2),
+    spec(Command::ZInterStore, "zinterstore", -4, Write, (1, 1, 1), 2),
+    spec(Command::ZDiffStore, "zdiffstore", -4, Write, (1, 1, 1), 2),
+    spec(Command::ZUnion, "zunion", -3, Read, (0, 0, 0), 1),
+    spec(Command::ZInter, "zinter", -3, Read, (0, 0, 0), 1),
+    spec(Command::ZDiff, "zdiff", -3, Read, (0, 0, 0), 1),
+    spec(Command::ZRangeStore, "zrangestore", -5, Write, (1, 2, 1), 0),
+    spec(Command::ZScan, "zscan", -3, Read, (1, 1, 1), 0),
+    spec(Command::Type, "type", 2, Read, (1, 1, 1), 0),
+    spec(Command::Rename, "rename", 3, Write, (1, 2, 1), 0),
+    spec(Command::RenameNx, "renamenx", 3, Write, (1, 2, 1), 0),
+    spec(Command::Copy, "copy", -3, Write, (1, 2, 1), 0),
+    spec(Command::Unlink, "unlink", -2, Write, (1, -1, 1), 0),
+    spec(Command::Touch, "touch", -2, Read, (1, -1, 1), 0),
+    spec(Command::RandomKey, "randomkey", 1, Read, (0, 0, 0), 0),
+    spec(Command::Object, "object", -2, Read, (2, 2, 1), 0),
+    spec(Command::DbSize, "dbsize", 1, Read, (0, 0, 0), 0),
+    spec(Command::Keys, "keys", 2, Read, (0, 0, 0), 0),
+    spec(Command::Scan, "scan", -2, Read, (0, 0, 0), 0),
+    spec(Command::FlushAll, "flushall", -1, Write, (0, 0, 0), 0),
+    spec(Command::FlushDb, "flushdb", -1, Write, (0, 0, 0), 0),
+    spec(Command::StatorVersion, "stator.version", -2, Read, (1, -1, 1), 0),
+    spec(Command::StatorExec, "stator.exec", -3, Write, (0, 0, 0), 0),
 ];
 
-/// Longest command name in [`COMMANDS`] ("incrbyfloat"); longer names are unknown without
+/// Longest command name in [`COMMANDS`] ("zremrangebyscore"); longer names are unknown without
 /// looking, and shorter ones lower-case into a stack buffer of this size.
-const MAX_COMMAND_NAME_BYTES: usize = 11;
+const MAX_COMMAND_NAME_BYTES: usize = 16;
 
 /// The table row for command name `name` (any case).
 pub(crate) fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
@@ -139,8 +356,12 @@ impl CommandSpec {
         }
     }
 
-    /// Indexes of the key arguments in an argument list of length `argc`.
-    pub(crate) fn key_indexes(&self, argc: usize) -> impl Iterator<Item = usize> {
+    /// Indexes of the key arguments of `argv` (whose arity was not necessarily checked).
+    pub(crate) fn key_indexes(&self, argv: &[Vec<u8>]) -> Vec<usize> {
+        if self.command == Command::StatorExec {
+            return exec_key_indexes(argv);
+        }
+        let argc = argv.len();
         let (first, last) = if self.first_key == 0 || argc <= self.first_key {
             (1, 0)
         } else if self.last_key < 0 {
@@ -149,8 +370,41 @@ impl CommandSpec {
             (self.first_key, self.last_key.min(argc as isize - 1))
         };
         let last = last.max(0) as usize;
-        (first..=last).step_by(self.key_step.max(1))
+        let mut indexes: Vec<usize> = (first..=last).step_by(self.key_step.max(1)).collect();
+        if self.numkeys_index > 0 {
+            if let Some(count) = argv
+                .get(self.numkeys_index)
+                .and_then(|n| crate::resp::parse_i64_strict(n))
+                .and_then(|n| usize::try_from(n).ok())
+            {
+                let start = self.numkeys_index + 1;
+                indexes.extend(start..(start + count).min(argc));
+            }
+        }
+        indexes
     }
+}
+
+/// Keys of a `STATOR.EXEC` entry: the watched keys, then each queued command's keys.
+fn exec_key_indexes(argv: &[Vec<u8>]) -> Vec<usize> {
+    let mut indexes = Vec::new();
+    let Some(layout) = crate::transaction::ExecLayout::parse(argv) else {
+        return indexes;
+    };
+    indexes.extend(layout.watched.iter().map(|(key_index, _)| *key_index));
+    for range in layout.commands {
+        let queued = &argv[range.clone()];
+        if let Some(spec) = queued.first().and_then(|name| lookup(name)) {
+            if spec.command != Command::StatorExec {
+                indexes.extend(
+                    spec.key_indexes(queued)
+                        .into_iter()
+                        .map(|index| index + range.start),
+                );
+            }
+        }
+    }
+    indexes
 }
 
 /// Whether `argv` reads, writes, or is not a `kv` command (case-insensitive; arity unchecked).
@@ -165,7 +419,8 @@ pub fn command_keys(argv: &[Vec<u8>]) -> Vec<&[u8]> {
     let Some(spec) = argv.first().and_then(|name| lookup(name)) else {
         return Vec::new();
     };
-    spec.key_indexes(argv.len())
+    spec.key_indexes(argv)
+        .into_iter()
         .map(|index| argv[index].as_slice())
         .collect()
 }
@@ -191,7 +446,8 @@ pub fn command_slot(argv: &[Vec<u8>]) -> KeySlot {
 
 pub(crate) fn slot_of_keys(spec: &CommandSpec, argv: &[Vec<u8>]) -> KeySlot {
     let mut slots = spec
-        .key_indexes(argv.len())
+        .key_indexes(argv)
+        .into_iter()
         .map(|index| key_slot(&argv[index]));
     let Some(first) = slots.next() else {
         return KeySlot::NoKeys;
@@ -258,7 +514,8 @@ mod tests {
         assert_eq!(command_kind(&argv(&["GeT", "k"])), CommandKind::Read);
         assert_eq!(command_kind(&argv(&["SET", "k", "v"])), CommandKind::Write);
         assert_eq!(command_kind(&argv(&["INCRBYFLOAT"])), CommandKind::Write);
-        assert_eq!(command_kind(&argv(&["FLUSHALL"])), CommandKind::Unknown);
+        assert_eq!(command_kind(&argv(&["FLUSHALL"])), CommandKind::Write);
+        assert_eq!(command_kind(&argv(&["PUBLISH", "c", "m"])), CommandKind::Unknown);
         assert_eq!(command_kind(&argv(&["incrbyfloatx"])), CommandKind::Unknown);
         assert_eq!(command_kind(&[]), CommandKind::Unknown);
     }
@@ -286,6 +543,29 @@ mod tests {
         assert!(command_keys(&argv(&["GET"])).is_empty());
         assert!(command_keys(&argv(&["DEL"])).is_empty());
         assert!(command_keys(&argv(&["NOPE", "k"])).is_empty());
+        assert_eq!(
+            command_keys(&argv(&["ZUNIONSTORE", "d", "2", "a", "b", "WEIGHTS", "1", "2"])),
+            vec![b"d", b"a", b"b"]
+        );
+        assert_eq!(
+            command_keys(&argv(&["SINTERCARD", "2", "a", "b", "LIMIT", "1"])),
+            vec![b"a", b"b"]
+        );
+        assert_eq!(
+            command_keys(&argv(&["SINTERCARD", "9", "a"])),
+            vec![b"a"],
+            "a numkeys past the end stops at the last argument"
+        );
+        assert_eq!(
+            command_keys(&argv(&["BLPOP", "a", "b", "0"])),
+            vec![b"a", b"b"]
+        );
+        assert_eq!(
+            command_keys(&argv(&[
+                "STATOR.EXEC", "1", "w", "3", "2", "GET", "g", "3", "SET", "s", "v"
+            ])),
+            vec![b"w".as_slice(), b"g", b"s"]
+        );
     }
 
     #[test]

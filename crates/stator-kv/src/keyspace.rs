@@ -1,13 +1,17 @@
-//! The key-value map with its expiry index and byte accounting, kept in sync in one place.
+//! The key-value map with its expiry index, byte accounting and per-key write versions,
+//! kept in sync in one place.
 
+use crate::types::Data;
 use std::collections::{BTreeSet, HashMap};
 
-/// One stored string and when it expires.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One stored value, when it expires, and the write that last changed it.
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Entry {
-    pub(crate) value: Vec<u8>,
+    pub(crate) data: Data,
     /// Absolute expiry on the leader-stamped clock; `None` lives forever.
     pub(crate) expires_at_ms: Option<u64>,
+    /// [`Keyspace::write_version`] when this key was last written (WATCH compares it).
+    pub(crate) version: u64,
 }
 
 impl Entry {
@@ -31,12 +35,15 @@ pub(crate) enum ExpiryChange {
 /// Keys, values and expiries.
 ///
 /// Invariants: `by_expiry` holds `(at, key)` exactly for entries with `expires_at_ms ==
-/// Some(at)`, and `bytes` is the sum of key and value lengths of all entries.
+/// Some(at)`; `bytes` is the sum of key lengths and [`Data::bytes`] of all entries; no
+/// entry holds an empty collection; every entry's version is at most `write_version`.
 #[derive(Debug, Default)]
 pub(crate) struct Keyspace {
     entries: HashMap<Vec<u8>, Entry>,
     by_expiry: BTreeSet<(u64, Vec<u8>)>,
     bytes: u64,
+    /// Counts writes to keys; a written key takes the new count as its version.
+    write_version: u64,
 }
 
 impl Keyspace {
@@ -65,9 +72,30 @@ impl Keyspace {
         self.entries.len()
     }
 
+    /// The write counter (in snapshots, so versions keep growing after a restore).
+    pub(crate) fn write_version(&self) -> u64 {
+        self.write_version
+    }
+
+    pub(crate) fn set_write_version(&mut self, version: u64) {
+        self.write_version = version;
+    }
+
     /// All entries, in no particular order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &Entry)> {
         self.entries.iter()
+    }
+
+    /// Sets the version of an existing key (snapshot restore).
+    pub(crate) fn set_version(&mut self, key: &[u8], version: u64) {
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.version = version;
+        }
+    }
+
+    fn next_version(&mut self) -> u64 {
+        self.write_version += 1;
+        self.write_version
     }
 
     /// Removes `key` if it is expired at `now_ms` (lazy expiry on access).
@@ -102,24 +130,42 @@ impl Keyspace {
                 Some(at_ms),
                 "expiry index out of sync for key {key:?}"
             );
-            self.bytes -= (key.len() + entry.value.len()) as u64;
+            self.bytes -= key.len() as u64 + entry.data.bytes();
             removed += 1;
         }
         removed
     }
 
-    /// Stores `value` under `key`, changing its expiry as asked. Returns the previous value.
-    /// The caller reclaims an expired previous entry first if it must not be returned.
+    /// Stores a string `value` under `key`, changing its expiry as asked. Returns the
+    /// previous string (`None` if missing or of another type).
     pub(crate) fn insert(
         &mut self,
         key: Vec<u8>,
         value: Vec<u8>,
         expiry: ExpiryChange,
     ) -> Option<Vec<u8>> {
+        match self.insert_data(key, Data::Str(value), expiry) {
+            Some(Data::Str(previous)) => Some(previous),
+            _ => None,
+        }
+    }
+
+    /// Stores `data` under `key`, changing its expiry as asked. Returns the previous data.
+    pub(crate) fn insert_data(
+        &mut self,
+        key: Vec<u8>,
+        data: Data,
+        expiry: ExpiryChange,
+    ) -> Option<Data> {
+        if data.is_empty_collection() {
+            return self.remove(&key).map(|entry| entry.data);
+        }
+        let version = self.next_version();
         match self.entries.get_mut(key.as_slice()) {
             Some(entry) => {
-                self.bytes = self.bytes - entry.value.len() as u64 + value.len() as u64;
-                let previous = std::mem::replace(&mut entry.value, value);
+                self.bytes = self.bytes - entry.data.bytes() + data.bytes();
+                entry.version = version;
+                let previous = std::mem::replace(&mut entry.data, data);
                 let expires_at_ms = match expiry {
                     ExpiryChange::Keep => entry.expires_at_ms,
                     ExpiryChange::Clear => None,
@@ -142,7 +188,7 @@ impl Keyspace {
                 Some(previous)
             }
             None => {
-                self.bytes += (key.len() + value.len()) as u64;
+                self.bytes += key.len() as u64 + data.bytes();
                 let expires_at_ms = match expiry {
                     ExpiryChange::At(at_ms) => {
                         self.by_expiry.insert((at_ms, key.clone()));
@@ -153,8 +199,9 @@ impl Keyspace {
                 self.entries.insert(
                     key,
                     Entry {
-                        value,
+                        data,
                         expires_at_ms,
+                        version,
                     },
                 );
                 None
@@ -165,7 +212,8 @@ impl Keyspace {
     /// Removes `key`, returning its entry.
     pub(crate) fn remove(&mut self, key: &[u8]) -> Option<Entry> {
         let (key, entry) = self.entries.remove_entry(key)?;
-        self.bytes -= (key.len() + entry.value.len()) as u64;
+        self.write_version += 1;
+        self.bytes -= key.len() as u64 + entry.data.bytes();
         if let Some(at_ms) = entry.expires_at_ms {
             let was_indexed = self.by_expiry.remove(&(at_ms, key));
             assert!(
@@ -174,6 +222,14 @@ impl Keyspace {
             );
         }
         Some(entry)
+    }
+
+    /// Removes every key.
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
+        self.by_expiry.clear();
+        self.bytes = 0;
+        self.write_version += 1;
     }
 
     /// Sets or clears the expiry of an existing `key`. Returns false if `key` is missing.
@@ -185,7 +241,9 @@ impl Keyspace {
             return true;
         }
         let stored_key = stored_key.clone();
+        let version = self.next_version();
         let entry = self.entries.get_mut(key).expect("looked up above");
+        entry.version = version;
         let old_expiry = std::mem::replace(&mut entry.expires_at_ms, expires_at_ms);
         let mut stored_key = stored_key;
         if let Some(old_at_ms) = old_expiry {
@@ -200,18 +258,55 @@ impl Keyspace {
         true
     }
 
-    /// Runs `change` on the value of an existing `key`, keeping the byte count right.
-    /// Returns `None` if `key` is missing.
+    /// Runs `change` on the data of an existing `key`, keeping the byte count and version
+    /// right and deleting the key if `change` empties its collection. Returns `None` if
+    /// `key` is missing.
+    pub(crate) fn update<R>(&mut self, key: &[u8], change: impl FnOnce(&mut Data) -> R) -> Option<R> {
+        let version = self.write_version + 1;
+        let entry = self.entries.get_mut(key)?;
+        self.write_version = version;
+        entry.version = version;
+        let before_bytes = entry.data.bytes();
+        let result = change(&mut entry.data);
+        self.bytes = self.bytes - before_bytes + entry.data.bytes();
+        if entry.data.is_empty_collection() {
+            self.remove(key);
+        }
+        Some(result)
+    }
+
+    /// Like [`Keyspace::update`], but first creates `key` holding `empty()` when missing.
+    pub(crate) fn upsert<R>(
+        &mut self,
+        key: &[u8],
+        empty: impl FnOnce() -> Data,
+        change: impl FnOnce(&mut Data) -> R,
+    ) -> R {
+        if !self.entries.contains_key(key) {
+            let version = self.next_version();
+            self.entries.insert(
+                key.to_vec(),
+                Entry {
+                    data: empty(),
+                    expires_at_ms: None,
+                    version,
+                },
+            );
+            self.bytes += key.len() as u64;
+        }
+        self.update(key, change).expect("inserted above")
+    }
+
+    /// Runs `change` on the string value of an existing `key` (callers check the type).
     pub(crate) fn update_value<R>(
         &mut self,
         key: &[u8],
         change: impl FnOnce(&mut Vec<u8>) -> R,
     ) -> Option<R> {
-        let entry = self.entries.get_mut(key)?;
-        let before_bytes = entry.value.len() as u64;
-        let result = change(&mut entry.value);
-        self.bytes = self.bytes - before_bytes + entry.value.len() as u64;
-        Some(result)
+        self.update(key, |data| match data {
+            Data::Str(value) => change(value),
+            other => panic!("update_value on a {:?} key", other.kind()),
+        })
     }
 
     /// Checks the invariants; tests call it after every step.
@@ -220,7 +315,9 @@ impl Keyspace {
         let mut bytes = 0u64;
         let mut expiring = 0usize;
         for (key, entry) in &self.entries {
-            bytes += (key.len() + entry.value.len()) as u64;
+            bytes += key.len() as u64 + entry.data.bytes();
+            assert!(!entry.data.is_empty_collection(), "empty collection kept");
+            assert!(entry.version <= self.write_version);
             if let Some(at_ms) = entry.expires_at_ms {
                 expiring += 1;
                 assert!(

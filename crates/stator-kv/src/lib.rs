@@ -17,8 +17,11 @@ mod app;
 pub mod command;
 mod keyspace;
 pub mod machine;
+mod ops;
 pub mod resp;
 mod snapshot;
+pub mod transaction;
+mod types;
 
 pub use app::KvFactory;
 pub use command::{
@@ -27,3 +30,4 @@ pub use command::{
 };
 pub use machine::KvMachine;
 pub use resp::{encode_command, parse_command, parse_reply, Argv, RespError, Value};
+pub use transaction::{encode_exec, queued_command_error};

@@ -1,8 +1,21 @@
-//! `KvMachine`: Redis string commands with deterministic, leader-clocked expiry.
+//! `KvMachine`: Redis 7 commands over strings, hashes, lists, sets and sorted sets, with
+//! deterministic, leader-clocked expiry and entry-seeded randomness.
 
 use crate::command::{lookup, slot_of_keys, Command, CommandKind, CommandSpec, KeySlot};
 use crate::keyspace::{Entry, ExpiryChange, Keyspace};
 use crate::resp::{parse_i64_strict, push_decimal, Value, MAX_BULK_BYTES};
+use crate::types::{Data, EntryRng};
+
+/// Returns the error reply of a `Result<_, Value>` from the enclosing command.
+macro_rules! attempt {
+    ($result:expr) => {
+        match $result {
+            Ok(value) => value,
+            Err(reply) => return reply,
+        }
+    };
+}
+pub(crate) use attempt;
 
 /// Most expired keys reclaimed by the sweep in one apply. Every write creates at most one
 /// expiring key, so sweeping more than one per apply drains any backlog, while the cap
@@ -12,10 +25,14 @@ pub const MAX_EXPIRED_SWEPT_PER_APPLY: usize = 32;
 /// Most argument bytes echoed back in an unknown-command error, as Redis does.
 const MAX_UNKNOWN_ARGS_ECHO_BYTES: usize = 128;
 
-const NOT_AN_INTEGER: &str = "ERR value is not an integer or out of range";
-const NOT_A_FLOAT: &str = "ERR value is not a valid float";
-const SYNTAX_ERROR: &str = "ERR syntax error";
-const OVERFLOW: &str = "ERR increment or decrement would overflow";
+pub(crate) const NOT_AN_INTEGER: &str = "ERR value is not an integer or out of range";
+pub(crate) const NOT_A_FLOAT: &str = "ERR value is not a valid float";
+pub(crate) const SYNTAX_ERROR: &str = "ERR syntax error";
+pub(crate) const OVERFLOW: &str = "ERR increment or decrement would overflow";
+pub(crate) const WRONG_TYPE: &str =
+    "WRONGTYPE Operation against a key holding the wrong kind of value";
+pub(crate) const NOT_POSITIVE: &str = "ERR value is out of range, must be positive";
+pub(crate) const NO_SUCH_KEY: &str = "ERR no such key";
 const CROSS_SLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
 const TOO_LONG: &str = "ERR string exceeds maximum allowed size (proto-max-bulk-len)";
 
@@ -27,6 +44,10 @@ const TOO_LONG: &str = "ERR string exceeds maximum allowed size (proto-max-bulk-
 pub struct KvMachine {
     pub(crate) keyspace: Keyspace,
     pub(crate) now_ms: u64,
+    /// Index of the log entry being applied (set by `StateMachine::apply`): with the
+    /// entry's time it seeds [`KvMachine::rng`], so SPOP and friends agree on every replica.
+    pub(crate) entry_index: u64,
+    pub(crate) rng: EntryRng,
 }
 
 /// Units of an expiry argument.
@@ -73,18 +94,27 @@ impl KvMachine {
     /// the map without a copy: the fast path for log entries.
     pub fn apply_owned(&mut self, time_ms: u64, argv: Vec<Vec<u8>>) -> Value {
         self.advance_clock(time_ms);
-        let spec = match resolve(&argv) {
-            Ok(spec) => spec,
-            Err(reply) => return reply,
-        };
+        let seed = EntryRng::new(self.entry_index ^ 0x5354_4154_4f52).next_u64() ^ time_ms;
+        self.rng = EntryRng::new(seed);
+        self.execute(argv)
+    }
+
+    /// Runs one command at the current clock (an entry, or one command of a transaction).
+    pub(crate) fn execute(&mut self, argv: Vec<Vec<u8>>) -> Value {
+        let spec = attempt!(resolve(&argv));
         let now_ms = self.now_ms;
-        for index in spec.key_indexes(argv.len()) {
+        for index in spec.key_indexes(&argv) {
             self.keyspace.reclaim_if_expired(&argv[index], now_ms);
         }
         match spec.kind {
             CommandKind::Read => self.read(now_ms, spec, &argv),
             CommandKind::Write | CommandKind::Unknown => self.write(spec, argv),
         }
+    }
+
+    /// Sets the index of the log entry about to be applied (seeds its randomness).
+    pub fn set_entry_index(&mut self, index: u64) {
+        self.entry_index = index;
     }
 
     /// Answers a read-only command at leader time `time_ms` without changing any state.
@@ -111,32 +141,40 @@ impl KvMachine {
             .sweep_expired(self.now_ms, MAX_EXPIRED_SWEPT_PER_APPLY);
     }
 
-    fn live(&self, key: &[u8], now_ms: u64) -> Option<&Entry> {
+    pub(crate) fn live(&self, key: &[u8], now_ms: u64) -> Option<&Entry> {
         self.keyspace.live(key, now_ms)
     }
 
+    /// The string under `key`, `None` if missing, or a WRONGTYPE error reply.
+    pub(crate) fn string(&self, key: &[u8], now_ms: u64) -> Result<Option<&Vec<u8>>, Value> {
+        match self.live(key, now_ms).map(|entry| &entry.data) {
+            None => Ok(None),
+            Some(Data::Str(value)) => Ok(Some(value)),
+            Some(_) => Err(Value::error(WRONG_TYPE)),
+        }
+    }
+
     fn read(&self, now_ms: u64, spec: &CommandSpec, argv: &[Vec<u8>]) -> Value {
+        use Command as C;
         match spec.command {
-            Command::Get => {
-                Value::Bulk(self.live(&argv[1], now_ms).map(|entry| entry.value.clone()))
-            }
-            Command::StrLen => Value::Integer(
-                self.live(&argv[1], now_ms)
-                    .map_or(0, |entry| entry.value.len() as i64),
+            C::Get => Value::Bulk(attempt!(self.string(&argv[1], now_ms)).cloned()),
+            C::StrLen => Value::Integer(
+                attempt!(self.string(&argv[1], now_ms)).map_or(0, |value| value.len() as i64),
             ),
-            Command::Exists => Value::Integer(
+            C::GetRange => self.getrange(now_ms, argv),
+            C::Exists => Value::Integer(
                 argv[1..]
                     .iter()
                     .filter(|key| self.live(key, now_ms).is_some())
                     .count() as i64,
             ),
-            Command::MGet => Value::Array(Some(
+            C::MGet => Value::Array(Some(
                 argv[1..]
                     .iter()
-                    .map(|key| Value::Bulk(self.live(key, now_ms).map(|entry| entry.value.clone())))
+                    .map(|key| Value::Bulk(self.string(key, now_ms).ok().flatten().cloned()))
                     .collect(),
             )),
-            Command::Ttl | Command::PTtl => {
+            C::Ttl | C::PTtl => {
                 let Some(entry) = self.live(&argv[1], now_ms) else {
                     return Value::Integer(-2);
                 };
@@ -146,25 +184,85 @@ impl KvMachine {
                 let remaining_ms = at_ms.saturating_sub(now_ms) as i64;
                 match spec.command {
                     // Redis rounds the seconds to nearest.
-                    Command::Ttl => Value::Integer((remaining_ms + 500) / 1000),
+                    C::Ttl => Value::Integer((remaining_ms + 500) / 1000),
                     _ => Value::Integer(remaining_ms),
                 }
             }
-            Command::Ping => match argv.len() {
+            C::ExpireTime | C::PExpireTime => {
+                let Some(entry) = self.live(&argv[1], now_ms) else {
+                    return Value::Integer(-2);
+                };
+                match entry.expires_at_ms {
+                    None => Value::Integer(-1),
+                    Some(at_ms) if spec.command == C::ExpireTime => {
+                        Value::Integer((at_ms / 1000) as i64)
+                    }
+                    Some(at_ms) => Value::Integer(at_ms as i64),
+                }
+            }
+            C::Ping => match argv.len() {
                 1 => Value::Simple("PONG".to_owned()),
                 2 => Value::bulk(argv[1].clone()),
                 _ => wrong_arity(spec.name),
             },
-            Command::Echo => Value::bulk(argv[1].clone()),
+            C::Echo => Value::bulk(argv[1].clone()),
+            C::HGet
+            | C::HMGet
+            | C::HGetAll
+            | C::HExists
+            | C::HKeys
+            | C::HVals
+            | C::HLen
+            | C::HStrLen
+            | C::HRandField
+            | C::HScan => self.hash_read(now_ms, spec, argv),
+            C::LRange | C::LLen | C::LIndex | C::LPos => self.list_read(now_ms, spec, argv),
+            C::SMembers
+            | C::SIsMember
+            | C::SMIsMember
+            | C::SCard
+            | C::SRandMember
+            | C::SInter
+            | C::SUnion
+            | C::SDiff
+            | C::SInterCard
+            | C::SScan => self.set_read(now_ms, spec, argv),
+            C::ZScore
+            | C::ZMScore
+            | C::ZRank
+            | C::ZRevRank
+            | C::ZRange
+            | C::ZRangeByScore
+            | C::ZRevRangeByScore
+            | C::ZRangeByLex
+            | C::ZRevRangeByLex
+            | C::ZRevRange
+            | C::ZCount
+            | C::ZLexCount
+            | C::ZCard
+            | C::ZRandMember
+            | C::ZUnion
+            | C::ZInter
+            | C::ZDiff
+            | C::ZScan => self.zset_read(now_ms, spec, argv),
+            C::Type
+            | C::Touch
+            | C::RandomKey
+            | C::Object
+            | C::DbSize
+            | C::Keys
+            | C::Scan
+            | C::StatorVersion => self.keyspace_read(now_ms, spec, argv),
             other => unreachable!("{other:?} is a write but was dispatched as a read"),
         }
     }
 
     fn write(&mut self, spec: &CommandSpec, mut argv: Vec<Vec<u8>>) -> Value {
+        use Command as C;
         let now_ms = self.now_ms;
         match spec.command {
-            Command::Set => self.set(argv),
-            Command::SetNx => {
+            C::Set => self.set_string(argv),
+            C::SetNx => {
                 if self.live(&argv[1], now_ms).is_some() {
                     return Value::Integer(0);
                 }
@@ -173,8 +271,8 @@ impl KvMachine {
                     .insert(take_key(&mut argv), value, ExpiryChange::Clear);
                 Value::Integer(1)
             }
-            Command::SetEx | Command::PSetEx => {
-                let unit = if spec.command == Command::SetEx {
+            C::SetEx | C::PSetEx => {
+                let unit = if spec.command == C::SetEx {
                     TimeUnit::Seconds
                 } else {
                     TimeUnit::Milliseconds
@@ -194,36 +292,43 @@ impl KvMachine {
                     .insert(take_key(&mut argv), value, ExpiryChange::At(at_ms));
                 Value::ok()
             }
-            Command::GetSet => {
+            C::GetSet => {
+                attempt!(self.string(&argv[1], now_ms));
                 let value = std::mem::take(&mut argv[2]);
                 Value::Bulk(
                     self.keyspace
                         .insert(take_key(&mut argv), value, ExpiryChange::Clear),
                 )
             }
-            Command::GetDel => Value::Bulk(self.keyspace.remove(&argv[1]).map(|entry| entry.value)),
-            Command::Del => Value::Integer(
+            C::GetDel => {
+                attempt!(self.string(&argv[1], now_ms));
+                Value::Bulk(self.keyspace.remove(&argv[1]).map(|entry| match entry.data {
+                    Data::Str(value) => value,
+                    _ => unreachable!("type checked above"),
+                }))
+            }
+            C::GetEx => self.getex(argv),
+            C::SetRange => self.setrange(argv),
+            C::Del | C::Unlink => Value::Integer(
                 argv[1..]
                     .iter()
                     .filter(|key| self.keyspace.remove(key).is_some())
                     .count() as i64,
             ),
-            Command::Incr => self.increment(argv, 1),
-            Command::Decr => self.increment(argv, -1),
-            Command::IncrBy => match parse_i64_strict(&argv[2]) {
+            C::Incr => self.increment(argv, 1),
+            C::Decr => self.increment(argv, -1),
+            C::IncrBy => match parse_i64_strict(&argv[2]) {
                 Some(delta) => self.increment(argv, delta),
                 None => Value::error(NOT_AN_INTEGER),
             },
-            Command::DecrBy => match parse_i64_strict(&argv[2]) {
+            C::DecrBy => match parse_i64_strict(&argv[2]) {
                 Some(i64::MIN) => Value::error("ERR decrement would overflow"),
                 Some(delta) => self.increment(argv, -delta),
                 None => Value::error(NOT_AN_INTEGER),
             },
-            Command::IncrByFloat => self.increment_float(argv),
-            Command::Append => {
-                let current_len = self
-                    .live(&argv[1], now_ms)
-                    .map_or(0, |entry| entry.value.len());
+            C::IncrByFloat => self.increment_float(argv),
+            C::Append => {
+                let current_len = attempt!(self.string(&argv[1], now_ms)).map_or(0, Vec::len);
                 let new_len = current_len + argv[2].len();
                 if new_len > MAX_BULK_BYTES {
                     return Value::error(TOO_LONG);
@@ -239,27 +344,37 @@ impl KvMachine {
                 }
                 Value::Integer(new_len as i64)
             }
-            Command::MSet => {
+            C::MSet | C::MSetNx => {
                 if argv.len() % 2 == 0 {
                     return wrong_arity(spec.name);
+                }
+                if spec.command == C::MSetNx
+                    && argv[1..]
+                        .iter()
+                        .step_by(2)
+                        .any(|key| self.live(key, now_ms).is_some())
+                {
+                    return Value::Integer(0);
                 }
                 let mut pairs = argv.into_iter().skip(1);
                 while let (Some(key), Some(value)) = (pairs.next(), pairs.next()) {
                     self.keyspace.insert(key, value, ExpiryChange::Clear);
                 }
-                Value::ok()
+                if spec.command == C::MSetNx {
+                    Value::Integer(1)
+                } else {
+                    Value::ok()
+                }
             }
-            Command::Expire => self.expire(spec.name, &argv, TimeUnit::Seconds, TimeBase::Relative),
-            Command::PExpire => {
+            C::Expire => self.expire(spec.name, &argv, TimeUnit::Seconds, TimeBase::Relative),
+            C::PExpire => {
                 self.expire(spec.name, &argv, TimeUnit::Milliseconds, TimeBase::Relative)
             }
-            Command::ExpireAt => {
-                self.expire(spec.name, &argv, TimeUnit::Seconds, TimeBase::Absolute)
-            }
-            Command::PExpireAt => {
+            C::ExpireAt => self.expire(spec.name, &argv, TimeUnit::Seconds, TimeBase::Absolute),
+            C::PExpireAt => {
                 self.expire(spec.name, &argv, TimeUnit::Milliseconds, TimeBase::Absolute)
             }
-            Command::Persist => {
+            C::Persist => {
                 let has_expiry = self
                     .live(&argv[1], now_ms)
                     .is_some_and(|entry| entry.expires_at_ms.is_some());
@@ -268,12 +383,56 @@ impl KvMachine {
                 }
                 Value::Integer(i64::from(has_expiry))
             }
+            C::HSet | C::HMSet | C::HDel | C::HIncrBy | C::HIncrByFloat | C::HSetNx => {
+                self.hash_write(spec, argv)
+            }
+            C::LPush
+            | C::RPush
+            | C::LPushX
+            | C::RPushX
+            | C::LPop
+            | C::RPop
+            | C::LSet
+            | C::LRem
+            | C::LTrim
+            | C::LInsert
+            | C::LMove
+            | C::RPopLPush
+            | C::BLPop
+            | C::BRPop
+            | C::BLMove
+            | C::BRPopLPush => self.list_write(spec, argv),
+            C::SAdd
+            | C::SRem
+            | C::SPop
+            | C::SMove
+            | C::SInterStore
+            | C::SUnionStore
+            | C::SDiffStore => self.set_write(spec, argv),
+            C::ZAdd
+            | C::ZIncrBy
+            | C::ZRem
+            | C::ZRemRangeByRank
+            | C::ZRemRangeByScore
+            | C::ZRemRangeByLex
+            | C::ZPopMin
+            | C::ZPopMax
+            | C::BZPopMin
+            | C::BZPopMax
+            | C::ZUnionStore
+            | C::ZInterStore
+            | C::ZDiffStore
+            | C::ZRangeStore => self.zset_write(spec, argv),
+            C::Rename | C::RenameNx | C::Copy | C::FlushAll | C::FlushDb => {
+                self.keyspace_write(spec, argv)
+            }
+            C::StatorExec => self.exec_transaction(argv),
             other => unreachable!("{other:?} is a read but was dispatched as a write"),
         }
     }
 
     /// `SET key value [NX | XX] [GET] [EX s | PX ms | EXAT s | PXAT ms | KEEPTTL]`.
-    fn set(&mut self, mut argv: Vec<Vec<u8>>) -> Value {
+    fn set_string(&mut self, mut argv: Vec<Vec<u8>>) -> Value {
         #[derive(PartialEq)]
         enum Condition {
             Always,
@@ -329,6 +488,9 @@ impl KvMachine {
                 }
             }
         };
+        if return_previous {
+            attempt!(self.string(&argv[1], now_ms));
+        }
         let exists = self.live(&argv[1], now_ms).is_some();
         let skip = match condition {
             Condition::Always => false,
@@ -337,7 +499,7 @@ impl KvMachine {
         };
         if skip {
             return if return_previous {
-                Value::Bulk(self.live(&argv[1], now_ms).map(|entry| entry.value.clone()))
+                Value::Bulk(attempt!(self.string(&argv[1], now_ms)).cloned())
             } else {
                 Value::null()
             };
@@ -345,7 +507,12 @@ impl KvMachine {
         let previous = match expiry_change {
             // An absolute time already past: the key is written and gone at once (Redis 7).
             ExpiryChange::At(at_ms) if at_ms <= now_ms => {
-                self.keyspace.remove(&argv[1]).map(|entry| entry.value)
+                self.keyspace
+                    .remove(&argv[1])
+                    .and_then(|entry| match entry.data {
+                        Data::Str(value) => Some(value),
+                        _ => None,
+                    })
             }
             _ => {
                 let value = std::mem::take(&mut argv[2]);
@@ -362,8 +529,8 @@ impl KvMachine {
 
     /// INCR / DECR / INCRBY / DECRBY: the value must be a decimal i64; the TTL is kept.
     fn increment(&mut self, mut argv: Vec<Vec<u8>>, delta: i64) -> Value {
-        let current = match self.live(&argv[1], self.now_ms) {
-            Some(entry) => match parse_i64_strict(&entry.value) {
+        let current = match attempt!(self.string(&argv[1], self.now_ms)) {
+            Some(value) => match parse_i64_strict(value) {
                 Some(number) => Some(number),
                 None => return Value::error(NOT_AN_INTEGER),
             },
@@ -392,8 +559,8 @@ impl KvMachine {
         let Some(delta) = parse_f64_strict(&argv[2]) else {
             return Value::error(NOT_A_FLOAT);
         };
-        let current = match self.live(&argv[1], self.now_ms) {
-            Some(entry) => match parse_f64_strict(&entry.value) {
+        let current = match attempt!(self.string(&argv[1], self.now_ms)) {
+            Some(value) => match parse_f64_strict(value) {
                 Some(number) => Some(number),
                 None => return Value::error(NOT_A_FLOAT),
             },
@@ -516,7 +683,7 @@ fn signed_expiry_at_ms(now_ms: u64, amount: i64, unit: TimeUnit, base: TimeBase)
 }
 
 /// Parses a float as Redis does for INCRBYFLOAT: no surrounding spaces, no NaN.
-fn parse_f64_strict(bytes: &[u8]) -> Option<f64> {
+pub(crate) fn parse_f64_strict(bytes: &[u8]) -> Option<f64> {
     let text = std::str::from_utf8(bytes).ok()?;
     if text.is_empty() || text.trim() != text {
         return None;
@@ -526,22 +693,22 @@ fn parse_f64_strict(bytes: &[u8]) -> Option<f64> {
 }
 
 /// Shortest decimal that reads back as `number`, with no exponent (e.g. `10.5`, `3`).
-fn format_f64(number: f64) -> Vec<u8> {
+pub(crate) fn format_f64(number: f64) -> Vec<u8> {
     format!("{number}").into_bytes()
 }
 
-fn wrong_arity(name: &str) -> Value {
+pub(crate) fn wrong_arity(name: &str) -> Value {
     Value::error(format!(
         "ERR wrong number of arguments for '{name}' command"
     ))
 }
 
-fn invalid_expire(name: &str) -> Value {
+pub(crate) fn invalid_expire(name: &str) -> Value {
     Value::error(format!("ERR invalid expire time in '{name}' command"))
 }
 
 /// Redis' wording: `ERR unknown command 'foo', with args beginning with: 'a' 'b' `.
-fn unknown_command(argv: &[Vec<u8>]) -> Value {
+pub(crate) fn unknown_command(argv: &[Vec<u8>]) -> Value {
     let name = String::from_utf8_lossy(&argv[0]);
     let name: String = name.chars().take(MAX_UNKNOWN_ARGS_ECHO_BYTES).collect();
     let mut args = String::new();

@@ -1,32 +1,51 @@
-//! Snapshot encoding: the whole keyspace, expiries and clock in a length-prefixed format.
+//! Snapshot encoding: the whole keyspace, expiries, write versions and clock in a
+//! length-prefixed format.
 //!
-//! Layout (integers little-endian): `b"STKV"`, version `u8`, `now_ms: u64`, `entries: u64`,
-//! then per entry, sorted by key so equal states give equal bytes: `key_len: u32`, key,
-//! `value_len: u32`, value, `has_expiry: u8` (0 or 1), and `expires_at_ms: u64` if 1.
+//! Layout of version 2 (integers little-endian): `b"STKV"`, version `u8`, `now_ms: u64`,
+//! `write_version: u64`, `entries: u64`, then per entry, sorted by key so equal states give
+//! equal bytes: `key_len: u32`, key, `type: u8`, the payload, `has_expiry: u8` (0 or 1),
+//! `expires_at_ms: u64` if 1, and `version: u64`. Payloads (`bytes` is `len: u32` then the
+//! bytes; collections keep their insertion order, which their random picks depend on):
+//! - 0 string: `bytes`.
+//! - 1 hash: `count: u32`, then `count` × (field `bytes`, value `bytes`).
+//! - 2 list: `count: u32`, then `count` × `bytes`, head first.
+//! - 3 set: `count: u32`, then `count` × `bytes`.
+//! - 4 sorted set: `count: u32`, then `count` × (member `bytes`, score `f64` bits `u64`).
+//!
+//! Version 1 (strings only: no `write_version`, no type byte, no per-entry version) is still
+//! read, so a node upgraded in place restores its old snapshots.
 
 use crate::keyspace::{ExpiryChange, Keyspace};
 use crate::machine::KvMachine;
+use crate::types::{Data, Hash, List, Set, ZSet};
 use stator_api::app::AppError;
 
 const MAGIC: &[u8; 4] = b"STKV";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// The strings-only format written before types existed.
+const VERSION_STRINGS_ONLY: u8 = 1;
 
-/// Fewest bytes one encoded entry takes (empty key and value, no expiry): caps the map
+/// Fewest bytes one encoded entry takes (empty key and string, no expiry): caps the map
 /// capacity reserved from an untrusted entry count by the bytes actually present.
-const MIN_ENTRY_BYTES: usize = 4 + 4 + 1;
+const MIN_ENTRY_BYTES: usize = 4 + 1 + 4 + 1 + 8;
+
+/// Fewest bytes one collection element takes (an empty list item): caps reservations the
+/// same way.
+const MIN_ELEMENT_BYTES: usize = 4;
 
 /// Serialises `machine`, entries sorted by key.
 pub(crate) fn encode(machine: &KvMachine) -> Vec<u8> {
     let mut entries: Vec<_> = machine.keyspace.iter().collect();
     entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    let mut out = Vec::with_capacity(32 + machine.keyspace.bytes() as usize + entries.len() * 17);
+    let mut out = Vec::with_capacity(40 + machine.keyspace.bytes() as usize + entries.len() * 26);
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
     out.extend_from_slice(&machine.now_ms.to_le_bytes());
+    out.extend_from_slice(&machine.keyspace.write_version().to_le_bytes());
     out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
     for (key, entry) in entries {
         push_bytes(&mut out, key);
-        push_bytes(&mut out, &entry.value);
+        encode_data(&mut out, &entry.data);
         match entry.expires_at_ms {
             None => out.push(0),
             Some(at_ms) => {
@@ -34,8 +53,52 @@ pub(crate) fn encode(machine: &KvMachine) -> Vec<u8> {
                 out.extend_from_slice(&at_ms.to_le_bytes());
             }
         }
+        out.extend_from_slice(&entry.version.to_le_bytes());
     }
     out
+}
+
+fn encode_data(out: &mut Vec<u8>, data: &Data) {
+    let push_count = |out: &mut Vec<u8>, count: usize| {
+        let count = u32::try_from(count).expect("collections hold fewer than u32::MAX elements");
+        out.extend_from_slice(&count.to_le_bytes());
+    };
+    match data {
+        Data::Str(value) => {
+            out.push(0);
+            push_bytes(out, value);
+        }
+        Data::Hash(hash) => {
+            out.push(1);
+            push_count(out, hash.len());
+            for (field, value) in hash.iter() {
+                push_bytes(out, field);
+                push_bytes(out, value);
+            }
+        }
+        Data::List(list) => {
+            out.push(2);
+            push_count(out, list.len());
+            for item in &list.items {
+                push_bytes(out, item);
+            }
+        }
+        Data::Set(set) => {
+            out.push(3);
+            push_count(out, set.len());
+            for member in set.iter() {
+                push_bytes(out, member);
+            }
+        }
+        Data::ZSet(zset) => {
+            out.push(4);
+            push_count(out, zset.len());
+            for (member, score) in zset.iter() {
+                push_bytes(out, member);
+                out.extend_from_slice(&score.to_bits().to_le_bytes());
+            }
+        }
+    }
 }
 
 fn push_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -54,19 +117,23 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<KvMachine, AppError> {
         ));
     }
     let version = reader.take(1)?[0];
-    if version != VERSION {
+    if version != VERSION && version != VERSION_STRINGS_ONLY {
         return Err(bad(&format!(
-            "version {version} is not supported (expected {VERSION}); upgrade this node"
+            "version {version} is not supported (expected {VERSION} or {VERSION_STRINGS_ONLY}); upgrade this node"
         )));
     }
+    let typed = version == VERSION;
     let now_ms = reader.u64()?;
+    let write_version = if typed { reader.u64()? } else { 0 };
     let entry_count = reader.u64()?;
     let remaining_bytes = bytes.len() - reader.position;
+    let min_entry_bytes = if typed { MIN_ENTRY_BYTES } else { 4 + 4 + 1 };
     let capacity = usize::try_from(entry_count)
         .unwrap_or(usize::MAX)
-        .min(remaining_bytes / MIN_ENTRY_BYTES);
+        .min(remaining_bytes / min_entry_bytes);
     let mut keyspace = Keyspace::with_capacity(capacity);
     let mut previous_key: Option<&[u8]> = None;
+    let mut versions: Vec<(&[u8], u64)> = Vec::new();
     for _ in 0..entry_count {
         let key = reader.len_prefixed()?;
         if previous_key.is_some_and(|previous| previous >= key) {
@@ -75,13 +142,29 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<KvMachine, AppError> {
             ));
         }
         previous_key = Some(key);
-        let value = reader.len_prefixed()?;
+        let data = if typed {
+            decode_data(&mut reader)?
+        } else {
+            Data::Str(reader.len_prefixed()?.to_vec())
+        };
+        if data.is_empty_collection() {
+            return Err(bad(&format!("key {key:?} holds an empty collection")));
+        }
         let expiry = match reader.take(1)?[0] {
             0 => ExpiryChange::Clear,
             1 => ExpiryChange::At(reader.u64()?),
             other => return Err(bad(&format!("expiry flag {other} is neither 0 nor 1"))),
         };
-        keyspace.insert(key.to_vec(), value.to_vec(), expiry);
+        if typed {
+            let version = reader.u64()?;
+            if version > write_version {
+                return Err(bad(&format!(
+                    "key version {version} is past the write version {write_version}"
+                )));
+            }
+            versions.push((key, version));
+        }
+        keyspace.insert_data(key.to_vec(), data, expiry);
     }
     if reader.position != bytes.len() {
         return Err(bad(&format!(
@@ -89,7 +172,71 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<KvMachine, AppError> {
             bytes.len() - reader.position
         )));
     }
-    Ok(KvMachine { keyspace, now_ms })
+    keyspace.set_write_version(write_version);
+    for (key, version) in versions {
+        keyspace.set_version(key, version);
+    }
+    Ok(KvMachine {
+        keyspace,
+        now_ms,
+        ..KvMachine::default()
+    })
+}
+
+fn decode_data(reader: &mut Reader<'_>) -> Result<Data, AppError> {
+    let kind = reader.take(1)?[0];
+    if kind == 0 {
+        return Ok(Data::Str(reader.len_prefixed()?.to_vec()));
+    }
+    let count = u32::from_le_bytes(reader.take(4)?.try_into().expect("took 4 bytes")) as usize;
+    if count > (reader.bytes.len() - reader.position) / MIN_ELEMENT_BYTES {
+        return Err(bad(&format!("collection of {count} elements is longer than the snapshot")));
+    }
+    let duplicate = || bad("collection repeats an element");
+    Ok(match kind {
+        1 => {
+            let mut hash = Hash::default();
+            for _ in 0..count {
+                let field = reader.len_prefixed()?.to_vec();
+                let value = reader.len_prefixed()?.to_vec();
+                if !hash.insert(field, value) {
+                    return Err(duplicate());
+                }
+            }
+            Data::Hash(hash)
+        }
+        2 => {
+            let mut list = List::default();
+            for _ in 0..count {
+                list.push(reader.len_prefixed()?.to_vec(), false);
+            }
+            Data::List(list)
+        }
+        3 => {
+            let mut set = Set::default();
+            for _ in 0..count {
+                if !set.insert(reader.len_prefixed()?.to_vec()) {
+                    return Err(duplicate());
+                }
+            }
+            Data::Set(set)
+        }
+        4 => {
+            let mut zset = ZSet::default();
+            for _ in 0..count {
+                let member = reader.len_prefixed()?.to_vec();
+                let score = f64::from_bits(reader.u64()?);
+                if score.is_nan() {
+                    return Err(bad("sorted-set score is NaN"));
+                }
+                if zset.insert(member, score).is_some() {
+                    return Err(duplicate());
+                }
+            }
+            Data::ZSet(zset)
+        }
+        other => return Err(bad(&format!("type tag {other} is unknown (0-4 expected)"))),
+    })
 }
 
 fn bad(what: &str) -> AppError {
@@ -141,6 +288,7 @@ mod tests {
             &b""[..],
             b"STKV",
             b"XXXX\x01",
+            b"STKV\x03",
             b"STKV\x02",
             b"STKV\x01\0\0\0\0\0\0\0\0\xff\xff\xff\xff\xff\xff\xff\xff",
         ] {

@@ -1,0 +1,184 @@
+//! Keyspace commands (TYPE, RENAME, COPY, SCAN, KEYS, FLUSHALL, ...) and transactions.
+
+use super::{glob_match, parse_cursor, parse_scan_options, scan_page, scan_reply};
+use crate::command::{lookup, Command, CommandSpec};
+use crate::keyspace::ExpiryChange;
+use crate::machine::{attempt, KvMachine, NO_SUCH_KEY, SYNTAX_ERROR};
+use crate::resp::Value;
+use crate::transaction::{ExecLayout, EXEC_ABORT};
+use crate::types::{EntryRng, Kind};
+
+impl KvMachine {
+    /// Randomness for a read (SRANDMEMBER, HRANDFIELD, ZRANDMEMBER, RANDOMKEY): reads are
+    /// not replicated, so any draw will do; this one follows the current entry's seed.
+    pub(crate) fn read_rng(&self) -> EntryRng {
+        self.rng.clone()
+    }
+
+    pub(crate) fn keyspace_read(&self, now_ms: u64, spec: &CommandSpec, argv: &[Vec<u8>]) -> Value {
+        match spec.command {
+            Command::Type => Value::Simple(
+                self.live(&argv[1], now_ms)
+                    .map_or("none", |entry| entry.data.kind().name())
+                    .to_owned(),
+            ),
+            Command::Touch => Value::Integer(argv[1..].iter().filter(|k| self.live(k, now_ms).is_some()).count() as i64),
+            Command::DbSize => Value::Integer(self.live_keys(now_ms).count() as i64),
+            Command::RandomKey => {
+                let keys: Vec<&Vec<u8>> = self.live_keys(now_ms).map(|(key, _)| key).collect();
+                if keys.is_empty() {
+                    return Value::null();
+                }
+                let mut rng = self.read_rng();
+                Value::bulk(keys[rng.below(keys.len())].clone())
+            }
+            Command::Keys => {
+                let pattern = &argv[1];
+                let mut keys: Vec<&Vec<u8>> = self
+                    .live_keys(now_ms)
+                    .map(|(key, _)| key)
+                    .filter(|key| glob_match(pattern, key))
+                    .collect();
+                keys.sort();
+                super::bulk_array(keys)
+            }
+            Command::Scan => {
+                let cursor = attempt!(parse_cursor(&argv[1]));
+                let options = attempt!(parse_scan_options(&argv[2..], true));
+                let (next, page) = scan_page(cursor, options.count, self.live_keys(now_ms).map(|(key, kind)| (key.as_slice(), kind)));
+                let wanted_kind = options.kind.map(Kind::from_name);
+                let elements = page
+                    .into_iter()
+                    .filter(|(key, _)| options.pattern.is_none_or(|p| glob_match(p, key)))
+                    .filter(|(_, kind)| wanted_kind.is_none_or(|wanted| wanted == Some(*kind)))
+                    .map(|(key, _)| Value::bulk(key.to_vec()))
+                    .collect();
+                scan_reply(next, elements)
+            }
+            Command::Object => {
+                let sub = argv[1].to_ascii_uppercase();
+                match (sub.as_slice(), argv.len()) {
+                    (b"ENCODING", 3) => Value::Bulk(self.live(&argv[2], now_ms).map(|entry| entry.data.encoding().as_bytes().to_vec())),
+                    (b"REFCOUNT", 3) => match self.live(&argv[2], now_ms) {
+                        None => Value::null(),
+                        Some(_) => Value::Integer(1),
+                    },
+                    _ => Value::error(format!(
+                        "ERR unknown subcommand '{}'. Try OBJECT HELP.",
+                        String::from_utf8_lossy(&argv[1])
+                    )),
+                }
+            }
+            Command::StatorVersion => Value::Array(Some(
+                argv[1..]
+                    .iter()
+                    .map(|key| Value::Integer(self.live(key, now_ms).map_or(0, |entry| entry.version) as i64))
+                    .collect(),
+            )),
+            other => unreachable!("{other:?} is not a keyspace read"),
+        }
+    }
+
+    /// Live keys with their type, in no particular order.
+    fn live_keys(&self, now_ms: u64) -> impl Iterator<Item = (&Vec<u8>, Kind)> {
+        self.keyspace
+            .iter()
+            .filter(move |(_, entry)| !entry.is_expired(now_ms))
+            .map(|(key, entry)| (key, entry.data.kind()))
+    }
+
+    pub(crate) fn keyspace_write(&mut self, spec: &CommandSpec, argv: Vec<Vec<u8>>) -> Value {
+        let now_ms = self.now_ms;
+        match spec.command {
+            Command::Rename | Command::RenameNx => {
+                let only_if_missing = spec.command == Command::RenameNx;
+                if self.live(&argv[1], now_ms).is_none() {
+                    return Value::error(NO_SUCH_KEY);
+                }
+                if argv[1] == argv[2] {
+                    return if only_if_missing { Value::Integer(0) } else { Value::ok() };
+                }
+                if only_if_missing && self.live(&argv[2], now_ms).is_some() {
+                    return Value::Integer(0);
+                }
+                let entry = self.keyspace.remove(&argv[1]).expect("live above");
+                let expiry = entry.expires_at_ms.map_or(ExpiryChange::Clear, ExpiryChange::At);
+                self.keyspace.remove(&argv[2]);
+                self.keyspace.insert_data(argv[2].clone(), entry.data, expiry);
+                if only_if_missing { Value::Integer(1) } else { Value::ok() }
+            }
+            Command::Copy => {
+                let mut replace = false;
+                let mut index = 3;
+                while index < argv.len() {
+                    let option = argv[index].to_ascii_uppercase();
+                    if option == b"REPLACE" {
+                        replace = true;
+                    } else if option == b"DB" && index + 1 < argv.len() {
+                        if argv[index + 1] != b"0" {
+                            return Value::error("ERR DB index is out of range; stator's kv has only database 0");
+                        }
+                        index += 1;
+                    } else {
+                        return Value::error(SYNTAX_ERROR);
+                    }
+                    index += 1;
+                }
+                if argv[1] == argv[2] {
+                    return Value::error("ERR source and destination objects are the same");
+                }
+                let Some(source) = self.live(&argv[1], now_ms) else {
+                    return Value::Integer(0);
+                };
+                let (data, expires_at_ms) = (source.data.clone(), source.expires_at_ms);
+                if self.live(&argv[2], now_ms).is_some() {
+                    if !replace {
+                        return Value::Integer(0);
+                    }
+                    self.keyspace.remove(&argv[2]);
+                }
+                let expiry = expires_at_ms.map_or(ExpiryChange::Clear, ExpiryChange::At);
+                self.keyspace.insert_data(argv[2].clone(), data, expiry);
+                Value::Integer(1)
+            }
+            Command::FlushAll | Command::FlushDb => {
+                match argv.get(1).map(|arg| arg.to_ascii_uppercase()) {
+                    None => {}
+                    Some(mode) if argv.len() == 2 && (mode == b"SYNC" || mode == b"ASYNC") => {}
+                    Some(_) => return Value::error(SYNTAX_ERROR),
+                }
+                self.keyspace.clear();
+                Value::ok()
+            }
+            other => unreachable!("{other:?} is not a keyspace write"),
+        }
+    }
+
+    /// `STATOR.EXEC`: a whole `MULTI ... EXEC` transaction in one entry (see `transaction`).
+    pub(crate) fn exec_transaction(&mut self, argv: Vec<Vec<u8>>) -> Value {
+        let Some(layout) = ExecLayout::parse(&argv) else {
+            return Value::error(
+                "ERR malformed STATOR.EXEC: expected <watched> [<key> <version>]... [<argc> <arg>...]...; build it with stator_kv::encode_exec",
+            );
+        };
+        for range in &layout.commands {
+            if crate::transaction::queued_command_error(&argv[range.clone()]).is_some() {
+                return Value::error(EXEC_ABORT);
+            }
+        }
+        let now_ms = self.now_ms;
+        for &(key_index, version) in &layout.watched {
+            let current = self.live(&argv[key_index], now_ms).map_or(0, |entry| entry.version);
+            if current != version {
+                return Value::Array(None);
+            }
+        }
+        let mut replies = Vec::with_capacity(layout.commands.len());
+        for range in layout.commands {
+            let queued = argv[range].to_vec();
+            debug_assert!(lookup(&queued[0]).is_some());
+            replies.push(self.execute(queued));
+        }
+        Value::Array(Some(replies))
+    }
+}

@@ -1,0 +1,840 @@
+//! Differential test: random command sequences run against a real `redis-server` and a
+//! `KvMachine`, replies compared exactly (sorted only where Redis itself is unordered).
+//!
+//! `STATOR_DIFF_SEED` picks the sequence (default 1), `STATOR_DIFF_COMMANDS` its length
+//! (default 20,000, a few seconds). The long run documented in docs/COMPATIBILITY.md:
+//! `STATOR_DIFF_COMMANDS=1000000 cargo test --release -p stator-kv --test differential`.
+//! Without `redis-server` on the PATH it prints `SKIPPED:` and passes, unless
+//! `STATOR_REQUIRE_ALL=1`. Every difference is a bug or an entry in docs/COMPATIBILITY.md.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use stator_kv::{encode_command, encode_exec, parse_reply, queued_command_error, KvMachine, Value};
+
+const DEFAULT_COMMANDS: usize = 20_000;
+const DEFAULT_SEED: u64 = 1;
+/// Differences printed in full before the rest are only counted.
+const MAX_REPORTED: usize = 30;
+/// How far TTL-style replies may drift: the two sides read their clocks a moment apart.
+const CLOCK_SLACK_MS: i64 = 3_000;
+const STARTUP_LIMIT: Duration = Duration::from_secs(10);
+
+/// A `redis-server` on a free loopback port, killed on drop.
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> Option<RedisServer> {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !found {
+            assert!(
+                std::env::var("STATOR_REQUIRE_ALL").as_deref() != Ok("1"),
+                "STATOR_REQUIRE_ALL=1 but redis-server is not installed (apt-get install redis-server)"
+            );
+            println!("SKIPPED: redis-server not installed");
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let server = RedisServer { child, port };
+        let deadline = Instant::now() + STARTUP_LIMIT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(server)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal blocking RESP client.
+struct Client {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Client {
+    fn connect(port: u16) -> Client {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buffer: Vec::new(),
+        }
+    }
+
+    fn call(&mut self, argv: &[Vec<u8>]) -> Value {
+        self.stream.write_all(&encode_command(argv)).unwrap();
+        loop {
+            if let Some((value, used)) = parse_reply(&self.buffer).unwrap() {
+                self.buffer.drain(..used);
+                return value;
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            let read = self.stream.read(&mut chunk).unwrap();
+            assert!(read > 0, "redis-server closed the connection");
+            self.buffer.extend_from_slice(&chunk[..read]);
+        }
+    }
+}
+
+/// SplitMix64: the test's own generator, so a seed names one sequence forever.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len())]
+    }
+    fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// How two replies are compared.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Mode {
+    Exact,
+    /// Redis leaves the order unspecified: compare the array's elements sorted.
+    Sorted,
+    /// Field-value (or member-score) pairs in unspecified order: compare pairs sorted.
+    SortedPairs,
+    /// A random pick: compare only the shape (error text, nil, array length).
+    Shape,
+    /// A time left or an absolute expiry: compare within [`CLOCK_SLACK_MS`].
+    Clock,
+    /// A SCAN-family command: iterate both sides to the end and compare what was seen.
+    FullScan,
+    /// SPOP: compare the shape, then copy the machine's set to Redis (the picks differ).
+    Pop,
+}
+
+const KEYS: &[&str] = &["{t}a", "{t}b", "{t}c", "{t}d", "{t}e", "{t}f"];
+const VALUES: &[&str] = &[
+    "", "0", "1", "-1", "10", "3.5", "abc", "x\u{0}y", "9223372036854775807",
+    "-9223372036854775808", "01", " 1", "1e2", "inf", "a",
+    "a-long-value-that-is-longer-than-forty-four-bytes-so-it-is-raw-xxxxxxxxxxxxxxxxxxx",
+];
+const MEMBERS: &[&str] = &["a", "b", "c", "d", "e", "1", "2", "10", "-3", "", "zz"];
+const INTEGERS: &[&str] = &[
+    "0", "1", "-1", "2", "3", "5", "-5", "10", "100", "-100", "9223372036854775807",
+    "-9223372036854775808", "9223372036854775808", "abc", "1.5", "", "01", "+1",
+];
+const SMALL_COUNTS: &[&str] = &["0", "1", "2", "3", "5", "-1", "-3", "100", "x"];
+const INDEXES: &[&str] = &["-100", "-3", "-1", "0", "1", "2", "5", "100", "x"];
+const SCORES: &[&str] = &[
+    "0", "1", "-1", "1.5", "-2.5", "2", "3", "inf", "-inf", "+inf", "1e3", "abc", "nan", "(1",
+];
+const SCORE_BOUNDS: &[&str] = &["-inf", "+inf", "(1", "1", "2", "(2.5", "0", "-1", "abc", "(abc"];
+const LEX_BOUNDS: &[&str] = &["-", "+", "[a", "(b", "[c", "(zz", "[", "(", "a"];
+const FLOATS: &[&str] = &["0.5", "-1.5", "2", "abc", "1e2", "-0.25", "inf"];
+const PATTERNS: &[&str] = &["*", "{t}*", "*a", "{t}[a-c]", "?", "*[^a]", "\\{t}a", "h*llo"];
+
+/// Generates one random command and how to compare its replies. `far_s` is a UNIX time
+/// well in the future, for absolute expiries that never fire during the run.
+fn generate(rng: &mut Rng, far_s: u64) -> (Vec<String>, Mode) {
+    let k = |rng: &mut Rng| rng.pick(KEYS).to_owned();
+    let v = |rng: &mut Rng| rng.pick(VALUES).to_owned();
+    let m = |rng: &mut Rng| rng.pick(MEMBERS).to_owned();
+    let i = |rng: &mut Rng| rng.pick(INTEGERS).to_owned();
+    let c = |rng: &mut Rng| rng.pick(SMALL_COUNTS).to_owned();
+    let x = |rng: &mut Rng| rng.pick(INDEXES).to_owned();
+    let sc = |rng: &mut Rng| rng.pick(SCORES).to_owned();
+    let sb = |rng: &mut Rng| rng.pick(SCORE_BOUNDS).to_owned();
+    let lb = |rng: &mut Rng| rng.pick(LEX_BOUNDS).to_owned();
+    let fl = |rng: &mut Rng| rng.pick(FLOATS).to_owned();
+    let s = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+    let many = |rng: &mut Rng, f: &dyn Fn(&mut Rng) -> String, at_least: usize| {
+        let n = at_least + rng.below(3);
+        (0..n).map(|_| f(rng)).collect::<Vec<_>>()
+    };
+    let numkeys = |rng: &mut Rng| {
+        let n = 1 + rng.below(3);
+        let mut out = vec![if rng.chance(3) { rng.pick(&["0", "-1", "9"]).to_owned() } else { n.to_string() }];
+        out.extend((0..n).map(|_| k(rng)));
+        out
+    };
+    let ttl_s = || ["100000", "1000000"];
+    use Mode::*;
+    let which = rng.below(150);
+    let (mut argv, mode): (Vec<String>, Mode) = match which {
+        // Strings.
+        0..=3 => (vec!["SET".into(), k(rng), v(rng)], Exact),
+        4 => {
+            let mut a = vec!["SET".into(), k(rng), v(rng)];
+            let opts: &[&[&str]] = &[&["NX"], &["XX"], &["GET"], &["KEEPTTL"], &["EX", "100000"], &["PXAT", "1"], &["NX", "GET"], &["EX", "0"], &["EX", "x"]];
+            a.extend(s(opts[rng.below(opts.len())]));
+            (a, Exact)
+        }
+        5..=7 => (vec!["GET".into(), k(rng)], Exact),
+        8 => (vec!["INCR".into(), k(rng)], Exact),
+        9 => (vec!["INCRBY".into(), k(rng), i(rng)], Exact),
+        10 => (vec!["DECRBY".into(), k(rng), i(rng)], Exact),
+        11 => (vec!["APPEND".into(), k(rng), v(rng)], Exact),
+        12 => (vec!["STRLEN".into(), k(rng)], Exact),
+        13 => {
+            let mut a = vec!["MGET".into()];
+            a.extend(many(rng, &k, 1));
+            (a, Exact)
+        }
+        14 => (vec!["MSET".into(), k(rng), v(rng), k(rng), v(rng)], Exact),
+        15 => (vec!["GETSET".into(), k(rng), v(rng)], Exact),
+        16 => (vec!["GETDEL".into(), k(rng)], Exact),
+        17 => (vec!["SETNX".into(), k(rng), v(rng)], Exact),
+        18 => (vec!["GETRANGE".into(), k(rng), x(rng), x(rng)], Exact),
+        19 => (vec!["SETRANGE".into(), k(rng), rng.pick(&["0", "1", "3", "-1", "x"]).into(), v(rng)], Exact),
+        20 => (vec!["INCRBYFLOAT".into(), k(rng), fl(rng)], Exact),
+        21 => (vec!["MSETNX".into(), k(rng), v(rng), k(rng), v(rng)], Exact),
+        22 => {
+            let opts: &[&[&str]] = &[&[], &["PERSIST"], &["EX", "100000"], &["PX", "0"], &["EX", "x"], &["FOO"]];
+            let mut a = vec!["GETEX".into(), k(rng)];
+            a.extend(s(opts[rng.below(opts.len())]));
+            (a, Exact)
+        }
+        // Keys and expiry.
+        23..=24 => {
+            let mut a = vec!["DEL".into()];
+            a.extend(many(rng, &k, 1));
+            (a, Exact)
+        }
+        25 => {
+            let mut a = vec!["EXISTS".into()];
+            a.extend(many(rng, &k, 1));
+            (a, Exact)
+        }
+        26 => {
+            let mut a = vec!["EXPIRE".into(), k(rng), rng.pick(&ttl_s()).into()];
+            if rng.chance(40) {
+                a.push(rng.pick(&["NX", "XX", "GT", "LT", "FOO"]).into());
+            }
+            (a, Exact)
+        }
+        27 => (vec!["PEXPIREAT".into(), k(rng), rng.pick(&["1", "0", "-5"]).into()], Exact),
+        28 => (vec!["EXPIREAT".into(), k(rng), (far_s + rng.below(3) as u64).to_string()], Exact),
+        29 => (vec![rng.pick(&["TTL", "PTTL", "EXPIRETIME", "PEXPIRETIME"]).into(), k(rng)], Clock),
+        30 => (vec!["PERSIST".into(), k(rng)], Exact),
+        31 => (vec!["TYPE".into(), k(rng)], Exact),
+        32 => (vec![rng.pick(&["RENAME", "RENAMENX"]).into(), k(rng), k(rng)], Exact),
+        33 => {
+            let mut a = vec!["COPY".into(), k(rng), k(rng)];
+            if rng.chance(50) {
+                a.push("REPLACE".into());
+            }
+            (a, Exact)
+        }
+        34 => {
+            let mut a = vec![rng.pick(&["UNLINK", "TOUCH"]).into()];
+            a.extend(many(rng, &k, 1));
+            (a, Exact)
+        }
+        35 => (vec!["DBSIZE".into()], Exact),
+        36 => (vec!["KEYS".into(), rng.pick(PATTERNS).into()], Sorted),
+        37 => {
+            let mut a = vec!["SCAN".into(), "0".into()];
+            if rng.chance(50) {
+                a.extend(["MATCH".into(), rng.pick(PATTERNS).into()]);
+            }
+            if rng.chance(50) {
+                a.extend(["COUNT".into(), rng.pick(&["1", "2", "100", "0"]).into()]);
+            }
+            if rng.chance(30) {
+                a.extend(["TYPE".into(), rng.pick(&["string", "hash", "list", "set", "zset", "nope"]).into()]);
+            }
+            (a, FullScan)
+        }
+        38 => (vec!["RANDOMKEY".into()], Shape),
+        39 => (vec!["OBJECT".into(), "ENCODING".into(), k(rng)], Exact),
+        // Hashes.
+        40..=43 => {
+            let mut a = vec![rng.pick(&["HSET", "HSET", "HMSET"]).into(), k(rng)];
+            for _ in 0..1 + rng.below(3) {
+                a.extend([m(rng), v(rng)]);
+            }
+            if rng.chance(5) {
+                a.pop();
+            }
+            (a, Exact)
+        }
+        44..=45 => (vec!["HGET".into(), k(rng), m(rng)], Exact),
+        46 => {
+            let mut a = vec!["HMGET".into(), k(rng)];
+            a.extend(many(rng, &m, 1));
+            (a, Exact)
+        }
+        47 => (vec!["HGETALL".into(), k(rng)], SortedPairs),
+        48 => {
+            let mut a = vec!["HDEL".into(), k(rng)];
+            a.extend(many(rng, &m, 1));
+            (a, Exact)
+        }
+        49 => (vec!["HEXISTS".into(), k(rng), m(rng)], Exact),
+        50 => (vec!["HINCRBY".into(), k(rng), m(rng), i(rng)], Exact),
+        51 => (vec!["HINCRBYFLOAT".into(), k(rng), m(rng), fl(rng)], Exact),
+        52 => (vec![rng.pick(&["HKEYS", "HVALS"]).into(), k(rng)], Sorted),
+        53 => (vec![rng.pick(&["HLEN", "HSTRLEN"]).into(), k(rng), m(rng)], Exact),
+        54 => (vec!["HSETNX".into(), k(rng), m(rng), v(rng)], Exact),
+        55 => {
+            let mut a = vec!["HRANDFIELD".into(), k(rng)];
+            if rng.chance(70) {
+                a.push(c(rng));
+                if rng.chance(50) {
+                    a.push(rng.pick(&["WITHVALUES", "WITHVALUES", "X"]).into());
+                }
+            }
+            (a, Shape)
+        }
+        56 => (hscan("HSCAN", rng), FullScan),
+        // Lists.
+        57..=60 => {
+            let mut a = vec![rng.pick(&["LPUSH", "RPUSH", "LPUSHX", "RPUSHX"]).into(), k(rng)];
+            a.extend(many(rng, &m, 1));
+            (a, Exact)
+        }
+        61..=62 => {
+            let mut a = vec![rng.pick(&["LPOP", "RPOP"]).into(), k(rng)];
+            if rng.chance(50) {
+                a.push(c(rng));
+            }
+            (a, Exact)
+        }
+        63..=64 => (vec!["LRANGE".into(), k(rng), x(rng), x(rng)], Exact),
+        65 => (vec!["LLEN".into(), k(rng)], Exact),
+        66 => (vec!["LINDEX".into(), k(rng), x(rng)], Exact),
+        67 => (vec!["LSET".into(), k(rng), x(rng), m(rng)], Exact),
+        68 => (vec!["LREM".into(), k(rng), x(rng), m(rng)], Exact),
+        69 => (vec!["LTRIM".into(), k(rng), x(rng), x(rng)], Exact),
+        70 => (vec!["LINSERT".into(), k(rng), rng.pick(&["BEFORE", "AFTER", "MIDDLE"]).into(), m(rng), m(rng)], Exact),
+        71 => {
+            let mut a = vec!["LPOS".into(), k(rng), m(rng)];
+            for _ in 0..rng.below(3) {
+                a.extend([rng.pick(&["RANK", "COUNT", "MAXLEN", "FOO"]).into(), x(rng)]);
+            }
+            (a, Exact)
+        }
+        72 => (vec!["LMOVE".into(), k(rng), k(rng), rng.pick(&["LEFT", "RIGHT", "UP"]).into(), rng.pick(&["LEFT", "RIGHT"]).into()], Exact),
+        73 => (vec!["RPOPLPUSH".into(), k(rng), k(rng)], Exact),
+        74 => {
+            let mut a = vec![rng.pick(&["BLPOP", "BRPOP"]).into()];
+            a.extend(many(rng, &k, 1));
+            a.push(rng.pick(&["0.01", "0.01", "-1", "x"]).into());
+            (a, Exact)
+        }
+        75 => (vec!["BLMOVE".into(), k(rng), k(rng), "LEFT".into(), rng.pick(&["LEFT", "RIGHT"]).into(), "0.01".into()], Exact),
+        76 => (vec!["BRPOPLPUSH".into(), k(rng), k(rng), "0.01".into()], Exact),
+        // Sets.
+        77..=80 => {
+            let mut a = vec!["SADD".into(), k(rng)];
+            a.extend(many(rng, &m, 1));
+            (a, Exact)
+        }
+        81 => {
+            let mut a = vec!["SREM".into(), k(rng)];
+            a.extend(many(rng, &m, 1));
+            (a, Exact)
+        }
+        82..=83 => (vec!["SMEMBERS".into(), k(rng)], Sorted),
+        84 => (vec!["SISMEMBER".into(), k(rng), m(rng)], Exact),
+        85 => {
+            let mut a = vec!["SMISMEMBER".into(), k(rng)];
+            a.extend(many(rng, &m, 1));
+            (a, Exact)
+        }
+        86 => (vec!["SCARD".into(), k(rng)], Exact),
+        87 => {
+            let mut a = vec!["SPOP".into(), k(rng)];
+            if rng.chance(50) {
+                a.push(c(rng));
+            }
+            (a, Pop)
+        }
+        88 => {
+            let mut a = vec!["SRANDMEMBER".into(), k(rng)];
+            if rng.chance(70) {
+                a.push(c(rng));
+            }
+            (a, Shape)
+        }
+        89 => (vec!["SMOVE".into(), k(rng), k(rng), m(rng)], Exact),
+        90..=91 => {
+            let mut a = vec![rng.pick(&["SINTER", "SUNION", "SDIFF"]).into()];
+            a.extend(many(rng, &k, 1));
+            (a, Sorted)
+        }
+        92 => {
+            let mut a = vec![rng.pick(&["SINTERSTORE", "SUNIONSTORE", "SDIFFSTORE"]).into(), k(rng)];
+            a.extend(many(rng, &k, 1));
+            (a, Exact)
+        }
+        93 => {
+            let mut a = vec!["SINTERCARD".into()];
+            a.extend(numkeys(rng));
+            if rng.chance(40) {
+                a.extend(["LIMIT".into(), x(rng)]);
+            }
+            (a, Exact)
+        }
+        94 => (hscan("SSCAN", rng), FullScan),
+        // Sorted sets.
+        95..=99 => {
+            let mut a = vec!["ZADD".into(), k(rng)];
+            for _ in 0..rng.below(3) {
+                a.push(rng.pick(&["NX", "XX", "GT", "LT", "CH", "INCR"]).into());
+            }
+            for _ in 0..1 + rng.below(2) {
+                a.extend([sc(rng), m(rng)]);
+            }
+            if rng.chance(3) {
+                a.pop();
+            }
+            (a, Exact)
+        }
+        100 => (vec!["ZINCRBY".into(), k(rng), sc(rng), m(rng)], Exact),
+        101 => (vec!["ZSCORE".into(), k(rng), m(rng)], Exact),
+        102 => {
+            let mut a = vec!["ZMSCORE".into(), k(rng)];
+            a.extend(many(rng, &m, 1));
+            (a, Exact)
+        }
+        103 => (vec![rng.pick(&["ZRANK", "ZREVRANK"]).into(), k(rng), m(rng)], Exact),
+        104..=107 => {
+            let mut a = vec!["ZRANGE".into(), k(rng)];
+            match rng.below(3) {
+                0 => a.extend([x(rng), x(rng)]),
+                1 => a.extend([sb(rng), sb(rng), "BYSCORE".into()]),
+                _ => a.extend([lb(rng), lb(rng), "BYLEX".into()]),
+            }
+            if rng.chance(30) {
+                a.push("REV".into());
+            }
+            if rng.chance(30) {
+                a.extend(["LIMIT".into(), x(rng), x(rng)]);
+            }
+            if rng.chance(40) {
+                a.push("WITHSCORES".into());
+            }
+            (a, Exact)
+        }
+        108 => {
+            let mut a = vec![rng.pick(&["ZRANGEBYSCORE", "ZREVRANGEBYSCORE"]).into(), k(rng), sb(rng), sb(rng)];
+            if rng.chance(40) {
+                a.push("WITHSCORES".into());
+            }
+            if rng.chance(30) {
+                a.extend(["LIMIT".into(), x(rng), x(rng)]);
+            }
+            (a, Exact)
+        }
+        109 => {
+            let mut a = vec![rng.pick(&["ZRANGEBYLEX", "ZREVRANGEBYLEX"]).into(), k(rng), lb(rng), lb(rng)];
+            if rng.chance(30) {
+                a.extend(["LIMIT".into(), x(rng), x(rng)]);
+            }
+            (a, Exact)
+        }
+        110 => {
+            let mut a = vec!["ZREVRANGE".into(), k(rng), x(rng), x(rng)];
+            if rng.chance(40) {
+                a.push("WITHSCORES".into());
+            }
+            (a, Exact)
+        }
+        111 => (vec!["ZCOUNT".into(), k(rng), sb(rng), sb(rng)], Exact),
+        112 => (vec!["ZLEXCOUNT".into(), k(rng), lb(rng), lb(rng)], Exact),
+        113 => {
+            let mut a = vec!["ZREM".into(), k(rng)];
+            a.extend(many(rng, &m, 1));
+            (a, Exact)
+        }
+        114 => (vec!["ZREMRANGEBYRANK".into(), k(rng), x(rng), x(rng)], Exact),
+        115 => (vec!["ZREMRANGEBYSCORE".into(), k(rng), sb(rng), sb(rng)], Exact),
+        116 => (vec!["ZREMRANGEBYLEX".into(), k(rng), lb(rng), lb(rng)], Exact),
+        117..=118 => {
+            let mut a = vec![rng.pick(&["ZPOPMIN", "ZPOPMAX"]).into(), k(rng)];
+            if rng.chance(50) {
+                a.push(c(rng));
+            }
+            (a, Exact)
+        }
+        119 => {
+            let mut a = vec![rng.pick(&["BZPOPMIN", "BZPOPMAX"]).into()];
+            a.extend(many(rng, &k, 1));
+            a.push("0.01".into());
+            (a, Exact)
+        }
+        120 => (vec!["ZCARD".into(), k(rng)], Exact),
+        121 => {
+            let mut a = vec!["ZRANDMEMBER".into(), k(rng)];
+            if rng.chance(70) {
+                a.push(c(rng));
+                if rng.chance(50) {
+                    a.push("WITHSCORES".into());
+                }
+            }
+            (a, Shape)
+        }
+        122..=123 => {
+            let mut a = vec![rng.pick(&["ZUNIONSTORE", "ZINTERSTORE", "ZDIFFSTORE"]).into(), k(rng)];
+            let keys = numkeys(rng);
+            let count = keys.len() - 1;
+            a.extend(keys);
+            if rng.chance(30) && a[0] != "ZDIFFSTORE" {
+                a.push("WEIGHTS".into());
+                a.extend((0..count).map(|_| rng.pick(&["1", "2", "-1", "0.5", "x"]).to_owned()));
+            }
+            if rng.chance(30) {
+                a.extend(["AGGREGATE".into(), rng.pick(&["SUM", "MIN", "MAX", "AVG"]).into()]);
+            }
+            (a, Exact)
+        }
+        124 => {
+            let mut a = vec![rng.pick(&["ZUNION", "ZINTER", "ZDIFF"]).into()];
+            a.extend(numkeys(rng));
+            if rng.chance(50) {
+                a.push("WITHSCORES".into());
+            }
+            (a, Exact)
+        }
+        125 => {
+            let mut a = vec!["ZRANGESTORE".into(), k(rng), k(rng)];
+            match rng.below(3) {
+                0 => a.extend([x(rng), x(rng)]),
+                1 => a.extend([sb(rng), sb(rng), "BYSCORE".into()]),
+                _ => a.extend([lb(rng), lb(rng), "BYLEX".into()]),
+            }
+            if rng.chance(30) {
+                a.push("REV".into());
+            }
+            (a, Exact)
+        }
+        126 => (hscan("ZSCAN", rng), FullScan),
+        // Edge cases: arity errors and unknown commands.
+        127 => (vec![rng.pick(&["HSET", "LPUSH", "ZADD", "SADD", "GET", "HGET"]).into()], Exact),
+        128 => (vec!["FLUSHALL".into()], Exact),
+        129 => (vec!["PING".into()], Exact),
+        // Build bigger collections now and then, so encodings and scans have work to do.
+        130..=134 => {
+            let key = k(rng);
+            let base = rng.below(1000);
+            let n = 20 + rng.below(200);
+            let mut a = vec![rng.pick(&["SADD", "RPUSH", "HSET", "ZADD"]).to_owned(), key];
+            for j in 0..n {
+                match a[0].as_str() {
+                    "HSET" => a.extend([format!("f{}", base + j), format!("{j}")]),
+                    "ZADD" => a.extend([format!("{}", j % 7), format!("m{}", base + j)]),
+                    _ => a.push(format!("{}", base + j)),
+                }
+            }
+            (a, Exact)
+        }
+        _ => (vec!["EXISTS".into(), k(rng)], Exact),
+    };
+    if rng.chance(1) && argv.len() > 1 {
+        argv.truncate(1 + rng.below(argv.len() - 1));
+    }
+    let mode = if argv.len() > 1 || matches!(argv[0].as_str(), "DBSIZE" | "RANDOMKEY" | "PING" | "FLUSHALL") {
+        mode
+    } else {
+        Exact
+    };
+    (argv, mode)
+}
+
+fn hscan(name: &str, rng: &mut Rng) -> Vec<String> {
+    let mut a = vec![name.to_owned(), rng.pick(KEYS).to_owned(), "0".to_owned()];
+    if rng.chance(50) {
+        a.extend(["MATCH".into(), rng.pick(&["*", "a*", "1*", "?", "m1*", "f2*"]).into()]);
+    }
+    if rng.chance(50) {
+        a.extend(["COUNT".into(), rng.pick(&["1", "5", "100", "0"]).into()]);
+    }
+    a
+}
+
+fn bytes(argv: &[String]) -> Vec<Vec<u8>> {
+    argv.iter().map(|a| a.as_bytes().to_vec()).collect()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+fn sorted(value: &Value, pairs: bool) -> Value {
+    match value {
+        Value::Array(Some(items)) if pairs => {
+            let mut chunks: Vec<Vec<Value>> = items.chunks(2).map(|c| c.to_vec()).collect();
+            chunks.sort_by_key(|c| format!("{c:?}"));
+            Value::Array(Some(chunks.into_iter().flatten().collect()))
+        }
+        Value::Array(Some(items)) => {
+            let mut items = items.clone();
+            items.sort_by_key(|item| format!("{item:?}"));
+            Value::Array(Some(items))
+        }
+        other => other.clone(),
+    }
+}
+
+fn shape(value: &Value) -> String {
+    match value {
+        Value::Array(Some(items)) => format!("array of {}", items.len()),
+        Value::Bulk(Some(_)) => "bulk".to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Both sides of one differential run.
+struct Run {
+    machine: KvMachine,
+    redis: Client,
+    differences: usize,
+    history: Vec<String>,
+}
+
+impl Run {
+    fn machine_call(&mut self, argv: &[Vec<u8>]) -> Value {
+        self.machine.apply_argv(now_ms(), argv)
+    }
+
+    fn differ(&mut self, argv: &[String], ours: &Value, theirs: &Value) {
+        self.differences += 1;
+        if self.differences <= MAX_REPORTED {
+            let recent = self.history.iter().rev().take(6).rev().cloned().collect::<Vec<_>>();
+            println!(
+                "DIFFERENCE #{}: {:?}\n  stator: {ours:?}\n  redis:  {theirs:?}\n  after: {recent:#?}",
+                self.differences, argv
+            );
+        }
+    }
+
+    fn step(&mut self, argv: &[String], mode: Mode) {
+        let raw = bytes(argv);
+        if mode == Mode::FullScan {
+            self.full_scan(argv);
+            return;
+        }
+        let theirs = self.redis.call(&raw);
+        let ours = self.machine_call(&raw);
+        let same = match mode {
+            Mode::Exact => ours == theirs,
+            Mode::Sorted => sorted(&ours, false) == sorted(&theirs, false),
+            Mode::SortedPairs => sorted(&ours, true) == sorted(&theirs, true),
+            Mode::Shape | Mode::Pop => shape(&ours) == shape(&theirs),
+            Mode::Clock => match (&ours, &theirs) {
+                (Value::Integer(a), Value::Integer(b)) if *a >= 0 && *b >= 0 => {
+                    let slack = if argv[0].starts_with('P') { CLOCK_SLACK_MS } else { CLOCK_SLACK_MS / 1000 };
+                    (a - b).abs() <= slack
+                }
+                _ => ours == theirs,
+            },
+            Mode::FullScan => unreachable!(),
+        };
+        if !same {
+            self.differ(argv, &ours, &theirs);
+        }
+        if mode == Mode::Pop {
+            self.copy_set_to_redis(&argv[1]);
+        }
+        self.history.push(format!("{argv:?} -> {ours:?}"));
+        if self.history.len() > 64 {
+            self.history.drain(..32);
+        }
+    }
+
+    /// After SPOP the two sides removed different members: make Redis hold what we hold.
+    fn copy_set_to_redis(&mut self, key: &str) {
+        let members = self.machine_call(&bytes(&["SMEMBERS".into(), key.into()]));
+        let expiry = self.machine_call(&bytes(&["PEXPIRETIME".into(), key.into()]));
+        self.redis.call(&bytes(&["DEL".into(), key.into()]));
+        if let Value::Array(Some(members)) = members {
+            if members.is_empty() {
+                return;
+            }
+            let mut sadd = vec![b"SADD".to_vec(), key.as_bytes().to_vec()];
+            for member in members {
+                if let Value::Bulk(Some(member)) = member {
+                    sadd.push(member);
+                }
+            }
+            self.redis.call(&sadd);
+            if let Value::Integer(at_ms) = expiry {
+                if at_ms > 0 {
+                    self.redis.call(&bytes(&["PEXPIREAT".into(), key.into(), at_ms.to_string()]));
+                }
+            }
+        }
+    }
+
+    /// Runs a SCAN-family command to the end on both sides; compares what each returned.
+    fn full_scan(&mut self, argv: &[String]) {
+        let cursor_at = if argv[0] == "SCAN" { 1 } else { 2 };
+        let pairs = argv[0] == "HSCAN" || argv[0] == "ZSCAN";
+        let collect = |call: &mut dyn FnMut(&[Vec<u8>]) -> Value| -> Value {
+            let mut argv = bytes(argv);
+            let mut seen: Vec<Value> = Vec::new();
+            for _ in 0..10_000 {
+                match call(&argv) {
+                    Value::Array(Some(parts)) if parts.len() == 2 => {
+                        let Value::Bulk(Some(cursor)) = &parts[0] else {
+                            return Value::Error(format!("bad cursor {parts:?}"));
+                        };
+                        if let Value::Array(Some(items)) = &parts[1] {
+                            if pairs {
+                                for pair in items.chunks(2) {
+                                    seen.push(Value::Array(Some(pair.to_vec())));
+                                }
+                            } else {
+                                seen.extend(items.iter().cloned());
+                            }
+                        }
+                        if cursor == b"0" {
+                            seen.sort_by_key(|item| format!("{item:?}"));
+                            seen.dedup();
+                            return Value::Array(Some(seen));
+                        }
+                        argv[cursor_at] = cursor.clone();
+                    }
+                    other => return other,
+                }
+            }
+            Value::Error("scan did not finish".to_owned())
+        };
+        let theirs = collect(&mut |a| self.redis.call(a));
+        let ours = collect(&mut |a| self.machine.apply_argv(now_ms(), a));
+        if ours != theirs {
+            self.differ(argv, &ours, &theirs);
+        }
+    }
+
+    /// MULTI ... EXEC on Redis; one STATOR.EXEC entry on the machine. Sometimes WATCHes a
+    /// key first and sometimes writes it before EXEC.
+    fn transaction(&mut self, rng: &mut Rng, far_s: u64) {
+        let mut watched = Vec::new();
+        if rng.chance(50) {
+            let key = rng.pick(KEYS).to_owned();
+            self.redis.call(&bytes(&["WATCH".into(), key.clone()]));
+            let version = match self.machine_call(&bytes(&["STATOR.VERSION".into(), key.clone()])) {
+                Value::Array(Some(items)) => match items[0] {
+                    Value::Integer(version) => version as u64,
+                    _ => panic!("STATOR.VERSION answered {items:?}"),
+                },
+                other => panic!("STATOR.VERSION answered {other:?}"),
+            };
+            watched.push((key.into_bytes(), version));
+            if rng.chance(50) {
+                let (argv, mode) = generate(rng, far_s);
+                if !matches!(mode, Mode::FullScan | Mode::Pop) && !argv[0].starts_with('B') {
+                    self.step(&argv, mode);
+                }
+            }
+        }
+        self.redis.call(&bytes(&["MULTI".into()]));
+        let mut queued = Vec::new();
+        let mut modes = Vec::new();
+        for _ in 0..1 + rng.below(4) {
+            let (argv, mode) = generate(rng, far_s);
+            if matches!(mode, Mode::FullScan | Mode::Pop | Mode::Shape) || argv[0] == "FLUSHALL" {
+                continue;
+            }
+            let raw = bytes(&argv);
+            let theirs = self.redis.call(&raw);
+            let ours = queued_command_error(&raw).unwrap_or(Value::Simple("QUEUED".into()));
+            if ours != theirs {
+                self.differ(&argv, &ours, &theirs);
+            }
+            queued.push(raw);
+            modes.push(mode);
+        }
+        let theirs = self.redis.call(&bytes(&["EXEC".into()]));
+        let ours = self.machine_call(&encode_exec(&watched, &queued));
+        let same = match (&ours, &theirs) {
+            (Value::Array(Some(a)), Value::Array(Some(b))) if a.len() == b.len() => {
+                a.iter().zip(b).zip(&modes).all(|((x, y), mode)| match mode {
+                    Mode::Sorted => sorted(x, false) == sorted(y, false),
+                    Mode::SortedPairs => sorted(x, true) == sorted(y, true),
+                    Mode::Clock => shape(x) == shape(y),
+                    _ => x == y,
+                })
+            }
+            _ => ours == theirs,
+        };
+        if !same {
+            let described = format!("MULTI/EXEC watched={watched:?} queued={queued:?}");
+            self.differ(&[described], &ours, &theirs);
+        }
+        self.history.push(format!("EXEC -> {ours:?}"));
+    }
+}
+
+#[test]
+fn random_commands_answer_as_redis_does() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let seed: u64 = std::env::var("STATOR_DIFF_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_SEED);
+    let commands: usize = std::env::var("STATOR_DIFF_COMMANDS").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_COMMANDS);
+    let mut rng = Rng(seed);
+    let mut run = Run {
+        machine: KvMachine::new(),
+        redis: Client::connect(server.port),
+        differences: 0,
+        history: Vec::new(),
+    };
+    let far_s = now_ms() / 1000 + 10_000_000;
+    let started = Instant::now();
+    for _ in 0..commands {
+        if rng.chance(2) {
+            run.transaction(&mut rng, far_s);
+            continue;
+        }
+        let (argv, mode) = generate(&mut rng, far_s);
+        run.step(&argv, mode);
+    }
+    // Both sides must end holding the same data.
+    let dump = |call: &mut dyn FnMut(&[Vec<u8>]) -> Value| {
+        let keys = call(&bytes(&["KEYS".into(), "*".into()]));
+        sorted(&keys, false)
+    };
+    let theirs = dump(&mut |a| run.redis.call(a));
+    let ours = dump(&mut |a| run.machine.apply_argv(now_ms(), a));
+    if ours != theirs {
+        run.differ(&["KEYS".into(), "*".into()], &ours, &theirs);
+    }
+    println!(
+        "differential: seed {seed}, {commands} commands in {:.1?}, {} differences",
+        started.elapsed(),
+        run.differences
+    );
+    assert_eq!(run.differences, 0, "stator and redis-server answered differently (see above)");
+}
