@@ -7,8 +7,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use stator_api::agent::{ReplicaRole, ReplicaStatus};
 use stator_api::ids::{GroupId, NodeId};
@@ -27,6 +28,10 @@ pub const SERIES_REFRESH_INTERVAL_MS: u64 = 1_000;
 /// Per-partition series, labelled `service` and `partition`.
 #[derive(Debug, Default)]
 struct PartitionSeries {
+    /// The label sets written by the last refresh: the next one removes those that are
+    /// gone (a deleted service) instead of clearing everything, so a scrape never sees
+    /// a half-written family. A std mutex: nothing awaits while it is held.
+    written: Mutex<BTreeSet<Labels>>,
     leader_changes: Family<Labels, Counter>,
     ops_per_second: Family<Labels, FloatGauge>,
     p99_seconds: Family<Labels, FloatGauge>,
@@ -39,6 +44,8 @@ struct PartitionSeries {
 /// Per-node series, labelled `node`, `zone` and `pool`.
 #[derive(Debug, Default)]
 struct NodeSeries {
+    /// As [`PartitionSeries::written`].
+    written: Mutex<BTreeSet<Labels>>,
     replicas: Family<Labels, Gauge>,
     leaders: Family<Labels, Gauge>,
     ops_per_second: Family<Labels, FloatGauge>,
@@ -296,24 +303,29 @@ impl Metrics {
             }
         }
         let p = &self.partition;
-        p.ops_per_second.clear();
-        p.p99_seconds.clear();
-        p.apply_lag_entries.clear();
-        p.state_bytes.clear();
-        p.replication_factor_met.clear();
-        p.report_age_seconds.clear();
+        let forget_load = |labels: &Labels| {
+            p.ops_per_second.remove(labels);
+            p.p99_seconds.remove(labels);
+            p.apply_lag_entries.remove(labels);
+            p.state_bytes.remove(labels);
+            p.report_age_seconds.remove(labels);
+        };
+        let mut written = BTreeSet::new();
         for service in cluster.services.values() {
             if service.spec().kind != ServiceKind::Replicated {
                 continue;
             }
             for partition in 0..service.placement.partitions.len() as u32 {
                 let labels = partition_labels(&service.spec().name, partition);
+                written.insert(labels.clone());
                 let met = cluster.replication_factor_met(service, partition);
                 p.replication_factor_met
                     .get_or_create(&labels)
                     .set(i64::from(met));
                 let group = service.group(partition);
                 let Some((leader, report)) = leaders.get(&group) else {
+                    // No leader: its load is unknown, not the last one reported.
+                    forget_load(&labels);
                     continue;
                 };
                 p.ops_per_second
@@ -341,18 +353,18 @@ impl Metrics {
                     .set(age_ms as f64 / 1e3);
             }
         }
+        let mut last = p.written.lock().expect("metrics lock poisoned");
+        for gone in last.difference(&written) {
+            forget_load(gone);
+            p.replication_factor_met.remove(gone);
+        }
+        *last = written;
     }
 
     /// Per-node gauges of live nodes.
     fn observe_nodes(&self, cluster: &Cluster, now_ms: u64) {
         let n = &self.node;
-        n.replicas.clear();
-        n.leaders.clear();
-        n.ops_per_second.clear();
-        n.state_bytes.clear();
-        n.cpu_capacity_millicores.clear();
-        n.cpu_requested_millicores.clear();
-        n.heartbeat_age_seconds.clear();
+        let mut written = BTreeSet::new();
         for record in cluster.nodes.values() {
             if !record.state.is_alive() {
                 continue;
@@ -362,6 +374,7 @@ impl Metrics {
                 ("zone".to_string(), record.info.zone.clone()),
                 ("pool".to_string(), record.info.pool.clone()),
             ];
+            written.insert(labels.clone());
             let reports = cluster
                 .observed
                 .get(&record.id)
@@ -401,6 +414,18 @@ impl Metrics {
                     .set(now_ms.saturating_sub(observed.last_heartbeat_ms) as f64 / 1e3);
             }
         }
+        // Lost and released nodes leave no stale series behind.
+        let mut last = n.written.lock().expect("metrics lock poisoned");
+        for gone in last.difference(&written) {
+            n.replicas.remove(gone);
+            n.leaders.remove(gone);
+            n.ops_per_second.remove(gone);
+            n.state_bytes.remove(gone);
+            n.cpu_capacity_millicores.remove(gone);
+            n.cpu_requested_millicores.remove(gone);
+            n.heartbeat_age_seconds.remove(gone);
+        }
+        *last = written;
     }
 
     /// The Prometheus text exposition.
@@ -408,5 +433,112 @@ impl Metrics {
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{
+        NodeObserved, NodeRecord, PartitionDesign, Placement, Service, ServiceRecord,
+    };
+    use stator_api::agent::RegisterRequest;
+    use stator_api::spec::{parse_spec, SpecFormat};
+
+    fn one_node_one_partition() -> Cluster {
+        let mut cluster = Cluster::default();
+        cluster.nodes.insert(
+            1,
+            NodeRecord {
+                id: 1,
+                info: RegisterRequest {
+                    name: "n1".into(),
+                    zone: "z".into(),
+                    pool: "p".into(),
+                    cpu_millis: 1000,
+                    memory_mib: 1024,
+                    price_per_hour: 0.0,
+                    labels: Default::default(),
+                    transport_addr: "127.0.0.1:1".into(),
+                },
+                state: NodeState::Ready,
+                registered_at_ms: 0,
+            },
+        );
+        let spec = parse_spec(
+            "name = \"kv\"\npartitions = 1\nreplicas = 1\napp = { builtin = \"kv\" }",
+            SpecFormat::Toml,
+        )
+        .unwrap();
+        let service = Service {
+            record: ServiceRecord {
+                id: 7,
+                spec,
+                generation: 1,
+            },
+            placement: Placement {
+                partitions: vec![PartitionDesign {
+                    members: vec![1],
+                    initial_members: vec![1],
+                    has_had_leader: true,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        };
+        let group = service.group(0);
+        cluster.services.insert("kv".into(), service);
+        cluster.observed.insert(
+            1,
+            NodeObserved {
+                last_heartbeat_ms: 1_000,
+                replicas: vec![ReplicaStatus {
+                    group,
+                    service: "kv".into(),
+                    partition: 0,
+                    role: ReplicaRole::Leader,
+                    leader: Some(1),
+                    term: 2,
+                    voters: vec![1],
+                    learners: vec![],
+                    applied_index: 40,
+                    state_bytes: 4096,
+                    ops_per_sec: 12.5,
+                    p99_us: 800,
+                    error: None,
+                }],
+                instances: vec![],
+            },
+        );
+        cluster
+    }
+
+    #[test]
+    fn partition_and_node_series_follow_the_cluster_and_leave_with_it() {
+        let metrics = Metrics::new();
+        let mut cluster = one_node_one_partition();
+        metrics.observe(&cluster, 1_500);
+        let text = metrics.render();
+        for line in [
+            "stator_partition_ops_per_second{service=\"kv\",partition=\"0\"} 12.5",
+            "stator_partition_state_bytes{service=\"kv\",partition=\"0\"} 4096",
+            "stator_partition_report_age_seconds{service=\"kv\",partition=\"0\"} 0.5",
+            "stator_partition_replication_factor_met{service=\"kv\",partition=\"0\"} 1",
+            "stator_node_leaders{node=\"n1\",zone=\"z\",pool=\"p\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        // Within the refresh interval nothing is recomputed; after it, a deleted service
+        // and a lost node leave no series behind.
+        cluster.services.clear();
+        cluster.nodes.get_mut(&1).unwrap().state = NodeState::Lost;
+        metrics.observe(&cluster, 1_600);
+        assert!(metrics
+            .render()
+            .contains("stator_partition_ops_per_second{"));
+        metrics.observe(&cluster, 1_500 + SERIES_REFRESH_INTERVAL_MS);
+        let text = metrics.render();
+        assert!(!text.contains("stator_partition_ops_per_second{"), "{text}");
+        assert!(!text.contains("stator_node_leaders{"), "{text}");
     }
 }

@@ -34,6 +34,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Verb {
     /// Start a whole cluster on this machine: server, gateway and N agents.
+    #[command(
+        after_help = "Examples:\n  stator up -f examples/kv.toml\n  stator up --nodes 5 --data-dir /tmp/c1 --api 127.0.0.1:7071"
+    )]
     Up {
         /// Where the store, tokens, logs and context go.
         #[arg(long, default_value = "stator-data")]
@@ -59,6 +62,9 @@ enum Verb {
         pools: Option<PathBuf>,
     },
     /// Run the control plane (API and controllers).
+    #[command(
+        after_help = "Example:\n  stator server --data-dir /var/lib/stator --listen 10.0.0.1:7070"
+    )]
     Server {
         /// `embedded:DIR` (single file, the default) or `etcd://H:P,H:P`.
         #[arg(long)]
@@ -82,6 +88,9 @@ enum Verb {
         pools: Option<PathBuf>,
     },
     /// Run a node agent that joins a cluster (`--server URL[,URL...]`, tried in turn).
+    #[command(
+        after_help = "Example:\n  stator agent --server http://10.0.0.1:7070 --join-token-file join-token --name node-a --zone eu-1a"
+    )]
     Agent {
         /// File holding the cluster's join token.
         #[arg(long)]
@@ -136,6 +145,9 @@ enum Verb {
     },
     /// Run a stateless gateway: RESP endpoints, the HTTP call route and the proxy
     /// (`--server URL[,URL...]`, tried in turn).
+    #[command(
+        after_help = "Example:\n  stator gateway --server http://10.0.0.1:7070 --token-file api-token --http 10.0.0.1:8080"
+    )]
     Gateway {
         /// HTTP listen address.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -223,6 +235,9 @@ enum Verb {
         shell: clap_complete::Shell,
     },
     /// Simulate policies on a scenario or a real trace (deterministic).
+    #[command(
+        after_help = "Example:\n  stator sim --scenario examples/sim/mmo-diurnal.toml --compare --out sim-out --json"
+    )]
     Sim {
         /// Scenario TOML.
         #[arg(long)]
@@ -254,6 +269,9 @@ enum Verb {
         json: bool,
     },
     /// Jepsen-style run: a local cluster, clients, a nemesis and a linearizability verdict.
+    #[command(
+        after_help = "Example:\n  stator chaos --duration 60 --faults kill,pause --history h.jsonl --json"
+    )]
     Chaos {
         /// Seconds of faults under load.
         #[arg(long, default_value_t = 60)]
@@ -290,6 +308,7 @@ enum Verb {
         json: bool,
     },
     /// Benchmarks that measure their baselines in the same run.
+    #[command(after_help = "Example:\n  stator bench replication --clients 1,16 --json")]
     Bench {
         #[command(subcommand)]
         which: BenchVerb,
@@ -299,6 +318,9 @@ enum Verb {
 #[derive(Subcommand)]
 enum BenchVerb {
     /// Write latency and throughput of a replicated partition vs etcd and Redis+WAIT.
+    #[command(
+        after_help = "Example:\n  stator bench replication --replicas 3 --clients 1,16,64 --json"
+    )]
     Replication {
         /// Members per partition group (1, 3 or 5).
         #[arg(long, default_value_t = 3)]
@@ -329,6 +351,7 @@ enum BenchVerb {
     },
     /// Live move of a replica holding `--state-mib` of state under steady writes, beside
     /// a stop-and-copy (checkpoint/restore) move of the same state.
+    #[command(after_help = "Example:\n  stator bench migration --state-mib 64 --json")]
     Migration {
         /// State to fill the partition with before the move.
         #[arg(long, default_value_t = 64)]
@@ -348,6 +371,7 @@ enum BenchVerb {
     },
     /// SIGKILL of a node under `stator up`: unavailability, new leader, replication
     /// factor restored, no acknowledged write lost; beside an etcd leader kill.
+    #[command(after_help = "Example:\n  stator bench failover --rounds 5 --json")]
     Failover {
         /// Agents to start.
         #[arg(long, default_value_t = 4)]
@@ -816,5 +840,24 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_verb_shows_an_example_in_its_help() {
+        fn check(command: &clap::Command, path: &str) {
+            for sub in command.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                let help = sub
+                    .get_after_help()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                assert!(
+                    help.contains("Example") && help.contains("stator "),
+                    "`{name} --help` has no example"
+                );
+                check(sub, &name);
+            }
+        }
+        check(&Cli::command(), "stator");
     }
 }
