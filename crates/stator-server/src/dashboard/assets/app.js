@@ -493,7 +493,7 @@ const PARTITION_COLUMNS = [
   { key: 'name', title: 'PARTITION' }, { key: 'slots', title: 'SLOTS' }, { key: 'leader', title: 'LEADER' },
   { key: 'term', title: 'TERM', num: true }, { key: 'members', title: 'MEMBERS' }, { key: 'rf', title: 'RF MET' },
   { key: 'ops', title: 'OPS/S', num: true }, { key: 'p99', title: 'P99', num: true },
-  { key: 'lag', title: 'APPLY LAG', num: true }, { key: 'age', title: 'REPORTED', num: true },
+  { key: 'lag', title: 'LAG', num: true }, { key: 'age', title: 'REPORTED', num: true },
 ];
 
 function memberText(p) {
