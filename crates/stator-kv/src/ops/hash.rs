@@ -11,6 +11,16 @@ use crate::types::Data;
 
 impl KvMachine {
     pub(crate) fn hash_read(&self, now_ms: u64, spec: &CommandSpec, argv: &[Vec<u8>]) -> Value {
+        // Redis parses these arguments before it looks at the key.
+        if spec.command == Command::HScan {
+            attempt!(parse_cursor(&argv[2]));
+        }
+        if spec.command == Command::HRandField && argv.len() >= 3 {
+            attempt!(int_arg(&argv[2]));
+            if argv.len() > 4 || (argv.len() == 4 && !argv[3].eq_ignore_ascii_case(b"WITHVALUES")) {
+                return Value::error(SYNTAX_ERROR);
+            }
+        }
         let hash = attempt!(self.hash(&argv[1], now_ms));
         match spec.command {
             Command::HGet => Value::Bulk(hash.and_then(|h| h.get(&argv[2])).cloned()),
@@ -38,10 +48,10 @@ impl KvMachine {
             Command::HRandField => self.hrandfield(hash, argv),
             Command::HScan => {
                 let cursor = attempt!(parse_cursor(&argv[2]));
-                let options = attempt!(parse_scan_options(&argv[3..], false));
                 let Some(hash) = hash else {
                     return scan_reply(0, Vec::new());
                 };
+                let options = attempt!(parse_scan_options(&argv[3..], false));
                 let small = Data::Hash(hash.clone()).encoding() == "listpack";
                 let (next, page) = if small {
                     (0, hash.iter().map(|(f, v)| (f.as_slice(), v)).collect())
@@ -158,6 +168,9 @@ impl KvMachine {
                 let Some(delta) = parse_f64_strict(&argv[3]) else {
                     return Value::error(NOT_A_FLOAT);
                 };
+                if delta.is_infinite() {
+                    return Value::error("ERR value is NaN or Infinity");
+                }
                 let now_ms = self.now_ms;
                 let current = match attempt!(self.hash(&key, now_ms)).and_then(|h| h.get(&argv[2])) {
                     None => 0.0,

@@ -63,6 +63,22 @@ impl KvMachine {
                         None => Value::null(),
                         Some(_) => Value::Integer(1),
                     },
+                    (b"HELP", 2) => Value::Array(Some(
+                        [
+                            "OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                            "ENCODING <key>",
+                            "    Return the kind of internal representation used in order to store the value",
+                            "    associated with a <key>.",
+                            "REFCOUNT <key>",
+                            "    Return the number of references of the value associated with the specified",
+                            "    <key>.",
+                            "HELP",
+                            "    Print this help.",
+                        ]
+                        .iter()
+                        .map(|line| Value::Simple((*line).to_owned()))
+                        .collect(),
+                    )),
                     _ => Value::error(format!(
                         "ERR unknown subcommand '{}'. Try OBJECT HELP.",
                         String::from_utf8_lossy(&argv[1])
@@ -174,11 +190,13 @@ impl KvMachine {
             }
         }
         let mut replies = Vec::with_capacity(layout.commands.len());
+        self.in_transaction = true;
         for range in layout.commands {
             let queued = argv[range].to_vec();
             debug_assert!(lookup(&queued[0]).is_some());
             replies.push(self.execute(queued));
         }
+        self.in_transaction = false;
         Value::Array(Some(replies))
     }
 }

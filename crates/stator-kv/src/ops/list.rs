@@ -61,11 +61,10 @@ impl KvMachine {
                 Value::Integer(attempt!(self.list(&argv[1], now_ms)).map_or(0, |l| l.len()) as i64)
             }
             Command::LIndex => {
-                let list = attempt!(self.list(&argv[1], now_ms));
-                let index = attempt!(int_arg(&argv[2]));
-                let Some(list) = list else {
+                let Some(list) = attempt!(self.list(&argv[1], now_ms)) else {
                     return Value::null();
                 };
+                let index = attempt!(int_arg(&argv[2]));
                 let index = if index < 0 { list.len() as i64 + index } else { index };
                 Value::Bulk(
                     usize::try_from(index)
@@ -100,19 +99,14 @@ impl KvMachine {
                         return Value::error("ERR value is out of range");
                     }
                 }
-                b"COUNT" => {
-                    let number = attempt!(int_arg(value));
-                    if number < 0 {
-                        return Value::error("ERR COUNT can't be negative");
-                    }
-                    count = Some(number);
-                }
-                b"MAXLEN" => {
-                    max_len = attempt!(int_arg(value));
-                    if max_len < 0 {
-                        return Value::error("ERR MAXLEN can't be negative");
-                    }
-                }
+                b"COUNT" => match crate::resp::parse_i64_strict(value) {
+                    Some(number) if number >= 0 => count = Some(number),
+                    _ => return Value::error("ERR COUNT can't be negative"),
+                },
+                b"MAXLEN" => match crate::resp::parse_i64_strict(value) {
+                    Some(number) if number >= 0 => max_len = number,
+                    _ => return Value::error("ERR MAXLEN can't be negative"),
+                },
                 _ => return Value::error(SYNTAX_ERROR),
             }
             index += 2;
@@ -195,10 +189,10 @@ impl KvMachine {
                 }
             }
             Command::LSet => {
-                let index = attempt!(int_arg(&argv[2]));
                 let Some(list) = attempt!(self.list(&key, now_ms)) else {
                     return Value::error(NO_SUCH_KEY);
                 };
+                let index = attempt!(int_arg(&argv[2]));
                 let index = if index < 0 { list.len() as i64 + index } else { index };
                 let Some(index) = usize::try_from(index).ok().filter(|&i| i < list.len()) else {
                     return Value::error("ERR index out of range");
@@ -313,7 +307,12 @@ impl KvMachine {
     fn list_move(&mut self, source: &[u8], destination: &[u8], from: End, to: End, blocking: bool) -> Value {
         let now_ms = self.now_ms;
         if attempt!(self.list(source, now_ms)).is_none() {
-            return if blocking { Value::Array(None) } else { Value::null() };
+            // Inside a transaction Redis never blocks and answers as LMOVE does.
+            return if blocking && !self.in_transaction {
+                Value::Array(None)
+            } else {
+                Value::null()
+            };
         }
         if let Some(entry) = self.live(destination, now_ms) {
             if !matches!(entry.data, Data::List(_)) {

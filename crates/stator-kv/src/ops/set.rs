@@ -88,6 +88,9 @@ impl KvMachine {
             }
             Command::SCard => Value::Integer(attempt!(self.set(&argv[1], now_ms)).map_or(0, Set::len) as i64),
             Command::SRandMember => {
+                if argv.len() == 3 {
+                    attempt!(int_arg(&argv[2]));
+                }
                 let set = attempt!(self.set(&argv[1], now_ms));
                 let mut rng = self.read_rng();
                 match argv.len() {
@@ -139,10 +142,10 @@ impl KvMachine {
             }
             Command::SScan => {
                 let cursor = attempt!(parse_cursor(&argv[2]));
-                let options = attempt!(parse_scan_options(&argv[3..], false));
                 let Some(set) = attempt!(self.set(&argv[1], now_ms)) else {
                     return scan_reply(0, Vec::new());
                 };
+                let options = attempt!(parse_scan_options(&argv[3..], false));
                 let small = set.iter().all(|m| parse_i64_strict(m).is_some()) && set.len() <= 512;
                 let (next, page) = if small {
                     (0, set.iter().map(|m| (m.as_slice(), ())).collect())
@@ -180,8 +183,8 @@ impl KvMachine {
             Command::SPop => {
                 let count = match argv.len() {
                     2 => None,
-                    3 => match attempt!(int_arg(&argv[2])) {
-                        n if n >= 0 => Some(n as usize),
+                    3 => match crate::resp::parse_i64_strict(&argv[2]) {
+                        Some(n) if n >= 0 => Some(n as usize),
                         _ => return Value::error(NOT_POSITIVE),
                     },
                     _ => return Value::error(SYNTAX_ERROR),

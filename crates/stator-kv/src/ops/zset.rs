@@ -320,10 +320,10 @@ impl KvMachine {
             }
             C::ZScan => {
                 let cursor = attempt!(parse_cursor(&argv[2]));
-                let options = attempt!(parse_scan_options(&argv[3..], false));
                 let Some(zset) = attempt!(self.zset(&argv[1], now_ms)) else {
                     return scan_reply(0, Vec::new());
                 };
+                let options = attempt!(parse_scan_options(&argv[3..], false));
                 let small = Data::ZSet(zset.clone()).encoding() == "listpack";
                 let (next, page) = if small {
                     (0, zset.ordered().map(|(m, s)| (m.as_slice(), s)).collect())
@@ -342,6 +342,12 @@ impl KvMachine {
     }
 
     fn zrandmember(&self, now_ms: u64, argv: &[Vec<u8>]) -> Value {
+        if argv.len() >= 3 {
+            attempt!(int_arg(&argv[2]));
+            if argv.len() > 4 || (argv.len() == 4 && !argv[3].eq_ignore_ascii_case(b"WITHSCORES")) {
+                return Value::error(SYNTAX_ERROR);
+            }
+        }
         let zset = attempt!(self.zset(&argv[1], now_ms));
         let mut rng = self.read_rng();
         if argv.len() == 2 {
@@ -513,8 +519,8 @@ impl KvMachine {
             C::ZPopMin | C::ZPopMax => {
                 let count = match argv.len() {
                     2 => None,
-                    3 => match attempt!(int_arg(&argv[2])) {
-                        n if n >= 0 => Some(n as usize),
+                    3 => match crate::resp::parse_i64_strict(&argv[2]) {
+                        Some(n) if n >= 0 => Some(n as usize),
                         _ => return Value::error(NOT_POSITIVE),
                     },
                     _ => return Value::error(SYNTAX_ERROR),
