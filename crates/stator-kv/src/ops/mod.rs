@@ -211,7 +211,9 @@ pub(crate) fn scan_reply(cursor: u64, elements: Vec<Value>) -> Value {
 
 /// Redis' glob match (`stringmatchlen`): `*`, `?`, `[abc]`, `[^a-z]`, `\x`.
 pub(crate) fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    glob_match_depth(pattern, text, 0)
+    // KEYS and SCAN treat a lone `*` as "everything", the empty key included, without
+    // matching (the matcher itself never matches an empty string).
+    pattern == b"*" || glob_match_depth(pattern, text, 0)
 }
 
 /// Deepest `*` nesting followed before giving up (Redis bounds the same recursion).

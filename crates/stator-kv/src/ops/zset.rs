@@ -108,6 +108,10 @@ fn parse_range(argv: &[Vec<u8>], at: usize, fixed_kind: RangeKind, fixed_reverse
     }
     let reverse = reverse.unwrap_or(false);
     let kind = if kind == RangeKind::Auto { RangeKind::Rank } else { kind };
+    if kind == RangeKind::Rank && limit.is_some_and(|(_, count)| count == -1) {
+        // Redis ignores a LIMIT whose count is -1 on a rank range (below it is an error).
+        limit = None;
+    }
     // Redis takes LIMIT's count of -1 as "no LIMIT given".
     if limit.is_some_and(|(_, count)| count != -1) && kind == RangeKind::Rank {
         return Err(Value::error(
