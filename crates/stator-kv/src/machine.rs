@@ -304,10 +304,14 @@ impl KvMachine {
             }
             C::GetDel => {
                 attempt!(self.string(&argv[1], now_ms));
-                Value::Bulk(self.keyspace.remove(&argv[1]).map(|entry| match entry.data {
-                    Data::Str(value) => value,
-                    _ => unreachable!("type checked above"),
-                }))
+                Value::Bulk(
+                    self.keyspace
+                        .remove(&argv[1])
+                        .map(|entry| match entry.data {
+                            Data::Str(value) => value,
+                            _ => unreachable!("type checked above"),
+                        }),
+                )
             }
             C::GetEx => self.getex(argv),
             C::SetRange => self.setrange(argv),
@@ -369,9 +373,7 @@ impl KvMachine {
                 }
             }
             C::Expire => self.expire(spec.name, &argv, TimeUnit::Seconds, TimeBase::Relative),
-            C::PExpire => {
-                self.expire(spec.name, &argv, TimeUnit::Milliseconds, TimeBase::Relative)
-            }
+            C::PExpire => self.expire(spec.name, &argv, TimeUnit::Milliseconds, TimeBase::Relative),
             C::ExpireAt => self.expire(spec.name, &argv, TimeUnit::Seconds, TimeBase::Absolute),
             C::PExpireAt => {
                 self.expire(spec.name, &argv, TimeUnit::Milliseconds, TimeBase::Absolute)

@@ -1,6 +1,9 @@
 //! Hash commands.
 
-use super::{bulk_array, distinct_indexes, glob_match, int_arg, parse_cursor, parse_scan_options, scan_page, scan_reply};
+use super::{
+    bulk_array, distinct_indexes, glob_match, int_arg, parse_cursor, parse_scan_options, scan_page,
+    scan_reply,
+};
 use crate::command::{Command, CommandSpec};
 use crate::machine::{
     attempt, format_f64, parse_f64_strict, wrong_arity, KvMachine, NOT_A_FLOAT, OVERFLOW,
@@ -56,12 +59,18 @@ impl KvMachine {
                 let (next, page) = if small {
                     (0, hash.iter().map(|(f, v)| (f.as_slice(), v)).collect())
                 } else {
-                    scan_page(cursor, options.count, hash.iter().map(|(f, v)| (f.as_slice(), v)))
+                    scan_page(
+                        cursor,
+                        options.count,
+                        hash.iter().map(|(f, v)| (f.as_slice(), v)),
+                    )
                 };
                 let elements = page
                     .into_iter()
                     .filter(|(field, _)| options.pattern.is_none_or(|p| glob_match(p, field)))
-                    .flat_map(|(field, value)| [Value::bulk(field.to_vec()), Value::bulk(value.clone())])
+                    .flat_map(|(field, value)| {
+                        [Value::bulk(field.to_vec()), Value::bulk(value.clone())]
+                    })
                     .collect();
                 scan_reply(next, elements)
             }
@@ -74,9 +83,9 @@ impl KvMachine {
     fn hrandfield(&self, hash: Option<&crate::types::Hash>, argv: &[Vec<u8>]) -> Value {
         let mut rng = self.read_rng();
         if argv.len() == 2 {
-            return Value::Bulk(hash.and_then(|h| {
-                h.get_index(rng.below(h.len())).map(|(f, _)| f.clone())
-            }));
+            return Value::Bulk(
+                hash.and_then(|h| h.get_index(rng.below(h.len())).map(|(f, _)| f.clone())),
+            );
         }
         let count = attempt!(int_arg(&argv[2]));
         let with_values = match argv.len() {
@@ -90,7 +99,9 @@ impl KvMachine {
         let indexes: Vec<usize> = if count >= 0 {
             distinct_indexes(&mut rng, hash.len(), count as usize)
         } else {
-            (0..count.unsigned_abs()).map(|_| rng.below(hash.len())).collect()
+            (0..count.unsigned_abs())
+                .map(|_| rng.below(hash.len()))
+                .collect()
         };
         let mut reply = Vec::new();
         for index in indexes {
@@ -148,7 +159,8 @@ impl KvMachine {
             Command::HIncrBy => {
                 let delta = attempt!(int_arg(&argv[3]));
                 let now_ms = self.now_ms;
-                let current = match attempt!(self.hash(&key, now_ms)).and_then(|h| h.get(&argv[2])) {
+                let current = match attempt!(self.hash(&key, now_ms)).and_then(|h| h.get(&argv[2]))
+                {
                     None => 0,
                     Some(value) => match parse_i64_strict(value) {
                         Some(number) => number,
@@ -172,7 +184,8 @@ impl KvMachine {
                     return Value::error("ERR value is NaN or Infinity");
                 }
                 let now_ms = self.now_ms;
-                let current = match attempt!(self.hash(&key, now_ms)).and_then(|h| h.get(&argv[2])) {
+                let current = match attempt!(self.hash(&key, now_ms)).and_then(|h| h.get(&argv[2]))
+                {
                     None => 0.0,
                     Some(value) => match parse_f64_strict(value) {
                         Some(number) => number,

@@ -65,7 +65,11 @@ impl KvMachine {
                     return Value::null();
                 };
                 let index = attempt!(int_arg(&argv[2]));
-                let index = if index < 0 { list.len() as i64 + index } else { index };
+                let index = if index < 0 {
+                    list.len() as i64 + index
+                } else {
+                    index
+                };
                 Value::Bulk(
                     usize::try_from(index)
                         .ok()
@@ -125,7 +129,11 @@ impl KvMachine {
             None => 1,
         };
         let len = list.len();
-        let scan_len = if max_len == 0 { len } else { (max_len as usize).min(len) };
+        let scan_len = if max_len == 0 {
+            len
+        } else {
+            (max_len as usize).min(len)
+        };
         let mut skip = rank.unsigned_abs() - 1;
         let mut found = Vec::new();
         for step in 0..scan_len {
@@ -193,7 +201,11 @@ impl KvMachine {
                     return Value::error(NO_SUCH_KEY);
                 };
                 let index = attempt!(int_arg(&argv[2]));
-                let index = if index < 0 { list.len() as i64 + index } else { index };
+                let index = if index < 0 {
+                    list.len() as i64 + index
+                } else {
+                    index
+                };
                 let Some(index) = usize::try_from(index).ok().filter(|&i| i < list.len()) else {
                     return Value::error("ERR index out of range");
                 };
@@ -205,7 +217,11 @@ impl KvMachine {
                 let count = attempt!(int_arg(&argv[2]));
                 let target = std::mem::take(&mut argv[3]);
                 let removed = attempt!(self.with_list(&key, false, |list| {
-                    let limit = if count == 0 { usize::MAX } else { count.unsigned_abs() as usize };
+                    let limit = if count == 0 {
+                        usize::MAX
+                    } else {
+                        count.unsigned_abs() as usize
+                    };
                     let mut removed = 0;
                     if count >= 0 {
                         let mut position = 0;
@@ -276,7 +292,13 @@ impl KvMachine {
                 if spec.command == Command::BLMove {
                     attempt!(parse_timeout(&argv[5]));
                 }
-                self.list_move(&argv[1], &argv[2], from, to, spec.command == Command::BLMove)
+                self.list_move(
+                    &argv[1],
+                    &argv[2],
+                    from,
+                    to,
+                    spec.command == Command::BLMove,
+                )
             }
             Command::RPopLPush | Command::BRPopLPush => {
                 if spec.command == Command::BRPopLPush {
@@ -293,7 +315,10 @@ impl KvMachine {
                         let item = attempt!(self.with_list(key, false, |list| list.pop(front)))
                             .flatten()
                             .expect("a stored list is never empty");
-                        return Value::Array(Some(vec![Value::bulk(key.clone()), Value::bulk(item)]));
+                        return Value::Array(Some(vec![
+                            Value::bulk(key.clone()),
+                            Value::bulk(item),
+                        ]));
                     }
                 }
                 Value::Array(None)
@@ -304,7 +329,14 @@ impl KvMachine {
 
     /// LMOVE and its kin: pops from `source`'s `from` end and pushes onto `destination`'s
     /// `to` end. A missing source answers null (the null array for the blocking forms).
-    fn list_move(&mut self, source: &[u8], destination: &[u8], from: End, to: End, blocking: bool) -> Value {
+    fn list_move(
+        &mut self,
+        source: &[u8],
+        destination: &[u8],
+        from: End,
+        to: End,
+        blocking: bool,
+    ) -> Value {
         let now_ms = self.now_ms;
         if attempt!(self.list(source, now_ms)).is_none() {
             // Inside a transaction Redis never blocks and answers as LMOVE does.

@@ -20,7 +20,11 @@ impl KvMachine {
         if start < 0 && end < 0 && start > end {
             return Value::bulk(Vec::new());
         }
-        let start = if start < 0 { (len + start).max(0) } else { start };
+        let start = if start < 0 {
+            (len + start).max(0)
+        } else {
+            start
+        };
         let end = if end < 0 { (len + end).max(0) } else { end };
         let end = end.min(len - 1);
         if start > end || len == 0 {
@@ -98,7 +102,11 @@ impl KvMachine {
                 let amount = attempt!(int_arg(amount));
                 let option = option.to_ascii_uppercase();
                 let seconds = option == b"EX" || option == b"EXAT";
-                let Some(amount_ms) = (if seconds { amount.checked_mul(1000) } else { Some(amount) }) else {
+                let Some(amount_ms) = (if seconds {
+                    amount.checked_mul(1000)
+                } else {
+                    Some(amount)
+                }) else {
                     return invalid_expire("getex");
                 };
                 if amount <= 0 {
