@@ -261,7 +261,11 @@ impl Keyspace {
     /// Runs `change` on the data of an existing `key`, keeping the byte count and version
     /// right and deleting the key if `change` empties its collection. Returns `None` if
     /// `key` is missing.
-    pub(crate) fn update<R>(&mut self, key: &[u8], change: impl FnOnce(&mut Data) -> R) -> Option<R> {
+    pub(crate) fn update<R>(
+        &mut self,
+        key: &[u8],
+        change: impl FnOnce(&mut Data) -> R,
+    ) -> Option<R> {
         let version = self.write_version + 1;
         let entry = self.entries.get_mut(key)?;
         self.write_version = version;

@@ -48,6 +48,8 @@ pub struct KvMachine {
     /// entry's time it seeds [`KvMachine::rng`], so SPOP and friends agree on every replica.
     pub(crate) entry_index: u64,
     pub(crate) rng: EntryRng,
+    /// Set while the commands of a `STATOR.EXEC` run (blocking commands never block there).
+    pub(crate) in_transaction: bool,
 }
 
 /// Units of an expiry argument.
@@ -302,10 +304,14 @@ impl KvMachine {
             }
             C::GetDel => {
                 attempt!(self.string(&argv[1], now_ms));
-                Value::Bulk(self.keyspace.remove(&argv[1]).map(|entry| match entry.data {
-                    Data::Str(value) => value,
-                    _ => unreachable!("type checked above"),
-                }))
+                Value::Bulk(
+                    self.keyspace
+                        .remove(&argv[1])
+                        .map(|entry| match entry.data {
+                            Data::Str(value) => value,
+                            _ => unreachable!("type checked above"),
+                        }),
+                )
             }
             C::GetEx => self.getex(argv),
             C::SetRange => self.setrange(argv),
@@ -367,9 +373,7 @@ impl KvMachine {
                 }
             }
             C::Expire => self.expire(spec.name, &argv, TimeUnit::Seconds, TimeBase::Relative),
-            C::PExpire => {
-                self.expire(spec.name, &argv, TimeUnit::Milliseconds, TimeBase::Relative)
-            }
+            C::PExpire => self.expire(spec.name, &argv, TimeUnit::Milliseconds, TimeBase::Relative),
             C::ExpireAt => self.expire(spec.name, &argv, TimeUnit::Seconds, TimeBase::Absolute),
             C::PExpireAt => {
                 self.expire(spec.name, &argv, TimeUnit::Milliseconds, TimeBase::Absolute)
@@ -556,6 +560,7 @@ impl KvMachine {
 
     /// INCRBYFLOAT: the TTL is kept; the result is stored and returned as a decimal string.
     fn increment_float(&mut self, mut argv: Vec<Vec<u8>>) -> Value {
+        attempt!(self.string(&argv[1], self.now_ms));
         let Some(delta) = parse_f64_strict(&argv[2]) else {
             return Value::error(NOT_A_FLOAT);
         };
@@ -649,6 +654,9 @@ fn resolve(argv: &[Vec<u8>]) -> Result<&'static CommandSpec, Value> {
     };
     if !spec.arity_ok(argv.len()) {
         return Err(wrong_arity(spec.name));
+    }
+    if let Some(error) = spec.subcommand_error(argv) {
+        return Err(Value::error(error));
     }
     if slot_of_keys(spec, argv) == KeySlot::CrossSlot {
         return Err(Value::error(CROSS_SLOT));

@@ -190,7 +190,9 @@ fn decode_data(reader: &mut Reader<'_>) -> Result<Data, AppError> {
     }
     let count = u32::from_le_bytes(reader.take(4)?.try_into().expect("took 4 bytes")) as usize;
     if count > (reader.bytes.len() - reader.position) / MIN_ELEMENT_BYTES {
-        return Err(bad(&format!("collection of {count} elements is longer than the snapshot")));
+        return Err(bad(&format!(
+            "collection of {count} elements is longer than the snapshot"
+        )));
     }
     let duplicate = || bad("collection repeats an element");
     Ok(match kind {

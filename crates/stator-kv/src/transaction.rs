@@ -102,7 +102,7 @@ pub fn queued_command_error(argv: &[Vec<u8>]) -> Option<Value> {
     if !spec.arity_ok(argv.len()) {
         return Some(crate::machine::wrong_arity(spec.name));
     }
-    None
+    spec.subcommand_error(argv).map(Value::error)
 }
 
 /// Redis' reply to `EXEC` after a queueing error.

@@ -1,6 +1,9 @@
 //! Hash commands.
 
-use super::{bulk_array, distinct_indexes, glob_match, int_arg, parse_cursor, parse_scan_options, scan_page, scan_reply};
+use super::{
+    bulk_array, distinct_indexes, glob_match, int_arg, parse_cursor, parse_scan_options, scan_page,
+    scan_reply,
+};
 use crate::command::{Command, CommandSpec};
 use crate::machine::{
     attempt, format_f64, parse_f64_strict, wrong_arity, KvMachine, NOT_A_FLOAT, OVERFLOW,
@@ -11,6 +14,16 @@ use crate::types::Data;
 
 impl KvMachine {
     pub(crate) fn hash_read(&self, now_ms: u64, spec: &CommandSpec, argv: &[Vec<u8>]) -> Value {
+        // Redis parses these arguments before it looks at the key.
+        if spec.command == Command::HScan {
+            attempt!(parse_cursor(&argv[2]));
+        }
+        if spec.command == Command::HRandField && argv.len() >= 3 {
+            attempt!(int_arg(&argv[2]));
+            if argv.len() > 4 || (argv.len() == 4 && !argv[3].eq_ignore_ascii_case(b"WITHVALUES")) {
+                return Value::error(SYNTAX_ERROR);
+            }
+        }
         let hash = attempt!(self.hash(&argv[1], now_ms));
         match spec.command {
             Command::HGet => Value::Bulk(hash.and_then(|h| h.get(&argv[2])).cloned()),
@@ -38,20 +51,26 @@ impl KvMachine {
             Command::HRandField => self.hrandfield(hash, argv),
             Command::HScan => {
                 let cursor = attempt!(parse_cursor(&argv[2]));
-                let options = attempt!(parse_scan_options(&argv[3..], false));
                 let Some(hash) = hash else {
                     return scan_reply(0, Vec::new());
                 };
+                let options = attempt!(parse_scan_options(&argv[3..], false));
                 let small = Data::Hash(hash.clone()).encoding() == "listpack";
                 let (next, page) = if small {
                     (0, hash.iter().map(|(f, v)| (f.as_slice(), v)).collect())
                 } else {
-                    scan_page(cursor, options.count, hash.iter().map(|(f, v)| (f.as_slice(), v)))
+                    scan_page(
+                        cursor,
+                        options.count,
+                        hash.iter().map(|(f, v)| (f.as_slice(), v)),
+                    )
                 };
                 let elements = page
                     .into_iter()
                     .filter(|(field, _)| options.pattern.is_none_or(|p| glob_match(p, field)))
-                    .flat_map(|(field, value)| [Value::bulk(field.to_vec()), Value::bulk(value.clone())])
+                    .flat_map(|(field, value)| {
+                        [Value::bulk(field.to_vec()), Value::bulk(value.clone())]
+                    })
                     .collect();
                 scan_reply(next, elements)
             }
@@ -64,9 +83,9 @@ impl KvMachine {
     fn hrandfield(&self, hash: Option<&crate::types::Hash>, argv: &[Vec<u8>]) -> Value {
         let mut rng = self.read_rng();
         if argv.len() == 2 {
-            return Value::Bulk(hash.and_then(|h| {
-                h.get_index(rng.below(h.len())).map(|(f, _)| f.clone())
-            }));
+            return Value::Bulk(
+                hash.and_then(|h| h.get_index(rng.below(h.len())).map(|(f, _)| f.clone())),
+            );
         }
         let count = attempt!(int_arg(&argv[2]));
         let with_values = match argv.len() {
@@ -80,7 +99,9 @@ impl KvMachine {
         let indexes: Vec<usize> = if count >= 0 {
             distinct_indexes(&mut rng, hash.len(), count as usize)
         } else {
-            (0..count.unsigned_abs()).map(|_| rng.below(hash.len())).collect()
+            (0..count.unsigned_abs())
+                .map(|_| rng.below(hash.len()))
+                .collect()
         };
         let mut reply = Vec::new();
         for index in indexes {
@@ -138,7 +159,8 @@ impl KvMachine {
             Command::HIncrBy => {
                 let delta = attempt!(int_arg(&argv[3]));
                 let now_ms = self.now_ms;
-                let current = match attempt!(self.hash(&key, now_ms)).and_then(|h| h.get(&argv[2])) {
+                let current = match attempt!(self.hash(&key, now_ms)).and_then(|h| h.get(&argv[2]))
+                {
                     None => 0,
                     Some(value) => match parse_i64_strict(value) {
                         Some(number) => number,
@@ -158,8 +180,12 @@ impl KvMachine {
                 let Some(delta) = parse_f64_strict(&argv[3]) else {
                     return Value::error(NOT_A_FLOAT);
                 };
+                if delta.is_infinite() {
+                    return Value::error("ERR value is NaN or Infinity");
+                }
                 let now_ms = self.now_ms;
-                let current = match attempt!(self.hash(&key, now_ms)).and_then(|h| h.get(&argv[2])) {
+                let current = match attempt!(self.hash(&key, now_ms)).and_then(|h| h.get(&argv[2]))
+                {
                     None => 0.0,
                     Some(value) => match parse_f64_strict(value) {
                         Some(number) => number,

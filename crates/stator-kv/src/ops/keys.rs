@@ -22,7 +22,12 @@ impl KvMachine {
                     .map_or("none", |entry| entry.data.kind().name())
                     .to_owned(),
             ),
-            Command::Touch => Value::Integer(argv[1..].iter().filter(|k| self.live(k, now_ms).is_some()).count() as i64),
+            Command::Touch => Value::Integer(
+                argv[1..]
+                    .iter()
+                    .filter(|k| self.live(k, now_ms).is_some())
+                    .count() as i64,
+            ),
             Command::DbSize => Value::Integer(self.live_keys(now_ms).count() as i64),
             Command::RandomKey => {
                 let keys: Vec<&Vec<u8>> = self.live_keys(now_ms).map(|(key, _)| key).collect();
@@ -45,7 +50,12 @@ impl KvMachine {
             Command::Scan => {
                 let cursor = attempt!(parse_cursor(&argv[1]));
                 let options = attempt!(parse_scan_options(&argv[2..], true));
-                let (next, page) = scan_page(cursor, options.count, self.live_keys(now_ms).map(|(key, kind)| (key.as_slice(), kind)));
+                let (next, page) = scan_page(
+                    cursor,
+                    options.count,
+                    self.live_keys(now_ms)
+                        .map(|(key, kind)| (key.as_slice(), kind)),
+                );
                 let wanted_kind = options.kind.map(Kind::from_name);
                 let elements = page
                     .into_iter()
@@ -63,6 +73,22 @@ impl KvMachine {
                         None => Value::null(),
                         Some(_) => Value::Integer(1),
                     },
+                    (b"HELP", 2) => Value::Array(Some(
+                        [
+                            "OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                            "ENCODING <key>",
+                            "    Return the kind of internal representation used in order to store the value",
+                            "    associated with a <key>.",
+                            "REFCOUNT <key>",
+                            "    Return the number of references of the value associated with the specified",
+                            "    <key>.",
+                            "HELP",
+                            "    Print this help.",
+                        ]
+                        .iter()
+                        .map(|line| Value::Simple((*line).to_owned()))
+                        .collect(),
+                    )),
                     _ => Value::error(format!(
                         "ERR unknown subcommand '{}'. Try OBJECT HELP.",
                         String::from_utf8_lossy(&argv[1])
@@ -72,7 +98,11 @@ impl KvMachine {
             Command::StatorVersion => Value::Array(Some(
                 argv[1..]
                     .iter()
-                    .map(|key| Value::Integer(self.live(key, now_ms).map_or(0, |entry| entry.version) as i64))
+                    .map(|key| {
+                        Value::Integer(
+                            self.live(key, now_ms).map_or(0, |entry| entry.version) as i64
+                        )
+                    })
                     .collect(),
             )),
             other => unreachable!("{other:?} is not a keyspace read"),
@@ -96,16 +126,27 @@ impl KvMachine {
                     return Value::error(NO_SUCH_KEY);
                 }
                 if argv[1] == argv[2] {
-                    return if only_if_missing { Value::Integer(0) } else { Value::ok() };
+                    return if only_if_missing {
+                        Value::Integer(0)
+                    } else {
+                        Value::ok()
+                    };
                 }
                 if only_if_missing && self.live(&argv[2], now_ms).is_some() {
                     return Value::Integer(0);
                 }
                 let entry = self.keyspace.remove(&argv[1]).expect("live above");
-                let expiry = entry.expires_at_ms.map_or(ExpiryChange::Clear, ExpiryChange::At);
+                let expiry = entry
+                    .expires_at_ms
+                    .map_or(ExpiryChange::Clear, ExpiryChange::At);
                 self.keyspace.remove(&argv[2]);
-                self.keyspace.insert_data(argv[2].clone(), entry.data, expiry);
-                if only_if_missing { Value::Integer(1) } else { Value::ok() }
+                self.keyspace
+                    .insert_data(argv[2].clone(), entry.data, expiry);
+                if only_if_missing {
+                    Value::Integer(1)
+                } else {
+                    Value::ok()
+                }
             }
             Command::Copy => {
                 let mut replace = false;
@@ -116,7 +157,9 @@ impl KvMachine {
                         replace = true;
                     } else if option == b"DB" && index + 1 < argv.len() {
                         if argv[index + 1] != b"0" {
-                            return Value::error("ERR DB index is out of range; stator's kv has only database 0");
+                            return Value::error(
+                                "ERR DB index is out of range; stator's kv has only database 0",
+                            );
                         }
                         index += 1;
                     } else {
@@ -168,17 +211,21 @@ impl KvMachine {
         }
         let now_ms = self.now_ms;
         for &(key_index, version) in &layout.watched {
-            let current = self.live(&argv[key_index], now_ms).map_or(0, |entry| entry.version);
+            let current = self
+                .live(&argv[key_index], now_ms)
+                .map_or(0, |entry| entry.version);
             if current != version {
                 return Value::Array(None);
             }
         }
         let mut replies = Vec::with_capacity(layout.commands.len());
+        self.in_transaction = true;
         for range in layout.commands {
             let queued = argv[range].to_vec();
             debug_assert!(lookup(&queued[0]).is_some());
             replies.push(self.execute(queued));
         }
+        self.in_transaction = false;
         Value::Array(Some(replies))
     }
 }

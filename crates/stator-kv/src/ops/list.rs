@@ -61,12 +61,15 @@ impl KvMachine {
                 Value::Integer(attempt!(self.list(&argv[1], now_ms)).map_or(0, |l| l.len()) as i64)
             }
             Command::LIndex => {
-                let list = attempt!(self.list(&argv[1], now_ms));
-                let index = attempt!(int_arg(&argv[2]));
-                let Some(list) = list else {
+                let Some(list) = attempt!(self.list(&argv[1], now_ms)) else {
                     return Value::null();
                 };
-                let index = if index < 0 { list.len() as i64 + index } else { index };
+                let index = attempt!(int_arg(&argv[2]));
+                let index = if index < 0 {
+                    list.len() as i64 + index
+                } else {
+                    index
+                };
                 Value::Bulk(
                     usize::try_from(index)
                         .ok()
@@ -100,19 +103,14 @@ impl KvMachine {
                         return Value::error("ERR value is out of range");
                     }
                 }
-                b"COUNT" => {
-                    let number = attempt!(int_arg(value));
-                    if number < 0 {
-                        return Value::error("ERR COUNT can't be negative");
-                    }
-                    count = Some(number);
-                }
-                b"MAXLEN" => {
-                    max_len = attempt!(int_arg(value));
-                    if max_len < 0 {
-                        return Value::error("ERR MAXLEN can't be negative");
-                    }
-                }
+                b"COUNT" => match crate::resp::parse_i64_strict(value) {
+                    Some(number) if number >= 0 => count = Some(number),
+                    _ => return Value::error("ERR COUNT can't be negative"),
+                },
+                b"MAXLEN" => match crate::resp::parse_i64_strict(value) {
+                    Some(number) if number >= 0 => max_len = number,
+                    _ => return Value::error("ERR MAXLEN can't be negative"),
+                },
                 _ => return Value::error(SYNTAX_ERROR),
             }
             index += 2;
@@ -131,7 +129,11 @@ impl KvMachine {
             None => 1,
         };
         let len = list.len();
-        let scan_len = if max_len == 0 { len } else { (max_len as usize).min(len) };
+        let scan_len = if max_len == 0 {
+            len
+        } else {
+            (max_len as usize).min(len)
+        };
         let mut skip = rank.unsigned_abs() - 1;
         let mut found = Vec::new();
         for step in 0..scan_len {
@@ -195,11 +197,15 @@ impl KvMachine {
                 }
             }
             Command::LSet => {
-                let index = attempt!(int_arg(&argv[2]));
                 let Some(list) = attempt!(self.list(&key, now_ms)) else {
                     return Value::error(NO_SUCH_KEY);
                 };
-                let index = if index < 0 { list.len() as i64 + index } else { index };
+                let index = attempt!(int_arg(&argv[2]));
+                let index = if index < 0 {
+                    list.len() as i64 + index
+                } else {
+                    index
+                };
                 let Some(index) = usize::try_from(index).ok().filter(|&i| i < list.len()) else {
                     return Value::error("ERR index out of range");
                 };
@@ -211,7 +217,11 @@ impl KvMachine {
                 let count = attempt!(int_arg(&argv[2]));
                 let target = std::mem::take(&mut argv[3]);
                 let removed = attempt!(self.with_list(&key, false, |list| {
-                    let limit = if count == 0 { usize::MAX } else { count.unsigned_abs() as usize };
+                    let limit = if count == 0 {
+                        usize::MAX
+                    } else {
+                        count.unsigned_abs() as usize
+                    };
                     let mut removed = 0;
                     if count >= 0 {
                         let mut position = 0;
@@ -282,7 +292,13 @@ impl KvMachine {
                 if spec.command == Command::BLMove {
                     attempt!(parse_timeout(&argv[5]));
                 }
-                self.list_move(&argv[1], &argv[2], from, to, spec.command == Command::BLMove)
+                self.list_move(
+                    &argv[1],
+                    &argv[2],
+                    from,
+                    to,
+                    spec.command == Command::BLMove,
+                )
             }
             Command::RPopLPush | Command::BRPopLPush => {
                 if spec.command == Command::BRPopLPush {
@@ -299,7 +315,10 @@ impl KvMachine {
                         let item = attempt!(self.with_list(key, false, |list| list.pop(front)))
                             .flatten()
                             .expect("a stored list is never empty");
-                        return Value::Array(Some(vec![Value::bulk(key.clone()), Value::bulk(item)]));
+                        return Value::Array(Some(vec![
+                            Value::bulk(key.clone()),
+                            Value::bulk(item),
+                        ]));
                     }
                 }
                 Value::Array(None)
@@ -310,10 +329,22 @@ impl KvMachine {
 
     /// LMOVE and its kin: pops from `source`'s `from` end and pushes onto `destination`'s
     /// `to` end. A missing source answers null (the null array for the blocking forms).
-    fn list_move(&mut self, source: &[u8], destination: &[u8], from: End, to: End, blocking: bool) -> Value {
+    fn list_move(
+        &mut self,
+        source: &[u8],
+        destination: &[u8],
+        from: End,
+        to: End,
+        blocking: bool,
+    ) -> Value {
         let now_ms = self.now_ms;
         if attempt!(self.list(source, now_ms)).is_none() {
-            return if blocking { Value::Array(None) } else { Value::null() };
+            // Inside a transaction Redis never blocks and answers as LMOVE does.
+            return if blocking && !self.in_transaction {
+                Value::Array(None)
+            } else {
+                Value::null()
+            };
         }
         if let Some(entry) = self.live(destination, now_ms) {
             if !matches!(entry.data, Data::List(_)) {

@@ -44,10 +44,11 @@ macro_rules! typed_access {
                     Data::$variant(value) => change(value),
                     _ => unreachable!("type checked above"),
                 };
-                Ok(Some(
-                    self.keyspace
-                        .upsert(key, || Data::$variant(<$type>::default()), change),
-                ))
+                Ok(Some(self.keyspace.upsert(
+                    key,
+                    || Data::$variant(<$type>::default()),
+                    change,
+                )))
             }
         }
     };
@@ -66,17 +67,28 @@ pub(crate) fn int_arg(arg: &[u8]) -> Result<i64, Value> {
 /// A bulk-string array.
 pub(crate) fn bulk_array<'a>(items: impl IntoIterator<Item = &'a Vec<u8>>) -> Value {
     Value::Array(Some(
-        items.into_iter().map(|item| Value::bulk(item.clone())).collect(),
+        items
+            .into_iter()
+            .map(|item| Value::bulk(item.clone()))
+            .collect(),
     ))
 }
 
 /// Formats a double as Redis 7.0 replies it (`%.17g`; `inf`, `-inf`).
 pub(crate) fn format_double(number: f64) -> Vec<u8> {
     if number.is_infinite() {
-        return if number > 0.0 { b"inf".to_vec() } else { b"-inf".to_vec() };
+        return if number > 0.0 {
+            b"inf".to_vec()
+        } else {
+            b"-inf".to_vec()
+        };
     }
     if number == 0.0 {
-        return if number.is_sign_negative() { b"-0".to_vec() } else { b"0".to_vec() };
+        return if number.is_sign_negative() {
+            b"-0".to_vec()
+        } else {
+            b"0".to_vec()
+        };
     }
     let scientific = format!("{number:.16e}");
     let (mantissa, exponent) = scientific
@@ -89,7 +101,9 @@ pub(crate) fn format_double(number: f64) -> Vec<u8> {
         format!("{mantissa}e{sign}{:02}", exponent.abs()).into_bytes()
     } else {
         let decimals = (16 - exponent) as usize;
-        trim_fraction(&format!("{number:.decimals$}")).as_bytes().to_vec()
+        trim_fraction(&format!("{number:.decimals$}"))
+            .as_bytes()
+            .to_vec()
     }
 }
 
@@ -114,8 +128,16 @@ pub(crate) fn parse_double(arg: &[u8]) -> Option<f64> {
 /// `start stop` indexes (negative from the end) clamped to `0..len`, or `None` if empty.
 pub(crate) fn index_range(start: i64, stop: i64, len: usize) -> Option<(usize, usize)> {
     let len = len as i64;
-    let start = if start < 0 { (len + start).max(0) } else { start };
-    let stop = if stop < 0 { len + stop } else { stop.min(len - 1) };
+    let start = if start < 0 {
+        (len + start).max(0)
+    } else {
+        start
+    };
+    let stop = if stop < 0 {
+        len + stop
+    } else {
+        stop.min(len - 1)
+    };
     (start <= stop && start < len && stop >= 0).then_some((start as usize, stop as usize))
 }
 
@@ -135,7 +157,10 @@ pub(crate) fn parse_cursor(arg: &[u8]) -> Result<u64, Value> {
         .ok_or_else(|| Value::error("ERR invalid cursor"))
 }
 
-pub(crate) fn parse_scan_options(args: &[Vec<u8>], allow_type: bool) -> Result<ScanOptions<'_>, Value> {
+pub(crate) fn parse_scan_options(
+    args: &[Vec<u8>],
+    allow_type: bool,
+) -> Result<ScanOptions<'_>, Value> {
     let mut options = ScanOptions {
         pattern: None,
         count: DEFAULT_SCAN_COUNT,
@@ -211,7 +236,9 @@ pub(crate) fn scan_reply(cursor: u64, elements: Vec<Value>) -> Value {
 
 /// Redis' glob match (`stringmatchlen`): `*`, `?`, `[abc]`, `[^a-z]`, `\x`.
 pub(crate) fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    glob_match_depth(pattern, text, 0)
+    // KEYS and SCAN treat a lone `*` as "everything", the empty key included, without
+    // matching (the matcher itself never matches an empty string).
+    pattern == b"*" || glob_match_depth(pattern, text, 0)
 }
 
 /// Deepest `*` nesting followed before giving up (Redis bounds the same recursion).
@@ -310,7 +337,11 @@ fn glob_match_depth(pattern: &[u8], text: &[u8], depth: usize) -> bool {
 }
 
 /// Picks `count` distinct indexes of `0..len` (all of them if `count >= len`).
-pub(crate) fn distinct_indexes(rng: &mut crate::types::EntryRng, len: usize, count: usize) -> Vec<usize> {
+pub(crate) fn distinct_indexes(
+    rng: &mut crate::types::EntryRng,
+    len: usize,
+    count: usize,
+) -> Vec<usize> {
     let mut indexes: Vec<usize> = (0..len).collect();
     let count = count.min(len);
     for at in 0..count {
@@ -340,7 +371,11 @@ mod tests {
             (1e16, "10000000000000000"),
             (1e17, "1e+17"),
         ] {
-            assert_eq!(String::from_utf8(format_double(number)).unwrap(), text, "{number}");
+            assert_eq!(
+                String::from_utf8(format_double(number)).unwrap(),
+                text,
+                "{number}"
+            );
         }
     }
 
@@ -360,7 +395,11 @@ mod tests {
             ("", "", true),
             ("a", "", false),
         ] {
-            assert_eq!(glob_match(pattern.as_bytes(), text.as_bytes()), expected, "{pattern} {text}");
+            assert_eq!(
+                glob_match(pattern.as_bytes(), text.as_bytes()),
+                expected,
+                "{pattern} {text}"
+            );
         }
     }
 

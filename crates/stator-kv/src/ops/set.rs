@@ -1,6 +1,9 @@
 //! Set commands.
 
-use super::{bulk_array, distinct_indexes, glob_match, int_arg, parse_cursor, parse_scan_options, scan_page, scan_reply};
+use super::{
+    bulk_array, distinct_indexes, glob_match, int_arg, parse_cursor, parse_scan_options, scan_page,
+    scan_reply,
+};
 use crate::command::{Command, CommandSpec};
 use crate::keyspace::ExpiryChange;
 use crate::machine::{attempt, KvMachine, NOT_POSITIVE, SYNTAX_ERROR};
@@ -31,7 +34,12 @@ pub(crate) fn parse_numkeys(argv: &[Vec<u8>], at: usize) -> Result<usize, Value>
 
 impl KvMachine {
     /// The members of `op` over `keys` (sorted for a stable result), or WRONGTYPE.
-    fn combine_sets(&self, now_ms: u64, keys: &[Vec<u8>], op: SetOp) -> Result<Vec<Vec<u8>>, Value> {
+    fn combine_sets(
+        &self,
+        now_ms: u64,
+        keys: &[Vec<u8>],
+        op: SetOp,
+    ) -> Result<Vec<Vec<u8>>, Value> {
         let mut sets: Vec<Option<&Set>> = Vec::with_capacity(keys.len());
         for key in keys {
             sets.push(self.set(key, now_ms)?);
@@ -73,7 +81,11 @@ impl KvMachine {
 
     pub(crate) fn set_read(&self, now_ms: u64, spec: &CommandSpec, argv: &[Vec<u8>]) -> Value {
         match spec.command {
-            Command::SMembers => bulk_array(attempt!(self.set(&argv[1], now_ms)).into_iter().flat_map(|s| s.iter())),
+            Command::SMembers => bulk_array(
+                attempt!(self.set(&argv[1], now_ms))
+                    .into_iter()
+                    .flat_map(|s| s.iter()),
+            ),
             Command::SIsMember => Value::Integer(i64::from(
                 attempt!(self.set(&argv[1], now_ms)).is_some_and(|s| s.contains(&argv[2])),
             )),
@@ -86,8 +98,13 @@ impl KvMachine {
                         .collect(),
                 ))
             }
-            Command::SCard => Value::Integer(attempt!(self.set(&argv[1], now_ms)).map_or(0, Set::len) as i64),
+            Command::SCard => {
+                Value::Integer(attempt!(self.set(&argv[1], now_ms)).map_or(0, Set::len) as i64)
+            }
             Command::SRandMember => {
+                if argv.len() == 3 {
+                    attempt!(int_arg(&argv[2]));
+                }
                 let set = attempt!(self.set(&argv[1], now_ms));
                 let mut rng = self.read_rng();
                 match argv.len() {
@@ -100,9 +117,15 @@ impl KvMachine {
                         let indexes: Vec<usize> = if count >= 0 {
                             distinct_indexes(&mut rng, set.len(), count as usize)
                         } else {
-                            (0..count.unsigned_abs()).map(|_| rng.below(set.len())).collect()
+                            (0..count.unsigned_abs())
+                                .map(|_| rng.below(set.len()))
+                                .collect()
                         };
-                        bulk_array(indexes.into_iter().map(|i| set.get_index(i).expect("below len")))
+                        bulk_array(
+                            indexes
+                                .into_iter()
+                                .map(|i| set.get_index(i).expect("below len")),
+                        )
                     }
                     _ => Value::error(SYNTAX_ERROR),
                 }
@@ -121,9 +144,8 @@ impl KvMachine {
                 let mut index = 2 + numkeys;
                 while index < argv.len() {
                     if argv[index].eq_ignore_ascii_case(b"LIMIT") && index + 1 < argv.len() {
-                        let value = attempt!(int_arg(&argv[index + 1]).map_err(|_| {
-                            Value::error("ERR LIMIT can't be negative")
-                        }));
+                        let value = attempt!(int_arg(&argv[index + 1])
+                            .map_err(|_| { Value::error("ERR LIMIT can't be negative") }));
                         if value < 0 {
                             return Value::error("ERR LIMIT can't be negative");
                         }
@@ -133,21 +155,30 @@ impl KvMachine {
                         return Value::error(SYNTAX_ERROR);
                     }
                 }
-                let members = attempt!(self.combine_sets(now_ms, &argv[2..2 + numkeys], SetOp::Inter));
-                let count = if limit == 0 { members.len() } else { members.len().min(limit) };
+                let members =
+                    attempt!(self.combine_sets(now_ms, &argv[2..2 + numkeys], SetOp::Inter));
+                let count = if limit == 0 {
+                    members.len()
+                } else {
+                    members.len().min(limit)
+                };
                 Value::Integer(count as i64)
             }
             Command::SScan => {
                 let cursor = attempt!(parse_cursor(&argv[2]));
-                let options = attempt!(parse_scan_options(&argv[3..], false));
                 let Some(set) = attempt!(self.set(&argv[1], now_ms)) else {
                     return scan_reply(0, Vec::new());
                 };
+                let options = attempt!(parse_scan_options(&argv[3..], false));
                 let small = set.iter().all(|m| parse_i64_strict(m).is_some()) && set.len() <= 512;
                 let (next, page) = if small {
                     (0, set.iter().map(|m| (m.as_slice(), ())).collect())
                 } else {
-                    scan_page(cursor, options.count, set.iter().map(|m| (m.as_slice(), ())))
+                    scan_page(
+                        cursor,
+                        options.count,
+                        set.iter().map(|m| (m.as_slice(), ())),
+                    )
                 };
                 let elements = page
                     .into_iter()
@@ -167,7 +198,10 @@ impl KvMachine {
             Command::SAdd => {
                 let members: Vec<Vec<u8>> = argv.drain(2..).collect();
                 let added = attempt!(self.with_set(&key, true, |set| {
-                    members.into_iter().map(|m| usize::from(set.insert(m))).sum::<usize>()
+                    members
+                        .into_iter()
+                        .map(|m| usize::from(set.insert(m)))
+                        .sum::<usize>()
                 }));
                 Value::Integer(added.unwrap_or(0) as i64)
             }
@@ -180,8 +214,8 @@ impl KvMachine {
             Command::SPop => {
                 let count = match argv.len() {
                     2 => None,
-                    3 => match attempt!(int_arg(&argv[2])) {
-                        n if n >= 0 => Some(n as usize),
+                    3 => match crate::resp::parse_i64_strict(&argv[2]) {
+                        Some(n) if n >= 0 => Some(n as usize),
                         _ => return Value::error(NOT_POSITIVE),
                     },
                     _ => return Value::error(SYNTAX_ERROR),

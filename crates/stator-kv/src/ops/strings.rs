@@ -20,7 +20,11 @@ impl KvMachine {
         if start < 0 && end < 0 && start > end {
             return Value::bulk(Vec::new());
         }
-        let start = if start < 0 { (len + start).max(0) } else { start };
+        let start = if start < 0 {
+            (len + start).max(0)
+        } else {
+            start
+        };
         let end = if end < 0 { (len + end).max(0) } else { end };
         let end = end.min(len - 1);
         if start > end || len == 0 {
@@ -71,33 +75,17 @@ impl KvMachine {
     /// `GETEX key [EX s | PX ms | EXAT s | PXAT ms | PERSIST]`.
     pub(crate) fn getex(&mut self, argv: Vec<Vec<u8>>) -> Value {
         let now_ms = self.now_ms;
-        let mut change: Option<Option<i128>> = None;
+        // Redis checks the syntax, then the key and its type, and only then the number.
+        let mut change: Option<Option<(&[u8], &[u8])>> = None;
         let mut index = 2;
         while index < argv.len() {
-            let option = argv[index].to_ascii_uppercase();
+            let option = &argv[index];
             let has_next = index + 1 < argv.len();
-            match option.as_slice() {
+            let upper = option.to_ascii_uppercase();
+            match upper.as_slice() {
                 b"PERSIST" if change.is_none() => change = Some(None),
                 b"EX" | b"PX" | b"EXAT" | b"PXAT" if change.is_none() && has_next => {
-                    let amount = attempt!(int_arg(&argv[index + 1]));
-                    let amount_ms = match option.as_slice() {
-                        b"EX" | b"EXAT" => match amount.checked_mul(1000) {
-                            Some(ms) => ms,
-                            None => return invalid_expire("getex"),
-                        },
-                        _ => amount,
-                    };
-                    if amount <= 0 {
-                        return invalid_expire("getex");
-                    }
-                    let at_ms = match option.as_slice() {
-                        b"EX" | b"PX" => i128::from(amount_ms) + i128::from(now_ms),
-                        _ => i128::from(amount_ms),
-                    };
-                    if at_ms > i128::from(i64::MAX) {
-                        return invalid_expire("getex");
-                    }
-                    change = Some(Some(at_ms));
+                    change = Some(Some((option, &argv[index + 1])));
                     index += 1;
                 }
                 _ => return Value::error(SYNTAX_ERROR),
@@ -107,15 +95,42 @@ impl KvMachine {
         let Some(value) = attempt!(self.string(&argv[1], now_ms)).cloned() else {
             return Value::null();
         };
-        match change {
-            None => {}
-            Some(None) => {
+        let at_ms = match change {
+            None => return Value::bulk(value),
+            Some(None) => None,
+            Some(Some((option, amount))) => {
+                let amount = attempt!(int_arg(amount));
+                let option = option.to_ascii_uppercase();
+                let seconds = option == b"EX" || option == b"EXAT";
+                let Some(amount_ms) = (if seconds {
+                    amount.checked_mul(1000)
+                } else {
+                    Some(amount)
+                }) else {
+                    return invalid_expire("getex");
+                };
+                if amount <= 0 {
+                    return invalid_expire("getex");
+                }
+                let at_ms = if option == b"EX" || option == b"PX" {
+                    i128::from(amount_ms) + i128::from(now_ms)
+                } else {
+                    i128::from(amount_ms)
+                };
+                if at_ms > i128::from(i64::MAX) {
+                    return invalid_expire("getex");
+                }
+                Some(at_ms)
+            }
+        };
+        match at_ms {
+            None => {
                 self.keyspace.set_expiry(&argv[1], None);
             }
-            Some(Some(at_ms)) if at_ms <= i128::from(now_ms) => {
+            Some(at_ms) if at_ms <= i128::from(now_ms) => {
                 self.keyspace.remove(&argv[1]);
             }
-            Some(Some(at_ms)) => {
+            Some(at_ms) => {
                 self.keyspace.set_expiry(&argv[1], Some(at_ms as u64));
             }
         }

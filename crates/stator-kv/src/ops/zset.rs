@@ -1,7 +1,10 @@
 //! Sorted-set commands.
 
 use super::list::parse_timeout;
-use super::{distinct_indexes, format_double, glob_match, index_range, int_arg, parse_cursor, parse_double, parse_scan_options, scan_page, scan_reply};
+use super::{
+    distinct_indexes, format_double, glob_match, index_range, int_arg, parse_cursor, parse_double,
+    parse_scan_options, scan_page, scan_reply,
+};
 use crate::command::{Command, CommandSpec};
 use crate::keyspace::ExpiryChange;
 use crate::machine::{attempt, KvMachine, NOT_A_FLOAT, NOT_POSITIVE, SYNTAX_ERROR, WRONG_TYPE};
@@ -10,6 +13,9 @@ use crate::types::{Data, ScoreBound, ZSet};
 
 const NOT_A_FLOAT_RANGE: &str = "ERR min or max is not a float";
 const NOT_A_LEX_RANGE: &str = "ERR min or max not valid string range item";
+
+/// Members with their scores, owned.
+type Members = Vec<(Vec<u8>, f64)>;
 
 /// One end of a lexicographic range: `-`, `+`, `[a` or `(a`.
 #[derive(Debug, Clone)]
@@ -82,7 +88,13 @@ enum RangeKind {
 
 /// Parses `min max [BYSCORE|BYLEX] [REV] [LIMIT o c] [WITHSCORES]` at `argv[at..]`, as
 /// Redis' `zrangeGenericCommand` does, with the kind and direction a legacy name fixes.
-fn parse_range(argv: &[Vec<u8>], at: usize, fixed_kind: RangeKind, fixed_reverse: Option<bool>, store: bool) -> Result<RangeRequest, Value> {
+fn parse_range(
+    argv: &[Vec<u8>],
+    at: usize,
+    fixed_kind: RangeKind,
+    fixed_reverse: Option<bool>,
+    store: bool,
+) -> Result<RangeRequest, Value> {
     let mut kind = fixed_kind;
     let mut reverse = fixed_reverse;
     let mut with_scores = false;
@@ -107,7 +119,15 @@ fn parse_range(argv: &[Vec<u8>], at: usize, fixed_kind: RangeKind, fixed_reverse
         index += 1;
     }
     let reverse = reverse.unwrap_or(false);
-    let kind = if kind == RangeKind::Auto { RangeKind::Rank } else { kind };
+    let kind = if kind == RangeKind::Auto {
+        RangeKind::Rank
+    } else {
+        kind
+    };
+    if kind == RangeKind::Rank && limit.is_some_and(|(_, count)| count == -1) {
+        // Redis ignores a LIMIT whose count is -1 on a rank range (below it is an error).
+        limit = None;
+    }
     // Redis takes LIMIT's count of -1 as "no LIMIT given".
     if limit.is_some_and(|(_, count)| count != -1) && kind == RangeKind::Rank {
         return Err(Value::error(
@@ -124,11 +144,17 @@ fn parse_range(argv: &[Vec<u8>], at: usize, fixed_kind: RangeKind, fixed_reverse
         std::mem::swap(&mut min_at, &mut max_at);
     }
     let selection = match kind {
-        RangeKind::Score => match (parse_score_bound(&argv[min_at]), parse_score_bound(&argv[max_at])) {
+        RangeKind::Score => match (
+            parse_score_bound(&argv[min_at]),
+            parse_score_bound(&argv[max_at]),
+        ) {
             (Some(min), Some(max)) => Selection::Score(min, max),
             _ => return Err(Value::error(NOT_A_FLOAT_RANGE)),
         },
-        RangeKind::Lex => match (LexBound::parse(&argv[min_at]), LexBound::parse(&argv[max_at])) {
+        RangeKind::Lex => match (
+            LexBound::parse(&argv[min_at]),
+            LexBound::parse(&argv[max_at]),
+        ) {
             (Some(min), Some(max)) => Selection::Lex(min, max),
             _ => return Err(Value::error(NOT_A_LEX_RANGE)),
         },
@@ -150,7 +176,11 @@ fn select<'a>(zset: &'a ZSet, request: &RangeRequest) -> Vec<(&'a Vec<u8>, f64)>
                 return Vec::new();
             };
             if request.reverse {
-                zset.ordered().rev().skip(start).take(stop - start + 1).collect()
+                zset.ordered()
+                    .rev()
+                    .skip(start)
+                    .take(stop - start + 1)
+                    .collect()
             } else {
                 zset.ordered().skip(start).take(stop - start + 1).collect()
             }
@@ -178,7 +208,12 @@ fn select<'a>(zset: &'a ZSet, request: &RangeRequest) -> Vec<(&'a Vec<u8>, f64)>
 
 /// Redis' lex range walk: from the first member (in score order) at or past `min`, while at
 /// or before `max` (mirrored when reversed). Meant for sets whose scores are all equal.
-fn lex_range<'a>(zset: &'a ZSet, min: &LexBound, max: &LexBound, reverse: bool) -> Vec<(&'a Vec<u8>, f64)> {
+fn lex_range<'a>(
+    zset: &'a ZSet,
+    min: &LexBound,
+    max: &LexBound,
+    reverse: bool,
+) -> Vec<(&'a Vec<u8>, f64)> {
     if reverse {
         zset.ordered()
             .rev()
@@ -217,7 +252,11 @@ impl Aggregate {
         match self {
             Aggregate::Sum => {
                 let sum = current + next;
-                if sum.is_nan() { 0.0 } else { sum }
+                if sum.is_nan() {
+                    0.0
+                } else {
+                    sum
+                }
             }
             Aggregate::Min => current.min(next),
             Aggregate::Max => current.max(next),
@@ -273,12 +312,21 @@ impl KvMachine {
                 let zset = attempt!(self.zset(&argv[1], now_ms));
                 match zset.and_then(|z| z.rank(&argv[2]).map(|rank| (z.len(), rank))) {
                     None => Value::null(),
-                    Some((len, rank)) if spec.command == C::ZRevRank => Value::Integer((len - 1 - rank) as i64),
+                    Some((len, rank)) if spec.command == C::ZRevRank => {
+                        Value::Integer((len - 1 - rank) as i64)
+                    }
                     Some((_, rank)) => Value::Integer(rank as i64),
                 }
             }
-            C::ZCard => Value::Integer(attempt!(self.zset(&argv[1], now_ms)).map_or(0, ZSet::len) as i64),
-            C::ZRange | C::ZRangeByScore | C::ZRevRangeByScore | C::ZRangeByLex | C::ZRevRangeByLex | C::ZRevRange => {
+            C::ZCard => {
+                Value::Integer(attempt!(self.zset(&argv[1], now_ms)).map_or(0, ZSet::len) as i64)
+            }
+            C::ZRange
+            | C::ZRangeByScore
+            | C::ZRevRangeByScore
+            | C::ZRangeByLex
+            | C::ZRevRangeByLex
+            | C::ZRevRange => {
                 let (kind, reverse) = match spec.command {
                     C::ZRange => (RangeKind::Auto, None),
                     C::ZRangeByScore => (RangeKind::Score, Some(false)),
@@ -294,14 +342,17 @@ impl KvMachine {
                 members_reply(&select(zset, &request), request.with_scores)
             }
             C::ZCount => {
-                let (Some(min), Some(max)) = (parse_score_bound(&argv[2]), parse_score_bound(&argv[3])) else {
+                let (Some(min), Some(max)) =
+                    (parse_score_bound(&argv[2]), parse_score_bound(&argv[3]))
+                else {
                     return Value::error(NOT_A_FLOAT_RANGE);
                 };
                 let zset = attempt!(self.zset(&argv[1], now_ms));
                 Value::Integer(zset.map_or(0, |z| z.range_by_score(min, max).count()) as i64)
             }
             C::ZLexCount => {
-                let (Some(min), Some(max)) = (LexBound::parse(&argv[2]), LexBound::parse(&argv[3])) else {
+                let (Some(min), Some(max)) = (LexBound::parse(&argv[2]), LexBound::parse(&argv[3]))
+                else {
                     return Value::error(NOT_A_LEX_RANGE);
                 };
                 let zset = attempt!(self.zset(&argv[1], now_ms));
@@ -314,21 +365,26 @@ impl KvMachine {
                     C::ZInter => ZSetOp::Inter,
                     _ => ZSetOp::Diff,
                 };
-                let (result, with_scores) = attempt!(self.combine_zsets(now_ms, argv, 1, op, false));
+                let (result, with_scores) =
+                    attempt!(self.combine_zsets(now_ms, argv, 1, op, false));
                 let members: Vec<(&Vec<u8>, f64)> = result.ordered().collect();
                 members_reply(&members, with_scores)
             }
             C::ZScan => {
                 let cursor = attempt!(parse_cursor(&argv[2]));
-                let options = attempt!(parse_scan_options(&argv[3..], false));
                 let Some(zset) = attempt!(self.zset(&argv[1], now_ms)) else {
                     return scan_reply(0, Vec::new());
                 };
+                let options = attempt!(parse_scan_options(&argv[3..], false));
                 let small = Data::ZSet(zset.clone()).encoding() == "listpack";
                 let (next, page) = if small {
                     (0, zset.ordered().map(|(m, s)| (m.as_slice(), s)).collect())
                 } else {
-                    scan_page(cursor, options.count, zset.iter().map(|(m, s)| (m.as_slice(), s)))
+                    scan_page(
+                        cursor,
+                        options.count,
+                        zset.iter().map(|(m, s)| (m.as_slice(), s)),
+                    )
                 };
                 let elements = page
                     .into_iter()
@@ -342,10 +398,18 @@ impl KvMachine {
     }
 
     fn zrandmember(&self, now_ms: u64, argv: &[Vec<u8>]) -> Value {
+        if argv.len() >= 3 {
+            attempt!(int_arg(&argv[2]));
+            if argv.len() > 4 || (argv.len() == 4 && !argv[3].eq_ignore_ascii_case(b"WITHSCORES")) {
+                return Value::error(SYNTAX_ERROR);
+            }
+        }
         let zset = attempt!(self.zset(&argv[1], now_ms));
         let mut rng = self.read_rng();
         if argv.len() == 2 {
-            return Value::Bulk(zset.and_then(|z| z.get_index(rng.below(z.len())).map(|(m, _)| m.clone())));
+            return Value::Bulk(
+                zset.and_then(|z| z.get_index(rng.below(z.len())).map(|(m, _)| m.clone())),
+            );
         }
         let count = attempt!(int_arg(&argv[2]));
         let with_scores = match argv.len() {
@@ -359,19 +423,33 @@ impl KvMachine {
         let indexes: Vec<usize> = if count >= 0 {
             distinct_indexes(&mut rng, zset.len(), count as usize)
         } else {
-            (0..count.unsigned_abs()).map(|_| rng.below(zset.len())).collect()
+            (0..count.unsigned_abs())
+                .map(|_| rng.below(zset.len()))
+                .collect()
         };
-        let members: Vec<(&Vec<u8>, f64)> = indexes.into_iter().map(|i| zset.get_index(i).expect("below len")).collect();
+        let members: Vec<(&Vec<u8>, f64)> = indexes
+            .into_iter()
+            .map(|i| zset.get_index(i).expect("below len"))
+            .collect();
         members_reply(&members, with_scores)
     }
 
     /// ZUNION/ZINTER/ZDIFF and their STORE forms over `numkeys` at `argv[numkeys_at]`.
     /// Returns the result and whether WITHSCORES was given.
-    fn combine_zsets(&self, now_ms: u64, argv: &[Vec<u8>], numkeys_at: usize, op: ZSetOp, store: bool) -> Result<(ZSet, bool), Value> {
+    fn combine_zsets(
+        &self,
+        now_ms: u64,
+        argv: &[Vec<u8>],
+        numkeys_at: usize,
+        op: ZSetOp,
+        store: bool,
+    ) -> Result<(ZSet, bool), Value> {
         let numkeys = int_arg(&argv[numkeys_at])?;
         if numkeys < 1 {
             let name = String::from_utf8_lossy(&argv[0]).to_ascii_lowercase();
-            return Err(Value::error(format!("ERR at least 1 input key is needed for '{name}' command")));
+            return Err(Value::error(format!(
+                "ERR at least 1 input key is needed for '{name}' command"
+            )));
         }
         let numkeys = numkeys as usize;
         if numkeys > argv.len() - numkeys_at - 1 {
@@ -379,7 +457,7 @@ impl KvMachine {
         }
         let keys = &argv[numkeys_at + 1..numkeys_at + 1 + numkeys];
         // Each input: its members with scores (a set's members score 1), or None if missing.
-        let mut inputs: Vec<Option<Vec<(Vec<u8>, f64)>>> = Vec::with_capacity(numkeys);
+        let mut inputs: Vec<Option<Members>> = Vec::with_capacity(numkeys);
         for key in keys {
             inputs.push(match self.live(key, now_ms).map(|entry| &entry.data) {
                 None => None,
@@ -396,8 +474,12 @@ impl KvMachine {
             let remaining = argv.len() - index;
             let word = argv[index].to_ascii_uppercase();
             if op != ZSetOp::Diff && remaining > numkeys && word == b"WEIGHTS" {
-                for (slot, arg) in weights.iter_mut().zip(&argv[index + 1..index + 1 + numkeys]) {
-                    *slot = parse_double(arg).ok_or_else(|| Value::error("ERR weight value is not a float"))?;
+                for (slot, arg) in weights
+                    .iter_mut()
+                    .zip(&argv[index + 1..index + 1 + numkeys])
+                {
+                    *slot = parse_double(arg)
+                        .ok_or_else(|| Value::error("ERR weight value is not a float"))?;
                 }
                 index += 1 + numkeys;
             } else if op != ZSetOp::Diff && remaining >= 2 && word == b"AGGREGATE" {
@@ -417,7 +499,11 @@ impl KvMachine {
         }
         let weighted = |score: f64, weight: f64| {
             let product = score * weight;
-            if product.is_nan() { 0.0 } else { product }
+            if product.is_nan() {
+                0.0
+            } else {
+                product
+            }
         };
         let mut result = ZSet::default();
         match op {
@@ -442,7 +528,8 @@ impl KvMachine {
                 if op == ZSetOp::Inter && inputs.iter().any(Option::is_none) {
                     return Ok((result, with_scores));
                 }
-                let mut combined: indexmap::IndexMap<&Vec<u8>, (f64, usize)> = indexmap::IndexMap::new();
+                let mut combined: indexmap::IndexMap<&Vec<u8>, (f64, usize)> =
+                    indexmap::IndexMap::new();
                 for &i in &order {
                     for (member, score) in inputs[i].iter().flatten() {
                         let score = weighted(*score, weights[i]);
@@ -476,33 +563,56 @@ impl KvMachine {
                     return Value::error(NOT_A_FLOAT);
                 };
                 attempt!(self.zset(&key, now_ms));
-                let flags = AddFlags { incr: true, ..AddFlags::default() };
+                let flags = AddFlags {
+                    incr: true,
+                    ..AddFlags::default()
+                };
                 let member = argv[3].clone();
-                let outcome = attempt!(attempt!(self.with_zset(&key, true, |zset| add_member(zset, member, delta, &flags))).expect("created"));
+                let outcome = attempt!(attempt!(
+                    self.with_zset(&key, true, |zset| add_member(zset, member, delta, &flags))
+                )
+                .expect("created"));
                 match outcome {
-                    AddOutcome::Added(score) | AddOutcome::Updated(score) | AddOutcome::Unchanged(score) => Value::bulk(format_double(score)),
+                    AddOutcome::Added(score)
+                    | AddOutcome::Updated(score)
+                    | AddOutcome::Unchanged(score) => Value::bulk(format_double(score)),
                     AddOutcome::Skipped => Value::null(),
                 }
             }
             C::ZRem => {
-                let removed = attempt!(self.with_zset(&key, false, |zset| argv[2..].iter().filter(|m| zset.remove(m)).count()));
+                let removed = attempt!(self.with_zset(&key, false, |zset| argv[2..]
+                    .iter()
+                    .filter(|m| zset.remove(m))
+                    .count()));
                 Value::Integer(removed.unwrap_or(0) as i64)
             }
             C::ZRemRangeByRank | C::ZRemRangeByScore | C::ZRemRangeByLex => {
                 let selection = match spec.command {
-                    C::ZRemRangeByRank => Selection::Rank(attempt!(int_arg(&argv[2])), attempt!(int_arg(&argv[3]))),
-                    C::ZRemRangeByScore => match (parse_score_bound(&argv[2]), parse_score_bound(&argv[3])) {
-                        (Some(min), Some(max)) => Selection::Score(min, max),
-                        _ => return Value::error(NOT_A_FLOAT_RANGE),
-                    },
+                    C::ZRemRangeByRank => {
+                        Selection::Rank(attempt!(int_arg(&argv[2])), attempt!(int_arg(&argv[3])))
+                    }
+                    C::ZRemRangeByScore => {
+                        match (parse_score_bound(&argv[2]), parse_score_bound(&argv[3])) {
+                            (Some(min), Some(max)) => Selection::Score(min, max),
+                            _ => return Value::error(NOT_A_FLOAT_RANGE),
+                        }
+                    }
                     _ => match (LexBound::parse(&argv[2]), LexBound::parse(&argv[3])) {
                         (Some(min), Some(max)) => Selection::Lex(min, max),
                         _ => return Value::error(NOT_A_LEX_RANGE),
                     },
                 };
-                let request = RangeRequest { selection, reverse: false, limit: None, with_scores: false };
+                let request = RangeRequest {
+                    selection,
+                    reverse: false,
+                    limit: None,
+                    with_scores: false,
+                };
                 let removed = attempt!(self.with_zset(&key, false, |zset| {
-                    let doomed: Vec<Vec<u8>> = select(zset, &request).into_iter().map(|(m, _)| m.clone()).collect();
+                    let doomed: Vec<Vec<u8>> = select(zset, &request)
+                        .into_iter()
+                        .map(|(m, _)| m.clone())
+                        .collect();
                     for member in &doomed {
                         zset.remove(member);
                     }
@@ -513,13 +623,14 @@ impl KvMachine {
             C::ZPopMin | C::ZPopMax => {
                 let count = match argv.len() {
                     2 => None,
-                    3 => match attempt!(int_arg(&argv[2])) {
-                        n if n >= 0 => Some(n as usize),
+                    3 => match crate::resp::parse_i64_strict(&argv[2]) {
+                        Some(n) if n >= 0 => Some(n as usize),
                         _ => return Value::error(NOT_POSITIVE),
                     },
                     _ => return Value::error(SYNTAX_ERROR),
                 };
-                let popped = attempt!(self.pop_zset(&key, spec.command == C::ZPopMax, count.unwrap_or(1)));
+                let popped =
+                    attempt!(self.pop_zset(&key, spec.command == C::ZPopMax, count.unwrap_or(1)));
                 let mut reply = Vec::new();
                 for (member, score) in popped.unwrap_or_default() {
                     reply.push(Value::bulk(member));
@@ -530,9 +641,16 @@ impl KvMachine {
             C::BZPopMin | C::BZPopMax => {
                 attempt!(parse_timeout(argv.last().expect("arity checked")));
                 for key in &argv[1..argv.len() - 1] {
-                    if let Some(mut popped) = attempt!(self.pop_zset(key, spec.command == C::BZPopMax, 1)) {
-                        let (member, score) = popped.pop().expect("a stored sorted set is never empty");
-                        return Value::Array(Some(vec![Value::bulk(key.clone()), Value::bulk(member), Value::bulk(format_double(score))]));
+                    if let Some(mut popped) =
+                        attempt!(self.pop_zset(key, spec.command == C::BZPopMax, 1))
+                    {
+                        let (member, score) =
+                            popped.pop().expect("a stored sorted set is never empty");
+                        return Value::Array(Some(vec![
+                            Value::bulk(key.clone()),
+                            Value::bulk(member),
+                            Value::bulk(format_double(score)),
+                        ]));
                     }
                 }
                 Value::Array(None)
@@ -545,7 +663,8 @@ impl KvMachine {
                 };
                 let (result, _) = attempt!(self.combine_zsets(now_ms, &argv, 2, op, true));
                 let len = result.len();
-                self.keyspace.insert_data(key, Data::ZSet(result), ExpiryChange::Clear);
+                self.keyspace
+                    .insert_data(key, Data::ZSet(result), ExpiryChange::Clear);
                 Value::Integer(len as i64)
             }
             C::ZRangeStore => {
@@ -558,7 +677,8 @@ impl KvMachine {
                     }
                 }
                 let len = result.len();
-                self.keyspace.insert_data(key, Data::ZSet(result), ExpiryChange::Clear);
+                self.keyspace
+                    .insert_data(key, Data::ZSet(result), ExpiryChange::Clear);
                 Value::Integer(len as i64)
             }
             other => unreachable!("{other:?} is not a sorted-set write"),
@@ -566,12 +686,24 @@ impl KvMachine {
     }
 
     /// Pops up to `count` lowest (or highest) members; `None` if the key is missing.
-    fn pop_zset(&mut self, key: &[u8], highest: bool, count: usize) -> Result<Option<Vec<(Vec<u8>, f64)>>, Value> {
+    fn pop_zset(
+        &mut self,
+        key: &[u8],
+        highest: bool,
+        count: usize,
+    ) -> Result<Option<Members>, Value> {
         self.with_zset(key, false, |zset| {
             let members: Vec<(Vec<u8>, f64)> = if highest {
-                zset.ordered().rev().take(count).map(|(m, s)| (m.clone(), s)).collect()
+                zset.ordered()
+                    .rev()
+                    .take(count)
+                    .map(|(m, s)| (m.clone(), s))
+                    .collect()
             } else {
-                zset.ordered().take(count).map(|(m, s)| (m.clone(), s)).collect()
+                zset.ordered()
+                    .take(count)
+                    .map(|(m, s)| (m.clone(), s))
+                    .collect()
             };
             for (member, _) in &members {
                 zset.remove(member);
@@ -603,8 +735,10 @@ impl KvMachine {
         if flags.nx && flags.xx {
             return Value::error("ERR XX and NX options at the same time are not compatible");
         }
-        if (flags.gt && flags.nx) || (flags.lt && flags.nx) || (flags.gt && flags.lt) {
-            return Value::error("ERR GT, LT, and/or NX options at the same time are not compatible");
+        if ((flags.gt || flags.lt) && flags.nx) || (flags.gt && flags.lt) {
+            return Value::error(
+                "ERR GT, LT, and/or NX options at the same time are not compatible",
+            );
         }
         if flags.incr && elements > 2 {
             return Value::error("ERR INCR option supports a single increment-element pair");
@@ -620,7 +754,11 @@ impl KvMachine {
         let now_ms = self.now_ms;
         let exists = attempt!(self.zset(key, now_ms)).is_some();
         if !exists && flags.xx {
-            return if flags.incr { Value::null() } else { Value::Integer(0) };
+            return if flags.incr {
+                Value::null()
+            } else {
+                Value::Integer(0)
+            };
         }
         let outcomes = attempt!(self.with_zset(key, true, |zset| {
             let mut outcomes = Vec::with_capacity(pairs.len());
@@ -636,7 +774,11 @@ impl KvMachine {
         let outcomes = attempt!(outcomes);
         if flags.incr {
             return match outcomes.first() {
-                Some(AddOutcome::Added(score) | AddOutcome::Updated(score) | AddOutcome::Unchanged(score)) => Value::bulk(format_double(*score)),
+                Some(
+                    AddOutcome::Added(score)
+                    | AddOutcome::Updated(score)
+                    | AddOutcome::Unchanged(score),
+                ) => Value::bulk(format_double(*score)),
                 _ => Value::null(),
             };
         }
@@ -653,7 +795,12 @@ impl KvMachine {
 }
 
 /// Redis' `zsetAdd` for one member.
-fn add_member(zset: &mut ZSet, member: Vec<u8>, score: f64, flags: &AddFlags) -> Result<AddOutcome, Value> {
+fn add_member(
+    zset: &mut ZSet,
+    member: Vec<u8>,
+    score: f64,
+    flags: &AddFlags,
+) -> Result<AddOutcome, Value> {
     match zset.score(&member) {
         Some(current) => {
             if flags.nx {
