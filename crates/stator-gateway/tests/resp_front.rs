@@ -333,6 +333,18 @@ async fn transactions_apply_as_one_and_watch_sees_other_gateways() {
         .unwrap();
     let other_addr = other.wait_for_resp(SERVICE, WAIT).await.unwrap();
     let mut c = Resp::connect(setup.resp_addr).await;
+    // Pipelined, as redis-py sends a transaction: EXEC waits for the replies before it.
+    c.send(&["MULTI"]).await;
+    c.send(&["SET", "{t}p", "1"]).await;
+    c.send(&["EXEC"]).await;
+    assert_eq!(c.read().await, Some(Value::ok()));
+    assert_eq!(c.read().await, Some(Value::Simple("QUEUED".into())));
+    let pipelined = c.read().await.unwrap();
+    assert!(
+        pipelined == Value::Array(Some(vec![Value::ok()]))
+            || machine_lacks(&pipelined, "STATOR.EXEC"),
+        "pipelined EXEC: {pipelined:?}"
+    );
     assert_eq!(c.call(&["MULTI"]).await, Value::ok());
     assert_eq!(
         c.call(&["SET", "{t}a", "1"]).await,

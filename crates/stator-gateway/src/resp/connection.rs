@@ -272,6 +272,10 @@ pub async fn serve<B: Backend>(
                     state.user = access.refresh_user(&state.user);
                 }
             }
+            if !in_flight.is_empty() && transaction::waits_for_earlier(&argv) {
+                // Parsed again once everything before it is answered.
+                break;
+            }
             let decided = auth::intercept(&argv, &mut state, &access)
                 .or_else(|| transaction::intercept(&argv, &mut state.tx, routes.as_deref()))
                 .or_else(|| pubsub::intercept(&argv, &mut pubsub, state.resp3));

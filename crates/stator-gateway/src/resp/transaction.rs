@@ -104,6 +104,13 @@ fn is(argv: &[Vec<u8>], name: &str) -> bool {
     argv[0].eq_ignore_ascii_case(name.as_bytes())
 }
 
+/// Whether `argv` (`EXEC`, `WATCH`) is sent alone: the connection must hold it until every
+/// earlier command is answered, and only then call [`intercept`], which changes the
+/// transaction state.
+pub(crate) fn waits_for_earlier(argv: &[Vec<u8>]) -> bool {
+    is(argv, "exec") || is(argv, "watch")
+}
+
 /// Handles `argv` if it is a transaction command or arrives inside `MULTI`.
 pub(crate) fn intercept(
     argv: &[Vec<u8>],
