@@ -862,45 +862,43 @@ async fn propose(
     replica: &Replica,
     batch: Vec<(Write, tokio::sync::oneshot::Sender<ClientReply>)>,
 ) {
-    {
-        let started = Instant::now();
-        let before = leadership(&replica.raft).map(|(l, _)| l);
-        let (writes, replies): (Vec<Write>, Vec<_>) = batch.into_iter().unzip();
-        let command = Command {
-            time_ms: now_ms(),
-            writes,
-        };
-        match replica.raft.client_write(command).await {
-            Ok(resp) => {
-                // Committed: a quorum accepted this term's messages sent after `started`.
-                let after = leadership(&replica.raft).map(|(l, _)| l);
-                if let Some(leader) =
-                    before.filter(|l| Some(*l) == after && l.term == resp.log_id.leader_id.term)
-                {
-                    replica.read_index.renew(leader, started);
-                }
-                // One reply per write, in order (a shorter list would be a bug in `apply`;
-                // the unanswered writes would then see "replica stopped").
-                for (reply, answer) in replies.into_iter().zip(resp.data) {
-                    let _ = reply.send(match answer {
-                        CommandReply::Applied(bytes) => ClientReply::Ok(bytes),
-                        CommandReply::StaleSequence { last_seq } => {
-                            ClientReply::StaleSequence { last_seq }
-                        }
-                        CommandReply::AppFailed(why) => ClientReply::Unavailable(why),
-                    });
-                }
+    let started = Instant::now();
+    let before = leadership(&replica.raft).map(|(l, _)| l);
+    let (writes, replies): (Vec<Write>, Vec<_>) = batch.into_iter().unzip();
+    let command = Command {
+        time_ms: now_ms(),
+        writes,
+    };
+    match replica.raft.client_write(command).await {
+        Ok(resp) => {
+            // Committed: a quorum accepted this term's messages sent after `started`.
+            let after = leadership(&replica.raft).map(|(l, _)| l);
+            if let Some(leader) =
+                before.filter(|l| Some(*l) == after && l.term == resp.log_id.leader_id.term)
+            {
+                replica.read_index.renew(leader, started);
             }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                for reply in replies {
-                    let _ = reply.send(leader_hint(f.leader_id, f.leader_node.clone()));
-                }
+            // One reply per write, in order (a shorter list would be a bug in `apply`;
+            // the unanswered writes would then see "replica stopped").
+            for (reply, answer) in replies.into_iter().zip(resp.data) {
+                let _ = reply.send(match answer {
+                    CommandReply::Applied(bytes) => ClientReply::Ok(bytes),
+                    CommandReply::StaleSequence { last_seq } => {
+                        ClientReply::StaleSequence { last_seq }
+                    }
+                    CommandReply::AppFailed(why) => ClientReply::Unavailable(why),
+                });
             }
-            Err(e) => {
-                let why = e.to_string();
-                for reply in replies {
-                    let _ = reply.send(ClientReply::Unavailable(why.clone()));
-                }
+        }
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            for reply in replies {
+                let _ = reply.send(leader_hint(f.leader_id, f.leader_node.clone()));
+            }
+        }
+        Err(e) => {
+            let why = e.to_string();
+            for reply in replies {
+                let _ = reply.send(ClientReply::Unavailable(why.clone()));
             }
         }
     }
