@@ -285,11 +285,7 @@ enum Target {
 
 /// Decides the [`Target`] from the local replica's role and leader (if hosted here) and
 /// the map's route.
-fn target(
-    me: NodeId,
-    local: Option<(Role, Option<NodeId>)>,
-    route: &PartitionRoute,
-) -> Target {
+fn target(me: NodeId, local: Option<(Role, Option<NodeId>)>, route: &PartitionRoute) -> Target {
     let resp_addr = |node: NodeId| {
         route
             .resp_nodes
@@ -414,15 +410,20 @@ mod tests {
 
     #[test]
     fn the_local_view_of_the_leader_wins_over_the_server_map() {
-        let map = build_map(&[service()], |group| {
-            (group.partition() == 1).then_some(2)
-        });
+        let map = build_map(&[service()], |group| (group.partition() == 1).then_some(2));
         let kv = &map.services["kv"];
         assert_eq!(kv.partitions[0].leader_id, Some(1));
-        assert_eq!(kv.partitions[0].leader_addr.as_deref(), Some("127.0.0.1:9001"));
+        assert_eq!(
+            kv.partitions[0].leader_addr.as_deref(),
+            Some("127.0.0.1:9001")
+        );
         assert_eq!(kv.partitions[1].leader_id, Some(2));
         assert_eq!(kv.partitions[1].leader_resp_addr(), Some("127.0.0.1:7002"));
-        assert_eq!(kv.partitions[0].resp_nodes.len(), 2, "node 3 serves no RESP yet");
+        assert_eq!(
+            kv.partitions[0].resp_nodes.len(),
+            2,
+            "node 3 serves no RESP yet"
+        );
         assert!(kv.cluster);
     }
 
@@ -430,7 +431,10 @@ mod tests {
     fn leaders_serve_others_move_unknown_forwards() {
         let map = build_map(&[service()], |_| None);
         let route = &map.services["kv"].partitions[0];
-        assert_eq!(target(2, Some((Role::Leader, Some(2))), route), Target::Local);
+        assert_eq!(
+            target(2, Some((Role::Leader, Some(2))), route),
+            Target::Local
+        );
         assert_eq!(
             target(2, Some((Role::Follower, Some(1))), route),
             Target::Moved("127.0.0.1:7001".into())

@@ -1260,7 +1260,10 @@ expose = { http = "127.0.0.1:8088" }
         spec.expose.resp = Some("nowhere".into());
         assert_eq!(invalid_field(spec.validate()), "expose.resp");
         spec = base.clone();
-        assert!(spec.expose.cluster_enabled(), "cluster mode is on by default");
+        assert!(
+            spec.expose.cluster_enabled(),
+            "cluster mode is on by default"
+        );
         spec.expose.cluster = Some(false);
         spec.validate().unwrap();
         assert!(!spec.expose.cluster_enabled());

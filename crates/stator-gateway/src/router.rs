@@ -157,7 +157,8 @@ impl Router {
         payload: Vec<u8>,
     ) -> Result<Vec<u8>, ClientError> {
         let session = (kind == RequestKind::Write).then(|| self.checkout());
-        self.forward_in(route, kind, payload, session.as_ref()).await
+        self.forward_in(route, kind, payload, session.as_ref())
+            .await
     }
 
     /// [`Router::forward`] within a session checked out by the caller (writes; `None` for

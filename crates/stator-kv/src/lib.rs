@@ -22,8 +22,8 @@ mod snapshot;
 
 pub use app::KvFactory;
 pub use command::{
-    command_info, command_keys, command_kind, command_slot, command_table, CommandInfo, CommandKind,
-    KeySlot,
+    command_info, command_keys, command_kind, command_slot, command_table, CommandInfo,
+    CommandKind, KeySlot,
 };
 pub use machine::KvMachine;
 pub use resp::{encode_command, parse_command, parse_reply, Argv, RespError, Value};

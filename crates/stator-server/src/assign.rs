@@ -4,8 +4,8 @@ use stator_api::agent::{
     Assignments, ClusterMember, ClusterPartition, ClusterService, InstanceAssignment, Member,
     ReplicaAssignment,
 };
-use stator_api::slot::partition_ranges;
 use stator_api::ids::NodeId;
+use stator_api::slot::partition_ranges;
 use stator_api::spec::{AppSpec, ServiceKind};
 
 use crate::model::{Cluster, InstancePhase, NodeState};

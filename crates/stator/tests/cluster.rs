@@ -90,18 +90,23 @@ fn cluster_clients_reach_the_leaders() {
     let nodes = redis_cli(port, &["CLUSTER", "NODES"]);
     for p in &parts {
         let leader = p["leader"]["resp_addr"].as_str().unwrap();
-        assert!(slots.contains(&port_of(leader).to_string()), "{leader} in {slots}");
-        let range = format!(
-            "{}-{}",
-            p["slots"]["start"], p["slots"]["end_inclusive"]
-        );
         assert!(
-            nodes.lines().any(|l| l.contains(leader) && l.contains("master") && l.contains(&range)),
+            slots.contains(&port_of(leader).to_string()),
+            "{leader} in {slots}"
+        );
+        let range = format!("{}-{}", p["slots"]["start"], p["slots"]["end_inclusive"]);
+        assert!(
+            nodes
+                .lines()
+                .any(|l| l.contains(leader) && l.contains("master") && l.contains(&range)),
             "{leader} masters {range}: {nodes}"
         );
     }
     let command = redis_cli(port, &["COMMAND", "INFO", "set"]);
-    assert!(command.contains("set") && command.contains("write"), "{command}");
+    assert!(
+        command.contains("set") && command.contains("write"),
+        "{command}"
+    );
 
     // An agent: serves its own slots, MOVED for the others; `redis-cli -c` follows.
     let agent = p_leader_port(&parts[0]);
@@ -110,18 +115,23 @@ fn cluster_clients_reach_the_leaders() {
         .find(|k| {
             let slot: u64 = redis_cli(port, &["CLUSTER", "KEYSLOT", k]).parse().unwrap();
             parts.iter().any(|p| {
-                (p["slots"]["start"].as_u64().unwrap()..=p["slots"]["end_inclusive"].as_u64().unwrap())
+                (p["slots"]["start"].as_u64().unwrap()
+                    ..=p["slots"]["end_inclusive"].as_u64().unwrap())
                     .contains(&slot)
                     && p_leader_port(p) != agent
             })
         })
         .expect("a key led by another agent");
     // The agent's map comes with its heartbeats: it may forward until the next one.
-    wait_for("the agent to answer MOVED for another leader's slot", WAIT, || {
-        redis_cli(agent, &["SET", &key_elsewhere, "v"])
-            .starts_with("MOVED ")
-            .then_some(())
-    });
+    wait_for(
+        "the agent to answer MOVED for another leader's slot",
+        WAIT,
+        || {
+            redis_cli(agent, &["SET", &key_elsewhere, "v"])
+                .starts_with("MOVED ")
+                .then_some(())
+        },
+    );
     assert!(redis_cli(agent, &["CLUSTER", "NODES"]).contains("myself,master"));
     for i in 0..20 {
         let key = format!("cli:{i}");
@@ -143,8 +153,20 @@ fn cluster_clients_reach_the_leaders() {
         let (ok, out) = run(
             "redis-benchmark",
             &[
-                "--cluster", "-p", &port_arg, "-c", "10", "-n", "3000", "-P", "4", "-r", "1000",
-                "-t", "set,get", "-q",
+                "--cluster",
+                "-p",
+                &port_arg,
+                "-c",
+                "10",
+                "-n",
+                "3000",
+                "-P",
+                "4",
+                "-r",
+                "1000",
+                "-t",
+                "set,get",
+                "-q",
             ],
         );
         assert!(ok, "redis-benchmark --cluster failed: {out}");

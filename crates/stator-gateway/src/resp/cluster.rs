@@ -33,7 +33,9 @@ pub fn node_name(node: NodeId) -> String {
 fn split_addr(addr: &str) -> (String, i64) {
     match addr.rsplit_once(':') {
         Some((host, port)) => (
-            host.trim_start_matches('[').trim_end_matches(']').to_string(),
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
             port.parse().unwrap_or(0),
         ),
         None => (addr.to_string(), 0),
@@ -44,7 +46,10 @@ fn split_addr(addr: &str) -> (String, i64) {
 /// The leader when it serves RESP; otherwise, while no leader is known (an election),
 /// the first member that serves RESP: it answers `MOVED` or forwards, so clients are
 /// never told a slot is uncovered during a failover.
-fn master_and_replicas(partition: &PartitionRoute) -> Option<(&str, NodeId, Vec<(NodeId, &str)>)> {
+/// A range's master (RESP address, node) and its replicas (node, RESP address).
+type Shard<'a> = (&'a str, NodeId, Vec<(NodeId, &'a str)>);
+
+fn master_and_replicas(partition: &PartitionRoute) -> Option<Shard<'_>> {
     let master = partition
         .leader_id
         .and_then(|leader| partition.resp_nodes.iter().find(|n| n.node_id == leader))
@@ -341,14 +346,23 @@ mod tests {
             node_name(2)
         );
         assert!(text.starts_with(&first_range), "{text}");
-        assert!(text.contains(&format!(":8192\r\n:16383\r\n*3\r\n$9\r\n127.0.0.1\r\n:7003\r\n$40\r\n{}", node_name(3))), "{text}");
+        assert!(
+            text.contains(&format!(
+                ":8192\r\n:16383\r\n*3\r\n$9\r\n127.0.0.1\r\n:7003\r\n$40\r\n{}",
+                node_name(3)
+            )),
+            "{text}"
+        );
     }
 
     #[test]
     fn a_range_without_a_leader_still_has_a_master() {
         let service = routes(&[None, Some(3)]);
         let text = run(&service, None, &["CLUSTER", "SLOTS"]);
-        assert!(text.contains(":0\r\n:8191\r\n*3\r\n$9\r\n127.0.0.1\r\n:7001"), "{text}");
+        assert!(
+            text.contains(":0\r\n:8191\r\n*3\r\n$9\r\n127.0.0.1\r\n:7001"),
+            "{text}"
+        );
         let info = run(&service, None, &["cluster", "info"]);
         assert!(info.contains("cluster_state:ok"), "{info}");
         assert!(info.contains("cluster_slots_ok:8192"), "{info}");
@@ -364,18 +378,35 @@ mod tests {
         assert_eq!(lines.len(), 3, "{text}");
         assert_eq!(
             lines[0],
-            format!("{} 127.0.0.1:7001@0 master - 0 0 1 connected 0-8191 8192-16383", node_name(1))
+            format!(
+                "{} 127.0.0.1:7001@0 master - 0 0 1 connected 0-8191 8192-16383",
+                node_name(1)
+            )
         );
-        assert!(lines[1].starts_with(&format!("{} 127.0.0.1:7002@0 myself,slave {}", node_name(2), node_name(1))), "{text}");
-        assert_eq!(run(&service, Some(2), &["CLUSTER", "MYID"]), format!("$40\r\n{}\r\n", node_name(2)));
+        assert!(
+            lines[1].starts_with(&format!(
+                "{} 127.0.0.1:7002@0 myself,slave {}",
+                node_name(2),
+                node_name(1)
+            )),
+            "{text}"
+        );
+        assert_eq!(
+            run(&service, Some(2), &["CLUSTER", "MYID"]),
+            format!("$40\r\n{}\r\n", node_name(2))
+        );
     }
 
     #[test]
     fn keyslot_and_disabled_mode() {
         let mut service = routes(&[Some(1)]);
-        assert_eq!(run(&service, None, &["CLUSTER", "KEYSLOT", "foo"]), ":12182\r\n");
+        assert_eq!(
+            run(&service, None, &["CLUSTER", "KEYSLOT", "foo"]),
+            ":12182\r\n"
+        );
         service.cluster = false;
-        assert!(run(&service, None, &["CLUSTER", "SLOTS"]).starts_with("-ERR This instance has cluster support disabled"));
+        assert!(run(&service, None, &["CLUSTER", "SLOTS"])
+            .starts_with("-ERR This instance has cluster support disabled"));
         assert!(run(&service, None, &["CLUSTER", "FAILOVER"]).starts_with("-ERR"));
     }
 }

@@ -28,7 +28,9 @@ fn entry(name: &str, arity: i32, flags: &[&str], keys: (usize, isize, usize)) ->
     Value::Array(Some(vec![
         Value::bulk(name),
         Value::Integer(arity as i64),
-        Value::Array(Some(flags.iter().map(|f| Value::Simple((*f).into())).collect())),
+        Value::Array(Some(
+            flags.iter().map(|f| Value::Simple((*f).into())).collect(),
+        )),
         Value::Integer(keys.0 as i64),
         Value::Integer(keys.1 as i64),
         Value::Integer(keys.2 as i64),
@@ -140,12 +142,17 @@ mod tests {
     fn entries_carry_key_positions() {
         let set = run(&["COMMAND", "INFO", "set"]);
         assert!(
-            set.starts_with("*1\r\n*10\r\n$3\r\nset\r\n:-3\r\n*2\r\n+write\r\n+denyoom\r\n:1\r\n:1\r\n:1\r\n"),
+            set.starts_with(
+                "*1\r\n*10\r\n$3\r\nset\r\n:-3\r\n*2\r\n+write\r\n+denyoom\r\n:1\r\n:1\r\n:1\r\n"
+            ),
             "{set}"
         );
         let mset = run(&["COMMAND", "INFO", "MSET", "nope"]);
         assert!(mset.contains(":1\r\n:-1\r\n:2\r\n"), "{mset}");
-        assert!(mset.ends_with("*-1\r\n"), "unknown commands are nil: {mset}");
+        assert!(
+            mset.ends_with("*-1\r\n"),
+            "unknown commands are nil: {mset}"
+        );
         let all = run(&["COMMAND"]);
         assert!(all.contains("$7\r\ncluster\r\n"), "{all}");
         let count = run(&["COMMAND", "COUNT"]);

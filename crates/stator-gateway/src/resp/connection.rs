@@ -160,7 +160,8 @@ pub async fn serve<B: Backend>(
                     break;
                 }
                 Err(error) => {
-                    in_flight.push_back(perform(&*router, Work::Ready(error.to_reply().to_bytes())));
+                    in_flight
+                        .push_back(perform(&*router, Work::Ready(error.to_reply().to_bytes())));
                     closing = true;
                     break;
                 }

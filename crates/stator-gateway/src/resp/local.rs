@@ -263,7 +263,11 @@ fn info(state: &ConnectionState, service: Option<&ServiceRoutes>) -> String {
          # Stator\r\nstator_service:{name}\r\nstator_partitions:{partitions}\r\n\
          stator_partitions_with_leader:{with_leader}\r\n",
         env!("CARGO_PKG_VERSION"),
-        if state.node.is_some() { "agent" } else { "gateway" },
+        if state.node.is_some() {
+            "agent"
+        } else {
+            "gateway"
+        },
         std::process::id(),
         state.id,
     )
