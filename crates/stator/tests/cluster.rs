@@ -115,18 +115,23 @@ fn cluster_clients_reach_the_leaders() {
         .find(|k| {
             let slot: u64 = redis_cli(port, &["CLUSTER", "KEYSLOT", k]).parse().unwrap();
             parts.iter().any(|p| {
-                (p["slots"]["start"].as_u64().unwrap()..=p["slots"]["end_inclusive"].as_u64().unwrap())
+                (p["slots"]["start"].as_u64().unwrap()
+                    ..=p["slots"]["end_inclusive"].as_u64().unwrap())
                     .contains(&slot)
                     && p_leader_port(p) != agent
             })
         })
         .expect("a key led by another agent");
     // The agent's map comes with its heartbeats: it may forward until the next one.
-    wait_for("the agent to answer MOVED for another leader's slot", WAIT, || {
-        redis_cli(agent, &["SET", &key_elsewhere, "v"])
-            .starts_with("MOVED ")
-            .then_some(())
-    });
+    wait_for(
+        "the agent to answer MOVED for another leader's slot",
+        WAIT,
+        || {
+            redis_cli(agent, &["SET", &key_elsewhere, "v"])
+                .starts_with("MOVED ")
+                .then_some(())
+        },
+    );
     assert!(redis_cli(agent, &["CLUSTER", "NODES"]).contains("myself,master"));
     for i in 0..20 {
         let key = format!("cli:{i}");

@@ -46,10 +46,10 @@ fn split_addr(addr: &str) -> (String, i64) {
 /// The leader when it serves RESP; otherwise, while no leader is known (an election),
 /// the first member that serves RESP: it answers `MOVED` or forwards, so clients are
 /// never told a slot is uncovered during a failover.
-/// A partition's master address and node, and its replicas' nodes and addresses.
-type MasterAndReplicas<'a> = (&'a str, NodeId, Vec<(NodeId, &'a str)>);
+/// A range's master (RESP address, node) and its replicas (node, RESP address).
+type Shard<'a> = (&'a str, NodeId, Vec<(NodeId, &'a str)>);
 
-fn master_and_replicas(partition: &PartitionRoute) -> Option<MasterAndReplicas<'_>> {
+fn master_and_replicas(partition: &PartitionRoute) -> Option<Shard<'_>> {
     let master = partition
         .leader_id
         .and_then(|leader| partition.resp_nodes.iter().find(|n| n.node_id == leader))
