@@ -1256,7 +1256,7 @@ impl Sim<'_> {
                 waiting[part] += 1;
             }
         }
-        for pi in 0..self.parts.len() {
+        for (pi, &waiting_pods) in waiting.iter().enumerate() {
             let (si, partition, current, request) = {
                 let p = &self.parts[pi];
                 (
@@ -1270,7 +1270,7 @@ impl Sim<'_> {
             let members = self.view.partition_members(&svc.name, partition).to_vec();
             let per = self.demand_now[pi] / members.len().max(1) as f64;
             let mut ready = Vec::with_capacity(members.len());
-            let mut unready = vec![request; waiting[pi] as usize];
+            let mut unready = vec![request; waiting_pods as usize];
             for &slot in &members {
                 let r = self.view.replica(slot).expect("member");
                 let req = r.resources.cpu_millis;
@@ -1288,7 +1288,7 @@ impl Sim<'_> {
                 .hpa
                 .normalize(&key, self.now_s, current, rec, svc.replicas, max);
             self.parts[pi].spec_replicas = desired;
-            let have = members.len() as u32 + waiting[pi];
+            let have = members.len() as u32 + waiting_pods;
             if desired > have {
                 for _ in 0..desired - have {
                     self.pending.push(Pending {
