@@ -4,9 +4,12 @@
 //!
 //! A `SCAN` cursor names the partition in its low [`SCAN_PARTITION_BITS`] bits and that
 //! partition's own cursor in the rest: the scan walks partitions in slot order, each to its
-//! end. Keys present for the whole scan are returned at least once, as in Redis, as long
-//! as the partition count does not change during the scan (a resize moves keys between
-//! partitions; a scan across one may miss or repeat the moved keys).
+//! end. A partition's cursor is a position in its key-hash order (every key whose hash is
+//! at or past it is still to come), so the gateway may round it down to make room for the
+//! partition bits: a few keys may come twice, none is skipped. Keys present for the whole
+//! scan are returned at least once, as in Redis, as long as the partition count does not
+//! change during the scan (a resize moves keys between partitions; a scan across one may
+//! miss or repeat the moved keys).
 
 use super::Backend;
 use crate::map::ServiceRoutes;
@@ -19,6 +22,7 @@ use std::sync::Arc;
 
 /// Bits of a `SCAN` cursor naming the partition: enough for [`MAX_PARTITIONS`].
 pub const SCAN_PARTITION_BITS: u32 = 10;
+const PARTITION_MASK: u64 = (1 << SCAN_PARTITION_BITS) - 1;
 const _: () = assert!(MAX_PARTITIONS <= 1 << SCAN_PARTITION_BITS);
 
 /// A keyspace command to run on every partition.
@@ -118,8 +122,8 @@ fn scan(argv: &[Vec<u8>]) -> Result<FanOut, Value> {
         index += 2;
     }
     Ok(FanOut::Scan {
-        partition: (cursor & ((1 << SCAN_PARTITION_BITS) - 1)) as usize,
-        inner: cursor >> SCAN_PARTITION_BITS,
+        partition: (cursor & PARTITION_MASK) as usize,
+        inner: cursor & !PARTITION_MASK,
         options,
     })
 }
@@ -220,12 +224,10 @@ async fn merge<B: Backend>(
                 None => unreachable!("one partition asked, one reply"),
             };
             let next = if next_inner != 0 {
-                if next_inner >= 1 << (64 - SCAN_PARTITION_BITS) {
-                    return Err(Value::error(format!(
-                        "ERR partition {partition} answered SCAN with cursor {next_inner}, too large to combine with a partition number"
-                    )));
-                }
-                next_inner << SCAN_PARTITION_BITS | partition as u64
+                // Rounded down (keys between come again, none is skipped); a cursor below
+                // 2^10 would round to "start of the partition", so it rounds up instead (a
+                // key hash that small is a 1 in 2^54 event).
+                (next_inner & !PARTITION_MASK).max(PARTITION_MASK + 1) | partition as u64
             } else if partition + 1 < routes.partitions.len() {
                 (partition + 1) as u64
             } else {
@@ -350,7 +352,7 @@ mod tests {
             ])),
             Some(Ok(FanOut::Scan {
                 partition: 5,
-                inner: 37,
+                inner: 37 << SCAN_PARTITION_BITS,
                 options: argv(&["MATCH", "a*", "COUNT", "10"]),
             }))
         );
