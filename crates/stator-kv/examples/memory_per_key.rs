@@ -41,8 +41,10 @@ static ALLOCATOR: Counting = Counting;
 /// Commands sent to Redis before reading their replies.
 const PIPELINE: usize = 1_000;
 
-fn workloads(items: usize) -> Vec<(&'static str, Box<dyn Fn(usize) -> Vec<Vec<u8>>>)> {
-    let _ = items;
+/// Builds the i-th command of a workload.
+type MakeCommand = Box<dyn Fn(usize) -> Vec<Vec<u8>>>;
+
+fn workloads() -> Vec<(&'static str, MakeCommand)> {
     vec![
         (
             "small string",
@@ -152,7 +154,7 @@ fn main() {
         "{:<18} {:>10} {:>10} {:>7}",
         "workload", "stator", "redis", "ratio"
     );
-    for (name, make) in workloads(items) {
+    for (name, make) in workloads() {
         call(&mut stream, &[b"FLUSHALL".to_vec()]);
         let redis_before = redis_used_memory(&mut stream);
         for start in (0..items).step_by(PIPELINE) {
