@@ -747,7 +747,7 @@ mod tests {
         let value = prop::sample::select(vec!["1", "-7", "x", "", "9223372036854775807", "2.5"]);
         let amount = -5i64..300;
         let option = prop::sample::select(vec!["", "NX", "XX", "GT", "LT", "GET", "KEEPTTL"]);
-        (0usize..16, key.clone(), key, value, amount, option).prop_map(
+        (0usize..24, key.clone(), key, value, amount, option).prop_map(
             |(which, key, other_key, value, amount, option)| {
                 let amount = amount.to_string();
                 let words: Vec<&str> = match which {
@@ -766,6 +766,14 @@ mod tests {
                     12 => vec!["GETDEL", key],
                     13 => vec!["EXISTS", key, other_key],
                     14 => vec!["INCRBYFLOAT", key, value],
+                    15 => vec!["HSET", key, value, other_key],
+                    16 => vec!["LPUSH", key, value, value],
+                    17 => vec!["SADD", key, value, other_key, "m"],
+                    18 => vec!["SPOP", key],
+                    19 => vec!["ZADD", key, "1.5", value, "2", other_key],
+                    20 => vec!["ZPOPMIN", key],
+                    21 => vec!["RPOP", key],
+                    22 => vec!["HDEL", key, value],
                     _ => vec!["SETNX", key, value],
                 };
                 words

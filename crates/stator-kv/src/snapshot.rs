@@ -205,14 +205,14 @@ fn decode_data(reader: &mut Reader<'_>) -> Result<Data, AppError> {
                     return Err(duplicate());
                 }
             }
-            Data::Hash(hash)
+            Data::Hash(Box::new(hash))
         }
         2 => {
             let mut list = List::default();
             for _ in 0..count {
                 list.push(reader.len_prefixed()?.to_vec(), false);
             }
-            Data::List(list)
+            Data::List(Box::new(list))
         }
         3 => {
             let mut set = Set::default();
@@ -221,7 +221,7 @@ fn decode_data(reader: &mut Reader<'_>) -> Result<Data, AppError> {
                     return Err(duplicate());
                 }
             }
-            Data::Set(set)
+            Data::Set(Box::new(set))
         }
         4 => {
             let mut zset = ZSet::default();
@@ -235,7 +235,7 @@ fn decode_data(reader: &mut Reader<'_>) -> Result<Data, AppError> {
                     return Err(duplicate());
                 }
             }
-            Data::ZSet(zset)
+            Data::ZSet(Box::new(zset))
         }
         other => return Err(bad(&format!("type tag {other} is unknown (0-4 expected)"))),
     })

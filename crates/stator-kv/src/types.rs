@@ -12,12 +12,15 @@ use std::collections::{BTreeSet, VecDeque};
 
 /// What a key holds.
 #[derive(Debug, Clone, PartialEq)]
+///
+/// Collections are boxed so a key holding a small string (the common case) pays only for
+/// the string in the keyspace's table, not for the largest collection header.
 pub(crate) enum Data {
     Str(Vec<u8>),
-    Hash(Hash),
-    List(List),
-    Set(Set),
-    ZSet(ZSet),
+    Hash(Box<Hash>),
+    List(Box<List>),
+    Set(Box<Set>),
+    ZSet(Box<ZSet>),
 }
 
 /// The five types, as TYPE names them.

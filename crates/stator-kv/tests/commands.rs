@@ -356,3 +356,75 @@ fn queries_only_read() {
     assert!(write.is_error(), "{write:?}");
     assert_eq!(h.run("GET k"), bulk("v"));
 }
+
+#[test]
+fn types_answer_wrongtype_and_empty_collections_vanish() {
+    let mut h = Harness::new();
+    assert_eq!(h.run("HSET h f v"), int(1));
+    assert_eq!(
+        h.run("LPUSH h x"),
+        err("WRONGTYPE Operation against a key holding the wrong kind of value")
+    );
+    assert_eq!(h.run("TYPE h"), Value::Simple("hash".into()));
+    assert_eq!(h.run("HDEL h f"), int(1));
+    assert_eq!(
+        h.run("EXISTS h"),
+        int(0),
+        "the last field removed deletes the key"
+    );
+    assert_eq!(h.run("ZADD z 1 a 2 b"), int(2));
+    assert_eq!(
+        h.run("ZRANGE z 0 -1 WITHSCORES"),
+        Value::Array(Some(vec![bulk("a"), bulk("1"), bulk("b"), bulk("2")]))
+    );
+    assert_eq!(h.machine.data_bytes(), 1 + 2 * (1 + 8));
+}
+
+#[test]
+fn transactions_apply_as_one_entry_and_watch_sees_writes() {
+    let mut h = Harness::new();
+    let version = |h: &mut Harness| match h.run("STATOR.VERSION k") {
+        Value::Array(Some(items)) => match items[0] {
+            Value::Integer(v) => v as u64,
+            _ => unreachable!(),
+        },
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(version(&mut h), 0, "a missing key has version 0");
+    let queued = vec![argv("SET k 1"), argv("INCR k"), argv("LPUSH k x")];
+    let exec = stator_kv::encode_exec(&[(b"k".to_vec(), 0)], &queued);
+    assert_eq!(
+        h.machine.apply_argv(h.now_ms, &exec),
+        Value::Array(Some(vec![
+            ok(),
+            int(2),
+            err("WRONGTYPE Operation against a key holding the wrong kind of value")
+        ]))
+    );
+    let seen = version(&mut h);
+    h.run("SET k 5");
+    let exec = stator_kv::encode_exec(&[(b"k".to_vec(), seen)], &[argv("GET k")]);
+    assert_eq!(h.machine.apply_argv(h.now_ms, &exec), Value::Array(None));
+    let exec = stator_kv::encode_exec(&[], &[argv("GET k"), argv("GET")]);
+    assert_eq!(
+        h.machine.apply_argv(h.now_ms, &exec),
+        err("EXECABORT Transaction discarded because of previous errors.")
+    );
+    assert_eq!(h.run("GET k"), bulk("5"));
+}
+
+#[test]
+fn blocking_pops_answer_at_once() {
+    let mut h = Harness::new();
+    assert_eq!(
+        h.run("BLPOP {q}a {q}b 0"),
+        Value::Array(None),
+        "would block"
+    );
+    assert_eq!(h.run("RPUSH {q}b x"), int(1));
+    assert_eq!(
+        h.run("BLPOP {q}a {q}b 0"),
+        Value::Array(Some(vec![bulk("{q}b"), bulk("x")]))
+    );
+    assert_eq!(h.run("BZPOPMIN z 1.5"), Value::Array(None));
+}

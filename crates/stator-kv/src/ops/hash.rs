@@ -55,7 +55,7 @@ impl KvMachine {
                     return scan_reply(0, Vec::new());
                 };
                 let options = attempt!(parse_scan_options(&argv[3..], false));
-                let small = Data::Hash(hash.clone()).encoding() == "listpack";
+                let small = Data::Hash(Box::new(hash.clone())).encoding() == "listpack";
                 let (next, page) = if small {
                     (0, hash.iter().map(|(f, v)| (f.as_slice(), v)).collect())
                 } else {

@@ -22,7 +22,7 @@ macro_rules! typed_access {
             pub(crate) fn $get(&self, key: &[u8], now_ms: u64) -> Result<Option<&$type>, Value> {
                 match self.live(key, now_ms).map(|entry| &entry.data) {
                     None => Ok(None),
-                    Some(Data::$variant(value)) => Ok(Some(value)),
+                    Some(Data::$variant(value)) => Ok(Some(&**value)),
                     Some(_) => Err(Value::error(WRONG_TYPE)),
                 }
             }
@@ -46,7 +46,7 @@ macro_rules! typed_access {
                 };
                 Ok(Some(self.keyspace.upsert(
                     key,
-                    || Data::$variant(<$type>::default()),
+                    || Data::$variant(Box::default()),
                     change,
                 )))
             }

@@ -267,7 +267,7 @@ impl KvMachine {
                 }
                 let len = set.len();
                 self.keyspace
-                    .insert_data(key, Data::Set(set), ExpiryChange::Clear);
+                    .insert_data(key, Data::Set(Box::new(set)), ExpiryChange::Clear);
                 Value::Integer(len as i64)
             }
             other => unreachable!("{other:?} is not a set write"),

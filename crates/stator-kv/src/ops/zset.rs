@@ -376,7 +376,7 @@ impl KvMachine {
                     return scan_reply(0, Vec::new());
                 };
                 let options = attempt!(parse_scan_options(&argv[3..], false));
-                let small = Data::ZSet(zset.clone()).encoding() == "listpack";
+                let small = Data::ZSet(Box::new(zset.clone())).encoding() == "listpack";
                 let (next, page) = if small {
                     (0, zset.ordered().map(|(m, s)| (m.as_slice(), s)).collect())
                 } else {
@@ -664,7 +664,7 @@ impl KvMachine {
                 let (result, _) = attempt!(self.combine_zsets(now_ms, &argv, 2, op, true));
                 let len = result.len();
                 self.keyspace
-                    .insert_data(key, Data::ZSet(result), ExpiryChange::Clear);
+                    .insert_data(key, Data::ZSet(Box::new(result)), ExpiryChange::Clear);
                 Value::Integer(len as i64)
             }
             C::ZRangeStore => {
@@ -678,7 +678,7 @@ impl KvMachine {
                 }
                 let len = result.len();
                 self.keyspace
-                    .insert_data(key, Data::ZSet(result), ExpiryChange::Clear);
+                    .insert_data(key, Data::ZSet(Box::new(result)), ExpiryChange::Clear);
                 Value::Integer(len as i64)
             }
             other => unreachable!("{other:?} is not a sorted-set write"),
