@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use stator_api::agent::InstanceState;
-use stator_api::ids::NodeId;
+use stator_api::ids::{GroupId, NodeId};
 use stator_api::spec::{PlacementPolicy, ServiceKind, ServiceSpec, SpreadOver, MAX_JOB_BACKOFF_MS};
 use stator_planning::{
     place_partition, place_replacement, ClusterView, Node, PlacementError, PlacementRequest,
@@ -68,6 +68,13 @@ pub enum Action {
         partition: u32,
         /// Initial members, distinct nodes (zones when asked).
         members: Vec<NodeId>,
+    },
+    /// Every member of a `memory` partition lost its state: place it again, empty.
+    ResetPartition {
+        /// Service name.
+        service: String,
+        /// Partition index.
+        partition: u32,
     },
     /// A replica of the partition reported a leader: the group exists.
     MarkGroupStarted {
@@ -166,6 +173,9 @@ pub enum ReplaceReason {
     NodeLost,
     /// Its node is draining: a live migration.
     NodeDraining,
+    /// Its node restarted and lost the replica's state (a `memory` replica, or a store
+    /// that failed its checksums): it must leave the group before it may rejoin it.
+    ReplicaForgotten,
 }
 
 /// The outcome of one pass.
@@ -303,13 +313,28 @@ impl Pass {
                 }
                 continue;
             }
+            if all_members_forgot(&self.scratch, &design.members, group) {
+                // Only a `memory` group can lose every copy (a whole-cluster restart);
+                // no member hosts it any more, so a fresh group cannot meet the old one.
+                self.push(Action::ResetPartition {
+                    service: name.to_string(),
+                    partition,
+                });
+                continue;
+            }
             let Some(observed) = self.scratch.group_observed(group) else {
                 // No live leader: an election is running, or quorum is lost. Either way
                 // only the group can change its membership; wait for a leader.
                 continue;
             };
             let Some((remove, reason)) =
-                member_to_replace(&self.scratch, &design, &observed.voters, moves_in_flight)
+                member_to_replace(
+                &self.scratch,
+                group,
+                &design,
+                &observed.voters,
+                moves_in_flight,
+            )
             else {
                 continue;
             };
@@ -320,6 +345,13 @@ impl Pass {
                 .filter(|&n| n != remove)
                 .collect();
             match place_replacement(&self.view, &request, &survivors, policy) {
+                Ok(add) if add == remove => {
+                    // A member that forgot its state may only come back once the group
+                    // has removed it; until another node fits, the group runs without it.
+                    self.decision.problems.push(format!(
+                        "{name}/{partition}: node {remove} lost its replica's state and no other node fits a replacement"
+                    ));
+                }
                 Ok(add) => {
                     self.view.add_replica(replica_of(&request, add));
                     if reason == ReplaceReason::NodeDraining {
@@ -541,6 +573,7 @@ impl Pass {
 /// was lost before it became a voter may be swapped for another.
 fn member_to_replace(
     cluster: &Cluster,
+    group: GroupId,
     design: &PartitionDesign,
     observed_voters: &BTreeSet<NodeId>,
     moves_in_flight: &BTreeMap<NodeId, usize>,
@@ -548,6 +581,7 @@ fn member_to_replace(
     let designed: BTreeSet<NodeId> = design.members.iter().copied().collect();
     let stable = &designed == observed_voters;
     let lost = |n: &&NodeId| !cluster.is_alive(**n);
+    let forgot = |n: &&NodeId| cluster.reports_forgotten(**n, group);
     if !stable {
         return design
             .members
@@ -559,6 +593,9 @@ fn member_to_replace(
     if let Some(&node) = design.members.iter().find(lost) {
         return Some((node, ReplaceReason::NodeLost));
     }
+    if let Some(&node) = design.members.iter().find(forgot) {
+        return Some((node, ReplaceReason::ReplicaForgotten));
+    }
     design
         .members
         .iter()
@@ -569,6 +606,14 @@ fn member_to_replace(
             ) && moves_in_flight.get(n).copied().unwrap_or(0) < MAX_MOVES_PER_DRAINING_NODE
         })
         .map(|&n| (n, ReplaceReason::NodeDraining))
+}
+
+/// Whether every designed member is alive and reports it forgot the group's state.
+fn all_members_forgot(cluster: &Cluster, members: &[NodeId], group: GroupId) -> bool {
+    !members.is_empty()
+        && members
+            .iter()
+            .all(|n| cluster.is_alive(*n) && cluster.reports_forgotten(*n, group))
 }
 
 /// Per draining node: partitions that no longer design it but whose group still has it
@@ -767,6 +812,13 @@ pub fn apply_action(cluster: &mut Cluster, action: &Action) {
             design.members = members.clone();
             design.initial_members = members.clone();
         }
+        Action::ResetPartition { service, partition } => {
+            let design = partition_mut(cluster, service, *partition);
+            design.members.clear();
+            design.initial_members.clear();
+            design.has_had_leader = false;
+            design.cpu_millis.clear();
+        }
         Action::MarkGroupStarted { service, partition } => {
             partition_mut(cluster, service, *partition).has_had_leader = true;
         }
@@ -921,9 +973,11 @@ mod tests {
                         price_per_hour: 0.1,
                         labels: Default::default(),
                         transport_addr: format!("127.0.0.1:{}", 9000 + id),
+                        rejoin: None,
                     },
                     state: NodeState::Ready,
                     registered_at_ms: NOW_MS,
+                    node_secret: String::new(),
                 },
             );
             cluster.observed.insert(
@@ -1001,6 +1055,8 @@ mod tests {
             ops_per_sec: 0.0,
             p99_us: 0,
             error: None,
+            disk_bytes: 0,
+            forgotten: false,
         });
     }
 

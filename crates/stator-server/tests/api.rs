@@ -105,6 +105,7 @@ impl TestServer {
                 "127.0.0.1:{}",
                 20000 + name.len() as u16 * 7 + zone.len() as u16
             ),
+            rejoin: None,
         };
         let response = self
             .client
@@ -170,6 +171,8 @@ impl SimAgent {
                         ops_per_sec: 0.0,
                         p99_us: 0,
                         error: None,
+                        disk_bytes: 0,
+                        forgotten: false,
                     }
                 })
                 .collect(),

@@ -258,6 +258,10 @@ enum BenchVerb {
         /// Baselines to leave out: etcd, redis-wait.
         #[arg(long, value_delimiter = ',')]
         skip: Vec<String>,
+        /// Where stator replicas keep their log: memory, periodic or disk (fsync before
+        /// every acknowledgement, as etcd does).
+        #[arg(long, default_value = "memory", value_parser = parse_durability)]
+        durability: stator_api::spec::Durability,
         /// Print the result as one JSON object on the last line.
         #[arg(long)]
         json: bool,
@@ -325,6 +329,18 @@ async fn shutdown_signal() {
 }
 
 /// Errors exit non-zero with one line: the reason and its causes, never a backtrace.
+/// `--durability`: the spec's words, with the same error a spec would give.
+fn parse_durability(text: &str) -> Result<stator_api::spec::Durability, String> {
+    match text {
+        "memory" => Ok(stator_api::spec::Durability::Memory),
+        "periodic" => Ok(stator_api::spec::Durability::Periodic),
+        "disk" => Ok(stator_api::spec::Durability::Disk),
+        other => Err(format!(
+            "must be memory, periodic or disk, got {other:?}"
+        )),
+    }
+}
+
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -578,6 +594,7 @@ fn run() -> anyhow::Result<()> {
                         duration,
                         partitions,
                         skip,
+                        durability,
                         json,
                     },
             } => {
@@ -592,6 +609,7 @@ fn run() -> anyhow::Result<()> {
                     duration: Duration::from_secs(duration),
                     partitions,
                     skip,
+                    durability,
                 };
                 let runs = bench::replication::run(&opts).await?;
                 bench::print_runs(&runs, json);

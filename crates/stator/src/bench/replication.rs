@@ -12,6 +12,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use rand::Rng;
 use stator_api::ids::GroupId;
+use stator_api::spec::Durability;
 use stator_api::slot::{key_slot, partition_of_slot};
 use stator_replication::{GroupOptions, Host, HostConfig, ReplicaClient, RequestKind};
 use std::collections::BTreeMap;
@@ -40,6 +41,9 @@ pub struct Options {
     pub partitions: u32,
     /// Systems to skip ("etcd", "redis-wait").
     pub skip: Vec<String>,
+    /// Where stator replicas keep their log: `disk` fsyncs before every acknowledgement
+    /// (group commit), as etcd does; stores live in a temporary directory.
+    pub durability: Durability,
 }
 
 #[async_trait]
@@ -139,9 +143,12 @@ impl Drop for HostThreads {
 }
 
 /// Starts `replicas` hosts with `partitions` kv groups; returns them and each group's members.
+/// Durable replicas keep their stores under `data_root/<node id>`.
 async fn start_stator(
     replicas: usize,
     partitions: u32,
+    durability: Durability,
+    data_root: &std::path::Path,
 ) -> anyhow::Result<(HostThreads, Groups, String)> {
     let secret = format!("{:032x}", rand::random::<u128>());
     let groups: Vec<GroupId> = (0..partitions).map(|p| GroupId::new(1, p)).collect();
@@ -155,6 +162,7 @@ async fn start_stator(
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (members_tx, members_rx) = tokio::sync::oneshot::channel::<BTreeMap<u64, String>>();
         let (addr_tx, secret, groups) = (addr_tx.clone(), secret.clone(), groups.clone());
+        let data_dir = data_root.join(node_id.to_string());
         threads.stops.push(stop_tx);
         member_txs.push(members_tx);
         threads.threads.push(std::thread::spawn(move || {
@@ -169,13 +177,17 @@ async fn start_stator(
                     cluster_secret: secret,
                     filter: None,
                     tls: None,
+                    data_dir: Some(data_dir),
                 })
                 .await
                 .expect("bind loopback");
                 for g in &groups {
                     host.create_group(
                         *g,
-                        GroupOptions::default(),
+                        GroupOptions {
+                            durability,
+                            ..GroupOptions::default()
+                        },
                         Box::new(stator_kv::KvMachine::default()),
                     )
                     .await
@@ -226,14 +238,16 @@ async fn measure_stator(opts: &Options, clients: usize, groups: &Arc<Groups>, se
         })
         .collect();
     let (rec, window) = drive(drivers, opts.value_bytes, opts.duration).await;
-    Run::measured(
+    let mut run = Run::measured(
         "stator",
         opts.replicas,
         clients,
         opts.value_bytes,
         &rec,
         window,
-    )
+    );
+    run.durability = Some(opts.durability.to_string());
+    run
 }
 
 struct EtcdDriver {
@@ -280,10 +294,21 @@ impl Driver for RedisWaitDriver {
 pub async fn run(opts: &Options) -> anyhow::Result<Vec<Run>> {
     let mut runs = Vec::new();
     // stator
-    let (hosts, groups, secret) = start_stator(opts.replicas, opts.partitions).await?;
+    // On the same file system as etcd's data directories (both are temporary dirs).
+    let data_root = tempfile::tempdir()?;
+    let (hosts, groups, secret) = start_stator(
+        opts.replicas,
+        opts.partitions,
+        opts.durability,
+        data_root.path(),
+    )
+    .await?;
     let groups = Arc::new(groups);
     for &clients in &opts.clients {
-        eprintln!("stator: {} replicas, {clients} clients ...", opts.replicas);
+        eprintln!(
+            "stator: {} replicas, durability {}, {clients} clients ...",
+            opts.replicas, opts.durability
+        );
         runs.push(measure_stator(opts, clients, &groups, &secret).await);
     }
     drop(hosts);
