@@ -390,7 +390,12 @@ impl Cluster {
             }
             assert!(
                 Instant::now() < deadline,
-                "replicas of {group} did not converge within {WAIT:?}"
+                "replicas of {group} did not converge within {WAIT:?}: {:?}",
+                self.hosts
+                    .values()
+                    .filter_map(|h| h.status(group))
+                    .map(|s| (s.role, s.applied_index, s.log_entries, s.error))
+                    .collect::<Vec<_>>()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
