@@ -152,7 +152,9 @@ async fn run_incarnation(
             transport_addr: transport_addr.clone(),
         };
         if let Err(e) = identity::save(&config.data_dir, &kept) {
-            tracing::warn!("cannot store the node identity ({e}); a restart will join as a new node");
+            tracing::warn!(
+                "cannot store the node identity ({e}); a restart will join as a new node"
+            );
         }
     }
     tracing::info!(node_id, rejoined, %transport_addr, "registered");

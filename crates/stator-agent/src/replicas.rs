@@ -100,7 +100,10 @@ impl Replicas {
     /// are forgotten (see the module doc).
     pub fn with_raft_dir(mut self, raft_dir: PathBuf, rejoined: bool) -> Self {
         if rejoined {
-            *self.forgotten_at_start.lock().expect("forgotten mutex poisoned") =
+            *self
+                .forgotten_at_start
+                .lock()
+                .expect("forgotten mutex poisoned") =
                 crate::identity::load_memory_groups(&raft_dir);
         }
         self.raft_dir = Some(raft_dir);
@@ -385,14 +388,17 @@ impl Replicas {
             .map(|dir| stator_replication::disk_store::quarantine(&dir));
         tracing::error!(group = %a.group, service = %a.service, partition = a.partition,
             ?moved, "{source}");
-        self.forgotten.lock().expect("forgotten mutex poisoned").insert(
-            a.group,
-            Forgotten {
-                service: a.service.clone(),
-                partition: a.partition,
-                why: format!("{source}; the store was moved aside"),
-            },
-        );
+        self.forgotten
+            .lock()
+            .expect("forgotten mutex poisoned")
+            .insert(
+                a.group,
+                Forgotten {
+                    service: a.service.clone(),
+                    partition: a.partition,
+                    why: format!("{source}; the store was moved aside"),
+                },
+            );
     }
 
     /// Status of every hosted replica, for the heartbeat.

@@ -575,9 +575,7 @@ impl ServiceSpec {
     /// The fsync interval of a `periodic` service (0 for the other modes).
     pub fn fsync_interval_ms(&self) -> u64 {
         match self.durability {
-            Durability::Periodic => self
-                .fsync_interval_ms
-                .unwrap_or(DEFAULT_FSYNC_INTERVAL_MS),
+            Durability::Periodic => self.fsync_interval_ms.unwrap_or(DEFAULT_FSYNC_INTERVAL_MS),
             Durability::Memory | Durability::Disk => 0,
         }
     }
@@ -1262,7 +1260,10 @@ qos = { p99_latency_ms = 5 }
         let err = with("durability = \"periodic\"\nfsync_interval_ms = 1").unwrap_err();
         assert!(err.to_string().starts_with("fsync_interval_ms:"), "{err}");
         let err = with("durability = \"disk\"\nfsync_interval_ms = 100").unwrap_err();
-        assert!(err.to_string().contains("durability = \"periodic\""), "{err}");
+        assert!(
+            err.to_string().contains("durability = \"periodic\""),
+            "{err}"
+        );
         let err = with("durability = \"always\"").unwrap_err();
         assert!(err.to_string().contains("durability"), "{err}");
         // JSON round trip keeps the mode; memory is left out.

@@ -144,7 +144,9 @@ enum Op {
         done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
     },
     /// Answer once everything queued before is fsynced.
-    Sync { done: Done },
+    Sync {
+        done: Done,
+    },
 }
 
 struct Shared {
@@ -646,9 +648,9 @@ impl RaftLogStorage<TypeConfig> for DiskLogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         let record = seal(KEY_VOTE.as_bytes(), &encode(vote));
         // Always fsynced: a vote forgotten in a crash could elect two leaders in one term.
-        self.meta(KEY_VOTE, record, true).await.map_err(|e| {
-            StorageError::from(StorageIOError::write_vote(&io_error(e)))
-        })?;
+        self.meta(KEY_VOTE, record, true)
+            .await
+            .map_err(|e| StorageError::from(StorageIOError::write_vote(&io_error(e))))?;
         self.cached().vote = Some(*vote);
         Ok(())
     }

@@ -3,11 +3,15 @@
 //! corrupted record is refused at open and the replica is rebuilt from its peers, and a
 //! full disk fails writes instead of acknowledging them.
 
-use stator_api::spec::Durability;
 use redb::ReadableTable;
+use stator_api::spec::Durability;
 use stator_replication::disk_store::{quarantine, DiskStoreError};
-use stator_replication::testing::{decode_reply, encode_op, Cluster, RegisterFactory, RegisterOp, TEST_SECRET};
-use stator_replication::{ClientError, GroupId, GroupOptions, HostError, ReplicaClient, RequestKind};
+use stator_replication::testing::{
+    decode_reply, encode_op, Cluster, RegisterFactory, RegisterOp, TEST_SECRET,
+};
+use stator_replication::{
+    ClientError, GroupId, GroupOptions, HostError, ReplicaClient, RequestKind,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,7 +137,10 @@ async fn a_restarted_member_comes_back_as_itself_and_fetches_only_the_tail() {
         set(&client, &members, &format!("a{i}"), "1").await;
     }
     cluster.converged_state(GROUP).await;
-    let applied_before = cluster.hosts[&follower].status(GROUP).unwrap().applied_index;
+    let applied_before = cluster.hosts[&follower]
+        .status(GROUP)
+        .unwrap()
+        .applied_index;
     cluster.kill(follower).await;
     for i in 0..20 {
         set(&client, &members, &format!("b{i}"), "2").await;
@@ -169,7 +176,9 @@ async fn a_corrupt_record_is_refused_at_open_and_the_replica_rebuilds_from_its_p
     let dir = tempfile::tempdir().unwrap();
     let mut cluster =
         Cluster::start_durable(3, Arc::new(RegisterFactory), dir.path().to_path_buf()).await;
-    cluster.create_group(GROUP, &[1, 2, 3], disk_options()).await;
+    cluster
+        .create_group(GROUP, &[1, 2, 3], disk_options())
+        .await;
     cluster.leader(GROUP).await;
     let client = ReplicaClient::new(TEST_SECRET);
     let members = addrs(&cluster);
@@ -185,7 +194,11 @@ async fn a_corrupt_record_is_refused_at_open_and_the_replica_rebuilds_from_its_p
 
     cluster.restart(victim).await;
     let refused = cluster.hosts[&victim]
-        .create_group(GROUP, disk_options(), Box::<stator_replication::testing::RegisterApp>::default())
+        .create_group(
+            GROUP,
+            disk_options(),
+            Box::<stator_replication::testing::RegisterApp>::default(),
+        )
         .await;
     match refused {
         Err(HostError::Storage {
@@ -205,7 +218,10 @@ async fn a_corrupt_record_is_refused_at_open_and_the_replica_rebuilds_from_its_p
     cluster.converged_state(GROUP).await;
     let client = ReplicaClient::new(TEST_SECRET);
     for i in 0..30 {
-        assert_eq!(get(&client, &members, &format!("k{i}")).await.as_deref(), Some("x"));
+        assert_eq!(
+            get(&client, &members, &format!("k{i}")).await.as_deref(),
+            Some("x")
+        );
     }
 }
 
@@ -241,7 +257,10 @@ async fn a_full_disk_fails_writes_instead_of_acknowledging_them() {
     );
     let status = cluster.hosts[&1].status(GROUP).unwrap();
     assert!(
-        status.error.as_deref().is_some_and(|e| e.contains("disk full")),
+        status
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("disk full")),
         "the replica reports the full disk: {:?}",
         status.error
     );

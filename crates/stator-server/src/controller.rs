@@ -446,13 +446,7 @@ impl Controller {
         }
         let mut record = record.clone();
         record.info = info;
-        put_json(
-            &*self.store,
-            &mut self.fence,
-            &node_key(record.id),
-            &record,
-        )
-        .await?;
+        put_json(&*self.store, &mut self.fence, &node_key(record.id), &record).await?;
         let id = record.id;
         self.publish(EventKind::NodeRejoined {
             node_id: id,
@@ -807,7 +801,9 @@ impl Controller {
             Action::ResetPartition { service, partition } => EventKind::PartitionReset {
                 service: service.clone(),
                 partition: *partition,
-                reason: "every member lost its state (durability = \"memory\"); placed again, empty".into(),
+                reason:
+                    "every member lost its state (durability = \"memory\"); placed again, empty"
+                        .into(),
             },
             Action::ReplaceMember {
                 service,

@@ -300,11 +300,9 @@ impl Cluster {
     /// Whether `node` reports it lost the state of its replica of `group` (see
     /// [`stator_api::agent::ReplicaStatus::forgotten`]).
     pub fn reports_forgotten(&self, node: NodeId, group: GroupId) -> bool {
-        self.observed.get(&node).is_some_and(|o| {
-            o.replicas
-                .iter()
-                .any(|r| r.group == group && r.forgotten)
-        })
+        self.observed
+            .get(&node)
+            .is_some_and(|o| o.replicas.iter().any(|r| r.group == group && r.forgotten))
     }
 
     /// Whether a live replica of `group` reports a leader.

@@ -327,15 +327,13 @@ impl Pass {
                 // only the group can change its membership; wait for a leader.
                 continue;
             };
-            let Some((remove, reason)) =
-                member_to_replace(
+            let Some((remove, reason)) = member_to_replace(
                 &self.scratch,
                 group,
                 &design,
                 &observed.voters,
                 moves_in_flight,
-            )
-            else {
+            ) else {
                 continue;
             };
             let survivors: Vec<NodeId> = design

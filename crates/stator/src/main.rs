@@ -335,9 +335,7 @@ fn parse_durability(text: &str) -> Result<stator_api::spec::Durability, String> 
         "memory" => Ok(stator_api::spec::Durability::Memory),
         "periodic" => Ok(stator_api::spec::Durability::Periodic),
         "disk" => Ok(stator_api::spec::Durability::Disk),
-        other => Err(format!(
-            "must be memory, periodic or disk, got {other:?}"
-        )),
+        other => Err(format!("must be memory, periodic or disk, got {other:?}")),
     }
 }
 

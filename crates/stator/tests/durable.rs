@@ -42,7 +42,9 @@ fn whole_cluster_sigkill_and_restart_keeps_every_acknowledged_disk_write() {
     wait_resp_ready(&disk_addr);
     wait_resp_ready(&memory_addr);
     let mut rooms = Resp::connect(&memory_addr).unwrap();
-    assert!(matches!(rooms.call(&["SET", "room:1", "open"]).unwrap(), Reply::Simple(s) if s == "OK"));
+    assert!(
+        matches!(rooms.call(&["SET", "room:1", "open"]).unwrap(), Reply::Simple(s) if s == "OK")
+    );
     let ids_before = ids_by_name(&cluster);
 
     let writers = Writers::start(&disk_addr, "durable", 3);
@@ -50,7 +52,11 @@ fn whole_cluster_sigkill_and_restart_keeps_every_acknowledged_disk_write() {
     // Every process at once, writers still writing: what was acknowledged must survive.
     cluster.kill_everything_and_restart(3, &[]);
     let acked = writers.finish();
-    assert!(acked.len() >= 300, "only {} writes acknowledged", acked.len());
+    assert!(
+        acked.len() >= 300,
+        "only {} writes acknowledged",
+        acked.len()
+    );
 
     assert_eq!(
         ids_by_name(&cluster),
@@ -59,7 +65,10 @@ fn whole_cluster_sigkill_and_restart_keeps_every_acknowledged_disk_write() {
     );
     cluster.wait_service_healthy("ledger", 2);
     assert_all_readable(&disk_addr, &acked);
-    println!("{} acknowledged writes read back after the restart", acked.len());
+    println!(
+        "{} acknowledged writes read back after the restart",
+        acked.len()
+    );
 
     // The memory service was placed again, empty (a `partition_reset` event says so).
     cluster.wait_service_healthy("rooms", 1);
