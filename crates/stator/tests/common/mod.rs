@@ -179,7 +179,7 @@ fn spawn_up(test_dir: &Path, data_dir: &Path, nodes: usize, extra_args: &[&str])
         command
             .arg("up")
             .arg("--data-dir")
-            .arg(&data_dir)
+            .arg(data_dir)
             .args(["--nodes", &nodes.to_string()])
             .args(["--api", "127.0.0.1:0", "--gateway-http", "127.0.0.1:0"])
             .args(extra_args)
