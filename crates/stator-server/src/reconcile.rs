@@ -1066,6 +1066,79 @@ mod tests {
         design.has_had_leader = true;
     }
 
+    fn report_forgotten(cluster: &mut Cluster, node: NodeId, partition: u32) {
+        let group = cluster.services["kv"].group(partition);
+        let observed = cluster.observed.entry(node).or_default();
+        observed.last_heartbeat_ms = NOW_MS;
+        observed.replicas.retain(|r| r.group != group);
+        observed.replicas.push(ReplicaStatus {
+            group,
+            service: "kv".into(),
+            partition,
+            role: ReplicaRole::Stopped,
+            leader: None,
+            term: 0,
+            voters: vec![],
+            learners: vec![],
+            applied_index: 0,
+            state_bytes: 0,
+            ops_per_sec: 0.0,
+            p99_us: 0,
+            error: Some("forgot".into()),
+            disk_bytes: 0,
+            forgotten: true,
+        });
+    }
+
+    #[test]
+    fn a_member_that_forgot_its_state_is_replaced_on_another_node() {
+        let mut cluster = cluster_with_nodes(&["a", "b", "c", "d"]);
+        add_service(&mut cluster, &kv(1, "node"));
+        started(&mut cluster, 0, &[1, 2, 3]);
+        report_leader(&mut cluster, 1, 0, &[1, 2, 3]);
+        report_forgotten(&mut cluster, 3, 0);
+        let actions = step(&mut cluster, NOW_MS);
+        assert!(
+            actions.iter().any(|a| matches!(
+                a,
+                Action::ReplaceMember {
+                    remove: 3,
+                    add: 4,
+                    reason: ReplaceReason::ReplicaForgotten,
+                    ..
+                }
+            )),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn a_memory_partition_every_member_forgot_is_placed_again_empty() {
+        let mut cluster = cluster_with_nodes(&["a", "b", "c"]);
+        add_service(&mut cluster, &kv(1, "node"));
+        started(&mut cluster, 0, &[1, 2, 3]);
+        for node in [1, 2, 3] {
+            report_forgotten(&mut cluster, node, 0);
+        }
+        let actions = step(&mut cluster, NOW_MS);
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::ResetPartition { partition: 0, .. })),
+            "{actions:?}"
+        );
+        let design = &cluster.services["kv"].placement.partitions[0];
+        assert!(design.members.is_empty() && !design.has_had_leader);
+        // The next pass places it afresh, to be bootstrapped by its new members.
+        let actions = step(&mut cluster, NOW_MS);
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::PlacePartition { partition: 0, .. })),
+            "{actions:?}"
+        );
+    }
+
     #[test]
     fn places_every_partition_on_distinct_zones() {
         let mut cluster = cluster_with_nodes(&["a", "a", "b", "b", "c", "c"]);
