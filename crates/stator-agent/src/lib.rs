@@ -7,6 +7,8 @@
 //!
 //! # Layout
 //! - [`config`]: [`AgentConfig`] and its defaults.
+//! - [`identity`]: the node id, per-node secret and transport address kept on the data
+//!   dir, so a restarted agent comes back as itself.
 //! - [`server`]: the HTTP client of the server API, failing over between server URLs.
 //! - [`replicas`]: hosts partition replicas (the replication engine) and reconciles them
 //!   toward the assigned groups and members.
@@ -19,6 +21,7 @@
 pub mod cgroup;
 pub mod config;
 pub mod driver;
+pub mod identity;
 pub mod probe;
 pub mod replicas;
 pub mod resp;
@@ -54,7 +57,8 @@ enum Ended {
     /// Asked to stop.
     Shutdown,
     /// The server declared this node lost (or forgot it): its replicas were replaced, so
-    /// the agent drops everything and joins again as a new member.
+    /// the agent drops everything and registers again (as a new node: the server no
+    /// longer grants the old id).
     Forgotten,
 }
 
@@ -79,16 +83,35 @@ pub async fn run(
     }
 }
 
-async fn run_incarnation(
+/// Binds the replica transport: where the previous run listened when the configured
+/// address leaves the port open (`:0`), since the groups' memberships hold that address.
+async fn bind_transport(
     config: &AgentConfig,
-    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> Result<Ended, AgentError> {
-    let listener = tokio::net::TcpListener::bind(&config.listen)
+    previous: Option<&identity::Identity>,
+) -> Result<tokio::net::TcpListener, AgentError> {
+    if let Some(previous) = previous.filter(|_| config.listen.ends_with(":0")) {
+        match tokio::net::TcpListener::bind(&previous.transport_addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) => tracing::warn!(
+                addr = %previous.transport_addr,
+                "cannot listen where this node listened before ({e}); peers must learn the new address"
+            ),
+        }
+    }
+    tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|source| AgentError::Listen {
             addr: config.listen.clone(),
             source,
-        })?;
+        })
+}
+
+async fn run_incarnation(
+    config: &AgentConfig,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Ended, AgentError> {
+    let previous = identity::load(&config.data_dir);
+    let listener = bind_transport(config, previous.as_ref()).await?;
     let transport_addr = listener
         .local_addr()
         .map_err(|source| AgentError::Listen {
@@ -107,11 +130,37 @@ async fn run_incarnation(
             price_per_hour: config.price_per_hour,
             labels: config.labels.clone(),
             transport_addr: transport_addr.clone(),
+            rejoin: previous
+                .as_ref()
+                .filter(|i| !i.node_secret.is_empty())
+                .map(identity::Identity::rejoin),
         })
         .await
         .map_err(|e| AgentError::Register(e.to_string()))?;
     let node_id = registration.node_id;
-    tracing::info!(node_id, %transport_addr, "registered");
+    let rejoined = previous.as_ref().is_some_and(|i| i.node_id == node_id);
+    let raft_dir = identity::raft_dir(&config.data_dir);
+    if !rejoined {
+        // Stores of an earlier identity hold its votes and logs: never open them under
+        // another member id.
+        if raft_dir.exists() {
+            tracing::info!(dir = %raft_dir.display(), "joined as a new node; removing the replica stores of the old identity");
+            let _ = std::fs::remove_dir_all(&raft_dir);
+        }
+    }
+    if !registration.node_secret.is_empty() {
+        let kept = identity::Identity {
+            node_id,
+            node_secret: registration.node_secret.clone(),
+            transport_addr: transport_addr.clone(),
+        };
+        if let Err(e) = identity::save(&config.data_dir, &kept) {
+            tracing::warn!(
+                "cannot store the node identity ({e}); a restart will join as a new node"
+            );
+        }
+    }
+    tracing::info!(node_id, rejoined, %transport_addr, "registered");
     let host = stator_replication::Host::start_with_listener(
         stator_replication::HostConfig {
             node_id,
@@ -119,6 +168,7 @@ async fn run_incarnation(
             cluster_secret: registration.cluster_secret.clone(),
             filter: None,
             tls: config.tls.clone(),
+            data_dir: Some(raft_dir.clone()),
         },
         listener,
     )?;
@@ -130,7 +180,8 @@ async fn run_incarnation(
         }
     };
     let replicas = replicas::Replicas::new(host.clone(), config.data_dir.join("replicas"))
-        .with_cpu_cgroups(cgroups.clone());
+        .with_cpu_cgroups(cgroups.clone())
+        .with_raft_dir(raft_dir, rejoined);
     let resp = resp::RespServer::new(
         host.clone(),
         &registration.cluster_secret,

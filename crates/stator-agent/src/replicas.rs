@@ -5,14 +5,23 @@
 //! no longer assigned are stopped, new groups are bootstrapped by their initial members,
 //! and where the local replica leads, one membership step is taken toward the designed
 //! member set (see [`stator_replication::Host::reconcile_membership`]).
+//!
+//! Durable replicas (`durability = "disk"` / `"periodic"`) reopen their store under the
+//! agent's raft dir when created, so a restarted agent reloads them and fetches only the
+//! tail; a replica no longer assigned has its store deleted. A replica whose state this
+//! node lost while still a member (a `memory` replica hosted before a restart, or a store
+//! that fails its checksums, which is moved aside) is not hosted: it is reported
+//! `forgotten` until the server has it removed from the group, because a member that
+//! forgot its vote or acknowledged entries must not vote under the same id again.
 
 use stator_api::agent::{ReplicaAssignment, ReplicaRole, ReplicaStatus};
 use stator_api::app::StateMachine;
 use stator_api::ids::{GroupId, NodeId};
-use stator_api::spec::AppSpec;
-use stator_replication::{GroupOptions, Host, Role};
+use stator_api::spec::{AppSpec, Durability};
+use stator_replication::disk_store::DiskStoreError;
+use stator_replication::{GroupOptions, Host, HostError, Role};
 use stator_sm::host::{ProcessHandle, ProcessLimits, ProcessMachine, ProcessMachineConfig};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,9 +30,17 @@ use std::time::{Duration, Instant};
 /// case the designated one died before it could.
 pub const BOOTSTRAP_FALLBACK: Duration = Duration::from_secs(2);
 
+/// A replica this node is a member of but cannot host: its state is gone.
+struct Forgotten {
+    service: String,
+    partition: u32,
+    why: String,
+}
+
 struct Known {
     service: String,
     partition: u32,
+    durability: Durability,
     bootstrapped: bool,
     created: Instant,
     /// The app process of a `process` app (pid, restarts).
@@ -42,6 +59,14 @@ pub struct Replicas {
     busy: Arc<Mutex<HashSet<GroupId>>>,
     /// Where `process` apps get their CPU share; None: not enforced.
     cgroups: Option<Arc<crate::cgroup::CpuCgroups>>,
+    /// Where durable replicas keep their stores (the host's data dir).
+    raft_dir: Option<PathBuf>,
+    /// Groups whose state this node lost while a member: reported, not hosted.
+    forgotten: Mutex<HashMap<GroupId, Forgotten>>,
+    /// `memory` groups a previous run hosted (a rejoined node forgot them).
+    forgotten_at_start: Mutex<BTreeSet<GroupId>>,
+    /// The `memory` groups last recorded on disk (written only when they change).
+    memory_groups_saved: Mutex<Option<BTreeSet<GroupId>>>,
 }
 
 fn role(r: Role) -> ReplicaRole {
@@ -63,6 +88,84 @@ impl Replicas {
             known: Mutex::new(HashMap::new()),
             busy: Arc::new(Mutex::new(HashSet::new())),
             cgroups: None,
+            raft_dir: None,
+            forgotten: Mutex::new(HashMap::new()),
+            forgotten_at_start: Mutex::new(BTreeSet::new()),
+            memory_groups_saved: Mutex::new(None),
+        }
+    }
+
+    /// Durable replicas keep their stores in `raft_dir` (the host's data dir). When this
+    /// node `rejoined` under its old id, the `memory` replicas its previous run hosted
+    /// are forgotten (see the module doc).
+    pub fn with_raft_dir(mut self, raft_dir: PathBuf, rejoined: bool) -> Self {
+        if rejoined {
+            *self
+                .forgotten_at_start
+                .lock()
+                .expect("forgotten mutex poisoned") =
+                crate::identity::load_memory_groups(&raft_dir);
+        }
+        self.raft_dir = Some(raft_dir);
+        self
+    }
+
+    /// Whether `a` must not be hosted because this node lost its state while a member.
+    /// A `bootstrap` assignment is a group placed afresh: nothing to forget.
+    fn is_forgotten(&self, a: &ReplicaAssignment) -> bool {
+        let mut forgotten = self.forgotten.lock().expect("forgotten mutex poisoned");
+        let mut at_start = self
+            .forgotten_at_start
+            .lock()
+            .expect("forgotten mutex poisoned");
+        if a.bootstrap {
+            forgotten.remove(&a.group);
+            at_start.remove(&a.group);
+            return false;
+        }
+        if forgotten.contains_key(&a.group) {
+            return true;
+        }
+        let member = a.members.iter().any(|m| m.node_id == self.host.node_id());
+        if at_start.remove(&a.group) && member && a.durability == Durability::Memory {
+            tracing::warn!(group = %a.group, service = %a.service, partition = a.partition,
+                "this node restarted and lost its memory replica; waiting to be replaced");
+            forgotten.insert(
+                a.group,
+                Forgotten {
+                    service: a.service.clone(),
+                    partition: a.partition,
+                    why: "the node restarted and its memory replica's state is gone; waiting for the group to remove this member".into(),
+                },
+            );
+            return true;
+        }
+        false
+    }
+
+    /// Records the `memory` groups hosted now, for the next run.
+    fn save_memory_groups(&self) {
+        let Some(raft_dir) = &self.raft_dir else {
+            return;
+        };
+        let groups: BTreeSet<GroupId> = self
+            .known
+            .lock()
+            .expect("known mutex poisoned")
+            .iter()
+            .filter(|(_, k)| k.durability == Durability::Memory)
+            .map(|(g, _)| *g)
+            .collect();
+        let mut saved = self
+            .memory_groups_saved
+            .lock()
+            .expect("saved mutex poisoned");
+        if saved.as_ref() == Some(&groups) {
+            return;
+        }
+        match crate::identity::save_memory_groups(raft_dir, &groups) {
+            Ok(()) => *saved = Some(groups),
+            Err(e) => tracing::warn!("cannot record the memory replicas hosted: {e}"),
         }
     }
 
@@ -140,24 +243,44 @@ impl Replicas {
                 .map(|m| (m.node_id, m.addr.clone()))
                 .collect();
             if self.host.replica(a.group).is_none() {
+                if self.is_forgotten(a) {
+                    continue;
+                }
                 let options = GroupOptions {
                     election_timeout_ms: if a.election_timeout_ms > 0 {
                         a.election_timeout_ms
                     } else {
                         stator_replication::host::DEFAULT_ELECTION_TIMEOUT_MS
                     },
+                    durability: a.durability,
+                    fsync_interval_ms: if a.fsync_interval_ms > 0 {
+                        a.fsync_interval_ms
+                    } else {
+                        stator_api::spec::DEFAULT_FSYNC_INTERVAL_MS
+                    },
                     ..GroupOptions::default()
                 };
                 let (app, process) = self.app(a);
-                if let Err(e) = self.host.create_group(a.group, options, app).await {
-                    tracing::warn!(group = %a.group, "cannot create replica: {e}");
-                    continue;
+                match self.host.create_group(a.group, options, app).await {
+                    Ok(_) => {}
+                    Err(HostError::Storage {
+                        source: source @ DiskStoreError::Corrupt { .. },
+                        ..
+                    }) => {
+                        self.set_aside_corrupt_store(a, &source);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(group = %a.group, "cannot create replica: {e}");
+                        continue;
+                    }
                 }
                 self.known.lock().expect("known mutex poisoned").insert(
                     a.group,
                     Known {
                         service: a.service.clone(),
                         partition: a.partition,
+                        durability: a.durability,
                         bootstrapped: false,
                         created: Instant::now(),
                         process,
@@ -227,6 +350,10 @@ impl Replicas {
         for group in self.host.groups() {
             if !wanted.contains(&group) {
                 tracing::info!(%group, "replica no longer assigned; stopping it");
+                let store_dir = self
+                    .host
+                    .replica(group)
+                    .and_then(|r| r.disk_store().map(|s| s.dir().to_path_buf()));
                 self.host.remove_group(group).await;
                 self.known
                     .lock()
@@ -235,8 +362,43 @@ impl Replicas {
                 if let Some(cgroups) = &self.cgroups {
                     cgroups.remove(&replica_cgroup(group));
                 }
+                if let Some(dir) = store_dir {
+                    // Out of the group for good: its log and snapshot are of no use.
+                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        tracing::warn!(%group, dir = %dir.display(), "cannot remove the store: {e}");
+                    }
+                }
             }
         }
+        // A forgotten member that is no longer assigned has left its group: it may be
+        // added again later as a new learner.
+        self.forgotten
+            .lock()
+            .expect("forgotten mutex poisoned")
+            .retain(|group, _| wanted.contains(group));
+        self.save_memory_groups();
+    }
+
+    /// A store that fails its checksums is moved aside (kept for inspection) and the
+    /// replica reported forgotten, so the group replaces it and it rebuilds from peers.
+    fn set_aside_corrupt_store(&self, a: &ReplicaAssignment, source: &DiskStoreError) {
+        let moved = self
+            .host
+            .replica_dir(a.group)
+            .map(|dir| stator_replication::disk_store::quarantine(&dir));
+        tracing::error!(group = %a.group, service = %a.service, partition = a.partition,
+            ?moved, "{source}");
+        self.forgotten
+            .lock()
+            .expect("forgotten mutex poisoned")
+            .insert(
+                a.group,
+                Forgotten {
+                    service: a.service.clone(),
+                    partition: a.partition,
+                    why: format!("{source}; the store was moved aside"),
+                },
+            );
     }
 
     /// Status of every hosted replica, for the heartbeat.
@@ -261,8 +423,33 @@ impl Replicas {
                     ops_per_sec: s.ops_per_sec,
                     p99_us: s.p99_us,
                     error: s.error,
+                    disk_bytes: s.disk_bytes,
+                    forgotten: false,
                 })
             })
+            .chain(
+                self.forgotten
+                    .lock()
+                    .expect("forgotten mutex poisoned")
+                    .iter()
+                    .map(|(group, f)| ReplicaStatus {
+                        group: *group,
+                        service: f.service.clone(),
+                        partition: f.partition,
+                        role: ReplicaRole::Stopped,
+                        leader: None,
+                        term: 0,
+                        voters: Vec::new(),
+                        learners: Vec::new(),
+                        applied_index: 0,
+                        state_bytes: 0,
+                        ops_per_sec: 0.0,
+                        p99_us: 0,
+                        error: Some(f.why.clone()),
+                        disk_bytes: 0,
+                        forgotten: true,
+                    }),
+            )
             .collect()
     }
 }

@@ -9,11 +9,20 @@
 //! - Assignments are level-triggered: each answer is the complete desired state of the
 //!   node. The agent starts what is assigned and not running, and stops what is running
 //!   and not assigned (a deleted service simply disappears from the list).
-//! - A node id is never reused. An agent that restarts has lost its in-memory Raft logs,
-//!   so it registers again and joins groups as a new member. A heartbeat for an id the
-//!   server no longer knows (it declared the node lost and removed it, or forgot it)
-//!   answers HTTP 404 with [`UNKNOWN_NODE_ERROR`] in the error; the agent must then stop
-//!   every replica and register again.
+//! - A node keeps its id across restarts on the same data dir: the agent stores the id
+//!   and the per-node secret of its [`RegisterResponse`] and registers again with a
+//!   [`Rejoin`] proving both; the server answers the same id while it still counts the
+//!   node as alive, and a fresh one otherwise (the agent then wipes its replica stores:
+//!   they belong to the old identity). A heartbeat for an id the server no longer knows
+//!   (it declared the node lost and removed it, or forgot it) answers HTTP 404 with
+//!   [`UNKNOWN_NODE_ERROR`] in the error; the agent must then stop every replica and
+//!   register again.
+//! - A returning node reloads its durable replicas from disk under its old member id (their
+//!   vote and log were fsynced). A replica whose state it lost (a `memory` replica, or a
+//!   store that fails its checksums) is never hosted again under the same id while the
+//!   group still counts it: the agent reports it `forgotten` and the server replaces that
+//!   member (or, when every member of a `memory` group forgot it, places the partition
+//!   afresh, empty).
 //! - `members` of a [`ReplicaAssignment`] is the *designed* voter set. The agent hosting
 //!   the current leader reconciles the group toward it (add the new member as a learner,
 //!   wait for it to catch up, then change membership, one member at a time); other agents
@@ -27,7 +36,7 @@ use std::collections::BTreeMap;
 
 use crate::ids::{GroupId, NodeId};
 use crate::slot::SlotRange;
-use crate::spec::{AppSpec, Probe};
+use crate::spec::{AppSpec, Durability, Probe};
 
 /// Path of the registration call (POST, body [`RegisterRequest`]).
 pub const REGISTER_PATH: &str = "/v1/agents/register";
@@ -61,13 +70,32 @@ pub struct RegisterRequest {
     /// `host:port` where the agent's replica transport and client calls listen; other
     /// agents and gateways dial it.
     pub transport_addr: String,
+    /// Set by an agent restarted on the data dir of an earlier registration: the identity
+    /// it asks to keep. Never stored by the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejoin: Option<Rejoin>,
+}
+
+/// The identity a restarted agent asks to keep: the id and per-node secret the server
+/// handed out when it first registered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejoin {
+    /// The node id of the earlier registration.
+    pub node_id: NodeId,
+    /// The per-node secret of the earlier registration.
+    pub node_secret: String,
 }
 
 /// The server's answer to a registration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterResponse {
-    /// A fresh id for this agent process, never given out before.
+    /// The node's id: the one a valid [`Rejoin`] asked for, or a fresh one never given
+    /// out before.
     pub node_id: NodeId,
+    /// Proves this identity in a later [`Rejoin`]; the agent keeps it next to its data
+    /// (empty from servers that predate identities: the agent then never rejoins).
+    #[serde(default)]
+    pub node_secret: String,
     /// Shared secret every agent proves in the replica transport handshake.
     pub cluster_secret: String,
     /// How often to heartbeat.
@@ -137,6 +165,14 @@ pub struct ReplicaStatus {
     /// Why the replica is stopped or unhealthy, if it is.
     #[serde(default)]
     pub error: Option<String>,
+    /// Bytes its log, vote and snapshots take on the node's disk (0 for `memory`).
+    #[serde(default)]
+    pub disk_bytes: u64,
+    /// This node is a member of the group but lost the replica's state (a `memory`
+    /// replica of a restarted agent, or a store that failed its checksums): it does not
+    /// host it and must be removed from the group before it may rejoin it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forgotten: bool,
 }
 
 /// Lifecycle of a stateless or job instance.
@@ -207,6 +243,12 @@ pub struct ReplicaAssignment {
     /// servers that predate it: no share to enforce.
     #[serde(default)]
     pub cpu_millis: u64,
+    /// Where the replica keeps its log, vote and snapshots (the service's spec).
+    #[serde(default)]
+    pub durability: Durability,
+    /// Longest time between fsyncs for `periodic` durability (0 otherwise).
+    #[serde(default)]
+    pub fsync_interval_ms: u64,
 }
 
 /// Whether an instance runs forever or to completion.
@@ -325,6 +367,8 @@ mod tests {
                 ops_per_sec: 1.5,
                 p99_us: 900,
                 error: None,
+                disk_bytes: 0,
+                forgotten: false,
             }],
             instances: vec![],
             resp_addrs: BTreeMap::from([("sessions".into(), "127.0.0.1:7001".into())]),

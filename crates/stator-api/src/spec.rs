@@ -43,6 +43,14 @@ pub const MAX_COMMAND_ARGS: usize = 256;
 pub const MAX_ENV_VARS: usize = 256;
 /// Most nodes one pool may hold.
 pub const MAX_POOL_NODES: u32 = 100_000;
+/// Shortest fsync interval of `durability = "periodic"`: below this, `disk` (fsync per
+/// batch, with group commit) costs about the same and promises more.
+pub const MIN_FSYNC_INTERVAL_MS: u64 = 10;
+/// Longest fsync interval of `durability = "periodic"` (one minute of writes at risk).
+pub const MAX_FSYNC_INTERVAL_MS: u64 = 60_000;
+/// Fsync interval of `durability = "periodic"` when the spec does not say: Redis'
+/// `appendfsync everysec`.
+pub const DEFAULT_FSYNC_INTERVAL_MS: u64 = 1_000;
 
 /// Partitions of a replicated service when the spec does not say.
 pub const DEFAULT_PARTITIONS: u32 = 1;
@@ -282,6 +290,56 @@ pub struct ServiceSpec {
     /// Replicated only: Raft election timeout; [`DEFAULT_ELECTION_TIMEOUT_MS`] when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub election_timeout_ms: Option<u64>,
+    /// Replicated only: where replicas keep their Raft log, vote and snapshots
+    /// ([`Durability`]); `memory` when absent.
+    #[serde(default, skip_serializing_if = "Durability::is_memory")]
+    pub durability: Durability,
+    /// Replicated with `durability = "periodic"` only: the longest time between two
+    /// fsyncs of a replica's log; [`DEFAULT_FSYNC_INTERVAL_MS`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fsync_interval_ms: Option<u64>,
+}
+
+/// Where a replicated service's replicas keep their Raft log, vote and snapshots, and
+/// what an acknowledged write survives.
+///
+/// | mode | an acknowledged write survives |
+/// |---|---|
+/// | `memory` | the loss of a minority of each partition's members (replication is the durability); a whole-cluster restart comes back empty |
+/// | `periodic` | as `memory`, plus a whole-cluster restart, except the writes of the last `fsync_interval_ms` before the crash |
+/// | `disk` | anything that leaves the disks readable: every replica fsyncs before it acknowledges an append (one fsync per batch of entries) |
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Log, vote and snapshots in memory; a restarted replica rejoins empty.
+    #[default]
+    Memory,
+    /// On disk, fsynced at most every `fsync_interval_ms` (the vote and snapshots at once).
+    Periodic,
+    /// On disk, fsynced before every acknowledgement (group commit: one fsync per batch).
+    Disk,
+}
+
+impl Durability {
+    /// Whether this is the in-memory default.
+    pub fn is_memory(&self) -> bool {
+        *self == Durability::Memory
+    }
+
+    /// Whether replicas keep their log on disk.
+    pub fn is_durable(&self) -> bool {
+        !self.is_memory()
+    }
+}
+
+impl fmt::Display for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Durability::Memory => "memory",
+            Durability::Periodic => "periodic",
+            Durability::Disk => "disk",
+        })
+    }
 }
 
 fn default_partitions() -> u32 {
@@ -350,6 +408,25 @@ impl ServiceSpec {
                     "election_timeout_ms",
                     format!(
                         "must be between {MIN_ELECTION_TIMEOUT_MS} and {MAX_ELECTION_TIMEOUT_MS}, got {timeout_ms}"
+                    ),
+                ));
+            }
+        }
+        if let Some(interval_ms) = self.fsync_interval_ms {
+            if self.durability != Durability::Periodic {
+                return Err(SpecError::invalid(
+                    "fsync_interval_ms",
+                    format!(
+                        "applies to durability = \"periodic\" only, this service is {:?}; remove it or set durability = \"periodic\"",
+                        self.durability.to_string()
+                    ),
+                ));
+            }
+            if !(MIN_FSYNC_INTERVAL_MS..=MAX_FSYNC_INTERVAL_MS).contains(&interval_ms) {
+                return Err(SpecError::invalid(
+                    "fsync_interval_ms",
+                    format!(
+                        "must be between {MIN_FSYNC_INTERVAL_MS} and {MAX_FSYNC_INTERVAL_MS}, got {interval_ms} (for an fsync before every acknowledgement use durability = \"disk\")"
                     ),
                 ));
             }
@@ -463,6 +540,12 @@ impl ServiceSpec {
             if self.election_timeout_ms.is_some() {
                 return Err(misplaced("election_timeout_ms", "replicated"));
             }
+            if self.durability.is_durable() {
+                return Err(misplaced("durability", "replicated"));
+            }
+            if self.fsync_interval_ms.is_some() {
+                return Err(misplaced("fsync_interval_ms", "replicated"));
+            }
         }
         if kind != ServiceKind::Stateless {
             if self.instances != default_instances() {
@@ -487,6 +570,14 @@ impl ServiceSpec {
             }
         }
         Ok(())
+    }
+
+    /// The fsync interval of a `periodic` service (0 for the other modes).
+    pub fn fsync_interval_ms(&self) -> u64 {
+        match self.durability {
+            Durability::Periodic => self.fsync_interval_ms.unwrap_or(DEFAULT_FSYNC_INTERVAL_MS),
+            Durability::Memory | Durability::Disk => 0,
+        }
     }
 
     /// The election timeout replicas should use.
@@ -1298,6 +1389,36 @@ qos = { p99_latency_ms = 5 }
         assert_eq!(spec.resources.memory_mib(), 128);
         assert_eq!(spec.placement.spread, SpreadOver::Zone);
         assert_eq!(spec.qos.unwrap().p99_latency_ms, Some(5));
+    }
+
+    #[test]
+    fn durability_defaults_to_memory_and_validates_the_periodic_interval() {
+        let spec = parse_spec(DESIGN_EXAMPLE, SpecFormat::Auto).unwrap();
+        assert_eq!(spec.durability, Durability::Memory);
+        assert_eq!(spec.fsync_interval_ms(), 0);
+        let with = |extra: &str| {
+            let text = format!("{DESIGN_EXAMPLE}\n{extra}\n");
+            parse_spec(&text, SpecFormat::Toml).and_then(|s| s.validate().map(|()| s))
+        };
+        let disk = with("durability = \"disk\"").unwrap();
+        assert_eq!(disk.durability, Durability::Disk);
+        let periodic = with("durability = \"periodic\"").unwrap();
+        assert_eq!(periodic.fsync_interval_ms(), DEFAULT_FSYNC_INTERVAL_MS);
+        let tuned = with("durability = \"periodic\"\nfsync_interval_ms = 200").unwrap();
+        assert_eq!(tuned.fsync_interval_ms(), 200);
+        let err = with("durability = \"periodic\"\nfsync_interval_ms = 1").unwrap_err();
+        assert!(err.to_string().starts_with("fsync_interval_ms:"), "{err}");
+        let err = with("durability = \"disk\"\nfsync_interval_ms = 100").unwrap_err();
+        assert!(
+            err.to_string().contains("durability = \"periodic\""),
+            "{err}"
+        );
+        let err = with("durability = \"always\"").unwrap_err();
+        assert!(err.to_string().contains("durability"), "{err}");
+        // JSON round trip keeps the mode; memory is left out.
+        let json = serde_json::to_string(&disk).unwrap();
+        assert!(json.contains("\"durability\":\"disk\""), "{json}");
+        assert!(!serde_json::to_string(&spec).unwrap().contains("durability"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A replica host: one process's many partition replicas (multi-Raft) behind one transport.
 
-use crate::log_store::MemLogStore;
+use crate::disk_store::{DiskLogStore, DiskStoreError, SyncPolicy};
+use crate::log_store::{MemLogStore, ReplicaLog};
 use crate::network::GroupNetwork;
 use crate::read_index::{leadership, lease_duration, LeaseCheck, ReadIndex, RoundResult};
 use crate::state_machine::ReplicaStateMachine;
@@ -16,7 +17,9 @@ use async_trait::async_trait;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use stator_api::app::StateMachine;
+use stator_api::spec::Durability;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -171,6 +174,18 @@ pub enum HostError {
         /// Why.
         reason: String,
     },
+    /// A durable replica's store could not open (corrupt, unwritable) or the host has no
+    /// data directory for durable replicas.
+    #[error("replica of group {group}: {source}")]
+    Storage {
+        /// The group.
+        group: GroupId,
+        /// Why.
+        source: DiskStoreError,
+    },
+    /// A durable group was asked of a host started without `data_dir`.
+    #[error("group {0} is durable but this host has no data directory; start it with one")]
+    NoDataDir(GroupId),
     /// A membership change was refused; the reconciler retries.
     #[error("membership change of group {group} refused: {reason}")]
     Membership {
@@ -201,6 +216,10 @@ pub struct GroupOptions {
     /// [`MAX_WRITE_BATCHES_IN_FLIGHT`] entries at once); `false` proposes each write as
     /// its own entry at once (the benchmark's baseline).
     pub batch_writes: bool,
+    /// Where the log, vote and snapshots live (durable modes need the host's `data_dir`).
+    pub durability: Durability,
+    /// Longest time between fsyncs for [`Durability::Periodic`].
+    pub fsync_interval_ms: u64,
 }
 
 impl Default for GroupOptions {
@@ -210,6 +229,8 @@ impl Default for GroupOptions {
             snapshot_every_entries: DEFAULT_SNAPSHOT_EVERY_ENTRIES,
             lease_reads: true,
             batch_writes: true,
+            durability: Durability::Memory,
+            fsync_interval_ms: stator_api::spec::DEFAULT_FSYNC_INTERVAL_MS,
         }
     }
 }
@@ -228,6 +249,9 @@ pub struct HostConfig {
     /// Mutual TLS on the transport (every peer and client then needs a certificate from
     /// the same CA); `None` authenticates with the cluster secret alone.
     pub tls: Option<TlsConfig>,
+    /// Where durable replicas keep their stores (`<data_dir>/<group>/`); `None`: this
+    /// host hosts memory replicas only.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// One hosted replica.
@@ -238,7 +262,7 @@ pub struct Replica {
     pub raft: Raft,
     /// Its state machine (shared with openraft).
     pub sm: ReplicaStateMachine,
-    log: MemLogStore,
+    log: ReplicaLog,
     latency: LatencyWindow,
     read_index: Arc<ReadIndex>,
     /// Until then this replica refuses to vote: it may have restarted and forgotten which
@@ -252,6 +276,16 @@ pub struct Replica {
     raft_lease: Duration,
     /// When an AppendEntries last arrived, in µs since [`process_epoch`].
     last_append_us: AtomicU64,
+}
+
+impl Replica {
+    /// The on-disk store of a durable replica (`None` for memory replicas).
+    pub fn disk_store(&self) -> Option<&DiskLogStore> {
+        match &self.log {
+            ReplicaLog::Disk(store) => Some(store),
+            ReplicaLog::Memory(_) => None,
+        }
+    }
 }
 
 /// The role of a replica as seen in its metrics.
@@ -288,6 +322,9 @@ pub struct GroupStatus {
     pub applied_index: u64,
     /// Entries held in memory (after compaction).
     pub log_entries: u64,
+    /// Bytes of log, vote and snapshots on disk (0 for memory replicas).
+    #[serde(default)]
+    pub disk_bytes: u64,
     /// App state size.
     pub state_bytes: u64,
     /// Client operations per second served here, over the last window.
@@ -338,6 +375,7 @@ struct HostInner {
     node_id: NodeId,
     addr: String,
     transport: Arc<Transport>,
+    data_dir: Option<PathBuf>,
     // A std RwLock: lookups are short and never await while holding it.
     groups: RwLock<HashMap<GroupId, Arc<Replica>>>,
 }
@@ -391,6 +429,7 @@ impl Host {
             node_id: config.node_id,
             addr: addr.to_string(),
             transport: transport.clone(),
+            data_dir: config.data_dir,
             groups: RwLock::new(HashMap::new()),
         });
         let server = transport.serve(
@@ -476,19 +515,25 @@ impl Host {
             group,
             reason: e.to_string(),
         })?);
-        let log = MemLogStore::default();
-        let sm = ReplicaStateMachine::new(app);
         let network = GroupNetwork {
             group,
             node_id: self.inner.node_id,
             transport: self.inner.transport.clone(),
         };
-        let raft = Raft::new(self.inner.node_id, config, network, log.clone(), sm.clone())
-            .await
-            .map_err(|e| HostError::Stopped {
-                group,
-                reason: e.to_string(),
-            })?;
+        let (log, sm) = self.open_storage(group, &options, app).await?;
+        let stopped = |e: openraft::error::Fatal<NodeId>| HostError::Stopped {
+            group,
+            reason: e.to_string(),
+        };
+        let raft = match &log {
+            ReplicaLog::Memory(log) => {
+                Raft::new(self.inner.node_id, config, network, log.clone(), sm.clone()).await
+            }
+            ReplicaLog::Disk(log) => {
+                Raft::new(self.inner.node_id, config, network, log.clone(), sm.clone()).await
+            }
+        }
+        .map_err(stopped)?;
         let replica = Arc::new(Replica {
             group,
             raft,
@@ -509,6 +554,51 @@ impl Host {
         let mut groups = self.inner.groups.write().expect("groups lock poisoned");
         // Another caller may have raced us; keep the first and drop ours.
         Ok(groups.entry(group).or_insert(replica).clone())
+    }
+
+    /// The directory of a durable replica of `group` on this host, if it has a data dir.
+    pub fn replica_dir(&self, group: GroupId) -> Option<PathBuf> {
+        self.inner
+            .data_dir
+            .as_ref()
+            .map(|data_dir| replica_dir(data_dir, group))
+    }
+
+    /// Opens the log (memory, or the store on disk with its snapshot) of a new replica.
+    async fn open_storage(
+        &self,
+        group: GroupId,
+        options: &GroupOptions,
+        app: Box<dyn StateMachine>,
+    ) -> Result<(ReplicaLog, ReplicaStateMachine), HostError> {
+        let policy = match options.durability {
+            Durability::Memory => {
+                return Ok((
+                    ReplicaLog::Memory(MemLogStore::default()),
+                    ReplicaStateMachine::new(app),
+                ))
+            }
+            Durability::Disk => SyncPolicy::EveryAppend,
+            Durability::Periodic => SyncPolicy::Periodic {
+                interval_ms: options.fsync_interval_ms,
+            },
+        };
+        let dir = self.replica_dir(group).ok_or(HostError::NoDataDir(group))?;
+        // Opening reads and checks the whole store: blocking IO, off the runtime's workers.
+        let store = tokio::task::spawn_blocking(move || DiskLogStore::open(&dir, policy))
+            .await
+            .map_err(|e| HostError::Stopped {
+                group,
+                reason: format!("opening the store panicked: {e}"),
+            })?
+            .map_err(|source| HostError::Storage { group, source })?;
+        let sm = ReplicaStateMachine::durable(app, store.clone())
+            .await
+            .map_err(|e| HostError::Stopped {
+                group,
+                reason: format!("restoring the snapshot on disk: {e}"),
+            })?;
+        Ok((ReplicaLog::Disk(store), sm))
     }
 
     /// Forms a new group with `members` (node id -> transport address). Call it on the
@@ -785,6 +875,7 @@ fn status_of(r: &Replica) -> GroupStatus {
         learners: membership.learner_ids().collect(),
         applied_index: m.last_applied.map_or(0, |l| l.index),
         log_entries: r.log.len() as u64,
+        disk_bytes: r.log.disk_bytes(),
         state_bytes: r.sm.state_bytes(),
         ops_per_sec,
         p99_us,
@@ -1050,6 +1141,11 @@ async fn elect_after_leader_loss(replica: Arc<Replica>, me: NodeId, leader: Node
         tracing::info!(group = %replica.group, leader, "leader's host went away: running for election");
         let _ = replica.raft.trigger().elect().await;
     }
+}
+
+/// Where a durable replica of `group` keeps its store under a host's data directory.
+pub fn replica_dir(data_dir: &std::path::Path, group: GroupId) -> PathBuf {
+    data_dir.join(format!("{}-{}", group.service_id(), group.partition()))
 }
 
 /// How long a host waits for a peer's answer to a client call it forwards.

@@ -4,7 +4,9 @@
 //! # Layout
 //! - [`types`]: the openraft type configuration, logged commands (a batch of client
 //!   writes per entry) and client messages.
-//! - [`log_store`]: the in-memory Raft log and vote (replication is the durability).
+//! - [`log_store`]: the in-memory Raft log and vote (`durability = "memory"`).
+//! - [`disk_store`]: the on-disk log, vote and snapshot of a durable replica (redb,
+//!   checksummed records, group commit, fsync per batch or periodic).
 //! - [`state_machine`]: applies committed entries to the hosted app, with snapshots.
 //! - [`session`]: exactly-once client sessions, replicated with the state.
 //! - [`transport`]: one multiplexed, authenticated, batched TCP connection per peer.
@@ -22,6 +24,7 @@
 //!   register app, for tests and the benchmark.
 
 pub mod client;
+pub mod disk_store;
 pub mod host;
 pub mod log_store;
 pub mod network;

@@ -1,8 +1,9 @@
-//! The in-memory Raft log and vote of one replica.
+//! The in-memory Raft log and vote of one replica (`durability = "memory"`).
 //!
-//! Replication is the durability: a replica that loses its process loses its log and
-//! comes back as a new member (a fresh node id), so nothing here touches a disk. Log
-//! compaction (openraft purges entries covered by a snapshot) keeps memory bounded.
+//! Replication is the durability: a replica that loses its process loses its log, so it
+//! must never vote again under the member id it had (see docs/ARCHITECTURE.md,
+//! "Identities"). Log compaction (openraft purges entries covered by a snapshot) keeps
+//! memory bounded. [`ReplicaLog`] picks this or [`crate::disk_store::DiskLogStore`].
 
 use crate::types::{Entry, NodeId, StorageError, TypeConfig};
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -123,5 +124,37 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
         let keep = inner.entries.split_off(&(log_id.index + 1));
         inner.entries = keep;
         Ok(())
+    }
+}
+
+/// A replica's log, in memory or on disk (its service's durability).
+#[derive(Clone)]
+pub enum ReplicaLog {
+    /// `durability = "memory"`.
+    Memory(MemLogStore),
+    /// `durability = "disk"` or `"periodic"`.
+    Disk(crate::disk_store::DiskLogStore),
+}
+
+impl ReplicaLog {
+    /// Entries currently held (after compaction).
+    pub fn len(&self) -> usize {
+        match self {
+            ReplicaLog::Memory(log) => log.len(),
+            ReplicaLog::Disk(log) => log.len(),
+        }
+    }
+
+    /// Whether the log holds no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes on disk (0 in memory).
+    pub fn disk_bytes(&self) -> u64 {
+        match self {
+            ReplicaLog::Memory(_) => 0,
+            ReplicaLog::Disk(log) => log.disk_bytes(),
+        }
     }
 }

@@ -1,5 +1,10 @@
 //! The openraft state machine of one replica: sessions + the hosted app.
+//!
+//! A durable replica's snapshots are also written to its [`DiskLogStore`] (fsynced before
+//! openraft may purge the log behind them), and a replica that opens a store holding one
+//! starts from it: openraft then re-applies the committed log after it.
 
+use crate::disk_store::DiskLogStore;
 use crate::session::{SessionCheck, Sessions};
 use crate::types::{BatchReply, CommandReply, Entry, NodeId, StorageError, TypeConfig};
 use openraft::storage::RaftStateMachine;
@@ -40,6 +45,8 @@ pub struct ReplicaStateMachine {
     inner: Arc<Mutex<SmInner>>,
     snapshot_counter: Arc<AtomicU64>,
     state_bytes: Arc<AtomicU64>,
+    /// Where snapshots are persisted (durable replicas).
+    store: Option<DiskLogStore>,
 }
 
 fn app_error(e: AppError) -> StorageError {
@@ -59,7 +66,37 @@ impl ReplicaStateMachine {
             })),
             snapshot_counter: Arc::new(AtomicU64::new(0)),
             state_bytes: Arc::new(AtomicU64::new(0)),
+            store: None,
         }
+    }
+
+    /// Wraps `app` for a durable replica: snapshots go to `store`, and the snapshot the
+    /// store holds (if any) is restored into `app` first.
+    pub async fn durable(
+        app: Box<dyn StateMachine>,
+        store: DiskLogStore,
+    ) -> Result<Self, AppError> {
+        let mut machine = Self::new(app);
+        if let Some((meta, data)) = store.take_snapshot_at_open() {
+            let body: SnapshotBody = postcard::from_bytes(&data).map_err(|e| {
+                AppError::BadSnapshot(format!(
+                    "snapshot {} in {} does not decode: {e}",
+                    meta.snapshot_id,
+                    store.dir().display()
+                ))
+            })?;
+            let mut inner = machine.inner.lock().await;
+            inner.app.restore(&body.app).await?;
+            inner.sessions = body.sessions;
+            inner.last_applied = meta.last_log_id;
+            inner.membership = meta.last_membership.clone();
+            machine
+                .state_bytes
+                .store(inner.app.state_bytes(), Ordering::Relaxed);
+            inner.snapshot = Some(StoredSnapshot { meta, data });
+        }
+        machine.store = Some(store);
+        Ok(machine)
     }
 
     /// Answers a read-only request against the applied state.
@@ -105,6 +142,10 @@ impl RaftSnapshotBuilder<TypeConfig> for ReplicaStateMachine {
             last_membership: inner.membership.clone(),
             snapshot_id,
         };
+        if let Some(store) = &self.store {
+            // On disk before openraft purges the log it covers.
+            store.save_snapshot(&meta, &data).await?;
+        }
         inner.snapshot = Some(StoredSnapshot {
             meta: meta.clone(),
             data: data.clone(),
@@ -204,6 +245,9 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
                 &std::io::Error::other(e.to_string()),
             )
         })?;
+        if let Some(store) = &self.store {
+            store.save_snapshot(meta, &data).await?;
+        }
         let mut inner = self.inner.lock().await;
         inner.app.restore(&body.app).await.map_err(app_error)?;
         inner.sessions = body.sessions;

@@ -169,6 +169,8 @@ pub struct Cluster {
     pub tls: Option<TlsConfig>,
     factory: Arc<dyn StateMachineFactory>,
     next_node_id: NodeId,
+    /// Where each host keeps durable replicas (`<root>/<node id>`); `None`: memory only.
+    data_root: Option<std::path::PathBuf>,
 }
 
 /// A generous bound for anything a test waits on; tests assert behaviour, not speed.
@@ -193,6 +195,7 @@ impl Cluster {
             tls,
             factory,
             next_node_id: 1,
+            data_root: None,
         };
         for _ in 0..n {
             cluster.add_host().await;
@@ -200,22 +203,76 @@ impl Cluster {
         cluster
     }
 
+    /// Starts `n` hosts that keep durable replicas under `data_root/<node id>`.
+    pub async fn start_durable(
+        n: usize,
+        factory: Arc<dyn StateMachineFactory>,
+        data_root: std::path::PathBuf,
+    ) -> Cluster {
+        let mut cluster = Cluster {
+            hosts: BTreeMap::new(),
+            addrs: HashMap::new(),
+            faults: Arc::new(Faults::default()),
+            tls: None,
+            factory,
+            next_node_id: 1,
+            data_root: Some(data_root),
+        };
+        for _ in 0..n {
+            cluster.add_host().await;
+        }
+        cluster
+    }
+
+    fn host_config(&self, node_id: NodeId, listen_addr: String) -> HostConfig {
+        HostConfig {
+            node_id,
+            listen_addr,
+            cluster_secret: TEST_SECRET.into(),
+            filter: Some(self.faults.clone()),
+            tls: self.tls.clone(),
+            data_dir: self.data_root.as_ref().map(|r| r.join(node_id.to_string())),
+        }
+    }
+
     /// Starts one more host with a fresh node id.
     pub async fn add_host(&mut self) -> NodeId {
         let node_id = self.next_node_id;
         self.next_node_id += 1;
-        let host = Host::start(HostConfig {
-            node_id,
-            listen_addr: "127.0.0.1:0".into(),
-            cluster_secret: TEST_SECRET.into(),
-            filter: Some(self.faults.clone()),
-            tls: self.tls.clone(),
-        })
-        .await
-        .expect("bind loopback and load the TLS files");
+        let host = Host::start(self.host_config(node_id, "127.0.0.1:0".into()))
+            .await
+            .expect("bind loopback and load the TLS files");
         self.addrs.insert(node_id, host.addr().to_string());
         self.hosts.insert(node_id, host);
         node_id
+    }
+
+    /// Starts a killed host again as itself: same node id, address and data directory
+    /// (its durable replicas reopen when [`Host::create_group`] is called for them).
+    pub async fn restart(&mut self, node: NodeId) {
+        assert!(!self.hosts.contains_key(&node), "node {node} is running");
+        let addr = self.addrs[&node].clone();
+        let deadline = std::time::Instant::now() + WAIT;
+        let host = loop {
+            // The killed listener's port frees once its task is dropped.
+            match Host::start(self.host_config(node, addr.clone())).await {
+                Ok(host) => break host,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!("restart of {node} waits for its port: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("node {node} cannot listen on {addr} again: {e}"),
+            }
+        };
+        self.hosts.insert(node, host);
+    }
+
+    /// Creates (or reopens, for a durable replica) the replica of `group` on `node`.
+    pub async fn open_replica(&self, node: NodeId, group: GroupId, options: GroupOptions) {
+        self.hosts[&node]
+            .create_group(group, options, self.factory.create(group))
+            .await
+            .expect("open replica");
     }
 
     /// Creates a group on `members` and forms it.
@@ -333,7 +390,12 @@ impl Cluster {
             }
             assert!(
                 Instant::now() < deadline,
-                "replicas of {group} did not converge within {WAIT:?}"
+                "replicas of {group} did not converge within {WAIT:?}: {:?}",
+                self.hosts
+                    .values()
+                    .filter_map(|h| h.status(group))
+                    .map(|s| (s.role, s.applied_index, s.log_entries, s.error))
+                    .collect::<Vec<_>>()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -534,17 +534,26 @@ impl Transport {
     ) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
+            // Accepted connections live in this set: aborting the returned task (a host
+            // shutting down) closes them too, as a crash would, so callers reconnect to
+            // whatever listens on the address next.
+            let mut connections = tokio::task::JoinSet::new();
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let this = this.clone();
-                let handler = handler.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = this.serve_connection(stream, handler).await {
-                        tracing::debug!("connection ended: {e}");
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else {
+                            continue;
+                        };
+                        let this = this.clone();
+                        let handler = handler.clone();
+                        connections.spawn(async move {
+                            if let Err(e) = this.serve_connection(stream, handler).await {
+                                tracing::debug!("connection ended: {e}");
+                            }
+                        });
                     }
-                });
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
             }
         })
     }

@@ -63,6 +63,8 @@ pub fn assignments_for(cluster: &Cluster, node: NodeId) -> Assignments {
                         bootstrap: !design.has_had_leader && design.initial_members.contains(&node),
                         election_timeout_ms: spec.election_timeout_ms(),
                         cpu_millis: design.member_cpu_millis(node, spec.resources.cpu_millis()),
+                        durability: spec.durability,
+                        fsync_interval_ms: spec.fsync_interval_ms(),
                     });
                 }
             }

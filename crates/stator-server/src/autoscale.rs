@@ -539,9 +539,11 @@ mod tests {
                     price_per_hour: 0.05,
                     labels: Default::default(),
                     transport_addr: format!("127.0.0.1:{}", 9000 + id),
+                    rejoin: None,
                 },
                 state: NodeState::Ready,
                 registered_at_ms: now_ms,
+                node_secret: String::new(),
             },
         );
         cluster.observed.insert(
@@ -609,6 +611,8 @@ mod tests {
                 ops_per_sec: ops,
                 p99_us: 500,
                 error: None,
+                disk_bytes: 0,
+                forgotten: false,
             })
             .collect();
         cluster.observed.get_mut(&leader).unwrap().replicas = replicas;

@@ -13,7 +13,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use stator_api::agent::{Assignments, Heartbeat, RegisterRequest, RegisterResponse, ReplicaRole};
+use stator_api::agent::{
+    Assignments, Heartbeat, RegisterRequest, RegisterResponse, Rejoin, ReplicaRole,
+};
 use stator_api::ids::{GroupId, NodeId};
 use stator_api::spec::{ServiceKind, ServiceSpec};
 use stator_store::{Store, WriteOp};
@@ -378,8 +380,14 @@ impl Controller {
         }
     }
 
-    async fn register(&mut self, request: RegisterRequest) -> Result<RegisterResponse> {
+    async fn register(&mut self, mut request: RegisterRequest) -> Result<RegisterResponse> {
         validate_registration(&request)?;
+        // The secret is proof, never part of the stored node record.
+        if let Some(rejoin) = request.rejoin.take() {
+            if let Some(response) = self.rejoin(&rejoin, request.clone()).await? {
+                return Ok(response);
+            }
+        }
         let now = now_ms();
         // An agent that comes back under the same name restarted and lost its in-memory
         // replicas: its old incarnation is gone, replace what it hosted now.
@@ -409,6 +417,7 @@ impl Controller {
             info: request,
             state: NodeState::Ready,
             registered_at_ms: now,
+            node_secret: crate::config::generate_token(),
         };
         put_json(&*self.store, &mut self.fence, &node_key(id), &record).await?;
         self.publish(EventKind::NodeJoined {
@@ -427,9 +436,60 @@ impl Controller {
         self.wake();
         Ok(RegisterResponse {
             node_id: id,
+            node_secret: self.cluster.nodes[&id].node_secret.clone(),
             cluster_secret: self.cluster_secret.clone(),
             heartbeat_interval_ms: self.settings.heartbeat_interval_ms,
         })
+    }
+
+    /// An agent restarted on its data dir asks to keep its id. Granted while the node is
+    /// still alive here (its durable replicas are still members of their groups); a node
+    /// already declared lost had its replicas replaced, so it joins as a new node
+    /// (`None`). A wrong secret is refused: someone else's data dir, or a forgery.
+    async fn rejoin(
+        &mut self,
+        rejoin: &Rejoin,
+        info: RegisterRequest,
+    ) -> Result<Option<RegisterResponse>> {
+        let Some(record) = self.cluster.nodes.get(&rejoin.node_id) else {
+            return Ok(None);
+        };
+        if record.node_secret.is_empty()
+            || !crate::config::token_matches(&rejoin.node_secret, &record.node_secret)
+        {
+            return Err(ServerError::BadRequest(format!(
+                "rejoin as node {} refused: the node secret does not match; if this data dir was copied from another node, remove its identity file to join as a new node",
+                rejoin.node_id
+            )));
+        }
+        if !record.state.is_alive() {
+            return Ok(None);
+        }
+        let mut record = record.clone();
+        record.info = info;
+        put_json(&*self.store, &mut self.fence, &node_key(record.id), &record).await?;
+        let id = record.id;
+        self.publish(EventKind::NodeRejoined {
+            node_id: id,
+            name: record.info.name.clone(),
+        });
+        let node_secret = record.node_secret.clone();
+        self.cluster.nodes.insert(id, record);
+        // A fresh grace; the replicas it reported before the restart are gone.
+        self.cluster.observed.insert(
+            id,
+            NodeObserved {
+                last_heartbeat_ms: now_ms(),
+                ..NodeObserved::default()
+            },
+        );
+        self.wake();
+        Ok(Some(RegisterResponse {
+            node_id: id,
+            node_secret,
+            cluster_secret: self.cluster_secret.clone(),
+            heartbeat_interval_ms: self.settings.heartbeat_interval_ms,
+        }))
     }
 
     fn heartbeat(&mut self, heartbeat: Heartbeat) -> Result<Assignments> {
@@ -698,6 +758,7 @@ impl Controller {
                 }
                 Action::PlacePartition { service, .. }
                 | Action::MarkGroupStarted { service, .. }
+                | Action::ResetPartition { service, .. }
                 | Action::ReplaceMember { service, .. }
                 | Action::PlaceInstance { service, .. }
                 | Action::RemoveInstance { service, .. }
@@ -764,6 +825,13 @@ impl Controller {
                 members: members.clone(),
             },
             Action::MarkGroupStarted { .. } => return None,
+            Action::ResetPartition { service, partition } => EventKind::PartitionReset {
+                service: service.clone(),
+                partition: *partition,
+                reason:
+                    "every member lost its state (durability = \"memory\"); placed again, empty"
+                        .into(),
+            },
             Action::ReplaceMember {
                 service,
                 partition,
@@ -778,6 +846,7 @@ impl Controller {
                 reason: match reason {
                     ReplaceReason::NodeLost => "node_lost",
                     ReplaceReason::NodeDraining => "node_draining",
+                    ReplaceReason::ReplicaForgotten => "replica_forgotten",
                 }
                 .to_string(),
             },

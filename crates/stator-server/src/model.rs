@@ -76,6 +76,10 @@ pub struct NodeRecord {
     pub state: NodeState,
     /// Wall-clock time of registration, ms since the Unix epoch.
     pub registered_at_ms: u64,
+    /// The per-node secret an agent restarted on the same data dir proves to keep this
+    /// id (stored like the cluster secret; empty for records that predate identities).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node_secret: String,
 }
 
 /// A service, as persisted: the spec plus the id its partition groups derive from.
@@ -307,7 +311,15 @@ impl Cluster {
             .map(|r| r.role)
     }
 
-    /// Whether any live node reports a leader for `group`.
+    /// Whether `node` reports it lost the state of its replica of `group` (see
+    /// [`stator_api::agent::ReplicaStatus::forgotten`]).
+    pub fn reports_forgotten(&self, node: NodeId, group: GroupId) -> bool {
+        self.observed
+            .get(&node)
+            .is_some_and(|o| o.replicas.iter().any(|r| r.group == group && r.forgotten))
+    }
+
+    /// Whether a live replica of `group` reports a leader.
     pub fn any_leader_reported(&self, group: GroupId) -> bool {
         self.observed.iter().any(|(node, observed)| {
             self.is_alive(*node)

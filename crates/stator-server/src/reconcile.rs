@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use stator_api::agent::InstanceState;
-use stator_api::ids::NodeId;
+use stator_api::ids::{GroupId, NodeId};
 use stator_api::spec::{PlacementPolicy, ServiceKind, ServiceSpec, SpreadOver, MAX_JOB_BACKOFF_MS};
 use stator_planning::{
     place_partition, place_replacement, ClusterView, Node, PlacementError, PlacementRequest,
@@ -68,6 +68,13 @@ pub enum Action {
         partition: u32,
         /// Initial members, distinct nodes (zones when asked).
         members: Vec<NodeId>,
+    },
+    /// Every member of a `memory` partition lost its state: place it again, empty.
+    ResetPartition {
+        /// Service name.
+        service: String,
+        /// Partition index.
+        partition: u32,
     },
     /// A replica of the partition reported a leader: the group exists.
     MarkGroupStarted {
@@ -166,6 +173,9 @@ pub enum ReplaceReason {
     NodeLost,
     /// Its node is draining: a live migration.
     NodeDraining,
+    /// Its node restarted and lost the replica's state (a `memory` replica, or a store
+    /// that failed its checksums): it must leave the group before it may rejoin it.
+    ReplicaForgotten,
 }
 
 /// The outcome of one pass.
@@ -305,14 +315,27 @@ impl Pass {
                 }
                 continue;
             }
+            if all_members_forgot(&self.scratch, &design.members, group) {
+                // Only a `memory` group can lose every copy (a whole-cluster restart);
+                // no member hosts it any more, so a fresh group cannot meet the old one.
+                self.push(Action::ResetPartition {
+                    service: name.to_string(),
+                    partition,
+                });
+                continue;
+            }
             let Some(observed) = self.scratch.group_observed(group) else {
                 // No live leader: an election is running, or quorum is lost. Either way
                 // only the group can change its membership; wait for a leader.
                 continue;
             };
-            let Some((remove, reason)) =
-                member_to_replace(&self.scratch, &design, &observed.voters, moves_in_flight)
-            else {
+            let Some((remove, reason)) = member_to_replace(
+                &self.scratch,
+                group,
+                &design,
+                &observed.voters,
+                moves_in_flight,
+            ) else {
                 continue;
             };
             let survivors: Vec<NodeId> = design
@@ -322,6 +345,13 @@ impl Pass {
                 .filter(|&n| n != remove)
                 .collect();
             match place_replacement(&self.view, &request, &survivors, policy) {
+                Ok(add) if add == remove => {
+                    // A member that forgot its state may only come back once the group
+                    // has removed it; until another node fits, the group runs without it.
+                    self.decision.problems.push(format!(
+                        "{name}/{partition}: node {remove} lost its replica's state and no other node fits a replacement"
+                    ));
+                }
                 Ok(add) => {
                     self.view.add_replica(replica_of(&request, add));
                     if reason == ReplaceReason::NodeDraining {
@@ -552,6 +582,7 @@ impl Pass {
 /// was lost before it became a voter may be swapped for another.
 fn member_to_replace(
     cluster: &Cluster,
+    group: GroupId,
     design: &PartitionDesign,
     observed_voters: &BTreeSet<NodeId>,
     moves_in_flight: &BTreeMap<NodeId, usize>,
@@ -559,6 +590,7 @@ fn member_to_replace(
     let designed: BTreeSet<NodeId> = design.members.iter().copied().collect();
     let stable = &designed == observed_voters;
     let lost = |n: &&NodeId| !cluster.is_alive(**n);
+    let forgot = |n: &&NodeId| cluster.reports_forgotten(**n, group);
     if !stable {
         return design
             .members
@@ -570,6 +602,9 @@ fn member_to_replace(
     if let Some(&node) = design.members.iter().find(lost) {
         return Some((node, ReplaceReason::NodeLost));
     }
+    if let Some(&node) = design.members.iter().find(forgot) {
+        return Some((node, ReplaceReason::ReplicaForgotten));
+    }
     design
         .members
         .iter()
@@ -580,6 +615,14 @@ fn member_to_replace(
             ) && moves_in_flight.get(n).copied().unwrap_or(0) < MAX_MOVES_PER_DRAINING_NODE
         })
         .map(|&n| (n, ReplaceReason::NodeDraining))
+}
+
+/// Whether every designed member is alive and reports it forgot the group's state.
+fn all_members_forgot(cluster: &Cluster, members: &[NodeId], group: GroupId) -> bool {
+    !members.is_empty()
+        && members
+            .iter()
+            .all(|n| cluster.is_alive(*n) && cluster.reports_forgotten(*n, group))
 }
 
 /// Per draining node: partitions that no longer design it but whose group still has it
@@ -779,6 +822,13 @@ pub fn apply_action(cluster: &mut Cluster, action: &Action) {
             design.members = members.clone();
             design.initial_members = members.clone();
         }
+        Action::ResetPartition { service, partition } => {
+            let design = partition_mut(cluster, service, *partition);
+            design.members.clear();
+            design.initial_members.clear();
+            design.has_had_leader = false;
+            design.cpu_millis.clear();
+        }
         Action::MarkGroupStarted { service, partition } => {
             partition_mut(cluster, service, *partition).has_had_leader = true;
         }
@@ -933,9 +983,11 @@ mod tests {
                         price_per_hour: 0.1,
                         labels: Default::default(),
                         transport_addr: format!("127.0.0.1:{}", 9000 + id),
+                        rejoin: None,
                     },
                     state: NodeState::Ready,
                     registered_at_ms: NOW_MS,
+                    node_secret: String::new(),
                 },
             );
             cluster.observed.insert(
@@ -1013,6 +1065,8 @@ mod tests {
             ops_per_sec: 0.0,
             p99_us: 0,
             error: None,
+            disk_bytes: 0,
+            forgotten: false,
         });
     }
 
@@ -1022,6 +1076,79 @@ mod tests {
         design.members = members.to_vec();
         design.initial_members = members.to_vec();
         design.has_had_leader = true;
+    }
+
+    fn report_forgotten(cluster: &mut Cluster, node: NodeId, partition: u32) {
+        let group = cluster.services["kv"].group(partition);
+        let observed = cluster.observed.entry(node).or_default();
+        observed.last_heartbeat_ms = NOW_MS;
+        observed.replicas.retain(|r| r.group != group);
+        observed.replicas.push(ReplicaStatus {
+            group,
+            service: "kv".into(),
+            partition,
+            role: ReplicaRole::Stopped,
+            leader: None,
+            term: 0,
+            voters: vec![],
+            learners: vec![],
+            applied_index: 0,
+            state_bytes: 0,
+            ops_per_sec: 0.0,
+            p99_us: 0,
+            error: Some("forgot".into()),
+            disk_bytes: 0,
+            forgotten: true,
+        });
+    }
+
+    #[test]
+    fn a_member_that_forgot_its_state_is_replaced_on_another_node() {
+        let mut cluster = cluster_with_nodes(&["a", "b", "c", "d"]);
+        add_service(&mut cluster, &kv(1, "node"));
+        started(&mut cluster, 0, &[1, 2, 3]);
+        report_leader(&mut cluster, 1, 0, &[1, 2, 3]);
+        report_forgotten(&mut cluster, 3, 0);
+        let actions = step(&mut cluster, NOW_MS);
+        assert!(
+            actions.iter().any(|a| matches!(
+                a,
+                Action::ReplaceMember {
+                    remove: 3,
+                    add: 4,
+                    reason: ReplaceReason::ReplicaForgotten,
+                    ..
+                }
+            )),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn a_memory_partition_every_member_forgot_is_placed_again_empty() {
+        let mut cluster = cluster_with_nodes(&["a", "b", "c"]);
+        add_service(&mut cluster, &kv(1, "node"));
+        started(&mut cluster, 0, &[1, 2, 3]);
+        for node in [1, 2, 3] {
+            report_forgotten(&mut cluster, node, 0);
+        }
+        let actions = step(&mut cluster, NOW_MS);
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::ResetPartition { partition: 0, .. })),
+            "{actions:?}"
+        );
+        let design = &cluster.services["kv"].placement.partitions[0];
+        assert!(design.members.is_empty() && !design.has_had_leader);
+        // The next pass places it afresh, to be bootstrapped by its new members.
+        let actions = step(&mut cluster, NOW_MS);
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::PlacePartition { partition: 0, .. })),
+            "{actions:?}"
+        );
     }
 
     #[test]

@@ -224,6 +224,23 @@ pub enum EventKind {
         /// Node name.
         name: String,
     },
+    /// An agent restarted on its data dir and kept its node id.
+    NodeRejoined {
+        /// Node id.
+        node_id: NodeId,
+        /// Node name.
+        name: String,
+    },
+    /// Every member of a `memory` partition lost its state (a whole-cluster restart):
+    /// the partition is placed again and starts empty.
+    PartitionReset {
+        /// Service name.
+        service: String,
+        /// Partition index.
+        partition: u32,
+        /// Why, for people.
+        reason: String,
+    },
     /// A node missed its heartbeat grace.
     NodeLost {
         /// Node id.
@@ -368,6 +385,8 @@ impl EventKind {
     pub fn name(&self) -> &'static str {
         match self {
             EventKind::NodeJoined { .. } => "node_joined",
+            EventKind::NodeRejoined { .. } => "node_rejoined",
+            EventKind::PartitionReset { .. } => "partition_reset",
             EventKind::NodeLost { .. } => "node_lost",
             EventKind::NodeDraining { .. } => "node_draining",
             EventKind::NodeDrained { .. } => "node_drained",

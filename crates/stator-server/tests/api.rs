@@ -93,6 +93,17 @@ impl TestServer {
     }
 
     async fn register(&self, name: &str, zone: &str) -> RegisterResponse {
+        let response = self.register_as(name, zone, None).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.unwrap()
+    }
+
+    async fn register_as(
+        &self,
+        name: &str,
+        zone: &str,
+        rejoin: Option<stator_api::agent::Rejoin>,
+    ) -> reqwest::Response {
         let request = RegisterRequest {
             name: name.into(),
             zone: zone.into(),
@@ -105,17 +116,15 @@ impl TestServer {
                 "127.0.0.1:{}",
                 20000 + name.len() as u16 * 7 + zone.len() as u16
             ),
+            rejoin,
         };
-        let response = self
-            .client
+        self.client
             .post(self.url("/v1/agents/register"))
             .bearer_auth(self.handle.join_token())
             .json(&request)
             .send()
             .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        response.json().await.unwrap()
+            .unwrap()
     }
 
     async fn heartbeat(&self, heartbeat: &Heartbeat) -> reqwest::Response {
@@ -170,6 +179,8 @@ impl SimAgent {
                         ops_per_sec: 0.0,
                         p99_us: 0,
                         error: None,
+                        disk_bytes: 0,
+                        forgotten: false,
                     }
                 })
                 .collect(),
@@ -788,4 +799,47 @@ async fn stateless_instances_and_jobs_are_assigned_and_jobs_finish() {
         tokio::time::sleep(ROUND_PAUSE).await;
     }
     server.handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_restarted_agent_keeps_its_id_only_with_its_node_secret() {
+    let server = TestServer::start().await;
+    let first = server.register("node-a", "z1").await;
+    assert!(!first.node_secret.is_empty(), "registration hands out a node secret");
+    let other = server.register("node-b", "z2").await;
+    assert_ne!(first.node_secret, other.node_secret);
+
+    // The same data dir: same id, same secret.
+    let rejoin = stator_api::agent::Rejoin {
+        node_id: first.node_id,
+        node_secret: first.node_secret.clone(),
+    };
+    let response = server.register_as("node-a", "z1", Some(rejoin)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let again: RegisterResponse = response.json().await.unwrap();
+    assert_eq!(again.node_id, first.node_id);
+    assert_eq!(again.node_secret, first.node_secret);
+    let nodes = server.get_json("/v1/nodes").await;
+    assert_eq!(nodes.as_array().unwrap().len(), 2, "no second record: {nodes}");
+
+    // Someone else's id: refused with what to do.
+    let forged = stator_api::agent::Rejoin {
+        node_id: other.node_id,
+        node_secret: first.node_secret.clone(),
+    };
+    let response = server.register_as("node-a", "z1", Some(forged)).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("node secret does not match"), "{error}");
+
+    // An id the server never gave: a fresh one.
+    let unknown = stator_api::agent::Rejoin {
+        node_id: 999,
+        node_secret: "x".into(),
+    };
+    let response = server.register_as("node-c", "z3", Some(unknown)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let fresh: RegisterResponse = response.json().await.unwrap();
+    assert!(fresh.node_id != 999 && fresh.node_id != first.node_id);
 }

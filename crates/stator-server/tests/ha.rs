@@ -159,6 +159,7 @@ impl Servers {
             price_per_hour: 0.1,
             labels: BTreeMap::new(),
             transport_addr: "127.0.0.1:1".into(),
+            rejoin: None,
         };
         let response = self
             .client

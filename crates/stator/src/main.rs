@@ -345,6 +345,10 @@ enum BenchVerb {
         /// read-index rounds and a plain Redis GET).
         #[arg(long, default_value = "set")]
         op: String,
+        /// Where stator replicas keep their log: memory, periodic or disk (fsync before
+        /// every acknowledgement, as etcd does).
+        #[arg(long, default_value = "memory", value_parser = parse_durability)]
+        durability: stator_api::spec::Durability,
         /// Print the result as one JSON object on the last line.
         #[arg(long)]
         json: bool,
@@ -457,6 +461,16 @@ fn parse_error(error: clap::Error) -> anyhow::Result<()> {
 }
 
 /// Errors exit non-zero with one line: the reason and its causes, never a backtrace.
+/// `--durability`: the spec's words, with the same error a spec would give.
+fn parse_durability(text: &str) -> Result<stator_api::spec::Durability, String> {
+    match text {
+        "memory" => Ok(stator_api::spec::Durability::Memory),
+        "periodic" => Ok(stator_api::spec::Durability::Periodic),
+        "disk" => Ok(stator_api::spec::Durability::Disk),
+        other => Err(format!("must be memory, periodic or disk, got {other:?}")),
+    }
+}
+
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -751,6 +765,7 @@ fn run() -> anyhow::Result<()> {
                         partitions,
                         skip,
                         op,
+                        durability,
                         json,
                     },
             } => {
@@ -771,6 +786,7 @@ fn run() -> anyhow::Result<()> {
                     partitions,
                     skip,
                     op,
+                    durability,
                 };
                 let runs = bench::replication::run(&opts).await?;
                 bench::print_runs(&runs, json);

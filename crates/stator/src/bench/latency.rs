@@ -33,6 +33,9 @@ pub struct Run {
     /// Why the system was not measured (not installed, failed to start).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+    /// stator only: the replicas' durability (`memory`, `periodic`, `disk`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub durability: Option<String>,
 }
 
 impl Run {
@@ -55,6 +58,7 @@ impl Run {
             ops_per_sec: None,
             errors: None,
             skipped: Some(why),
+            durability: None,
         }
     }
 
@@ -79,6 +83,7 @@ impl Run {
             ops_per_sec: Some(((h.len() as f64 / window.as_secs_f64()) * 10.0).round() / 10.0),
             errors: Some(recorder.errors),
             skipped: None,
+            durability: None,
         }
     }
 }

@@ -372,6 +372,7 @@ async fn start_hosts(secret: &str) -> anyhow::Result<(HostThreads, BTreeMap<Node
                     cluster_secret: secret,
                     filter: None,
                     tls: None,
+                    data_dir: None,
                 })
                 .await
                 .expect("bind loopback");

@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use rand::Rng;
 use stator_api::ids::GroupId;
 use stator_api::slot::{key_slot, partition_of_slot};
+use stator_api::spec::Durability;
 use stator_replication::{GroupOptions, Host, HostConfig, ReplicaClient, RequestKind};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -46,6 +47,9 @@ pub struct Options {
     /// Systems to skip ("etcd", "redis-wait", "redis", "stator-unbatched",
     /// "stator-readindex").
     pub skip: Vec<String>,
+    /// Where stator replicas keep their log: `disk` fsyncs before every acknowledgement
+    /// (group commit), as etcd does; stores live in a temporary directory.
+    pub durability: Durability,
     /// What each request does.
     pub op: Op,
 }
@@ -169,10 +173,12 @@ impl Drop for HostThreads {
 }
 
 /// Starts `replicas` hosts with `partitions` kv groups; returns them and each group's members.
+/// Durable replicas keep their stores under `data_root/<node id>`.
 async fn start_stator(
     replicas: usize,
     partitions: u32,
     options: GroupOptions,
+    data_root: &std::path::Path,
 ) -> anyhow::Result<(HostThreads, Groups, String)> {
     let secret = format!("{:032x}", rand::random::<u128>());
     let groups: Vec<GroupId> = (0..partitions).map(|p| GroupId::new(1, p)).collect();
@@ -186,6 +192,7 @@ async fn start_stator(
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (members_tx, members_rx) = tokio::sync::oneshot::channel::<BTreeMap<u64, String>>();
         let (addr_tx, secret, groups) = (addr_tx.clone(), secret.clone(), groups.clone());
+        let data_dir = data_root.join(node_id.to_string());
         threads.stops.push(stop_tx);
         member_txs.push(members_tx);
         threads.threads.push(std::thread::spawn(move || {
@@ -200,6 +207,7 @@ async fn start_stator(
                     cluster_secret: secret,
                     filter: None,
                     tls: None,
+                    data_dir: Some(data_dir),
                 })
                 .await
                 .expect("bind loopback");
@@ -260,14 +268,16 @@ async fn measure_stator(
         })
         .collect();
     let (rec, window) = drive(drivers, opts.value_bytes, opts.duration).await;
-    Run::measured(
+    let mut run = Run::measured(
         system,
         opts.replicas,
         clients,
         opts.value_bytes,
         &rec,
         window,
-    )
+    );
+    run.durability = Some(opts.durability.to_string());
+    run
 }
 
 struct EtcdDriver {
@@ -328,32 +338,45 @@ impl Driver for RedisGetDriver {
 pub async fn run(opts: &Options) -> anyhow::Result<Vec<Run>> {
     let mut runs = Vec::new();
     // stator, then stator without the feature under test, on a fresh cluster each.
+    // Durable stores live on the same file system as etcd's data directories (both are
+    // temporary dirs).
+    let data_root = tempfile::tempdir()?;
+    let durable = GroupOptions {
+        durability: opts.durability,
+        ..GroupOptions::default()
+    };
     let baseline = match opts.op {
         Op::Set => (
             "stator-unbatched",
             GroupOptions {
                 batch_writes: false,
-                ..GroupOptions::default()
+                ..durable
             },
         ),
         Op::Get => (
             "stator-readindex",
             GroupOptions {
                 lease_reads: false,
-                ..GroupOptions::default()
+                ..durable
             },
         ),
     };
-    for (system, options) in [("stator", GroupOptions::default()), baseline] {
+    for (index, (system, options)) in [("stator", durable), baseline].into_iter().enumerate() {
         if opts.skip.iter().any(|s| s == system) {
             continue;
         }
-        let (hosts, groups, secret) = start_stator(opts.replicas, opts.partitions, options).await?;
+        let (hosts, groups, secret) = start_stator(
+            opts.replicas,
+            opts.partitions,
+            options,
+            &data_root.path().join(index.to_string()),
+        )
+        .await?;
         let groups = Arc::new(groups);
         for &clients in &opts.clients {
             eprintln!(
-                "{system}: {} replicas, {clients} clients ...",
-                opts.replicas
+                "{system}: {} replicas, durability {}, {clients} clients ...",
+                opts.replicas, opts.durability
             );
             runs.push(measure_stator(system, opts, clients, &groups, &secret).await);
         }

@@ -112,28 +112,7 @@ impl Cluster {
             .tempdir()
             .expect("temp dir");
         let data_dir = dir.path().join("data");
-        let log = std::fs::File::create(dir.path().join("up.log")).expect("up.log");
-        let mut command = Command::new(stator_exe());
-        command
-            .arg("up")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--nodes", &nodes.to_string()])
-            .args(["--api", "127.0.0.1:0", "--gateway-http", "127.0.0.1:0"])
-            .args(extra_args)
-            // `up` records the current context under $HOME: keep the user's untouched.
-            .env("HOME", dir.path())
-            .env_remove("STATOR_CONTEXT")
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        {
-            use std::os::unix::process::CommandExt;
-            // Its own process group: the guard kills `up`, agents and apps in one go.
-            command.process_group(0);
-        }
-        let up = command.spawn().expect("start stator up");
+        let up = spawn_up(dir.path(), &data_dir, nodes, extra_args);
         let context = data_dir.join("context");
         let mut cluster = Cluster {
             dir: Some(dir),
@@ -144,27 +123,83 @@ impl Cluster {
             gateway_http: String::new(),
             up,
         };
+        cluster.read_context();
+        cluster.wait_ready_nodes(nodes);
+        cluster
+    }
+
+    /// SIGKILLs `up`, every agent and every app at once (a power cut), then starts
+    /// `stator up` again on the same data directory and waits for `nodes` ready nodes.
+    pub fn kill_everything_and_restart(&mut self, nodes: usize, extra_args: &[&str]) {
+        let pgid = self.up.id() as i32;
+        // SAFETY: kill(2) on the process group this guard created.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = self.up.wait();
+        // Agents die with `up` (PR_SET_PDEATHSIG); wait until none is left.
+        wait_for("every process of the killed cluster to exit", WAIT, || {
+            // SAFETY: signal 0 only asks whether any process of the group is left.
+            (unsafe { libc::kill(-pgid, 0) } != 0).then_some(())
+        });
+        let _ = std::fs::remove_file(&self.context);
+        let test_dir = self.test_dir();
+        self.up = spawn_up(&test_dir, &self.data_dir, nodes, extra_args);
+        self.read_context();
+        self.wait_ready_nodes(nodes);
+    }
+
+    fn read_context(&mut self) {
+        let context = self.context.clone();
         let ctx: Value = wait_for("stator up to write its context", WAIT, || {
-            if let Ok(Some(status)) = cluster.up.try_wait() {
-                panic!(
-                    "stator up exited early ({status}); see {}",
-                    cluster.log_hint()
-                );
+            if let Ok(Some(status)) = self.up.try_wait() {
+                panic!("stator up exited early ({status}); see {}", self.log_hint());
             }
             // Written once, but read whole JSON only: a half-written file fails to parse.
             let text = std::fs::read_to_string(&context).ok()?;
             serde_json::from_str(&text).ok()
         });
-        cluster.api = ctx["server"].as_str().expect("context server").to_string();
-        cluster.token = ctx["token"].as_str().expect("context token").to_string();
-        cluster.gateway_http = ctx["gateway_http"]
+        self.api = ctx["server"].as_str().expect("context server").to_string();
+        self.token = ctx["token"].as_str().expect("context token").to_string();
+        self.gateway_http = ctx["gateway_http"]
             .as_str()
             .expect("context gateway_http")
             .to_string();
-        cluster.wait_ready_nodes(nodes);
-        cluster
     }
+}
 
+/// Starts `stator up` on `data_dir`, logging to `test_dir/up.log` (appended).
+fn spawn_up(test_dir: &Path, data_dir: &Path, nodes: usize, extra_args: &[&str]) -> Child {
+    {
+        let dir = test_dir;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("up.log"))
+            .expect("up.log");
+        let mut command = Command::new(stator_exe());
+        command
+            .arg("up")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--nodes", &nodes.to_string()])
+            .args(["--api", "127.0.0.1:0", "--gateway-http", "127.0.0.1:0"])
+            .args(extra_args)
+            // `up` records the current context under $HOME: keep the user's untouched.
+            .env("HOME", dir)
+            .env_remove("STATOR_CONTEXT")
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        {
+            use std::os::unix::process::CommandExt;
+            // Its own process group: the guard kills `up`, agents and apps in one go.
+            command.process_group(0);
+        }
+        command.spawn().expect("start stator up")
+    }
+}
+
+impl Cluster {
     fn log_hint(&self) -> String {
         format!(
             "{}/up.log and {}/agents/*/agent.log",

@@ -1,0 +1,296 @@
+//! Durable replicas (`durability = "disk"` / `"periodic"`): the log, vote and snapshot on
+//! disk survive a host restart, a whole-group restart keeps every acknowledged write, a
+//! corrupted record is refused at open and the replica is rebuilt from its peers, and a
+//! full disk fails writes instead of acknowledging them.
+
+use redb::ReadableTable;
+use stator_api::spec::Durability;
+use stator_replication::disk_store::{quarantine, DiskStoreError};
+use stator_replication::testing::{
+    decode_reply, encode_op, Cluster, RegisterFactory, RegisterOp, TEST_SECRET,
+};
+use stator_replication::{
+    ClientError, GroupId, GroupOptions, HostError, ReplicaClient, RequestKind,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+const GROUP: GroupId = GroupId(1 << 16);
+const DEADLINE: Duration = Duration::from_secs(20);
+/// Writes of the whole-group restart: past openraft's 1,000 entries kept behind a
+/// snapshot, so the restart must come back from a snapshot plus the log after it.
+const WRITES: u64 = 1_300;
+
+fn disk_options() -> GroupOptions {
+    GroupOptions {
+        durability: Durability::Disk,
+        ..GroupOptions::default()
+    }
+}
+
+fn addrs(cluster: &Cluster) -> Vec<String> {
+    cluster.addrs.values().cloned().collect()
+}
+
+async fn set(client: &ReplicaClient, members: &[String], key: &str, value: &str) {
+    let mut leader = None;
+    client
+        .execute(
+            GROUP,
+            members,
+            &mut leader,
+            RequestKind::Write,
+            encode_op(&RegisterOp::Set(key.into(), value.into())),
+            DEADLINE,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("set {key}: {e}"));
+}
+
+async fn get(client: &ReplicaClient, members: &[String], key: &str) -> Option<String> {
+    let mut leader = None;
+    let reply = client
+        .execute(
+            GROUP,
+            members,
+            &mut leader,
+            RequestKind::Read,
+            encode_op(&RegisterOp::Get(key.into())),
+            DEADLINE,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("get {key}: {e}"));
+    decode_reply(&reply)
+}
+
+async fn restart_all(cluster: &mut Cluster, options: GroupOptions) {
+    let ids: Vec<_> = cluster.addrs.keys().copied().collect();
+    for id in &ids {
+        cluster.kill(*id).await;
+    }
+    for id in &ids {
+        cluster.restart(*id).await;
+        cluster.open_replica(*id, GROUP, options).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_group_restart_keeps_every_acknowledged_write_and_compacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster =
+        Cluster::start_durable(3, Arc::new(RegisterFactory), dir.path().to_path_buf()).await;
+    // A short snapshot policy: the restart must come back from snapshot + log tail.
+    let options = GroupOptions {
+        snapshot_every_entries: 100,
+        ..disk_options()
+    };
+    cluster.create_group(GROUP, &[1, 2, 3], options).await;
+    cluster.leader(GROUP).await;
+    let client = ReplicaClient::new(TEST_SECRET);
+    let members = addrs(&cluster);
+    for i in 0..WRITES {
+        set(&client, &members, &format!("k{i}"), &format!("v{i}")).await;
+    }
+    let before = cluster.hosts[&1].status(GROUP).unwrap();
+    assert!(before.disk_bytes > 0, "the store reports its size");
+    // openraft keeps up to 1,000 entries behind a snapshot for lagging followers.
+    assert!(
+        before.log_entries < WRITES,
+        "the log was compacted behind a snapshot: {} entries",
+        before.log_entries
+    );
+
+    restart_all(&mut cluster, options).await;
+    cluster.leader(GROUP).await;
+    let client = ReplicaClient::new(TEST_SECRET);
+    for i in 0..WRITES {
+        assert_eq!(
+            get(&client, &members, &format!("k{i}")).await.as_deref(),
+            Some(format!("v{i}").as_str()),
+            "acknowledged write k{i} lost across the restart"
+        );
+    }
+    // And the group keeps working.
+    set(&client, &members, "after", "restart").await;
+    assert_eq!(
+        get(&client, &members, "after").await.as_deref(),
+        Some("restart")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_member_comes_back_as_itself_and_fetches_only_the_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster =
+        Cluster::start_durable(3, Arc::new(RegisterFactory), dir.path().to_path_buf()).await;
+    let options = GroupOptions {
+        durability: Durability::Periodic,
+        fsync_interval_ms: 20,
+        ..GroupOptions::default()
+    };
+    cluster.create_group(GROUP, &[1, 2, 3], options).await;
+    let leader = cluster.leader(GROUP).await;
+    let follower = *cluster.addrs.keys().find(|id| **id != leader).unwrap();
+    let client = ReplicaClient::new(TEST_SECRET);
+    let members = addrs(&cluster);
+    for i in 0..50 {
+        set(&client, &members, &format!("a{i}"), "1").await;
+    }
+    cluster.converged_state(GROUP).await;
+    let applied_before = cluster.hosts[&follower]
+        .status(GROUP)
+        .unwrap()
+        .applied_index;
+    cluster.kill(follower).await;
+    for i in 0..20 {
+        set(&client, &members, &format!("b{i}"), "2").await;
+    }
+    cluster.restart(follower).await;
+    cluster.open_replica(follower, GROUP, options).await;
+    // Reopened from its own disk: it knows the group and the entries it had.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let status = loop {
+        let status = cluster.hosts[&follower].status(GROUP).unwrap();
+        if status.voters.len() == 3 || std::time::Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(status.voters.len(), 3, "the member reloaded its membership");
+    assert!(
+        status.log_entries as u64 >= applied_before,
+        "the member reloaded its log ({} entries, had applied {applied_before})",
+        status.log_entries
+    );
+    // It catches up the tail and the group converges with it as a voter.
+    let state = cluster.converged_state(GROUP).await;
+    assert!(!state.is_empty());
+    assert_eq!(
+        cluster.hosts[&follower].status(GROUP).unwrap().voters.len(),
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_record_is_refused_at_open_and_the_replica_rebuilds_from_its_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster =
+        Cluster::start_durable(3, Arc::new(RegisterFactory), dir.path().to_path_buf()).await;
+    cluster
+        .create_group(GROUP, &[1, 2, 3], disk_options())
+        .await;
+    cluster.leader(GROUP).await;
+    let client = ReplicaClient::new(TEST_SECRET);
+    let members = addrs(&cluster);
+    for i in 0..30 {
+        set(&client, &members, &format!("k{i}"), "x").await;
+    }
+    cluster.converged_state(GROUP).await;
+    let victim = 3;
+    let replica_dir = cluster.hosts[&victim].replica_dir(GROUP).unwrap();
+    cluster.kill(victim).await;
+    // Flip one bit in the last log record, as a torn or rotting tail would.
+    corrupt_last_log_record(&replica_dir.join("raft.redb"));
+
+    cluster.restart(victim).await;
+    let refused = cluster.hosts[&victim]
+        .create_group(
+            GROUP,
+            disk_options(),
+            Box::<stator_replication::testing::RegisterApp>::default(),
+        )
+        .await;
+    match refused {
+        Err(HostError::Storage {
+            source: DiskStoreError::Corrupt { what, .. },
+            ..
+        }) => assert!(what.starts_with("log entry"), "{what}"),
+        Err(other) => panic!("expected a corrupt log entry, got {other}"),
+        Ok(_) => panic!("a corrupt store was served"),
+    }
+    assert!(cluster.hosts[&victim].replica(GROUP).is_none());
+
+    // The safe rebuild: the group drops the member that cannot prove its log, then adds
+    // it back as a new learner with an empty store, which catches up from its peers.
+    cluster.reconcile(GROUP, &[1, 2], disk_options()).await;
+    quarantine(&replica_dir).unwrap();
+    cluster.reconcile(GROUP, &[1, 2, 3], disk_options()).await;
+    cluster.converged_state(GROUP).await;
+    let client = ReplicaClient::new(TEST_SECRET);
+    for i in 0..30 {
+        assert_eq!(
+            get(&client, &members, &format!("k{i}")).await.as_deref(),
+            Some("x")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_writes_instead_of_acknowledging_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster =
+        Cluster::start_durable(1, Arc::new(RegisterFactory), dir.path().to_path_buf()).await;
+    cluster.create_group(GROUP, &[1], disk_options()).await;
+    cluster.leader(GROUP).await;
+    let client = ReplicaClient::new(TEST_SECRET);
+    let members = addrs(&cluster);
+    set(&client, &members, "before", "full").await;
+    let replica = cluster.hosts[&1].replica(GROUP).unwrap();
+    replica.disk_store().unwrap().faults().fill_disk();
+    let mut leader = None;
+    let failed = client
+        .execute(
+            GROUP,
+            &members,
+            &mut leader,
+            RequestKind::Write,
+            encode_op(&RegisterOp::Set("after".into(), "full".into())),
+            Duration::from_secs(3),
+        )
+        .await;
+    let Err(ClientError::Timeout { last, .. }) = failed else {
+        panic!("a write on a full disk was acknowledged: {failed:?}");
+    };
+    assert!(
+        last.contains("disk full") || last.contains("No space left") || last.contains("stopped"),
+        "the error says why: {last}"
+    );
+    let status = cluster.hosts[&1].status(GROUP).unwrap();
+    assert!(
+        status
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("disk full")),
+        "the replica reports the full disk: {:?}",
+        status.error
+    );
+}
+
+fn corrupt_last_log_record(path: &std::path::Path) {
+    let log: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("log");
+    // The killed host's store closes once its last handle is dropped.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let db = loop {
+        match redb::Database::create(path) {
+            Ok(db) => break db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("open {}: {e}", path.display()),
+        }
+    };
+    let txn = db.begin_write().unwrap();
+    {
+        let mut table = txn.open_table(log).unwrap();
+        let (index, mut record) = {
+            let (k, v) = table.last().unwrap().expect("a log entry");
+            (k.value(), v.value().to_vec())
+        };
+        let last = record.len() - 1;
+        record[last] ^= 0x40;
+        table.insert(index, record.as_slice()).unwrap();
+    }
+    txn.commit().unwrap();
+}
