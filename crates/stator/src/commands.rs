@@ -351,6 +351,12 @@ pub fn event_message(event: &EventKind, names: &Names) -> String {
     let node = |id: &NodeId| name_of(names, *id);
     match event {
         EventKind::NodeJoined { name, .. } => format!("{name} joined"),
+        EventKind::NodeRejoined { name, .. } => format!("{name} rejoined with its identity"),
+        EventKind::PartitionReset {
+            service,
+            partition,
+            reason,
+        } => format!("{service}/{partition} reset: {reason}"),
         EventKind::NodeLost { name, .. } => format!("{name} missed its heartbeat grace: lost"),
         EventKind::NodeDraining { name, .. } => format!("{name} draining"),
         EventKind::NodeDrained { name, .. } => format!("{name} drained"),

@@ -183,7 +183,8 @@ function showStatus() {
 
 // Events that change what the tables show: refresh at once instead of at the next poll.
 const REFRESHING_EVENTS = new Set([
-  'node_joined', 'node_lost', 'node_draining', 'node_drained', 'leader_changed',
+  'node_joined', 'node_rejoined', 'node_lost', 'node_draining', 'node_drained', 'leader_changed',
+  'partition_reset',
   'replica_placed', 'replica_moved', 'service_applied', 'service_deleted',
   'drain_blocked', 'instance_placed', 'instance_removed', 'job_finished', 'lagged',
 ]);
