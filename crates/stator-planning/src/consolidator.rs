@@ -306,6 +306,9 @@ pub const MERGE_MAX_PRICE_SHARE: f64 = 0.75;
 pub const MERGE_MAX_CPU_FILL: f64 = 0.75;
 /// ... and its memory to at most this (memory requests do not follow the load).
 pub const MERGE_MAX_MEMORY_FILL: f64 = 0.95;
+/// Nodes per zone examined for pairs (the least CPU-requested): bounds a call to
+/// `MERGE_MAX_CANDIDATES_PER_ZONE^2 / 2` pair checks per zone at any cluster size.
+pub const MERGE_MAX_CANDIDATES_PER_ZONE: usize = 48;
 
 /// Consolidation by replacement, for what emptying one node at a time cannot reach:
 /// nodes bound by memory (at night, CPU requests shrink, memory does not) whose pool
@@ -350,6 +353,8 @@ pub fn plan_merges(
     for (zone, mut nodes) in by_zone {
         // Least CPU requested first: the nodes whose shape fits them worst.
         nodes.sort_by_key(|&id| (view.allocated(id).map(|a| a.cpu_millis).unwrap_or(0), id));
+        nodes.truncate(MERGE_MAX_CANDIDATES_PER_ZONE);
+        let parts: Vec<Vec<(&str, u32)>> = nodes.iter().map(|&id| partitions_of(id)).collect();
         let mut used = vec![false; nodes.len()];
         for i in 0..nodes.len() {
             if merges.len() >= max_merges {
@@ -367,8 +372,7 @@ pub fn plan_merges(
                     view.allocated(a).unwrap_or_default() + view.allocated(b).unwrap_or_default();
                 let price = view.node(a).map(|n| n.price_per_hour).unwrap_or(0.0)
                     + view.node(b).map(|n| n.price_per_hour).unwrap_or(0.0);
-                let pa = partitions_of(a);
-                if partitions_of(b).iter().any(|p| pa.contains(p)) {
+                if parts[j].iter().any(|p| parts[i].contains(p)) {
                     continue;
                 }
                 let pool = pools

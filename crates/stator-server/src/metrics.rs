@@ -460,9 +460,11 @@ mod tests {
                     price_per_hour: 0.0,
                     labels: Default::default(),
                     transport_addr: "127.0.0.1:1".into(),
+                    rejoin: None,
                 },
                 state: NodeState::Ready,
                 registered_at_ms: 0,
+                node_secret: String::new(),
             },
         );
         let spec = parse_spec(
@@ -506,6 +508,8 @@ mod tests {
                     ops_per_sec: 12.5,
                     p99_us: 800,
                     error: None,
+                    disk_bytes: 0,
+                    forgotten: false,
                 }],
                 instances: vec![],
             },
