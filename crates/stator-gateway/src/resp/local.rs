@@ -109,8 +109,12 @@ pub(crate) fn dispatch(
             KeySlot::CrossSlot => error(
                 "CROSSSLOT Keys in request don't hash to the same slot; put a {hash tag} in the keys to keep them together",
             ),
-            // Every kv command but PING and ECHO takes a key first: no key means too few
-            // arguments.
+            // Keyspace-wide commands name no key: the gateway answers them (fanning them
+            // out across partitions is issue 12's gateway part).
+            KeySlot::NoKeys if KEYSPACE_WIDE.iter().any(|wide| name_is(name, wide)) => {
+                local(argv, state, service)
+            }
+            // Every other kv command takes a key first: no key means too few arguments.
             KeySlot::NoKeys => error(format!(
                 "ERR wrong number of arguments for '{}' command",
                 String::from_utf8_lossy(name).to_lowercase()
@@ -119,6 +123,9 @@ pub(crate) fn dispatch(
         CommandKind::Unknown => local(argv, state, service),
     }
 }
+
+/// kv commands over the whole keyspace rather than named keys.
+const KEYSPACE_WIDE: &[&str] = &["dbsize", "keys", "scan", "randomkey", "flushall", "flushdb"];
 
 fn ping_or_echo(argv: &[Vec<u8>]) -> Dispatch {
     if name_is(&argv[0], "echo") {
