@@ -11,9 +11,12 @@
 //! - [`router`]: forwards one request to a partition leader, exactly once: a pool of
 //!   replication sessions, a leader cache, retries with the same sequence number.
 //! - [`resp`]: a RESP (Redis protocol) listener per kv service, pipelined connections,
-//!   the commands the gateway answers itself, and the Redis Cluster seed commands
-//!   (`CLUSTER SLOTS` ...); its connection code also serves the agents' cluster listeners.
-//! - [`http`]: the stator-sm/1 call route and the round-robin proxy of stateless services.
+//!   the commands the gateway answers itself (AUTH/ACL and protected mode, keyspace
+//!   commands over every partition, MULTI/EXEC/WATCH, pub/sub, RESP3), and the Redis
+//!   Cluster seed commands (`CLUSTER SLOTS` ...); its connection code also serves the
+//!   agents' cluster listeners.
+//! - [`http`]: the stator-sm/1 call route (bearer token when the service has a password)
+//!   and the round-robin proxy of stateless services.
 //! - [`error`]: the crate's one error type, [`GatewayError`].
 
 pub mod error;
