@@ -1,7 +1,7 @@
 //! `KvMachine`: Redis 7 commands over strings, hashes, lists, sets and sorted sets, with
 //! deterministic, leader-clocked expiry and entry-seeded randomness.
 
-use crate::command::{lookup, slot_of_keys, Command, CommandKind, CommandSpec, KeySlot};
+use crate::command::{lookup, Command, CommandKind, CommandSpec};
 use crate::keyspace::{Entry, ExpiryChange, Keyspace};
 use crate::resp::{parse_i64_strict, push_decimal, Value, MAX_BULK_BYTES};
 use crate::types::{Data, EntryRng};
@@ -33,7 +33,6 @@ pub(crate) const WRONG_TYPE: &str =
     "WRONGTYPE Operation against a key holding the wrong kind of value";
 pub(crate) const NOT_POSITIVE: &str = "ERR value is out of range, must be positive";
 pub(crate) const NO_SUCH_KEY: &str = "ERR no such key";
-const CROSS_SLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
 const TOO_LONG: &str = "ERR string exceeds maximum allowed size (proto-max-bulk-len)";
 
 /// The built-in Redis-compatible key-value state machine.
@@ -642,7 +641,7 @@ impl KvMachine {
     }
 }
 
-/// Looks the command up and checks its arity and slots, or returns the error reply.
+/// Looks the command up and checks its arity, or returns the error reply.
 fn resolve(argv: &[Vec<u8>]) -> Result<&'static CommandSpec, Value> {
     let Some(name) = argv.first() else {
         return Err(Value::error(
@@ -658,9 +657,10 @@ fn resolve(argv: &[Vec<u8>]) -> Result<&'static CommandSpec, Value> {
     if let Some(error) = spec.subcommand_error(argv) {
         return Err(Value::error(error));
     }
-    if slot_of_keys(spec, argv) == KeySlot::CrossSlot {
-        return Err(Value::error(CROSS_SLOT));
-    }
+    // No slot check here: a machine holds a whole partition (a range of slots), and the
+    // routers decide what may cross slots: the gateway takes any keys of one partition (a
+    // one-partition service behaves like a standalone Redis), cluster-mode agents keep
+    // Redis Cluster's one-slot rule.
     Ok(spec)
 }
 
