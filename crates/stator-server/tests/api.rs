@@ -805,7 +805,10 @@ async fn stateless_instances_and_jobs_are_assigned_and_jobs_finish() {
 async fn a_restarted_agent_keeps_its_id_only_with_its_node_secret() {
     let server = TestServer::start().await;
     let first = server.register("node-a", "z1").await;
-    assert!(!first.node_secret.is_empty(), "registration hands out a node secret");
+    assert!(
+        !first.node_secret.is_empty(),
+        "registration hands out a node secret"
+    );
     let other = server.register("node-b", "z2").await;
     assert_ne!(first.node_secret, other.node_secret);
 
@@ -820,7 +823,11 @@ async fn a_restarted_agent_keeps_its_id_only_with_its_node_secret() {
     assert_eq!(again.node_id, first.node_id);
     assert_eq!(again.node_secret, first.node_secret);
     let nodes = server.get_json("/v1/nodes").await;
-    assert_eq!(nodes.as_array().unwrap().len(), 2, "no second record: {nodes}");
+    assert_eq!(
+        nodes.as_array().unwrap().len(),
+        2,
+        "no second record: {nodes}"
+    );
 
     // Someone else's id: refused with what to do.
     let forged = stator_api::agent::Rejoin {
