@@ -10,12 +10,16 @@
 //! - [`server`]: the HTTP client of the server API, failing over between server URLs.
 //! - [`replicas`]: hosts partition replicas (the replication engine) and reconciles them
 //!   toward the assigned groups and members.
-//! - [`driver`]: supervises stateless instances and jobs (processes).
-//! - [`cgroup`]: CPU shares: one cgroup per app process, `cpu.weight` / `cpu.shares`.
+//! - [`driver`]: supervises stateless instances and jobs (processes and containers).
+//! - [`container`]: the container driver's parts: local OCI images (verified, unpacked
+//!   once per digest) and runc bundles.
+//! - [`cgroup`]: limits: one cgroup per app process or container: CPU share and
+//!   ceiling, memory limit, OOM-kill detection.
 //! - [`probe`]: readiness probes (TCP, HTTP, exec).
 
 pub mod cgroup;
 pub mod config;
+pub mod container;
 pub mod driver;
 pub mod probe;
 pub mod replicas;
@@ -119,17 +123,19 @@ async fn run_incarnation(
         },
         listener,
     )?;
-    let cgroups = match cgroup::CpuCgroups::for_agent() {
+    let cgroups = match cgroup::Cgroups::for_agent() {
         Ok(cgroups) => Some(std::sync::Arc::new(cgroups)),
         Err(why) => {
-            tracing::warn!("cgroups unavailable: {why}; CPU shares not enforced");
+            tracing::warn!("cgroups unavailable: {why}; CPU shares and memory limits not enforced");
             None
         }
     };
+    let containers = std::sync::Arc::new(container::ContainerRuntime::new(&config.data_dir));
     let replicas = replicas::Replicas::new(host.clone(), config.data_dir.join("replicas"))
         .with_cpu_cgroups(cgroups.clone());
     let supervisor = driver::InstanceSupervisor::new(config.data_dir.join("instances"))
-        .with_cpu_cgroups(cgroups.clone());
+        .with_cpu_cgroups(cgroups.clone())
+        .with_containers(containers);
     let interval = Duration::from_millis(registration.heartbeat_interval_ms.max(50));
 
     let heartbeat_loop = async {

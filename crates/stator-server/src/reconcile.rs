@@ -1220,6 +1220,7 @@ mod tests {
             restarts: 0,
             exit_code: Some(1),
             message: None,
+            reason: None,
         }];
     }
 

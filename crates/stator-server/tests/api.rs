@@ -706,6 +706,7 @@ async fn stateless_instances_and_jobs_are_assigned_and_jobs_finish() {
                     restarts: 0,
                     exit_code: None,
                     message: None,
+                    reason: None,
                 })
                 .collect();
             reports.insert(agent.id, statuses);
