@@ -52,6 +52,9 @@ const AGENT_DIR_PREFIX: &str = "agent-";
 const MAX_MOUNTINFO_BYTES: u64 = 4 * 1024 * 1024;
 /// Longest a cgroup control file read here can be (counters and pid lists of one app).
 const MAX_CONTROL_FILE_BYTES: u64 = 1024 * 1024;
+/// How close (v1) the memory high-water mark must come to the limit to count as having
+/// hit it: the kernel charges in batches of up to 64 pages.
+const PEAK_SLACK_BYTES: u64 = 256 * 1024;
 /// Tries to remove a cgroup whose last processes were just killed: they need a moment
 /// to exit, after which rmdir succeeds.
 const REMOVE_ATTEMPTS: u32 = 50;
@@ -286,7 +289,8 @@ impl Cgroups {
                 if memsw.exists() && memory_mib != 0 {
                     write_control(&memsw, &limit)?;
                 }
-                Ok(())
+                // A new run starts a new high-water mark (see `memory_events`).
+                write_control(&memory_dir.join("memory.max_usage_in_bytes"), "0")
             }
         }
     }
@@ -305,10 +309,21 @@ impl Cgroups {
                     limit_hits: keyed_counter(&events, "max"),
                 }
             }
-            Version::V1 => MemoryEvents {
-                oom_kills: keyed_counter(&read_control(&dir.join("memory.oom_control")), "oom_kill"),
-                limit_hits: read_control(&dir.join("memory.failcnt")).trim().parse().unwrap_or(0),
-            },
+            Version::V1 => {
+                let number = |file: &str| -> u64 {
+                    read_control(&dir.join(file)).trim().parse().unwrap_or(0)
+                };
+                // failcnt stays 0 on some kernels (6.x), so the high-water mark, reset
+                // at each start, also counts: usage that reached the limit is a hit.
+                let limit = number("memory.limit_in_bytes");
+                let peak_at_limit = limit > 0
+                    && limit < u64::MAX / 2
+                    && number("memory.max_usage_in_bytes").saturating_add(PEAK_SLACK_BYTES) >= limit;
+                MemoryEvents {
+                    oom_kills: keyed_counter(&read_control(&dir.join("memory.oom_control")), "oom_kill"),
+                    limit_hits: number("memory.failcnt").saturating_add(u64::from(peak_at_limit)),
+                }
+            }
         }
     }
 

@@ -287,6 +287,7 @@ impl InstanceSupervisor {
             exit_code: None,
             message: None,
             reason: None,
+            oom_kills: 0,
         });
         let cpu_millis = Arc::new(AtomicU64::new(assignment.cpu_millis));
         let task = InstanceTask {
@@ -426,10 +427,14 @@ impl InstanceTask {
                 ),
                 RunOutcome::Failed(reason) => (None, reason, false, REASON_ERROR),
             };
-            if reason == REASON_OOM_KILLED {
+            let oom_killed = reason == REASON_OOM_KILLED;
+            if oom_killed {
                 tracing::warn!(%id, memory_mib = self.assignment.memory_mib, "instance OOM-killed");
             }
-            self.update(|status| status.reason = Some(reason.to_string()));
+            self.update(|status| {
+                status.reason = Some(reason.to_string());
+                status.oom_kills = status.oom_kills.saturating_add(u32::from(oom_killed));
+            });
             if self.assignment.kind == InstanceKind::Job {
                 let succeeded = exit_code == Some(0);
                 tracing::info!(%id, succeeded, "job {what}");

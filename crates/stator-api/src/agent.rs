@@ -173,6 +173,10 @@ pub struct InstanceStatus {
     /// `Completed` (exit 0). None while the first run is going.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Runs of this instance the kernel OOM-killed (the server raises an event for each
+    /// new one).
+    #[serde(default)]
+    pub oom_kills: u32,
 }
 
 /// [`InstanceStatus::reason`] of a run the kernel killed for passing its memory limit.

@@ -435,6 +435,18 @@ impl Controller {
             .keys()
             .map(|g| self.cluster.group_observed(*g).map(|o| (o.leader, o.term)))
             .collect();
+        let oom_kills = new_oom_kills(
+            self.cluster.observed.get(&node).map(|o| o.instances.as_slice()),
+            &heartbeat.instances,
+        );
+        for (service, id, oom_kills) in oom_kills {
+            self.publish(EventKind::InstanceOomKilled {
+                service,
+                id,
+                node_id: node,
+                oom_kills,
+            });
+        }
         self.cluster.observed.insert(
             node,
             NodeObserved {
@@ -973,4 +985,21 @@ async fn read_counter(store: &dyn Store, key: &str) -> Result<u64> {
         Some(value) => decode(key, &value.value),
         None => Ok(1),
     }
+}
+
+/// `(service, id, oom_kills)` of each instance whose OOM-kill count grew since the
+/// node's previous report (a pure function of the two reports).
+fn new_oom_kills(
+    before: Option<&[stator_api::agent::InstanceStatus]>,
+    now: &[stator_api::agent::InstanceStatus],
+) -> Vec<(String, String, u32)> {
+    now.iter()
+        .filter(|status| {
+            let previous = before
+                .and_then(|before| before.iter().find(|old| old.id == status.id))
+                .map_or(0, |old| old.oom_kills);
+            status.oom_kills > previous
+        })
+        .map(|status| (status.service.clone(), status.id.clone(), status.oom_kills))
+        .collect()
 }

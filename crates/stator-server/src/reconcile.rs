@@ -1221,6 +1221,7 @@ mod tests {
             exit_code: Some(1),
             message: None,
             reason: None,
+            oom_kills: 0,
         }];
     }
 

@@ -247,6 +247,21 @@ pub async fn describe_service(api: &Api, name: &str, output: Output) -> anyhow::
         println!("  {line}");
     }
     println!("Status:      {}", serde_json::to_string(&service.status)?);
+    if !service.instances.is_empty() {
+        println!("Instances:");
+        println!("  {:<24} {:<12} {:<6} {:>8} {:>9}  LAST EXIT", "ID", "NODE", "READY", "RESTARTS", "OOM KILLS");
+        for instance in &service.instances {
+            println!(
+                "  {:<24} {:<12} {:<6} {:>8} {:>9}  {}",
+                instance.id,
+                instance.node,
+                instance.ready,
+                instance.restarts,
+                instance.oom_kills,
+                instance.reason.as_deref().unwrap_or("-"),
+            );
+        }
+    }
     if !partitions.is_empty() {
         println!("Partitions:");
         print_partitions(&partitions);

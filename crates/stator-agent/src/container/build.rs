@@ -77,7 +77,7 @@ pub fn tar_directory(dir: &Path) -> io::Result<Vec<u8>> {
 pub fn tar_of_entries(entries: &[(&str, &[u8])]) -> io::Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
     for (path, contents) in entries {
-        let mut header = tar::Header::new_gnu();
+        let mut header = new_header();
         if let Some(dir) = path.strip_suffix('/') {
             header.set_entry_type(tar::EntryType::Directory);
             header.set_mode(0o755);
@@ -91,6 +91,15 @@ pub fn tar_of_entries(entries: &[(&str, &[u8])]) -> io::Result<Vec<u8>> {
         }
     }
     builder.into_inner()
+}
+
+/// A header owned by root with a fixed time (so images built twice are identical).
+fn new_header() -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header
 }
 
 /// Gzip of `bytes` (fast level: test images are about speed, not size).
@@ -198,7 +207,7 @@ pub fn write_docker_archive(
     let config_blob = config_document(config, &diff_ids);
     let mut builder = tar::Builder::new(Vec::new());
     let mut append = |path: &str, bytes: &[u8]| {
-        let mut header = tar::Header::new_gnu();
+        let mut header = new_header();
         header.set_mode(0o644);
         header.set_size(bytes.len() as u64);
         builder.append_data(&mut header, path, bytes)

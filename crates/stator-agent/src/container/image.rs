@@ -705,7 +705,7 @@ fn apply_layer(path: &Path, rootfs: &Path, diff_id: Option<&str>) -> Result<(), 
         }
         entry
             .unpack_in(rootfs)
-            .map_err(|e| format!("cannot unpack {}: {e}", relative.display()))?;
+            .map_err(|e| format!("cannot unpack {}: {}", relative.display(), error_chain(&e)))?;
         written.insert(relative);
     }
     let mut hashing = archive.into_inner();
@@ -720,6 +720,18 @@ fn apply_layer(path: &Path, rootfs: &Path, diff_id: Option<&str>) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// An error and its sources, `: `-separated (the tar crate puts the cause in the source).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// `path` without `./` or a leading `/`; an error for `..`.

@@ -36,8 +36,6 @@ use crate::cgroup::Cgroups;
 pub const RUNC_ENV: &str = "STATOR_RUNC";
 /// Directory, under an instance's directory, of its container's bundle and overlay.
 pub const CONTAINER_DIR: &str = "container";
-/// Open files a container may hold (soft and hard): servers need more than 1024.
-pub const CONTAINER_NOFILE_LIMIT: u64 = 65_536;
 /// `PATH` for images whose config sets none (Docker's default).
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Capabilities a container keeps: Docker's defaults without `MKNOD`, `NET_RAW` (raw
@@ -456,7 +454,6 @@ fn runtime_config(
             "capabilities": {
                 "bounding": capabilities, "effective": capabilities, "permitted": capabilities,
             },
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": CONTAINER_NOFILE_LIMIT, "soft": CONTAINER_NOFILE_LIMIT}],
             "noNewPrivileges": true,
         },
         "root": {"path": "rootfs", "readonly": container.read_only_rootfs},
