@@ -254,12 +254,14 @@ impl Cgroups {
         let dir = self.dir_of(name);
         match self.version {
             Version::V2 => {
-                let quota = millicores.map_or("max".to_string(), |m| quota_for_millis(m).to_string());
+                let quota =
+                    millicores.map_or("max".to_string(), |m| quota_for_millis(m).to_string());
                 write_control(&dir.join("cpu.max"), &format!("{quota} {CFS_PERIOD_US}"))
             }
             Version::V1 => {
                 write_control(&dir.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
-                let quota = millicores.map_or("-1".to_string(), |m| quota_for_millis(m).to_string());
+                let quota =
+                    millicores.map_or("-1".to_string(), |m| quota_for_millis(m).to_string());
                 write_control(&dir.join("cpu.cfs_quota_us"), &quota)
             }
         }
@@ -269,7 +271,11 @@ impl Cgroups {
         let bytes = memory_mib.saturating_mul(1024 * 1024);
         match self.version {
             Version::V2 => {
-                let limit = if memory_mib == 0 { "max".to_string() } else { bytes.to_string() };
+                let limit = if memory_mib == 0 {
+                    "max".to_string()
+                } else {
+                    bytes.to_string()
+                };
                 write_control(&memory_dir.join("memory.max"), &limit)?;
                 // Swap would turn an OOM kill into a crawl; absent without swap support.
                 let swap = memory_dir.join("memory.swap.max");
@@ -279,7 +285,11 @@ impl Cgroups {
                 Ok(())
             }
             Version::V1 => {
-                let limit = if memory_mib == 0 { "-1".to_string() } else { bytes.to_string() };
+                let limit = if memory_mib == 0 {
+                    "-1".to_string()
+                } else {
+                    bytes.to_string()
+                };
                 let memsw = memory_dir.join("memory.memsw.limit_in_bytes");
                 // memsw must stay >= the limit: lower it after, raise it before.
                 if memsw.exists() && memory_mib == 0 {
@@ -318,9 +328,13 @@ impl Cgroups {
                 let limit = number("memory.limit_in_bytes");
                 let peak_at_limit = limit > 0
                     && limit < u64::MAX / 2
-                    && number("memory.max_usage_in_bytes").saturating_add(PEAK_SLACK_BYTES) >= limit;
+                    && number("memory.max_usage_in_bytes").saturating_add(PEAK_SLACK_BYTES)
+                        >= limit;
                 MemoryEvents {
-                    oom_kills: keyed_counter(&read_control(&dir.join("memory.oom_control")), "oom_kill"),
+                    oom_kills: keyed_counter(
+                        &read_control(&dir.join("memory.oom_control")),
+                        "oom_kill",
+                    ),
                     limit_hits: number("memory.failcnt").saturating_add(u64::from(peak_at_limit)),
                 }
             }
@@ -427,7 +441,8 @@ fn cgroup_mounts(mountinfo: &str) -> impl Iterator<Item = (PathBuf, &str, &str)>
         let mut right = right.split_whitespace();
         let fstype = right.next().unwrap_or_default();
         let super_options = right.nth(1).unwrap_or_default();
-        matches!(fstype, "cgroup" | "cgroup2").then(|| (PathBuf::from(mount_point), fstype, super_options))
+        matches!(fstype, "cgroup" | "cgroup2")
+            .then(|| (PathBuf::from(mount_point), fstype, super_options))
     })
 }
 
@@ -452,13 +467,17 @@ fn cpu_hierarchy(mountinfo: &str) -> Option<(Version, PathBuf)> {
 /// The v1 hierarchy whose options include `controller`.
 fn v1_hierarchy(mountinfo: &str, controller: &str) -> Option<PathBuf> {
     cgroup_mounts(mountinfo)
-        .find(|(_, fstype, options)| *fstype == "cgroup" && options.split(',').any(|o| o == controller))
+        .find(|(_, fstype, options)| {
+            *fstype == "cgroup" && options.split(',').any(|o| o == controller)
+        })
         .map(|(mount_point, _, _)| mount_point)
 }
 
 /// Every cgroup hierarchy's mount point (each once).
 fn all_hierarchies(mountinfo: &str) -> Vec<PathBuf> {
-    let mut all: Vec<PathBuf> = cgroup_mounts(mountinfo).map(|(mount_point, _, _)| mount_point).collect();
+    let mut all: Vec<PathBuf> = cgroup_mounts(mountinfo)
+        .map(|(mount_point, _, _)| mount_point)
+        .collect();
     all.sort();
     all.dedup();
     all
@@ -623,15 +642,39 @@ mod tests {
 
     #[test]
     fn an_oom_kill_is_told_from_other_deaths() {
-        let before = MemoryEvents { oom_kills: 1, limit_hits: 10 };
+        let before = MemoryEvents {
+            oom_kills: 1,
+            limit_hits: 10,
+        };
         // The kernel counted a kill (a process in the app's own cgroup).
-        assert!(was_oom_killed(before, MemoryEvents { oom_kills: 2, limit_hits: 11 }, false));
+        assert!(was_oom_killed(
+            before,
+            MemoryEvents {
+                oom_kills: 2,
+                limit_hits: 11
+            },
+            false
+        ));
         // A container: SIGKILL while at the limit, counted only in the child cgroup.
-        assert!(was_oom_killed(before, MemoryEvents { oom_kills: 1, limit_hits: 12 }, true));
+        assert!(was_oom_killed(
+            before,
+            MemoryEvents {
+                oom_kills: 1,
+                limit_hits: 12
+            },
+            true
+        ));
         // SIGKILL from someone else, memory never at the limit.
         assert!(!was_oom_killed(before, before, true));
         // At the limit (page cache reclaimed) but exited by itself.
-        assert!(!was_oom_killed(before, MemoryEvents { oom_kills: 1, limit_hits: 50 }, false));
+        assert!(!was_oom_killed(
+            before,
+            MemoryEvents {
+                oom_kills: 1,
+                limit_hits: 50
+            },
+            false
+        ));
     }
 
     #[test]

@@ -41,16 +41,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use stator_api::agent::{
-    InstanceAssignment, InstanceKind, InstanceState, InstanceStatus, REASON_COMPLETED, REASON_ERROR,
-    REASON_OOM_KILLED,
+    InstanceAssignment, InstanceKind, InstanceState, InstanceStatus, REASON_COMPLETED,
+    REASON_ERROR, REASON_OOM_KILLED,
 };
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
@@ -633,7 +633,9 @@ impl InstanceTask {
             container,
             memory_before,
         } = run;
-        let outcome = self.watch(&mut child, container.as_ref(), memory_before).await;
+        let outcome = self
+            .watch(&mut child, container.as_ref(), memory_before)
+            .await;
         if let Some((runtime, prepared)) = container {
             // Forget the container and unmount its rootfs, off the async threads.
             let _ = tokio::task::spawn_blocking(move || {

@@ -94,8 +94,14 @@ impl Fixture {
             cmd: vec!["sh".into(), "-c".into(), SERVE_FOREVER.into()],
             ..Default::default()
         };
-        write_oci_layout(&layout, "test", &[tar_directory(&rootfs).unwrap()], &config, true)
-            .unwrap();
+        write_oci_layout(
+            &layout,
+            "test",
+            &[tar_directory(&rootfs).unwrap()],
+            &config,
+            true,
+        )
+        .unwrap();
         let supervisor = InstanceSupervisor::new(data_dir.path().join("instances"))
             .with_cpu_cgroups(Some(cgroups.clone()))
             .with_containers(runtime.clone());
@@ -136,7 +142,10 @@ impl Fixture {
     }
 
     fn status(&self, id: &str) -> Option<InstanceStatus> {
-        self.supervisor.statuses().into_iter().find(|status| status.id == id)
+        self.supervisor
+            .statuses()
+            .into_iter()
+            .find(|status| status.id == id)
     }
 
     async fn wait_status(
@@ -162,7 +171,9 @@ impl Fixture {
     }
 
     fn log(&self, id: &str) -> String {
-        let read = |name: &str| std::fs::read_to_string(self.run_dir().join(id).join(name)).unwrap_or_default();
+        let read = |name: &str| {
+            std::fs::read_to_string(self.run_dir().join(id).join(name)).unwrap_or_default()
+        };
         let stderr = read(STDERR_LOG_FILE);
         assert!(!stderr.contains("runc run failed"), "{id}: {stderr}");
         read(STDOUT_LOG_FILE)
@@ -190,7 +201,9 @@ impl Fixture {
 
 #[tokio::test]
 async fn a_container_runs_a_service_and_a_job_with_its_environment() {
-    let Some(fixture) = Fixture::new() else { return };
+    let Some(fixture) = Fixture::new() else {
+        return;
+    };
     let web = fixture.container(
         "web-0",
         InstanceKind::Stateless,
@@ -203,7 +216,9 @@ async fn a_container_runs_a_service_and_a_job_with_its_environment() {
         .reconcile(&[web.clone(), job_ok.clone(), job_bad.clone()])
         .await;
     fixture
-        .wait_status("web-0", "the service to be ready", |s| s.state == InstanceState::Ready)
+        .wait_status("web-0", "the service to be ready", |s| {
+            s.state == InstanceState::Ready
+        })
         .await;
     wait_for("the service's greeting", || {
         fixture
@@ -213,12 +228,16 @@ async fn a_container_runs_a_service_and_a_job_with_its_environment() {
     })
     .await;
     let ok = fixture
-        .wait_status("batch-0-0", "the job to succeed", |s| s.state == InstanceState::Succeeded)
+        .wait_status("batch-0-0", "the job to succeed", |s| {
+            s.state == InstanceState::Succeeded
+        })
         .await;
     assert_eq!(ok.exit_code, Some(0));
     assert!(fixture.log("batch-0-0").contains("done"));
     let bad = fixture
-        .wait_status("batch-1-0", "the job to fail", |s| s.state == InstanceState::Failed)
+        .wait_status("batch-1-0", "the job to fail", |s| {
+            s.state == InstanceState::Failed
+        })
         .await;
     assert_eq!(bad.exit_code, Some(3));
     assert_eq!(bad.reason.as_deref(), Some("Error"));
@@ -233,7 +252,9 @@ async fn a_container_runs_a_service_and_a_job_with_its_environment() {
 
 #[tokio::test]
 async fn a_container_past_its_memory_limit_is_oom_killed_and_restarted() {
-    let Some(fixture) = Fixture::new() else { return };
+    let Some(fixture) = Fixture::new() else {
+        return;
+    };
     if !fixture.cgroups.limits_memory() {
         assert!(
             std::env::var("STATOR_REQUIRE_ALL").as_deref() != Ok("1"),
@@ -249,14 +270,21 @@ async fn a_container_past_its_memory_limit_is_oom_killed_and_restarted() {
         "exec dd if=/dev/zero of=/dev/null bs=64M count=1",
     );
     let calm = fixture.container("calm-0", InstanceKind::Stateless, SERVE_FOREVER);
-    fixture.supervisor.reconcile(&[hog.clone(), calm.clone()]).await;
+    fixture
+        .supervisor
+        .reconcile(&[hog.clone(), calm.clone()])
+        .await;
     let status = fixture
         .wait_status("hog-0", "an OOM kill to be reported", |s| {
             s.reason.as_deref() == Some(REASON_OOM_KILLED)
         })
         .await;
     assert!(
-        status.message.as_deref().unwrap_or_default().contains("memory limit of 32 MiB"),
+        status
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("memory limit of 32 MiB"),
         "{status:?}"
     );
     fixture
@@ -271,14 +299,19 @@ async fn a_container_past_its_memory_limit_is_oom_killed_and_restarted() {
 
 #[tokio::test]
 async fn start_stop_cycles_and_an_agent_restart_leave_nothing_behind() {
-    let Some(fixture) = Fixture::new() else { return };
+    let Some(fixture) = Fixture::new() else {
+        return;
+    };
     let cycles: usize = std::env::var("STATOR_CONTAINER_CYCLES")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(DEFAULT_CYCLES);
     let web = fixture.container("cycle-0", InstanceKind::Stateless, SERVE_FOREVER);
     for cycle in 0..cycles {
-        fixture.supervisor.reconcile(std::slice::from_ref(&web)).await;
+        fixture
+            .supervisor
+            .reconcile(std::slice::from_ref(&web))
+            .await;
         fixture
             .wait_status("cycle-0", "the container to be ready", |s| {
                 s.state == InstanceState::Ready
@@ -314,18 +347,173 @@ async fn start_stop_cycles_and_an_agent_restart_leave_nothing_behind() {
         .spawn()
         .unwrap();
     wait_for("the orphan to run", || {
-        fixture.runtime.list().contains(&"orphan-0".to_string()).then_some(())
+        fixture
+            .runtime
+            .list()
+            .contains(&"orphan-0".to_string())
+            .then_some(())
     })
     .await;
     child.start_kill().unwrap();
     let _ = child.wait().await;
-    assert!(!fixture.leftovers("orphan-0").is_empty(), "the orphan should outlive runc");
+    assert!(
+        !fixture.leftovers("orphan-0").is_empty(),
+        "the orphan should outlive runc"
+    );
 
     let restarted = InstanceSupervisor::new(fixture.run_dir())
         .with_containers(Arc::new(ContainerRuntime::new(fixture.data_dir.path())));
     fixture.cgroups.remove("orphan-0");
     let left = fixture.leftovers("orphan-0");
-    assert!(left.is_empty(), "after an agent restart, left behind: {left:?}");
+    assert!(
+        left.is_empty(),
+        "after an agent restart, left behind: {left:?}"
+    );
     restarted.shutdown().await;
+    fixture.supervisor.shutdown().await;
+}
+
+/// Benchmark, behind `STATOR_CONTAINER_BENCH=1` (see docs/BENCHMARKS.md): start of a
+/// cached few-MiB image until the container's first output, beside the same command as a
+/// plain process; first unpack of a ~50 MiB image, beside GNU tar unpacking the same
+/// layer. Prints one JSON line; asserts nothing about the figures.
+#[tokio::test]
+async fn bench_container_start_and_unpack() {
+    if std::env::var("STATOR_CONTAINER_BENCH").as_deref() != Ok("1") {
+        println!("SKIPPED: set STATOR_CONTAINER_BENCH=1 to run the container benchmark");
+        return;
+    }
+    let Some(fixture) = Fixture::new() else {
+        return;
+    };
+    const RUNS: usize = 10;
+    let median = |mut samples: Vec<f64>| {
+        samples.sort_by(f64::total_cmp);
+        samples[samples.len() / 2]
+    };
+
+    // A few MiB: busybox plus 4 MiB of noise, so the image is not trivially small.
+    let image_dir = TempDir::new().unwrap();
+    let rootfs = image_dir.path().join("rootfs");
+    busybox_rootfs(&rootfs).unwrap();
+    let noise: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(rootfs.join("noise"), &noise).unwrap();
+    let layout = image_dir.path().join("layout");
+    write_oci_layout(
+        &layout,
+        "few",
+        &[tar_directory(&rootfs).unwrap()],
+        &ImageRunConfig::default(),
+        true,
+    )
+    .unwrap();
+    let image = format!("oci:{}:few", layout.display());
+
+    let mut container_ms = Vec::new();
+    let mut process_ms = Vec::new();
+    for run in 0..=RUNS {
+        for as_container in [true, false] {
+            let id = format!("start-{run}-{as_container}");
+            let mut assignment = fixture.container(
+                &id,
+                InstanceKind::Stateless,
+                &format!("echo up; {SERVE_FOREVER}"),
+            );
+            if as_container {
+                assignment.container.as_mut().unwrap().image = image.clone();
+            } else {
+                assignment.command = assignment.container.take().unwrap().command;
+            }
+            let started = std::time::Instant::now();
+            fixture
+                .supervisor
+                .reconcile(std::slice::from_ref(&assignment))
+                .await;
+            wait_for("the first output", || {
+                fixture.log(&id).contains("up").then_some(())
+            })
+            .await;
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            // Run 0 unpacks the image: not a cached start.
+            if run > 0 {
+                if as_container {
+                    container_ms.push(ms)
+                } else {
+                    process_ms.push(ms)
+                }
+            }
+            fixture.supervisor.reconcile(&[]).await;
+            wait_for("the stop", || fixture.status(&id).is_none().then_some(())).await;
+        }
+    }
+
+    // ~50 MiB, incompressible: the unpack is bound by hashing, gunzip and writes.
+    let big = image_dir.path().join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let random: Vec<u8> = (0..50u32 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    std::fs::write(big.join("data"), &random).unwrap();
+    let layer = tar_directory(&big).unwrap();
+    let big_layout = image_dir.path().join("big-layout");
+    write_oci_layout(
+        &big_layout,
+        "big",
+        std::slice::from_ref(&layer),
+        &ImageRunConfig::default(),
+        true,
+    )
+    .unwrap();
+    let gz = image_dir.path().join("layer.tar.gz");
+    std::fs::write(&gz, stator_agent::container::build::gzip(&layer).unwrap()).unwrap();
+    let cache = stator_agent::container::ImageCache::new(image_dir.path().join("cache"));
+    let reference =
+        stator_api::container::ImageRef::parse(&format!("oci:{}:big", big_layout.display()))
+            .unwrap();
+    let started = std::time::Instant::now();
+    let unpacked = cache.prepare(&reference, Path::new("/")).unwrap();
+    let unpack_ms = started.elapsed().as_secs_f64() * 1000.0;
+    assert!(unpacked.unpacked_now);
+    let tar_dir = image_dir.path().join("tar-out");
+    std::fs::create_dir_all(&tar_dir).unwrap();
+    let started = std::time::Instant::now();
+    let status = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(&gz)
+        .arg("-C")
+        .arg(&tar_dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let tar_ms = started.elapsed().as_secs_f64() * 1000.0;
+
+    let container_p50 = median(container_ms);
+    let process_p50 = median(process_ms);
+    println!(
+        "{}",
+        serde_json::json!({
+            "cached_start": {
+                "image_bytes": noise.len() + std::fs::metadata(rootfs.join("bin/busybox")).unwrap().len() as usize,
+                "runs": RUNS,
+                "container_p50_ms": container_p50,
+                "process_p50_ms": process_p50,
+                "ratio_container_to_process": container_p50 / process_p50,
+            },
+            "first_unpack": {
+                "layer_bytes": layer.len(),
+                "stator_ms": unpack_ms,
+                "gnu_tar_xzf_ms": tar_ms,
+                "ratio_stator_to_tar": unpack_ms / tar_ms,
+            },
+        })
+    );
     fixture.supervisor.shutdown().await;
 }

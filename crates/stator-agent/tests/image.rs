@@ -52,7 +52,10 @@ fn oci_ref(dir: &Path, tag: &str) -> ImageRef {
 fn assert_layered_rootfs(rootfs: &Path) {
     assert!(!rootfs.join("a/x").exists(), "whiteout of a/x not applied");
     assert_eq!(fs::read(rootfs.join("a/y")).unwrap(), b"y");
-    assert!(!rootfs.join("b/old").exists(), "opaque whiteout of b/ not applied");
+    assert!(
+        !rootfs.join("b/old").exists(),
+        "opaque whiteout of b/ not applied"
+    );
     assert_eq!(fs::read(rootfs.join("b/new")).unwrap(), b"new");
     assert_eq!(fs::read(rootfs.join("c")).unwrap(), b"v2");
     assert!(!rootfs.join("a/.wh.x").exists() && !rootfs.join("b/.wh..wh..opq").exists());
@@ -64,16 +67,21 @@ fn an_oci_layout_unpacks_once_with_whiteouts_applied() {
     let layout = work.path().join("layout");
     for compress in [true, false] {
         let _ = fs::remove_dir_all(&layout);
-        let digest = write_oci_layout(&layout, "1.0", &layered_tars(), &run_config(), compress).unwrap();
+        let digest =
+            write_oci_layout(&layout, "1.0", &layered_tars(), &run_config(), compress).unwrap();
         let cache = ImageCache::new(work.path().join(format!("cache-{compress}")));
-        let image = cache.prepare(&oci_ref(&layout, "1.0"), Path::new("/")).unwrap();
+        let image = cache
+            .prepare(&oci_ref(&layout, "1.0"), Path::new("/"))
+            .unwrap();
         assert_eq!(image.digest, digest);
         assert!(image.unpacked_now);
         assert!(image.rootfs.starts_with(cache.root()));
         assert_layered_rootfs(&image.rootfs);
         assert_eq!(image.config, run_config());
 
-        let again = cache.prepare(&oci_ref(&layout, "1.0"), Path::new("/")).unwrap();
+        let again = cache
+            .prepare(&oci_ref(&layout, "1.0"), Path::new("/"))
+            .unwrap();
         assert!(!again.unpacked_now, "the second start must use the cache");
         assert_eq!(again.rootfs, image.rootfs);
     }
@@ -91,7 +99,12 @@ fn archives_unpack_like_layouts() {
     let image = cache.prepare(&reference, Path::new("/")).unwrap();
     assert_eq!(image.digest, digest);
     assert_layered_rootfs(&image.rootfs);
-    assert!(!cache.prepare(&reference, Path::new("/")).unwrap().unpacked_now);
+    assert!(
+        !cache
+            .prepare(&reference, Path::new("/"))
+            .unwrap()
+            .unpacked_now
+    );
 
     let docker = work.path().join("docker.tar");
     let id = write_docker_archive(&docker, &layered_tars(), &run_config()).unwrap();
@@ -110,30 +123,53 @@ fn a_corrupt_or_truncated_layer_is_refused_naming_it() {
     let manifest: serde_json::Value = {
         let index: serde_json::Value =
             serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
-        let digest = index["manifests"][0]["digest"].as_str().unwrap().to_string();
+        let digest = index["manifests"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
         serde_json::from_slice(&fs::read(blob_file(&layout, &digest)).unwrap()).unwrap()
     };
-    let second_layer = manifest["layers"][1]["digest"].as_str().unwrap().to_string();
+    let second_layer = manifest["layers"][1]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let blob = blob_file(&layout, &second_layer);
     let original = fs::read(&blob).unwrap();
 
     // Truncated: half the blob.
     fs::write(&blob, &original[..original.len() / 2]).unwrap();
     let cache = ImageCache::new(work.path().join("cache"));
-    let error = cache.prepare(&oci_ref(&layout, "1"), Path::new("/")).unwrap_err().to_string();
-    assert!(error.contains("layer 2 of 2") && error.contains(&second_layer), "{error}");
+    let error = cache
+        .prepare(&oci_ref(&layout, "1"), Path::new("/"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("layer 2 of 2") && error.contains(&second_layer),
+        "{error}"
+    );
 
     // Same size, one byte flipped.
     let mut flipped = original.clone();
     let middle = flipped.len() / 2;
     flipped[middle] ^= 0xff;
     fs::write(&blob, &flipped).unwrap();
-    let error = cache.prepare(&oci_ref(&layout, "1"), Path::new("/")).unwrap_err().to_string();
-    assert!(error.contains("layer 2 of 2") && error.contains("hashes to"), "{error}");
+    let error = cache
+        .prepare(&oci_ref(&layout, "1"), Path::new("/"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("layer 2 of 2") && error.contains("hashes to"),
+        "{error}"
+    );
 
     // Nothing half-unpacked was left where a later start would take it for the image.
     fs::write(&blob, &original).unwrap();
-    assert!(cache.prepare(&oci_ref(&layout, "1"), Path::new("/")).unwrap().unpacked_now);
+    assert!(
+        cache
+            .prepare(&oci_ref(&layout, "1"), Path::new("/"))
+            .unwrap()
+            .unpacked_now
+    );
 
     // A docker archive whose layer does not match the config's diff id.
     let docker = work.path().join("docker.tar");
@@ -178,8 +214,14 @@ fn a_corrupt_or_truncated_layer_is_refused_naming_it() {
     };
     fs::write(&docker, good_config_with_bad_layer).unwrap();
     let reference = ImageRef::parse(&format!("docker-archive:{}", docker.display())).unwrap();
-    let error = cache.prepare(&reference, Path::new("/")).unwrap_err().to_string();
-    assert!(error.contains("layer 1 of 2") && error.contains("diff id"), "{error}");
+    let error = cache
+        .prepare(&reference, Path::new("/"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("layer 1 of 2") && error.contains("diff id"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -188,8 +230,14 @@ fn a_missing_tag_or_image_says_what_exists() {
     let layout = work.path().join("layout");
     write_oci_layout(&layout, "1.0", &layered_tars(), &run_config(), true).unwrap();
     let cache = ImageCache::new(work.path().join("cache"));
-    let error = cache.prepare(&oci_ref(&layout, "2.0"), Path::new("/")).unwrap_err().to_string();
-    assert!(error.contains("\"2.0\"") && error.contains("1.0"), "{error}");
+    let error = cache
+        .prepare(&oci_ref(&layout, "2.0"), Path::new("/"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("\"2.0\"") && error.contains("1.0"),
+        "{error}"
+    );
     let error = cache
         .prepare(&oci_ref(&work.path().join("nowhere"), "1"), Path::new("/"))
         .unwrap_err()
@@ -216,7 +264,13 @@ fn a_layer_cannot_write_outside_the_rootfs() {
     evil.extend_from_slice(&[0u8; 1024]);
     write_oci_layout(&layout, "1", &[evil], &run_config(), false).unwrap();
     let cache = ImageCache::new(work.path().join("cache"));
-    let error = cache.prepare(&oci_ref(&layout, "1"), Path::new("/")).unwrap_err().to_string();
-    assert!(error.contains("layer 1 of 1") && error.contains("leaves"), "{error}");
+    let error = cache
+        .prepare(&oci_ref(&layout, "1"), Path::new("/"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("layer 1 of 1") && error.contains("leaves"),
+        "{error}"
+    );
     assert!(!work.path().join("cache/escaped").exists());
 }

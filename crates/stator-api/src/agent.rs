@@ -25,8 +25,8 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use crate::ids::{GroupId, NodeId};
 use crate::container::ContainerSpec;
+use crate::ids::{GroupId, NodeId};
 use crate::spec::{AppSpec, Probe};
 
 /// Path of the registration call (POST, body [`RegisterRequest`]).

@@ -111,7 +111,8 @@ impl ContainerSpec {
             }
         }
         if let Some(user) = &self.user {
-            parse_user(user).map_err(|reason| SpecError::invalid(format!("{field}.user"), reason))?;
+            parse_user(user)
+                .map_err(|reason| SpecError::invalid(format!("{field}.user"), reason))?;
         }
         if self.mounts.len() > MAX_CONTAINER_MOUNTS {
             return Err(SpecError::invalid(
@@ -196,7 +197,9 @@ impl ImageRef {
                 _ => (rest, None),
             };
             if path.is_empty() {
-                return Err(format!("{text:?} names no path; write e.g. \"oci:images/web:1.0\""));
+                return Err(format!(
+                    "{text:?} names no path; write e.g. \"oci:images/web:1.0\""
+                ));
             }
             if let Some(tag) = tag {
                 let valid = !tag.is_empty()
@@ -291,16 +294,29 @@ mod tests {
                 file: "/tmp/a.tar".into()
             })
         );
-        for text in ["oci:images/web:1.0", "oci-archive:a.tar", "docker-archive:x.tar"] {
+        for text in [
+            "oci:images/web:1.0",
+            "oci-archive:a.tar",
+            "docker-archive:x.tar",
+        ] {
             assert_eq!(ImageRef::parse(text).unwrap().to_string(), text);
         }
     }
 
     #[test]
     fn rejects_bad_image_sources_saying_what_to_write() {
-        for bad in ["docker.io/library/nginx", "oci:", "oci::1", "oci:dir:bad tag", "docker-archive:"] {
+        for bad in [
+            "docker.io/library/nginx",
+            "oci:",
+            "oci::1",
+            "oci:dir:bad tag",
+            "docker-archive:",
+        ] {
             let error = ImageRef::parse(bad).unwrap_err();
-            assert!(error.contains("oci") || error.contains("tag"), "{bad}: {error}");
+            assert!(
+                error.contains("oci") || error.contains("tag"),
+                "{bad}: {error}"
+            );
         }
     }
 

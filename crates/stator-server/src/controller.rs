@@ -436,7 +436,10 @@ impl Controller {
             .map(|g| self.cluster.group_observed(*g).map(|o| (o.leader, o.term)))
             .collect();
         let oom_kills = new_oom_kills(
-            self.cluster.observed.get(&node).map(|o| o.instances.as_slice()),
+            self.cluster
+                .observed
+                .get(&node)
+                .map(|o| o.instances.as_slice()),
             &heartbeat.instances,
         );
         for (service, id, oom_kills) in oom_kills {
@@ -1002,4 +1005,41 @@ fn new_oom_kills(
         })
         .map(|status| (status.service.clone(), status.id.clone(), status.oom_kills))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_oom_kills;
+    use stator_api::agent::{InstanceState, InstanceStatus};
+
+    fn status(id: &str, oom_kills: u32) -> InstanceStatus {
+        InstanceStatus {
+            id: id.into(),
+            service: "svc".into(),
+            state: InstanceState::Running,
+            restarts: oom_kills,
+            exit_code: None,
+            message: None,
+            reason: None,
+            oom_kills,
+        }
+    }
+
+    #[test]
+    fn each_new_oom_kill_is_reported_once() {
+        let before = [status("a", 1), status("b", 0)];
+        let now = [status("a", 2), status("b", 0), status("c", 1)];
+        let events = new_oom_kills(Some(&before), &now);
+        assert_eq!(
+            events,
+            vec![
+                ("svc".to_string(), "a".to_string(), 2),
+                ("svc".to_string(), "c".to_string(), 1)
+            ]
+        );
+        // The same report again raises nothing.
+        assert!(new_oom_kills(Some(&now), &now).is_empty());
+        // A node's first report counts what it carries.
+        assert_eq!(new_oom_kills(None, &[status("a", 1)]).len(), 1);
+    }
 }

@@ -249,7 +249,10 @@ pub async fn describe_service(api: &Api, name: &str, output: Output) -> anyhow::
     println!("Status:      {}", serde_json::to_string(&service.status)?);
     if !service.instances.is_empty() {
         println!("Instances:");
-        println!("  {:<24} {:<12} {:<6} {:>8} {:>9}  LAST EXIT", "ID", "NODE", "READY", "RESTARTS", "OOM KILLS");
+        println!(
+            "  {:<24} {:<12} {:<6} {:>8} {:>9}  LAST EXIT",
+            "ID", "NODE", "READY", "RESTARTS", "OOM KILLS"
+        );
         for instance in &service.instances {
             println!(
                 "  {:<24} {:<12} {:<6} {:>8} {:>9}  {}",

@@ -19,8 +19,8 @@ pub const BUSYBOX_PATH: &str = "/bin/busybox";
 
 /// Applets linked in [`busybox_rootfs`]: what the examples and tests call.
 pub const BUSYBOX_APPLETS: [&str; 16] = [
-    "sh", "echo", "cat", "sleep", "ls", "mkdir", "rm", "touch", "httpd", "head", "dd",
-    "env", "id", "hostname", "true", "wc",
+    "sh", "echo", "cat", "sleep", "ls", "mkdir", "rm", "touch", "httpd", "head", "dd", "env", "id",
+    "hostname", "true", "wc",
 ];
 
 /// A tag-able image document: its bytes and digest.
@@ -152,9 +152,15 @@ pub fn write_oci_layout(
     for tar in layer_tars {
         diff_ids.push(Blob::new(tar.clone()).digest);
         let (blob, media_type) = if compress {
-            (Blob::new(gzip(tar)?), "application/vnd.oci.image.layer.v1.tar+gzip")
+            (
+                Blob::new(gzip(tar)?),
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            )
         } else {
-            (Blob::new(tar.clone()), "application/vnd.oci.image.layer.v1.tar")
+            (
+                Blob::new(tar.clone()),
+                "application/vnd.oci.image.layer.v1.tar",
+            )
         };
         write_blob(&blob)?;
         layer_descriptors.push(json!({
@@ -184,7 +190,10 @@ pub fn write_oci_layout(
             "annotations": { "org.opencontainers.image.ref.name": tag }
         }]
     });
-    fs::write(out.join("index.json"), serde_json::to_vec(&index).expect("JSON serializes"))?;
+    fs::write(
+        out.join("index.json"),
+        serde_json::to_vec(&index).expect("JSON serializes"),
+    )?;
     fs::write(out.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     Ok(manifest.digest)
 }
@@ -203,7 +212,10 @@ pub fn write_docker_archive(
     layer_tars: &[Vec<u8>],
     config: &ImageRunConfig,
 ) -> io::Result<String> {
-    let diff_ids: Vec<String> = layer_tars.iter().map(|tar| Blob::new(tar.clone()).digest).collect();
+    let diff_ids: Vec<String> = layer_tars
+        .iter()
+        .map(|tar| Blob::new(tar.clone()).digest)
+        .collect();
     let config_blob = config_document(config, &diff_ids);
     let mut builder = tar::Builder::new(Vec::new());
     let mut append = |path: &str, bytes: &[u8]| {
@@ -223,7 +235,10 @@ pub fn write_docker_archive(
     let manifest = json!([{
         "Config": config_name, "RepoTags": ["stator/test:latest"], "Layers": layer_names
     }]);
-    append("manifest.json", &serde_json::to_vec(&manifest).expect("JSON serializes"))?;
+    append(
+        "manifest.json",
+        &serde_json::to_vec(&manifest).expect("JSON serializes"),
+    )?;
     fs::write(out, builder.into_inner()?)?;
     Ok(config_blob.digest)
 }

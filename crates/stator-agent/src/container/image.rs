@@ -65,7 +65,9 @@ pub enum ImageError {
     #[error("{0}")]
     Invalid(String),
     /// A blob's content does not match its digest or size: corrupt or truncated.
-    #[error("{what} {digest}: {problem}; the image is corrupt or truncated, rebuild or re-export it")]
+    #[error(
+        "{what} {digest}: {problem}; the image is corrupt or truncated, rebuild or re-export it"
+    )]
     Mismatch {
         /// The part of the image (`manifest`, `config`, `layer 2 of 3`).
         what: String,
@@ -171,7 +173,10 @@ impl ImageCache {
 
     /// Finds or unpacks `image`, reading relative paths from `base_dir`. Blocking.
     pub fn prepare(&self, image: &ImageRef, base_dir: &Path) -> Result<Image, ImageError> {
-        let mut archive_digests = self.preparing.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut archive_digests = self
+            .preparing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let source = base_dir.join(image.path());
         match image {
             ImageRef::OciDir { tag, .. } => {
@@ -306,7 +311,8 @@ impl ImageCache {
                 }
             })?;
         }
-        let config = serde_json::to_vec_pretty(&resolved.config).expect("the run config serializes");
+        let config =
+            serde_json::to_vec_pretty(&resolved.config).expect("the run config serializes");
         let path = scratch.join(RUN_CONFIG_FILE);
         fs::write(&path, config).map_err(|source| ImageError::Cache { path, source })
     }
@@ -446,7 +452,10 @@ fn resolve_oci_layout(dir: &Path, tag: Option<&str>) -> Result<Resolved, ImageEr
             dir.display()
         )));
     }
-    let index: ImageIndex = parse_json(&read_limited(&dir.join("index.json"), "image index")?, "index.json")?;
+    let index: ImageIndex = parse_json(
+        &read_limited(&dir.join("index.json"), "image index")?,
+        "index.json",
+    )?;
     let manifests = index.manifests();
     let tag_of = |descriptor: &oci_spec::image::Descriptor| {
         descriptor
@@ -478,15 +487,15 @@ fn resolve_oci_layout(dir: &Path, tag: Option<&str>) -> Result<Resolved, ImageEr
         },
     };
     let manifest_digest = chosen.digest().to_string();
-    let manifest_bytes = read_verified_json(dir, &manifest_digest, chosen.size() as u64, "manifest")?;
-    let manifest: ImageManifest = parse_json(&manifest_bytes, "the image manifest").map_err(|e| {
-        ImageError::Invalid(format!(
-            "{e} (a multi-platform index is not supported: export a single-platform image)"
-        ))
-    })?;
+    let manifest_bytes = read_verified_json(dir, &manifest_digest, chosen.size(), "manifest")?;
+    let manifest: ImageManifest =
+        parse_json(&manifest_bytes, "the image manifest").map_err(|e| {
+            ImageError::Invalid(format!(
+                "{e} (a multi-platform index is not supported: export a single-platform image)"
+            ))
+        })?;
     let config_digest = manifest.config().digest().to_string();
-    let config_bytes =
-        read_verified_json(dir, &config_digest, manifest.config().size() as u64, "config")?;
+    let config_bytes = read_verified_json(dir, &config_digest, manifest.config().size(), "config")?;
     let (config, diff_ids) = run_config_of(&config_bytes)?;
     let layers = manifest.layers();
     if layers.len() > MAX_LAYERS {
@@ -509,7 +518,7 @@ fn resolve_oci_layout(dir: &Path, tag: Option<&str>) -> Result<Resolved, ImageEr
             let digest = descriptor.digest().to_string();
             Ok(LayerBlob {
                 path: blob_path(dir, &digest)?,
-                stored: Some((digest, descriptor.size() as u64)),
+                stored: Some((digest, descriptor.size())),
                 diff_id: diff_ids.get(index).cloned(),
             })
         })
@@ -546,7 +555,10 @@ fn resolve_docker_archive(dir: &Path) -> Result<Resolved, ImageError> {
     };
     let inside = |name: &str| -> Result<PathBuf, ImageError> {
         let relative = Path::new(name);
-        if relative.components().any(|c| !matches!(c, Component::Normal(_))) {
+        if relative
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+        {
             return Err(ImageError::Invalid(format!(
                 "the docker archive names {name:?}, a path outside the archive"
             )));
@@ -674,7 +686,9 @@ fn apply_layer(path: &Path, rootfs: &Path, diff_id: Option<&str>) -> Result<(), 
         .canonicalize()
         .map_err(|e| format!("cannot resolve {}: {e}", rootfs.display()))?;
     let mut written: HashSet<PathBuf> = HashSet::new();
-    let entries = archive.entries().map_err(|e| format!("not a tar stream: {e}"))?;
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("not a tar stream: {e}"))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| format!("bad tar entry (truncated?): {e}"))?;
         let raw_path = entry
@@ -765,7 +779,11 @@ fn inside_rootfs(rootfs_real: &Path, relative: &Path) -> Result<PathBuf, String>
 }
 
 /// Empties `dir` of whatever lower layers put there (an opaque whiteout).
-fn empty_lower_entries(dir: &Path, marker: &Path, written: &HashSet<PathBuf>) -> Result<(), String> {
+fn empty_lower_entries(
+    dir: &Path,
+    marker: &Path,
+    written: &HashSet<PathBuf>,
+) -> Result<(), String> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Ok(());
     };
@@ -794,8 +812,14 @@ mod tests {
 
     #[test]
     fn entry_paths_stay_inside_the_root() {
-        assert_eq!(clean_relative(Path::new("./etc/passwd")).unwrap(), PathBuf::from("etc/passwd"));
-        assert_eq!(clean_relative(Path::new("/bin/sh")).unwrap(), PathBuf::from("bin/sh"));
+        assert_eq!(
+            clean_relative(Path::new("./etc/passwd")).unwrap(),
+            PathBuf::from("etc/passwd")
+        );
+        assert_eq!(
+            clean_relative(Path::new("/bin/sh")).unwrap(),
+            PathBuf::from("bin/sh")
+        );
         assert!(clean_relative(Path::new("../escape")).is_err());
         assert!(clean_relative(Path::new("a/../../b")).is_err());
     }

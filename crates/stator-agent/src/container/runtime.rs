@@ -134,7 +134,10 @@ impl ContainerRuntime {
     fn runc_command(&self) -> Result<std::process::Command, String> {
         let mut command = std::process::Command::new(self.runc()?);
         command.arg("--root").arg(&self.state_root);
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         Ok(command)
     }
 
@@ -201,8 +204,12 @@ impl ContainerRuntime {
         let upper = dir.join("upper");
         let work = dir.join("work");
         for path in [&rootfs, &upper, &work] {
-            fs::create_dir_all(path)
-                .map_err(|e| format!("cannot create {}: {e} (check that the agent's data dir is writable)", path.display()))?;
+            fs::create_dir_all(path).map_err(|e| {
+                format!(
+                    "cannot create {}: {e} (check that the agent's data dir is writable)",
+                    path.display()
+                )
+            })?;
         }
         mount_overlay(&image.rootfs, &upper, &work, &rootfs)?;
         let config = runtime_config(assignment, container, &image.config, env, cgroups)
@@ -254,7 +261,9 @@ impl ContainerRuntime {
 
     /// Forgets the container (killing what is left of it); a no-op for an unknown id.
     pub fn delete_blocking(&self, id: &str) {
-        let Ok(mut command) = self.runc_command() else { return };
+        let Ok(mut command) = self.runc_command() else {
+            return;
+        };
         match command.args(["delete", "--force", id]).output() {
             Ok(output) if output.status.success() => {}
             Ok(output) => {
@@ -277,7 +286,9 @@ impl ContainerRuntime {
         match fs::remove_dir_all(container_dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(dir = %container_dir.display(), "cannot remove a container's files: {e}"),
+            Err(e) => {
+                tracing::warn!(dir = %container_dir.display(), "cannot remove a container's files: {e}")
+            }
         }
     }
 }
@@ -309,7 +320,8 @@ fn mount_overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> Resu
     };
     let source = c(Path::new("overlay"))?;
     let target_c = c(target)?;
-    let options_c = std::ffi::CString::new(options).map_err(|_| "overlay options hold a NUL byte".to_string())?;
+    let options_c = std::ffi::CString::new(options)
+        .map_err(|_| "overlay options hold a NUL byte".to_string())?;
     // SAFETY: every pointer is a valid NUL-terminated string that outlives the call.
     let result = unsafe {
         libc::mount(
@@ -431,8 +443,10 @@ fn runtime_config(
     }
     for mount in &container.mounts {
         let mode = if mount.read_only { "ro" } else { "rw" };
-        mounts.push(json!({"destination": mount.target, "type": "bind", "source": mount.source,
-                           "options": ["rbind", mode]}));
+        mounts.push(
+            json!({"destination": mount.target, "type": "bind", "source": mount.source,
+                           "options": ["rbind", mode]}),
+        );
     }
     let capabilities: Vec<&str> = CAPABILITIES.to_vec();
     let mut linux = json!({
@@ -461,7 +475,8 @@ fn runtime_config(
         "mounts": mounts,
         "linux": linux,
     });
-    serde_json::from_value(document).map_err(|e| format!("generated an invalid OCI runtime config: {e}"))
+    serde_json::from_value(document)
+        .map_err(|e| format!("generated an invalid OCI runtime config: {e}"))
 }
 
 #[cfg(test)]
@@ -535,15 +550,22 @@ mod tests {
             image: "oci:img:1".into(),
             ..Default::default()
         };
-        let error = runtime_config(&assignment(), &container, &ImageRunConfig::default(), &BTreeMap::new(), None)
-            .unwrap_err();
+        let error = runtime_config(
+            &assignment(),
+            &container,
+            &ImageRunConfig::default(),
+            &BTreeMap::new(),
+            None,
+        )
+        .unwrap_err();
         assert!(error.contains("app.container.command"), "{error}");
         let image = ImageRunConfig {
             cmd: vec!["sh".into()],
             user: Some("nobody".into()),
             ..Default::default()
         };
-        let error = runtime_config(&assignment(), &container, &image, &BTreeMap::new(), None).unwrap_err();
+        let error =
+            runtime_config(&assignment(), &container, &image, &BTreeMap::new(), None).unwrap_err();
         assert!(error.contains("app.container.user"), "{error}");
     }
 }
