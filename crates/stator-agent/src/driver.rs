@@ -41,19 +41,24 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use stator_api::agent::{InstanceAssignment, InstanceKind, InstanceState, InstanceStatus};
+use stator_api::agent::{
+    InstanceAssignment, InstanceKind, InstanceState, InstanceStatus, REASON_COMPLETED,
+    REASON_ERROR, REASON_OOM_KILLED,
+};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::cgroup::{self, CpuCgroups};
+use crate::cgroup::{self, Cgroups, Limits, MemoryEvents};
+use crate::container::{ContainerRuntime, PreparedContainer};
 use crate::probe::{self, describe_exit, ProbeTarget, PROBE_FAILURE_THRESHOLD, PROBE_PERIOD_MS};
 
 /// First restart delay of a crashed stateless instance: quick, since most crashes of a
@@ -92,8 +97,10 @@ const CONTROL_QUEUE_CAPACITY: usize = 4;
 /// [`InstanceSupervisor::shutdown`] is the orderly path that also waits for the processes.
 pub struct InstanceSupervisor {
     run_dir: PathBuf,
-    /// Where instances get their CPU share; None: not enforced.
-    cgroups: Option<Arc<CpuCgroups>>,
+    /// Where instances get their CPU share and limits; None: not enforced.
+    cgroups: Option<Arc<Cgroups>>,
+    /// Runs `container` instances; None: they fail saying the agent has no runtime.
+    containers: Option<Arc<ContainerRuntime>>,
     /// A std mutex: it is never held across an await, only to add or take handles.
     registry: Mutex<Registry>,
 }
@@ -141,14 +148,23 @@ impl InstanceSupervisor {
         Self {
             run_dir,
             cgroups: None,
+            containers: None,
             registry: Mutex::new(Registry::default()),
         }
     }
 
     /// Runs each instance in its own cgroup of `cgroups`, with a CPU share from its
     /// `cpu_millis` (None: shares are not enforced).
-    pub fn with_cpu_cgroups(mut self, cgroups: Option<Arc<CpuCgroups>>) -> Self {
+    pub fn with_cpu_cgroups(mut self, cgroups: Option<Arc<Cgroups>>) -> Self {
         self.cgroups = cgroups;
+        self
+    }
+
+    /// Runs `container` instances with `runtime`. Removes first whatever containers,
+    /// mounts and bundles an earlier agent on the same run dir left behind.
+    pub fn with_containers(mut self, runtime: Arc<ContainerRuntime>) -> Self {
+        runtime.remove_stale(&self.run_dir);
+        self.containers = Some(runtime);
         self
     }
 
@@ -270,6 +286,8 @@ impl InstanceSupervisor {
             restarts: 0,
             exit_code: None,
             message: None,
+            reason: None,
+            oom_kills: 0,
         });
         let cpu_millis = Arc::new(AtomicU64::new(assignment.cpu_millis));
         let task = InstanceTask {
@@ -278,6 +296,7 @@ impl InstanceSupervisor {
             control: control_rx,
             status: status_tx,
             cgroups: self.cgroups.clone(),
+            containers: self.containers.clone(),
             cpu_millis: cpu_millis.clone(),
         };
         InstanceHandle {
@@ -334,8 +353,9 @@ fn validate_instance_id(id: &str) -> Result<(), String> {
 enum RunOutcome {
     /// A stop was requested and the process is gone.
     Stopped,
-    /// The process exited by itself.
-    Exited(ExitStatus),
+    /// The process exited by itself; true when the kernel killed it for passing its
+    /// memory limit.
+    Exited(ExitStatus, bool),
     /// The process could not be started or waited for.
     Failed(String),
 }
@@ -346,7 +366,8 @@ struct InstanceTask {
     instance_dir: PathBuf,
     control: mpsc::Receiver<Control>,
     status: watch::Sender<InstanceStatus>,
-    cgroups: Option<Arc<CpuCgroups>>,
+    cgroups: Option<Arc<Cgroups>>,
+    containers: Option<Arc<ContainerRuntime>>,
     /// The current CPU share (a resize updates it while the process runs).
     cpu_millis: Arc<AtomicU64>,
 }
@@ -380,17 +401,40 @@ impl InstanceTask {
         let mut backoff = RestartBackoff::new();
         loop {
             let started_at = Instant::now();
-            let outcome = match self.spawn() {
-                Ok(child) => self.supervise(child).await,
+            let outcome = match self.start_run().await {
+                Ok(run) => self.supervise(run).await,
                 Err(reason) => RunOutcome::Failed(reason),
             };
             let run_ms = u64::try_from(started_at.elapsed().as_millis()).unwrap_or(u64::MAX);
             let id = &self.assignment.id;
-            let (exit_code, what, started) = match outcome {
+            let (exit_code, what, started, reason) = match outcome {
                 RunOutcome::Stopped => return,
-                RunOutcome::Exited(exit) => (exit.code(), describe_exit(exit), true),
-                RunOutcome::Failed(reason) => (None, reason, false),
+                RunOutcome::Exited(exit, true) => (
+                    exit.code(),
+                    format!(
+                        "{REASON_OOM_KILLED}: {} and was killed for passing its memory limit of {} MiB",
+                        describe_exit(exit),
+                        self.assignment.memory_mib
+                    ),
+                    true,
+                    REASON_OOM_KILLED,
+                ),
+                RunOutcome::Exited(exit, false) => (
+                    exit.code(),
+                    describe_exit(exit),
+                    true,
+                    if exit.success() { REASON_COMPLETED } else { REASON_ERROR },
+                ),
+                RunOutcome::Failed(reason) => (None, reason, false, REASON_ERROR),
             };
+            let oom_killed = reason == REASON_OOM_KILLED;
+            if oom_killed {
+                tracing::warn!(%id, memory_mib = self.assignment.memory_mib, "instance OOM-killed");
+            }
+            self.update(|status| {
+                status.reason = Some(reason.to_string());
+                status.oom_kills = status.oom_kills.saturating_add(u32::from(oom_killed));
+            });
             if self.assignment.kind == InstanceKind::Job {
                 let succeeded = exit_code == Some(0);
                 tracing::info!(%id, succeeded, "job {what}");
@@ -451,35 +495,82 @@ impl InstanceTask {
         env
     }
 
-    fn spawn(&self) -> Result<Child, String> {
+    /// The limits the instance's cgroups get.
+    fn limits(&self) -> Limits {
+        Limits {
+            cpu_millis: self.cpu_millis.load(Ordering::Relaxed),
+            cpu_limit_millis: self.assignment.cpu_limit_millis,
+            memory_mib: self.assignment.memory_mib,
+        }
+    }
+
+    /// Starts one run: the process, or (for a container) the image, bundle and `runc
+    /// run`.
+    async fn start_run(&self) -> Result<Run, String> {
         let assignment = &self.assignment;
-        let (program, args) = assignment
-            .command
-            .split_first()
-            .ok_or_else(|| "the command is empty: give a program to run".to_string())?;
         let stdout = open_log(&self.instance_dir, STDOUT_LOG_FILE)?;
         let stderr = open_log(&self.instance_dir, STDERR_LOG_FILE)?;
-        let mut command = Command::new(program);
+        let cgroup_procs = self.cgroups.as_ref().and_then(|cgroups| {
+            cgroups
+                .create_limited(&assignment.id, &self.limits())
+                .map_err(|error| tracing::warn!(id = %assignment.id, %error, "instance runs without its limits"))
+                .ok()
+        });
+        let memory_before = self
+            .cgroups
+            .as_ref()
+            .map(|cgroups| cgroups.memory_events(&assignment.id))
+            .unwrap_or_default();
+        let (mut command, container, cgroup_procs) = match &assignment.container {
+            Some(spec) => {
+                let runtime = self.containers.clone().ok_or_else(|| {
+                    "this agent runs no containers (it has no container runtime)".to_string()
+                })?;
+                let (spec, assignment_copy, dir, env, cgroups) = (
+                    spec.clone(),
+                    assignment.clone(),
+                    self.instance_dir.clone(),
+                    self.instance_env(),
+                    self.cgroups.clone(),
+                );
+                let task_runtime = runtime.clone();
+                let prepared = tokio::task::spawn_blocking(move || {
+                    task_runtime.prepare(&assignment_copy, &spec, &dir, &env, cgroups.as_ref())
+                })
+                .await
+                .map_err(|e| format!("preparing the container panicked: {e}"))??;
+                let command = match runtime.run_command(&prepared) {
+                    Ok(command) => command,
+                    Err(reason) => {
+                        runtime.teardown(&prepared.dir);
+                        return Err(reason);
+                    }
+                };
+                // runc itself stays outside the app's cgroups: the container gets its
+                // own cgroup inside them.
+                (command, Some((runtime, prepared)), None)
+            }
+            None => {
+                let (program, args) = assignment
+                    .command
+                    .split_first()
+                    .ok_or_else(|| "the command is empty: give a program to run".to_string())?;
+                let mut command = Command::new(program);
+                command.args(args).envs(self.instance_env());
+                if let Some(dir) = &assignment.working_dir {
+                    command.current_dir(dir);
+                }
+                (command, None, cgroup_procs)
+            }
+        };
         command
-            .args(args)
-            .envs(self.instance_env())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
             .kill_on_drop(true)
             // Its own process group, so a stop reaches whatever the program forks.
             .process_group(0);
-        if let Some(dir) = &assignment.working_dir {
-            command.current_dir(dir);
-        }
         let agent_pid = std::process::id();
-        let cgroup_procs = self.cgroups.as_ref().and_then(|cgroups| {
-            let cpu_millis = self.cpu_millis.load(Ordering::Relaxed);
-            cgroups
-                .create(&assignment.id, cpu_millis)
-                .map_err(|error| tracing::warn!(id = %assignment.id, %error, "instance runs without its CPU share"))
-                .ok()
-        });
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
         // system calls (prctl, getppid, open, write, close) without allocating.
         unsafe {
@@ -490,18 +581,78 @@ impl InstanceTask {
                 die_with_agent(agent_pid)
             });
         }
-        let child = command.spawn().map_err(|error| {
-            format!(
-                "could not start {program:?}: {error} (check the command and working_dir {:?})",
-                assignment.working_dir
-            )
-        })?;
-        tracing::info!(id = %assignment.id, pid = child.id(), "instance started");
-        Ok(child)
+        let child = match command.spawn() {
+            Ok(child) => child,
+            Err(error) => {
+                if let Some((runtime, prepared)) = &container {
+                    runtime.teardown(&prepared.dir);
+                }
+                return Err(match &assignment.container {
+                    Some(_) => format!("could not start runc: {error}"),
+                    None => format!(
+                        "could not start {:?}: {error} (check the command and working_dir {:?})",
+                        assignment.command.first(),
+                        assignment.working_dir
+                    ),
+                });
+            }
+        };
+        match &container {
+            Some((_, prepared)) => tracing::info!(
+                id = %assignment.id, pid = child.id(), image = %prepared.image.digest,
+                unpacked_now = prepared.image.unpacked_now, "container started"
+            ),
+            None => tracing::info!(id = %assignment.id, pid = child.id(), "instance started"),
+        }
+        Ok(Run {
+            child,
+            container,
+            memory_before,
+        })
+    }
+
+    /// Whether a run that ended with `exit` was OOM-killed.
+    fn oom_killed(&self, memory_before: MemoryEvents, exit: ExitStatus) -> bool {
+        let Some(cgroups) = &self.cgroups else {
+            return false;
+        };
+        // runc reports a container killed by a signal as 128 + the signal.
+        let died_of_sigkill =
+            exit.signal() == Some(libc::SIGKILL) || exit.code() == Some(128 + libc::SIGKILL);
+        cgroup::was_oom_killed(
+            memory_before,
+            cgroups.memory_events(&self.assignment.id),
+            died_of_sigkill,
+        )
     }
 
     /// Watches a started process: probes readiness until it exits or a stop arrives.
-    async fn supervise(&mut self, mut child: Child) -> RunOutcome {
+    async fn supervise(&mut self, run: Run) -> RunOutcome {
+        let Run {
+            mut child,
+            container,
+            memory_before,
+        } = run;
+        let outcome = self
+            .watch(&mut child, container.as_ref(), memory_before)
+            .await;
+        if let Some((runtime, prepared)) = container {
+            // Forget the container and unmount its rootfs, off the async threads.
+            let _ = tokio::task::spawn_blocking(move || {
+                runtime.delete_blocking(&prepared.id);
+                runtime.teardown(&prepared.dir);
+            })
+            .await;
+        }
+        outcome
+    }
+
+    async fn watch(
+        &mut self,
+        child: &mut Child,
+        container: Option<&(Arc<ContainerRuntime>, PreparedContainer)>,
+        memory_before: MemoryEvents,
+    ) -> RunOutcome {
         let Some(pid) = child.id() else {
             return RunOutcome::Failed("the process vanished right after it started".into());
         };
@@ -533,7 +684,10 @@ impl InstanceTask {
                 // A stop wins over an exit or a probe result ready at the same moment.
                 biased;
                 _ = self.control.recv() => {
-                    stop_process(&mut child, pid, &self.assignment.id).await;
+                    match container {
+                        Some((runtime, _)) => stop_container(runtime, child, pid, &self.assignment.id).await,
+                        None => stop_process(child, pid, &self.assignment.id).await,
+                    }
                     return RunOutcome::Stopped;
                 }
                 exit = child.wait() => {
@@ -541,7 +695,7 @@ impl InstanceTask {
                     // does not find its port still held by an orphan.
                     signal_group(pid, libc::SIGKILL);
                     return match exit {
-                        Ok(exit) => RunOutcome::Exited(exit),
+                        Ok(exit) => RunOutcome::Exited(exit, self.oom_killed(memory_before, exit)),
                         Err(error) => RunOutcome::Failed(format!("could not wait for the process: {error}")),
                     };
                 }
@@ -577,6 +731,36 @@ fn same_but_cpu(a: &InstanceAssignment, b: &InstanceAssignment) -> bool {
     let mut b = b.clone();
     b.cpu_millis = a.cpu_millis;
     *a == b
+}
+
+/// One run of an instance.
+struct Run {
+    /// The process, or `runc run` for a container.
+    child: Child,
+    /// The container's runtime and bundle, to stop and remove it.
+    container: Option<(Arc<ContainerRuntime>, PreparedContainer)>,
+    /// The memory counters before the run, to recognise an OOM kill after it.
+    memory_before: MemoryEvents,
+}
+
+/// SIGTERM to the container's main process (runc forwards it), SIGKILL to all of it
+/// after [`STOP_GRACE_MS`], then reaps runc. A main process that is PID 1 of its
+/// namespace only sees SIGTERM if it handles it (as under Docker).
+async fn stop_container(runtime: &ContainerRuntime, child: &mut Child, pid: u32, id: &str) {
+    runtime.kill(id, "TERM").await;
+    let grace = Duration::from_millis(STOP_GRACE_MS);
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        tracing::warn!(%id, grace_ms = STOP_GRACE_MS, "container ignored SIGTERM; killing it");
+        runtime.kill(id, "KILL").await;
+        if tokio::time::timeout(grace, child.wait()).await.is_err() {
+            // runc itself is stuck; the delete that follows removes the container.
+            signal_group(pid, libc::SIGKILL);
+        }
+    }
+    if let Err(error) = child.wait().await {
+        tracing::error!(%id, pid, %error, "could not reap runc");
+    }
+    tracing::info!(%id, "container stopped");
 }
 
 /// SIGTERM to the group, SIGKILL after [`STOP_GRACE_MS`], then reaps the process.

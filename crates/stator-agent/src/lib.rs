@@ -14,12 +14,16 @@
 //!   toward the assigned groups and members.
 //! - [`resp`]: the Redis Cluster protocol for the kv services it hosts: a RESP listener
 //!   per service serving the slots its replicas lead, `MOVED` for the rest.
-//! - [`driver`]: supervises stateless instances and jobs (processes).
-//! - [`cgroup`]: CPU shares: one cgroup per app process, `cpu.weight` / `cpu.shares`.
+//! - [`driver`]: supervises stateless instances and jobs (processes and containers).
+//! - [`container`]: the container driver's parts: local OCI images (verified, unpacked
+//!   once per digest) and runc bundles.
+//! - [`cgroup`]: limits: one cgroup per app process or container: CPU share and
+//!   ceiling, memory limit, OOM-kill detection.
 //! - [`probe`]: readiness probes (TCP, HTTP, exec).
 
 pub mod cgroup;
 pub mod config;
+pub mod container;
 pub mod driver;
 pub mod identity;
 pub mod probe;
@@ -172,13 +176,14 @@ async fn run_incarnation(
         },
         listener,
     )?;
-    let cgroups = match cgroup::CpuCgroups::for_agent() {
+    let cgroups = match cgroup::Cgroups::for_agent() {
         Ok(cgroups) => Some(std::sync::Arc::new(cgroups)),
         Err(why) => {
-            tracing::warn!("cgroups unavailable: {why}; CPU shares not enforced");
+            tracing::warn!("cgroups unavailable: {why}; CPU shares and memory limits not enforced");
             None
         }
     };
+    let containers = std::sync::Arc::new(container::ContainerRuntime::new(&config.data_dir));
     let replicas = replicas::Replicas::new(host.clone(), config.data_dir.join("replicas"))
         .with_cpu_cgroups(cgroups.clone())
         .with_raft_dir(raft_dir, rejoined);
@@ -188,7 +193,8 @@ async fn run_incarnation(
         config.resp_config(),
     );
     let supervisor = driver::InstanceSupervisor::new(config.data_dir.join("instances"))
-        .with_cpu_cgroups(cgroups.clone());
+        .with_cpu_cgroups(cgroups.clone())
+        .with_containers(containers);
     let interval = Duration::from_millis(registration.heartbeat_interval_ms.max(50));
 
     let heartbeat_loop = async {

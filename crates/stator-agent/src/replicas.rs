@@ -58,7 +58,7 @@ pub struct Replicas {
     /// Groups with a membership step in flight (one at a time per group).
     busy: Arc<Mutex<HashSet<GroupId>>>,
     /// Where `process` apps get their CPU share; None: not enforced.
-    cgroups: Option<Arc<crate::cgroup::CpuCgroups>>,
+    cgroups: Option<Arc<crate::cgroup::Cgroups>>,
     /// Where durable replicas keep their stores (the host's data dir).
     raft_dir: Option<PathBuf>,
     /// Groups whose state this node lost while a member: reported, not hosted.
@@ -172,7 +172,7 @@ impl Replicas {
     /// Runs the app process of each `process` replica in its own cgroup of `cgroups`,
     /// with the CPU share of its assignment (built-in apps run inside the agent and get
     /// none).
-    pub fn with_cpu_cgroups(mut self, cgroups: Option<Arc<crate::cgroup::CpuCgroups>>) -> Self {
+    pub fn with_cpu_cgroups(mut self, cgroups: Option<Arc<crate::cgroup::Cgroups>>) -> Self {
         self.cgroups = cgroups;
         self
     }
@@ -180,6 +180,10 @@ impl Replicas {
     fn app(&self, a: &ReplicaAssignment) -> (Box<dyn StateMachine>, Option<ProcessHandle>) {
         match &a.app {
             AppSpec::Builtin(_) => (Box::new(stator_kv::KvMachine::default()), None),
+            AppSpec::Container(_) => panic!(
+                "replica of {} partition {} assigned a container app: spec validation rejects those for replicated services, so the server is newer than this agent",
+                a.service, a.partition
+            ),
             AppSpec::Process(p) => {
                 let machine = ProcessMachine::new(ProcessMachineConfig {
                     program: p.command[0].clone(),

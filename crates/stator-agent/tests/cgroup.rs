@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use stator_agent::cgroup::{shares_for_millis, weight_for_millis, CpuCgroups, Version};
+use stator_agent::cgroup::{shares_for_millis, weight_for_millis, Cgroups, Version};
 use stator_agent::driver::InstanceSupervisor;
 use stator_api::agent::{InstanceAssignment, InstanceKind};
 
@@ -31,7 +31,7 @@ async fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-fn share_file(cgroups: &CpuCgroups, id: &str) -> (std::path::PathBuf, fn(u64) -> u64) {
+fn share_file(cgroups: &Cgroups, id: &str) -> (std::path::PathBuf, fn(u64) -> u64) {
     match cgroups.version() {
         Version::V2 => (cgroups.dir_of(id).join("cpu.weight"), weight_for_millis),
         Version::V1 => (cgroups.dir_of(id).join("cpu.shares"), shares_for_millis),
@@ -40,7 +40,7 @@ fn share_file(cgroups: &CpuCgroups, id: &str) -> (std::path::PathBuf, fn(u64) ->
 
 #[tokio::test]
 async fn an_instance_runs_in_its_cgroup_with_its_cpu_share() {
-    let cgroups = match CpuCgroups::for_agent() {
+    let cgroups = match Cgroups::for_agent() {
         Ok(cgroups) => Arc::new(cgroups),
         Err(why) => {
             assert!(
@@ -71,6 +71,8 @@ async fn an_instance_runs_in_its_cgroup_with_its_cpu_share() {
         readiness: None,
         cpu_millis: 500,
         memory_mib: 64,
+        cpu_limit_millis: None,
+        container: None,
     };
     supervisor
         .reconcile(std::slice::from_ref(&assignment))

@@ -84,6 +84,8 @@ fn assignment(
         readiness: None,
         cpu_millis: 100,
         memory_mib: 64,
+        cpu_limit_millis: None,
+        container: None,
     }
 }
 

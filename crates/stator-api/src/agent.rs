@@ -34,6 +34,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+use crate::container::ContainerSpec;
 use crate::ids::{GroupId, NodeId};
 use crate::slot::SlotRange;
 use crate::spec::{AppSpec, Durability, Probe};
@@ -208,7 +209,23 @@ pub struct InstanceStatus {
     /// Human detail (last error, probe failure).
     #[serde(default)]
     pub message: Option<String>,
+    /// Why the last run ended, in one word as Kubernetes says it: [`REASON_OOM_KILLED`]
+    /// (killed for passing its memory limit), `Error` (non-zero exit or a signal) or
+    /// `Completed` (exit 0). None while the first run is going.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Runs of this instance the kernel OOM-killed (the server raises an event for each
+    /// new one).
+    #[serde(default)]
+    pub oom_kills: u32,
 }
+
+/// [`InstanceStatus::reason`] of a run the kernel killed for passing its memory limit.
+pub const REASON_OOM_KILLED: &str = "OOMKilled";
+/// [`InstanceStatus::reason`] of a run that exited non-zero or died of a signal.
+pub const REASON_ERROR: &str = "Error";
+/// [`InstanceStatus::reason`] of a run that exited 0.
+pub const REASON_COMPLETED: &str = "Completed";
 
 /// A member of a partition group with the address its agent listens on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -271,7 +288,7 @@ pub struct InstanceAssignment {
     pub service: String,
     /// Stateless or job.
     pub kind: InstanceKind,
-    /// Program and arguments.
+    /// Program and arguments (empty for a container that runs its image's entrypoint).
     pub command: Vec<String>,
     /// Extra environment (the agent adds `PORT` when `port` is set).
     pub env: BTreeMap<String, String>,
@@ -283,8 +300,15 @@ pub struct InstanceAssignment {
     pub readiness: Option<Probe>,
     /// CPU requested, in millicores (for limits).
     pub cpu_millis: u64,
-    /// Memory requested, in MiB (for limits).
+    /// Memory requested, in MiB; also the limit the agent enforces (0: none).
     pub memory_mib: u64,
+    /// CPU ceiling in millicores (a CFS quota); None: no ceiling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_limit_millis: Option<u64>,
+    /// Run this container (its image, command and options) instead of `command` as a
+    /// process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerSpec>,
 }
 
 /// Everything a node must run, answered to each heartbeat.

@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`app`]: the contract between a replica and the state machine it runs
 //!   (built-in `kv`, an external `stator-sm/1` process, ...).
+//! - [`container`]: the `app = { container = {...} }` spec and image references
+//!   (`oci:`, `oci-archive:`, `docker-archive:`).
 //! - [`ids`]: node, group and replica identifiers.
 //! - [`slot`]: Redis-Cluster key slots (`CRC16(hash-tag(key)) mod 16384`) and slot ranges.
 //! - [`agent`]: the agent <-> server protocol: registration, heartbeats, assignments.
@@ -11,6 +13,7 @@
 
 pub mod agent;
 pub mod app;
+pub mod container;
 pub mod ids;
 pub mod slot;
 pub mod spec;

@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 
+use crate::container::ContainerSpec;
+
 /// Most partitions one service may declare: each partition is a Raft group with its own
 /// heartbeats, so more than this per service costs more than it shards.
 pub const MAX_PARTITIONS: u32 = 1024;
@@ -94,7 +96,7 @@ pub enum SpecError {
 }
 
 impl SpecError {
-    fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         SpecError::Invalid {
             field: field.into(),
             reason: reason.into(),
@@ -431,6 +433,12 @@ impl ServiceSpec {
                 ));
             }
         }
+        if matches!(self.app, AppSpec::Container(_)) {
+            return Err(SpecError::invalid(
+                "app.container",
+                "replicated services do not run containers yet (stator-sm/1 apps inside containers are a next step); use app = { process = { command = [...] } } or a stateless service",
+            ));
+        }
         if self.expose.resp.is_some() && !self.app.is_builtin_kv() {
             return Err(SpecError::invalid(
                 "expose.resp",
@@ -441,10 +449,10 @@ impl ServiceSpec {
     }
 
     fn validate_stateless(&self) -> Result<(), SpecError> {
-        if !matches!(self.app, AppSpec::Process(_)) {
+        if !self.app.is_process_or_container() {
             return Err(SpecError::invalid(
                 "app",
-                "a stateless service runs a process: use app = { process = { command = [\"...\"] } }",
+                "a stateless service runs a process or a container: use app = { process = { command = [\"...\"] } } or app = { container = { image = \"oci:DIR:TAG\" } }",
             ));
         }
         if self.instances == 0 || self.instances > MAX_INSTANCES {
@@ -481,10 +489,10 @@ impl ServiceSpec {
     }
 
     fn validate_job(&self) -> Result<(), SpecError> {
-        if !matches!(self.app, AppSpec::Process(_)) {
+        if !self.app.is_process_or_container() {
             return Err(SpecError::invalid(
                 "app",
-                "a job runs a process: use app = { process = { command = [\"...\"] } }",
+                "a job runs a process or a container: use app = { process = { command = [\"...\"] } } or app = { container = { image = \"oci:DIR:TAG\" } }",
             ));
         }
         if self.completions == 0 || self.completions > MAX_INSTANCES {
@@ -611,8 +619,8 @@ fn validate_name(field: &str, name: &str) -> Result<(), SpecError> {
 
 /// What a replica or instance runs.
 ///
-/// Written as `{ builtin = "kv" }` or `{ process = { command = [...], env = {...},
-/// working_dir = "..." } }`.
+/// Written as `{ builtin = "kv" }`, `{ process = { command = [...], env = {...},
+/// working_dir = "..." } }` or `{ container = { image = "oci:DIR:TAG", ... } }`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "RawAppSpec", into = "RawAppSpec")]
 pub enum AppSpec {
@@ -621,6 +629,8 @@ pub enum AppSpec {
     /// An external process: a `stator-sm/1` state machine for replicated services, the
     /// program itself for stateless services and jobs.
     Process(ProcessSpec),
+    /// An OCI image run by the agent's container driver (stateless services and jobs).
+    Container(ContainerSpec),
 }
 
 /// Built-in state machines the agent ships.
@@ -630,6 +640,11 @@ impl AppSpec {
     /// Whether this is the built-in kv store (the one the RESP endpoint speaks to).
     pub fn is_builtin_kv(&self) -> bool {
         matches!(self, AppSpec::Builtin(name) if name == "kv")
+    }
+
+    /// Whether this runs a program of its own (what stateless services and jobs need).
+    pub fn is_process_or_container(&self) -> bool {
+        matches!(self, AppSpec::Process(_) | AppSpec::Container(_))
     }
 
     fn validate(&self) -> Result<(), SpecError> {
@@ -646,6 +661,7 @@ impl AppSpec {
                 Ok(())
             }
             AppSpec::Process(process) => process.validate("app.process"),
+            AppSpec::Container(container) => container.validate("app.container"),
         }
     }
 }
@@ -660,15 +676,18 @@ struct RawAppSpec {
     builtin: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     process: Option<ProcessSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    container: Option<ContainerSpec>,
 }
 
 impl TryFrom<RawAppSpec> for AppSpec {
     type Error = String;
     fn try_from(raw: RawAppSpec) -> Result<Self, String> {
-        match (raw.builtin, raw.process) {
-            (Some(name), None) => Ok(AppSpec::Builtin(name)),
-            (None, Some(process)) => Ok(AppSpec::Process(process)),
-            _ => Err("app: set exactly one of `builtin` (e.g. app = { builtin = \"kv\" }) or `process` (app = { process = { command = [\"...\"] } })".to_string()),
+        match (raw.builtin, raw.process, raw.container) {
+            (Some(name), None, None) => Ok(AppSpec::Builtin(name)),
+            (None, Some(process), None) => Ok(AppSpec::Process(process)),
+            (None, None, Some(container)) => Ok(AppSpec::Container(container)),
+            _ => Err("app: set exactly one of `builtin` (e.g. app = { builtin = \"kv\" }), `process` (app = { process = { command = [\"...\"] } }) or `container` (app = { container = { image = \"oci:DIR:TAG\" } })".to_string()),
         }
     }
 }
@@ -679,10 +698,17 @@ impl From<AppSpec> for RawAppSpec {
             AppSpec::Builtin(name) => RawAppSpec {
                 builtin: Some(name),
                 process: None,
+                container: None,
             },
             AppSpec::Process(process) => RawAppSpec {
                 builtin: None,
                 process: Some(process),
+                container: None,
+            },
+            AppSpec::Container(container) => RawAppSpec {
+                builtin: None,
+                process: None,
+                container: Some(container),
             },
         }
     }
@@ -950,9 +976,14 @@ pub struct ResourceSpec {
     /// CPU: `"250m"` (millicores), `"1"`, `"0.5"` or a number of cores.
     #[serde(default = "default_cpu")]
     pub cpu: CpuMillis,
-    /// Memory: `"128Mi"`, `"1Gi"`, `"512M"`, or bytes; rounded up to whole MiB.
+    /// Memory: `"128Mi"`, `"1Gi"`, `"512M"`, or bytes; rounded up to whole MiB. Also the
+    /// limit: a process or container that allocates past it is OOM-killed and restarted.
     #[serde(default = "default_memory")]
     pub memory: MemoryMib,
+    /// CPU ceiling (a CFS quota), at least `cpu`; none when absent, so an app may burst
+    /// into idle CPU while `cpu` still weighs its share when the node is busy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_limit: Option<CpuMillis>,
 }
 
 fn default_cpu() -> CpuMillis {
@@ -967,6 +998,7 @@ impl Default for ResourceSpec {
         ResourceSpec {
             cpu: default_cpu(),
             memory: default_memory(),
+            cpu_limit: None,
         }
     }
 }
@@ -979,6 +1011,10 @@ impl ResourceSpec {
     /// Memory in MiB.
     pub fn memory_mib(&self) -> u64 {
         self.memory.0
+    }
+    /// CPU ceiling in millicores, if any.
+    pub fn cpu_limit_millis(&self) -> Option<u64> {
+        self.cpu_limit.map(|limit| limit.0)
     }
 
     fn validate(&self, field: &str) -> Result<(), SpecError> {
@@ -1001,6 +1037,18 @@ impl ResourceSpec {
                     self.memory
                 ),
             ));
+        }
+        if let Some(limit) = self.cpu_limit {
+            if limit.0 < self.cpu.0 || limit.0 > MAX_CPU_MILLIS {
+                return Err(SpecError::invalid(
+                    format!("{field}.cpu_limit"),
+                    format!(
+                        "must be at least the request cpu = {} and at most {}, got {limit}",
+                        self.cpu,
+                        MAX_CPU_MILLIS / 1000
+                    ),
+                ));
+            }
         }
         Ok(())
     }

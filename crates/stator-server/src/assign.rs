@@ -72,9 +72,21 @@ pub fn assignments_for(cluster: &Cluster, node: NodeId) -> Assignments {
                 let Some(kind) = service.instance_kind() else {
                     continue;
                 };
-                let AppSpec::Process(process) = &spec.app else {
+                let (command, env, working_dir, container) = match &spec.app {
+                    AppSpec::Process(process) => (
+                        process.command.clone(),
+                        process.env.clone(),
+                        process.working_dir.clone(),
+                        None,
+                    ),
+                    AppSpec::Container(container) => (
+                        container.command.clone(),
+                        container.env.clone(),
+                        None,
+                        Some(container.clone()),
+                    ),
                     // Validation rejects builtin apps for instances.
-                    continue;
+                    AppSpec::Builtin(_) => continue,
                 };
                 for instance in &service.placement.instances {
                     if instance.node != node || instance.phase != InstancePhase::Assigned {
@@ -84,13 +96,15 @@ pub fn assignments_for(cluster: &Cluster, node: NodeId) -> Assignments {
                         id: instance.id.clone(),
                         service: spec.name.clone(),
                         kind,
-                        command: process.command.clone(),
-                        env: process.env.clone(),
-                        working_dir: process.working_dir.clone(),
+                        command: command.clone(),
+                        env: env.clone(),
+                        working_dir: working_dir.clone(),
                         port: instance_port(spec.port, &instance.id),
                         readiness: spec.readiness.clone(),
                         cpu_millis: spec.resources.cpu_millis(),
                         memory_mib: spec.resources.memory_mib(),
+                        cpu_limit_millis: spec.resources.cpu_limit_millis(),
+                        container: container.clone(),
                     });
                 }
             }

@@ -521,6 +521,21 @@ impl Controller {
         } else {
             self.cluster.resp_addrs.insert(node, heartbeat.resp_addrs);
         }
+        let oom_kills = new_oom_kills(
+            self.cluster
+                .observed
+                .get(&node)
+                .map(|o| o.instances.as_slice()),
+            &heartbeat.instances,
+        );
+        for (service, id, oom_kills) in oom_kills {
+            self.publish(EventKind::InstanceOomKilled {
+                service,
+                id,
+                node_id: node,
+                oom_kills,
+            });
+        }
         self.cluster.observed.insert(
             node,
             NodeObserved {
@@ -1089,5 +1104,59 @@ async fn read_counter(store: &dyn Store, key: &str) -> Result<u64> {
     match store.get(key).await? {
         Some(value) => decode(key, &value.value),
         None => Ok(1),
+    }
+}
+
+/// `(service, id, oom_kills)` of each instance whose OOM-kill count grew since the
+/// node's previous report (a pure function of the two reports).
+fn new_oom_kills(
+    before: Option<&[stator_api::agent::InstanceStatus]>,
+    now: &[stator_api::agent::InstanceStatus],
+) -> Vec<(String, String, u32)> {
+    now.iter()
+        .filter(|status| {
+            let previous = before
+                .and_then(|before| before.iter().find(|old| old.id == status.id))
+                .map_or(0, |old| old.oom_kills);
+            status.oom_kills > previous
+        })
+        .map(|status| (status.service.clone(), status.id.clone(), status.oom_kills))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_oom_kills;
+    use stator_api::agent::{InstanceState, InstanceStatus};
+
+    fn status(id: &str, oom_kills: u32) -> InstanceStatus {
+        InstanceStatus {
+            id: id.into(),
+            service: "svc".into(),
+            state: InstanceState::Running,
+            restarts: oom_kills,
+            exit_code: None,
+            message: None,
+            reason: None,
+            oom_kills,
+        }
+    }
+
+    #[test]
+    fn each_new_oom_kill_is_reported_once() {
+        let before = [status("a", 1), status("b", 0)];
+        let now = [status("a", 2), status("b", 0), status("c", 1)];
+        let events = new_oom_kills(Some(&before), &now);
+        assert_eq!(
+            events,
+            vec![
+                ("svc".to_string(), "a".to_string(), 2),
+                ("svc".to_string(), "c".to_string(), 1)
+            ]
+        );
+        // The same report again raises nothing.
+        assert!(new_oom_kills(Some(&now), &now).is_empty());
+        // A node's first report counts what it carries.
+        assert_eq!(new_oom_kills(None, &[status("a", 1)]).len(), 1);
     }
 }

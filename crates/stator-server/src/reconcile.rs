@@ -1381,6 +1381,8 @@ mod tests {
             restarts: 0,
             exit_code: Some(1),
             message: None,
+            reason: None,
+            oom_kills: 0,
         }];
     }
 

@@ -190,6 +190,18 @@ pub struct InstanceView {
     pub addr: Option<String>,
     /// Whether its readiness probe passes.
     pub ready: bool,
+    /// Times its agent restarted it.
+    #[serde(default)]
+    pub restarts: u32,
+    /// Why its last run ended (`OOMKilled`, `Error`, `Completed`), as its agent reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Runs the kernel OOM-killed.
+    #[serde(default)]
+    pub oom_kills: u32,
+    /// Its agent's last word on it (exit, probe failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// What `PUT /v1/services/{name}` answers.
@@ -217,6 +229,18 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
+    /// The kernel killed an instance for passing its memory limit; its agent restarts
+    /// it (stateless) or the job retries.
+    InstanceOomKilled {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
+        /// The node it ran on.
+        node_id: NodeId,
+        /// Its OOM kills so far.
+        oom_kills: u32,
+    },
     /// An agent registered.
     NodeJoined {
         /// Node id.
@@ -401,6 +425,7 @@ impl EventKind {
             EventKind::InstancePlaced { .. } => "instance_placed",
             EventKind::InstanceRemoved { .. } => "instance_removed",
             EventKind::InstanceFinished { .. } => "instance_finished",
+            EventKind::InstanceOomKilled { .. } => "instance_oom_killed",
             EventKind::JobFinished { .. } => "job_finished",
             EventKind::DrainBlocked { .. } => "drain_blocked",
             EventKind::Lagged { .. } => "lagged",
@@ -632,11 +657,11 @@ pub fn service_view(cluster: &Cluster, service: &Service) -> ServiceView {
         match instance.phase {
             InstancePhase::Assigned => {
                 status.instances_assigned += 1;
-                let ready = cluster.observed.get(&instance.node).is_some_and(|o| {
-                    o.instances
-                        .iter()
-                        .any(|s| s.id == instance.id && s.state == InstanceState::Ready)
-                });
+                let observed = cluster
+                    .observed
+                    .get(&instance.node)
+                    .and_then(|o| o.instances.iter().find(|s| s.id == instance.id));
+                let ready = observed.is_some_and(|s| s.state == InstanceState::Ready);
                 status.instances_ready += u32::from(ready);
                 let node = cluster.nodes.get(&instance.node);
                 let host = node.and_then(|n| {
@@ -651,6 +676,10 @@ pub fn service_view(cluster: &Cluster, service: &Service) -> ServiceView {
                     node: node.map_or_else(|| instance.node.to_string(), |n| n.info.name.clone()),
                     addr: host.zip(port).map(|(h, p)| format!("{h}:{p}")),
                     ready,
+                    restarts: observed.map_or(0, |s| s.restarts),
+                    reason: observed.and_then(|s| s.reason.clone()),
+                    oom_kills: observed.map_or(0, |s| s.oom_kills),
+                    message: observed.and_then(|s| s.message.clone()),
                 });
             }
             InstancePhase::Succeeded => status.completions_succeeded += 1,

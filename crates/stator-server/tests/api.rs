@@ -772,6 +772,8 @@ async fn stateless_instances_and_jobs_are_assigned_and_jobs_finish() {
                     restarts: 0,
                     exit_code: None,
                     message: None,
+                    reason: None,
+                    oom_kills: 0,
                 })
                 .collect();
             reports.insert(agent.id, statuses);

@@ -415,6 +415,15 @@ pub fn event_message(event: &EventKind, names: &Names) -> String {
             node_id,
         } => format!("{service} instance {id} placed on {}", node(node_id)),
         EventKind::InstanceRemoved { service, id } => format!("{service} instance {id} removed"),
+        EventKind::InstanceOomKilled {
+            service,
+            id,
+            node_id,
+            oom_kills,
+        } => format!(
+            "{service} instance {id} on {} OOM-killed (memory limit; {oom_kills} so far)",
+            node(node_id)
+        ),
         EventKind::InstanceFinished {
             service,
             id,
@@ -538,7 +547,15 @@ pub async fn describe_service(api: &Api, name: &str, output: Output) -> anyhow::
     if !service.instances.is_empty() {
         outln!("Instances:");
         print_table_indented(
-            &["ID", "NODE", "ADDRESS", "READY"],
+            &[
+                "ID",
+                "NODE",
+                "ADDRESS",
+                "READY",
+                "RESTARTS",
+                "OOM_KILLS",
+                "LAST_EXIT",
+            ],
             service
                 .instances
                 .iter()
@@ -548,6 +565,9 @@ pub async fn describe_service(api: &Api, name: &str, output: Output) -> anyhow::
                         i.node.clone(),
                         i.addr.clone().unwrap_or_else(|| "-".into()),
                         if i.ready { "yes".into() } else { "no".into() },
+                        i.restarts.to_string(),
+                        i.oom_kills.to_string(),
+                        i.reason.clone().unwrap_or_else(|| "-".into()),
                     ]
                 })
                 .collect(),

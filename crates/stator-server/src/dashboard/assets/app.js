@@ -186,7 +186,8 @@ const REFRESHING_EVENTS = new Set([
   'node_joined', 'node_rejoined', 'node_lost', 'node_draining', 'node_drained', 'leader_changed',
   'partition_reset',
   'replica_placed', 'replica_moved', 'service_applied', 'service_deleted',
-  'drain_blocked', 'instance_placed', 'instance_removed', 'job_finished', 'lagged',
+  'drain_blocked', 'instance_placed', 'instance_removed', 'instance_oom_killed', 'job_finished',
+  'lagged',
 ]);
 
 async function loadEvents() {
