@@ -506,3 +506,44 @@ async fn pubsub_delivers_and_resp3_retypes_replies() {
     expect_raw(&mut raw, "+OK\r\n").await;
     setup.gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_pops_wait_for_a_push_or_their_timeout() {
+    let setup = setup(1, false).await;
+    let mut waiter = Resp::connect(setup.resp_addr).await;
+    let mut pusher = Resp::connect(setup.resp_addr).await;
+    // Nothing to pop and a short timeout: Redis's timeout reply, the null array.
+    assert_eq!(
+        waiter.call(&["BLPOP", "{q}empty", "0.2"]).await,
+        Value::Array(None)
+    );
+    // A waiter blocked with no timeout gets what another client pushes later.
+    waiter.send(&["BLPOP", "{q}jobs", "0"]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(pusher.call(&["RPUSH", "{q}jobs", "j1"]).await, Value::Integer(1));
+    let popped = tokio::time::timeout(WAIT, waiter.read())
+        .await
+        .expect("the blocked BLPOP answers once something is pushed");
+    assert_eq!(
+        popped,
+        Some(Value::Array(Some(vec![bulk("{q}jobs"), bulk("j1")])))
+    );
+    // Popped exactly once: the list is empty again.
+    assert_eq!(pusher.call(&["LLEN", "{q}jobs"]).await, Value::Integer(0));
+    // BLMOVE waits too, and its timeout reply is a nil bulk.
+    waiter.send(&["BLMOVE", "{q}src", "{q}dst", "LEFT", "RIGHT", "5"]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(pusher.call(&["LPUSH", "{q}src", "m"]).await, Value::Integer(1));
+    let moved = tokio::time::timeout(WAIT, waiter.read()).await.unwrap();
+    assert_eq!(moved, Some(bulk("m")));
+    assert_eq!(
+        waiter.call(&["LRANGE", "{q}dst", "0", "-1"]).await,
+        Value::Array(Some(vec![bulk("m")]))
+    );
+    // A bad timeout is the machine's error, not a wait.
+    let bad = waiter.call(&["BLPOP", "{q}jobs", "-1"]).await;
+    assert!(
+        matches!(&bad, Value::Error(text) if text.contains("timeout")),
+        "{bad:?}"
+    );
+}

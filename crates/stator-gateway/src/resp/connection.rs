@@ -23,6 +23,7 @@ use futures::{FutureExt, StreamExt};
 use stator_kv::{encode_command, parse_command, parse_reply, Value};
 use stator_replication::{ClientError, RequestKind};
 use std::collections::HashMap;
+use std::time::Duration;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,6 +53,8 @@ enum Work {
         slot: u16,
         kind: RequestKind,
         payload: Vec<u8>,
+        /// A blocking pop (`BLPOP` ...): asked again until it pops or its timeout passes.
+        blocking: Option<Blocking>,
     },
     /// A keyspace command over every partition of `routes`.
     FanOut {
@@ -130,12 +133,105 @@ async fn perform_resp2<B: Backend>(backend: &B, work: Work) -> Done {
             slot,
             kind,
             payload,
+            blocking: None,
         } => Done::reply(
             backend
                 .execute(routes, partition, slot, kind, payload)
                 .await,
             Some(slot),
         ),
+        Work::Forward {
+            routes,
+            partition,
+            slot,
+            kind,
+            payload,
+            blocking: Some(blocking),
+        } => Done::reply(
+            block(backend, routes, partition, slot, kind, payload, blocking).await,
+            Some(slot),
+        ),
+    }
+}
+
+/// First pause between two attempts of a blocking pop that found nothing.
+const BLOCKING_FIRST_RETRY: Duration = Duration::from_millis(5);
+
+/// Longest pause between two attempts: the most a push waits to be seen by a blocked
+/// client, and (each attempt being one log entry) at most 10 entries a second per
+/// blocked client.
+const BLOCKING_MAX_RETRY: Duration = Duration::from_millis(100);
+
+/// When a blocking pop (`BLPOP BRPOP BLMOVE BRPOPLPUSH BZPOPMIN BZPOPMAX`) gives up.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Blocking {
+    /// `None`: a timeout of 0, wait as long as the connection lives.
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Blocking {
+    /// The blocking form of `argv`, if it is a blocking pop with a valid timeout (its last
+    /// argument, in seconds). Anything else, a bad timeout included, runs once and the
+    /// machine answers it (with Redis's error for a bad timeout).
+    pub(crate) fn of(argv: &[Vec<u8>]) -> Option<Blocking> {
+        const BLOCKING_POPS: &[&str] = &[
+            "blpop",
+            "brpop",
+            "blmove",
+            "brpoplpush",
+            "bzpopmin",
+            "bzpopmax",
+        ];
+        let name = argv.first()?;
+        if !BLOCKING_POPS
+            .iter()
+            .any(|pop| name.eq_ignore_ascii_case(pop.as_bytes()))
+            || argv.len() < 3
+        {
+            return None;
+        }
+        let seconds: f64 = std::str::from_utf8(argv.last()?).ok()?.parse().ok()?;
+        if !seconds.is_finite() || seconds < 0.0 {
+            return None;
+        }
+        let deadline = (seconds > 0.0).then(|| {
+            tokio::time::Instant::now()
+                + Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX / 4)
+        });
+        Some(Blocking { deadline })
+    }
+}
+
+/// Runs a blocking pop: the machine never waits (it answers Redis's timeout reply, a nil,
+/// when there is nothing to pop), so the connection asks again, backing off, until it pops
+/// or the client's timeout passes. Each attempt is a fresh write through the leader, so
+/// the wait survives a leader failover, as a client of Redis would see it.
+async fn block<B: Backend>(
+    backend: &B,
+    routes: Arc<ServiceRoutes>,
+    partition: usize,
+    slot: u16,
+    kind: RequestKind,
+    payload: Vec<u8>,
+    blocking: Blocking,
+) -> Vec<u8> {
+    let mut pause = BLOCKING_FIRST_RETRY;
+    loop {
+        let reply = backend
+            .execute(routes.clone(), partition, slot, kind, payload.clone())
+            .await;
+        let nothing_popped = reply == b"*-1\r\n" || reply == b"$-1\r\n";
+        if !nothing_popped {
+            return reply;
+        }
+        let now = tokio::time::Instant::now();
+        let wake = match blocking.deadline {
+            Some(deadline) if now >= deadline => return reply,
+            Some(deadline) => deadline.min(now + pause),
+            None => now + pause,
+        };
+        tokio::time::sleep_until(wake).await;
+        pause = (pause * 2).min(BLOCKING_MAX_RETRY);
     }
 }
 
@@ -457,6 +553,8 @@ fn transaction_work<B: Backend>(
             slot,
             kind: RequestKind::Write,
             payload,
+            // Inside MULTI a blocking pop does not block, as in Redis.
+            blocking: None,
         },
     })
 }
@@ -502,5 +600,6 @@ fn forward_work<B: Backend>(
         slot,
         kind,
         payload,
+        blocking: Blocking::of(argv),
     })
 }

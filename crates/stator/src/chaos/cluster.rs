@@ -450,11 +450,13 @@ impl Cluster {
     }
 
     /// Applies the kv service: `partitions` partitions of 3 replicas, RESP on
-    /// [`Cluster::resp_addr`].
+    /// [`Cluster::resp_addr`]. Protected mode is off: in network-namespace runs that
+    /// address is the private bridge's, not loopback, and chaos's own clients (on the
+    /// host side of the bridge) must be served without a password.
     pub async fn apply_service(&self, partitions: u32) -> anyhow::Result<()> {
         let spec = format!(
             "name = \"{SERVICE}\"\nkind = \"replicated\"\npartitions = {partitions}\nreplicas = 3\n\
-             app = {{ builtin = \"kv\" }}\nexpose = {{ resp = \"{}\" }}\n\
+             app = {{ builtin = \"kv\" }}\nexpose = {{ resp = \"{}\", protected_mode = false }}\n\
              resources = {{ cpu = \"250m\", memory = \"128Mi\" }}\n",
             self.resp_addr
         );
