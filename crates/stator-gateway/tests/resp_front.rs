@@ -520,7 +520,10 @@ async fn blocking_pops_wait_for_a_push_or_their_timeout() {
     // A waiter blocked with no timeout gets what another client pushes later.
     waiter.send(&["BLPOP", "{q}jobs", "0"]).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(pusher.call(&["RPUSH", "{q}jobs", "j1"]).await, Value::Integer(1));
+    assert_eq!(
+        pusher.call(&["RPUSH", "{q}jobs", "j1"]).await,
+        Value::Integer(1)
+    );
     let popped = tokio::time::timeout(WAIT, waiter.read())
         .await
         .expect("the blocked BLPOP answers once something is pushed");
@@ -531,9 +534,14 @@ async fn blocking_pops_wait_for_a_push_or_their_timeout() {
     // Popped exactly once: the list is empty again.
     assert_eq!(pusher.call(&["LLEN", "{q}jobs"]).await, Value::Integer(0));
     // BLMOVE waits too, and its timeout reply is a nil bulk.
-    waiter.send(&["BLMOVE", "{q}src", "{q}dst", "LEFT", "RIGHT", "5"]).await;
+    waiter
+        .send(&["BLMOVE", "{q}src", "{q}dst", "LEFT", "RIGHT", "5"])
+        .await;
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert_eq!(pusher.call(&["LPUSH", "{q}src", "m"]).await, Value::Integer(1));
+    assert_eq!(
+        pusher.call(&["LPUSH", "{q}src", "m"]).await,
+        Value::Integer(1)
+    );
     let moved = tokio::time::timeout(WAIT, waiter.read()).await.unwrap();
     assert_eq!(moved, Some(bulk("m")));
     assert_eq!(
