@@ -13,10 +13,10 @@
 use super::local::Dispatch;
 use crate::map::ServiceRoutes;
 use stator_api::slot::key_slot;
-use stator_kv::{command_keys, command_kind, encode_command, CommandKind, Value};
+use stator_kv::{command_keys, command_kind, encode_command, encode_exec, CommandKind, Value};
 
-/// The kv machine's transaction command (`stator_kv::transaction::EXEC_COMMAND`).
-pub const EXEC_COMMAND: &str = "STATOR.EXEC";
+/// The kv machine's transaction command.
+pub use stator_kv::transaction::EXEC_COMMAND;
 
 /// The kv machine's version read for `WATCH` (`stator_kv::transaction::VERSION_COMMAND`).
 pub const VERSION_COMMAND: &str = "STATOR.VERSION";
@@ -262,24 +262,6 @@ fn queue_error(
         return Some(CROSS_PARTITION.into());
     }
     None
-}
-
-/// `STATOR.EXEC <watched> [<key> <version>]... [<argc> <arg>...]...`, the kv machine's
-/// transaction encoding (`stator_kv::transaction::encode_exec`).
-fn encode_exec(watched: &[(Vec<u8>, u64)], queued: &[Vec<Vec<u8>>]) -> Vec<Vec<u8>> {
-    let mut argv = vec![
-        EXEC_COMMAND.as_bytes().to_vec(),
-        watched.len().to_string().into_bytes(),
-    ];
-    for (key, version) in watched {
-        argv.push(key.clone());
-        argv.push(version.to_string().into_bytes());
-    }
-    for command in queued {
-        argv.push(command.len().to_string().into_bytes());
-        argv.extend(command.iter().cloned());
-    }
-    argv
 }
 
 /// The versions in a `STATOR.VERSION` reply, one per key; the error reply otherwise.
