@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::spec::{SpecError, MAX_COMMAND_ARGS, MAX_ENV_VARS};
+use crate::spec::{validate_command_and_env, SpecError};
 
 /// Most bind mounts one container may declare: each is a mount in the container's
 /// namespace, and real services need a handful.
@@ -76,32 +76,7 @@ impl ContainerSpec {
                 "must name a program, e.g. command = [\"/bin/sh\", \"-c\", \"...\"], or be left out to run the image's entrypoint",
             ));
         }
-        if self.command.len() > MAX_COMMAND_ARGS {
-            return Err(SpecError::invalid(
-                format!("{field}.command"),
-                format!(
-                    "at most {MAX_COMMAND_ARGS} arguments, got {}",
-                    self.command.len()
-                ),
-            ));
-        }
-        if self.env.len() > MAX_ENV_VARS {
-            return Err(SpecError::invalid(
-                format!("{field}.env"),
-                format!("at most {MAX_ENV_VARS} variables, got {}", self.env.len()),
-            ));
-        }
-        for key in self.env.keys() {
-            let valid = !key.is_empty()
-                && !key.as_bytes()[0].is_ascii_digit()
-                && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            if !valid {
-                return Err(SpecError::invalid(
-                    format!("{field}.env"),
-                    format!("variable name {key:?} must be letters, digits and '_', not starting with a digit"),
-                ));
-            }
-        }
+        validate_command_and_env(field, &self.command, &self.env)?;
         if let Some(dir) = &self.working_dir {
             if !dir.starts_with('/') {
                 return Err(SpecError::invalid(

@@ -736,32 +736,7 @@ impl ProcessSpec {
                 "must name a program, e.g. command = [\"python3\", \"app.py\"]",
             ));
         }
-        if self.command.len() > MAX_COMMAND_ARGS {
-            return Err(SpecError::invalid(
-                format!("{field}.command"),
-                format!(
-                    "at most {MAX_COMMAND_ARGS} arguments, got {}",
-                    self.command.len()
-                ),
-            ));
-        }
-        if self.env.len() > MAX_ENV_VARS {
-            return Err(SpecError::invalid(
-                format!("{field}.env"),
-                format!("at most {MAX_ENV_VARS} variables, got {}", self.env.len()),
-            ));
-        }
-        for key in self.env.keys() {
-            let valid = !key.is_empty()
-                && !key.as_bytes()[0].is_ascii_digit()
-                && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            if !valid {
-                return Err(SpecError::invalid(
-                    format!("{field}.env"),
-                    format!("variable name {key:?} must be letters, digits and '_', not starting with a digit"),
-                ));
-            }
-        }
+        validate_command_and_env(field, &self.command, &self.env)?;
         if self.working_dir.as_deref() == Some("") {
             return Err(SpecError::invalid(
                 format!("{field}.working_dir"),
@@ -770,6 +745,42 @@ impl ProcessSpec {
         }
         Ok(())
     }
+}
+
+/// The limits every app that runs a command shares (processes and containers): the
+/// argument count, the number of environment variables and their names.
+pub(crate) fn validate_command_and_env(
+    field: &str,
+    command: &[String],
+    env: &BTreeMap<String, String>,
+) -> Result<(), SpecError> {
+    if command.len() > MAX_COMMAND_ARGS {
+        return Err(SpecError::invalid(
+            format!("{field}.command"),
+            format!(
+                "at most {MAX_COMMAND_ARGS} arguments, got {}",
+                command.len()
+            ),
+        ));
+    }
+    if env.len() > MAX_ENV_VARS {
+        return Err(SpecError::invalid(
+            format!("{field}.env"),
+            format!("at most {MAX_ENV_VARS} variables, got {}", env.len()),
+        ));
+    }
+    for key in env.keys() {
+        let valid = !key.is_empty()
+            && !key.as_bytes()[0].is_ascii_digit()
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid {
+            return Err(SpecError::invalid(
+                format!("{field}.env"),
+                format!("variable name {key:?} must be letters, digits and '_', not starting with a digit"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Where the gateway exposes a service. Addresses are `host:port`.
