@@ -60,24 +60,7 @@ pub enum Output {
 }
 
 fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        outln!("{}", padded.join("  ").trim_end());
-    };
-    line(header.iter().map(|h| h.to_string()).collect());
-    for row in rows {
-        line(row);
-    }
+    print_table_indented(header, rows, "");
 }
 
 /// `1.2s`, `340ms`, `5m`: the age of an observation.
@@ -463,6 +446,8 @@ fn print_events_section(events: &[Event], names: &Names) {
     );
 }
 
+/// Columns padded to their widest cell (counted in characters, so ages like `3µs`
+/// line up), each line starting with `indent`.
 fn print_table_indented(header: &[&str], rows: Vec<Vec<String>>, indent: &str) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in &rows {
