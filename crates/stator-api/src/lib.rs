@@ -8,6 +8,8 @@
 //! - [`ids`]: node, group and replica identifiers.
 //! - [`slot`]: Redis-Cluster key slots (`CRC16(hash-tag(key)) mod 16384`) and slot ranges.
 //! - [`agent`]: the agent <-> server protocol: registration, heartbeats, assignments.
+//! - [`pubsub`]: the pub/sub bus registry (peers, subscriber summaries, keyspace
+//!   notification flags) that gateways and agents share through the server.
 //! - [`spec`]: service, node-pool and node specs as users write them, with validation
 //!   whose errors name the field.
 
@@ -15,5 +17,6 @@ pub mod agent;
 pub mod app;
 pub mod container;
 pub mod ids;
+pub mod pubsub;
 pub mod slot;
 pub mod spec;

@@ -20,12 +20,16 @@ use tokio::sync::watch;
 
 use stator_api::agent::{Assignments, Heartbeat, RegisterRequest, RegisterResponse};
 use stator_api::ids::NodeId;
+use stator_api::pubsub::{
+    BusRegistration, BusView, NotifySetting, BUS_NOTIFY_PATH, BUS_PEERS_PATH,
+};
 use stator_api::spec::{parse_spec, SpecError, SpecFormat};
 
 use crate::config::token_matches;
 use crate::controller::{now_ms, ControllerHandle};
 use crate::error::{Result, ServerError};
 use crate::metrics::Metrics;
+use crate::pubsub::BusRegistry;
 use crate::views::{
     node_view, partition_views, service_view, ApplyResult, Event, EventKind, NodeView,
     PartitionView, ServiceView,
@@ -37,6 +41,9 @@ pub const MAX_REQUEST_BODY_BYTES: usize = 1024 * 1024;
 /// Largest heartbeat body: a node reports every replica it hosts (about 300 bytes
 /// each), so this allows tens of thousands per node.
 pub const MAX_HEARTBEAT_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Largest body on the pub/sub bus routes: a registration with its subscriber summary
+/// ([`stator_api::pubsub::MAX_REPORTED_CHANNELS`] channel names per service).
+pub const MAX_BUS_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// Interval of SSE keep-alive comments, so proxies do not close an idle stream.
 pub const EVENTS_KEEP_ALIVE_MS: u64 = 15_000;
 
@@ -53,6 +60,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Flips to true on shutdown; ends event streams so the server can stop.
     pub shutdown: watch::Receiver<bool>,
+    /// The pub/sub bus registry (a std mutex: map updates only, never across an await).
+    pub pubsub: Arc<std::sync::Mutex<BusRegistry>>,
 }
 
 /// The whole HTTP surface.
@@ -83,12 +92,21 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             require_join_token,
         ));
+    let bus_routes = Router::new()
+        .route(BUS_PEERS_PATH, post(register_bus_peer))
+        .route(BUS_NOTIFY_PATH, post(set_notify))
+        .layer(DefaultBodyLimit::max(MAX_BUS_BODY_BYTES))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_any_token,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .merge(crate::dashboard::routes())
         .merge(user_routes)
         .merge(agent_routes)
+        .merge(bus_routes)
         .fallback(|| async {
             ServerError::NotFound {
                 kind: "route",
@@ -140,6 +158,53 @@ async fn require_join_token(
         Some(token) if token_matches(token, &state.join_token) => next.run(request).await,
         _ => ServerError::Unauthorized { which: "join" }.into_response(),
     }
+}
+
+/// The pub/sub bus routes serve gateways (API token) and agents (join token).
+async fn require_any_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match bearer(request.headers()) {
+        Some(token)
+            if token_matches(token, &state.api_token) || token_matches(token, &state.join_token) =>
+        {
+            next.run(request).await
+        }
+        _ => ServerError::Unauthorized {
+            which: "API or join",
+        }
+        .into_response(),
+    }
+}
+
+async fn register_bus_peer(
+    State(state): State<AppState>,
+    body: Result<Json<BusRegistration>, JsonRejection>,
+) -> Result<Json<BusView>> {
+    let Json(registration) = body.map_err(|e| ServerError::BadRequest(e.body_text()))?;
+    let view = state
+        .pubsub
+        .lock()
+        .expect("pub/sub registry lock poisoned")
+        .register(registration, now_ms())
+        .map_err(|e| ServerError::BadRequest(e.to_string()))?;
+    Ok(Json(view))
+}
+
+async fn set_notify(
+    State(state): State<AppState>,
+    body: Result<Json<NotifySetting>, JsonRejection>,
+) -> Result<Json<BusView>> {
+    let Json(setting) = body.map_err(|e| ServerError::BadRequest(e.body_text()))?;
+    let view = state
+        .pubsub
+        .lock()
+        .expect("pub/sub registry lock poisoned")
+        .set_notify(setting, now_ms())
+        .map_err(|e| ServerError::BadRequest(e.to_string()))?;
+    Ok(Json(view))
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

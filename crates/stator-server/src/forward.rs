@@ -136,8 +136,11 @@ impl FrontDoor {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
+        // The pub/sub bus registry serves gateways (API token) and agents (join token).
+        let either = path.starts_with("/v1/pubsub/");
         match presented {
             Some(token) if token_matches(token, expected) => Ok(()),
+            Some(token) if either && token_matches(token, &self.join_token) => Ok(()),
             _ => Err(ServerError::Unauthorized { which }),
         }
     }

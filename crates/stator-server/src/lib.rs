@@ -30,6 +30,8 @@
 //! - [`dashboard`]: the web dashboard at `/ui/` (page, script and styles embedded in
 //!   the binary; data through the `/v1` API with the user's token).
 //! - [`metrics`]: Prometheus metrics.
+//! - [`pubsub`]: the pub/sub bus registry: live gateways and agents, their subscriber
+//!   summaries, each service's `notify-keyspace-events` flags.
 //! - [`error`]: [`ServerError`] and its HTTP statuses.
 
 pub mod api;
@@ -45,6 +47,7 @@ pub mod leader;
 pub mod metrics;
 pub mod model;
 pub mod provider;
+pub mod pubsub;
 pub mod reconcile;
 pub mod views;
 
@@ -229,6 +232,7 @@ async fn start_term(
         join_token,
         metrics,
         shutdown: stop_rx,
+        pubsub: Default::default(),
     });
     Ok(Term {
         router,
