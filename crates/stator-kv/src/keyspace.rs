@@ -44,6 +44,9 @@ pub(crate) struct Keyspace {
     bytes: u64,
     /// Counts writes to keys; a written key takes the new count as its version.
     write_version: u64,
+    /// Keys removed because they expired, while recording is on (keyspace
+    /// notifications' `expired` events, see `crate::notify`); `None`: off.
+    expired_log: Option<Vec<Vec<u8>>>,
 }
 
 impl Keyspace {
@@ -106,6 +109,9 @@ impl Keyspace {
             .is_some_and(|entry| entry.is_expired(now_ms))
         {
             self.remove(key);
+            if let Some(log) = &mut self.expired_log {
+                log.push(key.to_vec());
+            }
         }
     }
 
@@ -131,6 +137,9 @@ impl Keyspace {
                 "expiry index out of sync for key {key:?}"
             );
             self.bytes -= key.len() as u64 + entry.data.bytes();
+            if let Some(log) = &mut self.expired_log {
+                log.push(key);
+            }
             removed += 1;
         }
         removed
@@ -207,6 +216,18 @@ impl Keyspace {
                 None
             }
         }
+    }
+
+    /// Starts recording the keys removed because they expired (until
+    /// [`Keyspace::take_expired`]).
+    pub(crate) fn record_expired(&mut self) {
+        self.expired_log.get_or_insert_with(Vec::new);
+    }
+
+    /// The keys removed because they expired since [`Keyspace::record_expired`], in
+    /// order; stops recording.
+    pub(crate) fn take_expired(&mut self) -> Vec<Vec<u8>> {
+        self.expired_log.take().unwrap_or_default()
     }
 
     /// Removes `key`, returning its entry.

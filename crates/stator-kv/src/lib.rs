@@ -25,6 +25,9 @@
 //!   [`queued_command_error`].
 //! - `snapshot`: the snapshot byte format (version 2 with types; version 1 still read).
 //! - `app`: [`KvMachine`] as a [`stator_api::app::StateMachine`], and [`KvFactory`].
+//! - [`notify`]: keyspace notifications: `notify-keyspace-events` flags, the Redis event
+//!   of each applied command, and [`notify::NotifyingKv`], a machine that reports them to
+//!   a sink (the agent publishes a leader's events on the pub/sub bus).
 //!
 //! # Determinism
 //! Every replica applies the same entries and must end identical. Time is the entry's
@@ -56,6 +59,7 @@ mod app;
 pub mod command;
 mod keyspace;
 pub mod machine;
+pub mod notify;
 mod ops;
 pub mod resp;
 mod snapshot;
