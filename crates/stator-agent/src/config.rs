@@ -67,6 +67,26 @@ impl AgentConfig {
         }
     }
 
+    /// Where the pub/sub bus listens: the replica transport's host (loopback unless
+    /// configured), any free port; advertised with `advertise_host` when set.
+    pub fn bus_config(
+        &self,
+        node_id: stator_api::ids::NodeId,
+        cluster_secret: &str,
+    ) -> stator_gateway::bus::BusConfig {
+        let host = self
+            .listen
+            .rsplit_once(':')
+            .map_or(self.listen.as_str(), |(host, _)| host);
+        stator_gateway::bus::BusConfig {
+            listen: format!("{host}:0"),
+            advertise_host: self.advertise_host.clone(),
+            kind: stator_api::pubsub::BusPeerKind::Agent,
+            node_id: Some(node_id),
+            cluster_secret: cluster_secret.to_string(),
+        }
+    }
+
     /// A config with the defaults: loopback, zone `default`, 4 cores, 8 GiB.
     pub fn new(
         server_urls: Vec<String>,

@@ -14,6 +14,8 @@
 //!   toward the assigned groups and members.
 //! - [`resp`]: the Redis Cluster protocol for the kv services it hosts: a RESP listener
 //!   per service serving the slots its replicas lead, `MOVED` for the rest.
+//! - [`pubsub`]: the agent's end of the pub/sub bus: registration through the server
+//!   client, and the sink that publishes the keyspace events of the replicas it leads.
 //! - [`driver`]: supervises stateless instances and jobs (processes and containers).
 //! - [`container`]: the container driver's parts: local OCI images (verified, unpacked
 //!   once per digest) and runc bundles.
@@ -27,6 +29,7 @@ pub mod container;
 pub mod driver;
 pub mod identity;
 pub mod probe;
+pub mod pubsub;
 pub mod replicas;
 pub mod resp;
 pub mod server;
@@ -184,14 +187,32 @@ async fn run_incarnation(
         }
     };
     let containers = std::sync::Arc::new(container::ContainerRuntime::new(&config.data_dir));
-    let replicas = replicas::Replicas::new(host.clone(), config.data_dir.join("replicas"))
-        .with_cpu_cgroups(cgroups.clone())
-        .with_raft_dir(raft_dir, rejoined);
     let resp = resp::RespServer::new(
         host.clone(),
         &registration.cluster_secret,
         config.resp_config(),
     );
+    let bus_cancel = tokio_util::sync::CancellationToken::new();
+    let bus = stator_gateway::bus::start(
+        config.bus_config(node_id, &registration.cluster_secret),
+        resp.broker(),
+        std::sync::Arc::new(server::ServerClient::new(
+            config.server_urls.clone(),
+            config.join_token.clone(),
+        )),
+        bus_cancel.clone(),
+    )
+    .await
+    .map_err(|source| AgentError::Listen {
+        addr: config.bus_config(node_id, "").listen,
+        source,
+    })?;
+    tracing::info!(addr = %bus.addr(), "pub/sub bus up");
+    let notifier = std::sync::Arc::new(pubsub::LeaderNotifier::new(host.clone(), resp.broker()));
+    let replicas = replicas::Replicas::new(host.clone(), config.data_dir.join("replicas"))
+        .with_cpu_cgroups(cgroups.clone())
+        .with_raft_dir(raft_dir, rejoined)
+        .with_notifications(notifier);
     let supervisor = driver::InstanceSupervisor::new(config.data_dir.join("instances"))
         .with_cpu_cgroups(cgroups.clone())
         .with_containers(containers);
@@ -229,6 +250,7 @@ async fn run_incarnation(
         ended = heartbeat_loop => ended,
     };
     resp.shutdown();
+    bus_cancel.cancel();
     supervisor.shutdown().await;
     if let Some(cgroups) = &cgroups {
         cgroups.remove_all();

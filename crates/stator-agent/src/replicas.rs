@@ -18,6 +18,7 @@ use stator_api::agent::{ReplicaAssignment, ReplicaRole, ReplicaStatus};
 use stator_api::app::StateMachine;
 use stator_api::ids::{GroupId, NodeId};
 use stator_api::spec::{AppSpec, Durability};
+use stator_kv::notify::{NotificationSink, NotifyingKv};
 use stator_replication::disk_store::DiskStoreError;
 use stator_replication::{GroupOptions, Host, HostError, Role};
 use stator_sm::host::{ProcessHandle, ProcessLimits, ProcessMachine, ProcessMachineConfig};
@@ -67,6 +68,8 @@ pub struct Replicas {
     forgotten_at_start: Mutex<BTreeSet<GroupId>>,
     /// The `memory` groups last recorded on disk (written only when they change).
     memory_groups_saved: Mutex<Option<BTreeSet<GroupId>>>,
+    /// Where built-in kv replicas report keyspace events (`None`: they report none).
+    notifications: Option<Arc<dyn NotificationSink>>,
 }
 
 fn role(r: Role) -> ReplicaRole {
@@ -92,7 +95,14 @@ impl Replicas {
             forgotten: Mutex::new(HashMap::new()),
             forgotten_at_start: Mutex::new(BTreeSet::new()),
             memory_groups_saved: Mutex::new(None),
+            notifications: None,
         }
+    }
+
+    /// Built-in kv replicas created from now on report keyspace events to `sink`.
+    pub fn with_notifications(mut self, sink: Arc<dyn NotificationSink>) -> Self {
+        self.notifications = Some(sink);
+        self
     }
 
     /// Durable replicas keep their stores in `raft_dir` (the host's data dir). When this
@@ -179,7 +189,13 @@ impl Replicas {
 
     fn app(&self, a: &ReplicaAssignment) -> (Box<dyn StateMachine>, Option<ProcessHandle>) {
         match &a.app {
-            AppSpec::Builtin(_) => (Box::new(stator_kv::KvMachine::default()), None),
+            AppSpec::Builtin(_) => match &self.notifications {
+                Some(sink) => (
+                    Box::new(NotifyingKv::new(a.service.clone(), a.group, sink.clone())),
+                    None,
+                ),
+                None => (Box::new(stator_kv::KvMachine::default()), None),
+            },
             AppSpec::Container(_) => panic!(
                 "replica of {} partition {} assigned a container app: spec validation rejects those for replicated services, so the server is newer than this agent",
                 a.service, a.partition

@@ -100,6 +100,11 @@ impl RespServer {
         }
     }
 
+    /// The pub/sub broker of these listeners (the agent's bus attaches to it).
+    pub fn broker(&self) -> Arc<stator_gateway::resp::pubsub::Broker> {
+        self.shared.broker().clone()
+    }
+
     /// Service -> advertised address of every listener running, for the heartbeat.
     pub fn advertised(&self) -> BTreeMap<String, String> {
         self.listeners

@@ -108,6 +108,23 @@ impl ServerClient {
         }
     }
 
+    /// Registers this agent's pub/sub bus endpoint; the live peers and notification flags.
+    pub async fn bus_register(
+        &self,
+        registration: &stator_api::pubsub::BusRegistration,
+    ) -> Result<stator_api::pubsub::BusView, ServerCallError> {
+        self.post(stator_api::pubsub::BUS_PEERS_PATH, registration)
+            .await
+    }
+
+    /// Stores a service's `notify-keyspace-events` flags (a `CONFIG SET` on this agent).
+    pub async fn bus_notify(
+        &self,
+        setting: &stator_api::pubsub::NotifySetting,
+    ) -> Result<stator_api::pubsub::BusView, ServerCallError> {
+        self.post(stator_api::pubsub::BUS_NOTIFY_PATH, setting).await
+    }
+
     /// Sends a heartbeat; returns the assignments.
     pub async fn heartbeat(&self, beat: &Heartbeat) -> Result<Assignments, ServerCallError> {
         self.post(&heartbeat_path(beat.node_id), beat).await

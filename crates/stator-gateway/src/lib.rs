@@ -15,10 +15,14 @@
 //!   commands over every partition, MULTI/EXEC/WATCH, pub/sub, RESP3), and the Redis
 //!   Cluster seed commands (`CLUSTER SLOTS` ...); its connection code also serves the
 //!   agents' cluster listeners.
+//! - [`bus`]: the pub/sub bus: authenticated links to every other gateway and agent
+//!   (found through the server's registry) carrying `PUBLISH`, `SPUBLISH` and keyspace
+//!   notifications.
 //! - [`http`]: the stator-sm/1 call route (bearer token when the service has a password)
 //!   and the round-robin proxy of stateless services.
 //! - [`error`]: the crate's one error type, [`GatewayError`].
 
+pub mod bus;
 pub mod error;
 pub mod http;
 pub mod map;
@@ -43,6 +47,9 @@ use tokio_util::sync::CancellationToken;
 /// gets `TRYAGAIN`. Several LAN elections fit, so a failover is invisible but slower.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5_000;
 
+/// Where a gateway's pub/sub bus listens unless configured: loopback, any free port.
+pub const DEFAULT_BUS_LISTEN: &str = "127.0.0.1:0";
+
 /// How the gateway finds the cluster and where it listens.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -59,6 +66,12 @@ pub struct GatewayConfig {
     pub request_timeout_ms: u64,
     /// See [`poller::DEFAULT_POLL_INTERVAL_MS`].
     pub poll_interval_ms: u64,
+    /// Where the pub/sub bus listens ([`bus`]); `None`: no bus, pub/sub stays inside this
+    /// gateway. Default loopback, any port: set an address other machines reach when
+    /// agents or gateways run elsewhere.
+    pub bus_listen: Option<String>,
+    /// Host other peers dial for the bus; `None`: the bound IP (127.0.0.1 for a wildcard).
+    pub bus_advertise_host: Option<String>,
 }
 
 impl GatewayConfig {
@@ -75,6 +88,8 @@ impl GatewayConfig {
             http_listen: None,
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             poll_interval_ms: poller::DEFAULT_POLL_INTERVAL_MS,
+            bus_listen: Some(DEFAULT_BUS_LISTEN.into()),
+            bus_advertise_host: None,
         }
     }
 }
@@ -82,6 +97,7 @@ impl GatewayConfig {
 /// A running gateway.
 pub struct GatewayHandle {
     http_addr: Option<SocketAddr>,
+    bus_addr: Option<String>,
     resp_addrs: watch::Receiver<BTreeMap<String, SocketAddr>>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -91,6 +107,11 @@ impl GatewayHandle {
     /// Where the HTTP routes listen, if enabled.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// The advertised address of the pub/sub bus listener, when it runs.
+    pub fn bus_addr(&self) -> Option<&str> {
+        self.bus_addr.as_deref()
     }
 
     /// Service -> bound address of every RESP listener running now.
@@ -133,13 +154,14 @@ pub async fn start(mut config: GatewayConfig) -> Result<GatewayHandle> {
     let (map_tx, map_rx) = watch::channel(Arc::new(PartitionMap::default()));
     let refresh = Arc::new(Notify::new());
     let cancel = CancellationToken::new();
+    let registrar = Arc::new(poller.clone());
     let poll = tokio::spawn(poller.run(
         map_tx,
         Duration::from_millis(config.poll_interval_ms.max(1)),
         refresh.clone(),
         cancel.clone(),
     ));
-    let mut handle = start_parts(&config, map_rx, refresh, cancel).await?;
+    let mut handle = start_parts(&config, map_rx, refresh, cancel, Some(registrar)).await?;
     handle.tasks.push(poll);
     Ok(handle)
 }
@@ -155,6 +177,7 @@ pub async fn start_with_map(
         map,
         Arc::new(Notify::new()),
         CancellationToken::new(),
+        None,
     )
     .await
 }
@@ -164,6 +187,7 @@ async fn start_parts(
     map: watch::Receiver<Arc<PartitionMap>>,
     refresh: Arc<Notify>,
     cancel: CancellationToken,
+    registrar: Option<Arc<poller::Poller>>,
 ) -> Result<GatewayHandle> {
     if config.cluster_secret.is_empty() {
         return Err(GatewayError::Config(
@@ -176,6 +200,29 @@ async fn start_parts(
         refresh,
     ));
     let shared = Arc::new(resp::Shared::default());
+    let bus_addr = match (&config.bus_listen, registrar) {
+        (Some(listen), Some(registrar)) => {
+            let bus = bus::start(
+                bus::BusConfig {
+                    listen: listen.clone(),
+                    advertise_host: config.bus_advertise_host.clone(),
+                    kind: stator_api::pubsub::BusPeerKind::Gateway,
+                    node_id: None,
+                    cluster_secret: config.cluster_secret.clone(),
+                },
+                shared.broker().clone(),
+                registrar,
+                cancel.clone(),
+            )
+            .await
+            .map_err(|source| GatewayError::Bind {
+                addr: listen.clone(),
+                source,
+            })?;
+            Some(bus.addr().to_string())
+        }
+        _ => None,
+    };
     let mut tasks = Vec::new();
     let http_addr = match config.http_listen {
         Some(listen) => {
@@ -213,6 +260,7 @@ async fn start_parts(
     )));
     Ok(GatewayHandle {
         http_addr,
+        bus_addr,
         resp_addrs,
         cancel,
         tasks,

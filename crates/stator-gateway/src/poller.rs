@@ -28,6 +28,8 @@ const SECRET_FETCH_PAUSE: Duration = Duration::from_millis(500);
 const API_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Polls `GET /v1/services` and `GET /v1/partitions`, failing over between servers.
+/// A clone registers the gateway on the pub/sub bus ([`crate::bus::Registrar`]).
+#[derive(Clone)]
 pub(crate) struct Poller {
     http: reqwest::Client,
     server_urls: Vec<String>,
@@ -79,6 +81,48 @@ impl Poller {
             .json()
             .await
             .map_err(|e| format!("{url}{path}: bad JSON: {e}"))
+    }
+
+    /// `POST path` with `body` to the first server that answers, starting with the last
+    /// good one.
+    async fn post<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, String> {
+        let mut last = String::new();
+        for attempt in 0..self.server_urls.len() {
+            let url = &self.server_urls[(self.preferred + attempt) % self.server_urls.len()];
+            let response = match self
+                .http
+                .post(format!("{url}{path}"))
+                .bearer_auth(&self.api_token)
+                .json(body)
+                .send()
+                .await
+            {
+                Ok(response) => response,
+                Err(e) => {
+                    last = format!("{url}{path}: {e}");
+                    continue;
+                }
+            };
+            let status = response.status();
+            if !status.is_success() {
+                let text = response.text().await.unwrap_or_default();
+                last = format!("{url}{path}: HTTP {status}: {}", text.trim());
+                // A refusal (4xx) is the same on every server.
+                if status.is_client_error() {
+                    break;
+                }
+                continue;
+            }
+            return response
+                .json()
+                .await
+                .map_err(|e| format!("{url}{path}: bad JSON: {e}"));
+        }
+        Err(last)
     }
 
     /// The replica transport secret from `GET /v1/cluster`, from the first server that
@@ -183,5 +227,22 @@ impl Poller {
                 _ = refresh.notified() => tokio::time::sleep(MIN_POLL_GAP).await,
             }
         }
+    }
+}
+
+impl crate::bus::Registrar for Poller {
+    async fn register(
+        &self,
+        registration: &stator_api::pubsub::BusRegistration,
+    ) -> Result<stator_api::pubsub::BusView, String> {
+        self.post(stator_api::pubsub::BUS_PEERS_PATH, registration)
+            .await
+    }
+
+    async fn set_notify(
+        &self,
+        setting: &stator_api::pubsub::NotifySetting,
+    ) -> Result<stator_api::pubsub::BusView, String> {
+        self.post(stator_api::pubsub::BUS_NOTIFY_PATH, setting).await
     }
 }

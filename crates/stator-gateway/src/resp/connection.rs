@@ -374,7 +374,7 @@ pub async fn serve<B: Backend>(
             }
             let decided = auth::intercept(&argv, &mut state, &access)
                 .or_else(|| transaction::intercept(&argv, &mut state.tx, routes.as_deref()))
-                .or_else(|| pubsub::intercept(&argv, &mut pubsub, state.resp3));
+                .or_else(|| pubsub::intercept(&argv, &mut pubsub, state.resp3, routes.as_deref()));
             let work = match decided
                 .unwrap_or_else(|| dispatch(&argv, &mut state, routes.as_deref()))
             {

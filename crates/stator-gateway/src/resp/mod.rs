@@ -12,7 +12,9 @@
 //! - [`command_table`]: `COMMAND` with every command's key positions.
 //! - [`auth`]: `expose.auth` passwords and ACL users, AUTH, ACL, protected mode.
 //! - [`keyspace`]: KEYS, SCAN, DBSIZE, FLUSHALL/FLUSHDB, RANDOMKEY over every partition.
-//! - [`pubsub`]: SUBSCRIBE/PUBLISH and friends through this gateway's broker.
+//! - [`pubsub`]: SUBSCRIBE/PUBLISH and friends through this process's broker, carried to
+//!   every other gateway and agent by the bus ([`crate::bus`]); `CONFIG SET|GET
+//!   notify-keyspace-events`.
 //! - [`transaction`]: MULTI/EXEC/DISCARD/WATCH/UNWATCH, one `STATOR.EXEC` write per EXEC.
 //! - `resp3`: replies re-typed for connections that sent `HELLO 3`.
 //! - `glob`: Redis's glob patterns (ACL key patterns, `KEYS`, `SCAN MATCH`).
@@ -87,6 +89,13 @@ pub struct Shared {
     pub(crate) access: AccessCache,
     /// Pub/Sub subscriptions.
     pub(crate) broker: Arc<Broker>,
+}
+
+impl Shared {
+    /// The pub/sub broker of these listeners (the bus attaches to it).
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
 }
 
 struct Running {

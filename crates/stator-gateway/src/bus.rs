@@ -1,0 +1,741 @@
+//! The pub/sub bus: carries `PUBLISH`, `SPUBLISH` and keyspace notifications between
+//! every process that serves RESP (gateways, and agents in cluster mode), as the Redis
+//! Cluster bus carries `PUBLISH` between nodes.
+//!
+//! - **Finding peers.** Each process runs a bus listener (loopback unless configured)
+//!   and registers it with the server about once a second ([`Registrar`],
+//!   `POST /v1/pubsub/peers`); the answer lists every live peer, what each reports of
+//!   its subscribers (for `PUBSUB NUMSUB/CHANNELS/NUMPAT` over the whole service) and
+//!   each service's `notify-keyspace-events` flags. [`Fabric::apply_view`] dials new
+//!   peers and drops gone ones (level-triggered).
+//! - **Links.** One outgoing TCP connection per peer, written by one task from a bounded
+//!   queue ([`MAX_BUS_QUEUE_FRAMES`]); a full queue drops the frame and counts it
+//!   ([`Fabric::dropped_frames`]): delivery is at-most-once, as in Redis. A broken
+//!   connection loses what was being written and is dialled again with back-off.
+//! - **Authentication.** Each connection starts with a challenge-response on the cluster
+//!   secret (HMAC-SHA256 of the other side's nonce and one's role), both ways, before a
+//!   frame is accepted; a peer without the secret is closed.
+//! - **Frames** are RESP arrays: `publish service channel message` (deliver to channel
+//!   and pattern subscribers), `spublish service channel message` (deliver to shard
+//!   subscribers), `sequence service channel message` (sent to the agent leading the
+//!   channel's slot, which delivers it and sends `spublish` to everyone, so every shard
+//!   subscriber sees one partition's messages in the leader's order).
+//!
+//! Receivers deliver to their local subscribers only and never forward `publish`, so
+//! a message crosses each link at most once.
+
+use crate::resp::pubsub::Broker;
+use ring::hmac;
+use stator_api::ids::NodeId;
+use stator_api::pubsub::{
+    BusPeer, BusPeerKind, BusRegistration, BusView, NotifySetting, SubscriberSummary,
+};
+use stator_kv::notify::NotifyFlags;
+use stator_kv::{encode_command, parse_command};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// Frames queued for one peer before new ones are dropped: a few seconds of a busy
+/// channel, and what a peer that is briefly unreachable can catch up on.
+pub const MAX_BUS_QUEUE_FRAMES: usize = 8_192;
+
+/// Largest frame: a published message may be as large as a command
+/// ([`crate::resp::connection::MAX_COMMAND_BYTES`]), plus the frame's other fields.
+pub const MAX_BUS_FRAME_BYTES: usize = crate::resp::connection::MAX_COMMAND_BYTES + 64 * 1024;
+
+/// Inbound bus connections at once: one per peer; past this the listener waits (the
+/// process's descriptors are shared with RESP clients and the replica transport).
+pub const MAX_BUS_INBOUND_CONNECTIONS: usize = 512;
+
+/// How often a peer registers and learns the others (and new notification flags).
+pub const BUS_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Time a connection has to complete the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Back-off between two dials of an unreachable peer.
+const REDIAL_FIRST: Duration = Duration::from_millis(50);
+const REDIAL_MAX: Duration = Duration::from_secs(2);
+
+/// Bytes coalesced into one write.
+const MAX_BATCH_BYTES: usize = 256 << 10;
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK_BYTES: usize = 16 << 10;
+
+/// Settings of a bus endpoint.
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    /// Where the listener binds (`127.0.0.1:0`: loopback, any free port).
+    pub listen: String,
+    /// Host other peers dial; `None`: the bound IP (127.0.0.1 when it is a wildcard).
+    pub advertise_host: Option<String>,
+    /// Gateway or agent.
+    pub kind: BusPeerKind,
+    /// The agent's node id.
+    pub node_id: Option<NodeId>,
+    /// The cluster secret both sides of a link must share.
+    pub cluster_secret: String,
+}
+
+/// How a peer registers with the server (the gateway's poller, the agent's client).
+pub trait Registrar: Send + Sync + 'static {
+    /// `POST /v1/pubsub/peers`.
+    fn register(
+        &self,
+        registration: &BusRegistration,
+    ) -> impl Future<Output = Result<BusView, String>> + Send;
+    /// `POST /v1/pubsub/notify`.
+    fn set_notify(
+        &self,
+        setting: &NotifySetting,
+    ) -> impl Future<Output = Result<BusView, String>> + Send;
+}
+
+/// A frame on the bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FrameKind {
+    /// `PUBLISH`: channel and pattern subscribers.
+    Publish,
+    /// `SPUBLISH`, ordered: shard subscribers.
+    ShardDeliver,
+    /// `SPUBLISH` for the leader of the channel's slot to order and send to everyone.
+    ShardOrder,
+}
+
+impl FrameKind {
+    fn word(self) -> &'static [u8] {
+        match self {
+            FrameKind::Publish => b"publish",
+            FrameKind::ShardDeliver => b"spublish",
+            FrameKind::ShardOrder => b"sequence",
+        }
+    }
+}
+
+/// Encodes one message frame.
+pub(crate) fn frame(kind: FrameKind, service: &str, channel: &[u8], payload: &[u8]) -> Arc<[u8]> {
+    encode_command(&[kind.word(), service.as_bytes(), channel, payload]).into()
+}
+
+struct Link {
+    addr: String,
+    node_id: Option<NodeId>,
+    sender: mpsc::Sender<Arc<[u8]>>,
+    cancel: CancellationToken,
+}
+
+/// What the other peers reported, and the notification flags, from the last view.
+#[derive(Default)]
+struct Remote {
+    peers: Vec<BusPeer>,
+    notify: BTreeMap<String, String>,
+}
+
+/// This process's side of the bus: links to every other peer and what they reported.
+pub struct Fabric {
+    id: String,
+    node_id: Option<NodeId>,
+    key: Arc<hmac::Key>,
+    // std mutexes: map updates only, never held across an await.
+    links: Mutex<HashMap<String, Link>>,
+    remote: Mutex<Remote>,
+    /// `CONFIG SET notify-keyspace-events` not yet accepted by the server.
+    pending_notify: Mutex<BTreeMap<String, String>>,
+    /// Wakes the refresh loop (a pending setting).
+    wake: Notify,
+    dropped: AtomicU64,
+    cancel: CancellationToken,
+}
+
+impl Fabric {
+    fn new(config: &BusConfig, cancel: CancellationToken) -> Fabric {
+        Fabric {
+            id: format!("{:016x}", rand::random::<u64>()),
+            node_id: config.node_id,
+            key: Arc::new(hmac::Key::new(
+                hmac::HMAC_SHA256,
+                config.cluster_secret.as_bytes(),
+            )),
+            links: Mutex::new(HashMap::new()),
+            remote: Mutex::new(Remote::default()),
+            pending_notify: Mutex::new(BTreeMap::new()),
+            wake: Notify::new(),
+            dropped: AtomicU64::new(0),
+            cancel,
+        }
+    }
+
+    /// This peer's id in the registry.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Frames dropped because a peer's queue was full (at-most-once delivery).
+    pub fn dropped_frames(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Peers linked now.
+    pub fn peer_count(&self) -> usize {
+        self.links.lock().expect("bus links poisoned").len()
+    }
+
+    fn offer(&self, link: &Link, frame: Arc<[u8]>) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = link.sender.try_send(frame) {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed);
+            if dropped.is_power_of_two() {
+                tracing::warn!(peer = %link.addr, dropped = dropped + 1,
+                    "pub/sub bus queue full; dropping messages (at-most-once delivery)");
+            }
+        }
+    }
+
+    /// Queues `frame` for every other peer.
+    pub(crate) fn broadcast(&self, frame: Arc<[u8]>) {
+        for link in self.links.lock().expect("bus links poisoned").values() {
+            self.offer(link, frame.clone());
+        }
+    }
+
+    /// Queues `frame` for the agent of `node`; false when no such peer is linked.
+    pub(crate) fn send_to_node(&self, node: NodeId, frame: Arc<[u8]>) -> bool {
+        let links = self.links.lock().expect("bus links poisoned");
+        match links.values().find(|link| link.node_id == Some(node)) {
+            Some(link) => {
+                self.offer(link, frame);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// This endpoint's node (agents).
+    pub(crate) fn node_id(&self) -> Option<NodeId> {
+        self.node_id
+    }
+
+    /// Takes a registry view: links new peers, drops gone ones, keeps the rest.
+    pub fn apply_view(&self, view: BusView) {
+        let mut links = self.links.lock().expect("bus links poisoned");
+        let wanted: HashMap<&str, &BusPeer> = view
+            .peers
+            .iter()
+            .filter(|peer| peer.id != self.id)
+            .map(|peer| (peer.id.as_str(), peer))
+            .collect();
+        links.retain(|id, link| {
+            let keep = wanted
+                .get(id.as_str())
+                .is_some_and(|peer| peer.addr == link.addr);
+            if !keep {
+                link.cancel.cancel();
+            }
+            keep
+        });
+        for (id, peer) in &wanted {
+            if links.contains_key(*id) {
+                continue;
+            }
+            let (sender, receiver) = mpsc::channel(MAX_BUS_QUEUE_FRAMES);
+            let cancel = self.cancel.child_token();
+            tokio::spawn(run_link(
+                peer.addr.clone(),
+                self.key.clone(),
+                self.id.clone(),
+                receiver,
+                cancel.clone(),
+            ));
+            links.insert(
+                id.to_string(),
+                Link {
+                    addr: peer.addr.clone(),
+                    node_id: peer.node_id,
+                    sender,
+                    cancel,
+                },
+            );
+        }
+        drop(links);
+        let mut remote = self.remote.lock().expect("bus view poisoned");
+        remote.peers = view
+            .peers
+            .into_iter()
+            .filter(|peer| peer.id != self.id)
+            .collect();
+        remote.notify = view.notify;
+    }
+
+    /// The `notify-keyspace-events` flags of `service` (a `CONFIG SET` not yet accepted
+    /// by the server first).
+    pub fn notify_flags(&self, service: &str) -> NotifyFlags {
+        let pending = self
+            .pending_notify
+            .lock()
+            .expect("pending notify poisoned")
+            .get(service)
+            .cloned();
+        let flags = pending.or_else(|| {
+            self.remote
+                .lock()
+                .expect("bus view poisoned")
+                .notify
+                .get(service)
+                .cloned()
+        });
+        flags
+            .and_then(|text| NotifyFlags::parse(&text).ok())
+            .unwrap_or_default()
+    }
+
+    /// `CONFIG SET notify-keyspace-events`: takes effect here at once, on every leader
+    /// once the server has it and their next refresh has run (about a second).
+    pub(crate) fn set_notify(&self, service: &str, flags: NotifyFlags) {
+        self.pending_notify
+            .lock()
+            .expect("pending notify poisoned")
+            .insert(service.to_string(), flags.to_string());
+        self.wake.notify_one();
+    }
+
+    /// What the other peers reported for `service`.
+    pub(crate) fn remote_summaries(&self, service: &str) -> Vec<SubscriberSummary> {
+        self.remote
+            .lock()
+            .expect("bus view poisoned")
+            .peers
+            .iter()
+            .filter_map(|peer| peer.subscribers.get(service).cloned())
+            .collect()
+    }
+}
+
+/// A running bus endpoint.
+pub struct Bus {
+    fabric: Arc<Fabric>,
+    addr: String,
+}
+
+impl Bus {
+    /// The fabric (links, view) of this endpoint.
+    pub fn fabric(&self) -> &Arc<Fabric> {
+        &self.fabric
+    }
+
+    /// The advertised `host:port` of the listener.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+}
+
+/// Binds the bus listener, attaches the fabric to `broker` and starts the accept and
+/// refresh loops; they stop with `cancel`.
+pub async fn start<R: Registrar>(
+    config: BusConfig,
+    broker: Arc<Broker>,
+    registrar: Arc<R>,
+    cancel: CancellationToken,
+) -> std::io::Result<Bus> {
+    let listener = TcpListener::bind(&config.listen).await.map_err(|error| {
+        std::io::Error::new(
+            error.kind(),
+            format!(
+                "cannot bind the pub/sub bus listener on {}: {error}; pick another address",
+                config.listen
+            ),
+        )
+    })?;
+    let bound = listener.local_addr()?;
+    let host = config.advertise_host.clone().unwrap_or_else(|| {
+        if bound.ip().is_unspecified() {
+            "127.0.0.1".into()
+        } else {
+            bound.ip().to_string()
+        }
+    });
+    let addr = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{}", bound.port())
+    } else {
+        format!("{host}:{}", bound.port())
+    };
+    let fabric = Arc::new(Fabric::new(&config, cancel.clone()));
+    broker.attach(fabric.clone());
+    tokio::spawn(accept_loop(
+        listener,
+        fabric.clone(),
+        broker.clone(),
+        cancel.clone(),
+    ));
+    tokio::spawn(refresh_loop(
+        fabric.clone(),
+        broker,
+        registrar,
+        BusRegistration {
+            id: fabric.id.clone(),
+            addr: addr.clone(),
+            kind: config.kind,
+            node_id: config.node_id,
+            subscribers: BTreeMap::new(),
+        },
+        cancel,
+    ));
+    tracing::info!(%addr, "pub/sub bus listening");
+    Ok(Bus { fabric, addr })
+}
+
+async fn refresh_loop<R: Registrar>(
+    fabric: Arc<Fabric>,
+    broker: Arc<Broker>,
+    registrar: Arc<R>,
+    mut registration: BusRegistration,
+    cancel: CancellationToken,
+) {
+    let mut failing = false;
+    loop {
+        let pending = fabric
+            .pending_notify
+            .lock()
+            .expect("pending notify poisoned")
+            .clone();
+        for (service, flags) in pending {
+            let setting = NotifySetting {
+                service: service.clone(),
+                flags: flags.clone(),
+            };
+            match registrar.set_notify(&setting).await {
+                Ok(view) => {
+                    let mut pending = fabric
+                        .pending_notify
+                        .lock()
+                        .expect("pending notify poisoned");
+                    // A newer CONFIG SET may have come meanwhile: keep that one.
+                    if pending.get(&service) == Some(&flags) {
+                        pending.remove(&service);
+                    }
+                    drop(pending);
+                    fabric.apply_view(view);
+                }
+                Err(error) => {
+                    tracing::warn!(%service, %error, "cannot store notify-keyspace-events on the server; retrying")
+                }
+            }
+        }
+        registration.subscribers = broker.summary();
+        match registrar.register(&registration).await {
+            Ok(view) => {
+                if failing {
+                    tracing::info!("pub/sub bus registry reachable again");
+                    failing = false;
+                }
+                fabric.apply_view(view);
+            }
+            Err(error) if !failing => {
+                tracing::warn!(%error, "cannot refresh the pub/sub bus peers; keeping the last ones");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(BUS_REFRESH_INTERVAL) => {}
+            _ = fabric.wake.notified() => {}
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    fabric: Arc<Fabric>,
+    broker: Arc<Broker>,
+    cancel: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_BUS_INBOUND_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => return,
+            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "pub/sub bus accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let (fabric, broker, cancel) = (fabric.clone(), broker.clone(), cancel.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                result = serve_inbound(stream, &fabric, &broker) => {
+                    if let Err(error) = result {
+                        tracing::debug!(%peer, %error, "pub/sub bus connection ended");
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Reads RESP arrays from a stream, at most [`MAX_BUS_FRAME_BYTES`] each.
+struct FrameReader {
+    input: bytes::BytesMut,
+}
+
+impl FrameReader {
+    fn new() -> Self {
+        Self {
+            input: bytes::BytesMut::with_capacity(READ_CHUNK_BYTES),
+        }
+    }
+
+    /// The next frame; `None` at a clean end of stream.
+    async fn next<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+    ) -> std::io::Result<Option<Vec<Vec<u8>>>> {
+        loop {
+            match parse_command(&self.input) {
+                Ok(Some((argv, used))) => {
+                    bytes::Buf::advance(&mut self.input, used);
+                    return Ok(Some(argv));
+                }
+                Ok(None) if self.input.len() > MAX_BUS_FRAME_BYTES => {
+                    return Err(std::io::Error::other(format!(
+                        "bus frame larger than {MAX_BUS_FRAME_BYTES} bytes"
+                    )))
+                }
+                Ok(None) => {}
+                Err(error) => return Err(std::io::Error::other(format!("garbled bus frame: {error}"))),
+            }
+            if self.input.capacity() - self.input.len() < READ_CHUNK_BYTES / 4 {
+                self.input.reserve(READ_CHUNK_BYTES);
+            }
+            if reader.read_buf(&mut self.input).await? == 0 {
+                return if self.input.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(std::io::ErrorKind::UnexpectedEof.into())
+                };
+            }
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &[u8]) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    text.chunks(2)
+        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+        .collect()
+}
+
+/// The proof that one knows the cluster secret: HMAC of the role and the other side's
+/// nonce (roles differ so a proof cannot be reflected back).
+fn proof(key: &hmac::Key, role: &[u8], nonce: &[u8]) -> hmac::Tag {
+    let mut context = hmac::Context::with_key(key);
+    context.update(b"stator pubsub bus v1 ");
+    context.update(role);
+    context.update(nonce);
+    context.sign()
+}
+
+fn verify(key: &hmac::Key, role: &[u8], nonce: &[u8], presented: &[u8]) -> bool {
+    let Some(mac) = unhex(presented) else {
+        return false;
+    };
+    let mut message = b"stator pubsub bus v1 ".to_vec();
+    message.extend_from_slice(role);
+    message.extend_from_slice(nonce);
+    hmac::verify(key, &message, &mac).is_ok()
+}
+
+const REFUSED: &str = "pub/sub bus peer failed authentication: every gateway and agent must use the same cluster secret";
+
+/// The listener's side: challenge, check the dialer's proof, prove itself, then deliver
+/// every frame that arrives.
+async fn serve_inbound(
+    mut stream: TcpStream,
+    fabric: &Fabric,
+    broker: &Broker,
+) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut reader = FrameReader::new();
+    let nonce = hex(&rand::random::<[u8; 32]>());
+    let handshake = async {
+        stream
+            .write_all(&encode_command(&[b"challenge", nonce.as_bytes()]))
+            .await?;
+        match reader.next(&mut stream).await? {
+            Some(argv)
+                if argv.len() == 4
+                    && argv[0] == b"auth"
+                    && verify(&fabric.key, b"dialer", nonce.as_bytes(), &argv[2]) =>
+            {
+                let mac = proof(&fabric.key, b"listener", &argv[3]);
+                stream
+                    .write_all(&encode_command(&[b"ok".as_slice(), hex(mac.as_ref()).as_bytes()]))
+                    .await
+            }
+            _ => Err(std::io::Error::other(REFUSED)),
+        }
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| std::io::Error::other("pub/sub bus handshake timed out"))??;
+    while let Some(argv) = reader.next(&mut stream).await? {
+        let [word, service, channel, payload] = argv.as_slice() else {
+            return Err(std::io::Error::other("bus frame with the wrong number of fields"));
+        };
+        let service = String::from_utf8_lossy(service);
+        match word.as_slice() {
+            b"publish" => {
+                broker.deliver(&service, false, channel, payload);
+            }
+            b"spublish" => {
+                broker.deliver(&service, true, channel, payload);
+            }
+            b"sequence" => {
+                broker.deliver(&service, true, channel, payload);
+                fabric.broadcast(frame(FrameKind::ShardDeliver, &service, channel, payload));
+            }
+            other => {
+                return Err(std::io::Error::other(format!(
+                    "unknown bus frame '{}'",
+                    String::from_utf8_lossy(other)
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The dialer's side of the handshake.
+async fn dial(addr: &str, key: &hmac::Key, id: &str) -> std::io::Result<TcpStream> {
+    let handshake = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let mut reader = FrameReader::new();
+        let challenge = match reader.next(&mut stream).await? {
+            Some(argv) if argv.len() == 2 && argv[0] == b"challenge" => argv[1].clone(),
+            _ => return Err(std::io::Error::other("expected the bus challenge")),
+        };
+        let nonce = hex(&rand::random::<[u8; 32]>());
+        let mac = proof(key, b"dialer", &challenge);
+        stream
+            .write_all(&encode_command(&[
+                b"auth".as_slice(),
+                id.as_bytes(),
+                hex(mac.as_ref()).as_bytes(),
+                nonce.as_bytes(),
+            ]))
+            .await?;
+        match reader.next(&mut stream).await? {
+            Some(argv)
+                if argv.len() == 2
+                    && argv[0] == b"ok"
+                    && verify(key, b"listener", nonce.as_bytes(), &argv[1]) =>
+            {
+                Ok(stream)
+            }
+            _ => Err(std::io::Error::other(REFUSED)),
+        }
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| std::io::Error::other("pub/sub bus handshake timed out"))?
+}
+
+/// One peer's link: dial (again after a failure, with back-off), then write queued
+/// frames, coalesced, until cancelled.
+async fn run_link(
+    addr: String,
+    key: Arc<hmac::Key>,
+    id: String,
+    mut frames: mpsc::Receiver<Arc<[u8]>>,
+    cancel: CancellationToken,
+) {
+    let mut pause = REDIAL_FIRST;
+    let mut batch = Vec::with_capacity(64 << 10);
+    loop {
+        let stream = tokio::select! {
+            _ = cancel.cancelled() => return,
+            dialled = dial(&addr, &key, &id) => dialled,
+        };
+        let mut stream = match stream {
+            Ok(stream) => {
+                pause = REDIAL_FIRST;
+                stream
+            }
+            Err(error) => {
+                tracing::debug!(%addr, %error, "pub/sub bus peer unreachable; dialling again");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(REDIAL_MAX);
+                continue;
+            }
+        };
+        loop {
+            let first = tokio::select! {
+                _ = cancel.cancelled() => return,
+                first = frames.recv() => match first {
+                    Some(first) => first,
+                    None => return,
+                },
+            };
+            batch.clear();
+            batch.extend_from_slice(&first);
+            while batch.len() < MAX_BATCH_BYTES {
+                match frames.try_recv() {
+                    Ok(frame) => batch.extend_from_slice(&frame),
+                    Err(_) => break,
+                }
+            }
+            if let Err(error) = write_batch(&mut stream, &batch).await {
+                tracing::debug!(%addr, %error, "pub/sub bus link broke; messages in it are lost");
+                break;
+            }
+        }
+    }
+}
+
+async fn write_batch<W: AsyncWrite + Unpin>(stream: &mut W, batch: &[u8]) -> std::io::Result<()> {
+    stream.write_all(batch).await?;
+    stream.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proofs_verify_only_with_the_same_secret_and_role() {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, b"secret");
+        let other = hmac::Key::new(hmac::HMAC_SHA256, b"other");
+        let mac = hex(proof(&key, b"dialer", b"n1").as_ref());
+        assert!(verify(&key, b"dialer", b"n1", mac.as_bytes()));
+        assert!(!verify(&key, b"listener", b"n1", mac.as_bytes()));
+        assert!(!verify(&key, b"dialer", b"n2", mac.as_bytes()));
+        assert!(!verify(&other, b"dialer", b"n1", mac.as_bytes()));
+        assert!(!verify(&key, b"dialer", b"n1", b"zz"));
+    }
+}
