@@ -152,6 +152,13 @@ enum Verb {
         /// HTTP listen address.
         #[arg(long, default_value = "127.0.0.1:8080")]
         http: String,
+        /// Where the pub/sub bus listens (other gateways and agents dial it to deliver
+        /// PUBLISH and keyspace events); loopback unless set. `off`: no bus.
+        #[arg(long, default_value = stator_gateway::DEFAULT_BUS_LISTEN)]
+        bus: String,
+        /// Host other gateways and agents dial for the bus (default: the bound IP).
+        #[arg(long)]
+        bus_advertise: Option<String>,
     },
     /// Create or update a service from a TOML or YAML spec (idempotent).
     #[command(after_help = "Example:\n  stator apply -f examples/kv.toml")]
@@ -657,7 +664,11 @@ fn run() -> anyhow::Result<()> {
                 stator_agent::run(config, shutdown_signal()).await?;
                 Ok(())
             }
-            Verb::Gateway { http } => {
+            Verb::Gateway {
+                http,
+                bus,
+                bus_advertise,
+            } => {
                 let ctx = context::resolve(
                     cli.server.as_deref(),
                     cli.token_file.as_deref(),
@@ -673,6 +684,8 @@ fn run() -> anyhow::Result<()> {
                     http.parse()
                         .with_context(|| format!("--http: not an address: {http}"))?,
                 );
+                config.bus_listen = (bus != "off").then_some(bus);
+                config.bus_advertise_host = bus_advertise;
                 stator_gateway::run(config, shutdown_signal()).await?;
                 Ok(())
             }

@@ -566,6 +566,26 @@ impl Resp {
         self.read_reply()
     }
 
+    /// Reads the next reply or pushed message, waiting at most `timeout` (then an error
+    /// of kind `WouldBlock` or `TimedOut`).
+    pub fn next_reply(&mut self, timeout: Duration) -> std::io::Result<Reply> {
+        self.reader.get_ref().set_read_timeout(Some(timeout))?;
+        let reply = self.read_reply();
+        self.reader.get_ref().set_read_timeout(Some(RESP_TIMEOUT))?;
+        reply
+    }
+
+    /// Sends one command without reading its reply (`SUBSCRIBE` answers with pushes).
+    pub fn send(&mut self, args: &[&str]) -> std::io::Result<()> {
+        let mut frame = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            frame.extend(format!("${}\r\n", a.len()).as_bytes());
+            frame.extend(a.as_bytes());
+            frame.extend(b"\r\n");
+        }
+        self.writer.write_all(&frame)
+    }
+
     fn read_line(&mut self) -> std::io::Result<String> {
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
