@@ -726,6 +726,89 @@ async fn write_batch<W: AsyncWrite + Unpin>(stream: &mut W, batch: &[u8]) -> std
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resp::pubsub::{intercept, PubSub};
+
+    /// An in-memory registry shared by the peers of one test.
+    #[derive(Clone, Default)]
+    struct FakeRegistry(Arc<Mutex<BTreeMap<String, BusPeer>>>);
+
+    impl Registrar for FakeRegistry {
+        async fn register(&self, registration: &BusRegistration) -> Result<BusView, String> {
+            let mut peers = self.0.lock().unwrap();
+            peers.insert(
+                registration.id.clone(),
+                BusPeer {
+                    id: registration.id.clone(),
+                    addr: registration.addr.clone(),
+                    kind: registration.kind,
+                    node_id: registration.node_id,
+                    subscribers: registration.subscribers.clone(),
+                },
+            );
+            Ok(BusView {
+                peers: peers.values().cloned().collect(),
+                notify: BTreeMap::new(),
+            })
+        }
+
+        async fn set_notify(&self, _: &NotifySetting) -> Result<BusView, String> {
+            Err("not in this test".into())
+        }
+    }
+
+    async fn peer(registry: &FakeRegistry, secret: &str, cancel: &CancellationToken) -> Arc<Broker> {
+        let broker = Arc::new(Broker::default());
+        start(
+            BusConfig {
+                listen: "127.0.0.1:0".into(),
+                advertise_host: None,
+                kind: BusPeerKind::Gateway,
+                node_id: None,
+                cluster_secret: secret.into(),
+            },
+            broker.clone(),
+            Arc::new(registry.clone()),
+            cancel.clone(),
+        )
+        .await
+        .unwrap();
+        broker
+    }
+
+    #[tokio::test]
+    async fn publish_reaches_peers_with_the_secret_and_no_others() {
+        let registry = FakeRegistry::default();
+        let cancel = CancellationToken::new();
+        let a = peer(&registry, "secret", &cancel).await;
+        let b = peer(&registry, "secret", &cancel).await;
+        let intruder = peer(&registry, "guess", &cancel).await;
+        let subscribe = |broker: &Arc<Broker>, id| {
+            let (mut pubsub, messages, _) = PubSub::new(broker.clone(), "kv".into(), id);
+            let argv = vec![b"SUBSCRIBE".to_vec(), b"room".to_vec()];
+            intercept(&argv, &mut pubsub, false, None).unwrap();
+            (pubsub, messages)
+        };
+        let (_b_sub, mut b_messages) = subscribe(&b, 1);
+        let (_i_sub, mut intruder_messages) = subscribe(&intruder, 2);
+        let received = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                assert_eq!(a.publish("kv", b"room", b"hi"), 0, "no subscriber on a");
+                tokio::select! {
+                    message = b_messages.recv() => return message.unwrap(),
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        })
+        .await
+        .expect("a message from a reached b");
+        assert_eq!(&*received.payload, b"hi");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            intruder_messages.try_recv().is_err(),
+            "a peer without the cluster secret got a message"
+        );
+        cancel.cancel();
+    }
 
     #[test]
     fn proofs_verify_only_with_the_same_secret_and_role() {
