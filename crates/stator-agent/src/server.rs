@@ -122,7 +122,8 @@ impl ServerClient {
         &self,
         setting: &stator_api::pubsub::NotifySetting,
     ) -> Result<stator_api::pubsub::BusView, ServerCallError> {
-        self.post(stator_api::pubsub::BUS_NOTIFY_PATH, setting).await
+        self.post(stator_api::pubsub::BUS_NOTIFY_PATH, setting)
+            .await
     }
 
     /// Sends a heartbeat; returns the assignments.

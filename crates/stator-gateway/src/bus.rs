@@ -34,7 +34,7 @@ use stator_kv::notify::NotifyFlags;
 use stator_kv::{encode_command, parse_command};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -151,6 +151,9 @@ pub struct Fabric {
     pending_notify: Mutex<BTreeMap<String, String>>,
     /// Wakes the refresh loop (a pending setting).
     wake: Notify,
+    /// Whether any service has notification flags (pending or from the view): the one
+    /// check on the apply path of every replica while none has.
+    any_notify: AtomicBool,
     dropped: AtomicU64,
     cancel: CancellationToken,
 }
@@ -168,6 +171,7 @@ impl Fabric {
             remote: Mutex::new(Remote::default()),
             pending_notify: Mutex::new(BTreeMap::new()),
             wake: Notify::new(),
+            any_notify: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             cancel,
         }
@@ -271,11 +275,27 @@ impl Fabric {
             .filter(|peer| peer.id != self.id)
             .collect();
         remote.notify = view.notify;
+        let any = !remote.notify.is_empty();
+        drop(remote);
+        self.refresh_any_notify(any);
+    }
+
+    fn refresh_any_notify(&self, remote_any: bool) {
+        let pending_any = !self
+            .pending_notify
+            .lock()
+            .expect("pending notify poisoned")
+            .is_empty();
+        self.any_notify
+            .store(remote_any || pending_any, Ordering::Relaxed);
     }
 
     /// The `notify-keyspace-events` flags of `service` (a `CONFIG SET` not yet accepted
     /// by the server first).
     pub fn notify_flags(&self, service: &str) -> NotifyFlags {
+        if !self.any_notify.load(Ordering::Relaxed) {
+            return NotifyFlags::default();
+        }
         let pending = self
             .pending_notify
             .lock()
@@ -302,6 +322,7 @@ impl Fabric {
             .lock()
             .expect("pending notify poisoned")
             .insert(service.to_string(), flags.to_string());
+        self.any_notify.store(true, Ordering::Relaxed);
         self.wake.notify_one();
     }
 
@@ -518,7 +539,9 @@ impl FrameReader {
                     )))
                 }
                 Ok(None) => {}
-                Err(error) => return Err(std::io::Error::other(format!("garbled bus frame: {error}"))),
+                Err(error) => {
+                    return Err(std::io::Error::other(format!("garbled bus frame: {error}")))
+                }
             }
             if self.input.capacity() - self.input.len() < READ_CHUNK_BYTES / 4 {
                 self.input.reserve(READ_CHUNK_BYTES);
@@ -539,7 +562,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &[u8]) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     text.chunks(2)
@@ -591,7 +614,10 @@ async fn serve_inbound(
             {
                 let mac = proof(&fabric.key, b"listener", &argv[3]);
                 stream
-                    .write_all(&encode_command(&[b"ok".as_slice(), hex(mac.as_ref()).as_bytes()]))
+                    .write_all(&encode_command(&[
+                        b"ok".as_slice(),
+                        hex(mac.as_ref()).as_bytes(),
+                    ]))
                     .await
             }
             _ => Err(std::io::Error::other(REFUSED)),
@@ -602,7 +628,9 @@ async fn serve_inbound(
         .map_err(|_| std::io::Error::other("pub/sub bus handshake timed out"))??;
     while let Some(argv) = reader.next(&mut stream).await? {
         let [word, service, channel, payload] = argv.as_slice() else {
-            return Err(std::io::Error::other("bus frame with the wrong number of fields"));
+            return Err(std::io::Error::other(
+                "bus frame with the wrong number of fields",
+            ));
         };
         let service = String::from_utf8_lossy(service);
         match word.as_slice() {
@@ -756,7 +784,11 @@ mod tests {
         }
     }
 
-    async fn peer(registry: &FakeRegistry, secret: &str, cancel: &CancellationToken) -> Arc<Broker> {
+    async fn peer(
+        registry: &FakeRegistry,
+        secret: &str,
+        cancel: &CancellationToken,
+    ) -> Arc<Broker> {
         let broker = Arc::new(Broker::default());
         start(
             BusConfig {

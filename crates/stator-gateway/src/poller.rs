@@ -243,6 +243,7 @@ impl crate::bus::Registrar for Poller {
         &self,
         setting: &stator_api::pubsub::NotifySetting,
     ) -> Result<stator_api::pubsub::BusView, String> {
-        self.post(stator_api::pubsub::BUS_NOTIFY_PATH, setting).await
+        self.post(stator_api::pubsub::BUS_NOTIFY_PATH, setting)
+            .await
     }
 }

@@ -123,7 +123,12 @@ impl std::fmt::Display for NotifyFlags {
                 }
             }
         }
-        for (letter, class) in [('K', KEYSPACE), ('E', KEYEVENT), ('m', KEY_MISS), ('n', NEW)] {
+        for (letter, class) in [
+            ('K', KEYSPACE),
+            ('E', KEYEVENT),
+            ('m', KEY_MISS),
+            ('n', NEW),
+        ] {
             if self.0 & class != 0 {
                 out.push(letter);
             }
@@ -204,7 +209,10 @@ fn key_states(machine: &KvMachine, keys: &[&[u8]], now_ms: u64) -> HashMap<Vec<u
         .map(|key| {
             (
                 key.to_vec(),
-                machine.keyspace.live(key, now_ms).map(|entry| entry.version),
+                machine
+                    .keyspace
+                    .live(key, now_ms)
+                    .map(|entry| entry.version),
             )
         })
         .collect()
@@ -497,8 +505,21 @@ mod tests {
         assert_eq!(
             keyspace_events(&sink),
             [
-                "a new", "a set", "a set", "a expire", "h new", "h hset", "h hdel", "h del",
-                "a del", "t new", "t set", "t expire", "t expired", "l new", "l lpush"
+                "a new",
+                "a set",
+                "a set",
+                "a expire",
+                "h new",
+                "h hset",
+                "h hdel",
+                "h del",
+                "a del",
+                "t new",
+                "t set",
+                "t expire",
+                "t expired",
+                "l new",
+                "l lpush"
             ]
         );
         let all = sink.0.lock().unwrap().len();

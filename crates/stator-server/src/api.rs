@@ -168,7 +168,8 @@ async fn require_any_token(
 ) -> Response {
     match bearer(request.headers()) {
         Some(token)
-            if token_matches(token, &state.api_token) || token_matches(token, &state.join_token) =>
+            if token_matches(token, &state.api_token)
+                || token_matches(token, &state.join_token) =>
         {
             next.run(request).await
         }

@@ -24,7 +24,9 @@ pub const MAX_NOTIFY_SERVICES: usize = 4_096;
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
     /// The registry is full.
-    #[error("the pub/sub registry already holds {MAX_BUS_PEERS} peers; stop stale gateways or agents")]
+    #[error(
+        "the pub/sub registry already holds {MAX_BUS_PEERS} peers; stop stale gateways or agents"
+    )]
     Full,
     /// A field is unusable.
     #[error("{0}")]

@@ -102,12 +102,14 @@ fn messages_cross_gateways_and_agents_and_keyspace_events_reach_redis_py() {
         "room:2",
     );
     // PUBSUB NUMSUB counts the subscribers of the whole service, wherever they are.
-    wait_for("PUBSUB NUMSUB room:1 = 1 through the gateway", WAIT, || {
-        match through_gateway.call(&["PUBSUB", "NUMSUB", "room:1"]).ok()? {
+    wait_for(
+        "PUBSUB NUMSUB room:1 = 1 through the gateway",
+        WAIT,
+        || match through_gateway.call(&["PUBSUB", "NUMSUB", "room:1"]).ok()? {
             Reply::Array(Some(items)) if items.get(1) == Some(&Reply::Integer(1)) => Some(()),
             _ => None,
-        }
-    });
+        },
+    );
     // SPUBLISH goes through the slot's leader and back to a shard subscriber anywhere.
     let mut shard_on_gateway = subscribe(&gateway, "SSUBSCRIBE", "{game}:events");
     publish_until_received(

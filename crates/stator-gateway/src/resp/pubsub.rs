@@ -32,6 +32,7 @@ use stator_api::pubsub::{SubscriberSummary, MAX_REPORTED_CHANNELS};
 use stator_kv::notify::{NotifyFlags, INVALID_FLAGS};
 use stator_kv::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -119,6 +120,8 @@ pub struct Broker {
     topics: Mutex<Topics>,
     /// The pub/sub bus, once started; without it messages stay in this process.
     fabric: OnceLock<Arc<Fabric>>,
+    /// Subscribers closed for falling [`MAX_PENDING_MESSAGES`] behind.
+    slow_subscribers_closed: AtomicU64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -165,6 +168,11 @@ impl Broker {
         let _ = self.fabric.set(fabric);
     }
 
+    /// Subscribers closed so far for falling [`MAX_PENDING_MESSAGES`] behind.
+    pub fn slow_subscribers_closed(&self) -> u64 {
+        self.slow_subscribers_closed.load(Ordering::Relaxed)
+    }
+
     /// The bus, when attached.
     pub fn fabric(&self) -> Option<&Arc<Fabric>> {
         self.fabric.get()
@@ -197,14 +205,15 @@ impl Broker {
             let slot = stator_api::slot::key_slot(channel);
             routes.partitions[routes.route_index(slot)?].leader_id
         });
-        match leader {
-            Some(node) if fabric.node_id() != Some(node) => {
-                if fabric.send_to_node(node, frame(FrameKind::ShardOrder, service, channel, payload)) {
-                    // The leader sends it back to this process's subscribers.
-                    return self.count(service, Kind::Shard, channel);
-                }
+        let elsewhere = leader.filter(|node| fabric.node_id() != Some(*node));
+        if let Some(node) = elsewhere {
+            if fabric.send_to_node(
+                node,
+                frame(FrameKind::ShardOrder, service, channel, payload),
+            ) {
+                // The leader sends it back to this process's subscribers.
+                return self.count(service, Kind::Shard, channel);
             }
-            _ => {}
         }
         let reached = self.deliver(service, true, channel, payload);
         fabric.broadcast(frame(FrameKind::ShardDeliver, service, channel, payload));
@@ -238,7 +247,13 @@ impl Broker {
     }
 
     /// Delivers to every matching subscriber here; the number reached.
-    pub(crate) fn deliver(&self, service: &str, shard: bool, channel: &[u8], payload: &[u8]) -> i64 {
+    pub(crate) fn deliver(
+        &self,
+        service: &str,
+        shard: bool,
+        channel: &[u8],
+        payload: &[u8],
+    ) -> i64 {
         let topics = self.topics.lock().expect("broker lock poisoned");
         let channel: Arc<[u8]> = channel.into();
         let payload: Arc<[u8]> = payload.into();
@@ -251,7 +266,15 @@ impl Broker {
             };
             match subscriber.sender.try_send(message) {
                 Ok(()) => reached += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => subscriber.too_slow.cancel(),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if !subscriber.too_slow.is_cancelled() {
+                        subscriber.too_slow.cancel();
+                        let closed =
+                            self.slow_subscribers_closed.fetch_add(1, Ordering::Relaxed) + 1;
+                        tracing::warn!(service, closed,
+                            "closing a subscriber {MAX_PENDING_MESSAGES} messages behind (Redis's pubsub output-buffer limit)");
+                    }
+                }
                 // The connection is closing; its Drop removes it shortly.
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
@@ -639,9 +662,8 @@ fn notify_config(argv: &[Vec<u8>], pubsub: &PubSub) -> Option<Dispatch> {
     let fabric = pubsub.broker.fabric();
     Some(match (sub.as_slice(), argv.len()) {
         (b"GET", 3) => {
-            let flags = fabric.map_or_else(NotifyFlags::default, |f| {
-                f.notify_flags(&pubsub.service)
-            });
+            let flags =
+                fabric.map_or_else(NotifyFlags::default, |f| f.notify_flags(&pubsub.service));
             reply(Value::Array(Some(vec![
                 Value::bulk(NOTIFY_PARAMETER),
                 Value::bulk(flags.to_string()),
