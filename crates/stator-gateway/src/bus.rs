@@ -9,9 +9,10 @@
 //!   each service's `notify-keyspace-events` flags. [`Fabric::apply_view`] dials new
 //!   peers and drops gone ones (level-triggered).
 //! - **Links.** One outgoing TCP connection per peer, written by one task from a bounded
-//!   queue ([`MAX_BUS_QUEUE_FRAMES`]); a full queue drops the frame and counts it
-//!   ([`Fabric::dropped_frames`]): delivery is at-most-once, as in Redis. A broken
-//!   connection loses what was being written and is dialled again with back-off.
+//!   queue ([`MAX_BUS_QUEUE_FRAMES`], [`MAX_BUS_QUEUE_BYTES`]); a full queue drops the
+//!   frame and counts it ([`Fabric::dropped_frames`]): delivery is at-most-once, as in
+//!   Redis. A broken connection loses what was being written and is dialled again with
+//!   back-off.
 //! - **Authentication.** Each connection starts with a challenge-response on the cluster
 //!   secret (HMAC-SHA256 of the other side's nonce and one's role), both ways, before a
 //!   frame is accepted; a peer without the secret is closed.
@@ -34,7 +35,7 @@ use stator_kv::notify::NotifyFlags;
 use stator_kv::{encode_command, parse_command};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -45,6 +46,11 @@ use tokio_util::sync::CancellationToken;
 /// Frames queued for one peer before new ones are dropped: a few seconds of a busy
 /// channel, and what a peer that is briefly unreachable can catch up on.
 pub const MAX_BUS_QUEUE_FRAMES: usize = 8_192;
+
+/// Bytes queued for one peer before new frames are dropped: with messages of up to
+/// [`MAX_BUS_FRAME_BYTES`], the frame count alone would not bound memory while a peer is
+/// unreachable (the replica transport allows the same 64 MiB in flight per peer).
+pub const MAX_BUS_QUEUE_BYTES: usize = 64 << 20;
 
 /// Largest frame: a published message may be as large as a command
 /// ([`crate::resp::connection::MAX_COMMAND_BYTES`]), plus the frame's other fields.
@@ -129,6 +135,8 @@ struct Link {
     addr: String,
     node_id: Option<NodeId>,
     sender: mpsc::Sender<Arc<[u8]>>,
+    /// Bytes in `sender`'s queue (the link task subtracts what it takes).
+    queued_bytes: Arc<AtomicUsize>,
     cancel: CancellationToken,
 }
 
@@ -193,9 +201,18 @@ impl Fabric {
     }
 
     fn offer(&self, link: &Link, frame: Arc<[u8]>) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = link.sender.try_send(frame) {
+        let len = frame.len();
+        let over_budget =
+            link.queued_bytes.fetch_add(len, Ordering::Relaxed) + len > MAX_BUS_QUEUE_BYTES;
+        let refused = over_budget
+            || matches!(
+                link.sender.try_send(frame),
+                Err(mpsc::error::TrySendError::Full(_))
+            );
+        if refused {
+            link.queued_bytes.fetch_sub(len, Ordering::Relaxed);
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed);
-            if dropped.is_power_of_two() {
+            if (dropped + 1).is_power_of_two() {
                 tracing::warn!(peer = %link.addr, dropped = dropped + 1,
                     "pub/sub bus queue full; dropping messages (at-most-once delivery)");
             }
@@ -249,12 +266,13 @@ impl Fabric {
                 continue;
             }
             let (sender, receiver) = mpsc::channel(MAX_BUS_QUEUE_FRAMES);
+            let queued_bytes = Arc::new(AtomicUsize::new(0));
             let cancel = self.cancel.child_token();
             tokio::spawn(run_link(
                 peer.addr.clone(),
                 self.key.clone(),
                 self.id.clone(),
-                receiver,
+                (receiver, queued_bytes.clone()),
                 cancel.clone(),
             ));
             links.insert(
@@ -263,6 +281,7 @@ impl Fabric {
                     addr: peer.addr.clone(),
                     node_id: peer.node_id,
                     sender,
+                    queued_bytes,
                     cancel,
                 },
             );
@@ -697,7 +716,7 @@ async fn run_link(
     addr: String,
     key: Arc<hmac::Key>,
     id: String,
-    mut frames: mpsc::Receiver<Arc<[u8]>>,
+    (mut frames, queued_bytes): (mpsc::Receiver<Arc<[u8]>>, Arc<AtomicUsize>),
     cancel: CancellationToken,
 ) {
     let mut pause = REDIAL_FIRST;
@@ -738,6 +757,7 @@ async fn run_link(
                     Err(_) => break,
                 }
             }
+            queued_bytes.fetch_sub(batch.len(), Ordering::Relaxed);
             if let Err(error) = write_batch(&mut stream, &batch).await {
                 tracing::debug!(%addr, %error, "pub/sub bus link broke; messages in it are lost");
                 break;
