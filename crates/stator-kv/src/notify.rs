@@ -524,7 +524,30 @@ mod tests {
         );
         let all = sink.0.lock().unwrap().len();
         assert_eq!(all, 0);
-        run(&mut kv, 9, 2_000, &["EXPIRE", "l", "50"]).await;
+        let exec = crate::encode_exec(
+            &[],
+            &[
+                vec![b"SADD".to_vec(), b"s".to_vec(), b"m".to_vec()],
+                vec![b"INCR".to_vec(), b"c".to_vec()],
+                vec![
+                    b"HSET".to_vec(),
+                    b"s".to_vec(),
+                    b"f".to_vec(),
+                    b"v".to_vec(),
+                ],
+            ],
+        );
+        let exec: Vec<&str> = exec
+            .iter()
+            .map(|a| std::str::from_utf8(a).unwrap())
+            .collect();
+        run(&mut kv, 9, 2_000, &exec).await;
+        assert_eq!(
+            keyspace_events(&sink),
+            ["s new", "s sadd", "c new", "c incrby"],
+            "a queued command that failed (WRONGTYPE) raises nothing"
+        );
+        run(&mut kv, 10, 2_000, &["EXPIRE", "l", "50"]).await;
         let messages = sink.0.lock().unwrap().clone();
         assert_eq!(
             messages,

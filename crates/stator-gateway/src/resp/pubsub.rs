@@ -779,6 +779,39 @@ mod tests {
     }
 
     #[test]
+    fn notify_config_checks_flags_and_needs_the_bus() {
+        let broker = Arc::new(Broker::default());
+        let (mut a, _rx, _) = PubSub::new(broker, "kv".into(), 1);
+        assert_eq!(
+            text(intercept_(
+                &argv(&["CONFIG", "GET", "notify-keyspace-events"]),
+                &mut a,
+                false
+            )),
+            "*2\r\n$22\r\nnotify-keyspace-events\r\n$0\r\n\r\n"
+        );
+        assert_eq!(
+            text(intercept_(
+                &argv(&["CONFIG", "SET", "notify-keyspace-events", "KEQ"]),
+                &mut a,
+                false
+            )),
+            format!("-{INVALID_FLAGS}\r\n")
+        );
+        assert!(text(intercept_(
+            &argv(&["config", "set", "NOTIFY-KEYSPACE-EVENTS", "KEA"]),
+            &mut a,
+            false
+        ))
+        .starts_with("-ERR keyspace notifications need the pub/sub bus"));
+        assert_eq!(
+            intercept_(&argv(&["CONFIG", "GET", "save"]), &mut a, false),
+            None,
+            "other parameters are the connection's"
+        );
+    }
+
+    #[test]
     fn subscribed_mode_allows_only_pubsub_and_ping() {
         let broker = Arc::new(Broker::default());
         let (mut a, _rx, _) = PubSub::new(broker, "kv".into(), 1);
