@@ -189,8 +189,7 @@ async fn register_bus_peer(
         .pubsub
         .lock()
         .expect("pub/sub registry lock poisoned")
-        .register(registration, now_ms())
-        .map_err(|e| ServerError::BadRequest(e.to_string()))?;
+        .register(registration, now_ms())?;
     Ok(Json(view))
 }
 
@@ -203,8 +202,7 @@ async fn set_notify(
         .pubsub
         .lock()
         .expect("pub/sub registry lock poisoned")
-        .set_notify(setting, now_ms())
-        .map_err(|e| ServerError::BadRequest(e.to_string()))?;
+        .set_notify(setting, now_ms())?;
     Ok(Json(view))
 }
 

@@ -8,6 +8,7 @@
 //! within a second, and notification flags start empty, as Redis's `CONFIG SET` is lost
 //! on a restart without `CONFIG REWRITE`.
 
+use crate::error::ServerError;
 use stator_api::pubsub::{
     BusPeer, BusRegistration, BusView, NotifySetting, BUS_PEER_TTL_MS, MAX_REPORTED_CHANNELS,
 };
@@ -19,19 +20,6 @@ pub const MAX_BUS_PEERS: usize = 16_384;
 
 /// Most services with notification flags (one entry per service).
 pub const MAX_NOTIFY_SERVICES: usize = 4_096;
-
-/// Why a registration was refused.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum RegistryError {
-    /// The registry is full.
-    #[error(
-        "the pub/sub registry already holds {MAX_BUS_PEERS} peers; stop stale gateways or agents"
-    )]
-    Full,
-    /// A field is unusable.
-    #[error("{0}")]
-    Invalid(String),
-}
 
 /// Live peers and notification flags.
 #[derive(Debug, Default)]
@@ -46,23 +34,25 @@ impl BusRegistry {
         &mut self,
         mut registration: BusRegistration,
         now_ms: u64,
-    ) -> Result<BusView, RegistryError> {
+    ) -> Result<BusView, ServerError> {
         if registration.id.is_empty() || registration.id.len() > 64 {
-            return Err(RegistryError::Invalid(
-                "id must be 1 to 64 characters".into(),
+            return Err(ServerError::BadRequest(
+                "pub/sub peer id must be 1 to 64 characters".into(),
             ));
         }
         if registration.addr.parse::<std::net::SocketAddr>().is_err()
             && !registration.addr.contains(':')
         {
-            return Err(RegistryError::Invalid(format!(
+            return Err(ServerError::BadRequest(format!(
                 "addr '{}' is not host:port",
                 registration.addr
             )));
         }
         self.expire(now_ms);
         if !self.peers.contains_key(&registration.id) && self.peers.len() >= MAX_BUS_PEERS {
-            return Err(RegistryError::Full);
+            return Err(ServerError::BadRequest(format!(
+                "the pub/sub registry already holds {MAX_BUS_PEERS} peers; stop stale gateways or agents"
+            )));
         }
         for summary in registration.subscribers.values_mut() {
             summary.channels.truncate(MAX_REPORTED_CHANNELS);
@@ -84,7 +74,7 @@ impl BusRegistry {
         &mut self,
         setting: NotifySetting,
         now_ms: u64,
-    ) -> Result<BusView, RegistryError> {
+    ) -> Result<BusView, ServerError> {
         self.expire(now_ms);
         if setting.flags.is_empty() {
             self.notify.remove(&setting.service);
@@ -92,7 +82,7 @@ impl BusRegistry {
             if !self.notify.contains_key(&setting.service)
                 && self.notify.len() >= MAX_NOTIFY_SERVICES
             {
-                return Err(RegistryError::Invalid(format!(
+                return Err(ServerError::BadRequest(format!(
                     "at most {MAX_NOTIFY_SERVICES} services may have keyspace notifications on"
                 )));
             }
