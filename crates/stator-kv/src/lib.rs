@@ -58,6 +58,7 @@ mod keyspace;
 pub mod machine;
 mod ops;
 pub mod resp;
+pub mod scripting;
 mod snapshot;
 pub mod transaction;
 mod types;
@@ -68,5 +69,6 @@ pub use command::{
     CommandKind, KeySlot,
 };
 pub use machine::KvMachine;
+pub use ops::{MAX_CACHED_SCRIPTS, MAX_FUNCTION_LIBRARIES};
 pub use resp::{encode_command, parse_command, parse_reply, Argv, RespError, Value};
 pub use transaction::{encode_exec, queued_command_error};

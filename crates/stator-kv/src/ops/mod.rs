@@ -4,9 +4,13 @@
 mod hash;
 mod keys;
 mod list;
+mod script;
 mod set;
 mod strings;
 mod zset;
+
+pub(crate) use script::Scripts;
+pub use script::{MAX_CACHED_SCRIPTS, MAX_FUNCTION_LIBRARIES};
 
 use crate::machine::{KvMachine, NOT_AN_INTEGER, SYNTAX_ERROR, WRONG_TYPE};
 use crate::resp::{parse_i64_strict, Value};
@@ -350,6 +354,38 @@ pub(crate) fn distinct_indexes(
     }
     indexes.truncate(count);
     indexes
+}
+
+/// The arguments of LMPOP and ZMPOP from `numkeys`: `numkeys key... <end> [COUNT n]`.
+pub(crate) struct MultiPop<'a> {
+    pub(crate) keys: &'a [Vec<u8>],
+    /// The end word as given (LEFT/RIGHT or MIN/MAX), upper-cased.
+    pub(crate) end: Vec<u8>,
+    pub(crate) count: usize,
+}
+
+/// Parses `argv[at..]` as [`MultiPop`], with Redis 7.0's errors.
+pub(crate) fn parse_multi_pop(argv: &[Vec<u8>], at: usize) -> Result<MultiPop<'_>, Value> {
+    let numkeys = parse_i64_strict(&argv[at])
+        .filter(|&n| n > 0)
+        .ok_or_else(|| Value::error("ERR numkeys should be greater than 0"))?
+        as u64;
+    let rest = &argv[at + 1..];
+    // The keys and at least the end word must follow.
+    if numkeys >= rest.len() as u64 {
+        return Err(Value::error(SYNTAX_ERROR));
+    }
+    let (keys, options) = rest.split_at(numkeys as usize);
+    let end = options[0].to_ascii_uppercase();
+    let count = match &options[1..] {
+        [] => 1,
+        [word, value] if word.eq_ignore_ascii_case(b"COUNT") => parse_i64_strict(value)
+            .filter(|&n| n > 0)
+            .ok_or_else(|| Value::error("ERR count should be greater than 0"))?
+            as usize,
+        _ => return Err(Value::error(SYNTAX_ERROR)),
+    };
+    Ok(MultiPop { keys, end, count })
 }
 
 #[cfg(test)]
