@@ -112,6 +112,8 @@ impl KvMachine {
             self.keyspace.reclaim_if_expired(&argv[index], now_ms);
         }
         match spec.kind {
+            // Applied through the log, EVAL_RO caches its script as Redis does.
+            CommandKind::Read if spec.command == Command::EvalRo => self.script_write(spec, argv),
             CommandKind::Read => self.read(now_ms, spec, &argv),
             CommandKind::Write | CommandKind::Unknown => self.write(spec, argv),
         }

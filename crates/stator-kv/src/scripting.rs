@@ -154,20 +154,23 @@ struct Sandbox {
 /// Sets up `redis`, the protected `pcall`, and the helpers the Rust side drives. Runs
 /// before any user code, with globals still writable.
 const PRELUDE: &str = r#"
-local limit_hit, limit_message, MAX_STACK_WALK, call_error_text = ...
+local limit_hit, limit_message, MAX_STACK_WALK, call_error_text, rust_error_text = ...
 -- Only the handler below keeps the debug library; scripts never see it.
 local getinfo = debug.getinfo
 debug = nil
 local error, type, select, setmetatable, tostring = error, type, select, setmetatable, tostring
 local raw_pcall, raw_xpcall = pcall, xpcall
 
--- A script must not catch the instruction limit and keep running; and a failed
--- `redis.call` caught by pcall reads as Redis' `{err=...}` table.
+-- A script must not catch the instruction limit and keep running; and an error table
+-- (a failed `redis.call`, or `error({err=...})`) caught by pcall reads as its message
+-- string, as Redis 7.0's pcall gives it.
 local function checked(ok, ...)
   if limit_hit() then error(limit_message, 0) end
   if not ok then
-    local text = call_error_text((...))
-    if text then return false, {err = text} end
+    local caught = ...
+    local text = call_error_text(caught)
+    if text then return false, text end
+    if type(caught) == 'table' and type(caught.err) == 'string' then return false, caught.err end
   end
   return ok, ...
 end
@@ -194,6 +197,8 @@ local function error_handler(source, name)
     local call_error = call_error_text(err)
     if call_error then
       message = call_error
+    elseif type(err) == 'userdata' then
+      message = 'ERR ' .. rust_error_text(err)
     elseif type(err) == 'table' then
       message = err.err
       if type(message) ~= 'string' then
@@ -269,12 +274,19 @@ impl Sandbox {
                 _ => None,
             })
         })?;
+        let rust_error_text = lua.create_function(|_, error: LuaValue| {
+            Ok(match error {
+                LuaValue::Error(error) => root_message(&error),
+                other => format!("{other:?}"),
+            })
+        })?;
         let (run_protected, set_raw_call, seal_globals, error_handler) =
             lua.load(PRELUDE).set_name("=stator").call((
                 limit_probe,
                 INSTRUCTION_LIMIT_ERROR,
                 MAX_STACK_WALK,
                 call_error_text,
+                rust_error_text,
             ))?;
         Ok(Sandbox {
             lua,
@@ -481,6 +493,17 @@ fn call_error_message(error: &mlua::Error) -> Option<String> {
     }
 }
 
+/// The innermost message of an mlua error, without the traceback mlua adds to callback
+/// errors (`bad argument #1 to 'sha1hex' ...`).
+fn root_message(error: &mlua::Error) -> String {
+    match error {
+        mlua::Error::CallbackError { cause, .. } => root_message(cause),
+        mlua::Error::RuntimeError(text) => text.clone(),
+        mlua::Error::BadArgument { cause, .. } => root_message(cause),
+        other => other.to_string(),
+    }
+}
+
 /// `redis.register_function('name', f)` or `redis.register_function{function_name=...,
 /// callback=..., flags={...}, description=...}`.
 fn parse_registration(arguments: MultiValue) -> Result<(RegisteredFunction, Function), String> {
@@ -585,7 +608,13 @@ fn redis_library(lua: &Lua) -> mlua::Result<Table> {
     )?;
     redis.raw_set(
         "sha1hex",
-        lua.create_function(|_, text: mlua::String| Ok(sha1_hex(&text.as_bytes())))?,
+        // Lua's `tostring` rules: strings and numbers hash as text, anything else as "".
+        lua.create_function(|lua, value: LuaValue| {
+            let text = lua.coerce_string(value)?;
+            Ok(sha1_hex(
+                &text.map(|t| t.as_bytes().to_vec()).unwrap_or_default(),
+            ))
+        })?,
     )?;
     // Logging is a no-op: replicas would log every line once each, and a game's script
     // has nowhere useful to write from inside the state machine.

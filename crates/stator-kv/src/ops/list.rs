@@ -324,13 +324,13 @@ impl KvMachine {
                 Value::Array(None)
             }
             Command::LMPop | Command::BLMPop => {
-                let at = if spec.command == Command::BLMPop {
+                let blocking = spec.command == Command::BLMPop;
+                let at = if blocking { 2 } else { 1 };
+                let pop = attempt!(super::parse_multi_pop(&argv, at, ["LEFT", "RIGHT"]));
+                // Redis checks the timeout after the other arguments.
+                if blocking {
                     attempt!(parse_timeout(&argv[1]));
-                    2
-                } else {
-                    1
-                };
-                let pop = attempt!(super::parse_multi_pop(&argv, at));
+                }
                 let front = match pop.end.as_slice() {
                     b"LEFT" => true,
                     b"RIGHT" => false,

@@ -364,8 +364,13 @@ pub(crate) struct MultiPop<'a> {
     pub(crate) count: usize,
 }
 
-/// Parses `argv[at..]` as [`MultiPop`], with Redis 7.0's errors.
-pub(crate) fn parse_multi_pop(argv: &[Vec<u8>], at: usize) -> Result<MultiPop<'_>, Value> {
+/// Parses `argv[at..]` as [`MultiPop`] (the end one of `ends`), with Redis 7.0's errors
+/// in its order: numkeys, end, count.
+pub(crate) fn parse_multi_pop<'a>(
+    argv: &'a [Vec<u8>],
+    at: usize,
+    ends: [&str; 2],
+) -> Result<MultiPop<'a>, Value> {
     let numkeys = parse_i64_strict(&argv[at])
         .filter(|&n| n > 0)
         .ok_or_else(|| Value::error("ERR numkeys should be greater than 0"))?
@@ -377,6 +382,12 @@ pub(crate) fn parse_multi_pop(argv: &[Vec<u8>], at: usize) -> Result<MultiPop<'_
     }
     let (keys, options) = rest.split_at(numkeys as usize);
     let end = options[0].to_ascii_uppercase();
+    if !ends
+        .iter()
+        .any(|allowed| allowed.as_bytes() == end.as_slice())
+    {
+        return Err(Value::error(SYNTAX_ERROR));
+    }
     let count = match &options[1..] {
         [] => 1,
         [word, value] if word.eq_ignore_ascii_case(b"COUNT") => parse_i64_strict(value)

@@ -328,7 +328,7 @@ impl KvMachine {
             }
         };
         self.scripts = scripts;
-        if matches!(spec.command, Command::Eval) && !is_compile_error(&reply) {
+        if matches!(spec.command, Command::Eval | Command::EvalRo) && !is_compile_error(&reply) {
             self.scripts.cache(sha1_hex(&argv[1]), argv[1].clone());
         }
         reply
@@ -358,7 +358,7 @@ impl KvMachine {
                     .collect(),
             )),
             b"FLUSH" => {
-                attempt!(flush_mode(&argv[2..]));
+                attempt!(flush_mode(&argv[2..], "SCRIPT FLUSH only support"));
                 self.scripts.bodies.clear();
                 Value::ok()
             }
@@ -416,7 +416,7 @@ impl KvMachine {
                 }
             }
             b"FLUSH" => {
-                attempt!(flush_mode(&argv[2..]));
+                attempt!(flush_mode(&argv[2..], "FUNCTION FLUSH only supports"));
                 self.scripts.libraries.clear();
                 Value::ok()
             }
@@ -595,14 +595,15 @@ fn is_compile_error(reply: &Value) -> bool {
         || matches!(reply, Value::Error(message) if message.starts_with("ERR Could not find engine") || message.starts_with("ERR Unknown lua shebang") || message.starts_with("ERR Unexpected flag"))
 }
 
-/// `[ASYNC | SYNC]` of SCRIPT FLUSH and FUNCTION FLUSH (both flush at once here).
-fn flush_mode(options: &[Vec<u8>]) -> Result<(), Value> {
+/// `[ASYNC | SYNC]` of SCRIPT FLUSH and FUNCTION FLUSH (both flush at once here); Redis
+/// words the error slightly differently for each (`what`).
+fn flush_mode(options: &[Vec<u8>], what: &str) -> Result<(), Value> {
     match options {
         [] => Ok(()),
         [mode] if mode.eq_ignore_ascii_case(b"ASYNC") || mode.eq_ignore_ascii_case(b"SYNC") => {
             Ok(())
         }
-        _ => Err(Value::error(SYNTAX_ERROR)),
+        _ => Err(Value::error(format!("ERR {what} SYNC|ASYNC option"))),
     }
 }
 

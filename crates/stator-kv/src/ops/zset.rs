@@ -381,6 +381,10 @@ impl KvMachine {
                 if numkeys > argv.len() - 2 {
                     return Value::error(SYNTAX_ERROR);
                 }
+                // Redis reads (and type-checks) the keys before the options.
+                let inputs = &argv[..2 + numkeys];
+                let (result, _) =
+                    attempt!(self.combine_zsets(now_ms, inputs, 1, ZSetOp::Inter, true));
                 let mut limit = 0usize;
                 match &argv[2 + numkeys..] {
                     [] => {}
@@ -392,9 +396,6 @@ impl KvMachine {
                     }
                     _ => return Value::error(SYNTAX_ERROR),
                 }
-                let inputs = &argv[..2 + numkeys];
-                let (result, _) =
-                    attempt!(self.combine_zsets(now_ms, inputs, 1, ZSetOp::Inter, true));
                 let count = if limit == 0 {
                     result.len()
                 } else {
@@ -671,13 +672,13 @@ impl KvMachine {
                 Value::Array(Some(reply))
             }
             C::ZMPop | C::BZMPop => {
-                let at = if spec.command == C::BZMPop {
+                let blocking = spec.command == C::BZMPop;
+                let at = if blocking { 2 } else { 1 };
+                let pop = attempt!(super::parse_multi_pop(&argv, at, ["MIN", "MAX"]));
+                // Redis checks the timeout after the other arguments.
+                if blocking {
                     attempt!(parse_timeout(&argv[1]));
-                    2
-                } else {
-                    1
-                };
-                let pop = attempt!(super::parse_multi_pop(&argv, at));
+                }
                 let max = match pop.end.as_slice() {
                     b"MIN" => false,
                     b"MAX" => true,
