@@ -90,7 +90,7 @@ fn eval_calls_commands_and_converts_replies() {
             &mut machine,
             &[
                 "EVAL",
-                "local ok, e = pcall(redis.call, 'INCR', 'k') return e.err",
+                "local ok, e = pcall(redis.call, 'INCR', 'k') return e",
                 "0"
             ]
         ),
