@@ -69,11 +69,11 @@ pub(crate) fn int_arg(arg: &[u8]) -> Result<i64, Value> {
 }
 
 /// A bulk-string array.
-pub(crate) fn bulk_array<'a>(items: impl IntoIterator<Item = &'a Vec<u8>>) -> Value {
+pub(crate) fn bulk_array<T: AsRef<[u8]>>(items: impl IntoIterator<Item = T>) -> Value {
     Value::Array(Some(
         items
             .into_iter()
-            .map(|item| Value::bulk(item.clone()))
+            .map(|item| Value::bulk(item.as_ref().to_vec()))
             .collect(),
     ))
 }
