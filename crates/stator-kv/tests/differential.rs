@@ -1295,7 +1295,13 @@ impl Run {
         let mut modes = Vec::new();
         for _ in 0..1 + rng.below(4) {
             let (argv, mode) = generate(rng, far_s);
-            if matches!(mode, Mode::FullScan | Mode::Pop | Mode::Shape) || argv[0] == "FLUSHALL" {
+            // Lex ranges are undefined over unequal scores (docs/COMPATIBILITY.md); the
+            // single-command path resynchronises after them, a transaction cannot.
+            let lex = argv[0].contains("LEX") || argv.iter().any(|a| a == "BYLEX");
+            if matches!(mode, Mode::FullScan | Mode::Pop | Mode::Shape)
+                || argv[0] == "FLUSHALL"
+                || lex
+            {
                 continue;
             }
             let raw = bytes(&argv);

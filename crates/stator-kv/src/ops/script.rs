@@ -169,9 +169,16 @@ fn parse_script_header(body: &[u8]) -> Result<(bool, &[u8]), Value> {
 type Arg = Vec<u8>;
 
 /// `numkeys key... arg...` at `argv[2..]`: the keys and the arguments.
-fn split_keys(argv: &[Vec<u8>]) -> Result<(&[Arg], &[Arg]), Value> {
+/// Redis looks FCALL's function up before its key count, which it words differently.
+fn split_keys<'a>(
+    spec: &CommandSpec,
+    argv: &'a [Vec<u8>],
+) -> Result<(&'a [Arg], &'a [Arg]), Value> {
     let Some(count) = parse_i64_strict(&argv[2]) else {
-        return Err(Value::error(NOT_AN_INTEGER));
+        return Err(Value::error(match spec.command {
+            Command::FCall | Command::FCallRo => "ERR Bad number of keys provided",
+            _ => NOT_AN_INTEGER,
+        }));
     };
     if count < 0 {
         return Err(Value::error("ERR Number of keys can't be negative"));
@@ -281,8 +288,11 @@ impl KvMachine {
 
     /// EVAL_RO, EVALSHA_RO and FCALL_RO answered without the log.
     pub(crate) fn script_read(&self, now_ms: u64, spec: &CommandSpec, argv: &[Vec<u8>]) -> Value {
-        let (keys, args) = attempt!(split_keys(argv));
+        if spec.command != Command::FCallRo {
+            attempt!(split_keys(spec, argv));
+        }
         let target = attempt!(resolve_target(&self.scripts, spec, argv));
+        let (keys, args) = attempt!(split_keys(spec, argv));
         let (program, read_only) = attempt!(program_of(&target, true));
         debug_assert!(read_only);
         let policy = CallPolicy::new(true, keys);
@@ -295,7 +305,10 @@ impl KvMachine {
     }
 
     fn run_script(&mut self, spec: &CommandSpec, argv: &[Vec<u8>]) -> Value {
-        let (keys, args) = attempt!(split_keys(argv));
+        if matches!(spec.command, Command::FCall | Command::FCallRo) {
+            attempt!(resolve_target(&self.scripts, spec, argv).map(|_| ()));
+        }
+        let (keys, args) = attempt!(split_keys(spec, argv));
         let forced_read_only = matches!(
             spec.command,
             Command::EvalRo | Command::EvalShaRo | Command::FCallRo
