@@ -983,6 +983,7 @@ fn same_float(ours: &Value, theirs: &Value) -> bool {
 
 fn shape(value: &Value) -> String {
     match value {
+        Value::Integer(_) => "integer".to_owned(),
         Value::Array(Some(items)) => format!("array of {}", items.len()),
         Value::Bulk(Some(_)) => "bulk".to_owned(),
         other => format!("{other:?}"),
