@@ -152,6 +152,8 @@ pub(crate) enum Command {
     ZMPop,
     BZMPop,
     ZInterCard,
+    Sort,
+    SortRo,
     Eval,
     EvalSha,
     EvalRo,
@@ -407,6 +409,9 @@ const COMMANDS: &[CommandSpec] = &[
     spec(Command::ZMPop, "zmpop", -4, Write, (0, 0, 0), 1),
     spec(Command::BZMPop, "bzmpop", -5, Write, (0, 0, 0), 2),
     spec(Command::ZInterCard, "zintercard", -3, Read, (0, 0, 0), 1),
+    // SORT's STORE destination is a key too: see `key_indexes`.
+    spec(Command::Sort, "sort", -2, Write, (1, 1, 1), 0),
+    spec(Command::SortRo, "sort_ro", -2, Read, (1, 1, 1), 0),
     // Scripts name their keys in the `numkeys` form, so the gateway routes them by KEYS.
     spec(Command::Eval, "eval", -3, Write, (0, 0, 0), 2),
     spec(Command::EvalSha, "evalsha", -3, Write, (0, 0, 0), 2),
@@ -508,6 +513,13 @@ impl CommandSpec {
     pub(crate) fn key_indexes(&self, argv: &[Vec<u8>]) -> Vec<usize> {
         if self.command == Command::StatorExec {
             return exec_key_indexes(argv);
+        }
+        if self.command == Command::Sort && argv.len() > 1 {
+            let store = (2..argv.len().saturating_sub(1))
+                .find(|&index| argv[index].eq_ignore_ascii_case(b"STORE"));
+            return std::iter::once(1)
+                .chain(store.map(|index| index + 1))
+                .collect();
         }
         let argc = argv.len();
         let (first, last) = if self.first_key == 0 || argc <= self.first_key {

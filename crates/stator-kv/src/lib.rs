@@ -19,7 +19,8 @@
 //!   per-key write versions (what `WATCH` compares).
 //! - [`machine`]: [`KvMachine`]: dispatch, string commands, expiry.
 //! - `ops`: the other commands, one file per type (`hash`, `list`, `set`, `zset`,
-//!   `strings`, `keys` for keyspace commands and transactions, `script` for EVAL, SCRIPT,
+//!   `strings`, `keys` for keyspace commands and transactions, `sort` for SORT and
+//!   SORT_RO, `script` for EVAL, SCRIPT,
 //!   FUNCTION and FCALL with the script cache and libraries) plus shared helpers (SCAN
 //!   cursors, Redis' glob matcher, `%.17g` doubles, LMPOP/ZMPOP arguments).
 //! - [`scripting`]: the Lua 5.1 sandbox (mlua, vendored Lua): one VM per run, Redis' Lua

@@ -254,6 +254,7 @@ impl KvMachine {
             | C::ZInterCard
             | C::ZScan => self.zset_read(now_ms, spec, argv),
             C::EvalRo | C::EvalShaRo | C::FCallRo => self.script_read(now_ms, spec, argv),
+            C::SortRo => self.sort_read(now_ms, spec, argv),
             C::Type
             | C::Touch
             | C::RandomKey
@@ -438,6 +439,7 @@ impl KvMachine {
             | C::ZRangeStore
             | C::ZMPop
             | C::BZMPop => self.zset_write(spec, argv),
+            C::Sort => self.sort(spec, &argv),
             C::Eval | C::EvalSha | C::FCall | C::Script | C::Function => {
                 self.script_write(spec, argv)
             }

@@ -497,3 +497,25 @@ fn multi_pops_and_zintercard_answer_as_redis() {
     assert!(h.run("OBJECT FREQ z").is_error());
     assert_eq!(h.run("OBJECT IDLETIME z"), int(0));
 }
+
+#[test]
+fn sort_orders_lists_sets_and_sorted_sets() {
+    let mut h = Harness::new();
+    h.run("RPUSH l 3 1 2 10");
+    let array = |items: &[&str]| Value::Array(Some(items.iter().map(|i| bulk(i)).collect()));
+    assert_eq!(h.run("SORT l"), array(&["1", "2", "3", "10"]));
+    assert_eq!(h.run("SORT l DESC LIMIT 1 2"), array(&["3", "2"]));
+    assert_eq!(h.run("SORT l ALPHA"), array(&["1", "10", "2", "3"]));
+    assert_eq!(h.run("SORT l STORE d"), int(4));
+    assert_eq!(h.run("LRANGE d 0 -1"), array(&["1", "2", "3", "10"]));
+    assert!(
+        h.run("SORT l BY w_*").is_error(),
+        "patterns naming other keys are refused"
+    );
+    h.run("RPUSH l x");
+    assert_eq!(
+        h.run("SORT l"),
+        Value::error("ERR One or more scores can't be converted into double")
+    );
+    assert_eq!(h.run("SORT_RO l STORE d"), Value::error("ERR syntax error"));
+}

@@ -296,7 +296,7 @@ fn generate(rng: &mut Rng, far_s: u64) -> (Vec<String>, Mode) {
         }
         a
     };
-    let which = rng.below(160);
+    let which = rng.below(165);
     let (mut argv, mode): (Vec<String>, Mode) = match which {
         // Strings.
         0..=3 => (vec!["SET".into(), k(rng), v(rng)], Exact),
@@ -899,6 +899,26 @@ fn generate(rng: &mut Rng, far_s: u64) -> (Vec<String>, Mode) {
             // IDLETIME: stator does not track access times (docs/COMPATIBILITY.md).
             Shape,
         ),
+        151..=152 => {
+            let name = rng.pick(&["SORT", "SORT", "SORT_RO"]);
+            let mut a = vec![name.to_owned(), k(rng)];
+            let mut mode = Exact;
+            for _ in 0..rng.below(4) {
+                match rng.below(7) {
+                    0 => a.push(rng.pick(&["ASC", "DESC", "desc"]).into()),
+                    1 | 2 => a.push("ALPHA".into()),
+                    3 => a.extend(["LIMIT".into(), x(rng), x(rng)]),
+                    4 => a.extend(["GET".into(), rng.pick(&["#", "#", "nokey"]).into()]),
+                    5 => {
+                        // A set left unsorted is in no defined order.
+                        a.extend(["BY".into(), "nosort".into()]);
+                        mode = Sorted;
+                    }
+                    _ => a.extend(["STORE".into(), k(rng)]),
+                }
+            }
+            (a, mode)
+        }
         _ => (vec!["EXISTS".into(), k(rng)], Exact),
     };
     if rng.chance(1) && argv.len() > 1 {

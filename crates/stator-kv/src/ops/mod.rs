@@ -6,6 +6,7 @@ mod keys;
 mod list;
 mod script;
 mod set;
+mod sort;
 mod strings;
 mod zset;
 
