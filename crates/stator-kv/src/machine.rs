@@ -714,7 +714,11 @@ pub(crate) fn parse_f64_strict(bytes: &[u8]) -> Option<f64> {
         return None;
     }
     let number: f64 = text.parse().ok()?;
-    (!number.is_nan()).then_some(number)
+    // Out of range is not a float (C's ERANGE), unless the text says infinity itself.
+    let overflowed = number.is_infinite() && !text.to_ascii_lowercase().contains("inf");
+    let mantissa = text.split(['e', 'E']).next().unwrap_or("");
+    let underflowed = number == 0.0 && mantissa.bytes().any(|b| (b'1'..=b'9').contains(&b));
+    (!number.is_nan() && !overflowed && !underflowed).then_some(number)
 }
 
 /// Shortest decimal that reads back as `number`, with no exponent (e.g. `10.5`, `3`).

@@ -1188,9 +1188,14 @@ impl Run {
             "-1".into(),
             "WITHSCORES".into(),
         ]));
+        // Only a sorted set (or nothing) is copied: after a command that failed on a key of
+        // another type (ZRANGESTORE's destination), both sides still agree on it.
+        let Value::Array(Some(items)) = all else {
+            return;
+        };
         let expiry = self.machine_call(&bytes(&["PEXPIRETIME".into(), key.into()]));
         self.redis.call(&bytes(&["DEL".into(), key.into()]));
-        if let Value::Array(Some(items)) = all {
+        {
             let mut zadd = vec![b"ZADD".to_vec(), key.as_bytes().to_vec()];
             for pair in items.chunks(2) {
                 if let (Value::Bulk(Some(member)), Value::Bulk(Some(score))) = (&pair[0], &pair[1])
