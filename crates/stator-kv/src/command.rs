@@ -147,6 +147,21 @@ pub(crate) enum Command {
     Scan,
     FlushAll,
     FlushDb,
+    LMPop,
+    BLMPop,
+    ZMPop,
+    BZMPop,
+    ZInterCard,
+    Sort,
+    SortRo,
+    Eval,
+    EvalSha,
+    EvalRo,
+    EvalShaRo,
+    FCall,
+    FCallRo,
+    Script,
+    Function,
     StatorVersion,
     StatorExec,
 }
@@ -389,6 +404,23 @@ const COMMANDS: &[CommandSpec] = &[
     spec(Command::Scan, "scan", -2, Read, (0, 0, 0), 0),
     spec(Command::FlushAll, "flushall", -1, Write, (0, 0, 0), 0),
     spec(Command::FlushDb, "flushdb", -1, Write, (0, 0, 0), 0),
+    spec(Command::LMPop, "lmpop", -4, Write, (0, 0, 0), 1),
+    spec(Command::BLMPop, "blmpop", -5, Write, (0, 0, 0), 2),
+    spec(Command::ZMPop, "zmpop", -4, Write, (0, 0, 0), 1),
+    spec(Command::BZMPop, "bzmpop", -5, Write, (0, 0, 0), 2),
+    spec(Command::ZInterCard, "zintercard", -3, Read, (0, 0, 0), 1),
+    // SORT's STORE destination is a key too: see `key_indexes`.
+    spec(Command::Sort, "sort", -2, Write, (1, 1, 1), 0),
+    spec(Command::SortRo, "sort_ro", -2, Read, (1, 1, 1), 0),
+    // Scripts name their keys in the `numkeys` form, so the gateway routes them by KEYS.
+    spec(Command::Eval, "eval", -3, Write, (0, 0, 0), 2),
+    spec(Command::EvalSha, "evalsha", -3, Write, (0, 0, 0), 2),
+    spec(Command::EvalRo, "eval_ro", -3, Read, (0, 0, 0), 2),
+    spec(Command::EvalShaRo, "evalsha_ro", -3, Read, (0, 0, 0), 2),
+    spec(Command::FCall, "fcall", -3, Write, (0, 0, 0), 2),
+    spec(Command::FCallRo, "fcall_ro", -3, Read, (0, 0, 0), 2),
+    spec(Command::Script, "script", -2, Write, (0, 0, 0), 0),
+    spec(Command::Function, "function", -2, Write, (0, 0, 0), 0),
     spec(
         Command::StatorVersion,
         "stator.version",
@@ -416,24 +448,57 @@ pub(crate) fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
     COMMANDS.iter().find(|spec| spec.name.as_bytes() == lower)
 }
 
-/// Subcommands of OBJECT with their Redis arity.
-const OBJECT_SUBCOMMANDS: &[(&str, usize)] = &[("encoding", 3), ("refcount", 3), ("help", 2)];
+/// Subcommands of OBJECT with their Redis arity (negative: at least that many).
+const OBJECT_SUBCOMMANDS: &[(&str, i32)] = &[
+    ("encoding", 3),
+    ("refcount", 3),
+    ("freq", 3),
+    ("idletime", 3),
+    ("help", 2),
+];
+
+/// Subcommands of SCRIPT with their Redis arity.
+const SCRIPT_SUBCOMMANDS: &[(&str, i32)] = &[
+    ("load", 3),
+    ("exists", -3),
+    ("flush", -2),
+    ("kill", 2),
+    ("help", 2),
+    ("debug", 3),
+];
+
+/// Subcommands of FUNCTION with their Redis arity.
+const FUNCTION_SUBCOMMANDS: &[(&str, i32)] = &[
+    ("load", -3),
+    ("list", -2),
+    ("delete", 3),
+    ("flush", -2),
+    ("kill", 2),
+    ("stats", 2),
+    ("dump", 2),
+    ("restore", -3),
+    ("help", 2),
+];
 
 impl CommandSpec {
     /// The error Redis gives for a subcommand it does not know or with the wrong arity
-    /// (only OBJECT has subcommands here), or `None`.
+    /// (OBJECT, SCRIPT and FUNCTION have subcommands), or `None`.
     pub(crate) fn subcommand_error(&self, argv: &[Vec<u8>]) -> Option<String> {
-        if self.command != Command::Object {
-            return None;
-        }
+        let (table, upper) = match self.command {
+            Command::Object => (OBJECT_SUBCOMMANDS, "OBJECT"),
+            Command::Script => (SCRIPT_SUBCOMMANDS, "SCRIPT"),
+            Command::Function => (FUNCTION_SUBCOMMANDS, "FUNCTION"),
+            _ => return None,
+        };
         let sub = String::from_utf8_lossy(&argv[1]).to_ascii_lowercase();
-        match OBJECT_SUBCOMMANDS.iter().find(|(name, _)| *name == sub) {
+        match table.iter().find(|(name, _)| *name == sub) {
             None => Some(format!(
-                "ERR unknown subcommand '{}'. Try OBJECT HELP.",
+                "ERR unknown subcommand '{}'. Try {upper} HELP.",
                 String::from_utf8_lossy(&argv[1])
             )),
-            Some((name, arity)) if argv.len() != *arity => Some(format!(
-                "ERR wrong number of arguments for 'object|{name}' command"
+            Some((name, arity)) if !arity_admits(*arity, argv.len()) => Some(format!(
+                "ERR wrong number of arguments for '{}|{name}' command",
+                self.name
             )),
             Some(_) => None,
         }
@@ -441,17 +506,20 @@ impl CommandSpec {
 
     /// Whether `argc` arguments (name included) satisfy the arity.
     pub(crate) fn arity_ok(&self, argc: usize) -> bool {
-        if self.arity >= 0 {
-            argc == self.arity as usize
-        } else {
-            argc >= self.arity.unsigned_abs() as usize
-        }
+        arity_admits(self.arity, argc)
     }
 
     /// Indexes of the key arguments of `argv` (whose arity was not necessarily checked).
     pub(crate) fn key_indexes(&self, argv: &[Vec<u8>]) -> Vec<usize> {
         if self.command == Command::StatorExec {
             return exec_key_indexes(argv);
+        }
+        if self.command == Command::Sort && argv.len() > 1 {
+            let store = (2..argv.len().saturating_sub(1))
+                .find(|&index| argv[index].eq_ignore_ascii_case(b"STORE"));
+            return std::iter::once(1)
+                .chain(store.map(|index| index + 1))
+                .collect();
         }
         let argc = argv.len();
         let (first, last) = if self.first_key == 0 || argc <= self.first_key {
@@ -478,6 +546,15 @@ impl CommandSpec {
             }
         }
         indexes
+    }
+}
+
+/// Whether `argc` arguments satisfy Redis arity `arity` (`-n`: at least `n`).
+fn arity_admits(arity: i32, argc: usize) -> bool {
+    if arity >= 0 {
+        argc == arity as usize
+    } else {
+        argc >= arity.unsigned_abs() as usize
     }
 }
 

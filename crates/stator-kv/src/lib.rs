@@ -19,11 +19,16 @@
 //!   per-key write versions (what `WATCH` compares).
 //! - [`machine`]: [`KvMachine`]: dispatch, string commands, expiry.
 //! - `ops`: the other commands, one file per type (`hash`, `list`, `set`, `zset`,
-//!   `strings`, `keys` for keyspace commands and transactions) plus shared helpers (SCAN
-//!   cursors, Redis' glob matcher, `%.17g` doubles).
+//!   `strings`, `keys` for keyspace commands and transactions, `sort` for SORT and
+//!   SORT_RO, `script` for EVAL, SCRIPT,
+//!   FUNCTION and FCALL with the script cache and libraries) plus shared helpers (SCAN
+//!   cursors, Redis' glob matcher, `%.17g` doubles, LMPOP/ZMPOP arguments).
+//! - [`scripting`]: the Lua 5.1 sandbox (mlua, vendored Lua): one VM per run, Redis' Lua
+//!   <-> RESP conversions, the `redis` library, the instruction and memory limits.
 //! - [`transaction`]: `MULTI ... EXEC` as one `STATOR.EXEC` entry: [`encode_exec`],
 //!   [`queued_command_error`].
-//! - `snapshot`: the snapshot byte format (version 2 with types; version 1 still read).
+//! - `snapshot`: the snapshot byte format (version 3 with types and scripts; versions 2
+//!   and 1 still read).
 //! - `app`: [`KvMachine`] as a [`stator_api::app::StateMachine`], and [`KvFactory`].
 //! - [`notify`]: keyspace notifications: `notify-keyspace-events` flags, the Redis event
 //!   of each applied command, and [`notify::NotifyingKv`], a machine that reports them to
@@ -38,12 +43,40 @@
 //! Read-only random commands (SRANDMEMBER, HRANDFIELD, ZRANDMEMBER, RANDOMKEY) are answered
 //! by one replica and need no agreement.
 //!
+//! # Scripting (EVAL, EVALSHA, EVAL_RO, EVALSHA_RO, SCRIPT, FUNCTION, FCALL, FCALL_RO)
+//! A script runs inside the state machine, as part of applying its log entry, on every
+//! replica: it sees the partition's keys and its `redis.call`s are ordinary commands
+//! applied at the entry's time. The contract:
+//! - **Keys and routing.** EVAL, EVALSHA and FCALL name their keys in the `numkeys` form
+//!   (the command table's `numkeys_index`), so a router sends the script to the partition
+//!   of its KEYS. When a script declares KEYS, every key its `redis.call`s name must hash
+//!   to the slot of one of them (so it lives in that partition); a script with no KEYS
+//!   may name any key of the partition it was sent to.
+//! - **Determinism.** Each run gets a fresh Lua VM (nothing leaks between scripts, and a
+//!   replica restored from a snapshot runs them exactly as one that applied every entry);
+//!   no `os`, `io`, `loadfile`, `dofile`, `print`, `require`, `coroutine`; `math.random`
+//!   is seeded from the entry; globals cannot be created or read when missing (as Redis
+//!   7). Iterating a table keyed by tables or functions, or printing such a value, shows
+//!   addresses that differ between replicas: scripts must not let that reach a write.
+//! - **Limits.** [`scripting::MAX_SCRIPT_INSTRUCTIONS`] Lua instructions per run, counted
+//!   by a hook, not timed, so every replica stops a runaway script at the same point with
+//!   [`scripting::INSTRUCTION_LIMIT_ERROR`] (a `BUSY` error; `pcall` cannot catch it;
+//!   writes made before stay applied, as when a Redis script fails);
+//!   [`scripting::MAX_SCRIPT_MEMORY_BYTES`] of Lua memory; [`MAX_CACHED_SCRIPTS`] cached
+//!   scripts and [`MAX_FUNCTION_LIBRARIES`] libraries per partition.
+//! - **State.** The script cache (SCRIPT LOAD, and every EVAL that compiled) and the
+//!   function libraries are machine state and travel in snapshots. They are per partition:
+//!   EVALSHA on a partition that never saw the script answers `NOSCRIPT`, as a Redis
+//!   Cluster node does; a router may fall back to EVAL, or send SCRIPT LOAD / FUNCTION
+//!   LOAD to every partition. EVAL_RO, EVALSHA_RO and FCALL_RO are reads (answered by
+//!   `query`, never cached); the `_RO` forms and `no-writes` functions refuse writes.
+//!
 //! # Blocking commands (the gateway's contract)
-//! BLPOP, BRPOP, BLMOVE, BRPOPLPUSH, BZPOPMIN and BZPOPMAX are writes. Applied, each pops at
+//! BLPOP, BRPOP, BLMOVE, BRPOPLPUSH, BZPOPMIN, BZPOPMAX, BLMPOP and BZMPOP are writes. Applied, each pops at
 //! once if one of its keys has data (answering as Redis does when it unblocks), and
 //! otherwise answers the null array at once: the reply Redis gives at the timeout, and the
 //! "would block" outcome. A gateway serving a blocking command should: send it; on a null
-//! array, if the client's timeout (the last argument for most; `0` = forever) has not
+//! array, if the client's timeout (the last argument; the first for BLMPOP and BZMPOP; `0` = forever) has not
 //! passed, wait until a write touches one of the keys (or poll, e.g. every 50-100 ms, or
 //! when the partition's applied index moves) and send it again; answer the null array at
 //! the deadline. Because every attempt is an ordinary log entry, the wait survives a leader
@@ -62,6 +95,7 @@ pub mod machine;
 pub mod notify;
 mod ops;
 pub mod resp;
+pub mod scripting;
 mod snapshot;
 pub mod transaction;
 mod types;
@@ -72,5 +106,6 @@ pub use command::{
     CommandKind, KeySlot,
 };
 pub use machine::KvMachine;
+pub use ops::{MAX_CACHED_SCRIPTS, MAX_FUNCTION_LIBRARIES};
 pub use resp::{encode_command, parse_command, parse_reply, Argv, RespError, Value};
 pub use transaction::{encode_exec, queued_command_error};

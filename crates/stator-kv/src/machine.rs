@@ -3,6 +3,7 @@
 
 use crate::command::{lookup, Command, CommandKind, CommandSpec};
 use crate::keyspace::{Entry, ExpiryChange, Keyspace};
+use crate::ops::Scripts;
 use crate::resp::{parse_i64_strict, push_decimal, Value, MAX_BULK_BYTES};
 use crate::types::{Data, EntryRng};
 
@@ -47,8 +48,11 @@ pub struct KvMachine {
     /// entry's time it seeds [`KvMachine::rng`], so SPOP and friends agree on every replica.
     pub(crate) entry_index: u64,
     pub(crate) rng: EntryRng,
-    /// Set while the commands of a `STATOR.EXEC` run (blocking commands never block there).
+    /// Set while the commands of a `STATOR.EXEC` or a script run (blocking commands never
+    /// block there).
     pub(crate) in_transaction: bool,
+    /// The EVAL script cache and FUNCTION libraries: state, in snapshots.
+    pub(crate) scripts: Scripts,
 }
 
 /// Units of an expiry argument.
@@ -108,6 +112,8 @@ impl KvMachine {
             self.keyspace.reclaim_if_expired(&argv[index], now_ms);
         }
         match spec.kind {
+            // Applied through the log, EVAL_RO caches its script as Redis does.
+            CommandKind::Read if spec.command == Command::EvalRo => self.script_write(spec, argv),
             CommandKind::Read => self.read(now_ms, spec, &argv),
             CommandKind::Write | CommandKind::Unknown => self.write(spec, argv),
         }
@@ -155,7 +161,7 @@ impl KvMachine {
         }
     }
 
-    fn read(&self, now_ms: u64, spec: &CommandSpec, argv: &[Vec<u8>]) -> Value {
+    pub(crate) fn read(&self, now_ms: u64, spec: &CommandSpec, argv: &[Vec<u8>]) -> Value {
         use Command as C;
         match spec.command {
             C::Get => Value::Bulk(attempt!(self.string(&argv[1], now_ms)).cloned()),
@@ -245,7 +251,10 @@ impl KvMachine {
             | C::ZUnion
             | C::ZInter
             | C::ZDiff
+            | C::ZInterCard
             | C::ZScan => self.zset_read(now_ms, spec, argv),
+            C::EvalRo | C::EvalShaRo | C::FCallRo => self.script_read(now_ms, spec, argv),
+            C::SortRo => self.sort_read(now_ms, spec, argv),
             C::Type
             | C::Touch
             | C::RandomKey
@@ -404,7 +413,9 @@ impl KvMachine {
             | C::BLPop
             | C::BRPop
             | C::BLMove
-            | C::BRPopLPush => self.list_write(spec, argv),
+            | C::BRPopLPush
+            | C::LMPop
+            | C::BLMPop => self.list_write(spec, argv),
             C::SAdd
             | C::SRem
             | C::SPop
@@ -425,7 +436,13 @@ impl KvMachine {
             | C::ZUnionStore
             | C::ZInterStore
             | C::ZDiffStore
-            | C::ZRangeStore => self.zset_write(spec, argv),
+            | C::ZRangeStore
+            | C::ZMPop
+            | C::BZMPop => self.zset_write(spec, argv),
+            C::Sort => self.sort(spec, &argv),
+            C::Eval | C::EvalSha | C::FCall | C::Script | C::Function => {
+                self.script_write(spec, argv)
+            }
             C::Rename | C::RenameNx | C::Copy | C::FlushAll | C::FlushDb => {
                 self.keyspace_write(spec, argv)
             }
@@ -697,7 +714,11 @@ pub(crate) fn parse_f64_strict(bytes: &[u8]) -> Option<f64> {
         return None;
     }
     let number: f64 = text.parse().ok()?;
-    (!number.is_nan()).then_some(number)
+    // Out of range is not a float (C's ERANGE), unless the text says infinity itself.
+    let overflowed = number.is_infinite() && !text.to_ascii_lowercase().contains("inf");
+    let mantissa = text.split(['e', 'E']).next().unwrap_or("");
+    let underflowed = number == 0.0 && mantissa.bytes().any(|b| (b'1'..=b'9').contains(&b));
+    (!number.is_nan() && !overflowed && !underflowed).then_some(number)
 }
 
 /// Shortest decimal that reads back as `number`, with no exponent (e.g. `10.5`, `3`).

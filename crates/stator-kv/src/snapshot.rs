@@ -12,16 +12,26 @@
 //! - 3 set: `count: u32`, then `count` × `bytes`.
 //! - 4 sorted set: `count: u32`, then `count` × (member `bytes`, score `f64` bits `u64`).
 //!
+//! Version 3 is version 2 followed by the scripts: `scripts: u32`, then each EVAL script
+//! body as `bytes` (sorted by SHA1, which is recomputed on load), then `libraries: u32`,
+//! then each FUNCTION library's code as `bytes` (sorted by name; loaded again on restore,
+//! which re-registers its functions exactly as FUNCTION LOAD did). Version 2 is still read
+//! (no scripts).
+//!
 //! Version 1 (strings only: no `write_version`, no type byte, no per-entry version) is still
 //! read, so a node upgraded in place restores its old snapshots.
 
 use crate::keyspace::{ExpiryChange, Keyspace};
 use crate::machine::KvMachine;
+use crate::ops::{Scripts, MAX_CACHED_SCRIPTS, MAX_FUNCTION_LIBRARIES};
+use crate::scripting::sha1_hex;
 use crate::types::{Data, Hash, List, Set, ZSet};
 use stator_api::app::AppError;
 
 const MAGIC: &[u8; 4] = b"STKV";
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
+/// Typed keys without scripts, written before scripting existed.
+const VERSION_WITHOUT_SCRIPTS: u8 = 2;
 /// The strings-only format written before types existed.
 const VERSION_STRINGS_ONLY: u8 = 1;
 
@@ -55,7 +65,53 @@ pub(crate) fn encode(machine: &KvMachine) -> Vec<u8> {
         }
         out.extend_from_slice(&entry.version.to_le_bytes());
     }
+    encode_scripts(&mut out, &machine.scripts);
     out
+}
+
+fn encode_scripts(out: &mut Vec<u8>, scripts: &Scripts) {
+    let count = |len: usize| {
+        u32::try_from(len)
+            .expect("script and library counts are capped far below u32::MAX")
+            .to_le_bytes()
+    };
+    out.extend_from_slice(&count(scripts.bodies.len()));
+    for body in scripts.bodies.values() {
+        push_bytes(out, body);
+    }
+    out.extend_from_slice(&count(scripts.libraries.len()));
+    for library in scripts.libraries.values() {
+        push_bytes(out, &library.code);
+    }
+}
+
+fn decode_scripts(reader: &mut Reader<'_>) -> Result<Scripts, AppError> {
+    let mut scripts = Scripts::default();
+    let bodies = reader.u32()? as usize;
+    if bodies > MAX_CACHED_SCRIPTS {
+        return Err(bad(&format!(
+            "holds {bodies} scripts, more than the cap of {MAX_CACHED_SCRIPTS}"
+        )));
+    }
+    for _ in 0..bodies {
+        let body = reader.len_prefixed()?.to_vec();
+        scripts.cache(sha1_hex(&body), body);
+    }
+    let libraries = reader.u32()? as usize;
+    if libraries > MAX_FUNCTION_LIBRARIES {
+        return Err(bad(&format!(
+            "holds {libraries} function libraries, more than the cap of {MAX_FUNCTION_LIBRARIES}"
+        )));
+    }
+    for _ in 0..libraries {
+        let code = reader.len_prefixed()?.to_vec();
+        scripts.load_library(code, false).map_err(|reply| {
+            bad(&format!(
+                "holds a function library that no longer loads: {reply:?}"
+            ))
+        })?;
+    }
+    Ok(scripts)
 }
 
 fn encode_data(out: &mut Vec<u8>, data: &Data) {
@@ -117,12 +173,12 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<KvMachine, AppError> {
         ));
     }
     let version = reader.take(1)?[0];
-    if version != VERSION && version != VERSION_STRINGS_ONLY {
+    if ![VERSION, VERSION_WITHOUT_SCRIPTS, VERSION_STRINGS_ONLY].contains(&version) {
         return Err(bad(&format!(
-            "version {version} is not supported (expected {VERSION} or {VERSION_STRINGS_ONLY}); upgrade this node"
+            "version {version} is not supported (expected {VERSION}, {VERSION_WITHOUT_SCRIPTS} or {VERSION_STRINGS_ONLY}); upgrade this node"
         )));
     }
-    let typed = version == VERSION;
+    let typed = version != VERSION_STRINGS_ONLY;
     let now_ms = reader.u64()?;
     let write_version = if typed { reader.u64()? } else { 0 };
     let entry_count = reader.u64()?;
@@ -166,6 +222,11 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<KvMachine, AppError> {
         }
         keyspace.insert_data(key.to_vec(), data, expiry);
     }
+    let scripts = if version == VERSION {
+        decode_scripts(&mut reader)?
+    } else {
+        Scripts::default()
+    };
     if reader.position != bytes.len() {
         return Err(bad(&format!(
             "{} trailing bytes after the last entry",
@@ -179,6 +240,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<KvMachine, AppError> {
     Ok(KvMachine {
         keyspace,
         now_ms,
+        scripts,
         ..KvMachine::default()
     })
 }
@@ -268,6 +330,12 @@ impl<'a> Reader<'a> {
         Ok(slice)
     }
 
+    fn u32(&mut self) -> Result<u32, AppError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("took 4 bytes"),
+        ))
+    }
+
     fn u64(&mut self) -> Result<u64, AppError> {
         Ok(u64::from_le_bytes(
             self.take(8)?.try_into().expect("took 8 bytes"),
@@ -290,6 +358,7 @@ mod tests {
             &b""[..],
             b"STKV",
             b"XXXX\x01",
+            b"STKV\x04",
             b"STKV\x03",
             b"STKV\x02",
             b"STKV\x01\0\0\0\0\0\0\0\0\xff\xff\xff\xff\xff\xff\xff\xff",
@@ -309,7 +378,55 @@ mod tests {
     fn entry_capacity_constant_matches_the_format() {
         let mut machine = KvMachine::new();
         machine.apply_argv(0, &[b"SET".to_vec(), b"".to_vec(), b"".to_vec()]);
+        // The empty script trailer (two zero counts) is part of the header here.
         let header_bytes = encode(&KvMachine::new()).len();
         assert_eq!(encode(&machine).len() - header_bytes, MIN_ENTRY_BYTES);
+    }
+}
+
+#[cfg(test)]
+mod script_tests {
+    use super::*;
+    use crate::resp::Value;
+
+    fn argv(words: &[&str]) -> Vec<Vec<u8>> {
+        words.iter().map(|w| w.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn scripts_and_functions_survive_a_snapshot() {
+        let mut machine = KvMachine::new();
+        machine.apply_argv(1, &argv(&["SCRIPT", "LOAD", "return 'cached'"]));
+        let library =
+            "#!lua name=lib\nredis.register_function('f', function(k, a) return a[1] end)";
+        assert_eq!(
+            machine.apply_argv(1, &argv(&["FUNCTION", "LOAD", library])),
+            Value::bulk("lib")
+        );
+        let restored = decode(&encode(&machine)).unwrap();
+        assert_eq!(restored.scripts, machine.scripts);
+        let mut restored = restored;
+        let sha = crate::scripting::sha1_hex(b"return 'cached'");
+        assert_eq!(
+            restored.apply_argv(2, &argv(&["EVALSHA", &sha, "0"])),
+            Value::bulk("cached")
+        );
+        assert_eq!(
+            restored.apply_argv(2, &argv(&["FCALL", "f", "0", "x"])),
+            Value::bulk("x")
+        );
+    }
+
+    #[test]
+    fn version_2_snapshots_still_load() {
+        let mut machine = KvMachine::new();
+        machine.apply_argv(1, &argv(&["SET", "k", "v"]));
+        let mut bytes = encode(&machine);
+        // A version 2 snapshot is a version 3 one without the script trailer.
+        bytes[4] = VERSION_WITHOUT_SCRIPTS;
+        bytes.truncate(bytes.len() - 8);
+        let restored = decode(&bytes).unwrap();
+        assert_eq!(restored.key_count(), 1);
+        assert!(restored.scripts.bodies.is_empty());
     }
 }

@@ -84,7 +84,7 @@ impl Data {
     pub(crate) fn is_empty_collection(&self) -> bool {
         match self {
             Data::Str(_) => false,
-            Data::Hash(hash) => hash.map.is_empty(),
+            Data::Hash(hash) => hash.is_empty(),
             Data::List(list) => list.items.is_empty(),
             Data::Set(set) => set.items.is_empty(),
             Data::ZSet(zset) => zset.scores.is_empty(),
@@ -106,11 +106,8 @@ impl Data {
                 _ => "raw",
             },
             Data::Hash(hash) => {
-                let mut fields = hash
-                    .map
-                    .iter()
-                    .flat_map(|(f, v)| [f.as_slice(), v.as_slice()]);
-                if small(hash.map.len(), &mut fields) {
+                let mut fields = hash.iter().flat_map(|(f, v)| [f, v]);
+                if small(hash.len(), &mut fields) {
                     "listpack"
                 } else {
                     "hashtable"
@@ -141,50 +138,253 @@ impl Data {
     }
 }
 
+/// Most fields a hash keeps packed (Redis' `hash-max-listpack-entries`).
+pub(crate) const MAX_PACKED_HASH_FIELDS: usize = 128;
+/// Longest field or value a packed hash holds (Redis' `hash-max-listpack-value`).
+pub(crate) const MAX_PACKED_HASH_ELEMENT_BYTES: usize = 64;
+
 /// A hash: field -> value, insertion ordered.
-#[derive(Debug, Clone, Default, PartialEq)]
+///
+/// Small hashes (at most [`MAX_PACKED_HASH_FIELDS`] fields, none longer than
+/// [`MAX_PACKED_HASH_ELEMENT_BYTES`]) are one packed byte buffer, as Redis' listpack: a
+/// field costs its bytes plus two length bytes, not a map slot and two heap strings.
+/// Lookups scan it, which is fast at that size. Past either limit the hash becomes an
+/// `IndexMap` for good. Both forms order fields alike (insertion order; a removal moves
+/// the last field into the gap), so replies and random picks do not depend on the form.
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Hash {
-    map: IndexMap<Vec<u8>, Vec<u8>>,
+    fields: HashFields,
     bytes: usize,
+}
+
+impl Default for Hash {
+    fn default() -> Self {
+        Hash {
+            fields: HashFields::Packed(Packed::default()),
+            bytes: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum HashFields {
+    Packed(Packed),
+    Map(IndexMap<Vec<u8>, Vec<u8>>),
+}
+
+/// Field-value pairs in one buffer: per pair `varint(field len)`, field, `varint(value
+/// len)`, value.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Packed {
+    buffer: Vec<u8>,
+    len: usize,
+}
+
+/// One pair of a [`Packed`] buffer: the field, the value, and where the pair's bytes are.
+struct PackedPair<'a> {
+    field: &'a [u8],
+    value: &'a [u8],
+    start: usize,
+    end: usize,
+}
+
+fn push_varint(out: &mut Vec<u8>, mut number: usize) {
+    while number >= 0x80 {
+        out.push((number as u8) | 0x80);
+        number >>= 7;
+    }
+    out.push(number as u8);
+}
+
+fn read_varint(buffer: &[u8], at: &mut usize) -> usize {
+    let mut number = 0usize;
+    let mut shift = 0;
+    loop {
+        let byte = buffer[*at];
+        *at += 1;
+        number |= usize::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return number;
+        }
+        shift += 7;
+    }
+}
+
+impl Packed {
+    fn pairs(&self) -> impl Iterator<Item = PackedPair<'_>> {
+        let buffer = &self.buffer;
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            if at >= buffer.len() {
+                return None;
+            }
+            let start = at;
+            let field_len = read_varint(buffer, &mut at);
+            let field = &buffer[at..at + field_len];
+            at += field_len;
+            let value_len = read_varint(buffer, &mut at);
+            let value = &buffer[at..at + value_len];
+            at += value_len;
+            Some(PackedPair {
+                field,
+                value,
+                start,
+                end: at,
+            })
+        })
+    }
+
+    fn find(&self, field: &[u8]) -> Option<(usize, PackedPair<'_>)> {
+        self.pairs()
+            .enumerate()
+            .find(|(_, pair)| pair.field == field)
+    }
+
+    fn encode_pair(field: &[u8], value: &[u8]) -> Vec<u8> {
+        let mut pair = Vec::with_capacity(field.len() + value.len() + 4);
+        push_varint(&mut pair, field.len());
+        pair.extend_from_slice(field);
+        push_varint(&mut pair, value.len());
+        pair.extend_from_slice(value);
+        pair
+    }
+
+    /// Replaces bytes `range` with `with`, keeping the buffer's capacity exact: a packed
+    /// hash is small, and unused capacity would be most of its cost.
+    fn splice(&mut self, range: std::ops::Range<usize>, with: &[u8]) {
+        let grow = with.len().saturating_sub(range.len());
+        self.buffer.reserve_exact(grow);
+        self.buffer.splice(range, with.iter().copied());
+        self.buffer.shrink_to_fit();
+    }
+
+    fn push(&mut self, field: &[u8], value: &[u8]) {
+        let end = self.buffer.len();
+        self.splice(end..end, &Self::encode_pair(field, value));
+        self.len += 1;
+    }
+
+    /// Removes pair `index` (bytes `start..end`), moving the last pair into its place as
+    /// `IndexMap::swap_remove` does.
+    fn swap_remove(&mut self, start: usize, end: usize) {
+        let last = self.pairs().last().map(|pair| (pair.start, pair.end));
+        let (last_start, last_end) = last.expect("removing from a non-empty packed hash");
+        if last_start == start {
+            self.splice(start..end, &[]);
+        } else {
+            let moved = self.buffer[last_start..last_end].to_vec();
+            self.buffer.truncate(last_start);
+            self.splice(start..end, &moved);
+        }
+        self.len -= 1;
+    }
 }
 
 impl Hash {
     pub(crate) fn len(&self) -> usize {
-        self.map.len()
+        match &self.fields {
+            HashFields::Packed(packed) => packed.len,
+            HashFields::Map(map) => map.len(),
+        }
     }
-    pub(crate) fn get(&self, field: &[u8]) -> Option<&Vec<u8>> {
-        self.map.get(field)
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub(crate) fn get(&self, field: &[u8]) -> Option<&[u8]> {
+        match &self.fields {
+            HashFields::Packed(packed) => packed.find(field).map(|(_, pair)| pair.value),
+            HashFields::Map(map) => map.get(field).map(Vec::as_slice),
+        }
     }
     /// Sets `field`; returns true if it is new.
     pub(crate) fn insert(&mut self, field: Vec<u8>, value: Vec<u8>) -> bool {
-        let added = field.len() + value.len();
-        match self.map.get_mut(field.as_slice()) {
-            Some(existing) => {
-                self.bytes = self.bytes + value.len() - existing.len();
-                *existing = value;
-                false
+        let stays_packed = match &self.fields {
+            HashFields::Packed(packed) => {
+                field.len() <= MAX_PACKED_HASH_ELEMENT_BYTES
+                    && value.len() <= MAX_PACKED_HASH_ELEMENT_BYTES
+                    && (packed.len < MAX_PACKED_HASH_FIELDS || packed.find(&field).is_some())
             }
-            None => {
-                self.bytes += added;
-                self.map.insert(field, value);
-                true
-            }
+            HashFields::Map(_) => false,
+        };
+        if !stays_packed {
+            self.unpack();
+        }
+        match &mut self.fields {
+            HashFields::Packed(packed) => match packed.find(&field) {
+                Some((_, pair)) => {
+                    let (start, end, old_len) = (pair.start, pair.end, pair.value.len());
+                    self.bytes = self.bytes + value.len() - old_len;
+                    packed.splice(start..end, &Packed::encode_pair(&field, &value));
+                    false
+                }
+                None => {
+                    self.bytes += field.len() + value.len();
+                    packed.push(&field, &value);
+                    true
+                }
+            },
+            HashFields::Map(map) => match map.get_mut(field.as_slice()) {
+                Some(existing) => {
+                    self.bytes = self.bytes + value.len() - existing.len();
+                    *existing = value;
+                    false
+                }
+                None => {
+                    self.bytes += field.len() + value.len();
+                    map.insert(field, value);
+                    true
+                }
+            },
+        }
+    }
+    /// Moves a packed hash into a map, keeping the order.
+    fn unpack(&mut self) {
+        if let HashFields::Packed(packed) = &self.fields {
+            let map: IndexMap<Vec<u8>, Vec<u8>> = packed
+                .pairs()
+                .map(|pair| (pair.field.to_vec(), pair.value.to_vec()))
+                .collect();
+            self.fields = HashFields::Map(map);
         }
     }
     pub(crate) fn remove(&mut self, field: &[u8]) -> bool {
-        match self.map.swap_remove_entry(field) {
-            Some((field, value)) => {
-                self.bytes -= field.len() + value.len();
-                true
-            }
-            None => false,
+        match &mut self.fields {
+            HashFields::Packed(packed) => match packed.find(field) {
+                Some((_, pair)) => {
+                    let (start, end) = (pair.start, pair.end);
+                    self.bytes -= pair.field.len() + pair.value.len();
+                    packed.swap_remove(start, end);
+                    true
+                }
+                None => false,
+            },
+            HashFields::Map(map) => match map.swap_remove_entry(field) {
+                Some((field, value)) => {
+                    self.bytes -= field.len() + value.len();
+                    true
+                }
+                None => false,
+            },
         }
     }
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &Vec<u8>)> {
-        self.map.iter()
+    pub(crate) fn iter(&self) -> Box<dyn Iterator<Item = (&[u8], &[u8])> + '_> {
+        match &self.fields {
+            HashFields::Packed(packed) => {
+                Box::new(packed.pairs().map(|pair| (pair.field, pair.value)))
+            }
+            HashFields::Map(map) => Box::new(map.iter().map(|(f, v)| (f.as_slice(), v.as_slice()))),
+        }
     }
-    pub(crate) fn get_index(&self, index: usize) -> Option<(&Vec<u8>, &Vec<u8>)> {
-        self.map.get_index(index)
+    pub(crate) fn get_index(&self, index: usize) -> Option<(&[u8], &[u8])> {
+        match &self.fields {
+            HashFields::Packed(packed) => packed
+                .pairs()
+                .nth(index)
+                .map(|pair| (pair.field, pair.value)),
+            HashFields::Map(map) => map
+                .get_index(index)
+                .map(|(f, v)| (f.as_slice(), v.as_slice())),
+        }
     }
 }
 
@@ -426,5 +626,58 @@ impl EntryRng {
     pub(crate) fn below(&mut self, bound: usize) -> usize {
         assert!(bound > 0, "EntryRng::below(0)");
         (self.next_u64() % bound as u64) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A packed hash answers and orders exactly as the map it becomes, so replies and
+        /// random picks never depend on the form (or on a snapshot restore changing it).
+        #[test]
+        fn packed_hash_orders_as_the_map(ops in prop::collection::vec((0u8..3, 0usize..140, 0usize..80), 1..400)) {
+            let mut hash = Hash::default();
+            let mut reference: IndexMap<Vec<u8>, Vec<u8>> = IndexMap::new();
+            for (op, field, value_len) in ops {
+                let field = format!("f{field}").into_bytes();
+                match op {
+                    0 | 1 => {
+                        let value = vec![b'v'; value_len];
+                        let added = hash.insert(field.clone(), value.clone());
+                        prop_assert_eq!(added, reference.insert(field, value).is_none());
+                    }
+                    _ => {
+                        prop_assert_eq!(hash.remove(&field), reference.swap_remove(&field).is_some());
+                    }
+                }
+                prop_assert_eq!(hash.len(), reference.len());
+                let ours: Vec<(Vec<u8>, Vec<u8>)> = hash.iter().map(|(f, v)| (f.to_vec(), v.to_vec())).collect();
+                let theirs: Vec<(Vec<u8>, Vec<u8>)> = reference.iter().map(|(f, v)| (f.clone(), v.clone())).collect();
+                prop_assert_eq!(ours, theirs);
+                let bytes: usize = reference.iter().map(|(f, v)| f.len() + v.len()).sum();
+                prop_assert_eq!(Data::Hash(Box::new(hash.clone())).bytes(), bytes as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn small_hashes_stay_packed_and_large_ones_unpack() {
+        let mut hash = Hash::default();
+        for index in 0..MAX_PACKED_HASH_FIELDS {
+            hash.insert(format!("f{index}").into_bytes(), b"v".to_vec());
+        }
+        assert!(matches!(hash.fields, HashFields::Packed(_)));
+        hash.insert(b"one more".to_vec(), b"v".to_vec());
+        assert!(matches!(hash.fields, HashFields::Map(_)));
+        let mut hash = Hash::default();
+        hash.insert(b"f".to_vec(), vec![b'x'; MAX_PACKED_HASH_ELEMENT_BYTES + 1]);
+        assert!(matches!(hash.fields, HashFields::Map(_)));
+        assert_eq!(
+            hash.get(b"f").map(<[u8]>::len),
+            Some(MAX_PACKED_HASH_ELEMENT_BYTES + 1)
+        );
     }
 }

@@ -424,3 +424,98 @@ fn blocking_pops_answer_at_once() {
     );
     assert_eq!(h.run("BZPOPMIN z 1.5"), Value::Array(None));
 }
+
+#[test]
+fn multi_pops_and_zintercard_answer_as_redis() {
+    let mut h = Harness::new();
+    h.run("RPUSH l a b c");
+    h.run("ZADD z 1 a 2 b 3 c");
+    let err = |text: &str| Value::error(text);
+    assert_eq!(
+        h.run("LMPOP 0 l LEFT"),
+        err("ERR numkeys should be greater than 0")
+    );
+    assert_eq!(h.run("LMPOP 2 l LEFT"), err("ERR syntax error"));
+    assert_eq!(h.run("LMPOP 1 l MIDDLE"), err("ERR syntax error"));
+    assert_eq!(
+        h.run("LMPOP 1 l LEFT COUNT 0"),
+        err("ERR count should be greater than 0")
+    );
+    assert_eq!(
+        h.run("LMPOP 1 l LEFT COUNT 1 extra"),
+        err("ERR syntax error")
+    );
+    assert_eq!(
+        h.run("LMPOP 2 nol l RIGHT COUNT 2"),
+        Value::Array(Some(vec![
+            bulk("l"),
+            Value::Array(Some(vec![bulk("c"), bulk("b")]))
+        ]))
+    );
+    assert_eq!(h.run("LMPOP 1 nol LEFT"), Value::Array(None));
+    assert_eq!(h.run("BLMPOP 0 1 nol LEFT"), Value::Array(None));
+    assert_eq!(
+        h.run("BLMPOP -1 1 nol LEFT"),
+        err("ERR timeout is negative")
+    );
+    assert_eq!(
+        h.run("LMPOP 1 z LEFT"),
+        err("WRONGTYPE Operation against a key holding the wrong kind of value")
+    );
+    assert_eq!(
+        h.run("ZMPOP 1 z MIN COUNT 2"),
+        Value::Array(Some(vec![
+            bulk("z"),
+            Value::Array(Some(vec![
+                Value::Array(Some(vec![bulk("a"), bulk("1")])),
+                Value::Array(Some(vec![bulk("b"), bulk("2")])),
+            ]))
+        ]))
+    );
+    assert_eq!(
+        h.run("BZMPOP 1 1 z MAX"),
+        Value::Array(Some(vec![
+            bulk("z"),
+            Value::Array(Some(vec![Value::Array(Some(vec![bulk("c"), bulk("3")]))]))
+        ]))
+    );
+    assert_eq!(h.run("ZMPOP 1 z MIN"), Value::Array(None));
+    h.run("ZADD z 1 a 2 b");
+    h.run("ZADD z2 1 a 3 b 4 c");
+    assert_eq!(h.run("ZINTERCARD 2 z z2"), int(2));
+    assert_eq!(h.run("ZINTERCARD 2 z z2 LIMIT 1"), int(1));
+    assert_eq!(
+        h.run("ZINTERCARD 0 z"),
+        err("ERR at least 1 input key is needed for 'zintercard' command")
+    );
+    assert_eq!(
+        h.run("ZINTERCARD 2 z z2 LIMIT -1"),
+        err("ERR LIMIT can't be negative")
+    );
+    assert_eq!(h.run("ZINTERCARD 3 z z2"), err("ERR syntax error"));
+    assert_eq!(h.run("OBJECT FREQ nokey"), Value::null());
+    assert!(h.run("OBJECT FREQ z").is_error());
+    assert_eq!(h.run("OBJECT IDLETIME z"), int(0));
+}
+
+#[test]
+fn sort_orders_lists_sets_and_sorted_sets() {
+    let mut h = Harness::new();
+    h.run("RPUSH l 3 1 2 10");
+    let array = |items: &[&str]| Value::Array(Some(items.iter().map(|i| bulk(i)).collect()));
+    assert_eq!(h.run("SORT l"), array(&["1", "2", "3", "10"]));
+    assert_eq!(h.run("SORT l DESC LIMIT 1 2"), array(&["3", "2"]));
+    assert_eq!(h.run("SORT l ALPHA"), array(&["1", "10", "2", "3"]));
+    assert_eq!(h.run("SORT l STORE d"), int(4));
+    assert_eq!(h.run("LRANGE d 0 -1"), array(&["1", "2", "3", "10"]));
+    assert!(
+        h.run("SORT l BY w_*").is_error(),
+        "patterns naming other keys are refused"
+    );
+    h.run("RPUSH l x");
+    assert_eq!(
+        h.run("SORT l"),
+        Value::error("ERR One or more scores can't be converted into double")
+    );
+    assert_eq!(h.run("SORT_RO l STORE d"), Value::error("ERR syntax error"));
+}

@@ -26,17 +26,17 @@ impl KvMachine {
         }
         let hash = attempt!(self.hash(&argv[1], now_ms));
         match spec.command {
-            Command::HGet => Value::Bulk(hash.and_then(|h| h.get(&argv[2])).cloned()),
+            Command::HGet => Value::Bulk(hash.and_then(|h| h.get(&argv[2])).map(<[u8]>::to_vec)),
             Command::HMGet => Value::Array(Some(
                 argv[2..]
                     .iter()
-                    .map(|field| Value::Bulk(hash.and_then(|h| h.get(field)).cloned()))
+                    .map(|field| Value::Bulk(hash.and_then(|h| h.get(field)).map(<[u8]>::to_vec)))
                     .collect(),
             )),
             Command::HGetAll => Value::Array(Some(
                 hash.into_iter()
                     .flat_map(|h| h.iter())
-                    .flat_map(|(f, v)| [Value::bulk(f.clone()), Value::bulk(v.clone())])
+                    .flat_map(|(f, v)| [Value::bulk(f.to_vec()), Value::bulk(v.to_vec())])
                     .collect(),
             )),
             Command::HKeys => bulk_array(hash.into_iter().flat_map(|h| h.iter().map(|(f, _)| f))),
@@ -46,7 +46,7 @@ impl KvMachine {
             }
             Command::HLen => Value::Integer(hash.map_or(0, |h| h.len()) as i64),
             Command::HStrLen => {
-                Value::Integer(hash.and_then(|h| h.get(&argv[2])).map_or(0, Vec::len) as i64)
+                Value::Integer(hash.and_then(|h| h.get(&argv[2])).map_or(0, <[u8]>::len) as i64)
             }
             Command::HRandField => self.hrandfield(hash, argv),
             Command::HScan => {
@@ -57,19 +57,15 @@ impl KvMachine {
                 let options = attempt!(parse_scan_options(&argv[3..], false));
                 let small = Data::Hash(Box::new(hash.clone())).encoding() == "listpack";
                 let (next, page) = if small {
-                    (0, hash.iter().map(|(f, v)| (f.as_slice(), v)).collect())
+                    (0, hash.iter().collect())
                 } else {
-                    scan_page(
-                        cursor,
-                        options.count,
-                        hash.iter().map(|(f, v)| (f.as_slice(), v)),
-                    )
+                    scan_page(cursor, options.count, hash.iter())
                 };
                 let elements = page
                     .into_iter()
                     .filter(|(field, _)| options.pattern.is_none_or(|p| glob_match(p, field)))
                     .flat_map(|(field, value)| {
-                        [Value::bulk(field.to_vec()), Value::bulk(value.clone())]
+                        [Value::bulk(field.to_vec()), Value::bulk(value.to_vec())]
                     })
                     .collect();
                 scan_reply(next, elements)
@@ -84,7 +80,7 @@ impl KvMachine {
         let mut rng = self.read_rng();
         if argv.len() == 2 {
             return Value::Bulk(
-                hash.and_then(|h| h.get_index(rng.below(h.len())).map(|(f, _)| f.clone())),
+                hash.and_then(|h| h.get_index(rng.below(h.len())).map(|(f, _)| f.to_vec())),
             );
         }
         let count = attempt!(int_arg(&argv[2]));
@@ -106,9 +102,9 @@ impl KvMachine {
         let mut reply = Vec::new();
         for index in indexes {
             let (field, value) = hash.get_index(index).expect("index below len");
-            reply.push(Value::bulk(field.clone()));
+            reply.push(Value::bulk(field.to_vec()));
             if with_values {
-                reply.push(Value::bulk(value.clone()));
+                reply.push(Value::bulk(value.to_vec()));
             }
         }
         Value::Array(Some(reply))

@@ -73,6 +73,18 @@ impl KvMachine {
                         None => Value::null(),
                         Some(_) => Value::Integer(1),
                     },
+                    // No maxmemory policy runs (a partition's memory is the planner's), so no
+                    // LFU counter exists: Redis' own answer under its default policy.
+                    (b"FREQ", 3) => match self.live(&argv[2], now_ms) {
+                        None => Value::null(),
+                        Some(_) => Value::error("ERR An LFU maxmemory policy is not selected, access frequency not tracked. Please note that when switching between policies at runtime LRU and LFU data will take some time to adjust."),
+                    },
+                    // Access times are not replicated state (a read on one replica would
+                    // have to reach all of them), so every live key reads as just used.
+                    (b"IDLETIME", 3) => match self.live(&argv[2], now_ms) {
+                        None => Value::null(),
+                        Some(_) => Value::Integer(0),
+                    },
                     (b"HELP", 2) => Value::Array(Some(
                         [
                             "OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",

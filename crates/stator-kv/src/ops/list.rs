@@ -323,6 +323,35 @@ impl KvMachine {
                 }
                 Value::Array(None)
             }
+            Command::LMPop | Command::BLMPop => {
+                let blocking = spec.command == Command::BLMPop;
+                let at = if blocking { 2 } else { 1 };
+                let pop = attempt!(super::parse_multi_pop(&argv, at, ["LEFT", "RIGHT"]));
+                // Redis checks the timeout after the other arguments.
+                if blocking {
+                    attempt!(parse_timeout(&argv[1]));
+                }
+                let front = match pop.end.as_slice() {
+                    b"LEFT" => true,
+                    b"RIGHT" => false,
+                    _ => return Value::error(SYNTAX_ERROR),
+                };
+                for key in pop.keys {
+                    let popped = attempt!(self.with_list(key, false, |list| {
+                        let take = pop.count.min(list.len());
+                        (0..take)
+                            .map(|_| list.pop(front).expect("within len"))
+                            .collect::<Vec<_>>()
+                    }));
+                    if let Some(items) = popped {
+                        return Value::Array(Some(vec![
+                            Value::bulk(key.clone()),
+                            bulk_array(&items),
+                        ]));
+                    }
+                }
+                Value::Array(None)
+            }
             other => unreachable!("{other:?} is not a list write"),
         }
     }

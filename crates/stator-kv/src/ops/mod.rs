@@ -4,9 +4,14 @@
 mod hash;
 mod keys;
 mod list;
+mod script;
 mod set;
+mod sort;
 mod strings;
 mod zset;
+
+pub(crate) use script::Scripts;
+pub use script::{MAX_CACHED_SCRIPTS, MAX_FUNCTION_LIBRARIES};
 
 use crate::machine::{KvMachine, NOT_AN_INTEGER, SYNTAX_ERROR, WRONG_TYPE};
 use crate::resp::{parse_i64_strict, Value};
@@ -65,11 +70,11 @@ pub(crate) fn int_arg(arg: &[u8]) -> Result<i64, Value> {
 }
 
 /// A bulk-string array.
-pub(crate) fn bulk_array<'a>(items: impl IntoIterator<Item = &'a Vec<u8>>) -> Value {
+pub(crate) fn bulk_array<T: AsRef<[u8]>>(items: impl IntoIterator<Item = T>) -> Value {
     Value::Array(Some(
         items
             .into_iter()
-            .map(|item| Value::bulk(item.clone()))
+            .map(|item| Value::bulk(item.as_ref().to_vec()))
             .collect(),
     ))
 }
@@ -350,6 +355,49 @@ pub(crate) fn distinct_indexes(
     }
     indexes.truncate(count);
     indexes
+}
+
+/// The arguments of LMPOP and ZMPOP from `numkeys`: `numkeys key... <end> [COUNT n]`.
+pub(crate) struct MultiPop<'a> {
+    pub(crate) keys: &'a [Vec<u8>],
+    /// The end word as given (LEFT/RIGHT or MIN/MAX), upper-cased.
+    pub(crate) end: Vec<u8>,
+    pub(crate) count: usize,
+}
+
+/// Parses `argv[at..]` as [`MultiPop`] (the end one of `ends`), with Redis 7.0's errors
+/// in its order: numkeys, end, count.
+pub(crate) fn parse_multi_pop<'a>(
+    argv: &'a [Vec<u8>],
+    at: usize,
+    ends: [&str; 2],
+) -> Result<MultiPop<'a>, Value> {
+    let numkeys = parse_i64_strict(&argv[at])
+        .filter(|&n| n > 0)
+        .ok_or_else(|| Value::error("ERR numkeys should be greater than 0"))?
+        as u64;
+    let rest = &argv[at + 1..];
+    // The keys and at least the end word must follow.
+    if numkeys >= rest.len() as u64 {
+        return Err(Value::error(SYNTAX_ERROR));
+    }
+    let (keys, options) = rest.split_at(numkeys as usize);
+    let end = options[0].to_ascii_uppercase();
+    if !ends
+        .iter()
+        .any(|allowed| allowed.as_bytes() == end.as_slice())
+    {
+        return Err(Value::error(SYNTAX_ERROR));
+    }
+    let count = match &options[1..] {
+        [] => 1,
+        [word, value] if word.eq_ignore_ascii_case(b"COUNT") => parse_i64_strict(value)
+            .filter(|&n| n > 0)
+            .ok_or_else(|| Value::error("ERR count should be greater than 0"))?
+            as usize,
+        _ => return Err(Value::error(SYNTAX_ERROR)),
+    };
+    Ok(MultiPop { keys, end, count })
 }
 
 #[cfg(test)]

@@ -370,6 +370,39 @@ impl KvMachine {
                 let members: Vec<(&Vec<u8>, f64)> = result.ordered().collect();
                 members_reply(&members, with_scores)
             }
+            C::ZInterCard => {
+                let numkeys = attempt!(int_arg(&argv[1]));
+                if numkeys < 1 {
+                    return Value::error(
+                        "ERR at least 1 input key is needed for 'zintercard' command",
+                    );
+                }
+                let numkeys = numkeys as usize;
+                if numkeys > argv.len() - 2 {
+                    return Value::error(SYNTAX_ERROR);
+                }
+                // Redis reads (and type-checks) the keys before the options.
+                let inputs = &argv[..2 + numkeys];
+                let (result, _) =
+                    attempt!(self.combine_zsets(now_ms, inputs, 1, ZSetOp::Inter, true));
+                let mut limit = 0usize;
+                match &argv[2 + numkeys..] {
+                    [] => {}
+                    [word, value] if word.eq_ignore_ascii_case(b"LIMIT") => {
+                        match crate::resp::parse_i64_strict(value) {
+                            Some(n) if n >= 0 => limit = n as usize,
+                            _ => return Value::error("ERR LIMIT can't be negative"),
+                        }
+                    }
+                    _ => return Value::error(SYNTAX_ERROR),
+                }
+                let count = if limit == 0 {
+                    result.len()
+                } else {
+                    result.len().min(limit)
+                };
+                Value::Integer(count as i64)
+            }
             C::ZScan => {
                 let cursor = attempt!(parse_cursor(&argv[2]));
                 let Some(zset) = attempt!(self.zset(&argv[1], now_ms)) else {
@@ -637,6 +670,38 @@ impl KvMachine {
                     reply.push(Value::bulk(format_double(score)));
                 }
                 Value::Array(Some(reply))
+            }
+            C::ZMPop | C::BZMPop => {
+                let blocking = spec.command == C::BZMPop;
+                let at = if blocking { 2 } else { 1 };
+                let pop = attempt!(super::parse_multi_pop(&argv, at, ["MIN", "MAX"]));
+                // Redis checks the timeout after the other arguments.
+                if blocking {
+                    attempt!(parse_timeout(&argv[1]));
+                }
+                let max = match pop.end.as_slice() {
+                    b"MIN" => false,
+                    b"MAX" => true,
+                    _ => return Value::error(SYNTAX_ERROR),
+                };
+                for key in pop.keys {
+                    if let Some(popped) = attempt!(self.pop_zset(key, max, pop.count)) {
+                        let members = popped
+                            .into_iter()
+                            .map(|(member, score)| {
+                                Value::Array(Some(vec![
+                                    Value::bulk(member),
+                                    Value::bulk(format_double(score)),
+                                ]))
+                            })
+                            .collect();
+                        return Value::Array(Some(vec![
+                            Value::bulk(key.clone()),
+                            Value::Array(Some(members)),
+                        ]));
+                    }
+                }
+                Value::Array(None)
             }
             C::BZPopMin | C::BZPopMax => {
                 attempt!(parse_timeout(argv.last().expect("arity checked")));

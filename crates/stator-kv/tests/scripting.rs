@@ -1,0 +1,286 @@
+//! Scripting through the machine: EVAL, EVALSHA, SCRIPT, FUNCTION and FCALL, with the
+//! replies Redis 7.0 gives (checked against redis-server while writing them).
+
+use stator_kv::scripting::{sha1_hex, INSTRUCTION_LIMIT_ERROR};
+use stator_kv::{command_keys, command_kind, CommandKind, KvMachine, Value};
+
+fn words(parts: &[&str]) -> Vec<Vec<u8>> {
+    parts.iter().map(|part| part.as_bytes().to_vec()).collect()
+}
+
+fn run(machine: &mut KvMachine, parts: &[&str]) -> Value {
+    machine.apply_argv(1_000, &words(parts))
+}
+
+fn error(text: &str) -> Value {
+    Value::error(text)
+}
+
+#[test]
+fn eval_calls_commands_and_converts_replies() {
+    let mut machine = KvMachine::new();
+    assert_eq!(
+        run(
+            &mut machine,
+            &[
+                "EVAL",
+                "return redis.call('SET', KEYS[1], ARGV[1])",
+                "1",
+                "k",
+                "v"
+            ]
+        ),
+        Value::ok()
+    );
+    assert_eq!(
+        run(
+            &mut machine,
+            &["EVAL", "return redis.call('GET', KEYS[1])", "1", "k"]
+        ),
+        Value::bulk("v")
+    );
+    assert_eq!(
+        run(
+            &mut machine,
+            &["EVAL", "return type(redis.call('GET', 'nokey'))", "0"]
+        ),
+        Value::bulk("boolean")
+    );
+    assert_eq!(
+        run(
+            &mut machine,
+            &[
+                "EVAL",
+                "local r = redis.call('SET', 'k', '1') return r.ok",
+                "0"
+            ]
+        ),
+        Value::bulk("OK")
+    );
+    let sha = sha1_hex(b"return redis.call('INCR', 'k')");
+    run(&mut machine, &["SET", "k", "x"]);
+    assert_eq!(
+        run(
+            &mut machine,
+            &["EVAL", "return redis.call('INCR', 'k')", "0"]
+        ),
+        error(&format!(
+            "ERR value is not an integer or out of range script: {sha}, on @user_script:1."
+        ))
+    );
+    assert_eq!(
+        run(
+            &mut machine,
+            &["EVAL", "return redis.pcall('INCR', 'k')", "0"]
+        ),
+        error("ERR value is not an integer or out of range")
+    );
+    assert_eq!(
+        run(
+            &mut machine,
+            &["EVAL", "return redis.call('EVAL', 'return 1', '0')", "0"]
+        ),
+        error(&format!(
+            "ERR This Redis command is not allowed from script script: {}, on @user_script:1.",
+            sha1_hex(b"return redis.call('EVAL', 'return 1', '0')")
+        ))
+    );
+    assert_eq!(
+        run(
+            &mut machine,
+            &[
+                "EVAL",
+                "local ok, e = pcall(redis.call, 'INCR', 'k') return e",
+                "0"
+            ]
+        ),
+        Value::bulk("ERR value is not an integer or out of range")
+    );
+    assert_eq!(
+        run(&mut machine, &["EVAL", "return 1", "-1"]),
+        error("ERR Number of keys can't be negative")
+    );
+    assert_eq!(
+        run(&mut machine, &["EVAL", "return 1", "3", "a"]),
+        error("ERR Number of keys can't be greater than number of args")
+    );
+}
+
+#[test]
+fn evalsha_runs_cached_scripts_and_answers_noscript_otherwise() {
+    let mut machine = KvMachine::new();
+    let body = "return ARGV[1]";
+    let sha = sha1_hex(body.as_bytes());
+    assert_eq!(
+        run(&mut machine, &["EVALSHA", &sha, "0", "x"]),
+        error("NOSCRIPT No matching script. Please use EVAL.")
+    );
+    assert_eq!(
+        run(&mut machine, &["SCRIPT", "LOAD", body]),
+        Value::bulk(sha.clone())
+    );
+    assert_eq!(
+        run(&mut machine, &["EVALSHA", &sha.to_uppercase(), "0", "x"]),
+        Value::bulk("x")
+    );
+    assert_eq!(
+        run(&mut machine, &["SCRIPT", "EXISTS", &sha, "nope"]),
+        Value::Array(Some(vec![Value::Integer(1), Value::Integer(0)]))
+    );
+    assert_eq!(run(&mut machine, &["SCRIPT", "FLUSH"]), Value::ok());
+    assert_eq!(
+        run(&mut machine, &["SCRIPT", "EXISTS", &sha]),
+        Value::Array(Some(vec![Value::Integer(0)]))
+    );
+    // EVAL caches what it ran.
+    run(&mut machine, &["EVAL", body, "0", "y"]);
+    assert_eq!(
+        run(&mut machine, &["EVALSHA", &sha, "0", "z"]),
+        Value::bulk("z")
+    );
+    assert_eq!(
+        run(&mut machine, &["SCRIPT", "FOO"]),
+        error("ERR unknown subcommand 'FOO'. Try SCRIPT HELP.")
+    );
+}
+
+#[test]
+fn read_only_scripts_refuse_writes() {
+    let mut machine = KvMachine::new();
+    run(&mut machine, &["SET", "k", "v"]);
+    let read = words(&["EVAL_RO", "return redis.call('GET', KEYS[1])", "1", "k"]);
+    assert_eq!(command_kind(&read), CommandKind::Read);
+    assert_eq!(machine.query_argv(1_000, &read), Value::bulk("v"));
+    let write = words(&[
+        "EVAL_RO",
+        "return redis.call('SET', KEYS[1], 'x')",
+        "1",
+        "k",
+    ]);
+    assert_eq!(
+        machine.query_argv(1_000, &write),
+        error(&format!(
+            "ERR Write commands are not allowed from read-only scripts. script: {}, on @user_script:1.",
+            sha1_hex(b"return redis.call('SET', KEYS[1], 'x')")
+        ))
+    );
+}
+
+#[test]
+fn functions_load_list_call_and_delete() {
+    let mut machine = KvMachine::new();
+    let library = "#!lua name=mylib\nredis.register_function('myfunc', function(keys, args) return redis.call('INCR', keys[1]) + #args end)\nredis.register_function{function_name='ro', callback=function(keys, args) return args[1] end, flags={'no-writes'}, description='d'}";
+    assert_eq!(
+        run(&mut machine, &["FUNCTION", "LOAD", library]),
+        Value::bulk("mylib")
+    );
+    assert_eq!(
+        run(&mut machine, &["FUNCTION", "LOAD", library]),
+        error("ERR Library 'mylib' already exists")
+    );
+    assert_eq!(
+        run(&mut machine, &["FCALL", "myfunc", "1", "counter", "a", "b"]),
+        Value::Integer(3)
+    );
+    assert_eq!(
+        machine.query_argv(1_000, &words(&["FCALL_RO", "ro", "0", "x"])),
+        Value::bulk("x")
+    );
+    assert_eq!(
+        machine.query_argv(1_000, &words(&["FCALL_RO", "myfunc", "1", "counter"])),
+        error("ERR Can not execute a script with write flag using *_ro command.")
+    );
+    run(&mut machine, &["SET", "s", "x"]);
+    assert_eq!(
+        run(&mut machine, &["FCALL", "myfunc", "1", "s"]),
+        error("ERR value is not an integer or out of range script: myfunc, on @user_function:2.")
+    );
+    assert_eq!(
+        run(&mut machine, &["FCALL", "nosuch", "0"]),
+        error("ERR Function not found")
+    );
+    let listed = run(&mut machine, &["FUNCTION", "LIST"]);
+    let Value::Array(Some(libraries)) = &listed else {
+        panic!("{listed:?}")
+    };
+    assert_eq!(libraries.len(), 1);
+    assert_eq!(
+        run(
+            &mut machine,
+            &["FUNCTION", "LOAD", "#!lua name=empty\nreturn 1"]
+        ),
+        error("ERR No functions registered")
+    );
+    assert_eq!(
+        run(&mut machine, &["FUNCTION", "LOAD", "return 1"]),
+        error("ERR Missing library metadata")
+    );
+    assert_eq!(
+        run(&mut machine, &["FUNCTION", "DELETE", "mylib"]),
+        Value::ok()
+    );
+    assert_eq!(
+        run(&mut machine, &["FUNCTION", "DELETE", "mylib"]),
+        error("ERR Library not found")
+    );
+}
+
+#[test]
+fn scripts_are_deterministic_and_bounded() {
+    let body = "return {math.random(1000000), math.random(1000000)}";
+    let mut first = KvMachine::new();
+    let mut second = KvMachine::new();
+    first.set_entry_index(42);
+    second.set_entry_index(42);
+    assert_eq!(
+        run(&mut first, &["EVAL", body, "0"]),
+        run(&mut second, &["EVAL", body, "0"])
+    );
+    for global in ["os", "io", "loadfile", "dofile"] {
+        let reply = run(&mut first, &["EVAL", &format!("return {global}"), "0"]);
+        assert!(reply.is_error(), "{global}: {reply:?}");
+    }
+    assert_eq!(
+        run(
+            &mut first,
+            &["EVAL", "redis.call('SET', 'w', '1') while true do end", "0"]
+        ),
+        error(INSTRUCTION_LIMIT_ERROR)
+    );
+    // Writes made before the limit stay, on every replica alike.
+    assert_eq!(run(&mut first, &["GET", "w"]), Value::bulk("1"));
+}
+
+#[test]
+fn scripts_route_by_their_keys_and_stay_in_their_slots() {
+    assert_eq!(
+        command_keys(&words(&["EVAL", "return 1", "2", "a", "b", "arg"])),
+        vec![b"a".as_slice(), b"b"]
+    );
+    assert_eq!(
+        command_keys(&words(&["FCALL", "f", "1", "k", "arg"])),
+        vec![b"k".as_slice()]
+    );
+    assert!(command_keys(&words(&["EVAL", "return 1", "0", "arg"])).is_empty());
+    let mut machine = KvMachine::new();
+    let reply = run(
+        &mut machine,
+        &["EVAL", "return redis.call('GET', 'elsewhere')", "1", "{t}k"],
+    );
+    assert!(
+        matches!(&reply, Value::Error(text) if text.contains("pass every key the script uses in KEYS")),
+        "{reply:?}"
+    );
+    assert_eq!(
+        run(
+            &mut machine,
+            &[
+                "EVAL",
+                "return redis.call('SET', '{t}other', 1)",
+                "1",
+                "{t}k"
+            ]
+        ),
+        Value::ok()
+    );
+}
