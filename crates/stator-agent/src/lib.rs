@@ -186,6 +186,7 @@ async fn run_incarnation(
     let containers = std::sync::Arc::new(container::ContainerRuntime::new(&config.data_dir));
     let replicas = replicas::Replicas::new(host.clone(), config.data_dir.join("replicas"))
         .with_cpu_cgroups(cgroups.clone())
+        .with_containers(containers.clone())
         .with_raft_dir(raft_dir, rejoined);
     let resp = resp::RespServer::new(
         host.clone(),

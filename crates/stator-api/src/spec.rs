@@ -300,6 +300,11 @@ pub struct ServiceSpec {
     /// fsyncs of a replica's log; [`DEFAULT_FSYNC_INTERVAL_MS`] when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fsync_interval_ms: Option<u64>,
+    /// Replicated `builtin = "kv"` only: the data each replica may hold before writes
+    /// that grow it are refused with Redis' OOM error (the `noeviction` policy); `"0"`
+    /// for no budget; `resources.memory` when absent. See [`ServiceSpec::kv_maxmemory_bytes`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maxmemory: Option<MemoryMib>,
 }
 
 /// Where a replicated service's replicas keep their Raft log, vote and snapshots, and
@@ -433,10 +438,10 @@ impl ServiceSpec {
                 ));
             }
         }
-        if matches!(self.app, AppSpec::Container(_)) {
+        if self.maxmemory.is_some() && !self.app.is_builtin_kv() {
             return Err(SpecError::invalid(
-                "app.container",
-                "replicated services do not run containers yet (stator-sm/1 apps inside containers are a next step); use app = { process = { command = [...] } } or a stateless service",
+                "maxmemory",
+                "is the budget of the built-in kv app only; remove it, or use resources.memory to limit a process or container app",
             ));
         }
         if self.expose.resp.is_some() && !self.app.is_builtin_kv() {
@@ -554,6 +559,9 @@ impl ServiceSpec {
             if self.fsync_interval_ms.is_some() {
                 return Err(misplaced("fsync_interval_ms", "replicated"));
             }
+            if self.maxmemory.is_some() {
+                return Err(misplaced("maxmemory", "replicated"));
+            }
         }
         if kind != ServiceKind::Stateless {
             if self.instances != default_instances() {
@@ -578,6 +586,16 @@ impl ServiceSpec {
             }
         }
         Ok(())
+    }
+
+    /// The data budget of each replica of a built-in kv service, in bytes: `maxmemory`,
+    /// else `resources.memory`; 0 (no budget) for other apps or `maxmemory = "0"`.
+    pub fn kv_maxmemory_bytes(&self) -> u64 {
+        if !self.app.is_builtin_kv() {
+            return 0;
+        }
+        let mib = self.maxmemory.unwrap_or(self.resources.memory).0;
+        mib.saturating_mul(1024 * 1024)
     }
 
     /// The fsync interval of a `periodic` service (0 for the other modes).

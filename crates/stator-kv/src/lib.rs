@@ -21,6 +21,8 @@
 //! - `ops`: the other commands, one file per type (`hash`, `list`, `set`, `zset`,
 //!   `strings`, `keys` for keyspace commands and transactions) plus shared helpers (SCAN
 //!   cursors, Redis' glob matcher, `%.17g` doubles).
+//! - [`budget`]: `maxmemory` with the `noeviction` policy: [`budget::MemoryBudget`] and
+//!   Redis' OOM reply, decided in apply from the machine's own byte accounting.
 //! - [`transaction`]: `MULTI ... EXEC` as one `STATOR.EXEC` entry: [`encode_exec`],
 //!   [`queued_command_error`].
 //! - `snapshot`: the snapshot byte format (version 2 with types; version 1 still read).
@@ -53,6 +55,7 @@
 //! [`encode_exec`]; commands are checked as they are queued with [`queued_command_error`].
 
 mod app;
+pub mod budget;
 pub mod command;
 mod keyspace;
 pub mod machine;

@@ -49,6 +49,8 @@ pub struct KvMachine {
     pub(crate) rng: EntryRng,
     /// Set while the commands of a `STATOR.EXEC` run (blocking commands never block there).
     pub(crate) in_transaction: bool,
+    /// `maxmemory`: configuration, not state (never in a snapshot); see [`crate::budget`].
+    pub(crate) budget: crate::budget::MemoryBudget,
 }
 
 /// Units of an expiry argument.
@@ -106,6 +108,9 @@ impl KvMachine {
         let now_ms = self.now_ms;
         for index in spec.key_indexes(&argv) {
             self.keyspace.reclaim_if_expired(&argv[index], now_ms);
+        }
+        if let Some(refusal) = self.budget.refusal(spec, &argv, self.keyspace.bytes()) {
+            return refusal;
         }
         match spec.kind {
             CommandKind::Read => self.read(now_ms, spec, &argv),
