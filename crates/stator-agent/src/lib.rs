@@ -16,7 +16,8 @@
 //!   per service serving the slots its replicas lead, `MOVED` for the rest.
 //! - [`driver`]: supervises stateless instances and jobs (processes and containers).
 //! - [`container`]: the container driver's parts: local OCI images (verified, unpacked
-//!   once per digest) and runc bundles.
+//!   once per digest), runc bundles, and the launcher that runs a replica's stator-sm/1
+//!   app in a container.
 //! - [`cgroup`]: limits: one cgroup per app process or container: CPU share and
 //!   ceiling, memory limit, OOM-kill detection.
 //! - [`probe`]: readiness probes (TCP, HTTP, exec).

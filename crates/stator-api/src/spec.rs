@@ -1450,6 +1450,35 @@ qos = { p99_latency_ms = 5 }
     }
 
     #[test]
+    fn kv_budget_comes_from_maxmemory_or_resources_and_only_kv_takes_it() {
+        let budget = |extra: &str| {
+            let spec = parse_spec(&format!("{DESIGN_EXAMPLE}{extra}"), SpecFormat::Auto).unwrap();
+            spec.validate().unwrap();
+            spec.kv_maxmemory_bytes()
+        };
+        assert_eq!(budget(""), 128 * 1024 * 1024, "resources.memory by default");
+        assert_eq!(budget("maxmemory = \"16Mi\"\n"), 16 * 1024 * 1024);
+        assert_eq!(budget("maxmemory = \"0\"\n"), 0, "0: no budget");
+        let process = "name = \"r\"\nkind = \"replicated\"\nmaxmemory = \"1Mi\"\n\
+                       app = { process = { command = [\"app\"] } }\n";
+        let spec = parse_spec(process, SpecFormat::Auto).unwrap();
+        assert_eq!(invalid_field(spec.validate()), "maxmemory");
+        let stateless = "name = \"w\"\nkind = \"stateless\"\nmaxmemory = \"1Mi\"\n\
+                         app = { process = { command = [\"app\"] } }\n";
+        let spec = parse_spec(stateless, SpecFormat::Auto).unwrap();
+        assert_eq!(invalid_field(spec.validate()), "maxmemory");
+    }
+
+    #[test]
+    fn replicated_services_may_run_container_apps() {
+        let text = "name = \"rooms\"\nkind = \"replicated\"\n\
+                    app = { container = { image = \"oci:img:1\", command = [\"/app\"] } }\n";
+        let spec = parse_spec(text, SpecFormat::Auto).unwrap();
+        spec.validate().unwrap();
+        assert_eq!(spec.kv_maxmemory_bytes(), 0);
+    }
+
+    #[test]
     fn accepts_the_design_example() {
         let spec = parse_spec(DESIGN_EXAMPLE, SpecFormat::Auto).unwrap();
         spec.validate().unwrap();
