@@ -171,7 +171,10 @@ mod tests {
             run(&mut machine, &["GET", "key0"]),
             Value::Bulk(Some(value.clone().into_bytes()))
         );
-        assert_eq!(run(&mut machine, &["EXPIRE", "key1", "100"]), Value::Integer(1));
+        assert_eq!(
+            run(&mut machine, &["EXPIRE", "key1", "100"]),
+            Value::Integer(1)
+        );
         assert_eq!(run(&mut machine, &["DEL", "key0"]), Value::Integer(1));
         assert!(!is_oom(&run(&mut machine, &["SET", "small", "x"])));
     }
@@ -180,10 +183,16 @@ mod tests {
     fn no_budget_means_no_limit_and_replicas_agree() {
         let mut unlimited = KvMachine::with_maxmemory(0);
         for n in 0..100 {
-            assert!(!is_oom(&run(&mut unlimited, &["SET", &format!("k{n}"), "value"])));
+            assert!(!is_oom(&run(
+                &mut unlimited,
+                &["SET", &format!("k{n}"), "value"]
+            )));
         }
         // Two replicas applying the same entries refuse the same ones.
-        let (mut a, mut b) = (KvMachine::with_maxmemory(500), KvMachine::with_maxmemory(500));
+        let (mut a, mut b) = (
+            KvMachine::with_maxmemory(500),
+            KvMachine::with_maxmemory(500),
+        );
         let replies = |machine: &mut KvMachine| -> Vec<bool> {
             (0..50)
                 .map(|n| is_oom(&run(machine, &["SET", &format!("k{n}"), "0123456789"])))

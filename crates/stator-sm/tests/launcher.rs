@@ -59,12 +59,24 @@ async fn a_launched_app_is_restarted_restored_and_cleaned_up_after() {
         assert_eq!(machine.apply(3, 12, b"+1").await.unwrap(), b"8");
         assert_eq!(machine.restarts(), 1);
         assert_eq!(launcher.starts.load(Ordering::SeqCst), 2);
-        assert_eq!(launcher.cleanups.load(Ordering::SeqCst), 1, "after the crash");
+        assert_eq!(
+            launcher.cleanups.load(Ordering::SeqCst),
+            1,
+            "after the crash"
+        );
 
         machine.shutdown().await;
-        assert_eq!(launcher.cleanups.load(Ordering::SeqCst), 2, "after shutdown");
+        assert_eq!(
+            launcher.cleanups.load(Ordering::SeqCst),
+            2,
+            "after shutdown"
+        );
         drop(machine);
-        assert_eq!(launcher.cleanups.load(Ordering::SeqCst), 2, "nothing left to clean");
+        assert_eq!(
+            launcher.cleanups.load(Ordering::SeqCst),
+            2,
+            "nothing left to clean"
+        );
     })
     .await
     .expect("test finished in time");
@@ -83,5 +95,9 @@ async fn a_launcher_that_cannot_start_the_app_stops_the_replica_with_its_reason(
         matches!(&error, AppError::Unavailable(message) if message.contains("no such file")),
         "{error:?}"
     );
-    assert_eq!(machine.restarts(), 0, "a launch failure is not a crash to retry");
+    assert_eq!(
+        machine.restarts(),
+        0,
+        "a launch failure is not a crash to retry"
+    );
 }

@@ -11,8 +11,8 @@
 mod common;
 
 use common::{
-    children_of, cmdline, environ, free_port, have, repo_root, require_all, sigkill, wait_for, Cluster,
-    WAIT,
+    children_of, cmdline, environ, free_port, have, repo_root, require_all, sigkill, wait_for,
+    Cluster, WAIT,
 };
 use serde_json::json;
 use std::io::{Read, Write};
@@ -38,7 +38,9 @@ fn http_get(addr: &str) -> Option<String> {
 /// The body of a `POST path` with `body` at `addr`, if it answers 200.
 fn http_post(addr: &str, path: &str, body: &str) -> Option<String> {
     let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .ok()?;
     stream
         .write_all(
             format!(
@@ -275,10 +277,13 @@ fn replicated_game_room_runs_in_containers_and_survives_kills() {
     }
     let cluster = Cluster::start(3, &[]);
     let image = build_game_room_image(&cluster.test_dir());
-    let text = std::fs::read_to_string(repo_root().join("examples/container-game-room.toml"))
-        .unwrap();
+    let text =
+        std::fs::read_to_string(repo_root().join("examples/container-game-room.toml")).unwrap();
     let relative = "oci:examples/containers/game-room:1";
-    assert!(text.contains(relative), "examples/container-game-room.toml changed");
+    assert!(
+        text.contains(relative),
+        "examples/container-game-room.toml changed"
+    );
     let spec = text
         .replace(relative, &image)
         .replace("partitions = 2", "partitions = 1");
@@ -303,7 +308,11 @@ fn replicated_game_room_runs_in_containers_and_survives_kills() {
         });
         assert_eq!(reply["ok"], true, "{body} -> {reply}");
     };
-    let room = || wait_for("the room to be read", WAIT, || call(&json!({"op": "room"}), true));
+    let room = || {
+        wait_for("the room to be read", WAIT, || {
+            call(&json!({"op": "room"}), true)
+        })
+    };
     call_ok(json!({"op": "join", "player": "ana"}));
     call_ok(json!({"op": "join", "player": "bo"}));
     call_ok(json!({"op": "move", "player": "ana", "dx": 3, "dy": 4}));
@@ -320,7 +329,10 @@ fn replicated_game_room_runs_in_containers_and_survives_kills() {
     });
     let status = std::fs::read_to_string(format!("/proc/{app}/status")).unwrap();
     let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
-    assert!(nspid.trim_end().ends_with("\t1"), "not pid 1 of a namespace: {nspid}");
+    assert!(
+        nspid.trim_end().ends_with("\t1"),
+        "not pid 1 of a namespace: {nspid}"
+    );
 
     sigkill(app);
     call_ok(json!({"op": "move", "player": "bo", "dx": -1, "dy": 2}));
@@ -345,23 +357,27 @@ fn replicated_game_room_runs_in_containers_and_survives_kills() {
     let new_agent = wait_for("up to restart the killed agent", WAIT, || {
         cluster.agent_pid(&node).filter(|&pid| pid != agent)
     });
-    wait_for("the old agent's containers, cgroups and mounts to be gone", WAIT, || {
-        let alive: Vec<u32> = old_apps
-            .iter()
-            .copied()
-            .filter(|pid| {
-                Path::new(&format!("/proc/{pid}")).exists()
-                    && !descendants(new_agent).contains(pid)
-            })
-            .collect();
-        let containers = runc_list(&agent_dir);
-        let mounts = mounts_under(&agent_dir);
-        let cgroups = cgroups_of_agent(agent);
-        println!("left: pids {alive:?} containers {containers:?} mounts {mounts:?} cgroups {cgroups:?}");
-        // Each running container has exactly its rootfs mounted on the host.
-        (alive.is_empty() && cgroups.is_empty() && mounts.len() == containers.len())
-            .then_some(())
-    });
+    wait_for(
+        "the old agent's containers, cgroups and mounts to be gone",
+        WAIT,
+        || {
+            let alive: Vec<u32> = old_apps
+                .iter()
+                .copied()
+                .filter(|pid| {
+                    Path::new(&format!("/proc/{pid}")).exists()
+                        && !descendants(new_agent).contains(pid)
+                })
+                .collect();
+            let containers = runc_list(&agent_dir);
+            let mounts = mounts_under(&agent_dir);
+            let cgroups = cgroups_of_agent(agent);
+            println!("left: pids {alive:?} containers {containers:?} mounts {mounts:?} cgroups {cgroups:?}");
+            // Each running container has exactly its rootfs mounted on the host.
+            (alive.is_empty() && cgroups.is_empty() && mounts.len() == containers.len())
+                .then_some(())
+        },
+    );
 
     cluster.stator_ok(&["delete", "service", "rooms"]);
     let agents = cluster.data_dir.join("agents");

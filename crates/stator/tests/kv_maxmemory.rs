@@ -25,7 +25,11 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
 
 #[test]
 fn kv_writes_past_maxmemory_get_redis_oom_error_and_deletes_make_room() {
-    if !have("redis-cli", &["--version"], "the OOM reply is read with redis-cli") {
+    if !have(
+        "redis-cli",
+        &["--version"],
+        "the OOM reply is read with redis-cli",
+    ) {
         return;
     }
     let cluster = Cluster::start(1, &[]);
@@ -44,8 +48,14 @@ fn kv_writes_past_maxmemory_get_redis_oom_error_and_deletes_make_room() {
     let mut client = Resp::connect(&addr).unwrap();
     let mut stored = 0;
     let refusal = loop {
-        assert!(stored < 200, "1 MiB budget not enforced after {stored} x 10 KiB");
-        match client.call(&["SET", &format!("key:{stored}"), &value]).unwrap() {
+        assert!(
+            stored < 200,
+            "1 MiB budget not enforced after {stored} x 10 KiB"
+        );
+        match client
+            .call(&["SET", &format!("key:{stored}"), &value])
+            .unwrap()
+        {
             Reply::Simple(ok) if ok == "OK" => stored += 1,
             Reply::Error(error) => break error,
             other => panic!("SET answered {other:?}"),
@@ -62,5 +72,8 @@ fn kv_writes_past_maxmemory_get_redis_oom_error_and_deletes_make_room() {
     assert_eq!(redis_cli(port, &["EXISTS", "one-more"]), "0");
     assert_eq!(redis_cli(port, &["DEL", "key:0", "key:1"]), "2");
     assert_eq!(redis_cli(port, &["SET", "one-more", &value]), "OK");
-    assert_eq!(redis_cli(port, &["STRLEN", "one-more"]), value.len().to_string());
+    assert_eq!(
+        redis_cli(port, &["STRLEN", "one-more"]),
+        value.len().to_string()
+    );
 }
