@@ -6,6 +6,10 @@
 //! and where the local replica leads, one membership step is taken toward the designed
 //! member set (see [`stator_replication::Host::reconcile_membership`]).
 //!
+//! A replica's app is the built-in kv (with its `maxmemory` budget), a stator-sm/1
+//! `process`, or a stator-sm/1 app in a `container` ([`crate::container::replica`]: the
+//! same machine, started with runc; its container and cgroup go with the replica).
+//!
 //! Durable replicas (`durability = "disk"` / `"periodic"`) reopen their store under the
 //! agent's raft dir when created, so a restarted agent reloads them and fetches only the
 //! tail; a replica no longer assigned has its store deleted. A replica whose state this
