@@ -9,7 +9,9 @@
 //!    the container's cgroup, made by runc inside it, is bounded by them;
 //! 3. prepares the bundle like an instance's, plus a read-write bind mount of the
 //!    replica's socket directory at [`SOCKET_DIR_IN_CONTAINER`] and `STATOR_SM_SOCKET`
-//!    etc. pointing at it, then returns `runc run` as the command to watch.
+//!    etc. pointing at it (the socket and directory are handed to `app.container.user`
+//!    when it is not root, so the app may connect), then returns `runc run` as the
+//!    command to watch.
 //!
 //! Layout per replica, under the agent's replica run root:
 //! `<service>-p<partition>/sm/` (socket and logs, the directory the app sees) and
@@ -22,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use stator_api::container::{ContainerSpec, MountSpec};
+use stator_api::container::{parse_user, ContainerSpec, MountSpec};
 use stator_sm::host::{Launcher, ProcessMachineConfig, SOCKET_FILE};
 use stator_sm::sdk::{ENV_PARTITION, ENV_REPLICA, ENV_SERVICE, ENV_SOCKET};
 use stator_sm::SmError;
@@ -87,6 +89,31 @@ impl ContainerLauncher {
         self.runtime.teardown(&self.replica_dir.join(CONTAINER_DIR));
     }
 
+    /// An app running as another user (`app.container.user`) must be able to connect:
+    /// the socket (made by the agent) and its directory become that user's.
+    fn hand_socket_to_user(&self, config: &ProcessMachineConfig) -> Result<(), SmError> {
+        let Some(user) = &self.spec.user else {
+            return Ok(());
+        };
+        let (uid, gid) = parse_user(user).map_err(|reason| SmError::Launch {
+            message: format!("app.container.user: {reason}"),
+        })?;
+        if uid == 0 {
+            return Ok(());
+        }
+        for path in [config.run_dir.clone(), config.socket_path()] {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(|e| {
+                SmError::Launch {
+                    message: format!(
+                        "cannot give {} to uid {uid} (app.container.user): {e}",
+                        path.display()
+                    ),
+                }
+            })?;
+        }
+        Ok(())
+    }
+
     /// The container as the app sees it: the spec's, plus the socket directory mount.
     fn container_spec(&self, config: &ProcessMachineConfig) -> ContainerSpec {
         let mut spec = self.spec.clone();
@@ -123,6 +150,7 @@ impl Launcher for ContainerLauncher {
             self.limits,
         );
         let (spec, env) = (self.container_spec(config), Self::environment(config));
+        self.hand_socket_to_user(config)?;
         let prepared = tokio::task::spawn_blocking(move || {
             // A container of the previous start may still be known to runc.
             runtime.delete_blocking(&id);
