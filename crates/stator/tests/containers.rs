@@ -3,7 +3,11 @@
 //! service answering HTTP), `examples/container-job.toml` (a job, as uid 1000) and
 //! `examples/container-oom.toml` (OOM-killed, reported in `describe service`, restarted)
 //! under `stator up`; the service keeps answering through the OOM kills, and deleting
-//! everything leaves no container in any agent's runc state.
+//! everything leaves no container in any agent's runc state. Then the replicated game
+//! room of `examples/container-game-room.toml` (python3 copied into an image by
+//! `examples/containers/python_rootfs.py`), its stator-sm/1 app in containers: calls
+//! through the gateway, kills of the leader's container process and of the leader's
+//! agent, and no container, cgroup or mount of the killed agent left behind.
 //!
 //! Needs root, runc, busybox-static and python3; without them it prints `SKIPPED: ...`
 //! unless `STATOR_REQUIRE_ALL=1`.
@@ -333,6 +337,9 @@ fn replicated_game_room_runs_in_containers_and_survives_kills() {
         nspid.trim_end().ends_with("\t1"),
         "not pid 1 of a namespace: {nspid}"
     );
+    // As the spec's user, not root (the agent handed it the socket).
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(uid.split_whitespace().nth(1), Some("1000"), "{uid}");
 
     sigkill(app);
     call_ok(json!({"op": "move", "player": "bo", "dx": -1, "dy": 2}));

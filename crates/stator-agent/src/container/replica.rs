@@ -102,13 +102,11 @@ impl ContainerLauncher {
             return Ok(());
         }
         for path in [config.run_dir.clone(), config.socket_path()] {
-            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(|e| {
-                SmError::Launch {
-                    message: format!(
-                        "cannot give {} to uid {uid} (app.container.user): {e}",
-                        path.display()
-                    ),
-                }
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(|e| SmError::Launch {
+                message: format!(
+                    "cannot give {} to uid {uid} (app.container.user): {e}",
+                    path.display()
+                ),
             })?;
         }
         Ok(())
