@@ -388,12 +388,27 @@ fn replicated_game_room_runs_in_containers_and_survives_kills() {
 
     cluster.stator_ok(&["delete", "service", "rooms"]);
     let agents = cluster.data_dir.join("agents");
-    wait_for("every container and mount to be removed", WAIT, || {
-        let mut left = Vec::new();
-        for agent in std::fs::read_dir(&agents).ok()?.flatten() {
-            left.extend(runc_list(&agent.path()));
-            left.extend(mounts_under(&agent.path()));
-        }
-        left.is_empty().then_some(())
-    });
+    wait_for(
+        "every container, mount and replica cgroup to be removed",
+        WAIT,
+        || {
+            let mut left = Vec::new();
+            for agent in std::fs::read_dir(&agents).ok()?.flatten() {
+                left.extend(runc_list(&agent.path()));
+                left.extend(mounts_under(&agent.path()));
+                let node = agent.file_name().to_string_lossy().into_owned();
+                let pid = cluster.agent_pid(&node)?;
+                for dir in cgroups_of_agent(pid) {
+                    for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+                        let name = entry.file_name().to_string_lossy().into_owned();
+                        if name.starts_with("replica-") {
+                            left.push(format!("{dir}/{name}"));
+                        }
+                    }
+                }
+            }
+            println!("left after delete: {left:?}");
+            left.is_empty().then_some(())
+        },
+    );
 }
