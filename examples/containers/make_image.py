@@ -7,7 +7,9 @@
         use it as image = "oci:examples/containers/busybox:1".
     python3 examples/containers/make_image.py --rootfs DIR OUT TAG [--cmd ARG ...]
         packs any directory as the image's single layer.
+    ... --env KEY=VALUE  sets a variable in the image's config (repeatable).
     ... --archive FILE   also packs the layout as an oci-archive tar file.
+    A Python app's root: see python_rootfs.py (the game room image).
 
 The layout has one gzip layer, a config (cmd, PATH) and a manifest, each named by its
 sha256 digest, as `skopeo copy ... oci:OUT:TAG` would write them.
@@ -56,6 +58,8 @@ def main():
     parser.add_argument("out", help="the OCI layout directory to write")
     parser.add_argument("tag")
     parser.add_argument("--cmd", nargs="+", default=["sh"], help="the image's Cmd")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="an environment variable of the image (repeatable)")
     parser.add_argument("--archive", help="also write the layout as this oci-archive")
     args = parser.parse_args()
 
@@ -74,7 +78,7 @@ def main():
         layer_desc["mediaType"] = "application/vnd.oci.image.layer.v1.tar+gzip"
         config = {
             "architecture": "amd64", "os": "linux",
-            "config": {"Cmd": args.cmd, "Env": ["PATH=/bin"]},
+            "config": {"Cmd": args.cmd, "Env": ["PATH=/bin"] + args.env},
             "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         }
         config_desc = blob(args.out, json.dumps(config).encode())

@@ -535,7 +535,7 @@ impl InstanceTask {
                 );
                 let task_runtime = runtime.clone();
                 let prepared = tokio::task::spawn_blocking(move || {
-                    task_runtime.prepare(&assignment_copy, &spec, &dir, &env, cgroups.as_ref())
+                    task_runtime.prepare(&assignment_copy.id, &spec, &dir, &env, cgroups.as_ref())
                 })
                 .await
                 .map_err(|e| format!("preparing the container panicked: {e}"))??;

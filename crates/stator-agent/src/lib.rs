@@ -18,7 +18,8 @@
 //!   client, and the sink that publishes the keyspace events of the replicas it leads.
 //! - [`driver`]: supervises stateless instances and jobs (processes and containers).
 //! - [`container`]: the container driver's parts: local OCI images (verified, unpacked
-//!   once per digest) and runc bundles.
+//!   once per digest), runc bundles, and the launcher that runs a replica's stator-sm/1
+//!   app in a container.
 //! - [`cgroup`]: limits: one cgroup per app process or container: CPU share and
 //!   ceiling, memory limit, OOM-kill detection.
 //! - [`probe`]: readiness probes (TCP, HTTP, exec).
@@ -211,6 +212,7 @@ async fn run_incarnation(
     let notifier = std::sync::Arc::new(pubsub::LeaderNotifier::new(host.clone(), resp.broker()));
     let replicas = replicas::Replicas::new(host.clone(), config.data_dir.join("replicas"))
         .with_cpu_cgroups(cgroups.clone())
+        .with_containers(containers.clone())
         .with_raft_dir(raft_dir, rejoined)
         .with_notifications(notifier);
     let supervisor = driver::InstanceSupervisor::new(config.data_dir.join("instances"))

@@ -6,6 +6,10 @@
 //! and where the local replica leads, one membership step is taken toward the designed
 //! member set (see [`stator_replication::Host::reconcile_membership`]).
 //!
+//! A replica's app is the built-in kv (with its `maxmemory` budget), a stator-sm/1
+//! `process`, or a stator-sm/1 app in a `container` ([`crate::container::replica`]: the
+//! same machine, started with runc; its container and cgroup go with the replica).
+//!
 //! Durable replicas (`durability = "disk"` / `"periodic"`) reopen their store under the
 //! agent's raft dir when created, so a restarted agent reloads them and fetches only the
 //! tail; a replica no longer assigned has its store deleted. A replica whose state this
@@ -21,7 +25,9 @@ use stator_api::spec::{AppSpec, Durability};
 use stator_kv::notify::{NotificationSink, NotifyingKv};
 use stator_replication::disk_store::DiskStoreError;
 use stator_replication::{GroupOptions, Host, HostError, Role};
-use stator_sm::host::{ProcessHandle, ProcessLimits, ProcessMachine, ProcessMachineConfig};
+use stator_sm::host::{
+    Launcher, ProcessHandle, ProcessLimits, ProcessMachine, ProcessMachineConfig,
+};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -48,6 +54,8 @@ struct Known {
     process: Option<ProcessHandle>,
     /// (pid, millicores) last put in the replica's cgroup.
     cgroup_applied: Option<(u32, u64)>,
+    /// The launcher of a `container` app: its container is removed with the replica.
+    container: Option<Arc<crate::container::ContainerLauncher>>,
 }
 
 /// The replicas of one agent.
@@ -60,6 +68,8 @@ pub struct Replicas {
     busy: Arc<Mutex<HashSet<GroupId>>>,
     /// Where `process` apps get their CPU share; None: not enforced.
     cgroups: Option<Arc<crate::cgroup::Cgroups>>,
+    /// Runs `container` apps; None: they fail saying the agent has no runtime.
+    containers: Option<Arc<crate::container::ContainerRuntime>>,
     /// Where durable replicas keep their stores (the host's data dir).
     raft_dir: Option<PathBuf>,
     /// Groups whose state this node lost while a member: reported, not hosted.
@@ -91,6 +101,7 @@ impl Replicas {
             known: Mutex::new(HashMap::new()),
             busy: Arc::new(Mutex::new(HashSet::new())),
             cgroups: None,
+            containers: None,
             raft_dir: None,
             forgotten: Mutex::new(HashMap::new()),
             forgotten_at_start: Mutex::new(BTreeSet::new()),
@@ -187,19 +198,65 @@ impl Replicas {
         self
     }
 
-    fn app(&self, a: &ReplicaAssignment) -> (Box<dyn StateMachine>, Option<ProcessHandle>) {
+    /// Runs `container` apps with `runtime`, after removing what an earlier agent on
+    /// this data dir left in the replicas' run directories (containers, mounts, bundles).
+    pub fn with_containers(mut self, runtime: Arc<crate::container::ContainerRuntime>) -> Self {
+        runtime.remove_stale(&self.run_root);
+        self.containers = Some(runtime);
+        self
+    }
+
+    /// The machine of `a`'s replica, the handle of its app process (`process` apps),
+    /// and the launcher of its container (`container` apps).
+    fn app(&self, a: &ReplicaAssignment) -> (Box<dyn StateMachine>, AppParts) {
+        let replica_dir = self
+            .run_root
+            .join(format!("{}-p{}", a.service, a.partition));
         match &a.app {
-            AppSpec::Builtin(_) => match &self.notifications {
-                Some(sink) => (
-                    Box::new(NotifyingKv::new(a.service.clone(), a.group, sink.clone())),
-                    None,
-                ),
-                None => (Box::new(stator_kv::KvMachine::default()), None),
-            },
-            AppSpec::Container(_) => panic!(
-                "replica of {} partition {} assigned a container app: spec validation rejects those for replicated services, so the server is newer than this agent",
-                a.service, a.partition
-            ),
+            AppSpec::Builtin(_) => {
+                let machine = stator_kv::KvMachine::with_maxmemory(a.kv_maxmemory_bytes);
+                let machine: Box<dyn StateMachine> = match &self.notifications {
+                    Some(sink) => Box::new(NotifyingKv::new(
+                        machine,
+                        a.service.clone(),
+                        a.group,
+                        sink.clone(),
+                    )),
+                    None => Box::new(machine),
+                };
+                (machine, AppParts::default())
+            }
+            AppSpec::Container(spec) => {
+                let Some(runtime) = self.containers.clone() else {
+                    // Every agent built by `run` has a runtime; without one the app
+                    // fails at its first start with this message.
+                    let launcher = Arc::new(NoRuntime);
+                    let config = self.app_config(a, replica_dir, spec.command.clone());
+                    return (
+                        Box::new(ProcessMachine::with_launcher(config, launcher)),
+                        AppParts::default(),
+                    );
+                };
+                let launcher = Arc::new(crate::container::ContainerLauncher::new(
+                    runtime,
+                    spec.clone(),
+                    replica_cgroup(a.group),
+                    replica_dir,
+                    self.cgroups.clone(),
+                    crate::cgroup::Limits {
+                        cpu_millis: a.cpu_millis,
+                        cpu_limit_millis: None,
+                        memory_mib: a.memory_mib,
+                    },
+                ));
+                let config = self.app_config(a, launcher.socket_dir(), spec.command.clone());
+                let machine = ProcessMachine::with_launcher(config, launcher.clone());
+                let parts = AppParts {
+                    process: Some(machine.handle()),
+                    container: Some(launcher),
+                };
+                (Box::new(machine), parts)
+            }
             AppSpec::Process(p) => {
                 let machine = ProcessMachine::new(ProcessMachineConfig {
                     program: p.command[0].clone(),
@@ -215,8 +272,37 @@ impl Replicas {
                     limits: ProcessLimits::default(),
                 });
                 let handle = machine.handle();
-                (Box::new(machine), Some(handle))
+                let parts = AppParts {
+                    process: Some(handle),
+                    container: None,
+                };
+                (Box::new(machine), parts)
             }
+        }
+    }
+
+    /// The machine configuration of a `container` app: `run_dir` is the socket
+    /// directory; the program and arguments only name it in messages.
+    fn app_config(
+        &self,
+        a: &ReplicaAssignment,
+        run_dir: PathBuf,
+        command: Vec<String>,
+    ) -> ProcessMachineConfig {
+        let (program, args) = match command.split_first() {
+            Some((program, args)) => (program.clone(), args.to_vec()),
+            None => ("(the image's entrypoint)".to_string(), Vec::new()),
+        };
+        ProcessMachineConfig {
+            program,
+            args,
+            env: Vec::new(),
+            working_dir: None,
+            run_dir,
+            service: a.service.clone(),
+            partition: a.partition,
+            replica: self.host.node_id(),
+            limits: ProcessLimits::default(),
         }
     }
 
@@ -233,6 +319,18 @@ impl Replicas {
         let Some(k) = known.get_mut(&a.group) else {
             return;
         };
+        if k.container.is_some() {
+            // The launcher made the cgroup with the share at the container's start;
+            // only a resize is left to apply (runc is not the app: it is not moved).
+            let applied = k.cgroup_applied.map(|(_, millis)| millis);
+            if applied.is_some_and(|millis| millis != a.cpu_millis) {
+                if let Err(error) = cgroups.set_cpu(&replica_cgroup(a.group), a.cpu_millis) {
+                    tracing::warn!(group = %a.group, %error, "cannot resize the replica app's CPU share");
+                }
+            }
+            k.cgroup_applied = Some((0, a.cpu_millis));
+            return;
+        }
         let Some(pid) = k.process.as_ref().and_then(ProcessHandle::pid) else {
             return;
         };
@@ -280,7 +378,7 @@ impl Replicas {
                     },
                     ..GroupOptions::default()
                 };
-                let (app, process) = self.app(a);
+                let (app, parts) = self.app(a);
                 match self.host.create_group(a.group, options, app).await {
                     Ok(_) => {}
                     Err(HostError::Storage {
@@ -303,8 +401,9 @@ impl Replicas {
                         durability: a.durability,
                         bootstrapped: false,
                         created: Instant::now(),
-                        process,
+                        process: parts.process,
                         cgroup_applied: None,
+                        container: parts.container,
                     },
                 );
             }
@@ -375,10 +474,17 @@ impl Replicas {
                     .replica(group)
                     .and_then(|r| r.disk_store().map(|s| s.dir().to_path_buf()));
                 self.host.remove_group(group).await;
-                self.known
+                let removed = self
+                    .known
                     .lock()
                     .expect("known mutex poisoned")
                     .remove(&group);
+                if let Some(launcher) = removed.and_then(|k| k.container) {
+                    // The machine's drop removes its container too, but the group's
+                    // tasks may hold it a moment longer: remove it now (idempotent),
+                    // off the async threads.
+                    let _ = tokio::task::spawn_blocking(move || launcher.remove()).await;
+                }
                 if let Some(cgroups) = &self.cgroups {
                     cgroups.remove(&replica_cgroup(group));
                 }
@@ -472,6 +578,30 @@ impl Replicas {
             )
             .collect()
     }
+}
+
+/// What [`Replicas::app`] keeps of a replica's app besides its machine.
+#[derive(Default)]
+struct AppParts {
+    process: Option<ProcessHandle>,
+    container: Option<Arc<crate::container::ContainerLauncher>>,
+}
+
+/// The launcher of a container app on an agent without a container runtime.
+struct NoRuntime;
+
+#[async_trait::async_trait]
+impl Launcher for NoRuntime {
+    async fn command(
+        &self,
+        _config: &ProcessMachineConfig,
+    ) -> Result<tokio::process::Command, stator_sm::SmError> {
+        Err(stator_sm::SmError::Launch {
+            message: "this agent runs no containers (it has no container runtime)".into(),
+        })
+    }
+
+    fn cleanup(&self, _config: &ProcessMachineConfig) {}
 }
 
 /// The cgroup name of a replica's app: `replica-<service id>-<partition>`.

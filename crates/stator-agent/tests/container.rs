@@ -333,7 +333,7 @@ async fn start_stop_cycles_and_an_agent_restart_leave_nothing_behind() {
     let prepared = fixture
         .runtime
         .prepare(
-            &orphan,
+            &orphan.id,
             orphan.container.as_ref().unwrap(),
             &instance_dir,
             &BTreeMap::new(),

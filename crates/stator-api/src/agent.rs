@@ -266,6 +266,14 @@ pub struct ReplicaAssignment {
     /// Longest time between fsyncs for `periodic` durability (0 otherwise).
     #[serde(default)]
     pub fsync_interval_ms: u64,
+    /// Memory limit of the replica's app process or container in MiB (the spec's
+    /// `resources.memory`); 0 from servers that predate it: none.
+    #[serde(default)]
+    pub memory_mib: u64,
+    /// Data budget of a built-in kv replica in bytes (`maxmemory`, else
+    /// `resources.memory`); 0: none. See `stator_kv::budget`.
+    #[serde(default)]
+    pub kv_maxmemory_bytes: u64,
 }
 
 /// Whether an instance runs forever or to completion.

@@ -300,6 +300,13 @@ pub struct ServiceSpec {
     /// fsyncs of a replica's log; [`DEFAULT_FSYNC_INTERVAL_MS`] when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fsync_interval_ms: Option<u64>,
+    /// Replicated `builtin = "kv"` only: the data each replica may hold before writes
+    /// that grow it are refused with Redis' OOM error (the `noeviction` policy); absent
+    /// or `"0"` for no budget. Fixed for the service's life: every replica must refuse the
+    /// same writes, so it cannot follow `resources.memory` (which the autoscaler resizes).
+    /// See [`ServiceSpec::kv_maxmemory_bytes`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maxmemory: Option<MemoryMib>,
 }
 
 /// Where a replicated service's replicas keep their Raft log, vote and snapshots, and
@@ -433,10 +440,10 @@ impl ServiceSpec {
                 ));
             }
         }
-        if matches!(self.app, AppSpec::Container(_)) {
+        if self.maxmemory.is_some() && !self.app.is_builtin_kv() {
             return Err(SpecError::invalid(
-                "app.container",
-                "replicated services do not run containers yet (stator-sm/1 apps inside containers are a next step); use app = { process = { command = [...] } } or a stateless service",
+                "maxmemory",
+                "is the budget of the built-in kv app only; remove it, or use resources.memory to limit a process or container app",
             ));
         }
         if self.expose.resp.is_some() && !self.app.is_builtin_kv() {
@@ -554,6 +561,9 @@ impl ServiceSpec {
             if self.fsync_interval_ms.is_some() {
                 return Err(misplaced("fsync_interval_ms", "replicated"));
             }
+            if self.maxmemory.is_some() {
+                return Err(misplaced("maxmemory", "replicated"));
+            }
         }
         if kind != ServiceKind::Stateless {
             if self.instances != default_instances() {
@@ -578,6 +588,16 @@ impl ServiceSpec {
             }
         }
         Ok(())
+    }
+
+    /// The data budget of each replica of a built-in kv service, in bytes: `maxmemory`;
+    /// 0 (no budget) when it is absent or `"0"`, and for other apps.
+    pub fn kv_maxmemory_bytes(&self) -> u64 {
+        if !self.app.is_builtin_kv() {
+            return 0;
+        }
+        let mib = self.maxmemory.map_or(0, |m| m.0);
+        mib.saturating_mul(1024 * 1024)
     }
 
     /// The fsync interval of a `periodic` service (0 for the other modes).
@@ -1429,6 +1449,35 @@ qos = { p99_latency_ms = 5 }
             Err(SpecError::Invalid { field, .. }) => field,
             other => panic!("expected an invalid field, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn kv_budget_comes_from_maxmemory_only_and_only_kv_takes_it() {
+        let budget = |extra: &str| {
+            let spec = parse_spec(&format!("{DESIGN_EXAMPLE}{extra}"), SpecFormat::Auto).unwrap();
+            spec.validate().unwrap();
+            spec.kv_maxmemory_bytes()
+        };
+        assert_eq!(budget(""), 0, "no budget unless asked for");
+        assert_eq!(budget("maxmemory = \"16Mi\"\n"), 16 * 1024 * 1024);
+        assert_eq!(budget("maxmemory = \"0\"\n"), 0, "0: no budget");
+        let process = "name = \"r\"\nkind = \"replicated\"\nmaxmemory = \"1Mi\"\n\
+                       app = { process = { command = [\"app\"] } }\n";
+        let spec = parse_spec(process, SpecFormat::Auto).unwrap();
+        assert_eq!(invalid_field(spec.validate()), "maxmemory");
+        let stateless = "name = \"w\"\nkind = \"stateless\"\nmaxmemory = \"1Mi\"\n\
+                         app = { process = { command = [\"app\"] } }\n";
+        let spec = parse_spec(stateless, SpecFormat::Auto).unwrap();
+        assert_eq!(invalid_field(spec.validate()), "maxmemory");
+    }
+
+    #[test]
+    fn replicated_services_may_run_container_apps() {
+        let text = "name = \"rooms\"\nkind = \"replicated\"\n\
+                    app = { container = { image = \"oci:img:1\", command = [\"/app\"] } }\n";
+        let spec = parse_spec(text, SpecFormat::Auto).unwrap();
+        spec.validate().unwrap();
+        assert_eq!(spec.kv_maxmemory_bytes(), 0);
     }
 
     #[test]

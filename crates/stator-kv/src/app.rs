@@ -42,8 +42,7 @@ impl StateMachine for KvMachine {
     }
 
     async fn restore(&mut self, snapshot: &[u8]) -> Result<(), AppError> {
-        *self = snapshot::decode(snapshot)?;
-        Ok(())
+        self.restore_keeping_budget(snapshot)
     }
 
     fn state_bytes(&self) -> u64 {

@@ -25,6 +25,8 @@
 //!   cursors, Redis' glob matcher, `%.17g` doubles, LMPOP/ZMPOP arguments).
 //! - [`scripting`]: the Lua 5.1 sandbox (mlua, vendored Lua): one VM per run, Redis' Lua
 //!   <-> RESP conversions, the `redis` library, the instruction and memory limits.
+//! - [`budget`]: `maxmemory` with the `noeviction` policy: [`budget::MemoryBudget`] and
+//!   Redis' OOM reply, decided in apply from the machine's own byte accounting.
 //! - [`transaction`]: `MULTI ... EXEC` as one `STATOR.EXEC` entry: [`encode_exec`],
 //!   [`queued_command_error`].
 //! - `snapshot`: the snapshot byte format (version 3 with types and scripts; versions 2
@@ -89,6 +91,7 @@
 //! [`encode_exec`]; commands are checked as they are queued with [`queued_command_error`].
 
 mod app;
+pub mod budget;
 pub mod command;
 mod keyspace;
 pub mod machine;

@@ -53,6 +53,8 @@ pub struct KvMachine {
     pub(crate) in_transaction: bool,
     /// The EVAL script cache and FUNCTION libraries: state, in snapshots.
     pub(crate) scripts: Scripts,
+    /// `maxmemory`: configuration, not state (never in a snapshot); see [`crate::budget`].
+    pub(crate) budget: crate::budget::MemoryBudget,
 }
 
 /// Units of an expiry argument.
@@ -110,6 +112,9 @@ impl KvMachine {
         let now_ms = self.now_ms;
         for index in spec.key_indexes(&argv) {
             self.keyspace.reclaim_if_expired(&argv[index], now_ms);
+        }
+        if let Some(refusal) = self.budget.refusal(spec, &argv, self.keyspace.bytes()) {
+            return refusal;
         }
         match spec.kind {
             // Applied through the log, EVAL_RO caches its script as Redis does.

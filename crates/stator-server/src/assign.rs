@@ -65,6 +65,8 @@ pub fn assignments_for(cluster: &Cluster, node: NodeId) -> Assignments {
                         cpu_millis: design.member_cpu_millis(node, spec.resources.cpu_millis()),
                         durability: spec.durability,
                         fsync_interval_ms: spec.fsync_interval_ms(),
+                        memory_mib: spec.resources.memory_mib(),
+                        kv_maxmemory_bytes: spec.kv_maxmemory_bytes(),
                     });
                 }
             }

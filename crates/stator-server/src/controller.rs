@@ -1008,6 +1008,16 @@ fn check_immutable(old: &ServiceSpec, new: &ServiceSpec) -> Result<()> {
                 ),
             });
         }
+        if old.kv_maxmemory_bytes() != new.kv_maxmemory_bytes() {
+            return Err(ServerError::Conflict {
+                field: "maxmemory",
+                reason: format!(
+                    "cannot change from {} to {} bytes on an existing service: every replica must refuse the same writes, and replicas already running keep the budget they started with; delete and re-create it",
+                    old.kv_maxmemory_bytes(),
+                    new.kv_maxmemory_bytes()
+                ),
+            });
+        }
         if old.replicas != new.replicas {
             return Err(ServerError::Conflict {
                 field: "replicas",

@@ -89,6 +89,13 @@ pub enum SmError {
         #[source]
         source: std::io::Error,
     },
+    /// The launcher could not prepare the app's start (e.g. its container image is bad
+    /// or the container runtime is missing); the message says what to fix.
+    #[error("cannot launch the app: {message}")]
+    Launch {
+        /// What went wrong and what to do.
+        message: String,
+    },
     /// The app answered a request with an ERROR frame.
     #[error("app failed {request}: {message}")]
     AppReported {
@@ -166,6 +173,7 @@ impl From<SmError> for stator_api::app::AppError {
             | SmError::Timeout { .. }
             | SmError::AppExited { .. }
             | SmError::Spawn { .. }
+            | SmError::Launch { .. }
             | SmError::RestartBudgetExhausted { .. }
             | SmError::Stopped { .. }
             | SmError::SocketPathTooLong { .. }

@@ -133,6 +133,28 @@ impl ProcessMachineConfig {
     }
 }
 
+/// How a [`ProcessMachine`] starts its app and cleans up after it.
+///
+/// The default runs [`ProcessMachineConfig::program`] directly. The agent's container
+/// driver implements it to run the app inside a container (`runc run` as the child),
+/// with the run directory bind-mounted so the app reaches the socket.
+///
+/// To ensure correctness an implementation must:
+/// - return a command whose process lives exactly as long as the app: the machine
+///   watches it to tell a crash, and kills it to stop the app;
+/// - make [`Launcher::cleanup`] idempotent and safe to call when nothing was started:
+///   it runs after every exit of the app (crash, restart, shutdown) and on drop.
+#[async_trait]
+pub trait Launcher: Send + Sync + 'static {
+    /// The command that starts the app once; called before every (re)start. The
+    /// machine sets stdin, stdout, stderr and `kill_on_drop` itself.
+    async fn command(&self, config: &ProcessMachineConfig) -> Result<Command, SmError>;
+
+    /// Removes what a start left behind once its process is gone (e.g. a container and
+    /// its mounts). Blocking; keep it short: it also runs on drop.
+    fn cleanup(&self, config: &ProcessMachineConfig);
+}
+
 /// A cheap, shareable view of a running [`ProcessMachine`], for metrics and tests
 /// (the machine itself usually sits boxed inside a replica).
 #[derive(Debug, Clone, Default)]
@@ -180,6 +202,8 @@ struct BufferedApply {
 /// Dropping the machine kills the app and removes the socket.
 pub struct ProcessMachine {
     config: ProcessMachineConfig,
+    /// None: run `config.program` directly.
+    launcher: Option<Arc<dyn Launcher>>,
     handle: ProcessHandle,
     listener: Option<UnixListener>,
     child: Option<Child>,
@@ -211,6 +235,7 @@ impl ProcessMachine {
         }
         ProcessMachine {
             config,
+            launcher: None,
             handle: ProcessHandle::default(),
             listener: None,
             child: None,
@@ -224,6 +249,13 @@ impl ProcessMachine {
             stopped: None,
             write_buffer: Vec::new(),
         }
+    }
+
+    /// A machine whose app `launcher` starts (e.g. inside a container).
+    pub fn with_launcher(config: ProcessMachineConfig, launcher: Arc<dyn Launcher>) -> Self {
+        let mut machine = Self::new(config);
+        machine.launcher = Some(launcher);
+        machine
     }
 
     /// The shareable handle (restart count, pid).
@@ -263,8 +295,16 @@ impl ProcessMachine {
             {
                 kill_and_reap(&mut child).await;
             }
+            self.clean_up_after_exit();
         }
         self.handle.0.pid.store(0, Ordering::Relaxed);
+    }
+
+    /// Lets the launcher remove what the last start left (a container).
+    fn clean_up_after_exit(&self) {
+        if let Some(launcher) = &self.launcher {
+            launcher.cleanup(&self.config);
+        }
     }
 
     /// Fails fast once the machine has stopped.
@@ -288,6 +328,7 @@ impl ProcessMachine {
             self.connection = None;
             if let Some(mut child) = self.child.take() {
                 kill_and_reap(&mut child).await;
+                self.clean_up_after_exit();
             }
             self.handle.0.pid.store(0, Ordering::Relaxed);
         }
@@ -337,10 +378,11 @@ impl ProcessMachine {
         self.started_once = true;
         if let Some(mut child) = self.child.take() {
             kill_and_reap(&mut child).await;
+            self.clean_up_after_exit();
         }
         self.handle.0.pid.store(0, Ordering::Relaxed);
         self.ensure_listener()?;
-        self.spawn()?;
+        self.spawn().await?;
         let mut connection = self.accept().await?;
 
         let timeout = self.config.limits.request_timeout;
@@ -433,7 +475,23 @@ impl ProcessMachine {
         Ok(())
     }
 
-    fn spawn(&mut self) -> Result<(), SmError> {
+    /// The command of an app run directly (no launcher).
+    fn process_command(config: &ProcessMachineConfig) -> Command {
+        let mut command = Command::new(&config.program);
+        command
+            .args(&config.args)
+            .envs(config.env.iter().map(|(key, value)| (key, value)))
+            .env(ENV_SOCKET, config.socket_path())
+            .env(ENV_SERVICE, &config.service)
+            .env(ENV_PARTITION, config.partition.to_string())
+            .env(ENV_REPLICA, config.replica.to_string());
+        if let Some(working_dir) = &config.working_dir {
+            command.current_dir(working_dir);
+        }
+        command
+    }
+
+    async fn spawn(&mut self) -> Result<(), SmError> {
         let config = &self.config;
         let open_log = |name: &str| {
             OpenOptions::new()
@@ -442,21 +500,15 @@ impl ProcessMachine {
                 .open(config.run_dir.join(name))
                 .map_err(SmError::io("opening an app log file"))
         };
-        let mut command = Command::new(&config.program);
+        let mut command = match &self.launcher {
+            Some(launcher) => launcher.command(config).await?,
+            None => Self::process_command(config),
+        };
         command
-            .args(&config.args)
-            .envs(config.env.iter().map(|(key, value)| (key, value)))
-            .env(ENV_SOCKET, config.socket_path())
-            .env(ENV_SERVICE, &config.service)
-            .env(ENV_PARTITION, config.partition.to_string())
-            .env(ENV_REPLICA, config.replica.to_string())
             .stdin(Stdio::null())
             .stdout(open_log(STDOUT_LOG_FILE)?)
             .stderr(open_log(STDERR_LOG_FILE)?)
             .kill_on_drop(true);
-        if let Some(working_dir) = &config.working_dir {
-            command.current_dir(working_dir);
-        }
         let child = command.spawn().map_err(|source| SmError::Spawn {
             program: config.program.clone(),
             source,
@@ -543,7 +595,11 @@ impl ProcessMachine {
 
 impl Drop for ProcessMachine {
     fn drop(&mut self) {
-        // kill_on_drop ends the app; the socket file would otherwise linger.
+        // kill_on_drop ends the app (or its launcher's process, hence the cleanup); the
+        // socket file would otherwise linger.
+        if self.child.is_some() {
+            self.clean_up_after_exit();
+        }
         if self.listener.is_some() {
             let _ = std::fs::remove_file(self.config.socket_path());
         }

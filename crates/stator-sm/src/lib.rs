@@ -13,7 +13,8 @@
 //! - [`host`] (feature `host`, on by default): [`host::ProcessMachine`], the agent's
 //!   [`stator_api::app::StateMachine`] that spawns the app, forwards calls and
 //!   restarts, restores and replays it after a crash; [`host::ProcessFactory`] builds
-//!   one per group.
+//!   one per group. A [`host::Launcher`] changes how the app starts (the agent's
+//!   container driver runs it with runc, the socket directory bind-mounted in).
 //! - [`error`]: [`SmError`], the crate's one error type.
 
 pub mod error;

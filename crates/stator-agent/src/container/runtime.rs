@@ -25,7 +25,6 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use serde_json::json;
-use stator_api::agent::InstanceAssignment;
 use stator_api::container::{parse_user, ContainerSpec, ImageRef};
 use tokio::process::Command;
 
@@ -180,10 +179,12 @@ impl ContainerRuntime {
     }
 
     /// Unpacks (or finds) the image, mounts the rootfs and writes the bundle for a run
-    /// of `assignment`. Blocking (image unpacking is file IO).
+    /// of container `id` (an instance id, or a replica's cgroup name: runc's name for
+    /// the container, its hostname and its cgroup's). Blocking (image unpacking is file
+    /// IO).
     pub fn prepare(
         &self,
-        assignment: &InstanceAssignment,
+        id: &str,
         container: &ContainerSpec,
         instance_dir: &Path,
         env: &BTreeMap<String, String>,
@@ -212,7 +213,7 @@ impl ContainerRuntime {
             })?;
         }
         mount_overlay(&image.rootfs, &upper, &work, &rootfs)?;
-        let config = runtime_config(assignment, container, &image.config, env, cgroups)
+        let config = runtime_config(id, container, &image.config, env, cgroups)
             .inspect_err(|_| self.teardown(&dir))?;
         let path = bundle.join("config.json");
         config
@@ -220,7 +221,7 @@ impl ContainerRuntime {
             .map_err(|e| format!("cannot write {}: {e}", path.display()))
             .inspect_err(|_| self.teardown(&dir))?;
         Ok(PreparedContainer {
-            id: assignment.id.clone(),
+            id: id.to_string(),
             dir,
             image,
         })
@@ -382,7 +383,7 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 
 /// The OCI runtime config of one run, checked against the OCI types.
 fn runtime_config(
-    assignment: &InstanceAssignment,
+    id: &str,
     container: &ContainerSpec,
     image: &ImageRunConfig,
     extra_env: &BTreeMap<String, String>,
@@ -455,7 +456,7 @@ fn runtime_config(
         "readonlyPaths": READONLY_PATHS,
     });
     if let Some(cgroups) = cgroups {
-        linux["cgroupsPath"] = json!(cgroups.container_path_of(&assignment.id));
+        linux["cgroupsPath"] = json!(cgroups.container_path_of(id));
     }
     let document = json!({
         "ociVersion": "1.0.2",
@@ -471,7 +472,7 @@ fn runtime_config(
             "noNewPrivileges": true,
         },
         "root": {"path": "rootfs", "readonly": container.read_only_rootfs},
-        "hostname": assignment.id,
+        "hostname": id,
         "mounts": mounts,
         "linux": linux,
     });
@@ -482,25 +483,7 @@ fn runtime_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stator_api::agent::InstanceKind;
     use stator_api::container::MountSpec;
-
-    fn assignment() -> InstanceAssignment {
-        InstanceAssignment {
-            id: "web-0".into(),
-            service: "web".into(),
-            kind: InstanceKind::Stateless,
-            command: Vec::new(),
-            env: BTreeMap::new(),
-            working_dir: None,
-            port: Some(8080),
-            readiness: None,
-            cpu_millis: 100,
-            memory_mib: 64,
-            cpu_limit_millis: None,
-            container: None,
-        }
-    }
 
     #[test]
     fn the_runtime_config_isolates_and_follows_the_spec() {
@@ -523,7 +506,7 @@ mod tests {
             user: Some("1000".into()),
         };
         let env = BTreeMap::from([("PORT".to_string(), "8080".to_string())]);
-        let spec = runtime_config(&assignment(), &container, &image, &env, None).unwrap();
+        let spec = runtime_config("web-0", &container, &image, &env, None).unwrap();
         let value = serde_json::to_value(&spec).unwrap();
         assert_eq!(value["process"]["args"], json!(["/bin/httpd", "-f"]));
         assert_eq!(value["process"]["cwd"], json!("/www"));
@@ -551,7 +534,7 @@ mod tests {
             ..Default::default()
         };
         let error = runtime_config(
-            &assignment(),
+            "web-0",
             &container,
             &ImageRunConfig::default(),
             &BTreeMap::new(),
@@ -565,7 +548,7 @@ mod tests {
             ..Default::default()
         };
         let error =
-            runtime_config(&assignment(), &container, &image, &BTreeMap::new(), None).unwrap_err();
+            runtime_config("web-0", &container, &image, &BTreeMap::new(), None).unwrap_err();
         assert!(error.contains("app.container.user"), "{error}");
     }
 }
