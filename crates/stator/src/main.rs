@@ -1,12 +1,13 @@
 //! The `stator` binary: every verb of the CLI.
 
-mod bench;
-mod chaos;
-mod client;
 mod commands;
-mod context;
 mod pools;
 mod up;
+
+use stator_bench as bench;
+use stator_chaos as chaos;
+use stator_client::{api as client, context};
+use stator_harness::shutdown_signal;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
@@ -423,15 +424,6 @@ fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
         return Err(format!("LOW must be 1..=HIGH in {text:?}"));
     }
     Ok((low, high))
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("signal handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 /// A bad command line: help and version print as clap prints them; errors become one

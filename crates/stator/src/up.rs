@@ -7,7 +7,8 @@
 //! `local` node provider (`pools.rs`), and the server's autoscaler adds and releases
 //! agents of those pools through the same provider.
 
-use crate::context::{self, Context};
+use stator_client::context::{self, Context};
+use stator_harness::AGENT_RESTART_DELAY;
 use crate::pools::{self, AgentProcess, Agents, Launch, LocalProvider};
 use anyhow::Context as _;
 use std::path::PathBuf;
@@ -16,9 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::process::{Child, Command};
 
-/// How long a dead agent stays down before `up` starts it again: longer than the
-/// server's heartbeat grace, so the cluster first sees the node as lost and heals.
-pub const AGENT_RESTART_DELAY: Duration = Duration::from_secs(5);
 /// Zones agents are spread over, round-robin, so `spread = "zone"` has three domains.
 const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
 /// CPU each agent offers without `--pools` (the agent's own default).
@@ -231,7 +229,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let api = crate::client::Api::new(&Context {
+    let api = stator_client::Api::new(&Context {
         server: url.clone(),
         token: server.api_token().to_string(),
         gateway_http: None,

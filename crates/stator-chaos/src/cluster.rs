@@ -8,9 +8,10 @@
 //! directory. Also: the API calls the nemesis needs, failing over between servers.
 
 use super::netns::Netns;
-use crate::bench::baselines::Servers as Etcd;
-use crate::client::Api;
-use crate::context::{self, Context};
+use stator_client::context::{self, Context};
+use stator_client::Api;
+use stator_harness::servers::Servers as Etcd;
+pub use stator_harness::process::{agent_pids, is_stopped, process_age_ms};
 use anyhow::{bail, Context as _};
 use base64::Engine as _;
 use stator_server::model::NodeState;
@@ -159,7 +160,7 @@ impl Cluster {
             Placement::Netns(netns) => netns.bridge_ip().into(),
         };
         let etcd = if with_etcd {
-            Some(crate::bench::baselines::start_etcd(1).await?)
+            Some(stator_harness::servers::start_etcd(1).await?)
         } else {
             None
         };
@@ -283,7 +284,7 @@ impl Cluster {
                 program,
                 args,
                 log: dir.join("agent.log"),
-                restart_delay: crate::up::AGENT_RESTART_DELAY,
+                restart_delay: stator_harness::AGENT_RESTART_DELAY,
                 child: None,
                 restart_at: None,
             })?;
@@ -644,75 +645,4 @@ async fn supervise(procs: Arc<Mutex<Vec<Proc>>>) {
             }
         }
     }
-}
-
-/// Agent processes of `up_pid` by node name, from `/proc` (children whose command line is
-/// `stator agent ... --name NODE ...`).
-pub fn agent_pids(up_pid: u32) -> BTreeMap<String, u32> {
-    let mut agents = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return agents;
-    };
-    for entry in dir.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid ...`: comm may hold spaces, so split after the last ')'.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid != Some(up_pid) {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.get(1).copied() != Some(b"agent".as_slice()) {
-            continue;
-        }
-        if let Some(at) = args.iter().position(|a| *a == b"--name") {
-            if let Some(name) = args.get(at + 1) {
-                agents.insert(String::from_utf8_lossy(name).into_owned(), pid);
-            }
-        }
-    }
-    agents
-}
-
-/// Milliseconds since process `pid` started, from `/proc`.
-pub fn process_age_ms(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 22 (starttime, clock ticks after boot); 20th after the `(comm)` field.
-    let start_ticks: u64 = stat
-        .rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()?;
-    let uptime_s: f64 = std::fs::read_to_string("/proc/uptime")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Some(((uptime_s - start_ticks as f64 / ticks_per_s).max(0.0) * 1000.0) as u64)
-}
-
-/// Whether `pid` is stopped (SIGSTOP), from `/proc/PID/stat`.
-pub fn is_stopped(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().next().map(|c| c == "T"))
-        })
-        .unwrap_or(false)
 }

@@ -1,7 +1,7 @@
 //! Baselines on loopback: a 3-member etcd (Debian's etcd-server) driven through its JSON
 //! gateway, and Redis with one replica driven with `SET` + `WAIT 1 0` in one round trip.
 
-use super::{free_port, installed};
+use crate::{free_port, installed};
 use anyhow::{bail, Context};
 use base64::Engine;
 use std::process::{Child, Command, Stdio};

@@ -223,7 +223,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
     // below.
     let outcome = tokio::select! {
         outcome = run_in(&opts, &kinds, &placement, with_etcd, firewall.clone(), data_dir.path(), skipped) => outcome,
-        _ = crate::shutdown_signal() => Err(anyhow::anyhow!("interrupted; cluster stopped, partitions healed")),
+        _ = stator_harness::shutdown_signal() => Err(anyhow::anyhow!("interrupted; cluster stopped, partitions healed")),
     };
     drop(placement);
     if let Some(netns) = netns {
@@ -270,7 +270,7 @@ fn etcd_unavailable() -> Option<String> {
             "needs several servers on etcd: rebuild with `--features etcd` (needs protoc)".into(),
         );
     }
-    if !crate::bench::installed("etcd") {
+    if !stator_harness::installed("etcd") {
         return Some("needs an etcd binary (apt-get install etcd-server)".into());
     }
     None

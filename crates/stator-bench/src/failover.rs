@@ -12,10 +12,9 @@
 //! computed from the client's record once the client has stopped; then every
 //! acknowledged key is read back.
 
-use super::baselines::{etcd_put, RespConn};
+use stator_harness::servers::{etcd_put, RespConn};
 use super::{free_port, installed};
-use crate::client::Api;
-use crate::context::Context;
+use stator_client::{Api, Context};
 use anyhow::{bail, Context as _};
 use async_trait::async_trait;
 use base64::Engine;
@@ -573,7 +572,7 @@ impl UpCluster {
             }
         }
         let up_pid = self.child.id().context("`stator up` has exited")?;
-        if let Some(pid) = crate::chaos::cluster::agent_pids(up_pid).get(name) {
+        if let Some(pid) = stator_harness::process::agent_pids(up_pid).get(name) {
             return Ok(*pid as i32);
         }
         bail!("no running agent named {name} under `stator up` (pid {up_pid})")

@@ -11,7 +11,7 @@
 //! proposes every write as its own log entry (no write batching at the leader), and for
 //! `GET`, `stator-readindex` takes a read-index quorum round instead of the leader lease.
 
-use super::baselines::{etcd_put, start_etcd, start_redis_with_replica, RespConn};
+use stator_harness::servers::{etcd_put, start_etcd, start_redis_with_replica, RespConn};
 use super::latency::{Recorder, Run};
 use anyhow::Context;
 use async_trait::async_trait;
