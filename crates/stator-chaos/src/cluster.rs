@@ -10,19 +10,17 @@
 use super::netns::Netns;
 use stator_client::context::{self, Context};
 use stator_client::Api;
-use stator_harness::servers::Servers as Etcd;
+use stator_harness::etcd::LocalEtcd as Etcd;
+use stator_harness::supervisor::{ProcessSpec, Supervisor};
 pub use stator_harness::process::{agent_pids, is_stopped, process_age_ms};
 use anyhow::{bail, Context as _};
-use base64::Engine as _;
 use stator_server::model::NodeState;
 use stator_server::views::{NodeView, PartitionView};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -37,8 +35,6 @@ pub const ETCD_SERVERS: usize = 3;
 pub const SERVER_RESTART_DELAY: Duration = Duration::from_secs(3);
 /// How long a dead gateway stays down (it is not a fault target; a crash is logged).
 const GATEWAY_RESTART_DELAY: Duration = Duration::from_secs(1);
-/// How often the supervisor looks for exited processes.
-const SUPERVISE_INTERVAL: Duration = Duration::from_millis(100);
 /// Time allowed for the processes to stop after SIGTERM before they are killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Zones agents are spread over, round-robin, as `stator up` does.
@@ -54,60 +50,11 @@ pub enum Placement {
     Netns(Arc<Netns>),
 }
 
-/// What a supervised process is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Role {
-    Server(usize),
-    Gateway,
-    Agent(String),
-}
-
-/// A supervised child process and how to start it again.
-struct Proc {
-    role: Role,
-    program: PathBuf,
-    args: Vec<String>,
-    log: PathBuf,
-    restart_delay: Duration,
-    child: Option<Child>,
-    restart_at: Option<Instant>,
-}
-
-impl Proc {
-    fn spawn(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .with_context(|| format!("opening {}", self.log.display()))?;
-        let mut cmd = Command::new(&self.program);
-        cmd.args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true);
-        // SAFETY: prctl is async-signal-safe; if chaos dies, its cluster dies with it.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        self.child = Some(
-            cmd.spawn()
-                .with_context(|| format!("starting {:?}", self.role))?,
-        );
-        Ok(())
-    }
-
-    fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(Child::id)
-    }
-}
-
 /// The running cluster and clients of its API.
 pub struct Cluster {
-    procs: Arc<Mutex<Vec<Proc>>>,
+    /// The servers (`server s0`...), the `gateway` and the agents (`agent node-1`...).
+    processes: Supervisor,
+    /// The task restarting exited processes.
     supervisor: Option<JoinHandle<()>>,
     /// One API client per server, tried in turn.
     apis: Vec<Api>,
@@ -127,6 +74,21 @@ fn free_port(ip: IpAddr) -> anyhow::Result<u16> {
     let listener =
         std::net::TcpListener::bind((ip, 0)).with_context(|| format!("binding a port on {ip}"))?;
     Ok(listener.local_addr()?.port())
+}
+
+/// The supervisor's name of the gateway process.
+const GATEWAY: &str = "gateway";
+/// Prefix of the supervisor's names of agent processes (`agent node-1`).
+const AGENT_PREFIX: &str = "agent ";
+
+/// The supervisor's name of server `index`'s process.
+fn server_name(index: usize) -> String {
+    format!("server s{index}")
+}
+
+/// The supervisor's name of agent `node`'s process.
+fn agent_name(node: &str) -> String {
+    format!("{AGENT_PREFIX}{node}")
 }
 
 /// Whether the node is registered and alive (not lost).
@@ -166,7 +128,7 @@ impl Cluster {
         };
         let server_count = if etcd.is_some() { ETCD_SERVERS } else { 1 };
         let mut cluster = Cluster {
-            procs: Arc::new(Mutex::new(Vec::new())),
+            processes: Supervisor::new("chaos"),
             supervisor: None,
             apis: Vec::new(),
             server_urls: Vec::new(),
@@ -193,21 +155,20 @@ impl Cluster {
             args.extend(["--data-dir".into(), dir.display().to_string()]);
             if let Some(etcd) = &cluster.etcd {
                 let hosts: Vec<&str> = etcd
-                    .endpoints
+                    .endpoints()
                     .iter()
                     .map(|e| e.trim_start_matches("http://"))
                     .collect();
                 args.extend(["--store".into(), format!("etcd://{}", hosts.join(","))]);
             }
             cluster.server_urls.push(url.clone());
-            cluster.launch(Proc {
-                role: Role::Server(i),
+            cluster.processes.start(ProcessSpec {
+                name: server_name(i),
                 program: exe.clone(),
                 args,
                 log: dir.join("server.log"),
+                pid_file: None,
                 restart_delay: SERVER_RESTART_DELAY,
-                child: None,
-                restart_at: None,
             })?;
             cluster.wait_server(i, &dir, deadline).await?;
         }
@@ -224,8 +185,8 @@ impl Cluster {
         let urls = cluster.server_urls.join(",");
 
         let gateway_http = format!("{host_ip}:{}", free_port(host_ip)?);
-        cluster.launch(Proc {
-            role: Role::Gateway,
+        cluster.processes.start(ProcessSpec {
+            name: GATEWAY.into(),
             program: exe.clone(),
             args: vec![
                 "gateway".into(),
@@ -237,9 +198,8 @@ impl Cluster {
                 gateway_http,
             ],
             log: data_dir.join("gateway.log"),
+            pid_file: None,
             restart_delay: GATEWAY_RESTART_DELAY,
-            child: None,
-            restart_at: None,
         })?;
 
         for (i, name) in node_names(nodes).into_iter().enumerate() {
@@ -279,17 +239,16 @@ impl Cluster {
                 "--data-dir".into(),
                 dir.display().to_string(),
             ]);
-            cluster.launch(Proc {
-                role: Role::Agent(name),
+            cluster.processes.start(ProcessSpec {
+                name: agent_name(&name),
                 program,
                 args,
                 log: dir.join("agent.log"),
+                pid_file: None,
                 restart_delay: stator_harness::AGENT_RESTART_DELAY,
-                child: None,
-                restart_at: None,
             })?;
         }
-        cluster.supervisor = Some(tokio::spawn(supervise(cluster.procs.clone())));
+        cluster.supervisor = Some(tokio::spawn(cluster.processes.clone().run()));
 
         loop {
             let ready = cluster
@@ -309,12 +268,6 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(cluster)
-    }
-
-    fn launch(&self, mut proc: Proc) -> anyhow::Result<()> {
-        proc.spawn()?;
-        self.procs.lock().expect("not poisoned").push(proc);
-        Ok(())
     }
 
     /// Waits until server `index` has written its tokens and answers `/healthz`.
@@ -354,46 +307,28 @@ impl Cluster {
         self.etcd.is_some()
     }
 
-    fn pid_of(&self, role: &Role) -> Option<u32> {
-        self.procs
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .find(|p| p.role == *role)
-            .and_then(Proc::pid)
-    }
-
     /// The process id of agent `node`, if it runs now.
     pub fn agent_pid(&self, node: &str) -> Option<u32> {
-        self.pid_of(&Role::Agent(node.to_string()))
+        self.processes.pid(&agent_name(node))
     }
 
-    /// The agents running now, by name.
+    /// The agents running now, by node name.
     pub fn agent_pids(&self) -> BTreeMap<String, u32> {
-        self.procs
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .filter_map(|p| match (&p.role, p.pid()) {
-                (Role::Agent(name), Some(pid)) => Some((name.clone(), pid)),
-                _ => None,
-            })
+        self.processes
+            .pids(|name| name.starts_with(AGENT_PREFIX))
+            .into_iter()
+            .map(|(name, pid)| (name[AGENT_PREFIX.len()..].to_string(), pid))
             .collect()
     }
 
     /// The process id of server `index`, if it runs now.
     pub fn server_pid(&self, index: usize) -> Option<u32> {
-        self.pid_of(&Role::Server(index))
+        self.processes.pid(&server_name(index))
     }
 
     /// Whether server `index` runs (not waiting for its restart).
     pub fn server_running(&self, index: usize) -> bool {
-        let mut procs = self.procs.lock().expect("not poisoned");
-        procs
-            .iter_mut()
-            .find(|p| p.role == Role::Server(index))
-            .and_then(|p| p.child.as_mut())
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.processes.is_running(&server_name(index))
     }
 
     /// The index of the server holding the controller lease, read from etcd; `None`
@@ -406,22 +341,13 @@ impl Cluster {
     /// revision is a new term, even for the same server).
     pub async fn controller_term(&self) -> Option<(usize, u64)> {
         let etcd = self.etcd.as_ref()?;
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let body = serde_json::json!({ "key": b64.encode(LEADER_KEY) });
-        let answer: serde_json::Value = self
-            .http
-            .post(format!("{}/v3/kv/range", etcd.endpoints[0]))
-            .json(&body)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        let kv = &answer["kvs"][0];
-        let url = String::from_utf8(b64.decode(kv["value"].as_str()?).ok()?).ok()?;
-        // The JSON gateway writes 64-bit integers as strings.
-        let revision = kv["create_revision"].as_str()?.parse().ok()?;
+        let (url, revision) = stator_harness::etcd::get_with_create_revision(
+            &self.http,
+            &etcd.endpoints()[0],
+            LEADER_KEY.as_bytes(),
+        )
+        .await?;
+        let url = String::from_utf8(url).ok()?;
         let index = self.server_urls.iter().position(|u| *u == url)?;
         Some((index, revision))
     }
@@ -565,11 +491,7 @@ impl Cluster {
 
     /// Fails if the gateway is gone for good (it is not a fault target).
     pub fn check_running(&mut self) -> anyhow::Result<()> {
-        let procs = self.procs.lock().expect("not poisoned");
-        if procs
-            .iter()
-            .any(|p| p.role == Role::Gateway && p.child.is_none() && p.restart_at.is_none())
-        {
+        if self.processes.gave_up(GATEWAY) {
             bail!(
                 "the gateway could not be restarted; see {}",
                 self.data_dir.join("gateway.log").display()
@@ -584,29 +506,7 @@ impl Cluster {
             supervisor.abort();
             let _ = supervisor.await;
         }
-        let mut children: Vec<Child> = self
-            .procs
-            .lock()
-            .expect("not poisoned")
-            .iter_mut()
-            .filter_map(|p| p.child.take())
-            .collect();
-        for child in &children {
-            if let Some(pid) = child.id() {
-                // SAFETY: kill(2) on our own child; SIGCONT too, in case it is paused.
-                unsafe {
-                    libc::kill(pid as i32, libc::SIGTERM);
-                    libc::kill(pid as i32, libc::SIGCONT);
-                }
-            }
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        for child in &mut children {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if tokio::time::timeout(left, child.wait()).await.is_err() {
-                let _ = child.kill().await;
-            }
-        }
+        self.processes.stop_all(STOP_TIMEOUT).await;
         drop(self.etcd.take());
     }
 }
@@ -617,32 +517,6 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if let Some(supervisor) = self.supervisor.take() {
             supervisor.abort();
-        }
-    }
-}
-
-/// Starts exited processes again after their restart delay, until aborted.
-async fn supervise(procs: Arc<Mutex<Vec<Proc>>>) {
-    let mut ticker = tokio::time::interval(SUPERVISE_INTERVAL);
-    loop {
-        ticker.tick().await;
-        let mut procs = procs.lock().expect("not poisoned");
-        for proc in procs.iter_mut() {
-            if let Some(child) = proc.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    eprintln!(
-                        "chaos: {:?} exited ({status}); starting it again in {:?}",
-                        proc.role, proc.restart_delay
-                    );
-                    proc.child = None;
-                    proc.restart_at = Some(Instant::now() + proc.restart_delay);
-                }
-            } else if proc.restart_at.is_some_and(|t| Instant::now() >= t) {
-                proc.restart_at = None;
-                if let Err(e) = proc.spawn() {
-                    eprintln!("chaos: cannot start {:?} again: {e:#}", proc.role);
-                }
-            }
         }
     }
 }

@@ -3,12 +3,16 @@
 use crate::context::Context;
 use anyhow::bail;
 use serde::de::DeserializeOwned;
+use stator_server::model::NodeState;
+use stator_server::views::NodeView;
 use std::time::Duration;
 
 /// One call's timeout.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait to connect for a stream (a stream itself has no end to wait for).
 const STREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often [`Api::wait_for_ready_nodes`] asks again.
+const READY_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Largest event the stream reader buffers: events are a few hundred bytes; a server
 /// that sends more without a blank line is not speaking SSE.
 const MAX_EVENT_BYTES: usize = 1024 * 1024;
@@ -148,6 +152,33 @@ impl Api {
     pub async fn post(&self, path: &str) -> anyhow::Result<serde_json::Value> {
         let resp = self.send(self.http.post(self.url(path))).await?;
         Ok(resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// How many registered nodes are ready (not draining, drained or lost).
+    pub async fn ready_nodes(&self) -> anyhow::Result<usize> {
+        let nodes: Vec<NodeView> = self.get("/v1/nodes").await?;
+        Ok(nodes.iter().filter(|n| n.state == NodeState::Ready).count())
+    }
+
+    /// Waits until at least `expected` nodes are ready, at most `timeout`. An API that
+    /// does not answer yet counts as none ready (a server may still be starting).
+    pub async fn wait_for_ready_nodes(
+        &self,
+        expected: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let ready = self.ready_nodes().await.unwrap_or(0);
+            if ready >= expected {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "only {ready} of {expected} nodes were ready within {timeout:?}"
+            );
+            tokio::time::sleep(READY_POLL_INTERVAL).await;
+        }
     }
 
     /// DELETE; returns the JSON answer, if any.

@@ -2,14 +2,22 @@
 //! `stator chaos` and `stator bench` share, written once.
 //!
 //! # Layout
-//! - [`servers`]: etcd and Redis started on loopback (killed on drop), etcd's v3 JSON
-//!   gateway, and a RESP connection.
+//! - [`etcd`]: a real N-member etcd on loopback whose members can be killed and started
+//!   again, and calls to etcd's v3 JSON gateway.
+//! - [`servers`]: the benchmarks' baselines: etcd with default timing, Redis with a
+//!   replica (killed on drop).
+//! - [`supervisor`]: child processes kept running, restarted after a delay when they
+//!   exit (`stator up`'s agents, chaos's servers, gateway and agents).
+//! - [`resp`]: [`resp::Connection`], the one RESP client (bounded replies, pipelining).
 //! - [`process`]: process lookups in `/proc` (agents of a parent, a process's age,
 //!   whether it is stopped).
 //! - this file: free ports, programs on PATH, the shutdown signal, restart delays.
 
+pub mod etcd;
 pub mod process;
+pub mod resp;
 pub mod servers;
+pub mod supervisor;
 
 use std::time::Duration;
 

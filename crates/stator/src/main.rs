@@ -105,15 +105,16 @@ enum Verb {
         /// Node pool.
         #[arg(long, default_value = "default")]
         pool: String,
-        /// CPU offered, millicores.
-        #[arg(long, default_value_t = 4000)]
-        cpu: u64,
-        /// Memory offered, MiB.
-        #[arg(long, default_value_t = 8192)]
-        memory: u64,
-        /// Price of this machine per hour (for cost-aware placement).
-        #[arg(long, default_value_t = 0.0)]
-        price: f64,
+        /// CPU offered, millicores (`--cpu` is the old name, still accepted).
+        #[arg(long = "cpu-millis", alias = "cpu", default_value_t = 4000)]
+        cpu_millis: u64,
+        /// Memory offered, MiB (`--memory` is the old name, still accepted).
+        #[arg(long = "memory-mib", alias = "memory", default_value_t = 8192)]
+        memory_mib: u64,
+        /// Price of this machine per hour, USD, for cost-aware placement (`--price` is the
+        /// old name, still accepted).
+        #[arg(long = "price-per-hour", alias = "price", default_value_t = 0.0)]
+        price_per_hour: f64,
         /// Where the replica transport listens.
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: String,
@@ -271,11 +272,11 @@ enum Verb {
     },
     /// Jepsen-style run: a local cluster, clients, a nemesis and a linearizability verdict.
     #[command(
-        after_help = "Example:\n  stator chaos --duration 60 --faults kill,pause --history h.jsonl --json"
+        after_help = "Example:\n  stator chaos --duration-s 60 --faults kill,pause --history h.jsonl --json"
     )]
     Chaos {
-        /// Seconds of faults under load.
-        #[arg(long, default_value_t = 60)]
+        /// Seconds of faults under load (`--duration` is the old name, still accepted).
+        #[arg(long = "duration-s", alias = "duration", default_value_t = 60)]
         duration: u64,
         /// Fault kinds: kill, pause, partition, membership, server (the controller
         /// holder among three servers on etcd; needs the etcd feature and binary).
@@ -332,8 +333,9 @@ enum BenchVerb {
         /// Bytes per written value.
         #[arg(long, default_value_t = 100)]
         value_bytes: usize,
-        /// Measured seconds per run (after a 1 s warm-up).
-        #[arg(long, default_value_t = 5)]
+        /// Measured seconds per run, after a 1 s warm-up (`--duration` is the old name,
+        /// still accepted).
+        #[arg(long = "duration-s", alias = "duration", default_value_t = 5)]
         duration: u64,
         /// Partition groups (leaders spread over the hosts).
         #[arg(long, default_value_t = 1)]
@@ -603,9 +605,9 @@ fn run() -> anyhow::Result<()> {
                 name,
                 zone,
                 pool,
-                cpu,
-                memory,
-                price,
+                cpu_millis,
+                memory_mib,
+                price_per_hour,
                 listen,
                 resp_host,
                 advertise_host,
@@ -632,9 +634,9 @@ fn run() -> anyhow::Result<()> {
                 );
                 config.zone = zone;
                 config.pool = pool;
-                config.cpu_millis = cpu;
-                config.memory_mib = memory;
-                config.price_per_hour = price;
+                config.cpu_millis = cpu_millis;
+                config.memory_mib = memory_mib;
+                config.price_per_hour = price_per_hour;
                 config.listen = listen;
                 config.resp_host = resp_host;
                 config.advertise_host = advertise_host;
