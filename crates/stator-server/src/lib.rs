@@ -264,7 +264,10 @@ async fn lead_alone(
         // Stop serving from the stopped term before anything else.
         role.send_replace(Role::Electing);
         drop(term);
-        tracing::warn!(?exit, "the controller stopped; starting a new term from the store");
+        tracing::warn!(
+            ?exit,
+            "the controller stopped; starting a new term from the store"
+        );
         term = loop {
             tokio::select! {
                 biased;
