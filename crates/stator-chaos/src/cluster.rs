@@ -8,12 +8,12 @@
 //! directory. Also: the API calls the nemesis needs, failing over between servers.
 
 use super::netns::Netns;
+use anyhow::{bail, Context as _};
 use stator_client::context::{self, Context};
 use stator_client::Api;
 use stator_harness::etcd::LocalEtcd as Etcd;
-use stator_harness::supervisor::{ProcessSpec, Supervisor};
 pub use stator_harness::process::{agent_pids, is_stopped, process_age_ms};
-use anyhow::{bail, Context as _};
+use stator_harness::supervisor::{ProcessSpec, Supervisor};
 use stator_server::model::NodeState;
 use stator_server::views::{NodeView, PartitionView};
 use std::collections::BTreeMap;
@@ -56,12 +56,13 @@ pub struct Cluster {
     processes: Supervisor,
     /// The task restarting exited processes.
     supervisor: Option<JoinHandle<()>>,
-    /// One API client per server, tried in turn.
-    apis: Vec<Api>,
+    /// The API client, failing over between the servers (set once they are up).
+    api: Option<Api>,
     /// Each server's URL (also its advertised URL), by index.
     pub server_urls: Vec<String>,
     etcd: Option<Etcd>,
     http: reqwest::Client,
+    /// Where the processes keep their data and logs.
     pub data_dir: PathBuf,
     /// Where the kv service's RESP endpoint listens.
     pub resp_addr: String,
@@ -74,6 +75,16 @@ fn free_port(ip: IpAddr) -> anyhow::Result<u16> {
     let listener =
         std::net::TcpListener::bind((ip, 0)).with_context(|| format!("binding a port on {ip}"))?;
     Ok(listener.local_addr()?.port())
+}
+
+/// Copies the binary this run started from into `data_dir`: every process runs the
+/// copy, so a rebuild during the run (cargo replaces target/*/stator) does not change
+/// what a restarted server or agent runs.
+fn copy_this_binary(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let exe = data_dir.join("stator");
+    std::fs::copy("/proc/self/exe", &exe)
+        .with_context(|| format!("copying this binary to {}", exe.display()))?;
+    Ok(exe)
 }
 
 /// The supervisor's name of the gateway process.
@@ -111,12 +122,7 @@ impl Cluster {
         placement: &Placement,
         with_etcd: bool,
     ) -> anyhow::Result<Cluster> {
-        // Every process runs a copy of the binary this run started from: a rebuild
-        // during the run (cargo replaces target/*/stator) must not change what a
-        // restarted server or agent runs.
-        let exe = data_dir.join("stator");
-        std::fs::copy("/proc/self/exe", &exe)
-            .with_context(|| format!("copying this binary to {}", exe.display()))?;
+        let exe = copy_this_binary(data_dir)?;
         let host_ip: IpAddr = match placement {
             Placement::Loopback => [127, 0, 0, 1].into(),
             Placement::Netns(netns) => netns.bridge_ip().into(),
@@ -126,11 +132,10 @@ impl Cluster {
         } else {
             None
         };
-        let server_count = if etcd.is_some() { ETCD_SERVERS } else { 1 };
         let mut cluster = Cluster {
             processes: Supervisor::new("chaos"),
             supervisor: None,
-            apis: Vec::new(),
+            api: None,
             server_urls: Vec::new(),
             etcd,
             http: reqwest::Client::builder()
@@ -141,11 +146,33 @@ impl Cluster {
             nodes,
         };
         let deadline = Instant::now() + STARTUP_TIMEOUT;
-
-        // Servers: the first one alone, so the others adopt the tokens it stores.
+        cluster.start_servers(&exe, host_ip, deadline).await?;
         let s0 = data_dir.join("servers").join("s0");
+        let api_token = s0.join(stator_server::config::API_TOKEN_FILE);
+        let join_token = s0.join(stator_server::config::JOIN_TOKEN_FILE);
+        cluster.api = Some(Api::new(&Context {
+            server: cluster.server_urls.join(","),
+            token: context::read_token(&api_token)?,
+            gateway_http: None,
+        })?);
+        cluster.start_gateway(&exe, host_ip, &api_token)?;
+        cluster.start_agents(&exe, placement, &join_token)?;
+        cluster.supervisor = Some(tokio::spawn(cluster.processes.clone().run()));
+        cluster.wait_for_agents(deadline).await?;
+        Ok(cluster)
+    }
+
+    /// Starts the servers one after the other, each waited for: the first one alone, so
+    /// the others adopt the tokens it stores. Several share etcd when there is one.
+    async fn start_servers(
+        &mut self,
+        exe: &Path,
+        host_ip: IpAddr,
+        deadline: Instant,
+    ) -> anyhow::Result<()> {
+        let server_count = if self.etcd.is_some() { ETCD_SERVERS } else { 1 };
         for i in 0..server_count {
-            let dir = data_dir.join("servers").join(format!("s{i}"));
+            let dir = self.data_dir.join("servers").join(format!("s{i}"));
             std::fs::create_dir_all(&dir)?;
             let addr = format!("{host_ip}:{}", free_port(host_ip)?);
             let url = format!("http://{addr}");
@@ -153,7 +180,7 @@ impl Cluster {
                 .map(String::from)
                 .to_vec();
             args.extend(["--data-dir".into(), dir.display().to_string()]);
-            if let Some(etcd) = &cluster.etcd {
+            if let Some(etcd) = &self.etcd {
                 let hosts: Vec<&str> = etcd
                     .endpoints()
                     .iter()
@@ -161,52 +188,53 @@ impl Cluster {
                     .collect();
                 args.extend(["--store".into(), format!("etcd://{}", hosts.join(","))]);
             }
-            cluster.server_urls.push(url.clone());
-            cluster.processes.start(ProcessSpec {
+            self.server_urls.push(url.clone());
+            self.processes.start(ProcessSpec {
                 name: server_name(i),
-                program: exe.clone(),
+                program: exe.to_path_buf(),
                 args,
                 log: dir.join("server.log"),
                 pid_file: None,
                 restart_delay: SERVER_RESTART_DELAY,
             })?;
-            cluster.wait_server(i, &dir, deadline).await?;
+            self.wait_server(i, &dir, deadline).await?;
         }
-        let api_token = s0.join(stator_server::config::API_TOKEN_FILE);
-        let join_token = s0.join(stator_server::config::JOIN_TOKEN_FILE);
-        let token = context::read_token(&api_token)?;
-        for url in &cluster.server_urls {
-            cluster.apis.push(Api::new(&Context {
-                server: url.clone(),
-                token: token.clone(),
-                gateway_http: None,
-            })?);
-        }
-        let urls = cluster.server_urls.join(",");
+        Ok(())
+    }
 
+    /// Starts the gateway, given every server URL.
+    fn start_gateway(&self, exe: &Path, host_ip: IpAddr, api_token: &Path) -> anyhow::Result<()> {
         let gateway_http = format!("{host_ip}:{}", free_port(host_ip)?);
-        cluster.processes.start(ProcessSpec {
+        self.processes.start(ProcessSpec {
             name: GATEWAY.into(),
-            program: exe.clone(),
+            program: exe.to_path_buf(),
             args: vec![
                 "gateway".into(),
                 "--server".into(),
-                urls.clone(),
+                self.server_urls.join(","),
                 "--token-file".into(),
                 api_token.display().to_string(),
                 "--http".into(),
                 gateway_http,
             ],
-            log: data_dir.join("gateway.log"),
+            log: self.data_dir.join("gateway.log"),
             pid_file: None,
             restart_delay: GATEWAY_RESTART_DELAY,
-        })?;
+        })
+    }
 
-        for (i, name) in node_names(nodes).into_iter().enumerate() {
-            let dir = data_dir.join("agents").join(&name);
+    /// Starts the agents, each in its namespace when there are namespaces.
+    fn start_agents(
+        &self,
+        exe: &Path,
+        placement: &Placement,
+        join_token: &Path,
+    ) -> anyhow::Result<()> {
+        for (i, name) in node_names(self.nodes).into_iter().enumerate() {
+            let dir = self.data_dir.join("agents").join(&name);
             std::fs::create_dir_all(&dir)?;
             let (program, mut args, listen) = match placement {
-                Placement::Loopback => (exe.clone(), Vec::new(), "127.0.0.1:0".to_string()),
+                Placement::Loopback => (exe.to_path_buf(), Vec::new(), "127.0.0.1:0".to_string()),
                 Placement::Netns(netns) => {
                     let net = netns
                         .node(&name)
@@ -227,7 +255,7 @@ impl Cluster {
             args.extend([
                 "agent".to_string(),
                 "--server".into(),
-                urls.clone(),
+                self.server_urls.join(","),
                 "--join-token-file".into(),
                 join_token.display().to_string(),
                 "--name".into(),
@@ -239,7 +267,7 @@ impl Cluster {
                 "--data-dir".into(),
                 dir.display().to_string(),
             ]);
-            cluster.processes.start(ProcessSpec {
+            self.processes.start(ProcessSpec {
                 name: agent_name(&name),
                 program,
                 args,
@@ -248,26 +276,21 @@ impl Cluster {
                 restart_delay: stator_harness::AGENT_RESTART_DELAY,
             })?;
         }
-        cluster.supervisor = Some(tokio::spawn(cluster.processes.clone().run()));
+        Ok(())
+    }
 
-        loop {
-            let ready = cluster
-                .nodes()
-                .await
-                .map(|n| n.iter().filter(|n| n.state == NodeState::Ready).count())
-                .unwrap_or(0);
-            if ready >= nodes {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "only {ready} of {nodes} agents registered within {STARTUP_TIMEOUT:?}; see {}/agents/*/agent.log",
-                    data_dir.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(cluster)
+    /// Waits until every agent is ready, at most until `deadline`.
+    async fn wait_for_agents(&self, deadline: Instant) -> anyhow::Result<()> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.api()?
+            .wait_for_ready_nodes(self.nodes, left)
+            .await
+            .with_context(|| {
+                format!(
+                    "agents did not register within {STARTUP_TIMEOUT:?}; see {}/agents/*/agent.log",
+                    self.data_dir.display()
+                )
+            })
     }
 
     /// Waits until server `index` has written its tokens and answers `/healthz`.
@@ -352,28 +375,21 @@ impl Cluster {
         Some((index, revision))
     }
 
+    /// The API client over every server.
+    fn api(&self) -> anyhow::Result<&Api> {
+        self.api
+            .as_ref()
+            .context("the servers have not started yet")
+    }
+
     /// A GET through the first server that answers.
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let mut last = None;
-        for api in &self.apis {
-            match api.get(path).await {
-                Ok(value) => return Ok(value),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("no server")))
+        self.api()?.get(path).await
     }
 
     /// POST `path` through the first server that answers.
     pub async fn post(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        let mut last = None;
-        for api in &self.apis {
-            match api.post(path).await {
-                Ok(value) => return Ok(value),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("no server")))
+        self.api()?.post(path).await
     }
 
     /// Applies the kv service: `partitions` partitions of 3 replicas, RESP on
@@ -387,21 +403,14 @@ impl Cluster {
              resources = {{ cpu = \"250m\", memory = \"128Mi\" }}\n",
             self.resp_addr
         );
-        let mut last = None;
-        for api in &self.apis {
-            match api
-                .put_raw(
-                    &format!("/v1/services/{SERVICE}"),
-                    "application/toml",
-                    spec.clone().into_bytes(),
-                )
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("no server")))
+        self.api()?
+            .put_raw(
+                &format!("/v1/services/{SERVICE}"),
+                "application/toml",
+                spec.into_bytes(),
+            )
+            .await?;
+        Ok(())
     }
 
     /// Every registered node, lost ones included.

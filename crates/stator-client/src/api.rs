@@ -1,4 +1,10 @@
-//! The CLI's client of the `/v1` API.
+//! The client of the `/v1` API: one client for the CLI, `up`, chaos and the benchmarks,
+//! with failover over several servers.
+//!
+//! Failover: the servers are tried in the order given, starting from the last one that
+//! answered. A server that cannot be reached, or answers 503 (it holds no controller and
+//! knows no holder, or is shutting down), passes the call to the next; any other answer,
+//! an error included, is the answer (every server would give the same).
 
 use crate::context::Context;
 use anyhow::bail;
@@ -17,9 +23,12 @@ const READY_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// that sends more without a blank line is not speaking SSE.
 const MAX_EVENT_BYTES: usize = 1024 * 1024;
 
-/// An authenticated API client.
+/// An authenticated API client of one server or several.
 pub struct Api {
-    base: String,
+    /// Base URLs, without a trailing slash; never empty.
+    bases: Vec<String>,
+    /// The index of the server that answered last: calls start there.
+    preferred: std::sync::atomic::AtomicUsize,
     token: String,
     http: reqwest::Client,
     /// Without a total timeout: for `/v1/events`, which stays open.
@@ -66,10 +75,21 @@ impl EventStream {
 }
 
 impl Api {
-    /// A client for `ctx`.
+    /// A client for `ctx`; `ctx.server` may name several servers, comma-separated.
     pub fn new(ctx: &Context) -> anyhow::Result<Api> {
+        let bases: Vec<String> = ctx
+            .server
+            .split(',')
+            .map(|url| url.trim().trim_end_matches('/').to_string())
+            .filter(|url| !url.is_empty())
+            .collect();
+        anyhow::ensure!(
+            !bases.is_empty(),
+            "no API server given: pass --server URL[,URL...] or a context file naming one"
+        );
         Ok(Api {
-            base: ctx.server.trim_end_matches('/').to_string(),
+            bases,
+            preferred: std::sync::atomic::AtomicUsize::new(0),
             token: ctx.token.clone(),
             http: reqwest::Client::builder().timeout(CALL_TIMEOUT).build()?,
             streaming: reqwest::Client::builder()
@@ -91,31 +111,48 @@ impl Api {
         bail!("{message} (HTTP {})", status.as_u16())
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
+    /// The servers' base URLs, in the order they are tried.
+    pub fn servers(&self) -> &[String] {
+        &self.bases
     }
 
-    fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
-        anyhow::anyhow!(
-            "cannot reach the stator API at {}: {e} (is `stator up` running?)",
-            self.base
-        )
-    }
-
-    /// Sends `request` with the token; the response if the API accepted it.
-    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let resp = request
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        Self::check(resp).await
+    /// Sends the request `build` makes for a server's base URL, with the token, failing
+    /// over as the module doc says; the response if the API accepted it.
+    async fn send(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> anyhow::Result<reqwest::Response> {
+        use std::sync::atomic::Ordering;
+        let first = self.preferred.load(Ordering::Relaxed) % self.bases.len();
+        let mut last_error = None;
+        for offset in 0..self.bases.len() {
+            let index = (first + offset) % self.bases.len();
+            let base = &self.bases[index];
+            match build(base).bearer_auth(&self.token).send().await {
+                Ok(resp) if resp.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                    last_error =
+                        Some(Self::check(resp).await.err().unwrap_or_else(|| {
+                            anyhow::anyhow!("{base} is unavailable (HTTP 503)")
+                        }));
+                }
+                Ok(resp) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Self::check(resp).await;
+                }
+                Err(e) => {
+                    last_error = Some(anyhow::anyhow!(
+                        "cannot reach the stator API at {base}: {e} (is `stator up` running?)"
+                    ))
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no API server to call")))
     }
 
     /// GET a JSON document.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         Ok(self
-            .send(self.http.get(self.url(path)))
+            .send(|base| self.http.get(format!("{base}{path}")))
             .await?
             .json()
             .await?)
@@ -123,10 +160,11 @@ impl Api {
 
     /// Opens a server-sent event stream.
     pub async fn stream(&self, path: &str) -> anyhow::Result<EventStream> {
-        let request = self
-            .streaming
-            .get(self.url(path))
-            .header(reqwest::header::ACCEPT, "text/event-stream");
+        let request = |base: &str| {
+            self.streaming
+                .get(format!("{base}{path}"))
+                .header(reqwest::header::ACCEPT, "text/event-stream")
+        };
         Ok(EventStream {
             response: self.send(request).await?,
             buffer: Vec::new(),
@@ -140,17 +178,20 @@ impl Api {
         content_type: &str,
         body: Vec<u8>,
     ) -> anyhow::Result<serde_json::Value> {
-        let request = self
-            .http
-            .put(self.url(path))
-            .header(reqwest::header::CONTENT_TYPE, content_type)
-            .body(body);
+        let request = |base: &str| {
+            self.http
+                .put(format!("{base}{path}"))
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(body.clone())
+        };
         Ok(self.send(request).await?.json().await?)
     }
 
     /// POST without a body; returns the JSON answer, if any.
     pub async fn post(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        let resp = self.send(self.http.post(self.url(path))).await?;
+        let resp = self
+            .send(|base| self.http.post(format!("{base}{path}")))
+            .await?;
         Ok(resp.json().await.unwrap_or(serde_json::Value::Null))
     }
 
@@ -183,7 +224,9 @@ impl Api {
 
     /// DELETE; returns the JSON answer, if any.
     pub async fn delete(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        let resp = self.send(self.http.delete(self.url(path))).await?;
+        let resp = self
+            .send(|base| self.http.delete(format!("{base}{path}")))
+            .await?;
         Ok(resp.json().await.unwrap_or(serde_json::Value::Null))
     }
 }
