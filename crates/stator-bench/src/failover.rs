@@ -12,15 +12,15 @@
 //! computed from the client's record once the client has stopped; then every
 //! acknowledged key is read back.
 
-use stator_harness::resp::Connection;
-use stator_harness::etcd::{put as etcd_put, EtcdOptions, LocalEtcd};
 use super::free_port;
-use stator_client::{Api, Context};
 use anyhow::{bail, Context as _};
 use async_trait::async_trait;
 use base64::Engine;
 use serde_json::{json, Value};
 use stator_api::slot::{key_slot, partition_of_slot};
+use stator_client::{Api, Context};
+use stator_harness::etcd::{put as etcd_put, EtcdOptions, LocalEtcd};
+use stator_harness::resp::Connection;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -707,7 +707,9 @@ async fn read_back_gateway(addr: &str, record: &ClientRecord) -> anyhow::Result<
                 match replies.and_then(stator_harness::resp::without_errors) {
                     Ok(replies) => break replies,
                     Err(e) if attempt >= READBACK_ATTEMPTS => {
-                        return Err(anyhow::Error::from(e).context("reading acknowledged writes back"))
+                        return Err(
+                            anyhow::Error::from(e).context("reading acknowledged writes back")
+                        )
                     }
                     Err(_) => conn = None,
                 }
@@ -717,7 +719,9 @@ async fn read_back_gateway(addr: &str, record: &ClientRecord) -> anyhow::Result<
         for (o, reply) in batch.iter().zip(replies) {
             if reply != stator_kv::Value::bulk(o.value.as_bytes()) {
                 let seen = match reply {
-                    stator_kv::Value::Bulk(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+                    stator_kv::Value::Bulk(Some(bytes)) => {
+                        String::from_utf8_lossy(&bytes).into_owned()
+                    }
                     other => format!("{other:?}"),
                 };
                 lost.insert(o.key.clone(), seen);

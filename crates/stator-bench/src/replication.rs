@@ -11,8 +11,6 @@
 //! proposes every write as its own log entry (no write batching at the leader), and for
 //! `GET`, `stator-readindex` takes a read-index quorum round instead of the leader lease.
 
-use stator_harness::resp::Connection;
-use stator_harness::servers::{etcd_put, start_etcd, start_redis_with_replica};
 use super::latency::{Recorder, Run};
 use anyhow::Context;
 use async_trait::async_trait;
@@ -20,6 +18,8 @@ use rand::Rng;
 use stator_api::ids::GroupId;
 use stator_api::slot::{key_slot, partition_of_slot};
 use stator_api::spec::Durability;
+use stator_harness::resp::Connection;
+use stator_harness::servers::{etcd_put, start_etcd, start_redis_with_replica};
 use stator_replication::{GroupOptions, Host, HostConfig, ReplicaClient, RequestKind};
 use std::collections::BTreeMap;
 use std::sync::Arc;

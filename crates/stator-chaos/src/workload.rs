@@ -186,7 +186,9 @@ pub async fn final_reads(
             }
             let conn = connection.as_mut().expect("connected above");
             let pending = recorder.get(client, key.clone());
-            match tokio::time::timeout(OP_DEADLINE, conn.call(&[b"GET".as_slice(), key.as_bytes()])).await {
+            match tokio::time::timeout(OP_DEADLINE, conn.call(&[b"GET".as_slice(), key.as_bytes()]))
+                .await
+            {
                 Ok(Ok(reply)) => match classify(false, &reply) {
                     Outcome::Ok(value) => {
                         pending.ok_read(value.clone());

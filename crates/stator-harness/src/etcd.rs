@@ -94,7 +94,10 @@ impl LocalEtcd {
             .build()?;
         let started = Instant::now();
         let limit = etcd.options.start_timeout;
-        while put(&http, &etcd.endpoints[0], b"ready", b"1").await.is_err() {
+        while put(&http, &etcd.endpoints[0], b"ready", b"1")
+            .await
+            .is_err()
+        {
             if started.elapsed() > limit {
                 bail!("etcd did not become ready within {limit:?}");
             }

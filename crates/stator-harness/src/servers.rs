@@ -2,12 +2,12 @@
 //! JSON gateway, and Redis with one replica (driven with `SET` + `WAIT 1 0` in one round trip
 //! through [`crate::resp::Connection`]).
 
+use crate::etcd::{EtcdOptions, LocalEtcd};
+use crate::resp::Connection;
 use crate::{free_port, installed};
 use anyhow::{bail, Context};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use crate::etcd::{EtcdOptions, LocalEtcd};
-use crate::resp::Connection;
 
 /// How long a baseline server may take to become ready.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -90,7 +90,9 @@ pub async fn start_redis_with_replica() -> anyhow::Result<Servers> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(mut conn) = Connection::connect(servers.endpoints[0].as_str()).await {
-            if let Ok(stator_kv::Value::Bulk(Some(info))) = conn.call(&["INFO", "replication"]).await {
+            if let Ok(stator_kv::Value::Bulk(Some(info))) =
+                conn.call(&["INFO", "replication"]).await
+            {
                 let text = String::from_utf8_lossy(&info);
                 if text.contains("connected_slaves:1") && text.contains("state=online") {
                     return Ok(servers);

@@ -15,9 +15,9 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use serde::Deserialize;
 use stator_api::spec::NodePoolSpec;
+use stator_harness::supervisor::{self, ProcessSpec, Supervisor};
 use stator_server::autoscale::AutoscaleConfig;
 use stator_server::provider::{NodeProvider, ProviderError};
-use stator_harness::supervisor::{self, ProcessSpec, Supervisor};
 
 /// Time a released agent gets between SIGTERM and SIGKILL: it hosts nothing, so it
 /// only has to say goodbye.
