@@ -21,9 +21,9 @@ use stator_api::slot::{key_slot, partition_of_slot};
 use stator_client::{Api, Context};
 use stator_harness::etcd::{put as etcd_put, EtcdOptions, LocalEtcd};
 use stator_harness::resp::Connection;
+use stator_harness::supervisor::ProcessSpec;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -41,6 +41,8 @@ const MAX_QUEUED_WRITES: usize = 16_384;
 const IN_FLIGHT_ACKS: Duration = Duration::from_millis(100);
 /// How often the API (or etcd's status endpoint) is polled during a round.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// Time `stator up` gets between SIGTERM and SIGKILL: it stops its agents first.
+const UP_STOP_GRACE: Duration = Duration::from_secs(15);
 /// `stator up` must have a leader and the replication factor for every partition by then.
 const CLUSTER_START_TIMEOUT: Duration = Duration::from_secs(90);
 /// A round must be back to full health by then, or the benchmark fails.
@@ -451,31 +453,31 @@ impl UpCluster {
             text.push_str(&format!("election_timeout_ms = {timeout_ms}\n"));
         }
         std::fs::write(&spec, text)?;
-        let log = std::fs::File::create(dir.path().join("up.log"))?;
-        let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
-        cmd.arg("up")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--nodes", &opts.nodes.to_string()])
-            .args(["--api", "127.0.0.1:0", "--gateway-http", "127.0.0.1:0"])
-            .arg("-f")
-            .arg(&spec)
-            .args(["--node-grace-ms", &opts.node_grace_ms.to_string()])
+        // Killed with this benchmark, and `up`'s agents with `up` (their death signal).
+        let mut child = stator_harness::supervisor::spawn(&ProcessSpec {
+            name: "`stator up`".into(),
+            program: std::env::current_exe()?,
+            args: vec![
+                "up".into(),
+                "--data-dir".into(),
+                data_dir.display().to_string(),
+                "--nodes".into(),
+                opts.nodes.to_string(),
+                "--api".into(),
+                "127.0.0.1:0".into(),
+                "--gateway-http".into(),
+                "127.0.0.1:0".into(),
+                "-f".into(),
+                spec.display().to_string(),
+                "--node-grace-ms".into(),
+                opts.node_grace_ms.to_string(),
+            ],
             // `up` makes its context the user's current one; keep the user's untouched.
-            .env("HOME", dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true);
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL `up` (and
-        // so, through its own death signal, its agents) if this benchmark dies.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().context("starting `stator up`")?;
+            env: vec![("HOME".into(), dir.path().display().to_string())],
+            log: dir.path().join("up.log"),
+            pid_file: None,
+            restart_delay: Duration::ZERO,
+        })?;
         let started = Instant::now();
         let context_file = data_dir.join("context");
         let ctx: Context = loop {
@@ -580,16 +582,7 @@ impl UpCluster {
 
     /// Stops `up` with SIGTERM (it stops its agents), then SIGKILL if it lingers.
     async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            // SAFETY: plain kill(2) on our own child's pid.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        }
-        if tokio::time::timeout(Duration::from_secs(15), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
+        stator_harness::supervisor::terminate(&mut self.child, UP_STOP_GRACE).await;
     }
 }
 

@@ -195,6 +195,7 @@ impl Cluster {
                 args,
                 log: dir.join("server.log"),
                 pid_file: None,
+                env: Vec::new(),
                 restart_delay: SERVER_RESTART_DELAY,
             })?;
             self.wait_server(i, &dir, deadline).await?;
@@ -219,6 +220,7 @@ impl Cluster {
             ],
             log: self.data_dir.join("gateway.log"),
             pid_file: None,
+            env: Vec::new(),
             restart_delay: GATEWAY_RESTART_DELAY,
         })
     }
@@ -273,6 +275,7 @@ impl Cluster {
                 args,
                 log: dir.join("agent.log"),
                 pid_file: None,
+                env: Vec::new(),
                 restart_delay: stator_harness::AGENT_RESTART_DELAY,
             })?;
         }

@@ -29,6 +29,8 @@ pub struct ProcessSpec {
     pub program: PathBuf,
     /// Its arguments.
     pub args: Vec<String>,
+    /// Environment variables set on top of this process's own.
+    pub env: Vec<(String, String)>,
     /// Where stdout and stderr are appended.
     pub log: PathBuf,
     /// Where the running pid is written, if anywhere (scripts find a process to kill).
@@ -48,6 +50,7 @@ pub fn spawn(spec: &ProcessSpec) -> anyhow::Result<Child> {
         .with_context(|| format!("opening {}", spec.log.display()))?;
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -250,6 +253,7 @@ mod tests {
             name: name.into(),
             program: "sleep".into(),
             args: vec![seconds.into()],
+            env: Vec::new(),
             log: dir.join(format!("{name}.log")),
             pid_file: Some(dir.join(format!("{name}.pid"))),
             restart_delay: Duration::from_millis(200),

@@ -138,6 +138,7 @@ pub fn agent_process(launch: &Launch, spec: &AgentSpec) -> anyhow::Result<Proces
         args,
         log: dir.join("agent.log"),
         pid_file: Some(dir.join("pid")),
+        env: Vec::new(),
         restart_delay: stator_harness::AGENT_RESTART_DELAY,
     })
 }
