@@ -574,7 +574,7 @@ impl UpCluster {
             }
         }
         let up_pid = self.child.id().context("`stator up` has exited")?;
-        if let Some(pid) = stator_harness::process::agent_pids(up_pid).get(name) {
+        if let Some(pid) = stator_harness::process::child_agent_pids(up_pid).get(name) {
             return Ok(*pid as i32);
         }
         bail!("no running agent named {name} under `stator up` (pid {up_pid})")

@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _};
 use stator_client::context::{self, Context};
 use stator_client::Api;
 use stator_harness::etcd::LocalEtcd as Etcd;
-pub use stator_harness::process::{agent_pids, is_stopped, process_age_ms};
+pub use stator_harness::process::{child_agent_pids, is_stopped, process_age_ms};
 use stator_harness::supervisor::{ProcessSpec, Supervisor};
 use stator_server::model::NodeState;
 use stator_server::views::{NodeView, PartitionView};
@@ -253,7 +253,7 @@ impl Cluster {
                     )
                 }
             };
-            // `agent` first: [`agent_pids`] recognises agents by their second argument.
+            // `agent` first: [`child_agent_pids`] recognises agents by their second argument.
             args.extend([
                 "agent".to_string(),
                 "--server".into(),

@@ -334,7 +334,7 @@ async fn run_in(
                 let Some(firewall) = firewall.upgrade() else {
                     return;
                 };
-                for (node, pid) in cluster::agent_pids(parent_pid) {
+                for (node, pid) in cluster::child_agent_pids(parent_pid) {
                     match firewall.adopt(&node, pid) {
                         Ok(true) => {
                             // A socket keeps the cgroup it was made in: an agent adopted
@@ -358,7 +358,7 @@ async fn run_in(
         if firewall.is_some() {
             // Wait for the first adoption pass to cover every agent.
             let deadline = Instant::now() + Duration::from_secs(5);
-            while cluster::agent_pids(parent_pid).len() < opts.nodes && Instant::now() < deadline {
+            while cluster::child_agent_pids(parent_pid).len() < opts.nodes && Instant::now() < deadline {
                 tokio::time::sleep(ADOPT_INTERVAL).await;
             }
             tokio::time::sleep(ADOPT_INTERVAL * 3).await;

@@ -1,11 +1,12 @@
-//! Process lookups in `/proc`: the agents a parent started, a process's age, whether
+//! Process lookups in `/proc`: the agents a parent started (whoever started them; a
+//! supervisor knows its own, see `Supervisor::pids`), a process's age, whether
 //! it is stopped.
 
 use std::collections::BTreeMap;
 
 /// Agent processes of `up_pid` by node name, from `/proc` (children whose command line is
 /// `stator agent ... --name NODE ...`).
-pub fn agent_pids(up_pid: u32) -> BTreeMap<String, u32> {
+pub fn child_agent_pids(up_pid: u32) -> BTreeMap<String, u32> {
     let mut agents = BTreeMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return agents;
