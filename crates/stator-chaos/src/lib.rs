@@ -358,7 +358,9 @@ async fn run_in(
         if firewall.is_some() {
             // Wait for the first adoption pass to cover every agent.
             let deadline = Instant::now() + Duration::from_secs(5);
-            while cluster::child_agent_pids(parent_pid).len() < opts.nodes && Instant::now() < deadline {
+            while cluster::child_agent_pids(parent_pid).len() < opts.nodes
+                && Instant::now() < deadline
+            {
                 tokio::time::sleep(ADOPT_INTERVAL).await;
             }
             tokio::time::sleep(ADOPT_INTERVAL * 3).await;
