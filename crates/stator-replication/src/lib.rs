@@ -20,8 +20,8 @@
 //! - [`client`]: calling a group from outside, following leader hints, with retries;
 //!   calls waiting for the same host share one frame.
 //! - [`stats`]: per-replica throughput and latency windows.
-//! - [`testing`]: an in-process cluster with faults (kill, cut, drop, delay) and a
-//!   register app, for tests and the benchmark.
+//! - `testing` (cargo feature `testing`, for tests only; a crate's dev-dependency turns it
+//!   on): an in-process cluster with faults (kill, cut, drop, delay) and a register app.
 
 pub mod client;
 pub mod disk_store;
@@ -32,6 +32,7 @@ pub mod read_index;
 pub mod session;
 pub mod state_machine;
 pub mod stats;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tls;
 pub mod transport;

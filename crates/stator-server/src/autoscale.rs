@@ -152,31 +152,74 @@ pub struct Round {
     pub release: Vec<ReleaseRequest>,
 }
 
-/// One autoscaling round over `cluster` at `now_ms`; see the module doc.
+/// One autoscaling round over `cluster` at `now_ms`; see the module doc. Its phases:
+/// [`settle_booting`], [`scale_services`] (the autoscaler per service: resizes,
+/// migrations, new nodes), then, while no node is on its way, [`consolidate_nodes`]
+/// (cordon and release of nodes the consolidator empties).
 pub fn round(
     cluster: &Cluster,
     now_ms: u64,
     config: &AutoscaleConfig,
     state: &mut AutoscaleState,
 ) -> Round {
-    let now_s = now_ms / 1000;
     settle_booting(cluster, now_ms, state);
-    let pools = planning_pools(cluster, config);
-    let booting: Vec<BootingNode> = state
-        .booting
-        .iter()
-        .map(|b| BootingNode {
-            pool: b.pool.clone(),
-            zone: b.zone.clone(),
-        })
-        .collect();
-    let in_flight = partitions_in_flight(cluster);
-    let mut moves_left = config.disruption_budget.saturating_sub(in_flight.len());
-    let mut out = Round::default();
-    let mut scratch = cluster.clone();
-    let mut view = planning_view(&scratch, state);
+    let mut work = RoundWork::new(cluster, config, state);
+    scale_services(&mut work, cluster, now_ms, config, state);
+    // Consolidation, only while no node is on its way: adding and removing at once
+    // would flap.
+    if state.booting.is_empty() {
+        consolidate_nodes(&mut work, now_ms, config, state);
+    }
+    work.out
+}
 
-    // Autoscaler, per service (each has its own utilisation target).
+/// What one round works on and what it has decided so far.
+struct RoundWork {
+    /// The pools as the planner sees them.
+    pools: Vec<PoolSpec>,
+    /// Nodes asked for and not registered yet, as the planner sees them.
+    booting: Vec<BootingNode>,
+    /// Partitions with a membership change under way (service, partition).
+    in_flight: BTreeSet<(String, u32)>,
+    /// Migrations the disruption budget still allows this round.
+    moves_left: usize,
+    /// The cluster as this round's actions leave it.
+    scratch: Cluster,
+    /// The round's decisions.
+    out: Round,
+}
+
+impl RoundWork {
+    fn new(cluster: &Cluster, config: &AutoscaleConfig, state: &AutoscaleState) -> RoundWork {
+        let in_flight = partitions_in_flight(cluster);
+        RoundWork {
+            pools: planning_pools(cluster, config),
+            booting: state
+                .booting
+                .iter()
+                .map(|b| BootingNode {
+                    pool: b.pool.clone(),
+                    zone: b.zone.clone(),
+                })
+                .collect(),
+            moves_left: config.disruption_budget.saturating_sub(in_flight.len()),
+            in_flight,
+            scratch: cluster.clone(),
+            out: Round::default(),
+        }
+    }
+}
+
+/// The autoscaler, per replicated service (each has its own utilisation target); its
+/// actions are then applied to the round's scratch cluster.
+fn scale_services(
+    work: &mut RoundWork,
+    cluster: &Cluster,
+    now_ms: u64,
+    config: &AutoscaleConfig,
+    state: &mut AutoscaleState,
+) {
+    let mut view = planning_view(&work.scratch, state);
     for (name, service) in &cluster.services {
         if service.spec().kind != ServiceKind::Replicated {
             continue;
@@ -191,92 +234,106 @@ pub fn round(
                 config.cpu_micros_per_op,
             ),
             scale_down_window_s: config.scale_down_window_s,
-            max_migrations: moves_left,
+            max_migrations: work.moves_left,
             ..AutoscalerConfig::default()
         };
         let planned = autoscale(
             &mut view,
             &demands,
-            &pools,
-            &booting,
+            &work.pools,
+            &work.booting,
             &mut state.autoscaler,
             &autoscaler_config,
-            now_s,
+            now_ms / 1000,
         );
         tracing::debug!(?planned, "autoscaler round");
         let mut moved: BTreeSet<u32> = BTreeSet::new();
         for action in planned {
-            match action {
-                PlanAction::Resize {
-                    service,
-                    partition,
-                    node,
-                    to,
-                    ..
-                } => out.actions.push(Action::ResizeReplica {
-                    service,
-                    partition,
-                    node,
-                    cpu_millis: to.cpu_millis,
-                }),
-                PlanAction::Migrate {
+            take_scaling_action(work, action, &mut moved, now_ms, config, state);
+        }
+    }
+    for action in &work.out.actions {
+        apply_action(&mut work.scratch, action);
+    }
+}
+
+/// One autoscaler decision: a resize as is; a migration within the disruption budget,
+/// one per partition and only to a ready node; a new node asked of its pool.
+fn take_scaling_action(
+    work: &mut RoundWork,
+    action: PlanAction,
+    moved: &mut BTreeSet<u32>,
+    now_ms: u64,
+    config: &AutoscaleConfig,
+    state: &mut AutoscaleState,
+) {
+    match action {
+        PlanAction::Resize {
+            service,
+            partition,
+            node,
+            to,
+            ..
+        } => work.out.actions.push(Action::ResizeReplica {
+            service,
+            partition,
+            node,
+            cpu_millis: to.cpu_millis,
+        }),
+        PlanAction::Migrate {
+            service,
+            partition,
+            from,
+            to,
+            resources,
+            ..
+        } => {
+            let settled = !work.in_flight.contains(&(service.clone(), partition));
+            if settled
+                && work.moves_left > 0
+                && work.scratch.node_state(to) == NodeState::Ready
+                && moved.insert(partition)
+            {
+                work.moves_left -= 1;
+                work.out.actions.push(Action::MigrateMember {
                     service,
                     partition,
                     from,
                     to,
-                    resources,
-                    ..
-                } => {
-                    let settled = !in_flight.contains(&(service.clone(), partition));
-                    if settled
-                        && moves_left > 0
-                        && scratch.node_state(to) == NodeState::Ready
-                        && moved.insert(partition)
-                    {
-                        moves_left -= 1;
-                        out.actions.push(Action::MigrateMember {
-                            service,
-                            partition,
-                            from,
-                            to,
-                            cpu_millis: resources.cpu_millis,
-                        });
-                    }
-                }
-                PlanAction::AddNode { pool, zone } => {
-                    if let Some(pool) = config.pool(&pool) {
-                        let deadline_ms =
-                            now_ms + pool.boot_delay_s.saturating_mul(1000) + BOOT_GRACE_MS;
-                        state.booting.push(Booting {
-                            pool: pool.name.clone(),
-                            zone: zone.clone(),
-                            requested_at_ms: now_ms,
-                            deadline_ms,
-                        });
-                        out.provision.push(ProvisionRequest {
-                            pool: pool.clone(),
-                            zone,
-                        });
-                    }
-                }
-                // Repairs are the reconcile pass's; the rest is not planned here.
-                PlanAction::Place { .. }
-                | PlanAction::Cordon { .. }
-                | PlanAction::RemoveNode { .. } => {}
+                    cpu_millis: resources.cpu_millis,
+                });
             }
         }
+        PlanAction::AddNode { pool, zone } => {
+            if let Some(pool) = config.pool(&pool) {
+                let deadline_ms = now_ms + pool.boot_delay_s.saturating_mul(1000) + BOOT_GRACE_MS;
+                state.booting.push(Booting {
+                    pool: pool.name.clone(),
+                    zone: zone.clone(),
+                    requested_at_ms: now_ms,
+                    deadline_ms,
+                });
+                work.out.provision.push(ProvisionRequest {
+                    pool: pool.clone(),
+                    zone,
+                });
+            }
+        }
+        // Repairs are the reconcile pass's; the rest is not planned here.
+        PlanAction::Place { .. } | PlanAction::Cordon { .. } | PlanAction::RemoveNode { .. } => {}
     }
-    for action in &out.actions {
-        apply_action(&mut scratch, action);
-    }
+}
 
-    // Consolidation, only while no node is on its way: adding and removing at once
-    // would flap.
-    if !state.booting.is_empty() {
-        return out;
-    }
-    let mut view = planning_view(&scratch, state);
-    let busy: Vec<NodeId> = busy_nodes(&scratch, &in_flight);
+/// The consolidator over the scratch cluster: cordons nodes it wants emptied (the drain
+/// controller moves their replicas) and releases pooled nodes that host nothing.
+fn consolidate_nodes(
+    work: &mut RoundWork,
+    now_ms: u64,
+    config: &AutoscaleConfig,
+    state: &mut AutoscaleState,
+) {
+    let mut view = planning_view(&work.scratch, state);
+    let busy: Vec<NodeId> = busy_nodes(&work.scratch, &work.in_flight);
     let consolidator_config = ConsolidatorConfig {
         disruption_budget: config.disruption_budget,
         empty_for_s: config.empty_node_s,
@@ -284,51 +341,63 @@ pub fn round(
     };
     let planned = consolidate(
         &mut view,
-        &pools,
-        config.disruption_budget - moves_left.min(config.disruption_budget),
+        &work.pools,
+        config.disruption_budget - work.moves_left.min(config.disruption_budget),
         &busy,
         &mut state.consolidator,
         &consolidator_config,
-        now_s,
+        now_ms / 1000,
     );
     for action in planned {
         match action {
-            PlanAction::Cordon { node } => {
-                let pooled = scratch
-                    .nodes
-                    .get(&node)
-                    .is_some_and(|n| config.pool(&n.info.pool).is_some());
-                if pooled && scratch.node_state(node) == NodeState::Ready {
-                    let action = Action::MarkNodeDraining { node };
-                    apply_action(&mut scratch, &action);
-                    out.actions.push(action);
-                }
-            }
-            PlanAction::RemoveNode { node } => {
-                let Some(record) = scratch.nodes.get(&node) else {
-                    continue;
-                };
-                if config.pool(&record.info.pool).is_none()
-                    || state.released.contains(&node)
-                    || hosts_anything(&scratch, node)
-                {
-                    continue;
-                }
-                out.release.push(ReleaseRequest {
-                    node,
-                    pool: record.info.pool.clone(),
-                    name: record.info.name.clone(),
-                });
-                state.released.insert(node);
-                let action = Action::MarkNodeDrained { node };
-                apply_action(&mut scratch, &action);
-                out.actions.push(action);
-            }
+            PlanAction::Cordon { node } => cordon_pooled_node(work, node, config),
+            PlanAction::RemoveNode { node } => release_empty_node(work, node, config, state),
             // The drain controller picks the targets of a cordoned node's replicas.
             _ => {}
         }
     }
-    out
+}
+
+/// Starts draining `node` if it is a ready node of a configured pool.
+fn cordon_pooled_node(work: &mut RoundWork, node: NodeId, config: &AutoscaleConfig) {
+    let pooled = work
+        .scratch
+        .nodes
+        .get(&node)
+        .is_some_and(|n| config.pool(&n.info.pool).is_some());
+    if pooled && work.scratch.node_state(node) == NodeState::Ready {
+        let action = Action::MarkNodeDraining { node };
+        apply_action(&mut work.scratch, &action);
+        work.out.actions.push(action);
+    }
+}
+
+/// Hands `node` back to its pool's provider if it is pooled, not released before, and
+/// hosts nothing; it is marked drained.
+fn release_empty_node(
+    work: &mut RoundWork,
+    node: NodeId,
+    config: &AutoscaleConfig,
+    state: &mut AutoscaleState,
+) {
+    let Some(record) = work.scratch.nodes.get(&node) else {
+        return;
+    };
+    if config.pool(&record.info.pool).is_none()
+        || state.released.contains(&node)
+        || hosts_anything(&work.scratch, node)
+    {
+        return;
+    }
+    work.out.release.push(ReleaseRequest {
+        node,
+        pool: record.info.pool.clone(),
+        name: record.info.name.clone(),
+    });
+    state.released.insert(node);
+    let action = Action::MarkNodeDrained { node };
+    apply_action(&mut work.scratch, &action);
+    work.out.actions.push(action);
 }
 
 /// The utilisation a replica is sized for: where the M/M/1 p99 `ln(100)·S/(1-rho)`

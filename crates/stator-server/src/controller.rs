@@ -200,6 +200,11 @@ pub enum ControllerExit {
     /// A write was refused by the fence: another server holds the leader key now. The
     /// task stopped at once; this server must step down (it never retries the write).
     Fenced,
+    /// A store write of a change already made in memory failed (the store is down, full
+    /// or refusing): memory is ahead of the store, so the task stopped rather than act on
+    /// state the store does not hold. The server steps down and a new term reloads the
+    /// cluster from the store.
+    StoreFailed,
 }
 
 /// Loads the cluster from the store and spawns the controller task. Every store write of
@@ -247,6 +252,9 @@ struct Controller {
     last_problems: Vec<String>,
     /// Autoscaling, when node pools are configured.
     scaling: Option<Scaling>,
+    /// Set when a write of a change already applied in memory failed: the task ends
+    /// before it acts again ([`ControllerExit::StoreFailed`]).
+    store_failed: bool,
 }
 
 impl Controller {
@@ -323,6 +331,7 @@ impl Controller {
             next_run_ms: now,
             last_problems: Vec::new(),
             scaling,
+            store_failed: false,
         })
     }
 
@@ -346,6 +355,11 @@ impl Controller {
             // Deposed: stop before the next command or pass; the server steps down.
             if self.fence.is_deposed() {
                 return ControllerExit::Fenced;
+            }
+            // Memory ran ahead of the store: stop before acting on it; the next term
+            // starts from what the store holds.
+            if self.store_failed {
+                return ControllerExit::StoreFailed;
             }
         }
     }
@@ -796,7 +810,8 @@ impl Controller {
                     return;
                 }
                 if let Err(error) = written {
-                    tracing::error!(%error, node, "could not persist node record");
+                    self.step_down_after(&error, &format!("node {node}"));
+                    return;
                 }
             }
         }
@@ -814,10 +829,22 @@ impl Controller {
                     return;
                 }
                 if let Err(error) = written {
-                    tracing::error!(%error, service = %name, "could not persist placement");
+                    self.step_down_after(&error, &format!("the placement of service {name}"));
+                    return;
                 }
             }
         }
+    }
+
+    /// A write of a change already made in memory failed: the task must not act on
+    /// memory the store does not hold, so it ends after this command or pass.
+    fn step_down_after(&mut self, error: &dyn std::fmt::Display, what: &str) {
+        tracing::error!(
+            %error,
+            "could not persist {what}; memory is ahead of the store, so this controller \
+             steps down and the next term reloads the cluster from the store"
+        );
+        self.store_failed = true;
     }
 
     fn event_of(&self, action: &Action) -> Option<EventKind> {
@@ -981,7 +1008,8 @@ impl Controller {
                 if self.fence.is_deposed() {
                     return;
                 }
-                tracing::warn!(%error, node = id, "could not forget lost node");
+                self.step_down_after(&error, &format!("lost node {id}"));
+                return;
             }
         }
     }
@@ -1136,8 +1164,150 @@ fn new_oom_kills(
 
 #[cfg(test)]
 mod tests {
-    use super::new_oom_kills;
+    use super::*;
     use stator_api::agent::{InstanceState, InstanceStatus};
+    use stator_store::{CasOutcome, EmbeddedStore, Expected, Guard, LeaseId, Revision};
+    use stator_store::{Versioned, Watch};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// An embedded store whose batch writes (every controller write) fail while
+    /// `failing` is set, as a full disk or an unreachable etcd would.
+    struct FlakyStore {
+        inner: EmbeddedStore,
+        failing: AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for FlakyStore {
+        async fn get(&self, key: &str) -> stator_store::Result<Option<Versioned>> {
+            self.inner.get(key).await
+        }
+        async fn put(&self, key: &str, value: Bytes) -> stator_store::Result<Revision> {
+            self.inner.put(key, value).await
+        }
+        async fn put_with_lease(
+            &self,
+            key: &str,
+            value: Bytes,
+            lease: LeaseId,
+        ) -> stator_store::Result<Revision> {
+            self.inner.put_with_lease(key, value, lease).await
+        }
+        async fn delete(&self, key: &str) -> stator_store::Result<bool> {
+            self.inner.delete(key).await
+        }
+        async fn compare_and_swap_with_lease(
+            &self,
+            key: &str,
+            expected: Expected,
+            new: Option<Bytes>,
+            lease: Option<LeaseId>,
+        ) -> stator_store::Result<CasOutcome> {
+            self.inner
+                .compare_and_swap_with_lease(key, expected, new, lease)
+                .await
+        }
+        async fn compare_and_swap(
+            &self,
+            key: &str,
+            expected: Expected,
+            new: Option<Bytes>,
+        ) -> stator_store::Result<CasOutcome> {
+            self.inner.compare_and_swap(key, expected, new).await
+        }
+        async fn write_batch(
+            &self,
+            guard: Option<&Guard>,
+            ops: Vec<WriteOp>,
+        ) -> stator_store::Result<Revision> {
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(stator_store::StoreError::Backend {
+                    operation: "write_batch",
+                    detail: "disk full (test)".into(),
+                });
+            }
+            self.inner.write_batch(guard, ops).await
+        }
+        async fn list(&self, prefix: &str) -> stator_store::Result<Vec<(String, Versioned)>> {
+            self.inner.list(prefix).await
+        }
+        async fn revision(&self) -> stator_store::Result<Revision> {
+            self.inner.revision().await
+        }
+        async fn watch(&self, prefix: &str) -> stator_store::Result<Watch> {
+            self.inner.watch(prefix).await
+        }
+        async fn grant_lease(&self, ttl_ms: u64) -> stator_store::Result<LeaseId> {
+            self.inner.grant_lease(ttl_ms).await
+        }
+        async fn keep_alive(&self, lease: LeaseId) -> stator_store::Result<()> {
+            self.inner.keep_alive(lease).await
+        }
+        async fn revoke(&self, lease: LeaseId) -> stator_store::Result<()> {
+            self.inner.revoke(lease).await
+        }
+    }
+
+    fn registration(name: &str) -> RegisterRequest {
+        RegisterRequest {
+            name: name.into(),
+            zone: "zone-a".into(),
+            pool: "default".into(),
+            cpu_millis: 4000,
+            memory_mib: 8192,
+            price_per_hour: 0.1,
+            labels: BTreeMap::new(),
+            transport_addr: "127.0.0.1:1".into(),
+            rejoin: None,
+        }
+    }
+
+    /// A node goes silent, so a reconcile pass marks it lost in memory; the store refuses
+    /// that write. The controller must stop (the server then reloads from the store)
+    /// instead of carrying on with memory ahead of the store.
+    #[tokio::test]
+    async fn a_failed_store_write_stops_the_controller() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(FlakyStore {
+            inner: EmbeddedStore::open(dir.path()).expect("embedded store"),
+            failing: AtomicBool::new(false),
+        });
+        let settings = ControllerSettings {
+            node_grace_ms: 100,
+            heartbeat_interval_ms: 50,
+            autoscale: None,
+        };
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let (handle, task) = spawn(
+            store.clone(),
+            Fence::unfenced(),
+            settings,
+            Arc::new(Metrics::new()),
+            shutdown,
+        )
+        .await
+        .expect("controller starts");
+        let node = handle
+            .register(registration("node-1"))
+            .await
+            .expect("registers while the store works");
+        store.failing.store(true, Ordering::SeqCst);
+        // No heartbeat follows: after the grace the node is lost, which must be written.
+        let exit = tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("the controller stops after the failed write")
+            .expect("the task does not panic");
+        assert_eq!(exit, ControllerExit::StoreFailed);
+        // The store still says what it said before the failed write.
+        let record = store
+            .inner
+            .get(&node_key(node.node_id))
+            .await
+            .expect("read")
+            .expect("the node record is stored");
+        let record: NodeRecord = serde_json::from_slice(&record.value).expect("a node record");
+        assert_eq!(record.state, NodeState::Ready);
+    }
 
     fn status(id: &str, oom_kills: u32) -> InstanceStatus {
         InstanceStatus {

@@ -62,6 +62,14 @@ pub enum ServerError {
         /// The IO error.
         source: std::io::Error,
     },
+    /// `--advertise` is not a URL other servers can forward calls to.
+    #[error("--advertise {url:?}: {reason}; give this server's URL as others reach it, e.g. http://10.0.0.1:7070")]
+    BadAdvertiseUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}; pick a free address with --listen")]
     Bind {
@@ -120,7 +128,8 @@ impl ServerError {
             ServerError::Store(_)
             | ServerError::CorruptRecord { .. }
             | ServerError::DataDir { .. }
-            | ServerError::Bind { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            | ServerError::Bind { .. }
+            | ServerError::BadAdvertiseUrl { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderName};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -51,8 +51,9 @@ pub struct FrontDoor {
     pub role: watch::Receiver<Role>,
     /// Client for forwarded calls.
     pub client: reqwest::Client,
-    /// This server's URL, sent along with forwarded calls.
-    pub me: String,
+    /// This server's URL, sent along with forwarded calls (checked once, at start, by
+    /// [`advertise_header`]).
+    pub me: HeaderValue,
     /// Bearer token of user routes.
     pub api_token: std::sync::Arc<str>,
     /// Bearer token of agent routes.
@@ -62,26 +63,29 @@ pub struct FrontDoor {
 }
 
 impl FrontDoor {
-    /// A front door with a forwarding client.
+    /// A front door with a forwarding client; fails when `me` (the advertised URL) could
+    /// not be sent along with a forwarded call, so a bad `--advertise` stops the server at
+    /// start instead of failing each forwarded request.
     pub fn new(
         role: watch::Receiver<Role>,
-        me: String,
+        me: &str,
         api_token: std::sync::Arc<str>,
         join_token: std::sync::Arc<str>,
         shutdown: watch::Receiver<bool>,
-    ) -> Self {
+    ) -> Result<Self, ServerError> {
+        let me = advertise_header(me)?;
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(FORWARD_CONNECT_TIMEOUT_MS))
             .build()
             .expect("a plain HTTP client builds");
-        FrontDoor {
+        Ok(FrontDoor {
             role,
             client,
             me,
             api_token,
             join_token,
             shutdown,
-        }
+        })
     }
 
     /// The whole HTTP surface: `/healthz` answered here, everything else dispatched.
@@ -91,6 +95,28 @@ impl FrontDoor {
             .fallback(dispatch)
             .with_state(self)
     }
+}
+
+/// Checks an advertised URL (`--advertise`, or the default `http://LISTEN`): other
+/// servers forward calls to it and it travels in [`FORWARDED_BY_HEADER`], so it must be
+/// an `http://` or `https://` URL with a host and nothing a header cannot carry.
+pub fn advertise_header(url: &str) -> Result<HeaderValue, ServerError> {
+    let bad = |reason: &str| ServerError::BadAdvertiseUrl {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| bad("it must start with http:// or https://"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || host.starts_with(':') {
+        return Err(bad("it names no host"));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("it holds white space or control characters"));
+    }
+    HeaderValue::from_str(url).map_err(|_| bad("it holds characters an HTTP header cannot carry"))
 }
 
 async fn dispatch(State(door): State<FrontDoor>, request: Request) -> Response {
@@ -162,10 +188,7 @@ impl FrontDoor {
                 ))
             })?;
         let mut headers = relayed(&parts.headers);
-        headers.insert(
-            FORWARDED_BY_HEADER,
-            self.me.parse().expect("a URL is a valid header value"),
-        );
+        headers.insert(FORWARDED_BY_HEADER, self.me.clone());
         let unreachable = |detail: String| ServerError::LeaderUnreachable {
             leader: leader_url.to_string(),
             detail,
@@ -199,4 +222,45 @@ fn relayed(headers: &HeaderMap) -> HeaderMap {
     }
     out.remove("keep-alive");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertise_urls_others_can_reach_are_accepted() {
+        for url in [
+            "http://10.0.0.1:7070",
+            "https://stator.example:443",
+            "http://[::1]:7070",
+            "http://host/",
+        ] {
+            assert!(advertise_header(url).is_ok(), "{url} refused");
+        }
+    }
+
+    #[test]
+    fn a_bad_advertise_url_is_refused_with_what_to_do() {
+        for (url, why) in [
+            ("10.0.0.1:7070", "http://"),
+            ("ftp://host", "http://"),
+            ("http://", "no host"),
+            ("http://:7070", "no host"),
+            ("http://host name:7070", "white space"),
+            ("http://host\n:7070", "white space"),
+        ] {
+            let error = advertise_header(url).expect_err(url).to_string();
+            assert!(error.contains(why), "{url}: {error}");
+            assert!(error.contains("--advertise"), "{url}: {error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_front_door_refuses_a_bad_advertise_url_at_start() {
+        let (_role_tx, role) = watch::channel(Role::Electing);
+        let (_stop_tx, stop) = watch::channel(false);
+        let door = FrontDoor::new(role, "not a url", "a".into(), "j".into(), stop);
+        assert!(matches!(door, Err(ServerError::BadAdvertiseUrl { .. })));
+    }
 }

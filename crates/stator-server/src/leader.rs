@@ -83,7 +83,7 @@ pub struct Term {
     /// Flipped to end this term's event streams.
     pub stop: watch::Sender<bool>,
     /// The controller task; aborted when the term is dropped. It ends by itself only on
-    /// [`ControllerExit::Fenced`] (or at shutdown).
+    /// [`ControllerExit::Fenced`] or [`ControllerExit::StoreFailed`] (or at shutdown).
     pub controller: JoinHandle<ControllerExit>,
 }
 
@@ -319,6 +319,11 @@ impl Election {
                             url = %self.me,
                             "deposed: the store refused a controller write because \
                              {LEADER_KEY} changed hands; controller stopped, following"
+                        ),
+                        ControllerExit::StoreFailed => tracing::warn!(
+                            url = %self.me,
+                            "a controller write failed; stepping down to campaign again \
+                             and reload the cluster from the store"
                         ),
                         ControllerExit::Stopped => {
                             tracing::warn!("the controller stopped by itself; stepping down")

@@ -241,10 +241,65 @@ async fn start_term(
     })
 }
 
+/// How long a server on its own store waits before it starts a new controller term
+/// after its controller stopped (a store write failed): a store that failed once is
+/// likely to fail again at once, and calls meanwhile get 503 and retry.
+pub const TERM_RESTART_DELAY_MS: u64 = 1_000;
+
+/// Leads on a store this server owns alone (no election): serves `term` until shutdown.
+/// A controller that stops by itself (a store write failed, so memory ran ahead of the
+/// store) is replaced by a new term loaded from the store, the way a server sharing a
+/// store steps down and campaigns again.
+async fn lead_alone(
+    mut term: Term,
+    new_term: StartTerm,
+    role: watch::Sender<Role>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let exit = tokio::select! {
+            biased;
+            _ = stopping(&mut shutdown) => {
+                term.stop_gracefully().await;
+                return;
+            }
+            exit = &mut term.controller => exit.unwrap_or(controller::ControllerExit::Stopped),
+        };
+        // Stop serving from the stopped term before anything else.
+        role.send_replace(Role::Electing);
+        drop(term);
+        tracing::warn!(
+            ?exit,
+            "the controller stopped; starting a new term from the store"
+        );
+        term = loop {
+            tokio::select! {
+                biased;
+                _ = stopping(&mut shutdown) => return,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(TERM_RESTART_DELAY_MS)) => {}
+            }
+            match new_term(fence::Fence::unfenced()).await {
+                Ok(term) => break term,
+                Err(error) => tracing::warn!(%error, "could not start a new controller term"),
+            }
+        };
+        role.send_replace(Role::Leading(term.router.clone()));
+    }
+}
+
+/// Resolves once the server is shutting down (or the sender is gone with it).
+async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
 /// Starts the server: opens the store, binds the listen address, and either runs the
 /// controller (embedded store) or joins the election for it (shared store, etcd); serves
 /// until [`ServerHandle::shutdown`].
 pub async fn start(config: ServerConfig) -> Result<ServerHandle> {
+    // A bad `--advertise` fails here, before anything is opened, not per forwarded call.
+    if let Some(url) = &config.advertise_url {
+        forward::advertise_header(url)?;
+    }
     let store = open_store(&config.store).await?;
     let (api_token, join_token) = tokens(&config, &*store).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -295,20 +350,15 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle> {
         // The embedded store belongs to this server alone: it always leads, unfenced.
         let term = new_term(fence::Fence::unfenced()).await?;
         role_tx.send_replace(Role::Leading(term.router.clone()));
-        let mut stop = shutdown_rx.clone();
-        tokio::spawn(async move {
-            let _ = stop.wait_for(|stopping| *stopping).await;
-            term.stop_gracefully().await;
-            drop(role_tx);
-        })
+        tokio::spawn(lead_alone(term, new_term, role_tx, shutdown_rx.clone()))
     };
     let router = forward::FrontDoor::new(
         role.clone(),
-        advertise_url.clone(),
+        &advertise_url,
         api_arc,
         join_arc,
         shutdown_rx.clone(),
-    )
+    )?
     .router();
     let mut stop = shutdown_rx;
     let http = tokio::spawn(async move {

@@ -9,8 +9,8 @@
 //!   batch and TTL limits.
 //! - [`embedded`]: [`EmbeddedStore`], a single redb file with in-process watches and
 //!   in-memory leases (the default, needs nothing installed).
-//! - [`conformance`]: the test cases every backend must pass, runnable from any crate with
-//!   [`store_conformance_tests!`].
+//! - `conformance` (cargo feature `testing`, for tests only): the test cases every backend
+//!   must pass, runnable from any crate with `store_conformance_tests!`.
 //! - [`error`]: the crate error type, [`StoreError`].
 //!
 //! - `etcd` (cargo feature `etcd`, off by default since the etcd client needs `protoc` to
@@ -18,6 +18,7 @@
 //! - `etcd_cluster` (feature `etcd`): `LocalEtcdCluster`, a real N-member etcd on loopback
 //!   for tests.
 
+#[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 pub mod embedded;
 pub mod error;

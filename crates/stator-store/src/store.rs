@@ -10,7 +10,7 @@ use crate::types::{CasOutcome, Expected, Guard, LeaseId, Revision, Versioned, Wa
 /// on the etcd v3 API. Keys are strings (paths such as `/stator/services/x`), values bytes.
 ///
 /// # To ensure correctness
-/// Every implementation must keep these rules; [`crate::conformance`] checks them.
+/// Every implementation must keep these rules; the `conformance` suite (cargo feature `testing`) checks them.
 /// - **One global revision.** Every write that changes something (put, delete of an
 ///   existing key, successful compare-and-swap, lease-driven deletes) gets a revision
 ///   greater than every earlier one. Reads and failed conditions do not bump it. Deletes

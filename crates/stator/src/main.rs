@@ -1,12 +1,13 @@
 //! The `stator` binary: every verb of the CLI.
 
-mod bench;
-mod chaos;
-mod client;
 mod commands;
-mod context;
 mod pools;
 mod up;
+
+use stator_bench as bench;
+use stator_chaos as chaos;
+use stator_client::{api as client, context};
+use stator_harness::shutdown_signal;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
@@ -21,7 +22,8 @@ struct Cli {
     /// Context file with the API address and token (default: the one `stator up` made current).
     #[arg(long, global = true, env = "STATOR_CONTEXT")]
     context: Option<PathBuf>,
-    /// API base URL; overrides the context (needs --token-file).
+    /// API base URL, or several comma-separated (tried in turn when one is down);
+    /// overrides the context (needs --token-file).
     #[arg(long, global = true)]
     server: Option<String>,
     /// File holding the API token.
@@ -37,112 +39,17 @@ enum Verb {
     #[command(
         after_help = "Examples:\n  stator up -f examples/kv.toml\n  stator up --nodes 5 --data-dir /tmp/c1 --api 127.0.0.1:7071"
     )]
-    Up {
-        /// Where the store, tokens, logs and context go.
-        #[arg(long, default_value = "stator-data")]
-        data_dir: PathBuf,
-        /// Agents (nodes) to start.
-        #[arg(long, default_value_t = 3)]
-        nodes: usize,
-        /// API listen address.
-        #[arg(long, default_value = stator_server::config::DEFAULT_LISTEN)]
-        api: String,
-        /// Gateway HTTP listen address.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        gateway_http: String,
-        /// Service specs to apply once the nodes are ready.
-        #[arg(short = 'f', long = "apply")]
-        apply: Vec<PathBuf>,
-        /// Milliseconds without a heartbeat after which a node is lost.
-        #[arg(long, default_value_t = stator_server::config::DEFAULT_NODE_GRACE_MS)]
-        node_grace_ms: u64,
-        /// Node pools (TOML `[[pool]]` list): start each pool's `min` nodes instead of
-        /// `--nodes`, and let the autoscaler add and release local agents.
-        #[arg(long)]
-        pools: Option<PathBuf>,
-    },
+    Up(UpArgs),
     /// Run the control plane (API and controllers).
     #[command(
         after_help = "Example:\n  stator server --data-dir /var/lib/stator --listen 10.0.0.1:7070"
     )]
-    Server {
-        /// `embedded:DIR` (single file, the default) or `etcd://H:P,H:P`.
-        #[arg(long)]
-        store: Option<String>,
-        /// API listen address (loopback unless configured).
-        #[arg(long, default_value = stator_server::config::DEFAULT_LISTEN)]
-        listen: String,
-        /// Where tokens (api-token, join-token) and the embedded store live.
-        #[arg(long, default_value = "stator-data/server")]
-        data_dir: PathBuf,
-        /// Milliseconds without a heartbeat after which a node is lost.
-        #[arg(long, default_value_t = stator_server::config::DEFAULT_NODE_GRACE_MS)]
-        node_grace_ms: u64,
-        /// URL the other servers on the same etcd forward calls to while this one runs
-        /// the controller (default: http:// + the listen address).
-        #[arg(long)]
-        advertise: Option<String>,
-        /// Node pools (TOML `[[pool]]` list) of fixed machines (the `static` provider):
-        /// the autoscaler resizes, rebalances and drains empty nodes; it never adds one.
-        #[arg(long)]
-        pools: Option<PathBuf>,
-    },
+    Server(ServerArgs),
     /// Run a node agent that joins a cluster (`--server URL[,URL...]`, tried in turn).
     #[command(
         after_help = "Example:\n  stator agent --server http://10.0.0.1:7070 --join-token-file join-token --name node-a --zone eu-1a"
     )]
-    Agent {
-        /// File holding the cluster's join token.
-        #[arg(long)]
-        join_token_file: PathBuf,
-        /// Node name (default: the host name).
-        #[arg(long)]
-        name: Option<String>,
-        /// Failure domain.
-        #[arg(long, default_value = "default")]
-        zone: String,
-        /// Node pool.
-        #[arg(long, default_value = "default")]
-        pool: String,
-        /// CPU offered, millicores.
-        #[arg(long, default_value_t = 4000)]
-        cpu: u64,
-        /// Memory offered, MiB.
-        #[arg(long, default_value_t = 8192)]
-        memory: u64,
-        /// Price of this machine per hour (for cost-aware placement).
-        #[arg(long, default_value_t = 0.0)]
-        price: f64,
-        /// Where the replica transport listens.
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: String,
-        /// IP the Redis Cluster RESP listeners bind, one per kv service in cluster mode
-        /// (default: the host of --listen).
-        #[arg(long)]
-        resp_host: Option<String>,
-        /// Host clients are told to dial in MOVED and CLUSTER SLOTS (default: the
-        /// --resp-host, or 127.0.0.1 when that is 0.0.0.0). Set it on a multi-machine
-        /// cluster: the address of this machine that clients can reach.
-        #[arg(long)]
-        advertise_host: Option<String>,
-        /// Ports the RESP listeners may take, `LOW-HIGH` (one per kv service; default:
-        /// any free port). Open this range in firewalls between clients and agents.
-        #[arg(long, value_parser = parse_port_range)]
-        resp_ports: Option<(u16, u16)>,
-        /// Mutual TLS on the replica transport: this node's certificate chain (PEM; it
-        /// must name the `--listen` host). Needs --tls-key and --tls-ca too.
-        #[arg(long, requires_all = ["tls_key", "tls_ca"])]
-        tls_cert: Option<PathBuf>,
-        /// The private key of --tls-cert (PEM).
-        #[arg(long, requires_all = ["tls_cert", "tls_ca"])]
-        tls_key: Option<PathBuf>,
-        /// The CA (PEM) every peer's certificate must chain to.
-        #[arg(long, requires_all = ["tls_cert", "tls_key"])]
-        tls_ca: Option<PathBuf>,
-        /// Logs, sockets and run files.
-        #[arg(long, default_value = "stator-data/agent")]
-        data_dir: PathBuf,
-    },
+    Agent(AgentArgs),
     /// Run a stateless gateway: RESP endpoints, the HTTP call route and the proxy
     /// (`--server URL[,URL...]`, tried in turn).
     #[command(
@@ -245,75 +152,12 @@ enum Verb {
     #[command(
         after_help = "Example:\n  stator sim --scenario examples/sim/mmo-diurnal.toml --compare --out sim-out --json"
     )]
-    Sim {
-        /// Scenario TOML.
-        #[arg(long)]
-        scenario: Option<PathBuf>,
-        /// Alibaba openb node list CSV.
-        #[arg(long)]
-        trace_nodes: Option<PathBuf>,
-        /// Alibaba openb pod list CSV.
-        #[arg(long)]
-        trace_pods: Option<PathBuf>,
-        /// stator | k8s-default | k8s-tuned.
-        #[arg(long)]
-        policy: Option<String>,
-        /// Run stator and every baseline (k8s-default, k8s-tuned) and print the ratios.
-        #[arg(long)]
-        compare: bool,
-        /// Directory for CSV time series and plots.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Random seed.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Several seeds, `1..5` (both ends included) or `1,2,7`: per-seed results,
-        /// then medians and ranges.
-        #[arg(long)]
-        seeds: Option<String>,
-        /// One JSON object on the last line.
-        #[arg(long)]
-        json: bool,
-    },
+    Sim(SimArgs),
     /// Jepsen-style run: a local cluster, clients, a nemesis and a linearizability verdict.
     #[command(
-        after_help = "Example:\n  stator chaos --duration 60 --faults kill,pause --history h.jsonl --json"
+        after_help = "Example:\n  stator chaos --duration-s 60 --faults kill,pause --history h.jsonl --json"
     )]
-    Chaos {
-        /// Seconds of faults under load.
-        #[arg(long, default_value_t = 60)]
-        duration: u64,
-        /// Fault kinds: kill, pause, partition, membership, server (the controller
-        /// holder among three servers on etcd; needs the etcd feature and binary).
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "kill,pause,partition,membership"
-        )]
-        faults: Vec<String>,
-        /// Agents (5: a majority of every group survives one fault).
-        #[arg(long, default_value_t = 5)]
-        nodes: usize,
-        /// Concurrent clients.
-        #[arg(long, default_value_t = 5)]
-        clients: usize,
-        /// Keys the clients share (few, so operations conflict).
-        #[arg(long, default_value_t = 8)]
-        keys: usize,
-        /// Seed of the fault schedule and the clients (default: random, printed).
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Where to write the history (JSONL, DESIGN section 8).
-        #[arg(long, default_value = "chaos-history.jsonl")]
-        history: PathBuf,
-        /// Agents in network namespaces (needs root) or on loopback; auto: namespaces
-        /// where they can be made.
-        #[arg(long, value_enum, default_value_t = chaos::NetworkMode::Auto)]
-        network: chaos::NetworkMode,
-        /// Print the result as one JSON object on the last line.
-        #[arg(long)]
-        json: bool,
-    },
+    Chaos(ChaosArgs),
     /// Benchmarks that measure their baselines in the same run.
     #[command(after_help = "Example:\n  stator bench replication --clients 1,16 --json")]
     Bench {
@@ -328,90 +172,282 @@ enum BenchVerb {
     #[command(
         after_help = "Example:\n  stator bench replication --replicas 3 --clients 1,16,64 --json"
     )]
-    Replication {
-        /// Members per partition group (1, 3 or 5).
-        #[arg(long, default_value_t = 3)]
-        replicas: usize,
-        /// Concurrent clients; a comma-separated list measures each in turn.
-        #[arg(long, value_delimiter = ',', default_value = "1")]
-        clients: Vec<usize>,
-        /// Bytes per written value.
-        #[arg(long, default_value_t = 100)]
-        value_bytes: usize,
-        /// Measured seconds per run (after a 1 s warm-up).
-        #[arg(long, default_value_t = 5)]
-        duration: u64,
-        /// Partition groups (leaders spread over the hosts).
-        #[arg(long, default_value_t = 1)]
-        partitions: u32,
-        /// Baselines to leave out: etcd, redis-wait, redis, stator-unbatched,
-        /// stator-readindex.
-        #[arg(long, value_delimiter = ',')]
-        skip: Vec<String>,
-        /// Request measured: `set` (replicated write) or `get` (linearizable read, beside
-        /// read-index rounds and a plain Redis GET).
-        #[arg(long, default_value = "set")]
-        op: String,
-        /// Where stator replicas keep their log: memory, periodic or disk (fsync before
-        /// every acknowledgement, as etcd does).
-        #[arg(long, default_value = "memory", value_parser = parse_durability)]
-        durability: stator_api::spec::Durability,
-        /// Print the result as one JSON object on the last line.
-        #[arg(long)]
-        json: bool,
-    },
+    Replication(ReplicationArgs),
     /// Live move of a replica holding `--state-mib` of state under steady writes, beside
     /// a stop-and-copy (checkpoint/restore) move of the same state.
     #[command(after_help = "Example:\n  stator bench migration --state-mib 64 --json")]
-    Migration {
-        /// State to fill the partition with before the move.
-        #[arg(long, default_value_t = 64)]
-        state_mib: u64,
-        /// Bytes per written value.
-        #[arg(long, default_value_t = 1024)]
-        value_bytes: usize,
-        /// Paced writes per second during the whole run.
-        #[arg(long, default_value_t = 500)]
-        rate_per_sec: u32,
-        /// Which replica moves: the leader or a follower.
-        #[arg(long = "move", value_enum, default_value_t = bench::migration::MoveKind::Follower)]
-        moved: bench::migration::MoveKind,
-        /// Print the result as one JSON object on the last line.
-        #[arg(long)]
-        json: bool,
-    },
+    Migration(MigrationArgs),
     /// SIGKILL of a node under `stator up`: unavailability, new leader, replication
     /// factor restored, no acknowledged write lost; beside an etcd leader kill.
     #[command(after_help = "Example:\n  stator bench failover --rounds 5 --json")]
-    Failover {
-        /// Agents to start.
-        #[arg(long, default_value_t = 4)]
-        nodes: usize,
-        /// Partitions of the benchmark's service (3 replicas each).
-        #[arg(long, default_value_t = 4)]
-        partitions: u32,
-        /// Kills per kind.
-        #[arg(long, default_value_t = 10)]
-        rounds: usize,
-        /// Paced writes per second to partition 0.
-        #[arg(long, default_value_t = 200)]
-        rate_per_sec: u32,
-        /// Which node each round kills.
-        #[arg(long, value_enum, default_value_t = bench::failover::KillKind::Both)]
-        kind: bench::failover::KillKind,
-        /// Heartbeat grace after which the server declares a node lost.
-        #[arg(long, default_value_t = stator_server::config::DEFAULT_NODE_GRACE_MS)]
-        node_grace_ms: u64,
-        /// The service's Raft election timeout (default: the spec's default).
-        #[arg(long)]
-        election_timeout_ms: Option<u64>,
-        /// Baselines to leave out: etcd.
-        #[arg(long, value_delimiter = ',')]
-        skip: Vec<String>,
-        /// Print the result as one JSON object on the last line.
-        #[arg(long)]
-        json: bool,
-    },
+    Failover(FailoverArgs),
+}
+
+/// `stator up`: a whole cluster on this machine.
+#[derive(clap::Args)]
+struct UpArgs {
+    /// Where the store, tokens, logs and context go.
+    #[arg(long, default_value = "stator-data")]
+    data_dir: PathBuf,
+    /// Agents (nodes) to start.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// API listen address.
+    #[arg(long, default_value = stator_server::config::DEFAULT_LISTEN)]
+    api: String,
+    /// Gateway HTTP listen address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    gateway_http: String,
+    /// Service specs to apply once the nodes are ready.
+    #[arg(short = 'f', long = "apply")]
+    apply: Vec<PathBuf>,
+    /// Milliseconds without a heartbeat after which a node is lost.
+    #[arg(long, default_value_t = stator_server::config::DEFAULT_NODE_GRACE_MS)]
+    node_grace_ms: u64,
+    /// Node pools (TOML `[[pool]]` list): start each pool's `min` nodes instead of
+    /// `--nodes`, and let the autoscaler add and release local agents.
+    #[arg(long)]
+    pools: Option<PathBuf>,
+}
+
+/// `stator server`: the control plane.
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// `embedded:DIR` (single file, the default) or `etcd://H:P,H:P`.
+    #[arg(long)]
+    store: Option<String>,
+    /// API listen address (loopback unless configured).
+    #[arg(long, default_value = stator_server::config::DEFAULT_LISTEN)]
+    listen: String,
+    /// Where tokens (api-token, join-token) and the embedded store live.
+    #[arg(long, default_value = "stator-data/server")]
+    data_dir: PathBuf,
+    /// Milliseconds without a heartbeat after which a node is lost.
+    #[arg(long, default_value_t = stator_server::config::DEFAULT_NODE_GRACE_MS)]
+    node_grace_ms: u64,
+    /// URL the other servers on the same etcd forward calls to while this one runs
+    /// the controller (default: http:// + the listen address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Node pools (TOML `[[pool]]` list) of fixed machines (the `static` provider):
+    /// the autoscaler resizes, rebalances and drains empty nodes; it never adds one.
+    #[arg(long)]
+    pools: Option<PathBuf>,
+}
+
+/// `stator agent`: a node agent.
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// File holding the cluster's join token.
+    #[arg(long)]
+    join_token_file: PathBuf,
+    /// Node name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Failure domain.
+    #[arg(long, default_value = "default")]
+    zone: String,
+    /// Node pool.
+    #[arg(long, default_value = "default")]
+    pool: String,
+    /// CPU offered, millicores (`--cpu` is the old name, still accepted).
+    #[arg(long = "cpu-millis", alias = "cpu", default_value_t = 4000)]
+    cpu_millis: u64,
+    /// Memory offered, MiB (`--memory` is the old name, still accepted).
+    #[arg(long = "memory-mib", alias = "memory", default_value_t = 8192)]
+    memory_mib: u64,
+    /// Price of this machine per hour, USD, for cost-aware placement (`--price` is the
+    /// old name, still accepted).
+    #[arg(long = "price-per-hour", alias = "price", default_value_t = 0.0)]
+    price_per_hour: f64,
+    /// Where the replica transport listens.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// IP the Redis Cluster RESP listeners bind, one per kv service in cluster mode
+    /// (default: the host of --listen).
+    #[arg(long)]
+    resp_host: Option<String>,
+    /// Host clients are told to dial in MOVED and CLUSTER SLOTS (default: the
+    /// --resp-host, or 127.0.0.1 when that is 0.0.0.0). Set it on a multi-machine
+    /// cluster: the address of this machine that clients can reach.
+    #[arg(long)]
+    advertise_host: Option<String>,
+    /// Ports the RESP listeners may take, `LOW-HIGH` (one per kv service; default:
+    /// any free port). Open this range in firewalls between clients and agents.
+    #[arg(long, value_parser = parse_port_range)]
+    resp_ports: Option<(u16, u16)>,
+    /// Mutual TLS on the replica transport: this node's certificate chain (PEM; it
+    /// must name the `--listen` host). Needs --tls-key and --tls-ca too.
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires_all = ["tls_cert", "tls_ca"])]
+    tls_key: Option<PathBuf>,
+    /// The CA (PEM) every peer's certificate must chain to.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// Logs, sockets and run files.
+    #[arg(long, default_value = "stator-data/agent")]
+    data_dir: PathBuf,
+}
+
+/// `stator sim`: the simulator.
+#[derive(clap::Args)]
+struct SimArgs {
+    /// Scenario TOML.
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// Alibaba openb node list CSV.
+    #[arg(long)]
+    trace_nodes: Option<PathBuf>,
+    /// Alibaba openb pod list CSV.
+    #[arg(long)]
+    trace_pods: Option<PathBuf>,
+    /// stator | k8s-default | k8s-tuned.
+    #[arg(long)]
+    policy: Option<String>,
+    /// Run stator and every baseline (k8s-default, k8s-tuned) and print the ratios.
+    #[arg(long)]
+    compare: bool,
+    /// Directory for CSV time series and plots.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Random seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Several seeds, `1..5` (both ends included) or `1,2,7`: per-seed results,
+    /// then medians and ranges.
+    #[arg(long)]
+    seeds: Option<String>,
+    /// One JSON object on the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `stator chaos`: a Jepsen-style run.
+#[derive(clap::Args)]
+struct ChaosArgs {
+    /// Seconds of faults under load (`--duration` is the old name, still accepted).
+    #[arg(long = "duration-s", alias = "duration", default_value_t = 60)]
+    duration: u64,
+    /// Fault kinds: kill, pause, partition, membership, server (the controller
+    /// holder among three servers on etcd; needs the etcd feature and binary).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "kill,pause,partition,membership"
+    )]
+    faults: Vec<String>,
+    /// Agents (5: a majority of every group survives one fault).
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 5)]
+    clients: usize,
+    /// Keys the clients share (few, so operations conflict).
+    #[arg(long, default_value_t = 8)]
+    keys: usize,
+    /// Seed of the fault schedule and the clients (default: random, printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Where to write the history (JSONL, DESIGN section 8).
+    #[arg(long, default_value = "chaos-history.jsonl")]
+    history: PathBuf,
+    /// Agents in network namespaces (needs root) or on loopback; auto: namespaces
+    /// where they can be made.
+    #[arg(long, value_enum, default_value_t = chaos::NetworkMode::Auto)]
+    network: chaos::NetworkMode,
+    /// Print the result as one JSON object on the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `stator bench replication`.
+#[derive(clap::Args)]
+struct ReplicationArgs {
+    /// Members per partition group (1, 3 or 5).
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+    /// Concurrent clients; a comma-separated list measures each in turn.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    clients: Vec<usize>,
+    /// Bytes per written value.
+    #[arg(long, default_value_t = 100)]
+    value_bytes: usize,
+    /// Measured seconds per run, after a 1 s warm-up (`--duration` is the old name,
+    /// still accepted).
+    #[arg(long = "duration-s", alias = "duration", default_value_t = 5)]
+    duration: u64,
+    /// Partition groups (leaders spread over the hosts).
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
+    /// Baselines to leave out: etcd, redis-wait, redis, stator-unbatched,
+    /// stator-readindex.
+    #[arg(long, value_delimiter = ',')]
+    skip: Vec<String>,
+    /// Request measured: `set` (replicated write) or `get` (linearizable read, beside
+    /// read-index rounds and a plain Redis GET).
+    #[arg(long, default_value = "set")]
+    op: String,
+    /// Where stator replicas keep their log: memory, periodic or disk (fsync before
+    /// every acknowledgement, as etcd does).
+    #[arg(long, default_value = "memory", value_parser = parse_durability)]
+    durability: stator_api::spec::Durability,
+    /// Print the result as one JSON object on the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `stator bench migration`.
+#[derive(clap::Args)]
+struct MigrationArgs {
+    /// State to fill the partition with before the move.
+    #[arg(long, default_value_t = 64)]
+    state_mib: u64,
+    /// Bytes per written value.
+    #[arg(long, default_value_t = 1024)]
+    value_bytes: usize,
+    /// Paced writes per second during the whole run.
+    #[arg(long, default_value_t = 500)]
+    rate_per_sec: u32,
+    /// Which replica moves: the leader or a follower.
+    #[arg(long = "move", value_enum, default_value_t = bench::migration::MoveKind::Follower)]
+    moved: bench::migration::MoveKind,
+    /// Print the result as one JSON object on the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `stator bench failover`.
+#[derive(clap::Args)]
+struct FailoverArgs {
+    /// Agents to start.
+    #[arg(long, default_value_t = 4)]
+    nodes: usize,
+    /// Partitions of the benchmark's service (3 replicas each).
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Kills per kind.
+    #[arg(long, default_value_t = 10)]
+    rounds: usize,
+    /// Paced writes per second to partition 0.
+    #[arg(long, default_value_t = 200)]
+    rate_per_sec: u32,
+    /// Which node each round kills.
+    #[arg(long, value_enum, default_value_t = bench::failover::KillKind::Both)]
+    kind: bench::failover::KillKind,
+    /// Heartbeat grace after which the server declares a node lost.
+    #[arg(long, default_value_t = stator_server::config::DEFAULT_NODE_GRACE_MS)]
+    node_grace_ms: u64,
+    /// The service's Raft election timeout (default: the spec's default).
+    #[arg(long)]
+    election_timeout_ms: Option<u64>,
+    /// Baselines to leave out: etcd.
+    #[arg(long, value_delimiter = ',')]
+    skip: Vec<String>,
+    /// Print the result as one JSON object on the last line.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -430,15 +466,6 @@ fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
         return Err(format!("LOW must be 1..=HIGH in {text:?}"));
     }
     Ok((low, high))
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("signal handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 /// A bad command line: help and version print as clap prints them; errors become one
@@ -500,366 +527,369 @@ fn run() -> anyhow::Result<()> {
         Ok(cli) => cli,
         Err(error) => return parse_error(error),
     };
-    if let Verb::Completions { shell } = cli.command {
-        let mut script = Vec::new();
-        clap_complete::generate(shell, &mut Cli::command(), "stator", &mut script);
-        commands::write_stdout_bytes(&script);
-        return Ok(());
-    }
-    if let Verb::Sim {
-        scenario,
-        trace_nodes,
-        trace_pods,
-        policy,
-        compare,
-        out,
-        seed,
-        seeds,
-        json,
-    } = cli.command
-    {
-        let opts = stator_sim::SimOptions {
-            scenario,
-            trace_nodes,
-            trace_pods,
-            policy,
-            compare,
-            out,
-            json,
-            seed,
-            seeds: match seeds {
-                Some(text) => stator_sim::parse_seeds(&text)?,
-                None => Vec::new(),
-            },
-            progress: true,
-        };
-        // The simulator prints with println!; it writes no socket, so the default
-        // SIGPIPE action (end quietly) is safe here and keeps `stator sim | head` calm.
-        // SAFETY: setting a signal disposition before any thread is started.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
-        stator_sim::run_and_report(&opts)?;
-        return Ok(());
-    }
+    let Cli {
+        context,
+        server,
+        token_file,
+        command,
+    } = cli;
+    // The verbs that need no runtime run before one starts.
+    let command = match command {
+        Verb::Completions { shell } => return print_completions(shell),
+        Verb::Sim(args) => return simulate(args),
+        other => other,
+    };
+    let target = Target {
+        context,
+        server,
+        token_file,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting tokio")?;
-    runtime.block_on(async move {
-        let api = || -> anyhow::Result<client::Api> {
-            let ctx = context::resolve(
-                cli.server.as_deref(),
-                cli.token_file.as_deref(),
-                cli.context.as_deref(),
-            )?;
-            client::Api::new(&ctx)
-        };
-        match cli.command {
-            Verb::Sim { .. } | Verb::Completions { .. } => {
-                unreachable!("handled before the runtime starts")
-            }
-            Verb::Up {
-                data_dir,
-                nodes,
-                api,
-                gateway_http,
-                apply,
-                node_grace_ms,
-                pools,
-            } => {
-                anyhow::ensure!(nodes >= 1, "--nodes: at least 1");
-                up::run(up::UpOptions {
-                    data_dir,
-                    nodes,
-                    api,
-                    gateway_http,
-                    apply,
-                    node_grace_ms,
-                    pools,
-                })
-                .await
-            }
-            Verb::Server {
-                store,
-                listen,
-                data_dir,
-                node_grace_ms,
-                advertise,
-                pools,
-            } => {
-                let mut config = stator_server::ServerConfig::new(&data_dir);
-                config.advertise_url = advertise;
-                if let Some(path) = pools {
-                    config.autoscale = Some(stator_server::controller::Autoscaling {
-                        config: pools::read_pools_file(&path, &[])?,
-                        provider: std::sync::Arc::new(stator_server::provider::StaticProvider),
-                    });
-                }
-                if let Some(store) = store {
-                    config.store = store.parse().map_err(|e| anyhow::anyhow!("--store: {e}"))?;
-                }
-                config.listen = listen
-                    .parse()
-                    .with_context(|| format!("--listen: not an address: {listen}"))?;
-                config.node_grace_ms = node_grace_ms;
-                let server = stator_server::start(config).await?;
-                eprintln!(
-                    "stator server listening on {} (tokens in {})",
-                    server.url(),
-                    data_dir.display()
-                );
-                shutdown_signal().await;
-                server.shutdown().await?;
-                Ok(())
-            }
-            Verb::Agent {
-                join_token_file,
-                name,
-                zone,
-                pool,
-                cpu,
-                memory,
-                price,
-                listen,
-                resp_host,
-                advertise_host,
-                resp_ports,
-                tls_cert,
-                tls_key,
-                tls_ca,
-                data_dir,
-            } => {
-                let servers: Vec<String> = match &cli.server {
-                    Some(s) => s.split(',').map(str::to_string).collect(),
-                    None => anyhow::bail!("agent: --server URL[,URL...] is required"),
-                };
-                let name = name.unwrap_or_else(|| {
-                    std::fs::read_to_string("/etc/hostname")
-                        .map(|h| h.trim().to_string())
-                        .unwrap_or_else(|_| "node".into())
-                });
-                let mut config = stator_agent::AgentConfig::new(
-                    servers,
-                    context::read_token(&join_token_file)?,
-                    name,
-                    data_dir,
-                );
-                config.zone = zone;
-                config.pool = pool;
-                config.cpu_millis = cpu;
-                config.memory_mib = memory;
-                config.price_per_hour = price;
-                config.listen = listen;
-                config.resp_host = resp_host;
-                config.advertise_host = advertise_host;
-                config.resp_ports = resp_ports;
-                if let (Some(cert), Some(key), Some(ca)) = (tls_cert, tls_key, tls_ca) {
-                    config.tls = Some(stator_replication::TlsConfig {
-                        cert_pem_path: cert,
-                        key_pem_path: key,
-                        ca_pem_path: ca,
-                    });
-                }
-                stator_agent::run(config, shutdown_signal()).await?;
-                Ok(())
-            }
-            Verb::Gateway {
-                http,
-                bus,
-                bus_advertise,
-            } => {
-                let ctx = context::resolve(
-                    cli.server.as_deref(),
-                    cli.token_file.as_deref(),
-                    cli.context.as_deref(),
-                )?;
-                // `--server URL[,URL...]`: several servers on one etcd, tried in turn.
-                let mut config = stator_gateway::GatewayConfig::new(
-                    ctx.server.split(',').map(str::to_string).collect(),
-                    ctx.token.clone(),
-                    String::new(),
-                );
-                config.http_listen = Some(
-                    http.parse()
-                        .with_context(|| format!("--http: not an address: {http}"))?,
-                );
-                config.bus_listen = (bus != "off").then_some(bus);
-                config.bus_advertise_host = bus_advertise;
-                stator_gateway::run(config, shutdown_signal()).await?;
-                Ok(())
-            }
-            Verb::Apply { file } => commands::apply(&api()?, &file).await,
-            Verb::Get {
-                what,
-                service,
-                output,
-            } => commands::get(&api()?, &what, service.as_deref(), output).await,
-            Verb::Describe { kind, name, output } => match kind.as_str() {
-                "service" | "svc" => commands::describe_service(&api()?, &name, output).await,
-                "node" | "no" => commands::describe_node(&api()?, &name, output).await,
-                "partition" | "pt" => {
-                    commands::parse_partition_ref(&name)?;
-                    commands::describe_partition(&api()?, &name, output).await
-                }
-                other => anyhow::bail!(
-                    "describe {other}: expected node NAME, service NAME or partition SERVICE/N"
-                ),
-            },
-            Verb::Events {
-                follow,
-                service,
-                output,
-            } => commands::events(&api()?, follow, service.as_deref(), output).await,
-            Verb::Top { limit, output } => {
-                anyhow::ensure!(limit >= 1, "--limit: at least 1, got {limit}");
-                commands::top(&api()?, limit, output).await
-            }
-            Verb::Delete { kind, name } => {
-                anyhow::ensure!(
-                    kind == "service" || kind == "svc",
-                    "delete {kind}: only `delete service NAME` exists"
-                );
-                api()?.delete(&format!("/v1/services/{name}")).await?;
-                outln!("service/{name} deleted");
-                Ok(())
-            }
-            Verb::Chaos {
-                duration,
-                faults,
-                nodes,
-                clients,
-                keys,
-                seed,
-                history,
-                network,
-                json,
-            } => {
-                let faults = faults
-                    .iter()
-                    .map(|f| chaos::nemesis::FaultKind::parse(f.trim()))
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                let summary = chaos::run(chaos::Options {
-                    duration: Duration::from_secs(duration),
-                    faults,
-                    nodes,
-                    clients,
-                    keys,
-                    seed: seed.unwrap_or_else(rand::random),
-                    history,
-                    network,
-                })
-                .await?;
-                if json {
-                    println!("{}", serde_json::to_string(&summary)?);
-                }
-                anyhow::ensure!(
-                    summary.passed(),
-                    "chaos found a problem: verdict {:?}, {} anomalies, {} lost acknowledged writes, {} unrecovered faults",
-                    summary.verdict,
-                    summary.anomalies,
-                    summary.lost_acked_writes,
-                    summary.unrecovered
-                );
-                Ok(())
-            }
-            Verb::Drain { node } => {
-                api()?.post(&format!("/v1/nodes/{node}/drain")).await?;
-                outln!("node/{node} draining; `stator describe node {node}` shows its progress");
-                Ok(())
-            }
-            Verb::Bench {
-                which:
-                    BenchVerb::Replication {
-                        replicas,
-                        clients,
-                        value_bytes,
-                        duration,
-                        partitions,
-                        skip,
-                        op,
-                        durability,
-                        json,
-                    },
-            } => {
-                anyhow::ensure!(
-                    matches!(replicas, 1 | 3 | 5),
-                    "--replicas: must be 1, 3 or 5, got {replicas}"
-                );
-                let op = match op.as_str() {
-                    "set" => bench::replication::Op::Set,
-                    "get" => bench::replication::Op::Get,
-                    other => anyhow::bail!("--op: must be set or get, got {other:?}"),
-                };
-                let opts = bench::replication::Options {
-                    replicas,
-                    clients,
-                    value_bytes,
-                    duration: Duration::from_secs(duration),
-                    partitions,
-                    skip,
-                    op,
-                    durability,
-                };
-                let runs = bench::replication::run(&opts).await?;
-                bench::print_runs(&runs, json);
-                Ok(())
-            }
-            Verb::Bench {
-                which:
-                    BenchVerb::Migration {
-                        state_mib,
-                        value_bytes,
-                        rate_per_sec,
-                        moved,
-                        json,
-                    },
-            } => {
-                anyhow::ensure!(state_mib >= 1, "--state-mib: at least 1");
-                anyhow::ensure!(rate_per_sec >= 1, "--rate-per-sec: at least 1");
-                let opts = bench::migration::Options {
-                    state_mib,
-                    value_bytes,
-                    rate_per_sec,
-                    moved,
-                };
-                let report = bench::migration::run(&opts).await?;
-                bench::migration::print_report(&report, json);
-                Ok(())
-            }
-            Verb::Bench {
-                which:
-                    BenchVerb::Failover {
-                        nodes,
-                        partitions,
-                        rounds,
-                        rate_per_sec,
-                        kind,
-                        node_grace_ms,
-                        election_timeout_ms,
-                        skip,
-                        json,
-                    },
-            } => {
-                anyhow::ensure!(nodes >= 3, "--nodes: at least 3 (replicas are 3), got {nodes}");
-                anyhow::ensure!(rounds >= 1, "--rounds: at least 1");
-                anyhow::ensure!(rate_per_sec >= 1, "--rate-per-sec: at least 1");
-                let opts = bench::failover::Options {
-                    nodes,
-                    partitions,
-                    rounds,
-                    rate_per_sec,
-                    kind,
-                    node_grace_ms,
-                    election_timeout_ms,
-                    skip,
-                };
-                let report = bench::failover::run(&opts).await?;
-                bench::failover::print_report(&report, json);
-                Ok(())
-            }
+    runtime.block_on(dispatch(command, target))
+}
+
+/// Where the API is: the global flags, resolved lazily (verbs that start a cluster do
+/// not need one).
+struct Target {
+    context: Option<PathBuf>,
+    server: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
+impl Target {
+    fn context(&self) -> anyhow::Result<context::Context> {
+        context::resolve(
+            self.server.as_deref(),
+            self.token_file.as_deref(),
+            self.context.as_deref(),
+        )
+    }
+
+    fn api(&self) -> anyhow::Result<client::Api> {
+        client::Api::new(&self.context()?)
+    }
+}
+
+/// One line per verb: which function runs it.
+async fn dispatch(command: Verb, target: Target) -> anyhow::Result<()> {
+    match command {
+        Verb::Sim(_) | Verb::Completions { .. } => {
+            unreachable!("handled before the runtime starts")
         }
+        Verb::Up(args) => up(args).await,
+        Verb::Server(args) => serve(args).await,
+        Verb::Agent(args) => agent(args, &target).await,
+        Verb::Gateway {
+            http,
+            bus,
+            bus_advertise,
+        } => gateway(&http, bus, bus_advertise, &target).await,
+        Verb::Apply { file } => commands::apply(&target.api()?, &file).await,
+        Verb::Get {
+            what,
+            service,
+            output,
+        } => commands::get(&target.api()?, &what, service.as_deref(), output).await,
+        Verb::Describe { kind, name, output } => describe(&target, &kind, &name, output).await,
+        Verb::Events {
+            follow,
+            service,
+            output,
+        } => commands::events(&target.api()?, follow, service.as_deref(), output).await,
+        Verb::Top { limit, output } => {
+            anyhow::ensure!(limit >= 1, "--limit: at least 1, got {limit}");
+            commands::top(&target.api()?, limit, output).await
+        }
+        Verb::Delete { kind, name } => delete(&target, &kind, &name).await,
+        Verb::Drain { node } => drain(&target, &node).await,
+        Verb::Chaos(args) => run_chaos(args).await,
+        Verb::Bench { which } => match which {
+            BenchVerb::Replication(args) => bench_replication(args).await,
+            BenchVerb::Migration(args) => bench_migration(args).await,
+            BenchVerb::Failover(args) => bench_failover(args).await,
+        },
+    }
+}
+
+/// `stator completions SHELL`.
+fn print_completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "stator", &mut script);
+    commands::write_stdout_bytes(&script);
+    Ok(())
+}
+
+/// `stator sim`: a thin front end over `stator-sim`.
+fn simulate(args: SimArgs) -> anyhow::Result<()> {
+    let opts = stator_sim::SimOptions {
+        scenario: args.scenario,
+        trace_nodes: args.trace_nodes,
+        trace_pods: args.trace_pods,
+        policy: args.policy,
+        compare: args.compare,
+        out: args.out,
+        json: args.json,
+        seed: args.seed,
+        seeds: match args.seeds {
+            Some(text) => stator_sim::parse_seeds(&text)?,
+            None => Vec::new(),
+        },
+        progress: true,
+    };
+    // The simulator prints with println!; it writes no socket, so the default
+    // SIGPIPE action (end quietly) is safe here and keeps `stator sim | head` calm.
+    // SAFETY: setting a signal disposition before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    stator_sim::run_and_report(&opts)?;
+    Ok(())
+}
+
+/// `stator up`.
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.nodes >= 1, "--nodes: at least 1");
+    up::run(up::UpOptions {
+        data_dir: args.data_dir,
+        nodes: args.nodes,
+        api: args.api,
+        gateway_http: args.gateway_http,
+        apply: args.apply,
+        node_grace_ms: args.node_grace_ms,
+        pools: args.pools,
     })
+    .await
+}
+
+/// `stator server`: serves until a signal.
+async fn serve(args: ServerArgs) -> anyhow::Result<()> {
+    let mut config = stator_server::ServerConfig::new(&args.data_dir);
+    config.advertise_url = args.advertise;
+    if let Some(path) = args.pools {
+        config.autoscale = Some(stator_server::controller::Autoscaling {
+            config: pools::read_pools_file(&path, &[])?,
+            provider: std::sync::Arc::new(stator_server::provider::StaticProvider),
+        });
+    }
+    if let Some(store) = args.store {
+        config.store = store.parse().map_err(|e| anyhow::anyhow!("--store: {e}"))?;
+    }
+    config.listen = args
+        .listen
+        .parse()
+        .with_context(|| format!("--listen: not an address: {}", args.listen))?;
+    config.node_grace_ms = args.node_grace_ms;
+    let server = stator_server::start(config).await?;
+    eprintln!(
+        "stator server listening on {} (tokens in {})",
+        server.url(),
+        args.data_dir.display()
+    );
+    shutdown_signal().await;
+    server.shutdown().await?;
+    Ok(())
+}
+
+/// `stator agent`: runs until a signal.
+async fn agent(args: AgentArgs, target: &Target) -> anyhow::Result<()> {
+    let servers: Vec<String> = match &target.server {
+        Some(s) => s.split(',').map(str::to_string).collect(),
+        None => anyhow::bail!("agent: --server URL[,URL...] is required"),
+    };
+    let name = args.name.unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "node".into())
+    });
+    let mut config = stator_agent::AgentConfig::new(
+        servers,
+        context::read_token(&args.join_token_file)?,
+        name,
+        args.data_dir,
+    );
+    config.zone = args.zone;
+    config.pool = args.pool;
+    config.cpu_millis = args.cpu_millis;
+    config.memory_mib = args.memory_mib;
+    config.price_per_hour = args.price_per_hour;
+    config.listen = args.listen;
+    config.resp_host = args.resp_host;
+    config.advertise_host = args.advertise_host;
+    config.resp_ports = args.resp_ports;
+    if let (Some(cert), Some(key), Some(ca)) = (args.tls_cert, args.tls_key, args.tls_ca) {
+        config.tls = Some(stator_replication::TlsConfig {
+            cert_pem_path: cert,
+            key_pem_path: key,
+            ca_pem_path: ca,
+        });
+    }
+    stator_agent::run(config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// `stator gateway`: runs until a signal.
+async fn gateway(
+    http: &str,
+    bus: String,
+    bus_advertise: Option<String>,
+    target: &Target,
+) -> anyhow::Result<()> {
+    let ctx = target.context()?;
+    // `--server URL[,URL...]`: several servers on one etcd, tried in turn.
+    let mut config = stator_gateway::GatewayConfig::new(
+        ctx.server.split(',').map(str::to_string).collect(),
+        ctx.token.clone(),
+        String::new(),
+    );
+    config.http_listen = Some(
+        http.parse()
+            .with_context(|| format!("--http: not an address: {http}"))?,
+    );
+    config.bus_listen = (bus != "off").then_some(bus);
+    config.bus_advertise_host = bus_advertise;
+    stator_gateway::run(config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// `stator describe KIND NAME`.
+async fn describe(target: &Target, kind: &str, name: &str, output: Output) -> anyhow::Result<()> {
+    match kind {
+        "service" | "svc" => commands::describe_service(&target.api()?, name, output).await,
+        "node" | "no" => commands::describe_node(&target.api()?, name, output).await,
+        "partition" | "pt" => {
+            commands::parse_partition_ref(name)?;
+            commands::describe_partition(&target.api()?, name, output).await
+        }
+        other => anyhow::bail!(
+            "describe {other}: expected node NAME, service NAME or partition SERVICE/N"
+        ),
+    }
+}
+
+/// `stator delete service NAME`.
+async fn delete(target: &Target, kind: &str, name: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        kind == "service" || kind == "svc",
+        "delete {kind}: only `delete service NAME` exists"
+    );
+    target
+        .api()?
+        .delete(&format!("/v1/services/{name}"))
+        .await?;
+    outln!("service/{name} deleted");
+    Ok(())
+}
+
+/// `stator drain NODE`.
+async fn drain(target: &Target, node: &str) -> anyhow::Result<()> {
+    target
+        .api()?
+        .post(&format!("/v1/nodes/{node}/drain"))
+        .await?;
+    outln!("node/{node} draining; `stator describe node {node}` shows its progress");
+    Ok(())
+}
+
+/// `stator chaos`: a thin front end over `stator-chaos`; fails when the run found a
+/// problem.
+async fn run_chaos(args: ChaosArgs) -> anyhow::Result<()> {
+    let faults = args
+        .faults
+        .iter()
+        .map(|f| chaos::nemesis::FaultKind::parse(f.trim()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let summary = chaos::run(chaos::Options {
+        duration: Duration::from_secs(args.duration),
+        faults,
+        nodes: args.nodes,
+        clients: args.clients,
+        keys: args.keys,
+        seed: args.seed.unwrap_or_else(rand::random),
+        history: args.history,
+        network: args.network,
+    })
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    }
+    anyhow::ensure!(
+        summary.passed(),
+        "chaos found a problem: verdict {:?}, {} anomalies, {} lost acknowledged writes, {} unrecovered faults",
+        summary.verdict,
+        summary.anomalies,
+        summary.lost_acked_writes,
+        summary.unrecovered
+    );
+    Ok(())
+}
+
+/// `stator bench replication`.
+async fn bench_replication(args: ReplicationArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        matches!(args.replicas, 1 | 3 | 5),
+        "--replicas: must be 1, 3 or 5, got {}",
+        args.replicas
+    );
+    let op = match args.op.as_str() {
+        "set" => bench::replication::Op::Set,
+        "get" => bench::replication::Op::Get,
+        other => anyhow::bail!("--op: must be set or get, got {other:?}"),
+    };
+    let opts = bench::replication::Options {
+        replicas: args.replicas,
+        clients: args.clients,
+        value_bytes: args.value_bytes,
+        duration: Duration::from_secs(args.duration),
+        partitions: args.partitions,
+        skip: args.skip,
+        op,
+        durability: args.durability,
+    };
+    let runs = bench::replication::run(&opts).await?;
+    bench::print_runs(&runs, args.json);
+    Ok(())
+}
+
+/// `stator bench migration`.
+async fn bench_migration(args: MigrationArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.state_mib >= 1, "--state-mib: at least 1");
+    anyhow::ensure!(args.rate_per_sec >= 1, "--rate-per-sec: at least 1");
+    let opts = bench::migration::Options {
+        state_mib: args.state_mib,
+        value_bytes: args.value_bytes,
+        rate_per_sec: args.rate_per_sec,
+        moved: args.moved,
+    };
+    let report = bench::migration::run(&opts).await?;
+    bench::migration::print_report(&report, args.json);
+    Ok(())
+}
+
+/// `stator bench failover`.
+async fn bench_failover(args: FailoverArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.nodes >= 3,
+        "--nodes: at least 3 (replicas are 3), got {}",
+        args.nodes
+    );
+    anyhow::ensure!(args.rounds >= 1, "--rounds: at least 1");
+    anyhow::ensure!(args.rate_per_sec >= 1, "--rate-per-sec: at least 1");
+    let opts = bench::failover::Options {
+        nodes: args.nodes,
+        partitions: args.partitions,
+        rounds: args.rounds,
+        rate_per_sec: args.rate_per_sec,
+        kind: args.kind,
+        node_grace_ms: args.node_grace_ms,
+        election_timeout_ms: args.election_timeout_ms,
+        skip: args.skip,
+    };
+    let report = bench::failover::run(&opts).await?;
+    bench::failover::print_report(&report, args.json);
+    Ok(())
 }
 
 #[cfg(test)]

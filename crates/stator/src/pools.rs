@@ -1,24 +1,23 @@
-//! Node pools for `stator up --pools FILE`: the pools file, and the `local` node
-//! provider that runs each node of a pool as a `stator agent` child process.
+//! Local nodes for `stator up`: how an agent process is started, the pools file of
+//! `--pools FILE`, and the `local` node provider that runs each node of a pool as a
+//! `stator agent` child process.
 //!
-//! The provider shares its list of agent processes with `up`, which restarts an agent
-//! that died (a rebooting machine) and stops them all at the end; a released agent
-//! leaves the list first, so it is not started again.
+//! The provider shares `up`'s [`Supervisor`], which restarts an agent that died (a
+//! rebooting machine) and stops them all at the end; a released agent leaves the
+//! supervisor first, so it is not started again.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
 use serde::Deserialize;
 use stator_api::spec::NodePoolSpec;
+use stator_harness::supervisor::{self, ProcessSpec, Supervisor};
 use stator_server::autoscale::AutoscaleConfig;
 use stator_server::provider::{NodeProvider, ProviderError};
-use tokio::process::Child;
-
-use crate::up::{spawn_agent, AgentSpec};
 
 /// Time a released agent gets between SIGTERM and SIGKILL: it hosts nothing, so it
 /// only has to say goodbye.
@@ -94,23 +93,54 @@ fn parse_pools(text: &str, zones: &[&str]) -> anyhow::Result<AutoscaleConfig> {
     Ok(config)
 }
 
-/// One agent child process of `up`.
-pub struct AgentProcess {
-    /// What it was started with (restarts reuse it).
-    pub spec: AgentSpec,
-    /// The running process; None while it waits to be restarted.
-    pub child: Option<Child>,
-    /// When to start it again after it died.
-    pub restart_at: Option<tokio::time::Instant>,
+/// What one agent is started with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentSpec {
+    /// Node name.
+    pub name: String,
+    /// Zone.
+    pub zone: String,
+    /// Pool.
+    pub pool: String,
+    /// CPU offered, millicores.
+    pub cpu_millis: u64,
+    /// Memory offered, MiB.
+    pub memory_mib: u64,
+    /// USD per hour.
+    pub price_per_hour: f64,
 }
 
-/// The agents of `up`, shared by `up`'s supervision loop and the local provider.
-pub type Agents = Arc<Mutex<Vec<AgentProcess>>>;
-
-/// Locks the agent list. A std mutex: nothing awaits while holding it.
-pub fn lock(agents: &Agents) -> std::sync::MutexGuard<'_, Vec<AgentProcess>> {
-    // Each change is one push or remove: the list stays consistent after a panic.
-    agents.lock().unwrap_or_else(PoisonError::into_inner)
+/// How `stator agent` runs as a child of `up`: logging to
+/// `DATA_DIR/agents/<name>/agent.log`, its pid in `DATA_DIR/agents/<name>/pid` (scripts,
+/// benchmarks and the README tour find the agent to kill there), started again
+/// [`stator_harness::AGENT_RESTART_DELAY`] after it dies, as a new member.
+pub fn agent_process(launch: &Launch, spec: &AgentSpec) -> anyhow::Result<ProcessSpec> {
+    let dir = launch.data_dir.join("agents").join(&spec.name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut args: Vec<String> = vec!["agent".into(), "--server".into(), launch.server.clone()];
+    args.push("--join-token-file".into());
+    args.push(launch.token_file.display().to_string());
+    for (flag, value) in [
+        ("--name", spec.name.clone()),
+        ("--zone", spec.zone.clone()),
+        ("--pool", spec.pool.clone()),
+        ("--cpu-millis", spec.cpu_millis.to_string()),
+        ("--memory-mib", spec.memory_mib.to_string()),
+        ("--price-per-hour", spec.price_per_hour.to_string()),
+        ("--data-dir", dir.display().to_string()),
+    ] {
+        args.push(flag.into());
+        args.push(value);
+    }
+    Ok(ProcessSpec {
+        name: spec.name.clone(),
+        program: launch.exe.clone(),
+        args,
+        log: dir.join("agent.log"),
+        pid_file: Some(dir.join("pid")),
+        env: Vec::new(),
+        restart_delay: stator_harness::AGENT_RESTART_DELAY,
+    })
 }
 
 /// Where a local agent dials and writes its files.
@@ -129,7 +159,7 @@ pub struct Launch {
 /// The `local` provider: a node is a `stator agent` child process on this machine,
 /// registered with its pool's name, CPU, memory and price.
 pub struct LocalProvider {
-    agents: Agents,
+    agents: Supervisor,
     /// Set once the server listens.
     launch: std::sync::OnceLock<Launch>,
     /// Next number per pool for node names (`<pool>-<n>`).
@@ -138,7 +168,7 @@ pub struct LocalProvider {
 
 impl LocalProvider {
     /// A provider adding to `agents`; it starts nothing before [`Self::set_launch`].
-    pub fn new(agents: Agents) -> Self {
+    pub fn new(agents: Supervisor) -> Self {
         LocalProvider {
             agents,
             launch: std::sync::OnceLock::new(),
@@ -176,14 +206,8 @@ impl LocalProvider {
             memory_mib: pool.memory.0,
             price_per_hour: pool.price_per_hour,
         };
-        let child = spawn_agent(launch, &spec)?;
-        let name = spec.name.clone();
-        lock(&self.agents).push(AgentProcess {
-            spec,
-            child: Some(child),
-            restart_at: None,
-        });
-        Ok(name)
+        self.agents.start(agent_process(launch, &spec)?)?;
+        Ok(spec.name)
     }
 }
 
@@ -203,25 +227,12 @@ impl NodeProvider for LocalProvider {
     }
 
     async fn release(&self, _pool: &str, name: &str) -> Result<(), ProviderError> {
-        let agent = {
-            let mut agents = lock(&self.agents);
-            match agents.iter().position(|a| a.spec.name == name) {
-                Some(index) => agents.remove(index),
-                // Released before: nothing left to do.
-                None => return Ok(()),
-            }
+        // Not supervised (released before): nothing left to do.
+        let Some(child) = self.agents.remove(name) else {
+            return Ok(());
         };
-        if let Some(mut child) = agent.child {
-            if let Some(pid) = child.id() {
-                // SAFETY: plain kill(2) on our own child's pid.
-                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-            }
-            if tokio::time::timeout(RELEASE_GRACE, child.wait())
-                .await
-                .is_err()
-            {
-                let _ = child.kill().await;
-            }
+        if let Some(mut child) = child {
+            supervisor::terminate(&mut child, RELEASE_GRACE).await;
         }
         eprintln!("node {name} released: its agent is stopped");
         Ok(())

@@ -5,26 +5,32 @@
 //!
 //! With `--pools FILE` the nodes are the pools' `min` nodes, started through the
 //! `local` node provider (`pools.rs`), and the server's autoscaler adds and releases
-//! agents of those pools through the same provider.
+//! agents of those pools through the same provider and the same [`Supervisor`].
+//!
+//! [`run`] goes through its phases in order: [`start_server`], [`start_gateway`],
+//! [`start_agents`], waits for the nodes to be ready, applies the specs, prints
+//! [`print_welcome`] and supervises until a signal, then [`stop`]s.
 
-use crate::context::{self, Context};
-use crate::pools::{self, AgentProcess, Agents, Launch, LocalProvider};
+use crate::pools::{self, agent_process, AgentSpec, Launch, LocalProvider};
 use anyhow::Context as _;
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use stator_client::context::{self, Context};
+use stator_client::Api;
+use stator_harness::supervisor::Supervisor;
+use stator_server::autoscale::AutoscaleConfig;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::process::{Child, Command};
 
-/// How long a dead agent stays down before `up` starts it again: longer than the
-/// server's heartbeat grace, so the cluster first sees the node as lost and heals.
-pub const AGENT_RESTART_DELAY: Duration = Duration::from_secs(5);
 /// Zones agents are spread over, round-robin, so `spread = "zone"` has three domains.
 const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
 /// CPU each agent offers without `--pools` (the agent's own default).
 const DEFAULT_AGENT_CPU_MILLIS: u64 = 4_000;
 /// Memory each agent offers without `--pools` (the agent's own default).
 const DEFAULT_AGENT_MEMORY_MIB: u64 = 8_192;
+/// Time allowed for every agent to register after start.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time an agent gets between SIGTERM and SIGKILL when `up` stops.
+const AGENT_STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Settings of `stator up`.
 pub struct UpOptions {
@@ -45,65 +51,14 @@ pub struct UpOptions {
     pub pools: Option<PathBuf>,
 }
 
-/// What one agent is started with.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AgentSpec {
-    /// Node name.
-    pub name: String,
-    /// Zone.
-    pub zone: String,
-    /// Pool.
-    pub pool: String,
-    /// CPU offered, millicores.
-    pub cpu_millis: u64,
-    /// Memory offered, MiB.
-    pub memory_mib: u64,
-    /// USD per hour.
-    pub price_per_hour: f64,
-}
-
-/// Starts `stator agent` as a child of this process, logging to
-/// `DATA_DIR/agents/<name>/agent.log` and writing its pid next to it.
-pub fn spawn_agent(launch: &Launch, spec: &AgentSpec) -> anyhow::Result<Child> {
-    let dir = launch.data_dir.join("agents").join(&spec.name);
-    std::fs::create_dir_all(&dir)?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("agent.log"))?;
-    let mut cmd = Command::new(&launch.exe);
-    cmd.arg("agent")
-        .args(["--server", &launch.server])
-        .arg("--join-token-file")
-        .arg(&launch.token_file)
-        .args([
-            "--name", &spec.name, "--zone", &spec.zone, "--pool", &spec.pool,
-        ])
-        .args(["--cpu", &spec.cpu_millis.to_string()])
-        .args(["--memory", &spec.memory_mib.to_string()])
-        .args(["--price", &spec.price_per_hour.to_string()])
-        .arg("--data-dir")
-        .arg(&dir)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true);
-    // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the agent
-    // when `up` dies, so a crashed `up` leaves no orphaned cluster behind.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("starting agent {}", spec.name))?;
-    // Scripts, benchmarks and the README tour find the agent to kill here.
-    if let Some(pid) = child.id() {
-        std::fs::write(dir.join("pid"), pid.to_string())?;
-    }
-    Ok(child)
+/// What runs once the server and gateway are up.
+struct Running {
+    data_dir: PathBuf,
+    server: stator_server::ServerHandle,
+    gateway: stator_gateway::GatewayHandle,
+    gateway_url: Option<String>,
+    context_path: PathBuf,
+    agents: Supervisor,
 }
 
 /// Runs the cluster until Ctrl-C or SIGTERM.
@@ -111,41 +66,100 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("creating {}", opts.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&opts.data_dir)?;
-    let server_dir = data_dir.join("server");
-    let mut config = stator_server::ServerConfig::new(&server_dir);
+    let pool_config = match &opts.pools {
+        Some(path) => Some(pools::read_pools_file(path, &ZONES)?),
+        None => None,
+    };
+    let agents = Supervisor::new("up");
+    // The provider learns where agents dial once the server listens.
+    let provider = Arc::new(LocalProvider::new(agents.clone()));
+    let server = start_server(&opts, &data_dir, pool_config.as_ref(), &provider).await?;
+    let launch = Launch {
+        exe: std::env::current_exe()?,
+        data_dir: data_dir.clone(),
+        server: server.url(),
+        token_file: data_dir
+            .join("server")
+            .join(stator_server::config::JOIN_TOKEN_FILE),
+    };
+    provider.set_launch(launch.clone());
+    let (gateway, gateway_url) = start_gateway(&opts, &server).await?;
+    let context_path = data_dir.join("context");
+    context::write(
+        &context_path,
+        &Context {
+            server: server.url(),
+            token: server.api_token().to_string(),
+            gateway_http: gateway_url.clone(),
+        },
+    )?;
+    let running = Running {
+        data_dir,
+        server,
+        gateway,
+        gateway_url,
+        context_path,
+        agents,
+    };
+
+    let expected_nodes = start_agents(&opts, pool_config.as_ref(), &provider, &launch, &running)?;
+    let api = Api::new(&Context {
+        server: running.server.url(),
+        token: running.server.api_token().to_string(),
+        gateway_http: None,
+    })?;
+    api.wait_for_ready_nodes(expected_nodes, READY_TIMEOUT)
+        .await
+        .with_context(|| {
+            format!(
+                "agents did not register; see {}/agents/*/agent.log",
+                running.data_dir.display()
+            )
+        })?;
+    for spec in &opts.apply {
+        crate::commands::apply(&api, spec).await?;
+    }
+    print_welcome(&opts, pool_config.as_ref(), expected_nodes, &running);
+
+    let supervisor = tokio::spawn(running.agents.clone().run());
+    stator_harness::shutdown_signal().await;
+    supervisor.abort();
+    stop(running).await
+}
+
+/// Starts the server on the embedded store in `DATA_DIR/server`, with the autoscaler
+/// and the local provider when there are pools.
+async fn start_server(
+    opts: &UpOptions,
+    data_dir: &Path,
+    pool_config: Option<&AutoscaleConfig>,
+    provider: &Arc<LocalProvider>,
+) -> anyhow::Result<stator_server::ServerHandle> {
+    let mut config = stator_server::ServerConfig::new(data_dir.join("server"));
     config.listen = opts
         .api
         .parse()
         .with_context(|| format!("--api: not an address: {}", opts.api))?;
     config.node_grace_ms = opts.node_grace_ms;
-    let pool_config = match &opts.pools {
-        Some(path) => Some(pools::read_pools_file(path, &ZONES)?),
-        None => None,
-    };
-    let agents: Agents = Arc::new(Mutex::new(Vec::new()));
-    // The provider learns where agents dial once the server listens (below).
-    let provider = Arc::new(LocalProvider::new(agents.clone()));
-    if let Some(pool_config) = &pool_config {
+    if let Some(pool_config) = pool_config {
         config.autoscale = Some(stator_server::controller::Autoscaling {
             config: pool_config.clone(),
             provider: provider.clone(),
         });
     }
-    let server = stator_server::start(config)
+    stator_server::start(config)
         .await
-        .context("starting the server")?;
-    let url = server.url();
-    let token_file = server_dir.join(stator_server::config::JOIN_TOKEN_FILE);
-    let launch = Launch {
-        exe: std::env::current_exe()?,
-        data_dir: data_dir.clone(),
-        server: url.clone(),
-        token_file: token_file.clone(),
-    };
-    provider.set_launch(launch.clone());
+        .context("starting the server")
+}
 
-    let http = reqwest::Client::new();
-    let cluster: serde_json::Value = http
+/// Starts the gateway in this process, given the server's URL, token and cluster
+/// secret; returns it and its HTTP URL.
+async fn start_gateway(
+    opts: &UpOptions,
+    server: &stator_server::ServerHandle,
+) -> anyhow::Result<(stator_gateway::GatewayHandle, Option<String>)> {
+    let url = server.url();
+    let cluster: serde_json::Value = reqwest::Client::new()
         .get(format!("{url}/v1/cluster"))
         .bearer_auth(server.api_token())
         .send()
@@ -158,7 +172,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         .context("server gave no cluster secret")?
         .to_string();
     let mut gateway_config =
-        stator_gateway::GatewayConfig::new(vec![url.clone()], server.api_token(), secret);
+        stator_gateway::GatewayConfig::new(vec![url], server.api_token(), secret);
     gateway_config.http_listen = Some(
         opts.gateway_http
             .parse()
@@ -168,83 +182,53 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         .await
         .context("starting the gateway")?;
     let gateway_url = gateway.http_addr().map(|a| format!("http://{a}"));
+    Ok((gateway, gateway_url))
+}
 
-    let ctx_path = data_dir.join("context");
-    context::write(
-        &ctx_path,
-        &Context {
-            server: url.clone(),
-            token: server.api_token().to_string(),
-            gateway_http: gateway_url.clone(),
-        },
-    )?;
-
-    let mut expected_nodes = opts.nodes;
-    match &pool_config {
-        Some(pool_config) => {
-            expected_nodes = 0;
-            for pool in &pool_config.pools {
-                for i in 0..pool.min as usize {
-                    provider.start(pool, ZONES[i % ZONES.len()])?;
-                    expected_nodes += 1;
-                }
+/// Starts the pools' `min` nodes through the provider, or `--nodes` default agents;
+/// returns how many nodes to wait for.
+fn start_agents(
+    opts: &UpOptions,
+    pool_config: Option<&AutoscaleConfig>,
+    provider: &LocalProvider,
+    launch: &Launch,
+    running: &Running,
+) -> anyhow::Result<usize> {
+    if let Some(pool_config) = pool_config {
+        let mut started = 0;
+        for pool in &pool_config.pools {
+            for i in 0..pool.min as usize {
+                provider.start(pool, ZONES[i % ZONES.len()])?;
+                started += 1;
             }
         }
-        None => {
-            for i in 0..opts.nodes {
-                let spec = AgentSpec {
-                    name: format!("node-{}", i + 1),
-                    zone: ZONES[i % ZONES.len()].to_string(),
-                    pool: "default".into(),
-                    cpu_millis: DEFAULT_AGENT_CPU_MILLIS,
-                    memory_mib: DEFAULT_AGENT_MEMORY_MIB,
-                    price_per_hour: 0.0,
-                };
-                let child = spawn_agent(&launch, &spec)?;
-                pools::lock(&agents).push(AgentProcess {
-                    spec,
-                    child: Some(child),
-                    restart_at: None,
-                });
-            }
-        }
+        return Ok(started);
     }
+    for i in 0..opts.nodes {
+        let spec = AgentSpec {
+            name: format!("node-{}", i + 1),
+            zone: ZONES[i % ZONES.len()].to_string(),
+            pool: "default".into(),
+            cpu_millis: DEFAULT_AGENT_CPU_MILLIS,
+            memory_mib: DEFAULT_AGENT_MEMORY_MIB,
+            price_per_hour: 0.0,
+        };
+        running.agents.start(agent_process(launch, &spec)?)?;
+    }
+    Ok(opts.nodes)
+}
 
-    // Wait until every agent has registered, then apply the given specs.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let nodes: Vec<serde_json::Value> = http
-            .get(format!("{url}/v1/nodes"))
-            .bearer_auth(server.api_token())
-            .send()
-            .await?
-            .json()
-            .await?;
-        let ready = nodes.iter().filter(|n| n["state"] == "ready").count();
-        if ready >= expected_nodes {
-            break;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "only {ready} of {expected_nodes} agents registered within 30 s; see {}/agents/*/agent.log",
-            data_dir.display()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let api = crate::client::Api::new(&Context {
-        server: url.clone(),
-        token: server.api_token().to_string(),
-        gateway_http: None,
-    })?;
-    for spec in &opts.apply {
-        crate::commands::apply(&api, spec).await?;
-    }
-
-    println!(
-        "stator is up: {expected_nodes} nodes on the embedded store in {}",
-        data_dir.display()
-    );
-    if let Some(pool_config) = &pool_config {
+/// What runs where, and what to try next.
+fn print_welcome(
+    opts: &UpOptions,
+    pool_config: Option<&AutoscaleConfig>,
+    nodes: usize,
+    running: &Running,
+) {
+    let url = running.server.url();
+    let data_dir = running.data_dir.display();
+    println!("stator is up: {nodes} nodes on the embedded store in {data_dir}");
+    if let Some(pool_config) = pool_config {
         let names: Vec<String> = pool_config
             .pools
             .iter()
@@ -257,83 +241,43 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         );
     }
     println!(
-        "  API        {url}   (token in {}/api-token; context {})",
-        server_dir.display(),
-        ctx_path.display()
+        "  API        {url}   (token in {data_dir}/server/api-token; context {})",
+        running.context_path.display()
     );
     println!(
         "  dashboard  {}",
-        stator_server::dashboard::url_with_token(&url, server.api_token())
+        stator_server::dashboard::url_with_token(&url, running.server.api_token())
     );
-    if let Some(g) = &gateway_url {
+    if let Some(g) = &running.gateway_url {
         println!("  gateway    {g}   (RESP endpoints open as kv services declare them)");
     }
-    println!(
-        "  agents     logs in {}/agents/<node>/agent.log",
-        data_dir.display()
-    );
+    println!("  agents     logs in {data_dir}/agents/<node>/agent.log");
     println!("next, in another terminal:");
     if opts.apply.is_empty() {
         println!("  stator apply -f examples/kv.toml");
     }
     println!("  redis-cli -p 6380 set hello world        # the kv example's RESP endpoint");
     println!("  stator get partitions                     # leaders and members");
-    let first_agent = pools::lock(&agents)
-        .first()
-        .map_or_else(|| "node-1".to_string(), |a| a.spec.name.clone());
+    let first_agent = running
+        .agents
+        .names()
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| "node-1".to_string());
     println!(
-        "  kill -9 $(cat {}/agents/{first_agent}/pid)   # a node failure: a new leader, then the replication factor restored",
-        data_dir.display()
+        "  kill -9 $(cat {data_dir}/agents/{first_agent}/pid)   # a node failure: a new leader, then the replication factor restored"
     );
     println!("Ctrl-C stops everything.");
+}
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut ticker = tokio::time::interval(Duration::from_millis(200));
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
-            _ = ticker.tick() => {
-                for agent in pools::lock(&agents).iter_mut() {
-                    if let Some(child) = agent.child.as_mut() {
-                        if let Ok(Some(status)) = child.try_wait() {
-                            eprintln!("agent {} exited ({status}); starting it again in {AGENT_RESTART_DELAY:?} as a new member", agent.spec.name);
-                            agent.child = None;
-                            agent.restart_at = Some(tokio::time::Instant::now() + AGENT_RESTART_DELAY);
-                        }
-                    } else if agent.restart_at.is_some_and(|t| tokio::time::Instant::now() >= t) {
-                        agent.restart_at = None;
-                        match spawn_agent(&launch, &agent.spec) {
-                            Ok(child) => agent.child = Some(child),
-                            Err(e) => eprintln!("cannot restart agent {}: {e}", agent.spec.name),
-                        }
-                    }
-                }
-            }
-        }
-    }
+/// Stops the agents (SIGTERM, then SIGKILL after [`AGENT_STOP_GRACE`]), then the gateway
+/// and the server.
+async fn stop(running: Running) -> anyhow::Result<()> {
     println!("stopping ...");
-    // Take the agents out of the shared list: a provider call still running finds none.
-    let mut agents: Vec<AgentProcess> = std::mem::take(&mut *pools::lock(&agents));
-    for agent in &mut agents {
-        if let Some(child) = agent.child.as_mut() {
-            if let Some(pid) = child.id() {
-                // SAFETY: plain kill(2) on our own child's pid.
-                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-            }
-        }
-    }
-    for agent in &mut agents {
-        if let Some(mut child) = agent.child.take() {
-            if tokio::time::timeout(Duration::from_secs(5), child.wait())
-                .await
-                .is_err()
-            {
-                let _ = child.kill().await;
-            }
-        }
-    }
-    gateway.shutdown().await;
-    server.shutdown().await?;
+    // Taking the agents out of the supervisor first: a provider call still running
+    // finds none.
+    running.agents.stop_all(AGENT_STOP_GRACE).await;
+    running.gateway.shutdown().await;
+    running.server.shutdown().await?;
     Ok(())
 }

@@ -12,18 +12,18 @@
 //! computed from the client's record once the client has stopped; then every
 //! acknowledged key is read back.
 
-use super::baselines::{etcd_put, RespConn};
-use super::{free_port, installed};
-use crate::client::Api;
-use crate::context::Context;
+use super::free_port;
 use anyhow::{bail, Context as _};
 use async_trait::async_trait;
 use base64::Engine;
 use serde_json::{json, Value};
 use stator_api::slot::{key_slot, partition_of_slot};
+use stator_client::{Api, Context};
+use stator_harness::etcd::{put as etcd_put, EtcdOptions, LocalEtcd};
+use stator_harness::resp::Connection;
+use stator_harness::supervisor::ProcessSpec;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -41,6 +41,8 @@ const MAX_QUEUED_WRITES: usize = 16_384;
 const IN_FLIGHT_ACKS: Duration = Duration::from_millis(100);
 /// How often the API (or etcd's status endpoint) is polled during a round.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// Time `stator up` gets between SIGTERM and SIGKILL: it stops its agents first.
+const UP_STOP_GRACE: Duration = Duration::from_secs(15);
 /// `stator up` must have a leader and the replication factor for every partition by then.
 const CLUSTER_START_TIMEOUT: Duration = Duration::from_secs(90);
 /// A round must be back to full health by then, or the benchmark fails.
@@ -229,25 +231,25 @@ impl PacedClient {
 /// `SET` through the gateway's RESP endpoint; reconnects after any error.
 struct GatewayWriter {
     addr: String,
-    conn: Option<RespConn>,
+    conn: Option<Connection>,
 }
 
 #[async_trait]
 impl Writer for GatewayWriter {
     async fn set(&mut self, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
         if self.conn.is_none() {
-            self.conn = Some(RespConn::connect(&self.addr).await?);
+            self.conn = Some(Connection::connect(self.addr.as_str()).await?);
         }
         let conn = self.conn.as_mut().expect("connected above");
-        match conn.command(&[b"SET".as_slice(), key, value]).await {
-            Ok(reply) if reply == b"+OK\r\n" => Ok(()),
+        match conn.call(&[b"SET".as_slice(), key, value]).await {
+            Ok(stator_kv::Value::Simple(ok)) if ok == "OK" => Ok(()),
             Ok(reply) => {
                 self.conn = None;
-                bail!("unexpected reply {:?}", String::from_utf8_lossy(&reply))
+                bail!("unexpected reply {reply:?}")
             }
             Err(e) => {
                 self.conn = None;
-                Err(e)
+                Err(e.into())
             }
         }
     }
@@ -451,31 +453,31 @@ impl UpCluster {
             text.push_str(&format!("election_timeout_ms = {timeout_ms}\n"));
         }
         std::fs::write(&spec, text)?;
-        let log = std::fs::File::create(dir.path().join("up.log"))?;
-        let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
-        cmd.arg("up")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--nodes", &opts.nodes.to_string()])
-            .args(["--api", "127.0.0.1:0", "--gateway-http", "127.0.0.1:0"])
-            .arg("-f")
-            .arg(&spec)
-            .args(["--node-grace-ms", &opts.node_grace_ms.to_string()])
+        // Killed with this benchmark, and `up`'s agents with `up` (their death signal).
+        let mut child = stator_harness::supervisor::spawn(&ProcessSpec {
+            name: "`stator up`".into(),
+            program: std::env::current_exe()?,
+            args: vec![
+                "up".into(),
+                "--data-dir".into(),
+                data_dir.display().to_string(),
+                "--nodes".into(),
+                opts.nodes.to_string(),
+                "--api".into(),
+                "127.0.0.1:0".into(),
+                "--gateway-http".into(),
+                "127.0.0.1:0".into(),
+                "-f".into(),
+                spec.display().to_string(),
+                "--node-grace-ms".into(),
+                opts.node_grace_ms.to_string(),
+            ],
             // `up` makes its context the user's current one; keep the user's untouched.
-            .env("HOME", dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true);
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL `up` (and
-        // so, through its own death signal, its agents) if this benchmark dies.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().context("starting `stator up`")?;
+            env: vec![("HOME".into(), dir.path().display().to_string())],
+            log: dir.path().join("up.log"),
+            pid_file: None,
+            restart_delay: Duration::ZERO,
+        })?;
         let started = Instant::now();
         let context_file = data_dir.join("context");
         let ctx: Context = loop {
@@ -507,8 +509,8 @@ impl UpCluster {
             .await?;
         // The gateway opens the RESP listener once it has seen the service.
         loop {
-            if let Ok(mut conn) = RespConn::connect(&cluster.resp_addr).await {
-                if conn.command(&[b"PING".as_slice()]).await.is_ok() {
+            if let Ok(mut conn) = Connection::connect(cluster.resp_addr.as_str()).await {
+                if conn.call(&["PING"]).await.is_ok_and(|r| !r.is_error()) {
                     break;
                 }
             }
@@ -530,8 +532,7 @@ impl UpCluster {
     }
 
     async fn ready_nodes(&self) -> anyhow::Result<usize> {
-        let nodes: Vec<Value> = self.api.get("/v1/nodes").await?;
-        Ok(nodes.iter().filter(|n| n["state"] == "ready").count())
+        self.api.ready_nodes().await
     }
 
     /// Waits until `nodes` nodes are ready and every partition has a leader and its
@@ -573,7 +574,7 @@ impl UpCluster {
             }
         }
         let up_pid = self.child.id().context("`stator up` has exited")?;
-        if let Some(pid) = crate::chaos::cluster::agent_pids(up_pid).get(name) {
+        if let Some(pid) = stator_harness::process::child_agent_pids(up_pid).get(name) {
             return Ok(*pid as i32);
         }
         bail!("no running agent named {name} under `stator up` (pid {up_pid})")
@@ -581,16 +582,7 @@ impl UpCluster {
 
     /// Stops `up` with SIGTERM (it stops its agents), then SIGKILL if it lingers.
     async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            // SAFETY: plain kill(2) on our own child's pid.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        }
-        if tokio::time::timeout(Duration::from_secs(15), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
+        stator_harness::supervisor::terminate(&mut self.child, UP_STOP_GRACE).await;
     }
 }
 
@@ -688,7 +680,7 @@ async fn stator_round(
 async fn read_back_gateway(addr: &str, record: &ClientRecord) -> anyhow::Result<ReadBack> {
     let acked: Vec<&Outcome> = record.outcomes.iter().filter(|o| o.acked).collect();
     let mut lost = HashMap::new();
-    let mut conn: Option<RespConn> = None;
+    let mut conn: Option<Connection> = None;
     for batch in acked.chunks(READBACK_BATCH) {
         let mut frames = Vec::new();
         for o in batch {
@@ -701,13 +693,16 @@ async fn read_back_gateway(addr: &str, record: &ClientRecord) -> anyhow::Result<
         let replies = loop {
             attempt += 1;
             if conn.is_none() {
-                conn = RespConn::connect(addr).await.ok();
+                conn = Connection::connect(addr).await.ok();
             }
             if let Some(c) = conn.as_mut() {
-                match c.pipeline(&frames, batch.len()).await {
+                let replies = c.pipeline(&frames, batch.len()).await;
+                match replies.and_then(stator_harness::resp::without_errors) {
                     Ok(replies) => break replies,
                     Err(e) if attempt >= READBACK_ATTEMPTS => {
-                        return Err(e.context("reading acknowledged writes back"))
+                        return Err(
+                            anyhow::Error::from(e).context("reading acknowledged writes back")
+                        )
                     }
                     Err(_) => conn = None,
                 }
@@ -715,8 +710,14 @@ async fn read_back_gateway(addr: &str, record: &ClientRecord) -> anyhow::Result<
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         for (o, reply) in batch.iter().zip(replies) {
-            if reply != o.value.as_bytes() {
-                lost.insert(o.key.clone(), String::from_utf8_lossy(&reply).into_owned());
+            if reply != stator_kv::Value::bulk(o.value.as_bytes()) {
+                let seen = match reply {
+                    stator_kv::Value::Bulk(Some(bytes)) => {
+                        String::from_utf8_lossy(&bytes).into_owned()
+                    }
+                    other => format!("{other:?}"),
+                };
+                lost.insert(o.key.clone(), seen);
             }
         }
     }
@@ -848,147 +849,10 @@ fn round_ends(all: &[Round], of_kind: &[Round], last: Instant) -> Vec<Instant> {
 // ---------------------------------------------------------------------------------------
 // The etcd baseline.
 
-/// A 3-member etcd whose members can be killed and started again on their data dirs.
-struct EtcdCluster {
-    dir: tempfile::TempDir,
-    ports: Vec<(u16, u16)>,
-    children: Vec<Option<std::process::Child>>,
-    endpoints: Vec<String>,
-}
-
-impl Drop for EtcdCluster {
-    fn drop(&mut self) {
-        for c in self.children.iter_mut().flatten() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl EtcdCluster {
-    async fn start(members: usize) -> anyhow::Result<EtcdCluster> {
-        if !installed("etcd") {
-            bail!("etcd not installed (apt-get install etcd-server)");
-        }
-        let mut ports = Vec::new();
-        for _ in 0..members {
-            ports.push((free_port()?, free_port()?));
-        }
-        let mut cluster = EtcdCluster {
-            dir: tempfile::tempdir()?,
-            endpoints: ports
-                .iter()
-                .map(|(client, _)| format!("http://127.0.0.1:{client}"))
-                .collect(),
-            ports,
-            children: (0..members).map(|_| None).collect(),
-        };
-        for i in 0..members {
-            cluster.spawn(i)?;
-        }
-        let http = reqwest::Client::builder()
-            .timeout(ETCD_ATTEMPT_TIMEOUT)
-            .build()?;
-        let started = Instant::now();
-        while etcd_put(&http, &cluster.endpoints[0], b"ready", b"1")
-            .await
-            .is_err()
-        {
-            if started.elapsed() > CLUSTER_START_TIMEOUT {
-                bail!("etcd did not become ready within {CLUSTER_START_TIMEOUT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(cluster)
-    }
-
-    /// Starts member `i` (again) on its data dir.
-    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
-        let initial: Vec<String> = self
-            .ports
-            .iter()
-            .enumerate()
-            .map(|(j, (_, peer))| format!("e{j}=http://127.0.0.1:{peer}"))
-            .collect();
-        let (client, peer) = self.ports[i];
-        let child = std::process::Command::new("etcd")
-            .args(["--name", &format!("e{i}")])
-            .arg("--data-dir")
-            .arg(self.dir.path().join(format!("e{i}")))
-            .args([
-                "--listen-client-urls",
-                &format!("http://127.0.0.1:{client}"),
-            ])
-            .args([
-                "--advertise-client-urls",
-                &format!("http://127.0.0.1:{client}"),
-            ])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args([
-                "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
-            ])
-            .args(["--initial-cluster", &initial.join(",")])
-            .args(["--initial-cluster-state", "new"])
-            .args(["--initial-cluster-token", "stator-failover-bench"])
-            .args(["--heartbeat-interval", &ETCD_HEARTBEAT_MS.to_string()])
-            .args(["--election-timeout", &ETCD_ELECTION_TIMEOUT_MS.to_string()])
-            .args(["--log-level", "error"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting etcd")?;
-        self.children[i] = Some(child);
-        Ok(())
-    }
-
-    /// Member `i`'s own id and the leader it knows (0: none), from its status endpoint.
-    async fn status(&self, http: &reqwest::Client, i: usize) -> Option<(String, String)> {
-        let resp = http
-            .post(format!("{}/v3/maintenance/status", self.endpoints[i]))
-            .json(&json!({}))
-            .send()
-            .await
-            .ok()?;
-        let body: Value = resp.json().await.ok()?;
-        let id = body["header"]["member_id"].as_str()?.to_string();
-        let leader = body["leader"].as_str().unwrap_or("0").to_string();
-        Some((id, leader))
-    }
-
-    /// The index of the member that is leader by its own account.
-    async fn leader(&self, http: &reqwest::Client) -> Option<(usize, String)> {
-        for i in 0..self.endpoints.len() {
-            if let Some((id, leader)) = self.status(http, i).await {
-                if id == leader {
-                    return Some((i, id));
-                }
-            }
-        }
-        None
-    }
-
-    /// Every member up and agreeing on one leader.
-    async fn healthy(&self, http: &reqwest::Client) -> bool {
-        let mut leaders = Vec::new();
-        for i in 0..self.endpoints.len() {
-            match self.status(http, i).await {
-                Some((_, leader)) if leader != "0" => leaders.push(leader),
-                _ => return false,
-            }
-        }
-        leaders.windows(2).all(|w| w[0] == w[1])
-    }
-}
-
-async fn etcd_round(cluster: &mut EtcdCluster, http: &reqwest::Client) -> anyhow::Result<Round> {
+async fn etcd_round(cluster: &mut LocalEtcd, http: &reqwest::Client) -> anyhow::Result<Round> {
     let (victim, victim_id) = cluster.leader(http).await.context("etcd has no leader")?;
-    let mut child = cluster.children[victim]
-        .take()
-        .context("etcd leader not running")?;
     let kill_at = Instant::now();
-    child.kill().context("kill -9 of the etcd leader")?;
-    let _ = child.wait();
+    cluster.kill(victim).context("kill -9 of the etcd leader")?;
     let mut round = Round {
         kind: KillKind::Leader,
         node: format!("e{victim}"),
@@ -997,7 +861,7 @@ async fn etcd_round(cluster: &mut EtcdCluster, http: &reqwest::Client) -> anyhow
         rf_restored_at: None,
     };
     while round.new_leader_at.is_none() {
-        for i in (0..cluster.endpoints.len()).filter(|i| *i != victim) {
+        for i in (0..cluster.endpoints().len()).filter(|i| *i != victim) {
             if let Some((_, leader)) = cluster.status(http, i).await {
                 if leader != "0" && leader != victim_id {
                     round.new_leader_at = Some(Instant::now());
@@ -1010,7 +874,7 @@ async fn etcd_round(cluster: &mut EtcdCluster, http: &reqwest::Client) -> anyhow
         tokio::time::sleep(POLL_INTERVAL).await;
     }
     tokio::time::sleep(ETCD_DOWN.saturating_sub(kill_at.elapsed())).await;
-    cluster.spawn(victim)?;
+    cluster.restart(victim)?;
     let started = Instant::now();
     while !cluster.healthy(http).await {
         if started.elapsed() > HEAL_TIMEOUT {
@@ -1062,12 +926,19 @@ async fn measure_etcd(opts: &Options) -> anyhow::Result<Value> {
     eprintln!(
         "etcd: 3 members, heartbeat {ETCD_HEARTBEAT_MS} ms, election timeout {ETCD_ELECTION_TIMEOUT_MS} ms ..."
     );
-    let mut cluster = EtcdCluster::start(3).await?;
+    let mut cluster = LocalEtcd::start(EtcdOptions {
+        heartbeat_ms: Some(ETCD_HEARTBEAT_MS),
+        election_timeout_ms: Some(ETCD_ELECTION_TIMEOUT_MS),
+        token: "stator-failover-bench",
+        start_timeout: CLUSTER_START_TIMEOUT,
+        ..EtcdOptions::members(3)
+    })
+    .await?;
     let http = reqwest::Client::builder()
         .timeout(ETCD_ATTEMPT_TIMEOUT)
         .pool_max_idle_per_host(CLIENT_CONNECTIONS)
         .build()?;
-    let endpoints = Arc::new(cluster.endpoints.clone());
+    let endpoints = Arc::new(cluster.endpoints().to_vec());
     let writers: Vec<Box<dyn Writer>> = (0..CLIENT_CONNECTIONS)
         .map(|i| {
             Box::new(EtcdWriter {
@@ -1103,7 +974,7 @@ async fn measure_etcd(opts: &Options) -> anyhow::Result<Value> {
     let client_end = Instant::now();
     let record = client.finish().await;
     outcome?;
-    let readback = read_back_etcd(&cluster.endpoints[0], &record).await?;
+    let readback = read_back_etcd(&cluster.endpoints()[0], &record).await?;
     let acks = record.ack_times();
     let ends = round_ends(&rounds, &rounds, client_end);
     Ok(json!({

@@ -419,7 +419,7 @@ impl<'a> Nemesis<'a> {
         let detail = format!("SIGKILL {node} (pid {pid}, a leader's node)");
         self.log(&format!(
             "kill: {detail}; it is restarted as a new member in {:?}",
-            crate::up::AGENT_RESTART_DELAY
+            stator_harness::AGENT_RESTART_DELAY
         ));
         self.wait_replaced(&node, old_id).await;
         Ok((true, detail, killed_at))

@@ -13,13 +13,12 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use stator_check::Recorder;
-use stator_kv::{encode_command, parse_reply, Value};
+use stator_harness::resp::Connection;
+use stator_kv::Value;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -32,63 +31,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest pause between a client's operations, in ms. A little think time keeps the
 /// history a size the checker handles in seconds while clients still overlap constantly.
 const MAX_THINK_MS: u64 = 10;
-/// Largest reply accepted: values here are a few bytes; anything bigger is a broken peer.
-const MAX_REPLY_BYTES: usize = 1 << 20;
 /// Time allowed for the final read of every key.
 const FINAL_READ_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// One connection to the RESP endpoint.
-struct Connection {
-    stream: TcpStream,
-    buffer: Vec<u8>,
-}
-
-impl Connection {
-    async fn open(addr: &str) -> std::io::Result<Connection> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-            })??;
-        stream.set_nodelay(true)?;
-        Ok(Connection {
-            stream,
-            buffer: Vec::new(),
-        })
-    }
-
-    /// Sends one command and reads its reply.
-    async fn call(&mut self, argv: &[&[u8]]) -> std::io::Result<Value> {
-        self.stream.write_all(&encode_command(argv)).await?;
-        loop {
-            match parse_reply(&self.buffer) {
-                Ok(Some((value, used))) => {
-                    self.buffer.drain(..used);
-                    return Ok(value);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("malformed reply: {e}"),
-                    ))
-                }
-            }
-            if self.buffer.len() > MAX_REPLY_BYTES {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "reply too large",
-                ));
-            }
-            let mut chunk = [0u8; 4096];
-            let n = self.stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            self.buffer.extend_from_slice(&chunk[..n]);
-        }
-    }
-}
 
 /// What a reply means for the history.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,7 +105,7 @@ async fn client_loop(
     let mut sequence = 0u64;
     while !stop.load(Ordering::Relaxed) {
         if connection.is_none() {
-            match Connection::open(addr).await {
+            match Connection::connect_timeout(addr, CONNECT_TIMEOUT).await {
                 Ok(c) => connection = Some(c),
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -232,7 +176,7 @@ pub async fn final_reads(
         let key = format!("k{index}");
         while Instant::now() < deadline {
             if connection.is_none() {
-                match Connection::open(addr).await {
+                match Connection::connect_timeout(addr, CONNECT_TIMEOUT).await {
                     Ok(c) => connection = Some(c),
                     Err(_) => {
                         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -242,7 +186,9 @@ pub async fn final_reads(
             }
             let conn = connection.as_mut().expect("connected above");
             let pending = recorder.get(client, key.clone());
-            match tokio::time::timeout(OP_DEADLINE, conn.call(&[b"GET", key.as_bytes()])).await {
+            match tokio::time::timeout(OP_DEADLINE, conn.call(&[b"GET".as_slice(), key.as_bytes()]))
+                .await
+            {
                 Ok(Ok(reply)) => match classify(false, &reply) {
                     Outcome::Ok(value) => {
                         pending.ok_read(value.clone());
@@ -267,7 +213,7 @@ pub async fn final_reads(
 pub async fn wait_ready(addr: &str, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Ok(mut conn) = Connection::open(addr).await {
+        if let Ok(mut conn) = Connection::connect_timeout(addr, CONNECT_TIMEOUT).await {
             if let Ok(Ok(Value::Simple(_))) =
                 tokio::time::timeout(Duration::from_secs(2), conn.call(&[b"PING"])).await
             {

@@ -8,20 +8,19 @@
 //! directory. Also: the API calls the nemesis needs, failing over between servers.
 
 use super::netns::Netns;
-use crate::bench::baselines::Servers as Etcd;
-use crate::client::Api;
-use crate::context::{self, Context};
 use anyhow::{bail, Context as _};
-use base64::Engine as _;
+use stator_client::context::{self, Context};
+use stator_client::Api;
+use stator_harness::etcd::LocalEtcd as Etcd;
+pub use stator_harness::process::{child_agent_pids, is_stopped, process_age_ms};
+use stator_harness::supervisor::{ProcessSpec, Supervisor};
 use stator_server::model::NodeState;
 use stator_server::views::{NodeView, PartitionView};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -36,8 +35,6 @@ pub const ETCD_SERVERS: usize = 3;
 pub const SERVER_RESTART_DELAY: Duration = Duration::from_secs(3);
 /// How long a dead gateway stays down (it is not a fault target; a crash is logged).
 const GATEWAY_RESTART_DELAY: Duration = Duration::from_secs(1);
-/// How often the supervisor looks for exited processes.
-const SUPERVISE_INTERVAL: Duration = Duration::from_millis(100);
 /// Time allowed for the processes to stop after SIGTERM before they are killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Zones agents are spread over, round-robin, as `stator up` does.
@@ -53,67 +50,19 @@ pub enum Placement {
     Netns(Arc<Netns>),
 }
 
-/// What a supervised process is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Role {
-    Server(usize),
-    Gateway,
-    Agent(String),
-}
-
-/// A supervised child process and how to start it again.
-struct Proc {
-    role: Role,
-    program: PathBuf,
-    args: Vec<String>,
-    log: PathBuf,
-    restart_delay: Duration,
-    child: Option<Child>,
-    restart_at: Option<Instant>,
-}
-
-impl Proc {
-    fn spawn(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .with_context(|| format!("opening {}", self.log.display()))?;
-        let mut cmd = Command::new(&self.program);
-        cmd.args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true);
-        // SAFETY: prctl is async-signal-safe; if chaos dies, its cluster dies with it.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        self.child = Some(
-            cmd.spawn()
-                .with_context(|| format!("starting {:?}", self.role))?,
-        );
-        Ok(())
-    }
-
-    fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(Child::id)
-    }
-}
-
 /// The running cluster and clients of its API.
 pub struct Cluster {
-    procs: Arc<Mutex<Vec<Proc>>>,
+    /// The servers (`server s0`...), the `gateway` and the agents (`agent node-1`...).
+    processes: Supervisor,
+    /// The task restarting exited processes.
     supervisor: Option<JoinHandle<()>>,
-    /// One API client per server, tried in turn.
-    apis: Vec<Api>,
+    /// The API client, failing over between the servers (set once they are up).
+    api: Option<Api>,
     /// Each server's URL (also its advertised URL), by index.
     pub server_urls: Vec<String>,
     etcd: Option<Etcd>,
     http: reqwest::Client,
+    /// Where the processes keep their data and logs.
     pub data_dir: PathBuf,
     /// Where the kv service's RESP endpoint listens.
     pub resp_addr: String,
@@ -126,6 +75,31 @@ fn free_port(ip: IpAddr) -> anyhow::Result<u16> {
     let listener =
         std::net::TcpListener::bind((ip, 0)).with_context(|| format!("binding a port on {ip}"))?;
     Ok(listener.local_addr()?.port())
+}
+
+/// Copies the binary this run started from into `data_dir`: every process runs the
+/// copy, so a rebuild during the run (cargo replaces target/*/stator) does not change
+/// what a restarted server or agent runs.
+fn copy_this_binary(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let exe = data_dir.join("stator");
+    std::fs::copy("/proc/self/exe", &exe)
+        .with_context(|| format!("copying this binary to {}", exe.display()))?;
+    Ok(exe)
+}
+
+/// The supervisor's name of the gateway process.
+const GATEWAY: &str = "gateway";
+/// Prefix of the supervisor's names of agent processes (`agent node-1`).
+const AGENT_PREFIX: &str = "agent ";
+
+/// The supervisor's name of server `index`'s process.
+fn server_name(index: usize) -> String {
+    format!("server s{index}")
+}
+
+/// The supervisor's name of agent `node`'s process.
+fn agent_name(node: &str) -> String {
+    format!("{AGENT_PREFIX}{node}")
 }
 
 /// Whether the node is registered and alive (not lost).
@@ -148,26 +122,20 @@ impl Cluster {
         placement: &Placement,
         with_etcd: bool,
     ) -> anyhow::Result<Cluster> {
-        // Every process runs a copy of the binary this run started from: a rebuild
-        // during the run (cargo replaces target/*/stator) must not change what a
-        // restarted server or agent runs.
-        let exe = data_dir.join("stator");
-        std::fs::copy("/proc/self/exe", &exe)
-            .with_context(|| format!("copying this binary to {}", exe.display()))?;
+        let exe = copy_this_binary(data_dir)?;
         let host_ip: IpAddr = match placement {
             Placement::Loopback => [127, 0, 0, 1].into(),
             Placement::Netns(netns) => netns.bridge_ip().into(),
         };
         let etcd = if with_etcd {
-            Some(crate::bench::baselines::start_etcd(1).await?)
+            Some(stator_harness::servers::start_etcd(1).await?)
         } else {
             None
         };
-        let server_count = if etcd.is_some() { ETCD_SERVERS } else { 1 };
         let mut cluster = Cluster {
-            procs: Arc::new(Mutex::new(Vec::new())),
+            processes: Supervisor::new("chaos"),
             supervisor: None,
-            apis: Vec::new(),
+            api: None,
             server_urls: Vec::new(),
             etcd,
             http: reqwest::Client::builder()
@@ -178,11 +146,33 @@ impl Cluster {
             nodes,
         };
         let deadline = Instant::now() + STARTUP_TIMEOUT;
-
-        // Servers: the first one alone, so the others adopt the tokens it stores.
+        cluster.start_servers(&exe, host_ip, deadline).await?;
         let s0 = data_dir.join("servers").join("s0");
+        let api_token = s0.join(stator_server::config::API_TOKEN_FILE);
+        let join_token = s0.join(stator_server::config::JOIN_TOKEN_FILE);
+        cluster.api = Some(Api::new(&Context {
+            server: cluster.server_urls.join(","),
+            token: context::read_token(&api_token)?,
+            gateway_http: None,
+        })?);
+        cluster.start_gateway(&exe, host_ip, &api_token)?;
+        cluster.start_agents(&exe, placement, &join_token)?;
+        cluster.supervisor = Some(tokio::spawn(cluster.processes.clone().run()));
+        cluster.wait_for_agents(deadline).await?;
+        Ok(cluster)
+    }
+
+    /// Starts the servers one after the other, each waited for: the first one alone, so
+    /// the others adopt the tokens it stores. Several share etcd when there is one.
+    async fn start_servers(
+        &mut self,
+        exe: &Path,
+        host_ip: IpAddr,
+        deadline: Instant,
+    ) -> anyhow::Result<()> {
+        let server_count = if self.etcd.is_some() { ETCD_SERVERS } else { 1 };
         for i in 0..server_count {
-            let dir = data_dir.join("servers").join(format!("s{i}"));
+            let dir = self.data_dir.join("servers").join(format!("s{i}"));
             std::fs::create_dir_all(&dir)?;
             let addr = format!("{host_ip}:{}", free_port(host_ip)?);
             let url = format!("http://{addr}");
@@ -190,62 +180,63 @@ impl Cluster {
                 .map(String::from)
                 .to_vec();
             args.extend(["--data-dir".into(), dir.display().to_string()]);
-            if let Some(etcd) = &cluster.etcd {
+            if let Some(etcd) = &self.etcd {
                 let hosts: Vec<&str> = etcd
-                    .endpoints
+                    .endpoints()
                     .iter()
                     .map(|e| e.trim_start_matches("http://"))
                     .collect();
                 args.extend(["--store".into(), format!("etcd://{}", hosts.join(","))]);
             }
-            cluster.server_urls.push(url.clone());
-            cluster.launch(Proc {
-                role: Role::Server(i),
-                program: exe.clone(),
+            self.server_urls.push(url.clone());
+            self.processes.start(ProcessSpec {
+                name: server_name(i),
+                program: exe.to_path_buf(),
                 args,
                 log: dir.join("server.log"),
+                pid_file: None,
+                env: Vec::new(),
                 restart_delay: SERVER_RESTART_DELAY,
-                child: None,
-                restart_at: None,
             })?;
-            cluster.wait_server(i, &dir, deadline).await?;
+            self.wait_server(i, &dir, deadline).await?;
         }
-        let api_token = s0.join(stator_server::config::API_TOKEN_FILE);
-        let join_token = s0.join(stator_server::config::JOIN_TOKEN_FILE);
-        let token = context::read_token(&api_token)?;
-        for url in &cluster.server_urls {
-            cluster.apis.push(Api::new(&Context {
-                server: url.clone(),
-                token: token.clone(),
-                gateway_http: None,
-            })?);
-        }
-        let urls = cluster.server_urls.join(",");
+        Ok(())
+    }
 
+    /// Starts the gateway, given every server URL.
+    fn start_gateway(&self, exe: &Path, host_ip: IpAddr, api_token: &Path) -> anyhow::Result<()> {
         let gateway_http = format!("{host_ip}:{}", free_port(host_ip)?);
-        cluster.launch(Proc {
-            role: Role::Gateway,
-            program: exe.clone(),
+        self.processes.start(ProcessSpec {
+            name: GATEWAY.into(),
+            program: exe.to_path_buf(),
             args: vec![
                 "gateway".into(),
                 "--server".into(),
-                urls.clone(),
+                self.server_urls.join(","),
                 "--token-file".into(),
                 api_token.display().to_string(),
                 "--http".into(),
                 gateway_http,
             ],
-            log: data_dir.join("gateway.log"),
+            log: self.data_dir.join("gateway.log"),
+            pid_file: None,
+            env: Vec::new(),
             restart_delay: GATEWAY_RESTART_DELAY,
-            child: None,
-            restart_at: None,
-        })?;
+        })
+    }
 
-        for (i, name) in node_names(nodes).into_iter().enumerate() {
-            let dir = data_dir.join("agents").join(&name);
+    /// Starts the agents, each in its namespace when there are namespaces.
+    fn start_agents(
+        &self,
+        exe: &Path,
+        placement: &Placement,
+        join_token: &Path,
+    ) -> anyhow::Result<()> {
+        for (i, name) in node_names(self.nodes).into_iter().enumerate() {
+            let dir = self.data_dir.join("agents").join(&name);
             std::fs::create_dir_all(&dir)?;
             let (program, mut args, listen) = match placement {
-                Placement::Loopback => (exe.clone(), Vec::new(), "127.0.0.1:0".to_string()),
+                Placement::Loopback => (exe.to_path_buf(), Vec::new(), "127.0.0.1:0".to_string()),
                 Placement::Netns(netns) => {
                     let net = netns
                         .node(&name)
@@ -262,11 +253,11 @@ impl Cluster {
                     )
                 }
             };
-            // `agent` first: [`agent_pids`] recognises agents by their second argument.
+            // `agent` first: [`child_agent_pids`] recognises agents by their second argument.
             args.extend([
                 "agent".to_string(),
                 "--server".into(),
-                urls.clone(),
+                self.server_urls.join(","),
                 "--join-token-file".into(),
                 join_token.display().to_string(),
                 "--name".into(),
@@ -278,42 +269,31 @@ impl Cluster {
                 "--data-dir".into(),
                 dir.display().to_string(),
             ]);
-            cluster.launch(Proc {
-                role: Role::Agent(name),
+            self.processes.start(ProcessSpec {
+                name: agent_name(&name),
                 program,
                 args,
                 log: dir.join("agent.log"),
-                restart_delay: crate::up::AGENT_RESTART_DELAY,
-                child: None,
-                restart_at: None,
+                pid_file: None,
+                env: Vec::new(),
+                restart_delay: stator_harness::AGENT_RESTART_DELAY,
             })?;
         }
-        cluster.supervisor = Some(tokio::spawn(supervise(cluster.procs.clone())));
-
-        loop {
-            let ready = cluster
-                .nodes()
-                .await
-                .map(|n| n.iter().filter(|n| n.state == NodeState::Ready).count())
-                .unwrap_or(0);
-            if ready >= nodes {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "only {ready} of {nodes} agents registered within {STARTUP_TIMEOUT:?}; see {}/agents/*/agent.log",
-                    data_dir.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(cluster)
+        Ok(())
     }
 
-    fn launch(&self, mut proc: Proc) -> anyhow::Result<()> {
-        proc.spawn()?;
-        self.procs.lock().expect("not poisoned").push(proc);
-        Ok(())
+    /// Waits until every agent is ready, at most until `deadline`.
+    async fn wait_for_agents(&self, deadline: Instant) -> anyhow::Result<()> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.api()?
+            .wait_for_ready_nodes(self.nodes, left)
+            .await
+            .with_context(|| {
+                format!(
+                    "agents did not register within {STARTUP_TIMEOUT:?}; see {}/agents/*/agent.log",
+                    self.data_dir.display()
+                )
+            })
     }
 
     /// Waits until server `index` has written its tokens and answers `/healthz`.
@@ -353,46 +333,28 @@ impl Cluster {
         self.etcd.is_some()
     }
 
-    fn pid_of(&self, role: &Role) -> Option<u32> {
-        self.procs
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .find(|p| p.role == *role)
-            .and_then(Proc::pid)
-    }
-
     /// The process id of agent `node`, if it runs now.
     pub fn agent_pid(&self, node: &str) -> Option<u32> {
-        self.pid_of(&Role::Agent(node.to_string()))
+        self.processes.pid(&agent_name(node))
     }
 
-    /// The agents running now, by name.
+    /// The agents running now, by node name.
     pub fn agent_pids(&self) -> BTreeMap<String, u32> {
-        self.procs
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .filter_map(|p| match (&p.role, p.pid()) {
-                (Role::Agent(name), Some(pid)) => Some((name.clone(), pid)),
-                _ => None,
-            })
+        self.processes
+            .pids(|name| name.starts_with(AGENT_PREFIX))
+            .into_iter()
+            .map(|(name, pid)| (name[AGENT_PREFIX.len()..].to_string(), pid))
             .collect()
     }
 
     /// The process id of server `index`, if it runs now.
     pub fn server_pid(&self, index: usize) -> Option<u32> {
-        self.pid_of(&Role::Server(index))
+        self.processes.pid(&server_name(index))
     }
 
     /// Whether server `index` runs (not waiting for its restart).
     pub fn server_running(&self, index: usize) -> bool {
-        let mut procs = self.procs.lock().expect("not poisoned");
-        procs
-            .iter_mut()
-            .find(|p| p.role == Role::Server(index))
-            .and_then(|p| p.child.as_mut())
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.processes.is_running(&server_name(index))
     }
 
     /// The index of the server holding the controller lease, read from etcd; `None`
@@ -405,48 +367,32 @@ impl Cluster {
     /// revision is a new term, even for the same server).
     pub async fn controller_term(&self) -> Option<(usize, u64)> {
         let etcd = self.etcd.as_ref()?;
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let body = serde_json::json!({ "key": b64.encode(LEADER_KEY) });
-        let answer: serde_json::Value = self
-            .http
-            .post(format!("{}/v3/kv/range", etcd.endpoints[0]))
-            .json(&body)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        let kv = &answer["kvs"][0];
-        let url = String::from_utf8(b64.decode(kv["value"].as_str()?).ok()?).ok()?;
-        // The JSON gateway writes 64-bit integers as strings.
-        let revision = kv["create_revision"].as_str()?.parse().ok()?;
+        let (url, revision) = stator_harness::etcd::get_with_create_revision(
+            &self.http,
+            &etcd.endpoints()[0],
+            LEADER_KEY.as_bytes(),
+        )
+        .await?;
+        let url = String::from_utf8(url).ok()?;
         let index = self.server_urls.iter().position(|u| *u == url)?;
         Some((index, revision))
     }
 
+    /// The API client over every server.
+    fn api(&self) -> anyhow::Result<&Api> {
+        self.api
+            .as_ref()
+            .context("the servers have not started yet")
+    }
+
     /// A GET through the first server that answers.
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let mut last = None;
-        for api in &self.apis {
-            match api.get(path).await {
-                Ok(value) => return Ok(value),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("no server")))
+        self.api()?.get(path).await
     }
 
     /// POST `path` through the first server that answers.
     pub async fn post(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        let mut last = None;
-        for api in &self.apis {
-            match api.post(path).await {
-                Ok(value) => return Ok(value),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("no server")))
+        self.api()?.post(path).await
     }
 
     /// Applies the kv service: `partitions` partitions of 3 replicas, RESP on
@@ -460,21 +406,14 @@ impl Cluster {
              resources = {{ cpu = \"250m\", memory = \"128Mi\" }}\n",
             self.resp_addr
         );
-        let mut last = None;
-        for api in &self.apis {
-            match api
-                .put_raw(
-                    &format!("/v1/services/{SERVICE}"),
-                    "application/toml",
-                    spec.clone().into_bytes(),
-                )
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("no server")))
+        self.api()?
+            .put_raw(
+                &format!("/v1/services/{SERVICE}"),
+                "application/toml",
+                spec.into_bytes(),
+            )
+            .await?;
+        Ok(())
     }
 
     /// Every registered node, lost ones included.
@@ -564,11 +503,7 @@ impl Cluster {
 
     /// Fails if the gateway is gone for good (it is not a fault target).
     pub fn check_running(&mut self) -> anyhow::Result<()> {
-        let procs = self.procs.lock().expect("not poisoned");
-        if procs
-            .iter()
-            .any(|p| p.role == Role::Gateway && p.child.is_none() && p.restart_at.is_none())
-        {
+        if self.processes.gave_up(GATEWAY) {
             bail!(
                 "the gateway could not be restarted; see {}",
                 self.data_dir.join("gateway.log").display()
@@ -583,29 +518,7 @@ impl Cluster {
             supervisor.abort();
             let _ = supervisor.await;
         }
-        let mut children: Vec<Child> = self
-            .procs
-            .lock()
-            .expect("not poisoned")
-            .iter_mut()
-            .filter_map(|p| p.child.take())
-            .collect();
-        for child in &children {
-            if let Some(pid) = child.id() {
-                // SAFETY: kill(2) on our own child; SIGCONT too, in case it is paused.
-                unsafe {
-                    libc::kill(pid as i32, libc::SIGTERM);
-                    libc::kill(pid as i32, libc::SIGCONT);
-                }
-            }
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        for child in &mut children {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if tokio::time::timeout(left, child.wait()).await.is_err() {
-                let _ = child.kill().await;
-            }
-        }
+        self.processes.stop_all(STOP_TIMEOUT).await;
         drop(self.etcd.take());
     }
 }
@@ -618,101 +531,4 @@ impl Drop for Cluster {
             supervisor.abort();
         }
     }
-}
-
-/// Starts exited processes again after their restart delay, until aborted.
-async fn supervise(procs: Arc<Mutex<Vec<Proc>>>) {
-    let mut ticker = tokio::time::interval(SUPERVISE_INTERVAL);
-    loop {
-        ticker.tick().await;
-        let mut procs = procs.lock().expect("not poisoned");
-        for proc in procs.iter_mut() {
-            if let Some(child) = proc.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    eprintln!(
-                        "chaos: {:?} exited ({status}); starting it again in {:?}",
-                        proc.role, proc.restart_delay
-                    );
-                    proc.child = None;
-                    proc.restart_at = Some(Instant::now() + proc.restart_delay);
-                }
-            } else if proc.restart_at.is_some_and(|t| Instant::now() >= t) {
-                proc.restart_at = None;
-                if let Err(e) = proc.spawn() {
-                    eprintln!("chaos: cannot start {:?} again: {e:#}", proc.role);
-                }
-            }
-        }
-    }
-}
-
-/// Agent processes of `up_pid` by node name, from `/proc` (children whose command line is
-/// `stator agent ... --name NODE ...`).
-pub fn agent_pids(up_pid: u32) -> BTreeMap<String, u32> {
-    let mut agents = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return agents;
-    };
-    for entry in dir.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid ...`: comm may hold spaces, so split after the last ')'.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid != Some(up_pid) {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.get(1).copied() != Some(b"agent".as_slice()) {
-            continue;
-        }
-        if let Some(at) = args.iter().position(|a| *a == b"--name") {
-            if let Some(name) = args.get(at + 1) {
-                agents.insert(String::from_utf8_lossy(name).into_owned(), pid);
-            }
-        }
-    }
-    agents
-}
-
-/// Milliseconds since process `pid` started, from `/proc`.
-pub fn process_age_ms(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 22 (starttime, clock ticks after boot); 20th after the `(comm)` field.
-    let start_ticks: u64 = stat
-        .rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()?;
-    let uptime_s: f64 = std::fs::read_to_string("/proc/uptime")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Some(((uptime_s - start_ticks as f64 / ticks_per_s).max(0.0) * 1000.0) as u64)
-}
-
-/// Whether `pid` is stopped (SIGSTOP), from `/proc/PID/stat`.
-pub fn is_stopped(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().next().map(|c| c == "T"))
-        })
-        .unwrap_or(false)
 }

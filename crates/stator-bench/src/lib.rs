@@ -5,28 +5,15 @@
 //! - [`failover`]: client-observed unavailability, new leader and replication factor
 //!   restored after a SIGKILLed node under `stator up`, beside an etcd leader kill.
 //! - [`migration`]: a live replica move under steady writes, beside stop-and-copy.
-//! - [`baselines`]: starting and driving etcd and Redis on loopback.
+//! - etcd and Redis are started and driven by `stator_harness::servers`.
 //! - [`latency`]: latency histograms and the JSON run record.
 
-pub mod baselines;
 pub mod failover;
 pub mod latency;
 pub mod migration;
 pub mod replication;
 
-/// Finds a free loopback port by binding port 0 and releasing it.
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// Whether `program` is on PATH.
-pub fn installed(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
-        .unwrap_or(false)
-}
+pub use stator_harness::{free_port, installed};
 
 /// Prints a table on stderr and, with `json`, the DESIGN-format object on stdout's last
 /// line, with each baseline's p50 and throughput as a ratio to stator's at the same load.

@@ -11,7 +11,6 @@
 //! proposes every write as its own log entry (no write batching at the leader), and for
 //! `GET`, `stator-readindex` takes a read-index quorum round instead of the leader lease.
 
-use super::baselines::{etcd_put, start_etcd, start_redis_with_replica, RespConn};
 use super::latency::{Recorder, Run};
 use anyhow::Context;
 use async_trait::async_trait;
@@ -19,6 +18,8 @@ use rand::Rng;
 use stator_api::ids::GroupId;
 use stator_api::slot::{key_slot, partition_of_slot};
 use stator_api::spec::Durability;
+use stator_harness::resp::Connection;
+use stator_harness::servers::{etcd_put, start_etcd, start_redis_with_replica};
 use stator_replication::{GroupOptions, Host, HostConfig, ReplicaClient, RequestKind};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -293,7 +294,7 @@ impl Driver for EtcdDriver {
 }
 
 struct RedisWaitDriver {
-    conn: RespConn,
+    conn: Connection,
     frames: Vec<u8>,
 }
 
@@ -311,10 +312,11 @@ impl Driver for RedisWaitDriver {
         let frames = std::mem::take(&mut self.frames);
         let replies = self.conn.pipeline(&frames, 2).await?;
         self.frames = frames;
+        anyhow::ensure!(!replies[0].is_error(), "SET failed: {:?}", replies[0]);
         anyhow::ensure!(
-            replies[1] == b":1\r\n",
+            replies[1] == stator_kv::Value::Integer(1),
             "WAIT reached {:?} replicas",
-            String::from_utf8_lossy(&replies[1])
+            replies[1]
         );
         Ok(())
     }
@@ -322,14 +324,15 @@ impl Driver for RedisWaitDriver {
 
 /// A plain Redis `GET`: the anchor for reads.
 struct RedisGetDriver {
-    conn: RespConn,
+    conn: Connection,
 }
 
 #[async_trait]
 impl Driver for RedisGetDriver {
     async fn write(&mut self, key: &[u8], _value: &[u8]) -> anyhow::Result<()> {
         let frame = stator_kv::encode_command(&[b"GET".as_slice(), key]);
-        self.conn.pipeline(&frame, 1).await?;
+        let reply = self.conn.pipeline(&frame, 1).await?;
+        anyhow::ensure!(!reply[0].is_error(), "GET failed: {:?}", reply[0]);
         Ok(())
     }
 }
@@ -390,7 +393,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Vec<Run>> {
                         eprintln!("redis: GET on the primary, {clients} clients ...");
                         let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
                         for _ in 0..clients {
-                            let conn = RespConn::connect(&redis.endpoints[0]).await?;
+                            let conn = Connection::connect(redis.endpoints[0].as_str()).await?;
                             drivers.push(Box::new(RedisGetDriver { conn }));
                         }
                         let (rec, window) = drive(drivers, opts.value_bytes, opts.duration).await;
@@ -426,7 +429,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Vec<Run>> {
                         .map(|i| {
                             Box::new(EtcdDriver {
                                 http: http.clone(),
-                                endpoint: etcd.endpoints[i % etcd.endpoints.len()].clone(),
+                                endpoint: etcd.endpoints()[i % etcd.endpoints().len()].clone(),
                             }) as Box<dyn Driver>
                         })
                         .collect();
@@ -455,7 +458,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Vec<Run>> {
                     eprintln!("redis-wait: primary + 1 replica, {clients} clients ...");
                     let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
                     for _ in 0..clients {
-                        let conn = RespConn::connect(&redis.endpoints[0]).await?;
+                        let conn = Connection::connect(redis.endpoints[0].as_str()).await?;
                         drivers.push(Box::new(RedisWaitDriver {
                             conn,
                             frames: Vec::new(),

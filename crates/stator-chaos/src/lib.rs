@@ -89,18 +89,31 @@ pub struct Options {
 /// The last line of `--json` output.
 #[derive(Debug, Serialize)]
 pub struct Summary {
+    /// Operations in the history.
     pub ops: usize,
+    /// Operations acknowledged.
     pub ok: usize,
+    /// Operations that certainly did not take effect.
     pub fail: usize,
+    /// Operations that may or may not have taken effect.
     pub unknown: usize,
+    /// Keys whose history is not linearizable.
     pub anomalies: usize,
+    /// Acknowledged writes the final reads do not see.
     pub lost_acked_writes: usize,
+    /// The checker's verdict over every key.
     pub verdict: Verdict,
+    /// Faults injected, by kind.
     pub faults: BTreeMap<&'static str, usize>,
+    /// Length of the run, seconds (one decimal).
     pub duration_s: f64,
+    /// Seed of the fault schedule and the clients.
     pub seed: u64,
+    /// Agents.
     pub nodes: usize,
+    /// Concurrent clients.
     pub clients: usize,
+    /// Keys the clients shared.
     pub keys: usize,
     /// `netns` (agents in network namespaces) or `loopback`.
     pub network: &'static str,
@@ -112,6 +125,7 @@ pub struct Summary {
     pub keys_without_final_read: usize,
     /// Fault kinds asked for but not injectable here, with why.
     pub skipped: BTreeMap<&'static str, String>,
+    /// Where the history was written.
     pub history: String,
 }
 
@@ -133,69 +147,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
     anyhow::ensure!(opts.keys >= 1, "--keys: at least 1");
     anyhow::ensure!(!opts.faults.is_empty(), "--faults: name at least one");
     let require_all = std::env::var(REQUIRE_ALL_ENV).is_ok_and(|v| v == "1");
-
-    let mut kinds = opts.faults.clone();
-    kinds.sort();
-    kinds.dedup();
     let mut skipped = BTreeMap::new();
-    // Several servers on etcd, for kills of the controller holder.
-    let with_etcd = if kinds.contains(&FaultKind::Server) {
-        match etcd_unavailable() {
-            None => true,
-            Some(why) if require_all => {
-                anyhow::bail!(
-                    "the server fault cannot be injected here and {REQUIRE_ALL_ENV}=1: {why}"
-                )
-            }
-            Some(why) => {
-                eprintln!("chaos: SKIPPING server kills: {why}");
-                skipped.insert("server", why);
-                kinds.retain(|k| *k != FaultKind::Server);
-                false
-            }
-        }
-    } else {
-        false
-    };
-    let netns = match opts.network {
-        NetworkMode::Loopback => None,
-        NetworkMode::Auto | NetworkMode::Netns => {
-            match Netns::new(&cluster::node_names(opts.nodes)) {
-                Ok(netns) => {
-                    eprintln!("chaos: agents in network namespaces: {}", netns.describe());
-                    Some(Arc::new(netns))
-                }
-                Err(e) if require_all || opts.network == NetworkMode::Netns => {
-                    return Err(e.context(format!(
-                        "network namespaces unavailable (--network {}, {REQUIRE_ALL_ENV}={})",
-                        opts.network.name(),
-                        u8::from(require_all)
-                    )))
-                }
-                Err(e) => {
-                    eprintln!(
-                        "chaos: network namespaces unavailable: {e:#}; using loopback firewall"
-                    );
-                    None
-                }
-            }
-        }
-    };
+    let (mut kinds, with_etcd) = injectable_kinds(&opts, require_all, &mut skipped)?;
+    let netns = make_namespaces(&opts, require_all)?;
     let firewall = if kinds.contains(&FaultKind::Partition) && netns.is_none() {
-        match Firewall::new() {
-            Ok(f) => Some(Arc::new(f)),
-            Err(e) if require_all => {
-                return Err(e.context(format!(
-                    "partitions cannot be injected here and {REQUIRE_ALL_ENV}=1"
-                )))
-            }
-            Err(e) => {
-                eprintln!("chaos: SKIPPING partitions: {e:#}");
-                skipped.insert("partition", format!("{e:#}"));
-                kinds.retain(|k| *k != FaultKind::Partition);
-                None
-            }
-        }
+        make_firewall(&mut kinds, require_all, &mut skipped)?
     } else {
         None
     };
@@ -223,9 +179,98 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
     // below.
     let outcome = tokio::select! {
         outcome = run_in(&opts, &kinds, &placement, with_etcd, firewall.clone(), data_dir.path(), skipped) => outcome,
-        _ = crate::shutdown_signal() => Err(anyhow::anyhow!("interrupted; cluster stopped, partitions healed")),
+        _ = stator_harness::shutdown_signal() => Err(anyhow::anyhow!("interrupted; cluster stopped, partitions healed")),
     };
     drop(placement);
+    remove_network(netns, firewall).await;
+    match &outcome {
+        Ok(summary) if summary.passed() => {}
+        _ => {
+            let kept = data_dir.keep();
+            eprintln!(
+                "chaos: cluster logs kept in {} (servers/*/server.log, gateway.log, agents/*/agent.log)",
+                kept.display()
+            );
+        }
+    }
+    outcome
+}
+
+/// The fault kinds asked for, less those this machine cannot inject (recorded in
+/// `skipped`; an error instead under [`REQUIRE_ALL_ENV`]); and whether the cluster
+/// runs several servers on etcd (for kills of the controller holder).
+fn injectable_kinds(
+    opts: &Options,
+    require_all: bool,
+    skipped: &mut BTreeMap<&'static str, String>,
+) -> anyhow::Result<(Vec<FaultKind>, bool)> {
+    let mut kinds = opts.faults.clone();
+    kinds.sort();
+    kinds.dedup();
+    if !kinds.contains(&FaultKind::Server) {
+        return Ok((kinds, false));
+    }
+    match etcd_unavailable() {
+        None => Ok((kinds, true)),
+        Some(why) if require_all => {
+            anyhow::bail!("the server fault cannot be injected here and {REQUIRE_ALL_ENV}=1: {why}")
+        }
+        Some(why) => {
+            eprintln!("chaos: SKIPPING server kills: {why}");
+            skipped.insert("server", why);
+            kinds.retain(|k| *k != FaultKind::Server);
+            Ok((kinds, false))
+        }
+    }
+}
+
+/// The agents' network namespaces, unless `--network loopback` or they cannot be made
+/// (an error instead with `--network netns` or under [`REQUIRE_ALL_ENV`]).
+fn make_namespaces(opts: &Options, require_all: bool) -> anyhow::Result<Option<Arc<Netns>>> {
+    if opts.network == NetworkMode::Loopback {
+        return Ok(None);
+    }
+    match Netns::new(&cluster::node_names(opts.nodes)) {
+        Ok(netns) => {
+            eprintln!("chaos: agents in network namespaces: {}", netns.describe());
+            Ok(Some(Arc::new(netns)))
+        }
+        Err(e) if require_all || opts.network == NetworkMode::Netns => Err(e.context(format!(
+            "network namespaces unavailable (--network {}, {REQUIRE_ALL_ENV}={})",
+            opts.network.name(),
+            u8::from(require_all)
+        ))),
+        Err(e) => {
+            eprintln!("chaos: network namespaces unavailable: {e:#}; using loopback firewall");
+            Ok(None)
+        }
+    }
+}
+
+/// The loopback firewall for partitions; without one, partitions are skipped (an error
+/// instead under [`REQUIRE_ALL_ENV`]).
+fn make_firewall(
+    kinds: &mut Vec<FaultKind>,
+    require_all: bool,
+    skipped: &mut BTreeMap<&'static str, String>,
+) -> anyhow::Result<Option<Arc<Firewall>>> {
+    match Firewall::new() {
+        Ok(f) => Ok(Some(Arc::new(f))),
+        Err(e) if require_all => Err(e.context(format!(
+            "partitions cannot be injected here and {REQUIRE_ALL_ENV}=1"
+        ))),
+        Err(e) => {
+            eprintln!("chaos: SKIPPING partitions: {e:#}");
+            skipped.insert("partition", format!("{e:#}"));
+            kinds.retain(|k| *k != FaultKind::Partition);
+            Ok(None)
+        }
+    }
+}
+
+/// Removes the namespaces and the firewall once the cluster is stopped (the cgroups are
+/// empty by then).
+async fn remove_network(netns: Option<Arc<Netns>>, firewall: Option<Arc<Firewall>>) {
     if let Some(netns) = netns {
         match Arc::try_unwrap(netns) {
             Ok(mut netns) => netns.cleanup(),
@@ -234,7 +279,6 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
             ),
         }
     }
-    // The cluster is stopped by now; the cgroups are empty and can go.
     // The adopter task may hold it for a moment (it upgrades a weak reference per tick).
     let mut firewall = firewall;
     for _ in 0..100 {
@@ -250,17 +294,6 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
     if firewall.is_some() {
         eprintln!("chaos: the firewall is still shared; it is removed when the last user drops it");
     }
-    match &outcome {
-        Ok(summary) if summary.passed() => {}
-        _ => {
-            let kept = data_dir.keep();
-            eprintln!(
-                "chaos: cluster logs kept in {} (servers/*/server.log, gateway.log, agents/*/agent.log)",
-                kept.display()
-            );
-        }
-    }
-    outcome
 }
 
 /// Why several servers on etcd cannot run here, if they cannot.
@@ -270,7 +303,7 @@ fn etcd_unavailable() -> Option<String> {
             "needs several servers on etcd: rebuild with `--features etcd` (needs protoc)".into(),
         );
     }
-    if !crate::bench::installed("etcd") {
+    if !stator_harness::installed("etcd") {
         return Some("needs an etcd binary (apt-get install etcd-server)".into());
     }
     None
@@ -301,7 +334,7 @@ async fn run_in(
                 let Some(firewall) = firewall.upgrade() else {
                     return;
                 };
-                for (node, pid) in cluster::agent_pids(parent_pid) {
+                for (node, pid) in cluster::child_agent_pids(parent_pid) {
                     match firewall.adopt(&node, pid) {
                         Ok(true) => {
                             // A socket keeps the cgroup it was made in: an agent adopted
@@ -325,7 +358,9 @@ async fn run_in(
         if firewall.is_some() {
             // Wait for the first adoption pass to cover every agent.
             let deadline = Instant::now() + Duration::from_secs(5);
-            while cluster::agent_pids(parent_pid).len() < opts.nodes && Instant::now() < deadline {
+            while cluster::child_agent_pids(parent_pid).len() < opts.nodes
+                && Instant::now() < deadline
+            {
                 tokio::time::sleep(ADOPT_INTERVAL).await;
             }
             tokio::time::sleep(ADOPT_INTERVAL * 3).await;
@@ -375,27 +410,8 @@ async fn drive(
         opts.clients, cluster.resp_addr, opts.duration
     );
 
-    let mut schedule = Schedule::new(opts.seed, kinds.to_vec());
     let mut records: Vec<FaultRecord> = Vec::new();
-    let nemesis_result: anyhow::Result<()> = async {
-        let nemesis = Nemesis::new(cluster, network, started);
-        loop {
-            let plan = schedule.next_fault();
-            if started.elapsed() + plan.gap >= opts.duration {
-                break;
-            }
-            tokio::time::sleep(plan.gap).await;
-            let record = nemesis.run_fault(&plan).await?;
-            let recovered = record.recovery_s.is_some();
-            records.push(record);
-            if !recovered {
-                eprintln!("chaos: the cluster did not recover; no more faults");
-                break;
-            }
-        }
-        Ok(())
-    }
-    .await;
+    let nemesis_result = inject_faults(opts, kinds, cluster, network, started, &mut records).await;
     // Let the clients run out the clock if the schedule stopped early.
     if let Some(left) = opts.duration.checked_sub(started.elapsed()) {
         tokio::time::sleep(left).await;
@@ -463,8 +479,50 @@ async fn drive(
         history: opts.history.display().to_string(),
     };
 
+    print_summary(opts, &summary, &records, error_samples, &report, &lost)?;
+    Ok(summary)
+}
+
+/// The nemesis: faults from the seeded schedule until the duration is over or the
+/// cluster does not recover from one; every fault is recorded in `records`.
+async fn inject_faults(
+    opts: &Options,
+    kinds: &[FaultKind],
+    cluster: &Cluster,
+    network: Option<Network<'_>>,
+    started: Instant,
+    records: &mut Vec<FaultRecord>,
+) -> anyhow::Result<()> {
+    let mut schedule = Schedule::new(opts.seed, kinds.to_vec());
+    let nemesis = Nemesis::new(cluster, network, started);
+    loop {
+        let plan = schedule.next_fault();
+        if started.elapsed() + plan.gap >= opts.duration {
+            return Ok(());
+        }
+        tokio::time::sleep(plan.gap).await;
+        let record = nemesis.run_fault(&plan).await?;
+        let recovered = record.recovery_s.is_some();
+        records.push(record);
+        if !recovered {
+            eprintln!("chaos: the cluster did not recover; no more faults");
+            return Ok(());
+        }
+    }
+}
+
+/// The human summary on stderr: each fault, error replies seen, counts, anomalies,
+/// undetermined keys, lost writes and the verdict.
+fn print_summary(
+    opts: &Options,
+    summary: &Summary,
+    records: &[FaultRecord],
+    mut error_samples: Vec<String>,
+    report: &stator_check::Report,
+    lost: &[stator_check::LostWrite],
+) -> anyhow::Result<()> {
     eprintln!("chaos: ---- summary ----");
-    for record in &records {
+    for record in records {
         eprintln!(
             "chaos:   {:7.2}s {:<10} {}{} (recovered {})",
             record.at_s,
@@ -492,7 +550,7 @@ async fn drive(
         "chaos:   {} ops in {:.1}s: {} ok, {} fail, {} unknown; faults {:?}",
         summary.ops, summary.duration_s, summary.ok, summary.fail, summary.unknown, summary.faults
     );
-    for (key, anomaly) in &anomalies {
+    for (key, anomaly) in report.anomalies() {
         eprintln!("chaos:   ANOMALY on key {key}: {}", anomaly.explanation);
         for op in &anomaly.ops {
             eprintln!("chaos:     {}", serde_json::to_string(op)?);
@@ -503,7 +561,7 @@ async fn drive(
             eprintln!("chaos:   UNDETERMINED key {key}: {reason}");
         }
     }
-    for write in &lost {
+    for write in lost {
         eprintln!(
             "chaos:   LOST acknowledged write {} (final read {:?})",
             serde_json::to_string(&write.write)?,
@@ -517,5 +575,5 @@ async fn drive(
         summary.lost_acked_writes,
         opts.history.display()
     );
-    Ok(summary)
+    Ok(())
 }
