@@ -548,10 +548,56 @@ async fn blocking_pops_wait_for_a_push_or_their_timeout() {
         waiter.call(&["LRANGE", "{q}dst", "0", "-1"]).await,
         Value::Array(Some(vec![bulk("m")]))
     );
+    // BLMPOP names its timeout first and waits the same way.
+    waiter
+        .send(&["BLMPOP", "0", "2", "{q}a", "{q}b", "LEFT"])
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(pusher.call(&["RPUSH", "{q}b", "x"]).await, Value::Integer(1));
+    let popped = tokio::time::timeout(WAIT, waiter.read()).await.unwrap();
+    assert_eq!(
+        popped,
+        Some(Value::Array(Some(vec![
+            bulk("{q}b"),
+            Value::Array(Some(vec![bulk("x")]))
+        ])))
+    );
     // A bad timeout is the machine's error, not a wait.
     let bad = waiter.call(&["BLPOP", "{q}jobs", "-1"]).await;
     assert!(
         matches!(&bad, Value::Error(text) if text.contains("timeout")),
         "{bad:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_load_reaches_every_partition_so_evalsha_runs_wherever_its_keys_live() {
+    let setup = setup(2, false).await;
+    let mut c = Resp::connect(setup.resp_addr).await;
+    let body = "return redis.call('INCR', KEYS[1])";
+    let sha = match c.call(&["SCRIPT", "LOAD", body]).await {
+        Value::Bulk(Some(sha)) => String::from_utf8(sha).unwrap(),
+        other => panic!("SCRIPT LOAD replied {other:?}"),
+    };
+    assert_eq!(
+        c.call(&["SCRIPT", "EXISTS", &sha, "0000"]).await,
+        Value::Array(Some(vec![Value::Integer(1), Value::Integer(0)]))
+    );
+    // Thirty keys land on both partitions; each EVALSHA finds the script where it runs.
+    for i in 0..30 {
+        let key = format!("counter:{i}");
+        assert_eq!(
+            c.call(&["EVALSHA", &sha, "1", &key]).await,
+            Value::Integer(1),
+            "EVALSHA on {key}"
+        );
+    }
+    assert_eq!(c.call(&["SCRIPT", "FLUSH"]).await, Value::ok());
+    assert_eq!(
+        c.call(&["SCRIPT", "EXISTS", &sha]).await,
+        Value::Array(Some(vec![Value::Integer(0)]))
+    );
+    let gone = c.call(&["EVALSHA", &sha, "1", "counter:0"]).await;
+    assert!(error_text(&gone).starts_with("NOSCRIPT"), "{gone:?}");
+    setup.gateway.shutdown().await;
 }

@@ -182,15 +182,25 @@ impl Blocking {
             "bzpopmin",
             "bzpopmax",
         ];
+        /// The multi-key pops that name their timeout first: `BLMPOP timeout numkeys ...`.
+        const TIMEOUT_FIRST: &[&str] = &["blmpop", "bzmpop"];
         let name = argv.first()?;
-        if !BLOCKING_POPS
-            .iter()
-            .any(|pop| name.eq_ignore_ascii_case(pop.as_bytes()))
-            || argv.len() < 3
-        {
+        let is = |names: &[&str]| {
+            names
+                .iter()
+                .any(|pop| name.eq_ignore_ascii_case(pop.as_bytes()))
+        };
+        let timeout = if is(BLOCKING_POPS) {
+            argv.last()
+        } else if is(TIMEOUT_FIRST) {
+            argv.get(1)
+        } else {
+            None
+        };
+        if argv.len() < 3 {
             return None;
         }
-        let seconds: f64 = std::str::from_utf8(argv.last()?).ok()?.parse().ok()?;
+        let seconds: f64 = std::str::from_utf8(timeout?).ok()?.parse().ok()?;
         if !seconds.is_finite() || seconds < 0.0 {
             return None;
         }

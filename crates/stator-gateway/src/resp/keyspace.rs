@@ -1,6 +1,10 @@
 //! Keyspace commands over every partition of a service: `KEYS`, `SCAN`, `DBSIZE`,
 //! `FLUSHALL`/`FLUSHDB` and `RANDOMKEY` are sent to each partition and the answers merged,
-//! so a service of many partitions answers as one Redis does.
+//! so a service of many partitions answers as one Redis does. The script cache and the
+//! function libraries are per partition, so `SCRIPT LOAD|FLUSH` and `FUNCTION
+//! LOAD|DELETE|FLUSH` are written to every partition (then `EVALSHA`/`FCALL` find them
+//! wherever their keys live) and `SCRIPT EXISTS` answers 1 only where every partition
+//! has the script.
 //!
 //! A `SCAN` cursor names the partition in its low [`SCAN_PARTITION_BITS`] bits and that
 //! partition's own cursor in the rest: the scan walks partitions in slot order, each to its
@@ -45,6 +49,11 @@ pub(crate) enum FanOut {
     Flush(Vec<Vec<u8>>),
     /// `RANDOMKEY`: partitions in random order until one has a key.
     RandomKey,
+    /// `SCRIPT LOAD|FLUSH`, `FUNCTION LOAD|DELETE|FLUSH`: a write on every partition;
+    /// the first error, else the first partition's reply.
+    Everywhere(Vec<Vec<u8>>),
+    /// `SCRIPT EXISTS sha...`: 1 for a script every partition has.
+    ScriptExists(Vec<Vec<u8>>),
 }
 
 fn arity_error(name: &str) -> Value {
@@ -81,6 +90,19 @@ pub(crate) fn classify(argv: &[Vec<u8>]) -> Option<Result<FanOut, Value>> {
                 Ok(FanOut::Flush(argv.to_vec()))
             }
             _ => Err(Value::error("ERR syntax error")),
+        }
+    } else if is("script") || is("function") {
+        let sub = argv.get(1)?;
+        let sub_is = |n: &str| sub.eq_ignore_ascii_case(n.as_bytes());
+        if is("script") && sub_is("exists") {
+            Ok(FanOut::ScriptExists(argv.to_vec()))
+        } else if (is("script") && (sub_is("load") || sub_is("flush")))
+            || (is("function") && (sub_is("load") || sub_is("delete") || sub_is("flush")))
+        {
+            Ok(FanOut::Everywhere(argv.to_vec()))
+        } else {
+            // LIST, STATS, HELP, KILL: any one partition answers.
+            return None;
         }
     } else if is("randomkey") {
         match argv {
@@ -173,6 +195,41 @@ async fn merge<B: Backend>(
                 }
             }
             Ok(Value::ok())
+        }
+        FanOut::Everywhere(argv) => {
+            let command = encode_command(&argv);
+            let replies = ask(backend, routes, &all, RequestKind::Write, &command).await?;
+            let first_error = replies
+                .iter()
+                .find(|reply| matches!(reply, Value::Error(_)))
+                .cloned();
+            match first_error {
+                Some(error) => Err(error),
+                None => replies
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| Value::error("ERR the service has no partitions")),
+            }
+        }
+        FanOut::ScriptExists(argv) => {
+            let command = encode_command(&argv);
+            let mut everywhere: Option<Vec<Value>> = None;
+            for reply in ask(backend, routes, &all, RequestKind::Read, &command).await? {
+                let flags = array(reply)?;
+                everywhere = Some(match everywhere {
+                    None => flags,
+                    Some(so_far) => so_far
+                        .into_iter()
+                        .zip(flags)
+                        .map(|(a, b)| match (a, b) {
+                            (Value::Integer(a), Value::Integer(b)) => Value::Integer(a.min(b)),
+                            (error @ Value::Error(_), _) | (_, error @ Value::Error(_)) => error,
+                            (other, _) => other,
+                        })
+                        .collect(),
+                });
+            }
+            Ok(Value::Array(Some(everywhere.unwrap_or_default())))
         }
         FanOut::RandomKey => {
             let command = encode_command(&["RANDOMKEY"]);
