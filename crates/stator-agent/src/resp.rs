@@ -357,7 +357,99 @@ impl AgentBackend {
     }
 }
 
+impl AgentBackend {
+    /// Serves `commands` in order on the local replica (it led a moment ago). From the
+    /// first command the replica could not serve (leadership moved under the batch), the
+    /// rest go one by one through the router, each write with its own session, so a
+    /// write that had committed is answered from the session table, never applied twice.
+    async fn serve_batch_locally(
+        &self,
+        routes: &ServiceRoutes,
+        route: &PartitionRoute,
+        commands: Vec<(RequestKind, Vec<u8>)>,
+    ) -> Vec<Vec<u8>> {
+        let sessions: Vec<_> = commands
+            .iter()
+            .map(|(kind, _)| (*kind == RequestKind::Write).then(|| self.router.checkout()))
+            .collect();
+        let requests = commands
+            .iter()
+            .zip(&sessions)
+            .map(|((kind, payload), session)| {
+                let (client_id, seq) = session
+                    .as_ref()
+                    .map_or((0, 0), stator_gateway::router::SessionGuard::ids);
+                ClientRequest {
+                    client_id,
+                    seq,
+                    kind: *kind,
+                    payload: payload.clone(),
+                }
+            })
+            .collect();
+        let local = self.host.serve_client_batch(route.group, requests).await;
+        let mut replies = Vec::with_capacity(commands.len());
+        let mut moved = false;
+        for (((kind, payload), session), reply) in commands.into_iter().zip(&sessions).zip(local) {
+            let reply = match reply {
+                ClientReply::Ok(bytes) if !moved => bytes,
+                ClientReply::StaleSequence { last_seq } if !moved => Value::error(format!(
+                    "ERR internal agent error, nothing was applied: a sequence is older than {last_seq}"
+                ))
+                .to_bytes(),
+                _ => {
+                    moved = true;
+                    match self
+                        .router
+                        .forward_in(route, kind, payload, session.as_ref())
+                        .await
+                    {
+                        Ok(bytes) => bytes,
+                        Err(error) => error_reply(routes, route.partition, kind, &error),
+                    }
+                }
+            };
+            replies.push(reply);
+        }
+        replies
+    }
+}
+
 impl Backend for AgentBackend {
+    async fn execute_batch(
+        &self,
+        routes: Arc<ServiceRoutes>,
+        partition: usize,
+        slot: u16,
+        commands: Vec<(RequestKind, Vec<u8>)>,
+    ) -> Vec<Vec<u8>> {
+        let route = &routes.partitions[partition];
+        let me = self.host.node_id();
+        let local = self.host.status(route.group).map(|s| (s.role, s.leader));
+        match target(me, local, route) {
+            Target::Local => self.serve_batch_locally(&routes, route, commands).await,
+            Target::Moved(addr) => {
+                let moved = Value::error(format!("MOVED {slot} {addr}")).to_bytes();
+                vec![moved; commands.len()]
+            }
+            Target::Forward => {
+                let mut replies = Vec::with_capacity(commands.len());
+                for (kind, payload) in commands {
+                    replies.push(match self.router.forward(route, kind, payload).await {
+                        Ok(bytes) => bytes,
+                        Err(error) => error_reply(&routes, route.partition, kind, &error),
+                    });
+                }
+                replies
+            }
+        }
+    }
+
+    /// The local replica keeps the order of a batch ([`Host::serve_client_batch`]).
+    fn pipelines_slots(&self) -> bool {
+        true
+    }
+
     async fn execute(
         &self,
         routes: Arc<ServiceRoutes>,

@@ -70,6 +70,35 @@ pub trait Backend: Send + Sync + 'static {
         payload: Vec<u8>,
     ) -> impl Future<Output = Vec<u8>> + Send;
 
+    /// Answers consecutive commands of one connection on `slot` of
+    /// `routes.partitions[partition]`, strictly in order, one reply each. Called only
+    /// when [`Backend::pipelines_slots`] is true; the default runs them one by one.
+    fn execute_batch(
+        &self,
+        routes: Arc<ServiceRoutes>,
+        partition: usize,
+        slot: u16,
+        commands: Vec<(RequestKind, Vec<u8>)>,
+    ) -> impl Future<Output = Vec<Vec<u8>>> + Send {
+        async move {
+            let mut replies = Vec::with_capacity(commands.len());
+            for (kind, payload) in commands {
+                replies.push(
+                    self.execute(routes.clone(), partition, slot, kind, payload)
+                        .await,
+                );
+            }
+            replies
+        }
+    }
+
+    /// Whether commands of one connection on one slot may be in flight together, as one
+    /// [`Backend::execute_batch`] (the backend keeps their order). `false`: one command
+    /// per slot per connection at a time.
+    fn pipelines_slots(&self) -> bool {
+        false
+    }
+
     /// The map looks stale (a slot without a partition): refresh it soon.
     fn request_refresh(&self);
 
