@@ -27,7 +27,8 @@ use stator_api::agent::ClusterService;
 use stator_api::ids::NodeId;
 use stator_gateway::map::{PartitionMap, PartitionRoute, RespNode, ServiceRoutes};
 use stator_gateway::resp::connection::error_reply;
-use stator_gateway::resp::{accept_loop, Backend, Shared};
+use stator_api::spec::RespTlsSpec;
+use stator_gateway::resp::{accept_loop, tls, Backend, Shared};
 use stator_gateway::Router;
 use stator_kv::Value;
 use stator_replication::{ClientReply, ClientRequest, Host, RequestKind, Role};
@@ -61,6 +62,8 @@ pub struct RespConfig {
 
 struct Listener {
     advertised: String,
+    /// The `expose.tls` it was started with: another one restarts it.
+    tls: Option<RespTlsSpec>,
     cancel: CancellationToken,
 }
 
@@ -121,7 +124,9 @@ impl RespServer {
             .lock()
             .expect("listeners mutex poisoned")
             .retain(|name, listener| {
-                let keep = services.iter().any(|s| &s.service == name);
+                let keep = services
+                    .iter()
+                    .any(|s| &s.service == name && s.tls == listener.tls);
                 if !keep {
                     tracing::info!(service = %name, addr = %listener.advertised, "stopping cluster RESP listener");
                     listener.cancel.cancel();
@@ -137,6 +142,14 @@ impl RespServer {
             if running {
                 continue;
             }
+            let acceptor = match service.tls.as_ref().map(tls::acceptor).transpose() {
+                Ok(acceptor) => acceptor,
+                Err(message) => {
+                    // Never plain TCP where the spec asks for TLS; retried next heartbeat.
+                    tracing::error!(service = %service.service, %message, "cannot start the cluster RESP listener's TLS");
+                    continue;
+                }
+            };
             let listener = match self.bind().await {
                 Ok(listener) => listener,
                 Err(error) => {
@@ -161,12 +174,20 @@ impl RespServer {
                 self.map_tx.subscribe(),
                 self.connections.clone(),
                 self.connection_ids.clone(),
+                acceptor,
                 cancel.clone(),
             ));
             self.listeners
                 .lock()
                 .expect("listeners mutex poisoned")
-                .insert(service.service.clone(), Listener { advertised, cancel });
+                .insert(
+                    service.service.clone(),
+                    Listener {
+                        advertised,
+                        tls: service.tls.clone(),
+                        cancel,
+                    },
+                );
         }
     }
 
@@ -260,10 +281,11 @@ pub fn build_map(
                 builtin_kv: true,
                 resp_listen: None,
                 cluster: true,
-                // The agent's assignment carries no `expose.auth` yet: cluster-mode
-                // listeners serve as before (issue 12 item 7 for agents is open).
-                auth: None,
-                protected_mode: false,
+                // The same credentials as the gateway's endpoint; the password files
+                // are read on this machine (see the module doc).
+                auth: service.auth.clone(),
+                protected_mode: service.protected_mode,
+                tls: service.tls.clone(),
                 partitions,
                 instances: Vec::new(),
             };
@@ -505,6 +527,9 @@ mod tests {
                         .collect(),
                 })
                 .collect(),
+            auth: None,
+            protected_mode: true,
+            tls: None,
         }
     }
 

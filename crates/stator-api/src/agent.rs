@@ -334,6 +334,21 @@ pub struct ClusterService {
     pub service: String,
     /// Every partition of the service, ordered by slot range.
     pub partitions: Vec<ClusterPartition>,
+    /// The spec's `expose.auth`: the agent's listener asks for the same credentials as
+    /// the gateway, reading the password files named here on its own machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<crate::spec::AuthSpec>,
+    /// The spec's `expose.protected_mode` (on when absent, as in the spec).
+    #[serde(default = "protected_by_default")]
+    pub protected_mode: bool,
+    /// The spec's `expose.tls`: the agent's listener presents this certificate (files
+    /// read on the agent's machine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::spec::RespTlsSpec>,
+}
+
+fn protected_by_default() -> bool {
+    true
 }
 
 /// One partition of a [`ClusterService`].

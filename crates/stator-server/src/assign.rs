@@ -166,6 +166,9 @@ fn cluster_services(cluster: &Cluster, replicas: &[ReplicaAssignment]) -> Vec<Cl
         out.push(ClusterService {
             service: name.to_string(),
             partitions,
+            auth: spec.expose.auth.clone(),
+            protected_mode: spec.expose.protected_mode,
+            tls: spec.expose.tls.clone(),
         });
     }
     out

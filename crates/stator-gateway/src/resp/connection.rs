@@ -30,8 +30,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -335,13 +334,14 @@ pub fn error_reply(
     Value::error(message).to_bytes()
 }
 
-/// Serves one connection until the client leaves, sends QUIT or garbage, or `cancel`.
+/// Serves one connection (plain TCP with `TCP_NODELAY` set, or TLS over it) until the
+/// client leaves, sends QUIT or garbage, or `cancel`.
 #[allow(
     clippy::too_many_arguments,
     reason = "gateway and agents call it, each argument distinct"
 )]
-pub async fn serve<B: Backend>(
-    mut stream: TcpStream,
+pub async fn serve<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     peer: SocketAddr,
     router: Arc<B>,
     shared: Arc<Shared>,
@@ -350,7 +350,6 @@ pub async fn serve<B: Backend>(
     connection_id: u64,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
     let mut state = ConnectionState {
         id: connection_id,
         node: router.node(),
@@ -373,7 +372,6 @@ pub async fn serve<B: Backend>(
     }
     let (mut pubsub, mut messages, too_slow) =
         PubSub::new(shared.broker.clone(), service.clone(), connection_id);
-    let (mut reader, mut writer) = stream.split();
     let mut input = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut output: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
     let mut in_flight = FuturesOrdered::new();
@@ -579,7 +577,7 @@ pub async fn serve<B: Backend>(
             in_flight.push_back(perform(&*router, batch.into_work(), None));
         }
         if in_flight.is_empty() && closing {
-            writer.shutdown().await.ok();
+            stream.shutdown().await.ok();
             return Ok(());
         }
         tokio::select! {
@@ -603,7 +601,7 @@ pub async fn serve<B: Backend>(
                     }
                     done = in_flight.next().now_or_never().flatten();
                 }
-                writer.write_all(&output).await?;
+                stream.write_all(&output).await?;
                 output.clear();
             }
             // Messages wait while replies are owed, so a SUBSCRIBE's confirmation (and
@@ -613,10 +611,10 @@ pub async fn serve<B: Backend>(
                 while let Ok(message) = messages.try_recv() {
                     message.encode(state.resp3, &mut output);
                 }
-                writer.write_all(&output).await?;
+                stream.write_all(&output).await?;
                 output.clear();
             }
-            read = reader.read_buf(&mut input), if need_input && !closing => {
+            read = stream.read_buf(&mut input), if need_input && !closing => {
                 if read? == 0 {
                     // The client left; anything still in flight has nobody to answer.
                     return Ok(());

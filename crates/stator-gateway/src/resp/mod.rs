@@ -14,6 +14,7 @@
 //! - [`keyspace`]: KEYS, SCAN, DBSIZE, FLUSHALL/FLUSHDB, RANDOMKEY over every partition.
 //! - [`pubsub`]: SUBSCRIBE/PUBLISH and friends through this gateway's broker.
 //! - [`transaction`]: MULTI/EXEC/DISCARD/WATCH/UNWATCH, one `STATOR.EXEC` write per EXEC.
+//! - [`tls`]: `expose.tls`, the RESP endpoint's certificate (rustls).
 //! - `resp3`: replies re-typed for connections that sent `HELLO 3`.
 //! - `glob`: Redis's glob patterns (ACL key patterns, `KEYS`, `SCAN MATCH`).
 
@@ -26,6 +27,7 @@ pub mod keyspace;
 pub(crate) mod local;
 pub mod pubsub;
 mod resp3;
+pub mod tls;
 pub mod transaction;
 
 use crate::map::{PartitionMap, ServiceRoutes};
@@ -40,7 +42,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use stator_api::spec::RespTlsSpec;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -120,6 +124,7 @@ pub struct Shared {
 
 struct Running {
     listen: String,
+    tls: Option<RespTlsSpec>,
     bound: SocketAddr,
     cancel: CancellationToken,
 }
@@ -142,7 +147,9 @@ pub(crate) async fn supervise(
         // Level-triggered: compare what runs with what the map asks for.
         running.retain(|name, listener| {
             let keep = snapshot.services.get(name).is_some_and(|s| {
-                s.serves_resp() && s.resp_listen.as_deref() == Some(&listener.listen)
+                s.serves_resp()
+                    && s.resp_listen.as_deref() == Some(&listener.listen)
+                    && s.tls == listener.tls
             });
             if !keep {
                 tracing::info!(service = %name, addr = %listener.bound, "stopping RESP listener");
@@ -158,6 +165,19 @@ pub(crate) async fn supervise(
                 .resp_listen
                 .clone()
                 .expect("serves_resp implies an address");
+            let acceptor = match service.tls.as_ref().map(tls::acceptor).transpose() {
+                Ok(acceptor) => acceptor,
+                Err(message) => {
+                    // Never fall back to plain TCP: the client expects TLS. Tried again
+                    // with the bind retries, so fixed files are picked up.
+                    if reported.get(&service.name) != Some(&message) {
+                        tracing::error!(service = %service.name, %message,
+                            "cannot start the RESP listener's TLS; retrying every {BIND_RETRY_INTERVAL:?}");
+                        reported.insert(service.name.clone(), message);
+                    }
+                    continue;
+                }
+            };
             match TcpListener::bind(&listen).await {
                 Ok(listener) => {
                     let bound = listener
@@ -174,12 +194,14 @@ pub(crate) async fn supervise(
                         map.clone(),
                         connections.clone(),
                         connection_ids.clone(),
+                        acceptor,
                         token.clone(),
                     ));
                     running.insert(
                         service.name.clone(),
                         Running {
                             listen,
+                            tls: service.tls.clone(),
                             bound,
                             cancel: token,
                         },
@@ -215,7 +237,9 @@ pub(crate) async fn supervise(
 
 /// Accepts RESP connections for `service` on `listener` until `cancel`, each served by
 /// [`connection::serve`] with `backend` and `shared` (access rules, pub/sub broker), at
-/// most as many at once as `connections` has permits.
+/// most as many at once as `connections` has permits; with `tls`, inside a TLS session
+/// (a client that does not finish its handshake within
+/// [`tls::TLS_HANDSHAKE_TIMEOUT`] is dropped).
 #[allow(
     clippy::too_many_arguments,
     reason = "gateway and agents call it, each argument distinct"
@@ -228,6 +252,7 @@ pub async fn accept_loop<B: Backend>(
     map: watch::Receiver<Arc<PartitionMap>>,
     connections: Arc<Semaphore>,
     connection_ids: Arc<AtomicU64>,
+    tls: Option<TlsAcceptor>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -250,25 +275,40 @@ pub async fn accept_loop<B: Backend>(
             },
         };
         let id = connection_ids.fetch_add(1, Ordering::Relaxed);
-        let (router, shared, map, service, cancel) = (
+        let (router, shared, map, service, cancel, tls) = (
             router.clone(),
             shared.clone(),
             map.clone(),
             service.clone(),
             cancel.clone(),
+            tls.clone(),
         );
         tokio::spawn(async move {
-            let serve = connection::serve(
-                stream,
-                peer,
-                router,
-                shared,
-                service.clone(),
-                map,
-                id,
-                cancel,
-            );
-            if let Err(error) = serve.await {
+            let served = match tls {
+                None => async {
+                    stream.set_nodelay(true)?;
+                    connection::serve(stream, peer, router, shared, service.clone(), map, id, cancel)
+                        .await
+                }
+                .await,
+                Some(acceptor) => async {
+                    stream.set_nodelay(true)?;
+                    let handshake = tokio::time::timeout(
+                        tls::TLS_HANDSHAKE_TIMEOUT,
+                        acceptor.accept(stream),
+                    );
+                    let stream = handshake.await.map_err(|_| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "no TLS handshake in time",
+                        )
+                    })??;
+                    connection::serve(stream, peer, router, shared, service.clone(), map, id, cancel)
+                        .await
+                }
+                .await,
+            };
+            if let Err(error) = served {
                 tracing::debug!(service = %service, %peer, %error, "RESP connection ended");
             }
             drop(permit);
