@@ -266,6 +266,11 @@ pub struct ReplicaAssignment {
     /// Longest time between fsyncs for `periodic` durability (0 otherwise).
     #[serde(default)]
     pub fsync_interval_ms: u64,
+    /// Set on the leader's assignment when the server spreads leaders over nodes again:
+    /// hand leadership to this caught-up follower (`Host::transfer_leadership`). Asked
+    /// for again on each heartbeat until the move shows, so an agent paces its attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_leader_to: Option<NodeId>,
 }
 
 /// Whether an instance runs forever or to completion.

@@ -22,6 +22,7 @@ pub fn assignments_for(cluster: &Cluster, node: NodeId) -> Assignments {
         ..Assignments::default()
     };
     let own_report = cluster.observed.get(&node);
+    let leader_moves = crate::leaders::leader_moves(cluster);
     for service in cluster.services.values() {
         let spec = service.spec();
         match spec.kind {
@@ -65,6 +66,10 @@ pub fn assignments_for(cluster: &Cluster, node: NodeId) -> Assignments {
                         cpu_millis: design.member_cpu_millis(node, spec.resources.cpu_millis()),
                         durability: spec.durability,
                         fsync_interval_ms: spec.fsync_interval_ms(),
+                        transfer_leader_to: leader_moves
+                            .get(&group)
+                            .filter(|m| m.from == node)
+                            .map(|m| m.to),
                     });
                 }
             }
