@@ -351,7 +351,10 @@ impl Replicas {
                 // Only once the membership is settled, and paced: see
                 // LEADER_TRANSFER_RETRY_INTERVAL.
                 let transfer_to = a.transfer_leader_to.filter(|_| {
-                    let mut tried = self.transfers_tried.lock().expect("transfers mutex poisoned");
+                    let mut tried = self
+                        .transfers_tried
+                        .lock()
+                        .expect("transfers mutex poisoned");
                     let due = tried
                         .get(&group)
                         .is_none_or(|at| at.elapsed() >= LEADER_TRANSFER_RETRY_INTERVAL);
@@ -365,8 +368,12 @@ impl Replicas {
                         Ok(MembershipStep::InSync) => {
                             if let Some(to) = transfer_to {
                                 match host.transfer_leadership(group, to).await {
-                                    Ok(outcome) => tracing::info!(%group, to, ?outcome, "leadership hand-over asked for by the server"),
-                                    Err(e) => tracing::info!(%group, to, "leadership hand-over failed: {e}"),
+                                    Ok(outcome) => {
+                                        tracing::info!(%group, to, ?outcome, "leadership hand-over asked for by the server")
+                                    }
+                                    Err(e) => {
+                                        tracing::info!(%group, to, "leadership hand-over failed: {e}")
+                                    }
                                 }
                             }
                         }

@@ -25,9 +25,9 @@
 
 use stator_api::agent::ClusterService;
 use stator_api::ids::NodeId;
+use stator_api::spec::RespTlsSpec;
 use stator_gateway::map::{PartitionMap, PartitionRoute, RespNode, ServiceRoutes};
 use stator_gateway::resp::connection::error_reply;
-use stator_api::spec::RespTlsSpec;
 use stator_gateway::resp::{accept_loop, tls, Backend, Shared};
 use stator_gateway::Router;
 use stator_kv::Value;

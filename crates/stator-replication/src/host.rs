@@ -91,10 +91,7 @@ impl WriteQueue {
 
     /// Queues writes, in order and with nothing between them; `true` when the caller must
     /// start a proposer for them.
-    fn push_all(
-        &self,
-        writes: Vec<(Write, tokio::sync::oneshot::Sender<ClientReply>)>,
-    ) -> bool {
+    fn push_all(&self, writes: Vec<(Write, tokio::sync::oneshot::Sender<ClientReply>)>) -> bool {
         let mut s = self.state.lock().expect("write queue poisoned");
         s.waiting.extend(writes);
         if s.proposers < self.max_proposers {

@@ -145,7 +145,9 @@ fn cluster_clients_reach_the_leaders() {
     let tag = (0..1000)
         .map(|i| format!("{{p{i}}}"))
         .find(|tag| {
-            let slot: u64 = redis_cli(port, &["CLUSTER", "KEYSLOT", tag]).parse().unwrap();
+            let slot: u64 = redis_cli(port, &["CLUSTER", "KEYSLOT", tag])
+                .parse()
+                .unwrap();
             (parts[0]["slots"]["start"].as_u64().unwrap()
                 ..=parts[0]["slots"]["end_inclusive"].as_u64().unwrap())
                 .contains(&slot)
@@ -237,7 +239,11 @@ fn assert_pipeline_in_order(port: u16, tag: &str) {
         assert!(n > 0, "the agent closed the connection");
         got.extend_from_slice(&chunk[..n]);
     }
-    assert!(got.starts_with(b":"), "DEL answered {:?}", String::from_utf8_lossy(&got));
+    assert!(
+        got.starts_with(b":"),
+        "DEL answered {:?}",
+        String::from_utf8_lossy(&got)
+    );
     got.clear();
     while got.len() < expected.len() {
         let n = stream.read(&mut chunk).unwrap();

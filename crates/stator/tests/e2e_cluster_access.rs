@@ -104,7 +104,11 @@ fn agent_port(cluster: &Cluster, service: &str, partitions: usize) -> u16 {
 
 /// A self-signed certificate for 127.0.0.1 (its own CA), made with the openssl CLI.
 fn make_certificate(dir: &Path) -> Option<(String, String)> {
-    if !have("openssl", &["version"], "openssl, to make a test certificate") {
+    if !have(
+        "openssl",
+        &["version"],
+        "openssl, to make a test certificate",
+    ) {
         return None;
     }
     let cert = dir.join("resp-cert.pem").display().to_string();
@@ -175,8 +179,11 @@ fn auth_and_tls_on_the_gateway_and_every_agent() {
     assert_every_family_guarded(port, &[], "gateway");
     assert_every_family_guarded(agent, &["-c"], "agent");
     assert_eq!(
-        redis_cli(agent, &["-c", "--user", "default", "--pass", PASSWORD, "CLUSTER", "MYID"])
-            .len(),
+        redis_cli(
+            agent,
+            &["-c", "--user", "default", "--pass", PASSWORD, "CLUSTER", "MYID"]
+        )
+        .len(),
         40,
         "an authenticated cluster client sees the agent's node id"
     );

@@ -82,7 +82,11 @@ fn leaders_spread_again_after_a_node_returns() {
             parts
                 .as_array()?
                 .iter()
-                .all(|p| p["leader"]["node_id"].as_u64().is_some_and(|l| l != victim_id))
+                .all(|p| {
+                    p["leader"]["node_id"]
+                        .as_u64()
+                        .is_some_and(|l| l != victim_id)
+                })
                 .then_some(())
         },
     );

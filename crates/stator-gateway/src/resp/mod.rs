@@ -35,6 +35,7 @@ use crate::router::Router;
 use auth::AccessCache;
 use pubsub::Broker;
 use stator_api::ids::NodeId;
+use stator_api::spec::RespTlsSpec;
 use stator_replication::RequestKind;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -42,10 +43,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use stator_api::spec::RespTlsSpec;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 /// RESP connections open at once through one gateway, over all services. Each costs a
@@ -285,28 +285,50 @@ pub async fn accept_loop<B: Backend>(
         );
         tokio::spawn(async move {
             let served = match tls {
-                None => async {
-                    stream.set_nodelay(true)?;
-                    connection::serve(stream, peer, router, shared, service.clone(), map, id, cancel)
-                        .await
-                }
-                .await,
-                Some(acceptor) => async {
-                    stream.set_nodelay(true)?;
-                    let handshake = tokio::time::timeout(
-                        tls::TLS_HANDSHAKE_TIMEOUT,
-                        acceptor.accept(stream),
-                    );
-                    let stream = handshake.await.map_err(|_| {
-                        std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "no TLS handshake in time",
+                None => {
+                    async {
+                        stream.set_nodelay(true)?;
+                        connection::serve(
+                            stream,
+                            peer,
+                            router,
+                            shared,
+                            service.clone(),
+                            map,
+                            id,
+                            cancel,
                         )
-                    })??;
-                    connection::serve(stream, peer, router, shared, service.clone(), map, id, cancel)
                         .await
+                    }
+                    .await
                 }
-                .await,
+                Some(acceptor) => {
+                    async {
+                        stream.set_nodelay(true)?;
+                        let handshake = tokio::time::timeout(
+                            tls::TLS_HANDSHAKE_TIMEOUT,
+                            acceptor.accept(stream),
+                        );
+                        let stream = handshake.await.map_err(|_| {
+                            std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "no TLS handshake in time",
+                            )
+                        })??;
+                        connection::serve(
+                            stream,
+                            peer,
+                            router,
+                            shared,
+                            service.clone(),
+                            map,
+                            id,
+                            cancel,
+                        )
+                        .await
+                    }
+                    .await
+                }
             };
             if let Err(error) = served {
                 tracing::debug!(service = %service, %peer, %error, "RESP connection ended");
