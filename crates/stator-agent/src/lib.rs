@@ -13,7 +13,8 @@
 //! - [`replicas`]: hosts partition replicas (the replication engine) and reconciles them
 //!   toward the assigned groups and members.
 //! - [`resp`]: the Redis Cluster protocol for the kv services it hosts: a RESP listener
-//!   per service serving the slots its replicas lead, `MOVED` for the rest.
+//!   per service serving the slots its replicas lead (pipelines on one slot as one
+//!   batch), `MOVED` for the rest, with the spec's AUTH/ACL, protected mode and TLS.
 //! - [`driver`]: supervises stateless instances and jobs (processes and containers).
 //! - [`container`]: the container driver's parts: local OCI images (verified, unpacked
 //!   once per digest) and runc bundles.

@@ -13,9 +13,23 @@
 //! router, which finds the new leader; a write that had committed is answered from the
 //! session table instead of applied twice.
 //!
+//! Pipelining: the connection gathers the consecutive commands of one read batch on one
+//! slot into one [`Backend::execute_batch`], served in order by
+//! [`Host::serve_client_batch`] (one push into the replica's write queue, so usually one
+//! Raft entry), so `redis-benchmark --cluster -P 16` gets sixteen commands per round trip
+//! instead of one.
+//!
 //! The connection code, `CLUSTER ...`, `COMMAND` and `INFO` are the gateway's
 //! ([`stator_gateway::resp`]); the slot map comes with every heartbeat answer
 //! ([`Assignments::cluster`](stator_api::agent::Assignments)).
+//!
+//! # Access
+//! The heartbeat answer carries the spec's `expose.auth`, `protected_mode` and `tls` for
+//! each service ([`ClusterService`]); the listener asks for the same `AUTH` as the
+//! gateway (the gateway's auth module, through the shared connection code) and presents
+//! the same certificate. The password, certificate and key files are read on this
+//! machine, as on every gateway host: secrets never travel with assignments, at the cost
+//! of deploying the files to every agent machine.
 //!
 //! # Addresses
 //! Each listener binds `bind_host:port` (port from `port_range`, or any free port) and is
