@@ -655,8 +655,9 @@ impl Host {
 
     /// Serves `requests` on the local replica of `group` strictly in order, answering
     /// each: every run of consecutive writes joins the write queue at once (so they
-    /// apply in the order given, usually as one entry), and a read runs only after the
-    /// writes before it are answered. Used by pipelined RESP connections, which need
+    /// apply in the order given, usually as one entry), and a run of reads starts only
+    /// after the writes before it are answered (its reads run together: reads do not
+    /// change what another read sees). Used by pipelined RESP connections, which need
     /// order between the commands of one connection on one slot.
     pub async fn serve_client_batch(
         &self,
@@ -667,7 +668,18 @@ impl Host {
         let mut requests = requests.into_iter().peekable();
         while let Some(first) = requests.next() {
             if first.kind != RequestKind::Write {
-                replies.push(serve_client(&self.inner, group, first).await);
+                let mut reads = vec![first];
+                while let Some(next) = requests.next_if(|r| r.kind != RequestKind::Write) {
+                    reads.push(next);
+                }
+                replies.extend(
+                    futures::future::join_all(
+                        reads
+                            .into_iter()
+                            .map(|read| serve_client(&self.inner, group, read)),
+                    )
+                    .await,
+                );
                 continue;
             }
             let mut writes = vec![first];
