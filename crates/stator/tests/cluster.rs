@@ -226,35 +226,48 @@ fn assert_pipeline_in_order(port: u16, tag: &str) {
         encode(&["STRLEN", &text], &mut request);
         expected.extend(format!(":{i}\r\n").bytes());
     }
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    stream.write_all(&request).unwrap();
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 4096];
-    // DEL answers 0, 1 or 2: read it first, then exactly the expected bytes.
-    while !got.ends_with(b"\r\n") {
-        let n = stream.read(&mut chunk[..1]).unwrap();
-        assert!(n > 0, "the agent closed the connection");
-        got.extend_from_slice(&chunk[..n]);
+    // Leaders may still move (the server spreads them over the nodes): follow MOVED.
+    let mut port = port;
+    for _ in 0..20 {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream.write_all(&request).unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // DEL answers 0, 1 or 2: read it first, then the rest.
+        while !got.ends_with(b"\r\n") {
+            let n = stream.read(&mut chunk[..1]).unwrap();
+            assert!(n > 0, "the agent closed the connection");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        let first = String::from_utf8_lossy(&got).into_owned();
+        got.clear();
+        while got.len() < expected.len() {
+            match stream.read(&mut chunk) {
+                Ok(n) if n > 0 => got.extend_from_slice(&chunk[..n]),
+                _ => break,
+            }
+        }
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(moved) = [&first, &text].into_iter().find_map(|t| {
+            let at = t.find("-MOVED ")?;
+            t[at..].split_whitespace().nth(2).map(port_of)
+        }) {
+            port = moved;
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
+        }
+        assert!(first.starts_with(':'), "DEL answered {first:?}");
+        assert_eq!(
+            text,
+            String::from_utf8_lossy(&expected),
+            "pipelined replies on one slot, in order"
+        );
+        return;
     }
-    assert!(
-        got.starts_with(b":"),
-        "DEL answered {:?}",
-        String::from_utf8_lossy(&got)
-    );
-    got.clear();
-    while got.len() < expected.len() {
-        let n = stream.read(&mut chunk).unwrap();
-        assert!(n > 0, "the agent closed the connection");
-        got.extend_from_slice(&chunk[..n]);
-    }
-    assert_eq!(
-        String::from_utf8_lossy(&got),
-        String::from_utf8_lossy(&expected),
-        "pipelined replies on one slot, in order"
-    );
+    panic!("the slot's leader kept moving");
 }
 
 fn p_leader_port(partition: &Value) -> u16 {
