@@ -1611,6 +1611,16 @@ expose = { http = "127.0.0.1:8088" }
         spec.expose.resp = Some("nowhere".into());
         assert_eq!(invalid_field(spec.validate()), "expose.resp");
         spec = base.clone();
+        spec.expose.tls = Some(RespTlsSpec {
+            cert_file: "/etc/stator/kv.pem".into(),
+            key_file: "".into(),
+        });
+        spec.expose.resp = Some("127.0.0.1:6380".into());
+        assert_eq!(invalid_field(spec.validate()), "expose.tls.key_file");
+        spec.expose.resp = None;
+        spec.expose.cluster = None;
+        assert_eq!(invalid_field(spec.validate()), "expose.tls");
+        spec = base.clone();
         spec.expose.auth = Some(AuthSpec {
             password_file: " ".into(),
             users: Vec::new(),
