@@ -13,7 +13,8 @@
 //! - [`replicas`]: hosts partition replicas (the replication engine) and reconciles them
 //!   toward the assigned groups and members.
 //! - [`resp`]: the Redis Cluster protocol for the kv services it hosts: a RESP listener
-//!   per service serving the slots its replicas lead, `MOVED` for the rest.
+//!   per service serving the slots its replicas lead (pipelines on one slot as one
+//!   batch), `MOVED` for the rest, with the spec's AUTH/ACL, protected mode and TLS.
 //! - [`pubsub`]: the agent's end of the pub/sub bus: registration through the server
 //!   client, and the sink that publishes the keyspace events of the replicas it leads.
 //! - [`driver`]: supervises stateless instances and jobs (processes and containers).

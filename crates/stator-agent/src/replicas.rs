@@ -24,7 +24,7 @@ use stator_api::ids::{GroupId, NodeId};
 use stator_api::spec::{AppSpec, Durability};
 use stator_kv::notify::{NotificationSink, NotifyingKv};
 use stator_replication::disk_store::DiskStoreError;
-use stator_replication::{GroupOptions, Host, HostError, Role};
+use stator_replication::{GroupOptions, Host, HostError, MembershipStep, Role};
 use stator_sm::host::{
     Launcher, ProcessHandle, ProcessLimits, ProcessMachine, ProcessMachineConfig,
 };
@@ -36,6 +36,11 @@ use std::time::{Duration, Instant};
 /// How long a non-designated initial member waits before forming the group itself, in
 /// case the designated one died before it could.
 pub const BOOTSTRAP_FALLBACK: Duration = Duration::from_secs(2);
+
+/// Least time between two leadership hand-overs of one group that the server asked for
+/// (`transfer_leader_to`): a hand-over that fails pauses the group's writes up to
+/// `LEADERSHIP_TRANSFER_TIMEOUT`, so it is not tried on every heartbeat.
+pub const LEADER_TRANSFER_RETRY_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A replica this node is a member of but cannot host: its state is gone.
 struct Forgotten {
@@ -66,6 +71,8 @@ pub struct Replicas {
     known: Mutex<HashMap<GroupId, Known>>,
     /// Groups with a membership step in flight (one at a time per group).
     busy: Arc<Mutex<HashSet<GroupId>>>,
+    /// When each group last tried a leadership hand-over the server asked for.
+    transfers_tried: Arc<Mutex<HashMap<GroupId, Instant>>>,
     /// Where `process` apps get their CPU share; None: not enforced.
     cgroups: Option<Arc<crate::cgroup::Cgroups>>,
     /// Runs `container` apps; None: they fail saying the agent has no runtime.
@@ -100,6 +107,7 @@ impl Replicas {
             run_root,
             known: Mutex::new(HashMap::new()),
             busy: Arc::new(Mutex::new(HashSet::new())),
+            transfers_tried: Arc::new(Mutex::new(HashMap::new())),
             cgroups: None,
             containers: None,
             raft_dir: None,
@@ -455,8 +463,35 @@ impl Replicas {
                     .insert(a.group)
             {
                 let (host, busy, group) = (self.host.clone(), self.busy.clone(), a.group);
+                // Only once the membership is settled, and paced: see
+                // LEADER_TRANSFER_RETRY_INTERVAL.
+                let transfer_to = a.transfer_leader_to.filter(|_| {
+                    let mut tried = self
+                        .transfers_tried
+                        .lock()
+                        .expect("transfers mutex poisoned");
+                    let due = tried
+                        .get(&group)
+                        .is_none_or(|at| at.elapsed() >= LEADER_TRANSFER_RETRY_INTERVAL);
+                    if due {
+                        tried.insert(group, Instant::now());
+                    }
+                    due
+                });
                 tokio::spawn(async move {
                     match host.reconcile_membership(group, &members).await {
+                        Ok(MembershipStep::InSync) => {
+                            if let Some(to) = transfer_to {
+                                match host.transfer_leadership(group, to).await {
+                                    Ok(outcome) => {
+                                        tracing::info!(%group, to, ?outcome, "leadership hand-over asked for by the server")
+                                    }
+                                    Err(e) => {
+                                        tracing::info!(%group, to, "leadership hand-over failed: {e}")
+                                    }
+                                }
+                            }
+                        }
                         Ok(step) => tracing::debug!(%group, ?step, "membership step"),
                         Err(e) => {
                             tracing::info!(%group, "membership step failed (retried next beat): {e}")

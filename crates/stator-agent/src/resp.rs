@@ -13,9 +13,23 @@
 //! router, which finds the new leader; a write that had committed is answered from the
 //! session table instead of applied twice.
 //!
+//! Pipelining: the connection gathers the consecutive commands of one read batch on one
+//! slot into one [`Backend::execute_batch`], served in order by
+//! [`Host::serve_client_batch`] (one push into the replica's write queue, so usually one
+//! Raft entry), so `redis-benchmark --cluster -P 16` gets sixteen commands per round trip
+//! instead of one.
+//!
 //! The connection code, `CLUSTER ...`, `COMMAND` and `INFO` are the gateway's
 //! ([`stator_gateway::resp`]); the slot map comes with every heartbeat answer
 //! ([`Assignments::cluster`](stator_api::agent::Assignments)).
+//!
+//! # Access
+//! The heartbeat answer carries the spec's `expose.auth`, `protected_mode` and `tls` for
+//! each service ([`ClusterService`]); the listener asks for the same `AUTH` as the
+//! gateway (the gateway's auth module, through the shared connection code) and presents
+//! the same certificate. The password, certificate and key files are read on this
+//! machine, as on every gateway host: secrets never travel with assignments, at the cost
+//! of deploying the files to every agent machine.
 //!
 //! # Addresses
 //! Each listener binds `bind_host:port` (port from `port_range`, or any free port) and is
@@ -25,9 +39,10 @@
 
 use stator_api::agent::ClusterService;
 use stator_api::ids::NodeId;
+use stator_api::spec::RespTlsSpec;
 use stator_gateway::map::{PartitionMap, PartitionRoute, RespNode, ServiceRoutes};
 use stator_gateway::resp::connection::error_reply;
-use stator_gateway::resp::{accept_loop, Backend, Shared};
+use stator_gateway::resp::{accept_loop, tls, Backend, Shared};
 use stator_gateway::Router;
 use stator_kv::Value;
 use stator_replication::{ClientReply, ClientRequest, Host, RequestKind, Role};
@@ -61,6 +76,8 @@ pub struct RespConfig {
 
 struct Listener {
     advertised: String,
+    /// The `expose.tls` it was started with: another one restarts it.
+    tls: Option<RespTlsSpec>,
     cancel: CancellationToken,
 }
 
@@ -126,7 +143,9 @@ impl RespServer {
             .lock()
             .expect("listeners mutex poisoned")
             .retain(|name, listener| {
-                let keep = services.iter().any(|s| &s.service == name);
+                let keep = services
+                    .iter()
+                    .any(|s| &s.service == name && s.tls == listener.tls);
                 if !keep {
                     tracing::info!(service = %name, addr = %listener.advertised, "stopping cluster RESP listener");
                     listener.cancel.cancel();
@@ -142,6 +161,14 @@ impl RespServer {
             if running {
                 continue;
             }
+            let acceptor = match service.tls.as_ref().map(tls::acceptor).transpose() {
+                Ok(acceptor) => acceptor,
+                Err(message) => {
+                    // Never plain TCP where the spec asks for TLS; retried next heartbeat.
+                    tracing::error!(service = %service.service, %message, "cannot start the cluster RESP listener's TLS");
+                    continue;
+                }
+            };
             let listener = match self.bind().await {
                 Ok(listener) => listener,
                 Err(error) => {
@@ -166,12 +193,20 @@ impl RespServer {
                 self.map_tx.subscribe(),
                 self.connections.clone(),
                 self.connection_ids.clone(),
+                acceptor,
                 cancel.clone(),
             ));
             self.listeners
                 .lock()
                 .expect("listeners mutex poisoned")
-                .insert(service.service.clone(), Listener { advertised, cancel });
+                .insert(
+                    service.service.clone(),
+                    Listener {
+                        advertised,
+                        tls: service.tls.clone(),
+                        cancel,
+                    },
+                );
         }
     }
 
@@ -265,10 +300,11 @@ pub fn build_map(
                 builtin_kv: true,
                 resp_listen: None,
                 cluster: true,
-                // The agent's assignment carries no `expose.auth` yet: cluster-mode
-                // listeners serve as before (issue 12 item 7 for agents is open).
-                auth: None,
-                protected_mode: false,
+                // The same credentials as the gateway's endpoint; the password files
+                // are read on this machine (see the module doc).
+                auth: service.auth.clone(),
+                protected_mode: service.protected_mode,
+                tls: service.tls.clone(),
                 partitions,
                 instances: Vec::new(),
             };
@@ -362,7 +398,99 @@ impl AgentBackend {
     }
 }
 
+impl AgentBackend {
+    /// Serves `commands` in order on the local replica (it led a moment ago). From the
+    /// first command the replica could not serve (leadership moved under the batch), the
+    /// rest go one by one through the router, each write with its own session, so a
+    /// write that had committed is answered from the session table, never applied twice.
+    async fn serve_batch_locally(
+        &self,
+        routes: &ServiceRoutes,
+        route: &PartitionRoute,
+        commands: Vec<(RequestKind, Vec<u8>)>,
+    ) -> Vec<Vec<u8>> {
+        let sessions: Vec<_> = commands
+            .iter()
+            .map(|(kind, _)| (*kind == RequestKind::Write).then(|| self.router.checkout()))
+            .collect();
+        let requests = commands
+            .iter()
+            .zip(&sessions)
+            .map(|((kind, payload), session)| {
+                let (client_id, seq) = session
+                    .as_ref()
+                    .map_or((0, 0), stator_gateway::router::SessionGuard::ids);
+                ClientRequest {
+                    client_id,
+                    seq,
+                    kind: *kind,
+                    payload: payload.clone(),
+                }
+            })
+            .collect();
+        let local = self.host.serve_client_batch(route.group, requests).await;
+        let mut replies = Vec::with_capacity(commands.len());
+        let mut moved = false;
+        for (((kind, payload), session), reply) in commands.into_iter().zip(&sessions).zip(local) {
+            let reply = match reply {
+                ClientReply::Ok(bytes) if !moved => bytes,
+                ClientReply::StaleSequence { last_seq } if !moved => Value::error(format!(
+                    "ERR internal agent error, nothing was applied: a sequence is older than {last_seq}"
+                ))
+                .to_bytes(),
+                _ => {
+                    moved = true;
+                    match self
+                        .router
+                        .forward_in(route, kind, payload, session.as_ref())
+                        .await
+                    {
+                        Ok(bytes) => bytes,
+                        Err(error) => error_reply(routes, route.partition, kind, &error),
+                    }
+                }
+            };
+            replies.push(reply);
+        }
+        replies
+    }
+}
+
 impl Backend for AgentBackend {
+    async fn execute_batch(
+        &self,
+        routes: Arc<ServiceRoutes>,
+        partition: usize,
+        slot: u16,
+        commands: Vec<(RequestKind, Vec<u8>)>,
+    ) -> Vec<Vec<u8>> {
+        let route = &routes.partitions[partition];
+        let me = self.host.node_id();
+        let local = self.host.status(route.group).map(|s| (s.role, s.leader));
+        match target(me, local, route) {
+            Target::Local => self.serve_batch_locally(&routes, route, commands).await,
+            Target::Moved(addr) => {
+                let moved = Value::error(format!("MOVED {slot} {addr}")).to_bytes();
+                vec![moved; commands.len()]
+            }
+            Target::Forward => {
+                let mut replies = Vec::with_capacity(commands.len());
+                for (kind, payload) in commands {
+                    replies.push(match self.router.forward(route, kind, payload).await {
+                        Ok(bytes) => bytes,
+                        Err(error) => error_reply(&routes, route.partition, kind, &error),
+                    });
+                }
+                replies
+            }
+        }
+    }
+
+    /// The local replica keeps the order of a batch ([`Host::serve_client_batch`]).
+    fn pipelines_slots(&self) -> bool {
+        true
+    }
+
     async fn execute(
         &self,
         routes: Arc<ServiceRoutes>,
@@ -418,6 +546,9 @@ mod tests {
                         .collect(),
                 })
                 .collect(),
+            auth: None,
+            protected_mode: true,
+            tls: None,
         }
     }
 

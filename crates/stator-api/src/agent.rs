@@ -270,10 +270,15 @@ pub struct ReplicaAssignment {
     /// `resources.memory`); 0 from servers that predate it: none.
     #[serde(default)]
     pub memory_mib: u64,
-    /// Data budget of a built-in kv replica in bytes (`maxmemory`, else
-    /// `resources.memory`); 0: none. See `stator_kv::budget`.
+    /// Data budget of a built-in kv replica in bytes (the spec's `maxmemory`, fixed for
+    /// the service's life); 0: none. See `stator_kv::budget`.
     #[serde(default)]
     pub kv_maxmemory_bytes: u64,
+    /// Set on the leader's assignment when the server spreads leaders over nodes again:
+    /// hand leadership to this caught-up follower (`Host::transfer_leadership`). Asked
+    /// for again on each heartbeat until the move shows, so an agent paces its attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_leader_to: Option<NodeId>,
 }
 
 /// Whether an instance runs forever or to completion.
@@ -342,6 +347,21 @@ pub struct ClusterService {
     pub service: String,
     /// Every partition of the service, ordered by slot range.
     pub partitions: Vec<ClusterPartition>,
+    /// The spec's `expose.auth`: the agent's listener asks for the same credentials as
+    /// the gateway, reading the password files named here on its own machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<crate::spec::AuthSpec>,
+    /// The spec's `expose.protected_mode` (on when absent, as in the spec).
+    #[serde(default = "protected_by_default")]
+    pub protected_mode: bool,
+    /// The spec's `expose.tls`: the agent's listener presents this certificate (files
+    /// read on the agent's machine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::spec::RespTlsSpec>,
+}
+
+fn protected_by_default() -> bool {
+    true
 }
 
 /// One partition of a [`ClusterService`].

@@ -828,6 +828,23 @@ pub struct ExposeSpec {
     /// are refused (`DENIED`). On unless set to `false`.
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub protected_mode: bool,
+    /// TLS on the RESP endpoint (the gateway's and, in cluster mode, every agent's):
+    /// clients connect with `redis-cli --tls --cacert ...`. None: plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RespTlsSpec>,
+}
+
+/// `expose.tls`: the certificate the RESP endpoint presents. Like passwords, the files
+/// are read where the endpoint runs: on every gateway host and, in cluster mode, every
+/// agent hosting a replica, so the certificate must name every address clients dial
+/// (the gateway's and each agent's `--advertise-host`) as a subject alternative name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RespTlsSpec {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: String,
+    /// PEM private key of that certificate (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
 }
 
 impl Default for ExposeSpec {
@@ -838,6 +855,7 @@ impl Default for ExposeSpec {
             cluster: None,
             auth: None,
             protected_mode: true,
+            tls: None,
         }
     }
 }
@@ -858,7 +876,9 @@ pub const MAX_ACL_USERS: usize = 64;
 
 /// `expose.auth`: the service's password and ACL users. Secrets stay out of the spec:
 /// each is a path to a file holding it (one line; a trailing newline is ignored) that
-/// must be readable on every host running a gateway.
+/// must be readable on every host running a gateway and, where cluster mode is on
+/// (`expose.cluster`), on every agent hosting a replica of the service: each agent's
+/// cluster listener asks for the same credentials.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSpec {
@@ -954,6 +974,25 @@ impl ExposeSpec {
     fn validate(&self) -> Result<(), SpecError> {
         if let Some(auth) = &self.auth {
             auth.validate()?;
+        }
+        if let Some(tls) = &self.tls {
+            if self.resp.is_none() {
+                return Err(SpecError::invalid(
+                    "expose.tls",
+                    "encrypts the RESP endpoint: set expose.resp too, or remove tls",
+                ));
+            }
+            for (field, path) in [
+                ("expose.tls.cert_file", &tls.cert_file),
+                ("expose.tls.key_file", &tls.key_file),
+            ] {
+                if path.trim().is_empty() {
+                    return Err(SpecError::invalid(
+                        field,
+                        "must be the path of a PEM file on every gateway and agent host",
+                    ));
+                }
+            }
         }
         for (field, value) in [("expose.resp", &self.resp), ("expose.http", &self.http)] {
             if let Some(addr) = value {
@@ -1620,6 +1659,16 @@ expose = { http = "127.0.0.1:8088" }
         spec = base.clone();
         spec.expose.resp = Some("nowhere".into());
         assert_eq!(invalid_field(spec.validate()), "expose.resp");
+        spec = base.clone();
+        spec.expose.tls = Some(RespTlsSpec {
+            cert_file: "/etc/stator/kv.pem".into(),
+            key_file: "".into(),
+        });
+        spec.expose.resp = Some("127.0.0.1:6380".into());
+        assert_eq!(invalid_field(spec.validate()), "expose.tls.key_file");
+        spec.expose.resp = None;
+        spec.expose.cluster = None;
+        assert_eq!(invalid_field(spec.validate()), "expose.tls");
         spec = base.clone();
         spec.expose.auth = Some(AuthSpec {
             password_file: " ".into(),

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use stator_api::ids::{GroupId, NodeId};
 use stator_api::slot::SlotRange;
-use stator_api::spec::{AuthSpec, ServiceKind, ServiceSpec};
+use stator_api::spec::{AuthSpec, RespTlsSpec, ServiceKind, ServiceSpec};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -32,6 +32,8 @@ pub struct ServiceRoutes {
     pub auth: Option<AuthSpec>,
     /// `expose.protected_mode`: with no `auth`, serve loopback clients only.
     pub protected_mode: bool,
+    /// `expose.tls`: the certificate of the RESP endpoint; `None`: plain TCP.
+    pub tls: Option<RespTlsSpec>,
     /// Whether the RESP endpoint speaks the Redis Cluster protocol (`expose.cluster`).
     pub cluster: bool,
     /// Replicated: partitions ordered by slot range.
@@ -195,6 +197,7 @@ pub fn build_map(
                 },
                 auth: spec.expose.auth.clone(),
                 protected_mode: spec.expose.protected_mode,
+                tls: spec.expose.tls.clone(),
                 cluster: builtin_kv && spec.expose.cluster_enabled(),
                 partitions: Vec::new(),
                 instances: service

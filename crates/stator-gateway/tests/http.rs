@@ -73,6 +73,7 @@ async fn proxy_spreads_requests_over_instances() {
         resp_listen: None,
         auth: None,
         protected_mode: true,
+        tls: None,
         cluster: false,
         partitions: Vec::new(),
         instances: vec![instance("a").await, instance("b").await],

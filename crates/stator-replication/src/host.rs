@@ -89,10 +89,11 @@ impl WriteQueue {
         self.max_writes > 1
     }
 
-    /// Queues a write; `true` when the caller must start a proposer for it.
-    fn push(&self, write: Write, reply: tokio::sync::oneshot::Sender<ClientReply>) -> bool {
+    /// Queues writes, in order and with nothing between them; `true` when the caller must
+    /// start a proposer for them.
+    fn push_all(&self, writes: Vec<(Write, tokio::sync::oneshot::Sender<ClientReply>)>) -> bool {
         let mut s = self.state.lock().expect("write queue poisoned");
-        s.waiting.push_back((write, reply));
+        s.waiting.extend(writes);
         if s.proposers < self.max_proposers {
             s.proposers += 1;
             true
@@ -652,6 +653,44 @@ impl Host {
         serve_client(&self.inner, group, request).await
     }
 
+    /// Serves `requests` on the local replica of `group` strictly in order, answering
+    /// each: every run of consecutive writes joins the write queue at once (so they
+    /// apply in the order given, usually as one entry), and a run of reads starts only
+    /// after the writes before it are answered (its reads run together: reads do not
+    /// change what another read sees). Used by pipelined RESP connections, which need
+    /// order between the commands of one connection on one slot.
+    pub async fn serve_client_batch(
+        &self,
+        group: GroupId,
+        requests: Vec<ClientRequest>,
+    ) -> Vec<ClientReply> {
+        let mut replies = Vec::with_capacity(requests.len());
+        let mut requests = requests.into_iter().peekable();
+        while let Some(first) = requests.next() {
+            if first.kind != RequestKind::Write {
+                let mut reads = vec![first];
+                while let Some(next) = requests.next_if(|r| r.kind != RequestKind::Write) {
+                    reads.push(next);
+                }
+                replies.extend(
+                    futures::future::join_all(
+                        reads
+                            .into_iter()
+                            .map(|read| serve_client(&self.inner, group, read)),
+                    )
+                    .await,
+                );
+                continue;
+            }
+            let mut writes = vec![first];
+            while let Some(next) = requests.next_if(|r| r.kind == RequestKind::Write) {
+                writes.push(next);
+            }
+            replies.extend(serve_writes(&self.inner, group, writes).await);
+        }
+        replies
+    }
+
     /// The status of the local replica of `group`.
     pub fn status(&self, group: GroupId) -> Option<GroupStatus> {
         self.replica(group).map(|r| status_of(&r))
@@ -913,19 +952,10 @@ async fn serve_client(inner: &HostInner, group: GroupId, request: ClientRequest)
                 )
                 .await;
             }
-            let (reply, wait) = tokio::sync::oneshot::channel();
-            let write = Write {
-                client_id: request.client_id,
-                seq: request.seq,
-                payload: request.payload,
-            };
-            if !replica.writes.batching() {
-                propose(&replica, vec![(write, reply)]).await;
-            } else if replica.writes.push(write, reply) {
-                tokio::spawn(propose_writes(replica.clone()));
-            }
-            wait.await
-                .unwrap_or_else(|_| ClientReply::Unavailable("replica stopped".into()))
+            submit_writes(&replica, vec![request])
+                .await
+                .pop()
+                .expect("one reply per write")
         }
         RequestKind::Read => match lease_read(&replica, &request.payload).await {
             Some(reply) => reply,
@@ -937,6 +967,70 @@ async fn serve_client(inner: &HostInner, group: GroupId, request: ClientRequest)
         replica.latency.record(started.elapsed());
     }
     reply
+}
+
+/// Serves `writes` (all [`RequestKind::Write`]) on the local replica of `group`, in order.
+async fn serve_writes(
+    inner: &HostInner,
+    group: GroupId,
+    writes: Vec<ClientRequest>,
+) -> Vec<ClientReply> {
+    let Some(replica) = inner
+        .groups
+        .read()
+        .expect("groups lock poisoned")
+        .get(&group)
+        .cloned()
+    else {
+        return writes.iter().map(|_| ClientReply::NoGroup).collect();
+    };
+    let started = std::time::Instant::now();
+    if replica.transfer.borrow().is_some() {
+        let mut transfer = replica.transfer.subscribe();
+        let _ = tokio::time::timeout(
+            LEADERSHIP_TRANSFER_TIMEOUT,
+            transfer.wait_for(|t| t.is_none()),
+        )
+        .await;
+    }
+    let replies = submit_writes(&replica, writes).await;
+    for reply in &replies {
+        if matches!(reply, ClientReply::Ok(_)) {
+            replica.latency.record(started.elapsed());
+        }
+    }
+    replies
+}
+
+/// Queues `writes` at `replica` together (one push, so nothing of another caller lands
+/// between them) and waits for every reply, in order. Without batching they are proposed
+/// as one entry right here.
+async fn submit_writes(replica: &Arc<Replica>, writes: Vec<ClientRequest>) -> Vec<ClientReply> {
+    let (batch, waits): (Vec<_>, Vec<_>) = writes
+        .into_iter()
+        .map(|request| {
+            let (reply, wait) = tokio::sync::oneshot::channel();
+            let write = Write {
+                client_id: request.client_id,
+                seq: request.seq,
+                payload: request.payload,
+            };
+            ((write, reply), wait)
+        })
+        .unzip();
+    if !replica.writes.batching() {
+        propose(replica, batch).await;
+    } else if replica.writes.push_all(batch) {
+        tokio::spawn(propose_writes(replica.clone()));
+    }
+    let mut replies = Vec::with_capacity(waits.len());
+    for wait in waits {
+        replies.push(
+            wait.await
+                .unwrap_or_else(|_| ClientReply::Unavailable("replica stopped".into())),
+        );
+    }
+    replies
 }
 
 /// Proposes the writes waiting at `replica`, one entry per batch, until none wait. Up to

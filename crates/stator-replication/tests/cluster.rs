@@ -5,7 +5,9 @@ mod common;
 
 use common::{assert_history_ok, spawn_workload, Members};
 use stator_check::Recorder;
-use stator_replication::testing::{encode_op, Cluster, RegisterFactory, RegisterOp, TEST_SECRET};
+use stator_replication::testing::{
+    decode_reply, encode_op, Cluster, RegisterFactory, RegisterOp, TEST_SECRET,
+};
 use stator_replication::{
     ClientReply, ClientRequest, GroupId, GroupOptions, ReplicaClient, RequestKind, Role,
     TransferOutcome,
@@ -438,5 +440,48 @@ async fn concurrent_writes_share_entries_and_keep_their_own_replies() {
             stator_replication::testing::decode_reply(&bytes),
             Some(format!("v{i}"))
         );
+    }
+}
+
+/// `Host::serve_client_batch` answers every request of a batch in order: each read sees
+/// exactly the writes before it in the batch, and writes apply in the order given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_served_in_order() {
+    let (cluster, _members) = three_hosts().await;
+    let leader = cluster.leader(GROUP).await;
+    const ROUNDS: usize = 20;
+    let mut requests = Vec::new();
+    for i in 0..ROUNDS {
+        for (kind, op) in [
+            (
+                RequestKind::Write,
+                RegisterOp::Set("k".into(), format!("{i}a")),
+            ),
+            (
+                RequestKind::Write,
+                RegisterOp::Set("k".into(), format!("{i}b")),
+            ),
+            (RequestKind::Read, RegisterOp::Get("k".into())),
+            (RequestKind::Read, RegisterOp::Get("k".into())),
+        ] {
+            requests.push(ClientRequest {
+                client_id: 0,
+                seq: 0,
+                kind,
+                payload: encode_op(&op),
+            });
+        }
+    }
+    let replies = cluster.hosts[&leader]
+        .serve_client_batch(GROUP, requests)
+        .await;
+    assert_eq!(replies.len(), ROUNDS * 4);
+    for (i, round) in replies.chunks(4).enumerate() {
+        for read in &round[2..] {
+            let ClientReply::Ok(bytes) = read else {
+                panic!("round {i}: a read answered {read:?}");
+            };
+            assert_eq!(decode_reply(bytes), Some(format!("{i}b")), "round {i}");
+        }
     }
 }

@@ -22,6 +22,7 @@ pub fn assignments_for(cluster: &Cluster, node: NodeId) -> Assignments {
         ..Assignments::default()
     };
     let own_report = cluster.observed.get(&node);
+    let leader_moves = crate::leaders::leader_moves(cluster);
     for service in cluster.services.values() {
         let spec = service.spec();
         match spec.kind {
@@ -67,6 +68,10 @@ pub fn assignments_for(cluster: &Cluster, node: NodeId) -> Assignments {
                         fsync_interval_ms: spec.fsync_interval_ms(),
                         memory_mib: spec.resources.memory_mib(),
                         kv_maxmemory_bytes: spec.kv_maxmemory_bytes(),
+                        transfer_leader_to: leader_moves
+                            .get(&group)
+                            .filter(|m| m.from == node)
+                            .map(|m| m.to),
                     });
                 }
             }
@@ -168,6 +173,9 @@ fn cluster_services(cluster: &Cluster, replicas: &[ReplicaAssignment]) -> Vec<Cl
         out.push(ClusterService {
             service: name.to_string(),
             partitions,
+            auth: spec.expose.auth.clone(),
+            protected_mode: spec.expose.protected_mode,
+            tls: spec.expose.tls.clone(),
         });
     }
     out

@@ -24,6 +24,8 @@
 //! - [`provider`]: [`provider::NodeProvider`], how nodes of a pool are provisioned and
 //!   released (`static`: fixed machines).
 //! - [`assign`]: what each node must run, answered to its heartbeat.
+//! - [`leaders`]: leader re-spread (pure): which partitions' leaders hand over to
+//!   caught-up followers on nodes that lead fewer, named in the heartbeat answer.
 //! - [`model`]: persisted records (nodes, services, designed placement) and observed
 //!   status (heartbeats).
 //! - [`views`]: the JSON the API returns (nodes, services, partitions, events).
@@ -44,6 +46,7 @@ pub mod error;
 pub mod fence;
 pub mod forward;
 pub mod leader;
+pub mod leaders;
 pub mod metrics;
 pub mod model;
 pub mod provider;

@@ -141,6 +141,20 @@ fn cluster_clients_reach_the_leaders() {
         assert_eq!(redis_cli(port, &["GET", &key]), i.to_string());
     }
 
+    // A pipeline on one slot: every command in flight together, answered in order.
+    let tag = (0..1000)
+        .map(|i| format!("{{p{i}}}"))
+        .find(|tag| {
+            let slot: u64 = redis_cli(port, &["CLUSTER", "KEYSLOT", tag])
+                .parse()
+                .unwrap();
+            (parts[0]["slots"]["start"].as_u64().unwrap()
+                ..=parts[0]["slots"]["end_inclusive"].as_u64().unwrap())
+                .contains(&slot)
+        })
+        .expect("a hash tag on the first partition");
+    assert_pipeline_in_order(agent, &tag);
+
     // Cluster mode off: the plain protocol only.
     cluster.wait_service_healthy("plain", 1);
     wait_resp_ready(&format!("127.0.0.1:{plain_port}"));
@@ -182,6 +196,78 @@ fn cluster_clients_reach_the_leaders() {
             "redis-benchmark --cluster saw errors: {out}"
         );
     }
+}
+
+/// Sends one pipeline of INCRs, APPENDs and GETs on keys tagged `tag` (one slot) to the
+/// agent on `port` in one write and checks every reply arrives, in order: a read sees
+/// every write sent before it.
+fn assert_pipeline_in_order(port: u16, tag: &str) {
+    use std::io::Read;
+    const ROUNDS: usize = 40;
+    let counter = format!("{tag}:counter");
+    let text = format!("{tag}:text");
+    let mut request = Vec::new();
+    let mut expected = Vec::new();
+    let encode = |args: &[&str], out: &mut Vec<u8>| {
+        out.extend(format!("*{}\r\n", args.len()).bytes());
+        for a in args {
+            out.extend(format!("${}\r\n{a}\r\n", a.len()).bytes());
+        }
+    };
+    encode(&["DEL", &counter, &text], &mut request);
+    for i in 1..=ROUNDS {
+        encode(&["INCR", &counter], &mut request);
+        expected.extend(format!(":{i}\r\n").bytes());
+        encode(&["APPEND", &text, "x"], &mut request);
+        expected.extend(format!(":{i}\r\n").bytes());
+        encode(&["GET", &counter], &mut request);
+        let value = i.to_string();
+        expected.extend(format!("${}\r\n{value}\r\n", value.len()).bytes());
+        encode(&["STRLEN", &text], &mut request);
+        expected.extend(format!(":{i}\r\n").bytes());
+    }
+    // Leaders may still move (the server spreads them over the nodes): follow MOVED.
+    let mut port = port;
+    for _ in 0..20 {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream.write_all(&request).unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // DEL answers 0, 1 or 2: read it first, then the rest.
+        while !got.ends_with(b"\r\n") {
+            let n = stream.read(&mut chunk[..1]).unwrap();
+            assert!(n > 0, "the agent closed the connection");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        let first = String::from_utf8_lossy(&got).into_owned();
+        got.clear();
+        while got.len() < expected.len() {
+            match stream.read(&mut chunk) {
+                Ok(n) if n > 0 => got.extend_from_slice(&chunk[..n]),
+                _ => break,
+            }
+        }
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(moved) = [&first, &text].into_iter().find_map(|t| {
+            let at = t.find("-MOVED ")?;
+            t[at..].split_whitespace().nth(2).map(port_of)
+        }) {
+            port = moved;
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
+        }
+        assert!(first.starts_with(':'), "DEL answered {first:?}");
+        assert_eq!(
+            text,
+            String::from_utf8_lossy(&expected),
+            "pipelined replies on one slot, in order"
+        );
+        return;
+    }
+    panic!("the slot's leader kept moving");
 }
 
 fn p_leader_port(partition: &Value) -> u16 {

@@ -557,7 +557,7 @@ impl AccessCache {
 fn read_password(path: &str, field: &str) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let file = std::fs::File::open(path)
-        .map_err(|e| format!("{field}: cannot open {path:?} on this gateway host ({e}); every host running a gateway needs the file"))?;
+        .map_err(|e| format!("{field}: cannot open {path:?} on this host ({e}); every host running a gateway, and in cluster mode every agent, needs the file"))?;
     let mut bytes = Vec::new();
     file.take(MAX_PASSWORD_FILE_BYTES + 1)
         .read_to_end(&mut bytes)

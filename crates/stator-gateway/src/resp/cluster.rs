@@ -305,6 +305,7 @@ mod tests {
             cluster: true,
             auth: None,
             protected_mode: true,
+            tls: None,
             partitions: leaders
                 .iter()
                 .enumerate()

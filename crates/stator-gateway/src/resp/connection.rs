@@ -4,8 +4,12 @@
 //! Commands of one connection run concurrently (that is what makes `-P 16` fast) with one
 //! exception: a command waits while an earlier command of the same connection on the
 //! same slot is in flight, because the replicas give no order between concurrent requests
-//! and Redis promises a connection's commands on one key run in the order sent. Replies
-//! always leave in request order.
+//! and Redis promises a connection's commands on one key run in the order sent. Where the
+//! backend keeps order itself ([`Backend::pipelines_slots`]: an agent serving its own
+//! replica), the consecutive commands on one slot of a read batch travel together as one
+//! [`Backend::execute_batch`] instead, so a cluster client's `-P 16` pipeline (all on the
+//! slots of one node, usually one slot) is one Raft entry, not sixteen round trips.
+//! Replies always leave in request order.
 
 use super::auth;
 use super::keyspace::{self, FanOut};
@@ -26,14 +30,19 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// Commands of one connection in flight at once. Deeper than any benchmark pipeline
-/// (`redis-benchmark -P 16`) but small enough that one client cannot flood a partition.
+/// Commands of one connection in flight at once (a batch counts each of its commands).
+/// Deeper than any benchmark pipeline (`redis-benchmark -P 16`) but small enough that one
+/// client cannot flood a partition.
 pub const MAX_PIPELINE_DEPTH: usize = 128;
+
+/// Commands on one slot sent together as one [`Backend::execute_batch`]: a whole
+/// `-P 64` pipeline, and writes of small values stay far below the replica's write batch
+/// size, so a batch is usually one Raft entry.
+pub const MAX_SLOT_BATCH_COMMANDS: usize = 64;
 
 /// Largest single command accepted. Half the replica transport's 32 MiB frame limit,
 /// leaving room for the request envelope; larger values belong in a blob store.
@@ -61,6 +70,13 @@ enum Work {
         routes: Arc<ServiceRoutes>,
         fan: FanOut,
     },
+    /// Consecutive commands on `slot`, in order, each with its RESP3 shape.
+    Batch {
+        routes: Arc<ServiceRoutes>,
+        partition: usize,
+        slot: u16,
+        commands: Vec<(RequestKind, Vec<u8>, Option<Shape>)>,
+    },
     /// `WATCH`: read the versions of `keys` (on `slot`) from `partition` of `routes`.
     Watch {
         routes: Arc<ServiceRoutes>,
@@ -77,6 +93,8 @@ struct Done {
     slot: Option<u16>,
     /// `WATCH` succeeded: keys and the versions to remember.
     watched: Vec<(Vec<u8>, u64)>,
+    /// Commands answered (more than one for a batch).
+    commands: usize,
 }
 
 impl Done {
@@ -85,6 +103,7 @@ impl Done {
             reply,
             slot,
             watched: Vec::new(),
+            commands: 1,
         }
     }
 }
@@ -103,6 +122,39 @@ async fn perform_resp2<B: Backend>(backend: &B, work: Work) -> Done {
         Work::Ready(reply) => Done::reply(reply, None),
         Work::FanOut { routes, fan } => {
             Done::reply(keyspace::run(backend, &routes, fan).await, None)
+        }
+        Work::Batch {
+            routes,
+            partition,
+            slot,
+            commands,
+        } => {
+            let count = commands.len();
+            let (requests, shapes): (Vec<_>, Vec<_>) = commands
+                .into_iter()
+                .map(|(kind, payload, shape)| ((kind, payload), shape))
+                .unzip();
+            let replies = backend
+                .execute_batch(routes, partition, slot, requests)
+                .await;
+            assert_eq!(
+                replies.len(),
+                count,
+                "a backend answers every command of a batch"
+            );
+            let mut reply = Vec::new();
+            for (one, shape) in replies.into_iter().zip(shapes) {
+                match shape {
+                    Some(shape) => reply.extend(resp3::convert(one, shape)),
+                    None => reply.extend(one),
+                }
+            }
+            Done {
+                reply,
+                slot: Some(slot),
+                watched: Vec::new(),
+                commands: count,
+            }
         }
         Work::Watch {
             routes,
@@ -123,6 +175,7 @@ async fn perform_resp2<B: Backend>(backend: &B, work: Work) -> Done {
                     reply: Value::ok().to_bytes(),
                     slot: None,
                     watched: keys.into_iter().zip(versions).collect(),
+                    commands: 1,
                 },
                 Err(error) => Done::reply(error.to_bytes(), None),
             }
@@ -291,13 +344,14 @@ pub fn error_reply(
     Value::error(message).to_bytes()
 }
 
-/// Serves one connection until the client leaves, sends QUIT or garbage, or `cancel`.
+/// Serves one connection (plain TCP with `TCP_NODELAY` set, or TLS over it) until the
+/// client leaves, sends QUIT or garbage, or `cancel`.
 #[allow(
     clippy::too_many_arguments,
     reason = "gateway and agents call it, each argument distinct"
 )]
-pub async fn serve<B: Backend>(
-    mut stream: TcpStream,
+pub async fn serve<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     peer: SocketAddr,
     router: Arc<B>,
     shared: Arc<Shared>,
@@ -306,7 +360,6 @@ pub async fn serve<B: Backend>(
     connection_id: u64,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
     let mut state = ConnectionState {
         id: connection_id,
         node: router.node(),
@@ -329,7 +382,6 @@ pub async fn serve<B: Backend>(
     }
     let (mut pubsub, mut messages, too_slow) =
         PubSub::new(shared.broker.clone(), service.clone(), connection_id);
-    let (mut reader, mut writer) = stream.split();
     let mut input = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut output: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
     let mut in_flight = FuturesOrdered::new();
@@ -340,15 +392,31 @@ pub async fn serve<B: Backend>(
     // A command sent alone (keys over several slots, or every partition) is in flight:
     // nothing else is dispatched until it is answered.
     let mut alone_in_flight = false;
+    // Commands in flight, a batch counting each of its commands.
+    let mut commands_in_flight = 0usize;
+    // Consecutive commands on one slot from this read, gathered into one `Work::Batch`
+    // (only where the backend keeps their order); sent when another kind of command or
+    // slot comes, or the buffered input runs out.
+    let mut gathering: Option<Gathering> = None;
+    let pipelines = router.pipelines_slots();
     loop {
         // Dispatch every complete command buffered, until the pipeline is full or a
         // command must wait for an earlier one on its slot.
         let mut need_input = false;
-        while !closing && !alone_in_flight && in_flight.len() < MAX_PIPELINE_DEPTH {
+        while !closing
+            && !alone_in_flight
+            && commands_in_flight + gathering.as_ref().map_or(0, Gathering::len)
+                < MAX_PIPELINE_DEPTH
+        {
             let (argv, used) = match parse_command(&input) {
                 Ok(Some(parsed)) => parsed,
                 Ok(None) => {
                     if input.len() > MAX_COMMAND_BYTES {
+                        if let Some(batch) = gathering.take() {
+                            commands_in_flight += batch.len();
+                            in_flight.push_back(perform(&*router, batch.into_work(), None));
+                        }
+                        commands_in_flight += 1;
                         in_flight.push_back(perform(&*router, Work::Ready(Value::error(format!(
                             "ERR Protocol error: command larger than {MAX_COMMAND_BYTES} bytes; split the value"
                         )).to_bytes()), None));
@@ -358,6 +426,11 @@ pub async fn serve<B: Backend>(
                     break;
                 }
                 Err(error) => {
+                    if let Some(batch) = gathering.take() {
+                        commands_in_flight += batch.len();
+                        in_flight.push_back(perform(&*router, batch.into_work(), None));
+                    }
+                    commands_in_flight += 1;
                     in_flight.push_back(perform(
                         &*router,
                         Work::Ready(error.to_reply().to_bytes()),
@@ -378,10 +451,13 @@ pub async fn serve<B: Backend>(
                     state.user = access.refresh_user(&state.user);
                 }
             }
-            if !in_flight.is_empty() && transaction::waits_for_earlier(&argv) {
+            let anything_in_flight = !in_flight.is_empty() || gathering.is_some();
+            if anything_in_flight && transaction::waits_for_earlier(&argv) {
                 // Parsed again once everything before it is answered.
                 break;
             }
+            // A plain keyed command that may join the batch being gathered.
+            let mut gatherable = false;
             let decided = auth::intercept(&argv, &mut state, &access)
                 .or_else(|| transaction::intercept(&argv, &mut state.tx, routes.as_deref()))
                 .or_else(|| pubsub::intercept(&argv, &mut pubsub, state.resp3, routes.as_deref()));
@@ -394,7 +470,7 @@ pub async fn serve<B: Backend>(
                     Work::Ready(reply)
                 }
                 Dispatch::ForwardAlone { .. } | Dispatch::FanOut(_) | Dispatch::Transaction(_)
-                    if !in_flight.is_empty() =>
+                    if anything_in_flight =>
                 {
                     // Parsed again once everything before it is answered.
                     break;
@@ -440,7 +516,12 @@ pub async fn serve<B: Backend>(
                     }
                 }
                 Dispatch::Forward { slot, kind } => {
-                    if busy_slots.contains_key(&slot) {
+                    gatherable = pipelines && Blocking::of(&argv).is_none();
+                    let joins = gatherable
+                        && gathering
+                            .as_ref()
+                            .is_some_and(|g| g.slot == slot && g.len() < MAX_SLOT_BATCH_COMMANDS);
+                    if busy_slots.contains_key(&slot) && !joins {
                         // Parsed again once the earlier command is answered.
                         break;
                     }
@@ -454,7 +535,9 @@ pub async fn serve<B: Backend>(
                         &argv,
                     ) {
                         Ok(work) => {
-                            *busy_slots.entry(slot).or_default() += 1;
+                            if !joins {
+                                *busy_slots.entry(slot).or_default() += 1;
+                            }
                             work
                         }
                         Err(reply) => Work::Ready(reply),
@@ -462,11 +545,49 @@ pub async fn serve<B: Backend>(
                 }
             };
             let shape = state.resp3.then(|| resp3::shape(&argv));
-            in_flight.push_back(perform(&*router, work, shape));
             input.advance(used);
+            match work {
+                Work::Forward {
+                    routes,
+                    partition,
+                    slot,
+                    kind,
+                    payload,
+                    blocking: None,
+                } if gatherable => match &mut gathering {
+                    Some(batch) if batch.slot == slot => {
+                        batch.commands.push((kind, payload, shape));
+                    }
+                    _ => {
+                        if let Some(batch) = gathering.take() {
+                            commands_in_flight += batch.len();
+                            in_flight.push_back(perform(&*router, batch.into_work(), None));
+                        }
+                        gathering = Some(Gathering {
+                            routes,
+                            partition,
+                            slot,
+                            commands: vec![(kind, payload, shape)],
+                        });
+                    }
+                },
+                work => {
+                    if let Some(batch) = gathering.take() {
+                        commands_in_flight += batch.len();
+                        in_flight.push_back(perform(&*router, batch.into_work(), None));
+                    }
+                    commands_in_flight += 1;
+                    in_flight.push_back(perform(&*router, work, shape));
+                }
+            }
+        }
+        // Whatever was gathered goes now: nothing waits for a batch to fill.
+        if let Some(batch) = gathering.take() {
+            commands_in_flight += batch.len();
+            in_flight.push_back(perform(&*router, batch.into_work(), None));
         }
         if in_flight.is_empty() && closing {
-            writer.shutdown().await.ok();
+            stream.shutdown().await.ok();
             return Ok(());
         }
         tokio::select! {
@@ -478,7 +599,8 @@ pub async fn serve<B: Backend>(
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                 let mut done = Some(done);
                 // Collect every reply ready now so one write carries a whole pipeline.
-                while let Some(Done { reply, slot, watched }) = done.take() {
+                while let Some(Done { reply, slot, watched, commands }) = done.take() {
+                    commands_in_flight -= commands;
                     output.extend_from_slice(&reply);
                     state.tx.watched.extend(watched);
                     if let Some(slot) = slot {
@@ -489,7 +611,7 @@ pub async fn serve<B: Backend>(
                     }
                     done = in_flight.next().now_or_never().flatten();
                 }
-                writer.write_all(&output).await?;
+                stream.write_all(&output).await?;
                 output.clear();
             }
             // Messages wait while replies are owed, so a SUBSCRIBE's confirmation (and
@@ -499,10 +621,10 @@ pub async fn serve<B: Backend>(
                 while let Ok(message) = messages.try_recv() {
                     message.encode(state.resp3, &mut output);
                 }
-                writer.write_all(&output).await?;
+                stream.write_all(&output).await?;
                 output.clear();
             }
-            read = reader.read_buf(&mut input), if need_input && !closing => {
+            read = stream.read_buf(&mut input), if need_input && !closing => {
                 if read? == 0 {
                     // The client left; anything still in flight has nobody to answer.
                     return Ok(());
@@ -511,6 +633,29 @@ pub async fn serve<B: Backend>(
                     input.reserve(READ_CHUNK_BYTES);
                 }
             }
+        }
+    }
+}
+
+/// Commands on one slot gathered from one read, to send as one [`Work::Batch`].
+struct Gathering {
+    routes: Arc<ServiceRoutes>,
+    partition: usize,
+    slot: u16,
+    commands: Vec<(RequestKind, Vec<u8>, Option<Shape>)>,
+}
+
+impl Gathering {
+    fn len(&self) -> usize {
+        self.commands.len()
+    }
+
+    fn into_work(self) -> Work {
+        Work::Batch {
+            routes: self.routes,
+            partition: self.partition,
+            slot: self.slot,
+            commands: self.commands,
         }
     }
 }

@@ -16,6 +16,7 @@
 //!   every other gateway and agent by the bus ([`crate::bus`]); `CONFIG SET|GET
 //!   notify-keyspace-events`.
 //! - [`transaction`]: MULTI/EXEC/DISCARD/WATCH/UNWATCH, one `STATOR.EXEC` write per EXEC.
+//! - [`tls`]: `expose.tls`, the RESP endpoint's certificate (rustls).
 //! - `resp3`: replies re-typed for connections that sent `HELLO 3`.
 //! - `glob`: Redis's glob patterns (ACL key patterns, `KEYS`, `SCAN MATCH`).
 
@@ -28,6 +29,7 @@ pub mod keyspace;
 pub(crate) mod local;
 pub mod pubsub;
 mod resp3;
+pub mod tls;
 pub mod transaction;
 
 use crate::map::{PartitionMap, ServiceRoutes};
@@ -35,6 +37,7 @@ use crate::router::Router;
 use auth::AccessCache;
 use pubsub::Broker;
 use stator_api::ids::NodeId;
+use stator_api::spec::RespTlsSpec;
 use stator_replication::RequestKind;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -44,6 +47,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 /// RESP connections open at once through one gateway, over all services. Each costs a
@@ -71,6 +75,35 @@ pub trait Backend: Send + Sync + 'static {
         kind: RequestKind,
         payload: Vec<u8>,
     ) -> impl Future<Output = Vec<u8>> + Send;
+
+    /// Answers consecutive commands of one connection on `slot` of
+    /// `routes.partitions[partition]`, strictly in order, one reply each. Called only
+    /// when [`Backend::pipelines_slots`] is true; the default runs them one by one.
+    fn execute_batch(
+        &self,
+        routes: Arc<ServiceRoutes>,
+        partition: usize,
+        slot: u16,
+        commands: Vec<(RequestKind, Vec<u8>)>,
+    ) -> impl Future<Output = Vec<Vec<u8>>> + Send {
+        async move {
+            let mut replies = Vec::with_capacity(commands.len());
+            for (kind, payload) in commands {
+                replies.push(
+                    self.execute(routes.clone(), partition, slot, kind, payload)
+                        .await,
+                );
+            }
+            replies
+        }
+    }
+
+    /// Whether commands of one connection on one slot may be in flight together, as one
+    /// [`Backend::execute_batch`] (the backend keeps their order). `false`: one command
+    /// per slot per connection at a time.
+    fn pipelines_slots(&self) -> bool {
+        false
+    }
 
     /// The map looks stale (a slot without a partition): refresh it soon.
     fn request_refresh(&self);
@@ -100,6 +133,7 @@ impl Shared {
 
 struct Running {
     listen: String,
+    tls: Option<RespTlsSpec>,
     bound: SocketAddr,
     cancel: CancellationToken,
 }
@@ -122,7 +156,9 @@ pub(crate) async fn supervise(
         // Level-triggered: compare what runs with what the map asks for.
         running.retain(|name, listener| {
             let keep = snapshot.services.get(name).is_some_and(|s| {
-                s.serves_resp() && s.resp_listen.as_deref() == Some(&listener.listen)
+                s.serves_resp()
+                    && s.resp_listen.as_deref() == Some(&listener.listen)
+                    && s.tls == listener.tls
             });
             if !keep {
                 tracing::info!(service = %name, addr = %listener.bound, "stopping RESP listener");
@@ -138,6 +174,19 @@ pub(crate) async fn supervise(
                 .resp_listen
                 .clone()
                 .expect("serves_resp implies an address");
+            let acceptor = match service.tls.as_ref().map(tls::acceptor).transpose() {
+                Ok(acceptor) => acceptor,
+                Err(message) => {
+                    // Never fall back to plain TCP: the client expects TLS. Tried again
+                    // with the bind retries, so fixed files are picked up.
+                    if reported.get(&service.name) != Some(&message) {
+                        tracing::error!(service = %service.name, %message,
+                            "cannot start the RESP listener's TLS; retrying every {BIND_RETRY_INTERVAL:?}");
+                        reported.insert(service.name.clone(), message);
+                    }
+                    continue;
+                }
+            };
             match TcpListener::bind(&listen).await {
                 Ok(listener) => {
                     let bound = listener
@@ -154,12 +203,14 @@ pub(crate) async fn supervise(
                         map.clone(),
                         connections.clone(),
                         connection_ids.clone(),
+                        acceptor,
                         token.clone(),
                     ));
                     running.insert(
                         service.name.clone(),
                         Running {
                             listen,
+                            tls: service.tls.clone(),
                             bound,
                             cancel: token,
                         },
@@ -195,7 +246,9 @@ pub(crate) async fn supervise(
 
 /// Accepts RESP connections for `service` on `listener` until `cancel`, each served by
 /// [`connection::serve`] with `backend` and `shared` (access rules, pub/sub broker), at
-/// most as many at once as `connections` has permits.
+/// most as many at once as `connections` has permits; with `tls`, inside a TLS session
+/// (a client that does not finish its handshake within
+/// [`tls::TLS_HANDSHAKE_TIMEOUT`] is dropped).
 #[allow(
     clippy::too_many_arguments,
     reason = "gateway and agents call it, each argument distinct"
@@ -208,6 +261,7 @@ pub async fn accept_loop<B: Backend>(
     map: watch::Receiver<Arc<PartitionMap>>,
     connections: Arc<Semaphore>,
     connection_ids: Arc<AtomicU64>,
+    tls: Option<TlsAcceptor>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -230,25 +284,62 @@ pub async fn accept_loop<B: Backend>(
             },
         };
         let id = connection_ids.fetch_add(1, Ordering::Relaxed);
-        let (router, shared, map, service, cancel) = (
+        let (router, shared, map, service, cancel, tls) = (
             router.clone(),
             shared.clone(),
             map.clone(),
             service.clone(),
             cancel.clone(),
+            tls.clone(),
         );
         tokio::spawn(async move {
-            let serve = connection::serve(
-                stream,
-                peer,
-                router,
-                shared,
-                service.clone(),
-                map,
-                id,
-                cancel,
-            );
-            if let Err(error) = serve.await {
+            let served = match tls {
+                None => {
+                    async {
+                        stream.set_nodelay(true)?;
+                        connection::serve(
+                            stream,
+                            peer,
+                            router,
+                            shared,
+                            service.clone(),
+                            map,
+                            id,
+                            cancel,
+                        )
+                        .await
+                    }
+                    .await
+                }
+                Some(acceptor) => {
+                    async {
+                        stream.set_nodelay(true)?;
+                        let handshake = tokio::time::timeout(
+                            tls::TLS_HANDSHAKE_TIMEOUT,
+                            acceptor.accept(stream),
+                        );
+                        let stream = handshake.await.map_err(|_| {
+                            std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "no TLS handshake in time",
+                            )
+                        })??;
+                        connection::serve(
+                            stream,
+                            peer,
+                            router,
+                            shared,
+                            service.clone(),
+                            map,
+                            id,
+                            cancel,
+                        )
+                        .await
+                    }
+                    .await
+                }
+            };
+            if let Err(error) = served {
                 tracing::debug!(service = %service, %peer, %error, "RESP connection ended");
             }
             drop(permit);

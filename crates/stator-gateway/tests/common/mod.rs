@@ -48,6 +48,7 @@ pub fn kv_map(cluster: &Cluster, partitions: u32, extra: Vec<ServiceRoutes>) -> 
         resp_listen: Some("127.0.0.1:0".into()),
         auth: None,
         protected_mode: true,
+        tls: None,
         cluster: false,
         partitions: partition_ranges(partitions)
             .into_iter()
