@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 
+use crate::breakdown::{split_node, CostBreakdown, NodeFacts, PhaseClock};
 use crate::scenario::Scenario;
 use stator_planning::baseline::{
     cluster_autoscaler_scale_down, hpa_replica_calculator, vpa_recommendation,
@@ -99,6 +100,10 @@ pub struct Summary {
     /// every autoscaler loop (0 = never more nodes than the pending pods need).
     #[serde(default)]
     pub booting_beyond_pending_max: u64,
+    /// Cost by phase of the day and cause, USD (`crate::breakdown`): where the money
+    /// went. Sampled each tick, so the parts sum to `cost_usd` within a tick's cost.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cost_breakdown_usd: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
 /// One row of the time series.
@@ -260,6 +265,8 @@ struct Sim<'a> {
     s: Summary,
     samples: Vec<Sample>,
     demand_now: Vec<f64>,
+    phase_clock: PhaseClock,
+    breakdown: CostBreakdown,
 }
 
 /// Runs one policy set over a scenario with a seed. `progress` is called with the
@@ -422,9 +429,12 @@ impl<'a> Sim<'a> {
                 cpu_request_millis: BTreeMap::new(),
                 node_hours_by_pool: BTreeMap::new(),
                 booting_beyond_pending_max: 0,
+                cost_breakdown_usd: BTreeMap::new(),
             },
             samples: Vec::new(),
             demand_now: vec![0.0; n_parts],
+            phase_clock: PhaseClock::new(sc),
+            breakdown: CostBreakdown::default(),
         }
     }
 
@@ -1311,9 +1321,18 @@ impl Sim<'_> {
         let mut slo_violating = 0;
         let mut quorum_lost = 0;
         let mut used_total = 0.0;
+        // Per node: CPU the partitions' load uses there, and what they request there.
+        let mut part_cpu_on: HashMap<NodeId, (f64, f64)> = HashMap::new();
         for (pi, p) in self.parts.iter().enumerate() {
             let svc = &self.sc.services[p.service];
             let members = self.view.partition_members(&svc.name, p.partition);
+            let share = self.demand_now[pi] / members.len().max(1) as f64;
+            for &slot in members {
+                let r = self.view.replica(slot).expect("member");
+                let e = part_cpu_on.entry(r.node).or_insert((0.0, 0.0));
+                e.0 += share;
+                e.1 += r.resources.cpu_millis as f64;
+            }
             let mut live = 0u32;
             let mut min_req = u64::MAX;
             for &slot in members {
@@ -1344,6 +1363,7 @@ impl Sim<'_> {
         self.s.quorum_loss_s += quorum_lost as f64 * dt;
         self.s.unavailable_s += quorum_lost as f64 * dt;
         self.s.slo_violation_s += slo_violating as f64 * dt;
+        self.record_breakdown(&part_cpu_on, dt);
         let requested: u64 = self
             .view
             .nodes()
@@ -1377,6 +1397,42 @@ impl Sim<'_> {
         });
     }
 
+    /// Adds this tick's cost rate, split by cause (`crate::breakdown`), to the
+    /// breakdown of the current phase.
+    fn record_breakdown(&mut self, part_cpu_on: &HashMap<NodeId, (f64, f64)>, dt_s: f64) {
+        let phase = self.phase_clock.phase(self.now_s);
+        for n in self.view.nodes() {
+            let alloc = self.view.allocated(n.id).unwrap_or_default();
+            let (part_used, part_requested) = part_cpu_on.get(&n.id).copied().unwrap_or((0.0, 0.0));
+            // Trace tasks use what they request (their usage is not in the trace).
+            let task_cpu = (alloc.cpu_millis as f64 - part_requested).max(0.0);
+            let facts = NodeFacts {
+                price_per_hour: self.node_price.get(&n.id).copied().unwrap_or(0.0),
+                capacity: [
+                    n.capacity.cpu_millis as f64,
+                    n.capacity.memory_mib as f64,
+                    n.capacity.gpu_milli as f64,
+                ],
+                allocated: [
+                    alloc.cpu_millis as f64,
+                    alloc.memory_mib as f64,
+                    alloc.gpu_milli as f64,
+                ],
+                cpu_used_millis: part_used + task_cpu,
+                hosts_anything: !self.view.replicas_on(n.id).is_empty(),
+                cordoned: !n.schedulable,
+                failed: self.down_nodes.contains(&n.id),
+            };
+            for (cause, usd_per_hour) in split_node(&facts) {
+                self.breakdown.add(phase, cause, usd_per_hour, dt_s);
+            }
+        }
+        for b in self.booting.values() {
+            let price = self.pool_price.get(&b.pool).copied().unwrap_or(0.0);
+            self.breakdown.add(phase, "booting", price, dt_s);
+        }
+    }
+
     fn finish(mut self) -> RunResult {
         // Still waiting at the end: never placed.
         self.s.unscheduled += self.pending.len() as u64;
@@ -1404,6 +1460,7 @@ impl Sim<'_> {
             self.pending_waits[ix] as f64
         };
         self.s.unavailable_s = round3(self.s.unavailable_s);
+        self.s.cost_breakdown_usd = self.breakdown.to_map();
         self.s.node_hours_by_pool = self
             .pool_node_seconds
             .iter()

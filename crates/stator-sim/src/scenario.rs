@@ -281,8 +281,15 @@ impl Scenario {
     pub fn from_toml_file(path: &Path) -> Result<Scenario, SimError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| SimError::Io(path.display().to_string(), e))?;
-        let s: Scenario = toml::from_str(&text)
-            .map_err(|e| SimError::Scenario(format!("{}: {e}", path.display())))?;
+        Scenario::from_toml_str(&text).map_err(|e| match e {
+            SimError::Scenario(m) => SimError::Scenario(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Reads a scenario from TOML text.
+    pub fn from_toml_str(text: &str) -> Result<Scenario, SimError> {
+        let s: Scenario = toml::from_str(text).map_err(|e| SimError::Scenario(e.to_string()))?;
         s.validate()?;
         Ok(s)
     }
