@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::actions::Action;
+use crate::forecast::{ForecastConfig, Forecaster};
 use crate::pools::{pool_counts, pools_by_unit_price, BootingNode, PoolSpec};
 use crate::scheduler::{
     place_partition, place_replacement, PlacementRequest, Policy, SpreadDomain,
@@ -64,6 +65,12 @@ pub struct AutoscalerConfig {
     pub tolerance: f64,
     /// Most migrations one round may start (disruption budget).
     pub max_migrations: usize,
+    /// Predictive sizing: when set, each request is sized for the larger of the
+    /// current demand and the forecast upper bound of the partition's demand over the
+    /// forecast's horizon (`crate::forecast`), so the growth and noise margin comes
+    /// from the forecast and `target_utilization` can sit closer to the SLO's limit.
+    #[serde(default)]
+    pub forecast: Option<ForecastConfig>,
 }
 
 impl Default for AutoscalerConfig {
@@ -76,6 +83,7 @@ impl Default for AutoscalerConfig {
             scale_down_window_s: 300,
             tolerance: 0.1,
             max_migrations: 64,
+            forecast: None,
         }
     }
 }
@@ -84,6 +92,7 @@ impl Default for AutoscalerConfig {
 #[derive(Debug, Clone, Default)]
 pub struct AutoscalerState {
     recommendations: HashMap<(String, u32), VecDeque<(u64, u64)>>,
+    forecaster: Forecaster,
 }
 
 impl AutoscalerState {
@@ -120,7 +129,16 @@ pub fn autoscale(
         let members = view.partition_members(&d.service, d.partition).to_vec();
         // Desired request per replica.
         // The small epsilon keeps 700 / 0.7 at 1000, not 1001.
-        let raw = (d.cpu_used_millis as f64 / cfg.target_utilization - 1e-6)
+        let sizing_used = match &cfg.forecast {
+            Some(fc) => (d.cpu_used_millis as f64).max(state.forecaster.observe(
+                (d.service.clone(), d.partition),
+                now_s,
+                d.cpu_used_millis as f64,
+                fc,
+            )),
+            None => d.cpu_used_millis as f64,
+        };
+        let raw = (sizing_used / cfg.target_utilization - 1e-6)
             .ceil()
             .max(0.0) as u64;
         let rec = round_up(raw, cfg.cpu_step_millis).clamp(cfg.min_cpu_millis, cfg.max_cpu_millis);
