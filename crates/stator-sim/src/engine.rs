@@ -19,7 +19,7 @@ use stator_planning::baseline::{
     ClusterAutoscalerState, HpaState, ScaleDownConfig, CA_SCAN_INTERVAL_S, EVICTION_TOLERATION_S,
     HPA_SYNC_S, NODE_MONITOR_GRACE_S,
 };
-use stator_planning::consolidator::slots;
+use stator_planning::consolidator::{pack_first_fit, slots};
 use stator_planning::pools::pool_counts;
 use stator_planning::{
     autoscale, consolidate_with_headroom, place_partition, plan_merges, plan_new_nodes, Action,
@@ -211,6 +211,15 @@ struct Pending {
     since_s: u64,
 }
 
+/// stator: a replacement whose new nodes are booting.
+struct MergeUnderWay {
+    plan: Merge,
+    /// Booting tokens of the new nodes not yet ready.
+    waiting: Vec<u64>,
+    /// The new nodes ready so far.
+    ready: Vec<NodeId>,
+}
+
 struct Sim<'a> {
     sc: &'a Scenario,
     policy: PolicySet,
@@ -256,8 +265,10 @@ struct Sim<'a> {
     ca: ClusterAutoscalerState,
     scale_down_cfg: ScaleDownConfig,
     last_scale_up_s: Option<u64>,
-    /// stator: replacements under way, by the booting token of their new node.
-    merges: Vec<(u64, Merge)>,
+    /// stator: replacements under way.
+    merges: Vec<MergeUnderWay>,
+    /// stator: (time, total demand) over the last [`LOAD_TREND_WINDOW_S`].
+    total_demand: VecDeque<(u64, f64)>,
     pool_node_seconds: BTreeMap<String, f64>,
     pool_provisioned: BTreeMap<String, u64>,
     next_consolidate_s: u64,
@@ -308,6 +319,13 @@ const FORECAST_EXTRA_HORIZON_S: u64 = 180;
 /// stator: most node-pair replacements started per round (each boots a node and moves
 /// two nodes' replicas).
 const MAX_MERGES_PER_ROUND: usize = 2;
+
+/// stator starts replacements only while the total load has not risen over this
+/// window (half an hour: long against the tick's noise, short against the day).
+const LOAD_TREND_WINDOW_S: u64 = 1800;
+/// ... by more than this fraction (the per-tick jitter averages out over hundreds of
+/// partitions).
+const LOAD_RISE_TOLERANCE: f64 = 0.01;
 
 /// k8s-tuned: the usage history the VPA-style recommendation is taken over (a day; the
 /// recommender keeps eight days with a one-day half-life, and the scenarios repeat daily).
@@ -433,6 +451,7 @@ impl<'a> Sim<'a> {
             scale_down_cfg,
             last_scale_up_s: None,
             merges: Vec::new(),
+            total_demand: VecDeque::new(),
             pool_node_seconds: BTreeMap::new(),
             pool_provisioned: BTreeMap::new(),
             next_consolidate_s: 0,
@@ -886,7 +905,11 @@ impl<'a> Sim<'a> {
     /// stator: plans replacements of node pairs by one cheaper node while nothing
     /// else moves (no migration in flight, no node booting, none under way).
     fn start_merges(&mut self) {
-        if !self.merges.is_empty() || self.in_flight > 0 || !self.booting.is_empty() {
+        if !self.merges.is_empty()
+            || self.in_flight > 0
+            || !self.booting.is_empty()
+            || (!self.parts.is_empty() && !self.load_not_rising())
+        {
             return;
         }
         let booting: Vec<BootingNode> = Vec::new();
@@ -899,23 +922,36 @@ impl<'a> Sim<'a> {
             &busy,
             MAX_MERGES_PER_ROUND,
         ) {
-            let token = self.next_token;
-            self.provision(&m.pool, &m.zone, false);
-            self.merges.push((token, m));
+            let mut waiting = Vec::new();
+            for _ in 0..m.new_nodes {
+                waiting.push(self.next_token);
+                self.provision(&m.pool, &m.zone, false);
+            }
+            self.merges.push(MergeUnderWay {
+                plan: m,
+                waiting,
+                ready: Vec::new(),
+            });
         }
     }
 
-    /// The new node of a replacement is ready: live-migrate every replica of the nodes
-    /// it replaces onto it, if they still fit (else give up: the consolidator releases
-    /// the new node once it has stayed empty).
-    fn finish_merge(&mut self, token: u64, to: NodeId) {
-        let Some(ix) = self.merges.iter().position(|(t, _)| *t == token) else {
+    /// A new node of a replacement is ready; once all of them are, live-migrate every
+    /// replica of the nodes they replace onto them, packed first fit decreasing, if
+    /// they still fit (else give up: the consolidator releases the new nodes once
+    /// they have stayed empty).
+    fn finish_merge(&mut self, token: u64, node: NodeId) {
+        let Some(ix) = self.merges.iter().position(|m| m.waiting.contains(&token)) else {
             return;
         };
-        let (_, m) = self.merges.swap_remove(ix);
+        let m = &mut self.merges[ix];
+        m.waiting.retain(|&t| t != token);
+        m.ready.push(node);
+        if !m.waiting.is_empty() {
+            return;
+        }
+        let m = self.merges.swap_remove(ix);
         let mut slots = Vec::new();
-        let mut need = Resources::default();
-        for &n in &m.nodes {
+        for &n in &m.plan.nodes {
             if self.view.node(n).is_none()
                 || self.down_nodes.contains(&n)
                 || self.busy.contains_key(&n)
@@ -923,15 +959,27 @@ impl<'a> Sim<'a> {
                 return;
             }
             for &slot in self.view.replicas_on(n) {
-                need = need + self.view.replica(slot).expect("on node").resources;
                 slots.push((slot, n));
             }
         }
-        if !self.view.free(to).is_some_and(|f| need.fits_in(&f)) {
+        let bins: Vec<Resources> = m
+            .ready
+            .iter()
+            .map(|&n| self.view.free(n).unwrap_or_default())
+            .collect();
+        let items: Vec<(Resources, (&str, u32))> = slots
+            .iter()
+            .map(|&(slot, _)| {
+                let r = self.view.replica(slot).expect("on node");
+                (r.resources, (r.service.as_str(), r.partition))
+            })
+            .collect();
+        let Some(at) = pack_first_fit(&items, &bins) else {
             return;
-        }
+        };
         let mut actions = Vec::new();
-        for (slot, from) in slots {
+        for ((slot, from), b) in slots.into_iter().zip(at) {
+            let to = m.ready[b];
             self.view.move_replica(slot, to);
             let r = self.view.replica(slot).expect("moved");
             actions.push(Action::Migrate {
@@ -970,6 +1018,27 @@ impl<'a> Sim<'a> {
                 1.0
             };
             self.demand_now[i] = svc.load.at(t as f64) * p.weight * jitter;
+        }
+        let total: f64 = self.demand_now.iter().sum();
+        self.total_demand.push_back((t, total));
+        while self
+            .total_demand
+            .get(1)
+            .is_some_and(|&(t1, _)| t1 + LOAD_TREND_WINDOW_S <= t)
+        {
+            self.total_demand.pop_front();
+        }
+    }
+
+    /// Whether the total load has not risen over the last [`LOAD_TREND_WINDOW_S`]
+    /// (by more than the noise): a replacement packs nodes tight, so stator starts
+    /// one only while the load holds or falls (ramp-down, trough, peak plateau).
+    fn load_not_rising(&self) -> bool {
+        match (self.total_demand.front(), self.total_demand.back()) {
+            (Some(&(t0, old)), Some(&(t1, now))) if t1 >= t0 + LOAD_TREND_WINDOW_S => {
+                now <= old * (1.0 + LOAD_RISE_TOLERANCE)
+            }
+            _ => false,
         }
     }
 
