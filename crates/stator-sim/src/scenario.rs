@@ -287,6 +287,32 @@ impl Scenario {
         })
     }
 
+    /// The part of a trace scenario between `from_s` and `to_s`: tasks that live in
+    /// the window, clipped to it, with times shifted so the window starts at 0 (tasks
+    /// running when it opens start at 0). For tests that need a slice of a long trace.
+    pub fn window(&self, from_s: u64, to_s: u64) -> Result<Scenario, SimError> {
+        if to_s <= from_s {
+            return Err(SimError::Usage(format!(
+                "window {from_s}..{to_s}: the end must come after the start"
+            )));
+        }
+        let tasks = self
+            .tasks
+            .iter()
+            .filter(|t| t.start_s < to_s && t.end_s > from_s)
+            .map(|t| TaskConfig {
+                start_s: t.start_s.max(from_s) - from_s,
+                end_s: t.end_s.min(to_s) - from_s,
+                ..t.clone()
+            })
+            .collect();
+        Ok(Scenario {
+            duration_s: to_s - from_s,
+            tasks,
+            ..self.clone()
+        })
+    }
+
     /// Reads a scenario from TOML text.
     pub fn from_toml_str(text: &str) -> Result<Scenario, SimError> {
         let s: Scenario = toml::from_str(text).map_err(|e| SimError::Scenario(e.to_string()))?;
