@@ -93,6 +93,28 @@ pub fn consolidate_with_headroom(
     now_s: u64,
     headroom: &[Resources],
 ) -> Vec<Action> {
+    let mut actions = release_empty_nodes(view, pools, busy_nodes, state, cfg, now_s, headroom);
+    actions.extend(empty_underused_nodes(
+        view,
+        in_flight_moves,
+        busy_nodes,
+        cfg,
+        now_s,
+    ));
+    actions
+}
+
+/// Phase 1: releases nodes empty for `cfg.empty_for_s` (the most expensive first),
+/// keeping each pool's minimum and the last room for a `headroom` shape.
+fn release_empty_nodes(
+    view: &mut ClusterView,
+    pools: &[PoolSpec],
+    busy_nodes: &[NodeId],
+    state: &mut ConsolidatorState,
+    cfg: &ConsolidatorConfig,
+    now_s: u64,
+    headroom: &[Resources],
+) -> Vec<Action> {
     let mut actions = Vec::new();
     let min_nodes: HashMap<&str, u32> = pools
         .iter()
@@ -102,8 +124,6 @@ pub fn consolidate_with_headroom(
     for n in view.nodes() {
         *counts.entry(n.pool.clone()).or_insert(0) += 1;
     }
-
-    // 1. Empty nodes, once empty for long enough.
     let mut empty: Vec<NodeId> = Vec::new();
     let mut seen_empty: Vec<NodeId> = Vec::new();
     for n in view.nodes() {
@@ -139,8 +159,20 @@ pub fn consolidate_with_headroom(
         state.empty_since.remove(&id);
         actions.push(Action::RemoveNode { node: id });
     }
+    actions
+}
 
-    // 2. Under-used nodes whose replicas all fit elsewhere.
+/// Phase 2: empties under-used nodes (CPU and memory under
+/// `cfg.underutilized_below`, the emptiest first) whose replicas all fit elsewhere, by
+/// live migration within the disruption budget; the node is cordoned.
+fn empty_underused_nodes(
+    view: &mut ClusterView,
+    in_flight_moves: usize,
+    busy_nodes: &[NodeId],
+    cfg: &ConsolidatorConfig,
+    now_s: u64,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
     let mut budget = cfg.disruption_budget.saturating_sub(in_flight_moves);
     if budget == 0 {
         return actions;
