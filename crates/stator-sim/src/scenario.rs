@@ -136,7 +136,7 @@ pub struct ServiceConfig {
     /// Spread of per-partition load: weights are drawn from `1 +- skew` (0 = even).
     #[serde(default)]
     pub skew: f64,
-    /// HPA CPU target for the baseline (Kubernetes default 0.5 when absent).
+    /// HPA CPU target for the baselines (absent: `rho_slo - 0.12`, see docs/PLANNING.md).
     #[serde(default)]
     pub hpa_target: Option<f64>,
     /// Most replicas per partition the HPA may create (default 4 x replicas).
