@@ -71,6 +71,22 @@ fn same_seed_same_json_and_compare_shape() {
         }
     }
     assert_eq!(a["policies"]["stator"]["quorum_loss_s"].as_f64(), Some(0.0));
+    // The cost breakdown (sampled each tick) adds up to the cost (accrued between
+    // events) within a few percent, for every policy.
+    for p in ["stator", "k8s-default", "k8s-tuned"] {
+        let cost = a["policies"][p]["cost_usd"].as_f64().unwrap();
+        let parts: f64 = a["policies"][p]["cost_breakdown_usd"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{p} has no cost_breakdown_usd: {a}"))
+            .values()
+            .flat_map(|causes| causes.as_object().unwrap().values())
+            .map(|usd| usd.as_f64().unwrap())
+            .sum();
+        assert!(
+            (parts - cost).abs() <= 0.03 * cost,
+            "{p}: breakdown {parts} vs cost {cost}"
+        );
+    }
     let c = run(&SimOptions {
         seed: Some(4),
         ..opts
