@@ -1,10 +1,12 @@
 //! The QoS-first autoscaler: repair, then vertical, then horizontal.
 //!
-//! Each round, per partition:
+//! Each round, per partition (`desired_request`, then `repair_partition`, then
+//! `resize_or_move_members`):
 //! 1. **Repair**: a partition with fewer members than `min_replicas` (a node was lost)
 //!    gets replacements, on distinct nodes and fresh zones.
-//! 2. **Vertical**: every replica's CPU request follows the measured demand divided by
-//!    the target utilisation, in `cpu_step_millis` steps. Up at once; down only to the
+//! 2. **Vertical**: every replica's CPU request follows the measured demand (or, with
+//!    `AutoscalerConfig::forecast`, the forecast's upper bound) divided by the target
+//!    utilisation, in `cpu_step_millis` steps. Up at once; down only to the
 //!    highest recommendation of the last `scale_down_window_s` (stabilisation).
 //! 3. **Horizontal**: a raise that does not fit on the replica's node moves the replica
 //!    (live migration, within the disruption budget) to a node with room; where no node
@@ -20,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::actions::Action;
+use crate::forecast::{ForecastConfig, Forecaster};
 use crate::pools::{pool_counts, pools_by_unit_price, BootingNode, PoolSpec};
 use crate::scheduler::{
     place_partition, place_replacement, PlacementRequest, Policy, SpreadDomain,
@@ -64,6 +67,12 @@ pub struct AutoscalerConfig {
     pub tolerance: f64,
     /// Most migrations one round may start (disruption budget).
     pub max_migrations: usize,
+    /// Predictive sizing: when set, each request is sized for the larger of the
+    /// current demand and the forecast upper bound of the partition's demand over the
+    /// forecast's horizon (`crate::forecast`), so the growth and noise margin comes
+    /// from the forecast and `target_utilization` can sit closer to the SLO's limit.
+    #[serde(default)]
+    pub forecast: Option<ForecastConfig>,
 }
 
 impl Default for AutoscalerConfig {
@@ -76,6 +85,7 @@ impl Default for AutoscalerConfig {
             scale_down_window_s: 300,
             tolerance: 0.1,
             max_migrations: 64,
+            forecast: None,
         }
     }
 }
@@ -84,6 +94,7 @@ impl Default for AutoscalerConfig {
 #[derive(Debug, Clone, Default)]
 pub struct AutoscalerState {
     recommendations: HashMap<(String, u32), VecDeque<(u64, u64)>>,
+    forecaster: Forecaster,
 }
 
 impl AutoscalerState {
@@ -113,154 +124,196 @@ pub fn autoscale(
     cfg: &AutoscalerConfig,
     now_s: u64,
 ) -> Vec<Action> {
-    let mut actions = Vec::new();
-    let mut unmet: Vec<UnmetNeed> = Vec::new();
-    let mut migrations = 0usize;
+    let mut round = Round::default();
     for d in demands {
-        let members = view.partition_members(&d.service, d.partition).to_vec();
-        // Desired request per replica.
-        // The small epsilon keeps 700 / 0.7 at 1000, not 1001.
-        let raw = (d.cpu_used_millis as f64 / cfg.target_utilization - 1e-6)
-            .ceil()
-            .max(0.0) as u64;
-        let rec = round_up(raw, cfg.cpu_step_millis).clamp(cfg.min_cpu_millis, cfg.max_cpu_millis);
-        let desired = state.stabilise(
-            (d.service.clone(), d.partition),
-            now_s,
-            rec,
-            cfg.scale_down_window_s,
-        );
-
-        // 1. Repair.
-        if (members.len() as u32) < d.min_replicas {
-            let missing = d.min_replicas - members.len() as u32;
-            let resources = Resources {
-                cpu_millis: desired,
-                ..d.base_resources
-            };
-            let req = PlacementRequest {
-                spread: d.spread,
-                ..PlacementRequest::long_running(&d.service, d.partition, missing, resources)
-            };
-            match place_partition(view, &req, Policy::Cost) {
-                Ok(nodes) => {
-                    for node in nodes {
-                        view.add_replica(new_replica(d, node, resources));
-                        actions.push(Action::Place {
-                            service: d.service.clone(),
-                            partition: d.partition,
-                            node,
-                            resources,
-                        });
-                    }
-                }
-                Err(_) => {
-                    let zones_used = zones_of(view, &view.partition_nodes(&d.service, d.partition));
-                    for _ in 0..missing {
-                        unmet.push(UnmetNeed {
-                            partition: Some((d.service.clone(), d.partition)),
-                            ..UnmetNeed::new(resources, zones_used.clone())
-                        });
-                    }
-                }
-            }
-        }
-
-        // 2. Vertical, 3. horizontal.
-        for slot in view.partition_members(&d.service, d.partition).to_vec() {
-            // Copy only what the round needs: cloning each member (and its service
-            // name) every round is most of a round's allocations at 100k replicas.
-            let r = {
-                let m = view.replica(slot).expect("member");
-                MemberFacts {
-                    node: m.node,
-                    resources: m.resources,
-                    state_bytes: m.state_bytes,
-                }
-            };
-            let current = r.resources.cpu_millis;
-            let change = desired.abs_diff(current) as f64;
-            if change <= cfg.tolerance * current as f64 {
-                continue;
-            }
-            let new_res = Resources {
-                cpu_millis: desired,
-                ..r.resources
-            };
-            // Shrinking always fits; growing fits where the node has the room.
-            let free = view.free(r.node).expect("member node");
-            if desired < current || desired - current <= free.cpu_millis {
-                view.resize_replica(slot, new_res);
-                actions.push(Action::Resize {
-                    service: d.service.clone(),
-                    partition: d.partition,
-                    node: r.node,
-                    from: r.resources,
-                    to: new_res,
-                });
-                continue;
-            }
-            if migrations >= cfg.max_migrations {
-                continue;
-            }
-            let survivors: Vec<NodeId> = view
-                .partition_nodes(&d.service, d.partition)
-                .into_iter()
-                .filter(|&n| n != r.node)
-                .collect();
-            let req = PlacementRequest {
-                spread: d.spread,
-                ..PlacementRequest::long_running(&d.service, d.partition, 1, new_res)
-            };
-            let mut avoid = survivors.clone();
-            avoid.push(r.node);
-            match place_replacement(view, &req, &avoid, Policy::Cost) {
-                Ok(to) if keeps_zone_spread(view, &survivors, r.node, to) => {
-                    view.move_replica(slot, to);
-                    view.resize_replica(slot, new_res);
-                    migrations += 1;
-                    actions.push(Action::Migrate {
-                        service: d.service.clone(),
-                        partition: d.partition,
-                        from: r.node,
-                        to,
-                        resources: new_res,
-                        state_bytes: r.state_bytes,
-                    });
-                }
-                _ => {
-                    // Take what the node has now; ask for a node for the rest.
-                    if free.cpu_millis >= cfg.cpu_step_millis {
-                        let partial = Resources {
-                            cpu_millis: current
-                                + free.cpu_millis / cfg.cpu_step_millis * cfg.cpu_step_millis,
-                            ..r.resources
-                        };
-                        view.resize_replica(slot, partial);
-                        actions.push(Action::Resize {
-                            service: d.service.clone(),
-                            partition: d.partition,
-                            node: r.node,
-                            from: r.resources,
-                            to: partial,
-                        });
-                    }
-                    unmet.push(UnmetNeed {
-                        partition: Some((d.service.clone(), d.partition)),
-                        ..UnmetNeed::new(new_res, zones_of(view, &survivors))
-                    });
-                }
-            }
-        }
+        let desired = desired_request(d, state, cfg, now_s);
+        repair_partition(view, d, desired, &mut round);
+        resize_or_move_members(view, d, desired, cfg, &mut round);
     }
+    let mut actions = round.actions;
     actions.extend(plan_new_nodes(
         view,
-        &unmet,
+        &round.unmet,
         pools,
         booting,
         PoolChoice::CheapestForShape,
     ));
     actions
+}
+
+/// What one round has decided so far.
+#[derive(Default)]
+struct Round {
+    actions: Vec<Action>,
+    unmet: Vec<UnmetNeed>,
+    migrations: usize,
+}
+
+/// The CPU request each member of `d` should have: the demand (or, with a forecast,
+/// its upper bound over the horizon) over the target utilisation, in steps, held at
+/// the window's highest recommendation on the way down.
+fn desired_request(
+    d: &PartitionDemand,
+    state: &mut AutoscalerState,
+    cfg: &AutoscalerConfig,
+    now_s: u64,
+) -> u64 {
+    let sizing_used = match &cfg.forecast {
+        Some(fc) => (d.cpu_used_millis as f64).max(state.forecaster.observe(
+            (d.service.clone(), d.partition),
+            now_s,
+            d.cpu_used_millis as f64,
+            fc,
+        )),
+        None => d.cpu_used_millis as f64,
+    };
+    // The small epsilon keeps 700 / 0.7 at 1000, not 1001.
+    let raw = (sizing_used / cfg.target_utilization - 1e-6)
+        .ceil()
+        .max(0.0) as u64;
+    let rec = round_up(raw, cfg.cpu_step_millis).clamp(cfg.min_cpu_millis, cfg.max_cpu_millis);
+    state.stabilise(
+        (d.service.clone(), d.partition),
+        now_s,
+        rec,
+        cfg.scale_down_window_s,
+    )
+}
+
+/// Phase 1: a partition with fewer members than `min_replicas` (a node was lost) gets
+/// replacements, on distinct nodes and fresh zones, or unmet needs for new nodes.
+fn repair_partition(view: &mut ClusterView, d: &PartitionDemand, desired: u64, round: &mut Round) {
+    let members = view.partition_members(&d.service, d.partition).len() as u32;
+    if members < d.min_replicas {
+        let missing = d.min_replicas - members;
+        let resources = Resources {
+            cpu_millis: desired,
+            ..d.base_resources
+        };
+        let req = PlacementRequest {
+            spread: d.spread,
+            ..PlacementRequest::long_running(&d.service, d.partition, missing, resources)
+        };
+        match place_partition(view, &req, Policy::Cost) {
+            Ok(nodes) => {
+                for node in nodes {
+                    view.add_replica(new_replica(d, node, resources));
+                    round.actions.push(Action::Place {
+                        service: d.service.clone(),
+                        partition: d.partition,
+                        node,
+                        resources,
+                    });
+                }
+            }
+            Err(_) => {
+                let zones_used = zones_of(view, &view.partition_nodes(&d.service, d.partition));
+                for _ in 0..missing {
+                    round.unmet.push(UnmetNeed {
+                        partition: Some((d.service.clone(), d.partition)),
+                        ..UnmetNeed::new(resources, zones_used.clone())
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Phases 2 and 3: each member's request follows `desired` (vertical); a raise its
+/// node cannot hold moves the member live to a node with room (within the round's
+/// migration budget), or takes what the node has and asks for a node for the rest.
+fn resize_or_move_members(
+    view: &mut ClusterView,
+    d: &PartitionDemand,
+    desired: u64,
+    cfg: &AutoscalerConfig,
+    round: &mut Round,
+) {
+    for slot in view.partition_members(&d.service, d.partition).to_vec() {
+        // Copy only what the round needs: cloning each member (and its service
+        // name) every round is most of a round's allocations at 100k replicas.
+        let r = {
+            let m = view.replica(slot).expect("member");
+            MemberFacts {
+                node: m.node,
+                resources: m.resources,
+                state_bytes: m.state_bytes,
+            }
+        };
+        let current = r.resources.cpu_millis;
+        let change = desired.abs_diff(current) as f64;
+        if change <= cfg.tolerance * current as f64 {
+            continue;
+        }
+        let new_res = Resources {
+            cpu_millis: desired,
+            ..r.resources
+        };
+        // Shrinking always fits; growing fits where the node has the room.
+        let free = view.free(r.node).expect("member node");
+        if desired < current || desired - current <= free.cpu_millis {
+            view.resize_replica(slot, new_res);
+            round.actions.push(Action::Resize {
+                service: d.service.clone(),
+                partition: d.partition,
+                node: r.node,
+                from: r.resources,
+                to: new_res,
+            });
+            continue;
+        }
+        if round.migrations >= cfg.max_migrations {
+            continue;
+        }
+        let survivors: Vec<NodeId> = view
+            .partition_nodes(&d.service, d.partition)
+            .into_iter()
+            .filter(|&n| n != r.node)
+            .collect();
+        let req = PlacementRequest {
+            spread: d.spread,
+            ..PlacementRequest::long_running(&d.service, d.partition, 1, new_res)
+        };
+        let mut avoid = survivors.clone();
+        avoid.push(r.node);
+        match place_replacement(view, &req, &avoid, Policy::Cost) {
+            Ok(to) if keeps_zone_spread(view, &survivors, r.node, to) => {
+                view.move_replica(slot, to);
+                view.resize_replica(slot, new_res);
+                round.migrations += 1;
+                round.actions.push(Action::Migrate {
+                    service: d.service.clone(),
+                    partition: d.partition,
+                    from: r.node,
+                    to,
+                    resources: new_res,
+                    state_bytes: r.state_bytes,
+                });
+            }
+            _ => {
+                // Take what the node has now; ask for a node for the rest.
+                if free.cpu_millis >= cfg.cpu_step_millis {
+                    let partial = Resources {
+                        cpu_millis: current
+                            + free.cpu_millis / cfg.cpu_step_millis * cfg.cpu_step_millis,
+                        ..r.resources
+                    };
+                    view.resize_replica(slot, partial);
+                    round.actions.push(Action::Resize {
+                        service: d.service.clone(),
+                        partition: d.partition,
+                        node: r.node,
+                        from: r.resources,
+                        to: partial,
+                    });
+                }
+                round.unmet.push(UnmetNeed {
+                    partition: Some((d.service.clone(), d.partition)),
+                    ..UnmetNeed::new(new_res, zones_of(view, &survivors))
+                });
+            }
+        }
+    }
 }
 
 /// What the vertical/horizontal step reads of a member.

@@ -93,6 +93,28 @@ pub fn consolidate_with_headroom(
     now_s: u64,
     headroom: &[Resources],
 ) -> Vec<Action> {
+    let mut actions = release_empty_nodes(view, pools, busy_nodes, state, cfg, now_s, headroom);
+    actions.extend(empty_underused_nodes(
+        view,
+        in_flight_moves,
+        busy_nodes,
+        cfg,
+        now_s,
+    ));
+    actions
+}
+
+/// Phase 1: releases nodes empty for `cfg.empty_for_s` (the most expensive first),
+/// keeping each pool's minimum and the last room for a `headroom` shape.
+fn release_empty_nodes(
+    view: &mut ClusterView,
+    pools: &[PoolSpec],
+    busy_nodes: &[NodeId],
+    state: &mut ConsolidatorState,
+    cfg: &ConsolidatorConfig,
+    now_s: u64,
+    headroom: &[Resources],
+) -> Vec<Action> {
     let mut actions = Vec::new();
     let min_nodes: HashMap<&str, u32> = pools
         .iter()
@@ -102,8 +124,6 @@ pub fn consolidate_with_headroom(
     for n in view.nodes() {
         *counts.entry(n.pool.clone()).or_insert(0) += 1;
     }
-
-    // 1. Empty nodes, once empty for long enough.
     let mut empty: Vec<NodeId> = Vec::new();
     let mut seen_empty: Vec<NodeId> = Vec::new();
     for n in view.nodes() {
@@ -139,8 +159,20 @@ pub fn consolidate_with_headroom(
         state.empty_since.remove(&id);
         actions.push(Action::RemoveNode { node: id });
     }
+    actions
+}
 
-    // 2. Under-used nodes whose replicas all fit elsewhere.
+/// Phase 2: empties under-used nodes (CPU and memory under
+/// `cfg.underutilized_below`, the emptiest first) whose replicas all fit elsewhere, by
+/// live migration within the disruption budget; the node is cordoned.
+fn empty_underused_nodes(
+    view: &mut ClusterView,
+    in_flight_moves: usize,
+    busy_nodes: &[NodeId],
+    cfg: &ConsolidatorConfig,
+    now_s: u64,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
     let mut budget = cfg.disruption_budget.saturating_sub(in_flight_moves);
     if budget == 0 {
         return actions;
@@ -286,16 +318,115 @@ pub fn slots(shape: &Resources, free: &Resources) -> u64 {
     }
 }
 
-/// A replacement planned by [`plan_merges`]: one new node of `pool` in `zone` takes
-/// every replica of `nodes` (all in that zone), which are then released.
+/// A replacement planned by [`plan_merges`]: `new_nodes` new nodes of `pool` in `zone`
+/// take every replica of `nodes` (all in that zone, more of them than `new_nodes`),
+/// which are then released.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Merge {
-    /// Pool of the new node.
+    /// Pool of the new nodes.
     pub pool: String,
-    /// Zone of the new node and of every node it replaces.
+    /// Zone of the new nodes and of every node they replace.
     pub zone: String,
-    /// The nodes it replaces.
+    /// The nodes replaced.
     pub nodes: Vec<NodeId>,
+    /// How many new nodes (1 for a pair merged into one node).
+    #[serde(default = "one")]
+    pub new_nodes: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A group replacement fills its new nodes' CPU to at most this: they are packed at
+/// the trough and must hold the morning's growth in place. At
+/// [`MERGE_MAX_CPU_FILL`] the ramp-up after the trough found the packed nodes full
+/// (seeds 1-10 of mmo-diurnal: SLO violations up to 57,000 partition-seconds).
+pub const MERGE_GROUP_MAX_CPU_FILL: f64 = 0.5;
+
+/// Most nodes one replacement takes (bounds the packing work per zone and the moves
+/// one replacement starts).
+pub const MERGE_MAX_GROUP: usize = 6;
+
+/// First-fit decreasing (by memory, then CPU) of `items` into `bins` (free room of
+/// each); an item never shares a bin with another of its partition. Returns the bin
+/// of each item, or `None` when one does not fit.
+pub fn pack_first_fit(
+    items: &[(Resources, (&str, u32))],
+    bins: &[Resources],
+) -> Option<Vec<usize>> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (x, y) = (&items[a].0, &items[b].0);
+        y.memory_mib
+            .cmp(&x.memory_mib)
+            .then(y.cpu_millis.cmp(&x.cpu_millis))
+            .then(a.cmp(&b))
+    });
+    let mut free = bins.to_vec();
+    let mut held: Vec<Vec<(&str, u32)>> = vec![Vec::new(); bins.len()];
+    let mut at = vec![0; items.len()];
+    for i in order {
+        let (need, part) = items[i];
+        let b = (0..free.len()).find(|&b| need.fits_in(&free[b]) && !held[b].contains(&part))?;
+        free[b] = free[b].saturating_sub(&need);
+        held[b].push(part);
+        at[i] = b;
+    }
+    Some(at)
+}
+
+/// The replicas of `nodes` as packing items.
+fn items_of<'v>(view: &'v ClusterView, nodes: &[NodeId]) -> Vec<(Resources, (&'v str, u32))> {
+    nodes
+        .iter()
+        .flat_map(|&n| view.replicas_on(n).iter())
+        .filter_map(|&s| view.replica(s))
+        .map(|r| (r.resources, (r.service.as_str(), r.partition)))
+        .collect()
+}
+
+/// The cheapest replacement of `group` by fewer nodes of one pool (with room, in
+/// `zone`, CPU-only, unlabelled) that hold all its replicas within the fill limits and
+/// cost at most [`MERGE_MAX_PRICE_SHARE`] of the group: `(pool, new nodes, price)`.
+fn replace_group<'p>(
+    view: &ClusterView,
+    pools: &'p [PoolSpec],
+    counts: &BTreeMap<String, u32>,
+    zone: &str,
+    group: &[NodeId],
+) -> Option<(&'p PoolSpec, u32, f64)> {
+    let price: f64 = group
+        .iter()
+        .filter_map(|&n| view.node(n))
+        .map(|n| n.price_per_hour)
+        .sum();
+    let items = items_of(view, group);
+    let mut best: Option<(&PoolSpec, u32, f64)> = None;
+    for p in pools.iter().filter(|p| {
+        p.labels.is_empty() && p.capacity.gpu_milli == 0 && p.zones.iter().any(|z| z == zone)
+    }) {
+        let room = p
+            .max_nodes
+            .saturating_sub(counts.get(&p.name).copied().unwrap_or(0));
+        let bin = Resources::new(
+            (p.capacity.cpu_millis as f64 * MERGE_GROUP_MAX_CPU_FILL) as u64,
+            (p.capacity.memory_mib as f64 * MERGE_MAX_MEMORY_FILL) as u64,
+        );
+        for k in 1..group.len() as u32 {
+            let cost = p.price_per_hour * k as f64;
+            if k > room || cost > price * MERGE_MAX_PRICE_SHARE {
+                break;
+            }
+            if pack_first_fit(&items, &vec![bin; k as usize]).is_some() {
+                if best.is_none_or(|(_, _, c)| cost < c) {
+                    best = Some((p, k, cost));
+                }
+                break;
+            }
+        }
+    }
+    best
 }
 
 /// A merge is planned only when the new node costs at most this share of the nodes it
@@ -315,9 +446,13 @@ pub const MERGE_MAX_CANDIDATES_PER_ZONE: usize = 48;
 /// is the wrong shape for what they now hold. Pairs of nodes of one zone whose
 /// replicas fit together on one node of a cheaper-for-the-pair pool (at most
 /// [`MERGE_MAX_PRICE_SHARE`] of their price, within the fill limits) are replaced by
-/// it. Pairs stay in one zone, so zone spread is kept; a pair sharing a partition is
-/// skipped. CPU-only, long-running nodes only; at most `max_merges` per call. Pure: the
-/// caller provisions the node and, once it is ready, moves the replicas (live).
+/// it. Groups of three to [`MERGE_MAX_GROUP`] nodes of a zone (the least
+/// CPU-requested first) are replaced by fewer nodes of one pool when their replicas
+/// pack (first fit decreasing, [`pack_first_fit`]) within the same limits and price
+/// share: four full 32 GiB nodes and a half-full 64 GiB one become three 64 GiB
+/// nodes. Replacements stay in one zone, so zone spread is kept; two members of a
+/// partition never share a node. CPU-only, long-running nodes only; at most `max_merges` per call. Pure: the
+/// caller provisions the nodes and, once they are ready, moves the replicas (live).
 pub fn plan_merges(
     view: &ClusterView,
     pools: &[PoolSpec],
@@ -356,6 +491,33 @@ pub fn plan_merges(
         nodes.truncate(MERGE_MAX_CANDIDATES_PER_ZONE);
         let parts: Vec<Vec<(&str, u32)>> = nodes.iter().map(|&id| partitions_of(id)).collect();
         let mut used = vec![false; nodes.len()];
+        // Groups of three or more (the least CPU-requested first) replaced by fewer
+        // nodes: what a pair cannot reach when each node of the pair is full of memory
+        // (three 32 GiB nodes into two of 64 GiB). The largest saving wins.
+        if nodes.len() >= 3 && merges.len() < max_merges {
+            let best = (3..=nodes.len().min(MERGE_MAX_GROUP))
+                .filter_map(|m| {
+                    replace_group(view, pools, &counts, zone, &nodes[..m]).map(|(p, k, cost)| {
+                        let price: f64 = nodes[..m]
+                            .iter()
+                            .filter_map(|&n| view.node(n))
+                            .map(|n| n.price_per_hour)
+                            .sum();
+                        (m, p, k, price - cost)
+                    })
+                })
+                .max_by(|a, b| a.3.total_cmp(&b.3));
+            if let Some((m, pool, k, _)) = best {
+                *counts.entry(pool.name.clone()).or_insert(0) += k;
+                used[..m].iter_mut().for_each(|u| *u = true);
+                merges.push(Merge {
+                    pool: pool.name.clone(),
+                    zone: zone.to_string(),
+                    nodes: nodes[..m].to_vec(),
+                    new_nodes: k,
+                });
+            }
+        }
         for i in 0..nodes.len() {
             if merges.len() >= max_merges {
                 return merges;
@@ -401,6 +563,7 @@ pub fn plan_merges(
                         pool: pool.name.clone(),
                         zone: zone.to_string(),
                         nodes: vec![a, b],
+                        new_nodes: 1,
                     });
                     break;
                 }
@@ -570,7 +733,8 @@ mod tests {
             vec![Merge {
                 pool: "gp-16".into(),
                 zone: "a".into(),
-                nodes: vec![1, 2]
+                nodes: vec![1, 2],
+                new_nodes: 1,
             }]
         );
         // A pair sharing a partition is never merged.
@@ -584,5 +748,59 @@ mod tests {
         assert!(plan_merges(&view, &pools, &counts, &[], 4).is_empty());
         // Busy nodes are left alone.
         assert!(plan_merges(&view, &pools, &counts, &[1], 4).is_empty());
+    }
+
+    #[test]
+    fn a_group_of_memory_full_nodes_becomes_fewer_larger_nodes() {
+        let pools = vec![PoolSpec {
+            name: "gp-16".into(),
+            capacity: Resources::new(16000, 65536),
+            price_per_hour: 0.768,
+            boot_delay_s: 0,
+            min_nodes: 0,
+            max_nodes: 10,
+            zones: vec!["a".into()],
+            labels: Default::default(),
+        }];
+        // Four 32 GiB nodes full of memory (4 x 7.5 GiB, little CPU) and one half
+        // full: no pair fits one 64 GiB node within 95 %. The least CPU-requested
+        // first: the half-full node and three full ones (14 replicas) fit two gp-16
+        // (1.536 of 2.72 an hour, the largest saving); all five would need three.
+        let mut nodes = Vec::new();
+        let mut replicas = Vec::new();
+        for n in 1..=5u64 {
+            nodes.push(Node::new(
+                n,
+                "a",
+                "c-16",
+                Resources::new(16000, 32768),
+                0.68,
+            ));
+            let count = if n == 5 { 2 } else { 4 };
+            for i in 0..count {
+                replicas.push(Replica {
+                    resources: Resources::new(1000, 7680),
+                    ..lr((n * 10 + i) as u32, n, 0)
+                });
+            }
+        }
+        let view = ClusterView::from_parts(nodes, replicas);
+        let counts = BTreeMap::from([("c-16".to_string(), 5)]);
+        let merges = plan_merges(&view, &pools, &counts, &[], 4);
+        assert_eq!(merges.len(), 1, "{merges:?}");
+        assert_eq!(merges[0].new_nodes, 2);
+        assert_eq!(merges[0].nodes, vec![5, 1, 2, 3]);
+        // The packing it relies on: 18 replicas of 7.5 GiB into three 62 GiB bins.
+        let items: Vec<(Resources, (&str, u32))> = (0..18)
+            .map(|i| (Resources::new(1000, 7680), ("s", i)))
+            .collect();
+        assert!(pack_first_fit(&items, &[Resources::new(8000, 62259); 3]).is_some());
+        assert!(pack_first_fit(&items, &[Resources::new(8000, 62259); 2]).is_none());
+        // Two members of one partition never share a bin.
+        let twins = [
+            (Resources::new(1, 1), ("s", 0)),
+            (Resources::new(1, 1), ("s", 0)),
+        ];
+        assert!(pack_first_fit(&twins, &[Resources::new(10, 10)]).is_none());
     }
 }

@@ -13,6 +13,8 @@
 //! - [`pools`]: node pools ([`PoolSpec`]) and nodes still booting.
 //! - [`autoscaler`]: QoS first — repair, vertical resize, then migrate or add a node
 //!   from the cheapest fitting pool; stabilisation window against flapping.
+//! - [`forecast`]: Holt's linear-trend forecast per partition with a safety margin
+//!   from its measured errors, for predictive (ahead-of-the-ramp) sizing.
 //! - [`consolidator`]: release empty nodes, empty under-used ones by live migration
 //!   under a disruption budget, never below quorum or against anti-affinity; replace
 //!   pairs of nodes of the wrong shape by one cheaper node ([`plan_merges`]).
@@ -27,6 +29,7 @@ pub mod autoscaler;
 pub mod baseline;
 pub mod consolidator;
 pub mod error;
+pub mod forecast;
 pub mod pools;
 pub mod scheduler;
 pub mod view;
@@ -40,6 +43,7 @@ pub use consolidator::{
     consolidate, consolidate_with_headroom, plan_merges, ConsolidatorConfig, ConsolidatorState,
     Merge,
 };
+pub use forecast::{ForecastConfig, Forecaster};
 pub use pools::{BootingNode, PoolSpec};
 
 pub use error::PlacementError;

@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`scenario`]: scenario TOML and the Alibaba `openb` trace, read into a
 //!   [`Scenario`](scenario::Scenario); the trace price model.
+//! - [`breakdown`]: each tick's cost split by phase of the day and by cause (used,
+//!   headroom, memory-bound, fragmentation, empty, booting, ...).
 //! - [`engine`]: the event loop for one policy set ([`run_policy`]).
 //! - [`report`]: JSON summary, CSV time series, SVG/PNG plots, `--compare` ratios.
 //!
@@ -11,6 +13,7 @@
 //! [`run_and_report`] (one seed: [`run`] then [`print_report`]; several seeds
 //! (`--seeds 1..5`): [`run_seeds`] then [`print_seeds_report`], medians and ranges).
 
+pub mod breakdown;
 pub mod engine;
 pub mod report;
 pub mod scenario;

@@ -173,6 +173,7 @@ pub fn print_report(report: &SimReport, json: bool) {
         );
     }
     print_settings(report);
+    print_breakdown(report);
     if json {
         println!("{}", report.to_json());
     }
@@ -207,6 +208,42 @@ fn print_settings(report: &SimReport) {
             .collect();
         parts.push(format!("node-hours by pool: {}", t.join(", ")));
         println!("  {}: {}", r.policy.name(), parts.join("; "));
+    }
+}
+
+/// Where each policy's money went: one row per policy and phase of the day, one column
+/// per cause (`crate::breakdown`), USD; causes no run paid for are left out.
+fn print_breakdown(report: &SimReport) {
+    use crate::breakdown::{CAUSES, PHASES};
+    let paid = |cause: &str| {
+        report.runs.iter().any(|r| {
+            r.summary
+                .cost_breakdown_usd
+                .values()
+                .any(|c| c.get(cause).is_some_and(|&v| v > 0.0))
+        })
+    };
+    let causes: Vec<&str> = CAUSES.iter().copied().filter(|c| paid(c)).collect();
+    if causes.is_empty() {
+        return;
+    }
+    println!("cost by phase and cause (USD):");
+    let mut header = format!("  {:<12} {:<10}", "policy", "phase");
+    for c in &causes {
+        header.push_str(&format!(" {c:>13}"));
+    }
+    println!("{header} {:>9}", "total");
+    for r in &report.runs {
+        for phase in PHASES {
+            let Some(row) = r.summary.cost_breakdown_usd.get(phase.name()) else {
+                continue;
+            };
+            let mut line = format!("  {:<12} {:<10}", r.policy.name(), phase.name());
+            for c in &causes {
+                line.push_str(&format!(" {:>13.2}", row.get(*c).copied().unwrap_or(0.0)));
+            }
+            println!("{line} {:>9.2}", row.values().sum::<f64>());
+        }
     }
 }
 

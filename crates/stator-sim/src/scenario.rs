@@ -136,7 +136,7 @@ pub struct ServiceConfig {
     /// Spread of per-partition load: weights are drawn from `1 +- skew` (0 = even).
     #[serde(default)]
     pub skew: f64,
-    /// HPA CPU target for the baseline (Kubernetes default 0.5 when absent).
+    /// HPA CPU target for the baselines (absent: `rho_slo - 0.12`, see docs/PLANNING.md).
     #[serde(default)]
     pub hpa_target: Option<f64>,
     /// Most replicas per partition the HPA may create (default 4 x replicas).
@@ -281,8 +281,41 @@ impl Scenario {
     pub fn from_toml_file(path: &Path) -> Result<Scenario, SimError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| SimError::Io(path.display().to_string(), e))?;
-        let s: Scenario = toml::from_str(&text)
-            .map_err(|e| SimError::Scenario(format!("{}: {e}", path.display())))?;
+        Scenario::from_toml_str(&text).map_err(|e| match e {
+            SimError::Scenario(m) => SimError::Scenario(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// The part of a trace scenario between `from_s` and `to_s`: tasks that live in
+    /// the window, clipped to it, with times shifted so the window starts at 0 (tasks
+    /// running when it opens start at 0). For tests that need a slice of a long trace.
+    pub fn window(&self, from_s: u64, to_s: u64) -> Result<Scenario, SimError> {
+        if to_s <= from_s {
+            return Err(SimError::Usage(format!(
+                "window {from_s}..{to_s}: the end must come after the start"
+            )));
+        }
+        let tasks = self
+            .tasks
+            .iter()
+            .filter(|t| t.start_s < to_s && t.end_s > from_s)
+            .map(|t| TaskConfig {
+                start_s: t.start_s.max(from_s) - from_s,
+                end_s: t.end_s.min(to_s) - from_s,
+                ..t.clone()
+            })
+            .collect();
+        Ok(Scenario {
+            duration_s: to_s - from_s,
+            tasks,
+            ..self.clone()
+        })
+    }
+
+    /// Reads a scenario from TOML text.
+    pub fn from_toml_str(text: &str) -> Result<Scenario, SimError> {
+        let s: Scenario = toml::from_str(text).map_err(|e| SimError::Scenario(e.to_string()))?;
         s.validate()?;
         Ok(s)
     }

@@ -7,10 +7,21 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The MMO day, shortened to six hours so the debug-mode test stays quick.
+/// The MMO day, shortened to six hours and a quarter of the partitions (16 + 6 + 4
+/// instead of 64 + 24 + 16) so the debug-mode tests stay quick; the pools, load
+/// curves and timings are the real scenario's.
 fn short_mmo() -> PathBuf {
     let text = std::fs::read_to_string(repo_root().join("examples/sim/mmo-diurnal.toml")).unwrap();
     let text = text.replace("duration_s = 86400", "duration_s = 21600");
+    let mut text = text;
+    for (from, to) in [
+        ("partitions = 16\n", "partitions = 4\n"),
+        ("partitions = 64\n", "partitions = 16\n"),
+        ("partitions = 24\n", "partitions = 6\n"),
+    ] {
+        assert!(text.contains(from), "mmo-diurnal.toml changed: no {from:?}");
+        text = text.replace(from, to);
+    }
     let dir = std::env::temp_dir().join(format!("stator-sim-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("mmo-short.toml");
@@ -60,6 +71,22 @@ fn same_seed_same_json_and_compare_shape() {
         }
     }
     assert_eq!(a["policies"]["stator"]["quorum_loss_s"].as_f64(), Some(0.0));
+    // The cost breakdown (sampled each tick) adds up to the cost (accrued between
+    // events) within a few percent, for every policy.
+    for p in ["stator", "k8s-default", "k8s-tuned"] {
+        let cost = a["policies"][p]["cost_usd"].as_f64().unwrap();
+        let parts: f64 = a["policies"][p]["cost_breakdown_usd"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{p} has no cost_breakdown_usd: {a}"))
+            .values()
+            .flat_map(|causes| causes.as_object().unwrap().values())
+            .map(|usd| usd.as_f64().unwrap())
+            .sum();
+        assert!(
+            (parts - cost).abs() <= 0.03 * cost,
+            "{p}: breakdown {parts} vs cost {cost}"
+        );
+    }
     let c = run(&SimOptions {
         seed: Some(4),
         ..opts
@@ -106,32 +133,46 @@ fn usage_errors() {
     assert!(run(&bad).is_err());
 }
 
+/// The openb trace's busiest stretch (10.0 M s to 10.5 M s: about 1,250 of its 8,152
+/// pods and the long-running ones alive then) keeps the debug-mode test quick;
+/// `STATOR_SIM_FULL_TRACE=1` runs the whole trace (about 90 s in a debug build).
+const OPENB_WINDOW_S: (u64, u64) = (10_000_000, 10_500_000);
+
 #[test]
 fn openb_trace_runs_both_policies() {
     let dir = repo_root().join("../shared/traces/alibaba-openb");
     let nodes = dir.join("openb_node_list_all_node.csv");
     let pods = dir.join("openb_pod_list_default.csv");
     if !nodes.exists() || !pods.exists() {
+        assert!(
+            std::env::var("STATOR_REQUIRE_ALL").as_deref() != Ok("1"),
+            "STATOR_REQUIRE_ALL=1 but the openb trace is not at {}",
+            dir.display()
+        );
         println!(
             "SKIPPED: the openb trace is not at {} (it lives in shared/, never in the repo)",
             dir.display()
         );
         return;
     }
-    // stator and k8s-default only (k8s-tuned is covered on the MMO day): each run of
-    // the whole trace is slow in a debug build.
-    let one = |policy: &str| {
-        let opts = SimOptions {
-            trace_nodes: Some(nodes.clone()),
-            trace_pods: Some(pods.clone()),
-            policy: Some(policy.into()),
-            seed: Some(1),
-            ..Default::default()
-        };
-        run(&opts).unwrap().runs.remove(0)
+    let full = std::env::var("STATOR_SIM_FULL_TRACE").as_deref() == Ok("1");
+    let trace = stator_sim::scenario::from_openb_trace(&nodes, &pods).unwrap();
+    let sc = if full {
+        trace
+    } else {
+        trace.window(OPENB_WINDOW_S.0, OPENB_WINDOW_S.1).unwrap()
     };
-    let report =
-        stator_sim::SimReport::new("alibaba-openb", 1, vec![one("stator"), one("k8s-default")]);
+    assert!(sc.tasks.len() > 1000, "{} tasks", sc.tasks.len());
+    // stator and k8s-default only (k8s-tuned is covered on the MMO day).
+    let one = |policy| stator_sim::run_policy(&sc, policy, 1, &mut |_| {});
+    let report = stator_sim::SimReport::new(
+        "alibaba-openb",
+        1,
+        vec![
+            one(stator_sim::PolicySet::Stator),
+            one(stator_sim::PolicySet::K8sDefault),
+        ],
+    );
     let json = report.to_json();
     assert!(json["policies"]["stator"]["cost_usd"].as_f64().unwrap() > 0.0);
     assert!(
@@ -139,6 +180,13 @@ fn openb_trace_runs_both_policies() {
             .as_f64()
             .unwrap()
             > 0.0
+    );
+    // GPU tasks land on GPU nodes: the breakdown has GPU-bound cost.
+    assert!(
+        json["policies"]["stator"]["cost_breakdown_usd"]["all"]["gpu_bound"]
+            .as_f64()
+            .is_some_and(|usd| usd > 0.0),
+        "{json}"
     );
     // stator's warm spare: no more tasks left unplaced than the baseline leaves. (Task
     // by task the sets can differ: a burst of a shape not seen for a day may still
@@ -156,6 +204,52 @@ fn openb_trace_runs_both_policies() {
         stator.unscheduled_tasks.len(),
         k8s.unscheduled_tasks.len()
     );
+}
+
+#[test]
+fn a_trace_window_clips_and_shifts_tasks() {
+    let sc = stator_sim::Scenario::from_toml_str(
+        r#"
+name = "w"
+duration_s = 1000
+tick_s = 10
+[[pools]]
+name = "p"
+cpu_millis = 1000
+memory_mib = 1024
+price_per_hour = 1.0
+max = 1
+zones = ["a"]
+[[tasks]]
+name = "before"
+resources = { cpu_millis = 1, memory_mib = 1, gpu_milli = 0 }
+long_running = false
+start_s = 0
+end_s = 100
+[[tasks]]
+name = "across"
+resources = { cpu_millis = 1, memory_mib = 1, gpu_milli = 0 }
+long_running = false
+start_s = 50
+end_s = 900
+[[tasks]]
+name = "inside"
+resources = { cpu_millis = 1, memory_mib = 1, gpu_milli = 0 }
+long_running = false
+start_s = 300
+end_s = 400
+"#,
+    )
+    .unwrap();
+    let w = sc.window(200, 600).unwrap();
+    assert_eq!(w.duration_s, 400);
+    let spans: Vec<(&str, u64, u64)> = w
+        .tasks
+        .iter()
+        .map(|t| (t.name.as_str(), t.start_s, t.end_s))
+        .collect();
+    assert_eq!(spans, vec![("across", 0, 400), ("inside", 100, 200)]);
+    assert!(sc.window(5, 5).is_err());
 }
 
 /// The 10,000-node day; run in release: `cargo test --release -p stator-sim -- --ignored`.
