@@ -214,7 +214,9 @@ async fn merge<B: Backend>(
         FanOut::ScriptExists(argv) => {
             let command = encode_command(&argv);
             let mut everywhere: Option<Vec<Value>> = None;
-            for reply in ask(backend, routes, &all, RequestKind::Read, &command).await? {
+            // The kv command table files all of SCRIPT as a write (LOAD and FLUSH change
+            // the cache), so EXISTS goes through the log too.
+            for reply in ask(backend, routes, &all, RequestKind::Write, &command).await? {
                 let flags = array(reply)?;
                 everywhere = Some(match everywhere {
                     None => flags,
