@@ -289,7 +289,7 @@ fn child(partitions: u64, idle: Duration, mode: &str) -> String {
 fn field(line: &str, name: &str) -> f64 {
     let at = line.find(&format!("\"{name}\":")).expect("field") + name.len() + 3;
     line[at..]
-        .split(|c: char| c == ',' || c == '}')
+        .split([',', '}'])
         .next()
         .and_then(|v| v.parse().ok())
         .expect("number")
