@@ -11,7 +11,8 @@
 //! `cargo run --release -p stator-replication --example idle_partitions -- 1000 10`
 //! (partitions, idle window in seconds) runs twice, each in a fresh child process: first
 //! with quiescence off (the baseline: every group heartbeats), then on, and prints both
-//! and their ratios. A third argument `on` or `off` runs that mode alone.
+//! and their ratios. A third argument `on` or `off` runs that mode alone; a fourth forms
+//! the groups in waves of that many partitions, each once the last has leaders.
 
 use stator_replication::host::Role;
 use stator_replication::testing::{encode_op, RegisterApp, RegisterOp, TEST_SECRET};
@@ -94,28 +95,61 @@ fn start_node(id: u64) -> Node {
 }
 
 /// Creates `partitions` groups on every node (on that node's runtime, so their tasks run
-/// there) and bootstraps each on one member, rotating, as agents do.
-async fn create_groups(nodes: &BTreeMap<u64, Node>, partitions: u64, options: GroupOptions) {
+/// there), then bootstraps each on one member, rotating, as agents do: `wave` partitions
+/// at a time, each wave once the previous one has leaders (`wave >= partitions`: all at
+/// once, as agents do today).
+async fn create_groups(
+    nodes: &BTreeMap<u64, Node>,
+    partitions: u64,
+    wave: u64,
+    options: GroupOptions,
+) {
     let members: BTreeMap<u64, String> = nodes
         .iter()
         .map(|(id, n)| (*id, n.host.addr().to_string()))
         .collect();
     let mut tasks = Vec::new();
-    for (id, node) in nodes {
-        let (host, members, id) = (node.host.clone(), members.clone(), *id);
+    for node in nodes.values() {
+        let host = node.host.clone();
         tasks.push(node.runtime.spawn(async move {
             for p in 0..partitions {
                 host.create_group(group(p), options, Box::<RegisterApp>::default())
                     .await
                     .expect("create group");
             }
-            for p in (0..partitions).filter(|p| p % HOSTS + 1 == id) {
-                host.bootstrap(group(p), &members).await.expect("bootstrap");
-            }
         }));
     }
     for task in tasks {
         task.await.expect("creating groups");
+    }
+    let wave = wave.max(1);
+    for start in (0..partitions).step_by(wave as usize) {
+        let end = (start + wave).min(partitions);
+        let mut tasks = Vec::new();
+        for (id, node) in nodes {
+            let (host, members, id) = (node.host.clone(), members.clone(), *id);
+            tasks.push(node.runtime.spawn(async move {
+                for p in (start..end).filter(|p| p % HOSTS + 1 == id) {
+                    host.bootstrap(group(p), &members).await.expect("bootstrap");
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("bootstrapping groups");
+        }
+        if end < partitions {
+            let deadline = Instant::now() + WAIT;
+            while (start..end).any(|p| {
+                !nodes.values().any(|n| {
+                    n.host
+                        .status(group(p))
+                        .is_some_and(|s| s.role == Role::Leader)
+                })
+            }) && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
 }
 
@@ -180,11 +214,12 @@ async fn run(
     mut nodes: BTreeMap<u64, Node>,
     rss_before: u64,
     partitions: u64,
+    wave: u64,
     idle: Duration,
     options: GroupOptions,
 ) -> Figures {
     let started = Instant::now();
-    create_groups(&nodes, partitions, options).await;
+    create_groups(&nodes, partitions, wave, options).await;
     let with_leader = leaders(&nodes, partitions).await.len();
     let leaders_ms = started.elapsed().as_millis();
     // Let elections, membership entries and connection set-up settle.
@@ -270,13 +305,14 @@ fn print(mode: &str, partitions: u64, f: &Figures) -> String {
 }
 
 /// Runs one mode in a child process (so memory figures start clean); its JSON line.
-fn child(partitions: u64, idle: Duration, mode: &str) -> String {
+fn child(partitions: u64, idle: Duration, mode: &str, wave: u64) -> String {
     let exe = std::env::current_exe().expect("own path");
     let out = std::process::Command::new(exe)
         .args([
             partitions.to_string(),
             idle.as_secs().to_string(),
             mode.into(),
+            wave.to_string(),
         ])
         .stderr(std::process::Stdio::inherit())
         .output()
@@ -307,9 +343,13 @@ fn main() {
     let partitions: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let idle = Duration::from_secs(args.next().and_then(|a| a.parse().ok()).unwrap_or(10));
     let mode = args.next().unwrap_or_else(|| "both".into());
+    let wave: u64 = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(partitions);
     if mode == "both" {
-        let off = child(partitions, idle, "off");
-        let on = child(partitions, idle, "on");
+        let off = child(partitions, idle, "off", wave);
+        let on = child(partitions, idle, "on", wave);
         println!("{off}\n{on}");
         println!(
             "{{\"quiet_vs_awake\":{{\"idle_cpu\":{:.3},\"rss_per_replica\":{:.3},\"all_leaders\":{:.3},\"all_written_again\":{:.3}}}}}",
@@ -335,7 +375,7 @@ fn main() {
         .expect("runtime");
     let rss_before = rss_kib();
     let nodes = (1..=HOSTS).map(|id| (id, start_node(id))).collect();
-    let figures = driver.block_on(run(nodes, rss_before, partitions, idle, options));
+    let figures = driver.block_on(run(nodes, rss_before, partitions, wave, idle, options));
     let mode = if options.quiesce { "quiet" } else { "awake" };
     println!("{}", print(mode, partitions, &figures));
 }
