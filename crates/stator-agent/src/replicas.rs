@@ -42,6 +42,17 @@ pub const BOOTSTRAP_FALLBACK: Duration = Duration::from_secs(2);
 /// `LEADERSHIP_TRANSFER_TIMEOUT`, so it is not tried on every heartbeat.
 pub const LEADER_TRANSFER_RETRY_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Groups this node has initialised that have no leader yet, at most: the rest wait for
+/// a later pass (level-triggered, so nothing is lost). Forming ~1,000 groups at once on a
+/// small machine ends in an election storm (a vote times out after the election timeout,
+/// every failed election adds load); in waves they form in seconds and go quiet (see
+/// `stator_replication::quiesce`; figures in docs/BENCHMARKS.md, idle partitions).
+pub const MAX_GROUPS_FORMING: usize = 100;
+/// A group created longer ago than this no longer counts as forming for
+/// [`MAX_GROUPS_FORMING`], whether or not it has a leader: a group that cannot elect (its
+/// peers are down) must not hold back every other.
+pub const FORMING_WINDOW: Duration = Duration::from_secs(10);
+
 /// A replica this node is a member of but cannot host: its state is gone.
 struct Forgotten {
     service: String,
@@ -362,6 +373,7 @@ impl Replicas {
     /// One reconcile pass toward `assignments`.
     pub async fn reconcile(&self, assignments: &[ReplicaAssignment]) {
         let wanted: HashSet<GroupId> = assignments.iter().map(|a| a.group).collect();
+        let mut forming = self.groups_forming();
         for a in assignments {
             let members: BTreeMap<NodeId, String> = a
                 .members
@@ -435,7 +447,10 @@ impl Replicas {
                     })
                 }
                 && self.host.status(a.group).is_none_or(|s| s.leader.is_none());
-            if must_bootstrap {
+            if must_bootstrap && forming >= MAX_GROUPS_FORMING {
+                tracing::debug!(group = %a.group, forming, "pacing: bootstrapped next pass");
+            } else if must_bootstrap {
+                forming += 1;
                 match self.host.bootstrap(a.group, &members).await {
                     Ok(()) => {
                         if let Some(k) = self
@@ -538,6 +553,22 @@ impl Replicas {
             .expect("forgotten mutex poisoned")
             .retain(|group, _| wanted.contains(group));
         self.save_memory_groups();
+    }
+
+    /// Groups this node initialised recently that have no leader yet.
+    fn groups_forming(&self) -> usize {
+        let bootstrapped: Vec<GroupId> = self
+            .known
+            .lock()
+            .expect("known mutex poisoned")
+            .iter()
+            .filter(|(_, k)| k.bootstrapped && k.created.elapsed() < FORMING_WINDOW)
+            .map(|(g, _)| *g)
+            .collect();
+        bootstrapped
+            .into_iter()
+            .filter(|g| self.host.status(*g).is_some_and(|s| s.leader.is_none()))
+            .count()
     }
 
     /// A store that fails its checksums is moved aside (kept for inspection) and the

@@ -3,6 +3,10 @@
 use crate::disk_store::{DiskLogStore, DiskStoreError, SyncPolicy};
 use crate::log_store::{MemLogStore, ReplicaLog};
 use crate::network::GroupNetwork;
+use crate::quiesce::{
+    may_quiesce, NodeLiveness, Phase, Quiescence, LIVENESS_INTERVAL, LIVENESS_PROBE_TIMEOUT,
+    NODE_SILENT_AFTER, QUIESCE_REQUEST_TIMEOUT, SWEEP_INTERVAL,
+};
 use crate::read_index::{leadership, lease_duration, LeaseCheck, ReadIndex, RoundResult};
 use crate::state_machine::ReplicaStateMachine;
 use crate::stats::LatencyWindow;
@@ -20,8 +24,9 @@ use stator_api::app::StateMachine;
 use stator_api::spec::Durability;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 
@@ -221,6 +226,9 @@ pub struct GroupOptions {
     pub durability: Durability,
     /// Longest time between fsyncs for [`Durability::Periodic`].
     pub fsync_interval_ms: u64,
+    /// Let the group go quiet when idle (see [`crate::quiesce`]); `false` keeps its
+    /// heartbeats and election timers running always (the benchmark's baseline).
+    pub quiesce: bool,
 }
 
 impl Default for GroupOptions {
@@ -232,6 +240,7 @@ impl Default for GroupOptions {
             batch_writes: true,
             durability: Durability::Memory,
             fsync_interval_ms: stator_api::spec::DEFAULT_FSYNC_INTERVAL_MS,
+            quiesce: true,
         }
     }
 }
@@ -277,6 +286,10 @@ pub struct Replica {
     raft_lease: Duration,
     /// When an AppendEntries last arrived, in µs since [`process_epoch`].
     last_append_us: AtomicU64,
+    /// Whether its timers run (see [`crate::quiesce`]).
+    quiet: Quiescence,
+    /// Its Raft core stopped and the host asked a successor to take the group over.
+    handed_over: AtomicBool,
 }
 
 impl Replica {
@@ -334,6 +347,9 @@ pub struct GroupStatus {
     pub p99_us: u64,
     /// Why the replica stopped, if it did.
     pub error: Option<String>,
+    /// Idle with its Raft timers stopped (see [`crate::quiesce`]).
+    #[serde(default)]
+    pub quiet: bool,
 }
 
 /// What one membership reconcile step did.
@@ -379,6 +395,8 @@ struct HostInner {
     data_dir: Option<PathBuf>,
     // A std RwLock: lookups are short and never await while holding it.
     groups: RwLock<HashMap<GroupId, Arc<Replica>>>,
+    // A std mutex: a table update, never held across an await.
+    liveness: Mutex<NodeLiveness>,
 }
 
 /// A process's replicas behind one listening transport.
@@ -386,6 +404,8 @@ struct HostInner {
 pub struct Host {
     inner: Arc<HostInner>,
     server: Arc<tokio::task::JoinHandle<()>>,
+    /// The quiescence sweep and the liveness pings.
+    background: Arc<[tokio::task::AbortHandle; 2]>,
 }
 
 /// Milliseconds since the Unix epoch, as stamped into log entries.
@@ -432,6 +452,7 @@ impl Host {
             transport: transport.clone(),
             data_dir: config.data_dir,
             groups: RwLock::new(HashMap::new()),
+            liveness: Mutex::new(NodeLiveness::default()),
         });
         let server = transport.serve(
             listener,
@@ -439,9 +460,14 @@ impl Host {
                 inner: inner.clone(),
             }),
         );
+        let background = [
+            tokio::spawn(sweep_loop(Arc::downgrade(&inner))).abort_handle(),
+            tokio::spawn(liveness_loop(Arc::downgrade(&inner))).abort_handle(),
+        ];
         Ok(Host {
             inner,
             server: Arc::new(server),
+            background: Arc::new(background),
         })
     }
 
@@ -551,6 +577,8 @@ impl Host {
             writes: WriteQueue::new(options.batch_writes),
             raft_lease: Duration::from_millis(raft_lease_ms),
             last_append_us: AtomicU64::new(0),
+            quiet: Quiescence::new(options.quiesce),
+            handed_over: AtomicBool::new(false),
         });
         let mut groups = self.inner.groups.write().expect("groups lock poisoned");
         // Another caller may have raced us; keep the first and drop ours.
@@ -642,6 +670,9 @@ impl Host {
     /// process exit.
     pub async fn shutdown(&self) {
         self.server.abort();
+        for task in self.background.iter() {
+            task.abort();
+        }
         for group in self.groups() {
             self.remove_group(group).await;
         }
@@ -742,6 +773,12 @@ impl Host {
             };
 
         let missing: Vec<NodeId> = wanted.difference(&known).copied().collect();
+        if missing.is_empty() && voters == wanted && known == wanted {
+            return Ok(MembershipStep::InSync);
+        }
+        // A change follows: the leader's timers must run (openraft steps a leader that
+        // removed itself down on a tick).
+        replica.quiet.wake(&replica.raft);
         if !missing.is_empty() {
             for id in &missing {
                 replica
@@ -830,6 +867,7 @@ impl Host {
         };
         // Writes wait from here on (see `serve_client`), and no lease is held: the
         // successor is elected with this replica's vote, before any lease would end.
+        replica.quiet.wake(&replica.raft);
         replica.transfer.send_replace(Some(to));
         replica.read_index.suspend(true);
         let outcome = self.hand_over(&replica, to, &addr).await;
@@ -919,6 +957,7 @@ fn status_of(r: &Replica) -> GroupStatus {
         ops_per_sec,
         p99_us,
         error: m.running_state.err().map(|e| e.to_string()),
+        quiet: r.quiet.phase() == Phase::Quiet,
     }
 }
 
@@ -940,6 +979,9 @@ async fn serve_client(inner: &HostInner, group: GroupId, request: ClientRequest)
         return ClientReply::NoGroup;
     };
     let started = std::time::Instant::now();
+    if request.kind != RequestKind::StaleRead {
+        replica.quiet.on_request(&replica.raft);
+    }
     let reply = match request.kind {
         RequestKind::Write => {
             // While leadership is handed over, writes wait for the outcome: then this
@@ -1054,7 +1096,19 @@ async fn propose(
         time_ms: now_ms(),
         writes,
     };
-    match replica.raft.client_write(command).await {
+    // A storage failure (a full disk) stops the Raft core; the batch's clients must hear
+    // that at once rather than wait out their deadlines, whatever openraft does with the
+    // pending write meanwhile.
+    let result = tokio::select! {
+        result = replica.raft.client_write(command) => result,
+        why = core_stopped(&replica.raft) => {
+            for reply in replies {
+                let _ = reply.send(ClientReply::Unavailable(why.clone()));
+            }
+            return;
+        }
+    };
+    match result {
         Ok(resp) => {
             // Committed: a quorum accepted this term's messages sent after `started`.
             let after = leadership(&replica.raft).map(|(l, _)| l);
@@ -1085,6 +1139,21 @@ async fn propose(
             for reply in replies {
                 let _ = reply.send(ClientReply::Unavailable(why.clone()));
             }
+        }
+    }
+}
+
+/// Waits until `raft`'s core has stopped; why, as the clients of a failed write see it.
+async fn core_stopped(raft: &Raft) -> String {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            return format!(
+                "the replica stopped on a storage error ({fatal}); the write was not acknowledged: free the disk or move the replica"
+            );
+        }
+        if metrics.changed().await.is_err() {
+            return "the replica stopped; the write was not acknowledged".into();
         }
     }
 }
@@ -1148,6 +1217,9 @@ impl Handler for HostHandler {
     /// A leader's host that drops its connection is usually dead (SIGKILL, crash of the
     /// process): its successor runs for election as soon as the lease allows instead of
     /// after a full election timeout. If the leader lives, its next heartbeat cancels it.
+    ///
+    /// Quiet groups hear nothing from a live leader either, so for them the host first
+    /// probes the peer (see [`probe_after_disconnect`]).
     fn peer_gone(&self, peer: &PeerInfo) {
         let me = self.inner.node_id;
         let replicas: Vec<Arc<Replica>> = self
@@ -1156,34 +1228,62 @@ impl Handler for HostHandler {
             .read()
             .expect("groups lock poisoned")
             .values()
-            .filter(|r| is_successor(r, me, peer.node_id))
+            .filter(|r| r.quiet.phase() != Phase::Quiet && is_successor(r, me, peer.node_id))
             .cloned()
             .collect();
         for replica in replicas {
             tokio::spawn(elect_after_leader_loss(replica, me, peer.node_id));
         }
+        tokio::spawn(probe_after_disconnect(
+            self.inner.clone(),
+            peer.node_id,
+            peer.listen_addr.clone(),
+        ));
     }
 
-    async fn handle(&self, _peer: &PeerInfo, request: Request) -> Response {
+    async fn handle(&self, peer: &PeerInfo, request: Request) -> Response {
         match request {
             Request::Append(group, rpc) => match self.replica(group) {
                 Some(r) => {
                     r.last_append_us
                         .store(micros_since_epoch(), Ordering::Relaxed);
-                    Response::Append(r.raft.append_entries(rpc).await)
+                    // Entries wake a quiet follower; a heartbeat does not (see
+                    // `crate::quiesce`). After the append, so its election timer restarts
+                    // from this message.
+                    let busy = !rpc.entries.is_empty();
+                    let result = r.raft.append_entries(rpc).await;
+                    if busy && result.is_ok() {
+                        r.quiet.wake(&r.raft);
+                    }
+                    Response::Append(result)
                 }
                 None => Response::NoGroup,
             },
             Request::Vote(group, rpc) => match self.replica(group) {
                 // Answered as if absent: the candidate retries after a back-off.
                 Some(r) if Instant::now() < r.votes_from => Response::NoGroup,
-                Some(r) => Response::Vote(r.raft.vote(rpc).await),
+                Some(r) => {
+                    let result = r.raft.vote(rpc).await;
+                    r.quiet.wake(&r.raft);
+                    Response::Vote(result)
+                }
                 None => Response::NoGroup,
             },
             Request::InstallSnapshot(group, rpc) => match self.replica(group) {
-                Some(r) => Response::InstallSnapshot(r.raft.install_snapshot(rpc).await),
+                Some(r) => {
+                    let result = r.raft.install_snapshot(rpc).await;
+                    r.quiet.wake(&r.raft);
+                    Response::InstallSnapshot(result)
+                }
                 None => Response::NoGroup,
             },
+            Request::Quiesce(group, term) => match self.replica(group) {
+                Some(r) => Response::Quiesce(
+                    follows(&r, peer.node_id, term) && r.quiet.quiet_follower(&r.raft),
+                ),
+                None => Response::NoGroup,
+            },
+            Request::Ping => Response::Pong,
             Request::Client(group, req) => {
                 Response::Client(serve_client(&self.inner, group, req).await)
             }
@@ -1199,6 +1299,7 @@ impl Handler for HostHandler {
             ),
             Request::Elect(group) => match self.replica(group) {
                 Some(r) => {
+                    r.quiet.wake(&r.raft);
                     Response::Elect(r.raft.trigger().elect().await.map_err(|e| e.to_string()))
                 }
                 None => Response::NoGroup,
@@ -1233,6 +1334,7 @@ async fn elect_after_leader_loss(replica: Arc<Replica>, me: NodeId, leader: Node
         && is_successor(&replica, me, leader)
     {
         tracing::info!(group = %replica.group, leader, "leader's host went away: running for election");
+        replica.quiet.wake(&replica.raft);
         let _ = replica.raft.trigger().elect().await;
     }
 }
@@ -1244,3 +1346,220 @@ pub fn replica_dir(data_dir: &std::path::Path, group: GroupId) -> PathBuf {
 
 /// How long a host waits for a peer's answer to a client call it forwards.
 pub const CLIENT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether `r` follows `leader` in `term` (a follower or learner that knows it as leader).
+fn follows(r: &Replica, leader: NodeId, term: u64) -> bool {
+    let m = r.raft.metrics();
+    let m = m.borrow();
+    matches!(m.state, ServerState::Follower | ServerState::Learner)
+        && m.current_term == term
+        && m.current_leader == Some(leader)
+}
+
+/// Every replica hosted, as a snapshot (the lock is not held while they are looked at).
+fn hosted(inner: &HostInner) -> Vec<Arc<Replica>> {
+    inner
+        .groups
+        .read()
+        .expect("groups lock poisoned")
+        .values()
+        .cloned()
+        .collect()
+}
+
+/// Every [`SWEEP_INTERVAL`]: quiets idle groups led here, hands over groups whose leader
+/// replica stopped, and refreshes the peers to ping. Ends when the host is dropped.
+async fn sweep_loop(inner: Weak<HostInner>) {
+    let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        sweep(&inner);
+    }
+}
+
+fn sweep(inner: &Arc<HostInner>) {
+    let now = Instant::now();
+    let me = inner.node_id;
+    let mut peers = HashMap::new();
+    for replica in hosted(inner) {
+        let m = replica.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        for (id, node) in membership.nodes() {
+            if *id != me {
+                peers.insert(*id, node.addr.clone());
+            }
+        }
+        if m.running_state.is_err() {
+            hand_over_stopped(inner, &replica, &m);
+            continue;
+        }
+        if replica.transfer.borrow().is_none()
+            && may_quiesce(&m)
+            && replica.quiet.begin_quiescing(now)
+        {
+            let members: Vec<String> = membership
+                .nodes()
+                .filter(|(id, _)| **id != me)
+                .map(|(_, node)| node.addr.clone())
+                .collect();
+            tokio::spawn(quiesce_group(
+                inner.clone(),
+                replica.clone(),
+                m.current_term,
+                members,
+            ));
+        }
+    }
+    inner
+        .liveness
+        .lock()
+        .expect("liveness mutex poisoned")
+        .set_peers(peers, now);
+}
+
+/// Asks every other member of a group this host leads in `term` to go quiet; the leader
+/// goes quiet too if all agree and no request came meanwhile.
+async fn quiesce_group(
+    inner: Arc<HostInner>,
+    replica: Arc<Replica>,
+    term: u64,
+    members: Vec<String>,
+) {
+    let asks = members.iter().map(|addr| {
+        inner.transport.call(
+            addr,
+            Request::Quiesce(replica.group, term),
+            QUIESCE_REQUEST_TIMEOUT,
+        )
+    });
+    let agreed = futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .all(|answer| matches!(answer, Ok(Response::Quiesce(true))));
+    let still_leads = leadership(&replica.raft).is_some_and(|(l, _)| l.term == term);
+    if replica
+        .quiet
+        .finish_quiescing(&replica.raft, agreed && still_leads)
+    {
+        tracing::debug!(group = %replica.group, term, "idle: quiet");
+    }
+}
+
+/// A replica whose Raft core stopped (its app or its store failed) while its host lives:
+/// if it led, its followers may be quiet and would never notice, so the lowest other
+/// voter is asked once to run for election.
+fn hand_over_stopped(
+    inner: &Arc<HostInner>,
+    replica: &Arc<Replica>,
+    m: &openraft::RaftMetrics<NodeId, BasicNode>,
+) {
+    if m.current_leader != Some(inner.node_id) || replica.handed_over.swap(true, Ordering::Relaxed)
+    {
+        return;
+    }
+    let membership = m.membership_config.membership();
+    let Some((to, addr)) = membership
+        .voter_ids()
+        .filter(|id| *id != inner.node_id)
+        .min()
+        .and_then(|id| membership.get_node(&id).map(|n| (id, n.addr.clone())))
+    else {
+        return;
+    };
+    tracing::warn!(group = %replica.group, to, "this leader replica stopped: asking a follower to take over");
+    let (transport, group) = (inner.transport.clone(), replica.group);
+    tokio::spawn(async move {
+        let _ = transport
+            .call(&addr, Request::Elect(group), QUIESCE_REQUEST_TIMEOUT)
+            .await;
+    });
+}
+
+/// Every [`LIVENESS_INTERVAL`]: pings each peer node, and acts on peers that fell silent.
+async fn liveness_loop(inner: Weak<HostInner>) {
+    let mut ticker = tokio::time::interval(LIVENESS_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let (targets, silent) = {
+            let mut liveness = inner.liveness.lock().expect("liveness mutex poisoned");
+            (liveness.targets(), liveness.newly_silent(Instant::now()))
+        };
+        for (node, addr) in targets {
+            tokio::spawn(ping(inner.clone(), node, addr));
+        }
+        for node in silent {
+            tracing::info!(node, "peer node silent: its quiet groups elect new leaders");
+            node_lost(&inner, node);
+        }
+    }
+}
+
+/// One liveness ping; an answer marks the peer alive.
+async fn ping(inner: Arc<HostInner>, node: NodeId, addr: String) -> bool {
+    let alive = matches!(
+        inner
+            .transport
+            .call(&addr, Request::Ping, NODE_SILENT_AFTER)
+            .await,
+        Ok(Response::Pong)
+    );
+    if alive {
+        inner
+            .liveness
+            .lock()
+            .expect("liveness mutex poisoned")
+            .heard(node, Instant::now());
+    }
+    alive
+}
+
+/// A peer's connection to this host closed: if a probe finds nobody answering at its
+/// address (a killed process's port refuses at once), its quiet groups elect new leaders
+/// now instead of after [`NODE_SILENT_AFTER`].
+async fn probe_after_disconnect(inner: Arc<HostInner>, node: NodeId, addr: String) {
+    let alive = tokio::time::timeout(LIVENESS_PROBE_TIMEOUT, ping(inner.clone(), node, addr))
+        .await
+        .unwrap_or(false);
+    let newly_lost = !alive
+        && inner
+            .liveness
+            .lock()
+            .expect("liveness mutex poisoned")
+            .mark_lost(node);
+    if newly_lost {
+        tracing::info!(node, "peer node gone: its quiet groups elect new leaders");
+        node_lost(&inner, node);
+    }
+}
+
+/// `lost` is gone: every quiet group it led here wakes. Its successor runs for election
+/// once openraft's leader lease allows (at once, for a group quiet that long); the other
+/// followers wake one lease later unless its vote request woke them first.
+fn node_lost(inner: &Arc<HostInner>, lost: NodeId) {
+    let me = inner.node_id;
+    for replica in hosted(inner) {
+        if replica.quiet.phase() != Phase::Quiet
+            || replica.raft.metrics().borrow().current_leader != Some(lost)
+        {
+            continue;
+        }
+        if is_successor(&replica, me, lost) {
+            tokio::spawn(elect_after_leader_loss(replica, me, lost));
+        } else {
+            tokio::spawn(async move {
+                tokio::time::sleep(replica.raft_lease).await;
+                if replica.quiet.phase() == Phase::Quiet {
+                    replica.quiet.wake(&replica.raft);
+                }
+            });
+        }
+    }
+}

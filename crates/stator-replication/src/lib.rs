@@ -15,6 +15,9 @@
 //! - [`host`]: many replicas in one process; membership reconcile steps; leadership
 //!   transfer; client serving, with the writes waiting at a leader proposed as one entry;
 //!   a fast election when a leader's host drops its connections.
+//! - [`quiesce`]: quiet idle groups: no heartbeats or election timers once idle, one
+//!   liveness ping per peer node instead; woken by a request or a busy Raft message, and
+//!   a lost node's quiet groups elect new leaders at once.
 //! - [`read_index`]: linearizable reads under a leader lease, or batched behind one
 //!   leadership confirmation when the lease is unsure.
 //! - [`client`]: calling a group from outside, following leader hints, with retries;
@@ -28,6 +31,7 @@ pub mod disk_store;
 pub mod host;
 pub mod log_store;
 pub mod network;
+pub mod quiesce;
 pub mod read_index;
 pub mod session;
 pub mod state_machine;

@@ -51,8 +51,8 @@ pub const READ_BUFFER_BYTES: usize = 64 << 10;
 /// Bytes a frame's buffer first grows to before more of the frame has arrived.
 const FIRST_READ_BYTES: usize = 64 << 10;
 /// Bumped on any incompatible change of [`Message`] (2: batched log entries and client
-/// calls).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// calls; 3: quiet groups and liveness pings).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Transport failures; openraft treats them as "unreachable" and retries with back-off.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -102,6 +102,11 @@ pub enum Request {
     /// Client calls that waited for the same host at the same moment, in one frame (see
     /// [`crate::client`]); served together, answered in order.
     ClientBatch(Vec<(GroupId, ClientRequest)>),
+    /// The leader of a group in this term asks its replica here to go quiet (see
+    /// [`crate::quiesce`]).
+    Quiesce(GroupId, u64),
+    /// A host's liveness signal to a peer host, one per interval for all groups.
+    Ping,
 }
 
 /// Answers to [`Request`]s.
@@ -121,6 +126,10 @@ pub enum Response {
     Elect(Result<(), String>),
     /// To [`Request::ClientBatch`]: one reply per call, in order.
     ClientBatch(Vec<ClientReply>),
+    /// To [`Request::Quiesce`]: whether the replica went quiet.
+    Quiesce(bool),
+    /// To [`Request::Ping`].
+    Pong,
     /// The host has no replica of that group (yet, or any more).
     NoGroup,
 }
