@@ -553,7 +553,10 @@ async fn blocking_pops_wait_for_a_push_or_their_timeout() {
         .send(&["BLMPOP", "0", "2", "{q}a", "{q}b", "LEFT"])
         .await;
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert_eq!(pusher.call(&["RPUSH", "{q}b", "x"]).await, Value::Integer(1));
+    assert_eq!(
+        pusher.call(&["RPUSH", "{q}b", "x"]).await,
+        Value::Integer(1)
+    );
     let popped = tokio::time::timeout(WAIT, waiter.read()).await.unwrap();
     assert_eq!(
         popped,

@@ -499,7 +499,12 @@ mod tests {
     #[tokio::test]
     async fn events_are_named_as_redis_names_them() {
         let sink = Arc::new(Collect::default());
-        let mut kv = NotifyingKv::new(KvMachine::new(), "kv".into(), GroupId::new(1, 0), sink.clone());
+        let mut kv = NotifyingKv::new(
+            KvMachine::new(),
+            "kv".into(),
+            GroupId::new(1, 0),
+            sink.clone(),
+        );
         run(&mut kv, 1, 1_000, &["SET", "a", "1"]).await;
         run(&mut kv, 2, 1_000, &["SET", "a", "2", "EX", "100"]).await;
         run(&mut kv, 3, 1_000, &["HSET", "h", "f", "v"]).await;
