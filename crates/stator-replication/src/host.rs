@@ -908,7 +908,7 @@ impl Host {
         match self
             .inner
             .transport
-            .call(addr, Request::Elect(replica.group), remaining)
+            .call_node(addr, to, Request::Elect(replica.group), remaining)
             .await
         {
             Ok(Response::Elect(Ok(()))) => {}
@@ -1474,7 +1474,7 @@ fn hand_over_stopped(
     let (transport, group) = (inner.transport.clone(), replica.group);
     tokio::spawn(async move {
         let _ = transport
-            .call(&addr, Request::Elect(group), QUIESCE_REQUEST_TIMEOUT)
+            .call_node(&addr, to, Request::Elect(group), QUIESCE_REQUEST_TIMEOUT)
             .await;
     });
 }

@@ -91,8 +91,9 @@ impl RaftNetwork<TypeConfig> for GroupPeer {
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
         let resp = self
             .transport
-            .call(
+            .call_node(
                 &self.addr,
+                self.target,
                 Request::Append(self.group, rpc),
                 option.hard_ttl(),
             )
@@ -114,8 +115,9 @@ impl RaftNetwork<TypeConfig> for GroupPeer {
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
         let resp = self
             .transport
-            .call(
+            .call_node(
                 &self.addr,
+                self.target,
                 Request::InstallSnapshot(self.group, rpc),
                 option.hard_ttl(),
             )
@@ -137,8 +139,9 @@ impl RaftNetwork<TypeConfig> for GroupPeer {
     ) -> RpcResult<VoteResponse<NodeId>> {
         let resp = self
             .transport
-            .call(
+            .call_node(
                 &self.addr,
+                self.target,
                 Request::Vote(self.group, rpc),
                 option.hard_ttl(),
             )

@@ -340,6 +340,8 @@ async fn writer_task<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Vec
 }
 
 struct Conn {
+    /// The node id the host at the other end proved in the handshake.
+    peer_node: NodeId,
     tx: mpsc::Sender<Vec<u8>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
     next_id: AtomicU64,
@@ -383,6 +385,31 @@ impl Transport {
         request: Request,
         timeout: Duration,
     ) -> Result<Response, TransportError> {
+        self.call_checked(addr, None, request, timeout).await
+    }
+
+    /// [`Transport::call`] to node `node` at `addr`: refused as unreachable when another
+    /// node answers there. A node that died and was replaced by a new node on the same
+    /// address (an agent restarted on its port gets a new id) must not receive Raft
+    /// messages meant for the old one: it would answer for a member it is not (counted
+    /// twice towards a quorum) or, as a leader, receive its own appends.
+    pub async fn call_node(
+        &self,
+        addr: &str,
+        node: NodeId,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, TransportError> {
+        self.call_checked(addr, Some(node), request, timeout).await
+    }
+
+    async fn call_checked(
+        &self,
+        addr: &str,
+        node: Option<NodeId>,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, TransportError> {
         if let Some(filter) = &self.config.filter {
             match filter.check(&self.config.listen_addr, addr) {
                 LinkAction::Deliver => {}
@@ -397,6 +424,15 @@ impl Transport {
             }
         }
         let conn = self.connection(addr).await?;
+        if let Some(node) = node.filter(|&node| node != conn.peer_node) {
+            return Err(TransportError::Unreachable {
+                addr: addr.into(),
+                reason: format!(
+                    "node {node} no longer listens there: node {} does",
+                    conn.peer_node
+                ),
+            });
+        }
         let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = encode(&Message::Request { id, body: request });
         if frame.len() - 4 > MAX_FRAME_BYTES {
@@ -521,15 +557,15 @@ impl Transport {
         match &self.config.tls {
             None => {
                 let mut stream = stream;
-                handshake(&mut stream, &self.config, true).await?;
+                let peer = handshake(&mut stream, &self.config, true).await?;
                 let (r, w) = stream.into_split();
-                Ok(start_dialled(r, w))
+                Ok(start_dialled(r, w, peer.node_id))
             }
             Some(tls) => {
                 let mut stream = tls.connect(addr, stream).await?;
-                handshake(&mut stream, &self.config, true).await?;
+                let peer = handshake(&mut stream, &self.config, true).await?;
                 let (r, w) = tokio::io::split(stream);
-                Ok(start_dialled(r, w))
+                Ok(start_dialled(r, w, peer.node_id))
             }
         }
     }
@@ -661,7 +697,7 @@ pub fn fuzz_read_frames(mut bytes: &[u8]) -> (Vec<Vec<u8>>, usize) {
 }
 
 /// Starts the writer and the reply reader of a connection we dialled and authenticated.
-fn start_dialled<R, W>(r: R, w: W) -> Arc<Conn>
+fn start_dialled<R, W>(r: R, w: W, peer_node: NodeId) -> Arc<Conn>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -669,6 +705,7 @@ where
     let (tx, rx) = mpsc::channel(MAX_QUEUED_FRAMES);
     let writer = tokio::spawn(writer_task(w, rx)).abort_handle();
     let conn = Arc::new(Conn {
+        peer_node,
         writer,
         tx,
         pending: Mutex::new(HashMap::new()),
@@ -780,6 +817,30 @@ mod tests {
             }
         }
         assert_eq!(client.peers.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_call_to_a_node_answered_by_another_node_is_refused() {
+        // The server proves node id 1 (see `config`): a node restarted on the address of a
+        // dead one must not receive what was meant for the dead one.
+        let addr = server("s3cret").await;
+        let client = Transport::new(config("s3cret", ""));
+        let timeout = Duration::from_secs(5);
+        let err = client
+            .call_node(&addr, 7, client_request(b"x"), timeout)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, TransportError::Unreachable { reason, .. } if reason.contains("node 7 no longer listens there")),
+            "{err}"
+        );
+        match client
+            .call_node(&addr, 1, client_request(b"y"), timeout)
+            .await
+        {
+            Ok(Response::Client(ClientReply::Ok(p))) => assert_eq!(p, b"y"),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[tokio::test]
