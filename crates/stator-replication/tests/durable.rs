@@ -3,12 +3,12 @@
 //! corrupted record is refused at open and the replica is rebuilt from its peers, and a
 //! full disk fails writes instead of acknowledging them.
 
+mod common;
+
 use redb::ReadableTable;
 use stator_api::spec::Durability;
 use stator_replication::disk_store::{quarantine, DiskStoreError};
-use stator_replication::testing::{
-    decode_reply, encode_op, Cluster, RegisterFactory, RegisterOp, TEST_SECRET,
-};
+use stator_replication::testing::{encode_op, Cluster, RegisterFactory, RegisterOp, TEST_SECRET};
 use stator_replication::{
     ClientError, GroupId, GroupOptions, HostError, ReplicaClient, RequestKind,
 };
@@ -33,34 +33,11 @@ fn addrs(cluster: &Cluster) -> Vec<String> {
 }
 
 async fn set(client: &ReplicaClient, members: &[String], key: &str, value: &str) {
-    let mut leader = None;
-    client
-        .execute(
-            GROUP,
-            members,
-            &mut leader,
-            RequestKind::Write,
-            encode_op(&RegisterOp::Set(key.into(), value.into())),
-            DEADLINE,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("set {key}: {e}"));
+    common::set_register(client, GROUP, members, key, value, DEADLINE).await
 }
 
 async fn get(client: &ReplicaClient, members: &[String], key: &str) -> Option<String> {
-    let mut leader = None;
-    let reply = client
-        .execute(
-            GROUP,
-            members,
-            &mut leader,
-            RequestKind::Read,
-            encode_op(&RegisterOp::Get(key.into())),
-            DEADLINE,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("get {key}: {e}"));
-    decode_reply(&reply)
+    common::get_register(client, GROUP, members, key, DEADLINE).await
 }
 
 async fn restart_all(cluster: &mut Cluster, options: GroupOptions) {

@@ -2,10 +2,10 @@
 //! wakes on a request, and still elects a new leader when its leader's node is lost.
 //! Every wait is bounded by the harness's generous `WAIT`; nothing asserts a timing.
 
-use stator_replication::testing::{
-    decode_reply, encode_op, Cluster, RegisterFactory, RegisterOp, TEST_SECRET, WAIT,
-};
-use stator_replication::{GroupId, GroupOptions, ReplicaClient, RequestKind};
+mod common;
+
+use stator_replication::testing::{Cluster, RegisterFactory, TEST_SECRET, WAIT};
+use stator_replication::{GroupId, GroupOptions, ReplicaClient};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,34 +46,11 @@ async fn all_quiet(cluster: &Cluster) {
 }
 
 async fn set(client: &ReplicaClient, members: &[String], key: &str, value: &str) {
-    let mut leader = None;
-    client
-        .execute(
-            GROUP,
-            members,
-            &mut leader,
-            RequestKind::Write,
-            encode_op(&RegisterOp::Set(key.into(), value.into())),
-            WAIT,
-        )
-        .await
-        .expect("write");
+    common::set_register(client, GROUP, members, key, value, WAIT).await
 }
 
 async fn get(client: &ReplicaClient, members: &[String], key: &str) -> Option<String> {
-    let mut leader = None;
-    let reply = client
-        .execute(
-            GROUP,
-            members,
-            &mut leader,
-            RequestKind::Read,
-            encode_op(&RegisterOp::Get(key.into())),
-            WAIT,
-        )
-        .await
-        .expect("read");
-    decode_reply(&reply)
+    common::get_register(client, GROUP, members, key, WAIT).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

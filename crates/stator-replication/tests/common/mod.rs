@@ -129,3 +129,51 @@ pub async fn assert_history_ok(recorder: &Recorder, group: GroupId, members: &Me
         .filter(|e| e.status == stator_check::Status::Ok)
         .count()
 }
+
+/// Writes `key = value` in `group` through any of `members`; panics naming the key when
+/// it is not acknowledged within `deadline`.
+pub async fn set_register(
+    client: &ReplicaClient,
+    group: GroupId,
+    members: &[String],
+    key: &str,
+    value: &str,
+    deadline: Duration,
+) {
+    let mut leader = None;
+    client
+        .execute(
+            group,
+            members,
+            &mut leader,
+            RequestKind::Write,
+            encode_op(&RegisterOp::Set(key.into(), value.into())),
+            deadline,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("set {key}: {e}"));
+}
+
+/// Reads `key` in `group` (linearizably) through any of `members`; panics naming the key
+/// when it gets no answer within `deadline`.
+pub async fn get_register(
+    client: &ReplicaClient,
+    group: GroupId,
+    members: &[String],
+    key: &str,
+    deadline: Duration,
+) -> Option<String> {
+    let mut leader = None;
+    let reply = client
+        .execute(
+            group,
+            members,
+            &mut leader,
+            RequestKind::Read,
+            encode_op(&RegisterOp::Get(key.into())),
+            deadline,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("get {key}: {e}"));
+    decode_reply(&reply)
+}
