@@ -11,24 +11,13 @@
 mod common;
 
 use common::{
-    busiest_leader, free_port, have, kv_spec, sigkill, wait_for, wait_resp_ready, Cluster, WAIT,
+    busiest_leader, free_port, have, kv_spec, run, sigkill, wait_for, wait_resp_ready, Cluster,
+    WAIT,
 };
 use serde_json::Value;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-/// Runs `program args`, returning (success, stdout + stderr).
-fn run(program: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
 
 fn redis_cli(port: u16, args: &[&str]) -> String {
     let port = port.to_string();

@@ -8,24 +8,11 @@
 
 mod common;
 
-use common::{free_port, have, wait_for, Cluster, WAIT};
+use common::{free_port, have, run, wait_for, Cluster, WAIT};
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 const PASSWORD: &str = "cluster-secret";
-
-/// Runs `program args`, returning (success, stdout + stderr).
-fn run(program: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
 
 /// `redis-cli -p port <args>`, the reply text trimmed.
 fn redis_cli(port: u16, args: &[&str]) -> String {

@@ -7,25 +7,8 @@
 
 mod common;
 
-use common::{free_port, have, require_all, wait_for, Cluster, Reply, Resp, WAIT};
+use common::{free_port, have, require_all, run, wait_for, Cluster, Reply, Resp, WAIT};
 use std::io::Write;
-use std::process::{Command, Stdio};
-
-/// Runs `program args`, returning (success, stdout + stderr).
-fn run(program: &str, args: &[&str]) -> (bool, String) {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
 
 fn redis_cli(port: u16, args: &[&str]) -> String {
     let port = port.to_string();
