@@ -5,7 +5,7 @@
 //! 1. **Repair**: a partition with fewer members than `min_replicas` (a node was lost)
 //!    gets replacements, on distinct nodes and fresh zones.
 //! 2. **Vertical**: every replica's CPU request follows the measured demand (or, with
-//!    `AutoscalerConfig::forecast`, the forecast's upper bound) divided by the target
+//!    `PartitionScalerConfig::forecast`, the forecast's upper bound) divided by the target
 //!    utilisation, in `cpu_step_millis` steps. Up at once; down only to the
 //!    highest recommendation of the last `scale_down_window_s` (stabilisation).
 //! 3. **Horizontal**: a raise that does not fit on the replica's node moves the replica
@@ -49,9 +49,11 @@ pub struct PartitionDemand {
     pub spread: SpreadDomain,
 }
 
-/// Tunables.
+/// Tunables of the partition scaler: stator's QoS-first autoscaler of this module,
+/// which sizes each partition's members (not Kubernetes' Cluster Autoscaler, modelled
+/// in `crate::baseline`, nor a service spec's `autoscale` section in `stator-api`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AutoscalerConfig {
+pub struct PartitionScalerConfig {
     /// Utilisation (used / requested) each replica is sized for; derived from the
     /// latency target: below it the queueing delay keeps p99 within the SLO.
     pub target_utilization: f64,
@@ -75,9 +77,9 @@ pub struct AutoscalerConfig {
     pub forecast: Option<ForecastConfig>,
 }
 
-impl Default for AutoscalerConfig {
+impl Default for PartitionScalerConfig {
     fn default() -> Self {
-        AutoscalerConfig {
+        PartitionScalerConfig {
             target_utilization: 0.7,
             cpu_step_millis: 50,
             min_cpu_millis: 50,
@@ -90,14 +92,14 @@ impl Default for AutoscalerConfig {
     }
 }
 
-/// What the autoscaler remembers between rounds: recent recommendations per partition.
+/// What the partition scaler remembers between rounds: recent recommendations per partition.
 #[derive(Debug, Clone, Default)]
-pub struct AutoscalerState {
+pub struct PartitionScalerState {
     recommendations: HashMap<(String, u32), VecDeque<(u64, u64)>>,
     forecaster: Forecaster,
 }
 
-impl AutoscalerState {
+impl PartitionScalerState {
     /// Records a recommendation and returns the stabilised one: the maximum over the
     /// scale-down window (so requests rise at once but fall only after the window).
     fn stabilise(&mut self, key: (String, u32), now_s: u64, rec: u64, window_s: u64) -> u64 {
@@ -120,8 +122,8 @@ pub fn autoscale(
     demands: &[PartitionDemand],
     pools: &[PoolSpec],
     booting: &[BootingNode],
-    state: &mut AutoscalerState,
-    cfg: &AutoscalerConfig,
+    state: &mut PartitionScalerState,
+    cfg: &PartitionScalerConfig,
     now_s: u64,
 ) -> Vec<Action> {
     let mut round = Round::default();
@@ -154,8 +156,8 @@ struct Round {
 /// the window's highest recommendation on the way down.
 fn desired_request(
     d: &PartitionDemand,
-    state: &mut AutoscalerState,
-    cfg: &AutoscalerConfig,
+    state: &mut PartitionScalerState,
+    cfg: &PartitionScalerConfig,
     now_s: u64,
 ) -> u64 {
     let sizing_used = match &cfg.forecast {
@@ -226,7 +228,7 @@ fn resize_or_move_members(
     view: &mut ClusterView,
     d: &PartitionDemand,
     desired: u64,
-    cfg: &AutoscalerConfig,
+    cfg: &PartitionScalerConfig,
     round: &mut Round,
 ) {
     for slot in view.partition_members(&d.service, d.partition).to_vec() {
@@ -825,8 +827,8 @@ mod tests {
     #[test]
     fn repairs_then_resizes_in_place() {
         let mut view = three_zone_view(4000);
-        let mut st = AutoscalerState::default();
-        let cfg = AutoscalerConfig::default();
+        let mut st = PartitionScalerState::default();
+        let cfg = PartitionScalerConfig::default();
         let acts = autoscale(&mut view, &[demand(0, 700)], &[], &[], &mut st, &cfg, 0);
         // 700 / 0.7 = 1000m on each of 3 zones.
         assert_eq!(
@@ -866,8 +868,8 @@ mod tests {
     #[test]
     fn adds_cheapest_fitting_pool_node_in_a_free_zone() {
         let mut view = three_zone_view(2000);
-        let mut st = AutoscalerState::default();
-        let cfg = AutoscalerConfig::default();
+        let mut st = PartitionScalerState::default();
+        let cfg = PartitionScalerConfig::default();
         autoscale(&mut view, &[demand(0, 700)], &[], &[], &mut st, &cfg, 0);
         // Needs 3000m: nothing fits; pools: big is cheaper per unit.
         let pools = vec![
@@ -938,8 +940,8 @@ mod tests {
             ],
             vec![],
         );
-        let mut st = AutoscalerState::default();
-        let cfg = AutoscalerConfig {
+        let mut st = PartitionScalerState::default();
+        let cfg = PartitionScalerConfig {
             max_migrations: 10,
             ..Default::default()
         };

@@ -36,8 +36,8 @@ pub mod view;
 
 pub use actions::Action;
 pub use autoscaler::{
-    autoscale, plan_new_nodes, AutoscalerConfig, AutoscalerState, PartitionDemand, PoolChoice,
-    UnmetNeed,
+    autoscale, plan_new_nodes, PartitionDemand, PartitionScalerConfig, PartitionScalerState,
+    PoolChoice, UnmetNeed,
 };
 pub use consolidator::{
     consolidate, consolidate_with_headroom, plan_merges, ConsolidatorConfig, ConsolidatorState,

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use stator_planning::autoscaler::plan_new_nodes_with_fit;
 use stator_planning::{
-    autoscale, consolidate, place_partition, Action, AutoscalerConfig, AutoscalerState,
-    BootingNode, ClusterView, ConsolidatorConfig, ConsolidatorState, Node, PartitionDemand,
+    autoscale, consolidate, place_partition, Action, BootingNode, ClusterView, ConsolidatorConfig,
+    ConsolidatorState, Node, PartitionDemand, PartitionScalerConfig, PartitionScalerState,
     PlacementRequest, Policy, PoolChoice, PoolSpec, Replica, Resources, SpreadDomain, UnmetNeed,
     WorkloadKind,
 };
@@ -124,9 +124,9 @@ proptest! {
                 }
             }
         }
-        let mut ast = AutoscalerState::default();
+        let mut ast = PartitionScalerState::default();
         let mut cst = ConsolidatorState::default();
-        let acfg = AutoscalerConfig::default();
+        let acfg = PartitionScalerConfig::default();
         let ccfg = ConsolidatorConfig { empty_for_s: 0, ..Default::default() };
         for (t, usage) in rounds.into_iter().enumerate() {
             let now = t as u64 * 400;

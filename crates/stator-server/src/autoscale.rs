@@ -25,8 +25,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use stator_api::ids::NodeId;
 use stator_api::spec::{NodePoolSpec, ServiceKind, SpreadOver};
 use stator_planning::{
-    autoscale, consolidate, Action as PlanAction, AutoscalerConfig, AutoscalerState, BootingNode,
-    ConsolidatorConfig, ConsolidatorState, PartitionDemand, PoolSpec, Resources, SpreadDomain,
+    autoscale, consolidate, Action as PlanAction, BootingNode, ConsolidatorConfig,
+    ConsolidatorState, PartitionDemand, PartitionScalerConfig, PartitionScalerState, PoolSpec,
+    Resources, SpreadDomain,
 };
 
 use crate::model::{Cluster, NodeState};
@@ -111,7 +112,7 @@ pub struct Booting {
 /// windows start over, which only delays a scale-down).
 #[derive(Debug, Clone, Default)]
 pub struct AutoscaleState {
-    autoscaler: AutoscalerState,
+    autoscaler: PartitionScalerState,
     consolidator: ConsolidatorState,
     /// Nodes asked for and not registered yet.
     pub booting: Vec<Booting>,
@@ -228,14 +229,14 @@ fn scale_services(
         if demands.is_empty() {
             continue;
         }
-        let autoscaler_config = AutoscalerConfig {
+        let autoscaler_config = PartitionScalerConfig {
             target_utilization: target_utilization(
                 service.spec().qos.and_then(|q| q.p99_latency_ms),
                 config.cpu_micros_per_op,
             ),
             scale_down_window_s: config.scale_down_window_s,
             max_migrations: work.moves_left,
-            ..AutoscalerConfig::default()
+            ..PartitionScalerConfig::default()
         };
         let planned = autoscale(
             &mut view,

@@ -12,21 +12,22 @@ use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 
+mod policies;
+
 use crate::breakdown::{split_node, CostBreakdown, NodeFacts, PhaseClock};
 use crate::scenario::Scenario;
+use policies::{policies_of, Policies};
 use stator_planning::baseline::{
-    cluster_autoscaler_scale_down, hpa_replica_calculator, vpa_recommendation,
-    ClusterAutoscalerState, HpaState, ScaleDownConfig, CA_SCAN_INTERVAL_S, EVICTION_TOLERATION_S,
-    HPA_SYNC_S, NODE_MONITOR_GRACE_S,
+    cluster_autoscaler_scale_down, hpa_replica_calculator, ClusterAutoscalerState, HpaState,
+    ScaleDownConfig, CA_SCAN_INTERVAL_S, EVICTION_TOLERATION_S,
 };
 use stator_planning::consolidator::{pack_first_fit, slots};
 use stator_planning::pools::pool_counts;
 use stator_planning::{
-    autoscale, consolidate_with_headroom, place_partition, plan_merges, plan_new_nodes, Action,
-    AutoscalerConfig, AutoscalerState, BootingNode, ClusterView, ConsolidatorConfig,
-    ConsolidatorState, ForecastConfig, LabelRequirement, Merge, Node, NodeId, PartitionDemand,
-    PlacementRequest, Policy, PoolChoice, PoolSpec, Replica, ReplicaSlot, Resources, SpreadDomain,
-    UnmetNeed,
+    autoscale, place_partition, plan_merges, plan_new_nodes, Action, BootingNode, ClusterView,
+    ConsolidatorConfig, ConsolidatorState, ForecastConfig, LabelRequirement, Merge, Node, NodeId,
+    PartitionDemand, PartitionScalerConfig, PartitionScalerState, PlacementRequest, PoolChoice,
+    PoolSpec, Replica, ReplicaSlot, Resources, SpreadDomain, UnmetNeed,
 };
 
 /// Which policy set drives the cluster.
@@ -222,7 +223,8 @@ struct MergeUnderWay {
 
 struct Sim<'a> {
     sc: &'a Scenario,
-    policy: PolicySet,
+    /// What the policy set decides (`policies`).
+    policies: &'static dyn Policies,
     rng: ChaCha8Rng,
     view: ClusterView,
     pools: Vec<PoolSpec>,
@@ -256,8 +258,8 @@ struct Sim<'a> {
     /// (start, shape) of the tasks started in the last [`HEADROOM_WINDOW_S`].
     recent_shapes: VecDeque<(u64, Resources)>,
     // Policy memory.
-    a_state: AutoscalerState,
-    a_cfg: Vec<AutoscalerConfig>,
+    a_state: PartitionScalerState,
+    a_cfg: Vec<PartitionScalerConfig>,
     c_state: ConsolidatorState,
     c_cfg: ConsolidatorConfig,
     hpa: HpaState,
@@ -290,6 +292,8 @@ pub fn run_policy(
     progress: &mut dyn FnMut(u64),
 ) -> RunResult {
     let mut sim = Sim::new(sc, policy, seed);
+    let policies = sim.policies;
+    policies.prepare(&mut sim);
     sim.bootstrap();
     sim.run(progress);
     sim.finish()
@@ -371,7 +375,7 @@ impl<'a> Sim<'a> {
         let a_cfg = sc
             .services
             .iter()
-            .map(|svc| AutoscalerConfig {
+            .map(|svc| PartitionScalerConfig {
                 // The forecast's margin covers growth and noise, so the target sits
                 // closer to the SLO's limit than the baselines' HPA target.
                 target_utilization: (rho_slo(svc) - STATOR_TARGET_MARGIN).clamp(0.3, 0.9),
@@ -380,9 +384,9 @@ impl<'a> Sim<'a> {
                     horizon_s,
                     ..ForecastConfig::default()
                 }),
-                ..AutoscalerConfig::default()
+                ..PartitionScalerConfig::default()
             })
-            .collect::<Vec<AutoscalerConfig>>();
+            .collect::<Vec<PartitionScalerConfig>>();
         let hpa_target: Vec<f64> = sc
             .services
             .iter()
@@ -391,27 +395,12 @@ impl<'a> Sim<'a> {
                     .unwrap_or((rho_slo(svc) - HPA_TARGET_MARGIN).clamp(0.3, 0.8))
             })
             .collect();
-        if policy == PolicySet::K8sTuned {
-            // VPA-style requests: the percentile of the previous day's per-pod usage
-            // (the load curve repeats daily; no jitter), over the HPA's target.
-            for p in &mut parts {
-                let svc = &sc.services[p.service];
-                let mut usage: Vec<f64> = (0..VPA_HISTORY_S)
-                    .step_by(sc.tick_s.max(1) as usize)
-                    .map(|t| svc.load.at(t as f64) * p.weight / svc.replicas as f64)
-                    .collect();
-                let cpu = vpa_recommendation(&mut usage, hpa_target[p.service], VPA_STEP_MILLIS);
-                p.request = Resources::new(cpu, svc.memory_mib);
-            }
-        }
-        let scale_down_cfg = match policy {
-            PolicySet::K8sTuned => ScaleDownConfig::karpenter(),
-            _ => ScaleDownConfig::cluster_autoscaler(),
-        };
+        let policies = policies_of(policy);
+        let scale_down_cfg = policies.scale_down_config();
         let n_parts = parts.len();
         Sim {
             sc,
-            policy,
+            policies,
             rng,
             view: ClusterView::new(),
             pools,
@@ -441,7 +430,7 @@ impl<'a> Sim<'a> {
             pending_waits: Vec::new(),
             unscheduled_tasks: Vec::new(),
             recent_shapes: VecDeque::new(),
-            a_state: AutoscalerState::default(),
+            a_state: PartitionScalerState::default(),
             a_cfg,
             c_state: ConsolidatorState::default(),
             c_cfg: ConsolidatorConfig::default(),
@@ -590,56 +579,8 @@ impl<'a> Sim<'a> {
         }
         if !self.parts.is_empty() {
             self.compute_demand(0);
-            match self.policy {
-                PolicySet::Stator => {
-                    // Place everything, adding nodes instantly until it fits.
-                    for _ in 0..64 {
-                        let demands = self.demands();
-                        let actions = self.run_autoscaler(&demands);
-                        let adds: Vec<(String, String)> = actions
-                            .iter()
-                            .filter_map(|a| match a {
-                                Action::AddNode { pool, zone } => {
-                                    Some((pool.clone(), zone.clone()))
-                                }
-                                _ => None,
-                            })
-                            .collect();
-                        if adds.is_empty() {
-                            break;
-                        }
-                        for (pool, zone) in adds {
-                            self.provision(&pool, &zone, true);
-                        }
-                    }
-                }
-                PolicySet::K8sDefault | PolicySet::K8sTuned => {
-                    for part in 0..self.parts.len() {
-                        for _ in 0..self.parts[part].spec_replicas {
-                            self.pending.push(Pending {
-                                kind: PendingKind::Replica { part },
-                                since_s: 0,
-                            });
-                        }
-                    }
-                    for _ in 0..64 {
-                        let unmet = self.place_pending();
-                        if unmet.is_empty() {
-                            break;
-                        }
-                        let choice = self.pool_choice();
-                        let adds = plan_new_nodes(&self.view, &unmet, &self.pools, &[], choice);
-                        if adds.is_empty() {
-                            break;
-                        }
-                        for a in adds {
-                            if let Action::AddNode { pool, zone } = a {
-                                self.provision(&pool, &zone, true);
-                            }
-                        }
-                    }
-                }
-            }
+            let policies = self.policies;
+            policies.place_initial(self);
             // Start-up placements are not "pending" waits, and nothing is catching up.
             self.pending_waits.clear();
             self.catching_up.clear();
@@ -653,9 +594,29 @@ impl<'a> Sim<'a> {
             self.push(t.start_s, Event::TaskStart { task: i });
             self.push(t.end_s, Event::TaskEnd { task: i });
         }
-        self.push(0, Event::Tick);
-        if self.policy.is_kubernetes() {
-            self.push(0, Event::AutoscalerLoop);
+        let policies = self.policies;
+        policies.schedule_loops(self);
+    }
+
+    /// stator's start: its autoscaler places everything, nodes added at once until it
+    /// fits.
+    fn place_initial_by_autoscaler(&mut self) {
+        for _ in 0..64 {
+            let demands = self.demands();
+            let actions = self.run_autoscaler(&demands);
+            let adds: Vec<(String, String)> = actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::AddNode { pool, zone } => Some((pool.clone(), zone.clone())),
+                    _ => None,
+                })
+                .collect();
+            if adds.is_empty() {
+                break;
+            }
+            for (pool, zone) in adds {
+                self.provision(&pool, &zone, true);
+            }
         }
     }
 
@@ -684,9 +645,8 @@ impl<'a> Sim<'a> {
                     // Pods waiting for this node get it now, not at the next tick.
                     if !self.pending.is_empty() {
                         let unmet = self.place_pending();
-                        if self.policy == PolicySet::Stator {
-                            self.scale_up(unmet);
-                        }
+                        let policies = self.policies;
+                        policies.pods_waiting(self, unmet);
                     }
                 }
                 Event::AutoscalerLoop => {
@@ -730,19 +690,14 @@ impl<'a> Sim<'a> {
                     }
                 }
                 Event::TaskStart { task } => {
-                    if self.policy == PolicySet::Stator {
-                        self.recent_shapes
-                            .push_back((self.now_s, self.sc.tasks[task].resources));
-                    }
+                    let policies = self.policies;
+                    policies.task_started(self, task);
                     self.pending.push(Pending {
                         kind: PendingKind::Task { task },
                         since_s: self.now_s,
                     });
                     let unmet = self.place_pending();
-                    // Kubernetes' autoscalers act in their own loop.
-                    if self.policy == PolicySet::Stator {
-                        self.scale_up(unmet);
-                    }
+                    policies.pods_waiting(self, unmet);
                 }
                 Event::TaskEnd { task } => {
                     self.task_done[task] = true;
@@ -780,16 +735,8 @@ impl<'a> Sim<'a> {
                 self.s.unavailable_s += election_s;
             }
         }
-        match self.policy {
-            PolicySet::Stator => self.push(
-                self.now_s + self.sc.timing.detect_s,
-                Event::FailureDetected { node },
-            ),
-            PolicySet::K8sDefault | PolicySet::K8sTuned => self.push(
-                self.now_s + NODE_MONITOR_GRACE_S,
-                Event::K8sNotReady { node },
-            ),
-        }
+        let policies = self.policies;
+        policies.node_failed(self, node);
     }
 
     /// The node is gone for good: release it; its replicas need replacements.
@@ -810,12 +757,8 @@ impl<'a> Sim<'a> {
         self.release(node);
         for part in lost_parts {
             self.parts[part].lost_since.get_or_insert(self.now_s);
-            if self.policy.is_kubernetes() {
-                self.pending.push(Pending {
-                    kind: PendingKind::Replica { part },
-                    since_s: self.now_s,
-                });
-            }
+            let policies = self.policies;
+            policies.member_lost(self, part);
         }
         for task in lost_tasks {
             self.task_slot[task] = None;
@@ -836,43 +779,8 @@ impl<'a> Sim<'a> {
         if !self.parts.is_empty() {
             self.compute_demand(self.now_s);
         }
-        match self.policy {
-            PolicySet::Stator => {
-                if !self.parts.is_empty() {
-                    let demands = self.demands();
-                    let actions = self.run_autoscaler(&demands);
-                    self.execute(actions, false);
-                }
-                let unmet = self.place_pending();
-                self.scale_up(unmet);
-                if self.now_s >= self.next_consolidate_s {
-                    self.next_consolidate_s = self.now_s + self.sc.consolidate_every_s;
-                    let busy: Vec<NodeId> = self.busy_nodes();
-                    let headroom = self.headroom_shapes();
-                    let actions = consolidate_with_headroom(
-                        &mut self.view,
-                        &self.pools,
-                        self.in_flight,
-                        &busy,
-                        &mut self.c_state,
-                        &self.c_cfg,
-                        self.now_s,
-                        &headroom,
-                    );
-                    self.execute(actions, false);
-                    self.start_merges();
-                }
-            }
-            PolicySet::K8sDefault | PolicySet::K8sTuned => {
-                if !self.parts.is_empty() && self.now_s >= self.next_hpa_s {
-                    self.next_hpa_s = self.now_s + HPA_SYNC_S;
-                    self.hpa_round();
-                }
-                // The scheduler places the pods the HPA created; nodes come from the
-                // autoscaler's own loop.
-                self.place_pending();
-            }
-        }
+        let policies = self.policies;
+        policies.control_tick(self);
         self.sample();
     }
 
@@ -995,11 +903,7 @@ impl<'a> Sim<'a> {
     }
 
     fn pool_choice(&mut self) -> PoolChoice {
-        match self.policy {
-            PolicySet::Stator => PoolChoice::CheapestForShape,
-            PolicySet::K8sDefault => PoolChoice::Random(self.rng.gen::<u64>()),
-            PolicySet::K8sTuned => PoolChoice::CheapestForBatch,
-        }
+        self.policies.pool_choice(&mut self.rng)
     }
 
     fn busy_nodes(&self) -> Vec<NodeId> {
@@ -1166,17 +1070,9 @@ impl<'a> Sim<'a> {
 }
 
 impl Sim<'_> {
-    fn scheduler_policy(&self) -> Policy {
-        match self.policy {
-            // k8s-tuned: kube-scheduler's `MostAllocated` scoring, modelled by best fit.
-            PolicySet::Stator | PolicySet::K8sTuned => Policy::Cost,
-            PolicySet::K8sDefault => Policy::Spread,
-        }
-    }
-
     /// Tries every waiting placement once; returns what did not fit.
     fn place_pending(&mut self) -> Vec<UnmetNeed> {
-        let policy = self.scheduler_policy();
+        let policy = self.policies.scheduler();
         let pending = std::mem::take(&mut self.pending);
         let mut unmet = Vec::new();
         for p in pending {
@@ -1265,7 +1161,7 @@ impl Sim<'_> {
                     // Pod anti-affinity per node is hard; the zone spread is a
                     // preference the scheduler relaxes, so the autoscaler may too.
                     unmet.push(UnmetNeed {
-                        soft_spread: self.policy.is_kubernetes(),
+                        soft_spread: self.policies.soft_zone_spread(),
                         partition: part.is_some().then(|| (req.service.clone(), req.partition)),
                         node_selector: req.node_selector.clone(),
                         ..UnmetNeed::new(req.resources, avoid)
@@ -1278,9 +1174,8 @@ impl Sim<'_> {
     }
 
     fn scale_up(&mut self, mut unmet: Vec<UnmetNeed>) {
-        if self.policy == PolicySet::Stator {
-            unmet.extend(self.headroom_needs());
-        }
+        let policies = self.policies;
+        unmet.extend(policies.spare_needs(self));
         if unmet.is_empty() {
             return;
         }
@@ -1566,25 +1461,10 @@ impl Sim<'_> {
             .filter(|(_, &s)| s > 0.0)
             .map(|(p, &s)| (p.clone(), round3(s / 3600.0)))
             .collect();
-        if self.policy.is_kubernetes() {
-            for (si, svc) in self.sc.services.iter().enumerate() {
-                self.s
-                    .hpa_target_utilization
-                    .insert(svc.name.clone(), round3(self.hpa_target[si]));
-                let mut reqs: Vec<u64> = self
-                    .parts
-                    .iter()
-                    .filter(|p| p.service == si)
-                    .map(|p| p.request.cpu_millis)
-                    .collect();
-                reqs.sort_unstable();
-                if let Some(&m) = reqs.get(reqs.len() / 2) {
-                    self.s.cpu_request_millis.insert(svc.name.clone(), m);
-                }
-            }
-        }
+        let policies = self.policies;
+        policies.report(&mut self);
         RunResult {
-            policy: self.policy,
+            policy: self.policies.set(),
             summary: self.s,
             samples: self.samples,
             unscheduled_tasks,
