@@ -24,9 +24,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use crate::actions::Action;
 use crate::forecast::{ForecastConfig, Forecaster};
 use crate::pools::{pool_counts, pools_by_unit_price, BootingNode, PoolSpec};
-use crate::scheduler::{
-    place_partition, place_replacement, PlacementRequest, Policy, SpreadDomain,
-};
+use crate::scheduler::{place_move, place_partition, PlacementRequest, Policy, SpreadDomain};
 use crate::view::{ClusterView, LabelRequirement, Replica, Resources, WorkloadKind};
 use stator_api::ids::NodeId;
 
@@ -276,9 +274,7 @@ fn resize_or_move_members(
             spread: d.spread,
             ..PlacementRequest::long_running(&d.service, d.partition, 1, new_res)
         };
-        let mut avoid = survivors.clone();
-        avoid.push(r.node);
-        match place_replacement(view, &req, &avoid, Policy::Cost) {
+        match place_move(view, &req, &survivors, r.node, Policy::Cost) {
             Ok(to) if keeps_zone_spread(view, &survivors, r.node, to) => {
                 view.move_replica(slot, to);
                 view.resize_replica(slot, new_res);
@@ -953,5 +949,48 @@ mod tests {
             .collect();
         assert_eq!(moves.len(), 1, "{acts:?}");
         assert!(matches!(moves[0], Action::Migrate { to: 4, .. }));
+    }
+
+    /// mmo-diurnal seed 3 (issue 11): a member whose node is full had to grow; the
+    /// best-fitting node with room sat in a survivor's zone, the empty one in its own
+    /// zone. The move was offered the survivor's zone, refused by the spread, and a
+    /// node was added in the member's zone on every round for 90 minutes, each
+    /// released empty, while the partition violated its SLO.
+    #[test]
+    fn a_full_members_move_stays_in_its_own_zone() {
+        let member = |node: NodeId| Replica {
+            service: "s".into(),
+            partition: 0,
+            node,
+            resources: Resources::new(1000, 512),
+            kind: WorkloadKind::LongRunning,
+            expected_end_s: None,
+            state_bytes: 1 << 20,
+        };
+        let mut view = ClusterView::from_parts(
+            vec![
+                Node::new(1, "a", "p", Resources::new(4000, 8192), 0.1),
+                Node::new(2, "b", "p", Resources::new(4000, 8192), 0.1),
+                Node::new(3, "c", "p", Resources::new(2000, 8192), 0.1),
+                // Exactly the 3000m the member wants: the best fit, beside node 1.
+                Node::new(4, "a", "p", Resources::new(3000, 8192), 0.1),
+                Node::new(5, "c", "p", Resources::new(8000, 8192), 0.1),
+            ],
+            vec![member(1), member(2), member(3)],
+        );
+        let mut st = PartitionScalerState::default();
+        let cfg = PartitionScalerConfig::default();
+        // 2100 / 0.7 = 3000m: nodes 1 and 2 have the 2000m more; node 3 has 1000m.
+        let acts = autoscale(&mut view, &[demand(0, 2100)], &[], &[], &mut st, &cfg, 0);
+        let moves: Vec<_> = acts
+            .iter()
+            .filter_map(|a| match a {
+                Action::Migrate { from, to, .. } => Some((*from, *to)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(moves, vec![(3, 5)], "{acts:?}");
+        assert!(!acts.iter().any(|a| matches!(a, Action::AddNode { .. })));
+        assert_eq!(view.zone_of(5), Some("c"));
     }
 }

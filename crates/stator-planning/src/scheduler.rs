@@ -122,7 +122,7 @@ pub fn place_partition(
     policy: Policy,
 ) -> Result<Vec<NodeId>, PlacementError> {
     let members = view.partition_nodes(&req.service, req.partition);
-    place_avoiding(view, req, &members, req.replicas, policy)
+    place_avoiding(view, req, &members, &[], req.replicas, policy)
 }
 
 /// Chooses the node for a replacement of a lost replica: one node that hosts none of
@@ -135,7 +135,22 @@ pub fn place_replacement(
     survivors: &[NodeId],
     policy: Policy,
 ) -> Result<NodeId, PlacementError> {
-    place_avoiding(view, req, survivors, 1, policy).map(|v| v[0])
+    place_avoiding(view, req, survivors, &[], 1, policy).map(|v| v[0])
+}
+
+/// Chooses where to move a member off `from` (a raise its node cannot hold): like
+/// [`place_replacement`], but `from` is excluded only as a node. Its zone is the one
+/// the member leaves, so it counts as free: with one member per zone, the move stays
+/// in its own zone instead of landing beside a survivor (which the zone spread then
+/// forbids, so the move never happens and a node is added for nothing).
+pub fn place_move(
+    view: &ClusterView,
+    req: &PlacementRequest,
+    survivors: &[NodeId],
+    from: NodeId,
+    policy: Policy,
+) -> Result<NodeId, PlacementError> {
+    place_avoiding(view, req, survivors, &[from], 1, policy).map(|v| v[0])
 }
 
 /// Places several requests in best-fit-decreasing order (largest request first, by
@@ -338,10 +353,13 @@ fn better(a: &Candidate, b: &Candidate) -> Ordering {
     b.score.total_cmp(&a.score).then(a.id.cmp(&b.id))
 }
 
+/// `avoid_nodes` host members: skipped, and their zones are not fresh;
+/// `exclude_nodes` are only skipped.
 fn place_avoiding(
     view: &ClusterView,
     req: &PlacementRequest,
     avoid_nodes: &[NodeId],
+    exclude_nodes: &[NodeId],
     count: u32,
     policy: Policy,
 ) -> Result<Vec<NodeId>, PlacementError> {
@@ -367,7 +385,10 @@ fn place_avoiding(
     let mut feasible = 0u32;
     let scorer = Scorer::new(req, policy);
     for (ix, h) in view.hot.iter().enumerate() {
-        if !passes_filters(view, ix, h, req) || avoid_nodes.contains(&h.id) {
+        if !passes_filters(view, ix, h, req)
+            || avoid_nodes.contains(&h.id)
+            || exclude_nodes.contains(&h.id)
+        {
             continue;
         }
         feasible += 1;
@@ -423,7 +444,11 @@ fn place_avoiding(
                 .hot
                 .iter()
                 .enumerate()
-                .filter(|(ix, h)| passes_filters(view, *ix, h, req) && !avoid_nodes.contains(&h.id))
+                .filter(|(ix, h)| {
+                    passes_filters(view, *ix, h, req)
+                        && !avoid_nodes.contains(&h.id)
+                        && !exclude_nodes.contains(&h.id)
+                })
                 .filter(|(_, h)| !chosen.iter().any(|x| x.id == h.id))
                 .map(|(_, h)| Candidate {
                     score: scorer.score(h),
@@ -601,6 +626,30 @@ mod tests {
             place_partition(&view, &req, Policy::Spread).unwrap(),
             vec![5]
         );
+    }
+
+    #[test]
+    fn a_move_may_stay_in_the_zone_it_leaves() {
+        // Members on 1 (a), 2 (b), 3 (c); the one on 3 moves. Node 4 (zone a, the
+        // tightest fit) sits beside a survivor; node 5 is in zone c, the zone left.
+        let view = ClusterView::from_parts(
+            vec![
+                node(1, "a", 4000, 8192, 1.0),
+                node(2, "b", 4000, 8192, 1.0),
+                node(3, "c", 4000, 8192, 1.0),
+                node(4, "a", 2000, 8192, 1.0),
+                node(5, "c", 16000, 65536, 4.0),
+            ],
+            vec![
+                lr("s", 0, 1, 500, 512),
+                lr("s", 0, 2, 500, 512),
+                lr("s", 0, 3, 500, 512),
+            ],
+        );
+        let req = PlacementRequest::long_running("s", 0, 1, Resources::new(2000, 512));
+        for policy in [Policy::Spread, Policy::Cost] {
+            assert_eq!(place_move(&view, &req, &[1, 2], 3, policy).unwrap(), 5);
+        }
     }
 
     #[test]
