@@ -11,8 +11,11 @@
 //!   (best-fit on price per unit of resource, jobs packed apart and binned by end time).
 //! - [`actions`]: [`Action`] — place, migrate, resize, add/cordon/remove node.
 //! - [`pools`]: node pools ([`PoolSpec`]) and nodes still booting.
-//! - [`autoscaler`]: QoS first — repair, vertical resize, then migrate or add a node
-//!   from the cheapest fitting pool; stabilisation window against flapping.
+//! - [`autoscaler`]: the partition scaler ([`PartitionScalerConfig`]; not Kubernetes'
+//!   Cluster Autoscaler, which is in [`baseline`]), QoS first — repair, vertical
+//!   resize, then migrate (within the member's own zone when the others hold the
+//!   rest) or add a node from the cheapest fitting pool; stabilisation window
+//!   against flapping.
 //! - [`forecast`]: Holt's linear-trend forecast per partition with a safety margin
 //!   from its measured errors, for predictive (ahead-of-the-ramp) sizing.
 //! - [`consolidator`]: release empty nodes, empty under-used ones by live migration

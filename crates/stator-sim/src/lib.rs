@@ -6,7 +6,10 @@
 //!   [`Scenario`](scenario::Scenario); the trace price model.
 //! - [`breakdown`]: each tick's cost split by phase of the day and by cause (used,
 //!   headroom, memory-bound, fragmentation, empty, booting, ...).
-//! - [`engine`]: the event loop for one policy set ([`run_policy`]).
+//! - [`engine`]: the event loop for one policy set ([`run_policy`]); what each set
+//!   decides (scheduler scoring, node pools, the control period, failover, warm
+//!   spares) sits behind one trait in `engine/policies.rs`, an impl per set (stator,
+//!   k8s-default, k8s-tuned), so the loop has no branch on the set.
 //! - [`report`]: JSON summary, CSV time series, SVG/PNG plots, `--compare` ratios.
 //!
 //! The `stator sim` command only parses flags into [`SimOptions`] and calls
