@@ -47,6 +47,22 @@ pub struct PartitionDemand {
     pub spread: SpreadDomain,
 }
 
+/// CPU each member of a partition uses, in millicores (`PartitionDemand::cpu_used_millis`),
+/// when the partition as a whole uses `partition_used_millis`: the load splits over
+/// the members there are. A partition short of members (a node was lost and the
+/// replacement waits for a node to boot) has its survivors sized for the whole load
+/// meanwhile; with no member yet (the first placement) or more than `replicas`
+/// (a member mid-move), it is split over `replicas`.
+pub fn per_member_used_millis(partition_used_millis: f64, members: usize, replicas: u32) -> u64 {
+    let replicas = replicas.max(1) as usize;
+    let serving = if members == 0 {
+        replicas
+    } else {
+        members.min(replicas)
+    };
+    (partition_used_millis / serving as f64).ceil() as u64
+}
+
 /// Tunables of the partition scaler: stator's QoS-first autoscaler of this module,
 /// which sizes each partition's members (not Kubernetes' Cluster Autoscaler, modelled
 /// in `crate::baseline`, nor a service spec's `autoscale` section in `stator-api`).
@@ -992,5 +1008,17 @@ mod tests {
         assert_eq!(moves, vec![(3, 5)], "{acts:?}");
         assert!(!acts.iter().any(|a| matches!(a, Action::AddNode { .. })));
         assert_eq!(view.zone_of(5), Some("c"));
+    }
+
+    #[test]
+    fn survivors_carry_the_whole_load_until_the_replacement_joins() {
+        // 3000m over R = 3: 1000m each; one lost: 1500m each; none yet or one extra
+        // (a move under way): split over R.
+        assert_eq!(per_member_used_millis(3000.0, 3, 3), 1000);
+        assert_eq!(per_member_used_millis(3000.0, 2, 3), 1500);
+        assert_eq!(per_member_used_millis(3000.0, 1, 3), 3000);
+        assert_eq!(per_member_used_millis(3000.0, 0, 3), 1000);
+        assert_eq!(per_member_used_millis(3000.0, 4, 3), 1000);
+        assert_eq!(per_member_used_millis(1000.0, 3, 3), 334);
     }
 }

@@ -39,8 +39,8 @@ pub mod view;
 
 pub use actions::Action;
 pub use autoscaler::{
-    autoscale, plan_new_nodes, PartitionDemand, PartitionScalerConfig, PartitionScalerState,
-    PoolChoice, UnmetNeed,
+    autoscale, per_member_used_millis, plan_new_nodes, PartitionDemand, PartitionScalerConfig,
+    PartitionScalerState, PoolChoice, UnmetNeed,
 };
 pub use consolidator::{
     consolidate, consolidate_with_headroom, plan_merges, ConsolidatorConfig, ConsolidatorState,

@@ -24,10 +24,11 @@ use stator_planning::baseline::{
 use stator_planning::consolidator::{pack_first_fit, slots};
 use stator_planning::pools::pool_counts;
 use stator_planning::{
-    autoscale, place_partition, plan_merges, plan_new_nodes, Action, BootingNode, ClusterView,
-    ConsolidatorConfig, ConsolidatorState, ForecastConfig, LabelRequirement, Merge, Node, NodeId,
-    PartitionDemand, PartitionScalerConfig, PartitionScalerState, PlacementRequest, PoolChoice,
-    PoolSpec, Replica, ReplicaSlot, Resources, SpreadDomain, UnmetNeed,
+    autoscale, per_member_used_millis, place_partition, plan_merges, plan_new_nodes, Action,
+    BootingNode, ClusterView, ConsolidatorConfig, ConsolidatorState, ForecastConfig,
+    LabelRequirement, Merge, Node, NodeId, PartitionDemand, PartitionScalerConfig,
+    PartitionScalerState, PlacementRequest, PoolChoice, PoolSpec, Replica, ReplicaSlot, Resources,
+    SpreadDomain, UnmetNeed,
 };
 
 /// Which policy set drives the cluster.
@@ -952,21 +953,17 @@ impl<'a> Sim<'a> {
             .enumerate()
             .map(|(i, p)| {
                 let svc = &self.sc.services[p.service];
-                // The load splits over the members there are: after a node loss the
-                // survivors carry it all until the replacement joins (a boot away when
-                // the lost zone has no room), so they are sized for it meanwhile.
-                // (None yet, at the start: sized for the full count.)
-                let replicas = svc.replicas.max(1) as usize;
+                // Survivors of a lost member carry the whole load until the
+                // replacement joins (a boot away when the lost zone has no room).
                 let members = self.view.partition_members(&svc.name, p.partition).len();
-                let serving = if members == 0 {
-                    replicas
-                } else {
-                    members.min(replicas)
-                };
                 PartitionDemand {
                     service: svc.name.clone(),
                     partition: p.partition,
-                    cpu_used_millis: (self.demand_now[i] / serving as f64).ceil() as u64,
+                    cpu_used_millis: per_member_used_millis(
+                        self.demand_now[i],
+                        members,
+                        svc.replicas,
+                    ),
                     min_replicas: svc.replicas,
                     base_resources: Resources::new(svc.cpu_millis, svc.memory_mib),
                     state_bytes: svc.state_mib << 20,
