@@ -25,6 +25,8 @@
 //!   cursors, Redis' glob matcher, `%.17g` doubles, LMPOP/ZMPOP arguments).
 //! - [`scripting`]: the Lua 5.1 sandbox (mlua, vendored Lua): one VM per run, Redis' Lua
 //!   <-> RESP conversions, the `redis` library, the instruction and memory limits.
+//! - `cjson`: the `cjson` (lua-cjson 2.1.0) and `bit` (Lua BitOp) libraries scripts see,
+//!   with Redis' JSON text, number formatting and error messages.
 //! - [`budget`]: `maxmemory` with the `noeviction` policy: [`budget::MemoryBudget`] and
 //!   Redis' OOM reply, decided in apply from the machine's own byte accounting.
 //! - [`transaction`]: `MULTI ... EXEC` as one `STATOR.EXEC` entry: [`encode_exec`],
@@ -92,6 +94,7 @@
 
 mod app;
 pub mod budget;
+mod cjson;
 pub mod command;
 mod keyspace;
 pub mod machine;
