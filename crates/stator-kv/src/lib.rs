@@ -23,6 +23,8 @@
 //!   SORT_RO, `script` for EVAL, SCRIPT,
 //!   FUNCTION and FCALL with the script cache and libraries) plus shared helpers (SCAN
 //!   cursors, Redis' glob matcher, `%.17g` doubles, LMPOP/ZMPOP arguments).
+//! - [`script_acl`]: `STATOR.ACLKEYS`, a script command carrying the caller's ACL key
+//!   patterns, which every `redis.call` of the script is checked against.
 //! - [`scripting`]: the Lua 5.1 sandbox (mlua, vendored Lua): one VM per run, Redis' Lua
 //!   <-> RESP conversions, the `redis` library, the instruction and memory limits.
 //! - `cjson`: the `cjson` (lua-cjson 2.1.0) and `bit` (Lua BitOp) libraries scripts see,
@@ -101,6 +103,7 @@ pub mod machine;
 pub mod notify;
 mod ops;
 pub mod resp;
+pub mod script_acl;
 pub mod scripting;
 mod snapshot;
 pub mod transaction;
@@ -114,4 +117,5 @@ pub use command::{
 pub use machine::KvMachine;
 pub use ops::{MAX_CACHED_SCRIPTS, MAX_FUNCTION_LIBRARIES};
 pub use resp::{encode_command, parse_command, parse_reply, Argv, RespError, Value};
+pub use script_acl::{encode_script_acl, is_script_command};
 pub use transaction::{encode_exec, queued_command_error};
