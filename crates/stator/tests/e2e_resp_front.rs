@@ -119,16 +119,17 @@ fn password_acl_pubsub_and_resp3_with_real_clients() {
             eval("return redis.call('get', KEYS[1])", &["1", "user:1"]),
             "ann"
         );
-        let outside = "return redis.call('set', 'secret', 'x')";
+        // `{user:1}secret` is in user:1's slot but outside the user's `user:*`.
+        let outside = "return redis.call('set', '{user:1}secret', 'x')";
         assert_eq!(
-            eval(outside, &["0"]),
+            eval(outside, &["1", "user:1"]),
             format!(
                 "ERR The user executing the script can't access at least one of the keys mentioned in the command arguments script: {}, on @user_script:1.",
                 sha1_hex(outside)
             )
         );
         assert_eq!(
-            redis_cli(port, &["-a", "e2e-secret", "EXISTS", "secret"]),
+            redis_cli(port, &["-a", "e2e-secret", "EXISTS", "{user:1}secret"]),
             "0"
         );
         let size = redis_cli(port, &["-a", "e2e-secret", "DBSIZE"]);
