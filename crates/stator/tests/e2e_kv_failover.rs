@@ -225,3 +225,81 @@ fn blocking_pops_and_watch_survive_a_leader_sigkill_through_the_gateway() {
         "a BLPOP on an empty key answered {short:?} around its timeout"
     );
 }
+
+/// Cluster mode: a client blocked on the leader agent's own listener loses its connection
+/// when that agent is SIGKILLed (as with a Redis Cluster primary that dies); the element
+/// pushed later is neither lost nor delivered to the dead connection, and the client's
+/// retry on the new leader (found in the topology, as redis-py's `RedisCluster` and
+/// `redis-cli -c` refresh it) pops it once. A `MULTI` on the dead connection is gone with
+/// it: nothing of it applies.
+#[test]
+fn blocking_pops_in_cluster_mode_retry_on_the_new_leader() {
+    let cluster = Cluster::start(4, &[]);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    cluster.apply(&cluster.write_spec("kv.toml", &kv_spec("rooms", 1, port)));
+    cluster.wait_service_healthy("rooms", 1);
+    wait_resp_ready(&addr);
+    let leader_resp = |cluster: &Cluster, not: Option<&str>| {
+        wait_for("the leader's cluster-mode RESP address", WAIT, || {
+            let parts = cluster.try_json(&["get", "partitions", "rooms"])?;
+            let leader = &parts.as_array()?[0]["leader"];
+            let resp = leader["resp_addr"].as_str()?.to_string();
+            (Some(resp.as_str()) != not)
+                .then(|| (leader["name"].as_str().unwrap().to_string(), resp))
+        })
+    };
+    let (leader, leader_addr) = leader_resp(&cluster, None);
+
+    let first_try = blocked(&leader_addr, &["BLPOP", "q:list", BLOCK_SECONDS]);
+    let mut transaction = Resp::connect(&leader_addr).unwrap();
+    assert_eq!(
+        transaction.call(&["MULTI"]).unwrap(),
+        Reply::Simple("OK".into())
+    );
+    assert_eq!(
+        transaction.call(&["SET", "tx:key", "x"]).unwrap(),
+        Reply::Simple("QUEUED".into())
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    sigkill(cluster.agent_pid(&leader).expect("the leader's agent"));
+
+    let first = first_try.join().unwrap();
+    assert!(
+        first.is_err(),
+        "the client blocked on the killed agent got {first:?} instead of a closed connection"
+    );
+    assert!(
+        transaction.call(&["EXEC"]).is_err(),
+        "EXEC on the killed agent's connection answered"
+    );
+    let (_, new_addr) = leader_resp(&cluster, Some(&leader_addr));
+    // The client retries on the new leader, then the element is pushed.
+    let retry = blocked(&new_addr, &["BLPOP", "q:list", BLOCK_SECONDS]);
+    std::thread::sleep(Duration::from_millis(200));
+    call_until_ok(&addr, &["RPUSH", "q:list", "item-1"]);
+    let retried = retry.join().unwrap();
+    match &retried {
+        Ok(reply @ Reply::Array(Some(_))) => assert_eq!(texts(reply), ["q:list", "item-1"]),
+        other => {
+            // An error the client can retry (e.g. the new leader still starting): the
+            // element must still be there.
+            println!("BLPOP on the new leader answered {other:?}");
+            assert_eq!(
+                texts(&call_until_ok(&addr, &["LRANGE", "q:list", "0", "-1"])),
+                ["item-1"]
+            );
+            return;
+        }
+    }
+    assert_eq!(
+        call_until_ok(&addr, &["LLEN", "q:list"]),
+        Reply::Integer(0),
+        "popped once"
+    );
+    assert_eq!(
+        call_until_ok(&addr, &["EXISTS", "tx:key"]),
+        Reply::Integer(0),
+        "the MULTI of the dead connection applied"
+    );
+}
