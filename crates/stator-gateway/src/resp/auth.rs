@@ -199,15 +199,20 @@ impl User {
             return Ok(());
         }
         let kind = command_kind(argv);
-        let allowed = self
-            .rules
-            .iter()
-            .rev()
-            .find(|(_, selector)| match selector {
-                Selector::Category(category) => in_category(category, &name, kind),
-                Selector::Command(command) => *command == name,
-            })
-            .is_some_and(|(allow, _)| *allow);
+        // The internal commands the gateway builds (`STATOR.EXEC`, `STATOR.VERSION`,
+        // `STATOR.ACLKEYS`) carry other commands or rights: sent by a restricted user they
+        // would run what that user's rules refuse, so only unrestricted users may send them.
+        let internal = name.starts_with("stator.");
+        let allowed = !internal
+            && self
+                .rules
+                .iter()
+                .rev()
+                .find(|(_, selector)| match selector {
+                    Selector::Category(category) => in_category(category, &name, kind),
+                    Selector::Command(command) => *command == name,
+                })
+                .is_some_and(|(allow, _)| *allow);
         if !allowed {
             let shown = match argv.get(1) {
                 Some(sub) if CONTAINER_COMMANDS.contains(&name.as_str()) => {
@@ -752,6 +757,34 @@ mod tests {
             ]))
         );
         assert_eq!(scope_script(&argv(&["GET", "user:1"]), &state), None);
+        // A hand-made wrapper or transaction cannot widen the rights of a user who may run
+        // every command but not reach every key.
+        let mut scripter = User::default_user(b"s");
+        scripter.name = "scripter".into();
+        scripter.keys = vec![b"user:*".to_vec()];
+        scripter.unrestricted = false;
+        let access = Access::Users(vec![Arc::new(scripter)]);
+        text(intercept(
+            &argv(&["AUTH", "scripter", "s"]),
+            &mut state,
+            &access,
+        ));
+        assert_eq!(state.user.as_ref().unwrap().name, "scripter");
+        for internal in [
+            argv(&[
+                "STATOR.ACLKEYS",
+                "1",
+                "*",
+                "EVAL",
+                "return 1",
+                "1",
+                "user:1",
+            ]),
+            argv(&["STATOR.EXEC", "0", "3", "EVAL", "return 1", "0"]),
+        ] {
+            assert!(text(intercept(&internal, &mut state, &access))
+                .starts_with("-NOPERM this user has no permissions to run the 'stator."));
+        }
     }
 
     #[test]
