@@ -117,5 +117,5 @@ pub use command::{
 pub use machine::KvMachine;
 pub use ops::{MAX_CACHED_SCRIPTS, MAX_FUNCTION_LIBRARIES};
 pub use resp::{encode_command, parse_command, parse_reply, Argv, RespError, Value};
-pub use script_acl::{encode_script_acl, is_script_command};
+pub use script_acl::{encode_script_acl, is_script_command, runs_script};
 pub use transaction::{encode_exec, queued_command_error};

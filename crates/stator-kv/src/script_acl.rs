@@ -78,6 +78,14 @@ pub fn is_script_command(argv: &[Vec<u8>]) -> bool {
     argv.first().is_some_and(|name| is_script_name(name))
 }
 
+/// Whether `argv` runs a script: a script command, or one wrapped in `STATOR.ACLKEYS`.
+pub fn runs_script(argv: &[Vec<u8>]) -> bool {
+    is_script_command(argv)
+        || argv
+            .first()
+            .is_some_and(|name| name.eq_ignore_ascii_case(ACL_KEYS_COMMAND.as_bytes()))
+}
+
 /// `argv` (a script command) wrapped with the caller's key `patterns`.
 pub fn encode_script_acl(patterns: &[Vec<u8>], argv: &[Vec<u8>]) -> Vec<Vec<u8>> {
     let mut wrapped = Vec::with_capacity(2 + patterns.len() + argv.len());
@@ -116,5 +124,7 @@ mod tests {
         }
         assert!(is_script_command(&argv(&["fcall_ro", "f", "0"])));
         assert!(!is_script_command(&argv(&["GET", "k"])));
+        assert!(runs_script(&wrapped) && runs_script(&argv(&["EVAL", "return 1", "0"])));
+        assert!(!is_script_command(&wrapped) && !runs_script(&argv(&["GET", "k"])));
     }
 }

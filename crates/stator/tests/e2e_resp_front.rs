@@ -132,6 +132,20 @@ fn password_acl_pubsub_and_resp3_with_real_clients() {
             redis_cli(port, &["-a", "e2e-secret", "EXISTS", "{user:1}secret"]),
             "0"
         );
+        // Scripts without KEYS run too (on slot 0's partition: here, every key).
+        let keyless = "return redis.call('get', 'user:1')";
+        assert_eq!(
+            redis_cli(port, &["-a", "e2e-secret", "EVAL", keyless, "0"]),
+            "ann"
+        );
+        assert_eq!(eval(keyless, &["0"]), "ann");
+        let keyless_outside = "return redis.call('get', 'secret')";
+        assert!(
+            eval(keyless_outside, &["0"]).starts_with(
+                "ERR The user executing the script can't access at least one of the keys"
+            ),
+            "a keyless script reached a key outside the user's patterns"
+        );
         let size = redis_cli(port, &["-a", "e2e-secret", "DBSIZE"]);
         if size.starts_with("ERR unknown command") {
             assert!(
