@@ -10,8 +10,12 @@
 
 mod common;
 
-use common::{free_port, kv_spec, sigkill, wait_for, wait_resp_ready, Cluster, Reply, Resp, WAIT};
+use common::{
+    free_port, have, kv_spec, sigkill, wait_for, wait_resp_ready, Cluster, Reply, Resp, WAIT,
+};
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -301,5 +305,104 @@ fn blocking_pops_in_cluster_mode_retry_on_the_new_leader() {
         call_until_ok(&addr, &["EXISTS", "tx:key"]),
         Reply::Integer(0),
         "the MULTI of the dead connection applied"
+    );
+}
+
+/// A redis-py `RedisCluster` application blocked in `BLPOP` that retries on errors, as
+/// applications do: its agent's SIGKILL closes the connection, the retry refreshes the
+/// topology from the gateway seed and blocks on the new leader, and the element pushed
+/// after the failover is popped exactly once.
+const PY_BLOCKED: &str = r#"
+import sys, time
+from redis.cluster import RedisCluster
+rc = RedisCluster(host="127.0.0.1", port=int(sys.argv[1]), decode_responses=True)
+assert rc.get_node_from_key("q:py").port != int(sys.argv[1]), "must talk to an agent"
+print("ready", flush=True)
+deadline = time.time() + 120
+while True:
+    try:
+        print("popped", rc.blpop(["q:py"], timeout=100), flush=True)
+        break
+    except Exception as e:
+        print("retry", type(e).__name__, e, flush=True)
+        if time.time() > deadline:
+            raise
+        time.sleep(0.2)
+"#;
+
+#[test]
+fn redis_py_cluster_blpop_retries_across_a_leader_sigkill() {
+    if !have(
+        "python3",
+        &["-c", "import redis.cluster"],
+        "the Python redis client (pip install redis)",
+    ) {
+        return;
+    }
+    let cluster = Cluster::start(4, &[]);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    cluster.apply(&cluster.write_spec("kv.toml", &kv_spec("rooms", 1, port)));
+    cluster.wait_service_healthy("rooms", 1);
+    wait_resp_ready(&addr);
+    let leader = wait_for("a leader with a RESP address", WAIT, || {
+        let parts = cluster.try_json(&["get", "partitions", "rooms"])?;
+        let leader = &parts.as_array()?[0]["leader"];
+        leader["resp_addr"].as_str()?;
+        Some((
+            leader["name"].as_str()?.to_string(),
+            leader["node_id"].as_u64()?,
+        ))
+    });
+    let script = cluster.test_dir().join("blocked.py");
+    std::fs::write(&script, PY_BLOCKED).unwrap();
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .arg(port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the redis-py client");
+    let (lines_in, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("redis-py: {line}");
+            if lines_in.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let ready = lines
+        .recv_timeout(WAIT)
+        .expect("the redis-py client started");
+    assert_eq!(ready, "ready");
+    std::thread::sleep(Duration::from_millis(500));
+    sigkill(cluster.agent_pid(&leader.0).expect("the leader's agent"));
+    wait_for("a new leader with a RESP address", WAIT, || {
+        let parts = cluster.try_json(&["get", "partitions", "rooms"])?;
+        let new = &parts.as_array()?[0]["leader"];
+        new["resp_addr"].as_str()?;
+        new["node_id"].as_u64().filter(|id| *id != leader.1)
+    });
+    call_until_ok(&addr, &["RPUSH", "q:py", "item-1"]);
+    let popped = loop {
+        let line = lines
+            .recv_timeout(REPLY_WAIT)
+            .expect("the redis-py client answered");
+        if line.starts_with("popped") {
+            break line;
+        }
+    };
+    // redis-py answers a tuple or a list depending on its version.
+    assert!(
+        popped.contains("'q:py', 'item-1'"),
+        "redis-py popped {popped}"
+    );
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        call_until_ok(&addr, &["LLEN", "q:py"]),
+        Reply::Integer(0),
+        "popped once"
     );
 }
