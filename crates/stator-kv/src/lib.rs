@@ -70,6 +70,10 @@
 //!   writes made before stay applied, as when a Redis script fails);
 //!   [`scripting::MAX_SCRIPT_MEMORY_BYTES`] of Lua memory; [`MAX_CACHED_SCRIPTS`] cached
 //!   scripts and [`MAX_FUNCTION_LIBRARIES`] libraries per partition.
+//! - **Libraries.** `redis`, `cjson` (lua-cjson 2.1.0's texts and errors), `bit` (Lua
+//!   BitOp), `string`, `table`, `math`; not `cmsgpack` or `struct`.
+//! - **ACL.** A script command wrapped in `STATOR.ACLKEYS` ([`script_acl`]) runs with
+//!   every `redis.call` limited to the caller's key patterns, on every replica.
 //! - **State.** The script cache (SCRIPT LOAD, and every EVAL that compiled) and the
 //!   function libraries are machine state and travel in snapshots. They are per partition:
 //!   EVALSHA on a partition that never saw the script answers `NOSCRIPT`, as a Redis
