@@ -16,6 +16,12 @@
 //! - **Authentication.** Each connection starts with a challenge-response on the cluster
 //!   secret (HMAC-SHA256 of the other side's nonce and one's role), both ways, before a
 //!   frame is accepted; a peer without the secret is closed.
+//! - **Encryption.** After the handshake every byte is sealed: the dialer's frames travel
+//!   in records (4-byte length, ChaCha20-Poly1305 ciphertext and tag) under a key derived
+//!   per connection with HKDF-SHA256 from the cluster secret and both handshake nonces,
+//!   with a counter nonce ([`link_key`], [`Sealer`], [`Opener`]). Only holders of the
+//!   secret can read or forge bus traffic, and a recorded connection cannot be replayed
+//!   into another (its key differs). Loopback stays the default listen address.
 //! - **Frames** are RESP arrays: `publish service channel message` (deliver to channel
 //!   and pattern subscribers), `spublish service channel message` (deliver to shard
 //!   subscribers), `sequence service channel message` (sent to the agent leading the
@@ -26,7 +32,7 @@
 //! a message crosses each link at most once.
 
 use crate::resp::pubsub::Broker;
-use ring::hmac;
+use ring::{aead, hkdf, hmac};
 use stator_api::ids::NodeId;
 use stator_api::pubsub::{
     BusPeer, BusPeerKind, BusRegistration, BusView, NotifySetting, SubscriberSummary,
@@ -75,6 +81,17 @@ const MAX_BATCH_BYTES: usize = 256 << 10;
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK_BYTES: usize = 16 << 10;
+
+/// Largest sealed record: a batch ([`MAX_BATCH_BYTES`], plus the frame that passed it, at
+/// most [`MAX_BUS_FRAME_BYTES`]) and its tag. A longer length prefix is a broken peer.
+const MAX_SEALED_RECORD_BYTES: usize = MAX_BATCH_BYTES + MAX_BUS_FRAME_BYTES + TAG_BYTES;
+
+/// ChaCha20-Poly1305's tag.
+const TAG_BYTES: usize = 16;
+
+/// Names this protocol in the proofs and the key derivation: a peer of another version
+/// fails the handshake instead of misreading frames.
+const PROTOCOL: &[u8] = b"stator pubsub bus v2 ";
 
 /// Settings of a bus endpoint.
 #[derive(Debug, Clone)]
@@ -151,7 +168,7 @@ struct Remote {
 pub struct Fabric {
     id: String,
     node_id: Option<NodeId>,
-    key: Arc<hmac::Key>,
+    secret: Arc<BusSecret>,
     // std mutexes: map updates only, never held across an await.
     links: Mutex<HashMap<String, Link>>,
     remote: Mutex<Remote>,
@@ -171,10 +188,7 @@ impl Fabric {
         Fabric {
             id: format!("{:016x}", rand::random::<u64>()),
             node_id: config.node_id,
-            key: Arc::new(hmac::Key::new(
-                hmac::HMAC_SHA256,
-                config.cluster_secret.as_bytes(),
-            )),
+            secret: Arc::new(BusSecret::new(config.cluster_secret.as_bytes())),
             links: Mutex::new(HashMap::new()),
             remote: Mutex::new(Remote::default()),
             pending_notify: Mutex::new(BTreeMap::new()),
@@ -270,7 +284,7 @@ impl Fabric {
             let cancel = self.cancel.child_token();
             tokio::spawn(run_link(
                 peer.addr.clone(),
-                self.key.clone(),
+                self.secret.clone(),
                 self.id.clone(),
                 (receiver, queued_bytes.clone()),
                 cancel.clone(),
@@ -541,26 +555,63 @@ impl FrameReader {
         }
     }
 
-    /// The next frame; `None` at a clean end of stream.
+    /// A whole frame already buffered, if there is one.
+    fn buffered(&mut self) -> std::io::Result<Option<Vec<Vec<u8>>>> {
+        match parse_command(&self.input) {
+            Ok(Some((argv, used))) => {
+                bytes::Buf::advance(&mut self.input, used);
+                Ok(Some(argv))
+            }
+            Ok(None) if self.input.len() > MAX_BUS_FRAME_BYTES => Err(std::io::Error::other(
+                format!("bus frame larger than {MAX_BUS_FRAME_BYTES} bytes"),
+            )),
+            Ok(None) => Ok(None),
+            Err(error) => Err(std::io::Error::other(format!("garbled bus frame: {error}"))),
+        }
+    }
+
+    /// The next frame of the sealed stream after the handshake; `None` at a clean end.
+    async fn next_sealed<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+        opener: &mut Opener,
+    ) -> std::io::Result<Option<Vec<Vec<u8>>>> {
+        loop {
+            if let Some(argv) = self.buffered()? {
+                return Ok(Some(argv));
+            }
+            let mut length = [0u8; 4];
+            match reader.read_exact(&mut length).await {
+                Ok(_) => {}
+                Err(error)
+                    if error.kind() == std::io::ErrorKind::UnexpectedEof
+                        && self.input.is_empty() =>
+                {
+                    return Ok(None)
+                }
+                Err(error) => return Err(error),
+            }
+            let record_bytes = u32::from_be_bytes(length) as usize;
+            if !(TAG_BYTES..=MAX_SEALED_RECORD_BYTES).contains(&record_bytes) {
+                return Err(std::io::Error::other(format!(
+                    "pub/sub bus record of {record_bytes} bytes (at most {MAX_SEALED_RECORD_BYTES}); closing the link"
+                )));
+            }
+            let mut body = vec![0u8; record_bytes];
+            reader.read_exact(&mut body).await?;
+            let plaintext = opener.open(length, &mut body)?;
+            self.input.extend_from_slice(plaintext);
+        }
+    }
+
+    /// The next frame of the (plaintext) handshake; `None` at a clean end of stream.
     async fn next<R: AsyncRead + Unpin>(
         &mut self,
         reader: &mut R,
     ) -> std::io::Result<Option<Vec<Vec<u8>>>> {
         loop {
-            match parse_command(&self.input) {
-                Ok(Some((argv, used))) => {
-                    bytes::Buf::advance(&mut self.input, used);
-                    return Ok(Some(argv));
-                }
-                Ok(None) if self.input.len() > MAX_BUS_FRAME_BYTES => {
-                    return Err(std::io::Error::other(format!(
-                        "bus frame larger than {MAX_BUS_FRAME_BYTES} bytes"
-                    )))
-                }
-                Ok(None) => {}
-                Err(error) => {
-                    return Err(std::io::Error::other(format!("garbled bus frame: {error}")))
-                }
+            if let Some(argv) = self.buffered()? {
+                return Ok(Some(argv));
             }
             if self.input.capacity() - self.input.len() < READ_CHUNK_BYTES / 4 {
                 self.input.reserve(READ_CHUNK_BYTES);
@@ -589,24 +640,107 @@ fn unhex(text: &[u8]) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// What the cluster secret gives a bus peer: the handshake's proof key and the
+/// extracted key every connection's link key is expanded from.
+struct BusSecret {
+    proof_key: hmac::Key,
+    link_keys: hkdf::Prk,
+}
+
+impl BusSecret {
+    fn new(cluster_secret: &[u8]) -> BusSecret {
+        BusSecret {
+            proof_key: hmac::Key::new(hmac::HMAC_SHA256, cluster_secret),
+            link_keys: hkdf::Salt::new(hkdf::HKDF_SHA256, PROTOCOL).extract(cluster_secret),
+        }
+    }
+}
+
+/// The key sealing one connection's records: expanded from the cluster secret with both
+/// handshake nonces, so every connection has its own.
+fn link_key(secret: &BusSecret, listener_nonce: &[u8], dialer_nonce: &[u8]) -> aead::LessSafeKey {
+    let info = [b"link key ".as_slice(), listener_nonce, b" ", dialer_nonce];
+    let okm = secret
+        .link_keys
+        .expand(&info, &aead::CHACHA20_POLY1305)
+        .expect("a 32-byte key is a valid HKDF output length");
+    aead::LessSafeKey::new(aead::UnboundKey::from(okm))
+}
+
+/// The record nonce: the record's number on this connection (never repeats under one key).
+fn record_nonce(counter: u64) -> aead::Nonce {
+    let mut nonce = [0u8; aead::NONCE_LEN];
+    nonce[aead::NONCE_LEN - 8..].copy_from_slice(&counter.to_be_bytes());
+    aead::Nonce::assume_unique_for_key(nonce)
+}
+
+/// Seals the dialer's batches into records.
+struct Sealer {
+    key: aead::LessSafeKey,
+    records: u64,
+}
+
+impl Sealer {
+    /// `batch` as one record: its length (also the additional data) and ciphertext + tag.
+    fn seal(&mut self, batch: &[u8]) -> Vec<u8> {
+        let length = u32::try_from(batch.len() + TAG_BYTES)
+            .expect("batches are far below 4 GiB")
+            .to_be_bytes();
+        let mut record = Vec::with_capacity(4 + batch.len() + TAG_BYTES);
+        record.extend_from_slice(&length);
+        let mut body = batch.to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                record_nonce(self.records),
+                aead::Aad::from(length),
+                &mut body,
+            )
+            .expect("sealing fails only past ChaCha20's 256 GiB per-record limit");
+        self.records += 1;
+        record.extend_from_slice(&body);
+        record
+    }
+}
+
+/// Opens the listener's records, in order.
+struct Opener {
+    key: aead::LessSafeKey,
+    records: u64,
+}
+
+impl Opener {
+    fn open<'a>(&mut self, length: [u8; 4], body: &'a mut [u8]) -> std::io::Result<&'a [u8]> {
+        let plaintext = self
+            .key
+            .open_in_place(record_nonce(self.records), aead::Aad::from(length), body)
+            .map_err(|_| {
+                std::io::Error::other(
+                    "pub/sub bus record failed its integrity check (tampered with, or not from the peer that authenticated); closing the link",
+                )
+            })?;
+        self.records += 1;
+        Ok(plaintext)
+    }
+}
+
 /// The proof that one knows the cluster secret: HMAC of the role and the other side's
 /// nonce (roles differ so a proof cannot be reflected back).
-fn proof(key: &hmac::Key, role: &[u8], nonce: &[u8]) -> hmac::Tag {
-    let mut context = hmac::Context::with_key(key);
-    context.update(b"stator pubsub bus v1 ");
+fn proof(secret: &BusSecret, role: &[u8], nonce: &[u8]) -> hmac::Tag {
+    let mut context = hmac::Context::with_key(&secret.proof_key);
+    context.update(PROTOCOL);
     context.update(role);
     context.update(nonce);
     context.sign()
 }
 
-fn verify(key: &hmac::Key, role: &[u8], nonce: &[u8], presented: &[u8]) -> bool {
+fn verify(secret: &BusSecret, role: &[u8], nonce: &[u8], presented: &[u8]) -> bool {
     let Some(mac) = unhex(presented) else {
         return false;
     };
-    let mut message = b"stator pubsub bus v1 ".to_vec();
+    let mut message = PROTOCOL.to_vec();
     message.extend_from_slice(role);
     message.extend_from_slice(nonce);
-    hmac::verify(key, &message, &mac).is_ok()
+    hmac::verify(&secret.proof_key, &message, &mac).is_ok()
 }
 
 const REFUSED: &str = "pub/sub bus peer failed authentication: every gateway and agent must use the same cluster secret";
@@ -629,23 +763,33 @@ async fn serve_inbound(
             Some(argv)
                 if argv.len() == 4
                     && argv[0] == b"auth"
-                    && verify(&fabric.key, b"dialer", nonce.as_bytes(), &argv[2]) =>
+                    && verify(&fabric.secret, b"dialer", nonce.as_bytes(), &argv[2]) =>
             {
-                let mac = proof(&fabric.key, b"listener", &argv[3]);
+                let mac = proof(&fabric.secret, b"listener", &argv[3]);
                 stream
                     .write_all(&encode_command(&[
                         b"ok".as_slice(),
                         hex(mac.as_ref()).as_bytes(),
                     ]))
-                    .await
+                    .await?;
+                Ok(Opener {
+                    key: link_key(&fabric.secret, nonce.as_bytes(), &argv[3]),
+                    records: 0,
+                })
             }
             _ => Err(std::io::Error::other(REFUSED)),
         }
     };
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+    let mut opener = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| std::io::Error::other("pub/sub bus handshake timed out"))??;
-    while let Some(argv) = reader.next(&mut stream).await? {
+    if !reader.input.is_empty() {
+        // The dialer waits for `ok` before its first record.
+        return Err(std::io::Error::other(
+            "pub/sub bus peer sent frames before the handshake ended",
+        ));
+    }
+    while let Some(argv) = reader.next_sealed(&mut stream, &mut opener).await? {
         let [word, service, channel, payload] = argv.as_slice() else {
             return Err(std::io::Error::other(
                 "bus frame with the wrong number of fields",
@@ -675,7 +819,7 @@ async fn serve_inbound(
 }
 
 /// The dialer's side of the handshake.
-async fn dial(addr: &str, key: &hmac::Key, id: &str) -> std::io::Result<TcpStream> {
+async fn dial(addr: &str, secret: &BusSecret, id: &str) -> std::io::Result<(TcpStream, Sealer)> {
     let handshake = async {
         let mut stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
@@ -685,7 +829,7 @@ async fn dial(addr: &str, key: &hmac::Key, id: &str) -> std::io::Result<TcpStrea
             _ => return Err(std::io::Error::other("expected the bus challenge")),
         };
         let nonce = hex(&rand::random::<[u8; 32]>());
-        let mac = proof(key, b"dialer", &challenge);
+        let mac = proof(secret, b"dialer", &challenge);
         stream
             .write_all(&encode_command(&[
                 b"auth".as_slice(),
@@ -698,9 +842,10 @@ async fn dial(addr: &str, key: &hmac::Key, id: &str) -> std::io::Result<TcpStrea
             Some(argv)
                 if argv.len() == 2
                     && argv[0] == b"ok"
-                    && verify(key, b"listener", nonce.as_bytes(), &argv[1]) =>
+                    && verify(secret, b"listener", nonce.as_bytes(), &argv[1]) =>
             {
-                Ok(stream)
+                let key = link_key(secret, &challenge, nonce.as_bytes());
+                Ok((stream, Sealer { key, records: 0 }))
             }
             _ => Err(std::io::Error::other(REFUSED)),
         }
@@ -714,7 +859,7 @@ async fn dial(addr: &str, key: &hmac::Key, id: &str) -> std::io::Result<TcpStrea
 /// frames, coalesced, until cancelled.
 async fn run_link(
     addr: String,
-    key: Arc<hmac::Key>,
+    secret: Arc<BusSecret>,
     id: String,
     (mut frames, queued_bytes): (mpsc::Receiver<Arc<[u8]>>, Arc<AtomicUsize>),
     cancel: CancellationToken,
@@ -724,12 +869,12 @@ async fn run_link(
     loop {
         let stream = tokio::select! {
             _ = cancel.cancelled() => return,
-            dialled = dial(&addr, &key, &id) => dialled,
+            dialled = dial(&addr, &secret, &id) => dialled,
         };
-        let mut stream = match stream {
-            Ok(stream) => {
+        let (mut stream, mut sealer) = match stream {
+            Ok(linked) => {
                 pause = REDIAL_FIRST;
-                stream
+                linked
             }
             Err(error) => {
                 tracing::debug!(%addr, %error, "pub/sub bus peer unreachable; dialling again");
@@ -758,7 +903,7 @@ async fn run_link(
                 }
             }
             queued_bytes.fetch_sub(batch.len(), Ordering::Relaxed);
-            if let Err(error) = write_batch(&mut stream, &batch).await {
+            if let Err(error) = write_batch(&mut stream, &sealer.seal(&batch)).await {
                 tracing::debug!(%addr, %error, "pub/sub bus link broke; messages in it are lost");
                 break;
             }
@@ -777,8 +922,12 @@ mod tests {
     use crate::resp::pubsub::{intercept, PubSub};
 
     /// An in-memory registry shared by the peers of one test.
+    /// Peers by id, and addresses to hand out in place of a peer's own (a relay).
     #[derive(Clone, Default)]
-    struct FakeRegistry(Arc<Mutex<BTreeMap<String, BusPeer>>>);
+    struct FakeRegistry(
+        Arc<Mutex<BTreeMap<String, BusPeer>>>,
+        Arc<Mutex<HashMap<String, String>>>,
+    );
 
     impl Registrar for FakeRegistry {
         async fn register(&self, registration: &BusRegistration) -> Result<BusView, String> {
@@ -793,8 +942,18 @@ mod tests {
                     subscribers: registration.subscribers.clone(),
                 },
             );
+            let relays = self.1.lock().unwrap();
             Ok(BusView {
-                peers: peers.values().cloned().collect(),
+                peers: peers
+                    .values()
+                    .cloned()
+                    .map(|mut peer| {
+                        if let Some(relay) = relays.get(&peer.addr) {
+                            peer.addr = relay.clone();
+                        }
+                        peer
+                    })
+                    .collect(),
                 notify: BTreeMap::new(),
             })
         }
@@ -809,8 +968,16 @@ mod tests {
         secret: &str,
         cancel: &CancellationToken,
     ) -> Arc<Broker> {
+        peer_with_addr(registry, secret, cancel).await.0
+    }
+
+    async fn peer_with_addr(
+        registry: &FakeRegistry,
+        secret: &str,
+        cancel: &CancellationToken,
+    ) -> (Arc<Broker>, String) {
         let broker = Arc::new(Broker::default());
-        start(
+        let bus = start(
             BusConfig {
                 listen: "127.0.0.1:0".into(),
                 advertise_host: None,
@@ -824,7 +991,118 @@ mod tests {
         )
         .await
         .unwrap();
-        broker
+        (broker, bus.addr().to_string())
+    }
+
+    /// What crossed a bus link: a relay between a dialer and `target` keeps a copy.
+    async fn recording_relay(target: String) -> (String, Arc<Mutex<Vec<u8>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(mut outbound) = TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let (mut in_read, mut in_write) = inbound.split();
+                    let (mut out_read, mut out_write) = outbound.split();
+                    let upstream = async {
+                        let mut buffer = vec![0u8; 4096];
+                        loop {
+                            let n = in_read.read(&mut buffer).await.unwrap_or(0);
+                            if n == 0 {
+                                break;
+                            }
+                            record.lock().unwrap().extend_from_slice(&buffer[..n]);
+                            if out_write.write_all(&buffer[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    let downstream = tokio::io::copy(&mut out_read, &mut in_write);
+                    tokio::select! { _ = upstream => {}, _ = downstream => {} }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn bus_traffic_is_sealed() {
+        let registry = FakeRegistry::default();
+        let cancel = CancellationToken::new();
+        let (b, b_addr) = peer_with_addr(&registry, "secret", &cancel).await;
+        let (relay, seen) = recording_relay(b_addr.clone()).await;
+        registry.1.lock().unwrap().insert(b_addr, relay);
+        let a = peer(&registry, "secret", &cancel).await;
+        let (_b_sub, mut b_messages) = {
+            let (mut pubsub, messages, _) = PubSub::new(b.clone(), "kv".into(), 1);
+            let argv = vec![b"SUBSCRIBE".to_vec(), b"room".to_vec()];
+            intercept(&argv, &mut pubsub, false, None).unwrap();
+            (pubsub, messages)
+        };
+        let payload = b"the-published-payload-must-not-cross-in-clear";
+        let received = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                a.publish("kv", b"room", payload);
+                tokio::select! {
+                    message = b_messages.recv() => return message.unwrap(),
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        })
+        .await
+        .expect("a message from a reached b through the relay");
+        assert_eq!(&*received.payload, payload);
+        let seen = seen.lock().unwrap().clone();
+        assert!(seen.len() > payload.len(), "the relay carried the link");
+        for needle in [&payload[..], b"room", b"publish"] {
+            assert!(
+                !seen.windows(needle.len()).any(|w| w == needle),
+                "{} crossed the bus in clear",
+                String::from_utf8_lossy(needle)
+            );
+        }
+        cancel.cancel();
+    }
+
+    #[test]
+    fn records_open_only_with_the_link_key_and_in_order() {
+        let secret = BusSecret::new(b"secret");
+        let mut sealer = Sealer {
+            key: link_key(&secret, b"n1", b"n2"),
+            records: 0,
+        };
+        let open_with = |key, record: &[u8], records| {
+            let mut opener = Opener { key, records };
+            let mut body = record[4..].to_vec();
+            let length: [u8; 4] = record[..4].try_into().unwrap();
+            opener.open(length, &mut body).map(|p| p.to_vec())
+        };
+        let first = sealer.seal(b"frame one");
+        let second = sealer.seal(b"frame two");
+        assert_eq!(
+            open_with(link_key(&secret, b"n1", b"n2"), &first, 0).unwrap(),
+            b"frame one"
+        );
+        assert_eq!(
+            open_with(link_key(&secret, b"n1", b"n2"), &second, 1).unwrap(),
+            b"frame two"
+        );
+        // Replayed out of order, on another connection, or with another secret: refused.
+        assert!(open_with(link_key(&secret, b"n1", b"n2"), &second, 0).is_err());
+        assert!(open_with(link_key(&secret, b"n1", b"n3"), &first, 0).is_err());
+        let other = BusSecret::new(b"other");
+        assert!(open_with(link_key(&other, b"n1", b"n2"), &first, 0).is_err());
+        let mut tampered = first.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert!(open_with(link_key(&secret, b"n1", b"n2"), &tampered, 0).is_err());
     }
 
     #[tokio::test]
@@ -864,8 +1142,8 @@ mod tests {
 
     #[test]
     fn proofs_verify_only_with_the_same_secret_and_role() {
-        let key = hmac::Key::new(hmac::HMAC_SHA256, b"secret");
-        let other = hmac::Key::new(hmac::HMAC_SHA256, b"other");
+        let key = BusSecret::new(b"secret");
+        let other = BusSecret::new(b"other");
         let mac = hex(proof(&key, b"dialer", b"n1").as_ref());
         assert!(verify(&key, b"dialer", b"n1", mac.as_bytes()));
         assert!(!verify(&key, b"listener", b"n1", mac.as_bytes()));

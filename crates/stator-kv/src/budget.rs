@@ -89,7 +89,8 @@ fn may_grow(command: Command) -> bool {
     use Command as C;
     !matches!(
         command,
-        C::Del
+        C::StatorAclKeys
+            | C::Del
             | C::Unlink
             | C::GetDel
             | C::GetEx

@@ -164,6 +164,7 @@ pub(crate) enum Command {
     Function,
     StatorVersion,
     StatorExec,
+    StatorAclKeys,
 }
 
 /// One row of the command table, in Redis' own terms.
@@ -430,6 +431,16 @@ const COMMANDS: &[CommandSpec] = &[
         0,
     ),
     spec(Command::StatorExec, "stator.exec", -2, Write, (0, 0, 0), 0),
+    // A script command with the caller's ACL key patterns (`script_acl`); its kind and
+    // keys are the script command's.
+    spec(
+        Command::StatorAclKeys,
+        "stator.aclkeys",
+        -4,
+        Write,
+        (0, 0, 0),
+        0,
+    ),
 ];
 
 /// Longest command name in [`COMMANDS`] ("zremrangebyscore"); longer names are unknown without
@@ -514,6 +525,9 @@ impl CommandSpec {
         if self.command == Command::StatorExec {
             return exec_key_indexes(argv);
         }
+        if self.command == Command::StatorAclKeys {
+            return script_acl_key_indexes(argv);
+        }
         if self.command == Command::Sort && argv.len() > 1 {
             let store = (2..argv.len().saturating_sub(1))
                 .find(|&index| argv[index].eq_ignore_ascii_case(b"STORE"));
@@ -580,11 +594,32 @@ fn exec_key_indexes(argv: &[Vec<u8>]) -> Vec<usize> {
     indexes
 }
 
+/// Keys of a `STATOR.ACLKEYS` wrapper: its script command's.
+fn script_acl_key_indexes(argv: &[Vec<u8>]) -> Vec<usize> {
+    let Ok(layout) = crate::script_acl::AclKeysLayout::parse(argv) else {
+        return Vec::new();
+    };
+    let inner = &argv[layout.inner_start..];
+    lookup(&inner[0]).map_or_else(Vec::new, |spec| {
+        spec.key_indexes(inner)
+            .into_iter()
+            .map(|index| index + layout.inner_start)
+            .collect()
+    })
+}
+
 /// Whether `argv` reads, writes, or is not a `kv` command (case-insensitive; arity unchecked).
+/// A `STATOR.ACLKEYS` wrapper has the kind of the script command it wraps.
 pub fn command_kind(argv: &[Vec<u8>]) -> CommandKind {
-    argv.first()
-        .and_then(|name| lookup(name))
-        .map_or(CommandKind::Unknown, |spec| spec.kind)
+    let Some(spec) = argv.first().and_then(|name| lookup(name)) else {
+        return CommandKind::Unknown;
+    };
+    if spec.command == Command::StatorAclKeys {
+        if let Ok(layout) = crate::script_acl::AclKeysLayout::parse(argv) {
+            return command_kind(&argv[layout.inner_start..]);
+        }
+    }
+    spec.kind
 }
 
 /// The key arguments of `argv`, in order (empty for unknown and keyless commands).

@@ -23,8 +23,12 @@
 //!   SORT_RO, `script` for EVAL, SCRIPT,
 //!   FUNCTION and FCALL with the script cache and libraries) plus shared helpers (SCAN
 //!   cursors, Redis' glob matcher, `%.17g` doubles, LMPOP/ZMPOP arguments).
+//! - [`script_acl`]: `STATOR.ACLKEYS`, a script command carrying the caller's ACL key
+//!   patterns, which every `redis.call` of the script is checked against.
 //! - [`scripting`]: the Lua 5.1 sandbox (mlua, vendored Lua): one VM per run, Redis' Lua
 //!   <-> RESP conversions, the `redis` library, the instruction and memory limits.
+//! - `cjson`: the `cjson` (lua-cjson 2.1.0) and `bit` (Lua BitOp) libraries scripts see,
+//!   with Redis' JSON text, number formatting and error messages.
 //! - [`budget`]: `maxmemory` with the `noeviction` policy: [`budget::MemoryBudget`] and
 //!   Redis' OOM reply, decided in apply from the machine's own byte accounting.
 //! - [`transaction`]: `MULTI ... EXEC` as one `STATOR.EXEC` entry: [`encode_exec`],
@@ -66,6 +70,10 @@
 //!   writes made before stay applied, as when a Redis script fails);
 //!   [`scripting::MAX_SCRIPT_MEMORY_BYTES`] of Lua memory; [`MAX_CACHED_SCRIPTS`] cached
 //!   scripts and [`MAX_FUNCTION_LIBRARIES`] libraries per partition.
+//! - **Libraries.** `redis`, `cjson` (lua-cjson 2.1.0's texts and errors), `bit` (Lua
+//!   BitOp), `string`, `table`, `math`; not `cmsgpack` or `struct`.
+//! - **ACL.** A script command wrapped in `STATOR.ACLKEYS` ([`script_acl`]) runs with
+//!   every `redis.call` limited to the caller's key patterns, on every replica.
 //! - **State.** The script cache (SCRIPT LOAD, and every EVAL that compiled) and the
 //!   function libraries are machine state and travel in snapshots. They are per partition:
 //!   EVALSHA on a partition that never saw the script answers `NOSCRIPT`, as a Redis
@@ -92,12 +100,14 @@
 
 mod app;
 pub mod budget;
+mod cjson;
 pub mod command;
 mod keyspace;
 pub mod machine;
 pub mod notify;
 mod ops;
 pub mod resp;
+pub mod script_acl;
 pub mod scripting;
 mod snapshot;
 pub mod transaction;
@@ -111,4 +121,5 @@ pub use command::{
 pub use machine::KvMachine;
 pub use ops::{MAX_CACHED_SCRIPTS, MAX_FUNCTION_LIBRARIES};
 pub use resp::{encode_command, parse_command, parse_reply, Argv, RespError, Value};
+pub use script_acl::{encode_script_acl, is_script_command, runs_script};
 pub use transaction::{encode_exec, queued_command_error};

@@ -55,6 +55,10 @@ pub struct KvMachine {
     pub(crate) scripts: Scripts,
     /// `maxmemory`: configuration, not state (never in a snapshot); see [`crate::budget`].
     pub(crate) budget: crate::budget::MemoryBudget,
+    /// The caller's ACL key patterns while a `STATOR.ACLKEYS` script command runs (see
+    /// [`crate::script_acl`]); `None` otherwise. Never in a snapshot: it lives for one
+    /// command.
+    pub(crate) script_key_patterns: Option<Vec<Vec<u8>>>,
 }
 
 /// Units of an expiry argument.
@@ -136,13 +140,20 @@ impl KvMachine {
             Ok(spec) => spec,
             Err(reply) => return reply,
         };
-        if spec.kind != CommandKind::Read {
-            return Value::error(format!(
-                "ERR '{}' changes state and cannot run as a read-only query; send it as a write",
-                spec.name
-            ));
+        let now_ms = self.now_ms.max(time_ms);
+        if spec.command == Command::StatorAclKeys {
+            let layout = attempt!(crate::script_acl::AclKeysLayout::parse(argv));
+            let inner = &argv[layout.inner_start..];
+            let inner_spec = attempt!(resolve(inner));
+            if inner_spec.kind != CommandKind::Read {
+                return changes_state(inner_spec);
+            }
+            return self.script_read_scoped(now_ms, inner_spec, inner, Some(layout.patterns));
         }
-        self.read(self.now_ms.max(time_ms), spec, argv)
+        if spec.kind != CommandKind::Read {
+            return changes_state(spec);
+        }
+        self.read(now_ms, spec, argv)
     }
 
     /// Moves the clock to `time_ms` unless that would run it backwards, then reclaims a
@@ -452,6 +463,7 @@ impl KvMachine {
                 self.keyspace_write(spec, argv)
             }
             C::StatorExec => self.exec_transaction(argv),
+            C::StatorAclKeys => self.script_with_acl(argv),
             other => unreachable!("{other:?} is a read but was dispatched as a write"),
         }
     }
@@ -664,6 +676,14 @@ impl KvMachine {
 }
 
 /// Looks the command up and checks its arity, or returns the error reply.
+/// The reply to a write sent as a read-only query.
+fn changes_state(spec: &CommandSpec) -> Value {
+    Value::error(format!(
+        "ERR '{}' changes state and cannot run as a read-only query; send it as a write",
+        spec.name
+    ))
+}
+
 fn resolve(argv: &[Vec<u8>]) -> Result<&'static CommandSpec, Value> {
     let Some(name) = argv.first() else {
         return Err(Value::error(

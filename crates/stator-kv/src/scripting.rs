@@ -265,6 +265,7 @@ impl Sandbox {
             globals.raw_set(name, LuaValue::Nil)?;
         }
         install_random(&lua, seed)?;
+        crate::cjson::install(&lua)?;
         globals.raw_set("redis", redis_library(&lua)?)?;
         let hit = Rc::clone(&limit_hit);
         let limit_probe = lua.create_function(move |_, ()| Ok(hit.get()))?;
@@ -901,5 +902,152 @@ mod tests {
         }
         let reply = eval("return string.rep('x', 1024 * 1024 * 1024)", &[], &[]);
         assert!(reply.is_error(), "{reply:?}");
+    }
+
+    /// Texts and errors as Redis 7.0's lua-cjson gives them (checked against redis-server).
+    #[test]
+    fn cjson_encodes_and_decodes_as_redis() {
+        let text = |body: &str| match eval(body, &[], &[]) {
+            Value::Bulk(Some(bytes)) => String::from_utf8(bytes).unwrap(),
+            Value::Error(message) => message,
+            other => format!("{other:?}"),
+        };
+        assert_eq!(
+            text("return cjson.encode({1,2,'a/b',{x=1.5}, 0.1, 1e20, 123456789012345678, {}})"),
+            r#"[1,2,"a\/b",{"x":1.5},0.1,1e+20,1.2345678901235e+17,{}]"#
+        );
+        assert_eq!(text("return cjson.encode({[1]=1,[3]=3})"), "[1,null,3]");
+        assert_eq!(
+            eval(
+                "return cjson.encode(string.char(1,127,200,34,92,10))",
+                &[],
+                &[]
+            ),
+            Value::bulk(b"\"\\u0001\\u007f\xc8\\\"\\\\\\n\"".to_vec())
+        );
+        assert_eq!(
+            text("return cjson.encode({a=cjson.null, [1.5]=2})"),
+            r#"{"a":null,"1.5":2}"#
+        );
+        let sha = |body: &str| sha1_hex(body.as_bytes());
+        let body = "return cjson.encode({[1]=1,[30]=3})";
+        assert_eq!(
+            text(body),
+            format!("ERR user_script:1: Cannot serialise table: excessively sparse array script: {}, on @user_script:1.", sha(body))
+        );
+        let body = "return cjson.encode(0/0)";
+        assert!(text(body).starts_with(
+            "ERR user_script:1: Cannot serialise number: must not be NaN or Inf script:"
+        ));
+        let body = "return cjson.encode(function() end)";
+        assert!(text(body).starts_with(
+            "ERR user_script:1: Cannot serialise function: type not supported script:"
+        ));
+        let body = "return cjson.encode({[true]=1})";
+        assert!(text(body).starts_with("ERR user_script:1: Cannot serialise boolean: table key must be a number or string script:"));
+        assert_eq!(
+            eval(
+                r#"local t=cjson.decode('[1,2,null,{"a":[true,false]},"\\u00e9x"]'); return {type(t[3]), t[4].a[1] and 1 or 0, t[5], #t, tostring(t[3]==cjson.null)}"#,
+                &[],
+                &[]
+            ),
+            Value::Array(Some(vec![
+                Value::bulk("userdata"),
+                Value::Integer(1),
+                Value::bulk("éx"),
+                Value::Integer(5),
+                Value::bulk("true"),
+            ]))
+        );
+        for (json, error) in [
+            ("[1,", "Expected value but found T_END at character 4"),
+            (
+                r#"{"a" 1}"#,
+                "Expected colon but found T_NUMBER at character 6",
+            ),
+            ("  ", "Expected value but found T_END at character 3"),
+            (
+                "[1] x",
+                "Expected the end but found invalid token at character 5",
+            ),
+            (
+                r#""\q""#,
+                "Expected value but found invalid escape code at character 2",
+            ),
+        ] {
+            let reply = run(
+                Program::Script {
+                    body: b"return cjson.decode(ARGV[1])",
+                    sha: "s",
+                },
+                &[],
+                &[json.as_bytes().to_vec()],
+                7,
+                &mut |_| Value::null(),
+            );
+            assert_eq!(
+                reply,
+                Value::error(format!(
+                    "ERR user_script:1: {error} script: s, on @user_script:1."
+                )),
+                "{json}"
+            );
+        }
+        assert_eq!(
+            eval("return cjson.decode('1.5') * 2", &[], &[]),
+            Value::Integer(3)
+        );
+        assert_eq!(
+            eval(
+                "return {cjson.encode_keep_buffer(), cjson.encode_number_precision(), cjson.encode_max_depth(), cjson.decode_max_depth(), cjson.encode_invalid_numbers(), cjson.decode_invalid_numbers()}",
+                &[],
+                &[]
+            ),
+            Value::Array(Some(vec![
+                Value::Integer(1),
+                Value::Integer(14),
+                Value::Integer(1000),
+                Value::Integer(1000),
+                Value::null(),
+                Value::Integer(1),
+            ]))
+        );
+        assert_eq!(
+            text("cjson.encode_number_precision(3); return cjson.encode(3.14159)"),
+            "3.14"
+        );
+        assert_eq!(text("return cjson._NAME .. cjson._VERSION"), "cjson2.1.0");
+        let deep = "local t = {} local c = t for i = 1, 1100 do c[1] = {} c = c[1] end return cjson.encode(t)";
+        assert!(text(deep).contains("Cannot serialise, excessive nesting (1001)"));
+        assert!(text("return cjson.decode(string.rep('[', 1001))")
+            .contains("Found too many nested data structures (1001) at character 1001"));
+        assert_eq!(
+            text(r#"return cjson.encode(cjson.decode('{"a":[1,{"b":null}],"c":"\\u00e9"}'))"#),
+            r#"{"a":[1,{"b":null}],"c":"é"}"#
+        );
+    }
+
+    #[test]
+    fn bit_answers_as_lua_bitop() {
+        assert_eq!(
+            eval(
+                "return {bit.band(7, 5), bit.tohex(-1), bit.tohex(255, -4), bit.bxor(1, 3, 7), bit.lshift(1, 35), bit.arshift(-256, 4), bit.rshift(-1, 28), bit.tobit(2^32 + 2.5), bit.bnot(0), bit.rol(1, 33), bit.bswap(1)}",
+                &[],
+                &[]
+            ),
+            Value::Array(Some(vec![
+                Value::Integer(5),
+                Value::bulk("ffffffff"),
+                Value::bulk("00FF"),
+                Value::Integer(5),
+                Value::Integer(8),
+                Value::Integer(-16),
+                Value::Integer(15),
+                Value::Integer(2),
+                Value::Integer(-1),
+                Value::Integer(2),
+                Value::Integer(16777216),
+            ]))
+        );
     }
 }

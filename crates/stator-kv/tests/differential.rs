@@ -234,6 +234,12 @@ const SCRIPTS: &[&str] = &[
     "return redis.call('GET')",
     "return redis.call('EVAL', 'return 1', 0)",
     "return string.format('%d-%s', #ARGV, table.concat(ARGV, ','))",
+    "return cjson.encode({ARGV[1], tonumber(ARGV[1]), {k=ARGV[1]}, {}, cjson.null, 0.1, 1e20, 2^53})",
+    "local t = cjson.decode(ARGV[1]) return cjson.encode(t)",
+    "return cjson.encode(cjson.decode(redis.call('GET', KEYS[1])))",
+    "redis.call('SET', KEYS[1], cjson.encode({v=ARGV[1], n=#ARGV})) return redis.call('GET', KEYS[1])",
+    "return cjson.encode({[1]=1, [3]=3, [30]=30})",
+    "return {bit.band(tonumber(ARGV[1]) or 7, 5), bit.tohex(-1), bit.bxor(1, 3, 7), bit.lshift(1, 35), bit.arshift(-256, 4), bit.tobit(2^32 + 2.5)}",
 ];
 
 /// Function libraries for FUNCTION LOAD.
@@ -290,8 +296,21 @@ fn generate(rng: &mut Rng, far_s: u64) -> (Vec<String>, Mode) {
         }
         for _ in 0..rng.below(3) {
             a.push(
-                rng.pick(&["1", "-2", "abc", "2.5", "", "ERR x", "-FOO y"])
-                    .to_owned(),
+                rng.pick(&[
+                    "1",
+                    "-2",
+                    "abc",
+                    "2.5",
+                    "",
+                    "ERR x",
+                    "-FOO y",
+                    "[1,2.5,\"a\\/b\",null,{\"x\":[true,false]}]",
+                    "{\"a\" 1}",
+                    "[1,",
+                    "\"\\u00e9\\ud83d\\ude00\"",
+                    "1e400",
+                ])
+                .to_owned(),
             );
         }
         a

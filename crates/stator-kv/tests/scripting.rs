@@ -284,3 +284,87 @@ fn scripts_route_by_their_keys_and_stay_in_their_slots() {
         Value::ok()
     );
 }
+
+/// A script run for an ACL user (`STATOR.ACLKEYS`, as the gateway wraps it) reaches only
+/// keys matching the user's patterns, with Redis 7.0's script ACL error (checked against
+/// redis-server with `ACL SETUSER alice on >pw ~a* +@all`), in writes, reads through the
+/// log or as queries, functions, `pcall`, and inside `STATOR.EXEC`.
+#[test]
+fn scripts_of_acl_users_reach_only_their_keys() {
+    use stator_kv::encode_script_acl;
+    use stator_kv::script_acl::SCRIPT_KEY_DENIED;
+    let mut machine = KvMachine::new();
+    run(&mut machine, &["SET", "b", "secret"]);
+    let as_alice = |parts: &[&str]| encode_script_acl(&words(&["a*"]), &words(parts));
+    let set_b = "return redis.call('set','b','1')";
+    let wrapped = as_alice(&["EVAL", set_b, "0"]);
+    assert_eq!(command_kind(&wrapped), CommandKind::Write);
+    assert_eq!(
+        machine.apply_argv(1_000, &wrapped),
+        error(&format!(
+            "{SCRIPT_KEY_DENIED} script: {}, on @user_script:1.",
+            sha1_hex(set_b.as_bytes())
+        ))
+    );
+    assert_eq!(run(&mut machine, &["GET", "b"]), Value::bulk("secret"));
+    // Keys the patterns allow work; pcall sees the error as a table.
+    let body = "redis.call('set','a1','x') return {redis.call('get','a1'), redis.pcall('get','b')}";
+    assert_eq!(
+        machine.apply_argv(1_000, &as_alice(&["EVAL", body, "0"])),
+        Value::Array(Some(vec![Value::bulk("x"), error(SCRIPT_KEY_DENIED)]))
+    );
+    // A multi-key call is refused if any key is outside.
+    let mset = as_alice(&["EVAL", "return redis.call('mset','a1','x','b','y')", "0"]);
+    assert!(
+        matches!(machine.apply_argv(1_000, &mset), Value::Error(e) if e.starts_with(SCRIPT_KEY_DENIED))
+    );
+    assert_eq!(run(&mut machine, &["GET", "b"]), Value::bulk("secret"));
+    // The wrapper routes as its script: keys and read-only queries.
+    let read = as_alice(&["EVAL_RO", "return redis.call('get', KEYS[1])", "1", "b"]);
+    assert_eq!(command_keys(&read), vec![&b"b"[..]]);
+    assert_eq!(command_kind(&read), CommandKind::Read);
+    assert!(
+        matches!(machine.query_argv(1_000, &read), Value::Error(e) if e.starts_with(SCRIPT_KEY_DENIED))
+    );
+    let allowed = as_alice(&["EVAL_RO", "return redis.call('get', KEYS[1])", "1", "a1"]);
+    assert_eq!(machine.query_argv(1_000, &allowed), Value::bulk("x"));
+    // Functions.
+    run(
+        &mut machine,
+        &[
+            "FUNCTION",
+            "LOAD",
+            "#!lua name=l\nredis.register_function('f', function(k, a) return redis.call('get', a[1]) end)",
+        ],
+    );
+    assert_eq!(
+        machine.apply_argv(1_000, &as_alice(&["FCALL", "f", "0", "b"])),
+        error(&format!(
+            "{SCRIPT_KEY_DENIED} script: f, on @user_function:2."
+        ))
+    );
+    assert_eq!(
+        machine.apply_argv(1_000, &as_alice(&["FCALL", "f", "0", "a1"])),
+        Value::bulk("x")
+    );
+    // Inside a transaction.
+    let exec = stator_kv::encode_exec(&[], &[as_alice(&["EVAL", set_b, "0"])]);
+    assert!(matches!(
+        machine.apply_argv(1_000, &exec),
+        Value::Array(Some(replies)) if matches!(&replies[0], Value::Error(e) if e.starts_with(SCRIPT_KEY_DENIED))
+    ));
+    // The rights end with the command: the next script runs unrestricted.
+    assert_eq!(
+        run(&mut machine, &["EVAL", "return redis.call('get','b')", "0"]),
+        Value::bulk("secret")
+    );
+    // Only script commands may be wrapped, and scripts may not call the wrapper.
+    assert!(matches!(
+        machine.apply_argv(1_000, &words(&["STATOR.ACLKEYS", "1", "a*", "GET", "b"])),
+        Value::Error(e) if e.starts_with("ERR malformed STATOR.ACLKEYS")
+    ));
+    assert!(matches!(
+        run(&mut machine, &["EVAL", "return redis.call('stator.aclkeys','0','get','b')", "0"]),
+        Value::Error(e) if e.starts_with("ERR This Redis command is not allowed from script")
+    ));
+}

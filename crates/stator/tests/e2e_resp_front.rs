@@ -10,6 +10,10 @@ mod common;
 use common::{free_port, have, require_all, run, wait_for, Cluster, Reply, Resp, WAIT};
 use std::io::Write;
 
+fn sha1_hex(text: &str) -> String {
+    stator_kv::scripting::sha1_hex(text.as_bytes())
+}
+
 fn redis_cli(port: u16, args: &[&str]) -> String {
     let port = port.to_string();
     let mut all = vec!["-p", &port, "--no-auth-warning"];
@@ -36,8 +40,11 @@ fn password_acl_pubsub_and_resp3_with_real_clients() {
          [expose]\nresp = \"127.0.0.1:{port}\"\n\
          [expose.auth]\npassword_file = \"{}\"\n\
          [[expose.auth.users]]\nname = \"reader\"\npassword_file = \"{}\"\n\
-         commands = [\"+@read\"]\nkeys = [\"user:*\"]\n",
+         commands = [\"+@read\"]\nkeys = [\"user:*\"]\n\
+         [[expose.auth.users]]\nname = \"scripter\"\npassword_file = \"{}\"\n\
+         commands = [\"+@all\"]\nkeys = [\"user:*\"]\n",
         password_file.display(),
+        reader_file.display(),
         reader_file.display()
     );
     cluster.apply(&cluster.write_spec("guarded.toml", &spec));
@@ -98,7 +105,46 @@ fn password_acl_pubsub_and_resp3_with_real_clients() {
         );
         assert_eq!(
             redis_cli(port, &["-a", "e2e-secret", "ACL", "USERS"]),
-            "default\nreader"
+            "default\nreader\nscripter"
+        );
+        // A script reaches only the keys of its user's patterns, whatever its KEYS say.
+        let scripter = ["--user", "scripter", "--pass", "r3ader"];
+        let eval = |body: &str, args: &[&str]| {
+            let mut all = scripter.to_vec();
+            all.extend(["EVAL", body]);
+            all.extend(args);
+            redis_cli(port, &all)
+        };
+        assert_eq!(
+            eval("return redis.call('get', KEYS[1])", &["1", "user:1"]),
+            "ann"
+        );
+        // `{user:1}secret` is in user:1's slot but outside the user's `user:*`.
+        let outside = "return redis.call('set', '{user:1}secret', 'x')";
+        assert_eq!(
+            eval(outside, &["1", "user:1"]),
+            format!(
+                "ERR The user executing the script can't access at least one of the keys mentioned in the command arguments script: {}, on @user_script:1.",
+                sha1_hex(outside)
+            )
+        );
+        assert_eq!(
+            redis_cli(port, &["-a", "e2e-secret", "EXISTS", "{user:1}secret"]),
+            "0"
+        );
+        // Scripts without KEYS run too (on slot 0's partition: here, every key).
+        let keyless = "return redis.call('get', 'user:1')";
+        assert_eq!(
+            redis_cli(port, &["-a", "e2e-secret", "EVAL", keyless, "0"]),
+            "ann"
+        );
+        assert_eq!(eval(keyless, &["0"]), "ann");
+        let keyless_outside = "return redis.call('get', 'secret')";
+        assert!(
+            eval(keyless_outside, &["0"]).starts_with(
+                "ERR The user executing the script can't access at least one of the keys"
+            ),
+            "a keyless script reached a key outside the user's patterns"
         );
         let size = redis_cli(port, &["-a", "e2e-secret", "DBSIZE"]);
         if size.starts_with("ERR unknown command") {

@@ -10,7 +10,9 @@ use super::local::{is_known, ConnectionState, Dispatch};
 use crate::map::ServiceRoutes;
 use ring::digest;
 use stator_api::spec::{AclUserSpec, AuthSpec};
-use stator_kv::{command_keys, command_kind, CommandKind, Value};
+use stator_kv::{
+    command_keys, command_kind, encode_script_acl, is_script_command, CommandKind, Value,
+};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -197,15 +199,20 @@ impl User {
             return Ok(());
         }
         let kind = command_kind(argv);
-        let allowed = self
-            .rules
-            .iter()
-            .rev()
-            .find(|(_, selector)| match selector {
-                Selector::Category(category) => in_category(category, &name, kind),
-                Selector::Command(command) => *command == name,
-            })
-            .is_some_and(|(allow, _)| *allow);
+        // The internal commands the gateway builds (`STATOR.EXEC`, `STATOR.VERSION`,
+        // `STATOR.ACLKEYS`) carry other commands or rights: sent by a restricted user they
+        // would run what that user's rules refuse, so only unrestricted users may send them.
+        let internal = name.starts_with("stator.");
+        let allowed = !internal
+            && self
+                .rules
+                .iter()
+                .rev()
+                .find(|(_, selector)| match selector {
+                    Selector::Category(category) => in_category(category, &name, kind),
+                    Selector::Command(command) => *command == name,
+                })
+                .is_some_and(|(allow, _)| *allow);
         if !allowed {
             let shown = match argv.get(1) {
                 Some(sub) if CONTAINER_COMMANDS.contains(&name.as_str()) => {
@@ -230,6 +237,15 @@ impl User {
             }
         }
         Ok(())
+    }
+
+    /// `argv` as the kv machine must run it for this user: a script command of a user
+    /// limited to some key patterns is wrapped in `STATOR.ACLKEYS` with those patterns, so
+    /// every `redis.call` inside is checked (the declared KEYS were checked by
+    /// [`User::check`]). `None`: send `argv` as it is.
+    pub(crate) fn scope_script(&self, argv: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
+        let all_keys = self.keys.iter().any(|k| k == b"*");
+        (!all_keys && is_script_command(argv)).then(|| encode_script_acl(&self.keys, argv))
     }
 
     /// The user as `ACL LIST` prints it.
@@ -439,6 +455,13 @@ pub(crate) fn intercept(
         return Some(acl(argv, state, access));
     }
     None
+}
+
+/// The command to dispatch once [`intercept`] let `argv` through: a restricted user's
+/// script command carries the user's key patterns (see [`User::scope_script`]). `None`:
+/// dispatch `argv` unchanged.
+pub(crate) fn scope_script(argv: &[Vec<u8>], state: &ConnectionState) -> Option<Vec<Vec<u8>>> {
+    state.user.as_ref()?.scope_script(argv)
 }
 
 fn acl(argv: &[Vec<u8>], state: &ConnectionState, access: &Access) -> Dispatch {
@@ -703,6 +726,65 @@ mod tests {
             text(intercept(&argv(&["ACL", "WHOAMI"]), &mut state, &access)),
             "-NOPERM this user has no permissions to run the 'acl|whoami' command\r\n"
         );
+    }
+
+    #[test]
+    fn restricted_users_scripts_carry_their_key_patterns() {
+        let access = users();
+        let mut state = ConnectionState::default();
+        let eval = argv(&["EVAL", "return redis.call('get','other')", "0"]);
+        assert_eq!(scope_script(&eval, &state), None, "nobody logged in yet");
+        text(intercept(&argv(&["AUTH", "secret"]), &mut state, &access));
+        assert_eq!(
+            scope_script(&eval, &state),
+            None,
+            "default reaches every key"
+        );
+        text(intercept(
+            &argv(&["AUTH", "app", "app-pass"]),
+            &mut state,
+            &access,
+        ));
+        assert_eq!(
+            scope_script(&eval, &state),
+            Some(argv(&[
+                "STATOR.ACLKEYS",
+                "1",
+                "user:*",
+                "EVAL",
+                "return redis.call('get','other')",
+                "0"
+            ]))
+        );
+        assert_eq!(scope_script(&argv(&["GET", "user:1"]), &state), None);
+        // A hand-made wrapper or transaction cannot widen the rights of a user who may run
+        // every command but not reach every key.
+        let mut scripter = User::default_user(b"s");
+        scripter.name = "scripter".into();
+        scripter.keys = vec![b"user:*".to_vec()];
+        scripter.unrestricted = false;
+        let access = Access::Users(vec![Arc::new(scripter)]);
+        text(intercept(
+            &argv(&["AUTH", "scripter", "s"]),
+            &mut state,
+            &access,
+        ));
+        assert_eq!(state.user.as_ref().unwrap().name, "scripter");
+        for internal in [
+            argv(&[
+                "STATOR.ACLKEYS",
+                "1",
+                "*",
+                "EVAL",
+                "return 1",
+                "1",
+                "user:1",
+            ]),
+            argv(&["STATOR.EXEC", "0", "3", "EVAL", "return 1", "0"]),
+        ] {
+            assert!(text(intercept(&internal, &mut state, &access))
+                .starts_with("-NOPERM this user has no permissions to run the 'stator."));
+        }
     }
 
     #[test]

@@ -458,7 +458,18 @@ pub async fn serve<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
             }
             // A plain keyed command that may join the batch being gathered.
             let mut gatherable = false;
-            let decided = auth::intercept(&argv, &mut state, &access)
+            let decided = auth::intercept(&argv, &mut state, &access);
+            // A script of a user limited to some keys carries the user's key patterns into
+            // the machine, which checks every `redis.call` against them (`auth.rs`).
+            let scoped = decided
+                .is_none()
+                .then(|| auth::scope_script(&argv, &state))
+                .flatten();
+            let (argv, raw) = match scoped {
+                Some(wrapped) => (wrapped, &[][..]),
+                None => (argv, &input[..used]),
+            };
+            let decided = decided
                 .or_else(|| transaction::intercept(&argv, &mut state.tx, routes.as_deref()))
                 .or_else(|| pubsub::intercept(&argv, &mut pubsub, state.resp3, routes.as_deref()));
             let work = match decided
@@ -498,15 +509,8 @@ pub async fn serve<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
                 Dispatch::ForwardAlone { slot, kind } => {
-                    match forward_work(
-                        &*router,
-                        routes.as_ref(),
-                        &service,
-                        slot,
-                        kind,
-                        &input[..used],
-                        &argv,
-                    ) {
+                    match forward_work(&*router, routes.as_ref(), &service, slot, kind, raw, &argv)
+                    {
                         Ok(work) => {
                             alone_in_flight = true;
                             *busy_slots.entry(slot).or_default() += 1;
@@ -525,15 +529,8 @@ pub async fn serve<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
                         // Parsed again once the earlier command is answered.
                         break;
                     }
-                    match forward_work(
-                        &*router,
-                        routes.as_ref(),
-                        &service,
-                        slot,
-                        kind,
-                        &input[..used],
-                        &argv,
-                    ) {
+                    match forward_work(&*router, routes.as_ref(), &service, slot, kind, raw, &argv)
+                    {
                         Ok(work) => {
                             if !joins {
                                 *busy_slots.entry(slot).or_default() += 1;

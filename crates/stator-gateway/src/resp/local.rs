@@ -9,7 +9,13 @@ use super::keyspace::{self, FanOut};
 use super::transaction::{Transaction, TxWork};
 use crate::map::ServiceRoutes;
 use stator_api::slot::key_slot;
-use stator_kv::{command_keys, command_kind, command_slot, CommandKind, KeySlot, Value};
+use stator_kv::{
+    command_keys, command_kind, command_slot, runs_script, CommandKind, KeySlot, Value,
+};
+
+/// Where a script that declares no KEYS (`EVAL body 0`) runs: one fixed slot, so every
+/// gateway sends it to the same partition (Redis Cluster runs it on the node asked).
+const KEYLESS_SCRIPT_SLOT: u16 = 0;
 use stator_replication::RequestKind;
 use std::sync::Arc;
 
@@ -117,8 +123,14 @@ pub(crate) fn dispatch(
                     "CROSSSLOT Keys in request don't hash to the same slot; put a {hash tag} in the keys to keep them together",
                 ),
             },
-            // Every kv command but PING and ECHO takes a key first: no key means too few
-            // arguments.
+            // A script without KEYS runs on the partition owning slot 0 (a one-partition
+            // service: all keys); in cluster mode the node leading slot 0 runs it.
+            KeySlot::NoKeys if runs_script(argv) => Dispatch::Forward {
+                slot: KEYLESS_SCRIPT_SLOT,
+                kind: if kind == CommandKind::Write { RequestKind::Write } else { RequestKind::Read },
+            },
+            // Every other kv command but PING and ECHO takes a key first: no key means too
+            // few arguments.
             KeySlot::NoKeys => error(format!(
                 "ERR wrong number of arguments for '{}' command",
                 String::from_utf8_lossy(name).to_lowercase()
@@ -397,6 +409,22 @@ mod tests {
             text(run(&["GET"])),
             "-ERR wrong number of arguments for 'get' command\r\n"
         );
+        // Scripts without KEYS go to slot 0's partition, wrapped with ACL keys or not.
+        for (script, kind) in [
+            (&["EVAL", "return 1", "0"][..], RequestKind::Write),
+            (&["EVAL_RO", "return 1", "0"], RequestKind::Read),
+            (&["FCALL", "f", "0"], RequestKind::Write),
+            (
+                &["STATOR.ACLKEYS", "1", "a*", "EVAL", "return 1", "0"],
+                RequestKind::Write,
+            ),
+        ] {
+            assert_eq!(
+                run(script),
+                Dispatch::Forward { slot: 0, kind },
+                "{script:?}"
+            );
+        }
     }
 
     #[test]

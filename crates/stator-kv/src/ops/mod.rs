@@ -130,6 +130,20 @@ pub(crate) fn parse_double(arg: &[u8]) -> Option<f64> {
     (!number.is_nan()).then_some(number)
 }
 
+/// A score, increment or weight as Redis' `getDoubleFromObject` reads it: [`parse_double`],
+/// and also refusing what `strtod` reports as out of range (`1e400` overflows to inf and
+/// `1e-400` underflows to 0; only a spelled-out `inf` is infinite).
+pub(crate) fn parse_score(arg: &[u8]) -> Option<f64> {
+    let number = parse_double(arg)?;
+    let mantissa = arg
+        .split(|b| *b == b'e' || *b == b'E')
+        .next()
+        .unwrap_or(arg);
+    let overflowed = number.is_infinite() && !arg.iter().any(|b| b.eq_ignore_ascii_case(&b'i'));
+    let underflowed = number == 0.0 && mantissa.iter().any(|b| (b'1'..=b'9').contains(b));
+    (!overflowed && !underflowed).then_some(number)
+}
+
 /// `start stop` indexes (negative from the end) clamped to `0..len`, or `None` if empty.
 pub(crate) fn index_range(start: i64, stop: i64, len: usize) -> Option<(usize, usize)> {
     let len = len as i64;

@@ -5,6 +5,7 @@ use crate::command::{lookup, Command, CommandKind, CommandSpec};
 use crate::machine::{attempt, KvMachine, NOT_AN_INTEGER, SYNTAX_ERROR};
 use crate::ops::glob_match;
 use crate::resp::{parse_i64_strict, Value};
+use crate::script_acl::{AclKeysLayout, SCRIPT_KEY_DENIED};
 use crate::scripting::{self, sha1_hex, valid_name, Program, RegisteredFunction};
 use crate::types::EntryRng;
 use stator_api::slot::key_slot;
@@ -195,18 +196,22 @@ fn split_keys<'a>(
 /// What a script may do through `redis.call`.
 struct CallPolicy {
     read_only: bool,
+    /// The caller's ACL key patterns (`STATOR.ACLKEYS`): every key a call names must match
+    /// one. `None`: the caller may touch every key.
+    key_patterns: Option<Vec<Vec<u8>>>,
     /// Slots of the declared KEYS; when any were declared, every key a script names must
     /// hash to one of them, so it lives in the partition the gateway routed the script to.
     declared_slots: Vec<u16>,
 }
 
 impl CallPolicy {
-    fn new(read_only: bool, keys: &[Vec<u8>]) -> Self {
+    fn new(read_only: bool, keys: &[Vec<u8>], key_patterns: Option<Vec<Vec<u8>>>) -> Self {
         let mut declared_slots: Vec<u16> = keys.iter().map(|key| key_slot(key)).collect();
         declared_slots.sort_unstable();
         declared_slots.dedup();
         CallPolicy {
             read_only,
+            key_patterns,
             declared_slots,
         }
     }
@@ -232,10 +237,22 @@ impl CallPolicy {
                 | Command::Script
                 | Command::Function
                 | Command::StatorExec
+                | Command::StatorAclKeys
         ) {
             return Err(Value::error(
                 "ERR This Redis command is not allowed from script",
             ));
+        }
+        // Redis checks ACLs after refusing script-only commands and before write rights.
+        if let Some(patterns) = &self.key_patterns {
+            let allowed = spec.key_indexes(argv).into_iter().all(|index| {
+                patterns
+                    .iter()
+                    .any(|pattern| glob_match(pattern, &argv[index]))
+            });
+            if !allowed {
+                return Err(Value::error(SCRIPT_KEY_DENIED));
+            }
         }
         if self.read_only && spec.kind == CommandKind::Write {
             return Err(Value::error(
@@ -288,6 +305,17 @@ impl KvMachine {
 
     /// EVAL_RO, EVALSHA_RO and FCALL_RO answered without the log.
     pub(crate) fn script_read(&self, now_ms: u64, spec: &CommandSpec, argv: &[Vec<u8>]) -> Value {
+        self.script_read_scoped(now_ms, spec, argv, None)
+    }
+
+    /// [`KvMachine::script_read`] for a caller limited to `key_patterns` (`STATOR.ACLKEYS`).
+    pub(crate) fn script_read_scoped(
+        &self,
+        now_ms: u64,
+        spec: &CommandSpec,
+        argv: &[Vec<u8>],
+        key_patterns: Option<&[Vec<u8>]>,
+    ) -> Value {
         if spec.command != Command::FCallRo {
             attempt!(split_keys(spec, argv));
         }
@@ -295,7 +323,7 @@ impl KvMachine {
         let (keys, args) = attempt!(split_keys(spec, argv));
         let (program, read_only) = attempt!(program_of(&target, true));
         debug_assert!(read_only);
-        let policy = CallPolicy::new(true, keys);
+        let policy = CallPolicy::new(true, keys, key_patterns.map(<[_]>::to_vec));
         let mut execute = |call: Vec<Vec<u8>>| match policy.check(&call) {
             Ok(spec) => self.read(now_ms, spec, &call),
             Err(reply) => reply,
@@ -325,7 +353,7 @@ impl KvMachine {
             match program_of(&target, forced_read_only) {
                 Err(reply) => reply,
                 Ok((program, read_only)) => {
-                    let policy = CallPolicy::new(read_only, keys);
+                    let policy = CallPolicy::new(read_only, keys, self.script_key_patterns.take());
                     let seed = self.rng.next_u64();
                     let was_in_transaction = self.in_transaction;
                     // Blocking commands never block inside a script, as in Redis.
@@ -344,6 +372,18 @@ impl KvMachine {
         if matches!(spec.command, Command::Eval | Command::EvalRo) && !is_compile_error(&reply) {
             self.scripts.cache(sha1_hex(&argv[1]), argv[1].clone());
         }
+        reply
+    }
+
+    /// `STATOR.ACLKEYS <count> <pattern>... <script command>`: runs the script command
+    /// with its `redis.call`s limited to keys matching the patterns.
+    pub(crate) fn script_with_acl(&mut self, argv: Vec<Vec<u8>>) -> Value {
+        let layout = attempt!(AclKeysLayout::parse(&argv));
+        let patterns = layout.patterns.to_vec();
+        let inner = argv[layout.inner_start..].to_vec();
+        self.script_key_patterns = Some(patterns);
+        let reply = self.execute(inner);
+        self.script_key_patterns = None;
         reply
     }
 

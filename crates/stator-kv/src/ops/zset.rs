@@ -3,7 +3,7 @@
 use super::list::parse_timeout;
 use super::{
     distinct_indexes, format_double, glob_match, index_range, int_arg, parse_cursor, parse_double,
-    parse_scan_options, scan_page, scan_reply,
+    parse_scan_options, parse_score, scan_page, scan_reply,
 };
 use crate::command::{Command, CommandSpec};
 use crate::keyspace::ExpiryChange;
@@ -511,7 +511,7 @@ impl KvMachine {
                     .iter_mut()
                     .zip(&argv[index + 1..index + 1 + numkeys])
                 {
-                    *slot = parse_double(arg)
+                    *slot = parse_score(arg)
                         .ok_or_else(|| Value::error("ERR weight value is not a float"))?;
                 }
                 index += 1 + numkeys;
@@ -592,7 +592,7 @@ impl KvMachine {
         match spec.command {
             C::ZAdd => self.zadd(argv),
             C::ZIncrBy => {
-                let Some(delta) = parse_double(&argv[2]) else {
+                let Some(delta) = parse_score(&argv[2]) else {
                     return Value::error(NOT_A_FLOAT);
                 };
                 attempt!(self.zset(&key, now_ms));
@@ -810,7 +810,7 @@ impl KvMachine {
         }
         let mut pairs = Vec::with_capacity(elements / 2);
         for pair in argv[index..].chunks(2) {
-            let Some(score) = parse_double(&pair[0]) else {
+            let Some(score) = parse_score(&pair[0]) else {
                 return Value::error(NOT_A_FLOAT);
             };
             pairs.push((score, pair[1].clone()));
