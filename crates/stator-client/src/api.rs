@@ -9,8 +9,7 @@
 use crate::context::Context;
 use anyhow::bail;
 use serde::de::DeserializeOwned;
-use stator_server::model::NodeState;
-use stator_server::views::NodeView;
+use stator_api::views::{Event, NodeState, NodeView};
 use std::time::Duration;
 
 /// One call's timeout.
@@ -43,7 +42,7 @@ pub struct EventStream {
 
 impl EventStream {
     /// The next event; None when the server ends the stream.
-    pub async fn next_event(&mut self) -> anyhow::Result<Option<stator_server::views::Event>> {
+    pub async fn next_event(&mut self) -> anyhow::Result<Option<Event>> {
         loop {
             if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
                 let block: Vec<u8> = self.buffer.drain(..end + 2).collect();

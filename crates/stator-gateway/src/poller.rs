@@ -2,7 +2,8 @@
 //! new map; readers hold an `Arc` snapshot from a watch channel.
 
 use crate::error::GatewayError;
-use crate::map::{build_map, PartitionMap, PartitionViewMirror, ServiceViewMirror};
+use crate::map::{build_map, PartitionMap};
+use stator_api::views::{PartitionView, ServiceView};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -164,11 +165,11 @@ impl Poller {
             let index = (self.preferred + attempt) % self.server_urls.len();
             let url = &self.server_urls[index];
             let services = self
-                .get::<Vec<ServiceViewMirror>>(url, "/v1/services")
+                .get::<Vec<ServiceView>>(url, "/v1/services")
                 .await;
             let partitions = match services {
                 Ok(services) => self
-                    .get::<Vec<PartitionViewMirror>>(url, "/v1/partitions")
+                    .get::<Vec<PartitionView>>(url, "/v1/partitions")
                     .await
                     .map(|partitions| (services, partitions)),
                 Err(e) => Err(e),
