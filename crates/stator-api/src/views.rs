@@ -562,7 +562,11 @@ mod tests {
     where
         T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
     {
-        assert_eq!(serde_json::to_value(view).unwrap(), wire, "serialized shape");
+        assert_eq!(
+            serde_json::to_value(view).unwrap(),
+            wire,
+            "serialized shape"
+        );
         let back: T = serde_json::from_value(wire).unwrap();
         assert_eq!(&back, view, "read back");
     }
@@ -694,7 +698,10 @@ mod tests {
             "partitions": []
         });
         let detail: ServiceDetail = serde_json::from_value(wire.clone()).unwrap();
-        assert_eq!(detail.service.instances[0].addr.as_deref(), Some("127.0.0.1:9001"));
+        assert_eq!(
+            detail.service.instances[0].addr.as_deref(),
+            Some("127.0.0.1:9001")
+        );
         let again = serde_json::to_value(&detail).unwrap();
         assert_eq!(again["instances"], wire["instances"]);
         assert_eq!(again["status"], wire["status"]);
