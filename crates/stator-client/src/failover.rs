@@ -142,7 +142,11 @@ impl FailoverClient {
         for offset in 0..self.bases.len() {
             let index = (first + offset) % self.bases.len();
             let base = &self.bases[index];
-            let response = match build(&self.http, base).bearer_auth(&self.token).send().await {
+            let response = match build(&self.http, base)
+                .bearer_auth(&self.token)
+                .send()
+                .await
+            {
                 Ok(response) => response,
                 Err(e) => {
                     last = format!("cannot reach {base}: {e}");

@@ -83,7 +83,10 @@ async fn a_refusal_is_the_answer_and_no_server_is_unreachable() {
     let (good, good_hits) = fixed_server(200, "{}").await;
     let servers = client(&[&refusing, &good], FailoverOn::ServerError);
     match servers.get::<serde_json::Value>("/v1/x").await {
-        Err(CallError::Refused { status: 404, message }) => assert_eq!(message, "no such node"),
+        Err(CallError::Refused {
+            status: 404,
+            message,
+        }) => assert_eq!(message, "no such node"),
         other => panic!("expected a 404 refusal, got {other:?}"),
     }
     assert_eq!(good_hits.load(Ordering::SeqCst), 0);
@@ -95,7 +98,12 @@ async fn a_refusal_is_the_answer_and_no_server_is_unreachable() {
         Err(CallError::Unreachable { tried: 1, .. })
     ));
     assert!(matches!(
-        FailoverClient::new([" ", ""], "t", Duration::from_secs(1), FailoverOn::ServerError),
+        FailoverClient::new(
+            [" ", ""],
+            "t",
+            Duration::from_secs(1),
+            FailoverOn::ServerError
+        ),
         Err(CallError::NoServers)
     ));
 }

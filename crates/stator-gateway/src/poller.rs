@@ -51,18 +51,14 @@ fn unreachable(servers: &FailoverClient, error: CallError) -> GatewayError {
 
 impl Poller {
     pub(crate) fn new(server_urls: Vec<String>, api_token: String) -> Result<Self, GatewayError> {
-        let servers = FailoverClient::new(
-            server_urls,
-            api_token,
-            API_TIMEOUT,
-            FailoverOn::ServerError,
-        )
-        .map_err(|e| match e {
-            CallError::NoServers => GatewayError::Config(
-                "server_urls is empty; give at least one stator server URL".into(),
-            ),
-            other => GatewayError::Config(other.to_string()),
-        })?;
+        let servers =
+            FailoverClient::new(server_urls, api_token, API_TIMEOUT, FailoverOn::ServerError)
+                .map_err(|e| match e {
+                    CallError::NoServers => GatewayError::Config(
+                        "server_urls is empty; give at least one stator server URL".into(),
+                    ),
+                    other => GatewayError::Config(other.to_string()),
+                })?;
         Ok(Self {
             servers: Arc::new(servers),
         })

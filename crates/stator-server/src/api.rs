@@ -31,8 +31,8 @@ use crate::error::{Result, ServerError};
 use crate::metrics::Metrics;
 use crate::pubsub::BusRegistry;
 use crate::views::{
-    node_view, partition_views, service_view, ApplyResult, ClusterInfo, Event, EventKind,
-    NodeView, PartitionView, ServiceDetail, ServiceView,
+    node_view, partition_views, service_view, ApplyResult, ClusterInfo, Event, EventKind, NodeView,
+    PartitionView, ServiceDetail, ServiceView,
 };
 
 /// Largest request body on user routes: a spec is a few KiB; 1 MiB leaves room for

@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 
 use stator_api::agent::{InstanceState, ReplicaRole, ReplicaStatus};
 use stator_api::ids::{GroupId, NodeId};
-use stator_api::spec::ServiceKind;
 use stator_api::slot::partition_ranges;
+use stator_api::spec::ServiceKind;
 pub use stator_api::views::*;
 
 use crate::model::{Cluster, InstancePhase, Service};
