@@ -340,7 +340,17 @@ impl Driver for RedisGetDriver {
 /// Runs every system for every client count; returns the runs in order.
 pub async fn run(opts: &Options) -> anyhow::Result<Vec<Run>> {
     let mut runs = Vec::new();
-    // stator, then stator without the feature under test, on a fresh cluster each.
+    measure_stator_systems(opts, &mut runs).await?;
+    if opts.op == Op::Get {
+        measure_get_baselines(opts, &mut runs).await?;
+    } else {
+        measure_set_baselines(opts, &mut runs).await?;
+    }
+    Ok(runs)
+}
+
+/// stator, then stator without the feature under test, on a fresh cluster each.
+async fn measure_stator_systems(opts: &Options, runs: &mut Vec<Run>) -> anyhow::Result<()> {
     // Durable stores live on the same file system as etcd's data directories (both are
     // temporary dirs).
     let data_root = tempfile::tempdir()?;
@@ -385,33 +395,40 @@ pub async fn run(opts: &Options) -> anyhow::Result<Vec<Run>> {
         }
         drop(hosts);
     }
-    if opts.op == Op::Get {
-        if !opts.skip.iter().any(|s| s == "redis") {
-            let redis = start_redis_with_replica().await;
-            let endpoints = redis.as_ref().map(|r| r.endpoints.clone());
-            let baseline = Baseline {
-                system: "redis",
-                replicas: 1,
-                setup: "GET on the primary",
-            };
-            measure_baseline(
-                &mut runs,
-                opts,
-                baseline,
-                endpoints,
-                |endpoints, clients| async move {
-                    let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
-                    for _ in 0..clients {
-                        let conn = Connection::connect(endpoints[0].as_str()).await?;
-                        drivers.push(Box::new(RedisGetDriver { conn }));
-                    }
-                    Ok(drivers)
-                },
-            )
-            .await?;
-        }
-        return Ok(runs);
+    Ok(())
+}
+
+/// The `GET` anchor: a plain Redis primary.
+async fn measure_get_baselines(opts: &Options, runs: &mut Vec<Run>) -> anyhow::Result<()> {
+    if !opts.skip.iter().any(|s| s == "redis") {
+        let redis = start_redis_with_replica().await;
+        let endpoints = redis.as_ref().map(|r| r.endpoints.clone());
+        let baseline = Baseline {
+            system: "redis",
+            replicas: 1,
+            setup: "GET on the primary",
+        };
+        measure_baseline(
+            runs,
+            opts,
+            baseline,
+            endpoints,
+            |endpoints, clients| async move {
+                let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
+                for _ in 0..clients {
+                    let conn = Connection::connect(endpoints[0].as_str()).await?;
+                    drivers.push(Box::new(RedisGetDriver { conn }));
+                }
+                Ok(drivers)
+            },
+        )
+        .await?;
     }
+    Ok(())
+}
+
+/// The `SET` baselines: etcd (one consensus write per request) and Redis with `WAIT`.
+async fn measure_set_baselines(opts: &Options, runs: &mut Vec<Run>) -> anyhow::Result<()> {
     // etcd: one consensus write per ordered request, 3 members as DORADO runs it.
     if !opts.skip.iter().any(|s| s == "etcd") {
         let etcd = start_etcd(3).await;
@@ -422,7 +439,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Vec<Run>> {
             setup: "3 members",
         };
         measure_baseline(
-            &mut runs,
+            runs,
             opts,
             baseline,
             endpoints,
@@ -451,7 +468,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Vec<Run>> {
             setup: "primary + 1 replica",
         };
         measure_baseline(
-            &mut runs,
+            runs,
             opts,
             baseline,
             endpoints,
@@ -469,7 +486,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Vec<Run>> {
         )
         .await?;
     }
-    Ok(runs)
+    Ok(())
 }
 
 /// A baseline system as its runs report it.
