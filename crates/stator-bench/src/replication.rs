@@ -400,31 +400,44 @@ async fn measure_stator_systems(opts: &Options, runs: &mut Vec<Run>) -> anyhow::
 
 /// The `GET` anchor: a plain Redis primary.
 async fn measure_get_baselines(opts: &Options, runs: &mut Vec<Run>) -> anyhow::Result<()> {
-    if !opts.skip.iter().any(|s| s == "redis") {
-        let redis = start_redis_with_replica().await;
-        let endpoints = redis.as_ref().map(|r| r.endpoints.clone());
-        let baseline = Baseline {
-            system: "redis",
-            replicas: 1,
-            setup: "GET on the primary",
-        };
-        measure_baseline(
-            runs,
-            opts,
-            baseline,
-            endpoints,
-            |endpoints, clients| async move {
-                let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
-                for _ in 0..clients {
-                    let conn = Connection::connect(endpoints[0].as_str()).await?;
-                    drivers.push(Box::new(RedisGetDriver { conn }));
-                }
-                Ok(drivers)
-            },
-        )
-        .await?;
+    let baseline = Baseline {
+        system: "redis",
+        replicas: 1,
+        setup: "GET on the primary",
+    };
+    measure_redis_baseline(opts, runs, baseline, |conn| {
+        Box::new(RedisGetDriver { conn })
+    })
+    .await
+}
+
+/// A Redis primary with one replica (unless `--skip`ped), one connection per client to
+/// the primary, each wrapped by `driver`.
+async fn measure_redis_baseline(
+    opts: &Options,
+    runs: &mut Vec<Run>,
+    baseline: Baseline,
+    driver: fn(Connection) -> Box<dyn Driver>,
+) -> anyhow::Result<()> {
+    if opts.skip.iter().any(|s| s == baseline.system) {
+        return Ok(());
     }
-    Ok(())
+    let redis = start_redis_with_replica().await;
+    let endpoints = redis.as_ref().map(|r| r.endpoints.clone());
+    measure_baseline(
+        runs,
+        opts,
+        baseline,
+        endpoints,
+        |endpoints, clients| async move {
+            let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
+            for _ in 0..clients {
+                drivers.push(driver(Connection::connect(endpoints[0].as_str()).await?));
+            }
+            Ok(drivers)
+        },
+    )
+    .await
 }
 
 /// The `SET` baselines: etcd (one consensus write per request) and Redis with `WAIT`.
@@ -459,34 +472,18 @@ async fn measure_set_baselines(opts: &Options, runs: &mut Vec<Run>) -> anyhow::R
         )
         .await?;
     }
-    if !opts.skip.iter().any(|s| s == "redis-wait") {
-        let redis = start_redis_with_replica().await;
-        let endpoints = redis.as_ref().map(|r| r.endpoints.clone());
-        let baseline = Baseline {
-            system: "redis-wait",
-            replicas: 2,
-            setup: "primary + 1 replica",
-        };
-        measure_baseline(
-            runs,
-            opts,
-            baseline,
-            endpoints,
-            |endpoints, clients| async move {
-                let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
-                for _ in 0..clients {
-                    let conn = Connection::connect(endpoints[0].as_str()).await?;
-                    drivers.push(Box::new(RedisWaitDriver {
-                        conn,
-                        frames: Vec::new(),
-                    }));
-                }
-                Ok(drivers)
-            },
-        )
-        .await?;
-    }
-    Ok(())
+    let baseline = Baseline {
+        system: "redis-wait",
+        replicas: 2,
+        setup: "primary + 1 replica",
+    };
+    measure_redis_baseline(opts, runs, baseline, |conn| {
+        Box::new(RedisWaitDriver {
+            conn,
+            frames: Vec::new(),
+        })
+    })
+    .await
 }
 
 /// A baseline system as its runs report it.
