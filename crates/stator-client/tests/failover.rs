@@ -10,8 +10,10 @@ use tokio::net::TcpListener;
 
 /// A server answering every request with `status` and `body`; counts the requests.
 async fn fixed_server(status: u16, body: &'static str) -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let url = format!("http://{}", listener.local_addr().expect("bound address"));
     let hits = Arc::new(AtomicUsize::new(0));
     let counter = hits.clone();
     tokio::spawn(async move {
@@ -36,12 +38,14 @@ async fn fixed_server(status: u16, body: &'static str) -> (String, Arc<AtomicUsi
 
 /// A URL nothing listens on.
 async fn dead_url() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    format!("http://{}", listener.local_addr().unwrap())
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    format!("http://{}", listener.local_addr().expect("bound address"))
 }
 
 fn client(urls: &[&str], failover_on: FailoverOn) -> FailoverClient {
-    FailoverClient::new(urls, "token", Duration::from_secs(5), failover_on).unwrap()
+    FailoverClient::new(urls, "token", Duration::from_secs(5), failover_on).expect("client")
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@
 //!   [`parse_memory_mib`]).
 //! - [`placement`]: [`PlacementSpec`], [`QosSpec`].
 //! - [`probe`]: readiness [`Probe`]s.
-//! - [`node_pool`]: [`NodePoolSpec`].
+//! - [`node_pool`]: node pools ([`NodePoolSpec`]).
 //!
 //! Every type is re-exported here: callers write `stator_api::spec::ServiceSpec`.
 
