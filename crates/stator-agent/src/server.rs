@@ -1,9 +1,10 @@
-//! The agent's client of the server API (join-token routes), failing over between URLs.
+//! The agent's client of the server API (join-token routes), failing over between URLs
+//! through [`stator_client::FailoverClient`].
 
 use stator_api::agent::{
     heartbeat_path, Assignments, Heartbeat, RegisterRequest, RegisterResponse, REGISTER_PATH,
 };
-use std::sync::atomic::{AtomicUsize, Ordering};
+use stator_client::{FailoverClient, FailoverOn};
 use std::time::Duration;
 
 /// One call's timeout: a heartbeat answer is small and the server is near.
@@ -11,43 +12,30 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts at registering before giving up (servers may still be starting).
 pub const REGISTER_ATTEMPTS: u32 = 60;
 
-/// Why a call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerCallError {
-    /// No server answered.
-    #[error("no server reachable ({0})")]
-    Unreachable(String),
-    /// A server refused the call; its message says why.
-    #[error("server refused: HTTP {status}: {message}")]
-    Refused {
-        /// HTTP status.
-        status: u16,
-        /// The server's error message.
-        message: String,
-    },
-}
+/// Why a call failed: [`CallError::Refused`] is the server's answer (the same on every
+/// server), anything else means no server could answer.
+pub use stator_client::CallError as ServerCallError;
 
-/// HTTP client over several server URLs; sticks to the last one that answered.
+/// The agent's client: [`FailoverClient`] with the join token, passing a call on to the
+/// next server on any 5xx (a heartbeat is better answered by a healthy server).
 pub struct ServerClient {
-    urls: Vec<String>,
-    token: String,
-    http: reqwest::Client,
-    current: AtomicUsize,
+    /// None when no URL was given: every call then fails with
+    /// [`ServerCallError::NoServers`], which says what to pass.
+    servers: Option<FailoverClient>,
 }
 
 impl ServerClient {
     /// A client of `urls` authenticating with the join token.
     pub fn new(urls: Vec<String>, join_token: String) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(CALL_TIMEOUT)
-            .build()
-            .expect("HTTP client");
-        Self {
-            urls,
-            token: join_token,
-            http,
-            current: AtomicUsize::new(0),
-        }
+        let servers =
+            match FailoverClient::new(urls, join_token, CALL_TIMEOUT, FailoverOn::ServerError) {
+                Ok(servers) => Some(servers),
+                Err(ServerCallError::NoServers) => None,
+                // The HTTP client only fails to build without a TLS backend: a broken
+                // binary, not an input error.
+                Err(e) => panic!("agent server client: {e}"),
+            };
+        Self { servers }
     }
 
     async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
@@ -55,39 +43,10 @@ impl ServerClient {
         path: &str,
         body: &B,
     ) -> Result<R, ServerCallError> {
-        let mut last = String::from("no server URL configured");
-        let start = self.current.load(Ordering::Relaxed);
-        for i in 0..self.urls.len() {
-            let index = (start + i) % self.urls.len();
-            let url = format!("{}{}", self.urls[index].trim_end_matches('/'), path);
-            match self
-                .http
-                .post(&url)
-                .bearer_auth(&self.token)
-                .json(body)
-                .send()
-                .await
-            {
-                Ok(resp) if resp.status().is_success() => {
-                    self.current.store(index, Ordering::Relaxed);
-                    return resp
-                        .json()
-                        .await
-                        .map_err(|e| ServerCallError::Unreachable(e.to_string()));
-                }
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let message = resp.text().await.unwrap_or_default();
-                    // 5xx from one server: another may serve; 4xx is the same everywhere.
-                    if status < 500 {
-                        return Err(ServerCallError::Refused { status, message });
-                    }
-                    last = format!("{url}: HTTP {status}: {message}");
-                }
-                Err(e) => last = format!("{url}: {e}"),
-            }
+        match &self.servers {
+            Some(servers) => servers.post(path, body).await,
+            None => Err(ServerCallError::NoServers),
         }
-        Err(ServerCallError::Unreachable(last))
     }
 
     /// Registers, retrying while no server is reachable yet.
@@ -98,7 +57,7 @@ impl ServerClient {
         let mut attempt = 0;
         loop {
             match self.post(REGISTER_PATH, request).await {
-                Err(ServerCallError::Unreachable(e)) if attempt < REGISTER_ATTEMPTS => {
+                Err(e @ ServerCallError::Unreachable { .. }) if attempt < REGISTER_ATTEMPTS => {
                     attempt += 1;
                     tracing::info!("server not reachable yet ({e}); retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -12,6 +12,8 @@
 //!   notification flags) that gateways and agents share through the server.
 //! - [`spec`]: service, node-pool and node specs as users write them, with validation
 //!   whose errors name the field.
+//! - [`views`]: what the server's `/v1` API returns (nodes, services, partitions,
+//!   events, cluster facts), declared once for the server and every reader.
 
 pub mod agent;
 pub mod app;
@@ -20,3 +22,4 @@ pub mod ids;
 pub mod pubsub;
 pub mod slot;
 pub mod spec;
+pub mod views;

@@ -340,7 +340,17 @@ impl Driver for RedisGetDriver {
 /// Runs every system for every client count; returns the runs in order.
 pub async fn run(opts: &Options) -> anyhow::Result<Vec<Run>> {
     let mut runs = Vec::new();
-    // stator, then stator without the feature under test, on a fresh cluster each.
+    measure_stator_systems(opts, &mut runs).await?;
+    if opts.op == Op::Get {
+        measure_get_baselines(opts, &mut runs).await?;
+    } else {
+        measure_set_baselines(opts, &mut runs).await?;
+    }
+    Ok(runs)
+}
+
+/// stator, then stator without the feature under test, on a fresh cluster each.
+async fn measure_stator_systems(opts: &Options, runs: &mut Vec<Run>) -> anyhow::Result<()> {
     // Durable stores live on the same file system as etcd's data directories (both are
     // temporary dirs).
     let data_root = tempfile::tempdir()?;
@@ -385,102 +395,149 @@ pub async fn run(opts: &Options) -> anyhow::Result<Vec<Run>> {
         }
         drop(hosts);
     }
-    if opts.op == Op::Get {
-        if !opts.skip.iter().any(|s| s == "redis") {
-            match start_redis_with_replica().await {
-                Ok(redis) => {
-                    for &clients in &opts.clients {
-                        eprintln!("redis: GET on the primary, {clients} clients ...");
-                        let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
-                        for _ in 0..clients {
-                            let conn = Connection::connect(redis.endpoints[0].as_str()).await?;
-                            drivers.push(Box::new(RedisGetDriver { conn }));
-                        }
-                        let (rec, window) = drive(drivers, opts.value_bytes, opts.duration).await;
-                        runs.push(Run::measured(
-                            "redis",
-                            1,
-                            clients,
-                            opts.value_bytes,
-                            &rec,
-                            window,
-                        ));
-                    }
-                }
-                Err(e) => runs.extend(
-                    opts.clients
-                        .iter()
-                        .map(|c| Run::skipped("redis", 1, *c, opts.value_bytes, e.to_string())),
-                ),
-            }
-        }
-        return Ok(runs);
+    Ok(())
+}
+
+/// The `GET` anchor: a plain Redis primary.
+async fn measure_get_baselines(opts: &Options, runs: &mut Vec<Run>) -> anyhow::Result<()> {
+    let baseline = Baseline {
+        system: "redis",
+        replicas: 1,
+        setup: "GET on the primary",
+    };
+    measure_redis_baseline(opts, runs, baseline, |conn| {
+        Box::new(RedisGetDriver { conn })
+    })
+    .await
+}
+
+/// A Redis primary with one replica (unless `--skip`ped), one connection per client to
+/// the primary, each wrapped by `driver`.
+async fn measure_redis_baseline(
+    opts: &Options,
+    runs: &mut Vec<Run>,
+    baseline: Baseline,
+    driver: fn(Connection) -> Box<dyn Driver>,
+) -> anyhow::Result<()> {
+    if opts.skip.iter().any(|s| s == baseline.system) {
+        return Ok(());
     }
+    let redis = start_redis_with_replica().await;
+    let endpoints = redis.as_ref().map(|r| r.endpoints.clone());
+    measure_baseline(
+        runs,
+        opts,
+        baseline,
+        endpoints,
+        |endpoints, clients| async move {
+            let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
+            for _ in 0..clients {
+                drivers.push(driver(Connection::connect(endpoints[0].as_str()).await?));
+            }
+            Ok(drivers)
+        },
+    )
+    .await
+}
+
+/// The `SET` baselines: etcd (one consensus write per request) and Redis with `WAIT`.
+async fn measure_set_baselines(opts: &Options, runs: &mut Vec<Run>) -> anyhow::Result<()> {
     // etcd: one consensus write per ordered request, 3 members as DORADO runs it.
     if !opts.skip.iter().any(|s| s == "etcd") {
-        match start_etcd(3).await {
-            Ok(etcd) => {
-                for &clients in &opts.clients {
-                    eprintln!("etcd: 3 members, {clients} clients ...");
-                    let http = reqwest::Client::builder()
-                        .pool_max_idle_per_host(clients)
-                        .build()?;
-                    let drivers: Vec<Box<dyn Driver>> = (0..clients)
-                        .map(|i| {
-                            Box::new(EtcdDriver {
-                                http: http.clone(),
-                                endpoint: etcd.endpoints()[i % etcd.endpoints().len()].clone(),
-                            }) as Box<dyn Driver>
-                        })
-                        .collect();
-                    let (rec, window) = drive(drivers, opts.value_bytes, opts.duration).await;
-                    runs.push(Run::measured(
-                        "etcd",
-                        3,
-                        clients,
-                        opts.value_bytes,
-                        &rec,
-                        window,
-                    ));
-                }
-            }
-            Err(e) => runs.extend(
-                opts.clients
-                    .iter()
-                    .map(|c| Run::skipped("etcd", 3, *c, opts.value_bytes, e.to_string())),
-            ),
-        }
+        let etcd = start_etcd(3).await;
+        let endpoints = etcd.as_ref().map(|e| e.endpoints().to_vec());
+        let baseline = Baseline {
+            system: "etcd",
+            replicas: 3,
+            setup: "3 members",
+        };
+        measure_baseline(
+            runs,
+            opts,
+            baseline,
+            endpoints,
+            |endpoints, clients| async move {
+                let http = reqwest::Client::builder()
+                    .pool_max_idle_per_host(clients)
+                    .build()?;
+                Ok((0..clients)
+                    .map(|i| {
+                        Box::new(EtcdDriver {
+                            http: http.clone(),
+                            endpoint: endpoints[i % endpoints.len()].clone(),
+                        }) as Box<dyn Driver>
+                    })
+                    .collect())
+            },
+        )
+        .await?;
     }
-    if !opts.skip.iter().any(|s| s == "redis-wait") {
-        match start_redis_with_replica().await {
-            Ok(redis) => {
-                for &clients in &opts.clients {
-                    eprintln!("redis-wait: primary + 1 replica, {clients} clients ...");
-                    let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
-                    for _ in 0..clients {
-                        let conn = Connection::connect(redis.endpoints[0].as_str()).await?;
-                        drivers.push(Box::new(RedisWaitDriver {
-                            conn,
-                            frames: Vec::new(),
-                        }));
-                    }
-                    let (rec, window) = drive(drivers, opts.value_bytes, opts.duration).await;
-                    runs.push(Run::measured(
-                        "redis-wait",
-                        2,
-                        clients,
-                        opts.value_bytes,
-                        &rec,
-                        window,
-                    ));
-                }
-            }
-            Err(e) => runs.extend(
-                opts.clients
-                    .iter()
-                    .map(|c| Run::skipped("redis-wait", 2, *c, opts.value_bytes, e.to_string())),
-            ),
+    let baseline = Baseline {
+        system: "redis-wait",
+        replicas: 2,
+        setup: "primary + 1 replica",
+    };
+    measure_redis_baseline(opts, runs, baseline, |conn| {
+        Box::new(RedisWaitDriver {
+            conn,
+            frames: Vec::new(),
+        })
+    })
+    .await
+}
+
+/// A baseline system as its runs report it.
+struct Baseline {
+    /// The `system` column.
+    system: &'static str,
+    /// The `replicas` column.
+    replicas: usize,
+    /// How it is set up, for the progress line.
+    setup: &'static str,
+}
+
+/// For each client count: build the drivers with `make_drivers(endpoints, clients)`,
+/// drive them, push a measured run. When the system did not start (`endpoints` is the
+/// start error), push a skipped run per client count instead, saying why. The caller
+/// keeps the started system alive until this returns.
+async fn measure_baseline<E, F, Fut>(
+    runs: &mut Vec<Run>,
+    opts: &Options,
+    baseline: Baseline,
+    endpoints: Result<Vec<String>, E>,
+    make_drivers: F,
+) -> anyhow::Result<()>
+where
+    E: std::fmt::Display,
+    F: Fn(Vec<String>, usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Vec<Box<dyn Driver>>>>,
+{
+    let Baseline {
+        system,
+        replicas,
+        setup,
+    } = baseline;
+    let endpoints = match endpoints {
+        Ok(endpoints) => endpoints,
+        Err(e) => {
+            runs.extend(opts.clients.iter().map(|&clients| {
+                Run::skipped(system, replicas, clients, opts.value_bytes, e.to_string())
+            }));
+            return Ok(());
         }
+    };
+    for &clients in &opts.clients {
+        eprintln!("{system}: {setup}, {clients} clients ...");
+        let drivers = make_drivers(endpoints.clone(), clients).await?;
+        let (rec, window) = drive(drivers, opts.value_bytes, opts.duration).await;
+        runs.push(Run::measured(
+            system,
+            replicas,
+            clients,
+            opts.value_bytes,
+            &rec,
+            window,
+        ));
     }
-    Ok(runs)
+    Ok(())
 }

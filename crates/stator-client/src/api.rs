@@ -1,16 +1,11 @@
-//! The client of the `/v1` API: one client for the CLI, `up`, chaos and the benchmarks,
-//! with failover over several servers.
-//!
-//! Failover: the servers are tried in the order given, starting from the last one that
-//! answered. A server that cannot be reached, or answers 503 (it holds no controller and
-//! knows no holder, or is shutting down), passes the call to the next; any other answer,
-//! an error included, is the answer (every server would give the same).
+//! The client of the `/v1` API for the CLI, `up`, chaos and the benchmarks: the
+//! [`FailoverClient`] with the user's token, failing over only on 503 (it holds no
+//! controller and knows no holder, or is shutting down), with errors for people.
 
 use crate::context::Context;
-use anyhow::bail;
+use crate::failover::{decode, CallError, FailoverClient, FailoverOn};
 use serde::de::DeserializeOwned;
-use stator_server::model::NodeState;
-use stator_server::views::NodeView;
+use stator_api::views::{Event, NodeState, NodeView};
 use std::time::Duration;
 
 /// One call's timeout.
@@ -25,14 +20,20 @@ const MAX_EVENT_BYTES: usize = 1024 * 1024;
 
 /// An authenticated API client of one server or several.
 pub struct Api {
-    /// Base URLs, without a trailing slash; never empty.
-    bases: Vec<String>,
-    /// The index of the server that answered last: calls start there.
-    preferred: std::sync::atomic::AtomicUsize,
-    token: String,
-    http: reqwest::Client,
+    servers: FailoverClient,
     /// Without a total timeout: for `/v1/events`, which stays open.
     streaming: reqwest::Client,
+}
+
+/// A failed call as the CLI reports it.
+fn for_people(error: CallError) -> anyhow::Error {
+    match error {
+        CallError::Refused { status, message } => anyhow::anyhow!("{message} (HTTP {status})"),
+        CallError::Unreachable { last, .. } => {
+            anyhow::anyhow!("{last} (is `stator up` running?)")
+        }
+        other => other.into(),
+    }
 }
 
 /// The `/v1/events` stream, one event at a time.
@@ -43,7 +44,7 @@ pub struct EventStream {
 
 impl EventStream {
     /// The next event; None when the server ends the stream.
-    pub async fn next_event(&mut self) -> anyhow::Result<Option<stator_server::views::Event>> {
+    pub async fn next_event(&mut self) -> anyhow::Result<Option<Event>> {
         loop {
             if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
                 let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
@@ -77,90 +78,51 @@ impl EventStream {
 impl Api {
     /// A client for `ctx`; `ctx.server` may name several servers, comma-separated.
     pub fn new(ctx: &Context) -> anyhow::Result<Api> {
-        let bases: Vec<String> = ctx
-            .server
-            .split(',')
-            .map(|url| url.trim().trim_end_matches('/').to_string())
-            .filter(|url| !url.is_empty())
-            .collect();
-        anyhow::ensure!(
-            !bases.is_empty(),
-            "no API server given: pass --server URL[,URL...] or a context file naming one"
-        );
+        let servers = FailoverClient::new(
+            ctx.server.split(','),
+            ctx.token.clone(),
+            CALL_TIMEOUT,
+            FailoverOn::Unavailable,
+        )
+        .map_err(|e| match e {
+            CallError::NoServers => anyhow::anyhow!(
+                "no API server given: pass --server URL[,URL...] or a context file naming one"
+            ),
+            other => other.into(),
+        })?;
         Ok(Api {
-            bases,
-            preferred: std::sync::atomic::AtomicUsize::new(0),
-            token: ctx.token.clone(),
-            http: reqwest::Client::builder().timeout(CALL_TIMEOUT).build()?,
+            servers,
             streaming: reqwest::Client::builder()
                 .connect_timeout(STREAM_CONNECT_TIMEOUT)
                 .build()?,
         })
     }
 
-    async fn check(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        let status = resp.status();
-        let body = resp.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-            .unwrap_or(body);
-        bail!("{message} (HTTP {})", status.as_u16())
-    }
-
     /// The servers' base URLs, in the order they are tried.
     pub fn servers(&self) -> &[String] {
-        &self.bases
+        self.servers.servers()
     }
 
-    /// Sends the request `build` makes for a server's base URL, with the token, failing
-    /// over as the module doc says; the response if the API accepted it.
+    /// Sends the request `build` makes for a server's base URL, failing over as
+    /// [`crate::failover`] says; the response if the API accepted it.
     async fn send(
         &self,
-        build: impl Fn(&str) -> reqwest::RequestBuilder,
+        build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     ) -> anyhow::Result<reqwest::Response> {
-        use std::sync::atomic::Ordering;
-        let first = self.preferred.load(Ordering::Relaxed) % self.bases.len();
-        let mut last_error = None;
-        for offset in 0..self.bases.len() {
-            let index = (first + offset) % self.bases.len();
-            let base = &self.bases[index];
-            match build(base).bearer_auth(&self.token).send().await {
-                Ok(resp) if resp.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
-                    last_error =
-                        Some(Self::check(resp).await.err().unwrap_or_else(|| {
-                            anyhow::anyhow!("{base} is unavailable (HTTP 503)")
-                        }));
-                }
-                Ok(resp) => {
-                    self.preferred.store(index, Ordering::Relaxed);
-                    return Self::check(resp).await;
-                }
-                Err(e) => {
-                    last_error = Some(anyhow::anyhow!(
-                        "cannot reach the stator API at {base}: {e} (is `stator up` running?)"
-                    ))
-                }
-            }
-        }
-        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no API server to call")))
+        self.servers.send(build).await.map_err(for_people)
     }
 
     /// GET a JSON document.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        Ok(self
-            .send(|base| self.http.get(format!("{base}{path}")))
-            .await?
-            .json()
-            .await?)
+        let response = self
+            .send(|http, base| http.get(format!("{base}{path}")))
+            .await?;
+        decode(response).await.map_err(for_people)
     }
 
     /// Opens a server-sent event stream.
     pub async fn stream(&self, path: &str) -> anyhow::Result<EventStream> {
-        let request = |base: &str| {
+        let request = |_: &reqwest::Client, base: &str| {
             self.streaming
                 .get(format!("{base}{path}"))
                 .header(reqwest::header::ACCEPT, "text/event-stream")
@@ -178,9 +140,8 @@ impl Api {
         content_type: &str,
         body: Vec<u8>,
     ) -> anyhow::Result<serde_json::Value> {
-        let request = |base: &str| {
-            self.http
-                .put(format!("{base}{path}"))
+        let request = |http: &reqwest::Client, base: &str| {
+            http.put(format!("{base}{path}"))
                 .header(reqwest::header::CONTENT_TYPE, content_type)
                 .body(body.clone())
         };
@@ -190,7 +151,7 @@ impl Api {
     /// POST without a body; returns the JSON answer, if any.
     pub async fn post(&self, path: &str) -> anyhow::Result<serde_json::Value> {
         let resp = self
-            .send(|base| self.http.post(format!("{base}{path}")))
+            .send(|http, base| http.post(format!("{base}{path}")))
             .await?;
         Ok(resp.json().await.unwrap_or(serde_json::Value::Null))
     }
@@ -225,7 +186,7 @@ impl Api {
     /// DELETE; returns the JSON answer, if any.
     pub async fn delete(&self, path: &str) -> anyhow::Result<serde_json::Value> {
         let resp = self
-            .send(|base| self.http.delete(format!("{base}{path}")))
+            .send(|http, base| http.delete(format!("{base}{path}")))
             .await?;
         Ok(resp.json().await.unwrap_or(serde_json::Value::Null))
     }

@@ -1,12 +1,13 @@
 //! The partition map: which partition owns a slot and where its replicas are.
 //!
-//! Pure data plus the pure function that builds it from the server's JSON views; the
+//! Pure data plus the pure function that builds it from the server's API views
+//! ([`stator_api::views`]); the
 //! poller in [`crate::poller`] owns the task that refreshes it.
 
-use serde::Deserialize;
 use stator_api::ids::{GroupId, NodeId};
 use stator_api::slot::SlotRange;
-use stator_api::spec::{AuthSpec, RespTlsSpec, ServiceKind, ServiceSpec};
+use stator_api::spec::{AuthSpec, RespTlsSpec, ServiceKind};
+use stator_api::views::{PartitionView, ServiceView};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -104,82 +105,8 @@ impl ServiceRoutes {
     }
 }
 
-/// The part of `GET /v1/services` the gateway reads.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ServiceViewMirror {
-    /// Service name.
-    pub name: String,
-    /// The spec as applied.
-    pub spec: ServiceSpec,
-    /// Stateless: instances with their addresses, when the server reports them.
-    #[serde(default)]
-    pub instances: Vec<InstanceViewMirror>,
-}
-
-/// One stateless instance, if the server lists them with a service.
-#[derive(Debug, Clone, Deserialize)]
-pub struct InstanceViewMirror {
-    /// `host:port` the instance serves on (absent when the service has no port).
-    #[serde(default)]
-    pub addr: Option<String>,
-    /// Whether its readiness probe passes; unready instances get no traffic.
-    #[serde(default = "default_true")]
-    pub ready: bool,
-}
-
-fn default_true() -> bool {
-    true
-}
-
-/// The part of `GET /v1/partitions` the gateway reads.
-#[derive(Debug, Clone, Deserialize)]
-pub struct PartitionViewMirror {
-    /// Service name.
-    pub service: String,
-    /// Partition index.
-    pub partition: u32,
-    /// Its group.
-    pub group: GroupId,
-    /// Slots it owns.
-    pub slots: SlotRange,
-    /// The leader the server last saw.
-    pub leader: Option<LeaderViewMirror>,
-    /// Live members' transport addresses.
-    #[serde(default)]
-    pub member_addrs: Vec<String>,
-    /// Members with their RESP addresses (servers that predate cluster mode send none).
-    #[serde(default)]
-    pub members: Vec<MemberViewMirror>,
-}
-
-/// The part of a partition member the gateway reads.
-#[derive(Debug, Clone, Deserialize)]
-pub struct MemberViewMirror {
-    /// Its node.
-    pub node_id: NodeId,
-    /// Whether the node is alive.
-    #[serde(default = "default_true")]
-    pub alive: bool,
-    /// Where it serves the Redis Cluster protocol for the service.
-    #[serde(default)]
-    pub resp_addr: Option<String>,
-}
-
-/// The leader of a partition.
-#[derive(Debug, Clone, Deserialize)]
-pub struct LeaderViewMirror {
-    /// Its node (0 from servers that predate cluster mode).
-    #[serde(default)]
-    pub node_id: NodeId,
-    /// Its transport address.
-    pub addr: String,
-}
-
 /// Builds the map from the server's service and partition lists.
-pub fn build_map(
-    services: &[ServiceViewMirror],
-    partitions: &[PartitionViewMirror],
-) -> PartitionMap {
+pub fn build_map(services: &[ServiceView], partitions: &[PartitionView]) -> PartitionMap {
     let mut services_by_name: BTreeMap<String, ServiceRoutes> = BTreeMap::new();
     for service in services {
         let spec = &service.spec;
@@ -260,8 +187,11 @@ mod tests {
             "name": "web", "kind": "stateless", "id": 8, "generation": 1,
             "spec": {"name": "web", "kind": "stateless", "instances": 2,
                      "app": {"process": {"command": ["web"]}}},
-            "instances": [{"addr": "127.0.0.1:9001", "ready": true},
-                          {"addr": "127.0.0.1:9002", "ready": false}]
+            "status": {"partitions_with_leader": 0, "partitions_replicated": 0,
+                       "partitions_unplaced": 0, "instances_assigned": 2, "instances_ready": 1,
+                       "completions_succeeded": 0, "job_phase": null},
+            "instances": [{"id": "web-0", "node": "n1", "addr": "127.0.0.1:9001", "ready": true},
+                          {"id": "web-1", "node": "n2", "addr": "127.0.0.1:9002", "ready": false}]
         }])
     }
 
@@ -269,19 +199,20 @@ mod tests {
         let ranges = partition_ranges(2);
         serde_json::json!([
             {"service": "sessions", "partition": 1, "group": 7 << 16 | 1, "slots": ranges[1],
-             "leader": null, "member_addrs": ["a:1", "b:1"], "replicas": 3},
+             "leader": null, "member_addrs": ["a:1", "b:1"], "replicas": 3,
+             "replication_factor_met": false},
             {"service": "sessions", "partition": 0, "group": 7 << 16, "slots": ranges[0],
              "leader": {"node_id": 1, "name": "n1", "addr": "a:1", "term": 3},
-             "member_addrs": ["a:1", "b:1", "c:1"], "members": [], "replicas": 3},
+             "member_addrs": ["a:1", "b:1", "c:1"], "members": [], "replicas": 3,
+             "replication_factor_met": true},
             {"service": "gone", "partition": 0, "group": 9 << 16, "slots": ranges[0],
-             "leader": null, "member_addrs": []}
+             "leader": null, "member_addrs": [], "replicas": 3, "replication_factor_met": false}
         ])
     }
 
     fn map() -> PartitionMap {
-        let services: Vec<ServiceViewMirror> = serde_json::from_value(services_json()).unwrap();
-        let partitions: Vec<PartitionViewMirror> =
-            serde_json::from_value(partitions_json()).unwrap();
+        let services: Vec<ServiceView> = serde_json::from_value(services_json()).unwrap();
+        let partitions: Vec<PartitionView> = serde_json::from_value(partitions_json()).unwrap();
         build_map(&services, &partitions)
     }
 

@@ -2,7 +2,9 @@
 //! new map; readers hold an `Arc` snapshot from a watch channel.
 
 use crate::error::GatewayError;
-use crate::map::{build_map, PartitionMap, PartitionViewMirror, ServiceViewMirror};
+use crate::map::{build_map, PartitionMap};
+use stator_api::views::{ClusterInfo, PartitionView, ServiceView};
+use stator_client::{CallError, FailoverClient, FailoverOn};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -27,164 +29,73 @@ const SECRET_FETCH_PAUSE: Duration = Duration::from_millis(500);
 /// is tried.
 const API_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Polls `GET /v1/services` and `GET /v1/partitions`, failing over between servers.
+/// Polls `GET /v1/services` and `GET /v1/partitions`, failing over between servers
+/// through [`FailoverClient`] (on any 5xx: a poll would rather reach a healthy server).
 /// A clone registers the gateway on the pub/sub bus ([`crate::bus::Registrar`]).
 #[derive(Clone)]
 pub(crate) struct Poller {
-    http: reqwest::Client,
-    server_urls: Vec<String>,
-    api_token: String,
-    /// Index of the URL that answered last; tried first next time.
-    preferred: usize,
+    /// Shared by the clones, so they all start with the server that answered last.
+    servers: Arc<FailoverClient>,
+}
+
+/// A failed call as the gateway reports it.
+fn unreachable(servers: &FailoverClient, error: CallError) -> GatewayError {
+    match error {
+        CallError::Unreachable { tried, last } => GatewayError::ServerUnreachable { tried, last },
+        other => GatewayError::ServerUnreachable {
+            tried: servers.servers().len(),
+            last: other.to_string(),
+        },
+    }
 }
 
 impl Poller {
     pub(crate) fn new(server_urls: Vec<String>, api_token: String) -> Result<Self, GatewayError> {
-        if server_urls.is_empty() {
-            return Err(GatewayError::Config(
-                "server_urls is empty; give at least one stator server URL".into(),
-            ));
-        }
-        let http = reqwest::Client::builder()
-            .timeout(API_TIMEOUT)
-            .build()
-            .map_err(|e| GatewayError::Config(format!("cannot build the HTTP client: {e}")))?;
+        let servers =
+            FailoverClient::new(server_urls, api_token, API_TIMEOUT, FailoverOn::ServerError)
+                .map_err(|e| match e {
+                    CallError::NoServers => GatewayError::Config(
+                        "server_urls is empty; give at least one stator server URL".into(),
+                    ),
+                    other => GatewayError::Config(other.to_string()),
+                })?;
         Ok(Self {
-            http,
-            server_urls: server_urls
-                .into_iter()
-                .map(|u| u.trim_end_matches('/').to_string())
-                .collect(),
-            api_token,
-            preferred: 0,
+            servers: Arc::new(servers),
         })
-    }
-
-    async fn get<T: serde::de::DeserializeOwned>(
-        &self,
-        url: &str,
-        path: &str,
-    ) -> Result<T, String> {
-        let response = self
-            .http
-            .get(format!("{url}{path}"))
-            .bearer_auth(&self.api_token)
-            .send()
-            .await
-            .map_err(|e| format!("{url}{path}: {e}"))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            return Err(format!("{url}{path}: HTTP {status}: {}", body.trim()));
-        }
-        response
-            .json()
-            .await
-            .map_err(|e| format!("{url}{path}: bad JSON: {e}"))
-    }
-
-    /// `POST path` with `body` to the first server that answers, starting with the last
-    /// good one.
-    async fn post<B: serde::Serialize, T: serde::de::DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T, String> {
-        let mut last = String::new();
-        for attempt in 0..self.server_urls.len() {
-            let url = &self.server_urls[(self.preferred + attempt) % self.server_urls.len()];
-            let response = match self
-                .http
-                .post(format!("{url}{path}"))
-                .bearer_auth(&self.api_token)
-                .json(body)
-                .send()
-                .await
-            {
-                Ok(response) => response,
-                Err(e) => {
-                    last = format!("{url}{path}: {e}");
-                    continue;
-                }
-            };
-            let status = response.status();
-            if !status.is_success() {
-                let text = response.text().await.unwrap_or_default();
-                last = format!("{url}{path}: HTTP {status}: {}", text.trim());
-                // A refusal (4xx) is the same on every server.
-                if status.is_client_error() {
-                    break;
-                }
-                continue;
-            }
-            return response
-                .json()
-                .await
-                .map_err(|e| format!("{url}{path}: bad JSON: {e}"));
-        }
-        Err(last)
     }
 
     /// The replica transport secret from `GET /v1/cluster`, from the first server that
     /// answers, trying all of them up to [`SECRET_FETCH_ROUNDS`] times.
     pub(crate) async fn fetch_cluster_secret(&mut self) -> Result<String, GatewayError> {
-        #[derive(serde::Deserialize)]
-        struct ClusterInfo {
-            cluster_secret: String,
-        }
-        let mut last = String::new();
-        for round in 0..SECRET_FETCH_ROUNDS {
-            if round > 0 {
-                tokio::time::sleep(SECRET_FETCH_PAUSE).await;
-            }
-            for attempt in 0..self.server_urls.len() {
-                let index = (self.preferred + attempt) % self.server_urls.len();
-                match self
-                    .get::<ClusterInfo>(&self.server_urls[index], "/v1/cluster")
-                    .await
-                {
-                    Ok(info) => {
-                        self.preferred = index;
-                        return Ok(info.cluster_secret);
-                    }
-                    Err(e) => last = e,
+        let mut round = 0;
+        loop {
+            match self.servers.get::<ClusterInfo>("/v1/cluster").await {
+                Ok(info) => return Ok(info.cluster_secret),
+                Err(e) if round + 1 >= SECRET_FETCH_ROUNDS => {
+                    return Err(unreachable(&self.servers, e))
                 }
+                Err(_) => {}
             }
+            round += 1;
+            tokio::time::sleep(SECRET_FETCH_PAUSE).await;
         }
-        Err(GatewayError::ServerUnreachable {
-            tried: self.server_urls.len(),
-            last,
-        })
     }
 
-    /// One poll: the first server (starting with the last good one) that answers both.
+    /// One poll. Both lists come from the first server that answers, normally the same
+    /// one (the partitions call starts at the server that answered the services call);
+    /// a partition of a service missing from the list is dropped by [`build_map`].
     pub(crate) async fn fetch(&mut self) -> Result<PartitionMap, GatewayError> {
-        let mut last = String::new();
-        for attempt in 0..self.server_urls.len() {
-            let index = (self.preferred + attempt) % self.server_urls.len();
-            let url = &self.server_urls[index];
-            let services = self
-                .get::<Vec<ServiceViewMirror>>(url, "/v1/services")
-                .await;
-            let partitions = match services {
-                Ok(services) => self
-                    .get::<Vec<PartitionViewMirror>>(url, "/v1/partitions")
-                    .await
-                    .map(|partitions| (services, partitions)),
-                Err(e) => Err(e),
-            };
-            match partitions {
-                Ok((services, partitions)) => {
-                    self.preferred = index;
-                    return Ok(build_map(&services, &partitions));
-                }
-                Err(e) => last = e,
-            }
-        }
-        Err(GatewayError::ServerUnreachable {
-            tried: self.server_urls.len(),
-            last,
-        })
+        let services: Vec<ServiceView> = self
+            .servers
+            .get("/v1/services")
+            .await
+            .map_err(|e| unreachable(&self.servers, e))?;
+        let partitions: Vec<PartitionView> = self
+            .servers
+            .get("/v1/partitions")
+            .await
+            .map_err(|e| unreachable(&self.servers, e))?;
+        Ok(build_map(&services, &partitions))
     }
 
     /// Polls until `cancel`, every `interval` or sooner when `refresh` is notified.
@@ -235,15 +146,19 @@ impl crate::bus::Registrar for Poller {
         &self,
         registration: &stator_api::pubsub::BusRegistration,
     ) -> Result<stator_api::pubsub::BusView, String> {
-        self.post(stator_api::pubsub::BUS_PEERS_PATH, registration)
+        self.servers
+            .post(stator_api::pubsub::BUS_PEERS_PATH, registration)
             .await
+            .map_err(|e| e.to_string())
     }
 
     async fn set_notify(
         &self,
         setting: &stator_api::pubsub::NotifySetting,
     ) -> Result<stator_api::pubsub::BusView, String> {
-        self.post(stator_api::pubsub::BUS_NOTIFY_PATH, setting)
+        self.servers
+            .post(stator_api::pubsub::BUS_NOTIFY_PATH, setting)
             .await
+            .map_err(|e| e.to_string())
     }
 }

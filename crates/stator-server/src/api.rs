@@ -31,8 +31,8 @@ use crate::error::{Result, ServerError};
 use crate::metrics::Metrics;
 use crate::pubsub::BusRegistry;
 use crate::views::{
-    node_view, partition_views, service_view, ApplyResult, Event, EventKind, NodeView,
-    PartitionView, ServiceView,
+    node_view, partition_views, service_view, ApplyResult, ClusterInfo, Event, EventKind, NodeView,
+    PartitionView, ServiceDetail, ServiceView,
 };
 
 /// Largest request body on user routes: a spec is a few KiB; 1 MiB leaves room for
@@ -279,14 +279,6 @@ async fn list_services(State(state): State<AppState>) -> Result<Json<Vec<Service
     Ok(Json(services))
 }
 
-/// A service with its partitions, as `GET /v1/services/{name}` returns it.
-#[derive(Debug, serde::Serialize)]
-struct ServiceDetail {
-    #[serde(flatten)]
-    service: ServiceView,
-    partitions: Vec<PartitionView>,
-}
-
 async fn get_service(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -377,13 +369,6 @@ async fn delete_service(
 #[derive(Debug, Deserialize)]
 struct PartitionQuery {
     service: Option<String>,
-}
-
-/// What a gateway or client needs to reach replicas directly.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct ClusterInfo {
-    /// The secret the replica transport authenticates with.
-    pub cluster_secret: String,
 }
 
 async fn cluster_info(State(state): State<AppState>) -> Json<ClusterInfo> {

@@ -7,15 +7,15 @@
 //! then a node from the cheapest fitting pool) and, when no node is being added,
 //! `stator_planning::consolidate` (empty nodes first, then nodes whose replicas fit
 //! elsewhere). The planners' actions become:
-//! - `Resize` -> [`Action::ResizeReplica`] (the agents get the new CPU share in their
+//! - `Resize` -> [`ReconcileAction::ResizeReplica`] (the agents get the new CPU share in their
 //!   assignments);
-//! - `Migrate` -> [`Action::MigrateMember`], only for a partition whose last membership
+//! - `Migrate` -> [`ReconcileAction::MigrateMember`], only for a partition whose last membership
 //!   change is done, one per partition, within the disruption budget (live migration:
 //!   learner, catch-up, then the swap; the group never has fewer voters than designed);
 //! - `AddNode` -> a provision request to the node provider;
-//! - `Cordon` -> [`Action::MarkNodeDraining`]: the drain controller moves the node's
+//! - `Cordon` -> [`ReconcileAction::MarkNodeDraining`]: the drain controller moves the node's
 //!   replicas one partition at a time, as for `stator drain`;
-//! - `RemoveNode` -> [`Action::MarkNodeDrained`] and a release through the provider,
+//! - `RemoveNode` -> [`ReconcileAction::MarkNodeDrained`] and a release through the provider,
 //!   only for a node of a configured pool that hosts nothing at all.
 //!
 //! Repairs (`Place`) are left to the reconcile pass, which already replaces lost members.
@@ -31,7 +31,7 @@ use stator_planning::{
 };
 
 use crate::model::{Cluster, NodeState};
-use crate::reconcile::{apply_action, build_view, hosts_anything, Action};
+use crate::reconcile::{apply_action, cluster_view, hosts_anything, ReconcileAction};
 
 /// Default time between two autoscaling rounds: the planners' control period.
 pub const DEFAULT_INTERVAL_MS: u64 = 15_000;
@@ -146,10 +146,10 @@ pub struct ReleaseRequest {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Round {
     /// Changes to the design, applied and persisted by the controller.
-    pub actions: Vec<Action>,
+    pub actions: Vec<ReconcileAction>,
     /// Nodes to provision.
     pub provision: Vec<ProvisionRequest>,
-    /// Nodes to release (their [`Action::MarkNodeDrained`] is in `actions`).
+    /// Nodes to release (their [`ReconcileAction::MarkNodeDrained`] is in `actions`).
     pub release: Vec<ReleaseRequest>,
 }
 
@@ -275,7 +275,7 @@ fn take_scaling_action(
             node,
             to,
             ..
-        } => work.out.actions.push(Action::ResizeReplica {
+        } => work.out.actions.push(ReconcileAction::ResizeReplica {
             service,
             partition,
             node,
@@ -296,7 +296,7 @@ fn take_scaling_action(
                 && moved.insert(partition)
             {
                 work.moves_left -= 1;
-                work.out.actions.push(Action::MigrateMember {
+                work.out.actions.push(ReconcileAction::MigrateMember {
                     service,
                     partition,
                     from,
@@ -367,7 +367,7 @@ fn cordon_pooled_node(work: &mut RoundWork, node: NodeId, config: &AutoscaleConf
         .get(&node)
         .is_some_and(|n| config.pool(&n.info.pool).is_some());
     if pooled && work.scratch.node_state(node) == NodeState::Ready {
-        let action = Action::MarkNodeDraining { node };
+        let action = ReconcileAction::MarkNodeDraining { node };
         apply_action(&mut work.scratch, &action);
         work.out.actions.push(action);
     }
@@ -396,7 +396,7 @@ fn release_empty_node(
         name: record.info.name.clone(),
     });
     state.released.insert(node);
-    let action = Action::MarkNodeDrained { node };
+    let action = ReconcileAction::MarkNodeDrained { node };
     apply_action(&mut work.scratch, &action);
     work.out.actions.push(action);
 }
@@ -474,7 +474,7 @@ fn planning_pools(cluster: &Cluster, config: &AutoscaleConfig) -> Vec<PoolSpec> 
 
 /// The planner's view without released nodes (they are on their way out).
 fn planning_view(cluster: &Cluster, state: &AutoscaleState) -> stator_planning::ClusterView {
-    let mut view = build_view(cluster);
+    let mut view = cluster_view(cluster);
     for node in &state.released {
         view.remove_node(*node);
     }
@@ -718,7 +718,7 @@ mod tests {
         assert!(round1
             .actions
             .iter()
-            .any(|a| matches!(a, Action::ResizeReplica { .. })));
+            .any(|a| matches!(a, ReconcileAction::ResizeReplica { .. })));
         apply(&mut cluster, &round1);
         // No second node while one is booting (the pool's max is 4 anyway).
         let round2 = round(&cluster, NOW_MS + 1_000, &config, &mut state);
@@ -729,10 +729,10 @@ mod tests {
         add_node(&mut cluster, 4, &zone, NOW_MS + 2_000);
         let round3 = round(&cluster, NOW_MS + 3_000, &config, &mut state);
         assert!(state.booting.is_empty());
-        let moves: Vec<&Action> = round3
+        let moves: Vec<&ReconcileAction> = round3
             .actions
             .iter()
-            .filter(|a| matches!(a, Action::MigrateMember { to: 4, .. }))
+            .filter(|a| matches!(a, ReconcileAction::MigrateMember { to: 4, .. }))
             .collect();
         assert!(!moves.is_empty(), "{round3:?}");
         assert!(round3.release.is_empty());
@@ -740,9 +740,9 @@ mod tests {
         apply(&mut cluster, &round3);
         let round4 = round(&cluster, NOW_MS + 4_000, &config, &mut state);
         for action in &round4.actions {
-            if let Action::MigrateMember { partition, .. } = action {
+            if let ReconcileAction::MigrateMember { partition, .. } = action {
                 assert!(
-                    !moves.iter().any(|m| matches!(m, Action::MigrateMember { partition: p, .. } if p == partition)),
+                    !moves.iter().any(|m| matches!(m, ReconcileAction::MigrateMember { partition: p, .. } if p == partition)),
                     "{action:?} while the partition's move is in flight"
                 );
             }

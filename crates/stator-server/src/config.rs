@@ -138,7 +138,7 @@ pub struct ServerConfig {
     pub leader_lease_ttl_ms: u64,
     /// Node pools and the provider the autoscaler grows and shrinks them with; None: no
     /// autoscaling (the nodes are what registers).
-    pub autoscale: Option<crate::controller::Autoscaling>,
+    pub autoscale: Option<crate::controller::Autoscaler>,
 }
 
 impl ServerConfig {

@@ -30,7 +30,7 @@ use crate::model::{
     ServiceRecord, META_PREFIX, NODES_PREFIX, PLACEMENTS_PREFIX, SERVICES_PREFIX,
 };
 use crate::provider::NodeProvider;
-use crate::reconcile::{apply_action, reconcile, Action, ReplaceReason};
+use crate::reconcile::{apply_action, reconcile, ReconcileAction, ReplaceReason};
 use crate::views::{service_view, ApplyResult, Event, EventKind};
 
 /// Commands queued for the controller before senders wait: enough for a burst of
@@ -164,12 +164,12 @@ pub struct ControllerSettings {
     /// Interval told to agents.
     pub heartbeat_interval_ms: u64,
     /// Node pools, the autoscaler's tunables and the provider; None: no autoscaling.
-    pub autoscale: Option<Autoscaling>,
+    pub autoscale: Option<Autoscaler>,
 }
 
 /// What the autoscaler needs: its config and where nodes come from.
 #[derive(Debug, Clone)]
-pub struct Autoscaling {
+pub struct Autoscaler {
     /// Pools and tunables.
     pub config: AutoscaleConfig,
     /// Provisions and releases nodes.
@@ -177,8 +177,8 @@ pub struct Autoscaling {
 }
 
 /// The autoscaler's part of the controller task.
-struct Scaling {
-    settings: Autoscaling,
+struct AutoscaleRounds {
+    settings: Autoscaler,
     state: AutoscaleState,
     /// When the next round is due, ms since the Unix epoch.
     next_round_ms: u64,
@@ -250,8 +250,8 @@ struct Controller {
     next_run_ms: u64,
     /// Problems of the last pass, to log only changes.
     last_problems: Vec<String>,
-    /// Autoscaling, when node pools are configured.
-    scaling: Option<Scaling>,
+    /// The autoscaler's rounds, when node pools are configured.
+    autoscale_rounds: Option<AutoscaleRounds>,
     /// Set when a write of a change already applied in memory failed: the task ends
     /// before it acts again ([`ControllerExit::StoreFailed`]).
     store_failed: bool,
@@ -311,7 +311,7 @@ impl Controller {
         };
         debug_assert!(CLUSTER_SECRET_KEY.starts_with(META_PREFIX));
         metrics.observe(&cluster, now);
-        let scaling = settings.autoscale.clone().map(|settings| Scaling {
+        let autoscale_rounds = settings.autoscale.clone().map(|settings| AutoscaleRounds {
             next_round_ms: now + settings.config.interval_ms,
             settings,
             state: AutoscaleState::default(),
@@ -330,7 +330,7 @@ impl Controller {
             cluster_secret,
             next_run_ms: now,
             last_problems: Vec::new(),
-            scaling,
+            autoscale_rounds,
             store_failed: false,
         })
     }
@@ -413,7 +413,7 @@ impl Controller {
             .map(|n| n.id)
             .collect();
         for node in stale {
-            self.apply_actions(vec![Action::MarkNodeLost { node }])
+            self.apply_actions(vec![ReconcileAction::MarkNodeLost { node }])
                 .await;
         }
         let id = self.next_node_id.max(1);
@@ -724,22 +724,22 @@ impl Controller {
     /// persisted like any action; provisions and releases go to the provider on their
     /// own tasks, so a slow provider never holds up the controller.
     async fn autoscale_round(&mut self, now: u64) {
-        let Some(scaling) = self.scaling.as_mut() else {
+        let Some(autoscale_rounds) = self.autoscale_rounds.as_mut() else {
             return;
         };
-        if now < scaling.next_round_ms {
-            self.next_run_ms = self.next_run_ms.min(scaling.next_round_ms);
+        if now < autoscale_rounds.next_round_ms {
+            self.next_run_ms = self.next_run_ms.min(autoscale_rounds.next_round_ms);
             return;
         }
-        scaling.next_round_ms = now + scaling.settings.config.interval_ms;
-        self.next_run_ms = self.next_run_ms.min(scaling.next_round_ms);
+        autoscale_rounds.next_round_ms = now + autoscale_rounds.settings.config.interval_ms;
+        self.next_run_ms = self.next_run_ms.min(autoscale_rounds.next_round_ms);
         let round = autoscale::round(
             &self.cluster,
             now,
-            &scaling.settings.config,
-            &mut scaling.state,
+            &autoscale_rounds.settings.config,
+            &mut autoscale_rounds.state,
         );
-        let provider = scaling.settings.provider.clone();
+        let provider = autoscale_rounds.settings.provider.clone();
         for request in round.provision {
             self.publish(EventKind::NodeRequested {
                 pool: request.pool.name.clone(),
@@ -774,27 +774,27 @@ impl Controller {
     }
 
     /// Applies actions to the cluster, persists what they touched and publishes events.
-    async fn apply_actions(&mut self, actions: Vec<Action>) {
+    async fn apply_actions(&mut self, actions: Vec<ReconcileAction>) {
         let mut touched_nodes = BTreeSet::new();
         let mut touched_services = BTreeSet::new();
         for action in &actions {
             apply_action(&mut self.cluster, action);
             match action {
-                Action::MarkNodeLost { node }
-                | Action::MarkNodeDrained { node }
-                | Action::MarkNodeDraining { node } => {
+                ReconcileAction::MarkNodeLost { node }
+                | ReconcileAction::MarkNodeDrained { node }
+                | ReconcileAction::MarkNodeDraining { node } => {
                     touched_nodes.insert(*node);
                 }
-                Action::PlacePartition { service, .. }
-                | Action::MarkGroupStarted { service, .. }
-                | Action::ResetPartition { service, .. }
-                | Action::ReplaceMember { service, .. }
-                | Action::PlaceInstance { service, .. }
-                | Action::RemoveInstance { service, .. }
-                | Action::FinishInstance { service, .. }
-                | Action::SetJobPhase { service, .. }
-                | Action::ResizeReplica { service, .. }
-                | Action::MigrateMember { service, .. } => {
+                ReconcileAction::PlacePartition { service, .. }
+                | ReconcileAction::MarkGroupStarted { service, .. }
+                | ReconcileAction::ResetPartition { service, .. }
+                | ReconcileAction::ReplaceMember { service, .. }
+                | ReconcileAction::PlaceInstance { service, .. }
+                | ReconcileAction::RemoveInstance { service, .. }
+                | ReconcileAction::FinishInstance { service, .. }
+                | ReconcileAction::SetJobPhase { service, .. }
+                | ReconcileAction::ResizeReplica { service, .. }
+                | ReconcileAction::MigrateMember { service, .. } => {
                     touched_services.insert(service.clone());
                 }
             }
@@ -847,17 +847,17 @@ impl Controller {
         self.store_failed = true;
     }
 
-    fn event_of(&self, action: &Action) -> Option<EventKind> {
+    fn event_of(&self, action: &ReconcileAction) -> Option<EventKind> {
         Some(match action {
-            Action::MarkNodeLost { node } => EventKind::NodeLost {
+            ReconcileAction::MarkNodeLost { node } => EventKind::NodeLost {
                 node_id: *node,
                 name: self.cluster.node_name(*node),
             },
-            Action::MarkNodeDrained { node } => EventKind::NodeDrained {
+            ReconcileAction::MarkNodeDrained { node } => EventKind::NodeDrained {
                 node_id: *node,
                 name: self.cluster.node_name(*node),
             },
-            Action::PlacePartition {
+            ReconcileAction::PlacePartition {
                 service,
                 partition,
                 members,
@@ -866,15 +866,15 @@ impl Controller {
                 partition: *partition,
                 members: members.clone(),
             },
-            Action::MarkGroupStarted { .. } => return None,
-            Action::ResetPartition { service, partition } => EventKind::PartitionReset {
+            ReconcileAction::MarkGroupStarted { .. } => return None,
+            ReconcileAction::ResetPartition { service, partition } => EventKind::PartitionReset {
                 service: service.clone(),
                 partition: *partition,
                 reason:
                     "every member lost its state (durability = \"memory\"); placed again, empty"
                         .into(),
             },
-            Action::ReplaceMember {
+            ReconcileAction::ReplaceMember {
                 service,
                 partition,
                 remove,
@@ -892,7 +892,7 @@ impl Controller {
                 }
                 .to_string(),
             },
-            Action::PlaceInstance { service, node, .. } => {
+            ReconcileAction::PlaceInstance { service, node, .. } => {
                 // apply_action has run: the newest instance is this one.
                 let id = self.cluster.services[service]
                     .placement
@@ -906,11 +906,11 @@ impl Controller {
                     node_id: *node,
                 }
             }
-            Action::RemoveInstance { service, id } => EventKind::InstanceRemoved {
+            ReconcileAction::RemoveInstance { service, id } => EventKind::InstanceRemoved {
                 service: service.clone(),
                 id: id.clone(),
             },
-            Action::FinishInstance {
+            ReconcileAction::FinishInstance {
                 service,
                 id,
                 succeeded,
@@ -920,11 +920,11 @@ impl Controller {
                 id: id.clone(),
                 succeeded: *succeeded,
             },
-            Action::SetJobPhase { service, phase } => EventKind::JobFinished {
+            ReconcileAction::SetJobPhase { service, phase } => EventKind::JobFinished {
                 service: service.clone(),
                 phase: *phase,
             },
-            Action::ResizeReplica {
+            ReconcileAction::ResizeReplica {
                 service,
                 partition,
                 node,
@@ -935,7 +935,7 @@ impl Controller {
                 node_id: *node,
                 cpu_millis: *cpu_millis,
             },
-            Action::MigrateMember {
+            ReconcileAction::MigrateMember {
                 service,
                 partition,
                 from,
@@ -948,7 +948,7 @@ impl Controller {
                 to: *to,
                 reason: "autoscale".to_string(),
             },
-            Action::MarkNodeDraining { node } => EventKind::NodeDraining {
+            ReconcileAction::MarkNodeDraining { node } => EventKind::NodeDraining {
                 node_id: *node,
                 name: self.cluster.node_name(*node),
             },

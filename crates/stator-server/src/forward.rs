@@ -21,7 +21,7 @@ use tower::ServiceExt;
 use crate::api::MAX_HEARTBEAT_BODY_BYTES;
 use crate::config::token_matches;
 use crate::error::ServerError;
-use crate::leader::Role;
+use crate::leader::ControllerRole;
 
 /// Marks a call one server forwarded to another; its value is the forwarder's URL.
 pub const FORWARDED_BY_HEADER: &str = "x-stator-forwarded-by";
@@ -48,7 +48,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 #[derive(Clone)]
 pub struct FrontDoor {
     /// The current role, published by the election (or fixed for an embedded store).
-    pub role: watch::Receiver<Role>,
+    pub role: watch::Receiver<ControllerRole>,
     /// Client for forwarded calls.
     pub client: reqwest::Client,
     /// This server's URL, sent along with forwarded calls (checked once, at start, by
@@ -67,7 +67,7 @@ impl FrontDoor {
     /// not be sent along with a forwarded call, so a bad `--advertise` stops the server at
     /// start instead of failing each forwarded request.
     pub fn new(
-        role: watch::Receiver<Role>,
+        role: watch::Receiver<ControllerRole>,
         me: &str,
         api_token: std::sync::Arc<str>,
         join_token: std::sync::Arc<str>,
@@ -126,12 +126,12 @@ async fn dispatch(State(door): State<FrontDoor>, request: Request) -> Response {
     }
     let role = door.role.borrow().clone();
     match role {
-        Role::Leading(router) => match router.oneshot(request).await {
+        ControllerRole::Leading(router) => match router.oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
         },
-        Role::Electing => ServerError::NoLeader.into_response(),
-        Role::Following { leader_url } => {
+        ControllerRole::Electing => ServerError::NoLeader.into_response(),
+        ControllerRole::Following { leader_url } => {
             if request.headers().contains_key(FORWARDED_BY_HEADER) {
                 return ServerError::ForwardedTooFar.into_response();
             }
@@ -258,7 +258,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_front_door_refuses_a_bad_advertise_url_at_start() {
-        let (_role_tx, role) = watch::channel(Role::Electing);
+        let (_role_tx, role) = watch::channel(ControllerRole::Electing);
         let (_stop_tx, stop) = watch::channel(false);
         let door = FrontDoor::new(role, "not a url", "a".into(), "j".into(), stop);
         assert!(matches!(door, Err(ServerError::BadAdvertiseUrl { .. })));

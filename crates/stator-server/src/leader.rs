@@ -54,7 +54,7 @@ pub const GRACEFUL_STOP_LIMIT_MS: u64 = 2_000;
 
 /// Who answers API and agent calls on this server right now.
 #[derive(Clone)]
-pub enum Role {
+pub enum ControllerRole {
     /// No holder is known (an election is under way): calls get 503.
     Electing,
     /// This server runs the controller: calls go to this term's router.
@@ -66,12 +66,12 @@ pub enum Role {
     },
 }
 
-impl std::fmt::Debug for Role {
+impl std::fmt::Debug for ControllerRole {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Role::Electing => f.write_str("Electing"),
-            Role::Leading(_) => f.write_str("Leading"),
-            Role::Following { leader_url } => write!(f, "Following({leader_url})"),
+            ControllerRole::Electing => f.write_str("Electing"),
+            ControllerRole::Leading(_) => f.write_str("Leading"),
+            ControllerRole::Following { leader_url } => write!(f, "Following({leader_url})"),
         }
     }
 }
@@ -127,7 +127,7 @@ pub struct Election {
     /// Starts a term on winning.
     pub start_term: StartTerm,
     /// Where the current role is published.
-    pub role: watch::Sender<Role>,
+    pub role: watch::Sender<ControllerRole>,
     /// Server shutdown.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -160,7 +160,7 @@ impl Election {
                 Ok(RoundEnd::Shutdown) => return,
                 Ok(RoundEnd::Again) => {}
                 Err(error) => {
-                    self.role.send_replace(Role::Electing);
+                    self.role.send_replace(ControllerRole::Electing);
                     tracing::warn!(%error, "controller election failed; retrying");
                     let mut shutdown = self.shutdown.clone();
                     tokio::select! {
@@ -229,7 +229,7 @@ impl Election {
                 _ = stopping(&mut shutdown) => return Ok(RoundEnd::Shutdown),
                 event = watch.next() => match event {
                     Some(Ok(WatchEvent::Delete { key, .. })) if key == LEADER_KEY => {
-                        self.role.send_replace(Role::Electing);
+                        self.role.send_replace(ControllerRole::Electing);
                         return Ok(RoundEnd::Again);
                     }
                     Some(Ok(WatchEvent::Put { key, value })) if key == LEADER_KEY => {
@@ -249,9 +249,10 @@ impl Election {
         if url == self.me {
             // Our own key from before a restart: not ours to use (its lease is not ours),
             // and forwarding to ourselves would loop. Wait for it to expire.
-            self.role.send_replace(Role::Electing);
+            self.role.send_replace(ControllerRole::Electing);
         } else {
-            self.role.send_replace(Role::Following { leader_url: url });
+            self.role
+                .send_replace(ControllerRole::Following { leader_url: url });
         }
     }
 
@@ -283,7 +284,7 @@ impl Election {
             tokio::select! {
                 biased;
                 _ = stopping(&mut shutdown) => {
-                    self.role.send_replace(Role::Electing);
+                    self.role.send_replace(ControllerRole::Electing);
                     if let Some(term) = term.take() {
                         term.stop_gracefully().await;
                     }
@@ -334,7 +335,7 @@ impl Election {
                 started = &mut start, if term.is_none() => match started {
                     Ok(started) => {
                         tracing::info!(url = %self.me, "controller running");
-                        self.role.send_replace(Role::Leading(started.router.clone()));
+                        self.role.send_replace(ControllerRole::Leading(started.router.clone()));
                         term = Some(started);
                     }
                     Err(error) => break Err(error),
@@ -344,7 +345,7 @@ impl Election {
         // Stop serving from this term first, then stop its controller, then free the lease
         // so the next holder need not wait for it to expire.
         if !matches!(end, Ok(RoundEnd::Shutdown)) {
-            self.role.send_replace(Role::Electing);
+            self.role.send_replace(ControllerRole::Electing);
         }
         if let Some(term) = term.take() {
             term.abort();
@@ -461,7 +462,7 @@ mod tests {
                 })
             })
         });
-        let (role_tx, _role) = watch::channel(Role::Electing);
+        let (role_tx, _role) = watch::channel(ControllerRole::Electing);
         let (shutdown_tx, shutdown) = watch::channel(false);
         let election = tokio::spawn(
             Election {

@@ -62,7 +62,7 @@ use stator_store::{EmbeddedStore, Store};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::leader::{Election, Role, StartTerm, Term};
+use crate::leader::{ControllerRole, Election, StartTerm, Term};
 
 pub use config::{ServerConfig, StoreConfig};
 pub use error::{Result, ServerError};
@@ -77,7 +77,7 @@ pub struct ServerHandle {
     http: JoinHandle<std::io::Result<()>>,
     /// Owns the controller term(s): the election loop, or the embedded store's one term.
     leadership: JoinHandle<()>,
-    role: watch::Receiver<Role>,
+    role: watch::Receiver<ControllerRole>,
 }
 
 impl ServerHandle {
@@ -108,21 +108,21 @@ impl ServerHandle {
 
     /// True while this server runs the controller.
     pub fn is_leader(&self) -> bool {
-        matches!(*self.role.borrow(), Role::Leading(_))
+        matches!(*self.role.borrow(), ControllerRole::Leading(_))
     }
 
     /// The URL of the server running the controller, as this server knows it (None while
     /// an election is under way).
     pub fn leader_url(&self) -> Option<String> {
         match &*self.role.borrow() {
-            Role::Leading(_) => Some(self.advertise_url.clone()),
-            Role::Following { leader_url } => Some(leader_url.clone()),
-            Role::Electing => None,
+            ControllerRole::Leading(_) => Some(self.advertise_url.clone()),
+            ControllerRole::Following { leader_url } => Some(leader_url.clone()),
+            ControllerRole::Electing => None,
         }
     }
 
     /// A subscription to this server's role changes (for tests and tools).
-    pub fn role(&self) -> watch::Receiver<Role> {
+    pub fn role(&self) -> watch::Receiver<ControllerRole> {
         self.role.clone()
     }
 
@@ -256,7 +256,7 @@ pub const TERM_RESTART_DELAY_MS: u64 = 1_000;
 async fn lead_alone(
     mut term: Term,
     new_term: StartTerm,
-    role: watch::Sender<Role>,
+    role: watch::Sender<ControllerRole>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -269,7 +269,7 @@ async fn lead_alone(
             exit = &mut term.controller => exit.unwrap_or(controller::ControllerExit::Stopped),
         };
         // Stop serving from the stopped term before anything else.
-        role.send_replace(Role::Electing);
+        role.send_replace(ControllerRole::Electing);
         drop(term);
         tracing::warn!(
             ?exit,
@@ -286,7 +286,7 @@ async fn lead_alone(
                 Err(error) => tracing::warn!(%error, "could not start a new controller term"),
             }
         };
-        role.send_replace(Role::Leading(term.router.clone()));
+        role.send_replace(ControllerRole::Leading(term.router.clone()));
     }
 }
 
@@ -336,7 +336,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle> {
             term_join.clone(),
         ))
     });
-    let (role_tx, role) = watch::channel(Role::Electing);
+    let (role_tx, role) = watch::channel(ControllerRole::Electing);
     let leadership = if config.store.is_shared() {
         tokio::spawn(
             Election {
@@ -352,7 +352,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle> {
     } else {
         // The embedded store belongs to this server alone: it always leads, unfenced.
         let term = new_term(fence::Fence::unfenced()).await?;
-        role_tx.send_replace(Role::Leading(term.router.clone()));
+        role_tx.send_replace(ControllerRole::Leading(term.router.clone()));
         tokio::spawn(lead_alone(term, new_term, role_tx, shutdown_rx.clone()))
     };
     let router = forward::FrontDoor::new(

@@ -13,6 +13,7 @@ use stator_api::agent::{
 };
 use stator_api::ids::{GroupId, NodeId};
 use stator_api::spec::{ServiceKind, ServiceSpec};
+pub use stator_api::views::{JobPhase, NodeState};
 
 /// Root of every key the server writes.
 pub const KEY_PREFIX: &str = "/stator/";
@@ -24,46 +25,6 @@ pub const SERVICES_PREFIX: &str = "/stator/services/";
 pub const PLACEMENTS_PREFIX: &str = "/stator/placements/";
 /// Counters and secrets that must survive a restart.
 pub const META_PREFIX: &str = "/stator/meta/";
-
-/// Lifecycle of a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NodeState {
-    /// Heartbeating and schedulable.
-    Ready,
-    /// Being emptied: hosts what it has until each piece has moved away.
-    Draining,
-    /// Emptied after a drain; heartbeats but receives nothing.
-    Drained,
-    /// No heartbeat within the grace: its replicas count as gone. Terminal: a lost
-    /// agent that comes back must register again under a fresh id.
-    Lost,
-}
-
-impl NodeState {
-    /// Every state, for metrics that report zero counts too.
-    pub const ALL: [NodeState; 4] = [
-        NodeState::Ready,
-        NodeState::Draining,
-        NodeState::Drained,
-        NodeState::Lost,
-    ];
-
-    /// Lower-case name, as in JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeState::Ready => "ready",
-            NodeState::Draining => "draining",
-            NodeState::Drained => "drained",
-            NodeState::Lost => "lost",
-        }
-    }
-
-    /// Whether the node still runs what it hosts.
-    pub fn is_alive(self) -> bool {
-        self != NodeState::Lost
-    }
-}
 
 /// A registered node, as persisted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,18 +108,6 @@ pub struct InstanceDesign {
     pub attempt: u32,
     /// Where it stands.
     pub phase: InstancePhase,
-}
-
-/// Overall state of a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobPhase {
-    /// Completions still outstanding.
-    Running,
-    /// Every completion succeeded.
-    Succeeded,
-    /// A completion ran out of retries.
-    Failed,
 }
 
 /// The designed placement of a service, as persisted.

@@ -1,7 +1,7 @@
 //! The controllers' decisions: a pure function from the cluster and the time to actions.
 //!
 //! [`reconcile`] looks at the whole [`Cluster`] (level-triggered: it never asks what
-//! changed) and returns the [`Action`]s that move it toward its specs, plus when to look
+//! changed) and returns the [`ReconcileAction`]s that move it toward its specs, plus when to look
 //! again. [`apply_action`] applies one action to a cluster; the controller task applies
 //! them to its state, persists the result and publishes events. Neither reads a clock
 //! or does IO, so both are tested here with plain values.
@@ -49,7 +49,7 @@ const INSTANCE_OVERFLOW_PARTITION_KEY: u32 = u32::MAX;
 
 /// One change the controllers want.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub enum ReconcileAction {
     /// The node missed its heartbeat grace.
     MarkNodeLost {
         /// The node.
@@ -182,7 +182,7 @@ pub enum ReplaceReason {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Decision {
     /// What to change, in order.
-    pub actions: Vec<Action>,
+    pub actions: Vec<ReconcileAction>,
     /// Things the pass could not do (e.g. not enough nodes), for logs and status.
     pub problems: Vec<String>,
     /// Per draining node, the partitions whose move off it cannot be planned, and why.
@@ -203,7 +203,7 @@ pub fn reconcile(cluster: &Cluster, now_ms: u64, node_grace_ms: u64) -> Decision
         view: ClusterView::new(),
     };
     pass.node_lifecycle(node_grace_ms);
-    pass.view = build_view(&pass.scratch);
+    pass.view = cluster_view(&pass.scratch);
     let names: Vec<String> = pass.scratch.services.keys().cloned().collect();
     let mut moves_in_flight = moves_in_flight_per_draining_node(&pass.scratch);
     for name in &names {
@@ -228,7 +228,7 @@ struct Pass {
 }
 
 impl Pass {
-    fn push(&mut self, action: Action) {
+    fn push(&mut self, action: ReconcileAction) {
         apply_action(&mut self.scratch, &action);
         self.decision.actions.push(action);
     }
@@ -257,7 +257,7 @@ impl Pass {
             }
             let deadline_ms = last_ms.saturating_add(node_grace_ms);
             if self.now_ms > deadline_ms {
-                self.push(Action::MarkNodeLost { node });
+                self.push(ReconcileAction::MarkNodeLost { node });
             } else {
                 self.run_again_by(deadline_ms + 1);
             }
@@ -274,7 +274,7 @@ impl Pass {
             .collect();
         for node in draining {
             if !hosts_anything(&self.scratch, node) {
-                self.push(Action::MarkNodeDrained { node });
+                self.push(ReconcileAction::MarkNodeDrained { node });
             }
         }
     }
@@ -292,7 +292,7 @@ impl Pass {
                         for &node in &members {
                             self.view.add_replica(replica_of(&request, node));
                         }
-                        self.push(Action::PlacePartition {
+                        self.push(ReconcileAction::PlacePartition {
                             service: name.to_string(),
                             partition,
                             members,
@@ -308,7 +308,7 @@ impl Pass {
                 // with the initial set: changing the design now could create two
                 // groups with different first configurations. Wait.
                 if self.scratch.any_leader_reported(group) {
-                    self.push(Action::MarkGroupStarted {
+                    self.push(ReconcileAction::MarkGroupStarted {
                         service: name.to_string(),
                         partition,
                     });
@@ -318,7 +318,7 @@ impl Pass {
             if all_members_forgot(&self.scratch, &design.members, group) {
                 // Only a `memory` group can lose every copy (a whole-cluster restart);
                 // no member hosts it any more, so a fresh group cannot meet the old one.
-                self.push(Action::ResetPartition {
+                self.push(ReconcileAction::ResetPartition {
                     service: name.to_string(),
                     partition,
                 });
@@ -357,7 +357,7 @@ impl Pass {
                     if reason == ReplaceReason::NodeDraining {
                         *moves_in_flight.entry(remove).or_default() += 1;
                     }
-                    self.push(Action::ReplaceMember {
+                    self.push(ReconcileAction::ReplaceMember {
                         service: name.to_string(),
                         partition,
                         remove,
@@ -386,7 +386,7 @@ impl Pass {
         // Instances on lost nodes are gone.
         for instance in &instances {
             if !self.scratch.is_alive(instance.node) {
-                self.push(Action::RemoveInstance {
+                self.push(ReconcileAction::RemoveInstance {
                     service: name.to_string(),
                     id: instance.id.clone(),
                 });
@@ -404,7 +404,7 @@ impl Pass {
         if on_ready.len() > wanted {
             // Shrink: drop the newest extras first, the oldest are most likely warm.
             for instance in on_ready.iter().rev().take(on_ready.len() - wanted) {
-                self.push(Action::RemoveInstance {
+                self.push(ReconcileAction::RemoveInstance {
                     service: name.to_string(),
                     id: instance.id.clone(),
                 });
@@ -439,7 +439,7 @@ impl Pass {
                 .map(|i| i.id.clone())
                 .collect();
             for id in leaving {
-                self.push(Action::RemoveInstance {
+                self.push(ReconcileAction::RemoveInstance {
                     service: name.to_string(),
                     id,
                 });
@@ -483,7 +483,7 @@ impl Pass {
                     if let Some(succeeded) = outcome {
                         let retry_at_ms =
                             self.now_ms + job_backoff_ms(spec.backoff_ms, latest.attempt);
-                        self.push(Action::FinishInstance {
+                        self.push(ReconcileAction::FinishInstance {
                             service: name.to_string(),
                             id: latest.id.clone(),
                             succeeded,
@@ -517,7 +517,7 @@ impl Pass {
             None
         };
         if let Some(phase) = phase {
-            self.push(Action::SetJobPhase {
+            self.push(ReconcileAction::SetJobPhase {
                 service: name.to_string(),
                 phase,
             });
@@ -554,7 +554,7 @@ impl Pass {
                 let node = nodes[0];
                 request.partition = INSTANCE_PARTITION_KEY;
                 self.view.add_replica(replica_of(&request, node));
-                self.push(Action::PlaceInstance {
+                self.push(ReconcileAction::PlaceInstance {
                     service: name.to_string(),
                     node,
                     slot,
@@ -702,7 +702,7 @@ pub fn job_backoff_ms(backoff_ms: u64, failed_attempt: u32) -> u64 {
 
 /// The planner's view of the cluster: live nodes (schedulable only when ready), every
 /// designed replica and assigned instance as an allocation.
-pub fn build_view(cluster: &Cluster) -> ClusterView {
+pub fn cluster_view(cluster: &Cluster) -> ClusterView {
     let nodes = cluster
         .nodes
         .values()
@@ -799,21 +799,21 @@ fn policy_of(spec: &ServiceSpec) -> Policy {
 /// # Panics
 /// If the action names a service or partition the cluster does not have: actions are
 /// only ever applied to the cluster they were decided from.
-pub fn apply_action(cluster: &mut Cluster, action: &Action) {
+pub fn apply_action(cluster: &mut Cluster, action: &ReconcileAction) {
     match action {
-        Action::MarkNodeLost { node } => {
+        ReconcileAction::MarkNodeLost { node } => {
             if let Some(record) = cluster.nodes.get_mut(node) {
                 record.state = NodeState::Lost;
             }
             cluster.observed.remove(node);
             cluster.resp_addrs.remove(node);
         }
-        Action::MarkNodeDrained { node } => {
+        ReconcileAction::MarkNodeDrained { node } => {
             if let Some(record) = cluster.nodes.get_mut(node) {
                 record.state = NodeState::Drained;
             }
         }
-        Action::PlacePartition {
+        ReconcileAction::PlacePartition {
             service,
             partition,
             members,
@@ -822,17 +822,17 @@ pub fn apply_action(cluster: &mut Cluster, action: &Action) {
             design.members = members.clone();
             design.initial_members = members.clone();
         }
-        Action::ResetPartition { service, partition } => {
+        ReconcileAction::ResetPartition { service, partition } => {
             let design = partition_mut(cluster, service, *partition);
             design.members.clear();
             design.initial_members.clear();
             design.has_had_leader = false;
             design.cpu_millis.clear();
         }
-        Action::MarkGroupStarted { service, partition } => {
+        ReconcileAction::MarkGroupStarted { service, partition } => {
             partition_mut(cluster, service, *partition).has_had_leader = true;
         }
-        Action::ReplaceMember {
+        ReconcileAction::ReplaceMember {
             service,
             partition,
             remove,
@@ -851,7 +851,7 @@ pub fn apply_action(cluster: &mut Cluster, action: &Action) {
                 design.cpu_millis.insert(*add, cpu_millis);
             }
         }
-        Action::MigrateMember {
+        ReconcileAction::MigrateMember {
             service,
             partition,
             from,
@@ -868,7 +868,7 @@ pub fn apply_action(cluster: &mut Cluster, action: &Action) {
             design.cpu_millis.remove(from);
             design.cpu_millis.insert(*to, *cpu_millis);
         }
-        Action::ResizeReplica {
+        ReconcileAction::ResizeReplica {
             service,
             partition,
             node,
@@ -878,14 +878,14 @@ pub fn apply_action(cluster: &mut Cluster, action: &Action) {
                 .cpu_millis
                 .insert(*node, *cpu_millis);
         }
-        Action::MarkNodeDraining { node } => {
+        ReconcileAction::MarkNodeDraining { node } => {
             if let Some(record) = cluster.nodes.get_mut(node) {
                 if record.state == NodeState::Ready {
                     record.state = NodeState::Draining;
                 }
             }
         }
-        Action::PlaceInstance {
+        ReconcileAction::PlaceInstance {
             service,
             node,
             slot,
@@ -902,13 +902,13 @@ pub fn apply_action(cluster: &mut Cluster, action: &Action) {
                 phase: InstancePhase::Assigned,
             });
         }
-        Action::RemoveInstance { service, id } => {
+        ReconcileAction::RemoveInstance { service, id } => {
             service_mut(cluster, service)
                 .placement
                 .instances
                 .retain(|i| &i.id != id);
         }
-        Action::FinishInstance {
+        ReconcileAction::FinishInstance {
             service,
             id,
             succeeded,
@@ -931,7 +931,7 @@ pub fn apply_action(cluster: &mut Cluster, action: &Action) {
                     .retain(|i| i.slot != slot || i.attempt >= latest);
             }
         }
-        Action::SetJobPhase { service, phase } => {
+        ReconcileAction::SetJobPhase { service, phase } => {
             service_mut(cluster, service).placement.job_phase = Some(*phase);
         }
     }
@@ -1037,7 +1037,7 @@ mod tests {
     }
 
     /// Applies every action of one pass and returns them.
-    fn step(cluster: &mut Cluster, now_ms: u64) -> Vec<Action> {
+    fn step(cluster: &mut Cluster, now_ms: u64) -> Vec<ReconcileAction> {
         let decision = reconcile(cluster, now_ms, GRACE_MS);
         for action in &decision.actions {
             apply_action(cluster, action);
@@ -1113,7 +1113,7 @@ mod tests {
         assert!(
             actions.iter().any(|a| matches!(
                 a,
-                Action::ReplaceMember {
+                ReconcileAction::ReplaceMember {
                     remove: 3,
                     add: 4,
                     reason: ReplaceReason::ReplicaForgotten,
@@ -1136,7 +1136,7 @@ mod tests {
         assert!(
             actions
                 .iter()
-                .any(|a| matches!(a, Action::ResetPartition { partition: 0, .. })),
+                .any(|a| matches!(a, ReconcileAction::ResetPartition { partition: 0, .. })),
             "{actions:?}"
         );
         let design = &cluster.services["kv"].placement.partitions[0];
@@ -1146,7 +1146,7 @@ mod tests {
         assert!(
             actions
                 .iter()
-                .any(|a| matches!(a, Action::PlacePartition { partition: 0, .. })),
+                .any(|a| matches!(a, ReconcileAction::PlacePartition { partition: 0, .. })),
             "{actions:?}"
         );
     }
@@ -1186,7 +1186,7 @@ mod tests {
         assert!(decision.actions.is_empty());
         assert_eq!(decision.next_run_ms, NOW_MS + GRACE_MS + 1);
         let actions = step(&mut cluster, NOW_MS + GRACE_MS + 1);
-        assert_eq!(actions, vec![Action::MarkNodeLost { node: 1 }]);
+        assert_eq!(actions, vec![ReconcileAction::MarkNodeLost { node: 1 }]);
         assert_eq!(cluster.nodes[&1].state, NodeState::Lost);
     }
 
@@ -1198,7 +1198,10 @@ mod tests {
         assert!(!cluster.services["kv"].placement.partitions[0].has_had_leader);
         report_leader(&mut cluster, 1, 0, &[1, 2, 3]);
         let actions = step(&mut cluster, NOW_MS);
-        assert!(matches!(actions[..], [Action::MarkGroupStarted { .. }]));
+        assert!(matches!(
+            actions[..],
+            [ReconcileAction::MarkGroupStarted { .. }]
+        ));
     }
 
     #[test]
@@ -1220,10 +1223,10 @@ mod tests {
         report_leader(&mut cluster, 2, 0, &[1, 2, 3]);
         cluster.observed.get_mut(&1).unwrap().last_heartbeat_ms = 0;
         let actions = step(&mut cluster, NOW_MS);
-        assert_eq!(actions[0], Action::MarkNodeLost { node: 1 });
+        assert_eq!(actions[0], ReconcileAction::MarkNodeLost { node: 1 });
         assert_eq!(
             actions[1],
-            Action::ReplaceMember {
+            ReconcileAction::ReplaceMember {
                 service: "kv".into(),
                 partition: 0,
                 remove: 1,
@@ -1267,7 +1270,7 @@ mod tests {
         assert!(
             matches!(
                 actions[..],
-                [Action::ReplaceMember {
+                [ReconcileAction::ReplaceMember {
                     remove: 4,
                     add: 5,
                     ..
@@ -1290,7 +1293,7 @@ mod tests {
         assert!(
             matches!(
                 actions[..],
-                [Action::ReplaceMember {
+                [ReconcileAction::ReplaceMember {
                     partition: 0,
                     remove: 1,
                     add: 4,
@@ -1305,12 +1308,15 @@ mod tests {
         report_leader(&mut cluster, 2, 0, &[2, 3, 4]);
         let actions = step(&mut cluster, NOW_MS);
         assert!(
-            matches!(actions[..], [Action::ReplaceMember { partition: 1, .. }]),
+            matches!(
+                actions[..],
+                [ReconcileAction::ReplaceMember { partition: 1, .. }]
+            ),
             "{actions:?}"
         );
         report_leader(&mut cluster, 2, 1, &[2, 3, 4]);
         let actions = step(&mut cluster, NOW_MS);
-        assert_eq!(actions, vec![Action::MarkNodeDrained { node: 1 }]);
+        assert_eq!(actions, vec![ReconcileAction::MarkNodeDrained { node: 1 }]);
     }
 
     #[test]
@@ -1355,10 +1361,10 @@ mod tests {
         let actions = step(&mut cluster, NOW_MS);
         assert!(actions
             .iter()
-            .any(|a| matches!(a, Action::RemoveInstance { .. })));
+            .any(|a| matches!(a, ReconcileAction::RemoveInstance { .. })));
         assert!(actions
             .iter()
-            .any(|a| matches!(a, Action::PlaceInstance { node: 4, .. })));
+            .any(|a| matches!(a, ReconcileAction::PlaceInstance { node: 4, .. })));
         assert_eq!(cluster.services["web"].placement.instances.len(), 3);
     }
 
@@ -1399,13 +1405,16 @@ mod tests {
         report_instance(&mut cluster, first.node, &first.id, InstanceState::Failed);
         let actions = step(&mut cluster, NOW_MS);
         assert!(
-            matches!(actions[..], [Action::FinishInstance { succeeded: false, retry_at_ms, .. }] if retry_at_ms == NOW_MS + 1000)
+            matches!(actions[..], [ReconcileAction::FinishInstance { succeeded: false, retry_at_ms, .. }] if retry_at_ms == NOW_MS + 1000)
         );
         // Not before the back-off.
         assert!(step(&mut cluster, NOW_MS + 999).is_empty());
         let actions = step(&mut cluster, NOW_MS + 1000);
         assert!(
-            matches!(actions[..], [Action::PlaceInstance { attempt: 2, .. }]),
+            matches!(
+                actions[..],
+                [ReconcileAction::PlaceInstance { attempt: 2, .. }]
+            ),
             "{actions:?}"
         );
         let second = cluster.services["batch"]
@@ -1420,8 +1429,8 @@ mod tests {
             matches!(
                 actions[..],
                 [
-                    Action::FinishInstance { .. },
-                    Action::SetJobPhase {
+                    ReconcileAction::FinishInstance { .. },
+                    ReconcileAction::SetJobPhase {
                         phase: JobPhase::Failed,
                         ..
                     }
@@ -1452,11 +1461,11 @@ mod tests {
             matches!(
                 actions[..],
                 [
-                    Action::FinishInstance {
+                    ReconcileAction::FinishInstance {
                         succeeded: true,
                         ..
                     },
-                    Action::SetJobPhase {
+                    ReconcileAction::SetJobPhase {
                         phase: JobPhase::Succeeded,
                         ..
                     }

@@ -669,7 +669,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let mut config = stator_server::ServerConfig::new(&args.data_dir);
     config.advertise_url = args.advertise;
     if let Some(path) = args.pools {
-        config.autoscale = Some(stator_server::controller::Autoscaling {
+        config.autoscale = Some(stator_server::controller::Autoscaler {
             config: pools::read_pools_file(&path, &[])?,
             provider: std::sync::Arc::new(stator_server::provider::StaticProvider),
         });

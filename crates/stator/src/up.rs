@@ -142,7 +142,7 @@ async fn start_server(
         .with_context(|| format!("--api: not an address: {}", opts.api))?;
     config.node_grace_ms = opts.node_grace_ms;
     if let Some(pool_config) = pool_config {
-        config.autoscale = Some(stator_server::controller::Autoscaling {
+        config.autoscale = Some(stator_server::controller::Autoscaler {
             config: pool_config.clone(),
             provider: provider.clone(),
         });

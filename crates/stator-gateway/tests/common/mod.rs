@@ -1,5 +1,5 @@
 //! Shared by the gateway's integration tests: a 3-host kv cluster, a partition map the
-//! test drives, a gateway on loopback, and a raw RESP client.
+//! test drives, a gateway on loopback, and a RESP client (the harness's `Connection`).
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
@@ -7,14 +7,13 @@ use stator_api::ids::GroupId;
 use stator_api::slot::partition_ranges;
 use stator_api::spec::ServiceKind;
 use stator_gateway::{GatewayConfig, GatewayHandle, PartitionMap, PartitionRoute, ServiceRoutes};
-use stator_kv::{encode_command, parse_reply, Value};
+use stator_harness::resp::Connection;
+use stator_kv::Value;
 use stator_replication::testing::{Cluster, TEST_SECRET};
 use stator_replication::GroupOptions;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 /// Service id of the test kv service.
@@ -106,50 +105,43 @@ pub async fn setup(partitions: u32, http: bool) -> Setup {
     }
 }
 
-/// A minimal RESP client over a raw socket.
+/// The harness's RESP [`Connection`], with the tests' manners: every failure panics,
+/// every read is bounded by [`WAIT`].
 pub struct Resp {
-    stream: TcpStream,
-    buf: Vec<u8>,
+    connection: Connection,
 }
 
 impl Resp {
     pub async fn connect(addr: std::net::SocketAddr) -> Resp {
         Resp {
-            stream: TcpStream::connect(addr)
+            connection: Connection::connect_timeout(addr, WAIT)
                 .await
                 .expect("connect to the gateway"),
-            buf: Vec::new(),
         }
     }
 
     /// Sends raw bytes.
     pub async fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("write");
+        self.connection.send_raw(bytes).await.expect("write");
     }
 
     /// Sends one command without waiting.
     pub async fn send(&mut self, argv: &[&str]) {
-        self.send_raw(&encode_command(argv)).await;
+        self.connection.send(argv).await.expect("write");
     }
 
-    /// Reads one reply; `None` when the server closed the connection.
+    /// Reads one reply; `None` when the server closed the connection (or reset it).
     pub async fn read(&mut self) -> Option<Value> {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                if let Some((value, used)) = parse_reply(&self.buf).expect("well-formed reply") {
-                    self.buf.drain(..used);
-                    return Some(value);
-                }
-                let mut chunk = [0u8; 16 << 10];
-                let n = self.stream.read(&mut chunk).await.ok()?;
-                if n == 0 {
-                    return None;
-                }
-                self.buf.extend_from_slice(&chunk[..n]);
+        let reply = tokio::time::timeout(WAIT, self.connection.read_reply())
+            .await
+            .expect("a reply within the test bound");
+        match reply {
+            Ok(value) => value,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                panic!("well-formed reply: {e}")
             }
-        })
-        .await
-        .expect("a reply within the test bound")
+            Err(_) => None,
+        }
     }
 
     /// Sends one command and reads its reply.
