@@ -5,8 +5,6 @@
 //! - [`failover`]: client-observed unavailability, new leader and replication factor
 //!   restored after a SIGKILLed node under `stator up`, beside an etcd leader kill.
 //! - [`migration`]: a live replica move under steady writes, beside stop-and-copy.
-//! - [`restart`]: a member holding N MiB restarted from its own disk, beside the same
-//!   member started empty (a full copy), in one run.
 //! - etcd and Redis are started and driven by `stator_harness::servers`.
 //! - [`latency`]: latency histograms and the JSON run record.
 
@@ -14,7 +12,6 @@ pub mod failover;
 pub mod latency;
 pub mod migration;
 pub mod replication;
-pub mod restart;
 
 pub use stator_harness::{free_port, installed};
 

@@ -181,10 +181,6 @@ enum BenchVerb {
     /// factor restored, no acknowledged write lost; beside an etcd leader kill.
     #[command(after_help = "Example:\n  stator bench failover --rounds 5 --json")]
     Failover(FailoverArgs),
-    /// Restart of a member holding `--state-mib` of state: from its own disk (fetching
-    /// only the missed writes), beside the same member started empty (a full copy).
-    #[command(after_help = "Example:\n  stator bench restart --state-mib 256 --json")]
-    Restart(RestartArgs),
 }
 
 /// `stator up`: a whole cluster on this machine.
@@ -428,20 +424,6 @@ struct MigrationArgs {
     json: bool,
 }
 
-/// `stator bench restart`.
-#[derive(clap::Args)]
-struct RestartArgs {
-    /// State to fill the partition with before the restarts.
-    #[arg(long, default_value_t = 256)]
-    state_mib: u64,
-    /// Bytes per written value.
-    #[arg(long, default_value_t = 16384)]
-    value_bytes: usize,
-    /// Print the result as one JSON object on the last line.
-    #[arg(long)]
-    json: bool,
-}
-
 /// `stator bench failover`.
 #[derive(clap::Args)]
 struct FailoverArgs {
@@ -634,7 +616,6 @@ async fn dispatch(command: Verb, target: Target) -> anyhow::Result<()> {
             BenchVerb::Replication(args) => bench_replication(args).await,
             BenchVerb::Migration(args) => bench_migration(args).await,
             BenchVerb::Failover(args) => bench_failover(args).await,
-            BenchVerb::Restart(args) => bench_restart(args).await,
         },
     }
 }
@@ -896,16 +877,6 @@ async fn bench_migration(args: MigrationArgs) -> anyhow::Result<()> {
     let report = bench::migration::run(&opts).await?;
     bench::migration::print_report(&report, args.json);
     Ok(())
-}
-
-/// `stator bench restart`.
-async fn bench_restart(args: RestartArgs) -> anyhow::Result<()> {
-    let report = bench::restart::run(&bench::restart::Options {
-        state_mib: args.state_mib,
-        value_bytes: args.value_bytes,
-    })
-    .await?;
-    bench::restart::print_report(&report, args.json)
 }
 
 /// `stator bench failover`.
