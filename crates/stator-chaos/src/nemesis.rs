@@ -30,6 +30,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// heartbeat grace, so each agent rejoins under its own id and reopens its stores (a
 /// node declared lost first would come back under a new id, its stores deleted).
 pub const RESTART_ALL_DOWN: Duration = Duration::from_millis(500);
+/// When to read which ids the restarted agents came back under: past the server's
+/// heartbeat grace (3 s), so a node that missed it shows as lost or under a new id.
+const RESTART_ALL_SETTLE: Duration = Duration::from_secs(4);
 
 /// The kinds of fault, as named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -607,17 +610,17 @@ impl<'a> Nemesis<'a> {
             killed.len(),
             killed.keys().collect::<Vec<_>>()
         ));
-        // Back as itself: the same node id, registered again after the kill.
+        // The old registrations look alive until the server's grace runs out, so only
+        // after it does the registrations say whether each agent rejoined under its own
+        // id (kept alive by its heartbeats) or was declared lost and came back new.
+        tokio::time::sleep(RESTART_ALL_SETTLE).await;
         let mut back = BTreeMap::new();
         while killed_at.elapsed() < RECOVERY_TIMEOUT && back.len() < killed.len() {
+            back.clear();
             if let Ok(nodes) = self.cluster.nodes().await {
                 for node in nodes.iter().filter(|n| cluster::alive(n)) {
-                    let running = self
-                        .cluster
-                        .agent_pid(&node.name)
-                        .is_some_and(|pid| Some(&pid) != killed.get(&node.name));
-                    if running && killed.contains_key(&node.name) {
-                        back.entry(node.name.clone()).or_insert(node.id);
+                    if killed.contains_key(&node.name) {
+                        back.insert(node.name.clone(), node.id);
                     }
                 }
             }
@@ -628,7 +631,7 @@ impl<'a> Nemesis<'a> {
             .filter(|(name, id)| before.get(*name) == Some(*id))
             .count();
         let detail = format!(
-            "SIGKILL all {} agents at once, restarted after {} ms; {same} of them back under their own id",
+            "SIGKILL all {} agents at once, restarted after {} ms; {same} of them back under their own id (one back under a new id was declared lost first and its durable stores deleted)",
             killed.len(),
             RESTART_ALL_DOWN.as_millis()
         );

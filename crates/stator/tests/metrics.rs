@@ -27,7 +27,9 @@ fn http_get(url: &str) -> Option<String> {
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    // hyper answers an HTTP/1.0 request as HTTP/1.0.
+    let status = head.split_whitespace().nth(1)?;
+    (status == "200").then(|| body.to_string())
 }
 
 /// Every sample of `name` whose labels contain each of `labels`: (label text, value).
@@ -68,7 +70,9 @@ fn metrics_show_commit_latency_transport_bytes_and_bus_losses_after_writes() {
     let url = format!("{}/metrics", cluster.api);
     let text = wait_for("the commit histogram to count the writes", WAIT, || {
         let text = http_get(&url)?;
-        (total(&text, "stator_node_commit_latency_seconds_count", &[]) >= acked).then_some(text)
+        let counted = total(&text, "stator_node_commit_latency_seconds_count", &[]);
+        eprintln!("{counted} of {acked} acknowledged writes in the histogram");
+        (counted >= acked).then_some(text)
     });
 
     // The histogram: one series per node, buckets cumulative up to +Inf = count, a mean
