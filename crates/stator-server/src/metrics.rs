@@ -81,6 +81,9 @@ struct NodeSample {
     peers: Vec<String>,
 }
 
+/// Reads one direction's byte count from a peer's traffic.
+type TrafficField = fn(&stator_api::agent::PeerTraffic) -> u64;
+
 /// The label value of transport peer 0: gateways and other clients of the transport.
 const CLIENT_PEER: &str = "clients";
 
@@ -115,7 +118,7 @@ impl Collector for NodeCounters {
                     )?;
             }
         }
-        let directions: [(&str, &str, fn(&stator_api::agent::PeerTraffic) -> u64); 2] = [
+        let directions: [(&str, &str, TrafficField); 2] = [
             (
                 "node_transport_sent_bytes",
                 "Bytes a node wrote on the replica transport to each peer node (cumulative since the agent started)",
