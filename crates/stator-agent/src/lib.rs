@@ -231,6 +231,7 @@ async fn run_incarnation(
                 replicas: replicas.statuses(),
                 instances: supervisor.statuses(),
                 resp_addrs: resp.advertised(),
+                metrics: replicas.node_metrics(),
             };
             match server.heartbeat(&beat).await {
                 Ok(assignments) => {

@@ -593,6 +593,11 @@ impl Replicas {
             );
     }
 
+    /// The node's commit-latency histogram and transport bytes per peer.
+    pub fn node_metrics(&self) -> stator_api::agent::NodeMetrics {
+        self.host.node_metrics()
+    }
+
     /// Status of every hosted replica, for the heartbeat.
     pub fn statuses(&self) -> Vec<ReplicaStatus> {
         let known = self.known.lock().expect("known mutex poisoned");

@@ -118,6 +118,63 @@ pub struct Heartbeat {
     /// for it (its advertised address, what `MOVED` and `CLUSTER SLOTS` hand out).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub resp_addrs: BTreeMap<String, String>,
+    /// Node-wide counters since the agent started: commit latency and transport bytes.
+    #[serde(default)]
+    pub metrics: NodeMetrics,
+}
+
+/// Upper bounds of the commit-latency histogram's buckets, µs (an implicit `+Inf`
+/// bucket follows): 250 µs to 4 s in doublings, fine where writes land (a batch's fsync,
+/// one round trip) and coarse in the tail. A fixed list keeps every node's series
+/// comparable and the label cardinality bounded (15 series per node).
+pub const COMMIT_LATENCY_BOUNDS_US: [u64; 14] = [
+    250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 256_000, 512_000,
+    1_024_000, 4_096_000,
+];
+
+/// Peers a heartbeat reports transport bytes for: a cluster's nodes, with room to spare;
+/// the rest are summed under peer 0.
+pub const MAX_TRAFFIC_PEERS: usize = 1_024;
+
+/// Node-wide counters an agent reports, cumulative since it started (a restart starts
+/// them at zero again, which Prometheus treats as a counter reset).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeMetrics {
+    /// Latency of the writes this node's leaders committed and applied.
+    #[serde(default)]
+    pub commit_latency: LatencyHistogram,
+    /// Bytes on the replica transport per peer node (peer 0: clients such as gateways).
+    #[serde(default)]
+    pub transport: Vec<PeerTraffic>,
+}
+
+/// A cumulative latency histogram over [`COMMIT_LATENCY_BOUNDS_US`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatencyHistogram {
+    /// Samples per bucket (not cumulative): one per bound, then one above the last.
+    #[serde(default)]
+    pub counts: Vec<u64>,
+    /// Sum of every sample, µs.
+    #[serde(default)]
+    pub sum_us: u64,
+}
+
+impl LatencyHistogram {
+    /// Samples recorded.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// Transport bytes exchanged with one peer node since the agent started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerTraffic {
+    /// The peer's node id (0: clients, and peers past [`MAX_TRAFFIC_PEERS`]).
+    pub peer: NodeId,
+    /// Bytes written to it (frames of requests and replies).
+    pub sent_bytes: u64,
+    /// Bytes read from it.
+    pub received_bytes: u64,
 }
 
 /// A replica's role in its group, as its Raft node sees it.
@@ -424,6 +481,17 @@ mod tests {
             }],
             instances: vec![],
             resp_addrs: BTreeMap::from([("sessions".into(), "127.0.0.1:7001".into())]),
+            metrics: NodeMetrics {
+                commit_latency: LatencyHistogram {
+                    counts: vec![1, 2],
+                    sum_us: 700,
+                },
+                transport: vec![PeerTraffic {
+                    peer: 8,
+                    sent_bytes: 10,
+                    received_bytes: 20,
+                }],
+            },
         };
         let json = serde_json::to_string(&heartbeat).unwrap();
         assert!(json.contains("\"role\":\"leader\""));

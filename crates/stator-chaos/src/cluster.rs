@@ -9,6 +9,7 @@
 
 use super::netns::Netns;
 use anyhow::{bail, Context as _};
+use stator_api::spec::Durability;
 use stator_client::context::{self, Context};
 use stator_client::Api;
 use stator_harness::etcd::LocalEtcd as Etcd;
@@ -347,6 +348,16 @@ impl Cluster {
             .collect()
     }
 
+    /// SIGKILLs every agent at once and has the supervisor start them again after
+    /// `down` (instead of `up`'s restart delay); the killed pids by node name.
+    pub fn kill_and_restart_agents(&self, down: Duration) -> BTreeMap<String, u32> {
+        self.processes
+            .kill_and_restart(|name| name.starts_with(AGENT_PREFIX), down)
+            .into_iter()
+            .map(|(name, pid)| (name[AGENT_PREFIX.len()..].to_string(), pid))
+            .collect()
+    }
+
     /// The process id of server `index`, if it runs now.
     pub fn server_pid(&self, index: usize) -> Option<u32> {
         self.processes.pid(&server_name(index))
@@ -395,13 +406,18 @@ impl Cluster {
         self.api()?.post(path).await
     }
 
-    /// Applies the kv service: `partitions` partitions of 3 replicas, RESP on
-    /// [`Cluster::resp_addr`]. Protected mode is off: in network-namespace runs that
+    /// Applies the kv service: `partitions` partitions of 3 replicas with `durability`,
+    /// RESP on [`Cluster::resp_addr`]. Protected mode is off: in network-namespace runs that
     /// address is the private bridge's, not loopback, and chaos's own clients (on the
     /// host side of the bridge) must be served without a password.
-    pub async fn apply_service(&self, partitions: u32) -> anyhow::Result<()> {
+    pub async fn apply_service(
+        &self,
+        partitions: u32,
+        durability: Durability,
+    ) -> anyhow::Result<()> {
         let spec = format!(
             "name = \"{SERVICE}\"\nkind = \"replicated\"\npartitions = {partitions}\nreplicas = 3\n\
+             durability = \"{durability}\"\n\
              app = {{ builtin = \"kv\" }}\nexpose = {{ resp = \"{}\", protected_mode = false }}\n\
              resources = {{ cpu = \"250m\", memory = \"128Mi\" }}\n",
             self.resp_addr

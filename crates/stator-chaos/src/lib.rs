@@ -1,5 +1,6 @@
 //! `stator chaos`: a Jepsen-style run. A local cluster, concurrent clients on a few keys,
-//! a nemesis (kill, pause, partition, membership, server), then a linearizability verdict.
+//! a nemesis (kill, pause, partition, membership, server, restart), then a
+//! linearizability verdict.
 //!
 //! # Layout
 //! - [`cluster`]: the servers (three on etcd, or one), the gateway and the agents as
@@ -22,6 +23,7 @@ use firewall::Firewall;
 use nemesis::{FaultKind, FaultRecord, Nemesis, Network, Schedule};
 use netns::Netns;
 use serde::Serialize;
+use stator_api::spec::Durability;
 use stator_check::{Recorder, Status, Verdict};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -84,6 +86,40 @@ pub struct Options {
     pub history: PathBuf,
     /// Namespaces or loopback.
     pub network: NetworkMode,
+    /// The kv service's durability; `None`: [`default_durability`] of the faults.
+    pub durability: Option<Durability>,
+}
+
+/// The kv service's durability when `--durability` is not given: `disk` when the
+/// `restart` fault is asked for (only disks survive it), else `memory`.
+pub fn default_durability(faults: &[FaultKind]) -> Durability {
+    if faults.contains(&FaultKind::Restart) {
+        Durability::Disk
+    } else {
+        Durability::Memory
+    }
+}
+
+/// Parses `--durability`.
+pub fn parse_durability(name: &str) -> anyhow::Result<Durability> {
+    match name {
+        "memory" => Ok(Durability::Memory),
+        "periodic" => Ok(Durability::Periodic),
+        "disk" => Ok(Durability::Disk),
+        _ => anyhow::bail!("--durability: unknown mode {name:?}; use memory, periodic or disk"),
+    }
+}
+
+/// Refuses a `restart` fault on a service that cannot survive it: a `memory` service
+/// loses everything when every member dies, and `periodic` may lose its last
+/// `fsync_interval_ms` of acknowledged writes, which the checker reports as lost.
+fn check_durability(faults: &[FaultKind], durability: Durability) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !faults.contains(&FaultKind::Restart) || durability == Durability::Disk,
+        "--faults restart kills every replica at once; only --durability disk promises to \
+         keep every acknowledged write through it (drop `restart` or use --durability disk)"
+    );
+    Ok(())
 }
 
 /// The last line of `--json` output.
@@ -117,6 +153,8 @@ pub struct Summary {
     pub keys: usize,
     /// `netns` (agents in network namespaces) or `loopback`.
     pub network: &'static str,
+    /// The kv service's durability (`memory`, `periodic`, `disk`).
+    pub durability: Durability,
     /// Servers: 3 on one etcd (the `server` fault), else 1 on the embedded store.
     pub servers: usize,
     /// Faults after which the cluster did not become healthy within the recovery bound.
@@ -136,6 +174,12 @@ impl Summary {
     }
 }
 
+/// The kv service's durability in this run.
+fn durability(opts: &Options) -> Durability {
+    opts.durability
+        .unwrap_or_else(|| default_durability(&opts.faults))
+}
+
 /// Runs chaos and returns the summary (it also prints progress and the human summary on
 /// stderr). The caller prints the JSON and picks the exit code.
 pub async fn run(opts: Options) -> anyhow::Result<Summary> {
@@ -146,6 +190,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
     anyhow::ensure!(opts.clients >= 1, "--clients: at least 1");
     anyhow::ensure!(opts.keys >= 1, "--keys: at least 1");
     anyhow::ensure!(!opts.faults.is_empty(), "--faults: name at least one");
+    check_durability(&opts.faults, durability(&opts))?;
     let require_all = std::env::var(REQUIRE_ALL_ENV).is_ok_and(|v| v == "1");
     let mut skipped = BTreeMap::new();
     let (mut kinds, with_etcd) = injectable_kinds(&opts, require_all, &mut skipped)?;
@@ -162,11 +207,12 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
         .tempdir()
         .context("creating a temporary directory")?;
     eprintln!(
-        "chaos: seed {}, {} nodes, {} clients, {} keys, faults {:?}, data in {}",
+        "chaos: seed {}, {} nodes, {} clients, {} keys, durability {}, faults {:?}, data in {}",
         opts.seed,
         opts.nodes,
         opts.clients,
         opts.keys,
+        durability(&opts),
         kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
         data_dir.path().display()
     );
@@ -365,7 +411,7 @@ async fn run_in(
             }
             tokio::time::sleep(ADOPT_INTERVAL * 3).await;
         }
-        cluster.apply_service(PARTITIONS).await?;
+        cluster.apply_service(PARTITIONS, durability(opts)).await?;
         cluster
             .wait_healthy(SERVICE_READY_TIMEOUT)
             .await
@@ -471,6 +517,7 @@ async fn drive(
             Some(Network::Netns(_)) => "netns",
             _ => "loopback",
         },
+        durability: durability(opts),
         servers: cluster.server_urls.len(),
         unrecovered: records.iter().filter(|r| r.recovery_s.is_none()).count()
             + usize::from(final_health.is_err()),

@@ -26,6 +26,13 @@ const PARTITION_MS: (u64, u64) = (2_000, 6_000);
 pub const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time allowed for a drain to move every replica away.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long every agent stays down in a `restart` fault: well inside the server's 3 s
+/// heartbeat grace, so each agent rejoins under its own id and reopens its stores (a
+/// node declared lost first would come back under a new id, its stores deleted).
+pub const RESTART_ALL_DOWN: Duration = Duration::from_millis(500);
+/// When to read which ids the restarted agents came back under: past the server's
+/// heartbeat grace (3 s), so a node that missed it shows as lost or under a new id.
+const RESTART_ALL_SETTLE: Duration = Duration::from_secs(4);
 
 /// The kinds of fault, as named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -42,16 +49,20 @@ pub enum FaultKind {
     /// SIGKILL the server holding the controller lease (several servers on etcd); it is
     /// started again after a few seconds.
     Server,
+    /// SIGKILL every agent at once and start them again: every replica of every group
+    /// dies together, so only what is on disk survives (needs `--durability disk`).
+    Restart,
 }
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [FaultKind; 5] = [
+    pub const ALL: [FaultKind; 6] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Partition,
         FaultKind::Membership,
         FaultKind::Server,
+        FaultKind::Restart,
     ];
 
     /// The command-line name.
@@ -62,6 +73,7 @@ impl FaultKind {
             FaultKind::Partition => "partition",
             FaultKind::Membership => "membership",
             FaultKind::Server => "server",
+            FaultKind::Restart => "restart",
         }
     }
 
@@ -72,7 +84,7 @@ impl FaultKind {
             .find(|k| k.name() == name)
             .ok_or_else(|| {
                 anyhow::anyhow!(
-                    "--faults: unknown fault {name:?}; use kill, pause, partition, membership, server"
+                    "--faults: unknown fault {name:?}; use kill, pause, partition, membership, server, restart"
                 )
             })
     }
@@ -141,7 +153,7 @@ impl Schedule {
         let hold_ms = match kind {
             FaultKind::Pause => self.rng.gen_range(PAUSE_MS.0..=PAUSE_MS.1),
             FaultKind::Partition => self.rng.gen_range(PARTITION_MS.0..=PARTITION_MS.1),
-            FaultKind::Kill | FaultKind::Membership | FaultKind::Server => 0,
+            FaultKind::Kill | FaultKind::Membership | FaultKind::Server | FaultKind::Restart => 0,
         };
         FaultPlan {
             kind,
@@ -371,6 +383,7 @@ impl<'a> Nemesis<'a> {
             FaultKind::Partition => self.partition(plan).await?,
             FaultKind::Membership => self.membership(plan).await?,
             FaultKind::Server => self.server().await?,
+            FaultKind::Restart => self.restart_all().await?,
         };
         let recovery_s = match self.cluster.wait_healthy(RECOVERY_TIMEOUT).await {
             Ok(_) => {
@@ -570,6 +583,63 @@ impl<'a> Nemesis<'a> {
         while !self.cluster.server_running(holder) && killed_at.elapsed() < RECOVERY_TIMEOUT {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        Ok((true, detail, killed_at))
+    }
+
+    /// SIGKILLs every agent at once (a power cut of the whole data plane) and starts
+    /// them again after [`RESTART_ALL_DOWN`]. Every member of every group dies
+    /// together, so no group keeps a majority in memory: acknowledged writes survive
+    /// only through the members' disks. Waits until every agent is back under the id
+    /// it had (it rejoins as itself), then the caller waits for health.
+    async fn restart_all(&self) -> anyhow::Result<(bool, String, Instant)> {
+        let before: BTreeMap<String, u64> = self
+            .cluster
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(cluster::alive)
+            .map(|n| (n.name, n.id))
+            .collect();
+        let killed = self.cluster.kill_and_restart_agents(RESTART_ALL_DOWN);
+        let killed_at = Instant::now();
+        if killed.is_empty() {
+            return Ok((false, "no agent to kill".into(), killed_at));
+        }
+        self.log(&format!(
+            "restart: SIGKILL every agent at once ({} of them: {:?}); all started again in {RESTART_ALL_DOWN:?}",
+            killed.len(),
+            killed.keys().collect::<Vec<_>>()
+        ));
+        // The old registrations look alive until the server's grace runs out, so only
+        // after it does the registrations say whether each agent rejoined under its own
+        // id (kept alive by its heartbeats) or was declared lost and came back new.
+        tokio::time::sleep(RESTART_ALL_SETTLE).await;
+        let mut back = BTreeMap::new();
+        while killed_at.elapsed() < RECOVERY_TIMEOUT && back.len() < killed.len() {
+            back.clear();
+            if let Ok(nodes) = self.cluster.nodes().await {
+                for node in nodes.iter().filter(|n| cluster::alive(n)) {
+                    if killed.contains_key(&node.name) {
+                        back.insert(node.name.clone(), node.id);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let same = back
+            .iter()
+            .filter(|(name, id)| before.get(*name) == Some(*id))
+            .count();
+        let detail = format!(
+            "SIGKILL all {} agents at once, restarted after {} ms; {same} of them back under their own id (one back under a new id was declared lost first and its durable stores deleted)",
+            killed.len(),
+            RESTART_ALL_DOWN.as_millis()
+        );
+        self.log(&format!(
+            "restart: {same} of {} agents back as themselves after {:.1}s",
+            killed.len(),
+            killed_at.elapsed().as_secs_f64()
+        ));
         Ok((true, detail, killed_at))
     }
 

@@ -74,7 +74,34 @@ pub(crate) fn routes(
         .route("/proxy/{service}/", any(proxy_root))
         .route("/proxy/{service}/{*rest}", any(proxy))
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route("/metrics", axum::routing::get(metrics))
         .with_state(state)
+}
+
+/// `GET /metrics`: the pub/sub bus's losses in Prometheus text format (they were only
+/// logged): frames dropped on a full peer queue (delivery is at-most-once) and
+/// subscribers closed for falling behind.
+async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+    let broker = state.shared.broker();
+    let dropped = broker.fabric().map_or(0, |f| f.dropped_frames());
+    let slow = broker.slow_subscribers_closed();
+    let text = format!(
+        "# HELP stator_gateway_bus_dropped_frames Pub/sub frames dropped because a bus peer's queue was full\n\
+         # TYPE stator_gateway_bus_dropped_frames counter\n\
+         stator_gateway_bus_dropped_frames_total {dropped}\n\
+         # HELP stator_gateway_slow_subscribers_closed Subscribers disconnected for falling too far behind\n\
+         # TYPE stator_gateway_slow_subscribers_closed counter\n\
+         stator_gateway_slow_subscribers_closed_total {slow}\n\
+         # EOF\n"
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

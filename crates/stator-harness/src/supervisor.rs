@@ -209,6 +209,33 @@ impl Supervisor {
         }
     }
 
+    /// SIGKILLs, back to back under one lock, every running process whose name `keep`
+    /// accepts, and starts each again `restart_delay` later (its own delay is not used
+    /// this once): a power cut and reboot of those machines. Returns the killed pids by
+    /// name. The killed processes are reaped by the runtime.
+    pub fn kill_and_restart(
+        &self,
+        keep: impl Fn(&str) -> bool,
+        restart_delay: Duration,
+    ) -> BTreeMap<String, u32> {
+        let mut killed = BTreeMap::new();
+        let restart_at = Instant::now() + restart_delay;
+        for proc in self.lock().iter_mut().filter(|p| keep(&p.spec.name)) {
+            let Some(mut child) = proc.child.take() else {
+                continue;
+            };
+            if let Some(pid) = child.id() {
+                // `start_kill` sends SIGKILL and does not wait: every process of the
+                // batch dies within microseconds of the first.
+                if child.start_kill().is_ok() {
+                    killed.insert(proc.spec.name.clone(), pid);
+                }
+            }
+            proc.restart_at = Some(restart_at);
+        }
+        killed
+    }
+
     /// Checks every [`SUPERVISE_INTERVAL`] until the task is aborted.
     pub async fn run(self) {
         let mut ticker = tokio::time::interval(SUPERVISE_INTERVAL);

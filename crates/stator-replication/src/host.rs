@@ -9,7 +9,7 @@ use crate::quiesce::{
 };
 use crate::read_index::{leadership, lease_duration, LeaseCheck, ReadIndex, RoundResult};
 use crate::state_machine::ReplicaStateMachine;
-use crate::stats::LatencyWindow;
+use crate::stats::{CommitLatency, LatencyWindow};
 use crate::tls::{TlsConfig, TlsError, TransportTls};
 use crate::transport::{
     Handler, LinkFilter, PeerInfo, Request, Response, Transport, TransportConfig,
@@ -397,6 +397,8 @@ struct HostInner {
     groups: RwLock<HashMap<GroupId, Arc<Replica>>>,
     // A std mutex: a table update, never held across an await.
     liveness: Mutex<NodeLiveness>,
+    /// Every write this node's leaders acknowledged, for the node's histogram.
+    commit_latency: CommitLatency,
 }
 
 /// A process's replicas behind one listening transport.
@@ -453,6 +455,7 @@ impl Host {
             data_dir: config.data_dir,
             groups: RwLock::new(HashMap::new()),
             liveness: Mutex::new(NodeLiveness::default()),
+            commit_latency: CommitLatency::default(),
         });
         let server = transport.serve(
             listener,
@@ -469,6 +472,15 @@ impl Host {
             server: Arc::new(server),
             background: Arc::new(background),
         })
+    }
+
+    /// Node-wide counters since the host started: the commit-latency histogram and
+    /// the transport's bytes per peer (what a heartbeat reports).
+    pub fn node_metrics(&self) -> stator_api::agent::NodeMetrics {
+        stator_api::agent::NodeMetrics {
+            commit_latency: self.inner.commit_latency.snapshot(),
+            transport: self.inner.transport.traffic().snapshot(),
+        }
     }
 
     /// This host's node id.
@@ -979,6 +991,7 @@ async fn serve_client(inner: &HostInner, group: GroupId, request: ClientRequest)
         return ClientReply::NoGroup;
     };
     let started = std::time::Instant::now();
+    let is_write = request.kind == RequestKind::Write;
     if request.kind != RequestKind::StaleRead {
         replica.quiet.on_request(&replica.raft);
     }
@@ -1007,6 +1020,9 @@ async fn serve_client(inner: &HostInner, group: GroupId, request: ClientRequest)
     };
     if matches!(reply, ClientReply::Ok(_)) {
         replica.latency.record(started.elapsed());
+        if is_write {
+            inner.commit_latency.record(started.elapsed());
+        }
     }
     reply
 }
@@ -1039,6 +1055,7 @@ async fn serve_writes(
     for reply in &replies {
         if matches!(reply, ClientReply::Ok(_)) {
             replica.latency.record(started.elapsed());
+            inner.commit_latency.record(started.elapsed());
         }
     }
     replies

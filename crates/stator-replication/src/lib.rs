@@ -22,7 +22,9 @@
 //!   leadership confirmation when the lease is unsure.
 //! - [`client`]: calling a group from outside, following leader hints, with retries;
 //!   calls waiting for the same host share one frame.
-//! - [`stats`]: per-replica throughput and latency windows.
+//! - [`stats`]: per-replica throughput and latency windows; the node's cumulative
+//!   commit-latency histogram.
+//! - [`traffic`]: transport bytes sent and received per peer node.
 //! - `testing` (cargo feature `testing`, for tests only; a crate's dev-dependency turns it
 //!   on): an in-process cluster with faults (kill, cut, drop, delay) and a register app.
 
@@ -39,6 +41,7 @@ pub mod stats;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tls;
+pub mod traffic;
 pub mod transport;
 pub mod types;
 

@@ -1,5 +1,9 @@
-//! Per-replica request statistics: operations per second and p99 latency over a window.
+//! Request statistics: per replica, operations per second and p99 latency over a
+//! window (for placement and `get partitions`); per node, a cumulative commit-latency
+//! histogram (for Prometheus, through the heartbeat).
 
+use stator_api::agent::{LatencyHistogram, COMMIT_LATENCY_BOUNDS_US};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -80,9 +84,61 @@ impl LatencyWindow {
     }
 }
 
+/// Buckets of [`CommitLatency`]: one per bound and one above the last.
+const COMMIT_BUCKETS: usize = COMMIT_LATENCY_BOUNDS_US.len() + 1;
+
+/// A node's cumulative histogram of write latency (committed and applied at the leader),
+/// over the fixed [`COMMIT_LATENCY_BOUNDS_US`]. Lock-free: every write records once.
+#[derive(Debug, Default)]
+pub struct CommitLatency {
+    counts: [AtomicU64; COMMIT_BUCKETS],
+    sum_us: AtomicU64,
+}
+
+impl CommitLatency {
+    /// Records one acknowledged write.
+    pub fn record(&self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let bucket = COMMIT_LATENCY_BOUNDS_US.partition_point(|bound| *bound < us);
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// The counts so far, as a heartbeat carries them.
+    pub fn snapshot(&self) -> LatencyHistogram {
+        LatencyHistogram {
+            counts: self
+                .counts
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
+            sum_us: self.sum_us.load(Ordering::Relaxed),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commit_latency_lands_in_the_first_bucket_whose_bound_is_not_below_it() {
+        let h = CommitLatency::default();
+        h.record(Duration::from_micros(250));
+        h.record(Duration::from_micros(251));
+        h.record(Duration::from_secs(60));
+        let snapshot = h.snapshot();
+        assert_eq!(snapshot.counts.len(), COMMIT_LATENCY_BOUNDS_US.len() + 1);
+        assert_eq!(snapshot.counts[0], 1, "250 us is within the 250 us bucket");
+        assert_eq!(snapshot.counts[1], 1, "251 us is in the 500 us bucket");
+        assert_eq!(
+            *snapshot.counts.last().unwrap(),
+            1,
+            "a minute is above every bound"
+        );
+        assert_eq!(snapshot.count(), 3);
+        assert_eq!(snapshot.sum_us, 250 + 251 + 60_000_000);
+    }
 
     #[test]
     fn p99_is_the_bucket_bound_above_the_99th_sample() {

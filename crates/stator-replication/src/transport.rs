@@ -12,6 +12,7 @@
 //! `u32` big-endian length, then that many bytes of a postcard-encoded [`Message`].
 
 use crate::tls::TransportTls;
+use crate::traffic::{CountingReader, PeerCounters, Traffic};
 use crate::types::{ClientReply, ClientRequest, GroupId, NodeId, TypeConfig};
 use async_trait::async_trait;
 use openraft::error::{InstallSnapshotError, RaftError};
@@ -318,7 +319,11 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn writer_task<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Vec<u8>>) {
+async fn writer_task<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    counters: Arc<PeerCounters>,
+) {
     let mut batch = Vec::with_capacity(64 << 10);
     while let Some(frame) = rx.recv().await {
         batch.extend_from_slice(&frame);
@@ -332,6 +337,7 @@ async fn writer_task<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Vec
         if w.write_all(&batch).await.is_err() || w.flush().await.is_err() {
             break;
         }
+        counters.sent(batch.len());
         batch.clear();
     }
     // Tells the peer we are done (FIN; close_notify first on TLS) even while our read half
@@ -362,6 +368,8 @@ struct Peer {
 pub struct Transport {
     config: TransportConfig,
     peers: Mutex<HashMap<String, Arc<Peer>>>,
+    /// Bytes per peer node, both directions, dialled and accepted connections alike.
+    traffic: Traffic,
 }
 
 impl Transport {
@@ -370,7 +378,13 @@ impl Transport {
         Arc::new(Self {
             config,
             peers: Mutex::new(HashMap::new()),
+            traffic: Traffic::default(),
         })
+    }
+
+    /// Bytes sent to and received from each peer node so far.
+    pub fn traffic(&self) -> &Traffic {
+        &self.traffic
     }
 
     /// This endpoint's settings.
@@ -559,13 +573,23 @@ impl Transport {
                 let mut stream = stream;
                 let peer = handshake(&mut stream, &self.config, true).await?;
                 let (r, w) = stream.into_split();
-                Ok(start_dialled(r, w, peer.node_id))
+                Ok(start_dialled(
+                    r,
+                    w,
+                    peer.node_id,
+                    self.traffic.peer(peer.node_id),
+                ))
             }
             Some(tls) => {
                 let mut stream = tls.connect(addr, stream).await?;
                 let peer = handshake(&mut stream, &self.config, true).await?;
                 let (r, w) = tokio::io::split(stream);
-                Ok(start_dialled(r, w, peer.node_id))
+                Ok(start_dialled(
+                    r,
+                    w,
+                    peer.node_id,
+                    self.traffic.peer(peer.node_id),
+                ))
             }
         }
     }
@@ -647,10 +671,14 @@ impl Transport {
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
+        let counters = self.traffic.peer(peer.node_id);
         let peer = Arc::new(peer);
-        let mut r = tokio::io::BufReader::with_capacity(READ_BUFFER_BYTES, r);
+        let mut r = tokio::io::BufReader::with_capacity(
+            READ_BUFFER_BYTES,
+            CountingReader::new(r, counters.clone()),
+        );
         let (tx, rx) = mpsc::channel(MAX_QUEUED_FRAMES);
-        let writer = tokio::spawn(writer_task(w, rx));
+        let writer = tokio::spawn(writer_task(w, rx, counters));
         let mut buf = Vec::new();
         let result = loop {
             match read_message(&mut r, &mut buf).await {
@@ -697,13 +725,13 @@ pub fn fuzz_read_frames(mut bytes: &[u8]) -> (Vec<Vec<u8>>, usize) {
 }
 
 /// Starts the writer and the reply reader of a connection we dialled and authenticated.
-fn start_dialled<R, W>(r: R, w: W, peer_node: NodeId) -> Arc<Conn>
+fn start_dialled<R, W>(r: R, w: W, peer_node: NodeId, counters: Arc<PeerCounters>) -> Arc<Conn>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(MAX_QUEUED_FRAMES);
-    let writer = tokio::spawn(writer_task(w, rx)).abort_handle();
+    let writer = tokio::spawn(writer_task(w, rx, counters.clone())).abort_handle();
     let conn = Arc::new(Conn {
         peer_node,
         writer,
@@ -715,7 +743,10 @@ where
     });
     let reader_conn = conn.clone();
     tokio::spawn(async move {
-        let mut r = tokio::io::BufReader::with_capacity(READ_BUFFER_BYTES, r);
+        let mut r = tokio::io::BufReader::with_capacity(
+            READ_BUFFER_BYTES,
+            CountingReader::new(r, counters),
+        );
         let mut buf = Vec::new();
         loop {
             match read_message(&mut r, &mut buf).await {

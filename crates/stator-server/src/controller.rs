@@ -511,6 +511,7 @@ impl Controller {
         if !self.cluster.is_alive(node) {
             return Err(ServerError::UnknownNode(node));
         }
+        self.metrics.node_reported(node, &heartbeat.metrics);
         let groups: BTreeMap<GroupId, (String, u32)> = heartbeat
             .replicas
             .iter()

@@ -1,17 +1,22 @@
 //! Prometheus metrics of the control plane, served as text at `/metrics`: cluster
 //! totals, and per-partition and per-node series built from what heartbeats carry
-//! (`deploy/grafana/stator.json` charts them).
+//! (`deploy/grafana/stator.json` charts them). The agents' cumulative counters (commit
+//! latency histogram, transport bytes per peer) are exported as they arrive, by a
+//! [`Collector`] over the last report of every live node.
 
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use stator_api::agent::{ReplicaRole, ReplicaStatus};
+use stator_api::agent::{NodeMetrics, ReplicaRole, ReplicaStatus, COMMIT_LATENCY_BOUNDS_US};
 use stator_api::ids::{GroupId, NodeId};
 use stator_api::spec::ServiceKind;
 
@@ -37,6 +42,7 @@ struct PartitionSeries {
     p99_seconds: Family<Labels, FloatGauge>,
     apply_lag_entries: Family<Labels, Gauge>,
     state_bytes: Family<Labels, Gauge>,
+    disk_bytes: Family<Labels, Gauge>,
     replication_factor_met: Family<Labels, Gauge>,
     report_age_seconds: Family<Labels, FloatGauge>,
 }
@@ -53,6 +59,93 @@ struct NodeSeries {
     cpu_capacity_millicores: Family<Labels, Gauge>,
     cpu_requested_millicores: Family<Labels, Gauge>,
     heartbeat_age_seconds: Family<Labels, FloatGauge>,
+}
+
+/// The agents' own cumulative counters, per live node, from their last heartbeat.
+#[derive(Debug, Default)]
+struct NodeCounters {
+    /// The last report of each node, by id, as it arrived. A std mutex: a map insert per
+    /// heartbeat, never held across an await.
+    reports: Mutex<BTreeMap<NodeId, NodeMetrics>>,
+    /// What a scrape encodes: the reports of live nodes under their names, rebuilt by
+    /// each series refresh.
+    samples: Mutex<Vec<NodeSample>>,
+}
+
+/// One live node's counters, named for the exposition.
+#[derive(Debug, Clone)]
+struct NodeSample {
+    node: String,
+    metrics: NodeMetrics,
+    /// Peer name per transport entry (`clients` for peer 0).
+    peers: Vec<String>,
+}
+
+/// Reads one direction's byte count from a peer's traffic.
+type TrafficField = fn(&stator_api::agent::PeerTraffic) -> u64;
+
+/// The label value of transport peer 0: gateways and other clients of the transport.
+const CLIENT_PEER: &str = "clients";
+
+impl Collector for NodeCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let samples = self.samples.lock().expect("metrics lock poisoned").clone();
+        {
+            let mut metric = encoder.encode_descriptor(
+                "node_commit_latency_seconds",
+                "Latency of the writes a node's leaders committed and applied (cumulative since the agent started)",
+                None,
+                MetricType::Histogram,
+            )?;
+            for sample in &samples {
+                let labels: Labels = vec![("node".to_string(), sample.node.clone())];
+                let histogram = &sample.metrics.commit_latency;
+                let buckets: Vec<(f64, u64)> = COMMIT_LATENCY_BOUNDS_US
+                    .iter()
+                    .map(|bound_us| *bound_us as f64 / 1e6)
+                    .chain([f64::MAX])
+                    .enumerate()
+                    .map(|(i, bound)| (bound, histogram.counts.get(i).copied().unwrap_or(0)))
+                    .collect();
+                let count = buckets.iter().map(|(_, c)| c).sum();
+                metric
+                    .encode_family(&labels)?
+                    .encode_histogram::<NoLabelSet>(
+                        histogram.sum_us as f64 / 1e6,
+                        count,
+                        &buckets,
+                        None,
+                    )?;
+            }
+        }
+        let directions: [(&str, &str, TrafficField); 2] = [
+            (
+                "node_transport_sent_bytes",
+                "Bytes a node wrote on the replica transport to each peer node (cumulative since the agent started)",
+                |t| t.sent_bytes,
+            ),
+            (
+                "node_transport_received_bytes",
+                "Bytes a node read on the replica transport from each peer node (cumulative since the agent started)",
+                |t| t.received_bytes,
+            ),
+        ];
+        for (name, help, value) in directions {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for sample in &samples {
+                for (traffic, peer) in sample.metrics.transport.iter().zip(&sample.peers) {
+                    let labels: Labels = vec![
+                        ("node".to_string(), sample.node.clone()),
+                        ("peer".to_string(), peer.clone()),
+                    ];
+                    metric
+                        .encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&value(traffic), None)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn partition_labels(service: &str, partition: u32) -> Labels {
@@ -76,6 +169,7 @@ pub struct Metrics {
     reconcile_actions: Counter,
     partition: PartitionSeries,
     node: NodeSeries,
+    node_counters: Arc<NodeCounters>,
     /// When the per-partition and per-node series were last refreshed, ms.
     series_refreshed_ms: AtomicU64,
 }
@@ -101,6 +195,7 @@ impl Metrics {
             reconcile_actions: Counter::default(),
             partition: PartitionSeries::default(),
             node: NodeSeries::default(),
+            node_counters: Arc::default(),
             series_refreshed_ms: AtomicU64::new(0),
             registry: Registry::default(),
         };
@@ -129,6 +224,11 @@ impl Metrics {
             "partition_state_bytes",
             "Bytes of state the leader holds: the size of the partition's next snapshot",
             p.state_bytes.clone(),
+        );
+        registry.register(
+            "partition_disk_bytes",
+            "Bytes the leader's on-disk store (log, vote, snapshot) takes; 0 for memory durability",
+            p.disk_bytes.clone(),
         );
         registry.register(
             "partition_replication_factor_met",
@@ -176,6 +276,7 @@ impl Metrics {
             "Time since a node's last heartbeat",
             n.heartbeat_age_seconds.clone(),
         );
+        registry.register_collector(Box::new(metrics.node_counters.clone()));
         registry.register("nodes", "Registered nodes by state", metrics.nodes.clone());
         registry.register("services", "Services applied", metrics.services.clone());
         registry.register(
@@ -222,6 +323,16 @@ impl Metrics {
                 ("status".to_string(), status.to_string()),
             ])
             .inc();
+    }
+
+    /// Keeps the cumulative counters a node's heartbeat carries; exported (under the
+    /// node's name) from the next series refresh while the node is alive.
+    pub fn node_reported(&self, node: NodeId, metrics: &NodeMetrics) {
+        self.node_counters
+            .reports
+            .lock()
+            .expect("metrics lock poisoned")
+            .insert(node, metrics.clone());
     }
 
     /// Counts one reconcile pass and the actions it took.
@@ -308,6 +419,7 @@ impl Metrics {
             p.p99_seconds.remove(labels);
             p.apply_lag_entries.remove(labels);
             p.state_bytes.remove(labels);
+            p.disk_bytes.remove(labels);
             p.report_age_seconds.remove(labels);
         };
         let mut written = BTreeSet::new();
@@ -337,6 +449,9 @@ impl Metrics {
                 p.state_bytes
                     .get_or_create(&labels)
                     .set(report.state_bytes as i64);
+                p.disk_bytes
+                    .get_or_create(&labels)
+                    .set(report.disk_bytes as i64);
                 let lag = applied.get(&group).map_or(0, |all| {
                     all.iter()
                         .map(|a| report.applied_index.saturating_sub(*a))
@@ -426,6 +541,42 @@ impl Metrics {
             n.heartbeat_age_seconds.remove(gone);
         }
         *last = written;
+        drop(last);
+        self.observe_node_counters(cluster);
+    }
+
+    /// Rebuilds what the node counters' collector encodes: the last report of every
+    /// live node under its name; reports of nodes no longer alive are dropped.
+    fn observe_node_counters(&self, cluster: &Cluster) {
+        let name_of = |id: NodeId| -> String {
+            if id == 0 {
+                return CLIENT_PEER.to_string();
+            }
+            cluster
+                .nodes
+                .get(&id)
+                .map_or_else(|| format!("node-id-{id}"), |n| n.info.name.clone())
+        };
+        let mut reports = self
+            .node_counters
+            .reports
+            .lock()
+            .expect("metrics lock poisoned");
+        reports.retain(|id, _| cluster.is_alive(*id));
+        let samples = reports
+            .iter()
+            .map(|(id, metrics)| NodeSample {
+                node: name_of(*id),
+                peers: metrics.transport.iter().map(|t| name_of(t.peer)).collect(),
+                metrics: metrics.clone(),
+            })
+            .collect();
+        drop(reports);
+        *self
+            .node_counters
+            .samples
+            .lock()
+            .expect("metrics lock poisoned") = samples;
     }
 
     /// The Prometheus text exposition.
@@ -521,9 +672,37 @@ mod tests {
     fn partition_and_node_series_follow_the_cluster_and_leave_with_it() {
         let metrics = Metrics::new();
         let mut cluster = one_node_one_partition();
+        metrics.node_reported(
+            1,
+            &NodeMetrics {
+                commit_latency: stator_api::agent::LatencyHistogram {
+                    counts: vec![3, 1],
+                    sum_us: 1_000,
+                },
+                transport: vec![
+                    stator_api::agent::PeerTraffic {
+                        peer: 0,
+                        sent_bytes: 10,
+                        received_bytes: 20,
+                    },
+                    stator_api::agent::PeerTraffic {
+                        peer: 1,
+                        sent_bytes: 30,
+                        received_bytes: 40,
+                    },
+                ],
+            },
+        );
         metrics.observe(&cluster, 1_500);
         let text = metrics.render();
         for line in [
+            "stator_node_commit_latency_seconds_bucket{le=\"0.00025\",node=\"n1\"} 3",
+            "stator_node_commit_latency_seconds_bucket{le=\"0.0005\",node=\"n1\"} 4",
+            "stator_node_commit_latency_seconds_bucket{le=\"+Inf\",node=\"n1\"} 4",
+            "stator_node_commit_latency_seconds_count{node=\"n1\"} 4",
+            "stator_node_commit_latency_seconds_sum{node=\"n1\"} 0.001",
+            "stator_node_transport_sent_bytes_total{node=\"n1\",peer=\"clients\"} 10",
+            "stator_node_transport_received_bytes_total{node=\"n1\",peer=\"n1\"} 40",
             "stator_partition_ops_per_second{service=\"kv\",partition=\"0\"} 12.5",
             "stator_partition_state_bytes{service=\"kv\",partition=\"0\"} 4096",
             "stator_partition_report_age_seconds{service=\"kv\",partition=\"0\"} 0.5",
@@ -544,5 +723,9 @@ mod tests {
         let text = metrics.render();
         assert!(!text.contains("stator_partition_ops_per_second{"), "{text}");
         assert!(!text.contains("stator_node_leaders{"), "{text}");
+        assert!(
+            !text.contains("stator_node_commit_latency_seconds_count{"),
+            "{text}"
+        );
     }
 }

@@ -186,6 +186,7 @@ impl SimAgent {
                 .collect(),
             instances: vec![],
             resp_addrs: Default::default(),
+            metrics: Default::default(),
         }
     }
 }
@@ -756,6 +757,7 @@ async fn stateless_instances_and_jobs_are_assigned_and_jobs_finish() {
                 replicas: vec![],
                 instances: reports.get(&agent.id).cloned().unwrap_or_default(),
                 resp_addrs: Default::default(),
+                metrics: Default::default(),
             };
             let assignments: Assignments = server.heartbeat(&heartbeat).await.json().await.unwrap();
             // Every job attempt succeeds, every web instance is ready.

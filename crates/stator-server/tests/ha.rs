@@ -182,6 +182,7 @@ impl Servers {
             replicas: vec![],
             instances: vec![],
             resp_addrs: Default::default(),
+            metrics: Default::default(),
         };
         let response = self
             .client

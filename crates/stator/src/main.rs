@@ -331,7 +331,9 @@ struct ChaosArgs {
     #[arg(long = "duration-s", alias = "duration", default_value_t = 60)]
     duration: u64,
     /// Fault kinds: kill, pause, partition, membership, server (the controller
-    /// holder among three servers on etcd; needs the etcd feature and binary).
+    /// holder among three servers on etcd; needs the etcd feature and binary),
+    /// restart (every agent SIGKILLed at once and started again; needs
+    /// `--durability disk`, its default).
     #[arg(
         long,
         value_delimiter = ',',
@@ -357,6 +359,10 @@ struct ChaosArgs {
     /// where they can be made.
     #[arg(long, value_enum, default_value_t = chaos::NetworkMode::Auto)]
     network: chaos::NetworkMode,
+    /// The kv service's durability: memory, periodic or disk (default: disk with the
+    /// restart fault, else memory).
+    #[arg(long)]
+    durability: Option<String>,
     /// Print the result as one JSON object on the last line.
     #[arg(long)]
     json: bool,
@@ -810,6 +816,11 @@ async fn run_chaos(args: ChaosArgs) -> anyhow::Result<()> {
         seed: args.seed.unwrap_or_else(rand::random),
         history: args.history,
         network: args.network,
+        durability: args
+            .durability
+            .as_deref()
+            .map(chaos::parse_durability)
+            .transpose()?,
     })
     .await?;
     if args.json {

@@ -31,11 +31,26 @@ fn chaos_run_finds_no_anomaly_and_injects_every_fault() {
     let duration_s = env_number("STATOR_CHAOS_DURATION_S", 45);
     for run in 0..runs {
         eprintln!("chaos run {} of {runs}, {duration_s} s", run + 1);
-        one_run(duration_s, 4 + run);
+        one_run(duration_s, 4 + run, FAULTS);
     }
 }
 
-fn one_run(duration_s: u64, seed: u64) {
+/// The kinds the main run injects (each at least once).
+const FAULTS: &[&str] = &["kill", "pause", "partition", "membership", "server"];
+
+/// Every agent of a `disk` service SIGKILLed at once and started again, twice or more:
+/// the members come back as themselves, and no acknowledged write is lost (issue 14).
+/// A short run of its own (`STATOR_CHAOS_RESTART_S`, default 20 s) so the main run's
+/// 45 s still deals every other kind.
+#[test]
+#[ignore = "finds a linearizability anomaly today (an acknowledged write unseen by a read after every agent restarted, docs/RELIABILITY.md); run with --ignored"]
+fn chaos_restart_of_every_agent_keeps_every_acknowledged_disk_write() {
+    let duration_s = env_number("STATOR_CHAOS_RESTART_S", 20);
+    let summary = one_run(duration_s, 9, &["restart"]);
+    assert_eq!(summary["durability"], "disk", "{summary}");
+}
+
+fn one_run(duration_s: u64, seed: u64, faults: &[&str]) -> Value {
     let dir = tempfile::tempdir().expect("temp dir");
     let history = dir.path().join("history.jsonl");
     let output = Command::new(env!("CARGO_BIN_EXE_stator"))
@@ -44,7 +59,7 @@ fn one_run(duration_s: u64, seed: u64) {
             "--duration",
             &duration_s.to_string(),
             "--faults",
-            "kill,pause,partition,membership,server",
+            &faults.join(","),
             "--seed",
             &seed.to_string(),
             "--json",
@@ -85,17 +100,19 @@ fn one_run(duration_s: u64, seed: u64) {
             summary["network"], "netns",
             "CI partitions namespaces: {last}"
         );
-        assert_eq!(summary["servers"], 3, "CI kills servers on etcd: {last}");
+        if faults.contains(&"server") {
+            assert_eq!(summary["servers"], 3, "CI kills servers on etcd: {last}");
+        }
     } else if summary["network"] != "netns" {
         eprintln!("SKIPPED: network namespaces (see the run's log); partitions on loopback");
     }
-    for kind in ["kill", "pause", "partition", "membership", "server"] {
-        if skipped.contains_key(kind) {
-            eprintln!("SKIPPED: {kind}: {}", skipped[kind]);
+    for kind in faults {
+        if skipped.contains_key(*kind) {
+            eprintln!("SKIPPED: {kind}: {}", skipped[*kind]);
             continue;
         }
         assert!(
-            summary["faults"][kind].as_u64().unwrap_or(0) >= 1,
+            summary["faults"][*kind].as_u64().unwrap_or(0) >= 1,
             "{kind} was injected at least once: {last}"
         );
     }
@@ -105,4 +122,5 @@ fn one_run(duration_s: u64, seed: u64) {
     assert_eq!(entries.len() as u64, ops);
     let report = stator_check::check_history(&entries).expect("checkable");
     assert_eq!(report.verdict, stator_check::Verdict::Ok);
+    summary
 }
