@@ -411,3 +411,36 @@ pub fn print_report(report: &Value, json: bool) {
         println!("{report}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_partition_gets_a_key_of_its_own() {
+        let keys = key_per_partition(1_000);
+        assert_eq!(keys.len(), 1_000);
+        for (p, key) in keys.iter().enumerate() {
+            assert_eq!(
+                partition_of_slot(1_000, key_slot(key.as_bytes())) as usize,
+                p
+            );
+        }
+    }
+
+    #[test]
+    fn usage_of_this_process_is_read_from_proc() {
+        let usage = process_usage(std::process::id()).unwrap();
+        assert!(usage.rss_bytes > 0);
+        // Spend a little CPU so the tick count can only grow.
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_millis(30) {}
+        assert!(process_usage(std::process::id()).unwrap().cpu >= usage.cpu);
+    }
+
+    #[test]
+    fn median_and_maximum() {
+        assert_eq!(median_max(&mut []), (None, None));
+        assert_eq!(median_max(&mut [3.0, 1.0, 2.0]), (Some(2.0), Some(3.0)));
+    }
+}
