@@ -569,6 +569,7 @@ async fn measure_stator(opts: &Options) -> anyhow::Result<Value> {
         spec_lines,
         apply_at_start: true,
         start_timeout: CLUSTER_START_TIMEOUT,
+        env: Vec::new(),
     })
     .await?;
     let result = async {

@@ -53,6 +53,9 @@ pub struct Options {
     pub idle_s: u64,
     /// Heartbeat grace after which the server declares a node lost.
     pub node_grace_ms: u64,
+    /// First run the baseline: agents forming new groups as before forming replicas
+    /// (`STATOR_FORMING_REPLICAS=0`, every member's election timer running at once).
+    pub baseline: bool,
 }
 
 /// CPU time (user + system) and RSS of a process, from `/proc`.
@@ -150,12 +153,36 @@ fn median_max(values: &mut [f64]) -> (Option<f64>, Option<f64>) {
     )
 }
 
-/// Runs the benchmark; returns the report object.
+/// Runs the benchmark (the baseline first, with `opts.baseline`); returns the report
+/// object, one entry per run.
 pub async fn run(opts: &Options) -> anyhow::Result<Value> {
+    let mut runs = Vec::new();
+    if opts.baseline {
+        runs.push(run_mode(opts, false).await?);
+    }
+    runs.push(run_mode(opts, true).await?);
+    Ok(json!({ "runs": runs }))
+}
+
+/// One run on a fresh cluster; `forming_replicas: false` is the baseline.
+async fn run_mode(opts: &Options, forming_replicas: bool) -> anyhow::Result<Value> {
+    let mode = if forming_replicas {
+        "forming replicas"
+    } else {
+        "baseline"
+    };
     eprintln!(
-        "idle: `stator up` with {} agents, then a kv service of {} partitions x 3 replicas ...",
+        "idle ({mode}): `stator up` with {} agents, then a kv service of {} partitions x 3 replicas ...",
         opts.nodes, opts.partitions
     );
+    let env = if forming_replicas {
+        Vec::new()
+    } else {
+        vec![(
+            stator_agent::replicas::FORMING_REPLICAS_ENV.to_string(),
+            "0".to_string(),
+        )]
+    };
     let cluster = UpCluster::start(&UpOptions {
         nodes: opts.nodes,
         node_grace_ms: opts.node_grace_ms,
@@ -167,6 +194,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Value> {
         ),
         apply_at_start: false,
         start_timeout: CLUSTER_START_TIMEOUT,
+        env,
     })
     .await?;
     let result = measure(&cluster, opts).await;
@@ -174,7 +202,10 @@ pub async fn run(opts: &Options) -> anyhow::Result<Value> {
         eprintln!("  `stator up`'s log: {}", cluster.log().display());
     }
     cluster.stop().await;
-    result
+    let mut report = result?;
+    report["mode"] = json!(mode);
+    print_run(&report);
+    Ok(report)
 }
 
 async fn measure(cluster: &UpCluster, opts: &Options) -> anyhow::Result<Value> {
@@ -373,12 +404,15 @@ async fn kill_and_write(cluster: &UpCluster, keys: &[String]) -> anyhow::Result<
     }))
 }
 
-/// Prints the table on stderr and, with `json`, the report on stdout's last line.
-pub fn print_report(report: &Value, json: bool) {
+/// Prints one run's table on stderr.
+fn print_run(report: &Value) {
     eprintln!();
     eprintln!(
-        "idle: {} partitions x 3 replicas on {} agents; every partition led after {} s",
-        report["partitions"], report["agents"], report["leaders_after_s"]
+        "idle ({}): {} partitions x 3 replicas on {} agents; every partition led after {} s",
+        report["mode"].as_str().unwrap_or("?"),
+        report["partitions"],
+        report["agents"],
+        report["leaders_after_s"]
     );
     eprintln!(
         "{:<10} {:>8} {:>9} {:>9} {:>14} {:>12} {:>18}",
@@ -407,6 +441,14 @@ pub fn print_report(report: &Value, json: bool) {
         "SIGKILL of {} (leader of {} partitions): writes to each back after p50 {} ms, max {} ms; {} never",
         w["killed"], w["partitions_led"], w["ms_p50"], w["ms_max"], w["failed"]
     );
+}
+
+/// Prints every run's table again on stderr and, with `json`, the report on stdout's
+/// last line.
+pub fn print_report(report: &Value, json: bool) {
+    for run in report["runs"].as_array().into_iter().flatten() {
+        print_run(run);
+    }
     if json {
         println!("{report}");
     }

@@ -34,6 +34,8 @@ pub(crate) struct UpOptions {
     pub apply_at_start: bool,
     /// How long `up` may take to write its context, and the gateway to answer.
     pub start_timeout: Duration,
+    /// Extra environment of `up` (and so of its agents).
+    pub env: Vec<(String, String)>,
 }
 
 /// The running cluster.
@@ -84,7 +86,9 @@ impl UpCluster {
             program: std::env::current_exe()?,
             args,
             // `up` makes its context the user's current one; keep the user's untouched.
-            env: vec![("HOME".into(), dir.path().display().to_string())],
+            env: std::iter::once(("HOME".to_string(), dir.path().display().to_string()))
+                .chain(opts.env.iter().cloned())
+                .collect(),
             log: log.clone(),
             pid_file: None,
             restart_delay: Duration::ZERO,

@@ -469,6 +469,9 @@ struct IdleArgs {
     /// Heartbeat grace after which the server declares a node lost.
     #[arg(long, default_value_t = stator_server::config::DEFAULT_NODE_GRACE_MS)]
     node_grace_ms: u64,
+    /// First run the baseline: new groups formed without forming replicas.
+    #[arg(long)]
+    baseline: bool,
     /// Print the result as one JSON object on the last line.
     #[arg(long)]
     json: bool,
@@ -931,6 +934,7 @@ async fn bench_idle(args: IdleArgs) -> anyhow::Result<()> {
         partitions: args.partitions,
         idle_s: args.idle_s,
         node_grace_ms: args.node_grace_ms,
+        baseline: args.baseline,
     };
     let report = bench::idle::run(&opts).await?;
     bench::idle::print_report(&report, args.json);
