@@ -27,6 +27,17 @@
 //!   for a group quiet that long is at once; the other followers wake one lease later
 //!   unless the successor's vote request woke them first.
 //!
+//! # Forming groups
+//! A replica created to form a new group (`GroupOptions::forming`: the group never had
+//! a leader) starts quiet, its timers off, and AppendEntries and vote requests leave it
+//! so. The member that bootstraps the group (or is asked to `Elect`, or succeeds a lost
+//! leader's node) wakes and runs for election: each new group has one candidate, so
+//! ~1,000 groups formed at once on a starved machine start no election storm (openraft
+//! 0.9 has no pre-vote; without this, every late heartbeat made a follower a candidate).
+//! A forming follower becomes an ordinary quiet follower when its first leader quiets
+//! the group, and wakes anyway after [`FORMING_TIMERS_OFF_MAX`]. Its first leader's
+//! loss is noticed by the liveness pings as for any quiet group.
+//!
 //! # What it promises
 //! Quiescence only stops timers; it never changes what Raft decides, so it cannot lose or
 //! reorder an acknowledged write. Lease reads stay safe: a lease only ever comes from a
