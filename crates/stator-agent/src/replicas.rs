@@ -53,6 +53,17 @@ pub const MAX_GROUPS_FORMING: usize = 100;
 /// peers are down) must not hold back every other.
 pub const FORMING_WINDOW: Duration = Duration::from_secs(10);
 
+/// Set to `0` in an agent's environment, new groups form as before forming replicas
+/// existed (every member's election timer running from the first message): the
+/// baseline of `stator bench idle --baseline`. Anything else, or unset: forming replicas.
+pub const FORMING_REPLICAS_ENV: &str = "STATOR_FORMING_REPLICAS";
+
+/// Whether new groups are formed by forming replicas (see [`FORMING_REPLICAS_ENV`]).
+fn forming_replicas() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var(FORMING_REPLICAS_ENV).map_or(true, |v| v != "0"))
+}
+
 /// A replica this node is a member of but cannot host: its state is gone.
 struct Forgotten {
     service: String,
@@ -396,6 +407,9 @@ impl Replicas {
                     } else {
                         stator_api::spec::DEFAULT_FSYNC_INTERVAL_MS
                     },
+                    // A group placed afresh: only the member that bootstraps it runs
+                    // for election (no storm when ~1,000 groups form at once).
+                    forming: a.bootstrap && forming_replicas(),
                     ..GroupOptions::default()
                 };
                 let (app, parts) = self.app(a);

@@ -12,18 +12,15 @@
 //! computed from the client's record once the client has stopped; then every
 //! acknowledged key is read back.
 
-use super::free_port;
+use super::up::{partitions_healthy, UpCluster, UpOptions};
 use anyhow::{bail, Context as _};
 use async_trait::async_trait;
 use base64::Engine;
 use serde_json::{json, Value};
 use stator_api::slot::{key_slot, partition_of_slot};
-use stator_client::{Api, Context};
 use stator_harness::etcd::{put as etcd_put, EtcdOptions, LocalEtcd};
 use stator_harness::resp::Connection;
-use stator_harness::supervisor::ProcessSpec;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -41,8 +38,6 @@ const MAX_QUEUED_WRITES: usize = 16_384;
 const IN_FLIGHT_ACKS: Duration = Duration::from_millis(100);
 /// How often the API (or etcd's status endpoint) is polled during a round.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
-/// Time `stator up` gets between SIGTERM and SIGKILL: it stops its agents first.
-const UP_STOP_GRACE: Duration = Duration::from_secs(15);
 /// `stator up` must have a leader and the replication factor for every partition by then.
 const CLUSTER_START_TIMEOUT: Duration = Duration::from_secs(90);
 /// A round must be back to full health by then, or the benchmark fails.
@@ -426,180 +421,6 @@ struct ReadBack {
     lost: HashMap<String, String>,
 }
 
-// ---------------------------------------------------------------------------------------
-// The stator cluster under `stator up`.
-
-struct UpCluster {
-    child: tokio::process::Child,
-    data_dir: PathBuf,
-    api: Api,
-    resp_addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl UpCluster {
-    async fn start(opts: &Options) -> anyhow::Result<UpCluster> {
-        let dir = tempfile::tempdir()?;
-        let data_dir = dir.path().join("cluster");
-        let resp_addr = format!("127.0.0.1:{}", free_port()?);
-        let spec = dir.path().join("failover.toml");
-        let mut text = format!(
-            "name = \"{SERVICE}\"\nkind = \"replicated\"\npartitions = {}\nreplicas = 3\n\
-             app = {{ builtin = \"kv\" }}\nexpose = {{ resp = \"{resp_addr}\" }}\n\
-             resources = {{ cpu = \"250m\", memory = \"128Mi\" }}\n",
-            opts.partitions
-        );
-        if let Some(timeout_ms) = opts.election_timeout_ms {
-            text.push_str(&format!("election_timeout_ms = {timeout_ms}\n"));
-        }
-        std::fs::write(&spec, text)?;
-        // Killed with this benchmark, and `up`'s agents with `up` (their death signal).
-        let mut child = stator_harness::supervisor::spawn(&ProcessSpec {
-            name: "`stator up`".into(),
-            program: std::env::current_exe()?,
-            args: vec![
-                "up".into(),
-                "--data-dir".into(),
-                data_dir.display().to_string(),
-                "--nodes".into(),
-                opts.nodes.to_string(),
-                "--api".into(),
-                "127.0.0.1:0".into(),
-                "--gateway-http".into(),
-                "127.0.0.1:0".into(),
-                "-f".into(),
-                spec.display().to_string(),
-                "--node-grace-ms".into(),
-                opts.node_grace_ms.to_string(),
-            ],
-            // `up` makes its context the user's current one; keep the user's untouched.
-            env: vec![("HOME".into(), dir.path().display().to_string())],
-            log: dir.path().join("up.log"),
-            pid_file: None,
-            restart_delay: Duration::ZERO,
-        })?;
-        let started = Instant::now();
-        let context_file = data_dir.join("context");
-        let ctx: Context = loop {
-            if let Some(status) = child.try_wait()? {
-                bail!(
-                    "`stator up` exited ({status}); see {}",
-                    dir.path().join("up.log").display()
-                );
-            }
-            if let Ok(text) = std::fs::read_to_string(&context_file) {
-                if let Ok(ctx) = serde_json::from_str(&text) {
-                    break ctx;
-                }
-            }
-            if started.elapsed() > CLUSTER_START_TIMEOUT {
-                bail!("`stator up` wrote no context within {CLUSTER_START_TIMEOUT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let cluster = UpCluster {
-            child,
-            data_dir,
-            api: Api::new(&ctx)?,
-            resp_addr,
-            _dir: dir,
-        };
-        cluster
-            .wait_healthy(opts.nodes, None, CLUSTER_START_TIMEOUT)
-            .await?;
-        // The gateway opens the RESP listener once it has seen the service.
-        loop {
-            if let Ok(mut conn) = Connection::connect(cluster.resp_addr.as_str()).await {
-                if conn.call(&["PING"]).await.is_ok_and(|r| !r.is_error()) {
-                    break;
-                }
-            }
-            if started.elapsed() > CLUSTER_START_TIMEOUT {
-                bail!(
-                    "the gateway's RESP endpoint {} never answered",
-                    cluster.resp_addr
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(cluster)
-    }
-
-    async fn partitions(&self) -> anyhow::Result<Vec<Value>> {
-        self.api
-            .get(&format!("/v1/partitions?service={SERVICE}"))
-            .await
-    }
-
-    async fn ready_nodes(&self) -> anyhow::Result<usize> {
-        self.api.ready_nodes().await
-    }
-
-    /// Waits until `nodes` nodes are ready and every partition has a leader and its
-    /// replication factor, with no member on `gone`.
-    async fn wait_healthy(
-        &self,
-        nodes: usize,
-        gone: Option<&Value>,
-        timeout: Duration,
-    ) -> anyhow::Result<()> {
-        let started = Instant::now();
-        loop {
-            let parts = self.partitions().await.unwrap_or_default();
-            if !parts.is_empty()
-                && partitions_healthy(&parts, gone)
-                && self.ready_nodes().await.unwrap_or(0) >= nodes
-            {
-                return Ok(());
-            }
-            if started.elapsed() > timeout {
-                bail!(
-                    "cluster not healthy within {timeout:?}; partitions: {}",
-                    serde_json::to_string(&parts)?
-                );
-            }
-            tokio::time::sleep(POLL_INTERVAL * 5).await;
-        }
-    }
-
-    /// The pid of the running agent named `name`: `DATA_DIR/agents/<name>/pid` when `up`
-    /// writes one, else the child of `up` started with `--name <name>`.
-    fn agent_pid(&self, name: &str) -> anyhow::Result<i32> {
-        let pid_file = self.data_dir.join("agents").join(name).join("pid");
-        if let Ok(text) = std::fs::read_to_string(&pid_file) {
-            if let Ok(pid) = text.trim().parse::<i32>() {
-                if Path::new(&format!("/proc/{pid}")).exists() {
-                    return Ok(pid);
-                }
-            }
-        }
-        let up_pid = self.child.id().context("`stator up` has exited")?;
-        if let Some(pid) = stator_harness::process::child_agent_pids(up_pid).get(name) {
-            return Ok(*pid as i32);
-        }
-        bail!("no running agent named {name} under `stator up` (pid {up_pid})")
-    }
-
-    /// Stops `up` with SIGTERM (it stops its agents), then SIGKILL if it lingers.
-    async fn stop(mut self) {
-        stator_harness::supervisor::terminate(&mut self.child, UP_STOP_GRACE).await;
-    }
-}
-
-/// Every partition has a leader and its replication factor, every member is alive, and
-/// none is on `gone`.
-fn partitions_healthy(parts: &[Value], gone: Option<&Value>) -> bool {
-    parts.iter().all(|p| {
-        p["replication_factor_met"] == true
-            && !p["leader"].is_null()
-            && p["members"].as_array().is_some_and(|members| {
-                members
-                    .iter()
-                    .all(|m| m["alive"] == true && Some(&m["node_id"]) != gone)
-            })
-    })
-}
-
 /// Runs one kill round against the stator cluster.
 async fn stator_round(
     cluster: &UpCluster,
@@ -733,8 +554,32 @@ async fn measure_stator(opts: &Options) -> anyhow::Result<Value> {
         "stator: `stator up` with {} nodes, {} partitions x 3 replicas, node grace {} ms ...",
         opts.nodes, opts.partitions, opts.node_grace_ms
     );
-    let cluster = UpCluster::start(opts).await?;
-    let result = stator_rounds(&cluster, opts).await;
+    let mut spec_lines = format!(
+        "kind = \"replicated\"\npartitions = {}\nreplicas = 3\n\
+         resources = {{ cpu = \"250m\", memory = \"128Mi\" }}\n",
+        opts.partitions
+    );
+    if let Some(timeout_ms) = opts.election_timeout_ms {
+        spec_lines.push_str(&format!("election_timeout_ms = {timeout_ms}\n"));
+    }
+    let cluster = UpCluster::start(&UpOptions {
+        nodes: opts.nodes,
+        node_grace_ms: opts.node_grace_ms,
+        service: SERVICE.into(),
+        spec_lines,
+        apply_at_start: true,
+        start_timeout: CLUSTER_START_TIMEOUT,
+        env: Vec::new(),
+    })
+    .await?;
+    let result = async {
+        cluster
+            .wait_healthy(opts.nodes, None, CLUSTER_START_TIMEOUT)
+            .await?;
+        cluster.wait_resp(CLUSTER_START_TIMEOUT).await?;
+        stator_rounds(&cluster, opts).await
+    }
+    .await;
     cluster.stop().await;
     result
 }

@@ -4,14 +4,19 @@
 //!   (one consensus write per request, as DORADO orders requests) and Redis with `WAIT`.
 //! - [`failover`]: client-observed unavailability, new leader and replication factor
 //!   restored after a SIGKILLed node under `stator up`, beside an etcd leader kill.
+//! - [`idle`]: 1,000 idle partitions on real agents under `stator up`: time until every
+//!   partition has a leader, idle CPU and RSS per agent, writes back after a SIGKILL.
 //! - [`migration`]: a live replica move under steady writes, beside stop-and-copy.
+//! - `up` (private): the `stator up` cluster the failover and idle benchmarks run.
 //! - etcd and Redis are started and driven by `stator_harness::servers`.
 //! - [`latency`]: latency histograms and the JSON run record.
 
 pub mod failover;
+pub mod idle;
 pub mod latency;
 pub mod migration;
 pub mod replication;
+mod up;
 
 pub use stator_harness::{free_port, installed};
 

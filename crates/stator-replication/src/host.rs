@@ -4,8 +4,8 @@ use crate::disk_store::{DiskLogStore, DiskStoreError, SyncPolicy};
 use crate::log_store::{MemLogStore, ReplicaLog};
 use crate::network::GroupNetwork;
 use crate::quiesce::{
-    may_quiesce, NodeLiveness, Phase, Quiescence, LIVENESS_INTERVAL, LIVENESS_PROBE_TIMEOUT,
-    NODE_SILENT_AFTER, QUIESCE_REQUEST_TIMEOUT, SWEEP_INTERVAL,
+    may_quiesce, NodeLiveness, Phase, Quiescence, FORMING_TIMERS_OFF_MAX, LIVENESS_INTERVAL,
+    LIVENESS_PROBE_TIMEOUT, NODE_SILENT_AFTER, QUIESCE_REQUEST_TIMEOUT, SWEEP_INTERVAL,
 };
 use crate::read_index::{leadership, lease_duration, LeaseCheck, ReadIndex, RoundResult};
 use crate::state_machine::ReplicaStateMachine;
@@ -229,6 +229,13 @@ pub struct GroupOptions {
     /// Let the group go quiet when idle (see [`crate::quiesce`]); `false` keeps its
     /// heartbeats and election timers running always (the benchmark's baseline).
     pub quiesce: bool,
+    /// A replica created to form a new group (one that never had a leader): its Raft
+    /// timers start off, so it runs for election only once this host bootstraps the
+    /// group (or is asked to elect, or the leader's node is lost). The member that
+    /// bootstraps is then the only candidate: forming ~1,000 groups at once on a
+    /// loaded machine starts no election storm (see [`crate::quiesce`], forming).
+    /// Ignored when `quiesce` is off.
+    pub forming: bool,
 }
 
 impl Default for GroupOptions {
@@ -241,6 +248,7 @@ impl Default for GroupOptions {
             durability: Durability::Memory,
             fsync_interval_ms: stator_api::spec::DEFAULT_FSYNC_INTERVAL_MS,
             quiesce: true,
+            forming: false,
         }
     }
 }
@@ -573,6 +581,11 @@ impl Host {
             }
         }
         .map_err(stopped)?;
+        let quiet = if options.quiesce && options.forming {
+            Quiescence::new_forming(&raft)
+        } else {
+            Quiescence::new(options.quiesce)
+        };
         let replica = Arc::new(Replica {
             group,
             raft,
@@ -589,7 +602,7 @@ impl Host {
             writes: WriteQueue::new(options.batch_writes),
             raft_lease: Duration::from_millis(raft_lease_ms),
             last_append_us: AtomicU64::new(0),
-            quiet: Quiescence::new(options.quiesce),
+            quiet,
             handed_over: AtomicBool::new(false),
         });
         let mut groups = self.inner.groups.write().expect("groups lock poisoned");
@@ -651,6 +664,10 @@ impl Host {
         members: &BTreeMap<NodeId, String>,
     ) -> Result<(), HostError> {
         let replica = self.replica(group).ok_or(HostError::NoGroup(group))?;
+        // A forming replica's timers start off: the member that bootstraps runs them,
+        // also when the group turns out to be initialised already (by a vote request of
+        // a candidate that may since have died).
+        replica.quiet.wake(&replica.raft);
         let nodes: BTreeMap<NodeId, BasicNode> = members
             .iter()
             .map(|(id, addr)| (*id, BasicNode::new(addr.clone())))
@@ -1270,7 +1287,7 @@ impl Handler for HostHandler {
                     let busy = !rpc.entries.is_empty();
                     let result = r.raft.append_entries(rpc).await;
                     if busy && result.is_ok() {
-                        r.quiet.wake(&r.raft);
+                        r.quiet.wake_unless_forming(&r.raft);
                     }
                     Response::Append(result)
                 }
@@ -1281,7 +1298,7 @@ impl Handler for HostHandler {
                 Some(r) if Instant::now() < r.votes_from => Response::NoGroup,
                 Some(r) => {
                     let result = r.raft.vote(rpc).await;
-                    r.quiet.wake(&r.raft);
+                    r.quiet.wake_unless_forming(&r.raft);
                     Response::Vote(result)
                 }
                 None => Response::NoGroup,
@@ -1413,6 +1430,10 @@ fn sweep(inner: &Arc<HostInner>) {
         if m.running_state.is_err() {
             hand_over_stopped(inner, &replica, &m);
             continue;
+        }
+        if replica.quiet.forming_overdue(now) {
+            tracing::info!(group = %replica.group, "still forming after {FORMING_TIMERS_OFF_MAX:?}: timers on");
+            replica.quiet.wake(&replica.raft);
         }
         if replica.transfer.borrow().is_none()
             && may_quiesce(&m)

@@ -17,7 +17,8 @@
 //!   a fast election when a leader's host drops its connections.
 //! - [`quiesce`]: quiet idle groups: no heartbeats or election timers once idle, one
 //!   liveness ping per peer node instead; woken by a request or a busy Raft message, and
-//!   a lost node's quiet groups elect new leaders at once.
+//!   a lost node's quiet groups elect new leaders at once; a new group's replicas start
+//!   quiet, so the member that bootstraps it is its only candidate.
 //! - [`read_index`]: linearizable reads under a leader lease, or batched behind one
 //!   leadership confirmation when the lease is unsure.
 //! - [`client`]: calling a group from outside, following leader hints, with retries;

@@ -27,6 +27,17 @@
 //!   for a group quiet that long is at once; the other followers wake one lease later
 //!   unless the successor's vote request woke them first.
 //!
+//! # Forming groups
+//! A replica created to form a new group (`GroupOptions::forming`: the group never had
+//! a leader) starts quiet, its timers off, and AppendEntries and vote requests leave it
+//! so. The member that bootstraps the group (or is asked to `Elect`, or succeeds a lost
+//! leader's node) wakes and runs for election: each new group has one candidate, so
+//! ~1,000 groups formed at once on a starved machine start no election storm (openraft
+//! 0.9 has no pre-vote; without this, every late heartbeat made a follower a candidate).
+//! A forming follower becomes an ordinary quiet follower when its first leader quiets
+//! the group, and wakes anyway after [`FORMING_TIMERS_OFF_MAX`]. Its first leader's
+//! loss is noticed by the liveness pings as for any quiet group.
+//!
 //! # What it promises
 //! Quiescence only stops timers; it never changes what Raft decides, so it cannot lose or
 //! reorder an acknowledged write. Lease reads stay safe: a lease only ever comes from a
@@ -63,6 +74,11 @@ pub const NODE_SILENT_AFTER: Duration = Duration::from_millis(250);
 /// lost. A killed process's port refuses at once; a live one answers within a round trip.
 pub const LIVENESS_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 
+/// The longest a forming replica (`GroupOptions::forming`) keeps its timers off without
+/// having gone quiet under its first leader: then they run, as any awake replica's. Long
+/// enough for 1,000 groups to form in paced waves on a loaded machine.
+pub const FORMING_TIMERS_OFF_MAX: Duration = Duration::from_secs(20);
+
 /// How long a leader waits for a member to agree to go quiet (it stays awake if one
 /// does not).
 pub const QUIESCE_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
@@ -83,6 +99,9 @@ struct State {
     phase: Phase,
     /// The last client request or busy Raft message (leaders count idleness from it).
     last_active: Instant,
+    /// Timers off since creation to form a new group, until woken or quiet under its
+    /// first leader (then `None`): appends and vote requests do not wake it.
+    forming_since: Option<Instant>,
 }
 
 /// One replica's quiescence state. The lock makes "wake" and "go quiet" exclusive, so a
@@ -102,9 +121,58 @@ impl Quiescence {
             state: Mutex::new(State {
                 phase: Phase::Awake,
                 last_active: Instant::now(),
+                forming_since: None,
             }),
             disabled: !enabled,
         }
+    }
+
+    /// A replica created to form a new group (see `GroupOptions::forming`): quiet from
+    /// the start, with `raft`'s timers off.
+    pub fn new_forming(raft: &Raft) -> Self {
+        set_timers(raft, false);
+        let now = Instant::now();
+        Self {
+            state: Mutex::new(State {
+                phase: Phase::Quiet,
+                last_active: now,
+                forming_since: Some(now),
+            }),
+            disabled: false,
+        }
+    }
+
+    /// Whether the replica still forms with its timers off.
+    pub fn forming(&self) -> bool {
+        self.state
+            .lock()
+            .expect("quiescence mutex poisoned")
+            .forming_since
+            .is_some()
+    }
+
+    /// A Raft message that wakes a quiet replica (entries, a vote request) leaves a
+    /// forming one quiet: its group's one candidate is the member that bootstrapped it,
+    /// and a follower whose timers ran on a starved machine would run too.
+    pub fn wake_unless_forming(&self, raft: &Raft) {
+        if self.forming() {
+            self.state
+                .lock()
+                .expect("quiescence mutex poisoned")
+                .last_active = Instant::now();
+        } else {
+            self.wake(raft);
+        }
+    }
+
+    /// Whether a forming replica has kept its timers off for longer than
+    /// [`FORMING_TIMERS_OFF_MAX`] at `now` (the caller then wakes it).
+    pub fn forming_overdue(&self, now: Instant) -> bool {
+        self.state
+            .lock()
+            .expect("quiescence mutex poisoned")
+            .forming_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= FORMING_TIMERS_OFF_MAX)
     }
 
     /// The current phase.
@@ -116,6 +184,7 @@ impl Quiescence {
     pub fn wake(&self, raft: &Raft) {
         let mut s = self.state.lock().expect("quiescence mutex poisoned");
         s.last_active = Instant::now();
+        s.forming_since = None;
         if s.phase == Phase::Quiet {
             set_timers(raft, true);
         }
@@ -135,6 +204,7 @@ impl Quiescence {
                 if raft.metrics().borrow().state == ServerState::Leader {
                     set_timers(raft, true);
                     s.phase = Phase::Awake;
+                    s.forming_since = None;
                 }
             }
         }
@@ -182,6 +252,8 @@ impl Quiescence {
             set_timers(raft, false);
             s.phase = Phase::Quiet;
         }
+        // Formed: from now on a quiet follower like any other.
+        s.forming_since = None;
         true
     }
 }

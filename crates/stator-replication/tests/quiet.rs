@@ -144,3 +144,59 @@ async fn a_group_with_quiescence_off_stays_awake() {
         assert!(!host.status(GROUP).unwrap().quiet);
     }
 }
+
+/// A group formed with `GroupOptions::forming`: the followers' timers stay off, so the
+/// member that bootstraps is its one candidate; the group still goes quiet, and still
+/// elects a new leader when that first leader's node dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forming_group_elects_its_bootstrapping_member_and_survives_its_loss() {
+    let mut cluster = Cluster::start(3, Arc::new(RegisterFactory)).await;
+    let options = GroupOptions {
+        forming: true,
+        ..GroupOptions::default()
+    };
+    for id in [1, 2, 3] {
+        cluster.open_replica(id, GROUP, options).await;
+    }
+    for id in [2, 3] {
+        let status = cluster.hosts[&id].status(GROUP).unwrap();
+        assert!(status.quiet, "a forming replica starts with its timers off");
+    }
+    cluster.hosts[&1]
+        .bootstrap(GROUP, &cluster.members(&[1, 2, 3]))
+        .await
+        .unwrap();
+    assert_eq!(
+        cluster.leader(GROUP).await,
+        1,
+        "only the bootstrapping member runs"
+    );
+    let members: Vec<String> = cluster.members(&[1, 2, 3]).into_values().collect();
+    let client = ReplicaClient::new(TEST_SECRET);
+    set(&client, &members, "k", "formed").await;
+    all_quiet(&cluster).await;
+
+    cluster.kill(1).await;
+    let new = cluster.leader(GROUP).await;
+    assert_ne!(new, 1, "a dead host cannot lead");
+    assert_eq!(get(&client, &members, "k").await.as_deref(), Some("formed"));
+}
+
+/// A forming group whose designated member never bootstraps it (it died first) is formed
+/// by whichever member bootstraps it instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forming_group_is_formed_by_a_fallback_member() {
+    let cluster = Cluster::start(3, Arc::new(RegisterFactory)).await;
+    let options = GroupOptions {
+        forming: true,
+        ..GroupOptions::default()
+    };
+    for id in [1, 2, 3] {
+        cluster.open_replica(id, GROUP, options).await;
+    }
+    cluster.hosts[&2]
+        .bootstrap(GROUP, &cluster.members(&[1, 2, 3]))
+        .await
+        .unwrap();
+    assert_eq!(cluster.leader(GROUP).await, 2);
+}

@@ -181,6 +181,10 @@ enum BenchVerb {
     /// factor restored, no acknowledged write lost; beside an etcd leader kill.
     #[command(after_help = "Example:\n  stator bench failover --rounds 5 --json")]
     Failover(FailoverArgs),
+    /// Many idle partitions on real agents: time until all have a leader, idle CPU and
+    /// RSS per agent, and writes back after a SIGKILL of one agent.
+    #[command(after_help = "Example:\n  stator bench idle --partitions 1000 --idle-s 30 --json")]
+    Idle(IdleArgs),
 }
 
 /// `stator up`: a whole cluster on this machine.
@@ -456,6 +460,29 @@ struct FailoverArgs {
     json: bool,
 }
 
+/// `stator bench idle`.
+#[derive(clap::Args)]
+struct IdleArgs {
+    /// Agents to start (3 replicas per partition).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Partitions of the benchmark's kv service.
+    #[arg(long, default_value_t = 1_000)]
+    partitions: u32,
+    /// Seconds over which idle CPU is measured.
+    #[arg(long, default_value_t = 30)]
+    idle_s: u64,
+    /// Heartbeat grace after which the server declares a node lost.
+    #[arg(long, default_value_t = stator_server::config::DEFAULT_NODE_GRACE_MS)]
+    node_grace_ms: u64,
+    /// First run the baseline: new groups formed without forming replicas.
+    #[arg(long)]
+    baseline: bool,
+    /// Print the result as one JSON object on the last line.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 /// `LOW-HIGH`, an inclusive port range with LOW <= HIGH.
 fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
@@ -616,6 +643,7 @@ async fn dispatch(command: Verb, target: Target) -> anyhow::Result<()> {
             BenchVerb::Replication(args) => bench_replication(args).await,
             BenchVerb::Migration(args) => bench_migration(args).await,
             BenchVerb::Failover(args) => bench_failover(args).await,
+            BenchVerb::Idle(args) => bench_idle(args).await,
         },
     }
 }
@@ -900,6 +928,27 @@ async fn bench_failover(args: FailoverArgs) -> anyhow::Result<()> {
     };
     let report = bench::failover::run(&opts).await?;
     bench::failover::print_report(&report, args.json);
+    Ok(())
+}
+
+/// `stator bench idle`.
+async fn bench_idle(args: IdleArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.nodes >= 3,
+        "--nodes: at least 3 (replicas are 3), got {}",
+        args.nodes
+    );
+    anyhow::ensure!(args.partitions >= 1, "--partitions: at least 1");
+    anyhow::ensure!(args.idle_s >= 1, "--idle-s: at least 1");
+    let opts = bench::idle::Options {
+        nodes: args.nodes,
+        partitions: args.partitions,
+        idle_s: args.idle_s,
+        node_grace_ms: args.node_grace_ms,
+        baseline: args.baseline,
+    };
+    let report = bench::idle::run(&opts).await?;
+    bench::idle::print_report(&report, args.json);
     Ok(())
 }
 
