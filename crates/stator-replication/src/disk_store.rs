@@ -388,7 +388,8 @@ fn load(
         postcard::from_bytes(bytes).map_err(|e| corrupt(what.into(), e.to_string()))
     }
     if let Some(bytes) = read_meta(KEY_VOTE)? {
-        cached.vote = Some(decode(&bytes, KEY_VOTE, &corrupt)?);
+        let vote: Vote<NodeId> = decode(&bytes, KEY_VOTE, &corrupt)?;
+        cached.vote = Some(reopened_vote(vote));
     }
     if let Some(bytes) = read_meta(KEY_COMMITTED)? {
         cached.committed = decode(&bytes, KEY_COMMITTED, &corrupt)?;
@@ -428,6 +429,26 @@ fn load(
         cached.entries = cached.entries.split_off(&(purged.index + 1));
     }
     Ok((cached, snapshot))
+}
+
+/// The vote a reopened replica starts with: the stored one, never as a committed
+/// (leader-granted) vote.
+///
+/// openraft 0.9 restores a replica whose stored vote is committed *for itself* as leader at
+/// once, in the same term, without a new election and so without the blank entry a new
+/// leader commits first. Such a leader does not know its commit index (the stored one is
+/// not fsynced): it would serve reads from a state missing writes acknowledged before the
+/// crash, and if its own last append was lost (acknowledged by a quorum of followers while
+/// its own fsync was pending, or `periodic` durability) it would reuse a log id the
+/// followers hold with other contents. Reopened uncommitted, the vote keeps its leader id
+/// (openraft orders votes by leader id first, so what the replica grants to others does not
+/// change), and leadership comes back through an election in a later term, whose blank
+/// entry commits everything acknowledged before.
+fn reopened_vote(vote: Vote<NodeId>) -> Vote<NodeId> {
+    Vote {
+        committed: false,
+        ..vote
+    }
 }
 
 fn write_loop(
@@ -758,5 +779,21 @@ mod tests {
         assert!(unseal(b"k1", &flipped).unwrap_err().contains("checksum"));
         assert!(unseal(b"k2", &record).is_err());
         assert!(unseal(b"k1", &record[..3]).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_reopened_leader_vote_comes_back_uncommitted_for_the_same_candidate() {
+        let dir = tempfile::tempdir().unwrap();
+        let leader_vote = Vote::new_committed(4, 7);
+        {
+            let mut store = DiskLogStore::open(dir.path(), SyncPolicy::EveryAppend).unwrap();
+            store.save_vote(&leader_vote).await.unwrap();
+            // Before a restart the vote stays what openraft saved.
+            assert_eq!(store.read_vote().await.unwrap(), Some(leader_vote));
+        }
+        let mut reopened = DiskLogStore::open(dir.path(), SyncPolicy::EveryAppend).unwrap();
+        let vote = reopened.read_vote().await.unwrap().expect("the vote is on disk");
+        assert!(!vote.committed, "a restored leader must win a new election first");
+        assert_eq!(vote.leader_id, leader_vote.leader_id);
     }
 }
