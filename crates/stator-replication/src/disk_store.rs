@@ -792,8 +792,15 @@ mod tests {
             assert_eq!(store.read_vote().await.unwrap(), Some(leader_vote));
         }
         let mut reopened = DiskLogStore::open(dir.path(), SyncPolicy::EveryAppend).unwrap();
-        let vote = reopened.read_vote().await.unwrap().expect("the vote is on disk");
-        assert!(!vote.committed, "a restored leader must win a new election first");
+        let vote = reopened
+            .read_vote()
+            .await
+            .unwrap()
+            .expect("the vote is on disk");
+        assert!(
+            !vote.committed,
+            "a restored leader must win a new election first"
+        );
         assert_eq!(vote.leader_id, leader_vote.leader_id);
     }
 }
