@@ -1,15 +1,16 @@
-//! One RESP client connection: parse pipelined commands, forward them concurrently,
+//! One RESP client connection: parse pipelined commands, forward them in batches,
 //! answer in order.
 //!
-//! Commands of one connection run concurrently (that is what makes `-P 16` fast) with one
-//! exception: a command waits while an earlier command of the same connection on the
-//! same slot is in flight, because the replicas give no order between concurrent requests
-//! and Redis promises a connection's commands on one key run in the order sent. Where the
-//! backend keeps order itself ([`Backend::pipelines_slots`]: an agent serving its own
-//! replica), the consecutive commands on one slot of a read batch travel together as one
-//! [`Backend::execute_batch`] instead, so a cluster client's `-P 16` pipeline (all on the
-//! slots of one node, usually one slot) is one Raft entry, not sixteen round trips.
-//! Replies always leave in request order.
+//! Every complete command of a read is parsed at once. Keyed commands are gathered per
+//! partition ([`Backend::batches_partitions`]; per slot on an agent) and each batch goes as
+//! one [`Backend::execute_batch`] when the buffered input runs out, all batches
+//! concurrently: the backend answers a batch's commands in order (the gateway as one
+//! `STATOR.EXEC` write, see [`super::pipeline`]; an agent through its replica's ordered
+//! batch). A command waits while an earlier command of the connection on its slot is in
+//! flight in an earlier batch, because Redis promises a connection's commands on one key
+//! run in the order sent; commands on keys of different partitions run concurrently (the
+//! promise across partitions is only the order of replies). Replies carry their
+//! command's index and always leave in request order.
 
 use super::auth;
 use super::keyspace::{self, FanOut};
