@@ -571,8 +571,12 @@ pub async fn serve<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
                         break;
                     }
                     let gatherable = !alone && pipelines && pipeline::may_batch(&argv);
-                    if !gatherable && gatherings.iter().any(|g| g.holds(slot)) {
-                        // Sent once the gathered commands on its slot are answered.
+                    if gatherings
+                        .iter()
+                        .any(|g| g.holds(slot) && !(gatherable && g.has_room(used)))
+                    {
+                        // Sent once the gathered commands on its slot are answered (it
+                        // cannot join them: sent alone, or their batch is full).
                         break;
                     }
                     match forward_work(
@@ -609,12 +613,18 @@ pub async fn serve<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
                                 shape,
                             };
                             match at {
-                                Some(at) if gatherings[at].room_for(&command) => {
+                                // Holding its slot it had room (checked above, on the
+                                // raw bytes): it must join, for order.
+                                Some(at)
+                                    if gatherings[at].holds(slot)
+                                        || gatherings[at].has_room(command.payload.len()) =>
+                                {
                                     gatherings[at].push(command)
                                 }
                                 _ => {
                                     if let Some(at) = at {
-                                        // Full: it goes now, this command starts the next.
+                                        // Full (and without this command's slot, checked
+                                        // above): it goes now, this command starts the next.
                                         let batch = gatherings.swap_remove(at);
                                         commands_in_flight += batch.commands.len();
                                         for command in &batch.commands {
@@ -753,9 +763,9 @@ impl Gathering {
         self.commands.iter().any(|c| c.slot == slot)
     }
 
-    fn room_for(&self, command: &Gathered) -> bool {
-        self.commands.len() < MAX_BATCH_COMMANDS
-            && self.bytes + command.payload.len() <= MAX_BATCH_BYTES
+    /// Whether one more command of `bytes` fits.
+    fn has_room(&self, bytes: usize) -> bool {
+        self.commands.len() < MAX_BATCH_COMMANDS && self.bytes + bytes <= MAX_BATCH_BYTES
     }
 
     fn push(&mut self, command: Gathered) {
