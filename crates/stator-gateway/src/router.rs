@@ -6,13 +6,23 @@
 //! attempt and all retries share its sequence number) and returns it with the next
 //! sequence number afterwards. One session never has two writes in flight, so no retry can
 //! ever be mistaken for an older request, however many writes run at once.
+//!
+//! A call made while no other call of the router is in flight goes straight onto the
+//! transport connection ([`Transport::call`]); otherwise it joins [`ReplicaClient`]'s
+//! queue for its host and leaves in a shared `ClientBatch` frame. A lone client (one
+//! request at a time) so skips the frame sender task and its two task hops, and many
+//! concurrent clients still share frames.
 
 use crate::map::PartitionRoute;
 use stator_replication::client::{ATTEMPT_TIMEOUT, RETRY_PAUSE};
+use stator_replication::transport::{
+    Request, Response, Transport, TransportConfig, TransportError,
+};
 use stator_replication::{
     ClientError, ClientReply, ClientRequest, GroupId, ReplicaClient, RequestKind,
 };
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -35,6 +45,10 @@ struct Session {
 /// Forwards requests to partition leaders; shared by every listener of a gateway.
 pub struct Router {
     client: ReplicaClient,
+    /// Calls made with nothing else in flight go here directly (see the module doc).
+    direct: Arc<Transport>,
+    /// Calls in flight through `client` or `direct`.
+    calls: AtomicUsize,
     idle_sessions: Mutex<Vec<Session>>,
     /// Leaders learned from answers and hints, fresher than the polled map.
     leaders: RwLock<HashMap<GroupId, Arc<str>>>,
@@ -82,6 +96,14 @@ impl Router {
     pub fn new(cluster_secret: &str, deadline: Duration, refresh: Arc<Notify>) -> Self {
         Self {
             client: ReplicaClient::new(cluster_secret),
+            direct: Transport::new(TransportConfig {
+                node_id: 0,
+                listen_addr: String::new(),
+                cluster_secret: cluster_secret.to_string(),
+                filter: None,
+                tls: None,
+            }),
+            calls: AtomicUsize::new(0),
             idle_sessions: Mutex::new(Vec::new()),
             leaders: RwLock::new(HashMap::new()),
             refresh,
@@ -210,7 +232,6 @@ impl Router {
                 payload: payload.clone(),
             };
             match self
-                .client
                 .call(&addr, group, request, remaining.min(ATTEMPT_TIMEOUT))
                 .await
             {
@@ -244,6 +265,56 @@ impl Router {
             tokio::time::sleep(RETRY_PAUSE.min(self.deadline.saturating_sub(started.elapsed())))
                 .await;
         }
+    }
+}
+
+impl Router {
+    /// One attempt at one replica: straight onto the transport when no other call is in
+    /// flight, else in a shared frame.
+    async fn call(
+        &self,
+        addr: &str,
+        group: GroupId,
+        request: ClientRequest,
+        timeout: Duration,
+    ) -> Result<ClientReply, TransportError> {
+        let _counted = CallCount::enter(&self.calls);
+        if _counted.alone {
+            match self
+                .direct
+                .call(addr, Request::Client(group, request), timeout)
+                .await?
+            {
+                Response::Client(reply) => Ok(reply),
+                Response::NoGroup => Ok(ClientReply::NoGroup),
+                other => Err(TransportError::Protocol {
+                    addr: addr.into(),
+                    reason: format!("unexpected answer to a client call: {other:?}"),
+                }),
+            }
+        } else {
+            self.client.call(addr, group, request, timeout).await
+        }
+    }
+}
+
+/// Counts a call in flight for as long as it lives (also when its future is dropped).
+struct CallCount<'a> {
+    calls: &'a AtomicUsize,
+    /// No other call was in flight when this one started.
+    alone: bool,
+}
+
+impl<'a> CallCount<'a> {
+    fn enter(calls: &'a AtomicUsize) -> Self {
+        let alone = calls.fetch_add(1, Ordering::AcqRel) == 0;
+        CallCount { calls, alone }
+    }
+}
+
+impl Drop for CallCount<'_> {
+    fn drop(&mut self) {
+        self.calls.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -1,19 +1,21 @@
-//! One RESP client connection: parse pipelined commands, forward them concurrently,
+//! One RESP client connection: parse pipelined commands, forward them in batches,
 //! answer in order.
 //!
-//! Commands of one connection run concurrently (that is what makes `-P 16` fast) with one
-//! exception: a command waits while an earlier command of the same connection on the
-//! same slot is in flight, because the replicas give no order between concurrent requests
-//! and Redis promises a connection's commands on one key run in the order sent. Where the
-//! backend keeps order itself ([`Backend::pipelines_slots`]: an agent serving its own
-//! replica), the consecutive commands on one slot of a read batch travel together as one
-//! [`Backend::execute_batch`] instead, so a cluster client's `-P 16` pipeline (all on the
-//! slots of one node, usually one slot) is one Raft entry, not sixteen round trips.
-//! Replies always leave in request order.
+//! Every complete command of a read is parsed at once. Keyed commands are gathered per
+//! partition ([`Backend::batches_partitions`]; per slot on an agent) and each batch goes as
+//! one [`Backend::execute_batch`] when the buffered input runs out, all batches
+//! concurrently: the backend answers a batch's commands in order (the gateway as one
+//! `STATOR.EXEC` write, see [`super::pipeline`]; an agent through its replica's ordered
+//! batch). A command waits while an earlier command of the connection on its slot is in
+//! flight in an earlier batch, because Redis promises a connection's commands on one key
+//! run in the order sent; commands on keys of different partitions run concurrently (the
+//! promise across partitions is only the order of replies). Replies carry their
+//! command's index and always leave in request order.
 
 use super::auth;
 use super::keyspace::{self, FanOut};
 use super::local::{dispatch, ConnectionState, Dispatch};
+use super::pipeline;
 use super::pubsub::{self, PubSub};
 use super::resp3::{self, Shape};
 use super::transaction::{self, TxWork};
@@ -22,11 +24,11 @@ use super::Shared;
 use crate::map::{PartitionMap, ServiceRoutes};
 use crate::router::Router;
 use bytes::{Buf, BytesMut};
-use futures::stream::FuturesOrdered;
+use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use stator_kv::{encode_command, parse_command, parse_reply, Value};
 use stator_replication::{ClientError, RequestKind};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,10 +41,14 @@ use tokio_util::sync::CancellationToken;
 /// client cannot flood a partition.
 pub const MAX_PIPELINE_DEPTH: usize = 128;
 
-/// Commands on one slot sent together as one [`Backend::execute_batch`]: a whole
+/// Commands of one read sent together as one [`Backend::execute_batch`]: a whole
 /// `-P 64` pipeline, and writes of small values stay far below the replica's write batch
-/// size, so a batch is usually one Raft entry.
-pub const MAX_SLOT_BATCH_COMMANDS: usize = 64;
+/// size, so a batch is one Raft entry.
+pub const MAX_BATCH_COMMANDS: usize = 64;
+
+/// Payload bytes of one batch; a larger command goes alone in its own. Far below the
+/// replica transport's 32 MiB frame limit, so a batch of large values never reaches it.
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// Largest single command accepted. Half the replica transport's 32 MiB frame limit,
 /// leaving room for the request envelope; larger values belong in a blob store.
@@ -51,10 +57,8 @@ pub const MAX_COMMAND_BYTES: usize = 16 << 20;
 /// Bytes asked of the socket per read: a full `-P 16` batch of small SETs fits.
 const READ_CHUNK_BYTES: usize = 16 << 10;
 
-/// What one in-flight command will produce.
+/// What one in-flight unit (a command, or a batch of them) will produce.
 enum Work {
-    /// Already answered.
-    Ready(Vec<u8>),
     /// To forward to `partition` of `routes`.
     Forward {
         routes: Arc<ServiceRoutes>,
@@ -70,12 +74,13 @@ enum Work {
         routes: Arc<ServiceRoutes>,
         fan: FanOut,
     },
-    /// Consecutive commands on `slot`, in order, each with its RESP3 shape.
+    /// Commands of one read bound for `partition`, in order (see [`Gathering`]).
     Batch {
         routes: Arc<ServiceRoutes>,
         partition: usize,
+        /// The first command's slot (all of them, where the backend batches per slot).
         slot: u16,
-        commands: Vec<(RequestKind, Vec<u8>, Option<Shape>)>,
+        commands: Vec<Gathered>,
     },
     /// `WATCH`: read the versions of `keys` (on `slot`) from `partition` of `routes`.
     Watch {
@@ -87,75 +92,99 @@ enum Work {
     },
 }
 
-/// A finished command: its reply and the slot it held, if any.
+/// One command of a [`Work::Batch`].
+struct Gathered {
+    /// Its place in the connection's order of replies.
+    index: u64,
+    slot: u16,
+    kind: RequestKind,
+    payload: Vec<u8>,
+    shape: Option<Shape>,
+}
+
+/// A finished command: its reply, its place in the order of replies and the slot it held.
 struct Done {
+    index: u64,
     reply: Vec<u8>,
     slot: Option<u16>,
     /// `WATCH` succeeded: keys and the versions to remember.
     watched: Vec<(Vec<u8>, u64)>,
-    /// Commands answered (more than one for a batch).
-    commands: usize,
+}
+
+/// What a finished unit answered: one command, or every command of a batch.
+enum Finished {
+    One(Done),
+    Many(Vec<Done>),
 }
 
 impl Done {
-    fn reply(reply: Vec<u8>, slot: Option<u16>) -> Done {
+    fn reply(index: u64, reply: Vec<u8>, slot: Option<u16>) -> Done {
         Done {
+            index,
             reply,
             slot,
             watched: Vec::new(),
-            commands: 1,
         }
     }
 }
 
-/// Runs `work`; with `resp3`, re-types the reply for a RESP3 connection.
-async fn perform<B: Backend>(backend: &B, work: Work, resp3: Option<Shape>) -> Done {
-    let mut done = perform_resp2(backend, work).await;
-    if let Some(shape) = resp3 {
-        done.reply = resp3::convert(done.reply, shape);
+/// Runs `work` (the command at `index`; a batch carries its own indices); with `resp3`,
+/// re-types the reply for a RESP3 connection.
+async fn perform<B: Backend>(
+    backend: &B,
+    index: u64,
+    work: Work,
+    resp3: Option<Shape>,
+) -> Finished {
+    let Work::Batch {
+        routes,
+        partition,
+        slot,
+        commands,
+    } = work
+    else {
+        let mut done = perform_one(backend, index, work).await;
+        if let Some(shape) = resp3 {
+            done.reply = resp3::convert(done.reply, shape);
+        }
+        return Finished::One(done);
+    };
+    let count = commands.len();
+    let mut requests = Vec::with_capacity(count);
+    let mut places = Vec::with_capacity(count);
+    for g in commands {
+        requests.push((g.kind, g.payload));
+        places.push((g.index, g.slot, g.shape));
     }
-    done
+    let replies = backend
+        .execute_batch(routes, partition, slot, requests)
+        .await;
+    assert_eq!(
+        replies.len(),
+        count,
+        "a backend answers every command of a batch"
+    );
+    Finished::Many(
+        replies
+            .into_iter()
+            .zip(places)
+            .map(|(reply, (index, slot, shape))| {
+                let reply = match shape {
+                    Some(shape) => resp3::convert(reply, shape),
+                    None => reply,
+                };
+                Done::reply(index, reply, Some(slot))
+            })
+            .collect(),
+    )
 }
 
-async fn perform_resp2<B: Backend>(backend: &B, work: Work) -> Done {
+async fn perform_one<B: Backend>(backend: &B, index: u64, work: Work) -> Done {
     match work {
-        Work::Ready(reply) => Done::reply(reply, None),
         Work::FanOut { routes, fan } => {
-            Done::reply(keyspace::run(backend, &routes, fan).await, None)
+            Done::reply(index, keyspace::run(backend, &routes, fan).await, None)
         }
-        Work::Batch {
-            routes,
-            partition,
-            slot,
-            commands,
-        } => {
-            let count = commands.len();
-            let (requests, shapes): (Vec<_>, Vec<_>) = commands
-                .into_iter()
-                .map(|(kind, payload, shape)| ((kind, payload), shape))
-                .unzip();
-            let replies = backend
-                .execute_batch(routes, partition, slot, requests)
-                .await;
-            assert_eq!(
-                replies.len(),
-                count,
-                "a backend answers every command of a batch"
-            );
-            let mut reply = Vec::new();
-            for (one, shape) in replies.into_iter().zip(shapes) {
-                match shape {
-                    Some(shape) => reply.extend(resp3::convert(one, shape)),
-                    None => reply.extend(one),
-                }
-            }
-            Done {
-                reply,
-                slot: Some(slot),
-                watched: Vec::new(),
-                commands: count,
-            }
-        }
+        Work::Batch { .. } => unreachable!("batches are performed by `perform`"),
         Work::Watch {
             routes,
             partition,
@@ -172,12 +201,12 @@ async fn perform_resp2<B: Backend>(backend: &B, work: Work) -> Done {
             };
             match transaction::parse_versions(&value, keys.len()) {
                 Ok(versions) => Done {
+                    index,
                     reply: Value::ok().to_bytes(),
                     slot: None,
                     watched: keys.into_iter().zip(versions).collect(),
-                    commands: 1,
                 },
-                Err(error) => Done::reply(error.to_bytes(), None),
+                Err(error) => Done::reply(index, error.to_bytes(), None),
             }
         }
         Work::Forward {
@@ -188,6 +217,7 @@ async fn perform_resp2<B: Backend>(backend: &B, work: Work) -> Done {
             payload,
             blocking: None,
         } => Done::reply(
+            index,
             backend
                 .execute(routes, partition, slot, kind, payload)
                 .await,
@@ -201,6 +231,7 @@ async fn perform_resp2<B: Backend>(backend: &B, work: Work) -> Done {
             payload,
             blocking: Some(blocking),
         } => Done::reply(
+            index,
             block(backend, routes, partition, slot, kind, payload, blocking).await,
             Some(slot),
         ),
@@ -315,6 +346,36 @@ impl Backend for Router {
         }
     }
 
+    /// Reads side by side; anything with a write as one `STATOR.EXEC` write, applied in
+    /// order as one entry (see [`pipeline`]).
+    async fn execute_batch(
+        &self,
+        routes: Arc<ServiceRoutes>,
+        partition: usize,
+        slot: u16,
+        commands: Vec<(RequestKind, Vec<u8>)>,
+    ) -> Vec<Vec<u8>> {
+        if commands.len() == 1 || pipeline::all_reads(&commands) {
+            return futures::future::join_all(commands.into_iter().map(|(kind, payload)| {
+                Backend::execute(self, routes.clone(), partition, slot, kind, payload)
+            }))
+            .await;
+        }
+        let count = commands.len();
+        let payload = pipeline::encode(&commands);
+        let reply =
+            Backend::execute(self, routes, partition, slot, RequestKind::Write, payload).await;
+        pipeline::split(reply, count)
+    }
+
+    fn pipelines_slots(&self) -> bool {
+        true
+    }
+
+    fn batches_partitions(&self) -> bool {
+        true
+    }
+
     fn request_refresh(&self) {
         Router::request_refresh(self);
     }
@@ -384,58 +445,61 @@ pub async fn serve<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
         PubSub::new(shared.broker.clone(), service.clone(), connection_id);
     let mut input = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut output: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
-    let mut in_flight = FuturesOrdered::new();
-    // Slot -> commands of this connection in flight on it.
+    let mut in_flight = FuturesUnordered::new();
+    // Replies in request order: `replies[i]` answers command `written + i`, `None` until
+    // it is known.
+    let mut replies: VecDeque<Option<Vec<u8>>> = VecDeque::new();
+    let mut written: u64 = 0;
+    // Slot -> commands of this connection in flight on it (sent, not gathering).
     let mut busy_slots: HashMap<u16, u32> = HashMap::new();
     // QUIT or a protocol error: answer what came before, then close.
     let mut closing = false;
     // A command sent alone (keys over several slots, or every partition) is in flight:
     // nothing else is dispatched until it is answered.
     let mut alone_in_flight = false;
-    // Commands in flight, a batch counting each of its commands.
+    // Commands sent and not answered yet.
     let mut commands_in_flight = 0usize;
-    // Consecutive commands on one slot from this read, gathered into one `Work::Batch`
-    // (only where the backend keeps their order); sent when another kind of command or
-    // slot comes, or the buffered input runs out.
-    let mut gathering: Option<Gathering> = None;
+    // Commands of this read gathered per partition (per slot where the backend keeps
+    // order per slot only), each sent as one `Work::Batch` when the buffered input runs
+    // out, the batch is full, or a command must wait.
+    let mut gatherings: Vec<Gathering> = Vec::new();
     let pipelines = router.pipelines_slots();
+    let per_partition = pipelines && router.batches_partitions();
+    // Sends every gathered batch.
+    macro_rules! launch_all {
+        () => {
+            for batch in gatherings.drain(..) {
+                commands_in_flight += batch.commands.len();
+                for command in &batch.commands {
+                    *busy_slots.entry(command.slot).or_default() += 1;
+                }
+                in_flight.push(perform(&*router, 0, batch.into_work(), None));
+            }
+        };
+    }
     loop {
         // Dispatch every complete command buffered, until the pipeline is full or a
         // command must wait for an earlier one on its slot.
         let mut need_input = false;
         while !closing
             && !alone_in_flight
-            && commands_in_flight + gathering.as_ref().map_or(0, Gathering::len)
+            && commands_in_flight + gatherings.iter().map(Gathering::len).sum::<usize>()
                 < MAX_PIPELINE_DEPTH
         {
             let (argv, used) = match parse_command(&input) {
                 Ok(Some(parsed)) => parsed,
                 Ok(None) => {
                     if input.len() > MAX_COMMAND_BYTES {
-                        if let Some(batch) = gathering.take() {
-                            commands_in_flight += batch.len();
-                            in_flight.push_back(perform(&*router, batch.into_work(), None));
-                        }
-                        commands_in_flight += 1;
-                        in_flight.push_back(perform(&*router, Work::Ready(Value::error(format!(
+                        replies.push_back(Some(Value::error(format!(
                             "ERR Protocol error: command larger than {MAX_COMMAND_BYTES} bytes; split the value"
-                        )).to_bytes()), None));
+                        )).to_bytes()));
                         closing = true;
                     }
                     need_input = true;
                     break;
                 }
                 Err(error) => {
-                    if let Some(batch) = gathering.take() {
-                        commands_in_flight += batch.len();
-                        in_flight.push_back(perform(&*router, batch.into_work(), None));
-                    }
-                    commands_in_flight += 1;
-                    in_flight.push_back(perform(
-                        &*router,
-                        Work::Ready(error.to_reply().to_bytes()),
-                        None,
-                    ));
+                    replies.push_back(Some(error.to_reply().to_bytes()));
                     closing = true;
                     break;
                 }
@@ -445,19 +509,20 @@ pub async fn serve<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
                 continue;
             }
             if map.has_changed().unwrap_or(false) {
+                // Batches gathered under the old map go as they are.
+                launch_all!();
                 routes = map.borrow_and_update().services.get(&service).cloned();
                 if let Some(routes) = &routes {
                     access = shared.access.get(routes);
                     state.user = access.refresh_user(&state.user);
                 }
             }
-            let anything_in_flight = !in_flight.is_empty() || gathering.is_some();
+            let anything_in_flight = !in_flight.is_empty() || !gatherings.is_empty();
             if anything_in_flight && transaction::waits_for_earlier(&argv) {
                 // Parsed again once everything before it is answered.
                 break;
             }
-            // A plain keyed command that may join the batch being gathered.
-            let mut gatherable = false;
+            let index = written + replies.len() as u64;
             let decided = auth::intercept(&argv, &mut state, &access);
             // A script of a user limited to some keys carries the user's key patterns into
             // the machine, which checks every `redis.call` against them (`auth.rs`).
@@ -475,10 +540,10 @@ pub async fn serve<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
             let work = match decided
                 .unwrap_or_else(|| dispatch(&argv, &mut state, routes.as_deref()))
             {
-                Dispatch::Reply(reply) => Work::Ready(reply),
+                Dispatch::Reply(reply) => Err(reply),
                 Dispatch::ReplyAndClose(reply) => {
                     closing = true;
-                    Work::Ready(reply)
+                    Err(reply)
                 }
                 Dispatch::ForwardAlone { .. } | Dispatch::FanOut(_) | Dispatch::Transaction(_)
                     if anything_in_flight =>
@@ -489,99 +554,131 @@ pub async fn serve<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
                 Dispatch::FanOut(fan) => match &routes {
                     Some(routes) => {
                         alone_in_flight = true;
-                        Work::FanOut {
+                        Ok(Work::FanOut {
                             routes: routes.clone(),
                             fan,
-                        }
+                        })
                     }
-                    None => Work::Ready(not_in_map(&*router, &service)),
+                    None => Err(not_in_map(&*router, &service)),
                 },
                 Dispatch::Transaction(tx_work) => {
-                    match transaction_work(&*router, routes.as_ref(), &service, tx_work) {
-                        Ok(work) => {
-                            alone_in_flight = true;
-                            if let Work::Forward { slot, .. } = &work {
-                                *busy_slots.entry(*slot).or_default() += 1;
-                            }
-                            work
+                    transaction_work(&*router, routes.as_ref(), &service, tx_work).inspect(|work| {
+                        alone_in_flight = true;
+                        if let Work::Forward { slot, .. } = work {
+                            *busy_slots.entry(*slot).or_default() += 1;
                         }
-                        Err(reply) => Work::Ready(reply),
-                    }
+                    })
                 }
-                Dispatch::ForwardAlone { slot, kind } => {
-                    match forward_work(&*router, routes.as_ref(), &service, slot, kind, raw, &argv)
+                // One key slot, or keys over several slots of one partition (then sent
+                // alone: after every earlier command is answered, before any later one).
+                dispatched @ (Dispatch::Forward { .. } | Dispatch::ForwardAlone { .. }) => {
+                    let (slot, kind, alone) = match dispatched {
+                        Dispatch::Forward { slot, kind } => (slot, kind, false),
+                        Dispatch::ForwardAlone { slot, kind } => (slot, kind, true),
+                        _ => unreachable!("matched above"),
+                    };
+                    if busy_slots.contains_key(&slot) {
+                        // Parsed again once the earlier command on the slot is answered.
+                        break;
+                    }
+                    let gatherable = !alone && pipelines && pipeline::may_batch(&argv);
+                    if gatherings
+                        .iter()
+                        .any(|g| g.holds(slot) && !(gatherable && g.has_room(used)))
                     {
-                        Ok(work) => {
-                            alone_in_flight = true;
-                            *busy_slots.entry(slot).or_default() += 1;
-                            work
-                        }
-                        Err(reply) => Work::Ready(reply),
-                    }
-                }
-                Dispatch::Forward { slot, kind } => {
-                    gatherable = pipelines && Blocking::of(&argv).is_none();
-                    let joins = gatherable
-                        && gathering
-                            .as_ref()
-                            .is_some_and(|g| g.slot == slot && g.len() < MAX_SLOT_BATCH_COMMANDS);
-                    if busy_slots.contains_key(&slot) && !joins {
-                        // Parsed again once the earlier command is answered.
+                        // Sent once the gathered commands on its slot are answered (it
+                        // cannot join them: sent alone, or their batch is full).
                         break;
                     }
                     match forward_work(&*router, routes.as_ref(), &service, slot, kind, raw, &argv)
                     {
-                        Ok(work) => {
-                            if !joins {
-                                *busy_slots.entry(slot).or_default() += 1;
+                        Ok(Work::Forward {
+                            routes,
+                            partition,
+                            slot,
+                            kind,
+                            payload,
+                            blocking: _,
+                        }) if gatherable => {
+                            let shape = state.resp3.then(|| resp3::shape(&argv));
+                            input.advance(used);
+                            replies.push_back(None);
+                            let joins = |g: &Gathering| {
+                                g.partition == partition
+                                    && Arc::ptr_eq(&g.routes, &routes)
+                                    && (per_partition || g.slot == slot)
+                            };
+                            let at = gatherings.iter().position(joins);
+                            let command = Gathered {
+                                index,
+                                slot,
+                                kind,
+                                payload,
+                                shape,
+                            };
+                            match at {
+                                // Holding its slot it had room (checked above, on the
+                                // raw bytes): it must join, for order.
+                                Some(at)
+                                    if gatherings[at].holds(slot)
+                                        || gatherings[at].has_room(command.payload.len()) =>
+                                {
+                                    gatherings[at].push(command)
+                                }
+                                _ => {
+                                    if let Some(at) = at {
+                                        // Full (and without this command's slot, checked
+                                        // above): it goes now, this command starts the next.
+                                        let batch = gatherings.swap_remove(at);
+                                        commands_in_flight += batch.commands.len();
+                                        for command in &batch.commands {
+                                            *busy_slots.entry(command.slot).or_default() += 1;
+                                        }
+                                        in_flight.push(perform(
+                                            &*router,
+                                            0,
+                                            batch.into_work(),
+                                            None,
+                                        ));
+                                    }
+                                    gatherings.push(Gathering::new(routes, partition, command));
+                                }
                             }
-                            work
+                            continue;
                         }
-                        Err(reply) => Work::Ready(reply),
+                        Ok(work) => {
+                            alone_in_flight = alone;
+                            *busy_slots.entry(slot).or_default() += 1;
+                            Ok(work)
+                        }
+                        Err(reply) => Err(reply),
                     }
                 }
             };
             let shape = state.resp3.then(|| resp3::shape(&argv));
             input.advance(used);
             match work {
-                Work::Forward {
-                    routes,
-                    partition,
-                    slot,
-                    kind,
-                    payload,
-                    blocking: None,
-                } if gatherable => match &mut gathering {
-                    Some(batch) if batch.slot == slot => {
-                        batch.commands.push((kind, payload, shape));
-                    }
-                    _ => {
-                        if let Some(batch) = gathering.take() {
-                            commands_in_flight += batch.len();
-                            in_flight.push_back(perform(&*router, batch.into_work(), None));
-                        }
-                        gathering = Some(Gathering {
-                            routes,
-                            partition,
-                            slot,
-                            commands: vec![(kind, payload, shape)],
-                        });
-                    }
-                },
-                work => {
-                    if let Some(batch) = gathering.take() {
-                        commands_in_flight += batch.len();
-                        in_flight.push_back(perform(&*router, batch.into_work(), None));
-                    }
+                Err(reply) => replies.push_back(Some(match shape {
+                    Some(shape) => resp3::convert(reply, shape),
+                    None => reply,
+                })),
+                Ok(work) => {
+                    replies.push_back(None);
                     commands_in_flight += 1;
-                    in_flight.push_back(perform(&*router, work, shape));
+                    in_flight.push(perform(&*router, index, work, shape));
                 }
             }
         }
         // Whatever was gathered goes now: nothing waits for a batch to fill.
-        if let Some(batch) = gathering.take() {
-            commands_in_flight += batch.len();
-            in_flight.push_back(perform(&*router, batch.into_work(), None));
+        launch_all!();
+        // Every reply known in order leaves in one write.
+        while let Some(Some(_)) = replies.front() {
+            output.extend_from_slice(&replies.pop_front().flatten().expect("checked"));
+            written += 1;
+        }
+        if !output.is_empty() {
+            stream.write_all(&output).await?;
+            output.clear();
         }
         if in_flight.is_empty() && closing {
             stream.shutdown().await.ok();
@@ -593,27 +690,33 @@ pub async fn serve<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
             _ = cancel.cancelled() => return Ok(()),
             // Redis closes a subscriber whose pending messages pass its limit.
             _ = too_slow.cancelled() => return Ok(()),
-            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                let mut done = Some(done);
-                // Collect every reply ready now so one write carries a whole pipeline.
-                while let Some(Done { reply, slot, watched, commands }) = done.take() {
-                    commands_in_flight -= commands;
-                    output.extend_from_slice(&reply);
-                    state.tx.watched.extend(watched);
-                    if let Some(slot) = slot {
-                        release(&mut busy_slots, slot);
+            Some(finished) = in_flight.next(), if !in_flight.is_empty() => {
+                let mut finished = Some(finished);
+                // Take every answer ready now so one write carries a whole pipeline.
+                while let Some(unit) = finished.take() {
+                    let mut accept = |done: Done| {
+                        commands_in_flight -= 1;
+                        state.tx.watched.extend(done.watched);
+                        if let Some(slot) = done.slot {
+                            release(&mut busy_slots, slot);
+                        }
+                        let at = usize::try_from(done.index - written)
+                            .expect("a reply owed is within the pipeline");
+                        replies[at] = Some(done.reply);
+                    };
+                    match unit {
+                        Finished::One(done) => accept(done),
+                        Finished::Many(dones) => dones.into_iter().for_each(accept),
                     }
-                    if in_flight.is_empty() {
-                        alone_in_flight = false;
-                    }
-                    done = in_flight.next().now_or_never().flatten();
+                    finished = in_flight.next().now_or_never().flatten();
                 }
-                stream.write_all(&output).await?;
-                output.clear();
+                if in_flight.is_empty() {
+                    alone_in_flight = false;
+                }
             }
             // Messages wait while replies are owed, so a SUBSCRIBE's confirmation (and
             // anything sent before it) is answered before the first message.
-            Some(message) = messages.recv(), if in_flight.is_empty() => {
+            Some(message) = messages.recv(), if in_flight.is_empty() && replies.is_empty() => {
                 message.encode(state.resp3, &mut output);
                 while let Ok(message) = messages.try_recv() {
                     message.encode(state.resp3, &mut output);
@@ -634,17 +737,44 @@ pub async fn serve<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Commands on one slot gathered from one read, to send as one [`Work::Batch`].
+/// Commands of one read bound for one partition (one slot, where the backend keeps order
+/// per slot only), to send as one [`Work::Batch`]: the backend answers them in order
+/// (the gateway as one `STATOR.EXEC` write, see [`pipeline`]).
 struct Gathering {
     routes: Arc<ServiceRoutes>,
     partition: usize,
     slot: u16,
-    commands: Vec<(RequestKind, Vec<u8>, Option<Shape>)>,
+    commands: Vec<Gathered>,
+    bytes: usize,
 }
 
 impl Gathering {
+    fn new(routes: Arc<ServiceRoutes>, partition: usize, first: Gathered) -> Gathering {
+        Gathering {
+            routes,
+            partition,
+            slot: first.slot,
+            bytes: first.payload.len(),
+            commands: vec![first],
+        }
+    }
+
     fn len(&self) -> usize {
         self.commands.len()
+    }
+
+    fn holds(&self, slot: u16) -> bool {
+        self.commands.iter().any(|c| c.slot == slot)
+    }
+
+    /// Whether one more command of `bytes` fits.
+    fn has_room(&self, bytes: usize) -> bool {
+        self.commands.len() < MAX_BATCH_COMMANDS && self.bytes + bytes <= MAX_BATCH_BYTES
+    }
+
+    fn push(&mut self, command: Gathered) {
+        self.bytes += command.payload.len();
+        self.commands.push(command);
     }
 
     fn into_work(self) -> Work {

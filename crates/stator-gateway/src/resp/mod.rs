@@ -8,6 +8,7 @@
 //! # Layout
 //! - [`local`]: commands the gateway answers itself, and how the rest are classified.
 //! - [`connection`]: one client connection, pipelined and answered in order.
+//! - [`pipeline`]: a connection's commands for one partition as one `STATOR.EXEC` write.
 //! - [`cluster`]: the Redis Cluster topology commands (`CLUSTER SLOTS`, ...) from the map.
 //! - [`command_table`]: `COMMAND` with every command's key positions.
 //! - [`auth`]: `expose.auth` passwords and ACL users, AUTH, ACL, protected mode.
@@ -27,6 +28,7 @@ pub mod connection;
 mod glob;
 pub mod keyspace;
 pub(crate) mod local;
+pub(crate) mod pipeline;
 pub mod pubsub;
 mod resp3;
 pub mod tls;
@@ -76,8 +78,8 @@ pub trait Backend: Send + Sync + 'static {
         payload: Vec<u8>,
     ) -> impl Future<Output = Vec<u8>> + Send;
 
-    /// Answers consecutive commands of one connection on `slot` of
-    /// `routes.partitions[partition]`, strictly in order, one reply each. Called only
+    /// Answers commands of one connection on `routes.partitions[partition]` (all on
+    /// `slot`, unless [`Backend::batches_partitions`]), strictly in order, one reply each. Called only
     /// when [`Backend::pipelines_slots`] is true; the default runs them one by one.
     fn execute_batch(
         &self,
@@ -102,6 +104,13 @@ pub trait Backend: Send + Sync + 'static {
     /// [`Backend::execute_batch`] (the backend keeps their order). `false`: one command
     /// per slot per connection at a time.
     fn pipelines_slots(&self) -> bool {
+        false
+    }
+
+    /// With [`Backend::pipelines_slots`]: whether one [`Backend::execute_batch`] may carry
+    /// commands on any slots of its partition (`false`: all on one slot, the `slot`
+    /// argument).
+    fn batches_partitions(&self) -> bool {
         false
     }
 

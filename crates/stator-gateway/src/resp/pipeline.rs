@@ -1,0 +1,178 @@
+//! A gateway connection's pipelined commands for one partition, sent as one write.
+//!
+//! The replicas give no order between requests that are in flight together, so the
+//! gateway cannot simply send a connection's pipelined `HSET h ...`, `HSET h ...` side by
+//! side. Instead the commands of one read bound for one partition travel as ONE
+//! `STATOR.EXEC` write (the kv machine's transaction entry, no watched keys): one session
+//! sequence number (exactly once, retried whole on a leader change), one Raft entry, the
+//! commands applied in the order sent, one reply each. The encoding splices each command's
+//! RESP array as received (no re-parsing): `*<n>` becomes the bulk `<argc>` of
+//! `STATOR.EXEC 0 [<argc> <arg>...]...`.
+//!
+//! A batch of reads only needs no order among its commands (a read changes nothing
+//! another read sees), so [`all_reads`] batches are sent as separate concurrent reads and
+//! keep the replicas' cheap read path.
+
+use stator_kv::transaction::EXEC_COMMAND;
+use stator_kv::{parse_reply, queued_command_error, Value};
+use stator_replication::RequestKind;
+
+/// Whether `argv` may travel inside a pipeline batch: the kv machine would queue it in a
+/// transaction (known, right arity) and it is not a blocking pop (inside `STATOR.EXEC` a
+/// blocking pop does not block). Anything else is sent alone, so its own reply (an error,
+/// or the blocking wait) is exactly what a single command gets.
+pub(crate) fn may_batch(argv: &[Vec<u8>]) -> bool {
+    const BLOCKING: &[&str] = &[
+        "blpop",
+        "brpop",
+        "blmove",
+        "brpoplpush",
+        "bzpopmin",
+        "bzpopmax",
+        "blmpop",
+        "bzmpop",
+    ];
+    let Some(name) = argv.first() else {
+        return false;
+    };
+    !BLOCKING
+        .iter()
+        .any(|b| name.eq_ignore_ascii_case(b.as_bytes()))
+        && queued_command_error(argv).is_none()
+}
+
+/// Whether every command of a batch is a read (sent concurrently, not as one write).
+pub(crate) fn all_reads(commands: &[(RequestKind, Vec<u8>)]) -> bool {
+    commands.iter().all(|(kind, _)| *kind != RequestKind::Write)
+}
+
+/// `STATOR.EXEC 0 [<argc> <arg>...]...` for `commands`, each a RESP array of bulk
+/// strings (as the connection forwards them), in order.
+pub(crate) fn encode(commands: &[(RequestKind, Vec<u8>)]) -> Vec<u8> {
+    let mut body_len = 0;
+    let mut elements = 2;
+    for (_, payload) in commands {
+        body_len += payload.len() + 8;
+        elements += 1 + array_len(payload).map_or(0, |(n, _)| n);
+    }
+    let mut out = Vec::with_capacity(body_len + 64);
+    push_header(&mut out, b'*', elements);
+    push_bulk(&mut out, EXEC_COMMAND.as_bytes());
+    push_bulk(&mut out, b"0");
+    for (_, payload) in commands {
+        let (argc, header) = array_len(payload).expect("a forwarded command is a RESP array");
+        push_bulk(&mut out, itoa(argc).as_bytes());
+        out.extend_from_slice(&payload[header..]);
+    }
+    out
+}
+
+/// The replies of a batch of `count` commands from the reply to its `STATOR.EXEC`: the
+/// elements of the array, as bytes. Any other reply (the partition had no leader within
+/// the deadline, a migration moved a slot, the data budget is full) is the reply of every
+/// command of the batch.
+pub(crate) fn split(reply: Vec<u8>, count: usize) -> Vec<Vec<u8>> {
+    if let Some((n, mut at)) = array_len(&reply).filter(|(n, _)| *n == count) {
+        let mut replies = Vec::with_capacity(n);
+        while replies.len() < n {
+            match parse_reply(&reply[at..]) {
+                Ok(Some((_, used))) => {
+                    replies.push(reply[at..at + used].to_vec());
+                    at += used;
+                }
+                _ => break,
+            }
+        }
+        if replies.len() == n && at == reply.len() {
+            return replies;
+        }
+    }
+    if reply.first() == Some(&b'-') {
+        return vec![reply; count];
+    }
+    let error = Value::error(
+        "ERR internal gateway error: a partition answered a pipeline batch with a reply the gateway cannot split; the writes of this batch may or may not have been applied",
+    )
+    .to_bytes();
+    vec![error; count]
+}
+
+/// `(n, header length)` of a RESP array header `*<n>\r\n` at the start of `bytes`.
+fn array_len(bytes: &[u8]) -> Option<(usize, usize)> {
+    if bytes.first() != Some(&b'*') {
+        return None;
+    }
+    let end = bytes.iter().position(|&b| b == b'\r')?;
+    if bytes.get(end + 1) != Some(&b'\n') {
+        return None;
+    }
+    let n: usize = std::str::from_utf8(&bytes[1..end]).ok()?.parse().ok()?;
+    Some((n, end + 2))
+}
+
+fn push_header(out: &mut Vec<u8>, kind: u8, n: usize) {
+    out.push(kind);
+    out.extend_from_slice(itoa(n).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_bulk(out: &mut Vec<u8>, bytes: &[u8]) {
+    push_header(out, b'$', bytes.len());
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn itoa(n: usize) -> String {
+    n.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stator_kv::{encode_command, encode_exec, parse_command};
+
+    #[test]
+    fn encodes_what_encode_exec_builds() {
+        let commands = [
+            vec![b"SET".to_vec(), b"k".to_vec(), b"v".to_vec()],
+            vec![b"HSET".to_vec(), b"h".to_vec(), b"f".to_vec(), b"".to_vec()],
+            vec![b"GET".to_vec(), b"k".to_vec()],
+        ];
+        let batch: Vec<_> = commands
+            .iter()
+            .map(|argv| (RequestKind::Write, encode_command(argv)))
+            .collect();
+        let expected = encode_command(&encode_exec(&[], &commands));
+        assert_eq!(encode(&batch), expected);
+        let (argv, used) = parse_command(&encode(&batch)).unwrap().unwrap();
+        assert_eq!(used, expected.len());
+        assert_eq!(argv[0], b"STATOR.EXEC");
+    }
+
+    #[test]
+    fn splits_an_array_reply_and_repeats_an_error() {
+        let reply = b"*3\r\n+OK\r\n:1\r\n*2\r\n$1\r\na\r\n$-1\r\n".to_vec();
+        assert_eq!(
+            split(reply, 3),
+            vec![
+                b"+OK\r\n".to_vec(),
+                b":1\r\n".to_vec(),
+                b"*2\r\n$1\r\na\r\n$-1\r\n".to_vec()
+            ]
+        );
+        let error = b"-TRYAGAIN no leader\r\n".to_vec();
+        assert_eq!(split(error.clone(), 2), vec![error.clone(), error]);
+        assert!(split(b"*1\r\n+OK\r\n".to_vec(), 2)[0].starts_with(b"-ERR internal"));
+    }
+
+    #[test]
+    fn blocking_pops_and_bad_arity_go_alone() {
+        let argv = |words: &[&str]| -> Vec<Vec<u8>> {
+            words.iter().map(|w| w.as_bytes().to_vec()).collect()
+        };
+        assert!(may_batch(&argv(&["set", "k", "v"])));
+        assert!(!may_batch(&argv(&["set", "k"])));
+        assert!(!may_batch(&argv(&["BLPOP", "l", "0"])));
+        assert!(!may_batch(&argv(&["nosuchcommand", "k"])));
+    }
+}
