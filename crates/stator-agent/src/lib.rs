@@ -221,6 +221,12 @@ async fn run_incarnation(
         .with_containers(containers);
     let interval = Duration::from_millis(registration.heartbeat_interval_ms.max(50));
 
+    // Heartbeats and reconciling run side by side in this task: a pass that creates
+    // hundreds of replicas (a 1,000-partition service placed at once) takes seconds, and a
+    // heartbeat waiting behind it would let the server's grace run out and declare this
+    // node lost. The heartbeat hands the latest assignments over; the reconciler works on
+    // the newest it has (level-triggered: an older set it never got to is simply skipped).
+    let (desired_tx, mut desired_rx) = tokio::sync::watch::channel(None);
     let heartbeat_loop = async {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -235,9 +241,7 @@ async fn run_incarnation(
             };
             match server.heartbeat(&beat).await {
                 Ok(assignments) => {
-                    replicas.reconcile(&assignments.replicas).await;
-                    resp.reconcile(&assignments.cluster).await;
-                    supervisor.reconcile(&assignments.instances).await;
+                    desired_tx.send_replace(Some(assignments));
                 }
                 Err(server::ServerCallError::Refused { status: 404, .. }) => {
                     return Ended::Forgotten
@@ -247,11 +251,24 @@ async fn run_incarnation(
             }
         }
     };
+    let reconcile_loop = async {
+        while desired_rx.changed().await.is_ok() {
+            let Some(assignments) = desired_rx.borrow_and_update().clone() else {
+                continue;
+            };
+            replicas.reconcile(&assignments.replicas).await;
+            resp.reconcile(&assignments.cluster).await;
+            supervisor.reconcile(&assignments.instances).await;
+        }
+        // The sender lives as long as the heartbeat loop, which ends the select first.
+        std::future::pending::<Ended>().await
+    };
     let ended = tokio::select! {
         // Shutdown first: a stopping agent must not start new work.
         biased;
         _ = shutdown.as_mut() => Ended::Shutdown,
         ended = heartbeat_loop => ended,
+        ended = reconcile_loop => ended,
     };
     resp.shutdown();
     bus_cancel.cancel();
