@@ -12,7 +12,6 @@ mod common;
 use common::*;
 use stator_api::slot::partition_of_key;
 use stator_kv::{encode_command, Value};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -102,56 +101,21 @@ async fn sequential(addr: std::net::SocketAddr, commands: &[Vec<String>]) -> Vec
     replies
 }
 
-/// A `redis-server` on a free loopback port, killed on drop.
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> Option<RedisServer> {
-        let found = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if !found {
-            assert!(
-                std::env::var("STATOR_REQUIRE_ALL").as_deref() != Ok("1"),
-                "STATOR_REQUIRE_ALL=1 but redis-server is not installed (apt-get install redis-server)"
-            );
-            println!("SKIPPED: redis-server not installed; comparing with a sequential run through the gateway instead");
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let server = RedisServer { child, port };
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(server)
+/// A `redis-server` to compare with, or `None` (SKIPPED) when it is not installed.
+async fn redis_server() -> Option<stator_harness::servers::Servers> {
+    if !stator_harness::installed("redis-server") {
+        assert!(
+            std::env::var("STATOR_REQUIRE_ALL").as_deref() != Ok("1"),
+            "STATOR_REQUIRE_ALL=1 but redis-server is not installed (apt-get install redis-server)"
+        );
+        println!("SKIPPED: redis-server not installed; comparing with a sequential run through the gateway instead");
+        return None;
     }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    Some(
+        stator_harness::servers::start_redis()
+            .await
+            .expect("start redis-server"),
+    )
 }
 
 fn assert_same(got: &[Value], expected: &[Value], commands: &[Vec<String>], against: &str) {
@@ -170,9 +134,9 @@ async fn pipelined_mixed_commands_match_a_sequential_run() {
     let setup = setup(3, false).await;
     let commands = mixed_commands("p:");
     let through_gateway = pipelined(setup.resp_addr, &commands).await;
-    match RedisServer::start() {
+    match redis_server().await {
         Some(redis) => {
-            let addr = ([127, 0, 0, 1], redis.port).into();
+            let addr = redis.endpoints[0].parse().expect("a socket address");
             let expected = sequential(addr, &commands).await;
             assert_same(&through_gateway, &expected, &commands, "redis-server");
         }

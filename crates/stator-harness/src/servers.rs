@@ -42,6 +42,32 @@ pub async fn start_etcd(members: usize) -> anyhow::Result<LocalEtcd> {
 /// One linearizable put through etcd's v3 JSON gateway.
 pub use crate::etcd::put as etcd_put;
 
+/// Starts one `redis-server` (no persistence) and returns once it answers `PING`.
+pub async fn start_redis() -> anyhow::Result<Servers> {
+    if !installed("redis-server") {
+        bail!("redis-server not installed (apt-get install redis-server)");
+    }
+    let port = free_port()?;
+    let mut servers = Servers {
+        children: Vec::new(),
+        _dir: tempfile::tempdir()?,
+        endpoints: vec![format!("127.0.0.1:{port}")],
+    };
+    servers.children.push(spawn_redis(port, &servers, &[])?);
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(mut conn) = Connection::connect(servers.endpoints[0].as_str()).await {
+            if conn.call(&["PING"]).await.is_ok() {
+                return Ok(servers);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("redis-server did not answer within {START_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Starts a Redis primary and one replica; returns the primary's address once the
 /// replica is in sync.
 pub async fn start_redis_with_replica() -> anyhow::Result<Servers> {
@@ -55,36 +81,13 @@ pub async fn start_redis_with_replica() -> anyhow::Result<Servers> {
         _dir: dir,
         endpoints: vec![format!("127.0.0.1:{primary}")],
     };
-    for (port, extra) in [
-        (primary, vec![]),
-        (
-            replica,
-            vec![
-                "--replicaof".to_string(),
-                "127.0.0.1".into(),
-                primary.to_string(),
-            ],
-        ),
-    ] {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(servers._dir.path())
-            .args(["--dbfilename", &format!("dump-{port}.rdb")])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting redis-server")?;
+    let replica_of = [
+        "--replicaof".to_string(),
+        "127.0.0.1".into(),
+        primary.to_string(),
+    ];
+    for (port, extra) in [(primary, &[][..]), (replica, &replica_of[..])] {
+        let child = spawn_redis(port, &servers, extra)?;
         servers.children.push(child);
     }
     let deadline = Instant::now() + START_TIMEOUT;
@@ -104,4 +107,19 @@ pub async fn start_redis_with_replica() -> anyhow::Result<Servers> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// One `redis-server` on loopback `port`, without persistence, its files in `servers`' dir.
+fn spawn_redis(port: u16, servers: &Servers, extra: &[String]) -> anyhow::Result<Child> {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(servers._dir.path())
+        .args(["--dbfilename", &format!("dump-{port}.rdb")])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting redis-server")
 }
