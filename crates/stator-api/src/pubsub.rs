@@ -38,9 +38,10 @@ pub enum BusPeerKind {
     Agent,
 }
 
-/// One peer's registration, refreshed about once a second.
+/// One peer: what it registers about itself (about once a second) and, unchanged, what
+/// the registry answers about it to every peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BusRegistration {
+pub struct BusPeer {
     /// Random id the peer picked at start (a restart is a new peer).
     pub id: String,
     /// `host:port` of its bus listener, as other peers dial it.
@@ -56,6 +57,9 @@ pub struct BusRegistration {
     pub subscribers: BTreeMap<String, SubscriberSummary>,
 }
 
+/// A peer's registration is the peer as it describes itself.
+pub type BusRegistration = BusPeer;
+
 /// How many connections of one peer subscribe to what, for one service.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscriberSummary {
@@ -68,23 +72,6 @@ pub struct SubscriberSummary {
     /// Pattern subscriptions (`PSUBSCRIBE`), counted as `PUBSUB NUMPAT` counts them.
     #[serde(default)]
     pub patterns: u64,
-}
-
-/// One live peer, as the registry answers it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BusPeer {
-    /// The peer's id.
-    pub id: String,
-    /// Where to dial it.
-    pub addr: String,
-    /// Gateway or agent.
-    pub kind: BusPeerKind,
-    /// Its node (agents).
-    #[serde(default)]
-    pub node_id: Option<NodeId>,
-    /// What it reported of its subscribers.
-    #[serde(default)]
-    pub subscribers: BTreeMap<String, SubscriberSummary>,
 }
 
 /// The registry's answer: every live peer (the caller included) and the notification

@@ -932,16 +932,7 @@ mod tests {
     impl Registrar for FakeRegistry {
         async fn register(&self, registration: &BusRegistration) -> Result<BusView, String> {
             let mut peers = self.0.lock().unwrap();
-            peers.insert(
-                registration.id.clone(),
-                BusPeer {
-                    id: registration.id.clone(),
-                    addr: registration.addr.clone(),
-                    kind: registration.kind,
-                    node_id: registration.node_id,
-                    subscribers: registration.subscribers.clone(),
-                },
-            );
+            peers.insert(registration.id.clone(), registration.clone());
             let relays = self.1.lock().unwrap();
             Ok(BusView {
                 peers: peers

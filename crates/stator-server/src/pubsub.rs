@@ -58,14 +58,8 @@ impl BusRegistry {
             summary.channels.truncate(MAX_REPORTED_CHANNELS);
             summary.shard_channels.truncate(MAX_REPORTED_CHANNELS);
         }
-        let peer = BusPeer {
-            id: registration.id.clone(),
-            addr: registration.addr,
-            kind: registration.kind,
-            node_id: registration.node_id,
-            subscribers: registration.subscribers,
-        };
-        self.peers.insert(registration.id, (peer, now_ms));
+        self.peers
+            .insert(registration.id.clone(), (registration, now_ms));
         Ok(self.view())
     }
 
