@@ -22,8 +22,9 @@ pub const MAX_SEARCH_STEPS_PER_KEY: u64 = 10_000_000;
 /// giving up with `undetermined`: bounded so a long history cannot exhaust the machine.
 pub const MAX_CACHE_BYTES_PER_KEY: usize = 256 * 1024 * 1024;
 
-/// Rough bookkeeping cost of one cache entry beyond its bitset (hash slot, Vec header).
-const CACHE_ENTRY_OVERHEAD_BYTES: usize = 48;
+/// Rough cost of one cache entry: the 128-bit fingerprint of the linearized set, the
+/// value, and the hash table's slot and control byte at its usual load.
+const CACHE_ENTRY_BYTES: usize = 48;
 
 /// Outcome for the whole history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -276,10 +277,14 @@ impl<'a, 'ops> Search<'a, 'ops> {
 
     fn run(mut self, names: &[Option<&str>], limits: SearchLimits) -> KeyVerdict {
         let head = self.entries.len();
-        let words = self.ops.len().div_ceil(64).max(1);
-        let entry_cost_bytes = words * 8 + CACHE_ENTRY_OVERHEAD_BYTES;
-        let mut linearized = vec![0u64; words];
-        let mut cache: HashSet<(Vec<u64>, ValueId)> = HashSet::new();
+        // The cache holds a Zobrist fingerprint of the linearized set instead of the set
+        // itself, kept up to date in O(1) per step: a bitset per entry costs n/8 bytes, so
+        // a 30-minute soak's 130,000 operations per key filled the cache after ~16,000
+        // entries. A false match needs two different sets with the same 128-bit XOR; it
+        // could only prune a branch (a false anomaly, never a false ok).
+        let keys: Vec<u128> = (0..self.ops.len() as u64).map(zobrist_key).collect();
+        let mut linearized: u128 = 0;
+        let mut cache: HashSet<(u128, ValueId)> = HashSet::new();
         // (call entry, value before it) for every operation linearized so far.
         let mut stack: Vec<(usize, ValueId)> = Vec::new();
         let mut state = NULL_VALUE;
@@ -317,9 +322,9 @@ impl<'a, 'ops> Search<'a, 'ops> {
                     None
                 };
                 if let Some(next_state) = next_state {
-                    linearized[op / 64] |= 1 << (op % 64);
-                    if cache.insert((linearized.clone(), next_state)) {
-                        if cache.len().saturating_mul(entry_cost_bytes) > limits.max_cache_bytes {
+                    linearized ^= keys[op];
+                    if cache.insert((linearized, next_state)) {
+                        if cache.len().saturating_mul(CACHE_ENTRY_BYTES) > limits.max_cache_bytes {
                             return KeyVerdict::Undetermined {
                                 reason: format!(
                                     "search cache exceeded {} bytes over {} operations; \
@@ -338,7 +343,7 @@ impl<'a, 'ops> Search<'a, 'ops> {
                         entry = self.next[head];
                         continue;
                     }
-                    linearized[op / 64] &= !(1 << (op % 64));
+                    linearized ^= keys[op];
                 }
                 entry = self.next[entry];
             } else {
@@ -360,7 +365,7 @@ impl<'a, 'ops> Search<'a, 'ops> {
                     return KeyVerdict::Anomaly(self.explain(&deepest, names));
                 };
                 let placed = self.entries[call].op;
-                linearized[placed / 64] &= !(1 << (placed % 64));
+                linearized ^= keys[placed];
                 if self.ops[placed].return_ns.is_some() {
                     pending_returns += 1;
                 }
@@ -393,6 +398,20 @@ impl<'a, 'ops> Search<'a, 'ops> {
         );
         Anomaly { explanation, ops }
     }
+}
+
+/// The Zobrist key of operation `index`: two rounds of SplitMix64, fixed so a run is
+/// reproducible.
+fn zobrist_key(index: u64) -> u128 {
+    fn splitmix64(seed: u64) -> u64 {
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    let high = splitmix64(index.wrapping_mul(2));
+    let low = splitmix64(index.wrapping_mul(2).wrapping_add(1));
+    (u128::from(high) << 64) | u128::from(low)
 }
 
 /// The furthest the search got before a dead end: the best hint of where the anomaly is.

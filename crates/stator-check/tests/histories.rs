@@ -504,3 +504,44 @@ fn long_history_from_a_real_register_is_ok() {
     let history = simulate(&clients);
     assert_eq!(verdict(&history), Verdict::Ok);
 }
+
+/// A soak-sized history on one key: `rounds` rounds in which 4 clients overlap, each
+/// round two concurrent writes and two reads that overlap both, then a read of the last
+/// write; `stale_last_read` makes the final read return a value overwritten long before.
+fn long_history(rounds: u64, stale_last_read: bool) -> Vec<HistoryEntry> {
+    let mut history = Vec::new();
+    let mut last = String::new();
+    for round in 0..rounds {
+        let t = round * 100;
+        let (a, b) = (format!("a{round}"), format!("b{round}"));
+        history.push(set_ok(0, &a, t, t + 50));
+        history.push(set_ok(1, &b, t + 10, t + 60));
+        history.push(get_ok(2, Some(&a), t + 20, t + 70));
+        history.push(get_ok(3, Some(&b), t + 30, t + 80));
+        last = b;
+    }
+    let t = rounds * 100;
+    let read = if stale_last_read {
+        "a0".to_string()
+    } else {
+        last
+    };
+    history.push(get_ok(2, Some(&read), t, t + 10));
+    history
+}
+
+#[test]
+fn a_soak_sized_history_is_decided_within_the_default_limits() {
+    // 80,000 operations on one key: a bitset per cache entry (10 KB each) used to exhaust
+    // the 256 MiB cache after ~25,000 entries and answer undetermined.
+    let report = check_history(&long_history(20_000, false)).unwrap();
+    assert_eq!(report.keys[KEY], KeyVerdict::Ok);
+    assert_eq!(report.verdict, Verdict::Ok);
+
+    let report = check_history(&long_history(20_000, true)).unwrap();
+    assert!(
+        matches!(report.keys[KEY], KeyVerdict::Anomaly(_)),
+        "a stale final read is found at the end of a long history: {:?}",
+        report.keys[KEY]
+    );
+}
