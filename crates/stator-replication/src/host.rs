@@ -135,6 +135,13 @@ impl WriteQueue {
 /// runs for election this long after the other voters' leader lease has run out (their
 /// last heartbeat came at about the same time as its own; this covers the difference).
 pub const FAST_ELECTION_MARGIN: Duration = Duration::from_millis(15);
+/// How much later than the follower before it in id order each further follower of a
+/// lost leader runs for election, unless it has granted its vote meanwhile: about one
+/// vote round trip on a busy machine. The successor (lowest id) can lose: the other
+/// voters refuse it while it lacks an entry they hold (the leader replicated it to them
+/// first) or while their own lease still runs; the next follower then takes over within
+/// this delay instead of after openraft's election timer (a lease plus a timeout).
+pub const FAST_ELECTION_STAGGER: Duration = Duration::from_millis(20);
 
 /// The instant `last_append_us` counts from.
 fn process_epoch() -> Instant {
@@ -1250,7 +1257,9 @@ impl HostHandler {
 impl Handler for HostHandler {
     /// A leader's host that drops its connection is usually dead (SIGKILL, crash of the
     /// process): its successor runs for election as soon as the lease allows instead of
-    /// after a full election timeout. If the leader lives, its next heartbeat cancels it.
+    /// after a full election timeout, and the other followers in turn if it cannot win
+    /// (see [`elect_after_leader_loss`]). If the leader lives, its next heartbeat cancels
+    /// them.
     ///
     /// Quiet groups hear nothing from a live leader either, so for them the host first
     /// probes the peer (see [`probe_after_disconnect`]).
@@ -1262,7 +1271,9 @@ impl Handler for HostHandler {
             .read()
             .expect("groups lock poisoned")
             .values()
-            .filter(|r| r.quiet.phase() != Phase::Quiet && is_successor(r, me, peer.node_id))
+            .filter(|r| {
+                r.quiet.phase() != Phase::Quiet && succession_rank(r, me, peer.node_id).is_some()
+            })
             .cloned()
             .collect();
         for replica in replicas {
@@ -1345,29 +1356,59 @@ impl Handler for HostHandler {
 /// Whether this follower of `leader` is the voter to succeed it: the lowest id among
 /// the other voters (one candidate, so no split vote), per its metrics.
 fn is_successor(replica: &Replica, me: NodeId, leader: NodeId) -> bool {
+    succession_rank(replica, me, leader) == Some(0)
+}
+
+/// This follower's place in the order in which the other voters take over from
+/// `leader` (0: the successor, the lowest id); `None` when it does not follow `leader`
+/// or is no voter.
+fn succession_rank(replica: &Replica, me: NodeId, leader: NodeId) -> Option<usize> {
     let m = replica.raft.metrics();
     let m = m.borrow();
-    m.state == ServerState::Follower
-        && m.current_leader == Some(leader)
-        && m.membership_config
-            .membership()
-            .voter_ids()
-            .filter(|id| *id != leader)
-            .min()
-            == Some(me)
+    if m.state != ServerState::Follower || m.current_leader != Some(leader) {
+        return None;
+    }
+    let membership = m.membership_config.membership();
+    let mut others: Vec<NodeId> = membership.voter_ids().filter(|id| *id != leader).collect();
+    others.sort_unstable();
+    others.iter().position(|id| *id == me)
+}
+
+/// Whether this replica may still run for election after `leader` went away: it is a
+/// follower still voting for `leader`, or a candidate for itself. Not once it has
+/// granted its vote to another candidate (that one is winning) or follows a new leader.
+fn may_run_after_loss(replica: &Replica, me: NodeId, leader: NodeId) -> bool {
+    let m = replica.raft.metrics();
+    let m = m.borrow();
+    let voted_for = m.vote.leader_id().voted_for();
+    match m.state {
+        ServerState::Follower => voted_for == Some(leader) && m.current_leader == Some(leader),
+        ServerState::Candidate => voted_for == Some(me),
+        _ => false,
+    }
 }
 
 /// Runs for election as soon as the other voters will grant it, unless the leader turns
 /// out to be alive (an AppendEntries arrives) or someone else leads meanwhile. openraft's
 /// own timer would wait a lease plus an election timeout, plus up to a tick.
+///
+/// Followers run in id order, [`FAST_ELECTION_STAGGER`] apart, each only while it has
+/// granted no other candidate its vote: the successor first; the next one if the
+/// successor could not win (it lacked an entry, or a voter's lease still ran). Two
+/// candidates of one term never split the vote: openraft orders votes of one term by
+/// node id, so the higher id wins it.
 async fn elect_after_leader_loss(replica: Arc<Replica>, me: NodeId, leader: NodeId) {
+    let Some(rank) = succession_rank(&replica, me, leader) else {
+        return;
+    };
     let heard_us = replica.last_append_us.load(Ordering::Relaxed);
     let lease_ends = process_epoch() + Duration::from_micros(heard_us) + replica.raft_lease;
-    tokio::time::sleep_until((lease_ends + FAST_ELECTION_MARGIN).into()).await;
+    let runs_at = lease_ends + FAST_ELECTION_MARGIN + FAST_ELECTION_STAGGER * rank as u32;
+    tokio::time::sleep_until(runs_at.into()).await;
     if replica.last_append_us.load(Ordering::Relaxed) == heard_us
-        && is_successor(&replica, me, leader)
+        && may_run_after_loss(&replica, me, leader)
     {
-        tracing::info!(group = %replica.group, leader, "leader's host went away: running for election");
+        tracing::info!(group = %replica.group, leader, rank, "leader's host went away: running for election");
         replica.quiet.wake(&replica.raft);
         let _ = replica.raft.trigger().elect().await;
     }

@@ -485,3 +485,55 @@ async fn a_batch_is_served_in_order() {
         }
     }
 }
+
+/// The leader's host dies while the successor it would hand over to (the lowest id)
+/// lags: the other follower holds writes the successor lacks, so the successor's fast
+/// election fails. The other follower runs next and wins, with openraft's election
+/// timers off on both followers: without that turn nobody would ever lead again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_successor_leaves_the_fast_election_to_the_next_follower() {
+    let (mut cluster, _members) = three_hosts().await;
+    let leader = cluster.leader(GROUP).await;
+    let followers: Vec<_> = cluster
+        .hosts
+        .keys()
+        .copied()
+        .filter(|id| *id != leader)
+        .collect();
+    let (successor, next) = (followers[0], followers[1]);
+    for id in &followers {
+        let replica = cluster.hosts[id].replica(GROUP).unwrap();
+        replica.raft.runtime_config().elect(false);
+    }
+    cluster
+        .faults
+        .cut(&cluster.addrs[&leader], &cluster.addrs[&successor]);
+    for i in 0..5 {
+        let reply = cluster.hosts[&leader]
+            .serve_client(
+                GROUP,
+                ClientRequest {
+                    client_id: 0,
+                    seq: 0,
+                    kind: RequestKind::Write,
+                    payload: encode_op(&RegisterOp::Set("k".into(), format!("v{i}"))),
+                },
+            )
+            .await;
+        assert!(matches!(reply, ClientReply::Ok(_)), "{reply:?}");
+    }
+    cluster.kill(leader).await;
+    cluster.faults.heal();
+    assert_eq!(
+        cluster.leader(GROUP).await,
+        next,
+        "only the follower holding every write can win"
+    );
+    let reply = cluster.hosts[&next]
+        .serve_client(GROUP, register_read("k"))
+        .await;
+    let ClientReply::Ok(bytes) = reply else {
+        panic!("read failed: {reply:?}")
+    };
+    assert_eq!(decode_reply(&bytes).as_deref(), Some("v4"));
+}
