@@ -100,6 +100,7 @@
 
 mod app;
 pub mod budget;
+mod binlibs;
 mod cjson;
 pub mod command;
 mod keyspace;
@@ -121,5 +122,8 @@ pub use command::{
 pub use machine::KvMachine;
 pub use ops::{MAX_CACHED_SCRIPTS, MAX_FUNCTION_LIBRARIES};
 pub use resp::{encode_command, parse_command, parse_reply, Argv, RespError, Value};
-pub use script_acl::{encode_script_acl, is_script_command, runs_script};
+pub use script_acl::{
+    command_in_category, encode_script_acl, encode_script_rights, is_script_command, runs_script,
+    CommandRights,
+};
 pub use transaction::{encode_exec, queued_command_error};

@@ -59,6 +59,9 @@ pub struct KvMachine {
     /// [`crate::script_acl`]); `None` otherwise. Never in a snapshot: it lives for one
     /// command.
     pub(crate) script_key_patterns: Option<Vec<Vec<u8>>>,
+    /// The caller's command rules while a `STATOR.ACLKEYS ... RIGHTS` script command runs;
+    /// `None` otherwise (and never in a snapshot).
+    pub(crate) script_rights: Option<crate::script_acl::CommandRights>,
 }
 
 /// Units of an expiry argument.
@@ -148,7 +151,18 @@ impl KvMachine {
             if inner_spec.kind != CommandKind::Read {
                 return changes_state(inner_spec);
             }
-            return self.script_read_scoped(now_ms, inner_spec, inner, Some(layout.patterns));
+            let rights = match layout.rights.map(crate::script_acl::CommandRights::parse) {
+                None => None,
+                Some(Ok(rights)) => Some(rights),
+                Some(Err(message)) => return malformed_rights(&message),
+            };
+            return self.script_read_scoped(
+                now_ms,
+                inner_spec,
+                inner,
+                Some(layout.patterns),
+                rights,
+            );
         }
         if spec.kind != CommandKind::Read {
             return changes_state(spec);
@@ -778,6 +792,15 @@ pub(crate) fn unknown_command(argv: &[Vec<u8>]) -> Value {
     }
     Value::error(format!(
         "ERR unknown command '{name}', with args beginning with: {args}"
+    ))
+}
+
+
+/// The reply to a `STATOR.ACLKEYS` wrapper whose command rules do not parse.
+pub(crate) fn malformed_rights(message: &str) -> Value {
+    Value::error(format!(
+        "ERR malformed {} rights: {message}; build the wrapper with stator_kv::encode_script_rights",
+        crate::script_acl::ACL_KEYS_COMMAND
     ))
 }
 
