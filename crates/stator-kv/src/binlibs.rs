@@ -16,6 +16,12 @@ use mlua::{Lua, MultiValue, Table, Value as LuaValue};
 /// fails past it, which is what stops a huge `cmsgpack.unpack` or `struct.unpack`.
 const LUA_MAX_C_STACK: usize = 8000;
 
+/// Most values one `cmsgpack.unpack` or `struct.unpack` returns. Redis' C functions may
+/// return up to 7,999 (Lua's C stack); mlua's callback wrapper keeps some of those slots
+/// for itself and fails near 7,975, so stator stops a little earlier, with Redis' own
+/// "too many" error (a documented difference; use `unpack_one` / `unpack_limit`).
+const MAX_RETURNED_VALUES: usize = 7_970;
+
 /// lua-cmsgpack's `LUACMSGPACK_MAX_NESTING`: tables nested deeper pack as nil.
 const MSGPACK_MAX_NESTING: usize = 16;
 
@@ -360,6 +366,9 @@ fn unpack_full(
     };
     let mut values = Vec::new();
     while !cursor.bytes.is_empty() && (values.len() as i64) < limit {
+        if values.len() + usize::from(!decode_all) >= MAX_RETURNED_VALUES {
+            return Err(raise(lua, TOO_MANY_VALUES.into()));
+        }
                 match decode(lua, &mut cursor, stack_base + values.len()) {
             Ok(value) => values.push(value),
             Err(Stop::MissingBytes) => return Err(raise(lua, "Missing bytes in input.".into())),
@@ -853,7 +862,7 @@ fn struct_unpack(lua: &Lua, args: &[LuaValue]) -> mlua::Result<MultiValue> {
             return Err(too_short());
         }
         // The stack holds the format, the data and the results.
-        if 2 + results.len() + 1 > LUA_MAX_C_STACK {
+        if 2 + results.len() + 1 > LUA_MAX_C_STACK || results.len() + 1 >= MAX_RETURNED_VALUES {
             return Err(raise(lua, "stack overflow (too many results)".into()));
         }
         let item = &data[pos..pos + size];
