@@ -215,7 +215,7 @@ impl KvMachine {
                 let Some(entry) = self.live(&argv[1], now_ms) else {
                     return Value::Integer(-2);
                 };
-                let Some(at_ms) = entry.expires_at_ms else {
+                let Some(at_ms) = entry.expires_at_ms() else {
                     return Value::Integer(-1);
                 };
                 let remaining_ms = at_ms.saturating_sub(now_ms) as i64;
@@ -229,7 +229,7 @@ impl KvMachine {
                 let Some(entry) = self.live(&argv[1], now_ms) else {
                     return Value::Integer(-2);
                 };
-                match entry.expires_at_ms {
+                match entry.expires_at_ms() {
                     None => Value::Integer(-1),
                     Some(at_ms) if spec.command == C::ExpireTime => {
                         Value::Integer((at_ms / 1000) as i64)
@@ -419,7 +419,7 @@ impl KvMachine {
             C::Persist => {
                 let has_expiry = self
                     .live(&argv[1], now_ms)
-                    .is_some_and(|entry| entry.expires_at_ms.is_some());
+                    .is_some_and(|entry| entry.expires_at_ms().is_some());
                 if has_expiry {
                     self.keyspace.set_expiry(&argv[1], None);
                 }
@@ -671,7 +671,7 @@ impl KvMachine {
         let Some(entry) = self.live(&argv[1], now_ms) else {
             return Value::Integer(0);
         };
-        let current_ms = entry.expires_at_ms.map(|at| at as i128);
+        let current_ms = entry.expires_at_ms().map(|at| at as i128);
         // No TTL counts as an infinite one: GT never beats it, LT always does.
         let refused = match current_ms {
             None => xx || gt,

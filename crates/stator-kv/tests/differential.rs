@@ -1190,6 +1190,22 @@ impl Run {
                 "DIFFERENCE #{}: {:?}\n  stator: {ours:?}\n  redis:  {theirs:?}\n  after: {recent:#?}",
                 self.differences, argv
             );
+            // What redis-server holds now, so the difference can be replayed by hand.
+            for key in KEYS {
+                let kind = self.redis.call(&bytes(&["TYPE".into(), (*key).into()]));
+                let read: &[&str] = match &kind {
+                    Value::Simple(kind) if kind == "string" => &["GET"],
+                    Value::Simple(kind) if kind == "list" => &["LRANGE", "0", "-1"],
+                    Value::Simple(kind) if kind == "set" => &["SMEMBERS"],
+                    Value::Simple(kind) if kind == "zset" => &["ZRANGE", "0", "-1", "WITHSCORES"],
+                    Value::Simple(kind) if kind == "hash" => &["HGETALL"],
+                    _ => continue,
+                };
+                let mut argv: Vec<String> = vec![read[0].into(), (*key).into()];
+                argv.extend(read[1..].iter().map(|word| word.to_string()));
+                let content = self.redis.call(&bytes(&argv));
+                println!("  redis {key}: {kind:?} {content:?}");
+            }
         }
     }
 
