@@ -112,7 +112,12 @@ fn bad_type(
     got: Option<&LuaValue>,
 ) -> mlua::Error {
     let got = got.map_or("no value", type_name);
-    bad_argument(lua, index, function, &format!("{expected} expected, got {got}"))
+    bad_argument(
+        lua,
+        index,
+        function,
+        &format!("{expected} expected, got {got}"),
+    )
 }
 
 /// `luaL_argerror`.
@@ -344,8 +349,7 @@ fn unpack_full(
             lua,
             format!(
                 "Invalid request to unpack with offset of {} and limit of {}.",
-                offset as i32,
-                len as i32
+                offset as i32, len as i32
             ),
         ));
     } else if offset as u64 > len as u64 {
@@ -353,8 +357,7 @@ fn unpack_full(
             lua,
             format!(
                 "Start offset {} greater than input length {}.",
-                offset as i32,
-                len as i32
+                offset as i32, len as i32
             ),
         ));
     }
@@ -369,7 +372,7 @@ fn unpack_full(
         if values.len() + usize::from(!decode_all) >= MAX_RETURNED_VALUES {
             return Err(raise(lua, TOO_MANY_VALUES.into()));
         }
-                match decode(lua, &mut cursor, stack_base + values.len()) {
+        match decode(lua, &mut cursor, stack_base + values.len()) {
             Ok(value) => values.push(value),
             Err(Stop::MissingBytes) => return Err(raise(lua, "Missing bytes in input.".into())),
             Err(Stop::BadFormat) => return Err(raise(lua, "Bad data format in input.".into())),
@@ -411,7 +414,9 @@ impl<'a> Cursor<'a> {
     /// The big-endian number in the `len` bytes after the type byte.
     fn be(&mut self, len: usize) -> Result<u64, Stop> {
         let bytes = self.take(1, len)?;
-        Ok(bytes.iter().fold(0u64, |acc, byte| acc << 8 | u64::from(*byte)))
+        Ok(bytes
+            .iter()
+            .fold(0u64, |acc, byte| acc << 8 | u64::from(*byte)))
     }
 }
 
@@ -729,10 +734,7 @@ impl Format {
             b'!' => {
                 let align = self.number(lua, STRUCT_MAX_ALIGN)?;
                 if !align.is_power_of_two() {
-                    return Err(raise(
-                        lua,
-                        format!("alignment {align} is not a power of 2"),
-                    ));
+                    return Err(raise(lua, format!("alignment {align} is not a power of 2")));
                 }
                 self.align = align;
             }
@@ -929,7 +931,12 @@ fn struct_size(lua: &Lua, args: &[LuaValue]) -> mlua::Result<f64> {
         if option == b's' {
             return Err(bad_argument(lua, 1, "size", "option 's' has no fixed size"));
         } else if option == b'c' && size == 0 {
-            return Err(bad_argument(lua, 1, "size", "option 'c0' has no fixed size"));
+            return Err(bad_argument(
+                lua,
+                1,
+                "size",
+                "option 'c0' has no fixed size",
+            ));
         }
         if !option.is_ascii_alphanumeric() {
             format.control(lua, option, "size")?;

@@ -104,8 +104,8 @@
 //! [`encode_exec`]; commands are checked as they are queued with [`queued_command_error`].
 
 mod app;
-pub mod budget;
 mod binlibs;
+pub mod budget;
 mod cjson;
 pub mod command;
 mod keyspace;

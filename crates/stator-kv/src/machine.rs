@@ -795,7 +795,6 @@ pub(crate) fn unknown_command(argv: &[Vec<u8>]) -> Value {
     ))
 }
 
-
 /// The reply to a `STATOR.ACLKEYS` wrapper whose command rules do not parse.
 pub(crate) fn malformed_rights(message: &str) -> Value {
     Value::error(format!(

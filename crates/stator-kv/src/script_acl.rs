@@ -344,13 +344,26 @@ mod tests {
             assert!(AclKeysLayout::parse(&bad).is_err(), "{bad:?}");
         }
         let rights = CommandRights::parse(&["-@all", "+get", "+@read", "-hgetall"]).unwrap();
-        let wrapped_rights =
-            encode_script_rights(&argv(&["*"]), Some(&rights), &argv(&["EVAL", "return 1", "0"]));
+        let wrapped_rights = encode_script_rights(
+            &argv(&["*"]),
+            Some(&rights),
+            &argv(&["EVAL", "return 1", "0"]),
+        );
         assert_eq!(
             wrapped_rights,
             argv(&[
-                "STATOR.ACLKEYS", "1", "*", "RIGHTS", "4", "-@all", "+get", "+@read", "-hgetall",
-                "EVAL", "return 1", "0"
+                "STATOR.ACLKEYS",
+                "1",
+                "*",
+                "RIGHTS",
+                "4",
+                "-@all",
+                "+get",
+                "+@read",
+                "-hgetall",
+                "EVAL",
+                "return 1",
+                "0"
             ])
         );
         let layout = AclKeysLayout::parse(&wrapped_rights).unwrap();
@@ -362,8 +375,20 @@ mod tests {
         assert!(!parsed.allows("hgetall", CommandKind::Read));
         assert!(!parsed.allows("set", CommandKind::Write));
         assert!(!parsed.allows_everything());
-        assert!(AclKeysLayout::parse(&argv(&["STATOR.ACLKEYS", "0", "RIGHTS", "2", "+get", "EVAL", "return 1", "0"])).is_err());
-        assert!(CommandRights::parse(&["+@nosuch"]).unwrap_err().contains("@read"));
+        assert!(AclKeysLayout::parse(&argv(&[
+            "STATOR.ACLKEYS",
+            "0",
+            "RIGHTS",
+            "2",
+            "+get",
+            "EVAL",
+            "return 1",
+            "0"
+        ]))
+        .is_err());
+        assert!(CommandRights::parse(&["+@nosuch"])
+            .unwrap_err()
+            .contains("@read"));
         assert!(CommandRights::parse(&["get"]).is_err());
         assert!(is_script_command(&argv(&["fcall_ro", "f", "0"])));
         assert!(!is_script_command(&argv(&["GET", "k"])));

@@ -414,21 +414,37 @@ fn scripts_of_acl_users_run_only_their_commands() {
         machine.apply_argv(1_000, &set_b_as_reader),
         Value::Error(e) if e.starts_with(SCRIPT_COMMAND_DENIED)
     ));
-    let get_b = as_user(&["a*"], &reader, &["EVAL", "return redis.call('get','b')", "0"]);
+    let get_b = as_user(
+        &["a*"],
+        &reader,
+        &["EVAL", "return redis.call('get','b')", "0"],
+    );
     assert!(matches!(
         machine.apply_argv(1_000, &get_b),
         Value::Error(e) if e.starts_with(SCRIPT_KEY_DENIED)
     ));
     // Categories: `+@read` lets reads through and nothing else.
     let read_only = CommandRights::parse(&["-@all", "+@read"]).unwrap();
-    let query = as_user(&["*"], &read_only, &["EVAL_RO", "return {redis.call('get','b'), redis.pcall('hgetall','b')}", "0"]);
+    let query = as_user(
+        &["*"],
+        &read_only,
+        &[
+            "EVAL_RO",
+            "return {redis.call('get','b'), redis.pcall('hgetall','b')}",
+            "0",
+        ],
+    );
     assert_eq!(command_kind(&query), CommandKind::Read);
     assert!(matches!(
         machine.query_argv(1_000, &query),
         Value::Array(Some(replies)) if replies[0] == Value::bulk("secret")
     ));
     let no_get = CommandRights::parse(&["+@all", "-get"]).unwrap();
-    let refused_query = as_user(&["*"], &no_get, &["EVAL_RO", "return redis.call('get','b')", "0"]);
+    let refused_query = as_user(
+        &["*"],
+        &no_get,
+        &["EVAL_RO", "return redis.call('get','b')", "0"],
+    );
     assert!(matches!(
         machine.query_argv(1_000, &refused_query),
         Value::Error(e) if e.starts_with(SCRIPT_COMMAND_DENIED)
@@ -444,7 +460,9 @@ fn scripts_of_acl_users_run_only_their_commands() {
     );
     assert_eq!(
         machine.apply_argv(1_000, &as_user(&["*"], &no_set, &["FCALL", "f", "0", "b"])),
-        error(&format!("{SCRIPT_COMMAND_DENIED} script: f, on @user_function:2."))
+        error(&format!(
+            "{SCRIPT_COMMAND_DENIED} script: f, on @user_function:2."
+        ))
     );
     let exec = stator_kv::encode_exec(&[], &[as_user(&["*"], &no_set, &["EVAL", set_b, "0"])]);
     assert!(matches!(

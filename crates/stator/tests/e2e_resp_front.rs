@@ -153,7 +153,9 @@ fn password_acl_pubsub_and_resp3_with_real_clients() {
         let noset = |body: &str| {
             redis_cli(
                 port,
-                &["--user", "noset", "--pass", "r3ader", "EVAL", body, "1", "user:1"],
+                &[
+                    "--user", "noset", "--pass", "r3ader", "EVAL", body, "1", "user:1",
+                ],
             )
         };
         let set_in_script = "return redis.call('set', KEYS[1], 'changed')";
