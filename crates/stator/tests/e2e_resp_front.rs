@@ -108,7 +108,7 @@ fn password_acl_pubsub_and_resp3_with_real_clients() {
         );
         assert_eq!(
             redis_cli(port, &["-a", "e2e-secret", "ACL", "USERS"]),
-            "default\nreader\nscripter\nnoset"
+            "default\nnoset\nreader\nscripter"
         );
         // A script reaches only the keys of its user's patterns, whatever its KEYS say.
         let scripter = ["--user", "scripter", "--pass", "r3ader"];
