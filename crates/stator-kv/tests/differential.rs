@@ -1069,6 +1069,10 @@ fn generate(rng: &mut Rng, far_s: u64) -> (Vec<String>, Mode) {
                     _ => a.extend(["STORE".into(), k(rng)]),
                 }
             }
+            // LIMIT over a set left unsorted picks different members: compare the count.
+            if mode == Sorted && a.iter().any(|word| word == "LIMIT") {
+                mode = Shape;
+            }
             (a, mode)
         }
         _ => (vec!["EXISTS".into(), k(rng)], Exact),
@@ -1100,6 +1104,16 @@ fn hscan(name: &str, rng: &mut Rng) -> Vec<String> {
         a.extend(["COUNT".into(), rng.pick(&["1", "5", "100", "0"]).into()]);
     }
     a
+}
+
+/// Redis' `sort.c` checks `errno == ERANGE` after `strtod` without clearing `errno`, so a
+/// numeric SORT may refuse numbers after an earlier call left `ERANGE` behind; stator
+/// sorts them. Whether `argv` answered so.
+fn sort_errno_quirk(argv: &[String], ours: &Value, theirs: &Value) -> bool {
+    matches!(argv[0].to_ascii_uppercase().as_str(), "SORT" | "SORT_RO")
+        && !argv.iter().any(|word| word.eq_ignore_ascii_case("ALPHA"))
+        && *theirs == Value::error("ERR One or more scores can't be converted into double")
+        && !ours.is_error()
 }
 
 fn bytes(argv: &[String]) -> Vec<Vec<u8>> {
@@ -1167,6 +1181,8 @@ struct Run {
     machine: KvMachine,
     redis: Client,
     differences: usize,
+    /// Replies where redis-server itself is at fault (see [`sort_errno_quirk`]).
+    quirks: usize,
     history: Vec<String>,
 }
 
@@ -1243,7 +1259,17 @@ impl Run {
             },
             Mode::FullScan => unreachable!(),
         };
-        if !same {
+        if !same && sort_errno_quirk(argv, &ours, &theirs) {
+            // Redis' SORT reads a stale `errno` (docs/COMPATIBILITY.md, "Open findings"):
+            // count it apart and give Redis the machine's result.
+            self.quirks += 1;
+            println!("REDIS QUIRK (SORT's stale errno): {argv:?} -> stator {ours:?}");
+            if let Some(at) = argv.iter().position(|w| w.eq_ignore_ascii_case("STORE")) {
+                if let Some(destination) = argv.get(at + 1) {
+                    self.copy_list_to_redis(destination);
+                }
+            }
+        } else if !same {
             self.differ(argv, &ours, &theirs);
         }
         if mode == Mode::Pop {
@@ -1285,6 +1311,27 @@ impl Run {
                 // Resynchronise so one divergence is reported once.
                 self.redis.call(&bytes(&["DEL".into(), key.clone()]));
                 self.machine_call(&bytes(&["DEL".into(), key]));
+            }
+        }
+    }
+
+    /// Makes Redis hold the machine's list under `key` (or nothing).
+    fn copy_list_to_redis(&mut self, key: &str) {
+        let items = self.machine_call(&bytes(&[
+            "LRANGE".into(),
+            key.into(),
+            "0".into(),
+            "-1".into(),
+        ]));
+        self.redis.call(&bytes(&["DEL".into(), key.into()]));
+        if let Value::Array(Some(items)) = items {
+            let mut rpush = vec![b"RPUSH".to_vec(), key.as_bytes().to_vec()];
+            rpush.extend(items.into_iter().filter_map(|item| match item {
+                Value::Bulk(Some(item)) => Some(item),
+                _ => None,
+            }));
+            if rpush.len() > 2 {
+                self.redis.call(&rpush);
             }
         }
     }
@@ -1596,6 +1643,7 @@ fn random_commands_answer_as_redis_does() {
         machine: KvMachine::new(),
         redis: Client::connect(server.port),
         differences: 0,
+        quirks: 0,
         history: Vec::new(),
     };
     let far_s = now_ms() / 1000 + 10_000_000;
@@ -1619,9 +1667,10 @@ fn random_commands_answer_as_redis_does() {
         run.differ(&["KEYS".into(), "*".into()], &ours, &theirs);
     }
     println!(
-        "differential: seed {seed}, {commands} commands in {:.1?}, {} differences",
+        "differential: seed {seed}, {commands} commands in {:.1?}, {} differences, {} redis-server quirks (SORT's stale errno)",
         started.elapsed(),
-        run.differences
+        run.differences,
+        run.quirks
     );
     assert_eq!(
         run.differences, 0,
