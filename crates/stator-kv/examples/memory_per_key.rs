@@ -1,4 +1,4 @@
-//! Bytes per small string, hash field and sorted-set member: `KvMachine` (heap bytes
+//! Bytes per small string, hash field, sorted-set member and set member: `KvMachine` (heap bytes
 //! counted by a wrapping allocator) against `redis-server` (`INFO memory` used_memory), in
 //! the same run. `STATOR_MEMORY_ITEMS` sets the count (default 1,000,000).
 //!
@@ -74,6 +74,16 @@ fn workloads() -> Vec<(&'static str, MakeCommand)> {
                     b"ZADD".to_vec(),
                     format!("zset:{}", i / 1000).into_bytes(),
                     format!("{i}").into_bytes(),
+                    format!("member:{i}").into_bytes(),
+                ]
+            }),
+        ),
+        (
+            "set member",
+            Box::new(|i| {
+                vec![
+                    b"SADD".to_vec(),
+                    format!("set:{}", i / 1000).into_bytes(),
                     format!("member:{i}").into_bytes(),
                 ]
             }),

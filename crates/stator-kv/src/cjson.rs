@@ -21,7 +21,7 @@ const DEFAULT_SPARSE_SAFE: i64 = 10;
 
 /// lua-cjson's `luaL_error`: the message prefixed with the calling script's position
 /// (`user_script:1: `), so the script error reply names the line as Redis' does.
-fn raise(lua: &Lua, message: String) -> mlua::Error {
+pub(crate) fn raise(lua: &Lua, message: String) -> mlua::Error {
     let position = lua
         .inspect_stack(1)
         .and_then(|frame| {
@@ -304,7 +304,7 @@ fn trim_fraction(text: &str) -> &str {
 }
 
 /// Lua's type name of a value, as lua-cjson's errors name it.
-fn type_name(value: &LuaValue) -> &'static str {
+pub(crate) fn type_name(value: &LuaValue) -> &'static str {
     match value {
         LuaValue::Nil => "nil",
         LuaValue::Boolean(_) => "boolean",

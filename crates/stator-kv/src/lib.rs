@@ -24,11 +24,14 @@
 //!   FUNCTION and FCALL with the script cache and libraries) plus shared helpers (SCAN
 //!   cursors, Redis' glob matcher, `%.17g` doubles, LMPOP/ZMPOP arguments).
 //! - [`script_acl`]: `STATOR.ACLKEYS`, a script command carrying the caller's ACL key
-//!   patterns, which every `redis.call` of the script is checked against.
+//!   patterns and command rules (`RIGHTS`), which every `redis.call` of the script is
+//!   checked against; the ACL categories, shared with the gateway.
 //! - [`scripting`]: the Lua 5.1 sandbox (mlua, vendored Lua): one VM per run, Redis' Lua
 //!   <-> RESP conversions, the `redis` library, the instruction and memory limits.
 //! - `cjson`: the `cjson` (lua-cjson 2.1.0) and `bit` (Lua BitOp) libraries scripts see,
 //!   with Redis' JSON text, number formatting and error messages.
+//! - `binlibs`: the `cmsgpack` (lua-cmsgpack 0.4.0) and `struct` (lua-struct) libraries,
+//!   with Redis' bytes, numbers, error texts and stack limits.
 //! - [`budget`]: `maxmemory` with the `noeviction` policy: [`budget::MemoryBudget`] and
 //!   Redis' OOM reply, decided in apply from the machine's own byte accounting.
 //! - [`transaction`]: `MULTI ... EXEC` as one `STATOR.EXEC` entry: [`encode_exec`],
@@ -71,9 +74,11 @@
 //!   [`scripting::MAX_SCRIPT_MEMORY_BYTES`] of Lua memory; [`MAX_CACHED_SCRIPTS`] cached
 //!   scripts and [`MAX_FUNCTION_LIBRARIES`] libraries per partition.
 //! - **Libraries.** `redis`, `cjson` (lua-cjson 2.1.0's texts and errors), `bit` (Lua
-//!   BitOp), `string`, `table`, `math`; not `cmsgpack` or `struct`.
+//!   BitOp), `cmsgpack` (lua-cmsgpack 0.4.0), `struct` (lua-struct), `string`, `table`,
+//!   `math`: the codecs are pure functions of their arguments, so replicas agree.
 //! - **ACL.** A script command wrapped in `STATOR.ACLKEYS` ([`script_acl`]) runs with
-//!   every `redis.call` limited to the caller's key patterns, on every replica.
+//!   every `redis.call` limited to the caller's command rules and key patterns, on every
+//!   replica, with Redis 7's script ACL errors.
 //! - **State.** The script cache (SCRIPT LOAD, and every EVAL that compiled) and the
 //!   function libraries are machine state and travel in snapshots. They are per partition:
 //!   EVALSHA on a partition that never saw the script answers `NOSCRIPT`, as a Redis
@@ -99,6 +104,7 @@
 //! [`encode_exec`]; commands are checked as they are queued with [`queued_command_error`].
 
 mod app;
+mod binlibs;
 pub mod budget;
 mod cjson;
 pub mod command;
@@ -121,5 +127,8 @@ pub use command::{
 pub use machine::KvMachine;
 pub use ops::{MAX_CACHED_SCRIPTS, MAX_FUNCTION_LIBRARIES};
 pub use resp::{encode_command, parse_command, parse_reply, Argv, RespError, Value};
-pub use script_acl::{encode_script_acl, is_script_command, runs_script};
+pub use script_acl::{
+    command_in_category, encode_script_acl, encode_script_rights, is_script_command, runs_script,
+    CommandRights,
+};
 pub use transaction::{encode_exec, queued_command_error};

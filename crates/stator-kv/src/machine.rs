@@ -59,6 +59,9 @@ pub struct KvMachine {
     /// [`crate::script_acl`]); `None` otherwise. Never in a snapshot: it lives for one
     /// command.
     pub(crate) script_key_patterns: Option<Vec<Vec<u8>>>,
+    /// The caller's command rules while a `STATOR.ACLKEYS ... RIGHTS` script command runs;
+    /// `None` otherwise (and never in a snapshot).
+    pub(crate) script_rights: Option<crate::script_acl::CommandRights>,
 }
 
 /// Units of an expiry argument.
@@ -148,7 +151,18 @@ impl KvMachine {
             if inner_spec.kind != CommandKind::Read {
                 return changes_state(inner_spec);
             }
-            return self.script_read_scoped(now_ms, inner_spec, inner, Some(layout.patterns));
+            let rights = match layout.rights.map(crate::script_acl::CommandRights::parse) {
+                None => None,
+                Some(Ok(rights)) => Some(rights),
+                Some(Err(message)) => return malformed_rights(&message),
+            };
+            return self.script_read_scoped(
+                now_ms,
+                inner_spec,
+                inner,
+                Some(layout.patterns),
+                rights,
+            );
         }
         if spec.kind != CommandKind::Read {
             return changes_state(spec);
@@ -201,7 +215,7 @@ impl KvMachine {
                 let Some(entry) = self.live(&argv[1], now_ms) else {
                     return Value::Integer(-2);
                 };
-                let Some(at_ms) = entry.expires_at_ms else {
+                let Some(at_ms) = entry.expires_at_ms() else {
                     return Value::Integer(-1);
                 };
                 let remaining_ms = at_ms.saturating_sub(now_ms) as i64;
@@ -215,7 +229,7 @@ impl KvMachine {
                 let Some(entry) = self.live(&argv[1], now_ms) else {
                     return Value::Integer(-2);
                 };
-                match entry.expires_at_ms {
+                match entry.expires_at_ms() {
                     None => Value::Integer(-1),
                     Some(at_ms) if spec.command == C::ExpireTime => {
                         Value::Integer((at_ms / 1000) as i64)
@@ -405,7 +419,7 @@ impl KvMachine {
             C::Persist => {
                 let has_expiry = self
                     .live(&argv[1], now_ms)
-                    .is_some_and(|entry| entry.expires_at_ms.is_some());
+                    .is_some_and(|entry| entry.expires_at_ms().is_some());
                 if has_expiry {
                     self.keyspace.set_expiry(&argv[1], None);
                 }
@@ -657,7 +671,7 @@ impl KvMachine {
         let Some(entry) = self.live(&argv[1], now_ms) else {
             return Value::Integer(0);
         };
-        let current_ms = entry.expires_at_ms.map(|at| at as i128);
+        let current_ms = entry.expires_at_ms().map(|at| at as i128);
         // No TTL counts as an infinite one: GT never beats it, LT always does.
         let refused = match current_ms {
             None => xx || gt,
@@ -778,6 +792,14 @@ pub(crate) fn unknown_command(argv: &[Vec<u8>]) -> Value {
     }
     Value::error(format!(
         "ERR unknown command '{name}', with args beginning with: {args}"
+    ))
+}
+
+/// The reply to a `STATOR.ACLKEYS` wrapper whose command rules do not parse.
+pub(crate) fn malformed_rights(message: &str) -> Value {
+    Value::error(format!(
+        "ERR malformed {} rights: {message}; build the wrapper with stator_kv::encode_script_rights",
+        crate::script_acl::ACL_KEYS_COMMAND
     ))
 }
 

@@ -266,6 +266,7 @@ impl Sandbox {
         }
         install_random(&lua, seed)?;
         crate::cjson::install(&lua)?;
+        crate::binlibs::install(&lua)?;
         globals.raw_set("redis", redis_library(&lua)?)?;
         let hit = Rc::clone(&limit_hit);
         let limit_probe = lua.create_function(move |_, ()| Ok(hit.get()))?;

@@ -56,7 +56,7 @@ pub(crate) fn encode(machine: &KvMachine) -> Vec<u8> {
     for (key, entry) in entries {
         push_bytes(&mut out, key);
         encode_data(&mut out, &entry.data);
-        match entry.expires_at_ms {
+        match entry.expires_at_ms() {
             None => out.push(0),
             Some(at_ms) => {
                 out.push(1);

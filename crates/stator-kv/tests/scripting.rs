@@ -368,3 +368,113 @@ fn scripts_of_acl_users_reach_only_their_keys() {
         Value::Error(e) if e.starts_with("ERR This Redis command is not allowed from script")
     ));
 }
+
+/// A script run for an ACL user whose command rules refuse some commands
+/// (`STATOR.ACLKEYS ... RIGHTS`, as the gateway wraps it) runs only the commands the rules
+/// allow, with Redis 7.0's script error (checked against redis-server with
+/// `ACL SETUSER u on nopass +@all -set ~*` and `-@all +eval +get ~a*`): the command is
+/// checked before its keys, after unknown and script-only commands, in writes, queries,
+/// functions, `pcall` and inside `STATOR.EXEC`, and the rules end with the command.
+#[test]
+fn scripts_of_acl_users_run_only_their_commands() {
+    use stator_kv::script_acl::{SCRIPT_COMMAND_DENIED, SCRIPT_KEY_DENIED};
+    use stator_kv::{encode_script_rights, CommandRights};
+    let mut machine = KvMachine::new();
+    run(&mut machine, &["SET", "b", "secret"]);
+    let no_set = CommandRights::parse(&["+@all", "-set"]).unwrap();
+    let as_user = |patterns: &[&str], rights: &CommandRights, parts: &[&str]| {
+        encode_script_rights(&words(patterns), Some(rights), &words(parts))
+    };
+    let set_b = "return redis.call('set','b','1')";
+    let wrapped = as_user(&["*"], &no_set, &["EVAL", set_b, "0"]);
+    assert_eq!(command_kind(&wrapped), CommandKind::Write);
+    assert_eq!(
+        machine.apply_argv(1_000, &wrapped),
+        error(&format!(
+            "{SCRIPT_COMMAND_DENIED} script: {}, on @user_script:1.",
+            sha1_hex(set_b.as_bytes())
+        ))
+    );
+    assert_eq!(run(&mut machine, &["GET", "b"]), Value::bulk("secret"));
+    let body = "redis.call('incr','n') return {redis.call('get','n'), redis.pcall('set','b','x')}";
+    assert_eq!(
+        machine.apply_argv(1_000, &as_user(&["*"], &no_set, &["EVAL", body, "0"])),
+        Value::Array(Some(vec![Value::bulk("1"), error(SCRIPT_COMMAND_DENIED)]))
+    );
+    // Unknown and script-only commands keep their own errors.
+    let unknown = "return redis.call('nosuch','a')";
+    assert!(matches!(
+        machine.apply_argv(1_000, &as_user(&["*"], &no_set, &["EVAL", unknown, "0"])),
+        Value::Error(e) if e.starts_with("ERR Unknown Redis command called from script")
+    ));
+    // The command is checked before the keys.
+    let reader = CommandRights::parse(&["-@all", "+eval", "+get"]).unwrap();
+    let set_b_as_reader = as_user(&["a*"], &reader, &["EVAL", set_b, "0"]);
+    assert!(matches!(
+        machine.apply_argv(1_000, &set_b_as_reader),
+        Value::Error(e) if e.starts_with(SCRIPT_COMMAND_DENIED)
+    ));
+    let get_b = as_user(
+        &["a*"],
+        &reader,
+        &["EVAL", "return redis.call('get','b')", "0"],
+    );
+    assert!(matches!(
+        machine.apply_argv(1_000, &get_b),
+        Value::Error(e) if e.starts_with(SCRIPT_KEY_DENIED)
+    ));
+    // Categories: `+@read` lets reads through and nothing else.
+    let read_only = CommandRights::parse(&["-@all", "+@read"]).unwrap();
+    let query = as_user(
+        &["*"],
+        &read_only,
+        &[
+            "EVAL_RO",
+            "return {redis.call('get','b'), redis.pcall('hgetall','b')}",
+            "0",
+        ],
+    );
+    assert_eq!(command_kind(&query), CommandKind::Read);
+    assert!(matches!(
+        machine.query_argv(1_000, &query),
+        Value::Array(Some(replies)) if replies[0] == Value::bulk("secret")
+    ));
+    let no_get = CommandRights::parse(&["+@all", "-get"]).unwrap();
+    let refused_query = as_user(
+        &["*"],
+        &no_get,
+        &["EVAL_RO", "return redis.call('get','b')", "0"],
+    );
+    assert!(matches!(
+        machine.query_argv(1_000, &refused_query),
+        Value::Error(e) if e.starts_with(SCRIPT_COMMAND_DENIED)
+    ));
+    // Functions and transactions.
+    run(
+        &mut machine,
+        &[
+            "FUNCTION",
+            "LOAD",
+            "#!lua name=l\nredis.register_function('f', function(k, a) return redis.call('set', a[1], 'v') end)",
+        ],
+    );
+    assert_eq!(
+        machine.apply_argv(1_000, &as_user(&["*"], &no_set, &["FCALL", "f", "0", "b"])),
+        error(&format!(
+            "{SCRIPT_COMMAND_DENIED} script: f, on @user_function:2."
+        ))
+    );
+    let exec = stator_kv::encode_exec(&[], &[as_user(&["*"], &no_set, &["EVAL", set_b, "0"])]);
+    assert!(matches!(
+        machine.apply_argv(1_000, &exec),
+        Value::Array(Some(replies)) if matches!(&replies[0], Value::Error(e) if e.starts_with(SCRIPT_COMMAND_DENIED))
+    ));
+    assert_eq!(run(&mut machine, &["GET", "b"]), Value::bulk("secret"));
+    // The rights end with the command: the next script runs unrestricted.
+    assert_eq!(run(&mut machine, &["EVAL", set_b, "0"]), Value::ok());
+    // Rules that do not parse are refused with what to do.
+    assert!(matches!(
+        machine.apply_argv(1_000, &words(&["STATOR.ACLKEYS", "0", "RIGHTS", "1", "+@nosuch", "EVAL", "return 1", "0"])),
+        Value::Error(e) if e.starts_with("ERR malformed STATOR.ACLKEYS rights: category @nosuch")
+    ));
+}

@@ -42,8 +42,11 @@ fn password_acl_pubsub_and_resp3_with_real_clients() {
          [[expose.auth.users]]\nname = \"reader\"\npassword_file = \"{}\"\n\
          commands = [\"+@read\"]\nkeys = [\"user:*\"]\n\
          [[expose.auth.users]]\nname = \"scripter\"\npassword_file = \"{}\"\n\
-         commands = [\"+@all\"]\nkeys = [\"user:*\"]\n",
+         commands = [\"+@all\"]\nkeys = [\"user:*\"]\n\
+         [[expose.auth.users]]\nname = \"noset\"\npassword_file = \"{}\"\n\
+         commands = [\"+@all\", \"-set\"]\nkeys = [\"*\"]\n",
         password_file.display(),
+        reader_file.display(),
         reader_file.display(),
         reader_file.display()
     );
@@ -105,7 +108,7 @@ fn password_acl_pubsub_and_resp3_with_real_clients() {
         );
         assert_eq!(
             redis_cli(port, &["-a", "e2e-secret", "ACL", "USERS"]),
-            "default\nreader\nscripter"
+            "default\nnoset\nreader\nscripter"
         );
         // A script reaches only the keys of its user's patterns, whatever its KEYS say.
         let scripter = ["--user", "scripter", "--pass", "r3ader"];
@@ -145,6 +148,28 @@ fn password_acl_pubsub_and_resp3_with_real_clients() {
                 "ERR The user executing the script can't access at least one of the keys"
             ),
             "a keyless script reached a key outside the user's patterns"
+        );
+        // A script runs only the commands its user may run (every replica checks it).
+        let noset = |body: &str| {
+            redis_cli(
+                port,
+                &[
+                    "--user", "noset", "--pass", "r3ader", "EVAL", body, "1", "user:1",
+                ],
+            )
+        };
+        let set_in_script = "return redis.call('set', KEYS[1], 'changed')";
+        assert_eq!(
+            noset(set_in_script),
+            format!(
+                "ERR The user executing the script can't run this command or subcommand script: {}, on @user_script:1.",
+                sha1_hex(set_in_script)
+            )
+        );
+        assert_eq!(noset("return redis.call('get', KEYS[1])"), "ann");
+        assert_eq!(
+            redis_cli(port, &["-a", "e2e-secret", "GET", "user:1"]),
+            "ann"
         );
         let size = redis_cli(port, &["-a", "e2e-secret", "DBSIZE"]);
         if size.starts_with("ERR unknown command") {

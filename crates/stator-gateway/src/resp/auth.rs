@@ -10,8 +10,10 @@ use super::local::{is_known, ConnectionState, Dispatch};
 use crate::map::ServiceRoutes;
 use ring::digest;
 use stator_api::spec::{AclUserSpec, AuthSpec};
+use stator_kv::script_acl::RuleSelector;
 use stator_kv::{
-    command_keys, command_kind, encode_script_acl, is_script_command, CommandKind, Value,
+    command_keys, command_kind, encode_script_rights, is_script_command, CommandKind,
+    CommandRights, Value,
 };
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -44,18 +46,9 @@ const ACL_IN_SPEC: &str = "ERR ACL users are defined in the service spec (expose
 /// password and protected mode is on. Redis's text, with stator's ways out.
 pub(crate) const DENIED: &str = "DENIED Redis is running in protected mode because protected mode is enabled and no password is set for the default user. In this mode connections are only accepted from the loopback interface. If you want to connect from external computers to Redis you may adopt one of the following solutions: 1) Set a password: expose.auth = { password_file = \"/path/to/file\" } in the service spec. 2) Disable protected mode with expose.protected_mode = false in the service spec, however MAKE SURE the address is not publicly accessible from internet if you do so. Then run `stator apply`. NOTE: You only need to do one of the above things in order for the server to start accepting connections from the outside.";
 
-/// ACL categories the gateway knows, for `ACL CAT` and rule validation.
-const CATEGORIES: &[&str] = &[
-    "all",
-    "read",
-    "write",
-    "keyspace",
-    "dangerous",
-    "connection",
-    "admin",
-    "pubsub",
-    "transaction",
-];
+/// ACL categories the gateway knows, for `ACL CAT` and rule validation: the kv machine's
+/// list, so scripts (which the machine checks) and direct commands agree.
+const CATEGORIES: &[&str] = stator_kv::script_acl::ACL_CATEGORIES;
 
 /// Commands with subcommands: ACL rules name them whole (`+acl`), errors as `acl|whoami`.
 const CONTAINER_COMMANDS: &[&str] = &["acl", "client", "config", "command", "object", "pubsub"];
@@ -64,61 +57,7 @@ const CONTAINER_COMMANDS: &[&str] = &["acl", "client", "config", "command", "obj
 const NO_AUTH_COMMANDS: &[&str] = &["auth", "hello", "quit"];
 
 fn in_category(category: &str, name: &str, kind: CommandKind) -> bool {
-    match category {
-        "all" => true,
-        "read" => {
-            kind == CommandKind::Read
-                || matches!(name, "keys" | "scan" | "dbsize" | "randomkey" | "type")
-        }
-        "write" => kind == CommandKind::Write || matches!(name, "flushall" | "flushdb"),
-        "keyspace" => matches!(
-            name,
-            "del"
-                | "exists"
-                | "expire"
-                | "pexpire"
-                | "expireat"
-                | "pexpireat"
-                | "ttl"
-                | "pttl"
-                | "persist"
-                | "keys"
-                | "scan"
-                | "dbsize"
-                | "flushall"
-                | "flushdb"
-                | "randomkey"
-                | "type"
-                | "rename"
-                | "renamenx"
-                | "unlink"
-                | "touch"
-                | "copy"
-        ),
-        "dangerous" => matches!(
-            name,
-            "flushall" | "flushdb" | "keys" | "acl" | "config" | "client" | "info"
-        ),
-        "connection" => matches!(
-            name,
-            "ping" | "echo" | "select" | "client" | "hello" | "auth" | "quit"
-        ),
-        "admin" => matches!(name, "acl" | "config" | "client"),
-        "pubsub" => matches!(
-            name,
-            "publish"
-                | "subscribe"
-                | "unsubscribe"
-                | "psubscribe"
-                | "punsubscribe"
-                | "pubsub"
-                | "spublish"
-                | "ssubscribe"
-                | "sunsubscribe"
-        ),
-        "transaction" => matches!(name, "multi" | "exec" | "discard" | "watch" | "unwatch"),
-        _ => false,
-    }
+    stator_kv::command_in_category(category, name, kind)
 }
 
 /// What one ACL command rule matches.
@@ -240,12 +179,38 @@ impl User {
     }
 
     /// `argv` as the kv machine must run it for this user: a script command of a user
-    /// limited to some key patterns is wrapped in `STATOR.ACLKEYS` with those patterns, so
-    /// every `redis.call` inside is checked (the declared KEYS were checked by
+    /// limited to some key patterns or some commands is wrapped in `STATOR.ACLKEYS` with
+    /// those patterns and command rules, so every `redis.call` inside is checked as Redis
+    /// checks it (the script command itself and its declared KEYS were checked by
     /// [`User::check`]). `None`: send `argv` as it is.
     pub(crate) fn scope_script(&self, argv: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
+        if self.unrestricted || !is_script_command(argv) {
+            return None;
+        }
         let all_keys = self.keys.iter().any(|k| k == b"*");
-        (!all_keys && is_script_command(argv)).then(|| encode_script_acl(&self.keys, argv))
+        let rights = self.command_rights();
+        let rights = (!rights.allows_everything()).then_some(rights);
+        if all_keys && rights.is_none() {
+            return None;
+        }
+        Some(encode_script_rights(&self.keys, rights.as_ref(), argv))
+    }
+
+    /// The user's command rules as the kv machine reads them.
+    fn command_rights(&self) -> CommandRights {
+        CommandRights {
+            rules: self
+                .rules
+                .iter()
+                .map(|(allow, selector)| {
+                    let selector = match selector {
+                        Selector::Category(category) => RuleSelector::Category(category.clone()),
+                        Selector::Command(command) => RuleSelector::Command(command.clone()),
+                    };
+                    (*allow, selector)
+                })
+                .collect(),
+        }
     }
 
     /// The user as `ACL LIST` prints it.
@@ -751,6 +716,11 @@ mod tests {
                 "STATOR.ACLKEYS",
                 "1",
                 "user:*",
+                "RIGHTS",
+                "3",
+                "-@all",
+                "+@read",
+                "+set",
                 "EVAL",
                 "return redis.call('get','other')",
                 "0"

@@ -149,7 +149,7 @@ impl KvMachine {
                 }
                 let entry = self.keyspace.remove(&argv[1]).expect("live above");
                 let expiry = entry
-                    .expires_at_ms
+                    .expires_at_ms()
                     .map_or(ExpiryChange::Clear, ExpiryChange::At);
                 self.keyspace.remove(&argv[2]);
                 self.keyspace
@@ -185,7 +185,7 @@ impl KvMachine {
                 let Some(source) = self.live(&argv[1], now_ms) else {
                     return Value::Integer(0);
                 };
-                let (data, expires_at_ms) = (source.data.clone(), source.expires_at_ms);
+                let (data, expires_at_ms) = (source.data.clone(), source.expires_at_ms());
                 if self.live(&argv[2], now_ms).is_some() {
                     if !replace {
                         return Value::Integer(0);

@@ -5,7 +5,7 @@ use crate::command::{lookup, Command, CommandKind, CommandSpec};
 use crate::machine::{attempt, KvMachine, NOT_AN_INTEGER, SYNTAX_ERROR};
 use crate::ops::glob_match;
 use crate::resp::{parse_i64_strict, Value};
-use crate::script_acl::{AclKeysLayout, SCRIPT_KEY_DENIED};
+use crate::script_acl::{AclKeysLayout, CommandRights, SCRIPT_COMMAND_DENIED, SCRIPT_KEY_DENIED};
 use crate::scripting::{self, sha1_hex, valid_name, Program, RegisteredFunction};
 use crate::types::EntryRng;
 use stator_api::slot::key_slot;
@@ -199,19 +199,29 @@ struct CallPolicy {
     /// The caller's ACL key patterns (`STATOR.ACLKEYS`): every key a call names must match
     /// one. `None`: the caller may touch every key.
     key_patterns: Option<Vec<Vec<u8>>>,
+    /// The caller's command rules (`STATOR.ACLKEYS ... RIGHTS`): every command a call runs
+    /// must be allowed by them. `None`: the caller may run every command.
+    rights: Option<CommandRights>,
     /// Slots of the declared KEYS; when any were declared, every key a script names must
     /// hash to one of them, so it lives in the partition the gateway routed the script to.
     declared_slots: Vec<u16>,
 }
 
 impl CallPolicy {
-    fn new(read_only: bool, keys: &[Vec<u8>], key_patterns: Option<Vec<Vec<u8>>>) -> Self {
+    fn new(
+        read_only: bool,
+        keys: &[Vec<u8>],
+        key_patterns: Option<Vec<Vec<u8>>>,
+        rights: Option<CommandRights>,
+    ) -> Self {
         let mut declared_slots: Vec<u16> = keys.iter().map(|key| key_slot(key)).collect();
         declared_slots.sort_unstable();
         declared_slots.dedup();
         CallPolicy {
             read_only,
-            key_patterns,
+            // `*` lets every key through: no glob per call.
+            key_patterns: key_patterns.filter(|patterns| !patterns.iter().any(|p| p == b"*")),
+            rights: rights.filter(|rights| !rights.allows_everything()),
             declared_slots,
         }
     }
@@ -243,7 +253,14 @@ impl CallPolicy {
                 "ERR This Redis command is not allowed from script",
             ));
         }
-        // Redis checks ACLs after refusing script-only commands and before write rights.
+        // Redis checks ACLs after refusing script-only commands and before write rights:
+        // the command first, then its keys.
+        if let Some(rights) = &self.rights {
+            let name = String::from_utf8_lossy(&argv[0]).to_ascii_lowercase();
+            if !rights.allows(&name, spec.kind) {
+                return Err(Value::error(SCRIPT_COMMAND_DENIED));
+            }
+        }
         if let Some(patterns) = &self.key_patterns {
             let allowed = spec.key_indexes(argv).into_iter().all(|index| {
                 patterns
@@ -305,7 +322,7 @@ impl KvMachine {
 
     /// EVAL_RO, EVALSHA_RO and FCALL_RO answered without the log.
     pub(crate) fn script_read(&self, now_ms: u64, spec: &CommandSpec, argv: &[Vec<u8>]) -> Value {
-        self.script_read_scoped(now_ms, spec, argv, None)
+        self.script_read_scoped(now_ms, spec, argv, None, None)
     }
 
     /// [`KvMachine::script_read`] for a caller limited to `key_patterns` (`STATOR.ACLKEYS`).
@@ -315,6 +332,7 @@ impl KvMachine {
         spec: &CommandSpec,
         argv: &[Vec<u8>],
         key_patterns: Option<&[Vec<u8>]>,
+        rights: Option<CommandRights>,
     ) -> Value {
         if spec.command != Command::FCallRo {
             attempt!(split_keys(spec, argv));
@@ -323,7 +341,7 @@ impl KvMachine {
         let (keys, args) = attempt!(split_keys(spec, argv));
         let (program, read_only) = attempt!(program_of(&target, true));
         debug_assert!(read_only);
-        let policy = CallPolicy::new(true, keys, key_patterns.map(<[_]>::to_vec));
+        let policy = CallPolicy::new(true, keys, key_patterns.map(<[_]>::to_vec), rights);
         let mut execute = |call: Vec<Vec<u8>>| match policy.check(&call) {
             Ok(spec) => self.read(now_ms, spec, &call),
             Err(reply) => reply,
@@ -353,7 +371,12 @@ impl KvMachine {
             match program_of(&target, forced_read_only) {
                 Err(reply) => reply,
                 Ok((program, read_only)) => {
-                    let policy = CallPolicy::new(read_only, keys, self.script_key_patterns.take());
+                    let policy = CallPolicy::new(
+                        read_only,
+                        keys,
+                        self.script_key_patterns.take(),
+                        self.script_rights.take(),
+                    );
                     let seed = self.rng.next_u64();
                     let was_in_transaction = self.in_transaction;
                     // Blocking commands never block inside a script, as in Redis.
@@ -375,15 +398,23 @@ impl KvMachine {
         reply
     }
 
-    /// `STATOR.ACLKEYS <count> <pattern>... <script command>`: runs the script command
-    /// with its `redis.call`s limited to keys matching the patterns.
+    /// `STATOR.ACLKEYS <count> <pattern>... [RIGHTS <count> <rule>...] <script command>`:
+    /// runs the script command with its `redis.call`s limited to the commands the rules
+    /// allow and the keys matching the patterns.
     pub(crate) fn script_with_acl(&mut self, argv: Vec<Vec<u8>>) -> Value {
         let layout = attempt!(AclKeysLayout::parse(&argv));
+        let rights = match layout.rights.map(CommandRights::parse) {
+            None => None,
+            Some(Ok(rights)) => Some(rights),
+            Some(Err(message)) => return crate::machine::malformed_rights(&message),
+        };
         let patterns = layout.patterns.to_vec();
         let inner = argv[layout.inner_start..].to_vec();
         self.script_key_patterns = Some(patterns);
+        self.script_rights = rights;
         let reply = self.execute(inner);
         self.script_key_patterns = None;
+        self.script_rights = None;
         reply
     }
 
