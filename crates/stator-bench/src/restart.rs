@@ -7,17 +7,20 @@
 //! with `--state-mib` of values, then for each way: stops a follower, writes
 //! [`TAIL_WRITES`] more, starts the follower again on its address and measures until
 //! it has applied everything the leader had applied when it came back. The empty start
-//! keeps the member's id with its store deleted: the same bytes cross the network as a
-//! replacement member's, without the control plane's membership change around it (so
-//! the from-scratch figure is a lower bound of today's path).
+//! is a new member added as a learner in the stopped follower's place (what the server
+//! does for a member whose state is gone), timed from its host's start until it has
+//! applied the same index; the control plane's own delay (a heartbeat, a reconcile pass)
+//! is not included, so the from-scratch figure is a lower bound of that path.
 //!
 //! Values are at most [`MAX_WRITE_BATCH_BYTES`]: one entry then holds at most that much,
 //! and an AppendEntries of [`stator_replication::host::MAX_ENTRIES_PER_APPEND`] entries
 //! stays near the 1 MiB the host is tuned for. The first version of this bench wrote
-//! 16 KiB values (one write per entry, 2 MiB appends) and hung while loading in a debug
-//! build. The probable cause: a follower's append plus its fsync took longer than the
-//! heartbeat interval, which openraft also uses as the AppendEntries timeout, so the
-//! appends were resent again and again and never committed.
+//! 16 KiB values (one write per entry, 2 MiB appends) at the default 100 ms election
+//! timeout and hung while loading in a debug build: a follower's append plus its fsync
+//! took longer than half the election timeout, which openraft uses as the AppendEntries
+//! timeout, so appends were resent and elections repeated without end (seen in this
+//! bench's log: `timeout after 50ms when AppendEntries`, terms past 200). See
+//! [`ELECTION_TIMEOUT_MS`].
 
 use serde::Serialize;
 use stator_api::spec::Durability;
@@ -35,6 +38,14 @@ pub const TAIL_WRITES: usize = 200;
 const LOADERS: usize = 16;
 /// Longest wait for one write, a host's port, or a member's catch-up.
 const DEADLINE: Duration = Duration::from_secs(600);
+/// Election timeout of the group under test. openraft uses half of it as the
+/// AppendEntries timeout: at the services' default (100 ms) a follower's append plus its
+/// fsync missed 50 ms on a loaded 2-core machine in a debug build, appends were resent
+/// and elections repeated (terms past 200 within a minute) and the load never finished.
+/// Both restarts run with the same setting, so the ratio compares like with like.
+pub const ELECTION_TIMEOUT_MS: u64 = 1_000;
+/// The member id of the empty replacement in the `from-scratch` way.
+const REPLACEMENT_NODE: u64 = 4;
 /// The group under test.
 fn group() -> GroupId {
     GroupId::new(1, 0)
@@ -108,6 +119,7 @@ impl Trio {
             root: root.to_path_buf(),
             options: GroupOptions {
                 durability: Durability::Disk,
+                election_timeout_ms: ELECTION_TIMEOUT_MS,
                 ..GroupOptions::default()
             },
         };
@@ -184,6 +196,26 @@ impl Trio {
         Ok(())
     }
 
+    /// Starts `node` with an empty store on a new address and has `leader` add it as a
+    /// learner in place of `gone`.
+    async fn add_empty_member(&mut self, node: u64, gone: u64, leader: u64) -> anyhow::Result<()> {
+        let host = Host::start(self.config(node, "127.0.0.1:0".into())).await?;
+        host.create_group(
+            group(),
+            self.options,
+            Box::new(stator_kv::KvMachine::default()),
+        )
+        .await?;
+        self.addrs.remove(&gone);
+        self.addrs.insert(node, host.addr().to_string());
+        self.hosts.insert(node, host);
+        // One membership step: the new member joins as a learner and copies the state.
+        self.hosts[&leader]
+            .reconcile_membership(group(), &self.addrs)
+            .await?;
+        Ok(())
+    }
+
     /// Waits until `node` has applied `index`.
     async fn wait_applied(&self, node: u64, index: u64) -> anyhow::Result<()> {
         let started = Instant::now();
@@ -251,32 +283,39 @@ async fn write_values(
     Ok(())
 }
 
-/// Stops a follower, writes the tail, optionally deletes its store, starts it again and
-/// times its catch-up.
+/// Stops a follower and writes the tail; then either starts that follower again on its
+/// own store (`own-disk`), or, for `from-scratch`, leaves it down and adds a new, empty
+/// member ([`REPLACEMENT_NODE`]) as a learner, as the server replaces a member whose
+/// node came back without its state. (Restarting the same id with its store deleted is
+/// not an option: a member that forgot entries it acknowledged must never rejoin under
+/// its id, and openraft's leader panics on it: "follower log reversion is not allowed".)
+/// Times from starting the member's host until it has applied the leader's index.
 async fn restart_once(
     trio: &mut Trio,
     way: &'static str,
-    wipe: bool,
+    replace: bool,
     value_bytes: usize,
 ) -> anyhow::Result<Restart> {
     let leader = trio.leader().await?;
     let follower = *trio.addrs.keys().find(|n| **n != leader).expect("3 hosts");
     trio.wait_applied(follower, trio.applied(leader)).await?;
-    let replica_dir = trio.hosts[&follower].replica_dir(group());
     trio.stop(follower).await;
     write_values(trio, way, TAIL_WRITES as u64, value_bytes).await?;
-    if wipe {
-        if let Some(dir) = replica_dir {
-            std::fs::remove_dir_all(&dir)?;
-        }
-    }
-    let target_index = trio.applied(trio.leader().await?);
+    let leader = trio.leader().await?;
+    let target_index = trio.applied(leader);
     let started = Instant::now();
-    trio.start_again(follower).await?;
-    trio.wait_applied(follower, target_index).await?;
+    let member = if replace {
+        trio.add_empty_member(REPLACEMENT_NODE, follower, leader)
+            .await?;
+        REPLACEMENT_NODE
+    } else {
+        trio.start_again(follower).await?;
+        follower
+    };
+    trio.wait_applied(member, target_index).await?;
     let catch_up_ms = started.elapsed().as_secs_f64() * 1e3;
     eprintln!(
-        "restart {way}: node {follower} caught up to index {target_index} in {catch_up_ms:.0} ms"
+        "restart {way}: node {member} caught up to index {target_index} in {catch_up_ms:.0} ms"
     );
     Ok(Restart {
         way,
