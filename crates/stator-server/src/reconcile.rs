@@ -7,8 +7,10 @@
 //! or does IO, so both are tested here with plain values.
 //!
 //! Controllers, in the order they run within one pass:
-//! 1. node lifecycle: a node without a heartbeat for the grace is lost; a draining node
-//!    that hosts nothing any more is drained;
+//! 1. node lifecycle: a node without a heartbeat for the grace is lost (it keeps its
+//!    place in every design: only the repair below replaces it, and a lost node whose
+//!    agent proves its identity comes back ready, [`ReconcileAction::MarkNodeRejoined`]);
+//!    a draining node that hosts nothing any more is drained;
 //! 2. replica groups: place new partitions on distinct nodes (zones), mark groups started
 //!    once a leader is reported, then replace one member at a time when its node is
 //!    lost or draining;
