@@ -65,9 +65,10 @@ pub enum AgentError {
 enum Ended {
     /// Asked to stop.
     Shutdown,
-    /// The server declared this node lost (or forgot it): its replicas were replaced, so
-    /// the agent drops everything and registers again (as a new node: the server no
-    /// longer grants the old id).
+    /// The server declared this node lost (or forgot it): the agent stops everything and
+    /// registers again. The server grants the old id while it keeps the node's record
+    /// (durable stores reload; replicas replaced meanwhile are removed); otherwise it
+    /// joins as a new node and wipes the old identity's stores.
     Forgotten,
 }
 
@@ -86,7 +87,7 @@ pub async fn run(
         match run_incarnation(&config, &mut shutdown).await? {
             Ended::Shutdown => return Ok(()),
             Ended::Forgotten => {
-                tracing::warn!("the server no longer knows this node; rejoining as a new member")
+                tracing::warn!("the server declared this node lost; registering again")
             }
         }
     }

@@ -107,6 +107,10 @@ pub struct Replicas {
     forgotten_at_start: Mutex<BTreeSet<GroupId>>,
     /// The `memory` groups last recorded on disk (written only when they change).
     memory_groups_saved: Mutex<Option<BTreeSet<GroupId>>>,
+    /// Whether the stores a previous run left for groups no longer assigned were removed
+    /// (once per run, at the first pass: later ones remove the stores of the replicas
+    /// they stop).
+    previous_stores_swept: std::sync::atomic::AtomicBool,
     /// Where built-in kv replicas report keyspace events (`None`: they report none).
     notifications: Option<Arc<dyn NotificationSink>>,
 }
@@ -136,6 +140,7 @@ impl Replicas {
             forgotten: Mutex::new(HashMap::new()),
             forgotten_at_start: Mutex::new(BTreeSet::new()),
             memory_groups_saved: Mutex::new(None),
+            previous_stores_swept: std::sync::atomic::AtomicBool::new(false),
             notifications: None,
         }
     }
@@ -560,6 +565,7 @@ impl Replicas {
                 }
             }
         }
+        self.sweep_previous_stores(&wanted);
         // A forgotten member that is no longer assigned has left its group: it may be
         // added again later as a new learner.
         self.forgotten
@@ -567,6 +573,37 @@ impl Replicas {
             .expect("forgotten mutex poisoned")
             .retain(|group, _| wanted.contains(group));
         self.save_memory_groups();
+    }
+
+    /// Removes, once per run, the stores a previous run of this node left for groups it
+    /// is no longer assigned: members the group replaced while this node was down or
+    /// lost (the server keeps a lost node's identity, so it comes back as the same
+    /// member id, and a stale store must not linger or be reopened if the node is
+    /// added to that group again later). Stores moved aside as corrupt are kept.
+    fn sweep_previous_stores(&self, wanted: &HashSet<GroupId>) {
+        use std::sync::atomic::Ordering;
+        let Some(raft_dir) = &self.raft_dir else {
+            return;
+        };
+        if self.previous_stores_swept.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(raft_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Some(group) = store_dir_group(raft_dir, &entry.file_name()) else {
+                continue;
+            };
+            if wanted.contains(&group) || self.host.replica(group).is_some() {
+                continue;
+            }
+            tracing::info!(%group, dir = %entry.path().display(),
+                "removing the store of a replica this node no longer hosts (replaced while it was away)");
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                tracing::warn!(%group, "cannot remove the store: {e}");
+            }
+        }
     }
 
     /// Groups this node initialised recently that have no leader yet.
@@ -689,7 +726,42 @@ impl Launcher for NoRuntime {
     fn cleanup(&self, _config: &ProcessMachineConfig) {}
 }
 
+/// The group whose store directory (see [`stator_replication::host::replica_dir`]) is
+/// `name` inside `raft_dir`; `None` for anything else there (a corrupt store moved
+/// aside, the memory-groups file).
+fn store_dir_group(raft_dir: &std::path::Path, name: &std::ffi::OsStr) -> Option<GroupId> {
+    let (service_id, partition) = name.to_str()?.split_once('-')?;
+    let group = GroupId::new(service_id.parse().ok()?, partition.parse().ok()?);
+    let canonical = stator_replication::host::replica_dir(raft_dir, group);
+    (canonical.file_name() == Some(name)).then_some(group)
+}
+
 /// The cgroup name of a replica's app: `replica-<service id>-<partition>`.
 fn replica_cgroup(group: GroupId) -> String {
     format!("replica-{}-{}", group.service_id(), group.partition())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_replica_store_dirs_name_a_group() {
+        let raft_dir = std::path::Path::new("/data/raft");
+        let group = GroupId::new(7, 3);
+        let dir = stator_replication::host::replica_dir(raft_dir, group);
+        assert_eq!(
+            store_dir_group(raft_dir, dir.file_name().unwrap()),
+            Some(group)
+        );
+        for other in [
+            "7-3.corrupt-1700000000000",
+            "memory-groups.json",
+            "7-x",
+            "07-3",
+            "7",
+        ] {
+            assert_eq!(store_dir_group(raft_dir, other.as_ref()), None, "{other}");
+        }
+    }
 }

@@ -11,10 +11,12 @@
 //!   and not assigned (a deleted service simply disappears from the list).
 //! - A node keeps its id across restarts on the same data dir: the agent stores the id
 //!   and the per-node secret of its [`RegisterResponse`] and registers again with a
-//!   [`Rejoin`] proving both; the server answers the same id while it still counts the
-//!   node as alive, and a fresh one otherwise (the agent then wipes its replica stores:
-//!   they belong to the old identity). A heartbeat for an id the server no longer knows
-//!   (it declared the node lost and removed it, or forgot it) answers HTTP 404 with
+//!   [`Rejoin`] proving both; the server answers the same id while it still has the
+//!   node's record, alive or lost past the heartbeat grace (a lost node's record is kept
+//!   while any partition design still names it), and a fresh one otherwise (the agent
+//!   then wipes its replica stores: they belong to the old identity). A heartbeat for an
+//!   id the server does not count as alive (it declared the node lost, or forgot it)
+//!   answers HTTP 404 with
 //!   [`UNKNOWN_NODE_ERROR`] in the error; the agent must then stop every replica and
 //!   register again.
 //! - A returning node reloads its durable replicas from disk under its old member id (their

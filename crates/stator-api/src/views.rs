@@ -23,8 +23,10 @@ pub enum NodeState {
     Draining,
     /// Emptied after a drain; heartbeats but receives nothing.
     Drained,
-    /// No heartbeat within the grace: its replicas count as gone. Terminal: a lost
-    /// agent that comes back must register again under a fresh id.
+    /// No heartbeat within the grace: its replicas count as gone (the group replaces
+    /// them where it can). An agent that comes back on the same data dir and proves the
+    /// node's secret is `ready` again under the same id (its durable replicas reload from
+    /// its disk); one without that proof registers under a fresh id.
     Lost,
 }
 

@@ -7,6 +7,8 @@
 //! - [`idle`]: 1,000 idle partitions on real agents under `stator up`: time until every
 //!   partition has a leader, idle CPU and RSS per agent, writes back after a SIGKILL.
 //! - [`migration`]: a live replica move under steady writes, beside stop-and-copy.
+//! - [`restart`]: a member holding N MiB restarted from its own disk, beside the same
+//!   member started empty (a full copy), in one run.
 //! - `up` (private): the `stator up` cluster the failover and idle benchmarks run.
 //! - etcd and Redis are started and driven by `stator_harness::servers`.
 //! - [`latency`]: latency histograms and the JSON run record.
@@ -16,6 +18,7 @@ pub mod idle;
 pub mod latency;
 pub mod migration;
 pub mod replication;
+pub mod restart;
 mod up;
 
 pub use stator_harness::{free_port, installed};

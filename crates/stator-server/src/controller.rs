@@ -44,7 +44,9 @@ pub const RECENT_EVENTS_KEPT: usize = 1000;
 /// Shortest gap between two reconcile passes triggered by changes: coalesces a burst of
 /// heartbeats into one pass.
 pub const MIN_RECONCILE_GAP_MS: u64 = 50;
-/// Lost node records kept for `GET /v1/nodes`; older ones are forgotten.
+/// Lost node records kept for `GET /v1/nodes`; older ones are forgotten, except those a
+/// partition design still names: their identity lets the agent come back as that member
+/// with its store (see `rejoin`).
 pub const MAX_LOST_NODES_KEPT: usize = 256;
 /// Longest node name accepted at registration (a DNS name).
 pub const MAX_NODE_NAME_LEN: usize = 253;
@@ -456,10 +458,13 @@ impl Controller {
         })
     }
 
-    /// An agent restarted on its data dir asks to keep its id. Granted while the node is
-    /// still alive here (its durable replicas are still members of their groups); a node
-    /// already declared lost had its replicas replaced, so it joins as a new node
-    /// (`None`). A wrong secret is refused: someone else's data dir, or a forgery.
+    /// An agent restarted on its data dir asks to keep its id. Granted while the server
+    /// has the node's record, alive or lost (`None` once a lost record was pruned, or for
+    /// a drained node: it joins as a new node). A lost node comes back `ready`
+    /// ([`ReconcileAction::MarkNodeRejoined`]): its durable replicas may hold the only copy
+    /// of acknowledged writes (every member restarted past the grace), so its identity
+    /// and stores are kept; members the group replaced meanwhile are simply no longer
+    /// assigned to it. A wrong secret is refused: someone else's data dir, or a forgery.
     async fn rejoin(
         &mut self,
         rejoin: &Rejoin,
@@ -476,9 +481,21 @@ impl Controller {
                 rejoin.node_id
             )));
         }
-        if !record.state.is_alive() {
-            return Ok(None);
+        match record.state {
+            NodeState::Ready | NodeState::Draining => {}
+            NodeState::Lost => {
+                let node = record.id;
+                self.apply_actions(vec![ReconcileAction::MarkNodeRejoined {
+                    node,
+                    at_ms: now_ms(),
+                }])
+                .await;
+            }
+            NodeState::Drained => return Ok(None),
         }
+        let Some(record) = self.cluster.nodes.get(&rejoin.node_id) else {
+            return Ok(None);
+        };
         let mut record = record.clone();
         record.info = info;
         put_json(&*self.store, &mut self.fence, &node_key(record.id), &record).await?;
@@ -782,6 +799,7 @@ impl Controller {
             apply_action(&mut self.cluster, action);
             match action {
                 ReconcileAction::MarkNodeLost { node }
+                | ReconcileAction::MarkNodeRejoined { node, .. }
                 | ReconcileAction::MarkNodeDrained { node }
                 | ReconcileAction::MarkNodeDraining { node } => {
                     touched_nodes.insert(*node);
@@ -854,6 +872,8 @@ impl Controller {
                 node_id: *node,
                 name: self.cluster.node_name(*node),
             },
+            // The rejoin itself publishes `node_rejoined`.
+            ReconcileAction::MarkNodeRejoined { .. } => return None,
             ReconcileAction::MarkNodeDrained { node } => EventKind::NodeDrained {
                 node_id: *node,
                 name: self.cluster.node_name(*node),
@@ -993,7 +1013,7 @@ impl Controller {
             .cluster
             .nodes
             .values()
-            .filter(|n| n.state == NodeState::Lost)
+            .filter(|n| n.state == NodeState::Lost && !self.cluster.designs_member(n.id))
             .map(|n| n.id)
             .collect();
         if lost.len() <= MAX_LOST_NODES_KEPT {

@@ -200,6 +200,17 @@ impl Cluster {
         self.nodes.get(&id).map_or(NodeState::Lost, |n| n.state)
     }
 
+    /// Whether some partition's design names `node` as a member.
+    pub fn designs_member(&self, node: NodeId) -> bool {
+        self.services.values().any(|service| {
+            service
+                .placement
+                .partitions
+                .iter()
+                .any(|design| design.members.contains(&node))
+        })
+    }
+
     /// Whether `id` is a registered node that is not lost.
     pub fn is_alive(&self, id: NodeId) -> bool {
         self.node_state(id).is_alive()

@@ -7,8 +7,10 @@
 //! or does IO, so both are tested here with plain values.
 //!
 //! Controllers, in the order they run within one pass:
-//! 1. node lifecycle: a node without a heartbeat for the grace is lost; a draining node
-//!    that hosts nothing any more is drained;
+//! 1. node lifecycle: a node without a heartbeat for the grace is lost (it keeps its
+//!    place in every design: only the repair below replaces it, and a lost node whose
+//!    agent proves its identity comes back ready, [`ReconcileAction::MarkNodeRejoined`]);
+//!    a draining node that hosts nothing any more is drained;
 //! 2. replica groups: place new partitions on distinct nodes (zones), mark groups started
 //!    once a leader is reported, then replace one member at a time when its node is
 //!    lost or draining;
@@ -54,6 +56,18 @@ pub enum ReconcileAction {
     MarkNodeLost {
         /// The node.
         node: NodeId,
+    },
+    /// A lost node's agent came back and proved its identity (the per-node secret on
+    /// its data dir): the node is ready again under the same id, with a fresh grace from
+    /// `at_ms`. Its durable replicas still designed on it reload from its disk and catch
+    /// up the tail; members replaced while it was away are no longer assigned to it (the
+    /// agent deletes their stores); its `memory` replicas report themselves forgotten.
+    /// Decided by the controller on registration, never by [`reconcile`].
+    MarkNodeRejoined {
+        /// The node.
+        node: NodeId,
+        /// When it registered again (ms since the Unix epoch).
+        at_ms: u64,
     },
     /// The draining node hosts nothing any more.
     MarkNodeDrained {
@@ -808,6 +822,19 @@ pub fn apply_action(cluster: &mut Cluster, action: &ReconcileAction) {
             cluster.observed.remove(node);
             cluster.resp_addrs.remove(node);
         }
+        ReconcileAction::MarkNodeRejoined { node, at_ms } => {
+            if let Some(record) = cluster.nodes.get_mut(node) {
+                record.state = NodeState::Ready;
+            }
+            // What it reported before the restart is gone with the old process.
+            cluster.observed.insert(
+                *node,
+                crate::model::NodeObserved {
+                    last_heartbeat_ms: *at_ms,
+                    ..crate::model::NodeObserved::default()
+                },
+            );
+        }
         ReconcileAction::MarkNodeDrained { node } => {
             if let Some(record) = cluster.nodes.get_mut(node) {
                 record.state = NodeState::Drained;
@@ -1213,6 +1240,108 @@ mod tests {
         design.initial_members = vec![1, 2, 3];
         cluster.nodes.get_mut(&1).unwrap().state = NodeState::Lost;
         assert!(step(&mut cluster, NOW_MS).is_empty());
+    }
+
+    fn disk_kv() -> String {
+        format!("{}\ndurability = \"disk\"", kv(1, "node"))
+    }
+
+    fn designed_groups(cluster: &Cluster, node: NodeId) -> Vec<GroupId> {
+        crate::assign::assignments_for(cluster, node)
+            .replicas
+            .iter()
+            .map(|r| r.group)
+            .collect()
+    }
+
+    /// The 30-minute soak's failure: every member of a `disk` partition restarted later
+    /// than the grace. Nothing may replace or reset them (their disks hold the only
+    /// copies); once they rejoin they are its members again, and nothing moves.
+    #[test]
+    fn every_member_of_a_disk_partition_lost_past_the_grace_comes_back_as_itself() {
+        let mut cluster = cluster_with_nodes(&["a", "b", "c", "d"]);
+        add_service(&mut cluster, &disk_kv());
+        started(&mut cluster, 0, &[1, 2, 3]);
+        report_leader(&mut cluster, 2, 0, &[1, 2, 3]);
+        let group = cluster.services["kv"].group(0);
+        let late_ms = NOW_MS + GRACE_MS + 1;
+        // Node 4 stays up: a spare the repair could pick, were there a leader.
+        cluster.observed.get_mut(&4).unwrap().last_heartbeat_ms = late_ms;
+        let actions = step(&mut cluster, late_ms);
+        assert_eq!(
+            actions,
+            (1..=3)
+                .map(|node| ReconcileAction::MarkNodeLost { node })
+                .collect::<Vec<_>>()
+        );
+        assert!(step(&mut cluster, late_ms).is_empty());
+        assert_eq!(
+            cluster.services["kv"].placement.partitions[0].members,
+            vec![1, 2, 3]
+        );
+
+        let back_ms = late_ms + 10_000;
+        cluster.observed.get_mut(&4).unwrap().last_heartbeat_ms = back_ms;
+        for node in 1..=3 {
+            apply_action(
+                &mut cluster,
+                &ReconcileAction::MarkNodeRejoined {
+                    node,
+                    at_ms: back_ms,
+                },
+            );
+            assert_eq!(cluster.node_state(node), NodeState::Ready);
+            assert_eq!(designed_groups(&cluster, node), vec![group]);
+        }
+        assert!(step(&mut cluster, back_ms).is_empty());
+        // A fresh grace from the rejoin, not from the last heartbeat before the restart.
+        assert!(step(&mut cluster, back_ms + GRACE_MS).is_empty());
+        report_leader(&mut cluster, 1, 0, &[1, 2, 3]);
+        for node in 1..=3 {
+            cluster.observed.get_mut(&node).unwrap().last_heartbeat_ms = back_ms;
+        }
+        assert!(step(&mut cluster, back_ms).is_empty());
+        assert_eq!(
+            cluster.services["kv"].placement.partitions[0].members,
+            vec![1, 2, 3]
+        );
+    }
+
+    /// While a lost member was away its group replaced it (the normal repair): after the
+    /// rejoin it is ready but no longer assigned the partition, so its agent removes the
+    /// replica and its store.
+    #[test]
+    fn a_member_replaced_while_its_node_was_lost_is_not_assigned_after_the_rejoin() {
+        let mut cluster = cluster_with_nodes(&["a", "b", "c", "d"]);
+        add_service(&mut cluster, &disk_kv());
+        started(&mut cluster, 0, &[1, 2, 3]);
+        report_leader(&mut cluster, 2, 0, &[1, 2, 3]);
+        cluster.observed.get_mut(&1).unwrap().last_heartbeat_ms = 0;
+        let actions = step(&mut cluster, NOW_MS);
+        assert_eq!(actions[0], ReconcileAction::MarkNodeLost { node: 1 });
+        assert!(matches!(
+            actions[1],
+            ReconcileAction::ReplaceMember {
+                remove: 1,
+                add: 4,
+                ..
+            }
+        ));
+        report_leader(&mut cluster, 2, 0, &[2, 3, 4]);
+        apply_action(
+            &mut cluster,
+            &ReconcileAction::MarkNodeRejoined {
+                node: 1,
+                at_ms: NOW_MS,
+            },
+        );
+        assert!(cluster.is_alive(1));
+        assert!(designed_groups(&cluster, 1).is_empty());
+        assert!(step(&mut cluster, NOW_MS).is_empty());
+        assert_eq!(
+            cluster.services["kv"].placement.partitions[0].members,
+            vec![4, 2, 3]
+        );
     }
 
     #[test]

@@ -185,6 +185,10 @@ enum BenchVerb {
     /// RSS per agent, and writes back after a SIGKILL of one agent.
     #[command(after_help = "Example:\n  stator bench idle --partitions 1000 --idle-s 30 --json")]
     Idle(IdleArgs),
+    /// Restart of a member holding `--state-mib` of state: from its own disk (fetching
+    /// only the missed writes), beside the same member started empty (a full copy).
+    #[command(after_help = "Example:\n  stator bench restart --state-mib 64 --json")]
+    Restart(RestartArgs),
 }
 
 /// `stator up`: a whole cluster on this machine.
@@ -428,6 +432,20 @@ struct MigrationArgs {
     json: bool,
 }
 
+/// `stator bench restart`.
+#[derive(clap::Args)]
+struct RestartArgs {
+    /// State to fill the partition with before the restarts.
+    #[arg(long, default_value_t = 64)]
+    state_mib: u64,
+    /// Bytes per written value (at most one write batch, 8192).
+    #[arg(long, default_value_t = 4096)]
+    value_bytes: usize,
+    /// Print the result as one JSON object on the last line.
+    #[arg(long)]
+    json: bool,
+}
+
 /// `stator bench failover`.
 #[derive(clap::Args)]
 struct FailoverArgs {
@@ -644,6 +662,7 @@ async fn dispatch(command: Verb, target: Target) -> anyhow::Result<()> {
             BenchVerb::Migration(args) => bench_migration(args).await,
             BenchVerb::Failover(args) => bench_failover(args).await,
             BenchVerb::Idle(args) => bench_idle(args).await,
+            BenchVerb::Restart(args) => bench_restart(args).await,
         },
     }
 }
@@ -905,6 +924,16 @@ async fn bench_migration(args: MigrationArgs) -> anyhow::Result<()> {
     let report = bench::migration::run(&opts).await?;
     bench::migration::print_report(&report, args.json);
     Ok(())
+}
+
+/// `stator bench restart`.
+async fn bench_restart(args: RestartArgs) -> anyhow::Result<()> {
+    let report = bench::restart::run(&bench::restart::Options {
+        state_mib: args.state_mib,
+        value_bytes: args.value_bytes,
+    })
+    .await?;
+    bench::restart::print_report(&report, args.json)
 }
 
 /// `stator bench failover`.
