@@ -146,10 +146,12 @@ pub fn autoscale(
         repair_partition(view, d, desired, &mut round);
         resize_or_move_members(view, d, desired, cfg, &mut round);
     }
+    let mut unmet = round.unmet;
+    unmet.extend(needs_without_room(view, round.deferred));
     let mut actions = round.actions;
     actions.extend(plan_new_nodes(
         view,
-        &round.unmet,
+        &unmet,
         pools,
         booting,
         PoolChoice::CheapestForShape,
@@ -162,6 +164,10 @@ pub fn autoscale(
 struct Round {
     actions: Vec<Action>,
     unmet: Vec<UnmetNeed>,
+    /// Raises that need a move when the round's migration budget is spent: they
+    /// move in a later round, and get a node only if no existing one has the room
+    /// ([`needs_without_room`]).
+    deferred: Vec<UnmetNeed>,
     migrations: usize,
 }
 
@@ -278,14 +284,21 @@ fn resize_or_move_members(
             });
             continue;
         }
-        if round.migrations >= cfg.max_migrations {
-            continue;
-        }
         let survivors: Vec<NodeId> = view
             .partition_nodes(&d.service, d.partition)
             .into_iter()
             .filter(|&n| n != r.node)
             .collect();
+        if round.migrations >= cfg.max_migrations {
+            // No move this round: take what the node has now, and leave the rest
+            // to a later round's move (or to a new node when no node has the room).
+            resize_in_part(view, d, slot, &r, free, cfg, round);
+            round.deferred.push(UnmetNeed {
+                partition: Some((d.service.clone(), d.partition)),
+                ..UnmetNeed::new(new_res, zones_of(view, &survivors))
+            });
+            continue;
+        }
         let req = PlacementRequest {
             spread: d.spread,
             ..PlacementRequest::long_running(&d.service, d.partition, 1, new_res)
@@ -306,21 +319,7 @@ fn resize_or_move_members(
             }
             _ => {
                 // Take what the node has now; ask for a node for the rest.
-                if free.cpu_millis >= cfg.cpu_step_millis {
-                    let partial = Resources {
-                        cpu_millis: current
-                            + free.cpu_millis / cfg.cpu_step_millis * cfg.cpu_step_millis,
-                        ..r.resources
-                    };
-                    view.resize_replica(slot, partial);
-                    round.actions.push(Action::Resize {
-                        service: d.service.clone(),
-                        partition: d.partition,
-                        node: r.node,
-                        from: r.resources,
-                        to: partial,
-                    });
-                }
+                resize_in_part(view, d, slot, &r, free, cfg, round);
                 round.unmet.push(UnmetNeed {
                     partition: Some((d.service.clone(), d.partition)),
                     ..UnmetNeed::new(new_res, zones_of(view, &survivors))
@@ -328,6 +327,88 @@ fn resize_or_move_members(
             }
         }
     }
+}
+
+/// A raise the member's node cannot hold in full: the member takes the node's free
+/// CPU (in whole steps) now, so it is short by as little as the node allows until it
+/// moves.
+fn resize_in_part(
+    view: &mut ClusterView,
+    d: &PartitionDemand,
+    slot: usize,
+    r: &MemberFacts,
+    free: Resources,
+    cfg: &PartitionScalerConfig,
+    round: &mut Round,
+) {
+    if free.cpu_millis < cfg.cpu_step_millis {
+        return;
+    }
+    let partial = Resources {
+        cpu_millis: r.resources.cpu_millis
+            + free.cpu_millis / cfg.cpu_step_millis * cfg.cpu_step_millis,
+        ..r.resources
+    };
+    view.resize_replica(slot, partial);
+    round.actions.push(Action::Resize {
+        service: d.service.clone(),
+        partition: d.partition,
+        node: r.node,
+        from: r.resources,
+        to: partial,
+    });
+}
+
+/// The deferred raises (moves the round's budget had no room for) that no existing
+/// node could take: each is simulated, largest first, onto the schedulable node with
+/// the most free CPU among the zones it may use (worst fit, one heap per zone), and
+/// only those that fit nowhere are returned, to be given new nodes. The others move
+/// in a later round; asking nodes for them would pay for nodes the moves never use.
+/// One pass over the nodes, and only when something was deferred.
+fn needs_without_room(view: &ClusterView, mut deferred: Vec<UnmetNeed>) -> Vec<UnmetNeed> {
+    use std::collections::BinaryHeap;
+    if deferred.is_empty() {
+        return deferred;
+    }
+    let mut zones: Vec<&str> = Vec::new();
+    let mut heaps: Vec<BinaryHeap<(u64, u64, NodeId)>> = Vec::new();
+    for n in view.nodes().filter(|n| n.schedulable) {
+        let free = view.free(n.id).unwrap_or_default();
+        let z = match zones.iter().position(|&z| z == n.zone) {
+            Some(z) => z,
+            None => {
+                zones.push(n.zone.as_str());
+                heaps.push(BinaryHeap::new());
+                zones.len() - 1
+            }
+        };
+        heaps[z].push((free.cpu_millis, free.memory_mib, n.id));
+    }
+    deferred.sort_by(|a, b| b.resources.cpu_millis.cmp(&a.resources.cpu_millis));
+    deferred
+        .into_iter()
+        .filter(|need| {
+            let best = (0..zones.len())
+                .filter(|&z| !need.avoid_zones.iter().any(|a| a == zones[z]))
+                .filter_map(|z| heaps[z].peek().map(|&top| (top, z)))
+                .filter(|&((cpu, mem, _), _)| {
+                    need.resources.cpu_millis <= cpu && need.resources.memory_mib <= mem
+                })
+                .max_by_key(|&((cpu, _, id), _)| (cpu, std::cmp::Reverse(id)));
+            match best {
+                Some(((cpu, mem, id), z)) => {
+                    heaps[z].pop();
+                    heaps[z].push((
+                        cpu - need.resources.cpu_millis,
+                        mem - need.resources.memory_mib,
+                        id,
+                    ));
+                    false
+                }
+                None => true,
+            }
+        })
+        .collect()
 }
 
 /// What the vertical/horizontal step reads of a member.
@@ -1008,6 +1089,72 @@ mod tests {
         assert_eq!(moves, vec![(3, 5)], "{acts:?}");
         assert!(!acts.iter().any(|a| matches!(a, Action::AddNode { .. })));
         assert_eq!(view.zone_of(5), Some("c"));
+    }
+
+    /// The 10,000-node day (issue 11): once a round's migration budget was spent,
+    /// the remaining raises that needed a move were dropped: no resize in part, no
+    /// node asked for, so thousands of partitions ran short all day. Now they take
+    /// what their node has and get a node when no existing node has the room;
+    /// where one has, they wait for a later round's move instead.
+    #[test]
+    fn raises_past_the_migration_budget_resize_in_part_and_get_nodes() {
+        let member = |node: NodeId| Replica {
+            service: "s".into(),
+            partition: 0,
+            node,
+            resources: Resources::new(1000, 512),
+            kind: WorkloadKind::LongRunning,
+            expected_end_s: None,
+            state_bytes: 1 << 20,
+        };
+        let cfg = PartitionScalerConfig {
+            max_migrations: 0,
+            ..Default::default()
+        };
+        let pools = vec![pool("big", 8000, 0.3)];
+        let run = |extra_room: bool| {
+            let mut nodes = vec![
+                Node::new(1, "a", "p", Resources::new(1500, 8192), 0.1),
+                Node::new(2, "b", "p", Resources::new(1500, 8192), 0.1),
+                Node::new(3, "c", "p", Resources::new(1500, 8192), 0.1),
+            ];
+            if extra_room {
+                nodes.push(Node::new(4, "c", "p", Resources::new(8000, 8192), 0.1));
+            }
+            let mut view = ClusterView::from_parts(nodes, vec![member(1), member(2), member(3)]);
+            let mut st = PartitionScalerState::default();
+            // 2100 / 0.7 = 3000m per member; each node has 500m more.
+            let acts = autoscale(&mut view, &[demand(0, 2100)], &pools, &[], &mut st, &cfg, 0);
+            (view, acts)
+        };
+        let (view, acts) = run(false);
+        assert!(!acts.iter().any(|a| matches!(a, Action::Migrate { .. })));
+        let resized: Vec<u64> = acts
+            .iter()
+            .filter_map(|a| match a {
+                Action::Resize { to, .. } => Some(to.cpu_millis),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(resized, vec![1500, 1500, 1500], "{acts:?}");
+        assert!(view.replicas().all(|(_, r)| r.resources.cpu_millis == 1500));
+        let adds = acts
+            .iter()
+            .filter(|a| matches!(a, Action::AddNode { .. }))
+            .count();
+        assert_eq!(adds, 3, "a node per member short of room: {acts:?}");
+        // Node 4 (zone c) has room for zone c's member: that one waits for a move;
+        // the other two still get nodes.
+        let (_, acts) = run(true);
+        let zones: Vec<&str> = acts
+            .iter()
+            .filter_map(|a| match a {
+                Action::AddNode { zone, .. } => Some(zone.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(zones.len(), 2, "{acts:?}");
+        assert!(!zones.contains(&"c"), "{acts:?}");
     }
 
     #[test]
