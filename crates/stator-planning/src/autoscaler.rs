@@ -25,7 +25,7 @@ use crate::actions::Action;
 use crate::forecast::{ForecastConfig, Forecaster};
 use crate::pools::{pool_counts, pools_by_unit_price, BootingNode, PoolSpec};
 use crate::scheduler::{place_move, place_partition, PlacementRequest, Policy, SpreadDomain};
-use crate::view::{ClusterView, LabelRequirement, Replica, Resources, WorkloadKind};
+use crate::view::{ClusterView, LabelRequirement, Replica, ReplicaSlot, Resources, WorkloadKind};
 use stator_api::ids::NodeId;
 
 /// Measured demand of one partition.
@@ -109,15 +109,27 @@ impl Default for PartitionScalerConfig {
 /// What the partition scaler remembers between rounds: recent recommendations per partition.
 #[derive(Debug, Clone, Default)]
 pub struct PartitionScalerState {
-    recommendations: HashMap<(String, u32), VecDeque<(u64, u64)>>,
+    /// By service, then partition: looked up by `&str`, so a round allocates no key.
+    recommendations: HashMap<String, HashMap<u32, VecDeque<(u64, u64)>>>,
     forecaster: Forecaster,
 }
 
 impl PartitionScalerState {
     /// Records a recommendation and returns the stabilised one: the maximum over the
     /// scale-down window (so requests rise at once but fall only after the window).
-    fn stabilise(&mut self, key: (String, u32), now_s: u64, rec: u64, window_s: u64) -> u64 {
-        let q = self.recommendations.entry(key).or_default();
+    fn stabilise(
+        &mut self,
+        service: &str,
+        partition: u32,
+        now_s: u64,
+        rec: u64,
+        window_s: u64,
+    ) -> u64 {
+        let by_partition = match self.recommendations.get_mut(service) {
+            Some(m) => m,
+            None => self.recommendations.entry(service.to_string()).or_default(),
+        };
+        let q = by_partition.entry(partition).or_default();
         while q.front().is_some_and(|&(t, _)| t + window_s < now_s) {
             q.pop_front();
         }
@@ -169,6 +181,8 @@ struct Round {
     /// ([`needs_without_room`]).
     deferred: Vec<UnmetNeed>,
     migrations: usize,
+    /// Scratch buffer for a partition's member slots.
+    slots: Vec<ReplicaSlot>,
 }
 
 /// The CPU request each member of `d` should have: the demand (or, with a forecast,
@@ -181,8 +195,9 @@ fn desired_request(
     now_s: u64,
 ) -> u64 {
     let sizing_used = match &cfg.forecast {
-        Some(fc) => (d.cpu_used_millis as f64).max(state.forecaster.observe(
-            (d.service.clone(), d.partition),
+        Some(fc) => (d.cpu_used_millis as f64).max(state.forecaster.observe_partition(
+            &d.service,
+            d.partition,
             now_s,
             d.cpu_used_millis as f64,
             fc,
@@ -194,12 +209,7 @@ fn desired_request(
         .ceil()
         .max(0.0) as u64;
     let rec = round_up(raw, cfg.cpu_step_millis).clamp(cfg.min_cpu_millis, cfg.max_cpu_millis);
-    state.stabilise(
-        (d.service.clone(), d.partition),
-        now_s,
-        rec,
-        cfg.scale_down_window_s,
-    )
+    state.stabilise(&d.service, d.partition, now_s, rec, cfg.scale_down_window_s)
 }
 
 /// Phase 1: a partition with fewer members than `min_replicas` (a node was lost) gets
@@ -251,7 +261,12 @@ fn resize_or_move_members(
     cfg: &PartitionScalerConfig,
     round: &mut Round,
 ) {
-    for slot in view.partition_members(&d.service, d.partition).to_vec() {
+    // The member list does not change here (moves and resizes keep the slots); a
+    // buffer kept by the round spares an allocation per partition and round.
+    let mut slots = std::mem::take(&mut round.slots);
+    slots.clear();
+    slots.extend_from_slice(view.partition_members(&d.service, d.partition));
+    for &slot in &slots {
         // Copy only what the round needs: cloning each member (and its service
         // name) every round is most of a round's allocations at 100k replicas.
         let r = {
@@ -327,6 +342,7 @@ fn resize_or_move_members(
             }
         }
     }
+    round.slots = slots;
 }
 
 /// A raise the member's node cannot hold in full: the member takes the node's free
