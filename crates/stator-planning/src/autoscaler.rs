@@ -400,7 +400,7 @@ fn needs_without_room(view: &ClusterView, mut deferred: Vec<UnmetNeed>) -> Vec<U
         };
         heaps[z].push((free.cpu_millis, free.memory_mib, n.id));
     }
-    deferred.sort_by(|a, b| b.resources.cpu_millis.cmp(&a.resources.cpu_millis));
+    deferred.sort_by_key(|b| std::cmp::Reverse(b.resources.cpu_millis));
     deferred
         .into_iter()
         .filter(|need| {
