@@ -11,7 +11,9 @@
 //! 3. **Horizontal**: a raise that does not fit on the replica's node moves the replica
 //!    (live migration, within the disruption budget) to a node with room; where no node
 //!    has room, a node is added from the cheapest pool (per unit of resource) that fits
-//!    the replica, in a zone no other member uses.
+//!    the replica, in a zone no other member uses. Once the budget is spent, a raise
+//!    that needs a move takes what its node has and moves in a later round; it gets a
+//!    node only when no existing node could take it.
 //!
 //! Scale-in is the consolidator's job. The planner applies its actions to the view it
 //! is given (the projection of the cluster once they are carried out), so a caller can
