@@ -11,7 +11,9 @@
 //! 3. **Horizontal**: a raise that does not fit on the replica's node moves the replica
 //!    (live migration, within the disruption budget) to a node with room; where no node
 //!    has room, a node is added from the cheapest pool (per unit of resource) that fits
-//!    the replica, in a zone no other member uses.
+//!    the replica, in a zone no other member uses. Once the budget is spent, a raise
+//!    that needs a move takes what its node has and moves in a later round; it gets a
+//!    node only when no existing node could take it.
 //!
 //! Scale-in is the consolidator's job. The planner applies its actions to the view it
 //! is given (the projection of the cluster once they are carried out), so a caller can
@@ -25,7 +27,7 @@ use crate::actions::Action;
 use crate::forecast::{ForecastConfig, Forecaster};
 use crate::pools::{pool_counts, pools_by_unit_price, BootingNode, PoolSpec};
 use crate::scheduler::{place_move, place_partition, PlacementRequest, Policy, SpreadDomain};
-use crate::view::{ClusterView, LabelRequirement, Replica, Resources, WorkloadKind};
+use crate::view::{ClusterView, LabelRequirement, Replica, ReplicaSlot, Resources, WorkloadKind};
 use stator_api::ids::NodeId;
 
 /// Measured demand of one partition.
@@ -109,15 +111,27 @@ impl Default for PartitionScalerConfig {
 /// What the partition scaler remembers between rounds: recent recommendations per partition.
 #[derive(Debug, Clone, Default)]
 pub struct PartitionScalerState {
-    recommendations: HashMap<(String, u32), VecDeque<(u64, u64)>>,
+    /// By service, then partition: looked up by `&str`, so a round allocates no key.
+    recommendations: HashMap<String, HashMap<u32, VecDeque<(u64, u64)>>>,
     forecaster: Forecaster,
 }
 
 impl PartitionScalerState {
     /// Records a recommendation and returns the stabilised one: the maximum over the
     /// scale-down window (so requests rise at once but fall only after the window).
-    fn stabilise(&mut self, key: (String, u32), now_s: u64, rec: u64, window_s: u64) -> u64 {
-        let q = self.recommendations.entry(key).or_default();
+    fn stabilise(
+        &mut self,
+        service: &str,
+        partition: u32,
+        now_s: u64,
+        rec: u64,
+        window_s: u64,
+    ) -> u64 {
+        let by_partition = match self.recommendations.get_mut(service) {
+            Some(m) => m,
+            None => self.recommendations.entry(service.to_string()).or_default(),
+        };
+        let q = by_partition.entry(partition).or_default();
         while q.front().is_some_and(|&(t, _)| t + window_s < now_s) {
             q.pop_front();
         }
@@ -146,10 +160,12 @@ pub fn autoscale(
         repair_partition(view, d, desired, &mut round);
         resize_or_move_members(view, d, desired, cfg, &mut round);
     }
+    let mut unmet = round.unmet;
+    unmet.extend(needs_without_room(view, round.deferred));
     let mut actions = round.actions;
     actions.extend(plan_new_nodes(
         view,
-        &round.unmet,
+        &unmet,
         pools,
         booting,
         PoolChoice::CheapestForShape,
@@ -162,7 +178,13 @@ pub fn autoscale(
 struct Round {
     actions: Vec<Action>,
     unmet: Vec<UnmetNeed>,
+    /// Raises that need a move when the round's migration budget is spent: they
+    /// move in a later round, and get a node only if no existing one has the room
+    /// ([`needs_without_room`]).
+    deferred: Vec<UnmetNeed>,
     migrations: usize,
+    /// Scratch buffer for a partition's member slots.
+    slots: Vec<ReplicaSlot>,
 }
 
 /// The CPU request each member of `d` should have: the demand (or, with a forecast,
@@ -175,8 +197,9 @@ fn desired_request(
     now_s: u64,
 ) -> u64 {
     let sizing_used = match &cfg.forecast {
-        Some(fc) => (d.cpu_used_millis as f64).max(state.forecaster.observe(
-            (d.service.clone(), d.partition),
+        Some(fc) => (d.cpu_used_millis as f64).max(state.forecaster.observe_partition(
+            &d.service,
+            d.partition,
             now_s,
             d.cpu_used_millis as f64,
             fc,
@@ -188,12 +211,7 @@ fn desired_request(
         .ceil()
         .max(0.0) as u64;
     let rec = round_up(raw, cfg.cpu_step_millis).clamp(cfg.min_cpu_millis, cfg.max_cpu_millis);
-    state.stabilise(
-        (d.service.clone(), d.partition),
-        now_s,
-        rec,
-        cfg.scale_down_window_s,
-    )
+    state.stabilise(&d.service, d.partition, now_s, rec, cfg.scale_down_window_s)
 }
 
 /// Phase 1: a partition with fewer members than `min_replicas` (a node was lost) gets
@@ -245,7 +263,12 @@ fn resize_or_move_members(
     cfg: &PartitionScalerConfig,
     round: &mut Round,
 ) {
-    for slot in view.partition_members(&d.service, d.partition).to_vec() {
+    // The member list does not change here (moves and resizes keep the slots); a
+    // buffer kept by the round spares an allocation per partition and round.
+    let mut slots = std::mem::take(&mut round.slots);
+    slots.clear();
+    slots.extend_from_slice(view.partition_members(&d.service, d.partition));
+    for &slot in &slots {
         // Copy only what the round needs: cloning each member (and its service
         // name) every round is most of a round's allocations at 100k replicas.
         let r = {
@@ -278,14 +301,21 @@ fn resize_or_move_members(
             });
             continue;
         }
-        if round.migrations >= cfg.max_migrations {
-            continue;
-        }
         let survivors: Vec<NodeId> = view
             .partition_nodes(&d.service, d.partition)
             .into_iter()
             .filter(|&n| n != r.node)
             .collect();
+        if round.migrations >= cfg.max_migrations {
+            // No move this round: take what the node has now, and leave the rest
+            // to a later round's move (or to a new node when no node has the room).
+            resize_in_part(view, d, slot, &r, free, cfg, round);
+            round.deferred.push(UnmetNeed {
+                partition: Some((d.service.clone(), d.partition)),
+                ..UnmetNeed::new(new_res, zones_of(view, &survivors))
+            });
+            continue;
+        }
         let req = PlacementRequest {
             spread: d.spread,
             ..PlacementRequest::long_running(&d.service, d.partition, 1, new_res)
@@ -306,21 +336,7 @@ fn resize_or_move_members(
             }
             _ => {
                 // Take what the node has now; ask for a node for the rest.
-                if free.cpu_millis >= cfg.cpu_step_millis {
-                    let partial = Resources {
-                        cpu_millis: current
-                            + free.cpu_millis / cfg.cpu_step_millis * cfg.cpu_step_millis,
-                        ..r.resources
-                    };
-                    view.resize_replica(slot, partial);
-                    round.actions.push(Action::Resize {
-                        service: d.service.clone(),
-                        partition: d.partition,
-                        node: r.node,
-                        from: r.resources,
-                        to: partial,
-                    });
-                }
+                resize_in_part(view, d, slot, &r, free, cfg, round);
                 round.unmet.push(UnmetNeed {
                     partition: Some((d.service.clone(), d.partition)),
                     ..UnmetNeed::new(new_res, zones_of(view, &survivors))
@@ -328,6 +344,89 @@ fn resize_or_move_members(
             }
         }
     }
+    round.slots = slots;
+}
+
+/// A raise the member's node cannot hold in full: the member takes the node's free
+/// CPU (in whole steps) now, so it is short by as little as the node allows until it
+/// moves.
+fn resize_in_part(
+    view: &mut ClusterView,
+    d: &PartitionDemand,
+    slot: usize,
+    r: &MemberFacts,
+    free: Resources,
+    cfg: &PartitionScalerConfig,
+    round: &mut Round,
+) {
+    if free.cpu_millis < cfg.cpu_step_millis {
+        return;
+    }
+    let partial = Resources {
+        cpu_millis: r.resources.cpu_millis
+            + free.cpu_millis / cfg.cpu_step_millis * cfg.cpu_step_millis,
+        ..r.resources
+    };
+    view.resize_replica(slot, partial);
+    round.actions.push(Action::Resize {
+        service: d.service.clone(),
+        partition: d.partition,
+        node: r.node,
+        from: r.resources,
+        to: partial,
+    });
+}
+
+/// The deferred raises (moves the round's budget had no room for) that no existing
+/// node could take: each is simulated, largest first, onto the schedulable node with
+/// the most free CPU among the zones it may use (worst fit, one heap per zone), and
+/// only those that fit nowhere are returned, to be given new nodes. The others move
+/// in a later round; asking nodes for them would pay for nodes the moves never use.
+/// One pass over the nodes, and only when something was deferred.
+fn needs_without_room(view: &ClusterView, mut deferred: Vec<UnmetNeed>) -> Vec<UnmetNeed> {
+    use std::collections::BinaryHeap;
+    if deferred.is_empty() {
+        return deferred;
+    }
+    let mut zones: Vec<&str> = Vec::new();
+    let mut heaps: Vec<BinaryHeap<(u64, u64, NodeId)>> = Vec::new();
+    for n in view.nodes().filter(|n| n.schedulable) {
+        let free = view.free(n.id).unwrap_or_default();
+        let z = match zones.iter().position(|&z| z == n.zone) {
+            Some(z) => z,
+            None => {
+                zones.push(n.zone.as_str());
+                heaps.push(BinaryHeap::new());
+                zones.len() - 1
+            }
+        };
+        heaps[z].push((free.cpu_millis, free.memory_mib, n.id));
+    }
+    deferred.sort_by_key(|b| std::cmp::Reverse(b.resources.cpu_millis));
+    deferred
+        .into_iter()
+        .filter(|need| {
+            let best = (0..zones.len())
+                .filter(|&z| !need.avoid_zones.iter().any(|a| a == zones[z]))
+                .filter_map(|z| heaps[z].peek().map(|&top| (top, z)))
+                .filter(|&((cpu, mem, _), _)| {
+                    need.resources.cpu_millis <= cpu && need.resources.memory_mib <= mem
+                })
+                .max_by_key(|&((cpu, _, id), _)| (cpu, std::cmp::Reverse(id)));
+            match best {
+                Some(((cpu, mem, id), z)) => {
+                    heaps[z].pop();
+                    heaps[z].push((
+                        cpu - need.resources.cpu_millis,
+                        mem - need.resources.memory_mib,
+                        id,
+                    ));
+                    false
+                }
+                None => true,
+            }
+        })
+        .collect()
 }
 
 /// What the vertical/horizontal step reads of a member.
@@ -1008,6 +1107,72 @@ mod tests {
         assert_eq!(moves, vec![(3, 5)], "{acts:?}");
         assert!(!acts.iter().any(|a| matches!(a, Action::AddNode { .. })));
         assert_eq!(view.zone_of(5), Some("c"));
+    }
+
+    /// The 10,000-node day (issue 11): once a round's migration budget was spent,
+    /// the remaining raises that needed a move were dropped: no resize in part, no
+    /// node asked for, so thousands of partitions ran short all day. Now they take
+    /// what their node has and get a node when no existing node has the room;
+    /// where one has, they wait for a later round's move instead.
+    #[test]
+    fn raises_past_the_migration_budget_resize_in_part_and_get_nodes() {
+        let member = |node: NodeId| Replica {
+            service: "s".into(),
+            partition: 0,
+            node,
+            resources: Resources::new(1000, 512),
+            kind: WorkloadKind::LongRunning,
+            expected_end_s: None,
+            state_bytes: 1 << 20,
+        };
+        let cfg = PartitionScalerConfig {
+            max_migrations: 0,
+            ..Default::default()
+        };
+        let pools = vec![pool("big", 8000, 0.3)];
+        let run = |extra_room: bool| {
+            let mut nodes = vec![
+                Node::new(1, "a", "p", Resources::new(1500, 8192), 0.1),
+                Node::new(2, "b", "p", Resources::new(1500, 8192), 0.1),
+                Node::new(3, "c", "p", Resources::new(1500, 8192), 0.1),
+            ];
+            if extra_room {
+                nodes.push(Node::new(4, "c", "p", Resources::new(8000, 8192), 0.1));
+            }
+            let mut view = ClusterView::from_parts(nodes, vec![member(1), member(2), member(3)]);
+            let mut st = PartitionScalerState::default();
+            // 2100 / 0.7 = 3000m per member; each node has 500m more.
+            let acts = autoscale(&mut view, &[demand(0, 2100)], &pools, &[], &mut st, &cfg, 0);
+            (view, acts)
+        };
+        let (view, acts) = run(false);
+        assert!(!acts.iter().any(|a| matches!(a, Action::Migrate { .. })));
+        let resized: Vec<u64> = acts
+            .iter()
+            .filter_map(|a| match a {
+                Action::Resize { to, .. } => Some(to.cpu_millis),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(resized, vec![1500, 1500, 1500], "{acts:?}");
+        assert!(view.replicas().all(|(_, r)| r.resources.cpu_millis == 1500));
+        let adds = acts
+            .iter()
+            .filter(|a| matches!(a, Action::AddNode { .. }))
+            .count();
+        assert_eq!(adds, 3, "a node per member short of room: {acts:?}");
+        // Node 4 (zone c) has room for zone c's member: that one waits for a move;
+        // the other two still get nodes.
+        let (_, acts) = run(true);
+        let zones: Vec<&str> = acts
+            .iter()
+            .filter_map(|a| match a {
+                Action::AddNode { zone, .. } => Some(zone.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(zones.len(), 2, "{acts:?}");
+        assert!(!zones.contains(&"c"), "{acts:?}");
     }
 
     #[test]

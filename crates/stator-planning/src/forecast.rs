@@ -64,10 +64,12 @@ struct Series {
     errors: u32,
 }
 
-/// Forecasts for many series, keyed by (service, partition).
+/// Forecasts for many series, keyed by service, then partition: a round looks a
+/// series up by `&str` without building a `(String, u32)` key (at 33,000 partitions a
+/// tick, those allocations were a visible share of the 10,000-node day).
 #[derive(Debug, Clone, Default)]
 pub struct Forecaster {
-    series: HashMap<(String, u32), Series>,
+    series: HashMap<String, HashMap<u32, Series>>,
 }
 
 impl Forecaster {
@@ -80,7 +82,24 @@ impl Forecaster {
         value: f64,
         cfg: &ForecastConfig,
     ) -> f64 {
-        let s = self.series.entry(key).or_insert_with(|| Series {
+        self.observe_partition(&key.0, key.1, now_s, value, cfg)
+    }
+
+    /// [`Forecaster::observe`] for one partition of `service`, allocating only for a
+    /// series seen for the first time.
+    pub fn observe_partition(
+        &mut self,
+        service: &str,
+        partition: u32,
+        now_s: u64,
+        value: f64,
+        cfg: &ForecastConfig,
+    ) -> f64 {
+        let by_partition = match self.series.get_mut(service) {
+            Some(m) => m,
+            None => self.series.entry(service.to_string()).or_default(),
+        };
+        let s = by_partition.entry(partition).or_insert_with(|| Series {
             level: value,
             last_s: now_s,
             ..Series::default()
@@ -125,7 +144,10 @@ impl Forecaster {
 
     /// Forgets series not in `keep` (partitions deleted).
     pub fn retain(&mut self, keep: impl Fn(&(String, u32)) -> bool) {
-        self.series.retain(|k, _| keep(k));
+        for (service, by_partition) in self.series.iter_mut() {
+            by_partition.retain(|&p, _| keep(&(service.clone(), p)));
+        }
+        self.series.retain(|_, m| !m.is_empty());
     }
 }
 

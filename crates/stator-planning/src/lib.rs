@@ -5,7 +5,9 @@
 //!
 //! # Layout
 //! - [`view`]: [`ClusterView`] — nodes, their capacity and allocation, the replicas on
-//!   them, with indexes kept up to date as replicas are added, moved and removed.
+//!   them, with indexes kept up to date as replicas are added, moved and removed
+//!   (among them the largest free room per block of 64 nodes, which lets a placement
+//!   scan skip the blocks that cannot hold a request).
 //! - [`scheduler`]: filter (capacity, schedulable, selectors, anti-affinity) then score
 //!   under a [`Policy`]: `Spread` (Kubernetes default scoring) or `Cost`
 //!   (best-fit on price per unit of resource, jobs packed apart and binned by end time).

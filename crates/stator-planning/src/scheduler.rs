@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 
 use crate::error::PlacementError;
-use crate::view::{ClusterView, HotNode, LabelRequirement, Resources, WorkloadKind};
+use crate::view::{ClusterView, HotNode, LabelRequirement, Resources, WorkloadKind, SCAN_BLOCK};
 use stator_api::ids::NodeId;
 
 /// Scoring policy.
@@ -353,6 +353,27 @@ fn better(a: &Candidate, b: &Candidate) -> Ordering {
     b.score.total_cmp(&a.score).then(a.id.cmp(&b.id))
 }
 
+/// The nodes a scan for `req` must look at, with their index: every node of the
+/// blocks (`ClusterView::block_free`) whose largest free CPU, memory and GPU could
+/// hold the request. The nodes skipped would all fail the capacity filter, so a scan
+/// finds exactly what a scan of every node finds.
+#[inline]
+fn candidates<'v>(
+    view: &'v ClusterView,
+    req: &PlacementRequest,
+) -> impl Iterator<Item = (usize, &'v HotNode)> + 'v {
+    let need = req.resources;
+    view.block_free
+        .iter()
+        .enumerate()
+        .filter(move |(_, m)| need.fits_in(m))
+        .flat_map(move |(b, _)| {
+            let start = b * SCAN_BLOCK;
+            let end = (start + SCAN_BLOCK).min(view.hot.len());
+            (start..end).map(move |ix| (ix, &view.hot[ix]))
+        })
+}
+
 /// `avoid_nodes` host members: skipped, and their zones are not fresh;
 /// `exclude_nodes` are only skipped.
 fn place_avoiding(
@@ -384,7 +405,7 @@ fn place_avoiding(
     let keep = want + if zone_spread { want } else { 0 };
     let mut feasible = 0u32;
     let scorer = Scorer::new(req, policy);
-    for (ix, h) in view.hot.iter().enumerate() {
+    for (ix, h) in candidates(view, req) {
         if !passes_filters(view, ix, h, req)
             || avoid_nodes.contains(&h.id)
             || exclude_nodes.contains(&h.id)
@@ -440,10 +461,7 @@ fn place_avoiding(
             .collect();
         if chosen.len() + rest.len() < want {
             // `top` was too short after removing chosen ones: rescan everything.
-            rest = view
-                .hot
-                .iter()
-                .enumerate()
+            rest = candidates(view, req)
                 .filter(|(ix, h)| {
                     passes_filters(view, *ix, h, req)
                         && !avoid_nodes.contains(&h.id)

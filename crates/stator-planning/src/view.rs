@@ -281,6 +281,11 @@ pub struct ClusterView {
     pub(crate) nodes: Vec<NodeEntry>,
     /// `hot[i]` summarises `nodes[i]` for placement scans.
     pub(crate) hot: Vec<HotNode>,
+    /// `block_free[b]`: the largest free CPU, memory and GPU (each on its own) among
+    /// the schedulable nodes `hot[b * SCAN_BLOCK ..][.. SCAN_BLOCK]`. A scan skips a
+    /// block whose maxima cannot hold the request: exact (only nodes that fail the
+    /// capacity filter are skipped), and most blocks of a packed cluster.
+    pub(crate) block_free: Vec<Resources>,
     node_ix: HashMap<NodeId, usize>,
     zones: Vec<String>,
     zone_ix: HashMap<String, u32>,
@@ -332,10 +337,33 @@ impl ClusterView {
         });
         let last = self.nodes.len() - 1;
         self.hot.push(HotNode::of(&self.nodes[last]));
+        self.refresh_block(last / SCAN_BLOCK);
     }
 
     fn refresh_hot(&mut self, ix: usize) {
         self.hot[ix] = HotNode::of(&self.nodes[ix]);
+        self.refresh_block(ix / SCAN_BLOCK);
+    }
+
+    /// Recomputes one block's maxima of free capacity (`block_free`), adding or
+    /// dropping the trailing block as the node count crosses a block boundary.
+    fn refresh_block(&mut self, b: usize) {
+        let blocks = self.hot.len().div_ceil(SCAN_BLOCK);
+        self.block_free.resize(blocks, Resources::default());
+        if b >= blocks {
+            return;
+        }
+        let end = ((b + 1) * SCAN_BLOCK).min(self.hot.len());
+        let mut m = Resources::default();
+        for h in self.hot[b * SCAN_BLOCK..end]
+            .iter()
+            .filter(|h| h.schedulable)
+        {
+            m.cpu_millis = m.cpu_millis.max(h.free.cpu_millis);
+            m.memory_mib = m.memory_mib.max(h.free.memory_mib);
+            m.gpu_milli = m.gpu_milli.max(h.free.gpu_milli);
+        }
+        self.block_free[b] = m;
     }
 
     /// Removes a node together with every replica on it; returns the removed replicas.
@@ -355,6 +383,9 @@ impl ClusterView {
             let moved = self.nodes[ix].node.id;
             self.node_ix.insert(moved, ix);
         }
+        // The last node moved into `ix`: both blocks changed.
+        self.refresh_block(ix / SCAN_BLOCK);
+        self.refresh_block(self.nodes.len() / SCAN_BLOCK);
         removed
     }
 
@@ -591,6 +622,11 @@ impl ClusterView {
         self.node_ix.get(&id).copied()
     }
 }
+
+/// Nodes per block of [`ClusterView::block_free`]: small enough that a block with
+/// one node of room costs a short scan, large enough that skipping a block saves
+/// most of its nodes' filter checks.
+pub(crate) const SCAN_BLOCK: usize = 64;
 
 #[inline]
 pub(crate) fn free_of(e: &NodeEntry) -> Resources {

@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use stator_planning::autoscaler::plan_new_nodes_with_fit;
 use stator_planning::{
-    autoscale, consolidate, place_partition, Action, BootingNode, ClusterView, ConsolidatorConfig,
-    ConsolidatorState, Node, PartitionDemand, PartitionScalerConfig, PartitionScalerState,
-    PlacementRequest, Policy, PoolChoice, PoolSpec, Replica, Resources, SpreadDomain, UnmetNeed,
-    WorkloadKind,
+    autoscale, consolidate, place_partition, score_node, Action, BootingNode, ClusterView,
+    ConsolidatorConfig, ConsolidatorState, Node, PartitionDemand, PartitionScalerConfig,
+    PartitionScalerState, PlacementRequest, Policy, PoolChoice, PoolSpec, Replica, Resources,
+    SpreadDomain, UnmetNeed, WorkloadKind,
 };
 
 const ZONES: [&str; 4] = ["a", "b", "c", "d"];
@@ -82,6 +82,63 @@ fn pools() -> Vec<PoolSpec> {
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// The scan skips blocks of nodes whose largest free room cannot hold the request
+    /// (`ClusterView::block_free`): it must choose exactly the node a scan of every
+    /// node chooses (best score, lowest id on ties), through node removals (which
+    /// move the last node into the gap), cordons and resizes, at sizes spanning
+    /// several blocks.
+    #[test]
+    fn block_skipping_scan_finds_the_best_node(
+        caps in prop::collection::vec((0usize..4, 1u64..9), 60..260),
+        fills in prop::collection::vec((0usize..1000, 100u64..4000), 0..400),
+        removed in prop::collection::vec(0usize..1000, 0..40),
+        cordoned in prop::collection::vec(0usize..1000, 0..20),
+        asks in prop::collection::vec((100u64..6000, 256u64..20000, any::<bool>()), 1..8),
+    ) {
+        let mut view = ClusterView::from_parts(
+            caps.iter().enumerate().map(|(i, &(z, cores))| {
+                Node::new(i as u64 + 1, ZONES[z], "p", Resources::new(cores * 1000, cores * 4096), 0.05 * cores as f64)
+            }).collect(),
+            vec![],
+        );
+        let n = caps.len();
+        let mut slots = Vec::new();
+        for (i, &(at, cpu)) in fills.iter().enumerate() {
+            let node = (at % n) as u64 + 1;
+            let r = Resources::new(cpu, 1024);
+            if r.fits_in(&view.free(node).unwrap()) {
+                slots.push(view.add_replica(Replica { service: "f".into(), partition: i as u32, node, resources: r, kind: WorkloadKind::LongRunning, expected_end_s: None, state_bytes: 0 }));
+            }
+        }
+        // Shrink every other replica: frees room in the middle of blocks.
+        for &slot in slots.iter().step_by(2) {
+            view.resize_replica(slot, Resources::new(100, 1024));
+        }
+        for &r in &removed {
+            view.remove_node((r % n) as u64 + 1);
+        }
+        for &c in &cordoned {
+            view.set_schedulable((c % n) as u64 + 1, false);
+        }
+        for (i, &(cpu, mem, cost)) in asks.iter().enumerate() {
+            let policy = if cost { Policy::Cost } else { Policy::Spread };
+            let req = PlacementRequest {
+                spread: SpreadDomain::Node,
+                ..PlacementRequest::long_running("q", i as u32, 1, Resources::new(cpu, mem))
+            };
+            let brute = view
+                .nodes()
+                .filter_map(|nd| score_node(&view, nd.id, &req, policy).map(|s| (s, nd.id)))
+                .fold(None::<(f64, u64)>, |best, (s, id)| match best {
+                    Some((bs, bid)) if bs > s || (bs == s && bid < id) => Some((bs, bid)),
+                    _ => Some((s, id)),
+                })
+                .map(|(_, id)| id);
+            let got = place_partition(&view, &req, policy).ok().map(|v| v[0]);
+            prop_assert_eq!(got, brute);
+        }
+    }
 
     #[test]
     fn placement_keeps_capacity_and_anti_affinity(

@@ -118,6 +118,7 @@ impl Policies for Stator {
         if !sim.parts.is_empty() {
             let demands = sim.demands();
             let actions = sim.run_autoscaler(&demands);
+            sim.return_demands(demands);
             sim.execute(actions, false);
         }
         let unmet = sim.place_pending();
