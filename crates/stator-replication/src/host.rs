@@ -136,6 +136,12 @@ impl WriteQueue {
 /// last heartbeat came at about the same time as its own; this covers the difference).
 pub const FAST_ELECTION_MARGIN: Duration = Duration::from_millis(15);
 
+/// How long a follower about to run on a liveness signal waits for each other voter's
+/// pre-vote answer ([`Request::LeaderLost`]). A live host answers within a round trip;
+/// one that does not counts as no, and the group then falls back to openraft's own
+/// election timer.
+pub const PRE_VOTE_TIMEOUT: Duration = Duration::from_millis(200);
+
 /// The instant `last_append_us` counts from.
 fn process_epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -1266,7 +1272,12 @@ impl Handler for HostHandler {
             .cloned()
             .collect();
         for replica in replicas {
-            tokio::spawn(elect_after_leader_loss(replica, me, peer.node_id));
+            tokio::spawn(elect_after_leader_loss(
+                self.inner.clone(),
+                replica,
+                me,
+                peer.node_id,
+            ));
         }
         tokio::spawn(probe_after_disconnect(
             self.inner.clone(),
@@ -1276,6 +1287,14 @@ impl Handler for HostHandler {
     }
 
     async fn handle(&self, peer: &PeerInfo, request: Request) -> Response {
+        if peer.node_id != 0 {
+            // Any message proves its sender alive, not only a ping's answer.
+            self.inner
+                .liveness
+                .lock()
+                .expect("liveness mutex poisoned")
+                .heard(peer.node_id, Instant::now());
+        }
         match request {
             Request::Append(group, rpc) => match self.replica(group) {
                 Some(r) => {
@@ -1318,6 +1337,10 @@ impl Handler for HostHandler {
                 None => Response::NoGroup,
             },
             Request::Ping => Response::Pong,
+            Request::LeaderLost(group, _) => match self.replica(group) {
+                Some(r) => Response::LeaderLost(!hears_a_leader(&self.inner, &r)),
+                None => Response::NoGroup,
+            },
             Request::Client(group, req) => {
                 Response::Client(serve_client(&self.inner, group, req).await)
             }
@@ -1358,19 +1381,120 @@ fn is_successor(replica: &Replica, me: NodeId, leader: NodeId) -> bool {
 }
 
 /// Runs for election as soon as the other voters will grant it, unless the leader turns
-/// out to be alive (an AppendEntries arrives) or someone else leads meanwhile. openraft's
+/// out to be alive (an AppendEntries arrives), someone else leads meanwhile, or a quorum
+/// still hears from a leader (the pre-vote, see [`leader_lost_by_quorum`]). openraft's
 /// own timer would wait a lease plus an election timeout, plus up to a tick.
-async fn elect_after_leader_loss(replica: Arc<Replica>, me: NodeId, leader: NodeId) {
+async fn elect_after_leader_loss(
+    inner: Arc<HostInner>,
+    replica: Arc<Replica>,
+    me: NodeId,
+    leader: NodeId,
+) {
     let heard_us = replica.last_append_us.load(Ordering::Relaxed);
     let lease_ends = process_epoch() + Duration::from_micros(heard_us) + replica.raft_lease;
     tokio::time::sleep_until((lease_ends + FAST_ELECTION_MARGIN).into()).await;
-    if replica.last_append_us.load(Ordering::Relaxed) == heard_us
-        && is_successor(&replica, me, leader)
-    {
+    let still_lost = || {
+        replica.last_append_us.load(Ordering::Relaxed) == heard_us
+            && is_successor(&replica, me, leader)
+    };
+    if !still_lost() {
+        return;
+    }
+    if !leader_lost_by_quorum(&inner, &replica, me, leader).await {
+        tracing::info!(group = %replica.group, leader, "leader's node looked lost, but a quorum still hears a leader: no election");
+        return;
+    }
+    if still_lost() {
         tracing::info!(group = %replica.group, leader, "leader's host went away: running for election");
         replica.quiet.wake(&replica.raft);
         let _ = replica.raft.trigger().elect().await;
     }
+}
+
+/// The pre-vote of an election started on a liveness signal: whether enough of the
+/// group's other voters (with this one, a majority) no longer hear from a leader either
+/// ([`hears_a_leader`]). openraft 0.9 has no pre-vote, and a candidate deposes a live
+/// leader even when it loses (its higher term turns the leader's next append away); so a
+/// follower whose own view is stale (its process stalled, its pings ran late under load)
+/// must not run while the others still follow a live leader. Each voter answers within
+/// [`PRE_VOTE_TIMEOUT`]; one that does not (the dead leader) counts as no.
+async fn leader_lost_by_quorum(
+    inner: &Arc<HostInner>,
+    replica: &Replica,
+    me: NodeId,
+    leader: NodeId,
+) -> bool {
+    let others: Vec<(NodeId, String)> = {
+        let m = replica.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        membership
+            .voter_ids()
+            .filter(|id| *id != me)
+            .filter_map(|id| membership.get_node(&id).map(|n| (id, n.addr.clone())))
+            .collect()
+    };
+    let needed = (others.len() + 1) / 2 + 1;
+    let mut granted = 1;
+    if granted >= needed {
+        return true;
+    }
+    let mut answers: futures::stream::FuturesUnordered<_> = others
+        .into_iter()
+        .map(|(id, addr)| {
+            let transport = inner.transport.clone();
+            let group = replica.group;
+            async move {
+                transport
+                    .call_node(
+                        &addr,
+                        id,
+                        Request::LeaderLost(group, leader),
+                        PRE_VOTE_TIMEOUT,
+                    )
+                    .await
+            }
+        })
+        .collect();
+    while let Some(answer) = futures::StreamExt::next(&mut answers).await {
+        if matches!(answer, Ok(Response::LeaderLost(true))) {
+            granted += 1;
+            if granted >= needed {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Whether replica `r` still hears from a live leader, as a pre-vote asks: it leads here
+/// itself, or its leader's node is not declared lost and sent an AppendEntries within
+/// openraft's leader lease, or (a quiet group, whose live leader sends nothing) its
+/// leader's node answered the liveness pings lately.
+fn hears_a_leader(inner: &HostInner, r: &Replica) -> bool {
+    let (leader, leads) = {
+        let m = r.raft.metrics();
+        let m = m.borrow();
+        (
+            m.current_leader,
+            m.state == ServerState::Leader && m.running_state.is_ok(),
+        )
+    };
+    let Some(leader) = leader else {
+        return false;
+    };
+    if leader == inner.node_id {
+        return leads;
+    }
+    let liveness = inner.liveness.lock().expect("liveness mutex poisoned");
+    if liveness.is_lost(leader) {
+        return false;
+    }
+    let since_append = Duration::from_micros(
+        micros_since_epoch().saturating_sub(r.last_append_us.load(Ordering::Relaxed)),
+    );
+    since_append < r.raft_lease
+        || (r.quiet.phase() == Phase::Quiet && liveness.alive(leader, Instant::now()))
 }
 
 /// Where a durable replica of `group` keeps its store under a host's data directory.
@@ -1590,7 +1714,7 @@ fn node_lost(inner: &Arc<HostInner>, lost: NodeId) {
             continue;
         }
         if is_successor(&replica, me, lost) {
-            tokio::spawn(elect_after_leader_loss(replica, me, lost));
+            tokio::spawn(elect_after_leader_loss(inner.clone(), replica, me, lost));
         } else {
             tokio::spawn(async move {
                 tokio::time::sleep(replica.raft_lease).await;

@@ -333,12 +333,27 @@ impl NodeLiveness {
             .collect()
     }
 
-    /// A ping (or its answer) came from `node`.
+    /// A message came from `node`: a ping, its answer, or any request (a busy peer's
+    /// heartbeats and appends prove it alive as well as a ping does, and under load a
+    /// ping's round trip is the first thing to run late).
     pub fn heard(&mut self, node: NodeId, now: Instant) {
         if let Some(p) = self.peers.get_mut(&node) {
             p.last_heard = now;
             p.lost = false;
         }
+    }
+
+    /// Whether `node` was heard from within [`NODE_SILENT_AFTER`] of `now` and is not
+    /// declared lost.
+    pub fn alive(&self, node: NodeId, now: Instant) -> bool {
+        self.peers.get(&node).is_some_and(|p| {
+            !p.lost && now.saturating_duration_since(p.last_heard) <= NODE_SILENT_AFTER
+        })
+    }
+
+    /// Whether `node` is declared lost (and not heard from since).
+    pub fn is_lost(&self, node: NodeId) -> bool {
+        self.peers.get(&node).is_some_and(|p| p.lost)
     }
 
     /// Marks `node` lost; `true` the first time (since it was last heard).
