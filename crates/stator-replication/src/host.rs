@@ -968,30 +968,44 @@ impl Host {
 }
 
 fn status_of(r: &Replica) -> GroupStatus {
-    let m = r.raft.metrics().borrow().clone();
-    let role = match (&m.running_state, m.state) {
-        (Err(_), _) | (_, ServerState::Shutdown) => Role::Stopped,
-        (_, ServerState::Leader) => Role::Leader,
-        (_, ServerState::Follower) => Role::Follower,
-        (_, ServerState::Learner) => Role::Learner,
-        (_, ServerState::Candidate) => Role::Candidate,
+    // Read under the borrow (released before anything else is locked), without cloning
+    // the metrics: the agent asks for every replica's status on each heartbeat.
+    let (role, leader, term, voters, learners, applied_index, error) = {
+        let metrics = r.raft.metrics();
+        let m = metrics.borrow();
+        let role = match (&m.running_state, m.state) {
+            (Err(_), _) | (_, ServerState::Shutdown) => Role::Stopped,
+            (_, ServerState::Leader) => Role::Leader,
+            (_, ServerState::Follower) => Role::Follower,
+            (_, ServerState::Learner) => Role::Learner,
+            (_, ServerState::Candidate) => Role::Candidate,
+        };
+        let membership = m.membership_config.membership();
+        (
+            role,
+            m.current_leader,
+            m.current_term,
+            membership.voter_ids().collect(),
+            membership.learner_ids().collect(),
+            m.last_applied.map_or(0, |l| l.index),
+            m.running_state.as_ref().err().map(|e| e.to_string()),
+        )
     };
-    let membership = m.membership_config.membership();
     let (ops_per_sec, p99_us) = r.latency.summary();
     GroupStatus {
         group: r.group,
         role,
-        leader: m.current_leader,
-        term: m.current_term,
-        voters: membership.voter_ids().collect(),
-        learners: membership.learner_ids().collect(),
-        applied_index: m.last_applied.map_or(0, |l| l.index),
+        leader,
+        term,
+        voters,
+        learners,
+        applied_index,
         log_entries: r.log.len() as u64,
         disk_bytes: r.log.disk_bytes(),
         state_bytes: r.sm.state_bytes(),
         ops_per_sec,
         p99_us,
-        error: m.running_state.err().map(|e| e.to_string()),
+        error,
         quiet: r.quiet.phase() == Phase::Quiet,
     }
 }
@@ -1544,14 +1558,36 @@ fn sweep(inner: &Arc<HostInner>) {
     let me = inner.node_id;
     let mut peers = HashMap::new();
     for replica in hosted(inner) {
-        let m = replica.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
-        for (id, node) in membership.nodes() {
-            if *id != me {
-                peers.insert(*id, node.addr.clone());
+        // Quiet leaders (most, when idle) are not asked again. Read before the metrics
+        // borrow: no other lock is taken while it is held.
+        let may_begin =
+            replica.quiet.phase() == Phase::Awake && replica.transfer.borrow().is_none();
+        // Read under the metrics borrow, without cloning them: this runs for every
+        // replica four times a second, most of them idle.
+        let (stopped, quiesce) = {
+            let metrics = replica.raft.metrics();
+            let m = metrics.borrow();
+            let membership = m.membership_config.membership();
+            for (id, node) in membership.nodes() {
+                if *id != me && !peers.contains_key(id) {
+                    peers.insert(*id, node.addr.clone());
+                }
             }
-        }
-        if m.running_state.is_err() {
+            if m.running_state.is_err() {
+                (Some(m.clone()), None)
+            } else {
+                let quiesce = (may_begin && may_quiesce(&m)).then(|| {
+                    let members: Vec<String> = membership
+                        .nodes()
+                        .filter(|(id, _)| **id != me)
+                        .map(|(_, node)| node.addr.clone())
+                        .collect();
+                    (m.current_term, members)
+                });
+                (None, quiesce)
+            }
+        };
+        if let Some(m) = stopped {
             hand_over_stopped(inner, &replica, &m);
             continue;
         }
@@ -1559,21 +1595,10 @@ fn sweep(inner: &Arc<HostInner>) {
             tracing::info!(group = %replica.group, "still forming after {FORMING_TIMERS_OFF_MAX:?}: timers on");
             replica.quiet.wake(&replica.raft);
         }
-        if replica.transfer.borrow().is_none()
-            && may_quiesce(&m)
-            && replica.quiet.begin_quiescing(now)
-        {
-            let members: Vec<String> = membership
-                .nodes()
-                .filter(|(id, _)| **id != me)
-                .map(|(_, node)| node.addr.clone())
-                .collect();
-            tokio::spawn(quiesce_group(
-                inner.clone(),
-                replica.clone(),
-                m.current_term,
-                members,
-            ));
+        if let Some((term, members)) = quiesce {
+            if replica.quiet.begin_quiescing(now) {
+                tokio::spawn(quiesce_group(inner.clone(), replica.clone(), term, members));
+            }
         }
     }
     inner

@@ -27,6 +27,16 @@
 //!   for a group quiet that long is at once; the other followers wake one lease later
 //!   unless the successor's vote request woke them first.
 //!
+//! # Elections on a liveness signal
+//! An election started because a leader's node looks lost (its connection closed, or it
+//! went silent) is preceded by a pre-vote (`Request::LeaderLost`, see
+//! `crate::host`): the candidate runs only if, with itself, a majority of the voters no
+//! longer hears a leader. A follower whose own view is stale (its process starved, its
+//! pings' answers late) must not run while the others still follow a live leader:
+//! openraft 0.9 has no pre-vote, a leader grants a vote whose log is as long as its own
+//! (always so under reads only), and even a losing candidate deposes the leader. Any
+//! message from a peer, not only a ping's answer, counts as hearing from it.
+//!
 //! # Forming groups
 //! A replica created to form a new group (`GroupOptions::forming`: the group never had
 //! a leader) starts quiet, its timers off, and AppendEntries and vote requests leave it
