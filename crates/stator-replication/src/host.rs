@@ -1448,7 +1448,9 @@ async fn leader_lost_by_quorum(
             .filter_map(|id| membership.get_node(&id).map(|n| (id, n.addr.clone())))
             .collect()
     };
-    let needed = (others.len() + 1) / 2 + 1;
+    // A majority of the voters, this one included.
+    let voters = others.len() + 1;
+    let needed = voters / 2 + 1;
     let mut granted = 1;
     if granted >= needed {
         return true;
