@@ -419,6 +419,24 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_is_alive_until_silent_or_declared_lost() {
+        let mut live = NodeLiveness::default();
+        let t0 = Instant::now();
+        live.set_peers(HashMap::from([(2, "b".into())]), t0);
+        assert!(live.alive(2, t0), "a newly known peer counts as just heard");
+        assert!(!live.alive(9, t0), "an unknown node is not");
+        assert!(
+            !live.alive(2, t0 + NODE_SILENT_AFTER * 2),
+            "silent too long"
+        );
+        assert!(live.mark_lost(2));
+        assert!(live.is_lost(2) && !live.alive(2, t0));
+        live.heard(2, t0 + NODE_SILENT_AFTER);
+        assert!(!live.is_lost(2), "any message clears it");
+        assert!(live.alive(2, t0 + NODE_SILENT_AFTER));
+    }
+
+    #[test]
     fn quiescing_is_cancelled_by_a_wake_up() {
         let q = Quiescence::new(true);
         let now = Instant::now();
