@@ -143,6 +143,12 @@ pub const FAST_ELECTION_MARGIN: Duration = Duration::from_millis(15);
 /// this delay instead of after openraft's election timer (a lease plus a timeout).
 pub const FAST_ELECTION_STAGGER: Duration = Duration::from_millis(20);
 
+/// How long a follower about to run on a liveness signal waits for each other voter's
+/// pre-vote answer ([`Request::LeaderLost`]). A live host answers within a round trip;
+/// one that does not counts as no, and the group then falls back to openraft's own
+/// election timer.
+pub const PRE_VOTE_TIMEOUT: Duration = Duration::from_millis(200);
+
 /// The instant `last_append_us` counts from.
 fn process_epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -969,30 +975,44 @@ impl Host {
 }
 
 fn status_of(r: &Replica) -> GroupStatus {
-    let m = r.raft.metrics().borrow().clone();
-    let role = match (&m.running_state, m.state) {
-        (Err(_), _) | (_, ServerState::Shutdown) => Role::Stopped,
-        (_, ServerState::Leader) => Role::Leader,
-        (_, ServerState::Follower) => Role::Follower,
-        (_, ServerState::Learner) => Role::Learner,
-        (_, ServerState::Candidate) => Role::Candidate,
+    // Read under the borrow (released before anything else is locked), without cloning
+    // the metrics: the agent asks for every replica's status on each heartbeat.
+    let (role, leader, term, voters, learners, applied_index, error) = {
+        let metrics = r.raft.metrics();
+        let m = metrics.borrow();
+        let role = match (&m.running_state, m.state) {
+            (Err(_), _) | (_, ServerState::Shutdown) => Role::Stopped,
+            (_, ServerState::Leader) => Role::Leader,
+            (_, ServerState::Follower) => Role::Follower,
+            (_, ServerState::Learner) => Role::Learner,
+            (_, ServerState::Candidate) => Role::Candidate,
+        };
+        let membership = m.membership_config.membership();
+        (
+            role,
+            m.current_leader,
+            m.current_term,
+            membership.voter_ids().collect(),
+            membership.learner_ids().collect(),
+            m.last_applied.map_or(0, |l| l.index),
+            m.running_state.as_ref().err().map(|e| e.to_string()),
+        )
     };
-    let membership = m.membership_config.membership();
     let (ops_per_sec, p99_us) = r.latency.summary();
     GroupStatus {
         group: r.group,
         role,
-        leader: m.current_leader,
-        term: m.current_term,
-        voters: membership.voter_ids().collect(),
-        learners: membership.learner_ids().collect(),
-        applied_index: m.last_applied.map_or(0, |l| l.index),
+        leader,
+        term,
+        voters,
+        learners,
+        applied_index,
         log_entries: r.log.len() as u64,
         disk_bytes: r.log.disk_bytes(),
         state_bytes: r.sm.state_bytes(),
         ops_per_sec,
         p99_us,
-        error: m.running_state.err().map(|e| e.to_string()),
+        error,
         quiet: r.quiet.phase() == Phase::Quiet,
     }
 }
@@ -1277,7 +1297,12 @@ impl Handler for HostHandler {
             .cloned()
             .collect();
         for replica in replicas {
-            tokio::spawn(elect_after_leader_loss(replica, me, peer.node_id));
+            tokio::spawn(elect_after_leader_loss(
+                self.inner.clone(),
+                replica,
+                me,
+                peer.node_id,
+            ));
         }
         tokio::spawn(probe_after_disconnect(
             self.inner.clone(),
@@ -1287,6 +1312,14 @@ impl Handler for HostHandler {
     }
 
     async fn handle(&self, peer: &PeerInfo, request: Request) -> Response {
+        if peer.node_id != 0 {
+            // Any message proves its sender alive, not only a ping's answer.
+            self.inner
+                .liveness
+                .lock()
+                .expect("liveness mutex poisoned")
+                .heard(peer.node_id, Instant::now());
+        }
         match request {
             Request::Append(group, rpc) => match self.replica(group) {
                 Some(r) => {
@@ -1329,6 +1362,10 @@ impl Handler for HostHandler {
                 None => Response::NoGroup,
             },
             Request::Ping => Response::Pong,
+            Request::LeaderLost(group, _) => match self.replica(group) {
+                Some(r) => Response::LeaderLost(!hears_a_leader(&self.inner, &r)),
+                None => Response::NoGroup,
+            },
             Request::Client(group, req) => {
                 Response::Client(serve_client(&self.inner, group, req).await)
             }
@@ -1389,7 +1426,8 @@ fn may_run_after_loss(replica: &Replica, me: NodeId, leader: NodeId) -> bool {
 }
 
 /// Runs for election as soon as the other voters will grant it, unless the leader turns
-/// out to be alive (an AppendEntries arrives) or someone else leads meanwhile. openraft's
+/// out to be alive (an AppendEntries arrives), someone else leads meanwhile, or a quorum
+/// still hears from a leader (the pre-vote, see [`leader_lost_by_quorum`]). openraft's
 /// own timer would wait a lease plus an election timeout, plus up to a tick.
 ///
 /// Followers run in id order, [`FAST_ELECTION_STAGGER`] apart, each only while it has
@@ -1397,7 +1435,12 @@ fn may_run_after_loss(replica: &Replica, me: NodeId, leader: NodeId) -> bool {
 /// successor could not win (it lacked an entry, or a voter's lease still ran). Two
 /// candidates of one term never split the vote: openraft orders votes of one term by
 /// node id, so the higher id wins it.
-async fn elect_after_leader_loss(replica: Arc<Replica>, me: NodeId, leader: NodeId) {
+async fn elect_after_leader_loss(
+    inner: Arc<HostInner>,
+    replica: Arc<Replica>,
+    me: NodeId,
+    leader: NodeId,
+) {
     let Some(rank) = succession_rank(&replica, me, leader) else {
         return;
     };
@@ -1405,13 +1448,110 @@ async fn elect_after_leader_loss(replica: Arc<Replica>, me: NodeId, leader: Node
     let lease_ends = process_epoch() + Duration::from_micros(heard_us) + replica.raft_lease;
     let runs_at = lease_ends + FAST_ELECTION_MARGIN + FAST_ELECTION_STAGGER * rank as u32;
     tokio::time::sleep_until(runs_at.into()).await;
-    if replica.last_append_us.load(Ordering::Relaxed) == heard_us
-        && may_run_after_loss(&replica, me, leader)
-    {
+    let still_lost = || {
+        replica.last_append_us.load(Ordering::Relaxed) == heard_us
+            && may_run_after_loss(&replica, me, leader)
+    };
+    if !still_lost() {
+        return;
+    }
+    if !leader_lost_by_quorum(&inner, &replica, me, leader).await {
+        tracing::info!(group = %replica.group, leader, rank, "leader's node looked lost, but a quorum still hears a leader: no election");
+        return;
+    }
+    if still_lost() {
         tracing::info!(group = %replica.group, leader, rank, "leader's host went away: running for election");
         replica.quiet.wake(&replica.raft);
         let _ = replica.raft.trigger().elect().await;
     }
+}
+
+/// The pre-vote of an election started on a liveness signal: whether enough of the
+/// group's other voters (with this one, a majority) no longer hear from a leader either
+/// ([`hears_a_leader`]). openraft 0.9 has no pre-vote, and a candidate deposes a live
+/// leader even when it loses (its higher term turns the leader's next append away); so a
+/// follower whose own view is stale (its process stalled, its pings ran late under load)
+/// must not run while the others still follow a live leader. Each voter answers within
+/// [`PRE_VOTE_TIMEOUT`]; one that does not (the dead leader) counts as no.
+async fn leader_lost_by_quorum(
+    inner: &Arc<HostInner>,
+    replica: &Replica,
+    me: NodeId,
+    leader: NodeId,
+) -> bool {
+    let others: Vec<(NodeId, String)> = {
+        let m = replica.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        membership
+            .voter_ids()
+            .filter(|id| *id != me)
+            .filter_map(|id| membership.get_node(&id).map(|n| (id, n.addr.clone())))
+            .collect()
+    };
+    // A majority of the voters, this one included.
+    let voters = others.len() + 1;
+    let needed = voters / 2 + 1;
+    let mut granted = 1;
+    if granted >= needed {
+        return true;
+    }
+    let mut answers: futures::stream::FuturesUnordered<_> = others
+        .into_iter()
+        .map(|(id, addr)| {
+            let transport = inner.transport.clone();
+            let group = replica.group;
+            async move {
+                transport
+                    .call_node(
+                        &addr,
+                        id,
+                        Request::LeaderLost(group, leader),
+                        PRE_VOTE_TIMEOUT,
+                    )
+                    .await
+            }
+        })
+        .collect();
+    while let Some(answer) = futures::StreamExt::next(&mut answers).await {
+        if matches!(answer, Ok(Response::LeaderLost(true))) {
+            granted += 1;
+            if granted >= needed {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Whether replica `r` still hears from a live leader, as a pre-vote asks: it leads here
+/// itself, or its leader's node is not declared lost and sent an AppendEntries within
+/// openraft's leader lease, or (a quiet group, whose live leader sends nothing) its
+/// leader's node answered the liveness pings lately.
+fn hears_a_leader(inner: &HostInner, r: &Replica) -> bool {
+    let (leader, leads) = {
+        let m = r.raft.metrics();
+        let m = m.borrow();
+        (
+            m.current_leader,
+            m.state == ServerState::Leader && m.running_state.is_ok(),
+        )
+    };
+    let Some(leader) = leader else {
+        return false;
+    };
+    if leader == inner.node_id {
+        return leads;
+    }
+    let liveness = inner.liveness.lock().expect("liveness mutex poisoned");
+    if liveness.is_lost(leader) {
+        return false;
+    }
+    let since_append = Duration::from_micros(
+        micros_since_epoch().saturating_sub(r.last_append_us.load(Ordering::Relaxed)),
+    );
+    since_append < r.raft_lease
+        || (r.quiet.phase() == Phase::Quiet && liveness.alive(leader, Instant::now()))
 }
 
 /// Where a durable replica of `group` keeps its store under a host's data directory.
@@ -1461,14 +1601,36 @@ fn sweep(inner: &Arc<HostInner>) {
     let me = inner.node_id;
     let mut peers = HashMap::new();
     for replica in hosted(inner) {
-        let m = replica.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
-        for (id, node) in membership.nodes() {
-            if *id != me {
-                peers.insert(*id, node.addr.clone());
+        // Quiet leaders (most, when idle) are not asked again. Read before the metrics
+        // borrow: no other lock is taken while it is held.
+        let may_begin =
+            replica.quiet.phase() == Phase::Awake && replica.transfer.borrow().is_none();
+        // Read under the metrics borrow, without cloning them: this runs for every
+        // replica four times a second, most of them idle.
+        let (stopped, quiesce) = {
+            let metrics = replica.raft.metrics();
+            let m = metrics.borrow();
+            let membership = m.membership_config.membership();
+            for (id, node) in membership.nodes() {
+                if *id != me && !peers.contains_key(id) {
+                    peers.insert(*id, node.addr.clone());
+                }
             }
-        }
-        if m.running_state.is_err() {
+            if m.running_state.is_err() {
+                (Some(m.clone()), None)
+            } else {
+                let quiesce = (may_begin && may_quiesce(&m)).then(|| {
+                    let members: Vec<String> = membership
+                        .nodes()
+                        .filter(|(id, _)| **id != me)
+                        .map(|(_, node)| node.addr.clone())
+                        .collect();
+                    (m.current_term, members)
+                });
+                (None, quiesce)
+            }
+        };
+        if let Some(m) = stopped {
             hand_over_stopped(inner, &replica, &m);
             continue;
         }
@@ -1476,21 +1638,10 @@ fn sweep(inner: &Arc<HostInner>) {
             tracing::info!(group = %replica.group, "still forming after {FORMING_TIMERS_OFF_MAX:?}: timers on");
             replica.quiet.wake(&replica.raft);
         }
-        if replica.transfer.borrow().is_none()
-            && may_quiesce(&m)
-            && replica.quiet.begin_quiescing(now)
-        {
-            let members: Vec<String> = membership
-                .nodes()
-                .filter(|(id, _)| **id != me)
-                .map(|(_, node)| node.addr.clone())
-                .collect();
-            tokio::spawn(quiesce_group(
-                inner.clone(),
-                replica.clone(),
-                m.current_term,
-                members,
-            ));
+        if let Some((term, members)) = quiesce {
+            if replica.quiet.begin_quiescing(now) {
+                tokio::spawn(quiesce_group(inner.clone(), replica.clone(), term, members));
+            }
         }
     }
     inner
@@ -1631,7 +1782,7 @@ fn node_lost(inner: &Arc<HostInner>, lost: NodeId) {
             continue;
         }
         if is_successor(&replica, me, lost) {
-            tokio::spawn(elect_after_leader_loss(replica, me, lost));
+            tokio::spawn(elect_after_leader_loss(inner.clone(), replica, me, lost));
         } else {
             tokio::spawn(async move {
                 tokio::time::sleep(replica.raft_lease).await;

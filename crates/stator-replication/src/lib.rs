@@ -17,8 +17,10 @@
 //!   a fast election when a leader's host drops its connections.
 //! - [`quiesce`]: quiet idle groups: no heartbeats or election timers once idle, one
 //!   liveness ping per peer node instead; woken by a request or a busy Raft message, and
-//!   a lost node's quiet groups elect new leaders at once; a new group's replicas start
-//!   quiet, so the member that bootstraps it is its only candidate.
+//!   a lost node's quiet groups elect new leaders at once, after a pre-vote (a majority
+//!   no longer hears a leader); a new group's replicas start quiet, so the member that
+//!   bootstraps it is its only candidate. A quiet replica's openraft tick task is parked
+//!   (the workspace patches openraft: `vendor/openraft`).
 //! - [`read_index`]: linearizable reads under a leader lease, or batched behind one
 //!   leadership confirmation when the lease is unsure.
 //! - [`client`]: calling a group from outside, following leader hints, with retries;

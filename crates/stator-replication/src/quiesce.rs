@@ -27,6 +27,16 @@
 //!   for a group quiet that long is at once; the other followers wake one lease later
 //!   unless the successor's vote request woke them first.
 //!
+//! # Elections on a liveness signal
+//! An election started because a leader's node looks lost (its connection closed, or it
+//! went silent) is preceded by a pre-vote (`Request::LeaderLost`, see
+//! `crate::host`): the candidate runs only if, with itself, a majority of the voters no
+//! longer hears a leader. A follower whose own view is stale (its process starved, its
+//! pings' answers late) must not run while the others still follow a live leader:
+//! openraft 0.9 has no pre-vote, a leader grants a vote whose log is as long as its own
+//! (always so under reads only), and even a losing candidate deposes the leader. Any
+//! message from a peer, not only a ping's answer, counts as hearing from it.
+//!
 //! # Forming groups
 //! A replica created to form a new group (`GroupOptions::forming`: the group never had
 //! a leader) starts quiet, its timers off, and AppendEntries and vote requests leave it
@@ -333,12 +343,27 @@ impl NodeLiveness {
             .collect()
     }
 
-    /// A ping (or its answer) came from `node`.
+    /// A message came from `node`: a ping, its answer, or any request (a busy peer's
+    /// heartbeats and appends prove it alive as well as a ping does, and under load a
+    /// ping's round trip is the first thing to run late).
     pub fn heard(&mut self, node: NodeId, now: Instant) {
         if let Some(p) = self.peers.get_mut(&node) {
             p.last_heard = now;
             p.lost = false;
         }
+    }
+
+    /// Whether `node` was heard from within [`NODE_SILENT_AFTER`] of `now` and is not
+    /// declared lost.
+    pub fn alive(&self, node: NodeId, now: Instant) -> bool {
+        self.peers.get(&node).is_some_and(|p| {
+            !p.lost && now.saturating_duration_since(p.last_heard) <= NODE_SILENT_AFTER
+        })
+    }
+
+    /// Whether `node` is declared lost (and not heard from since).
+    pub fn is_lost(&self, node: NodeId) -> bool {
+        self.peers.get(&node).is_some_and(|p| p.lost)
     }
 
     /// Marks `node` lost; `true` the first time (since it was last heard).
@@ -391,6 +416,24 @@ mod tests {
             vec![2],
             "2 is lost again after being heard; 3 was already declared"
         );
+    }
+
+    #[test]
+    fn a_peer_is_alive_until_silent_or_declared_lost() {
+        let mut live = NodeLiveness::default();
+        let t0 = Instant::now();
+        live.set_peers(HashMap::from([(2, "b".into())]), t0);
+        assert!(live.alive(2, t0), "a newly known peer counts as just heard");
+        assert!(!live.alive(9, t0), "an unknown node is not");
+        assert!(
+            !live.alive(2, t0 + NODE_SILENT_AFTER * 2),
+            "silent too long"
+        );
+        assert!(live.mark_lost(2));
+        assert!(live.is_lost(2) && !live.alive(2, t0));
+        live.heard(2, t0 + NODE_SILENT_AFTER);
+        assert!(!live.is_lost(2), "any message clears it");
+        assert!(live.alive(2, t0 + NODE_SILENT_AFTER));
     }
 
     #[test]

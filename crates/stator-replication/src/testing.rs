@@ -30,6 +30,14 @@ impl Faults {
         cut.insert((b.to_string(), a.to_string()));
     }
 
+    /// Cuts the link from `from` to `to` only: nothing `from` sends reaches `to`
+    /// (requests, and answers to `to`'s requests), while `to`'s requests still reach
+    /// `from`. A peer whose view of `from` is stale, as a starved process's is.
+    pub fn cut_one_way(&self, from: &str, to: &str) {
+        let mut cut = self.cut.lock().expect("faults mutex poisoned");
+        cut.insert((from.to_string(), to.to_string()));
+    }
+
     /// Restores every cut link.
     pub fn heal(&self) {
         self.cut.lock().expect("faults mutex poisoned").clear();

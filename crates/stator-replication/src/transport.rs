@@ -108,6 +108,10 @@ pub enum Request {
     Quiesce(GroupId, u64),
     /// A host's liveness signal to a peer host, one per interval for all groups.
     Ping,
+    /// Pre-vote: a follower about to run for election because it lost `leader`'s node
+    /// asks whether this replica of the group still hears from that leader (see
+    /// [`crate::quiesce`], "Elections on a liveness signal").
+    LeaderLost(GroupId, NodeId),
 }
 
 /// Answers to [`Request`]s.
@@ -131,6 +135,9 @@ pub enum Response {
     Quiesce(bool),
     /// To [`Request::Ping`].
     Pong,
+    /// To [`Request::LeaderLost`]: `true` when this replica has not heard from that
+    /// leader either (it would vote), `false` when the leader is alive here.
+    LeaderLost(bool),
     /// The host has no replica of that group (yet, or any more).
     NoGroup,
 }

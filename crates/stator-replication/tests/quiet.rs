@@ -4,8 +4,12 @@
 
 mod common;
 
-use stator_replication::testing::{Cluster, RegisterFactory, TEST_SECRET, WAIT};
-use stator_replication::{GroupId, GroupOptions, ReplicaClient};
+use stator_replication::testing::{
+    decode_reply, encode_op, Cluster, RegisterFactory, RegisterOp, TEST_SECRET, WAIT,
+};
+use stator_replication::{
+    ClientReply, ClientRequest, GroupId, GroupOptions, ReplicaClient, RequestKind,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -199,4 +203,122 @@ async fn a_forming_group_is_formed_by_a_fallback_member() {
         .await
         .unwrap();
     assert_eq!(cluster.leader(GROUP).await, 2);
+}
+
+/// Terms and leaders of the group on every live host: (node, term, leader).
+fn terms(cluster: &Cluster) -> Vec<(u64, u64, Option<u64>)> {
+    cluster
+        .hosts
+        .iter()
+        .filter_map(|(id, h)| h.status(GROUP).map(|s| (*id, s.term, s.leader)))
+        .collect()
+}
+
+/// The cluster-mode bug of issue 10: a read-only load on a quiet group must not start
+/// elections. Reads wake the leader only (its followers stay quiet, since no entry
+/// reaches them), so nothing but the leader's heartbeats and the nodes' liveness pings
+/// keep the followers from running; many election timeouts of reads must leave the term
+/// and the leader as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_load_on_a_quiet_group_starts_no_election() {
+    let (cluster, members) = idle_group().await;
+    let client = ReplicaClient::new(TEST_SECRET);
+    set(&client, &members, "k", "v").await;
+    all_quiet(&cluster).await;
+    let leader = cluster.leader(GROUP).await;
+    let before = terms(&cluster);
+
+    // Reads only, straight at the leader's host, from several tasks at once, for many
+    // election timeouts (openraft's leader lease plus an election timeout is ~250 ms).
+    let reads_for = Duration::from_secs(3);
+    let host = cluster.hosts[&leader].clone();
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let host = host.clone();
+            tokio::spawn(async move {
+                let until = Instant::now() + reads_for;
+                let mut served = 0u64;
+                while Instant::now() < until {
+                    let reply = host
+                        .serve_client(
+                            GROUP,
+                            ClientRequest {
+                                client_id: 0,
+                                seq: 0,
+                                kind: RequestKind::Read,
+                                payload: encode_op(&RegisterOp::Get("k".into())),
+                            },
+                        )
+                        .await;
+                    // A read-index round may time out on a loaded machine (the read
+                    // fails and the client retries); only an answer must be right.
+                    if let ClientReply::Ok(bytes) = reply {
+                        assert_eq!(decode_reply(&bytes).as_deref(), Some("v"));
+                        served += 1;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                served
+            })
+        })
+        .collect();
+    let mut served = 0;
+    for reader in readers {
+        served += reader.await.expect("reader panicked");
+    }
+    assert!(served > 0);
+    assert_eq!(
+        terms(&cluster),
+        before,
+        "reads alone changed a term or a leader ({served} reads served)"
+    );
+    assert_eq!(cluster.leader(GROUP).await, leader);
+}
+
+/// The same read-only load while the successor's view of the leader is stale: nothing the
+/// leader sends reaches it (its appends, heartbeats and ping answers are lost, as when
+/// that follower's process is starved), so its liveness pings declare the leader's node
+/// lost and it prepares to run. The leader and the other follower still hear each other,
+/// so the pre-vote refuses and no election starts: a candidate would depose the live
+/// leader even by losing (openraft 0.9 has no pre-vote of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_with_a_stale_view_does_not_depose_a_live_leader() {
+    let (cluster, members) = idle_group().await;
+    let client = ReplicaClient::new(TEST_SECRET);
+    set(&client, &members, "k", "v").await;
+    all_quiet(&cluster).await;
+    let leader = cluster.leader(GROUP).await;
+    let successor = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let before = terms(&cluster);
+    cluster
+        .faults
+        .cut_one_way(&cluster.addrs[&leader], &cluster.addrs[&successor]);
+
+    let host = cluster.hosts[&leader].clone();
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut served = 0u64;
+    while Instant::now() < until {
+        let reply = host
+            .serve_client(
+                GROUP,
+                ClientRequest {
+                    client_id: 0,
+                    seq: 0,
+                    kind: RequestKind::Read,
+                    payload: encode_op(&RegisterOp::Get("k".into())),
+                },
+            )
+            .await;
+        if let ClientReply::Ok(bytes) = reply {
+            assert_eq!(decode_reply(&bytes).as_deref(), Some("v"));
+            served += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(
+        terms(&cluster),
+        before,
+        "a follower that lost sight of a live leader started an election ({served} reads served)"
+    );
+    cluster.faults.heal();
 }
