@@ -9,11 +9,15 @@
 //! - [`supervisor`]: child processes kept running, restarted after a delay when they
 //!   exit (`stator up`'s agents, chaos's servers, gateway and agents).
 //! - [`resp`]: [`resp::Connection`], the one RESP client (bounded replies, pipelining).
+//! - [`pace`]: [`pace::PacedLoad`], requests on a fixed schedule with latency from the
+//!   scheduled time and missed ticks counted (the failover and migration benchmarks,
+//!   chaos's clients).
 //! - [`process`]: process lookups in `/proc` (agents of a parent, a process's age,
 //!   whether it is stopped).
 //! - this file: free ports, programs on PATH, the shutdown signal, restart delays.
 
 pub mod etcd;
+pub mod pace;
 pub mod process;
 pub mod resp;
 pub mod servers;
