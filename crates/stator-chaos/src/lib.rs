@@ -3,9 +3,11 @@
 //! linearizability verdict.
 //!
 //! # Layout
-//! - [`cluster`]: the servers (three on etcd, or one), the gateway and the agents as
-//!   supervised child processes, the API calls and the controller holder.
-//! - [`workload`]: RESP clients through the gateway, reply classification, final reads.
+//! - [`cluster`]: [`cluster::LocalCluster`], the servers (three on etcd, or one), the
+//!   gateway and the agents as supervised child processes, the API calls and the
+//!   controller holder.
+//! - [`workload`]: RESP clients through the gateway, paced by the clock
+//!   (`stator_harness::pace`), reply classification, final reads.
 //! - [`nemesis`]: the seeded fault schedule and the injection of each fault.
 //! - [`netns`]: agents in network namespaces on a bridge; isolation and cuts (default).
 //! - [`firewall`]: partitions as iptables rules matching per-node cgroups on loopback
