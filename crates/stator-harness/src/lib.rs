@@ -14,6 +14,8 @@
 //!   chaos's clients).
 //! - [`process`]: process lookups in `/proc` (agents of a parent, a process's age,
 //!   whether it is stopped).
+//! - [`testkit`]: re-exported `stator-testkit`, the launchers that depend on nothing of
+//!   stator (a blocking `redis-server` for stator-kv's own tests and examples).
 //! - this file: free ports, programs on PATH, the shutdown signal, restart delays.
 
 pub mod etcd;
@@ -22,6 +24,8 @@ pub mod process;
 pub mod resp;
 pub mod servers;
 pub mod supervisor;
+
+pub use stator_testkit as testkit;
 
 use std::time::Duration;
 
