@@ -19,12 +19,12 @@ use base64::Engine;
 use serde_json::{json, Value};
 use stator_api::slot::{key_slot, partition_of_slot};
 use stator_harness::etcd::{put as etcd_put, EtcdOptions, LocalEtcd};
+use stator_harness::pace::{PaceOptions, PacedLoad};
 use stator_harness::resp::Connection;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 
 /// The benchmark's service name.
 const SERVICE: &str = "failover-bench";
@@ -125,11 +125,15 @@ struct Outcome {
     acked: bool,
 }
 
-/// Writes `key_prefix{n}` = unique values at a steady rate until stopped.
-struct PacedClient {
-    stop: watch::Sender<bool>,
-    ticker: JoinHandle<u64>,
-    workers: Vec<JoinHandle<Vec<Outcome>>>,
+/// Writes `key_prefix{n}` = unique values at a steady rate until stopped: a
+/// [`PacedLoad`] over [`CLIENT_CONNECTIONS`] writers.
+struct PacedClient(PacedLoad<Written, Box<dyn Writer>>);
+
+/// What one paced write returns to the record.
+struct Written {
+    key: String,
+    value: String,
+    acked: bool,
 }
 
 /// Everything the client did.
@@ -154,72 +158,50 @@ impl ClientRecord {
 }
 
 impl PacedClient {
-    fn start(writers: Vec<Box<dyn Writer>>, rate_per_sec: u32, key_prefix: String) -> Self {
-        let (stop, mut stop_rx) = watch::channel(false);
-        let (tx, rx) = mpsc::channel::<u64>(MAX_QUEUED_WRITES);
-        let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        let period = Duration::from_secs_f64(1.0 / f64::from(rate_per_sec.max(1)));
-        let ticker = tokio::spawn(async move {
-            let mut interval = tokio::time::interval(period);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            let (mut seq, mut dropped) = (0u64, 0u64);
-            loop {
-                tokio::select! {
-                    _ = stop_rx.changed() => break,
-                    _ = interval.tick() => {
-                        seq += 1;
-                        if tx.try_send(seq).is_err() {
-                            dropped += 1;
-                        }
-                    }
-                }
-            }
-            dropped
-        });
+    /// Starts writing; `make` opens a writer when every open one is busy.
+    fn start<M>(make: M, rate_per_sec: u32, key_prefix: String) -> Self
+    where
+        M: Fn() -> Box<dyn Writer> + Send + Sync + 'static,
+    {
+        let options = PaceOptions {
+            rate_per_sec,
+            max_in_flight: CLIENT_CONNECTIONS,
+            max_queued: MAX_QUEUED_WRITES,
+        };
         let nonce = rand::random::<u32>();
-        let workers = writers
-            .into_iter()
-            .map(|mut writer| {
-                let (rx, prefix) = (rx.clone(), key_prefix.clone());
-                tokio::spawn(async move {
-                    let mut outcomes = Vec::new();
-                    loop {
-                        let next = rx.lock().await.recv().await;
-                        let Some(seq) = next else { break };
-                        let key = format!("{prefix}{seq}");
-                        let value = format!("v{seq}-{nonce:08x}");
-                        let result = tokio::time::timeout(
-                            WRITE_TIMEOUT,
-                            writer.set(key.as_bytes(), value.as_bytes()),
-                        )
-                        .await;
-                        outcomes.push(Outcome {
-                            key,
-                            value,
-                            done: Instant::now(),
-                            acked: matches!(result, Ok(Ok(()))),
-                        });
-                    }
-                    outcomes
-                })
-            })
-            .collect();
-        PacedClient {
-            stop,
-            ticker,
-            workers,
-        }
+        let load = PacedLoad::start(options, make, move |mut writer, tick| {
+            let key = format!("{key_prefix}{}", tick.seq);
+            let value = format!("v{}-{nonce:08x}", tick.seq);
+            async move {
+                let result = tokio::time::timeout(
+                    WRITE_TIMEOUT,
+                    writer.set(key.as_bytes(), value.as_bytes()),
+                )
+                .await;
+                let acked = matches!(result, Ok(Ok(())));
+                (writer, Written { key, value, acked })
+            }
+        });
+        PacedClient(load)
     }
 
     /// Stops pacing, lets queued writes finish, and returns the record.
     async fn finish(self) -> ClientRecord {
-        let _ = self.stop.send(true);
-        let dropped = self.ticker.await.expect("ticker panicked");
-        let mut outcomes = Vec::new();
-        for w in self.workers {
-            outcomes.extend(w.await.expect("client worker panicked"));
+        let record = self.0.finish().await;
+        let outcomes = record
+            .completed
+            .into_iter()
+            .map(|c| Outcome {
+                key: c.result.key,
+                value: c.result.value,
+                done: c.done,
+                acked: c.result.acked,
+            })
+            .collect();
+        ClientRecord {
+            outcomes,
+            dropped: record.missed,
         }
-        ClientRecord { outcomes, dropped }
     }
 }
 
@@ -589,14 +571,13 @@ async fn stator_rounds(cluster: &UpCluster, opts: &Options) -> anyhow::Result<Va
         .map(|i| format!("fo{i}"))
         .find(|t| partition_of_slot(opts.partitions, key_slot(t.as_bytes())) == 0)
         .expect("some tag hashes to partition 0");
-    let writers: Vec<Box<dyn Writer>> = (0..CLIENT_CONNECTIONS)
-        .map(|_| {
-            Box::new(GatewayWriter {
-                addr: cluster.resp_addr.clone(),
-                conn: None,
-            }) as Box<dyn Writer>
-        })
-        .collect();
+    let addr = cluster.resp_addr.clone();
+    let writers = move || {
+        Box::new(GatewayWriter {
+            addr: addr.clone(),
+            conn: None,
+        }) as Box<dyn Writer>
+    };
     let election_timeout_ms = opts
         .election_timeout_ms
         .unwrap_or(stator_api::spec::DEFAULT_ELECTION_TIMEOUT_MS);
@@ -784,15 +765,15 @@ async fn measure_etcd(opts: &Options) -> anyhow::Result<Value> {
         .pool_max_idle_per_host(CLIENT_CONNECTIONS)
         .build()?;
     let endpoints = Arc::new(cluster.endpoints().to_vec());
-    let writers: Vec<Box<dyn Writer>> = (0..CLIENT_CONNECTIONS)
-        .map(|i| {
-            Box::new(EtcdWriter {
-                http: http.clone(),
-                endpoints: endpoints.clone(),
-                current: i,
-            }) as Box<dyn Writer>
-        })
-        .collect();
+    // Each writer starts on the next member, spreading the load as before a failure.
+    let (opened, writer_http) = (AtomicUsize::new(0), http.clone());
+    let writers = move || {
+        Box::new(EtcdWriter {
+            http: writer_http.clone(),
+            endpoints: endpoints.clone(),
+            current: opened.fetch_add(1, Ordering::Relaxed),
+        }) as Box<dyn Writer>
+    };
     let client_start = Instant::now();
     let client = PacedClient::start(writers, opts.rate_per_sec, ETCD_PREFIX.to_string());
     tokio::time::sleep(WARMUP).await;

@@ -10,10 +10,15 @@
 //! - [`restart`]: a member holding N MiB restarted from its own disk, beside the same
 //!   member started empty (a full copy), in one run.
 //! - `up` (private): the `stator up` cluster the failover and idle benchmarks run.
+//! - `hosts` (private): in-process replication hosts on their own threads and runtimes,
+//!   for the replication and migration benchmarks.
+//! - Paced load (latency from the scheduled time, missed ticks counted) is
+//!   `stator_harness::pace`, shared by the failover and migration benchmarks and chaos.
 //! - etcd and Redis are started and driven by `stator_harness::servers`.
 //! - [`latency`]: latency histograms and the JSON run record.
 
 pub mod failover;
+mod hosts;
 pub mod idle;
 pub mod latency;
 pub mod migration;

@@ -13,23 +13,21 @@
 //! state: stop the writes, dump the state, copy it to the new host over loopback TCP,
 //! restore it, resume. Its downtime is measured; the writes that arrive meanwhile queue.
 
+use super::hosts::HostThreads;
 use super::latency::Recorder;
-use super::replication::HostThreads;
 use anyhow::Context;
 use serde::Serialize;
 use stator_api::ids::GroupId;
+use stator_harness::pace::{PaceOptions, PacedLoad};
 use stator_kv::{KvMachine, Value};
 use stator_replication::{
-    GroupOptions, Host, HostConfig, MembershipStep, NodeId, ReplicaClient, RequestKind, Role,
+    GroupOptions, Host, MembershipStep, NodeId, ReplicaClient, RequestKind, Role,
 };
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Idle clients of the paced writer, each with its last known leader.
-type ClientPool = Vec<(ReplicaClient, Option<String>)>;
 
 /// The one partition group moved.
 fn group() -> GroupId {
@@ -58,9 +56,12 @@ const RECONCILE_PAUSE: Duration = Duration::from_millis(10);
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
 /// Bound on waits for a leader or for replicas to converge.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Paced requests in flight at once; past this the writer waits (and the wait counts in
+/// Paced requests in flight at once; past this a request waits (and the wait counts in
 /// the latency, which is taken from the scheduled time).
 const MAX_IN_FLIGHT: usize = 4_096;
+/// Paced requests waiting beyond those; a tick past this is missed and counted. Requests
+/// in flight fail after [`OP_DEADLINE`], so this is only reached by a runaway stall.
+const MAX_QUEUED: usize = 65_536;
 
 /// Which replica moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -131,6 +132,9 @@ pub struct Report {
     pub requests_before: u64,
     /// Writes scheduled during the move.
     pub requests_during: u64,
+    /// Paced writes not sent because every request slot was taken and the queue full
+    /// (0 unless a stall outlasts the request deadline many times over).
+    pub missed_ticks: u64,
     /// `leader` or `follower`.
     pub moved: MoveKind,
     /// Acknowledged writes, fill and paced, each checked on the new replica afterwards.
@@ -159,12 +163,12 @@ pub struct Ratios {
     pub stator_migration_over_baseline_downtime: f64,
 }
 
-/// Phases of the paced writer, by the time a request was scheduled.
-const WARMING: u8 = 0;
-const PHASE_BEFORE: u8 = 1;
-const PHASE_DURING: u8 = 2;
-const PHASE_AFTER: u8 = 3;
-const STOPPED: u8 = 4;
+/// Phases of the paced writer, by the time a request was scheduled (an index into
+/// [`WriterOutcome::recorders`]).
+const WARMING: usize = 0;
+const PHASE_BEFORE: usize = 1;
+const PHASE_DURING: usize = 2;
+const PHASE_AFTER: usize = 3;
 
 /// Runs the benchmark.
 pub async fn run(opts: &Options) -> anyhow::Result<Report> {
@@ -213,14 +217,14 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     // The fill's load may have moved leadership; the move needs the chosen role.
     wait_for_leader(&hosts, first_leader).await?;
 
-    let writer = PacedWriter::start(
+    let mut writer = PacedWriter::start(
         &secret,
         all_members.clone(),
         opts.rate_per_sec,
         opts.value_bytes,
     );
     tokio::time::sleep(WARMUP).await;
-    writer.phase.store(PHASE_BEFORE, Ordering::SeqCst);
+    writer.enter(PHASE_BEFORE);
     tokio::time::sleep(BEFORE).await;
 
     let leader = current_leader(&hosts).context("no leader before the move")?;
@@ -232,11 +236,11 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
             MoveKind::Follower => "follower",
         }
     );
-    writer.phase.store(PHASE_DURING, Ordering::SeqCst);
+    writer.enter(PHASE_DURING);
     let move_started = Instant::now();
     move_replica(&hosts, &desired).await?;
     let migration = move_started.elapsed();
-    writer.phase.store(PHASE_AFTER, Ordering::SeqCst);
+    writer.enter(PHASE_AFTER);
     eprintln!("migration: in sync after {} ms", migration.as_millis());
     tokio::time::sleep(AFTER).await;
     let outcome = writer.stop().await;
@@ -269,9 +273,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     drop(threads);
 
     let rec = &outcome.recorders;
-    let before = &rec[PHASE_BEFORE as usize].histogram;
-    let during = &rec[PHASE_DURING as usize].histogram;
-    let after = &rec[PHASE_AFTER as usize].histogram;
+    let before = &rec[PHASE_BEFORE].histogram;
+    let during = &rec[PHASE_DURING].histogram;
+    let after = &rec[PHASE_AFTER].histogram;
     let failed_requests = rec.iter().map(|r| r.errors).sum();
     let max_us_during = during.max();
     let migration_ms = migration.as_millis() as u64;
@@ -285,8 +289,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         p50_us_during: during.value_at_quantile(0.5),
         max_us_during,
         p99_us_after: after.value_at_quantile(0.99),
-        requests_before: before.len() + rec[PHASE_BEFORE as usize].errors,
-        requests_during: during.len() + rec[PHASE_DURING as usize].errors,
+        requests_before: before.len() + rec[PHASE_BEFORE].errors,
+        requests_during: during.len() + rec[PHASE_DURING].errors,
+        missed_ticks: outcome.missed,
         moved: opts.moved,
         acked_writes: filled + outcome.acked.len() as u64,
         lost_acked_writes,
@@ -350,55 +355,21 @@ pub fn print_report(report: &Report, json: bool) {
 }
 
 /// Starts the hosts, each with an empty replica of the group; none is bootstrapped.
+/// Host 4's replica too: an empty, uninitialised member-to-be, as the control plane
+/// creates it before adding it as a learner.
 async fn start_hosts(secret: &str) -> anyhow::Result<(HostThreads, BTreeMap<NodeId, Host>)> {
-    let mut threads = HostThreads {
-        stops: Vec::new(),
-        threads: Vec::new(),
-    };
-    let (host_tx, mut host_rx) = tokio::sync::mpsc::channel(HOSTS as usize);
-    for node_id in 1..=HOSTS {
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (host_tx, secret) = (host_tx.clone(), secret.to_string());
-        threads.stops.push(stop_tx);
-        threads.threads.push(std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let host = Host::start(HostConfig {
-                    node_id,
-                    listen_addr: "127.0.0.1:0".into(),
-                    cluster_secret: secret,
-                    filter: None,
-                    tls: None,
-                    data_dir: None,
-                })
-                .await
-                .expect("bind loopback");
-                // Host 4's replica too: an empty, uninitialised member-to-be, as the
-                // control plane creates it before adding it as a learner.
-                host.create_group(
-                    group(),
-                    GroupOptions::default(),
-                    Box::new(KvMachine::default()),
-                )
-                .await
-                .expect("create group");
-                host_tx
-                    .send((node_id, host.clone()))
-                    .await
-                    .expect("bench alive");
-                let _ = stop_rx.await;
-                host.shutdown().await;
-            });
-        }));
-    }
-    let mut hosts = BTreeMap::new();
-    for _ in 0..HOSTS {
-        let (id, host) = host_rx.recv().await.context("host thread died")?;
-        hosts.insert(id, host);
-    }
+    let (threads, hosts) = HostThreads::start(HOSTS, secret, None).await?;
+    threads
+        .run_on_all(|_, host| async move {
+            host.create_group(
+                group(),
+                GroupOptions::default(),
+                Box::new(KvMachine::default()),
+            )
+            .await?;
+            Ok(())
+        })
+        .await?;
     Ok((threads, hosts))
 }
 
@@ -516,108 +487,86 @@ async fn fill(
     }
 }
 
-/// What the paced writer saw.
 struct WriterOutcome {
     /// One recorder per phase.
     recorders: Vec<Recorder>,
     /// Sequence numbers of acknowledged paced writes.
     acked: Vec<u64>,
+    /// Ticks not sent (see [`MAX_QUEUED`]).
+    missed: u64,
 }
 
-/// Shared between the pacing loop and its requests.
-#[derive(Default)]
-struct WriterState {
-    recorders: Vec<Recorder>,
-    acked: Vec<u64>,
-}
-
-/// Writes at a fixed rate from a pool of clients (one request in flight per client,
-/// because a session's sequence numbers must arrive in order).
+/// Writes at a fixed rate on a [`PacedLoad`] over a pool of clients (one request in
+/// flight per client, because a session's sequence numbers must arrive in order).
 struct PacedWriter {
-    phase: Arc<AtomicU8>,
-    pacer: tokio::task::JoinHandle<()>,
-    state: Arc<Mutex<WriterState>>,
+    load: PacedLoad<bool, (ReplicaClient, Option<String>)>,
+    /// When each phase after [`WARMING`] began.
+    phase_starts: Vec<Instant>,
 }
 
 impl PacedWriter {
     fn start(secret: &str, members: Vec<String>, rate_per_sec: u32, value_bytes: usize) -> Self {
-        let phase = Arc::new(AtomicU8::new(WARMING));
-        let state = Arc::new(Mutex::new(WriterState {
-            recorders: (0..=PHASE_AFTER).map(|_| Recorder::default()).collect(),
-            acked: Vec::new(),
-        }));
-        let interval = Duration::from_secs_f64(1.0 / f64::from(rate_per_sec.max(1)));
-        let pacer = {
-            let (phase, state, secret) = (phase.clone(), state.clone(), secret.to_string());
-            tokio::spawn(async move {
-                // Idle clients; a std mutex because nothing awaits while it is held.
-                let pool: Arc<Mutex<ClientPool>> = Arc::default();
-                let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-                let members = Arc::new(members);
-                let mut next = tokio::time::Instant::now();
-                let mut requests = Vec::new();
-                for n in 0u64.. {
-                    tokio::time::sleep_until(next).await;
-                    let scheduled = next;
-                    next += interval;
-                    let at_phase = phase.load(Ordering::SeqCst);
-                    if at_phase == STOPPED {
-                        break;
-                    }
-                    let permit = in_flight.clone().acquire_owned().await.expect("open");
-                    let (pool, state, members, secret) =
-                        (pool.clone(), state.clone(), members.clone(), secret.clone());
-                    requests.push(tokio::spawn(async move {
-                        let _permit = permit;
-                        let popped = pool.lock().expect("pool lock").pop();
-                        let (client, mut leader) =
-                            popped.unwrap_or_else(|| (ReplicaClient::new(&secret), None));
-                        let key = paced_key(n);
-                        let cmd = set_command(&key, value_bytes);
-                        let result = client
-                            .execute(
-                                group(),
-                                &members,
-                                &mut leader,
-                                RequestKind::Write,
-                                cmd,
-                                OP_DEADLINE,
-                            )
-                            .await;
-                        let latency = scheduled.elapsed();
-                        let ok = matches!(&result, Ok(r) if r == b"+OK\r\n");
-                        pool.lock().expect("pool lock").push((client, leader));
-                        let mut s = state.lock().expect("writer lock");
-                        if ok {
-                            s.acked.push(n);
-                            s.recorders[at_phase as usize].record(latency);
-                        } else {
-                            s.recorders[at_phase as usize].errors += 1;
-                        }
-                    }));
-                    requests.retain(|r| !r.is_finished());
-                }
-                for r in requests {
-                    let _ = r.await;
-                }
-            })
+        let options = PaceOptions {
+            rate_per_sec,
+            max_in_flight: MAX_IN_FLIGHT,
+            max_queued: MAX_QUEUED,
         };
+        let (secret, members) = (secret.to_string(), Arc::new(members));
+        let make = move || (ReplicaClient::new(&secret), None);
+        let load = PacedLoad::start(options, make, move |(client, mut leader), tick| {
+            let members = members.clone();
+            async move {
+                let cmd = set_command(&paced_key(tick.seq), value_bytes);
+                let result = client
+                    .execute(
+                        group(),
+                        &members,
+                        &mut leader,
+                        RequestKind::Write,
+                        cmd,
+                        OP_DEADLINE,
+                    )
+                    .await;
+                let ok = matches!(&result, Ok(r) if r == b"+OK\r\n");
+                ((client, leader), ok)
+            }
+        });
         PacedWriter {
-            phase,
-            pacer,
-            state,
+            load,
+            phase_starts: Vec::new(),
         }
+    }
+
+    /// Requests scheduled from now on count in `phase`.
+    fn enter(&mut self, phase: usize) {
+        debug_assert_eq!(phase, self.phase_starts.len() + 1, "phases in order");
+        self.phase_starts.push(Instant::now());
     }
 
     /// Stops pacing, waits for the requests in flight and returns what they saw.
     async fn stop(self) -> WriterOutcome {
-        self.phase.store(STOPPED, Ordering::SeqCst);
-        self.pacer.await.expect("pacer panicked");
-        let mut s = self.state.lock().expect("writer lock");
-        let s = std::mem::take(&mut *s);
+        let record = self.load.finish().await;
+        let mut recorders: Vec<Recorder> = (WARMING..=PHASE_AFTER)
+            .map(|_| Recorder::default())
+            .collect();
+        let mut acked = Vec::new();
+        for c in &record.completed {
+            let phase = self
+                .phase_starts
+                .iter()
+                .filter(|start| **start <= c.tick.scheduled)
+                .count();
+            if c.result {
+                acked.push(c.tick.seq);
+                recorders[phase].record(c.latency());
+            } else {
+                recorders[phase].errors += 1;
+            }
+        }
         WriterOutcome {
-            recorders: s.recorders,
-            acked: s.acked,
+            recorders,
+            acked,
+            missed: record.missed,
         }
     }
 }

@@ -11,8 +11,8 @@
 //! proposes every write as its own log entry (no write batching at the leader), and for
 //! `GET`, `stator-readindex` takes a read-index quorum round instead of the leader lease.
 
+use super::hosts::HostThreads;
 use super::latency::{Recorder, Run};
-use anyhow::Context;
 use async_trait::async_trait;
 use rand::Rng;
 use stator_api::ids::GroupId;
@@ -20,7 +20,7 @@ use stator_api::slot::{key_slot, partition_of_slot};
 use stator_api::spec::Durability;
 use stator_harness::resp::Connection;
 use stator_harness::servers::{etcd_put, start_etcd, start_redis_with_replica};
-use stator_replication::{GroupOptions, Host, HostConfig, ReplicaClient, RequestKind};
+use stator_replication::{GroupOptions, ReplicaClient, RequestKind};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -156,23 +156,6 @@ impl Driver for StatorDriver {
     }
 }
 
-/// Hosts, each on its own thread and runtime; dropping this stops them.
-pub(crate) struct HostThreads {
-    pub(crate) stops: Vec<tokio::sync::oneshot::Sender<()>>,
-    pub(crate) threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for HostThreads {
-    fn drop(&mut self) {
-        for s in self.stops.drain(..) {
-            let _ = s.send(());
-        }
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
 /// Starts `replicas` hosts with `partitions` kv groups; returns them and each group's members.
 /// Durable replicas keep their stores under `data_root/<node id>`.
 async fn start_stator(
@@ -183,66 +166,40 @@ async fn start_stator(
 ) -> anyhow::Result<(HostThreads, Groups, String)> {
     let secret = format!("{:032x}", rand::random::<u128>());
     let groups: Vec<GroupId> = (0..partitions).map(|p| GroupId::new(1, p)).collect();
-    let mut threads = HostThreads {
-        stops: Vec::new(),
-        threads: Vec::new(),
-    };
-    let (addr_tx, mut addr_rx) = tokio::sync::mpsc::channel(replicas);
-    let mut member_txs = Vec::new();
-    for node_id in 1..=replicas as u64 {
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (members_tx, members_rx) = tokio::sync::oneshot::channel::<BTreeMap<u64, String>>();
-        let (addr_tx, secret, groups) = (addr_tx.clone(), secret.clone(), groups.clone());
-        let data_dir = data_root.join(node_id.to_string());
-        threads.stops.push(stop_tx);
-        member_txs.push(members_tx);
-        threads.threads.push(std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let host = Host::start(HostConfig {
-                    node_id,
-                    listen_addr: "127.0.0.1:0".into(),
-                    cluster_secret: secret,
-                    filter: None,
-                    tls: None,
-                    data_dir: Some(data_dir),
-                })
-                .await
-                .expect("bind loopback");
+    let (threads, hosts) = HostThreads::start(replicas as u64, &secret, Some(data_root)).await?;
+    let members: BTreeMap<u64, String> = hosts
+        .iter()
+        .map(|(id, host)| (*id, host.addr().to_string()))
+        .collect();
+    let all_groups = groups.clone();
+    threads
+        .run_on_all(move |_, host| {
+            let groups = all_groups.clone();
+            async move {
                 for g in &groups {
                     host.create_group(*g, options, Box::new(stator_kv::KvMachine::default()))
-                        .await
-                        .expect("create group");
+                        .await?;
                 }
-                addr_tx
-                    .send((node_id, host.addr().to_string()))
-                    .await
-                    .expect("bench alive");
-                let Ok(members) = members_rx.await else {
-                    return;
-                };
-                // Spread leaders: each partition is bootstrapped by one host only.
+                Ok(())
+            }
+        })
+        .await?;
+    // Spread leaders: each partition is bootstrapped by one host only, once every host
+    // has its replicas.
+    let (all_groups, all_members) = (groups.clone(), members.clone());
+    threads
+        .run_on_all(move |node_id, host| {
+            let (groups, members) = (all_groups.clone(), all_members.clone());
+            async move {
                 for (i, g) in groups.iter().enumerate() {
                     if i % members.len() == (node_id as usize - 1) {
-                        host.bootstrap(*g, &members).await.expect("bootstrap");
+                        host.bootstrap(*g, &members).await?;
                     }
                 }
-                let _ = stop_rx.await;
-                host.shutdown().await;
-            });
-        }));
-    }
-    let mut members = BTreeMap::new();
-    for _ in 0..replicas {
-        let (id, addr) = addr_rx.recv().await.context("host thread died")?;
-        members.insert(id, addr);
-    }
-    for tx in member_txs {
-        let _ = tx.send(members.clone());
-    }
+                Ok(())
+            }
+        })
+        .await?;
     let addrs: Vec<String> = members.values().cloned().collect();
     Ok((
         threads,

@@ -52,7 +52,7 @@ pub enum Placement {
 }
 
 /// The running cluster and clients of its API.
-pub struct Cluster {
+pub struct LocalCluster {
     /// The servers (`server s0`...), the `gateway` and the agents (`agent node-1`...).
     processes: Supervisor,
     /// The task restarting exited processes.
@@ -113,16 +113,16 @@ pub fn node_names(nodes: usize) -> Vec<String> {
     (1..=nodes).map(|i| format!("node-{i}")).collect()
 }
 
-impl Cluster {
+impl LocalCluster {
     /// Starts etcd (when `with_etcd`), the servers, the gateway and `nodes` agents placed
     /// by `placement` in `data_dir`, and waits until every agent is ready. The service
-    /// is applied later by [`Cluster::apply_service`].
+    /// is applied later by [`LocalCluster::apply_service`].
     pub async fn start(
         data_dir: &Path,
         nodes: usize,
         placement: &Placement,
         with_etcd: bool,
-    ) -> anyhow::Result<Cluster> {
+    ) -> anyhow::Result<LocalCluster> {
         let exe = copy_this_binary(data_dir)?;
         let host_ip: IpAddr = match placement {
             Placement::Loopback => [127, 0, 0, 1].into(),
@@ -133,7 +133,7 @@ impl Cluster {
         } else {
             None
         };
-        let mut cluster = Cluster {
+        let mut cluster = LocalCluster {
             processes: Supervisor::new("chaos"),
             supervisor: None,
             api: None,
@@ -407,7 +407,7 @@ impl Cluster {
     }
 
     /// Applies the kv service: `partitions` partitions of 3 replicas with `durability`,
-    /// RESP on [`Cluster::resp_addr`]. Protected mode is off: in network-namespace runs that
+    /// RESP on [`LocalCluster::resp_addr`]. Protected mode is off: in network-namespace runs that
     /// address is the private bridge's, not loopback, and chaos's own clients (on the
     /// host side of the bridge) must be served without a password.
     pub async fn apply_service(
@@ -504,7 +504,7 @@ impl Cluster {
         None
     }
 
-    /// Waits until [`Cluster::unhealthy`] is `None`, at most `timeout`; returns the last
+    /// Waits until [`LocalCluster::unhealthy`] is `None`, at most `timeout`; returns the last
     /// reason when it is not.
     pub async fn wait_healthy(&self, timeout: Duration) -> Result<Duration, String> {
         let start = Instant::now();
@@ -539,8 +539,8 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
-    /// Without [`Cluster::stop`] (an error or Ctrl-C): the supervisor stops, so the
+impl Drop for LocalCluster {
+    /// Without [`LocalCluster::stop`] (an error or Ctrl-C): the supervisor stops, so the
     /// processes, killed on drop, are not started again.
     fn drop(&mut self) {
         if let Some(supervisor) = self.supervisor.take() {

@@ -3,9 +3,11 @@
 //! linearizability verdict.
 //!
 //! # Layout
-//! - [`cluster`]: the servers (three on etcd, or one), the gateway and the agents as
-//!   supervised child processes, the API calls and the controller holder.
-//! - [`workload`]: RESP clients through the gateway, reply classification, final reads.
+//! - [`cluster`]: [`cluster::LocalCluster`], the servers (three on etcd, or one), the
+//!   gateway and the agents as supervised child processes, the API calls and the
+//!   controller holder.
+//! - [`workload`]: RESP clients through the gateway, paced by the clock
+//!   (`stator_harness::pace`), reply classification, final reads.
 //! - [`nemesis`]: the seeded fault schedule and the injection of each fault.
 //! - [`netns`]: agents in network namespaces on a bridge; isolation and cuts (default).
 //! - [`firewall`]: partitions as iptables rules matching per-node cgroups on loopback
@@ -18,7 +20,7 @@ pub mod netns;
 pub mod workload;
 
 use anyhow::Context as _;
-use cluster::{Cluster, Placement};
+use cluster::{LocalCluster, Placement};
 use firewall::Firewall;
 use nemesis::{FaultKind, FaultRecord, Nemesis, Network, Schedule};
 use netns::Netns;
@@ -27,7 +29,6 @@ use stator_api::spec::Durability;
 use stator_check::{Recorder, Status, Verdict};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -161,6 +162,8 @@ pub struct Summary {
     pub unrecovered: usize,
     /// Keys whose final read never answered (not judged for lost writes).
     pub keys_without_final_read: usize,
+    /// Client operations not sent because every client was busy when they were due.
+    pub client_missed_ticks: u64,
     /// Fault kinds asked for but not injectable here, with why.
     pub skipped: BTreeMap<&'static str, String>,
     /// Where the history was written.
@@ -364,7 +367,7 @@ async fn run_in(
     data_dir: &std::path::Path,
     skipped: BTreeMap<&'static str, String>,
 ) -> anyhow::Result<Summary> {
-    let mut cluster = Cluster::start(data_dir, opts.nodes, placement, with_etcd).await?;
+    let mut cluster = LocalCluster::start(data_dir, opts.nodes, placement, with_etcd).await?;
     // Agents are children of this process.
     let parent_pid = std::process::id();
 
@@ -436,20 +439,18 @@ async fn run_in(
 async fn drive(
     opts: &Options,
     kinds: &[FaultKind],
-    cluster: &mut Cluster,
+    cluster: &mut LocalCluster,
     network: Option<Network<'_>>,
     skipped: BTreeMap<&'static str, String>,
 ) -> anyhow::Result<Summary> {
     let recorder = Recorder::new();
-    let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let clients = workload::spawn_clients(
+    let clients = workload::Clients::start(
         &cluster.resp_addr,
         opts.clients,
         opts.keys,
         opts.seed,
         recorder.clone(),
-        stop.clone(),
     );
     eprintln!(
         "chaos: cluster healthy; {} clients on {}, faults for {:?}",
@@ -463,13 +464,8 @@ async fn drive(
         tokio::time::sleep(left).await;
     }
     let final_health = cluster.wait_healthy(nemesis::RECOVERY_TIMEOUT).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut error_samples = Vec::new();
-    for client in clients {
-        if let Ok(errors) = client.await {
-            error_samples.extend(errors.samples);
-        }
-    }
+    let clients = clients.stop().await;
+    let error_samples = clients.samples;
     let run_s = started.elapsed().as_secs_f64();
     cluster.check_running()?;
     nemesis_result?;
@@ -522,6 +518,7 @@ async fn drive(
         unrecovered: records.iter().filter(|r| r.recovery_s.is_none()).count()
             + usize::from(final_health.is_err()),
         keys_without_final_read: opts.keys - final_values.len(),
+        client_missed_ticks: clients.missed_ticks,
         skipped,
         history: opts.history.display().to_string(),
     };
@@ -535,7 +532,7 @@ async fn drive(
 async fn inject_faults(
     opts: &Options,
     kinds: &[FaultKind],
-    cluster: &Cluster,
+    cluster: &LocalCluster,
     network: Option<Network<'_>>,
     started: Instant,
     records: &mut Vec<FaultRecord>,

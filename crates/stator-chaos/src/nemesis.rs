@@ -3,7 +3,7 @@
 //! One fault at a time, each healed and the cluster back to health before the next, so a
 //! majority of every partition group survives throughout (the guarantee's precondition).
 
-use super::cluster::{self, Cluster};
+use super::cluster::{self, LocalCluster};
 use super::firewall::{self, Firewall};
 use super::netns::Netns;
 use rand::rngs::StdRng;
@@ -243,7 +243,7 @@ pub enum Network<'a> {
 
 /// Injects faults into a cluster.
 pub struct Nemesis<'a> {
-    cluster: &'a Cluster,
+    cluster: &'a LocalCluster,
     network: Option<Network<'a>>,
     started: Instant,
 }
@@ -283,7 +283,7 @@ impl Drop for Heal<'_> {
 
 impl<'a> Nemesis<'a> {
     /// A nemesis for `cluster`; `network` is needed for partitions.
-    pub fn new(cluster: &'a Cluster, network: Option<Network<'a>>, started: Instant) -> Self {
+    pub fn new(cluster: &'a LocalCluster, network: Option<Network<'a>>, started: Instant) -> Self {
         Nemesis {
             cluster,
             network,

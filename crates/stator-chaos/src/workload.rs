@@ -1,5 +1,6 @@
 //! The clients: concurrent get/set on a few keys through the gateway's RESP endpoint,
-//! one request at a time per connection, every operation recorded.
+//! paced by the clock (`stator_harness::pace`), one request at a time per connection,
+//! every operation recorded.
 //!
 //! How a reply is classified (what the checker may assume):
 //! - `+OK` to SET, a bulk string or null to GET: `ok`.
@@ -13,13 +14,13 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use stator_check::Recorder;
+use stator_harness::pace::{PaceOptions, PacedLoad};
 use stator_harness::resp::Connection;
 use stator_kv::Value;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// A client's deadline for one operation. Longer than the gateway's own 5 s request
@@ -28,9 +29,10 @@ use tokio::time::Instant;
 pub const OP_DEADLINE: Duration = Duration::from_secs(8);
 /// Time allowed to connect to the gateway.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Largest pause between a client's operations, in ms. A little think time keeps the
-/// history a size the checker handles in seconds while clients still overlap constantly.
-const MAX_THINK_MS: u64 = 10;
+/// Operations scheduled per second per client. A paced rate keeps the history a size
+/// the checker handles in seconds while clients still overlap constantly (a client
+/// used to pause 0-10 ms between operations, about this rate).
+const OPS_PER_SEC_PER_CLIENT: u32 = 100;
 /// Time allowed for the final read of every key.
 const FINAL_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -70,61 +72,109 @@ pub struct ErrorSamples {
     pub samples: Vec<String>,
 }
 
-/// Runs `clients` clients against `addr` until `stop`; returns their tasks.
-pub fn spawn_clients(
-    addr: &str,
-    clients: usize,
+/// One client: its own connection, random stream and write counter. The paced load
+/// runs one operation at a time on it, so its history is sequential, as the checker
+/// assumes of a client.
+struct Client {
+    id: u64,
+    addr: Arc<str>,
     keys: usize,
-    seed: u64,
     recorder: Recorder,
-    stop: Arc<AtomicBool>,
-) -> Vec<JoinHandle<ErrorSamples>> {
-    (0..clients)
-        .map(|client| {
-            let addr = addr.to_string();
-            let recorder = recorder.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                client_loop(client as u64, &addr, keys, seed, recorder, stop).await
-            })
-        })
-        .collect()
+    rng: StdRng,
+    connection: Option<Connection>,
+    sequence: u64,
+    errors: ErrorSamples,
 }
 
-async fn client_loop(
-    client: u64,
-    addr: &str,
-    keys: usize,
-    seed: u64,
-    recorder: Recorder,
-    stop: Arc<AtomicBool>,
-) -> ErrorSamples {
-    let mut rng = StdRng::seed_from_u64(seed ^ (client + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let mut errors = ErrorSamples::default();
-    let mut connection: Option<Connection> = None;
-    let mut sequence = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        if connection.is_none() {
-            match Connection::connect_timeout(addr, CONNECT_TIMEOUT).await {
-                Ok(c) => connection = Some(c),
+/// The clients of a run, on a [`PacedLoad`]: operations scheduled at
+/// [`OPS_PER_SEC_PER_CLIENT`] per client and run on whichever client is idle; a tick
+/// that finds every client busy is missed and counted.
+pub struct Clients(PacedLoad<(), Client>);
+
+/// What the clients saw, once stopped.
+#[derive(Debug, Default)]
+pub struct ClientsOutcome {
+    /// Error replies seen, a few per client.
+    pub samples: Vec<String>,
+    /// Operations scheduled while every client was busy.
+    pub missed_ticks: u64,
+}
+
+impl Clients {
+    /// Starts `clients` clients on `keys` keys against `addr`.
+    pub fn start(addr: &str, clients: usize, keys: usize, seed: u64, recorder: Recorder) -> Self {
+        let options = PaceOptions {
+            rate_per_sec: u32::try_from(clients)
+                .unwrap_or(u32::MAX)
+                .saturating_mul(OPS_PER_SEC_PER_CLIENT),
+            max_in_flight: clients,
+            max_queued: 0,
+        };
+        let addr: Arc<str> = addr.into();
+        let made = AtomicU64::new(0);
+        let make = move || {
+            let id = made.fetch_add(1, Ordering::Relaxed);
+            Client {
+                id,
+                addr: addr.clone(),
+                keys,
+                recorder: recorder.clone(),
+                rng: StdRng::seed_from_u64(seed ^ (id + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+                connection: None,
+                sequence: 0,
+                errors: ErrorSamples::default(),
+            }
+        };
+        Clients(PacedLoad::start(
+            options,
+            make,
+            |mut client, _tick| async move {
+                client.operation().await;
+                (client, ())
+            },
+        ))
+    }
+
+    /// Stops scheduling and waits for the operations in flight.
+    pub async fn stop(self) -> ClientsOutcome {
+        let record = self.0.finish().await;
+        ClientsOutcome {
+            samples: record
+                .states
+                .into_iter()
+                .flat_map(|c| c.errors.samples)
+                .collect(),
+            missed_ticks: record.missed,
+        }
+    }
+}
+
+impl Client {
+    /// One random get or set, recorded; without a connection, one attempt to connect.
+    async fn operation(&mut self) {
+        if self.connection.is_none() {
+            match Connection::connect_timeout(&*self.addr, CONNECT_TIMEOUT).await {
+                Ok(c) => self.connection = Some(c),
                 Err(_) => {
+                    // The gateway is down: this client sits out a while.
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+                    return;
                 }
             }
         }
-        let conn = connection.as_mut().expect("connected above");
-        let key = format!("k{}", rng.gen_range(0..keys));
-        let is_set = rng.gen_bool(0.5);
+        let conn = self.connection.as_mut().expect("connected above");
+        let key = format!("k{}", self.rng.gen_range(0..self.keys));
+        let is_set = self.rng.gen_bool(0.5);
+        let client = self.id;
         let (pending, value) = if is_set {
-            sequence += 1;
-            let value = format!("c{client}-{sequence}");
+            self.sequence += 1;
+            let value = format!("c{client}-{}", self.sequence);
             (
-                recorder.set(client, key.clone(), value.clone()),
+                self.recorder.set(client, key.clone(), value.clone()),
                 Some(value),
             )
         } else {
-            (recorder.get(client, key.clone()), None)
+            (self.recorder.get(client, key.clone()), None)
         };
         let argv: Vec<&[u8]> = match &value {
             Some(v) => vec![b"SET", key.as_bytes(), v.as_bytes()],
@@ -133,15 +183,15 @@ async fn client_loop(
         let outcome = match tokio::time::timeout(OP_DEADLINE, conn.call(&argv)).await {
             Ok(Ok(reply)) => {
                 let outcome = classify(is_set, &reply);
-                if let (Value::Error(message), true) = (&reply, errors.samples.len() < 5) {
-                    errors.samples.push(message.clone());
+                if let (Value::Error(message), true) = (&reply, self.errors.samples.len() < 5) {
+                    self.errors.samples.push(message.clone());
                 }
                 outcome
             }
             // A broken connection or a timeout: the request may have reached the cluster.
             // The connection's state is unknown too, so open a new one.
             Ok(Err(_)) | Err(_) => {
-                connection = None;
+                self.connection = None;
                 Outcome::Unknown
             }
         };
@@ -154,10 +204,7 @@ async fn client_loop(
             Outcome::Fail => pending.fail(),
             Outcome::Unknown => pending.unknown(),
         }
-        let think_ms = rng.gen_range(0..=MAX_THINK_MS);
-        tokio::time::sleep(Duration::from_millis(think_ms)).await;
     }
-    errors
 }
 
 /// Reads every key once more after the run (retrying until each answers, at most

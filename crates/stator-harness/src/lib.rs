@@ -9,15 +9,23 @@
 //! - [`supervisor`]: child processes kept running, restarted after a delay when they
 //!   exit (`stator up`'s agents, chaos's servers, gateway and agents).
 //! - [`resp`]: [`resp::Connection`], the one RESP client (bounded replies, pipelining).
+//! - [`pace`]: [`pace::PacedLoad`], requests on a fixed schedule with latency from the
+//!   scheduled time and missed ticks counted (the failover and migration benchmarks,
+//!   chaos's clients).
 //! - [`process`]: process lookups in `/proc` (agents of a parent, a process's age,
 //!   whether it is stopped).
+//! - [`testkit`]: re-exported `stator-testkit`, the launchers that depend on nothing of
+//!   stator (a blocking `redis-server` for stator-kv's own tests and examples).
 //! - this file: free ports, programs on PATH, the shutdown signal, restart delays.
 
 pub mod etcd;
+pub mod pace;
 pub mod process;
 pub mod resp;
 pub mod servers;
 pub mod supervisor;
+
+pub use stator_testkit as testkit;
 
 use std::time::Duration;
 

@@ -5,12 +5,11 @@
 //! `cargo run --release -p stator-kv --example memory_per_key` (needs redis-server).
 
 use stator_kv::{encode_command, parse_reply, KvMachine, Value};
+use stator_testkit::RedisServer;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicIsize, Ordering};
-use std::time::Duration;
 
 /// Counts live heap bytes.
 struct Counting;
@@ -134,31 +133,8 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut server = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server on the PATH");
-    let mut stream = loop {
-        match TcpStream::connect(("127.0.0.1", port)) {
-            Ok(stream) => break stream,
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    };
+    let server = RedisServer::start(&[]).expect("redis-server");
+    let mut stream = server.connect().expect("connect to redis-server");
     println!("{items} items each; bytes per item (stator heap / redis used_memory)");
     println!(
         "{:<18} {:>10} {:>10} {:>7}",
@@ -194,6 +170,6 @@ fn main() {
             stator_bytes as f64 / redis_bytes as f64
         );
     }
-    let _ = server.kill();
-    let _ = server.wait();
+    // Dropping the server kills it.
+    drop(server);
 }

@@ -11,10 +11,10 @@ use stator_kv::scripting::sha1_hex;
 use stator_kv::{
     command_keys, encode_command, encode_exec, parse_reply, queued_command_error, KvMachine, Value,
 };
+use stator_testkit::RedisServer;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::net::TcpStream;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 const DEFAULT_COMMANDS: usize = 20_000;
 const DEFAULT_SEED: u64 = 1;
@@ -22,59 +22,6 @@ const DEFAULT_SEED: u64 = 1;
 const MAX_REPORTED: usize = 30;
 /// How far TTL-style replies may drift: the two sides read their clocks a moment apart.
 const CLOCK_SLACK_MS: i64 = 3_000;
-const STARTUP_LIMIT: Duration = Duration::from_secs(10);
-
-/// A `redis-server` on a free loopback port, killed on drop.
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> Option<RedisServer> {
-        let found = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if !found {
-            assert!(
-                std::env::var("STATOR_REQUIRE_ALL").as_deref() != Ok("1"),
-                "STATOR_REQUIRE_ALL=1 but redis-server is not installed (apt-get install redis-server)"
-            );
-            println!("SKIPPED: redis-server not installed");
-            return None;
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let server = RedisServer { child, port };
-        let deadline = Instant::now() + STARTUP_LIMIT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(server)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A minimal blocking RESP client.
 struct Client {
@@ -83,9 +30,8 @@ struct Client {
 }
 
 impl Client {
-    fn connect(port: u16) -> Client {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream.set_nodelay(true).unwrap();
+    fn connect(server: &RedisServer) -> Client {
+        let stream = server.connect().expect("connect to redis-server");
         Client {
             stream,
             buffer: Vec::new(),
@@ -1627,7 +1573,7 @@ fn script_libraries_answer_as_redis_does() {
 
 #[test]
 fn random_commands_answer_as_redis_does() {
-    let Some(server) = RedisServer::start() else {
+    let Some(server) = RedisServer::start_or_skip() else {
         return;
     };
     let seed: u64 = std::env::var("STATOR_DIFF_SEED")
@@ -1641,7 +1587,7 @@ fn random_commands_answer_as_redis_does() {
     let mut rng = Rng(seed);
     let mut run = Run {
         machine: KvMachine::new(),
-        redis: Client::connect(server.port),
+        redis: Client::connect(&server),
         differences: 0,
         quirks: 0,
         history: Vec::new(),

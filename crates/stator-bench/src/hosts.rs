@@ -1,0 +1,157 @@
+//! In-process replication hosts for the benchmarks, each on its own thread and
+//! single-threaded runtime (as agents are separate processes, a host's Raft tasks do not
+//! share a scheduler with the client driving it).
+//!
+//! [`HostThreads::start`] starts the hosts and hands back their handles;
+//! [`HostThreads::run_on_all`] runs setup (creating and bootstrapping groups) on a host's own
+//! runtime, so the tasks it spawns live there. Dropping [`HostThreads`] shuts every host
+//! down and joins its thread.
+
+use anyhow::Context as _;
+use stator_replication::{Host, HostConfig, NodeId};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+/// Work sent to a host's thread, run there with the host.
+type Job = Box<dyn FnOnce(Host) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+/// Hosts on their own threads; shut down and joined on drop.
+pub(crate) struct HostThreads {
+    /// Each host's job queue; closing it shuts the host down.
+    jobs: BTreeMap<NodeId, tokio::sync::mpsc::UnboundedSender<Job>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl HostThreads {
+    /// Starts hosts `1..=count` on loopback with `secret`, durable under
+    /// `data_root/<node id>` when a root is given; returns them with their handles.
+    pub(crate) async fn start(
+        count: u64,
+        secret: &str,
+        data_root: Option<&std::path::Path>,
+    ) -> anyhow::Result<(HostThreads, BTreeMap<NodeId, Host>)> {
+        let mut threads = HostThreads {
+            jobs: BTreeMap::new(),
+            threads: Vec::new(),
+        };
+        let mut started = Vec::new();
+        for node_id in 1..=count {
+            let config = HostConfig {
+                node_id,
+                listen_addr: "127.0.0.1:0".into(),
+                cluster_secret: secret.to_string(),
+                filter: None,
+                tls: None,
+                data_dir: data_root.map(|root| root.join(node_id.to_string())),
+            };
+            let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel();
+            let (host_tx, host_rx) = tokio::sync::oneshot::channel();
+            threads.jobs.insert(node_id, jobs_tx);
+            threads.threads.push(std::thread::spawn(move || {
+                host_thread(config, host_tx, jobs_rx)
+            }));
+            started.push((node_id, host_rx));
+        }
+        let mut hosts = BTreeMap::new();
+        for (node_id, host_rx) in started {
+            let host = host_rx
+                .await
+                .with_context(|| format!("host {node_id}'s thread died"))?
+                .with_context(|| format!("starting host {node_id} on loopback"))?;
+            hosts.insert(node_id, host);
+        }
+        Ok((threads, hosts))
+    }
+
+    /// Runs `job` on every host's runtime at once; the first error, if any.
+    pub(crate) async fn run_on_all<F, Fut>(&self, job: F) -> anyhow::Result<()>
+    where
+        F: Fn(NodeId, Host) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + 'static,
+    {
+        let mut running = Vec::new();
+        for &node_id in self.jobs.keys() {
+            let job = job.clone();
+            running.push((
+                node_id,
+                self.submit(node_id, move |host| job(node_id, host))?,
+            ));
+        }
+        for (node_id, done) in running {
+            done.await
+                .with_context(|| format!("host {node_id}'s thread died running a job"))??;
+        }
+        Ok(())
+    }
+
+    /// Queues `job` on host `node_id`'s thread; the receiver gets its result.
+    fn submit<T, F, Fut>(
+        &self,
+        node_id: NodeId,
+        job: F,
+    ) -> anyhow::Result<tokio::sync::oneshot::Receiver<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(Host) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+    {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |host| {
+            Box::pin(async move {
+                let _ = done_tx.send(job(host).await);
+            })
+        });
+        self.jobs
+            .get(&node_id)
+            .with_context(|| format!("no host {node_id}"))?
+            .send(job)
+            .ok()
+            .with_context(|| format!("host {node_id}'s thread has stopped"))?;
+        Ok(done_rx)
+    }
+}
+
+impl Drop for HostThreads {
+    fn drop(&mut self) {
+        self.jobs.clear();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One host's thread: start it, report it, run jobs until the queue closes, shut down.
+fn host_thread(
+    config: HostConfig,
+    host_tx: tokio::sync::oneshot::Sender<anyhow::Result<Host>>,
+    mut jobs: tokio::sync::mpsc::UnboundedReceiver<Job>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = host_tx.send(Err(e.into()));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let host = match Host::start(config).await {
+            Ok(host) => host,
+            Err(e) => {
+                let _ = host_tx.send(Err(anyhow::anyhow!("{e}")));
+                return;
+            }
+        };
+        if host_tx.send(Ok(host.clone())).is_err() {
+            host.shutdown().await;
+            return;
+        }
+        while let Some(job) = jobs.recv().await {
+            job(host.clone()).await;
+        }
+        host.shutdown().await;
+    });
+}
