@@ -347,7 +347,8 @@ impl Backend for Router {
     }
 
     /// Reads side by side; anything with a write as one `STATOR.EXEC` write, applied in
-    /// order as one entry (see [`pipeline`]).
+    /// order as one entry (see [`pipeline`]), merged with the batches other connections
+    /// have waiting for the same partition (see [`crate::coalesce`]).
     async fn execute_batch(
         &self,
         routes: Arc<ServiceRoutes>,
@@ -355,17 +356,13 @@ impl Backend for Router {
         slot: u16,
         commands: Vec<(RequestKind, Vec<u8>)>,
     ) -> Vec<Vec<u8>> {
-        if commands.len() == 1 || pipeline::all_reads(&commands) {
+        if pipeline::all_reads(&commands) {
             return futures::future::join_all(commands.into_iter().map(|(kind, payload)| {
                 Backend::execute(self, routes.clone(), partition, slot, kind, payload)
             }))
             .await;
         }
-        let count = commands.len();
-        let payload = pipeline::encode(&commands);
-        let reply =
-            Backend::execute(self, routes, partition, slot, RequestKind::Write, payload).await;
-        pipeline::split(reply, count)
+        self.write_batch(routes, partition, commands).await
     }
 
     fn pipelines_slots(&self) -> bool {
