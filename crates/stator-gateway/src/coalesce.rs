@@ -26,6 +26,7 @@ use crate::resp::{connection::error_reply, pipeline};
 use crate::router::RouterCore;
 use stator_api::ids::GroupId;
 use stator_kv::Value;
+use stator_replication::host::MAX_WRITE_BATCH_BYTES;
 use stator_replication::RequestKind;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -36,15 +37,15 @@ use tokio::sync::oneshot;
 /// pipeline idle while a batch waits for its round trip.
 pub const MAX_WRITES_IN_FLIGHT_PER_PARTITION: usize = 4;
 
-/// Most commands in one merged write: fifty `-P 16` connections over four partitions
-/// make about 200 per partition; a cap keeps one entry's apply time (and the wait of the
-/// commands behind it) short.
-pub const MAX_MERGED_COMMANDS: usize = 1024;
+/// Most commands in one merged write: a cap on one entry's apply time (and so on the wait
+/// of the commands behind it).
+pub const MAX_MERGED_COMMANDS: usize = 256;
 
-/// Most payload bytes in one merged write (a larger single batch goes alone): far below
-/// the replica transport's 32 MiB frame limit and the 1 MiB an AppendEntries carries, so
-/// one merged entry never crowds out the replication of others.
-pub const MAX_MERGED_BYTES: usize = 256 << 10;
+/// Most payload bytes in one merged write (a larger single batch goes alone): the
+/// leader's own write batch size, which keeps an AppendEntries of 128 entries near
+/// 1 MiB, so a busy machine still sends it within openraft's append timeout (see
+/// [`MAX_WRITE_BATCH_BYTES`]). Fifty `-P 16` connections of small SETs fit in one.
+pub const MAX_MERGED_BYTES: usize = MAX_WRITE_BATCH_BYTES;
 
 /// The write batches waiting for each partition; one per [`crate::Router`].
 #[derive(Default)]
