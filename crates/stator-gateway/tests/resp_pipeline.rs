@@ -259,22 +259,34 @@ async fn many_connections_pipelining_at_once_each_get_their_own_replies_in_order
             bulk(&total.to_string()),
             "{key}: every INCR counted exactly once"
         );
-        let Value::Array(Some(items)) = c.call(&["LRANGE", &format!("{key}:list"), "0", "-1"]).await
+        let Value::Array(Some(items)) =
+            c.call(&["LRANGE", &format!("{key}:list"), "0", "-1"]).await
         else {
             panic!("LRANGE {key}:list is an array");
         };
-        assert_eq!(items.len() as i64, total, "{key}:list holds every push once");
+        assert_eq!(
+            items.len() as i64,
+            total,
+            "{key}:list holds every push once"
+        );
         for connection in 0..CONNECTIONS {
             let own: Vec<Value> = items
                 .iter()
                 .filter(|item| match item {
-                    Value::Bulk(Some(bytes)) => bytes.starts_with(format!("{connection}:").as_bytes()),
+                    Value::Bulk(Some(bytes)) => {
+                        bytes.starts_with(format!("{connection}:").as_bytes())
+                    }
                     _ => false,
                 })
                 .cloned()
                 .collect();
-            let expected: Vec<Value> = (0..rounds).map(|r| bulk(&format!("{connection}:{r}"))).collect();
-            assert_eq!(own, expected, "{key}:list holds connection {connection}'s pushes in its order");
+            let expected: Vec<Value> = (0..rounds)
+                .map(|r| bulk(&format!("{connection}:{r}")))
+                .collect();
+            assert_eq!(
+                own, expected,
+                "{key}:list holds connection {connection}'s pushes in its order"
+            );
         }
     }
     setup.gateway.shutdown().await;
