@@ -47,7 +47,9 @@ pub const MAX_MERGED_COMMANDS: usize = 256;
 /// [`MAX_WRITE_BATCH_BYTES`]). Fifty `-P 16` connections of small SETs fit in one.
 pub const MAX_MERGED_BYTES: usize = MAX_WRITE_BATCH_BYTES;
 
-/// The write batches waiting for each partition; one per [`crate::Router`].
+/// The write batches waiting for each partition; one per [`crate::Router`]. Holds an
+/// empty queue (tens of bytes) for each partition ever written through it, also after its
+/// service is deleted: bounded by the partitions a cluster ever had.
 #[derive(Default)]
 pub(crate) struct Coalescer {
     // A std mutex: a lookup or an insert, never held across an await.
