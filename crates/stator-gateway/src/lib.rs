@@ -10,6 +10,8 @@
 //!   between server URLs) and publishing `Arc` snapshots on a watch channel.
 //! - [`router`]: forwards one request to a partition leader, exactly once: a pool of
 //!   replication sessions, a leader cache, retries with the same sequence number.
+//! - `coalesce`: the write batches of many connections waiting for one partition, merged
+//!   into one write (one session, one request, one reply split back).
 //! - [`resp`]: a RESP (Redis protocol) listener per kv service, pipelined connections,
 //!   the commands the gateway answers itself (AUTH/ACL and protected mode, keyspace
 //!   commands over every partition, MULTI/EXEC/WATCH, pub/sub, RESP3), and the Redis
@@ -23,6 +25,7 @@
 //! - [`error`]: the crate's one error type, [`GatewayError`].
 
 pub mod bus;
+mod coalesce;
 pub mod error;
 pub mod http;
 pub mod map;

@@ -13,7 +13,8 @@
 //! request at a time) so skips the frame sender task and its two task hops, and many
 //! concurrent clients still share frames.
 
-use crate::map::PartitionRoute;
+use crate::coalesce::Coalescer;
+use crate::map::{PartitionRoute, ServiceRoutes};
 use stator_replication::client::{ATTEMPT_TIMEOUT, RETRY_PAUSE};
 use stator_replication::transport::{
     Request, Response, Transport, TransportConfig, TransportError,
@@ -44,6 +45,13 @@ struct Session {
 
 /// Forwards requests to partition leaders; shared by every listener of a gateway.
 pub struct Router {
+    core: Arc<RouterCore>,
+    /// Write batches of many connections for one partition, merged (see [`crate::coalesce`]).
+    coalescer: Coalescer,
+}
+
+/// What forwarding needs, shared with the coalescer's sender tasks.
+pub(crate) struct RouterCore {
     client: ReplicaClient,
     /// Calls made with nothing else in flight go here directly (see the module doc).
     direct: Arc<Transport>,
@@ -63,7 +71,7 @@ pub struct Router {
 /// request's future is dropped mid-flight (the client went away): that sequence number may
 /// or may not have been applied, so it is never sent again.
 pub struct SessionGuard<'a> {
-    router: &'a Router,
+    router: &'a RouterCore,
     session: Session,
 }
 
@@ -95,27 +103,84 @@ impl Router {
     /// `deadline`; pokes `refresh` when the map looks stale.
     pub fn new(cluster_secret: &str, deadline: Duration, refresh: Arc<Notify>) -> Self {
         Self {
-            client: ReplicaClient::new(cluster_secret),
-            direct: Transport::new(TransportConfig {
-                node_id: 0,
-                listen_addr: String::new(),
-                cluster_secret: cluster_secret.to_string(),
-                filter: None,
-                tls: None,
+            core: Arc::new(RouterCore {
+                client: ReplicaClient::new(cluster_secret),
+                direct: Transport::new(TransportConfig {
+                    node_id: 0,
+                    listen_addr: String::new(),
+                    cluster_secret: cluster_secret.to_string(),
+                    filter: None,
+                    tls: None,
+                }),
+                calls: AtomicUsize::new(0),
+                idle_sessions: Mutex::new(Vec::new()),
+                leaders: RwLock::new(HashMap::new()),
+                refresh,
+                deadline,
             }),
-            calls: AtomicUsize::new(0),
-            idle_sessions: Mutex::new(Vec::new()),
-            leaders: RwLock::new(HashMap::new()),
-            refresh,
-            deadline,
+            coalescer: Coalescer::default(),
         }
     }
 
     /// How long a request may take before it fails with [`ClientError::Timeout`].
     pub fn deadline(&self) -> Duration {
-        self.deadline
+        self.core.deadline
     }
 
+    /// Checks out a session for one write: its `(client id, sequence)` is used for every
+    /// attempt of that write, wherever it is sent (an agent first proposes it to its own
+    /// replica, then hands it to [`Router::forward_in`] if that replica lost leadership).
+    pub fn checkout(&self) -> SessionGuard<'_> {
+        self.core.checkout()
+    }
+
+    /// Asks the map poller for a fresh map now (a route was missing).
+    pub fn request_refresh(&self) {
+        self.core.request_refresh();
+    }
+
+    /// Sends `payload` to `route`'s leader as `kind`, following leader hints and trying
+    /// every member, retrying a write with the same sequence number until it is answered
+    /// or the deadline passes. A [`ClientError::Timeout`] of a write means the write may or
+    /// may not have been applied.
+    pub async fn forward(
+        &self,
+        route: &PartitionRoute,
+        kind: RequestKind,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, ClientError> {
+        self.core.forward(route, kind, payload).await
+    }
+
+    /// [`Router::forward`] within a session checked out by the caller (writes; `None` for
+    /// reads).
+    pub async fn forward_in(
+        &self,
+        route: &PartitionRoute,
+        kind: RequestKind,
+        payload: Vec<u8>,
+        session: Option<&SessionGuard<'_>>,
+    ) -> Result<Vec<u8>, ClientError> {
+        self.core.forward_in(route, kind, payload, session).await
+    }
+
+    /// Commands of one connection for `routes.partitions[partition]`, at least one a write
+    /// and each one [`crate::resp::pipeline::may_batch`] allows, answered in order: merged
+    /// with the batches of other connections waiting for the same partition into one write
+    /// (see [`crate::coalesce`]).
+    pub(crate) async fn write_batch(
+        &self,
+        routes: Arc<ServiceRoutes>,
+        partition: usize,
+        commands: Vec<(RequestKind, Vec<u8>)>,
+    ) -> Vec<Vec<u8>> {
+        self.coalescer
+            .submit(&self.core, routes, partition, commands)
+            .await
+    }
+}
+
+impl RouterCore {
     /// Checks out a session for one write: its `(client id, sequence)` is used for every
     /// attempt of that write, wherever it is sent (an agent first proposes it to its own
     /// replica, then hands it to [`Router::forward_in`] if that replica lost leadership).
@@ -268,7 +333,7 @@ impl Router {
     }
 }
 
-impl Router {
+impl RouterCore {
     /// One attempt at one replica: straight onto the transport when no other call is in
     /// flight, else in a shared frame.
     async fn call(

@@ -150,6 +150,148 @@ async fn pipelined_mixed_commands_match_a_sequential_run() {
     setup.gateway.shutdown().await;
 }
 
+/// Connections pipelining at once in [`many_connections_pipelining_at_once_each_get_their_own_replies_in_order`].
+const CONNECTIONS: usize = 24;
+/// Commands each of them sends (of [`mixed_commands`], on keys of its own).
+const COMMANDS_PER_CONNECTION: usize = 160;
+/// Commands per burst, as `redis-benchmark -P 16`.
+const SMALL_BURST: usize = 16;
+
+/// Every reply of `commands` sent in bursts of `burst` over one connection.
+async fn pipelined_in(
+    addr: std::net::SocketAddr,
+    commands: &[Vec<String>],
+    burst: usize,
+) -> Vec<Value> {
+    let mut c = Resp::connect(addr).await;
+    let mut replies = Vec::with_capacity(commands.len());
+    for chunk in commands.chunks(burst) {
+        let mut bytes = Vec::new();
+        for argv in chunk {
+            bytes.extend(encode_command(argv));
+        }
+        c.send_raw(&bytes).await;
+        for _ in chunk {
+            replies.push(c.read().await.expect("connection stays open"));
+        }
+    }
+    replies
+}
+
+/// Many connections pipelining at the same moment: the gateway merges their batches for
+/// one partition into one write, yet each connection gets the replies a sequential run of
+/// its own commands gets, in its order; and on keys they all share, each connection sees
+/// its own writes in the order it sent them, none lost or applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_connections_pipelining_at_once_each_get_their_own_replies_in_order() {
+    let setup = setup(3, false).await;
+    let addr = setup.resp_addr;
+    // Phase 1: each connection on keys of its own; the replies do not depend on the
+    // prefix, so one sequential run is the model of every connection.
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|connection| {
+            tokio::spawn(async move {
+                let mut commands = mixed_commands(&format!("m{connection}:"));
+                commands.truncate(COMMANDS_PER_CONNECTION);
+                pipelined_in(addr, &commands, SMALL_BURST).await
+            })
+        })
+        .collect();
+    let mut model = mixed_commands("model:");
+    model.truncate(COMMANDS_PER_CONNECTION);
+    let expected = match redis_server().await {
+        Some(redis) => sequential(redis.endpoints[0].parse().expect("an address"), &model).await,
+        None => sequential(addr, &model).await,
+    };
+    for (connection, task) in tasks.into_iter().enumerate() {
+        let got = task.await.expect("connection task");
+        assert_same(
+            &got,
+            &expected,
+            &model,
+            &format!("a sequential run (connection {connection})"),
+        );
+    }
+    // Phase 2: every connection INCRs one shared counter and RPUSHes onto one shared list
+    // per partition, in bursts.
+    let keys: Vec<String> = (0..6).map(|k| format!("shared:{k}")).collect();
+    let rounds = 8;
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|connection| {
+            let keys = keys.clone();
+            tokio::spawn(async move {
+                let mut c = Resp::connect(addr).await;
+                let mut seen: Vec<i64> = vec![0; keys.len()];
+                for round in 0..rounds {
+                    let mut bytes = Vec::new();
+                    for key in &keys {
+                        bytes.extend(encode_command(&["INCR", key]));
+                        bytes.extend(encode_command(&[
+                            "RPUSH".to_string(),
+                            format!("{key}:list"),
+                            format!("{connection}:{round}"),
+                        ]));
+                    }
+                    c.send_raw(&bytes).await;
+                    for (k, key) in keys.iter().enumerate() {
+                        for what in ["INCR", "RPUSH"] {
+                            let Some(Value::Integer(n)) = c.read().await else {
+                                panic!("{what} {key} answered with a non-integer");
+                            };
+                            if what == "INCR" {
+                                assert!(n > seen[k], "INCR {key} went back: {n} after {}", seen[k]);
+                                seen[k] = n;
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("connection task");
+    }
+    let mut c = Resp::connect(addr).await;
+    let total = (CONNECTIONS * rounds) as i64;
+    for key in &keys {
+        assert_eq!(
+            c.call(&["GET", key]).await,
+            bulk(&total.to_string()),
+            "{key}: every INCR counted exactly once"
+        );
+        let Value::Array(Some(items)) =
+            c.call(&["LRANGE", &format!("{key}:list"), "0", "-1"]).await
+        else {
+            panic!("LRANGE {key}:list is an array");
+        };
+        assert_eq!(
+            items.len() as i64,
+            total,
+            "{key}:list holds every push once"
+        );
+        for connection in 0..CONNECTIONS {
+            let own: Vec<Value> = items
+                .iter()
+                .filter(|item| match item {
+                    Value::Bulk(Some(bytes)) => {
+                        bytes.starts_with(format!("{connection}:").as_bytes())
+                    }
+                    _ => false,
+                })
+                .cloned()
+                .collect();
+            let expected: Vec<Value> = (0..rounds)
+                .map(|r| bulk(&format!("{connection}:{r}")))
+                .collect();
+            assert_eq!(
+                own, expected,
+                "{key}:list holds connection {connection}'s pushes in its order"
+            );
+        }
+    }
+    setup.gateway.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipeline_over_several_partitions_keeps_per_key_order() {
     let setup = setup(3, false).await;

@@ -347,7 +347,8 @@ impl Backend for Router {
     }
 
     /// Reads side by side; anything with a write as one `STATOR.EXEC` write, applied in
-    /// order as one entry (see [`pipeline`]).
+    /// order as one entry (see [`pipeline`]), merged with the batches other connections
+    /// have waiting for the same partition (see [`crate::coalesce`]).
     async fn execute_batch(
         &self,
         routes: Arc<ServiceRoutes>,
@@ -355,17 +356,13 @@ impl Backend for Router {
         slot: u16,
         commands: Vec<(RequestKind, Vec<u8>)>,
     ) -> Vec<Vec<u8>> {
-        if commands.len() == 1 || pipeline::all_reads(&commands) {
+        if pipeline::all_reads(&commands) {
             return futures::future::join_all(commands.into_iter().map(|(kind, payload)| {
                 Backend::execute(self, routes.clone(), partition, slot, kind, payload)
             }))
             .await;
         }
-        let count = commands.len();
-        let payload = pipeline::encode(&commands);
-        let reply =
-            Backend::execute(self, routes, partition, slot, RequestKind::Write, payload).await;
-        pipeline::split(reply, count)
+        self.write_batch(routes, partition, commands).await
     }
 
     fn pipelines_slots(&self) -> bool {
@@ -407,6 +404,11 @@ pub fn error_reply(
 
 /// Serves one connection (plain TCP with `TCP_NODELAY` set, or TLS over it) until the
 /// client leaves, sends QUIT or garbage, or `cancel`.
+///
+/// One pass of the loop: [`Pipeline::dispatch_buffered`] parses and dispatches what the
+/// client sent, the units it launched go in flight, [`Pipeline::take_answered`] collects
+/// the replies known in order and one write sends them; then it waits for whichever comes
+/// first: cancellation, an answer ([`Pipeline::accept`]), a pub/sub message, more input.
 #[allow(
     clippy::too_many_arguments,
     reason = "gateway and agents call it, each argument distinct"
@@ -421,19 +423,10 @@ pub async fn serve<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
     connection_id: u64,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    let mut state = ConnectionState {
-        id: connection_id,
-        node: router.node(),
-        ..ConnectionState::default()
-    };
-    let mut routes = map.borrow_and_update().services.get(&service).cloned();
-    let mut access = match &routes {
-        Some(routes) => shared.access.get(routes),
-        None => Arc::new(auth::Access::Open {
-            protected_mode: true,
-        }),
-    };
-    if !access.admits(peer.ip()) {
+    let (pubsub, mut messages, too_slow) =
+        PubSub::new(shared.broker.clone(), service.clone(), connection_id);
+    let mut client = Client::new(&*router, &shared, &service, &mut map, pubsub, connection_id);
+    if !client.access.admits(peer.ip()) {
         // Protected mode: say why, then close, as Redis does.
         stream
             .write_all(&Value::error(auth::DENIED).to_bytes())
@@ -441,246 +434,22 @@ pub async fn serve<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
         stream.shutdown().await.ok();
         return Ok(());
     }
-    let (mut pubsub, mut messages, too_slow) =
-        PubSub::new(shared.broker.clone(), service.clone(), connection_id);
     let mut input = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut output: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
+    let mut pipeline = Pipeline::new(&*router);
     let mut in_flight = FuturesUnordered::new();
-    // Replies in request order: `replies[i]` answers command `written + i`, `None` until
-    // it is known.
-    let mut replies: VecDeque<Option<Vec<u8>>> = VecDeque::new();
-    let mut written: u64 = 0;
-    // Slot -> commands of this connection in flight on it (sent, not gathering).
-    let mut busy_slots: HashMap<u16, u32> = HashMap::new();
-    // QUIT or a protocol error: answer what came before, then close.
-    let mut closing = false;
-    // A command sent alone (keys over several slots, or every partition) is in flight:
-    // nothing else is dispatched until it is answered.
-    let mut alone_in_flight = false;
-    // Commands sent and not answered yet.
-    let mut commands_in_flight = 0usize;
-    // Commands of this read gathered per partition (per slot where the backend keeps
-    // order per slot only), each sent as one `Work::Batch` when the buffered input runs
-    // out, the batch is full, or a command must wait.
-    let mut gatherings: Vec<Gathering> = Vec::new();
-    let pipelines = router.pipelines_slots();
-    let per_partition = pipelines && router.batches_partitions();
-    // Sends every gathered batch.
-    macro_rules! launch_all {
-        () => {
-            for batch in gatherings.drain(..) {
-                commands_in_flight += batch.commands.len();
-                for command in &batch.commands {
-                    *busy_slots.entry(command.slot).or_default() += 1;
-                }
-                in_flight.push(perform(&*router, 0, batch.into_work(), None));
-            }
-        };
-    }
     loop {
-        // Dispatch every complete command buffered, until the pipeline is full or a
-        // command must wait for an earlier one on its slot.
-        let mut need_input = false;
-        while !closing
-            && !alone_in_flight
-            && commands_in_flight + gatherings.iter().map(Gathering::len).sum::<usize>()
-                < MAX_PIPELINE_DEPTH
-        {
-            let (argv, used) = match parse_command(&input) {
-                Ok(Some(parsed)) => parsed,
-                Ok(None) => {
-                    if input.len() > MAX_COMMAND_BYTES {
-                        replies.push_back(Some(Value::error(format!(
-                            "ERR Protocol error: command larger than {MAX_COMMAND_BYTES} bytes; split the value"
-                        )).to_bytes()));
-                        closing = true;
-                    }
-                    need_input = true;
-                    break;
-                }
-                Err(error) => {
-                    replies.push_back(Some(error.to_reply().to_bytes()));
-                    closing = true;
-                    break;
-                }
-            };
-            if argv.is_empty() {
-                input.advance(used);
-                continue;
-            }
-            if map.has_changed().unwrap_or(false) {
-                // Batches gathered under the old map go as they are.
-                launch_all!();
-                routes = map.borrow_and_update().services.get(&service).cloned();
-                if let Some(routes) = &routes {
-                    access = shared.access.get(routes);
-                    state.user = access.refresh_user(&state.user);
-                }
-            }
-            let anything_in_flight = !in_flight.is_empty() || !gatherings.is_empty();
-            if anything_in_flight && transaction::waits_for_earlier(&argv) {
-                // Parsed again once everything before it is answered.
-                break;
-            }
-            let index = written + replies.len() as u64;
-            let decided = auth::intercept(&argv, &mut state, &access);
-            // A script of a user limited to some keys carries the user's key patterns into
-            // the machine, which checks every `redis.call` against them (`auth.rs`).
-            let scoped = decided
-                .is_none()
-                .then(|| auth::scope_script(&argv, &state))
-                .flatten();
-            let (argv, raw) = match scoped {
-                Some(wrapped) => (wrapped, &[][..]),
-                None => (argv, &input[..used]),
-            };
-            let decided = decided
-                .or_else(|| transaction::intercept(&argv, &mut state.tx, routes.as_deref()))
-                .or_else(|| pubsub::intercept(&argv, &mut pubsub, state.resp3, routes.as_deref()));
-            let work = match decided
-                .unwrap_or_else(|| dispatch(&argv, &mut state, routes.as_deref()))
-            {
-                Dispatch::Reply(reply) => Err(reply),
-                Dispatch::ReplyAndClose(reply) => {
-                    closing = true;
-                    Err(reply)
-                }
-                Dispatch::ForwardAlone { .. } | Dispatch::FanOut(_) | Dispatch::Transaction(_)
-                    if anything_in_flight =>
-                {
-                    // Parsed again once everything before it is answered.
-                    break;
-                }
-                Dispatch::FanOut(fan) => match &routes {
-                    Some(routes) => {
-                        alone_in_flight = true;
-                        Ok(Work::FanOut {
-                            routes: routes.clone(),
-                            fan,
-                        })
-                    }
-                    None => Err(not_in_map(&*router, &service)),
-                },
-                Dispatch::Transaction(tx_work) => {
-                    transaction_work(&*router, routes.as_ref(), &service, tx_work).inspect(|work| {
-                        alone_in_flight = true;
-                        if let Work::Forward { slot, .. } = work {
-                            *busy_slots.entry(*slot).or_default() += 1;
-                        }
-                    })
-                }
-                // One key slot, or keys over several slots of one partition (then sent
-                // alone: after every earlier command is answered, before any later one).
-                dispatched @ (Dispatch::Forward { .. } | Dispatch::ForwardAlone { .. }) => {
-                    let (slot, kind, alone) = match dispatched {
-                        Dispatch::Forward { slot, kind } => (slot, kind, false),
-                        Dispatch::ForwardAlone { slot, kind } => (slot, kind, true),
-                        _ => unreachable!("matched above"),
-                    };
-                    if busy_slots.contains_key(&slot) {
-                        // Parsed again once the earlier command on the slot is answered.
-                        break;
-                    }
-                    let gatherable = !alone && pipelines && pipeline::may_batch(&argv);
-                    if gatherings
-                        .iter()
-                        .any(|g| g.holds(slot) && !(gatherable && g.has_room(used)))
-                    {
-                        // Sent once the gathered commands on its slot are answered (it
-                        // cannot join them: sent alone, or their batch is full).
-                        break;
-                    }
-                    match forward_work(&*router, routes.as_ref(), &service, slot, kind, raw, &argv)
-                    {
-                        Ok(Work::Forward {
-                            routes,
-                            partition,
-                            slot,
-                            kind,
-                            payload,
-                            blocking: _,
-                        }) if gatherable => {
-                            let shape = state.resp3.then(|| resp3::shape(&argv));
-                            input.advance(used);
-                            replies.push_back(None);
-                            let joins = |g: &Gathering| {
-                                g.partition == partition
-                                    && Arc::ptr_eq(&g.routes, &routes)
-                                    && (per_partition || g.slot == slot)
-                            };
-                            let at = gatherings.iter().position(joins);
-                            let command = Gathered {
-                                index,
-                                slot,
-                                kind,
-                                payload,
-                                shape,
-                            };
-                            match at {
-                                // Holding its slot it had room (checked above, on the
-                                // raw bytes): it must join, for order.
-                                Some(at)
-                                    if gatherings[at].holds(slot)
-                                        || gatherings[at].has_room(command.payload.len()) =>
-                                {
-                                    gatherings[at].push(command)
-                                }
-                                _ => {
-                                    if let Some(at) = at {
-                                        // Full (and without this command's slot, checked
-                                        // above): it goes now, this command starts the next.
-                                        let batch = gatherings.swap_remove(at);
-                                        commands_in_flight += batch.commands.len();
-                                        for command in &batch.commands {
-                                            *busy_slots.entry(command.slot).or_default() += 1;
-                                        }
-                                        in_flight.push(perform(
-                                            &*router,
-                                            0,
-                                            batch.into_work(),
-                                            None,
-                                        ));
-                                    }
-                                    gatherings.push(Gathering::new(routes, partition, command));
-                                }
-                            }
-                            continue;
-                        }
-                        Ok(work) => {
-                            alone_in_flight = alone;
-                            *busy_slots.entry(slot).or_default() += 1;
-                            Ok(work)
-                        }
-                        Err(reply) => Err(reply),
-                    }
-                }
-            };
-            let shape = state.resp3.then(|| resp3::shape(&argv));
-            input.advance(used);
-            match work {
-                Err(reply) => replies.push_back(Some(match shape {
-                    Some(shape) => resp3::convert(reply, shape),
-                    None => reply,
-                })),
-                Ok(work) => {
-                    replies.push_back(None);
-                    commands_in_flight += 1;
-                    in_flight.push(perform(&*router, index, work, shape));
-                }
-            }
+        let need_input = pipeline.dispatch_buffered(&mut client, &mut input);
+        for Launch { index, work, shape } in pipeline.launches.drain(..) {
+            in_flight.push(perform(&*router, index, work, shape));
         }
-        // Whatever was gathered goes now: nothing waits for a batch to fill.
-        launch_all!();
         // Every reply known in order leaves in one write.
-        while let Some(Some(_)) = replies.front() {
-            output.extend_from_slice(&replies.pop_front().flatten().expect("checked"));
-            written += 1;
-        }
+        pipeline.take_answered(&mut output);
         if !output.is_empty() {
             stream.write_all(&output).await?;
             output.clear();
         }
-        if in_flight.is_empty() && closing {
+        if in_flight.is_empty() && pipeline.closing {
             stream.shutdown().await.ok();
             return Ok(());
         }
@@ -691,40 +460,26 @@ pub async fn serve<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
             // Redis closes a subscriber whose pending messages pass its limit.
             _ = too_slow.cancelled() => return Ok(()),
             Some(finished) = in_flight.next(), if !in_flight.is_empty() => {
-                let mut finished = Some(finished);
+                pipeline.accept(finished, &mut client.state);
                 // Take every answer ready now so one write carries a whole pipeline.
-                while let Some(unit) = finished.take() {
-                    let mut accept = |done: Done| {
-                        commands_in_flight -= 1;
-                        state.tx.watched.extend(done.watched);
-                        if let Some(slot) = done.slot {
-                            release(&mut busy_slots, slot);
-                        }
-                        let at = usize::try_from(done.index - written)
-                            .expect("a reply owed is within the pipeline");
-                        replies[at] = Some(done.reply);
-                    };
-                    match unit {
-                        Finished::One(done) => accept(done),
-                        Finished::Many(dones) => dones.into_iter().for_each(accept),
-                    }
-                    finished = in_flight.next().now_or_never().flatten();
+                while let Some(finished) = in_flight.next().now_or_never().flatten() {
+                    pipeline.accept(finished, &mut client.state);
                 }
                 if in_flight.is_empty() {
-                    alone_in_flight = false;
+                    pipeline.alone_in_flight = false;
                 }
             }
             // Messages wait while replies are owed, so a SUBSCRIBE's confirmation (and
             // anything sent before it) is answered before the first message.
-            Some(message) = messages.recv(), if in_flight.is_empty() && replies.is_empty() => {
-                message.encode(state.resp3, &mut output);
+            Some(message) = messages.recv(), if in_flight.is_empty() && pipeline.replies.is_empty() => {
+                message.encode(client.state.resp3, &mut output);
                 while let Ok(message) = messages.try_recv() {
-                    message.encode(state.resp3, &mut output);
+                    message.encode(client.state.resp3, &mut output);
                 }
                 stream.write_all(&output).await?;
                 output.clear();
             }
-            read = stream.read_buf(&mut input), if need_input && !closing => {
+            read = stream.read_buf(&mut input), if need_input && !pipeline.closing => {
                 if read? == 0 {
                     // The client left; anything still in flight has nobody to answer.
                     return Ok(());
@@ -733,6 +488,443 @@ pub async fn serve<B: Backend, S: AsyncRead + AsyncWrite + Unpin>(
                     input.reserve(READ_CHUNK_BYTES);
                 }
             }
+        }
+    }
+}
+
+/// Who the client is and what it sees: its session state, its service's routes and
+/// access rules (refreshed as the map changes), its pub/sub side.
+struct Client<'a, B> {
+    router: &'a B,
+    shared: &'a Shared,
+    service: &'a str,
+    map: &'a mut watch::Receiver<Arc<PartitionMap>>,
+    routes: Option<Arc<ServiceRoutes>>,
+    access: Arc<auth::Access>,
+    state: ConnectionState,
+    pubsub: PubSub,
+}
+
+impl<'a, B: Backend> Client<'a, B> {
+    fn new(
+        router: &'a B,
+        shared: &'a Shared,
+        service: &'a str,
+        map: &'a mut watch::Receiver<Arc<PartitionMap>>,
+        pubsub: PubSub,
+        connection_id: u64,
+    ) -> Self {
+        let routes = map.borrow_and_update().services.get(service).cloned();
+        let access = match &routes {
+            Some(routes) => shared.access.get(routes),
+            None => Arc::new(auth::Access::Open {
+                protected_mode: true,
+            }),
+        };
+        let state = ConnectionState {
+            id: connection_id,
+            node: router.node(),
+            ..ConnectionState::default()
+        };
+        Client {
+            router,
+            shared,
+            service,
+            map,
+            routes,
+            access,
+            state,
+            pubsub,
+        }
+    }
+
+    /// Whether a newer map arrived since the routes were taken.
+    fn map_changed(&self) -> bool {
+        self.map.has_changed().unwrap_or(false)
+    }
+
+    /// Takes the service's routes and access rules from the newest map.
+    fn refresh_routes(&mut self) {
+        self.routes = self
+            .map
+            .borrow_and_update()
+            .services
+            .get(self.service)
+            .cloned();
+        if let Some(routes) = &self.routes {
+            self.access = self.shared.access.get(routes);
+            self.state.user = self.access.refresh_user(&self.state.user);
+        }
+    }
+
+    /// What to do with `argv`: authentication, transactions and pub/sub decide first,
+    /// then the connection-level commands and the classification of keyed ones. Returns
+    /// the command to forward too: a script of a user limited to some keys is wrapped to
+    /// carry the user's key patterns into the machine, which checks every `redis.call`
+    /// against them (`auth.rs`); `None` forwards `argv` as received.
+    fn decide(&mut self, argv: &[Vec<u8>]) -> (Dispatch, Option<Vec<Vec<u8>>>) {
+        let decided = auth::intercept(argv, &mut self.state, &self.access);
+        let scoped = decided
+            .is_none()
+            .then(|| auth::scope_script(argv, &self.state))
+            .flatten();
+        let argv = scoped.as_deref().unwrap_or(argv);
+        let routes = self.routes.as_deref();
+        let decided = decided
+            .or_else(|| transaction::intercept(argv, &mut self.state.tx, routes))
+            .or_else(|| pubsub::intercept(argv, &mut self.pubsub, self.state.resp3, routes))
+            .unwrap_or_else(|| dispatch(argv, &mut self.state, routes));
+        (decided, scoped)
+    }
+}
+
+/// A unit ready to go in flight: `serve` runs it with [`perform`].
+struct Launch {
+    index: u64,
+    work: Work,
+    shape: Option<Shape>,
+}
+
+/// What [`Pipeline::route_keyed`] did with a keyed command.
+enum Routed {
+    /// It must wait for earlier commands: parsed again once they are answered.
+    Wait,
+    /// It joined a batch that is gathering (its reply is owed).
+    Gathered,
+    /// It goes in flight alone, or is answered at once.
+    Unit(Result<Work, Vec<u8>>),
+}
+
+/// The order of one connection's commands: replies owed, slots busy, batches gathering,
+/// units to launch. Pure bookkeeping; `serve` does the IO.
+struct Pipeline {
+    /// Replies in request order: `replies[i]` answers command `written + i`, `None` until
+    /// it is known.
+    replies: VecDeque<Option<Vec<u8>>>,
+    /// Replies written so far.
+    written: u64,
+    /// Slot -> commands of this connection in flight on it (sent, not gathering).
+    busy_slots: HashMap<u16, u32>,
+    /// QUIT or a protocol error: answer what came before, then close.
+    closing: bool,
+    /// A command sent alone (keys over several slots, or every partition) is in flight:
+    /// nothing else is dispatched until it is answered.
+    alone_in_flight: bool,
+    /// Commands sent and not answered yet (0 exactly when nothing is in flight).
+    commands_in_flight: usize,
+    /// Commands of this read gathered per partition (per slot where the backend keeps
+    /// order per slot only), each sent as one `Work::Batch` when the buffered input runs
+    /// out, the batch is full, or a command must wait.
+    gatherings: Vec<Gathering>,
+    /// Units to put in flight (taken by `serve` after each dispatch pass).
+    launches: Vec<Launch>,
+    /// [`Backend::pipelines_slots`].
+    pipelines: bool,
+    /// [`Backend::batches_partitions`] (with `pipelines`).
+    per_partition: bool,
+}
+
+impl Pipeline {
+    fn new<B: Backend>(router: &B) -> Pipeline {
+        let pipelines = router.pipelines_slots();
+        Pipeline {
+            replies: VecDeque::new(),
+            written: 0,
+            busy_slots: HashMap::new(),
+            closing: false,
+            alone_in_flight: false,
+            commands_in_flight: 0,
+            gatherings: Vec::new(),
+            launches: Vec::new(),
+            pipelines,
+            per_partition: pipelines && router.batches_partitions(),
+        }
+    }
+
+    /// Commands in flight or gathering: what counts against [`MAX_PIPELINE_DEPTH`].
+    fn depth(&self) -> usize {
+        self.commands_in_flight + self.gatherings.iter().map(Gathering::len).sum::<usize>()
+    }
+
+    fn anything_in_flight(&self) -> bool {
+        self.commands_in_flight > 0 || !self.gatherings.is_empty()
+    }
+
+    /// Parses and dispatches every complete command buffered in `input`, until the
+    /// pipeline is full or a command must wait for an earlier one on its slot; then sends
+    /// whatever was gathered (nothing waits for a batch to fill). Returns whether it needs
+    /// more input.
+    fn dispatch_buffered<B: Backend>(
+        &mut self,
+        client: &mut Client<'_, B>,
+        input: &mut BytesMut,
+    ) -> bool {
+        let mut need_input = false;
+        while !self.closing && !self.alone_in_flight && self.depth() < MAX_PIPELINE_DEPTH {
+            let Some((argv, used)) = self.parse_next(input, &mut need_input) else {
+                break;
+            };
+            if argv.is_empty() {
+                input.advance(used);
+                continue;
+            }
+            if client.map_changed() {
+                // Batches gathered under the old map go as they are.
+                self.launch_gathered();
+                client.refresh_routes();
+            }
+            if self.anything_in_flight() && transaction::waits_for_earlier(&argv) {
+                // Parsed again once everything before it is answered.
+                break;
+            }
+            let index = self.written + self.replies.len() as u64;
+            let (decided, scoped) = client.decide(&argv);
+            let (argv, raw) = match scoped {
+                Some(wrapped) => (wrapped, &[][..]),
+                None => (argv, &input[..used]),
+            };
+            let work = match self.route(client, decided, raw, &argv, index, used) {
+                Routed::Wait => break,
+                Routed::Gathered => {
+                    input.advance(used);
+                    continue;
+                }
+                Routed::Unit(work) => work,
+            };
+            let shape = client.state.resp3.then(|| resp3::shape(&argv));
+            input.advance(used);
+            match work {
+                Err(reply) => self.replies.push_back(Some(match shape {
+                    Some(shape) => resp3::convert(reply, shape),
+                    None => reply,
+                })),
+                Ok(work) => {
+                    self.replies.push_back(None);
+                    self.commands_in_flight += 1;
+                    self.launches.push(Launch { index, work, shape });
+                }
+            }
+        }
+        self.launch_gathered();
+        need_input
+    }
+
+    /// The next complete command of `input` and its length in bytes; `None` when there is
+    /// none: more input is needed (`need_input` set), or the input is broken (its error is
+    /// owed and the connection closes).
+    fn parse_next(
+        &mut self,
+        input: &BytesMut,
+        need_input: &mut bool,
+    ) -> Option<(Vec<Vec<u8>>, usize)> {
+        match parse_command(input) {
+            Ok(Some(parsed)) => Some(parsed),
+            Ok(None) => {
+                if input.len() > MAX_COMMAND_BYTES {
+                    self.replies.push_back(Some(Value::error(format!(
+                        "ERR Protocol error: command larger than {MAX_COMMAND_BYTES} bytes; split the value"
+                    )).to_bytes()));
+                    self.closing = true;
+                }
+                *need_input = true;
+                None
+            }
+            Err(error) => {
+                self.replies.push_back(Some(error.to_reply().to_bytes()));
+                self.closing = true;
+                None
+            }
+        }
+    }
+
+    /// Turns a decision into a unit of work (or a reply), or gathers it, or makes it wait.
+    fn route<B: Backend>(
+        &mut self,
+        client: &Client<'_, B>,
+        decided: Dispatch,
+        raw: &[u8],
+        argv: &[Vec<u8>],
+        index: u64,
+        used: usize,
+    ) -> Routed {
+        let (router, routes, service) = (client.router, client.routes.as_ref(), client.service);
+        match decided {
+            Dispatch::Reply(reply) => Routed::Unit(Err(reply)),
+            Dispatch::ReplyAndClose(reply) => {
+                self.closing = true;
+                Routed::Unit(Err(reply))
+            }
+            Dispatch::ForwardAlone { .. } | Dispatch::FanOut(_) | Dispatch::Transaction(_)
+                if self.anything_in_flight() =>
+            {
+                // Parsed again once everything before it is answered.
+                Routed::Wait
+            }
+            Dispatch::FanOut(fan) => Routed::Unit(match routes {
+                Some(routes) => {
+                    self.alone_in_flight = true;
+                    Ok(Work::FanOut {
+                        routes: routes.clone(),
+                        fan,
+                    })
+                }
+                None => Err(not_in_map(router, service)),
+            }),
+            Dispatch::Transaction(tx_work) => Routed::Unit(
+                transaction_work(router, routes, service, tx_work).inspect(|work| {
+                    self.alone_in_flight = true;
+                    if let Work::Forward { slot, .. } = work {
+                        *self.busy_slots.entry(*slot).or_default() += 1;
+                    }
+                }),
+            ),
+            // One key slot, or keys over several slots of one partition (then sent alone:
+            // after every earlier command is answered, before any later one).
+            Dispatch::Forward { slot, kind } => {
+                self.route_keyed(client, slot, kind, false, raw, argv, index, used)
+            }
+            Dispatch::ForwardAlone { slot, kind } => {
+                self.route_keyed(client, slot, kind, true, raw, argv, index, used)
+            }
+        }
+    }
+
+    /// A keyed command: waits behind an earlier command on its slot, joins the batch
+    /// gathering for its partition, or goes alone.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the parsed command's parts, each used once"
+    )]
+    fn route_keyed<B: Backend>(
+        &mut self,
+        client: &Client<'_, B>,
+        slot: u16,
+        kind: RequestKind,
+        alone: bool,
+        raw: &[u8],
+        argv: &[Vec<u8>],
+        index: u64,
+        used: usize,
+    ) -> Routed {
+        if self.busy_slots.contains_key(&slot) {
+            // Parsed again once the earlier command on the slot is answered.
+            return Routed::Wait;
+        }
+        let gatherable = !alone && self.pipelines && pipeline::may_batch(argv);
+        if self
+            .gatherings
+            .iter()
+            .any(|g| g.holds(slot) && !(gatherable && g.has_room(used)))
+        {
+            // Sent once the gathered commands on its slot are answered (it cannot join
+            // them: sent alone, or their batch is full).
+            return Routed::Wait;
+        }
+        let routes = client.routes.as_ref();
+        match forward_work(client.router, routes, client.service, slot, kind, raw, argv) {
+            Ok(Work::Forward {
+                routes,
+                partition,
+                slot,
+                kind,
+                payload,
+                blocking: _,
+            }) if gatherable => {
+                let shape = client.state.resp3.then(|| resp3::shape(argv));
+                self.replies.push_back(None);
+                let command = Gathered {
+                    index,
+                    slot,
+                    kind,
+                    payload,
+                    shape,
+                };
+                self.gather(routes, partition, command);
+                Routed::Gathered
+            }
+            Ok(work) => {
+                self.alone_in_flight = alone;
+                *self.busy_slots.entry(slot).or_default() += 1;
+                Routed::Unit(Ok(work))
+            }
+            Err(reply) => Routed::Unit(Err(reply)),
+        }
+    }
+
+    /// Adds `command` to the batch gathering for its partition (its slot, where the
+    /// backend keeps order per slot only), or starts one; a full batch goes now.
+    fn gather(&mut self, routes: Arc<ServiceRoutes>, partition: usize, command: Gathered) {
+        let per_partition = self.per_partition;
+        let joins = |g: &Gathering| {
+            g.partition == partition
+                && Arc::ptr_eq(&g.routes, &routes)
+                && (per_partition || g.slot == command.slot)
+        };
+        match self.gatherings.iter().position(joins) {
+            // Holding its slot it had room (checked on the raw bytes): it must join, for
+            // order.
+            Some(at)
+                if self.gatherings[at].holds(command.slot)
+                    || self.gatherings[at].has_room(command.payload.len()) =>
+            {
+                self.gatherings[at].push(command)
+            }
+            at => {
+                if let Some(at) = at {
+                    // Full (and without this command's slot, checked before): it goes now,
+                    // this command starts the next.
+                    let batch = self.gatherings.swap_remove(at);
+                    self.launch(batch);
+                }
+                self.gatherings
+                    .push(Gathering::new(routes, partition, command));
+            }
+        }
+    }
+
+    /// Sends every gathered batch.
+    fn launch_gathered(&mut self) {
+        let batches = std::mem::take(&mut self.gatherings);
+        for batch in batches {
+            self.launch(batch);
+        }
+    }
+
+    fn launch(&mut self, batch: Gathering) {
+        self.commands_in_flight += batch.commands.len();
+        for command in &batch.commands {
+            *self.busy_slots.entry(command.slot).or_default() += 1;
+        }
+        self.launches.push(Launch {
+            index: 0,
+            work: batch.into_work(),
+            shape: None,
+        });
+    }
+
+    /// Records what a unit answered.
+    fn accept(&mut self, finished: Finished, state: &mut ConnectionState) {
+        let mut accept = |done: Done| {
+            self.commands_in_flight -= 1;
+            state.tx.watched.extend(done.watched);
+            if let Some(slot) = done.slot {
+                release(&mut self.busy_slots, slot);
+            }
+            let at = usize::try_from(done.index - self.written)
+                .expect("a reply owed is within the pipeline");
+            self.replies[at] = Some(done.reply);
+        };
+        match finished {
+            Finished::One(done) => accept(done),
+            Finished::Many(dones) => dones.into_iter().for_each(accept),
+        }
+    }
+
+    /// Moves every reply known in request order to `output`.
+    fn take_answered(&mut self, output: &mut Vec<u8>) {
+        while let Some(Some(_)) = self.replies.front() {
+            output.extend_from_slice(&self.replies.pop_front().flatten().expect("checked"));
+            self.written += 1;
         }
     }
 }

@@ -1,0 +1,242 @@
+//! Write batches of many connections bound for one partition, merged into one write.
+//!
+//! A connection sends the commands of one read bound for one partition as one batch
+//! ([`crate::resp::pipeline`]: one `STATOR.EXEC`). Fifty connections doing that at the
+//! same moment would cost the leader fifty requests (a session check, a parse, a reply
+//! frame each). Instead a batch queues for its partition, and up to
+//! [`MAX_WRITES_IN_FLIGHT_PER_PARTITION`] senders take whatever has queued, as soon as
+//! anything has (nothing waits for a batch to fill, as the replica transport's frame
+//! senders do), and send it as ONE `STATOR.EXEC` write: one exactly-once session (retried
+//! whole on a leader change), one request, one reply split back among the batches.
+//!
+//! A batch that finds a sender free and nothing queued is sent by its own caller, with no
+//! task hop, so a lone client pays nothing for the coalescing; only batches that queued
+//! behind busy senders are sent by a spawned sender task (one per burst, not per batch),
+//! which a connection that leaves cannot cancel under the other connections' feet.
+//!
+//! Order: each batch's commands stay contiguous and in their order inside the merged
+//! write, so a connection's order is kept (and the connection still sends a command on a
+//! slot only after its earlier commands on that slot are answered, see
+//! [`crate::resp::connection`]). Batches of different connections were concurrent, so
+//! any order between them is one Redis could have chosen; the merged write applies them
+//! all atomically, in the order they queued.
+
+use crate::map::ServiceRoutes;
+use crate::resp::{connection::error_reply, pipeline};
+use crate::router::RouterCore;
+use stator_api::ids::GroupId;
+use stator_kv::Value;
+use stator_replication::host::MAX_WRITE_BATCH_BYTES;
+use stator_replication::RequestKind;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// Merged writes in flight to one partition at once. The leader keeps up to 4 log entries
+/// in flight per group; more senders would only queue there, fewer would leave the log
+/// pipeline idle while a batch waits for its round trip.
+pub const MAX_WRITES_IN_FLIGHT_PER_PARTITION: usize = 4;
+
+/// Most commands in one merged write: a cap on one entry's apply time (and so on the wait
+/// of the commands behind it).
+pub const MAX_MERGED_COMMANDS: usize = 256;
+
+/// Most payload bytes in one merged write (a larger single batch goes alone): the
+/// leader's own write batch size, which keeps an AppendEntries of 128 entries near
+/// 1 MiB, so a busy machine still sends it within openraft's append timeout (see
+/// [`MAX_WRITE_BATCH_BYTES`]). Fifty `-P 16` connections of small SETs fit in one.
+pub const MAX_MERGED_BYTES: usize = MAX_WRITE_BATCH_BYTES;
+
+/// The write batches waiting for each partition; one per [`crate::Router`]. Holds an
+/// empty queue (tens of bytes) for each partition ever written through it, also after its
+/// service is deleted: bounded by the partitions a cluster ever had.
+#[derive(Default)]
+pub(crate) struct Coalescer {
+    // A std mutex: a lookup or an insert, never held across an await.
+    queues: Mutex<HashMap<GroupId, Arc<PartitionQueue>>>,
+}
+
+/// Batches waiting for one partition, and how many senders are at work for it.
+#[derive(Default)]
+struct PartitionQueue {
+    // A std mutex: a push or a take, never held across an await.
+    state: Mutex<QueueState>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    waiting: VecDeque<Waiting>,
+    senders: usize,
+}
+
+/// One connection's batch, queued.
+struct Waiting {
+    routes: Arc<ServiceRoutes>,
+    partition: usize,
+    commands: Vec<(RequestKind, Vec<u8>)>,
+    bytes: usize,
+    reply: oneshot::Sender<Vec<Vec<u8>>>,
+}
+
+impl Coalescer {
+    /// Answers `commands` (for `routes.partitions[partition]`, in order, one reply each),
+    /// merged with whatever other batches wait for the same partition.
+    pub(crate) async fn submit(
+        &self,
+        core: &Arc<RouterCore>,
+        routes: Arc<ServiceRoutes>,
+        partition: usize,
+        commands: Vec<(RequestKind, Vec<u8>)>,
+    ) -> Vec<Vec<u8>> {
+        let queue = self.queue(routes.partitions[partition].group);
+        let count = commands.len();
+        let queued = {
+            let mut state = queue.state.lock().expect("write queue poisoned");
+            if state.waiting.is_empty() && state.senders < MAX_WRITES_IN_FLIGHT_PER_PARTITION {
+                // Nothing to merge with: sent from here below, no task hop.
+                state.senders += 1;
+                Err(commands)
+            } else {
+                let (reply, answer) = oneshot::channel();
+                let bytes = commands.iter().map(|(_, payload)| payload.len()).sum();
+                state.waiting.push_back(Waiting {
+                    routes: routes.clone(),
+                    partition,
+                    commands,
+                    bytes,
+                    reply,
+                });
+                if state.senders < MAX_WRITES_IN_FLIGHT_PER_PARTITION {
+                    state.senders += 1;
+                    tokio::spawn(drain(core.clone(), queue.clone()));
+                }
+                Ok(answer)
+            }
+        };
+        let answer = match queued {
+            Ok(answer) => answer,
+            Err(commands) => {
+                let slot = SenderSlot {
+                    core: core.clone(),
+                    queue,
+                };
+                let replies = send(core, &routes, partition, commands).await;
+                drop(slot);
+                return replies;
+            }
+        };
+        answer.await.unwrap_or_else(|_| {
+            // Only if the runtime shuts down under the sender task.
+            let error = Value::error(
+                "ERR the gateway stopped while sending this write; it may or may not have been applied",
+            )
+            .to_bytes();
+            vec![error; count]
+        })
+    }
+
+    fn queue(&self, group: GroupId) -> Arc<PartitionQueue> {
+        let mut queues = self.queues.lock().expect("write queues poisoned");
+        queues.entry(group).or_default().clone()
+    }
+}
+
+impl PartitionQueue {
+    /// The batches of the next merged write, oldest first; `None` (and one sender fewer)
+    /// when none wait.
+    fn take(&self) -> Option<Vec<Waiting>> {
+        let mut state = self.state.lock().expect("write queue poisoned");
+        if state.waiting.is_empty() {
+            state.senders -= 1;
+            return None;
+        }
+        let (mut commands, mut bytes) = (0, 0);
+        let mut taken = Vec::new();
+        while let Some(next) = state.waiting.front() {
+            let fits = commands + next.commands.len() <= MAX_MERGED_COMMANDS
+                && bytes + next.bytes <= MAX_MERGED_BYTES;
+            if !taken.is_empty() && !fits {
+                break;
+            }
+            commands += next.commands.len();
+            bytes += next.bytes;
+            taken.push(state.waiting.pop_front().expect("front exists"));
+        }
+        Some(taken)
+    }
+}
+
+/// A sender's place among a partition's [`MAX_WRITES_IN_FLIGHT_PER_PARTITION`], held by a
+/// caller sending its own batch. Given up when dropped (also when the caller's future is
+/// dropped mid-send): batches that queued meanwhile go to a sender task, which takes the
+/// place over.
+struct SenderSlot {
+    core: Arc<RouterCore>,
+    queue: Arc<PartitionQueue>,
+}
+
+impl Drop for SenderSlot {
+    fn drop(&mut self) {
+        let mut state = self.queue.state.lock().expect("write queue poisoned");
+        if state.waiting.is_empty() {
+            state.senders -= 1;
+        } else if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            drop(state);
+            runtime.spawn(drain(self.core.clone(), self.queue.clone()));
+        } else {
+            // The runtime is gone: so are the callers waiting for an answer.
+            state.senders -= 1;
+        }
+    }
+}
+
+/// A sender task: sends what queued for `queue`, one merged write at a time, until
+/// nothing waits.
+async fn drain(core: Arc<RouterCore>, queue: Arc<PartitionQueue>) {
+    while let Some(batches) = queue.take() {
+        let last = batches.last().expect("take returns at least one batch");
+        // The freshest routes among them (batches queued under a newer map come later).
+        let (routes, partition) = (last.routes.clone(), last.partition);
+        if batches.len() == 1 {
+            let batch = batches.into_iter().next().expect("one batch");
+            let replies = send(&core, &routes, partition, batch.commands).await;
+            let _ = batch.reply.send(replies);
+            continue;
+        }
+        let mut counts = Vec::with_capacity(batches.len());
+        let mut commands = Vec::with_capacity(batches.iter().map(|b| b.commands.len()).sum());
+        let mut replies_to = Vec::with_capacity(batches.len());
+        for batch in batches {
+            counts.push(batch.commands.len());
+            commands.extend(batch.commands);
+            replies_to.push(batch.reply);
+        }
+        let mut replies = send(&core, &routes, partition, commands).await.into_iter();
+        for (count, reply) in counts.into_iter().zip(replies_to) {
+            // A connection that left meanwhile has nobody to answer.
+            let _ = reply.send(replies.by_ref().take(count).collect());
+        }
+    }
+}
+
+/// Sends `commands` as one write (one command as itself, more as one `STATOR.EXEC`) and
+/// answers each.
+async fn send(
+    core: &RouterCore,
+    routes: &ServiceRoutes,
+    partition: usize,
+    mut commands: Vec<(RequestKind, Vec<u8>)>,
+) -> Vec<Vec<u8>> {
+    let route = &routes.partitions[partition];
+    let count = commands.len();
+    let (kind, payload) = if count == 1 {
+        commands.pop().expect("one command")
+    } else {
+        (RequestKind::Write, pipeline::encode(&commands))
+    };
+    match core.forward(route, kind, payload).await {
+        Ok(reply) if count == 1 => vec![reply],
+        Ok(reply) => pipeline::split(reply, count),
+        Err(error) => vec![error_reply(routes, route.partition, kind, &error); count],
+    }
+}
