@@ -483,6 +483,10 @@ impl Controller {
         }
         match record.state {
             NodeState::Ready | NodeState::Draining => {}
+            // A lost node keeps its id only for what its disk holds: members of durable
+            // services. Otherwise it joins as a new node, as before durable stores (a
+            // memory replica forgot its vote; a node lost while draining stays out).
+            NodeState::Lost if !self.cluster.designs_durable_member(record.id) => return Ok(None),
             NodeState::Lost => {
                 let node = record.id;
                 self.apply_actions(vec![ReconcileAction::MarkNodeRejoined {

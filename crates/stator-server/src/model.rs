@@ -211,6 +211,19 @@ impl Cluster {
         })
     }
 
+    /// Whether some partition of a durable service (`disk` or `periodic`) names `node` as
+    /// a member: its store on that node may hold acknowledged writes.
+    pub fn designs_durable_member(&self, node: NodeId) -> bool {
+        self.services.values().any(|service| {
+            service.record.spec.durability.is_durable()
+                && service
+                    .placement
+                    .partitions
+                    .iter()
+                    .any(|design| design.members.contains(&node))
+        })
+    }
+
     /// Whether `id` is a registered node that is not lost.
     pub fn is_alive(&self, id: NodeId) -> bool {
         self.node_state(id).is_alive()
