@@ -255,6 +255,13 @@ async fn one_leader_and_calls_work_through_any_server(store: impl Fn() -> StoreC
         "servers on one store share its tokens"
     );
     let follower = servers.other_than(leader);
+    // Agents register through a follower before the service exists: with one node
+    // registered and the other not yet, spread placement would put both instances on the
+    // first (instances do not move once placed, as a Deployment's pods do not).
+    let nodes = [
+        servers.register(follower, "n1").await.node_id,
+        servers.register(follower, "n2").await.node_id,
+    ];
     assert_eq!(servers.apply(follower, "web").await, StatusCode::CREATED);
     for (index, _) in servers.live() {
         let (status, body) = servers.get_json(index, "/v1/services/web").await;
@@ -270,11 +277,7 @@ async fn one_leader_and_calls_work_through_any_server(store: impl Fn() -> StoreC
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    // Agents register and get work through a follower.
-    let nodes = [
-        servers.register(follower, "n1").await.node_id,
-        servers.register(follower, "n2").await.node_id,
-    ];
+    // Agents get work through a follower.
     servers
         .heartbeat_until_assigned(follower, &nodes, "web")
         .await;
