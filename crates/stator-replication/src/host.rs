@@ -24,8 +24,7 @@ use stator_api::app::StateMachine;
 use stator_api::spec::Durability;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
@@ -47,6 +46,8 @@ pub const CATCH_UP_SLACK_ENTRIES: u64 = 64;
 /// entries, then winning its election); writes arriving meanwhile wait this long at most,
 /// and a transfer that has not finished by then is abandoned and the leader carries on.
 pub const LEADERSHIP_TRANSFER_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// How often a leadership transfer re-checks that in-flight writes reached the log.
+const TRANSFER_POLL: Duration = Duration::from_millis(2);
 
 /// Entries proposed at once per replica by write batching. One is enough to batch but
 /// leaves the pipeline empty while an entry commits; a few keep it full under load while
@@ -301,6 +302,9 @@ pub struct Replica {
     votes_from: Instant,
     /// The node leadership is being handed to, while a transfer runs; writes wait.
     transfer: tokio::sync::watch::Sender<Option<NodeId>>,
+    /// Client-write entries between the transfer gate in [`propose`] and their commit: a
+    /// transfer waits for these to reach the log before it measures the successor's lag.
+    proposing: AtomicUsize,
     /// Writes waiting to be proposed together.
     writes: WriteQueue,
     /// openraft's leader lease (the election timeout's upper bound).
@@ -612,6 +616,7 @@ impl Host {
             }),
             votes_from: Instant::now() + Duration::from_millis(raft_lease_ms),
             transfer: tokio::sync::watch::channel(None).0,
+            proposing: AtomicUsize::new(0),
             writes: WriteQueue::new(options.batch_writes),
             raft_lease: Duration::from_millis(raft_lease_ms),
             last_append_us: AtomicU64::new(0),
@@ -921,7 +926,10 @@ impl Host {
     async fn hand_over(&self, replica: &Replica, to: NodeId, addr: &str) -> TransferOutcome {
         let deadline = Instant::now() + LEADERSHIP_TRANSFER_TIMEOUT;
         let mut metrics = replica.raft.metrics();
-        // 1. The successor holds every entry this leader has (writes no longer arrive).
+        // 1. The successor holds every entry this leader has. New writes wait at the gate;
+        //    those that passed it before the transfer began must reach the log first, or
+        //    the successor's log would end up shorter and this replica would refuse it
+        //    its vote.
         loop {
             let caught_up = {
                 let m = metrics.borrow_and_update();
@@ -933,17 +941,22 @@ impl Host {
                     .as_ref()
                     .and_then(|r| r.get(&to).copied().flatten())
                     .map(|l| l.index);
-                matched.is_some() && matched >= m.last_log_index
+                replica.proposing.load(Ordering::SeqCst) == 0
+                    && matched.is_some()
+                    && matched >= m.last_log_index
             };
             if caught_up {
                 break;
             }
-            if tokio::time::timeout_at(deadline.into(), metrics.changed())
-                .await
-                .map_or(true, |r| r.is_err())
-            {
+            if Instant::now() >= deadline {
                 return TransferOutcome::TimedOut;
             }
+            // A proposal finishing changes no metric after its commit, so poll as well.
+            let _ = tokio::time::timeout_at(
+                deadline.min(Instant::now() + TRANSFER_POLL).into(),
+                metrics.changed(),
+            )
+            .await;
         }
         // 2. TimeoutNow: the successor runs for election now.
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -1040,22 +1053,10 @@ async fn serve_client(inner: &HostInner, group: GroupId, request: ClientRequest)
         replica.quiet.on_request(&replica.raft);
     }
     let reply = match request.kind {
-        RequestKind::Write => {
-            // While leadership is handed over, writes wait for the outcome: then this
-            // replica either answers with its successor's address or carries on leading.
-            if replica.transfer.borrow().is_some() {
-                let mut transfer = replica.transfer.subscribe();
-                let _ = tokio::time::timeout(
-                    LEADERSHIP_TRANSFER_TIMEOUT,
-                    transfer.wait_for(|t| t.is_none()),
-                )
-                .await;
-            }
-            submit_writes(&replica, vec![request])
-                .await
-                .pop()
-                .expect("one reply per write")
-        }
+        RequestKind::Write => submit_writes(&replica, vec![request])
+            .await
+            .pop()
+            .expect("one reply per write"),
         RequestKind::Read => match lease_read(&replica, &request.payload).await {
             Some(reply) => reply,
             None => read_index_read(&replica, &request.payload).await,
@@ -1087,14 +1088,6 @@ async fn serve_writes(
         return writes.iter().map(|_| ClientReply::NoGroup).collect();
     };
     let started = std::time::Instant::now();
-    if replica.transfer.borrow().is_some() {
-        let mut transfer = replica.transfer.subscribe();
-        let _ = tokio::time::timeout(
-            LEADERSHIP_TRANSFER_TIMEOUT,
-            transfer.wait_for(|t| t.is_none()),
-        )
-        .await;
-    }
     let replies = submit_writes(&replica, writes).await;
     for reply in &replies {
         if matches!(reply, ClientReply::Ok(_)) {
@@ -1145,11 +1138,50 @@ async fn propose_writes(replica: Arc<Replica>) {
     }
 }
 
+/// Counts a proposal in [`Replica::proposing`] until dropped.
+struct Proposing<'a>(&'a AtomicUsize);
+
+impl Drop for Proposing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// While leadership is handed over, a write waits for the outcome (at most
+/// [`LEADERSHIP_TRANSFER_TIMEOUT`]): then this replica either answers with its
+/// successor's address (openraft refuses the write) or carries on leading. The count is
+/// taken before the transfer flag is read and the transfer sets its flag before it reads
+/// the count, so a write either waits here or is counted by the transfer, never neither.
+async fn pass_transfer_gate(replica: &Replica) -> Proposing<'_> {
+    loop {
+        replica.proposing.fetch_add(1, Ordering::SeqCst);
+        let counted = Proposing(&replica.proposing);
+        if replica.transfer.borrow().is_none() {
+            return counted;
+        }
+        drop(counted);
+        let mut transfer = replica.transfer.subscribe();
+        if tokio::time::timeout(
+            LEADERSHIP_TRANSFER_TIMEOUT,
+            transfer.wait_for(|t| t.is_none()),
+        )
+        .await
+        .is_err()
+        {
+            // The transfer outlived its own deadline (it cannot, short of a stall):
+            // propose anyway rather than hold the write forever.
+            replica.proposing.fetch_add(1, Ordering::SeqCst);
+            return Proposing(&replica.proposing);
+        }
+    }
+}
+
 /// Proposes `batch` as one entry and answers each write.
 async fn propose(
     replica: &Replica,
     batch: Vec<(Write, tokio::sync::oneshot::Sender<ClientReply>)>,
 ) {
+    let _proposing = pass_transfer_gate(replica).await;
     let started = Instant::now();
     let before = leadership(&replica.raft).map(|(l, _)| l);
     let (writes, replies): (Vec<Write>, Vec<_>) = batch.into_iter().unzip();
