@@ -578,10 +578,29 @@ mod shared_embedded {
 #[cfg(feature = "etcd")]
 mod etcd {
     use super::*;
-    use stator_store::etcd_cluster::{etcd_available_or_skip, LocalEtcdCluster};
+    use stator_harness::etcd::{
+        available_or_skip as etcd_available_or_skip, EtcdOptions, LocalEtcd,
+    };
+    use stator_store::EtcdStore;
+
+    /// A real 3-member etcd on loopback, killed and removed on drop.
+    async fn start_etcd() -> LocalEtcd {
+        LocalEtcd::start(EtcdOptions::for_tests(3))
+            .await
+            .unwrap_or_else(|why| panic!("starting the test etcd: {why:#}"))
+    }
+
+    /// One store on `cluster`, shared by the servers of a test.
+    async fn shared_etcd_store(cluster: &LocalEtcd) -> Arc<dyn Store> {
+        Arc::new(
+            EtcdStore::connect(cluster.endpoints())
+                .await
+                .unwrap_or_else(|why| panic!("connecting to the test etcd: {why}")),
+        )
+    }
 
     /// Each server gets its own connection, as separate processes would.
-    fn etcd_config(cluster: &LocalEtcdCluster) -> impl Fn() -> StoreConfig {
+    fn etcd_config(cluster: &LocalEtcd) -> impl Fn() -> StoreConfig {
         let endpoints: Vec<String> = cluster
             .endpoints()
             .iter()
@@ -595,7 +614,7 @@ mod etcd {
         if !etcd_available_or_skip() {
             return;
         }
-        let cluster = LocalEtcdCluster::start(3).await;
+        let cluster = start_etcd().await;
         super::one_leader_and_calls_work_through_any_server(etcd_config(&cluster)).await;
     }
 
@@ -604,7 +623,7 @@ mod etcd {
         if !etcd_available_or_skip() {
             return;
         }
-        let cluster = LocalEtcdCluster::start(3).await;
+        let cluster = start_etcd().await;
         let ms =
             super::the_controller_moves_when_its_holder_dies(etcd_config(&cluster), Kill::Graceful)
                 .await;
@@ -616,7 +635,7 @@ mod etcd {
         if !etcd_available_or_skip() {
             return;
         }
-        let cluster = LocalEtcdCluster::start(3).await;
+        let cluster = start_etcd().await;
         let ms =
             super::the_controller_moves_when_its_holder_dies(etcd_config(&cluster), Kill::Crash)
                 .await;
@@ -628,8 +647,8 @@ mod etcd {
         if !etcd_available_or_skip() {
             return;
         }
-        let cluster = LocalEtcdCluster::start(3).await;
-        let store: Arc<dyn Store> = Arc::new(cluster.store("").await);
+        let cluster = start_etcd().await;
+        let store = shared_etcd_store(&cluster).await;
         super::an_unreachable_holder_is_a_503_until_its_lease_ends(store).await;
     }
 
@@ -638,8 +657,8 @@ mod etcd {
         if !etcd_available_or_skip() {
             return;
         }
-        let cluster = LocalEtcdCluster::start(3).await;
-        let store: Arc<dyn Store> = Arc::new(cluster.store("").await);
+        let cluster = start_etcd().await;
+        let store = shared_etcd_store(&cluster).await;
         super::a_deposed_controller_cannot_write(store).await;
     }
 
@@ -648,8 +667,8 @@ mod etcd {
         if !etcd_available_or_skip() {
             return;
         }
-        let cluster = LocalEtcdCluster::start(3).await;
-        let store: Arc<dyn Store> = Arc::new(cluster.store("").await);
+        let cluster = start_etcd().await;
+        let store = shared_etcd_store(&cluster).await;
         super::a_server_whose_key_is_taken_follows_and_writes_nothing(store).await;
     }
 }

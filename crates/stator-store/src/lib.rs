@@ -12,11 +12,9 @@
 //! - `conformance` (cargo feature `testing`, for tests only): the test cases every backend
 //!   must pass, runnable from any crate with `store_conformance_tests!`.
 //! - [`error`]: the crate error type, [`StoreError`].
-//!
 //! - `etcd` (cargo feature `etcd`, off by default since the etcd client needs `protoc` to
-//!   build): `EtcdStore`, the same trait on an etcd v3 cluster.
-//! - `etcd_cluster` (feature `etcd`): `LocalEtcdCluster`, a real N-member etcd on loopback
-//!   for tests.
+//!   build): `EtcdStore`, the same trait on an etcd v3 cluster. Its tests run it on a real
+//!   etcd started by `stator_harness::etcd::LocalEtcd` (a dev-dependency only).
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
@@ -24,8 +22,6 @@ pub mod embedded;
 pub mod error;
 #[cfg(feature = "etcd")]
 pub mod etcd;
-#[cfg(feature = "etcd")]
-pub mod etcd_cluster;
 pub mod store;
 pub mod types;
 

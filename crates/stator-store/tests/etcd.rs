@@ -10,15 +10,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use stator_store::etcd_cluster::{etcd_available_or_skip, LocalEtcdCluster};
+use stator_harness::etcd::{available_or_skip as etcd_available_or_skip, EtcdOptions, LocalEtcd};
 use stator_store::types::MAX_VALUE_BYTES;
 use stator_store::{EtcdStore, Store, StoreError, WatchEvent};
 
+/// A real etcd of `members` members on loopback, killed and removed on drop.
+async fn start_etcd(members: usize) -> LocalEtcd {
+    LocalEtcd::start(EtcdOptions::for_tests(members))
+        .await
+        .unwrap_or_else(|why| panic!("starting the test etcd: {why:#}"))
+}
+
+/// A store on `etcd` whose keys live under `namespace`.
+async fn store_on(etcd: &LocalEtcd, namespace: &str) -> EtcdStore {
+    EtcdStore::connect_with_namespace(etcd.endpoints(), namespace)
+        .await
+        .unwrap_or_else(|why| panic!("connecting to the test etcd: {why}"))
+}
+
 /// A fresh, empty store: its own namespace on the shared cluster.
-async fn fresh_store(cluster: &LocalEtcdCluster) -> Arc<dyn Store> {
+async fn fresh_store(cluster: &LocalEtcd) -> Arc<dyn Store> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let namespace = format!("/conformance/{}", NEXT.fetch_add(1, Ordering::Relaxed));
-    Arc::new(cluster.store(&namespace).await)
+    Arc::new(store_on(cluster, &namespace).await)
 }
 
 /// Every conformance case, in sequence, each on a fresh namespace of one 3-member cluster.
@@ -29,7 +43,7 @@ async fn conformance_suite_on_three_member_etcd() {
     if !etcd_available_or_skip() {
         return;
     }
-    let cluster = LocalEtcdCluster::start(3).await;
+    let cluster = start_etcd(3).await;
     stator_store::conformance::run_all(|| fresh_store(&cluster)).await;
 }
 
@@ -38,7 +52,7 @@ async fn values_at_the_limit_fit_and_larger_ones_are_refused() {
     if !etcd_available_or_skip() {
         return;
     }
-    let cluster = LocalEtcdCluster::start(1).await;
+    let cluster = start_etcd(1).await;
     let store = fresh_store(&cluster).await;
     let biggest = Bytes::from(vec![7u8; MAX_VALUE_BYTES]);
     store.put("/big", biggest.clone()).await.unwrap();
@@ -55,7 +69,7 @@ async fn lists_span_several_pages_as_one_snapshot() {
     if !etcd_available_or_skip() {
         return;
     }
-    let cluster = LocalEtcdCluster::start(1).await;
+    let cluster = start_etcd(1).await;
     let store = fresh_store(&cluster).await;
     let keys = stator_store::etcd::LIST_PAGE_KEYS as usize * 2 + 5;
     for i in 0..keys {
@@ -75,9 +89,9 @@ async fn namespaces_are_isolated() {
     if !etcd_available_or_skip() {
         return;
     }
-    let cluster = LocalEtcdCluster::start(1).await;
-    let one = cluster.store("/one").await;
-    let two = cluster.store("/two").await;
+    let cluster = start_etcd(1).await;
+    let one = store_on(&cluster, "/one").await;
+    let two = store_on(&cluster, "/two").await;
     one.put("/k", Bytes::from_static(b"1")).await.unwrap();
     assert_eq!(two.get("/k").await.unwrap(), None);
     assert!(two.list("/").await.unwrap().is_empty());
@@ -90,14 +104,14 @@ async fn survives_the_loss_of_one_member() {
     if !etcd_available_or_skip() {
         return;
     }
-    let mut cluster = LocalEtcdCluster::start(3).await;
+    let mut cluster = start_etcd(3).await;
     let store = fresh_store(&cluster).await;
     let mut watch = store.watch("/w/").await.unwrap();
     store
         .put("/w/before", Bytes::from_static(b"1"))
         .await
         .unwrap();
-    cluster.kill_member(0);
+    cluster.kill(0).expect("member 0 runs");
     // The first calls after the kill may land on the dead member; a client retries.
     let mut written = None;
     for _ in 0..50 {
