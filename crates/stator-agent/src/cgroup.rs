@@ -357,6 +357,27 @@ impl Cgroups {
         }
     }
 
+    /// Names of the cgroups directly under this agent's directory, in any hierarchy.
+    pub fn names(&self) -> std::collections::BTreeSet<String> {
+        let agent_name = self.agent_dir.file_name().unwrap_or_default();
+        self.hierarchies
+            .iter()
+            .filter_map(|hierarchy| fs::read_dir(hierarchy.join(SUBTREE).join(agent_name)).ok())
+            .flat_map(|entries| entries.flatten())
+            .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|entry| entry.file_name().to_str().map(str::to_string))
+            .collect()
+    }
+
+    /// SIGKILLs whatever runs in the cgroups of `name` and removes them (a no-op where
+    /// they are not there; one whose processes have not exited yet stays).
+    pub fn kill_and_remove(&self, name: &str) {
+        for dir in self.dirs_of_everywhere(name) {
+            kill_tree(&dir);
+            remove_tree(&dir);
+        }
+    }
+
     /// Whether any hierarchy still holds a cgroup of `name` (for leak checks).
     pub fn exists_anywhere(&self, name: &str) -> bool {
         self.dirs_of_everywhere(name).iter().any(|dir| dir.exists())

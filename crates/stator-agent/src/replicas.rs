@@ -566,6 +566,7 @@ impl Replicas {
             }
         }
         self.sweep_previous_stores(&wanted);
+        self.sweep_orphan_cgroups(&wanted);
         // A forgotten member that is no longer assigned has left its group: it may be
         // added again later as a new learner.
         self.forgotten
@@ -602,6 +603,29 @@ impl Replicas {
                 "removing the store of a replica this node no longer hosts (replaced while it was away)");
             if let Err(e) = std::fs::remove_dir_all(entry.path()) {
                 tracing::warn!(%group, "cannot remove the store: {e}");
+            }
+        }
+    }
+
+    /// Removes, on every pass, the cgroups of replicas this node no longer hosts. The
+    /// removal when a replica leaves can race its app's restart, which creates the
+    /// cgroup again and puts a process in it after the removal ran; level-triggered, a
+    /// leftover goes on the next pass.
+    fn sweep_orphan_cgroups(&self, wanted: &HashSet<GroupId>) {
+        let Some(cgroups) = &self.cgroups else {
+            return;
+        };
+        let hosted: HashSet<String> = wanted
+            .iter()
+            .copied()
+            .chain(self.host.groups())
+            .map(replica_cgroup)
+            .collect();
+        for name in cgroups.names() {
+            if name.starts_with(REPLICA_CGROUP_PREFIX) && !hosted.contains(&name) {
+                tracing::info!(cgroup = %name,
+                    "removing the cgroup of a replica this node no longer hosts");
+                cgroups.kill_and_remove(&name);
             }
         }
     }
@@ -737,8 +761,15 @@ fn store_dir_group(raft_dir: &std::path::Path, name: &std::ffi::OsStr) -> Option
 }
 
 /// The cgroup name of a replica's app: `replica-<service id>-<partition>`.
+/// How the cgroup (and container) of every replica's app is named.
+const REPLICA_CGROUP_PREFIX: &str = "replica-";
+
 fn replica_cgroup(group: GroupId) -> String {
-    format!("replica-{}-{}", group.service_id(), group.partition())
+    format!(
+        "{REPLICA_CGROUP_PREFIX}{}-{}",
+        group.service_id(),
+        group.partition()
+    )
 }
 
 #[cfg(test)]

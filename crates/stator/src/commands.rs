@@ -492,8 +492,17 @@ pub async fn describe_service(api: &Api, name: &str, output: Output) -> anyhow::
         return Ok(());
     }
     let (_, names) = node_names(api).await?;
+    print_service_header(&service);
+    print_service_status(&service);
+    print_instances_section(&service);
+    print_partitions_section(&partitions);
+    print_events_section(&events, &names);
+    Ok(())
+}
+
+/// Name, kind, generation, resources and the spec as TOML.
+fn print_service_header(service: &ServiceView) {
     let spec = &service.spec;
-    let status = &service.status;
     outln!("Name:         {}", service.name);
     outln!("Kind:         {}", lower(&service.kind));
     outln!("Generation:   {}", service.generation);
@@ -506,6 +515,12 @@ pub async fn describe_service(api: &Api, name: &str, output: Output) -> anyhow::
     for line in toml::to_string_pretty(spec).unwrap_or_default().lines() {
         outln!("  {line}");
     }
+}
+
+/// Partitions with a leader and replicated (replicated services), or instances ready and
+/// the job's phase (the others).
+fn print_service_status(service: &ServiceView) {
+    let (spec, status) = (&service.spec, &service.status);
     outln!("Status:");
     match lower(&service.kind).as_str() {
         "replicated" => {
@@ -529,78 +544,86 @@ pub async fn describe_service(api: &Api, name: &str, output: Output) -> anyhow::
             }
         }
     }
-    if !service.instances.is_empty() {
-        outln!("Instances:");
-        print_table_indented(
-            &[
-                "ID",
-                "NODE",
-                "ADDRESS",
-                "READY",
-                "RESTARTS",
-                "OOM_KILLS",
-                "LAST_EXIT",
-            ],
-            service
-                .instances
-                .iter()
-                .map(|i| {
-                    vec![
-                        i.id.clone(),
-                        i.node.clone(),
-                        i.addr.clone().unwrap_or_else(|| "-".into()),
-                        if i.ready { "yes".into() } else { "no".into() },
-                        i.restarts.to_string(),
-                        i.oom_kills.to_string(),
-                        i.reason.clone().unwrap_or_else(|| "-".into()),
-                    ]
-                })
-                .collect(),
-            "  ",
-        );
+}
+
+/// One row per instance of a stateless service or job (nothing when it has none).
+fn print_instances_section(service: &ServiceView) {
+    if service.instances.is_empty() {
+        return;
     }
-    if !partitions.is_empty() {
-        outln!("Partitions:");
-        print_table_indented(
-            &[
-                "PARTITION",
-                "SLOTS",
-                "LEADER",
-                "TERM",
-                "RF_MET",
-                "OPS/S",
-                "P99",
-                "LAG",
-                "REPORTED",
-            ],
-            partitions
-                .iter()
-                .map(|p| {
-                    let load = p.load.as_ref();
-                    vec![
-                        p.partition.to_string(),
-                        format!("{}-{}", p.slots.start, p.slots.end_inclusive),
-                        p.leader
-                            .as_ref()
-                            .map_or("<none>".into(), |l| l.name.clone()),
-                        p.leader.as_ref().map_or("-".into(), |l| l.term.to_string()),
-                        if p.replication_factor_met {
-                            "yes".into()
-                        } else {
-                            "no".into()
-                        },
-                        load.map_or("-".into(), |l| ops(l.ops_per_sec)),
-                        load.map_or("-".into(), |l| micros(l.p99_us)),
-                        load.map_or("-".into(), |l| l.apply_lag_entries.to_string()),
-                        load.map_or("-".into(), |l| format!("{} ago", age(l.observed_age_ms))),
-                    ]
-                })
-                .collect(),
-            "  ",
-        );
+    outln!("Instances:");
+    print_table_indented(
+        &[
+            "ID",
+            "NODE",
+            "ADDRESS",
+            "READY",
+            "RESTARTS",
+            "OOM_KILLS",
+            "LAST_EXIT",
+        ],
+        service
+            .instances
+            .iter()
+            .map(|i| {
+                vec![
+                    i.id.clone(),
+                    i.node.clone(),
+                    i.addr.clone().unwrap_or_else(|| "-".into()),
+                    if i.ready { "yes".into() } else { "no".into() },
+                    i.restarts.to_string(),
+                    i.oom_kills.to_string(),
+                    i.reason.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect(),
+        "  ",
+    );
+}
+
+/// One row per partition: slots, leader, replication and the last reported load.
+fn print_partitions_section(partitions: &[PartitionView]) {
+    if partitions.is_empty() {
+        return;
     }
-    print_events_section(&events, &names);
-    Ok(())
+    outln!("Partitions:");
+    print_table_indented(
+        &[
+            "PARTITION",
+            "SLOTS",
+            "LEADER",
+            "TERM",
+            "RF_MET",
+            "OPS/S",
+            "P99",
+            "LAG",
+            "REPORTED",
+        ],
+        partitions
+            .iter()
+            .map(|p| {
+                let load = p.load.as_ref();
+                vec![
+                    p.partition.to_string(),
+                    format!("{}-{}", p.slots.start, p.slots.end_inclusive),
+                    p.leader
+                        .as_ref()
+                        .map_or("<none>".into(), |l| l.name.clone()),
+                    p.leader.as_ref().map_or("-".into(), |l| l.term.to_string()),
+                    if p.replication_factor_met {
+                        "yes".into()
+                    } else {
+                        "no".into()
+                    },
+                    load.map_or("-".into(), |l| ops(l.ops_per_sec)),
+                    load.map_or("-".into(), |l| micros(l.p99_us)),
+                    load.map_or("-".into(), |l| l.apply_lag_entries.to_string()),
+                    load.map_or("-".into(), |l| format!("{} ago", age(l.observed_age_ms))),
+                ]
+            })
+            .collect(),
+        "  ",
+    );
 }
 
 /// `stator describe node NAME`.
