@@ -611,6 +611,15 @@ impl ClusterView {
     pub fn zone_of(&self, id: NodeId) -> Option<&str> {
         self.node(id).map(|n| n.zone.as_str())
     }
+    /// The zone of a node as its interned number (`zone_name` gives the name back):
+    /// comparing zones by number allocates nothing.
+    pub fn zone_index_of(&self, id: NodeId) -> Option<u32> {
+        self.node_ix.get(&id).map(|&ix| self.nodes[ix].zone_ix)
+    }
+    /// The name of an interned zone number.
+    pub fn zone_name(&self, zone: u32) -> Option<&str> {
+        self.zones.get(zone as usize).map(String::as_str)
+    }
     /// Count of long-running replicas and of jobs on a node.
     pub fn workload_counts(&self, id: NodeId) -> (u32, u32) {
         match self.node_ix.get(&id) {
