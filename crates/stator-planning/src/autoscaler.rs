@@ -20,6 +20,7 @@
 //! keep planning on it; it never takes a partition below its member count and never
 //! places two members in one node (or one zone, when enough zones exist).
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -112,7 +113,7 @@ impl Default for PartitionScalerConfig {
 #[derive(Debug, Clone, Default)]
 pub struct PartitionScalerState {
     /// By service, then partition: looked up by `&str`, so a round allocates no key.
-    recommendations: HashMap<String, HashMap<u32, VecDeque<(u64, u64)>>>,
+    recommendations: FxHashMap<String, FxHashMap<u32, VecDeque<(u64, u64)>>>,
     forecaster: Forecaster,
 }
 
