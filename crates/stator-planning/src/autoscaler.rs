@@ -1206,6 +1206,59 @@ mod tests {
         assert!(!zones.contains(&"c"), "{acts:?}");
     }
 
+    /// Zones are compared by interned number: nodes named alike share a zone,
+    /// a move out of a shared zone may not make things worse, and an unknown node
+    /// (no zone) only clashes with another unknown one.
+    #[test]
+    fn zone_spread_compares_interned_zones() {
+        let view = ClusterView::from_parts(
+            vec![
+                Node::new(1, "a", "p", Resources::new(4000, 8192), 0.1),
+                Node::new(2, "b", "p", Resources::new(4000, 8192), 0.1),
+                Node::new(3, "c", "p", Resources::new(4000, 8192), 0.1),
+                Node::new(4, "a", "p", Resources::new(4000, 8192), 0.1),
+                Node::new(5, "c", "p", Resources::new(4000, 8192), 0.1),
+            ],
+            vec![],
+        );
+        assert_eq!(view.zone_index_of(1), view.zone_index_of(4));
+        assert_ne!(view.zone_index_of(1), view.zone_index_of(2));
+        assert_eq!(view.zone_name(view.zone_index_of(5).unwrap()), Some("c"));
+        assert_eq!(view.zone_index_of(99), None);
+        // Members on 1 (a) and 2 (b); the third leaves 3 (c).
+        assert!(keeps_zone_spread(&view, &[1, 2], 3, 5), "its own zone");
+        assert!(
+            !keeps_zone_spread(&view, &[1, 2], 3, 4),
+            "a survivor's zone"
+        );
+        // Already sharing zone a with node 1: moving within a cannot get worse.
+        assert!(keeps_zone_spread(&view, &[1, 2], 4, 1));
+    }
+
+    /// `plan_new_nodes` counts a pool's nodes in the view and booting (by borrowed
+    /// name) against its maximum.
+    #[test]
+    fn new_nodes_respect_the_pool_maximum_counting_view_and_booting() {
+        let view = three_zone_view(1000);
+        let mut small = pool("small", 2000, 0.1);
+        small.max_nodes = 5;
+        let need = || UnmetNeed::new(Resources::new(1500, 512), Vec::new());
+        let booting = vec![BootingNode {
+            pool: "small".into(),
+            zone: "a".into(),
+        }];
+        // Three in the view (pool "small") and one booting: room for one more;
+        // the booting one takes the first need, a new node the second, none the third.
+        let acts = plan_new_nodes(
+            &view,
+            &[need(), need(), need()],
+            std::slice::from_ref(&small),
+            &booting,
+            PoolChoice::CheapestForShape,
+        );
+        assert_eq!(acts.len(), 1, "{acts:?}");
+    }
+
     #[test]
     fn survivors_carry_the_whole_load_until_the_replacement_joins() {
         // 3000m over R = 3: 1000m each; one lost: 1500m each; none yet or one extra
