@@ -288,7 +288,7 @@ pub struct ClusterView {
     /// capacity filter are skipped), and most blocks of a packed cluster.
     pub(crate) block_free: Vec<Resources>,
     // Fx-hashed (`rustc_hash`): these maps are looked up several times per partition
-    // and round; SipHash was a quarter of a 10,000-node day's CPU time.
+    // and round (the lookups were ~26 % of a 10,000-node profile, SipHash ~6 %).
     node_ix: FxHashMap<NodeId, usize>,
     zones: Vec<String>,
     zone_ix: FxHashMap<String, u32>,
