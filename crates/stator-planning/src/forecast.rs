@@ -13,8 +13,9 @@
 //! where it rises fast (the ramp-up), and asks for room a horizon before the load
 //! needs it.
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 /// Relative margin used until [`MIN_ERRORS`] forecast errors have been measured.
 pub const WARMUP_MARGIN: f64 = 0.15;
@@ -69,7 +70,7 @@ struct Series {
 /// tick, those allocations were a visible share of the 10,000-node day).
 #[derive(Debug, Clone, Default)]
 pub struct Forecaster {
-    series: HashMap<String, HashMap<u32, Series>>,
+    series: FxHashMap<String, FxHashMap<u32, Series>>,
 }
 
 impl Forecaster {

@@ -7,7 +7,10 @@
 //! - [`view`]: [`ClusterView`] — nodes, their capacity and allocation, the replicas on
 //!   them, with indexes kept up to date as replicas are added, moved and removed
 //!   (among them the largest free room per block of 64 nodes, which lets a placement
-//!   scan skip the blocks that cannot hold a request).
+//!   scan skip the blocks that cannot hold a request). Zones are interned as numbers
+//!   (`ClusterView::zone_index_of`): the planner's zone filters compare numbers and
+//!   copy no names; the indexes are Fx-hashed (`rustc_hash`), as they are looked up
+//!   several times per partition and round.
 //! - [`scheduler`]: filter (capacity, schedulable, selectors, anti-affinity) then score
 //!   under a [`Policy`]: `Spread` (Kubernetes default scoring) or `Cost`
 //!   (best-fit on price per unit of resource, jobs packed apart and binned by end time).

@@ -8,6 +8,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
@@ -239,16 +240,16 @@ struct Sim<'a> {
     price_rate_per_h: f64,
     provisioned: u64,
     /// Price of every node in the view (booting nodes are paid for via the rate).
-    node_price: HashMap<NodeId, f64>,
+    node_price: FxHashMap<NodeId, f64>,
     /// Pool of every node in the view.
-    node_pool: HashMap<NodeId, String>,
+    node_pool: FxHashMap<NodeId, String>,
     last_cost_t: u64,
     cost_usd: f64,
     node_seconds: f64,
     parts: Vec<Part>,
-    part_ix: HashMap<(usize, u32), usize>,
+    part_ix: FxHashMap<(usize, u32), usize>,
     down_nodes: BTreeSet<NodeId>,
-    catching_up: HashMap<ReplicaSlot, NodeId>,
+    catching_up: FxHashMap<ReplicaSlot, NodeId>,
     busy: BTreeMap<NodeId, u32>,
     in_flight: usize,
     pending: Vec<Pending>,
@@ -358,7 +359,7 @@ impl<'a> Sim<'a> {
             .map(|p| (p.name.clone(), p.price_per_hour))
             .collect();
         let mut parts = Vec::new();
-        let mut part_ix = HashMap::new();
+        let mut part_ix = FxHashMap::default();
         for (si, svc) in sc.services.iter().enumerate() {
             for p in 0..svc.partitions {
                 let weight = 1.0 + svc.skew * (rng.gen::<f64>() * 2.0 - 1.0);
@@ -416,15 +417,15 @@ impl<'a> Sim<'a> {
             next_token: 0,
             price_rate_per_h: 0.0,
             provisioned: 0,
-            node_price: HashMap::new(),
-            node_pool: HashMap::new(),
+            node_price: FxHashMap::default(),
+            node_pool: FxHashMap::default(),
             last_cost_t: 0,
             cost_usd: 0.0,
             node_seconds: 0.0,
             parts,
             part_ix,
             down_nodes: BTreeSet::new(),
-            catching_up: HashMap::new(),
+            catching_up: FxHashMap::default(),
             busy: BTreeMap::new(),
             in_flight: 0,
             pending: Vec::new(),
