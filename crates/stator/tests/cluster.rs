@@ -306,8 +306,8 @@ fn assert_concurrent_pipelines_in_order(port: u16, partition: &Value) {
             })
             .collect();
         for (n, s, v) in &keys {
-            for key in [n, s, v] {
-                encode(&["SET", key, ""], &mut request);
+            for (key, value) in [(n, "0"), (s, ""), (v, "")] {
+                encode(&["SET", key, value], &mut request);
                 expected.push_str("+OK\r\n");
             }
         }
