@@ -13,11 +13,17 @@
 //! router, which finds the new leader; a write that had committed is answered from the
 //! session table instead of applied twice.
 //!
-//! Pipelining: the connection gathers the consecutive commands of one read batch on one
-//! slot into one [`Backend::execute_batch`], served in order by
-//! [`Host::serve_client_batch`] (one push into the replica's write queue, so usually one
-//! Raft entry), so `redis-benchmark --cluster -P 16` gets sixteen commands per round trip
-//! instead of one.
+//! Pipelining: the connection gathers the commands of one read bound for one partition
+//! (any of its slots) into one [`Backend::execute_batch`]. Where the batch holds a write
+//! it is served as ONE `STATOR.EXEC` write on the local replica
+//! ([`stator_gateway::resp::pipeline`], as the gateway sends it): one exactly-once
+//! session, one write in the replica's write queue (which merges the writes of every
+//! connection waiting at that moment into one Raft entry), the commands applied in order,
+//! one reply each, so a `redis-benchmark --cluster -P 16` read costs the leader one session
+//! check and one queued write per partition instead of one per command. A batch of reads
+//! only goes to [`Host::serve_client_batch`], which serves them side by side. Nothing
+//! crosses the transport: the listener runs in the leader's process and calls its
+//! [`Host`] directly.
 //!
 //! The connection code, `CLUSTER ...`, `COMMAND` and `INFO` are the gateway's
 //! ([`stator_gateway::resp`]); the slot map comes with every heartbeat answer
@@ -42,7 +48,7 @@ use stator_api::ids::NodeId;
 use stator_api::spec::RespTlsSpec;
 use stator_gateway::map::{PartitionMap, PartitionRoute, RespNode, ServiceRoutes};
 use stator_gateway::resp::connection::error_reply;
-use stator_gateway::resp::{accept_loop, tls, Backend, Shared};
+use stator_gateway::resp::{accept_loop, pipeline, tls, Backend, Shared};
 use stator_gateway::Router;
 use stator_kv::Value;
 use stator_replication::{ClientReply, ClientRequest, Host, RequestKind, Role};
@@ -399,52 +405,59 @@ impl AgentBackend {
 }
 
 impl AgentBackend {
-    /// Serves `commands` in order on the local replica (it led a moment ago). From the
-    /// first command the replica could not serve (leadership moved under the batch), the
-    /// rest go one by one through the router, each write with its own session, so a
-    /// write that had committed is answered from the session table, never applied twice.
+    /// Serves `commands` in order on the local replica (it led a moment ago): a batch
+    /// with a write as one `STATOR.EXEC` write ([`pipeline::encode`]; applied as one unit,
+    /// in order, one reply each; if leadership moves under it, the router retries it whole
+    /// with the same session, so it never applies twice), reads side by side.
     async fn serve_batch_locally(
+        &self,
+        routes: &ServiceRoutes,
+        route: &PartitionRoute,
+        mut commands: Vec<(RequestKind, Vec<u8>)>,
+    ) -> Vec<Vec<u8>> {
+        let count = commands.len();
+        if count == 1 {
+            let (kind, payload) = commands.pop().expect("one command");
+            return vec![self.serve_locally(routes, route, kind, payload).await];
+        }
+        if pipeline::all_reads(&commands) {
+            return self.serve_reads_locally(routes, route, commands).await;
+        }
+        let payload = pipeline::encode(&commands);
+        drop(commands);
+        let reply = self
+            .serve_locally(routes, route, RequestKind::Write, payload)
+            .await;
+        pipeline::split(reply, count)
+    }
+
+    /// Serves reads on the local replica side by side ([`Host::serve_client_batch`]). From
+    /// the first one the replica could not serve (leadership moved under the batch), the
+    /// rest go one by one through the router.
+    async fn serve_reads_locally(
         &self,
         routes: &ServiceRoutes,
         route: &PartitionRoute,
         commands: Vec<(RequestKind, Vec<u8>)>,
     ) -> Vec<Vec<u8>> {
-        let sessions: Vec<_> = commands
-            .iter()
-            .map(|(kind, _)| (*kind == RequestKind::Write).then(|| self.router.checkout()))
-            .collect();
         let requests = commands
             .iter()
-            .zip(&sessions)
-            .map(|((kind, payload), session)| {
-                let (client_id, seq) = session
-                    .as_ref()
-                    .map_or((0, 0), stator_gateway::router::SessionGuard::ids);
-                ClientRequest {
-                    client_id,
-                    seq,
-                    kind: *kind,
-                    payload: payload.clone(),
-                }
+            .map(|(kind, payload)| ClientRequest {
+                client_id: 0,
+                seq: 0,
+                kind: *kind,
+                payload: payload.clone(),
             })
             .collect();
         let local = self.host.serve_client_batch(route.group, requests).await;
         let mut replies = Vec::with_capacity(commands.len());
         let mut moved = false;
-        for (((kind, payload), session), reply) in commands.into_iter().zip(&sessions).zip(local) {
+        for ((kind, payload), reply) in commands.into_iter().zip(local) {
             let reply = match reply {
                 ClientReply::Ok(bytes) if !moved => bytes,
-                ClientReply::StaleSequence { last_seq } if !moved => Value::error(format!(
-                    "ERR internal agent error, nothing was applied: a sequence is older than {last_seq}"
-                ))
-                .to_bytes(),
                 _ => {
                     moved = true;
-                    match self
-                        .router
-                        .forward_in(route, kind, payload, session.as_ref())
-                        .await
-                    {
+                    match self.router.forward(route, kind, payload).await {
                         Ok(bytes) => bytes,
                         Err(error) => error_reply(routes, route.partition, kind, &error),
                     }
@@ -461,7 +474,7 @@ impl Backend for AgentBackend {
         &self,
         routes: Arc<ServiceRoutes>,
         partition: usize,
-        slot: u16,
+        slots: Vec<u16>,
         commands: Vec<(RequestKind, Vec<u8>)>,
     ) -> Vec<Vec<u8>> {
         let route = &routes.partitions[partition];
@@ -469,10 +482,11 @@ impl Backend for AgentBackend {
         let local = self.host.status(route.group).map(|s| (s.role, s.leader));
         match target(me, local, route) {
             Target::Local => self.serve_batch_locally(&routes, route, commands).await,
-            Target::Moved(addr) => {
-                let moved = Value::error(format!("MOVED {slot} {addr}")).to_bytes();
-                vec![moved; commands.len()]
-            }
+            // Each command is told where its own slot lives.
+            Target::Moved(addr) => slots
+                .iter()
+                .map(|slot| Value::error(format!("MOVED {slot} {addr}")).to_bytes())
+                .collect(),
             Target::Forward => {
                 let mut replies = Vec::with_capacity(commands.len());
                 for (kind, payload) in commands {
@@ -486,8 +500,13 @@ impl Backend for AgentBackend {
         }
     }
 
-    /// The local replica keeps the order of a batch ([`Host::serve_client_batch`]).
+    /// A batch is served in order on the local replica (one `STATOR.EXEC`, or reads).
     fn pipelines_slots(&self) -> bool {
+        true
+    }
+
+    /// A batch is one partition's, whatever its slots: one write on its replica.
+    fn batches_partitions(&self) -> bool {
         true
     }
 

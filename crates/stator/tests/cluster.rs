@@ -143,6 +143,9 @@ fn cluster_clients_reach_the_leaders() {
         })
         .expect("a hash tag on the first partition");
     assert_pipeline_in_order(agent, &tag);
+    // Several connections at once, each a pipeline over several slots of the partition
+    // (one batch per read on the agent, merged with the other connections' writes).
+    assert_concurrent_pipelines_in_order(agent, &parts[0]);
 
     // Cluster mode off: the plain protocol only.
     cluster.wait_service_healthy("plain", 1);
@@ -257,6 +260,128 @@ fn assert_pipeline_in_order(port: u16, tag: &str) {
         return;
     }
     panic!("the slot's leader kept moving");
+}
+
+/// Connections pipelining at once to the agent on `port`, each on its own keys over
+/// several slots of `partition`: every connection gets every reply, in its order, as a
+/// sequential model of its own commands predicts (writes and reads interleaved, so a read
+/// that overtook a write of its connection, or a reply given to the wrong connection,
+/// shows).
+fn assert_concurrent_pipelines_in_order(port: u16, partition: &Value) {
+    use std::io::Read;
+    const CONNECTIONS: usize = 8;
+    const ROUNDS: usize = 25;
+    const SLOTS: usize = 4;
+    let range = partition["slots"]["start"].as_u64().unwrap()
+        ..=partition["slots"]["end_inclusive"].as_u64().unwrap();
+    let mut tags: Vec<(String, u16)> = Vec::new();
+    for i in 0.. {
+        let tag = format!("{{c{i}}}");
+        let slot = stator_api::slot::key_slot(tag.as_bytes());
+        if range.contains(&u64::from(slot)) && tags.iter().all(|(_, s)| *s != slot) {
+            tags.push((tag, slot));
+        }
+        if tags.len() == SLOTS {
+            break;
+        }
+    }
+    let encode = |args: &[&str], out: &mut Vec<u8>| {
+        out.extend(format!("*{}\r\n", args.len()).bytes());
+        for a in args {
+            out.extend(format!("${}\r\n{a}\r\n", a.len()).bytes());
+        }
+    };
+    let bulk = |value: &str| format!("${}\r\n{value}\r\n", value.len());
+    // The commands of connection `c` and the replies a sequential run gives them.
+    let script = |c: usize| {
+        let (mut request, mut expected) = (Vec::new(), String::new());
+        let keys: Vec<(String, String, String)> = tags
+            .iter()
+            .map(|(tag, _)| {
+                (
+                    format!("{tag}:conn{c}:n"),
+                    format!("{tag}:conn{c}:s"),
+                    format!("{tag}:conn{c}:v"),
+                )
+            })
+            .collect();
+        for (n, s, v) in &keys {
+            for (key, value) in [(n, "0"), (s, ""), (v, "")] {
+                encode(&["SET", key, value], &mut request);
+                expected.push_str("+OK\r\n");
+            }
+        }
+        for round in 1..=ROUNDS {
+            for (j, (n, s, v)) in keys.iter().enumerate() {
+                encode(&["INCR", n], &mut request);
+                expected.push_str(&format!(":{round}\r\n"));
+                encode(&["APPEND", s, "ab"], &mut request);
+                expected.push_str(&format!(":{}\r\n", 2 * round));
+                let value = format!("c{c}r{round}k{j}");
+                encode(&["GETSET", v, &value], &mut request);
+                let before = if round == 1 {
+                    String::new()
+                } else {
+                    format!("c{c}r{}k{j}", round - 1)
+                };
+                expected.push_str(&bulk(&before));
+                encode(&["GET", n], &mut request);
+                expected.push_str(&bulk(&round.to_string()));
+                encode(&["STRLEN", s], &mut request);
+                expected.push_str(&format!(":{}\r\n", 2 * round));
+            }
+        }
+        (request, expected)
+    };
+    // Leaders may still move (the server spreads them over the nodes): on a MOVED, every
+    // connection starts over (each script resets its keys first) at the new leader.
+    let mut port = port;
+    for _ in 0..20 {
+        let runs: Vec<_> = (0..CONNECTIONS)
+            .map(|c| {
+                let (request, expected) = script(c);
+                std::thread::spawn(move || {
+                    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(60)))
+                        .unwrap();
+                    // In pieces, so reads end mid-command and batches split anywhere.
+                    for piece in request.chunks(997) {
+                        stream.write_all(piece).unwrap();
+                    }
+                    let mut got = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    while got.len() < expected.len() {
+                        match stream.read(&mut chunk) {
+                            Ok(n) if n > 0 => got.extend_from_slice(&chunk[..n]),
+                            _ => break,
+                        }
+                        if got.windows(7).any(|w| w == b"-MOVED ") {
+                            break;
+                        }
+                    }
+                    (String::from_utf8_lossy(&got).into_owned(), expected)
+                })
+            })
+            .collect();
+        let results: Vec<_> = runs.into_iter().map(|r| r.join().unwrap()).collect();
+        if let Some(moved) = results.iter().find_map(|(got, _)| {
+            let at = got.find("-MOVED ")?;
+            got[at..].split_whitespace().nth(2).map(port_of)
+        }) {
+            port = moved;
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
+        }
+        for (c, (got, expected)) in results.iter().enumerate() {
+            assert_eq!(
+                got, expected,
+                "connection {c}: pipelined replies over {SLOTS} slots, in order"
+            );
+        }
+        return;
+    }
+    panic!("the partition's leader kept moving");
 }
 
 fn p_leader_port(partition: &Value) -> u16 {

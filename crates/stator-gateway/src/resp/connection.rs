@@ -2,11 +2,11 @@
 //! answer in order.
 //!
 //! Every complete command of a read is parsed at once. Keyed commands are gathered per
-//! partition ([`Backend::batches_partitions`]; per slot on an agent) and each batch goes as
-//! one [`Backend::execute_batch`] when the buffered input runs out, all batches
-//! concurrently: the backend answers a batch's commands in order (the gateway as one
-//! `STATOR.EXEC` write, see [`super::pipeline`]; an agent through its replica's ordered
-//! batch). A command waits while an earlier command of the connection on its slot is in
+//! partition ([`Backend::batches_partitions`]) and each batch goes as one
+//! [`Backend::execute_batch`] when the buffered input runs out, all batches concurrently:
+//! the backend answers a batch's commands in order (as one `STATOR.EXEC` write when it
+//! holds a write, see [`super::pipeline`]: through the gateway's router, or into an
+//! agent's own leading replica). A command waits while an earlier command of the connection on its slot is in
 //! flight in an earlier batch, because Redis promises a connection's commands on one key
 //! run in the order sent; commands on keys of different partitions run concurrently (the
 //! promise across partitions is only the order of replies). Replies carry their
@@ -78,8 +78,6 @@ enum Work {
     Batch {
         routes: Arc<ServiceRoutes>,
         partition: usize,
-        /// The first command's slot (all of them, where the backend batches per slot).
-        slot: u16,
         commands: Vec<Gathered>,
     },
     /// `WATCH`: read the versions of `keys` (on `slot`) from `partition` of `routes`.
@@ -139,7 +137,6 @@ async fn perform<B: Backend>(
     let Work::Batch {
         routes,
         partition,
-        slot,
         commands,
     } = work
     else {
@@ -151,13 +148,15 @@ async fn perform<B: Backend>(
     };
     let count = commands.len();
     let mut requests = Vec::with_capacity(count);
+    let mut slots = Vec::with_capacity(count);
     let mut places = Vec::with_capacity(count);
     for g in commands {
         requests.push((g.kind, g.payload));
+        slots.push(g.slot);
         places.push((g.index, g.slot, g.shape));
     }
     let replies = backend
-        .execute_batch(routes, partition, slot, requests)
+        .execute_batch(routes, partition, slots, requests)
         .await;
     assert_eq!(
         replies.len(),
@@ -353,13 +352,15 @@ impl Backend for Router {
         &self,
         routes: Arc<ServiceRoutes>,
         partition: usize,
-        slot: u16,
+        slots: Vec<u16>,
         commands: Vec<(RequestKind, Vec<u8>)>,
     ) -> Vec<Vec<u8>> {
         if pipeline::all_reads(&commands) {
-            return futures::future::join_all(commands.into_iter().map(|(kind, payload)| {
-                Backend::execute(self, routes.clone(), partition, slot, kind, payload)
-            }))
+            return futures::future::join_all(commands.into_iter().zip(slots).map(
+                |((kind, payload), slot)| {
+                    Backend::execute(self, routes.clone(), partition, slot, kind, payload)
+                },
+            ))
             .await;
         }
         self.write_batch(routes, partition, commands).await
@@ -973,7 +974,6 @@ impl Gathering {
         Work::Batch {
             routes: self.routes,
             partition: self.partition,
-            slot: self.slot,
             commands: self.commands,
         }
     }

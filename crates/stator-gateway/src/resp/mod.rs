@@ -28,7 +28,7 @@ pub mod connection;
 mod glob;
 pub mod keyspace;
 pub(crate) mod local;
-pub(crate) mod pipeline;
+pub mod pipeline;
 pub mod pubsub;
 mod resp3;
 pub mod tls;
@@ -78,19 +78,20 @@ pub trait Backend: Send + Sync + 'static {
         payload: Vec<u8>,
     ) -> impl Future<Output = Vec<u8>> + Send;
 
-    /// Answers commands of one connection on `routes.partitions[partition]` (all on
-    /// `slot`, unless [`Backend::batches_partitions`]), strictly in order, one reply each. Called only
-    /// when [`Backend::pipelines_slots`] is true; the default runs them one by one.
+    /// Answers commands of one connection on `routes.partitions[partition]` (`slots[i]`
+    /// is the slot of `commands[i]`: all the same unless [`Backend::batches_partitions`]),
+    /// strictly in order, one reply each. Called only when [`Backend::pipelines_slots`] is
+    /// true; the default runs them one by one.
     fn execute_batch(
         &self,
         routes: Arc<ServiceRoutes>,
         partition: usize,
-        slot: u16,
+        slots: Vec<u16>,
         commands: Vec<(RequestKind, Vec<u8>)>,
     ) -> impl Future<Output = Vec<Vec<u8>>> + Send {
         async move {
             let mut replies = Vec::with_capacity(commands.len());
-            for (kind, payload) in commands {
+            for (slot, (kind, payload)) in slots.into_iter().zip(commands) {
                 replies.push(
                     self.execute(routes.clone(), partition, slot, kind, payload)
                         .await,

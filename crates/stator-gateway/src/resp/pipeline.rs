@@ -21,7 +21,7 @@ use stator_replication::RequestKind;
 /// transaction (known, right arity) and it is not a blocking pop (inside `STATOR.EXEC` a
 /// blocking pop does not block). Anything else is sent alone, so its own reply (an error,
 /// or the blocking wait) is exactly what a single command gets.
-pub(crate) fn may_batch(argv: &[Vec<u8>]) -> bool {
+pub fn may_batch(argv: &[Vec<u8>]) -> bool {
     const BLOCKING: &[&str] = &[
         "blpop",
         "brpop",
@@ -42,13 +42,13 @@ pub(crate) fn may_batch(argv: &[Vec<u8>]) -> bool {
 }
 
 /// Whether every command of a batch is a read (sent concurrently, not as one write).
-pub(crate) fn all_reads(commands: &[(RequestKind, Vec<u8>)]) -> bool {
+pub fn all_reads(commands: &[(RequestKind, Vec<u8>)]) -> bool {
     commands.iter().all(|(kind, _)| *kind != RequestKind::Write)
 }
 
 /// `STATOR.EXEC 0 [<argc> <arg>...]...` for `commands`, each a RESP array of bulk
 /// strings (as the connection forwards them), in order.
-pub(crate) fn encode(commands: &[(RequestKind, Vec<u8>)]) -> Vec<u8> {
+pub fn encode(commands: &[(RequestKind, Vec<u8>)]) -> Vec<u8> {
     let mut body_len = 0;
     let mut elements = 2;
     for (_, payload) in commands {
@@ -71,7 +71,7 @@ pub(crate) fn encode(commands: &[(RequestKind, Vec<u8>)]) -> Vec<u8> {
 /// elements of the array, as bytes. Any other reply (the partition had no leader within
 /// the deadline, a migration moved a slot, the data budget is full) is the reply of every
 /// command of the batch.
-pub(crate) fn split(reply: Vec<u8>, count: usize) -> Vec<Vec<u8>> {
+pub fn split(reply: Vec<u8>, count: usize) -> Vec<Vec<u8>> {
     if let Some((n, mut at)) = array_len(&reply).filter(|(n, _)| *n == count) {
         let mut replies = Vec::with_capacity(n);
         while replies.len() < n {
