@@ -725,6 +725,14 @@ async fn a_delta_heartbeat_builds_on_the_acknowledged_view_or_is_refused() {
         .await;
     assert!(status.is_success());
     let node = agents[0].id;
+    rounds_until(
+        &server,
+        &mut agents,
+        &BTreeSet::from([node]),
+        "every partition placed on the node",
+        |partitions| partitions.len() == 4 && partitions.iter().all(|p| designed(p).len() == 1),
+    )
+    .await;
     round(&server, &mut agents, &BTreeSet::from([node])).await;
     assert_eq!(agents[0].assignments.replicas.len(), 4);
     // A full view, numbered 1: the node leads its 4 partitions.
