@@ -548,21 +548,51 @@ impl Controller {
             });
         }
         self.metrics.node_reported(node, &heartbeat.metrics);
-        let groups: BTreeMap<GroupId, (String, u32)> = heartbeat
-            .replicas
-            .iter()
-            .map(|r| (r.group, (r.service.clone(), r.partition)))
-            .chain(
-                // Groups this node led before: it may have lost leadership.
-                self.cluster
-                    .observed
-                    .get(&node)
-                    .into_iter()
-                    .flat_map(|o| o.replicas.iter())
-                    .filter(|r| r.role == ReplicaRole::Leader)
-                    .map(|r| (r.group, (r.service.clone(), r.partition))),
-            )
-            .collect();
+        let held = self.cluster.observed.get(&node);
+        // The groups whose observed leader this heartbeat may change. A delta touches only
+        // the groups it names: at 1,000 idle partitions that is none, instead of every
+        // group reported plus every group led (each looked up across all nodes' reports).
+        let groups: BTreeMap<GroupId, (String, u32)> = match heartbeat.replicas_since {
+            Some(_) => {
+                let gone: BTreeSet<GroupId> = heartbeat.replicas_gone.iter().copied().collect();
+                heartbeat
+                    .replicas
+                    .iter()
+                    .chain(
+                        held.into_iter()
+                            .flat_map(|o| o.replicas.iter())
+                            .filter(|r| gone.contains(&r.group)),
+                    )
+                    .map(|r| (r.group, (r.service.clone(), r.partition)))
+                    .collect()
+            }
+            None => heartbeat
+                .replicas
+                .iter()
+                .map(|r| (r.group, (r.service.clone(), r.partition)))
+                .chain(
+                    // Groups this node led before: it may have lost leadership.
+                    held.into_iter()
+                        .flat_map(|o| o.replicas.iter())
+                        .filter(|r| r.role == ReplicaRole::Leader)
+                        .map(|r| (r.group, (r.service.clone(), r.partition))),
+                )
+                .collect(),
+        };
+        // Whether anything the reconciler reads changed; liveness alone needs no pass (the
+        // reconciler runs on its own schedule, at least every MAX_RECONCILE_INTERVAL_MS,
+        // and at each node's grace deadline).
+        let changed = heartbeat.replicas_since.is_none()
+            || !heartbeat.replicas.is_empty()
+            || !heartbeat.replicas_gone.is_empty()
+            || held.is_none_or(|o| o.instances != heartbeat.instances)
+            || self
+                .cluster
+                .resp_addrs
+                .get(&node)
+                .map_or(!heartbeat.resp_addrs.is_empty(), |addrs| {
+                    *addrs != heartbeat.resp_addrs
+                });
         let before: Vec<_> = groups
             .keys()
             .map(|g| self.cluster.group_observed(*g).map(|o| (o.leader, o.term)))
@@ -623,7 +653,9 @@ impl Controller {
                 });
             }
         }
-        self.wake();
+        if changed {
+            self.wake();
+        }
         Ok(Assignments {
             replicas_view,
             ..assignments_for(&self.cluster, node)
