@@ -12,6 +12,8 @@
 //! - [`server`]: the HTTP client of the server API, failing over between server URLs.
 //! - [`replicas`]: hosts partition replicas (the replication engine) and reconciles them
 //!   toward the assigned groups and members.
+//! - [`report`]: what each heartbeat says of the replicas: the full view, or only the
+//!   changes since the view the server acknowledged.
 //! - [`resp`]: the Redis Cluster protocol for the kv services it hosts: a RESP listener
 //!   per service serving the slots its replicas lead (pipelines on one slot as one
 //!   batch), `MOVED` for the rest, with the spec's AUTH/ACL, protected mode and TLS.
@@ -33,6 +35,7 @@ pub mod identity;
 pub mod probe;
 pub mod pubsub;
 pub mod replicas;
+pub mod report;
 pub mod resp;
 pub mod server;
 
@@ -231,24 +234,42 @@ async fn run_incarnation(
     let heartbeat_loop = async {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut report = report::ReplicaReport::default();
         loop {
             ticker.tick().await;
-            let beat = Heartbeat {
-                node_id,
-                replicas: replicas.statuses(),
-                instances: supervisor.statuses(),
-                resp_addrs: resp.advertised(),
-                metrics: replicas.node_metrics(),
-            };
-            match server.heartbeat(&beat).await {
-                Ok(assignments) => {
-                    desired_tx.send_replace(Some(assignments));
+            // At most twice: a delta the server refuses goes again, in full, at once.
+            for _ in 0..2 {
+                let prepared = report.prepare(replicas.statuses());
+                let mut beat = Heartbeat {
+                    node_id,
+                    instances: supervisor.statuses(),
+                    resp_addrs: resp.advertised(),
+                    metrics: replicas.node_metrics(),
+                    ..Heartbeat::default()
+                };
+                prepared.fill(&mut beat);
+                match server.heartbeat(&beat).await {
+                    Ok(assignments) => {
+                        report.answered(prepared, assignments.replicas_view);
+                        desired_tx.send_replace(Some(assignments));
+                    }
+                    Err(server::ServerCallError::Refused { status: 404, .. }) => {
+                        return Ended::Forgotten
+                    }
+                    Err(server::ServerCallError::Refused { status: 409, .. })
+                        if prepared.is_delta() =>
+                    {
+                        tracing::debug!(
+                            "the server holds no base for a delta heartbeat; sending every replica"
+                        );
+                        report.refused();
+                        continue;
+                    }
+                    // Level-triggered: the next beat carries the changes since the last
+                    // acknowledged view again (or everything, if the server refuses it).
+                    Err(e) => tracing::warn!("heartbeat failed: {e}"),
                 }
-                Err(server::ServerCallError::Refused { status: 404, .. }) => {
-                    return Ended::Forgotten
-                }
-                // Level-triggered: the next beat carries the full state again.
-                Err(e) => tracing::warn!("heartbeat failed: {e}"),
+                break;
             }
         }
     };

@@ -141,9 +141,7 @@ impl RespServer {
     /// One level-triggered pass: publish the slot maps of `services`, start a listener
     /// for each service without one, stop the listeners of services no longer listed.
     pub async fn reconcile(&self, services: &[ClusterService]) {
-        let map = build_map(services, |group| {
-            self.backend.host.status(group).and_then(|s| s.leader)
-        });
+        let map = build_map(services, |group| self.backend.host.leader(group));
         self.map_tx.send_replace(Arc::new(map));
         self.listeners
             .lock()

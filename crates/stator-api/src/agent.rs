@@ -110,9 +110,25 @@ pub struct RegisterResponse {
 pub struct Heartbeat {
     /// The id from [`RegisterResponse`].
     pub node_id: NodeId,
-    /// Every replica the agent hosts, including ones it is stopping.
+    /// Every replica the agent hosts, including ones it is stopping; or, where
+    /// `replicas_since` is set, only those whose status changed since that view.
     #[serde(default)]
     pub replicas: Vec<ReplicaStatus>,
+    /// `None`: `replicas` is the full view. `Some(view)`: `replicas` and `replicas_gone`
+    /// are the changes since `view`, the view the server last acknowledged
+    /// ([`Assignments::replicas_view`]). An idle agent of 1,000 replicas then sends a
+    /// few bytes instead of every status twice a second. A server that does not hold
+    /// `view` (it restarted, or missed a beat) answers 409 Conflict, and the agent sends
+    /// the full view at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas_since: Option<u64>,
+    /// Groups no longer hosted since `replicas_since` (a delta only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas_gone: Vec<GroupId>,
+    /// The number of the view this heartbeat leaves the server with (the agent counts
+    /// up from 1 per incarnation; 0: the agent sends no deltas).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replicas_view: u64,
     /// Every stateless or job instance the agent runs or recently finished.
     #[serde(default)]
     pub instances: Vec<InstanceStatus>,
@@ -397,6 +413,15 @@ pub struct Assignments {
     /// elsewhere.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cluster: Vec<ClusterService>,
+    /// The heartbeat's [`Heartbeat::replicas_view`] the server now holds, which the
+    /// agent's next heartbeat may send changes against; `None` when it holds no
+    /// numbered view (the agent then sends the full view).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas_view: Option<u64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A kv service's partitions as a Redis Cluster client sees them (cluster mode).
@@ -494,6 +519,9 @@ mod tests {
                     received_bytes: 20,
                 }],
             },
+            replicas_since: Some(3),
+            replicas_gone: vec![GroupId::new(1, 5)],
+            replicas_view: 4,
         };
         let json = serde_json::to_string(&heartbeat).unwrap();
         assert!(json.contains("\"role\":\"leader\""));

@@ -774,6 +774,13 @@ impl Host {
         self.replica(group).map(|r| status_of(&r))
     }
 
+    /// The leader the replica of `group` knows of, read under the metrics borrow: what
+    /// a route table needs, without building a whole [`GroupStatus`] per group on
+    /// every heartbeat.
+    pub fn leader(&self, group: GroupId) -> Option<NodeId> {
+        self.replica(group)?.raft.metrics().borrow().current_leader
+    }
+
     /// Statuses of every hosted replica.
     pub fn statuses(&self) -> Vec<GroupStatus> {
         let replicas: Vec<_> = self
@@ -785,6 +792,30 @@ impl Host {
             .cloned()
             .collect();
         replicas.iter().map(|r| status_of(r)).collect()
+    }
+
+    /// Whether this replica leads `group` and its membership already is `desired`
+    /// (voters, no learner, no joint configuration): a [`Host::reconcile_membership`]
+    /// call would answer [`MembershipStep::InSync`]. `None` where it does not lead (or
+    /// hosts no such group). Read under the metrics borrow, without cloning them or
+    /// spawning: the agent asks this for every group it leads on each heartbeat, and
+    /// at 1,000 partitions nearly all of them are settled.
+    pub fn leads_in_sync(
+        &self,
+        group: GroupId,
+        desired: &BTreeMap<NodeId, String>,
+    ) -> Option<bool> {
+        let replica = self.replica(group)?;
+        let metrics = replica.raft.metrics();
+        let m = metrics.borrow();
+        if m.current_leader != Some(self.inner.node_id) || m.state != ServerState::Leader {
+            return None;
+        }
+        let membership = m.membership_config.membership();
+        let in_sync = membership.get_joint_config().len() == 1
+            && membership.voter_ids().eq(desired.keys().copied())
+            && membership.nodes().map(|(id, _)| id).eq(desired.keys());
+        Some(in_sync)
     }
 
     /// One level-triggered step moving `group`'s membership toward `desired` voters

@@ -9,8 +9,8 @@ use stator_replication::testing::{
     decode_reply, encode_op, Cluster, RegisterFactory, RegisterOp, TEST_SECRET,
 };
 use stator_replication::{
-    ClientReply, ClientRequest, GroupId, GroupOptions, ReplicaClient, RequestKind, Role,
-    TransferOutcome,
+    ClientReply, ClientRequest, GroupId, GroupOptions, MembershipStep, ReplicaClient, RequestKind,
+    Role, TransferOutcome,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -536,4 +536,65 @@ async fn a_lagging_successor_leaves_the_fast_election_to_the_next_follower() {
         panic!("read failed: {reply:?}")
     };
     assert_eq!(decode_reply(&bytes).as_deref(), Some("v4"));
+}
+
+/// `Host::leads_in_sync` (the agent's cheap check on every heartbeat) answers what a
+/// membership step would: in sync for the current members, work to do for another set,
+/// nothing on a follower. Retried when leadership moves meanwhile (a loaded machine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cheap_in_sync_check_agrees_with_the_membership_step() {
+    let (mut cluster, _members) = three_hosts().await;
+    let current = cluster.members(&[1, 2, 3]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let leader = cluster.leader(GROUP).await;
+        let host = &cluster.hosts[&leader];
+        let cheap = host.leads_in_sync(GROUP, &current);
+        match host.reconcile_membership(GROUP, &current).await.unwrap() {
+            MembershipStep::NotLeader => {}
+            step => {
+                assert_eq!(step, MembershipStep::InSync);
+                assert_eq!(cheap, Some(true));
+                let follower = *cluster.hosts.keys().find(|id| **id != leader).unwrap();
+                if cluster.hosts[&follower].status(GROUP).unwrap().role != Role::Leader {
+                    assert_eq!(
+                        cluster.hosts[&follower].leads_in_sync(GROUP, &current),
+                        None
+                    );
+                }
+                break;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no stable leader");
+    }
+    let newcomer = cluster.add_host().await;
+    let wanted = cluster.members(&[1, 2, 3, newcomer]);
+    loop {
+        let leader = cluster.leader(GROUP).await;
+        let host = &cluster.hosts[&leader];
+        if host.leads_in_sync(GROUP, &wanted) == Some(false) {
+            // A fourth member wanted: the step has work to do (the learner is added).
+            match host.reconcile_membership(GROUP, &wanted).await.unwrap() {
+                MembershipStep::NotLeader => {}
+                step => {
+                    assert!(matches!(step, MembershipStep::AddedLearners(_)), "{step:?}");
+                    break;
+                }
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no stable leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // With the learner in the membership, the old set is no longer in sync either.
+    loop {
+        let leader = cluster.leader(GROUP).await;
+        if cluster.hosts[&leader].leads_in_sync(GROUP, &current) == Some(false) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the learner never showed in the membership"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use stator_api::agent::{
-    Assignments, Heartbeat, RegisterRequest, RegisterResponse, Rejoin, ReplicaRole,
+    Assignments, Heartbeat, RegisterRequest, RegisterResponse, Rejoin, ReplicaRole, ReplicaStatus,
 };
 use stator_api::ids::{GroupId, NodeId};
 use stator_api::spec::{ServiceKind, ServiceSpec};
@@ -532,22 +532,67 @@ impl Controller {
         if !self.cluster.is_alive(node) {
             return Err(ServerError::UnknownNode(node));
         }
+        let held_view = self
+            .cluster
+            .observed
+            .get(&node)
+            .and_then(|o| o.replicas_view);
+        if let Some(since) = heartbeat.replicas_since.filter(|s| held_view != Some(*s)) {
+            // Nothing recorded, not even the beat: the agent sends its full view at once.
+            return Err(ServerError::Conflict {
+                field: "replicas_since",
+                reason: format!(
+                    "this server does not hold view {since} of node {node}'s replicas (it \
+                     restarted, or a heartbeat was lost); send every replica"
+                ),
+            });
+        }
         self.metrics.node_reported(node, &heartbeat.metrics);
-        let groups: BTreeMap<GroupId, (String, u32)> = heartbeat
-            .replicas
-            .iter()
-            .map(|r| (r.group, (r.service.clone(), r.partition)))
-            .chain(
-                // Groups this node led before: it may have lost leadership.
-                self.cluster
-                    .observed
-                    .get(&node)
-                    .into_iter()
-                    .flat_map(|o| o.replicas.iter())
-                    .filter(|r| r.role == ReplicaRole::Leader)
-                    .map(|r| (r.group, (r.service.clone(), r.partition))),
-            )
-            .collect();
+        let held = self.cluster.observed.get(&node);
+        // The groups whose observed leader this heartbeat may change. A delta touches only
+        // the groups it names: at 1,000 idle partitions that is none, instead of every
+        // group reported plus every group led (each looked up across all nodes' reports).
+        let groups: BTreeMap<GroupId, (String, u32)> = match heartbeat.replicas_since {
+            Some(_) => {
+                let gone: BTreeSet<GroupId> = heartbeat.replicas_gone.iter().copied().collect();
+                heartbeat
+                    .replicas
+                    .iter()
+                    .chain(
+                        held.into_iter()
+                            .flat_map(|o| o.replicas.iter())
+                            .filter(|r| gone.contains(&r.group)),
+                    )
+                    .map(|r| (r.group, (r.service.clone(), r.partition)))
+                    .collect()
+            }
+            None => heartbeat
+                .replicas
+                .iter()
+                .map(|r| (r.group, (r.service.clone(), r.partition)))
+                .chain(
+                    // Groups this node led before: it may have lost leadership.
+                    held.into_iter()
+                        .flat_map(|o| o.replicas.iter())
+                        .filter(|r| r.role == ReplicaRole::Leader)
+                        .map(|r| (r.group, (r.service.clone(), r.partition))),
+                )
+                .collect(),
+        };
+        // Whether anything the reconciler reads changed; liveness alone needs no pass (the
+        // reconciler runs on its own schedule, at least every MAX_RECONCILE_INTERVAL_MS,
+        // and at each node's grace deadline).
+        let changed = heartbeat.replicas_since.is_none()
+            || !heartbeat.replicas.is_empty()
+            || !heartbeat.replicas_gone.is_empty()
+            || held.is_none_or(|o| o.instances != heartbeat.instances)
+            || self
+                .cluster
+                .resp_addrs
+                .get(&node)
+                .map_or(!heartbeat.resp_addrs.is_empty(), |addrs| {
+                    *addrs != heartbeat.resp_addrs
+                });
         let before: Vec<_> = groups
             .keys()
             .map(|g| self.cluster.group_observed(*g).map(|o| (o.leader, o.term)))
@@ -572,12 +617,26 @@ impl Controller {
                 oom_kills,
             });
         }
+        let replicas = match heartbeat.replicas_since {
+            None => heartbeat.replicas,
+            Some(_) => merge_replica_changes(
+                self.cluster
+                    .observed
+                    .get_mut(&node)
+                    .map(|o| std::mem::take(&mut o.replicas))
+                    .unwrap_or_default(),
+                heartbeat.replicas,
+                &heartbeat.replicas_gone,
+            ),
+        };
+        let replicas_view = (heartbeat.replicas_view > 0).then_some(heartbeat.replicas_view);
         self.cluster.observed.insert(
             node,
             NodeObserved {
                 last_heartbeat_ms: now_ms(),
-                replicas: heartbeat.replicas,
+                replicas,
                 instances: heartbeat.instances,
+                replicas_view,
             },
         );
         for ((group, (service, partition)), before) in groups.into_iter().zip(before) {
@@ -594,8 +653,13 @@ impl Controller {
                 });
             }
         }
-        self.wake();
-        Ok(assignments_for(&self.cluster, node))
+        if changed {
+            self.wake();
+        }
+        Ok(Assignments {
+            replicas_view,
+            ..assignments_for(&self.cluster, node)
+        })
     }
 
     fn group_exists(&self, group: GroupId) -> bool {
@@ -1185,6 +1249,22 @@ fn new_oom_kills(
         })
         .map(|status| (status.service.clone(), status.id.clone(), status.oom_kills))
         .collect()
+}
+
+/// The replica view an agent's delta heartbeat leaves: `held` (the view it builds on,
+/// ordered by group) without `gone`, with `changed` replacing or adding statuses.
+fn merge_replica_changes(
+    held: Vec<ReplicaStatus>,
+    changed: Vec<ReplicaStatus>,
+    gone: &[GroupId],
+) -> Vec<ReplicaStatus> {
+    let mut view: BTreeMap<GroupId, ReplicaStatus> =
+        held.into_iter().map(|r| (r.group, r)).collect();
+    for group in gone {
+        view.remove(group);
+    }
+    view.extend(changed.into_iter().map(|r| (r.group, r)));
+    view.into_values().collect()
 }
 
 #[cfg(test)]

@@ -663,6 +663,7 @@ mod tests {
                     forgotten: false,
                 }],
                 instances: vec![],
+                replicas_view: None,
             },
         );
         cluster

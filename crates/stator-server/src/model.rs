@@ -132,6 +132,10 @@ pub struct NodeObserved {
     pub replicas: Vec<ReplicaStatus>,
     /// Instances it reported.
     pub instances: Vec<InstanceStatus>,
+    /// The agent's number for `replicas` (`Heartbeat::replicas_view`): its next
+    /// heartbeat may carry only the changes since it. `None` after a registration or a
+    /// server restart, and for agents that send no numbered views.
+    pub replicas_view: Option<u64>,
 }
 
 /// A partition group as its live leader reports it.

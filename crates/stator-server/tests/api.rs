@@ -187,6 +187,7 @@ impl SimAgent {
             instances: vec![],
             resp_addrs: Default::default(),
             metrics: Default::default(),
+            ..Heartbeat::default()
         }
     }
 }
@@ -699,6 +700,109 @@ async fn the_event_stream_delivers_events() {
     server.handle.shutdown().await.unwrap();
 }
 
+/// The number of replicas `node` leads in the server's view of it.
+async fn leaders_seen(server: &TestServer, node: NodeId) -> u64 {
+    server.get_json(&format!("/v1/nodes/{node}")).await["leaders"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Heartbeats with only the changes since the view the server acknowledged: the server
+/// merges them into the full view it keeps, refuses a delta whose base it does not hold
+/// (a stale base after a lost answer, or any base after a restart) without changing
+/// anything, and takes the full view again after that.
+#[tokio::test]
+async fn a_delta_heartbeat_builds_on_the_acknowledged_view_or_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir.path()).await;
+    let mut agents = register_agents(&server, &["n1"]).await;
+    let (status, _) = server
+        .apply(
+            "sessions",
+            "application/toml",
+            &KV_SPEC.replace("replicas = 3", "replicas = 1"),
+        )
+        .await;
+    assert!(status.is_success());
+    let node = agents[0].id;
+    rounds_until(
+        &server,
+        &mut agents,
+        &BTreeSet::from([node]),
+        "every partition placed on the node",
+        |partitions| partitions.len() == 4 && partitions.iter().all(|p| designed(p).len() == 1),
+    )
+    .await;
+    round(&server, &mut agents, &BTreeSet::from([node])).await;
+    assert_eq!(agents[0].assignments.replicas.len(), 4);
+    // A full view, numbered 1: the node leads its 4 partitions.
+    let leaders: BTreeMap<u32, NodeId> = (0..4).map(|p| (p, node)).collect();
+    let full = Heartbeat {
+        replicas_view: 1,
+        ..agents[0].heartbeat(&leaders)
+    };
+    let response = server.heartbeat(&full).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer: Assignments = response.json().await.unwrap();
+    assert_eq!(answer.replicas_view, Some(1));
+    assert_eq!(leaders_seen(&server, node).await, 4);
+
+    // View 2: partition 0 steps down, partition 1 is gone; the rest is unchanged.
+    let mut stepped_down = full.replicas[0].clone();
+    stepped_down.role = ReplicaRole::Follower;
+    stepped_down.leader = None;
+    let delta = Heartbeat {
+        node_id: node,
+        replicas: vec![stepped_down],
+        replicas_since: Some(1),
+        replicas_gone: vec![full.replicas[1].group],
+        replicas_view: 2,
+        ..Heartbeat::default()
+    };
+    let response = server.heartbeat(&delta).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer: Assignments = response.json().await.unwrap();
+    assert_eq!(answer.replicas_view, Some(2));
+    assert_eq!(leaders_seen(&server, node).await, 2);
+
+    // The agent never saw that answer and builds on view 1 again: refused, view kept.
+    let stale = Heartbeat {
+        replicas_view: 3,
+        ..delta.clone()
+    };
+    let response = server.heartbeat(&stale).await;
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("send every replica"));
+    assert_eq!(leaders_seen(&server, node).await, 2);
+
+    // A restarted server holds no view at all: even the right base is refused, and the
+    // full view that follows is taken whole.
+    server.handle.shutdown().await.unwrap();
+    let server = TestServer::start_in(dir.path()).await;
+    let after_restart = Heartbeat {
+        replicas_since: Some(2),
+        replicas_view: 4,
+        ..delta.clone()
+    };
+    let response = server.heartbeat(&after_restart).await;
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    let response = server
+        .heartbeat(&Heartbeat {
+            replicas_view: 5,
+            ..full.clone()
+        })
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer: Assignments = response.json().await.unwrap();
+    assert_eq!(answer.replicas_view, Some(5));
+    assert_eq!(leaders_seen(&server, node).await, 4);
+    server.handle.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn services_and_nodes_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -758,6 +862,7 @@ async fn stateless_instances_and_jobs_are_assigned_and_jobs_finish() {
                 instances: reports.get(&agent.id).cloned().unwrap_or_default(),
                 resp_addrs: Default::default(),
                 metrics: Default::default(),
+                ..Heartbeat::default()
             };
             let assignments: Assignments = server.heartbeat(&heartbeat).await.json().await.unwrap();
             // Every job attempt succeeds, every web instance is ready.

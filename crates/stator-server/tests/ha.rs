@@ -183,6 +183,7 @@ impl Servers {
             instances: vec![],
             resp_addrs: Default::default(),
             metrics: Default::default(),
+            ..Heartbeat::default()
         };
         let response = self
             .client
