@@ -1005,6 +1005,122 @@ mod tests {
         assert_eq!(client.peers.lock().unwrap().len(), 1);
     }
 
+    /// Answers after a delay given in the payload, so replies come back out of order.
+    struct SlowEcho;
+    #[async_trait]
+    impl Handler for SlowEcho {
+        async fn handle(&self, _peer: &PeerInfo, request: Request) -> Response {
+            match request {
+                Request::Client(_, req) => {
+                    tokio::time::sleep(Duration::from_millis(u64::from(req.payload[0] % 8))).await;
+                    Response::Client(ClientReply::Ok(req.payload))
+                }
+                _ => Response::NoGroup,
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_direct_and_queued_calls_each_get_their_own_reply() {
+        // Many callers on two threads race for the idle connection: some write their frame
+        // directly, the rest queue behind a busy writer. Every call gets its own answer.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        Transport::new(config("s", &addr)).serve(listener, Arc::new(SlowEcho));
+        let client = Transport::new(config("s", ""));
+        let tasks: Vec<_> = (0..500u32)
+            .map(|i| {
+                let (client, addr) = (client.clone(), addr.clone());
+                // Some payloads are large, so a write is sometimes still in progress.
+                let size = if i % 50 == 0 { 512 << 10 } else { 16 };
+                tokio::spawn(async move {
+                    let mut payload = vec![0u8; size];
+                    payload[..4].copy_from_slice(&i.to_le_bytes());
+                    let reply = client
+                        .call(&addr, client_request(&payload), Duration::from_secs(60))
+                        .await;
+                    (payload, reply)
+                })
+            })
+            .collect();
+        for task in tasks {
+            let (sent, reply) = task.await.unwrap();
+            match reply.unwrap() {
+                Response::Client(ClientReply::Ok(got)) => assert!(got == sent, "a reply crossed"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_leave_in_the_order_their_sends_began() {
+        // A writer that takes a few bytes per poll and is sometimes not ready: direct
+        // writes, queued frames and writes finished by a spawned task all interleave.
+        struct Trickle {
+            out: Arc<Mutex<Vec<u8>>>,
+            polls: usize,
+        }
+        impl AsyncWrite for Trickle {
+            fn poll_write(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                self.polls += 1;
+                if self.polls % 3 == 0 {
+                    cx.waker().wake_by_ref();
+                    return std::task::Poll::Pending;
+                }
+                let n = buf.len().min(7);
+                self.out.lock().unwrap().extend_from_slice(&buf[..n]);
+                std::task::Poll::Ready(Ok(n))
+            }
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let (writer, task) = FrameWriter::start(
+            Trickle {
+                out: out.clone(),
+                polls: 0,
+            },
+            Arc::new(PeerCounters::default()),
+        );
+        // One sender, frames sent one after another without waiting for the wire: each
+        // send begins after the previous one returned, so the order is fixed.
+        let frames: Vec<Vec<u8>> = (0..300u32)
+            .map(|i| {
+                encode(&Message::Request {
+                    id: u64::from(i),
+                    body: client_request(&vec![i as u8; (i as usize * 13) % 200]),
+                })
+            })
+            .collect();
+        for frame in &frames {
+            writer.send(frame.clone()).await.unwrap();
+            if frame.len() % 5 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        drop(writer);
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the writer task ends once its senders are gone")
+            .unwrap();
+        let wire = out.lock().unwrap().clone();
+        assert_eq!(wire, frames.concat(), "frames left out of order or torn");
+    }
+
     #[tokio::test]
     async fn a_call_to_a_node_answered_by_another_node_is_refused() {
         // The server proves node id 1 (see `config`): a node restarted on the address of a
