@@ -278,7 +278,7 @@ impl ReplicaClient {
                 None => queues.entry(addr.to_string()).or_default().clone(),
             }
         };
-        if queue.claim_alone() {
+        if crate::transport::lone_paths_enabled() && queue.claim_alone() {
             let _slot = AloneSlot {
                 transport: &self.transport,
                 addr,

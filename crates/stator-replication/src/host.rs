@@ -1160,6 +1160,10 @@ async fn submit_writes(replica: &Arc<Replica>, writes: Vec<ClientRequest>) -> Ve
         .unzip();
     if !replica.writes.batching() {
         propose(replica, batch).await;
+    } else if !crate::transport::lone_paths_enabled() {
+        if replica.writes.push_all(batch) {
+            tokio::spawn(propose_writes(replica.clone()));
+        }
     } else if replica.writes.push_all(batch) {
         // This task took a proposer slot: it proposes one batch itself (its own writes and
         // whatever queued with them, with no hand-off to another task: a lone write's

@@ -58,6 +58,19 @@ const FIRST_READ_BYTES: usize = 64 << 10;
 /// calls; 3: quiet groups and liveness pings).
 pub const PROTOCOL_VERSION: u32 = 3;
 
+/// Environment variable that, set to `1`, turns off the lone-call paths (a frame written
+/// straight from its sender, a lone client call sent from its own task, a lone write
+/// proposed by the task that received it): every frame then goes through the writer task,
+/// every call through a sender task and every write through a proposer task, as before
+/// those paths existed. For same-binary A/B benchmarks only (docs/BENCHMARKS.md).
+pub const QUEUED_ONLY_ENV: &str = "STATOR_BENCH_QUEUED_ONLY";
+
+/// Whether [`QUEUED_ONLY_ENV`] turned the lone-call paths off (read once per process).
+pub fn lone_paths_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var(QUEUED_ONLY_ENV).map_or(true, |v| v != "1"))
+}
+
 /// Transport failures; openraft treats them as "unreachable" and retries with back-off.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TransportError {
@@ -383,7 +396,7 @@ impl FrameWriter {
     /// is finished by a spawned task holding the write lock, so a dropped caller never
     /// leaves half a frame on the wire.
     async fn send(&self, frame: Vec<u8>) -> Result<(), ()> {
-        if self.queued.load(Ordering::SeqCst) == 0 {
+        if self.queued.load(Ordering::SeqCst) == 0 && lone_paths_enabled() {
             if let Ok(guard) = self.out.clone().try_lock_owned() {
                 // Checked again under the lock: the writer task counts a frame out only
                 // after writing it, so zero here means every earlier frame is out.
