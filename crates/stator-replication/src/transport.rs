@@ -1045,7 +1045,7 @@ mod tests {
             .map(|i| {
                 let (client, addr) = (client.clone(), addr.clone());
                 // Some payloads are large, so a write is sometimes still in progress.
-                let size = if i % 50 == 0 { 512 << 10 } else { 16 };
+                let size = if i.is_multiple_of(50) { 512 << 10 } else { 16 };
                 tokio::spawn(async move {
                     let mut payload = vec![0u8; size];
                     payload[..4].copy_from_slice(&i.to_le_bytes());
@@ -1080,7 +1080,7 @@ mod tests {
                 buf: &[u8],
             ) -> std::task::Poll<std::io::Result<usize>> {
                 self.polls += 1;
-                if self.polls % 3 == 0 {
+                if self.polls.is_multiple_of(3) {
                     cx.waker().wake_by_ref();
                     return std::task::Poll::Pending;
                 }
@@ -1121,7 +1121,7 @@ mod tests {
             .collect();
         for frame in &frames {
             writer.send(frame.clone()).await.unwrap();
-            if frame.len() % 5 == 0 {
+            if frame.len().is_multiple_of(5) {
                 tokio::task::yield_now().await;
             }
         }
