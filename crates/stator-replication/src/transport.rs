@@ -58,17 +58,20 @@ const FIRST_READ_BYTES: usize = 64 << 10;
 /// calls; 3: quiet groups and liveness pings).
 pub const PROTOCOL_VERSION: u32 = 3;
 
-/// Environment variable that, set to `1`, turns off the lone-call paths (a frame written
+/// Environment variable that, set to `1`, turns on the lone-call paths (a frame written
 /// straight from its sender, a lone client call sent from its own task, a lone write
-/// proposed by the task that received it): every frame then goes through the writer task,
-/// every call through a sender task and every write through a proposer task, as before
-/// those paths existed. For same-binary A/B benchmarks only (docs/BENCHMARKS.md).
-pub const QUEUED_ONLY_ENV: &str = "STATOR_BENCH_QUEUED_ONLY";
+/// proposed by the task that received it). Off by default: on a loaded machine they
+/// showed no gain and 18 % more `send` calls per write (docs/BENCHMARKS.md, session 7);
+/// kept for a quiet-machine A/B in one binary. Unit tests run with them on.
+pub const LONE_CALL_PATHS_ENV: &str = "STATOR_LONE_CALL_PATHS";
 
-/// Whether [`QUEUED_ONLY_ENV`] turned the lone-call paths off (read once per process).
+/// Whether [`LONE_CALL_PATHS_ENV`] turned the lone-call paths on (read once per process).
 pub fn lone_paths_enabled() -> bool {
+    if cfg!(test) {
+        return true;
+    }
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var(QUEUED_ONLY_ENV).map_or(true, |v| v != "1"))
+    *ENABLED.get_or_init(|| std::env::var(LONE_CALL_PATHS_ENV).is_ok_and(|v| v == "1"))
 }
 
 /// Transport failures; openraft treats them as "unreachable" and retries with back-off.
