@@ -2,11 +2,10 @@
 //!
 //! Every Raft message of every group between two hosts, and every client call to a host,
 //! travels as a length-prefixed frame over one connection per (caller, callee) pair.
-//! Frames carry a request id, so many requests are in flight at once. A frame is written
-//! straight from the task that sends it when the connection is idle; while a write is in
-//! progress frames queue for the connection's writer task, which coalesces whatever is
-//! queued into one `write` (batching under load, no task hand-off when idle; see
-//! `FrameWriter`). Connections start with a challenge-response handshake proving both
+//! Frames carry a request id, so many requests are in flight at once. Frames queue for the
+//! connection's writer task, which coalesces whatever is queued into one `write`
+//! (batching under load); with [`LONE_CALL_PATHS_ENV`] set, a frame is written straight
+//! from the task that sends it when the connection is idle (see `FrameWriter`). Connections start with a challenge-response handshake proving both
 //! sides know the cluster secret; with [`TransportConfig::tls`] set, the connection is
 //! first wrapped in mutual TLS 1.3 (see [`crate::tls`]) and that handshake runs inside it.
 //!
