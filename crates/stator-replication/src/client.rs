@@ -3,8 +3,9 @@
 //! Calls bound for the same host that wait at the same moment travel as one
 //! [`Request::ClientBatch`] frame: a call queues for its host; up to
 //! [`MAX_FRAMES_IN_FLIGHT`] sender tasks per host take whatever has queued (flushing as
-//! soon as the queue is non-empty, never waiting for a batch to fill) and send it. The
-//! host serves a frame's writes as one log entry per group.
+//! soon as the queue is non-empty, never waiting for a batch to fill) and send it. With
+//! [`crate::transport::LONE_CALL_PATHS_ENV`] set, a call that finds nothing queued and a
+//! sender slot free sends itself, from its own task (no hand-off for a lone call). The host serves a frame's writes as one log entry per group.
 
 use crate::tls::{TlsConfig, TlsError, TransportTls};
 use crate::transport::{Request, Response, Transport, TransportConfig, TransportError};
@@ -61,6 +62,30 @@ impl HostQueue {
             true
         } else {
             false
+        }
+    }
+
+    /// Claims a sender slot for a call sent by its own task, when nothing waits and a
+    /// slot is free: a lone call then goes out with no hand-off to a sender task.
+    fn claim_alone(&self) -> bool {
+        let mut s = self.state.lock().expect("call queue poisoned");
+        if s.waiting.is_empty() && s.senders < MAX_FRAMES_IN_FLIGHT {
+            s.senders += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Gives back a slot claimed by [`HostQueue::claim_alone`]; `true` when calls queued
+    /// meanwhile and the caller must start a sender with the slot instead.
+    fn release_alone(&self) -> bool {
+        let mut s = self.state.lock().expect("call queue poisoned");
+        if s.waiting.is_empty() {
+            s.senders -= 1;
+            false
+        } else {
+            true
         }
     }
 
@@ -128,6 +153,26 @@ async fn send_frames(transport: Arc<Transport>, addr: String, queue: Arc<HostQue
                     let _ = reply.send(Err(error.clone()));
                 }
             }
+        }
+    }
+}
+
+/// A sender slot held by a call sent from its own task; dropped (answered, failed or
+/// cancelled), it passes to a new sender task when calls queued meanwhile.
+struct AloneSlot<'a> {
+    transport: &'a Arc<Transport>,
+    addr: &'a str,
+    queue: &'a Arc<HostQueue>,
+}
+
+impl Drop for AloneSlot<'_> {
+    fn drop(&mut self) {
+        if self.queue.release_alone() {
+            tokio::spawn(send_frames(
+                self.transport.clone(),
+                self.addr.to_string(),
+                self.queue.clone(),
+            ));
         }
     }
 }
@@ -233,6 +278,18 @@ impl ReplicaClient {
                 None => queues.entry(addr.to_string()).or_default().clone(),
             }
         };
+        if crate::transport::lone_paths_enabled() && queue.claim_alone() {
+            let _slot = AloneSlot {
+                transport: &self.transport,
+                addr,
+                queue: &queue,
+            };
+            return self
+                .transport
+                .call(addr, Request::Client(group, request), timeout)
+                .await
+                .and_then(|r| client_reply(addr, r));
+        }
         let (reply, answer) = oneshot::channel();
         let call = QueuedCall {
             group,

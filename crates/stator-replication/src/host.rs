@@ -116,6 +116,25 @@ impl WriteQueue {
             s.proposers -= 1;
             return None;
         }
+        Some(self.next_batch(&mut s))
+    }
+
+    /// Gives back the proposer slot of a task that proposed one batch itself; `true`
+    /// when writes queued meanwhile and the caller must start a proposer with the slot.
+    fn release_or_hand_on(&self) -> bool {
+        let mut s = self.state.lock().expect("write queue poisoned");
+        if s.waiting.is_empty() {
+            s.proposers -= 1;
+            false
+        } else {
+            true
+        }
+    }
+
+    fn next_batch(
+        &self,
+        s: &mut WriteQueueState,
+    ) -> Vec<(Write, tokio::sync::oneshot::Sender<ClientReply>)> {
         let mut bytes = 0;
         let mut batch = Vec::new();
         while let Some((write, _)) = s.waiting.front() {
@@ -128,7 +147,32 @@ impl WriteQueue {
             bytes += write.payload.len();
             batch.push(s.waiting.pop_front().expect("front exists"));
         }
-        Some(batch)
+        batch
+    }
+
+    /// A batch for a task holding a proposer slot, keeping the slot; `None` when other
+    /// proposers took everything.
+    fn take_batch_keeping_slot(
+        &self,
+    ) -> Option<Vec<(Write, tokio::sync::oneshot::Sender<ClientReply>)>> {
+        let mut s = self.state.lock().expect("write queue poisoned");
+        if s.waiting.is_empty() {
+            return None;
+        }
+        Some(self.next_batch(&mut s))
+    }
+}
+
+/// A proposer slot held by the task whose writes claimed it (see [`submit_writes`]);
+/// dropped (proposed, or the task cancelled), it passes to a spawned proposer when
+/// writes queued meanwhile.
+struct ProposerSlot<'a>(&'a Arc<Replica>);
+
+impl Drop for ProposerSlot<'_> {
+    fn drop(&mut self) {
+        if self.0.writes.release_or_hand_on() {
+            tokio::spawn(propose_writes(self.0.clone()));
+        }
     }
 }
 
@@ -1147,8 +1191,18 @@ async fn submit_writes(replica: &Arc<Replica>, writes: Vec<ClientRequest>) -> Ve
         .unzip();
     if !replica.writes.batching() {
         propose(replica, batch).await;
+    } else if !crate::transport::lone_paths_enabled() {
+        if replica.writes.push_all(batch) {
+            tokio::spawn(propose_writes(replica.clone()));
+        }
     } else if replica.writes.push_all(batch) {
-        tokio::spawn(propose_writes(replica.clone()));
+        // This task took a proposer slot: it proposes one batch itself (its own writes and
+        // whatever queued with them, with no hand-off to another task: a lone write's
+        // path) and passes the slot on if more writes queued meanwhile.
+        let _slot = ProposerSlot(replica);
+        if let Some(batch) = replica.writes.take_batch_keeping_slot() {
+            propose(replica, batch).await;
+        }
     }
     let mut replies = Vec::with_capacity(waits.len());
     for wait in waits {

@@ -2,9 +2,10 @@
 //!
 //! Every Raft message of every group between two hosts, and every client call to a host,
 //! travels as a length-prefixed frame over one connection per (caller, callee) pair.
-//! Frames carry a request id, so many requests are in flight at once; the writer task
-//! coalesces whatever frames are queued into one `write` (batching under load, no added
-//! latency when idle). Connections start with a challenge-response handshake proving both
+//! Frames carry a request id, so many requests are in flight at once. Frames queue for the
+//! connection's writer task, which coalesces whatever is queued into one `write`
+//! (batching under load); with [`LONE_CALL_PATHS_ENV`] set, a frame is written straight
+//! from the task that sends it when the connection is idle (see `FrameWriter`). Connections start with a challenge-response handshake proving both
 //! sides know the cluster secret; with [`TransportConfig::tls`] set, the connection is
 //! first wrapped in mutual TLS 1.3 (see [`crate::tls`]) and that handshake runs inside it.
 //!
@@ -22,7 +23,8 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -54,6 +56,22 @@ const FIRST_READ_BYTES: usize = 64 << 10;
 /// Bumped on any incompatible change of [`Message`] (2: batched log entries and client
 /// calls; 3: quiet groups and liveness pings).
 pub const PROTOCOL_VERSION: u32 = 3;
+
+/// Environment variable that, set to `1`, turns on the lone-call paths (a frame written
+/// straight from its sender, a lone client call sent from its own task, a lone write
+/// proposed by the task that received it). Off by default: on a loaded machine they
+/// showed no gain and 18 % more `send` calls per write (docs/BENCHMARKS.md, session 7);
+/// kept for a quiet-machine A/B in one binary. Unit tests run with them on.
+pub const LONE_CALL_PATHS_ENV: &str = "STATOR_LONE_CALL_PATHS";
+
+/// Whether [`LONE_CALL_PATHS_ENV`] turned the lone-call paths on (read once per process).
+pub fn lone_paths_enabled() -> bool {
+    if cfg!(test) {
+        return true;
+    }
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var(LONE_CALL_PATHS_ENV).is_ok_and(|v| v == "1"))
+}
 
 /// Transport failures; openraft treats them as "unreachable" and retries with back-off.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -326,42 +344,177 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn writer_task<W: AsyncWrite + Unpin>(
-    mut w: W,
+/// The write half of a connection, boxed so dialled and accepted, plain and TLS
+/// connections share one writer. `None` once it has failed or was closed.
+type BoxedWrite = Option<Box<dyn AsyncWrite + Send + Unpin>>;
+
+/// Writes one connection's outgoing frames, in the order their sends began.
+///
+/// A frame is written straight from the sending task when the connection is idle (no
+/// write in progress, nothing queued): no hand-off to another task, no extra wake-up.
+/// When a write is in progress the frame joins a queue that [`writer_task`] drains,
+/// coalescing whatever queued meanwhile into one `write` (batching under load). A
+/// direct write never overtakes a queued frame: it happens only under the write lock
+/// and when [`FrameWriter::queued`] is zero, and the writer task counts a frame out only
+/// after it wrote it.
+struct FrameWriter {
+    out: Arc<tokio::sync::Mutex<BoxedWrite>>,
+    queue: mpsc::Sender<Vec<u8>>,
+    /// Frames handed to the queue and not yet written.
+    queued: Arc<AtomicUsize>,
+    counters: Arc<PeerCounters>,
+}
+
+impl FrameWriter {
+    /// Wraps `w` and starts its writer task (which ends, shutting `w` down, once every
+    /// clone of the returned writer is dropped).
+    fn start<W: AsyncWrite + Send + Unpin + 'static>(
+        w: W,
+        counters: Arc<PeerCounters>,
+    ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+        let out: Arc<tokio::sync::Mutex<BoxedWrite>> =
+            Arc::new(tokio::sync::Mutex::new(Some(Box::new(w))));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (queue, rx) = mpsc::channel(MAX_QUEUED_FRAMES);
+        let task = tokio::spawn(writer_task(
+            out.clone(),
+            rx,
+            queued.clone(),
+            counters.clone(),
+        ));
+        let writer = Arc::new(Self {
+            out,
+            queue,
+            queued,
+            counters,
+        });
+        (writer, task)
+    }
+
+    /// Sends `frame`: written at once from this task when the connection is idle,
+    /// queued for the writer task otherwise. `Err` when the connection is closed.
+    ///
+    /// Cancel-safe: a direct write that cannot finish at once (a full socket buffer)
+    /// is finished by a spawned task holding the write lock, so a dropped caller never
+    /// leaves half a frame on the wire.
+    async fn send(&self, frame: Vec<u8>) -> Result<(), ()> {
+        if self.queued.load(Ordering::SeqCst) == 0 && lone_paths_enabled() {
+            if let Ok(guard) = self.out.clone().try_lock_owned() {
+                // Checked again under the lock: the writer task counts a frame out only
+                // after writing it, so zero here means every earlier frame is out.
+                if self.queued.load(Ordering::SeqCst) == 0 {
+                    return self.write_now(guard, frame);
+                }
+            }
+        }
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        if self.queue.send(frame).await.is_err() {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(());
+        }
+        Ok(())
+    }
+
+    fn write_now(
+        &self,
+        mut guard: tokio::sync::OwnedMutexGuard<BoxedWrite>,
+        frame: Vec<u8>,
+    ) -> Result<(), ()> {
+        if guard.is_none() {
+            return Err(());
+        }
+        let counters = self.counters.clone();
+        let mut write = Box::pin(async move {
+            let w = guard.as_mut().expect("checked above");
+            // flush: a no-op on TCP, sends the buffered records on TLS.
+            let written = w.write_all(&frame).await.is_ok() && w.flush().await.is_ok();
+            if written {
+                counters.sent(frame.len());
+            } else {
+                *guard = None;
+            }
+            written
+        });
+        // One poll, right here: on loopback or an idle link the kernel takes the whole
+        // frame at once. The waker is a no-op because a pending write is handed to a task
+        // that polls it again with its own.
+        let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+        match write.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(true) => Ok(()),
+            std::task::Poll::Ready(false) => Err(()),
+            std::task::Poll::Pending => {
+                tokio::spawn(write);
+                Ok(())
+            }
+        }
+    }
+
+    /// Drops the write half (a FIN on plain TCP) as soon as no write holds it; later
+    /// sends fail.
+    fn close(&self) {
+        match self.out.try_lock() {
+            Ok(mut out) => *out = None,
+            Err(_) => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let out = self.out.clone();
+                    runtime.spawn(async move { *out.lock().await = None });
+                }
+            }
+        }
+    }
+}
+
+/// Drains a [`FrameWriter`]'s queue: takes the write lock for the first queued frame,
+/// coalesces whatever else is queued into the same `write`, and counts the frames out.
+async fn writer_task(
+    out: Arc<tokio::sync::Mutex<BoxedWrite>>,
     mut rx: mpsc::Receiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
     counters: Arc<PeerCounters>,
 ) {
     let mut batch = Vec::with_capacity(64 << 10);
     while let Some(frame) = rx.recv().await {
+        let mut guard = out.lock().await;
         batch.extend_from_slice(&frame);
+        let mut frames = 1;
         while batch.len() < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(frame) => batch.extend_from_slice(&frame),
+                Ok(frame) => {
+                    batch.extend_from_slice(&frame);
+                    frames += 1;
+                }
                 Err(_) => break,
             }
         }
+        let Some(w) = guard.as_mut() else {
+            break;
+        };
         // flush: a no-op on TCP, sends the buffered records on TLS.
         if w.write_all(&batch).await.is_err() || w.flush().await.is_err() {
+            *guard = None;
             break;
         }
         counters.sent(batch.len());
         batch.clear();
+        queued.fetch_sub(frames, Ordering::SeqCst);
     }
     // Tells the peer we are done (FIN; close_notify first on TLS) even while our read half
     // lives on, so its side of the connection ends too.
-    let _ = w.shutdown().await;
+    if let Some(mut w) = out.lock().await.take() {
+        let _ = w.shutdown().await;
+    }
 }
 
 struct Conn {
     /// The node id the host at the other end proved in the handshake.
     peer_node: NodeId,
-    tx: mpsc::Sender<Vec<u8>>,
+    writer: Arc<FrameWriter>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
     next_id: AtomicU64,
     closed: AtomicBool,
     inflight: Semaphore,
-    /// The writer task: aborting it drops the write half, which sends FIN.
-    writer: tokio::task::AbortHandle,
+    /// The writer task, aborted when the connection is dropped on purpose.
+    writer_task: tokio::task::AbortHandle,
 }
 
 struct Peer {
@@ -473,7 +626,7 @@ impl Transport {
             .lock()
             .expect("pending mutex poisoned")
             .insert(id, tx);
-        if conn.tx.send(frame).await.is_err() {
+        if conn.writer.send(frame).await.is_err() {
             conn.closed.store(true, Ordering::Relaxed);
             conn.pending
                 .lock()
@@ -512,7 +665,8 @@ impl Transport {
             if let Ok(conn) = peer.conn.try_lock() {
                 if let Some(conn) = conn.as_ref() {
                     conn.closed.store(true, Ordering::Relaxed);
-                    conn.writer.abort();
+                    conn.writer_task.abort();
+                    conn.writer.close();
                 }
             }
         }
@@ -520,6 +674,10 @@ impl Transport {
 
     fn peer(&self, addr: &str) -> Arc<Peer> {
         let mut peers = self.peers.lock().expect("peers mutex poisoned");
+        // Looked up first: the key is copied only for a new peer, not on every call.
+        if let Some(peer) = peers.get(addr) {
+            return peer.clone();
+        }
         peers
             .entry(addr.to_string())
             .or_insert_with(|| {
@@ -533,6 +691,13 @@ impl Transport {
 
     async fn connection(&self, addr: &str) -> Result<Arc<Conn>, TransportError> {
         let peer = self.peer(addr);
+        // Fast path: the live connection, without queueing behind other callers for the
+        // dial lock (held across an await only while a connection is being made).
+        if let Ok(slot) = peer.conn.try_lock() {
+            if let Some(conn) = slot.as_ref().filter(|c| !c.closed.load(Ordering::Relaxed)) {
+                return Ok(conn.clone());
+            }
+        }
         let mut slot = peer.conn.lock().await;
         if let Some(conn) = slot.as_ref() {
             if !conn.closed.load(Ordering::Relaxed) {
@@ -684,14 +849,13 @@ impl Transport {
             READ_BUFFER_BYTES,
             CountingReader::new(r, counters.clone()),
         );
-        let (tx, rx) = mpsc::channel(MAX_QUEUED_FRAMES);
-        let writer = tokio::spawn(writer_task(w, rx, counters));
+        let (writer, writer_task) = FrameWriter::start(w, counters);
         let mut buf = Vec::new();
         let result = loop {
             match read_message(&mut r, &mut buf).await {
                 Ok(Message::Request { id, body }) => {
-                    let (handler, peer, tx, this) =
-                        (handler.clone(), peer.clone(), tx.clone(), self.clone());
+                    let (handler, peer, writer, this) =
+                        (handler.clone(), peer.clone(), writer.clone(), self.clone());
                     tokio::spawn(async move {
                         let body = handler.handle(&peer, body).await;
                         if let Some(filter) = &this.config.filter {
@@ -701,18 +865,18 @@ impl Transport {
                                 LinkAction::Delay(d) => tokio::time::sleep(d).await,
                             }
                         }
-                        let _ = tx.send(encode(&Message::Response { id, body })).await;
+                        let _ = writer.send(encode(&Message::Response { id, body })).await;
                     });
                 }
                 Ok(_) => break Err(std::io::Error::other("unexpected message from a caller")),
                 Err(e) => break Err(e),
             }
         };
-        drop(tx);
+        drop(writer);
         if peer.node_id != 0 {
             handler.peer_gone(&peer);
         }
-        let _ = writer.await;
+        let _ = writer_task.await;
         result
     }
 }
@@ -737,12 +901,11 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel(MAX_QUEUED_FRAMES);
-    let writer = tokio::spawn(writer_task(w, rx, counters.clone())).abort_handle();
+    let (writer, writer_task) = FrameWriter::start(w, counters.clone());
     let conn = Arc::new(Conn {
         peer_node,
         writer,
-        tx,
+        writer_task: writer_task.abort_handle(),
         pending: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
         closed: AtomicBool::new(false),
@@ -855,6 +1018,122 @@ mod tests {
             }
         }
         assert_eq!(client.peers.lock().unwrap().len(), 1);
+    }
+
+    /// Answers after a delay given in the payload, so replies come back out of order.
+    struct SlowEcho;
+    #[async_trait]
+    impl Handler for SlowEcho {
+        async fn handle(&self, _peer: &PeerInfo, request: Request) -> Response {
+            match request {
+                Request::Client(_, req) => {
+                    tokio::time::sleep(Duration::from_millis(u64::from(req.payload[0] % 8))).await;
+                    Response::Client(ClientReply::Ok(req.payload))
+                }
+                _ => Response::NoGroup,
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_direct_and_queued_calls_each_get_their_own_reply() {
+        // Many callers on two threads race for the idle connection: some write their frame
+        // directly, the rest queue behind a busy writer. Every call gets its own answer.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        Transport::new(config("s", &addr)).serve(listener, Arc::new(SlowEcho));
+        let client = Transport::new(config("s", ""));
+        let tasks: Vec<_> = (0..500u32)
+            .map(|i| {
+                let (client, addr) = (client.clone(), addr.clone());
+                // Some payloads are large, so a write is sometimes still in progress.
+                let size = if i.is_multiple_of(50) { 512 << 10 } else { 16 };
+                tokio::spawn(async move {
+                    let mut payload = vec![0u8; size];
+                    payload[..4].copy_from_slice(&i.to_le_bytes());
+                    let reply = client
+                        .call(&addr, client_request(&payload), Duration::from_secs(60))
+                        .await;
+                    (payload, reply)
+                })
+            })
+            .collect();
+        for task in tasks {
+            let (sent, reply) = task.await.unwrap();
+            match reply.unwrap() {
+                Response::Client(ClientReply::Ok(got)) => assert!(got == sent, "a reply crossed"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_leave_in_the_order_their_sends_began() {
+        // A writer that takes a few bytes per poll and is sometimes not ready: direct
+        // writes, queued frames and writes finished by a spawned task all interleave.
+        struct Trickle {
+            out: Arc<Mutex<Vec<u8>>>,
+            polls: usize,
+        }
+        impl AsyncWrite for Trickle {
+            fn poll_write(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                self.polls += 1;
+                if self.polls.is_multiple_of(3) {
+                    cx.waker().wake_by_ref();
+                    return std::task::Poll::Pending;
+                }
+                let n = buf.len().min(7);
+                self.out.lock().unwrap().extend_from_slice(&buf[..n]);
+                std::task::Poll::Ready(Ok(n))
+            }
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let (writer, task) = FrameWriter::start(
+            Trickle {
+                out: out.clone(),
+                polls: 0,
+            },
+            Arc::new(PeerCounters::default()),
+        );
+        // One sender, frames sent one after another without waiting for the wire: each
+        // send begins after the previous one returned, so the order is fixed.
+        let frames: Vec<Vec<u8>> = (0..300u32)
+            .map(|i| {
+                encode(&Message::Request {
+                    id: u64::from(i),
+                    body: client_request(&vec![i as u8; (i as usize * 13) % 200]),
+                })
+            })
+            .collect();
+        for frame in &frames {
+            writer.send(frame.clone()).await.unwrap();
+            if frame.len().is_multiple_of(5) {
+                tokio::task::yield_now().await;
+            }
+        }
+        drop(writer);
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the writer task ends once its senders are gone")
+            .unwrap();
+        let wire = out.lock().unwrap().clone();
+        assert_eq!(wire, frames.concat(), "frames left out of order or torn");
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use stator_replication::{
     ClientError, GroupId, GroupOptions, HostError, ReplicaClient, RequestKind,
 };
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const GROUP: GroupId = GroupId(1 << 16);
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -68,9 +68,18 @@ async fn a_whole_group_restart_keeps_every_acknowledged_write_and_compacts() {
     for i in 0..WRITES {
         set(&client, &members, &format!("k{i}"), &format!("v{i}")).await;
     }
-    let before = cluster.hosts[&1].status(GROUP).unwrap();
+    // openraft keeps up to 1,000 entries behind a snapshot for lagging followers. Snapshots
+    // are built and the log purged in the background, which can trail the last write on a
+    // loaded machine: wait for it (generously) rather than assume it is done.
+    let waited = Instant::now();
+    let before = loop {
+        let status = cluster.hosts[&1].status(GROUP).unwrap();
+        if status.log_entries < WRITES || waited.elapsed() > DEADLINE {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(before.disk_bytes > 0, "the store reports its size");
-    // openraft keeps up to 1,000 entries behind a snapshot for lagging followers.
     assert!(
         before.log_entries < WRITES,
         "the log was compacted behind a snapshot: {} entries",
