@@ -186,8 +186,7 @@ fn seal(key: &[u8], bytes: &[u8]) -> Vec<u8> {
 /// encoded straight behind the checksum: the
 /// record is the only copy (a snapshot is the whole state, copied once less).
 fn seal_value<T: serde::Serialize>(key: &[u8], value: &T) -> Vec<u8> {
-    let mut out =
-        postcard::to_extend(value, vec![0u8; 4]).expect("log records always serialize");
+    let mut out = postcard::to_extend(value, vec![0u8; 4]).expect("log records always serialize");
     let sum = checksum(key, &out[4..]);
     out[..4].copy_from_slice(&sum.to_le_bytes());
     out
@@ -207,7 +206,6 @@ fn unseal<'a>(key: &[u8], record: &'a [u8]) -> Result<&'a [u8], String> {
     }
     Ok(bytes)
 }
-
 
 fn io_error(message: impl Into<String>) -> std::io::Error {
     std::io::Error::other(message.into())
@@ -408,16 +406,17 @@ fn load(
     }
     // The snapshot holds the whole state (a GiB at most sizes): checked and decoded in
     // place from the read guard, so its bytes are copied once, into the returned value.
-    let snapshot: Option<StoredSnapshot> = match meta.get(KEY_SNAPSHOT).map_err(|e| redb_corrupt(&e))? {
-        Some(record) => {
-            let bytes = unseal(KEY_SNAPSHOT.as_bytes(), record.value())
-                .map_err(|r| corrupt(KEY_SNAPSHOT.into(), r))?;
-            let (meta, data): (SnapshotMeta<NodeId, openraft::BasicNode>, &[u8]) =
-                decode(bytes, KEY_SNAPSHOT, &corrupt)?;
-            Some((meta, data.to_vec()))
-        }
-        None => None,
-    };
+    let snapshot: Option<StoredSnapshot> =
+        match meta.get(KEY_SNAPSHOT).map_err(|e| redb_corrupt(&e))? {
+            Some(record) => {
+                let bytes = unseal(KEY_SNAPSHOT.as_bytes(), record.value())
+                    .map_err(|r| corrupt(KEY_SNAPSHOT.into(), r))?;
+                let (meta, data): (SnapshotMeta<NodeId, openraft::BasicNode>, &[u8]) =
+                    decode(bytes, KEY_SNAPSHOT, &corrupt)?;
+                Some((meta, data.to_vec()))
+            }
+            None => None,
+        };
     let log = txn.open_table(LOG).map_err(|e| redb_corrupt(&e))?;
     let mut expected: Option<u64> = None;
     for row in log.iter().map_err(|e| redb_corrupt(&e))? {

@@ -412,5 +412,6 @@ fn snapshot_on_disk(path: &std::path::Path) -> bool {
     let txn = db.begin_read().unwrap();
     let table = txn.open_table(meta).unwrap();
     let found = table.get("snapshot").unwrap().is_some();
+    drop(table);
     found
 }
