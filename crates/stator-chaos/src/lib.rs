@@ -1,5 +1,5 @@
 //! `stator chaos`: a Jepsen-style run. A local cluster, concurrent clients on a few keys,
-//! a nemesis (kill, pause, partition, membership, server, restart), then a
+//! a nemesis (kill, pause, partition, membership, server, restart, restart-late), then a
 //! linearizability verdict.
 //!
 //! # Layout
@@ -92,9 +92,9 @@ pub struct Options {
 }
 
 /// The kv service's durability when `--durability` is not given: `disk` when the
-/// `restart` fault is asked for (only disks survive it), else `memory`.
+/// `restart` or `restart-late` fault is asked for (only disks survive them), else `memory`.
 pub fn default_durability(faults: &[FaultKind]) -> Durability {
-    if faults.contains(&FaultKind::Restart) {
+    if faults.iter().any(|f| f.kills_every_replica()) {
         Durability::Disk
     } else {
         Durability::Memory
@@ -116,9 +116,9 @@ pub fn parse_durability(name: &str) -> anyhow::Result<Durability> {
 /// `fsync_interval_ms` of acknowledged writes, which the checker reports as lost.
 fn check_durability(faults: &[FaultKind], durability: Durability) -> anyhow::Result<()> {
     anyhow::ensure!(
-        !faults.contains(&FaultKind::Restart) || durability == Durability::Disk,
-        "--faults restart kills every replica at once; only --durability disk promises to \
-         keep every acknowledged write through it (drop `restart` or use --durability disk)"
+        !faults.iter().any(|f| f.kills_every_replica()) || durability == Durability::Disk,
+        "--faults restart and restart-late kill every replica at once; only --durability disk \
+         promises to keep every acknowledged write through them (drop them or use --durability disk)"
     );
     Ok(())
 }
@@ -620,4 +620,23 @@ fn print_summary(
         opts.history.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_that_kill_every_replica_need_disk_and_default_to_it() {
+        for kind in [FaultKind::Restart, FaultKind::RestartLate] {
+            let faults = [FaultKind::Kill, kind];
+            assert_eq!(default_durability(&faults), Durability::Disk);
+            assert!(check_durability(&faults, Durability::Disk).is_ok());
+            for weaker in [Durability::Memory, Durability::Periodic] {
+                let refused = check_durability(&faults, weaker).unwrap_err().to_string();
+                assert!(refused.contains("--durability disk"), "{refused}");
+            }
+        }
+        assert_eq!(default_durability(&[FaultKind::Kill]), Durability::Memory);
+    }
 }

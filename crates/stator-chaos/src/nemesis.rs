@@ -33,6 +33,13 @@ pub const RESTART_ALL_DOWN: Duration = Duration::from_millis(500);
 /// When to read which ids the restarted agents came back under: past the server's
 /// heartbeat grace (3 s), so a node that missed it shows as lost or under a new id.
 const RESTART_ALL_SETTLE: Duration = Duration::from_secs(4);
+/// How long every agent stays down in a `restart-late` fault: past the server's
+/// heartbeat grace ([`stator_server::config::DEFAULT_NODE_GRACE_MS`], 3 s) by a margin
+/// for a reconcile pass on a loaded machine, so the server declares every node lost
+/// first and each comes back through the late rejoin
+/// ([`stator_server::reconcile::ReconcileAction::MarkNodeRejoined`]) with its stores.
+pub const RESTART_LATE_DOWN: Duration =
+    Duration::from_millis(stator_server::config::DEFAULT_NODE_GRACE_MS + 2_000);
 
 /// The kinds of fault, as named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -52,18 +59,29 @@ pub enum FaultKind {
     /// SIGKILL every agent at once and start them again: every replica of every group
     /// dies together, so only what is on disk survives (needs `--durability disk`).
     Restart,
+    /// As `restart`, but the agents stay down past the server's heartbeat grace: every
+    /// node is declared lost first and rejoins late under its own id, with its stores
+    /// (needs `--durability disk`).
+    #[serde(rename = "restart-late")]
+    RestartLate,
 }
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [FaultKind; 6] = [
+    pub const ALL: [FaultKind; 7] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Partition,
         FaultKind::Membership,
         FaultKind::Server,
         FaultKind::Restart,
+        FaultKind::RestartLate,
     ];
+
+    /// Whether the fault kills every replica at once (only `disk` survives it).
+    pub fn kills_every_replica(self) -> bool {
+        matches!(self, FaultKind::Restart | FaultKind::RestartLate)
+    }
 
     /// The command-line name.
     pub fn name(self) -> &'static str {
@@ -74,6 +92,7 @@ impl FaultKind {
             FaultKind::Membership => "membership",
             FaultKind::Server => "server",
             FaultKind::Restart => "restart",
+            FaultKind::RestartLate => "restart-late",
         }
     }
 
@@ -84,7 +103,7 @@ impl FaultKind {
             .find(|k| k.name() == name)
             .ok_or_else(|| {
                 anyhow::anyhow!(
-                    "--faults: unknown fault {name:?}; use kill, pause, partition, membership, server, restart"
+                    "--faults: unknown fault {name:?}; use kill, pause, partition, membership, server, restart, restart-late"
                 )
             })
     }
@@ -153,7 +172,11 @@ impl Schedule {
         let hold_ms = match kind {
             FaultKind::Pause => self.rng.gen_range(PAUSE_MS.0..=PAUSE_MS.1),
             FaultKind::Partition => self.rng.gen_range(PARTITION_MS.0..=PARTITION_MS.1),
-            FaultKind::Kill | FaultKind::Membership | FaultKind::Server | FaultKind::Restart => 0,
+            FaultKind::Kill
+            | FaultKind::Membership
+            | FaultKind::Server
+            | FaultKind::Restart
+            | FaultKind::RestartLate => 0,
         };
         FaultPlan {
             kind,
@@ -383,7 +406,8 @@ impl<'a> Nemesis<'a> {
             FaultKind::Partition => self.partition(plan).await?,
             FaultKind::Membership => self.membership(plan).await?,
             FaultKind::Server => self.server().await?,
-            FaultKind::Restart => self.restart_all().await?,
+            FaultKind::Restart => self.restart_all(false).await?,
+            FaultKind::RestartLate => self.restart_all(true).await?,
         };
         let recovery_s = match self.cluster.wait_healthy(RECOVERY_TIMEOUT).await {
             Ok(_) => {
@@ -587,11 +611,19 @@ impl<'a> Nemesis<'a> {
     }
 
     /// SIGKILLs every agent at once (a power cut of the whole data plane) and starts
-    /// them again after [`RESTART_ALL_DOWN`]. Every member of every group dies
-    /// together, so no group keeps a majority in memory: acknowledged writes survive
-    /// only through the members' disks. Waits until every agent is back under the id
-    /// it had (it rejoins as itself), then the caller waits for health.
-    async fn restart_all(&self) -> anyhow::Result<(bool, String, Instant)> {
+    /// them again after [`RESTART_ALL_DOWN`], or with `late` after [`RESTART_LATE_DOWN`]
+    /// (past the heartbeat grace: the server declares every node lost before they come
+    /// back). Every member of every group dies together, so no group keeps a majority in
+    /// memory: acknowledged writes survive only through the members' disks. Waits until
+    /// every agent is back under the id it had (it rejoins as itself), then the caller
+    /// waits for health. A late restart counts as injected only if the server did
+    /// declare a killed node lost (else it was a plain restart).
+    async fn restart_all(&self, late: bool) -> anyhow::Result<(bool, String, Instant)> {
+        let (name, down) = if late {
+            ("restart-late", RESTART_LATE_DOWN)
+        } else {
+            ("restart", RESTART_ALL_DOWN)
+        };
         let before: BTreeMap<String, u64> = self
             .cluster
             .nodes()
@@ -600,20 +632,37 @@ impl<'a> Nemesis<'a> {
             .filter(cluster::alive)
             .map(|n| (n.name, n.id))
             .collect();
-        let killed = self.cluster.kill_and_restart_agents(RESTART_ALL_DOWN);
+        let killed = self.cluster.kill_and_restart_agents(down);
         let killed_at = Instant::now();
         if killed.is_empty() {
             return Ok((false, "no agent to kill".into(), killed_at));
         }
         self.log(&format!(
-            "restart: SIGKILL every agent at once ({} of them: {:?}); all started again in {RESTART_ALL_DOWN:?}",
+            "{name}: SIGKILL every agent at once ({} of them: {:?}); all started again in {down:?}",
             killed.len(),
             killed.keys().collect::<Vec<_>>()
         ));
+        let mut declared_lost = 0;
+        if late {
+            // Just before the agents start again: the server should have declared them
+            // lost by now (their grace ran out while they were down).
+            tokio::time::sleep(down.saturating_sub(Duration::from_millis(300))).await;
+            if let Ok(nodes) = self.cluster.nodes().await {
+                declared_lost = nodes
+                    .iter()
+                    .filter(|n| before.get(&n.name) == Some(&n.id))
+                    .filter(|n| n.state == NodeState::Lost)
+                    .count();
+            }
+            self.log(&format!(
+                "{name}: {declared_lost} of {} nodes declared lost while down",
+                killed.len()
+            ));
+        }
         // The old registrations look alive until the server's grace runs out, so only
         // after it does the registrations say whether each agent rejoined under its own
         // id (kept alive by its heartbeats) or was declared lost and came back new.
-        tokio::time::sleep(RESTART_ALL_SETTLE).await;
+        tokio::time::sleep(RESTART_ALL_SETTLE.saturating_sub(killed_at.elapsed())).await;
         let mut back = BTreeMap::new();
         while killed_at.elapsed() < RECOVERY_TIMEOUT && back.len() < killed.len() {
             back.clear();
@@ -630,17 +679,22 @@ impl<'a> Nemesis<'a> {
             .iter()
             .filter(|(name, id)| before.get(*name) == Some(*id))
             .count();
-        let detail = format!(
+        let mut detail = format!(
             "SIGKILL all {} agents at once, restarted after {} ms; {same} of them back under their own id (one back under a new id was declared lost first and its durable stores deleted)",
             killed.len(),
-            RESTART_ALL_DOWN.as_millis()
+            down.as_millis()
         );
+        if late {
+            detail.push_str(&format!(
+                "; {declared_lost} declared lost while down, then rejoined"
+            ));
+        }
         self.log(&format!(
-            "restart: {same} of {} agents back as themselves after {:.1}s",
+            "{name}: {same} of {} agents back as themselves after {:.1}s",
             killed.len(),
             killed_at.elapsed().as_secs_f64()
         ));
-        Ok((true, detail, killed_at))
+        Ok((!late || declared_lost > 0, detail, killed_at))
     }
 
     async fn membership(&self, plan: &FaultPlan) -> anyhow::Result<(bool, String, Instant)> {

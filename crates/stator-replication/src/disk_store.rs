@@ -174,10 +174,21 @@ fn checksum(key: &[u8], bytes: &[u8]) -> u32 {
 }
 
 /// `crc32(key ++ bytes)` little-endian, then the bytes.
+#[cfg(test)]
 fn seal(key: &[u8], bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + bytes.len());
     out.extend_from_slice(&checksum(key, bytes).to_le_bytes());
     out.extend_from_slice(bytes);
+    out
+}
+
+/// A record of `value`: `crc32(key ++ bytes)` little-endian, then its postcard bytes,
+/// encoded straight behind the checksum: the
+/// record is the only copy (a snapshot is the whole state, copied once less).
+fn seal_value<T: serde::Serialize>(key: &[u8], value: &T) -> Vec<u8> {
+    let mut out = postcard::to_extend(value, vec![0u8; 4]).expect("log records always serialize");
+    let sum = checksum(key, &out[4..]);
+    out[..4].copy_from_slice(&sum.to_le_bytes());
     out
 }
 
@@ -194,10 +205,6 @@ fn unseal<'a>(key: &[u8], record: &'a [u8]) -> Result<&'a [u8], String> {
         ));
     }
     Ok(bytes)
-}
-
-fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    postcard::to_allocvec(value).expect("log records always serialize")
 }
 
 fn io_error(message: impl Into<String>) -> std::io::Error {
@@ -310,7 +317,7 @@ impl DiskLogStore {
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
         data: &[u8],
     ) -> Result<(), StorageError> {
-        let record = seal(KEY_SNAPSHOT.as_bytes(), &encode(&(meta, data)));
+        let record = seal_value(KEY_SNAPSHOT.as_bytes(), &(meta, data));
         self.meta(KEY_SNAPSHOT, record, true).await.map_err(|e| {
             StorageIOError::write_snapshot(Some(meta.signature()), &io_error(e)).into()
         })
@@ -380,8 +387,8 @@ fn load(
         let bytes = unseal(key.as_bytes(), record.value()).map_err(|r| corrupt(key.into(), r))?;
         Ok(Some(bytes.to_vec()))
     };
-    fn decode<T: serde::de::DeserializeOwned>(
-        bytes: &[u8],
+    fn decode<'a, T: serde::Deserialize<'a>>(
+        bytes: &'a [u8],
         what: &str,
         corrupt: &dyn Fn(String, String) -> DiskStoreError,
     ) -> Result<T, DiskStoreError> {
@@ -397,10 +404,19 @@ fn load(
     if let Some(bytes) = read_meta(KEY_PURGED)? {
         cached.last_purged = decode(&bytes, KEY_PURGED, &corrupt)?;
     }
-    let snapshot: Option<StoredSnapshot> = match read_meta(KEY_SNAPSHOT)? {
-        Some(bytes) => Some(decode(&bytes, KEY_SNAPSHOT, &corrupt)?),
-        None => None,
-    };
+    // The snapshot holds the whole state (a GiB at most sizes): checked and decoded in
+    // place from the read guard, so its bytes are copied once, into the returned value.
+    let snapshot: Option<StoredSnapshot> =
+        match meta.get(KEY_SNAPSHOT).map_err(|e| redb_corrupt(&e))? {
+            Some(record) => {
+                let bytes = unseal(KEY_SNAPSHOT.as_bytes(), record.value())
+                    .map_err(|r| corrupt(KEY_SNAPSHOT.into(), r))?;
+                let (meta, data): (SnapshotMeta<NodeId, openraft::BasicNode>, &[u8]) =
+                    decode(bytes, KEY_SNAPSHOT, &corrupt)?;
+                Some((meta, data.to_vec()))
+            }
+            None => None,
+        };
     let log = txn.open_table(LOG).map_err(|e| redb_corrupt(&e))?;
     let mut expected: Option<u64> = None;
     for row in log.iter().map_err(|e| redb_corrupt(&e))? {
@@ -667,7 +683,7 @@ impl RaftLogStorage<TypeConfig> for DiskLogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        let record = seal(KEY_VOTE.as_bytes(), &encode(vote));
+        let record = seal_value(KEY_VOTE.as_bytes(), vote);
         // Always fsynced: a vote forgotten in a crash could elect two leaders in one term.
         self.meta(KEY_VOTE, record, true)
             .await
@@ -687,7 +703,7 @@ impl RaftLogStorage<TypeConfig> for DiskLogStore {
         self.cached().committed = committed;
         // Not fsynced: a stale commit index only means re-applying fewer entries at start;
         // the leader tells the rest.
-        let record = seal(KEY_COMMITTED.as_bytes(), &encode(&committed));
+        let record = seal_value(KEY_COMMITTED.as_bytes(), &committed);
         self.send(Op::Meta {
             key: KEY_COMMITTED,
             record,
@@ -715,7 +731,7 @@ impl RaftLogStorage<TypeConfig> for DiskLogStore {
             let mut cached = self.cached();
             for entry in entries {
                 let index = entry.log_id.index;
-                records.push((index, seal(&index.to_le_bytes(), &encode(&entry))));
+                records.push((index, seal_value(&index.to_le_bytes(), &entry)));
                 cached.entries.insert(index, entry);
             }
         }
@@ -747,7 +763,7 @@ impl RaftLogStorage<TypeConfig> for DiskLogStore {
             let keep = cached.entries.split_off(&(log_id.index + 1));
             cached.entries = keep;
         }
-        let record = seal(KEY_PURGED.as_bytes(), &encode(&Some(log_id)));
+        let record = seal_value(KEY_PURGED.as_bytes(), &Some(log_id));
         self.send(Op::Purge {
             up_to_index: log_id.index,
             record,
@@ -779,6 +795,12 @@ mod tests {
         assert!(unseal(b"k1", &flipped).unwrap_err().contains("checksum"));
         assert!(unseal(b"k2", &record).is_err());
         assert!(unseal(b"k1", &record[..3]).is_err());
+        // Sealing a value in place is sealing its encoding.
+        let value = (7u64, b"state".to_vec());
+        assert_eq!(
+            seal_value(b"k1", &value),
+            seal(b"k1", &postcard::to_allocvec(&value).unwrap())
+        );
     }
 
     #[tokio::test]

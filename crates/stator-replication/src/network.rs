@@ -83,7 +83,29 @@ fn unexpected<E: std::error::Error>(
     ))))
 }
 
+/// First wait of a leader's replication to an unreachable peer before it tries again.
+pub const UNREACHABLE_BACKOFF_MIN_MS: u64 = 10;
+/// Longest wait between tries to an unreachable peer (openraft's default is a constant
+/// 500 ms). A member that restarts on its own disk is caught up from the first append
+/// that reaches it, so this bounds how long it sits ready but unused (also while its
+/// host has started listening but is still opening the replica's store: "no replica"
+/// is unreachable too). A try costs a lookup in the transport's own connect back-off
+/// (no syscall) most of the time, so a dead peer stays cheap.
+pub const UNREACHABLE_BACKOFF_MAX_MS: u64 = 100;
+
 impl RaftNetwork<TypeConfig> for GroupPeer {
+    /// Doubling from [`UNREACHABLE_BACKOFF_MIN_MS`] to [`UNREACHABLE_BACKOFF_MAX_MS`];
+    /// openraft drops it after the next successful call.
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new((0..).map(|attempt: u32| {
+            std::time::Duration::from_millis(
+                UNREACHABLE_BACKOFF_MIN_MS
+                    .saturating_mul(1u64 << attempt.min(16))
+                    .min(UNREACHABLE_BACKOFF_MAX_MS),
+            )
+        }))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

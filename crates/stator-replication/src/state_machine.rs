@@ -26,6 +26,17 @@ struct SnapshotBody {
     app: Vec<u8>,
 }
 
+/// [`SnapshotBody`] decoded without copying the app's bytes (the same postcard encoding:
+/// a byte vector and a byte slice are both a length and the bytes): a restore then hands
+/// the app a slice of the snapshot it already holds instead of a second copy of the
+/// whole state.
+#[derive(Deserialize)]
+struct SnapshotBodyRef<'a> {
+    sessions: Sessions,
+    #[serde(borrow)]
+    app: &'a [u8],
+}
+
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, openraft::BasicNode>,
     data: Vec<u8>,
@@ -78,7 +89,7 @@ impl ReplicaStateMachine {
     ) -> Result<Self, AppError> {
         let mut machine = Self::new(app);
         if let Some((meta, data)) = store.take_snapshot_at_open() {
-            let body: SnapshotBody = postcard::from_bytes(&data).map_err(|e| {
+            let body: SnapshotBodyRef<'_> = postcard::from_bytes(&data).map_err(|e| {
                 AppError::BadSnapshot(format!(
                     "snapshot {} in {} does not decode: {e}",
                     meta.snapshot_id,
@@ -86,7 +97,7 @@ impl ReplicaStateMachine {
                 ))
             })?;
             let mut inner = machine.inner.lock().await;
-            inner.app.restore(&body.app).await?;
+            inner.app.restore(body.app).await?;
             inner.sessions = body.sessions;
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
@@ -239,7 +250,7 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let body: SnapshotBody = postcard::from_bytes(&data).map_err(|e| {
+        let body: SnapshotBodyRef<'_> = postcard::from_bytes(&data).map_err(|e| {
             StorageIOError::read_snapshot(
                 Some(meta.signature()),
                 &std::io::Error::other(e.to_string()),
@@ -249,7 +260,7 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
             store.save_snapshot(meta, &data).await?;
         }
         let mut inner = self.inner.lock().await;
-        inner.app.restore(&body.app).await.map_err(app_error)?;
+        inner.app.restore(body.app).await.map_err(app_error)?;
         inner.sessions = body.sessions;
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();

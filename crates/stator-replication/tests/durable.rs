@@ -157,6 +157,126 @@ async fn a_restarted_member_comes_back_as_itself_and_fetches_only_the_tail() {
     );
 }
 
+/// A member whose disk holds a snapshot (the log behind it purged) and log entries after
+/// it restarts from that snapshot, fetches the writes it missed, and holds every
+/// acknowledged write: with it and one other member only, every value reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_restarted_from_its_snapshot_and_log_fetches_the_tail_and_holds_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster =
+        Cluster::start_durable(3, Arc::new(RegisterFactory), dir.path().to_path_buf()).await;
+    let options = GroupOptions {
+        snapshot_every_entries: 100,
+        ..disk_options()
+    };
+    cluster.create_group(GROUP, &[1, 2, 3], options).await;
+    let leader = cluster.leader(GROUP).await;
+    let follower = *cluster.addrs.keys().find(|id| **id != leader).unwrap();
+    let third = *cluster
+        .addrs
+        .keys()
+        .find(|id| **id != leader && **id != follower)
+        .unwrap();
+    let client = ReplicaClient::new(TEST_SECRET);
+    let members = addrs(&cluster);
+    for i in 0..WRITES {
+        set(&client, &members, &format!("k{i}"), "before").await;
+    }
+    cluster.converged_state(GROUP).await;
+    let replica_dir = cluster.hosts[&follower].replica_dir(GROUP).unwrap();
+    cluster.kill(follower).await;
+    // The store holds a snapshot and only the log after (some of) it.
+    assert!(
+        snapshot_on_disk(&replica_dir.join("raft.redb")),
+        "the follower had a snapshot on disk"
+    );
+    for i in 0..50 {
+        set(&client, &members, &format!("tail{i}"), "missed").await;
+    }
+    cluster.restart(follower).await;
+    cluster.open_replica(follower, GROUP, options).await;
+    let status = cluster.hosts[&follower].status(GROUP).unwrap();
+    assert!(
+        status.applied_index > 0,
+        "the member starts from its snapshot, not empty"
+    );
+    cluster.converged_state(GROUP).await;
+    // The third member goes: the leader and the restarted member are the quorum, and
+    // every write acknowledged before and during the member's absence reads back.
+    cluster.kill(third).await;
+    for i in 0..WRITES {
+        assert_eq!(
+            get(&client, &members, &format!("k{i}")).await.as_deref(),
+            Some("before"),
+            "k{i}"
+        );
+    }
+    for i in 0..50 {
+        assert_eq!(
+            get(&client, &members, &format!("tail{i}")).await.as_deref(),
+            Some("missed"),
+            "tail{i}"
+        );
+    }
+    set(&client, &members, "with", "two").await;
+}
+
+/// A torn tail in a store that also holds a snapshot: refused at open like any corrupt
+/// record (the snapshot does not make the broken log servable), and the member rebuilt
+/// from its peers holds every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_tail_after_a_snapshot_is_refused_and_the_member_rebuilds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster =
+        Cluster::start_durable(3, Arc::new(RegisterFactory), dir.path().to_path_buf()).await;
+    let options = GroupOptions {
+        snapshot_every_entries: 100,
+        ..disk_options()
+    };
+    cluster.create_group(GROUP, &[1, 2, 3], options).await;
+    cluster.leader(GROUP).await;
+    let client = ReplicaClient::new(TEST_SECRET);
+    let members = addrs(&cluster);
+    for i in 0..300 {
+        set(&client, &members, &format!("k{i}"), "x").await;
+    }
+    cluster.converged_state(GROUP).await;
+    let victim = 3;
+    let replica_dir = cluster.hosts[&victim].replica_dir(GROUP).unwrap();
+    cluster.kill(victim).await;
+    let store = replica_dir.join("raft.redb");
+    assert!(snapshot_on_disk(&store), "a snapshot was on disk");
+    corrupt_last_log_record(&store);
+    cluster.restart(victim).await;
+    let refused = cluster.hosts[&victim]
+        .create_group(
+            GROUP,
+            options,
+            Box::<stator_replication::testing::RegisterApp>::default(),
+        )
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(HostError::Storage {
+                source: DiskStoreError::Corrupt { .. },
+                ..
+            })
+        ),
+        "a torn tail was served"
+    );
+    cluster.reconcile(GROUP, &[1, 2], options).await;
+    quarantine(&replica_dir).unwrap();
+    cluster.reconcile(GROUP, &[1, 2, 3], options).await;
+    cluster.converged_state(GROUP).await;
+    for i in 0..300 {
+        assert_eq!(
+            get(&client, &members, &format!("k{i}")).await.as_deref(),
+            Some("x")
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_record_is_refused_at_open_and_the_replica_rebuilds_from_its_peers() {
     let dir = tempfile::tempdir().unwrap();
@@ -281,4 +401,26 @@ fn corrupt_last_log_record(path: &std::path::Path) {
         table.insert(index, record.as_slice()).unwrap();
     }
     txn.commit().unwrap();
+}
+
+/// Whether the store at `path` (closed) holds a snapshot record.
+fn snapshot_on_disk(path: &std::path::Path) -> bool {
+    let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let db = loop {
+        match redb::Database::create(path) {
+            Ok(db) => break db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("open {}: {e}", path.display()),
+        }
+    };
+    let txn = db.begin_read().unwrap();
+    let table = txn.open_table(meta).unwrap();
+    let found = table.get("snapshot").unwrap().is_some();
+    drop(table);
+    found
 }

@@ -614,6 +614,7 @@ mod tests {
                 state: NodeState::Ready,
                 registered_at_ms: now_ms,
                 node_secret: String::new(),
+                drain_requested: false,
             },
         );
         cluster.observed.insert(

@@ -434,6 +434,7 @@ impl Controller {
             state: NodeState::Ready,
             registered_at_ms: now,
             node_secret: crate::config::generate_token(),
+            drain_requested: false,
         };
         put_json(&*self.store, &mut self.fence, &node_key(id), &record).await?;
         self.publish(EventKind::NodeJoined {
@@ -460,7 +461,8 @@ impl Controller {
 
     /// An agent restarted on its data dir asks to keep its id. Granted while the server
     /// has the node's record, alive or lost (`None` once a lost record was pruned, or for
-    /// a drained node: it joins as a new node). A lost node comes back `ready`
+    /// a drained node: it joins as a new node). A lost node comes back `ready` (`draining`
+    /// when it was lost while draining: the drain goes on)
     /// ([`ReconcileAction::MarkNodeRejoined`]): its durable replicas may hold the only copy
     /// of acknowledged writes (every member restarted past the grace), so its identity
     /// and stores are kept; members the group replaced meanwhile are simply no longer
@@ -771,6 +773,7 @@ impl Controller {
             NodeState::Ready => {
                 let mut record = self.cluster.nodes[&id].clone();
                 record.state = NodeState::Draining;
+                record.drain_requested = true;
                 put_json(&*self.store, &mut self.fence, &node_key(id), &record).await?;
                 self.publish(EventKind::NodeDraining {
                     node_id: id,

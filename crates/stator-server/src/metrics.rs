@@ -616,6 +616,7 @@ mod tests {
                 state: NodeState::Ready,
                 registered_at_ms: 0,
                 node_secret: String::new(),
+                drain_requested: false,
             },
         );
         let spec = parse_spec(

@@ -41,6 +41,10 @@ pub struct NodeRecord {
     /// id (stored like the cluster secret; empty for records that predate identities).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node_secret: String,
+    /// Whether a drain was asked for: kept while the node is lost, so a node lost while
+    /// draining rejoins `draining` (its drain goes on) instead of `ready`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drain_requested: bool,
 }
 
 /// A service, as persisted: the spec plus the id its partition groups derive from.

@@ -9,7 +9,8 @@
 //! Controllers, in the order they run within one pass:
 //! 1. node lifecycle: a node without a heartbeat for the grace is lost (it keeps its
 //!    place in every design: only the repair below replaces it, and a lost node whose
-//!    agent proves its identity comes back ready, [`ReconcileAction::MarkNodeRejoined`]);
+//!    agent proves its identity comes back ready, [`ReconcileAction::MarkNodeRejoined`],
+//!    or draining when it was lost while draining: the drain is remembered);
 //!    a draining node that hosts nothing any more is drained;
 //! 2. replica groups: place new partitions on distinct nodes (zones), mark groups started
 //!    once a leader is reported, then replace one member at a time when its node is
@@ -824,7 +825,13 @@ pub fn apply_action(cluster: &mut Cluster, action: &ReconcileAction) {
         }
         ReconcileAction::MarkNodeRejoined { node, at_ms } => {
             if let Some(record) = cluster.nodes.get_mut(node) {
-                record.state = NodeState::Ready;
+                // A drain asked for before the loss goes on: the operator still wants the
+                // node empty.
+                record.state = if record.drain_requested {
+                    NodeState::Draining
+                } else {
+                    NodeState::Ready
+                };
             }
             // What it reported before the restart is gone with the old process.
             cluster.observed.insert(
@@ -909,6 +916,7 @@ pub fn apply_action(cluster: &mut Cluster, action: &ReconcileAction) {
             if let Some(record) = cluster.nodes.get_mut(node) {
                 if record.state == NodeState::Ready {
                     record.state = NodeState::Draining;
+                    record.drain_requested = true;
                 }
             }
         }
@@ -1015,6 +1023,7 @@ mod tests {
                     state: NodeState::Ready,
                     registered_at_ms: NOW_MS,
                     node_secret: String::new(),
+                    drain_requested: false,
                 },
             );
             cluster.observed.insert(
@@ -1342,6 +1351,47 @@ mod tests {
             cluster.services["kv"].placement.partitions[0].members,
             vec![4, 2, 3]
         );
+    }
+
+    /// A node lost while draining (say it rebooted mid-drain) comes back with its disk:
+    /// the drain it was given goes on instead of the node quietly becoming `ready`.
+    #[test]
+    fn a_node_lost_while_draining_rejoins_as_draining() {
+        let mut cluster = cluster_with_nodes(&["a", "b", "c"]);
+        add_service(&mut cluster, &disk_kv());
+        started(&mut cluster, 0, &[1, 2, 3]);
+        report_leader(&mut cluster, 2, 0, &[1, 2, 3]);
+        apply_action(&mut cluster, &ReconcileAction::MarkNodeDraining { node: 1 });
+        assert_eq!(cluster.node_state(1), NodeState::Draining);
+        cluster.observed.get_mut(&1).unwrap().last_heartbeat_ms = 0;
+        let actions = step(&mut cluster, NOW_MS);
+        assert_eq!(actions[0], ReconcileAction::MarkNodeLost { node: 1 });
+        assert_eq!(cluster.node_state(1), NodeState::Lost);
+        // The record, as the server stores it, remembers the drain across the loss.
+        let stored = serde_json::to_string(&cluster.nodes[&1]).unwrap();
+        let reloaded: crate::model::NodeRecord = serde_json::from_str(&stored).unwrap();
+        assert!(reloaded.drain_requested, "{stored}");
+        cluster.nodes.insert(1, reloaded);
+        apply_action(
+            &mut cluster,
+            &ReconcileAction::MarkNodeRejoined {
+                node: 1,
+                at_ms: NOW_MS,
+            },
+        );
+        assert_eq!(cluster.node_state(1), NodeState::Draining);
+        // A node that was never drained rejoins ready.
+        cluster.observed.get_mut(&2).unwrap().last_heartbeat_ms = 0;
+        let actions = step(&mut cluster, NOW_MS);
+        assert!(actions.contains(&ReconcileAction::MarkNodeLost { node: 2 }));
+        apply_action(
+            &mut cluster,
+            &ReconcileAction::MarkNodeRejoined {
+                node: 2,
+                at_ms: NOW_MS,
+            },
+        );
+        assert_eq!(cluster.node_state(2), NodeState::Ready);
     }
 
     #[test]

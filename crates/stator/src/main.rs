@@ -341,7 +341,8 @@ struct ChaosArgs {
     /// Fault kinds: kill, pause, partition, membership, server (the controller
     /// holder among three servers on etcd; needs the etcd feature and binary),
     /// restart (every agent SIGKILLed at once and started again; needs
-    /// `--durability disk`, its default).
+    /// `--durability disk`, its default), restart-late (the same, down past the
+    /// heartbeat grace: every node is declared lost, then rejoins with its stores).
     #[arg(
         long,
         value_delimiter = ',',
@@ -368,7 +369,7 @@ struct ChaosArgs {
     #[arg(long, value_enum, default_value_t = chaos::NetworkMode::Auto)]
     network: chaos::NetworkMode,
     /// The kv service's durability: memory, periodic or disk (default: disk with the
-    /// restart fault, else memory).
+    /// restart or restart-late fault, else memory).
     #[arg(long)]
     durability: Option<String>,
     /// Print the result as one JSON object on the last line.
