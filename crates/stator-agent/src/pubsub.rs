@@ -9,7 +9,7 @@ use stator_api::pubsub::{BusRegistration, BusView, NotifySetting};
 use stator_gateway::bus::Registrar;
 use stator_gateway::resp::pubsub::Broker;
 use stator_kv::notify::{NotificationSink, NotifyFlags, Published};
-use stator_replication::{Host, Role};
+use stator_replication::{Host, ReplicaRole};
 use std::sync::Arc;
 
 impl Registrar for ServerClient {
@@ -51,7 +51,7 @@ impl NotificationSink for LeaderNotifier {
         let leads = self
             .host
             .status(group)
-            .is_some_and(|status| status.role == Role::Leader);
+            .is_some_and(|status| status.role == ReplicaRole::Leader);
         if leads {
             flags
         } else {

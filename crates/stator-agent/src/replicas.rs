@@ -24,7 +24,7 @@ use stator_api::ids::{GroupId, NodeId};
 use stator_api::spec::{AppSpec, Durability};
 use stator_kv::notify::{NotificationSink, NotifyingKv};
 use stator_replication::disk_store::DiskStoreError;
-use stator_replication::{GroupOptions, Host, HostError, MembershipStep, Role};
+use stator_replication::{GroupOptions, Host, HostError, MembershipStep};
 use stator_sm::host::{
     Launcher, ProcessHandle, ProcessLimits, ProcessMachine, ProcessMachineConfig,
 };
@@ -113,16 +113,6 @@ pub struct Replicas {
     previous_stores_swept: std::sync::atomic::AtomicBool,
     /// Where built-in kv replicas report keyspace events (`None`: they report none).
     notifications: Option<Arc<dyn NotificationSink>>,
-}
-
-fn role(r: Role) -> ReplicaRole {
-    match r {
-        Role::Leader => ReplicaRole::Leader,
-        Role::Follower => ReplicaRole::Follower,
-        Role::Learner => ReplicaRole::Learner,
-        Role::Candidate => ReplicaRole::Candidate,
-        Role::Stopped => ReplicaRole::Stopped,
-    }
 }
 
 impl Replicas {
@@ -687,7 +677,7 @@ impl Replicas {
                     group: s.group,
                     service: k.service.clone(),
                     partition: k.partition,
-                    role: role(s.role),
+                    role: s.role,
                     leader: s.leader,
                     term: s.term,
                     voters: s.voters,

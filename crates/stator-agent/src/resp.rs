@@ -51,7 +51,7 @@ use stator_gateway::resp::connection::error_reply;
 use stator_gateway::resp::{accept_loop, pipeline, tls, Backend, Shared};
 use stator_gateway::Router;
 use stator_kv::Value;
-use stator_replication::{ClientReply, ClientRequest, Host, RequestKind, Role};
+use stator_replication::{ClientReply, ClientRequest, Host, ReplicaRole, RequestKind};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -338,7 +338,11 @@ enum Target {
 
 /// Decides the [`Target`] from the local replica's role and leader (if hosted here) and
 /// the map's route.
-fn target(me: NodeId, local: Option<(Role, Option<NodeId>)>, route: &PartitionRoute) -> Target {
+fn target(
+    me: NodeId,
+    local: Option<(ReplicaRole, Option<NodeId>)>,
+    route: &PartitionRoute,
+) -> Target {
     let resp_addr = |node: NodeId| {
         route
             .resp_nodes
@@ -347,7 +351,7 @@ fn target(me: NodeId, local: Option<(Role, Option<NodeId>)>, route: &PartitionRo
             .map(|n| n.addr.clone())
     };
     match local {
-        Some((Role::Leader, _)) => return Target::Local,
+        Some((ReplicaRole::Leader, _)) => return Target::Local,
         Some((_, Some(leader))) if leader != me => {
             if let Some(addr) = resp_addr(leader) {
                 return Target::Moved(addr);
@@ -593,11 +597,11 @@ mod tests {
         let map = build_map(&[service()], |_| None);
         let route = &map.services["kv"].partitions[0];
         assert_eq!(
-            target(2, Some((Role::Leader, Some(2))), route),
+            target(2, Some((ReplicaRole::Leader, Some(2))), route),
             Target::Local
         );
         assert_eq!(
-            target(2, Some((Role::Follower, Some(1))), route),
+            target(2, Some((ReplicaRole::Follower, Some(1))), route),
             Target::Moved("127.0.0.1:7001".into())
         );
         assert_eq!(
@@ -606,12 +610,12 @@ mod tests {
             "not hosted here: the map's leader"
         );
         assert_eq!(
-            target(1, Some((Role::Follower, None)), route),
+            target(1, Some((ReplicaRole::Follower, None)), route),
             Target::Forward,
             "the map names me but I do not lead: forward, never MOVED to myself"
         );
         assert_eq!(
-            target(2, Some((Role::Follower, Some(3))), route),
+            target(2, Some((ReplicaRole::Follower, Some(3))), route),
             Target::Moved("127.0.0.1:7001".into()),
             "a leader without RESP yet: fall back to the map"
         );

@@ -21,7 +21,7 @@ use stator_api::ids::GroupId;
 use stator_harness::pace::{PaceOptions, PacedLoad};
 use stator_kv::{KvMachine, Value};
 use stator_replication::{
-    GroupOptions, Host, MembershipStep, NodeId, ReplicaClient, RequestKind, Role,
+    GroupOptions, Host, MembershipStep, NodeId, ReplicaClient, ReplicaRole, RequestKind,
 };
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -377,7 +377,10 @@ async fn start_hosts(secret: &str) -> anyhow::Result<(HostThreads, BTreeMap<Node
 fn current_leader(hosts: &BTreeMap<NodeId, Host>) -> Option<NodeId> {
     let leaders: Vec<NodeId> = hosts
         .iter()
-        .filter(|(_, h)| h.status(group()).is_some_and(|s| s.role == Role::Leader))
+        .filter(|(_, h)| {
+            h.status(group())
+                .is_some_and(|s| s.role == ReplicaRole::Leader)
+        })
         .map(|(id, _)| *id)
         .collect();
     (leaders.len() == 1).then(|| leaders[0])

@@ -14,7 +14,7 @@
 //! and their ratios. A third argument `on` or `off` runs that mode alone; a fourth forms
 //! the groups in waves of that many partitions, each once the last has leaders.
 
-use stator_replication::host::Role;
+use stator_replication::host::ReplicaRole;
 use stator_replication::testing::{encode_op, RegisterApp, RegisterOp, TEST_SECRET};
 use stator_replication::{GroupId, GroupOptions, Host, HostConfig, ReplicaClient, RequestKind};
 use std::collections::BTreeMap;
@@ -143,7 +143,7 @@ async fn create_groups(
                 !nodes.values().any(|n| {
                     n.host
                         .status(group(p))
-                        .is_some_and(|s| s.role == Role::Leader)
+                        .is_some_and(|s| s.role == ReplicaRole::Leader)
                 })
             }) && Instant::now() < deadline
             {
@@ -161,7 +161,7 @@ async fn leaders(nodes: &BTreeMap<u64, Node>, partitions: u64) -> BTreeMap<Group
         let mut led = BTreeMap::new();
         for (id, node) in nodes {
             for s in node.host.statuses() {
-                if s.role == Role::Leader {
+                if s.role == ReplicaRole::Leader {
                     led.insert(s.group, *id);
                 }
             }

@@ -371,20 +371,9 @@ impl Replica {
     }
 }
 
-/// The role of a replica as seen in its metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Role {
-    /// Answers clients.
-    Leader,
-    /// Votes and replicates.
-    Follower,
-    /// Replicates without voting (catching up before joining).
-    Learner,
-    /// Running an election.
-    Candidate,
-    /// Its Raft core has stopped.
-    Stopped,
-}
+/// The role of a replica as seen in its metrics: the same type agents report to the
+/// server (one name for one thing).
+pub use stator_api::agent::ReplicaRole;
 
 /// A snapshot of one replica's state, for heartbeats and tests.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -392,7 +381,7 @@ pub struct GroupStatus {
     /// The group.
     pub group: GroupId,
     /// This replica's role.
-    pub role: Role,
+    pub role: ReplicaRole,
     /// The leader it knows of.
     pub leader: Option<NodeId>,
     /// Current term.
@@ -1069,11 +1058,11 @@ fn status_of(r: &Replica) -> GroupStatus {
         let metrics = r.raft.metrics();
         let m = metrics.borrow();
         let role = match (&m.running_state, m.state) {
-            (Err(_), _) | (_, ServerState::Shutdown) => Role::Stopped,
-            (_, ServerState::Leader) => Role::Leader,
-            (_, ServerState::Follower) => Role::Follower,
-            (_, ServerState::Learner) => Role::Learner,
-            (_, ServerState::Candidate) => Role::Candidate,
+            (Err(_), _) | (_, ServerState::Shutdown) => ReplicaRole::Stopped,
+            (_, ServerState::Leader) => ReplicaRole::Leader,
+            (_, ServerState::Follower) => ReplicaRole::Follower,
+            (_, ServerState::Learner) => ReplicaRole::Learner,
+            (_, ServerState::Candidate) => ReplicaRole::Candidate,
         };
         let membership = m.membership_config.membership();
         (

@@ -50,8 +50,8 @@ pub mod types;
 
 pub use client::{ClientError, ReplicaClient};
 pub use host::{
-    GroupOptions, GroupStatus, Host, HostConfig, HostError, MembershipStep, Role, TransferOutcome,
-    SNAPSHOT_CHUNK_BYTES,
+    GroupOptions, GroupStatus, Host, HostConfig, HostError, MembershipStep, ReplicaRole,
+    TransferOutcome, SNAPSHOT_CHUNK_BYTES,
 };
 pub use tls::{TlsConfig, TlsError};
 pub use types::{ClientReply, ClientRequest, GroupId, NodeId, RequestKind};

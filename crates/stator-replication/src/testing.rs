@@ -325,7 +325,7 @@ impl Cluster {
                     .get(&leader)
                     .and_then(|h| h.status(group))
                     .map(|s| s.role);
-                if n * 2 > voters && leads == Some(crate::host::Role::Leader) {
+                if n * 2 > voters && leads == Some(crate::host::ReplicaRole::Leader) {
                     return leader;
                 }
             }

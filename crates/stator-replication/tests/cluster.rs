@@ -9,8 +9,8 @@ use stator_replication::testing::{
     decode_reply, encode_op, Cluster, RegisterFactory, RegisterOp, TEST_SECRET,
 };
 use stator_replication::{
-    ClientReply, ClientRequest, GroupId, GroupOptions, MembershipStep, ReplicaClient, RequestKind,
-    Role, TransferOutcome,
+    ClientReply, ClientRequest, GroupId, GroupOptions, MembershipStep, ReplicaClient, ReplicaRole,
+    RequestKind, TransferOutcome,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -92,7 +92,7 @@ async fn isolated_leader_is_replaced_and_rejoins_after_heal() {
             let others: Vec<_> = cluster.hosts.iter().filter(|(id, _)| **id != old).collect();
             if others
                 .iter()
-                .any(|(_, h)| h.status(GROUP).map(|s| s.role) == Some(Role::Leader))
+                .any(|(_, h)| h.status(GROUP).map(|s| s.role) == Some(ReplicaRole::Leader))
             {
                 break;
             }
@@ -556,7 +556,7 @@ async fn the_cheap_in_sync_check_agrees_with_the_membership_step() {
                 assert_eq!(step, MembershipStep::InSync);
                 assert_eq!(cheap, Some(true));
                 let follower = *cluster.hosts.keys().find(|id| **id != leader).unwrap();
-                if cluster.hosts[&follower].status(GROUP).unwrap().role != Role::Leader {
+                if cluster.hosts[&follower].status(GROUP).unwrap().role != ReplicaRole::Leader {
                     assert_eq!(
                         cluster.hosts[&follower].leads_in_sync(GROUP, &current),
                         None
