@@ -683,3 +683,56 @@ pub(crate) fn free_of(e: &NodeEntry) -> Resources {
         .capacity
         .saturating_sub(&(e.stats.allocated + e.node.reserved))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(service: &str, partition: u32, node: NodeId) -> Replica {
+        Replica {
+            service: service.into(),
+            partition,
+            node,
+            resources: Resources::new(100, 100),
+            kind: WorkloadKind::LongRunning,
+            expected_end_s: None,
+            state_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn partition_indexes_are_stable_through_removals_and_clones() {
+        let mut v = ClusterView::from_parts(
+            vec![
+                Node::new(1, "a", "p", Resources::new(4000, 4096), 1.0),
+                Node::new(2, "b", "p", Resources::new(4000, 4096), 1.0),
+            ],
+            vec![],
+        );
+        let s0 = v.add_replica(replica("s", 0, 1));
+        let t3 = v.add_replica(replica("t", 3, 2));
+        let s0b = v.add_replica(replica("s", 0, 2));
+        let (ps, pt) = (
+            v.partition_index("s", 0).unwrap(),
+            v.partition_index("t", 3).unwrap(),
+        );
+        assert_ne!(ps, pt);
+        assert_eq!(v.members_at(ps), &[s0, s0b]);
+        assert_eq!(v.partition_index_of(t3), Some(pt));
+        assert_eq!(v.partition_index("s", 1), None);
+        assert_eq!(v.partition_index("u", 0), None);
+        // Emptied: the index stays, with no members, and the key leaves the list.
+        v.remove_replica(t3);
+        assert_eq!(v.partition_index("t", 3), Some(pt));
+        assert!(v.members_at(pt).is_empty());
+        assert_eq!(v.partition_index_of(t3), None);
+        assert_eq!(v.partition_keys(), vec![("s".to_string(), 0)]);
+        // Re-added (in the freed slot): the same index; a clone keeps the numbering.
+        let t3b = v.add_replica(replica("t", 3, 1));
+        assert_eq!(v.partition_index("t", 3), Some(pt));
+        let c = v.clone();
+        assert_eq!(c.members_at(pt), &[t3b]);
+        assert_eq!(c.partition_members("s", 0), &[s0, s0b]);
+        assert!(c.members_at(99).is_empty());
+    }
+}
