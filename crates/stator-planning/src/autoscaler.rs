@@ -109,30 +109,62 @@ impl Default for PartitionScalerConfig {
     }
 }
 
-/// What the partition scaler remembers between rounds: recent recommendations per partition.
+/// What the partition scaler remembers between rounds: recent recommendations per
+/// partition, and its forecast series.
+///
+/// Partitions are numbered densely the first time they are seen; a round finds a
+/// demand's number through `by_demand` (the number the demand at the same position
+/// had last round, checked against its key) and so, with the same demands in the same
+/// order every round, does no hash lookup per partition.
 #[derive(Debug, Clone, Default)]
 pub struct PartitionScalerState {
-    /// By service, then partition: looked up by `&str`, so a round allocates no key.
-    recommendations: FxHashMap<String, FxHashMap<u32, VecDeque<(u64, u64)>>>,
+    /// By service, then partition -> dense number: looked up by `&str`, so a round
+    /// allocates no key.
+    index: FxHashMap<String, FxHashMap<u32, u32>>,
+    /// `keys[n]`: the partition numbered `n`.
+    keys: Vec<(String, u32)>,
+    /// `recommendations[n]`: recent (time, recommendation) of partition `n`.
+    recommendations: Vec<VecDeque<(u64, u64)>>,
+    /// `series[n]`: partition `n`'s index in `forecaster`.
+    series: Vec<usize>,
+    /// `by_demand[i]`: the number of the demand at position `i` last round.
+    by_demand: Vec<u32>,
     forecaster: Forecaster,
 }
 
 impl PartitionScalerState {
-    /// Records a recommendation and returns the stabilised one: the maximum over the
-    /// scale-down window (so requests rise at once but fall only after the window).
-    fn stabilise(
-        &mut self,
-        service: &str,
-        partition: u32,
-        now_s: u64,
-        rec: u64,
-        window_s: u64,
-    ) -> u64 {
-        let by_partition = match self.recommendations.get_mut(service) {
+    /// The dense number of `d`, the `i`-th demand of this round.
+    fn number(&mut self, i: usize, d: &PartitionDemand) -> usize {
+        if let Some(&n) = self.by_demand.get(i) {
+            let (service, partition) = &self.keys[n as usize];
+            if *partition == d.partition && *service == d.service {
+                return n as usize;
+            }
+        }
+        let next = self.keys.len() as u32;
+        let by_partition = match self.index.get_mut(d.service.as_str()) {
             Some(m) => m,
-            None => self.recommendations.entry(service.to_string()).or_default(),
+            None => self.index.entry(d.service.clone()).or_default(),
         };
-        let q = by_partition.entry(partition).or_default();
+        let n = *by_partition.entry(d.partition).or_insert(next);
+        if n == next {
+            self.keys.push((d.service.clone(), d.partition));
+            self.recommendations.push(VecDeque::new());
+            let ix = self.forecaster.series_index(&d.service, d.partition);
+            self.series.push(ix);
+        }
+        if self.by_demand.len() <= i {
+            self.by_demand.resize(i + 1, u32::MAX);
+        }
+        self.by_demand[i] = n;
+        n as usize
+    }
+
+    /// Records a recommendation for partition number `n` and returns the stabilised
+    /// one: the maximum over the scale-down window (so requests rise at once but fall
+    /// only after the window).
+    fn stabilise(&mut self, n: usize, now_s: u64, rec: u64, window_s: u64) -> u64 {
+        let q = &mut self.recommendations[n];
         while q.front().is_some_and(|&(t, _)| t + window_s < now_s) {
             q.pop_front();
         }
@@ -156,10 +188,15 @@ pub fn autoscale(
     now_s: u64,
 ) -> Vec<Action> {
     let mut round = Round::default();
-    for d in demands {
-        let desired = desired_request(d, state, cfg, now_s);
+    for (i, d) in demands.iter().enumerate() {
+        let n = state.number(i, d);
+        let desired = desired_request(d, n, state, cfg, now_s);
         repair_partition(view, d, desired, &mut round);
-        resize_or_move_members(view, d, desired, cfg, &mut round);
+        // Resolved once per partition and round (after a repair may have placed its
+        // first replica): the member lookups below are `Vec` indexes.
+        if let Some(part) = view.partition_index(&d.service, d.partition) {
+            resize_or_move_members(view, d, part, desired, cfg, &mut round);
+        }
     }
     let mut unmet = round.unmet;
     unmet.extend(needs_without_room(view, &mut round.deferred));
@@ -206,14 +243,14 @@ struct DeferredRaise {
 /// the window's highest recommendation on the way down.
 fn desired_request(
     d: &PartitionDemand,
+    n: usize,
     state: &mut PartitionScalerState,
     cfg: &PartitionScalerConfig,
     now_s: u64,
 ) -> u64 {
     let sizing_used = match &cfg.forecast {
-        Some(fc) => (d.cpu_used_millis as f64).max(state.forecaster.observe_partition(
-            &d.service,
-            d.partition,
+        Some(fc) => (d.cpu_used_millis as f64).max(state.forecaster.observe_index(
+            state.series[n],
             now_s,
             d.cpu_used_millis as f64,
             fc,
@@ -225,7 +262,7 @@ fn desired_request(
         .ceil()
         .max(0.0) as u64;
     let rec = round_up(raw, cfg.cpu_step_millis).clamp(cfg.min_cpu_millis, cfg.max_cpu_millis);
-    state.stabilise(&d.service, d.partition, now_s, rec, cfg.scale_down_window_s)
+    state.stabilise(n, now_s, rec, cfg.scale_down_window_s)
 }
 
 /// Phase 1: a partition with fewer members than `min_replicas` (a node was lost) gets
@@ -273,6 +310,7 @@ fn repair_partition(view: &mut ClusterView, d: &PartitionDemand, desired: u64, r
 fn resize_or_move_members(
     view: &mut ClusterView,
     d: &PartitionDemand,
+    part: usize,
     desired: u64,
     cfg: &PartitionScalerConfig,
     round: &mut Round,
@@ -281,7 +319,7 @@ fn resize_or_move_members(
     // buffer kept by the round spares an allocation per partition and round.
     let mut slots = std::mem::take(&mut round.slots);
     slots.clear();
-    slots.extend_from_slice(view.partition_members(&d.service, d.partition));
+    slots.extend_from_slice(view.members_at(part));
     for &slot in &slots {
         // Copy only what the round needs: cloning each member (and its service
         // name) every round is most of a round's allocations at 100k replicas.
@@ -328,7 +366,7 @@ fn resize_or_move_members(
         let mut survivors = std::mem::take(&mut round.survivors);
         survivors.clear();
         survivors.extend(
-            view.partition_members(&d.service, d.partition)
+            view.members_at(part)
                 .iter()
                 .map(|&s| view.replica(s).expect("member").node)
                 .filter(|&n| n != r.node),
@@ -419,7 +457,7 @@ fn needs_without_room(view: &ClusterView, deferred: &mut Vec<DeferredRaise>) -> 
     let mut out = Vec::new();
     for raise in deferred.drain(..) {
         let member = view.replica(raise.slot).expect("deferred member");
-        let members = view.partition_members(&member.service, member.partition);
+        let members = view.members_at(view.partition_index_of(raise.slot).expect("member"));
         // The zones of the partition's other members: the one zone filter the move
         // path (`keeps_zone_spread`) applies too.
         let other_member_in = |z: u32| {

@@ -10,7 +10,11 @@
 //!   scan skip the blocks that cannot hold a request). Zones are interned as numbers
 //!   (`ClusterView::zone_index_of`): the planner's zone filters compare numbers and
 //!   copy no names; the indexes are Fx-hashed (`rustc_hash`), as they are looked up
-//!   several times per partition and round.
+//!   several times per partition and round. Partitions are numbered densely when
+//!   their first replica is added (`ClusterView::partition_index`, stable for the
+//!   view's life and its clones): a caller resolves a partition once and reads its
+//!   members by index (`ClusterView::members_at`); the partition scaler's state and
+//!   the forecaster number their series the same way (`Forecaster::series_index`).
 //! - [`scheduler`]: filter (capacity, schedulable, selectors, anti-affinity) then score
 //!   under a [`Policy`]: `Spread` (Kubernetes default scoring) or `Cost`
 //!   (best-fit on price per unit of resource, jobs packed apart and binned by end time).

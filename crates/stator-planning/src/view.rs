@@ -295,7 +295,17 @@ pub struct ClusterView {
     replicas: Vec<Option<Replica>>,
     free_slots: Vec<ReplicaSlot>,
     services: FxHashMap<String, u32>,
-    partitions: FxHashMap<(u32, u32), Vec<ReplicaSlot>>,
+    /// Dense partition numbers: `(service number, partition)` -> index into
+    /// `members`, assigned when a partition's first replica is added and never
+    /// reused, so an index stays valid for the view's life (and its clones').
+    partition_ix: FxHashMap<(u32, u32), u32>,
+    /// `members[ix]`: slots of the replicas of partition `ix` (empty once all left).
+    members: Vec<Vec<ReplicaSlot>>,
+    /// `partition_key[ix]`: the `(service number, partition)` of index `ix`.
+    partition_key: Vec<(u32, u32)>,
+    /// `slot_partition[slot]`: the partition index of the replica in `slot`, so a
+    /// removal or a member's partition needs no hash lookup.
+    slot_partition: Vec<u32>,
     replica_count: usize,
 }
 
@@ -417,15 +427,15 @@ impl ClusterView {
             Some(s) => s,
             None => {
                 self.replicas.push(None);
+                self.slot_partition.push(0);
                 self.replicas.len() - 1
             }
         };
         Self::charge(&mut self.nodes[ix].stats, &replica, slot);
         self.refresh_hot(ix);
-        self.partitions
-            .entry((service_ix, replica.partition))
-            .or_default()
-            .push(slot);
+        let part = self.intern_partition(service_ix, replica.partition);
+        self.members[part as usize].push(slot);
+        self.slot_partition[slot] = part;
         self.replicas[slot] = Some(replica);
         self.replica_count += 1;
         slot
@@ -437,14 +447,8 @@ impl ClusterView {
         let ix = self.node_ix[&replica.node];
         Self::release(&mut self.nodes[ix].stats, &replica, slot);
         self.refresh_hot(ix);
-        let service_ix = self.services[&replica.service];
-        let key = (service_ix, replica.partition);
-        if let Some(members) = self.partitions.get_mut(&key) {
-            members.retain(|&s| s != slot);
-            if members.is_empty() {
-                self.partitions.remove(&key);
-            }
-        }
+        let part = self.slot_partition[slot] as usize;
+        self.members[part].retain(|&s| s != slot);
         self.free_slots.push(slot);
         self.replica_count -= 1;
         Some(replica)
@@ -521,6 +525,19 @@ impl ClusterView {
         z
     }
 
+    fn intern_partition(&mut self, service_ix: u32, partition: u32) -> u32 {
+        let next = self.members.len() as u32;
+        let ix = *self
+            .partition_ix
+            .entry((service_ix, partition))
+            .or_insert(next);
+        if ix == next {
+            self.members.push(Vec::new());
+            self.partition_key.push((service_ix, partition));
+        }
+        ix
+    }
+
     fn intern_service(&mut self, service: &str) -> u32 {
         if let Some(&s) = self.services.get(service) {
             return s;
@@ -582,13 +599,31 @@ impl ClusterView {
     }
     /// Slots of the replicas of one partition.
     pub fn partition_members(&self, service: &str, partition: u32) -> &[ReplicaSlot] {
-        let Some(&s) = self.services.get(service) else {
-            return &[];
-        };
-        self.partitions
+        match self.partition_index(service, partition) {
+            Some(ix) => &self.members[ix],
+            None => &[],
+        }
+    }
+    /// The dense index of a partition (see [`ClusterView::members_at`]): assigned
+    /// when its first replica was added, stable for the view's life and kept by
+    /// clones. None if the partition never had a replica in this view. Resolve it
+    /// once per partition and round; [`ClusterView::members_at`] is then a `Vec`
+    /// index instead of two hash lookups.
+    pub fn partition_index(&self, service: &str, partition: u32) -> Option<usize> {
+        let &s = self.services.get(service)?;
+        self.partition_ix
             .get(&(s, partition))
-            .map(|v| v.as_slice())
-            .unwrap_or(&[])
+            .map(|&ix| ix as usize)
+    }
+    /// Slots of the replicas of the partition with dense index `ix` (empty for an
+    /// index this view never assigned).
+    pub fn members_at(&self, ix: usize) -> &[ReplicaSlot] {
+        self.members.get(ix).map(|v| v.as_slice()).unwrap_or(&[])
+    }
+    /// The dense partition index of the replica in `slot`, None if the slot is empty.
+    pub fn partition_index_of(&self, slot: ReplicaSlot) -> Option<usize> {
+        self.replica(slot)?;
+        Some(self.slot_partition[slot] as usize)
     }
     /// Nodes hosting a replica of the partition.
     pub fn partition_nodes(&self, service: &str, partition: u32) -> Vec<NodeId> {
@@ -603,9 +638,11 @@ impl ClusterView {
         names.sort_by_key(|(_, &ix)| ix);
         let names: Vec<&String> = names.into_iter().map(|(n, _)| n).collect();
         let mut keys: Vec<(String, u32)> = self
-            .partitions
-            .keys()
-            .map(|&(s, p)| (names[s as usize].clone(), p))
+            .partition_key
+            .iter()
+            .zip(&self.members)
+            .filter(|(_, m)| !m.is_empty())
+            .map(|(&(s, p), _)| (names[s as usize].clone(), p))
             .collect();
         keys.sort();
         keys
@@ -645,4 +682,57 @@ pub(crate) fn free_of(e: &NodeEntry) -> Resources {
     e.node
         .capacity
         .saturating_sub(&(e.stats.allocated + e.node.reserved))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(service: &str, partition: u32, node: NodeId) -> Replica {
+        Replica {
+            service: service.into(),
+            partition,
+            node,
+            resources: Resources::new(100, 100),
+            kind: WorkloadKind::LongRunning,
+            expected_end_s: None,
+            state_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn partition_indexes_are_stable_through_removals_and_clones() {
+        let mut v = ClusterView::from_parts(
+            vec![
+                Node::new(1, "a", "p", Resources::new(4000, 4096), 1.0),
+                Node::new(2, "b", "p", Resources::new(4000, 4096), 1.0),
+            ],
+            vec![],
+        );
+        let s0 = v.add_replica(replica("s", 0, 1));
+        let t3 = v.add_replica(replica("t", 3, 2));
+        let s0b = v.add_replica(replica("s", 0, 2));
+        let (ps, pt) = (
+            v.partition_index("s", 0).unwrap(),
+            v.partition_index("t", 3).unwrap(),
+        );
+        assert_ne!(ps, pt);
+        assert_eq!(v.members_at(ps), &[s0, s0b]);
+        assert_eq!(v.partition_index_of(t3), Some(pt));
+        assert_eq!(v.partition_index("s", 1), None);
+        assert_eq!(v.partition_index("u", 0), None);
+        // Emptied: the index stays, with no members, and the key leaves the list.
+        v.remove_replica(t3);
+        assert_eq!(v.partition_index("t", 3), Some(pt));
+        assert!(v.members_at(pt).is_empty());
+        assert_eq!(v.partition_index_of(t3), None);
+        assert_eq!(v.partition_keys(), vec![("s".to_string(), 0)]);
+        // Re-added (in the freed slot): the same index; a clone keeps the numbering.
+        let t3b = v.add_replica(replica("t", 3, 1));
+        assert_eq!(v.partition_index("t", 3), Some(pt));
+        let c = v.clone();
+        assert_eq!(c.members_at(pt), &[t3b]);
+        assert_eq!(c.partition_members("s", 0), &[s0, s0b]);
+        assert!(c.members_at(99).is_empty());
+    }
 }

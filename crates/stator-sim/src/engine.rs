@@ -18,6 +18,9 @@ mod policies;
 use crate::breakdown::{split_node, CostBreakdown, NodeFacts, PhaseClock};
 use crate::scenario::Scenario;
 use policies::{policies_of, Policies};
+
+/// [`Sim::view_part`] of a partition whose view index is not known yet.
+const UNRESOLVED: u32 = u32::MAX;
 use stator_planning::baseline::{
     cluster_autoscaler_scale_down, hpa_replica_calculator, ClusterAutoscalerState, HpaState,
     ScaleDownConfig, CA_SCAN_INTERVAL_S, EVICTION_TOLERATION_S,
@@ -248,6 +251,10 @@ struct Sim<'a> {
     node_seconds: f64,
     parts: Vec<Part>,
     part_ix: FxHashMap<(usize, u32), usize>,
+    /// `view_part[pi]`: the view's dense index of `parts[pi]` (stable for the view's
+    /// life), [`UNRESOLVED`] until its first replica is placed; see
+    /// [`Sim::members_of`].
+    view_part: Vec<u32>,
     down_nodes: BTreeSet<NodeId>,
     catching_up: FxHashMap<ReplicaSlot, NodeId>,
     busy: BTreeMap<NodeId, u32>,
@@ -424,6 +431,7 @@ impl<'a> Sim<'a> {
             node_seconds: 0.0,
             parts,
             part_ix,
+            view_part: vec![UNRESOLVED; n_parts],
             down_nodes: BTreeSet::new(),
             catching_up: FxHashMap::default(),
             busy: BTreeMap::new(),
@@ -781,7 +789,34 @@ impl<'a> Sim<'a> {
 
     // ----- control period -----
 
+    /// Slots of the members of `parts[pi]`: a `Vec` index once the partition's view
+    /// index is resolved ([`Sim::resolve_view_parts`]), two hash lookups before.
+    fn members_of(&self, pi: usize) -> &[ReplicaSlot] {
+        match self.view_part[pi] {
+            UNRESOLVED => {
+                let p = &self.parts[pi];
+                self.view
+                    .partition_members(&self.sc.services[p.service].name, p.partition)
+            }
+            ix => self.view.members_at(ix as usize),
+        }
+    }
+
+    /// Looks up the view index of every part not yet resolved (each is resolved once
+    /// for the run: the view never renumbers a partition).
+    fn resolve_view_parts(&mut self) {
+        for (pi, p) in self.parts.iter().enumerate() {
+            if self.view_part[pi] == UNRESOLVED {
+                let name = &self.sc.services[p.service].name;
+                if let Some(ix) = self.view.partition_index(name, p.partition) {
+                    self.view_part[pi] = ix as u32;
+                }
+            }
+        }
+    }
+
     fn tick(&mut self) {
+        self.resolve_view_parts();
         if !self.parts.is_empty() {
             self.compute_demand(self.now_s);
         }
@@ -976,11 +1011,12 @@ impl<'a> Sim<'a> {
                 })
                 .collect();
         }
-        for ((d, p), &used) in out.iter_mut().zip(&self.parts).zip(&self.demand_now) {
+        for (pi, (d, p)) in out.iter_mut().zip(&self.parts).enumerate() {
             let svc = &self.sc.services[p.service];
+            let used = self.demand_now[pi];
             // Survivors of a lost member carry the whole load until the
             // replacement joins (a boot away when the lost zone has no room).
-            let members = self.view.partition_members(&svc.name, p.partition).len();
+            let members = self.members_of(pi).len();
             d.cpu_used_millis = per_member_used_millis(used, members, svc.replicas);
         }
         out
@@ -1106,7 +1142,7 @@ impl Sim<'_> {
                 PendingKind::Replica { part } => {
                     let pt = &self.parts[part];
                     let svc = &self.sc.services[pt.service];
-                    let members = self.view.partition_members(&svc.name, pt.partition).len() as u32;
+                    let members = self.members_of(part).len() as u32;
                     if members >= pt.spec_replicas {
                         continue;
                     }
@@ -1292,7 +1328,7 @@ impl Sim<'_> {
                 )
             };
             let svc = &self.sc.services[si];
-            let members = self.view.partition_members(&svc.name, partition).to_vec();
+            let members = self.members_of(pi).to_vec();
             let per = self.demand_now[pi] / members.len().max(1) as f64;
             let mut ready = Vec::with_capacity(members.len());
             let mut unready = vec![request; waiting_pods as usize];
@@ -1342,7 +1378,7 @@ impl Sim<'_> {
         let mut part_cpu_on: Vec<(f64, f64)> = vec![(0.0, 0.0); self.next_node_id as usize];
         for (pi, p) in self.parts.iter().enumerate() {
             let svc = &self.sc.services[p.service];
-            let members = self.view.partition_members(&svc.name, p.partition);
+            let members = self.members_of(pi);
             let share = self.demand_now[pi] / members.len().max(1) as f64;
             for &slot in members {
                 let r = self.view.replica(slot).expect("member");
