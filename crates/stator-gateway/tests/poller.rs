@@ -9,7 +9,7 @@ use common::*;
 use stator_api::slot::partition_ranges;
 use stator_gateway::GatewayConfig;
 use stator_kv::Value;
-use stator_replication::testing::{Cluster, TEST_SECRET};
+use stator_replication::testing::{InProcessCluster, TEST_SECRET};
 use stator_replication::GroupOptions;
 use std::sync::Arc;
 
@@ -72,7 +72,7 @@ async fn fake_server(members: Vec<String>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polls_the_server_and_serves_its_services() {
-    let cluster = Cluster::start(3, Arc::new(stator_kv::KvFactory)).await;
+    let cluster = InProcessCluster::start(3, Arc::new(stator_kv::KvFactory)).await;
     cluster
         .create_group(group(0), &[1, 2, 3], GroupOptions::default())
         .await;

@@ -4,7 +4,7 @@
 //!
 //! `cargo run --release -p stator-replication --example idle_memory -- 300`
 
-use stator_replication::testing::{Cluster, RegisterFactory};
+use stator_replication::testing::{InProcessCluster, RegisterFactory};
 use stator_replication::{GroupId, GroupOptions};
 use std::sync::Arc;
 
@@ -23,7 +23,7 @@ async fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(300);
-    let cluster = Cluster::start(3, Arc::new(RegisterFactory)).await;
+    let cluster = InProcessCluster::start(3, Arc::new(RegisterFactory)).await;
     // One group first, so runtime and connection set-up are not counted per replica.
     cluster
         .create_group(GroupId::new(1, 0), &[1, 2, 3], GroupOptions::default())

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Link faults shared by every host of a [`Cluster`].
+/// Link faults shared by every host of an [`InProcessCluster`].
 #[derive(Default)]
 pub struct Faults {
     cut: Mutex<HashSet<(String, String)>>,
@@ -165,8 +165,9 @@ impl StateMachineFactory for RegisterFactory {
 /// The cluster secret of test clusters.
 pub const TEST_SECRET: &str = "stator-test-secret";
 
-/// N hosts on loopback sharing a [`Faults`] table.
-pub struct Cluster {
+/// N hosts in this process on loopback sharing a [`Faults`] table (not to be confused
+/// with the server's model `Cluster` or the e2e tests' `Cluster` of real processes).
+pub struct InProcessCluster {
     /// Live hosts by node id.
     pub hosts: BTreeMap<NodeId, Host>,
     /// Addresses of every host ever started (dead ones included).
@@ -184,9 +185,9 @@ pub struct Cluster {
 /// A generous bound for anything a test waits on; tests assert behaviour, not speed.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-impl Cluster {
+impl InProcessCluster {
     /// Starts `n` hosts running apps from `factory`.
-    pub async fn start(n: usize, factory: Arc<dyn StateMachineFactory>) -> Cluster {
+    pub async fn start(n: usize, factory: Arc<dyn StateMachineFactory>) -> InProcessCluster {
         Self::start_with_tls(n, factory, None).await
     }
 
@@ -195,8 +196,8 @@ impl Cluster {
         n: usize,
         factory: Arc<dyn StateMachineFactory>,
         tls: Option<TlsConfig>,
-    ) -> Cluster {
-        let mut cluster = Cluster {
+    ) -> InProcessCluster {
+        let mut cluster = InProcessCluster {
             hosts: BTreeMap::new(),
             addrs: HashMap::new(),
             faults: Arc::new(Faults::default()),
@@ -216,8 +217,8 @@ impl Cluster {
         n: usize,
         factory: Arc<dyn StateMachineFactory>,
         data_root: std::path::PathBuf,
-    ) -> Cluster {
-        let mut cluster = Cluster {
+    ) -> InProcessCluster {
+        let mut cluster = InProcessCluster {
             hosts: BTreeMap::new(),
             addrs: HashMap::new(),
             faults: Arc::new(Faults::default()),

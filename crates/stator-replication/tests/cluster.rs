@@ -6,7 +6,7 @@ mod common;
 use common::{assert_history_ok, spawn_workload, Members};
 use stator_check::Recorder;
 use stator_replication::testing::{
-    decode_reply, encode_op, Cluster, RegisterFactory, RegisterOp, TEST_SECRET,
+    decode_reply, encode_op, InProcessCluster, RegisterFactory, RegisterOp, TEST_SECRET,
 };
 use stator_replication::{
     ClientReply, ClientRequest, GroupId, GroupOptions, MembershipStep, ReplicaClient, ReplicaRole,
@@ -18,8 +18,8 @@ use std::time::Duration;
 
 const GROUP: GroupId = GroupId(1 << 16);
 
-async fn three_hosts() -> (Cluster, Members) {
-    let cluster = Cluster::start(3, Arc::new(RegisterFactory)).await;
+async fn three_hosts() -> (InProcessCluster, Members) {
+    let cluster = InProcessCluster::start(3, Arc::new(RegisterFactory)).await;
     cluster
         .create_group(GROUP, &[1, 2, 3], GroupOptions::default())
         .await;
@@ -235,7 +235,7 @@ async fn compaction_bounds_the_log_and_a_new_member_catches_up_from_a_snapshot()
         snapshot_every_entries: 200,
         ..Default::default()
     };
-    let mut cluster = Cluster::start(3, Arc::new(RegisterFactory)).await;
+    let mut cluster = InProcessCluster::start(3, Arc::new(RegisterFactory)).await;
     cluster.create_group(GROUP, &[1, 2, 3], options).await;
     let members: Vec<String> = cluster.members(&[1, 2, 3]).into_values().collect();
     let rpc = ReplicaClient::new(TEST_SECRET);

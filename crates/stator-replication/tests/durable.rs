@@ -8,7 +8,9 @@ mod common;
 use redb::ReadableTable;
 use stator_api::spec::Durability;
 use stator_replication::disk_store::{quarantine, DiskStoreError};
-use stator_replication::testing::{encode_op, Cluster, RegisterFactory, RegisterOp, TEST_SECRET};
+use stator_replication::testing::{
+    encode_op, InProcessCluster, RegisterFactory, RegisterOp, TEST_SECRET,
+};
 use stator_replication::{
     ClientError, GroupId, GroupOptions, HostError, ReplicaClient, RequestKind,
 };
@@ -28,7 +30,7 @@ fn disk_options() -> GroupOptions {
     }
 }
 
-fn addrs(cluster: &Cluster) -> Vec<String> {
+fn addrs(cluster: &InProcessCluster) -> Vec<String> {
     cluster.addrs.values().cloned().collect()
 }
 
@@ -40,7 +42,7 @@ async fn get(client: &ReplicaClient, members: &[String], key: &str) -> Option<St
     common::get_register(client, GROUP, members, key, DEADLINE).await
 }
 
-async fn restart_all(cluster: &mut Cluster, options: GroupOptions) {
+async fn restart_all(cluster: &mut InProcessCluster, options: GroupOptions) {
     let ids: Vec<_> = cluster.addrs.keys().copied().collect();
     for id in &ids {
         cluster.kill(*id).await;
@@ -55,7 +57,8 @@ async fn restart_all(cluster: &mut Cluster, options: GroupOptions) {
 async fn a_whole_group_restart_keeps_every_acknowledged_write_and_compacts() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster =
-        Cluster::start_durable(3, Arc::new(RegisterFactory), dir.path().to_path_buf()).await;
+        InProcessCluster::start_durable(3, Arc::new(RegisterFactory), dir.path().to_path_buf())
+            .await;
     // A short snapshot policy: the restart must come back from snapshot + log tail.
     let options = GroupOptions {
         snapshot_every_entries: 100,
@@ -108,7 +111,8 @@ async fn a_whole_group_restart_keeps_every_acknowledged_write_and_compacts() {
 async fn a_restarted_member_comes_back_as_itself_and_fetches_only_the_tail() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster =
-        Cluster::start_durable(3, Arc::new(RegisterFactory), dir.path().to_path_buf()).await;
+        InProcessCluster::start_durable(3, Arc::new(RegisterFactory), dir.path().to_path_buf())
+            .await;
     let options = GroupOptions {
         durability: Durability::Periodic,
         fsync_interval_ms: 20,
@@ -164,7 +168,8 @@ async fn a_restarted_member_comes_back_as_itself_and_fetches_only_the_tail() {
 async fn a_member_restarted_from_its_snapshot_and_log_fetches_the_tail_and_holds_every_write() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster =
-        Cluster::start_durable(3, Arc::new(RegisterFactory), dir.path().to_path_buf()).await;
+        InProcessCluster::start_durable(3, Arc::new(RegisterFactory), dir.path().to_path_buf())
+            .await;
     let options = GroupOptions {
         snapshot_every_entries: 100,
         ..disk_options()
@@ -228,7 +233,8 @@ async fn a_member_restarted_from_its_snapshot_and_log_fetches_the_tail_and_holds
 async fn a_torn_tail_after_a_snapshot_is_refused_and_the_member_rebuilds() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster =
-        Cluster::start_durable(3, Arc::new(RegisterFactory), dir.path().to_path_buf()).await;
+        InProcessCluster::start_durable(3, Arc::new(RegisterFactory), dir.path().to_path_buf())
+            .await;
     let options = GroupOptions {
         snapshot_every_entries: 100,
         ..disk_options()
@@ -281,7 +287,8 @@ async fn a_torn_tail_after_a_snapshot_is_refused_and_the_member_rebuilds() {
 async fn a_corrupt_record_is_refused_at_open_and_the_replica_rebuilds_from_its_peers() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster =
-        Cluster::start_durable(3, Arc::new(RegisterFactory), dir.path().to_path_buf()).await;
+        InProcessCluster::start_durable(3, Arc::new(RegisterFactory), dir.path().to_path_buf())
+            .await;
     cluster
         .create_group(GROUP, &[1, 2, 3], disk_options())
         .await;
@@ -335,7 +342,8 @@ async fn a_corrupt_record_is_refused_at_open_and_the_replica_rebuilds_from_its_p
 async fn a_full_disk_fails_writes_instead_of_acknowledging_them() {
     let dir = tempfile::tempdir().unwrap();
     let cluster =
-        Cluster::start_durable(1, Arc::new(RegisterFactory), dir.path().to_path_buf()).await;
+        InProcessCluster::start_durable(1, Arc::new(RegisterFactory), dir.path().to_path_buf())
+            .await;
     cluster.create_group(GROUP, &[1], disk_options()).await;
     cluster.leader(GROUP).await;
     let client = ReplicaClient::new(TEST_SECRET);

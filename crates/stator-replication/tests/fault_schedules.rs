@@ -7,7 +7,7 @@ mod common;
 use common::{assert_history_ok, spawn_workload, Members};
 use proptest::prelude::*;
 use stator_check::Recorder;
-use stator_replication::testing::{Cluster, RegisterFactory};
+use stator_replication::testing::{InProcessCluster, RegisterFactory};
 use stator_replication::{GroupId, GroupOptions, NodeId};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -42,7 +42,7 @@ fn fault() -> impl Strategy<Value = Fault> {
     ]
 }
 
-async fn replace(cluster: &mut Cluster, dead: NodeId, members: &Members) {
+async fn replace(cluster: &mut InProcessCluster, dead: NodeId, members: &Members) {
     cluster.kill(dead).await;
     let newcomer = cluster.add_host().await;
     let desired: Vec<NodeId> = cluster.hosts.keys().copied().collect();
@@ -56,7 +56,7 @@ async fn replace(cluster: &mut Cluster, dead: NodeId, members: &Members) {
 }
 
 async fn run_schedule(replicas: usize, faults: Vec<Fault>) {
-    let mut cluster = Cluster::start(replicas, Arc::new(RegisterFactory)).await;
+    let mut cluster = InProcessCluster::start(replicas, Arc::new(RegisterFactory)).await;
     let ids: Vec<NodeId> = cluster.hosts.keys().copied().collect();
     cluster
         .create_group(GROUP, &ids, GroupOptions::default())

@@ -8,7 +8,7 @@
 
 use serde_json::{json, Value};
 use stator_api::app::StateMachineFactory;
-use stator_replication::testing::{Cluster, RegisterFactory, TEST_SECRET, WAIT};
+use stator_replication::testing::{InProcessCluster, RegisterFactory, TEST_SECRET, WAIT};
 use stator_replication::{GroupId, GroupOptions, NodeId, ReplicaClient, RequestKind};
 use stator_sm::host::{ProcessFactory, ProcessLimits, ProcessTemplate};
 use std::collections::BTreeMap;
@@ -102,7 +102,7 @@ fn sigkill(pid: u32) {
 }
 
 struct Harness {
-    cluster: Cluster,
+    cluster: InProcessCluster,
     factories: BTreeMap<NodeId, Arc<ProcessFactory>>,
     client: ReplicaClient,
     leader_hint: Option<String>,
@@ -186,7 +186,7 @@ async fn python_game_room_replicas_survive_app_kills_with_identical_state() {
     let run_root = RunRoot(std::env::temp_dir().join(format!("stator-pa-{}", std::process::id())));
     // The factory passed to the cluster is never used: each host gets its own process
     // factory below, so each replica has its own run directory and handle.
-    let cluster = Cluster::start(3, Arc::new(RegisterFactory)).await;
+    let cluster = InProcessCluster::start(3, Arc::new(RegisterFactory)).await;
     let options = GroupOptions {
         // Snapshot often, so a restarted app is restored from a snapshot plus a log tail.
         snapshot_every_entries: 4,

@@ -5,7 +5,7 @@
 mod common;
 
 use stator_replication::testing::{
-    decode_reply, encode_op, Cluster, RegisterFactory, RegisterOp, TEST_SECRET, WAIT,
+    decode_reply, encode_op, InProcessCluster, RegisterFactory, RegisterOp, TEST_SECRET, WAIT,
 };
 use stator_replication::{
     ClientReply, ClientRequest, GroupId, GroupOptions, ReplicaClient, RequestKind,
@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 const GROUP: GroupId = GroupId(7 << 16);
 
-async fn idle_group() -> (Cluster, Vec<String>) {
-    let cluster = Cluster::start(3, Arc::new(RegisterFactory)).await;
+async fn idle_group() -> (InProcessCluster, Vec<String>) {
+    let cluster = InProcessCluster::start(3, Arc::new(RegisterFactory)).await;
     cluster
         .create_group(GROUP, &[1, 2, 3], GroupOptions::default())
         .await;
@@ -26,7 +26,7 @@ async fn idle_group() -> (Cluster, Vec<String>) {
 }
 
 /// Waits until every live replica of the group is quiet.
-async fn all_quiet(cluster: &Cluster) {
+async fn all_quiet(cluster: &InProcessCluster) {
     let deadline = Instant::now() + WAIT;
     loop {
         let statuses: Vec<_> = cluster
@@ -136,7 +136,7 @@ async fn a_quiet_groups_leader_cut_off_is_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_with_quiescence_off_stays_awake() {
-    let cluster = Cluster::start(3, Arc::new(RegisterFactory)).await;
+    let cluster = InProcessCluster::start(3, Arc::new(RegisterFactory)).await;
     let options = GroupOptions {
         quiesce: false,
         ..GroupOptions::default()
@@ -154,7 +154,7 @@ async fn a_group_with_quiescence_off_stays_awake() {
 /// elects a new leader when that first leader's node dies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forming_group_elects_its_bootstrapping_member_and_survives_its_loss() {
-    let mut cluster = Cluster::start(3, Arc::new(RegisterFactory)).await;
+    let mut cluster = InProcessCluster::start(3, Arc::new(RegisterFactory)).await;
     let options = GroupOptions {
         forming: true,
         ..GroupOptions::default()
@@ -190,7 +190,7 @@ async fn a_forming_group_elects_its_bootstrapping_member_and_survives_its_loss()
 /// by whichever member bootstraps it instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forming_group_is_formed_by_a_fallback_member() {
-    let cluster = Cluster::start(3, Arc::new(RegisterFactory)).await;
+    let cluster = InProcessCluster::start(3, Arc::new(RegisterFactory)).await;
     let options = GroupOptions {
         forming: true,
         ..GroupOptions::default()
@@ -206,7 +206,7 @@ async fn a_forming_group_is_formed_by_a_fallback_member() {
 }
 
 /// Terms and leaders of the group on every live host: (node, term, leader).
-fn terms(cluster: &Cluster) -> Vec<(u64, u64, Option<u64>)> {
+fn terms(cluster: &InProcessCluster) -> Vec<(u64, u64, Option<u64>)> {
     cluster
         .hosts
         .iter()

@@ -9,7 +9,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use stator_replication::testing::{
-    decode_reply, encode_op, Cluster, RegisterFactory, RegisterOp, TEST_SECRET, WAIT,
+    decode_reply, encode_op, InProcessCluster, RegisterFactory, RegisterOp, TEST_SECRET, WAIT,
 };
 use stator_replication::tls::TransportTls;
 use stator_replication::transport::{Request, Response, Transport, TransportConfig};
@@ -87,9 +87,9 @@ impl Drop for TestCa {
     }
 }
 
-async fn tls_cluster(ca: &TestCa) -> Cluster {
+async fn tls_cluster(ca: &TestCa) -> InProcessCluster {
     let cluster =
-        Cluster::start_with_tls(3, Arc::new(RegisterFactory), Some(ca.node("host"))).await;
+        InProcessCluster::start_with_tls(3, Arc::new(RegisterFactory), Some(ca.node("host"))).await;
     cluster
         .create_group(GROUP, &[1, 2, 3], GroupOptions::default())
         .await;
@@ -97,7 +97,7 @@ async fn tls_cluster(ca: &TestCa) -> Cluster {
     cluster
 }
 
-async fn write(client: &ReplicaClient, cluster: &Cluster, key: &str, value: &str) {
+async fn write(client: &ReplicaClient, cluster: &InProcessCluster, key: &str, value: &str) {
     let addrs: Vec<String> = cluster.addrs.values().cloned().collect();
     let mut leader = None;
     client
@@ -114,7 +114,7 @@ async fn write(client: &ReplicaClient, cluster: &Cluster, key: &str, value: &str
 }
 
 /// The register values every replica agrees on.
-async fn agreed_state(cluster: &Cluster) -> std::collections::BTreeMap<String, String> {
+async fn agreed_state(cluster: &InProcessCluster) -> std::collections::BTreeMap<String, String> {
     postcard::from_bytes(&cluster.converged_state(GROUP).await).expect("register snapshot")
 }
 
@@ -167,7 +167,7 @@ fn rogue(tls: Option<&TlsConfig>) -> Arc<Transport> {
 
 /// Sends what would disrupt or change the group if it got through: a vote request with a
 /// far higher term, an order to start an election, and a write. Each must be refused.
-async fn assert_refused(peer: &Transport, cluster: &Cluster) {
+async fn assert_refused(peer: &Transport, cluster: &InProcessCluster) {
     let write = ClientRequest {
         client_id: 99,
         seq: 1,
@@ -199,7 +199,7 @@ async fn assert_refused(peer: &Transport, cluster: &Cluster) {
 
 /// The rogue's vote request never reached a replica. (Its order to elect cannot be told
 /// apart from an election a loaded machine starts by itself, so terms may still move.)
-fn assert_rogue_vote_not_seen(cluster: &Cluster) {
+fn assert_rogue_vote_not_seen(cluster: &InProcessCluster) {
     for host in cluster.hosts.values() {
         let term = host.status(GROUP).unwrap().term;
         assert!(term < ROGUE_TERM, "a replica took the rogue's term: {term}");
@@ -293,7 +293,7 @@ async fn plaintext_and_tls_peers_refuse_each_other() {
         .is_err());
 
     // Nor can a TLS peer talk to a plaintext host: it expects a TLS server.
-    let plain = Cluster::start(1, Arc::new(RegisterFactory)).await;
+    let plain = InProcessCluster::start(1, Arc::new(RegisterFactory)).await;
     let tls_peer = rogue(Some(&ca.node("dialer")));
     let err = tls_peer
         .call(&plain.addrs[&1], Request::Elect(GROUP), REFUSED_WITHIN)

@@ -9,7 +9,7 @@ use stator_api::spec::ServiceKind;
 use stator_gateway::{GatewayConfig, GatewayHandle, PartitionMap, PartitionRoute, ServiceRoutes};
 use stator_harness::resp::Connection;
 use stator_kv::Value;
-use stator_replication::testing::{Cluster, TEST_SECRET};
+use stator_replication::testing::{InProcessCluster, TEST_SECRET};
 use stator_replication::GroupOptions;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ pub const SERVICE: &str = "sessions";
 pub const WAIT: Duration = Duration::from_secs(20);
 
 pub struct Setup {
-    pub cluster: Cluster,
+    pub cluster: InProcessCluster,
     pub gateway: GatewayHandle,
     pub map_tx: watch::Sender<Arc<PartitionMap>>,
     pub resp_addr: std::net::SocketAddr,
@@ -37,7 +37,11 @@ pub fn group(partition: u32) -> GroupId {
 
 /// A map of the kv service over `partitions` groups on every host of `cluster`, with no
 /// leader known, so the gateway discovers leaders itself.
-pub fn kv_map(cluster: &Cluster, partitions: u32, extra: Vec<ServiceRoutes>) -> PartitionMap {
+pub fn kv_map(
+    cluster: &InProcessCluster,
+    partitions: u32,
+    extra: Vec<ServiceRoutes>,
+) -> PartitionMap {
     let mut members: Vec<String> = cluster.addrs.values().cloned().collect();
     members.sort();
     let routes = ServiceRoutes {
@@ -74,7 +78,7 @@ pub fn kv_map(cluster: &Cluster, partitions: u32, extra: Vec<ServiceRoutes>) -> 
 
 /// 3 hosts, `partitions` kv groups on all of them, a gateway with a RESP listener.
 pub async fn setup(partitions: u32, http: bool) -> Setup {
-    let cluster = Cluster::start(3, Arc::new(stator_kv::KvFactory)).await;
+    let cluster = InProcessCluster::start(3, Arc::new(stator_kv::KvFactory)).await;
     for partition in 0..partitions {
         cluster
             .create_group(group(partition), &[1, 2, 3], GroupOptions::default())
