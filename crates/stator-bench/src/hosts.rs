@@ -8,10 +8,35 @@
 //! down and joins its thread.
 
 use anyhow::Context as _;
-use stator_replication::{Host, HostConfig, NodeId};
+use stator_replication::{
+    ClientError, GroupId, Host, HostConfig, NodeId, ReplicaClient, RequestKind,
+};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+
+/// The benchmarks' one write: `SET key value` on the kv group `group` through its leader,
+/// found from `members` and remembered in `leader` between calls. Returns the RESP reply.
+pub(crate) async fn kv_set(
+    client: &ReplicaClient,
+    group: GroupId,
+    members: &[String],
+    leader: &mut Option<String>,
+    (key, value): (&str, &[u8]),
+    deadline: std::time::Duration,
+) -> Result<Vec<u8>, ClientError> {
+    let command = stator_kv::encode_command(&[b"SET".as_slice(), key.as_bytes(), value]);
+    client
+        .execute(
+            group,
+            members,
+            leader,
+            RequestKind::Write,
+            command,
+            deadline,
+        )
+        .await
+}
 
 /// Work sent to a host's thread, run there with the host.
 type Job = Box<dyn FnOnce(Host) -> Pin<Box<dyn Future<Output = ()>>> + Send>;

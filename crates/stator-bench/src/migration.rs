@@ -13,16 +13,14 @@
 //! state: stop the writes, dump the state, copy it to the new host over loopback TCP,
 //! restore it, resume. Its downtime is measured; the writes that arrive meanwhile queue.
 
-use super::hosts::HostThreads;
+use super::hosts::{kv_set, HostThreads};
 use super::latency::Recorder;
 use anyhow::Context;
 use serde::Serialize;
 use stator_api::ids::GroupId;
 use stator_harness::pace::{PaceOptions, PacedLoad};
 use stator_kv::{KvMachine, Value};
-use stator_replication::{
-    GroupOptions, Host, MembershipStep, NodeId, ReplicaClient, ReplicaRole, RequestKind,
-};
+use stator_replication::{GroupOptions, Host, MembershipStep, NodeId, ReplicaClient, ReplicaRole};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -418,14 +416,6 @@ fn paced_key(n: u64) -> String {
 }
 
 /// `SET key <value_for(key)>` as the kv machine takes it.
-fn set_command(key: &str, value_bytes: usize) -> Vec<u8> {
-    stator_kv::encode_command(&[
-        b"SET".as_slice(),
-        key.as_bytes(),
-        &value_for(key, value_bytes),
-    ])
-}
-
 /// A value of `value_bytes` that names its key, so a check can tell a stale one.
 fn value_for(key: &str, value_bytes: usize) -> Vec<u8> {
     let mut v = key.as_bytes().to_vec();
@@ -466,16 +456,9 @@ async fn fill(
                             return Ok::<(), anyhow::Error>(());
                         }
                         let key = fill_key(i);
-                        let cmd = set_command(&key, value_bytes);
-                        let reply = client
-                            .execute(
-                                group(),
-                                &members,
-                                &mut leader,
-                                RequestKind::Write,
-                                cmd,
-                                OP_DEADLINE,
-                            )
+                        let value = value_for(&key, value_bytes);
+                        let (kv, deadline) = ((key.as_str(), value.as_slice()), OP_DEADLINE);
+                        let reply = kv_set(&client, group(), &members, &mut leader, kv, deadline)
                             .await
                             .with_context(|| format!("fill write {key}"))?;
                         anyhow::ensure!(reply == b"+OK\r\n", "fill write {key}: {reply:?}");
@@ -519,17 +502,10 @@ impl PacedWriter {
         let load = PacedLoad::start(options, make, move |(client, mut leader), tick| {
             let members = members.clone();
             async move {
-                let cmd = set_command(&paced_key(tick.seq), value_bytes);
-                let result = client
-                    .execute(
-                        group(),
-                        &members,
-                        &mut leader,
-                        RequestKind::Write,
-                        cmd,
-                        OP_DEADLINE,
-                    )
-                    .await;
+                let key = paced_key(tick.seq);
+                let value = value_for(&key, value_bytes);
+                let kv = (key.as_str(), value.as_slice());
+                let result = kv_set(&client, group(), &members, &mut leader, kv, OP_DEADLINE).await;
                 let ok = matches!(&result, Ok(r) if r == b"+OK\r\n");
                 ((client, leader), ok)
             }

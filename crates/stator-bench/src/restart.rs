@@ -22,10 +22,11 @@
 //! bench's log: `timeout after 50ms when AppendEntries`, terms past 200). See
 //! [`ELECTION_TIMEOUT_MS`].
 
+use super::hosts::kv_set;
 use serde::Serialize;
 use stator_api::spec::Durability;
 use stator_replication::host::MAX_WRITE_BATCH_BYTES;
-use stator_replication::{GroupId, GroupOptions, Host, HostConfig, ReplicaClient, RequestKind};
+use stator_replication::{GroupId, GroupOptions, Host, HostConfig, ReplicaClient};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -265,18 +266,8 @@ async fn write_values(
                     return anyhow::Ok(());
                 }
                 let key = format!("{prefix}-{i}");
-                let command =
-                    stator_kv::encode_command(&[b"SET".as_slice(), key.as_bytes(), &value]);
-                let reply = client
-                    .execute(
-                        group(),
-                        &members,
-                        &mut leader,
-                        RequestKind::Write,
-                        command,
-                        DEADLINE,
-                    )
-                    .await?;
+                let kv = (key.as_str(), value.as_slice());
+                let reply = kv_set(&client, group(), &members, &mut leader, kv, DEADLINE).await?;
                 anyhow::ensure!(reply == b"+OK\r\n", "SET {key}: {reply:?}");
             }
         });
