@@ -200,11 +200,21 @@ async fn a_member_restarted_from_its_snapshot_and_log_fetches_the_tail_and_holds
     }
     cluster.restart(follower).await;
     cluster.open_replica(follower, GROUP, options).await;
-    let status = cluster.hosts[&follower].status(GROUP).unwrap();
-    assert!(
-        status.applied_index > 0,
-        "the member starts from its snapshot, not empty"
-    );
+    // openraft publishes what the reopened store applied once its core has started, a
+    // moment after the open returns (longer on a loaded machine): wait for it.
+    let started = std::time::Instant::now();
+    while cluster.hosts[&follower]
+        .status(GROUP)
+        .unwrap()
+        .applied_index
+        == 0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the member starts from its snapshot, not empty"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     cluster.converged_state(GROUP).await;
     // The third member goes: the leader and the restarted member are the quorum, and
     // every write acknowledged before and during the member's absence reads back.
