@@ -53,18 +53,25 @@ async fn restart_all(cluster: &mut InProcessCluster, options: GroupOptions) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_whole_group_restart_keeps_every_acknowledged_write_and_compacts() {
+/// Three durable hosts in a fresh directory with a group that snapshots every 100
+/// entries (so restarts come back from a snapshot plus a log tail), and its options.
+async fn snapshotting_trio() -> (tempfile::TempDir, InProcessCluster, GroupOptions) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster =
+    let cluster =
         InProcessCluster::start_durable(3, Arc::new(RegisterFactory), dir.path().to_path_buf())
             .await;
-    // A short snapshot policy: the restart must come back from snapshot + log tail.
     let options = GroupOptions {
         snapshot_every_entries: 100,
         ..disk_options()
     };
     cluster.create_group(GROUP, &[1, 2, 3], options).await;
+    (dir, cluster, options)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_group_restart_keeps_every_acknowledged_write_and_compacts() {
+    // A short snapshot policy: the restart must come back from snapshot + log tail.
+    let (dir, mut cluster, options) = snapshotting_trio().await;
     cluster.leader(GROUP).await;
     let client = ReplicaClient::new(TEST_SECRET);
     let members = addrs(&cluster);
@@ -166,15 +173,7 @@ async fn a_restarted_member_comes_back_as_itself_and_fetches_only_the_tail() {
 /// acknowledged write: with it and one other member only, every value reads back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_restarted_from_its_snapshot_and_log_fetches_the_tail_and_holds_every_write() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cluster =
-        InProcessCluster::start_durable(3, Arc::new(RegisterFactory), dir.path().to_path_buf())
-            .await;
-    let options = GroupOptions {
-        snapshot_every_entries: 100,
-        ..disk_options()
-    };
-    cluster.create_group(GROUP, &[1, 2, 3], options).await;
+    let (dir, mut cluster, options) = snapshotting_trio().await;
     let leader = cluster.leader(GROUP).await;
     let follower = *cluster.addrs.keys().find(|id| **id != leader).unwrap();
     let third = *cluster
@@ -241,15 +240,7 @@ async fn a_member_restarted_from_its_snapshot_and_log_fetches_the_tail_and_holds
 /// from its peers holds every write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_tail_after_a_snapshot_is_refused_and_the_member_rebuilds() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cluster =
-        InProcessCluster::start_durable(3, Arc::new(RegisterFactory), dir.path().to_path_buf())
-            .await;
-    let options = GroupOptions {
-        snapshot_every_entries: 100,
-        ..disk_options()
-    };
-    cluster.create_group(GROUP, &[1, 2, 3], options).await;
+    let (dir, mut cluster, options) = snapshotting_trio().await;
     cluster.leader(GROUP).await;
     let client = ReplicaClient::new(TEST_SECRET);
     let members = addrs(&cluster);
