@@ -71,7 +71,7 @@ async fn snapshotting_trio() -> (tempfile::TempDir, InProcessCluster, GroupOptio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_group_restart_keeps_every_acknowledged_write_and_compacts() {
     // A short snapshot policy: the restart must come back from snapshot + log tail.
-    let (dir, mut cluster, options) = snapshotting_trio().await;
+    let (_dir, mut cluster, options) = snapshotting_trio().await;
     cluster.leader(GROUP).await;
     let client = ReplicaClient::new(TEST_SECRET);
     let members = addrs(&cluster);
@@ -173,7 +173,7 @@ async fn a_restarted_member_comes_back_as_itself_and_fetches_only_the_tail() {
 /// acknowledged write: with it and one other member only, every value reads back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_restarted_from_its_snapshot_and_log_fetches_the_tail_and_holds_every_write() {
-    let (dir, mut cluster, options) = snapshotting_trio().await;
+    let (_dir, mut cluster, options) = snapshotting_trio().await;
     let leader = cluster.leader(GROUP).await;
     let follower = *cluster.addrs.keys().find(|id| **id != leader).unwrap();
     let third = *cluster
@@ -240,7 +240,7 @@ async fn a_member_restarted_from_its_snapshot_and_log_fetches_the_tail_and_holds
 /// from its peers holds every write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_tail_after_a_snapshot_is_refused_and_the_member_rebuilds() {
-    let (dir, mut cluster, options) = snapshotting_trio().await;
+    let (_dir, mut cluster, options) = snapshotting_trio().await;
     cluster.leader(GROUP).await;
     let client = ReplicaClient::new(TEST_SECRET);
     let members = addrs(&cluster);
