@@ -4,7 +4,7 @@
 //! travels as a length-prefixed frame over one connection per (caller, callee) pair.
 //! Frames carry a request id, so many requests are in flight at once. Frames queue for the
 //! connection's writer task, which coalesces whatever is queued into one `write`
-//! (batching under load); with [`LONE_CALL_PATHS_ENV`] set, a frame is written straight
+//! (batching under load); on the lone-call paths (on unless [`LONE_CALL_PATHS_ENV`] is `0`), a frame is written straight
 //! from the task that sends it when the connection is idle (see `FrameWriter`). Connections start with a challenge-response handshake proving both
 //! sides know the cluster secret; with [`TransportConfig::tls`] set, the connection is
 //! first wrapped in mutual TLS 1.3 (see [`crate::tls`]) and that handshake runs inside it.
@@ -45,8 +45,10 @@ pub const MAX_BATCH_BYTES: usize = 256 << 10;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// First and largest delay between reconnect attempts to an unreachable peer.
 pub const RECONNECT_BACKOFF_MIN_MS: u64 = 5;
-/// See [`RECONNECT_BACKOFF_MIN_MS`]; a second keeps a dead peer cheap yet noticed quickly.
-pub const RECONNECT_BACKOFF_MAX_MS: u64 = 1_000;
+/// See [`RECONNECT_BACKOFF_MIN_MS`]. Four dials a second keep a dead peer cheap (a dial
+/// to a dead host is bounded by [`HANDSHAKE_TIMEOUT`] and holds the peer's dial lock);
+/// a peer that dials in first ends the back-off at once (`Transport::peer_is_up`).
+pub const RECONNECT_BACKOFF_MAX_MS: u64 = 250;
 /// Read buffer of one connection. Without it every frame costs two `recv` calls (length,
 /// then body) plus one that finds nothing; with it one `recv` takes in every frame that
 /// has arrived. Frames larger than this bypass it.
@@ -57,20 +59,21 @@ const FIRST_READ_BYTES: usize = 64 << 10;
 /// calls; 3: quiet groups and liveness pings).
 pub const PROTOCOL_VERSION: u32 = 3;
 
-/// Environment variable that, set to `1`, turns on the lone-call paths (a frame written
+/// Environment variable that, set to `0`, turns off the lone-call paths (a frame written
 /// straight from its sender, a lone client call sent from its own task, a lone write
-/// proposed by the task that received it). Off by default: on a loaded machine they
-/// showed no gain and 18 % more `send` calls per write (docs/BENCHMARKS.md, session 7);
-/// kept for a quiet-machine A/B in one binary. Unit tests run with them on.
+/// proposed by the task that received it). On by default since session 8: the whole test
+/// suite passed with them, and quiet-machine A/B pairs favoured them (docs/BENCHMARKS.md);
+/// the switch keeps that A/B possible in one binary. Unit tests always run with them on.
 pub const LONE_CALL_PATHS_ENV: &str = "STATOR_LONE_CALL_PATHS";
 
-/// Whether [`LONE_CALL_PATHS_ENV`] turned the lone-call paths on (read once per process).
+/// Whether the lone-call paths are on: they are unless [`LONE_CALL_PATHS_ENV`] is `0`
+/// (read once per process; the switch exists for A/B measurements).
 pub fn lone_paths_enabled() -> bool {
     if cfg!(test) {
         return true;
     }
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var(LONE_CALL_PATHS_ENV).is_ok_and(|v| v == "1"))
+    *ENABLED.get_or_init(|| std::env::var(LONE_CALL_PATHS_ENV).map_or(true, |v| v != "0"))
 }
 
 /// Transport failures; openraft treats them as "unreachable" and retries with back-off.
@@ -689,6 +692,21 @@ impl Transport {
             .clone()
     }
 
+    /// A peer that has just proved itself in a handshake on our listener is up: the
+    /// back-off from its downtime must not delay our own next call to it (a restarted
+    /// member would otherwise wait up to [`RECONNECT_BACKOFF_MAX_MS`] for its tail).
+    fn peer_is_up(&self, listen_addr: &str) {
+        let peer = self
+            .peers
+            .lock()
+            .expect("peers mutex poisoned")
+            .get(listen_addr)
+            .cloned();
+        if let Some(peer) = peer {
+            *peer.backoff.lock().expect("backoff mutex poisoned") = (Instant::now(), 0);
+        }
+    }
+
     async fn connection(&self, addr: &str) -> Result<Arc<Conn>, TransportError> {
         let peer = self.peer(addr);
         // Fast path: the live connection, without queueing behind other callers for the
@@ -843,6 +861,7 @@ impl Transport {
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
+        self.peer_is_up(&peer.listen_addr);
         let counters = self.traffic.peer(peer.node_id);
         let peer = Arc::new(peer);
         let mut r = tokio::io::BufReader::with_capacity(
@@ -1214,6 +1233,37 @@ mod tests {
             second.to_string().contains("backing off")
                 || matches!(second, TransportError::Unreachable { .. })
         );
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_dials_in_ends_our_back_off_towards_it() {
+        let listener_a = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr_a = listener_a.local_addr().unwrap().to_string();
+        let a = Transport::new(config("s", &addr_a));
+        a.clone().serve(listener_a, Arc::new(Echo));
+        // B's port is reserved but nobody serves it yet; A has backed off from it for a minute.
+        let listener_b = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr_b = listener_b.local_addr().unwrap().to_string();
+        *a.peer(&addr_b).backoff.lock().unwrap() = (
+            Instant::now() + Duration::from_secs(60),
+            RECONNECT_BACKOFF_MAX_MS,
+        );
+        let refused = a
+            .call(&addr_b, client_request(b"x"), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("backing off"), "{refused}");
+        // B comes back and calls A: the handshake proves B is up.
+        let b = Transport::new(config("s", &addr_b));
+        b.clone().serve(listener_b, Arc::new(Echo));
+        b.call(&addr_a, client_request(b"hi"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let reply = a
+            .call(&addr_b, client_request(b"back"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(matches!(reply, Response::Client(ClientReply::Ok(p)) if p == b"back"));
     }
 
     proptest::proptest! {
