@@ -10,13 +10,12 @@
 use super::netns::Netns;
 use anyhow::{bail, Context as _};
 use stator_api::spec::Durability;
+use stator_api::views::{NodeState, NodeView, PartitionView};
 use stator_client::context::{self, Context};
 use stator_client::Api;
 use stator_harness::etcd::LocalEtcd as Etcd;
 pub use stator_harness::process::{child_agent_pids, is_stopped, process_age_ms};
 use stator_harness::supervisor::{ProcessSpec, Supervisor};
-use stator_server::model::NodeState;
-use stator_server::views::{NodeView, PartitionView};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

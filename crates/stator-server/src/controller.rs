@@ -29,9 +29,10 @@ use crate::model::{
     Cluster, JobPhase, NodeObserved, NodeRecord, NodeState, PartitionDesign, Placement, Service,
     ServiceRecord, META_PREFIX, NODES_PREFIX, PLACEMENTS_PREFIX, SERVICES_PREFIX,
 };
+use crate::present::service_view;
 use crate::provider::NodeProvider;
 use crate::reconcile::{apply_action, reconcile, ReconcileAction, ReplaceReason};
-use crate::views::{service_view, ApplyResult, Event, EventKind};
+use stator_api::views::{ApplyResult, Event, EventKind};
 
 /// Commands queued for the controller before senders wait: enough for a burst of
 /// heartbeats from a few hundred nodes, small enough to push back on a flood.

@@ -21,7 +21,7 @@ use stator_api::ids::{GroupId, NodeId};
 use stator_api::spec::ServiceKind;
 
 use crate::model::{Cluster, NodeState};
-use crate::views::EventKind;
+use stator_api::views::EventKind;
 
 type Labels = Vec<(String, String)>;
 type FloatGauge = Gauge<f64, AtomicU64>;

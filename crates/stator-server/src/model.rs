@@ -13,7 +13,7 @@ use stator_api::agent::{
 };
 use stator_api::ids::{GroupId, NodeId};
 use stator_api::spec::{ServiceKind, ServiceSpec};
-pub use stator_api::views::{JobPhase, NodeState};
+pub(crate) use stator_api::views::{JobPhase, NodeState};
 
 /// Root of every key the server writes.
 pub const KEY_PREFIX: &str = "/stator/";

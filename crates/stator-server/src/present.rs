@@ -1,5 +1,5 @@
-//! Builds what the REST API returns from the cluster model. The types themselves are
-//! declared once in [`stator_api::views`] and re-exported here so paths keep working.
+//! Presents the cluster model as what the REST API returns: one builder per view. The
+//! view types are declared once, in [`stator_api::views`]; this module only builds them.
 
 use std::collections::BTreeSet;
 
@@ -7,7 +7,10 @@ use stator_api::agent::{InstanceState, ReplicaRole, ReplicaStatus};
 use stator_api::ids::{GroupId, NodeId};
 use stator_api::slot::partition_ranges;
 use stator_api::spec::ServiceKind;
-pub use stator_api::views::*;
+use stator_api::views::{
+    InstanceView, LeaderView, MemberView, NodeView, PartitionLoad, PartitionView, ServiceStatus,
+    ServiceView,
+};
 
 use crate::model::{Cluster, InstancePhase, Service};
 

@@ -11,7 +11,7 @@ use stator_api::agent::{
     Assignments, Heartbeat, RegisterRequest, RegisterResponse, ReplicaRole, ReplicaStatus,
 };
 use stator_api::ids::NodeId;
-use stator_server::views::PartitionView;
+use stator_api::views::PartitionView;
 use stator_server::{ServerConfig, ServerHandle};
 
 /// Grace used by these tests: short so node loss is detected quickly, long enough that
