@@ -647,21 +647,12 @@ mod tests {
             NodeObserved {
                 last_heartbeat_ms: 1_000,
                 replicas: vec![ReplicaStatus {
-                    group,
-                    service: "kv".into(),
-                    partition: 0,
-                    role: ReplicaRole::Leader,
-                    leader: Some(1),
                     term: 2,
-                    voters: vec![1],
-                    learners: vec![],
                     applied_index: 40,
                     state_bytes: 4096,
                     ops_per_sec: 12.5,
                     p99_us: 800,
-                    error: None,
-                    disk_bytes: 0,
-                    forgotten: false,
+                    ..stator_api::testing::leader_status(group, "kv", 0, 1, &[1])
                 }],
                 instances: vec![],
                 replicas_view: None,

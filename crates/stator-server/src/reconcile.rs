@@ -1087,23 +1087,9 @@ mod tests {
         let observed = cluster.observed.entry(leader).or_default();
         observed.last_heartbeat_ms = NOW_MS;
         observed.replicas.retain(|r| r.group != group);
-        observed.replicas.push(ReplicaStatus {
-            group,
-            service: "kv".into(),
-            partition,
-            role: ReplicaRole::Leader,
-            leader: Some(leader),
-            term: 1,
-            voters: voters.to_vec(),
-            learners: vec![],
-            applied_index: 1,
-            state_bytes: 0,
-            ops_per_sec: 0.0,
-            p99_us: 0,
-            error: None,
-            disk_bytes: 0,
-            forgotten: false,
-        });
+        observed.replicas.push(stator_api::testing::leader_status(
+            group, "kv", partition, leader, voters,
+        ));
     }
 
     fn started(cluster: &mut Cluster, partition: u32, members: &[NodeId]) {
@@ -1120,21 +1106,11 @@ mod tests {
         observed.last_heartbeat_ms = NOW_MS;
         observed.replicas.retain(|r| r.group != group);
         observed.replicas.push(ReplicaStatus {
-            group,
-            service: "kv".into(),
-            partition,
             role: ReplicaRole::Stopped,
-            leader: None,
             term: 0,
-            voters: vec![],
-            learners: vec![],
-            applied_index: 0,
-            state_bytes: 0,
-            ops_per_sec: 0.0,
-            p99_us: 0,
             error: Some("forgot".into()),
-            disk_bytes: 0,
             forgotten: true,
+            ..stator_api::testing::replica_status(group, "kv", partition)
         });
     }
 

@@ -166,21 +166,11 @@ impl SimAgent {
                         ReplicaRole::Follower
                     };
                     ReplicaStatus {
-                        group: a.group,
-                        service: a.service.clone(),
-                        partition: a.partition,
                         role,
                         leader,
-                        term: 1,
                         voters: a.members.iter().map(|m| m.node_id).collect(),
-                        learners: vec![],
                         applied_index: 1,
-                        state_bytes: 0,
-                        ops_per_sec: 0.0,
-                        p99_us: 0,
-                        error: None,
-                        disk_bytes: 0,
-                        forgotten: false,
+                        ..stator_api::testing::replica_status(a.group, &a.service, a.partition)
                     }
                 })
                 .collect(),
