@@ -260,6 +260,15 @@ impl Cluster {
         self.resp_addrs.get(&id)?.get(service).cloned()
     }
 
+    /// What `node` last reported about its replica of `group`.
+    pub fn replica_report(&self, node: NodeId, group: GroupId) -> Option<&ReplicaStatus> {
+        self.observed
+            .get(&node)?
+            .replicas
+            .iter()
+            .find(|r| r.group == group)
+    }
+
     /// The group as reported by its leader: among live nodes' reports of a leader role,
     /// the one with the highest term.
     pub fn group_observed(&self, group: GroupId) -> Option<GroupObserved> {
