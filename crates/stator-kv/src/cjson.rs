@@ -203,33 +203,33 @@ fn install_integer_settings(
 
 /// `encode_keep_buffer`, `decode_invalid_numbers`: flags read back as set.
 fn install_flag_settings(lua: &Lua, cjson: &Table, config: &Rc<Cell<Config>>) -> mlua::Result<()> {
-    let settings = Rc::clone(config);
-    cjson.raw_set(
+    let flag_setting = |name: &'static str,
+                        get: fn(&Config) -> bool,
+                        set: fn(&mut Config, bool)|
+     -> mlua::Result<()> {
+        let config = Rc::clone(config);
+        let function = lua.create_function(move |_, value: Option<bool>| {
+            let mut current = config.get();
+            if let Some(value) = value {
+                set(&mut current, value);
+                config.set(current);
+            }
+            Ok(get(&current))
+        })?;
+        cjson.raw_set(name, function)
+    };
+    // The buffer is Rust memory dropped after each call either way; the setting is
+    // kept only so scripts that set it read it back.
+    flag_setting(
         "encode_keep_buffer",
-        // The buffer is Rust memory dropped after each call either way; the setting is
-        // kept only so scripts that set it read it back.
-        lua.create_function(move |_, value: Option<bool>| {
-            let mut current = settings.get();
-            if let Some(value) = value {
-                current.keep_buffer = value;
-                settings.set(current);
-            }
-            Ok(current.keep_buffer)
-        })?,
+        |c| c.keep_buffer,
+        |c, v| c.keep_buffer = v,
     )?;
-    let settings = Rc::clone(config);
-    cjson.raw_set(
+    flag_setting(
         "decode_invalid_numbers",
-        lua.create_function(move |_, value: Option<bool>| {
-            let mut current = settings.get();
-            if let Some(value) = value {
-                current.decode_invalid_numbers = value;
-                settings.set(current);
-            }
-            Ok(current.decode_invalid_numbers)
-        })?,
-    )?;
-    Ok(())
+        |c| c.decode_invalid_numbers,
+        |c, v| c.decode_invalid_numbers = v,
+    )
 }
 
 /// `encode_invalid_numbers`: true, false or "null" (NaN and infinities as `null`).
