@@ -1221,9 +1221,6 @@ async fn read_counter(store: &dyn Store, key: &str) -> Result<u64> {
     }
 }
 
-/// `(service, id, oom_kills)` of each instance whose OOM-kill count grew since the
-/// node's previous report (a pure function of the two reports).
-
 /// The groups whose observed leader this heartbeat may change. A delta touches only
 /// the groups it names: at 1,000 idle partitions that is none, instead of every
 /// group reported plus every group led (each looked up across all nodes' reports).
@@ -1277,6 +1274,8 @@ fn reconciler_input_changed(
         })
 }
 
+/// `(service, id, oom_kills)` of each instance whose OOM-kill count grew since the
+/// node's previous report (a pure function of the two reports).
 fn new_oom_kills(
     before: Option<&[stator_api::agent::InstanceStatus]>,
     now: &[stator_api::agent::InstanceStatus],

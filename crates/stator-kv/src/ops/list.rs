@@ -359,7 +359,7 @@ impl KvMachine {
     fn list_multi_pop(&mut self, spec: &CommandSpec, argv: &[Vec<u8>]) -> Value {
         let blocking = spec.command == Command::BLMPop;
         let at = if blocking { 2 } else { 1 };
-        let pop = attempt!(super::parse_multi_pop(&argv, at, ["LEFT", "RIGHT"]));
+        let pop = attempt!(super::parse_multi_pop(argv, at, ["LEFT", "RIGHT"]));
         // Redis checks the timeout after the other arguments.
         if blocking {
             attempt!(parse_timeout(&argv[1]));

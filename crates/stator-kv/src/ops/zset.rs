@@ -708,7 +708,7 @@ impl KvMachine {
     fn zset_multi_pop(&mut self, spec: &CommandSpec, argv: &[Vec<u8>]) -> Value {
         let blocking = spec.command == Command::BZMPop;
         let at = if blocking { 2 } else { 1 };
-        let pop = attempt!(super::parse_multi_pop(&argv, at, ["MIN", "MAX"]));
+        let pop = attempt!(super::parse_multi_pop(argv, at, ["MIN", "MAX"]));
         // Redis checks the timeout after the other arguments.
         if blocking {
             attempt!(parse_timeout(&argv[1]));
@@ -765,7 +765,7 @@ impl KvMachine {
             Command::ZInterStore => ZSetOp::Inter,
             _ => ZSetOp::Diff,
         };
-        let (result, _) = attempt!(self.combine_zsets(now_ms, &argv, 2, op, true));
+        let (result, _) = attempt!(self.combine_zsets(now_ms, argv, 2, op, true));
         let len = result.len();
         self.keyspace
             .insert_data(key, Data::ZSet(Box::new(result)), ExpiryChange::Clear);
@@ -776,7 +776,7 @@ impl KvMachine {
     fn zrangestore(&mut self, argv: &[Vec<u8>]) -> Value {
         let key = argv[1].clone();
         let now_ms = self.now_ms;
-        let request = attempt!(parse_range(&argv, 3, RangeKind::Auto, None, true));
+        let request = attempt!(parse_range(argv, 3, RangeKind::Auto, None, true));
         let source = attempt!(self.zset(&argv[2], now_ms));
         let mut result = ZSet::default();
         if let Some(source) = source {
