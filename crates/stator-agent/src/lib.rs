@@ -41,7 +41,7 @@ pub mod server;
 
 pub use config::AgentConfig;
 
-use stator_api::agent::{Heartbeat, RegisterRequest};
+use stator_api::agent::{Assignments, Heartbeat, RegisterRequest, RegisterResponse};
 use std::future::Future;
 use std::time::Duration;
 
@@ -119,12 +119,65 @@ async fn bind_transport(
         })
 }
 
+/// What registering gave this incarnation: who it is and what the server said.
+struct Registered {
+    node_id: stator_api::ids::NodeId,
+    /// The server granted the id this data dir held: its durable stores reopen.
+    rejoined: bool,
+    transport_addr: String,
+    raft_dir: std::path::PathBuf,
+    response: RegisterResponse,
+}
+
+/// Everything one incarnation runs; [`Node::stop`] stops it all.
+struct Node {
+    host: stator_replication::Host,
+    cgroups: Option<std::sync::Arc<cgroup::Cgroups>>,
+    resp: resp::RespServer,
+    /// Held so the bus lives as long as the node.
+    _bus: stator_gateway::bus::Bus,
+    bus_cancel: tokio_util::sync::CancellationToken,
+    replicas: replicas::Replicas,
+    supervisor: driver::InstanceSupervisor,
+}
+
 async fn run_incarnation(
     config: &AgentConfig,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<Ended, AgentError> {
     let previous = identity::load(&config.data_dir);
     let listener = bind_transport(config, previous.as_ref()).await?;
+    let server = server::ServerClient::new(config.server_urls.clone(), config.join_token.clone());
+    let registered = register(config, &server, previous.as_ref(), &listener).await?;
+    let interval = Duration::from_millis(registered.response.heartbeat_interval_ms.max(50));
+    let node = start_node(config, &registered, listener).await?;
+
+    // Heartbeats and reconciling run side by side in this task: a pass that creates
+    // hundreds of replicas (a 1,000-partition service placed at once) takes seconds, and a
+    // heartbeat waiting behind it would let the server's grace run out and declare this
+    // node lost. The heartbeat hands the latest assignments over; the reconciler works on
+    // the newest it has (level-triggered: an older set it never got to is simply skipped).
+    let (desired_tx, desired_rx) = tokio::sync::watch::channel(None);
+    let ended = tokio::select! {
+        // Shutdown first: a stopping agent must not start new work.
+        biased;
+        _ = shutdown.as_mut() => Ended::Shutdown,
+        ended = heartbeat_loop(&node, &server, registered.node_id, interval, desired_tx) => ended,
+        ended = reconcile_loop(&node, desired_rx) => ended,
+    };
+    node.stop().await;
+    Ok(ended)
+}
+
+/// Registers this node (as itself again when the data dir holds an identity the server
+/// still grants), removes the stores of an old identity it did not get back, and keeps
+/// the identity it got.
+async fn register(
+    config: &AgentConfig,
+    server: &server::ServerClient,
+    previous: Option<&identity::Identity>,
+    listener: &tokio::net::TcpListener,
+) -> Result<Registered, AgentError> {
     let transport_addr = listener
         .local_addr()
         .map_err(|source| AgentError::Listen {
@@ -132,8 +185,7 @@ async fn run_incarnation(
             source,
         })?
         .to_string();
-    let server = server::ServerClient::new(config.server_urls.clone(), config.join_token.clone());
-    let registration = server
+    let response = server
         .register(&RegisterRequest {
             name: config.name.clone(),
             zone: config.zone.clone(),
@@ -144,14 +196,13 @@ async fn run_incarnation(
             labels: config.labels.clone(),
             transport_addr: transport_addr.clone(),
             rejoin: previous
-                .as_ref()
                 .filter(|i| !i.node_secret.is_empty())
                 .map(identity::Identity::rejoin),
         })
         .await
         .map_err(|e| AgentError::Register(e.to_string()))?;
-    let node_id = registration.node_id;
-    let rejoined = previous.as_ref().is_some_and(|i| i.node_id == node_id);
+    let node_id = response.node_id;
+    let rejoined = previous.is_some_and(|i| i.node_id == node_id);
     let raft_dir = identity::raft_dir(&config.data_dir);
     if !rejoined {
         // Stores of an earlier identity hold its votes and logs: never open them under
@@ -161,10 +212,10 @@ async fn run_incarnation(
             let _ = std::fs::remove_dir_all(&raft_dir);
         }
     }
-    if !registration.node_secret.is_empty() {
+    if !response.node_secret.is_empty() {
         let kept = identity::Identity {
             node_id,
-            node_secret: registration.node_secret.clone(),
+            node_secret: response.node_secret.clone(),
             transport_addr: transport_addr.clone(),
         };
         if let Err(e) = identity::save(&config.data_dir, &kept) {
@@ -174,14 +225,32 @@ async fn run_incarnation(
         }
     }
     tracing::info!(node_id, rejoined, %transport_addr, "registered");
+    Ok(Registered {
+        node_id,
+        rejoined,
+        transport_addr,
+        raft_dir,
+        response,
+    })
+}
+
+/// Starts what a registered node runs: the replica host on the bound transport, the
+/// RESP listeners, the pub/sub bus, the replica reconciler and the instance supervisor.
+async fn start_node(
+    config: &AgentConfig,
+    registered: &Registered,
+    listener: tokio::net::TcpListener,
+) -> Result<Node, AgentError> {
+    let node_id = registered.node_id;
+    let cluster_secret = &registered.response.cluster_secret;
     let host = stator_replication::Host::start_with_listener(
         stator_replication::HostConfig {
             node_id,
-            listen_addr: transport_addr.clone(),
-            cluster_secret: registration.cluster_secret.clone(),
+            listen_addr: registered.transport_addr.clone(),
+            cluster_secret: cluster_secret.clone(),
             filter: None,
             tls: config.tls.clone(),
-            data_dir: Some(raft_dir.clone()),
+            data_dir: Some(registered.raft_dir.clone()),
         },
         listener,
     )?;
@@ -193,14 +262,10 @@ async fn run_incarnation(
         }
     };
     let containers = std::sync::Arc::new(container::ContainerRuntime::new(&config.data_dir));
-    let resp = resp::RespServer::new(
-        host.clone(),
-        &registration.cluster_secret,
-        config.resp_config(),
-    );
+    let resp = resp::RespServer::new(host.clone(), cluster_secret, config.resp_config());
     let bus_cancel = tokio_util::sync::CancellationToken::new();
     let bus = stator_gateway::bus::start(
-        config.bus_config(node_id, &registration.cluster_secret),
+        config.bus_config(node_id, cluster_secret),
         resp.broker(),
         std::sync::Arc::new(server::ServerClient::new(
             config.server_urls.clone(),
@@ -218,86 +283,99 @@ async fn run_incarnation(
     let replicas = replicas::Replicas::new(host.clone(), config.data_dir.join("replicas"))
         .with_cpu_cgroups(cgroups.clone())
         .with_containers(containers.clone())
-        .with_raft_dir(raft_dir, rejoined)
+        .with_raft_dir(registered.raft_dir.clone(), registered.rejoined)
         .with_notifications(notifier);
     let supervisor = driver::InstanceSupervisor::new(config.data_dir.join("instances"))
         .with_cpu_cgroups(cgroups.clone())
         .with_containers(containers);
-    let interval = Duration::from_millis(registration.heartbeat_interval_ms.max(50));
+    Ok(Node {
+        host,
+        cgroups,
+        resp,
+        _bus: bus,
+        bus_cancel,
+        replicas,
+        supervisor,
+    })
+}
 
-    // Heartbeats and reconciling run side by side in this task: a pass that creates
-    // hundreds of replicas (a 1,000-partition service placed at once) takes seconds, and a
-    // heartbeat waiting behind it would let the server's grace run out and declare this
-    // node lost. The heartbeat hands the latest assignments over; the reconciler works on
-    // the newest it has (level-triggered: an older set it never got to is simply skipped).
-    let (desired_tx, mut desired_rx) = tokio::sync::watch::channel(None);
-    let heartbeat_loop = async {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut report = report::ReplicaReport::default();
-        loop {
-            ticker.tick().await;
-            // At most twice: a delta the server refuses goes again, in full, at once.
-            for _ in 0..2 {
-                let prepared = report.prepare(replicas.statuses());
-                let mut beat = Heartbeat {
-                    node_id,
-                    instances: supervisor.statuses(),
-                    resp_addrs: resp.advertised(),
-                    metrics: replicas.node_metrics(),
-                    ..Heartbeat::default()
-                };
-                prepared.fill(&mut beat);
-                match server.heartbeat(&beat).await {
-                    Ok(assignments) => {
-                        report.answered(prepared, assignments.replicas_view);
-                        desired_tx.send_replace(Some(assignments));
-                    }
-                    Err(server::ServerCallError::Refused { status: 404, .. }) => {
-                        return Ended::Forgotten
-                    }
-                    Err(server::ServerCallError::Refused { status: 409, .. })
-                        if prepared.is_delta() =>
-                    {
-                        tracing::debug!(
-                            "the server holds no base for a delta heartbeat; sending every replica"
-                        );
-                        report.refused();
-                        continue;
-                    }
-                    // Level-triggered: the next beat carries the changes since the last
-                    // acknowledged view again (or everything, if the server refuses it).
-                    Err(e) => tracing::warn!("heartbeat failed: {e}"),
-                }
-                break;
-            }
-        }
-    };
-    let reconcile_loop = async {
-        while desired_rx.changed().await.is_ok() {
-            let Some(assignments) = desired_rx.borrow_and_update().clone() else {
-                continue;
+/// Heartbeats every `interval` and hands each answer's assignments to the reconcile
+/// loop; ends only when the server has forgotten this node.
+async fn heartbeat_loop(
+    node: &Node,
+    server: &server::ServerClient,
+    node_id: stator_api::ids::NodeId,
+    interval: Duration,
+    desired_tx: tokio::sync::watch::Sender<Option<Assignments>>,
+) -> Ended {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut report = report::ReplicaReport::default();
+    loop {
+        ticker.tick().await;
+        // At most twice: a delta the server refuses goes again, in full, at once.
+        for _ in 0..2 {
+            let prepared = report.prepare(node.replicas.statuses());
+            let mut beat = Heartbeat {
+                node_id,
+                instances: node.supervisor.statuses(),
+                resp_addrs: node.resp.advertised(),
+                metrics: node.replicas.node_metrics(),
+                ..Heartbeat::default()
             };
-            replicas.reconcile(&assignments.replicas).await;
-            resp.reconcile(&assignments.cluster).await;
-            supervisor.reconcile(&assignments.instances).await;
+            prepared.fill(&mut beat);
+            match server.heartbeat(&beat).await {
+                Ok(assignments) => {
+                    report.answered(prepared, assignments.replicas_view);
+                    desired_tx.send_replace(Some(assignments));
+                }
+                Err(server::ServerCallError::Refused { status: 404, .. }) => {
+                    return Ended::Forgotten
+                }
+                Err(server::ServerCallError::Refused { status: 409, .. })
+                    if prepared.is_delta() =>
+                {
+                    tracing::debug!(
+                        "the server holds no base for a delta heartbeat; sending every replica"
+                    );
+                    report.refused();
+                    continue;
+                }
+                // Level-triggered: the next beat carries the changes since the last
+                // acknowledged view again (or everything, if the server refuses it).
+                Err(e) => tracing::warn!("heartbeat failed: {e}"),
+            }
+            break;
         }
-        // The sender lives as long as the heartbeat loop, which ends the select first.
-        std::future::pending::<Ended>().await
-    };
-    let ended = tokio::select! {
-        // Shutdown first: a stopping agent must not start new work.
-        biased;
-        _ = shutdown.as_mut() => Ended::Shutdown,
-        ended = heartbeat_loop => ended,
-        ended = reconcile_loop => ended,
-    };
-    resp.shutdown();
-    bus_cancel.cancel();
-    supervisor.shutdown().await;
-    if let Some(cgroups) = &cgroups {
-        cgroups.remove_all();
     }
-    host.shutdown().await;
-    Ok(ended)
+}
+
+/// Reconciles replicas, RESP listeners and instances toward the newest assignments.
+async fn reconcile_loop(
+    node: &Node,
+    mut desired_rx: tokio::sync::watch::Receiver<Option<Assignments>>,
+) -> Ended {
+    while desired_rx.changed().await.is_ok() {
+        let Some(assignments) = desired_rx.borrow_and_update().clone() else {
+            continue;
+        };
+        node.replicas.reconcile(&assignments.replicas).await;
+        node.resp.reconcile(&assignments.cluster).await;
+        node.supervisor.reconcile(&assignments.instances).await;
+    }
+    // The sender lives as long as the heartbeat loop, which ends the select first.
+    std::future::pending::<Ended>().await
+}
+
+impl Node {
+    /// Stops listeners, the bus, every instance and every replica.
+    async fn stop(self) {
+        self.resp.shutdown();
+        self.bus_cancel.cancel();
+        self.supervisor.shutdown().await;
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.remove_all();
+        }
+        self.host.shutdown().await;
+    }
 }

@@ -386,175 +386,16 @@ impl Replicas {
                 .iter()
                 .map(|m| (m.node_id, m.addr.clone()))
                 .collect();
-            if self.host.replica(a.group).is_none() {
-                if self.is_forgotten(a) {
-                    continue;
-                }
-                let options = GroupOptions {
-                    election_timeout_ms: if a.election_timeout_ms > 0 {
-                        a.election_timeout_ms
-                    } else {
-                        stator_replication::host::DEFAULT_ELECTION_TIMEOUT_MS
-                    },
-                    durability: a.durability,
-                    fsync_interval_ms: if a.fsync_interval_ms > 0 {
-                        a.fsync_interval_ms
-                    } else {
-                        stator_api::spec::DEFAULT_FSYNC_INTERVAL_MS
-                    },
-                    // A group placed afresh: only the member that bootstraps it runs
-                    // for election (no storm when ~1,000 groups form at once).
-                    forming: a.bootstrap && forming_replicas(),
-                    ..GroupOptions::default()
-                };
-                let (app, parts) = self.app(a);
-                match self.host.create_group(a.group, options, app).await {
-                    Ok(_) => {}
-                    Err(HostError::Storage {
-                        source: source @ DiskStoreError::Corrupt { .. },
-                        ..
-                    }) => {
-                        self.set_aside_corrupt_store(a, &source);
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(group = %a.group, "cannot create replica: {e}");
-                        continue;
-                    }
-                }
-                self.known.lock().expect("known mutex poisoned").insert(
-                    a.group,
-                    Known {
-                        service: a.service.clone(),
-                        partition: a.partition,
-                        durability: a.durability,
-                        bootstrapped: false,
-                        created: Instant::now(),
-                        process: parts.process,
-                        cgroup_applied: None,
-                        container: parts.container,
-                    },
-                );
+            if self.host.replica(a.group).is_none() && !self.create_replica(a).await {
+                continue;
             }
             self.apply_cpu_share(a);
-            // Initialising elects the caller at once, so one designated member per
-            // partition (rotating) forms the group: leaders start spread over the nodes.
-            // The others follow after a pause in case it died first; every caller uses the
-            // same member set, so several initialisations are harmless.
-            let me = self.host.node_id();
-            let designated = a
-                .members
-                .get(a.partition as usize % a.members.len().max(1))
-                .map(|m| m.node_id);
-            let must_bootstrap = a.bootstrap
-                && members.contains_key(&me)
-                && {
-                    let known = self.known.lock().expect("known mutex poisoned");
-                    known.get(&a.group).is_some_and(|k| {
-                        !k.bootstrapped
-                            && (designated == Some(me) || k.created.elapsed() >= BOOTSTRAP_FALLBACK)
-                    })
-                }
-                && self.host.status(a.group).is_none_or(|s| s.leader.is_none());
-            if must_bootstrap && forming >= MAX_GROUPS_FORMING {
-                tracing::debug!(group = %a.group, forming, "pacing: bootstrapped next pass");
-            } else if must_bootstrap {
-                forming += 1;
-                match self.host.bootstrap(a.group, &members).await {
-                    Ok(()) => {
-                        if let Some(k) = self
-                            .known
-                            .lock()
-                            .expect("known mutex poisoned")
-                            .get_mut(&a.group)
-                        {
-                            k.bootstrapped = true;
-                        }
-                    }
-                    Err(e) => tracing::warn!(group = %a.group, "bootstrap failed: {e}"),
-                }
-            }
-            // A settled group led here (nearly all of them at 1,000 idle partitions) needs
-            // no membership task unless the server asks to move its leader: checked under
-            // the metrics borrow instead of spawning a task that clones them each beat.
-            let in_sync = self.host.leads_in_sync(a.group, &members);
-            let nothing_to_do = in_sync == Some(true) && a.transfer_leader_to.is_none();
-            if in_sync.is_some()
-                && !nothing_to_do
-                && !members.is_empty()
-                && self
-                    .busy
-                    .lock()
-                    .expect("busy mutex poisoned")
-                    .insert(a.group)
-            {
-                let (host, busy, group) = (self.host.clone(), self.busy.clone(), a.group);
-                // Only once the membership is settled, and paced: see
-                // LEADER_TRANSFER_RETRY_INTERVAL.
-                let transfer_to = a.transfer_leader_to.filter(|_| {
-                    let mut tried = self
-                        .transfers_tried
-                        .lock()
-                        .expect("transfers mutex poisoned");
-                    let due = tried
-                        .get(&group)
-                        .is_none_or(|at| at.elapsed() >= LEADER_TRANSFER_RETRY_INTERVAL);
-                    if due {
-                        tried.insert(group, Instant::now());
-                    }
-                    due
-                });
-                tokio::spawn(async move {
-                    match host.reconcile_membership(group, &members).await {
-                        Ok(MembershipStep::InSync) => {
-                            if let Some(to) = transfer_to {
-                                match host.transfer_leadership(group, to).await {
-                                    Ok(outcome) => {
-                                        tracing::info!(%group, to, ?outcome, "leadership hand-over asked for by the server")
-                                    }
-                                    Err(e) => {
-                                        tracing::info!(%group, to, "leadership hand-over failed: {e}")
-                                    }
-                                }
-                            }
-                        }
-                        Ok(step) => tracing::debug!(%group, ?step, "membership step"),
-                        Err(e) => {
-                            tracing::info!(%group, "membership step failed (retried next beat): {e}")
-                        }
-                    }
-                    busy.lock().expect("busy mutex poisoned").remove(&group);
-                });
-            }
+            self.bootstrap_if_due(a, &members, &mut forming).await;
+            self.step_membership(a, members);
         }
         for group in self.host.groups() {
             if !wanted.contains(&group) {
-                tracing::info!(%group, "replica no longer assigned; stopping it");
-                let store_dir = self
-                    .host
-                    .replica(group)
-                    .and_then(|r| r.disk_store().map(|s| s.dir().to_path_buf()));
-                self.host.remove_group(group).await;
-                let removed = self
-                    .known
-                    .lock()
-                    .expect("known mutex poisoned")
-                    .remove(&group);
-                if let Some(launcher) = removed.and_then(|k| k.container) {
-                    // The machine's drop removes its container too, but the group's
-                    // tasks may hold it a moment longer: remove it now (idempotent),
-                    // off the async threads.
-                    let _ = tokio::task::spawn_blocking(move || launcher.remove()).await;
-                }
-                if let Some(cgroups) = &self.cgroups {
-                    cgroups.remove(&replica_cgroup(group));
-                }
-                if let Some(dir) = store_dir {
-                    // Out of the group for good: its log and snapshot are of no use.
-                    if let Err(e) = std::fs::remove_dir_all(&dir) {
-                        tracing::warn!(%group, dir = %dir.display(), "cannot remove the store: {e}");
-                    }
-                }
+                self.remove_replica(group).await;
             }
         }
         self.sweep_previous_stores(&wanted);
@@ -566,6 +407,195 @@ impl Replicas {
             .expect("forgotten mutex poisoned")
             .retain(|group, _| wanted.contains(group));
         self.save_memory_groups();
+    }
+
+    /// Creates the replica of an assigned group this node does not host yet; false when
+    /// it cannot (a forgotten member, a corrupt store set aside, a failed create).
+    async fn create_replica(&self, a: &ReplicaAssignment) -> bool {
+        if self.is_forgotten(a) {
+            return false;
+        }
+        let options = GroupOptions {
+            election_timeout_ms: if a.election_timeout_ms > 0 {
+                a.election_timeout_ms
+            } else {
+                stator_replication::host::DEFAULT_ELECTION_TIMEOUT_MS
+            },
+            durability: a.durability,
+            fsync_interval_ms: if a.fsync_interval_ms > 0 {
+                a.fsync_interval_ms
+            } else {
+                stator_api::spec::DEFAULT_FSYNC_INTERVAL_MS
+            },
+            // A group placed afresh: only the member that bootstraps it runs
+            // for election (no storm when ~1,000 groups form at once).
+            forming: a.bootstrap && forming_replicas(),
+            ..GroupOptions::default()
+        };
+        let (app, parts) = self.app(a);
+        match self.host.create_group(a.group, options, app).await {
+            Ok(_) => {}
+            Err(HostError::Storage {
+                source: source @ DiskStoreError::Corrupt { .. },
+                ..
+            }) => {
+                self.set_aside_corrupt_store(a, &source);
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(group = %a.group, "cannot create replica: {e}");
+                return false;
+            }
+        }
+        self.known.lock().expect("known mutex poisoned").insert(
+            a.group,
+            Known {
+                service: a.service.clone(),
+                partition: a.partition,
+                durability: a.durability,
+                bootstrapped: false,
+                created: Instant::now(),
+                process: parts.process,
+                cgroup_applied: None,
+                container: parts.container,
+            },
+        );
+        true
+    }
+
+    /// Bootstraps a group placed afresh when this node is the member designated to form
+    /// it (or the designated one has not within `BOOTSTRAP_FALLBACK`), at most
+    /// `MAX_GROUPS_FORMING` forming at once.
+    async fn bootstrap_if_due(
+        &self,
+        a: &ReplicaAssignment,
+        members: &BTreeMap<NodeId, String>,
+        forming: &mut usize,
+    ) {
+        // Initialising elects the caller at once, so one designated member per
+        // partition (rotating) forms the group: leaders start spread over the nodes.
+        // The others follow after a pause in case it died first; every caller uses the
+        // same member set, so several initialisations are harmless.
+        let me = self.host.node_id();
+        let designated = a
+            .members
+            .get(a.partition as usize % a.members.len().max(1))
+            .map(|m| m.node_id);
+        let must_bootstrap = a.bootstrap
+            && members.contains_key(&me)
+            && {
+                let known = self.known.lock().expect("known mutex poisoned");
+                known.get(&a.group).is_some_and(|k| {
+                    !k.bootstrapped
+                        && (designated == Some(me) || k.created.elapsed() >= BOOTSTRAP_FALLBACK)
+                })
+            }
+            && self.host.status(a.group).is_none_or(|s| s.leader.is_none());
+        if must_bootstrap && *forming >= MAX_GROUPS_FORMING {
+            tracing::debug!(group = %a.group, forming = *forming, "pacing: bootstrapped next pass");
+        } else if must_bootstrap {
+            *forming += 1;
+            match self.host.bootstrap(a.group, members).await {
+                Ok(()) => {
+                    if let Some(k) = self
+                        .known
+                        .lock()
+                        .expect("known mutex poisoned")
+                        .get_mut(&a.group)
+                    {
+                        k.bootstrapped = true;
+                    }
+                }
+                Err(e) => tracing::warn!(group = %a.group, "bootstrap failed: {e}"),
+            }
+        }
+    }
+
+    /// Where this node leads the group and its membership or leader is not yet what the
+    /// server designed, spawns one membership step (one at a time per group).
+    fn step_membership(&self, a: &ReplicaAssignment, members: BTreeMap<NodeId, String>) {
+        // A settled group led here (nearly all of them at 1,000 idle partitions) needs
+        // no membership task unless the server asks to move its leader: checked under
+        // the metrics borrow instead of spawning a task that clones them each beat.
+        let in_sync = self.host.leads_in_sync(a.group, &members);
+        let nothing_to_do = in_sync == Some(true) && a.transfer_leader_to.is_none();
+        if in_sync.is_some()
+            && !nothing_to_do
+            && !members.is_empty()
+            && self
+                .busy
+                .lock()
+                .expect("busy mutex poisoned")
+                .insert(a.group)
+        {
+            let (host, busy, group) = (self.host.clone(), self.busy.clone(), a.group);
+            // Only once the membership is settled, and paced: see
+            // LEADER_TRANSFER_RETRY_INTERVAL.
+            let transfer_to = a.transfer_leader_to.filter(|_| {
+                let mut tried = self
+                    .transfers_tried
+                    .lock()
+                    .expect("transfers mutex poisoned");
+                let due = tried
+                    .get(&group)
+                    .is_none_or(|at| at.elapsed() >= LEADER_TRANSFER_RETRY_INTERVAL);
+                if due {
+                    tried.insert(group, Instant::now());
+                }
+                due
+            });
+            tokio::spawn(async move {
+                match host.reconcile_membership(group, &members).await {
+                    Ok(MembershipStep::InSync) => {
+                        if let Some(to) = transfer_to {
+                            match host.transfer_leadership(group, to).await {
+                                Ok(outcome) => {
+                                    tracing::info!(%group, to, ?outcome, "leadership hand-over asked for by the server")
+                                }
+                                Err(e) => {
+                                    tracing::info!(%group, to, "leadership hand-over failed: {e}")
+                                }
+                            }
+                        }
+                    }
+                    Ok(step) => tracing::debug!(%group, ?step, "membership step"),
+                    Err(e) => {
+                        tracing::info!(%group, "membership step failed (retried next beat): {e}")
+                    }
+                }
+                busy.lock().expect("busy mutex poisoned").remove(&group);
+            });
+        }
+    }
+
+    /// Stops a replica no longer assigned here and removes its container, cgroup and store.
+    async fn remove_replica(&self, group: GroupId) {
+        tracing::info!(%group, "replica no longer assigned; stopping it");
+        let store_dir = self
+            .host
+            .replica(group)
+            .and_then(|r| r.disk_store().map(|s| s.dir().to_path_buf()));
+        self.host.remove_group(group).await;
+        let removed = self
+            .known
+            .lock()
+            .expect("known mutex poisoned")
+            .remove(&group);
+        if let Some(launcher) = removed.and_then(|k| k.container) {
+            // The machine's drop removes its container too, but the group's
+            // tasks may hold it a moment longer: remove it now (idempotent),
+            // off the async threads.
+            let _ = tokio::task::spawn_blocking(move || launcher.remove()).await;
+        }
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.remove(&replica_cgroup(group));
+        }
+        if let Some(dir) = store_dir {
+            // Out of the group for good: its log and snapshot are of no use.
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(%group, dir = %dir.display(), "cannot remove the store: {e}");
+            }
+        }
     }
 
     /// Removes, once per run, the stores a previous run of this node left for groups it

@@ -97,25 +97,14 @@ impl PreparedReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stator_api::agent::ReplicaRole;
 
     fn status(partition: u32, term: u64) -> ReplicaStatus {
         ReplicaStatus {
-            group: GroupId::new(1, partition),
-            service: "kv".into(),
-            partition,
-            role: ReplicaRole::Follower,
             leader: Some(1),
             term,
             voters: vec![1, 2, 3],
-            learners: vec![],
             applied_index: 5,
-            state_bytes: 0,
-            ops_per_sec: 0.0,
-            p99_us: 0,
-            error: None,
-            disk_bytes: 0,
-            forgotten: false,
+            ..stator_api::testing::replica_status(GroupId::new(1, partition), "kv", partition)
         }
     }
 

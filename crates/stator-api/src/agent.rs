@@ -490,21 +490,12 @@ mod tests {
         let heartbeat = Heartbeat {
             node_id: 7,
             replicas: vec![ReplicaStatus {
-                group: GroupId::new(1, 2),
-                service: "sessions".into(),
-                partition: 2,
-                role: ReplicaRole::Leader,
-                leader: Some(7),
                 term: 3,
-                voters: vec![7, 8, 9],
-                learners: vec![],
                 applied_index: 10,
                 state_bytes: 100,
                 ops_per_sec: 1.5,
                 p99_us: 900,
-                error: None,
-                disk_bytes: 0,
-                forgotten: false,
+                ..crate::testing::leader_status(GroupId::new(1, 2), "sessions", 2, 7, &[7, 8, 9])
             }],
             instances: vec![],
             resp_addrs: BTreeMap::from([("sessions".into(), "127.0.0.1:7001".into())]),

@@ -14,6 +14,8 @@
 //!   whose errors name the field.
 //! - [`views`]: what the server's `/v1` API returns (nodes, services, partitions,
 //!   events, cluster facts), declared once for the server and every reader.
+//! - `testing` (cargo feature `testing`, for tests only): builders such as
+//!   `testing::replica_status`, so every crate's tests build a `ReplicaStatus` one way.
 
 pub mod agent;
 pub mod app;
@@ -22,4 +24,6 @@ pub mod ids;
 pub mod pubsub;
 pub mod slot;
 pub mod spec;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod views;

@@ -12,6 +12,7 @@
 //! computed from the client's record once the client has stopped; then every
 //! acknowledged key is read back.
 
+use super::figures::{median_max, ms, ratio, round1};
 use super::up::{partitions_healthy, UpCluster, UpOptions};
 use anyhow::{bail, Context as _};
 use async_trait::async_trait;
@@ -312,25 +313,6 @@ fn client_view(record: &ClientRecord, acks: &[Instant], from: Instant, to: Insta
     }
 }
 
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 10_000.0).round() / 10.0
-}
-
-/// The median (mean of the middle two for an even count) and the maximum.
-fn median_max(mut values: Vec<f64>) -> (Option<f64>, Option<f64>) {
-    if values.is_empty() {
-        return (None, None);
-    }
-    values.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    let n = values.len();
-    let median = if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    };
-    (Some((median * 10.0).round() / 10.0), values.last().copied())
-}
-
 /// The JSON summary of one kind's rounds. `ends[i]` is where round i's window closes.
 fn summarize(
     rounds: &[Round],
@@ -380,7 +362,7 @@ fn summarize(
     if let Some(grace) = grace_ms {
         out["rf_restored_ms_p50"] = json!(rf_p50);
         out["rf_restored_ms_max"] = json!(rf_max);
-        let after_grace = |v: f64| ((v - grace as f64) * 10.0).round() / 10.0;
+        let after_grace = |v: f64| round1(v - grace as f64);
         out["rf_restored_after_grace_ms_p50"] = json!(rf_p50.map(after_grace));
         out["rf_restored_after_grace_ms_max"] = json!(rf_max.map(after_grace));
     }
@@ -849,7 +831,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Value> {
         let s = stator["leader_kill"][field].as_f64();
         let e = etcd["leader_kill"][field].as_f64();
         match (s, e) {
-            (Some(s), Some(e)) if s > 0.0 => json!(((e / s) * 100.0).round() / 100.0),
+            (Some(s), Some(e)) => json!(ratio(e, s)),
             _ => Value::Null,
         }
     };

@@ -14,6 +14,7 @@
 //!   to each partition it led succeeds again through the gateway (one connection per
 //!   partition, retrying at once on an error).
 
+use super::figures::{median_max, ms, round1, round2};
 use super::up::{UpCluster, UpOptions};
 use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
@@ -140,19 +141,6 @@ async fn set_until_ok(
     }
 }
 
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 10_000.0).round() / 10.0
-}
-
-/// Median and maximum of `values` (sorted in place).
-fn median_max(values: &mut [f64]) -> (Option<f64>, Option<f64>) {
-    values.sort_by(|a, b| a.total_cmp(b));
-    (
-        values.get(values.len() / 2).copied(),
-        values.last().copied(),
-    )
-}
-
 /// Runs the benchmark (the baseline first, with `opts.baseline`); returns the report
 /// object, one entry per run.
 pub async fn run(opts: &Options) -> anyhow::Result<Value> {
@@ -242,7 +230,7 @@ async fn measure(cluster: &UpCluster, opts: &Options) -> anyhow::Result<Value> {
         "agents": opts.nodes,
         "partitions": opts.partitions,
         "replicas": 3,
-        "leaders_after_s": (leaders_s * 100.0).round() / 100.0,
+        "leaders_after_s": round2(leaders_s),
         "idle_s": opts.idle_s,
         "idle": idle,
         "writes_back": writes_back,
@@ -330,12 +318,12 @@ async fn idle_usage(
         rows.push(json!({
             "agent": name,
             "replicas": hosted.get(name).copied().unwrap_or(0),
-            "cpu_percent": (cpu_percent * 10.0).round() / 10.0,
-            "rss_mib": (rss_kib / 1024.0 * 10.0).round() / 10.0,
-            "rss_mib_without_service": (rss_before_kib / 1024.0 * 10.0).round() / 10.0,
-            "rss_kib_per_replica": (rss_kib / replicas as f64 * 10.0).round() / 10.0,
+            "cpu_percent": round1(cpu_percent),
+            "rss_mib": round1(rss_kib / 1024.0),
+            "rss_mib_without_service": round1(rss_before_kib / 1024.0),
+            "rss_kib_per_replica": round1(rss_kib / replicas as f64),
             "rss_kib_per_replica_over_empty_agent":
-                ((rss_kib - rss_before_kib) / replicas as f64 * 10.0).round() / 10.0,
+                round1((rss_kib - rss_before_kib) / replicas as f64),
         }));
     }
     Ok(json!(rows))
@@ -390,7 +378,7 @@ async fn kill_and_write(cluster: &UpCluster, keys: &[String]) -> anyhow::Result<
             Err(_) => failed += 1,
         }
     }
-    let (p50, max) = median_max(&mut back_ms);
+    let (p50, max) = median_max(back_ms);
     eprintln!(
         "  killed {victim} (leader of {} partitions): writes back p50 {p50:?} ms, max {max:?} ms, {failed} never",
         victim_parts.len()
@@ -478,11 +466,5 @@ mod tests {
         let spin = Instant::now();
         while spin.elapsed() < Duration::from_millis(30) {}
         assert!(process_usage(std::process::id()).unwrap().cpu >= usage.cpu);
-    }
-
-    #[test]
-    fn median_and_maximum() {
-        assert_eq!(median_max(&mut []), (None, None));
-        assert_eq!(median_max(&mut [3.0, 1.0, 2.0]), (Some(2.0), Some(3.0)));
     }
 }

@@ -80,7 +80,9 @@ impl Run {
             p50_us: Some(h.value_at_quantile(0.5)),
             p99_us: Some(h.value_at_quantile(0.99)),
             p999_us: Some(h.value_at_quantile(0.999)),
-            ops_per_sec: Some(((h.len() as f64 / window.as_secs_f64()) * 10.0).round() / 10.0),
+            ops_per_sec: Some(crate::figures::round1(
+                h.len() as f64 / window.as_secs_f64(),
+            )),
             errors: Some(recorder.errors),
             skipped: None,
             durability: None,

@@ -16,8 +16,11 @@
 //!   `stator_harness::pace`, shared by the failover and migration benchmarks and chaos.
 //! - etcd and Redis are started and driven by `stator_harness::servers`.
 //! - [`latency`]: latency histograms and the JSON run record.
+//! - [`figures`]: milliseconds, median and maximum, and baseline-over-stator ratios, as
+//!   every benchmark reports them.
 
 pub mod failover;
+pub mod figures;
 mod hosts;
 pub mod idle;
 pub mod latency;

@@ -13,6 +13,7 @@
 //! state: stop the writes, dump the state, copy it to the new host over loopback TCP,
 //! restore it, resume. Its downtime is measured; the writes that arrive meanwhile queue.
 
+use super::figures::{ratio, round2};
 use super::hosts::{kv_set, HostThreads};
 use super::latency::Recorder;
 use anyhow::Context;
@@ -173,86 +174,20 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     anyhow::ensure!(opts.value_bytes >= 16, "--value-bytes: at least 16");
     let secret = format!("{:032x}", rand::random::<u128>());
     let (threads, hosts) = start_hosts(&secret).await?;
-    let addrs: BTreeMap<NodeId, String> = hosts
-        .iter()
-        .map(|(id, h)| (*id, h.addr().to_string()))
-        .collect();
-    let initial: BTreeMap<NodeId, String> =
-        addrs.range(1..=3).map(|(i, a)| (*i, a.clone())).collect();
-    let desired: BTreeMap<NodeId, String> = addrs
-        .iter()
-        .filter(|(i, _)| **i != SOURCE)
-        .map(|(i, a)| (*i, a.clone()))
-        .collect();
-    // The bootstrapping host elects itself first: host 1 to move the leader, host 2 to
-    // make host 1 a follower.
-    let first_leader = match opts.moved {
-        MoveKind::Leader => SOURCE,
-        MoveKind::Follower => 2,
-    };
-    hosts[&first_leader].bootstrap(group(), &initial).await?;
-    wait_for_leader(&hosts, first_leader).await?;
-
-    let all_members: Vec<String> = addrs.values().cloned().collect();
-    let target_bytes = opts.state_mib << 20;
-    eprintln!(
-        "migration: filling to {} MiB with {}-byte values ...",
-        opts.state_mib, opts.value_bytes
-    );
-    let fill_started = Instant::now();
-    let filled = fill(
-        &hosts,
-        &secret,
-        &all_members,
-        target_bytes,
-        opts.value_bytes,
-    )
-    .await?;
-    eprintln!(
-        "migration: {filled} keys written in {:.1} s",
-        fill_started.elapsed().as_secs_f64()
-    );
-    // The fill's load may have moved leadership; the move needs the chosen role.
-    wait_for_leader(&hosts, first_leader).await?;
-
-    let mut writer = PacedWriter::start(
-        &secret,
-        all_members.clone(),
-        opts.rate_per_sec,
-        opts.value_bytes,
-    );
-    tokio::time::sleep(WARMUP).await;
-    writer.enter(PHASE_BEFORE);
-    tokio::time::sleep(BEFORE).await;
-
-    let leader = current_leader(&hosts).context("no leader before the move")?;
-    let state_bytes = hosts[&leader].status(group()).map_or(0, |s| s.state_bytes);
-    eprintln!(
-        "migration: moving the {} (host {SOURCE}) to host {DESTINATION}, {state_bytes} state bytes ...",
-        match opts.moved {
-            MoveKind::Leader => "leader",
-            MoveKind::Follower => "follower",
-        }
-    );
-    writer.enter(PHASE_DURING);
-    let move_started = Instant::now();
-    move_replica(&hosts, &desired).await?;
-    let migration = move_started.elapsed();
-    writer.enter(PHASE_AFTER);
-    eprintln!("migration: in sync after {} ms", migration.as_millis());
-    tokio::time::sleep(AFTER).await;
-    let outcome = writer.stop().await;
+    let members = form_group(opts, &hosts).await?;
+    let filled = fill_state(opts, &hosts, &secret, &members).await?;
+    let moved = move_under_writes(opts, &hosts, &secret, &members).await?;
 
     eprintln!("migration: checking convergence and acknowledged writes ...");
-    let converged_state = converged_state(&hosts, &desired).await;
+    let converged_state = converged_state(&hosts, &members.desired).await;
     let converged = converged_state.is_some();
     let lost_acked_writes = match &converged_state {
         Some(bytes) => {
             let machine = KvMachine::from_snapshot(bytes)
                 .map_err(|e| anyhow::anyhow!("decoding the converged snapshot: {e}"))?;
-            count_lost(&machine, filled, &outcome.acked, opts.value_bytes)
+            count_lost(&machine, filled, &moved.outcome.acked, opts.value_bytes)
         }
-        None => filled + outcome.acked.len() as u64,
+        None => filled + moved.outcome.acked.len() as u64,
     };
 
     eprintln!("migration: stop-and-copy baseline of the same state ...");
@@ -269,18 +204,148 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let baseline = stop_and_copy(image, opts.rate_per_sec).await?;
     drop(hosts);
     drop(threads);
+    Ok(report(
+        opts,
+        moved,
+        filled,
+        lost_acked_writes,
+        converged,
+        baseline,
+    ))
+}
 
-    let rec = &outcome.recorders;
+/// The hosts' addresses: the group starts on hosts 1-3 and moves to every host but
+/// [`SOURCE`].
+struct Members {
+    /// Every host, the paced writer's and the fill's clients' member list.
+    all: Vec<String>,
+    /// The membership after the move.
+    desired: BTreeMap<NodeId, String>,
+}
+
+/// Forms the group on hosts 1-3 with the member chosen to move as its first leader.
+async fn form_group(opts: &Options, hosts: &BTreeMap<NodeId, Host>) -> anyhow::Result<Members> {
+    let addrs: BTreeMap<NodeId, String> = hosts
+        .iter()
+        .map(|(id, h)| (*id, h.addr().to_string()))
+        .collect();
+    let initial: BTreeMap<NodeId, String> =
+        addrs.range(1..=3).map(|(i, a)| (*i, a.clone())).collect();
+    let desired: BTreeMap<NodeId, String> = addrs
+        .iter()
+        .filter(|(i, _)| **i != SOURCE)
+        .map(|(i, a)| (*i, a.clone()))
+        .collect();
+    let first_leader = first_leader(opts);
+    hosts[&first_leader].bootstrap(group(), &initial).await?;
+    wait_for_leader(hosts, first_leader).await?;
+    Ok(Members {
+        all: addrs.values().cloned().collect(),
+        desired,
+    })
+}
+
+/// The bootstrapping host elects itself first: host 1 to move the leader, host 2 to
+/// make host 1 a follower.
+fn first_leader(opts: &Options) -> NodeId {
+    match opts.moved {
+        MoveKind::Leader => SOURCE,
+        MoveKind::Follower => 2,
+    }
+}
+
+/// Fills the group to `--state-mib`; the keys written.
+async fn fill_state(
+    opts: &Options,
+    hosts: &BTreeMap<NodeId, Host>,
+    secret: &str,
+    members: &Members,
+) -> anyhow::Result<u64> {
+    let target_bytes = opts.state_mib << 20;
+    eprintln!(
+        "migration: filling to {} MiB with {}-byte values ...",
+        opts.state_mib, opts.value_bytes
+    );
+    let fill_started = Instant::now();
+    let filled = fill(hosts, secret, &members.all, target_bytes, opts.value_bytes).await?;
+    eprintln!(
+        "migration: {filled} keys written in {:.1} s",
+        fill_started.elapsed().as_secs_f64()
+    );
+    // The fill's load may have moved leadership; the move needs the chosen role.
+    wait_for_leader(hosts, first_leader(opts)).await?;
+    Ok(filled)
+}
+
+/// What the move under paced writes measured.
+struct Moved {
+    outcome: WriterOutcome,
+    /// From the first membership step to the new membership in sync.
+    migration: Duration,
+    /// The leader's state when the move began.
+    state_bytes: u64,
+}
+
+/// Paced writes through warm-up, the window before, the move and the window after.
+async fn move_under_writes(
+    opts: &Options,
+    hosts: &BTreeMap<NodeId, Host>,
+    secret: &str,
+    members: &Members,
+) -> anyhow::Result<Moved> {
+    let mut writer = PacedWriter::start(
+        secret,
+        members.all.clone(),
+        opts.rate_per_sec,
+        opts.value_bytes,
+    );
+    tokio::time::sleep(WARMUP).await;
+    writer.enter(PHASE_BEFORE);
+    tokio::time::sleep(BEFORE).await;
+
+    let leader = current_leader(hosts).context("no leader before the move")?;
+    let state_bytes = hosts[&leader].status(group()).map_or(0, |s| s.state_bytes);
+    eprintln!(
+        "migration: moving the {} (host {SOURCE}) to host {DESTINATION}, {state_bytes} state bytes ...",
+        match opts.moved {
+            MoveKind::Leader => "leader",
+            MoveKind::Follower => "follower",
+        }
+    );
+    writer.enter(PHASE_DURING);
+    let move_started = Instant::now();
+    move_replica(hosts, &members.desired).await?;
+    let migration = move_started.elapsed();
+    writer.enter(PHASE_AFTER);
+    eprintln!("migration: in sync after {} ms", migration.as_millis());
+    tokio::time::sleep(AFTER).await;
+    Ok(Moved {
+        outcome: writer.stop().await,
+        migration,
+        state_bytes,
+    })
+}
+
+/// The report: the paced writer's phases, the checks and the baseline beside them.
+fn report(
+    opts: &Options,
+    moved: Moved,
+    filled: u64,
+    lost_acked_writes: u64,
+    converged: bool,
+    baseline: Baseline,
+) -> Report {
+    let rec = &moved.outcome.recorders;
     let before = &rec[PHASE_BEFORE].histogram;
     let during = &rec[PHASE_DURING].histogram;
     let after = &rec[PHASE_AFTER].histogram;
     let failed_requests = rec.iter().map(|r| r.errors).sum();
     let max_us_during = during.max();
-    let migration_ms = migration.as_millis() as u64;
-    Ok(Report {
+    let migration_ms = moved.migration.as_millis() as u64;
+    Report {
         failed_requests,
         migration_ms,
-        state_bytes,
+        state_bytes: moved.state_bytes,
         p99_us_before: before.value_at_quantile(0.99),
         p99_us_during: during.value_at_quantile(0.99),
         p50_us_before: before.value_at_quantile(0.5),
@@ -289,27 +354,28 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         p99_us_after: after.value_at_quantile(0.99),
         requests_before: before.len() + rec[PHASE_BEFORE].errors,
         requests_during: during.len() + rec[PHASE_DURING].errors,
-        missed_ticks: outcome.missed,
+        missed_ticks: moved.outcome.missed,
         moved: opts.moved,
-        acked_writes: filled + outcome.acked.len() as u64,
+        acked_writes: filled + moved.outcome.acked.len() as u64,
         lost_acked_writes,
         converged,
         value_bytes: opts.value_bytes,
         rate_per_sec: opts.rate_per_sec,
         ratios: Ratios {
-            baseline_downtime_over_stator_max_stall: round2(
-                baseline.baseline_stop_and_copy_downtime_ms * 1000.0 / max_us_during.max(1) as f64,
-            ),
-            stator_migration_over_baseline_downtime: round2(
-                migration_ms as f64 / baseline.baseline_stop_and_copy_downtime_ms.max(0.001),
-            ),
+            // The denominators are kept above zero, so the ratios always exist.
+            baseline_downtime_over_stator_max_stall: ratio(
+                baseline.baseline_stop_and_copy_downtime_ms * 1000.0,
+                max_us_during.max(1) as f64,
+            )
+            .unwrap_or_default(),
+            stator_migration_over_baseline_downtime: ratio(
+                migration_ms as f64,
+                baseline.baseline_stop_and_copy_downtime_ms.max(0.001),
+            )
+            .unwrap_or_default(),
         },
         baseline,
-    })
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
+    }
 }
 
 /// Prints the summary on stderr and, with `json`, the report on stdout's last line.

@@ -10,7 +10,7 @@ use serde_json::Value;
 use stator_client::{Api, Context};
 use stator_harness::resp::Connection;
 use stator_harness::supervisor::ProcessSpec;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// SIGTERM to SIGKILL when stopping `up` (it stops its agents first).
@@ -41,7 +41,6 @@ pub(crate) struct UpOptions {
 /// The running cluster.
 pub(crate) struct UpCluster {
     child: tokio::process::Child,
-    data_dir: PathBuf,
     api: Api,
     /// The service's RESP endpoint on the gateway.
     pub resp_addr: String,
@@ -115,7 +114,6 @@ impl UpCluster {
         };
         Ok(UpCluster {
             child,
-            data_dir,
             api: Api::new(&ctx)?,
             resp_addr,
             service: opts.service.clone(),
@@ -203,25 +201,17 @@ impl UpCluster {
         }
     }
 
-    /// The pid of the running agent named `name`: `DATA_DIR/agents/<name>/pid` when `up`
-    /// writes one, else the child of `up` started with `--name <name>`.
+    /// The pid of the running agent named `name` (see [`UpCluster::agent_pids`]).
     pub fn agent_pid(&self, name: &str) -> anyhow::Result<i32> {
-        let pid_file = self.data_dir.join("agents").join(name).join("pid");
-        if let Ok(text) = std::fs::read_to_string(&pid_file) {
-            if let Ok(pid) = text.trim().parse::<i32>() {
-                if Path::new(&format!("/proc/{pid}")).exists() {
-                    return Ok(pid);
-                }
-            }
+        match self.agent_pids()?.get(name) {
+            Some(pid) => Ok(*pid as i32),
+            None => bail!("no running agent named {name} under `stator up`; is its node lost or restarting? see its agent.log"),
         }
-        let up_pid = self.child.id().context("`stator up` has exited")?;
-        if let Some(pid) = stator_harness::process::child_agent_pids(up_pid).get(name) {
-            return Ok(*pid as i32);
-        }
-        bail!("no running agent named {name} under `stator up` (pid {up_pid})")
     }
 
-    /// Every running agent of `up`, by node name.
+    /// Every running agent of `up`, by node name: the children of `up` that run
+    /// `stator agent --name NODE`, from `/proc` (the one source [`UpCluster::agent_pid`]
+    /// reads too).
     pub fn agent_pids(&self) -> anyhow::Result<std::collections::BTreeMap<String, u32>> {
         let up_pid = self.child.id().context("`stator up` has exited")?;
         Ok(stator_harness::process::child_agent_pids(up_pid))

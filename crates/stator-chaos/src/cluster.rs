@@ -10,13 +10,12 @@
 use super::netns::Netns;
 use anyhow::{bail, Context as _};
 use stator_api::spec::Durability;
+use stator_api::views::{NodeState, NodeView, PartitionView};
 use stator_client::context::{self, Context};
 use stator_client::Api;
 use stator_harness::etcd::LocalEtcd as Etcd;
-pub use stator_harness::process::{child_agent_pids, is_stopped, process_age_ms};
+pub use stator_harness::process::{is_stopped, process_age_ms};
 use stator_harness::supervisor::{ProcessSpec, Supervisor};
-use stator_server::model::NodeState;
-use stator_server::views::{NodeView, PartitionView};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -69,6 +68,22 @@ pub struct LocalCluster {
     pub resp_addr: String,
     /// Agents kept running.
     pub nodes: usize,
+}
+
+/// The agents of a [`LocalCluster`], read from its supervisor (the one source of agent
+/// pids in chaos: what it started, including restarts). Cheap to clone.
+#[derive(Clone)]
+pub struct Agents(Supervisor);
+
+impl Agents {
+    /// The agents running now, by node name.
+    pub fn pids(&self) -> BTreeMap<String, u32> {
+        self.0
+            .pids(|name| name.starts_with(AGENT_PREFIX))
+            .into_iter()
+            .map(|(name, pid)| (name[AGENT_PREFIX.len()..].to_string(), pid))
+            .collect()
+    }
 }
 
 /// A free port on `ip` (bound then released: a small race, fine for a test cluster).
@@ -254,7 +269,7 @@ impl LocalCluster {
                     )
                 }
             };
-            // `agent` first: [`child_agent_pids`] recognises agents by their second argument.
+            // `agent` first, as `up` starts its agents.
             args.extend([
                 "agent".to_string(),
                 "--server".into(),
@@ -341,11 +356,12 @@ impl LocalCluster {
 
     /// The agents running now, by node name.
     pub fn agent_pids(&self) -> BTreeMap<String, u32> {
-        self.processes
-            .pids(|name| name.starts_with(AGENT_PREFIX))
-            .into_iter()
-            .map(|(name, pid)| (name[AGENT_PREFIX.len()..].to_string(), pid))
-            .collect()
+        self.agents().pids()
+    }
+
+    /// The agents as a handle that outlives a borrow of the cluster (for a task).
+    pub fn agents(&self) -> Agents {
+        Agents(self.processes.clone())
     }
 
     /// SIGKILLs every agent at once and has the supervisor start them again after

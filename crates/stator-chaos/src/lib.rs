@@ -368,14 +368,15 @@ async fn run_in(
     skipped: BTreeMap<&'static str, String>,
 ) -> anyhow::Result<Summary> {
     let mut cluster = LocalCluster::start(data_dir, opts.nodes, placement, with_etcd).await?;
-    // Agents are children of this process.
-    let parent_pid = std::process::id();
+    // The cluster's supervisor knows its agents, restarted ones included.
+    let agents = cluster.agents();
 
     // Agents go into their node's cgroup before they open any replica connection, and
     // restarted ones as soon as they appear.
     // The task holds only a weak reference, so the firewall can be removed even if the
     // task outlives an interrupted run.
     let adopter = firewall.as_ref().map(Arc::downgrade).map(|firewall| {
+        let agents = agents.clone();
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(ADOPT_INTERVAL);
             loop {
@@ -383,7 +384,7 @@ async fn run_in(
                 let Some(firewall) = firewall.upgrade() else {
                     return;
                 };
-                for (node, pid) in cluster::child_agent_pids(parent_pid) {
+                for (node, pid) in agents.pids() {
                     match firewall.adopt(&node, pid) {
                         Ok(true) => {
                             // A socket keeps the cgroup it was made in: an agent adopted
@@ -407,9 +408,7 @@ async fn run_in(
         if firewall.is_some() {
             // Wait for the first adoption pass to cover every agent.
             let deadline = Instant::now() + Duration::from_secs(5);
-            while cluster::child_agent_pids(parent_pid).len() < opts.nodes
-                && Instant::now() < deadline
-            {
+            while agents.pids().len() < opts.nodes && Instant::now() < deadline {
                 tokio::time::sleep(ADOPT_INTERVAL).await;
             }
             tokio::time::sleep(ADOPT_INTERVAL * 3).await;

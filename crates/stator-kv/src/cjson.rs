@@ -142,6 +142,18 @@ fn cjson_library(lua: &Lua) -> mlua::Result<Table> {
 /// The configuration functions: each answers the setting, after changing it when given
 /// an argument (lua-cjson's `json_cfg_*`).
 fn install_settings(lua: &Lua, cjson: &Table, config: &Rc<Cell<Config>>) -> mlua::Result<()> {
+    install_integer_settings(lua, cjson, config)?;
+    install_flag_settings(lua, cjson, config)?;
+    install_encode_invalid_numbers(lua, cjson, config)?;
+    install_encode_sparse_array(lua, cjson, config)
+}
+
+/// `encode_number_precision`, `encode_max_depth`, `decode_max_depth`: integers in a range.
+fn install_integer_settings(
+    lua: &Lua,
+    cjson: &Table,
+    config: &Rc<Cell<Config>>,
+) -> mlua::Result<()> {
     let integer_setting = |name: &'static str,
                            min: i64,
                            max: i64,
@@ -186,32 +198,46 @@ fn install_settings(lua: &Lua, cjson: &Table, config: &Rc<Cell<Config>>) -> mlua
         |c| c.decode_max_depth,
         |c, v| c.decode_max_depth = v,
     )?;
-    let settings = Rc::clone(config);
-    cjson.raw_set(
+    Ok(())
+}
+
+/// `encode_keep_buffer`, `decode_invalid_numbers`: flags read back as set.
+fn install_flag_settings(lua: &Lua, cjson: &Table, config: &Rc<Cell<Config>>) -> mlua::Result<()> {
+    let flag_setting = |name: &'static str,
+                        get: fn(&Config) -> bool,
+                        set: fn(&mut Config, bool)|
+     -> mlua::Result<()> {
+        let config = Rc::clone(config);
+        let function = lua.create_function(move |_, value: Option<bool>| {
+            let mut current = config.get();
+            if let Some(value) = value {
+                set(&mut current, value);
+                config.set(current);
+            }
+            Ok(get(&current))
+        })?;
+        cjson.raw_set(name, function)
+    };
+    // The buffer is Rust memory dropped after each call either way; the setting is
+    // kept only so scripts that set it read it back.
+    flag_setting(
         "encode_keep_buffer",
-        // The buffer is Rust memory dropped after each call either way; the setting is
-        // kept only so scripts that set it read it back.
-        lua.create_function(move |_, value: Option<bool>| {
-            let mut current = settings.get();
-            if let Some(value) = value {
-                current.keep_buffer = value;
-                settings.set(current);
-            }
-            Ok(current.keep_buffer)
-        })?,
+        |c| c.keep_buffer,
+        |c, v| c.keep_buffer = v,
     )?;
-    let settings = Rc::clone(config);
-    cjson.raw_set(
+    flag_setting(
         "decode_invalid_numbers",
-        lua.create_function(move |_, value: Option<bool>| {
-            let mut current = settings.get();
-            if let Some(value) = value {
-                current.decode_invalid_numbers = value;
-                settings.set(current);
-            }
-            Ok(current.decode_invalid_numbers)
-        })?,
-    )?;
+        |c| c.decode_invalid_numbers,
+        |c, v| c.decode_invalid_numbers = v,
+    )
+}
+
+/// `encode_invalid_numbers`: true, false or "null" (NaN and infinities as `null`).
+fn install_encode_invalid_numbers(
+    lua: &Lua,
+    cjson: &Table,
+    config: &Rc<Cell<Config>>,
+) -> mlua::Result<()> {
     let settings = Rc::clone(config);
     cjson.raw_set(
         "encode_invalid_numbers",
@@ -237,7 +263,15 @@ fn install_settings(lua: &Lua, cjson: &Table, config: &Rc<Cell<Config>>) -> mlua
                 InvalidNumbers::AsNull => LuaValue::String(lua.create_string("null")?),
             })
         })?,
-    )?;
+    )
+}
+
+/// `encode_sparse_array(convert, ratio, safe)`: when a sparse Lua array becomes an object.
+fn install_encode_sparse_array(
+    lua: &Lua,
+    cjson: &Table,
+    config: &Rc<Cell<Config>>,
+) -> mlua::Result<()> {
     let settings = Rc::clone(config);
     cjson.raw_set(
         "encode_sparse_array",
@@ -261,8 +295,7 @@ fn install_settings(lua: &Lua, cjson: &Table, config: &Rc<Cell<Config>>) -> mlua
                 ))
             },
         )?,
-    )?;
-    Ok(())
+    )
 }
 
 /// C's `%.<precision>g`, as lua-cjson prints numbers (`1e+20`, `0.1`, `-0`).

@@ -297,60 +297,14 @@ impl KvMachine {
         }
     }
 
-    fn write(&mut self, spec: &CommandSpec, mut argv: Vec<Vec<u8>>) -> Value {
+    fn write(&mut self, spec: &CommandSpec, argv: Vec<Vec<u8>>) -> Value {
         use Command as C;
-        let now_ms = self.now_ms;
         match spec.command {
             C::Set => self.set_string(argv),
-            C::SetNx => {
-                if self.live(&argv[1], now_ms).is_some() {
-                    return Value::Integer(0);
-                }
-                let value = std::mem::take(&mut argv[2]);
-                self.keyspace
-                    .insert(take_key(&mut argv), value, ExpiryChange::Clear);
-                Value::Integer(1)
-            }
-            C::SetEx | C::PSetEx => {
-                let unit = if spec.command == C::SetEx {
-                    TimeUnit::Seconds
-                } else {
-                    TimeUnit::Milliseconds
-                };
-                let Some(amount) = parse_i64_strict(&argv[2]) else {
-                    return Value::error(NOT_AN_INTEGER);
-                };
-                let at_ms = match (amount > 0)
-                    .then(|| expiry_at_ms(now_ms, amount, unit, TimeBase::Relative))
-                    .flatten()
-                {
-                    Some(at_ms) => at_ms,
-                    None => return invalid_expire(spec.name),
-                };
-                let value = std::mem::take(&mut argv[3]);
-                self.keyspace
-                    .insert(take_key(&mut argv), value, ExpiryChange::At(at_ms));
-                Value::ok()
-            }
-            C::GetSet => {
-                attempt!(self.string(&argv[1], now_ms));
-                let value = std::mem::take(&mut argv[2]);
-                Value::Bulk(
-                    self.keyspace
-                        .insert(take_key(&mut argv), value, ExpiryChange::Clear),
-                )
-            }
-            C::GetDel => {
-                attempt!(self.string(&argv[1], now_ms));
-                Value::Bulk(
-                    self.keyspace
-                        .remove(&argv[1])
-                        .map(|entry| match entry.data {
-                            Data::Str(value) => value,
-                            _ => unreachable!("type checked above"),
-                        }),
-                )
-            }
+            C::SetNx => self.set_if_missing(argv),
+            C::SetEx | C::PSetEx => self.set_expiring(spec, argv),
+            C::GetSet => self.getset(argv),
+            C::GetDel => self.getdel(&argv),
             C::GetEx => self.getex(argv),
             C::SetRange => self.setrange(argv),
             C::Del | C::Unlink => Value::Integer(
@@ -371,60 +325,15 @@ impl KvMachine {
                 None => Value::error(NOT_AN_INTEGER),
             },
             C::IncrByFloat => self.increment_float(argv),
-            C::Append => {
-                let current_len = attempt!(self.string(&argv[1], now_ms)).map_or(0, Vec::len);
-                let new_len = current_len + argv[2].len();
-                if new_len > MAX_BULK_BYTES {
-                    return Value::error(TOO_LONG);
-                }
-                let suffix = std::mem::take(&mut argv[2]);
-                if self
-                    .keyspace
-                    .update_value(&argv[1], |value| value.extend_from_slice(&suffix))
-                    .is_none()
-                {
-                    self.keyspace
-                        .insert(take_key(&mut argv), suffix, ExpiryChange::Clear);
-                }
-                Value::Integer(new_len as i64)
-            }
-            C::MSet | C::MSetNx => {
-                if argv.len() % 2 == 0 {
-                    return wrong_arity(spec.name);
-                }
-                if spec.command == C::MSetNx
-                    && argv[1..]
-                        .iter()
-                        .step_by(2)
-                        .any(|key| self.live(key, now_ms).is_some())
-                {
-                    return Value::Integer(0);
-                }
-                let mut pairs = argv.into_iter().skip(1);
-                while let (Some(key), Some(value)) = (pairs.next(), pairs.next()) {
-                    self.keyspace.insert(key, value, ExpiryChange::Clear);
-                }
-                if spec.command == C::MSetNx {
-                    Value::Integer(1)
-                } else {
-                    Value::ok()
-                }
-            }
+            C::Append => self.append(argv),
+            C::MSet | C::MSetNx => self.mset(spec, argv),
             C::Expire => self.expire(spec.name, &argv, TimeUnit::Seconds, TimeBase::Relative),
             C::PExpire => self.expire(spec.name, &argv, TimeUnit::Milliseconds, TimeBase::Relative),
             C::ExpireAt => self.expire(spec.name, &argv, TimeUnit::Seconds, TimeBase::Absolute),
             C::PExpireAt => {
                 self.expire(spec.name, &argv, TimeUnit::Milliseconds, TimeBase::Absolute)
             }
-            C::Persist => {
-                let has_expiry = self
-                    .live(&argv[1], now_ms)
-                    .is_some_and(|entry| entry.expires_at_ms().is_some());
-                if has_expiry {
-                    self.keyspace.set_expiry(&argv[1], None);
-                }
-                Value::Integer(i64::from(has_expiry))
-            }
+            C::Persist => self.persist(&argv),
             C::HSet | C::HMSet | C::HDel | C::HIncrBy | C::HIncrByFloat | C::HSetNx => {
                 self.hash_write(spec, argv)
             }
@@ -480,6 +389,124 @@ impl KvMachine {
             C::StatorAclKeys => self.script_with_acl(argv),
             other => unreachable!("{other:?} is a read but was dispatched as a write"),
         }
+    }
+
+    /// `SETNX key value`.
+    fn set_if_missing(&mut self, mut argv: Vec<Vec<u8>>) -> Value {
+        let now_ms = self.now_ms;
+        if self.live(&argv[1], now_ms).is_some() {
+            return Value::Integer(0);
+        }
+        let value = std::mem::take(&mut argv[2]);
+        self.keyspace
+            .insert(take_key(&mut argv), value, ExpiryChange::Clear);
+        Value::Integer(1)
+    }
+
+    /// `SETEX key seconds value`, `PSETEX key milliseconds value`.
+    fn set_expiring(&mut self, spec: &CommandSpec, mut argv: Vec<Vec<u8>>) -> Value {
+        let now_ms = self.now_ms;
+        let unit = if spec.command == Command::SetEx {
+            TimeUnit::Seconds
+        } else {
+            TimeUnit::Milliseconds
+        };
+        let Some(amount) = parse_i64_strict(&argv[2]) else {
+            return Value::error(NOT_AN_INTEGER);
+        };
+        let at_ms = match (amount > 0)
+            .then(|| expiry_at_ms(now_ms, amount, unit, TimeBase::Relative))
+            .flatten()
+        {
+            Some(at_ms) => at_ms,
+            None => return invalid_expire(spec.name),
+        };
+        let value = std::mem::take(&mut argv[3]);
+        self.keyspace
+            .insert(take_key(&mut argv), value, ExpiryChange::At(at_ms));
+        Value::ok()
+    }
+
+    /// `GETSET key value`.
+    fn getset(&mut self, mut argv: Vec<Vec<u8>>) -> Value {
+        let now_ms = self.now_ms;
+        attempt!(self.string(&argv[1], now_ms));
+        let value = std::mem::take(&mut argv[2]);
+        Value::Bulk(
+            self.keyspace
+                .insert(take_key(&mut argv), value, ExpiryChange::Clear),
+        )
+    }
+
+    /// `GETDEL key`.
+    fn getdel(&mut self, argv: &[Vec<u8>]) -> Value {
+        let now_ms = self.now_ms;
+        attempt!(self.string(&argv[1], now_ms));
+        Value::Bulk(
+            self.keyspace
+                .remove(&argv[1])
+                .map(|entry| match entry.data {
+                    Data::Str(value) => value,
+                    _ => unreachable!("type checked above"),
+                }),
+        )
+    }
+
+    /// `APPEND key value`.
+    fn append(&mut self, mut argv: Vec<Vec<u8>>) -> Value {
+        let now_ms = self.now_ms;
+        let current_len = attempt!(self.string(&argv[1], now_ms)).map_or(0, Vec::len);
+        let new_len = current_len + argv[2].len();
+        if new_len > MAX_BULK_BYTES {
+            return Value::error(TOO_LONG);
+        }
+        let suffix = std::mem::take(&mut argv[2]);
+        if self
+            .keyspace
+            .update_value(&argv[1], |value| value.extend_from_slice(&suffix))
+            .is_none()
+        {
+            self.keyspace
+                .insert(take_key(&mut argv), suffix, ExpiryChange::Clear);
+        }
+        Value::Integer(new_len as i64)
+    }
+
+    /// `MSET key value [key value ...]`, `MSETNX` (sets none if any key exists).
+    fn mset(&mut self, spec: &CommandSpec, argv: Vec<Vec<u8>>) -> Value {
+        let now_ms = self.now_ms;
+        if argv.len() % 2 == 0 {
+            return wrong_arity(spec.name);
+        }
+        if spec.command == Command::MSetNx
+            && argv[1..]
+                .iter()
+                .step_by(2)
+                .any(|key| self.live(key, now_ms).is_some())
+        {
+            return Value::Integer(0);
+        }
+        let mut pairs = argv.into_iter().skip(1);
+        while let (Some(key), Some(value)) = (pairs.next(), pairs.next()) {
+            self.keyspace.insert(key, value, ExpiryChange::Clear);
+        }
+        if spec.command == Command::MSetNx {
+            Value::Integer(1)
+        } else {
+            Value::ok()
+        }
+    }
+
+    /// `PERSIST key`.
+    fn persist(&mut self, argv: &[Vec<u8>]) -> Value {
+        let now_ms = self.now_ms;
+        let has_expiry = self
+            .live(&argv[1], now_ms)
+            .is_some_and(|entry| entry.expires_at_ms().is_some());
+        if has_expiry {
+            self.keyspace.set_expiry(&argv[1], None);
+        }
+        Value::Integer(i64::from(has_expiry))
     }
 
     /// `SET key value [NX | XX] [GET] [EX s | PX ms | EXAT s | PXAT ms | KEEPTTL]`.

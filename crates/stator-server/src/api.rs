@@ -29,10 +29,10 @@ use crate::config::token_matches;
 use crate::controller::{now_ms, ControllerHandle};
 use crate::error::{Result, ServerError};
 use crate::metrics::Metrics;
+use crate::present::{node_view, partition_views, service_view};
 use crate::pubsub::BusRegistry;
-use crate::views::{
-    node_view, partition_views, service_view, ApplyResult, ClusterInfo, Event, EventKind, NodeView,
-    PartitionView, ServiceDetail, ServiceView,
+use stator_api::views::{
+    ApplyResult, ClusterInfo, Event, EventKind, NodeView, PartitionView, ServiceDetail, ServiceView,
 };
 
 /// Largest request body on user routes: a spec is a few KiB; 1 MiB leaves room for

@@ -571,7 +571,7 @@ mod tests {
     use crate::model::{
         NodeObserved, NodeRecord, PartitionDesign, Placement, Service, ServiceRecord,
     };
-    use stator_api::agent::{RegisterRequest, ReplicaRole, ReplicaStatus};
+    use stator_api::agent::{RegisterRequest, ReplicaStatus};
     use stator_api::spec::{parse_node_pool, parse_spec, SpecFormat};
 
     const NOW_MS: u64 = 1_000_000_000;
@@ -669,21 +669,16 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(p, design)| ReplicaStatus {
-                group: service.group(p as u32),
-                service: "kv".into(),
-                partition: p as u32,
-                role: ReplicaRole::Leader,
-                leader: Some(leader),
-                term: 1,
-                voters: design.members.clone(),
-                learners: vec![],
-                applied_index: 1,
                 state_bytes: 1000,
                 ops_per_sec: ops,
                 p99_us: 500,
-                error: None,
-                disk_bytes: 0,
-                forgotten: false,
+                ..stator_api::testing::leader_status(
+                    service.group(p as u32),
+                    "kv",
+                    p as u32,
+                    leader,
+                    &design.members,
+                )
             })
             .collect();
         cluster.observed.get_mut(&leader).unwrap().replicas = replicas;

@@ -29,9 +29,10 @@ use crate::model::{
     Cluster, JobPhase, NodeObserved, NodeRecord, NodeState, PartitionDesign, Placement, Service,
     ServiceRecord, META_PREFIX, NODES_PREFIX, PLACEMENTS_PREFIX, SERVICES_PREFIX,
 };
+use crate::present::service_view;
 use crate::provider::NodeProvider;
 use crate::reconcile::{apply_action, reconcile, ReconcileAction, ReplaceReason};
-use crate::views::{service_view, ApplyResult, Event, EventKind};
+use stator_api::views::{ApplyResult, Event, EventKind};
 
 /// Commands queued for the controller before senders wait: enough for a burst of
 /// heartbeats from a few hundred nodes, small enough to push back on a flood.
@@ -534,6 +535,30 @@ impl Controller {
         if !self.cluster.is_alive(node) {
             return Err(ServerError::UnknownNode(node));
         }
+        self.check_replicas_base(&heartbeat)?;
+        self.metrics.node_reported(node, &heartbeat.metrics);
+        let held = self.cluster.observed.get(&node);
+        let groups = groups_touched(&heartbeat, held);
+        let changed =
+            reconciler_input_changed(&heartbeat, held, self.cluster.resp_addrs.get(&node));
+        let before: Vec<_> = groups
+            .keys()
+            .map(|g| self.cluster.group_observed(*g).map(|o| (o.leader, o.term)))
+            .collect();
+        let replicas_view = self.record_observed(heartbeat);
+        self.publish_leader_changes(groups, before);
+        if changed {
+            self.wake();
+        }
+        Ok(Assignments {
+            replicas_view,
+            ..assignments_for(&self.cluster, node)
+        })
+    }
+
+    /// A delta heartbeat must build on the view of the node's replicas this server holds.
+    fn check_replicas_base(&self, heartbeat: &Heartbeat) -> Result<()> {
+        let node = heartbeat.node_id;
         let held_view = self
             .cluster
             .observed
@@ -549,56 +574,13 @@ impl Controller {
                 ),
             });
         }
-        self.metrics.node_reported(node, &heartbeat.metrics);
-        let held = self.cluster.observed.get(&node);
-        // The groups whose observed leader this heartbeat may change. A delta touches only
-        // the groups it names: at 1,000 idle partitions that is none, instead of every
-        // group reported plus every group led (each looked up across all nodes' reports).
-        let groups: BTreeMap<GroupId, (String, u32)> = match heartbeat.replicas_since {
-            Some(_) => {
-                let gone: BTreeSet<GroupId> = heartbeat.replicas_gone.iter().copied().collect();
-                heartbeat
-                    .replicas
-                    .iter()
-                    .chain(
-                        held.into_iter()
-                            .flat_map(|o| o.replicas.iter())
-                            .filter(|r| gone.contains(&r.group)),
-                    )
-                    .map(|r| (r.group, (r.service.clone(), r.partition)))
-                    .collect()
-            }
-            None => heartbeat
-                .replicas
-                .iter()
-                .map(|r| (r.group, (r.service.clone(), r.partition)))
-                .chain(
-                    // Groups this node led before: it may have lost leadership.
-                    held.into_iter()
-                        .flat_map(|o| o.replicas.iter())
-                        .filter(|r| r.role == ReplicaRole::Leader)
-                        .map(|r| (r.group, (r.service.clone(), r.partition))),
-                )
-                .collect(),
-        };
-        // Whether anything the reconciler reads changed; liveness alone needs no pass (the
-        // reconciler runs on its own schedule, at least every MAX_RECONCILE_INTERVAL_MS,
-        // and at each node's grace deadline).
-        let changed = heartbeat.replicas_since.is_none()
-            || !heartbeat.replicas.is_empty()
-            || !heartbeat.replicas_gone.is_empty()
-            || held.is_none_or(|o| o.instances != heartbeat.instances)
-            || self
-                .cluster
-                .resp_addrs
-                .get(&node)
-                .map_or(!heartbeat.resp_addrs.is_empty(), |addrs| {
-                    *addrs != heartbeat.resp_addrs
-                });
-        let before: Vec<_> = groups
-            .keys()
-            .map(|g| self.cluster.group_observed(*g).map(|o| (o.leader, o.term)))
-            .collect();
+        Ok(())
+    }
+
+    /// Stores what the heartbeat reports (a delta merged into the held view) and
+    /// publishes new OOM kills; the replicas view the answer acknowledges.
+    fn record_observed(&mut self, heartbeat: Heartbeat) -> Option<u64> {
+        let node = heartbeat.node_id;
         if heartbeat.resp_addrs.is_empty() {
             self.cluster.resp_addrs.remove(&node);
         } else {
@@ -641,6 +623,15 @@ impl Controller {
                 replicas_view,
             },
         );
+        replicas_view
+    }
+
+    /// Publishes `LeaderChanged` for each of `groups` whose leader differs from `before`.
+    fn publish_leader_changes(
+        &mut self,
+        groups: BTreeMap<GroupId, (String, u32)>,
+        before: Vec<Option<(NodeId, u64)>>,
+    ) {
         for ((group, (service, partition)), before) in groups.into_iter().zip(before) {
             let after = self
                 .cluster
@@ -655,13 +646,6 @@ impl Controller {
                 });
             }
         }
-        if changed {
-            self.wake();
-        }
-        Ok(Assignments {
-            replicas_view,
-            ..assignments_for(&self.cluster, node)
-        })
     }
 
     fn group_exists(&self, group: GroupId) -> bool {
@@ -1235,6 +1219,59 @@ async fn read_counter(store: &dyn Store, key: &str) -> Result<u64> {
         Some(value) => decode(key, &value.value),
         None => Ok(1),
     }
+}
+
+/// The groups whose observed leader this heartbeat may change. A delta touches only
+/// the groups it names: at 1,000 idle partitions that is none, instead of every
+/// group reported plus every group led (each looked up across all nodes' reports).
+fn groups_touched(
+    heartbeat: &Heartbeat,
+    held: Option<&NodeObserved>,
+) -> BTreeMap<GroupId, (String, u32)> {
+    match heartbeat.replicas_since {
+        Some(_) => {
+            let gone: BTreeSet<GroupId> = heartbeat.replicas_gone.iter().copied().collect();
+            heartbeat
+                .replicas
+                .iter()
+                .chain(
+                    held.into_iter()
+                        .flat_map(|o| o.replicas.iter())
+                        .filter(|r| gone.contains(&r.group)),
+                )
+                .map(|r| (r.group, (r.service.clone(), r.partition)))
+                .collect()
+        }
+        None => heartbeat
+            .replicas
+            .iter()
+            .map(|r| (r.group, (r.service.clone(), r.partition)))
+            .chain(
+                // Groups this node led before: it may have lost leadership.
+                held.into_iter()
+                    .flat_map(|o| o.replicas.iter())
+                    .filter(|r| r.role == ReplicaRole::Leader)
+                    .map(|r| (r.group, (r.service.clone(), r.partition))),
+            )
+            .collect(),
+    }
+}
+
+/// Whether anything the reconciler reads changed; liveness alone needs no pass (the
+/// reconciler runs on its own schedule, at least every MAX_RECONCILE_INTERVAL_MS,
+/// and at each node's grace deadline).
+fn reconciler_input_changed(
+    heartbeat: &Heartbeat,
+    held: Option<&NodeObserved>,
+    resp_addrs: Option<&BTreeMap<String, String>>,
+) -> bool {
+    heartbeat.replicas_since.is_none()
+        || !heartbeat.replicas.is_empty()
+        || !heartbeat.replicas_gone.is_empty()
+        || held.is_none_or(|o| o.instances != heartbeat.instances)
+        || resp_addrs.map_or(!heartbeat.resp_addrs.is_empty(), |addrs| {
+            *addrs != heartbeat.resp_addrs
+        })
 }
 
 /// `(service, id, oom_kills)` of each instance whose OOM-kill count grew since the

@@ -130,14 +130,7 @@ pub fn leadership(cluster: &Cluster) -> Vec<Leadership> {
             if !settled {
                 continue;
             }
-            let report = |node: NodeId| {
-                cluster
-                    .observed
-                    .get(&node)?
-                    .replicas
-                    .iter()
-                    .find(|r| r.group == group)
-            };
+            let report = |node: NodeId| cluster.replica_report(node, group);
             let Some(leader_applied) = report(observed.leader).map(|r| r.applied_index) else {
                 continue;
             };

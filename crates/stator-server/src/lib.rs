@@ -28,7 +28,8 @@
 //!   caught-up followers on nodes that lead fewer, named in the heartbeat answer.
 //! - [`model`]: persisted records (nodes, services, designed placement) and observed
 //!   status (heartbeats).
-//! - [`views`]: the JSON the API returns (nodes, services, partitions, events).
+//! - [`present`]: builds the views the API returns (nodes, services, partitions) from
+//!   the model; the view types themselves are `stator_api::views`.
 //! - [`dashboard`]: the web dashboard at `/ui/` (page, script and styles embedded in
 //!   the binary; data through the `/v1` API with the user's token).
 //! - [`metrics`]: Prometheus metrics.
@@ -49,10 +50,10 @@ pub mod leader;
 pub mod leaders;
 pub mod metrics;
 pub mod model;
+pub mod present;
 pub mod provider;
 pub mod pubsub;
 pub mod reconcile;
-pub mod views;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -21,7 +21,7 @@ use stator_api::ids::{GroupId, NodeId};
 use stator_api::spec::ServiceKind;
 
 use crate::model::{Cluster, NodeState};
-use crate::views::EventKind;
+use stator_api::views::EventKind;
 
 type Labels = Vec<(String, String)>;
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -59,6 +59,93 @@ struct NodeSeries {
     cpu_capacity_millicores: Family<Labels, Gauge>,
     cpu_requested_millicores: Family<Labels, Gauge>,
     heartbeat_age_seconds: Family<Labels, FloatGauge>,
+}
+
+impl PartitionSeries {
+    /// Registers the per-partition series (their help text is what Prometheus shows).
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "partition_leader_changes",
+            "Leader changes reported by heartbeats, per partition",
+            self.leader_changes.clone(),
+        );
+        registry.register(
+            "partition_ops_per_second",
+            "Client operations per second the partition's leader answers",
+            self.ops_per_second.clone(),
+        );
+        registry.register(
+            "partition_p99_seconds",
+            "p99 latency of client operations (commit and apply for writes) at the leader",
+            self.p99_seconds.clone(),
+        );
+        registry.register(
+            "partition_apply_lag_entries",
+            "Largest gap between the leader's applied log index and a live member's",
+            self.apply_lag_entries.clone(),
+        );
+        registry.register(
+            "partition_state_bytes",
+            "Bytes of state the leader holds: the size of the partition's next snapshot",
+            self.state_bytes.clone(),
+        );
+        registry.register(
+            "partition_disk_bytes",
+            "Bytes the leader's on-disk store (log, vote, snapshot) takes; 0 for memory durability",
+            self.disk_bytes.clone(),
+        );
+        registry.register(
+            "partition_replication_factor_met",
+            "1 when the observed voters are the designed members, all alive",
+            self.replication_factor_met.clone(),
+        );
+        registry.register(
+            "partition_report_age_seconds",
+            "Age of the leader's last report (its node's last heartbeat)",
+            self.report_age_seconds.clone(),
+        );
+    }
+}
+
+impl NodeSeries {
+    /// Registers the per-node series.
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "node_replicas",
+            "Replicas a node reports",
+            self.replicas.clone(),
+        );
+        registry.register(
+            "node_leaders",
+            "Replicas a node reports as leader",
+            self.leaders.clone(),
+        );
+        registry.register(
+            "node_ops_per_second",
+            "Client operations per second a node's leaders answer",
+            self.ops_per_second.clone(),
+        );
+        registry.register(
+            "node_state_bytes",
+            "Bytes of replica state a node holds",
+            self.state_bytes.clone(),
+        );
+        registry.register(
+            "node_cpu_capacity_millicores",
+            "CPU a node offers",
+            self.cpu_capacity_millicores.clone(),
+        );
+        registry.register(
+            "node_cpu_requested_millicores",
+            "CPU requested by the replicas designed onto a node",
+            self.cpu_requested_millicores.clone(),
+        );
+        registry.register(
+            "node_heartbeat_age_seconds",
+            "Time since a node's last heartbeat",
+            self.heartbeat_age_seconds.clone(),
+        );
+    }
 }
 
 /// The agents' own cumulative counters, per live node, from their last heartbeat.
@@ -199,83 +286,8 @@ impl Metrics {
             series_refreshed_ms: AtomicU64::new(0),
             registry: Registry::default(),
         };
-        let p = &metrics.partition;
-        registry.register(
-            "partition_leader_changes",
-            "Leader changes reported by heartbeats, per partition",
-            p.leader_changes.clone(),
-        );
-        registry.register(
-            "partition_ops_per_second",
-            "Client operations per second the partition's leader answers",
-            p.ops_per_second.clone(),
-        );
-        registry.register(
-            "partition_p99_seconds",
-            "p99 latency of client operations (commit and apply for writes) at the leader",
-            p.p99_seconds.clone(),
-        );
-        registry.register(
-            "partition_apply_lag_entries",
-            "Largest gap between the leader's applied log index and a live member's",
-            p.apply_lag_entries.clone(),
-        );
-        registry.register(
-            "partition_state_bytes",
-            "Bytes of state the leader holds: the size of the partition's next snapshot",
-            p.state_bytes.clone(),
-        );
-        registry.register(
-            "partition_disk_bytes",
-            "Bytes the leader's on-disk store (log, vote, snapshot) takes; 0 for memory durability",
-            p.disk_bytes.clone(),
-        );
-        registry.register(
-            "partition_replication_factor_met",
-            "1 when the observed voters are the designed members, all alive",
-            p.replication_factor_met.clone(),
-        );
-        registry.register(
-            "partition_report_age_seconds",
-            "Age of the leader's last report (its node's last heartbeat)",
-            p.report_age_seconds.clone(),
-        );
-        let n = &metrics.node;
-        registry.register(
-            "node_replicas",
-            "Replicas a node reports",
-            n.replicas.clone(),
-        );
-        registry.register(
-            "node_leaders",
-            "Replicas a node reports as leader",
-            n.leaders.clone(),
-        );
-        registry.register(
-            "node_ops_per_second",
-            "Client operations per second a node's leaders answer",
-            n.ops_per_second.clone(),
-        );
-        registry.register(
-            "node_state_bytes",
-            "Bytes of replica state a node holds",
-            n.state_bytes.clone(),
-        );
-        registry.register(
-            "node_cpu_capacity_millicores",
-            "CPU a node offers",
-            n.cpu_capacity_millicores.clone(),
-        );
-        registry.register(
-            "node_cpu_requested_millicores",
-            "CPU requested by the replicas designed onto a node",
-            n.cpu_requested_millicores.clone(),
-        );
-        registry.register(
-            "node_heartbeat_age_seconds",
-            "Time since a node's last heartbeat",
-            n.heartbeat_age_seconds.clone(),
-        );
+        metrics.partition.register(&mut registry);
+        metrics.node.register(&mut registry);
         registry.register_collector(Box::new(metrics.node_counters.clone()));
         registry.register("nodes", "Registered nodes by state", metrics.nodes.clone());
         registry.register("services", "Services applied", metrics.services.clone());
@@ -647,21 +659,12 @@ mod tests {
             NodeObserved {
                 last_heartbeat_ms: 1_000,
                 replicas: vec![ReplicaStatus {
-                    group,
-                    service: "kv".into(),
-                    partition: 0,
-                    role: ReplicaRole::Leader,
-                    leader: Some(1),
                     term: 2,
-                    voters: vec![1],
-                    learners: vec![],
                     applied_index: 40,
                     state_bytes: 4096,
                     ops_per_sec: 12.5,
                     p99_us: 800,
-                    error: None,
-                    disk_bytes: 0,
-                    forgotten: false,
+                    ..stator_api::testing::leader_status(group, "kv", 0, 1, &[1])
                 }],
                 instances: vec![],
                 replicas_view: None,

@@ -13,7 +13,7 @@ use stator_api::agent::{
 };
 use stator_api::ids::{GroupId, NodeId};
 use stator_api::spec::{ServiceKind, ServiceSpec};
-pub use stator_api::views::{JobPhase, NodeState};
+pub(crate) use stator_api::views::{JobPhase, NodeState};
 
 /// Root of every key the server writes.
 pub const KEY_PREFIX: &str = "/stator/";
@@ -258,6 +258,15 @@ impl Cluster {
             return None;
         }
         self.resp_addrs.get(&id)?.get(service).cloned()
+    }
+
+    /// What `node` last reported about its replica of `group`.
+    pub fn replica_report(&self, node: NodeId, group: GroupId) -> Option<&ReplicaStatus> {
+        self.observed
+            .get(&node)?
+            .replicas
+            .iter()
+            .find(|r| r.group == group)
     }
 
     /// The group as reported by its leader: among live nodes' reports of a leader role,

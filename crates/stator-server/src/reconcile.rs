@@ -815,6 +815,27 @@ fn policy_of(spec: &ServiceSpec) -> Policy {
 /// If the action names a service or partition the cluster does not have: actions are
 /// only ever applied to the cluster they were decided from.
 pub fn apply_action(cluster: &mut Cluster, action: &ReconcileAction) {
+    use ReconcileAction as A;
+    match action {
+        A::MarkNodeLost { .. }
+        | A::MarkNodeRejoined { .. }
+        | A::MarkNodeDrained { .. }
+        | A::MarkNodeDraining { .. } => apply_node_action(cluster, action),
+        A::PlacePartition { .. }
+        | A::ResetPartition { .. }
+        | A::MarkGroupStarted { .. }
+        | A::ReplaceMember { .. }
+        | A::MigrateMember { .. }
+        | A::ResizeReplica { .. } => apply_partition_action(cluster, action),
+        A::PlaceInstance { .. }
+        | A::RemoveInstance { .. }
+        | A::FinishInstance { .. }
+        | A::SetJobPhase { .. } => apply_instance_action(cluster, action),
+    }
+}
+
+/// A node's lifecycle: lost, back, draining, drained.
+fn apply_node_action(cluster: &mut Cluster, action: &ReconcileAction) {
     match action {
         ReconcileAction::MarkNodeLost { node } => {
             if let Some(record) = cluster.nodes.get_mut(node) {
@@ -847,6 +868,21 @@ pub fn apply_action(cluster: &mut Cluster, action: &ReconcileAction) {
                 record.state = NodeState::Drained;
             }
         }
+        ReconcileAction::MarkNodeDraining { node } => {
+            if let Some(record) = cluster.nodes.get_mut(node) {
+                if record.state == NodeState::Ready {
+                    record.state = NodeState::Draining;
+                    record.drain_requested = true;
+                }
+            }
+        }
+        other => unreachable!("{other:?} is not handled by apply_node_action"),
+    }
+}
+
+/// A partition's design: members, their requests, whether it has started.
+fn apply_partition_action(cluster: &mut Cluster, action: &ReconcileAction) {
+    match action {
         ReconcileAction::PlacePartition {
             service,
             partition,
@@ -912,14 +948,13 @@ pub fn apply_action(cluster: &mut Cluster, action: &ReconcileAction) {
                 .cpu_millis
                 .insert(*node, *cpu_millis);
         }
-        ReconcileAction::MarkNodeDraining { node } => {
-            if let Some(record) = cluster.nodes.get_mut(node) {
-                if record.state == NodeState::Ready {
-                    record.state = NodeState::Draining;
-                    record.drain_requested = true;
-                }
-            }
-        }
+        other => unreachable!("{other:?} is not handled by apply_partition_action"),
+    }
+}
+
+/// A stateless or job service's instances and job phase.
+fn apply_instance_action(cluster: &mut Cluster, action: &ReconcileAction) {
+    match action {
         ReconcileAction::PlaceInstance {
             service,
             node,
@@ -969,6 +1004,7 @@ pub fn apply_action(cluster: &mut Cluster, action: &ReconcileAction) {
         ReconcileAction::SetJobPhase { service, phase } => {
             service_mut(cluster, service).placement.job_phase = Some(*phase);
         }
+        other => unreachable!("{other:?} is not handled by apply_instance_action"),
     }
 }
 
@@ -1087,23 +1123,9 @@ mod tests {
         let observed = cluster.observed.entry(leader).or_default();
         observed.last_heartbeat_ms = NOW_MS;
         observed.replicas.retain(|r| r.group != group);
-        observed.replicas.push(ReplicaStatus {
-            group,
-            service: "kv".into(),
-            partition,
-            role: ReplicaRole::Leader,
-            leader: Some(leader),
-            term: 1,
-            voters: voters.to_vec(),
-            learners: vec![],
-            applied_index: 1,
-            state_bytes: 0,
-            ops_per_sec: 0.0,
-            p99_us: 0,
-            error: None,
-            disk_bytes: 0,
-            forgotten: false,
-        });
+        observed.replicas.push(stator_api::testing::leader_status(
+            group, "kv", partition, leader, voters,
+        ));
     }
 
     fn started(cluster: &mut Cluster, partition: u32, members: &[NodeId]) {
@@ -1120,21 +1142,11 @@ mod tests {
         observed.last_heartbeat_ms = NOW_MS;
         observed.replicas.retain(|r| r.group != group);
         observed.replicas.push(ReplicaStatus {
-            group,
-            service: "kv".into(),
-            partition,
             role: ReplicaRole::Stopped,
-            leader: None,
             term: 0,
-            voters: vec![],
-            learners: vec![],
-            applied_index: 0,
-            state_bytes: 0,
-            ops_per_sec: 0.0,
-            p99_us: 0,
             error: Some("forgot".into()),
-            disk_bytes: 0,
             forgotten: true,
+            ..stator_api::testing::replica_status(group, "kv", partition)
         });
     }
 

@@ -11,7 +11,7 @@ use stator_api::agent::{
     Assignments, Heartbeat, RegisterRequest, RegisterResponse, ReplicaRole, ReplicaStatus,
 };
 use stator_api::ids::NodeId;
-use stator_server::views::PartitionView;
+use stator_api::views::PartitionView;
 use stator_server::{ServerConfig, ServerHandle};
 
 /// Grace used by these tests: short so node loss is detected quickly, long enough that
@@ -166,21 +166,11 @@ impl SimAgent {
                         ReplicaRole::Follower
                     };
                     ReplicaStatus {
-                        group: a.group,
-                        service: a.service.clone(),
-                        partition: a.partition,
                         role,
                         leader,
-                        term: 1,
                         voters: a.members.iter().map(|m| m.node_id).collect(),
-                        learners: vec![],
                         applied_index: 1,
-                        state_bytes: 0,
-                        ops_per_sec: 0.0,
-                        p99_us: 0,
-                        error: None,
-                        disk_bytes: 0,
-                        forgotten: false,
+                        ..stator_api::testing::replica_status(a.group, &a.service, a.partition)
                     }
                 })
                 .collect(),

@@ -6,7 +6,7 @@ use crate::client::Api;
 use anyhow::Context as _;
 use stator_api::ids::NodeId;
 use stator_api::spec::{parse_spec, SpecFormat};
-use stator_server::views::{Event, EventKind, NodeView, PartitionView, ServiceView};
+use stator_api::views::{Event, EventKind, NodeView, PartitionView, ServiceView};
 use std::collections::BTreeMap;
 use std::path::Path;
 

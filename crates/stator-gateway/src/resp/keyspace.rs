@@ -211,90 +211,115 @@ async fn merge<B: Backend>(
                     .ok_or_else(|| Value::error("ERR the service has no partitions")),
             }
         }
-        FanOut::ScriptExists(argv) => {
-            let command = encode_command(&argv);
-            let mut everywhere: Option<Vec<Value>> = None;
-            // The kv command table files all of SCRIPT as a write (LOAD and FLUSH change
-            // the cache), so EXISTS goes through the log too.
-            for reply in ask(backend, routes, &all, RequestKind::Write, &command).await? {
-                let flags = array(reply)?;
-                everywhere = Some(match everywhere {
-                    None => flags,
-                    Some(so_far) => so_far
-                        .into_iter()
-                        .zip(flags)
-                        .map(|(a, b)| match (a, b) {
-                            (Value::Integer(a), Value::Integer(b)) => Value::Integer(a.min(b)),
-                            (error @ Value::Error(_), _) | (_, error @ Value::Error(_)) => error,
-                            (other, _) => other,
-                        })
-                        .collect(),
-                });
-            }
-            Ok(Value::Array(Some(everywhere.unwrap_or_default())))
-        }
-        FanOut::RandomKey => {
-            let command = encode_command(&["RANDOMKEY"]);
-            let mut order = all;
-            order.shuffle(&mut rand::thread_rng());
-            for partition in order {
-                let reply = ask(backend, routes, &[partition], RequestKind::Read, &command).await?;
-                match reply.into_iter().next() {
-                    Some(Value::Bulk(None)) => continue,
-                    Some(key @ Value::Bulk(Some(_))) => return Ok(key),
-                    Some(other) => return Err(unexpected("RANDOMKEY", &other)),
-                    None => unreachable!("one partition asked, one reply"),
-                }
-            }
-            Ok(Value::Bulk(None))
-        }
+        FanOut::ScriptExists(argv) => script_exists(backend, routes, &all, &argv).await,
+        FanOut::RandomKey => random_key(backend, routes, all).await,
         FanOut::Scan {
             partition,
             inner,
             options,
-        } => {
-            if partition >= routes.partitions.len() {
-                // A cursor from before a resize, or made up: the scan is over.
-                return Ok(scan_reply(0, Vec::new()));
-            }
-            let mut argv = vec![b"SCAN".to_vec(), inner.to_string().into_bytes()];
-            argv.extend(options);
-            let command = encode_command(&argv);
-            let reply = ask(backend, routes, &[partition], RequestKind::Read, &command).await?;
-            let (next_inner, keys) = match reply.into_iter().next() {
-                Some(Value::Array(Some(parts))) if parts.len() == 2 => {
-                    let mut parts = parts.into_iter();
-                    let cursor = parts.next().expect("two parts");
-                    let keys = array(parts.next().expect("two parts"))?;
-                    let cursor = match &cursor {
-                        Value::Bulk(Some(text)) => std::str::from_utf8(text)
-                            .ok()
-                            .and_then(|t| t.parse::<u64>().ok()),
-                        _ => None,
-                    };
-                    let Some(cursor) = cursor else {
-                        return Err(Value::error(
-                            "ERR a partition answered SCAN with a cursor that is not a number",
-                        ));
-                    };
-                    (cursor, keys)
-                }
-                Some(other) => return Err(unexpected("SCAN", &other)),
-                None => unreachable!("one partition asked, one reply"),
-            };
-            let next = if next_inner != 0 {
-                // Rounded down (keys between come again, none is skipped); a cursor below
-                // 2^10 would round to "start of the partition", so it rounds up instead (a
-                // key hash that small is a 1 in 2^54 event).
-                (next_inner & !PARTITION_MASK).max(PARTITION_MASK + 1) | partition as u64
-            } else if partition + 1 < routes.partitions.len() {
-                (partition + 1) as u64
-            } else {
-                0
-            };
-            Ok(scan_reply(next, keys))
+        } => scan_partition(backend, routes, partition, inner, options).await,
+    }
+}
+
+/// SCRIPT EXISTS on every partition: a script exists where every partition has it.
+async fn script_exists<B: Backend>(
+    backend: &B,
+    routes: &Arc<ServiceRoutes>,
+    all: &[usize],
+    argv: &[Vec<u8>],
+) -> Result<Value, Value> {
+    let command = encode_command(argv);
+    let mut everywhere: Option<Vec<Value>> = None;
+    // The kv command table files all of SCRIPT as a write (LOAD and FLUSH change
+    // the cache), so EXISTS goes through the log too.
+    for reply in ask(backend, routes, all, RequestKind::Write, &command).await? {
+        let flags = array(reply)?;
+        everywhere = Some(match everywhere {
+            None => flags,
+            Some(so_far) => so_far
+                .into_iter()
+                .zip(flags)
+                .map(|(a, b)| match (a, b) {
+                    (Value::Integer(a), Value::Integer(b)) => Value::Integer(a.min(b)),
+                    (error @ Value::Error(_), _) | (_, error @ Value::Error(_)) => error,
+                    (other, _) => other,
+                })
+                .collect(),
+        });
+    }
+    Ok(Value::Array(Some(everywhere.unwrap_or_default())))
+}
+
+/// RANDOMKEY from the partitions in a random order, until one has a key.
+async fn random_key<B: Backend>(
+    backend: &B,
+    routes: &Arc<ServiceRoutes>,
+    all: Vec<usize>,
+) -> Result<Value, Value> {
+    let command = encode_command(&["RANDOMKEY"]);
+    let mut order = all;
+    order.shuffle(&mut rand::thread_rng());
+    for partition in order {
+        let reply = ask(backend, routes, &[partition], RequestKind::Read, &command).await?;
+        match reply.into_iter().next() {
+            Some(Value::Bulk(None)) => continue,
+            Some(key @ Value::Bulk(Some(_))) => return Ok(key),
+            Some(other) => return Err(unexpected("RANDOMKEY", &other)),
+            None => unreachable!("one partition asked, one reply"),
         }
     }
+    Ok(Value::Bulk(None))
+}
+
+/// One SCAN step on `partition`; the cursor returned names the partition (low bits)
+/// and where in it to go on.
+async fn scan_partition<B: Backend>(
+    backend: &B,
+    routes: &Arc<ServiceRoutes>,
+    partition: usize,
+    inner: u64,
+    options: Vec<Vec<u8>>,
+) -> Result<Value, Value> {
+    if partition >= routes.partitions.len() {
+        // A cursor from before a resize, or made up: the scan is over.
+        return Ok(scan_reply(0, Vec::new()));
+    }
+    let mut argv = vec![b"SCAN".to_vec(), inner.to_string().into_bytes()];
+    argv.extend(options);
+    let command = encode_command(&argv);
+    let reply = ask(backend, routes, &[partition], RequestKind::Read, &command).await?;
+    let (next_inner, keys) = match reply.into_iter().next() {
+        Some(Value::Array(Some(parts))) if parts.len() == 2 => {
+            let mut parts = parts.into_iter();
+            let cursor = parts.next().expect("two parts");
+            let keys = array(parts.next().expect("two parts"))?;
+            let cursor = match &cursor {
+                Value::Bulk(Some(text)) => std::str::from_utf8(text)
+                    .ok()
+                    .and_then(|t| t.parse::<u64>().ok()),
+                _ => None,
+            };
+            let Some(cursor) = cursor else {
+                return Err(Value::error(
+                    "ERR a partition answered SCAN with a cursor that is not a number",
+                ));
+            };
+            (cursor, keys)
+        }
+        Some(other) => return Err(unexpected("SCAN", &other)),
+        None => unreachable!("one partition asked, one reply"),
+    };
+    let next = if next_inner != 0 {
+        // Rounded down (keys between come again, none is skipped); a cursor below
+        // 2^10 would round to "start of the partition", so it rounds up instead (a
+        // key hash that small is a 1 in 2^54 event).
+        (next_inner & !PARTITION_MASK).max(PARTITION_MASK + 1) | partition as u64
+    } else if partition + 1 < routes.partitions.len() {
+        (partition + 1) as u64
+    } else {
+        0
+    };
+    Ok(scan_reply(next, keys))
 }
 
 fn scan_reply(cursor: u64, keys: Vec<Value>) -> Value {

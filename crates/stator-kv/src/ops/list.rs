@@ -155,136 +155,16 @@ impl KvMachine {
         }
     }
 
-    pub(crate) fn list_write(&mut self, spec: &CommandSpec, mut argv: Vec<Vec<u8>>) -> Value {
-        let key = argv[1].clone();
-        let now_ms = self.now_ms;
+    pub(crate) fn list_write(&mut self, spec: &CommandSpec, argv: Vec<Vec<u8>>) -> Value {
         match spec.command {
             Command::LPush | Command::RPush | Command::LPushX | Command::RPushX => {
-                let front = matches!(spec.command, Command::LPush | Command::LPushX);
-                let create = matches!(spec.command, Command::LPush | Command::RPush);
-                let items: Vec<Vec<u8>> = argv.drain(2..).collect();
-                let len = attempt!(self.with_list(&key, create, |list| {
-                    for item in items {
-                        list.push(item, front);
-                    }
-                    list.len()
-                }));
-                Value::Integer(len.unwrap_or(0) as i64)
+                self.list_push(spec, argv)
             }
-            Command::LPop | Command::RPop => {
-                let front = spec.command == Command::LPop;
-                if argv.len() > 3 {
-                    return crate::machine::wrong_arity(spec.name);
-                }
-                let count = match argv.get(2) {
-                    None => None,
-                    Some(arg) => match crate::resp::parse_i64_strict(arg) {
-                        Some(n) if n >= 0 => Some(n as usize),
-                        _ => return Value::error(NOT_POSITIVE),
-                    },
-                };
-                let popped = attempt!(self.with_list(&key, false, |list| {
-                    let take = count.unwrap_or(1).min(list.len());
-                    (0..take)
-                        .map(|_| list.pop(front).expect("within len"))
-                        .collect::<Vec<_>>()
-                }));
-                match (popped, count) {
-                    (None, None) => Value::null(),
-                    (None, Some(_)) => Value::Array(None),
-                    (Some(mut items), None) => Value::Bulk(items.pop()),
-                    (Some(items), Some(_)) => bulk_array(&items),
-                }
-            }
-            Command::LSet => {
-                let Some(list) = attempt!(self.list(&key, now_ms)) else {
-                    return Value::error(NO_SUCH_KEY);
-                };
-                let index = attempt!(int_arg(&argv[2]));
-                let index = if index < 0 {
-                    list.len() as i64 + index
-                } else {
-                    index
-                };
-                let Some(index) = usize::try_from(index).ok().filter(|&i| i < list.len()) else {
-                    return Value::error("ERR index out of range");
-                };
-                let item = std::mem::take(&mut argv[3]);
-                attempt!(self.with_list(&key, false, |list| list.set(index, item)));
-                Value::ok()
-            }
-            Command::LRem => {
-                let count = attempt!(int_arg(&argv[2]));
-                let target = std::mem::take(&mut argv[3]);
-                let removed = attempt!(self.with_list(&key, false, |list| {
-                    let limit = if count == 0 {
-                        usize::MAX
-                    } else {
-                        count.unsigned_abs() as usize
-                    };
-                    let mut removed = 0;
-                    if count >= 0 {
-                        let mut position = 0;
-                        while position < list.items.len() && removed < limit {
-                            if list.items[position] == target {
-                                list.items.remove(position);
-                                removed += 1;
-                            } else {
-                                position += 1;
-                            }
-                        }
-                    } else {
-                        let mut position = list.items.len();
-                        while position > 0 && removed < limit {
-                            position -= 1;
-                            if list.items[position] == target {
-                                list.items.remove(position);
-                                removed += 1;
-                            }
-                        }
-                    }
-                    list.recount();
-                    removed
-                }));
-                Value::Integer(removed.unwrap_or(0) as i64)
-            }
-            Command::LTrim => {
-                let start = attempt!(int_arg(&argv[2]));
-                let stop = attempt!(int_arg(&argv[3]));
-                attempt!(self.with_list(&key, false, |list| {
-                    match index_range(start, stop, list.len()) {
-                        Some((start, stop)) => {
-                            list.items.truncate(stop + 1);
-                            list.items.drain(..start);
-                        }
-                        None => list.items.clear(),
-                    }
-                    list.recount();
-                }));
-                Value::ok()
-            }
-            Command::LInsert => {
-                let before = if argv[2].eq_ignore_ascii_case(b"BEFORE") {
-                    true
-                } else if argv[2].eq_ignore_ascii_case(b"AFTER") {
-                    false
-                } else {
-                    return Value::error(SYNTAX_ERROR);
-                };
-                let Some(list) = attempt!(self.list(&key, now_ms)) else {
-                    return Value::Integer(0);
-                };
-                let Some(position) = list.items.iter().position(|item| *item == argv[3]) else {
-                    return Value::Integer(-1);
-                };
-                let item = std::mem::take(&mut argv[4]);
-                let at = if before { position } else { position + 1 };
-                let len = attempt!(self.with_list(&key, false, |list| {
-                    list.insert(at, item);
-                    list.len()
-                }));
-                Value::Integer(len.unwrap_or(0) as i64)
-            }
+            Command::LPop | Command::RPop => self.list_pop(spec, &argv),
+            Command::LSet => self.list_set(argv),
+            Command::LRem => self.list_remove(argv),
+            Command::LTrim => self.list_trim(&argv),
+            Command::LInsert => self.list_insert(argv),
             Command::LMove | Command::BLMove => {
                 let (Some(from), Some(to)) = (End::parse(&argv[3]), End::parse(&argv[4])) else {
                     return Value::error(SYNTAX_ERROR);
@@ -307,53 +187,200 @@ impl KvMachine {
                 let blocking = spec.command == Command::BRPopLPush;
                 self.list_move(&argv[1], &argv[2], End::Right, End::Left, blocking)
             }
-            Command::BLPop | Command::BRPop => {
-                attempt!(parse_timeout(argv.last().expect("arity checked")));
-                let front = spec.command == Command::BLPop;
-                for key in &argv[1..argv.len() - 1] {
-                    if attempt!(self.list(key, now_ms)).is_some() {
-                        let item = attempt!(self.with_list(key, false, |list| list.pop(front)))
-                            .flatten()
-                            .expect("a stored list is never empty");
-                        return Value::Array(Some(vec![
-                            Value::bulk(key.clone()),
-                            Value::bulk(item),
-                        ]));
-                    }
-                }
-                Value::Array(None)
-            }
-            Command::LMPop | Command::BLMPop => {
-                let blocking = spec.command == Command::BLMPop;
-                let at = if blocking { 2 } else { 1 };
-                let pop = attempt!(super::parse_multi_pop(&argv, at, ["LEFT", "RIGHT"]));
-                // Redis checks the timeout after the other arguments.
-                if blocking {
-                    attempt!(parse_timeout(&argv[1]));
-                }
-                let front = match pop.end.as_slice() {
-                    b"LEFT" => true,
-                    b"RIGHT" => false,
-                    _ => return Value::error(SYNTAX_ERROR),
-                };
-                for key in pop.keys {
-                    let popped = attempt!(self.with_list(key, false, |list| {
-                        let take = pop.count.min(list.len());
-                        (0..take)
-                            .map(|_| list.pop(front).expect("within len"))
-                            .collect::<Vec<_>>()
-                    }));
-                    if let Some(items) = popped {
-                        return Value::Array(Some(vec![
-                            Value::bulk(key.clone()),
-                            bulk_array(&items),
-                        ]));
-                    }
-                }
-                Value::Array(None)
-            }
+            Command::BLPop | Command::BRPop => self.list_pop_first(spec, &argv),
+            Command::LMPop | Command::BLMPop => self.list_multi_pop(spec, &argv),
             other => unreachable!("{other:?} is not a list write"),
         }
+    }
+
+    /// LPUSH, RPUSH, LPUSHX, RPUSHX: pushes every item onto one end; answers the new length.
+    fn list_push(&mut self, spec: &CommandSpec, mut argv: Vec<Vec<u8>>) -> Value {
+        let key = argv[1].clone();
+        let front = matches!(spec.command, Command::LPush | Command::LPushX);
+        let create = matches!(spec.command, Command::LPush | Command::RPush);
+        let items: Vec<Vec<u8>> = argv.drain(2..).collect();
+        let len = attempt!(self.with_list(&key, create, |list| {
+            for item in items {
+                list.push(item, front);
+            }
+            list.len()
+        }));
+        Value::Integer(len.unwrap_or(0) as i64)
+    }
+
+    /// LPOP, RPOP: one item, or up to COUNT items as an array.
+    fn list_pop(&mut self, spec: &CommandSpec, argv: &[Vec<u8>]) -> Value {
+        let key = argv[1].clone();
+        let front = spec.command == Command::LPop;
+        if argv.len() > 3 {
+            return crate::machine::wrong_arity(spec.name);
+        }
+        let count = match argv.get(2) {
+            None => None,
+            Some(arg) => match crate::resp::parse_i64_strict(arg) {
+                Some(n) if n >= 0 => Some(n as usize),
+                _ => return Value::error(NOT_POSITIVE),
+            },
+        };
+        let popped = attempt!(self.with_list(&key, false, |list| {
+            let take = count.unwrap_or(1).min(list.len());
+            (0..take)
+                .map(|_| list.pop(front).expect("within len"))
+                .collect::<Vec<_>>()
+        }));
+        match (popped, count) {
+            (None, None) => Value::null(),
+            (None, Some(_)) => Value::Array(None),
+            (Some(mut items), None) => Value::Bulk(items.pop()),
+            (Some(items), Some(_)) => bulk_array(&items),
+        }
+    }
+
+    /// LSET: replaces the item at an index (negative from the end).
+    fn list_set(&mut self, mut argv: Vec<Vec<u8>>) -> Value {
+        let key = argv[1].clone();
+        let now_ms = self.now_ms;
+        let Some(list) = attempt!(self.list(&key, now_ms)) else {
+            return Value::error(NO_SUCH_KEY);
+        };
+        let index = attempt!(int_arg(&argv[2]));
+        let index = if index < 0 {
+            list.len() as i64 + index
+        } else {
+            index
+        };
+        let Some(index) = usize::try_from(index).ok().filter(|&i| i < list.len()) else {
+            return Value::error("ERR index out of range");
+        };
+        let item = std::mem::take(&mut argv[3]);
+        attempt!(self.with_list(&key, false, |list| list.set(index, item)));
+        Value::ok()
+    }
+
+    /// LREM: removes up to COUNT items equal to the element (from the tail when negative, all when 0).
+    fn list_remove(&mut self, mut argv: Vec<Vec<u8>>) -> Value {
+        let key = argv[1].clone();
+        let count = attempt!(int_arg(&argv[2]));
+        let target = std::mem::take(&mut argv[3]);
+        let removed = attempt!(self.with_list(&key, false, |list| {
+            let limit = if count == 0 {
+                usize::MAX
+            } else {
+                count.unsigned_abs() as usize
+            };
+            let mut removed = 0;
+            if count >= 0 {
+                let mut position = 0;
+                while position < list.items.len() && removed < limit {
+                    if list.items[position] == target {
+                        list.items.remove(position);
+                        removed += 1;
+                    } else {
+                        position += 1;
+                    }
+                }
+            } else {
+                let mut position = list.items.len();
+                while position > 0 && removed < limit {
+                    position -= 1;
+                    if list.items[position] == target {
+                        list.items.remove(position);
+                        removed += 1;
+                    }
+                }
+            }
+            list.recount();
+            removed
+        }));
+        Value::Integer(removed.unwrap_or(0) as i64)
+    }
+
+    /// LTRIM: keeps only the items in the range.
+    fn list_trim(&mut self, argv: &[Vec<u8>]) -> Value {
+        let key = argv[1].clone();
+        let start = attempt!(int_arg(&argv[2]));
+        let stop = attempt!(int_arg(&argv[3]));
+        attempt!(self.with_list(&key, false, |list| {
+            match index_range(start, stop, list.len()) {
+                Some((start, stop)) => {
+                    list.items.truncate(stop + 1);
+                    list.items.drain(..start);
+                }
+                None => list.items.clear(),
+            }
+            list.recount();
+        }));
+        Value::ok()
+    }
+
+    /// LINSERT: inserts before or after the first item equal to the pivot.
+    fn list_insert(&mut self, mut argv: Vec<Vec<u8>>) -> Value {
+        let key = argv[1].clone();
+        let now_ms = self.now_ms;
+        let before = if argv[2].eq_ignore_ascii_case(b"BEFORE") {
+            true
+        } else if argv[2].eq_ignore_ascii_case(b"AFTER") {
+            false
+        } else {
+            return Value::error(SYNTAX_ERROR);
+        };
+        let Some(list) = attempt!(self.list(&key, now_ms)) else {
+            return Value::Integer(0);
+        };
+        let Some(position) = list.items.iter().position(|item| *item == argv[3]) else {
+            return Value::Integer(-1);
+        };
+        let item = std::mem::take(&mut argv[4]);
+        let at = if before { position } else { position + 1 };
+        let len = attempt!(self.with_list(&key, false, |list| {
+            list.insert(at, item);
+            list.len()
+        }));
+        Value::Integer(len.unwrap_or(0) as i64)
+    }
+
+    /// BLPOP, BRPOP in their non-blocking form: pops from the first of the keys that holds a list.
+    fn list_pop_first(&mut self, spec: &CommandSpec, argv: &[Vec<u8>]) -> Value {
+        let now_ms = self.now_ms;
+        attempt!(parse_timeout(argv.last().expect("arity checked")));
+        let front = spec.command == Command::BLPop;
+        for key in &argv[1..argv.len() - 1] {
+            if attempt!(self.list(key, now_ms)).is_some() {
+                let item = attempt!(self.with_list(key, false, |list| list.pop(front)))
+                    .flatten()
+                    .expect("a stored list is never empty");
+                return Value::Array(Some(vec![Value::bulk(key.clone()), Value::bulk(item)]));
+            }
+        }
+        Value::Array(None)
+    }
+
+    /// LMPOP, BLMPOP in their non-blocking form: up to COUNT items from the first of the keys that holds a list.
+    fn list_multi_pop(&mut self, spec: &CommandSpec, argv: &[Vec<u8>]) -> Value {
+        let blocking = spec.command == Command::BLMPop;
+        let at = if blocking { 2 } else { 1 };
+        let pop = attempt!(super::parse_multi_pop(argv, at, ["LEFT", "RIGHT"]));
+        // Redis checks the timeout after the other arguments.
+        if blocking {
+            attempt!(parse_timeout(&argv[1]));
+        }
+        let front = match pop.end.as_slice() {
+            b"LEFT" => true,
+            b"RIGHT" => false,
+            _ => return Value::error(SYNTAX_ERROR),
+        };
+        for key in pop.keys {
+            let popped = attempt!(self.with_list(key, false, |list| {
+                let take = pop.count.min(list.len());
+                (0..take)
+                    .map(|_| list.pop(front).expect("within len"))
+                    .collect::<Vec<_>>()
+            }));
+            if let Some(items) = popped {
+                return Value::Array(Some(vec![Value::bulk(key.clone()), bulk_array(&items)]));
+            }
+        }
+        Value::Array(None)
     }
 
     /// LMOVE and its kin: pops from `source`'s `from` end and pushes onto `destination`'s

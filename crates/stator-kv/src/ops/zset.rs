@@ -341,93 +341,102 @@ impl KvMachine {
                 };
                 members_reply(&select(zset, &request), request.with_scores)
             }
-            C::ZCount => {
-                let (Some(min), Some(max)) =
-                    (parse_score_bound(&argv[2]), parse_score_bound(&argv[3]))
-                else {
-                    return Value::error(NOT_A_FLOAT_RANGE);
-                };
-                let zset = attempt!(self.zset(&argv[1], now_ms));
-                Value::Integer(zset.map_or(0, |z| z.range_by_score(min, max).count()) as i64)
-            }
-            C::ZLexCount => {
-                let (Some(min), Some(max)) = (LexBound::parse(&argv[2]), LexBound::parse(&argv[3]))
-                else {
-                    return Value::error(NOT_A_LEX_RANGE);
-                };
-                let zset = attempt!(self.zset(&argv[1], now_ms));
-                Value::Integer(zset.map_or(0, |z| lex_range(z, &min, &max, false).len()) as i64)
-            }
+            C::ZCount => self.zcount(now_ms, argv),
+            C::ZLexCount => self.zlexcount(now_ms, argv),
             C::ZRandMember => self.zrandmember(now_ms, argv),
-            C::ZUnion | C::ZInter | C::ZDiff => {
-                let op = match spec.command {
-                    C::ZUnion => ZSetOp::Union,
-                    C::ZInter => ZSetOp::Inter,
-                    _ => ZSetOp::Diff,
-                };
-                let (result, with_scores) =
-                    attempt!(self.combine_zsets(now_ms, argv, 1, op, false));
-                let members: Vec<(&Vec<u8>, f64)> = result.ordered().collect();
-                members_reply(&members, with_scores)
-            }
-            C::ZInterCard => {
-                let numkeys = attempt!(int_arg(&argv[1]));
-                if numkeys < 1 {
-                    return Value::error(
-                        "ERR at least 1 input key is needed for 'zintercard' command",
-                    );
-                }
-                let numkeys = numkeys as usize;
-                if numkeys > argv.len() - 2 {
-                    return Value::error(SYNTAX_ERROR);
-                }
-                // Redis reads (and type-checks) the keys before the options.
-                let inputs = &argv[..2 + numkeys];
-                let (result, _) =
-                    attempt!(self.combine_zsets(now_ms, inputs, 1, ZSetOp::Inter, true));
-                let mut limit = 0usize;
-                match &argv[2 + numkeys..] {
-                    [] => {}
-                    [word, value] if word.eq_ignore_ascii_case(b"LIMIT") => {
-                        match crate::resp::parse_i64_strict(value) {
-                            Some(n) if n >= 0 => limit = n as usize,
-                            _ => return Value::error("ERR LIMIT can't be negative"),
-                        }
-                    }
-                    _ => return Value::error(SYNTAX_ERROR),
-                }
-                let count = if limit == 0 {
-                    result.len()
-                } else {
-                    result.len().min(limit)
-                };
-                Value::Integer(count as i64)
-            }
-            C::ZScan => {
-                let cursor = attempt!(parse_cursor(&argv[2]));
-                let Some(zset) = attempt!(self.zset(&argv[1], now_ms)) else {
-                    return scan_reply(0, Vec::new());
-                };
-                let options = attempt!(parse_scan_options(&argv[3..], false));
-                let small = Data::ZSet(Box::new(zset.clone())).encoding() == "listpack";
-                let (next, page) = if small {
-                    (0, zset.ordered().map(|(m, s)| (m.as_slice(), s)).collect())
-                } else {
-                    scan_page(
-                        cursor,
-                        options.count,
-                        zset.iter().map(|(m, s)| (m.as_slice(), s)),
-                    )
-                };
-                let elements = page
-                    .into_iter()
-                    .filter(|(m, _)| options.pattern.is_none_or(|p| glob_match(p, m)))
-                    .flat_map(|(m, s)| [Value::bulk(m.to_vec()), Value::bulk(format_double(s))])
-                    .collect();
-                scan_reply(next, elements)
-            }
+            C::ZUnion | C::ZInter | C::ZDiff => self.zset_combined(now_ms, spec, argv),
+            C::ZInterCard => self.zintercard(now_ms, argv),
+            C::ZScan => self.zscan(now_ms, argv),
             other => unreachable!("{other:?} is not a sorted-set read"),
         }
+    }
+
+    /// `ZCOUNT key min max`.
+    fn zcount(&self, now_ms: u64, argv: &[Vec<u8>]) -> Value {
+        let (Some(min), Some(max)) = (parse_score_bound(&argv[2]), parse_score_bound(&argv[3]))
+        else {
+            return Value::error(NOT_A_FLOAT_RANGE);
+        };
+        let zset = attempt!(self.zset(&argv[1], now_ms));
+        Value::Integer(zset.map_or(0, |z| z.range_by_score(min, max).count()) as i64)
+    }
+
+    /// `ZLEXCOUNT key min max`.
+    fn zlexcount(&self, now_ms: u64, argv: &[Vec<u8>]) -> Value {
+        let (Some(min), Some(max)) = (LexBound::parse(&argv[2]), LexBound::parse(&argv[3])) else {
+            return Value::error(NOT_A_LEX_RANGE);
+        };
+        let zset = attempt!(self.zset(&argv[1], now_ms));
+        Value::Integer(zset.map_or(0, |z| lex_range(z, &min, &max, false).len()) as i64)
+    }
+
+    /// `ZUNION`, `ZINTER`, `ZDIFF`: the combination, not stored.
+    fn zset_combined(&self, now_ms: u64, spec: &CommandSpec, argv: &[Vec<u8>]) -> Value {
+        let op = match spec.command {
+            Command::ZUnion => ZSetOp::Union,
+            Command::ZInter => ZSetOp::Inter,
+            _ => ZSetOp::Diff,
+        };
+        let (result, with_scores) = attempt!(self.combine_zsets(now_ms, argv, 1, op, false));
+        let members: Vec<(&Vec<u8>, f64)> = result.ordered().collect();
+        members_reply(&members, with_scores)
+    }
+
+    /// `ZINTERCARD numkeys key [key ...] [LIMIT limit]`.
+    fn zintercard(&self, now_ms: u64, argv: &[Vec<u8>]) -> Value {
+        let numkeys = attempt!(int_arg(&argv[1]));
+        if numkeys < 1 {
+            return Value::error("ERR at least 1 input key is needed for 'zintercard' command");
+        }
+        let numkeys = numkeys as usize;
+        if numkeys > argv.len() - 2 {
+            return Value::error(SYNTAX_ERROR);
+        }
+        // Redis reads (and type-checks) the keys before the options.
+        let inputs = &argv[..2 + numkeys];
+        let (result, _) = attempt!(self.combine_zsets(now_ms, inputs, 1, ZSetOp::Inter, true));
+        let mut limit = 0usize;
+        match &argv[2 + numkeys..] {
+            [] => {}
+            [word, value] if word.eq_ignore_ascii_case(b"LIMIT") => {
+                match crate::resp::parse_i64_strict(value) {
+                    Some(n) if n >= 0 => limit = n as usize,
+                    _ => return Value::error("ERR LIMIT can't be negative"),
+                }
+            }
+            _ => return Value::error(SYNTAX_ERROR),
+        }
+        let count = if limit == 0 {
+            result.len()
+        } else {
+            result.len().min(limit)
+        };
+        Value::Integer(count as i64)
+    }
+
+    /// `ZSCAN key cursor [MATCH pattern] [COUNT count]`.
+    fn zscan(&self, now_ms: u64, argv: &[Vec<u8>]) -> Value {
+        let cursor = attempt!(parse_cursor(&argv[2]));
+        let Some(zset) = attempt!(self.zset(&argv[1], now_ms)) else {
+            return scan_reply(0, Vec::new());
+        };
+        let options = attempt!(parse_scan_options(&argv[3..], false));
+        let small = Data::ZSet(Box::new(zset.clone())).encoding() == "listpack";
+        let (next, page) = if small {
+            (0, zset.ordered().map(|(m, s)| (m.as_slice(), s)).collect())
+        } else {
+            scan_page(
+                cursor,
+                options.count,
+                zset.iter().map(|(m, s)| (m.as_slice(), s)),
+            )
+        };
+        let elements = page
+            .into_iter()
+            .filter(|(m, _)| options.pattern.is_none_or(|p| glob_match(p, m)))
+            .flat_map(|(m, s)| [Value::bulk(m.to_vec()), Value::bulk(format_double(s))])
+            .collect();
+        scan_reply(next, elements)
     }
 
     fn zrandmember(&self, now_ms: u64, argv: &[Vec<u8>]) -> Value {
@@ -588,30 +597,9 @@ impl KvMachine {
     pub(crate) fn zset_write(&mut self, spec: &CommandSpec, argv: Vec<Vec<u8>>) -> Value {
         use Command as C;
         let key = argv[1].clone();
-        let now_ms = self.now_ms;
         match spec.command {
             C::ZAdd => self.zadd(argv),
-            C::ZIncrBy => {
-                let Some(delta) = parse_score(&argv[2]) else {
-                    return Value::error(NOT_A_FLOAT);
-                };
-                attempt!(self.zset(&key, now_ms));
-                let flags = AddFlags {
-                    incr: true,
-                    ..AddFlags::default()
-                };
-                let member = argv[3].clone();
-                let outcome = attempt!(attempt!(
-                    self.with_zset(&key, true, |zset| add_member(zset, member, delta, &flags))
-                )
-                .expect("created"));
-                match outcome {
-                    AddOutcome::Added(score)
-                    | AddOutcome::Updated(score)
-                    | AddOutcome::Unchanged(score) => Value::bulk(format_double(score)),
-                    AddOutcome::Skipped => Value::null(),
-                }
-            }
+            C::ZIncrBy => self.zincrby(&argv),
             C::ZRem => {
                 let removed = attempt!(self.with_zset(&key, false, |zset| argv[2..]
                     .iter()
@@ -620,134 +608,186 @@ impl KvMachine {
                 Value::Integer(removed.unwrap_or(0) as i64)
             }
             C::ZRemRangeByRank | C::ZRemRangeByScore | C::ZRemRangeByLex => {
-                let selection = match spec.command {
-                    C::ZRemRangeByRank => {
-                        Selection::Rank(attempt!(int_arg(&argv[2])), attempt!(int_arg(&argv[3])))
-                    }
-                    C::ZRemRangeByScore => {
-                        match (parse_score_bound(&argv[2]), parse_score_bound(&argv[3])) {
-                            (Some(min), Some(max)) => Selection::Score(min, max),
-                            _ => return Value::error(NOT_A_FLOAT_RANGE),
-                        }
-                    }
-                    _ => match (LexBound::parse(&argv[2]), LexBound::parse(&argv[3])) {
-                        (Some(min), Some(max)) => Selection::Lex(min, max),
-                        _ => return Value::error(NOT_A_LEX_RANGE),
-                    },
-                };
-                let request = RangeRequest {
-                    selection,
-                    reverse: false,
-                    limit: None,
-                    with_scores: false,
-                };
-                let removed = attempt!(self.with_zset(&key, false, |zset| {
-                    let doomed: Vec<Vec<u8>> = select(zset, &request)
-                        .into_iter()
-                        .map(|(m, _)| m.clone())
-                        .collect();
-                    for member in &doomed {
-                        zset.remove(member);
-                    }
-                    doomed.len()
-                }));
-                Value::Integer(removed.unwrap_or(0) as i64)
+                self.zrem_range(spec, &argv)
             }
-            C::ZPopMin | C::ZPopMax => {
-                let count = match argv.len() {
-                    2 => None,
-                    3 => match crate::resp::parse_i64_strict(&argv[2]) {
-                        Some(n) if n >= 0 => Some(n as usize),
-                        _ => return Value::error(NOT_POSITIVE),
-                    },
-                    _ => return Value::error(SYNTAX_ERROR),
-                };
-                let popped =
-                    attempt!(self.pop_zset(&key, spec.command == C::ZPopMax, count.unwrap_or(1)));
-                let mut reply = Vec::new();
-                for (member, score) in popped.unwrap_or_default() {
-                    reply.push(Value::bulk(member));
-                    reply.push(Value::bulk(format_double(score)));
-                }
-                Value::Array(Some(reply))
-            }
-            C::ZMPop | C::BZMPop => {
-                let blocking = spec.command == C::BZMPop;
-                let at = if blocking { 2 } else { 1 };
-                let pop = attempt!(super::parse_multi_pop(&argv, at, ["MIN", "MAX"]));
-                // Redis checks the timeout after the other arguments.
-                if blocking {
-                    attempt!(parse_timeout(&argv[1]));
-                }
-                let max = match pop.end.as_slice() {
-                    b"MIN" => false,
-                    b"MAX" => true,
-                    _ => return Value::error(SYNTAX_ERROR),
-                };
-                for key in pop.keys {
-                    if let Some(popped) = attempt!(self.pop_zset(key, max, pop.count)) {
-                        let members = popped
-                            .into_iter()
-                            .map(|(member, score)| {
-                                Value::Array(Some(vec![
-                                    Value::bulk(member),
-                                    Value::bulk(format_double(score)),
-                                ]))
-                            })
-                            .collect();
-                        return Value::Array(Some(vec![
-                            Value::bulk(key.clone()),
-                            Value::Array(Some(members)),
-                        ]));
-                    }
-                }
-                Value::Array(None)
-            }
-            C::BZPopMin | C::BZPopMax => {
-                attempt!(parse_timeout(argv.last().expect("arity checked")));
-                for key in &argv[1..argv.len() - 1] {
-                    if let Some(mut popped) =
-                        attempt!(self.pop_zset(key, spec.command == C::BZPopMax, 1))
-                    {
-                        let (member, score) =
-                            popped.pop().expect("a stored sorted set is never empty");
-                        return Value::Array(Some(vec![
-                            Value::bulk(key.clone()),
-                            Value::bulk(member),
-                            Value::bulk(format_double(score)),
-                        ]));
-                    }
-                }
-                Value::Array(None)
-            }
+            C::ZPopMin | C::ZPopMax => self.zpop(spec, &argv),
+            C::ZMPop | C::BZMPop => self.zset_multi_pop(spec, &argv),
+            C::BZPopMin | C::BZPopMax => self.zset_pop_first(spec, &argv),
             C::ZUnionStore | C::ZInterStore | C::ZDiffStore => {
-                let op = match spec.command {
-                    C::ZUnionStore => ZSetOp::Union,
-                    C::ZInterStore => ZSetOp::Inter,
-                    _ => ZSetOp::Diff,
-                };
-                let (result, _) = attempt!(self.combine_zsets(now_ms, &argv, 2, op, true));
-                let len = result.len();
-                self.keyspace
-                    .insert_data(key, Data::ZSet(Box::new(result)), ExpiryChange::Clear);
-                Value::Integer(len as i64)
+                self.zset_store_combined(spec, &argv)
             }
-            C::ZRangeStore => {
-                let request = attempt!(parse_range(&argv, 3, RangeKind::Auto, None, true));
-                let source = attempt!(self.zset(&argv[2], now_ms));
-                let mut result = ZSet::default();
-                if let Some(source) = source {
-                    for (member, score) in select(source, &request) {
-                        result.insert(member.clone(), score);
-                    }
-                }
-                let len = result.len();
-                self.keyspace
-                    .insert_data(key, Data::ZSet(Box::new(result)), ExpiryChange::Clear);
-                Value::Integer(len as i64)
-            }
+            C::ZRangeStore => self.zrangestore(&argv),
             other => unreachable!("{other:?} is not a sorted-set write"),
         }
+    }
+
+    /// `ZINCRBY key increment member`.
+    fn zincrby(&mut self, argv: &[Vec<u8>]) -> Value {
+        let key = argv[1].clone();
+        let now_ms = self.now_ms;
+        let Some(delta) = parse_score(&argv[2]) else {
+            return Value::error(NOT_A_FLOAT);
+        };
+        attempt!(self.zset(&key, now_ms));
+        let flags = AddFlags {
+            incr: true,
+            ..AddFlags::default()
+        };
+        let member = argv[3].clone();
+        let outcome = attempt!(attempt!(
+            self.with_zset(&key, true, |zset| add_member(zset, member, delta, &flags))
+        )
+        .expect("created"));
+        match outcome {
+            AddOutcome::Added(score)
+            | AddOutcome::Updated(score)
+            | AddOutcome::Unchanged(score) => Value::bulk(format_double(score)),
+            AddOutcome::Skipped => Value::null(),
+        }
+    }
+
+    /// `ZREMRANGEBYRANK`, `ZREMRANGEBYSCORE`, `ZREMRANGEBYLEX`: removes the members in the range.
+    fn zrem_range(&mut self, spec: &CommandSpec, argv: &[Vec<u8>]) -> Value {
+        let key = argv[1].clone();
+        let selection = match spec.command {
+            Command::ZRemRangeByRank => {
+                Selection::Rank(attempt!(int_arg(&argv[2])), attempt!(int_arg(&argv[3])))
+            }
+            Command::ZRemRangeByScore => {
+                match (parse_score_bound(&argv[2]), parse_score_bound(&argv[3])) {
+                    (Some(min), Some(max)) => Selection::Score(min, max),
+                    _ => return Value::error(NOT_A_FLOAT_RANGE),
+                }
+            }
+            _ => match (LexBound::parse(&argv[2]), LexBound::parse(&argv[3])) {
+                (Some(min), Some(max)) => Selection::Lex(min, max),
+                _ => return Value::error(NOT_A_LEX_RANGE),
+            },
+        };
+        let request = RangeRequest {
+            selection,
+            reverse: false,
+            limit: None,
+            with_scores: false,
+        };
+        let removed = attempt!(self.with_zset(&key, false, |zset| {
+            let doomed: Vec<Vec<u8>> = select(zset, &request)
+                .into_iter()
+                .map(|(m, _)| m.clone())
+                .collect();
+            for member in &doomed {
+                zset.remove(member);
+            }
+            doomed.len()
+        }));
+        Value::Integer(removed.unwrap_or(0) as i64)
+    }
+
+    /// `ZPOPMIN`, `ZPOPMAX key [count]`.
+    fn zpop(&mut self, spec: &CommandSpec, argv: &[Vec<u8>]) -> Value {
+        let key = argv[1].clone();
+        let count = match argv.len() {
+            2 => None,
+            3 => match crate::resp::parse_i64_strict(&argv[2]) {
+                Some(n) if n >= 0 => Some(n as usize),
+                _ => return Value::error(NOT_POSITIVE),
+            },
+            _ => return Value::error(SYNTAX_ERROR),
+        };
+        let popped =
+            attempt!(self.pop_zset(&key, spec.command == Command::ZPopMax, count.unwrap_or(1)));
+        let mut reply = Vec::new();
+        for (member, score) in popped.unwrap_or_default() {
+            reply.push(Value::bulk(member));
+            reply.push(Value::bulk(format_double(score)));
+        }
+        Value::Array(Some(reply))
+    }
+
+    /// `ZMPOP`, and `BZMPOP` in its non-blocking form: from the first of the keys that holds a sorted set.
+    fn zset_multi_pop(&mut self, spec: &CommandSpec, argv: &[Vec<u8>]) -> Value {
+        let blocking = spec.command == Command::BZMPop;
+        let at = if blocking { 2 } else { 1 };
+        let pop = attempt!(super::parse_multi_pop(argv, at, ["MIN", "MAX"]));
+        // Redis checks the timeout after the other arguments.
+        if blocking {
+            attempt!(parse_timeout(&argv[1]));
+        }
+        let max = match pop.end.as_slice() {
+            b"MIN" => false,
+            b"MAX" => true,
+            _ => return Value::error(SYNTAX_ERROR),
+        };
+        for key in pop.keys {
+            if let Some(popped) = attempt!(self.pop_zset(key, max, pop.count)) {
+                let members = popped
+                    .into_iter()
+                    .map(|(member, score)| {
+                        Value::Array(Some(vec![
+                            Value::bulk(member),
+                            Value::bulk(format_double(score)),
+                        ]))
+                    })
+                    .collect();
+                return Value::Array(Some(vec![
+                    Value::bulk(key.clone()),
+                    Value::Array(Some(members)),
+                ]));
+            }
+        }
+        Value::Array(None)
+    }
+
+    /// `BZPOPMIN`, `BZPOPMAX` in their non-blocking form: one member from the first of the keys that holds a sorted set.
+    fn zset_pop_first(&mut self, spec: &CommandSpec, argv: &[Vec<u8>]) -> Value {
+        attempt!(parse_timeout(argv.last().expect("arity checked")));
+        for key in &argv[1..argv.len() - 1] {
+            if let Some(mut popped) =
+                attempt!(self.pop_zset(key, spec.command == Command::BZPopMax, 1))
+            {
+                let (member, score) = popped.pop().expect("a stored sorted set is never empty");
+                return Value::Array(Some(vec![
+                    Value::bulk(key.clone()),
+                    Value::bulk(member),
+                    Value::bulk(format_double(score)),
+                ]));
+            }
+        }
+        Value::Array(None)
+    }
+
+    /// `ZUNIONSTORE`, `ZINTERSTORE`, `ZDIFFSTORE`: the combination stored under the destination.
+    fn zset_store_combined(&mut self, spec: &CommandSpec, argv: &[Vec<u8>]) -> Value {
+        let key = argv[1].clone();
+        let now_ms = self.now_ms;
+        let op = match spec.command {
+            Command::ZUnionStore => ZSetOp::Union,
+            Command::ZInterStore => ZSetOp::Inter,
+            _ => ZSetOp::Diff,
+        };
+        let (result, _) = attempt!(self.combine_zsets(now_ms, argv, 2, op, true));
+        let len = result.len();
+        self.keyspace
+            .insert_data(key, Data::ZSet(Box::new(result)), ExpiryChange::Clear);
+        Value::Integer(len as i64)
+    }
+
+    /// `ZRANGESTORE dst src min max [BYSCORE | BYLEX] [REV] [LIMIT offset count]`.
+    fn zrangestore(&mut self, argv: &[Vec<u8>]) -> Value {
+        let key = argv[1].clone();
+        let now_ms = self.now_ms;
+        let request = attempt!(parse_range(argv, 3, RangeKind::Auto, None, true));
+        let source = attempt!(self.zset(&argv[2], now_ms));
+        let mut result = ZSet::default();
+        if let Some(source) = source {
+            for (member, score) in select(source, &request) {
+                result.insert(member.clone(), score);
+            }
+        }
+        let len = result.len();
+        self.keyspace
+            .insert_data(key, Data::ZSet(Box::new(result)), ExpiryChange::Clear);
+        Value::Integer(len as i64)
     }
 
     /// Pops up to `count` lowest (or highest) members; `None` if the key is missing.

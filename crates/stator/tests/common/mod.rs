@@ -337,24 +337,11 @@ impl Cluster {
     }
 
     /// The pid of the agent process named `node`, found among the children of `up`
-    /// (`DATA_DIR/agents/<node>/pid` when `up` writes one).
+    /// (the harness's one lookup, which the benchmarks use too).
     pub fn agent_pid(&self, node: &str) -> Option<u32> {
-        let pid_file = self.data_dir.join("agents").join(node).join("pid");
-        if let Some(pid) = std::fs::read_to_string(pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-        {
-            if Path::new(&format!("/proc/{pid}")).exists() {
-                return Some(pid);
-            }
-        }
-        children_of(self.up.id()).into_iter().find(|&pid| {
-            let args = cmdline(pid);
-            args.first()
-                .is_some_and(|a| a == "agent" || a.ends_with("stator"))
-                && args.iter().any(|a| a == "agent")
-                && args.windows(2).any(|w| w[0] == "--name" && w[1] == node)
-        })
+        stator_harness::process::child_agent_pids(self.up.id())
+            .get(node)
+            .copied()
     }
 
     /// Every process of this cluster: `up` and all its descendants.

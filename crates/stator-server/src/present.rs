@@ -1,13 +1,16 @@
-//! Builds what the REST API returns from the cluster model. The types themselves are
-//! declared once in [`stator_api::views`] and re-exported here so paths keep working.
+//! Presents the cluster model as what the REST API returns: one builder per view. The
+//! view types are declared once, in [`stator_api::views`]; this module only builds them.
 
 use std::collections::BTreeSet;
 
-use stator_api::agent::{InstanceState, ReplicaRole, ReplicaStatus};
+use stator_api::agent::{InstanceState, ReplicaRole};
 use stator_api::ids::{GroupId, NodeId};
 use stator_api::slot::partition_ranges;
 use stator_api::spec::ServiceKind;
-pub use stator_api::views::*;
+use stator_api::views::{
+    InstanceView, LeaderView, MemberView, NodeView, PartitionLoad, PartitionView, ServiceStatus,
+    ServiceView,
+};
 
 use crate::model::{Cluster, InstancePhase, Service};
 
@@ -71,16 +74,6 @@ pub fn node_view(cluster: &Cluster, id: NodeId, now_ms: u64) -> Option<NodeView>
     })
 }
 
-/// What `node` reports about its replica of `group`.
-fn replica_status(cluster: &Cluster, node: NodeId, group: GroupId) -> Option<&ReplicaStatus> {
-    cluster
-        .observed
-        .get(&node)?
-        .replicas
-        .iter()
-        .find(|r| r.group == group)
-}
-
 /// The load of a partition as its leader reported it, with the report's age.
 fn partition_load(
     cluster: &Cluster,
@@ -89,7 +82,7 @@ fn partition_load(
     members: &[MemberView],
     now_ms: u64,
 ) -> Option<PartitionLoad> {
-    let report = replica_status(cluster, leader, group)?;
+    let report = cluster.replica_report(leader, group)?;
     let last_heartbeat_ms = cluster.observed.get(&leader)?.last_heartbeat_ms;
     let apply_lag_entries = members
         .iter()
@@ -141,7 +134,9 @@ pub fn partition_views(cluster: &Cluster, service: &Service, now_ms: u64) -> Vec
                     designed: design.members.contains(&node_id),
                     alive: cluster.is_alive(node_id),
                     resp_addr: cluster.node_resp_addr(node_id, &spec.name),
-                    applied_index: replica_status(cluster, node_id, group).map(|r| r.applied_index),
+                    applied_index: cluster
+                        .replica_report(node_id, group)
+                        .map(|r| r.applied_index),
                 })
                 .collect();
             let load = observed
