@@ -129,6 +129,10 @@ pub struct PartitionScalerState {
     series: Vec<usize>,
     /// `by_demand[i]`: the number of the demand at position `i` last round.
     by_demand: Vec<u32>,
+    /// `view_parts[n]`: partition `n`'s dense index in the view last seen
+    /// (`ClusterView::partition_index`), checked against the key before use, so a
+    /// round hashes nothing per partition while the view is the same one.
+    view_parts: Vec<u32>,
     forecaster: Forecaster,
 }
 
@@ -158,6 +162,27 @@ impl PartitionScalerState {
         }
         self.by_demand[i] = n;
         n as usize
+    }
+
+    /// The view's dense index of partition number `n` (the demand `d`), None if it
+    /// has no replica in the view yet.
+    fn view_partition(
+        &mut self,
+        n: usize,
+        view: &ClusterView,
+        d: &PartitionDemand,
+    ) -> Option<usize> {
+        if let Some(&ix) = self.view_parts.get(n) {
+            if view.partition_is(ix as usize, &d.service, d.partition) {
+                return Some(ix as usize);
+            }
+        }
+        let ix = view.partition_index(&d.service, d.partition)?;
+        if self.view_parts.len() <= n {
+            self.view_parts.resize(n + 1, u32::MAX);
+        }
+        self.view_parts[n] = ix as u32;
+        Some(ix)
     }
 
     /// Records a recommendation for partition number `n` and returns the stabilised
@@ -191,10 +216,15 @@ pub fn autoscale(
     for (i, d) in demands.iter().enumerate() {
         let n = state.number(i, d);
         let desired = desired_request(d, n, state, cfg, now_s);
-        repair_partition(view, d, desired, &mut round);
-        // Resolved once per partition and round (after a repair may have placed its
-        // first replica): the member lookups below are `Vec` indexes.
-        if let Some(part) = view.partition_index(&d.service, d.partition) {
+        // Resolved once per partition and round (again only after a repair, which
+        // may place its first replica): the member lookups below are `Vec` indexes.
+        let mut part = state.view_partition(n, view, d);
+        let members = part.map_or(0, |p| view.members_at(p).len()) as u32;
+        if members < d.min_replicas {
+            repair_partition(view, d, members, desired, &mut round);
+            part = state.view_partition(n, view, d);
+        }
+        if let Some(part) = part {
             resize_or_move_members(view, d, part, desired, cfg, &mut round);
         }
     }
@@ -267,8 +297,13 @@ fn desired_request(
 
 /// Phase 1: a partition with fewer members than `min_replicas` (a node was lost) gets
 /// replacements, on distinct nodes and fresh zones, or unmet needs for new nodes.
-fn repair_partition(view: &mut ClusterView, d: &PartitionDemand, desired: u64, round: &mut Round) {
-    let members = view.partition_members(&d.service, d.partition).len() as u32;
+fn repair_partition(
+    view: &mut ClusterView,
+    d: &PartitionDemand,
+    members: u32,
+    desired: u64,
+    round: &mut Round,
+) {
     if members < d.min_replicas {
         let missing = d.min_replicas - members;
         let resources = Resources {
@@ -446,29 +481,36 @@ fn needs_without_room(view: &ClusterView, deferred: &mut Vec<DeferredRaise>) -> 
     if deferred.is_empty() {
         return Vec::new();
     }
-    let mut heaps: Vec<BinaryHeap<(u64, u64, NodeId)>> = vec![BinaryHeap::new(); view.zone_count()];
-    for n in view.nodes().filter(|n| n.schedulable) {
-        let free = view.free(n.id).unwrap_or_default();
-        if let Some(z) = view.zone_index_of(n.id) {
-            heaps[z as usize].push((free.cpu_millis, free.memory_mib, n.id));
-        }
+    // Read from the scan records (`ClusterView::hot`: free room and zone number per
+    // node, no lookup by id) and heapified per zone in one pass: this ran once per
+    // service and round over every node.
+    let mut per_zone: Vec<Vec<(u64, u64, NodeId)>> = vec![Vec::new(); view.zone_count()];
+    for h in view.hot.iter().filter(|h| h.schedulable) {
+        per_zone[h.zone_ix as usize].push((h.free.cpu_millis, h.free.memory_mib, h.id));
     }
+    let mut heaps: Vec<BinaryHeap<(u64, u64, NodeId)>> =
+        per_zone.into_iter().map(BinaryHeap::from).collect();
     deferred.sort_by_key(|b| std::cmp::Reverse(b.resources.cpu_millis));
     let mut out = Vec::new();
+    // Zones of the current raise's partition's other members, one flag per zone.
+    let mut taken: Vec<bool> = vec![false; heaps.len()];
     for raise in deferred.drain(..) {
         let member = view.replica(raise.slot).expect("deferred member");
         let members = view.members_at(view.partition_index_of(raise.slot).expect("member"));
         // The zones of the partition's other members: the one zone filter the move
         // path (`keeps_zone_spread`) applies too.
-        let other_member_in = |z: u32| {
-            members.iter().any(|&s| {
-                let n = view.replica(s).expect("member").node;
-                n != member.node && view.zone_index_of(n) == Some(z)
-            })
-        };
+        taken.iter_mut().for_each(|t| *t = false);
+        for &s in members {
+            let n = view.replica(s).expect("member").node;
+            if n != member.node {
+                if let Some(z) = view.zone_index_of(n) {
+                    taken[z as usize] = true;
+                }
+            }
+        }
         let need = &raise.resources;
         let best = (0..heaps.len())
-            .filter(|&z| !other_member_in(z as u32))
+            .filter(|&z| !taken[z])
             .filter_map(|z| heaps[z].peek().map(|&top| (top, z)))
             .filter(|&((cpu, mem, _), _)| need.cpu_millis <= cpu && need.memory_mib <= mem)
             .max_by_key(|&((cpu, _, id), _)| (cpu, std::cmp::Reverse(id)));
@@ -576,6 +618,8 @@ pub const MAX_NODES_PER_SCALEUP: usize = 1000;
 /// A node that needs are simulated onto: booting, or planned in this call.
 struct Bin<'a> {
     zone: String,
+    /// `zone`'s number in the call's [`ZoneNumbers`].
+    zone_ix: usize,
     free: Resources,
     partitions: Vec<(String, u32)>,
     labels: &'a BTreeMap<String, String>,
@@ -585,10 +629,11 @@ impl Bin<'_> {
     fn takes(&self, need: &UnmetNeed) -> bool {
         need.resources.fits_in(&self.free)
             && selects(&need.node_selector, self.labels)
-            && need
-                .partition
-                .as_ref()
-                .is_none_or(|p| !self.partitions.contains(p))
+            && need.partition.as_ref().is_none_or(|p| {
+                // The partition number first: most entries differ there, and the
+                // service names then need no comparison.
+                !self.partitions.iter().any(|q| q.1 == p.1 && q.0 == p.0)
+            })
     }
     fn put(&mut self, need: &UnmetNeed) {
         self.free = self.free.saturating_sub(&need.resources);
@@ -603,9 +648,68 @@ impl Bin<'_> {
 /// preferred spread (a score) does not keep a pod off a node there. A pure filter
 /// plus first fit also makes the planning repeatable: asked again with the nodes it
 /// planned booting, the same needs land on them in the same order.
-fn fit_in_bins(bins: &[Bin], need: &UnmetNeed) -> Option<usize> {
+fn fit_in_bins(bins: &[Bin], need: &UnmetNeed, avoid: &ZoneSet) -> Option<usize> {
     bins.iter()
-        .position(|b| b.takes(need) && (need.soft_spread || !need.avoid_zones.contains(&b.zone)))
+        .position(|b| (need.soft_spread || !avoid.has(b.zone_ix, &b.zone)) && b.takes(need))
+}
+
+/// The zones of one scale-up, numbered in order of first sight, so a fit compares
+/// numbers, not names (a scale-up for thousands of needs compared each need's zones
+/// with every bin's by name).
+#[derive(Default)]
+struct ZoneNumbers<'a> {
+    names: Vec<&'a str>,
+}
+
+impl<'a> ZoneNumbers<'a> {
+    fn number(&mut self, zone: &'a str) -> usize {
+        match self.names.iter().position(|z| *z == zone) {
+            Some(ix) => ix,
+            None => {
+                self.names.push(zone);
+                self.names.len() - 1
+            }
+        }
+    }
+
+    /// The number of a zone numbered before, `usize::MAX` for another one (which
+    /// [`ZoneSet::has`] then compares by name).
+    fn of(&self, zone: &str) -> usize {
+        self.names
+            .iter()
+            .position(|z| *z == zone)
+            .unwrap_or(usize::MAX)
+    }
+
+    /// The set of `zones` (by name) among the numbered ones.
+    fn set_of<'n>(&self, zones: &'n [String]) -> ZoneSet<'n> {
+        let mut bits = 0u64;
+        for (ix, name) in self.names.iter().enumerate().take(ZoneSet::BITS) {
+            if zones.iter().any(|z| z == name) {
+                bits |= 1 << ix;
+            }
+        }
+        ZoneSet { bits, names: zones }
+    }
+}
+
+/// A need's avoided zones: a bit per zone number below [`ZoneSet::BITS`], names for
+/// the rest (more zones than that in one scale-up is not expected, but stays right).
+struct ZoneSet<'n> {
+    bits: u64,
+    names: &'n [String],
+}
+
+impl ZoneSet<'_> {
+    const BITS: usize = 64;
+
+    fn has(&self, zone_ix: usize, zone: &str) -> bool {
+        if zone_ix < Self::BITS {
+            self.bits & (1 << zone_ix) != 0
+        } else {
+            self.names.iter().any(|z| z == zone)
+        }
+    }
 }
 
 /// Adds nodes so every unmet need fits: first into nodes already booting (and those
@@ -658,12 +762,29 @@ pub fn plan_new_nodes_with_fit(
         *counts.entry(b.pool.as_str()).or_insert(0) += 1;
     }
     let by_pool: HashMap<&str, &PoolSpec> = pools.iter().map(|p| (p.name.as_str(), p)).collect();
+    // Every zone a bin can have (a booting node's, a pool's, or none) is numbered
+    // before the needs' avoided zones are read.
+    let mut zones = ZoneNumbers::default();
+    for z in booting
+        .iter()
+        .map(|b| b.zone.as_str())
+        .chain(
+            pools
+                .iter()
+                .flat_map(|p| p.zones.iter().map(String::as_str)),
+        )
+        .chain([""])
+    {
+        zones.number(z);
+    }
+    let avoid: Vec<ZoneSet> = unmet.iter().map(|u| zones.set_of(&u.avoid_zones)).collect();
     // Virtual bins: booting nodes start empty (the view does not hold them yet).
     let mut bins: Vec<Bin> = booting
         .iter()
         .filter_map(|b| {
             by_pool.get(b.pool.as_str()).map(|p| Bin {
                 zone: b.zone.clone(),
+                zone_ix: zones.of(&b.zone),
                 free: p.capacity,
                 partitions: Vec::new(),
                 labels: &p.labels,
@@ -689,7 +810,7 @@ pub fn plan_new_nodes_with_fit(
     // Booting nodes absorb what they can, whatever the pool choice.
     let mut rest = Vec::new();
     for i in order {
-        match fit_in_bins(&bins, &unmet[i]) {
+        match fit_in_bins(&bins, &unmet[i], &avoid[i]) {
             Some(b) => {
                 bins[b].put(&unmet[i]);
                 plan.on_booting[i] = true;
@@ -711,7 +832,14 @@ pub fn plan_new_nodes_with_fit(
                     .get(&(z.as_str(), pool.name.as_str()))
                     .copied()
                     .unwrap_or(0)
-                    + bins.iter().filter(|b| b.zone == **z).count()
+                    + {
+                        let zone_ix = zones.of(z);
+                        bins.iter()
+                            .filter(|b| {
+                                b.zone_ix == zone_ix && (zone_ix != usize::MAX || b.zone == **z)
+                            })
+                            .count()
+                    }
             })
             .or(pool.zones.first())
             .cloned()
@@ -840,7 +968,7 @@ pub fn plan_new_nodes_with_fit(
                 if !need.fits_pool(pool) {
                     continue;
                 }
-                if let Some(b) = fit_in_bins(&bins[n_booting..], need) {
+                if let Some(b) = fit_in_bins(&bins[n_booting..], need, &avoid[i]) {
                     bins[n_booting + b].put(need);
                     plan.new_node_of[i] = Some(b);
                     continue;
@@ -851,6 +979,7 @@ pub fn plan_new_nodes_with_fit(
                 let zone = pick_zone(pool, need, &bins);
                 *counts.entry(pool.name.as_str()).or_insert(0) += 1;
                 let mut bin = Bin {
+                    zone_ix: zones.of(&zone),
                     zone: zone.clone(),
                     free: pool.capacity,
                     partitions: Vec::new(),
@@ -870,7 +999,7 @@ pub fn plan_new_nodes_with_fit(
             let sorted_pools = pools_by_unit_price(pools);
             for i in rest {
                 let need = &unmet[i];
-                if let Some(b) = fit_in_bins(&bins[n_booting..], need) {
+                if let Some(b) = fit_in_bins(&bins[n_booting..], need, &avoid[i]) {
                     bins[n_booting + b].put(need);
                     plan.new_node_of[i] = Some(b);
                     continue;
@@ -891,6 +1020,7 @@ pub fn plan_new_nodes_with_fit(
                 let zone = pick_zone(pool, need, &bins);
                 *counts.entry(pool.name.as_str()).or_insert(0) += 1;
                 let mut bin = Bin {
+                    zone_ix: zones.of(&zone),
                     zone: zone.clone(),
                     free: pool.capacity,
                     partitions: Vec::new(),
