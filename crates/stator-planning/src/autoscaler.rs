@@ -121,8 +121,12 @@ pub struct PartitionScalerState {
     /// By service, then partition -> dense number: looked up by `&str`, so a round
     /// allocates no key.
     index: FxHashMap<String, FxHashMap<u32, u32>>,
-    /// `keys[n]`: the partition numbered `n`.
-    keys: Vec<(String, u32)>,
+    /// `keys[n]`: the partition numbered `n`, as (its service's number in
+    /// `service_names`, partition): the check of a remembered number reads one of a
+    /// few service names, not a name stored per partition (a cache miss each).
+    keys: Vec<(u32, u32)>,
+    /// Service names in order of first sight.
+    service_names: Vec<String>,
     /// `recommendations[n]`: recent (time, recommendation) of partition `n`.
     recommendations: Vec<VecDeque<(u64, u64)>>,
     /// `series[n]`: partition `n`'s index in `forecaster`.
@@ -140,8 +144,8 @@ impl PartitionScalerState {
     /// The dense number of `d`, the `i`-th demand of this round.
     fn number(&mut self, i: usize, d: &PartitionDemand) -> usize {
         if let Some(&n) = self.by_demand.get(i) {
-            let (service, partition) = &self.keys[n as usize];
-            if *partition == d.partition && *service == d.service {
+            let (service, partition) = self.keys[n as usize];
+            if partition == d.partition && self.service_names[service as usize] == d.service {
                 return n as usize;
             }
         }
@@ -152,7 +156,14 @@ impl PartitionScalerState {
         };
         let n = *by_partition.entry(d.partition).or_insert(next);
         if n == next {
-            self.keys.push((d.service.clone(), d.partition));
+            let service = match self.service_names.iter().position(|s| *s == d.service) {
+                Some(s) => s,
+                None => {
+                    self.service_names.push(d.service.clone());
+                    self.service_names.len() - 1
+                }
+            };
+            self.keys.push((service as u32, d.partition));
             self.recommendations.push(VecDeque::new());
             let ix = self.forecaster.series_index(&d.service, d.partition);
             self.series.push(ix);
@@ -520,14 +531,17 @@ fn needs_without_room(view: &ClusterView, deferred: &mut Vec<DeferredRaise>) -> 
                 heaps[z].push((cpu - need.cpu_millis, mem - need.memory_mib, id));
             }
             None => {
-                let survivors: Vec<NodeId> = members
+                // The survivors' zones, as `zones_of` lists them, without the node list.
+                let avoid_zones: Vec<String> = members
                     .iter()
                     .map(|&s| view.replica(s).expect("member").node)
                     .filter(|&n| n != member.node)
+                    .filter_map(|n| view.zone_of(n))
+                    .map(str::to_string)
                     .collect();
                 out.push(UnmetNeed {
                     partition: Some((member.service.clone(), member.partition)),
-                    ..UnmetNeed::new(raise.resources, zones_of(view, &survivors))
+                    ..UnmetNeed::new(raise.resources, avoid_zones)
                 });
             }
         }
@@ -757,7 +771,7 @@ pub fn plan_new_nodes_with_fit(
     }
     // Nodes per pool, in the view and booting (`pools::pool_counts` with borrowed names:
     // copying every node's pool name was a visible cost of a 10,000-node round).
-    let mut counts: HashMap<&str, u32> = HashMap::new();
+    let mut counts: FxHashMap<&str, u32> = FxHashMap::default();
     for b in booting {
         *counts.entry(b.pool.as_str()).or_insert(0) += 1;
     }
@@ -800,13 +814,6 @@ pub fn plan_new_nodes_with_fit(
             .then(b.memory_mib.cmp(&a.memory_mib))
             .then(b.gpu_milli.cmp(&a.gpu_milli))
     });
-    let mut zone_pool_counts: HashMap<(&str, &str), usize> = HashMap::new();
-    for n in view.nodes() {
-        *zone_pool_counts
-            .entry((n.zone.as_str(), n.pool.as_str()))
-            .or_insert(0) += 1;
-        *counts.entry(n.pool.as_str()).or_insert(0) += 1;
-    }
     // Booting nodes absorb what they can, whatever the pool choice.
     let mut rest = Vec::new();
     for i in order {
@@ -818,7 +825,18 @@ pub fn plan_new_nodes_with_fit(
             None => rest.push(i),
         }
     }
-    let has_room = |p: &PoolSpec, counts: &HashMap<&str, u32>| {
+    if rest.is_empty() {
+        // Nothing needs a new node: the pass over every node below is not needed.
+        return plan;
+    }
+    let mut zone_pool_counts: FxHashMap<(&str, &str), usize> = FxHashMap::default();
+    for n in view.nodes() {
+        *zone_pool_counts
+            .entry((n.zone.as_str(), n.pool.as_str()))
+            .or_insert(0) += 1;
+        *counts.entry(n.pool.as_str()).or_insert(0) += 1;
+    }
+    let has_room = |p: &PoolSpec, counts: &FxHashMap<&str, u32>| {
         counts.get(p.name.as_str()).copied().unwrap_or(0) < p.max_nodes
     };
     // Zone for a new node of `pool`: one the need does not avoid, with the fewest of
@@ -855,7 +873,7 @@ pub fn plan_new_nodes_with_fit(
                 needs: Vec<usize>,
             }
             let holds =
-                |total: &Resources, zone: &str, needs: &[usize], counts: &HashMap<&str, u32>| {
+                |total: &Resources, zone: &str, needs: &[usize], counts: &FxHashMap<&str, u32>| {
                     pools.iter().any(|p| {
                         total.fits_in(&p.capacity)
                             && has_room(p, counts)
@@ -1425,6 +1443,42 @@ mod tests {
             PoolChoice::CheapestForShape,
         );
         assert_eq!(acts.len(), 1, "{acts:?}");
+    }
+
+    #[test]
+    fn booting_nodes_in_avoided_zones_take_nothing_beyond_the_numbered_zones() {
+        // 70 zones, a node booting in each (numbered in that order): the scale-up
+        // keeps the first 64 zone numbers in a bit set and compares the rest by name.
+        let zones: Vec<String> = (0..70).map(|z| format!("z{z}")).collect();
+        let mut wide = pool("wide", 2000, 0.1);
+        wide.zones = zones.clone();
+        wide.max_nodes = 1000;
+        let booting: Vec<BootingNode> = zones
+            .iter()
+            .map(|z| BootingNode {
+                pool: "wide".into(),
+                zone: z.clone(),
+            })
+            .collect();
+        let fits_booting = |avoid: &[String]| {
+            let need = UnmetNeed::new(Resources::new(1500, 512), avoid.to_vec());
+            plan_new_nodes_with_fit(
+                &ClusterView::new(),
+                std::slice::from_ref(&need),
+                std::slice::from_ref(&wide),
+                &booting,
+                PoolChoice::CheapestForShape,
+            )
+            .on_booting[0]
+        };
+        // Every zone avoided, the last six by name: no booting node takes it.
+        assert!(!fits_booting(&zones));
+        // All but the last: the node booting in z69 (past the bits) takes it.
+        assert!(fits_booting(&zones[..69]));
+        // All but one within the bits.
+        let mut but_z5 = zones.clone();
+        but_z5.remove(5);
+        assert!(fits_booting(&but_z5));
     }
 
     #[test]
