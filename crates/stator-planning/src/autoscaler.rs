@@ -836,225 +836,274 @@ pub fn plan_new_nodes_with_fit(
             .or_insert(0) += 1;
         *counts.entry(n.pool.as_str()).or_insert(0) += 1;
     }
-    let has_room = |p: &PoolSpec, counts: &FxHashMap<&str, u32>| {
-        counts.get(p.name.as_str()).copied().unwrap_or(0) < p.max_nodes
+    let mut s = ScaleUp {
+        unmet,
+        pools,
+        avoid,
+        zones,
+        bins,
+        n_booting,
+        counts,
+        zone_pool_counts,
     };
-    // Zone for a new node of `pool`: one the need does not avoid, with the fewest of
-    // this pool's nodes (existing and planned).
-    let pick_zone = |pool: &PoolSpec, need: &UnmetNeed, bins: &[Bin]| -> String {
+    match choice {
+        PoolChoice::CheapestForBatch => claim_batches(&mut s, rest, &mut plan),
+        PoolChoice::Random(x) => scale_up_one_group(&mut s, rest, x, &mut plan),
+        PoolChoice::CheapestPerUnit | PoolChoice::CheapestForShape => {
+            add_node_per_need(&mut s, rest, choice, &mut plan)
+        }
+    }
+    plan
+}
+
+/// A scale-up once the booting nodes took what they could: the needs left, the bins
+/// (booting nodes first, then the nodes planned in this call) and the node counts.
+struct ScaleUp<'a> {
+    unmet: &'a [UnmetNeed],
+    pools: &'a [PoolSpec],
+    /// Per need, the zones it avoids.
+    avoid: Vec<ZoneSet<'a>>,
+    zones: ZoneNumbers<'a>,
+    bins: Vec<Bin<'a>>,
+    /// `bins[..n_booting]` are the booting nodes.
+    n_booting: usize,
+    /// Nodes per pool: in the view, booting and planned.
+    counts: FxHashMap<&'a str, u32>,
+    /// Nodes per (zone, pool) in the view.
+    zone_pool_counts: FxHashMap<(&'a str, &'a str), usize>,
+}
+
+impl ScaleUp<'_> {
+    fn has_room(&self, p: &PoolSpec) -> bool {
+        self.counts.get(p.name.as_str()).copied().unwrap_or(0) < p.max_nodes
+    }
+
+    /// Zone for a new node of `pool`: one the need does not avoid, with the fewest of
+    /// this pool's nodes (existing and planned).
+    fn pick_zone(&self, pool: &PoolSpec, need: &UnmetNeed) -> String {
         pool.zones
             .iter()
             .filter(|z| !need.avoid_zones.contains(z))
             .min_by_key(|z| {
-                zone_pool_counts
+                let zone_ix = self.zones.of(z);
+                self.zone_pool_counts
                     .get(&(z.as_str(), pool.name.as_str()))
                     .copied()
                     .unwrap_or(0)
-                    + {
-                        let zone_ix = zones.of(z);
-                        bins.iter()
-                            .filter(|b| {
-                                b.zone_ix == zone_ix && (zone_ix != usize::MAX || b.zone == **z)
-                            })
-                            .count()
-                    }
+                    + self
+                        .bins
+                        .iter()
+                        .filter(|b| {
+                            b.zone_ix == zone_ix && (zone_ix != usize::MAX || b.zone == **z)
+                        })
+                        .count()
             })
             .or(pool.zones.first())
             .cloned()
             .unwrap_or_default()
-    };
-    match choice {
-        PoolChoice::CheapestForBatch => {
-            // Claims: needs packed while some pool with room could hold them all.
-            struct Claim {
-                zone: String,
-                total: Resources,
-                partitions: Vec<(String, u32)>,
-                needs: Vec<usize>,
-            }
-            let holds =
-                |total: &Resources, zone: &str, needs: &[usize], counts: &FxHashMap<&str, u32>| {
-                    pools.iter().any(|p| {
-                        total.fits_in(&p.capacity)
-                            && has_room(p, counts)
-                            && p.zones.iter().any(|z| z == zone)
-                            && needs
-                                .iter()
-                                .all(|&n| selects(&unmet[n].node_selector, &p.labels))
-                    })
-                };
-            let mut claims: Vec<Claim> = Vec::new();
-            for i in rest {
-                let need = &unmet[i];
-                let selects_all = |c: &Claim, need: &UnmetNeed| {
-                    pools.iter().any(|p| {
-                        selects(&need.node_selector, &p.labels)
-                            && c.needs
-                                .iter()
-                                .all(|&n| selects(&unmet[n].node_selector, &p.labels))
-                    })
-                };
-                let joins = |c: &Claim| {
-                    (need.soft_spread || !need.avoid_zones.contains(&c.zone))
-                        && need
-                            .partition
-                            .as_ref()
-                            .is_none_or(|p| !c.partitions.contains(p))
-                        && selects_all(c, need)
-                        && holds(&(c.total + need.resources), &c.zone, &c.needs, &counts)
-                };
-                let at = match claims.iter().position(joins) {
-                    Some(at) => at,
-                    None => {
-                        // The zone: the one the need does not avoid with the fewest
-                        // nodes planned so far.
-                        let zones: Vec<&String> = pools
-                            .iter()
-                            .filter(|p| need.fits_pool(p) && has_room(p, &counts))
-                            .flat_map(|p| p.zones.iter())
-                            .collect();
-                        let Some(zone) = zones
-                            .iter()
-                            .filter(|z| !need.avoid_zones.contains(z))
-                            .min_by_key(|z| claims.iter().filter(|c| &c.zone == **z).count())
-                            .or(zones.first())
-                            .map(|z| (*z).clone())
-                        else {
-                            continue;
-                        };
-                        if claims.len() >= MAX_NODES_PER_SCALEUP {
-                            continue;
-                        }
-                        claims.push(Claim {
-                            zone,
-                            total: Resources::default(),
-                            partitions: Vec::new(),
-                            needs: Vec::new(),
-                        });
-                        claims.len() - 1
-                    }
-                };
-                let c = &mut claims[at];
-                c.total = c.total + need.resources;
-                if let Some(p) = &need.partition {
-                    c.partitions.push(p.clone());
-                }
-                c.needs.push(i);
-            }
-            for c in claims {
-                let Some(pool) = pools
+    }
+}
+
+/// Karpenter-like provisioning ([`PoolChoice::CheapestForBatch`]).
+fn claim_batches(s: &mut ScaleUp, rest: Vec<usize>, plan: &mut ScaleUpPlan) {
+    // Claims: needs packed while some pool with room could hold them all.
+    struct Claim {
+        zone: String,
+        total: Resources,
+        partitions: Vec<(String, u32)>,
+        needs: Vec<usize>,
+    }
+    let holds = |total: &Resources, zone: &str, needs: &[usize]| {
+        s.pools.iter().any(|p| {
+            total.fits_in(&p.capacity)
+                && s.has_room(p)
+                && p.zones.iter().any(|z| z == zone)
+                && needs
                     .iter()
-                    .filter(|p| {
-                        c.total.fits_in(&p.capacity)
-                            && has_room(p, &counts)
-                            && p.zones.contains(&c.zone)
-                            && c.needs
-                                .iter()
-                                .all(|&n| selects(&unmet[n].node_selector, &p.labels))
-                    })
-                    .min_by(|a, b| {
-                        a.price_per_hour
-                            .total_cmp(&b.price_per_hour)
-                            .then(a.name.cmp(&b.name))
-                    })
+                    .all(|&n| selects(&s.unmet[n].node_selector, &p.labels))
+        })
+    };
+    let mut claims: Vec<Claim> = Vec::new();
+    for i in rest {
+        let need = &s.unmet[i];
+        let selects_all = |c: &Claim, need: &UnmetNeed| {
+            s.pools.iter().any(|p| {
+                selects(&need.node_selector, &p.labels)
+                    && c.needs
+                        .iter()
+                        .all(|&n| selects(&s.unmet[n].node_selector, &p.labels))
+            })
+        };
+        let joins = |c: &Claim| {
+            (need.soft_spread || !need.avoid_zones.contains(&c.zone))
+                && need
+                    .partition
+                    .as_ref()
+                    .is_none_or(|p| !c.partitions.contains(p))
+                && selects_all(c, need)
+                && holds(&(c.total + need.resources), &c.zone, &c.needs)
+        };
+        let at = match claims.iter().position(joins) {
+            Some(at) => at,
+            None => {
+                // The zone: the one the need does not avoid with the fewest
+                // nodes planned so far.
+                let zones: Vec<&String> = s
+                    .pools
+                    .iter()
+                    .filter(|p| need.fits_pool(p) && s.has_room(p))
+                    .flat_map(|p| p.zones.iter())
+                    .collect();
+                let Some(zone) = zones
+                    .iter()
+                    .filter(|z| !need.avoid_zones.contains(z))
+                    .min_by_key(|z| claims.iter().filter(|c| &c.zone == **z).count())
+                    .or(zones.first())
+                    .map(|z| (*z).clone())
                 else {
                     continue;
                 };
-                *counts.entry(pool.name.as_str()).or_insert(0) += 1;
-                for &i in &c.needs {
-                    plan.new_node_of[i] = Some(plan.actions.len());
-                }
-                plan.actions.push(Action::AddNode {
-                    pool: pool.name.clone(),
-                    zone: c.zone,
-                });
-            }
-        }
-        PoolChoice::Random(x) => {
-            // One node group per loop: drawn among those that fit a pending need.
-            let groups: Vec<&PoolSpec> = pools
-                .iter()
-                .filter(|p| has_room(p, &counts) && rest.iter().any(|&i| unmet[i].fits_pool(p)))
-                .collect();
-            if groups.is_empty() {
-                return plan;
-            }
-            let pool = groups[(x as usize) % groups.len()];
-            let mut added = 0usize;
-            for i in rest {
-                let need = &unmet[i];
-                if !need.fits_pool(pool) {
+                if claims.len() >= MAX_NODES_PER_SCALEUP {
                     continue;
                 }
-                if let Some(b) = fit_in_bins(&bins[n_booting..], need, &avoid[i]) {
-                    bins[n_booting + b].put(need);
-                    plan.new_node_of[i] = Some(b);
-                    continue;
-                }
-                if !has_room(pool, &counts) || added >= MAX_NODES_PER_SCALEUP {
-                    continue;
-                }
-                let zone = pick_zone(pool, need, &bins);
-                *counts.entry(pool.name.as_str()).or_insert(0) += 1;
-                let mut bin = Bin {
-                    zone_ix: zones.of(&zone),
-                    zone: zone.clone(),
-                    free: pool.capacity,
-                    partitions: Vec::new(),
-                    labels: &pool.labels,
-                };
-                bin.put(need);
-                bins.push(bin);
-                plan.new_node_of[i] = Some(added);
-                added += 1;
-                plan.actions.push(Action::AddNode {
-                    pool: pool.name.clone(),
+                claims.push(Claim {
                     zone,
-                });
-            }
-        }
-        PoolChoice::CheapestPerUnit | PoolChoice::CheapestForShape => {
-            let sorted_pools = pools_by_unit_price(pools);
-            for i in rest {
-                let need = &unmet[i];
-                if let Some(b) = fit_in_bins(&bins[n_booting..], need, &avoid[i]) {
-                    bins[n_booting + b].put(need);
-                    plan.new_node_of[i] = Some(b);
-                    continue;
-                }
-                let fitting = sorted_pools
-                    .iter()
-                    .copied()
-                    .filter(|p| need.fits_pool(p) && has_room(p, &counts));
-                let pool = match choice {
-                    PoolChoice::CheapestForShape => fitting.min_by(|a, b| {
-                        shape_price(a, &need.resources)
-                            .total_cmp(&shape_price(b, &need.resources))
-                            .then(a.name.cmp(&b.name))
-                    }),
-                    _ => fitting.into_iter().next(),
-                };
-                let Some(pool) = pool else { continue };
-                let zone = pick_zone(pool, need, &bins);
-                *counts.entry(pool.name.as_str()).or_insert(0) += 1;
-                let mut bin = Bin {
-                    zone_ix: zones.of(&zone),
-                    zone: zone.clone(),
-                    free: pool.capacity,
+                    total: Resources::default(),
                     partitions: Vec::new(),
-                    labels: &pool.labels,
-                };
-                bin.put(need);
-                bins.push(bin);
-                plan.new_node_of[i] = Some(plan.actions.len());
-                plan.actions.push(Action::AddNode {
-                    pool: pool.name.clone(),
-                    zone,
+                    needs: Vec::new(),
                 });
+                claims.len() - 1
             }
+        };
+        let c = &mut claims[at];
+        c.total = c.total + need.resources;
+        if let Some(p) = &need.partition {
+            c.partitions.push(p.clone());
         }
+        c.needs.push(i);
     }
-    plan
+    for c in claims {
+        let Some(pool) = s
+            .pools
+            .iter()
+            .filter(|p| {
+                c.total.fits_in(&p.capacity)
+                    && s.has_room(p)
+                    && p.zones.contains(&c.zone)
+                    && c.needs
+                        .iter()
+                        .all(|&n| selects(&s.unmet[n].node_selector, &p.labels))
+            })
+            .min_by(|a, b| {
+                a.price_per_hour
+                    .total_cmp(&b.price_per_hour)
+                    .then(a.name.cmp(&b.name))
+            })
+        else {
+            continue;
+        };
+        *s.counts.entry(pool.name.as_str()).or_insert(0) += 1;
+        for &i in &c.needs {
+            plan.new_node_of[i] = Some(plan.actions.len());
+        }
+        plan.actions.push(Action::AddNode {
+            pool: pool.name.clone(),
+            zone: c.zone,
+        });
+    }
+}
+
+/// Cluster Autoscaler's `random` expander ([`PoolChoice::Random`]): one node group.
+fn scale_up_one_group(s: &mut ScaleUp, rest: Vec<usize>, x: u64, plan: &mut ScaleUpPlan) {
+    // One node group per loop: drawn among those that fit a pending need.
+    let groups: Vec<&PoolSpec> = s
+        .pools
+        .iter()
+        .filter(|p| s.has_room(p) && rest.iter().any(|&i| s.unmet[i].fits_pool(p)))
+        .collect();
+    if groups.is_empty() {
+        return;
+    }
+    let pool = groups[(x as usize) % groups.len()];
+    let mut added = 0usize;
+    for i in rest {
+        let need = &s.unmet[i];
+        if !need.fits_pool(pool) {
+            continue;
+        }
+        if let Some(b) = fit_in_bins(&s.bins[s.n_booting..], need, &s.avoid[i]) {
+            s.bins[s.n_booting + b].put(need);
+            plan.new_node_of[i] = Some(b);
+            continue;
+        }
+        if !s.has_room(pool) || added >= MAX_NODES_PER_SCALEUP {
+            continue;
+        }
+        let zone = s.pick_zone(pool, need);
+        *s.counts.entry(pool.name.as_str()).or_insert(0) += 1;
+        let mut bin = Bin {
+            zone_ix: s.zones.of(&zone),
+            zone: zone.clone(),
+            free: pool.capacity,
+            partitions: Vec::new(),
+            labels: &pool.labels,
+        };
+        bin.put(need);
+        s.bins.push(bin);
+        plan.new_node_of[i] = Some(added);
+        added += 1;
+        plan.actions.push(Action::AddNode {
+            pool: pool.name.clone(),
+            zone,
+        });
+    }
+}
+
+/// A node per need that fits no bin, from the pool `choice` picks for it.
+fn add_node_per_need(
+    s: &mut ScaleUp,
+    rest: Vec<usize>,
+    choice: PoolChoice,
+    plan: &mut ScaleUpPlan,
+) {
+    let sorted_pools = pools_by_unit_price(s.pools);
+    for i in rest {
+        let need = &s.unmet[i];
+        if let Some(b) = fit_in_bins(&s.bins[s.n_booting..], need, &s.avoid[i]) {
+            s.bins[s.n_booting + b].put(need);
+            plan.new_node_of[i] = Some(b);
+            continue;
+        }
+        let fitting = sorted_pools
+            .iter()
+            .copied()
+            .filter(|p| need.fits_pool(p) && s.has_room(p));
+        let pool = match choice {
+            PoolChoice::CheapestForShape => fitting.min_by(|a, b| {
+                shape_price(a, &need.resources)
+                    .total_cmp(&shape_price(b, &need.resources))
+                    .then(a.name.cmp(&b.name))
+            }),
+            _ => fitting.into_iter().next(),
+        };
+        let Some(pool) = pool else { continue };
+        let zone = s.pick_zone(pool, need);
+        *s.counts.entry(pool.name.as_str()).or_insert(0) += 1;
+        let mut bin = Bin {
+            zone_ix: s.zones.of(&zone),
+            zone: zone.clone(),
+            free: pool.capacity,
+            partitions: Vec::new(),
+            labels: &pool.labels,
+        };
+        bin.put(need);
+        s.bins.push(bin);
+        plan.new_node_of[i] = Some(plan.actions.len());
+        plan.actions.push(Action::AddNode {
+            pool: pool.name.clone(),
+            zone,
+        });
+    }
 }
 
 /// USD per hour one `need` costs on a node of `pool` filled with needs of its shape:
