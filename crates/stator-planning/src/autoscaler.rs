@@ -121,14 +121,22 @@ pub struct PartitionScalerState {
     /// By service, then partition -> dense number: looked up by `&str`, so a round
     /// allocates no key.
     index: FxHashMap<String, FxHashMap<u32, u32>>,
-    /// `keys[n]`: the partition numbered `n`.
-    keys: Vec<(String, u32)>,
+    /// `keys[n]`: the partition numbered `n`, as (its service's number in
+    /// `service_names`, partition): the check of a remembered number reads one of a
+    /// few service names, not a name stored per partition (a cache miss each).
+    keys: Vec<(u32, u32)>,
+    /// Service names in order of first sight.
+    service_names: Vec<String>,
     /// `recommendations[n]`: recent (time, recommendation) of partition `n`.
     recommendations: Vec<VecDeque<(u64, u64)>>,
     /// `series[n]`: partition `n`'s index in `forecaster`.
     series: Vec<usize>,
     /// `by_demand[i]`: the number of the demand at position `i` last round.
     by_demand: Vec<u32>,
+    /// `view_parts[n]`: partition `n`'s dense index in the view last seen
+    /// (`ClusterView::partition_index`), checked against the key before use, so a
+    /// round hashes nothing per partition while the view is the same one.
+    view_parts: Vec<u32>,
     forecaster: Forecaster,
 }
 
@@ -136,8 +144,8 @@ impl PartitionScalerState {
     /// The dense number of `d`, the `i`-th demand of this round.
     fn number(&mut self, i: usize, d: &PartitionDemand) -> usize {
         if let Some(&n) = self.by_demand.get(i) {
-            let (service, partition) = &self.keys[n as usize];
-            if *partition == d.partition && *service == d.service {
+            let (service, partition) = self.keys[n as usize];
+            if partition == d.partition && self.service_names[service as usize] == d.service {
                 return n as usize;
             }
         }
@@ -148,7 +156,14 @@ impl PartitionScalerState {
         };
         let n = *by_partition.entry(d.partition).or_insert(next);
         if n == next {
-            self.keys.push((d.service.clone(), d.partition));
+            let service = match self.service_names.iter().position(|s| *s == d.service) {
+                Some(s) => s,
+                None => {
+                    self.service_names.push(d.service.clone());
+                    self.service_names.len() - 1
+                }
+            };
+            self.keys.push((service as u32, d.partition));
             self.recommendations.push(VecDeque::new());
             let ix = self.forecaster.series_index(&d.service, d.partition);
             self.series.push(ix);
@@ -158,6 +173,27 @@ impl PartitionScalerState {
         }
         self.by_demand[i] = n;
         n as usize
+    }
+
+    /// The view's dense index of partition number `n` (the demand `d`), None if it
+    /// has no replica in the view yet.
+    fn view_partition(
+        &mut self,
+        n: usize,
+        view: &ClusterView,
+        d: &PartitionDemand,
+    ) -> Option<usize> {
+        if let Some(&ix) = self.view_parts.get(n) {
+            if view.partition_is(ix as usize, &d.service, d.partition) {
+                return Some(ix as usize);
+            }
+        }
+        let ix = view.partition_index(&d.service, d.partition)?;
+        if self.view_parts.len() <= n {
+            self.view_parts.resize(n + 1, u32::MAX);
+        }
+        self.view_parts[n] = ix as u32;
+        Some(ix)
     }
 
     /// Records a recommendation for partition number `n` and returns the stabilised
@@ -191,10 +227,15 @@ pub fn autoscale(
     for (i, d) in demands.iter().enumerate() {
         let n = state.number(i, d);
         let desired = desired_request(d, n, state, cfg, now_s);
-        repair_partition(view, d, desired, &mut round);
-        // Resolved once per partition and round (after a repair may have placed its
-        // first replica): the member lookups below are `Vec` indexes.
-        if let Some(part) = view.partition_index(&d.service, d.partition) {
+        // Resolved once per partition and round (again only after a repair, which
+        // may place its first replica): the member lookups below are `Vec` indexes.
+        let mut part = state.view_partition(n, view, d);
+        let members = part.map_or(0, |p| view.members_at(p).len()) as u32;
+        if members < d.min_replicas {
+            repair_partition(view, d, members, desired, &mut round);
+            part = state.view_partition(n, view, d);
+        }
+        if let Some(part) = part {
             resize_or_move_members(view, d, part, desired, cfg, &mut round);
         }
     }
@@ -267,8 +308,13 @@ fn desired_request(
 
 /// Phase 1: a partition with fewer members than `min_replicas` (a node was lost) gets
 /// replacements, on distinct nodes and fresh zones, or unmet needs for new nodes.
-fn repair_partition(view: &mut ClusterView, d: &PartitionDemand, desired: u64, round: &mut Round) {
-    let members = view.partition_members(&d.service, d.partition).len() as u32;
+fn repair_partition(
+    view: &mut ClusterView,
+    d: &PartitionDemand,
+    members: u32,
+    desired: u64,
+    round: &mut Round,
+) {
     if members < d.min_replicas {
         let missing = d.min_replicas - members;
         let resources = Resources {
@@ -446,29 +492,36 @@ fn needs_without_room(view: &ClusterView, deferred: &mut Vec<DeferredRaise>) -> 
     if deferred.is_empty() {
         return Vec::new();
     }
-    let mut heaps: Vec<BinaryHeap<(u64, u64, NodeId)>> = vec![BinaryHeap::new(); view.zone_count()];
-    for n in view.nodes().filter(|n| n.schedulable) {
-        let free = view.free(n.id).unwrap_or_default();
-        if let Some(z) = view.zone_index_of(n.id) {
-            heaps[z as usize].push((free.cpu_millis, free.memory_mib, n.id));
-        }
+    // Read from the scan records (`ClusterView::hot`: free room and zone number per
+    // node, no lookup by id) and heapified per zone in one pass: this ran once per
+    // service and round over every node.
+    let mut per_zone: Vec<Vec<(u64, u64, NodeId)>> = vec![Vec::new(); view.zone_count()];
+    for h in view.hot.iter().filter(|h| h.schedulable) {
+        per_zone[h.zone_ix as usize].push((h.free.cpu_millis, h.free.memory_mib, h.id));
     }
+    let mut heaps: Vec<BinaryHeap<(u64, u64, NodeId)>> =
+        per_zone.into_iter().map(BinaryHeap::from).collect();
     deferred.sort_by_key(|b| std::cmp::Reverse(b.resources.cpu_millis));
     let mut out = Vec::new();
+    // Zones of the current raise's partition's other members, one flag per zone.
+    let mut taken: Vec<bool> = vec![false; heaps.len()];
     for raise in deferred.drain(..) {
         let member = view.replica(raise.slot).expect("deferred member");
         let members = view.members_at(view.partition_index_of(raise.slot).expect("member"));
         // The zones of the partition's other members: the one zone filter the move
         // path (`keeps_zone_spread`) applies too.
-        let other_member_in = |z: u32| {
-            members.iter().any(|&s| {
-                let n = view.replica(s).expect("member").node;
-                n != member.node && view.zone_index_of(n) == Some(z)
-            })
-        };
+        taken.iter_mut().for_each(|t| *t = false);
+        for &s in members {
+            let n = view.replica(s).expect("member").node;
+            if n != member.node {
+                if let Some(z) = view.zone_index_of(n) {
+                    taken[z as usize] = true;
+                }
+            }
+        }
         let need = &raise.resources;
         let best = (0..heaps.len())
-            .filter(|&z| !other_member_in(z as u32))
+            .filter(|&z| !taken[z])
             .filter_map(|z| heaps[z].peek().map(|&top| (top, z)))
             .filter(|&((cpu, mem, _), _)| need.cpu_millis <= cpu && need.memory_mib <= mem)
             .max_by_key(|&((cpu, _, id), _)| (cpu, std::cmp::Reverse(id)));
@@ -478,14 +531,17 @@ fn needs_without_room(view: &ClusterView, deferred: &mut Vec<DeferredRaise>) -> 
                 heaps[z].push((cpu - need.cpu_millis, mem - need.memory_mib, id));
             }
             None => {
-                let survivors: Vec<NodeId> = members
+                // The survivors' zones, as `zones_of` lists them, without the node list.
+                let avoid_zones: Vec<String> = members
                     .iter()
                     .map(|&s| view.replica(s).expect("member").node)
                     .filter(|&n| n != member.node)
+                    .filter_map(|n| view.zone_of(n))
+                    .map(str::to_string)
                     .collect();
                 out.push(UnmetNeed {
                     partition: Some((member.service.clone(), member.partition)),
-                    ..UnmetNeed::new(raise.resources, zones_of(view, &survivors))
+                    ..UnmetNeed::new(raise.resources, avoid_zones)
                 });
             }
         }
@@ -576,6 +632,8 @@ pub const MAX_NODES_PER_SCALEUP: usize = 1000;
 /// A node that needs are simulated onto: booting, or planned in this call.
 struct Bin<'a> {
     zone: String,
+    /// `zone`'s number in the call's [`ZoneNumbers`].
+    zone_ix: usize,
     free: Resources,
     partitions: Vec<(String, u32)>,
     labels: &'a BTreeMap<String, String>,
@@ -585,10 +643,11 @@ impl Bin<'_> {
     fn takes(&self, need: &UnmetNeed) -> bool {
         need.resources.fits_in(&self.free)
             && selects(&need.node_selector, self.labels)
-            && need
-                .partition
-                .as_ref()
-                .is_none_or(|p| !self.partitions.contains(p))
+            && need.partition.as_ref().is_none_or(|p| {
+                // The partition number first: most entries differ there, and the
+                // service names then need no comparison.
+                !self.partitions.iter().any(|q| q.1 == p.1 && q.0 == p.0)
+            })
     }
     fn put(&mut self, need: &UnmetNeed) {
         self.free = self.free.saturating_sub(&need.resources);
@@ -603,9 +662,68 @@ impl Bin<'_> {
 /// preferred spread (a score) does not keep a pod off a node there. A pure filter
 /// plus first fit also makes the planning repeatable: asked again with the nodes it
 /// planned booting, the same needs land on them in the same order.
-fn fit_in_bins(bins: &[Bin], need: &UnmetNeed) -> Option<usize> {
+fn fit_in_bins(bins: &[Bin], need: &UnmetNeed, avoid: &ZoneSet) -> Option<usize> {
     bins.iter()
-        .position(|b| b.takes(need) && (need.soft_spread || !need.avoid_zones.contains(&b.zone)))
+        .position(|b| (need.soft_spread || !avoid.has(b.zone_ix, &b.zone)) && b.takes(need))
+}
+
+/// The zones of one scale-up, numbered in order of first sight, so a fit compares
+/// numbers, not names (a scale-up for thousands of needs compared each need's zones
+/// with every bin's by name).
+#[derive(Default)]
+struct ZoneNumbers<'a> {
+    names: Vec<&'a str>,
+}
+
+impl<'a> ZoneNumbers<'a> {
+    fn number(&mut self, zone: &'a str) -> usize {
+        match self.names.iter().position(|z| *z == zone) {
+            Some(ix) => ix,
+            None => {
+                self.names.push(zone);
+                self.names.len() - 1
+            }
+        }
+    }
+
+    /// The number of a zone numbered before, `usize::MAX` for another one (which
+    /// [`ZoneSet::has`] then compares by name).
+    fn of(&self, zone: &str) -> usize {
+        self.names
+            .iter()
+            .position(|z| *z == zone)
+            .unwrap_or(usize::MAX)
+    }
+
+    /// The set of `zones` (by name) among the numbered ones.
+    fn set_of<'n>(&self, zones: &'n [String]) -> ZoneSet<'n> {
+        let mut bits = 0u64;
+        for (ix, name) in self.names.iter().enumerate().take(ZoneSet::BITS) {
+            if zones.iter().any(|z| z == name) {
+                bits |= 1 << ix;
+            }
+        }
+        ZoneSet { bits, names: zones }
+    }
+}
+
+/// A need's avoided zones: a bit per zone number below [`ZoneSet::BITS`], names for
+/// the rest (more zones than that in one scale-up is not expected, but stays right).
+struct ZoneSet<'n> {
+    bits: u64,
+    names: &'n [String],
+}
+
+impl ZoneSet<'_> {
+    const BITS: usize = 64;
+
+    fn has(&self, zone_ix: usize, zone: &str) -> bool {
+        if zone_ix < Self::BITS {
+            self.bits & (1 << zone_ix) != 0
+        } else {
+            self.names.iter().any(|z| z == zone)
+        }
+    }
 }
 
 /// Adds nodes so every unmet need fits: first into nodes already booting (and those
@@ -653,17 +771,34 @@ pub fn plan_new_nodes_with_fit(
     }
     // Nodes per pool, in the view and booting (`pools::pool_counts` with borrowed names:
     // copying every node's pool name was a visible cost of a 10,000-node round).
-    let mut counts: HashMap<&str, u32> = HashMap::new();
+    let mut counts: FxHashMap<&str, u32> = FxHashMap::default();
     for b in booting {
         *counts.entry(b.pool.as_str()).or_insert(0) += 1;
     }
     let by_pool: HashMap<&str, &PoolSpec> = pools.iter().map(|p| (p.name.as_str(), p)).collect();
+    // Every zone a bin can have (a booting node's, a pool's, or none) is numbered
+    // before the needs' avoided zones are read.
+    let mut zones = ZoneNumbers::default();
+    for z in booting
+        .iter()
+        .map(|b| b.zone.as_str())
+        .chain(
+            pools
+                .iter()
+                .flat_map(|p| p.zones.iter().map(String::as_str)),
+        )
+        .chain([""])
+    {
+        zones.number(z);
+    }
+    let avoid: Vec<ZoneSet> = unmet.iter().map(|u| zones.set_of(&u.avoid_zones)).collect();
     // Virtual bins: booting nodes start empty (the view does not hold them yet).
     let mut bins: Vec<Bin> = booting
         .iter()
         .filter_map(|b| {
             by_pool.get(b.pool.as_str()).map(|p| Bin {
                 zone: b.zone.clone(),
+                zone_ix: zones.of(&b.zone),
                 free: p.capacity,
                 partitions: Vec::new(),
                 labels: &p.labels,
@@ -679,17 +814,10 @@ pub fn plan_new_nodes_with_fit(
             .then(b.memory_mib.cmp(&a.memory_mib))
             .then(b.gpu_milli.cmp(&a.gpu_milli))
     });
-    let mut zone_pool_counts: HashMap<(&str, &str), usize> = HashMap::new();
-    for n in view.nodes() {
-        *zone_pool_counts
-            .entry((n.zone.as_str(), n.pool.as_str()))
-            .or_insert(0) += 1;
-        *counts.entry(n.pool.as_str()).or_insert(0) += 1;
-    }
     // Booting nodes absorb what they can, whatever the pool choice.
     let mut rest = Vec::new();
     for i in order {
-        match fit_in_bins(&bins, &unmet[i]) {
+        match fit_in_bins(&bins, &unmet[i], &avoid[i]) {
             Some(b) => {
                 bins[b].put(&unmet[i]);
                 plan.on_booting[i] = true;
@@ -697,216 +825,285 @@ pub fn plan_new_nodes_with_fit(
             None => rest.push(i),
         }
     }
-    let has_room = |p: &PoolSpec, counts: &HashMap<&str, u32>| {
-        counts.get(p.name.as_str()).copied().unwrap_or(0) < p.max_nodes
+    if rest.is_empty() {
+        // Nothing needs a new node: the pass over every node below is not needed.
+        return plan;
+    }
+    let mut zone_pool_counts: FxHashMap<(&str, &str), usize> = FxHashMap::default();
+    for n in view.nodes() {
+        *zone_pool_counts
+            .entry((n.zone.as_str(), n.pool.as_str()))
+            .or_insert(0) += 1;
+        *counts.entry(n.pool.as_str()).or_insert(0) += 1;
+    }
+    let mut s = ScaleUp {
+        unmet,
+        pools,
+        avoid,
+        zones,
+        bins,
+        n_booting,
+        counts,
+        zone_pool_counts,
     };
-    // Zone for a new node of `pool`: one the need does not avoid, with the fewest of
-    // this pool's nodes (existing and planned).
-    let pick_zone = |pool: &PoolSpec, need: &UnmetNeed, bins: &[Bin]| -> String {
+    match choice {
+        PoolChoice::CheapestForBatch => claim_batches(&mut s, rest, &mut plan),
+        PoolChoice::Random(x) => scale_up_one_group(&mut s, rest, x, &mut plan),
+        PoolChoice::CheapestPerUnit | PoolChoice::CheapestForShape => {
+            add_node_per_need(&mut s, rest, choice, &mut plan)
+        }
+    }
+    plan
+}
+
+/// A scale-up once the booting nodes took what they could: the needs left, the bins
+/// (booting nodes first, then the nodes planned in this call) and the node counts.
+struct ScaleUp<'a> {
+    unmet: &'a [UnmetNeed],
+    pools: &'a [PoolSpec],
+    /// Per need, the zones it avoids.
+    avoid: Vec<ZoneSet<'a>>,
+    zones: ZoneNumbers<'a>,
+    bins: Vec<Bin<'a>>,
+    /// `bins[..n_booting]` are the booting nodes.
+    n_booting: usize,
+    /// Nodes per pool: in the view, booting and planned.
+    counts: FxHashMap<&'a str, u32>,
+    /// Nodes per (zone, pool) in the view.
+    zone_pool_counts: FxHashMap<(&'a str, &'a str), usize>,
+}
+
+impl ScaleUp<'_> {
+    fn has_room(&self, p: &PoolSpec) -> bool {
+        self.counts.get(p.name.as_str()).copied().unwrap_or(0) < p.max_nodes
+    }
+
+    /// Zone for a new node of `pool`: one the need does not avoid, with the fewest of
+    /// this pool's nodes (existing and planned).
+    fn pick_zone(&self, pool: &PoolSpec, need: &UnmetNeed) -> String {
         pool.zones
             .iter()
             .filter(|z| !need.avoid_zones.contains(z))
             .min_by_key(|z| {
-                zone_pool_counts
+                let zone_ix = self.zones.of(z);
+                self.zone_pool_counts
                     .get(&(z.as_str(), pool.name.as_str()))
                     .copied()
                     .unwrap_or(0)
-                    + bins.iter().filter(|b| b.zone == **z).count()
+                    + self
+                        .bins
+                        .iter()
+                        .filter(|b| {
+                            b.zone_ix == zone_ix && (zone_ix != usize::MAX || b.zone == **z)
+                        })
+                        .count()
             })
             .or(pool.zones.first())
             .cloned()
             .unwrap_or_default()
-    };
-    match choice {
-        PoolChoice::CheapestForBatch => {
-            // Claims: needs packed while some pool with room could hold them all.
-            struct Claim {
-                zone: String,
-                total: Resources,
-                partitions: Vec<(String, u32)>,
-                needs: Vec<usize>,
-            }
-            let holds =
-                |total: &Resources, zone: &str, needs: &[usize], counts: &HashMap<&str, u32>| {
-                    pools.iter().any(|p| {
-                        total.fits_in(&p.capacity)
-                            && has_room(p, counts)
-                            && p.zones.iter().any(|z| z == zone)
-                            && needs
-                                .iter()
-                                .all(|&n| selects(&unmet[n].node_selector, &p.labels))
-                    })
-                };
-            let mut claims: Vec<Claim> = Vec::new();
-            for i in rest {
-                let need = &unmet[i];
-                let selects_all = |c: &Claim, need: &UnmetNeed| {
-                    pools.iter().any(|p| {
-                        selects(&need.node_selector, &p.labels)
-                            && c.needs
-                                .iter()
-                                .all(|&n| selects(&unmet[n].node_selector, &p.labels))
-                    })
-                };
-                let joins = |c: &Claim| {
-                    (need.soft_spread || !need.avoid_zones.contains(&c.zone))
-                        && need
-                            .partition
-                            .as_ref()
-                            .is_none_or(|p| !c.partitions.contains(p))
-                        && selects_all(c, need)
-                        && holds(&(c.total + need.resources), &c.zone, &c.needs, &counts)
-                };
-                let at = match claims.iter().position(joins) {
-                    Some(at) => at,
-                    None => {
-                        // The zone: the one the need does not avoid with the fewest
-                        // nodes planned so far.
-                        let zones: Vec<&String> = pools
-                            .iter()
-                            .filter(|p| need.fits_pool(p) && has_room(p, &counts))
-                            .flat_map(|p| p.zones.iter())
-                            .collect();
-                        let Some(zone) = zones
-                            .iter()
-                            .filter(|z| !need.avoid_zones.contains(z))
-                            .min_by_key(|z| claims.iter().filter(|c| &c.zone == **z).count())
-                            .or(zones.first())
-                            .map(|z| (*z).clone())
-                        else {
-                            continue;
-                        };
-                        if claims.len() >= MAX_NODES_PER_SCALEUP {
-                            continue;
-                        }
-                        claims.push(Claim {
-                            zone,
-                            total: Resources::default(),
-                            partitions: Vec::new(),
-                            needs: Vec::new(),
-                        });
-                        claims.len() - 1
-                    }
-                };
-                let c = &mut claims[at];
-                c.total = c.total + need.resources;
-                if let Some(p) = &need.partition {
-                    c.partitions.push(p.clone());
-                }
-                c.needs.push(i);
-            }
-            for c in claims {
-                let Some(pool) = pools
+    }
+}
+
+/// Karpenter-like provisioning ([`PoolChoice::CheapestForBatch`]).
+fn claim_batches(s: &mut ScaleUp, rest: Vec<usize>, plan: &mut ScaleUpPlan) {
+    // Claims: needs packed while some pool with room could hold them all.
+    struct Claim {
+        zone: String,
+        total: Resources,
+        partitions: Vec<(String, u32)>,
+        needs: Vec<usize>,
+    }
+    let holds = |total: &Resources, zone: &str, needs: &[usize]| {
+        s.pools.iter().any(|p| {
+            total.fits_in(&p.capacity)
+                && s.has_room(p)
+                && p.zones.iter().any(|z| z == zone)
+                && needs
                     .iter()
-                    .filter(|p| {
-                        c.total.fits_in(&p.capacity)
-                            && has_room(p, &counts)
-                            && p.zones.contains(&c.zone)
-                            && c.needs
-                                .iter()
-                                .all(|&n| selects(&unmet[n].node_selector, &p.labels))
-                    })
-                    .min_by(|a, b| {
-                        a.price_per_hour
-                            .total_cmp(&b.price_per_hour)
-                            .then(a.name.cmp(&b.name))
-                    })
+                    .all(|&n| selects(&s.unmet[n].node_selector, &p.labels))
+        })
+    };
+    let mut claims: Vec<Claim> = Vec::new();
+    for i in rest {
+        let need = &s.unmet[i];
+        let selects_all = |c: &Claim, need: &UnmetNeed| {
+            s.pools.iter().any(|p| {
+                selects(&need.node_selector, &p.labels)
+                    && c.needs
+                        .iter()
+                        .all(|&n| selects(&s.unmet[n].node_selector, &p.labels))
+            })
+        };
+        let joins = |c: &Claim| {
+            (need.soft_spread || !need.avoid_zones.contains(&c.zone))
+                && need
+                    .partition
+                    .as_ref()
+                    .is_none_or(|p| !c.partitions.contains(p))
+                && selects_all(c, need)
+                && holds(&(c.total + need.resources), &c.zone, &c.needs)
+        };
+        let at = match claims.iter().position(joins) {
+            Some(at) => at,
+            None => {
+                // The zone: the one the need does not avoid with the fewest
+                // nodes planned so far.
+                let zones: Vec<&String> = s
+                    .pools
+                    .iter()
+                    .filter(|p| need.fits_pool(p) && s.has_room(p))
+                    .flat_map(|p| p.zones.iter())
+                    .collect();
+                let Some(zone) = zones
+                    .iter()
+                    .filter(|z| !need.avoid_zones.contains(z))
+                    .min_by_key(|z| claims.iter().filter(|c| &c.zone == **z).count())
+                    .or(zones.first())
+                    .map(|z| (*z).clone())
                 else {
                     continue;
                 };
-                *counts.entry(pool.name.as_str()).or_insert(0) += 1;
-                for &i in &c.needs {
-                    plan.new_node_of[i] = Some(plan.actions.len());
-                }
-                plan.actions.push(Action::AddNode {
-                    pool: pool.name.clone(),
-                    zone: c.zone,
-                });
-            }
-        }
-        PoolChoice::Random(x) => {
-            // One node group per loop: drawn among those that fit a pending need.
-            let groups: Vec<&PoolSpec> = pools
-                .iter()
-                .filter(|p| has_room(p, &counts) && rest.iter().any(|&i| unmet[i].fits_pool(p)))
-                .collect();
-            if groups.is_empty() {
-                return plan;
-            }
-            let pool = groups[(x as usize) % groups.len()];
-            let mut added = 0usize;
-            for i in rest {
-                let need = &unmet[i];
-                if !need.fits_pool(pool) {
+                if claims.len() >= MAX_NODES_PER_SCALEUP {
                     continue;
                 }
-                if let Some(b) = fit_in_bins(&bins[n_booting..], need) {
-                    bins[n_booting + b].put(need);
-                    plan.new_node_of[i] = Some(b);
-                    continue;
-                }
-                if !has_room(pool, &counts) || added >= MAX_NODES_PER_SCALEUP {
-                    continue;
-                }
-                let zone = pick_zone(pool, need, &bins);
-                *counts.entry(pool.name.as_str()).or_insert(0) += 1;
-                let mut bin = Bin {
-                    zone: zone.clone(),
-                    free: pool.capacity,
-                    partitions: Vec::new(),
-                    labels: &pool.labels,
-                };
-                bin.put(need);
-                bins.push(bin);
-                plan.new_node_of[i] = Some(added);
-                added += 1;
-                plan.actions.push(Action::AddNode {
-                    pool: pool.name.clone(),
+                claims.push(Claim {
                     zone,
-                });
-            }
-        }
-        PoolChoice::CheapestPerUnit | PoolChoice::CheapestForShape => {
-            let sorted_pools = pools_by_unit_price(pools);
-            for i in rest {
-                let need = &unmet[i];
-                if let Some(b) = fit_in_bins(&bins[n_booting..], need) {
-                    bins[n_booting + b].put(need);
-                    plan.new_node_of[i] = Some(b);
-                    continue;
-                }
-                let fitting = sorted_pools
-                    .iter()
-                    .copied()
-                    .filter(|p| need.fits_pool(p) && has_room(p, &counts));
-                let pool = match choice {
-                    PoolChoice::CheapestForShape => fitting.min_by(|a, b| {
-                        shape_price(a, &need.resources)
-                            .total_cmp(&shape_price(b, &need.resources))
-                            .then(a.name.cmp(&b.name))
-                    }),
-                    _ => fitting.into_iter().next(),
-                };
-                let Some(pool) = pool else { continue };
-                let zone = pick_zone(pool, need, &bins);
-                *counts.entry(pool.name.as_str()).or_insert(0) += 1;
-                let mut bin = Bin {
-                    zone: zone.clone(),
-                    free: pool.capacity,
+                    total: Resources::default(),
                     partitions: Vec::new(),
-                    labels: &pool.labels,
-                };
-                bin.put(need);
-                bins.push(bin);
-                plan.new_node_of[i] = Some(plan.actions.len());
-                plan.actions.push(Action::AddNode {
-                    pool: pool.name.clone(),
-                    zone,
+                    needs: Vec::new(),
                 });
+                claims.len() - 1
             }
+        };
+        let c = &mut claims[at];
+        c.total = c.total + need.resources;
+        if let Some(p) = &need.partition {
+            c.partitions.push(p.clone());
         }
+        c.needs.push(i);
     }
-    plan
+    for c in claims {
+        let Some(pool) = s
+            .pools
+            .iter()
+            .filter(|p| {
+                c.total.fits_in(&p.capacity)
+                    && s.has_room(p)
+                    && p.zones.contains(&c.zone)
+                    && c.needs
+                        .iter()
+                        .all(|&n| selects(&s.unmet[n].node_selector, &p.labels))
+            })
+            .min_by(|a, b| {
+                a.price_per_hour
+                    .total_cmp(&b.price_per_hour)
+                    .then(a.name.cmp(&b.name))
+            })
+        else {
+            continue;
+        };
+        *s.counts.entry(pool.name.as_str()).or_insert(0) += 1;
+        for &i in &c.needs {
+            plan.new_node_of[i] = Some(plan.actions.len());
+        }
+        plan.actions.push(Action::AddNode {
+            pool: pool.name.clone(),
+            zone: c.zone,
+        });
+    }
+}
+
+/// Cluster Autoscaler's `random` expander ([`PoolChoice::Random`]): one node group.
+fn scale_up_one_group(s: &mut ScaleUp, rest: Vec<usize>, x: u64, plan: &mut ScaleUpPlan) {
+    // One node group per loop: drawn among those that fit a pending need.
+    let groups: Vec<&PoolSpec> = s
+        .pools
+        .iter()
+        .filter(|p| s.has_room(p) && rest.iter().any(|&i| s.unmet[i].fits_pool(p)))
+        .collect();
+    if groups.is_empty() {
+        return;
+    }
+    let pool = groups[(x as usize) % groups.len()];
+    let mut added = 0usize;
+    for i in rest {
+        let need = &s.unmet[i];
+        if !need.fits_pool(pool) {
+            continue;
+        }
+        if let Some(b) = fit_in_bins(&s.bins[s.n_booting..], need, &s.avoid[i]) {
+            s.bins[s.n_booting + b].put(need);
+            plan.new_node_of[i] = Some(b);
+            continue;
+        }
+        if !s.has_room(pool) || added >= MAX_NODES_PER_SCALEUP {
+            continue;
+        }
+        let zone = s.pick_zone(pool, need);
+        *s.counts.entry(pool.name.as_str()).or_insert(0) += 1;
+        let mut bin = Bin {
+            zone_ix: s.zones.of(&zone),
+            zone: zone.clone(),
+            free: pool.capacity,
+            partitions: Vec::new(),
+            labels: &pool.labels,
+        };
+        bin.put(need);
+        s.bins.push(bin);
+        plan.new_node_of[i] = Some(added);
+        added += 1;
+        plan.actions.push(Action::AddNode {
+            pool: pool.name.clone(),
+            zone,
+        });
+    }
+}
+
+/// A node per need that fits no bin, from the pool `choice` picks for it.
+fn add_node_per_need(
+    s: &mut ScaleUp,
+    rest: Vec<usize>,
+    choice: PoolChoice,
+    plan: &mut ScaleUpPlan,
+) {
+    let sorted_pools = pools_by_unit_price(s.pools);
+    for i in rest {
+        let need = &s.unmet[i];
+        if let Some(b) = fit_in_bins(&s.bins[s.n_booting..], need, &s.avoid[i]) {
+            s.bins[s.n_booting + b].put(need);
+            plan.new_node_of[i] = Some(b);
+            continue;
+        }
+        let fitting = sorted_pools
+            .iter()
+            .copied()
+            .filter(|p| need.fits_pool(p) && s.has_room(p));
+        let pool = match choice {
+            PoolChoice::CheapestForShape => fitting.min_by(|a, b| {
+                shape_price(a, &need.resources)
+                    .total_cmp(&shape_price(b, &need.resources))
+                    .then(a.name.cmp(&b.name))
+            }),
+            _ => fitting.into_iter().next(),
+        };
+        let Some(pool) = pool else { continue };
+        let zone = s.pick_zone(pool, need);
+        *s.counts.entry(pool.name.as_str()).or_insert(0) += 1;
+        let mut bin = Bin {
+            zone_ix: s.zones.of(&zone),
+            zone: zone.clone(),
+            free: pool.capacity,
+            partitions: Vec::new(),
+            labels: &pool.labels,
+        };
+        bin.put(need);
+        s.bins.push(bin);
+        plan.new_node_of[i] = Some(plan.actions.len());
+        plan.actions.push(Action::AddNode {
+            pool: pool.name.clone(),
+            zone,
+        });
+    }
 }
 
 /// USD per hour one `need` costs on a node of `pool` filled with needs of its shape:
@@ -1295,6 +1492,42 @@ mod tests {
             PoolChoice::CheapestForShape,
         );
         assert_eq!(acts.len(), 1, "{acts:?}");
+    }
+
+    #[test]
+    fn booting_nodes_in_avoided_zones_take_nothing_beyond_the_numbered_zones() {
+        // 70 zones, a node booting in each (numbered in that order): the scale-up
+        // keeps the first 64 zone numbers in a bit set and compares the rest by name.
+        let zones: Vec<String> = (0..70).map(|z| format!("z{z}")).collect();
+        let mut wide = pool("wide", 2000, 0.1);
+        wide.zones = zones.clone();
+        wide.max_nodes = 1000;
+        let booting: Vec<BootingNode> = zones
+            .iter()
+            .map(|z| BootingNode {
+                pool: "wide".into(),
+                zone: z.clone(),
+            })
+            .collect();
+        let fits_booting = |avoid: &[String]| {
+            let need = UnmetNeed::new(Resources::new(1500, 512), avoid.to_vec());
+            plan_new_nodes_with_fit(
+                &ClusterView::new(),
+                std::slice::from_ref(&need),
+                std::slice::from_ref(&wide),
+                &booting,
+                PoolChoice::CheapestForShape,
+            )
+            .on_booting[0]
+        };
+        // Every zone avoided, the last six by name: no booting node takes it.
+        assert!(!fits_booting(&zones));
+        // All but the last: the node booting in z69 (past the bits) takes it.
+        assert!(fits_booting(&zones[..69]));
+        // All but one within the bits.
+        let mut but_z5 = zones.clone();
+        but_z5.remove(5);
+        assert!(fits_booting(&but_z5));
     }
 
     #[test]

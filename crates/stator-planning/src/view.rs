@@ -295,6 +295,8 @@ pub struct ClusterView {
     replicas: Vec<Option<Replica>>,
     free_slots: Vec<ReplicaSlot>,
     services: FxHashMap<String, u32>,
+    /// `service_names[s]`: the service numbered `s` in `services`.
+    service_names: Vec<String>,
     /// Dense partition numbers: `(service number, partition)` -> index into
     /// `members`, assigned when a partition's first replica is added and never
     /// reused, so an index stays valid for the view's life (and its clones').
@@ -544,6 +546,7 @@ impl ClusterView {
         }
         let s = self.services.len() as u32;
         self.services.insert(service.to_string(), s);
+        self.service_names.push(service.to_string());
         s
     }
 
@@ -614,6 +617,17 @@ impl ClusterView {
         self.partition_ix
             .get(&(s, partition))
             .map(|&ix| ix as usize)
+    }
+    /// Whether dense index `ix` is the partition `(service, partition)`: a check of a
+    /// remembered index without a hash lookup.
+    pub fn partition_is(&self, ix: usize, service: &str, partition: u32) -> bool {
+        self.partition_key.get(ix).is_some_and(|&(s, p)| {
+            p == partition
+                && self
+                    .service_names
+                    .get(s as usize)
+                    .is_some_and(|name| name == service)
+        })
     }
     /// Slots of the replicas of the partition with dense index `ix` (empty for an
     /// index this view never assigned).
