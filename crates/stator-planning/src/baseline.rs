@@ -23,7 +23,7 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::actions::Action;
 use crate::scheduler::{place_replacement, PlacementRequest, Policy, SpreadDomain};
-use crate::view::{ClusterView, WorkloadKind};
+use crate::view::{ClusterView, ReplicaSlot, WorkloadKind};
 use stator_api::ids::NodeId;
 
 /// HPA: no action while `|ratio - 1|` is within this (`--horizontal-pod-autoscaler-tolerance`).
@@ -294,6 +294,59 @@ pub fn cluster_autoscaler_scale_down(
     last_scale_up_s: Option<u64>,
     now_s: u64,
 ) -> Vec<Action> {
+    let unneeded = unneeded_nodes(view, cfg, busy_nodes);
+    let cooling = last_scale_up_s.is_some_and(|t| now_s < t + cfg.delay_after_add_s);
+    let ripe = ripe_nodes(state, &unneeded, cfg, cooling, now_s);
+    let mut counts: HashMap<String, u32> = HashMap::new();
+    for n in view.nodes() {
+        *counts.entry(n.pool.clone()).or_insert(0) += 1;
+    }
+    let mut actions = Vec::new();
+    let mut empty_deleted = 0;
+    let mut drained_one = false;
+    for id in ripe {
+        let pool = view.node(id).expect("listed").pool.clone();
+        if counts[&pool] <= min_nodes(&pool) {
+            continue;
+        }
+        let slots = view.replicas_on(id).to_vec();
+        if slots.is_empty() {
+            if empty_deleted >= cfg.max_empty_bulk_delete {
+                continue;
+            }
+            empty_deleted += 1;
+        } else {
+            if drained_one {
+                continue;
+            }
+            let Some(moved) = drain_onto_other_nodes(view, id, &slots, cfg.policy) else {
+                continue;
+            };
+            drained_one = true;
+            actions.push(Action::Cordon { node: id });
+            for (slot, to) in moved {
+                let r = view.replica(slot).expect("moved");
+                actions.push(Action::Migrate {
+                    service: r.service.clone(),
+                    partition: r.partition,
+                    from: id,
+                    to,
+                    resources: r.resources,
+                    state_bytes: r.state_bytes,
+                });
+            }
+        }
+        *counts.get_mut(&pool).expect("counted") -= 1;
+        state.unneeded_since.remove(&id);
+        view.remove_node(id);
+        actions.push(Action::RemoveNode { node: id });
+    }
+    actions
+}
+
+/// Schedulable, not busy nodes whose requested CPU and memory (GPU on GPU nodes) are
+/// under the utilisation threshold, least used first (the cheapest to empty).
+fn unneeded_nodes(view: &ClusterView, cfg: &ScaleDownConfig, busy_nodes: &[NodeId]) -> Vec<NodeId> {
     let mut unneeded: Vec<(f64, NodeId)> = Vec::new();
     for n in view.nodes() {
         let a = view.allocated(n.id).expect("listed");
@@ -318,100 +371,79 @@ pub fn cluster_autoscaler_scale_down(
             unneeded.push((utilization, n.id));
         }
     }
-    let cooling = last_scale_up_s.is_some_and(|t| now_s < t + cfg.delay_after_add_s);
-    // Least used first: the cheapest to empty.
     unneeded.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    let unneeded: Vec<NodeId> = unneeded.into_iter().map(|(_, id)| id).collect();
+    unneeded.into_iter().map(|(_, id)| id).collect()
+}
+
+/// Remembers since when each node has been unneeded (forgetting nodes that no longer
+/// are) and returns those unneeded for `cfg.unneeded_s`, none while cooling down after a
+/// scale-up.
+fn ripe_nodes(
+    state: &mut ClusterAutoscalerState,
+    unneeded: &[NodeId],
+    cfg: &ScaleDownConfig,
+    cooling: bool,
+    now_s: u64,
+) -> Vec<NodeId> {
     let unneeded_set: std::collections::HashSet<NodeId> = unneeded.iter().copied().collect();
     state
         .unneeded_since
         .retain(|id, _| unneeded_set.contains(id));
     let mut ripe: Vec<NodeId> = Vec::new();
-    for &id in &unneeded {
+    for &id in unneeded {
         let since = *state.unneeded_since.entry(id).or_insert(now_s);
         if now_s >= since + cfg.unneeded_s && !cooling {
             ripe.push(id);
         }
     }
-    let mut counts: HashMap<String, u32> = HashMap::new();
-    for n in view.nodes() {
-        *counts.entry(n.pool.clone()).or_insert(0) += 1;
-    }
-    let mut actions = Vec::new();
-    let mut empty_deleted = 0;
-    let mut drained_one = false;
-    for id in ripe {
-        let pool = view.node(id).expect("listed").pool.clone();
-        if counts[&pool] <= min_nodes(&pool) {
-            continue;
+    ripe
+}
+
+/// Cordons `id` and moves every pod in `slots` elsewhere (spread scoring, node
+/// anti-affinity). If one does not fit, undoes the moves, uncordons and returns `None`.
+fn drain_onto_other_nodes(
+    view: &mut ClusterView,
+    id: NodeId,
+    slots: &[ReplicaSlot],
+    policy: Policy,
+) -> Option<Vec<(ReplicaSlot, NodeId)>> {
+    view.set_schedulable(id, false);
+    let mut moved = Vec::new();
+    for &slot in slots {
+        let r = view.replica(slot).expect("on node").clone();
+        let survivors: Vec<NodeId> = view
+            .partition_nodes(&r.service, r.partition)
+            .into_iter()
+            .filter(|&n| n != id)
+            .collect();
+        let req = PlacementRequest {
+            spread: SpreadDomain::Zone,
+            kind: r.kind,
+            ..PlacementRequest::long_running(&r.service, r.partition, 1, r.resources)
+        };
+        let req = match r.kind {
+            WorkloadKind::Job { .. } => PlacementRequest {
+                spread: SpreadDomain::Node,
+                ..req
+            },
+            WorkloadKind::LongRunning => req,
+        };
+        match place_replacement(view, &req, &survivors, policy) {
+            Ok(to) => {
+                view.move_replica(slot, to);
+                moved.push((slot, to));
+            }
+            Err(_) => break,
         }
-        let slots = view.replicas_on(id).to_vec();
-        if slots.is_empty() {
-            if empty_deleted >= cfg.max_empty_bulk_delete {
-                continue;
-            }
-            empty_deleted += 1;
-        } else {
-            if drained_one {
-                continue;
-            }
-            // Do all pods fit elsewhere?
-            view.set_schedulable(id, false);
-            let mut moved = Vec::new();
-            for &slot in &slots {
-                let r = view.replica(slot).expect("on node").clone();
-                let survivors: Vec<NodeId> = view
-                    .partition_nodes(&r.service, r.partition)
-                    .into_iter()
-                    .filter(|&n| n != id)
-                    .collect();
-                let req = PlacementRequest {
-                    spread: SpreadDomain::Zone,
-                    kind: r.kind,
-                    ..PlacementRequest::long_running(&r.service, r.partition, 1, r.resources)
-                };
-                let req = match r.kind {
-                    WorkloadKind::Job { .. } => PlacementRequest {
-                        spread: SpreadDomain::Node,
-                        ..req
-                    },
-                    WorkloadKind::LongRunning => req,
-                };
-                match place_replacement(view, &req, &survivors, cfg.policy) {
-                    Ok(to) => {
-                        view.move_replica(slot, to);
-                        moved.push((slot, to));
-                    }
-                    Err(_) => break,
-                }
-            }
-            if moved.len() < slots.len() {
-                for &(slot, _) in moved.iter().rev() {
-                    view.move_replica(slot, id);
-                }
-                view.set_schedulable(id, true);
-                continue;
-            }
-            drained_one = true;
-            actions.push(Action::Cordon { node: id });
-            for (slot, to) in moved {
-                let r = view.replica(slot).expect("moved");
-                actions.push(Action::Migrate {
-                    service: r.service.clone(),
-                    partition: r.partition,
-                    from: id,
-                    to,
-                    resources: r.resources,
-                    state_bytes: r.state_bytes,
-                });
-            }
-        }
-        *counts.get_mut(&pool).expect("counted") -= 1;
-        state.unneeded_since.remove(&id);
-        view.remove_node(id);
-        actions.push(Action::RemoveNode { node: id });
     }
-    actions
+    if moved.len() < slots.len() {
+        for &(slot, _) in moved.iter().rev() {
+            view.move_replica(slot, id);
+        }
+        view.set_schedulable(id, true);
+        return None;
+    }
+    Some(moved)
 }
 
 #[cfg(test)]

@@ -357,6 +357,89 @@ const MAX_HEADROOM_SHAPES: usize = 16;
 /// or three within seconds, and the first would otherwise take the only slot.
 const HEADROOM_COPIES: usize = 2;
 
+/// The scenario's partitions, each with its load weight drawn from the service's skew,
+/// and their index by (service, partition).
+fn partitions_of(
+    sc: &Scenario,
+    rng: &mut ChaCha8Rng,
+) -> (Vec<Part>, FxHashMap<(usize, u32), usize>) {
+    let mut parts = Vec::new();
+    let mut part_ix = FxHashMap::default();
+    for (si, svc) in sc.services.iter().enumerate() {
+        for p in 0..svc.partitions {
+            let weight = 1.0 + svc.skew * (rng.gen::<f64>() * 2.0 - 1.0);
+            part_ix.insert((si, p), parts.len());
+            parts.push(Part {
+                service: si,
+                partition: p,
+                weight: weight.max(0.05),
+                spec_replicas: svc.replicas,
+                request: Resources::new(svc.cpu_millis, svc.memory_mib),
+                lost_since: None,
+            });
+        }
+    }
+    (parts, part_ix)
+}
+
+/// stator's autoscaler settings per service: the forecast's margin covers growth and
+/// noise, so the target sits closer to the SLO's limit than the baselines' HPA target.
+fn autoscaler_configs(sc: &Scenario) -> Vec<PartitionScalerConfig> {
+    let horizon_s =
+        sc.pools.iter().map(|p| p.boot_delay_s).max().unwrap_or(0) + FORECAST_EXTRA_HORIZON_S;
+    sc.services
+        .iter()
+        .map(|svc| PartitionScalerConfig {
+            // The forecast's margin covers growth and noise, so the target sits
+            // closer to the SLO's limit than the baselines' HPA target.
+            target_utilization: (rho_slo(svc) - STATOR_TARGET_MARGIN).clamp(0.3, 0.9),
+            max_migrations: 24,
+            forecast: Some(ForecastConfig {
+                horizon_s,
+                ..ForecastConfig::default()
+            }),
+            ..PartitionScalerConfig::default()
+        })
+        .collect()
+}
+
+/// The baselines' HPA target utilisation per service: the scenario's, or one derived
+/// from the SLO.
+fn hpa_targets(sc: &Scenario) -> Vec<f64> {
+    sc.services
+        .iter()
+        .map(|svc| {
+            svc.hpa_target
+                .unwrap_or((rho_slo(svc) - HPA_TARGET_MARGIN).clamp(0.3, 0.8))
+        })
+        .collect()
+}
+
+impl Summary {
+    /// A run's summary before anything happened.
+    fn empty(simulated_s: u64) -> Summary {
+        Summary {
+            cost_usd: 0.0,
+            node_hours: 0.0,
+            slo_violation_s: 0.0,
+            quorum_loss_s: 0.0,
+            unavailable_s: 0.0,
+            migrations: 0,
+            bytes_moved: 0,
+            unscheduled: 0,
+            pending_s_p99: 0.0,
+            nodes_max: 0,
+            replicas_max: 0,
+            simulated_s,
+            hpa_target_utilization: BTreeMap::new(),
+            cpu_request_millis: BTreeMap::new(),
+            node_hours_by_pool: BTreeMap::new(),
+            booting_beyond_pending_max: 0,
+            cost_breakdown_usd: BTreeMap::new(),
+        }
+    }
+}
+
 impl<'a> Sim<'a> {
     fn new(sc: &'a Scenario, policy: PolicySet, seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -365,47 +448,9 @@ impl<'a> Sim<'a> {
             .iter()
             .map(|p| (p.name.clone(), p.price_per_hour))
             .collect();
-        let mut parts = Vec::new();
-        let mut part_ix = FxHashMap::default();
-        for (si, svc) in sc.services.iter().enumerate() {
-            for p in 0..svc.partitions {
-                let weight = 1.0 + svc.skew * (rng.gen::<f64>() * 2.0 - 1.0);
-                part_ix.insert((si, p), parts.len());
-                parts.push(Part {
-                    service: si,
-                    partition: p,
-                    weight: weight.max(0.05),
-                    spec_replicas: svc.replicas,
-                    request: Resources::new(svc.cpu_millis, svc.memory_mib),
-                    lost_since: None,
-                });
-            }
-        }
-        let horizon_s =
-            sc.pools.iter().map(|p| p.boot_delay_s).max().unwrap_or(0) + FORECAST_EXTRA_HORIZON_S;
-        let a_cfg = sc
-            .services
-            .iter()
-            .map(|svc| PartitionScalerConfig {
-                // The forecast's margin covers growth and noise, so the target sits
-                // closer to the SLO's limit than the baselines' HPA target.
-                target_utilization: (rho_slo(svc) - STATOR_TARGET_MARGIN).clamp(0.3, 0.9),
-                max_migrations: 24,
-                forecast: Some(ForecastConfig {
-                    horizon_s,
-                    ..ForecastConfig::default()
-                }),
-                ..PartitionScalerConfig::default()
-            })
-            .collect::<Vec<PartitionScalerConfig>>();
-        let hpa_target: Vec<f64> = sc
-            .services
-            .iter()
-            .map(|svc| {
-                svc.hpa_target
-                    .unwrap_or((rho_slo(svc) - HPA_TARGET_MARGIN).clamp(0.3, 0.8))
-            })
-            .collect();
+        let (parts, part_ix) = partitions_of(sc, &mut rng);
+        let a_cfg = autoscaler_configs(sc);
+        let hpa_target = hpa_targets(sc);
         let policies = policies_of(policy);
         let scale_down_cfg = policies.scale_down_config();
         let n_parts = parts.len();
@@ -457,25 +502,7 @@ impl<'a> Sim<'a> {
             pool_provisioned: BTreeMap::new(),
             next_consolidate_s: 0,
             next_hpa_s: 0,
-            s: Summary {
-                cost_usd: 0.0,
-                node_hours: 0.0,
-                slo_violation_s: 0.0,
-                quorum_loss_s: 0.0,
-                unavailable_s: 0.0,
-                migrations: 0,
-                bytes_moved: 0,
-                unscheduled: 0,
-                pending_s_p99: 0.0,
-                nodes_max: 0,
-                replicas_max: 0,
-                simulated_s: sc.duration_s,
-                hpa_target_utilization: BTreeMap::new(),
-                cpu_request_millis: BTreeMap::new(),
-                node_hours_by_pool: BTreeMap::new(),
-                booting_beyond_pending_max: 0,
-                cost_breakdown_usd: BTreeMap::new(),
-            },
+            s: Summary::empty(sc.duration_s),
             samples: Vec::new(),
             demand_now: vec![0.0; n_parts],
             demand_buf: Vec::new(),
