@@ -20,22 +20,12 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Mutex;
 
-/// What a snapshot carries besides openraft's metadata, encoded as the derived
-/// encoding writes it: one call per byte of the app's state (the path before session 8,
-/// kept for [`LEGACY_SNAPSHOT_PATH_ENV`]).
+/// What a snapshot carries besides openraft's metadata. The app's bytes are written as
+/// one byte string (see [`crate::byte_string`]): 64 MiB of state encode as one copy.
 #[derive(Serialize)]
 struct SnapshotBody<'a> {
     sessions: &'a Sessions,
-    app: &'a Vec<u8>,
-}
-
-/// The same bytes as [`SnapshotBody`] (postcard writes a byte string and a byte vector
-/// alike: a length, then the bytes), written as one copy: 64 MiB of state encode in
-/// milliseconds instead of tenths of a second.
-#[derive(Serialize)]
-struct SnapshotBodyBytes<'a> {
-    sessions: &'a Sessions,
-    #[serde(with = "serde_bytes")]
+    #[serde(serialize_with = "crate::byte_string::serialize")]
     app: &'a [u8],
 }
 
@@ -57,22 +47,11 @@ struct StoredSnapshot {
     data: Arc<Vec<u8>>,
 }
 
-/// Set to `1` to build, copy and encode snapshots as before session 8: on the
-/// replica's runtime, under the state machine's lock, one encoding call per byte. For
-/// an A/B measurement of `stator bench migration` in one build; off by default.
-pub const LEGACY_SNAPSHOT_PATH_ENV: &str = "STATOR_LEGACY_SNAPSHOT_PATH";
-
-/// Whether [`LEGACY_SNAPSHOT_PATH_ENV`] is set (read once).
-pub(crate) fn legacy_snapshot_path() -> bool {
-    static LEGACY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *LEGACY.get_or_init(|| std::env::var(LEGACY_SNAPSHOT_PATH_ENV).is_ok_and(|v| v == "1"))
-}
-
 /// Copies `data` into a vector openraft can own, on a blocking-pool thread: a 64 MiB
 /// memcpy would otherwise hold the replica's runtime (a single thread in an agent's
 /// benchmark host, and every Raft task of the host shares it) for tens of milliseconds.
 async fn copy_off_runtime(data: Arc<Vec<u8>>) -> Vec<u8> {
-    if legacy_snapshot_path() {
+    if crate::byte_string::legacy() {
         return data.as_ref().clone();
     }
     tokio::task::spawn_blocking(move || data.as_ref().clone())
@@ -80,24 +59,20 @@ async fn copy_off_runtime(data: Arc<Vec<u8>>) -> Vec<u8> {
         .expect("copying a snapshot panicked")
 }
 
-/// Encodes a snapshot body: off the runtime and as one copy of the app's bytes, or, on
-/// the legacy path, in place and one call per byte.
+/// Encodes a snapshot body on a blocking-pool thread (on the legacy path, in place).
 async fn encode_body(sessions: Sessions, app: Vec<u8>) -> Result<Vec<u8>, postcard::Error> {
-    if legacy_snapshot_path() {
-        let body = SnapshotBody {
-            sessions: &sessions,
-            app: &app,
-        };
-        return postcard::to_allocvec(&body);
-    }
-    tokio::task::spawn_blocking(move || {
-        postcard::to_allocvec(&SnapshotBodyBytes {
+    let encode = move || {
+        postcard::to_allocvec(&SnapshotBody {
             sessions: &sessions,
             app: &app,
         })
-    })
-    .await
-    .expect("encoding a snapshot panicked")
+    };
+    if crate::byte_string::legacy() {
+        return encode();
+    }
+    tokio::task::spawn_blocking(encode)
+        .await
+        .expect("encoding a snapshot panicked")
 }
 
 pub(crate) struct SmInner {
@@ -221,7 +196,7 @@ impl RaftSnapshotBuilder<TypeConfig> for ReplicaStateMachine {
             snapshot_id,
         };
         // The legacy path keeps the lock to the end, as before.
-        let mut held = if legacy_snapshot_path() {
+        let mut held = if crate::byte_string::legacy() {
             Some(inner)
         } else {
             drop(inner);
@@ -411,28 +386,3 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The body written as one byte string is the body the derived encoding writes, so
-    /// snapshots on disk and on the wire read the same either way.
-    #[test]
-    fn a_snapshot_body_is_written_as_the_derived_encoding_writes_it() {
-        let sessions = Sessions::default();
-        let app: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
-        let derived = postcard::to_allocvec(&SnapshotBody {
-            sessions: &sessions,
-            app: &app,
-        })
-        .unwrap();
-        let bytes = postcard::to_allocvec(&SnapshotBodyBytes {
-            sessions: &sessions,
-            app: &app,
-        })
-        .unwrap();
-        assert_eq!(bytes, derived);
-        let back: SnapshotBodyRef<'_> = postcard::from_bytes(&bytes).unwrap();
-        assert_eq!(back.app, app.as_slice());
-    }
-}

@@ -136,35 +136,32 @@ pub enum Request {
     LeaderLost(GroupId, NodeId),
 }
 
-/// A snapshot chunk on the wire: the same postcard bytes as the derived encoding of
-/// [`InstallSnapshotRequest`] (a byte vector and a byte string are both a length and the
-/// bytes), but the chunk's data is written and read as one copy instead of one serde
-/// call per byte: a 4 MiB chunk costs the sending leader's runtime a memcpy rather than
-/// milliseconds. Peers on either encoding read each other's frames.
+/// A snapshot chunk on the wire: [`InstallSnapshotRequest`] field for field, its data
+/// as one byte string (see [`crate::byte_string`]): the same bytes as the derived
+/// encoding, but a 4 MiB chunk costs the sending leader's runtime a memcpy rather than
+/// one serde call per byte.
 mod snapshot_chunk {
     use crate::types::{NodeId, TypeConfig};
     use openraft::raft::InstallSnapshotRequest;
     use openraft::{BasicNode, SnapshotMeta, Vote};
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    /// Field for field [`InstallSnapshotRequest`], borrowing its data as bytes.
     #[derive(Serialize)]
     struct ChunkRef<'a> {
         vote: &'a Vote<NodeId>,
         meta: &'a SnapshotMeta<NodeId, BasicNode>,
         offset: u64,
-        #[serde(with = "serde_bytes")]
+        #[serde(serialize_with = "crate::byte_string::serialize")]
         data: &'a [u8],
         done: bool,
     }
 
-    /// Field for field [`InstallSnapshotRequest`], reading its data as bytes.
     #[derive(Deserialize)]
     struct Chunk {
         vote: Vote<NodeId>,
         meta: SnapshotMeta<NodeId, BasicNode>,
         offset: u64,
-        #[serde(with = "serde_bytes")]
+        #[serde(deserialize_with = "crate::byte_string::deserialize")]
         data: Vec<u8>,
         done: bool,
     }
@@ -173,9 +170,6 @@ mod snapshot_chunk {
         req: &InstallSnapshotRequest<TypeConfig>,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
-        if crate::state_machine::legacy_snapshot_path() {
-            return req.serialize(serializer);
-        }
         ChunkRef {
             vote: &req.vote,
             meta: &req.meta,
@@ -189,9 +183,6 @@ mod snapshot_chunk {
     pub fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<InstallSnapshotRequest<TypeConfig>, D::Error> {
-        if crate::state_machine::legacy_snapshot_path() {
-            return InstallSnapshotRequest::deserialize(deserializer);
-        }
         let c = Chunk::deserialize(deserializer)?;
         Ok(InstallSnapshotRequest {
             vote: c.vote,
