@@ -165,8 +165,7 @@ pub async fn watch_phases(
                     status.applied_index
                 ));
             }
-            if leader.is_some() && status.applied_index >= leader_last && !seen.learner_caught_up
-            {
+            if leader.is_some() && status.applied_index >= leader_last && !seen.learner_caught_up {
                 seen.learner_caught_up = true;
                 timeline.event(format!(
                     "host {learner}: applied {} = leader's last log index",
@@ -194,10 +193,7 @@ pub struct Episode {
 
 /// Groups `(scheduled, latency)` pairs slower than `threshold` into episodes: writes
 /// scheduled within [`EPISODE_GAP`] of the previous slow one join its episode.
-pub fn slow_episodes(
-    mut writes: Vec<(Instant, Duration)>,
-    threshold: Duration,
-) -> Vec<Episode> {
+pub fn slow_episodes(mut writes: Vec<(Instant, Duration)>, threshold: Duration) -> Vec<Episode> {
     writes.retain(|(_, latency)| *latency > threshold);
     writes.sort_by_key(|(at, _)| *at);
     let mut episodes: Vec<Episode> = Vec::new();

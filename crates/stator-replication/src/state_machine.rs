@@ -385,4 +385,3 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
         }))
     }
 }
-

@@ -166,7 +166,10 @@ async fn a_leader_move_whose_newcomer_installs_a_snapshot_under_load_loses_nothi
     let mut leader = None;
     let initial = members.read().unwrap().clone();
     for i in 0..1_500 {
-        let op = encode_op(&RegisterOp::Set(format!("fill{}", i % 100), format!("v{i}")));
+        let op = encode_op(&RegisterOp::Set(
+            format!("fill{}", i % 100),
+            format!("v{i}"),
+        ));
         rpc.execute(
             GROUP,
             &initial,
