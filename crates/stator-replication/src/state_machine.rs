@@ -175,9 +175,10 @@ impl ReplicaStateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for ReplicaStateMachine {
     /// The app's state is taken under the lock (the app must not change while it
-    /// serialises); the encoding, the copy for openraft and the disk write run after
-    /// the lock is released, so writes keep applying meanwhile. A snapshot installed
-    /// in between (a newer one, from a leader) is not replaced by this older one.
+    /// serialises); the encoding and the copy for openraft run with the lock released,
+    /// so writes keep applying meanwhile (a durable replica's disk write takes the lock
+    /// again, as before). A snapshot installed in between (a newer one, from a leader)
+    /// is neither replaced nor overwritten on disk by this older one.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let started = Instant::now();
         let mut inner = self.inner.lock().await;
@@ -206,26 +207,25 @@ impl RaftSnapshotBuilder<TypeConfig> for ReplicaStateMachine {
             StorageIOError::read_state_machine(&std::io::Error::other(e.to_string()))
         })?;
         let encoded = Instant::now();
-        if let Some(store) = &self.store {
-            // On disk before openraft purges the log it covers.
-            store.save_snapshot(&meta, &data).await?;
+        if held.is_none() {
+            held = Some(self.inner.lock().await);
         }
+        let inner = held.as_mut().expect("locked just above");
+        let newer_held = inner
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.meta.last_log_id > meta.last_log_id);
         let data = Arc::new(data);
-        {
-            if held.is_none() {
-                held = Some(self.inner.lock().await);
+        if !newer_held {
+            if let Some(store) = &self.store {
+                // On disk before openraft purges the log it covers; under the lock, so
+                // an older snapshot never lands on disk after a newer one.
+                store.save_snapshot(&meta, &data).await?;
             }
-            let inner = held.as_mut().expect("locked just above");
-            let newer_held = inner
-                .snapshot
-                .as_ref()
-                .is_some_and(|s| s.meta.last_log_id > meta.last_log_id);
-            if !newer_held {
-                inner.snapshot = Some(StoredSnapshot {
-                    meta: meta.clone(),
-                    data: data.clone(),
-                });
-            }
+            inner.snapshot = Some(StoredSnapshot {
+                meta: meta.clone(),
+                data: data.clone(),
+            });
         }
         drop(held);
         // openraft 0.9 keeps only the meta of a built snapshot (core/sm/worker.rs); the
