@@ -9,6 +9,8 @@
 //! - [`migration`]: a live replica move under steady writes, beside stop-and-copy.
 //! - [`restart`]: a member holding N MiB restarted from its own disk, beside the same
 //!   member started empty (a full copy), in one run.
+//! - [`timeline`]: the migration benchmark's timeline: phases, runtime stalls per host,
+//!   and episodes of slow writes.
 //! - `up` (private): the `stator up` cluster the failover and idle benchmarks run.
 //! - `hosts` (private): in-process replication hosts on their own threads and runtimes,
 //!   for the replication and migration benchmarks.
@@ -27,6 +29,7 @@ pub mod latency;
 pub mod migration;
 pub mod replication;
 pub mod restart;
+pub mod timeline;
 mod up;
 
 pub use stator_harness::{free_port, installed};

@@ -16,6 +16,7 @@
 use super::figures::{ratio, round2};
 use super::hosts::{kv_set, HostThreads};
 use super::latency::Recorder;
+use super::timeline::{self, Timeline};
 use anyhow::Context;
 use serde::Serialize;
 use stator_api::ids::GroupId;
@@ -150,6 +151,9 @@ pub struct Report {
     pub baseline: Baseline,
     /// stator beside the baseline.
     pub ratios: Ratios,
+    /// What happened during the move, in ms from its start: reconcile steps, phases
+    /// seen in the Raft metrics, runtime stalls per host, episodes of slow writes.
+    pub timeline: Vec<String>,
 }
 
 /// stator beside stop-and-copy.
@@ -174,9 +178,20 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     anyhow::ensure!(opts.value_bytes >= 16, "--value-bytes: at least 16");
     let secret = format!("{:032x}", rand::random::<u128>());
     let (threads, hosts) = start_hosts(&secret).await?;
+    let timeline = Timeline::default();
+    let stalls = timeline.clone();
+    threads
+        .run_on_all(move |id, _host| {
+            let stalls = stalls.clone();
+            async move {
+                tokio::spawn(timeline::watch_stalls(id, stalls));
+                Ok(())
+            }
+        })
+        .await?;
     let members = form_group(opts, &hosts).await?;
     let filled = fill_state(opts, &hosts, &secret, &members).await?;
-    let moved = move_under_writes(opts, &hosts, &secret, &members).await?;
+    let moved = move_under_writes(opts, &hosts, &secret, &members, &timeline).await?;
 
     eprintln!("migration: checking convergence and acknowledged writes ...");
     let converged_state = converged_state(&hosts, &members.desired).await;
@@ -211,6 +226,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         lost_acked_writes,
         converged,
         baseline,
+        &timeline,
     ))
 }
 
@@ -284,6 +300,8 @@ struct Moved {
     migration: Duration,
     /// The leader's state when the move began.
     state_bytes: u64,
+    /// When the move began.
+    move_started: Instant,
 }
 
 /// Paced writes through warm-up, the window before, the move and the window after.
@@ -292,6 +310,7 @@ async fn move_under_writes(
     hosts: &BTreeMap<NodeId, Host>,
     secret: &str,
     members: &Members,
+    timeline: &Timeline,
 ) -> anyhow::Result<Moved> {
     let mut writer = PacedWriter::start(
         secret,
@@ -312,17 +331,28 @@ async fn move_under_writes(
             MoveKind::Follower => "follower",
         }
     );
+    let phases = tokio::spawn(timeline::watch_phases(
+        hosts.clone(),
+        group(),
+        DESTINATION,
+        timeline.clone(),
+    ));
     writer.enter(PHASE_DURING);
     let move_started = Instant::now();
-    move_replica(hosts, &members.desired).await?;
+    timeline.set_start(move_started);
+    move_replica(hosts, &members.desired, timeline).await?;
     let migration = move_started.elapsed();
     writer.enter(PHASE_AFTER);
     eprintln!("migration: in sync after {} ms", migration.as_millis());
     tokio::time::sleep(AFTER).await;
+    let outcome = writer.stop().await;
+    timeline.stop();
+    let _ = phases.await;
     Ok(Moved {
-        outcome: writer.stop().await,
+        outcome,
         migration,
         state_bytes,
+        move_started,
     })
 }
 
@@ -334,9 +364,26 @@ fn report(
     lost_acked_writes: u64,
     converged: bool,
     baseline: Baseline,
+    timeline: &Timeline,
 ) -> Report {
     let rec = &moved.outcome.recorders;
     let before = &rec[PHASE_BEFORE].histogram;
+    let slow = Duration::from_micros(2 * before.value_at_quantile(0.99));
+    for e in timeline::slow_episodes(moved.outcome.during.clone(), slow) {
+        timeline.event_at(
+            e.first,
+            format!(
+                "writer: {} writes slower than {slow:.1?} scheduled over {:.1?}, worst {:.1?}",
+                e.count,
+                e.last.duration_since(e.first),
+                e.worst
+            ),
+        );
+    }
+    let timeline_lines = timeline.lines(
+        moved.move_started - Duration::from_millis(100),
+        moved.move_started + moved.migration + Duration::from_millis(500),
+    );
     let during = &rec[PHASE_DURING].histogram;
     let after = &rec[PHASE_AFTER].histogram;
     let failed_requests = rec.iter().map(|r| r.errors).sum();
@@ -375,12 +422,17 @@ fn report(
             .unwrap_or_default(),
         },
         baseline,
+        timeline: timeline_lines,
     }
 }
 
 /// Prints the summary on stderr and, with `json`, the report on stdout's last line.
 pub fn print_report(report: &Report, json: bool) {
     let b = &report.baseline;
+    eprintln!("timeline of the move (ms from its start; slow = 2x p99 before):");
+    for line in &report.timeline {
+        eprintln!("  {line}");
+    }
     eprintln!(
         "stator live move of the {:?} ({} state bytes, {} writes/s of {} B):",
         report.moved, report.state_bytes, report.rate_per_sec, report.value_bytes
@@ -546,6 +598,9 @@ struct WriterOutcome {
     acked: Vec<u64>,
     /// Ticks not sent (see [`MAX_QUEUED`]).
     missed: u64,
+    /// Scheduled time and latency of every write scheduled during the move (a failed
+    /// one counts with its time to failure).
+    during: Vec<(Instant, Duration)>,
 }
 
 /// Writes at a fixed rate on a [`PacedLoad`] over a pool of clients (one request in
@@ -595,12 +650,16 @@ impl PacedWriter {
             .map(|_| Recorder::default())
             .collect();
         let mut acked = Vec::new();
+        let mut during = Vec::new();
         for c in &record.completed {
             let phase = self
                 .phase_starts
                 .iter()
                 .filter(|start| **start <= c.tick.scheduled)
                 .count();
+            if phase == PHASE_DURING {
+                during.push((c.tick.scheduled, c.latency()));
+            }
             if c.result {
                 acked.push(c.tick.seq);
                 recorders[phase].record(c.latency());
@@ -612,6 +671,7 @@ impl PacedWriter {
             recorders,
             acked,
             missed: record.missed,
+            during,
         }
     }
 }
@@ -621,6 +681,7 @@ impl PacedWriter {
 async fn move_replica(
     hosts: &BTreeMap<NodeId, Host>,
     desired: &BTreeMap<NodeId, String>,
+    timeline: &Timeline,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut last_step = None;
@@ -630,18 +691,18 @@ async fn move_replica(
         for (id, host) in hosts {
             match host.reconcile_membership(group(), desired).await {
                 Ok(MembershipStep::NotLeader) => {}
-                Ok(MembershipStep::InSync) if desired.contains_key(id) => return Ok(()),
+                Ok(MembershipStep::InSync) if desired.contains_key(id) => {
+                    timeline.event(format!("host {id}: reconcile InSync"));
+                    return Ok(());
+                }
                 Ok(step) => {
                     let shown = format!("{step:?}");
                     if last_step.as_ref() != Some(&shown) {
-                        eprintln!(
-                            "  {:>6} ms  host {id}: {shown}",
-                            started.elapsed().as_millis()
-                        );
+                        timeline.event(format!("host {id}: reconcile {shown}"));
                         last_step = Some(shown);
                     }
                 }
-                Err(e) => eprintln!("  {:>6} ms  host {id}: {e}", started.elapsed().as_millis()),
+                Err(e) => timeline.event(format!("host {id}: reconcile error {e}")),
             }
         }
         anyhow::ensure!(

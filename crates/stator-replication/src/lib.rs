@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`types`]: the openraft type configuration, logged commands (a batch of client
 //!   writes per entry) and client messages.
+//! - [`byte_string`]: byte vectors encoded as one byte string (snapshots, logged
+//!   writes), the same bytes as serde's per-byte sequence.
 //! - [`log_store`]: the in-memory Raft log and vote (`durability = "memory"`).
 //! - [`disk_store`]: the on-disk log, vote and snapshot of a durable replica (redb,
 //!   checksummed records, group commit, fsync per batch or periodic).
@@ -31,6 +33,7 @@
 //! - `testing` (cargo feature `testing`, for tests only; a crate's dev-dependency turns it
 //!   on): an in-process cluster with faults (kill, cut, drop, delay) and a register app.
 
+pub mod byte_string;
 pub mod client;
 pub mod disk_store;
 pub mod host;

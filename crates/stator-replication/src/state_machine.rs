@@ -17,13 +17,16 @@ use stator_api::app::{AppError, StateMachine};
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::Mutex;
 
-/// What a snapshot carries besides openraft's metadata.
-#[derive(Serialize, Deserialize)]
-struct SnapshotBody {
-    sessions: Sessions,
-    app: Vec<u8>,
+/// What a snapshot carries besides openraft's metadata. The app's bytes are written as
+/// one byte string (see [`crate::byte_string`]): 64 MiB of state encode as one copy.
+#[derive(Serialize)]
+struct SnapshotBody<'a> {
+    sessions: &'a Sessions,
+    #[serde(serialize_with = "crate::byte_string::serialize")]
+    app: &'a [u8],
 }
 
 /// [`SnapshotBody`] decoded without copying the app's bytes (the same postcard encoding:
@@ -39,7 +42,37 @@ struct SnapshotBodyRef<'a> {
 
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, openraft::BasicNode>,
-    data: Vec<u8>,
+    /// Shared, so that handing a copy to openraft can happen off the lock and off the
+    /// runtime (see [`copy_off_runtime`]).
+    data: Arc<Vec<u8>>,
+}
+
+/// Copies `data` into a vector openraft can own, on a blocking-pool thread: a 64 MiB
+/// memcpy would otherwise hold the replica's runtime (a single thread in an agent's
+/// benchmark host, and every Raft task of the host shares it) for tens of milliseconds.
+async fn copy_off_runtime(data: Arc<Vec<u8>>) -> Vec<u8> {
+    if crate::byte_string::legacy() {
+        return data.as_ref().clone();
+    }
+    tokio::task::spawn_blocking(move || data.as_ref().clone())
+        .await
+        .expect("copying a snapshot panicked")
+}
+
+/// Encodes a snapshot body on a blocking-pool thread (on the legacy path, in place).
+async fn encode_body(sessions: Sessions, app: Vec<u8>) -> Result<Vec<u8>, postcard::Error> {
+    let encode = move || {
+        postcard::to_allocvec(&SnapshotBody {
+            sessions: &sessions,
+            app: &app,
+        })
+    };
+    if crate::byte_string::legacy() {
+        return encode();
+    }
+    tokio::task::spawn_blocking(encode)
+        .await
+        .expect("encoding a snapshot panicked")
 }
 
 pub(crate) struct SmInner {
@@ -58,6 +91,11 @@ pub struct ReplicaStateMachine {
     state_bytes: Arc<AtomicU64>,
     /// Where snapshots are persisted (durable replicas).
     store: Option<DiskLogStore>,
+}
+
+/// A duration in milliseconds, for the snapshot logs.
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 fn app_error(e: AppError) -> StorageError {
@@ -104,7 +142,10 @@ impl ReplicaStateMachine {
             machine
                 .state_bytes
                 .store(inner.app.state_bytes(), Ordering::Relaxed);
-            inner.snapshot = Some(StoredSnapshot { meta, data });
+            inner.snapshot = Some(StoredSnapshot {
+                meta,
+                data: Arc::new(data),
+            });
         }
         machine.store = Some(store);
         Ok(machine)
@@ -133,16 +174,18 @@ impl ReplicaStateMachine {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for ReplicaStateMachine {
+    /// The app's state is taken under the lock (the app must not change while it
+    /// serialises); the encoding and the copy for openraft run with the lock released,
+    /// so writes keep applying meanwhile (a durable replica's disk write takes the lock
+    /// again, as before). A snapshot installed in between (a newer one, from a leader)
+    /// is neither replaced nor overwritten on disk by this older one.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let started = Instant::now();
         let mut inner = self.inner.lock().await;
+        let locked = Instant::now();
         let app = inner.app.snapshot().await.map_err(app_error)?;
-        let body = SnapshotBody {
-            sessions: inner.sessions.clone(),
-            app,
-        };
-        let data = postcard::to_allocvec(&body).map_err(|e| {
-            StorageIOError::read_state_machine(&std::io::Error::other(e.to_string()))
-        })?;
+        let app_done = Instant::now();
+        let sessions = inner.sessions.clone();
         let n = self.snapshot_counter.fetch_add(1, Ordering::Relaxed) + 1;
         let snapshot_id = match inner.last_applied {
             Some(l) => format!("{}-{}-{n}", l.leader_id, l.index),
@@ -153,17 +196,53 @@ impl RaftSnapshotBuilder<TypeConfig> for ReplicaStateMachine {
             last_membership: inner.membership.clone(),
             snapshot_id,
         };
-        if let Some(store) = &self.store {
-            // On disk before openraft purges the log it covers.
-            store.save_snapshot(&meta, &data).await?;
+        // The legacy path keeps the lock to the end, as before.
+        let mut held = if crate::byte_string::legacy() {
+            Some(inner)
+        } else {
+            drop(inner);
+            None
+        };
+        let data = encode_body(sessions, app).await.map_err(|e| {
+            StorageIOError::read_state_machine(&std::io::Error::other(e.to_string()))
+        })?;
+        let encoded = Instant::now();
+        if held.is_none() {
+            held = Some(self.inner.lock().await);
         }
-        inner.snapshot = Some(StoredSnapshot {
-            meta: meta.clone(),
-            data: data.clone(),
-        });
+        let inner = held.as_mut().expect("locked just above");
+        let newer_held = inner
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.meta.last_log_id > meta.last_log_id);
+        let data = Arc::new(data);
+        if !newer_held {
+            if let Some(store) = &self.store {
+                // On disk before openraft purges the log it covers; under the lock, so
+                // an older snapshot never lands on disk after a newer one.
+                store.save_snapshot(&meta, &data).await?;
+            }
+            inner.snapshot = Some(StoredSnapshot {
+                meta: meta.clone(),
+                data: data.clone(),
+            });
+        }
+        drop(held);
+        // openraft 0.9 keeps only the meta of a built snapshot (core/sm/worker.rs); the
+        // bytes are still handed over whole, as the trait promises.
+        let bytes = copy_off_runtime(data).await;
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            bytes = bytes.len(),
+            lock_wait_ms = ms(locked - started),
+            app_ms = ms(app_done - locked),
+            encode_ms = ms(encoded - app_done),
+            total_ms = ms(started.elapsed()),
+            "snapshot built"
+        );
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(Cursor::new(bytes)),
         })
     }
 }
@@ -249,6 +328,7 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
+        let started = Instant::now();
         let data = snapshot.into_inner();
         let body: SnapshotBodyRef<'_> = postcard::from_bytes(&data).map_err(|e| {
             StorageIOError::read_snapshot(
@@ -266,18 +346,42 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
         inner.membership = meta.last_membership.clone();
         inner.snapshot = Some(StoredSnapshot {
             meta: meta.clone(),
-            data,
+            data: Arc::new(data),
         });
         self.state_bytes
             .store(inner.app.state_bytes(), Ordering::Relaxed);
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            bytes = inner.snapshot.as_ref().map_or(0, |s| s.data.len()),
+            install_ms = ms(started.elapsed()),
+            "snapshot installed"
+        );
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let inner = self.inner.lock().await;
-        Ok(inner.snapshot.as_ref().map(|s| Snapshot {
-            meta: s.meta.clone(),
-            snapshot: Box::new(Cursor::new(s.data.clone())),
+        let started = Instant::now();
+        let stored = {
+            let inner = self.inner.lock().await;
+            inner
+                .snapshot
+                .as_ref()
+                .map(|s| (s.meta.clone(), s.data.clone()))
+        };
+        let Some((meta, data)) = stored else {
+            return Ok(None);
+        };
+        // The copy is made after the lock is released and off the runtime.
+        let bytes = copy_off_runtime(data).await;
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            bytes = bytes.len(),
+            copy_ms = ms(started.elapsed()),
+            "snapshot handed out"
+        );
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
         }))
     }
 }

@@ -114,8 +114,12 @@ pub enum Request {
     Append(GroupId, AppendEntriesRequest<TypeConfig>),
     /// Raft RequestVote for a group.
     Vote(GroupId, VoteRequest<NodeId>),
-    /// One chunk of a Raft snapshot for a group.
-    InstallSnapshot(GroupId, InstallSnapshotRequest<TypeConfig>),
+    /// One chunk of a Raft snapshot for a group (its bytes encoded as one byte string,
+    /// see [`snapshot_chunk`]).
+    InstallSnapshot(
+        GroupId,
+        #[serde(with = "snapshot_chunk")] InstallSnapshotRequest<TypeConfig>,
+    ),
     /// A client read or write.
     Client(GroupId, ClientRequest),
     /// Ask this replica to start an election now (used to move leadership before the
@@ -133,6 +137,64 @@ pub enum Request {
     /// asks whether this replica of the group still hears from that leader (see
     /// [`crate::quiesce`], "Elections on a liveness signal").
     LeaderLost(GroupId, NodeId),
+}
+
+/// A snapshot chunk on the wire: [`InstallSnapshotRequest`] field for field, its data
+/// as one byte string (see [`crate::byte_string`]): the same bytes as the derived
+/// encoding, but a 4 MiB chunk costs the sending leader's runtime a memcpy rather than
+/// one serde call per byte.
+mod snapshot_chunk {
+    use crate::types::{NodeId, TypeConfig};
+    use openraft::raft::InstallSnapshotRequest;
+    use openraft::{BasicNode, SnapshotMeta, Vote};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize)]
+    struct ChunkRef<'a> {
+        vote: &'a Vote<NodeId>,
+        meta: &'a SnapshotMeta<NodeId, BasicNode>,
+        offset: u64,
+        #[serde(serialize_with = "crate::byte_string::serialize")]
+        data: &'a [u8],
+        done: bool,
+    }
+
+    #[derive(Deserialize)]
+    struct Chunk {
+        vote: Vote<NodeId>,
+        meta: SnapshotMeta<NodeId, BasicNode>,
+        offset: u64,
+        #[serde(deserialize_with = "crate::byte_string::deserialize")]
+        data: Vec<u8>,
+        done: bool,
+    }
+
+    pub fn serialize<S: Serializer>(
+        req: &InstallSnapshotRequest<TypeConfig>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        ChunkRef {
+            vote: &req.vote,
+            meta: &req.meta,
+            offset: req.offset,
+            data: &req.data,
+            done: req.done,
+        }
+        .serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<InstallSnapshotRequest<TypeConfig>, D::Error> {
+        let c = Chunk::deserialize(deserializer)?;
+        Ok(InstallSnapshotRequest {
+            vote: c.vote,
+            meta: c.meta,
+            offset: c.offset,
+            data: c.data,
+            done: c.done,
+        })
+    }
 }
 
 /// Answers to [`Request`]s.
@@ -971,6 +1033,42 @@ where
 mod tests {
     use super::*;
     use crate::types::RequestKind;
+
+    /// A snapshot chunk encodes to the very bytes openraft's derived encoding gives (so
+    /// peers on either side of the change read each other), and decodes back whole.
+    #[test]
+    fn a_snapshot_chunk_is_written_as_the_derived_encoding_writes_it() {
+        let chunk = InstallSnapshotRequest::<TypeConfig> {
+            vote: openraft::Vote::new_committed(3, 1),
+            meta: openraft::SnapshotMeta {
+                last_log_id: Some(openraft::LogId::new(
+                    openraft::CommittedLeaderId::new(3, 1),
+                    42,
+                )),
+                last_membership: Default::default(),
+                snapshot_id: "3-1-42-1".into(),
+            },
+            offset: 4 << 20,
+            data: (0..=255u8).cycle().take(70_000).collect(),
+            done: false,
+        };
+        #[derive(Serialize)]
+        struct Derived<'a>(GroupId, &'a InstallSnapshotRequest<TypeConfig>);
+        let group = GroupId::new(7, 2);
+        let request = Request::InstallSnapshot(group, chunk.clone());
+        let ours = postcard::to_allocvec(&request).unwrap();
+        // The enum's variant index, then the derived fields.
+        let mut derived = postcard::to_allocvec(&2u32).unwrap();
+        derived.extend(postcard::to_allocvec(&Derived(group, &chunk)).unwrap());
+        assert_eq!(ours, derived);
+        match postcard::from_bytes::<Request>(&ours).unwrap() {
+            Request::InstallSnapshot(g, back) => {
+                assert_eq!(g, group);
+                assert_eq!(back, chunk);
+            }
+            other => panic!("decoded as {other:?}"),
+        }
+    }
 
     struct Echo;
     #[async_trait]

@@ -12,7 +12,9 @@ pub struct Write {
     pub client_id: u64,
     /// The client's sequence number for exactly-once retries (increasing per client).
     pub seq: u64,
-    /// Opaque to the replication layer: what the app's `apply` receives.
+    /// Opaque to the replication layer: what the app's `apply` receives. One byte
+    /// string on the wire and on disk (see [`crate::byte_string`]).
+    #[serde(with = "crate::byte_string")]
     pub payload: Vec<u8>,
 }
 
@@ -85,7 +87,8 @@ pub struct ClientRequest {
     pub seq: u64,
     /// Write, linearizable read or stale read.
     pub kind: RequestKind,
-    /// What the app receives.
+    /// What the app receives (one byte string on the wire, see [`crate::byte_string`]).
+    #[serde(with = "crate::byte_string")]
     pub payload: Vec<u8>,
 }
 
