@@ -1329,7 +1329,7 @@ where
 
             Notify::Network { response } => {
                 //
-                match response {
+                match *response {
                     replication::Response::Progress {
                         target,
                         request_id: id,
