@@ -115,10 +115,20 @@ async fn main() {
     println!(
         "{groups} groups, {replicas} replicas; {quiet_groups} of host 1's replicas quiet; live heap bytes per replica:"
     );
-    println!("  created, before bootstrap       {:8.1}", per_replica(created));
+    println!(
+        "  created, before bootstrap       {:8.1}",
+        per_replica(created)
+    );
     println!("  every group has a leader       {:8.1}", per_replica(led));
-    println!("  after one write to each group  {:8.1}", per_replica(written));
-    println!("  idle {:>2} s                     {:8.1}", IDLE.as_secs(), per_replica(idle));
+    println!(
+        "  after one write to each group  {:8.1}",
+        per_replica(written)
+    );
+    println!(
+        "  idle {:>2} s                     {:8.1}",
+        IDLE.as_secs(),
+        per_replica(idle)
+    );
     println!(
         "  resident set growth per replica {:7.1} KiB (heap {:.1} KiB)",
         rss_after.saturating_sub(rss_before) as f64 / replicas as f64,
@@ -131,7 +141,10 @@ async fn main() {
 
 /// One SET through the group's leader.
 async fn write_once(cluster: &InProcessCluster, group: GroupId, g: u64) {
-    let payload = format!("*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n${}\r\n{g}\r\n", g.to_string().len());
+    let payload = format!(
+        "*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n${}\r\n{g}\r\n",
+        g.to_string().len()
+    );
     for _attempt in 0..50 {
         let leader = cluster.leader(group).await;
         let reply = cluster.hosts[&leader]
@@ -194,8 +207,16 @@ fn report_sites(replicas: u64) {
         a.0 += bytes;
         a.1 += blocks;
     }
-    print_table("live bytes per replica by owner (innermost stator/openraft frame)", by_owner, replicas);
-    print_table("live bytes per replica by allocating function (innermost non-std frame)", by_allocator, replicas);
+    print_table(
+        "live bytes per replica by owner (innermost stator/openraft frame)",
+        by_owner,
+        replicas,
+    );
+    print_table(
+        "live bytes per replica by allocating function (innermost non-std frame)",
+        by_allocator,
+        replicas,
+    );
 }
 
 fn print_table(title: &str, sites: HashMap<String, (u64, u64)>, replicas: u64) {
