@@ -221,7 +221,7 @@ fn report_sites(replicas: u64) {
 
 fn print_table(title: &str, sites: HashMap<String, (u64, u64)>, replicas: u64) {
     let mut sites: Vec<_> = sites.into_iter().collect();
-    sites.sort_by(|a, b| b.1 .0.cmp(&a.1 .0));
+    sites.sort_by_key(|site| std::cmp::Reverse(site.1 .0));
     let total: u64 = sites.iter().map(|s| s.1 .0).sum();
     println!("\n{title}: total {:.1}", total as f64 / replicas as f64);
     println!("  bytes/replica  blocks/replica  site");
