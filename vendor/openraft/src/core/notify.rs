@@ -37,10 +37,12 @@ where C: RaftTypeConfig
     },
 
     /// Result of executing a command sent from network worker.
-    Network { response: replication::Response<C> },
+    // stator patch: boxed, with `StateMachine` below: they were the largest variants,
+    // and every slot of the notify channel's 32-slot block is as large as the largest.
+    Network { response: Box<replication::Response<C>> },
 
     /// Result of executing a command sent from state machine worker.
-    StateMachine { command_result: sm::CommandResult<C> },
+    StateMachine { command_result: Box<sm::CommandResult<C>> },
 
     /// A tick event to wake up RaftCore to check timeout etc.
     Tick {
@@ -53,7 +55,9 @@ impl<C> Notify<C>
 where C: RaftTypeConfig
 {
     pub(crate) fn sm(command_result: sm::CommandResult<C>) -> Self {
-        Self::StateMachine { command_result }
+        Self::StateMachine {
+            command_result: Box::new(command_result),
+        }
     }
 }
 

@@ -107,7 +107,11 @@ where C: RaftTypeConfig
             seen_greater_log: false,
             leader: None,
             candidate: None,
-            output: EngineOutput::new(4096),
+            // stator patch: no up-front reservation. 4,096 commands were 608 KiB of address
+            // space per Raft instance, and since the queue is a ring whose head only moves
+            // forward, every command ever queued touched a new slot until all of it was
+            // resident. The queue grows to what one loop pass actually queues instead.
+            output: EngineOutput::new(0),
         }
     }
 

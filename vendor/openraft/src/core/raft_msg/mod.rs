@@ -53,9 +53,11 @@ where C: RaftTypeConfig
         tx: VoteTx<C>,
     },
 
+    // stator patch: the snapshot is boxed, as the largest variant sized every slot of
+    // the API channel's 32-slot block.
     InstallFullSnapshot {
         vote: Vote<C::NodeId>,
-        snapshot: Snapshot<C>,
+        snapshot: Box<Snapshot<C>>,
         tx: ResultSender<C, SnapshotResponse<C::NodeId>>,
     },
 

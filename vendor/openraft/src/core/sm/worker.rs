@@ -62,10 +62,10 @@ where
                 tracing::error!("{} while execute state machine command", err,);
 
                 let _ = self.resp_tx.send(Notify::StateMachine {
-                    command_result: CommandResult {
+                    command_result: Box::new(CommandResult {
                         command_seq: 0,
                         result: Err(err),
-                    },
+                    }),
                 });
             }
         })
