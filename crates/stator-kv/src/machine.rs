@@ -943,7 +943,10 @@ mod tests {
         // Sorted last in the expiry index (same time, larger key): swept last.
         machine.apply_argv(0, &argv(&["SET", "zz", "old", "PX", "10"]));
         machine.apply_argv(0, &argv(&["SET", "plain", "v"]));
-        assert!(!machine.keyspace.may_hold_expired(10), "nothing past 10 ms yet");
+        assert!(
+            !machine.keyspace.may_hold_expired(10),
+            "nothing past 10 ms yet"
+        );
         assert_eq!(
             machine.apply_argv(11, &argv(&["SETNX", "zz", "new"])),
             Value::Integer(1),

@@ -800,7 +800,11 @@ mod tests {
                     None,
                     "{value:?} cut at {cut}"
                 );
-                assert_eq!(reply_len(&bytes[..cut]).unwrap(), None, "{value:?} cut at {cut}");
+                assert_eq!(
+                    reply_len(&bytes[..cut]).unwrap(),
+                    None,
+                    "{value:?} cut at {cut}"
+                );
             }
         }
     }

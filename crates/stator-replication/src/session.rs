@@ -81,11 +81,11 @@ impl Sessions {
                 match (&mut session.last_reply, reply) {
                     // Not a buffer far larger than the reply: one big reply must not pin
                     // its memory for as long as the client is remembered.
-                    (CommandReply::Applied(stored), &CommandReply::Applied(ref bytes))
+                    (CommandReply::Applied(stored), CommandReply::Applied(bytes))
                         if stored.capacity() <= REUSED_REPLY_BUFFER_BYTES.max(bytes.len() * 2) =>
                     {
                         stored.clear();
-                        stored.extend_from_slice(bytes);
+                        stored.extend_from_slice(bytes.as_slice());
                     }
                     (stored, reply) => *stored = reply.clone(),
                 }

@@ -13,8 +13,8 @@
 //! another read sees), so [`all_reads`] batches are sent as separate concurrent reads and
 //! keep the replicas' cheap read path.
 
-use stator_kv::transaction::EXEC_COMMAND;
 use stator_kv::resp::reply_len;
+use stator_kv::transaction::EXEC_COMMAND;
 use stator_kv::{queued_command_error, Value};
 use stator_replication::RequestKind;
 
