@@ -2,7 +2,13 @@
 //! kept in sync in one place.
 
 use crate::types::Data;
+use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BTreeSet, HashMap};
+
+/// The hasher of the key map: foldhash, seeded per process like std's SipHash (so a
+/// client cannot choose keys that collide), at a fraction of SipHash's cost per lookup.
+/// Iteration order was already per-process with SipHash; nothing replicated depends on it.
+type KeyHasher = foldhash::fast::RandomState;
 
 /// One stored value, when it expires, and the write that last changed it.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,7 +71,7 @@ pub(crate) enum ExpiryChange {
 /// entry holds an empty collection; every entry's version is at most `write_version`.
 #[derive(Debug, Default)]
 pub(crate) struct Keyspace {
-    entries: HashMap<Vec<u8>, Entry>,
+    entries: HashMap<Vec<u8>, Entry, KeyHasher>,
     by_expiry: BTreeSet<(u64, Vec<u8>)>,
     bytes: u64,
     /// Counts writes to keys; a written key takes the new count as its version.
@@ -79,7 +85,7 @@ impl Keyspace {
     /// An empty keyspace with room for `entries` keys.
     pub(crate) fn with_capacity(entries: usize) -> Self {
         Keyspace {
-            entries: HashMap::with_capacity(entries),
+            entries: HashMap::with_capacity_and_hasher(entries, KeyHasher::default()),
             ..Keyspace::default()
         }
     }
@@ -127,8 +133,20 @@ impl Keyspace {
         self.write_version
     }
 
+    /// Whether some key may be expired at `now_ms`: false when no key expires by then (the
+    /// earliest expiry in the index is not past), so lazy expiry can skip its lookups,
+    /// which is the common case of a write (plain SET keys carry no expiry).
+    pub(crate) fn may_hold_expired(&self, now_ms: u64) -> bool {
+        self.by_expiry
+            .first()
+            .is_some_and(|(at_ms, _)| now_ms > *at_ms)
+    }
+
     /// Removes `key` if it is expired at `now_ms` (lazy expiry on access).
     pub(crate) fn reclaim_if_expired(&mut self, key: &[u8], now_ms: u64) {
+        if !self.may_hold_expired(now_ms) {
+            return;
+        }
         if self
             .entries
             .get(key)
@@ -196,8 +214,10 @@ impl Keyspace {
             return self.remove(&key).map(|entry| entry.data);
         }
         let version = self.next_version();
-        match self.entries.get_mut(key.as_slice()) {
-            Some(entry) => {
+        // One lookup (the entry API with the owned key), whether the key exists or not.
+        match self.entries.entry(key) {
+            MapEntry::Occupied(mut occupied) => {
+                let entry = occupied.get_mut();
                 self.bytes = self.bytes - entry.data.bytes() + data.bytes();
                 entry.version = version;
                 let previous = std::mem::replace(&mut entry.data, data);
@@ -208,8 +228,8 @@ impl Keyspace {
                 };
                 if expires_at_ms != entry.expires_at_ms() {
                     let old_expiry = entry.replace_expiry(expires_at_ms);
-                    // Move the key through the index probes instead of cloning it twice.
-                    let mut key = key;
+                    // The index holds its own copy of the key; the map keeps the one it had.
+                    let mut key = occupied.key().clone();
                     if let Some(old_at_ms) = old_expiry {
                         let probe = (old_at_ms, key);
                         let was_indexed = self.by_expiry.remove(&probe);
@@ -222,17 +242,16 @@ impl Keyspace {
                 }
                 Some(previous)
             }
-            None => {
-                self.bytes += key.len() as u64 + data.bytes();
+            MapEntry::Vacant(vacant) => {
+                self.bytes += vacant.key().len() as u64 + data.bytes();
                 let expires_at_ms = match expiry {
                     ExpiryChange::At(at_ms) => {
-                        self.by_expiry.insert((at_ms, key.clone()));
+                        self.by_expiry.insert((at_ms, vacant.key().clone()));
                         Some(at_ms)
                     }
                     ExpiryChange::Keep | ExpiryChange::Clear => None,
                 };
-                self.entries
-                    .insert(key, Entry::new(data, expires_at_ms, version));
+                vacant.insert(Entry::new(data, expires_at_ms, version));
                 None
             }
         }

@@ -9,14 +9,18 @@
 //!
 //! # Layout
 //! - [`resp`]: RESP2 codec: incremental command parser (arrays and inline), reply
-//!   parser, reply and command encoders, and the limits that keep hostile input bounded.
+//!   parser (and `reply_len`, which only measures a reply, for cutting a batch's replies
+//!   apart without building values), reply and command encoders, and the limits that
+//!   keep hostile input bounded.
 //! - [`command`]: the command table: read/write kind, arity, key positions (fixed ranges,
 //!   `numkeys` forms such as ZUNIONSTORE and SINTERCARD, and `STATOR.EXEC`'s watched and
 //!   queued keys), and the slot of a command's keys (routing and `CROSSSLOT`).
 //! - `types`: what a key holds (`Data`: string, hash, list, set, sorted
 //!   set), each with O(1) byte accounting, and the entry-seeded random generator.
-//! - `keyspace`: the map of keys to values with its expiry index, byte accounting and
-//!   per-key write versions (what `WATCH` compares).
+//! - `keyspace`: the map of keys to values (foldhash, randomly seeded) with its expiry
+//!   index, byte accounting and per-key write versions (what `WATCH` compares). A plain
+//!   SET costs one hash lookup: lazy expiry is skipped while no key is past its expiry,
+//!   and the insert uses the entry API with the key the command brought.
 //! - [`machine`]: [`KvMachine`]: dispatch, string commands, expiry.
 //! - `ops`: the other commands, one file per type (`hash`, `list`, `set`, `zset`,
 //!   `strings`, `keys` for keyspace commands and transactions, `sort` for SORT and

@@ -117,8 +117,12 @@ impl KvMachine {
     pub(crate) fn execute(&mut self, argv: Vec<Vec<u8>>) -> Value {
         let spec = attempt!(resolve(&argv));
         let now_ms = self.now_ms;
-        for index in spec.key_indexes(&argv) {
-            self.keyspace.reclaim_if_expired(&argv[index], now_ms);
+        // Lazy expiry of the command's keys; skipped (no key list, no lookups) when no key
+        // of the whole keyspace is past its expiry.
+        if self.keyspace.may_hold_expired(now_ms) {
+            for index in spec.key_indexes(&argv) {
+                self.keyspace.reclaim_if_expired(&argv[index], now_ms);
+            }
         }
         if let Some(refusal) = self.budget.refusal(spec, &argv, self.keyspace.bytes()) {
             return refusal;
@@ -569,11 +573,11 @@ impl KvMachine {
         if return_previous {
             attempt!(self.string(&argv[1], now_ms));
         }
-        let exists = self.live(&argv[1], now_ms).is_some();
+        // A plain SET does not look the key up here: the insert's lookup is its only one.
         let skip = match condition {
             Condition::Always => false,
-            Condition::IfMissing => exists,
-            Condition::IfExists => !exists,
+            Condition::IfMissing => self.live(&argv[1], now_ms).is_some(),
+            Condition::IfExists => self.live(&argv[1], now_ms).is_none(),
         };
         if skip {
             return if return_previous {
@@ -948,6 +952,41 @@ mod tests {
         machine.apply_argv(11, &ping);
         assert_eq!(machine.key_count(), 0);
         assert_eq!(machine.data_bytes(), 0);
+        machine.keyspace.assert_consistent();
+    }
+
+    /// The write path skips lazy expiry while no key is past its expiry; once one is (and
+    /// the bounded sweep left it), a command on it still finds it gone.
+    #[test]
+    fn lazy_expiry_reclaims_what_the_sweep_left() {
+        let mut machine = KvMachine::new();
+        let argv = |words: &[&str]| -> Vec<Vec<u8>> {
+            words.iter().map(|w| w.as_bytes().to_vec()).collect()
+        };
+        for index in 0..MAX_EXPIRED_SWEPT_PER_APPLY * 2 {
+            let key = format!("k{index}");
+            machine.apply_argv(0, &argv(&["SET", &key, "v", "PX", "10"]));
+        }
+        // Sorted last in the expiry index (same time, larger key): swept last.
+        machine.apply_argv(0, &argv(&["SET", "zz", "old", "PX", "10"]));
+        machine.apply_argv(0, &argv(&["SET", "plain", "v"]));
+        assert!(
+            !machine.keyspace.may_hold_expired(10),
+            "nothing past 10 ms yet"
+        );
+        assert_eq!(
+            machine.apply_argv(11, &argv(&["SETNX", "zz", "new"])),
+            Value::Integer(1),
+            "the expired key is gone for SETNX although the sweep had not reached it"
+        );
+        assert_eq!(
+            machine.apply_argv(11, &argv(&["GET", "zz"])),
+            Value::bulk(b"new".to_vec())
+        );
+        assert_eq!(
+            machine.apply_argv(11, &argv(&["SET", "plain", "w", "NX"])),
+            Value::null()
+        );
         machine.keyspace.assert_consistent();
     }
 }

@@ -172,7 +172,14 @@ impl Value {
 
     /// The RESP2 encoding of this value.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
+        // Room for the common replies at once (a status, a short bulk, a pipeline's array
+        // of statuses) instead of growing from nothing through several reallocations.
+        let capacity_hint = match self {
+            Value::Array(Some(items)) => 16 + items.len() * 16,
+            Value::Bulk(Some(bytes)) => bytes.len() + 16,
+            _ => 32,
+        };
+        let mut out = Vec::with_capacity(capacity_hint);
         self.encode(&mut out);
         out
     }
@@ -555,6 +562,65 @@ fn parse_reply_at(
     }
 }
 
+/// The length of the one reply at the front of `buf`, or `None` when `buf` holds only
+/// part of it: what [`parse_reply`] consumes, with the same checks and limits, but
+/// building no value (no allocation), for callers that only cut a reply out of a larger
+/// one (a pipeline batch's `STATOR.EXEC` array split back into its commands' replies).
+pub fn reply_len(buf: &[u8]) -> Result<Option<usize>, RespError> {
+    skip_reply_at(buf, 0, 0)
+}
+
+/// [`parse_reply_at`] without the values: where the reply starting at `start` ends.
+fn skip_reply_at(buf: &[u8], start: usize, depth: usize) -> Result<Option<usize>, RespError> {
+    if depth > MAX_REPLY_DEPTH {
+        return Err(RespError::TooDeep);
+    }
+    let Some(&marker) = buf.get(start) else {
+        return Ok(None);
+    };
+    let body = start + 1;
+    match marker {
+        b'+' | b'-' => Ok(find_line_end(buf, body, MAX_INLINE_BYTES)?.map(|end| end + 2)),
+        b':' => {
+            let Some(line_end) = find_line_end(buf, body, MAX_HEADER_LINE_BYTES)? else {
+                return Ok(None);
+            };
+            parse_i64_strict(&buf[body..line_end]).ok_or(RespError::InvalidInteger)?;
+            Ok(Some(line_end + 2))
+        }
+        b'$' => Ok(parse_bulk_body(buf, body)?.map(|bulk| match bulk {
+            None => find_line_end_unchecked(buf, body) + 2,
+            Some((_, data_end)) => data_end + 2,
+        })),
+        b'_' => Ok(find_line_end(buf, body, 0)?.map(|end| end + 2)),
+        b'*' => {
+            let Some(header_end) = find_line_end(buf, body, MAX_HEADER_LINE_BYTES)? else {
+                return Ok(None);
+            };
+            let count = parse_i64_strict(&buf[body..header_end])
+                .ok_or(RespError::InvalidMultibulkLength)?;
+            let mut position = header_end + 2;
+            if count == -1 {
+                return Ok(Some(position));
+            }
+            if count < 0 {
+                return Err(RespError::InvalidMultibulkLength);
+            }
+            if count > MAX_ARRAY_ELEMENTS as i64 {
+                return Err(RespError::TooManyElements { count });
+            }
+            for _ in 0..count {
+                let Some(next) = skip_reply_at(buf, position, depth + 1)? else {
+                    return Ok(None);
+                };
+                position = next;
+            }
+            Ok(Some(position))
+        }
+        other => Err(RespError::UnexpectedReplyType { found: other }),
+    }
+}
+
 /// The `\r` of a header line already validated by [`find_line_end`].
 fn find_line_end_unchecked(buf: &[u8], start: usize) -> usize {
     start
@@ -727,9 +793,15 @@ mod tests {
                 Some((value.clone(), bytes.len())),
                 "{value:?}"
             );
+            assert_eq!(reply_len(&bytes).unwrap(), Some(bytes.len()), "{value:?}");
             for cut in 0..bytes.len() {
                 assert_eq!(
                     parse_reply(&bytes[..cut]).unwrap(),
+                    None,
+                    "{value:?} cut at {cut}"
+                );
+                assert_eq!(
+                    reply_len(&bytes[..cut]).unwrap(),
                     None,
                     "{value:?} cut at {cut}"
                 );
@@ -759,6 +831,13 @@ mod tests {
         assert_eq!(parse_reply(b":1x\r\n"), Err(RespError::InvalidInteger));
         let deep = b"*1\r\n".repeat(MAX_REPLY_DEPTH + 2);
         assert_eq!(parse_reply(&deep), Err(RespError::TooDeep));
+        assert_eq!(reply_len(b"_\r\n").unwrap(), Some(3));
+        assert_eq!(
+            reply_len(b"%1\r\n"),
+            Err(RespError::UnexpectedReplyType { found: b'%' })
+        );
+        assert_eq!(reply_len(b":1x\r\n"), Err(RespError::InvalidInteger));
+        assert_eq!(reply_len(&deep), Err(RespError::TooDeep));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! they were given justify (no allocation sized from an untrusted length).
 
 use proptest::prelude::*;
-use stator_kv::resp::{encode_command, parse_command, parse_reply};
+use stator_kv::resp::{encode_command, parse_command, parse_reply, reply_len};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
@@ -94,6 +94,12 @@ proptest! {
         if let Ok(Some((_, consumed))) = result {
             prop_assert!(consumed > 0 && consumed <= input.len());
         }
+    }
+
+    #[test]
+    fn reply_len_agrees_with_the_reply_parser(input in prop_oneof![resp_like_bytes(), prop::collection::vec(any::<u8>(), 0..256)]) {
+        let parsed = parse_reply(&input).map(|reply| reply.map(|(_, used)| used));
+        prop_assert_eq!(reply_len(&input), parsed);
     }
 
     #[test]

@@ -7,13 +7,19 @@
 //! choice depends only on the log, so every replica forgets the same client.
 
 use crate::types::CommandReply;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::hash_map::Entry as MapEntry;
+use std::collections::BTreeMap;
 
 /// Clients remembered per group. A forgotten client that retries a very old request
 /// gets it applied again, so this is sized well above the number of gateways and SDK
 /// clients a partition sees at once.
 pub const MAX_SESSIONS: usize = 65_536;
+
+/// A remembered reply's buffer up to this size (or twice the new reply's) is reused for
+/// the client's next reply instead of allocating a new one.
+const REUSED_REPLY_BUFFER_BYTES: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Session {
@@ -35,7 +41,10 @@ pub enum SessionCheck {
 /// The per-group session table.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sessions {
-    by_client: HashMap<u64, Session>,
+    /// Fx-hashed: one multiply per lookup instead of SipHash, on the path of every write.
+    /// Client ids are random 64-bit numbers drawn by gateways and SDK clients, not keys a
+    /// client picks to collide, and the table is bounded by [`MAX_SESSIONS`].
+    by_client: FxHashMap<u64, Session>,
     /// `last_at -> client`, oldest first, for deterministic eviction.
     by_age: BTreeMap<(u64, u32), u64>,
 }
@@ -61,17 +70,39 @@ impl Sessions {
         if client_id == 0 {
             return;
         }
-        if let Some(old) = self.by_client.get(&client_id) {
-            self.by_age.remove(&old.last_at);
+        // One lookup; a known client's stored reply reuses its buffer (a copy, no
+        // allocation, in the common case of a client writing again and again).
+        let previous_at = match self.by_client.entry(client_id) {
+            MapEntry::Occupied(mut occupied) => {
+                let session = occupied.get_mut();
+                let previous_at = session.last_at;
+                session.last_seq = seq;
+                session.last_at = at;
+                match (&mut session.last_reply, reply) {
+                    // Not a buffer far larger than the reply: one big reply must not pin
+                    // its memory for as long as the client is remembered.
+                    (CommandReply::Applied(stored), CommandReply::Applied(bytes))
+                        if stored.capacity() <= REUSED_REPLY_BUFFER_BYTES.max(bytes.len() * 2) =>
+                    {
+                        stored.clear();
+                        stored.extend_from_slice(bytes.as_slice());
+                    }
+                    (stored, reply) => *stored = reply.clone(),
+                }
+                Some(previous_at)
+            }
+            MapEntry::Vacant(vacant) => {
+                vacant.insert(Session {
+                    last_seq: seq,
+                    last_reply: reply.clone(),
+                    last_at: at,
+                });
+                None
+            }
+        };
+        if let Some(previous_at) = previous_at {
+            self.by_age.remove(&previous_at);
         }
-        self.by_client.insert(
-            client_id,
-            Session {
-                last_seq: seq,
-                last_reply: reply.clone(),
-                last_at: at,
-            },
-        );
         self.by_age.insert(at, client_id);
         while self.by_client.len() > MAX_SESSIONS {
             let (_, oldest) = self
@@ -110,8 +141,17 @@ mod tests {
         assert_eq!(s.check(7, 2), SessionCheck::Apply);
         s.record(7, 2, (10, 1), &reply("b"));
         assert_eq!(
+            s.check(7, 2),
+            SessionCheck::Duplicate(reply("b")),
+            "the stored reply is replaced, not appended to"
+        );
+        s.record(7, 3, (11, 0), &CommandReply::AppFailed("boom".into()));
+        s.record(7, 4, (12, 0), &reply("c"));
+        assert_eq!(s.check(7, 4), SessionCheck::Duplicate(reply("c")));
+        assert_eq!(s.len(), 1);
+        assert_eq!(
             s.check(7, 1),
-            SessionCheck::Duplicate(CommandReply::StaleSequence { last_seq: 2 })
+            SessionCheck::Duplicate(CommandReply::StaleSequence { last_seq: 4 })
         );
         assert_eq!(
             s.check(0, 1),

@@ -15,6 +15,15 @@ use commands::Output;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// With `--features mimalloc`, mimalloc instead of glibc's malloc: the RESP path allocates
+/// per command (argument vectors, replies, log entries, futures) on many threads, and
+/// glibc's malloc/free was a quarter of a leader's CPU in the profiles (docs/BENCHMARKS.md,
+/// "Where a cluster-mode leader's CPU goes"). Off by default: an idle agent's RSS per
+/// replica grew ten-fold with it (docs/BENCHMARKS.md, session 8).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL_ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// stator: an orchestrator for stateful, real-time services.
 #[derive(Parser)]
 #[command(name = "stator", version, about, long_about = None)]

@@ -134,17 +134,40 @@ async fn perform<B: Backend>(
     work: Work,
     resp3: Option<Shape>,
 ) -> Finished {
-    let Work::Batch {
-        routes,
-        partition,
-        commands,
-    } = work
-    else {
-        let mut done = perform_one(backend, index, work).await;
-        if let Some(shape) = resp3 {
-            done.reply = resp3::convert(done.reply, shape);
+    let (routes, partition, commands) = match work {
+        Work::Batch {
+            routes,
+            partition,
+            commands,
+        } => (routes, partition, commands),
+        // The other hot unit: one command to a leader (a lone client's every command).
+        Work::Forward {
+            routes,
+            partition,
+            slot,
+            kind,
+            payload,
+            blocking: None,
+        } => {
+            let reply = backend
+                .execute(routes, partition, slot, kind, payload)
+                .await;
+            let reply = match resp3 {
+                Some(shape) => resp3::convert(reply, shape),
+                None => reply,
+            };
+            return Finished::One(Done::reply(index, reply, Some(slot)));
         }
-        return Finished::One(done);
+        // Boxed: the rare units (fan-out over every partition, WATCH, blocking pops) have
+        // large futures, and inline they would size the future of every batch, which
+        // `serve` moves into its `FuturesUnordered` once per unit.
+        work => {
+            let mut done = Box::pin(perform_one(backend, index, work)).await;
+            if let Some(shape) = resp3 {
+                done.reply = resp3::convert(done.reply, shape);
+            }
+            return Finished::One(done);
+        }
     };
     let count = commands.len();
     let mut requests = Vec::with_capacity(count);

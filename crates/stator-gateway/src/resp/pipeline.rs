@@ -13,8 +13,9 @@
 //! another read sees), so [`all_reads`] batches are sent as separate concurrent reads and
 //! keep the replicas' cheap read path.
 
+use stator_kv::resp::reply_len;
 use stator_kv::transaction::EXEC_COMMAND;
-use stator_kv::{parse_reply, queued_command_error, Value};
+use stator_kv::{queued_command_error, Value};
 use stator_replication::RequestKind;
 
 /// Whether `argv` may travel inside a pipeline batch: the kv machine would queue it in a
@@ -75,8 +76,9 @@ pub fn split(reply: Vec<u8>, count: usize) -> Vec<Vec<u8>> {
     if let Some((n, mut at)) = array_len(&reply).filter(|(n, _)| *n == count) {
         let mut replies = Vec::with_capacity(n);
         while replies.len() < n {
-            match parse_reply(&reply[at..]) {
-                Ok(Some((_, used))) => {
+            // Cut out, not parsed: no value is built for a reply that is only forwarded.
+            match reply_len(&reply[at..]) {
+                Ok(Some(used)) => {
                     replies.push(reply[at..at + used].to_vec());
                     at += used;
                 }

@@ -232,8 +232,11 @@ impl KvMachine {
         }
         let mut replies = Vec::with_capacity(layout.commands.len());
         self.in_transaction = true;
+        let mut argv = argv;
         for range in layout.commands {
-            let queued = argv[range].to_vec();
+            // Moved out, not copied: each queued command's keys and values go into the
+            // keyspace as the client sent them (the ranges do not overlap).
+            let queued: Vec<Vec<u8>> = argv[range].iter_mut().map(std::mem::take).collect();
             debug_assert!(lookup(&queued[0]).is_some());
             replies.push(self.execute(queued));
         }
