@@ -873,6 +873,25 @@ struct ScaleUp<'a> {
     zone_pool_counts: FxHashMap<(&'a str, &'a str), usize>,
 }
 
+impl<'a> ScaleUp<'a> {
+    /// Plans a new node of `pool` holding `need`: picks its zone, counts the node in its
+    /// pool and opens its bin. Returns the zone.
+    fn open_node(&mut self, pool: &'a PoolSpec, need: &UnmetNeed) -> String {
+        let zone = self.pick_zone(pool, need);
+        *self.counts.entry(pool.name.as_str()).or_insert(0) += 1;
+        let mut bin = Bin {
+            zone_ix: self.zones.of(&zone),
+            zone: zone.clone(),
+            free: pool.capacity,
+            partitions: Vec::new(),
+            labels: &pool.labels,
+        };
+        bin.put(need);
+        self.bins.push(bin);
+        zone
+    }
+}
+
 impl ScaleUp<'_> {
     fn has_room(&self, p: &PoolSpec) -> bool {
         self.counts.get(p.name.as_str()).copied().unwrap_or(0) < p.max_nodes
@@ -1039,17 +1058,7 @@ fn scale_up_one_group(s: &mut ScaleUp, rest: Vec<usize>, x: u64, plan: &mut Scal
         if !s.has_room(pool) || added >= MAX_NODES_PER_SCALEUP {
             continue;
         }
-        let zone = s.pick_zone(pool, need);
-        *s.counts.entry(pool.name.as_str()).or_insert(0) += 1;
-        let mut bin = Bin {
-            zone_ix: s.zones.of(&zone),
-            zone: zone.clone(),
-            free: pool.capacity,
-            partitions: Vec::new(),
-            labels: &pool.labels,
-        };
-        bin.put(need);
-        s.bins.push(bin);
+        let zone = s.open_node(pool, need);
         plan.new_node_of[i] = Some(added);
         added += 1;
         plan.actions.push(Action::AddNode {
@@ -1087,17 +1096,7 @@ fn add_node_per_need(
             _ => fitting.into_iter().next(),
         };
         let Some(pool) = pool else { continue };
-        let zone = s.pick_zone(pool, need);
-        *s.counts.entry(pool.name.as_str()).or_insert(0) += 1;
-        let mut bin = Bin {
-            zone_ix: s.zones.of(&zone),
-            zone: zone.clone(),
-            free: pool.capacity,
-            partitions: Vec::new(),
-            labels: &pool.labels,
-        };
-        bin.put(need);
-        s.bins.push(bin);
+        let zone = s.open_node(pool, need);
         plan.new_node_of[i] = Some(plan.actions.len());
         plan.actions.push(Action::AddNode {
             pool: pool.name.clone(),
