@@ -231,20 +231,9 @@ async fn perform_one<B: Backend>(backend: &B, index: u64, work: Work) -> Done {
                 Err(error) => Done::reply(index, error.to_bytes(), None),
             }
         }
-        Work::Forward {
-            routes,
-            partition,
-            slot,
-            kind,
-            payload,
-            blocking: None,
-        } => Done::reply(
-            index,
-            backend
-                .execute(routes, partition, slot, kind, payload)
-                .await,
-            Some(slot),
-        ),
+        Work::Forward { blocking: None, .. } => {
+            unreachable!("plain forwards are performed by `perform`")
+        }
         Work::Forward {
             routes,
             partition,
