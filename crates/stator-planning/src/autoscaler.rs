@@ -232,8 +232,13 @@ pub fn autoscale(
         let mut part = state.view_partition(n, view, d);
         let members = part.map_or(0, |p| view.members_at(p).len()) as u32;
         if members < d.min_replicas {
-            repair_partition(view, d, members, desired, &mut round);
+            let repaired = repair_partition(view, d, members, desired, &mut round);
             part = state.view_partition(n, view, d);
+            if repaired && members > 0 {
+                // The members' sizing (`desired`) was for the survivors alone; the
+                // next round sizes all of them for the load split again.
+                continue;
+            }
         }
         if let Some(part) = part {
             resize_or_move_members(view, d, part, desired, cfg, &mut round);
@@ -314,11 +319,19 @@ fn repair_partition(
     members: u32,
     desired: u64,
     round: &mut Round,
-) {
+) -> bool {
     if members < d.min_replicas {
         let missing = d.min_replicas - members;
+        // `desired` sizes the survivors for the whole load; once the replacement
+        // joins, the load splits over `min_replicas` members again, so it is sized
+        // for that share (smaller, it finds a node sooner).
+        let cpu_millis = if members > 0 {
+            (desired * members as u64).div_ceil(d.min_replicas as u64)
+        } else {
+            desired
+        };
         let resources = Resources {
-            cpu_millis: desired,
+            cpu_millis,
             ..d.base_resources
         };
         let req = PlacementRequest {
@@ -336,6 +349,7 @@ fn repair_partition(
                         resources,
                     });
                 }
+                return true;
             }
             Err(_) => {
                 let zones_used = zones_of(view, &view.partition_nodes(&d.service, d.partition));
@@ -348,6 +362,7 @@ fn repair_partition(
             }
         }
     }
+    false
 }
 
 /// Phases 2 and 3: each member's request follows `desired` (vertical); a raise its

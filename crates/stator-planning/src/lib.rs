@@ -52,8 +52,8 @@ pub use autoscaler::{
     PartitionScalerState, PoolChoice, UnmetNeed,
 };
 pub use consolidator::{
-    consolidate, consolidate_with_headroom, plan_merges, ConsolidatorConfig, ConsolidatorState,
-    Merge,
+    consolidate, consolidate_with_headroom, plan_merges, plan_replacements, ConsolidatorConfig,
+    ConsolidatorState, Merge, MergeConfig,
 };
 pub use forecast::{ForecastConfig, Forecaster};
 pub use pools::{BootingNode, PoolSpec};
