@@ -318,8 +318,9 @@ pub fn slots(shape: &Resources, free: &Resources) -> u64 {
     }
 }
 
-/// A replacement planned by [`plan_merges`]: `new_nodes` new nodes of `pool` in `zone`
-/// take every replica of `nodes` (all in that zone, more of them than `new_nodes`),
+/// A replacement planned by [`plan_replacements`]: `new_nodes` new nodes of `pool` in
+/// `zone` take every replica of `nodes` (all in that zone, more of them than
+/// `new_nodes`, or one node swapped for one node of a cheaper pool),
 /// which are then released.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Merge {
@@ -338,10 +339,13 @@ fn one() -> u32 {
     1
 }
 
-/// A group replacement fills its new nodes' CPU to at most this: they are packed at
-/// the trough and must hold the morning's growth in place. At
-/// [`MERGE_MAX_CPU_FILL`] the ramp-up after the trough found the packed nodes full
-/// (seeds 1-10 of mmo-diurnal: SLO violations up to 57,000 partition-seconds).
+/// A group replacement fills its new nodes' CPU to at most this by default
+/// ([`MergeConfig::group_cpu_fill`]): they are packed at the trough and must hold
+/// the morning's growth in place. At [`MERGE_MAX_CPU_FILL`], without swaps, the
+/// ramp-up after the trough found the packed nodes full (seeds 1-10 of
+/// mmo-diurnal: SLO violations up to 57,000 partition-seconds). The simulator's
+/// stator fills to 0.75 and turns swaps on, which take the packed general-purpose
+/// nodes back to compute nodes as the load rises (docs/PLANNING.md).
 pub const MERGE_GROUP_MAX_CPU_FILL: f64 = 0.5;
 
 /// Most nodes one replacement takes (bounds the packing work per zone and the moves
