@@ -1257,6 +1257,45 @@ mod tests {
     }
 
     #[test]
+    fn a_replacement_is_sized_for_its_share_of_the_load() {
+        let mut view = three_zone_view(4000);
+        view.add_node(Node::new(4, "c", "small", Resources::new(4000, 16000), 0.1));
+        let mut st = PartitionScalerState::default();
+        let cfg = PartitionScalerConfig::default();
+        autoscale(&mut view, &[demand(0, 700)], &[], &[], &mut st, &cfg, 0);
+        let lost = view
+            .partition_nodes("s", 0)
+            .into_iter()
+            .find(|&n| view.zone_of(n) == Some("c"))
+            .expect("a member in zone c");
+        view.remove_node(lost);
+        // 2,100m over two survivors: each sized for 1,050m (1,500m at 0.7); the
+        // replacement takes a third of the load once it joins: 1,000m.
+        let used = per_member_used_millis(2100.0, 2, 3);
+        let acts = autoscale(&mut view, &[demand(0, used)], &[], &[], &mut st, &cfg, 15);
+        assert_eq!(acts.len(), 1, "{acts:?}");
+        assert!(
+            matches!(&acts[0], Action::Place { resources, .. } if resources.cpu_millis == 1000),
+            "{acts:?}"
+        );
+        let zones: std::collections::BTreeSet<&str> = view
+            .partition_nodes("s", 0)
+            .into_iter()
+            .filter_map(|n| view.zone_of(n))
+            .collect();
+        assert_eq!(zones.len(), 3, "the replacement goes to the lost zone");
+        // The next round sizes all three from the stabilisation window, which still
+        // holds the survivors' 1,500m: the replacement grows in place (and all
+        // shrink once the window has passed).
+        let acts = autoscale(&mut view, &[demand(0, 700)], &[], &[], &mut st, &cfg, 30);
+        assert!(
+            acts.iter()
+                .all(|a| matches!(a, Action::Resize { to, .. } if to.cpu_millis == 1500)),
+            "{acts:?}"
+        );
+    }
+
+    #[test]
     fn adds_cheapest_fitting_pool_node_in_a_free_zone() {
         let mut view = three_zone_view(2000);
         let mut st = PartitionScalerState::default();
