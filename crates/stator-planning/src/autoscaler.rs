@@ -232,8 +232,13 @@ pub fn autoscale(
         let mut part = state.view_partition(n, view, d);
         let members = part.map_or(0, |p| view.members_at(p).len()) as u32;
         if members < d.min_replicas {
-            repair_partition(view, d, members, desired, &mut round);
+            let repaired = repair_partition(view, d, members, desired, &mut round);
             part = state.view_partition(n, view, d);
+            if repaired && members > 0 {
+                // The members' sizing (`desired`) was for the survivors alone; the
+                // next round sizes all of them for the load split again.
+                continue;
+            }
         }
         if let Some(part) = part {
             resize_or_move_members(view, d, part, desired, cfg, &mut round);
@@ -314,11 +319,19 @@ fn repair_partition(
     members: u32,
     desired: u64,
     round: &mut Round,
-) {
+) -> bool {
     if members < d.min_replicas {
         let missing = d.min_replicas - members;
+        // `desired` sizes the survivors for the whole load; once the replacement
+        // joins, the load splits over `min_replicas` members again, so it is sized
+        // for that share (smaller, it finds a node sooner).
+        let cpu_millis = if members > 0 {
+            (desired * members as u64).div_ceil(d.min_replicas as u64)
+        } else {
+            desired
+        };
         let resources = Resources {
-            cpu_millis: desired,
+            cpu_millis,
             ..d.base_resources
         };
         let req = PlacementRequest {
@@ -336,6 +349,7 @@ fn repair_partition(
                         resources,
                     });
                 }
+                return true;
             }
             Err(_) => {
                 let zones_used = zones_of(view, &view.partition_nodes(&d.service, d.partition));
@@ -348,6 +362,7 @@ fn repair_partition(
             }
         }
     }
+    false
 }
 
 /// Phases 2 and 3: each member's request follows `desired` (vertical); a raise its
@@ -1237,6 +1252,45 @@ mod tests {
         assert!(
             acts.iter()
                 .all(|a| matches!(a, Action::Resize { to, .. } if to.cpu_millis == 500)),
+            "{acts:?}"
+        );
+    }
+
+    #[test]
+    fn a_replacement_is_sized_for_its_share_of_the_load() {
+        let mut view = three_zone_view(4000);
+        view.add_node(Node::new(4, "c", "small", Resources::new(4000, 16000), 0.1));
+        let mut st = PartitionScalerState::default();
+        let cfg = PartitionScalerConfig::default();
+        autoscale(&mut view, &[demand(0, 700)], &[], &[], &mut st, &cfg, 0);
+        let lost = view
+            .partition_nodes("s", 0)
+            .into_iter()
+            .find(|&n| view.zone_of(n) == Some("c"))
+            .expect("a member in zone c");
+        view.remove_node(lost);
+        // 2,100m over two survivors: each sized for 1,050m (1,500m at 0.7); the
+        // replacement takes a third of the load once it joins: 1,000m.
+        let used = per_member_used_millis(2100.0, 2, 3);
+        let acts = autoscale(&mut view, &[demand(0, used)], &[], &[], &mut st, &cfg, 15);
+        assert_eq!(acts.len(), 1, "{acts:?}");
+        assert!(
+            matches!(&acts[0], Action::Place { resources, .. } if resources.cpu_millis == 1000),
+            "{acts:?}"
+        );
+        let zones: std::collections::BTreeSet<&str> = view
+            .partition_nodes("s", 0)
+            .into_iter()
+            .filter_map(|n| view.zone_of(n))
+            .collect();
+        assert_eq!(zones.len(), 3, "the replacement goes to the lost zone");
+        // The next round sizes all three from the stabilisation window, which still
+        // holds the survivors' 1,500m: the replacement grows in place (and all
+        // shrink once the window has passed).
+        let acts = autoscale(&mut view, &[demand(0, 700)], &[], &[], &mut st, &cfg, 30);
+        assert!(
+            acts.iter()
+                .all(|a| matches!(a, Action::Resize { to, .. } if to.cpu_millis == 1500)),
             "{acts:?}"
         );
     }

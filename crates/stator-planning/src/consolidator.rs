@@ -318,8 +318,9 @@ pub fn slots(shape: &Resources, free: &Resources) -> u64 {
     }
 }
 
-/// A replacement planned by [`plan_merges`]: `new_nodes` new nodes of `pool` in `zone`
-/// take every replica of `nodes` (all in that zone, more of them than `new_nodes`),
+/// A replacement planned by [`plan_replacements`]: `new_nodes` new nodes of `pool` in
+/// `zone` take every replica of `nodes` (all in that zone, more of them than
+/// `new_nodes`, or one node swapped for one node of a cheaper pool),
 /// which are then released.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Merge {
@@ -338,10 +339,13 @@ fn one() -> u32 {
     1
 }
 
-/// A group replacement fills its new nodes' CPU to at most this: they are packed at
-/// the trough and must hold the morning's growth in place. At
-/// [`MERGE_MAX_CPU_FILL`] the ramp-up after the trough found the packed nodes full
-/// (seeds 1-10 of mmo-diurnal: SLO violations up to 57,000 partition-seconds).
+/// A group replacement fills its new nodes' CPU to at most this by default
+/// ([`MergeConfig::group_cpu_fill`]): they are packed at the trough and must hold
+/// the morning's growth in place. At [`MERGE_MAX_CPU_FILL`], without swaps, the
+/// ramp-up after the trough found the packed nodes full (seeds 1-10 of
+/// mmo-diurnal: SLO violations up to 57,000 partition-seconds). The simulator's
+/// stator fills to 0.75 and turns swaps on, which take the packed general-purpose
+/// nodes back to compute nodes as the load rises (docs/PLANNING.md).
 pub const MERGE_GROUP_MAX_CPU_FILL: f64 = 0.5;
 
 /// Most nodes one replacement takes (bounds the packing work per zone and the moves
@@ -395,6 +399,7 @@ fn replace_group<'p>(
     counts: &BTreeMap<String, u32>,
     zone: &str,
     group: &[NodeId],
+    cpu_fill: f64,
 ) -> Option<(&'p PoolSpec, u32, f64)> {
     let price: f64 = group
         .iter()
@@ -410,7 +415,7 @@ fn replace_group<'p>(
             .max_nodes
             .saturating_sub(counts.get(&p.name).copied().unwrap_or(0));
         let bin = Resources::new(
-            (p.capacity.cpu_millis as f64 * MERGE_GROUP_MAX_CPU_FILL) as u64,
+            (p.capacity.cpu_millis as f64 * cpu_fill) as u64,
             (p.capacity.memory_mib as f64 * MERGE_MAX_MEMORY_FILL) as u64,
         );
         for k in 1..group.len() as u32 {
@@ -453,12 +458,75 @@ pub const MERGE_MAX_CANDIDATES_PER_ZONE: usize = 48;
 /// nodes. Replacements stay in one zone, so zone spread is kept; two members of a
 /// partition never share a node. CPU-only, long-running nodes only; at most `max_merges` per call. Pure: the
 /// caller provisions the nodes and, once they are ready, moves the replicas (live).
+/// The defaults of [`MergeConfig`] with `max_merges`; see [`plan_replacements`].
 pub fn plan_merges(
     view: &ClusterView,
     pools: &[PoolSpec],
     pool_counts: &BTreeMap<String, u32>,
     busy_nodes: &[NodeId],
     max_merges: usize,
+) -> Vec<Merge> {
+    plan_replacements(
+        view,
+        pools,
+        pool_counts,
+        busy_nodes,
+        &MergeConfig {
+            max_merges,
+            ..MergeConfig::default()
+        },
+    )
+}
+
+/// What [`plan_replacements`] may plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MergeConfig {
+    /// Most replacements per call.
+    pub max_merges: usize,
+    /// Whether groups of three or more nodes may be replaced by fewer (the caller
+    /// allows it while the load is not rising: the new nodes are packed tight).
+    pub groups: bool,
+    /// Whether pairs of nodes may be replaced by one node (filled to
+    /// [`MERGE_MAX_CPU_FILL`]).
+    pub pairs: bool,
+    /// A group replacement fills its new nodes' CPU to at most this
+    /// ([`MERGE_GROUP_MAX_CPU_FILL`] by default).
+    pub group_cpu_fill: f64,
+    /// Whether single nodes may be swapped for a cheaper node of another pool with
+    /// at least their CPU ([`SWAP_MAX_PRICE_SHARE`]).
+    pub swaps: bool,
+}
+
+impl Default for MergeConfig {
+    fn default() -> Self {
+        MergeConfig {
+            max_merges: 2,
+            groups: true,
+            pairs: true,
+            group_cpu_fill: MERGE_GROUP_MAX_CPU_FILL,
+            swaps: false,
+        }
+    }
+}
+
+/// A node is swapped for one node of another pool only when that costs at most this
+/// share of its price (gp-16 -> c-16 on mmo-diurnal: 0.885): a boot and the moves
+/// must pay for themselves within the hour.
+pub const SWAP_MAX_PRICE_SHARE: f64 = 0.9;
+
+/// [`plan_merges`] with its limits in `cfg`, and swaps: after the groups and pairs,
+/// a node whose replicas fit (memory within [`MERGE_MAX_MEMORY_FILL`]) one node of a
+/// pool with at least its CPU capacity, costing at most [`SWAP_MAX_PRICE_SHARE`] of
+/// it, is replaced by that node (Karpenter's replacement): a 64 GiB general-purpose
+/// node left CPU-bound by the day's load becomes a compute-optimised one with the
+/// same cores. A swap never leaves less CPU room than the node had, so it is safe
+/// while the load rises.
+pub fn plan_replacements(
+    view: &ClusterView,
+    pools: &[PoolSpec],
+    pool_counts: &BTreeMap<String, u32>,
+    busy_nodes: &[NodeId],
+    cfg: &MergeConfig,
 ) -> Vec<Merge> {
     let mut counts = pool_counts.clone();
     let mut by_zone: BTreeMap<&str, Vec<NodeId>> = BTreeMap::new();
@@ -494,17 +562,19 @@ pub fn plan_merges(
         // Groups of three or more (the least CPU-requested first) replaced by fewer
         // nodes: what a pair cannot reach when each node of the pair is full of memory
         // (three 32 GiB nodes into two of 64 GiB). The largest saving wins.
-        if nodes.len() >= 3 && merges.len() < max_merges {
+        if cfg.groups && nodes.len() >= 3 && merges.len() < cfg.max_merges {
             let best = (3..=nodes.len().min(MERGE_MAX_GROUP))
                 .filter_map(|m| {
-                    replace_group(view, pools, &counts, zone, &nodes[..m]).map(|(p, k, cost)| {
-                        let price: f64 = nodes[..m]
-                            .iter()
-                            .filter_map(|&n| view.node(n))
-                            .map(|n| n.price_per_hour)
-                            .sum();
-                        (m, p, k, price - cost)
-                    })
+                    replace_group(view, pools, &counts, zone, &nodes[..m], cfg.group_cpu_fill).map(
+                        |(p, k, cost)| {
+                            let price: f64 = nodes[..m]
+                                .iter()
+                                .filter_map(|&n| view.node(n))
+                                .map(|n| n.price_per_hour)
+                                .sum();
+                            (m, p, k, price - cost)
+                        },
+                    )
                 })
                 .max_by(|a, b| a.3.total_cmp(&b.3));
             if let Some((m, pool, k, _)) = best {
@@ -519,7 +589,10 @@ pub fn plan_merges(
             }
         }
         for i in 0..nodes.len() {
-            if merges.len() >= max_merges {
+            if !cfg.pairs {
+                break;
+            }
+            if merges.len() >= cfg.max_merges {
                 return merges;
             }
             if used[i] {
@@ -569,8 +642,60 @@ pub fn plan_merges(
                 }
             }
         }
+        if cfg.swaps {
+            for i in 0..nodes.len() {
+                if merges.len() >= cfg.max_merges {
+                    return merges;
+                }
+                if used[i] {
+                    continue;
+                }
+                if let Some(pool) = swap_pool(view, pools, &counts, zone, nodes[i]) {
+                    *counts.entry(pool.name.clone()).or_insert(0) += 1;
+                    used[i] = true;
+                    merges.push(Merge {
+                        pool: pool.name.clone(),
+                        zone: zone.to_string(),
+                        nodes: vec![nodes[i]],
+                        new_nodes: 1,
+                    });
+                }
+            }
+        }
     }
     merges
+}
+
+/// The cheapest pool (CPU-only, unlabelled, with room, in `zone`) whose node holds
+/// everything on `id` within [`MERGE_MAX_MEMORY_FILL`] of its memory, has at least
+/// `id`'s CPU capacity and costs at most [`SWAP_MAX_PRICE_SHARE`] of it.
+fn swap_pool<'p>(
+    view: &ClusterView,
+    pools: &'p [PoolSpec],
+    counts: &BTreeMap<String, u32>,
+    zone: &str,
+    id: NodeId,
+) -> Option<&'p PoolSpec> {
+    let node = view.node(id)?;
+    let alloc = view.allocated(id)?;
+    pools
+        .iter()
+        .filter(|p| {
+            p.name != node.pool
+                && p.labels.is_empty()
+                && p.capacity.gpu_milli == 0
+                && p.zones.iter().any(|z| z == zone)
+                && counts.get(&p.name).copied().unwrap_or(0) < p.max_nodes
+                && p.capacity.cpu_millis >= node.capacity.cpu_millis
+                && alloc.cpu_millis <= p.capacity.cpu_millis
+                && alloc.memory_mib as f64 <= p.capacity.memory_mib as f64 * MERGE_MAX_MEMORY_FILL
+                && p.price_per_hour <= node.price_per_hour * SWAP_MAX_PRICE_SHARE
+        })
+        .min_by(|x, y| {
+            x.price_per_hour
+                .total_cmp(&y.price_per_hour)
+                .then(x.name.cmp(&y.name))
+        })
 }
 
 #[cfg(test)]
@@ -748,6 +873,69 @@ mod tests {
         assert!(plan_merges(&view, &pools, &counts, &[], 4).is_empty());
         // Busy nodes are left alone.
         assert!(plan_merges(&view, &pools, &counts, &[1], 4).is_empty());
+    }
+
+    #[test]
+    fn a_cpu_bound_general_purpose_node_is_swapped_for_a_compute_node() {
+        let pool = |name: &str, mem: u64, price: f64| PoolSpec {
+            name: name.into(),
+            capacity: Resources::new(16000, mem),
+            price_per_hour: price,
+            boot_delay_s: 0,
+            min_nodes: 0,
+            max_nodes: 10,
+            zones: vec!["a".into()],
+            labels: Default::default(),
+        };
+        let pools = vec![pool("c-16", 32768, 0.68), pool("gp-16", 65536, 0.768)];
+        let cpu = |p: u32, node: NodeId, mem: u64| Replica {
+            resources: Resources::new(3800, mem),
+            ..lr(p, node, 0)
+        };
+        // Node 1: 15.2 cores and 16 GiB on a 64 GiB node: a c-16 holds it for 0.885
+        // of the price. Node 2: 40 GiB, which no c-16 holds.
+        let view = ClusterView::from_parts(
+            vec![
+                Node::new(1, "a", "gp-16", Resources::new(16000, 65536), 0.768),
+                Node::new(2, "a", "gp-16", Resources::new(16000, 65536), 0.768),
+            ],
+            vec![
+                cpu(0, 1, 4096),
+                cpu(1, 1, 4096),
+                cpu(2, 1, 4096),
+                cpu(3, 1, 4096),
+                cpu(4, 2, 10240),
+                cpu(5, 2, 10240),
+                cpu(6, 2, 10240),
+                cpu(7, 2, 10240),
+            ],
+        );
+        let counts = BTreeMap::from([("gp-16".to_string(), 2)]);
+        let cfg = MergeConfig {
+            max_merges: 4,
+            groups: false,
+            pairs: false,
+            swaps: true,
+            ..MergeConfig::default()
+        };
+        let merges = plan_replacements(&view, &pools, &counts, &[], &cfg);
+        assert_eq!(
+            merges,
+            vec![Merge {
+                pool: "c-16".into(),
+                zone: "a".into(),
+                nodes: vec![1],
+                new_nodes: 1,
+            }]
+        );
+        // Off by default (plan_merges), and never to a pool with fewer cores.
+        assert!(plan_merges(&view, &pools, &counts, &[], 4).is_empty());
+        let small = vec![PoolSpec {
+            capacity: Resources::new(8000, 65536),
+            price_per_hour: 0.3,
+            ..pool("small", 65536, 0.3)
+        }];
+        assert!(plan_replacements(&view, &small, &counts, &[], &cfg).is_empty());
     }
 
     #[test]

@@ -29,7 +29,10 @@
 //!   from its measured errors, for predictive (ahead-of-the-ramp) sizing.
 //! - [`consolidator`]: release empty nodes, empty under-used ones by live migration
 //!   under a disruption budget, never below quorum or against anti-affinity; replace
-//!   pairs of nodes of the wrong shape by one cheaper node ([`plan_merges`]).
+//!   nodes of the wrong shape ([`plan_replacements`], [`MergeConfig`]): pairs and
+//!   groups of memory-bound nodes by fewer nodes of a cheaper-for-memory pool (the
+//!   night), and single nodes by a cheaper node of another pool with the same cores
+//!   (swaps: the day's CPU-bound general-purpose nodes back to compute-optimised).
 //! - [`baseline`]: the Kubernetes baselines for side-by-side comparison: `k8s-default`
 //!   (HPA v2 replica calculator and behaviour, Cluster Autoscaler, node lifecycle
 //!   timings) and `k8s-tuned`'s parts (VPA-style requests, Karpenter-like
@@ -52,8 +55,8 @@ pub use autoscaler::{
     PartitionScalerState, PoolChoice, UnmetNeed,
 };
 pub use consolidator::{
-    consolidate, consolidate_with_headroom, plan_merges, ConsolidatorConfig, ConsolidatorState,
-    Merge,
+    consolidate, consolidate_with_headroom, plan_merges, plan_replacements, ConsolidatorConfig,
+    ConsolidatorState, Merge, MergeConfig,
 };
 pub use forecast::{ForecastConfig, Forecaster};
 pub use pools::{BootingNode, PoolSpec};

@@ -263,3 +263,110 @@ proptest! {
         }
     }
 }
+
+fn shaped_pools() -> Vec<PoolSpec> {
+    let pool = |name: &str, cpu: u64, mem: u64, price: f64| PoolSpec {
+        name: name.into(),
+        capacity: Resources::new(cpu, mem),
+        price_per_hour: price,
+        boot_delay_s: 60,
+        min_nodes: 0,
+        max_nodes: 1000,
+        zones: ZONES.iter().map(|z| z.to_string()).collect(),
+        labels: Default::default(),
+    };
+    vec![
+        pool("gp-4", 4000, 16384, 0.192),
+        pool("gp-16", 16000, 65536, 0.768),
+        pool("c-16", 16000, 32768, 0.68),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The night's repack and the day's swaps (`plan_replacements` with groups,
+    /// pairs and swaps, carried out as the simulator does: new nodes of the pool in
+    /// the zone, every replica moved first fit decreasing) never change a
+    /// partition's member count or its set of zones (each member stays in its zone),
+    /// never put two members on one node, never exceed a node's capacity and never
+    /// cost more per hour than the nodes replaced.
+    #[test]
+    fn replacements_keep_every_partition_in_its_zones(
+        nodes in prop::collection::vec((0usize..3, 0usize..3), 3..14),
+        parts in prop::collection::vec((100u64..4000, 512u64..9000), 1..24),
+        fill in 0.5f64..0.95,
+        max_merges in 1usize..6,
+    ) {
+        use stator_planning::consolidator::pack_first_fit;
+        use stator_planning::{plan_replacements, MergeConfig};
+        let pools = shaped_pools();
+        let mut view = ClusterView::from_parts(
+            nodes.iter().enumerate().map(|(i, &(z, p))| {
+                let spec = &pools[p];
+                Node::new(i as u64 + 1, ZONES[z], &spec.name, spec.capacity, spec.price_per_hour)
+            }).collect(),
+            vec![],
+        );
+        for (i, &(cpu, mem)) in parts.iter().enumerate() {
+            let req = PlacementRequest::long_running("s", i as u32, 3, Resources::new(cpu, mem));
+            if let Ok(placed) = place_partition(&view, &req, Policy::Cost) {
+                for n in placed {
+                    view.add_replica(Replica { service: "s".into(), partition: i as u32, node: n, resources: req.resources, kind: WorkloadKind::LongRunning, expected_end_s: None, state_bytes: 1 });
+                }
+            }
+        }
+        let zones_of = |view: &ClusterView| -> BTreeMap<(String, u32), Vec<String>> {
+            view.partition_keys().into_iter().map(|(s, p)| {
+                let mut z: Vec<String> = view.partition_nodes(&s, p).iter().map(|&n| view.zone_of(n).unwrap().to_string()).collect();
+                z.sort();
+                ((s, p), z)
+            }).collect()
+        };
+        let before = zones_of(&view);
+        let shape_before = shape(&view);
+        let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+        for n in view.nodes() {
+            *counts.entry(n.pool.clone()).or_insert(0) += 1;
+        }
+        let cfg = MergeConfig { max_merges, groups: true, pairs: true, group_cpu_fill: fill, swaps: true };
+        let merges = plan_replacements(&view, &pools, &counts, &[], &cfg);
+        prop_assert!(merges.len() <= max_merges);
+        let mut next_id = 1000;
+        let mut seen = BTreeSet::new();
+        for m in merges {
+            let spec = pools.iter().find(|p| p.name == m.pool).unwrap();
+            let old_price: f64 = m.nodes.iter().map(|&n| view.node(n).unwrap().price_per_hour).sum();
+            prop_assert!(spec.price_per_hour * m.new_nodes as f64 <= old_price + 1e-9, "{m:?} costs more");
+            prop_assert!(m.new_nodes as usize <= m.nodes.len());
+            for &n in &m.nodes {
+                prop_assert!(seen.insert(n), "node {n} in two replacements");
+                prop_assert_eq!(view.zone_of(n).unwrap(), m.zone.as_str());
+            }
+            let new: Vec<u64> = (0..m.new_nodes).map(|_| { next_id += 1; next_id }).collect();
+            for &id in &new {
+                view.add_node(Node::new(id, &m.zone, &spec.name, spec.capacity, spec.price_per_hour));
+            }
+            let slots: Vec<usize> = m.nodes.iter().flat_map(|&n| view.replicas_on(n).to_vec()).collect();
+            let items: Vec<(Resources, (String, u32))> = slots.iter().map(|&s| {
+                let r = view.replica(s).unwrap();
+                (r.resources, (r.service.clone(), r.partition))
+            }).collect();
+            let borrowed: Vec<(Resources, (&str, u32))> = items.iter().map(|(r, (s, p))| (*r, (s.as_str(), *p))).collect();
+            let bins: Vec<Resources> = new.iter().map(|&id| view.free(id).unwrap()).collect();
+            let at = pack_first_fit(&borrowed, &bins);
+            prop_assert!(at.is_some(), "{m:?}: the planned nodes do not hold the replicas");
+            for (&slot, b) in slots.iter().zip(at.unwrap()) {
+                view.move_replica(slot, new[b]);
+            }
+            for &n in &m.nodes {
+                prop_assert!(view.replicas_on(n).is_empty());
+                view.remove_node(n);
+            }
+        }
+        check_capacity(&view);
+        prop_assert_eq!(zones_of(&view), before);
+        let shape_after = shape(&view);
+        check_no_worse(&shape_before, &shape_after);
+    }
+}

@@ -28,9 +28,9 @@ use stator_planning::baseline::{
 use stator_planning::consolidator::{pack_first_fit, slots};
 use stator_planning::pools::pool_counts;
 use stator_planning::{
-    autoscale, per_member_used_millis, place_partition, plan_merges, plan_new_nodes, Action,
+    autoscale, per_member_used_millis, place_partition, plan_new_nodes, plan_replacements, Action,
     BootingNode, ClusterView, ConsolidatorConfig, ConsolidatorState, ForecastConfig,
-    LabelRequirement, Merge, Node, NodeId, PartitionDemand, PartitionScalerConfig,
+    LabelRequirement, Merge, MergeConfig, Node, NodeId, PartitionDemand, PartitionScalerConfig,
     PartitionScalerState, PlacementRequest, PoolChoice, PoolSpec, Replica, ReplicaSlot, Resources,
     SpreadDomain, UnmetNeed,
 };
@@ -334,6 +334,14 @@ const FORECAST_EXTRA_HORIZON_S: u64 = 180;
 /// stator: most node-pair replacements started per round (each boots a node and moves
 /// two nodes' replicas).
 const MAX_MERGES_PER_ROUND: usize = 2;
+
+/// stator: a group replacement (started only while the load is not rising) fills its
+/// new nodes' CPU to at most this. The planning crate's conservative default
+/// (`MERGE_GROUP_MAX_CPU_FILL`, 0.5) rarely let the trough's memory-bound c-16 nodes
+/// become gp-16 ones; at 0.75 they do, and the swaps (`MergeConfig::swaps`) take the
+/// gp-16 nodes back to c-16 as the day's load makes them CPU-bound. Measured on
+/// mmo-diurnal seeds 1-10 (docs/PLANNING.md, issue 11 session 9).
+const GROUP_CPU_FILL: f64 = 0.75;
 
 /// stator starts replacements only while the total load has not risen over this
 /// window (half an hour: long against the tick's noise, short against the day).
@@ -881,23 +889,24 @@ impl<'a> Sim<'a> {
     /// stator: plans replacements of node pairs by one cheaper node while nothing
     /// else moves (no migration in flight, no node booting, none under way).
     fn start_merges(&mut self) {
-        if !self.merges.is_empty()
-            || self.in_flight > 0
-            || !self.booting.is_empty()
-            || (!self.parts.is_empty() && !self.load_not_rising())
-        {
+        if !self.merges.is_empty() || self.in_flight > 0 || !self.booting.is_empty() {
             return;
         }
+        // Groups and pairs pack nodes tight: only while the load holds or falls.
+        // Swaps keep the CPU room, so they go on while it rises (the morning's way
+        // back from the night's general-purpose nodes to compute nodes).
+        let rising = !self.parts.is_empty() && !self.load_not_rising();
+        let cfg = MergeConfig {
+            max_merges: MAX_MERGES_PER_ROUND,
+            groups: !rising,
+            pairs: !rising,
+            group_cpu_fill: GROUP_CPU_FILL,
+            swaps: true,
+        };
         let booting: Vec<BootingNode> = Vec::new();
         let counts = pool_counts(&self.view, &booting);
         let busy = self.busy_nodes();
-        for m in plan_merges(
-            &self.view,
-            &self.pools,
-            &counts,
-            &busy,
-            MAX_MERGES_PER_ROUND,
-        ) {
+        for m in plan_replacements(&self.view, &self.pools, &counts, &busy, &cfg) {
             let mut waiting = Vec::new();
             for _ in 0..m.new_nodes {
                 waiting.push(self.next_token);
