@@ -6,8 +6,9 @@
 //! last [`begin`]. That is exact only while one write is in flight in the whole process
 //! (one client, hosts in one process sharing the clock, as the benchmark runs them); with
 //! two followers, a follower stage is the first of the two (the one that makes the
-//! quorum). Marks outside a write ([`begin`] not called since the last [`take`]) are
-//! kept too, so a reader discards the writes whose stages are not in order.
+//! quorum). A stage counts only once the stage before it is marked, so the slower
+//! follower's answer to the previous write is not taken for this one's; [`medians`]
+//! still discards the writes whose stages are not all there, in order.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -125,9 +126,28 @@ pub fn mark(stage: Stage) {
 
 #[cold]
 fn mark_now(stage: Stage) {
+    // A stage counts only after the one before it: a mark from the slower follower
+    // still busy with the previous write (or a stray message) is not taken for this
+    // write's.
+    if let Some(before) = required_before(stage) {
+        if MARKS[before as usize].load(Ordering::Relaxed) == 0 {
+            return;
+        }
+    }
     // Never 0: 0 means "not seen".
     let t = (epoch().elapsed().as_nanos() as u64).max(1);
     let _ = MARKS[stage as usize].compare_exchange(0, t, Ordering::Relaxed, Ordering::Relaxed);
+}
+
+/// The stage that must be marked before `stage` counts: the one before it on the path,
+/// skipping [`Stage::Applied`] (marked by the app, if at all).
+fn required_before(stage: Stage) -> Option<Stage> {
+    let i = stage as usize;
+    ALL[..i]
+        .iter()
+        .rev()
+        .find(|s| **s != Stage::Applied)
+        .copied()
 }
 
 /// Starts a write: forgets every mark, then marks [`Stage::ClientSend`].
@@ -215,14 +235,20 @@ mod tests {
         enable(true);
         begin();
         mark(Stage::Propose);
+        assert_eq!(take()[Stage::Propose as usize], 0, "not before its predecessor");
+        for stage in [Stage::LeaderRead, Stage::LeaderHandle, Stage::Propose] {
+            mark(stage);
+        }
         let first = take()[Stage::Propose as usize];
+        assert_ne!(first, 0);
         mark(Stage::Propose);
-        assert_eq!(
-            take()[Stage::Propose as usize],
-            first,
-            "the first mark stays"
-        );
+        assert_eq!(take()[Stage::Propose as usize], first, "the first mark stays");
         assert!(take()[Stage::ClientSend as usize] <= first);
+        for stage in &ALL[Stage::AppendSend as usize..=Stage::AppendAcked as usize] {
+            mark(*stage);
+        }
+        mark(Stage::Committed);
+        assert_ne!(take()[Stage::Committed as usize], 0, "Applied is optional");
         enable(false);
     }
 }
