@@ -217,7 +217,7 @@ mod tests {
         late[Stage::Propose as usize] = 1; // a stray mark before the write began
         let mut missing = write(2_000);
         missing[Stage::FollowerRead as usize] = 0;
-        let (medians, used) = medians(&[write(0), write(500), late, missing]);
+        let (medians, used) = medians(&[write(100), write(500), late, missing]);
         assert_eq!(used, 2);
         assert_eq!(medians[0], (Stage::ClientSend, 0, 0));
         assert_eq!(medians[3], (Stage::Propose, 10, 30));
@@ -235,14 +235,22 @@ mod tests {
         enable(true);
         begin();
         mark(Stage::Propose);
-        assert_eq!(take()[Stage::Propose as usize], 0, "not before its predecessor");
+        assert_eq!(
+            take()[Stage::Propose as usize],
+            0,
+            "not before its predecessor"
+        );
         for stage in [Stage::LeaderRead, Stage::LeaderHandle, Stage::Propose] {
             mark(stage);
         }
         let first = take()[Stage::Propose as usize];
         assert_ne!(first, 0);
         mark(Stage::Propose);
-        assert_eq!(take()[Stage::Propose as usize], first, "the first mark stays");
+        assert_eq!(
+            take()[Stage::Propose as usize],
+            first,
+            "the first mark stays"
+        );
         assert!(take()[Stage::ClientSend as usize] <= first);
         for stage in &ALL[Stage::AppendSend as usize..=Stage::AppendAcked as usize] {
             mark(*stage);
