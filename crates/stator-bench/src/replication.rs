@@ -15,11 +15,13 @@ use super::hosts::HostThreads;
 use super::latency::{Recorder, Run};
 use async_trait::async_trait;
 use rand::Rng;
+use stator_api::app::{AppError, StateMachine};
 use stator_api::ids::GroupId;
 use stator_api::slot::{key_slot, partition_of_slot};
 use stator_api::spec::Durability;
 use stator_harness::resp::Connection;
 use stator_harness::servers::{etcd_put, start_etcd, start_redis_with_replica};
+use stator_replication::timeline::{self, Stage, STAGES};
 use stator_replication::{GroupOptions, ReplicaClient, RequestKind};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -164,6 +166,20 @@ async fn start_stator(
     options: GroupOptions,
     data_root: &std::path::Path,
 ) -> anyhow::Result<(HostThreads, Groups, String)> {
+    start_stator_with(replicas, partitions, options, data_root, |_| {
+        Box::new(stator_kv::KvMachine::default())
+    })
+    .await
+}
+
+/// [`start_stator`] with each host's app built by `make_app(node_id)`.
+async fn start_stator_with(
+    replicas: usize,
+    partitions: u32,
+    options: GroupOptions,
+    data_root: &std::path::Path,
+    make_app: fn(u64) -> Box<dyn StateMachine>,
+) -> anyhow::Result<(HostThreads, Groups, String)> {
     let secret = format!("{:032x}", rand::random::<u128>());
     let groups: Vec<GroupId> = (0..partitions).map(|p| GroupId::new(1, p)).collect();
     let (threads, hosts) = HostThreads::start(replicas as u64, &secret, Some(data_root)).await?;
@@ -173,12 +189,11 @@ async fn start_stator(
         .collect();
     let all_groups = groups.clone();
     threads
-        .run_on_all(move |_, host| {
+        .run_on_all(move |node_id, host| {
             let groups = all_groups.clone();
             async move {
                 for g in &groups {
-                    host.create_group(*g, options, Box::new(stator_kv::KvMachine::default()))
-                        .await?;
+                    host.create_group(*g, options, make_app(node_id)).await?;
                 }
                 Ok(())
             }
@@ -497,4 +512,259 @@ where
         ));
     }
     Ok(())
+}
+
+/// Round trips of the loopback floor measurement.
+const FLOOR_ROUND_TRIPS: usize = 20_000;
+/// Bytes of one floor message: about one replicated 100-byte `SET`'s frame.
+const FLOOR_MESSAGE_BYTES: usize = 160;
+
+/// Where one replicated write's time goes, at 1 client, beside this machine's floors.
+#[derive(Debug, serde::Serialize)]
+pub struct TimelineReport {
+    /// Writes whose every stage was seen, in order.
+    pub writes: usize,
+    /// Per stage: its name, the p50 since the stage before it and since the client sent
+    /// the write, in microseconds.
+    pub stages: Vec<(String, f64, f64)>,
+    /// p50 of one write end to end in the same run (client send to client has reply), us.
+    pub write_p50_us: f64,
+    /// p50 of one round trip of a 160-byte message between two tokio tasks over loopback
+    /// TCP, each on its own thread and single-threaded runtime (as the hosts run), us.
+    pub loopback_round_trip_p50_us: f64,
+    /// Redis, 1 client, `SET` alone and `SET` + `WAIT 1 0`: p50 us (`None`: not run).
+    pub redis_set_p50_us: Option<f64>,
+    /// See [`TimelineReport::redis_set_p50_us`].
+    pub redis_set_wait_p50_us: Option<f64>,
+}
+
+/// The kv machine, marking [`Stage::Applied`] as it applies (on the host that leads).
+struct TimedApply(stator_kv::KvMachine);
+
+#[async_trait]
+impl StateMachine for TimedApply {
+    async fn apply(
+        &mut self,
+        index: u64,
+        time_ms: u64,
+        command: &[u8],
+    ) -> Result<Vec<u8>, AppError> {
+        timeline::mark(Stage::Applied);
+        self.0.apply(index, time_ms, command).await
+    }
+    async fn query(&mut self, time_ms: u64, request: &[u8]) -> Result<Vec<u8>, AppError> {
+        self.0.query(time_ms, request).await
+    }
+    async fn snapshot(&mut self) -> Result<Vec<u8>, AppError> {
+        self.0.snapshot().await
+    }
+    async fn restore(&mut self, snapshot: &[u8]) -> Result<(), AppError> {
+        self.0.restore(snapshot).await
+    }
+    fn state_bytes(&self) -> u64 {
+        self.0.state_bytes()
+    }
+}
+
+/// `--timeline`: one client's writes to one group (bootstrapped, so led, by node 1, whose
+/// app marks the apply), each timestamped at every [`Stage`] (see
+/// `stator_replication::timeline`), for `opts.duration` after the warm-up; then the
+/// loopback floor and Redis's own 1-client `SET` and `SET` + `WAIT 1 0` p50.
+pub async fn timeline(opts: &Options) -> anyhow::Result<TimelineReport> {
+    let data_root = tempfile::tempdir()?;
+    let options = GroupOptions {
+        durability: opts.durability,
+        ..GroupOptions::default()
+    };
+    let (hosts, groups, secret) =
+        start_stator_with(opts.replicas, 1, options, data_root.path(), |node| {
+            if node == 1 {
+                Box::new(TimedApply(stator_kv::KvMachine::default()))
+            } else {
+                Box::new(stator_kv::KvMachine::default())
+            }
+        })
+        .await?;
+    eprintln!("stator: {} replicas, 1 client, timeline ...", opts.replicas);
+    let (group, members) = groups[0].clone();
+    let client = ReplicaClient::new(&secret);
+    let mut leader = None;
+    let value = vec![b'v'; opts.value_bytes];
+    let start = Instant::now();
+    let mut marks = Vec::new();
+    timeline::enable(true);
+    while start.elapsed() < WARMUP + opts.duration {
+        let key = format!("key:{}", rand::thread_rng().gen_range(0..KEY_SPACE));
+        let cmd = stator_kv::encode_command(&[b"SET".as_slice(), key.as_bytes(), &value]);
+        timeline::begin();
+        let reply = client
+            .execute(
+                group,
+                &members,
+                &mut leader,
+                RequestKind::Write,
+                cmd,
+                OP_DEADLINE,
+            )
+            .await;
+        timeline::mark(Stage::ClientRecv);
+        if start.elapsed() >= WARMUP && matches!(reply.as_deref(), Ok(b"+OK\r\n")) {
+            marks.push(timeline::take());
+        }
+    }
+    timeline::enable(false);
+    drop(hosts);
+    let (medians, writes) = timeline::medians(&marks);
+    anyhow::ensure!(
+        writes > 0,
+        "no write passed every stage in order ({} writes): did node 1 lose the lead?",
+        marks.len()
+    );
+    let us = |ns: u64| (ns as f64 / 100.0).round() / 10.0;
+    let stages: Vec<(String, f64, f64)> = medians
+        .iter()
+        .map(|(stage, step, total)| (stage.name().to_string(), us(*step), us(*total)))
+        .collect();
+    let write_p50_us = stages[STAGES - 1].2;
+    eprintln!("loopback floor: {FLOOR_ROUND_TRIPS} round trips ...");
+    let loopback_round_trip_p50_us = tokio::task::spawn_blocking(loopback_round_trip_p50).await??;
+    let (redis_set_p50_us, redis_set_wait_p50_us) = if opts.skip.iter().any(|s| s == "redis") {
+        (None, None)
+    } else {
+        redis_one_client_p50s(opts).await?
+    };
+    Ok(TimelineReport {
+        writes,
+        stages,
+        write_p50_us,
+        loopback_round_trip_p50_us,
+        redis_set_p50_us,
+        redis_set_wait_p50_us,
+    })
+}
+
+/// Prints a [`TimelineReport`] as a table (stderr), and as one JSON line with `json`.
+pub fn print_timeline(report: &TimelineReport, json: bool) {
+    eprintln!(
+        "{:<36} {:>10} {:>12}",
+        "stage (1 client, p50)", "step_us", "since_send"
+    );
+    for (name, step, total) in &report.stages {
+        eprintln!("{name:<36} {step:>10.1} {total:>12.1}");
+    }
+    eprintln!("writes with every stage in order: {}", report.writes);
+    eprintln!(
+        "loopback round trip p50 (tokio, two threads): {:.1} us",
+        report.loopback_round_trip_p50_us
+    );
+    let show = |v: Option<f64>| v.map_or("not run".to_string(), |v| format!("{v:.1} us"));
+    eprintln!(
+        "redis 1 client p50: SET {}, SET + WAIT 1 0 {}",
+        show(report.redis_set_p50_us),
+        show(report.redis_set_wait_p50_us)
+    );
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(report).expect("report serialises")
+        );
+    }
+}
+
+/// One round trip of a [`FLOOR_MESSAGE_BYTES`] message between two tokio tasks over
+/// loopback TCP, each on its own thread with a single-threaded runtime: p50 in us.
+fn loopback_round_trip_p50() -> anyhow::Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        runtime()?.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            let (mut s, _) = listener.accept().await?;
+            s.set_nodelay(true)?;
+            let mut buf = [0u8; FLOOR_MESSAGE_BYTES];
+            while s.read_exact(&mut buf).await.is_ok() {
+                s.write_all(&buf).await?;
+            }
+            Ok(())
+        })
+    });
+    let client = std::thread::spawn(move || -> anyhow::Result<f64> {
+        let mut rec = Recorder::default();
+        runtime()?.block_on(async {
+            let mut s = tokio::net::TcpStream::connect(addr).await?;
+            s.set_nodelay(true)?;
+            let mut buf = [7u8; FLOOR_MESSAGE_BYTES];
+            for i in 0..FLOOR_ROUND_TRIPS + FLOOR_ROUND_TRIPS / 10 {
+                let t0 = Instant::now();
+                s.write_all(&buf).await?;
+                s.read_exact(&mut buf).await?;
+                // The first tenth warms up.
+                if i >= FLOOR_ROUND_TRIPS / 10 {
+                    rec.record(t0.elapsed());
+                }
+            }
+            anyhow::Ok(())
+        })?;
+        Ok(rec.histogram.value_at_quantile(0.5) as f64)
+    });
+    let p50 = client
+        .join()
+        .map_err(|_| anyhow::anyhow!("floor client thread panicked"))??;
+    echo.join()
+        .map_err(|_| anyhow::anyhow!("echo thread panicked"))??;
+    Ok(p50)
+}
+
+/// Redis, 1 client, for `opts.duration` each: `SET` alone, then `SET` + `WAIT 1 0`
+/// (p50 us each); `None`s when redis-server is missing.
+async fn redis_one_client_p50s(opts: &Options) -> anyhow::Result<(Option<f64>, Option<f64>)> {
+    let redis = match start_redis_with_replica().await {
+        Ok(redis) => redis,
+        Err(e) => {
+            eprintln!("redis baselines skipped: {e}");
+            return Ok((None, None));
+        }
+    };
+    let addr = redis.endpoints[0].as_str();
+    eprintln!("redis: SET, 1 client ...");
+    let set = Connection::connect(addr).await?;
+    let (rec, _) = drive(
+        vec![Box::new(RedisSetDriver { conn: set })],
+        opts.value_bytes,
+        opts.duration,
+    )
+    .await;
+    let set_p50 = rec.histogram.value_at_quantile(0.5) as f64;
+    eprintln!("redis: SET + WAIT 1 0, 1 client ...");
+    let wait = RedisWaitDriver {
+        conn: Connection::connect(addr).await?,
+        frames: Vec::new(),
+    };
+    let (rec, _) = drive(vec![Box::new(wait)], opts.value_bytes, opts.duration).await;
+    Ok((
+        Some(set_p50),
+        Some(rec.histogram.value_at_quantile(0.5) as f64),
+    ))
+}
+
+/// A plain Redis `SET` (no `WAIT`): the machine's floor for one RESP write.
+struct RedisSetDriver {
+    conn: Connection,
+}
+
+#[async_trait]
+impl Driver for RedisSetDriver {
+    async fn write(&mut self, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+        let frame = stator_kv::encode_command(&[b"SET".as_slice(), key, value]);
+        let reply = self.conn.pipeline(&frame, 1).await?;
+        anyhow::ensure!(!reply[0].is_error(), "SET failed: {:?}", reply[0]);
+        Ok(())
+    }
 }

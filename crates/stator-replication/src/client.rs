@@ -3,9 +3,9 @@
 //! Calls bound for the same host that wait at the same moment travel as one
 //! [`Request::ClientBatch`] frame: a call queues for its host; up to
 //! [`MAX_FRAMES_IN_FLIGHT`] sender tasks per host take whatever has queued (flushing as
-//! soon as the queue is non-empty, never waiting for a batch to fill) and send it. On the
-//! lone-call paths (on unless [`crate::transport::LONE_CALL_PATHS_ENV`] is `0`), a call that finds nothing queued and a
-//! sender slot free sends itself, from its own task (no hand-off for a lone call). The host serves a frame's writes as one log entry per group.
+//! soon as the queue is non-empty, never waiting for a batch to fill) and send it. A call
+//! that finds nothing queued and a sender slot free sends itself, from its own task (no
+//! hand-off for a lone call). The host serves a frame's writes as one log entry per group.
 
 use crate::tls::{TlsConfig, TlsError, TransportTls};
 use crate::transport::{Request, Response, Transport, TransportConfig, TransportError};
@@ -278,7 +278,7 @@ impl ReplicaClient {
                 None => queues.entry(addr.to_string()).or_default().clone(),
             }
         };
-        if crate::transport::lone_paths_enabled() && queue.claim_alone() {
+        if queue.claim_alone() {
             let _slot = AloneSlot {
                 transport: &self.transport,
                 addr,

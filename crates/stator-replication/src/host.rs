@@ -10,6 +10,7 @@ use crate::quiesce::{
 use crate::read_index::{leadership, lease_duration, LeaseCheck, ReadIndex, RoundResult};
 use crate::state_machine::ReplicaStateMachine;
 use crate::stats::{CommitLatency, LatencyWindow};
+use crate::timeline::{self, Stage};
 use crate::tls::{TlsConfig, TlsError, TransportTls};
 use crate::transport::{
     Handler, LinkFilter, PeerInfo, Request, Response, Transport, TransportConfig,
@@ -1180,10 +1181,6 @@ async fn submit_writes(replica: &Arc<Replica>, writes: Vec<ClientRequest>) -> Ve
         .unzip();
     if !replica.writes.batching() {
         propose(replica, batch).await;
-    } else if !crate::transport::lone_paths_enabled() {
-        if replica.writes.push_all(batch) {
-            tokio::spawn(propose_writes(replica.clone()));
-        }
     } else if replica.writes.push_all(batch) {
         // This task took a proposer slot: it proposes one batch itself (its own writes and
         // whatever queued with them, with no hand-off to another task: a lone write's
@@ -1266,6 +1263,7 @@ async fn propose(
     // A storage failure (a full disk) stops the Raft core; the batch's clients must hear
     // that at once rather than wait out their deadlines, whatever openraft does with the
     // pending write meanwhile.
+    timeline::mark(Stage::Propose);
     let result = tokio::select! {
         result = replica.raft.client_write(command) => result,
         why = core_stopped(&replica.raft) => {
@@ -1275,6 +1273,7 @@ async fn propose(
             return;
         }
     };
+    timeline::mark(Stage::Committed);
     match result {
         Ok(resp) => {
             // Committed: a quorum accepted this term's messages sent after `started`.
@@ -1435,7 +1434,13 @@ impl Handler for HostHandler {
                     // `crate::quiesce`). After the append, so its election timer restarts
                     // from this message.
                     let busy = !rpc.entries.is_empty();
+                    if busy {
+                        timeline::mark(Stage::FollowerHandle);
+                    }
                     let result = r.raft.append_entries(rpc).await;
+                    if busy {
+                        timeline::mark(Stage::FollowerAppended);
+                    }
                     if busy && result.is_ok() {
                         r.quiet.wake_unless_forming(&r.raft);
                     }
@@ -1473,18 +1478,20 @@ impl Handler for HostHandler {
                 None => Response::NoGroup,
             },
             Request::Client(group, req) => {
+                timeline::mark(Stage::LeaderHandle);
                 Response::Client(serve_client(&self.inner, group, req).await)
             }
             // Polled in order, every write of the frame joins the replica's write queue
             // before any proposer runs, so they travel as one entry.
-            Request::ClientBatch(calls) => Response::ClientBatch(
+            Request::ClientBatch(calls) => Response::ClientBatch({
+                timeline::mark(Stage::LeaderHandle);
                 futures::future::join_all(
                     calls
                         .into_iter()
                         .map(|(group, req)| serve_client(&self.inner, group, req)),
                 )
-                .await,
-            ),
+                .await
+            }),
             Request::Elect(group) => match self.replica(group) {
                 Some(r) => {
                     r.quiet.wake(&r.raft);

@@ -30,6 +30,9 @@
 //! - [`stats`]: per-replica throughput and latency windows; the node's cumulative
 //!   commit-latency histogram.
 //! - [`traffic`]: transport bytes sent and received per peer node.
+//! - [`timeline`]: one write's path timestamped stage by stage (client, leader, follower,
+//!   commit, reply), off unless a benchmark turns it on (`stator bench replication
+//!   --timeline`).
 //! - `testing` (cargo feature `testing`, for tests only; a crate's dev-dependency turns it
 //!   on): an in-process cluster with faults (kill, cut, drop, delay) and a register app.
 
@@ -46,6 +49,7 @@ pub mod state_machine;
 pub mod stats;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod timeline;
 pub mod tls;
 pub mod traffic;
 pub mod transport;

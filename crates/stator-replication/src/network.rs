@@ -1,5 +1,6 @@
 //! openraft's network traits over the shared [`Transport`].
 
+use crate::timeline::{self, Stage};
 use crate::transport::{Request, Response, Transport, TransportError};
 use crate::types::{GroupId, NodeId, TypeConfig};
 use openraft::error::{
@@ -111,6 +112,10 @@ impl RaftNetwork<TypeConfig> for GroupPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        let traced = timeline::enabled() && !rpc.entries.is_empty();
+        if traced {
+            timeline::mark(Stage::AppendSend);
+        }
         let resp = self
             .transport
             .call_node(
@@ -121,6 +126,9 @@ impl RaftNetwork<TypeConfig> for GroupPeer {
             )
             .await
             .map_err(|e| map_err(self, &option, e))?;
+        if traced {
+            timeline::mark(Stage::AppendAcked);
+        }
         match resp {
             Response::Append(r) => r.map_err(|e| {
                 RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))

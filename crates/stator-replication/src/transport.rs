@@ -4,14 +4,15 @@
 //! travels as a length-prefixed frame over one connection per (caller, callee) pair.
 //! Frames carry a request id, so many requests are in flight at once. Frames queue for the
 //! connection's writer task, which coalesces whatever is queued into one `write`
-//! (batching under load); on the lone-call paths (on unless [`LONE_CALL_PATHS_ENV`] is `0`), a frame is written straight
-//! from the task that sends it when the connection is idle (see `FrameWriter`). Connections start with a challenge-response handshake proving both
+//! (batching under load); a frame is written straight from the task that sends it when
+//! the connection is idle (the lone-call path, see `FrameWriter`). Connections start with a challenge-response handshake proving both
 //! sides know the cluster secret; with [`TransportConfig::tls`] set, the connection is
 //! first wrapped in mutual TLS 1.3 (see [`crate::tls`]) and that handshake runs inside it.
 //!
 //! # Wire format
 //! `u32` big-endian length, then that many bytes of a postcard-encoded [`Message`].
 
+use crate::timeline::{self, Stage};
 use crate::tls::TransportTls;
 use crate::traffic::{CountingReader, PeerCounters, Traffic};
 use crate::types::{ClientReply, ClientRequest, GroupId, NodeId, TypeConfig};
@@ -58,23 +59,6 @@ const FIRST_READ_BYTES: usize = 64 << 10;
 /// Bumped on any incompatible change of [`Message`] (2: batched log entries and client
 /// calls; 3: quiet groups and liveness pings).
 pub const PROTOCOL_VERSION: u32 = 3;
-
-/// Environment variable that, set to `0`, turns off the lone-call paths (a frame written
-/// straight from its sender, a lone client call sent from its own task, a lone write
-/// proposed by the task that received it). On by default since session 8: the whole test
-/// suite passed with them, and quiet-machine A/B pairs favoured them (docs/BENCHMARKS.md);
-/// the switch keeps that A/B possible in one binary. Unit tests always run with them on.
-pub const LONE_CALL_PATHS_ENV: &str = "STATOR_LONE_CALL_PATHS";
-
-/// Whether the lone-call paths are on: they are unless [`LONE_CALL_PATHS_ENV`] is `0`
-/// (read once per process; the switch exists for A/B measurements).
-pub fn lone_paths_enabled() -> bool {
-    if cfg!(test) {
-        return true;
-    }
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var(LONE_CALL_PATHS_ENV).map_or(true, |v| v != "0"))
-}
 
 /// Transport failures; openraft treats them as "unreachable" and retries with back-off.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -463,7 +447,7 @@ impl FrameWriter {
     /// is finished by a spawned task holding the write lock, so a dropped caller never
     /// leaves half a frame on the wire.
     async fn send(&self, frame: Vec<u8>) -> Result<(), ()> {
-        if self.queued.load(Ordering::SeqCst) == 0 && lone_paths_enabled() {
+        if self.queued.load(Ordering::SeqCst) == 0 {
             if let Ok(guard) = self.out.clone().try_lock_owned() {
                 // Checked again under the lock: the writer task counts a frame out only
                 // after writing it, so zero here means every earlier frame is out.
@@ -935,6 +919,10 @@ impl Transport {
         let result = loop {
             match read_message(&mut r, &mut buf).await {
                 Ok(Message::Request { id, body }) => {
+                    let traced = timeline::enabled().then(|| traced_request(&body)).flatten();
+                    if let Some((read, _)) = traced {
+                        timeline::mark(read);
+                    }
                     let (handler, peer, writer, this) =
                         (handler.clone(), peer.clone(), writer.clone(), self.clone());
                     tokio::spawn(async move {
@@ -947,6 +935,9 @@ impl Transport {
                             }
                         }
                         let _ = writer.send(encode(&Message::Response { id, body })).await;
+                        if let Some((_, sent)) = traced {
+                            timeline::mark(sent);
+                        }
                     });
                 }
                 Ok(_) => break Err(std::io::Error::other("unexpected message from a caller")),
@@ -959,6 +950,20 @@ impl Transport {
         }
         let _ = writer_task.await;
         result
+    }
+}
+
+/// The [`timeline`] stages of a request a write's path passes (its frame read, its
+/// answer sent): a client call at the leader, an append carrying entries at a follower.
+fn traced_request(body: &Request) -> Option<(Stage, Stage)> {
+    match body {
+        Request::Client(..) | Request::ClientBatch(..) => {
+            Some((Stage::LeaderRead, Stage::ReplySent))
+        }
+        Request::Append(_, rpc) if !rpc.entries.is_empty() => {
+            Some((Stage::FollowerRead, Stage::FollowerReplied))
+        }
+        _ => None,
     }
 }
 
@@ -1002,6 +1007,9 @@ where
         loop {
             match read_message(&mut r, &mut buf).await {
                 Ok(Message::Response { id, body }) => {
+                    if matches!(body, Response::Client(_) | Response::ClientBatch(_)) {
+                        timeline::mark(Stage::ClientReplyRead);
+                    }
                     let waiter = reader_conn
                         .pending
                         .lock()

@@ -662,3 +662,60 @@ async fn the_cheap_in_sync_check_agrees_with_the_membership_step() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A write's commit index reaches the followers even when no later write carries it: the
+/// patched openraft (`vendor/openraft`, `COMMIT_PIGGYBACK_WAIT`) holds a new commit index
+/// back for the next AppendEntries and sends it alone when none comes. Here the leader's
+/// heartbeats and every election timer are off once the group has formed, so nothing else
+/// could carry it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_apply_a_lone_write_without_waiting_for_a_heartbeat() {
+    let cluster = InProcessCluster::start(3, Arc::new(RegisterFactory)).await;
+    let options = GroupOptions {
+        quiesce: false,
+        ..GroupOptions::default()
+    };
+    cluster.create_group(GROUP, &[1, 2, 3], options).await;
+    let leader = cluster.leader(GROUP).await;
+    for host in cluster.hosts.values() {
+        let replica = host.replica(GROUP).unwrap();
+        let config = replica.raft.runtime_config();
+        config.elect(false);
+        config.heartbeat(false);
+    }
+    let rpc = ReplicaClient::new(TEST_SECRET);
+    let write = ClientRequest {
+        client_id: rpc.client_id(),
+        seq: rpc.next_seq(),
+        kind: RequestKind::Write,
+        payload: encode_op(&RegisterOp::Set("k".into(), "v".into())),
+    };
+    let reply = rpc
+        .call(
+            &cluster.addrs[&leader],
+            GROUP,
+            write,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(reply, ClientReply::Ok(_)), "{reply:?}");
+    let applied = cluster.hosts[&leader].status(GROUP).unwrap().applied_index;
+    let deadline = std::time::Instant::now() + stator_replication::testing::WAIT;
+    loop {
+        let behind: Vec<_> = cluster
+            .hosts
+            .iter()
+            .filter(|(_, h)| h.status(GROUP).map(|s| s.applied_index) < Some(applied))
+            .map(|(id, _)| *id)
+            .collect();
+        if behind.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "followers {behind:?} never applied index {applied}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

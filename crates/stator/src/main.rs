@@ -417,6 +417,11 @@ struct ReplicationArgs {
     /// every acknowledgement, as etcd does).
     #[arg(long, default_value = "memory", value_parser = parse_durability)]
     durability: stator_api::spec::Durability,
+    /// Instead of the runs: where one write's time goes, 1 client, p50 per stage of its
+    /// path (client, leader, follower, commit, reply), beside a loopback TCP round trip
+    /// and Redis's own 1-client SET and SET + WAIT 1 0 in the same run.
+    #[arg(long)]
+    timeline: bool,
     /// Print the result as one JSON object on the last line.
     #[arg(long)]
     json: bool,
@@ -916,6 +921,15 @@ async fn bench_replication(args: ReplicationArgs) -> anyhow::Result<()> {
         op,
         durability: args.durability,
     };
+    if args.timeline {
+        anyhow::ensure!(
+            op == bench::replication::Op::Set,
+            "--timeline: measures writes only (--op set)"
+        );
+        let report = bench::replication::timeline(&opts).await?;
+        bench::replication::print_timeline(&report, args.json);
+        return Ok(());
+    }
     let runs = bench::replication::run(&opts).await?;
     bench::print_runs(&runs, args.json);
     Ok(())
