@@ -730,6 +730,42 @@ where
         Ok(())
     }
 
+    /// stator patch: a leader's append that returns before the flush. The store's callback
+    /// is awaited on a spawned task, which reports it to the core as
+    /// [`Notify::LocalLogFlushed`]; the store keeps operations in order, so a later read,
+    /// vote or truncate never overtakes this append.
+    pub(crate) async fn leader_append_to_log<I>(
+        &mut self,
+        entries: I,
+        vote: Vote<C::NodeId>,
+        last_log_id: LogId<C::NodeId>,
+    ) -> Result<(), StorageError<C::NodeId>>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let (tx, rx) = C::AsyncRuntime::oneshot();
+        let log_io_id = LogIOId::new(vote.clone(), Some(last_log_id.clone()));
+        let callback = LogFlushed::new(log_io_id, tx);
+        self.log_store.append(entries, callback).await?;
+        let tx_notify = self.tx_notify.clone();
+        // False positive lint warning(`non-binding `let` on a future`): https://github.com/rust-lang/rust-clippy/issues/9932
+        #[allow(clippy::let_underscore_future)]
+        let _ = C::spawn(async move {
+            let result = match rx.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            let _ = tx_notify.send(Notify::LocalLogFlushed {
+                vote,
+                log_id: last_log_id,
+                result,
+            });
+        });
+        Ok(())
+    }
+
     #[tracing::instrument(level = "debug", skip_all)]
     pub(crate) async fn apply_to_state_machine(
         &mut self,
@@ -1278,6 +1314,19 @@ where
                 }
             }
 
+            Notify::LocalLogFlushed { vote, log_id, result } => {
+                if let Err(e) = result {
+                    // The same error a blocking append returns: the core stops.
+                    return Err(StorageError::from(StorageIOError::write_logs(AnyError::error(e))).into());
+                }
+                // The leader may have changed; then its progress is no longer tracked here.
+                if self.engine.state.vote_ref() == &vote {
+                    if let Ok(mut lh) = self.engine.leader_handler() {
+                        lh.replication_handler().update_local_progress(Some(log_id));
+                    }
+                }
+            }
+
             Notify::Tick { i } => {
                 // check every timer
 
@@ -1637,6 +1686,14 @@ where
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
 
+                // stator patch: a leader does not wait for its own flush before it sends
+                // the entries to its followers: its fsync runs in parallel with theirs, as
+                // in etcd, and its own progress moves when the flush is reported
+                // (`Notify::LocalLogFlushed`). A follower still answers only after its flush.
+                if vote.leader_id().voted_for().as_ref() == Some(&self.id) && vote.is_committed() {
+                    self.leader_append_to_log(entries, vote, last_log_id).await?;
+                    return Ok(None);
+                }
                 self.append_to_log(entries, vote, last_log_id.clone()).await?;
 
                 // The leader may have changed.
