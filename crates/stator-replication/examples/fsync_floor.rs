@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Ways, each `APPENDS` (default [`DEFAULT_APPENDS`]) appends of [`RECORD_BYTES`] bytes,
-//! one after another, each durable before the next starts (a 1-client write):
+//! each durable before the next starts (a 1-client write); the ways take turns, one
+//! append each, so other work on the machine hits them alike:
 //! - `redb-immediate`: one redb transaction (insert, `Durability::Immediate` commit) per
 //!   append, as `disk_store` did per batch before session 9;
 //! - `redb-2pc`: the same with redb's two-phase commit;
@@ -55,22 +56,15 @@ fn report(way: &str, mut micros: Vec<f64>) {
     );
 }
 
-fn timed(appends: usize, mut one: impl FnMut(u64)) -> Vec<f64> {
-    (0..appends as u64)
-        .map(|i| {
-            let started = Instant::now();
-            one(i);
-            started.elapsed().as_secs_f64() * 1e6
-        })
-        .collect()
-}
+/// One way of making an append durable: given the append's number, appends one record.
+type Way = Box<dyn FnMut(u64)>;
 
-fn redb_way(dir: &Path, appends: usize, two_phase: bool) -> Vec<f64> {
+fn redb_way(dir: &Path, two_phase: bool) -> Way {
     let path = dir.join(if two_phase { "2pc.redb" } else { "1pc.redb" });
     let _ = std::fs::remove_file(&path);
     let db = redb::Builder::new().create(&path).expect("create redb");
     let record = vec![7u8; RECORD_BYTES];
-    timed(appends, |i| {
+    Box::new(move |i| {
         let mut txn = db.begin_write().expect("begin");
         txn.set_durability(Durability::Immediate);
         txn.set_two_phase_commit(two_phase);
@@ -82,11 +76,10 @@ fn redb_way(dir: &Path, appends: usize, two_phase: bool) -> Vec<f64> {
     })
 }
 
-fn append_way(dir: &Path, appends: usize) -> Vec<f64> {
-    let path = dir.join("append.log");
-    let mut file = File::create(&path).expect("create log");
+fn append_way(dir: &Path) -> Way {
+    let mut file = File::create(dir.join("append.log")).expect("create log");
     let record = vec![7u8; RECORD_BYTES];
-    timed(appends, |_| {
+    Box::new(move |_| {
         file.write_all(&record).expect("write");
         file.sync_data().expect("fdatasync");
     })
@@ -108,15 +101,11 @@ fn preallocated(dir: &Path, name: &str, appends: usize, odsync: bool) -> File {
     file
 }
 
-fn prealloc_way(dir: &Path, appends: usize, odsync: bool) -> Vec<f64> {
-    let file = preallocated(
-        dir,
-        if odsync { "odsync.log" } else { "prealloc.log" },
-        appends,
-        odsync,
-    );
+fn prealloc_way(dir: &Path, appends: usize, odsync: bool) -> Way {
+    let name = if odsync { "odsync.log" } else { "prealloc.log" };
+    let file = preallocated(dir, name, appends, odsync);
     let record = vec![7u8; RECORD_BYTES];
-    timed(appends, |i| {
+    Box::new(move |i| {
         file.write_all_at(&record, i * RECORD_BYTES as u64)
             .expect("pwrite");
         if !odsync {
@@ -137,10 +126,24 @@ fn main() {
         .map(|n| n.parse().expect("APPENDS is a number"))
         .unwrap_or(DEFAULT_APPENDS);
     std::fs::create_dir_all(&dir).expect("create the directory");
-    report("redb-immediate", redb_way(&dir, appends, false));
-    report("redb-2pc", redb_way(&dir, appends, true));
-    report("append-fdatasync", append_way(&dir, appends));
-    report("prealloc-fdatasync", prealloc_way(&dir, appends, false));
-    report("prealloc-odsync", prealloc_way(&dir, appends, true));
+    let mut ways: Vec<(&str, Way, Vec<f64>)> = vec![
+        ("redb-immediate", redb_way(&dir, false), Vec::new()),
+        ("redb-2pc", redb_way(&dir, true), Vec::new()),
+        ("append-fdatasync", append_way(&dir), Vec::new()),
+        ("prealloc-fdatasync", prealloc_way(&dir, appends, false), Vec::new()),
+        ("prealloc-odsync", prealloc_way(&dir, appends, true), Vec::new()),
+    ];
+    // Round-robin, one append of each way in turn, so a burst of other work on the
+    // machine hits every way alike.
+    for i in 0..appends as u64 {
+        for (_, way, micros) in &mut ways {
+            let started = Instant::now();
+            way(i);
+            micros.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    for (name, _, micros) in ways {
+        report(name, micros);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
