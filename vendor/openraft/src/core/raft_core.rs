@@ -748,6 +748,17 @@ where
         let log_io_id = LogIOId::new(vote.clone(), Some(last_log_id.clone()));
         let callback = LogFlushed::new(log_io_id, tx);
         self.log_store.append(entries, callback).await?;
+        let mut rx = rx;
+        if let Some(flushed) = futures::FutureExt::now_or_never(&mut rx) {
+            // Flushed already (a log in memory): as the blocking path, with no extra hop.
+            flushed
+                .map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?
+                .map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?;
+            if let Ok(mut lh) = self.engine.leader_handler() {
+                lh.replication_handler().update_local_progress(Some(last_log_id));
+            }
+            return Ok(());
+        }
         let tx_notify = self.tx_notify.clone();
         // False positive lint warning(`non-binding `let` on a future`): https://github.com/rust-lang/rust-clippy/issues/9932
         #[allow(clippy::let_underscore_future)]
