@@ -130,8 +130,16 @@ fn main() {
         ("redb-immediate", redb_way(&dir, false), Vec::new()),
         ("redb-2pc", redb_way(&dir, true), Vec::new()),
         ("append-fdatasync", append_way(&dir), Vec::new()),
-        ("prealloc-fdatasync", prealloc_way(&dir, appends, false), Vec::new()),
-        ("prealloc-odsync", prealloc_way(&dir, appends, true), Vec::new()),
+        (
+            "prealloc-fdatasync",
+            prealloc_way(&dir, appends, false),
+            Vec::new(),
+        ),
+        (
+            "prealloc-odsync",
+            prealloc_way(&dir, appends, true),
+            Vec::new(),
+        ),
     ];
     // Round-robin, one append of each way in turn, so a burst of other work on the
     // machine hits every way alike.

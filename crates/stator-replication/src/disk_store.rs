@@ -899,7 +899,10 @@ mod tests {
                 .save_snapshot(&meta, Arc::new(b"the state".to_vec()))
                 .await
                 .unwrap();
-            assert!(store.disk_bytes() > 9, "the snapshot file counts as disk use");
+            assert!(
+                store.disk_bytes() > 9,
+                "the snapshot file counts as disk use"
+            );
         }
         let store = DiskLogStore::open(dir.path(), SyncPolicy::EveryAppend).unwrap();
         let (read_meta, data) = store.take_snapshot_at_open().expect("the snapshot");

@@ -104,7 +104,9 @@ pub fn read(dir: &Path) -> Result<Option<(Vec<u8>, Vec<u8>)>, String> {
         let chunk = READ_CHUNK_BYTES.min(body_len - from as u64);
         let read = (&mut file).take(chunk).read_to_end(&mut body).map_err(io)?;
         if read == 0 {
-            return Err(format!("torn: ended after {from} of {body_len} state bytes"));
+            return Err(format!(
+                "torn: ended after {from} of {body_len} state bytes"
+            ));
         }
         hasher.update(&body[from..]);
     }
@@ -148,7 +150,10 @@ mod tests {
         write(dir.path(), b"m2", b"second").unwrap();
         std::fs::write(dir.path().join(SNAPSHOT_TMP_FILE_NAME), b"half a snap").unwrap();
         let (meta, body) = read(dir.path()).unwrap().unwrap();
-        assert_eq!((meta.as_slice(), body.as_slice()), (&b"m2"[..], &b"second"[..]));
+        assert_eq!(
+            (meta.as_slice(), body.as_slice()),
+            (&b"m2"[..], &b"second"[..])
+        );
         assert!(!dir.path().join(SNAPSHOT_TMP_FILE_NAME).exists());
     }
 }
