@@ -30,6 +30,9 @@ pub const MAX_META_BYTES: u32 = 16 << 20;
 /// Bytes read (and checksummed) at a time: the checksum runs on bytes still in cache.
 const READ_CHUNK_BYTES: u64 = 8 << 20;
 
+/// A snapshot as read: its metadata bytes (postcard) and the state machine's bytes.
+pub type SnapshotBytes = (Vec<u8>, Vec<u8>);
+
 /// The snapshot file of a replica directory.
 pub fn path(dir: &Path) -> PathBuf {
     dir.join(SNAPSHOT_FILE_NAME)
@@ -64,7 +67,7 @@ pub fn write(dir: &Path, meta: &[u8], body: &[u8]) -> std::io::Result<()> {
 
 /// Reads the replica's snapshot: `Ok(None)` when there is none, `Err` (what failed) when
 /// the file is torn or fails its checksum. Removes a leftover temporary file.
-pub fn read(dir: &Path) -> Result<Option<(Vec<u8>, Vec<u8>)>, String> {
+pub fn read(dir: &Path) -> Result<Option<SnapshotBytes>, String> {
     let _ = std::fs::remove_file(dir.join(SNAPSHOT_TMP_FILE_NAME));
     let mut file = match File::open(path(dir)) {
         Ok(file) => file,
