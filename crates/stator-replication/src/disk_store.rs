@@ -32,7 +32,10 @@
 //! - A leader's own append may still be in flight when it sends the entries to its
 //!   followers (the workspace's openraft patch, `RaftCore::leader_append_to_log`): its
 //!   fsync runs in parallel with theirs, and an entry counts towards the leader's own
-//!   progress only once its callback fired. A follower answers only after its fsync.
+//!   progress only once its callback fired. A follower answers only after its fsync, and
+//!   a leader that steps down waits for its last append's flush before it answers
+//!   anyone as a follower (it could otherwise report as matching an entry its disk
+//!   does not hold yet).
 //! - Purge and truncate are written without their own fsync: losing one in a crash
 //!   brings back a state the replica had before, which openraft repairs.
 //! - A write that fails (disk full, IO error) fails its callback and every later one:

@@ -197,6 +197,11 @@ where
     /// such as flushing log to disk, or applying log entries to state machine.
     pub(crate) tx_notify: mpsc::UnboundedSender<Notify<C>>,
 
+    /// stator patch: the task waiting for this leader's last append to be flushed (see
+    /// `leader_append_to_log`). A leader that steps down awaits it first, so that as a
+    /// follower it never reports as matching an entry its own disk may not hold yet.
+    pub(crate) leader_flush: Option<crate::type_config::alias::JoinHandleOf<C, ()>>,
+
     /// A Receiver to receive callback from other components.
     pub(crate) rx_notify: mpsc::UnboundedReceiver<Notify<C>>,
 
@@ -760,9 +765,8 @@ where
             return Ok(());
         }
         let tx_notify = self.tx_notify.clone();
-        // False positive lint warning(`non-binding `let` on a future`): https://github.com/rust-lang/rust-clippy/issues/9932
-        #[allow(clippy::let_underscore_future)]
-        let _ = C::spawn(async move {
+        // The store fires callbacks in order: once this one has, every earlier one has.
+        self.leader_flush = Some(C::spawn(async move {
             let result = match rx.await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(e)) => Err(e),
@@ -773,7 +777,7 @@ where
                 log_id: last_log_id,
                 result,
             });
-        });
+        }));
         Ok(())
     }
 
@@ -1692,6 +1696,11 @@ where
             }
             Command::QuitLeader => {
                 self.leader_data = None;
+                // stator patch: the appends made as leader are on disk before this node
+                // answers anyone as a follower.
+                if let Some(flush) = self.leader_flush.take() {
+                    let _ = flush.await;
+                }
             }
             Command::AppendInputEntries { vote, entries } => {
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
