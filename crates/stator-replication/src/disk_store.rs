@@ -1,10 +1,18 @@
 //! The on-disk Raft log, vote and snapshot of one durable replica.
 //!
-//! One redb file per replica (`<dir>/raft.redb`). Every record carries a CRC-32 of its key
-//! and bytes, checked when the store opens: a replica never serves a record it cannot
-//! prove. The whole log is also kept in memory (it is bounded by the snapshot policy, as
-//! in [`crate::log_store::MemLogStore`]), so reads never touch the disk; the disk is only
-//! written, by one writer thread per replica that applies operations in arrival order.
+//! One redb file per replica (`<dir>/raft.redb`) holds the log, the vote and the commit
+//! index; the snapshot is a file of its own beside it (`<dir>/snapshot.bin`, see
+//! [`crate::snapshot_file`]). Every record carries a CRC-32 of its key and bytes, checked
+//! when the store opens: a replica never serves a record it cannot prove. The log after
+//! the last purge (bounded by the snapshot policy, as in
+//! [`crate::log_store::MemLogStore`]) is also kept in memory, so reads never touch the
+//! disk; the disk is only written, by one writer thread per replica that applies
+//! operations in arrival order.
+//!
+//! # Opening
+//! Opening reads the snapshot file once, checksumming it chunk by chunk as it is read,
+//! into the buffer the state machine decodes (no second copy), and then only the log
+//! records redb still holds: the ones after the last purge.
 //!
 //! # Group commit
 //! The writer takes every operation queued since its last commit into one redb
@@ -19,12 +27,21 @@
 //!   least every interval. The vote and snapshots are always fsynced before
 //!   [`DiskLogStore::save_vote`] / [`DiskLogStore::save_snapshot`] return: a forgotten
 //!   vote could elect two leaders in one term, a forgotten snapshot would leave a hole
-//!   behind a purged log.
+//!   behind a purged log. A snapshot is written to a temporary file, fsynced, renamed
+//!   into place and its directory fsynced: a crash leaves the old snapshot or the new.
+//! - A leader's own append may still be in flight when it sends the entries to its
+//!   followers (the workspace's openraft patch, `RaftCore::leader_append_to_log`): its
+//!   fsync runs in parallel with theirs, and an entry counts towards the leader's own
+//!   progress only once its callback fired. A follower answers only after its fsync, and
+//!   a leader that steps down waits for its last append's flush before it answers
+//!   anyone as a follower (it could otherwise report as matching an entry its disk
+//!   does not hold yet).
 //! - Purge and truncate are written without their own fsync: losing one in a crash
 //!   brings back a state the replica had before, which openraft repairs.
 //! - A write that fails (disk full, IO error) fails its callback and every later one:
 //!   openraft stops the replica, and nothing after the failure is acknowledged.
 
+use crate::snapshot_file;
 use crate::types::{Entry, NodeId, StorageError, TypeConfig};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogId, LogState, RaftLogReader, SnapshotMeta, StorageIOError, Vote};
@@ -143,6 +160,10 @@ enum Op {
         sync: bool,
         done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
     },
+    /// Removes a meta record (not fsynced).
+    DeleteMeta {
+        key: &'static str,
+    },
     /// Answer once everything queued before is fsynced.
     Sync {
         done: Done,
@@ -157,6 +178,11 @@ struct Shared {
     /// The first write failure; every later write fails with it.
     failed: Mutex<Option<String>>,
     snapshot_at_open: Mutex<Option<StoredSnapshot>>,
+    /// One snapshot file write at a time.
+    snapshot_write: Mutex<()>,
+    /// The store still holds a snapshot record from before snapshots were files: removed
+    /// once a snapshot file is written.
+    legacy_snapshot: AtomicBool,
     faults: Arc<DiskFaults>,
 }
 
@@ -257,7 +283,14 @@ impl DiskLogStore {
                 Err(e) => return Err(open_error(e.to_string())),
             }
         };
-        let (cached, snapshot) = load(&db, &path)?;
+        let (cached, snapshot, legacy_snapshot) = load(&db, &path, dir)?;
+        tracing::info!(
+            path = %path.display(),
+            entries = cached.entries.len(),
+            snapshot_bytes = snapshot.as_ref().map_or(0, |s| s.1.len()),
+            open_ms = started.elapsed().as_secs_f64() * 1e3,
+            "replica store opened"
+        );
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             path: path.clone(),
@@ -266,6 +299,8 @@ impl DiskLogStore {
             writer: Mutex::new(tx),
             failed: Mutex::new(None),
             snapshot_at_open: Mutex::new(snapshot),
+            snapshot_write: Mutex::new(()),
+            legacy_snapshot: AtomicBool::new(legacy_snapshot),
             faults: Arc::default(),
         });
         let faults = shared.faults.clone();
@@ -287,9 +322,10 @@ impl DiskLogStore {
         self.len() == 0
     }
 
-    /// Bytes the store takes on disk.
+    /// Bytes the store takes on disk (the log store and the snapshot file).
     pub fn disk_bytes(&self) -> u64 {
-        std::fs::metadata(&self.shared.path).map_or(0, |m| m.len())
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        size(&self.shared.path) + size(&snapshot_file::path(&self.shared.dir))
     }
 
     /// The fault hook of this store (tests make its disk "full").
@@ -311,16 +347,47 @@ impl DiskLogStore {
             .take()
     }
 
-    /// Stores a snapshot and fsyncs it before returning.
+    /// Stores a snapshot (its own file, see [`crate::snapshot_file`]) and fsyncs it
+    /// before returning. The write runs on a blocking-pool thread.
     pub async fn save_snapshot(
         &self,
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
-        data: &[u8],
+        data: Arc<Vec<u8>>,
     ) -> Result<(), StorageError> {
-        let record = seal_value(KEY_SNAPSHOT.as_bytes(), &(meta, data));
-        self.meta(KEY_SNAPSHOT, record, true).await.map_err(|e| {
-            StorageIOError::write_snapshot(Some(meta.signature()), &io_error(e)).into()
+        let fail = |why: String| -> StorageError {
+            StorageIOError::write_snapshot(Some(meta.signature()), &io_error(why)).into()
+        };
+        if let Some(why) = self.shared.failed.lock().expect("failed mutex").clone() {
+            return Err(fail(why));
+        }
+        let meta_bytes = postcard::to_allocvec(meta).map_err(|e| fail(e.to_string()))?;
+        let shared = self.shared.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = shared.snapshot_write.lock().expect("snapshot mutex");
+            if shared.faults.disk_full.load(Ordering::SeqCst) {
+                return Err(explain(
+                    &shared.path,
+                    "No space left on device (os error 28) [injected]",
+                ));
+            }
+            snapshot_file::write(&shared.dir, &meta_bytes, &data)
+                .map_err(|e| explain(&shared.path, e))
         })
+        .await
+        .map_err(|e| format!("writing the snapshot panicked: {e}"))
+        .and_then(|r| r);
+        if let Err(why) = result {
+            tracing::error!(path = %self.shared.path.display(), "replica snapshot write failed: {why}");
+            *self.shared.failed.lock().expect("failed mutex") = Some(why.clone());
+            return Err(fail(why));
+        }
+        if self.shared.legacy_snapshot.swap(false, Ordering::SeqCst) {
+            // The file supersedes it; losing this removal in a crash is harmless (the
+            // file is read first).
+            self.send(Op::DeleteMeta { key: KEY_SNAPSHOT })
+                .map_err(fail)?;
+        }
+        Ok(())
     }
 
     /// Returns once everything written so far is on disk (tests, clean shutdown).
@@ -360,11 +427,13 @@ impl DiskLogStore {
     }
 }
 
-/// Reads and checks every record.
+/// Reads and checks every record, and the snapshot; says whether the snapshot came from a
+/// record of the redb file (stores written before snapshots were files).
 fn load(
     db: &redb::Database,
     path: &Path,
-) -> Result<(Cached, Option<StoredSnapshot>), DiskStoreError> {
+    dir: &Path,
+) -> Result<(Cached, Option<StoredSnapshot>, bool), DiskStoreError> {
     let corrupt = |what: String, reason: String| DiskStoreError::Corrupt {
         path: path.to_path_buf(),
         what,
@@ -404,10 +473,20 @@ fn load(
     if let Some(bytes) = read_meta(KEY_PURGED)? {
         cached.last_purged = decode(&bytes, KEY_PURGED, &corrupt)?;
     }
-    // The snapshot holds the whole state (a GiB at most sizes): checked and decoded in
-    // place from the read guard, so its bytes are copied once, into the returned value.
-    let snapshot: Option<StoredSnapshot> =
-        match meta.get(KEY_SNAPSHOT).map_err(|e| redb_corrupt(&e))? {
+    // The snapshot holds the whole state (a GiB at most sizes): read once from its file,
+    // checked while it is read, into the buffer the state machine decodes.
+    let file = snapshot_file::read(dir).map_err(|r| DiskStoreError::Corrupt {
+        path: snapshot_file::path(dir),
+        what: "the snapshot".into(),
+        reason: r,
+    })?;
+    let legacy = meta.get(KEY_SNAPSHOT).map_err(|e| redb_corrupt(&e))?;
+    let has_legacy = legacy.is_some();
+    let snapshot: Option<StoredSnapshot> = if let Some((meta_bytes, body)) = file {
+        let meta = decode(&meta_bytes, "the snapshot's metadata", &corrupt)?;
+        Some((meta, body))
+    } else {
+        match legacy {
             Some(record) => {
                 let bytes = unseal(KEY_SNAPSHOT.as_bytes(), record.value())
                     .map_err(|r| corrupt(KEY_SNAPSHOT.into(), r))?;
@@ -416,7 +495,8 @@ fn load(
                 Some((meta, data.to_vec()))
             }
             None => None,
-        };
+        }
+    };
     let log = txn.open_table(LOG).map_err(|e| redb_corrupt(&e))?;
     let mut expected: Option<u64> = None;
     for row in log.iter().map_err(|e| redb_corrupt(&e))? {
@@ -444,7 +524,7 @@ fn load(
     if let Some(purged) = cached.last_purged {
         cached.entries = cached.entries.split_off(&(purged.index + 1));
     }
-    Ok((cached, snapshot))
+    Ok((cached, snapshot, has_legacy))
 }
 
 /// The vote a reopened replica starts with: the stored one, never as a committed
@@ -517,7 +597,7 @@ fn write_loop(
             Op::Append { .. } => interval.is_none(),
             Op::Meta { sync, .. } => *sync,
             Op::Sync { .. } => true,
-            Op::Truncate { .. } | Op::Purge { .. } => false,
+            Op::Truncate { .. } | Op::Purge { .. } | Op::DeleteMeta { .. } => false,
         });
         let due = interval.is_some_and(|i| dirty && last_sync.elapsed() >= i);
         if batch.is_empty() && !due {
@@ -580,6 +660,7 @@ enum Write {
     Truncate(u64),
     Purge(u64, Vec<u8>),
     Meta(&'static str, Vec<u8>),
+    DeleteMeta(&'static str),
 }
 
 fn split(batch: Vec<Op>) -> (Vec<Write>, Vec<Reply>) {
@@ -602,6 +683,7 @@ fn split(batch: Vec<Op>) -> (Vec<Write>, Vec<Reply>) {
                 writes.push(Write::Meta(key, record));
                 replies.extend(done.map(Reply::Meta));
             }
+            Op::DeleteMeta { key } => writes.push(Write::DeleteMeta(key)),
             Op::Sync { done } => replies.push(Reply::Sync(done)),
         }
     }
@@ -645,6 +727,9 @@ fn commit(
                 Write::Meta(key, record) => {
                     meta.insert(key, record.as_slice())
                         .map_err(|e| e.to_string())?;
+                }
+                Write::DeleteMeta(key) => {
+                    meta.remove(key).map_err(|e| e.to_string())?;
                 }
             }
         }
@@ -801,6 +886,44 @@ mod tests {
             seal_value(b"k1", &value),
             seal(b"k1", &postcard::to_allocvec(&value).unwrap())
         );
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_reopens_from_its_file_and_a_torn_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SnapshotMeta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(2, 1), 40)),
+            last_membership: Default::default(),
+            snapshot_id: "2-1-40-1".into(),
+        };
+        {
+            let store = DiskLogStore::open(dir.path(), SyncPolicy::EveryAppend).unwrap();
+            store
+                .save_snapshot(&meta, Arc::new(b"the state".to_vec()))
+                .await
+                .unwrap();
+            assert!(
+                store.disk_bytes() > 9,
+                "the snapshot file counts as disk use"
+            );
+        }
+        let store = DiskLogStore::open(dir.path(), SyncPolicy::EveryAppend).unwrap();
+        let (read_meta, data) = store.take_snapshot_at_open().expect("the snapshot");
+        assert_eq!((read_meta, data.as_slice()), (meta, &b"the state"[..]));
+        drop(store);
+
+        let file = snapshot_file::path(dir.path());
+        let bytes = std::fs::read(&file).unwrap();
+        std::fs::write(&file, &bytes[..bytes.len() - 3]).unwrap();
+        // The store's writer releases the file a moment after the last handle drops.
+        match DiskLogStore::open(dir.path(), SyncPolicy::EveryAppend) {
+            Err(DiskStoreError::Corrupt { what, reason, .. }) => {
+                assert_eq!(what, "the snapshot");
+                assert!(reason.contains("torn"), "{reason}");
+            }
+            Err(other) => panic!("expected a corrupt snapshot, got {other}"),
+            Ok(_) => panic!("a torn snapshot was served"),
+        }
     }
 
     #[tokio::test]

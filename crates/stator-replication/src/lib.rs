@@ -9,6 +9,8 @@
 //! - [`log_store`]: the in-memory Raft log and vote (`durability = "memory"`).
 //! - [`disk_store`]: the on-disk log, vote and snapshot of a durable replica (redb,
 //!   checksummed records, group commit, fsync per batch or periodic).
+//! - [`snapshot_file`]: a durable replica's snapshot as a file of its own (written
+//!   whole, fsynced and renamed; read once, checksummed while it is read).
 //! - [`state_machine`]: applies committed entries to the hosted app, with snapshots.
 //! - [`session`]: exactly-once client sessions, replicated with the state.
 //! - [`transport`]: one multiplexed, authenticated, batched TCP connection per peer.
@@ -45,6 +47,7 @@ pub mod network;
 pub mod quiesce;
 pub mod read_index;
 pub mod session;
+pub mod snapshot_file;
 pub mod state_machine;
 pub mod stats;
 #[cfg(any(test, feature = "testing"))]

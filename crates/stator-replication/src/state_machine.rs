@@ -220,7 +220,7 @@ impl RaftSnapshotBuilder<TypeConfig> for ReplicaStateMachine {
             if let Some(store) = &self.store {
                 // On disk before openraft purges the log it covers; under the lock, so
                 // an older snapshot never lands on disk after a newer one.
-                store.save_snapshot(&meta, &data).await?;
+                store.save_snapshot(&meta, data.clone()).await?;
             }
             inner.snapshot = Some(StoredSnapshot {
                 meta: meta.clone(),
@@ -329,7 +329,7 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let started = Instant::now();
-        let data = snapshot.into_inner();
+        let data = Arc::new(snapshot.into_inner());
         let body: SnapshotBodyRef<'_> = postcard::from_bytes(&data).map_err(|e| {
             StorageIOError::read_snapshot(
                 Some(meta.signature()),
@@ -337,7 +337,7 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
             )
         })?;
         if let Some(store) = &self.store {
-            store.save_snapshot(meta, &data).await?;
+            store.save_snapshot(meta, data.clone()).await?;
         }
         let mut inner = self.inner.lock().await;
         inner.app.restore(body.app).await.map_err(app_error)?;
@@ -346,7 +346,7 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
         inner.membership = meta.last_membership.clone();
         inner.snapshot = Some(StoredSnapshot {
             meta: meta.clone(),
-            data: Arc::new(data),
+            data,
         });
         self.state_bytes
             .store(inner.app.state_bytes(), Ordering::Relaxed);

@@ -412,24 +412,9 @@ fn corrupt_last_log_record(path: &std::path::Path) {
     txn.commit().unwrap();
 }
 
-/// Whether the store at `path` (closed) holds a snapshot record.
+/// Whether the replica whose store is at `path` holds a snapshot (its file beside the
+/// store).
 fn snapshot_on_disk(path: &std::path::Path) -> bool {
-    let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
-    let deadline = std::time::Instant::now() + DEADLINE;
-    let db = loop {
-        match redb::Database::create(path) {
-            Ok(db) => break db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen)
-                if std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(e) => panic!("open {}: {e}", path.display()),
-        }
-    };
-    let txn = db.begin_read().unwrap();
-    let table = txn.open_table(meta).unwrap();
-    let found = table.get("snapshot").unwrap().is_some();
-    drop(table);
-    found
+    path.with_file_name(stator_replication::snapshot_file::SNAPSHOT_FILE_NAME)
+        .exists()
 }

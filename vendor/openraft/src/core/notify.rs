@@ -44,6 +44,16 @@ where C: RaftTypeConfig
     /// Result of executing a command sent from state machine worker.
     StateMachine { command_result: Box<sm::CommandResult<C>> },
 
+    /// stator patch: a leader's own append is on disk (see `RaftCore::leader_append_to_log`).
+    LocalLogFlushed {
+        /// The leader's vote when it appended.
+        vote: Vote<C::NodeId>,
+        /// The last entry of the append.
+        log_id: crate::LogId<C::NodeId>,
+        /// The store's answer.
+        result: Result<(), std::io::Error>,
+    },
+
     /// A tick event to wake up RaftCore to check timeout etc.
     Tick {
         /// ith tick
@@ -88,6 +98,9 @@ where C: RaftTypeConfig
             }
             Self::StateMachine { command_result } => {
                 format!("StateMachine command done: {:?}", command_result)
+            }
+            Self::LocalLogFlushed { vote, log_id, result } => {
+                format!("LocalLogFlushed: vote: {}, log_id: {}, ok: {}", vote, log_id, result.is_ok())
             }
             Self::Tick { i } => {
                 format!("Tick {}", i)

@@ -197,6 +197,11 @@ where
     /// such as flushing log to disk, or applying log entries to state machine.
     pub(crate) tx_notify: mpsc::UnboundedSender<Notify<C>>,
 
+    /// stator patch: the task waiting for this leader's last append to be flushed (see
+    /// `leader_append_to_log`). A leader that steps down awaits it first, so that as a
+    /// follower it never reports as matching an entry its own disk may not hold yet.
+    pub(crate) leader_flush: Option<crate::type_config::alias::JoinHandleOf<C, ()>>,
+
     /// A Receiver to receive callback from other components.
     pub(crate) rx_notify: mpsc::UnboundedReceiver<Notify<C>>,
 
@@ -727,6 +732,52 @@ where
         rx.await
             .map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?
             .map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?;
+        Ok(())
+    }
+
+    /// stator patch: a leader's append that returns before the flush. The store's callback
+    /// is awaited on a spawned task, which reports it to the core as
+    /// [`Notify::LocalLogFlushed`]; the store keeps operations in order, so a later read,
+    /// vote or truncate never overtakes this append.
+    pub(crate) async fn leader_append_to_log<I>(
+        &mut self,
+        entries: I,
+        vote: Vote<C::NodeId>,
+        last_log_id: LogId<C::NodeId>,
+    ) -> Result<(), StorageError<C::NodeId>>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let (tx, rx) = C::AsyncRuntime::oneshot();
+        let log_io_id = LogIOId::new(vote.clone(), Some(last_log_id.clone()));
+        let callback = LogFlushed::new(log_io_id, tx);
+        self.log_store.append(entries, callback).await?;
+        let mut rx = rx;
+        if let Some(flushed) = futures::FutureExt::now_or_never(&mut rx) {
+            // Flushed already (a log in memory): as the blocking path, with no extra hop.
+            flushed
+                .map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?
+                .map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?;
+            if let Ok(mut lh) = self.engine.leader_handler() {
+                lh.replication_handler().update_local_progress(Some(last_log_id));
+            }
+            return Ok(());
+        }
+        let tx_notify = self.tx_notify.clone();
+        // The store fires callbacks in order: once this one has, every earlier one has.
+        self.leader_flush = Some(C::spawn(async move {
+            let result = match rx.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            let _ = tx_notify.send(Notify::LocalLogFlushed {
+                vote,
+                log_id: last_log_id,
+                result,
+            });
+        }));
         Ok(())
     }
 
@@ -1278,6 +1329,19 @@ where
                 }
             }
 
+            Notify::LocalLogFlushed { vote, log_id, result } => {
+                if let Err(e) = result {
+                    // The same error a blocking append returns: the core stops.
+                    return Err(StorageError::from(StorageIOError::write_logs(AnyError::error(e))).into());
+                }
+                // The leader may have changed; then its progress is no longer tracked here.
+                if self.engine.state.vote_ref() == &vote {
+                    if let Ok(mut lh) = self.engine.leader_handler() {
+                        lh.replication_handler().update_local_progress(Some(log_id));
+                    }
+                }
+            }
+
             Notify::Tick { i } => {
                 // check every timer
 
@@ -1632,11 +1696,24 @@ where
             }
             Command::QuitLeader => {
                 self.leader_data = None;
+                // stator patch: the appends made as leader are on disk before this node
+                // answers anyone as a follower.
+                if let Some(flush) = self.leader_flush.take() {
+                    let _ = flush.await;
+                }
             }
             Command::AppendInputEntries { vote, entries } => {
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
 
+                // stator patch: a leader does not wait for its own flush before it sends
+                // the entries to its followers: its fsync runs in parallel with theirs, as
+                // in etcd, and its own progress moves when the flush is reported
+                // (`Notify::LocalLogFlushed`). A follower still answers only after its flush.
+                if vote.leader_id().voted_for().as_ref() == Some(&self.id) && vote.is_committed() {
+                    self.leader_append_to_log(entries, vote, last_log_id).await?;
+                    return Ok(None);
+                }
                 self.append_to_log(entries, vote, last_log_id.clone()).await?;
 
                 // The leader may have changed.

@@ -1,0 +1,162 @@
+//! A durable replica's snapshot: one file of its own beside the log store
+//! (`<dir>/snapshot.bin`), written whole to a temporary file, fsynced and renamed over
+//! the previous one, so a crash leaves either the old snapshot or the new one.
+//!
+//! Until session 9 the snapshot was a record in the replica's redb file: each snapshot
+//! copied the whole state into redb's pages, and a restart read it back through redb and
+//! copied it once more. As a file it is written once and read once, straight into the
+//! buffer the state machine decodes, its checksum computed chunk by chunk while it is read.
+//!
+//! # Layout
+//! `MAGIC` (8 bytes), the metadata's length (u32 LE), the body's length (u64 LE),
+//! `crc32(metadata ++ body)` (u32 LE), the metadata (postcard), the body (the state
+//! machine's bytes). A file whose length disagrees with its header is torn; one whose
+//! checksum disagrees is corrupt: either way the replica does not serve it.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// The snapshot's file inside a replica's directory.
+pub const SNAPSHOT_FILE_NAME: &str = "snapshot.bin";
+/// Where a snapshot is written before it is renamed into place (a leftover is removed).
+pub const SNAPSHOT_TMP_FILE_NAME: &str = "snapshot.bin.tmp";
+/// The first bytes of a snapshot file (and its format version).
+const MAGIC: &[u8; 8] = b"STSNAP01";
+const HEADER_BYTES: u64 = 8 + 4 + 8 + 4;
+/// Largest metadata a snapshot may declare (its membership and id); a larger length in
+/// a header is corruption, not a reason to allocate.
+pub const MAX_META_BYTES: u32 = 16 << 20;
+/// Bytes read (and checksummed) at a time: the checksum runs on bytes still in cache.
+const READ_CHUNK_BYTES: u64 = 8 << 20;
+
+/// A snapshot as read: its metadata bytes (postcard) and the state machine's bytes.
+pub type SnapshotBytes = (Vec<u8>, Vec<u8>);
+
+/// The snapshot file of a replica directory.
+pub fn path(dir: &Path) -> PathBuf {
+    dir.join(SNAPSHOT_FILE_NAME)
+}
+
+/// Writes `meta` and `body` as the replica's snapshot, durably: on return the file and
+/// its name are fsynced.
+pub fn write(dir: &Path, meta: &[u8], body: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(SNAPSHOT_TMP_FILE_NAME);
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(meta);
+    hasher.update(body);
+    let mut header = Vec::with_capacity(HEADER_BYTES as usize);
+    header.extend_from_slice(MAGIC);
+    let meta_len = u32::try_from(meta.len())
+        .ok()
+        .filter(|n| *n <= MAX_META_BYTES)
+        .ok_or_else(|| std::io::Error::other("snapshot metadata too large"))?;
+    header.extend_from_slice(&meta_len.to_le_bytes());
+    header.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    header.extend_from_slice(&hasher.finalize().to_le_bytes());
+    let mut file = File::create(&tmp)?;
+    file.write_all(&header)?;
+    file.write_all(meta)?;
+    file.write_all(body)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path(dir))?;
+    // The rename itself is durable once the directory is.
+    File::open(dir)?.sync_all()
+}
+
+/// Reads the replica's snapshot: `Ok(None)` when there is none, `Err` (what failed) when
+/// the file is torn or fails its checksum. Removes a leftover temporary file.
+pub fn read(dir: &Path) -> Result<Option<SnapshotBytes>, String> {
+    let _ = std::fs::remove_file(dir.join(SNAPSHOT_TMP_FILE_NAME));
+    let mut file = match File::open(path(dir)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot open: {e}")),
+    };
+    let io = |e: std::io::Error| format!("cannot read: {e}");
+    let file_len = file.metadata().map_err(io)?.len();
+    if file_len < HEADER_BYTES {
+        return Err(format!(
+            "torn: {file_len} bytes, shorter than its {HEADER_BYTES}-byte header"
+        ));
+    }
+    let mut header = [0u8; HEADER_BYTES as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    if &header[..8] != MAGIC {
+        return Err("not a snapshot file (bad magic)".into());
+    }
+    let meta_len = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+    let body_len = u64::from_le_bytes(header[12..20].try_into().expect("8 bytes"));
+    let stored = u32::from_le_bytes(header[20..24].try_into().expect("4 bytes"));
+    let want = HEADER_BYTES
+        .checked_add(meta_len as u64)
+        .and_then(|n| n.checked_add(body_len));
+    if meta_len > MAX_META_BYTES || want != Some(file_len) {
+        return Err(format!(
+            "torn: {file_len} bytes, its header says {meta_len} of metadata and {body_len} of state"
+        ));
+    }
+    let mut hasher = crc32fast::Hasher::new();
+    let mut meta = vec![0u8; meta_len as usize];
+    file.read_exact(&mut meta).map_err(io)?;
+    hasher.update(&meta);
+    let mut body = Vec::with_capacity(body_len as usize);
+    while (body.len() as u64) < body_len {
+        let from = body.len();
+        let chunk = READ_CHUNK_BYTES.min(body_len - from as u64);
+        let read = (&mut file).take(chunk).read_to_end(&mut body).map_err(io)?;
+        if read == 0 {
+            return Err(format!(
+                "torn: ended after {from} of {body_len} state bytes"
+            ));
+        }
+        hasher.update(&body[from..]);
+    }
+    let actual = hasher.finalize();
+    if stored != actual {
+        return Err(format!(
+            "checksum mismatch: stored {stored:08x}, computed {actual:08x}"
+        ));
+    }
+    Ok(Some((meta, body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_reads_back_and_a_flipped_bit_or_a_cut_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read(dir.path()).unwrap(), None);
+        let body: Vec<u8> = (0..(READ_CHUNK_BYTES as usize + 1000))
+            .map(|i| i as u8)
+            .collect();
+        write(dir.path(), b"meta", &body).unwrap();
+        let (meta, read_body) = read(dir.path()).unwrap().expect("a snapshot");
+        assert_eq!(meta, b"meta");
+        assert_eq!(read_body, body);
+
+        let file = path(dir.path());
+        let mut bytes = std::fs::read(&file).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x10;
+        std::fs::write(&file, &bytes).unwrap();
+        assert!(read(dir.path()).unwrap_err().contains("checksum"));
+
+        bytes.truncate(bytes.len() - 10);
+        std::fs::write(&file, &bytes).unwrap();
+        assert!(read(dir.path()).unwrap_err().contains("torn"));
+
+        // A write that crashed before its rename leaves the previous snapshot in place.
+        write(dir.path(), b"m2", b"second").unwrap();
+        std::fs::write(dir.path().join(SNAPSHOT_TMP_FILE_NAME), b"half a snap").unwrap();
+        let (meta, body) = read(dir.path()).unwrap().unwrap();
+        assert_eq!(
+            (meta.as_slice(), body.as_slice()),
+            (&b"m2"[..], &b"second"[..])
+        );
+        assert!(!dir.path().join(SNAPSHOT_TMP_FILE_NAME).exists());
+    }
+}
