@@ -6,6 +6,7 @@ use crate::keyspace::{Entry, ExpiryChange, Keyspace};
 use crate::ops::Scripts;
 use crate::resp::{parse_i64_strict, push_decimal, Value, MAX_BULK_BYTES};
 use crate::types::{Data, EntryRng};
+use crate::transaction::{ExecLayout, EXEC_ABORT, MALFORMED_EXEC};
 
 /// Returns the error reply of a `Result<_, Value>` from the enclosing command.
 macro_rules! attempt {
@@ -168,10 +169,40 @@ impl KvMachine {
                 rights,
             );
         }
+        if spec.command == Command::StatorExec {
+            return self.read_batch(time_ms, argv);
+        }
         if spec.kind != CommandKind::Read {
             return changes_state(spec);
         }
         self.read(now_ms, spec, argv)
+    }
+
+    /// `STATOR.EXEC 0 [<argc> <arg>...]...` as a query: a pipeline batch of reads (see
+    /// [`crate::transaction`]), answered in one pass over the applied state with one
+    /// reply each, as the array a write batch gets. Watched keys belong to `EXEC` (a
+    /// write); a write among the commands gets its usual "send it as a write" error.
+    fn read_batch(&self, time_ms: u64, argv: &[Vec<u8>]) -> Value {
+        let Some(layout) = ExecLayout::parse(argv) else {
+            return Value::error(MALFORMED_EXEC);
+        };
+        if !layout.watched.is_empty() {
+            return Value::error(
+                "ERR STATOR.EXEC with watched keys changes state and cannot run as a read-only query; send it as a write",
+            );
+        }
+        for range in &layout.commands {
+            if crate::transaction::queued_command_error(&argv[range.clone()]).is_some() {
+                return Value::error(EXEC_ABORT);
+            }
+        }
+        Value::Array(Some(
+            layout
+                .commands
+                .into_iter()
+                .map(|range| self.query_argv(time_ms, &argv[range]))
+                .collect(),
+        ))
     }
 
     /// Moves the clock to `time_ms` unless that would run it backwards, then reclaims a
@@ -988,5 +1019,49 @@ mod tests {
             Value::null()
         );
         machine.keyspace.assert_consistent();
+    }
+
+    /// A pipeline batch of reads sent as one query answers each read as it would alone;
+    /// writes, watched keys and bad commands are refused without touching the state.
+    #[test]
+    fn a_read_batch_query_answers_each_read() {
+        let mut machine = KvMachine::new();
+        let argv = |words: &[&str]| -> Vec<Vec<u8>> {
+            words.iter().map(|w| w.as_bytes().to_vec()).collect()
+        };
+        machine.apply_argv(0, &argv(&["SET", "a", "1"]));
+        machine.apply_argv(0, &argv(&["HSET", "h", "f", "v"]));
+        let queued = [
+            argv(&["GET", "a"]),
+            argv(&["GET", "missing"]),
+            argv(&["HGET", "h", "f"]),
+            argv(&["GET", "h"]),
+        ];
+        let batch = crate::encode_exec(&[], &queued);
+        let alone: Vec<Value> = queued.iter().map(|q| machine.query_argv(0, q)).collect();
+        assert_eq!(
+            machine.query_argv(0, &batch),
+            Value::Array(Some(alone)),
+            "one reply per read, the WRONGTYPE error as an element"
+        );
+        let with_write = crate::encode_exec(&[], &[argv(&["GET", "a"]), argv(&["SET", "a", "2"])]);
+        let Value::Array(Some(replies)) = machine.query_argv(0, &with_write) else {
+            panic!("an array");
+        };
+        assert!(replies[1].is_error(), "a write in a read batch is refused");
+        assert_eq!(
+            machine.query_argv(0, &argv(&["GET", "a"])),
+            Value::bulk(b"1".to_vec())
+        );
+        let watched = crate::encode_exec(&[(b"a".to_vec(), 1)], &[argv(&["GET", "a"])]);
+        assert!(machine.query_argv(0, &watched).is_error());
+        let bad_arity = crate::encode_exec(&[], &[argv(&["GET", "a", "b"])]);
+        assert_eq!(
+            machine.query_argv(0, &bad_arity),
+            Value::error(EXEC_ABORT)
+        );
+        assert!(machine
+            .query_argv(0, &argv(&["STATOR.EXEC", "0", "5", "GET"]))
+            .is_error());
     }
 }

@@ -20,6 +20,11 @@
 //! `EXECABORT Transaction discarded because of previous errors.` if a queued command is
 //! unknown or has the wrong arity (the gateway should have refused it already).
 //!
+//! The same encoding with no watched keys and only reads may also be sent as a **query**
+//! (a linearizable or stale read, not a log entry): a pipeline batch of reads, answered in
+//! one pass over the applied state with the same array of replies, so a router sends a
+//! connection's pipelined `GET`s to a partition as one read instead of one each.
+//!
 //! One difference from Redis: a key that was missing at `WATCH`, then created and deleted
 //! again before `EXEC`, reads as unchanged (versions live on keys, and the key is gone).
 
@@ -104,6 +109,9 @@ pub fn queued_command_error(argv: &[Vec<u8>]) -> Option<Value> {
     }
     spec.subcommand_error(argv).map(Value::error)
 }
+
+/// The reply to a `STATOR.EXEC` whose arguments do not follow its layout.
+pub(crate) const MALFORMED_EXEC: &str = "ERR malformed STATOR.EXEC: expected <watched> [<key> <version>]... [<argc> <arg>...]...; build it with stator_kv::encode_exec";
 
 /// Redis' reply to `EXEC` after a queueing error.
 pub(crate) const EXEC_ABORT: &str = "EXECABORT Transaction discarded because of previous errors.";

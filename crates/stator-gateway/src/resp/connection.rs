@@ -357,7 +357,8 @@ impl Backend for Router {
         }
     }
 
-    /// Reads side by side; anything with a write as one `STATOR.EXEC` write, applied in
+    /// Reads as one read of the batch (or side by side when their kinds differ); anything
+    /// with a write as one `STATOR.EXEC` write, applied in
     /// order as one entry (see [`pipeline`]), merged with the batches other connections
     /// have waiting for the same partition (see [`crate::coalesce`]).
     async fn execute_batch(
@@ -367,6 +368,21 @@ impl Backend for Router {
         slots: Vec<u16>,
         commands: Vec<(RequestKind, Vec<u8>)>,
     ) -> Vec<Vec<u8>> {
+        if let Some(kind) = pipeline::read_batch_kind(&commands) {
+            // One read for the whole batch (see `pipeline`).
+            let route = &routes.partitions[partition];
+            let count = commands.len();
+            match self.forward(route, kind, pipeline::encode(&commands)).await {
+                Ok(reply) if !pipeline::refused_as_query(&reply) => {
+                    return pipeline::split(reply, count)
+                }
+                // A replica from before read batches: one read each, below.
+                Ok(_) => {}
+                Err(error) => {
+                    return vec![error_reply(&routes, route.partition, kind, &error); count]
+                }
+            }
+        }
         if pipeline::all_reads(&commands) {
             return futures::future::join_all(commands.into_iter().zip(slots).map(
                 |((kind, payload), slot)| {

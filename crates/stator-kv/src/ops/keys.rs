@@ -5,7 +5,7 @@ use crate::command::{lookup, Command, CommandSpec};
 use crate::keyspace::ExpiryChange;
 use crate::machine::{attempt, KvMachine, NO_SUCH_KEY, SYNTAX_ERROR};
 use crate::resp::Value;
-use crate::transaction::{ExecLayout, EXEC_ABORT};
+use crate::transaction::{ExecLayout, EXEC_ABORT, MALFORMED_EXEC};
 use crate::types::{EntryRng, Kind};
 
 impl KvMachine {
@@ -212,9 +212,7 @@ impl KvMachine {
     /// `STATOR.EXEC`: a whole `MULTI ... EXEC` transaction in one entry (see `transaction`).
     pub(crate) fn exec_transaction(&mut self, argv: Vec<Vec<u8>>) -> Value {
         let Some(layout) = ExecLayout::parse(&argv) else {
-            return Value::error(
-                "ERR malformed STATOR.EXEC: expected <watched> [<key> <version>]... [<argc> <arg>...]...; build it with stator_kv::encode_exec",
-            );
+            return Value::error(MALFORMED_EXEC);
         };
         for range in &layout.commands {
             if crate::transaction::queued_command_error(&argv[range.clone()]).is_some() {
