@@ -357,8 +357,9 @@ impl Backend for Router {
         }
     }
 
-    /// Reads as one read of the batch (or side by side when their kinds differ); anything
-    /// with a write as one `STATOR.EXEC` write, applied in
+    /// Reads of one kind as one read of the batch (side by side when their kinds differ),
+    /// merged with the read batches other connections have waiting for the same
+    /// partition; anything with a write as one `STATOR.EXEC` write, applied in
     /// order as one entry (see [`pipeline`]), merged with the batches other connections
     /// have waiting for the same partition (see [`crate::coalesce`]).
     async fn execute_batch(
@@ -369,19 +370,8 @@ impl Backend for Router {
         commands: Vec<(RequestKind, Vec<u8>)>,
     ) -> Vec<Vec<u8>> {
         if let Some(kind) = pipeline::read_batch_kind(&commands) {
-            // One read for the whole batch (see `pipeline`).
-            let route = &routes.partitions[partition];
-            let count = commands.len();
-            match self.forward(route, kind, pipeline::encode(&commands)).await {
-                Ok(reply) if !pipeline::refused_as_query(&reply) => {
-                    return pipeline::split(reply, count)
-                }
-                // A replica from before read batches: one read each, below.
-                Ok(_) => {}
-                Err(error) => {
-                    return vec![error_reply(&routes, route.partition, kind, &error); count]
-                }
-            }
+            // One read for the whole batch, merged with other connections' (`pipeline`).
+            return self.merged_batch(routes, partition, kind, commands).await;
         }
         if pipeline::all_reads(&commands) {
             return futures::future::join_all(commands.into_iter().zip(slots).map(
@@ -391,7 +381,8 @@ impl Backend for Router {
             ))
             .await;
         }
-        self.write_batch(routes, partition, commands).await
+        self.merged_batch(routes, partition, RequestKind::Write, commands)
+            .await
     }
 
     fn pipelines_slots(&self) -> bool {
