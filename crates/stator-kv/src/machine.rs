@@ -108,10 +108,16 @@ impl KvMachine {
     /// Like [`KvMachine::apply_argv`], but takes the arguments so keys and values move into
     /// the map without a copy: the fast path for log entries.
     pub fn apply_owned(&mut self, time_ms: u64, argv: Vec<Vec<u8>>) -> Value {
+        self.begin_entry(time_ms);
+        self.execute(argv)
+    }
+
+    /// What every entry does first: the clock moves to the entry's time (reclaiming a
+    /// bounded number of expired keys) and the entry's randomness is seeded.
+    pub(crate) fn begin_entry(&mut self, time_ms: u64) {
         self.advance_clock(time_ms);
         let seed = EntryRng::new(self.entry_index ^ 0x5354_4154_4f52).next_u64() ^ time_ms;
         self.rng = EntryRng::new(seed);
-        self.execute(argv)
     }
 
     /// Runs one command at the current clock (an entry, or one command of a transaction).
@@ -838,8 +844,8 @@ pub(crate) fn invalid_expire(name: &str) -> Value {
 }
 
 /// Redis' wording: `ERR unknown command 'foo', with args beginning with: 'a' 'b' `.
-pub(crate) fn unknown_command(argv: &[Vec<u8>]) -> Value {
-    let name = String::from_utf8_lossy(&argv[0]);
+pub(crate) fn unknown_command<A: AsRef<[u8]>>(argv: &[A]) -> Value {
+    let name = String::from_utf8_lossy(argv[0].as_ref());
     let name: String = name.chars().take(MAX_UNKNOWN_ARGS_ECHO_BYTES).collect();
     let mut args = String::new();
     for arg in &argv[1..] {
@@ -847,7 +853,10 @@ pub(crate) fn unknown_command(argv: &[Vec<u8>]) -> Value {
             break;
         }
         let room = MAX_UNKNOWN_ARGS_ECHO_BYTES - args.len();
-        let arg: String = String::from_utf8_lossy(arg).chars().take(room).collect();
+        let arg: String = String::from_utf8_lossy(arg.as_ref())
+            .chars()
+            .take(room)
+            .collect();
         args.push('\'');
         args.push_str(&arg);
         args.push_str("' ");
@@ -942,6 +951,41 @@ mod tests {
             let copy = copy.expect("a snapshot was taken");
             prop_assert_eq!(original.to_snapshot(), copy.to_snapshot());
             prop_assert_eq!(original.data_bytes(), copy.data_bytes());
+        }
+
+        /// A `STATOR.EXEC` entry's fast path (`apply_exec_entry`: borrowed parse, replies
+        /// encoded as they come) answers and ends exactly as the general path.
+        #[test]
+        fn exec_entries_apply_as_the_general_path_does(
+            steps in steps_strategy(),
+            batch in 1usize..7,
+            watch in prop::option::of(0u64..3),
+        ) {
+            let mut fast = KvMachine::new();
+            let mut general = KvMachine::new();
+            let mut time_ms: i64 = 1_000;
+            for (index, chunk) in steps.chunks(batch).enumerate() {
+                time_ms = (time_ms + chunk[0].1).max(0);
+                let queued: Vec<Vec<Vec<u8>>> = chunk.iter().map(|(argv, _)| argv.clone()).collect();
+                // Sometimes a watched key, whose version may or may not match.
+                let watched: Vec<(Vec<u8>, u64)> =
+                    watch.map(|version| (b"{t}a".to_vec(), version)).into_iter().collect();
+                let argv = crate::encode_exec(&watched, &queued);
+                let entry = crate::encode_command(&argv);
+                fast.set_entry_index(index as u64 + 1);
+                general.set_entry_index(index as u64 + 1);
+                let reply = fast.apply_exec_entry(time_ms as u64, &entry).expect("an exec entry");
+                prop_assert_eq!(
+                    reply,
+                    general.apply_owned(time_ms as u64, argv).to_bytes(),
+                    "batch {} {:?}", index, queued
+                );
+                fast.keyspace.assert_consistent();
+            }
+            prop_assert_eq!(fast.to_snapshot(), general.to_snapshot());
+            prop_assert_eq!(fast.data_bytes(), general.data_bytes());
+            prop_assert!(fast.apply_exec_entry(0, &crate::encode_command(&["SET", "k", "v"])).is_none());
+            prop_assert!(fast.apply_exec_entry(0, b"STATOR.EXEC 0 1 PING\r\n").is_none(), "inline: the general path");
         }
 
         #[test]

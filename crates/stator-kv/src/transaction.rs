@@ -50,13 +50,13 @@ pub(crate) struct ExecLayout {
 
 impl ExecLayout {
     /// Parses the layout, or `None` if the argument list is malformed.
-    pub(crate) fn parse(argv: &[Vec<u8>]) -> Option<ExecLayout> {
-        let watched_count = usize::try_from(parse_i64_strict(argv.get(1)?)?).ok()?;
+    pub(crate) fn parse<A: AsRef<[u8]>>(argv: &[A]) -> Option<ExecLayout> {
+        let watched_count = usize::try_from(parse_i64_strict(argv.get(1)?.as_ref())?).ok()?;
         let mut at = 2;
         let mut watched = Vec::new();
         for _ in 0..watched_count {
             argv.get(at)?;
-            let version = u64::try_from(parse_i64_strict(argv.get(at + 1)?)?).ok()?;
+            let version = u64::try_from(parse_i64_strict(argv.get(at + 1)?.as_ref())?).ok()?;
             watched.push((at, version));
             at += 2;
         }
@@ -65,7 +65,7 @@ impl ExecLayout {
             if commands.len() >= MAX_QUEUED_COMMANDS {
                 return None;
             }
-            let argc = usize::try_from(parse_i64_strict(&argv[at])?).ok()?;
+            let argc = usize::try_from(parse_i64_strict(argv[at].as_ref())?).ok()?;
             if argc == 0 || at + 1 + argc > argv.len() {
                 return None;
             }
@@ -96,8 +96,8 @@ pub fn encode_exec(watched: &[(Vec<u8>, u64)], queued: &[Vec<Vec<u8>>]) -> Vec<V
 /// The error Redis answers when `argv` is queued inside `MULTI` (unknown command or wrong
 /// arity), or `None` if it may be queued. Commands that cannot run inside a transaction
 /// (`STATOR.EXEC` itself) are refused too.
-pub fn queued_command_error(argv: &[Vec<u8>]) -> Option<Value> {
-    let name = argv.first()?;
+pub fn queued_command_error<A: AsRef<[u8]>>(argv: &[A]) -> Option<Value> {
+    let name = argv.first()?.as_ref();
     let Some(spec) = lookup(name) else {
         return Some(crate::machine::unknown_command(argv));
     };
