@@ -5,8 +5,8 @@ use crate::command::{lookup, Command, CommandKind, CommandSpec};
 use crate::keyspace::{Entry, ExpiryChange, Keyspace};
 use crate::ops::Scripts;
 use crate::resp::{parse_i64_strict, push_decimal, Value, MAX_BULK_BYTES};
-use crate::types::{Data, EntryRng};
 use crate::transaction::{ExecLayout, EXEC_ABORT, MALFORMED_EXEC};
+use crate::types::{Data, EntryRng};
 
 /// Returns the error reply of a `Result<_, Value>` from the enclosing command.
 macro_rules! attempt {
@@ -1100,10 +1100,7 @@ mod tests {
         let watched = crate::encode_exec(&[(b"a".to_vec(), 1)], &[argv(&["GET", "a"])]);
         assert!(machine.query_argv(0, &watched).is_error());
         let bad_arity = crate::encode_exec(&[], &[argv(&["GET", "a", "b"])]);
-        assert_eq!(
-            machine.query_argv(0, &bad_arity),
-            Value::error(EXEC_ABORT)
-        );
+        assert_eq!(machine.query_argv(0, &bad_arity), Value::error(EXEC_ABORT));
         assert!(machine
             .query_argv(0, &argv(&["STATOR.EXEC", "0", "5", "GET"]))
             .is_error());

@@ -197,7 +197,11 @@ mod tests {
             read_batch_kind(&[get(RequestKind::StaleRead), get(RequestKind::StaleRead)]),
             Some(RequestKind::StaleRead)
         );
-        assert_eq!(read_batch_kind(&[get(RequestKind::Read)]), None, "one read: itself");
+        assert_eq!(
+            read_batch_kind(&[get(RequestKind::Read)]),
+            None,
+            "one read: itself"
+        );
         assert_eq!(
             read_batch_kind(&[get(RequestKind::Read), get(RequestKind::StaleRead)]),
             None
