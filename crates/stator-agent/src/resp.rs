@@ -410,8 +410,9 @@ impl AgentBackend {
     /// Serves `commands` in order on the local replica (it led a moment ago): a batch
     /// with a write as one `STATOR.EXEC` write ([`pipeline::encode`]; applied as one unit,
     /// in order, one reply each; if leadership moves under it, the router retries it whole
-    /// with the same session, so it never applies twice), reads of one kind as one read of
-    /// the batch (reads of mixed kinds side by side).
+    /// with the same session, so it never applies twice), reads side by side (one read
+    /// of the whole batch, as the gateway sends it, did not lower CPU per GET here:
+    /// docs/BENCHMARKS.md, session 9).
     async fn serve_batch_locally(
         &self,
         routes: &ServiceRoutes,
@@ -422,15 +423,6 @@ impl AgentBackend {
         if count == 1 {
             let (kind, payload) = commands.pop().expect("one command");
             return vec![self.serve_locally(routes, route, kind, payload).await];
-        }
-        if let Some(kind) = pipeline::read_batch_kind(&commands) {
-            // One read for the whole batch: one lease check, one query (see `pipeline`).
-            let payload = pipeline::encode(&commands);
-            let reply = self.serve_locally(routes, route, kind, payload).await;
-            if !pipeline::refused_as_query(&reply) {
-                return pipeline::split(reply, count);
-            }
-            // Forwarded to a replica from before read batches: one read each, below.
         }
         if pipeline::all_reads(&commands) {
             return self.serve_reads_locally(routes, route, commands).await;
