@@ -410,7 +410,9 @@ impl AgentBackend {
     /// Serves `commands` in order on the local replica (it led a moment ago): a batch
     /// with a write as one `STATOR.EXEC` write ([`pipeline::encode`]; applied as one unit,
     /// in order, one reply each; if leadership moves under it, the router retries it whole
-    /// with the same session, so it never applies twice), reads side by side.
+    /// with the same session, so it never applies twice), reads side by side (one read
+    /// of the whole batch, as the gateway sends it, did not lower CPU per GET here:
+    /// docs/BENCHMARKS.md, session 9).
     async fn serve_batch_locally(
         &self,
         routes: &ServiceRoutes,

@@ -1,9 +1,12 @@
-//! Write batches of many connections bound for one partition, merged into one write.
+//! Batches of many connections bound for one partition, merged into one request: writes
+//! into one write, reads into one read.
 //!
 //! A connection sends the commands of one read bound for one partition as one batch
 //! ([`crate::resp::pipeline`]: one `STATOR.EXEC`). Fifty connections doing that at the
 //! same moment would cost the leader fifty requests (a session check, a parse, a reply
-//! frame each). Instead a batch queues for its partition, and up to
+//! frame each; for reads a lease check and a state-machine lock each). Instead a batch
+//! queues for its partition and kind (writes, linearizable reads and stale reads queue
+//! apart, since one request has one kind), and up to
 //! [`MAX_WRITES_IN_FLIGHT_PER_PARTITION`] senders take whatever has queued, as soon as
 //! anything has (nothing waits for a batch to fill, as the replica transport's frame
 //! senders do), and send it as ONE `STATOR.EXEC` write: one exactly-once session (retried
@@ -19,7 +22,9 @@
 //! slot only after its earlier commands on that slot are answered, see
 //! [`crate::resp::connection`]). Batches of different connections were concurrent, so
 //! any order between them is one Redis could have chosen; the merged write applies them
-//! all atomically, in the order they queued.
+//! all atomically, in the order they queued. A merged read is answered at one point of
+//! the partition's history, after every batch in it was submitted and before any gets
+//! its reply: inside each batch's own window, so each read stays linearizable.
 
 use crate::map::ServiceRoutes;
 use crate::resp::{connection::error_reply, pipeline};
@@ -32,7 +37,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
-/// Merged writes in flight to one partition at once. The leader keeps up to 4 log entries
+/// Merged writes (or merged reads of one kind) in flight to one partition at once. The leader keeps up to 4 log entries
 /// in flight per group; more senders would only queue there, fewer would leave the log
 /// pipeline idle while a batch waits for its round trip.
 pub const MAX_WRITES_IN_FLIGHT_PER_PARTITION: usize = 4;
@@ -53,7 +58,7 @@ pub const MAX_MERGED_BYTES: usize = MAX_WRITE_BATCH_BYTES;
 #[derive(Default)]
 pub(crate) struct Coalescer {
     // A std mutex: a lookup or an insert, never held across an await.
-    queues: Mutex<HashMap<GroupId, Arc<PartitionQueue>>>,
+    queues: Mutex<HashMap<(GroupId, KindIndex), Arc<PartitionQueue>>>,
 }
 
 /// Batches waiting for one partition, and how many senders are at work for it.
@@ -80,15 +85,18 @@ struct Waiting {
 
 impl Coalescer {
     /// Answers `commands` (for `routes.partitions[partition]`, in order, one reply each),
-    /// merged with whatever other batches wait for the same partition.
+    /// merged with whatever other batches of the same `kind` wait for the same partition.
+    /// `kind` is [`RequestKind::Write`] for a batch holding a write, else the one kind of
+    /// all its reads.
     pub(crate) async fn submit(
         &self,
         core: &Arc<RouterCore>,
         routes: Arc<ServiceRoutes>,
         partition: usize,
+        kind: RequestKind,
         commands: Vec<(RequestKind, Vec<u8>)>,
     ) -> Vec<Vec<u8>> {
-        let queue = self.queue(routes.partitions[partition].group);
+        let queue = self.queue(routes.partitions[partition].group, kind);
         let count = commands.len();
         let queued = {
             let mut state = queue.state.lock().expect("write queue poisoned");
@@ -108,7 +116,7 @@ impl Coalescer {
                 });
                 if state.senders < MAX_WRITES_IN_FLIGHT_PER_PARTITION {
                     state.senders += 1;
-                    tokio::spawn(drain(core.clone(), queue.clone()));
+                    tokio::spawn(drain(core.clone(), queue.clone(), kind));
                 }
                 Ok(answer)
             }
@@ -119,8 +127,9 @@ impl Coalescer {
                 let slot = SenderSlot {
                     core: core.clone(),
                     queue,
+                    kind,
                 };
-                let replies = send(core, &routes, partition, commands).await;
+                let replies = send(core, &routes, partition, kind, commands).await;
                 drop(slot);
                 return replies;
             }
@@ -135,9 +144,20 @@ impl Coalescer {
         })
     }
 
-    fn queue(&self, group: GroupId) -> Arc<PartitionQueue> {
+    fn queue(&self, group: GroupId, kind: RequestKind) -> Arc<PartitionQueue> {
         let mut queues = self.queues.lock().expect("write queues poisoned");
-        queues.entry(group).or_default().clone()
+        queues.entry((group, kind_index(kind))).or_default().clone()
+    }
+}
+
+/// A [`RequestKind`] as a map key (it has no `Hash`).
+type KindIndex = u8;
+
+fn kind_index(kind: RequestKind) -> KindIndex {
+    match kind {
+        RequestKind::Write => 0,
+        RequestKind::Read => 1,
+        RequestKind::StaleRead => 2,
     }
 }
 
@@ -173,6 +193,7 @@ impl PartitionQueue {
 struct SenderSlot {
     core: Arc<RouterCore>,
     queue: Arc<PartitionQueue>,
+    kind: RequestKind,
 }
 
 impl Drop for SenderSlot {
@@ -182,7 +203,7 @@ impl Drop for SenderSlot {
             state.senders -= 1;
         } else if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             drop(state);
-            runtime.spawn(drain(self.core.clone(), self.queue.clone()));
+            runtime.spawn(drain(self.core.clone(), self.queue.clone(), self.kind));
         } else {
             // The runtime is gone: so are the callers waiting for an answer.
             state.senders -= 1;
@@ -192,14 +213,14 @@ impl Drop for SenderSlot {
 
 /// A sender task: sends what queued for `queue`, one merged write at a time, until
 /// nothing waits.
-async fn drain(core: Arc<RouterCore>, queue: Arc<PartitionQueue>) {
+async fn drain(core: Arc<RouterCore>, queue: Arc<PartitionQueue>, kind: RequestKind) {
     while let Some(batches) = queue.take() {
         let last = batches.last().expect("take returns at least one batch");
         // The freshest routes among them (batches queued under a newer map come later).
         let (routes, partition) = (last.routes.clone(), last.partition);
         if batches.len() == 1 {
             let batch = batches.into_iter().next().expect("one batch");
-            let replies = send(&core, &routes, partition, batch.commands).await;
+            let replies = send(&core, &routes, partition, kind, batch.commands).await;
             let _ = batch.reply.send(replies);
             continue;
         }
@@ -211,7 +232,9 @@ async fn drain(core: Arc<RouterCore>, queue: Arc<PartitionQueue>) {
             commands.extend(batch.commands);
             replies_to.push(batch.reply);
         }
-        let mut replies = send(&core, &routes, partition, commands).await.into_iter();
+        let mut replies = send(&core, &routes, partition, kind, commands)
+            .await
+            .into_iter();
         for (count, reply) in counts.into_iter().zip(replies_to) {
             // A connection that left meanwhile has nobody to answer.
             let _ = reply.send(replies.by_ref().take(count).collect());
@@ -219,12 +242,13 @@ async fn drain(core: Arc<RouterCore>, queue: Arc<PartitionQueue>) {
     }
 }
 
-/// Sends `commands` as one write (one command as itself, more as one `STATOR.EXEC`) and
-/// answers each.
+/// Sends `commands` as one request of `kind` (one command as itself, more as one
+/// `STATOR.EXEC`) and answers each.
 async fn send(
     core: &RouterCore,
     routes: &ServiceRoutes,
     partition: usize,
+    kind: RequestKind,
     mut commands: Vec<(RequestKind, Vec<u8>)>,
 ) -> Vec<Vec<u8>> {
     let route = &routes.partitions[partition];
@@ -232,10 +256,20 @@ async fn send(
     let (kind, payload) = if count == 1 {
         commands.pop().expect("one command")
     } else {
-        (RequestKind::Write, pipeline::encode(&commands))
+        (kind, pipeline::encode(&commands))
     };
     match core.forward(route, kind, payload).await {
         Ok(reply) if count == 1 => vec![reply],
+        Ok(reply) if kind != RequestKind::Write && pipeline::refused_as_query(&reply) => {
+            // A replica from before read batches: one read each.
+            futures::future::join_all(commands.into_iter().map(|(kind, payload)| async move {
+                match core.forward(route, kind, payload).await {
+                    Ok(reply) => reply,
+                    Err(error) => error_reply(routes, route.partition, kind, &error),
+                }
+            }))
+            .await
+        }
         Ok(reply) => pipeline::split(reply, count),
         Err(error) => vec![error_reply(routes, route.partition, kind, &error); count],
     }

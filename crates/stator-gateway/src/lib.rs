@@ -10,8 +10,9 @@
 //!   between server URLs) and publishing `Arc` snapshots on a watch channel.
 //! - [`router`]: forwards one request to a partition leader, exactly once: a pool of
 //!   replication sessions, a leader cache, retries with the same sequence number.
-//! - `coalesce`: the write batches of many connections waiting for one partition, merged
-//!   into one write (one session, one request, one reply split back).
+//! - `coalesce`: the batches of many connections waiting for one partition, merged into
+//!   one request per kind: writes into one write (one session, one request, one reply
+//!   split back), reads into one read.
 //! - [`resp`]: a RESP (Redis protocol) listener per kv service, pipelined connections,
 //!   the commands the gateway answers itself (AUTH/ACL and protected mode, keyspace
 //!   commands over every partition, MULTI/EXEC/WATCH, pub/sub, RESP3), and the Redis

@@ -164,18 +164,20 @@ impl Router {
         self.core.forward_in(route, kind, payload, session).await
     }
 
-    /// Commands of one connection for `routes.partitions[partition]`, at least one a write
-    /// and each one [`crate::resp::pipeline::may_batch`] allows, answered in order: merged
-    /// with the batches of other connections waiting for the same partition into one write
-    /// (see [`crate::coalesce`]).
-    pub(crate) async fn write_batch(
+    /// Commands of one connection for `routes.partitions[partition]`, each one
+    /// [`crate::resp::pipeline::may_batch`] allows, answered in order: merged with the
+    /// batches of other connections waiting for the same partition into one request of
+    /// `kind` (see [`crate::coalesce`]): [`RequestKind::Write`] when one of them is a
+    /// write, else the one kind of all the reads.
+    pub(crate) async fn merged_batch(
         &self,
         routes: Arc<ServiceRoutes>,
         partition: usize,
+        kind: RequestKind,
         commands: Vec<(RequestKind, Vec<u8>)>,
     ) -> Vec<Vec<u8>> {
         self.coalescer
-            .submit(&self.core, routes, partition, commands)
+            .submit(&self.core, routes, partition, kind, commands)
             .await
     }
 }

@@ -292,6 +292,62 @@ async fn many_connections_pipelining_at_once_each_get_their_own_replies_in_order
     setup.gateway.shutdown().await;
 }
 
+/// Many connections pipelining bursts of reads only at the same moment: the gateway sends
+/// each connection's reads for a partition as one read and merges those of all
+/// connections into one (see `coalesce`), yet each connection reads the values it just
+/// wrote (a read batch sent after the writes were answered sees them), in its order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_connections_pipelining_reads_each_read_their_own_writes() {
+    const KEYS_PER_CONNECTION: usize = 8;
+    const ROUNDS: usize = 4;
+    let setup = setup(3, false).await;
+    let addr = setup.resp_addr;
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|connection| {
+            tokio::spawn(async move {
+                let mut c = Resp::connect(addr).await;
+                let keys: Vec<String> = (0..KEYS_PER_CONNECTION)
+                    .map(|k| format!("r{connection}:{k}"))
+                    .collect();
+                for round in 0..ROUNDS {
+                    let value = format!("{connection}:{round}");
+                    let mut bytes = Vec::new();
+                    for key in &keys {
+                        bytes.extend(encode_command(&["SET", key, &value]));
+                    }
+                    c.send_raw(&bytes).await;
+                    for key in &keys {
+                        assert_eq!(c.read().await, Some(Value::ok()), "SET {key}");
+                    }
+                    // Reads only, each key twice, and one missing key per partition.
+                    let mut bytes = Vec::new();
+                    for key in keys.iter().chain(&keys) {
+                        bytes.extend(encode_command(&["GET", key]));
+                    }
+                    for missing in 0..3 {
+                        bytes.extend(encode_command(&["GET", &format!("none{missing}")]));
+                    }
+                    c.send_raw(&bytes).await;
+                    for key in keys.iter().chain(&keys) {
+                        assert_eq!(
+                            c.read().await,
+                            Some(bulk(&value)),
+                            "GET {key} in round {round} reads the value just written"
+                        );
+                    }
+                    for _ in 0..3 {
+                        assert_eq!(c.read().await, Some(Value::null()));
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("connection task");
+    }
+    setup.gateway.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipeline_over_several_partitions_keeps_per_key_order() {
     let setup = setup(3, false).await;

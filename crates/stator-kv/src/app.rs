@@ -19,6 +19,10 @@ impl StateMachine for KvMachine {
         command: &[u8],
     ) -> Result<Vec<u8>, AppError> {
         self.set_entry_index(index);
+        if let Some(reply) = self.apply_exec_entry(time_ms, command) {
+            // A pipeline batch or a transaction: parsed without copying its layout.
+            return Ok(reply);
+        }
         let reply = match parse_whole_command(command) {
             Ok(argv) => self.apply_owned(time_ms, argv),
             Err(error) => {

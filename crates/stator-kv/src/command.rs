@@ -494,18 +494,18 @@ const FUNCTION_SUBCOMMANDS: &[(&str, i32)] = &[
 impl CommandSpec {
     /// The error Redis gives for a subcommand it does not know or with the wrong arity
     /// (OBJECT, SCRIPT and FUNCTION have subcommands), or `None`.
-    pub(crate) fn subcommand_error(&self, argv: &[Vec<u8>]) -> Option<String> {
+    pub(crate) fn subcommand_error<A: AsRef<[u8]>>(&self, argv: &[A]) -> Option<String> {
         let (table, upper) = match self.command {
             Command::Object => (OBJECT_SUBCOMMANDS, "OBJECT"),
             Command::Script => (SCRIPT_SUBCOMMANDS, "SCRIPT"),
             Command::Function => (FUNCTION_SUBCOMMANDS, "FUNCTION"),
             _ => return None,
         };
-        let sub = String::from_utf8_lossy(&argv[1]).to_ascii_lowercase();
+        let sub = String::from_utf8_lossy(argv[1].as_ref()).to_ascii_lowercase();
         match table.iter().find(|(name, _)| *name == sub) {
             None => Some(format!(
                 "ERR unknown subcommand '{}'. Try {upper} HELP.",
-                String::from_utf8_lossy(&argv[1])
+                String::from_utf8_lossy(argv[1].as_ref())
             )),
             Some((name, arity)) if !arity_admits(*arity, argv.len()) => Some(format!(
                 "ERR wrong number of arguments for '{}|{name}' command",

@@ -8,7 +8,8 @@
 //! real `redis-server` command by command.
 //!
 //! # Layout
-//! - [`resp`]: RESP2 codec: incremental command parser (arrays and inline), reply
+//! - [`resp`]: RESP2 codec: incremental command parser (arrays and inline; a log entry's
+//!   array also into slices of its bytes, with no copy per argument), reply
 //!   parser (and `reply_len`, which only measures a reply, for cutting a batch's replies
 //!   apart without building values), reply and command encoders, and the limits that
 //!   keep hostile input bounded.
@@ -39,7 +40,9 @@
 //! - [`budget`]: `maxmemory` with the `noeviction` policy: [`budget::MemoryBudget`] and
 //!   Redis' OOM reply, decided in apply from the machine's own byte accounting.
 //! - [`transaction`]: `MULTI ... EXEC` as one `STATOR.EXEC` entry: [`encode_exec`],
-//!   [`queued_command_error`].
+//!   [`queued_command_error`]; the same encoding is a pipeline batch (applied by
+//!   `KvMachine::apply_exec_entry` without copying its layout) and, with reads only, a
+//!   batch of reads answered as one query.
 //! - `snapshot`: the snapshot byte format (version 3 with types and scripts; versions 2
 //!   and 1 still read).
 //! - `app`: [`KvMachine`] as a [`stator_api::app::StateMachine`], and [`KvFactory`].

@@ -5,6 +5,7 @@ use crate::command::{lookup, Command, CommandKind, CommandSpec};
 use crate::keyspace::{Entry, ExpiryChange, Keyspace};
 use crate::ops::Scripts;
 use crate::resp::{parse_i64_strict, push_decimal, Value, MAX_BULK_BYTES};
+use crate::transaction::{ExecLayout, EXEC_ABORT, MALFORMED_EXEC};
 use crate::types::{Data, EntryRng};
 
 /// Returns the error reply of a `Result<_, Value>` from the enclosing command.
@@ -107,10 +108,16 @@ impl KvMachine {
     /// Like [`KvMachine::apply_argv`], but takes the arguments so keys and values move into
     /// the map without a copy: the fast path for log entries.
     pub fn apply_owned(&mut self, time_ms: u64, argv: Vec<Vec<u8>>) -> Value {
+        self.begin_entry(time_ms);
+        self.execute(argv)
+    }
+
+    /// What every entry does first: the clock moves to the entry's time (reclaiming a
+    /// bounded number of expired keys) and the entry's randomness is seeded.
+    pub(crate) fn begin_entry(&mut self, time_ms: u64) {
         self.advance_clock(time_ms);
         let seed = EntryRng::new(self.entry_index ^ 0x5354_4154_4f52).next_u64() ^ time_ms;
         self.rng = EntryRng::new(seed);
-        self.execute(argv)
     }
 
     /// Runs one command at the current clock (an entry, or one command of a transaction).
@@ -168,10 +175,40 @@ impl KvMachine {
                 rights,
             );
         }
+        if spec.command == Command::StatorExec {
+            return self.read_batch(time_ms, argv);
+        }
         if spec.kind != CommandKind::Read {
             return changes_state(spec);
         }
         self.read(now_ms, spec, argv)
+    }
+
+    /// `STATOR.EXEC 0 [<argc> <arg>...]...` as a query: a pipeline batch of reads (see
+    /// [`crate::transaction`]), answered in one pass over the applied state with one
+    /// reply each, as the array a write batch gets. Watched keys belong to `EXEC` (a
+    /// write); a write among the commands gets its usual "send it as a write" error.
+    fn read_batch(&self, time_ms: u64, argv: &[Vec<u8>]) -> Value {
+        let Some(layout) = ExecLayout::parse(argv) else {
+            return Value::error(MALFORMED_EXEC);
+        };
+        if !layout.watched.is_empty() {
+            return Value::error(
+                "ERR STATOR.EXEC with watched keys changes state and cannot run as a read-only query; send it as a write",
+            );
+        }
+        for range in &layout.commands {
+            if crate::transaction::queued_command_error(&argv[range.clone()]).is_some() {
+                return Value::error(EXEC_ABORT);
+            }
+        }
+        Value::Array(Some(
+            layout
+                .commands
+                .into_iter()
+                .map(|range| self.query_argv(time_ms, &argv[range]))
+                .collect(),
+        ))
     }
 
     /// Moves the clock to `time_ms` unless that would run it backwards, then reclaims a
@@ -807,8 +844,8 @@ pub(crate) fn invalid_expire(name: &str) -> Value {
 }
 
 /// Redis' wording: `ERR unknown command 'foo', with args beginning with: 'a' 'b' `.
-pub(crate) fn unknown_command(argv: &[Vec<u8>]) -> Value {
-    let name = String::from_utf8_lossy(&argv[0]);
+pub(crate) fn unknown_command<A: AsRef<[u8]>>(argv: &[A]) -> Value {
+    let name = String::from_utf8_lossy(argv[0].as_ref());
     let name: String = name.chars().take(MAX_UNKNOWN_ARGS_ECHO_BYTES).collect();
     let mut args = String::new();
     for arg in &argv[1..] {
@@ -816,7 +853,10 @@ pub(crate) fn unknown_command(argv: &[Vec<u8>]) -> Value {
             break;
         }
         let room = MAX_UNKNOWN_ARGS_ECHO_BYTES - args.len();
-        let arg: String = String::from_utf8_lossy(arg).chars().take(room).collect();
+        let arg: String = String::from_utf8_lossy(arg.as_ref())
+            .chars()
+            .take(room)
+            .collect();
         args.push('\'');
         args.push_str(&arg);
         args.push_str("' ");
@@ -913,6 +953,41 @@ mod tests {
             prop_assert_eq!(original.data_bytes(), copy.data_bytes());
         }
 
+        /// A `STATOR.EXEC` entry's fast path (`apply_exec_entry`: borrowed parse, replies
+        /// encoded as they come) answers and ends exactly as the general path.
+        #[test]
+        fn exec_entries_apply_as_the_general_path_does(
+            steps in steps_strategy(),
+            batch in 1usize..7,
+            watch in prop::option::of(0u64..3),
+        ) {
+            let mut fast = KvMachine::new();
+            let mut general = KvMachine::new();
+            let mut time_ms: i64 = 1_000;
+            for (index, chunk) in steps.chunks(batch).enumerate() {
+                time_ms = (time_ms + chunk[0].1).max(0);
+                let queued: Vec<Vec<Vec<u8>>> = chunk.iter().map(|(argv, _)| argv.clone()).collect();
+                // Sometimes a watched key, whose version may or may not match.
+                let watched: Vec<(Vec<u8>, u64)> =
+                    watch.map(|version| (b"{t}a".to_vec(), version)).into_iter().collect();
+                let argv = crate::encode_exec(&watched, &queued);
+                let entry = crate::encode_command(&argv);
+                fast.set_entry_index(index as u64 + 1);
+                general.set_entry_index(index as u64 + 1);
+                let reply = fast.apply_exec_entry(time_ms as u64, &entry).expect("an exec entry");
+                prop_assert_eq!(
+                    reply,
+                    general.apply_owned(time_ms as u64, argv).to_bytes(),
+                    "batch {} {:?}", index, queued
+                );
+                fast.keyspace.assert_consistent();
+            }
+            prop_assert_eq!(fast.to_snapshot(), general.to_snapshot());
+            prop_assert_eq!(fast.data_bytes(), general.data_bytes());
+            prop_assert!(fast.apply_exec_entry(0, &crate::encode_command(&["SET", "k", "v"])).is_none());
+            prop_assert!(fast.apply_exec_entry(0, b"STATOR.EXEC 0 1 PING\r\n").is_none(), "inline: the general path");
+        }
+
         #[test]
         fn two_machines_fed_the_same_entries_end_identical(steps in steps_strategy()) {
             let mut first = KvMachine::new();
@@ -988,5 +1063,46 @@ mod tests {
             Value::null()
         );
         machine.keyspace.assert_consistent();
+    }
+
+    /// A pipeline batch of reads sent as one query answers each read as it would alone;
+    /// writes, watched keys and bad commands are refused without touching the state.
+    #[test]
+    fn a_read_batch_query_answers_each_read() {
+        let mut machine = KvMachine::new();
+        let argv = |words: &[&str]| -> Vec<Vec<u8>> {
+            words.iter().map(|w| w.as_bytes().to_vec()).collect()
+        };
+        machine.apply_argv(0, &argv(&["SET", "a", "1"]));
+        machine.apply_argv(0, &argv(&["HSET", "h", "f", "v"]));
+        let queued = [
+            argv(&["GET", "a"]),
+            argv(&["GET", "missing"]),
+            argv(&["HGET", "h", "f"]),
+            argv(&["GET", "h"]),
+        ];
+        let batch = crate::encode_exec(&[], &queued);
+        let alone: Vec<Value> = queued.iter().map(|q| machine.query_argv(0, q)).collect();
+        assert_eq!(
+            machine.query_argv(0, &batch),
+            Value::Array(Some(alone)),
+            "one reply per read, the WRONGTYPE error as an element"
+        );
+        let with_write = crate::encode_exec(&[], &[argv(&["GET", "a"]), argv(&["SET", "a", "2"])]);
+        let Value::Array(Some(replies)) = machine.query_argv(0, &with_write) else {
+            panic!("an array");
+        };
+        assert!(replies[1].is_error(), "a write in a read batch is refused");
+        assert_eq!(
+            machine.query_argv(0, &argv(&["GET", "a"])),
+            Value::bulk(b"1".to_vec())
+        );
+        let watched = crate::encode_exec(&[(b"a".to_vec(), 1)], &[argv(&["GET", "a"])]);
+        assert!(machine.query_argv(0, &watched).is_error());
+        let bad_arity = crate::encode_exec(&[], &[argv(&["GET", "a", "b"])]);
+        assert_eq!(machine.query_argv(0, &bad_arity), Value::error(EXEC_ABORT));
+        assert!(machine
+            .query_argv(0, &argv(&["STATOR.EXEC", "0", "5", "GET"]))
+            .is_error());
     }
 }

@@ -311,7 +311,30 @@ fn find_line_end(buf: &[u8], start: usize, limit: usize) -> Result<Option<usize>
     }
 }
 
+/// Parses a buffer that must hold exactly one RESP array command into slices of `buf`:
+/// no copy of any argument (a log entry's arguments that the state machine does not keep,
+/// such as a `STATOR.EXEC`'s argument counts, are never allocated). Inline commands are
+/// not accepted here (a log entry is always an array): they answer `None`, as does any
+/// malformed, partial or trailing input; [`parse_whole_command`] gives its error.
+pub fn parse_whole_array_borrowed(buf: &[u8]) -> Option<Vec<&[u8]>> {
+    if buf.first() != Some(&b'*') {
+        return None;
+    }
+    match parse_multibulk_with(buf, |arg| arg) {
+        Ok(Some((argv, consumed))) if consumed == buf.len() => Some(argv),
+        _ => None,
+    }
+}
+
 fn parse_multibulk(buf: &[u8]) -> Result<Option<(Argv, usize)>, RespError> {
+    parse_multibulk_with(buf, <[u8]>::to_vec)
+}
+
+/// The array parser, each argument made into a `T` by `argument` (a copy, or the slice).
+fn parse_multibulk_with<'a, T>(
+    buf: &'a [u8],
+    argument: impl Fn(&'a [u8]) -> T,
+) -> Result<Option<(Vec<T>, usize)>, RespError> {
     let Some(header_end) = find_line_end(buf, 1, MAX_HEADER_LINE_BYTES)? else {
         return Ok(None);
     };
@@ -337,7 +360,7 @@ fn parse_multibulk(buf: &[u8]) -> Result<Option<(Argv, usize)>, RespError> {
             return Ok(None);
         };
         let (data_start, data_end) = bulk.ok_or(RespError::InvalidBulkLength)?;
-        argv.push(buf[data_start..data_end].to_vec());
+        argv.push(argument(&buf[data_start..data_end]));
         position = data_end + 2;
     }
     Ok(Some((argv, position)))

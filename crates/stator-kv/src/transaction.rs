@@ -20,6 +20,11 @@
 //! `EXECABORT Transaction discarded because of previous errors.` if a queued command is
 //! unknown or has the wrong arity (the gateway should have refused it already).
 //!
+//! The same encoding with no watched keys and only reads may also be sent as a **query**
+//! (a linearizable or stale read, not a log entry): a pipeline batch of reads, answered in
+//! one pass over the applied state with the same array of replies, so a router sends a
+//! connection's pipelined `GET`s to a partition as one read instead of one each.
+//!
 //! One difference from Redis: a key that was missing at `WATCH`, then created and deleted
 //! again before `EXEC`, reads as unchanged (versions live on keys, and the key is gone).
 
@@ -45,13 +50,13 @@ pub(crate) struct ExecLayout {
 
 impl ExecLayout {
     /// Parses the layout, or `None` if the argument list is malformed.
-    pub(crate) fn parse(argv: &[Vec<u8>]) -> Option<ExecLayout> {
-        let watched_count = usize::try_from(parse_i64_strict(argv.get(1)?)?).ok()?;
+    pub(crate) fn parse<A: AsRef<[u8]>>(argv: &[A]) -> Option<ExecLayout> {
+        let watched_count = usize::try_from(parse_i64_strict(argv.get(1)?.as_ref())?).ok()?;
         let mut at = 2;
         let mut watched = Vec::new();
         for _ in 0..watched_count {
             argv.get(at)?;
-            let version = u64::try_from(parse_i64_strict(argv.get(at + 1)?)?).ok()?;
+            let version = u64::try_from(parse_i64_strict(argv.get(at + 1)?.as_ref())?).ok()?;
             watched.push((at, version));
             at += 2;
         }
@@ -60,7 +65,7 @@ impl ExecLayout {
             if commands.len() >= MAX_QUEUED_COMMANDS {
                 return None;
             }
-            let argc = usize::try_from(parse_i64_strict(&argv[at])?).ok()?;
+            let argc = usize::try_from(parse_i64_strict(argv[at].as_ref())?).ok()?;
             if argc == 0 || at + 1 + argc > argv.len() {
                 return None;
             }
@@ -91,8 +96,8 @@ pub fn encode_exec(watched: &[(Vec<u8>, u64)], queued: &[Vec<Vec<u8>>]) -> Vec<V
 /// The error Redis answers when `argv` is queued inside `MULTI` (unknown command or wrong
 /// arity), or `None` if it may be queued. Commands that cannot run inside a transaction
 /// (`STATOR.EXEC` itself) are refused too.
-pub fn queued_command_error(argv: &[Vec<u8>]) -> Option<Value> {
-    let name = argv.first()?;
+pub fn queued_command_error<A: AsRef<[u8]>>(argv: &[A]) -> Option<Value> {
+    let name = argv.first()?.as_ref();
     let Some(spec) = lookup(name) else {
         return Some(crate::machine::unknown_command(argv));
     };
@@ -104,6 +109,9 @@ pub fn queued_command_error(argv: &[Vec<u8>]) -> Option<Value> {
     }
     spec.subcommand_error(argv).map(Value::error)
 }
+
+/// The reply to a `STATOR.EXEC` whose arguments do not follow its layout.
+pub(crate) const MALFORMED_EXEC: &str = "ERR malformed STATOR.EXEC: expected <watched> [<key> <version>]... [<argc> <arg>...]...; build it with stator_kv::encode_exec";
 
 /// Redis' reply to `EXEC` after a queueing error.
 pub(crate) const EXEC_ABORT: &str = "EXECABORT Transaction discarded because of previous errors.";

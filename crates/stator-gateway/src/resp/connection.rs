@@ -357,7 +357,9 @@ impl Backend for Router {
         }
     }
 
-    /// Reads side by side; anything with a write as one `STATOR.EXEC` write, applied in
+    /// Reads of one kind as one read of the batch (side by side when their kinds differ),
+    /// merged with the read batches other connections have waiting for the same
+    /// partition; anything with a write as one `STATOR.EXEC` write, applied in
     /// order as one entry (see [`pipeline`]), merged with the batches other connections
     /// have waiting for the same partition (see [`crate::coalesce`]).
     async fn execute_batch(
@@ -367,6 +369,10 @@ impl Backend for Router {
         slots: Vec<u16>,
         commands: Vec<(RequestKind, Vec<u8>)>,
     ) -> Vec<Vec<u8>> {
+        if let Some(kind) = pipeline::read_batch_kind(&commands) {
+            // One read for the whole batch, merged with other connections' (`pipeline`).
+            return self.merged_batch(routes, partition, kind, commands).await;
+        }
         if pipeline::all_reads(&commands) {
             return futures::future::join_all(commands.into_iter().zip(slots).map(
                 |((kind, payload), slot)| {
@@ -375,7 +381,8 @@ impl Backend for Router {
             ))
             .await;
         }
-        self.write_batch(routes, partition, commands).await
+        self.merged_batch(routes, partition, RequestKind::Write, commands)
+            .await
     }
 
     fn pipelines_slots(&self) -> bool {

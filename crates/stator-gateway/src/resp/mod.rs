@@ -8,7 +8,8 @@
 //! # Layout
 //! - [`local`]: commands the gateway answers itself, and how the rest are classified.
 //! - [`connection`]: one client connection, pipelined and answered in order.
-//! - [`pipeline`]: a connection's commands for one partition as one `STATOR.EXEC` write.
+//! - [`pipeline`]: a connection's commands for one partition as one `STATOR.EXEC` write,
+//!   or, when all are reads, as one read.
 //! - [`cluster`]: the Redis Cluster topology commands (`CLUSTER SLOTS`, ...) from the map.
 //! - [`command_table`]: `COMMAND` with every command's key positions.
 //! - [`auth`]: `expose.auth` passwords and ACL users, AUTH, ACL, protected mode.

@@ -9,9 +9,12 @@
 //! RESP array as received (no re-parsing): `*<n>` becomes the bulk `<argc>` of
 //! `STATOR.EXEC 0 [<argc> <arg>...]...`.
 //!
-//! A batch of reads only needs no order among its commands (a read changes nothing
-//! another read sees), so [`all_reads`] batches are sent as separate concurrent reads and
-//! keep the replicas' cheap read path.
+//! A batch of reads needs no order among its commands (a read changes nothing another
+//! read sees) and no session: [`read_batch_kind`] batches travel as the same
+//! `STATOR.EXEC 0 ...` encoding sent as ONE read (the kv machine answers it as a query,
+//! in one pass over its applied state): one request, one lease check, one reply frame
+//! per batch instead of one per command. A replica too old to know the read form answers
+//! [`refused_as_query`]'s error, and the batch is sent again one read at a time.
 
 use stator_kv::resp::reply_len;
 use stator_kv::transaction::EXEC_COMMAND;
@@ -45,6 +48,22 @@ pub fn may_batch(argv: &[Vec<u8>]) -> bool {
 /// Whether every command of a batch is a read (sent concurrently, not as one write).
 pub fn all_reads(commands: &[(RequestKind, Vec<u8>)]) -> bool {
     commands.iter().all(|(kind, _)| *kind != RequestKind::Write)
+}
+
+/// The kind of one read to send a batch of reads as: `Some` when there are several and
+/// all are of one kind (linearizable, or stale under `READONLY`).
+pub fn read_batch_kind(commands: &[(RequestKind, Vec<u8>)]) -> Option<RequestKind> {
+    let (first, rest) = commands.split_first()?;
+    let kind = first.0;
+    (kind != RequestKind::Write && !rest.is_empty() && rest.iter().all(|(k, _)| *k == kind))
+        .then_some(kind)
+}
+
+/// Whether `reply` is a replica's refusal of a read batch as a query: a kv machine from
+/// before read batches (it answers a write's "changes state" error to any `STATOR.EXEC`
+/// query). The caller sends the reads one by one instead.
+pub fn refused_as_query(reply: &[u8]) -> bool {
+    reply.starts_with(b"-ERR 'stator.exec' changes state")
 }
 
 /// `STATOR.EXEC 0 [<argc> <arg>...]...` for `commands`, each a RESP array of bulk
@@ -165,6 +184,39 @@ mod tests {
         let error = b"-TRYAGAIN no leader\r\n".to_vec();
         assert_eq!(split(error.clone(), 2), vec![error.clone(), error]);
         assert!(split(b"*1\r\n+OK\r\n".to_vec(), 2)[0].starts_with(b"-ERR internal"));
+    }
+
+    #[test]
+    fn reads_of_one_kind_go_as_one_read() {
+        let get = |kind| (kind, encode_command(&["GET", "k"]));
+        assert_eq!(
+            read_batch_kind(&[get(RequestKind::Read), get(RequestKind::Read)]),
+            Some(RequestKind::Read)
+        );
+        assert_eq!(
+            read_batch_kind(&[get(RequestKind::StaleRead), get(RequestKind::StaleRead)]),
+            Some(RequestKind::StaleRead)
+        );
+        assert_eq!(
+            read_batch_kind(&[get(RequestKind::Read)]),
+            None,
+            "one read: itself"
+        );
+        assert_eq!(
+            read_batch_kind(&[get(RequestKind::Read), get(RequestKind::StaleRead)]),
+            None
+        );
+        assert_eq!(
+            read_batch_kind(&[get(RequestKind::Read), get(RequestKind::Write)]),
+            None
+        );
+        // What a kv machine without read batches answers to one (its `changes_state`).
+        let old = Value::error(
+            "ERR 'stator.exec' changes state and cannot run as a read-only query; send it as a write",
+        )
+        .to_bytes();
+        assert!(refused_as_query(&old));
+        assert!(!refused_as_query(b"*1\r\n$-1\r\n"));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use crate::command::{lookup, Command, CommandSpec};
 use crate::keyspace::ExpiryChange;
 use crate::machine::{attempt, KvMachine, NO_SUCH_KEY, SYNTAX_ERROR};
 use crate::resp::Value;
-use crate::transaction::{ExecLayout, EXEC_ABORT};
+use crate::transaction::{ExecLayout, EXEC_ABORT, MALFORMED_EXEC};
 use crate::types::{EntryRng, Kind};
 
 impl KvMachine {
@@ -212,9 +212,7 @@ impl KvMachine {
     /// `STATOR.EXEC`: a whole `MULTI ... EXEC` transaction in one entry (see `transaction`).
     pub(crate) fn exec_transaction(&mut self, argv: Vec<Vec<u8>>) -> Value {
         let Some(layout) = ExecLayout::parse(&argv) else {
-            return Value::error(
-                "ERR malformed STATOR.EXEC: expected <watched> [<key> <version>]... [<argc> <arg>...]...; build it with stator_kv::encode_exec",
-            );
+            return Value::error(MALFORMED_EXEC);
         };
         for range in &layout.commands {
             if crate::transaction::queued_command_error(&argv[range.clone()]).is_some() {
@@ -243,4 +241,78 @@ impl KvMachine {
         self.in_transaction = false;
         Value::Array(Some(replies))
     }
+
+    /// A whole `STATOR.EXEC` log entry (every pipeline batch is one) applied at leader
+    /// time `time_ms`, with its reply's bytes; `None` if `entry` is not one (the caller
+    /// applies it as any other command). The same outcome as [`KvMachine::apply_owned`]
+    /// of the parsed entry, for less: the entry is parsed into slices of its bytes, and
+    /// only each queued command's own arguments are copied (they move into the keyspace),
+    /// not the layout's argument counts; replies are encoded as each command answers,
+    /// with no array of values built in between. On every replica, followers included:
+    /// the exactly-once session table keeps the reply.
+    ///
+    /// Entries whose outcome depends on more (a key may be past its expiry, so lazy
+    /// expiry of every key comes first; a memory budget is set) take the general path.
+    pub(crate) fn apply_exec_entry(&mut self, time_ms: u64, entry: &[u8]) -> Option<Vec<u8>> {
+        if !is_exec_entry(entry) {
+            return None;
+        }
+        let args = crate::resp::parse_whole_array_borrowed(entry)?;
+        if args.len() < 2
+            || self.budget.max_bytes != 0
+            || self.keyspace.may_hold_expired(self.now_ms.max(time_ms))
+        {
+            let argv = args.iter().map(|arg| arg.to_vec()).collect();
+            return Some(self.apply_owned(time_ms, argv).to_bytes());
+        }
+        self.begin_entry(time_ms);
+        let Some(layout) = ExecLayout::parse(&args) else {
+            return Some(Value::error(MALFORMED_EXEC).to_bytes());
+        };
+        if layout
+            .commands
+            .iter()
+            .any(|range| crate::transaction::queued_command_error(&args[range.clone()]).is_some())
+        {
+            return Some(Value::error(EXEC_ABORT).to_bytes());
+        }
+        let now_ms = self.now_ms;
+        for &(key_index, version) in &layout.watched {
+            let current = self
+                .live(args[key_index], now_ms)
+                .map_or(0, |entry| entry.version);
+            if current != version {
+                return Some(Value::Array(None).to_bytes());
+            }
+        }
+        // `+OK\r\n` per command is the common reply: room for it up front.
+        let mut reply = Vec::with_capacity(16 + layout.commands.len() * 8);
+        reply.push(b'*');
+        crate::resp::push_decimal(&mut reply, layout.commands.len() as i64);
+        reply.extend_from_slice(b"\r\n");
+        self.in_transaction = true;
+        for range in layout.commands {
+            let queued: Vec<Vec<u8>> = args[range].iter().map(|arg| arg.to_vec()).collect();
+            self.execute(queued).encode(&mut reply);
+        }
+        self.in_transaction = false;
+        Some(reply)
+    }
+}
+
+/// Whether a log entry is a `STATOR.EXEC` command: its first argument, read from the
+/// bytes without parsing the rest.
+fn is_exec_entry(entry: &[u8]) -> bool {
+    const NAME: &[u8] = crate::transaction::EXEC_COMMAND.as_bytes();
+    let Some(header_end) = entry.iter().take(24).position(|&b| b == b'\n') else {
+        return false;
+    };
+    let rest = &entry[header_end + 1..];
+    let bulk_header = b"$11\r\n";
+    entry.first() == Some(&b'*')
+        && NAME.len() == 11
+        && rest.starts_with(bulk_header)
+        && rest
+            .get(bulk_header.len()..bulk_header.len() + NAME.len())
+            .is_some_and(|name| name.eq_ignore_ascii_case(NAME))
 }
