@@ -14,6 +14,9 @@
 //!   toward the assigned groups and members.
 //! - [`report`]: what each heartbeat says of the replicas: the full view, or only the
 //!   changes since the view the server acknowledged.
+//! - [`ReconcileSchedule`] (here): when a replica reconcile pass is due (a change of
+//!   the assignments or of the replicas, work in flight, or every
+//!   [`RECONCILE_REFRESH`]); an unchanged answer reuses the assignments held.
 //! - [`resp`]: the Redis Cluster protocol for the kv services it hosts: a RESP listener
 //!   per service serving the slots its replicas lead (pipelines on one slot as one
 //!   batch), `MOVED` for the rest, with the spec's AUTH/ACL, protected mode and TLS.
