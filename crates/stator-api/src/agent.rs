@@ -557,6 +557,7 @@ mod tests {
                 }],
             },
             replicas_since: Some(3),
+            assignments_held: Some(42),
             replicas_gone: vec![GroupId::new(1, 5)],
             replicas_view: 4,
         };
