@@ -14,6 +14,9 @@
 //!   toward the assigned groups and members.
 //! - [`report`]: what each heartbeat says of the replicas: the full view, or only the
 //!   changes since the view the server acknowledged.
+//! - [`ReconcileSchedule`] (here): when a replica reconcile pass is due (a change of
+//!   the assignments or of the replicas, work in flight, or every
+//!   [`RECONCILE_REFRESH`]); an unchanged answer reuses the assignments held.
 //! - [`resp`]: the Redis Cluster protocol for the kv services it hosts: a RESP listener
 //!   per service serving the slots its replicas lead (pipelines on one slot as one
 //!   batch), `MOVED` for the rest, with the spec's AUTH/ACL, protected mode and TLS.
@@ -306,28 +309,43 @@ async fn heartbeat_loop(
     server: &server::ServerClient,
     node_id: stator_api::ids::NodeId,
     interval: Duration,
-    desired_tx: tokio::sync::watch::Sender<Option<Assignments>>,
+    desired_tx: tokio::sync::watch::Sender<Option<Desired>>,
 ) -> Ended {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut report = report::ReplicaReport::default();
+    let mut replica_changes = 0;
+    // The last full assignments and their fingerprint: an unchanged answer reuses them.
+    let mut held: Option<std::sync::Arc<Assignments>> = None;
     loop {
         ticker.tick().await;
         // At most twice: a delta the server refuses goes again, in full, at once.
         for _ in 0..2 {
             let prepared = report.prepare(node.replicas.statuses());
+            if prepared.has_changes() {
+                replica_changes += 1;
+            }
             let mut beat = Heartbeat {
                 node_id,
                 instances: node.supervisor.statuses(),
                 resp_addrs: node.resp.advertised(),
                 metrics: node.replicas.node_metrics(),
+                assignments_held: held.as_ref().and_then(|a| a.fingerprint),
                 ..Heartbeat::default()
             };
             prepared.fill(&mut beat);
             match server.heartbeat(&beat).await {
                 Ok(assignments) => {
                     report.answered(prepared, assignments.replicas_view);
-                    desired_tx.send_replace(Some(assignments));
+                    let assignments = match held.clone() {
+                        Some(same) if assignments.unchanged => same,
+                        _ => std::sync::Arc::new(assignments),
+                    };
+                    held = Some(assignments.clone());
+                    desired_tx.send_replace(Some(Desired {
+                        assignments,
+                        replica_changes,
+                    }));
                 }
                 Err(server::ServerCallError::Refused { status: 404, .. }) => {
                     return Ended::Forgotten
@@ -350,21 +368,78 @@ async fn heartbeat_loop(
     }
 }
 
-/// Reconciles replicas, RESP listeners and instances toward the newest assignments.
+/// Reconciles replicas, RESP listeners and instances toward the newest assignments:
+/// instances on every heartbeat, replicas and RESP listeners when [`ReconcileSchedule`]
+/// says a pass is due.
 async fn reconcile_loop(
     node: &Node,
-    mut desired_rx: tokio::sync::watch::Receiver<Option<Assignments>>,
+    mut desired_rx: tokio::sync::watch::Receiver<Option<Desired>>,
 ) -> Ended {
+    let mut schedule = ReconcileSchedule::default();
     while desired_rx.changed().await.is_ok() {
-        let Some(assignments) = desired_rx.borrow_and_update().clone() else {
+        let Some(desired) = desired_rx.borrow_and_update().clone() else {
             continue;
         };
-        node.replicas.reconcile(&assignments.replicas).await;
-        node.resp.reconcile(&assignments.cluster).await;
-        node.supervisor.reconcile(&assignments.instances).await;
+        let now = std::time::Instant::now();
+        if schedule.due(&desired, now) {
+            let settled = node.replicas.reconcile(&desired.assignments.replicas).await;
+            node.resp.reconcile(&desired.assignments.cluster).await;
+            schedule.passed(desired.clone(), now, settled);
+        }
+        node.supervisor
+            .reconcile(&desired.assignments.instances)
+            .await;
     }
     // The sender lives as long as the heartbeat loop, which ends the select first.
     std::future::pending::<Ended>().await
+}
+
+/// The least often a settled agent passes over its replicas and RESP listeners with
+/// nothing changed: what is retried only on a pass (a cgroup left behind, a listener
+/// that could not bind) waits this long at most. Often enough for that, rarely enough
+/// that 1,000 idle replicas cost nothing between passes.
+pub const RECONCILE_REFRESH: Duration = Duration::from_secs(5);
+
+/// What the heartbeat loop hands the reconcile loop: the newest assignments, and how
+/// many heartbeats so far reported a change of this agent's replicas.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    /// The server's newest answer.
+    pub assignments: std::sync::Arc<Assignments>,
+    /// Heartbeats whose replica report carried a change (a leader elected, a member
+    /// added, an index moved): the next step of a membership change depends on it.
+    pub replica_changes: u64,
+}
+
+/// When a replica reconcile pass is due. Level-triggered as before, but an idle agent of
+/// 1,000 replicas no longer walks every assignment twice a second to find nothing to do:
+/// a pass runs when the assignments (replicas, RESP slot maps, draining) changed, when
+/// the agent's own replicas changed, when the last pass left work in flight (it was not
+/// settled), and at least every [`RECONCILE_REFRESH`]. Pure: time is an input.
+#[derive(Debug, Default)]
+pub struct ReconcileSchedule {
+    last: Option<(Desired, std::time::Instant, bool)>,
+}
+
+impl ReconcileSchedule {
+    /// Whether a pass toward `desired` is due at `now`.
+    pub fn due(&self, desired: &Desired, now: std::time::Instant) -> bool {
+        let Some((last, at, settled)) = &self.last else {
+            return true;
+        };
+        let (a, b) = (&*last.assignments, &*desired.assignments);
+        let same_answer = std::sync::Arc::ptr_eq(&last.assignments, &desired.assignments);
+        !settled
+            || last.replica_changes != desired.replica_changes
+            || now.saturating_duration_since(*at) >= RECONCILE_REFRESH
+            || !same_answer && a.replicas != b.replicas
+            || !same_answer && (a.cluster != b.cluster || a.draining != b.draining)
+    }
+
+    /// A pass toward `desired` started at `now`; `settled` is what it returned.
+    pub fn passed(&mut self, desired: Desired, now: std::time::Instant, settled: bool) {
+        self.last = Some((desired, now, settled));
+    }
 }
 
 impl Node {
@@ -377,5 +452,63 @@ impl Node {
             cgroups.remove_all();
         }
         self.host.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    fn desired(partitions: u32, replica_changes: u64) -> Desired {
+        let replicas = (0..partitions)
+            .map(|partition| stator_api::agent::ReplicaAssignment {
+                group: stator_api::ids::GroupId::new(1, partition),
+                service: "kv".into(),
+                partition,
+                app: stator_api::spec::AppSpec::Builtin("kv".into()),
+                members: Vec::new(),
+                bootstrap: false,
+                election_timeout_ms: 100,
+                cpu_millis: 0,
+                durability: Default::default(),
+                fsync_interval_ms: 0,
+                memory_mib: 0,
+                kv_maxmemory_bytes: 0,
+                transfer_leader_to: None,
+            })
+            .collect();
+        Desired {
+            assignments: Arc::new(Assignments {
+                replicas,
+                ..Assignments::default()
+            }),
+            replica_changes,
+        }
+    }
+
+    #[test]
+    fn a_settled_agent_passes_again_only_on_a_change_or_the_refresh() {
+        let mut schedule = ReconcileSchedule::default();
+        let t0 = Instant::now();
+        assert!(schedule.due(&desired(2, 0), t0), "the first pass");
+        schedule.passed(desired(2, 0), t0, true);
+        let beat = t0 + Duration::from_millis(500);
+        assert!(!schedule.due(&desired(2, 0), beat), "nothing changed");
+        let mut numbered = desired(2, 0);
+        Arc::make_mut(&mut numbered.assignments).replicas_view = Some(7);
+        assert!(!schedule.due(&numbered, beat), "a view number is no change");
+        assert!(schedule.due(&desired(3, 0), beat), "assignments changed");
+        assert!(schedule.due(&desired(2, 1), beat), "a replica changed");
+        assert!(
+            schedule.due(&desired(2, 0), t0 + RECONCILE_REFRESH),
+            "the refresh"
+        );
+        schedule.passed(desired(2, 0), beat, false);
+        assert!(
+            schedule.due(&desired(2, 0), beat + Duration::from_millis(500)),
+            "work left in flight: every beat"
+        );
     }
 }

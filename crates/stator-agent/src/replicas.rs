@@ -376,10 +376,15 @@ impl Replicas {
         }
     }
 
-    /// One reconcile pass toward `assignments`.
-    pub async fn reconcile(&self, assignments: &[ReplicaAssignment]) {
+    /// One reconcile pass toward `assignments`. Returns whether it left the replicas
+    /// settled: every assigned replica hosted, no group forming or bootstrapping, no
+    /// membership step or leader move in flight or asked for, no app process whose pid
+    /// may change. A settled agent need not pass again until its assignments or its
+    /// replicas change (see [`crate::ReconcileSchedule`]).
+    pub async fn reconcile(&self, assignments: &[ReplicaAssignment]) -> bool {
         let wanted: HashSet<GroupId> = assignments.iter().map(|a| a.group).collect();
         let mut forming = self.groups_forming();
+        let mut settled = forming == 0;
         for a in assignments {
             let members: BTreeMap<NodeId, String> = a
                 .members
@@ -387,17 +392,28 @@ impl Replicas {
                 .map(|m| (m.node_id, m.addr.clone()))
                 .collect();
             if self.host.replica(a.group).is_none() && !self.create_replica(a).await {
+                settled = false;
                 continue;
             }
+            // A group placed afresh is settled once it had a leader (the server then
+            // stops asking for a bootstrap); an app process may restart under a new pid.
+            settled &= !a.bootstrap && matches!(a.app, AppSpec::Builtin(_));
             self.apply_cpu_share(a);
             self.bootstrap_if_due(a, &members, &mut forming).await;
-            self.step_membership(a, members);
+            settled &= !self.step_membership(a, members);
         }
         for group in self.host.groups() {
             if !wanted.contains(&group) {
                 self.remove_replica(group).await;
+                settled = false;
             }
         }
+        settled &= self.busy.lock().expect("busy mutex poisoned").is_empty()
+            && self
+                .forgotten
+                .lock()
+                .expect("forgotten mutex poisoned")
+                .is_empty();
         self.sweep_previous_stores(&wanted);
         self.sweep_orphan_cgroups(&wanted);
         // A forgotten member that is no longer assigned has left its group: it may be
@@ -407,6 +423,7 @@ impl Replicas {
             .expect("forgotten mutex poisoned")
             .retain(|group, _| wanted.contains(group));
         self.save_memory_groups();
+        settled
     }
 
     /// Creates the replica of an assigned group this node does not host yet; false when
@@ -512,13 +529,17 @@ impl Replicas {
     }
 
     /// Where this node leads the group and its membership or leader is not yet what the
-    /// server designed, spawns one membership step (one at a time per group).
-    fn step_membership(&self, a: &ReplicaAssignment, members: BTreeMap<NodeId, String>) {
+    /// server designed, spawns one membership step (one at a time per group). Returns
+    /// whether there was something to do (a step spawned or still in flight).
+    fn step_membership(&self, a: &ReplicaAssignment, members: BTreeMap<NodeId, String>) -> bool {
         // A settled group led here (nearly all of them at 1,000 idle partitions) needs
         // no membership task unless the server asks to move its leader: checked under
         // the metrics borrow instead of spawning a task that clones them each beat.
         let in_sync = self.host.leads_in_sync(a.group, &members);
         let nothing_to_do = in_sync == Some(true) && a.transfer_leader_to.is_none();
+        if in_sync.is_none() || nothing_to_do {
+            return false;
+        }
         if in_sync.is_some()
             && !nothing_to_do
             && !members.is_empty()
@@ -566,6 +587,7 @@ impl Replicas {
                 busy.lock().expect("busy mutex poisoned").remove(&group);
             });
         }
+        true
     }
 
     /// Stops a replica no longer assigned here and removes its container, cgroup and store.

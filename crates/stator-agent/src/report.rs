@@ -85,6 +85,12 @@ impl PreparedReport {
         self.since.is_some()
     }
 
+    /// Whether this report says anything changed: a full report, or a delta naming a
+    /// replica that changed, came or went.
+    pub fn has_changes(&self) -> bool {
+        !self.is_delta() || !self.changed.is_empty() || !self.gone.is_empty()
+    }
+
     /// Fills `beat`'s replica fields with this report.
     pub fn fill(&self, beat: &mut Heartbeat) {
         beat.replicas = self.changed.clone();

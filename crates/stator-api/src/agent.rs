@@ -136,6 +136,12 @@ pub struct Heartbeat {
     /// for it (its advertised address, what `MOVED` and `CLUSTER SLOTS` hand out).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub resp_addrs: BTreeMap<String, String>,
+    /// The [`Assignments::fingerprint`] of the assignments the agent holds (its last
+    /// full answer): a server whose assignments for the node are still those answers
+    /// [`Assignments::unchanged`] instead of sending them again (1,000 replica
+    /// assignments and slot maps twice a second, parsed by an idle agent for nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignments_held: Option<u64>,
     /// Node-wide counters since the agent started: commit latency and transport bytes.
     #[serde(default)]
     pub metrics: NodeMetrics,
@@ -418,6 +424,46 @@ pub struct Assignments {
     /// numbered view (the agent then sends the full view).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas_view: Option<u64>,
+    /// A digest of `replicas`, `instances`, `draining` and `cluster` as the server
+    /// computed them; the agent sends it back as [`Heartbeat::assignments_held`]. `None`:
+    /// a server that does not answer [`Assignments::unchanged`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<u64>,
+    /// The assignments are those the agent holds (its `assignments_held` equals
+    /// `fingerprint`): `replicas`, `instances` and `cluster` are left empty, and the
+    /// agent keeps what it holds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchanged: bool,
+}
+
+impl Assignments {
+    /// The digest [`Assignments::fingerprint`] carries: of everything but the view
+    /// number and the fingerprint fields. Stable within one server process (std's
+    /// `DefaultHasher` with its fixed keys); an agent only ever sends it back to a
+    /// server, and a server restarted on another build answers in full on a mismatch.
+    pub fn digest(&self) -> u64 {
+        use std::hash::Hasher;
+        struct HashWriter<'a>(&'a mut std::collections::hash_map::DefaultHasher);
+        impl std::io::Write for HashWriter<'_> {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.write(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        let parts = (
+            &self.replicas,
+            &self.instances,
+            self.draining,
+            &self.cluster,
+        );
+        serde_json::to_writer(HashWriter(&mut hasher), &parts)
+            .expect("assignments serialize to JSON");
+        hasher.finish()
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -511,6 +557,7 @@ mod tests {
                 }],
             },
             replicas_since: Some(3),
+            assignments_held: Some(42),
             replicas_gone: vec![GroupId::new(1, 5)],
             replicas_view: 4,
         };

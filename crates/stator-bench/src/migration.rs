@@ -84,6 +84,10 @@ pub struct Options {
     pub rate_per_sec: u32,
     /// Which replica moves.
     pub moved: MoveKind,
+    /// The group's snapshot policy (`GroupOptions::snapshot_every_entries`); `None`: the
+    /// default. Smaller than the fill's entries, the log is purged and a learner catches
+    /// up from a snapshot instead of the log.
+    pub snapshot_every_entries: Option<u64>,
 }
 
 /// The stop-and-copy move of the same state.
@@ -177,7 +181,7 @@ const PHASE_AFTER: usize = 3;
 pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     anyhow::ensure!(opts.value_bytes >= 16, "--value-bytes: at least 16");
     let secret = format!("{:032x}", rand::random::<u128>());
-    let (threads, hosts) = start_hosts(&secret).await?;
+    let (threads, hosts) = start_hosts(&secret, opts.snapshot_every_entries).await?;
     let timeline = Timeline::default();
     let stalls = timeline.clone();
     threads
@@ -473,16 +477,20 @@ pub fn print_report(report: &Report, json: bool) {
 /// Starts the hosts, each with an empty replica of the group; none is bootstrapped.
 /// Host 4's replica too: an empty, uninitialised member-to-be, as the control plane
 /// creates it before adding it as a learner.
-async fn start_hosts(secret: &str) -> anyhow::Result<(HostThreads, BTreeMap<NodeId, Host>)> {
+async fn start_hosts(
+    secret: &str,
+    snapshot_every_entries: Option<u64>,
+) -> anyhow::Result<(HostThreads, BTreeMap<NodeId, Host>)> {
     let (threads, hosts) = HostThreads::start(HOSTS, secret, None).await?;
+    let options = GroupOptions {
+        snapshot_every_entries: snapshot_every_entries
+            .unwrap_or(stator_replication::host::DEFAULT_SNAPSHOT_EVERY_ENTRIES),
+        ..GroupOptions::default()
+    };
     threads
-        .run_on_all(|_, host| async move {
-            host.create_group(
-                group(),
-                GroupOptions::default(),
-                Box::new(KvMachine::default()),
-            )
-            .await?;
+        .run_on_all(move |_, host| async move {
+            host.create_group(group(), options, Box::new(KvMachine::default()))
+                .await?;
             Ok(())
         })
         .await?;

@@ -345,8 +345,14 @@ pub struct Replica {
     /// Until then this replica refuses to vote: it may have restarted and forgotten which
     /// leader it last heard from, whose lease it must not cut short.
     votes_from: Instant,
-    /// The node leadership is being handed to, while a transfer runs; writes wait.
-    transfer: tokio::sync::watch::Sender<Option<NodeId>>,
+    /// Where a leadership hand-over from this replica stands: writes wait at the gate
+    /// while it is pending, and are answered with the successor's address once decided.
+    transfer: tokio::sync::watch::Sender<Handover>,
+    /// When this replica was last asked to run for election (`Elect`), in µs since
+    /// [`process_epoch`] (0: never), and its term then: a write reaching it while that
+    /// election is open waits for the outcome (see [`await_asked_election`]).
+    elect_asked_us: AtomicU64,
+    elect_asked_term: AtomicU64,
     /// Client-write entries between the transfer gate in [`propose`] and their commit: a
     /// transfer waits for these to reach the log before it measures the successor's lag.
     proposing: AtomicUsize,
@@ -431,6 +437,19 @@ pub enum MembershipStep {
     /// This leader is not wanted: it handed leadership to this caught-up voter, which
     /// makes the membership change from here.
     TransferredLeadership(NodeId),
+}
+
+/// Where a leadership hand-over from a leader stands, as the writes at its gate see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Handover {
+    /// No hand-over: writes are proposed.
+    Idle,
+    /// Handing over to this voter, which is catching up on the last entries: writes wait.
+    Pending(NodeId),
+    /// The successor holds every entry and was told to run for election: writes are not
+    /// proposed here any more but answered at once with its address (the client retries
+    /// there, where they wait for its election to end; see [`await_asked_election`]).
+    Decided { to: NodeId, addr: String },
 }
 
 /// How a [`Host::transfer_leadership`] call ended.
@@ -649,7 +668,9 @@ impl Host {
                 ReadIndex::default()
             }),
             votes_from: Instant::now() + Duration::from_millis(raft_lease_ms),
-            transfer: tokio::sync::watch::channel(None).0,
+            transfer: tokio::sync::watch::channel(Handover::Idle).0,
+            elect_asked_us: AtomicU64::new(0),
+            elect_asked_term: AtomicU64::new(0),
             proposing: AtomicUsize::new(0),
             writes: WriteQueue::new(options.batch_writes),
             raft_lease: Duration::from_millis(raft_lease_ms),
@@ -980,11 +1001,11 @@ impl Host {
         // Writes wait from here on (see `serve_client`), and no lease is held: the
         // successor is elected with this replica's vote, before any lease would end.
         replica.quiet.wake(&replica.raft);
-        replica.transfer.send_replace(Some(to));
+        replica.transfer.send_replace(Handover::Pending(to));
         replica.read_index.suspend(true);
         let outcome = self.hand_over(&replica, to, &addr).await;
         replica.read_index.suspend(false);
-        replica.transfer.send_replace(None);
+        replica.transfer.send_replace(Handover::Idle);
         Ok(outcome)
     }
 
@@ -1034,6 +1055,15 @@ impl Host {
             Ok(Response::Elect(Ok(()))) => {}
             _ => return TransferOutcome::TimedOut,
         }
+        // Decided: the writes waiting at the gate (and any arriving) go to the successor
+        // now, instead of being proposed here once this replica learns it lost (its
+        // vote, then the successor's first append: a round trip and more under load),
+        // only to be refused. None of them was proposed, so none can be lost; should the
+        // successor lose, its answer sends them back here.
+        replica.transfer.send_replace(Handover::Decided {
+            to,
+            addr: addr.to_string(),
+        });
         // 3. This replica learns of the successor by voting for it, then from its appends.
         loop {
             {
@@ -1218,23 +1248,31 @@ impl Drop for Proposing<'_> {
     }
 }
 
-/// While leadership is handed over, a write waits for the outcome (at most
-/// [`LEADERSHIP_TRANSFER_TIMEOUT`]): then this replica either answers with its
-/// successor's address (openraft refuses the write) or carries on leading. The count is
-/// taken before the transfer flag is read and the transfer sets its flag before it reads
-/// the count, so a write either waits here or is counted by the transfer, never neither.
-async fn pass_transfer_gate(replica: &Replica) -> Proposing<'_> {
+/// While leadership is handed over, a write waits for the successor to be decided (at
+/// most [`LEADERSHIP_TRANSFER_TIMEOUT`]): then it is answered with the successor's address
+/// (`Err`, never proposed here), or, when the hand-over was abandoned, proposed here as
+/// usual. The count is taken before the hand-over state is read and the transfer sets
+/// its state before it reads the count, so a write either waits here or is counted by
+/// the transfer, never neither.
+async fn pass_transfer_gate(replica: &Replica) -> Result<Proposing<'_>, ClientReply> {
     loop {
         replica.proposing.fetch_add(1, Ordering::SeqCst);
         let counted = Proposing(&replica.proposing);
-        if replica.transfer.borrow().is_none() {
-            return counted;
+        let state = replica.transfer.borrow().clone();
+        match state {
+            Handover::Idle => return Ok(counted),
+            Handover::Decided { to, addr } => {
+                return Err(ClientReply::NotLeader {
+                    leader_id: Some(to),
+                    leader_addr: Some(addr),
+                })
+            }
+            Handover::Pending(_) => drop(counted),
         }
-        drop(counted);
         let mut transfer = replica.transfer.subscribe();
         if tokio::time::timeout(
             LEADERSHIP_TRANSFER_TIMEOUT,
-            transfer.wait_for(|t| t.is_none()),
+            transfer.wait_for(|t| !matches!(t, Handover::Pending(_))),
         )
         .await
         .is_err()
@@ -1242,9 +1280,35 @@ async fn pass_transfer_gate(replica: &Replica) -> Proposing<'_> {
             // The transfer outlived its own deadline (it cannot, short of a stall):
             // propose anyway rather than hold the write forever.
             replica.proposing.fetch_add(1, Ordering::SeqCst);
-            return Proposing(&replica.proposing);
+            return Ok(Proposing(&replica.proposing));
         }
     }
+}
+
+/// A write reaching a replica that was asked to run for election (`Elect`, a leader
+/// handing over to it) while that election is still open waits for its outcome, at most
+/// [`LEADERSHIP_TRANSFER_TIMEOUT`] after the request: the old leader redirects its
+/// writes here the moment it asked, and a candidate would refuse them with no leader to
+/// name, which costs a client a retry pause. Won, the write is proposed; lost, it is
+/// answered with the winner's address as usual.
+async fn await_asked_election(replica: &Replica) {
+    let asked_us = replica.elect_asked_us.load(Ordering::Acquire);
+    if asked_us == 0 {
+        return;
+    }
+    let deadline = process_epoch() + Duration::from_micros(asked_us) + LEADERSHIP_TRANSFER_TIMEOUT;
+    if Instant::now() >= deadline {
+        return;
+    }
+    let asked_term = replica.elect_asked_term.load(Ordering::Acquire);
+    // Open: not leading yet, and either still in the term it was asked in (the election
+    // has not started) or a candidate in the term it started.
+    let open = |m: &openraft::RaftMetrics<NodeId, BasicNode>| {
+        m.state != ServerState::Leader
+            && (m.current_term <= asked_term || m.state == ServerState::Candidate)
+    };
+    let mut metrics = replica.raft.metrics();
+    let _ = tokio::time::timeout_at(deadline.into(), metrics.wait_for(|m| !open(m))).await;
 }
 
 /// Proposes `batch` as one entry and answers each write.
@@ -1252,7 +1316,16 @@ async fn propose(
     replica: &Replica,
     batch: Vec<(Write, tokio::sync::oneshot::Sender<ClientReply>)>,
 ) {
-    let _proposing = pass_transfer_gate(replica).await;
+    await_asked_election(replica).await;
+    let _proposing = match pass_transfer_gate(replica).await {
+        Ok(counted) => counted,
+        Err(hint) => {
+            for (_, reply) in batch {
+                let _ = reply.send(hint.clone());
+            }
+            return;
+        }
+    };
     let started = Instant::now();
     let before = leadership(&replica.raft).map(|(l, _)| l);
     let (writes, replies): (Vec<Write>, Vec<_>) = batch.into_iter().unzip();
@@ -1495,6 +1568,10 @@ impl Handler for HostHandler {
             Request::Elect(group) => match self.replica(group) {
                 Some(r) => {
                     r.quiet.wake(&r.raft);
+                    let term = r.raft.metrics().borrow().current_term;
+                    r.elect_asked_term.store(term, Ordering::Release);
+                    r.elect_asked_us
+                        .store(micros_since_epoch().max(1), Ordering::Release);
                     Response::Elect(r.raft.trigger().elect().await.map_err(|e| e.to_string()))
                 }
                 None => Response::NoGroup,
@@ -1717,7 +1794,7 @@ fn sweep(inner: &Arc<HostInner>) {
         // Quiet leaders (most, when idle) are not asked again. Read before the metrics
         // borrow: no other lock is taken while it is held.
         let may_begin =
-            replica.quiet.phase() == Phase::Awake && replica.transfer.borrow().is_none();
+            replica.quiet.phase() == Phase::Awake && *replica.transfer.borrow() == Handover::Idle;
         // Read under the metrics borrow, without cloning them: this runs for every
         // replica four times a second, most of them idle.
         let (stopped, quiesce) = {

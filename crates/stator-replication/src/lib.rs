@@ -17,7 +17,8 @@
 //! - [`tls`]: optional mutual TLS 1.3 under the transport (PEM files, rustls).
 //! - [`network`]: openraft's network traits over the transport.
 //! - [`host`]: many replicas in one process; membership reconcile steps; leadership
-//!   transfer; client serving, with the writes waiting at a leader proposed as one entry;
+//!   transfer (writes held at the old leader's gate go to the successor once it was told
+//!   to run, and wait there for its election); client serving, with the writes waiting at a leader proposed as one entry;
 //!   a fast election when a leader's host drops its connections.
 //! - [`quiesce`]: quiet idle groups: no heartbeats or election timers once idle, one
 //!   liveness ping per peer node instead; woken by a request or a busy Raft message, and

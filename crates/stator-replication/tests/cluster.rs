@@ -449,6 +449,86 @@ async fn leadership_moves_to_the_named_voter_under_load() {
     );
 }
 
+/// A write that reaches the old leader while it hands over (held at its gate, or after)
+/// is never proposed there: it is answered with the successor's address, and the
+/// successor, elected or still running, takes it on the first try (it waits for the
+/// election it was asked to run instead of answering that it knows no leader).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_during_a_hand_over_are_sent_to_the_successor_which_takes_them() {
+    let (cluster, _members) = three_hosts().await;
+    let old = cluster.leader(GROUP).await;
+    let successor = *cluster.hosts.keys().find(|id| **id != old).unwrap();
+    let (old_addr, successor_addr) = (
+        cluster.addrs[&old].clone(),
+        cluster.addrs[&successor].clone(),
+    );
+    // A leader refuses to vote during its first lease; give it time to be an old one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let done = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (done, old_addr, successor_addr) =
+                (done.clone(), old_addr.clone(), successor_addr.clone());
+            tokio::spawn(async move {
+                let rpc = ReplicaClient::new(TEST_SECRET);
+                let (mut acked, mut redirected) = (0, 0);
+                // One more write once the transfer is over: the old leader refuses it.
+                let mut last_round = false;
+                while !last_round {
+                    last_round = done.load(Ordering::Acquire);
+                    let write = ClientRequest {
+                        client_id: rpc.client_id(),
+                        seq: rpc.next_seq(),
+                        kind: RequestKind::Write,
+                        payload: encode_op(&RegisterOp::Set(format!("w{w}"), acked.to_string())),
+                    };
+                    let first = rpc
+                        .call(&old_addr, GROUP, write.clone(), Duration::from_secs(5))
+                        .await
+                        .unwrap();
+                    match first {
+                        ClientReply::Ok(_) => acked += 1,
+                        ClientReply::NotLeader {
+                            leader_id: Some(id),
+                            leader_addr: Some(addr),
+                        } if id == successor && addr == successor_addr => {
+                            let second = rpc
+                                .call(&addr, GROUP, write, Duration::from_secs(5))
+                                .await
+                                .unwrap();
+                            assert!(
+                                matches!(second, ClientReply::Ok(_)),
+                                "the successor refused a redirected write: {second:?}"
+                            );
+                            redirected += 1;
+                        }
+                        other => panic!("a write during the hand-over got {other:?}"),
+                    }
+                }
+                (acked, redirected)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let outcome = cluster.hosts[&old]
+        .transfer_leadership(GROUP, successor)
+        .await
+        .unwrap();
+    done.store(true, Ordering::Release);
+    assert_eq!(outcome, TransferOutcome::Moved(successor));
+    let mut redirected_total = 0;
+    for writer in writers {
+        let (_acked, redirected) = writer.await.unwrap();
+        redirected_total += redirected;
+    }
+    assert!(
+        redirected_total >= 4,
+        "every writer's last write was redirected"
+    );
+    assert_eq!(cluster.leader(GROUP).await, successor);
+    cluster.converged_state(GROUP).await;
+}
+
 /// Writes that wait at the leader at the same moment travel as one frame and become one
 /// log entry, yet each is applied once, in order, with its own session and reply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -545,14 +545,27 @@ impl Controller {
             .keys()
             .map(|g| self.cluster.group_observed(*g).map(|o| (o.leader, o.term)))
             .collect();
+        let held = heartbeat.assignments_held;
         let replicas_view = self.record_observed(heartbeat);
         self.publish_leader_changes(groups, before);
         if changed {
             self.wake();
         }
+        let assignments = assignments_for(&self.cluster, node);
+        let fingerprint = assignments.digest();
+        if held == Some(fingerprint) {
+            return Ok(Assignments {
+                replicas_view,
+                fingerprint: Some(fingerprint),
+                unchanged: true,
+                draining: assignments.draining,
+                ..Assignments::default()
+            });
+        }
         Ok(Assignments {
             replicas_view,
-            ..assignments_for(&self.cluster, node)
+            fingerprint: Some(fingerprint),
+            ..assignments
         })
     }
 

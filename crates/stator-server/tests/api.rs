@@ -793,6 +793,74 @@ async fn a_delta_heartbeat_builds_on_the_acknowledged_view_or_is_refused() {
     server.handle.shutdown().await.unwrap();
 }
 
+/// An agent that sends back the fingerprint of the assignments it holds gets
+/// "unchanged" (and nothing else to parse) while they are still the server's answer, and
+/// the full assignments again as soon as they differ.
+#[tokio::test]
+async fn assignments_the_agent_holds_are_not_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir.path()).await;
+    let mut agents = register_agents(&server, &["n1"]).await;
+    let node = agents[0].id;
+    let spec = KV_SPEC.replace("replicas = 3", "replicas = 1");
+    let (status, _) = server.apply("sessions", "application/toml", &spec).await;
+    assert!(status.is_success());
+    rounds_until(
+        &server,
+        &mut agents,
+        &BTreeSet::from([node]),
+        "every partition placed on the node",
+        |partitions| partitions.len() == 4 && partitions.iter().all(|p| designed(p).len() == 1),
+    )
+    .await;
+    let leaders: BTreeMap<u32, NodeId> = (0..4).map(|p| (p, node)).collect();
+    let beat = agents[0].heartbeat(&leaders);
+    let full: Assignments = server.heartbeat(&beat).await.json().await.unwrap();
+    assert_eq!(full.replicas.len(), 4);
+    assert!(!full.unchanged);
+    let fingerprint = full
+        .fingerprint
+        .expect("the server fingerprints its answers");
+
+    let holding = Heartbeat {
+        assignments_held: Some(fingerprint),
+        ..beat.clone()
+    };
+    let answer: Assignments = server.heartbeat(&holding).await.json().await.unwrap();
+    assert!(answer.unchanged, "the same assignments: {answer:?}");
+    assert!(answer.replicas.is_empty() && answer.cluster.is_empty());
+    assert_eq!(answer.fingerprint, Some(fingerprint));
+
+    // A stale fingerprint gets everything.
+    let stale = Heartbeat {
+        assignments_held: Some(fingerprint ^ 1),
+        ..beat.clone()
+    };
+    let answer: Assignments = server.heartbeat(&stale).await.json().await.unwrap();
+    assert!(!answer.unchanged);
+    assert_eq!(answer, full);
+
+    // The assignments change (a second service is placed on the node): the held
+    // fingerprint no longer matches.
+    let other = spec
+        .replace("name = \"sessions\"", "name = \"other\"")
+        .replace("expose = { resp = \"127.0.0.1:6380\" }\n", "");
+    let (status, _) = server.apply("other", "application/toml", &other).await;
+    assert!(status.is_success(), "{status}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer: Assignments = server.heartbeat(&holding).await.json().await.unwrap();
+        if !answer.unchanged {
+            assert_ne!(answer.fingerprint, Some(fingerprint));
+            assert!(!answer.replicas.is_empty());
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never changed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.handle.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn services_and_nodes_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();

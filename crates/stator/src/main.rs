@@ -442,6 +442,11 @@ struct MigrationArgs {
     /// Which replica moves: the leader or a follower.
     #[arg(long = "move", value_enum, default_value_t = bench::migration::MoveKind::Follower)]
     moved: bench::migration::MoveKind,
+    /// Log entries between the group's snapshots (default 20,000). Below the fill's
+    /// entries (a 64 MiB fill makes ~15,000), the log is purged and the new member
+    /// catches up from a snapshot instead of the log.
+    #[arg(long)]
+    snapshot_every_entries: Option<u64>,
     /// Print the result as one JSON object on the last line.
     #[arg(long)]
     json: bool,
@@ -944,6 +949,7 @@ async fn bench_migration(args: MigrationArgs) -> anyhow::Result<()> {
         value_bytes: args.value_bytes,
         rate_per_sec: args.rate_per_sec,
         moved: args.moved,
+        snapshot_every_entries: args.snapshot_every_entries,
     };
     let report = bench::migration::run(&opts).await?;
     bench::migration::print_report(&report, args.json);
