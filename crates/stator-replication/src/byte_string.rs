@@ -8,42 +8,26 @@
 //! leader's runtime when a member is added) and the writes in log entries (the whole
 //! state again when a new member catches up from the log).
 //!
-//! [`LEGACY_BYTE_PATHS_ENV`] restores the per-byte encoding and the snapshot copies on
-//! the runtime, for an A/B measurement in one build.
+//! Session 8 measured the switch that kept the old per-byte path (`bench migration
+//! --move leader`, p99 during the move over p99 before: 8.5-24.8x with it, 1.5-14.9x
+//! without, lower in every pair); session 9 removed it.
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serializer};
 
-/// Set to `1` to encode byte vectors one byte at a time and to build, copy and encode
-/// snapshots on the replica's runtime under the state machine's lock, as before
-/// session 8. For measuring `stator bench migration` both ways with one binary; off by
-/// default. Read once per process.
-pub const LEGACY_BYTE_PATHS_ENV: &str = "STATOR_LEGACY_BYTE_PATHS";
-
-/// Whether [`LEGACY_BYTE_PATHS_ENV`] is set to `1`.
-pub fn legacy() -> bool {
-    static LEGACY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *LEGACY.get_or_init(|| std::env::var(LEGACY_BYTE_PATHS_ENV).is_ok_and(|v| v == "1"))
-}
-
-/// Writes `bytes` as one byte string (or, on the legacy path, as a sequence).
+/// Writes `bytes` as one byte string.
 pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-    if legacy() {
-        return bytes.serialize(serializer);
-    }
     serializer.serialize_bytes(bytes)
 }
 
-/// Reads a byte string (or, on the legacy path, a sequence) into a vector.
+/// Reads a byte string into a vector.
 pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
-    if legacy() {
-        return Vec::<u8>::deserialize(deserializer);
-    }
     serde_bytes::ByteBuf::deserialize(deserializer).map(serde_bytes::ByteBuf::into_vec)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Serialize;
 
     #[derive(Serialize, Deserialize, PartialEq, Debug)]
     struct Derived(u64, Vec<u8>, bool);

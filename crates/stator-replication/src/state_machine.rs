@@ -51,15 +51,12 @@ struct StoredSnapshot {
 /// memcpy would otherwise hold the replica's runtime (a single thread in an agent's
 /// benchmark host, and every Raft task of the host shares it) for tens of milliseconds.
 async fn copy_off_runtime(data: Arc<Vec<u8>>) -> Vec<u8> {
-    if crate::byte_string::legacy() {
-        return data.as_ref().clone();
-    }
     tokio::task::spawn_blocking(move || data.as_ref().clone())
         .await
         .expect("copying a snapshot panicked")
 }
 
-/// Encodes a snapshot body on a blocking-pool thread (on the legacy path, in place).
+/// Encodes a snapshot body on a blocking-pool thread.
 async fn encode_body(sessions: Sessions, app: Vec<u8>) -> Result<Vec<u8>, postcard::Error> {
     let encode = move || {
         postcard::to_allocvec(&SnapshotBody {
@@ -67,9 +64,6 @@ async fn encode_body(sessions: Sessions, app: Vec<u8>) -> Result<Vec<u8>, postca
             app: &app,
         })
     };
-    if crate::byte_string::legacy() {
-        return encode();
-    }
     tokio::task::spawn_blocking(encode)
         .await
         .expect("encoding a snapshot panicked")
@@ -196,21 +190,13 @@ impl RaftSnapshotBuilder<TypeConfig> for ReplicaStateMachine {
             last_membership: inner.membership.clone(),
             snapshot_id,
         };
-        // The legacy path keeps the lock to the end, as before.
-        let mut held = if crate::byte_string::legacy() {
-            Some(inner)
-        } else {
-            drop(inner);
-            None
-        };
+        // The lock is released while the body is encoded (tens of MiB at a migration).
+        drop(inner);
         let data = encode_body(sessions, app).await.map_err(|e| {
             StorageIOError::read_state_machine(&std::io::Error::other(e.to_string()))
         })?;
         let encoded = Instant::now();
-        if held.is_none() {
-            held = Some(self.inner.lock().await);
-        }
-        let inner = held.as_mut().expect("locked just above");
+        let mut inner = self.inner.lock().await;
         let newer_held = inner
             .snapshot
             .as_ref()
@@ -227,7 +213,7 @@ impl RaftSnapshotBuilder<TypeConfig> for ReplicaStateMachine {
                 data: data.clone(),
             });
         }
-        drop(held);
+        drop(inner);
         // openraft 0.9 keeps only the meta of a built snapshot (core/sm/worker.rs); the
         // bytes are still handed over whole, as the trait promises.
         let bytes = copy_off_runtime(data).await;
