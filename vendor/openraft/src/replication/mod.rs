@@ -145,25 +145,6 @@ where
     /// Appropriate number of entries to send.
     /// This is only used by AppendEntries RPC.
     entries_hint: ReplicationHint,
-
-    /// stator patch: when a commit index that no message has carried to the target yet
-    /// must go out alone, as a heartbeat (see [`COMMIT_PIGGYBACK_WAIT`]).
-    commit_due: Option<InstantOf<C>>,
-}
-
-/// stator patch: how long a new commit index waits for an AppendEntries that carries
-/// it before it is sent alone, as a heartbeat. Upstream sends every advance of the
-/// commit index at once, so each write costs a second AppendEntries and answer per
-/// follower; while writes keep coming, the next write's AppendEntries carries it
-/// instead. Only followers' apply waits (a leader commits and answers its clients from
-/// its own commit index); a group gone idle still sends it after this wait.
-pub const COMMIT_PIGGYBACK_WAIT: Duration = Duration::from_millis(2);
-
-/// stator patch, for an A/B in one binary while it is measured: `STATOR_COMMIT_PIGGYBACK=0`
-/// sends every commit index at once, as upstream does.
-fn commit_piggyback() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("STATOR_COMMIT_PIGGYBACK").map_or(true, |v| v != "0"))
 }
 
 impl<C, N, LS> ReplicationCore<C, N, LS>
@@ -217,7 +198,6 @@ where
             weak_tx_event: tx_event.downgrade(),
             next_action: None,
             entries_hint: Default::default(),
-            commit_due: None,
         };
 
         let join_handle = C::AsyncRuntime::spawn(this.main().instrument(span));
@@ -234,7 +214,7 @@ where
             let action = self.next_action.take();
 
             let Some(d) = action else {
-                self.wait_for_events().await?;
+                self.drain_events_with_backoff().await?;
                 continue;
             };
 
@@ -247,8 +227,6 @@ where
 
             let res = match d {
                 Data::Heartbeat => {
-                    // stator patch: it carries the commit index.
-                    self.commit_due = None;
                     let m = &self.matching;
                     // request_id==None will be ignored by RaftCore.
                     let d = DataWithId::new(RequestId::new_heartbeat(), LogIdRange::new(m.clone(), m.clone()));
@@ -257,8 +235,6 @@ where
                     self.send_log_entries(d).await
                 }
                 Data::Logs(log) => {
-                    // stator patch: it carries the commit index.
-                    self.commit_due = None;
                     log_data = Some(log.clone());
                     self.send_log_entries(log).await
                 }
@@ -339,32 +315,8 @@ where
                 }
             };
 
-            self.wait_for_events().await?;
+            self.drain_events_with_backoff().await?;
         }
-    }
-
-    /// stator patch: [`Self::drain_events_with_backoff`], except that while a commit index
-    /// waits to be carried ([`Self::commit_due`]) and there is nothing to send, it waits
-    /// for an event only until the commit is due, then sends it alone as a heartbeat.
-    async fn wait_for_events(&mut self) -> Result<(), ReplicationClosed> {
-        let Some(due) = self.commit_due.filter(|_| self.next_action.is_none()) else {
-            return self.drain_events_with_backoff().await;
-        };
-        if self.backoff.is_some() {
-            // As upstream: the heartbeat goes out after the back-off.
-            self.next_action = Some(Data::new_heartbeat());
-            return self.drain_events_with_backoff().await;
-        }
-        select! {
-            _ = C::sleep_until(due) => {
-                self.next_action = Some(Data::new_heartbeat());
-            }
-            recv_res = self.rx_event.recv() => {
-                let event = recv_res.ok_or(ReplicationClosed::new("RaftCore closed replication"))?;
-                self.process_event(event);
-            }
-        }
-        self.try_drain_events().await
     }
 
     async fn drain_events_with_backoff(&mut self) -> Result<(), ReplicationClosed> {
@@ -727,15 +679,9 @@ where
 
                 self.committed = c;
 
-                // stator patch: upstream fills in a heartbeat at once when there is no
-                // action; the commit index now waits up to `COMMIT_PIGGYBACK_WAIT` for the
-                // next AppendEntries to carry it (see `wait_for_events`).
-                if !commit_piggyback() {
-                    if self.next_action.is_none() {
-                        self.next_action = Some(Data::new_heartbeat());
-                    }
-                } else if self.next_action.is_none() && self.commit_due.is_none() {
-                    self.commit_due = Some(C::now() + COMMIT_PIGGYBACK_WAIT);
+                // If there is no action, fill in an heartbeat action to send committed index.
+                if self.next_action.is_none() {
+                    self.next_action = Some(Data::new_heartbeat());
                 }
             }
             Replicate::Heartbeat => {
