@@ -68,9 +68,12 @@ fn cluster_clients_reach_the_leaders() {
         return;
     }
 
-    // The seed: topology from the partition map.
-    let info = redis_cli(port, &["CLUSTER", "INFO"]);
-    assert!(info.contains("cluster_state:ok"), "{info}");
+    // The seed: topology from the partition map. The gateway polls the server's map
+    // (every 250 ms), so it may not yet hold the addresses `get partitions` just showed.
+    let info = wait_for("the gateway's seed to cover every slot", WAIT, || {
+        let info = redis_cli(port, &["CLUSTER", "INFO"]);
+        info.contains("cluster_state:ok").then_some(info)
+    });
     assert!(info.contains("cluster_slots_assigned:16384"), "{info}");
     assert!(redis_cli(port, &["INFO", "cluster"]).contains("cluster_enabled:1"));
     assert_eq!(redis_cli(port, &["CLUSTER", "KEYSLOT", "foo"]), "12182");
