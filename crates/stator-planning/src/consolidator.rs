@@ -333,6 +333,19 @@ pub struct Merge {
     /// How many new nodes (1 for a pair merged into one node).
     #[serde(default = "one")]
     pub new_nodes: u32,
+    /// The room each new node offers the replicas: its capacity within the fill limits
+    /// the plan was made with. The replicas are carried out packed into exactly this
+    /// room ([`Merge::bins`]), so they land where the plan found room for them; first
+    /// fit decreasing into larger bins can fail where the plan's bins succeeded.
+    pub room: Resources,
+}
+
+impl Merge {
+    /// The bins to pack the replaced nodes' replicas into, given the free room of each
+    /// new node: that room within [`Merge::room`].
+    pub fn bins(&self, free: &[Resources]) -> Vec<Resources> {
+        free.iter().map(|f| f.min(&self.room)).collect()
+    }
 }
 
 fn one() -> u32 {
@@ -392,7 +405,8 @@ fn items_of<'v>(view: &'v ClusterView, nodes: &[NodeId]) -> Vec<(Resources, (&'v
 
 /// The cheapest replacement of `group` by fewer nodes of one pool (with room, in
 /// `zone`, CPU-only, unlabelled) that hold all its replicas within the fill limits and
-/// cost at most [`MERGE_MAX_PRICE_SHARE`] of the group: `(pool, new nodes, price)`.
+/// cost at most [`MERGE_MAX_PRICE_SHARE`] of the group: `(pool, new nodes, room of
+/// each, price)`.
 fn replace_group<'p>(
     view: &ClusterView,
     pools: &'p [PoolSpec],
@@ -400,14 +414,14 @@ fn replace_group<'p>(
     zone: &str,
     group: &[NodeId],
     cpu_fill: f64,
-) -> Option<(&'p PoolSpec, u32, f64)> {
+) -> Option<(&'p PoolSpec, u32, Resources, f64)> {
     let price: f64 = group
         .iter()
         .filter_map(|&n| view.node(n))
         .map(|n| n.price_per_hour)
         .sum();
     let items = items_of(view, group);
-    let mut best: Option<(&PoolSpec, u32, f64)> = None;
+    let mut best: Option<(&PoolSpec, u32, Resources, f64)> = None;
     for p in pools.iter().filter(|p| {
         p.labels.is_empty() && p.capacity.gpu_milli == 0 && p.zones.iter().any(|z| z == zone)
     }) {
@@ -424,8 +438,8 @@ fn replace_group<'p>(
                 break;
             }
             if pack_first_fit(&items, &vec![bin; k as usize]).is_some() {
-                if best.is_none_or(|(_, _, c)| cost < c) {
-                    best = Some((p, k, cost));
+                if best.is_none_or(|(_, _, _, c)| cost < c) {
+                    best = Some((p, k, bin, cost));
                 }
                 break;
             }
@@ -566,18 +580,18 @@ pub fn plan_replacements(
             let best = (3..=nodes.len().min(MERGE_MAX_GROUP))
                 .filter_map(|m| {
                     replace_group(view, pools, &counts, zone, &nodes[..m], cfg.group_cpu_fill).map(
-                        |(p, k, cost)| {
+                        |(p, k, room, cost)| {
                             let price: f64 = nodes[..m]
                                 .iter()
                                 .filter_map(|&n| view.node(n))
                                 .map(|n| n.price_per_hour)
                                 .sum();
-                            (m, p, k, price - cost)
+                            (m, p, k, room, price - cost)
                         },
                     )
                 })
-                .max_by(|a, b| a.3.total_cmp(&b.3));
-            if let Some((m, pool, k, _)) = best {
+                .max_by(|a, b| a.4.total_cmp(&b.4));
+            if let Some((m, pool, k, room, _)) = best {
                 *counts.entry(pool.name.clone()).or_insert(0) += k;
                 used[..m].iter_mut().for_each(|u| *u = true);
                 merges.push(Merge {
@@ -585,6 +599,7 @@ pub fn plan_replacements(
                     zone: zone.to_string(),
                     nodes: nodes[..m].to_vec(),
                     new_nodes: k,
+                    room,
                 });
             }
         }
@@ -637,6 +652,10 @@ pub fn plan_replacements(
                         zone: zone.to_string(),
                         nodes: vec![a, b],
                         new_nodes: 1,
+                        room: Resources::new(
+                            (pool.capacity.cpu_millis as f64 * MERGE_MAX_CPU_FILL) as u64,
+                            (pool.capacity.memory_mib as f64 * MERGE_MAX_MEMORY_FILL) as u64,
+                        ),
                     });
                     break;
                 }
@@ -658,6 +677,10 @@ pub fn plan_replacements(
                         zone: zone.to_string(),
                         nodes: vec![nodes[i]],
                         new_nodes: 1,
+                        room: Resources::new(
+                            pool.capacity.cpu_millis,
+                            (pool.capacity.memory_mib as f64 * MERGE_MAX_MEMORY_FILL) as u64,
+                        ),
                     });
                 }
             }
@@ -860,6 +883,8 @@ mod tests {
                 zone: "a".into(),
                 nodes: vec![1, 2],
                 new_nodes: 1,
+                // 75 % of 16 cores, 95 % of 64 GiB.
+                room: Resources::new(12000, 62259),
             }]
         );
         // A pair sharing a partition is never merged.
@@ -926,6 +951,8 @@ mod tests {
                 zone: "a".into(),
                 nodes: vec![1],
                 new_nodes: 1,
+                // Every core (a swap never leaves less CPU room), 95 % of 32 GiB.
+                room: Resources::new(16000, 31129),
             }]
         );
         // Off by default (plan_merges), and never to a pool with fewer cores.

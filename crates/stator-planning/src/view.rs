@@ -52,6 +52,15 @@ impl Resources {
             gpu_milli: self.gpu_milli.saturating_sub(other.gpu_milli),
         }
     }
+    /// Component-wise minimum.
+    #[inline]
+    pub fn min(&self, other: &Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.min(other.cpu_millis),
+            memory_mib: self.memory_mib.min(other.memory_mib),
+            gpu_milli: self.gpu_milli.min(other.gpu_milli),
+        }
+    }
     /// Whether all components are zero.
     pub fn is_zero(&self) -> bool {
         self.cpu_millis == 0 && self.memory_mib == 0 && self.gpu_milli == 0

@@ -921,9 +921,9 @@ impl<'a> Sim<'a> {
     }
 
     /// A new node of a replacement is ready; once all of them are, live-migrate every
-    /// replica of the nodes they replace onto them, packed first fit decreasing, if
-    /// they still fit (else give up: the consolidator releases the new nodes once
-    /// they have stayed empty).
+    /// replica of the nodes they replace onto them, packed first fit decreasing into
+    /// the room the plan counted on ([`Merge::bins`]), if they still fit (else give up:
+    /// the consolidator releases the new nodes once they have stayed empty).
     fn finish_merge(&mut self, token: u64, node: NodeId) {
         let Some(ix) = self.merges.iter().position(|m| m.waiting.contains(&token)) else {
             return;
@@ -947,11 +947,12 @@ impl<'a> Sim<'a> {
                 slots.push((slot, n));
             }
         }
-        let bins: Vec<Resources> = m
+        let free: Vec<Resources> = m
             .ready
             .iter()
             .map(|&n| self.view.free(n).unwrap_or_default())
             .collect();
+        let bins = m.plan.bins(&free);
         let items: Vec<(Resources, (&str, u32))> = slots
             .iter()
             .map(|&(slot, _)| {
