@@ -28,7 +28,9 @@ use crate::actions::Action;
 use crate::forecast::{ForecastConfig, Forecaster};
 use crate::pools::{pools_by_unit_price, BootingNode, PoolSpec};
 use crate::scheduler::{place_move, place_partition, PlacementRequest, Policy, SpreadDomain};
-use crate::view::{ClusterView, LabelRequirement, Replica, ReplicaSlot, Resources, WorkloadKind};
+use crate::view::{
+    ClusterView, GpuDevices, LabelRequirement, Replica, ReplicaSlot, Resources, WorkloadKind,
+};
 use stator_api::ids::NodeId;
 
 /// Measured demand of one partition.
@@ -605,7 +607,9 @@ impl UnmetNeed {
 
     /// Whether a node of `pool` could take this need (capacity and labels).
     fn fits_pool(&self, pool: &PoolSpec) -> bool {
-        self.resources.fits_in(&pool.capacity) && selects(&self.node_selector, &pool.labels)
+        self.resources.fits_in(&pool.capacity)
+            && self.resources.gpu_fits_capacity(&pool.capacity)
+            && selects(&self.node_selector, &pool.labels)
     }
 }
 
@@ -650,6 +654,8 @@ struct Bin<'a> {
     /// `zone`'s number in the call's [`ZoneNumbers`].
     zone_ix: usize,
     free: Resources,
+    /// The node's GPU devices: a need's GPU share must fit them one by one.
+    gpus: GpuDevices,
     partitions: Vec<(String, u32)>,
     labels: &'a BTreeMap<String, String>,
 }
@@ -657,6 +663,7 @@ struct Bin<'a> {
 impl Bin<'_> {
     fn takes(&self, need: &UnmetNeed) -> bool {
         need.resources.fits_in(&self.free)
+            && self.gpus.fits(&need.resources)
             && selects(&need.node_selector, self.labels)
             && need.partition.as_ref().is_none_or(|p| {
                 // The partition number first: most entries differ there, and the
@@ -666,6 +673,7 @@ impl Bin<'_> {
     }
     fn put(&mut self, need: &UnmetNeed) {
         self.free = self.free.saturating_sub(&need.resources);
+        self.gpus.take(&need.resources);
         if let Some(p) = &need.partition {
             self.partitions.push(p.clone());
         }
@@ -815,6 +823,7 @@ pub fn plan_new_nodes_with_fit(
                 zone: b.zone.clone(),
                 zone_ix: zones.of(&b.zone),
                 free: p.capacity,
+                gpus: GpuDevices::of_capacity(&p.capacity),
                 partitions: Vec::new(),
                 labels: &p.labels,
             })
@@ -898,6 +907,7 @@ impl<'a> ScaleUp<'a> {
             zone_ix: self.zones.of(&zone),
             zone: zone.clone(),
             free: pool.capacity,
+            gpus: GpuDevices::of_capacity(&pool.capacity),
             partitions: Vec::new(),
             labels: &pool.labels,
         };

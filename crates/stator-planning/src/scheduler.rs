@@ -18,7 +18,10 @@ use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 
 use crate::error::PlacementError;
-use crate::view::{ClusterView, HotNode, LabelRequirement, Resources, WorkloadKind, SCAN_BLOCK};
+use crate::view::{
+    ClusterView, GpuDevices, HotNode, LabelRequirement, Resources, WorkloadKind, MILLI_PER_GPU,
+    SCAN_BLOCK,
+};
 use stator_api::ids::NodeId;
 
 /// Scoring policy.
@@ -167,6 +170,7 @@ pub fn place_batch(
         cpu_millis: m.cpu_millis.max(n.capacity.cpu_millis),
         memory_mib: m.memory_mib.max(n.capacity.memory_mib),
         gpu_milli: m.gpu_milli.max(n.capacity.gpu_milli),
+        gpu_count: 0,
     });
     let mut order: Vec<usize> = (0..requests.len()).collect();
     order.sort_by(|&a, &b| {
@@ -213,6 +217,9 @@ fn passes_filters(view: &ClusterView, ix: usize, h: &HotNode, req: &PlacementReq
     if !h.schedulable || !req.resources.fits_in(&h.free) {
         return false;
     }
+    if req.resources.gpu_milli > 0 && !gpu_fits(view, ix, h, &req.resources) {
+        return false;
+    }
     if req.node_selector.is_empty() {
         return true;
     }
@@ -226,6 +233,37 @@ fn passes_filters(view: &ClusterView, ix: usize, h: &HotNode, req: &PlacementReq
     })
 }
 
+/// Whether the node's devices hold the request's GPU share: one device with the
+/// per-device share free for each device asked (the hot record answers a one-device
+/// share; more devices are counted on the node's entry).
+#[inline]
+fn gpu_fits(view: &ClusterView, ix: usize, h: &HotNode, r: &Resources) -> bool {
+    match r.gpu_shape() {
+        None => true,
+        Some((1, each)) => h.gpu_max_free as u64 >= each,
+        Some(_) => view.nodes[ix].gpus.fits(r),
+    }
+}
+
+/// What a GPU request's placement on a node costs in GPU fragmentation, 0 (a perfect
+/// fit) to 150, for [`Policy::Cost`]. A fractional share: the free left on the device
+/// best fit gives it (in tenths of a device), plus 50 when that device was whole (a
+/// shared device is preferred, so whole devices stay free for whole-GPU requests).
+/// Whole devices: the devices that could take the same share still left on the node,
+/// as a share of its devices (best fit on the count, so nodes whose GPUs are all free
+/// stay free for the largest requests).
+#[inline]
+fn gpu_fragmentation(gpus: &GpuDevices, (n, each): (u32, u64)) -> f64 {
+    if n == 1 && each < MILLI_PER_GPU {
+        let f = gpus.best_fit_free(each).unwrap_or(MILLI_PER_GPU);
+        let fresh = if f >= MILLI_PER_GPU { 50.0 } else { 0.0 };
+        return (f - each.min(f)) as f64 * 100.0 / MILLI_PER_GPU as f64 + fresh;
+    }
+    let devices = gpus.len().max(1);
+    let able = (0..gpus.len()).filter(|&d| gpus.free(d) >= each).count();
+    able.saturating_sub(n as usize) as f64 * 100.0 / devices as f64
+}
+
 /// The score of placing `req` on the node (higher is better), or None if it does not
 /// pass the filters. Exposed for tests and for explaining decisions.
 pub fn score_node(
@@ -236,7 +274,7 @@ pub fn score_node(
 ) -> Option<f64> {
     let ix = view.node_index(node)?;
     let h = &view.hot[ix];
-    passes_filters(view, ix, h, req).then(|| Scorer::new(req, policy).score(h))
+    passes_filters(view, ix, h, req).then(|| Scorer::new(req, policy).score_at(view, ix, h))
 }
 
 /// What a score needs from the request, computed once per scan.
@@ -246,6 +284,8 @@ struct Scorer {
     req_cpu: f64,
     req_mem: f64,
     cpu_only: bool,
+    /// The request's GPU shape (devices, milli-GPUs each), None for CPU-only work.
+    gpu: Option<(u32, u64)>,
     /// None for long-running work; the end-time bin for a job.
     job_end_bin: Option<u64>,
 }
@@ -257,6 +297,7 @@ impl Scorer {
             req_cpu: req.resources.cpu_millis as f64,
             req_mem: req.resources.memory_mib as f64,
             cpu_only: req.resources.gpu_milli == 0,
+            gpu: req.resources.gpu_shape(),
             job_end_bin: match req.kind {
                 WorkloadKind::LongRunning => None,
                 WorkloadKind::Job { .. } => Some(req.expected_end_s().unwrap_or(0) / JOB_END_BIN_S),
@@ -273,6 +314,21 @@ impl Scorer {
             Policy::Cost => self.cost_score(h),
         };
         s + 0.0
+    }
+
+    /// The score on the node at `ix`: [`Scorer::score`], and for a GPU request under
+    /// [`Policy::Cost`] less its [`gpu_fragmentation`] (read from the node's devices,
+    /// so CPU-only scans never touch the full entry). [`Policy::Spread`] has no GPU
+    /// term: kube-scheduler's default scores weigh CPU and memory only, and the
+    /// gpushare extender chooses a device only once the node is chosen.
+    #[inline]
+    fn score_at(&self, view: &ClusterView, ix: usize, h: &HotNode) -> f64 {
+        match self.gpu {
+            Some(shape) if self.policy == Policy::Cost => {
+                self.score(h) - gpu_fragmentation(&view.nodes[ix].gpus, shape) + 0.0
+            }
+            _ => self.score(h),
+        }
     }
 
     /// LeastAllocated + BalancedAllocation (each 0-100, weight 1), over CPU and memory,
@@ -414,7 +470,7 @@ fn place_avoiding(
         }
         feasible += 1;
         let c = Candidate {
-            score: scorer.score(h),
+            score: scorer.score_at(view, ix, h),
             id: h.id,
             zone: h.zone_ix,
         };
@@ -468,8 +524,8 @@ fn place_avoiding(
                         && !exclude_nodes.contains(&h.id)
                 })
                 .filter(|(_, h)| !chosen.iter().any(|x| x.id == h.id))
-                .map(|(_, h)| Candidate {
-                    score: scorer.score(h),
+                .map(|(ix, h)| Candidate {
+                    score: scorer.score_at(view, ix, h),
                     id: h.id,
                     zone: h.zone_ix,
                 })
