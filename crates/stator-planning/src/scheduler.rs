@@ -796,6 +796,82 @@ mod tests {
         assert_eq!(place_partition(&view, &cpu, Policy::Cost).unwrap(), vec![3]);
     }
 
+    fn gpu_node(id: NodeId, gpus: u64) -> Node {
+        Node::new(
+            id,
+            "a",
+            "g",
+            Resources::with_gpu(32000, 131072, gpus * 1000),
+            5.0,
+        )
+    }
+
+    fn gpu_job(name: &str, node: NodeId, count: u32, each: u64) -> Replica {
+        Replica {
+            service: name.into(),
+            partition: 0,
+            node,
+            resources: Resources::with_gpus(1000, 1024, count, each),
+            kind: WorkloadKind::Job {
+                expected_duration_s: 600,
+            },
+            expected_end_s: Some(600),
+            state_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn a_share_larger_than_any_one_device_s_free_does_not_place() {
+        // Node 1: 0.3 + 0.3 free on two devices; node 2: 0.7 free on one.
+        let view = ClusterView::from_parts(
+            vec![gpu_node(1, 2), gpu_node(2, 1)],
+            vec![
+                gpu_job("a", 1, 1, 700),
+                gpu_job("b", 1, 1, 700),
+                gpu_job("c", 2, 1, 300),
+            ],
+        );
+        let req = PlacementRequest::job("j", Resources::with_gpus(1000, 1024, 1, 600), 0, 600);
+        for policy in [Policy::Spread, Policy::Cost] {
+            assert_eq!(place_partition(&view, &req, policy).unwrap(), vec![2]);
+            assert_eq!(score_node(&view, 1, &req, policy), None);
+        }
+        let two = PlacementRequest::job("k", Resources::with_gpus(1000, 1024, 2, 1000), 0, 600);
+        assert!(place_partition(&view, &two, Policy::Cost).is_err());
+    }
+
+    #[test]
+    fn cost_puts_a_fractional_share_on_a_shared_device_and_whole_gpus_where_they_fill() {
+        // Node 1: one device half used, three whole; node 2: one device taken whole,
+        // three whole free.
+        let view = ClusterView::from_parts(
+            vec![gpu_node(1, 4), gpu_node(2, 4)],
+            vec![gpu_job("a", 2, 1, 1000), gpu_job("b", 1, 1, 500)],
+        );
+        // 0.4 joins the half-used device rather than opening a whole one on node 2.
+        let frac = PlacementRequest::job("f", Resources::with_gpus(1000, 1024, 1, 400), 0, 600);
+        assert_eq!(
+            place_partition(&view, &frac, Policy::Cost).unwrap(),
+            vec![1]
+        );
+        // Node 1: two devices taken whole, two whole free; node 2: four whole free
+        // (a CPU-only job keeps it from counting as empty). Two whole GPUs go where they
+        // use up the whole devices (best fit on the count), keeping node 2's four for a
+        // four-GPU request.
+        let view = ClusterView::from_parts(
+            vec![gpu_node(1, 4), gpu_node(2, 4)],
+            vec![
+                gpu_job("a", 1, 2, 1000),
+                Replica {
+                    resources: Resources::new(1000, 1024),
+                    ..gpu_job("cpu", 2, 0, 0)
+                },
+            ],
+        );
+        let two = PlacementRequest::job("t", Resources::with_gpus(1000, 1024, 2, 1000), 0, 600);
+        assert_eq!(place_partition(&view, &two, Policy::Cost).unwrap(), vec![1]);
+    }
+
     #[test]
     fn batch_places_largest_first() {
         // One 4-core node and one 2-core node: first-come would put the 1-core request
