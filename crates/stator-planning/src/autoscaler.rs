@@ -948,6 +948,19 @@ impl ScaleUp<'_> {
     }
 }
 
+/// Whether a new node of capacity `cap` holds every GPU share of `needs` on its
+/// devices, taken in order by best fit (a claim's sum may fit where its shares do not).
+fn gpus_hold<'r>(cap: &Resources, needs: impl Iterator<Item = &'r Resources>) -> bool {
+    let mut gpus = GpuDevices::of_capacity(cap);
+    for r in needs {
+        if !gpus.fits(r) {
+            return false;
+        }
+        gpus.take(r);
+    }
+    true
+}
+
 /// Karpenter-like provisioning ([`PoolChoice::CheapestForBatch`]).
 fn claim_batches(s: &mut ScaleUp, rest: Vec<usize>, plan: &mut ScaleUpPlan) {
     // Claims: needs packed while some pool with room could hold them all.
@@ -957,9 +970,15 @@ fn claim_batches(s: &mut ScaleUp, rest: Vec<usize>, plan: &mut ScaleUpPlan) {
         partitions: Vec<(String, u32)>,
         needs: Vec<usize>,
     }
-    let holds = |total: &Resources, zone: &str, needs: &[usize]| {
+    // `extra`: a need about to join `needs`.
+    let holds = |total: &Resources, zone: &str, needs: &[usize], extra: &Resources| {
         s.pools.iter().any(|p| {
             total.fits_in(&p.capacity)
+                && (total.gpu_milli == 0
+                    || gpus_hold(
+                        &p.capacity,
+                        needs.iter().map(|&n| &s.unmet[n].resources).chain([extra]),
+                    ))
                 && s.has_room(p)
                 && p.zones.iter().any(|z| z == zone)
                 && needs
@@ -985,7 +1004,12 @@ fn claim_batches(s: &mut ScaleUp, rest: Vec<usize>, plan: &mut ScaleUpPlan) {
                     .as_ref()
                     .is_none_or(|p| !c.partitions.contains(p))
                 && selects_all(c, need)
-                && holds(&(c.total + need.resources), &c.zone, &c.needs)
+                && holds(
+                    &(c.total + need.resources),
+                    &c.zone,
+                    &c.needs,
+                    &need.resources,
+                )
         };
         let at = match claims.iter().position(joins) {
             Some(at) => at,
@@ -1032,6 +1056,8 @@ fn claim_batches(s: &mut ScaleUp, rest: Vec<usize>, plan: &mut ScaleUpPlan) {
             .iter()
             .filter(|p| {
                 c.total.fits_in(&p.capacity)
+                    && (c.total.gpu_milli == 0
+                        || gpus_hold(&p.capacity, c.needs.iter().map(|&n| &s.unmet[n].resources)))
                     && s.has_room(p)
                     && p.zones.contains(&c.zone)
                     && c.needs
