@@ -1,7 +1,9 @@
 //! Placement: filter the nodes, score the survivors, pick distinct nodes (and zones).
 //!
-//! Filters, in order: schedulable, label requirements, free capacity for the request,
-//! node anti-affinity (no node already hosting a member of the partition). Zone
+//! Filters, in order: schedulable, free capacity for the request, the GPU devices
+//! (`gpu_count` devices each with the request's per-device share free: a share never
+//! spans two devices' leftovers), label requirements, node anti-affinity (no node
+//! already hosting a member of the partition). Zone
 //! anti-affinity is applied when choosing: with `SpreadDomain::Zone`, each new replica
 //! goes to a zone no member uses while such zones have a feasible node; only when the
 //! cluster has fewer usable zones than replicas does a zone take a second member.
@@ -12,7 +14,11 @@
 //! - [`Policy::Cost`]: best fit (least capacity left after placing) with the node's
 //!   price per unit of resource as a tie-breaker; long-running replicas and jobs kept
 //!   on separate nodes; jobs binned by expected end time so nodes empty together;
-//!   CPU-only work kept off GPU nodes.
+//!   CPU-only work kept off GPU nodes; a GPU request scored by the fragmentation it
+//!   leaves on the devices (a fractional share on the shared device it fits best
+//!   rather than a whole free one; whole GPUs where they use up a node's whole free
+//!   devices), see `gpu_fragmentation`. Which devices of the chosen node a replica
+//!   takes is the view's (best fit, the same for every policy).
 
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
