@@ -212,7 +212,9 @@ impl LoadCurve {
 pub struct TaskConfig {
     /// Name.
     pub name: String,
-    /// Requests.
+    /// Requests: `{ cpu_millis, memory_mib, gpu_milli, gpu_count }`, a GPU share being
+    /// `gpu_count` devices with `gpu_milli / gpu_count` of each (`gpu_count` may be
+    /// left out: `ceil(gpu_milli / 1000)` devices).
     pub resources: Resources,
     /// Allowed GPU models (empty = any).
     #[serde(default)]
