@@ -881,6 +881,14 @@ impl ClusterView {
             .get(&id)
             .is_some_and(|&ix| self.nodes[ix].gpus.fits(r))
     }
+    /// How many copies of `shape` fit in the node's free capacity, a GPU share counted
+    /// on the devices, not the sum (0 for an unknown node or an all-zero shape).
+    pub fn copies_fitting(&self, id: NodeId, shape: &Resources) -> u64 {
+        self.node_ix.get(&id).map_or(0, |&ix| {
+            let e = &self.nodes[ix];
+            crate::consolidator::slots(shape, &free_of(e)).min(e.gpus.slots(shape))
+        })
+    }
     /// The GPU devices the replica in `slot` holds, in device order (empty without a
     /// GPU share or for an empty slot).
     pub fn replica_gpus(&self, slot: ReplicaSlot) -> Vec<usize> {

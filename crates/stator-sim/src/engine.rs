@@ -25,11 +25,11 @@ use stator_planning::baseline::{
     cluster_autoscaler_scale_down, hpa_replica_calculator, ClusterAutoscalerState, HpaState,
     ScaleDownConfig, CA_SCAN_INTERVAL_S, EVICTION_TOLERATION_S,
 };
-use stator_planning::consolidator::{pack_first_fit, slots};
+use stator_planning::consolidator::pack_first_fit;
 use stator_planning::pools::pool_counts;
 use stator_planning::{
     autoscale, per_member_used_millis, place_partition, plan_new_nodes, plan_replacements, Action,
-    BootingNode, ClusterView, ConsolidatorConfig, ConsolidatorState, ForecastConfig, GpuDevices,
+    BootingNode, ClusterView, ConsolidatorConfig, ConsolidatorState, ForecastConfig,
     LabelRequirement, Merge, MergeConfig, Node, NodeId, PartitionDemand, PartitionScalerConfig,
     PartitionScalerState, PlacementRequest, PoolChoice, PoolSpec, Replica, ReplicaSlot, Resources,
     SpreadDomain, UnmetNeed,
@@ -1330,20 +1330,17 @@ impl Sim<'_> {
         if shapes.is_empty() {
             return Vec::new();
         }
-        let free: Vec<(Resources, &GpuDevices)> = self
+        let ready: Vec<NodeId> = self
             .view
             .nodes()
             .filter(|n| n.schedulable && !self.down_nodes.contains(&n.id))
-            .filter_map(|n| Some((self.view.free(n.id)?, self.view.gpus(n.id)?)))
+            .map(|n| n.id)
             .collect();
         shapes.dedup();
         let mut needs = Vec::new();
         for s in shapes {
             // A GPU shape's copies are counted on the devices, not the sum.
-            let have: u64 = free
-                .iter()
-                .map(|(f, g)| slots(&s, f).min(g.slots(&s)))
-                .sum();
+            let have: u64 = ready.iter().map(|&n| self.view.copies_fitting(n, &s)).sum();
             for _ in have..HEADROOM_COPIES as u64 {
                 needs.push(UnmetNeed::new(s, Vec::new()));
             }
