@@ -1080,6 +1080,16 @@ mod tests {
         assert!(!v.fits(1, &r));
         assert!(!v.gpu_fits(1, &r));
         assert!(v.fits(1, &Resources::with_gpus(1000, 1024, 1, 300)));
+        // Warm-spare counting agrees: two 0.3 shares fit, no 0.6 one.
+        assert_eq!(
+            v.copies_fitting(1, &Resources::with_gpus(1000, 1024, 1, 300)),
+            2
+        );
+        assert_eq!(
+            v.copies_fitting(1, &Resources::with_gpus(1000, 1024, 1, 600)),
+            0
+        );
+        assert_eq!(v.copies_fitting(1, &Resources::new(1000, 1024)), 30);
     }
 
     #[test]
