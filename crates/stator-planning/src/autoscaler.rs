@@ -514,7 +514,7 @@ fn needs_without_room(view: &ClusterView, deferred: &mut Vec<DeferredRaise>) -> 
     // service and round over every node.
     let mut per_zone: Vec<Vec<(u64, u64, NodeId)>> = vec![Vec::new(); view.zone_count()];
     for h in view.hot.iter().filter(|h| h.schedulable) {
-        per_zone[h.zone_ix as usize].push((h.free.cpu_millis, h.free.memory_mib, h.id));
+        per_zone[h.zone_ix as usize].push((h.free_cpu, h.free_mem, h.id));
     }
     let mut heaps: Vec<BinaryHeap<(u64, u64, NodeId)>> =
         per_zone.into_iter().map(BinaryHeap::from).collect();

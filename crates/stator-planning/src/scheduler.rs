@@ -220,7 +220,7 @@ fn dominant_share(r: &Resources, cap: &Resources) -> f64 {
 /// hot record; the full entry only when a selector must be matched against labels.
 #[inline]
 fn passes_filters(view: &ClusterView, ix: usize, h: &HotNode, req: &PlacementRequest) -> bool {
-    if !h.schedulable || !req.resources.fits_in(&h.free) {
+    if !h.schedulable || !h.holds(&req.resources) {
         return false;
     }
     if req.resources.gpu_milli > 0 && !gpu_fits(view, ix, h, &req.resources) {

@@ -458,8 +458,13 @@ pub(crate) struct NodeStats {
 /// labels, replica lists). Refreshed by every mutation of the node or its replicas.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HotNode {
-    /// Capacity not yet requested (allocation and `reserved` subtracted, floor zero).
-    pub(crate) free: Resources,
+    /// Capacity not yet requested (allocation and `reserved` subtracted, floor zero),
+    /// as three plain fields rather than a [`Resources`] (whose device count the scan
+    /// never reads): the record then stays at 112 bytes.
+    pub(crate) free_cpu: u64,
+    pub(crate) free_mem: u64,
+    /// Free milli-GPUs summed over the devices (at most 64,000).
+    pub(crate) free_gpu: u32,
     /// Requested CPU and memory (capacity less free) and the capacity, as floats so a
     /// score converts nothing per node (exact: integers below 2^53).
     pub(crate) used_cpu: f64,
@@ -484,12 +489,25 @@ pub(crate) struct HotNode {
     pub(crate) gpu_max_free: u16,
 }
 
+// The scan walks these records: keep one at 112 bytes (it was before GPU devices).
+const _: () = assert!(std::mem::size_of::<HotNode>() <= 112);
+
 impl HotNode {
+    /// Whether `r` fits the free CPU, memory and GPU sum (GPU devices: `gpu_max_free`).
+    #[inline]
+    pub(crate) fn holds(&self, r: &Resources) -> bool {
+        r.cpu_millis <= self.free_cpu
+            && r.memory_mib <= self.free_mem
+            && r.gpu_milli <= self.free_gpu as u64
+    }
+
     fn of(e: &NodeEntry) -> HotNode {
         let free = free_of(e);
         let cap = &e.node.capacity;
         HotNode {
-            free,
+            free_cpu: free.cpu_millis,
+            free_mem: free.memory_mib,
+            free_gpu: free.gpu_milli as u32,
             used_cpu: (cap.cpu_millis - free.cpu_millis) as f64,
             used_mem: (cap.memory_mib - free.memory_mib) as f64,
             cap_cpu: cap.cpu_millis as f64,
@@ -638,9 +656,9 @@ impl ClusterView {
             .iter()
             .filter(|h| h.schedulable)
         {
-            m.cpu_millis = m.cpu_millis.max(h.free.cpu_millis);
-            m.memory_mib = m.memory_mib.max(h.free.memory_mib);
-            m.gpu_milli = m.gpu_milli.max(h.free.gpu_milli);
+            m.cpu_millis = m.cpu_millis.max(h.free_cpu);
+            m.memory_mib = m.memory_mib.max(h.free_mem);
+            m.gpu_milli = m.gpu_milli.max(h.free_gpu as u64);
         }
         self.block_free[b] = m;
     }
