@@ -28,7 +28,9 @@ use crate::actions::Action;
 use crate::forecast::{ForecastConfig, Forecaster};
 use crate::pools::{pools_by_unit_price, BootingNode, PoolSpec};
 use crate::scheduler::{place_move, place_partition, PlacementRequest, Policy, SpreadDomain};
-use crate::view::{ClusterView, LabelRequirement, Replica, ReplicaSlot, Resources, WorkloadKind};
+use crate::view::{
+    ClusterView, GpuDevices, LabelRequirement, Replica, ReplicaSlot, Resources, WorkloadKind,
+};
 use stator_api::ids::NodeId;
 
 /// Measured demand of one partition.
@@ -512,7 +514,7 @@ fn needs_without_room(view: &ClusterView, deferred: &mut Vec<DeferredRaise>) -> 
     // service and round over every node.
     let mut per_zone: Vec<Vec<(u64, u64, NodeId)>> = vec![Vec::new(); view.zone_count()];
     for h in view.hot.iter().filter(|h| h.schedulable) {
-        per_zone[h.zone_ix as usize].push((h.free.cpu_millis, h.free.memory_mib, h.id));
+        per_zone[h.zone_ix as usize].push((h.free_cpu, h.free_mem, h.id));
     }
     let mut heaps: Vec<BinaryHeap<(u64, u64, NodeId)>> =
         per_zone.into_iter().map(BinaryHeap::from).collect();
@@ -605,7 +607,9 @@ impl UnmetNeed {
 
     /// Whether a node of `pool` could take this need (capacity and labels).
     fn fits_pool(&self, pool: &PoolSpec) -> bool {
-        self.resources.fits_in(&pool.capacity) && selects(&self.node_selector, &pool.labels)
+        self.resources.fits_in(&pool.capacity)
+            && self.resources.gpu_fits_capacity(&pool.capacity)
+            && selects(&self.node_selector, &pool.labels)
     }
 }
 
@@ -650,6 +654,8 @@ struct Bin<'a> {
     /// `zone`'s number in the call's [`ZoneNumbers`].
     zone_ix: usize,
     free: Resources,
+    /// The node's GPU devices: a need's GPU share must fit them one by one.
+    gpus: GpuDevices,
     partitions: Vec<(String, u32)>,
     labels: &'a BTreeMap<String, String>,
 }
@@ -657,6 +663,7 @@ struct Bin<'a> {
 impl Bin<'_> {
     fn takes(&self, need: &UnmetNeed) -> bool {
         need.resources.fits_in(&self.free)
+            && self.gpus.fits(&need.resources)
             && selects(&need.node_selector, self.labels)
             && need.partition.as_ref().is_none_or(|p| {
                 // The partition number first: most entries differ there, and the
@@ -666,6 +673,7 @@ impl Bin<'_> {
     }
     fn put(&mut self, need: &UnmetNeed) {
         self.free = self.free.saturating_sub(&need.resources);
+        self.gpus.take(&need.resources);
         if let Some(p) = &need.partition {
             self.partitions.push(p.clone());
         }
@@ -815,6 +823,7 @@ pub fn plan_new_nodes_with_fit(
                 zone: b.zone.clone(),
                 zone_ix: zones.of(&b.zone),
                 free: p.capacity,
+                gpus: GpuDevices::of_capacity(&p.capacity),
                 partitions: Vec::new(),
                 labels: &p.labels,
             })
@@ -898,6 +907,7 @@ impl<'a> ScaleUp<'a> {
             zone_ix: self.zones.of(&zone),
             zone: zone.clone(),
             free: pool.capacity,
+            gpus: GpuDevices::of_capacity(&pool.capacity),
             partitions: Vec::new(),
             labels: &pool.labels,
         };
@@ -938,6 +948,19 @@ impl ScaleUp<'_> {
     }
 }
 
+/// Whether a new node of capacity `cap` holds every GPU share of `needs` on its
+/// devices, taken in order by best fit (a claim's sum may fit where its shares do not).
+fn gpus_hold<'r>(cap: &Resources, needs: impl Iterator<Item = &'r Resources>) -> bool {
+    let mut gpus = GpuDevices::of_capacity(cap);
+    for r in needs {
+        if !gpus.fits(r) {
+            return false;
+        }
+        gpus.take(r);
+    }
+    true
+}
+
 /// Karpenter-like provisioning ([`PoolChoice::CheapestForBatch`]).
 fn claim_batches(s: &mut ScaleUp, rest: Vec<usize>, plan: &mut ScaleUpPlan) {
     // Claims: needs packed while some pool with room could hold them all.
@@ -947,9 +970,15 @@ fn claim_batches(s: &mut ScaleUp, rest: Vec<usize>, plan: &mut ScaleUpPlan) {
         partitions: Vec<(String, u32)>,
         needs: Vec<usize>,
     }
-    let holds = |total: &Resources, zone: &str, needs: &[usize]| {
+    // `extra`: a need about to join `needs`.
+    let holds = |total: &Resources, zone: &str, needs: &[usize], extra: &Resources| {
         s.pools.iter().any(|p| {
             total.fits_in(&p.capacity)
+                && (total.gpu_milli == 0
+                    || gpus_hold(
+                        &p.capacity,
+                        needs.iter().map(|&n| &s.unmet[n].resources).chain([extra]),
+                    ))
                 && s.has_room(p)
                 && p.zones.iter().any(|z| z == zone)
                 && needs
@@ -975,7 +1004,12 @@ fn claim_batches(s: &mut ScaleUp, rest: Vec<usize>, plan: &mut ScaleUpPlan) {
                     .as_ref()
                     .is_none_or(|p| !c.partitions.contains(p))
                 && selects_all(c, need)
-                && holds(&(c.total + need.resources), &c.zone, &c.needs)
+                && holds(
+                    &(c.total + need.resources),
+                    &c.zone,
+                    &c.needs,
+                    &need.resources,
+                )
         };
         let at = match claims.iter().position(joins) {
             Some(at) => at,
@@ -1022,6 +1056,8 @@ fn claim_batches(s: &mut ScaleUp, rest: Vec<usize>, plan: &mut ScaleUpPlan) {
             .iter()
             .filter(|p| {
                 c.total.fits_in(&p.capacity)
+                    && (c.total.gpu_milli == 0
+                        || gpus_hold(&p.capacity, c.needs.iter().map(|&n| &s.unmet[n].resources)))
                     && s.has_room(p)
                     && p.zones.contains(&c.zone)
                     && c.needs

@@ -291,15 +291,14 @@ fn is_last_room(
             return false;
         }
         let wanted = headroom.iter().filter(|s| *s == shape).count() as u64;
-        let in_id = view.free(id).map_or(0, |f| slots(shape, &f));
+        let in_id = view.copies_fitting(id, shape);
         if in_id == 0 {
             return false;
         }
         let elsewhere: u64 = view
             .nodes()
             .filter(|n| n.id != id && n.schedulable && !busy_nodes.contains(&n.id))
-            .filter_map(|n| view.free(n.id))
-            .map(|f| slots(shape, &f))
+            .map(|n| view.copies_fitting(n.id, shape))
             .sum();
         elsewhere < wanted
     })

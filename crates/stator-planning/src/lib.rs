@@ -15,9 +15,14 @@
 //!   view's life and its clones): a caller resolves a partition once and reads its
 //!   members by index (`ClusterView::members_at`); the partition scaler's state and
 //!   the forecaster number their series the same way (`Forecaster::series_index`).
-//! - [`scheduler`]: filter (capacity, schedulable, selectors, anti-affinity) then score
-//!   under a [`Policy`]: `Spread` (Kubernetes default scoring) or `Cost`
-//!   (best-fit on price per unit of resource, jobs packed apart and binned by end time).
+//!   GPUs are devices ([`GpuDevices`], one per 1000 milli-GPUs of a node): a request
+//!   asks for `gpu_count` devices with its per-device share free on each, never the
+//!   leftovers of two devices for one share; each replica remembers the devices it
+//!   took (best fit, gpushare's binpack), so its removal or move frees the same ones.
+//! - [`scheduler`]: filter (capacity, GPU devices, schedulable, selectors,
+//!   anti-affinity) then score under a [`Policy`]: `Spread` (Kubernetes default
+//!   scoring) or `Cost` (best-fit on price per unit of resource, jobs packed apart and
+//!   binned by end time, GPU requests by the fragmentation they leave on devices).
 //! - [`actions`]: [`Action`] — place, migrate, resize, add/cordon/remove node.
 //! - [`pools`]: node pools ([`PoolSpec`]) and nodes still booting.
 //! - [`autoscaler`]: the partition scaler ([`PartitionScalerConfig`]; not Kubernetes'
@@ -68,5 +73,6 @@ pub use scheduler::{
 };
 pub use stator_api::ids::NodeId;
 pub use view::{
-    ClusterView, LabelRequirement, Node, Replica, ReplicaSlot, Resources, WorkloadKind,
+    ClusterView, GpuDevices, LabelRequirement, Node, Replica, ReplicaSlot, Resources, WorkloadKind,
+    MAX_GPUS_PER_NODE, MILLI_PER_GPU,
 };

@@ -1,7 +1,9 @@
 //! Placement: filter the nodes, score the survivors, pick distinct nodes (and zones).
 //!
-//! Filters, in order: schedulable, label requirements, free capacity for the request,
-//! node anti-affinity (no node already hosting a member of the partition). Zone
+//! Filters, in order: schedulable, free capacity for the request, the GPU devices
+//! (`gpu_count` devices each with the request's per-device share free: a share never
+//! spans two devices' leftovers), label requirements, node anti-affinity (no node
+//! already hosting a member of the partition). Zone
 //! anti-affinity is applied when choosing: with `SpreadDomain::Zone`, each new replica
 //! goes to a zone no member uses while such zones have a feasible node; only when the
 //! cluster has fewer usable zones than replicas does a zone take a second member.
@@ -12,13 +14,20 @@
 //! - [`Policy::Cost`]: best fit (least capacity left after placing) with the node's
 //!   price per unit of resource as a tie-breaker; long-running replicas and jobs kept
 //!   on separate nodes; jobs binned by expected end time so nodes empty together;
-//!   CPU-only work kept off GPU nodes.
+//!   CPU-only work kept off GPU nodes; a GPU request scored by the fragmentation it
+//!   leaves on the devices (a fractional share on the shared device it fits best
+//!   rather than a whole free one; whole GPUs where they use up a node's whole free
+//!   devices), see `gpu_fragmentation`. Which devices of the chosen node a replica
+//!   takes is the view's (best fit, the same for every policy).
 
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 
 use crate::error::PlacementError;
-use crate::view::{ClusterView, HotNode, LabelRequirement, Resources, WorkloadKind, SCAN_BLOCK};
+use crate::view::{
+    ClusterView, GpuDevices, HotNode, LabelRequirement, Resources, WorkloadKind, MILLI_PER_GPU,
+    SCAN_BLOCK,
+};
 use stator_api::ids::NodeId;
 
 /// Scoring policy.
@@ -167,6 +176,7 @@ pub fn place_batch(
         cpu_millis: m.cpu_millis.max(n.capacity.cpu_millis),
         memory_mib: m.memory_mib.max(n.capacity.memory_mib),
         gpu_milli: m.gpu_milli.max(n.capacity.gpu_milli),
+        gpu_count: 0,
     });
     let mut order: Vec<usize> = (0..requests.len()).collect();
     order.sort_by(|&a, &b| {
@@ -210,7 +220,10 @@ fn dominant_share(r: &Resources, cap: &Resources) -> f64 {
 /// hot record; the full entry only when a selector must be matched against labels.
 #[inline]
 fn passes_filters(view: &ClusterView, ix: usize, h: &HotNode, req: &PlacementRequest) -> bool {
-    if !h.schedulable || !req.resources.fits_in(&h.free) {
+    if !h.schedulable || !h.holds(&req.resources) {
+        return false;
+    }
+    if req.resources.gpu_milli > 0 && !gpu_fits(view, ix, h, &req.resources) {
         return false;
     }
     if req.node_selector.is_empty() {
@@ -226,6 +239,37 @@ fn passes_filters(view: &ClusterView, ix: usize, h: &HotNode, req: &PlacementReq
     })
 }
 
+/// Whether the node's devices hold the request's GPU share: one device with the
+/// per-device share free for each device asked (the hot record answers a one-device
+/// share; more devices are counted on the node's entry).
+#[inline]
+fn gpu_fits(view: &ClusterView, ix: usize, h: &HotNode, r: &Resources) -> bool {
+    match r.gpu_shape() {
+        None => true,
+        Some((1, each)) => h.gpu_max_free as u64 >= each,
+        Some(_) => view.nodes[ix].gpus.fits(r),
+    }
+}
+
+/// What a GPU request's placement on a node costs in GPU fragmentation, 0 (a perfect
+/// fit) to 150, for [`Policy::Cost`]. A fractional share: the free left on the device
+/// best fit gives it (in tenths of a device), plus 50 when that device was whole (a
+/// shared device is preferred, so whole devices stay free for whole-GPU requests).
+/// Whole devices: the devices that could take the same share still left on the node,
+/// as a share of its devices (best fit on the count, so nodes whose GPUs are all free
+/// stay free for the largest requests).
+#[inline]
+fn gpu_fragmentation(gpus: &GpuDevices, (n, each): (u32, u64)) -> f64 {
+    if n == 1 && each < MILLI_PER_GPU {
+        let f = gpus.best_fit_free(each).unwrap_or(MILLI_PER_GPU);
+        let fresh = if f >= MILLI_PER_GPU { 50.0 } else { 0.0 };
+        return (f - each.min(f)) as f64 * 100.0 / MILLI_PER_GPU as f64 + fresh;
+    }
+    let devices = gpus.len().max(1);
+    let able = (0..gpus.len()).filter(|&d| gpus.free(d) >= each).count();
+    able.saturating_sub(n as usize) as f64 * 100.0 / devices as f64
+}
+
 /// The score of placing `req` on the node (higher is better), or None if it does not
 /// pass the filters. Exposed for tests and for explaining decisions.
 pub fn score_node(
@@ -236,7 +280,7 @@ pub fn score_node(
 ) -> Option<f64> {
     let ix = view.node_index(node)?;
     let h = &view.hot[ix];
-    passes_filters(view, ix, h, req).then(|| Scorer::new(req, policy).score(h))
+    passes_filters(view, ix, h, req).then(|| Scorer::new(req, policy).score_at(view, ix, h))
 }
 
 /// What a score needs from the request, computed once per scan.
@@ -246,6 +290,8 @@ struct Scorer {
     req_cpu: f64,
     req_mem: f64,
     cpu_only: bool,
+    /// The request's GPU shape (devices, milli-GPUs each), None for CPU-only work.
+    gpu: Option<(u32, u64)>,
     /// None for long-running work; the end-time bin for a job.
     job_end_bin: Option<u64>,
 }
@@ -257,6 +303,7 @@ impl Scorer {
             req_cpu: req.resources.cpu_millis as f64,
             req_mem: req.resources.memory_mib as f64,
             cpu_only: req.resources.gpu_milli == 0,
+            gpu: req.resources.gpu_shape(),
             job_end_bin: match req.kind {
                 WorkloadKind::LongRunning => None,
                 WorkloadKind::Job { .. } => Some(req.expected_end_s().unwrap_or(0) / JOB_END_BIN_S),
@@ -273,6 +320,21 @@ impl Scorer {
             Policy::Cost => self.cost_score(h),
         };
         s + 0.0
+    }
+
+    /// The score on the node at `ix`: [`Scorer::score`], and for a GPU request under
+    /// [`Policy::Cost`] less its [`gpu_fragmentation`] (read from the node's devices,
+    /// so CPU-only scans never touch the full entry). [`Policy::Spread`] has no GPU
+    /// term: kube-scheduler's default scores weigh CPU and memory only, and the
+    /// gpushare extender chooses a device only once the node is chosen.
+    #[inline]
+    fn score_at(&self, view: &ClusterView, ix: usize, h: &HotNode) -> f64 {
+        match self.gpu {
+            Some(shape) if self.policy == Policy::Cost => {
+                self.score(h) - gpu_fragmentation(&view.nodes[ix].gpus, shape) + 0.0
+            }
+            _ => self.score(h),
+        }
     }
 
     /// LeastAllocated + BalancedAllocation (each 0-100, weight 1), over CPU and memory,
@@ -414,7 +476,7 @@ fn place_avoiding(
         }
         feasible += 1;
         let c = Candidate {
-            score: scorer.score(h),
+            score: scorer.score_at(view, ix, h),
             id: h.id,
             zone: h.zone_ix,
         };
@@ -468,8 +530,8 @@ fn place_avoiding(
                         && !exclude_nodes.contains(&h.id)
                 })
                 .filter(|(_, h)| !chosen.iter().any(|x| x.id == h.id))
-                .map(|(_, h)| Candidate {
-                    score: scorer.score(h),
+                .map(|(ix, h)| Candidate {
+                    score: scorer.score_at(view, ix, h),
                     id: h.id,
                     zone: h.zone_ix,
                 })
@@ -738,6 +800,82 @@ mod tests {
         // CPU-only work stays off the GPU nodes under Cost.
         let cpu = PlacementRequest::job("k", Resources::new(1000, 1024), 0, 60);
         assert_eq!(place_partition(&view, &cpu, Policy::Cost).unwrap(), vec![3]);
+    }
+
+    fn gpu_node(id: NodeId, gpus: u64) -> Node {
+        Node::new(
+            id,
+            "a",
+            "g",
+            Resources::with_gpu(32000, 131072, gpus * 1000),
+            5.0,
+        )
+    }
+
+    fn gpu_job(name: &str, node: NodeId, count: u32, each: u64) -> Replica {
+        Replica {
+            service: name.into(),
+            partition: 0,
+            node,
+            resources: Resources::with_gpus(1000, 1024, count, each),
+            kind: WorkloadKind::Job {
+                expected_duration_s: 600,
+            },
+            expected_end_s: Some(600),
+            state_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn a_share_larger_than_any_one_device_s_free_does_not_place() {
+        // Node 1: 0.3 + 0.3 free on two devices; node 2: 0.7 free on one.
+        let view = ClusterView::from_parts(
+            vec![gpu_node(1, 2), gpu_node(2, 1)],
+            vec![
+                gpu_job("a", 1, 1, 700),
+                gpu_job("b", 1, 1, 700),
+                gpu_job("c", 2, 1, 300),
+            ],
+        );
+        let req = PlacementRequest::job("j", Resources::with_gpus(1000, 1024, 1, 600), 0, 600);
+        for policy in [Policy::Spread, Policy::Cost] {
+            assert_eq!(place_partition(&view, &req, policy).unwrap(), vec![2]);
+            assert_eq!(score_node(&view, 1, &req, policy), None);
+        }
+        let two = PlacementRequest::job("k", Resources::with_gpus(1000, 1024, 2, 1000), 0, 600);
+        assert!(place_partition(&view, &two, Policy::Cost).is_err());
+    }
+
+    #[test]
+    fn cost_puts_a_fractional_share_on_a_shared_device_and_whole_gpus_where_they_fill() {
+        // Node 1: one device half used, three whole; node 2: one device taken whole,
+        // three whole free.
+        let view = ClusterView::from_parts(
+            vec![gpu_node(1, 4), gpu_node(2, 4)],
+            vec![gpu_job("a", 2, 1, 1000), gpu_job("b", 1, 1, 500)],
+        );
+        // 0.4 joins the half-used device rather than opening a whole one on node 2.
+        let frac = PlacementRequest::job("f", Resources::with_gpus(1000, 1024, 1, 400), 0, 600);
+        assert_eq!(
+            place_partition(&view, &frac, Policy::Cost).unwrap(),
+            vec![1]
+        );
+        // Node 1: two devices taken whole, two whole free; node 2: four whole free
+        // (a CPU-only job keeps it from counting as empty). Two whole GPUs go where they
+        // use up the whole devices (best fit on the count), keeping node 2's four for a
+        // four-GPU request.
+        let view = ClusterView::from_parts(
+            vec![gpu_node(1, 4), gpu_node(2, 4)],
+            vec![
+                gpu_job("a", 1, 2, 1000),
+                Replica {
+                    resources: Resources::new(1000, 1024),
+                    ..gpu_job("cpu", 2, 0, 0)
+                },
+            ],
+        );
+        let two = PlacementRequest::job("t", Resources::with_gpus(1000, 1024, 2, 1000), 0, 600);
+        assert_eq!(place_partition(&view, &two, Policy::Cost).unwrap(), vec![1]);
     }
 
     #[test]

@@ -7,16 +7,35 @@ use std::ops::{Add, Sub};
 
 use stator_api::ids::NodeId;
 
-/// A bundle of resources. GPUs are counted in milli-GPUs (one whole GPU = 1000), summed
-/// over the node's devices.
+/// Milli-GPUs in one GPU device: a node's capacity counts whole devices.
+pub const MILLI_PER_GPU: u64 = 1000;
+
+/// Most GPU devices one node may have: the devices a replica took are kept as a bit
+/// mask of this many bits. A node with more is refused when added to a view.
+pub const MAX_GPUS_PER_NODE: usize = 64;
+
+/// A bundle of resources. GPUs are counted in milli-GPUs (one whole GPU = 1000):
+/// `gpu_milli` is the total over the devices, for a node its devices times 1000, for
+/// a request the sum over the `gpu_count` devices it asks for (`gpu_milli /
+/// gpu_count` on each). Sums of bundles (a node's allocation) add both fields; only
+/// a [`ClusterView`] knows which device holds what, and its placement checks the
+/// devices (a request fits a node when `gpu_count` of its devices each have the
+/// per-device share free), not the sum.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Resources {
     /// CPU in millicores.
     pub cpu_millis: u64,
     /// Memory in MiB.
     pub memory_mib: u64,
-    /// GPU in milli-GPUs (0 for CPU-only).
+    /// GPU in milli-GPUs (0 for CPU-only), summed over the devices.
     pub gpu_milli: u64,
+    /// For a request, the number of GPU devices `gpu_milli` is split over evenly: 1
+    /// with `gpu_milli` < 1000 is a fraction of one device (a shared GPU), n with
+    /// `gpu_milli` = n x 1000 is n whole devices. 0 (the default) means
+    /// `ceil(gpu_milli / 1000)` devices. Ignored for a node's capacity, whose device
+    /// count is `gpu_milli / 1000`.
+    #[serde(default)]
+    pub gpu_count: u32,
 }
 
 impl Resources {
@@ -26,17 +45,65 @@ impl Resources {
             cpu_millis,
             memory_mib,
             gpu_milli: 0,
+            gpu_count: 0,
         }
     }
-    /// With a GPU share.
+    /// With a GPU share of `gpu_milli` in total, on `ceil(gpu_milli / 1000)` devices
+    /// (a node's capacity: `gpu_milli` = devices x 1000).
     pub const fn with_gpu(cpu_millis: u64, memory_mib: u64, gpu_milli: u64) -> Self {
         Resources {
             cpu_millis,
             memory_mib,
             gpu_milli,
+            gpu_count: 0,
         }
     }
-    /// Whether every component of `self` is at most the one of `other`.
+    /// A request for `gpu_count` devices with `milli_each` milli-GPUs of each (the
+    /// openb trace's `num_gpu` and `gpu_milli`).
+    pub const fn with_gpus(
+        cpu_millis: u64,
+        memory_mib: u64,
+        gpu_count: u32,
+        milli_each: u64,
+    ) -> Self {
+        Resources {
+            cpu_millis,
+            memory_mib,
+            gpu_milli: gpu_count as u64 * milli_each,
+            gpu_count,
+        }
+    }
+    /// A request's GPU shape: how many devices, and the milli-GPUs it needs on each
+    /// (rounded up). None without a GPU share.
+    #[inline]
+    pub fn gpu_shape(&self) -> Option<(u32, u64)> {
+        if self.gpu_milli == 0 {
+            return None;
+        }
+        let devices = if self.gpu_count > 0 {
+            self.gpu_count as u64
+        } else {
+            self.gpu_milli.div_ceil(MILLI_PER_GPU)
+        };
+        Some((devices as u32, self.gpu_milli.div_ceil(devices)))
+    }
+    /// Whether a node of capacity `cap`, all its devices free, could hold this
+    /// request's GPU share (as many devices as asked, each at most one whole GPU).
+    #[inline]
+    pub fn gpu_fits_capacity(&self, cap: &Resources) -> bool {
+        match self.gpu_shape() {
+            None => true,
+            Some((n, each)) => n as usize <= cap.gpu_devices() && each <= MILLI_PER_GPU,
+        }
+    }
+    /// The GPU devices of a node of this capacity.
+    #[inline]
+    pub fn gpu_devices(&self) -> usize {
+        (self.gpu_milli / MILLI_PER_GPU) as usize
+    }
+    /// Whether every component of `self` is at most the one of `other`. For GPUs this
+    /// compares the sums: necessary for a request to fit a node, not sufficient (the
+    /// devices decide, see [`ClusterView::gpu_fits`]).
     #[inline]
     pub fn fits_in(&self, other: &Resources) -> bool {
         self.cpu_millis <= other.cpu_millis
@@ -50,6 +117,7 @@ impl Resources {
             cpu_millis: self.cpu_millis.saturating_sub(other.cpu_millis),
             memory_mib: self.memory_mib.saturating_sub(other.memory_mib),
             gpu_milli: self.gpu_milli.saturating_sub(other.gpu_milli),
+            gpu_count: self.gpu_count.saturating_sub(other.gpu_count),
         }
     }
     /// Component-wise minimum.
@@ -59,6 +127,7 @@ impl Resources {
             cpu_millis: self.cpu_millis.min(other.cpu_millis),
             memory_mib: self.memory_mib.min(other.memory_mib),
             gpu_milli: self.gpu_milli.min(other.gpu_milli),
+            gpu_count: self.gpu_count.min(other.gpu_count),
         }
     }
     /// Whether all components are zero.
@@ -74,6 +143,7 @@ impl Add for Resources {
             cpu_millis: self.cpu_millis + o.cpu_millis,
             memory_mib: self.memory_mib + o.memory_mib,
             gpu_milli: self.gpu_milli + o.gpu_milli,
+            gpu_count: self.gpu_count + o.gpu_count,
         }
     }
 }
@@ -95,8 +165,174 @@ impl Sub for Resources {
                 .gpu_milli
                 .checked_sub(o.gpu_milli)
                 .expect("gpu underflow"),
+            gpu_count: self
+                .gpu_count
+                .checked_sub(o.gpu_count)
+                .expect("gpu count underflow"),
         }
     }
+}
+
+/// The GPU devices of one node and what each has given out, in milli-GPUs. A request
+/// takes `gpu_count` devices with its per-device share free on each (never parts of
+/// two devices for one share), chosen by best fit: the devices with the least free
+/// that still hold the share, lowest index first among equals. That is what Alibaba's
+/// GPU-sharing scheduler extender (gpushare) does by default (its binpack: the
+/// most-used device that fits) and what every policy of the simulator uses; a
+/// fractional share so lands on an already shared device before a whole free one,
+/// which stays free for whole-GPU requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GpuDevices {
+    /// Milli-GPUs given out per device (above 1000 only when a snapshot over-commits).
+    used: Vec<u32>,
+}
+
+impl GpuDevices {
+    /// The devices of a node of this capacity, all free (none for a CPU-only node:
+    /// nothing is allocated).
+    pub fn of_capacity(capacity: &Resources) -> Self {
+        GpuDevices {
+            used: vec![0; capacity.gpu_devices()],
+        }
+    }
+    /// Number of devices.
+    pub fn len(&self) -> usize {
+        self.used.len()
+    }
+    /// Whether the node has no GPU.
+    pub fn is_empty(&self) -> bool {
+        self.used.is_empty()
+    }
+    /// Milli-GPUs free on device `d`.
+    #[inline]
+    pub fn free(&self, d: usize) -> u64 {
+        MILLI_PER_GPU.saturating_sub(self.used[d] as u64)
+    }
+    /// Free milli-GPUs of every device, in device order.
+    pub fn free_per_device(&self) -> Vec<u64> {
+        (0..self.used.len()).map(|d| self.free(d)).collect()
+    }
+    /// The most milli-GPUs free on one device (0 without devices).
+    #[inline]
+    pub fn max_free(&self) -> u64 {
+        (0..self.used.len())
+            .map(|d| self.free(d))
+            .max()
+            .unwrap_or(0)
+    }
+    /// How many copies of `r`'s GPU share the devices hold, each device taking as many
+    /// shares as fit in its free (u64::MAX without a GPU share).
+    pub fn slots(&self, r: &Resources) -> u64 {
+        match r.gpu_shape() {
+            None => u64::MAX,
+            Some((1, each)) => (0..self.used.len()).map(|d| self.free(d) / each).sum(),
+            Some((n, each)) => {
+                (0..self.used.len())
+                    .filter(|&d| self.free(d) >= each)
+                    .count() as u64
+                    / n as u64
+            }
+        }
+    }
+    /// Devices with nothing given out.
+    #[inline]
+    pub fn whole_free(&self) -> usize {
+        self.used.iter().filter(|&&u| u == 0).count()
+    }
+    /// Whether the devices hold `r`'s GPU shape (always, without a GPU share).
+    #[inline]
+    pub fn fits(&self, r: &Resources) -> bool {
+        match r.gpu_shape() {
+            None => true,
+            Some((1, each)) => self.max_free() >= each,
+            Some((n, each)) => {
+                (0..self.used.len())
+                    .filter(|&d| self.free(d) >= each)
+                    .count()
+                    >= n as usize
+            }
+        }
+    }
+    /// The devices best fit would give `r` (a bit per device), None if they cannot
+    /// hold it (or `r` has no GPU share).
+    pub fn choose(&self, r: &Resources) -> Option<u64> {
+        let (n, each) = r.gpu_shape()?;
+        if n == 1 {
+            // The single device with the least free that holds the share.
+            let d = (0..self.used.len())
+                .filter(|&d| self.free(d) >= each)
+                .min_by_key(|&d| (self.free(d), d))?;
+            return Some(1 << d);
+        }
+        let mut fit: Vec<usize> = (0..self.used.len())
+            .filter(|&d| self.free(d) >= each)
+            .collect();
+        if fit.len() < n as usize {
+            return None;
+        }
+        fit.sort_by_key(|&d| (self.free(d), d));
+        Some(fit[..n as usize].iter().fold(0, |m, &d| m | 1 << d))
+    }
+    /// The free milli-GPUs of the device best fit would give a one-device share of
+    /// `each` (None if no device holds it): `each` itself is a perfect fit, 1000 a
+    /// whole device opened for it.
+    #[inline]
+    pub fn best_fit_free(&self, each: u64) -> Option<u64> {
+        (0..self.used.len())
+            .map(|d| self.free(d))
+            .filter(|&f| f >= each)
+            .min()
+    }
+    /// Gives `r`'s share out and returns the devices taken (0 without a GPU share).
+    /// When the devices cannot hold it (a snapshot that over-commits, as the sums may),
+    /// the devices with the most free are over-committed instead, so what is given
+    /// out always matches what [`GpuDevices::give_back`] returns.
+    pub fn take(&mut self, r: &Resources) -> u64 {
+        let Some((n, each)) = r.gpu_shape() else {
+            return 0;
+        };
+        if self.used.is_empty() {
+            return 0;
+        }
+        let mask = self.choose(r).unwrap_or_else(|| {
+            let mut all: Vec<usize> = (0..self.used.len()).collect();
+            all.sort_by_key(|&d| (self.used[d], d));
+            all[..(n as usize).min(all.len())]
+                .iter()
+                .fold(0, |m, &d| m | 1 << d)
+        });
+        self.add(mask, each as u32);
+        mask
+    }
+    /// Returns the share of `r` given out on `mask` (what [`GpuDevices::take`] gave).
+    pub fn give_back(&mut self, mask: u64, r: &Resources) {
+        if let Some((_, each)) = r.gpu_shape() {
+            for d in bits(mask) {
+                self.used[d] = self.used[d]
+                    .checked_sub(each as u32)
+                    .expect("gpu device underflow");
+            }
+        }
+    }
+    /// Takes `milli` on the devices in `mask`.
+    fn add(&mut self, mask: u64, milli: u32) {
+        for d in bits(mask) {
+            self.used[d] += milli;
+        }
+    }
+    /// Charges `milli` (a node's reserved GPU) on whole devices from the first.
+    fn reserve(&mut self, mut milli: u64) {
+        for u in &mut self.used {
+            let take = milli.min(MILLI_PER_GPU);
+            *u += take as u32;
+            milli -= take;
+        }
+    }
+}
+
+/// The device numbers set in `mask`.
+pub fn bits(mask: u64) -> impl Iterator<Item = usize> {
+    (0..MAX_GPUS_PER_NODE).filter(move |d| mask & (1 << d) != 0)
 }
 
 /// A node label requirement: the node's label `key` must be one of `values` (or, when
@@ -222,8 +458,13 @@ pub(crate) struct NodeStats {
 /// labels, replica lists). Refreshed by every mutation of the node or its replicas.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HotNode {
-    /// Capacity not yet requested (allocation and `reserved` subtracted, floor zero).
-    pub(crate) free: Resources,
+    /// Capacity not yet requested (allocation and `reserved` subtracted, floor zero),
+    /// as three plain fields rather than a [`Resources`] (whose device count the scan
+    /// never reads): the record then stays at 112 bytes.
+    pub(crate) free_cpu: u64,
+    pub(crate) free_mem: u64,
+    /// Free milli-GPUs summed over the devices (at most 64,000).
+    pub(crate) free_gpu: u32,
     /// Requested CPU and memory (capacity less free) and the capacity, as floats so a
     /// score converts nothing per node (exact: integers below 2^53).
     pub(crate) used_cpu: f64,
@@ -243,14 +484,30 @@ pub(crate) struct HotNode {
     pub(crate) schedulable: bool,
     pub(crate) has_labels: bool,
     pub(crate) has_gpu: bool,
+    /// The most milli-GPUs free on one device: a one-device share larger than this
+    /// does not fit, whatever the node's sum.
+    pub(crate) gpu_max_free: u16,
 }
 
+// The scan walks these records: keep one at 112 bytes (it was before GPU devices).
+const _: () = assert!(std::mem::size_of::<HotNode>() <= 112);
+
 impl HotNode {
+    /// Whether `r` fits the free CPU, memory and GPU sum (GPU devices: `gpu_max_free`).
+    #[inline]
+    pub(crate) fn holds(&self, r: &Resources) -> bool {
+        r.cpu_millis <= self.free_cpu
+            && r.memory_mib <= self.free_mem
+            && r.gpu_milli <= self.free_gpu as u64
+    }
+
     fn of(e: &NodeEntry) -> HotNode {
         let free = free_of(e);
         let cap = &e.node.capacity;
         HotNode {
-            free,
+            free_cpu: free.cpu_millis,
+            free_mem: free.memory_mib,
+            free_gpu: free.gpu_milli as u32,
             used_cpu: (cap.cpu_millis - free.cpu_millis) as f64,
             used_mem: (cap.memory_mib - free.memory_mib) as f64,
             cap_cpu: cap.cpu_millis as f64,
@@ -266,6 +523,7 @@ impl HotNode {
             schedulable: e.node.schedulable,
             has_labels: !e.node.labels.is_empty(),
             has_gpu: e.node.capacity.gpu_milli > 0,
+            gpu_max_free: e.gpus.max_free() as u16,
         }
     }
 }
@@ -280,6 +538,8 @@ pub(crate) struct NodeEntry {
     pub(crate) inv_mem: f64,
     pub(crate) price_per_unit: f64,
     pub(crate) stats: NodeStats,
+    /// The node's GPU devices (none for a CPU-only node).
+    pub(crate) gpus: GpuDevices,
 }
 
 /// Nodes and replicas with the indexes the planner needs: node by id, zone numbers,
@@ -317,6 +577,10 @@ pub struct ClusterView {
     /// `slot_partition[slot]`: the partition index of the replica in `slot`, so a
     /// removal or a member's partition needs no hash lookup.
     slot_partition: Vec<u32>,
+    /// `slot_gpus[slot]`: the GPU devices the replica in `slot` holds (a bit per
+    /// device of its node; 0 without a GPU share), so a removal or a move frees the
+    /// devices it took.
+    slot_gpus: Vec<u64>,
     replica_count: usize,
 }
 
@@ -346,11 +610,19 @@ impl ClusterView {
             "node {} added twice",
             node.id
         );
+        assert!(
+            node.capacity.gpu_devices() <= MAX_GPUS_PER_NODE,
+            "node {} has {} GPUs; at most {MAX_GPUS_PER_NODE} per node are supported",
+            node.id,
+            node.capacity.gpu_devices()
+        );
         let zone_ix = self.intern_zone(&node.zone);
         self.node_ix.insert(node.id, self.nodes.len());
         let inv = |c: u64| if c == 0 { 0.0 } else { 1.0 / c as f64 };
         let (inv_cpu, inv_mem) = (inv(node.capacity.cpu_millis), inv(node.capacity.memory_mib));
         let price_per_unit = node.price_per_unit();
+        let mut gpus = GpuDevices::of_capacity(&node.capacity);
+        gpus.reserve(node.reserved.gpu_milli);
         self.nodes.push(NodeEntry {
             node,
             zone_ix,
@@ -358,6 +630,7 @@ impl ClusterView {
             inv_mem,
             price_per_unit,
             stats: NodeStats::default(),
+            gpus,
         });
         let last = self.nodes.len() - 1;
         self.hot.push(HotNode::of(&self.nodes[last]));
@@ -383,9 +656,9 @@ impl ClusterView {
             .iter()
             .filter(|h| h.schedulable)
         {
-            m.cpu_millis = m.cpu_millis.max(h.free.cpu_millis);
-            m.memory_mib = m.memory_mib.max(h.free.memory_mib);
-            m.gpu_milli = m.gpu_milli.max(h.free.gpu_milli);
+            m.cpu_millis = m.cpu_millis.max(h.free_cpu);
+            m.memory_mib = m.memory_mib.max(h.free_mem);
+            m.gpu_milli = m.gpu_milli.max(h.free_gpu as u64);
         }
         self.block_free[b] = m;
     }
@@ -439,10 +712,12 @@ impl ClusterView {
             None => {
                 self.replicas.push(None);
                 self.slot_partition.push(0);
+                self.slot_gpus.push(0);
                 self.replicas.len() - 1
             }
         };
         Self::charge(&mut self.nodes[ix].stats, &replica, slot);
+        self.slot_gpus[slot] = self.nodes[ix].gpus.take(&replica.resources);
         self.refresh_hot(ix);
         let part = self.intern_partition(service_ix, replica.partition);
         self.members[part as usize].push(slot);
@@ -457,6 +732,10 @@ impl ClusterView {
         let replica = self.replicas.get_mut(slot)?.take()?;
         let ix = self.node_ix[&replica.node];
         Self::release(&mut self.nodes[ix].stats, &replica, slot);
+        self.nodes[ix]
+            .gpus
+            .give_back(self.slot_gpus[slot], &replica.resources);
+        self.slot_gpus[slot] = 0;
         self.refresh_hot(ix);
         let part = self.slot_partition[slot] as usize;
         self.members[part].retain(|&s| s != slot);
@@ -479,8 +758,12 @@ impl ClusterView {
             .unwrap_or_else(|| panic!("move to unknown node {to}"));
         let mut replica = self.replicas[slot].take().expect("checked");
         Self::release(&mut self.nodes[from_ix].stats, &replica, slot);
+        self.nodes[from_ix]
+            .gpus
+            .give_back(self.slot_gpus[slot], &replica.resources);
         replica.node = to;
         Self::charge(&mut self.nodes[to_ix].stats, &replica, slot);
+        self.slot_gpus[slot] = self.nodes[to_ix].gpus.take(&replica.resources);
         self.refresh_hot(from_ix);
         self.refresh_hot(to_ix);
         self.replicas[slot] = Some(replica);
@@ -492,8 +775,15 @@ impl ClusterView {
             .as_mut()
             .expect("resizing an empty slot");
         let ix = self.node_ix[&replica.node];
-        let stats = &mut self.nodes[ix].stats;
-        stats.allocated = stats.allocated - replica.resources + resources;
+        let entry = &mut self.nodes[ix];
+        entry.stats.allocated = entry.stats.allocated - replica.resources + resources;
+        if resources.gpu_shape() != replica.resources.gpu_shape() {
+            // A new GPU share: the old devices back, the new ones by best fit.
+            entry
+                .gpus
+                .give_back(self.slot_gpus[slot], &replica.resources);
+            self.slot_gpus[slot] = entry.gpus.take(&resources);
+        }
         replica.resources = resources;
         self.refresh_hot(ix);
     }
@@ -590,6 +880,40 @@ impl ClusterView {
     /// Capacity not yet requested on the node.
     pub fn free(&self, id: NodeId) -> Option<Resources> {
         self.node_ix.get(&id).map(|&ix| free_of(&self.nodes[ix]))
+    }
+    /// The node's GPU devices (None for an unknown node).
+    pub fn gpus(&self, id: NodeId) -> Option<&GpuDevices> {
+        self.node_ix.get(&id).map(|&ix| &self.nodes[ix].gpus)
+    }
+    /// Whether `r` fits the node's free capacity, its GPU devices one by one (not
+    /// only their sum). False for an unknown node.
+    pub fn fits(&self, id: NodeId, r: &Resources) -> bool {
+        self.node_ix
+            .get(&id)
+            .is_some_and(|&ix| r.fits_in(&free_of(&self.nodes[ix])) && self.nodes[ix].gpus.fits(r))
+    }
+    /// Whether the node's GPU devices hold `r`'s GPU share (true without one; false
+    /// for an unknown node).
+    pub fn gpu_fits(&self, id: NodeId, r: &Resources) -> bool {
+        self.node_ix
+            .get(&id)
+            .is_some_and(|&ix| self.nodes[ix].gpus.fits(r))
+    }
+    /// How many copies of `shape` fit in the node's free capacity, a GPU share counted
+    /// on the devices, not the sum (0 for an unknown node or an all-zero shape).
+    pub fn copies_fitting(&self, id: NodeId, shape: &Resources) -> u64 {
+        self.node_ix.get(&id).map_or(0, |&ix| {
+            let e = &self.nodes[ix];
+            crate::consolidator::slots(shape, &free_of(e)).min(e.gpus.slots(shape))
+        })
+    }
+    /// The GPU devices the replica in `slot` holds, in device order (empty without a
+    /// GPU share or for an empty slot).
+    pub fn replica_gpus(&self, slot: ReplicaSlot) -> Vec<usize> {
+        match self.replica(slot) {
+            Some(_) => bits(self.slot_gpus[slot]).collect(),
+            None => Vec::new(),
+        }
     }
     /// The replica in a slot.
     pub fn replica(&self, slot: ReplicaSlot) -> Option<&Replica> {
@@ -721,6 +1045,132 @@ mod tests {
             expected_end_s: None,
             state_bytes: 0,
         }
+    }
+
+    fn gpu_replica(service: &str, node: NodeId, count: u32, each: u64) -> Replica {
+        Replica {
+            resources: Resources::with_gpus(1000, 1024, count, each),
+            ..replica(service, 0, node)
+        }
+    }
+
+    fn gpu_node(id: NodeId, gpus: u64) -> Node {
+        Node::new(
+            id,
+            "a",
+            "g",
+            Resources::with_gpu(32000, 65536, gpus * 1000),
+            5.0,
+        )
+    }
+
+    #[test]
+    fn gpu_shapes() {
+        assert_eq!(Resources::new(1, 1).gpu_shape(), None);
+        assert_eq!(
+            Resources::with_gpus(1, 1, 1, 600).gpu_shape(),
+            Some((1, 600))
+        );
+        assert_eq!(
+            Resources::with_gpus(1, 1, 4, 1000).gpu_shape(),
+            Some((4, 1000))
+        );
+        // No count: whole devices by the sum, the share split evenly over them.
+        assert_eq!(Resources::with_gpu(1, 1, 500).gpu_shape(), Some((1, 500)));
+        assert_eq!(Resources::with_gpu(1, 1, 2000).gpu_shape(), Some((2, 1000)));
+        let cap = Resources::with_gpu(1, 1, 2000);
+        assert!(Resources::with_gpus(1, 1, 2, 1000).gpu_fits_capacity(&cap));
+        assert!(!Resources::with_gpus(1, 1, 4, 1000).gpu_fits_capacity(&cap));
+        assert!(Resources::new(1, 1).gpu_fits_capacity(&Resources::new(1, 1)));
+    }
+
+    #[test]
+    fn a_fractional_share_never_straddles_two_devices() {
+        let mut v = ClusterView::from_parts(vec![gpu_node(1, 2)], vec![]);
+        let a = v.add_replica(gpu_replica("a", 1, 1, 700));
+        let b = v.add_replica(gpu_replica("b", 1, 1, 700));
+        // Best fit: the second 0.7 cannot share the first's device, so it opens the other.
+        assert_ne!(v.replica_gpus(a), v.replica_gpus(b));
+        assert_eq!(v.gpus(1).unwrap().free_per_device(), vec![300, 300]);
+        // 0.6 GPU is free in sum (0.3 + 0.3), but on no one device.
+        let r = Resources::with_gpus(1000, 1024, 1, 600);
+        assert!(r.fits_in(&v.free(1).unwrap()));
+        assert!(!v.fits(1, &r));
+        assert!(!v.gpu_fits(1, &r));
+        assert!(v.fits(1, &Resources::with_gpus(1000, 1024, 1, 300)));
+        // Warm-spare counting agrees: two 0.3 shares fit, no 0.6 one.
+        assert_eq!(
+            v.copies_fitting(1, &Resources::with_gpus(1000, 1024, 1, 300)),
+            2
+        );
+        assert_eq!(
+            v.copies_fitting(1, &Resources::with_gpus(1000, 1024, 1, 600)),
+            0
+        );
+        assert_eq!(v.copies_fitting(1, &Resources::new(1000, 1024)), 30);
+    }
+
+    #[test]
+    fn fractional_shares_go_to_the_most_used_device_that_holds_them() {
+        let mut v = ClusterView::from_parts(vec![gpu_node(1, 3)], vec![]);
+        let big = v.add_replica(gpu_replica("big", 1, 1, 600));
+        let small = v.add_replica(gpu_replica("small", 1, 1, 300));
+        // 0.3 joins the 0.6 on its device rather than opening a whole one.
+        assert_eq!(v.replica_gpus(big), v.replica_gpus(small));
+        assert_eq!(v.gpus(1).unwrap().whole_free(), 2);
+        // 0.2 no longer fits there (0.1 left): it opens the next device.
+        let next = v.add_replica(gpu_replica("next", 1, 1, 200));
+        assert_eq!(v.replica_gpus(next), vec![1]);
+    }
+
+    #[test]
+    fn whole_gpu_requests_take_whole_free_devices() {
+        let mut v = ClusterView::from_parts(vec![gpu_node(1, 4)], vec![]);
+        let frac = v.add_replica(gpu_replica("frac", 1, 1, 500));
+        assert_eq!(v.replica_gpus(frac), vec![0]);
+        let three = v.add_replica(gpu_replica("three", 1, 3, 1000));
+        assert_eq!(v.replica_gpus(three), vec![1, 2, 3]);
+        assert_eq!(v.gpus(1).unwrap().free_per_device(), vec![500, 0, 0, 0]);
+        // A whole GPU is not there, though half of one is.
+        assert!(!v.fits(1, &Resources::with_gpus(1000, 1024, 1, 1000)));
+        assert!(v.fits(1, &Resources::with_gpus(1000, 1024, 1, 500)));
+    }
+
+    #[test]
+    fn removing_or_moving_a_replica_frees_the_devices_it_took() {
+        let mut v = ClusterView::from_parts(vec![gpu_node(1, 2), gpu_node(2, 2)], vec![]);
+        let a = v.add_replica(gpu_replica("a", 1, 1, 400));
+        let w = v.add_replica(gpu_replica("w", 1, 1, 1000));
+        assert_eq!(v.replica_gpus(a), vec![0]);
+        assert_eq!(v.replica_gpus(w), vec![1]);
+        v.move_replica(w, 2);
+        assert_eq!(v.gpus(1).unwrap().free_per_device(), vec![600, 1000]);
+        assert_eq!(v.gpus(2).unwrap().free_per_device(), vec![0, 1000]);
+        v.remove_replica(a);
+        assert_eq!(v.gpus(1).unwrap().free_per_device(), vec![1000, 1000]);
+        assert!(v.replica_gpus(a).is_empty());
+        v.remove_node(2);
+        assert!(v.gpus(2).is_none());
+        // A resize to another GPU share gives the old devices back first.
+        let b = v.add_replica(gpu_replica("b", 1, 1, 300));
+        v.resize_replica(b, Resources::with_gpus(1000, 1024, 2, 1000));
+        assert_eq!(v.gpus(1).unwrap().free_per_device(), vec![0, 0]);
+        v.resize_replica(b, Resources::new(1000, 1024));
+        assert_eq!(v.gpus(1).unwrap().free_per_device(), vec![1000, 1000]);
+    }
+
+    #[test]
+    fn an_over_committed_snapshot_is_given_back_exactly() {
+        // A snapshot may hold more than the devices do; taking and giving back stay
+        // in step so nothing underflows.
+        let mut v = ClusterView::from_parts(vec![gpu_node(1, 1)], vec![]);
+        let a = v.add_replica(gpu_replica("a", 1, 1, 800));
+        let b = v.add_replica(gpu_replica("b", 1, 1, 800));
+        assert_eq!(v.gpus(1).unwrap().free_per_device(), vec![0]);
+        v.remove_replica(a);
+        assert_eq!(v.gpus(1).unwrap().free_per_device(), vec![200]);
+        v.remove_replica(b);
+        assert_eq!(v.gpus(1).unwrap().free_per_device(), vec![1000]);
     }
 
     #[test]

@@ -375,3 +375,123 @@ proptest! {
         check_no_worse(&shape_before, &shape_after);
     }
 }
+
+/// One step of the GPU property test: place a request of `count` devices with `each`
+/// milli-GPUs on each, or remove the replica at an index of the ones placed, or move
+/// one to another node.
+#[derive(Debug, Clone)]
+enum GpuStep {
+    Place { count: u32, each: u64, cost: bool },
+    Remove(usize),
+    Move(usize, usize),
+}
+
+fn gpu_step() -> impl Strategy<Value = GpuStep> {
+    prop_oneof![
+        3 => (1u64..1000, any::<bool>()).prop_map(|(each, cost)| GpuStep::Place { count: 1, each, cost }),
+        2 => (1u32..5, any::<bool>()).prop_map(|(count, cost)| GpuStep::Place { count, each: 1000, cost }),
+        2 => any::<usize>().prop_map(GpuStep::Remove),
+        1 => (any::<usize>(), any::<usize>()).prop_map(|(a, b)| GpuStep::Move(a, b)),
+    ]
+}
+
+/// Every device's share given out, recomputed from the replicas and the devices each
+/// holds, is at most one GPU and equals what the view says is used; every replica
+/// holds as many devices as it asked for.
+fn check_gpu_devices(view: &ClusterView) -> Result<(), TestCaseError> {
+    let mut used: BTreeMap<(u64, usize), u64> = BTreeMap::new();
+    for (slot, r) in view.replicas() {
+        let devices = view.replica_gpus(slot);
+        match r.resources.gpu_shape() {
+            None => prop_assert!(devices.is_empty()),
+            Some((n, each)) => {
+                prop_assert_eq!(
+                    devices.len(),
+                    n as usize,
+                    "replica {} holds {:?}",
+                    slot,
+                    devices
+                );
+                for d in devices {
+                    *used.entry((r.node, d)).or_insert(0) += each;
+                }
+            }
+        }
+    }
+    for n in view.nodes() {
+        let free = view.gpus(n.id).unwrap().free_per_device();
+        for (d, f) in free.iter().enumerate() {
+            let u = used.get(&(n.id, d)).copied().unwrap_or(0);
+            prop_assert!(
+                u <= 1000,
+                "node {} device {} over-committed: {}",
+                n.id,
+                d,
+                u
+            );
+            prop_assert_eq!(u + f, 1000, "node {} device {}", n.id, d);
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Random GPU placements (by either policy), removals and moves never over-commit
+    /// a device, and removals and moves free exactly the devices taken.
+    #[test]
+    fn gpu_devices_are_never_over_committed(
+        gpus in prop::collection::vec(prop::sample::select(vec![1u64, 2, 4, 8]), 1..6),
+        steps in prop::collection::vec(gpu_step(), 1..60),
+    ) {
+        let nodes: Vec<Node> = gpus
+            .iter()
+            .enumerate()
+            .map(|(i, &g)| Node::new(i as u64 + 1, ZONES[i % 4], "g", Resources::with_gpu(64000, 262144, g * 1000), 1.0))
+            .collect();
+        let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
+        let mut view = ClusterView::from_parts(nodes, vec![]);
+        let mut placed = Vec::new();
+        for (i, step) in steps.into_iter().enumerate() {
+            match step {
+                GpuStep::Place { count, each, cost } => {
+                    let policy = if cost { Policy::Cost } else { Policy::Spread };
+                    let req = PlacementRequest::job(&format!("t{i}"), Resources::with_gpus(100, 128, count, each), 0, 600);
+                    if let Ok(nodes) = place_partition(&view, &req, policy) {
+                        prop_assert!(view.fits(nodes[0], &req.resources));
+                        placed.push(view.add_replica(Replica {
+                            service: req.service.clone(), partition: 0, node: nodes[0],
+                            resources: req.resources, kind: req.kind,
+                            expected_end_s: req.expected_end_s(), state_bytes: 0,
+                        }));
+                    } else {
+                        // Refused only when no node's devices hold it.
+                        prop_assert!(ids.iter().all(|&n| !view.fits(n, &req.resources)));
+                    }
+                }
+                GpuStep::Remove(k) if !placed.is_empty() => {
+                    let slot = placed.swap_remove(k % placed.len());
+                    view.remove_replica(slot);
+                }
+                GpuStep::Move(k, to) if !placed.is_empty() => {
+                    let slot = placed[k % placed.len()];
+                    let to = ids[to % ids.len()];
+                    let r = view.replica(slot).unwrap().clone();
+                    if r.node != to && view.fits(to, &r.resources) {
+                        view.move_replica(slot, to);
+                    }
+                }
+                _ => {}
+            }
+            check_gpu_devices(&view)?;
+        }
+        // Everything removed: every device whole again.
+        for slot in placed {
+            view.remove_replica(slot);
+        }
+        for &n in &ids {
+            prop_assert!(view.gpus(n).unwrap().free_per_device().iter().all(|&f| f == 1000));
+        }
+    }
+}

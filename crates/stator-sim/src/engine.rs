@@ -25,7 +25,7 @@ use stator_planning::baseline::{
     cluster_autoscaler_scale_down, hpa_replica_calculator, ClusterAutoscalerState, HpaState,
     ScaleDownConfig, CA_SCAN_INTERVAL_S, EVICTION_TOLERATION_S,
 };
-use stator_planning::consolidator::{pack_first_fit, slots};
+use stator_planning::consolidator::pack_first_fit;
 use stator_planning::pools::pool_counts;
 use stator_planning::{
     autoscale, per_member_used_millis, place_partition, plan_new_nodes, plan_replacements, Action,
@@ -1306,18 +1306,22 @@ impl Sim<'_> {
             self.recent_shapes.pop_front();
         }
         // Most frequent first (larger first among equals).
-        let mut counts: BTreeMap<(u64, u64, u64), usize> = BTreeMap::new();
+        type Shape = (u64, u64, u64, u32);
+        let mut counts: BTreeMap<Shape, usize> = BTreeMap::new();
         for &(_, r) in &self.recent_shapes {
             *counts
-                .entry((r.gpu_milli, r.cpu_millis, r.memory_mib))
+                .entry((r.gpu_milli, r.cpu_millis, r.memory_mib, r.gpu_count))
                 .or_insert(0) += 1;
         }
-        let mut ranked: Vec<((u64, u64, u64), usize)> = counts.into_iter().collect();
+        let mut ranked: Vec<(Shape, usize)> = counts.into_iter().collect();
         ranked.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
         let shapes: Vec<Resources> = ranked
             .into_iter()
             .take(MAX_HEADROOM_SHAPES)
-            .map(|((g, c, m), _)| Resources::with_gpu(c, m, g))
+            .map(|((g, c, m, n), _)| Resources {
+                gpu_count: n,
+                ..Resources::with_gpu(c, m, g)
+            })
             .collect();
         shapes
             .into_iter()
@@ -1332,16 +1336,17 @@ impl Sim<'_> {
         if shapes.is_empty() {
             return Vec::new();
         }
-        let free: Vec<Resources> = self
+        let ready: Vec<NodeId> = self
             .view
             .nodes()
             .filter(|n| n.schedulable && !self.down_nodes.contains(&n.id))
-            .filter_map(|n| self.view.free(n.id))
+            .map(|n| n.id)
             .collect();
         shapes.dedup();
         let mut needs = Vec::new();
         for s in shapes {
-            let have: u64 = free.iter().map(|f| slots(&s, f)).sum();
+            // A GPU shape's copies are counted on the devices, not the sum.
+            let have: u64 = ready.iter().map(|&n| self.view.copies_fitting(n, &s)).sum();
             for _ in have..HEADROOM_COPIES as u64 {
                 needs.push(UnmetNeed::new(s, Vec::new()));
             }

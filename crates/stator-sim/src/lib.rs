@@ -3,7 +3,10 @@
 //!
 //! # Layout
 //! - [`scenario`]: scenario TOML and the Alibaba `openb` trace, read into a
-//!   [`Scenario`](scenario::Scenario); the trace price model.
+//!   [`Scenario`](scenario::Scenario); the trace price model. A task's GPU request is
+//!   `gpu_count` devices with `gpu_milli / gpu_count` of each (the trace's `num_gpu`
+//!   and `gpu_milli`), fitted device by device by every policy; a share above one GPU
+//!   per device, or more devices than any pool's node has, is refused at load.
 //! - [`breakdown`]: each tick's cost split by phase of the day and by cause (used,
 //!   headroom, memory-bound, fragmentation, empty, booting, ...).
 //! - [`engine`]: the event loop for one policy set ([`run_policy`]); what each set

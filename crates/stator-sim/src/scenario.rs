@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::SimError;
-use stator_planning::{PoolSpec, Resources};
+use stator_planning::{PoolSpec, Resources, MILLI_PER_GPU};
 
 /// A simulation input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -212,7 +212,9 @@ impl LoadCurve {
 pub struct TaskConfig {
     /// Name.
     pub name: String,
-    /// Requests.
+    /// Requests: `{ cpu_millis, memory_mib, gpu_milli, gpu_count }`, a GPU share being
+    /// `gpu_count` devices with `gpu_milli / gpu_count` of each (`gpu_count` may be
+    /// left out: `ceil(gpu_milli / 1000)` devices).
     pub resources: Resources,
     /// Allowed GPU models (empty = any).
     #[serde(default)]
@@ -337,6 +339,30 @@ impl Scenario {
                 ));
             }
         }
+        for t in &self.tasks {
+            if let Some((n, each)) = t.resources.gpu_shape() {
+                if each > MILLI_PER_GPU {
+                    return bad(format!(
+                        "task {}: gpu_milli {} over gpu_count {} is {each} milli-GPUs per \
+                         device, more than one GPU ({MILLI_PER_GPU}): raise gpu_count so \
+                         each device gets at most {MILLI_PER_GPU}",
+                        t.name, t.resources.gpu_milli, n
+                    ));
+                }
+                if !self
+                    .pools
+                    .iter()
+                    .any(|p| t.resources.gpu_fits_capacity(&p.spec().capacity))
+                {
+                    return bad(format!(
+                        "task {}: asks for {n} GPU devices; no pool has that many per \
+                         node: add a pool with gpu_milli >= {}",
+                        t.name,
+                        n as u64 * MILLI_PER_GPU
+                    ));
+                }
+            }
+        }
         for s in &self.services {
             if s.replicas == 0 || s.partitions == 0 {
                 return bad(format!(
@@ -446,7 +472,9 @@ pub fn from_openb_trace(nodes_csv: &Path, pods_csv: &Path) -> Result<Scenario, S
         }
         tasks.push(TaskConfig {
             name: f[0].to_string(),
-            resources: Resources::with_gpu(num(f[1])?, num(f[2])?, num(f[3])? * num(f[4])?),
+            // `num_gpu` devices with `gpu_milli` of each: a fraction of one shared
+            // device when num_gpu = 1 and gpu_milli < 1000, whole devices otherwise.
+            resources: Resources::with_gpus(num(f[1])?, num(f[2])?, num(f[3])? as u32, num(f[4])?),
             gpu_models: f[5]
                 .split('|')
                 .map(str::trim)

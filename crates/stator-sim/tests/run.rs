@@ -320,3 +320,60 @@ fn seeds_flag_parses_ranges_and_lists() {
         assert!(e.contains("--seeds"), "{bad}: {e}");
     }
 }
+
+/// A scenario of one 2-GPU node and three tasks wanting 0.6 of one GPU each.
+fn three_shares_on_two_gpus(extra: &str) -> Result<stator_sim::Scenario, stator_sim::SimError> {
+    let mut text = String::from(
+        r#"
+name = "gpu"
+duration_s = 3600
+tick_s = 60
+[[pools]]
+name = "g"
+cpu_millis = 16000
+memory_mib = 65536
+gpu_milli = 2000
+price_per_hour = 2.0
+min = 1
+max = 1
+zones = ["a"]
+"#,
+    );
+    for i in 0..3 {
+        text.push_str(&format!(
+            "[[tasks]]\nname = \"t{i}\"\nresources = {{ cpu_millis = 1000, memory_mib = 1024, gpu_milli = 600, gpu_count = 1 }}\nlong_running = true\nstart_s = 0\nend_s = 3000\n"
+        ));
+    }
+    text.push_str(extra);
+    stator_sim::Scenario::from_toml_str(&text)
+}
+
+#[test]
+fn a_gpu_share_never_spans_two_devices_in_the_sim() {
+    let sc = three_shares_on_two_gpus("").unwrap();
+    // 1.8 GPUs fit the node's 2 in sum, but each device holds one 0.6 share: every
+    // policy places two and leaves the third waiting (the pool cannot grow).
+    for policy in [
+        stator_sim::PolicySet::Stator,
+        stator_sim::PolicySet::K8sDefault,
+        stator_sim::PolicySet::K8sTuned,
+    ] {
+        let run = stator_sim::run_policy(&sc, policy, 1, &mut |_| {});
+        assert_eq!(
+            run.unscheduled_tasks.len(),
+            1,
+            "{policy:?}: {:?}",
+            run.unscheduled_tasks
+        );
+    }
+}
+
+#[test]
+fn gpu_requests_no_device_can_hold_are_refused_at_load() {
+    let too_big = "[[tasks]]\nname = \"big\"\nresources = { cpu_millis = 1, memory_mib = 1, gpu_milli = 1500, gpu_count = 1 }\nlong_running = false\nstart_s = 0\nend_s = 10\n";
+    let err = three_shares_on_two_gpus(too_big).unwrap_err().to_string();
+    assert!(err.contains("raise gpu_count"), "{err}");
+    let too_many = "[[tasks]]\nname = \"four\"\nresources = { cpu_millis = 1, memory_mib = 1, gpu_milli = 4000, gpu_count = 4 }\nlong_running = false\nstart_s = 0\nend_s = 10\n";
+    let err = three_shares_on_two_gpus(too_many).unwrap_err().to_string();
+    assert!(err.contains("no pool has that many"), "{err}");
+}
