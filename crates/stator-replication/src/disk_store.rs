@@ -221,7 +221,10 @@ impl MetaFile {
             }
         }
         let mut bytes = vec![0u8; 2 * META_SLOT_BYTES as usize];
-        let len = file.metadata().map_err(|e| open_error(e.to_string()))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| open_error(e.to_string()))?
+            .len();
         if len < 2 * META_SLOT_BYTES {
             // New (or cut short before its first write finished): two slots of zeros.
             file.write_all_at(&bytes, 0)
@@ -240,13 +243,12 @@ impl MetaFile {
             match log_file::decode(slot_bytes) {
                 Ok(None) => {}
                 Ok(Some((seq, payload, _))) => {
-                    let state: MetaState = postcard::from_bytes(payload).map_err(|e| {
-                        DiskStoreError::Corrupt {
+                    let state: MetaState =
+                        postcard::from_bytes(payload).map_err(|e| DiskStoreError::Corrupt {
                             path: path.clone(),
                             what: format!("the vote record (slot {slot})"),
                             reason: e.to_string(),
-                        }
-                    })?;
+                        })?;
                     if best.as_ref().is_none_or(|(s, _, _)| seq > *s) {
                         best = Some((seq, slot, state));
                     }
@@ -445,7 +447,8 @@ impl DiskLogStore {
                 return Ok(());
             }
             let what = || format!("log entry {index}");
-            let entry: Entry = postcard::from_bytes(payload).map_err(|e| (what(), e.to_string()))?;
+            let entry: Entry =
+                postcard::from_bytes(payload).map_err(|e| (what(), e.to_string()))?;
             if entry.log_id.index != index {
                 return Err((
                     what(),
@@ -651,7 +654,8 @@ fn migrate(dir: &Path, meta: &mut MetaFile) -> Result<(), DiskStoreError> {
     let (cached, legacy_snapshot) = load_legacy(&db, &path)?;
     if let Some((snapshot_meta, body)) = legacy_snapshot {
         if !snapshot_file::path(dir).exists() {
-            let meta_bytes = postcard::to_allocvec(&snapshot_meta).map_err(|e| fail(e.to_string()))?;
+            let meta_bytes =
+                postcard::to_allocvec(&snapshot_meta).map_err(|e| fail(e.to_string()))?;
             snapshot_file::write(dir, &meta_bytes, &body).map_err(|e| fail(e.to_string()))?;
         }
     }
@@ -666,7 +670,8 @@ fn migrate(dir: &Path, meta: &mut MetaFile) -> Result<(), DiskStoreError> {
         .iter()
         .map(|(index, entry)| (*index, log_file::encode(*index, entry)))
         .collect();
-    log.append(&records, true).map_err(|e| fail(e.to_string()))?;
+    log.append(&records, true)
+        .map_err(|e| fail(e.to_string()))?;
     drop(log);
     meta.state = MetaState {
         vote: cached.vote,
@@ -1034,8 +1039,7 @@ impl RaftLogStorage<TypeConfig> for DiskLogStore {
         self.cached().committed = committed;
         // Not fsynced: a stale commit index only means re-applying fewer entries at start;
         // the leader tells the rest.
-        self.send(Op::Committed { committed })
-            .map_err(write_error)
+        self.send(Op::Committed { committed }).map_err(write_error)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError> {
@@ -1216,7 +1220,10 @@ mod tests {
             assert_eq!(state.last_log_id, Some(entry(2, 5).log_id));
             assert_eq!(store.len(), 3);
             let vote = store.read_vote().await.unwrap().unwrap();
-            assert_eq!(vote.leader_id, Vote::<NodeId>::new_committed(2, 1).leader_id);
+            assert_eq!(
+                vote.leader_id,
+                Vote::<NodeId>::new_committed(2, 1).leader_id
+            );
         }
     }
 

@@ -108,9 +108,12 @@ pub fn truncate_marker(index: u64) -> Vec<u8> {
     out
 }
 
+/// A record as read: its index, its payload, and its length with its header.
+pub type Record<'a> = (u64, &'a [u8], usize);
+
 /// Checks the record at the start of `bytes`: `Ok(None)` for a header of zeros (no
-/// record), else its index, payload and length with its header.
-pub fn decode(bytes: &[u8]) -> Result<Option<(u64, &[u8], usize)>, String> {
+/// record), else the [`Record`].
+pub fn decode(bytes: &[u8]) -> Result<Option<Record<'_>>, String> {
     if bytes.len() < RECORD_HEADER_BYTES {
         return Err(format!("{} bytes, shorter than a header", bytes.len()));
     }
@@ -371,16 +374,13 @@ impl LogFile {
                 End::Bad(at, span, reason, index) => {
                     let span_end = (at + span).min(bytes.len());
                     let rest_zero = all_zero(&bytes[span_end..])
-                        && found[k + 1..].iter().all(|(_, later)| {
-                            std::fs::read(later).is_ok_and(|b| all_zero(&b))
-                        });
+                        && found[k + 1..]
+                            .iter()
+                            .all(|(_, later)| std::fs::read(later).is_ok_and(|b| all_zero(&b)));
                     let torn = rest_zero && has_unwritten_sector(&bytes[at..span_end], at);
                     if !torn {
                         return Err(OpenError::Corrupt {
-                            what: format!(
-                                "log entry {index} (byte {at} of {})",
-                                path.display()
-                            ),
+                            what: format!("log entry {index} (byte {at} of {})", path.display()),
                             reason,
                         });
                     }
@@ -415,7 +415,9 @@ impl LogFile {
         }
         // The current segment: the last holding data. Spare all-zero ones after it go
         // (the first becomes the next segment again once needed).
-        let last_data = read.iter().rposition(|(s, end)| s.max_index.is_some() || *end > 0);
+        let last_data = read
+            .iter()
+            .rposition(|(s, end)| s.max_index.is_some() || *end > 0);
         let keep = last_data.map_or(1, |i| i + 1).min(read.len());
         for (spare, _) in read.drain(keep..) {
             std::fs::remove_file(&spare.path).map_err(io)?;
@@ -469,9 +471,7 @@ impl LogFile {
             let room = self.current.segment.size - self.current.tail;
             self.buffer.clear();
             let mut max_index = self.current.segment.max_index;
-            while at < records.len()
-                && (self.buffer.len() + records[at].1.len()) as u64 <= room
-            {
+            while at < records.len() && (self.buffer.len() + records[at].1.len()) as u64 <= room {
                 self.buffer.extend_from_slice(&records[at].1);
                 if records[at].1.len() > RECORD_HEADER_BYTES {
                     max_index = Some(max_index.map_or(records[at].0, |m| m.max(records[at].0)));
@@ -593,7 +593,9 @@ impl Drop for LogFile {
 mod tests {
     use super::*;
 
-    fn collect(dir: &Path) -> Result<(Vec<(u64, Vec<u8>)>, Opened, LogFile), OpenError> {
+    type Collected = (Vec<(u64, Vec<u8>)>, Opened, LogFile);
+
+    fn collect(dir: &Path) -> Result<Collected, OpenError> {
         let mut got = Vec::new();
         let (log, opened) = LogFile::open(dir, |i, p| {
             got.push((i, p.to_vec()));
@@ -624,12 +626,18 @@ mod tests {
             log.sync().unwrap();
             assert!(log.sealed.len() >= 2, "rolled over: {}", log.sealed.len());
             log.purge(150).unwrap();
-            assert!(log.sealed.front().is_none_or(|s| s.max_index.unwrap() > 150));
+            assert!(log
+                .sealed
+                .front()
+                .is_none_or(|s| s.max_index.unwrap() > 150));
         }
         let (got, opened, _) = collect(dir.path()).unwrap();
         assert_eq!(opened.torn_bytes, 0);
         let first = got[0].0;
-        assert!(first > 0 && first <= 151, "the purged front is gone: {first}");
+        assert!(
+            first > 0 && first <= 151,
+            "the purged front is gone: {first}"
+        );
         for (k, (i, bytes)) in got.iter().enumerate() {
             assert_eq!(*i, first + k as u64);
             let value: Vec<u8> = postcard::from_bytes(bytes).unwrap();
@@ -660,7 +668,8 @@ mod tests {
         assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), vec![0, 1, 2]);
         assert!(opened.torn_bytes > 0);
         // The cut tail is zeros again: the next append follows the last whole record.
-        log.append(&[(3, encode(3, &payload(9, 10)))], true).unwrap();
+        log.append(&[(3, encode(3, &payload(9, 10)))], true)
+            .unwrap();
         drop(log);
         let (got, opened, _) = collect(dir.path()).unwrap();
         assert_eq!(got.len(), 4);
@@ -690,10 +699,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (_, _, mut log) = collect(dir.path()).unwrap();
-            log.append(&[(1, encode(1, &payload(1, 100)))], true).unwrap();
+            log.append(&[(1, encode(1, &payload(1, 100)))], true)
+                .unwrap();
             log.append(&[(2, encode(2, &payload(2, 3 << 20)))], true)
                 .unwrap();
-            log.append(&[(3, encode(3, &payload(3, 100)))], true).unwrap();
+            log.append(&[(3, encode(3, &payload(3, 100)))], true)
+                .unwrap();
         }
         let (got, _, _) = collect(dir.path()).unwrap();
         assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2, 3]);
@@ -716,6 +727,9 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert_eq!(log.into_iter().collect::<Vec<_>>(), vec![(1, 1), (2, 2), (3, 33)]);
+        assert_eq!(
+            log.into_iter().collect::<Vec<_>>(),
+            vec![(1, 1), (2, 2), (3, 33)]
+        );
     }
 }
