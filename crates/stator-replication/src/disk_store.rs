@@ -76,7 +76,7 @@ use std::fs::{File, OpenOptions};
 use std::ops::RangeBounds;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -338,6 +338,8 @@ struct Shared {
     /// One snapshot file write at a time.
     snapshot_write: Mutex<()>,
     faults: Arc<DiskFaults>,
+    /// Bytes of the log's segments, as the writer last saw them.
+    log_bytes: Arc<AtomicU64>,
 }
 
 /// A replica's durable log storage; clones share it (a clone is the log reader).
@@ -512,13 +514,24 @@ impl DiskLogStore {
             snapshot_at_open: Mutex::new(snapshot),
             snapshot_write: Mutex::new(()),
             faults: Arc::default(),
+            log_bytes: Arc::new(AtomicU64::new(log.disk_bytes())),
         });
         let faults = shared.faults.clone();
+        let log_bytes = shared.log_bytes.clone();
         let writer_shared = Arc::downgrade(&shared);
         let path = dir.to_path_buf();
         std::thread::Builder::new()
             .name("raft-store".into())
-            .spawn(move || write_loop(log, meta, rx, policy, faults, writer_shared, path))
+            .spawn(move || {
+                let writer = Writer {
+                    policy,
+                    faults,
+                    shared: writer_shared,
+                    log_bytes,
+                    path,
+                };
+                write_loop(log, meta, rx, writer)
+            })
             .map_err(|e| open_error(e.to_string()))?;
         Ok(DiskLogStore { shared })
     }
@@ -537,14 +550,7 @@ impl DiskLogStore {
     /// vote file and the snapshot file.
     pub fn disk_bytes(&self) -> u64 {
         let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
-        let segments: u64 = std::fs::read_dir(log_file::log_dir(&self.shared.dir))
-            .map(|dir| {
-                dir.filter_map(|e| e.ok()?.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0);
-        segments
+        self.shared.log_bytes.load(Ordering::Relaxed)
             + size(&self.shared.dir.join(META_FILE_NAME))
             + size(&snapshot_file::path(&self.shared.dir))
     }
@@ -786,32 +792,32 @@ fn reopened_vote(vote: Vote<NodeId>) -> Vote<NodeId> {
     }
 }
 
-fn write_loop(
-    mut log: LogFile,
-    mut meta: MetaFile,
-    rx: mpsc::Receiver<Op>,
+/// What the writer thread needs besides its files.
+struct Writer {
     policy: SyncPolicy,
     faults: Arc<DiskFaults>,
     shared: std::sync::Weak<Shared>,
+    log_bytes: Arc<AtomicU64>,
     path: PathBuf,
-) {
-    run_writer(&mut log, &mut meta, rx, policy, &faults, &shared, &path);
+}
+
+fn write_loop(mut log: LogFile, mut meta: MetaFile, rx: mpsc::Receiver<Op>, writer: Writer) {
+    run_writer(&mut log, &mut meta, rx, &writer);
     // The log (and a segment still being created) first, the lock last: a reopened
     // store never races this one's files.
     drop(log);
     drop(meta);
 }
 
-fn run_writer(
-    log: &mut LogFile,
-    meta: &mut MetaFile,
-    rx: mpsc::Receiver<Op>,
-    policy: SyncPolicy,
-    faults: &DiskFaults,
-    shared: &std::sync::Weak<Shared>,
-    path: &Path,
-) {
-    let interval = match policy {
+fn run_writer(log: &mut LogFile, meta: &mut MetaFile, rx: mpsc::Receiver<Op>, writer: &Writer) {
+    let Writer {
+        policy,
+        faults,
+        shared,
+        log_bytes,
+        path,
+    } = writer;
+    let interval = match *policy {
         SyncPolicy::EveryAppend => None,
         SyncPolicy::Periodic { interval_ms } => Some(Duration::from_millis(interval_ms.max(1))),
     };
@@ -861,6 +867,7 @@ fn run_writer(
         let sync = wants_sync || due || (batch.is_empty() && dirty);
         let (ops, replies) = split(batch);
         let result = commit(log, meta, ops, sync, faults).map_err(|e| explain(path, e));
+        log_bytes.store(log.disk_bytes(), Ordering::Relaxed);
         if sync {
             last_sync = Instant::now();
             dirty = false;
