@@ -16,7 +16,10 @@
 //!   size changes, so the filesystem journals the inode too);
 //! - `prealloc-fdatasync`: `pwrite` into a file whose blocks were written once before,
 //!   then `fdatasync` (only the data block goes out);
-//! - `prealloc-odsync`: the same file opened `O_DSYNC`, no separate sync call.
+//! - `prealloc-odsync`: the same file opened `O_DSYNC`, no separate sync call;
+//! - `log-file`: `disk_store`'s own log since session 10
+//!   ([`stator_replication::log_file::LogFile`]: a checksummed record `pwrite` at the tail
+//!   of a preallocated segment, then `fdatasync`).
 //!
 //! Prints one JSON line per way: p50, p99 and mean in microseconds, and the load average.
 
@@ -114,6 +117,18 @@ fn prealloc_way(dir: &Path, appends: usize, odsync: bool) -> Way {
     })
 }
 
+fn log_file_way(dir: &Path) -> Way {
+    let (mut log, _) =
+        stator_replication::log_file::LogFile::open(&dir.join("log-file"), |_, _| Ok(()))
+            .expect("open the log");
+    // The record's payload makes the whole record (header included) RECORD_BYTES long.
+    let payload = vec![7u8; RECORD_BYTES - stator_replication::log_file::RECORD_HEADER_BYTES - 2];
+    Box::new(move |i| {
+        let record = stator_replication::log_file::encode(i, &payload);
+        log.append(&[(i, record)], true).expect("append");
+    })
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let dir = args
@@ -140,6 +155,7 @@ fn main() {
             prealloc_way(&dir, appends, true),
             Vec::new(),
         ),
+        ("log-file", log_file_way(&dir), Vec::new()),
     ];
     // Round-robin, one append of each way in turn, so a burst of other work on the
     // machine hits every way alike.

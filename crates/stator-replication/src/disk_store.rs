@@ -1,34 +1,48 @@
 //! The on-disk Raft log, vote and snapshot of one durable replica.
 //!
-//! One redb file per replica (`<dir>/raft.redb`) holds the log, the vote and the commit
-//! index; the snapshot is a file of its own beside it (`<dir>/snapshot.bin`, see
-//! [`crate::snapshot_file`]). Every record carries a CRC-32 of its key and bytes, checked
-//! when the store opens: a replica never serves a record it cannot prove. The log after
-//! the last purge (bounded by the snapshot policy, as in
+//! A replica's directory holds three things: its log as preallocated segment files
+//! (`<dir>/log/`, see [`crate::log_file`]), its vote, commit index and purge point in a
+//! small file of two slots (`<dir>/meta.bin`, see [`MetaFile`]), and its snapshot
+//! (`<dir>/snapshot.bin`, see [`crate::snapshot_file`]). Every record carries a CRC-32,
+//! checked when the store opens: a replica never serves a record it cannot prove. The log
+//! after the last purge (bounded by the snapshot policy, as in
 //! [`crate::log_store::MemLogStore`]) is also kept in memory, so reads never touch the
 //! disk; the disk is only written, by one writer thread per replica that applies
 //! operations in arrival order.
 //!
+//! Until session 10 the log, vote and metadata lived in one redb file (`raft.redb`); a
+//! durable batch was a redb commit, which writes several pages where a log writes one
+//! block (docs/BENCHMARKS.md "Session 10"). A directory still holding `raft.redb` is
+//! migrated when it opens: its records are checked as before, written to the new files
+//! and fsynced, and only then is the redb file removed.
+//!
 //! # Opening
-//! Opening reads the snapshot file once, checksumming it chunk by chunk as it is read,
-//! into the buffer the state machine decodes (no second copy), and then only the log
-//! records redb still holds: the ones after the last purge.
+//! Opening takes the directory's lock (`meta.bin`, an exclusive `flock`: a second agent on
+//! the same data dir is refused, and a previous incarnation of the replica in this process
+//! is waited for, up to [`OPEN_RETRY_FOR`]), reads the snapshot file once, checksumming it
+//! chunk by chunk as it is read, into the buffer the state machine decodes (no second
+//! copy), then reads every log segment once, checking each record: records at or below the
+//! purge point (covered by the snapshot) are checked but not decoded or kept. A torn tail
+//! (a batch a crash cut before its `fdatasync` returned: never acknowledged) is cut off; a
+//! bad record anywhere else fails the open with [`DiskStoreError::Corrupt`].
 //!
 //! # Group commit
-//! The writer takes every operation queued since its last commit into one redb
-//! transaction: one fsync covers every entry of every `append` call in the batch, and
-//! each call's [`LogFlushed`] callback fires once that fsync returns.
+//! The writer takes every operation queued since its last write as one batch: the batch's
+//! records go to the log's tail in one `pwrite`, then one `fdatasync` covers every entry of
+//! every `append` call in the batch, and each call's [`LogFlushed`] callback fires once
+//! that `fdatasync` returns.
 //!
 //! # To ensure correctness
 //! - [`SyncPolicy::EveryAppend`] (`durability = "disk"`): an append is acknowledged to
-//!   openraft only after the transaction holding it is fsynced, so a replica never
-//!   claims an entry it could forget.
-//! - [`SyncPolicy::Periodic`]: appends are acknowledged once queued; the writer fsyncs at
-//!   least every interval. The vote and snapshots are always fsynced before
-//!   [`DiskLogStore::save_vote`] / [`DiskLogStore::save_snapshot`] return: a forgotten
-//!   vote could elect two leaders in one term, a forgotten snapshot would leave a hole
-//!   behind a purged log. A snapshot is written to a temporary file, fsynced, renamed
-//!   into place and its directory fsynced: a crash leaves the old snapshot or the new.
+//!   openraft only after the `fdatasync` covering it returned, so a replica never claims
+//!   an entry it could forget.
+//! - [`SyncPolicy::Periodic`]: appends are acknowledged once written to the file (the page
+//!   cache); the writer fsyncs at least every interval. The vote and snapshots are always
+//!   fsynced before [`DiskLogStore::save_vote`] / [`DiskLogStore::save_snapshot`] return: a
+//!   forgotten vote could elect two leaders in one term, a forgotten snapshot would leave
+//!   a hole behind a purged log. A snapshot is written to a temporary file, fsynced,
+//!   renamed into place and its directory fsynced: a crash leaves the old snapshot or the
+//!   new.
 //! - A leader's own append may still be in flight when it sends the entries to its
 //!   followers (the workspace's openraft patch, `RaftCore::leader_append_to_log`): its
 //!   fsync runs in parallel with theirs, and an entry counts towards the leader's own
@@ -36,11 +50,21 @@
 //!   a leader that steps down waits for its last append's flush before it answers
 //!   anyone as a follower (it could otherwise report as matching an entry its disk
 //!   does not hold yet).
-//! - Purge and truncate are written without their own fsync: losing one in a crash
-//!   brings back a state the replica had before, which openraft repairs.
+//! - A truncate is a marker record in the log, written in order with the appends, without
+//!   an fsync of its own: losing it in a crash brings back a state the replica had before,
+//!   which openraft repairs. A purge first fsyncs the log written before it, then the new
+//!   purge point (fsynced), and only then deletes whole segments below it: the files never
+//!   say a purge happened that the log before it does not show.
+//! - The vote and purge point are written to the slot of `meta.bin` that does not hold the
+//!   last fsynced state, so a write torn by a crash leaves the previous state readable;
+//!   the commit index rides along unsynced (a stale one only means re-applying fewer
+//!   entries at start) and is clamped at open to an entry the log still holds.
 //! - A write that fails (disk full, IO error) fails its callback and every later one:
-//!   openraft stops the replica, and nothing after the failure is acknowledged.
+//!   openraft stops the replica, and nothing after the failure is acknowledged. Segments
+//!   are preallocated, so a full disk shows when the next segment cannot be created, before
+//!   any record of a batch depends on it.
 
+use crate::log_file::{self, LogFile};
 use crate::snapshot_file;
 use crate::types::{Entry, NodeId, StorageError, TypeConfig};
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -48,20 +72,26 @@ use openraft::{LogId, LogState, RaftLogReader, SnapshotMeta, StorageIOError, Vot
 use redb::{ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
 use std::ops::RangeBounds;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The store's file inside a replica's directory.
-pub const STORE_FILE_NAME: &str = "raft.redb";
-/// Most queued operations one transaction takes: bounds a commit's size (and the time
-/// the first callback of a batch waits) under a flood of small appends.
+/// The vote, commit index and purge point inside a replica's directory (also its lock).
+pub const META_FILE_NAME: &str = "meta.bin";
+/// Bytes of each of `meta.bin`'s two slots (one disk page: a slot is written whole).
+pub const META_SLOT_BYTES: u64 = 4096;
+/// The redb store of replicas written before session 10, migrated when found.
+pub const LEGACY_STORE_FILE_NAME: &str = "raft.redb";
+/// Most queued operations one batch takes: bounds a batch's size (and the time the first
+/// callback of a batch waits) under a flood of small appends.
 pub const MAX_OPS_PER_COMMIT: usize = 4_096;
 /// How long opening waits for a previous incarnation of the same replica in this process
-/// to release the file (its writer thread finishing its last commit).
+/// to release the directory (its writer thread finishing its last batch).
 pub const OPEN_RETRY_FOR: Duration = Duration::from_secs(5);
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -86,7 +116,7 @@ pub enum SyncPolicy {
 /// Why a store could not open or write.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskStoreError {
-    /// The file could not be created or opened (permissions, another process holds it).
+    /// A file could not be created or opened (permissions, another process holds it).
     #[error("replica store {path}: cannot open ({reason}); check the agent's --data-dir is writable and no other agent uses it")]
     Open {
         /// The store file.
@@ -139,30 +169,158 @@ struct Cached {
     committed: Option<LogId<NodeId>>,
 }
 
+/// What `meta.bin` holds.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct MetaState {
+    vote: Option<Vote<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+    last_purged: Option<LogId<NodeId>>,
+}
+
+/// `meta.bin`: two slots of [`META_SLOT_BYTES`], each a [`log_file`] record whose index is
+/// a sequence number and whose payload is the [`MetaState`]; the valid slot with the
+/// higher sequence is the state. Every write goes to the slot that does not hold the last
+/// fsynced state, so a torn write (or an unsynced one a power loss drops) leaves that
+/// state readable: one unreadable slot beside a readable one is such a write, both
+/// unreadable is corruption. The file is the directory's lock too (an exclusive `flock`).
+struct MetaFile {
+    file: File,
+    seq: u64,
+    /// The slot holding the last fsynced state.
+    durable_slot: u64,
+    state: MetaState,
+}
+
+impl MetaFile {
+    /// Opens and locks `<dir>/meta.bin`, creating it if missing.
+    fn open(dir: &Path) -> Result<MetaFile, DiskStoreError> {
+        let path = dir.join(META_FILE_NAME);
+        let open_error = |reason: String| DiskStoreError::Open {
+            path: path.clone(),
+            reason,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| open_error(e.to_string()))?;
+        let started = Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                // Our own previous incarnation is still closing its writer thread.
+                Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < OPEN_RETRY_FOR => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(open_error("another store holds its lock".into()))
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(open_error(e.to_string())),
+            }
+        }
+        let mut bytes = vec![0u8; 2 * META_SLOT_BYTES as usize];
+        let len = file
+            .metadata()
+            .map_err(|e| open_error(e.to_string()))?
+            .len();
+        if len < 2 * META_SLOT_BYTES {
+            // New (or cut short before its first write finished): two slots of zeros.
+            file.write_all_at(&bytes, 0)
+                .and_then(|_| file.sync_all())
+                .and_then(|_| File::open(dir)?.sync_all())
+                .map_err(|e| open_error(e.to_string()))?;
+        } else {
+            file.read_exact_at(&mut bytes, 0)
+                .map_err(|e| open_error(e.to_string()))?;
+        }
+        let mut best: Option<(u64, u64, MetaState)> = None;
+        let mut bad: Option<String> = None;
+        for slot in 0..2u64 {
+            let at = (slot * META_SLOT_BYTES) as usize;
+            let slot_bytes = &bytes[at..at + META_SLOT_BYTES as usize];
+            match log_file::decode(slot_bytes) {
+                Ok(None) => {}
+                Ok(Some((seq, payload, _))) => {
+                    let state: MetaState =
+                        postcard::from_bytes(payload).map_err(|e| DiskStoreError::Corrupt {
+                            path: path.clone(),
+                            what: format!("the vote record (slot {slot})"),
+                            reason: e.to_string(),
+                        })?;
+                    if best.as_ref().is_none_or(|(s, _, _)| seq > *s) {
+                        best = Some((seq, slot, state));
+                    }
+                }
+                Err(reason) => bad = Some(format!("slot {slot}: {reason}")),
+            }
+        }
+        match (&best, bad) {
+            (None, Some(reason)) => {
+                return Err(DiskStoreError::Corrupt {
+                    path,
+                    what: "the vote record".into(),
+                    reason,
+                })
+            }
+            // A write a crash tore: the other slot holds the last fsynced state.
+            (Some(_), Some(reason)) => tracing::warn!(
+                path = %path.display(),
+                "ignored a torn write of the vote record: {reason}"
+            ),
+            _ => {}
+        }
+        // Whatever was read is made durable before the next write may overwrite the
+        // other slot (an unsynced write a crashed process left in the page cache).
+        file.sync_all().map_err(|e| open_error(e.to_string()))?;
+        let (seq, durable_slot, state) = best.unwrap_or((0, 1, MetaState::default()));
+        Ok(MetaFile {
+            file,
+            seq,
+            durable_slot,
+            state,
+        })
+    }
+
+    /// Writes the state to the slot not holding the last fsynced one; `sync` fsyncs it
+    /// (it then becomes the durable slot).
+    fn write(&mut self, sync: bool) -> std::io::Result<()> {
+        let slot = 1 - self.durable_slot;
+        self.seq += 1;
+        let record = log_file::encode(self.seq, &self.state);
+        assert!(
+            record.len() as u64 <= META_SLOT_BYTES,
+            "a vote record fits its slot"
+        );
+        self.file.write_all_at(&record, slot * META_SLOT_BYTES)?;
+        if sync {
+            self.file.sync_data()?;
+            self.durable_slot = slot;
+        }
+        Ok(())
+    }
+}
+
 type Done = std::sync::mpsc::SyncSender<Result<(), String>>;
 
 enum Op {
+    /// Log records (entries, or a truncate marker without a callback).
     Append {
         records: Vec<(u64, Vec<u8>)>,
         callback: Option<LogFlushed<TypeConfig>>,
     },
-    Truncate {
-        from_index: u64,
-    },
     Purge {
-        up_to_index: u64,
-        record: Vec<u8>,
+        log_id: LogId<NodeId>,
     },
-    Meta {
-        key: &'static str,
-        record: Vec<u8>,
-        /// Fsync before answering.
-        sync: bool,
-        done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    /// Fsynced before answering.
+    Vote {
+        vote: Vote<NodeId>,
+        done: tokio::sync::oneshot::Sender<Result<(), String>>,
     },
-    /// Removes a meta record (not fsynced).
-    DeleteMeta {
-        key: &'static str,
+    /// Not fsynced.
+    Committed {
+        committed: Option<LogId<NodeId>>,
     },
     /// Answer once everything queued before is fsynced.
     Sync {
@@ -171,7 +329,6 @@ enum Op {
 }
 
 struct Shared {
-    path: PathBuf,
     dir: PathBuf,
     cached: Mutex<Cached>,
     writer: Mutex<mpsc::Sender<Op>>,
@@ -180,10 +337,9 @@ struct Shared {
     snapshot_at_open: Mutex<Option<StoredSnapshot>>,
     /// One snapshot file write at a time.
     snapshot_write: Mutex<()>,
-    /// The store still holds a snapshot record from before snapshots were files: removed
-    /// once a snapshot file is written.
-    legacy_snapshot: AtomicBool,
     faults: Arc<DiskFaults>,
+    /// Bytes of the log's segments, as the writer last saw them.
+    log_bytes: Arc<AtomicU64>,
 }
 
 /// A replica's durable log storage; clones share it (a clone is the log reader).
@@ -199,22 +355,12 @@ fn checksum(key: &[u8], bytes: &[u8]) -> u32 {
     hasher.finalize()
 }
 
-/// `crc32(key ++ bytes)` little-endian, then the bytes.
+/// `crc32(key ++ bytes)` little-endian, then the bytes: a record of the legacy redb store.
 #[cfg(test)]
 fn seal(key: &[u8], bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + bytes.len());
     out.extend_from_slice(&checksum(key, bytes).to_le_bytes());
     out.extend_from_slice(bytes);
-    out
-}
-
-/// A record of `value`: `crc32(key ++ bytes)` little-endian, then its postcard bytes,
-/// encoded straight behind the checksum: the
-/// record is the only copy (a snapshot is the whole state, copied once less).
-fn seal_value<T: serde::Serialize>(key: &[u8], value: &T) -> Vec<u8> {
-    let mut out = postcard::to_extend(value, vec![0u8; 4]).expect("log records always serialize");
-    let sum = checksum(key, &out[4..]);
-    out[..4].copy_from_slice(&sum.to_le_bytes());
     out
 }
 
@@ -254,60 +400,138 @@ fn explain(path: &Path, e: impl std::fmt::Display) -> String {
     }
 }
 
+fn decode<'a, T: serde::Deserialize<'a>>(
+    bytes: &'a [u8],
+    what: &str,
+    corrupt: &dyn Fn(String, String) -> DiskStoreError,
+) -> Result<T, DiskStoreError> {
+    postcard::from_bytes(bytes).map_err(|e| corrupt(what.into(), e.to_string()))
+}
+
 impl DiskLogStore {
-    /// Opens (or creates) the store in `dir`, checking every record's checksum.
+    /// Opens (or creates) the store in `dir`, checking every record's checksum (and
+    /// migrating a store written before session 10).
     pub fn open(dir: &Path, policy: SyncPolicy) -> Result<DiskLogStore, DiskStoreError> {
-        let path = dir.join(STORE_FILE_NAME);
         let open_error = |reason: String| DiskStoreError::Open {
-            path: dir.join(STORE_FILE_NAME),
+            path: dir.to_path_buf(),
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
         let started = Instant::now();
-        let db = loop {
-            match redb::Database::create(&path) {
-                Ok(db) => break db,
-                // Our own previous incarnation is still closing its writer thread.
-                Err(redb::DatabaseError::DatabaseAlreadyOpen)
-                    if started.elapsed() < OPEN_RETRY_FOR =>
-                {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason))) => {
-                    return Err(DiskStoreError::Corrupt {
-                        path,
-                        what: "the file".into(),
-                        reason,
-                    })
-                }
-                Err(e) => return Err(open_error(e.to_string())),
-            }
+        let mut meta = MetaFile::open(dir)?;
+        if dir.join(LEGACY_STORE_FILE_NAME).exists() {
+            migrate(dir, &mut meta)?;
+        }
+        // The snapshot holds the whole state (a GiB at most sizes): read once from its
+        // file, checked while it is read, into the buffer the state machine decodes.
+        let snapshot_path = snapshot_file::path(dir);
+        let corrupt_snapshot = |what: String, reason: String| DiskStoreError::Corrupt {
+            path: snapshot_path.clone(),
+            what,
+            reason,
         };
-        let (cached, snapshot, legacy_snapshot) = load(&db, &path, dir)?;
+        let snapshot: Option<StoredSnapshot> = match snapshot_file::read(dir)
+            .map_err(|r| corrupt_snapshot("the snapshot".into(), r))?
+        {
+            Some((meta_bytes, body)) => Some((
+                decode(&meta_bytes, "the snapshot's metadata", &corrupt_snapshot)?,
+                body,
+            )),
+            None => None,
+        };
+        let purged = meta.state.last_purged.map(|p| p.index);
+        let mut entries: BTreeMap<u64, Entry> = BTreeMap::new();
+        let (log, opened) = LogFile::open(dir, |index, payload| {
+            // A record replaces every one of its index and above written before it.
+            entries.split_off(&index);
+            // A truncate marker, or an entry the snapshot covers: checked, not kept.
+            if payload.is_empty() || purged.is_some_and(|p| index <= p) {
+                return Ok(());
+            }
+            let what = || format!("log entry {index}");
+            let entry: Entry =
+                postcard::from_bytes(payload).map_err(|e| (what(), e.to_string()))?;
+            if entry.log_id.index != index {
+                return Err((
+                    what(),
+                    format!("holds the entry of index {}", entry.log_id.index),
+                ));
+            }
+            entries.insert(index, entry);
+            Ok(())
+        })
+        .map_err(|e| match e {
+            log_file::OpenError::Io(reason) => open_error(reason),
+            log_file::OpenError::Corrupt { what, reason } => DiskStoreError::Corrupt {
+                path: log_file::log_dir(dir),
+                what,
+                reason,
+            },
+        })?;
+        let corrupt_log = |what: String, reason: String| DiskStoreError::Corrupt {
+            path: log_file::log_dir(dir),
+            what,
+            reason,
+        };
+        let mut expected = purged.map(|p| p + 1);
+        for index in entries.keys() {
+            if expected.is_some_and(|want| *index != want) {
+                return Err(corrupt_log(
+                    format!("log entry {index}"),
+                    format!("gap: expected index {} next", expected.unwrap_or_default()),
+                ));
+            }
+            expected = Some(index + 1);
+        }
+        let state = meta.state.clone();
+        // Unsynced, the commit index may have reached the disk ahead of the log (a power
+        // loss under `periodic`): keep it only if the log holds that very entry.
+        let committed = state.committed.filter(|c| {
+            state.last_purged == Some(*c) || entries.get(&c.index).is_some_and(|e| e.log_id == *c)
+        });
+        let cached = Cached {
+            last_purged: state.last_purged,
+            entries,
+            vote: state.vote.map(reopened_vote),
+            committed: committed.or(state.last_purged),
+        };
         tracing::info!(
-            path = %path.display(),
+            path = %dir.display(),
             entries = cached.entries.len(),
+            records = opened.records,
+            segments = opened.segments,
+            torn_bytes = opened.torn_bytes,
             snapshot_bytes = snapshot.as_ref().map_or(0, |s| s.1.len()),
             open_ms = started.elapsed().as_secs_f64() * 1e3,
             "replica store opened"
         );
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
-            path: path.clone(),
             dir: dir.to_path_buf(),
             cached: Mutex::new(cached),
             writer: Mutex::new(tx),
             failed: Mutex::new(None),
             snapshot_at_open: Mutex::new(snapshot),
             snapshot_write: Mutex::new(()),
-            legacy_snapshot: AtomicBool::new(legacy_snapshot),
             faults: Arc::default(),
+            log_bytes: Arc::new(AtomicU64::new(log.disk_bytes())),
         });
         let faults = shared.faults.clone();
+        let log_bytes = shared.log_bytes.clone();
         let writer_shared = Arc::downgrade(&shared);
+        let path = dir.to_path_buf();
         std::thread::Builder::new()
             .name("raft-store".into())
-            .spawn(move || write_loop(db, rx, policy, faults, writer_shared, path))
+            .spawn(move || {
+                let writer = Writer {
+                    policy,
+                    faults,
+                    shared: writer_shared,
+                    log_bytes,
+                    path,
+                };
+                write_loop(log, meta, rx, writer)
+            })
             .map_err(|e| open_error(e.to_string()))?;
         Ok(DiskLogStore { shared })
     }
@@ -322,10 +546,13 @@ impl DiskLogStore {
         self.len() == 0
     }
 
-    /// Bytes the store takes on disk (the log store and the snapshot file).
+    /// Bytes the store takes on disk: the log's segments (preallocated, so whole), the
+    /// vote file and the snapshot file.
     pub fn disk_bytes(&self) -> u64 {
         let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
-        size(&self.shared.path) + size(&snapshot_file::path(&self.shared.dir))
+        self.shared.log_bytes.load(Ordering::Relaxed)
+            + size(&self.shared.dir.join(META_FILE_NAME))
+            + size(&snapshot_file::path(&self.shared.dir))
     }
 
     /// The fault hook of this store (tests make its disk "full").
@@ -366,26 +593,20 @@ impl DiskLogStore {
             let _one_at_a_time = shared.snapshot_write.lock().expect("snapshot mutex");
             if shared.faults.disk_full.load(Ordering::SeqCst) {
                 return Err(explain(
-                    &shared.path,
+                    &shared.dir,
                     "No space left on device (os error 28) [injected]",
                 ));
             }
             snapshot_file::write(&shared.dir, &meta_bytes, &data)
-                .map_err(|e| explain(&shared.path, e))
+                .map_err(|e| explain(&shared.dir, e))
         })
         .await
         .map_err(|e| format!("writing the snapshot panicked: {e}"))
         .and_then(|r| r);
         if let Err(why) = result {
-            tracing::error!(path = %self.shared.path.display(), "replica snapshot write failed: {why}");
+            tracing::error!(path = %self.shared.dir.display(), "replica snapshot write failed: {why}");
             *self.shared.failed.lock().expect("failed mutex") = Some(why.clone());
             return Err(fail(why));
-        }
-        if self.shared.legacy_snapshot.swap(false, Ordering::SeqCst) {
-            // The file supersedes it; losing this removal in a crash is harmless (the
-            // file is read first).
-            self.send(Op::DeleteMeta { key: KEY_SNAPSHOT })
-                .map_err(fail)?;
         }
         Ok(())
     }
@@ -413,27 +634,75 @@ impl DiskLogStore {
             .send(op)
             .map_err(|_| "the store's writer stopped".to_string())
     }
-
-    async fn meta(&self, key: &'static str, record: Vec<u8>, sync: bool) -> Result<(), String> {
-        let (done, wait) = tokio::sync::oneshot::channel();
-        self.send(Op::Meta {
-            key,
-            record,
-            sync,
-            done: Some(done),
-        })?;
-        wait.await
-            .map_err(|_| "the store's writer stopped".to_string())?
-    }
 }
 
-/// Reads and checks every record, and the snapshot; says whether the snapshot came from a
-/// record of the redb file (stores written before snapshots were files).
-fn load(
+/// Moves a store written before session 10 (`raft.redb`: log, vote and metadata in redb)
+/// to the log files and `meta.bin`: every record checked as the old store did, written
+/// and fsynced, and only then the redb file removed. A crash in between leaves the redb
+/// file, and the next open migrates again from scratch.
+fn migrate(dir: &Path, meta: &mut MetaFile) -> Result<(), DiskStoreError> {
+    let path = dir.join(LEGACY_STORE_FILE_NAME);
+    let fail = |reason: String| DiskStoreError::Open {
+        path: path.clone(),
+        reason: format!("migrating to the log files: {reason}"),
+    };
+    let db = match redb::Database::create(&path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason))) => {
+            return Err(DiskStoreError::Corrupt {
+                path,
+                what: "the file".into(),
+                reason,
+            })
+        }
+        Err(e) => return Err(fail(e.to_string())),
+    };
+    let (cached, legacy_snapshot) = load_legacy(&db, &path)?;
+    if let Some((snapshot_meta, body)) = legacy_snapshot {
+        if !snapshot_file::path(dir).exists() {
+            let meta_bytes =
+                postcard::to_allocvec(&snapshot_meta).map_err(|e| fail(e.to_string()))?;
+            snapshot_file::write(dir, &meta_bytes, &body).map_err(|e| fail(e.to_string()))?;
+        }
+    }
+    let log_dir = log_file::log_dir(dir);
+    if log_dir.exists() {
+        // A migration a crash interrupted: start it over.
+        std::fs::remove_dir_all(&log_dir).map_err(|e| fail(e.to_string()))?;
+    }
+    let (mut log, _) = LogFile::open(dir, |_, _| Ok(())).map_err(|e| fail(format!("{e:?}")))?;
+    let records: Vec<(u64, Vec<u8>)> = cached
+        .entries
+        .iter()
+        .map(|(index, entry)| (*index, log_file::encode(*index, entry)))
+        .collect();
+    log.append(&records, true)
+        .map_err(|e| fail(e.to_string()))?;
+    drop(log);
+    meta.state = MetaState {
+        vote: cached.vote,
+        committed: cached.committed,
+        last_purged: cached.last_purged,
+    };
+    meta.write(true).map_err(|e| fail(e.to_string()))?;
+    drop(db);
+    std::fs::remove_file(&path)
+        .and_then(|_| File::open(dir)?.sync_all())
+        .map_err(|e| fail(e.to_string()))?;
+    tracing::info!(
+        path = %dir.display(),
+        entries = records.len(),
+        "migrated a replica store from redb to the log files"
+    );
+    Ok(())
+}
+
+/// Reads and checks every record of a legacy redb store, and the snapshot record it may
+/// hold (stores written before snapshots were files).
+fn load_legacy(
     db: &redb::Database,
     path: &Path,
-    dir: &Path,
-) -> Result<(Cached, Option<StoredSnapshot>, bool), DiskStoreError> {
+) -> Result<(Cached, Option<StoredSnapshot>), DiskStoreError> {
     let corrupt = |what: String, reason: String| DiskStoreError::Corrupt {
         path: path.to_path_buf(),
         what,
@@ -456,16 +725,8 @@ fn load(
         let bytes = unseal(key.as_bytes(), record.value()).map_err(|r| corrupt(key.into(), r))?;
         Ok(Some(bytes.to_vec()))
     };
-    fn decode<'a, T: serde::Deserialize<'a>>(
-        bytes: &'a [u8],
-        what: &str,
-        corrupt: &dyn Fn(String, String) -> DiskStoreError,
-    ) -> Result<T, DiskStoreError> {
-        postcard::from_bytes(bytes).map_err(|e| corrupt(what.into(), e.to_string()))
-    }
     if let Some(bytes) = read_meta(KEY_VOTE)? {
-        let vote: Vote<NodeId> = decode(&bytes, KEY_VOTE, &corrupt)?;
-        cached.vote = Some(reopened_vote(vote));
+        cached.vote = Some(decode(&bytes, KEY_VOTE, &corrupt)?);
     }
     if let Some(bytes) = read_meta(KEY_COMMITTED)? {
         cached.committed = decode(&bytes, KEY_COMMITTED, &corrupt)?;
@@ -473,29 +734,13 @@ fn load(
     if let Some(bytes) = read_meta(KEY_PURGED)? {
         cached.last_purged = decode(&bytes, KEY_PURGED, &corrupt)?;
     }
-    // The snapshot holds the whole state (a GiB at most sizes): read once from its file,
-    // checked while it is read, into the buffer the state machine decodes.
-    let file = snapshot_file::read(dir).map_err(|r| DiskStoreError::Corrupt {
-        path: snapshot_file::path(dir),
-        what: "the snapshot".into(),
-        reason: r,
-    })?;
-    let legacy = meta.get(KEY_SNAPSHOT).map_err(|e| redb_corrupt(&e))?;
-    let has_legacy = legacy.is_some();
-    let snapshot: Option<StoredSnapshot> = if let Some((meta_bytes, body)) = file {
-        let meta = decode(&meta_bytes, "the snapshot's metadata", &corrupt)?;
-        Some((meta, body))
-    } else {
-        match legacy {
-            Some(record) => {
-                let bytes = unseal(KEY_SNAPSHOT.as_bytes(), record.value())
-                    .map_err(|r| corrupt(KEY_SNAPSHOT.into(), r))?;
-                let (meta, data): (SnapshotMeta<NodeId, openraft::BasicNode>, &[u8]) =
-                    decode(bytes, KEY_SNAPSHOT, &corrupt)?;
-                Some((meta, data.to_vec()))
-            }
-            None => None,
+    let snapshot = match read_meta(KEY_SNAPSHOT)? {
+        Some(bytes) => {
+            let (meta, data): (SnapshotMeta<NodeId, openraft::BasicNode>, &[u8]) =
+                decode(&bytes, KEY_SNAPSHOT, &corrupt)?;
+            Some((meta, data.to_vec()))
         }
+        None => None,
     };
     let log = txn.open_table(LOG).map_err(|e| redb_corrupt(&e))?;
     let mut expected: Option<u64> = None;
@@ -524,7 +769,7 @@ fn load(
     if let Some(purged) = cached.last_purged {
         cached.entries = cached.entries.split_off(&(purged.index + 1));
     }
-    Ok((cached, snapshot, has_legacy))
+    Ok((cached, snapshot))
 }
 
 /// The vote a reopened replica starts with: the stored one, never as a committed
@@ -547,15 +792,32 @@ fn reopened_vote(vote: Vote<NodeId>) -> Vote<NodeId> {
     }
 }
 
-fn write_loop(
-    db: redb::Database,
-    rx: mpsc::Receiver<Op>,
+/// What the writer thread needs besides its files.
+struct Writer {
     policy: SyncPolicy,
     faults: Arc<DiskFaults>,
     shared: std::sync::Weak<Shared>,
+    log_bytes: Arc<AtomicU64>,
     path: PathBuf,
-) {
-    let interval = match policy {
+}
+
+fn write_loop(mut log: LogFile, mut meta: MetaFile, rx: mpsc::Receiver<Op>, writer: Writer) {
+    run_writer(&mut log, &mut meta, rx, &writer);
+    // The log (and a segment still being created) first, the lock last: a reopened
+    // store never races this one's files.
+    drop(log);
+    drop(meta);
+}
+
+fn run_writer(log: &mut LogFile, meta: &mut MetaFile, rx: mpsc::Receiver<Op>, writer: &Writer) {
+    let Writer {
+        policy,
+        faults,
+        shared,
+        log_bytes,
+        path,
+    } = writer;
+    let interval = match *policy {
         SyncPolicy::EveryAppend => None,
         SyncPolicy::Periodic { interval_ms } => Some(Duration::from_millis(interval_ms.max(1))),
     };
@@ -579,7 +841,7 @@ fn write_loop(
                     Err(mpsc::RecvTimeoutError::Timeout) => None,
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
                         if dirty {
-                            let _ = commit(&db, Vec::new(), true, &faults);
+                            let _ = commit(log, meta, Vec::new(), true, faults);
                         }
                         return;
                     }
@@ -594,10 +856,9 @@ fn write_loop(
             }
         }
         let wants_sync = batch.iter().any(|op| match op {
-            Op::Append { .. } => interval.is_none(),
-            Op::Meta { sync, .. } => *sync,
-            Op::Sync { .. } => true,
-            Op::Truncate { .. } | Op::Purge { .. } | Op::DeleteMeta { .. } => false,
+            Op::Append { callback, .. } => callback.is_some() && interval.is_none(),
+            Op::Vote { .. } | Op::Sync { .. } => true,
+            Op::Purge { .. } | Op::Committed { .. } => false,
         });
         let due = interval.is_some_and(|i| dirty && last_sync.elapsed() >= i);
         if batch.is_empty() && !due {
@@ -605,7 +866,8 @@ fn write_loop(
         }
         let sync = wants_sync || due || (batch.is_empty() && dirty);
         let (ops, replies) = split(batch);
-        let result = commit(&db, ops, sync, &faults).map_err(|e| explain(&path, e));
+        let result = commit(log, meta, ops, sync, faults).map_err(|e| explain(path, e));
+        log_bytes.store(log.disk_bytes(), Ordering::Relaxed);
         if sync {
             last_sync = Instant::now();
             dirty = false;
@@ -637,7 +899,7 @@ fn write_loop(
 /// What to tell whoever waits on an operation.
 enum Reply {
     Flushed(LogFlushed<TypeConfig>),
-    Meta(tokio::sync::oneshot::Sender<Result<(), String>>),
+    Vote(tokio::sync::oneshot::Sender<Result<(), String>>),
     Sync(Done),
 }
 
@@ -645,7 +907,7 @@ impl Reply {
     fn send(self, result: Result<(), String>) {
         match self {
             Reply::Flushed(callback) => callback.log_io_completed(result.map_err(io_error)),
-            Reply::Meta(done) => {
+            Reply::Vote(done) => {
                 let _ = done.send(result);
             }
             Reply::Sync(done) => {
@@ -656,11 +918,10 @@ impl Reply {
 }
 
 enum Write {
-    Log(u64, Vec<u8>),
-    Truncate(u64),
-    Purge(u64, Vec<u8>),
-    Meta(&'static str, Vec<u8>),
-    DeleteMeta(&'static str),
+    Log(Vec<(u64, Vec<u8>)>),
+    Purge(LogId<NodeId>),
+    Vote(Vote<NodeId>),
+    Committed(Option<LogId<NodeId>>),
 }
 
 fn split(batch: Vec<Op>) -> (Vec<Write>, Vec<Reply>) {
@@ -669,29 +930,28 @@ fn split(batch: Vec<Op>) -> (Vec<Write>, Vec<Reply>) {
     for op in batch {
         match op {
             Op::Append { records, callback } => {
-                writes.extend(records.into_iter().map(|(i, r)| Write::Log(i, r)));
+                writes.push(Write::Log(records));
                 replies.extend(callback.map(Reply::Flushed));
             }
-            Op::Truncate { from_index } => writes.push(Write::Truncate(from_index)),
-            Op::Purge {
-                up_to_index,
-                record,
-            } => writes.push(Write::Purge(up_to_index, record)),
-            Op::Meta {
-                key, record, done, ..
-            } => {
-                writes.push(Write::Meta(key, record));
-                replies.extend(done.map(Reply::Meta));
+            Op::Purge { log_id } => writes.push(Write::Purge(log_id)),
+            Op::Vote { vote, done } => {
+                writes.push(Write::Vote(vote));
+                replies.push(Reply::Vote(done));
             }
-            Op::DeleteMeta { key } => writes.push(Write::DeleteMeta(key)),
+            Op::Committed { committed } => writes.push(Write::Committed(committed)),
             Op::Sync { done } => replies.push(Reply::Sync(done)),
         }
     }
     (writes, replies)
 }
 
+/// Writes one batch in order: its log records in one `pwrite` (one per segment they
+/// span), then `meta.bin` if the vote or commit index changed; `sync` fsyncs the log, a
+/// vote fsyncs `meta.bin`. A purge inside the batch first makes everything before it
+/// durable, then its purge point, then deletes the segments below it.
 fn commit(
-    db: &redb::Database,
+    log: &mut LogFile,
+    meta: &mut MetaFile,
     writes: Vec<Write>,
     sync: bool,
     faults: &DiskFaults,
@@ -699,42 +959,36 @@ fn commit(
     if faults.disk_full.load(Ordering::SeqCst) {
         return Err("No space left on device (os error 28) [injected]".into());
     }
-    let mut txn = db.begin_write().map_err(|e| e.to_string())?;
-    txn.set_durability(if sync {
-        redb::Durability::Immediate
-    } else {
-        redb::Durability::None
-    });
-    {
-        let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
-        let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
-        for write in writes {
-            match write {
-                Write::Log(index, record) => {
-                    log.insert(index, record.as_slice())
-                        .map_err(|e| e.to_string())?;
-                }
-                Write::Truncate(from) => {
-                    log.retain_in(from.., |_, _| false)
-                        .map_err(|e| e.to_string())?;
-                }
-                Write::Purge(up_to, record) => {
-                    meta.insert(KEY_PURGED, record.as_slice())
-                        .map_err(|e| e.to_string())?;
-                    log.retain_in(..=up_to, |_, _| false)
-                        .map_err(|e| e.to_string())?;
-                }
-                Write::Meta(key, record) => {
-                    meta.insert(key, record.as_slice())
-                        .map_err(|e| e.to_string())?;
-                }
-                Write::DeleteMeta(key) => {
-                    meta.remove(key).map_err(|e| e.to_string())?;
-                }
+    let text = |e: std::io::Error| e.to_string();
+    let mut records: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut meta_dirty = false;
+    let mut meta_sync = false;
+    for write in writes {
+        match write {
+            Write::Log(mut more) => records.append(&mut more),
+            Write::Purge(log_id) => {
+                log.append(&records, true).map_err(text)?;
+                records.clear();
+                meta.state.last_purged = Some(log_id);
+                meta.write(true).map_err(text)?;
+                (meta_dirty, meta_sync) = (false, false);
+                log.purge(log_id.index).map_err(text)?;
+            }
+            Write::Vote(vote) => {
+                meta.state.vote = Some(vote);
+                (meta_dirty, meta_sync) = (true, true);
+            }
+            Write::Committed(committed) => {
+                meta.state.committed = committed;
+                meta_dirty = true;
             }
         }
     }
-    txn.commit().map_err(|e| e.to_string())
+    log.append(&records, sync).map_err(text)?;
+    if meta_dirty {
+        meta.write(meta_sync).map_err(text)?;
+    }
+    Ok(())
 }
 
 impl RaftLogReader<TypeConfig> for DiskLogStore {
@@ -768,11 +1022,15 @@ impl RaftLogStorage<TypeConfig> for DiskLogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        let record = seal_value(KEY_VOTE.as_bytes(), vote);
         // Always fsynced: a vote forgotten in a crash could elect two leaders in one term.
-        self.meta(KEY_VOTE, record, true)
-            .await
-            .map_err(|e| StorageError::from(StorageIOError::write_vote(&io_error(e))))?;
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let result = match self.send(Op::Vote { vote: *vote, done }) {
+            Ok(()) => wait
+                .await
+                .unwrap_or_else(|_| Err("the store's writer stopped".to_string())),
+            Err(e) => Err(e),
+        };
+        result.map_err(|e| StorageError::from(StorageIOError::write_vote(&io_error(e))))?;
         self.cached().vote = Some(*vote);
         Ok(())
     }
@@ -788,14 +1046,7 @@ impl RaftLogStorage<TypeConfig> for DiskLogStore {
         self.cached().committed = committed;
         // Not fsynced: a stale commit index only means re-applying fewer entries at start;
         // the leader tells the rest.
-        let record = seal_value(KEY_COMMITTED.as_bytes(), &committed);
-        self.send(Op::Meta {
-            key: KEY_COMMITTED,
-            record,
-            sync: false,
-            done: None,
-        })
-        .map_err(write_error)
+        self.send(Op::Committed { committed }).map_err(write_error)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError> {
@@ -816,7 +1067,7 @@ impl RaftLogStorage<TypeConfig> for DiskLogStore {
             let mut cached = self.cached();
             for entry in entries {
                 let index = entry.log_id.index;
-                records.push((index, seal_value(&index.to_le_bytes(), &entry)));
+                records.push((index, log_file::encode(index, &entry)));
                 cached.entries.insert(index, entry);
             }
         }
@@ -830,8 +1081,9 @@ impl RaftLogStorage<TypeConfig> for DiskLogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
         self.cached().entries.split_off(&log_id.index);
-        self.send(Op::Truncate {
-            from_index: log_id.index,
+        self.send(Op::Append {
+            records: vec![(log_id.index, log_file::truncate_marker(log_id.index))],
+            callback: None,
         })
         .map_err(write_error)
     }
@@ -848,12 +1100,7 @@ impl RaftLogStorage<TypeConfig> for DiskLogStore {
             let keep = cached.entries.split_off(&(log_id.index + 1));
             cached.entries = keep;
         }
-        let record = seal_value(KEY_PURGED.as_bytes(), &Some(log_id));
-        self.send(Op::Purge {
-            up_to_index: log_id.index,
-            record,
-        })
-        .map_err(write_error)
+        self.send(Op::Purge { log_id }).map_err(write_error)
     }
 }
 
@@ -880,12 +1127,6 @@ mod tests {
         assert!(unseal(b"k1", &flipped).unwrap_err().contains("checksum"));
         assert!(unseal(b"k2", &record).is_err());
         assert!(unseal(b"k1", &record[..3]).is_err());
-        // Sealing a value in place is sealing its encoding.
-        let value = (7u64, b"state".to_vec());
-        assert_eq!(
-            seal_value(b"k1", &value),
-            seal(b"k1", &postcard::to_allocvec(&value).unwrap())
-        );
     }
 
     #[tokio::test]
@@ -947,5 +1188,86 @@ mod tests {
             "a restored leader must win a new election first"
         );
         assert_eq!(vote.leader_id, leader_vote.leader_id);
+    }
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
+            payload: openraft::EntryPayload::Blank,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_legacy_redb_store_is_migrated_and_its_file_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = redb::Database::create(dir.path().join(LEGACY_STORE_FILE_NAME)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut log = txn.open_table(LOG).unwrap();
+                for index in 1..=5u64 {
+                    let bytes = postcard::to_allocvec(&entry(2, index)).unwrap();
+                    log.insert(index, seal(&index.to_le_bytes(), &bytes).as_slice())
+                        .unwrap();
+                }
+                let mut meta = txn.open_table(META).unwrap();
+                let vote = postcard::to_allocvec(&Vote::<NodeId>::new_committed(2, 1)).unwrap();
+                meta.insert(KEY_VOTE, seal(KEY_VOTE.as_bytes(), &vote).as_slice())
+                    .unwrap();
+                let purged = postcard::to_allocvec(&Some(entry(2, 2).log_id)).unwrap();
+                meta.insert(KEY_PURGED, seal(KEY_PURGED.as_bytes(), &purged).as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        for _ in 0..2 {
+            let mut store = DiskLogStore::open(dir.path(), SyncPolicy::EveryAppend).unwrap();
+            assert!(!dir.path().join(LEGACY_STORE_FILE_NAME).exists());
+            let state = store.get_log_state().await.unwrap();
+            assert_eq!(state.last_purged_log_id, Some(entry(2, 2).log_id));
+            assert_eq!(state.last_log_id, Some(entry(2, 5).log_id));
+            assert_eq!(store.len(), 3);
+            let vote = store.read_vote().await.unwrap().unwrap();
+            assert_eq!(
+                vote.leader_id,
+                Vote::<NodeId>::new_committed(2, 1).leader_id
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_torn_vote_write_leaves_the_last_fsynced_vote() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = DiskLogStore::open(dir.path(), SyncPolicy::EveryAppend).unwrap();
+            store.save_vote(&Vote::new(3, 2)).await.unwrap();
+            store.save_committed(None).await.unwrap();
+            store.sync().unwrap();
+        }
+        // The vote went to slot 0 (fsynced), the commit index to slot 1 (not): tear slot
+        // 1's record (its payload's sector never written).
+        let path = dir.path().join(META_FILE_NAME);
+        let slot = |bytes: &[u8], slot: usize| {
+            let at = slot * META_SLOT_BYTES as usize;
+            log_file::decode(&bytes[at..at + META_SLOT_BYTES as usize])
+                .unwrap()
+                .map(|(seq, _, len)| (seq, at, len))
+        };
+        let mut bytes = std::fs::read(&path).unwrap();
+        let (vote_seq, vote_at, _) = slot(&bytes, 0).expect("the vote's slot");
+        let (committed_seq, at, len) = slot(&bytes, 1).expect("the commit index's slot");
+        assert!(committed_seq > vote_seq);
+        bytes[at + log_file::RECORD_HEADER_BYTES..at + len].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        let mut store = DiskLogStore::open(dir.path(), SyncPolicy::EveryAppend).unwrap();
+        assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(3, 2)));
+        drop(store);
+        // A flipped bit in a whole record is corruption, not a torn write.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[vote_at + log_file::RECORD_HEADER_BYTES] ^= 0x04;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            DiskLogStore::open(dir.path(), SyncPolicy::EveryAppend),
+            Err(DiskStoreError::Corrupt { .. })
+        ));
     }
 }

@@ -7,8 +7,12 @@
 //! - [`byte_string`]: byte vectors encoded as one byte string (snapshots, logged
 //!   writes), the same bytes as serde's per-byte sequence.
 //! - [`log_store`]: the in-memory Raft log and vote (`durability = "memory"`).
-//! - [`disk_store`]: the on-disk log, vote and snapshot of a durable replica (redb,
-//!   checksummed records, group commit, fsync per batch or periodic).
+//! - [`disk_store`]: the on-disk log, vote and snapshot of a durable replica
+//!   (checksummed records, group commit, fsync per batch or periodic; the vote in a
+//!   two-slot file; a store written in redb before session 10 is migrated).
+//! - [`log_file`]: a durable replica's Raft log as preallocated, zero-filled segment
+//!   files: records with a CRC-32 appended with `pwrite`, one `fdatasync` per batch; a
+//!   torn tail cut at open, any other damage refused.
 //! - [`snapshot_file`]: a durable replica's snapshot as a file of its own (written
 //!   whole, fsynced and renamed; read once, checksummed while it is read).
 //! - [`state_machine`]: applies committed entries to the hosted app, with snapshots.
@@ -43,6 +47,7 @@ pub mod byte_string;
 pub mod client;
 pub mod disk_store;
 pub mod host;
+pub mod log_file;
 pub mod log_store;
 pub mod network;
 pub mod quiesce;

@@ -5,7 +5,6 @@
 
 mod common;
 
-use redb::ReadableTable;
 use stator_api::spec::Durability;
 use stator_replication::disk_store::{quarantine, DiskStoreError};
 use stator_replication::testing::{
@@ -191,7 +190,7 @@ async fn a_member_restarted_from_its_snapshot_and_log_fetches_the_tail_and_holds
     cluster.kill(follower).await;
     // The store holds a snapshot and only the log after (some of) it.
     assert!(
-        snapshot_on_disk(&replica_dir.join("raft.redb")),
+        snapshot_on_disk(&replica_dir),
         "the follower had a snapshot on disk"
     );
     for i in 0..50 {
@@ -235,11 +234,11 @@ async fn a_member_restarted_from_its_snapshot_and_log_fetches_the_tail_and_holds
     set(&client, &members, "with", "two").await;
 }
 
-/// A torn tail in a store that also holds a snapshot: refused at open like any corrupt
-/// record (the snapshot does not make the broken log servable), and the member rebuilt
-/// from its peers holds every write.
+/// A corrupt last record (a flipped bit in a record written whole) in a store that also
+/// holds a snapshot: refused at open like any corrupt record (the snapshot does not make
+/// the broken log servable), and the member rebuilt from its peers holds every write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_torn_tail_after_a_snapshot_is_refused_and_the_member_rebuilds() {
+async fn a_corrupt_tail_after_a_snapshot_is_refused_and_the_member_rebuilds() {
     let (_dir, mut cluster, options) = snapshotting_trio().await;
     cluster.leader(GROUP).await;
     let client = ReplicaClient::new(TEST_SECRET);
@@ -251,9 +250,8 @@ async fn a_torn_tail_after_a_snapshot_is_refused_and_the_member_rebuilds() {
     let victim = 3;
     let replica_dir = cluster.hosts[&victim].replica_dir(GROUP).unwrap();
     cluster.kill(victim).await;
-    let store = replica_dir.join("raft.redb");
-    assert!(snapshot_on_disk(&store), "a snapshot was on disk");
-    corrupt_last_log_record(&store);
+    assert!(snapshot_on_disk(&replica_dir), "a snapshot was on disk");
+    corrupt_last_log_record(&replica_dir);
     cluster.restart(victim).await;
     let refused = cluster.hosts[&victim]
         .create_group(
@@ -304,7 +302,7 @@ async fn a_corrupt_record_is_refused_at_open_and_the_replica_rebuilds_from_its_p
     let replica_dir = cluster.hosts[&victim].replica_dir(GROUP).unwrap();
     cluster.kill(victim).await;
     // Flip one bit in the last log record, as a torn or rotting tail would.
-    corrupt_last_log_record(&replica_dir.join("raft.redb"));
+    corrupt_last_log_record(&replica_dir);
 
     cluster.restart(victim).await;
     let refused = cluster.hosts[&victim]
@@ -335,6 +333,65 @@ async fn a_corrupt_record_is_refused_at_open_and_the_replica_rebuilds_from_its_p
         assert_eq!(
             get(&client, &members, &format!("k{i}")).await.as_deref(),
             Some("x")
+        );
+    }
+}
+
+/// A crash in the middle of a batch (never acknowledged: its fdatasync had not returned)
+/// leaves a torn record after the last whole one (the sectors not yet written are still
+/// the segment's zeros): the replica cuts it off at open, serves again as itself without
+/// a rebuild, and the group holds every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_tail_is_cut_at_open_and_the_member_serves_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster =
+        InProcessCluster::start_durable(3, Arc::new(RegisterFactory), dir.path().to_path_buf())
+            .await;
+    cluster
+        .create_group(GROUP, &[1, 2, 3], disk_options())
+        .await;
+    cluster.leader(GROUP).await;
+    let client = ReplicaClient::new(TEST_SECRET);
+    let members = addrs(&cluster);
+    for i in 0..30 {
+        set(&client, &members, &format!("k{i}"), "x").await;
+    }
+    cluster.converged_state(GROUP).await;
+    let victim = 3;
+    let replica_dir = cluster.hosts[&victim].replica_dir(GROUP).unwrap();
+    cluster.kill(victim).await;
+    let (path, offset, len) = last_log_record(&replica_dir);
+    let mut bytes = std::fs::read(&path).unwrap();
+    // A batch after the last acknowledged record, cut by the crash: its first sector
+    // reached the disk, the rest is still the segment's zeros.
+    let at = offset + len;
+    let torn_len: u32 = 1_000;
+    bytes[at..at + 4].copy_from_slice(&torn_len.to_le_bytes());
+    bytes[at + 4..at + 8].copy_from_slice(&0xdead_beef_u32.to_le_bytes());
+    bytes[at + 8..at + 16].copy_from_slice(&u64::MAX.to_le_bytes());
+    let sector_end = (at + 16) / 512 * 512 + 512;
+    bytes[at + 16..sector_end].fill(0xab);
+    std::fs::write(&path, &bytes).unwrap();
+
+    cluster.restart(victim).await;
+    cluster.open_replica(victim, GROUP, disk_options()).await;
+    let cut = std::fs::read(&path).unwrap();
+    assert!(
+        cut[at..sector_end].iter().all(|b| *b == 0) || cut[at..at + 16] != bytes[at..at + 16],
+        "the torn record was cut off (zeroed, or overwritten by a new append)"
+    );
+    for i in 30..40 {
+        set(&client, &members, &format!("k{i}"), "y").await;
+    }
+    cluster.converged_state(GROUP).await;
+    // One of the others goes: the restarted member is part of every quorum now.
+    cluster.kill(1).await;
+    for i in 0..40 {
+        let want = if i < 30 { "x" } else { "y" };
+        assert_eq!(
+            get(&client, &members, &format!("k{i}")).await.as_deref(),
+            Some(want),
+            "k{i}"
         );
     }
 }
@@ -383,38 +440,25 @@ async fn a_full_disk_fails_writes_instead_of_acknowledging_them() {
     );
 }
 
-fn corrupt_last_log_record(path: &std::path::Path) {
-    let log: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("log");
-    // The killed host's store closes once its last handle is dropped.
-    let deadline = std::time::Instant::now() + DEADLINE;
-    let db = loop {
-        match redb::Database::create(path) {
-            Ok(db) => break db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen)
-                if std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(e) => panic!("open {}: {e}", path.display()),
-        }
-    };
-    let txn = db.begin_write().unwrap();
-    {
-        let mut table = txn.open_table(log).unwrap();
-        let (index, mut record) = {
-            let (k, v) = table.last().unwrap().expect("a log entry");
-            (k.value(), v.value().to_vec())
-        };
-        let last = record.len() - 1;
-        record[last] ^= 0x40;
-        table.insert(index, record.as_slice()).unwrap();
-    }
-    txn.commit().unwrap();
+/// The last record of a replica's log: (segment file, offset, length with its header).
+fn last_log_record(replica_dir: &std::path::Path) -> (std::path::PathBuf, usize, usize) {
+    let spans = stator_replication::log_file::record_spans(replica_dir).unwrap();
+    let (path, offset, len) = spans.last().expect("a log record").clone();
+    (path, offset as usize, len)
 }
 
-/// Whether the replica whose store is at `path` holds a snapshot (its file beside the
-/// store).
-fn snapshot_on_disk(path: &std::path::Path) -> bool {
-    path.with_file_name(stator_replication::snapshot_file::SNAPSHOT_FILE_NAME)
+/// Flips one bit in the last log record, as a rotting disk would (a torn write leaves
+/// zeros instead, see `a_torn_tail_is_cut_at_open_and_the_member_serves_again`).
+fn corrupt_last_log_record(replica_dir: &std::path::Path) {
+    let (path, offset, len) = last_log_record(replica_dir);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[offset + len - 1] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+}
+
+/// Whether the replica whose directory is `replica_dir` holds a snapshot (its file).
+fn snapshot_on_disk(replica_dir: &std::path::Path) -> bool {
+    replica_dir
+        .join(stator_replication::snapshot_file::SNAPSHOT_FILE_NAME)
         .exists()
 }
