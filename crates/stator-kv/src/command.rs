@@ -653,6 +653,17 @@ pub fn command_slot(argv: &[Vec<u8>]) -> KeySlot {
 }
 
 pub(crate) fn slot_of_keys(spec: &CommandSpec, argv: &[Vec<u8>]) -> KeySlot {
+    let one_key = spec.first_key == 1
+        && spec.last_key == 1
+        && spec.numkeys_index == 0
+        && !matches!(
+            spec.command,
+            Command::StatorExec | Command::StatorAclKeys | Command::Sort
+        );
+    if one_key {
+        // GET, SET, HSET ...: the slot of argument 1, without a list of key indexes.
+        return argv.get(1).map_or(KeySlot::NoKeys, |key| KeySlot::Slot(key_slot(key)));
+    }
     let mut slots = spec
         .key_indexes(argv)
         .into_iter()
