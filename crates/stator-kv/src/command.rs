@@ -728,6 +728,38 @@ mod tests {
     }
 
     #[test]
+    fn one_key_commands_find_the_slot_the_key_list_gives() {
+        // `slot_of_keys` skips the key list for one-key commands: same answer for every
+        // command of the table, with too few, enough and extra arguments.
+        let from_key_list = |spec: &CommandSpec, argv: &[Vec<u8>]| {
+            let slots: Vec<u16> = spec
+                .key_indexes(argv)
+                .into_iter()
+                .map(|index| key_slot(&argv[index]))
+                .collect();
+            match slots.split_first() {
+                None => KeySlot::NoKeys,
+                Some((first, rest)) if rest.iter().all(|s| s == first) => KeySlot::Slot(*first),
+                Some(_) => KeySlot::CrossSlot,
+            }
+        };
+        for spec in COMMANDS {
+            for words in [
+                vec![spec.name],
+                vec![spec.name, "k"],
+                vec![spec.name, "k", "{k}x", "2", "b"],
+            ] {
+                let argv = argv(&words);
+                assert_eq!(
+                    slot_of_keys(spec, &argv),
+                    from_key_list(spec, &argv),
+                    "{words:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn kinds_are_case_insensitive() {
         assert_eq!(command_kind(&argv(&["get", "k"])), CommandKind::Read);
         assert_eq!(command_kind(&argv(&["GeT", "k"])), CommandKind::Read);

@@ -187,6 +187,12 @@ mod tests {
                 b"*2\r\n$1\r\na\r\n$-1\r\n".to_vec()
             ]
         );
+        // The replies share the batch reply's one buffer: no copy per command.
+        let reply = b"*2\r\n+OK\r\n:1\r\n".to_vec();
+        let start = reply.as_ptr() as usize;
+        let parts = split(reply, 2);
+        assert_eq!(parts[0].as_ptr() as usize, start + 4);
+        assert_eq!(parts[1].as_ptr() as usize, start + 9);
         let error = b"-TRYAGAIN no leader\r\n".to_vec();
         assert_eq!(split(error.clone(), 2), vec![error.clone(), error]);
         assert!(split(b"*1\r\n+OK\r\n".to_vec(), 2)[0].starts_with(b"-ERR internal"));
