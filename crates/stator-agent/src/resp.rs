@@ -493,7 +493,11 @@ impl Backend for AgentBackend {
             // Each command is told where its own slot lives.
             Target::Moved(addr) => slots
                 .iter()
-                .map(|slot| Value::error(format!("MOVED {slot} {addr}")).to_bytes().into())
+                .map(|slot| {
+                    Value::error(format!("MOVED {slot} {addr}"))
+                        .to_bytes()
+                        .into()
+                })
                 .collect(),
             Target::Forward => {
                 let mut replies = Vec::with_capacity(commands.len());

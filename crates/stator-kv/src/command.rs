@@ -662,7 +662,9 @@ pub(crate) fn slot_of_keys(spec: &CommandSpec, argv: &[Vec<u8>]) -> KeySlot {
         );
     if one_key {
         // GET, SET, HSET ...: the slot of argument 1, without a list of key indexes.
-        return argv.get(1).map_or(KeySlot::NoKeys, |key| KeySlot::Slot(key_slot(key)));
+        return argv
+            .get(1)
+            .map_or(KeySlot::NoKeys, |key| KeySlot::Slot(key_slot(key)));
     }
     let mut slots = spec
         .key_indexes(argv)

@@ -11,6 +11,11 @@
 //! run in the order sent; commands on keys of different partitions run concurrently (the
 //! promise across partitions is only the order of replies). Replies carry their
 //! command's index and always leave in request order.
+//!
+//! No copy per command on the batch path: a gathered command is a slice of the input
+//! buffer (`BytesMut::split_to`, so the buffer it came from lives until its batch is
+//! answered: at most [`MAX_PIPELINE_DEPTH`] commands' worth), and a batch's replies are
+//! slices of the one reply its `STATOR.EXEC` got ([`pipeline::split`]).
 
 use super::auth;
 use super::keyspace::{self, FanOut};
@@ -794,7 +799,8 @@ impl Pipeline {
                 None
             }
             Err(error) => {
-                self.replies.push_back(Some(error.to_reply().to_bytes().into()));
+                self.replies
+                    .push_back(Some(error.to_reply().to_bytes().into()));
                 self.closing = true;
                 None
             }
