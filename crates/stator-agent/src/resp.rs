@@ -43,6 +43,7 @@
 //! `/v1/partitions`, in `CLUSTER SLOTS` and in `MOVED`. On one machine both hosts are
 //! 127.0.0.1; on several, bind `0.0.0.0` and advertise the address clients dial.
 
+use bytes::Bytes;
 use stator_api::agent::ClusterService;
 use stator_api::ids::NodeId;
 use stator_api::spec::RespTlsSpec;
@@ -417,12 +418,15 @@ impl AgentBackend {
         &self,
         routes: &ServiceRoutes,
         route: &PartitionRoute,
-        mut commands: Vec<(RequestKind, Vec<u8>)>,
-    ) -> Vec<Vec<u8>> {
+        mut commands: Vec<(RequestKind, Bytes)>,
+    ) -> Vec<Bytes> {
         let count = commands.len();
         if count == 1 {
             let (kind, payload) = commands.pop().expect("one command");
-            return vec![self.serve_locally(routes, route, kind, payload).await];
+            let reply = self
+                .serve_locally(routes, route, kind, payload.to_vec())
+                .await;
+            return vec![Bytes::from(reply)];
         }
         if pipeline::all_reads(&commands) {
             return self.serve_reads_locally(routes, route, commands).await;
@@ -442,15 +446,15 @@ impl AgentBackend {
         &self,
         routes: &ServiceRoutes,
         route: &PartitionRoute,
-        commands: Vec<(RequestKind, Vec<u8>)>,
-    ) -> Vec<Vec<u8>> {
+        commands: Vec<(RequestKind, Bytes)>,
+    ) -> Vec<Bytes> {
         let requests = commands
             .iter()
             .map(|(kind, payload)| ClientRequest {
                 client_id: 0,
                 seq: 0,
                 kind: *kind,
-                payload: payload.clone(),
+                payload: payload.to_vec(),
             })
             .collect();
         let local = self.host.serve_client_batch(route.group, requests).await;
@@ -461,13 +465,13 @@ impl AgentBackend {
                 ClientReply::Ok(bytes) if !moved => bytes,
                 _ => {
                     moved = true;
-                    match self.router.forward(route, kind, payload).await {
+                    match self.router.forward(route, kind, payload.to_vec()).await {
                         Ok(bytes) => bytes,
                         Err(error) => error_reply(routes, route.partition, kind, &error),
                     }
                 }
             };
-            replies.push(reply);
+            replies.push(Bytes::from(reply));
         }
         replies
     }
@@ -479,8 +483,8 @@ impl Backend for AgentBackend {
         routes: Arc<ServiceRoutes>,
         partition: usize,
         slots: Vec<u16>,
-        commands: Vec<(RequestKind, Vec<u8>)>,
-    ) -> Vec<Vec<u8>> {
+        commands: Vec<(RequestKind, Bytes)>,
+    ) -> Vec<Bytes> {
         let route = &routes.partitions[partition];
         let me = self.host.node_id();
         let local = self.host.status(route.group).map(|s| (s.role, s.leader));
@@ -489,15 +493,20 @@ impl Backend for AgentBackend {
             // Each command is told where its own slot lives.
             Target::Moved(addr) => slots
                 .iter()
-                .map(|slot| Value::error(format!("MOVED {slot} {addr}")).to_bytes())
+                .map(|slot| {
+                    Value::error(format!("MOVED {slot} {addr}"))
+                        .to_bytes()
+                        .into()
+                })
                 .collect(),
             Target::Forward => {
                 let mut replies = Vec::with_capacity(commands.len());
                 for (kind, payload) in commands {
-                    replies.push(match self.router.forward(route, kind, payload).await {
+                    let reply = match self.router.forward(route, kind, payload.to_vec()).await {
                         Ok(bytes) => bytes,
                         Err(error) => error_reply(&routes, route.partition, kind, &error),
-                    });
+                    };
+                    replies.push(Bytes::from(reply));
                 }
                 replies
             }

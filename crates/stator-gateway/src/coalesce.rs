@@ -29,6 +29,7 @@
 use crate::map::ServiceRoutes;
 use crate::resp::{connection::error_reply, pipeline};
 use crate::router::RouterCore;
+use bytes::Bytes;
 use stator_api::ids::GroupId;
 use stator_kv::Value;
 use stator_replication::host::MAX_WRITE_BATCH_BYTES;
@@ -78,9 +79,9 @@ struct QueueState {
 struct Waiting {
     routes: Arc<ServiceRoutes>,
     partition: usize,
-    commands: Vec<(RequestKind, Vec<u8>)>,
+    commands: Vec<(RequestKind, Bytes)>,
     bytes: usize,
-    reply: oneshot::Sender<Vec<Vec<u8>>>,
+    reply: oneshot::Sender<Vec<Bytes>>,
 }
 
 impl Coalescer {
@@ -94,8 +95,8 @@ impl Coalescer {
         routes: Arc<ServiceRoutes>,
         partition: usize,
         kind: RequestKind,
-        commands: Vec<(RequestKind, Vec<u8>)>,
-    ) -> Vec<Vec<u8>> {
+        commands: Vec<(RequestKind, Bytes)>,
+    ) -> Vec<Bytes> {
         let queue = self.queue(routes.partitions[partition].group, kind);
         let count = commands.len();
         let queued = {
@@ -140,7 +141,7 @@ impl Coalescer {
                 "ERR the gateway stopped while sending this write; it may or may not have been applied",
             )
             .to_bytes();
-            vec![error; count]
+            vec![Bytes::from(error); count]
         })
     }
 
@@ -249,28 +250,29 @@ async fn send(
     routes: &ServiceRoutes,
     partition: usize,
     kind: RequestKind,
-    mut commands: Vec<(RequestKind, Vec<u8>)>,
-) -> Vec<Vec<u8>> {
+    mut commands: Vec<(RequestKind, Bytes)>,
+) -> Vec<Bytes> {
     let route = &routes.partitions[partition];
     let count = commands.len();
     let (kind, payload) = if count == 1 {
-        commands.pop().expect("one command")
+        let (kind, payload) = commands.pop().expect("one command");
+        (kind, payload.to_vec())
     } else {
         (kind, pipeline::encode(&commands))
     };
     match core.forward(route, kind, payload).await {
-        Ok(reply) if count == 1 => vec![reply],
+        Ok(reply) if count == 1 => vec![Bytes::from(reply)],
         Ok(reply) if kind != RequestKind::Write && pipeline::refused_as_query(&reply) => {
             // A replica from before read batches: one read each.
             futures::future::join_all(commands.into_iter().map(|(kind, payload)| async move {
-                match core.forward(route, kind, payload).await {
+                Bytes::from(match core.forward(route, kind, payload.to_vec()).await {
                     Ok(reply) => reply,
                     Err(error) => error_reply(routes, route.partition, kind, &error),
-                }
+                })
             }))
             .await
         }
         Ok(reply) => pipeline::split(reply, count),
-        Err(error) => vec![error_reply(routes, route.partition, kind, &error); count],
+        Err(error) => vec![Bytes::from(error_reply(routes, route.partition, kind, &error)); count],
     }
 }

@@ -174,8 +174,8 @@ impl Router {
         routes: Arc<ServiceRoutes>,
         partition: usize,
         kind: RequestKind,
-        commands: Vec<(RequestKind, Vec<u8>)>,
-    ) -> Vec<Vec<u8>> {
+        commands: Vec<(RequestKind, bytes::Bytes)>,
+    ) -> Vec<bytes::Bytes> {
         self.coalescer
             .submit(&self.core, routes, partition, kind, commands)
             .await

@@ -653,6 +653,19 @@ pub fn command_slot(argv: &[Vec<u8>]) -> KeySlot {
 }
 
 pub(crate) fn slot_of_keys(spec: &CommandSpec, argv: &[Vec<u8>]) -> KeySlot {
+    let one_key = spec.first_key == 1
+        && spec.last_key == 1
+        && spec.numkeys_index == 0
+        && !matches!(
+            spec.command,
+            Command::StatorExec | Command::StatorAclKeys | Command::Sort
+        );
+    if one_key {
+        // GET, SET, HSET ...: the slot of argument 1, without a list of key indexes.
+        return argv
+            .get(1)
+            .map_or(KeySlot::NoKeys, |key| KeySlot::Slot(key_slot(key)));
+    }
     let mut slots = spec
         .key_indexes(argv)
         .into_iter()
@@ -714,6 +727,38 @@ mod tests {
 
     fn argv(words: &[&str]) -> Vec<Vec<u8>> {
         words.iter().map(|w| w.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn one_key_commands_find_the_slot_the_key_list_gives() {
+        // `slot_of_keys` skips the key list for one-key commands: same answer for every
+        // command of the table, with too few, enough and extra arguments.
+        let from_key_list = |spec: &CommandSpec, argv: &[Vec<u8>]| {
+            let slots: Vec<u16> = spec
+                .key_indexes(argv)
+                .into_iter()
+                .map(|index| key_slot(&argv[index]))
+                .collect();
+            match slots.split_first() {
+                None => KeySlot::NoKeys,
+                Some((first, rest)) if rest.iter().all(|s| s == first) => KeySlot::Slot(*first),
+                Some(_) => KeySlot::CrossSlot,
+            }
+        };
+        for spec in COMMANDS {
+            for words in [
+                vec![spec.name],
+                vec![spec.name, "k"],
+                vec![spec.name, "k", "{k}x", "2", "b"],
+            ] {
+                let argv = argv(&words);
+                assert_eq!(
+                    slot_of_keys(spec, &argv),
+                    from_key_list(spec, &argv),
+                    "{words:?}"
+                );
+            }
+        }
     }
 
     #[test]

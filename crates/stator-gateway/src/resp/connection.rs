@@ -11,6 +11,11 @@
 //! run in the order sent; commands on keys of different partitions run concurrently (the
 //! promise across partitions is only the order of replies). Replies carry their
 //! command's index and always leave in request order.
+//!
+//! No copy per command on the batch path: a gathered command is a slice of the input
+//! buffer (`BytesMut::split_to`, so the buffer it came from lives until its batch is
+//! answered: at most [`MAX_PIPELINE_DEPTH`] commands' worth), and a batch's replies are
+//! slices of the one reply its `STATOR.EXEC` got ([`pipeline::split`]).
 
 use super::auth;
 use super::keyspace::{self, FanOut};
@@ -23,12 +28,13 @@ use super::Backend;
 use super::Shared;
 use crate::map::{PartitionMap, ServiceRoutes};
 use crate::router::Router;
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
+use rustc_hash::FxHashMap;
 use stator_kv::{encode_command, parse_command, parse_reply, Value};
 use stator_replication::{ClientError, RequestKind};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,14 +102,16 @@ struct Gathered {
     index: u64,
     slot: u16,
     kind: RequestKind,
-    payload: Vec<u8>,
+    /// The command as received: a slice of the connection's input buffer.
+    payload: Bytes,
     shape: Option<Shape>,
 }
 
 /// A finished command: its reply, its place in the order of replies and the slot it held.
 struct Done {
     index: u64,
-    reply: Vec<u8>,
+    /// Often a slice of its batch's one reply buffer.
+    reply: Bytes,
     slot: Option<u16>,
     /// `WATCH` succeeded: keys and the versions to remember.
     watched: Vec<(Vec<u8>, u64)>,
@@ -116,10 +124,10 @@ enum Finished {
 }
 
 impl Done {
-    fn reply(index: u64, reply: Vec<u8>, slot: Option<u16>) -> Done {
+    fn reply(index: u64, reply: impl Into<Bytes>, slot: Option<u16>) -> Done {
         Done {
             index,
-            reply,
+            reply: reply.into(),
             slot,
             watched: Vec::new(),
         }
@@ -164,7 +172,7 @@ async fn perform<B: Backend>(
         work => {
             let mut done = Box::pin(perform_one(backend, index, work)).await;
             if let Some(shape) = resp3 {
-                done.reply = resp3::convert(done.reply, shape);
+                done.reply = resp3::convert(done.reply.to_vec(), shape).into();
             }
             return Finished::One(done);
         }
@@ -192,7 +200,7 @@ async fn perform<B: Backend>(
             .zip(places)
             .map(|(reply, (index, slot, shape))| {
                 let reply = match shape {
-                    Some(shape) => resp3::convert(reply, shape),
+                    Some(shape) => resp3::convert(reply.to_vec(), shape).into(),
                     None => reply,
                 };
                 Done::reply(index, reply, Some(slot))
@@ -224,7 +232,7 @@ async fn perform_one<B: Backend>(backend: &B, index: u64, work: Work) -> Done {
             match transaction::parse_versions(&value, keys.len()) {
                 Ok(versions) => Done {
                     index,
-                    reply: Value::ok().to_bytes(),
+                    reply: Value::ok().to_bytes().into(),
                     slot: None,
                     watched: keys.into_iter().zip(versions).collect(),
                 },
@@ -367,8 +375,8 @@ impl Backend for Router {
         routes: Arc<ServiceRoutes>,
         partition: usize,
         slots: Vec<u16>,
-        commands: Vec<(RequestKind, Vec<u8>)>,
-    ) -> Vec<Vec<u8>> {
+        commands: Vec<(RequestKind, Bytes)>,
+    ) -> Vec<Bytes> {
         if let Some(kind) = pipeline::read_batch_kind(&commands) {
             // One read for the whole batch, merged with other connections' (`pipeline`).
             return self.merged_batch(routes, partition, kind, commands).await;
@@ -376,7 +384,13 @@ impl Backend for Router {
         if pipeline::all_reads(&commands) {
             return futures::future::join_all(commands.into_iter().zip(slots).map(
                 |((kind, payload), slot)| {
-                    Backend::execute(self, routes.clone(), partition, slot, kind, payload)
+                    let routes = routes.clone();
+                    async move {
+                        let payload = payload.to_vec();
+                        Bytes::from(
+                            Backend::execute(self, routes, partition, slot, kind, payload).await,
+                        )
+                    }
                 },
             ))
             .await;
@@ -609,8 +623,15 @@ struct Launch {
 enum Routed {
     /// It must wait for earlier commands: parsed again once they are answered.
     Wait,
-    /// It joined a batch that is gathering (its reply is owed).
-    Gathered,
+    /// It joins the batch gathering for `partition` (its reply is owed): the caller
+    /// takes its payload out of the input buffer and hands it to [`Pipeline::gather`].
+    Gather {
+        routes: Arc<ServiceRoutes>,
+        partition: usize,
+        slot: u16,
+        kind: RequestKind,
+        shape: Option<Shape>,
+    },
     /// It goes in flight alone, or is answered at once.
     Unit(Result<Work, Vec<u8>>),
 }
@@ -620,11 +641,12 @@ enum Routed {
 struct Pipeline {
     /// Replies in request order: `replies[i]` answers command `written + i`, `None` until
     /// it is known.
-    replies: VecDeque<Option<Vec<u8>>>,
+    replies: VecDeque<Option<Bytes>>,
     /// Replies written so far.
     written: u64,
-    /// Slot -> commands of this connection in flight on it (sent, not gathering).
-    busy_slots: HashMap<u16, u32>,
+    /// Slot -> commands of this connection in flight on it (sent, not gathering). Fx
+    /// hashed: touched twice per command, and a slot number needs no DoS-resistant hash.
+    busy_slots: FxHashMap<u16, u32>,
     /// QUIT or a protocol error: answer what came before, then close.
     closing: bool,
     /// A command sent alone (keys over several slots, or every partition) is in flight:
@@ -650,7 +672,7 @@ impl Pipeline {
         Pipeline {
             replies: VecDeque::new(),
             written: 0,
-            busy_slots: HashMap::new(),
+            busy_slots: FxHashMap::default(),
             closing: false,
             alone_in_flight: false,
             commands_in_flight: 0,
@@ -699,14 +721,38 @@ impl Pipeline {
             }
             let index = self.written + self.replies.len() as u64;
             let (decided, scoped) = client.decide(&argv);
+            let as_received = scoped.is_none() && input.first() == Some(&b'*');
             let (argv, raw) = match scoped {
                 Some(wrapped) => (wrapped, &[][..]),
                 None => (argv, &input[..used]),
             };
-            let work = match self.route(client, decided, raw, &argv, index, used) {
+            let work = match self.route(client, decided, raw, &argv, used) {
                 Routed::Wait => break,
-                Routed::Gathered => {
-                    input.advance(used);
+                Routed::Gather {
+                    routes,
+                    partition,
+                    slot,
+                    kind,
+                    shape,
+                } => {
+                    // An array travels as received: a slice of the input buffer, not a
+                    // copy. Inline commands (telnet, redis-cli) are re-encoded because
+                    // the kv machine accepts only arrays in its log.
+                    let payload = if as_received {
+                        input.split_to(used).freeze()
+                    } else {
+                        input.advance(used);
+                        Bytes::from(encode_command(&argv))
+                    };
+                    self.replies.push_back(None);
+                    let command = Gathered {
+                        index,
+                        slot,
+                        kind,
+                        payload,
+                        shape,
+                    };
+                    self.gather(routes, partition, command);
                     continue;
                 }
                 Routed::Unit(work) => work,
@@ -714,10 +760,13 @@ impl Pipeline {
             let shape = client.state.resp3.then(|| resp3::shape(&argv));
             input.advance(used);
             match work {
-                Err(reply) => self.replies.push_back(Some(match shape {
-                    Some(shape) => resp3::convert(reply, shape),
-                    None => reply,
-                })),
+                Err(reply) => self.replies.push_back(Some(
+                    match shape {
+                        Some(shape) => resp3::convert(reply, shape),
+                        None => reply,
+                    }
+                    .into(),
+                )),
                 Ok(work) => {
                     self.replies.push_back(None);
                     self.commands_in_flight += 1;
@@ -743,14 +792,15 @@ impl Pipeline {
                 if input.len() > MAX_COMMAND_BYTES {
                     self.replies.push_back(Some(Value::error(format!(
                         "ERR Protocol error: command larger than {MAX_COMMAND_BYTES} bytes; split the value"
-                    )).to_bytes()));
+                    )).to_bytes().into()));
                     self.closing = true;
                 }
                 *need_input = true;
                 None
             }
             Err(error) => {
-                self.replies.push_back(Some(error.to_reply().to_bytes()));
+                self.replies
+                    .push_back(Some(error.to_reply().to_bytes().into()));
                 self.closing = true;
                 None
             }
@@ -764,7 +814,6 @@ impl Pipeline {
         decided: Dispatch,
         raw: &[u8],
         argv: &[Vec<u8>],
-        index: u64,
         used: usize,
     ) -> Routed {
         let (router, routes, service) = (client.router, client.routes.as_ref(), client.service);
@@ -801,10 +850,10 @@ impl Pipeline {
             // One key slot, or keys over several slots of one partition (then sent alone:
             // after every earlier command is answered, before any later one).
             Dispatch::Forward { slot, kind } => {
-                self.route_keyed(client, slot, kind, false, raw, argv, index, used)
+                self.route_keyed(client, slot, kind, false, raw, argv, used)
             }
             Dispatch::ForwardAlone { slot, kind } => {
-                self.route_keyed(client, slot, kind, true, raw, argv, index, used)
+                self.route_keyed(client, slot, kind, true, raw, argv, used)
             }
         }
     }
@@ -823,7 +872,6 @@ impl Pipeline {
         alone: bool,
         raw: &[u8],
         argv: &[Vec<u8>],
-        index: u64,
         used: usize,
     ) -> Routed {
         if self.busy_slots.contains_key(&slot) {
@@ -841,27 +889,19 @@ impl Pipeline {
             return Routed::Wait;
         }
         let routes = client.routes.as_ref();
-        match forward_work(client.router, routes, client.service, slot, kind, raw, argv) {
-            Ok(Work::Forward {
-                routes,
-                partition,
-                slot,
-                kind,
-                payload,
-                blocking: _,
-            }) if gatherable => {
-                let shape = client.state.resp3.then(|| resp3::shape(argv));
-                self.replies.push_back(None);
-                let command = Gathered {
-                    index,
+        if gatherable {
+            return match partition_of(client.router, routes, client.service, slot) {
+                Ok((routes, partition)) => Routed::Gather {
+                    routes: routes.clone(),
+                    partition,
                     slot,
                     kind,
-                    payload,
-                    shape,
-                };
-                self.gather(routes, partition, command);
-                Routed::Gathered
-            }
+                    shape: client.state.resp3.then(|| resp3::shape(argv)),
+                },
+                Err(reply) => Routed::Unit(Err(reply)),
+            };
+        }
+        match forward_work(client.router, routes, client.service, slot, kind, raw, argv) {
             Ok(work) => {
                 self.alone_in_flight = alone;
                 *self.busy_slots.entry(slot).or_default() += 1;
@@ -998,7 +1038,7 @@ impl Gathering {
     }
 }
 
-fn release(busy_slots: &mut HashMap<u16, u32>, slot: u16) {
+fn release(busy_slots: &mut FxHashMap<u16, u32>, slot: u16) {
     let count = busy_slots
         .get_mut(&slot)
         .expect("a finished command held its slot");
@@ -1060,16 +1100,13 @@ fn not_in_map<B: Backend>(router: &B, service: &str) -> Vec<u8> {
     .to_bytes()
 }
 
-/// The forwarding work of a command, or the error reply when no partition owns its slot.
-fn forward_work<B: Backend>(
+/// The routes and partition owning `slot`, or the error reply when no partition owns it.
+fn partition_of<'r, B: Backend>(
     router: &B,
-    routes: Option<&Arc<ServiceRoutes>>,
+    routes: Option<&'r Arc<ServiceRoutes>>,
     service: &str,
     slot: u16,
-    kind: RequestKind,
-    raw: &[u8],
-    argv: &[Vec<u8>],
-) -> Result<Work, Vec<u8>> {
+) -> Result<(&'r Arc<ServiceRoutes>, usize), Vec<u8>> {
     let Some(routes) = routes else {
         return Err(not_in_map(router, service));
     };
@@ -1080,6 +1117,20 @@ fn forward_work<B: Backend>(
         ))
         .to_bytes());
     };
+    Ok((routes, partition))
+}
+
+/// The forwarding work of a command, or the error reply when no partition owns its slot.
+fn forward_work<B: Backend>(
+    router: &B,
+    routes: Option<&Arc<ServiceRoutes>>,
+    service: &str,
+    slot: u16,
+    kind: RequestKind,
+    raw: &[u8],
+    argv: &[Vec<u8>],
+) -> Result<Work, Vec<u8>> {
+    let (routes, partition) = partition_of(router, routes, service, slot)?;
     // Arrays are forwarded as received; inline commands (telnet, redis-cli) are re-encoded
     // because the kv machine accepts only arrays in its log.
     let payload = if raw.first() == Some(&b'*') {

@@ -38,6 +38,7 @@ pub mod transaction;
 use crate::map::{PartitionMap, ServiceRoutes};
 use crate::router::Router;
 use auth::AccessCache;
+use bytes::Bytes;
 use pubsub::Broker;
 use stator_api::ids::NodeId;
 use stator_api::spec::RespTlsSpec;
@@ -82,20 +83,22 @@ pub trait Backend: Send + Sync + 'static {
     /// Answers commands of one connection on `routes.partitions[partition]` (`slots[i]`
     /// is the slot of `commands[i]`: all the same unless [`Backend::batches_partitions`]),
     /// strictly in order, one reply each. Called only when [`Backend::pipelines_slots`] is
-    /// true; the default runs them one by one.
+    /// true; the default runs them one by one. Each payload is a slice of the connection's
+    /// input buffer (no copy per command); replies may be slices of one batch reply.
     fn execute_batch(
         &self,
         routes: Arc<ServiceRoutes>,
         partition: usize,
         slots: Vec<u16>,
-        commands: Vec<(RequestKind, Vec<u8>)>,
-    ) -> impl Future<Output = Vec<Vec<u8>>> + Send {
+        commands: Vec<(RequestKind, Bytes)>,
+    ) -> impl Future<Output = Vec<Bytes>> + Send {
         async move {
             let mut replies = Vec::with_capacity(commands.len());
             for (slot, (kind, payload)) in slots.into_iter().zip(commands) {
                 replies.push(
-                    self.execute(routes.clone(), partition, slot, kind, payload)
-                        .await,
+                    self.execute(routes.clone(), partition, slot, kind, payload.to_vec())
+                        .await
+                        .into(),
                 );
             }
             replies

@@ -16,6 +16,7 @@
 //! per batch instead of one per command. A replica too old to know the read form answers
 //! [`refused_as_query`]'s error, and the batch is sent again one read at a time.
 
+use bytes::Bytes;
 use stator_kv::resp::reply_len;
 use stator_kv::transaction::EXEC_COMMAND;
 use stator_kv::{queued_command_error, Value};
@@ -46,13 +47,13 @@ pub fn may_batch(argv: &[Vec<u8>]) -> bool {
 }
 
 /// Whether every command of a batch is a read (sent concurrently, not as one write).
-pub fn all_reads(commands: &[(RequestKind, Vec<u8>)]) -> bool {
+pub fn all_reads<P>(commands: &[(RequestKind, P)]) -> bool {
     commands.iter().all(|(kind, _)| *kind != RequestKind::Write)
 }
 
 /// The kind of one read to send a batch of reads as: `Some` when there are several and
 /// all are of one kind (linearizable, or stale under `READONLY`).
-pub fn read_batch_kind(commands: &[(RequestKind, Vec<u8>)]) -> Option<RequestKind> {
+pub fn read_batch_kind<P>(commands: &[(RequestKind, P)]) -> Option<RequestKind> {
     let (first, rest) = commands.split_first()?;
     let kind = first.0;
     (kind != RequestKind::Write && !rest.is_empty() && rest.iter().all(|(k, _)| *k == kind))
@@ -67,11 +68,12 @@ pub fn refused_as_query(reply: &[u8]) -> bool {
 }
 
 /// `STATOR.EXEC 0 [<argc> <arg>...]...` for `commands`, each a RESP array of bulk
-/// strings (as the connection forwards them), in order.
-pub fn encode(commands: &[(RequestKind, Vec<u8>)]) -> Vec<u8> {
+/// strings (as the connection forwards them: slices of its input buffer), in order.
+pub fn encode<P: AsRef<[u8]>>(commands: &[(RequestKind, P)]) -> Vec<u8> {
     let mut body_len = 0;
     let mut elements = 2;
     for (_, payload) in commands {
+        let payload = payload.as_ref();
         body_len += payload.len() + 8;
         elements += 1 + array_len(payload).map_or(0, |(n, _)| n);
     }
@@ -80,6 +82,7 @@ pub fn encode(commands: &[(RequestKind, Vec<u8>)]) -> Vec<u8> {
     push_bulk(&mut out, EXEC_COMMAND.as_bytes());
     push_bulk(&mut out, b"0");
     for (_, payload) in commands {
+        let payload = payload.as_ref();
         let (argc, header) = array_len(payload).expect("a forwarded command is a RESP array");
         push_bulk(&mut out, itoa(argc).as_bytes());
         out.extend_from_slice(&payload[header..]);
@@ -91,14 +94,17 @@ pub fn encode(commands: &[(RequestKind, Vec<u8>)]) -> Vec<u8> {
 /// elements of the array, as bytes. Any other reply (the partition had no leader within
 /// the deadline, a migration moved a slot, the data budget is full) is the reply of every
 /// command of the batch.
-pub fn split(reply: Vec<u8>, count: usize) -> Vec<Vec<u8>> {
+///
+/// Each reply is a slice of `reply` (one buffer for the batch, shared, not copied).
+pub fn split(reply: Vec<u8>, count: usize) -> Vec<Bytes> {
+    let reply = Bytes::from(reply);
     if let Some((n, mut at)) = array_len(&reply).filter(|(n, _)| *n == count) {
         let mut replies = Vec::with_capacity(n);
         while replies.len() < n {
             // Cut out, not parsed: no value is built for a reply that is only forwarded.
             match reply_len(&reply[at..]) {
                 Ok(Some(used)) => {
-                    replies.push(reply[at..at + used].to_vec());
+                    replies.push(reply.slice(at..at + used));
                     at += used;
                 }
                 _ => break,
@@ -115,7 +121,7 @@ pub fn split(reply: Vec<u8>, count: usize) -> Vec<Vec<u8>> {
         "ERR internal gateway error: a partition answered a pipeline batch with a reply the gateway cannot split; the writes of this batch may or may not have been applied",
     )
     .to_bytes();
-    vec![error; count]
+    vec![Bytes::from(error); count]
 }
 
 /// `(n, header length)` of a RESP array header `*<n>\r\n` at the start of `bytes`.
@@ -181,6 +187,12 @@ mod tests {
                 b"*2\r\n$1\r\na\r\n$-1\r\n".to_vec()
             ]
         );
+        // The replies share the batch reply's one buffer: no copy per command.
+        let reply = b"*2\r\n+OK\r\n:1\r\n".to_vec();
+        let start = reply.as_ptr() as usize;
+        let parts = split(reply, 2);
+        assert_eq!(parts[0].as_ptr() as usize, start + 4);
+        assert_eq!(parts[1].as_ptr() as usize, start + 9);
         let error = b"-TRYAGAIN no leader\r\n".to_vec();
         assert_eq!(split(error.clone(), 2), vec![error.clone(), error]);
         assert!(split(b"*1\r\n+OK\r\n".to_vec(), 2)[0].starts_with(b"-ERR internal"));

@@ -540,6 +540,20 @@ fn arity(name: &str) -> Dispatch {
     ))
 }
 
+/// The commands [`intercept`] answers outside subscribed mode (the arms of its match).
+const INTERCEPTED: &[&str] = &[
+    "subscribe",
+    "psubscribe",
+    "ssubscribe",
+    "unsubscribe",
+    "punsubscribe",
+    "sunsubscribe",
+    "publish",
+    "spublish",
+    "pubsub",
+    "config",
+];
+
 /// Commands RESP2's subscribed mode allows.
 const SUBSCRIBED_MODE_COMMANDS: &[&str] = &[
     "subscribe",
@@ -561,6 +575,14 @@ pub(crate) fn intercept(
     resp3: bool,
     routes: Option<&ServiceRoutes>,
 ) -> Option<Dispatch> {
+    if !pubsub.subscribed()
+        && !INTERCEPTED
+            .iter()
+            .any(|name| argv[0].eq_ignore_ascii_case(name.as_bytes()))
+    {
+        // Every keyed command of a pipeline passes here: no name copied for them.
+        return None;
+    }
     let name = String::from_utf8_lossy(&argv[0]).to_ascii_lowercase();
     if pubsub.subscribed() && !resp3 {
         if !SUBSCRIBED_MODE_COMMANDS.contains(&name.as_str()) {
