@@ -475,6 +475,7 @@ fn load(
     }
     // The snapshot holds the whole state (a GiB at most sizes): read once from its file,
     // checked while it is read, into the buffer the state machine decodes.
+    let snapshot_started = Instant::now();
     let file = snapshot_file::read(dir).map_err(|r| DiskStoreError::Corrupt {
         path: snapshot_file::path(dir),
         what: "the snapshot".into(),
@@ -497,6 +498,7 @@ fn load(
             None => None,
         }
     };
+    let log_started = Instant::now();
     let log = txn.open_table(LOG).map_err(|e| redb_corrupt(&e))?;
     let mut expected: Option<u64> = None;
     for row in log.iter().map_err(|e| redb_corrupt(&e))? {
@@ -524,6 +526,14 @@ fn load(
     if let Some(purged) = cached.last_purged {
         cached.entries = cached.entries.split_off(&(purged.index + 1));
     }
+    // The restart profile's spans (docs/BENCHMARKS.md, "Session 10: the member restart").
+    tracing::info!(
+        path = %path.display(),
+        snapshot_read_ms = (log_started - snapshot_started).as_secs_f64() * 1e3,
+        log_read_ms = log_started.elapsed().as_secs_f64() * 1e3,
+        entries = cached.entries.len(),
+        "replica store read"
+    );
     Ok((cached, snapshot, has_legacy))
 }
 

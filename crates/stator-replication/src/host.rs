@@ -637,11 +637,14 @@ impl Host {
             node_id: self.inner.node_id,
             transport: self.inner.transport.clone(),
         };
+        let opening = Instant::now();
         let (log, sm) = self.open_storage(group, &options, app).await?;
         let stopped = |e: openraft::error::Fatal<NodeId>| HostError::Stopped {
             group,
             reason: e.to_string(),
         };
+        let starting = Instant::now();
+        let (applied_before, apply_us_before) = (sm.last_applied_index().await, sm.apply_us());
         let raft = match &log {
             ReplicaLog::Memory(log) => {
                 Raft::new(self.inner.node_id, config, network, log.clone(), sm.clone()).await
@@ -651,6 +654,18 @@ impl Host {
             }
         }
         .map_err(stopped)?;
+        if matches!(log, ReplicaLog::Disk(_)) {
+            // The restart profile's spans (docs/BENCHMARKS.md, "Session 10: the member
+            // restart"): openraft's start re-applies the committed log after the snapshot.
+            tracing::info!(
+                %group,
+                open_storage_ms = (starting - opening).as_secs_f64() * 1e3,
+                raft_start_ms = starting.elapsed().as_secs_f64() * 1e3,
+                reapplied_entries = sm.last_applied_index().await - applied_before,
+                reapply_ms = (sm.apply_us() - apply_us_before) as f64 / 1e3,
+                "durable replica started"
+            );
+        }
         let quiet = if options.quiesce && options.forming {
             Quiescence::new_forming(&raft)
         } else {

@@ -83,6 +83,11 @@ pub struct ReplicaStateMachine {
     inner: Arc<Mutex<SmInner>>,
     snapshot_counter: Arc<AtomicU64>,
     state_bytes: Arc<AtomicU64>,
+    /// Time spent applying entries, in microseconds (the restart profile reads it around
+    /// openraft's start, which re-applies the committed log).
+    apply_us: Arc<AtomicU64>,
+    /// When the snapshot being received began (the install's log reports the transfer).
+    receiving_since: Arc<std::sync::Mutex<Option<Instant>>>,
     /// Where snapshots are persisted (durable replicas).
     store: Option<DiskLogStore>,
 }
@@ -109,6 +114,8 @@ impl ReplicaStateMachine {
             })),
             snapshot_counter: Arc::new(AtomicU64::new(0)),
             state_bytes: Arc::new(AtomicU64::new(0)),
+            apply_us: Arc::new(AtomicU64::new(0)),
+            receiving_since: Arc::default(),
             store: None,
         }
     }
@@ -121,6 +128,7 @@ impl ReplicaStateMachine {
     ) -> Result<Self, AppError> {
         let mut machine = Self::new(app);
         if let Some((meta, data)) = store.take_snapshot_at_open() {
+            let started = Instant::now();
             let body: SnapshotBodyRef<'_> = postcard::from_bytes(&data).map_err(|e| {
                 AppError::BadSnapshot(format!(
                     "snapshot {} in {} does not decode: {e}",
@@ -128,14 +136,23 @@ impl ReplicaStateMachine {
                     store.dir().display()
                 ))
             })?;
+            let decoded = Instant::now();
             let mut inner = machine.inner.lock().await;
             inner.app.restore(body.app).await?;
+            let restored = Instant::now();
             inner.sessions = body.sessions;
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
             machine
                 .state_bytes
                 .store(inner.app.state_bytes(), Ordering::Relaxed);
+            tracing::info!(
+                snapshot = %meta.snapshot_id,
+                bytes = data.len(),
+                decode_ms = ms(decoded - started),
+                restore_ms = ms(restored - decoded),
+                "snapshot restored at open"
+            );
             inner.snapshot = Some(StoredSnapshot {
                 meta,
                 data: Arc::new(data),
@@ -154,6 +171,11 @@ impl ReplicaStateMachine {
     /// Index of the last applied entry.
     pub async fn last_applied_index(&self) -> u64 {
         self.inner.lock().await.last_applied.map_or(0, |l| l.index)
+    }
+
+    /// Time spent applying entries so far, microseconds.
+    pub fn apply_us(&self) -> u64 {
+        self.apply_us.load(Ordering::Relaxed)
     }
 
     /// Bytes of app state, as last reported by the app.
@@ -254,6 +276,7 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let started = Instant::now();
         let mut guard = self.inner.lock().await;
         let inner = &mut *guard;
         let mut replies = Vec::new();
@@ -298,6 +321,8 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
         }
         self.state_bytes
             .store(inner.app.state_bytes(), Ordering::Relaxed);
+        self.apply_us
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         Ok(replies)
     }
 
@@ -306,6 +331,7 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        *self.receiving_since.lock().expect("receiving mutex") = Some(Instant::now());
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -315,6 +341,12 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let started = Instant::now();
+        let receive_ms = self
+            .receiving_since
+            .lock()
+            .expect("receiving mutex")
+            .take()
+            .map_or(0.0, |since| ms(started - since));
         let data = Arc::new(snapshot.into_inner());
         let body: SnapshotBodyRef<'_> = postcard::from_bytes(&data).map_err(|e| {
             StorageIOError::read_snapshot(
@@ -322,11 +354,14 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
                 &std::io::Error::other(e.to_string()),
             )
         })?;
+        let decoded = Instant::now();
         if let Some(store) = &self.store {
             store.save_snapshot(meta, data.clone()).await?;
         }
+        let saved = Instant::now();
         let mut inner = self.inner.lock().await;
         inner.app.restore(body.app).await.map_err(app_error)?;
+        let restored = Instant::now();
         inner.sessions = body.sessions;
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
@@ -339,10 +374,24 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
         tracing::info!(
             snapshot = %meta.snapshot_id,
             bytes = inner.snapshot.as_ref().map_or(0, |s| s.data.len()),
+            receive_ms,
+            decode_ms = ms(decoded - started),
+            save_ms = ms(saved - decoded),
+            restore_ms = ms(restored - saved),
             install_ms = ms(started.elapsed()),
             "snapshot installed"
         );
         Ok(())
+    }
+
+    /// The held snapshot's metadata, without copying its bytes: openraft's start asks for
+    /// nothing else (the workspace's openraft patch), and a durable replica reopened at
+    /// 1 GiB of state would otherwise copy its whole snapshot to answer.
+    async fn get_current_snapshot_meta(
+        &mut self,
+    ) -> Result<Option<SnapshotMeta<NodeId, openraft::BasicNode>>, StorageError> {
+        let inner = self.inner.lock().await;
+        Ok(inner.snapshot.as_ref().map(|s| s.meta.clone()))
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
