@@ -10,9 +10,10 @@
 //! operations in arrival order.
 //!
 //! # Opening
-//! Opening reads the snapshot file once, checksumming it chunk by chunk as it is read,
-//! into the buffer the state machine decodes (no second copy), and then only the log
-//! records redb still holds: the ones after the last purge.
+//! Opening maps the snapshot file (the state machine decodes straight from it, no copy)
+//! and checks its checksum on a thread of its own while it reads the log records redb
+//! still holds (the ones after the last purge); a snapshot that fails its checksum fails
+//! the open as before.
 //!
 //! # Group commit
 //! The writer takes every operation queued since its last commit into one redb
@@ -115,8 +116,12 @@ pub enum DiskStoreError {
     },
 }
 
-/// A snapshot as stored: openraft's metadata and the state machine's bytes.
-pub type StoredSnapshot = (SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>);
+/// A snapshot as stored: openraft's metadata and the state machine's bytes (mapped from
+/// the snapshot file at open, see [`crate::snapshot_file`]).
+pub type StoredSnapshot = (
+    SnapshotMeta<NodeId, openraft::BasicNode>,
+    Arc<snapshot_file::StateBytes>,
+);
 
 /// Fault injection for tests: make every following write fail as a full disk would.
 #[derive(Debug, Default)]
@@ -352,7 +357,7 @@ impl DiskLogStore {
     pub async fn save_snapshot(
         &self,
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
-        data: Arc<Vec<u8>>,
+        data: Arc<snapshot_file::StateBytes>,
     ) -> Result<(), StorageError> {
         let fail = |why: String| -> StorageError {
             StorageIOError::write_snapshot(Some(meta.signature()), &io_error(why)).into()
@@ -473,14 +478,17 @@ fn load(
     if let Some(bytes) = read_meta(KEY_PURGED)? {
         cached.last_purged = decode(&bytes, KEY_PURGED, &corrupt)?;
     }
-    // The snapshot holds the whole state (a GiB at most sizes): read once from its file,
-    // checked while it is read, into the buffer the state machine decodes.
+    // The snapshot holds the whole state (a GiB at most sizes): mapped, not copied, and
+    // its checksum checked on a thread of its own while the log is read below.
     let snapshot_started = Instant::now();
-    let file = snapshot_file::read(dir).map_err(|r| DiskStoreError::Corrupt {
+    let snapshot_corrupt = |reason: String| DiskStoreError::Corrupt {
         path: snapshot_file::path(dir),
         what: "the snapshot".into(),
-        reason: r,
-    })?;
+        reason,
+    };
+    let file = snapshot_file::open(dir).map_err(snapshot_corrupt)?;
+    let snapshot_check = file.as_ref().map(|f| f.spawn_verify());
+    let file = file.map(|f| (f.meta, f.body));
     let legacy = meta.get(KEY_SNAPSHOT).map_err(|e| redb_corrupt(&e))?;
     let has_legacy = legacy.is_some();
     let snapshot: Option<StoredSnapshot> = if let Some((meta_bytes, body)) = file {
@@ -493,7 +501,7 @@ fn load(
                     .map_err(|r| corrupt(KEY_SNAPSHOT.into(), r))?;
                 let (meta, data): (SnapshotMeta<NodeId, openraft::BasicNode>, &[u8]) =
                     decode(bytes, KEY_SNAPSHOT, &corrupt)?;
-                Some((meta, data.to_vec()))
+                Some((meta, Arc::new(data.to_vec().into())))
             }
             None => None,
         }
@@ -526,11 +534,19 @@ fn load(
     if let Some(purged) = cached.last_purged {
         cached.entries = cached.entries.split_off(&(purged.index + 1));
     }
+    let log_read = Instant::now();
+    if let Some(check) = snapshot_check {
+        check
+            .join()
+            .map_err(|_| snapshot_corrupt("checking its checksum panicked".into()))?
+            .map_err(snapshot_corrupt)?;
+    }
     // The restart profile's spans (docs/BENCHMARKS.md, "Session 10: the member restart").
     tracing::info!(
         path = %path.display(),
-        snapshot_read_ms = (log_started - snapshot_started).as_secs_f64() * 1e3,
-        log_read_ms = log_started.elapsed().as_secs_f64() * 1e3,
+        snapshot_map_ms = (log_started - snapshot_started).as_secs_f64() * 1e3,
+        log_read_ms = (log_read - log_started).as_secs_f64() * 1e3,
+        checksum_wait_ms = log_read.elapsed().as_secs_f64() * 1e3,
         entries = cached.entries.len(),
         "replica store read"
     );
@@ -909,7 +925,7 @@ mod tests {
         {
             let store = DiskLogStore::open(dir.path(), SyncPolicy::EveryAppend).unwrap();
             store
-                .save_snapshot(&meta, Arc::new(b"the state".to_vec()))
+                .save_snapshot(&meta, Arc::new(b"the state".to_vec().into()))
                 .await
                 .unwrap();
             assert!(
@@ -919,8 +935,8 @@ mod tests {
         }
         let store = DiskLogStore::open(dir.path(), SyncPolicy::EveryAppend).unwrap();
         let (read_meta, data) = store.take_snapshot_at_open().expect("the snapshot");
-        assert_eq!((read_meta, data.as_slice()), (meta, &b"the state"[..]));
-        drop(store);
+        assert_eq!((read_meta, &data[..]), (meta, &b"the state"[..]));
+        drop((store, data));
 
         let file = snapshot_file::path(dir.path());
         let bytes = std::fs::read(&file).unwrap();

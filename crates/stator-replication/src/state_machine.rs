@@ -5,6 +5,7 @@
 //! starts from it: openraft then re-applies the committed log after it.
 
 use crate::disk_store::DiskLogStore;
+use crate::snapshot_file::StateBytes;
 use crate::session::{SessionCheck, Sessions};
 use crate::types::{BatchReply, CommandReply, Entry, NodeId, StorageError, TypeConfig};
 use openraft::storage::RaftStateMachine;
@@ -43,15 +44,16 @@ struct SnapshotBodyRef<'a> {
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, openraft::BasicNode>,
     /// Shared, so that handing a copy to openraft can happen off the lock and off the
-    /// runtime (see [`copy_off_runtime`]).
-    data: Arc<Vec<u8>>,
+    /// runtime (see [`copy_off_runtime`]); mapped from its file when the replica reopened
+    /// its store (page cache, not a second copy of the state in this process).
+    data: Arc<StateBytes>,
 }
 
 /// Copies `data` into a vector openraft can own, on a blocking-pool thread: a 64 MiB
 /// memcpy would otherwise hold the replica's runtime (a single thread in an agent's
 /// benchmark host, and every Raft task of the host shares it) for tens of milliseconds.
-async fn copy_off_runtime(data: Arc<Vec<u8>>) -> Vec<u8> {
-    tokio::task::spawn_blocking(move || data.as_ref().clone())
+async fn copy_off_runtime(data: Arc<StateBytes>) -> Vec<u8> {
+    tokio::task::spawn_blocking(move || data.to_vec())
         .await
         .expect("copying a snapshot panicked")
 }
@@ -153,10 +155,7 @@ impl ReplicaStateMachine {
                 restore_ms = ms(restored - decoded),
                 "snapshot restored at open"
             );
-            inner.snapshot = Some(StoredSnapshot {
-                meta,
-                data: Arc::new(data),
-            });
+            inner.snapshot = Some(StoredSnapshot { meta, data });
         }
         machine.store = Some(store);
         Ok(machine)
@@ -223,7 +222,7 @@ impl RaftSnapshotBuilder<TypeConfig> for ReplicaStateMachine {
             .snapshot
             .as_ref()
             .is_some_and(|s| s.meta.last_log_id > meta.last_log_id);
-        let data = Arc::new(data);
+        let data = Arc::new(StateBytes::from(data));
         if !newer_held {
             if let Some(store) = &self.store {
                 // On disk before openraft purges the log it covers; under the lock, so
@@ -347,7 +346,7 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
             .expect("receiving mutex")
             .take()
             .map_or(0.0, |since| ms(started - since));
-        let data = Arc::new(snapshot.into_inner());
+        let data = Arc::new(StateBytes::from(snapshot.into_inner()));
         let body: SnapshotBodyRef<'_> = postcard::from_bytes(&data).map_err(|e| {
             StorageIOError::read_snapshot(
                 Some(meta.signature()),
