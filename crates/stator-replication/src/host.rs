@@ -657,11 +657,13 @@ impl Host {
         if matches!(log, ReplicaLog::Disk(_)) {
             // The restart profile's spans (docs/BENCHMARKS.md, "Session 10: the member
             // restart"): openraft's start re-applies the committed log after the snapshot.
+            let raft_start_ms = starting.elapsed().as_secs_f64() * 1e3;
+            let reapplied_entries = sm.last_applied_index().await - applied_before;
             tracing::info!(
                 %group,
                 open_storage_ms = (starting - opening).as_secs_f64() * 1e3,
-                raft_start_ms = starting.elapsed().as_secs_f64() * 1e3,
-                reapplied_entries = sm.last_applied_index().await - applied_before,
+                raft_start_ms,
+                reapplied_entries,
                 reapply_ms = (sm.apply_us() - apply_us_before) as f64 / 1e3,
                 "durable replica started"
             );
