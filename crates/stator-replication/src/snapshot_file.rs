@@ -76,6 +76,9 @@ pub fn write(dir: &Path, meta: &[u8], body: &[u8]) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// A snapshot as read: its metadata bytes (postcard) and the state machine's bytes.
+pub type SnapshotBytes = (Vec<u8>, Arc<StateBytes>);
+
 /// A snapshot's state bytes: built in memory, or mapped from the replica's file.
 #[derive(Debug)]
 pub enum StateBytes {
@@ -201,7 +204,7 @@ pub fn open(dir: &Path) -> Result<Option<SnapshotFile>, String> {
 
 /// Reads the replica's snapshot and checks it: `Ok(None)` when there is none, `Err`
 /// (what failed) when the file is torn or fails its checksum.
-pub fn read(dir: &Path) -> Result<Option<(Vec<u8>, Arc<StateBytes>)>, String> {
+pub fn read(dir: &Path) -> Result<Option<SnapshotBytes>, String> {
     let Some(file) = open(dir)? else {
         return Ok(None);
     };
@@ -241,10 +244,7 @@ mod tests {
         write(dir.path(), b"m2", b"second").unwrap();
         std::fs::write(dir.path().join(SNAPSHOT_TMP_FILE_NAME), b"half a snap").unwrap();
         let (meta, body) = read(dir.path()).unwrap().unwrap();
-        assert_eq!(
-            (meta.as_slice(), &body[..]),
-            (&b"m2"[..], &b"second"[..])
-        );
+        assert_eq!((meta.as_slice(), &body[..]), (&b"m2"[..], &b"second"[..]));
         assert!(!dir.path().join(SNAPSHOT_TMP_FILE_NAME).exists());
     }
 }

@@ -5,8 +5,8 @@
 //! starts from it: openraft then re-applies the committed log after it.
 
 use crate::disk_store::DiskLogStore;
-use crate::snapshot_file::StateBytes;
 use crate::session::{SessionCheck, Sessions};
+use crate::snapshot_file::StateBytes;
 use crate::types::{BatchReply, CommandReply, Entry, NodeId, StorageError, TypeConfig};
 use openraft::storage::RaftStateMachine;
 use openraft::{
