@@ -37,6 +37,10 @@ pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = stator_api::spec::DEFAULT_ELECTION_
 pub const DEFAULT_SNAPSHOT_EVERY_ENTRIES: u64 = 20_000;
 /// Largest snapshot chunk sent in one frame (well under the transport's frame limit).
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 << 20;
+/// Log entries a replica keeps behind its latest snapshot (openraft's
+/// `max_in_snapshot_log_to_keep`): a follower that lags by fewer catches up from the log
+/// instead of a whole snapshot.
+pub const LOG_KEPT_BEHIND_SNAPSHOT: u64 = 1_000;
 /// Entries per AppendEntries message; bounds one frame's size for small commands.
 pub const MAX_ENTRIES_PER_APPEND: u64 = 128;
 /// A learner this many entries behind the leader counts as caught up: the last few are
@@ -624,7 +628,7 @@ impl Host {
                 options.snapshot_every_entries,
             ),
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
-            max_in_snapshot_log_to_keep: 1_000,
+            max_in_snapshot_log_to_keep: LOG_KEPT_BEHIND_SNAPSHOT,
             purge_batch_size: 256,
             ..Default::default()
         };
