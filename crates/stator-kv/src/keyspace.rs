@@ -116,16 +116,30 @@ impl Keyspace {
         self.write_version = version;
     }
 
+    /// Adds a key read from a snapshot with the version it had: one map insert, no
+    /// lookup first (a snapshot's keys are strictly sorted, so none repeats; a repeat is
+    /// a broken invariant). The write counter is the snapshot's, set by the caller.
+    pub(crate) fn insert_restored(
+        &mut self,
+        key: Vec<u8>,
+        data: Data,
+        expires_at_ms: Option<u64>,
+        version: u64,
+    ) {
+        debug_assert!(!data.is_empty_collection(), "restored an empty collection");
+        self.bytes += key.len() as u64 + data.bytes();
+        if let Some(at_ms) = expires_at_ms {
+            self.by_expiry.insert((at_ms, key.clone()));
+        }
+        let previous = self
+            .entries
+            .insert(key, Entry::new(data, expires_at_ms, version));
+        assert!(previous.is_none(), "a snapshot restored one key twice");
+    }
+
     /// All entries, in no particular order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &Entry)> {
         self.entries.iter()
-    }
-
-    /// Sets the version of an existing key (snapshot restore).
-    pub(crate) fn set_version(&mut self, key: &[u8], version: u64) {
-        if let Some(entry) = self.entries.get_mut(key) {
-            entry.version = version;
-        }
     }
 
     fn next_version(&mut self) -> u64 {

@@ -21,7 +21,7 @@
 //! Version 1 (strings only: no `write_version`, no type byte, no per-entry version) is still
 //! read, so a node upgraded in place restores its old snapshots.
 
-use crate::keyspace::{ExpiryChange, Keyspace};
+use crate::keyspace::Keyspace;
 use crate::machine::KvMachine;
 use crate::ops::{Scripts, MAX_CACHED_SCRIPTS, MAX_FUNCTION_LIBRARIES};
 use crate::scripting::sha1_hex;
@@ -189,7 +189,6 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<KvMachine, AppError> {
         .min(remaining_bytes / min_entry_bytes);
     let mut keyspace = Keyspace::with_capacity(capacity);
     let mut previous_key: Option<&[u8]> = None;
-    let mut versions: Vec<(&[u8], u64)> = Vec::new();
     for _ in 0..entry_count {
         let key = reader.len_prefixed()?;
         if previous_key.is_some_and(|previous| previous >= key) {
@@ -206,21 +205,20 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<KvMachine, AppError> {
         if data.is_empty_collection() {
             return Err(bad(&format!("key {key:?} holds an empty collection")));
         }
-        let expiry = match reader.take(1)?[0] {
-            0 => ExpiryChange::Clear,
-            1 => ExpiryChange::At(reader.u64()?),
+        let expires_at_ms = match reader.take(1)?[0] {
+            0 => None,
+            1 => Some(reader.u64()?),
             other => return Err(bad(&format!("expiry flag {other} is neither 0 nor 1"))),
         };
-        if typed {
-            let version = reader.u64()?;
-            if version > write_version {
-                return Err(bad(&format!(
-                    "key version {version} is past the write version {write_version}"
-                )));
-            }
-            versions.push((key, version));
+        // Version 1 kept no versions: its keys start at 0, as if unwritten since.
+        let version = if typed { reader.u64()? } else { 0 };
+        if version > write_version {
+            return Err(bad(&format!(
+                "key version {version} is past the write version {write_version}"
+            )));
         }
-        keyspace.insert_data(key.to_vec(), data, expiry);
+        // Keys are strictly sorted (checked above), so this adds each once, in one insert.
+        keyspace.insert_restored(key.to_vec(), data, expires_at_ms, version);
     }
     let scripts = if version == VERSION {
         decode_scripts(&mut reader)?
@@ -234,9 +232,6 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<KvMachine, AppError> {
         )));
     }
     keyspace.set_write_version(write_version);
-    for (key, version) in versions {
-        keyspace.set_version(key, version);
-    }
     Ok(KvMachine {
         keyspace,
         now_ms,

@@ -19,12 +19,13 @@
 //! # Opening
 //! Opening takes the directory's lock (`meta.bin`, an exclusive `flock`: a second agent on
 //! the same data dir is refused, and a previous incarnation of the replica in this process
-//! is waited for, up to [`OPEN_RETRY_FOR`]), reads the snapshot file once, checksumming it
-//! chunk by chunk as it is read, into the buffer the state machine decodes (no second
-//! copy), then reads every log segment once, checking each record: records at or below the
+//! is waited for, up to [`OPEN_RETRY_FOR`]), maps the snapshot file (the state machine
+//! decodes straight from it, no copy) and checks its checksum on a thread of its own
+//! while it reads every log segment once, checking each record: records at or below the
 //! purge point (covered by the snapshot) are checked but not decoded or kept. A torn tail
 //! (a batch a crash cut before its `fdatasync` returned: never acknowledged) is cut off; a
-//! bad record anywhere else fails the open with [`DiskStoreError::Corrupt`].
+//! bad record anywhere else, or a snapshot that fails its checksum, fails the open with
+//! [`DiskStoreError::Corrupt`].
 //!
 //! # Group commit
 //! The writer takes every operation queued since its last write as one batch: the batch's
@@ -145,8 +146,12 @@ pub enum DiskStoreError {
     },
 }
 
-/// A snapshot as stored: openraft's metadata and the state machine's bytes.
-pub type StoredSnapshot = (SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>);
+/// A snapshot as stored: openraft's metadata and the state machine's bytes (mapped from
+/// the snapshot file at open, see [`crate::snapshot_file`]).
+pub type StoredSnapshot = (
+    SnapshotMeta<NodeId, openraft::BasicNode>,
+    Arc<snapshot_file::StateBytes>,
+);
 
 /// Fault injection for tests: make every following write fail as a full disk would.
 #[derive(Debug, Default)]
@@ -422,23 +427,26 @@ impl DiskLogStore {
         if dir.join(LEGACY_STORE_FILE_NAME).exists() {
             migrate(dir, &mut meta)?;
         }
-        // The snapshot holds the whole state (a GiB at most sizes): read once from its
-        // file, checked while it is read, into the buffer the state machine decodes.
+        // The snapshot holds the whole state (a GiB at most sizes): mapped, not copied, and
+        // its checksum checked on a thread of its own while the log is read below; nothing
+        // is served before that check has passed.
         let snapshot_path = snapshot_file::path(dir);
         let corrupt_snapshot = |what: String, reason: String| DiskStoreError::Corrupt {
             path: snapshot_path.clone(),
             what,
             reason,
         };
-        let snapshot: Option<StoredSnapshot> = match snapshot_file::read(dir)
-            .map_err(|r| corrupt_snapshot("the snapshot".into(), r))?
-        {
-            Some((meta_bytes, body)) => Some((
-                decode(&meta_bytes, "the snapshot's metadata", &corrupt_snapshot)?,
-                body,
+        let file =
+            snapshot_file::open(dir).map_err(|r| corrupt_snapshot("the snapshot".into(), r))?;
+        let snapshot_check = file.as_ref().map(|f| f.spawn_verify());
+        let snapshot: Option<StoredSnapshot> = match file {
+            Some(file) => Some((
+                decode(&file.meta, "the snapshot's metadata", &corrupt_snapshot)?,
+                file.body,
             )),
             None => None,
         };
+        let log_started = Instant::now();
         let purged = meta.state.last_purged.map(|p| p.index);
         let mut entries: BTreeMap<u64, Entry> = BTreeMap::new();
         let (log, opened) = LogFile::open(dir, |index, payload| {
@@ -468,6 +476,19 @@ impl DiskLogStore {
                 reason,
             },
         })?;
+        let log_read = Instant::now();
+        if let Some(check) = snapshot_check {
+            check
+                .join()
+                .map_err(|_| {
+                    corrupt_snapshot(
+                        "the snapshot".into(),
+                        "checking its checksum panicked".into(),
+                    )
+                })?
+                .map_err(|r| corrupt_snapshot("the snapshot".into(), r))?;
+        }
+        let checksum_wait = log_read.elapsed();
         let corrupt_log = |what: String, reason: String| DiskStoreError::Corrupt {
             path: log_file::log_dir(dir),
             what,
@@ -502,6 +523,8 @@ impl DiskLogStore {
             segments = opened.segments,
             torn_bytes = opened.torn_bytes,
             snapshot_bytes = snapshot.as_ref().map_or(0, |s| s.1.len()),
+            log_read_ms = (log_read - log_started).as_secs_f64() * 1e3,
+            checksum_wait_ms = checksum_wait.as_secs_f64() * 1e3,
             open_ms = started.elapsed().as_secs_f64() * 1e3,
             "replica store opened"
         );
@@ -579,7 +602,7 @@ impl DiskLogStore {
     pub async fn save_snapshot(
         &self,
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
-        data: Arc<Vec<u8>>,
+        data: Arc<snapshot_file::StateBytes>,
     ) -> Result<(), StorageError> {
         let fail = |why: String| -> StorageError {
             StorageIOError::write_snapshot(Some(meta.signature()), &io_error(why)).into()
@@ -738,7 +761,7 @@ fn load_legacy(
         Some(bytes) => {
             let (meta, data): (SnapshotMeta<NodeId, openraft::BasicNode>, &[u8]) =
                 decode(&bytes, KEY_SNAPSHOT, &corrupt)?;
-            Some((meta, data.to_vec()))
+            Some((meta, Arc::new(data.to_vec().into())))
         }
         None => None,
     };
@@ -1140,7 +1163,7 @@ mod tests {
         {
             let store = DiskLogStore::open(dir.path(), SyncPolicy::EveryAppend).unwrap();
             store
-                .save_snapshot(&meta, Arc::new(b"the state".to_vec()))
+                .save_snapshot(&meta, Arc::new(b"the state".to_vec().into()))
                 .await
                 .unwrap();
             assert!(
@@ -1150,8 +1173,8 @@ mod tests {
         }
         let store = DiskLogStore::open(dir.path(), SyncPolicy::EveryAppend).unwrap();
         let (read_meta, data) = store.take_snapshot_at_open().expect("the snapshot");
-        assert_eq!((read_meta, data.as_slice()), (meta, &b"the state"[..]));
-        drop(store);
+        assert_eq!((read_meta, &data[..]), (meta, &b"the state"[..]));
+        drop((store, data));
 
         let file = snapshot_file::path(dir.path());
         let bytes = std::fs::read(&file).unwrap();

@@ -37,6 +37,10 @@ pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = stator_api::spec::DEFAULT_ELECTION_
 pub const DEFAULT_SNAPSHOT_EVERY_ENTRIES: u64 = 20_000;
 /// Largest snapshot chunk sent in one frame (well under the transport's frame limit).
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 << 20;
+/// Log entries a replica keeps behind its latest snapshot (openraft's
+/// `max_in_snapshot_log_to_keep`): a follower that lags by fewer catches up from the log
+/// instead of a whole snapshot.
+pub const LOG_KEPT_BEHIND_SNAPSHOT: u64 = 1_000;
 /// Entries per AppendEntries message; bounds one frame's size for small commands.
 pub const MAX_ENTRIES_PER_APPEND: u64 = 128;
 /// A learner this many entries behind the leader counts as caught up: the last few are
@@ -624,7 +628,7 @@ impl Host {
                 options.snapshot_every_entries,
             ),
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
-            max_in_snapshot_log_to_keep: 1_000,
+            max_in_snapshot_log_to_keep: LOG_KEPT_BEHIND_SNAPSHOT,
             purge_batch_size: 256,
             ..Default::default()
         };
@@ -637,11 +641,14 @@ impl Host {
             node_id: self.inner.node_id,
             transport: self.inner.transport.clone(),
         };
+        let opening = Instant::now();
         let (log, sm) = self.open_storage(group, &options, app).await?;
         let stopped = |e: openraft::error::Fatal<NodeId>| HostError::Stopped {
             group,
             reason: e.to_string(),
         };
+        let starting = Instant::now();
+        let (applied_before, apply_us_before) = (sm.last_applied_index().await, sm.apply_us());
         let raft = match &log {
             ReplicaLog::Memory(log) => {
                 Raft::new(self.inner.node_id, config, network, log.clone(), sm.clone()).await
@@ -651,6 +658,20 @@ impl Host {
             }
         }
         .map_err(stopped)?;
+        if matches!(log, ReplicaLog::Disk(_)) {
+            // The restart profile's spans (docs/BENCHMARKS.md, "Session 10: the member
+            // restart"): openraft's start re-applies the committed log after the snapshot.
+            let raft_start_ms = starting.elapsed().as_secs_f64() * 1e3;
+            let reapplied_entries = sm.last_applied_index().await - applied_before;
+            tracing::info!(
+                %group,
+                open_storage_ms = (starting - opening).as_secs_f64() * 1e3,
+                raft_start_ms,
+                reapplied_entries,
+                reapply_ms = (sm.apply_us() - apply_us_before) as f64 / 1e3,
+                "durable replica started"
+            );
+        }
         let quiet = if options.quiesce && options.forming {
             Quiescence::new_forming(&raft)
         } else {

@@ -14,7 +14,8 @@
 //!   files: records with a CRC-32 appended with `pwrite`, one `fdatasync` per batch; a
 //!   torn tail cut at open, any other damage refused.
 //! - [`snapshot_file`]: a durable replica's snapshot as a file of its own (written
-//!   whole, fsynced and renamed; read once, checksummed while it is read).
+//!   whole, fsynced and renamed, never in place; mapped at open, its checksum checked
+//!   on a thread of its own while the log is read).
 //! - [`state_machine`]: applies committed entries to the hosted app, with snapshots.
 //! - [`session`]: exactly-once client sessions, replicated with the state.
 //! - [`transport`]: one multiplexed, authenticated, batched TCP connection per peer.

@@ -4,8 +4,18 @@
 //!
 //! Until session 9 the snapshot was a record in the replica's redb file: each snapshot
 //! copied the whole state into redb's pages, and a restart read it back through redb and
-//! copied it once more. As a file it is written once and read once, straight into the
-//! buffer the state machine decodes, its checksum computed chunk by chunk while it is read.
+//! copied it once more. As a file it is written once; since session 10 a restart maps it
+//! ([`open`]) instead of copying it into a buffer: the state machine decodes straight
+//! from the page cache, the checksum ([`SnapshotFile::spawn_verify`]) runs on its own
+//! thread while the store reads its log, and the replica keeps the mapping (page cache,
+//! not a second copy of the state in its own memory) as the snapshot it serves.
+//!
+//! # Why mapping is safe here
+//! A mapped file that shrinks under its mapping faults (SIGBUS) on the next read. This
+//! module never writes a snapshot file in place: a new one is written to a temporary
+//! file and renamed over the old, which leaves the mapped inode intact until the
+//! mapping is dropped. Nothing else may write into a replica's directory while its
+//! agent runs (the agent owns its `--data-dir`).
 //!
 //! # Layout
 //! `MAGIC` (8 bytes), the metadata's length (u32 LE), the body's length (u64 LE),
@@ -15,7 +25,9 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The snapshot's file inside a replica's directory.
 pub const SNAPSHOT_FILE_NAME: &str = "snapshot.bin";
@@ -27,11 +39,10 @@ const HEADER_BYTES: u64 = 8 + 4 + 8 + 4;
 /// Largest metadata a snapshot may declare (its membership and id); a larger length in
 /// a header is corruption, not a reason to allocate.
 pub const MAX_META_BYTES: u32 = 16 << 20;
-/// Bytes read (and checksummed) at a time: the checksum runs on bytes still in cache.
+/// Bytes checksummed at a time in tests of the chunked reader (kept: a body larger than
+/// one chunk must still verify as one checksum).
+#[cfg(test)]
 const READ_CHUNK_BYTES: u64 = 8 << 20;
-
-/// A snapshot as read: its metadata bytes (postcard) and the state machine's bytes.
-pub type SnapshotBytes = (Vec<u8>, Vec<u8>);
 
 /// The snapshot file of a replica directory.
 pub fn path(dir: &Path) -> PathBuf {
@@ -65,9 +76,77 @@ pub fn write(dir: &Path, meta: &[u8], body: &[u8]) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Reads the replica's snapshot: `Ok(None)` when there is none, `Err` (what failed) when
-/// the file is torn or fails its checksum. Removes a leftover temporary file.
-pub fn read(dir: &Path) -> Result<Option<SnapshotBytes>, String> {
+/// A snapshot as read: its metadata bytes (postcard) and the state machine's bytes.
+pub type SnapshotBytes = (Vec<u8>, Arc<StateBytes>);
+
+/// A snapshot's state bytes: built in memory, or mapped from the replica's file.
+#[derive(Debug)]
+pub enum StateBytes {
+    /// Built or received by this replica.
+    Owned(Vec<u8>),
+    /// Mapped read-only from the snapshot file (see the module doc for why it is safe).
+    Mapped(memmap2::Mmap),
+}
+
+impl Deref for StateBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            StateBytes::Owned(bytes) => bytes,
+            StateBytes::Mapped(map) => map,
+        }
+    }
+}
+
+impl From<Vec<u8>> for StateBytes {
+    fn from(bytes: Vec<u8>) -> Self {
+        StateBytes::Owned(bytes)
+    }
+}
+
+/// A snapshot file opened with its header checked and its body mapped, not yet verified
+/// against its checksum: nothing may be served from it before [`SnapshotFile::verify`]
+/// (or the thread of [`SnapshotFile::spawn_verify`]) says it is intact.
+#[derive(Debug)]
+pub struct SnapshotFile {
+    /// The metadata's bytes (postcard).
+    pub meta: Vec<u8>,
+    /// The state machine's bytes.
+    pub body: Arc<StateBytes>,
+    stored_checksum: u32,
+}
+
+impl SnapshotFile {
+    /// Checks `crc32(metadata ++ body)` against the header's.
+    pub fn verify(&self) -> Result<(), String> {
+        verify(&self.meta, &self.body, self.stored_checksum)
+    }
+
+    /// Checks the checksum on a thread of its own (1 GiB takes a core for a while), so the
+    /// caller can read the log meanwhile; join the handle before serving anything.
+    pub fn spawn_verify(&self) -> std::thread::JoinHandle<Result<(), String>> {
+        let (meta, body, stored) = (self.meta.clone(), self.body.clone(), self.stored_checksum);
+        std::thread::spawn(move || verify(&meta, &body, stored))
+    }
+}
+
+fn verify(meta: &[u8], body: &[u8], stored: u32) -> Result<(), String> {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(meta);
+    hasher.update(body);
+    let actual = hasher.finalize();
+    if stored != actual {
+        return Err(format!(
+            "checksum mismatch: stored {stored:08x}, computed {actual:08x}"
+        ));
+    }
+    Ok(())
+}
+
+/// Opens the replica's snapshot: `Ok(None)` when there is none, `Err` (what failed) when
+/// the file is torn; its body is mapped, and its checksum is checked by the caller
+/// ([`SnapshotFile::verify`]). Removes a leftover temporary file.
+pub fn open(dir: &Path) -> Result<Option<SnapshotFile>, String> {
     let _ = std::fs::remove_file(dir.join(SNAPSHOT_TMP_FILE_NAME));
     let mut file = match File::open(path(dir)) {
         Ok(file) => file,
@@ -88,7 +167,7 @@ pub fn read(dir: &Path) -> Result<Option<SnapshotBytes>, String> {
     }
     let meta_len = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
     let body_len = u64::from_le_bytes(header[12..20].try_into().expect("8 bytes"));
-    let stored = u32::from_le_bytes(header[20..24].try_into().expect("4 bytes"));
+    let stored_checksum = u32::from_le_bytes(header[20..24].try_into().expect("4 bytes"));
     let want = HEADER_BYTES
         .checked_add(meta_len as u64)
         .and_then(|n| n.checked_add(body_len));
@@ -97,29 +176,40 @@ pub fn read(dir: &Path) -> Result<Option<SnapshotBytes>, String> {
             "torn: {file_len} bytes, its header says {meta_len} of metadata and {body_len} of state"
         ));
     }
-    let mut hasher = crc32fast::Hasher::new();
     let mut meta = vec![0u8; meta_len as usize];
     file.read_exact(&mut meta).map_err(io)?;
-    hasher.update(&meta);
-    let mut body = Vec::with_capacity(body_len as usize);
-    while (body.len() as u64) < body_len {
-        let from = body.len();
-        let chunk = READ_CHUNK_BYTES.min(body_len - from as u64);
-        let read = (&mut file).take(chunk).read_to_end(&mut body).map_err(io)?;
-        if read == 0 {
-            return Err(format!(
-                "torn: ended after {from} of {body_len} state bytes"
-            ));
+    let body = if body_len == 0 {
+        // An empty mapping is an error on Linux; an empty state is just empty.
+        StateBytes::Owned(Vec::new())
+    } else {
+        let len = usize::try_from(body_len).map_err(|_| "torn: state larger than memory")?;
+        // SAFETY: the file is never written in place (module doc): it is replaced by a
+        // rename, which leaves this mapping's inode unchanged until the mapping drops.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(HEADER_BYTES + meta_len as u64)
+                .len(len)
+                .populate()
+                .map(&file)
         }
-        hasher.update(&body[from..]);
-    }
-    let actual = hasher.finalize();
-    if stored != actual {
-        return Err(format!(
-            "checksum mismatch: stored {stored:08x}, computed {actual:08x}"
-        ));
-    }
-    Ok(Some((meta, body)))
+        .map_err(|e| format!("cannot map: {e}"))?;
+        StateBytes::Mapped(map)
+    };
+    Ok(Some(SnapshotFile {
+        meta,
+        body: Arc::new(body),
+        stored_checksum,
+    }))
+}
+
+/// Reads the replica's snapshot and checks it: `Ok(None)` when there is none, `Err`
+/// (what failed) when the file is torn or fails its checksum.
+pub fn read(dir: &Path) -> Result<Option<SnapshotBytes>, String> {
+    let Some(file) = open(dir)? else {
+        return Ok(None);
+    };
+    file.verify()?;
+    Ok(Some((file.meta, file.body)))
 }
 
 #[cfg(test)]
@@ -129,14 +219,15 @@ mod tests {
     #[test]
     fn a_snapshot_reads_back_and_a_flipped_bit_or_a_cut_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(read(dir.path()).unwrap(), None);
+        assert!(read(dir.path()).unwrap().is_none());
         let body: Vec<u8> = (0..(READ_CHUNK_BYTES as usize + 1000))
             .map(|i| i as u8)
             .collect();
         write(dir.path(), b"meta", &body).unwrap();
         let (meta, read_body) = read(dir.path()).unwrap().expect("a snapshot");
         assert_eq!(meta, b"meta");
-        assert_eq!(read_body, body);
+        assert_eq!(&read_body[..], &body[..]);
+        drop(read_body);
 
         let file = path(dir.path());
         let mut bytes = std::fs::read(&file).unwrap();
@@ -153,10 +244,7 @@ mod tests {
         write(dir.path(), b"m2", b"second").unwrap();
         std::fs::write(dir.path().join(SNAPSHOT_TMP_FILE_NAME), b"half a snap").unwrap();
         let (meta, body) = read(dir.path()).unwrap().unwrap();
-        assert_eq!(
-            (meta.as_slice(), body.as_slice()),
-            (&b"m2"[..], &b"second"[..])
-        );
+        assert_eq!((meta.as_slice(), &body[..]), (&b"m2"[..], &b"second"[..]));
         assert!(!dir.path().join(SNAPSHOT_TMP_FILE_NAME).exists());
     }
 }

@@ -6,6 +6,7 @@
 
 use crate::disk_store::DiskLogStore;
 use crate::session::{SessionCheck, Sessions};
+use crate::snapshot_file::StateBytes;
 use crate::types::{BatchReply, CommandReply, Entry, NodeId, StorageError, TypeConfig};
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -43,15 +44,16 @@ struct SnapshotBodyRef<'a> {
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, openraft::BasicNode>,
     /// Shared, so that handing a copy to openraft can happen off the lock and off the
-    /// runtime (see [`copy_off_runtime`]).
-    data: Arc<Vec<u8>>,
+    /// runtime (see [`copy_off_runtime`]); mapped from its file when the replica reopened
+    /// its store (page cache, not a second copy of the state in this process).
+    data: Arc<StateBytes>,
 }
 
 /// Copies `data` into a vector openraft can own, on a blocking-pool thread: a 64 MiB
 /// memcpy would otherwise hold the replica's runtime (a single thread in an agent's
 /// benchmark host, and every Raft task of the host shares it) for tens of milliseconds.
-async fn copy_off_runtime(data: Arc<Vec<u8>>) -> Vec<u8> {
-    tokio::task::spawn_blocking(move || data.as_ref().clone())
+async fn copy_off_runtime(data: Arc<StateBytes>) -> Vec<u8> {
+    tokio::task::spawn_blocking(move || data.to_vec())
         .await
         .expect("copying a snapshot panicked")
 }
@@ -83,6 +85,11 @@ pub struct ReplicaStateMachine {
     inner: Arc<Mutex<SmInner>>,
     snapshot_counter: Arc<AtomicU64>,
     state_bytes: Arc<AtomicU64>,
+    /// Time spent applying entries, in microseconds (the restart profile reads it around
+    /// openraft's start, which re-applies the committed log).
+    apply_us: Arc<AtomicU64>,
+    /// When the snapshot being received began (the install's log reports the transfer).
+    receiving_since: Arc<std::sync::Mutex<Option<Instant>>>,
     /// Where snapshots are persisted (durable replicas).
     store: Option<DiskLogStore>,
 }
@@ -109,6 +116,8 @@ impl ReplicaStateMachine {
             })),
             snapshot_counter: Arc::new(AtomicU64::new(0)),
             state_bytes: Arc::new(AtomicU64::new(0)),
+            apply_us: Arc::new(AtomicU64::new(0)),
+            receiving_since: Arc::default(),
             store: None,
         }
     }
@@ -121,6 +130,7 @@ impl ReplicaStateMachine {
     ) -> Result<Self, AppError> {
         let mut machine = Self::new(app);
         if let Some((meta, data)) = store.take_snapshot_at_open() {
+            let started = Instant::now();
             let body: SnapshotBodyRef<'_> = postcard::from_bytes(&data).map_err(|e| {
                 AppError::BadSnapshot(format!(
                     "snapshot {} in {} does not decode: {e}",
@@ -128,18 +138,24 @@ impl ReplicaStateMachine {
                     store.dir().display()
                 ))
             })?;
+            let decoded = Instant::now();
             let mut inner = machine.inner.lock().await;
             inner.app.restore(body.app).await?;
+            let restored = Instant::now();
             inner.sessions = body.sessions;
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
             machine
                 .state_bytes
                 .store(inner.app.state_bytes(), Ordering::Relaxed);
-            inner.snapshot = Some(StoredSnapshot {
-                meta,
-                data: Arc::new(data),
-            });
+            tracing::info!(
+                snapshot = %meta.snapshot_id,
+                bytes = data.len(),
+                decode_ms = ms(decoded - started),
+                restore_ms = ms(restored - decoded),
+                "snapshot restored at open"
+            );
+            inner.snapshot = Some(StoredSnapshot { meta, data });
         }
         machine.store = Some(store);
         Ok(machine)
@@ -154,6 +170,11 @@ impl ReplicaStateMachine {
     /// Index of the last applied entry.
     pub async fn last_applied_index(&self) -> u64 {
         self.inner.lock().await.last_applied.map_or(0, |l| l.index)
+    }
+
+    /// Time spent applying entries so far, microseconds.
+    pub fn apply_us(&self) -> u64 {
+        self.apply_us.load(Ordering::Relaxed)
     }
 
     /// Bytes of app state, as last reported by the app.
@@ -201,7 +222,7 @@ impl RaftSnapshotBuilder<TypeConfig> for ReplicaStateMachine {
             .snapshot
             .as_ref()
             .is_some_and(|s| s.meta.last_log_id > meta.last_log_id);
-        let data = Arc::new(data);
+        let data = Arc::new(StateBytes::from(data));
         if !newer_held {
             if let Some(store) = &self.store {
                 // On disk before openraft purges the log it covers; under the lock, so
@@ -254,6 +275,7 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let started = Instant::now();
         let mut guard = self.inner.lock().await;
         let inner = &mut *guard;
         let mut replies = Vec::new();
@@ -298,6 +320,8 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
         }
         self.state_bytes
             .store(inner.app.state_bytes(), Ordering::Relaxed);
+        self.apply_us
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         Ok(replies)
     }
 
@@ -306,6 +330,7 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        *self.receiving_since.lock().expect("receiving mutex") = Some(Instant::now());
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -315,18 +340,27 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let started = Instant::now();
-        let data = Arc::new(snapshot.into_inner());
+        let receive_ms = self
+            .receiving_since
+            .lock()
+            .expect("receiving mutex")
+            .take()
+            .map_or(0.0, |since| ms(started - since));
+        let data = Arc::new(StateBytes::from(snapshot.into_inner()));
         let body: SnapshotBodyRef<'_> = postcard::from_bytes(&data).map_err(|e| {
             StorageIOError::read_snapshot(
                 Some(meta.signature()),
                 &std::io::Error::other(e.to_string()),
             )
         })?;
+        let decoded = Instant::now();
         if let Some(store) = &self.store {
             store.save_snapshot(meta, data.clone()).await?;
         }
+        let saved = Instant::now();
         let mut inner = self.inner.lock().await;
         inner.app.restore(body.app).await.map_err(app_error)?;
+        let restored = Instant::now();
         inner.sessions = body.sessions;
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
@@ -339,10 +373,24 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
         tracing::info!(
             snapshot = %meta.snapshot_id,
             bytes = inner.snapshot.as_ref().map_or(0, |s| s.data.len()),
+            receive_ms,
+            decode_ms = ms(decoded - started),
+            save_ms = ms(saved - decoded),
+            restore_ms = ms(restored - saved),
             install_ms = ms(started.elapsed()),
             "snapshot installed"
         );
         Ok(())
+    }
+
+    /// The held snapshot's metadata, without copying its bytes: openraft's start asks for
+    /// nothing else (the workspace's openraft patch), and a durable replica reopened at
+    /// 1 GiB of state would otherwise copy its whole snapshot to answer.
+    async fn get_current_snapshot_meta(
+        &mut self,
+    ) -> Result<Option<SnapshotMeta<NodeId, openraft::BasicNode>>, StorageError> {
+        let inner = self.inner.lock().await;
+        Ok(inner.snapshot.as_ref().map(|s| s.meta.clone()))
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {

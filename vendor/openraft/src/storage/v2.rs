@@ -254,4 +254,16 @@ where C: RaftTypeConfig
     /// last-applied-membership config as part of the snapshot, which should be decoded for
     /// creating this method's response data.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<C>>, StorageError<C::NodeId>>;
+
+    /// stator patch: the current snapshot's metadata, without its data.
+    ///
+    /// Start-up (`StorageHelper::get_initial_state`) needs only the metadata; an
+    /// implementation holding a large snapshot in memory answers without copying it (a
+    /// durable replica's restart at 1 GiB of state otherwise copies the whole snapshot
+    /// once to read a few bytes of it). The default reads the whole snapshot, as before.
+    async fn get_current_snapshot_meta(
+        &mut self,
+    ) -> Result<Option<SnapshotMeta<C::NodeId, C::Node>>, StorageError<C::NodeId>> {
+        Ok(self.get_current_snapshot().await?.map(|s| s.meta))
+    }
 }
