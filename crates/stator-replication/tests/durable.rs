@@ -284,23 +284,8 @@ async fn a_corrupt_tail_after_a_snapshot_is_refused_and_the_member_rebuilds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_record_is_refused_at_open_and_the_replica_rebuilds_from_its_peers() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cluster =
-        InProcessCluster::start_durable(3, Arc::new(RegisterFactory), dir.path().to_path_buf())
-            .await;
-    cluster
-        .create_group(GROUP, &[1, 2, 3], disk_options())
-        .await;
-    cluster.leader(GROUP).await;
-    let client = ReplicaClient::new(TEST_SECRET);
-    let members = addrs(&cluster);
-    for i in 0..30 {
-        set(&client, &members, &format!("k{i}"), "x").await;
-    }
-    cluster.converged_state(GROUP).await;
-    let victim = 3;
-    let replica_dir = cluster.hosts[&victim].replica_dir(GROUP).unwrap();
-    cluster.kill(victim).await;
+    let (_dir, mut cluster, members, replica_dir) = trio_with_a_member_down().await;
+    let victim = VICTIM;
     // Flip one bit in the last log record, as a torn or rotting tail would.
     corrupt_last_log_record(&replica_dir);
 
@@ -343,23 +328,8 @@ async fn a_corrupt_record_is_refused_at_open_and_the_replica_rebuilds_from_its_p
 /// a rebuild, and the group holds every write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_tail_is_cut_at_open_and_the_member_serves_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cluster =
-        InProcessCluster::start_durable(3, Arc::new(RegisterFactory), dir.path().to_path_buf())
-            .await;
-    cluster
-        .create_group(GROUP, &[1, 2, 3], disk_options())
-        .await;
-    cluster.leader(GROUP).await;
-    let client = ReplicaClient::new(TEST_SECRET);
-    let members = addrs(&cluster);
-    for i in 0..30 {
-        set(&client, &members, &format!("k{i}"), "x").await;
-    }
-    cluster.converged_state(GROUP).await;
-    let victim = 3;
-    let replica_dir = cluster.hosts[&victim].replica_dir(GROUP).unwrap();
-    cluster.kill(victim).await;
+    let (_dir, mut cluster, members, replica_dir) = trio_with_a_member_down().await;
+    let (client, victim) = (ReplicaClient::new(TEST_SECRET), VICTIM);
     let (path, offset, len) = last_log_record(&replica_dir);
     let mut bytes = std::fs::read(&path).unwrap();
     // A batch after the last acknowledged record, cut by the crash: its first sector
@@ -441,6 +411,37 @@ async fn a_full_disk_fails_writes_instead_of_acknowledging_them() {
 }
 
 /// The last record of a replica's log: (segment file, offset, length with its header).
+/// The member that the log-damage tests stop.
+const VICTIM: u64 = 3;
+
+/// Three durable replicas holding `k0`..`k29` = `x`, with [`VICTIM`] killed afterwards:
+/// its data dir, the cluster and the members' addresses. The caller damages the stopped
+/// member's log and restarts it.
+async fn trio_with_a_member_down() -> (
+    tempfile::TempDir,
+    InProcessCluster,
+    Vec<String>,
+    std::path::PathBuf,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster =
+        InProcessCluster::start_durable(3, Arc::new(RegisterFactory), dir.path().to_path_buf())
+            .await;
+    cluster
+        .create_group(GROUP, &[1, 2, 3], disk_options())
+        .await;
+    cluster.leader(GROUP).await;
+    let client = ReplicaClient::new(TEST_SECRET);
+    let members = addrs(&cluster);
+    for i in 0..30 {
+        set(&client, &members, &format!("k{i}"), "x").await;
+    }
+    cluster.converged_state(GROUP).await;
+    let replica_dir = cluster.hosts[&VICTIM].replica_dir(GROUP).unwrap();
+    cluster.kill(VICTIM).await;
+    (dir, cluster, members, replica_dir)
+}
+
 fn last_log_record(replica_dir: &std::path::Path) -> (std::path::PathBuf, usize, usize) {
     let spans = stator_replication::log_file::record_spans(replica_dir).unwrap();
     let (path, offset, len) = spans.last().expect("a log record").clone();
