@@ -76,9 +76,6 @@ pub fn write(dir: &Path, meta: &[u8], body: &[u8]) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// A snapshot as read: its metadata bytes (postcard) and the state machine's bytes.
-pub type SnapshotBytes = (Vec<u8>, Arc<StateBytes>);
-
 /// A snapshot's state bytes: built in memory, or mapped from the replica's file.
 #[derive(Debug)]
 pub enum StateBytes {
@@ -203,13 +200,15 @@ pub fn open(dir: &Path) -> Result<Option<SnapshotFile>, String> {
 }
 
 /// Reads the replica's snapshot and checks it: `Ok(None)` when there is none, `Err`
-/// (what failed) when the file is torn or fails its checksum.
-pub fn read(dir: &Path) -> Result<Option<SnapshotBytes>, String> {
+/// (what failed) when the file is torn or fails its checksum. The store opens with
+/// [`open`] and checks beside its log read; this sequential form is for the tests.
+#[cfg(test)]
+fn read(dir: &Path) -> Result<Option<SnapshotFile>, String> {
     let Some(file) = open(dir)? else {
         return Ok(None);
     };
     file.verify()?;
-    Ok(Some((file.meta, file.body)))
+    Ok(Some(file))
 }
 
 #[cfg(test)]
@@ -224,7 +223,11 @@ mod tests {
             .map(|i| i as u8)
             .collect();
         write(dir.path(), b"meta", &body).unwrap();
-        let (meta, read_body) = read(dir.path()).unwrap().expect("a snapshot");
+        let SnapshotFile {
+            meta,
+            body: read_body,
+            ..
+        } = read(dir.path()).unwrap().expect("a snapshot");
         assert_eq!(meta, b"meta");
         assert_eq!(&read_body[..], &body[..]);
         drop(read_body);
@@ -243,7 +246,7 @@ mod tests {
         // A write that crashed before its rename leaves the previous snapshot in place.
         write(dir.path(), b"m2", b"second").unwrap();
         std::fs::write(dir.path().join(SNAPSHOT_TMP_FILE_NAME), b"half a snap").unwrap();
-        let (meta, body) = read(dir.path()).unwrap().unwrap();
+        let SnapshotFile { meta, body, .. } = read(dir.path()).unwrap().unwrap();
         assert_eq!((meta.as_slice(), &body[..]), (&b"m2"[..], &b"second"[..]));
         assert!(!dir.path().join(SNAPSHOT_TMP_FILE_NAME).exists());
     }
