@@ -12,7 +12,9 @@
 //! arguments of at most [`MAX_REUSED_ARG_BYTES`] each, is parsed here; anything else
 //! (inline commands, partial input, a malformed or unusual encoding, large arguments)
 //! goes to [`parse_command`], which gives the same arguments for what both accept and
-//! every error for the rest. The buffers kept stay small by those two limits.
+//! every error for the rest. The buffers kept stay small by those two limits, and a
+//! large argument parsed the slow way is dropped at the end of its dispatch pass
+//! ([`Args::release_large`]).
 
 use stator_kv::{parse_command, RespError};
 
@@ -54,6 +56,15 @@ impl Args {
         self.len = argv.len();
         self.buffers = argv;
         Ok(Some(used))
+    }
+
+    /// Forgets the last command's arguments and drops any buffer a large command left
+    /// (parsed the slow way), so an idle connection keeps only small buffers.
+    pub(crate) fn release_large(&mut self) {
+        self.len = 0;
+        self.buffers.truncate(MAX_REUSED_ARGS);
+        self.buffers
+            .retain(|buffer| buffer.capacity() <= 2 * MAX_REUSED_ARG_BYTES);
     }
 
     /// The fast path: `*<n>\r\n` and `n` times `$<len>\r\n<bytes>\r\n`, counts and
@@ -195,6 +206,13 @@ mod tests {
     fn keeps_its_buffers_small() {
         let mut args = Args::default();
         let huge = encode_command(&[b"SET".to_vec(), b"k".to_vec(), vec![b'v'; 1 << 20]]);
+        args.parse(&huge).unwrap().unwrap();
+        args.release_large();
+        assert!(args.argv().is_empty());
+        assert!(args
+            .buffers
+            .iter()
+            .all(|b| b.capacity() <= 2 * MAX_REUSED_ARG_BYTES));
         args.parse(&huge).unwrap().unwrap();
         let small = encode_command(&[b"SET".to_vec(), b"k".to_vec(), b"v".to_vec()]);
         args.parse(&small).unwrap().unwrap();

@@ -781,6 +781,7 @@ impl Pipeline {
                 }
             }
         }
+        args.release_large();
         self.args = args;
         self.launch_gathered();
         need_input
