@@ -17,6 +17,7 @@
 //! answered: at most [`MAX_PIPELINE_DEPTH`] commands' worth), and a batch's replies are
 //! slices of the one reply its `STATOR.EXEC` got ([`pipeline::split`]).
 
+use super::args::Args;
 use super::auth;
 use super::keyspace::{self, FanOut};
 use super::local::{dispatch, ConnectionState, Dispatch};
@@ -32,7 +33,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use rustc_hash::FxHashMap;
-use stator_kv::{encode_command, parse_command, parse_reply, Value};
+use stator_kv::{encode_command, parse_reply, Value};
 use stator_replication::{ClientError, RequestKind};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -664,6 +665,8 @@ struct Pipeline {
     pipelines: bool,
     /// [`Backend::batches_partitions`] (with `pipelines`).
     per_partition: bool,
+    /// The buffers each command's arguments are parsed into (see [`Args`]).
+    args: Args,
 }
 
 impl Pipeline {
@@ -680,6 +683,7 @@ impl Pipeline {
             launches: Vec::new(),
             pipelines,
             per_partition: pipelines && router.batches_partitions(),
+            args: Args::default(),
         }
     }
 
@@ -702,10 +706,13 @@ impl Pipeline {
         input: &mut BytesMut,
     ) -> bool {
         let mut need_input = false;
+        // Taken out for the pass (borrowed by every command's `argv`), put back after.
+        let mut args = std::mem::take(&mut self.args);
         while !self.closing && !self.alone_in_flight && self.depth() < MAX_PIPELINE_DEPTH {
-            let Some((argv, used)) = self.parse_next(input, &mut need_input) else {
+            let Some(used) = self.parse_next(input, &mut args, &mut need_input) else {
                 break;
             };
+            let argv = args.argv();
             if argv.is_empty() {
                 input.advance(used);
                 continue;
@@ -715,18 +722,18 @@ impl Pipeline {
                 self.launch_gathered();
                 client.refresh_routes();
             }
-            if self.anything_in_flight() && transaction::waits_for_earlier(&argv) {
+            if self.anything_in_flight() && transaction::waits_for_earlier(argv) {
                 // Parsed again once everything before it is answered.
                 break;
             }
             let index = self.written + self.replies.len() as u64;
-            let (decided, scoped) = client.decide(&argv);
+            let (decided, scoped) = client.decide(argv);
             let as_received = scoped.is_none() && input.first() == Some(&b'*');
-            let (argv, raw) = match scoped {
-                Some(wrapped) => (wrapped, &[][..]),
+            let (argv, raw) = match &scoped {
+                Some(wrapped) => (&wrapped[..], &[][..]),
                 None => (argv, &input[..used]),
             };
-            let work = match self.route(client, decided, raw, &argv, used) {
+            let work = match self.route(client, decided, raw, argv, used) {
                 Routed::Wait => break,
                 Routed::Gather {
                     routes,
@@ -742,7 +749,7 @@ impl Pipeline {
                         input.split_to(used).freeze()
                     } else {
                         input.advance(used);
-                        Bytes::from(encode_command(&argv))
+                        Bytes::from(encode_command(argv))
                     };
                     self.replies.push_back(None);
                     let command = Gathered {
@@ -757,7 +764,7 @@ impl Pipeline {
                 }
                 Routed::Unit(work) => work,
             };
-            let shape = client.state.resp3.then(|| resp3::shape(&argv));
+            let shape = client.state.resp3.then(|| resp3::shape(argv));
             input.advance(used);
             match work {
                 Err(reply) => self.replies.push_back(Some(
@@ -774,6 +781,8 @@ impl Pipeline {
                 }
             }
         }
+        args.release_large();
+        self.args = args;
         self.launch_gathered();
         need_input
     }
@@ -784,10 +793,11 @@ impl Pipeline {
     fn parse_next(
         &mut self,
         input: &BytesMut,
+        args: &mut Args,
         need_input: &mut bool,
-    ) -> Option<(Vec<Vec<u8>>, usize)> {
-        match parse_command(input) {
-            Ok(Some(parsed)) => Some(parsed),
+    ) -> Option<usize> {
+        match args.parse(input) {
+            Ok(Some(used)) => Some(used),
             Ok(None) => {
                 if input.len() > MAX_COMMAND_BYTES {
                     self.replies.push_back(Some(Value::error(format!(

@@ -8,6 +8,7 @@
 //! # Layout
 //! - [`local`]: commands the gateway answers itself, and how the rest are classified.
 //! - [`connection`]: one client connection, pipelined and answered in order.
+//! - `args`: a connection's command arguments, parsed into buffers reused per command.
 //! - [`pipeline`]: a connection's commands for one partition as one `STATOR.EXEC` write,
 //!   or, when all are reads, as one read.
 //! - [`cluster`]: the Redis Cluster topology commands (`CLUSTER SLOTS`, ...) from the map.
@@ -22,6 +23,7 @@
 //! - `resp3`: replies re-typed for connections that sent `HELLO 3`.
 //! - `glob`: Redis's glob patterns (ACL key patterns, `KEYS`, `SCAN MATCH`).
 
+mod args;
 pub mod auth;
 pub mod cluster;
 pub(crate) mod command_table;
