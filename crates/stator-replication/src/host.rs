@@ -1352,7 +1352,7 @@ async fn propose(
     let (writes, replies): (Vec<Write>, Vec<_>) = batch.into_iter().unzip();
     let command = Command {
         time_ms: now_ms(),
-        writes,
+        writes: writes.into(),
     };
     // A storage failure (a full disk) stops the Raft core; the batch's clients must hear
     // that at once rather than wait out their deadlines, whatever openraft does with the

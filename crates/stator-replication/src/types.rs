@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
+use std::sync::Arc;
 
 pub use stator_api::ids::{GroupId, NodeId};
 
@@ -22,12 +23,38 @@ pub struct Write {
 /// the entry was proposed (see `host`'s write batching), applied in order, each with its
 /// own session check and its own reply. The leader stamps `time_ms` when it proposes the
 /// entry, so expiry and other time-dependent logic is the same on every replica.
+///
+/// The writes are shared: openraft clones an entry each time it reads it from the log
+/// (once per follower it replicates to, once more to apply it), and a clone is then one
+/// reference count instead of a copy of every write's payload. On the wire and on disk
+/// they are the same sequence a `Vec<Write>` writes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
     /// The leader's wall clock when it proposed the entry, in ms since the Unix epoch.
     pub time_ms: u64,
     /// The writes, in the order they are applied; never empty.
-    pub writes: Vec<Write>,
+    #[serde(with = "shared_writes")]
+    pub writes: Arc<[Write]>,
+}
+
+/// [`Command::writes`] encoded as the sequence a `Vec<Write>` is.
+mod shared_writes {
+    use super::Write;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::sync::Arc;
+
+    pub fn serialize<S: Serializer>(
+        writes: &Arc<[Write]>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        writes[..].serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Arc<[Write]>, D::Error> {
+        Vec::<Write>::deserialize(deserializer).map(Arc::from)
+    }
 }
 
 /// The reply to one applied [`Write`].
@@ -114,4 +141,42 @@ pub enum ClientReply {
     /// The group could not serve it now (no quorum, shutting down, app failed); retry
     /// later. A write answered this way may or may not have been applied.
     Unavailable(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The encoding before the writes were shared: logs written by older versions and
+    /// peers running them read the same bytes.
+    #[derive(Serialize)]
+    struct CommandWithOwnedWrites {
+        time_ms: u64,
+        writes: Vec<Write>,
+    }
+
+    #[test]
+    fn shared_writes_encode_as_the_owned_vector_did_and_read_back() {
+        let writes: Vec<Write> = (0..3u64)
+            .map(|i| Write {
+                client_id: i + 1,
+                seq: i * 7,
+                payload: vec![i as u8; 100 + i as usize],
+            })
+            .collect();
+        let owned = postcard::to_allocvec(&CommandWithOwnedWrites {
+            time_ms: 1_234,
+            writes: writes.clone(),
+        })
+        .unwrap();
+        let command = Command {
+            time_ms: 1_234,
+            writes: writes.into(),
+        };
+        assert_eq!(postcard::to_allocvec(&command).unwrap(), owned);
+        let back: Command = postcard::from_bytes(&owned).unwrap();
+        assert_eq!(back, command);
+        // A clone (openraft's, each time it reads the entry) shares the writes.
+        assert!(Arc::ptr_eq(&command.clone().writes, &command.writes));
+    }
 }
