@@ -368,12 +368,16 @@ fn target(
 }
 
 impl AgentBackend {
+    /// Serves one request on the local replica. `payload_again` rebuilds the payload for
+    /// the rare retry through the router (leadership moved under it), so the common path
+    /// hands its one copy to the replica instead of keeping another.
     async fn serve_locally(
         &self,
         routes: &ServiceRoutes,
         route: &PartitionRoute,
         kind: RequestKind,
         payload: Vec<u8>,
+        payload_again: impl FnOnce() -> Vec<u8>,
     ) -> Vec<u8> {
         let session = (kind == RequestKind::Write).then(|| self.router.checkout());
         let (client_id, seq) = session
@@ -383,7 +387,7 @@ impl AgentBackend {
             client_id,
             seq,
             kind,
-            payload: payload.clone(),
+            payload,
         };
         match self.host.serve_client(route.group, request).await {
             ClientReply::Ok(bytes) => bytes,
@@ -396,7 +400,7 @@ impl AgentBackend {
             ClientReply::NotLeader { .. } | ClientReply::NoGroup | ClientReply::Unavailable(_) => {
                 match self
                     .router
-                    .forward_in(route, kind, payload, session.as_ref())
+                    .forward_in(route, kind, payload_again(), session.as_ref())
                     .await
                 {
                     Ok(bytes) => bytes,
@@ -424,7 +428,7 @@ impl AgentBackend {
         if count == 1 {
             let (kind, payload) = commands.pop().expect("one command");
             let reply = self
-                .serve_locally(routes, route, kind, payload.to_vec())
+                .serve_locally(routes, route, kind, payload.to_vec(), || payload.to_vec())
                 .await;
             return vec![Bytes::from(reply)];
         }
@@ -432,9 +436,10 @@ impl AgentBackend {
             return self.serve_reads_locally(routes, route, commands).await;
         }
         let payload = pipeline::encode(&commands);
-        drop(commands);
         let reply = self
-            .serve_locally(routes, route, RequestKind::Write, payload)
+            .serve_locally(routes, route, RequestKind::Write, payload, || {
+                pipeline::encode(&commands)
+            })
             .await;
         pipeline::split(reply, count)
     }
@@ -535,7 +540,11 @@ impl Backend for AgentBackend {
         let me = self.host.node_id();
         let local = self.host.status(route.group).map(|s| (s.role, s.leader));
         match target(me, local, route) {
-            Target::Local => self.serve_locally(&routes, route, kind, payload).await,
+            Target::Local => {
+                let again = payload.clone();
+                self.serve_locally(&routes, route, kind, payload, move || again)
+                    .await
+            }
             Target::Moved(addr) => Value::error(format!("MOVED {slot} {addr}")).to_bytes(),
             Target::Forward => match self.router.forward(route, kind, payload).await {
                 Ok(bytes) => bytes,

@@ -53,6 +53,13 @@ impl Entry {
     }
 }
 
+/// Whether a string's buffer of `capacity` bytes takes a new value of `len` bytes in
+/// place: it must fit, and waste at most half of itself (so a key once written large and
+/// then small does not keep the large buffer; the byte count knows only lengths).
+fn reuses_buffer(capacity: usize, len: usize) -> bool {
+    len <= capacity && capacity <= len.saturating_mul(2)
+}
+
 /// What a write does to the key's expiry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ExpiryChange {
@@ -215,6 +222,27 @@ impl Keyspace {
             Some(Data::Str(previous)) => Some(previous),
             _ => None,
         }
+    }
+
+    /// A plain `SET key value` (no expiry, previous value not wanted) from borrowed bytes.
+    /// Overwriting a string key that has no expiry copies the value into the string's own
+    /// buffer when it fits ([`reuses_buffer`]): one lookup, no allocation, the key not
+    /// copied. Anything else (a new key, another type, an expiry to clear, a buffer of the
+    /// wrong size) is [`Keyspace::insert`] with copies of both.
+    pub(crate) fn set_plain(&mut self, key: &[u8], value: &[u8]) {
+        if let Some(entry) = self.entries.get_mut(key) {
+            if let (Data::Str(stored), NO_EXPIRY) = (&mut entry.data, entry.expiry) {
+                if reuses_buffer(stored.capacity(), value.len()) {
+                    self.write_version += 1;
+                    entry.version = self.write_version;
+                    self.bytes = self.bytes - stored.len() as u64 + value.len() as u64;
+                    stored.clear();
+                    stored.extend_from_slice(value);
+                    return;
+                }
+            }
+        }
+        self.insert(key.to_vec(), value.to_vec(), ExpiryChange::Clear);
     }
 
     /// Stores `data` under `key`, changing its expiry as asked. Returns the previous data.
@@ -404,5 +432,55 @@ impl Keyspace {
             "stale entries in the expiry index"
         );
         assert_eq!(bytes, self.bytes, "byte count out of sync");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn string(keyspace: &Keyspace, key: &[u8]) -> Vec<u8> {
+        match &keyspace.live(key, 0).expect("the key is there").data {
+            Data::Str(value) => value.clone(),
+            other => panic!("not a string: {:?}", other.kind()),
+        }
+    }
+
+    #[test]
+    fn a_plain_set_keeps_bytes_versions_and_expiries_right() {
+        let mut keyspace = Keyspace::default();
+        // New key, same size (in place), much smaller, larger, empty.
+        for (step, value) in [&b"aaaa"[..], b"bbbb", b"c", &[b'd'; 64], b""]
+            .into_iter()
+            .enumerate()
+        {
+            keyspace.set_plain(b"k", value);
+            assert_eq!(string(&keyspace, b"k"), value);
+            assert_eq!(keyspace.live(b"k", 0).unwrap().version, step as u64 + 1);
+            assert_eq!(keyspace.bytes(), 1 + value.len() as u64);
+            keyspace.assert_consistent();
+        }
+        // A plain SET clears an expiry (other types: the machine's proptests).
+        keyspace.insert(b"e".to_vec(), b"v".to_vec(), ExpiryChange::At(10));
+        keyspace.set_plain(b"e", b"w");
+        assert_eq!(keyspace.live(b"e", 100).unwrap().expires_at_ms(), None);
+        assert_eq!(string(&keyspace, b"e"), b"w");
+        keyspace.assert_consistent();
+    }
+
+    #[test]
+    fn a_string_overwritten_in_place_holds_at_most_twice_its_bytes() {
+        let mut keyspace = Keyspace::default();
+        for len in [100, 90, 60, 50, 49, 30, 10, 0, 5, 200] {
+            keyspace.set_plain(b"k", &vec![b'v'; len]);
+            let Data::Str(stored) = &keyspace.live(b"k", 0).unwrap().data else {
+                panic!("a string");
+            };
+            assert!(
+                stored.capacity() <= 2 * len,
+                "{len} bytes kept in a buffer of {}",
+                stored.capacity()
+            );
+        }
     }
 }

@@ -41,8 +41,9 @@
 //!   Redis' OOM reply, decided in apply from the machine's own byte accounting.
 //! - [`transaction`]: `MULTI ... EXEC` as one `STATOR.EXEC` entry: [`encode_exec`],
 //!   [`queued_command_error`]; the same encoding is a pipeline batch (applied by
-//!   `KvMachine::apply_exec_entry` without copying its layout) and, with reads only, a
-//!   batch of reads answered as one query.
+//!   `KvMachine::apply_exec_entry` without copying its layout; a plain `SET key value`
+//!   in it straight from the entry's bytes, a same-size overwrite with no allocation)
+//!   and, with reads only, a batch of reads answered as one query.
 //! - `snapshot`: the snapshot byte format (version 3 with types and scripts; versions 2
 //!   and 1 still read).
 //! - `app`: [`KvMachine`] as a [`stator_api::app::StateMachine`], and [`KvFactory`].

@@ -292,11 +292,38 @@ impl KvMachine {
         reply.extend_from_slice(b"\r\n");
         self.in_transaction = true;
         for range in layout.commands {
-            let queued: Vec<Vec<u8>> = args[range].iter().map(|arg| arg.to_vec()).collect();
+            let queued = &args[range];
+            if self.set_plain_borrowed(queued) {
+                reply.extend_from_slice(b"+OK\r\n");
+                continue;
+            }
+            let queued: Vec<Vec<u8>> = queued.iter().map(|arg| arg.to_vec()).collect();
             self.execute(queued).encode(&mut reply);
         }
         self.in_transaction = false;
         Some(reply)
+    }
+}
+
+impl KvMachine {
+    /// Applies `queued` if it is a plain `SET key value` (no options) and nothing else
+    /// could change its outcome (no key past its expiry to reclaim first, no memory
+    /// budget), straight from the entry's bytes: no argument vector, no copy of the
+    /// command's name, and no allocation at all when it overwrites a string of about the
+    /// same size ([`Keyspace::set_plain`](crate::keyspace::Keyspace::set_plain)). Returns
+    /// false, having done nothing, for anything else. Its reply is always `+OK`.
+    fn set_plain_borrowed(&mut self, queued: &[&[u8]]) -> bool {
+        let [name, key, value] = queued else {
+            return false;
+        };
+        if !name.eq_ignore_ascii_case(b"set")
+            || self.budget.max_bytes != 0
+            || self.keyspace.may_hold_expired(self.now_ms)
+        {
+            return false;
+        }
+        self.keyspace.set_plain(key, value);
+        true
     }
 }
 
