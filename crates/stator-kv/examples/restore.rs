@@ -1,8 +1,7 @@
 //! Time of a kv restore (`KvMachine::from_snapshot`) of a snapshot of string keys, with the
 //! page faults and CPU time it took: the own-disk restart's main cost (issue 14).
 //! `STATOR_RESTORE_KEYS` (default 262,144) keys of `STATOR_RESTORE_VALUE_BYTES` (default
-//! 4,096) bytes, `STATOR_RESTORE_RUNS` (default 3) pairs of restores, each pair one on one
-//! thread (the sequential decode) and one on as many as `from_snapshot` picks, alternately.
+//! 4,096) bytes, `STATOR_RESTORE_RUNS` (default 3) restores.
 //!
 //! `cargo run --release -p stator-kv --example restore`
 
@@ -76,21 +75,15 @@ fn main() {
         "restore: {keys} keys of {value_bytes} bytes, snapshot {} MB",
         snapshot.len() / 1_000_000
     );
-    for (run, sequential) in (0..runs).flat_map(|run| [(run, true), (run, false)]) {
+    for run in 0..runs {
         let (cpu_before, faults_before) = usage();
         let started = Instant::now();
-        let restored = if sequential {
-            KvMachine::from_snapshot_on(&snapshot, 1)
-        } else {
-            KvMachine::from_snapshot(&snapshot)
-        }
-        .expect("own snapshot decodes");
+        let restored = KvMachine::from_snapshot(&snapshot).expect("own snapshot decodes");
         let wall_ms = started.elapsed().as_secs_f64() * 1e3;
         let (cpu_after, faults_after) = usage();
         assert_eq!(restored.key_count(), keys);
         println!(
-            "run {run} {}: {wall_ms:.0} ms wall, {:.0} ms CPU, {} minor faults",
-            if sequential { "1 thread " } else { "automatic" },
+            "run {run}: {wall_ms:.0} ms wall, {:.0} ms CPU, {} minor faults",
             (cpu_after - cpu_before) * 1e3,
             faults_after - faults_before
         );

@@ -64,13 +64,6 @@ impl KvMachine {
     pub fn from_snapshot(bytes: &[u8]) -> Result<Self, AppError> {
         snapshot::decode(bytes)
     }
-
-    /// [`KvMachine::from_snapshot`] on at most `threads` threads (1: all on the calling
-    /// one), whatever the snapshot's size: the same machine or the same refusal on any
-    /// number. For measurements and tests; `from_snapshot` picks the number itself.
-    pub fn from_snapshot_on(bytes: &[u8], threads: usize) -> Result<Self, AppError> {
-        snapshot::decode_on(bytes, threads)
-    }
 }
 
 /// Builds empty [`KvMachine`]s: the `builtin = "kv"` app.

@@ -938,10 +938,7 @@ mod tests {
             let mut time_ms: i64 = 1_000;
             for (index, (argv, clock_step_ms)) in steps.iter().enumerate() {
                 if index == cut.min(steps.len() - 1) {
-                    // One to three decoding threads: the parallel restore must give the
-                    // same machine as the sequential one.
-                    let threads = 1 + cut % 3;
-                    copy = Some(KvMachine::from_snapshot_on(&original.to_snapshot(), threads).unwrap());
+                    copy = Some(KvMachine::from_snapshot(&original.to_snapshot()).unwrap());
                 }
                 time_ms = (time_ms + clock_step_ms).max(0);
                 let reply = original.apply_argv(time_ms as u64, argv);

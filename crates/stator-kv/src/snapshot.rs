@@ -164,35 +164,8 @@ fn push_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// Snapshots smaller than this are decoded on the calling thread: below it, starting a
-/// thread costs more than the copy it shares out.
-const PARALLEL_DECODE_MIN_BYTES: usize = 8 << 20;
-
-/// Most threads one decode uses (one per core up to this). The restore is most of a
-/// member's restart from its own disk (docs/BENCHMARKS.md, session 11), and it is mostly
-/// allocating and copying values into fresh memory, which spreads over cores.
-const MAX_DECODE_THREADS: usize = 4;
-
-/// Rebuilds a machine from [`encode`]'s output, refusing anything malformed. A large
-/// snapshot is decoded on up to one thread per core (see [`decode_on`]).
+/// Rebuilds a machine from [`encode`]'s output, refusing anything malformed.
 pub(crate) fn decode(bytes: &[u8]) -> Result<KvMachine, AppError> {
-    let threads = if bytes.len() < PARALLEL_DECODE_MIN_BYTES {
-        1
-    } else {
-        std::thread::available_parallelism()
-            .map_or(1, std::num::NonZeroUsize::get)
-            .min(MAX_DECODE_THREADS)
-    };
-    decode_on(bytes, threads)
-}
-
-/// [`decode`] on up to `threads` threads: the entries are cut into runs of about equal
-/// bytes (one pass over the lengths, allocating nothing); the calling thread decodes the
-/// first run straight into the keyspace while each other run is decoded (keys and values
-/// allocated and copied) on a thread of its own, then inserted in order. Every check of
-/// the sequential decode still runs, and the runs' boundary keys are checked to be sorted
-/// too, so the result and what is refused are the same on any number of threads.
-pub(crate) fn decode_on(bytes: &[u8], threads: usize) -> Result<KvMachine, AppError> {
     let mut reader = Reader { bytes, position: 0 };
     if reader.take(4)? != MAGIC {
         return Err(bad(
@@ -215,40 +188,38 @@ pub(crate) fn decode_on(bytes: &[u8], threads: usize) -> Result<KvMachine, AppEr
         .unwrap_or(usize::MAX)
         .min(remaining_bytes / min_entry_bytes);
     let mut keyspace = Keyspace::with_capacity(capacity);
-    let format = Format {
-        typed,
-        write_version,
-    };
-    let runs = split_into_runs(reader.clone(), entry_count, format, threads);
-    let (first, others) = runs.split_first().expect("at least one run");
-    reader.position = std::thread::scope(|scope| -> Result<usize, AppError> {
-        let others: Vec<_> = others
-            .iter()
-            .map(|&run| {
-                scope.spawn(move || {
-                    // The count is the snapshot's word: reserve no more than its bytes hold.
-                    let most = (bytes.len() - run.start) / min_entry_bytes;
-                    let capacity = usize::try_from(run.count).map_or(most, |n| n.min(most));
-                    let mut entries = Vec::with_capacity(capacity);
-                    let bounds = decode_run(bytes, run, format, |entry| entries.push(entry))?;
-                    Ok::<_, AppError>((entries, bounds))
-                })
-            })
-            .collect();
-        let mut bounds = decode_run(bytes, *first, format, |entry| {
-            keyspace.insert_restored(entry.key, entry.data, entry.expires_at_ms, entry.version)
-        })?;
-        for handle in others {
-            let (entries, next) = handle
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-            bounds = bounds.followed_by(next)?;
-            for entry in entries {
-                keyspace.insert_restored(entry.key, entry.data, entry.expires_at_ms, entry.version);
-            }
+    let mut previous_key: Option<&[u8]> = None;
+    for _ in 0..entry_count {
+        let key = reader.len_prefixed()?;
+        if previous_key.is_some_and(|previous| previous >= key) {
+            return Err(bad(
+                "keys are not strictly sorted (duplicate or reordered entry)",
+            ));
         }
-        Ok(bounds.end)
-    })?;
+        previous_key = Some(key);
+        let data = if typed {
+            decode_data(&mut reader)?
+        } else {
+            Data::Str(reader.len_prefixed()?.to_vec())
+        };
+        if data.is_empty_collection() {
+            return Err(bad(&format!("key {key:?} holds an empty collection")));
+        }
+        let expires_at_ms = match reader.take(1)?[0] {
+            0 => None,
+            1 => Some(reader.u64()?),
+            other => return Err(bad(&format!("expiry flag {other} is neither 0 nor 1"))),
+        };
+        // Version 1 kept no versions: its keys start at 0, as if unwritten since.
+        let version = if typed { reader.u64()? } else { 0 };
+        if version > write_version {
+            return Err(bad(&format!(
+                "key version {version} is past the write version {write_version}"
+            )));
+        }
+        // Keys are strictly sorted (checked above), so this adds each once, in one insert.
+        keyspace.insert_restored(key.to_vec(), data, expires_at_ms, version);
+    }
     let scripts = if version == VERSION {
         decode_scripts(&mut reader)?
     } else {
@@ -266,206 +237,6 @@ pub(crate) fn decode_on(bytes: &[u8], threads: usize) -> Result<KvMachine, AppEr
         now_ms,
         scripts,
         ..KvMachine::default()
-    })
-}
-
-/// What the header says about how entries are laid out.
-#[derive(Debug, Clone, Copy)]
-struct Format {
-    /// Version 2 or later: a type byte and a version per entry.
-    typed: bool,
-    /// No entry's version may pass it.
-    write_version: u64,
-}
-
-/// `count` consecutive entries starting at byte `start`.
-#[derive(Debug, Clone, Copy)]
-struct Run {
-    start: usize,
-    count: u64,
-}
-
-/// One decoded entry, owned.
-struct Restored {
-    key: Vec<u8>,
-    data: Data,
-    expires_at_ms: Option<u64>,
-    version: u64,
-}
-
-/// Where a decoded run started and ended, and its first and last keys (borrowed from the
-/// snapshot).
-struct RunBounds<'a> {
-    keys: Option<(&'a [u8], &'a [u8])>,
-    start: usize,
-    end: usize,
-}
-
-impl<'a> RunBounds<'a> {
-    /// This run and the one decoded after it, as one run: refused unless the next starts
-    /// where this one ended and its keys sort after this run's.
-    fn followed_by(self, next: RunBounds<'a>) -> Result<RunBounds<'a>, AppError> {
-        if next.start != self.end {
-            return Err(bad(&format!(
-                "entry at offset {} was split from the one before it at {}",
-                next.start, self.end
-            )));
-        }
-        let keys = match (self.keys, next.keys) {
-            (Some((_, last)), Some((first, _))) if last >= first => {
-                return Err(bad(
-                    "keys are not strictly sorted (duplicate or reordered entry)",
-                ))
-            }
-            (Some((first, _)), Some((_, last))) => Some((first, last)),
-            (keys, None) | (None, keys) => keys,
-        };
-        Ok(RunBounds {
-            keys,
-            start: self.start,
-            end: next.end,
-        })
-    }
-}
-
-/// Cuts `entry_count` entries starting at `reader`'s position into at most `threads` runs
-/// of about equal bytes, by walking their lengths. Anything malformed met on the way makes
-/// it one run, so the sequential decode finds it and refuses it with its usual message.
-fn split_into_runs(
-    mut reader: Reader<'_>,
-    entry_count: u64,
-    format: Format,
-    threads: usize,
-) -> Vec<Run> {
-    let whole = vec![Run {
-        start: reader.position,
-        count: entry_count,
-    }];
-    if threads <= 1 || entry_count < 2 {
-        return whole;
-    }
-    let run_bytes = (reader.bytes.len() - reader.position) / threads;
-    let mut runs = Vec::with_capacity(threads);
-    let mut run = Run {
-        start: reader.position,
-        count: 0,
-    };
-    for _ in 0..entry_count {
-        if runs.len() + 1 == threads {
-            break;
-        }
-        if skip_entry(&mut reader, format.typed).is_err() {
-            return whole;
-        }
-        run.count += 1;
-        if reader.position - run.start >= run_bytes {
-            runs.push(run);
-            run = Run {
-                start: reader.position,
-                count: 0,
-            };
-        }
-    }
-    let counted: u64 = runs.iter().map(|run| run.count).sum();
-    run.count = entry_count - counted;
-    if run.count > 0 {
-        runs.push(run);
-    }
-    runs
-}
-
-/// Moves `reader` past one entry without decoding it.
-fn skip_entry(reader: &mut Reader<'_>, typed: bool) -> Result<(), AppError> {
-    reader.len_prefixed()?;
-    let kind = if typed { reader.take(1)?[0] } else { 0 };
-    match kind {
-        0 => {
-            reader.len_prefixed()?;
-        }
-        1..=4 => {
-            for _ in 0..reader.u32()? {
-                reader.len_prefixed()?;
-                match kind {
-                    1 => {
-                        reader.len_prefixed()?;
-                    }
-                    4 => {
-                        reader.u64()?;
-                    }
-                    _ => {}
-                }
-            }
-        }
-        other => return Err(bad(&format!("type tag {other} is unknown"))),
-    }
-    match reader.take(1)?[0] {
-        0 => {}
-        1 => {
-            reader.u64()?;
-        }
-        other => return Err(bad(&format!("expiry flag {other} is neither 0 nor 1"))),
-    }
-    if typed {
-        reader.u64()?;
-    }
-    Ok(())
-}
-
-/// Decodes the entries of `run`, handing each to `sink` in order, with every check of the
-/// format. Returns where the run ended and its first and last keys.
-fn decode_run<'a>(
-    bytes: &'a [u8],
-    run: Run,
-    format: Format,
-    mut sink: impl FnMut(Restored),
-) -> Result<RunBounds<'a>, AppError> {
-    let mut reader = Reader {
-        bytes,
-        position: run.start,
-    };
-    let mut keys: Option<(&[u8], &[u8])> = None;
-    for _ in 0..run.count {
-        let key = reader.len_prefixed()?;
-        if keys.is_some_and(|(_, previous)| previous >= key) {
-            return Err(bad(
-                "keys are not strictly sorted (duplicate or reordered entry)",
-            ));
-        }
-        keys = Some((keys.map_or(key, |(first, _)| first), key));
-        let data = if format.typed {
-            decode_data(&mut reader)?
-        } else {
-            Data::Str(reader.len_prefixed()?.to_vec())
-        };
-        if data.is_empty_collection() {
-            return Err(bad(&format!("key {key:?} holds an empty collection")));
-        }
-        let expires_at_ms = match reader.take(1)?[0] {
-            0 => None,
-            1 => Some(reader.u64()?),
-            other => return Err(bad(&format!("expiry flag {other} is neither 0 nor 1"))),
-        };
-        // Version 1 kept no versions: its keys start at 0, as if unwritten since.
-        let version = if format.typed { reader.u64()? } else { 0 };
-        if version > format.write_version {
-            return Err(bad(&format!(
-                "key version {version} is past the write version {}",
-                format.write_version
-            )));
-        }
-        // Keys are strictly sorted (checked above, and across runs by the caller), so
-        // the keyspace adds each once, in one insert.
-        sink(Restored {
-            key: key.to_vec(),
-            data,
-            expires_at_ms,
-            version,
-        });
-    }
-    Ok(RunBounds {
-        keys,
-        start: run.start,
-        end: reader.position,
     })
 }
 
@@ -531,7 +302,6 @@ fn bad(what: &str) -> AppError {
     AppError::BadSnapshot(format!("kv snapshot {what}"))
 }
 
-#[derive(Clone)]
 struct Reader<'a> {
     bytes: &'a [u8],
     position: usize,
@@ -597,145 +367,6 @@ mod tests {
         assert_eq!(decode(&valid).unwrap().key_count(), 0);
         valid.push(0);
         assert!(decode(&valid).is_err());
-    }
-
-    fn argv(words: &[&str]) -> Vec<Vec<u8>> {
-        words.iter().map(|w| w.as_bytes().to_vec()).collect()
-    }
-
-    /// Every type, with and without expiries, over `keys` keys; with a script and a
-    /// function library if `scripts`.
-    fn mixed_machine(keys: usize, scripts: bool) -> KvMachine {
-        let mut machine = KvMachine::new();
-        for n in 0..keys {
-            let key = format!("key:{n:04}");
-            let value = "v".repeat(n % 50);
-            let words: Vec<&str> = match n % 7 {
-                0 => vec!["SET", &key, &value],
-                1 => vec!["HSET", &key, "f1", "a", "f2", &value],
-                2 => vec!["RPUSH", &key, "a", &value, "c"],
-                3 => vec!["SADD", &key, "x", "y", "17"],
-                4 => vec!["ZADD", &key, "1.5", "a", "-2", "b"],
-                5 => vec!["SET", &key, &value, "PX", "100000"],
-                _ => vec!["HSET", &key, "only", "one"],
-            };
-            machine.apply_argv(1, &argv(&words));
-            if n % 7 == 2 {
-                machine.apply_argv(1, &argv(&["PEXPIRE", &key, "5000"]));
-            }
-        }
-        if !scripts {
-            return machine;
-        }
-        machine.apply_argv(1, &argv(&["SCRIPT", "LOAD", "return 1"]));
-        let library =
-            "#!lua name=lib\nredis.register_function('f', function(k, a) return a[1] end)";
-        machine.apply_argv(1, &argv(&["FUNCTION", "LOAD", library]));
-        machine
-    }
-
-    /// A version 3 snapshot of string keys in the order given (sorted or not), no scripts.
-    fn strings_snapshot(keys: &[&str]) -> Vec<u8> {
-        let mut out = MAGIC.to_vec();
-        out.push(VERSION);
-        out.extend_from_slice(&0u64.to_le_bytes());
-        out.extend_from_slice(&1u64.to_le_bytes());
-        out.extend_from_slice(&(keys.len() as u64).to_le_bytes());
-        for key in keys {
-            push_bytes(&mut out, key.as_bytes());
-            encode_data(&mut out, &Data::Str(b"value".to_vec()));
-            out.push(0);
-            out.extend_from_slice(&1u64.to_le_bytes());
-        }
-        out.extend_from_slice(&0u32.to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
-        out
-    }
-
-    #[test]
-    fn any_number_of_threads_restores_the_same_machine() {
-        let machine = mixed_machine(300, true);
-        let bytes = encode(&machine);
-        for threads in 1..=5 {
-            let restored = decode_on(&bytes, threads).unwrap();
-            restored.keyspace.assert_consistent();
-            assert_eq!(encode(&restored), bytes, "{threads} threads");
-            assert_eq!(restored.data_bytes(), machine.data_bytes());
-            assert_eq!(restored.key_count(), machine.key_count());
-            assert_eq!(restored.scripts, machine.scripts);
-        }
-    }
-
-    #[test]
-    fn runs_cover_every_entry_once_in_about_equal_bytes() {
-        let bytes = encode(&mixed_machine(300, true));
-        let header = 4 + 1 + 8 + 8 + 8;
-        let reader = Reader {
-            bytes: &bytes,
-            position: header,
-        };
-        let format = Format {
-            typed: true,
-            write_version: u64::MAX,
-        };
-        for threads in 1..=5 {
-            let runs = split_into_runs(reader.clone(), 300, format, threads);
-            assert_eq!(runs.len(), threads, "{runs:?}");
-            assert_eq!(runs.iter().map(|run| run.count).sum::<u64>(), 300);
-            let mut start = header;
-            for run in &runs {
-                assert_eq!(run.start, start, "{runs:?}");
-                let bounds = decode_run(&bytes, *run, format, |_| {}).unwrap();
-                let share = (bounds.end - bounds.start) as f64 / (bytes.len() - header) as f64;
-                assert!(share < 2.0 / threads as f64, "{threads} threads: {runs:?}");
-                start = bounds.end;
-            }
-        }
-        // Fewer entries than threads: one run per entry at most.
-        assert_eq!(split_into_runs(reader.clone(), 1, format, 4).len(), 1);
-    }
-
-    #[test]
-    fn a_key_out_of_order_across_runs_is_refused() {
-        // Each half is sorted; only the check across the runs' boundary sees "c" >= "b".
-        let bytes = strings_snapshot(&["a", "c", "b", "d"]);
-        for threads in 1..=4 {
-            match decode_on(&bytes, threads) {
-                Err(AppError::BadSnapshot(message)) => {
-                    assert!(message.contains("not strictly sorted"), "{message}")
-                }
-                other => panic!("{threads} threads: {:?}", other.map(|m| m.key_count())),
-            }
-        }
-        let bytes = strings_snapshot(&["a", "b", "b", "d"]);
-        assert!(decode_on(&bytes, 2).is_err(), "a key repeated across runs");
-        assert_eq!(
-            decode_on(&strings_snapshot(&["a", "b", "c", "d"]), 2)
-                .unwrap()
-                .key_count(),
-            4
-        );
-    }
-
-    #[test]
-    fn damage_is_refused_alike_on_any_number_of_threads() {
-        let bytes = encode(&mixed_machine(24, false));
-        let outcome = |bytes: &[u8], threads| match decode_on(bytes, threads) {
-            Ok(machine) => Ok(encode(&machine)),
-            Err(error) => Err(error.to_string()),
-        };
-        for position in 0..bytes.len() {
-            for damage in [0x01, 0x80, 0xff] {
-                let mut damaged = bytes.clone();
-                damaged[position] ^= damage;
-                let sequential = outcome(&damaged, 1);
-                for threads in [2, 3] {
-                    assert_eq!(outcome(&damaged, threads), sequential, "byte {position}");
-                }
-            }
-            let truncated = &bytes[..position];
-            assert!(decode_on(truncated, 3).is_err(), "truncated at {position}");
-        }
     }
 
     #[test]
