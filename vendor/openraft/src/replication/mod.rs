@@ -452,7 +452,19 @@ where
             self.config.heartbeat_interval
         );
 
-        let the_timeout = Duration::from_millis(self.config.heartbeat_interval);
+        // stator patch: an append that carries entries may wait up to the longest election
+        // timeout, a heartbeat (no entries) the heartbeat interval as upstream. On a loaded
+        // machine a batch of entries, with the follower's flush, can take longer than one
+        // heartbeat interval; timing it out there made the leader send the same entries
+        // again to a follower that was still storing them, work that made the next append
+        // slower still (seen as runs of `timeout after 50ms when AppendEntries` and a
+        // stalled pipeline). Safety does not depend on this timeout: it only bounds how long
+        // the stream waits before it tries again.
+        let the_timeout = if payload.entries.is_empty() {
+            Duration::from_millis(self.config.heartbeat_interval)
+        } else {
+            Duration::from_millis(self.config.heartbeat_interval.max(self.config.election_timeout_max))
+        };
         let option = RPCOption::new(the_timeout);
         let res = C::timeout(the_timeout, self.network.append_entries(payload, option)).await;
 
