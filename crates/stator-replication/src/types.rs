@@ -32,29 +32,9 @@ pub struct Write {
 pub struct Command {
     /// The leader's wall clock when it proposed the entry, in ms since the Unix epoch.
     pub time_ms: u64,
-    /// The writes, in the order they are applied; never empty.
-    #[serde(with = "shared_writes")]
+    /// The writes, in the order they are applied; never empty. (serde's `rc` feature
+    /// writes an `Arc<[Write]>` as the sequence it holds.)
     pub writes: Arc<[Write]>,
-}
-
-/// [`Command::writes`] encoded as the sequence a `Vec<Write>` is.
-mod shared_writes {
-    use super::Write;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-    use std::sync::Arc;
-
-    pub fn serialize<S: Serializer>(
-        writes: &Arc<[Write]>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        writes[..].serialize(serializer)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Arc<[Write]>, D::Error> {
-        Vec::<Write>::deserialize(deserializer).map(Arc::from)
-    }
 }
 
 /// The reply to one applied [`Write`].
