@@ -62,6 +62,12 @@ impl Args {
     /// (parsed the slow way), so an idle connection keeps only small buffers.
     pub(crate) fn release_large(&mut self) {
         self.len = 0;
+        self.drop_large();
+    }
+
+    /// Keeps at most [`MAX_REUSED_ARGS`] buffers, none larger than twice
+    /// [`MAX_REUSED_ARG_BYTES`] (a large one is left by a command parsed the slow way).
+    fn drop_large(&mut self) {
         self.buffers.truncate(MAX_REUSED_ARGS);
         self.buffers
             .retain(|buffer| buffer.capacity() <= 2 * MAX_REUSED_ARG_BYTES);
@@ -92,15 +98,9 @@ impl Args {
             *span = (start, end);
             at = end + 2;
         }
+        self.drop_large();
         if self.buffers.len() < count {
             self.buffers.resize_with(count, Vec::new);
-        }
-        self.buffers.truncate(MAX_REUSED_ARGS);
-        for buffer in &mut self.buffers {
-            if buffer.capacity() > 2 * MAX_REUSED_ARG_BYTES {
-                // Left by a large argument parsed the slow way: not kept.
-                *buffer = Vec::new();
-            }
         }
         for (buffer, &(start, end)) in self.buffers.iter_mut().zip(&spans[..count]) {
             buffer.clear();
