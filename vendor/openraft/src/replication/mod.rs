@@ -444,14 +444,6 @@ where
             entries: logs,
         };
 
-        // Send the payload.
-        tracing::debug!(
-            payload=%payload.summary(),
-            now = debug(leader_time),
-            "start sending append_entries, timeout: {:?}",
-            self.config.heartbeat_interval
-        );
-
         // stator patch: an append that carries entries may wait up to the longest election
         // timeout, a heartbeat (no entries) the heartbeat interval as upstream. On a loaded
         // machine a batch of entries, with the follower's flush, can take longer than one
@@ -466,6 +458,14 @@ where
             Duration::from_millis(self.config.heartbeat_interval.max(self.config.election_timeout_max))
         };
         let option = RPCOption::new(the_timeout);
+
+        // Send the payload.
+        tracing::debug!(
+            payload=%payload.summary(),
+            now = debug(leader_time),
+            "start sending append_entries, timeout: {:?}",
+            the_timeout
+        );
         let res = C::timeout(the_timeout, self.network.append_entries(payload, option)).await;
 
         tracing::debug!("append_entries res: {:?}", res);
