@@ -59,23 +59,35 @@ pub fn print_runs(runs: &[latency::Run], json: bool) {
             ),
         }
     }
+    // Each baseline against `stator` at the same client count (key `<baseline>_clients_N`),
+    // and against `stator-shared` where it ran (key `stator-shared_over_<baseline>_clients_N`).
     let mut ratios = serde_json::Map::new();
+    let measured = |system: &str, clients: usize| {
+        runs.iter()
+            .find(|s| s.system == system && s.clients == clients && s.skipped.is_none())
+    };
     for r in runs
         .iter()
-        .filter(|r| r.system != "stator" && r.skipped.is_none())
+        .filter(|r| r.system != "stator" && r.system != replication::SHARED)
+        .filter(|r| r.skipped.is_none())
     {
-        if let Some(s) = runs
-            .iter()
-            .find(|s| s.system == "stator" && s.clients == r.clients && s.skipped.is_none())
-        {
-            let key = format!("{}_clients_{}", r.system, r.clients);
-            ratios.insert(
-                key,
-                serde_json::json!({
-                    "p50_baseline_over_stator": r.p50_us.unwrap_or(0) as f64 / s.p50_us.unwrap_or(1).max(1) as f64,
-                    "ops_stator_over_baseline": s.ops_per_sec.unwrap_or(0.0) / r.ops_per_sec.unwrap_or(1.0).max(1e-9),
-                }),
-            );
+        for (ours, prefix) in [
+            ("stator", String::new()),
+            (
+                replication::SHARED,
+                format!("{}_over_", replication::SHARED),
+            ),
+        ] {
+            if let Some(s) = measured(ours, r.clients) {
+                let key = format!("{prefix}{}_clients_{}", r.system, r.clients);
+                ratios.insert(
+                    key,
+                    serde_json::json!({
+                        "p50_baseline_over_stator": r.p50_us.unwrap_or(0) as f64 / s.p50_us.unwrap_or(1).max(1) as f64,
+                        "ops_stator_over_baseline": s.ops_per_sec.unwrap_or(0.0) / r.ops_per_sec.unwrap_or(1.0).max(1e-9),
+                    }),
+                );
+            }
         }
     }
     if json {

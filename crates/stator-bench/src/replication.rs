@@ -7,6 +7,12 @@
 //! random key with a `value_bytes` value through the built-in `kv` state machine, or
 //! with `--op get` a linearizable `GET`.
 //!
+//! With more than one client, `stator-shared` runs on the same cluster right after: the
+//! same number of callers sharing one [`ReplicaClient`], as the gateway and an
+//! application process use it (calls bound for one host that wait at the same moment
+//! travel as one frame, each call keeping its own sequence number). Redis+WAIT cannot
+//! share a connection that way: `WAIT` waits for every earlier write of its connection.
+//!
 //! stator's own baselines run in the same run on a second cluster: `stator-unbatched`
 //! proposes every write as its own log entry (no write batching at the leader), and for
 //! `GET`, `stator-readindex` takes a read-index quorum round instead of the leader lease.
@@ -31,6 +37,8 @@ use std::time::{Duration, Instant};
 const KEY_SPACE: u64 = 10_000;
 /// Load before measuring starts (connections, elections, allocator warm-up).
 const WARMUP: Duration = Duration::from_secs(1);
+/// The run whose callers share one client (see the module doc).
+pub const SHARED: &str = "stator-shared";
 /// Deadline for one write before it counts as an error.
 const OP_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -47,8 +55,8 @@ pub struct Options {
     pub duration: Duration,
     /// Partition groups (leaders spread over hosts).
     pub partitions: u32,
-    /// Systems to skip ("etcd", "redis-wait", "redis", "stator-unbatched",
-    /// "stator-readindex").
+    /// Systems to skip ("etcd", "redis-wait", "redis", "stator-shared",
+    /// "stator-unbatched", "stator-readindex").
     pub skip: Vec<String>,
     /// Where stator replicas keep their log: `disk` fsyncs before every acknowledgement
     /// (group commit), as etcd does; stores live in a temporary directory.
@@ -114,7 +122,7 @@ async fn drive(
 type Groups = Vec<(GroupId, Vec<String>)>;
 
 struct StatorDriver {
-    client: ReplicaClient,
+    client: Arc<ReplicaClient>,
     groups: Arc<Groups>,
     leaders: Vec<Option<String>>,
     op: Op,
@@ -223,17 +231,31 @@ async fn start_stator_with(
     ))
 }
 
+/// How the callers of one run hold their [`ReplicaClient`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clients {
+    /// One client (its own session and connections) per caller.
+    Own,
+    /// One client shared by every caller.
+    Shared,
+}
+
 async fn measure_stator(
     system: &str,
     opts: &Options,
     clients: usize,
+    how: Clients,
     groups: &Arc<Groups>,
     secret: &str,
 ) -> Run {
+    let shared = Arc::new(ReplicaClient::new(secret));
     let drivers: Vec<Box<dyn Driver>> = (0..clients)
         .map(|_| {
             Box::new(StatorDriver {
-                client: ReplicaClient::new(secret),
+                client: match how {
+                    Clients::Own => Arc::new(ReplicaClient::new(secret)),
+                    Clients::Shared => shared.clone(),
+                },
                 groups: groups.clone(),
                 leaders: vec![None; groups.len()],
                 op: opts.op,
@@ -363,7 +385,13 @@ async fn measure_stator_systems(opts: &Options, runs: &mut Vec<Run>) -> anyhow::
                 "{system}: {} replicas, durability {}, {clients} clients ...",
                 opts.replicas, opts.durability
             );
-            runs.push(measure_stator(system, opts, clients, &groups, &secret).await);
+            runs.push(measure_stator(system, opts, clients, Clients::Own, &groups, &secret).await);
+            if index == 0 && clients > 1 && !opts.skip.iter().any(|s| s == SHARED) {
+                eprintln!("{SHARED}: the same {clients} clients sharing one ReplicaClient ...");
+                runs.push(
+                    measure_stator(SHARED, opts, clients, Clients::Shared, &groups, &secret).await,
+                );
+            }
         }
         drop(hosts);
     }
