@@ -280,6 +280,11 @@ struct AgentArgs {
     /// Where the replica transport listens.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: String,
+    /// Threads of the agent's async runtime (default: one per core). Set it when several
+    /// agents share one machine: `stator up` gives each of its local agents its share of
+    /// the cores, since more runtime threads than cores only add cross-thread wake-ups.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    worker_threads: Option<u16>,
     /// IP the Redis Cluster RESP listeners bind, one per kv service in cluster mode
     /// (default: the host of --listen).
     #[arg(long)]
@@ -615,10 +620,15 @@ fn run() -> anyhow::Result<()> {
         server,
         token_file,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting tokio")?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Verb::Agent(AgentArgs {
+        worker_threads: Some(n),
+        ..
+    }) = &command
+    {
+        runtime.worker_threads(usize::from(*n));
+    }
+    let runtime = runtime.enable_all().build().context("starting tokio")?;
     runtime.block_on(dispatch(command, target))
 }
 

@@ -132,6 +132,10 @@ pub fn agent_process(launch: &Launch, spec: &AgentSpec) -> anyhow::Result<Proces
         args.push(flag.into());
         args.push(value);
     }
+    if let Some(threads) = launch.agent_worker_threads {
+        args.push("--worker-threads".into());
+        args.push(threads.to_string());
+    }
     Ok(ProcessSpec {
         name: spec.name.clone(),
         program: launch.exe.clone(),
@@ -154,6 +158,17 @@ pub struct Launch {
     pub server: String,
     /// Join token file.
     pub token_file: PathBuf,
+    /// `--worker-threads` of each agent (none: the agent's default, one per core).
+    pub agent_worker_threads: Option<usize>,
+}
+
+/// Runtime threads for each of `agents` local agents sharing `cores`: its share of the
+/// cores, at least one. With three agents on two cores, the agents' default runtimes (two
+/// threads each) made six threads wake each other for every replicated write; one each
+/// took 15-25 % off a 1-client SET's p50 on the loaded 2-core test machine
+/// (docs/BENCHMARKS.md, session 12).
+pub fn local_agent_worker_threads(cores: usize, agents: usize) -> usize {
+    (cores / agents.max(1)).max(1)
 }
 
 /// The `local` provider: a node is a `stator agent` child process on this machine,
@@ -242,6 +257,43 @@ impl NodeProvider for LocalProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_agents_share_the_cores_and_get_at_least_one_thread_each() {
+        assert_eq!(local_agent_worker_threads(2, 3), 1);
+        assert_eq!(local_agent_worker_threads(16, 3), 5);
+        assert_eq!(local_agent_worker_threads(8, 1), 8);
+        assert_eq!(local_agent_worker_threads(1, 0), 1);
+    }
+
+    #[test]
+    fn a_local_agent_is_started_with_its_share_of_the_cores() {
+        let dir = tempfile::tempdir().unwrap();
+        let launch = Launch {
+            exe: "stator".into(),
+            data_dir: dir.path().to_path_buf(),
+            server: "http://127.0.0.1:1".into(),
+            token_file: dir.path().join("token"),
+            agent_worker_threads: Some(2),
+        };
+        let spec = AgentSpec {
+            name: "node-1".into(),
+            zone: "zone-a".into(),
+            pool: "default".into(),
+            cpu_millis: 1000,
+            memory_mib: 1024,
+            price_per_hour: 0.0,
+        };
+        let args = agent_process(&launch, &spec).unwrap().args;
+        let at = args.iter().position(|a| a == "--worker-threads").unwrap();
+        assert_eq!(args[at + 1], "2");
+        let none = Launch {
+            agent_worker_threads: None,
+            ..launch
+        };
+        let args = agent_process(&none, &spec).unwrap().args;
+        assert!(!args.iter().any(|a| a == "--worker-threads"));
+    }
 
     #[test]
     fn reads_pools_and_tunables() {

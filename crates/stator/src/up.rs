@@ -81,6 +81,10 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         token_file: data_dir
             .join("server")
             .join(stator_server::config::JOIN_TOKEN_FILE),
+        agent_worker_threads: Some(pools::local_agent_worker_threads(
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            local_agents(&opts, pool_config.as_ref()),
+        )),
     };
     provider.set_launch(launch.clone());
     let (gateway, gateway_url) = start_gateway(&opts, &server).await?;
@@ -187,6 +191,14 @@ async fn start_gateway(
 
 /// Starts the pools' `min` nodes through the provider, or `--nodes` default agents;
 /// returns how many nodes to wait for.
+/// Agents `up` starts on this machine: `--nodes`, or every pool's minimum.
+fn local_agents(opts: &UpOptions, pool_config: Option<&AutoscaleConfig>) -> usize {
+    match pool_config {
+        Some(config) => config.pools.iter().map(|p| p.min as usize).sum(),
+        None => opts.nodes,
+    }
+}
+
 fn start_agents(
     opts: &UpOptions,
     pool_config: Option<&AutoscaleConfig>,
