@@ -56,6 +56,11 @@ const RECONCILE_PAUSE: Duration = Duration::from_millis(10);
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
 /// Bound on waits for a leader or for replicas to converge.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Writes scheduled during the move listed in the timeline as the slowest (the p99 of a
+/// move of a few hundred writes is its second or third slowest write).
+const SLOWEST_LISTED: usize = 5;
+/// A reconcile step taking longer than this shows its duration in the timeline.
+const SLOW_STEP: Duration = Duration::from_millis(1);
 /// Paced requests in flight at once; past this a request waits (and the wait counts in
 /// the latency, which is taken from the scheduled time).
 const MAX_IN_FLIGHT: usize = 4_096;
@@ -384,6 +389,12 @@ fn report(
             ),
         );
     }
+    for (at, latency) in slowest(&moved.outcome.during, SLOWEST_LISTED) {
+        timeline.event_at(
+            at,
+            format!("writer: one of the slowest writes, {latency:.1?}"),
+        );
+    }
     let timeline_lines = timeline.lines(
         moved.move_started - Duration::from_millis(100),
         moved.move_started + moved.migration + Duration::from_millis(500),
@@ -428,6 +439,14 @@ fn report(
         baseline,
         timeline: timeline_lines,
     }
+}
+
+/// The `n` slowest of `writes` (scheduled time, latency), slowest first.
+fn slowest(writes: &[(Instant, Duration)], n: usize) -> Vec<(Instant, Duration)> {
+    let mut sorted = writes.to_vec();
+    sorted.sort_by_key(|(_, latency)| std::cmp::Reverse(*latency));
+    sorted.truncate(n);
+    sorted
 }
 
 /// Prints the summary on stderr and, with `json`, the report on stdout's last line.
@@ -697,20 +716,28 @@ async fn move_replica(
         // Every host is asked: only a leader acts. A removed ex-leader may still see the
         // new configuration as its own, so only a desired member's InSync counts.
         for (id, host) in hosts {
-            match host.reconcile_membership(group(), desired).await {
+            let step_started = Instant::now();
+            let step = host.reconcile_membership(group(), desired).await;
+            let took = step_started.elapsed();
+            let took = if took > SLOW_STEP {
+                format!(" (step took {took:.1?})")
+            } else {
+                String::new()
+            };
+            match step {
                 Ok(MembershipStep::NotLeader) => {}
                 Ok(MembershipStep::InSync) if desired.contains_key(id) => {
-                    timeline.event(format!("host {id}: reconcile InSync"));
+                    timeline.event(format!("host {id}: reconcile InSync{took}"));
                     return Ok(());
                 }
                 Ok(step) => {
                     let shown = format!("{step:?}");
-                    if last_step.as_ref() != Some(&shown) {
-                        timeline.event(format!("host {id}: reconcile {shown}"));
+                    if last_step.as_ref() != Some(&shown) || !took.is_empty() {
+                        timeline.event(format!("host {id}: reconcile {shown}{took}"));
                         last_step = Some(shown);
                     }
                 }
-                Err(e) => timeline.event(format!("host {id}: reconcile error {e}")),
+                Err(e) => timeline.event(format!("host {id}: reconcile error {e}{took}")),
             }
         }
         anyhow::ensure!(

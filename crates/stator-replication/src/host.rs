@@ -53,6 +53,13 @@ pub const CATCH_UP_SLACK_ENTRIES: u64 = 64;
 pub const LEADERSHIP_TRANSFER_TIMEOUT: Duration = Duration::from_millis(1_000);
 /// How often a leadership transfer re-checks that in-flight writes reached the log.
 const TRANSFER_POLL: Duration = Duration::from_millis(2);
+/// Longest a leader handing over waits, writes still flowing, for an instant when its
+/// successor holds its last entry and no write is on its way to the log. From such an
+/// instant writes wait at the gate for the hand-over alone (the successor's election), not
+/// for the replication of the writes in flight as well. Under a steady stream of writes
+/// there may be no such instant: past this wait, new writes wait at the gate while those
+/// in flight reach the successor, as before.
+pub const TRANSFER_QUIET_WAIT: Duration = Duration::from_millis(50);
 
 /// Entries proposed at once per replica by write batching. One is enough to batch but
 /// leaves the pipeline empty while an entry commits; a few keep it full under load while
@@ -360,6 +367,8 @@ pub struct Replica {
     /// Client-write entries between the transfer gate in [`propose`] and their commit: a
     /// transfer waits for these to reach the log before it measures the successor's lag.
     proposing: AtomicUsize,
+    /// Notified when [`Replica::proposing`] drops to zero.
+    proposals_drained: tokio::sync::Notify,
     /// Writes waiting to be proposed together.
     writes: WriteQueue,
     /// openraft's leader lease (the election timeout's upper bound).
@@ -693,6 +702,7 @@ impl Host {
             elect_asked_us: AtomicU64::new(0),
             elect_asked_term: AtomicU64::new(0),
             proposing: AtomicUsize::new(0),
+            proposals_drained: tokio::sync::Notify::new(),
             writes: WriteQueue::new(options.batch_writes),
             raft_lease: Duration::from_millis(raft_lease_ms),
             last_append_us: AtomicU64::new(0),
@@ -1019,9 +1029,15 @@ impl Host {
         else {
             return Ok(TransferOutcome::NotAVoter);
         };
+        replica.quiet.wake(&replica.raft);
+        // Writes still flow while the successor takes this replica's last entries: the
+        // gate closes at an instant when nothing is in flight, if one comes soon.
+        let quiet_by = Instant::now() + TRANSFER_QUIET_WAIT;
+        if successor_caught_up(&replica, to, quiet_by).await == Err(TransferOutcome::NotLeader) {
+            return Ok(TransferOutcome::NotLeader);
+        }
         // Writes wait from here on (see `serve_client`), and no lease is held: the
         // successor is elected with this replica's vote, before any lease would end.
-        replica.quiet.wake(&replica.raft);
         replica.transfer.send_replace(Handover::Pending(to));
         replica.read_index.suspend(true);
         let outcome = self.hand_over(&replica, to, &addr).await;
@@ -1032,39 +1048,14 @@ impl Host {
 
     async fn hand_over(&self, replica: &Replica, to: NodeId, addr: &str) -> TransferOutcome {
         let deadline = Instant::now() + LEADERSHIP_TRANSFER_TIMEOUT;
-        let mut metrics = replica.raft.metrics();
         // 1. The successor holds every entry this leader has. New writes wait at the gate;
         //    those that passed it before the transfer began must reach the log first, or
         //    the successor's log would end up shorter and this replica would refuse it
         //    its vote.
-        loop {
-            let caught_up = {
-                let m = metrics.borrow_and_update();
-                if m.state != ServerState::Leader {
-                    return TransferOutcome::NotLeader;
-                }
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(&to).copied().flatten())
-                    .map(|l| l.index);
-                replica.proposing.load(Ordering::SeqCst) == 0
-                    && matched.is_some()
-                    && matched >= m.last_log_index
-            };
-            if caught_up {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return TransferOutcome::TimedOut;
-            }
-            // A proposal finishing changes no metric after its commit, so poll as well.
-            let _ = tokio::time::timeout_at(
-                deadline.min(Instant::now() + TRANSFER_POLL).into(),
-                metrics.changed(),
-            )
-            .await;
+        if let Err(outcome) = successor_caught_up(replica, to, deadline).await {
+            return outcome;
         }
+        let mut metrics = replica.raft.metrics();
         // 2. TimeoutNow: the successor runs for election now.
         let remaining = deadline.saturating_duration_since(Instant::now());
         match self
@@ -1100,6 +1091,52 @@ impl Host {
                 return TransferOutcome::TimedOut;
             }
         }
+    }
+}
+
+/// Waits until `to` holds this leader's last entry and no write that passed the transfer
+/// gate is still on its way to the log; `Err` if this replica stops leading or `deadline`
+/// passes first.
+async fn successor_caught_up(
+    replica: &Replica,
+    to: NodeId,
+    deadline: Instant,
+) -> Result<(), TransferOutcome> {
+    let mut metrics = replica.raft.metrics();
+    loop {
+        // Registered before the count is read, so a drop to zero in between is not missed.
+        let drained = replica.proposals_drained.notified();
+        tokio::pin!(drained);
+        drained.as_mut().enable();
+        let caught_up = {
+            let m = metrics.borrow_and_update();
+            if m.state != ServerState::Leader {
+                return Err(TransferOutcome::NotLeader);
+            }
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&to).copied().flatten())
+                .map(|l| l.index);
+            replica.proposing.load(Ordering::SeqCst) == 0
+                && matched.is_some()
+                && matched >= m.last_log_index
+        };
+        if caught_up {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(TransferOutcome::TimedOut);
+        }
+        // A proposal's end is notified; the poll is a backstop.
+        let _ =
+            tokio::time::timeout_at(deadline.min(Instant::now() + TRANSFER_POLL).into(), async {
+                tokio::select! {
+                    _ = metrics.changed() => {}
+                    _ = &mut drained => {}
+                }
+            })
+            .await;
     }
 }
 
@@ -1261,11 +1298,20 @@ async fn propose_writes(replica: Arc<Replica>) {
 }
 
 /// Counts a proposal in [`Replica::proposing`] until dropped.
-struct Proposing<'a>(&'a AtomicUsize);
+struct Proposing<'a>(&'a Replica);
+
+impl<'a> Proposing<'a> {
+    fn count(replica: &'a Replica) -> Self {
+        replica.proposing.fetch_add(1, Ordering::SeqCst);
+        Proposing(replica)
+    }
+}
 
 impl Drop for Proposing<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        if self.0.proposing.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.proposals_drained.notify_waiters();
+        }
     }
 }
 
@@ -1277,8 +1323,7 @@ impl Drop for Proposing<'_> {
 /// the transfer, never neither.
 async fn pass_transfer_gate(replica: &Replica) -> Result<Proposing<'_>, ClientReply> {
     loop {
-        replica.proposing.fetch_add(1, Ordering::SeqCst);
-        let counted = Proposing(&replica.proposing);
+        let counted = Proposing::count(replica);
         let state = replica.transfer.borrow().clone();
         match state {
             Handover::Idle => return Ok(counted),
@@ -1300,8 +1345,7 @@ async fn pass_transfer_gate(replica: &Replica) -> Result<Proposing<'_>, ClientRe
         {
             // The transfer outlived its own deadline (it cannot, short of a stall):
             // propose anyway rather than hold the write forever.
-            replica.proposing.fetch_add(1, Ordering::SeqCst);
-            return Ok(Proposing(&replica.proposing));
+            return Ok(Proposing::count(replica));
         }
     }
 }

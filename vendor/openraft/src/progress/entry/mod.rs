@@ -221,10 +221,28 @@ impl<NID: NodeId> ProgressEntry<NID> {
         // Run a binary search to find the matching log id, if matching log id is not determined.
         let matching_next = self.matching.next_index();
         let mut start = Self::calc_mid(matching_next, self.searching_end);
+        // stator patch: whether this send is a probe of the binary search (a midpoint past
+        // the matching point; not a start raised to the purge point below).
+        let searching = start > matching_next;
+        // stator patch: a progress that has sent nothing yet (a new leader's view of each
+        // follower) and would start a binary search first tries the end of the search
+        // range: a follower that holds the whole log (the usual case after an election or
+        // a leadership transfer) matches at once and takes the new entries in the same
+        // message, instead of after ~log2(range) halvings. One that does not refuses a
+        // message of the few entries past that point, and the search goes on as upstream's.
+        let optimistic = searching && self.curr_inflight_id == 0 && self.matching.is_none();
+        if optimistic {
+            start = self.searching_end - 1;
+        }
         if start < purge_upto_next {
             start = purge_upto_next;
         }
 
+        // stator patch: a probe of the binary search carries one entry, not `max_entries`:
+        // the follower either holds the entries already (they are decoded and discarded)
+        // or refuses them, so a search of a long log of large entries sent megabytes that
+        // no follower needed (upstream sends a full batch with every probe).
+        let max_entries = if searching && !optimistic { 1 } else { max_entries };
         let end = std::cmp::min(start + max_entries, last_next);
 
         if start == end {

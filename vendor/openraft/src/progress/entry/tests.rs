@@ -341,5 +341,27 @@ fn test_next_send() -> anyhow::Result<()> {
         let res = pe.next_send(&LogState::new(6, 10, 20), 5);
         assert_eq!(Ok(&inflight_logs(7, 12).with_id(1)), res);
     }
+
+    // stator patch: a new leader's view of a follower (nothing sent yet, no matching point)
+    // first tries the end of the log with a full batch; once refused, the binary search's
+    // probes carry one entry each.
+    {
+        //  matching                    end
+        //  None                        101
+        // -+--------------------------+--->
+        //  purged                     last
+        //  1                          100
+
+        let mut pe = ProgressEntry::empty(101);
+        let log_state = LogState::new(1, 1, 100);
+
+        let res = pe.next_send(&log_state, 100);
+        assert_eq!(Ok(&inflight_logs(99, 100).with_id(1)), res, "tries the end first");
+
+        pe.inflight = Inflight::None;
+        pe.searching_end = 99;
+        let res = pe.next_send(&log_state, 100);
+        assert_eq!(Ok(&inflight_logs(47, 48).with_id(2)), res, "a probe carries one entry");
+    }
     Ok(())
 }
