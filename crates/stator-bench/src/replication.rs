@@ -616,30 +616,40 @@ pub async fn timeline(opts: &Options) -> anyhow::Result<TimelineReport> {
     eprintln!("stator: {} replicas, 1 client, timeline ...", opts.replicas);
     let (group, members) = groups[0].clone();
     let client = ReplicaClient::new(&secret);
-    let mut leader = None;
     let value = vec![b'v'; opts.value_bytes];
-    let start = Instant::now();
-    let mut marks = Vec::new();
+    let duration = opts.duration;
     timeline::enable(true);
-    while start.elapsed() < WARMUP + opts.duration {
-        let key = format!("key:{}", rand::thread_rng().gen_range(0..KEY_SPACE));
-        let cmd = stator_kv::encode_command(&[b"SET".as_slice(), key.as_bytes(), &value]);
-        timeline::begin();
-        let reply = client
-            .execute(
-                group,
-                &members,
-                &mut leader,
-                RequestKind::Write,
-                cmd,
-                OP_DEADLINE,
-            )
-            .await;
-        timeline::mark(Stage::ClientRecv);
-        if start.elapsed() >= WARMUP && matches!(reply.as_deref(), Ok(b"+OK\r\n")) {
-            marks.push(timeline::take());
+    // The client runs as a spawned task, on a runtime worker, as `drive` runs the
+    // benchmark's clients (stator's and Redis's alike). Awaited right here it would run
+    // on the thread blocked in `block_on`, which is not a worker: every reply would then
+    // cost a cross-thread wake-up from the worker reading the socket (about 20 us here),
+    // which no client of the `--clients` runs pays.
+    let marks = tokio::spawn(async move {
+        let mut leader = None;
+        let start = Instant::now();
+        let mut marks = Vec::new();
+        while start.elapsed() < WARMUP + duration {
+            let key = format!("key:{}", rand::thread_rng().gen_range(0..KEY_SPACE));
+            let cmd = stator_kv::encode_command(&[b"SET".as_slice(), key.as_bytes(), &value]);
+            timeline::begin();
+            let reply = client
+                .execute(
+                    group,
+                    &members,
+                    &mut leader,
+                    RequestKind::Write,
+                    cmd,
+                    OP_DEADLINE,
+                )
+                .await;
+            timeline::mark(Stage::ClientRecv);
+            if start.elapsed() >= WARMUP && matches!(reply.as_deref(), Ok(b"+OK\r\n")) {
+                marks.push(timeline::take());
+            }
         }
-    }
+        marks
+    })
+    .await?;
     timeline::enable(false);
     drop(hosts);
     let (medians, writes) = timeline::medians(&marks);

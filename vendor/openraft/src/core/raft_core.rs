@@ -202,6 +202,13 @@ where
     /// follower it never reports as matching an entry its own disk may not hold yet.
     pub(crate) leader_flush: Option<crate::type_config::alias::JoinHandleOf<C, ()>>,
 
+    /// stator patch: the seq of the last apply sent to the state machine worker.
+    pub(crate) last_apply_seq: CommandSeq,
+
+    /// stator patch: a new commit index not yet sent to the followers, held until the
+    /// apply with this seq has finished (see `Command::ReplicateCommitted`).
+    pub(crate) held_commit_broadcast: Option<CommandSeq>,
+
     /// A Receiver to receive callback from other components.
     pub(crate) rx_notify: mpsc::UnboundedReceiver<Notify<C>>,
 
@@ -813,6 +820,8 @@ where
 
         let cmd = sm::Command::apply(entries).with_seq(seq);
         self.sm_handle.send(cmd).map_err(|e| StorageIOError::apply(last_applied, AnyError::error(e)))?;
+        // stator patch: see `held_commit_broadcast`.
+        self.last_apply_seq = seq;
 
         Ok(())
     }
@@ -1495,6 +1504,16 @@ where
                         self.handle_apply_result(res);
                     }
                 }
+                // stator patch: the apply a held commit broadcast waited for is done and
+                // its clients are answered; the followers hear of the commit now: the
+                // current index, which covers every commit held meanwhile.
+                if self.held_commit_broadcast.is_some_and(|held| held <= seq) {
+                    self.held_commit_broadcast = None;
+                    let committed = self.engine.state.committed().cloned();
+                    for node in self.replications.values() {
+                        let _ = node.tx_repl.send(Replicate::Committed(committed.clone()));
+                    }
+                }
             }
         };
         Ok(())
@@ -1768,8 +1787,24 @@ where
                 self.spawn_parallel_vote_requests(&vote_req).await;
             }
             Command::ReplicateCommitted { committed } => {
-                for node in self.replications.values() {
-                    let _ = node.tx_repl.send(Replicate::Committed(committed.clone()));
+                // stator patch: the engine pushes this right after the `Commit` that
+                // applies the entries it commits. Sent at once, the followers'
+                // commit-index heartbeats (a `send` each, which on loopback also runs the
+                // receiver's TCP stack) run before the state machine worker and delay the
+                // apply and the clients' replies. So while that apply is out, the
+                // broadcast is held and goes once its result is in and its clients are
+                // answered (`Notify::StateMachine`). A broadcast is held for one apply at
+                // most: a later commit joins it rather than pushing it back. What is
+                // committed, and when a client hears of it, is unchanged; the followers
+                // learn the index one apply later.
+                if self.held_commit_broadcast.is_some() {
+                    tracing::debug!("commit broadcast already held: {}", committed.display());
+                } else if self.command_state.finished_sm_seq < self.last_apply_seq {
+                    self.held_commit_broadcast = Some(self.last_apply_seq);
+                } else {
+                    for node in self.replications.values() {
+                        let _ = node.tx_repl.send(Replicate::Committed(committed.clone()));
+                    }
                 }
             }
             Command::Commit {

@@ -293,6 +293,8 @@ where C: RaftTypeConfig
 
             tx_notify,
             leader_flush: None,
+            last_apply_seq: 0,
+            held_commit_broadcast: None,
             rx_notify,
 
             tx_metrics,

@@ -145,6 +145,35 @@ where
     /// Appropriate number of entries to send.
     /// This is only used by AppendEntries RPC.
     entries_hint: ReplicationHint,
+
+    /// stator patch: when a commit index that no message has carried to the target yet
+    /// must go out alone, as a heartbeat (see [`COMMIT_PIGGYBACK_WAIT`]).
+    commit_due: Option<InstantOf<C>>,
+}
+
+/// stator patch: how long a new commit index waits for an AppendEntries that carries
+/// it before it is sent alone, as a heartbeat. Upstream sends every advance of the
+/// commit index at once, so each write costs a second AppendEntries and answer per
+/// follower (and with one client in a closed loop they land on the next write: the
+/// followers and the leader are busy with them when it arrives); while writes keep
+/// coming, the next write's AppendEntries carries it instead. Only followers' apply
+/// waits (a leader commits and answers its clients from its own commit index); a group
+/// gone idle still sends it after this wait (tokio's timer ticks in milliseconds: 1 to
+/// 2 ms). Session 9 waited 2 ms (removed after a quiet-machine A/B).
+pub const COMMIT_PIGGYBACK_WAIT: Duration = Duration::from_millis(1);
+
+/// stator patch, for an A/B in one binary while it is measured:
+/// `STATOR_COMMIT_PIGGYBACK_US=N` waits N us instead (0: sends every commit index at
+/// once, as upstream does).
+fn commit_piggyback_wait() -> Option<Duration> {
+    static WAIT: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *WAIT.get_or_init(|| {
+        let wait = std::env::var("STATOR_COMMIT_PIGGYBACK_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(COMMIT_PIGGYBACK_WAIT, Duration::from_micros);
+        (!wait.is_zero()).then_some(wait)
+    })
 }
 
 impl<C, N, LS> ReplicationCore<C, N, LS>
@@ -198,6 +227,7 @@ where
             weak_tx_event: tx_event.downgrade(),
             next_action: None,
             entries_hint: Default::default(),
+            commit_due: None,
         };
 
         let join_handle = C::AsyncRuntime::spawn(this.main().instrument(span));
@@ -214,7 +244,7 @@ where
             let action = self.next_action.take();
 
             let Some(d) = action else {
-                self.drain_events_with_backoff().await?;
+                self.wait_for_events().await?;
                 continue;
             };
 
@@ -227,6 +257,8 @@ where
 
             let res = match d {
                 Data::Heartbeat => {
+                    // stator patch: it carries the commit index.
+                    self.commit_due = None;
                     let m = &self.matching;
                     // request_id==None will be ignored by RaftCore.
                     let d = DataWithId::new(RequestId::new_heartbeat(), LogIdRange::new(m.clone(), m.clone()));
@@ -235,6 +267,8 @@ where
                     self.send_log_entries(d).await
                 }
                 Data::Logs(log) => {
+                    // stator patch: it carries the commit index.
+                    self.commit_due = None;
                     log_data = Some(log.clone());
                     self.send_log_entries(log).await
                 }
@@ -315,8 +349,32 @@ where
                 }
             };
 
-            self.drain_events_with_backoff().await?;
+            self.wait_for_events().await?;
         }
+    }
+
+    /// stator patch: [`Self::drain_events_with_backoff`], except that while a commit index
+    /// waits to be carried ([`Self::commit_due`]) and there is nothing to send, it waits
+    /// for an event only until the commit is due, then sends it alone as a heartbeat.
+    async fn wait_for_events(&mut self) -> Result<(), ReplicationClosed> {
+        let Some(due) = self.commit_due.filter(|_| self.next_action.is_none()) else {
+            return self.drain_events_with_backoff().await;
+        };
+        if self.backoff.is_some() {
+            // As upstream: the heartbeat goes out after the back-off.
+            self.next_action = Some(Data::new_heartbeat());
+            return self.drain_events_with_backoff().await;
+        }
+        select! {
+            _ = C::sleep_until(due) => {
+                self.next_action = Some(Data::new_heartbeat());
+            }
+            recv_res = self.rx_event.recv() => {
+                let event = recv_res.ok_or(ReplicationClosed::new("RaftCore closed replication"))?;
+                self.process_event(event);
+            }
+        }
+        self.try_drain_events().await
     }
 
     async fn drain_events_with_backoff(&mut self) -> Result<(), ReplicationClosed> {
@@ -691,9 +749,20 @@ where
 
                 self.committed = c;
 
-                // If there is no action, fill in an heartbeat action to send committed index.
-                if self.next_action.is_none() {
-                    self.next_action = Some(Data::new_heartbeat());
+                // stator patch: upstream fills in a heartbeat at once when there is no
+                // action; the commit index now waits up to `COMMIT_PIGGYBACK_WAIT` for the
+                // next AppendEntries to carry it (see `wait_for_events`).
+                match commit_piggyback_wait() {
+                    None => {
+                        if self.next_action.is_none() {
+                            self.next_action = Some(Data::new_heartbeat());
+                        }
+                    }
+                    Some(wait) => {
+                        if self.next_action.is_none() && self.commit_due.is_none() {
+                            self.commit_due = Some(C::now() + wait);
+                        }
+                    }
                 }
             }
             Replicate::Heartbeat => {

@@ -229,15 +229,18 @@ where C: RaftTypeConfig
         }
 
         if let Some(prev_committed) = self.state.update_committed(&granted) {
-            self.output.push_command(Command::ReplicateCommitted {
-                committed: self.state.committed().cloned(),
-            });
-
+            // stator patch: the apply first, then the broadcast to the followers, which
+            // `RaftCore` holds until that apply is done (see `Command::ReplicateCommitted`
+            // in `core/raft_core.rs`); upstream pushes them the other way round.
             let seq = self.output.next_sm_seq();
             self.output.push_command(Command::Commit {
                 seq,
                 already_committed: prev_committed,
                 upto: self.state.committed().cloned().unwrap(),
+            });
+
+            self.output.push_command(Command::ReplicateCommitted {
+                committed: self.state.committed().cloned(),
             });
 
             if self.config.snapshot_policy.should_snapshot(&self.state) {
