@@ -59,7 +59,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// RESP connections open at once on one agent, over all its services: below the usual
@@ -70,19 +70,6 @@ pub const MAX_AGENT_RESP_CONNECTIONS: usize = 512;
 /// How long a command forwarded for lack of a known leader may take before the client
 /// gets `TRYAGAIN` (several elections fit).
 pub const FORWARD_DEADLINE: Duration = Duration::from_secs(5);
-
-/// Merged writes of this agent's RESP connections in flight to one local leader at once
-/// (see [`Merger`]). Fewer than the replica's own proposers: while they are busy, the
-/// batches of the other connections queue here and go as one write, so a Raft entry
-/// carries many connections' pipelines.
-pub const MAX_MERGED_WRITES_IN_FLIGHT: usize = 2;
-
-/// Most commands in one merged write: a cap on one entry's apply time.
-pub const MAX_MERGED_COMMANDS: usize = 256;
-
-/// Most payload bytes in one merged write (a larger single batch goes alone): the
-/// replica's own write batch size.
-pub const MAX_MERGED_BYTES: usize = stator_replication::host::MAX_WRITE_BATCH_BYTES;
 
 /// Where the listeners bind and what they advertise.
 #[derive(Debug, Clone)]
@@ -127,11 +114,7 @@ impl RespServer {
         ));
         let (map_tx, _) = watch::channel(Arc::new(PartitionMap::default()));
         Self {
-            backend: Arc::new(AgentBackend {
-                host,
-                router,
-                merger: Arc::default(),
-            }),
+            backend: Arc::new(AgentBackend { host, router }),
             shared: Arc::new(Shared::default()),
             config,
             map_tx,
@@ -339,136 +322,9 @@ pub fn build_map(
 
 /// What an agent does with a keyed command: serve it where its replica leads, `MOVED`
 /// where another node leads, forward where nobody is known to lead.
-#[derive(Clone)]
 struct AgentBackend {
     host: Host,
     router: Arc<Router>,
-    merger: Arc<Merger>,
-}
-
-/// The write batches of this agent's RESP connections waiting for each local leader,
-/// merged into one `STATOR.EXEC` write as the gateway's coalescer merges them: up to
-/// [`MAX_MERGED_WRITES_IN_FLIGHT`] senders per group take whatever has queued as soon as
-/// anything has (nothing waits for a batch to fill), one session and one write each, the
-/// reply split back among the batches. A batch that finds a sender free and nothing
-/// queued is sent by its own connection task (no task hop); batches that queued behind
-/// busy senders go from one spawned sender task per burst.
-///
-/// Order: each batch's commands stay contiguous and in order inside the merged write,
-/// and a connection sends a command on a slot only after its earlier commands on that
-/// slot are answered, so a connection's order is kept; batches of different connections
-/// were concurrent, and the merged write applies them in the order they queued.
-#[derive(Default)]
-struct Merger {
-    // A std mutex: a lookup or an insert, never held across an await. Holds an empty
-    // queue per group ever written here, bounded by the groups the agent ever hosted.
-    queues: Mutex<HashMap<GroupId, Arc<MergeQueue>>>,
-}
-
-#[derive(Default)]
-struct MergeQueue {
-    // A std mutex: a push or a take, never held across an await.
-    state: Mutex<MergeState>,
-}
-
-#[derive(Default)]
-struct MergeState {
-    waiting: std::collections::VecDeque<MergeWaiting>,
-    senders: usize,
-}
-
-/// One connection's write batch, queued.
-struct MergeWaiting {
-    routes: Arc<ServiceRoutes>,
-    partition: usize,
-    commands: Vec<(RequestKind, Bytes)>,
-    bytes: usize,
-    reply: oneshot::Sender<Vec<Bytes>>,
-}
-
-impl Merger {
-    fn queue(&self, group: GroupId) -> Arc<MergeQueue> {
-        self.queues
-            .lock()
-            .expect("merge queues poisoned")
-            .entry(group)
-            .or_default()
-            .clone()
-    }
-}
-
-impl MergeQueue {
-    /// The batches of the next merged write, oldest first; `None` (and one sender fewer)
-    /// when none wait.
-    fn take(&self) -> Option<Vec<MergeWaiting>> {
-        let mut state = self.state.lock().expect("merge queue poisoned");
-        if state.waiting.is_empty() {
-            state.senders -= 1;
-            return None;
-        }
-        let (mut commands, mut bytes) = (0, 0);
-        let mut taken = Vec::new();
-        while let Some(next) = state.waiting.front() {
-            let fits = commands + next.commands.len() <= MAX_MERGED_COMMANDS
-                && bytes + next.bytes <= MAX_MERGED_BYTES;
-            if !taken.is_empty() && !fits {
-                break;
-            }
-            commands += next.commands.len();
-            bytes += next.bytes;
-            taken.push(state.waiting.pop_front().expect("front exists"));
-        }
-        Some(taken)
-    }
-}
-
-/// A sender's place among a group's [`MAX_MERGED_WRITES_IN_FLIGHT`], held by a
-/// connection sending its own batch. Given up when dropped (also when the connection's
-/// future is dropped mid-send): batches that queued meanwhile go to a sender task.
-struct MergeSlot {
-    backend: AgentBackend,
-    queue: Arc<MergeQueue>,
-}
-
-impl Drop for MergeSlot {
-    fn drop(&mut self) {
-        let mut state = self.queue.state.lock().expect("merge queue poisoned");
-        if state.waiting.is_empty() {
-            state.senders -= 1;
-        } else if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            drop(state);
-            runtime.spawn(drain_merged(self.backend.clone(), self.queue.clone()));
-        } else {
-            // The runtime is gone: so are the connections waiting for an answer.
-            state.senders -= 1;
-        }
-    }
-}
-
-/// A sender task: sends what queued for `queue`, one merged write at a time, until
-/// nothing waits.
-async fn drain_merged(backend: AgentBackend, queue: Arc<MergeQueue>) {
-    while let Some(batches) = queue.take() {
-        let last = batches.last().expect("take returns at least one batch");
-        // The freshest routes among them (batches queued under a newer map come later).
-        let (routes, partition) = (last.routes.clone(), last.partition);
-        let mut counts = Vec::with_capacity(batches.len());
-        let mut commands = Vec::with_capacity(batches.iter().map(|b| b.commands.len()).sum());
-        let mut replies_to = Vec::with_capacity(batches.len());
-        for batch in batches {
-            counts.push(batch.commands.len());
-            commands.extend(batch.commands);
-            replies_to.push(batch.reply);
-        }
-        let mut replies = backend
-            .send_writes(&routes, &routes.partitions[partition], commands)
-            .await
-            .into_iter();
-        for (count, reply) in counts.into_iter().zip(replies_to) {
-            // A connection that left meanwhile has nobody to answer.
-            let _ = reply.send(replies.by_ref().take(count).collect());
-        }
-    }
 }
 
 /// Where a command on a partition should go, as this agent sees it.
@@ -574,67 +430,13 @@ impl AgentBackend {
 }
 
 impl AgentBackend {
-    /// Serves a batch holding a write on the local replica, merged with the write
-    /// batches other connections have waiting for the same group ([`Merger`]).
-    async fn merged_write(
-        &self,
-        routes: &Arc<ServiceRoutes>,
-        partition: usize,
-        commands: Vec<(RequestKind, Bytes)>,
-    ) -> Vec<Bytes> {
-        let route = &routes.partitions[partition];
-        let limit = MAX_MERGED_WRITES_IN_FLIGHT;
-        let queue = self.merger.queue(route.group);
-        let count = commands.len();
-        let queued = {
-            let mut state = queue.state.lock().expect("merge queue poisoned");
-            if state.waiting.is_empty() && state.senders < limit {
-                // Nothing to merge with: sent from here below, no task hop.
-                state.senders += 1;
-                Err(commands)
-            } else {
-                let (reply, answer) = oneshot::channel();
-                let bytes = commands.iter().map(|(_, payload)| payload.len()).sum();
-                state.waiting.push_back(MergeWaiting {
-                    routes: routes.clone(),
-                    partition,
-                    commands,
-                    bytes,
-                    reply,
-                });
-                if state.senders < limit {
-                    state.senders += 1;
-                    tokio::spawn(drain_merged(self.clone(), queue.clone()));
-                }
-                Ok(answer)
-            }
-        };
-        match queued {
-            Err(commands) => {
-                let slot = MergeSlot {
-                    backend: self.clone(),
-                    queue,
-                };
-                let replies = self.send_writes(routes, route, commands).await;
-                drop(slot);
-                replies
-            }
-            Ok(answer) => answer.await.unwrap_or_else(|_| {
-                // Only if the runtime shuts down under the sender task.
-                let error = Value::error(
-                    "ERR the agent stopped while sending this write; it may or may not have been applied",
-                )
-                .to_bytes();
-                vec![Bytes::from(error); count]
-            }),
-        }
-    }
-
-    /// Sends `commands` (holding a write) as one write on the local replica: one command
-    /// as itself, more as one `STATOR.EXEC` ([`pipeline::encode`]; applied as one unit,
-    /// in order, one reply each; if leadership moves under it, the router retries it
-    /// whole with the same session, so it never applies twice).
-    async fn send_writes(
+    /// Serves `commands` in order on the local replica (it led a moment ago): a batch
+    /// with a write as one `STATOR.EXEC` write ([`pipeline::encode`]; applied as one unit,
+    /// in order, one reply each; if leadership moves under it, the router retries it whole
+    /// with the same session, so it never applies twice), reads side by side (one read
+    /// of the whole batch, as the gateway sends it, did not lower CPU per GET here:
+    /// docs/BENCHMARKS.md, session 9).
+    async fn serve_batch_locally(
         &self,
         routes: &ServiceRoutes,
         route: &PartitionRoute,
@@ -648,6 +450,9 @@ impl AgentBackend {
                 .await;
             return vec![Bytes::from(reply)];
         }
+        if pipeline::all_reads(&commands) {
+            return self.serve_reads_locally(routes, route, commands).await;
+        }
         let payload = pipeline::encode(&commands);
         let reply = self
             .serve_locally(routes, route, RequestKind::Write, payload, || {
@@ -655,32 +460,6 @@ impl AgentBackend {
             })
             .await;
         pipeline::split(reply, count)
-    }
-
-    /// Serves `commands` in order on the local replica (it led a moment ago): a batch
-    /// with a write as one `STATOR.EXEC` write ([`pipeline::encode`]; applied as one unit,
-    /// in order, one reply each; if leadership moves under it, the router retries it whole
-    /// with the same session, so it never applies twice), reads side by side (one read
-    /// of the whole batch, as the gateway sends it, did not lower CPU per GET here:
-    /// docs/BENCHMARKS.md, session 9).
-    async fn serve_batch_locally(
-        &self,
-        routes: &Arc<ServiceRoutes>,
-        partition: usize,
-        mut commands: Vec<(RequestKind, Bytes)>,
-    ) -> Vec<Bytes> {
-        let route = &routes.partitions[partition];
-        if pipeline::all_reads(&commands) {
-            if commands.len() == 1 {
-                let (kind, payload) = commands.pop().expect("one command");
-                let reply = self
-                    .serve_locally(routes, route, kind, payload.to_vec(), || payload.to_vec())
-                    .await;
-                return vec![Bytes::from(reply)];
-            }
-            return self.serve_reads_locally(routes, route, commands).await;
-        }
-        self.merged_write(routes, partition, commands).await
     }
 
     /// Serves reads on the local replica side by side ([`Host::serve_client_batch`]). From
@@ -732,7 +511,7 @@ impl Backend for AgentBackend {
         let route = &routes.partitions[partition];
         let me = self.host.node_id();
         match target(me, self.local_view(route.group), route) {
-            Target::Local => self.serve_batch_locally(&routes, partition, commands).await,
+            Target::Local => self.serve_batch_locally(&routes, route, commands).await,
             // Each command is told where its own slot lives.
             Target::Moved(addr) => slots
                 .iter()
