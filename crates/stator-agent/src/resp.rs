@@ -45,6 +45,7 @@
 
 use bytes::Bytes;
 use stator_api::agent::ClusterService;
+use stator_api::ids::GroupId;
 use stator_api::ids::NodeId;
 use stator_api::spec::RespTlsSpec;
 use stator_gateway::map::{PartitionMap, PartitionRoute, RespNode, ServiceRoutes};
@@ -264,7 +265,7 @@ fn join_host_port(host: &str, port: u16) -> String {
 /// fresher than the server's view.
 pub fn build_map(
     services: &[ClusterService],
-    local_leader: impl Fn(stator_api::ids::GroupId) -> Option<NodeId>,
+    local_leader: impl Fn(GroupId) -> Option<NodeId>,
 ) -> PartitionMap {
     let services = services
         .iter()
@@ -368,6 +369,23 @@ fn target(
 }
 
 impl AgentBackend {
+    /// The local replica's role and leader as [`target`] needs them, from the leader its
+    /// Raft metrics name (a read of one watch value, once per batch): a replica that
+    /// names itself leads, any other hosted one follows. A leader stepping down under
+    /// the batch is answered `NotLeader` and the batch goes to the router, as for any
+    /// leader change in flight. `None` where no leader is known or nothing is hosted,
+    /// which [`target`] treats alike. (The full `Host::status` builds voter lists and
+    /// takes the log's lock: too much for every batch of a pipeline.)
+    fn local_view(&self, group: GroupId) -> Option<(ReplicaRole, Option<NodeId>)> {
+        let leader = self.host.leader(group)?;
+        let role = if leader == self.host.node_id() {
+            ReplicaRole::Leader
+        } else {
+            ReplicaRole::Follower
+        };
+        Some((role, Some(leader)))
+    }
+
     /// Serves one request on the local replica. `payload_again` rebuilds the payload for
     /// the rare retry through the router (leadership moved under it), so the common path
     /// hands its one copy to the replica instead of keeping another.
@@ -492,8 +510,7 @@ impl Backend for AgentBackend {
     ) -> Vec<Bytes> {
         let route = &routes.partitions[partition];
         let me = self.host.node_id();
-        let local = self.host.status(route.group).map(|s| (s.role, s.leader));
-        match target(me, local, route) {
+        match target(me, self.local_view(route.group), route) {
             Target::Local => self.serve_batch_locally(&routes, route, commands).await,
             // Each command is told where its own slot lives.
             Target::Moved(addr) => slots
@@ -538,8 +555,7 @@ impl Backend for AgentBackend {
     ) -> Vec<u8> {
         let route = &routes.partitions[partition];
         let me = self.host.node_id();
-        let local = self.host.status(route.group).map(|s| (s.role, s.leader));
-        match target(me, local, route) {
+        match target(me, self.local_view(route.group), route) {
             Target::Local => {
                 let again = payload.clone();
                 self.serve_locally(&routes, route, kind, payload, move || again)

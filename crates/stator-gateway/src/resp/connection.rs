@@ -10,7 +10,9 @@
 //! flight in an earlier batch, because Redis promises a connection's commands on one key
 //! run in the order sent; commands on keys of different partitions run concurrently (the
 //! promise across partitions is only the order of replies). Replies carry their
-//! command's index and always leave in request order.
+//! command's index and always leave in request order; the replies of the commands one
+//! dispatch pass took (one read's pipeline) leave together in one write once the last of
+//! them is in (see [`Pipeline::take_answered`]), so a client wakes once per pipeline.
 //!
 //! No copy per command on the batch path: a gathered command is a slice of the input
 //! buffer (`BytesMut::split_to`, so the buffer it came from lives until its batch is
@@ -95,6 +97,20 @@ enum Work {
         keys: Vec<Vec<u8>>,
         payload: Vec<u8>,
     },
+}
+
+impl Work {
+    /// Whether the unit is answered as soon as its leader answers (a batch, a plain
+    /// forward, a `WATCH` read), so replies sent with it may wait for it: not a blocking
+    /// pop (it waits for a push, as long as its timeout) nor a fan-out over every
+    /// partition.
+    fn is_prompt(&self) -> bool {
+        match self {
+            Work::Batch { .. } | Work::Watch { .. } => true,
+            Work::Forward { blocking, .. } => blocking.is_none(),
+            Work::FanOut { .. } => false,
+        }
+    }
 }
 
 /// One command of a [`Work::Batch`].
@@ -640,9 +656,11 @@ enum Routed {
 /// The order of one connection's commands: replies owed, slots busy, batches gathering,
 /// units to launch. Pure bookkeeping; `serve` does the IO.
 struct Pipeline {
-    /// Replies in request order: `replies[i]` answers command `written + i`, `None` until
-    /// it is known.
-    replies: VecDeque<Option<Bytes>>,
+    /// Replies in request order: `replies[i]` answers command `written + i`, its reply
+    /// `None` until it is known.
+    replies: VecDeque<Owed>,
+    /// Dispatch passes so far: the number of the pass running, for [`Owed::pass`].
+    passes: u64,
     /// Replies written so far.
     written: u64,
     /// Slot -> commands of this connection in flight on it (sent, not gathering). Fx
@@ -674,6 +692,7 @@ impl Pipeline {
         let pipelines = router.pipelines_slots();
         Pipeline {
             replies: VecDeque::new(),
+            passes: 0,
             written: 0,
             busy_slots: FxHashMap::default(),
             closing: false,
@@ -706,6 +725,7 @@ impl Pipeline {
         input: &mut BytesMut,
     ) -> bool {
         let mut need_input = false;
+        self.passes += 1;
         // Taken out for the pass (borrowed by every command's `argv`), put back after.
         let mut args = std::mem::take(&mut self.args);
         while !self.closing && !self.alone_in_flight && self.depth() < MAX_PIPELINE_DEPTH {
@@ -751,7 +771,7 @@ impl Pipeline {
                         input.advance(used);
                         Bytes::from(encode_command(argv))
                     };
-                    self.replies.push_back(None);
+                    self.owe(None, true);
                     let command = Gathered {
                         index,
                         slot,
@@ -767,15 +787,18 @@ impl Pipeline {
             let shape = client.state.resp3.then(|| resp3::shape(argv));
             input.advance(used);
             match work {
-                Err(reply) => self.replies.push_back(Some(
-                    match shape {
-                        Some(shape) => resp3::convert(reply, shape),
-                        None => reply,
-                    }
-                    .into(),
-                )),
+                Err(reply) => self.owe(
+                    Some(
+                        match shape {
+                            Some(shape) => resp3::convert(reply, shape),
+                            None => reply,
+                        }
+                        .into(),
+                    ),
+                    false,
+                ),
                 Ok(work) => {
-                    self.replies.push_back(None);
+                    self.owe(None, work.is_prompt());
                     self.commands_in_flight += 1;
                     self.launches.push(Launch { index, work, shape });
                 }
@@ -800,17 +823,16 @@ impl Pipeline {
             Ok(Some(used)) => Some(used),
             Ok(None) => {
                 if input.len() > MAX_COMMAND_BYTES {
-                    self.replies.push_back(Some(Value::error(format!(
+                    self.owe(Some(Value::error(format!(
                         "ERR Protocol error: command larger than {MAX_COMMAND_BYTES} bytes; split the value"
-                    )).to_bytes().into()));
+                    )).to_bytes().into()), false);
                     self.closing = true;
                 }
                 *need_input = true;
                 None
             }
             Err(error) => {
-                self.replies
-                    .push_back(Some(error.to_reply().to_bytes().into()));
+                self.owe(Some(error.to_reply().to_bytes().into()), false);
                 self.closing = true;
                 None
             }
@@ -982,7 +1004,7 @@ impl Pipeline {
             }
             let at = usize::try_from(done.index - self.written)
                 .expect("a reply owed is within the pipeline");
-            self.replies[at] = Some(done.reply);
+            self.replies[at].reply = Some(done.reply);
         };
         match finished {
             Finished::One(done) => accept(done),
@@ -990,13 +1012,55 @@ impl Pipeline {
         }
     }
 
-    /// Moves every reply known in request order to `output`.
-    fn take_answered(&mut self, output: &mut Vec<u8>) {
-        while let Some(Some(_)) = self.replies.front() {
-            output.extend_from_slice(&self.replies.pop_front().flatten().expect("checked"));
-            self.written += 1;
-        }
+    /// A reply owed for the next command of this pass: `reply` when known at once, else
+    /// `prompt` says whether its unit is answered without waiting on anything but the
+    /// leader (see [`Work::is_prompt`]).
+    fn owe(&mut self, reply: Option<Bytes>, prompt: bool) {
+        self.replies.push_back(Owed {
+            reply,
+            pass: self.passes,
+            prompt,
+        });
     }
+
+    /// Moves every reply known in request order to `output`, unless more replies of the
+    /// same dispatch pass (commands that came in the same reads) are on their way: then
+    /// they all leave together in one write once the last of them is in, as Redis answers
+    /// one read's pipeline in one write at the end of its event-loop pass. A client that
+    /// sent a pipeline wakes once for it, not once per partition that answered. Nothing
+    /// waits on what is not already in flight: a reply held here waits only for a
+    /// prompt unit sent in the same pass (never a blocking pop or a fan-out), and
+    /// replies of a later pass never hold an earlier one's.
+    fn take_answered(&mut self, output: &mut Vec<u8>) {
+        let known = self
+            .replies
+            .iter()
+            .take_while(|owed| owed.reply.is_some())
+            .count();
+        if known == 0 {
+            return;
+        }
+        if let Some(next) = self.replies.get(known) {
+            if next.prompt && next.pass == self.replies[known - 1].pass {
+                return;
+            }
+        }
+        for owed in self.replies.drain(..known) {
+            output.extend_from_slice(&owed.reply.expect("counted as known"));
+        }
+        self.written += known as u64;
+    }
+}
+
+/// The reply owed for one command, in request order.
+struct Owed {
+    /// `None` until known.
+    reply: Option<Bytes>,
+    /// The dispatch pass that took the command ([`Pipeline::passes`]).
+    pass: u64,
+    /// Its unit is answered promptly (see [`Work::is_prompt`]): known replies of the same
+    /// pass may wait for it.
+    prompt: bool,
 }
 
 /// Commands of one read bound for one partition (one slot, where the backend keeps order
@@ -1156,4 +1220,84 @@ fn forward_work<B: Backend>(
         payload,
         blocking: Blocking::of(argv),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipeline() -> Pipeline {
+        Pipeline {
+            replies: VecDeque::new(),
+            passes: 0,
+            written: 0,
+            busy_slots: FxHashMap::default(),
+            closing: false,
+            alone_in_flight: false,
+            commands_in_flight: 0,
+            gatherings: Vec::new(),
+            launches: Vec::new(),
+            pipelines: true,
+            per_partition: true,
+            args: Args::default(),
+        }
+    }
+
+    /// Owes a reply in flight (as a launch does) for the pass running.
+    fn in_flight(p: &mut Pipeline, prompt: bool) {
+        p.owe(None, prompt);
+        p.commands_in_flight += 1;
+    }
+
+    fn answer(p: &mut Pipeline, index: u64, reply: &str) {
+        let done = Done::reply(index, reply.as_bytes().to_vec(), None);
+        p.accept(Finished::One(done), &mut ConnectionState::default());
+    }
+
+    fn written(p: &mut Pipeline) -> String {
+        let mut output = Vec::new();
+        p.take_answered(&mut output);
+        String::from_utf8(output).expect("test replies are text")
+    }
+
+    #[test]
+    fn one_reads_replies_over_several_partitions_leave_in_one_write() {
+        let mut p = pipeline();
+        p.passes = 1;
+        in_flight(&mut p, true); // partition A
+        in_flight(&mut p, true); // partition B
+        p.owe(Some(Bytes::from_static(b"+PONG\r\n")), false);
+        in_flight(&mut p, true); // partition A again
+        answer(&mut p, 0, "+a0\r\n");
+        answer(&mut p, 3, "+a3\r\n");
+        assert_eq!(written(&mut p), "", "B's reply is on its way: wait for it");
+        answer(&mut p, 1, "+b1\r\n");
+        assert_eq!(written(&mut p), "+a0\r\n+b1\r\n+PONG\r\n+a3\r\n");
+        assert_eq!(p.written, 4);
+        assert!(p.replies.is_empty());
+    }
+
+    #[test]
+    fn replies_never_wait_for_a_later_read_or_a_blocking_pop() {
+        let mut p = pipeline();
+        p.passes = 1;
+        in_flight(&mut p, true);
+        p.passes = 2;
+        in_flight(&mut p, true);
+        answer(&mut p, 0, "+first\r\n");
+        assert_eq!(
+            written(&mut p),
+            "+first\r\n",
+            "the next reply belongs to a later read"
+        );
+        // Same read: a SET, then a BLPOP that may wait for a push as long as it likes.
+        p.passes = 3;
+        in_flight(&mut p, true);
+        in_flight(&mut p, false);
+        answer(&mut p, 1, "+second\r\n");
+        answer(&mut p, 2, "+OK\r\n");
+        assert_eq!(written(&mut p), "+second\r\n+OK\r\n");
+        answer(&mut p, 3, "*-1\r\n");
+        assert_eq!(written(&mut p), "*-1\r\n");
+    }
 }
