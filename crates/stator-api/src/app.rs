@@ -47,6 +47,25 @@ pub trait StateMachine: Send + Sync + 'static {
     /// Replaces the whole state with a snapshot taken by [`StateMachine::snapshot`].
     async fn restore(&mut self, snapshot: &[u8]) -> Result<(), AppError>;
 
+    /// Like [`StateMachine::restore`], from bytes the caller shares instead of lends: a
+    /// durable replica's snapshot file, mapped read-only and checked against its checksum.
+    /// The machine may keep slices of `snapshot` as its values instead of copying them
+    /// (saving a restart the copy and the page faults of fresh memory), as long as it
+    /// lets go of them when [`StateMachine::release_shared`] asks. The default copies.
+    async fn restore_shared(&mut self, snapshot: bytes::Bytes) -> Result<(), AppError> {
+        self.restore(&snapshot).await
+    }
+
+    /// Copies up to about `max_bytes` of the values still kept as slices of the bytes given
+    /// to [`StateMachine::restore_shared`] into the machine's own memory. Returns true once
+    /// none is left (the shared bytes are then no longer referenced by the machine). Called
+    /// in bounded passes when a newer snapshot replaced the file those bytes map, so the
+    /// old file's disk space is freed. The default keeps nothing shared.
+    fn release_shared(&mut self, max_bytes: u64) -> bool {
+        let _ = max_bytes;
+        true
+    }
+
     /// Approximate bytes of state held, for metrics and placement.
     fn state_bytes(&self) -> u64;
 }

@@ -1,7 +1,12 @@
 //! Time of a kv restore (`KvMachine::from_snapshot`) of a snapshot of string keys, with the
 //! page faults and CPU time it took: the own-disk restart's main cost (issue 14).
 //! `STATOR_RESTORE_KEYS` (default 262,144) keys of `STATOR_RESTORE_VALUE_BYTES` (default
-//! 4,096) bytes, `STATOR_RESTORE_RUNS` (default 3) restores.
+//! 4,096) bytes, `STATOR_RESTORE_RUNS` (default 3) restores of each kind, alternately:
+//! `copy` (`from_snapshot`: every value copied into fresh memory) and `shared`
+//! (`from_shared_snapshot`, what a durable replica does with its mapped snapshot file:
+//! values of 64 bytes or more stay slices of the snapshot). After each shared restore,
+//! `release` is the cost of copying every shared value out (what a replica does in the
+//! background once a newer snapshot replaced the file), timed on its own.
 //!
 //! `cargo run --release -p stator-kv --example restore`
 
@@ -66,7 +71,7 @@ fn main() {
             vec![b"SET".to_vec(), format!("key:{n}").into_bytes(), value],
         );
     }
-    let snapshot = machine.to_snapshot();
+    let snapshot = bytes::Bytes::from(machine.to_snapshot());
     drop(machine);
     // A restarted member restores into fresh memory, not into memory a dropped machine
     // just gave back to the allocator: hand it back to the kernel before each restore.
@@ -75,19 +80,35 @@ fn main() {
         "restore: {keys} keys of {value_bytes} bytes, snapshot {} MB",
         snapshot.len() / 1_000_000
     );
-    for run in 0..runs {
+    let measure = |what: &str, run: usize, step: &mut dyn FnMut()| {
         let (cpu_before, faults_before) = usage();
         let started = Instant::now();
-        let restored = KvMachine::from_snapshot(&snapshot).expect("own snapshot decodes");
+        step();
         let wall_ms = started.elapsed().as_secs_f64() * 1e3;
         let (cpu_after, faults_after) = usage();
-        assert_eq!(restored.key_count(), keys);
         println!(
-            "run {run}: {wall_ms:.0} ms wall, {:.0} ms CPU, {} minor faults",
+            "run {run} {what}: {wall_ms:.0} ms wall, {:.0} ms CPU, {} minor faults",
             (cpu_after - cpu_before) * 1e3,
             faults_after - faults_before
         );
-        drop(restored);
+    };
+    for run in 0..runs {
+        let mut restored = None;
+        measure("copy", run, &mut || {
+            restored = Some(KvMachine::from_snapshot(&snapshot).expect("own snapshot decodes"));
+        });
+        assert_eq!(restored.take().map(|m| m.key_count()), Some(keys));
+        give_back_freed_memory();
+        measure("shared", run, &mut || {
+            restored = Some(KvMachine::from_shared_snapshot(&snapshot).expect("decodes"));
+        });
+        let mut machine = restored.take().expect("restored");
+        assert_eq!(machine.key_count(), keys);
+        measure("release", run, &mut || {
+            while !machine.release_shared(4 << 20) {}
+        });
+        assert!(!machine.holds_shared_snapshot());
+        drop(machine);
         give_back_freed_memory();
     }
 }

@@ -49,6 +49,14 @@ impl StateMachine for KvMachine {
         self.restore_keeping_budget(snapshot)
     }
 
+    async fn restore_shared(&mut self, snapshot: bytes::Bytes) -> Result<(), AppError> {
+        self.restore_shared_keeping_budget(&snapshot)
+    }
+
+    fn release_shared(&mut self, max_bytes: u64) -> bool {
+        KvMachine::release_shared(self, max_bytes)
+    }
+
     fn state_bytes(&self) -> u64 {
         self.data_bytes()
     }
@@ -63,6 +71,23 @@ impl KvMachine {
     /// A machine rebuilt from [`KvMachine::to_snapshot`] output.
     pub fn from_snapshot(bytes: &[u8]) -> Result<Self, AppError> {
         snapshot::decode(bytes)
+    }
+
+    /// Like [`KvMachine::from_snapshot`], keeping strings of 64 bytes or more as slices
+    /// of `bytes` (see [`KvMachine::restore_shared_keeping_budget`]).
+    pub fn from_shared_snapshot(bytes: &bytes::Bytes) -> Result<Self, AppError> {
+        snapshot::decode_shared(bytes)
+    }
+
+    /// Copies up to about `max_bytes` of strings still shared with the snapshot this
+    /// machine was restored from into its own memory; true once none is shared.
+    pub fn release_shared(&mut self, max_bytes: u64) -> bool {
+        snapshot::release_shared(self, max_bytes)
+    }
+
+    /// Whether some string may still be a slice of a restored snapshot.
+    pub fn holds_shared_snapshot(&self) -> bool {
+        self.shared_snapshot.is_some()
     }
 }
 

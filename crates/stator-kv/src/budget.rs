@@ -80,6 +80,20 @@ impl crate::KvMachine {
         self.budget = budget;
         Ok(())
     }
+
+    /// Like [`KvMachine::restore_keeping_budget`], from shared bytes (a durable replica's
+    /// mapped snapshot file): strings of `MIN_SHARED_STR_BYTES` (64) bytes or more stay
+    /// slices of `snapshot` until they change or [`KvMachine::release_shared`] copies
+    /// them. The budget counts them like owned ones: by their length.
+    pub fn restore_shared_keeping_budget(
+        &mut self,
+        snapshot: &bytes::Bytes,
+    ) -> Result<(), stator_api::app::AppError> {
+        let budget = self.budget;
+        *self = crate::snapshot::decode_shared(snapshot)?;
+        self.budget = budget;
+        Ok(())
+    }
 }
 
 /// Whether a write may grow the data: every write except those that only remove,

@@ -1,7 +1,7 @@
 //! The key-value map with its expiry index, byte accounting and per-key write versions,
 //! kept in sync in one place.
 
-use crate::types::Data;
+use crate::types::{Data, Str};
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BTreeSet, HashMap};
 
@@ -217,8 +217,8 @@ impl Keyspace {
         key: Vec<u8>,
         value: Vec<u8>,
         expiry: ExpiryChange,
-    ) -> Option<Vec<u8>> {
-        match self.insert_data(key, Data::Str(value), expiry) {
+    ) -> Option<Str> {
+        match self.insert_data(key, Data::Str(value.into()), expiry) {
             Some(Data::Str(previous)) => Some(previous),
             _ => None,
         }
@@ -232,12 +232,18 @@ impl Keyspace {
     pub(crate) fn set_plain(&mut self, key: &[u8], value: &[u8]) {
         if let Some(entry) = self.entries.get_mut(key) {
             if let (Data::Str(stored), NO_EXPIRY) = (&mut entry.data, entry.expiry) {
-                if reuses_buffer(stored.capacity(), value.len()) {
+                if stored.is_shared() || reuses_buffer(stored.capacity(), value.len()) {
                     self.write_version += 1;
                     entry.version = self.write_version;
                     self.bytes = self.bytes - stored.len() as u64 + value.len() as u64;
-                    stored.clear();
-                    stored.extend_from_slice(value);
+                    match stored {
+                        // A restored snapshot's slice: replaced, never copied first.
+                        Str::Shared(_) => *stored = Str::Owned(value.to_vec()),
+                        Str::Owned(buffer) => {
+                            buffer.clear();
+                            buffer.extend_from_slice(value);
+                        }
+                    }
                     return;
                 }
             }
@@ -404,9 +410,18 @@ impl Keyspace {
         change: impl FnOnce(&mut Vec<u8>) -> R,
     ) -> Option<R> {
         self.update(key, |data| match data {
-            Data::Str(value) => change(value),
+            Data::Str(value) => change(value.to_mut()),
             other => panic!("update_value on a {:?} key", other.kind()),
         })
+    }
+
+    /// Makes the string under `key` own its bytes if it is still a slice of a restored
+    /// snapshot (no write: version and byte count stay). Returns the bytes copied.
+    pub(crate) fn unshare(&mut self, key: &[u8]) -> usize {
+        match self.entries.get_mut(key).map(|entry| &mut entry.data) {
+            Some(Data::Str(value)) if value.is_shared() => value.to_mut().len(),
+            _ => 0,
+        }
     }
 
     /// Checks the invariants; tests call it after every step.
@@ -441,7 +456,7 @@ mod tests {
 
     fn string(keyspace: &Keyspace, key: &[u8]) -> Vec<u8> {
         match &keyspace.live(key, 0).expect("the key is there").data {
-            Data::Str(value) => value.clone(),
+            Data::Str(value) => value.to_vec(),
             other => panic!("not a string: {:?}", other.kind()),
         }
     }

@@ -6,7 +6,7 @@ use crate::keyspace::{Entry, ExpiryChange, Keyspace};
 use crate::ops::Scripts;
 use crate::resp::{parse_i64_strict, push_decimal, Value, MAX_BULK_BYTES};
 use crate::transaction::{ExecLayout, EXEC_ABORT, MALFORMED_EXEC};
-use crate::types::{Data, EntryRng};
+use crate::types::{Data, EntryRng, Str};
 
 /// Returns the error reply of a `Result<_, Value>` from the enclosing command.
 macro_rules! attempt {
@@ -63,6 +63,10 @@ pub struct KvMachine {
     /// The caller's command rules while a `STATOR.ACLKEYS ... RIGHTS` script command runs;
     /// `None` otherwise (and never in a snapshot).
     pub(crate) script_rights: Option<crate::script_acl::CommandRights>,
+    /// The snapshot this machine was restored from when its strings are still slices of
+    /// it (a durable replica's mapped file); `None` once none is (see
+    /// [`crate::snapshot::release_shared`]). Not state: equal machines may differ here.
+    pub(crate) shared_snapshot: Option<crate::snapshot::SharedSnapshot>,
 }
 
 /// Units of an expiry argument.
@@ -224,10 +228,10 @@ impl KvMachine {
     }
 
     /// The string under `key`, `None` if missing, or a WRONGTYPE error reply.
-    pub(crate) fn string(&self, key: &[u8], now_ms: u64) -> Result<Option<&Vec<u8>>, Value> {
+    pub(crate) fn string(&self, key: &[u8], now_ms: u64) -> Result<Option<&[u8]>, Value> {
         match self.live(key, now_ms).map(|entry| &entry.data) {
             None => Ok(None),
-            Some(Data::Str(value)) => Ok(Some(value)),
+            Some(Data::Str(value)) => Ok(Some(value.as_slice())),
             Some(_) => Err(Value::error(WRONG_TYPE)),
         }
     }
@@ -235,7 +239,7 @@ impl KvMachine {
     pub(crate) fn read(&self, now_ms: u64, spec: &CommandSpec, argv: &[Vec<u8>]) -> Value {
         use Command as C;
         match spec.command {
-            C::Get => Value::Bulk(attempt!(self.string(&argv[1], now_ms)).cloned()),
+            C::Get => Value::Bulk(attempt!(self.string(&argv[1], now_ms)).map(<[u8]>::to_vec)),
             C::StrLen => Value::Integer(
                 attempt!(self.string(&argv[1], now_ms)).map_or(0, |value| value.len() as i64),
             ),
@@ -249,7 +253,9 @@ impl KvMachine {
             C::MGet => Value::Array(Some(
                 argv[1..]
                     .iter()
-                    .map(|key| Value::Bulk(self.string(key, now_ms).ok().flatten().cloned()))
+                    .map(|key| {
+                        Value::Bulk(self.string(key, now_ms).ok().flatten().map(<[u8]>::to_vec))
+                    })
                     .collect(),
             )),
             C::Ttl | C::PTtl => {
@@ -475,7 +481,8 @@ impl KvMachine {
         let value = std::mem::take(&mut argv[2]);
         Value::Bulk(
             self.keyspace
-                .insert(take_key(&mut argv), value, ExpiryChange::Clear),
+                .insert(take_key(&mut argv), value, ExpiryChange::Clear)
+                .map(Str::into_vec),
         )
     }
 
@@ -487,7 +494,7 @@ impl KvMachine {
             self.keyspace
                 .remove(&argv[1])
                 .map(|entry| match entry.data {
-                    Data::Str(value) => value,
+                    Data::Str(value) => value.into_vec(),
                     _ => unreachable!("type checked above"),
                 }),
         )
@@ -496,7 +503,7 @@ impl KvMachine {
     /// `APPEND key value`.
     fn append(&mut self, mut argv: Vec<Vec<u8>>) -> Value {
         let now_ms = self.now_ms;
-        let current_len = attempt!(self.string(&argv[1], now_ms)).map_or(0, Vec::len);
+        let current_len = attempt!(self.string(&argv[1], now_ms)).map_or(0, <[u8]>::len);
         let new_len = current_len + argv[2].len();
         if new_len > MAX_BULK_BYTES {
             return Value::error(TOO_LONG);
@@ -618,25 +625,26 @@ impl KvMachine {
         };
         if skip {
             return if return_previous {
-                Value::Bulk(attempt!(self.string(&argv[1], now_ms)).cloned())
+                Value::Bulk(attempt!(self.string(&argv[1], now_ms)).map(<[u8]>::to_vec))
             } else {
                 Value::null()
             };
         }
         let previous = match expiry_change {
             // An absolute time already past: the key is written and gone at once (Redis 7).
-            ExpiryChange::At(at_ms) if at_ms <= now_ms => {
-                self.keyspace
-                    .remove(&argv[1])
-                    .and_then(|entry| match entry.data {
-                        Data::Str(value) => Some(value),
-                        _ => None,
-                    })
-            }
+            ExpiryChange::At(at_ms) if at_ms <= now_ms => self
+                .keyspace
+                .remove(&argv[1])
+                .and_then(|entry| match entry.data {
+                    Data::Str(value) => Some(value),
+                    _ => None,
+                })
+                .map(Str::into_vec),
             _ => {
                 let value = std::mem::take(&mut argv[2]);
                 self.keyspace
                     .insert(take_key(&mut argv), value, expiry_change)
+                    .map(Str::into_vec)
             }
         };
         if return_previous {
@@ -883,7 +891,10 @@ mod tests {
     /// one untagged key (so some hit CROSSSLOT), with small expiries so keys really expire.
     fn command_strategy() -> impl Strategy<Value = Vec<Vec<u8>>> {
         let key = prop::sample::select(vec!["{t}a", "{t}b", "{t}c", "other"]);
-        let value = prop::sample::select(vec!["1", "-7", "x", "", "9223372036854775807", "2.5"]);
+        // The long value is kept shared by a restore from shared bytes (64 bytes or more).
+        const LONG: &str = "a value long enough to stay a slice of a restored shared snapshot";
+        let value =
+            prop::sample::select(vec!["1", "-7", "x", "", "9223372036854775807", "2.5", LONG]);
         let amount = -5i64..300;
         let option = prop::sample::select(vec!["", "NX", "XX", "GT", "LT", "GET", "KEEPTTL"]);
         (0usize..24, key.clone(), key, value, amount, option).prop_map(
@@ -935,10 +946,15 @@ mod tests {
         fn snapshot_restored_copy_answers_identically(steps in steps_strategy(), cut in 0usize..120) {
             let mut original = KvMachine::new();
             let mut copy: Option<KvMachine> = None;
+            // Restored from shared bytes (long strings are slices of them, copied on
+            // write), with a bounded release pass every few steps.
+            let mut shared: Option<KvMachine> = None;
             let mut time_ms: i64 = 1_000;
             for (index, (argv, clock_step_ms)) in steps.iter().enumerate() {
                 if index == cut.min(steps.len() - 1) {
-                    copy = Some(KvMachine::from_snapshot(&original.to_snapshot()).unwrap());
+                    let snapshot = original.to_snapshot();
+                    copy = Some(KvMachine::from_snapshot(&snapshot).unwrap());
+                    shared = Some(KvMachine::from_shared_snapshot(&snapshot.into()).unwrap());
                 }
                 time_ms = (time_ms + clock_step_ms).max(0);
                 let reply = original.apply_argv(time_ms as u64, argv);
@@ -947,10 +963,23 @@ mod tests {
                     prop_assert_eq!(&copy.apply_argv(time_ms as u64, argv), &reply, "step {} {:?}", index, argv);
                     copy.keyspace.assert_consistent();
                 }
+                if let Some(shared) = shared.as_mut() {
+                    prop_assert_eq!(&shared.apply_argv(time_ms as u64, argv), &reply, "shared, step {} {:?}", index, argv);
+                    shared.keyspace.assert_consistent();
+                    if index % 7 == 0 {
+                        shared.release_shared(100);
+                    }
+                }
             }
             let copy = copy.expect("a snapshot was taken");
             prop_assert_eq!(original.to_snapshot(), copy.to_snapshot());
             prop_assert_eq!(original.data_bytes(), copy.data_bytes());
+            let mut shared = shared.expect("a snapshot was taken");
+            prop_assert_eq!(original.to_snapshot(), shared.to_snapshot());
+            prop_assert_eq!(original.data_bytes(), shared.data_bytes());
+            while !shared.release_shared(100) {}
+            prop_assert!(!shared.holds_shared_snapshot());
+            prop_assert_eq!(original.to_snapshot(), shared.to_snapshot());
         }
 
         /// A `STATOR.EXEC` entry's fast path (`apply_exec_entry`: borrowed parse, replies

@@ -279,6 +279,14 @@ impl StateMachine for NotifyingKv {
         self.machine.restore(snapshot).await
     }
 
+    async fn restore_shared(&mut self, snapshot: bytes::Bytes) -> Result<(), AppError> {
+        self.machine.restore_shared(snapshot).await
+    }
+
+    fn release_shared(&mut self, max_bytes: u64) -> bool {
+        self.machine.release_shared(max_bytes)
+    }
+
     fn state_bytes(&self) -> u64 {
         self.machine.state_bytes()
     }

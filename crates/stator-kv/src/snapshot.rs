@@ -25,7 +25,8 @@ use crate::keyspace::Keyspace;
 use crate::machine::KvMachine;
 use crate::ops::{Scripts, MAX_CACHED_SCRIPTS, MAX_FUNCTION_LIBRARIES};
 use crate::scripting::sha1_hex;
-use crate::types::{Data, Hash, List, Set, ZSet};
+use crate::types::{Data, Hash, List, Set, Str, ZSet};
+use bytes::Bytes;
 use stator_api::app::AppError;
 
 const MAGIC: &[u8; 4] = b"STKV";
@@ -42,6 +43,27 @@ const MIN_ENTRY_BYTES: usize = 4 + 1 + 4 + 1 + 8;
 /// Fewest bytes one collection element takes (an empty list item): caps reservations the
 /// same way.
 const MIN_ELEMENT_BYTES: usize = 4;
+
+/// Shortest string a restore from shared bytes ([`decode_shared`]) keeps as a slice of
+/// them rather than a copy: a slice costs a boxed `Bytes` (32 bytes) and a reference
+/// count, so below this a copy takes no more memory and no atomic.
+pub(crate) const MIN_SHARED_STR_BYTES: usize = 64;
+
+/// Walk cost of one entry against a [`release_shared`] pass's byte budget, so a pass over
+/// strings already made owned (or keys since deleted) is bounded too.
+const RELEASE_ENTRY_COST_BYTES: u64 = 64;
+
+/// The snapshot a machine's shared strings are slices of, and how far
+/// [`release_shared`] has walked it. Held until the walk ends, so it pins the snapshot's
+/// bytes (a mapped file) no longer than the strings do.
+#[derive(Debug)]
+pub(crate) struct SharedSnapshot {
+    bytes: Bytes,
+    /// Where the next entry starts.
+    position: usize,
+    entries_left: u64,
+    typed: bool,
+}
 
 /// Serialises `machine`, entries sorted by key.
 pub(crate) fn encode(machine: &KvMachine) -> Vec<u8> {
@@ -166,6 +188,29 @@ fn push_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// Rebuilds a machine from [`encode`]'s output, refusing anything malformed.
 pub(crate) fn decode(bytes: &[u8]) -> Result<KvMachine, AppError> {
+    decode_with(bytes, None)
+}
+
+/// Like [`decode`], but strings of [`MIN_SHARED_STR_BYTES`] or more stay slices of
+/// `bytes` (copied on their first change; [`release_shared`] copies the rest): a
+/// restore from a mapped snapshot file then neither copies them nor faults in fresh
+/// memory for them.
+pub(crate) fn decode_shared(bytes: &Bytes) -> Result<KvMachine, AppError> {
+    decode_with(bytes, Some(bytes))
+}
+
+/// A string value read from the snapshot: a slice of `shared` when given and long
+/// enough, else a copy.
+fn string_value(value: &[u8], shared: Option<&Bytes>) -> Str {
+    match shared {
+        Some(shared) if value.len() >= MIN_SHARED_STR_BYTES => {
+            Str::Shared(Box::new(shared.slice_ref(value)))
+        }
+        _ => Str::Owned(value.to_vec()),
+    }
+}
+
+fn decode_with(bytes: &[u8], shared: Option<&Bytes>) -> Result<KvMachine, AppError> {
     let mut reader = Reader { bytes, position: 0 };
     if reader.take(4)? != MAGIC {
         return Err(bad(
@@ -188,6 +233,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<KvMachine, AppError> {
         .unwrap_or(usize::MAX)
         .min(remaining_bytes / min_entry_bytes);
     let mut keyspace = Keyspace::with_capacity(capacity);
+    let entries_start = reader.position;
+    let mut any_shared = false;
     let mut previous_key: Option<&[u8]> = None;
     for _ in 0..entry_count {
         let key = reader.len_prefixed()?;
@@ -198,10 +245,11 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<KvMachine, AppError> {
         }
         previous_key = Some(key);
         let data = if typed {
-            decode_data(&mut reader)?
+            decode_data(&mut reader, shared)?
         } else {
-            Data::Str(reader.len_prefixed()?.to_vec())
+            Data::Str(string_value(reader.len_prefixed()?, shared))
         };
+        any_shared |= matches!(&data, Data::Str(value) if value.is_shared());
         if data.is_empty_collection() {
             return Err(bad(&format!("key {key:?} holds an empty collection")));
         }
@@ -232,18 +280,82 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<KvMachine, AppError> {
         )));
     }
     keyspace.set_write_version(write_version);
+    let shared_snapshot = shared.filter(|_| any_shared).map(|shared| SharedSnapshot {
+        bytes: shared.clone(),
+        position: entries_start,
+        entries_left: entry_count,
+        typed,
+    });
     Ok(KvMachine {
         keyspace,
         now_ms,
         scripts,
+        shared_snapshot,
         ..KvMachine::default()
     })
 }
 
-fn decode_data(reader: &mut Reader<'_>) -> Result<Data, AppError> {
+/// Copies strings still shared with the restored snapshot into the machine's own
+/// memory, walking the snapshot's entries in order, until about `max_bytes` are spent
+/// (copied bytes plus [`RELEASE_ENTRY_COST_BYTES`] per entry). Returns true once the walk
+/// is done: no string is shared any more and the snapshot's bytes are let go.
+pub(crate) fn release_shared(machine: &mut KvMachine, max_bytes: u64) -> bool {
+    let Some(shared) = machine.shared_snapshot.as_mut() else {
+        return true;
+    };
+    let mut reader = Reader {
+        bytes: &shared.bytes,
+        position: shared.position,
+    };
+    let mut spent = 0u64;
+    while shared.entries_left > 0 && spent < max_bytes {
+        let (key, is_string) = skip_entry(&mut reader, shared.typed)
+            .expect("a shared snapshot was checked whole when it was restored");
+        shared.entries_left -= 1;
+        spent += RELEASE_ENTRY_COST_BYTES;
+        if is_string {
+            spent += machine.keyspace.unshare(key) as u64;
+        }
+    }
+    shared.position = reader.position;
+    if shared.entries_left > 0 {
+        return false;
+    }
+    machine.shared_snapshot = None;
+    true
+}
+
+/// Steps over one entry of a checked snapshot: its key, and whether it holds a string.
+fn skip_entry<'a>(reader: &mut Reader<'a>, typed: bool) -> Result<(&'a [u8], bool), AppError> {
+    let key = reader.len_prefixed()?;
+    let kind = if typed { reader.take(1)?[0] } else { 0 };
+    if kind == 0 {
+        reader.len_prefixed()?;
+    } else {
+        let count = reader.u32()?;
+        let strings_per_element = if kind == 1 { 2 } else { 1 };
+        for _ in 0..count {
+            for _ in 0..strings_per_element {
+                reader.len_prefixed()?;
+            }
+            if kind == 4 {
+                reader.u64()?;
+            }
+        }
+    }
+    if reader.take(1)?[0] == 1 {
+        reader.u64()?;
+    }
+    if typed {
+        reader.u64()?;
+    }
+    Ok((key, kind == 0))
+}
+
+fn decode_data(reader: &mut Reader<'_>, shared: Option<&Bytes>) -> Result<Data, AppError> {
     let kind = reader.take(1)?[0];
     if kind == 0 {
-        return Ok(Data::Str(reader.len_prefixed()?.to_vec()));
+        return Ok(Data::Str(string_value(reader.len_prefixed()?, shared)));
     }
     let count = u32::from_le_bytes(reader.take(4)?.try_into().expect("took 4 bytes")) as usize;
     if count > (reader.bytes.len() - reader.position) / MIN_ELEMENT_BYTES {
@@ -423,5 +535,195 @@ mod script_tests {
         let restored = decode(&bytes).unwrap();
         assert_eq!(restored.key_count(), 1);
         assert!(restored.scripts.bodies.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod shared_tests {
+    use super::*;
+    use crate::resp::Value;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    fn argv(words: &[&str]) -> Vec<Vec<u8>> {
+        words.iter().map(|w| w.as_bytes().to_vec()).collect()
+    }
+
+    /// Snapshot bytes whose owner says when it is dropped (as a mapped file would be
+    /// unmapped).
+    struct Owner {
+        bytes: Vec<u8>,
+        dropped: Arc<AtomicBool>,
+    }
+
+    impl AsRef<[u8]> for Owner {
+        fn as_ref(&self) -> &[u8] {
+            &self.bytes
+        }
+    }
+
+    impl Drop for Owner {
+        fn drop(&mut self) {
+            self.dropped.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn long(tag: &str) -> String {
+        format!("{tag}:{}", "v".repeat(MIN_SHARED_STR_BYTES * 2))
+    }
+
+    /// A machine with long strings (shared on restore), short ones, collections and
+    /// expiries.
+    fn sample() -> KvMachine {
+        let mut machine = KvMachine::new();
+        for n in 0..40 {
+            machine.apply_argv(
+                1,
+                &argv(&["SET", &format!("long{n:02}"), &long(&n.to_string())]),
+            );
+        }
+        machine.apply_argv(1, &argv(&["SET", "short", "s"]));
+        machine.apply_argv(1, &argv(&["SET", "expiring", &long("e"), "PX", "100000"]));
+        machine.apply_argv(1, &argv(&["HSET", "hash", "f", &long("h"), "g", "x"]));
+        machine.apply_argv(1, &argv(&["RPUSH", "list", &long("l"), "y"]));
+        machine.apply_argv(1, &argv(&["SADD", "set", &long("s"), "z"]));
+        machine.apply_argv(1, &argv(&["ZADD", "zset", "1.5", &long("z")]));
+        machine
+    }
+
+    fn restored_shared(machine: &KvMachine) -> (KvMachine, Arc<AtomicBool>) {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let bytes = Bytes::from_owner(Owner {
+            bytes: encode(machine),
+            dropped: dropped.clone(),
+        });
+        let restored = decode_shared(&bytes).unwrap();
+        drop(bytes);
+        (restored, dropped)
+    }
+
+    fn shared_count(machine: &KvMachine) -> usize {
+        machine
+            .keyspace
+            .iter()
+            .filter(|(_, entry)| matches!(&entry.data, Data::Str(value) if value.is_shared()))
+            .count()
+    }
+
+    #[test]
+    fn a_shared_restore_serves_its_strings_and_copies_them_on_write() {
+        let mut original = sample();
+        let (mut restored, dropped) = restored_shared(&original);
+        // The long strings (40 plain, 1 expiring) are slices; short ones and collections
+        // are copies; everything counts and encodes alike.
+        assert_eq!(shared_count(&restored), 41);
+        assert_eq!(restored.data_bytes(), original.data_bytes());
+        assert_eq!(encode(&restored), encode(&original));
+        for words in [
+            &["GET", "long00"][..],
+            &["STRLEN", "long01"],
+            &["GETRANGE", "long02", "0", "5"],
+            &["MGET", "long03", "short", "expiring"],
+            &["APPEND", "long04", "tail"],
+            &["SETRANGE", "long05", "2", "XYZ"],
+            &["SET", "long06", &long("same size")],
+            &["SET", "long07", "now short"],
+            &["SET", "long08", "x", "GET"],
+            &["GETSET", "long09", "y"],
+            &["GETDEL", "long10"],
+            &["INCR", "long11"],
+            &["SETRANGE", "expiring", "0", "E"],
+            &["RENAME", "long12", "renamed"],
+            &["COPY", "long13", "copied"],
+            &["SET", "long14", "p", "PX", "1"],
+            &["DEL", "long15"],
+            &["GET", "long16"],
+        ] {
+            assert_eq!(
+                restored.apply_argv(2, &argv(words)),
+                original.apply_argv(2, &argv(words)),
+                "{words:?}"
+            );
+            restored.keyspace.assert_consistent();
+            assert_eq!(restored.data_bytes(), original.data_bytes(), "{words:?}");
+        }
+        assert_eq!(encode(&restored), encode(&original));
+        // A value copied on write no longer refers to the snapshot; untouched ones do.
+        assert!(matches!(
+            &restored.keyspace.live(b"long04", 2).unwrap().data,
+            Data::Str(value) if !value.is_shared()
+        ));
+        assert!(matches!(
+            &restored.keyspace.live(b"long20", 2).unwrap().data,
+            Data::Str(value) if value.is_shared()
+        ));
+        assert!(!dropped.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn release_copies_in_bounded_passes_then_lets_the_snapshot_go() {
+        let original = sample();
+        let (mut restored, dropped) = restored_shared(&original);
+        let mut passes = 0;
+        while !restored.release_shared(MIN_SHARED_STR_BYTES as u64 * 4) {
+            passes += 1;
+            assert!(
+                !dropped.load(Ordering::SeqCst),
+                "let go before the walk ended"
+            );
+            assert!(passes < 1000, "the walk does not end");
+        }
+        assert!(passes > 5, "one pass copied far more than its budget");
+        assert_eq!(shared_count(&restored), 0);
+        assert!(!restored.holds_shared_snapshot());
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the snapshot's bytes are still held"
+        );
+        assert_eq!(encode(&restored), encode(&original));
+        assert_eq!(restored.data_bytes(), original.data_bytes());
+        // Nothing left to do, and a machine never restored from shared bytes has nothing.
+        assert!(restored.release_shared(1));
+        assert!(KvMachine::new().release_shared(1));
+    }
+
+    #[test]
+    fn a_restore_over_a_shared_one_lets_it_go_and_owned_restores_share_nothing() {
+        let (mut restored, dropped) = restored_shared(&sample());
+        restored.restore_keeping_budget(&encode(&sample())).unwrap();
+        assert!(dropped.load(Ordering::SeqCst));
+        assert_eq!(shared_count(&restored), 0);
+        assert!(!restored.holds_shared_snapshot());
+        // Only short strings: nothing shared, nothing held.
+        let mut small = KvMachine::new();
+        small.apply_argv(1, &argv(&["SET", "k", "v"]));
+        let (small_restored, small_dropped) = restored_shared(&small);
+        assert!(!small_restored.holds_shared_snapshot());
+        assert!(small_dropped.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn the_budget_counts_shared_strings_like_owned_ones() {
+        let mut original = KvMachine::with_maxmemory(0);
+        original.apply_argv(1, &argv(&["SET", "a", &long("a")]));
+        let budget = original.data_bytes() + 10;
+        let snapshot = Bytes::from(encode(&original));
+        let mut restored = KvMachine::with_maxmemory(budget);
+        restored.restore_shared_keeping_budget(&snapshot).unwrap();
+        assert_eq!(restored.memory_budget().max_bytes, budget);
+        assert_eq!(restored.data_bytes(), original.data_bytes());
+        assert!(matches!(
+            restored.apply_argv(2, &argv(&["SET", "b", &long("b")])),
+            Value::Error(message) if message == crate::budget::OOM_ERROR
+        ));
+        assert_eq!(
+            restored.apply_argv(2, &argv(&["SET", "c", "0123"])),
+            Value::ok()
+        );
+    }
+
+    #[test]
+    fn a_string_value_is_no_larger_than_a_vec() {
+        assert_eq!(std::mem::size_of::<Data>(), std::mem::size_of::<Vec<u8>>());
     }
 }

@@ -16,11 +16,89 @@ use std::collections::{BTreeSet, VecDeque};
 /// Collections are boxed so a key holding a small string (the common case) pays only for
 /// the string in the keyspace's table, not for the largest collection header.
 pub(crate) enum Data {
-    Str(Vec<u8>),
+    Str(Str),
     Hash(Box<Hash>),
     List(Box<List>),
     Set(Box<Set>),
     ZSet(Box<ZSet>),
+}
+
+/// A string value: the kv's own bytes, or a slice of the snapshot a durable replica
+/// restored from (its mapped, checksummed file: see `KvMachine::restore_shared`), which
+/// becomes owned bytes on its first change ([`Str::to_mut`]). Reads see the same bytes
+/// either way, and the byte count counts both alike (their length).
+#[derive(Clone)]
+pub(crate) enum Str {
+    Owned(Vec<u8>),
+    /// Boxed so a [`Data`] stays as small as a `Vec` (every key pays for its size).
+    Shared(Box<bytes::Bytes>),
+}
+
+impl Str {
+    /// The value's bytes.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Str::Owned(bytes) => bytes,
+            Str::Shared(bytes) => bytes,
+        }
+    }
+
+    /// The value as owned bytes to change, copied out of the snapshot first if shared.
+    pub(crate) fn to_mut(&mut self) -> &mut Vec<u8> {
+        if let Str::Shared(shared) = self {
+            *self = Str::Owned(shared.to_vec());
+        }
+        match self {
+            Str::Owned(bytes) => bytes,
+            Str::Shared(_) => unreachable!("made owned above"),
+        }
+    }
+
+    /// The value's bytes as a vector of their own (copied if shared).
+    pub(crate) fn into_vec(self) -> Vec<u8> {
+        match self {
+            Str::Owned(bytes) => bytes,
+            Str::Shared(shared) => shared.to_vec(),
+        }
+    }
+
+    /// Whether the value is a slice of a restored snapshot.
+    pub(crate) fn is_shared(&self) -> bool {
+        matches!(self, Str::Shared(_))
+    }
+
+    /// Bytes of the value's own buffer; 0 when shared (it has none to write into).
+    pub(crate) fn capacity(&self) -> usize {
+        match self {
+            Str::Owned(bytes) => bytes.capacity(),
+            Str::Shared(_) => 0,
+        }
+    }
+}
+
+impl std::ops::Deref for Str {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl From<Vec<u8>> for Str {
+    fn from(bytes: Vec<u8>) -> Self {
+        Str::Owned(bytes)
+    }
+}
+
+impl PartialEq for Str {
+    fn eq(&self, other: &Str) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl std::fmt::Debug for Str {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_slice().fmt(f)
+    }
 }
 
 /// The five types, as TYPE names them.

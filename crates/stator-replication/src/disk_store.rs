@@ -598,12 +598,14 @@ impl DiskLogStore {
     }
 
     /// Stores a snapshot (its own file, see [`crate::snapshot_file`]) and fsyncs it
-    /// before returning. The write runs on a blocking-pool thread.
+    /// before returning. The write runs on a blocking-pool thread. Returns the state's
+    /// bytes mapped back from the file just written, checked against its checksum as at
+    /// open: the replica keeps that (page cache) instead of `data` (its own memory).
     pub async fn save_snapshot(
         &self,
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
         data: Arc<snapshot_file::StateBytes>,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Arc<snapshot_file::StateBytes>, StorageError> {
         let fail = |why: String| -> StorageError {
             StorageIOError::write_snapshot(Some(meta.signature()), &io_error(why)).into()
         };
@@ -621,17 +623,31 @@ impl DiskLogStore {
                 ));
             }
             snapshot_file::write(&shared.dir, &meta_bytes, &data)
-                .map_err(|e| explain(&shared.dir, e))
+                .map_err(|e| explain(&shared.dir, e))?;
+            drop(data);
+            let reread = |why: String| {
+                format!(
+                    "the snapshot just written to {} {why}",
+                    shared.dir.display()
+                )
+            };
+            let file = snapshot_file::open(&shared.dir)
+                .map_err(reread)?
+                .ok_or_else(|| reread("is gone".into()))?;
+            file.verify().map_err(reread)?;
+            Ok(file.body)
         })
         .await
         .map_err(|e| format!("writing the snapshot panicked: {e}"))
         .and_then(|r| r);
-        if let Err(why) = result {
-            tracing::error!(path = %self.shared.dir.display(), "replica snapshot write failed: {why}");
-            *self.shared.failed.lock().expect("failed mutex") = Some(why.clone());
-            return Err(fail(why));
+        match result {
+            Ok(saved) => Ok(saved),
+            Err(why) => {
+                tracing::error!(path = %self.shared.dir.display(), "replica snapshot write failed: {why}");
+                *self.shared.failed.lock().expect("failed mutex") = Some(why.clone());
+                Err(fail(why))
+            }
         }
-        Ok(())
     }
 
     /// Returns once everything written so far is on disk (tests, clean shutdown).
@@ -1162,10 +1178,13 @@ mod tests {
         };
         {
             let store = DiskLogStore::open(dir.path(), SyncPolicy::EveryAppend).unwrap();
-            store
+            let saved = store
                 .save_snapshot(&meta, Arc::new(b"the state".to_vec().into()))
                 .await
                 .unwrap();
+            // Handed back mapped from the file just written.
+            assert!(matches!(*saved, snapshot_file::StateBytes::Mapped(_)));
+            assert_eq!(&saved[..], b"the state");
             assert!(
                 store.disk_bytes() > 9,
                 "the snapshot file counts as disk use"

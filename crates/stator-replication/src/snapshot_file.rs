@@ -10,12 +10,19 @@
 //! thread while the store reads its log, and the replica keeps the mapping (page cache,
 //! not a second copy of the state in its own memory) as the snapshot it serves.
 //!
+//! Since session 12 the mapping outlives the restore: a kv app keeps its long string
+//! values as slices of it (`StateMachine::restore_shared`, copied on their first change),
+//! and a snapshot the replica saves (built, or received from a leader) is mapped back
+//! from its file once written and checked, the same code as at open.
+//!
 //! # Why mapping is safe here
 //! A mapped file that shrinks under its mapping faults (SIGBUS) on the next read. This
 //! module never writes a snapshot file in place: a new one is written to a temporary
 //! file and renamed over the old, which leaves the mapped inode intact until the
-//! mapping is dropped. Nothing else may write into a replica's directory while its
-//! agent runs (the agent owns its `--data-dir`).
+//! mapping is dropped (its disk space is freed then: the state machine has the app copy
+//! what it still holds of an older file once a newer one is saved). Nothing else may
+//! write into a replica's directory while its agent runs (the agent owns its
+//! `--data-dir`); removing the directory unlinks the file, which does not fault either.
 //!
 //! # Layout
 //! `MAGIC` (8 bytes), the metadata's length (u32 LE), the body's length (u64 LE),
@@ -98,6 +105,23 @@ impl Deref for StateBytes {
 impl From<Vec<u8>> for StateBytes {
     fn from(bytes: Vec<u8>) -> Self {
         StateBytes::Owned(bytes)
+    }
+}
+
+/// `part` of `state` (a slice of it) as shared bytes, without a copy: the bytes keep
+/// `state` (its mapping, or its buffer) alive for as long as any of them is held. A
+/// durable replica hands its app the app's part of the snapshot this way (see
+/// `StateMachine::restore_shared`).
+pub fn share(state: &Arc<StateBytes>, part: &[u8]) -> bytes::Bytes {
+    bytes::Bytes::from_owner(SharedState(state.clone())).slice_ref(part)
+}
+
+/// The owner of [`share`]'s bytes.
+struct SharedState(Arc<StateBytes>);
+
+impl AsRef<[u8]> for SharedState {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }
 

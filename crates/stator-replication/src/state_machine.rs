@@ -6,7 +6,7 @@
 
 use crate::disk_store::DiskLogStore;
 use crate::session::{SessionCheck, Sessions};
-use crate::snapshot_file::StateBytes;
+use crate::snapshot_file::{self, StateBytes};
 use crate::types::{BatchReply, CommandReply, Entry, NodeId, StorageError, TypeConfig};
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -18,8 +18,16 @@ use stator_api::app::{AppError, StateMachine};
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
+
+/// Most bytes of app values one release pass copies out of an older snapshot file (see
+/// [`ReplicaStateMachine::release_shared_in_background`]) while it holds the state
+/// machine's lock: about 3 ms of copying and page faults at 4 MiB.
+const RELEASE_BYTES_PER_PASS: u64 = 4 << 20;
+/// Pause between two release passes, so applies and queries get the lock and the
+/// runtime in between.
+const RELEASE_PASS_PAUSE: Duration = Duration::from_millis(1);
 
 /// What a snapshot carries besides openraft's metadata. The app's bytes are written as
 /// one byte string (see [`crate::byte_string`]): 64 MiB of state encode as one copy.
@@ -53,9 +61,33 @@ struct StoredSnapshot {
 /// memcpy would otherwise hold the replica's runtime (a single thread in an agent's
 /// benchmark host, and every Raft task of the host shares it) for tens of milliseconds.
 async fn copy_off_runtime(data: Arc<StateBytes>) -> Vec<u8> {
+    // The last holder of a built snapshot's own buffer (a durable replica keeps the file's
+    // mapping instead) hands the buffer over without a copy.
+    let data = match Arc::try_unwrap(data) {
+        Ok(StateBytes::Owned(bytes)) => return bytes,
+        Ok(mapped) => Arc::new(mapped),
+        Err(shared) => shared,
+    };
     tokio::task::spawn_blocking(move || data.to_vec())
         .await
         .expect("copying a snapshot panicked")
+}
+
+/// A received snapshot's body, borrowing its app bytes; the error is openraft's
+/// snapshot read error (boxed: it is large).
+fn decode_snapshot_body<'a>(
+    data: &'a [u8],
+    meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+) -> Result<SnapshotBodyRef<'a>, Box<StorageError>> {
+    postcard::from_bytes(data).map_err(|e| {
+        Box::new(
+            StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                &std::io::Error::other(e.to_string()),
+            )
+            .into(),
+        )
+    })
 }
 
 /// Encodes a snapshot body on a blocking-pool thread.
@@ -140,7 +172,11 @@ impl ReplicaStateMachine {
             })?;
             let decoded = Instant::now();
             let mut inner = machine.inner.lock().await;
-            inner.app.restore(body.app).await?;
+            // The app may keep slices of the mapped file (checked by the store's open).
+            inner
+                .app
+                .restore_shared(snapshot_file::share(&data, body.app))
+                .await?;
             let restored = Instant::now();
             inner.sessions = body.sessions;
             inner.last_applied = meta.last_log_id;
@@ -180,6 +216,37 @@ impl ReplicaStateMachine {
     /// Bytes of app state, as last reported by the app.
     pub fn state_bytes(&self) -> u64 {
         self.state_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Has the app copy, in bounded passes on a task of its own, whatever it still holds
+    /// as slices of an older snapshot file (`StateMachine::release_shared`), so a newer
+    /// snapshot's save frees the older file's disk space (renamed over, it lives on while
+    /// mapped) within seconds instead of whenever its values happen to change.
+    fn release_shared_in_background(&self) {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut passes = 0u64;
+            loop {
+                passes += 1;
+                if inner
+                    .lock()
+                    .await
+                    .app
+                    .release_shared(RELEASE_BYTES_PER_PASS)
+                {
+                    break;
+                }
+                tokio::time::sleep(RELEASE_PASS_PAUSE).await;
+            }
+            if passes > 1 {
+                tracing::info!(
+                    passes,
+                    total_ms = ms(started.elapsed()),
+                    "values of an older snapshot file copied; its disk space is freed"
+                );
+            }
+        });
     }
 
     /// The app's full snapshot bytes (for tests comparing replicas).
@@ -224,14 +291,20 @@ impl RaftSnapshotBuilder<TypeConfig> for ReplicaStateMachine {
             .is_some_and(|s| s.meta.last_log_id > meta.last_log_id);
         let data = Arc::new(StateBytes::from(data));
         if !newer_held {
-            if let Some(store) = &self.store {
-                // On disk before openraft purges the log it covers; under the lock, so
-                // an older snapshot never lands on disk after a newer one.
-                store.save_snapshot(&meta, data.clone()).await?;
-            }
+            let held = match &self.store {
+                Some(store) => {
+                    // On disk before openraft purges the log it covers; under the lock,
+                    // so an older snapshot never lands on disk after a newer one. Kept
+                    // as the file's mapping; the app lets go of the older file's.
+                    let saved = store.save_snapshot(&meta, data.clone()).await?;
+                    self.release_shared_in_background();
+                    saved
+                }
+                None => data.clone(),
+            };
             inner.snapshot = Some(StoredSnapshot {
                 meta: meta.clone(),
-                data: data.clone(),
+                data: held,
             });
         }
         drop(inner);
@@ -346,20 +419,30 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
             .expect("receiving mutex")
             .take()
             .map_or(0.0, |since| ms(started - since));
-        let data = Arc::new(StateBytes::from(snapshot.into_inner()));
-        let body: SnapshotBodyRef<'_> = postcard::from_bytes(&data).map_err(|e| {
-            StorageIOError::read_snapshot(
-                Some(meta.signature()),
-                &std::io::Error::other(e.to_string()),
-            )
-        })?;
+        let received = Arc::new(StateBytes::from(snapshot.into_inner()));
+        // Checked before it is saved; a durable replica then decodes (and restores from)
+        // the file it saved, mapped and checked: the same code as at open, and the
+        // received buffer is freed.
+        decode_snapshot_body(&received, meta).map_err(|e| *e)?;
         let decoded = Instant::now();
-        if let Some(store) = &self.store {
-            store.save_snapshot(meta, data.clone()).await?;
-        }
+        let data = match &self.store {
+            Some(store) => store.save_snapshot(meta, received).await?,
+            None => received,
+        };
         let saved = Instant::now();
+        let body = decode_snapshot_body(&data, meta).map_err(|e| *e)?;
         let mut inner = self.inner.lock().await;
-        inner.app.restore(body.app).await.map_err(app_error)?;
+        let restored = match self.store {
+            Some(_) => {
+                inner
+                    .app
+                    .restore_shared(snapshot_file::share(&data, body.app))
+                    .await
+            }
+            // A memory replica's app owns its values (no file to map).
+            None => inner.app.restore(body.app).await,
+        };
+        restored.map_err(app_error)?;
         let restored = Instant::now();
         inner.sessions = body.sessions;
         inner.last_applied = meta.last_log_id;
@@ -417,5 +500,168 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk_store::SyncPolicy;
+    use async_trait::async_trait;
+    use std::path::Path;
+    use std::sync::atomic::AtomicBool;
+
+    /// What the test app saw, shared with the test.
+    #[derive(Default)]
+    struct Seen {
+        restored_shared: AtomicBool,
+        released: AtomicBool,
+    }
+
+    /// Holds its state as the shared bytes it was restored from, and lets go of them
+    /// after a few release passes.
+    struct SharingApp {
+        state: Vec<u8>,
+        shared: Option<bytes::Bytes>,
+        passes: u32,
+        seen: Arc<Seen>,
+    }
+
+    #[async_trait]
+    impl StateMachine for SharingApp {
+        async fn apply(&mut self, _: u64, _: u64, _: &[u8]) -> Result<Vec<u8>, AppError> {
+            Ok(Vec::new())
+        }
+        async fn query(&mut self, _: u64, _: &[u8]) -> Result<Vec<u8>, AppError> {
+            Ok(Vec::new())
+        }
+        async fn snapshot(&mut self) -> Result<Vec<u8>, AppError> {
+            Ok(match &self.shared {
+                Some(shared) => shared.to_vec(),
+                None => self.state.clone(),
+            })
+        }
+        async fn restore(&mut self, snapshot: &[u8]) -> Result<(), AppError> {
+            (self.state, self.shared) = (snapshot.to_vec(), None);
+            Ok(())
+        }
+        async fn restore_shared(&mut self, snapshot: bytes::Bytes) -> Result<(), AppError> {
+            self.seen.restored_shared.store(true, Ordering::SeqCst);
+            self.shared = Some(snapshot);
+            Ok(())
+        }
+        fn release_shared(&mut self, _max_bytes: u64) -> bool {
+            let Some(shared) = &self.shared else {
+                return true;
+            };
+            self.passes += 1;
+            if self.passes < 3 {
+                return false;
+            }
+            self.state = shared.to_vec();
+            self.shared = None;
+            self.seen.released.store(true, Ordering::SeqCst);
+            true
+        }
+        fn state_bytes(&self) -> u64 {
+            0
+        }
+    }
+
+    fn meta(index: u64, id: &str) -> SnapshotMeta<NodeId, openraft::BasicNode> {
+        SnapshotMeta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), index)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: id.into(),
+        }
+    }
+
+    fn body(app: &[u8]) -> Vec<u8> {
+        postcard::to_allocvec(&SnapshotBody {
+            sessions: &Sessions::default(),
+            app,
+        })
+        .unwrap()
+    }
+
+    /// Mappings of this process of `dir`'s snapshot file: (live, deleted).
+    fn mappings(dir: &Path) -> (usize, usize) {
+        let file = snapshot_file::path(dir).display().to_string();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let lines: Vec<&str> = maps.lines().filter(|l| l.contains(&file)).collect();
+        let deleted = lines.iter().filter(|l| l.ends_with("(deleted)")).count();
+        (lines.len() - deleted, deleted)
+    }
+
+    #[tokio::test]
+    async fn the_app_restores_from_the_mapped_file_and_lets_an_older_file_go() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = DiskLogStore::open(dir.path(), SyncPolicy::EveryAppend).unwrap();
+            let saved = store
+                .save_snapshot(&meta(10, "first"), Arc::new(body(b"state one").into()))
+                .await
+                .unwrap();
+            assert!(matches!(*saved, StateBytes::Mapped(_)), "kept mapped");
+        }
+        let seen = Arc::new(Seen::default());
+        let app = SharingApp {
+            state: Vec::new(),
+            shared: None,
+            passes: 0,
+            seen: seen.clone(),
+        };
+        let store = DiskLogStore::open(dir.path(), SyncPolicy::EveryAppend).unwrap();
+        let mut machine = ReplicaStateMachine::durable(Box::new(app), store)
+            .await
+            .unwrap();
+        assert!(seen.restored_shared.load(Ordering::SeqCst));
+        assert_eq!(machine.app_snapshot().await.unwrap(), b"state one");
+        assert_eq!(mappings(dir.path()), (1, 0), "the file is mapped once");
+
+        // A newer snapshot replaces the file; the app copies what it held of the old one
+        // in the background, and the old file (renamed over) is unmapped.
+        machine.build_snapshot().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !seen.released.load(Ordering::SeqCst) || mappings(dir.path()).1 > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the older file is still mapped: {:?}",
+                mappings(dir.path())
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(machine.app_snapshot().await.unwrap(), b"state one");
+        assert_eq!(mappings(dir.path()), (1, 0), "only the new file is mapped");
+
+        // A snapshot received from a leader is saved and the app restored from the file.
+        seen.restored_shared.store(false, Ordering::SeqCst);
+        machine
+            .install_snapshot(&meta(20, "received"), Box::new(Cursor::new(body(b"two"))))
+            .await
+            .unwrap();
+        assert!(seen.restored_shared.load(Ordering::SeqCst));
+        assert_eq!(machine.app_snapshot().await.unwrap(), b"two");
+        let inner = machine.inner.lock().await;
+        let held = &inner.snapshot.as_ref().unwrap().data;
+        assert!(matches!(**held, StateBytes::Mapped(_)));
+    }
+
+    #[tokio::test]
+    async fn a_memory_replica_restores_owned_bytes() {
+        let seen = Arc::new(Seen::default());
+        let app = SharingApp {
+            state: Vec::new(),
+            shared: None,
+            passes: 0,
+            seen: seen.clone(),
+        };
+        let mut machine = ReplicaStateMachine::new(Box::new(app));
+        machine
+            .install_snapshot(&meta(5, "received"), Box::new(Cursor::new(body(b"mem"))))
+            .await
+            .unwrap();
+        assert!(!seen.restored_shared.load(Ordering::SeqCst));
+        assert_eq!(machine.app_snapshot().await.unwrap(), b"mem");
     }
 }

@@ -41,7 +41,7 @@ impl KvMachine {
         }
         let offset = offset as usize;
         let now_ms = self.now_ms;
-        let current_len = attempt!(self.string(&argv[1], now_ms)).map(Vec::len);
+        let current_len = attempt!(self.string(&argv[1], now_ms)).map(<[u8]>::len);
         let patch = std::mem::take(&mut argv[3]);
         if patch.is_empty() {
             return Value::Integer(current_len.unwrap_or(0) as i64);
@@ -92,7 +92,7 @@ impl KvMachine {
             }
             index += 1;
         }
-        let Some(value) = attempt!(self.string(&argv[1], now_ms)).cloned() else {
+        let Some(value) = attempt!(self.string(&argv[1], now_ms)).map(<[u8]>::to_vec) else {
             return Value::null();
         };
         let at_ms = match change {
