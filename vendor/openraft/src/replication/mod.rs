@@ -159,8 +159,11 @@ where
 /// coming, the next write's AppendEntries carries it instead. Only followers' apply
 /// waits (a leader commits and answers its clients from its own commit index); a group
 /// gone idle still sends it after this wait (tokio's timer ticks in milliseconds: 1 to
-/// 2 ms). Session 9 waited 2 ms (removed after a quiet-machine A/B).
-pub const COMMIT_PIGGYBACK_WAIT: Duration = Duration::from_millis(1);
+/// 2 ms). Session 9 waited 2 ms (removed after a quiet-machine A/B); session 12 measured
+/// 1 ms: faster only on a loaded machine, slower on a quiet one (1-client p50 172 us
+/// against 111-124 us without it; docs/BENCHMARKS.md, "Session 12: the merged `main`"),
+/// so it is off (zero) by default and kept for A/Bs through the variable below.
+pub const COMMIT_PIGGYBACK_WAIT: Duration = Duration::ZERO;
 
 /// stator patch, for an A/B in one binary while it is measured:
 /// `STATOR_COMMIT_PIGGYBACK_US=N` waits N us instead (0: sends every commit index at
