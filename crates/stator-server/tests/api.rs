@@ -815,7 +815,18 @@ async fn assignments_the_agent_holds_are_not_sent_again() {
     .await;
     let leaders: BTreeMap<u32, NodeId> = (0..4).map(|p| (p, node)).collect();
     let beat = agents[0].heartbeat(&leaders);
-    let full: Assignments = server.heartbeat(&beat).await.json().await.unwrap();
+    // The leaders this heartbeat reports may reach the server's map after the answer to
+    // the first one was built (CI saw exactly that): beat until two answers in a row are
+    // the same, so the server's answer is settled before the fingerprint is checked.
+    let mut full: Assignments = server.heartbeat(&beat).await.json().await.unwrap();
+    for _ in 0..50 {
+        let again: Assignments = server.heartbeat(&beat).await.json().await.unwrap();
+        if again.fingerprint == full.fingerprint {
+            break;
+        }
+        full = again;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(full.replicas.len(), 4);
     assert!(!full.unchanged);
     let fingerprint = full
