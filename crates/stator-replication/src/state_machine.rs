@@ -527,6 +527,17 @@ mod tests {
         seen: Arc<Seen>,
     }
 
+    impl SharingApp {
+        fn new(seen: Arc<Seen>) -> SharingApp {
+            SharingApp {
+                state: Vec::new(),
+                shared: None,
+                passes: 0,
+                seen,
+            }
+        }
+    }
+
     #[async_trait]
     impl StateMachine for SharingApp {
         async fn apply(&mut self, _: u64, _: u64, _: &[u8]) -> Result<Vec<u8>, AppError> {
@@ -605,12 +616,7 @@ mod tests {
             assert!(matches!(*saved, StateBytes::Mapped(_)), "kept mapped");
         }
         let seen = Arc::new(Seen::default());
-        let app = SharingApp {
-            state: Vec::new(),
-            shared: None,
-            passes: 0,
-            seen: seen.clone(),
-        };
+        let app = SharingApp::new(seen.clone());
         let store = DiskLogStore::open(dir.path(), SyncPolicy::EveryAppend).unwrap();
         let mut machine = ReplicaStateMachine::durable(Box::new(app), store)
             .await
@@ -650,12 +656,7 @@ mod tests {
     #[tokio::test]
     async fn a_memory_replica_restores_owned_bytes() {
         let seen = Arc::new(Seen::default());
-        let app = SharingApp {
-            state: Vec::new(),
-            shared: None,
-            passes: 0,
-            seen: seen.clone(),
-        };
+        let app = SharingApp::new(seen.clone());
         let mut machine = ReplicaStateMachine::new(Box::new(app));
         machine
             .install_snapshot(&meta(5, "received"), Box::new(Cursor::new(body(b"mem"))))

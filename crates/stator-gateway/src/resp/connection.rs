@@ -690,6 +690,11 @@ struct Pipeline {
 impl Pipeline {
     fn new<B: Backend>(router: &B) -> Pipeline {
         let pipelines = router.pipelines_slots();
+        Pipeline::with_modes(pipelines, pipelines && router.batches_partitions())
+    }
+
+    /// An empty pipeline with the router's modes (see the fields of the same names).
+    fn with_modes(pipelines: bool, per_partition: bool) -> Pipeline {
         Pipeline {
             replies: VecDeque::new(),
             passes: 0,
@@ -701,7 +706,7 @@ impl Pipeline {
             gatherings: Vec::new(),
             launches: Vec::new(),
             pipelines,
-            per_partition: pipelines && router.batches_partitions(),
+            per_partition,
             args: Args::default(),
         }
     }
@@ -1227,20 +1232,7 @@ mod tests {
     use super::*;
 
     fn pipeline() -> Pipeline {
-        Pipeline {
-            replies: VecDeque::new(),
-            passes: 0,
-            written: 0,
-            busy_slots: FxHashMap::default(),
-            closing: false,
-            alone_in_flight: false,
-            commands_in_flight: 0,
-            gatherings: Vec::new(),
-            launches: Vec::new(),
-            pipelines: true,
-            per_partition: true,
-            args: Args::default(),
-        }
+        Pipeline::with_modes(true, true)
     }
 
     /// Owes a reply in flight (as a launch does) for the pass running.
