@@ -103,6 +103,24 @@ fn copy_this_binary(data_dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(exe)
 }
 
+/// The environment variable that sets a stator process's log filter.
+const LOG_ENV: &str = "STATOR_LOG";
+/// The cluster's processes' log filter when chaos runs without [`LOG_ENV`]: the control
+/// plane's events and the agents' registrations (node id, rejoined or new), stores
+/// and elections, which say what a fault did; `warn` elsewhere (a binary's default).
+pub const CHILD_LOG_DEFAULT: &str =
+    "warn,stator_server=info,stator_agent=info,stator_replication=info";
+
+/// The environment given to every process of the cluster: [`CHILD_LOG_DEFAULT`] unless
+/// chaos itself runs with [`LOG_ENV`] (the processes inherit it then).
+fn child_log_env() -> Vec<(String, String)> {
+    if std::env::var_os(LOG_ENV).is_some() {
+        Vec::new()
+    } else {
+        vec![(LOG_ENV.into(), CHILD_LOG_DEFAULT.into())]
+    }
+}
+
 /// The supervisor's name of the gateway process.
 const GATEWAY: &str = "gateway";
 /// Prefix of the supervisor's names of agent processes (`agent node-1`).
@@ -211,7 +229,7 @@ impl LocalCluster {
                 args,
                 log: dir.join("server.log"),
                 pid_file: None,
-                env: Vec::new(),
+                env: child_log_env(),
                 restart_delay: SERVER_RESTART_DELAY,
             })?;
             self.wait_server(i, &dir, deadline).await?;
@@ -236,7 +254,7 @@ impl LocalCluster {
             ],
             log: self.data_dir.join("gateway.log"),
             pid_file: None,
-            env: Vec::new(),
+            env: child_log_env(),
             restart_delay: GATEWAY_RESTART_DELAY,
         })
     }
@@ -291,7 +309,7 @@ impl LocalCluster {
                 args,
                 log: dir.join("agent.log"),
                 pid_file: None,
-                env: Vec::new(),
+                env: child_log_env(),
                 restart_delay: stator_harness::AGENT_RESTART_DELAY,
             })?;
         }
@@ -551,7 +569,15 @@ impl LocalCluster {
             let _ = supervisor.await;
         }
         self.processes.stop_all(STOP_TIMEOUT).await;
-        drop(self.etcd.take());
+        self.stop_etcd();
+    }
+
+    /// Stops etcd, its member logs copied into the cluster's directory first (etcd's
+    /// own temporary directory goes with it).
+    fn stop_etcd(&mut self) {
+        if let Some(etcd) = self.etcd.take() {
+            super::logs::save_etcd_logs(etcd.dir(), &self.data_dir);
+        }
     }
 }
 
@@ -562,5 +588,6 @@ impl Drop for LocalCluster {
         if let Some(supervisor) = self.supervisor.take() {
             supervisor.abort();
         }
+        self.stop_etcd();
     }
 }
