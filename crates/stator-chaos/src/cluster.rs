@@ -4,7 +4,7 @@
 //! `stator agent`s, each in a network namespace of its own when there are namespaces
 //! ([`super::netns`]), else on loopback. Every process is a child of chaos; a supervisor
 //! starts dead ones again: agents after `up`'s restart delay (they rejoin as new
-//! members), servers after [`SERVER_RESTART_DELAY`] on the same address and data
+//! members, or as themselves while a durable partition still names them), servers after [`SERVER_RESTART_DELAY`] on the same address and data
 //! directory. Also: the API calls the nemesis needs, failing over between servers.
 
 use super::netns::Netns;
