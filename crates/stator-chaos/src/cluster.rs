@@ -4,7 +4,7 @@
 //! `stator agent`s, each in a network namespace of its own when there are namespaces
 //! ([`super::netns`]), else on loopback. Every process is a child of chaos; a supervisor
 //! starts dead ones again: agents after `up`'s restart delay (they rejoin as new
-//! members), servers after [`SERVER_RESTART_DELAY`] on the same address and data
+//! members, or as themselves while a durable partition still names them), servers after [`SERVER_RESTART_DELAY`] on the same address and data
 //! directory. Also: the API calls the nemesis needs, failing over between servers.
 
 use super::netns::Netns;
@@ -101,6 +101,24 @@ fn copy_this_binary(data_dir: &Path) -> anyhow::Result<PathBuf> {
     std::fs::copy("/proc/self/exe", &exe)
         .with_context(|| format!("copying this binary to {}", exe.display()))?;
     Ok(exe)
+}
+
+/// The environment variable that sets a stator process's log filter.
+const LOG_ENV: &str = "STATOR_LOG";
+/// The cluster's processes' log filter when chaos runs without [`LOG_ENV`]: the control
+/// plane's events and the agents' registrations (node id, rejoined or new), stores
+/// and elections, which say what a fault did; `warn` elsewhere (a binary's default).
+pub const CHILD_LOG_DEFAULT: &str =
+    "warn,stator_server=info,stator_agent=info,stator_replication=info";
+
+/// The environment given to every process of the cluster: [`CHILD_LOG_DEFAULT`] unless
+/// chaos itself runs with [`LOG_ENV`] (the processes inherit it then).
+fn child_log_env() -> Vec<(String, String)> {
+    if std::env::var_os(LOG_ENV).is_some() {
+        Vec::new()
+    } else {
+        vec![(LOG_ENV.into(), CHILD_LOG_DEFAULT.into())]
+    }
 }
 
 /// The supervisor's name of the gateway process.
@@ -211,7 +229,7 @@ impl LocalCluster {
                 args,
                 log: dir.join("server.log"),
                 pid_file: None,
-                env: Vec::new(),
+                env: child_log_env(),
                 restart_delay: SERVER_RESTART_DELAY,
             })?;
             self.wait_server(i, &dir, deadline).await?;
@@ -236,7 +254,7 @@ impl LocalCluster {
             ],
             log: self.data_dir.join("gateway.log"),
             pid_file: None,
-            env: Vec::new(),
+            env: child_log_env(),
             restart_delay: GATEWAY_RESTART_DELAY,
         })
     }
@@ -291,7 +309,7 @@ impl LocalCluster {
                 args,
                 log: dir.join("agent.log"),
                 pid_file: None,
-                env: Vec::new(),
+                env: child_log_env(),
                 restart_delay: stator_harness::AGENT_RESTART_DELAY,
             })?;
         }
@@ -551,7 +569,15 @@ impl LocalCluster {
             let _ = supervisor.await;
         }
         self.processes.stop_all(STOP_TIMEOUT).await;
-        drop(self.etcd.take());
+        self.stop_etcd();
+    }
+
+    /// Stops etcd, its member logs copied into the cluster's directory first (etcd's
+    /// own temporary directory goes with it).
+    fn stop_etcd(&mut self) {
+        if let Some(etcd) = self.etcd.take() {
+            super::logs::save_etcd_logs(etcd.dir(), &self.data_dir);
+        }
     }
 }
 
@@ -562,5 +588,6 @@ impl Drop for LocalCluster {
         if let Some(supervisor) = self.supervisor.take() {
             supervisor.abort();
         }
+        self.stop_etcd();
     }
 }

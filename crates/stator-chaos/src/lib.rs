@@ -12,9 +12,11 @@
 //! - [`netns`]: agents in network namespaces on a bridge; isolation and cuts (default).
 //! - [`firewall`]: partitions as iptables rules matching per-node cgroups on loopback
 //!   (the fallback where namespaces cannot be made).
+//! - [`logs`]: `--keep-logs`, the cluster's logs copied out after the run.
 
 pub mod cluster;
 pub mod firewall;
+pub mod logs;
 pub mod nemesis;
 pub mod netns;
 pub mod workload;
@@ -89,6 +91,9 @@ pub struct Options {
     pub network: NetworkMode,
     /// The kv service's durability; `None`: [`default_durability`] of the faults.
     pub durability: Option<Durability>,
+    /// Where to copy the cluster's logs when the run ends, whatever the verdict
+    /// (`--keep-logs`; [`logs`] says what is kept).
+    pub keep_logs: Option<PathBuf>,
 }
 
 /// The kv service's durability when `--durability` is not given: `disk` when the
@@ -194,6 +199,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
     anyhow::ensure!(opts.keys >= 1, "--keys: at least 1");
     anyhow::ensure!(!opts.faults.is_empty(), "--faults: name at least one");
     check_durability(&opts.faults, durability(&opts))?;
+    if let Some(dir) = &opts.keep_logs {
+        logs::prepare(dir)?;
+    }
     let require_all = std::env::var(REQUIRE_ALL_ENV).is_ok_and(|v| v == "1");
     let mut skipped = BTreeMap::new();
     let (mut kinds, with_etcd) = injectable_kinds(&opts, require_all, &mut skipped)?;
@@ -232,6 +240,18 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
     };
     drop(placement);
     remove_network(netns, firewall).await;
+    if let Some(dir) = &opts.keep_logs {
+        match logs::keep(data_dir.path(), dir) {
+            Ok(kept) => eprintln!(
+                "chaos: logs kept in {} ({} files, {} bytes; every file of the cluster listed in {})",
+                dir.display(),
+                kept.files,
+                kept.bytes,
+                logs::LISTING_FILE
+            ),
+            Err(e) => eprintln!("chaos: could not keep the logs in {}: {e:#}", dir.display()),
+        }
+    }
     match &outcome {
         Ok(summary) if summary.passed() => {}
         _ => {

@@ -386,6 +386,12 @@ struct ChaosArgs {
     /// restart or restart-late fault, else memory).
     #[arg(long)]
     durability: Option<String>,
+    /// Copy the cluster's logs here when the run ends, whatever the verdict: every
+    /// server's, the gateway's, every agent's and etcd's log, the agents' identity
+    /// files (without their secret) and a listing of every file (files.txt). DIR must
+    /// be new or empty.
+    #[arg(long, value_name = "DIR")]
+    keep_logs: Option<PathBuf>,
     /// Print the result as one JSON object on the last line.
     #[arg(long)]
     json: bool,
@@ -898,6 +904,7 @@ async fn run_chaos(args: ChaosArgs) -> anyhow::Result<()> {
             .as_deref()
             .map(chaos::parse_durability)
             .transpose()?,
+        keep_logs: args.keep_logs,
     })
     .await?;
     if args.json {
