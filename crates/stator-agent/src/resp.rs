@@ -415,12 +415,13 @@ impl AgentBackend {
             .to_bytes(),
             // Leadership moved (or the replica stopped) under the request: the router
             // finds the new leader, with the same session so nothing applies twice.
+            // Boxed, as every forward here: the router's retrying forward is a large future,
+            // and inline it would size every batch's unit on the common, local path.
             ClientReply::NotLeader { .. } | ClientReply::NoGroup | ClientReply::Unavailable(_) => {
-                match self
-                    .router
-                    .forward_in(route, kind, payload_again(), session.as_ref())
-                    .await
-                {
+                let forwarded =
+                    self.router
+                        .forward_in(route, kind, payload_again(), session.as_ref());
+                match Box::pin(forwarded).await {
                     Ok(bytes) => bytes,
                     Err(error) => error_reply(routes, route.partition, kind, &error),
                 }
@@ -488,7 +489,7 @@ impl AgentBackend {
                 ClientReply::Ok(bytes) if !moved => bytes,
                 _ => {
                     moved = true;
-                    match self.router.forward(route, kind, payload.to_vec()).await {
+                    match Box::pin(self.router.forward(route, kind, payload.to_vec())).await {
                         Ok(bytes) => bytes,
                         Err(error) => error_reply(routes, route.partition, kind, &error),
                     }
@@ -524,7 +525,8 @@ impl Backend for AgentBackend {
             Target::Forward => {
                 let mut replies = Vec::with_capacity(commands.len());
                 for (kind, payload) in commands {
-                    let reply = match self.router.forward(route, kind, payload.to_vec()).await {
+                    let forwarded = self.router.forward(route, kind, payload.to_vec());
+                    let reply = match Box::pin(forwarded).await {
                         Ok(bytes) => bytes,
                         Err(error) => error_reply(&routes, route.partition, kind, &error),
                     };
@@ -562,7 +564,7 @@ impl Backend for AgentBackend {
                     .await
             }
             Target::Moved(addr) => Value::error(format!("MOVED {slot} {addr}")).to_bytes(),
-            Target::Forward => match self.router.forward(route, kind, payload).await {
+            Target::Forward => match Box::pin(self.router.forward(route, kind, payload)).await {
                 Ok(bytes) => bytes,
                 Err(error) => error_reply(&routes, route.partition, kind, &error),
             },

@@ -130,7 +130,12 @@ impl Coalescer {
                     queue,
                     kind,
                 };
-                let replies = send(core, &routes, partition, kind, commands).await;
+                // Boxed: `send` holds the router's retrying forward, a future of
+                // kilobytes. Inline it would size every `submit` (and so every batch's unit
+                // in its connection's `FuturesUnordered`: one allocation and copy of that
+                // size per batch), though most batches under load take the queued path
+                // above and only wait for their answer.
+                let replies = Box::pin(send(core, &routes, partition, kind, commands)).await;
                 drop(slot);
                 return replies;
             }

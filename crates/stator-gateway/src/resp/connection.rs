@@ -376,7 +376,9 @@ impl Backend for Router {
         payload: Vec<u8>,
     ) -> Vec<u8> {
         let route = &routes.partitions[partition];
-        match self.forward(route, kind, payload).await {
+        // Boxed: the router's retrying forward is a large future, and inline it would size
+        // every unit `serve` puts in flight (see `perform`), batches included.
+        match Box::pin(self.forward(route, kind, payload)).await {
             Ok(reply) => reply,
             Err(error) => error_reply(&routes, route.partition, kind, &error),
         }

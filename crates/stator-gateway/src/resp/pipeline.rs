@@ -84,7 +84,7 @@ pub fn encode<P: AsRef<[u8]>>(commands: &[(RequestKind, P)]) -> Vec<u8> {
     for (_, payload) in commands {
         let payload = payload.as_ref();
         let (argc, header) = array_len(payload).expect("a forwarded command is a RESP array");
-        push_bulk(&mut out, itoa(argc).as_bytes());
+        push_bulk(&mut out, decimal(argc, &mut [0; MAX_DECIMAL_DIGITS]));
         out.extend_from_slice(&payload[header..]);
     }
     out
@@ -139,7 +139,7 @@ fn array_len(bytes: &[u8]) -> Option<(usize, usize)> {
 
 fn push_header(out: &mut Vec<u8>, kind: u8, n: usize) {
     out.push(kind);
-    out.extend_from_slice(itoa(n).as_bytes());
+    out.extend_from_slice(decimal(n, &mut [0; MAX_DECIMAL_DIGITS]));
     out.extend_from_slice(b"\r\n");
 }
 
@@ -149,8 +149,22 @@ fn push_bulk(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn itoa(n: usize) -> String {
-    n.to_string()
+/// Digits of the largest `usize`.
+const MAX_DECIMAL_DIGITS: usize = 20;
+
+/// The decimal digits of `n`, written into `digits` (no allocation: `encode` writes two
+/// numbers per command, and a `String` each was two of the gateway's ~5 mallocs per
+/// pipelined SET).
+fn decimal(mut n: usize, digits: &mut [u8; MAX_DECIMAL_DIGITS]) -> &[u8] {
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &digits[at..];
+        }
+    }
 }
 
 #[cfg(test)]
@@ -164,6 +178,10 @@ mod tests {
             vec![b"SET".to_vec(), b"k".to_vec(), b"v".to_vec()],
             vec![b"HSET".to_vec(), b"h".to_vec(), b"f".to_vec(), b"".to_vec()],
             vec![b"GET".to_vec(), b"k".to_vec()],
+            // Counts and lengths of several digits.
+            std::iter::once(b"MSET".to_vec())
+                .chain((0..6).flat_map(|i| [format!("key{i}").into_bytes(), vec![b'x'; 100]]))
+                .collect(),
         ];
         let batch: Vec<_> = commands
             .iter()
@@ -174,6 +192,16 @@ mod tests {
         let (argv, used) = parse_command(&encode(&batch)).unwrap().unwrap();
         assert_eq!(used, expected.len());
         assert_eq!(argv[0], b"STATOR.EXEC");
+    }
+
+    #[test]
+    fn decimals_are_written_without_a_string() {
+        for n in [0, 7, 10, 16, 1234, usize::MAX] {
+            assert_eq!(
+                decimal(n, &mut [0; MAX_DECIMAL_DIGITS]),
+                n.to_string().as_bytes()
+            );
+        }
     }
 
     #[test]
