@@ -36,6 +36,12 @@ pub struct Run {
     /// stator only: the replicas' durability (`memory`, `periodic`, `disk`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub durability: Option<String>,
+    /// CPU time (user + system) per acknowledged request over the measured window, in
+    /// microseconds: the benchmark process (its clients, and stator's in-process hosts)
+    /// plus the baseline's server processes. Steadier than `ops_per_sec` on a loaded
+    /// machine. `None` where not measured (etcd).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_op: Option<f64>,
 }
 
 impl Run {
@@ -59,6 +65,7 @@ impl Run {
             errors: None,
             skipped: Some(why),
             durability: None,
+            cpu_us_per_op: None,
         }
     }
 
@@ -86,6 +93,7 @@ impl Run {
             errors: Some(recorder.errors),
             skipped: None,
             durability: None,
+            cpu_us_per_op: None,
         }
     }
 }

@@ -38,8 +38,8 @@ pub use stator_harness::{free_port, installed};
 /// line, with each baseline's p50 and throughput as a ratio to stator's at the same load.
 pub fn print_runs(runs: &[latency::Run], json: bool) {
     eprintln!(
-        "{:<11} {:>8} {:>7} {:>9} {:>9} {:>9} {:>12}",
-        "system", "replicas", "clients", "p50_us", "p99_us", "p999_us", "ops/s"
+        "{:<11} {:>8} {:>7} {:>9} {:>9} {:>9} {:>12} {:>10}",
+        "system", "replicas", "clients", "p50_us", "p99_us", "p999_us", "ops/s", "cpu_us/op"
     );
     for r in runs {
         match &r.skipped {
@@ -48,14 +48,15 @@ pub fn print_runs(runs: &[latency::Run], json: bool) {
                 r.system, r.replicas, r.clients
             ),
             None => eprintln!(
-                "{:<11} {:>8} {:>7} {:>9} {:>9} {:>9} {:>12.0}",
+                "{:<11} {:>8} {:>7} {:>9} {:>9} {:>9} {:>12.0} {:>10}",
                 r.system,
                 r.replicas,
                 r.clients,
                 r.p50_us.unwrap_or(0),
                 r.p99_us.unwrap_or(0),
                 r.p999_us.unwrap_or(0),
-                r.ops_per_sec.unwrap_or(0.0)
+                r.ops_per_sec.unwrap_or(0.0),
+                r.cpu_us_per_op.map_or("-".into(), |c| format!("{c:.1}")),
             ),
         }
     }
@@ -80,13 +81,16 @@ pub fn print_runs(runs: &[latency::Run], json: bool) {
         ] {
             if let Some(s) = measured(ours, r.clients) {
                 let key = format!("{prefix}{}_clients_{}", r.system, r.clients);
-                ratios.insert(
-                    key,
-                    serde_json::json!({
-                        "p50_baseline_over_stator": r.p50_us.unwrap_or(0) as f64 / s.p50_us.unwrap_or(1).max(1) as f64,
-                        "ops_stator_over_baseline": s.ops_per_sec.unwrap_or(0.0) / r.ops_per_sec.unwrap_or(1.0).max(1e-9),
-                    }),
-                );
+                let mut ratio = serde_json::json!({
+                    "p50_baseline_over_stator": r.p50_us.unwrap_or(0) as f64 / s.p50_us.unwrap_or(1).max(1) as f64,
+                    "ops_stator_over_baseline": s.ops_per_sec.unwrap_or(0.0) / r.ops_per_sec.unwrap_or(1.0).max(1e-9),
+                });
+                // CPU per request, the baseline's over stator's: above 1, stator does a
+                // request with less CPU (the figure a loaded machine disturbs least).
+                if let (Some(theirs), Some(ours)) = (r.cpu_us_per_op, s.cpu_us_per_op) {
+                    ratio["cpu_baseline_over_stator"] = serde_json::json!(theirs / ours.max(1e-9));
+                }
+                ratios.insert(key, ratio);
             }
         }
     }

@@ -79,14 +79,80 @@ trait Driver: Send + 'static {
     async fn write(&mut self, key: &[u8], value: &[u8]) -> anyhow::Result<()>;
 }
 
+/// What one [`drive`] measured: the merged latencies, the measured window, and the CPU
+/// time spent in it by this process and the processes `drive` was given.
+struct Driven {
+    rec: Recorder,
+    window: Duration,
+    cpu: Option<Duration>,
+}
+
+impl Driven {
+    /// The run of `system`, with the CPU time per acknowledged request.
+    fn run(&self, system: &str, replicas: usize, clients: usize, value_bytes: usize) -> Run {
+        let mut run = Run::measured(
+            system,
+            replicas,
+            clients,
+            value_bytes,
+            &self.rec,
+            self.window,
+        );
+        let ops = self.rec.histogram.len();
+        run.cpu_us_per_op = self
+            .cpu
+            .filter(|_| ops > 0)
+            .map(|cpu| crate::figures::round1(cpu.as_secs_f64() * 1e6 / ops as f64));
+        run
+    }
+}
+
+/// CPU time (user + system) used so far by this process and by `pids`; `None` when a
+/// process's figure cannot be read (it has exited, or this is not Linux).
+fn cpu_used(pids: &[u32]) -> Option<Duration> {
+    // SAFETY: getrusage writes the struct it is given and nothing else.
+    let own = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return None;
+        }
+        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1_000);
+        tv(usage.ru_utime) + tv(usage.ru_stime)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut total = own;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command (which may hold spaces) start at the state, field 3;
+        // utime and stime are fields 14 and 15.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        total += Duration::from_secs_f64(ticks as f64 / ticks_per_s);
+    }
+    Some(total)
+}
+
+/// Drives every driver for the warm-up and then `duration`, and measures the CPU time
+/// this process and `pids` (the baseline's servers) spend in the measured window.
 async fn drive(
     drivers: Vec<Box<dyn Driver>>,
     value_bytes: usize,
     duration: Duration,
-) -> (Recorder, Duration) {
+    pids: &[u32],
+) -> Driven {
     let start = Instant::now();
     let measure_from = start + WARMUP;
     let end = measure_from + duration;
+    let sampled_pids = pids.to_vec();
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        let before = cpu_used(&sampled_pids);
+        tokio::time::sleep_until(end.into()).await;
+        Some(cpu_used(&sampled_pids)?.saturating_sub(before?))
+    });
     let tasks: Vec<_> = drivers
         .into_iter()
         .map(|mut d| {
@@ -115,7 +181,11 @@ async fn drive(
     for t in tasks {
         total.merge(&t.await.expect("client task panicked"));
     }
-    (total, duration)
+    Driven {
+        rec: total,
+        window: duration,
+        cpu: cpu.await.expect("CPU sampler panicked"),
+    }
 }
 
 /// Each partition's group and its members' addresses.
@@ -262,15 +332,8 @@ async fn measure_stator(
             }) as Box<dyn Driver>
         })
         .collect();
-    let (rec, window) = drive(drivers, opts.value_bytes, opts.duration).await;
-    let mut run = Run::measured(
-        system,
-        opts.replicas,
-        clients,
-        opts.value_bytes,
-        &rec,
-        window,
-    );
+    let driven = drive(drivers, opts.value_bytes, opts.duration, &[]).await;
+    let mut run = driven.run(system, opts.replicas, clients, opts.value_bytes);
     run.durability = Some(opts.durability.to_string());
     run
 }
@@ -424,11 +487,13 @@ async fn measure_redis_baseline(
     }
     let redis = start_redis_with_replica().await;
     let endpoints = redis.as_ref().map(|r| r.endpoints.clone());
+    let pids = redis.as_ref().map(|r| r.pids()).ok();
     measure_baseline(
         runs,
         opts,
         baseline,
         endpoints,
+        pids,
         |endpoints, clients| async move {
             let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
             for _ in 0..clients {
@@ -456,6 +521,7 @@ async fn measure_set_baselines(opts: &Options, runs: &mut Vec<Run>) -> anyhow::R
             opts,
             baseline,
             endpoints,
+            None,
             |endpoints, clients| async move {
                 let http = reqwest::Client::builder()
                     .pool_max_idle_per_host(clients)
@@ -499,12 +565,14 @@ struct Baseline {
 /// For each client count: build the drivers with `make_drivers(endpoints, clients)`,
 /// drive them, push a measured run. When the system did not start (`endpoints` is the
 /// start error), push a skipped run per client count instead, saying why. The caller
-/// keeps the started system alive until this returns.
+/// keeps the started system alive until this returns. With `pids` (the system's server
+/// processes), each run also reports its CPU time per request.
 async fn measure_baseline<E, F, Fut>(
     runs: &mut Vec<Run>,
     opts: &Options,
     baseline: Baseline,
     endpoints: Result<Vec<String>, E>,
+    pids: Option<Vec<u32>>,
     make_drivers: F,
 ) -> anyhow::Result<()>
 where
@@ -529,15 +597,18 @@ where
     for &clients in &opts.clients {
         eprintln!("{system}: {setup}, {clients} clients ...");
         let drivers = make_drivers(endpoints.clone(), clients).await?;
-        let (rec, window) = drive(drivers, opts.value_bytes, opts.duration).await;
-        runs.push(Run::measured(
-            system,
-            replicas,
-            clients,
+        let driven = drive(
+            drivers,
             opts.value_bytes,
-            &rec,
-            window,
-        ));
+            opts.duration,
+            pids.as_deref().unwrap_or_default(),
+        )
+        .await;
+        let mut run = driven.run(system, replicas, clients, opts.value_bytes);
+        if pids.is_none() {
+            run.cpu_us_per_op = None;
+        }
+        runs.push(run);
     }
     Ok(())
 }
@@ -773,22 +844,23 @@ async fn redis_one_client_p50s(opts: &Options) -> anyhow::Result<(Option<f64>, O
     let addr = redis.endpoints[0].as_str();
     eprintln!("redis: SET, 1 client ...");
     let set = Connection::connect(addr).await?;
-    let (rec, _) = drive(
+    let driven = drive(
         vec![Box::new(RedisSetDriver { conn: set })],
         opts.value_bytes,
         opts.duration,
+        &[],
     )
     .await;
-    let set_p50 = rec.histogram.value_at_quantile(0.5) as f64;
+    let set_p50 = driven.rec.histogram.value_at_quantile(0.5) as f64;
     eprintln!("redis: SET + WAIT 1 0, 1 client ...");
     let wait = RedisWaitDriver {
         conn: Connection::connect(addr).await?,
         frames: Vec::new(),
     };
-    let (rec, _) = drive(vec![Box::new(wait)], opts.value_bytes, opts.duration).await;
+    let driven = drive(vec![Box::new(wait)], opts.value_bytes, opts.duration, &[]).await;
     Ok((
         Some(set_p50),
-        Some(rec.histogram.value_at_quantile(0.5) as f64),
+        Some(driven.rec.histogram.value_at_quantile(0.5) as f64),
     ))
 }
 

@@ -20,6 +20,13 @@ pub struct Servers {
     pub endpoints: Vec<String>,
 }
 
+impl Servers {
+    /// The servers' process ids (for CPU accounting).
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+}
+
 impl Drop for Servers {
     fn drop(&mut self) {
         for c in &mut self.children {

@@ -1448,16 +1448,28 @@ async fn propose(
 }
 
 /// Waits until `raft`'s core has stopped; why, as the clients of a failed write see it.
+///
+/// It watches the server metrics (vote, role, leader, membership), not the full metrics:
+/// openraft publishes those on every pass of its core loop, and each publication woke
+/// every proposer waiting here for nothing, several times per entry under load. The
+/// core's task owns the server metrics' sender, so their channel closes the moment the
+/// core stops, whatever stopped it; the full metrics then say why.
 async fn core_stopped(raft: &Raft) -> String {
-    let mut metrics = raft.metrics();
+    let why = |raft: &Raft| {
+        match &raft.metrics().borrow().running_state {
+        Err(fatal) => format!(
+            "the replica stopped on a storage error ({fatal}); the write was not acknowledged: free the disk or move the replica"
+        ),
+        Ok(()) => "the replica stopped; the write was not acknowledged".into(),
+    }
+    };
+    let mut server = raft.server_metrics();
     loop {
-        if let Err(fatal) = &metrics.borrow_and_update().running_state {
-            return format!(
-                "the replica stopped on a storage error ({fatal}); the write was not acknowledged: free the disk or move the replica"
-            );
+        if raft.metrics().borrow().running_state.is_err() {
+            return why(raft);
         }
-        if metrics.changed().await.is_err() {
-            return "the replica stopped; the write was not acknowledged".into();
+        if server.changed().await.is_err() {
+            return why(raft);
         }
     }
 }

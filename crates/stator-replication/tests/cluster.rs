@@ -746,9 +746,10 @@ async fn the_cheap_in_sync_check_agrees_with_the_membership_step() {
 /// A write's commit index reaches the followers even when no later write carries it. Here
 /// the leader's heartbeats and every election timer are off once the group has formed, so
 /// only the replication stream's own commit message can carry it. (A new commit index
-/// waits up to `COMMIT_PIGGYBACK_WAIT`, vendor/openraft/src/replication/mod.rs, for the
-/// next AppendEntries to carry it, and the leader holds it back until its own apply is
-/// answered: this test guards that it still goes out alone when no write follows.)
+/// waits up to `COMMIT_PIGGYBACK_PASSES` runtime passes, or `COMMIT_PIGGYBACK_WAIT`,
+/// vendor/openraft/src/replication/mod.rs, for the next AppendEntries to carry it, and
+/// the leader holds it back until its own apply is answered: this test guards that it
+/// still goes out alone when no write follows.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_apply_a_lone_write_without_waiting_for_a_heartbeat() {
     let cluster = InProcessCluster::start(3, Arc::new(RegisterFactory)).await;

@@ -149,6 +149,10 @@ where
     /// stator patch: when a commit index that no message has carried to the target yet
     /// must go out alone, as a heartbeat (see [`COMMIT_PIGGYBACK_WAIT`]).
     commit_due: Option<InstantOf<C>>,
+
+    /// stator patch: runtime passes a new commit index still waits for an AppendEntries
+    /// to carry it before it goes alone (see [`commit_piggyback_passes`]).
+    commit_passes_left: Option<u32>,
 }
 
 /// stator patch: how long a new commit index waits for an AppendEntries that carries
@@ -165,9 +169,37 @@ where
 /// so it is off (zero) by default and kept for A/Bs through the variable below.
 pub const COMMIT_PIGGYBACK_WAIT: Duration = Duration::ZERO;
 
+/// stator patch: how many passes of its runtime a new commit index waits for an
+/// AppendEntries that carries it, when [`COMMIT_PIGGYBACK_WAIT`] is zero. A pass is the
+/// runtime running what is ready and polling its sockets once (`yield_now`), so the wait
+/// follows the load, not the clock: on an idle host the passes take microseconds and
+/// the commit goes out about as soon as upstream sends it (a lone client's next write
+/// finds followers that already have it); on a busy leader the clients answered by
+/// this commit send their next writes within these passes, and their AppendEntries
+/// carries the commit index instead of a heartbeat of its own, one message and one
+/// answer fewer per follower. The passes run only while the leader has nothing to
+/// send that follower. With one client in a closed loop, 64 passes often outlast the
+/// gap until its next write (the leader then also reads that write without waking up);
+/// 256 did so more often (1-client p50 92-114 us against 141-158 with none, on a loaded
+/// machine) but spin longer after a last write (docs/BENCHMARKS.md, "Session 13: the
+/// replication write path").
+pub const COMMIT_PIGGYBACK_PASSES: u32 = 64;
+
+/// stator patch, for an A/B in one binary: `STATOR_COMMIT_PIGGYBACK_PASSES=N` waits N
+/// passes instead (0: sends every commit index at once, as upstream does).
+fn commit_piggyback_passes() -> u32 {
+    static PASSES: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PASSES.get_or_init(|| {
+        std::env::var("STATOR_COMMIT_PIGGYBACK_PASSES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(COMMIT_PIGGYBACK_PASSES)
+    })
+}
+
 /// stator patch, for an A/B in one binary while it is measured:
 /// `STATOR_COMMIT_PIGGYBACK_US=N` waits N us instead (0: sends every commit index at
-/// once, as upstream does).
+/// once, as upstream does, or after [`commit_piggyback_passes`]).
 fn commit_piggyback_wait() -> Option<Duration> {
     static WAIT: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
     *WAIT.get_or_init(|| {
@@ -231,6 +263,7 @@ where
             next_action: None,
             entries_hint: Default::default(),
             commit_due: None,
+            commit_passes_left: None,
         };
 
         let join_handle = C::AsyncRuntime::spawn(this.main().instrument(span));
@@ -262,6 +295,7 @@ where
                 Data::Heartbeat => {
                     // stator patch: it carries the commit index.
                     self.commit_due = None;
+                    self.commit_passes_left = None;
                     let m = &self.matching;
                     // request_id==None will be ignored by RaftCore.
                     let d = DataWithId::new(RequestId::new_heartbeat(), LogIdRange::new(m.clone(), m.clone()));
@@ -272,6 +306,7 @@ where
                 Data::Logs(log) => {
                     // stator patch: it carries the commit index.
                     self.commit_due = None;
+                    self.commit_passes_left = None;
                     log_data = Some(log.clone());
                     self.send_log_entries(log).await
                 }
@@ -360,6 +395,25 @@ where
     /// waits to be carried ([`Self::commit_due`]) and there is nothing to send, it waits
     /// for an event only until the commit is due, then sends it alone as a heartbeat.
     async fn wait_for_events(&mut self) -> Result<(), ReplicationClosed> {
+        // stator patch: the commit index waits runtime passes (see
+        // `commit_piggyback_passes`): one pass per call, back in `main`'s loop until an
+        // event fills `next_action` or the passes run out.
+        if let Some(left) = self.commit_passes_left.filter(|_| self.next_action.is_none()) {
+            if left == 0 || self.backoff.is_some() {
+                self.next_action = Some(Data::new_heartbeat());
+                return self.drain_events_with_backoff().await;
+            }
+            self.commit_passes_left = Some(left - 1);
+            select! {
+                biased;
+                recv_res = self.rx_event.recv() => {
+                    let event = recv_res.ok_or(ReplicationClosed::new("RaftCore closed replication"))?;
+                    self.process_event(event);
+                }
+                _ = tokio::task::yield_now() => {}
+            }
+            return self.try_drain_events().await;
+        }
         let Some(due) = self.commit_due.filter(|_| self.next_action.is_none()) else {
             return self.drain_events_with_backoff().await;
         };
@@ -756,6 +810,11 @@ where
                 // action; the commit index now waits up to `COMMIT_PIGGYBACK_WAIT` for the
                 // next AppendEntries to carry it (see `wait_for_events`).
                 match commit_piggyback_wait() {
+                    None if commit_piggyback_passes() > 0 => {
+                        if self.next_action.is_none() && self.commit_passes_left.is_none() {
+                            self.commit_passes_left = Some(commit_piggyback_passes());
+                        }
+                    }
                     None => {
                         if self.next_action.is_none() {
                             self.next_action = Some(Data::new_heartbeat());

@@ -96,16 +96,18 @@ fn test_update_matching() -> anyhow::Result<()> {
         rh.output.clear_commands();
         rh.update_matching(3, inflight_id_3, Some(log_id(2, 1, 3)));
         assert_eq!(Some(&log_id(2, 1, 1)), rh.state.committed());
+        // stator patch: the apply (`Commit`) is pushed before the broadcast
+        // (`ReplicateCommitted`); see `replication_handler/mod.rs`.
         assert_eq!(
             vec![
-                Command::ReplicateCommitted {
-                    committed: Some(log_id(2, 1, 1))
-                },
                 Command::Commit {
                     seq: 1,
                     already_committed: None,
                     upto: log_id(2, 1, 1)
-                }
+                },
+                Command::ReplicateCommitted {
+                    committed: Some(log_id(2, 1, 1))
+                },
             ],
             rh.output.take_commands()
         );
@@ -116,16 +118,17 @@ fn test_update_matching() -> anyhow::Result<()> {
         rh.output.clear_commands();
         rh.update_matching(1, inflight_id_1, Some(log_id(2, 1, 4)));
         assert_eq!(Some(&log_id(2, 1, 3)), rh.state.committed());
+        // stator patch: the apply first, as above.
         assert_eq!(
             vec![
-                Command::ReplicateCommitted {
-                    committed: Some(log_id(2, 1, 3))
-                },
                 Command::Commit {
                     seq: 2,
                     already_committed: Some(log_id(2, 1, 1)),
                     upto: log_id(2, 1, 3)
-                }
+                },
+                Command::ReplicateCommitted {
+                    committed: Some(log_id(2, 1, 3))
+                },
             ],
             rh.output.take_commands()
         );
