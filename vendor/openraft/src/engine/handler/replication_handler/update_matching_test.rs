@@ -97,14 +97,16 @@ fn test_update_matching() -> anyhow::Result<()> {
         rh.update_matching(3, inflight_id_3, Some(log_id(2, 1, 3)));
         assert_eq!(Some(&log_id(2, 1, 1)), rh.state.committed());
         assert_eq!(
+            // stator patch: the apply first, then the broadcast (see
+            // `try_commit_quorum_accepted`).
             vec![
-                Command::ReplicateCommitted {
-                    committed: Some(log_id(2, 1, 1))
-                },
                 Command::Commit {
                     seq: 1,
                     already_committed: None,
                     upto: log_id(2, 1, 1)
+                },
+                Command::ReplicateCommitted {
+                    committed: Some(log_id(2, 1, 1))
                 }
             ],
             rh.output.take_commands()
@@ -117,14 +119,16 @@ fn test_update_matching() -> anyhow::Result<()> {
         rh.update_matching(1, inflight_id_1, Some(log_id(2, 1, 4)));
         assert_eq!(Some(&log_id(2, 1, 3)), rh.state.committed());
         assert_eq!(
+            // stator patch: the apply first, then the broadcast (see
+            // `try_commit_quorum_accepted`).
             vec![
-                Command::ReplicateCommitted {
-                    committed: Some(log_id(2, 1, 3))
-                },
                 Command::Commit {
                     seq: 2,
                     already_committed: Some(log_id(2, 1, 1)),
                     upto: log_id(2, 1, 3)
+                },
+                Command::ReplicateCommitted {
+                    committed: Some(log_id(2, 1, 3))
                 }
             ],
             rh.output.take_commands()
