@@ -1726,7 +1726,8 @@ where
         let current = self.replications.get(target).map(|h| &h.session_id);
         if current != Some(session_id) {
             tracing::warn!(
-                "replication session changed: msg sent by: {}; curr: {}; ignore when ({})",
+                "replication session changed: target: {}; msg sent by: {}; curr: {}; ignore when ({})",
+                target,
                 session_id,
                 current.map(|c| c.to_string()).unwrap_or_else(|| "none".to_string()),
                 msg
