@@ -153,6 +153,15 @@ impl<C: RaftTypeConfig> LeaderData<C> {
     }
 }
 
+/// stator patch, for an A/B in one binary: `STATOR_KEEP_REPLICATION_STREAMS=0` spawns every
+/// stream anew on each rebuild, as upstream (the engine still keeps each target's request
+/// in flight, which the new stream is handed); any other value, or none, keeps the streams
+/// that stay (see `RaftCore::rebuild_replication_streams`).
+fn keep_replication_streams() -> bool {
+    static KEEP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *KEEP.get_or_init(|| std::env::var("STATOR_KEEP_REPLICATION_STREAMS").map_or(true, |v| v != "0"))
+}
+
 // TODO: remove SM
 /// The core type implementing the Raft protocol.
 pub struct RaftCore<C, N, LS, SM>
@@ -887,6 +896,7 @@ where
         ReplicationCore::<C, N, LS>::spawn(
             target.clone(),
             session_id,
+            target_node.clone(),
             self.config.clone(),
             self.engine.state.committed().cloned(),
             progress_entry.matching,
@@ -899,13 +909,61 @@ where
         )
     }
 
-    /// Remove all replication.
-    #[tracing::instrument(level = "debug", skip_all)]
-    pub fn remove_all_replication(&mut self) {
-        tracing::info!("remove all replication");
+    /// stator patch: rebuilds the replication streams for `targets` (see
+    /// `ReplicationHandler::rebuild_replication_streams_keeping_inflight`). The stream
+    /// of a target is kept if it still runs, for the current leader vote, to the same
+    /// node; otherwise a new one is spawned, and handed the target's request in flight if
+    /// the engine kept one. Streams of targets no longer replicated to are removed.
+    async fn rebuild_replication_streams(&mut self, targets: &[(C::NodeId, ProgressEntry<C::NodeId>)]) {
+        let mut old = std::mem::take(&mut self.replications);
+        let vote = self.engine.leader.as_ref().map(|l| l.vote.clone());
+        for (target, progress) in targets.iter() {
+            let node = self.engine.state.membership_state.effective().get_node(target).cloned();
+            let kept = old.remove(target).and_then(|h| {
+                let same = keep_replication_streams()
+                    && !h.tx_repl.is_closed()
+                    && Some(h.session_id.vote_ref()) == vote.as_ref()
+                    && Some(&h.node) == node.as_ref();
+                if same {
+                    Some(h)
+                } else {
+                    old.insert(target.clone(), h);
+                    None
+                }
+            });
+            let handle = match kept {
+                Some(h) => {
+                    tracing::debug!(target = display(target), "keep replication stream");
+                    h
+                }
+                None => {
+                    let h = self.spawn_replication_stream(target.clone(), progress.clone()).await;
+                    Self::send_inflight(&h, &progress.inflight);
+                    h
+                }
+            };
+            self.replications.insert(target.clone(), handle);
+        }
+        Self::remove_replications(old);
+    }
 
-        let nodes = std::mem::take(&mut self.replications);
+    /// stator patch: hands a request in flight to a newly spawned stream (as
+    /// `Command::Replicate` does); nothing for `Inflight::None`.
+    fn send_inflight(handle: &ReplicationHandle<C>, inflight: &Inflight<C::NodeId>) {
+        match inflight {
+            Inflight::None => {}
+            Inflight::Logs { id, log_id_range } => {
+                let _ = handle.tx_repl.send(Replicate::logs(RequestId::new_append_entries(*id), log_id_range.clone()));
+            }
+            Inflight::Snapshot { id, last_log_id } => {
+                let _ = handle.tx_repl.send(Replicate::snapshot(RequestId::new_snapshot(*id), last_log_id.clone()));
+            }
+        }
+    }
 
+    /// Stops the streams in `nodes`, joining them in the background.
+    fn remove_replications(nodes: BTreeMap<C::NodeId, ReplicationHandle<C>>) {
+        tracing::info!("remove replication streams");
         tracing::debug!(
             targets = debug(nodes.iter().map(|x| x.0.clone()).collect::<Vec<_>>()),
             "remove all targets from replication_metrics"
@@ -1411,7 +1469,10 @@ where
                     } => {
                         // If vote or membership changes, ignore the message.
                         // There is chance delayed message reports a wrong state.
-                        if self.does_replication_session_match(&session_id, "UpdateReplicationMatched") {
+                        // stator patch: the session checked is that of the stream now
+                        // replicating to `target`, which may have been kept across
+                        // membership changes (see `rebuild_replication_streams`).
+                        if self.does_replication_session_match(&target, &session_id, "UpdateReplicationMatched") {
                             self.handle_replication_progress(target, id, result);
                         }
                     }
@@ -1646,8 +1707,15 @@ where
     }
     /// If a message is sent by a previous replication session but is received by current server
     /// state, it is a stale message and should be just ignored.
+    ///
+    /// stator patch: a stream is now kept across membership changes that leave its target
+    /// and node as they were, so the session to match is the one of the stream registered
+    /// for `target` (spawned under that membership), not the current membership's. A
+    /// stream removed or replaced reports under a session no registered stream has: a
+    /// stream is only spawned anew for a new vote or a new membership log id.
     fn does_replication_session_match(
         &self,
+        target: &C::NodeId,
         session_id: &ReplicationSessionId<C::NodeId>,
         msg: impl Display + Copy,
     ) -> bool {
@@ -1655,11 +1723,13 @@ where
             return false;
         }
 
-        if &session_id.membership_log_id != self.engine.state.membership_state.effective().log_id() {
+        let current = self.replications.get(target).map(|h| &h.session_id);
+        if current != Some(session_id) {
             tracing::warn!(
-                "membership_log_id changed: msg sent by: {}; curr: {}; ignore when ({})",
-                session_id.membership_log_id.summary(),
-                self.engine.state.membership_state.effective().log_id().summary(),
+                "replication session changed: target: {}; msg sent by: {}; curr: {}; ignore when ({})",
+                target,
+                session_id,
+                current.map(|c| c.to_string()).unwrap_or_else(|| "none".to_string()),
                 msg
             );
             return false;
@@ -1834,12 +1904,9 @@ where
                 }
             }
             Command::RebuildReplicationStreams { targets } => {
-                self.remove_all_replication();
-
-                for (target, matching) in targets.iter() {
-                    let handle = self.spawn_replication_stream(target.clone(), matching.clone()).await;
-                    self.replications.insert(target.clone(), handle);
-                }
+                // stator patch: streams that stay are kept (upstream: all removed and
+                // spawned anew).
+                self.rebuild_replication_streams(&targets).await;
             }
             Command::StateMachine { command } => {
                 // Just forward a state machine command to the worker.

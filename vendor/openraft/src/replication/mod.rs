@@ -72,6 +72,16 @@ where C: RaftTypeConfig
 
     /// The channel used for communicating with the replication task.
     pub(crate) tx_repl: mpsc::UnboundedSender<Replicate<C>>,
+
+    /// stator patch: the session the stream reports its progress under. A stream kept
+    /// across a membership change keeps the session it was spawned with, so `RaftCore`
+    /// accepts a progress report from the stream registered for its target under that
+    /// target's own session, not the current membership's.
+    pub(crate) session_id: ReplicationSessionId<C::NodeId>,
+
+    /// stator patch: the target node the stream sends to; a membership change that
+    /// changes it spawns a new stream.
+    pub(crate) node: C::Node,
 }
 
 /// A task responsible for sending replication events to a target follower in the Raft cluster.
@@ -224,6 +234,7 @@ where
     pub(crate) fn spawn(
         target: C::NodeId,
         session_id: ReplicationSessionId<C::NodeId>,
+        node: C::Node,
         config: Arc<Config>,
         committed: Option<LogId<C::NodeId>>,
         matching: Option<LogId<C::NodeId>>,
@@ -247,7 +258,7 @@ where
 
         let this = Self {
             target,
-            session_id,
+            session_id: session_id.clone(),
             network,
             snapshot_network: Arc::new(Mutex::new(snapshot_network)),
             snapshot_state: None,
@@ -271,6 +282,8 @@ where
         ReplicationHandle {
             join_handle,
             tx_repl: tx_event,
+            session_id,
+            node,
         }
     }
 

@@ -29,6 +29,7 @@ use crate::Vote;
 /// But the delayed message `{target=c, matched=log_id-1}` may be process by raft core and make raft
 /// core believe node `c` already has `log_id=1`, and commit it.
 #[derive(Debug, Clone, Copy)]
+#[derive(PartialEq, Eq)]
 pub(crate) struct ReplicationSessionId<NID: NodeId> {
     /// The Leader or Candidate this replication belongs to.
     pub(crate) vote: Vote<NID>,

@@ -180,3 +180,56 @@ fn test_leader_append_membership_update_learner_process() -> anyhow::Result<()> 
 
     Ok(())
 }
+
+/// stator patch: a membership change by the same leader keeps the request in flight of a
+/// target that stays (its stream is kept by `RaftCore` and will answer it); only a target
+/// new to the membership is sent to.
+#[test]
+fn test_leader_append_membership_keeps_inflight_of_staying_target() -> anyhow::Result<()> {
+    let mut eng = eng();
+    eng.state.log_ids = LogIdList::new([
+        LogId::new(CommittedLeaderId::new(0, 0), 0),
+        log_id(1, 1, 1),
+        log_id(5, 1, 10),
+    ]);
+    eng.testing_new_leader();
+    eng.output.take_commands();
+
+    let in_flight = ProgressEntry::new(Some(log_id(1, 1, 4)))
+        .with_inflight(Inflight::logs(Some(log_id(1, 1, 4)), Some(log_id(5, 1, 10))).with_id(7))
+        .with_curr_inflight_id(7);
+    if let Some(l) = &mut eng.leader.as_mut() {
+        let _ = l.progress.update(&3, in_flight);
+    } else {
+        unreachable!("leader should not be None");
+    }
+
+    eng.replication_handler().append_membership(&log_id(5, 1, 10), &m34());
+
+    let commands = eng.output.take_commands();
+    let Some(Command::RebuildReplicationStreams { targets }) = commands.first() else {
+        panic!("expected RebuildReplicationStreams first: {:?}", commands);
+    };
+    assert_eq!(
+        vec![3, 4],
+        targets.iter().map(|(id, _)| *id).collect::<Vec<_>>()
+    );
+    assert_eq!(in_flight, targets[0].1, "target 3 keeps its request in flight");
+    assert!(
+        !commands.iter().any(|c| matches!(c, Command::Replicate { target: 3, .. })),
+        "nothing new is sent to target 3 while its request is in flight: {:?}",
+        commands
+    );
+    assert!(
+        commands.iter().any(|c| matches!(c, Command::Replicate { target: 4, .. })),
+        "the new target 4 is sent to: {:?}",
+        commands
+    );
+    assert_eq!(
+        &in_flight,
+        eng.leader.as_ref().unwrap().progress.get(&3),
+        "the leader's progress of target 3 is unchanged"
+    );
+
+    Ok(())
+}

@@ -88,7 +88,9 @@ where C: RaftTypeConfig
         // committed.
 
         self.rebuild_progresses();
-        self.rebuild_replication_streams();
+        // stator patch: the same leader, so the streams of the targets that stay keep
+        // their requests in flight (see `rebuild_replication_streams_keeping_inflight`).
+        self.rebuild_replication_streams_keeping_inflight();
         self.initiate_replication(SendNone::False);
     }
 
@@ -342,6 +344,26 @@ where C: RaftTypeConfig
                 // Reset and resend(by self.send_to_all()) replication requests.
                 prog_entry.inflight = Inflight::None;
 
+                targets.push((target.clone(), prog_entry.clone()));
+            }
+        }
+        self.output.push_command(Command::RebuildReplicationStreams { targets });
+    }
+
+    /// stator patch: [`Self::rebuild_replication_streams`] for a membership change by the
+    /// same leader. Upstream resets every target's request in flight and `RaftCore` drops
+    /// every stream and spawns new ones, so each membership change (a learner added, the
+    /// joint config, the final one) discarded the answers to the appends in flight and
+    /// sent them again from the last known matching point: the writes in flight waited for
+    /// a second round trip, and a learner catching up was sent its last batch twice. Here
+    /// a target that stays keeps its request in flight; `RaftCore` keeps the stream of a
+    /// target whose node and leader vote are unchanged (its answer is then accepted), and
+    /// hands the request in flight to a stream it must spawn anew. A target new to the
+    /// membership has no request in flight and is started by `initiate_replication`.
+    pub(crate) fn rebuild_replication_streams_keeping_inflight(&mut self) {
+        let mut targets = vec![];
+        for (target, prog_entry) in self.leader.progress.iter() {
+            if target != &self.config.id {
                 targets.push((target.clone(), prog_entry.clone()));
             }
         }
