@@ -1428,6 +1428,34 @@ mod tests {
         assert_eq!(cluster.node_state(2), NodeState::Ready);
     }
 
+    /// A drain is asked for by name: a new node of the name of a record lost mid-drain
+    /// inherits it; one whose drain had finished before the loss does not.
+    #[test]
+    fn only_an_unfinished_drain_is_carried_over_to_a_new_node_of_the_same_name() {
+        let mut cluster = cluster_with_nodes(&["a", "b"]);
+        assert!(!drain_carried_over(&cluster, "n1"), "never drained");
+        apply_action(&mut cluster, &ReconcileAction::MarkNodeDraining { node: 1 });
+        apply_action(&mut cluster, &ReconcileAction::MarkNodeLost { node: 1 });
+        assert!(drain_carried_over(&cluster, "n1"), "lost while draining");
+        assert!(!drain_carried_over(&cluster, "n2"), "another name");
+
+        apply_action(&mut cluster, &ReconcileAction::MarkNodeDraining { node: 2 });
+        apply_action(&mut cluster, &ReconcileAction::MarkNodeDrained { node: 2 });
+        apply_action(&mut cluster, &ReconcileAction::MarkNodeLost { node: 2 });
+        assert!(!drain_carried_over(&cluster, "n2"), "lost once drained");
+
+        // Only the newest record of the name counts: a later ready incarnation that was
+        // lost does not revive an old drain.
+        let mut later = cluster.nodes[&1].clone();
+        later.id = 3;
+        later.drain_requested = false;
+        cluster.nodes.insert(3, later);
+        assert!(
+            !drain_carried_over(&cluster, "n1"),
+            "newest record was ready"
+        );
+    }
+
     #[test]
     fn a_lost_member_is_replaced_by_a_fresh_node() {
         let mut cluster = cluster_with_nodes(&["a", "b", "c", "d"]);
