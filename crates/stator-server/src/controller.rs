@@ -31,7 +31,9 @@ use crate::model::{
 };
 use crate::present::service_view;
 use crate::provider::NodeProvider;
-use crate::reconcile::{apply_action, reconcile, ReconcileAction, ReplaceReason};
+use crate::reconcile::{
+    apply_action, drain_carried_over, reconcile, ReconcileAction, ReplaceReason,
+};
 use stator_api::views::{ApplyResult, Event, EventKind};
 
 /// Commands queued for the controller before senders wait: enough for a burst of
@@ -419,6 +421,9 @@ impl Controller {
             self.apply_actions(vec![ReconcileAction::MarkNodeLost { node }])
                 .await;
         }
+        // A drain asked for under this name and not finished when the node was lost goes
+        // on for its new incarnation.
+        let draining = drain_carried_over(&self.cluster, &request.name);
         let id = self.next_node_id.max(1);
         self.next_node_id = id + 1;
         // Persist the counter before handing the id out: an id is never given twice.
@@ -432,16 +437,26 @@ impl Controller {
         let record = NodeRecord {
             id,
             info: request,
-            state: NodeState::Ready,
+            state: if draining {
+                NodeState::Draining
+            } else {
+                NodeState::Ready
+            },
             registered_at_ms: now,
             node_secret: crate::config::generate_token(),
-            drain_requested: false,
+            drain_requested: draining,
         };
         put_json(&*self.store, &mut self.fence, &node_key(id), &record).await?;
         self.publish(EventKind::NodeJoined {
             node_id: id,
             name: record.info.name.clone(),
         });
+        if draining {
+            self.publish(EventKind::NodeDraining {
+                node_id: id,
+                name: record.info.name.clone(),
+            });
+        }
         self.cluster.nodes.insert(id, record);
         self.cluster.observed.insert(
             id,

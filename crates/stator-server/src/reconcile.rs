@@ -10,7 +10,8 @@
 //! 1. node lifecycle: a node without a heartbeat for the grace is lost (it keeps its
 //!    place in every design: only the repair below replaces it, and a lost node whose
 //!    agent proves its identity comes back ready, [`ReconcileAction::MarkNodeRejoined`],
-//!    or draining when it was lost while draining: the drain is remembered);
+//!    or draining when it was lost while draining: the drain is remembered, also for
+//!    an agent of the same name that joins as a new node, [`drain_carried_over`]);
 //!    a draining node that hosts nothing any more is drained;
 //! 2. replica groups: place new partitions on distinct nodes (zones), mark groups started
 //!    once a leader is reported, then replace one member at a time when its node is
@@ -661,6 +662,21 @@ fn moves_in_flight_per_draining_node(cluster: &Cluster) -> BTreeMap<NodeId, usiz
     moves
 }
 
+/// Whether an agent registering as a new node under `name` inherits a drain: the newest
+/// earlier record of that name was lost while draining (its drain unfinished). A drain
+/// is asked for by name, so an agent that restarted without its identity (or was
+/// declared lost and joined again under a fresh id) mid-drain must not quietly take
+/// work again: its drain goes on, as it does for one that rejoins as itself
+/// ([`ReconcileAction::MarkNodeRejoined`]).
+pub(crate) fn drain_carried_over(cluster: &Cluster, name: &str) -> bool {
+    cluster
+        .nodes
+        .values()
+        .filter(|n| n.info.name == name)
+        .max_by_key(|n| n.id)
+        .is_some_and(|n| n.state == NodeState::Lost && n.drain_requested)
+}
+
 /// Whether `node` is designed into anything, still a member of a group, or still runs
 /// replicas or instances by its own report.
 pub(crate) fn hosts_anything(cluster: &Cluster, node: NodeId) -> bool {
@@ -839,6 +855,12 @@ fn apply_node_action(cluster: &mut Cluster, action: &ReconcileAction) {
     match action {
         ReconcileAction::MarkNodeLost { node } => {
             if let Some(record) = cluster.nodes.get_mut(node) {
+                // A finished drain is not carried over: the node's next incarnation,
+                // whatever its id, starts ready. An unfinished one is (see
+                // [`drain_carried_over`]).
+                if record.state == NodeState::Drained {
+                    record.drain_requested = false;
+                }
                 record.state = NodeState::Lost;
             }
             cluster.observed.remove(node);
@@ -1404,6 +1426,34 @@ mod tests {
             },
         );
         assert_eq!(cluster.node_state(2), NodeState::Ready);
+    }
+
+    /// A drain is asked for by name: a new node of the name of a record lost mid-drain
+    /// inherits it; one whose drain had finished before the loss does not.
+    #[test]
+    fn only_an_unfinished_drain_is_carried_over_to_a_new_node_of_the_same_name() {
+        let mut cluster = cluster_with_nodes(&["a", "b"]);
+        assert!(!drain_carried_over(&cluster, "n1"), "never drained");
+        apply_action(&mut cluster, &ReconcileAction::MarkNodeDraining { node: 1 });
+        apply_action(&mut cluster, &ReconcileAction::MarkNodeLost { node: 1 });
+        assert!(drain_carried_over(&cluster, "n1"), "lost while draining");
+        assert!(!drain_carried_over(&cluster, "n2"), "another name");
+
+        apply_action(&mut cluster, &ReconcileAction::MarkNodeDraining { node: 2 });
+        apply_action(&mut cluster, &ReconcileAction::MarkNodeDrained { node: 2 });
+        apply_action(&mut cluster, &ReconcileAction::MarkNodeLost { node: 2 });
+        assert!(!drain_carried_over(&cluster, "n2"), "lost once drained");
+
+        // Only the newest record of the name counts: a later ready incarnation that was
+        // lost does not revive an old drain.
+        let mut later = cluster.nodes[&1].clone();
+        later.id = 3;
+        later.drain_requested = false;
+        cluster.nodes.insert(3, later);
+        assert!(
+            !drain_carried_over(&cluster, "n1"),
+            "newest record was ready"
+        );
     }
 
     #[test]

@@ -603,6 +603,64 @@ async fn drain_moves_replicas_away_then_the_node_is_drained() {
     server.handle.shutdown().await.unwrap();
 }
 
+/// A drain is asked for by name. An agent lost mid-drain that joins again as a new node
+/// (declared lost under load, or restarted without its identity) keeps being drained:
+/// it must not quietly take work again. Once a drain has finished, the node's next
+/// incarnation starts ready (chaos seed 46: a drain that never finished because the
+/// drained node came back `ready` under a fresh id).
+#[tokio::test]
+async fn a_node_lost_mid_drain_that_joins_as_a_new_node_is_still_drained() {
+    let server = TestServer::start().await;
+    let mut agents = register_agents(&server, &["n1", "n2", "n3"]).await;
+    let spec = KV_SPEC.replace("partitions = 4", "partitions = 1");
+    server.apply("sessions", "application/toml", &spec).await;
+    let live: BTreeSet<NodeId> = agents.iter().map(|a| a.id).collect();
+    rounds_until(
+        &server,
+        &mut agents,
+        &live,
+        "replication factor met",
+        |ps| ps.len() == 1 && ps.iter().all(|p| p.replication_factor_met),
+    )
+    .await;
+    // Three nodes, three replicas: n1's replica has nowhere to go, its drain waits.
+    let response = server
+        .api(Method::POST, "/v1/nodes/n1/drain")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let node = server.get_json("/v1/nodes/n1").await;
+    assert_eq!(node["state"], "draining", "{node}");
+
+    // n1's agent registers again without its identity: the old record is lost while
+    // draining, the new one goes on draining (and, hosting nothing, is drained).
+    let again = server.register("n1", "zone-0").await;
+    assert_ne!(again.node_id, agents[0].id);
+    let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
+    loop {
+        round(&server, &mut agents[1..], &live).await;
+        let node = server.get_json("/v1/nodes/n1").await;
+        assert_eq!(node["id"], again.node_id, "{node}");
+        assert_ne!(node["state"], "ready", "the drain was forgotten: {node}");
+        if node["state"] == "drained" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never drained: {node}"
+        );
+        tokio::time::sleep(ROUND_PAUSE).await;
+    }
+
+    // The drain finished; the next incarnation is a fresh, ready node.
+    let third = server.register("n1", "zone-0").await;
+    let node = server.get_json("/v1/nodes/n1").await;
+    assert_eq!(node["id"], third.node_id, "{node}");
+    assert_eq!(node["state"], "ready", "{node}");
+    server.handle.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn the_dashboard_is_served_without_data_and_recent_events_need_the_token() {
     let server = TestServer::start().await;
