@@ -748,7 +748,6 @@ fn simulate(args: SimArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `stator up`.
 /// `up`'s runtime threads: `--worker-threads`, else its share of the cores beside the
 /// agents it starts (see [`pools::local_up_worker_threads`]).
 fn up_worker_threads(args: &UpArgs) -> usize {
@@ -760,6 +759,7 @@ fn up_worker_threads(args: &UpArgs) -> usize {
         .map_or(1, |agents| pools::local_up_worker_threads(cores, agents))
 }
 
+/// `stator up`.
 async fn up(args: UpArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.nodes >= 1, "--nodes: at least 1");
     up::run(up::UpOptions {

@@ -189,9 +189,6 @@ async fn start_gateway(
     Ok((gateway, gateway_url))
 }
 
-/// Starts the pools' `min` nodes through the provider, or `--nodes` default agents;
-/// returns how many nodes to wait for.
-/// Agents `up` starts on this machine: `--nodes`, or every pool's minimum.
 /// How many agents `up` starts with `--nodes nodes` and `--pools pools`, before it runs
 /// (to size its own runtime); `None` when the pools file cannot be read (`run` reports
 /// that).
@@ -203,6 +200,7 @@ pub fn planned_agents(nodes: usize, pools: Option<&Path>) -> Option<usize> {
     Some(agents_to_start(nodes, config.as_ref()))
 }
 
+/// Agents `up` starts on this machine: `--nodes`, or every pool's minimum.
 fn local_agents(opts: &UpOptions, pool_config: Option<&AutoscaleConfig>) -> usize {
     agents_to_start(opts.nodes, pool_config)
 }
@@ -214,6 +212,8 @@ fn agents_to_start(nodes: usize, pool_config: Option<&AutoscaleConfig>) -> usize
     }
 }
 
+/// Starts the pools' `min` nodes through the provider, or `--nodes` default agents;
+/// returns how many nodes to wait for.
 fn start_agents(
     opts: &UpOptions,
     pool_config: Option<&AutoscaleConfig>,
