@@ -225,6 +225,11 @@ struct UpArgs {
     /// `--nodes`, and let the autoscaler add and release local agents.
     #[arg(long)]
     pools: Option<PathBuf>,
+    /// Threads of `up`'s own async runtime (the control plane and the gateway). Default:
+    /// its share of the cores beside its local agents (each of which gets its own share),
+    /// at least one.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    worker_threads: Option<u16>,
 }
 
 /// `stator server`: the control plane.
@@ -627,12 +632,17 @@ fn run() -> anyhow::Result<()> {
         token_file,
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Verb::Agent(AgentArgs {
-        worker_threads: Some(n),
-        ..
-    }) = &command
-    {
-        runtime.worker_threads(usize::from(*n));
+    match &command {
+        Verb::Agent(AgentArgs {
+            worker_threads: Some(n),
+            ..
+        }) => {
+            runtime.worker_threads(usize::from(*n));
+        }
+        Verb::Up(args) => {
+            runtime.worker_threads(up_worker_threads(args));
+        }
+        _ => {}
     }
     let runtime = runtime.enable_all().build().context("starting tokio")?;
     runtime.block_on(dispatch(command, target))
@@ -736,6 +746,17 @@ fn simulate(args: SimArgs) -> anyhow::Result<()> {
     }
     stator_sim::run_and_report(&opts)?;
     Ok(())
+}
+
+/// `up`'s runtime threads: `--worker-threads`, else its share of the cores beside the
+/// agents it starts (see [`pools::local_up_worker_threads`]).
+fn up_worker_threads(args: &UpArgs) -> usize {
+    if let Some(n) = args.worker_threads {
+        return usize::from(n);
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    up::planned_agents(args.nodes, args.pools.as_deref())
+        .map_or(1, |agents| pools::local_up_worker_threads(cores, agents))
 }
 
 /// `stator up`.

@@ -171,6 +171,17 @@ pub fn local_agent_worker_threads(cores: usize, agents: usize) -> usize {
     (cores / agents.max(1)).max(1)
 }
 
+/// Runtime threads of `stator up` itself (the control plane and the gateway) beside
+/// `agents` local agents on `cores`: one process more sharing the cores, at least one
+/// thread. With the default of one thread per core, `up`'s two workers on the 2-core
+/// test machine woke each other for every command the gateway forwarded (2 futex calls
+/// and 3.8-4.5 context switches per 1-client SET in `up`, against 0.05 and 2.4-3.1 with
+/// one thread), and `up`'s CPU per pipelined SET and GET was higher in every pair
+/// measured (docs/BENCHMARKS.md, session 14, branch i14g).
+pub fn local_up_worker_threads(cores: usize, agents: usize) -> usize {
+    (cores / (agents + 1)).max(1)
+}
+
 /// The `local` provider: a node is a `stator agent` child process on this machine,
 /// registered with its pool's name, CPU, memory and price.
 pub struct LocalProvider {
@@ -264,6 +275,14 @@ mod tests {
         assert_eq!(local_agent_worker_threads(16, 3), 5);
         assert_eq!(local_agent_worker_threads(8, 1), 8);
         assert_eq!(local_agent_worker_threads(1, 0), 1);
+    }
+
+    #[test]
+    fn up_shares_the_cores_with_its_agents_and_gets_at_least_one_thread() {
+        assert_eq!(local_up_worker_threads(2, 3), 1);
+        assert_eq!(local_up_worker_threads(16, 3), 4);
+        assert_eq!(local_up_worker_threads(8, 1), 4);
+        assert_eq!(local_up_worker_threads(1, 0), 1);
     }
 
     #[test]

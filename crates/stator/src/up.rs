@@ -189,16 +189,31 @@ async fn start_gateway(
     Ok((gateway, gateway_url))
 }
 
-/// Starts the pools' `min` nodes through the provider, or `--nodes` default agents;
-/// returns how many nodes to wait for.
+/// How many agents `up` starts with `--nodes nodes` and `--pools pools`, before it runs
+/// (to size its own runtime); `None` when the pools file cannot be read (`run` reports
+/// that).
+pub fn planned_agents(nodes: usize, pools: Option<&Path>) -> Option<usize> {
+    let config = match pools {
+        Some(path) => Some(pools::read_pools_file(path, &ZONES).ok()?),
+        None => None,
+    };
+    Some(agents_to_start(nodes, config.as_ref()))
+}
+
 /// Agents `up` starts on this machine: `--nodes`, or every pool's minimum.
 fn local_agents(opts: &UpOptions, pool_config: Option<&AutoscaleConfig>) -> usize {
+    agents_to_start(opts.nodes, pool_config)
+}
+
+fn agents_to_start(nodes: usize, pool_config: Option<&AutoscaleConfig>) -> usize {
     match pool_config {
         Some(config) => config.pools.iter().map(|p| p.min as usize).sum(),
-        None => opts.nodes,
+        None => nodes,
     }
 }
 
+/// Starts the pools' `min` nodes through the provider, or `--nodes` default agents;
+/// returns how many nodes to wait for.
 fn start_agents(
     opts: &UpOptions,
     pool_config: Option<&AutoscaleConfig>,
