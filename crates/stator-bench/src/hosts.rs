@@ -46,6 +46,8 @@ pub(crate) struct HostThreads {
     /// Each host's job queue; closing it shuts the host down.
     jobs: BTreeMap<NodeId, tokio::sync::mpsc::UnboundedSender<Job>>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// Each host's thread id, for its CPU and page-fault counters.
+    tids: BTreeMap<NodeId, i32>,
 }
 
 impl HostThreads {
@@ -59,6 +61,7 @@ impl HostThreads {
         let mut threads = HostThreads {
             jobs: BTreeMap::new(),
             threads: Vec::new(),
+            tids: BTreeMap::new(),
         };
         let mut started = Vec::new();
         for node_id in 1..=count {
@@ -80,13 +83,23 @@ impl HostThreads {
         }
         let mut hosts = BTreeMap::new();
         for (node_id, host_rx) in started {
-            let host = host_rx
+            let (host, tid) = host_rx
                 .await
                 .with_context(|| format!("host {node_id}'s thread died"))?
                 .with_context(|| format!("starting host {node_id} on loopback"))?;
             hosts.insert(node_id, host);
+            threads.tids.insert(node_id, tid);
         }
         Ok((threads, hosts))
+    }
+
+    /// Each host's thread counters now (see [`crate::threadstat`]); hosts whose counters
+    /// cannot be read are left out.
+    pub(crate) fn counters(&self) -> BTreeMap<NodeId, crate::threadstat::Counters> {
+        self.tids
+            .iter()
+            .filter_map(|(id, tid)| Some((*id, crate::threadstat::read(*tid)?)))
+            .collect()
     }
 
     /// Runs `job` on every host's runtime at once; the first error, if any.
@@ -149,7 +162,7 @@ impl Drop for HostThreads {
 /// One host's thread: start it, report it, run jobs until the queue closes, shut down.
 fn host_thread(
     config: HostConfig,
-    host_tx: tokio::sync::oneshot::Sender<anyhow::Result<Host>>,
+    host_tx: tokio::sync::oneshot::Sender<anyhow::Result<(Host, i32)>>,
     mut jobs: tokio::sync::mpsc::UnboundedReceiver<Job>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -170,7 +183,8 @@ fn host_thread(
                 return;
             }
         };
-        if host_tx.send(Ok(host.clone())).is_err() {
+        let tid = crate::threadstat::current_tid();
+        if host_tx.send(Ok((host.clone(), tid))).is_err() {
             host.shutdown().await;
             return;
         }
