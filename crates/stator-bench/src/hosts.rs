@@ -102,6 +102,23 @@ impl HostThreads {
             .collect()
     }
 
+    /// Lowers host `node_id`'s thread to nice level `nice` (a diagnostic: see
+    /// `STATOR_BENCH_DESTINATION_NICE` in [`crate::migration`]).
+    pub(crate) fn renice(&self, node_id: NodeId, nice: i32) -> anyhow::Result<()> {
+        let tid = *self
+            .tids
+            .get(&node_id)
+            .with_context(|| format!("no host {node_id}"))?;
+        // SAFETY: setpriority takes plain integers; on Linux a thread id names one thread.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+        anyhow::ensure!(
+            rc == 0,
+            "renicing host {node_id}'s thread: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(())
+    }
+
     /// Runs `job` on every host's runtime at once; the first error, if any.
     pub(crate) async fn run_on_all<F, Fut>(&self, job: F) -> anyhow::Result<()>
     where

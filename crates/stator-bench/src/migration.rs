@@ -69,6 +69,18 @@ const MAX_IN_FLIGHT: usize = 4_096;
 /// in flight fail after [`OP_DEADLINE`], so this is only reached by a runaway stall.
 const MAX_QUEUED: usize = 65_536;
 
+/// A diagnostic, off unless set: the nice level of the destination host's thread. The
+/// four hosts share this machine's cores, where agents would each have their own; a
+/// learner catching up then takes CPU from the voters' threads. At a high nice level it
+/// yields to them, which shows how much of a move's p99 is that contention (the learner
+/// on a machine of its own) and how much is the leader's own work. Its figures are not
+/// the benchmark's: reports made with it must say so.
+const DESTINATION_NICE_ENV: &str = "STATOR_BENCH_DESTINATION_NICE";
+
+fn destination_nice() -> Option<i32> {
+    std::env::var(DESTINATION_NICE_ENV).ok()?.parse().ok()
+}
+
 /// Which replica moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -164,6 +176,9 @@ pub struct Report {
     /// What each host's thread spent during the move (host id -> CPU, time waiting for a
     /// core, minor page faults); empty where the counters cannot be read (not Linux).
     pub threads_during: BTreeMap<NodeId, Spent>,
+    /// The destination host's thread's nice level when `STATOR_BENCH_DESTINATION_NICE`
+    /// set one (a diagnostic run, not the benchmark's figure); `None` otherwise.
+    pub destination_nice: Option<i32>,
     /// What happened during the move, in ms from its start: reconcile steps, phases
     /// seen in the Raft metrics, runtime stalls per host, episodes of slow writes.
     pub timeline: Vec<String>,
@@ -191,6 +206,10 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     anyhow::ensure!(opts.value_bytes >= 16, "--value-bytes: at least 16");
     let secret = format!("{:032x}", rand::random::<u128>());
     let (threads, hosts) = start_hosts(&secret, opts.snapshot_every_entries).await?;
+    if let Some(nice) = destination_nice() {
+        threads.renice(DESTINATION, nice)?;
+        eprintln!("migration: host {DESTINATION}'s thread at nice {nice} ({DESTINATION_NICE_ENV})");
+    }
     let timeline = Timeline::default();
     let stalls = timeline.clone();
     threads
@@ -460,6 +479,7 @@ fn report(
         },
         baseline,
         threads_during: moved.threads.clone(),
+        destination_nice: destination_nice(),
         timeline: timeline_lines,
     }
 }
