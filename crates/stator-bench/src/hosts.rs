@@ -46,6 +46,8 @@ pub(crate) struct HostThreads {
     /// Each host's job queue; closing it shuts the host down.
     jobs: BTreeMap<NodeId, tokio::sync::mpsc::UnboundedSender<Job>>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// Each host's thread id, for its CPU and page-fault counters.
+    tids: BTreeMap<NodeId, i32>,
 }
 
 impl HostThreads {
@@ -59,6 +61,7 @@ impl HostThreads {
         let mut threads = HostThreads {
             jobs: BTreeMap::new(),
             threads: Vec::new(),
+            tids: BTreeMap::new(),
         };
         let mut started = Vec::new();
         for node_id in 1..=count {
@@ -80,13 +83,40 @@ impl HostThreads {
         }
         let mut hosts = BTreeMap::new();
         for (node_id, host_rx) in started {
-            let host = host_rx
+            let (host, tid) = host_rx
                 .await
                 .with_context(|| format!("host {node_id}'s thread died"))?
                 .with_context(|| format!("starting host {node_id} on loopback"))?;
             hosts.insert(node_id, host);
+            threads.tids.insert(node_id, tid);
         }
         Ok((threads, hosts))
+    }
+
+    /// Each host's thread counters now (see [`crate::threadstat`]); hosts whose counters
+    /// cannot be read are left out.
+    pub(crate) fn counters(&self) -> BTreeMap<NodeId, crate::threadstat::Counters> {
+        self.tids
+            .iter()
+            .filter_map(|(id, tid)| Some((*id, crate::threadstat::read(*tid)?)))
+            .collect()
+    }
+
+    /// Lowers host `node_id`'s thread to nice level `nice` (a diagnostic: see
+    /// `STATOR_BENCH_DESTINATION_NICE` in [`crate::migration`]).
+    pub(crate) fn renice(&self, node_id: NodeId, nice: i32) -> anyhow::Result<()> {
+        let tid = *self
+            .tids
+            .get(&node_id)
+            .with_context(|| format!("no host {node_id}"))?;
+        // SAFETY: setpriority takes plain integers; on Linux a thread id names one thread.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+        anyhow::ensure!(
+            rc == 0,
+            "renicing host {node_id}'s thread: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(())
     }
 
     /// Runs `job` on every host's runtime at once; the first error, if any.
@@ -149,7 +179,7 @@ impl Drop for HostThreads {
 /// One host's thread: start it, report it, run jobs until the queue closes, shut down.
 fn host_thread(
     config: HostConfig,
-    host_tx: tokio::sync::oneshot::Sender<anyhow::Result<Host>>,
+    host_tx: tokio::sync::oneshot::Sender<anyhow::Result<(Host, i32)>>,
     mut jobs: tokio::sync::mpsc::UnboundedReceiver<Job>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -170,7 +200,8 @@ fn host_thread(
                 return;
             }
         };
-        if host_tx.send(Ok(host.clone())).is_err() {
+        let tid = crate::threadstat::current_tid();
+        if host_tx.send(Ok((host.clone(), tid))).is_err() {
             host.shutdown().await;
             return;
         }

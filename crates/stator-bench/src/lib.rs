@@ -29,6 +29,7 @@ pub mod latency;
 pub mod migration;
 pub mod replication;
 pub mod restart;
+pub mod threadstat;
 pub mod timeline;
 mod up;
 

@@ -16,6 +16,7 @@
 use super::figures::{ratio, round2};
 use super::hosts::{kv_set, HostThreads};
 use super::latency::Recorder;
+use super::threadstat::Spent;
 use super::timeline::{self, Timeline};
 use anyhow::Context;
 use serde::Serialize;
@@ -67,6 +68,18 @@ const MAX_IN_FLIGHT: usize = 4_096;
 /// Paced requests waiting beyond those; a tick past this is missed and counted. Requests
 /// in flight fail after [`OP_DEADLINE`], so this is only reached by a runaway stall.
 const MAX_QUEUED: usize = 65_536;
+
+/// A diagnostic, off unless set: the nice level of the destination host's thread. The
+/// four hosts share this machine's cores, where agents would each have their own; a
+/// learner catching up then takes CPU from the voters' threads. At a high nice level it
+/// yields to them, which shows how much of a move's p99 is that contention (the learner
+/// on a machine of its own) and how much is the leader's own work. Its figures are not
+/// the benchmark's: reports made with it must say so.
+const DESTINATION_NICE_ENV: &str = "STATOR_BENCH_DESTINATION_NICE";
+
+fn destination_nice() -> Option<i32> {
+    std::env::var(DESTINATION_NICE_ENV).ok()?.parse().ok()
+}
 
 /// Which replica moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -160,6 +173,12 @@ pub struct Report {
     pub baseline: Baseline,
     /// stator beside the baseline.
     pub ratios: Ratios,
+    /// What each host's thread spent during the move (host id -> CPU, time waiting for a
+    /// core, minor page faults); empty where the counters cannot be read (not Linux).
+    pub threads_during: BTreeMap<NodeId, Spent>,
+    /// The destination host's thread's nice level when `STATOR_BENCH_DESTINATION_NICE`
+    /// set one (a diagnostic run, not the benchmark's figure); `None` otherwise.
+    pub destination_nice: Option<i32>,
     /// What happened during the move, in ms from its start: reconcile steps, phases
     /// seen in the Raft metrics, runtime stalls per host, episodes of slow writes.
     pub timeline: Vec<String>,
@@ -187,6 +206,10 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     anyhow::ensure!(opts.value_bytes >= 16, "--value-bytes: at least 16");
     let secret = format!("{:032x}", rand::random::<u128>());
     let (threads, hosts) = start_hosts(&secret, opts.snapshot_every_entries).await?;
+    if let Some(nice) = destination_nice() {
+        threads.renice(DESTINATION, nice)?;
+        eprintln!("migration: host {DESTINATION}'s thread at nice {nice} ({DESTINATION_NICE_ENV})");
+    }
     let timeline = Timeline::default();
     let stalls = timeline.clone();
     threads
@@ -200,7 +223,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         .await?;
     let members = form_group(opts, &hosts).await?;
     let filled = fill_state(opts, &hosts, &secret, &members).await?;
-    let moved = move_under_writes(opts, &hosts, &secret, &members, &timeline).await?;
+    let moved = move_under_writes(opts, &threads, &hosts, &secret, &members, &timeline).await?;
 
     eprintln!("migration: checking convergence and acknowledged writes ...");
     let converged_state = converged_state(&hosts, &members.desired).await;
@@ -311,11 +334,14 @@ struct Moved {
     state_bytes: u64,
     /// When the move began.
     move_started: Instant,
+    /// What each host's thread spent during the move.
+    threads: BTreeMap<NodeId, Spent>,
 }
 
 /// Paced writes through warm-up, the window before, the move and the window after.
 async fn move_under_writes(
     opts: &Options,
+    threads: &HostThreads,
     hosts: &BTreeMap<NodeId, Host>,
     secret: &str,
     members: &Members,
@@ -332,6 +358,14 @@ async fn move_under_writes(
     tokio::time::sleep(BEFORE).await;
 
     let leader = current_leader(hosts).context("no leader before the move")?;
+    // An election in the window before (a loaded machine) can leave another host leading;
+    // moving host 1 then would be a follower move reported as a leader move.
+    anyhow::ensure!(
+        leader == first_leader(opts),
+        "host {leader} leads, not host {}: leadership changed in the window before the move \
+         (its p99 includes an election); rerun, on a less loaded machine",
+        first_leader(opts)
+    );
     let state_bytes = hosts[&leader].status(group()).map_or(0, |s| s.state_bytes);
     eprintln!(
         "migration: moving the {} (host {SOURCE}) to host {DESTINATION}, {state_bytes} state bytes ...",
@@ -347,10 +381,16 @@ async fn move_under_writes(
         timeline.clone(),
     ));
     writer.enter(PHASE_DURING);
+    let counters_before = threads.counters();
     let move_started = Instant::now();
     timeline.set_start(move_started);
     move_replica(hosts, &members.desired, timeline).await?;
     let migration = move_started.elapsed();
+    let counters_after = threads.counters();
+    let spent = counters_before
+        .iter()
+        .filter_map(|(id, before)| Some((*id, Spent::between(*before, *counters_after.get(id)?))))
+        .collect();
     writer.enter(PHASE_AFTER);
     eprintln!("migration: in sync after {} ms", migration.as_millis());
     tokio::time::sleep(AFTER).await;
@@ -362,6 +402,7 @@ async fn move_under_writes(
         migration,
         state_bytes,
         move_started,
+        threads: spent,
     })
 }
 
@@ -437,6 +478,8 @@ fn report(
             .unwrap_or_default(),
         },
         baseline,
+        threads_during: moved.threads.clone(),
+        destination_nice: destination_nice(),
         timeline: timeline_lines,
     }
 }
@@ -471,6 +514,12 @@ pub fn print_report(report: &Report, json: bool) {
         report.p99_us_after,
         report.max_us_during
     );
+    for (host, spent) in &report.threads_during {
+        eprintln!(
+            "  host {host}'s thread during the move: cpu {:.1} ms, waiting for a core {:.1} ms, {} minor faults",
+            spent.cpu_ms, spent.runnable_wait_ms, spent.minor_faults
+        );
+    }
     eprintln!(
         "  converged {}, acknowledged writes {}, lost {}",
         report.converged, report.acked_writes, report.lost_acked_writes
