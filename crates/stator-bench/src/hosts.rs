@@ -2,6 +2,10 @@
 //! single-threaded runtime (as agents are separate processes, a host's Raft tasks do not
 //! share a scheduler with the client driving it).
 //!
+//! `STATOR_BENCH_HOST_THREADS=N` (N >= 1) runs each host on a multi-threaded runtime with
+//! N workers instead, as `stator up` runs an agent (`max(1, cores / agents)` workers), for
+//! A/Bs of the two in one binary.
+//!
 //! [`HostThreads::start`] starts the hosts and hands back their handles;
 //! [`HostThreads::run_on_all`] runs setup (creating and bootstrapping groups) on a host's own
 //! runtime, so the tasks it spawns live there. Dropping [`HostThreads`] shuts every host
@@ -176,16 +180,30 @@ impl Drop for HostThreads {
     }
 }
 
+/// Workers per host runtime from `STATOR_BENCH_HOST_THREADS` (see the module doc);
+/// `None`: a single-threaded runtime on the host's own thread.
+fn host_worker_threads() -> Option<usize> {
+    std::env::var("STATOR_BENCH_HOST_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n >= 1)
+}
+
 /// One host's thread: start it, report it, run jobs until the queue closes, shut down.
 fn host_thread(
     config: HostConfig,
     host_tx: tokio::sync::oneshot::Sender<anyhow::Result<(Host, i32)>>,
     mut jobs: tokio::sync::mpsc::UnboundedReceiver<Job>,
 ) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = match host_worker_threads() {
+        Some(workers) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(workers);
+            b
+        }
+        None => tokio::runtime::Builder::new_current_thread(),
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             let _ = host_tx.send(Err(e.into()));

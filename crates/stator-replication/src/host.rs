@@ -76,6 +76,9 @@ pub const MAX_WRITE_BATCH_BYTES: usize = 8 << 10;
 struct WriteQueue {
     // A std mutex: a push or a take, never held across an await.
     state: std::sync::Mutex<WriteQueueState>,
+    /// `state.waiting.len()`, kept under the lock, read without it by the group's
+    /// replication streams (`GroupNetwork::queued_writes`).
+    queued: Arc<AtomicUsize>,
     /// Proposers at once, and writes per entry.
     max_proposers: usize,
     max_writes: usize,
@@ -89,7 +92,7 @@ struct WriteQueueState {
 }
 
 impl WriteQueue {
-    fn new(batch_writes: bool) -> Self {
+    fn new(batch_writes: bool, queued: Arc<AtomicUsize>) -> Self {
         let (max_proposers, max_writes) = if batch_writes {
             (MAX_WRITE_BATCHES_IN_FLIGHT, usize::MAX)
         } else {
@@ -97,6 +100,7 @@ impl WriteQueue {
         };
         Self {
             state: Default::default(),
+            queued,
             max_proposers,
             max_writes,
         }
@@ -112,6 +116,7 @@ impl WriteQueue {
     fn push_all(&self, writes: Vec<(Write, tokio::sync::oneshot::Sender<ClientReply>)>) -> bool {
         let mut s = self.state.lock().expect("write queue poisoned");
         s.waiting.extend(writes);
+        self.queued.store(s.waiting.len(), Ordering::Relaxed);
         if s.proposers < self.max_proposers {
             s.proposers += 1;
             true
@@ -159,6 +164,7 @@ impl WriteQueue {
             bytes += write.payload.len();
             batch.push(s.waiting.pop_front().expect("front exists"));
         }
+        self.queued.store(s.waiting.len(), Ordering::Relaxed);
         batch
     }
 
@@ -645,10 +651,12 @@ impl Host {
             group,
             reason: e.to_string(),
         })?);
+        let queued_writes = Arc::new(AtomicUsize::new(0));
         let network = GroupNetwork {
             group,
             node_id: self.inner.node_id,
             transport: self.inner.transport.clone(),
+            queued_writes: queued_writes.clone(),
         };
         let opening = Instant::now();
         let (log, sm) = self.open_storage(group, &options, app).await?;
@@ -703,7 +711,7 @@ impl Host {
             elect_asked_term: AtomicU64::new(0),
             proposing: AtomicUsize::new(0),
             proposals_drained: tokio::sync::Notify::new(),
-            writes: WriteQueue::new(options.batch_writes),
+            writes: WriteQueue::new(options.batch_writes, queued_writes),
             raft_lease: Duration::from_millis(raft_lease_ms),
             last_append_us: AtomicU64::new(0),
             quiet,
@@ -2058,5 +2066,45 @@ fn node_lost(inner: &Arc<HostInner>, lost: NodeId) {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writes(n: usize) -> Vec<(Write, tokio::sync::oneshot::Sender<ClientReply>)> {
+        (0..n)
+            .map(|i| {
+                let write = Write {
+                    client_id: 1,
+                    seq: i as u64 + 1,
+                    payload: vec![b'x'; 10],
+                };
+                (write, tokio::sync::oneshot::channel().0)
+            })
+            .collect()
+    }
+
+    /// The count the replication streams read (`GroupNetwork::queued_writes`) follows the
+    /// writes waiting for a proposer: a new commit index waits for the entry of queued
+    /// writes only while there are some.
+    #[test]
+    fn the_queued_count_follows_the_writes_waiting_for_a_proposer() {
+        let queued = Arc::new(AtomicUsize::new(0));
+        let queue = WriteQueue::new(true, queued.clone());
+        assert!(
+            queue.push_all(writes(3)),
+            "the first push starts a proposer"
+        );
+        assert_eq!(queued.load(Ordering::Relaxed), 3);
+        let batch = queue.take_batch_keeping_slot().expect("three wait");
+        assert_eq!(batch.len(), 3, "one entry takes every waiting write");
+        assert_eq!(queued.load(Ordering::Relaxed), 0);
+        queue.push_all(writes(2));
+        assert_eq!(queued.load(Ordering::Relaxed), 2);
+        assert_eq!(queue.take_batch().map(|b| b.len()), Some(2));
+        assert_eq!(queued.load(Ordering::Relaxed), 0);
+        assert!(queue.take_batch().is_none());
     }
 }

@@ -12,6 +12,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 type RpcResult<T, E = openraft::error::Infallible> =
@@ -22,6 +23,9 @@ pub struct GroupNetwork {
     pub(crate) group: GroupId,
     pub(crate) node_id: NodeId,
     pub(crate) transport: Arc<Transport>,
+    /// Client writes of this group waiting at this host for a proposer (the host's write
+    /// queue keeps it); see [`RaftNetwork::writes_pending`].
+    pub(crate) queued_writes: Arc<AtomicUsize>,
 }
 
 /// One group's view of one target replica.
@@ -31,6 +35,7 @@ pub struct GroupPeer {
     target: NodeId,
     addr: String,
     transport: Arc<Transport>,
+    queued_writes: Arc<AtomicUsize>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
@@ -43,6 +48,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
             target,
             addr: node.addr.clone(),
             transport: self.transport.clone(),
+            queued_writes: self.queued_writes.clone(),
         }
     }
 }
@@ -105,6 +111,12 @@ impl RaftNetwork<TypeConfig> for GroupPeer {
                     .min(UNREACHABLE_BACKOFF_MAX_MS),
             )
         }))
+    }
+
+    /// Writes queued for a proposer will be appended within a pass or two of this
+    /// host's runtime: a new commit index waits for their AppendEntries to carry it.
+    fn writes_pending(&self) -> bool {
+        self.queued_writes.load(Ordering::Relaxed) > 0
     }
 
     async fn append_entries(

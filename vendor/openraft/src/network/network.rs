@@ -161,4 +161,13 @@ where C: RaftTypeConfig
     fn backoff(&self) -> Backoff {
         Backoff::new(std::iter::repeat(Duration::from_millis(500)))
     }
+
+    /// stator patch: whether the leader's host holds client writes of this group that it
+    /// has not proposed yet (they wait for a proposer). With the adaptive commit wait on
+    /// (`replication::COMMIT_PIGGYBACK_ADAPTIVE`), a new commit index waits a few runtime
+    /// passes for their AppendEntries to carry it only then, or while the follower holds
+    /// later entries (see `replication::ReplicationCore::commit_may_wait`).
+    fn writes_pending(&self) -> bool {
+        false
+    }
 }

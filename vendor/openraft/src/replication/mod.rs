@@ -195,6 +195,23 @@ pub const COMMIT_PIGGYBACK_WAIT: Duration = Duration::ZERO;
 /// replication write path").
 pub const COMMIT_PIGGYBACK_PASSES: u32 = 64;
 
+/// stator patch: whether a new commit index waits the passes only when an AppendEntries
+/// is sure or likely to follow (see [`ReplicationCore::commit_may_wait`]) rather than after
+/// every commit. Off: on a loaded machine the 1-client p50 was 136-165 us with it against
+/// 105-139 us without (the lone client's commit then goes at once, and the leader sleeps
+/// through the client's round trip instead of spinning), while at 64 clients both kept
+/// the piggyback (docs/BENCHMARKS.md, "Session 14: the replication write path").
+pub const COMMIT_PIGGYBACK_ADAPTIVE: bool = false;
+
+/// stator patch, for an A/B in one binary: `STATOR_COMMIT_PIGGYBACK_ADAPTIVE=1` (or `0`)
+/// overrides [`COMMIT_PIGGYBACK_ADAPTIVE`].
+fn commit_piggyback_adaptive() -> bool {
+    static ADAPTIVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ADAPTIVE.get_or_init(|| {
+        std::env::var("STATOR_COMMIT_PIGGYBACK_ADAPTIVE").map_or(COMMIT_PIGGYBACK_ADAPTIVE, |v| v != "0")
+    })
+}
+
 /// stator patch, for an A/B in one binary: `STATOR_COMMIT_PIGGYBACK_PASSES=N` waits N
 /// passes instead (0: sends every commit index at once, as upstream does).
 fn commit_piggyback_passes() -> u32 {
@@ -402,6 +419,23 @@ where
 
             self.wait_for_events().await?;
         }
+    }
+
+    /// stator patch: whether a new commit index with nothing to send may wait the passes
+    /// for an AppendEntries to carry it. Always, unless [`commit_piggyback_adaptive`]; then
+    /// only when one is sure or likely to come soon: the target holds entries past this
+    /// commit index (their commit index will follow and supersede it), or the leader's
+    /// host has client writes of the group queued for a proposer (their entry follows
+    /// within a pass or two). Otherwise the next write comes from the network, if at all,
+    /// and the commit goes at once, as upstream sends it, rather than spin the leader's
+    /// thread through the client's round trip on a 2-core machine where the followers
+    /// need that CPU (the quiet machine's 1-client p50 was 139-142 us with 64 passes
+    /// against 110 and 151 us with none, docs/BENCHMARKS.md "Session 13: the merged
+    /// `main`"). At 64 clients it kept the followers' messages per write at the passes'
+    /// level and cut the leader's spinning passes to a fifth; with one client on a loaded
+    /// machine it was slower, hence off (see [`COMMIT_PIGGYBACK_ADAPTIVE`]).
+    fn commit_may_wait(&self) -> bool {
+        !commit_piggyback_adaptive() || self.matching > self.committed || self.network.writes_pending()
     }
 
     /// stator patch: [`Self::drain_events_with_backoff`], except that while a commit index
@@ -823,7 +857,7 @@ where
                 // action; the commit index now waits up to `COMMIT_PIGGYBACK_WAIT` for the
                 // next AppendEntries to carry it (see `wait_for_events`).
                 match commit_piggyback_wait() {
-                    None if commit_piggyback_passes() > 0 => {
+                    None if commit_piggyback_passes() > 0 && self.commit_may_wait() => {
                         if self.next_action.is_none() && self.commit_passes_left.is_none() {
                             self.commit_passes_left = Some(commit_piggyback_passes());
                         }
