@@ -116,6 +116,7 @@ mod binlibs;
 pub mod budget;
 mod cjson;
 pub mod command;
+mod key;
 mod keyspace;
 pub mod machine;
 pub mod notify;
