@@ -230,24 +230,30 @@ impl Keyspace {
     }
 
     /// A plain `SET key value` (no expiry, previous value not wanted) from borrowed bytes.
-    /// Overwriting a string key that has no expiry copies the value into the string's own
-    /// buffer when it fits ([`reuses_buffer`]): one lookup, no allocation, the key not
-    /// copied. Anything else (a new key, another type, an expiry to clear, a buffer of the
-    /// wrong size) is [`Keyspace::insert`] with copies of both.
+    /// Overwriting a string key that has no expiry stores a short value inline
+    /// ([`Str::Inline`]) and copies a longer one into the string's own buffer when it
+    /// fits ([`reuses_buffer`]): one lookup, no allocation, the key not copied. Anything
+    /// else (a new key, another type, an expiry to clear, a buffer of the wrong size) is
+    /// [`Keyspace::insert_data`] with copies of both.
     pub(crate) fn set_plain(&mut self, key: &[u8], value: &[u8]) {
         if let Some(entry) = self.entries.get_mut(key) {
             if let (Data::Str(stored), NO_EXPIRY) = (&mut entry.data, entry.expiry) {
-                if stored.is_shared() || reuses_buffer(stored.capacity(), value.len()) {
+                let inline = Str::inline(value);
+                if inline.is_some()
+                    || stored.is_shared()
+                    || reuses_buffer(stored.capacity(), value.len())
+                {
                     self.write_version += 1;
                     entry.version = self.write_version;
                     self.bytes = self.bytes - stored.len() as u64 + value.len() as u64;
-                    match stored {
-                        // A restored snapshot's slice: replaced, never copied first.
-                        Str::Shared(_) => *stored = Str::Owned(value.to_vec()),
-                        Str::Owned(buffer) => {
+                    match (inline, &mut *stored) {
+                        (Some(inline), _) => *stored = inline,
+                        (None, Str::Owned(buffer)) => {
                             buffer.clear();
                             buffer.extend_from_slice(value);
                         }
+                        // A restored snapshot's slice: replaced, never copied first.
+                        (None, _) => *stored = Str::Owned(value.to_vec()),
                     }
                     return;
                 }
@@ -255,7 +261,7 @@ impl Keyspace {
         }
         self.insert_data(
             Key::from_slice(key),
-            Data::Str(value.to_vec().into()),
+            Data::Str(Str::from_slice(value)),
             ExpiryChange::Clear,
         );
     }

@@ -206,7 +206,7 @@ fn string_value(value: &[u8], shared: Option<&Bytes>) -> Str {
         Some(shared) if value.len() >= MIN_SHARED_STR_BYTES => {
             Str::Shared(Box::new(shared.slice_ref(value)))
         }
-        _ => Str::Owned(value.to_vec()),
+        _ => Str::from_slice(value),
     }
 }
 
