@@ -1,6 +1,7 @@
 //! The key-value map with its expiry index, byte accounting and per-key write versions,
 //! kept in sync in one place.
 
+use crate::key::Key;
 use crate::types::{Data, Str};
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BTreeSet, HashMap};
@@ -78,8 +79,9 @@ pub(crate) enum ExpiryChange {
 /// entry holds an empty collection; every entry's version is at most `write_version`.
 #[derive(Debug, Default)]
 pub(crate) struct Keyspace {
-    entries: HashMap<Vec<u8>, Entry, KeyHasher>,
-    by_expiry: BTreeSet<(u64, Vec<u8>)>,
+    /// Keys inline when short ([`Key`]): a lookup compares them in the slot it reads.
+    entries: HashMap<Key, Entry, KeyHasher>,
+    by_expiry: BTreeSet<(u64, Key)>,
     bytes: u64,
     /// Counts writes to keys; a written key takes the new count as its version.
     write_version: u64,
@@ -128,13 +130,14 @@ impl Keyspace {
     /// a broken invariant). The write counter is the snapshot's, set by the caller.
     pub(crate) fn insert_restored(
         &mut self,
-        key: Vec<u8>,
+        key: &[u8],
         data: Data,
         expires_at_ms: Option<u64>,
         version: u64,
     ) {
         debug_assert!(!data.is_empty_collection(), "restored an empty collection");
         self.bytes += key.len() as u64 + data.bytes();
+        let key = Key::from_slice(key);
         if let Some(at_ms) = expires_at_ms {
             self.by_expiry.insert((at_ms, key.clone()));
         }
@@ -145,8 +148,10 @@ impl Keyspace {
     }
 
     /// All entries, in no particular order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &Entry)> {
-        self.entries.iter()
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &Entry)> {
+        self.entries
+            .iter()
+            .map(|(key, entry)| (key.as_bytes(), entry))
     }
 
     fn next_version(&mut self) -> u64 {
@@ -201,9 +206,9 @@ impl Keyspace {
                 Some(at_ms),
                 "expiry index out of sync for key {key:?}"
             );
-            self.bytes -= key.len() as u64 + entry.data.bytes();
+            self.bytes -= key.as_bytes().len() as u64 + entry.data.bytes();
             if let Some(log) = &mut self.expired_log {
-                log.push(key);
+                log.push(key.into_vec());
             }
             removed += 1;
         }
@@ -225,41 +230,52 @@ impl Keyspace {
     }
 
     /// A plain `SET key value` (no expiry, previous value not wanted) from borrowed bytes.
-    /// Overwriting a string key that has no expiry copies the value into the string's own
-    /// buffer when it fits ([`reuses_buffer`]): one lookup, no allocation, the key not
-    /// copied. Anything else (a new key, another type, an expiry to clear, a buffer of the
-    /// wrong size) is [`Keyspace::insert`] with copies of both.
+    /// Overwriting a string key that has no expiry stores a short value inline
+    /// ([`Str::Inline`]) and copies a longer one into the string's own buffer when it
+    /// fits ([`reuses_buffer`]): one lookup, no allocation, the key not copied. Anything
+    /// else (a new key, another type, an expiry to clear, a buffer of the wrong size) is
+    /// [`Keyspace::insert_data`] with copies of both.
     pub(crate) fn set_plain(&mut self, key: &[u8], value: &[u8]) {
         if let Some(entry) = self.entries.get_mut(key) {
             if let (Data::Str(stored), NO_EXPIRY) = (&mut entry.data, entry.expiry) {
-                if stored.is_shared() || reuses_buffer(stored.capacity(), value.len()) {
+                let inline = Str::inline(value);
+                if inline.is_some()
+                    || stored.is_shared()
+                    || reuses_buffer(stored.capacity(), value.len())
+                {
                     self.write_version += 1;
                     entry.version = self.write_version;
                     self.bytes = self.bytes - stored.len() as u64 + value.len() as u64;
-                    match stored {
-                        // A restored snapshot's slice: replaced, never copied first.
-                        Str::Shared(_) => *stored = Str::Owned(value.to_vec()),
-                        Str::Owned(buffer) => {
+                    match (inline, &mut *stored) {
+                        (Some(inline), _) => *stored = inline,
+                        (None, Str::Owned(buffer)) => {
                             buffer.clear();
                             buffer.extend_from_slice(value);
                         }
+                        // A restored snapshot's slice: replaced, never copied first.
+                        (None, _) => *stored = Str::Owned(value.to_vec()),
                     }
                     return;
                 }
             }
         }
-        self.insert(key.to_vec(), value.to_vec(), ExpiryChange::Clear);
+        self.insert_data(
+            Key::from_slice(key),
+            Data::Str(Str::from_slice(value)),
+            ExpiryChange::Clear,
+        );
     }
 
     /// Stores `data` under `key`, changing its expiry as asked. Returns the previous data.
     pub(crate) fn insert_data(
         &mut self,
-        key: Vec<u8>,
+        key: impl Into<Key>,
         data: Data,
         expiry: ExpiryChange,
     ) -> Option<Data> {
+        let key = key.into();
         if data.is_empty_collection() {
-            return self.remove(&key).map(|entry| entry.data);
+            return self.remove(key.as_bytes()).map(|entry| entry.data);
         }
         let version = self.next_version();
         // One lookup (the entry API with the owned key), whether the key exists or not.
@@ -291,7 +307,7 @@ impl Keyspace {
                 Some(previous)
             }
             MapEntry::Vacant(vacant) => {
-                self.bytes += vacant.key().len() as u64 + data.bytes();
+                self.bytes += vacant.key().as_bytes().len() as u64 + data.bytes();
                 let expires_at_ms = match expiry {
                     ExpiryChange::At(at_ms) => {
                         self.by_expiry.insert((at_ms, vacant.key().clone()));
@@ -321,7 +337,7 @@ impl Keyspace {
     pub(crate) fn remove(&mut self, key: &[u8]) -> Option<Entry> {
         let (key, entry) = self.entries.remove_entry(key)?;
         self.write_version += 1;
-        self.bytes -= key.len() as u64 + entry.data.bytes();
+        self.bytes -= key.as_bytes().len() as u64 + entry.data.bytes();
         if let Some(at_ms) = entry.expires_at_ms() {
             let was_indexed = self.by_expiry.remove(&(at_ms, key));
             assert!(
@@ -397,7 +413,7 @@ impl Keyspace {
         if !self.entries.contains_key(key) {
             let version = self.next_version();
             self.entries
-                .insert(key.to_vec(), Entry::new(empty(), None, version));
+                .insert(Key::from_slice(key), Entry::new(empty(), None, version));
             self.bytes += key.len() as u64;
         }
         self.update(key, change).expect("inserted above")
@@ -430,7 +446,7 @@ impl Keyspace {
         let mut bytes = 0u64;
         let mut expiring = 0usize;
         for (key, entry) in &self.entries {
-            bytes += key.len() as u64 + entry.data.bytes();
+            bytes += key.as_bytes().len() as u64 + entry.data.bytes();
             assert!(!entry.data.is_empty_collection(), "empty collection kept");
             assert!(entry.version <= self.write_version);
             if let Some(at_ms) = entry.expires_at_ms() {

@@ -21,7 +21,9 @@
 //! - `keyspace`: the map of keys to values (foldhash, randomly seeded) with its expiry
 //!   index, byte accounting and per-key write versions (what `WATCH` compares). A plain
 //!   SET costs one hash lookup: lazy expiry is skipped while no key is past its expiry,
-//!   and the insert uses the entry API with the key the command brought.
+//!   and the insert uses the entry API with the key the command brought. Keys of up to
+//!   22 bytes (`key`: `Key`) and string values of up to 14 bytes
+//!   (`Str::Inline`) live inside the table's slot, so such a SET touches no heap memory.
 //! - [`machine`]: [`KvMachine`]: dispatch, string commands, expiry.
 //! - `ops`: the other commands, one file per type (`hash`, `list`, `set`, `zset`,
 //!   `strings`, `keys` for keyspace commands and transactions, `sort` for SORT and
@@ -116,6 +118,7 @@ mod binlibs;
 pub mod budget;
 mod cjson;
 pub mod command;
+mod key;
 mod keyspace;
 pub mod machine;
 pub mod notify;

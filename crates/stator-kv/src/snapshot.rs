@@ -206,7 +206,7 @@ fn string_value(value: &[u8], shared: Option<&Bytes>) -> Str {
         Some(shared) if value.len() >= MIN_SHARED_STR_BYTES => {
             Str::Shared(Box::new(shared.slice_ref(value)))
         }
-        _ => Str::Owned(value.to_vec()),
+        _ => Str::from_slice(value),
     }
 }
 
@@ -266,7 +266,7 @@ fn decode_with(bytes: &[u8], shared: Option<&Bytes>) -> Result<KvMachine, AppErr
             )));
         }
         // Keys are strictly sorted (checked above), so this adds each once, in one insert.
-        keyspace.insert_restored(key.to_vec(), data, expires_at_ms, version);
+        keyspace.insert_restored(key, data, expires_at_ms, version);
     }
     let scripts = if version == VERSION {
         decode_scripts(&mut reader)?

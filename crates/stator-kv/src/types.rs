@@ -23,42 +23,74 @@ pub(crate) enum Data {
     ZSet(Box<ZSet>),
 }
 
+/// Longest string value kept inside the keyspace's slot ([`Str::Inline`]): what fits
+/// beside a length byte while a [`Data`] stays as small as a `Vec` (checked by a test).
+pub(crate) const INLINE_STR_BYTES: usize = 14;
+
 /// A string value: the kv's own bytes, or a slice of the snapshot a durable replica
 /// restored from (its mapped, checksummed file: see `KvMachine::restore_shared`), which
 /// becomes owned bytes on its first change ([`Str::to_mut`]). Reads see the same bytes
 /// either way, and the byte count counts both alike (their length).
 #[derive(Clone)]
 pub(crate) enum Str {
+    /// Up to [`INLINE_STR_BYTES`] bytes (the first `len`), in the keyspace's slot: no
+    /// allocation, and no cache miss beyond the slot's when a write overwrites it.
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_STR_BYTES],
+    },
     Owned(Vec<u8>),
     /// Boxed so a [`Data`] stays as small as a `Vec` (every key pays for its size).
     Shared(Box<bytes::Bytes>),
 }
 
 impl Str {
+    /// `value` inline if it is short enough.
+    pub(crate) fn inline(value: &[u8]) -> Option<Str> {
+        let len = value.len();
+        if len > INLINE_STR_BYTES {
+            return None;
+        }
+        let mut bytes = [0; INLINE_STR_BYTES];
+        bytes[..len].copy_from_slice(value);
+        Some(Str::Inline {
+            len: len as u8,
+            bytes,
+        })
+    }
+
+    /// A copy of `value`: inline when short, else a buffer of its own.
+    pub(crate) fn from_slice(value: &[u8]) -> Str {
+        Str::inline(value).unwrap_or_else(|| Str::Owned(value.to_vec()))
+    }
+
     /// The value's bytes.
     pub(crate) fn as_slice(&self) -> &[u8] {
         match self {
+            Str::Inline { len, bytes } => &bytes[..usize::from(*len)],
             Str::Owned(bytes) => bytes,
             Str::Shared(bytes) => bytes,
         }
     }
 
-    /// The value as owned bytes to change, copied out of the snapshot first if shared.
+    /// The value as owned bytes to change, copied into a buffer of its own first if inline
+    /// or shared.
     pub(crate) fn to_mut(&mut self) -> &mut Vec<u8> {
-        if let Str::Shared(shared) = self {
-            *self = Str::Owned(shared.to_vec());
+        match self {
+            Str::Inline { .. } | Str::Shared(_) => *self = Str::Owned(self.as_slice().to_vec()),
+            Str::Owned(_) => {}
         }
         match self {
             Str::Owned(bytes) => bytes,
-            Str::Shared(_) => unreachable!("made owned above"),
+            Str::Inline { .. } | Str::Shared(_) => unreachable!("made owned above"),
         }
     }
 
-    /// The value's bytes as a vector of their own (copied if shared).
+    /// The value's bytes as a vector of their own (copied if inline or shared).
     pub(crate) fn into_vec(self) -> Vec<u8> {
         match self {
             Str::Owned(bytes) => bytes,
-            Str::Shared(shared) => shared.to_vec(),
+            Str::Inline { .. } | Str::Shared(_) => self.as_slice().to_vec(),
         }
     }
 
@@ -67,11 +99,11 @@ impl Str {
         matches!(self, Str::Shared(_))
     }
 
-    /// Bytes of the value's own buffer; 0 when shared (it has none to write into).
+    /// Bytes of the value's own heap buffer; 0 when inline or shared (it has none).
     pub(crate) fn capacity(&self) -> usize {
         match self {
             Str::Owned(bytes) => bytes.capacity(),
-            Str::Shared(_) => 0,
+            Str::Inline { .. } | Str::Shared(_) => 0,
         }
     }
 }
@@ -84,8 +116,9 @@ impl std::ops::Deref for Str {
 }
 
 impl From<Vec<u8>> for Str {
+    /// Inline when short (the vector freed), else the vector itself.
     fn from(bytes: Vec<u8>) -> Self {
-        Str::Owned(bytes)
+        Str::inline(&bytes).unwrap_or(Str::Owned(bytes))
     }
 }
 
@@ -711,6 +744,28 @@ impl EntryRng {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_inline_string_keeps_a_value_as_small_as_a_vec() {
+        // Every key's slot holds a `Data`: the inline variant must not grow it.
+        assert_eq!(std::mem::size_of::<Data>(), std::mem::size_of::<Vec<u8>>());
+    }
+
+    #[test]
+    fn strings_of_every_length_read_and_change_alike_inline_or_not() {
+        for len in [0, 1, INLINE_STR_BYTES, INLINE_STR_BYTES + 1, 100] {
+            let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            for mut value in [Str::from(bytes.clone()), Str::from_slice(&bytes)] {
+                assert_eq!(value.as_slice(), &bytes[..]);
+                assert_eq!(matches!(value, Str::Inline { .. }), len <= INLINE_STR_BYTES);
+                assert_eq!(value.clone().into_vec(), bytes);
+                value.to_mut().push(b'!');
+                let mut longer = bytes.clone();
+                longer.push(b'!');
+                assert_eq!(value.as_slice(), &longer[..]);
+            }
+        }
+    }
 
     proptest! {
         /// A packed hash answers and orders exactly as the map it becomes, so replies and

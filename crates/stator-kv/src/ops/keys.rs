@@ -30,16 +30,16 @@ impl KvMachine {
             ),
             Command::DbSize => Value::Integer(self.live_keys(now_ms).count() as i64),
             Command::RandomKey => {
-                let keys: Vec<&Vec<u8>> = self.live_keys(now_ms).map(|(key, _)| key).collect();
+                let keys: Vec<&[u8]> = self.live_keys(now_ms).map(|(key, _)| key).collect();
                 if keys.is_empty() {
                     return Value::null();
                 }
                 let mut rng = self.read_rng();
-                Value::bulk(keys[rng.below(keys.len())].clone())
+                Value::bulk(keys[rng.below(keys.len())].to_vec())
             }
             Command::Keys => {
                 let pattern = &argv[1];
-                let mut keys: Vec<&Vec<u8>> = self
+                let mut keys: Vec<&[u8]> = self
                     .live_keys(now_ms)
                     .map(|(key, _)| key)
                     .filter(|key| glob_match(pattern, key))
@@ -50,12 +50,7 @@ impl KvMachine {
             Command::Scan => {
                 let cursor = attempt!(parse_cursor(&argv[1]));
                 let options = attempt!(parse_scan_options(&argv[2..], true));
-                let (next, page) = scan_page(
-                    cursor,
-                    options.count,
-                    self.live_keys(now_ms)
-                        .map(|(key, kind)| (key.as_slice(), kind)),
-                );
+                let (next, page) = scan_page(cursor, options.count, self.live_keys(now_ms));
                 let wanted_kind = options.kind.map(Kind::from_name);
                 let elements = page
                     .into_iter()
@@ -122,7 +117,7 @@ impl KvMachine {
     }
 
     /// Live keys with their type, in no particular order.
-    fn live_keys(&self, now_ms: u64) -> impl Iterator<Item = (&Vec<u8>, Kind)> {
+    fn live_keys(&self, now_ms: u64) -> impl Iterator<Item = (&[u8], Kind)> {
         self.keyspace
             .iter()
             .filter(move |(_, entry)| !entry.is_expired(now_ms))
