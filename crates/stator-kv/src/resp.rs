@@ -224,24 +224,10 @@ fn encode_line(out: &mut Vec<u8>, marker: u8, line: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Appends the decimal form of `number` without going through `fmt`.
+/// Appends the decimal form of `number` without going through `fmt` (itoa: digits on the
+/// stack, no allocation).
 pub(crate) fn push_decimal(out: &mut Vec<u8>, number: i64) {
-    // 20 digits hold u64::MAX, which covers |i64::MIN|.
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = number.unsigned_abs();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    if number < 0 {
-        out.push(b'-');
-    }
-    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(itoa::Buffer::new().format(number).as_bytes());
 }
 
 /// Parses a decimal i64 the way Redis' `string2ll` does: optional `-`, digits, no `+`, no
