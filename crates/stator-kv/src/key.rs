@@ -16,15 +16,42 @@ use std::hash::{Hash, Hasher};
 /// Longest key kept inline: what fits beside a length byte in the 24 bytes a `Vec` takes.
 pub(crate) const INLINE_KEY_BYTES: usize = 22;
 
+/// Up to `N` bytes held in place (the first `len` of `bytes`): the short form of both a
+/// stored key ([`Key`]) and a string value (`types::Str`). With `N` = 22 or 14 the enum
+/// that holds it stays as small as a `Vec` (each checks that with a test).
+#[derive(Clone, Copy)]
+pub(crate) struct InlineBytes<const N: usize> {
+    len: u8,
+    bytes: [u8; N],
+}
+
+impl<const N: usize> InlineBytes<N> {
+    /// A copy of `value` if it fits.
+    pub(crate) fn new(value: &[u8]) -> Option<Self> {
+        let len = value.len();
+        if len > N {
+            return None;
+        }
+        let mut bytes = [0; N];
+        bytes[..len].copy_from_slice(value);
+        Some(InlineBytes {
+            len: len as u8,
+            bytes,
+        })
+    }
+
+    /// The bytes held.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
 /// A stored key. Hashes, compares and orders as its bytes (`[u8]`), so the table is
 /// looked up with a borrowed `&[u8]`.
 #[derive(Clone)]
 pub(crate) enum Key {
-    /// Up to [`INLINE_KEY_BYTES`] bytes: the first `len`.
-    Inline {
-        len: u8,
-        bytes: [u8; INLINE_KEY_BYTES],
-    },
+    /// Up to [`INLINE_KEY_BYTES`] bytes.
+    Inline(InlineBytes<INLINE_KEY_BYTES>),
     /// Longer keys, boxed (no spare capacity kept).
     Heap(Box<[u8]>),
 }
@@ -33,7 +60,7 @@ impl Key {
     /// The key's bytes.
     pub(crate) fn as_bytes(&self) -> &[u8] {
         match self {
-            Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Key::Inline(inline) => inline.as_slice(),
             Key::Heap(bytes) => bytes,
         }
     }
@@ -49,22 +76,13 @@ impl Key {
     /// The key as a vector of its own.
     pub(crate) fn into_vec(self) -> Vec<u8> {
         match self {
-            Key::Inline { .. } => self.as_bytes().to_vec(),
+            Key::Inline(inline) => inline.as_slice().to_vec(),
             Key::Heap(bytes) => bytes.into_vec(),
         }
     }
 
     fn inline(key: &[u8]) -> Option<Key> {
-        let len = key.len();
-        if len > INLINE_KEY_BYTES {
-            return None;
-        }
-        let mut bytes = [0; INLINE_KEY_BYTES];
-        bytes[..len].copy_from_slice(key);
-        Some(Key::Inline {
-            len: len as u8,
-            bytes,
-        })
+        InlineBytes::new(key).map(Key::Inline)
     }
 }
 
@@ -151,7 +169,7 @@ mod tests {
             let short = bytes.len() <= INLINE_KEY_BYTES;
             for key in [Key::from(bytes.clone()), Key::from_slice(bytes)] {
                 assert_eq!(key.as_bytes(), &bytes[..]);
-                assert_eq!(matches!(key, Key::Inline { .. }), short);
+                assert_eq!(matches!(key, Key::Inline(_)), short);
                 assert_eq!(hasher.hash_one(&key), hasher.hash_one(&bytes[..]));
                 assert_eq!(key.clone().into_vec(), *bytes);
             }

@@ -6,6 +6,7 @@
 //! so a replica restored from a snapshot picks the same "random" member as one that applied
 //! every entry. Randomness itself comes from [`EntryRng`], seeded from the log entry.
 
+use crate::key::InlineBytes;
 use indexmap::{IndexMap, IndexSet};
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, VecDeque};
@@ -35,10 +36,7 @@ pub(crate) const INLINE_STR_BYTES: usize = 14;
 pub(crate) enum Str {
     /// Up to [`INLINE_STR_BYTES`] bytes (the first `len`), in the keyspace's slot: no
     /// allocation, and no cache miss beyond the slot's when a write overwrites it.
-    Inline {
-        len: u8,
-        bytes: [u8; INLINE_STR_BYTES],
-    },
+    Inline(InlineBytes<INLINE_STR_BYTES>),
     Owned(Vec<u8>),
     /// Boxed so a [`Data`] stays as small as a `Vec` (every key pays for its size).
     Shared(Box<bytes::Bytes>),
@@ -47,16 +45,7 @@ pub(crate) enum Str {
 impl Str {
     /// `value` inline if it is short enough.
     pub(crate) fn inline(value: &[u8]) -> Option<Str> {
-        let len = value.len();
-        if len > INLINE_STR_BYTES {
-            return None;
-        }
-        let mut bytes = [0; INLINE_STR_BYTES];
-        bytes[..len].copy_from_slice(value);
-        Some(Str::Inline {
-            len: len as u8,
-            bytes,
-        })
+        InlineBytes::new(value).map(Str::Inline)
     }
 
     /// A copy of `value`: inline when short, else a buffer of its own.
@@ -67,7 +56,7 @@ impl Str {
     /// The value's bytes.
     pub(crate) fn as_slice(&self) -> &[u8] {
         match self {
-            Str::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Str::Inline(inline) => inline.as_slice(),
             Str::Owned(bytes) => bytes,
             Str::Shared(bytes) => bytes,
         }
@@ -77,12 +66,12 @@ impl Str {
     /// or shared.
     pub(crate) fn to_mut(&mut self) -> &mut Vec<u8> {
         match self {
-            Str::Inline { .. } | Str::Shared(_) => *self = Str::Owned(self.as_slice().to_vec()),
+            Str::Inline(_) | Str::Shared(_) => *self = Str::Owned(self.as_slice().to_vec()),
             Str::Owned(_) => {}
         }
         match self {
             Str::Owned(bytes) => bytes,
-            Str::Inline { .. } | Str::Shared(_) => unreachable!("made owned above"),
+            Str::Inline(_) | Str::Shared(_) => unreachable!("made owned above"),
         }
     }
 
@@ -90,7 +79,7 @@ impl Str {
     pub(crate) fn into_vec(self) -> Vec<u8> {
         match self {
             Str::Owned(bytes) => bytes,
-            Str::Inline { .. } | Str::Shared(_) => self.as_slice().to_vec(),
+            Str::Inline(_) | Str::Shared(_) => self.as_slice().to_vec(),
         }
     }
 
@@ -103,7 +92,7 @@ impl Str {
     pub(crate) fn capacity(&self) -> usize {
         match self {
             Str::Owned(bytes) => bytes.capacity(),
-            Str::Inline { .. } | Str::Shared(_) => 0,
+            Str::Inline(_) | Str::Shared(_) => 0,
         }
     }
 }
@@ -757,7 +746,7 @@ mod tests {
             let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
             for mut value in [Str::from(bytes.clone()), Str::from_slice(&bytes)] {
                 assert_eq!(value.as_slice(), &bytes[..]);
-                assert_eq!(matches!(value, Str::Inline { .. }), len <= INLINE_STR_BYTES);
+                assert_eq!(matches!(value, Str::Inline(_)), len <= INLINE_STR_BYTES);
                 assert_eq!(value.clone().into_vec(), bytes);
                 value.to_mut().push(b'!');
                 let mut longer = bytes.clone();
