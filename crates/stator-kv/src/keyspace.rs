@@ -2,14 +2,9 @@
 //! kept in sync in one place.
 
 use crate::key::Key;
+use crate::key_table::{KeyTable, Slot};
 use crate::types::{Data, Str};
-use std::collections::hash_map::Entry as MapEntry;
-use std::collections::{BTreeSet, HashMap};
-
-/// The hasher of the key map: foldhash, seeded per process like std's SipHash (so a
-/// client cannot choose keys that collide), at a fraction of SipHash's cost per lookup.
-/// Iteration order was already per-process with SipHash; nothing replicated depends on it.
-type KeyHasher = foldhash::fast::RandomState;
+use std::collections::BTreeSet;
 
 /// One stored value, when it expires, and the write that last changed it.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,7 +23,7 @@ pub(crate) struct Entry {
 const NO_EXPIRY: u64 = u64::MAX;
 
 impl Entry {
-    fn new(data: Data, expires_at_ms: Option<u64>, version: u64) -> Entry {
+    pub(crate) fn new(data: Data, expires_at_ms: Option<u64>, version: u64) -> Entry {
         Entry {
             data,
             expiry: expires_at_ms.unwrap_or(NO_EXPIRY),
@@ -80,7 +75,7 @@ pub(crate) enum ExpiryChange {
 #[derive(Debug, Default)]
 pub(crate) struct Keyspace {
     /// Keys inline when short ([`Key`]): a lookup compares them in the slot it reads.
-    entries: HashMap<Key, Entry, KeyHasher>,
+    entries: KeyTable,
     by_expiry: BTreeSet<(u64, Key)>,
     bytes: u64,
     /// Counts writes to keys; a written key takes the new count as its version.
@@ -94,7 +89,7 @@ impl Keyspace {
     /// An empty keyspace with room for `entries` keys.
     pub(crate) fn with_capacity(entries: usize) -> Self {
         Keyspace {
-            entries: HashMap::with_capacity_and_hasher(entries, KeyHasher::default()),
+            entries: KeyTable::with_capacity(entries),
             ..Keyspace::default()
         }
     }
@@ -109,6 +104,12 @@ impl Keyspace {
     /// Approximate bytes held: key and value lengths.
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Starts loading the memory a lookup of `key` reads ([`KeyTable::prefetch`]): a
+    /// batch of writes prefetches all its keys, then applies them.
+    pub(crate) fn prefetch(&self, key: &[u8]) {
+        self.entries.prefetch(key);
     }
 
     /// Entries held, including expired ones not yet reclaimed.
@@ -198,7 +199,7 @@ impl Keyspace {
                 .by_expiry
                 .pop_first()
                 .expect("first() just returned an element");
-            let entry = self.entries.remove(&key).unwrap_or_else(|| {
+            let entry = self.entries.remove(key.as_bytes()).unwrap_or_else(|| {
                 panic!("expiry index names key {key:?} (at {at_ms}) missing from the keyspace")
             });
             assert_eq!(
@@ -279,9 +280,9 @@ impl Keyspace {
         }
         let version = self.next_version();
         // One lookup (the entry API with the owned key), whether the key exists or not.
-        match self.entries.entry(key) {
-            MapEntry::Occupied(mut occupied) => {
-                let entry = occupied.get_mut();
+        match self.entries.slot(key.as_bytes()) {
+            Slot::Occupied(mut occupied) => {
+                let (stored_key, entry) = occupied.get_mut();
                 self.bytes = self.bytes - entry.data.bytes() + data.bytes();
                 entry.version = version;
                 let previous = std::mem::replace(&mut entry.data, data);
@@ -293,7 +294,7 @@ impl Keyspace {
                 if expires_at_ms != entry.expires_at_ms() {
                     let old_expiry = entry.replace_expiry(expires_at_ms);
                     // The index holds its own copy of the key; the map keeps the one it had.
-                    let mut key = occupied.key().clone();
+                    let mut key = stored_key.clone();
                     if let Some(old_at_ms) = old_expiry {
                         let probe = (old_at_ms, key);
                         let was_indexed = self.by_expiry.remove(&probe);
@@ -306,16 +307,16 @@ impl Keyspace {
                 }
                 Some(previous)
             }
-            MapEntry::Vacant(vacant) => {
-                self.bytes += vacant.key().as_bytes().len() as u64 + data.bytes();
+            Slot::Vacant(vacant) => {
+                self.bytes += key.as_bytes().len() as u64 + data.bytes();
                 let expires_at_ms = match expiry {
                     ExpiryChange::At(at_ms) => {
-                        self.by_expiry.insert((at_ms, vacant.key().clone()));
+                        self.by_expiry.insert((at_ms, key.clone()));
                         Some(at_ms)
                     }
                     ExpiryChange::Keep | ExpiryChange::Clear => None,
                 };
-                vacant.insert(Entry::new(data, expires_at_ms, version));
+                vacant.insert((key, Entry::new(data, expires_at_ms, version)));
                 None
             }
         }
@@ -445,7 +446,7 @@ impl Keyspace {
     pub(crate) fn assert_consistent(&self) {
         let mut bytes = 0u64;
         let mut expiring = 0usize;
-        for (key, entry) in &self.entries {
+        for (key, entry) in self.entries.iter() {
             bytes += key.as_bytes().len() as u64 + entry.data.bytes();
             assert!(!entry.data.is_empty_collection(), "empty collection kept");
             assert!(entry.version <= self.write_version);

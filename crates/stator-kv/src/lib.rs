@@ -119,6 +119,7 @@ pub mod budget;
 mod cjson;
 pub mod command;
 mod key;
+mod key_table;
 mod keyspace;
 pub mod machine;
 pub mod notify;

@@ -1,0 +1,214 @@
+//! The keyspace's hash table: keys and entries in one slot each, looked up by the key's
+//! bytes, with a prefetch so that a batch of writes can start every key's memory loads
+//! before it applies the first one.
+//!
+//! Why not `std::collections::HashMap`: a write to a random key among ~100,000 costs two
+//! cache misses per replica (the table's control bytes, then the slot), one write after
+//! the other (docs/BENCHMARKS.md, session 14: the lookup is most of the apply's time). The
+//! std map gives no way to name a key's slot before looking it up; hashbrown's
+//! `HashTable` (the same table under std's map) does, so [`KeyTable::prefetch`] can touch
+//! the control byte and prefetch the slot of each key of an entry first, and the misses of
+//! the batch overlap instead of adding up.
+
+use crate::key::Key;
+use crate::keyspace::Entry;
+use hashbrown::hash_table::{self, HashTable};
+use std::hash::BuildHasher;
+
+/// The hasher: foldhash, seeded per process like std's SipHash (so a client cannot
+/// choose keys that collide), at a fraction of SipHash's cost per lookup. Iteration order
+/// was already per-process with SipHash; nothing replicated depends on it.
+type KeyHasher = foldhash::fast::RandomState;
+
+/// Bytes of one slot (a key and its entry): a slot's start and its last byte may lie in
+/// two cache lines, so both are prefetched.
+const SLOT_BYTES: usize = std::mem::size_of::<(Key, Entry)>();
+
+/// Keys to entries. A key is hashed and compared as its bytes (as [`Key`]'s `Hash` and
+/// `Eq` do), so lookups take a borrowed `&[u8]`.
+#[derive(Debug, Default)]
+pub(crate) struct KeyTable {
+    table: HashTable<(Key, Entry)>,
+    hasher: KeyHasher,
+}
+
+/// A key's place in the table: taken ([`hash_table::OccupiedEntry`]) or free
+/// ([`hash_table::VacantEntry`], which the caller fills with the key it looked up).
+pub(crate) type Slot<'a> = hash_table::Entry<'a, (Key, Entry)>;
+
+impl KeyTable {
+    /// An empty table with room for `keys` keys.
+    pub(crate) fn with_capacity(keys: usize) -> Self {
+        KeyTable {
+            table: HashTable::with_capacity(keys),
+            hasher: KeyHasher::default(),
+        }
+    }
+
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// Keys held.
+    pub(crate) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Removes every key.
+    pub(crate) fn clear(&mut self) {
+        self.table.clear();
+    }
+
+    pub(crate) fn get(&self, key: &[u8]) -> Option<&Entry> {
+        self.get_key_value(key).map(|(_, entry)| entry)
+    }
+
+    pub(crate) fn get_key_value(&self, key: &[u8]) -> Option<(&Key, &Entry)> {
+        self.table
+            .find(self.hash(key), |(stored, _)| stored.as_bytes() == key)
+            .map(|(stored, entry)| (stored, entry))
+    }
+
+    pub(crate) fn get_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
+        let hash = self.hash(key);
+        self.table
+            .find_mut(hash, |(stored, _)| stored.as_bytes() == key)
+            .map(|(_, entry)| entry)
+    }
+
+    pub(crate) fn contains_key(&self, key: &[u8]) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Stores `entry` under `key`; returns the entry it replaced (the stored key stays).
+    pub(crate) fn insert(&mut self, key: Key, entry: Entry) -> Option<Entry> {
+        match self.slot(key.as_bytes()) {
+            hash_table::Entry::Occupied(mut occupied) => {
+                Some(std::mem::replace(&mut occupied.get_mut().1, entry))
+            }
+            hash_table::Entry::Vacant(vacant) => {
+                vacant.insert((key, entry));
+                None
+            }
+        }
+    }
+
+    /// Removes `key`, returning the stored key and its entry.
+    pub(crate) fn remove_entry(&mut self, key: &[u8]) -> Option<(Key, Entry)> {
+        let hash = self.hash(key);
+        match self
+            .table
+            .find_entry(hash, |(stored, _)| stored.as_bytes() == key)
+        {
+            Ok(occupied) => Some(occupied.remove().0),
+            Err(_) => None,
+        }
+    }
+
+    pub(crate) fn remove(&mut self, key: &[u8]) -> Option<Entry> {
+        self.remove_entry(key).map(|(_, entry)| entry)
+    }
+
+    /// The slot of `key` (one lookup whether it is there or not); a vacant one is filled
+    /// with `(key, entry)` by the caller.
+    pub(crate) fn slot(&mut self, key: &[u8]) -> Slot<'_> {
+        let hash = self.hash(key);
+        let KeyTable { table, hasher } = self;
+        table.entry(
+            hash,
+            |(stored, _)| stored.as_bytes() == key,
+            |(stored, _)| hasher.hash_one(stored.as_bytes()),
+        )
+    }
+
+    /// Every key and entry, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Key, &Entry)> {
+        self.table.iter().map(|(key, entry)| (key, entry))
+    }
+
+    /// Starts loading the memory a lookup of `key` will read: its home bucket's control
+    /// byte (read here, so its miss is taken now) and, if that bucket is full, its slot
+    /// (prefetched). Nothing is decided by it; a lookup right after finds the key
+    /// wherever it is. For a batch: prefetch every key first, then look them up, and the
+    /// misses of the batch overlap instead of adding up. Most keys sit in their home
+    /// bucket; one that was displaced costs what a lookup costs without this.
+    pub(crate) fn prefetch(&self, key: &[u8]) {
+        let buckets = self.table.num_buckets();
+        if buckets == 0 {
+            return;
+        }
+        // hashbrown's first probe position: the hash's low bits (`h1`).
+        let home = (self.hash(key) as usize) & (buckets - 1);
+        if let Some(slot) = self.table.get_bucket(home) {
+            let start = (slot as *const (Key, Entry)).cast::<u8>();
+            prefetch_line(start);
+            prefetch_line(start.wrapping_add(SLOT_BYTES - 1));
+        }
+    }
+}
+
+/// A hint to bring the cache line holding `address` into the cache; never faults.
+#[inline(always)]
+fn prefetch_line(address: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch is a hint: it reads nothing the program sees and does not
+        // fault, whatever the address (here always inside the table's allocation).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(address.cast::<i8>()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = address;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Data, Str};
+
+    fn entry(version: u64) -> Entry {
+        Entry::new(Data::Str(Str::from_slice(b"v")), None, version)
+    }
+
+    #[test]
+    fn finds_what_it_holds_by_the_keys_bytes_short_and_long() {
+        let mut table = KeyTable::with_capacity(4);
+        let long = vec![b'k'; 100];
+        for (i, key) in [b"a".as_slice(), b"", long.as_slice()].iter().enumerate() {
+            assert!(table
+                .insert(Key::from_slice(key), entry(i as u64))
+                .is_none());
+        }
+        assert_eq!(table.len(), 3);
+        assert_eq!(table.get(&long).map(|e| e.version), Some(2));
+        assert_eq!(table.get(b"").map(|e| e.version), Some(1));
+        assert!(!table.contains_key(b"b"));
+        let replaced = table.insert(Key::from_slice(b"a"), entry(7));
+        assert_eq!(replaced.map(|e| e.version), Some(0));
+        assert_eq!(table.get(b"a").map(|e| e.version), Some(7));
+        table.get_mut(b"a").expect("held").version = 9;
+        let (key, removed) = table.remove_entry(b"a").expect("held");
+        assert_eq!((key.as_bytes(), removed.version), (b"a".as_slice(), 9));
+        assert!(table.remove(b"a").is_none());
+        assert_eq!(table.iter().count(), 2);
+        table.clear();
+        assert_eq!(table.len(), 0);
+    }
+
+    #[test]
+    fn prefetch_changes_nothing_and_takes_any_key() {
+        let mut table = KeyTable::default();
+        table.prefetch(b"nothing held yet");
+        for i in 0..1000u32 {
+            table.insert(Key::from_slice(&i.to_be_bytes()), entry(u64::from(i)));
+        }
+        for i in 0..2000u32 {
+            table.prefetch(&i.to_be_bytes());
+            assert_eq!(
+                table.get(&i.to_be_bytes()).map(|e| e.version),
+                (i < 1000).then_some(u64::from(i))
+            );
+        }
+        assert_eq!(table.len(), 1000);
+    }
+}
