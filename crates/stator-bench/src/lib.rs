@@ -18,6 +18,8 @@
 //!   `stator_harness::pace`, shared by the failover and migration benchmarks and chaos.
 //! - etcd and Redis are started and driven by `stator_harness::servers`.
 //! - [`latency`]: latency histograms and the JSON run record.
+//! - `placement` (private): which vCPU each busy thread ran on during a run
+//!   (`STATOR_BENCH_PLACEMENT=1`), the 1-client figure's mode on a 2-vCPU machine.
 //! - [`figures`]: milliseconds, median and maximum, and baseline-over-stator ratios, as
 //!   every benchmark reports them.
 
@@ -27,6 +29,7 @@ mod hosts;
 pub mod idle;
 pub mod latency;
 pub mod migration;
+mod placement;
 pub mod replication;
 pub mod restart;
 pub mod threadstat;

@@ -147,6 +147,7 @@ async fn drive(
     let measure_from = start + WARMUP;
     let end = measure_from + duration;
     let sampled_pids = pids.to_vec();
+    let placement = crate::placement::Sampler::start(pids, measure_from, end);
     let cpu = tokio::spawn(async move {
         tokio::time::sleep_until(measure_from.into()).await;
         let before = cpu_used(&sampled_pids);
@@ -180,6 +181,9 @@ async fn drive(
     let mut total = Recorder::default();
     for t in tasks {
         total.merge(&t.await.expect("client task panicked"));
+    }
+    if let Some(placement) = placement {
+        eprintln!("{}", placement.report());
     }
     Driven {
         rec: total,
