@@ -28,10 +28,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// The catch-up rate a host uses unless configured: about 2.5x what the learner applied
-/// unpaced on the loaded 2-core test machine's slowest runs, well above what a group
-/// writes (docs/BENCHMARKS.md, session 15, branch i15m).
-pub const DEFAULT_LEARNER_CATCHUP_BYTES_PER_SEC: u64 = 32 << 20;
+/// The catch-up rate a host uses unless configured. At 64 MiB/s a learner catching up
+/// from a 64 MiB log took about a quarter of a core (against two thirds unpaced) and the
+/// move about 1.1 s (against 0.35 s); at 32 MiB/s an eighth of a core and 2.2 s. On the
+/// loaded 2-core test machine no rate improved the move's p99 measurably
+/// (docs/BENCHMARKS.md, session 15, branch i15m): this one bounds a learner's share of a
+/// core while keeping a move near a second.
+pub const DEFAULT_LEARNER_CATCHUP_BYTES_PER_SEC: u64 = 64 << 20;
 /// Longest a paced append waits for tokens before it goes with what it has (at least one
 /// entry): openraft times an append out after the election timeout's upper bound (125 ms
 /// by default), and the wait counts against it.
