@@ -37,6 +37,9 @@ pub struct AgentConfig {
     pub advertise_host: Option<String>,
     /// Ports the RESP listeners may use (one per kv service), inclusive; `None`: any.
     pub resp_ports: Option<(u16, u16)>,
+    /// Bytes per second this node's leaders feed new replicas (learners) catching up, all
+    /// partitions together; 0: unlimited (see `stator_replication::pacing`).
+    pub learner_catchup_bytes_per_sec: u64,
 }
 
 impl AgentConfig {
@@ -110,6 +113,8 @@ impl AgentConfig {
             resp_host: None,
             advertise_host: None,
             resp_ports: None,
+            learner_catchup_bytes_per_sec:
+                stator_replication::pacing::DEFAULT_LEARNER_CATCHUP_BYTES_PER_SEC,
         }
     }
 }

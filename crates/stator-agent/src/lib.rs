@@ -254,6 +254,7 @@ async fn start_node(
             filter: None,
             tls: config.tls.clone(),
             data_dir: Some(registered.raft_dir.clone()),
+            learner_catchup_bytes_per_sec: config.learner_catchup_bytes_per_sec,
         },
         listener,
     )?;

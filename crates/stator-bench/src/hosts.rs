@@ -76,6 +76,8 @@ impl HostThreads {
                 filter: None,
                 tls: None,
                 data_dir: data_root.map(|root| root.join(node_id.to_string())),
+                learner_catchup_bytes_per_sec:
+                    stator_replication::pacing::DEFAULT_LEARNER_CATCHUP_BYTES_PER_SEC,
             };
             let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel();
             let (host_tx, host_rx) = tokio::sync::oneshot::channel();

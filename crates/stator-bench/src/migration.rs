@@ -106,6 +106,8 @@ pub struct Options {
     /// default. Smaller than the fill's entries, the log is purged and a learner catches
     /// up from a snapshot instead of the log.
     pub snapshot_every_entries: Option<u64>,
+    /// Every host's learner catch-up rate, bytes per second (0: unlimited).
+    pub learner_catchup_bytes_per_sec: u64,
 }
 
 /// The stop-and-copy move of the same state.
@@ -173,6 +175,12 @@ pub struct Report {
     pub baseline: Baseline,
     /// stator beside the baseline.
     pub ratios: Ratios,
+    /// The hosts' learner catch-up rate, MiB per second (0: unlimited).
+    pub learner_catchup_mib_per_sec: f64,
+    /// Bytes the hosts fed the learner through the catch-up bucket (0 when unlimited).
+    pub paced_bytes: u64,
+    /// The time those sends waited in the bucket, in ms.
+    pub paced_wait_ms: f64,
     /// What each host's thread spent during the move (host id -> CPU, time waiting for a
     /// core, minor page faults); empty where the counters cannot be read (not Linux).
     pub threads_during: BTreeMap<NodeId, Spent>,
@@ -206,6 +214,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     anyhow::ensure!(opts.value_bytes >= 16, "--value-bytes: at least 16");
     let secret = format!("{:032x}", rand::random::<u128>());
     let (threads, hosts) = start_hosts(&secret, opts.snapshot_every_entries).await?;
+    for host in hosts.values() {
+        host.set_learner_catchup_bytes_per_sec(opts.learner_catchup_bytes_per_sec);
+    }
     if let Some(nice) = destination_nice() {
         threads.renice(DESTINATION, nice)?;
         eprintln!("migration: host {DESTINATION}'s thread at nice {nice} ({DESTINATION_NICE_ENV})");
@@ -248,10 +259,14 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
             .await
             .map_err(|e| anyhow::anyhow!("snapshot: {e}"))?,
     };
+    let (paced_bytes, paced_wait_us) = hosts
+        .values()
+        .map(|h| h.learner_catchup_totals())
+        .fold((0, 0), |(b, w), (hb, hw)| (b + hb, w + hw));
     let baseline = stop_and_copy(image, opts.rate_per_sec).await?;
     drop(hosts);
     drop(threads);
-    Ok(report(
+    let mut report = report(
         opts,
         moved,
         filled,
@@ -259,7 +274,10 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         converged,
         baseline,
         &timeline,
-    ))
+    );
+    report.paced_bytes = paced_bytes;
+    report.paced_wait_ms = paced_wait_us as f64 / 1e3;
+    Ok(report)
 }
 
 /// The hosts' addresses: the group starts on hosts 1-3 and moves to every host but
@@ -478,6 +496,10 @@ fn report(
             .unwrap_or_default(),
         },
         baseline,
+        learner_catchup_mib_per_sec: opts.learner_catchup_bytes_per_sec as f64
+            / (1u64 << 20) as f64,
+        paced_bytes: 0,
+        paced_wait_ms: 0.0,
         threads_during: moved.threads.clone(),
         destination_nice: destination_nice(),
         timeline: timeline_lines,
@@ -513,6 +535,15 @@ pub fn print_report(report: &Report, json: bool) {
         report.p99_us_during,
         report.p99_us_after,
         report.max_us_during
+    );
+    let rate = if report.learner_catchup_mib_per_sec > 0.0 {
+        format!("{} MiB/s", report.learner_catchup_mib_per_sec)
+    } else {
+        "unlimited".into()
+    };
+    eprintln!(
+        "  learner catch-up rate {rate}: {} bytes paced, waiting {:.1} ms in all",
+        report.paced_bytes, report.paced_wait_ms
     );
     for (host, spent) in &report.threads_during {
         eprintln!(

@@ -113,6 +113,10 @@ impl Trio {
             filter: None,
             tls: None,
             data_dir: Some(self.root.join(node.to_string())),
+            // Unpaced: the "from scratch" baseline is a full copy to a new learner, and
+            // pacing it would make the own-disk rejoin look better by slowing the other
+            // side of the ratio. (The rejoin is a voter's catch-up: never paced.)
+            learner_catchup_bytes_per_sec: 0,
         }
     }
 

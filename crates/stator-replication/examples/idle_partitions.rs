@@ -89,6 +89,8 @@ fn start_node(id: u64) -> Node {
             filter: None,
             tls: None,
             data_dir: None,
+            learner_catchup_bytes_per_sec:
+                stator_replication::pacing::DEFAULT_LEARNER_CATCHUP_BYTES_PER_SEC,
         }))
         .expect("bind loopback");
     Node { runtime, host }

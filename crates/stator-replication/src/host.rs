@@ -2,7 +2,8 @@
 
 use crate::disk_store::{DiskLogStore, DiskStoreError, SyncPolicy};
 use crate::log_store::{MemLogStore, ReplicaLog};
-use crate::network::GroupNetwork;
+use crate::network::{GroupNetwork, GroupPacing};
+use crate::pacing::CatchUpPacer;
 use crate::quiesce::{
     may_quiesce, NodeLiveness, Phase, Quiescence, FORMING_TIMERS_OFF_MAX, LIVENESS_INTERVAL,
     LIVENESS_PROBE_TIMEOUT, NODE_SILENT_AFTER, QUIESCE_REQUEST_TIMEOUT, SWEEP_INTERVAL,
@@ -346,6 +347,10 @@ pub struct HostConfig {
     /// Where durable replicas keep their stores (`<data_dir>/<group>/`); `None`: this
     /// host hosts memory replicas only.
     pub data_dir: Option<PathBuf>,
+    /// Bytes per second this host's leaders feed their learners, all groups together
+    /// (0: unlimited); see [`crate::pacing`] and
+    /// [`crate::pacing::DEFAULT_LEARNER_CATCHUP_BYTES_PER_SEC`].
+    pub learner_catchup_bytes_per_sec: u64,
 }
 
 /// One hosted replica.
@@ -496,6 +501,8 @@ struct HostInner {
     liveness: Mutex<NodeLiveness>,
     /// Every write this node's leaders acknowledged, for the node's histogram.
     commit_latency: CommitLatency,
+    /// The learner catch-up pacing every group's replication streams share.
+    catchup: Arc<CatchUpPacer>,
 }
 
 /// A process's replicas behind one listening transport.
@@ -553,6 +560,7 @@ impl Host {
             groups: RwLock::new(HashMap::new()),
             liveness: Mutex::new(NodeLiveness::default()),
             commit_latency: CommitLatency::default(),
+            catchup: Arc::new(CatchUpPacer::new(config.learner_catchup_bytes_per_sec)),
         });
         let server = transport.serve(
             listener,
@@ -578,6 +586,22 @@ impl Host {
             commit_latency: self.inner.commit_latency.snapshot(),
             transport: self.inner.transport.traffic().snapshot(),
         }
+    }
+
+    /// The rate this host's leaders feed learners at, bytes per second (0: unlimited).
+    pub fn learner_catchup_bytes_per_sec(&self) -> u64 {
+        self.inner.catchup.limit_bytes_per_sec()
+    }
+
+    /// Changes that rate (0: unlimited) for what is sent from now on.
+    pub fn set_learner_catchup_bytes_per_sec(&self, bytes_per_sec: u64) {
+        self.inner.catchup.set_limit(bytes_per_sec);
+    }
+
+    /// Bytes this host fed learners through the catch-up bucket, and the microseconds
+    /// those sends waited in it, since the host started.
+    pub fn learner_catchup_totals(&self) -> (u64, u64) {
+        self.inner.catchup.totals()
     }
 
     /// This host's node id.
@@ -652,11 +676,13 @@ impl Host {
             reason: e.to_string(),
         })?);
         let queued_writes = Arc::new(AtomicUsize::new(0));
+        let pacing = Arc::new(GroupPacing::new(self.inner.catchup.clone()));
         let network = GroupNetwork {
             group,
             node_id: self.inner.node_id,
             transport: self.inner.transport.clone(),
             queued_writes: queued_writes.clone(),
+            pacing: pacing.clone(),
         };
         let opening = Instant::now();
         let (log, sm) = self.open_storage(group, &options, app).await?;
@@ -675,6 +701,7 @@ impl Host {
             }
         }
         .map_err(stopped)?;
+        let _ = pacing.metrics.set(raft.metrics());
         if matches!(log, ReplicaLog::Disk(_)) {
             // The restart profile's spans (docs/BENCHMARKS.md, "Session 10: the member
             // restart"): openraft's start re-applies the committed log after the snapshot.

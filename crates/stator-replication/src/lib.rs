@@ -21,6 +21,8 @@
 //! - [`transport`]: one multiplexed, authenticated, batched TCP connection per peer.
 //! - [`tls`]: optional mutual TLS 1.3 under the transport (PEM files, rustls).
 //! - [`network`]: openraft's network traits over the transport.
+//! - [`pacing`]: learner catch-up pacing: a token bucket per host over the bytes leaders
+//!   feed learners far behind, so a move's catch-up does not starve the voters.
 //! - [`host`]: many replicas in one process; membership reconcile steps; leadership
 //!   transfer (writes held at the old leader's gate go to the successor once it was told
 //!   to run, and wait there for its election); client serving, with the writes waiting at a leader proposed as one entry;
@@ -51,6 +53,7 @@ pub mod host;
 pub mod log_file;
 pub mod log_store;
 pub mod network;
+pub mod pacing;
 pub mod quiesce;
 pub mod read_index;
 pub mod session;

@@ -1,19 +1,24 @@
 //! openraft's network traits over the shared [`Transport`].
 
+use crate::pacing::{
+    pace_decision, CatchUpPacer, WriteRate, PACED_APPEND_MAX_WAIT, PACED_APPEND_MIN_BYTES,
+    PACED_SNAPSHOT_MAX_WAIT,
+};
 use crate::timeline::{self, Stage};
 use crate::transport::{Request, Response, Transport, TransportError};
-use crate::types::{GroupId, NodeId, TypeConfig};
+use crate::types::{Entry, GroupId, NodeId, TypeConfig};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, Timeout, Unreachable,
 };
+use openraft::metrics::RaftMetrics;
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
+use openraft::{BasicNode, EntryPayload, LogId};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
@@ -26,6 +31,77 @@ pub struct GroupNetwork {
     /// Client writes of this group waiting at this host for a proposer (the host's write
     /// queue keeps it); see [`RaftNetwork::writes_pending`].
     pub(crate) queued_writes: Arc<AtomicUsize>,
+    /// The learner catch-up pacing of this group (see [`crate::pacing`]).
+    pub(crate) pacing: Arc<GroupPacing>,
+}
+
+/// What a group's replication streams need to pace a learner's catch-up.
+pub(crate) struct GroupPacing {
+    /// The host's bucket and rate, shared by every group.
+    pub(crate) host: Arc<CatchUpPacer>,
+    /// How fast this group's log grows (on its leader).
+    pub(crate) write_rate: Mutex<WriteRate>,
+    /// The replica's Raft metrics (set once the Raft is built): the effective membership
+    /// says which targets are voters.
+    pub(crate) metrics: OnceLock<tokio::sync::watch::Receiver<RaftMetrics<NodeId, BasicNode>>>,
+}
+
+impl GroupPacing {
+    pub(crate) fn new(host: Arc<CatchUpPacer>) -> Self {
+        GroupPacing {
+            host,
+            write_rate: Mutex::new(WriteRate::default()),
+            metrics: OnceLock::new(),
+        }
+    }
+
+    /// Whether `target` votes in the leader's effective membership (a joint one counts
+    /// both halves), and the leader's last log index; unknown before the metrics are
+    /// set, and then taken as a voter.
+    fn target_in_log(&self, target: NodeId) -> (bool, u64) {
+        let Some(metrics) = self.metrics.get() else {
+            return (true, 0);
+        };
+        let metrics = metrics.borrow();
+        let voter = metrics
+            .membership_config
+            .membership()
+            .get_joint_config()
+            .iter()
+            .any(|voters| voters.contains(&target));
+        (voter, metrics.last_log_index.unwrap_or(0))
+    }
+
+    /// Counts new entries into the group's write rate and returns the rate.
+    fn write_rate(&self, entries: &[Entry]) -> u64 {
+        let now = self.host.now();
+        // A std mutex: nothing awaits while it is held.
+        let mut rate = self.write_rate.lock().expect("write rate poisoned");
+        let last = entries.last().map_or(0, |e| e.log_id.index);
+        if last > rate.counted_index() {
+            rate.record(
+                entries.iter().map(|e| (e.log_id.index, entry_bytes(e))),
+                now,
+            );
+        }
+        rate.bytes_per_sec(now)
+    }
+}
+
+/// About the bytes an entry takes on the wire: what pacing counts.
+fn entry_bytes(entry: &Entry) -> u64 {
+    /// Log id, leader time and framing of an entry, and a write's ids and length.
+    const ENTRY_OVERHEAD_BYTES: u64 = 32;
+    const WRITE_OVERHEAD_BYTES: u64 = 24;
+    ENTRY_OVERHEAD_BYTES
+        + match &entry.payload {
+            EntryPayload::Normal(cmd) => cmd
+                .writes
+                .iter()
+                .map(|w| WRITE_OVERHEAD_BYTES + w.payload.len() as u64)
+                .sum(),
+            EntryPayload::Membership(_) | EntryPayload::Blank => 0,
+        }
 }
 
 /// One group's view of one target replica.
@@ -36,6 +112,64 @@ pub struct GroupPeer {
     addr: String,
     transport: Arc<Transport>,
     queued_writes: Arc<AtomicUsize>,
+    pacing: Arc<GroupPacing>,
+}
+
+impl GroupPeer {
+    /// Paces an append to a learner far behind (see [`crate::pacing`]): waits for the
+    /// host's bucket and keeps only the entries its tokens cover. Returns the last log id
+    /// kept when entries were cut (openraft is then told of a partial success).
+    async fn pace_append(
+        &self,
+        rpc: &mut AppendEntriesRequest<TypeConfig>,
+    ) -> Option<LogId<NodeId>> {
+        let limit = self.pacing.host.limit_bytes_per_sec();
+        if limit == 0 || rpc.entries.is_empty() {
+            return None;
+        }
+        let write_rate = self.pacing.write_rate(&rpc.entries);
+        let (voter, leader_last) = self.pacing.target_in_log(self.target);
+        let sent_to = rpc.entries.last().map_or(0, |e| e.log_id.index);
+        let behind_after = leader_last.saturating_sub(sent_to);
+        if !pace_decision(limit, write_rate, behind_after, voter) {
+            return None;
+        }
+        let sizes: Vec<u64> = rpc.entries.iter().map(entry_bytes).collect();
+        let admission =
+            self.pacing
+                .host
+                .admit(&sizes, PACED_APPEND_MIN_BYTES, PACED_APPEND_MAX_WAIT);
+        if !admission.wait.is_zero() {
+            tokio::time::sleep(admission.wait).await;
+        }
+        if admission.count < rpc.entries.len() {
+            rpc.entries.truncate(admission.count);
+            return rpc.entries.last().map(|e| e.log_id);
+        }
+        None
+    }
+
+    /// Paces a snapshot chunk to a learner like an append.
+    async fn pace_snapshot_chunk(&self, bytes: u64) {
+        let limit = self.pacing.host.limit_bytes_per_sec();
+        if limit == 0 {
+            return;
+        }
+        let write_rate = self.pacing.write_rate(&[]);
+        let (voter, _) = self.pacing.target_in_log(self.target);
+        // A replica taking a snapshot is far behind by definition.
+        let far_behind = crate::host::MAX_ENTRIES_PER_APPEND;
+        if !pace_decision(limit, write_rate, far_behind, voter) {
+            return;
+        }
+        let admission = self
+            .pacing
+            .host
+            .admit(&[bytes], bytes, PACED_SNAPSHOT_MAX_WAIT);
+        if !admission.wait.is_zero() {
+            tokio::time::sleep(admission.wait).await;
+        }
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
@@ -49,6 +183,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
             addr: node.addr.clone(),
             transport: self.transport.clone(),
             queued_writes: self.queued_writes.clone(),
+            pacing: self.pacing.clone(),
         }
     }
 }
@@ -121,9 +256,10 @@ impl RaftNetwork<TypeConfig> for GroupPeer {
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        let cut_after = self.pace_append(&mut rpc).await;
         let traced = timeline::enabled() && !rpc.entries.is_empty();
         if traced {
             timeline::mark(Stage::AppendSend);
@@ -142,6 +278,10 @@ impl RaftNetwork<TypeConfig> for GroupPeer {
             timeline::mark(Stage::AppendAcked);
         }
         match resp {
+            // Only the entries up to `cut_after` went: openraft sends the rest next.
+            Response::Append(Ok(AppendEntriesResponse::Success)) if cut_after.is_some() => {
+                Ok(AppendEntriesResponse::PartialSuccess(cut_after))
+            }
             Response::Append(r) => r.map_err(|e| {
                 RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))
             }),
@@ -155,6 +295,7 @@ impl RaftNetwork<TypeConfig> for GroupPeer {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.pace_snapshot_chunk(rpc.data.len() as u64).await;
         let resp = self
             .transport
             .call_node(

@@ -241,6 +241,7 @@ impl InProcessCluster {
             filter: Some(self.faults.clone()),
             tls: self.tls.clone(),
             data_dir: self.data_root.as_ref().map(|r| r.join(node_id.to_string())),
+            learner_catchup_bytes_per_sec: crate::pacing::DEFAULT_LEARNER_CATCHUP_BYTES_PER_SEC,
         }
     }
 

@@ -801,3 +801,96 @@ async fn followers_apply_a_lone_write_without_waiting_for_a_heartbeat() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A learner fed through a slow catch-up bucket (1 MiB/s against ~2 MB of log) still
+/// catches up and joins while a writer keeps writing, and the bytes it was fed went
+/// through the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_learner_catches_up_and_joins_under_writes() {
+    const PACED_BYTES_PER_SEC: u64 = 1 << 20;
+    let (mut cluster, members) = three_hosts().await;
+    let rpc = ReplicaClient::new(TEST_SECRET);
+    let initial = members.read().unwrap().clone();
+    let mut leader_hint = None;
+    let value = "v".repeat(1_000);
+    for i in 0..2_000 {
+        let op = encode_op(&RegisterOp::Set(format!("fill{i}"), value.clone()));
+        rpc.execute(
+            GROUP,
+            &initial,
+            &mut leader_hint,
+            RequestKind::Write,
+            op,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    }
+    for host in cluster.hosts.values() {
+        host.set_learner_catchup_bytes_per_sec(PACED_BYTES_PER_SEC);
+    }
+    // The fill wrote faster than half the limit: pacing stays off for the group until
+    // its measured write rate (two one-second windows) has forgotten the fill.
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    let old_leader = cluster.leader(GROUP).await;
+    let newcomer = cluster.add_host().await;
+    cluster.hosts[&newcomer].set_learner_catchup_bytes_per_sec(PACED_BYTES_PER_SEC);
+    let desired: Vec<_> = cluster
+        .hosts
+        .keys()
+        .copied()
+        .filter(|id| *id != old_leader)
+        .collect();
+    members
+        .write()
+        .unwrap()
+        .push(cluster.addrs[&newcomer].clone());
+    // A writer well below half the limit (one 1 KB write per 10 ms at most) all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, members, value) = (stop.clone(), members.clone(), value.clone());
+        tokio::spawn(async move {
+            let rpc = ReplicaClient::new(TEST_SECRET);
+            let mut leader_hint = None;
+            let mut acked = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let all = members.read().unwrap().clone();
+                let op = encode_op(&RegisterOp::Set(format!("w{acked}"), value.clone()));
+                if rpc
+                    .execute(
+                        GROUP,
+                        &all,
+                        &mut leader_hint,
+                        RequestKind::Write,
+                        op,
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .is_ok()
+                {
+                    acked += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            acked
+        })
+    };
+    cluster
+        .reconcile(GROUP, &desired, GroupOptions::default())
+        .await;
+    stop.store(true, Ordering::Relaxed);
+    assert!(writer.await.unwrap() > 0, "the writer wrote nothing");
+    let (paced_bytes, waited_us) = cluster.hosts[&old_leader].learner_catchup_totals();
+    assert!(
+        paced_bytes > 0 && waited_us > 0,
+        "the learner's catch-up went through the bucket: {paced_bytes} bytes, {waited_us} us waited"
+    );
+    let status = cluster.hosts[&newcomer].status(GROUP).unwrap();
+    assert!(
+        status.voters.contains(&newcomer),
+        "the paced learner joined as a voter: {:?}",
+        status.voters
+    );
+    cluster.hosts[&old_leader].remove_group(GROUP).await;
+    cluster.converged_state(GROUP).await;
+}

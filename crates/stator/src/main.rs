@@ -15,6 +15,10 @@ use commands::Output;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// `--learner-catchup-mib-per-sec`'s default (`stator agent`, `stator up`).
+const DEFAULT_LEARNER_CATCHUP_MIB_PER_SEC: u64 =
+    stator_replication::pacing::DEFAULT_LEARNER_CATCHUP_BYTES_PER_SEC >> 20;
+
 /// With `--features mimalloc`, mimalloc instead of glibc's malloc: the RESP path allocates
 /// per command (argument vectors, replies, log entries, futures) on many threads, and
 /// glibc's malloc/free was a quarter of a leader's CPU in the profiles (docs/BENCHMARKS.md,
@@ -230,6 +234,12 @@ struct UpArgs {
     /// at least one.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     worker_threads: Option<u16>,
+    /// MiB per second each node's leaders feed new replicas catching up (a moved or
+    /// re-replicated partition's learner), all partitions together; 0: unlimited. Lower
+    /// keeps a move's catch-up from taking the CPU the partition's writes need; moves
+    /// and re-replication then take longer (docs/ARCHITECTURE.md, live migration).
+    #[arg(long, default_value_t = DEFAULT_LEARNER_CATCHUP_MIB_PER_SEC)]
+    learner_catchup_mib_per_sec: u64,
 }
 
 /// `stator server`: the control plane.
@@ -303,6 +313,12 @@ struct AgentArgs {
     /// any free port). Open this range in firewalls between clients and agents.
     #[arg(long, value_parser = parse_port_range)]
     resp_ports: Option<(u16, u16)>,
+    /// MiB per second each node's leaders feed new replicas catching up (a moved or
+    /// re-replicated partition's learner), all partitions together; 0: unlimited. Lower
+    /// keeps a move's catch-up from taking the CPU the partition's writes need; moves
+    /// and re-replication then take longer (docs/ARCHITECTURE.md, live migration).
+    #[arg(long, default_value_t = DEFAULT_LEARNER_CATCHUP_MIB_PER_SEC)]
+    learner_catchup_mib_per_sec: u64,
     /// Mutual TLS on the replica transport: this node's certificate chain (PEM; it
     /// must name the `--listen` host). Needs --tls-key and --tls-ca too.
     #[arg(long, requires_all = ["tls_key", "tls_ca"])]
@@ -463,6 +479,10 @@ struct MigrationArgs {
     /// catches up from a snapshot instead of the log.
     #[arg(long)]
     snapshot_every_entries: Option<u64>,
+    /// MiB per second the leader feeds the new member while it is a learner (each
+    /// host's `--learner-catchup-mib-per-sec`, as `stator agent` sets it); 0: unlimited.
+    #[arg(long, default_value_t = DEFAULT_LEARNER_CATCHUP_MIB_PER_SEC)]
+    learner_catchup_mib_per_sec: u64,
     /// Print the result as one JSON object on the last line.
     #[arg(long)]
     json: bool,
@@ -770,6 +790,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         apply: args.apply,
         node_grace_ms: args.node_grace_ms,
         pools: args.pools,
+        learner_catchup_mib_per_sec: args.learner_catchup_mib_per_sec,
     })
     .await
 }
@@ -829,6 +850,7 @@ async fn agent(args: AgentArgs, target: &Target) -> anyhow::Result<()> {
     config.resp_host = args.resp_host;
     config.advertise_host = args.advertise_host;
     config.resp_ports = args.resp_ports;
+    config.learner_catchup_bytes_per_sec = args.learner_catchup_mib_per_sec << 20;
     if let (Some(cert), Some(key), Some(ca)) = (args.tls_cert, args.tls_key, args.tls_ca) {
         config.tls = Some(stator_replication::TlsConfig {
             cert_pem_path: cert,
@@ -988,6 +1010,7 @@ async fn bench_migration(args: MigrationArgs) -> anyhow::Result<()> {
         rate_per_sec: args.rate_per_sec,
         moved: args.moved,
         snapshot_every_entries: args.snapshot_every_entries,
+        learner_catchup_bytes_per_sec: args.learner_catchup_mib_per_sec << 20,
     };
     let report = bench::migration::run(&opts).await?;
     bench::migration::print_report(&report, args.json);

@@ -136,6 +136,10 @@ pub fn agent_process(launch: &Launch, spec: &AgentSpec) -> anyhow::Result<Proces
         args.push("--worker-threads".into());
         args.push(threads.to_string());
     }
+    if let Some(rate) = launch.learner_catchup_mib_per_sec {
+        args.push("--learner-catchup-mib-per-sec".into());
+        args.push(rate.to_string());
+    }
     Ok(ProcessSpec {
         name: spec.name.clone(),
         program: launch.exe.clone(),
@@ -160,6 +164,8 @@ pub struct Launch {
     pub token_file: PathBuf,
     /// `--worker-threads` of each agent (none: the agent's default, one per core).
     pub agent_worker_threads: Option<usize>,
+    /// `--learner-catchup-mib-per-sec` of each agent (none: the agent's default).
+    pub learner_catchup_mib_per_sec: Option<u64>,
 }
 
 /// Runtime threads for each of `agents` local agents sharing `cores`: its share of the
@@ -294,6 +300,7 @@ mod tests {
             server: "http://127.0.0.1:1".into(),
             token_file: dir.path().join("token"),
             agent_worker_threads: Some(2),
+            learner_catchup_mib_per_sec: None,
         };
         let spec = AgentSpec {
             name: "node-1".into(),

@@ -49,6 +49,8 @@ pub struct UpOptions {
     /// A pools file: start the pools' `min` nodes (instead of `nodes`) and let the
     /// autoscaler grow and shrink them.
     pub pools: Option<PathBuf>,
+    /// Each local agent's `--learner-catchup-mib-per-sec`.
+    pub learner_catchup_mib_per_sec: u64,
 }
 
 /// What runs once the server and gateway are up.
@@ -85,6 +87,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
             std::thread::available_parallelism().map_or(1, |n| n.get()),
             local_agents(&opts, pool_config.as_ref()),
         )),
+        learner_catchup_mib_per_sec: Some(opts.learner_catchup_mib_per_sec),
     };
     provider.set_launch(launch.clone());
     let (gateway, gateway_url) = start_gateway(&opts, &server).await?;
