@@ -6,16 +6,26 @@
 //! same moment would cost the leader fifty requests (a session check, a parse, a reply
 //! frame each; for reads a lease check and a state-machine lock each). Instead a batch
 //! queues for its partition and kind (writes, linearizable reads and stale reads queue
-//! apart, since one request has one kind), and up to
-//! [`MAX_WRITES_IN_FLIGHT_PER_PARTITION`] senders take whatever has queued, as soon as
-//! anything has (nothing waits for a batch to fill, as the replica transport's frame
-//! senders do), and send it as ONE `STATOR.EXEC` write: one exactly-once session (retried
-//! whole on a leader change), one request, one reply split back among the batches.
+//! apart, since one request has one kind), and a sender takes whatever has queued, as soon
+//! as its previous request is answered (nothing waits for a batch to fill or on a timer),
+//! and sends it as ONE `STATOR.EXEC` write: one exactly-once session (retried whole on a
+//! leader change), one request, one reply split back among the batches.
 //!
-//! A batch that finds a sender free and nothing queued is sent by its own caller, with no
-//! task hop, so a lone client pays nothing for the coalescing; only batches that queued
-//! behind busy senders are sent by a spawned sender task (one per burst, not per batch),
-//! which a connection that leaves cannot cancel under the other connections' feet.
+//! One sender per partition and kind is at work, normally: what queues while its request
+//! is out leaves as the next one, so a merged write carries everything that arrived in
+//! one round trip. More senders in flight would each carry a share of it, and each
+//! request is one Raft entry at the leader, whose cost (log append, one AppendEntries and
+//! its answer per follower, apply, reply frame) hardly depends on its size: with four
+//! eager senders the leaders made 2.1-3.2 times as many entries per pipelined SET
+//! (docs/BENCHMARKS.md, "Session 15: the gateway's pipelined SET"). A further sender (up
+//! to [`MAX_WRITES_IN_FLIGHT_PER_PARTITION`]) starts only when a whole merged write
+//! ([`MAX_MERGED_COMMANDS`] or [`MAX_MERGED_BYTES`]) waits, since waiting longer would not
+//! make it larger, and stops after its request unless a whole one waits again.
+//!
+//! A batch that finds no sender at work is sent by its own caller, with no task hop, so a
+//! lone client pays nothing for the coalescing; only batches that queued behind a busy
+//! sender are sent by a spawned sender task (one per burst, not per batch), which a
+//! connection that leaves cannot cancel under the other connections' feet.
 //!
 //! Order: each batch's commands stay contiguous and in their order inside the merged
 //! write, so a connection's order is kept (and the connection still sends a command on a
@@ -38,9 +48,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
-/// Merged writes (or merged reads of one kind) in flight to one partition at once. The leader keeps up to 4 log entries
-/// in flight per group; more senders would only queue there, fewer would leave the log
-/// pipeline idle while a batch waits for its round trip.
+/// Most merged writes (or merged reads of one kind) in flight to one partition at once.
+/// One is the rule; the others start only for whole merged writes already waiting (see
+/// the module doc). The leader keeps up to 4 log entries in flight per group; more
+/// senders would only queue there.
 pub const MAX_WRITES_IN_FLIGHT_PER_PARTITION: usize = 4;
 
 /// Most commands in one merged write: a cap on one entry's apply time (and so on the wait
@@ -72,7 +83,31 @@ struct PartitionQueue {
 #[derive(Default)]
 struct QueueState {
     waiting: VecDeque<Waiting>,
+    /// Commands and payload bytes of `waiting`.
+    waiting_commands: usize,
+    waiting_bytes: usize,
     senders: usize,
+}
+
+impl QueueState {
+    /// Whether a batch just queued needs a sender of its own: none is at work, or a whole
+    /// merged write waits and the limit allows one more.
+    fn wants_sender(&self) -> bool {
+        self.senders == 0
+            || (self.senders < MAX_WRITES_IN_FLIGHT_PER_PARTITION && self.holds_whole_write())
+    }
+
+    /// Whether a sender back from its request stops rather than take what waits: nothing
+    /// waits, or another sender is at work and what waits is less than a whole merged
+    /// write (that one takes it when it is back, so the extra senders a burst started
+    /// do not stay and split the queue among them).
+    fn sender_stops(&self) -> bool {
+        self.waiting.is_empty() || (self.senders > 1 && !self.holds_whole_write())
+    }
+
+    fn holds_whole_write(&self) -> bool {
+        self.waiting_commands >= MAX_MERGED_COMMANDS || self.waiting_bytes >= MAX_MERGED_BYTES
+    }
 }
 
 /// One connection's batch, queued.
@@ -101,13 +136,15 @@ impl Coalescer {
         let count = commands.len();
         let queued = {
             let mut state = queue.state.lock().expect("write queue poisoned");
-            if state.waiting.is_empty() && state.senders < MAX_WRITES_IN_FLIGHT_PER_PARTITION {
-                // Nothing to merge with: sent from here below, no task hop.
+            if state.senders == 0 && state.waiting.is_empty() {
+                // Nothing in flight: sent from here below, no task hop.
                 state.senders += 1;
                 Err(commands)
             } else {
                 let (reply, answer) = oneshot::channel();
                 let bytes = commands.iter().map(|(_, payload)| payload.len()).sum();
+                state.waiting_commands += count;
+                state.waiting_bytes += bytes;
                 state.waiting.push_back(Waiting {
                     routes: routes.clone(),
                     partition,
@@ -115,7 +152,7 @@ impl Coalescer {
                     bytes,
                     reply,
                 });
-                if state.senders < MAX_WRITES_IN_FLIGHT_PER_PARTITION {
+                if state.wants_sender() {
                     state.senders += 1;
                     tokio::spawn(drain(core.clone(), queue.clone(), kind));
                 }
@@ -169,10 +206,10 @@ fn kind_index(kind: RequestKind) -> KindIndex {
 
 impl PartitionQueue {
     /// The batches of the next merged write, oldest first; `None` (and one sender fewer)
-    /// when none wait.
+    /// when the calling sender stops ([`QueueState::sender_stops`]).
     fn take(&self) -> Option<Vec<Waiting>> {
         let mut state = self.state.lock().expect("write queue poisoned");
-        if state.waiting.is_empty() {
+        if state.sender_stops() {
             state.senders -= 1;
             return None;
         }
@@ -188,6 +225,8 @@ impl PartitionQueue {
             bytes += next.bytes;
             taken.push(state.waiting.pop_front().expect("front exists"));
         }
+        state.waiting_commands -= commands;
+        state.waiting_bytes -= bytes;
         Some(taken)
     }
 }
@@ -205,7 +244,7 @@ struct SenderSlot {
 impl Drop for SenderSlot {
     fn drop(&mut self) {
         let mut state = self.queue.state.lock().expect("write queue poisoned");
-        if state.waiting.is_empty() {
+        if state.sender_stops() {
             state.senders -= 1;
         } else if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             drop(state);
@@ -279,5 +318,100 @@ async fn send(
         }
         Ok(reply) => pipeline::split(reply, count),
         Err(error) => vec![Bytes::from(error_reply(routes, route.partition, kind, &error)); count],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(senders: usize, commands: usize, bytes: usize) -> QueueState {
+        QueueState {
+            waiting_commands: commands,
+            waiting_bytes: bytes,
+            senders,
+            ..QueueState::default()
+        }
+    }
+
+    fn waiting(commands: usize, bytes_each: usize) -> Waiting {
+        let routes = Arc::new(ServiceRoutes {
+            name: "s".into(),
+            kind: stator_api::spec::ServiceKind::Replicated,
+            builtin_kv: true,
+            resp_listen: None,
+            auth: None,
+            protected_mode: false,
+            tls: None,
+            cluster: false,
+            partitions: Vec::new(),
+            instances: Vec::new(),
+        });
+        let payload = Bytes::from(vec![b'x'; bytes_each]);
+        Waiting {
+            routes,
+            partition: 0,
+            commands: vec![(RequestKind::Write, payload); commands],
+            bytes: commands * bytes_each,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn push(queue: &PartitionQueue, batch: Waiting) {
+        let mut state = queue.state.lock().unwrap();
+        state.waiting_commands += batch.commands.len();
+        state.waiting_bytes += batch.bytes;
+        state.waiting.push_back(batch);
+    }
+
+    #[test]
+    fn a_take_is_one_merged_write_and_keeps_the_tallies() {
+        let queue = PartitionQueue::default();
+        queue.state.lock().unwrap().senders = 1;
+        let per_batch = MAX_MERGED_COMMANDS / 4;
+        for _ in 0..5 {
+            push(&queue, waiting(per_batch, 10));
+        }
+        let taken = queue.take().expect("batches wait");
+        assert_eq!(taken.len(), 4, "up to a whole merged write");
+        let state = queue.state.lock().unwrap();
+        assert_eq!(
+            (state.waiting_commands, state.waiting_bytes),
+            (per_batch, per_batch * 10)
+        );
+        drop(state);
+        assert_eq!(queue.take().map(|t| t.len()), Some(1));
+        assert!(queue.take().is_none(), "nothing left: the sender stops");
+        // Two at work (a burst started the second) and less than a whole write waits:
+        // the one back first stops, the other takes it.
+        queue.state.lock().unwrap().senders = 2;
+        push(&queue, waiting(per_batch, 10));
+        assert!(queue.take().is_none());
+        assert_eq!(queue.state.lock().unwrap().senders, 1);
+        assert_eq!(queue.take().map(|t| t.len()), Some(1));
+        assert!(queue.take().is_none());
+        let state = queue.state.lock().unwrap();
+        assert_eq!(
+            (state.waiting_commands, state.waiting_bytes, state.senders),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn one_sender_at_work_unless_a_whole_merged_write_waits() {
+        assert!(
+            !state(1, 16, 700).wants_sender(),
+            "a batch behind a sender waits for it"
+        );
+        assert!(state(1, MAX_MERGED_COMMANDS, 700).wants_sender());
+        assert!(state(1, 1, MAX_MERGED_BYTES).wants_sender());
+        assert!(
+            !state(MAX_WRITES_IN_FLIGHT_PER_PARTITION, MAX_MERGED_COMMANDS, 0).wants_sender(),
+            "never past the limit"
+        );
+        assert!(
+            state(0, 1, 10).wants_sender(),
+            "queued batches always have a sender"
+        );
     }
 }
