@@ -62,9 +62,15 @@ const TRANSFER_POLL: Duration = Duration::from_millis(2);
 /// in flight reach the successor, as before.
 pub const TRANSFER_QUIET_WAIT: Duration = Duration::from_millis(50);
 
-/// Entries proposed at once per replica by write batching. One is enough to batch but
-/// leaves the pipeline empty while an entry commits; a few keep it full under load while
-/// every write that arrives meanwhile still joins the next entry.
+/// Most entries proposed at once per replica by write batching. One proposer is the
+/// rule: what queues while its entry commits leaves as the next entry, so an entry
+/// carries everything that arrived in one round trip (an entry costs the leader and each
+/// follower about the same whatever it holds: log append, an AppendEntries and its
+/// answer, an apply). A further proposer, up to this many, starts only when a whole
+/// batch ([`MAX_WRITE_BATCH_BYTES`]) waits, since waiting longer would not make it
+/// larger, and stops after its entry unless a whole batch waits again. (With four eager
+/// proposers every batch found one free and became an entry of its own: docs/BENCHMARKS.md,
+/// "Session 15", the gateway's coalescer and this queue.)
 pub const MAX_WRITE_BATCHES_IN_FLIGHT: usize = 4;
 /// A write batch closes at this many payload bytes (a larger single write goes alone).
 /// With [`MAX_ENTRIES_PER_APPEND`] entries per AppendEntries an append carries about
@@ -88,6 +94,8 @@ struct WriteQueue {
 #[derive(Default)]
 struct WriteQueueState {
     waiting: VecDeque<(Write, tokio::sync::oneshot::Sender<ClientReply>)>,
+    /// Payload bytes of `waiting`.
+    waiting_bytes: usize,
     /// `propose_writes` tasks running.
     proposers: usize,
 }
@@ -112,13 +120,29 @@ impl WriteQueue {
         self.max_writes > 1
     }
 
+    /// Whether what waits fills a whole entry ([`MAX_WRITE_BATCH_BYTES`], or the writes
+    /// per entry when batching is off).
+    fn holds_whole_batch(&self, s: &WriteQueueState) -> bool {
+        s.waiting_bytes >= MAX_WRITE_BATCH_BYTES || s.waiting.len() >= self.max_writes
+    }
+
+    /// Whether a proposer back from its entry stops rather than take what waits: nothing
+    /// waits, or another proposer is at work and what waits is less than a whole batch
+    /// (that one takes it when back, so the extra proposers a burst started do not stay
+    /// and split the queue among them). The last proposer never stops while writes wait.
+    fn proposer_stops(&self, s: &WriteQueueState) -> bool {
+        s.waiting.is_empty() || (s.proposers > 1 && !self.holds_whole_batch(s))
+    }
+
     /// Queues writes, in order and with nothing between them; `true` when the caller must
-    /// start a proposer for them.
+    /// start a proposer for them: none is at work, or a whole batch waits and the limit
+    /// allows one more ([`MAX_WRITE_BATCHES_IN_FLIGHT`]).
     fn push_all(&self, writes: Vec<(Write, tokio::sync::oneshot::Sender<ClientReply>)>) -> bool {
         let mut s = self.state.lock().expect("write queue poisoned");
+        s.waiting_bytes += writes.iter().map(|(w, _)| w.payload.len()).sum::<usize>();
         s.waiting.extend(writes);
         self.queued.store(s.waiting.len(), Ordering::Relaxed);
-        if s.proposers < self.max_proposers {
+        if s.proposers == 0 || (s.proposers < self.max_proposers && self.holds_whole_batch(&s)) {
             s.proposers += 1;
             true
         } else {
@@ -127,10 +151,10 @@ impl WriteQueue {
     }
 
     /// The next batch, oldest first, up to [`MAX_WRITE_BATCH_BYTES`]; `None` (and one
-    /// proposer fewer) when nothing waits.
+    /// proposer fewer) when the calling proposer stops ([`WriteQueue::proposer_stops`]).
     fn take_batch(&self) -> Option<Vec<(Write, tokio::sync::oneshot::Sender<ClientReply>)>> {
         let mut s = self.state.lock().expect("write queue poisoned");
-        if s.waiting.is_empty() {
+        if self.proposer_stops(&s) {
             s.proposers -= 1;
             return None;
         }
@@ -141,7 +165,7 @@ impl WriteQueue {
     /// when writes queued meanwhile and the caller must start a proposer with the slot.
     fn release_or_hand_on(&self) -> bool {
         let mut s = self.state.lock().expect("write queue poisoned");
-        if s.waiting.is_empty() {
+        if self.proposer_stops(&s) {
             s.proposers -= 1;
             false
         } else {
@@ -165,6 +189,7 @@ impl WriteQueue {
             bytes += write.payload.len();
             batch.push(s.waiting.pop_front().expect("front exists"));
         }
+        s.waiting_bytes -= bytes;
         self.queued.store(s.waiting.len(), Ordering::Relaxed);
         batch
     }
@@ -2133,5 +2158,58 @@ mod tests {
         assert_eq!(queue.take_batch().map(|b| b.len()), Some(2));
         assert_eq!(queued.load(Ordering::Relaxed), 0);
         assert!(queue.take_batch().is_none());
+    }
+
+    fn writes_of(
+        count: usize,
+        bytes: usize,
+    ) -> Vec<(Write, tokio::sync::oneshot::Sender<ClientReply>)> {
+        (0..count)
+            .map(|i| {
+                let write = Write {
+                    client_id: 1,
+                    seq: i as u64 + 1,
+                    payload: vec![b'x'; bytes],
+                };
+                (write, tokio::sync::oneshot::channel().0)
+            })
+            .collect()
+    }
+
+    /// One proposer is the rule: writes that queue while its entry commits wait for it
+    /// (one entry, not one each), a further proposer starts only for a whole batch, and
+    /// an extra proposer stops once less than a whole batch waits, while the last one
+    /// never leaves writes behind.
+    #[test]
+    fn a_further_proposer_starts_only_for_a_whole_batch() {
+        let queue = WriteQueue::new(true, Arc::new(AtomicUsize::new(0)));
+        assert!(queue.push_all(writes_of(1, 100)), "none at work: start one");
+        let first = queue.take_batch_keeping_slot().expect("one waits");
+        assert_eq!(first.len(), 1);
+        for _ in 0..10 {
+            assert!(
+                !queue.push_all(writes_of(1, 100)),
+                "less than a whole batch waits behind a proposer at work"
+            );
+        }
+        let to_whole = MAX_WRITE_BATCH_BYTES / 100 - 10 + 1;
+        assert!(
+            queue.push_all(writes_of(to_whole, 100)),
+            "a whole batch waits: one more proposer"
+        );
+        // The second proposer takes a whole batch, which leaves one write, and then stops:
+        // one write is not a whole batch, and the first proposer is still at work.
+        let second = queue.take_batch().expect("a whole batch waits");
+        assert_eq!(second.len(), MAX_WRITE_BATCH_BYTES / 100);
+        assert!(
+            queue.take_batch().is_none(),
+            "an extra proposer stops while another is at work and less than a batch waits"
+        );
+        // The first proposer, now the only one, takes what is left and then stops.
+        assert!(queue.release_or_hand_on(), "the last proposer keeps going");
+        assert_eq!(queue.take_batch().map(|b| b.len()), Some(1));
+        assert!(queue.take_batch().is_none());
+        assert_eq!(queue.state.lock().unwrap().proposers, 0);
+        assert_eq!(queue.state.lock().unwrap().waiting_bytes, 0);
     }
 }
