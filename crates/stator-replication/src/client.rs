@@ -17,8 +17,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Pause before retrying when no leader is known (an election is under way). Short,
-/// because a LAN election takes a few hundred milliseconds at most.
-pub const RETRY_PAUSE: Duration = Duration::from_millis(10);
+/// because a LAN election takes a few hundred milliseconds at most, and because it is
+/// added, on average half of it, to every write's wait after a new leader takes office:
+/// the gateway retries a partition's queued writes through one sender (one merged write
+/// in flight per partition), not through several whose retries would interleave. At
+/// this pause one sender tries about 300 times a second while no leader is known.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(3);
 /// Timeout of one attempt; a retry follows with the same sequence number.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1_000);
 
