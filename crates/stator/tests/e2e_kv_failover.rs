@@ -354,6 +354,20 @@ fn redis_py_cluster_blpop_retries_across_a_leader_sigkill() {
             leader["node_id"].as_u64()?,
         ))
     });
+    // redis-py builds its slot map once, from the seed's CLUSTER SLOTS, and gives up if a
+    // slot is uncovered: wait until the gateway's map (refreshed on its own beat) lists
+    // the leader the API already shows.
+    wait_for(
+        "the gateway's CLUSTER SLOTS to cover the slots",
+        WAIT,
+        || {
+            let mut c = Resp::connect(&addr).ok()?;
+            match c.call(&["CLUSTER", "SLOTS"]).ok()? {
+                Reply::Array(Some(slots)) if !slots.is_empty() => Some(()),
+                _ => None,
+            }
+        },
+    );
     let script = cluster.test_dir().join("blocked.py");
     std::fs::write(&script, PY_BLOCKED).unwrap();
     let mut child = Command::new("python3")
