@@ -21,6 +21,8 @@
 //! to [`MAX_WRITES_IN_FLIGHT_PER_PARTITION`]) starts only when a whole merged write
 //! ([`MAX_MERGED_COMMANDS`] or [`MAX_MERGED_BYTES`]) waits, since waiting longer would not
 //! make it larger, and stops after its request unless a whole one waits again.
+//! (The leader's write queue, `stator-replication` `host.rs` `WriteQueue`, keeps its
+//! proposers by the same rule.)
 //!
 //! A batch that finds no sender at work is sent by its own caller, with no task hop, so a
 //! lone client pays nothing for the coalescing; only batches that queued behind a busy
