@@ -355,19 +355,14 @@ fn redis_py_cluster_blpop_retries_across_a_leader_sigkill() {
         ))
     });
     // redis-py builds its slot map once, from the seed's CLUSTER SLOTS, and gives up if a
-    // slot is uncovered: wait until the gateway's map (refreshed on its own beat) lists
-    // the leader the API already shows.
-    wait_for(
-        "the gateway's CLUSTER SLOTS to cover the slots",
-        WAIT,
-        || {
-            let mut c = Resp::connect(&addr).ok()?;
-            match c.call(&["CLUSTER", "SLOTS"]).ok()? {
-                Reply::Array(Some(slots)) if !slots.is_empty() => Some(()),
-                _ => None,
-            }
-        },
-    );
+    // slot is uncovered. The gateway's map follows the API on its own beat, so asked now
+    // (the API already shows the leader) the gateway holds the answer until its map
+    // covers the slots: one ask must list the range.
+    let mut seed = Resp::connect(&addr).expect("connect to the gateway's RESP endpoint");
+    match seed.call(&["CLUSTER", "SLOTS"]).expect("CLUSTER SLOTS") {
+        Reply::Array(Some(slots)) => assert_eq!(slots.len(), 1, "one range: {slots:?}"),
+        other => panic!("CLUSTER SLOTS answered {other:?}"),
+    }
     let script = cluster.test_dir().join("blocked.py");
     std::fs::write(&script, PY_BLOCKED).unwrap();
     let mut child = Command::new("python3")

@@ -21,6 +21,13 @@ use std::collections::BTreeMap;
 /// The cluster id of the gateway's endpoint, which is a seed and no node of the map.
 const GATEWAY_NODE: NodeId = 0;
 
+/// How long a topology command waits for the map to cover every slot before it answers
+/// with what the map has. A cluster client builds its slot table from one such answer and
+/// gives up on a slot left out (redis-py's `RedisCluster` does, at start), while the map
+/// lags the cluster by up to one poll (250 ms) after a service's replicas first report
+/// their RESP addresses; a slot no live member serves still gets its answer after this.
+pub(crate) const TOPOLOGY_HOLD: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Redis' answer when cluster commands reach an instance without cluster mode.
 const CLUSTER_DISABLED: &str = "ERR This instance has cluster support disabled";
 
@@ -80,12 +87,55 @@ fn reply(value: Value) -> Dispatch {
     Dispatch::Reply(value.to_bytes())
 }
 
-/// `CLUSTER <subcommand>` for `service` (None: not in the map yet).
+/// Whether every slot of `service` has a node to name as its master.
+pub(crate) fn covers_every_slot(service: &ServiceRoutes) -> bool {
+    covered_slots(service) == u32::from(SLOT_COUNT)
+}
+
+fn covered_slots(service: &ServiceRoutes) -> u32 {
+    service
+        .partitions
+        .iter()
+        .filter(|p| master_and_replicas(p).is_some())
+        .map(|p| p.slots.len())
+        .sum()
+}
+
+/// `CLUSTER <subcommand>` for `service` (None: not in the map yet). A topology command
+/// asked while some slot has no node is held ([`Dispatch::Topology`]); the held command
+/// is answered by [`topology`].
 pub(crate) fn cluster(
     argv: &[Vec<u8>],
     state: &ConnectionState,
     service: Option<&ServiceRoutes>,
 ) -> Dispatch {
+    let held = matches!(
+        argv.get(1).map(|s| s.to_ascii_uppercase()).as_deref(),
+        Some(b"SLOTS" | b"SHARDS" | b"NODES")
+    );
+    let uncovered = match service {
+        Some(routes) => routes.cluster && !covers_every_slot(routes),
+        None => true,
+    };
+    if held && argv.len() == 2 && uncovered {
+        return Dispatch::Topology(argv.to_vec());
+    }
+    answer(argv, state.node, service)
+}
+
+/// The reply to a held topology command (see [`cluster`]), from the map as it is now.
+pub(crate) fn topology(
+    argv: &[Vec<u8>],
+    node: Option<NodeId>,
+    service: Option<&ServiceRoutes>,
+) -> Vec<u8> {
+    match answer(argv, node, service) {
+        Dispatch::Reply(bytes) => bytes,
+        other => unreachable!("cluster commands are answered with a reply, not {other:?}"),
+    }
+}
+
+fn answer(argv: &[Vec<u8>], node: Option<NodeId>, service: Option<&ServiceRoutes>) -> Dispatch {
     let sub = argv.get(1).map(|s| s.to_ascii_uppercase());
     // KEYSLOT needs no map and works even without cluster mode, as in Redis.
     if sub.as_deref() == Some(b"KEYSLOT") {
@@ -100,11 +150,11 @@ pub(crate) fn cluster(
     if !service.cluster {
         return error(CLUSTER_DISABLED);
     }
-    let myself = state.node.unwrap_or(GATEWAY_NODE);
+    let myself = node.unwrap_or(GATEWAY_NODE);
     match (sub.as_deref(), argv.len()) {
         (Some(b"SLOTS"), 2) => reply(slots(service)),
         (Some(b"SHARDS"), 2) => reply(shards(service)),
-        (Some(b"NODES"), 2) => reply(Value::bulk(nodes(service, state.node))),
+        (Some(b"NODES"), 2) => reply(Value::bulk(nodes(service, node))),
         (Some(b"INFO"), 2) => reply(Value::bulk(info(service))),
         (Some(b"MYID"), 2) => reply(Value::bulk(node_name(myself))),
         _ => error(format!(
@@ -245,12 +295,7 @@ fn info(service: &ServiceRoutes) -> String {
             }
         }
     }
-    let covered = service
-        .partitions
-        .iter()
-        .filter(|p| master_and_replicas(p).is_some())
-        .map(|p| p.slots.len())
-        .sum::<u32>();
+    let covered = covered_slots(service);
     let state = if covered == u32::from(SLOT_COUNT) {
         "ok"
     } else {
@@ -288,14 +333,16 @@ pub(crate) fn read_mode(argv: &[Vec<u8>]) -> Dispatch {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::map::RespNode;
     use stator_api::ids::GroupId;
     use stator_api::slot::partition_ranges;
     use stator_api::spec::ServiceKind;
 
-    fn routes(leaders: &[Option<NodeId>]) -> ServiceRoutes {
+    /// A cluster-mode service named `kv` with one partition per entry of `leaders`,
+    /// served over RESP by nodes 1-3.
+    pub(crate) fn routes(leaders: &[Option<NodeId>]) -> ServiceRoutes {
         let ranges = partition_ranges(leaders.len() as u32);
         ServiceRoutes {
             name: "kv".into(),
@@ -411,5 +458,37 @@ mod tests {
         assert!(run(&service, None, &["CLUSTER", "SLOTS"])
             .starts_with("-ERR This instance has cluster support disabled"));
         assert!(run(&service, None, &["CLUSTER", "FAILOVER"]).starts_with("-ERR"));
+    }
+
+    #[test]
+    fn topology_waits_while_a_range_has_no_node_and_info_says_fail() {
+        let mut service = routes(&[Some(1), Some(2)]);
+        service.partitions[1].resp_nodes.clear();
+        let state = ConnectionState::default();
+        for sub in ["SLOTS", "shards", "Nodes"] {
+            let argv = vec![b"CLUSTER".to_vec(), sub.as_bytes().to_vec()];
+            assert_eq!(
+                cluster(&argv, &state, Some(&service)),
+                Dispatch::Topology(argv.clone()),
+                "{sub} is held while slots 8192-16383 have no node"
+            );
+        }
+        let argv = vec![b"CLUSTER".to_vec(), b"SLOTS".to_vec()];
+        assert_eq!(
+            cluster(&argv, &state, None),
+            Dispatch::Topology(argv.clone()),
+            "held while the service is not in the map"
+        );
+        // Held too long, it answers with what the map has: the one covered range.
+        let text = String::from_utf8(topology(&argv, None, Some(&service))).unwrap();
+        assert!(text.starts_with("*1\r\n*5\r\n:0\r\n:8191\r\n"), "{text}");
+        // INFO is never held: it reports the uncovered slots, as Redis does.
+        let info = run(&service, None, &["CLUSTER", "INFO"]);
+        assert!(info.contains("cluster_state:fail"), "{info}");
+        assert!(info.contains("cluster_slots_fail:8192"), "{info}");
+        // Covered: answered at once.
+        service.partitions[1].resp_nodes =
+            routes(&[Some(1), Some(2)]).partitions[1].resp_nodes.clone();
+        assert!(run(&service, None, &["CLUSTER", "SLOTS"]).starts_with("*2\r\n"));
     }
 }

@@ -21,6 +21,7 @@
 
 use super::args::Args;
 use super::auth;
+use super::cluster;
 use super::keyspace::{self, FanOut};
 use super::local::{dispatch, ConnectionState, Dispatch};
 use super::pipeline;
@@ -35,6 +36,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use rustc_hash::FxHashMap;
+use stator_api::ids::NodeId;
 use stator_kv::{encode_command, parse_reply, Value};
 use stator_replication::{ClientError, RequestKind};
 use std::collections::VecDeque;
@@ -89,6 +91,14 @@ enum Work {
         partition: usize,
         commands: Vec<Gathered>,
     },
+    /// A held cluster topology command ([`Dispatch::Topology`]): answered from `map` once
+    /// it covers every slot of `service`, or after [`cluster::TOPOLOGY_HOLD`].
+    Topology {
+        map: watch::Receiver<Arc<PartitionMap>>,
+        service: String,
+        node: Option<NodeId>,
+        argv: Vec<Vec<u8>>,
+    },
     /// `WATCH`: read the versions of `keys` (on `slot`) from `partition` of `routes`.
     Watch {
         routes: Arc<ServiceRoutes>,
@@ -108,7 +118,7 @@ impl Work {
         match self {
             Work::Batch { .. } | Work::Watch { .. } => true,
             Work::Forward { blocking, .. } => blocking.is_none(),
-            Work::FanOut { .. } => false,
+            Work::FanOut { .. } | Work::Topology { .. } => false,
         }
     }
 }
@@ -232,6 +242,27 @@ async fn perform_one<B: Backend>(backend: &B, index: u64, work: Work) -> Done {
             Done::reply(index, keyspace::run(backend, &routes, fan).await, None)
         }
         Work::Batch { .. } => unreachable!("batches are performed by `perform`"),
+        Work::Topology {
+            mut map,
+            service,
+            node,
+            argv,
+        } => {
+            let deadline = tokio::time::Instant::now() + cluster::TOPOLOGY_HOLD;
+            let mut give_up = false;
+            loop {
+                let routes = map.borrow_and_update().services.get(&service).cloned();
+                let covered = routes.as_deref().is_some_and(cluster::covers_every_slot);
+                if covered || give_up {
+                    let reply = cluster::topology(&argv, node, routes.as_deref());
+                    return Done::reply(index, reply, None);
+                }
+                backend.request_refresh();
+                // Out of time, or the map's sender gone: answer from what is known.
+                let waited = tokio::time::timeout_at(deadline, map.changed()).await;
+                give_up = !matches!(waited, Ok(Ok(())));
+            }
+        }
         Work::Watch {
             routes,
             partition,
@@ -878,6 +909,12 @@ impl Pipeline {
                 }
                 None => Err(not_in_map(router, service)),
             }),
+            Dispatch::Topology(argv) => Routed::Unit(Ok(Work::Topology {
+                map: client.map.clone(),
+                service: service.to_string(),
+                node: client.state.node,
+                argv,
+            })),
             Dispatch::Transaction(tx_work) => Routed::Unit(
                 transaction_work(router, routes, service, tx_work).inspect(|work| {
                     self.alone_in_flight = true;
@@ -1293,5 +1330,75 @@ mod tests {
         assert_eq!(written(&mut p), "+second\r\n+OK\r\n");
         answer(&mut p, 3, "*-1\r\n");
         assert_eq!(written(&mut p), "*-1\r\n");
+    }
+
+    /// A backend that only counts the map refreshes asked of it.
+    #[derive(Default)]
+    struct RefreshCounter(std::sync::atomic::AtomicUsize);
+
+    impl Backend for RefreshCounter {
+        #[allow(clippy::manual_async_fn, reason = "the trait's signature")]
+        fn execute(
+            &self,
+            _: Arc<ServiceRoutes>,
+            _: usize,
+            _: u16,
+            _: RequestKind,
+            _: Vec<u8>,
+        ) -> impl std::future::Future<Output = Vec<u8>> + Send {
+            async { unreachable!("a topology command forwards nothing") }
+        }
+
+        fn request_refresh(&self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn map_of(service: ServiceRoutes) -> Arc<PartitionMap> {
+        let mut map = PartitionMap::default();
+        map.services.insert(service.name.clone(), Arc::new(service));
+        Arc::new(map)
+    }
+
+    fn topology_work(map: &watch::Sender<Arc<PartitionMap>>) -> Work {
+        Work::Topology {
+            map: map.subscribe(),
+            service: "kv".into(),
+            node: None,
+            argv: vec![b"CLUSTER".to_vec(), b"SLOTS".to_vec()],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_held_cluster_slots_answers_once_the_map_covers_every_slot() {
+        let covered = super::cluster::tests::routes(&[Some(1), Some(2)]);
+        let mut half = covered.clone();
+        half.partitions[1].resp_nodes.clear();
+        let (map, _) = watch::channel(map_of(half));
+        let backend = RefreshCounter::default();
+        let work = topology_work(&map);
+        let answer = perform_one(&backend, 7, work);
+        let update = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            map.send_replace(map_of(covered));
+        };
+        let (done, ()) = tokio::join!(answer, update);
+        assert_eq!(done.index, 7);
+        let text = String::from_utf8(done.reply.to_vec()).unwrap();
+        assert!(text.starts_with("*2\r\n"), "both ranges listed: {text}");
+        let refreshes = backend.0.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(refreshes >= 1, "the poller was asked to refresh");
+    }
+
+    #[tokio::test]
+    async fn a_held_cluster_slots_answers_with_what_it_has_after_the_hold() {
+        let mut half = super::cluster::tests::routes(&[Some(1), Some(2)]);
+        half.partitions[1].resp_nodes.clear();
+        let (map, _) = watch::channel(map_of(half));
+        let started = tokio::time::Instant::now();
+        let done = perform_one(&RefreshCounter::default(), 0, topology_work(&map)).await;
+        assert!(started.elapsed() >= super::cluster::TOPOLOGY_HOLD);
+        let text = String::from_utf8(done.reply.to_vec()).unwrap();
+        assert!(text.starts_with("*1\r\n"), "the covered range only: {text}");
     }
 }

@@ -77,6 +77,10 @@ pub(crate) enum Dispatch {
     FanOut(FanOut),
     /// `WATCH`'s version read or `EXEC`'s one write, also sent alone.
     Transaction(TxWork),
+    /// A cluster topology command (`CLUSTER SLOTS`, `SHARDS`, `NODES`) asked while the
+    /// map leaves some slot without a node: answered once the map covers every slot, or
+    /// after [`super::cluster::TOPOLOGY_HOLD`] with what it has.
+    Topology(Vec<Vec<u8>>),
 }
 
 fn reply(value: Value) -> Dispatch {
