@@ -44,13 +44,13 @@ pub const PACED_APPEND_MAX_WAIT: Duration = Duration::from_millis(20);
 /// waits for this many bytes of tokens (or all it offers, if less) before it goes, up to
 /// [`PACED_APPEND_MAX_WAIT`]. It bounds the work one append is on each host's runtime
 /// thread: the leader's encode and send, the learner's decode, log append and apply,
-/// none of which yields. At 512 KiB (up to 128 entries of ~5 KiB, ~680 KB) the
-/// learner's thread ran 2-6 ms per append without a pause, and those runs sat beside
-/// the move's slowest writes on a 2-core machine; at 128 KiB it runs about half a
-/// millisecond (docs/BENCHMARKS.md, session 16, i16m). It stays tens of entries: sending
-/// whatever one entry's tokens allowed made appends of one entry each, and at 32 MiB/s
-/// the leader's thread then ran 402 ms in a move instead of 64, the learner's 410 instead
-/// of 208, for the same bytes (session 15, i15m).
+/// none of which yields. Without it a paced append (which waited for 512 KiB of tokens)
+/// took up to 128 entries, ~680 KB of ~5 KB write batches, and the learner's thread ran
+/// 2-6 ms per append without a pause; at 128 KiB it runs ~0.4 ms an append on average
+/// and at most 1.7 ms in any stall seen (docs/BENCHMARKS.md, session 16, i16m). It
+/// stays tens of entries: sending whatever one entry's tokens allowed made appends of one
+/// entry each, and at 32 MiB/s the leader's thread then ran 402 ms in a move instead of
+/// 64, the learner's 410 instead of 208, for the same bytes (session 15, i15m).
 pub const PACED_APPEND_MAX_BYTES: u64 = 128 << 10;
 /// Longest a paced snapshot chunk waits (openraft's snapshot timeout is 10 s).
 pub const PACED_SNAPSHOT_MAX_WAIT: Duration = Duration::from_millis(2_000);
