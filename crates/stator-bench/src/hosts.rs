@@ -108,6 +108,11 @@ impl HostThreads {
             .collect()
     }
 
+    /// Each host's thread id (to find its samples in a profile).
+    pub(crate) fn tids(&self) -> &BTreeMap<NodeId, i32> {
+        &self.tids
+    }
+
     /// Lowers host `node_id`'s thread to nice level `nice` (a diagnostic: see
     /// `STATOR_BENCH_DESTINATION_NICE` in [`crate::migration`]).
     pub(crate) fn renice(&self, node_id: NodeId, nice: i32) -> anyhow::Result<()> {

@@ -81,6 +81,16 @@ fn destination_nice() -> Option<i32> {
     std::env::var(DESTINATION_NICE_ENV).ok()?.parse().ok()
 }
 
+/// This instant on `CLOCK_MONOTONIC` (the clock of [`Instant`] and of `perf record -k
+/// CLOCK_MONOTONIC`), seconds: lines a profile's samples up with the timeline.
+fn monotonic_secs() -> f64 {
+    // SAFETY: clock_gettime writes one timespec into the zeroed struct it is given.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: CLOCK_MONOTONIC is always available; `ts` is valid for writes.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
 /// Which replica moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -402,6 +412,11 @@ async fn move_under_writes(
     let counters_before = threads.counters();
     let move_started = Instant::now();
     timeline.set_start(move_started);
+    eprintln!(
+        "migration: the move starts at CLOCK_MONOTONIC {:.6} s (perf record -k CLOCK_MONOTONIC); host threads {:?}",
+        monotonic_secs(),
+        threads.tids()
+    );
     move_replica(hosts, &members.desired, timeline).await?;
     let migration = move_started.elapsed();
     let counters_after = threads.counters();

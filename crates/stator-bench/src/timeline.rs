@@ -94,17 +94,63 @@ pub fn offset_ms(start: Instant, at: Instant) -> f64 {
 
 /// Runs on host `node`'s runtime until the timeline stops: logs every tick that came
 /// more than [`STALL_REPORT`] late, i.e. a time the host's thread ran something else
-/// without yielding (or was not scheduled by the OS).
+/// without yielding (or was not scheduled by the OS). Each stall says how much of it the
+/// thread spent on a CPU, the fresh pages it touched and how often it was preempted
+/// (the thread's own `getrusage`, read once a tick): a stall that ran is the host's own
+/// work, one that did not is the thread waiting for a core.
 pub async fn watch_stalls(node: NodeId, timeline: Timeline) {
     let mut last = Instant::now();
+    let mut usage = ThreadUsage::now();
     while !timeline.stopped() {
         tokio::time::sleep(STALL_TICK).await;
         let now = Instant::now();
+        let used = ThreadUsage::now();
         let late = now.duration_since(last).saturating_sub(STALL_TICK);
         if late > STALL_REPORT {
-            timeline.event_at(last, format!("host {node}: runtime stalled {late:.1?}"));
+            let what = match (usage, used) {
+                (Some(before), Some(after)) => format!(
+                    "host {node}: runtime stalled {late:.1?} (ran {:.1} ms, {} fresh pages, preempted {}x)",
+                    after.cpu_ns.saturating_sub(before.cpu_ns) as f64 / 1e6,
+                    after.minflt.saturating_sub(before.minflt),
+                    after.preempted.saturating_sub(before.preempted),
+                ),
+                _ => format!("host {node}: runtime stalled {late:.1?}"),
+            };
+            timeline.event_at(last, what);
         }
         last = now;
+        usage = used;
+    }
+}
+
+/// The calling thread's CPU time, minor faults and involuntary context switches.
+#[derive(Clone, Copy)]
+struct ThreadUsage {
+    cpu_ns: u64,
+    minflt: u64,
+    preempted: u64,
+}
+
+impl ThreadUsage {
+    #[cfg(target_os = "linux")]
+    fn now() -> Option<Self> {
+        // SAFETY: getrusage writes one rusage into the zeroed struct it is given.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: RUSAGE_THREAD is the calling thread; `ru` is valid for writes.
+        if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
+            return None;
+        }
+        let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
+        Some(ThreadUsage {
+            cpu_ns: ns(ru.ru_utime) + ns(ru.ru_stime),
+            minflt: ru.ru_minflt as u64,
+            preempted: ru.ru_nivcsw as u64,
+        })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn now() -> Option<Self> {
+        None
     }
 }
 

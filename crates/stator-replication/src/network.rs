@@ -1,8 +1,8 @@
 //! openraft's network traits over the shared [`Transport`].
 
 use crate::pacing::{
-    pace_decision, CatchUpPacer, WriteRate, PACED_APPEND_MAX_WAIT, PACED_APPEND_MIN_BYTES,
-    PACED_SNAPSHOT_MAX_WAIT,
+    pace_decision, prefix_within, CatchUpPacer, WriteRate, PACED_APPEND_MAX_BYTES,
+    PACED_APPEND_MAX_WAIT, PACED_SNAPSHOT_MAX_WAIT,
 };
 use crate::timeline::{self, Stage};
 use crate::transport::{Request, Response, Transport, TransportError};
@@ -135,10 +135,11 @@ impl GroupPeer {
             return None;
         }
         let sizes: Vec<u64> = rpc.entries.iter().map(entry_bytes).collect();
+        let sizes = &sizes[..prefix_within(&sizes, PACED_APPEND_MAX_BYTES)];
         let admission =
             self.pacing
                 .host
-                .admit(&sizes, PACED_APPEND_MIN_BYTES, PACED_APPEND_MAX_WAIT);
+                .admit(sizes, PACED_APPEND_MAX_BYTES, PACED_APPEND_MAX_WAIT);
         if !admission.wait.is_zero() {
             tokio::time::sleep(admission.wait).await;
         }

@@ -19,9 +19,10 @@
 //!   in bytes over the last [`WRITE_RATE_WINDOW`]): a learner fed slower than the group
 //!   writes would never catch up. Below that, it gains at least half the rate on the
 //!   leader's log, so it finishes.
-//! - A paced append waits at most [`PACED_APPEND_MAX_WAIT`] (far below openraft's
-//!   append timeout) and carries only the entries its tokens cover, at least one; openraft
-//!   is told which part went (`PartialSuccess`) and sends the rest next. A snapshot chunk
+//! - A paced append carries at most [`PACED_APPEND_MAX_BYTES`] of entries, waits at most
+//!   [`PACED_APPEND_MAX_WAIT`] (far below openraft's append timeout) and carries only the
+//!   entries its tokens cover, at least one; openraft is told which part went
+//!   (`PartialSuccess`) and sends the rest next. A snapshot chunk
 //!   waits for its tokens at most [`PACED_SNAPSHOT_MAX_WAIT`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,12 +40,18 @@ pub const DEFAULT_LEARNER_CATCHUP_BYTES_PER_SEC: u64 = 64 << 20;
 /// entry): openraft times an append out after the election timeout's upper bound (125 ms
 /// by default), and the wait counts against it.
 pub const PACED_APPEND_MAX_WAIT: Duration = Duration::from_millis(20);
-/// A paced append waits for this many bytes of tokens (or all it offers, if less) before
-/// it goes, up to [`PACED_APPEND_MAX_WAIT`]: a paced learner still gets appends of tens of
-/// entries. (Sending whatever one entry's tokens allowed made appends of one entry each:
-/// at 32 MiB/s the leader's thread then ran 402 ms in a move instead of 64, the learner's
-/// 410 instead of 208, for the same bytes; docs/BENCHMARKS.md, session 15, i15m.)
-pub const PACED_APPEND_MIN_BYTES: u64 = 512 << 10;
+/// A paced append carries at most this many bytes of entries (at least one entry), and
+/// waits for this many bytes of tokens (or all it offers, if less) before it goes, up to
+/// [`PACED_APPEND_MAX_WAIT`]. It bounds the work one append is on each host's runtime
+/// thread: the leader's encode and send, the learner's decode, log append and apply,
+/// none of which yields. Without it a paced append (which waited for 512 KiB of tokens)
+/// took up to 128 entries, ~680 KB of ~5 KB write batches, and the learner's thread ran
+/// 2-6 ms per append without a pause; at 128 KiB it runs ~0.4 ms an append on average
+/// and at most 1.7 ms in any stall seen (docs/BENCHMARKS.md, session 16, i16m). It
+/// stays tens of entries: sending whatever one entry's tokens allowed made appends of one
+/// entry each, and at 32 MiB/s the leader's thread then ran 402 ms in a move instead of
+/// 64, the learner's 410 instead of 208, for the same bytes (session 15, i15m).
+pub const PACED_APPEND_MAX_BYTES: u64 = 128 << 10;
 /// Longest a paced snapshot chunk waits (openraft's snapshot timeout is 10 s).
 pub const PACED_SNAPSHOT_MAX_WAIT: Duration = Duration::from_millis(2_000);
 /// The bucket holds this fraction of a second's rate: bursts stay short, so the voters
@@ -167,6 +174,21 @@ impl TokenBucket {
             .max(-(self.burst_bytes as i64));
         Admission { count, wait }
     }
+}
+
+/// How many of the items of `sizes` bytes (a prefix, at least one when any is offered)
+/// fit in `max_bytes`.
+pub fn prefix_within(sizes: &[u64], max_bytes: u64) -> usize {
+    let mut taken: u64 = 0;
+    let mut count = 0;
+    for &size in sizes {
+        taken = taken.saturating_add(size);
+        if count > 0 && taken > max_bytes {
+            break;
+        }
+        count += 1;
+    }
+    count
 }
 
 fn burst_for(rate_bytes_per_sec: u64) -> u64 {
@@ -468,11 +490,28 @@ mod tests {
     fn an_unlimited_pacer_admits_everything_at_once() {
         let p = CatchUpPacer::new(0);
         assert_eq!(
-            p.admit(&[MIB; 8], PACED_APPEND_MIN_BYTES, PACED_APPEND_MAX_WAIT),
+            p.admit(&[MIB; 8], PACED_APPEND_MAX_BYTES, PACED_APPEND_MAX_WAIT),
             Admission {
                 count: 8,
                 wait: Duration::ZERO
             }
         );
+    }
+
+    #[test]
+    fn an_append_is_cut_to_its_byte_cap_but_keeps_one_entry() {
+        assert_eq!(prefix_within(&[], 100), 0);
+        assert_eq!(
+            prefix_within(&[40, 40, 40], 100),
+            2,
+            "a prefix within the cap"
+        );
+        assert_eq!(prefix_within(&[40, 60, 1], 100), 2, "exactly the cap");
+        assert_eq!(
+            prefix_within(&[500, 1], 100),
+            1,
+            "one entry larger than the cap goes alone"
+        );
+        assert_eq!(prefix_within(&[1; 8], 100), 8, "all of a short append");
     }
 }
