@@ -9,6 +9,15 @@
 //! `HashTable` (the same table under std's map) does, so [`KeyTable::prefetch`] can touch
 //! the control byte and prefetch the slot of each key of an entry first, and the misses of
 //! the batch overlap instead of adding up.
+//!
+//! The table is [`SHARDS`] hashbrown tables, a key's shard picked by bits of its hash, so
+//! that growing never rehashes the whole keyspace at once. hashbrown doubles a full table
+//! in one go, moving every key on the thread that inserts the key that filled it; one
+//! table of every key made that a pause of every replica's runtime that grows with the
+//! keyspace (two such pauses of 2.6-5.4 ms each per leader move at ~1 GiB, docs/
+//! BENCHMARKS.md, session 16, i16m; tens of ms at ten million keys). Redis rehashes
+//! incrementally for the same reason; hashbrown cannot, and with [`SHARDS`] tables each
+//! doubling moves 1/[`SHARDS`] of the keys.
 
 use crate::key::Key;
 use crate::keyspace::Entry;
@@ -24,23 +33,42 @@ type KeyHasher = foldhash::fast::RandomState;
 /// two cache lines, so both are prefetched.
 const SLOT_BYTES: usize = std::mem::size_of::<(Key, Entry)>();
 
+/// How many tables the keys are spread over (a power of two): a table's doubling moves
+/// this fraction of the keys. More costs an array of empty tables (32 bytes each) and
+/// nothing per lookup.
+pub(crate) const SHARDS: usize = 64;
+
+/// Which bits of a key's hash pick its shard: none of the bits hashbrown uses for a
+/// table's bucket (the low bits, up to 2^32 buckets) or its control tag (the top 7), so
+/// the keys of one shard still spread over its buckets and tags.
+const SHARD_SHIFT: u32 = 40;
+
 /// Keys to entries. A key is hashed and compared as its bytes (as [`Key`]'s `Hash` and
 /// `Eq` do), so lookups take a borrowed `&[u8]`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct KeyTable {
-    table: HashTable<(Key, Entry)>,
+    shards: [HashTable<(Key, Entry)>; SHARDS],
+    len: usize,
     hasher: KeyHasher,
 }
 
-/// A key's place in the table: taken ([`hash_table::OccupiedEntry`]) or free
-/// ([`hash_table::VacantEntry`], which the caller fills with the key it looked up).
-pub(crate) type Slot<'a> = hash_table::Entry<'a, (Key, Entry)>;
+impl Default for KeyTable {
+    fn default() -> Self {
+        KeyTable::with_capacity(0)
+    }
+}
+
+fn shard_of(hash: u64) -> usize {
+    (hash >> SHARD_SHIFT) as usize & (SHARDS - 1)
+}
 
 impl KeyTable {
     /// An empty table with room for `keys` keys.
     pub(crate) fn with_capacity(keys: usize) -> Self {
+        let per_shard = keys.div_ceil(SHARDS);
         KeyTable {
-            table: HashTable::with_capacity(keys),
+            shards: std::array::from_fn(|_| HashTable::with_capacity(per_shard)),
+            len: 0,
             hasher: KeyHasher::default(),
         }
     }
@@ -49,14 +77,19 @@ impl KeyTable {
         self.hasher.hash_one(key)
     }
 
+    fn shard(&self, hash: u64) -> &HashTable<(Key, Entry)> {
+        &self.shards[shard_of(hash)]
+    }
+
     /// Keys held.
     pub(crate) fn len(&self) -> usize {
-        self.table.len()
+        self.len
     }
 
     /// Removes every key.
     pub(crate) fn clear(&mut self) {
-        self.table.clear();
+        self.shards.iter_mut().for_each(HashTable::clear);
+        self.len = 0;
     }
 
     pub(crate) fn get(&self, key: &[u8]) -> Option<&Entry> {
@@ -64,14 +97,15 @@ impl KeyTable {
     }
 
     pub(crate) fn get_key_value(&self, key: &[u8]) -> Option<(&Key, &Entry)> {
-        self.table
-            .find(self.hash(key), |(stored, _)| stored.as_bytes() == key)
+        let hash = self.hash(key);
+        self.shard(hash)
+            .find(hash, |(stored, _)| stored.as_bytes() == key)
             .map(|(stored, entry)| (stored, entry))
     }
 
     pub(crate) fn get_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
         let hash = self.hash(key);
-        self.table
+        self.shards[shard_of(hash)]
             .find_mut(hash, |(stored, _)| stored.as_bytes() == key)
             .map(|(_, entry)| entry)
     }
@@ -83,10 +117,10 @@ impl KeyTable {
     /// Stores `entry` under `key`; returns the entry it replaced (the stored key stays).
     pub(crate) fn insert(&mut self, key: Key, entry: Entry) -> Option<Entry> {
         match self.slot(key.as_bytes()) {
-            hash_table::Entry::Occupied(mut occupied) => {
+            Slot::Occupied(mut occupied) => {
                 Some(std::mem::replace(&mut occupied.get_mut().1, entry))
             }
-            hash_table::Entry::Vacant(vacant) => {
+            Slot::Vacant(vacant) => {
                 vacant.insert((key, entry));
                 None
             }
@@ -95,13 +129,9 @@ impl KeyTable {
 
     /// Removes `key`, returning the stored key and its entry.
     pub(crate) fn remove_entry(&mut self, key: &[u8]) -> Option<(Key, Entry)> {
-        let hash = self.hash(key);
-        match self
-            .table
-            .find_entry(hash, |(stored, _)| stored.as_bytes() == key)
-        {
-            Ok(occupied) => Some(occupied.remove().0),
-            Err(_) => None,
+        match self.slot(key) {
+            Slot::Occupied(occupied) => Some(occupied.remove()),
+            Slot::Vacant(_) => None,
         }
     }
 
@@ -113,17 +143,28 @@ impl KeyTable {
     /// with `(key, entry)` by the caller.
     pub(crate) fn slot(&mut self, key: &[u8]) -> Slot<'_> {
         let hash = self.hash(key);
-        let KeyTable { table, hasher } = self;
-        table.entry(
+        let KeyTable {
+            shards,
+            len,
+            hasher,
+        } = self;
+        let slot = shards[shard_of(hash)].entry(
             hash,
             |(stored, _)| stored.as_bytes() == key,
             |(stored, _)| hasher.hash_one(stored.as_bytes()),
-        )
+        );
+        match slot {
+            hash_table::Entry::Occupied(occupied) => Slot::Occupied(Occupied { occupied, len }),
+            hash_table::Entry::Vacant(vacant) => Slot::Vacant(Vacant { vacant, len }),
+        }
     }
 
     /// Every key and entry, in no particular order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&Key, &Entry)> {
-        self.table.iter().map(|(key, entry)| (key, entry))
+        self.shards
+            .iter()
+            .flat_map(HashTable::iter)
+            .map(|(key, entry)| (key, entry))
     }
 
     /// Starts loading the memory a lookup of `key` will read: its home bucket's control
@@ -133,17 +174,58 @@ impl KeyTable {
     /// misses of the batch overlap instead of adding up. Most keys sit in their home
     /// bucket; one that was displaced costs what a lookup costs without this.
     pub(crate) fn prefetch(&self, key: &[u8]) {
-        let buckets = self.table.num_buckets();
+        let hash = self.hash(key);
+        let table = self.shard(hash);
+        let buckets = table.num_buckets();
         if buckets == 0 {
             return;
         }
         // hashbrown's first probe position: the hash's low bits (`h1`).
-        let home = (self.hash(key) as usize) & (buckets - 1);
-        if let Some(slot) = self.table.get_bucket(home) {
+        let home = (hash as usize) & (buckets - 1);
+        if let Some(slot) = table.get_bucket(home) {
             let start = (slot as *const (Key, Entry)).cast::<u8>();
             prefetch_line(start);
             prefetch_line(start.wrapping_add(SLOT_BYTES - 1));
         }
+    }
+}
+
+/// A key's place in the table: taken or free (filled by the caller with the key it
+/// looked up). Like hashbrown's entry, with the table's key count kept as keys come and go.
+pub(crate) enum Slot<'a> {
+    Occupied(Occupied<'a>),
+    Vacant(Vacant<'a>),
+}
+
+/// A taken [`Slot`].
+pub(crate) struct Occupied<'a> {
+    occupied: hash_table::OccupiedEntry<'a, (Key, Entry)>,
+    len: &'a mut usize,
+}
+
+impl<'a> Occupied<'a> {
+    pub(crate) fn get_mut(&mut self) -> &mut (Key, Entry) {
+        self.occupied.get_mut()
+    }
+
+    /// Takes the key and its entry out of the table.
+    pub(crate) fn remove(self) -> (Key, Entry) {
+        *self.len -= 1;
+        self.occupied.remove().0
+    }
+}
+
+/// A free [`Slot`].
+pub(crate) struct Vacant<'a> {
+    vacant: hash_table::VacantEntry<'a, (Key, Entry)>,
+    len: &'a mut usize,
+}
+
+impl<'a> Vacant<'a> {
+    /// Fills the slot; the key must be the one looked up.
+    pub(crate) fn insert(self, value: (Key, Entry)) -> &'a mut (Key, Entry) {
+        *self.len += 1;
+        self.vacant.insert(value).into_mut()
     }
 }
 
@@ -210,5 +292,40 @@ mod tests {
             );
         }
         assert_eq!(table.len(), 1000);
+    }
+
+    #[test]
+    fn keys_spread_over_the_shards_and_the_count_follows_every_path() {
+        let mut table = KeyTable::with_capacity(10_000);
+        for i in 0..10_000u32 {
+            table.insert(Key::from_slice(&i.to_le_bytes()), entry(u64::from(i)));
+        }
+        assert_eq!(table.len(), 10_000);
+        let sizes: Vec<usize> = table.shards.iter().map(HashTable::len).collect();
+        assert_eq!(sizes.iter().sum::<usize>(), 10_000);
+        // 156 keys a shard on average: each within a factor of two of it.
+        assert!(
+            sizes.iter().all(|&n| (78..=312).contains(&n)),
+            "uneven shards: {sizes:?}"
+        );
+        // Removed through `remove` and through a slot; added through a slot.
+        for i in 0..5_000u32 {
+            assert!(table.remove(&i.to_le_bytes()).is_some());
+        }
+        match table.slot(&5_000u32.to_le_bytes()) {
+            Slot::Occupied(occupied) => assert_eq!(occupied.remove().1.version, 5_000),
+            Slot::Vacant(_) => panic!("key 5000 is held"),
+        }
+        match table.slot(b"new") {
+            Slot::Vacant(vacant) => {
+                vacant.insert((Key::from_slice(b"new"), entry(1)));
+            }
+            Slot::Occupied(_) => panic!("never inserted"),
+        }
+        assert!(table.remove(b"absent").is_none());
+        assert_eq!(table.len(), 5_000);
+        assert_eq!(table.iter().count(), 5_000);
+        table.clear();
+        assert_eq!((table.len(), table.iter().count()), (0, 0));
     }
 }
