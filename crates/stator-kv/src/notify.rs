@@ -234,7 +234,7 @@ impl StateMachine for NotifyingKv {
     ) -> Result<Vec<u8>, AppError> {
         let flags = self.sink.flags(&self.service, self.group);
         if !flags.enabled() {
-            return self.machine.apply(index, time_ms, command).await;
+            return Ok(self.machine.apply_entry(index, time_ms, command));
         }
         let argv = parse_whole_command(command).ok();
         let now_ms = self.machine.now_ms().max(time_ms);
@@ -242,7 +242,7 @@ impl StateMachine for NotifyingKv {
             key_states(&self.machine, &command_keys(argv), now_ms)
         });
         self.machine.keyspace.record_expired();
-        let reply_bytes = self.machine.apply(index, time_ms, command).await?;
+        let reply_bytes = self.machine.apply_entry(index, time_ms, command);
         let expired = self.machine.keyspace.take_expired();
         let mut events: Vec<Notification> = expired
             .into_iter()
