@@ -21,6 +21,15 @@ impl StateMachine for KvMachine {
         Ok(self.apply_entry(index, time_ms, command))
     }
 
+    fn apply_now(
+        &mut self,
+        index: u64,
+        time_ms: u64,
+        command: &[u8],
+    ) -> Option<Result<Vec<u8>, AppError>> {
+        Some(Ok(self.apply_entry(index, time_ms, command)))
+    }
+
     async fn query(&mut self, time_ms: u64, request: &[u8]) -> Result<Vec<u8>, AppError> {
         let reply = match parse_whole_command(request) {
             Ok(argv) => self.query_argv(time_ms, &argv),
