@@ -18,19 +18,16 @@ impl StateMachine for KvMachine {
         time_ms: u64,
         command: &[u8],
     ) -> Result<Vec<u8>, AppError> {
-        self.set_entry_index(index);
-        if let Some(reply) = self.apply_exec_entry(time_ms, command) {
-            // A pipeline batch or a transaction: parsed without copying its layout.
-            return Ok(reply);
-        }
-        let reply = match parse_whole_command(command) {
-            Ok(argv) => self.apply_owned(time_ms, argv),
-            Err(error) => {
-                self.advance_clock(time_ms);
-                error.to_reply()
-            }
-        };
-        Ok(reply.to_bytes())
+        Ok(self.apply_entry(index, time_ms, command))
+    }
+
+    fn apply_now(
+        &mut self,
+        index: u64,
+        time_ms: u64,
+        command: &[u8],
+    ) -> Option<Result<Vec<u8>, AppError>> {
+        Some(Ok(self.apply_entry(index, time_ms, command)))
     }
 
     async fn query(&mut self, time_ms: u64, request: &[u8]) -> Result<Vec<u8>, AppError> {
@@ -98,5 +95,26 @@ pub struct KvFactory;
 impl StateMachineFactory for KvFactory {
     fn create(&self, _group: GroupId) -> Box<dyn StateMachine> {
         Box::new(KvMachine::new())
+    }
+}
+
+impl KvMachine {
+    /// [`StateMachine::apply`] without the future: the kv machine never waits, and a
+    /// caller that holds a `KvMachine` (the notifying wrapper) calls this rather than
+    /// boxing a future per log entry.
+    pub fn apply_entry(&mut self, index: u64, time_ms: u64, command: &[u8]) -> Vec<u8> {
+        self.set_entry_index(index);
+        if let Some(reply) = self.apply_exec_entry(time_ms, command) {
+            // A pipeline batch or a transaction: parsed without copying its layout.
+            return reply;
+        }
+        let reply = match parse_whole_command(command) {
+            Ok(argv) => self.apply_owned(time_ms, argv),
+            Err(error) => {
+                self.advance_clock(time_ms);
+                error.to_reply()
+            }
+        };
+        reply.to_bytes()
     }
 }

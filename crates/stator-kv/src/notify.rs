@@ -224,17 +224,12 @@ fn key_states(machine: &KvMachine, keys: &[&[u8]], now_ms: u64) -> HashMap<Vec<u
         .collect()
 }
 
-#[async_trait]
-impl StateMachine for NotifyingKv {
-    async fn apply(
-        &mut self,
-        index: u64,
-        time_ms: u64,
-        command: &[u8],
-    ) -> Result<Vec<u8>, AppError> {
+impl NotifyingKv {
+    /// Applies one entry and publishes its events; nothing in it waits.
+    fn apply_entry(&mut self, index: u64, time_ms: u64, command: &[u8]) -> Vec<u8> {
         let flags = self.sink.flags(&self.service, self.group);
         if !flags.enabled() {
-            return self.machine.apply(index, time_ms, command).await;
+            return self.machine.apply_entry(index, time_ms, command);
         }
         let argv = parse_whole_command(command).ok();
         let now_ms = self.machine.now_ms().max(time_ms);
@@ -242,7 +237,7 @@ impl StateMachine for NotifyingKv {
             key_states(&self.machine, &command_keys(argv), now_ms)
         });
         self.machine.keyspace.record_expired();
-        let reply_bytes = self.machine.apply(index, time_ms, command).await?;
+        let reply_bytes = self.machine.apply_entry(index, time_ms, command);
         let expired = self.machine.keyspace.take_expired();
         let mut events: Vec<Notification> = expired
             .into_iter()
@@ -264,7 +259,28 @@ impl StateMachine for NotifyingKv {
         if !messages.is_empty() {
             self.sink.publish(&self.service, self.group, messages);
         }
-        Ok(reply_bytes)
+        reply_bytes
+    }
+}
+
+#[async_trait]
+impl StateMachine for NotifyingKv {
+    async fn apply(
+        &mut self,
+        index: u64,
+        time_ms: u64,
+        command: &[u8],
+    ) -> Result<Vec<u8>, AppError> {
+        Ok(self.apply_entry(index, time_ms, command))
+    }
+
+    fn apply_now(
+        &mut self,
+        index: u64,
+        time_ms: u64,
+        command: &[u8],
+    ) -> Option<Result<Vec<u8>, AppError>> {
+        Some(Ok(self.apply_entry(index, time_ms, command)))
     }
 
     async fn query(&mut self, time_ms: u64, request: &[u8]) -> Result<Vec<u8>, AppError> {

@@ -36,6 +36,39 @@ const MIN_REPLY_ENCODED_BYTES: usize = 3;
 /// A command's arguments, its name first, as the client sent them.
 pub type Argv = Vec<Vec<u8>>;
 
+/// Arguments kept on the stack by [`parse_whole_array_borrowed`]: a `STATOR.EXEC` entry of
+/// 16 three-argument commands (2 + 16 x 4) and a little more; longer lists spill to the
+/// heap.
+pub const BORROWED_INLINE_ARGS: usize = 72;
+
+/// The argument slices of one array, borrowed from the buffer they were parsed from.
+pub type BorrowedArgs<'a> = smallvec::SmallVec<[&'a [u8]; BORROWED_INLINE_ARGS]>;
+
+/// What the array parser collects arguments into: a `Vec`, or [`BorrowedArgs`] on the
+/// stack.
+trait ArgList<T> {
+    fn with_room(count: usize) -> Self;
+    fn push_arg(&mut self, arg: T);
+}
+
+impl<T> ArgList<T> for Vec<T> {
+    fn with_room(count: usize) -> Self {
+        Vec::with_capacity(count)
+    }
+    fn push_arg(&mut self, arg: T) {
+        self.push(arg);
+    }
+}
+
+impl<A: smallvec::Array> ArgList<A::Item> for smallvec::SmallVec<A> {
+    fn with_room(count: usize) -> Self {
+        smallvec::SmallVec::with_capacity(count)
+    }
+    fn push_arg(&mut self, arg: A::Item) {
+        self.push(arg);
+    }
+}
+
 /// Input that is not, and can never become, a valid RESP message.
 ///
 /// Messages follow Redis' `Protocol error: ...` wording so a gateway can send
@@ -302,7 +335,12 @@ fn find_line_end(buf: &[u8], start: usize, limit: usize) -> Result<Option<usize>
 /// such as a `STATOR.EXEC`'s argument counts, are never allocated). Inline commands are
 /// not accepted here (a log entry is always an array): they answer `None`, as does any
 /// malformed, partial or trailing input; [`parse_whole_command`] gives its error.
-pub fn parse_whole_array_borrowed(buf: &[u8]) -> Option<Vec<&[u8]>> {
+///
+/// The slices are kept on the stack up to [`BORROWED_INLINE_ARGS`] of them: a pipelined
+/// batch's `STATOR.EXEC` entry is parsed on every replica, and its slice list (16 bytes
+/// per argument) would otherwise be a heap block of over a KiB, past glibc's per-thread
+/// cache, per entry.
+pub fn parse_whole_array_borrowed(buf: &[u8]) -> Option<BorrowedArgs<'_>> {
     if buf.first() != Some(&b'*') {
         return None;
     }
@@ -317,24 +355,24 @@ fn parse_multibulk(buf: &[u8]) -> Result<Option<(Argv, usize)>, RespError> {
 }
 
 /// The array parser, each argument made into a `T` by `argument` (a copy, or the slice).
-fn parse_multibulk_with<'a, T>(
+fn parse_multibulk_with<'a, T, L: ArgList<T>>(
     buf: &'a [u8],
     argument: impl Fn(&'a [u8]) -> T,
-) -> Result<Option<(Vec<T>, usize)>, RespError> {
+) -> Result<Option<(L, usize)>, RespError> {
     let Some(header_end) = find_line_end(buf, 1, MAX_HEADER_LINE_BYTES)? else {
         return Ok(None);
     };
     let count = parse_i64_strict(&buf[1..header_end]).ok_or(RespError::InvalidMultibulkLength)?;
     let mut position = header_end + 2;
     if count <= 0 {
-        return Ok(Some((Vec::new(), position)));
+        return Ok(Some((L::with_room(0), position)));
     }
     if count > MAX_ARRAY_ELEMENTS as i64 {
         return Err(RespError::TooManyElements { count });
     }
     let count = count as usize;
     let buffered_elements = (buf.len() - position) / MIN_BULK_ENCODED_BYTES;
-    let mut argv = Vec::with_capacity(count.min(buffered_elements));
+    let mut argv = L::with_room(count.min(buffered_elements));
     for _ in 0..count {
         let Some(&marker) = buf.get(position) else {
             return Ok(None);
@@ -346,7 +384,7 @@ fn parse_multibulk_with<'a, T>(
             return Ok(None);
         };
         let (data_start, data_end) = bulk.ok_or(RespError::InvalidBulkLength)?;
-        argv.push(argument(&buf[data_start..data_end]));
+        argv.push_arg(argument(&buf[data_start..data_end]));
         position = data_end + 2;
     }
     Ok(Some((argv, position)))

@@ -369,11 +369,16 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
                         let reply = match inner.sessions.check(write.client_id, write.seq) {
                             SessionCheck::Duplicate(reply) => reply,
                             SessionCheck::Apply => {
-                                let out = inner
-                                    .app
-                                    .apply(index, cmd.time_ms, &write.payload)
-                                    .await
-                                    .map_err(app_error)?;
+                                // A machine that need not wait answers at once (no
+                                // boxed future per write); others are awaited.
+                                let now = inner.app.apply_now(index, cmd.time_ms, &write.payload);
+                                let out = match now {
+                                    Some(out) => out,
+                                    None => {
+                                        inner.app.apply(index, cmd.time_ms, &write.payload).await
+                                    }
+                                }
+                                .map_err(app_error)?;
                                 let reply = CommandReply::Applied(out);
                                 inner.sessions.record(
                                     write.client_id,

@@ -658,6 +658,9 @@ fn run() -> anyhow::Result<()> {
             ..
         }) => {
             runtime.worker_threads(usize::from(*n));
+            if *n == 1 {
+                one_malloc_arena();
+            }
         }
         Verb::Up(args) => {
             runtime.worker_threads(up_worker_threads(args));
@@ -666,6 +669,22 @@ fn run() -> anyhow::Result<()> {
     }
     let runtime = runtime.enable_all().build().context("starting tokio")?;
     runtime.block_on(dispatch(command, target))
+}
+
+/// One malloc arena for an agent whose work runs on one runtime thread (each agent of
+/// `stator up` on a machine with fewer cores than agents). glibc gives a further thread
+/// an arena of its own, and such an arena's heap grows a page or two at a time with one
+/// `mprotect` call each (glibc pads only the main arena's growth): ~17 calls per 1,000
+/// cluster-mode SETs per agent while the in-memory log grows, against ~0.5 `brk` calls
+/// in the main arena (docs/BENCHMARKS.md, session 16). With one worker thread there is
+/// no contention to spread over arenas.
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc")))]
+    // SAFETY: mallopt only sets one of glibc's allocator parameters; this runs before
+    // the runtime starts any thread.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
 
 /// Where the API is: the global flags, resolved lazily (verbs that start a cluster do
