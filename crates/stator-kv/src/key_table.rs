@@ -34,8 +34,9 @@ type KeyHasher = foldhash::fast::RandomState;
 const SLOT_BYTES: usize = std::mem::size_of::<(Key, Entry)>();
 
 /// How many tables the keys are spread over (a power of two): a table's doubling moves
-/// this fraction of the keys. More costs an array of empty tables (32 bytes each) and
-/// nothing per lookup.
+/// this fraction of the keys. More costs an array of empty tables (32 bytes each, made at
+/// the first key: an empty keyspace, such as an idle partition's, holds none) and nothing
+/// per lookup.
 pub(crate) const SHARDS: usize = 64;
 
 /// Which bits of a key's hash pick its shard: none of the bits hashbrown uses for a
@@ -47,7 +48,8 @@ const SHARD_SHIFT: u32 = 40;
 /// `Eq` do), so lookups take a borrowed `&[u8]`.
 #[derive(Debug)]
 pub(crate) struct KeyTable {
-    shards: [HashTable<(Key, Entry)>; SHARDS],
+    /// `None` until the first key arrives.
+    shards: Option<Box<Shards>>,
     len: usize,
     hasher: KeyHasher,
 }
@@ -58,6 +60,13 @@ impl Default for KeyTable {
     }
 }
 
+type Shards = [HashTable<(Key, Entry)>; SHARDS];
+
+fn new_shards(keys: usize) -> Box<Shards> {
+    let per_shard = keys.div_ceil(SHARDS);
+    Box::new(std::array::from_fn(|_| HashTable::with_capacity(per_shard)))
+}
+
 fn shard_of(hash: u64) -> usize {
     (hash >> SHARD_SHIFT) as usize & (SHARDS - 1)
 }
@@ -65,9 +74,8 @@ fn shard_of(hash: u64) -> usize {
 impl KeyTable {
     /// An empty table with room for `keys` keys.
     pub(crate) fn with_capacity(keys: usize) -> Self {
-        let per_shard = keys.div_ceil(SHARDS);
         KeyTable {
-            shards: std::array::from_fn(|_| HashTable::with_capacity(per_shard)),
+            shards: (keys > 0).then(|| new_shards(keys)),
             len: 0,
             hasher: KeyHasher::default(),
         }
@@ -77,8 +85,8 @@ impl KeyTable {
         self.hasher.hash_one(key)
     }
 
-    fn shard(&self, hash: u64) -> &HashTable<(Key, Entry)> {
-        &self.shards[shard_of(hash)]
+    fn shard(&self, hash: u64) -> Option<&HashTable<(Key, Entry)>> {
+        Some(&self.shards.as_ref()?[shard_of(hash)])
     }
 
     /// Keys held.
@@ -88,7 +96,7 @@ impl KeyTable {
 
     /// Removes every key.
     pub(crate) fn clear(&mut self) {
-        self.shards.iter_mut().for_each(HashTable::clear);
+        self.shards = None;
         self.len = 0;
     }
 
@@ -98,14 +106,14 @@ impl KeyTable {
 
     pub(crate) fn get_key_value(&self, key: &[u8]) -> Option<(&Key, &Entry)> {
         let hash = self.hash(key);
-        self.shard(hash)
+        self.shard(hash)?
             .find(hash, |(stored, _)| stored.as_bytes() == key)
             .map(|(stored, entry)| (stored, entry))
     }
 
     pub(crate) fn get_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
         let hash = self.hash(key);
-        self.shards[shard_of(hash)]
+        self.shards.as_mut()?[shard_of(hash)]
             .find_mut(hash, |(stored, _)| stored.as_bytes() == key)
             .map(|(_, entry)| entry)
     }
@@ -129,10 +137,13 @@ impl KeyTable {
 
     /// Removes `key`, returning the stored key and its entry.
     pub(crate) fn remove_entry(&mut self, key: &[u8]) -> Option<(Key, Entry)> {
-        match self.slot(key) {
-            Slot::Occupied(occupied) => Some(occupied.remove()),
-            Slot::Vacant(_) => None,
-        }
+        let hash = self.hash(key);
+        let table = &mut self.shards.as_mut()?[shard_of(hash)];
+        let occupied = table
+            .find_entry(hash, |(stored, _)| stored.as_bytes() == key)
+            .ok()?;
+        self.len -= 1;
+        Some(occupied.remove().0)
     }
 
     pub(crate) fn remove(&mut self, key: &[u8]) -> Option<Entry> {
@@ -148,13 +159,14 @@ impl KeyTable {
             len,
             hasher,
         } = self;
+        let shards = shards.get_or_insert_with(|| new_shards(0));
         let slot = shards[shard_of(hash)].entry(
             hash,
             |(stored, _)| stored.as_bytes() == key,
             |(stored, _)| hasher.hash_one(stored.as_bytes()),
         );
         match slot {
-            hash_table::Entry::Occupied(occupied) => Slot::Occupied(Occupied { occupied, len }),
+            hash_table::Entry::Occupied(occupied) => Slot::Occupied(Occupied { occupied }),
             hash_table::Entry::Vacant(vacant) => Slot::Vacant(Vacant { vacant, len }),
         }
     }
@@ -163,6 +175,7 @@ impl KeyTable {
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&Key, &Entry)> {
         self.shards
             .iter()
+            .flat_map(|shards| shards.iter())
             .flat_map(HashTable::iter)
             .map(|(key, entry)| (key, entry))
     }
@@ -175,7 +188,9 @@ impl KeyTable {
     /// bucket; one that was displaced costs what a lookup costs without this.
     pub(crate) fn prefetch(&self, key: &[u8]) {
         let hash = self.hash(key);
-        let table = self.shard(hash);
+        let Some(table) = self.shard(hash) else {
+            return;
+        };
         let buckets = table.num_buckets();
         if buckets == 0 {
             return;
@@ -190,8 +205,9 @@ impl KeyTable {
     }
 }
 
-/// A key's place in the table: taken or free (filled by the caller with the key it
-/// looked up). Like hashbrown's entry, with the table's key count kept as keys come and go.
+/// A key's place in the table: taken (changed in place; keys leave through
+/// [`KeyTable::remove`]) or free (filled by the caller with the key it looked up, which
+/// counts it). Like hashbrown's entry, with the table's key count kept.
 pub(crate) enum Slot<'a> {
     Occupied(Occupied<'a>),
     Vacant(Vacant<'a>),
@@ -200,18 +216,11 @@ pub(crate) enum Slot<'a> {
 /// A taken [`Slot`].
 pub(crate) struct Occupied<'a> {
     occupied: hash_table::OccupiedEntry<'a, (Key, Entry)>,
-    len: &'a mut usize,
 }
 
 impl<'a> Occupied<'a> {
     pub(crate) fn get_mut(&mut self) -> &mut (Key, Entry) {
         self.occupied.get_mut()
-    }
-
-    /// Takes the key and its entry out of the table.
-    pub(crate) fn remove(self) -> (Key, Entry) {
-        *self.len -= 1;
-        self.occupied.remove().0
     }
 }
 
@@ -301,7 +310,8 @@ mod tests {
             table.insert(Key::from_slice(&i.to_le_bytes()), entry(u64::from(i)));
         }
         assert_eq!(table.len(), 10_000);
-        let sizes: Vec<usize> = table.shards.iter().map(HashTable::len).collect();
+        let shards = table.shards.as_ref().expect("keys held");
+        let sizes: Vec<usize> = shards.iter().map(HashTable::len).collect();
         assert_eq!(sizes.iter().sum::<usize>(), 10_000);
         // 156 keys a shard on average: each within a factor of two of it.
         assert!(
@@ -313,9 +323,10 @@ mod tests {
             assert!(table.remove(&i.to_le_bytes()).is_some());
         }
         match table.slot(&5_000u32.to_le_bytes()) {
-            Slot::Occupied(occupied) => assert_eq!(occupied.remove().1.version, 5_000),
+            Slot::Occupied(mut occupied) => assert_eq!(occupied.get_mut().1.version, 5_000),
             Slot::Vacant(_) => panic!("key 5000 is held"),
         }
+        assert!(table.remove(&5_000u32.to_le_bytes()).is_some());
         match table.slot(b"new") {
             Slot::Vacant(vacant) => {
                 vacant.insert((Key::from_slice(b"new"), entry(1)));
@@ -327,5 +338,16 @@ mod tests {
         assert_eq!(table.iter().count(), 5_000);
         table.clear();
         assert_eq!((table.len(), table.iter().count()), (0, 0));
+        assert!(
+            table.shards.is_none(),
+            "an emptied keyspace holds no tables"
+        );
+        let mut empty = KeyTable::default();
+        assert!(
+            empty.shards.is_none(),
+            "an idle partition's keyspace holds no tables"
+        );
+        assert!(empty.get(b"k").is_none() && empty.get_mut(b"k").is_none());
+        assert!(empty.remove(b"k").is_none() && empty.shards.is_none());
     }
 }
