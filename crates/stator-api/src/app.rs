@@ -57,6 +57,15 @@ pub trait StateMachine: Send + Sync + 'static {
     /// Serialises the whole state.
     async fn snapshot(&mut self) -> Result<Vec<u8>, AppError>;
 
+    /// Takes a snapshot in two parts: what needs the machine runs here, and the closure it
+    /// returns yields the very bytes [`StateMachine::snapshot`] would, doing the rest
+    /// (sorting, assembling) without the machine, on another thread, while the replica goes
+    /// on applying writes. The default does all of it here.
+    async fn snapshot_in_parts(&mut self) -> Result<SnapshotFinish, AppError> {
+        let bytes = self.snapshot().await?;
+        Ok(Box::new(move || bytes))
+    }
+
     /// Replaces the whole state with a snapshot taken by [`StateMachine::snapshot`].
     async fn restore(&mut self, snapshot: &[u8]) -> Result<(), AppError>;
 
@@ -82,6 +91,9 @@ pub trait StateMachine: Send + Sync + 'static {
     /// Approximate bytes of state held, for metrics and placement.
     fn state_bytes(&self) -> u64;
 }
+
+/// The second part of a snapshot taken by [`StateMachine::snapshot_in_parts`].
+pub type SnapshotFinish = Box<dyn FnOnce() -> Vec<u8> + Send>;
 
 /// Builds a fresh, empty state machine for a new replica.
 pub trait StateMachineFactory: Send + Sync + 'static {

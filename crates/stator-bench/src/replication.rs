@@ -661,6 +661,9 @@ impl StateMachine for TimedApply {
     async fn snapshot(&mut self) -> Result<Vec<u8>, AppError> {
         self.0.snapshot().await
     }
+    async fn snapshot_in_parts(&mut self) -> Result<stator_api::app::SnapshotFinish, AppError> {
+        self.0.snapshot_in_parts().await
+    }
     async fn restore(&mut self, snapshot: &[u8]) -> Result<(), AppError> {
         self.0.restore(snapshot).await
     }

@@ -4,7 +4,7 @@ use crate::machine::KvMachine;
 use crate::resp::parse_whole_command;
 use crate::snapshot;
 use async_trait::async_trait;
-use stator_api::app::{AppError, StateMachine, StateMachineFactory};
+use stator_api::app::{AppError, SnapshotFinish, StateMachine, StateMachineFactory};
 use stator_api::ids::GroupId;
 
 #[async_trait]
@@ -40,6 +40,12 @@ impl StateMachine for KvMachine {
 
     async fn snapshot(&mut self) -> Result<Vec<u8>, AppError> {
         Ok(snapshot::encode(self))
+    }
+
+    /// One pass over the table here; the sort by key and the assembly in the closure.
+    async fn snapshot_in_parts(&mut self) -> Result<SnapshotFinish, AppError> {
+        let unsorted = snapshot::encode_unsorted(self);
+        Ok(Box::new(move || unsorted.finish()))
     }
 
     async fn restore(&mut self, snapshot: &[u8]) -> Result<(), AppError> {

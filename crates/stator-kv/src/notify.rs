@@ -291,6 +291,10 @@ impl StateMachine for NotifyingKv {
         self.machine.snapshot().await
     }
 
+    async fn snapshot_in_parts(&mut self) -> Result<stator_api::app::SnapshotFinish, AppError> {
+        self.machine.snapshot_in_parts().await
+    }
+
     async fn restore(&mut self, snapshot: &[u8]) -> Result<(), AppError> {
         self.machine.restore(snapshot).await
     }

@@ -34,7 +34,10 @@ use tokio::net::TcpListener;
 /// Default lower bound of the randomised election timeout (the upper is 1.25x). LAN
 /// round trips are well under a millisecond, so a leader silent this long is gone.
 pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = stator_api::spec::DEFAULT_ELECTION_TIMEOUT_MS;
-/// Entries between snapshots; older entries are then purged, bounding log memory.
+/// Entries between snapshots; older entries are then purged, bounding log memory. A
+/// replica also snapshots once its log holds as many bytes as its state, 16 MiB at least
+/// ([`crate::state_machine::snapshot_due_by_bytes`], checked every sweep), so large
+/// entries do not hold this many times their size.
 pub const DEFAULT_SNAPSHOT_EVERY_ENTRIES: u64 = 20_000;
 /// Largest snapshot chunk sent in one frame (well under the transport's frame limit).
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 << 20;
@@ -1910,7 +1913,8 @@ fn hosted(inner: &HostInner) -> Vec<Arc<Replica>> {
 }
 
 /// Every [`SWEEP_INTERVAL`]: quiets idle groups led here, hands over groups whose leader
-/// replica stopped, and refreshes the peers to ping. Ends when the host is dropped.
+/// replica stopped, snapshots replicas whose log outgrew their state
+/// ([`crate::state_machine::snapshot_due_by_bytes`]), and refreshes the peers to ping. Ends when the host is dropped.
 async fn sweep_loop(inner: Weak<HostInner>) {
     let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1960,6 +1964,17 @@ fn sweep(inner: &Arc<HostInner>) {
         if let Some(m) = stopped {
             hand_over_stopped(inner, &replica, &m);
             continue;
+        }
+        if replica.sm.snapshot_due() {
+            // openraft ignores the trigger while a build runs; the build zeroes the count
+            // when it takes the state, so this asks again only if the log outgrew it again.
+            let raft = replica.raft.clone();
+            let group = replica.group;
+            tokio::spawn(async move {
+                if let Err(e) = raft.trigger().snapshot().await {
+                    tracing::debug!(%group, "snapshot by log size not triggered: {e}");
+                }
+            });
         }
         if replica.quiet.forming_overdue(now) {
             tracing::info!(group = %replica.group, "still forming after {FORMING_TIMERS_OFF_MAX:?}: timers on");

@@ -14,7 +14,7 @@ use openraft::{
     StoredMembership,
 };
 use serde::{Deserialize, Serialize};
-use stator_api::app::{AppError, StateMachine};
+use stator_api::app::{AppError, SnapshotFinish, StateMachine};
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,6 +28,23 @@ const RELEASE_BYTES_PER_PASS: u64 = 4 << 20;
 /// Pause between two release passes, so applies and queries get the lock and the
 /// runtime in between.
 const RELEASE_PASS_PAUSE: Duration = Duration::from_millis(1);
+
+/// Least log a replica holds (bytes of writes applied since its last snapshot) before its size
+/// alone calls for a snapshot: below this, snapshots come from the entry policy only.
+pub const LOG_BYTES_BEFORE_SNAPSHOT_MIN: u64 = 16 << 20;
+/// What one write costs the in-memory log beyond its payload bytes (its `Write` record
+/// and the payload's allocation), counted in the log bytes of [`snapshot_due_by_bytes`].
+pub const LOG_BYTES_PER_WRITE: u64 = 64;
+
+/// Whether a replica whose log holds `log_bytes` since its last snapshot, for an app
+/// state of `state_bytes`, should take a snapshot now: once the log is as large as the
+/// state it would replace (Redis's `auto-aof-rewrite-percentage 100`), and at least
+/// [`LOG_BYTES_BEFORE_SNAPSHOT_MIN`]. The entry policy (`snapshot_every_entries`) still
+/// applies too; this one bounds the log's memory when entries are large, where 20,000
+/// entries of 8 KiB batches would be 160 MiB per replica.
+pub fn snapshot_due_by_bytes(log_bytes: u64, state_bytes: u64) -> bool {
+    log_bytes >= state_bytes.max(LOG_BYTES_BEFORE_SNAPSHOT_MIN)
+}
 
 /// What a snapshot carries besides openraft's metadata. The app's bytes are written as
 /// one byte string (see [`crate::byte_string`]): 64 MiB of state encode as one copy.
@@ -90,9 +107,10 @@ fn decode_snapshot_body<'a>(
     })
 }
 
-/// Encodes a snapshot body on a blocking-pool thread.
-async fn encode_body(sessions: Sessions, app: Vec<u8>) -> Result<Vec<u8>, postcard::Error> {
+/// Finishes the app's snapshot and encodes the body, on a blocking-pool thread.
+async fn encode_body(sessions: Sessions, app: SnapshotFinish) -> Result<Vec<u8>, postcard::Error> {
     let encode = move || {
+        let app = app();
         postcard::to_allocvec(&SnapshotBody {
             sessions: &sessions,
             app: &app,
@@ -117,6 +135,10 @@ pub struct ReplicaStateMachine {
     inner: Arc<Mutex<SmInner>>,
     snapshot_counter: Arc<AtomicU64>,
     state_bytes: Arc<AtomicU64>,
+    /// Bytes of writes applied since the app's state was last taken for a snapshot or
+    /// replaced by one (payload plus [`LOG_BYTES_PER_WRITE`] each): what the log holds
+    /// that a snapshot would let go of (see [`snapshot_due_by_bytes`]).
+    log_bytes: Arc<AtomicU64>,
     /// Time spent applying entries, in microseconds (the restart profile reads it around
     /// openraft's start, which re-applies the committed log).
     apply_us: Arc<AtomicU64>,
@@ -148,6 +170,7 @@ impl ReplicaStateMachine {
             })),
             snapshot_counter: Arc::new(AtomicU64::new(0)),
             state_bytes: Arc::new(AtomicU64::new(0)),
+            log_bytes: Arc::new(AtomicU64::new(0)),
             apply_us: Arc::new(AtomicU64::new(0)),
             receiving_since: Arc::default(),
             store: None,
@@ -218,6 +241,18 @@ impl ReplicaStateMachine {
         self.state_bytes.load(Ordering::Relaxed)
     }
 
+    /// Bytes of writes applied since the last snapshot, payload plus
+    /// [`LOG_BYTES_PER_WRITE`] each.
+    pub fn log_bytes(&self) -> u64 {
+        self.log_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether the log behind the last snapshot has grown large enough to take another
+    /// ([`snapshot_due_by_bytes`]).
+    pub fn snapshot_due(&self) -> bool {
+        snapshot_due_by_bytes(self.log_bytes(), self.state_bytes())
+    }
+
     /// Has the app copy, in bounded passes on a task of its own, whatever it still holds
     /// as slices of an older snapshot file (`StateMachine::release_shared`), so a newer
     /// snapshot's save frees the older file's disk space (renamed over, it lives on while
@@ -257,7 +292,8 @@ impl ReplicaStateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for ReplicaStateMachine {
     /// The app's state is taken under the lock (the app must not change while it
-    /// serialises); the encoding and the copy for openraft run with the lock released,
+    /// serialises; `StateMachine::snapshot_in_parts` keeps that part short); the rest of
+    /// the app's snapshot, the encoding and the copy for openraft run with the lock released,
     /// so writes keep applying meanwhile (a durable replica's disk write takes the lock
     /// again, as before). A snapshot installed in between (a newer one, from a leader)
     /// is neither replaced nor overwritten on disk by this older one.
@@ -265,7 +301,10 @@ impl RaftSnapshotBuilder<TypeConfig> for ReplicaStateMachine {
         let started = Instant::now();
         let mut inner = self.inner.lock().await;
         let locked = Instant::now();
-        let app = inner.app.snapshot().await.map_err(app_error)?;
+        // Only the part of the app's snapshot that needs the app runs under the lock.
+        let app = inner.app.snapshot_in_parts().await.map_err(app_error)?;
+        // Under the lock: every write applied from here on is one this snapshot lacks.
+        self.log_bytes.store(0, Ordering::Relaxed);
         let app_done = Instant::now();
         let sessions = inner.sessions.clone();
         let n = self.snapshot_counter.fetch_add(1, Ordering::Relaxed) + 1;
@@ -352,6 +391,7 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
         let mut guard = self.inner.lock().await;
         let inner = &mut *guard;
         let mut replies = Vec::new();
+        let mut log_bytes = 0u64;
         for entry in entries {
             inner.last_applied = Some(entry.log_id);
             let reply = match entry.payload {
@@ -363,6 +403,11 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
                 EntryPayload::Normal(cmd) => {
                     let index = entry.log_id.index;
                     let mut batch = Vec::with_capacity(cmd.writes.len());
+                    log_bytes += cmd
+                        .writes
+                        .iter()
+                        .map(|w| w.payload.len() as u64 + LOG_BYTES_PER_WRITE)
+                        .sum::<u64>();
                     // In order, each with its own session check: a batch applies exactly
                     // as the same writes would one entry each (they share the index).
                     for (position, write) in cmd.writes.iter().enumerate() {
@@ -398,6 +443,7 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
         }
         self.state_bytes
             .store(inner.app.state_bytes(), Ordering::Relaxed);
+        self.log_bytes.fetch_add(log_bytes, Ordering::Relaxed);
         self.apply_us
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         Ok(replies)
@@ -456,6 +502,7 @@ impl RaftStateMachine<TypeConfig> for ReplicaStateMachine {
             meta: meta.clone(),
             data,
         });
+        self.log_bytes.store(0, Ordering::Relaxed);
         self.state_bytes
             .store(inner.app.state_bytes(), Ordering::Relaxed);
         tracing::info!(
@@ -669,5 +716,70 @@ mod tests {
             .unwrap();
         assert!(!seen.restored_shared.load(Ordering::SeqCst));
         assert_eq!(machine.app_snapshot().await.unwrap(), b"mem");
+    }
+
+    #[test]
+    fn a_snapshot_is_due_once_the_log_outgrows_the_state_and_the_floor() {
+        let min = LOG_BYTES_BEFORE_SNAPSHOT_MIN;
+        assert!(!snapshot_due_by_bytes(0, 0));
+        assert!(!snapshot_due_by_bytes(min - 1, 0), "below the floor");
+        assert!(snapshot_due_by_bytes(min, 0));
+        assert!(
+            snapshot_due_by_bytes(min, min / 2),
+            "a small state: the floor"
+        );
+        assert!(
+            !snapshot_due_by_bytes(2 * min, 3 * min),
+            "a large state: its size"
+        );
+        assert!(snapshot_due_by_bytes(3 * min, 3 * min));
+    }
+
+    fn entry(index: u64, payloads: &[usize]) -> Entry {
+        let writes: Vec<crate::types::Write> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, len)| crate::types::Write {
+                client_id: 0,
+                seq: i as u64,
+                payload: vec![7; *len],
+            })
+            .collect();
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(crate::types::Command {
+                time_ms: 0,
+                writes: writes.into(),
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn applied_writes_count_toward_the_log_until_a_snapshot_takes_them() {
+        let app = SharingApp::new(Arc::new(Seen::default()));
+        let mut machine = ReplicaStateMachine::new(Box::new(app));
+        machine
+            .apply([entry(1, &[100, 28]), entry(2, &[0])])
+            .await
+            .unwrap();
+        let per = LOG_BYTES_PER_WRITE;
+        assert_eq!(machine.log_bytes(), 128 + 3 * per);
+        assert!(!machine.snapshot_due());
+        let big = LOG_BYTES_BEFORE_SNAPSHOT_MIN as usize;
+        machine.apply([entry(3, &[big])]).await.unwrap();
+        assert!(machine.snapshot_due(), "past the floor, state 0");
+        machine.build_snapshot().await.unwrap();
+        assert_eq!(machine.log_bytes(), 0, "a snapshot takes what was applied");
+        machine.apply([entry(4, &[10])]).await.unwrap();
+        assert_eq!(machine.log_bytes(), 10 + per);
+        machine
+            .install_snapshot(&meta(9, "received"), Box::new(Cursor::new(body(b"s"))))
+            .await
+            .unwrap();
+        assert_eq!(
+            machine.log_bytes(),
+            0,
+            "an installed snapshot replaces the log"
+        );
     }
 }
