@@ -246,6 +246,9 @@ impl Trio {
     /// restart on the same directory would time out waiting for the lock: a rebooted
     /// machine's agent has no such task left. Seen at `--state-mib 1024`, where the
     /// 260,000-entry snapshot starts as the load ends.
+    /// A snapshot is also due once the log holds as many bytes as the state
+    /// (`snapshot_due_by_bytes`), so this also waits until none is due that way and no
+    /// build runs.
     async fn wait_no_snapshot_due(&self, node: u64) -> anyhow::Result<()> {
         let started = Instant::now();
         let due_at = self.options.snapshot_every_entries + LOG_KEPT_BEHIND_SNAPSHOT;
@@ -255,7 +258,13 @@ impl Trio {
                 .and_then(|h| h.status(group()))
                 .map_or(0, |s| s.log_entries)
         };
-        while entries() >= due_at {
+        let by_bytes = || {
+            self.hosts
+                .get(&node)
+                .and_then(|h| h.replica(group()))
+                .is_some_and(|r| r.sm.snapshot_due() || r.sm.building_snapshot())
+        };
+        while entries() >= due_at || by_bytes() {
             anyhow::ensure!(
                 started.elapsed() < DEADLINE,
                 "node {node} still holds {} log entries after {DEADLINE:?} (a snapshot is due)",

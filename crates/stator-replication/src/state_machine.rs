@@ -139,6 +139,8 @@ pub struct ReplicaStateMachine {
     /// replaced by one (payload plus [`LOG_BYTES_PER_WRITE`] each): what the log holds
     /// that a snapshot would let go of (see [`snapshot_due_by_bytes`]).
     log_bytes: Arc<AtomicU64>,
+    /// Snapshot builds under way (see [`ReplicaStateMachine::building_snapshot`]).
+    building: Arc<AtomicU64>,
     /// Time spent applying entries, in microseconds (the restart profile reads it around
     /// openraft's start, which re-applies the committed log).
     apply_us: Arc<AtomicU64>,
@@ -171,6 +173,7 @@ impl ReplicaStateMachine {
             snapshot_counter: Arc::new(AtomicU64::new(0)),
             state_bytes: Arc::new(AtomicU64::new(0)),
             log_bytes: Arc::new(AtomicU64::new(0)),
+            building: Arc::new(AtomicU64::new(0)),
             apply_us: Arc::new(AtomicU64::new(0)),
             receiving_since: Arc::default(),
             store: None,
@@ -247,6 +250,12 @@ impl ReplicaStateMachine {
         self.log_bytes.load(Ordering::Relaxed)
     }
 
+    /// Whether a snapshot is being built (openraft runs the build as a task of its own,
+    /// which holds a durable replica's store until it ends).
+    pub fn building_snapshot(&self) -> bool {
+        self.building.load(Ordering::Relaxed) > 0
+    }
+
     /// Whether the log behind the last snapshot has grown large enough to take another
     /// ([`snapshot_due_by_bytes`]).
     pub fn snapshot_due(&self) -> bool {
@@ -298,6 +307,16 @@ impl RaftSnapshotBuilder<TypeConfig> for ReplicaStateMachine {
     /// again, as before). A snapshot installed in between (a newer one, from a leader)
     /// is neither replaced nor overwritten on disk by this older one.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        self.building.fetch_add(1, Ordering::Relaxed);
+        let built = self.build().await;
+        self.building.fetch_sub(1, Ordering::Relaxed);
+        built
+    }
+}
+
+impl ReplicaStateMachine {
+    /// [`RaftSnapshotBuilder::build_snapshot`], counted in [`Self::building`].
+    async fn build(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let started = Instant::now();
         let mut inner = self.inner.lock().await;
         let locked = Instant::now();
