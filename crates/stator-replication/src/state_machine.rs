@@ -366,12 +366,17 @@ impl ReplicaStateMachine {
             });
         }
         drop(inner);
-        // openraft 0.9 keeps only the meta of a built snapshot (core/sm/worker.rs); the
-        // bytes are still handed over whole, as the trait promises.
-        let bytes = copy_off_runtime(data).await;
+        // The vendored openraft reads only the meta of a built snapshot (its two callers:
+        // `core/sm/worker.rs` and `storage/helper.rs`, both `.meta`), and asks
+        // `get_current_snapshot` for the bytes when a follower needs them. Handing them
+        // over here cost a memory replica a copy of its whole state per build (its own
+        // copy is held for followers), so openraft gets an empty body; revisit on an
+        // openraft upgrade.
+        let bytes = data.len();
+        drop(data);
         tracing::info!(
             snapshot = %meta.snapshot_id,
-            bytes = bytes.len(),
+            bytes,
             lock_wait_ms = ms(locked - started),
             app_ms = ms(app_done - locked),
             encode_ms = ms(encoded - app_done),
@@ -380,7 +385,7 @@ impl ReplicaStateMachine {
         );
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(Cursor::new(Vec::new())),
         })
     }
 }
