@@ -333,6 +333,55 @@ async fn compaction_bounds_the_log_and_a_new_member_catches_up_from_a_snapshot()
     assert!(!state.is_empty());
 }
 
+/// The log is also bounded by bytes: with the entry policy out of reach, a replica whose
+/// applied writes since its last snapshot pass the byte floor (16 MiB here, the state
+/// being small) is snapshotted by the host's sweep, on every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_outgrows_the_byte_floor_is_snapshotted_without_the_entry_policy() {
+    use stator_replication::state_machine::LOG_BYTES_BEFORE_SNAPSHOT_MIN;
+    let options = GroupOptions {
+        snapshot_every_entries: 1_000_000,
+        ..Default::default()
+    };
+    let cluster = InProcessCluster::start(3, Arc::new(RegisterFactory)).await;
+    cluster.create_group(GROUP, &[1, 2, 3], options).await;
+    let members: Vec<String> = cluster.members(&[1, 2, 3]).into_values().collect();
+    let rpc = ReplicaClient::new(TEST_SECRET);
+    let mut leader = None;
+    let value = "x".repeat(64 << 10);
+    let writes = (LOG_BYTES_BEFORE_SNAPSHOT_MIN as usize / value.len()) * 5 / 4;
+    for i in 0..writes {
+        let op = encode_op(&RegisterOp::Set(format!("key{}", i % 8), value.clone()));
+        rpc.execute(
+            GROUP,
+            &members,
+            &mut leader,
+            RequestKind::Write,
+            op,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for (id, host) in &cluster.hosts {
+        let replica = host.replica(GROUP).unwrap();
+        loop {
+            let snapshot = replica.raft.metrics().borrow().snapshot;
+            if snapshot.is_some() && replica.sm.log_bytes() < LOG_BYTES_BEFORE_SNAPSHOT_MIN {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "host {id}: no snapshot after {writes} writes of 64 KiB (snapshot {snapshot:?}, \
+                 {} log bytes)",
+                replica.sm.log_bytes()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 fn register_read(key: &str) -> ClientRequest {
     ClientRequest {
         client_id: 0,
