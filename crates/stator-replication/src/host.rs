@@ -1914,7 +1914,8 @@ fn hosted(inner: &HostInner) -> Vec<Arc<Replica>> {
 
 /// Every [`SWEEP_INTERVAL`]: quiets idle groups led here, hands over groups whose leader
 /// replica stopped, snapshots replicas whose log outgrew their state
-/// ([`crate::state_machine::snapshot_due_by_bytes`]), and refreshes the peers to ping. Ends when the host is dropped.
+/// ([`crate::state_machine::snapshot_due_by_bytes`]), and refreshes the peers to ping.
+/// Ends when the host is dropped.
 async fn sweep_loop(inner: Weak<HostInner>) {
     let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

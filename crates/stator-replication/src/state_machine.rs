@@ -78,13 +78,6 @@ struct StoredSnapshot {
 /// memcpy would otherwise hold the replica's runtime (a single thread in an agent's
 /// benchmark host, and every Raft task of the host shares it) for tens of milliseconds.
 async fn copy_off_runtime(data: Arc<StateBytes>) -> Vec<u8> {
-    // The last holder of a built snapshot's own buffer (a durable replica keeps the file's
-    // mapping instead) hands the buffer over without a copy.
-    let data = match Arc::try_unwrap(data) {
-        Ok(StateBytes::Owned(bytes)) => return bytes,
-        Ok(mapped) => Arc::new(mapped),
-        Err(shared) => shared,
-    };
     tokio::task::spawn_blocking(move || data.to_vec())
         .await
         .expect("copying a snapshot panicked")

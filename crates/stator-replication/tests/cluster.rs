@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_history_ok, spawn_workload, Members};
+use common::{assert_history_ok, set_register, spawn_workload, Members};
 use stator_check::Recorder;
 use stator_replication::testing::{
     decode_reply, encode_op, InProcessCluster, RegisterFactory, RegisterOp, TEST_SECRET,
@@ -347,21 +347,11 @@ async fn a_log_that_outgrows_the_byte_floor_is_snapshotted_without_the_entry_pol
     cluster.create_group(GROUP, &[1, 2, 3], options).await;
     let members: Vec<String> = cluster.members(&[1, 2, 3]).into_values().collect();
     let rpc = ReplicaClient::new(TEST_SECRET);
-    let mut leader = None;
     let value = "x".repeat(64 << 10);
     let writes = (LOG_BYTES_BEFORE_SNAPSHOT_MIN as usize / value.len()) * 5 / 4;
     for i in 0..writes {
-        let op = encode_op(&RegisterOp::Set(format!("key{}", i % 8), value.clone()));
-        rpc.execute(
-            GROUP,
-            &members,
-            &mut leader,
-            RequestKind::Write,
-            op,
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+        let key = format!("key{}", i % 8);
+        set_register(&rpc, GROUP, &members, &key, &value, Duration::from_secs(10)).await;
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     for (id, host) in &cluster.hosts {
