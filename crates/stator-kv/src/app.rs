@@ -42,10 +42,12 @@ impl StateMachine for KvMachine {
         Ok(snapshot::encode(self))
     }
 
-    /// One pass over the table here; the sort by key and the assembly in the closure.
+    /// The table frozen here (pointer copies); the walk over it, the sort by key and the
+    /// assembly in the closure, while writes go on (a write copies a shard the walk still
+    /// holds, see `key_table`).
     async fn snapshot_in_parts(&mut self) -> Result<SnapshotFinish, AppError> {
-        let unsorted = snapshot::encode_unsorted(self);
-        Ok(Box::new(move || unsorted.finish()))
+        let captured = snapshot::capture(self);
+        Ok(Box::new(move || captured.encode().finish()))
     }
 
     async fn restore(&mut self, snapshot: &[u8]) -> Result<(), AppError> {

@@ -18,11 +18,22 @@
 //! BENCHMARKS.md, session 16, i16m; tens of ms at ten million keys). Redis rehashes
 //! incrementally for the same reason; hashbrown cannot, and with [`SHARDS`] tables each
 //! doubling moves 1/[`SHARDS`] of the keys.
+//!
+//! A snapshot takes the whole table by moving each shard behind an `Arc` and sharing it
+//! ([`KeyTable::freeze`]: [`SHARDS`] small allocations, whatever the keyspace's size), and
+//! encodes it on another thread while writes go on: a write to a shard the snapshot still
+//! holds copies that shard first, as a forked Redis child's pages are copied on write, one
+//! shard (1/[`SHARDS`] of the keys) at a time. A shard the snapshot has encoded is let
+//! go, so the next write to it takes it back without a copy. Outside a snapshot a shard
+//! is the table's own, with no reference count to check on a write. Before this the snapshot walked every key under the
+//! state machine's lock, stalling the partition's writes 0.1-2.5 s at a million keys
+//! (docs/BENCHMARKS.md, session 18).
 
 use crate::key::Key;
 use crate::keyspace::Entry;
 use hashbrown::hash_table::{self, HashTable};
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 /// The hasher: foldhash, seeded per process like std's SipHash (so a client cannot
 /// choose keys that collide), at a fraction of SipHash's cost per lookup. Iteration order
@@ -34,10 +45,12 @@ type KeyHasher = foldhash::fast::RandomState;
 const SLOT_BYTES: usize = std::mem::size_of::<(Key, Entry)>();
 
 /// How many tables the keys are spread over (a power of two): a table's doubling moves
-/// this fraction of the keys. More costs an array of empty tables (32 bytes each, made at
-/// the first key: an empty keyspace, such as an idle partition's, holds none) and nothing
-/// per lookup.
-pub(crate) const SHARDS: usize = 64;
+/// 1/`SHARDS` of the keys, and a write during a snapshot copies at most that much (256:
+/// ~4,000 keys at a million, against 15,600 with 64, which made a write that copied
+/// several shards take 66-73 ms: docs/BENCHMARKS.md, session 19). More costs an array of
+/// empty tables (32 bytes each, made at the first key: an empty keyspace, such as an idle
+/// partition's, holds none) and nothing per lookup.
+pub(crate) const SHARDS: usize = 256;
 
 /// Which bits of a key's hash pick its shard: none of the bits hashbrown uses for a
 /// table's bucket (the low bits, up to 2^32 buckets) or its control tag (the top 7), so
@@ -60,11 +73,77 @@ impl Default for KeyTable {
     }
 }
 
-type Shards = [HashTable<(Key, Entry)>; SHARDS];
+/// One of the [`SHARDS`] tables.
+pub(crate) type Shard = HashTable<(Key, Entry)>;
+
+/// A shard: the table's own, or shared with a snapshot that froze it ([`Frozen`]).
+#[derive(Debug)]
+enum Cell {
+    Own(Shard),
+    Shared(Arc<Shard>),
+}
+
+impl Cell {
+    fn get(&self) -> &Shard {
+        match self {
+            Cell::Own(shard) => shard,
+            Cell::Shared(shard) => shard,
+        }
+    }
+
+    /// The shard to change: taken back if the snapshot has let go of it, else copied.
+    fn get_mut(&mut self) -> &mut Shard {
+        if let Cell::Shared(_) = self {
+            let Cell::Shared(shared) = std::mem::replace(self, Cell::Own(HashTable::new())) else {
+                unreachable!("matched above")
+            };
+            *self = Cell::Own(Arc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone()));
+        }
+        match self {
+            Cell::Own(shard) => shard,
+            Cell::Shared(_) => unreachable!("made own above"),
+        }
+    }
+
+    /// Whether a snapshot still holds this shard.
+    fn is_held(&self) -> bool {
+        matches!(self, Cell::Shared(shard) if Arc::strong_count(shard) > 1)
+    }
+}
+
+type Shards = [Cell; SHARDS];
 
 fn new_shards(keys: usize) -> Box<Shards> {
     let per_shard = keys.div_ceil(SHARDS);
-    Box::new(std::array::from_fn(|_| HashTable::with_capacity(per_shard)))
+    Box::new(std::array::from_fn(|_| {
+        Cell::Own(HashTable::with_capacity(per_shard))
+    }))
+}
+
+/// The shard of `hash`, to change: copied first if a snapshot ([`Frozen`]) still holds it.
+fn shard_mut(shards: &mut Shards, hash: u64) -> &mut Shard {
+    shards[shard_of(hash)].get_mut()
+}
+
+/// The table as it was when [`KeyTable::freeze`] took it: every shard, shared with the
+/// table until either side lets go or the table writes to it (which copies it).
+#[derive(Debug)]
+pub(crate) struct Frozen {
+    shards: Vec<Arc<Shard>>,
+    len: usize,
+}
+
+impl Frozen {
+    /// Keys held when frozen.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The shards, each let go when the caller drops it, so that the table's writes to a
+    /// shard already walked copy nothing.
+    pub(crate) fn into_shards(self) -> impl Iterator<Item = Arc<Shard>> {
+        self.shards.into_iter()
+    }
 }
 
 fn shard_of(hash: u64) -> usize {
@@ -85,8 +164,49 @@ impl KeyTable {
         self.hasher.hash_one(key)
     }
 
-    fn shard(&self, hash: u64) -> Option<&HashTable<(Key, Entry)>> {
-        Some(&self.shards.as_ref()?[shard_of(hash)])
+    fn shard(&self, hash: u64) -> Option<&Shard> {
+        Some(self.shards.as_ref()?[shard_of(hash)].get())
+    }
+
+    /// Whether `key`'s shard is held by a snapshot and lacks `key`: a change that finds
+    /// nothing to change then does not copy the shard.
+    fn frozen_without(&self, hash: u64, key: &[u8]) -> bool {
+        let Some(shards) = &self.shards else {
+            return false;
+        };
+        let cell = &shards[shard_of(hash)];
+        cell.is_held()
+            && cell
+                .get()
+                .find(hash, |(stored, _)| stored.as_bytes() == key)
+                .is_none()
+    }
+
+    /// The table as it is now, for a snapshot to walk without it (see the module doc):
+    /// each shard that holds keys moved behind an `Arc` (one small allocation; its keys
+    /// stay where they are) and shared.
+    pub(crate) fn freeze(&mut self) -> Frozen {
+        let len = self.len;
+        let Some(shards) = self.shards.as_mut() else {
+            return Frozen {
+                shards: Vec::new(),
+                len,
+            };
+        };
+        let shards = shards
+            .iter_mut()
+            .filter(|cell| !cell.get().is_empty())
+            .map(|cell| {
+                if let Cell::Own(shard) = cell {
+                    *cell = Cell::Shared(Arc::new(std::mem::take(shard)));
+                }
+                match cell {
+                    Cell::Shared(shared) => Arc::clone(shared),
+                    Cell::Own(_) => unreachable!("shared above"),
+                }
+            })
+            .collect();
+        Frozen { shards, len }
     }
 
     /// Keys held.
@@ -113,7 +233,10 @@ impl KeyTable {
 
     pub(crate) fn get_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
         let hash = self.hash(key);
-        self.shards.as_mut()?[shard_of(hash)]
+        if self.frozen_without(hash, key) {
+            return None;
+        }
+        shard_mut(self.shards.as_mut()?, hash)
             .find_mut(hash, |(stored, _)| stored.as_bytes() == key)
             .map(|(_, entry)| entry)
     }
@@ -138,7 +261,10 @@ impl KeyTable {
     /// Removes `key`, returning the stored key and its entry.
     pub(crate) fn remove_entry(&mut self, key: &[u8]) -> Option<(Key, Entry)> {
         let hash = self.hash(key);
-        let table = &mut self.shards.as_mut()?[shard_of(hash)];
+        if self.frozen_without(hash, key) {
+            return None;
+        }
+        let table = shard_mut(self.shards.as_mut()?, hash);
         let occupied = table
             .find_entry(hash, |(stored, _)| stored.as_bytes() == key)
             .ok()?;
@@ -160,7 +286,7 @@ impl KeyTable {
             hasher,
         } = self;
         let shards = shards.get_or_insert_with(|| new_shards(0));
-        let slot = shards[shard_of(hash)].entry(
+        let slot = shard_mut(shards, hash).entry(
             hash,
             |(stored, _)| stored.as_bytes() == key,
             |(stored, _)| hasher.hash_one(stored.as_bytes()),
@@ -176,7 +302,7 @@ impl KeyTable {
         self.shards
             .iter()
             .flat_map(|shards| shards.iter())
-            .flat_map(HashTable::iter)
+            .flat_map(|cell| cell.get().iter())
             .map(|(key, entry)| (key, entry))
     }
 
@@ -305,19 +431,28 @@ mod tests {
 
     #[test]
     fn keys_spread_over_the_shards_and_the_count_follows_every_path() {
-        let mut table = KeyTable::with_capacity(10_000);
-        for i in 0..10_000u32 {
+        const KEYS: u32 = 100_000;
+        let mut table = KeyTable::with_capacity(KEYS as usize);
+        for i in 0..KEYS {
             table.insert(Key::from_slice(&i.to_le_bytes()), entry(u64::from(i)));
         }
-        assert_eq!(table.len(), 10_000);
+        assert_eq!(table.len(), KEYS as usize);
         let shards = table.shards.as_ref().expect("keys held");
-        let sizes: Vec<usize> = shards.iter().map(HashTable::len).collect();
-        assert_eq!(sizes.iter().sum::<usize>(), 10_000);
-        // 156 keys a shard on average: each within a factor of two of it.
+        let sizes: Vec<usize> = shards.iter().map(|cell| cell.get().len()).collect();
+        assert_eq!(sizes.iter().sum::<usize>(), KEYS as usize);
+        // Each within a factor of two of the average (390 keys a shard: ten standard
+        // deviations of a fair spread either way).
+        let average = KEYS as usize / SHARDS;
         assert!(
-            sizes.iter().all(|&n| (78..=312).contains(&n)),
+            sizes
+                .iter()
+                .all(|&n| (average / 2..=average * 2).contains(&n)),
             "uneven shards: {sizes:?}"
         );
+        for i in 10_000..KEYS {
+            assert!(table.remove(&i.to_le_bytes()).is_some());
+        }
+        assert_eq!(table.len(), 10_000);
         // Removed through `remove` and through a slot; added through a slot.
         for i in 0..5_000u32 {
             assert!(table.remove(&i.to_le_bytes()).is_some());
@@ -349,5 +484,72 @@ mod tests {
         );
         assert!(empty.get(b"k").is_none() && empty.get_mut(b"k").is_none());
         assert!(empty.remove(b"k").is_none() && empty.shards.is_none());
+    }
+
+    #[test]
+    fn a_frozen_table_keeps_its_keys_while_the_table_changes_and_copies_only_written_shards() {
+        let mut table = KeyTable::with_capacity(1_000);
+        for i in 0..1_000u32 {
+            table.insert(Key::from_slice(&i.to_le_bytes()), entry(u64::from(i)));
+        }
+        let address =
+            |table: &KeyTable, i: u32| table.get(&i.to_le_bytes()).expect("held") as *const Entry;
+        let untouched_before = address(&table, 999);
+        let frozen = table.freeze();
+        assert_eq!(frozen.len(), 1_000);
+        let held = |table: &KeyTable| {
+            let shards = table.shards.as_ref().expect("keys held");
+            shards.iter().filter(|cell| cell.is_held()).count()
+        };
+        // Every shard with keys is shared, none moved or copied.
+        let nonempty = frozen.shards.len();
+        assert!(nonempty > SHARDS / 2, "{nonempty} shards hold keys");
+        assert_eq!(held(&table), nonempty);
+        assert_eq!(address(&table, 999), untouched_before);
+        // Changes that find nothing copy nothing.
+        assert!(table.remove(b"absent").is_none() && table.get_mut(b"absent").is_none());
+        assert_eq!(held(&table), nonempty);
+        // One change through each path: each copies at most its own shard.
+        table.get_mut(&0u32.to_le_bytes()).expect("held").version = 7;
+        assert!(table.remove(&1u32.to_le_bytes()).is_some());
+        table.insert(Key::from_slice(&2u32.to_le_bytes()), entry(9));
+        match table.slot(b"new") {
+            Slot::Vacant(vacant) => {
+                vacant.insert((Key::from_slice(b"new"), entry(1)));
+            }
+            Slot::Occupied(_) => panic!("never inserted"),
+        }
+        let copied = nonempty - held(&table);
+        assert!((1..=4).contains(&copied), "{copied} shards copied");
+        // The table sees its changes, the frozen copy what was there before them.
+        assert_eq!(table.len(), 1_000);
+        assert_eq!(table.get(&0u32.to_le_bytes()).map(|e| e.version), Some(7));
+        assert!(table.get(&1u32.to_le_bytes()).is_none());
+        let before: std::collections::HashMap<Vec<u8>, u64> = frozen
+            .into_shards()
+            .flat_map(|shard| {
+                shard
+                    .iter()
+                    .map(|(key, entry)| (key.as_bytes().to_vec(), entry.version))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(before.len(), 1_000);
+        assert_eq!(before[&0u32.to_le_bytes().to_vec()], 0);
+        assert_eq!(before[&1u32.to_le_bytes().to_vec()], 1);
+        assert_eq!(before[&2u32.to_le_bytes().to_vec()], 2);
+        assert!(!before.contains_key(&b"new".to_vec()));
+        // With the frozen copy gone, every write takes its shard back where it lies.
+        assert_eq!(held(&table), 0);
+        let addresses: Vec<*const Entry> = (3..1_000).map(|i| address(&table, i)).collect();
+        for i in 3..1_000u32 {
+            table.get_mut(&i.to_le_bytes()).expect("held").version += 1;
+        }
+        let after: Vec<*const Entry> = (3..1_000).map(|i| address(&table, i)).collect();
+        assert_eq!(addresses, after, "a shard no snapshot holds was copied");
+        assert_eq!(address(&table, 999), untouched_before);
+        let shards = table.shards.as_ref().expect("keys held");
+        assert!(shards.iter().all(|cell| matches!(cell, Cell::Own(_))));
+        assert_eq!(KeyTable::default().freeze().into_shards().count(), 0);
     }
 }

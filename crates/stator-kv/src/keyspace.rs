@@ -2,7 +2,7 @@
 //! kept in sync in one place.
 
 use crate::key::Key;
-use crate::key_table::{KeyTable, Slot};
+use crate::key_table::{Frozen, KeyTable, Slot};
 use crate::types::{Data, Str};
 use std::collections::BTreeSet;
 
@@ -146,6 +146,12 @@ impl Keyspace {
             .entries
             .insert(key, Entry::new(data, expires_at_ms, version));
         assert!(previous.is_none(), "a snapshot restored one key twice");
+    }
+
+    /// The entries as they are now, for a snapshot to walk on another thread while
+    /// writes go on ([`KeyTable::freeze`]).
+    pub(crate) fn freeze(&mut self) -> Frozen {
+        self.entries.freeze()
     }
 
     /// All entries, in no particular order.

@@ -982,6 +982,42 @@ mod tests {
             prop_assert_eq!(original.to_snapshot(), shared.to_snapshot());
         }
 
+        /// A snapshot taken at one step ([`crate::snapshot::capture`], the part that holds
+        /// the machine) and finished after every later step has changed the machine gives
+        /// the bytes of the state at that step, not after: the writes copied the shards
+        /// the snapshot still held instead of changing them under it, and answered and
+        /// ended as a machine never snapshotted does.
+        #[test]
+        fn a_snapshot_finished_after_later_writes_holds_the_state_it_was_taken_at(
+            steps in steps_strategy(),
+            cut in 0usize..120,
+            filler in 0u32..3_000,
+        ) {
+            let mut machine = KvMachine::new();
+            // The same writes with no snapshot taken: what the machine must end as.
+            let mut twin = KvMachine::new();
+            // Enough keys that most shards hold some (the strategy's keys are few).
+            for i in 0..filler {
+                let argv = [b"SET".to_vec(), format!("filler:{i}").into_bytes(), b"v".to_vec()];
+                machine.apply_argv(1_000, &argv);
+                twin.apply_argv(1_000, &argv);
+            }
+            let mut taken = None;
+            let mut time_ms: i64 = 1_000;
+            for (index, (argv, clock_step_ms)) in steps.iter().enumerate() {
+                if index == cut.min(steps.len() - 1) {
+                    taken = Some((crate::snapshot::capture(&mut machine), machine.to_snapshot()));
+                }
+                time_ms = (time_ms + clock_step_ms).max(0);
+                let reply = machine.apply_argv(time_ms as u64, argv);
+                prop_assert_eq!(reply, twin.apply_argv(time_ms as u64, argv), "step {} {:?}", index, argv);
+                machine.keyspace.assert_consistent();
+            }
+            let (captured, expected) = taken.expect("a snapshot was taken");
+            prop_assert_eq!(captured.encode().finish(), expected);
+            prop_assert_eq!(machine.to_snapshot(), twin.to_snapshot());
+        }
+
         /// A `STATOR.EXEC` entry's fast path (`apply_exec_entry`: borrowed parse, replies
         /// encoded as they come) answers and ends exactly as the general path.
         #[test]

@@ -21,7 +21,8 @@
 //! Version 1 (strings only: no `write_version`, no type byte, no per-entry version) is still
 //! read, so a node upgraded in place restores its old snapshots.
 
-use crate::keyspace::Keyspace;
+use crate::key_table::Frozen;
+use crate::keyspace::{Entry, Keyspace};
 use crate::machine::KvMachine;
 use crate::ops::{Scripts, MAX_CACHED_SCRIPTS, MAX_FUNCTION_LIBRARIES};
 use crate::scripting::sha1_hex;
@@ -79,10 +80,10 @@ struct Span {
 }
 
 /// A snapshot in the keyspace's own order: every entry encoded, to be sorted by key and
-/// assembled by [`Unsorted::finish`] without the machine. The part of a snapshot that
-/// needs the machine is then one pass over its table (2-7 ms for 100,000 keys under a
-/// pipelined load here, against 21-46 ms with the sort: docs/BENCHMARKS.md, session 18);
-/// the sort runs on another thread while the replica goes on applying writes.
+/// assembled by [`Unsorted::finish`] without the machine. Neither that nor the walk that
+/// makes it ([`Captured::encode`]) needs the machine: the part of a snapshot that does is
+/// [`capture`], a fixed handful of copies (docs/BENCHMARKS.md, session 19; before, the
+/// walk held it 2-7 ms at 100,000 keys and 0.1-2.5 s at a million, session 18).
 pub(crate) struct Unsorted {
     header: Vec<u8>,
     body: Vec<u8>,
@@ -90,22 +91,91 @@ pub(crate) struct Unsorted {
     scripts: Vec<u8>,
 }
 
-/// Encodes every entry of `machine` in the keyspace's order (see [`Unsorted`]).
-pub(crate) fn encode_unsorted(machine: &KvMachine) -> Unsorted {
-    let count = machine.keyspace.len();
+/// What a snapshot takes from the machine: the header's fields, the table frozen
+/// ([`Keyspace::freeze`], [`SHARDS`] pointer copies) and the scripts (small, capped).
+/// Taking it costs the same at any keyspace size; [`Captured::encode`] walks the keys
+/// afterwards, on any thread, while the machine goes on applying writes.
+///
+/// [`SHARDS`]: crate::key_table::SHARDS
+pub(crate) struct Captured {
+    header: Vec<u8>,
+    keys: Frozen,
+    bytes: u64,
+    scripts: Vec<u8>,
+}
+
+/// The snapshot's header: format, clock, write counter, entry count.
+fn header(machine: &KvMachine) -> Vec<u8> {
     let mut header = Vec::with_capacity(29);
     header.extend_from_slice(MAGIC);
     header.push(VERSION);
     header.extend_from_slice(&machine.now_ms.to_le_bytes());
     header.extend_from_slice(&machine.keyspace.write_version().to_le_bytes());
-    header.extend_from_slice(&(count as u64).to_le_bytes());
-    let mut body = Vec::with_capacity(machine.keyspace.bytes() as usize + count * 26);
-    let mut spans = Vec::with_capacity(count);
+    header.extend_from_slice(&(machine.keyspace.len() as u64).to_le_bytes());
+    header
+}
+
+fn encoded_scripts(machine: &KvMachine) -> Vec<u8> {
+    let mut scripts = Vec::new();
+    encode_scripts(&mut scripts, &machine.scripts);
+    scripts
+}
+
+/// Takes what a snapshot of `machine` needs (see [`Captured`]).
+pub(crate) fn capture(machine: &mut KvMachine) -> Captured {
+    Captured {
+        header: header(machine),
+        keys: machine.keyspace.freeze(),
+        bytes: machine.keyspace.bytes(),
+        scripts: encoded_scripts(machine),
+    }
+}
+
+/// Encodes every entry of `machine` in the keyspace's order (see [`Unsorted`]), walking
+/// the table in place (for a caller that holds the machine until the bytes are made).
+pub(crate) fn encode_unsorted(machine: &KvMachine) -> Unsorted {
+    let mut body = Body::with_capacity(machine.keyspace.len(), machine.keyspace.bytes());
     for (key, entry) in machine.keyspace.iter() {
+        body.push(key, entry);
+    }
+    body.finish(header(machine), encoded_scripts(machine))
+}
+
+impl Captured {
+    /// Every entry encoded in the table's order, each shard let go once walked.
+    pub(crate) fn encode(self) -> Unsorted {
+        let mut body = Body::with_capacity(self.keys.len(), self.bytes);
+        for shard in self.keys.into_shards() {
+            for (key, entry) in shard.iter() {
+                body.push(key.as_bytes(), entry);
+            }
+        }
+        body.finish(self.header, self.scripts)
+    }
+}
+
+/// [`Unsorted`]'s entries as they are encoded.
+struct Body {
+    bytes: Vec<u8>,
+    spans: Vec<Span>,
+    count: usize,
+}
+
+impl Body {
+    fn with_capacity(count: usize, bytes: u64) -> Self {
+        Body {
+            bytes: Vec::with_capacity(bytes as usize + count * 26),
+            spans: Vec::with_capacity(count),
+            count,
+        }
+    }
+
+    fn push(&mut self, key: &[u8], entry: &Entry) {
+        let body = &mut self.bytes;
         let start = body.len();
-        push_bytes(&mut body, key);
+        push_bytes(body, key);
         let key_end = body.len();
-        encode_data(&mut body, &entry.data);
+        encode_data(body, &entry.data);
         match entry.expires_at_ms() {
             None => body.push(0),
             Some(at_ms) => {
@@ -114,20 +184,25 @@ pub(crate) fn encode_unsorted(machine: &KvMachine) -> Unsorted {
             }
         }
         body.extend_from_slice(&entry.version.to_le_bytes());
-        spans.push(Span {
+        self.spans.push(Span {
             start,
             key_end,
             end: body.len(),
         });
     }
-    debug_assert_eq!(spans.len(), count, "the keyspace counts what it iterates");
-    let mut scripts = Vec::new();
-    encode_scripts(&mut scripts, &machine.scripts);
-    Unsorted {
-        header,
-        body,
-        spans,
-        scripts,
+
+    fn finish(self, header: Vec<u8>, scripts: Vec<u8>) -> Unsorted {
+        debug_assert_eq!(
+            self.spans.len(),
+            self.count,
+            "the keyspace counts what it holds"
+        );
+        Unsorted {
+            header,
+            body: self.bytes,
+            spans: self.spans,
+            scripts,
+        }
     }
 }
 
