@@ -58,10 +58,7 @@ async fn apply_until<'a>(
         let entry = next_entry();
         *index += 1;
         let one = Instant::now();
-        machine
-            .apply(*index, *index, &entry)
-            .await
-            .expect("applied");
+        machine.apply(*index, *index, entry).await.expect("applied");
         took.push(one.elapsed());
     }
     took.sort_unstable();

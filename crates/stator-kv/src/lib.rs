@@ -24,6 +24,9 @@
 //!   and the insert uses the entry API with the key the command brought. Keys of up to
 //!   22 bytes (`key`: `Key`) and string values of up to 14 bytes
 //!   (`Str::Inline`) live inside the table's slot, so such a SET touches no heap memory.
+//! - `key_table`: the keyspace's table, 256 hashbrown tables picked by hash bits (a
+//!   resize moves 1/256 of the keys), with batch prefetch, and frozen for a snapshot
+//!   without a walk: a write copies a table the snapshot still holds (copy on write).
 //! - [`machine`]: [`KvMachine`]: dispatch, string commands, expiry.
 //! - `ops`: the other commands, one file per type (`hash`, `list`, `set`, `zset`,
 //!   `strings`, `keys` for keyspace commands and transactions, `sort` for SORT and
@@ -47,7 +50,8 @@
 //!   in it straight from the entry's bytes, a same-size overwrite with no allocation)
 //!   and, with reads only, a batch of reads answered as one query.
 //! - `snapshot`: the snapshot byte format (version 3 with types and scripts; versions 2
-//!   and 1 still read).
+//!   and 1 still read); `capture` takes a frozen table under the replica's lock, the walk
+//!   and the sort by key run after, off it.
 //! - `app`: [`KvMachine`] as a [`stator_api::app::StateMachine`], and [`KvFactory`].
 //! - [`notify`]: keyspace notifications: `notify-keyspace-events` flags, the Redis event
 //!   of each applied command, and [`notify::NotifyingKv`], a machine that reports them to
