@@ -21,11 +21,11 @@
 //!
 //! A snapshot takes the whole table by moving each shard behind an `Arc` and sharing it
 //! ([`KeyTable::freeze`]: [`SHARDS`] small allocations, whatever the keyspace's size), and
-//! encodes it on another thread while writes go on: a write to a shard the snapshot still
-//! holds copies that shard first, as a forked Redis child's pages are copied on write, one
-//! shard (1/[`SHARDS`] of the keys) at a time. A shard the snapshot has encoded is let
-//! go, so the next write to it takes it back without a copy. Outside a snapshot a shard
-//! is the table's own, with no reference count to check on a write. Before this the snapshot walked every key under the
+//! encodes it shard by shard on another thread while writes go on. A write to a shard the
+//! snapshot has not reached yet encodes that shard for it first (1/[`SHARDS`] of the
+//! keys), as Dragonfly serialises a bucket before a write changes it; either way each
+//! shard is encoded once and let go, and the next write takes it back without a copy.
+//! Outside a snapshot a shard is the table's own, with no reference count on a write. Before this the snapshot walked every key under the
 //! state machine's lock, stalling the partition's writes 0.1-2.5 s at a million keys
 //! (docs/BENCHMARKS.md, session 18).
 
@@ -45,10 +45,10 @@ type KeyHasher = foldhash::fast::RandomState;
 const SLOT_BYTES: usize = std::mem::size_of::<(Key, Entry)>();
 
 /// How many tables the keys are spread over (a power of two): a table's doubling moves
-/// 1/`SHARDS` of the keys, and a write during a snapshot copies at most that much (256:
-/// ~4,000 keys at a million, against 15,600 with 64, which made a write that copied
-/// several shards take 66-73 ms: docs/BENCHMARKS.md, session 19). More costs an array of
-/// empty tables (32 bytes each, made at the first key: an empty keyspace, such as an idle
+/// 1/`SHARDS` of the keys, and a write during a snapshot encodes at most that much for it
+/// (256: ~4,000 keys at a million; a 16-SET pipeline that reaches 16 shards first then
+/// takes 8-20 ms there, docs/BENCHMARKS.md, session 19). More costs an array of empty
+/// tables (32 bytes each, made at the first key: an empty keyspace, such as an idle
 /// partition's, holds none) and nothing per lookup.
 pub(crate) const SHARDS: usize = 256;
 
@@ -65,6 +65,9 @@ pub(crate) struct KeyTable {
     shards: Option<Box<Shards>>,
     len: usize,
     hasher: KeyHasher,
+    /// The snapshots walking shards of this table ([`KeyTable::freeze`]), asked to finish
+    /// a shard before a write changes it; dropped once walked.
+    holds: Vec<Arc<dyn Release>>,
 }
 
 impl Default for KeyTable {
@@ -76,7 +79,7 @@ impl Default for KeyTable {
 /// One of the [`SHARDS`] tables.
 pub(crate) type Shard = HashTable<(Key, Entry)>;
 
-/// A shard: the table's own, or shared with a snapshot that froze it ([`Frozen`]).
+/// A shard: the table's own, or shared with a snapshot that froze it ([`Hold`]).
 #[derive(Debug)]
 enum Cell {
     Own(Shard),
@@ -91,7 +94,8 @@ impl Cell {
         }
     }
 
-    /// The shard to change: taken back if the snapshot has let go of it, else copied.
+    /// The shard to change: taken back if the snapshot has let go of it, else copied (a
+    /// fallback: [`KeyTable`] has its snapshots encode a shard and let go of it first).
     fn get_mut(&mut self) -> &mut Shard {
         if let Cell::Shared(_) = self {
             let Cell::Shared(shared) = std::mem::replace(self, Cell::Own(HashTable::new())) else {
@@ -120,29 +124,106 @@ fn new_shards(keys: usize) -> Box<Shards> {
     }))
 }
 
-/// The shard of `hash`, to change: copied first if a snapshot ([`Frozen`]) still holds it.
-fn shard_mut(shards: &mut Shards, hash: u64) -> &mut Shard {
-    shards[shard_of(hash)].get_mut()
+/// The shard at `index`, to change: each snapshot still holding it encodes it and lets
+/// go first ([`Release`]), so it is taken back without a copy.
+fn shard_mut<'a>(
+    shards: &'a mut Shards,
+    holds: &mut Vec<Arc<dyn Release>>,
+    index: usize,
+) -> &'a mut Shard {
+    let cell = &mut shards[index];
+    if cell.is_held() {
+        for hold in holds.iter() {
+            hold.release(index);
+        }
+        holds.retain(|hold| !hold.walked());
+    }
+    cell.get_mut()
 }
 
-/// The table as it was when [`KeyTable::freeze`] took it: every shard, shared with the
-/// table until either side lets go or the table writes to it (which copies it).
-#[derive(Debug)]
-pub(crate) struct Frozen {
-    shards: Vec<Arc<Shard>>,
+/// What the table asks of a snapshot holding its shards ([`Hold`]).
+trait Release: Send + Sync + std::fmt::Debug {
+    /// Finish shard `index` (encode it if nobody has) and let go of it.
+    fn release(&self, index: usize);
+    /// Whether the walk is over: every shard let go.
+    fn walked(&self) -> bool;
+}
+
+/// A snapshot's hold on a table's shards ([`KeyTable::freeze`]): each shard that held
+/// keys, shared with the table, until it is encoded into a part `P` by whichever side
+/// gets to it first: the walk ([`Hold::walk`], on the snapshot's thread) or a
+/// write about to change it (on the machine's thread, under the replica's lock, as
+/// Dragonfly serialises a bucket before a write changes it). Either way each shard is
+/// encoded once, and the table takes it back without copying it.
+pub(crate) struct Hold<P> {
+    slots: Vec<std::sync::Mutex<Held<P>>>,
+    encode: fn(&Shard) -> P,
     len: usize,
+    walked: std::sync::atomic::AtomicBool,
 }
 
-impl Frozen {
+enum Held<P> {
+    Shard(Arc<Shard>),
+    Encoded(P),
+    Nothing,
+}
+
+impl<P> std::fmt::Debug for Hold<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hold")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Send> Hold<P> {
     /// Keys held when frozen.
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    /// The shards, each let go when the caller drops it, so that the table's writes to a
-    /// shard already walked copy nothing.
-    pub(crate) fn into_shards(self) -> impl Iterator<Item = Arc<Shard>> {
-        self.shards.into_iter()
+    /// Encodes shard `index` unless done, and lets go of it (under its slot's lock, so the
+    /// other side waits for a shard being encoded rather than copying it).
+    fn finish(&self, index: usize) {
+        let mut slot = self.slots[index]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Held::Shard(shard) = &*slot {
+            let part = (self.encode)(shard);
+            // The shard's reference goes with it: the table's is then the only one.
+            *slot = Held::Encoded(part);
+        }
+    }
+
+    /// The walk: every shard's part, in shard order, encoding those no write has.
+    pub(crate) fn walk(&self) -> Vec<P> {
+        for index in 0..self.slots.len() {
+            self.finish(index);
+        }
+        self.walked
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.slots
+            .iter()
+            .filter_map(|slot| {
+                let mut slot = slot
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                match std::mem::replace(&mut *slot, Held::Nothing) {
+                    Held::Encoded(part) => Some(part),
+                    Held::Shard(_) | Held::Nothing => None,
+                }
+            })
+            .collect()
+    }
+}
+
+impl<P: Send> Release for Hold<P> {
+    fn release(&self, index: usize) {
+        self.finish(index);
+    }
+
+    fn walked(&self) -> bool {
+        self.walked.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -157,6 +238,7 @@ impl KeyTable {
             shards: (keys > 0).then(|| new_shards(keys)),
             len: 0,
             hasher: KeyHasher::default(),
+            holds: Vec::new(),
         }
     }
 
@@ -182,31 +264,39 @@ impl KeyTable {
                 .is_none()
     }
 
-    /// The table as it is now, for a snapshot to walk without it (see the module doc):
-    /// each shard that holds keys moved behind an `Arc` (one small allocation; its keys
-    /// stay where they are) and shared.
-    pub(crate) fn freeze(&mut self) -> Frozen {
-        let len = self.len;
-        let Some(shards) = self.shards.as_mut() else {
-            return Frozen {
-                shards: Vec::new(),
-                len,
-            };
-        };
-        let shards = shards
-            .iter_mut()
-            .filter(|cell| !cell.get().is_empty())
-            .map(|cell| {
-                if let Cell::Own(shard) = cell {
-                    *cell = Cell::Shared(Arc::new(std::mem::take(shard)));
-                }
-                match cell {
-                    Cell::Shared(shared) => Arc::clone(shared),
-                    Cell::Own(_) => unreachable!("shared above"),
-                }
-            })
-            .collect();
-        Frozen { shards, len }
+    /// The table as it is now, for a snapshot to encode shard by shard without it (see
+    /// the module doc and [`Hold`]): each shard that holds keys moved behind an `Arc` (one
+    /// small allocation; its keys stay where they are) and shared.
+    pub(crate) fn freeze<P: Send + 'static>(&mut self, encode: fn(&Shard) -> P) -> Arc<Hold<P>> {
+        let mut slots: Vec<std::sync::Mutex<Held<P>>> = Vec::new();
+        if let Some(shards) = self.shards.as_mut() {
+            slots = shards
+                .iter_mut()
+                .map(|cell| {
+                    if cell.get().is_empty() {
+                        return std::sync::Mutex::new(Held::Nothing);
+                    }
+                    if let Cell::Own(shard) = cell {
+                        *cell = Cell::Shared(Arc::new(std::mem::take(shard)));
+                    }
+                    match cell {
+                        Cell::Shared(shared) => {
+                            std::sync::Mutex::new(Held::Shard(Arc::clone(shared)))
+                        }
+                        Cell::Own(_) => unreachable!("shared above"),
+                    }
+                })
+                .collect();
+        }
+        let hold = Arc::new(Hold {
+            slots,
+            encode,
+            len: self.len,
+            walked: std::sync::atomic::AtomicBool::new(false),
+        });
+        self.holds.retain(|hold| !hold.walked());
+        self.holds.push(Arc::clone(&hold) as Arc<dyn Release>);
+        hold
     }
 
     /// Keys held.
@@ -236,7 +326,7 @@ impl KeyTable {
         if self.frozen_without(hash, key) {
             return None;
         }
-        shard_mut(self.shards.as_mut()?, hash)
+        shard_mut(self.shards.as_mut()?, &mut self.holds, shard_of(hash))
             .find_mut(hash, |(stored, _)| stored.as_bytes() == key)
             .map(|(_, entry)| entry)
     }
@@ -264,7 +354,7 @@ impl KeyTable {
         if self.frozen_without(hash, key) {
             return None;
         }
-        let table = shard_mut(self.shards.as_mut()?, hash);
+        let table = shard_mut(self.shards.as_mut()?, &mut self.holds, shard_of(hash));
         let occupied = table
             .find_entry(hash, |(stored, _)| stored.as_bytes() == key)
             .ok()?;
@@ -284,9 +374,10 @@ impl KeyTable {
             shards,
             len,
             hasher,
+            holds,
         } = self;
         let shards = shards.get_or_insert_with(|| new_shards(0));
-        let slot = shard_mut(shards, hash).entry(
+        let slot = shard_mut(shards, holds, shard_of(hash)).entry(
             hash,
             |(stored, _)| stored.as_bytes() == key,
             |(stored, _)| hasher.hash_one(stored.as_bytes()),
@@ -486,30 +577,43 @@ mod tests {
         assert!(empty.remove(b"k").is_none() && empty.shards.is_none());
     }
 
+    /// What a test's snapshot encodes of a shard: each key with its version.
+    fn versions(shard: &Shard) -> Vec<(Vec<u8>, u64)> {
+        shard
+            .iter()
+            .map(|(key, entry)| (key.as_bytes().to_vec(), entry.version))
+            .collect()
+    }
+
     #[test]
-    fn a_frozen_table_keeps_its_keys_while_the_table_changes_and_copies_only_written_shards() {
-        let mut table = KeyTable::with_capacity(1_000);
+    fn a_frozen_table_is_encoded_as_it_was_while_writes_change_it_and_nothing_is_copied() {
+        // Room to spare, so that no shard grows (which would move its keys) on the insert.
+        let mut table = KeyTable::with_capacity(10_000);
         for i in 0..1_000u32 {
             table.insert(Key::from_slice(&i.to_le_bytes()), entry(u64::from(i)));
         }
         let address =
             |table: &KeyTable, i: u32| table.get(&i.to_le_bytes()).expect("held") as *const Entry;
-        let untouched_before = address(&table, 999);
-        let frozen = table.freeze();
-        assert_eq!(frozen.len(), 1_000);
+        let addresses: Vec<*const Entry> = (0..1_000).map(|i| address(&table, i)).collect();
+        let hold = table.freeze(versions);
+        assert_eq!(hold.len(), 1_000);
         let held = |table: &KeyTable| {
             let shards = table.shards.as_ref().expect("keys held");
             shards.iter().filter(|cell| cell.is_held()).count()
         };
-        // Every shard with keys is shared, none moved or copied.
-        let nonempty = frozen.shards.len();
+        // Every shard with keys is shared, none moved.
+        let nonempty = hold
+            .slots
+            .iter()
+            .filter(|slot| matches!(*slot.lock().unwrap(), Held::Shard(_)))
+            .count();
         assert!(nonempty > SHARDS / 2, "{nonempty} shards hold keys");
         assert_eq!(held(&table), nonempty);
-        assert_eq!(address(&table, 999), untouched_before);
-        // Changes that find nothing copy nothing.
+        // Changes that find nothing encode nothing.
         assert!(table.remove(b"absent").is_none() && table.get_mut(b"absent").is_none());
         assert_eq!(held(&table), nonempty);
-        // One change through each path: each copies at most its own shard.
+        // One change through each path: each has its shard encoded for the snapshot and
+        // takes it back in place.
         table.get_mut(&0u32.to_le_bytes()).expect("held").version = 7;
         assert!(table.remove(&1u32.to_le_bytes()).is_some());
         table.insert(Key::from_slice(&2u32.to_le_bytes()), entry(9));
@@ -519,37 +623,69 @@ mod tests {
             }
             Slot::Occupied(_) => panic!("never inserted"),
         }
-        let copied = nonempty - held(&table);
-        assert!((1..=4).contains(&copied), "{copied} shards copied");
-        // The table sees its changes, the frozen copy what was there before them.
+        let released = nonempty - held(&table);
+        assert!((1..=4).contains(&released), "{released} shards released");
+        assert_eq!(
+            hold.slots
+                .iter()
+                .filter(|slot| matches!(*slot.lock().unwrap(), Held::Encoded(_)))
+                .count(),
+            released
+        );
+        // The table sees its changes, the snapshot what was there before them.
         assert_eq!(table.len(), 1_000);
         assert_eq!(table.get(&0u32.to_le_bytes()).map(|e| e.version), Some(7));
         assert!(table.get(&1u32.to_le_bytes()).is_none());
-        let before: std::collections::HashMap<Vec<u8>, u64> = frozen
-            .into_shards()
-            .flat_map(|shard| {
-                shard
-                    .iter()
-                    .map(|(key, entry)| (key.as_bytes().to_vec(), entry.version))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let before: std::collections::HashMap<Vec<u8>, u64> =
+            hold.walk().into_iter().flatten().collect();
         assert_eq!(before.len(), 1_000);
         assert_eq!(before[&0u32.to_le_bytes().to_vec()], 0);
         assert_eq!(before[&1u32.to_le_bytes().to_vec()], 1);
         assert_eq!(before[&2u32.to_le_bytes().to_vec()], 2);
         assert!(!before.contains_key(b"new".as_slice()));
-        // With the frozen copy gone, every write takes its shard back where it lies.
+        // The walk let go of every shard: every write takes its shard back in place, and no
+        // entry ever moved (nothing was copied).
         assert_eq!(held(&table), 0);
-        let addresses: Vec<*const Entry> = (3..1_000).map(|i| address(&table, i)).collect();
         for i in 3..1_000u32 {
             table.get_mut(&i.to_le_bytes()).expect("held").version += 1;
         }
-        let after: Vec<*const Entry> = (3..1_000).map(|i| address(&table, i)).collect();
-        assert_eq!(addresses, after, "a shard no snapshot holds was copied");
-        assert_eq!(address(&table, 999), untouched_before);
+        for i in 2..1_000u32 {
+            assert_eq!(address(&table, i), addresses[i as usize], "key {i} moved");
+        }
         let shards = table.shards.as_ref().expect("keys held");
         assert!(shards.iter().all(|cell| matches!(cell, Cell::Own(_))));
-        assert_eq!(KeyTable::default().freeze().into_shards().count(), 0);
+        // A walked hold is dropped at the next freeze (or the next write to a held shard).
+        let next = table.freeze(versions);
+        assert_eq!(table.holds.len(), 1, "a walked hold is dropped");
+        assert_eq!(next.walk().into_iter().flatten().count(), 1_000);
+        assert_eq!(KeyTable::default().freeze(versions).walk().len(), 0);
+    }
+
+    #[test]
+    fn a_shard_still_held_by_a_second_snapshot_is_copied_not_lost() {
+        let mut table = KeyTable::with_capacity(100);
+        for i in 0..100u32 {
+            table.insert(Key::from_slice(&i.to_le_bytes()), entry(u64::from(i)));
+        }
+        let first = table.freeze(versions);
+        let second = table.freeze(versions);
+        // A stray reference (neither hold's): the write must copy.
+        let key = 5u32.to_le_bytes();
+        let index = shard_of(table.hash(&key));
+        let stray = match &table.shards.as_ref().unwrap()[index] {
+            Cell::Shared(shard) => Arc::clone(shard),
+            Cell::Own(_) => panic!("frozen"),
+        };
+        table.get_mut(&key).expect("held").version = 50;
+        assert_eq!(table.get(&key).map(|e| e.version), Some(50));
+        assert!(stray
+            .find(table.hash(&key), |(k, _)| k.as_bytes() == key)
+            .is_some_and(|(_, e)| e.version == 5));
+        for hold in [first, second] {
+            let seen: std::collections::HashMap<Vec<u8>, u64> =
+                hold.walk().into_iter().flatten().collect();
+            assert_eq!(seen.len(), 100);
+            assert_eq!(seen[&key.to_vec()], 5);
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! kept in sync in one place.
 
 use crate::key::Key;
-use crate::key_table::{Frozen, KeyTable, Slot};
+use crate::key_table::{Hold, KeyTable, Shard, Slot};
 use crate::types::{Data, Str};
 use std::collections::BTreeSet;
 
@@ -149,9 +149,12 @@ impl Keyspace {
     }
 
     /// The entries as they are now, for a snapshot to walk on another thread while
-    /// writes go on ([`KeyTable::freeze`]).
-    pub(crate) fn freeze(&mut self) -> Frozen {
-        self.entries.freeze()
+    /// writes go on ([`KeyTable::freeze`]), each shard encoded by `encode` once.
+    pub(crate) fn freeze<P: Send + 'static>(
+        &mut self,
+        encode: fn(&Shard) -> P,
+    ) -> std::sync::Arc<Hold<P>> {
+        self.entries.freeze(encode)
     }
 
     /// All entries, in no particular order.

@@ -26,7 +26,8 @@
 //!   (`Str::Inline`) live inside the table's slot, so such a SET touches no heap memory.
 //! - `key_table`: the keyspace's table, 256 hashbrown tables picked by hash bits (a
 //!   resize moves 1/256 of the keys), with batch prefetch, and frozen for a snapshot
-//!   without a walk: a write copies a table the snapshot still holds (copy on write).
+//!   without a walk: a write to a table the snapshot has not encoded yet encodes it for
+//!   the snapshot first (`Hold`), so nothing is copied.
 //! - [`machine`]: [`KvMachine`]: dispatch, string commands, expiry.
 //! - `ops`: the other commands, one file per type (`hash`, `list`, `set`, `zset`,
 //!   `strings`, `keys` for keyspace commands and transactions, `sort` for SORT and

@@ -21,7 +21,7 @@
 //! Version 1 (strings only: no `write_version`, no type byte, no per-entry version) is still
 //! read, so a node upgraded in place restores its old snapshots.
 
-use crate::key_table::Frozen;
+use crate::key_table::{Hold, Shard};
 use crate::keyspace::{Entry, Keyspace};
 use crate::machine::KvMachine;
 use crate::ops::{Scripts, MAX_CACHED_SCRIPTS, MAX_FUNCTION_LIBRARIES};
@@ -29,6 +29,7 @@ use crate::scripting::sha1_hex;
 use crate::types::{Data, Hash, List, Set, Str, ZSet};
 use bytes::Bytes;
 use stator_api::app::AppError;
+use std::sync::Arc;
 
 const MAGIC: &[u8; 4] = b"STKV";
 const VERSION: u8 = 3;
@@ -71,36 +72,40 @@ pub(crate) fn encode(machine: &KvMachine) -> Vec<u8> {
     encode_unsorted(machine).finish()
 }
 
-/// Where one entry lies in [`Unsorted::body`]: its bytes are `start..end`, its key (after
-/// the key's length) `start + 4..key_end`.
+/// Where one entry lies in its [`Part`]'s bytes: `start..end`, its key (after the key's
+/// length) `start + 4..key_end`.
 struct Span {
     start: usize,
     key_end: usize,
     end: usize,
 }
 
+/// Entries encoded one after the other, in the order they were walked: a whole table's
+/// ([`encode_unsorted`]) or one shard's ([`encode_shard`]).
+pub(crate) struct Part {
+    bytes: Vec<u8>,
+    spans: Vec<Span>,
+}
+
 /// A snapshot in the keyspace's own order: every entry encoded, to be sorted by key and
 /// assembled by [`Unsorted::finish`] without the machine. Neither that nor the walk that
 /// makes it ([`Captured::encode`]) needs the machine: the part of a snapshot that does is
-/// [`capture`], a fixed handful of copies (docs/BENCHMARKS.md, session 19; before, the
-/// walk held it 2-7 ms at 100,000 keys and 0.1-2.5 s at a million, session 18).
+/// [`capture`], a fixed handful of work (docs/BENCHMARKS.md, session 19; before, the walk
+/// held it 2-7 ms at 100,000 keys and 0.1-2.5 s at a million, session 18).
 pub(crate) struct Unsorted {
     header: Vec<u8>,
-    body: Vec<u8>,
-    spans: Vec<Span>,
+    parts: Vec<Part>,
     scripts: Vec<u8>,
 }
 
 /// What a snapshot takes from the machine: the header's fields, the table frozen
-/// ([`Keyspace::freeze`], [`SHARDS`] pointer copies) and the scripts (small, capped).
-/// Taking it costs the same at any keyspace size; [`Captured::encode`] walks the keys
-/// afterwards, on any thread, while the machine goes on applying writes.
-///
-/// [`SHARDS`]: crate::key_table::SHARDS
+/// ([`Keyspace::freeze`]: each shard shared, see [`Hold`]) and the scripts (small,
+/// capped). Taking it costs the same at any keyspace size; [`Captured::encode`] walks the
+/// keys afterwards, on any thread, while the machine goes on applying writes (a write to
+/// a shard not walked yet encodes it for the walk first).
 pub(crate) struct Captured {
     header: Vec<u8>,
-    keys: Frozen,
-    bytes: u64,
+    keys: Arc<Hold<Part>>,
     scripts: Vec<u8>,
 }
 
@@ -125,8 +130,7 @@ fn encoded_scripts(machine: &KvMachine) -> Vec<u8> {
 pub(crate) fn capture(machine: &mut KvMachine) -> Captured {
     Captured {
         header: header(machine),
-        keys: machine.keyspace.freeze(),
-        bytes: machine.keyspace.bytes(),
+        keys: machine.keyspace.freeze(encode_shard),
         scripts: encoded_scripts(machine),
     }
 }
@@ -134,39 +138,50 @@ pub(crate) fn capture(machine: &mut KvMachine) -> Captured {
 /// Encodes every entry of `machine` in the keyspace's order (see [`Unsorted`]), walking
 /// the table in place (for a caller that holds the machine until the bytes are made).
 pub(crate) fn encode_unsorted(machine: &KvMachine) -> Unsorted {
-    let mut body = Body::with_capacity(machine.keyspace.len(), machine.keyspace.bytes());
+    let count = machine.keyspace.len();
+    let mut part = Part::with_capacity(count, machine.keyspace.bytes() as usize + count * 26);
     for (key, entry) in machine.keyspace.iter() {
-        body.push(key, entry);
+        part.push(key, entry);
     }
-    body.finish(header(machine), encoded_scripts(machine))
+    Unsorted {
+        header: header(machine),
+        parts: vec![part],
+        scripts: encoded_scripts(machine),
+    }
+}
+
+/// One shard's entries, for [`Hold`]: on the snapshot's thread, or on the machine's when a
+/// write reaches the shard first.
+fn encode_shard(shard: &Shard) -> Part {
+    let mut part = Part::with_capacity(shard.len(), 0);
+    for (key, entry) in shard.iter() {
+        part.push(key.as_bytes(), entry);
+    }
+    part
 }
 
 impl Captured {
-    /// Every entry encoded in the table's order, each shard let go once walked.
+    /// Every entry encoded, shard by shard (those a write has not encoded already).
     pub(crate) fn encode(self) -> Unsorted {
-        let mut body = Body::with_capacity(self.keys.len(), self.bytes);
-        for shard in self.keys.into_shards() {
-            for (key, entry) in shard.iter() {
-                body.push(key.as_bytes(), entry);
-            }
+        let parts = self.keys.walk();
+        debug_assert_eq!(
+            parts.iter().map(|part| part.spans.len()).sum::<usize>(),
+            self.keys.len(),
+            "the frozen table counts what it holds"
+        );
+        Unsorted {
+            header: self.header,
+            parts,
+            scripts: self.scripts,
         }
-        body.finish(self.header, self.scripts)
     }
 }
 
-/// [`Unsorted`]'s entries as they are encoded.
-struct Body {
-    bytes: Vec<u8>,
-    spans: Vec<Span>,
-    count: usize,
-}
-
-impl Body {
-    fn with_capacity(count: usize, bytes: u64) -> Self {
-        Body {
-            bytes: Vec::with_capacity(bytes as usize + count * 26),
+impl Part {
+    fn with_capacity(count: usize, bytes: usize) -> Self {
+        Part {
+            bytes: Vec::with_capacity(bytes),
             spans: Vec::with_capacity(count),
-            count,
         }
     }
 
@@ -190,33 +205,30 @@ impl Body {
             end: body.len(),
         });
     }
-
-    fn finish(self, header: Vec<u8>, scripts: Vec<u8>) -> Unsorted {
-        debug_assert_eq!(
-            self.spans.len(),
-            self.count,
-            "the keyspace counts what it holds"
-        );
-        Unsorted {
-            header,
-            body: self.bytes,
-            spans: self.spans,
-            scripts,
-        }
-    }
 }
 
 impl Unsorted {
     /// The snapshot's bytes: the entries sorted by key, so equal states give equal bytes.
-    pub(crate) fn finish(mut self) -> Vec<u8> {
-        let body = &self.body;
-        self.spans.sort_unstable_by(|a, b| {
-            body[a.start + 4..a.key_end].cmp(&body[b.start + 4..b.key_end])
-        });
-        let mut out = Vec::with_capacity(self.header.len() + self.body.len() + self.scripts.len());
+    pub(crate) fn finish(self) -> Vec<u8> {
+        // (key, whole entry) of every entry, whichever part holds it.
+        let mut entries: Vec<(&[u8], &[u8])> = self
+            .parts
+            .iter()
+            .flat_map(|part| {
+                part.spans.iter().map(|span| {
+                    (
+                        &part.bytes[span.start + 4..span.key_end],
+                        &part.bytes[span.start..span.end],
+                    )
+                })
+            })
+            .collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let body: usize = self.parts.iter().map(|part| part.bytes.len()).sum();
+        let mut out = Vec::with_capacity(self.header.len() + body + self.scripts.len());
         out.extend_from_slice(&self.header);
-        for span in &self.spans {
-            out.extend_from_slice(&body[span.start..span.end]);
+        for (_, entry) in &entries {
+            out.extend_from_slice(entry);
         }
         out.extend_from_slice(&self.scripts);
         out
