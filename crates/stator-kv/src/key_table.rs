@@ -141,6 +141,9 @@ fn shard_mut<'a>(
     cell.get_mut()
 }
 
+/// How a snapshot encodes one shard into its part ([`KeyTable::freeze`]).
+pub(crate) type ShardEncoder<P> = Box<dyn Fn(&Shard) -> P + Send + Sync>;
+
 /// What the table asks of a snapshot holding its shards ([`Hold`]).
 trait Release: Send + Sync + std::fmt::Debug {
     /// Finish shard `index` (encode it if nobody has) and let go of it.
@@ -157,7 +160,7 @@ trait Release: Send + Sync + std::fmt::Debug {
 /// encoded once, and the table takes it back without copying it.
 pub(crate) struct Hold<P> {
     slots: Vec<std::sync::Mutex<Held<P>>>,
-    encode: fn(&Shard) -> P,
+    encode: ShardEncoder<P>,
     len: usize,
     walked: std::sync::atomic::AtomicBool,
 }
@@ -267,7 +270,7 @@ impl KeyTable {
     /// The table as it is now, for a snapshot to encode shard by shard without it (see
     /// the module doc and [`Hold`]): each shard that holds keys moved behind an `Arc` (one
     /// small allocation; its keys stay where they are) and shared.
-    pub(crate) fn freeze<P: Send + 'static>(&mut self, encode: fn(&Shard) -> P) -> Arc<Hold<P>> {
+    pub(crate) fn freeze<P: Send + 'static>(&mut self, encode: ShardEncoder<P>) -> Arc<Hold<P>> {
         let mut slots: Vec<std::sync::Mutex<Held<P>>> = Vec::new();
         if let Some(shards) = self.shards.as_mut() {
             slots = shards
@@ -595,7 +598,7 @@ mod tests {
         let address =
             |table: &KeyTable, i: u32| table.get(&i.to_le_bytes()).expect("held") as *const Entry;
         let addresses: Vec<*const Entry> = (0..1_000).map(|i| address(&table, i)).collect();
-        let hold = table.freeze(versions);
+        let hold = table.freeze(Box::new(versions));
         assert_eq!(hold.len(), 1_000);
         let held = |table: &KeyTable| {
             let shards = table.shards.as_ref().expect("keys held");
@@ -655,10 +658,13 @@ mod tests {
         let shards = table.shards.as_ref().expect("keys held");
         assert!(shards.iter().all(|cell| matches!(cell, Cell::Own(_))));
         // A walked hold is dropped at the next freeze (or the next write to a held shard).
-        let next = table.freeze(versions);
+        let next = table.freeze(Box::new(versions));
         assert_eq!(table.holds.len(), 1, "a walked hold is dropped");
         assert_eq!(next.walk().into_iter().flatten().count(), 1_000);
-        assert_eq!(KeyTable::default().freeze(versions).walk().len(), 0);
+        assert_eq!(
+            KeyTable::default().freeze(Box::new(versions)).walk().len(),
+            0
+        );
     }
 
     #[test]
@@ -667,8 +673,8 @@ mod tests {
         for i in 0..100u32 {
             table.insert(Key::from_slice(&i.to_le_bytes()), entry(u64::from(i)));
         }
-        let first = table.freeze(versions);
-        let second = table.freeze(versions);
+        let first = table.freeze(Box::new(versions));
+        let second = table.freeze(Box::new(versions));
         // A stray reference (neither hold's): the write must copy.
         let key = 5u32.to_le_bytes();
         let index = shard_of(table.hash(&key));

@@ -2,7 +2,7 @@
 //! kept in sync in one place.
 
 use crate::key::Key;
-use crate::key_table::{Hold, KeyTable, Shard, Slot};
+use crate::key_table::{Hold, KeyTable, ShardEncoder, Slot};
 use crate::types::{Data, Str};
 use std::collections::BTreeSet;
 
@@ -152,7 +152,7 @@ impl Keyspace {
     /// writes go on ([`KeyTable::freeze`]), each shard encoded by `encode` once.
     pub(crate) fn freeze<P: Send + 'static>(
         &mut self,
-        encode: fn(&Shard) -> P,
+        encode: ShardEncoder<P>,
     ) -> std::sync::Arc<Hold<P>> {
         self.entries.freeze(encode)
     }

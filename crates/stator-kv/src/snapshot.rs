@@ -21,7 +21,7 @@
 //! Version 1 (strings only: no `write_version`, no type byte, no per-entry version) is still
 //! read, so a node upgraded in place restores its old snapshots.
 
-use crate::key_table::{Hold, Shard};
+use crate::key_table::{Hold, Shard, ShardEncoder};
 use crate::keyspace::{Entry, Keyspace};
 use crate::machine::KvMachine;
 use crate::ops::{Scripts, MAX_CACHED_SCRIPTS, MAX_FUNCTION_LIBRARIES};
@@ -130,7 +130,7 @@ fn encoded_scripts(machine: &KvMachine) -> Vec<u8> {
 pub(crate) fn capture(machine: &mut KvMachine) -> Captured {
     Captured {
         header: header(machine),
-        keys: machine.keyspace.freeze(encode_shard),
+        keys: machine.keyspace.freeze(shard_encoder(&machine.keyspace)),
         scripts: encoded_scripts(machine),
     }
 }
@@ -139,7 +139,10 @@ pub(crate) fn capture(machine: &mut KvMachine) -> Captured {
 /// the table in place (for a caller that holds the machine until the bytes are made).
 pub(crate) fn encode_unsorted(machine: &KvMachine) -> Unsorted {
     let count = machine.keyspace.len();
-    let mut part = Part::with_capacity(count, machine.keyspace.bytes() as usize + count * 26);
+    let mut part = Part::with_capacity(
+        count,
+        machine.keyspace.bytes() as usize + count * ENTRY_OVERHEAD_BYTES,
+    );
     for (key, entry) in machine.keyspace.iter() {
         part.push(key, entry);
     }
@@ -150,14 +153,28 @@ pub(crate) fn encode_unsorted(machine: &KvMachine) -> Unsorted {
     }
 }
 
-/// One shard's entries, for [`Hold`]: on the snapshot's thread, or on the machine's when a
-/// write reaches the shard first.
-fn encode_shard(shard: &Shard) -> Part {
-    let mut part = Part::with_capacity(shard.len(), 0);
-    for (key, entry) in shard.iter() {
-        part.push(key.as_bytes(), entry);
-    }
-    part
+/// Bytes one entry takes beyond its key's and value's: the lengths, type, expiry flag and
+/// version, with room for an expiry ([`Part::push`]).
+const ENTRY_OVERHEAD_BYTES: usize = 26;
+
+/// Encodes one shard's entries, for [`Hold`]: on the snapshot's thread, or on the
+/// machine's when a write reaches the shard first. A part's buffer is sized from the
+/// keyspace's average entry when frozen, so it is rarely grown (each growth a copy, and
+/// the heap left with the smaller buffer's hole).
+fn shard_encoder(keyspace: &Keyspace) -> ShardEncoder<Part> {
+    let average = (keyspace.bytes() as usize)
+        .checked_div(keyspace.len())
+        .unwrap_or(0)
+        + ENTRY_OVERHEAD_BYTES;
+    Box::new(move |shard: &Shard| {
+        let count = shard.len();
+        // An eighth more than the average, for a shard of longer values.
+        let mut part = Part::with_capacity(count, count * average + count * average / 8);
+        for (key, entry) in shard.iter() {
+            part.push(key.as_bytes(), entry);
+        }
+        part
+    })
 }
 
 impl Captured {
