@@ -340,8 +340,10 @@ struct Shared {
     /// The first write failure; every later write fails with it.
     failed: Mutex<Option<String>>,
     snapshot_at_open: Mutex<Option<StoredSnapshot>>,
-    /// One snapshot file write at a time.
-    snapshot_write: Mutex<()>,
+    /// One snapshot file write at a time; holds the last log id of the newest snapshot
+    /// on disk, so a build that finished late does not replace a newer one
+    /// ([`DiskLogStore::save_snapshot_unless_older`]).
+    snapshot_write: Mutex<Option<LogId<NodeId>>>,
     faults: Arc<DiskFaults>,
     /// Bytes of the log's segments, as the writer last saw them.
     log_bytes: Arc<AtomicU64>,
@@ -529,13 +531,14 @@ impl DiskLogStore {
             "replica store opened"
         );
         let (tx, rx) = mpsc::channel();
+        let newest_snapshot = snapshot.as_ref().and_then(|(meta, _)| meta.last_log_id);
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             cached: Mutex::new(cached),
             writer: Mutex::new(tx),
             failed: Mutex::new(None),
             snapshot_at_open: Mutex::new(snapshot),
-            snapshot_write: Mutex::new(()),
+            snapshot_write: Mutex::new(newest_snapshot),
             faults: Arc::default(),
             log_bytes: Arc::new(AtomicU64::new(log.disk_bytes())),
         });
@@ -606,6 +609,27 @@ impl DiskLogStore {
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
         data: Arc<snapshot_file::StateBytes>,
     ) -> Result<Arc<snapshot_file::StateBytes>, StorageError> {
+        let saved = self.write_snapshot(meta, data, false).await?;
+        Ok(saved.expect("an unconditional write writes"))
+    }
+
+    /// [`Self::save_snapshot`] unless a snapshot past `meta`'s last log id is on disk
+    /// already (`None`; one at the same index is the same state, written again): a replica's own build, saved without holding its state
+    /// machine, must not replace a newer snapshot installed meanwhile.
+    pub async fn save_snapshot_unless_older(
+        &self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        data: Arc<snapshot_file::StateBytes>,
+    ) -> Result<Option<Arc<snapshot_file::StateBytes>>, StorageError> {
+        self.write_snapshot(meta, data, true).await
+    }
+
+    async fn write_snapshot(
+        &self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        data: Arc<snapshot_file::StateBytes>,
+        unless_older: bool,
+    ) -> Result<Option<Arc<snapshot_file::StateBytes>>, StorageError> {
         let fail = |why: String| -> StorageError {
             StorageIOError::write_snapshot(Some(meta.signature()), &io_error(why)).into()
         };
@@ -614,8 +638,12 @@ impl DiskLogStore {
         }
         let meta_bytes = postcard::to_allocvec(meta).map_err(|e| fail(e.to_string()))?;
         let shared = self.shared.clone();
+        let last_log_id = meta.last_log_id;
         let result = tokio::task::spawn_blocking(move || {
-            let _one_at_a_time = shared.snapshot_write.lock().expect("snapshot mutex");
+            let mut newest = shared.snapshot_write.lock().expect("snapshot mutex");
+            if unless_older && *newest > last_log_id {
+                return Ok(None);
+            }
             if shared.faults.disk_full.load(Ordering::SeqCst) {
                 return Err(explain(
                     &shared.dir,
@@ -635,7 +663,8 @@ impl DiskLogStore {
                 .map_err(reread)?
                 .ok_or_else(|| reread("is gone".into()))?;
             file.verify().map_err(reread)?;
-            Ok(file.body)
+            *newest = last_log_id;
+            Ok(Some(file.body))
         })
         .await
         .map_err(|e| format!("writing the snapshot panicked: {e}"))
@@ -1207,6 +1236,46 @@ mod tests {
             Err(other) => panic!("expected a corrupt snapshot, got {other}"),
             Ok(_) => panic!("a torn snapshot was served"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_build_that_finished_late_does_not_replace_a_newer_snapshot_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = |index: u64| SnapshotMeta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(2, 1), index)),
+            last_membership: Default::default(),
+            snapshot_id: format!("2-1-{index}-1"),
+        };
+        {
+            let store = DiskLogStore::open(dir.path(), SyncPolicy::EveryAppend).unwrap();
+            // Installed from a leader: index 40.
+            store
+                .save_snapshot(&meta(40), Arc::new(b"installed".to_vec().into()))
+                .await
+                .unwrap();
+            // The replica's own build of index 30 ends afterwards: not written.
+            let late = store
+                .save_snapshot_unless_older(&meta(30), Arc::new(b"older".to_vec().into()))
+                .await
+                .unwrap();
+            assert!(late.is_none(), "an older build replaced a newer snapshot");
+        }
+        let store = DiskLogStore::open(dir.path(), SyncPolicy::EveryAppend).unwrap();
+        let (read_meta, data) = store.take_snapshot_at_open().expect("the snapshot");
+        assert_eq!((read_meta, &data[..]), (meta(40), &b"installed"[..]));
+        drop(data);
+        // The newest on disk at open counts too; a newer build is written.
+        let older = store
+            .save_snapshot_unless_older(&meta(35), Arc::new(b"older".to_vec().into()))
+            .await
+            .unwrap();
+        assert!(older.is_none());
+        let newer = store
+            .save_snapshot_unless_older(&meta(50), Arc::new(b"built".to_vec().into()))
+            .await
+            .unwrap()
+            .expect("a newer build is written");
+        assert_eq!(&newer[..], b"built");
     }
 
     #[tokio::test]

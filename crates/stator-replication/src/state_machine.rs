@@ -295,10 +295,10 @@ impl ReplicaStateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for ReplicaStateMachine {
     /// The app's state is taken under the lock (the app must not change while it
     /// serialises; `StateMachine::snapshot_in_parts` keeps that part short); the rest of
-    /// the app's snapshot, the encoding and the copy for openraft run with the lock released,
-    /// so writes keep applying meanwhile (a durable replica's disk write takes the lock
-    /// again, as before). A snapshot installed in between (a newer one, from a leader)
-    /// is neither replaced nor overwritten on disk by this older one.
+    /// the app's snapshot, the encoding and a durable replica's disk write run with the
+    /// lock released, so writes keep applying meanwhile. A snapshot installed in between
+    /// (a newer one, from a leader) is neither replaced nor overwritten on disk by this
+    /// older one (the store checks the file's log id under its own write mutex).
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         self.building.fetch_add(1, Ordering::Relaxed);
         let built = self.build().await;
@@ -335,24 +335,29 @@ impl ReplicaStateMachine {
             StorageIOError::read_state_machine(&std::io::Error::other(e.to_string()))
         })?;
         let encoded = Instant::now();
+        let data = Arc::new(StateBytes::from(data));
+        // A durable replica's file is written without the state machine's lock (a large
+        // state's write and fsync held every write of the partition for its length); the
+        // store refuses to replace a newer snapshot on disk (one installed meanwhile).
+        let held = match &self.store {
+            Some(store) => {
+                store
+                    .save_snapshot_unless_older(&meta, data.clone())
+                    .await?
+            }
+            None => Some(data.clone()),
+        };
+        let saved = Instant::now();
         let mut inner = self.inner.lock().await;
         let newer_held = inner
             .snapshot
             .as_ref()
             .is_some_and(|s| s.meta.last_log_id > meta.last_log_id);
-        let data = Arc::new(StateBytes::from(data));
-        if !newer_held {
-            let held = match &self.store {
-                Some(store) => {
-                    // On disk before openraft purges the log it covers; under the lock,
-                    // so an older snapshot never lands on disk after a newer one. Kept
-                    // as the file's mapping; the app lets go of the older file's.
-                    let saved = store.save_snapshot(&meta, data.clone()).await?;
-                    self.release_shared_in_background();
-                    saved
-                }
-                None => data.clone(),
-            };
+        if let (false, Some(held)) = (newer_held, held) {
+            if self.store.is_some() {
+                // Kept as the file's mapping; the app lets go of the older file's.
+                self.release_shared_in_background();
+            }
             inner.snapshot = Some(StoredSnapshot {
                 meta: meta.clone(),
                 data: held,
@@ -373,6 +378,7 @@ impl ReplicaStateMachine {
             lock_wait_ms = ms(locked - started),
             app_ms = ms(app_done - locked),
             encode_ms = ms(encoded - app_done),
+            save_ms = ms(saved - encoded),
             total_ms = ms(started.elapsed()),
             "snapshot built"
         );
