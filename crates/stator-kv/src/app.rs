@@ -42,9 +42,9 @@ impl StateMachine for KvMachine {
         Ok(snapshot::encode(self))
     }
 
-    /// The table frozen here (pointer copies); the walk over it, the sort by key and the
-    /// assembly in the closure, while writes go on (a write copies a shard the walk still
-    /// holds, see `key_table`).
+    /// The table frozen here (each shard shared, none walked); the walk over it, the sort
+    /// by key and the assembly in the closure, while writes go on (a write to a shard the
+    /// walk has not reached encodes it for the walk first, see `key_table`).
     async fn snapshot_in_parts(&mut self) -> Result<SnapshotFinish, AppError> {
         let captured = snapshot::capture(self);
         Ok(Box::new(move || captured.encode().finish()))

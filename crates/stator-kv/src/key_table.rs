@@ -25,15 +25,15 @@
 //! snapshot has not reached yet encodes that shard for it first (1/[`SHARDS`] of the
 //! keys), as Dragonfly serialises a bucket before a write changes it; either way each
 //! shard is encoded once and let go, and the next write takes it back without a copy.
-//! Outside a snapshot a shard is the table's own, with no reference count on a write. Before this the snapshot walked every key under the
-//! state machine's lock, stalling the partition's writes 0.1-2.5 s at a million keys
-//! (docs/BENCHMARKS.md, session 18).
+//! Outside a snapshot a shard is the table's own, with no reference count on a write.
+//! Before this the snapshot walked every key under the state machine's lock, stalling the
+//! partition's writes 0.1-2.5 s at a million keys (docs/BENCHMARKS.md, session 18).
 
 use crate::key::Key;
 use crate::keyspace::Entry;
 use hashbrown::hash_table::{self, HashTable};
 use std::hash::BuildHasher;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 /// The hasher: foldhash, seeded per process like std's SipHash (so a client cannot
 /// choose keys that collide), at a fraction of SipHash's cost per lookup. Iteration order
@@ -65,9 +65,10 @@ pub(crate) struct KeyTable {
     shards: Option<Box<Shards>>,
     len: usize,
     hasher: KeyHasher,
-    /// The snapshots walking shards of this table ([`KeyTable::freeze`]), asked to finish
-    /// a shard before a write changes it; dropped once walked.
-    holds: Vec<Arc<dyn Release>>,
+    /// The snapshots holding shards of this table ([`KeyTable::freeze`]), asked to finish
+    /// a shard before a write changes it. Weak: a snapshot dropped (walked, or given up
+    /// unwalked) lets go of its shards, and its entry here is pruned.
+    holds: Vec<Weak<dyn Release>>,
 }
 
 impl Default for KeyTable {
@@ -97,16 +98,17 @@ impl Cell {
     /// The shard to change: taken back if the snapshot has let go of it, else copied (a
     /// fallback: [`KeyTable`] has its snapshots encode a shard and let go of it first).
     fn get_mut(&mut self) -> &mut Shard {
-        if let Cell::Shared(_) = self {
-            let Cell::Shared(shared) = std::mem::replace(self, Cell::Own(HashTable::new())) else {
-                unreachable!("matched above")
+        if let Cell::Shared(shared) = self {
+            let shard = match Arc::get_mut(shared) {
+                Some(only) => std::mem::take(only),
+                None => Shard::clone(shared),
             };
-            *self = Cell::Own(Arc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone()));
+            *self = Cell::Own(shard);
         }
-        match self {
-            Cell::Own(shard) => shard,
-            Cell::Shared(_) => unreachable!("made own above"),
-        }
+        let Cell::Own(shard) = self else {
+            unreachable!("made own above")
+        };
+        shard
     }
 
     /// Whether a snapshot still holds this shard.
@@ -128,15 +130,15 @@ fn new_shards(keys: usize) -> Box<Shards> {
 /// go first ([`Release`]), so it is taken back without a copy.
 fn shard_mut<'a>(
     shards: &'a mut Shards,
-    holds: &mut Vec<Arc<dyn Release>>,
+    holds: &mut Vec<Weak<dyn Release>>,
     index: usize,
 ) -> &'a mut Shard {
     let cell = &mut shards[index];
     if cell.is_held() {
-        for hold in holds.iter() {
+        for hold in holds.iter().filter_map(Weak::upgrade) {
             hold.release(index);
         }
-        holds.retain(|hold| !hold.walked());
+        holds.retain(|hold| hold.strong_count() > 0);
     }
     cell.get_mut()
 }
@@ -148,8 +150,6 @@ pub(crate) type ShardEncoder<P> = Box<dyn Fn(&Shard) -> P + Send + Sync>;
 trait Release: Send + Sync + std::fmt::Debug {
     /// Finish shard `index` (encode it if nobody has) and let go of it.
     fn release(&self, index: usize);
-    /// Whether the walk is over: every shard let go.
-    fn walked(&self) -> bool;
 }
 
 /// A snapshot's hold on a table's shards ([`KeyTable::freeze`]): each shard that held
@@ -159,10 +159,9 @@ trait Release: Send + Sync + std::fmt::Debug {
 /// Dragonfly serialises a bucket before a write changes it). Either way each shard is
 /// encoded once, and the table takes it back without copying it.
 pub(crate) struct Hold<P> {
-    slots: Vec<std::sync::Mutex<Held<P>>>,
+    slots: Vec<Mutex<Held<P>>>,
     encode: ShardEncoder<P>,
     len: usize,
-    walked: std::sync::atomic::AtomicBool,
 }
 
 enum Held<P> {
@@ -190,7 +189,7 @@ impl<P: Send> Hold<P> {
     fn finish(&self, index: usize) {
         let mut slot = self.slots[index]
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(PoisonError::into_inner);
         if let Held::Shard(shard) = &*slot {
             let part = (self.encode)(shard);
             // The shard's reference goes with it: the table's is then the only one.
@@ -203,14 +202,10 @@ impl<P: Send> Hold<P> {
         for index in 0..self.slots.len() {
             self.finish(index);
         }
-        self.walked
-            .store(true, std::sync::atomic::Ordering::Release);
         self.slots
             .iter()
             .filter_map(|slot| {
-                let mut slot = slot
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
                 match std::mem::replace(&mut *slot, Held::Nothing) {
                     Held::Encoded(part) => Some(part),
                     Held::Shard(_) | Held::Nothing => None,
@@ -223,10 +218,6 @@ impl<P: Send> Hold<P> {
 impl<P: Send> Release for Hold<P> {
     fn release(&self, index: usize) {
         self.finish(index);
-    }
-
-    fn walked(&self) -> bool {
-        self.walked.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -254,7 +245,7 @@ impl KeyTable {
     }
 
     /// Whether `key`'s shard is held by a snapshot and lacks `key`: a change that finds
-    /// nothing to change then does not copy the shard.
+    /// nothing to change then leaves the shard to the snapshot.
     fn frozen_without(&self, hash: u64, key: &[u8]) -> bool {
         let Some(shards) = &self.shards else {
             return false;
@@ -271,34 +262,31 @@ impl KeyTable {
     /// the module doc and [`Hold`]): each shard that holds keys moved behind an `Arc` (one
     /// small allocation; its keys stay where they are) and shared.
     pub(crate) fn freeze<P: Send + 'static>(&mut self, encode: ShardEncoder<P>) -> Arc<Hold<P>> {
-        let mut slots: Vec<std::sync::Mutex<Held<P>>> = Vec::new();
-        if let Some(shards) = self.shards.as_mut() {
-            slots = shards
-                .iter_mut()
-                .map(|cell| {
-                    if cell.get().is_empty() {
-                        return std::sync::Mutex::new(Held::Nothing);
-                    }
-                    if let Cell::Own(shard) = cell {
-                        *cell = Cell::Shared(Arc::new(std::mem::take(shard)));
-                    }
-                    match cell {
-                        Cell::Shared(shared) => {
-                            std::sync::Mutex::new(Held::Shard(Arc::clone(shared)))
-                        }
-                        Cell::Own(_) => unreachable!("shared above"),
-                    }
-                })
-                .collect();
-        }
+        let slots = self
+            .shards
+            .iter_mut()
+            .flat_map(|shards| shards.iter_mut())
+            .map(|cell| {
+                if cell.get().is_empty() {
+                    return Mutex::new(Held::Nothing);
+                }
+                if let Cell::Own(shard) = cell {
+                    *cell = Cell::Shared(Arc::new(std::mem::take(shard)));
+                }
+                let Cell::Shared(shared) = cell else {
+                    unreachable!("shared above")
+                };
+                Mutex::new(Held::Shard(Arc::clone(shared)))
+            })
+            .collect();
         let hold = Arc::new(Hold {
             slots,
             encode,
             len: self.len,
-            walked: std::sync::atomic::AtomicBool::new(false),
         });
-        self.holds.retain(|hold| !hold.walked());
-        self.holds.push(Arc::clone(&hold) as Arc<dyn Release>);
+        self.holds.retain(|hold| hold.strong_count() > 0);
+        let release: Arc<dyn Release> = hold.clone();
+        self.holds.push(Arc::downgrade(&release));
         hold
     }
 
@@ -646,6 +634,7 @@ mod tests {
         assert_eq!(before[&1u32.to_le_bytes().to_vec()], 1);
         assert_eq!(before[&2u32.to_le_bytes().to_vec()], 2);
         assert!(!before.contains_key(b"new".as_slice()));
+        drop(hold);
         // The walk let go of every shard: every write takes its shard back in place, and no
         // entry ever moved (nothing was copied).
         assert_eq!(held(&table), 0);
@@ -657,9 +646,9 @@ mod tests {
         }
         let shards = table.shards.as_ref().expect("keys held");
         assert!(shards.iter().all(|cell| matches!(cell, Cell::Own(_))));
-        // A walked hold is dropped at the next freeze (or the next write to a held shard).
+        // A dropped hold's entry is pruned at the next freeze (or write to a held shard).
         let next = table.freeze(Box::new(versions));
-        assert_eq!(table.holds.len(), 1, "a walked hold is dropped");
+        assert_eq!(table.holds.len(), 1, "a dropped hold is pruned");
         assert_eq!(next.walk().into_iter().flatten().count(), 1_000);
         assert_eq!(
             KeyTable::default().freeze(Box::new(versions)).walk().len(),
@@ -693,5 +682,34 @@ mod tests {
             assert_eq!(seen.len(), 100);
             assert_eq!(seen[&key.to_vec()], 5);
         }
+    }
+
+    #[test]
+    fn a_snapshot_given_up_unwalked_lets_go_of_every_shard() {
+        let mut table = KeyTable::with_capacity(10_000);
+        for i in 0..1_000u32 {
+            table.insert(Key::from_slice(&i.to_le_bytes()), entry(u64::from(i)));
+        }
+        let addresses: Vec<*const Entry> = (0..1_000u32)
+            .map(|i| table.get(&i.to_le_bytes()).expect("held") as *const Entry)
+            .collect();
+        let hold = table.freeze(Box::new(versions));
+        // A build that failed or was cancelled drops its snapshot without walking it.
+        drop(hold);
+        let shards = table.shards.as_ref().expect("keys held");
+        assert!(
+            shards.iter().all(|cell| !cell.is_held()),
+            "a dropped snapshot still holds shards"
+        );
+        // Writes take every shard back in place; nothing is encoded for no one, and the
+        // hold's entry is gone.
+        for i in 0..1_000u32 {
+            table.get_mut(&i.to_le_bytes()).expect("held").version += 1;
+            let now = table.get(&i.to_le_bytes()).expect("held") as *const Entry;
+            assert_eq!(now, addresses[i as usize], "key {i} moved");
+        }
+        let next = table.freeze(Box::new(versions));
+        assert_eq!(table.holds.len(), 1);
+        assert_eq!(next.walk().into_iter().flatten().count(), 1_000);
     }
 }
