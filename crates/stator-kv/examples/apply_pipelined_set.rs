@@ -13,8 +13,11 @@
 //!
 //! `cargo run --release -p stator-kv --example apply_pipelined_set`
 
+mod common;
+
+use common::{random_sets, runtime, setting, BATCH, SEED};
 use stator_api::app::StateMachine;
-use stator_kv::{encode_command, encode_exec, KvMachine};
+use stator_kv::KvMachine;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -40,39 +43,15 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// Commands per entry: one `-P 16` pipeline of one connection.
-const BATCH: usize = 16;
-
-fn setting(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
     let keys = setting("STATOR_KEYS", 25_000);
     let warmup = setting("STATOR_WARMUP", 5_000);
     let entries = setting("STATOR_ENTRIES", 20_000);
-    // A fixed LCG: the same keys in every run and build.
-    let mut state: u64 = 0x5eed;
-    let mut next_entry = || {
-        let queued: Vec<Vec<Vec<u8>>> = (0..BATCH)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                let key = format!("key:{{tag}}:{:012}", (state >> 33) % keys);
-                vec![b"SET".to_vec(), key.into_bytes(), b"xxx".to_vec()]
-            })
-            .collect();
-        encode_command(&encode_exec(&[], &queued))
-    };
+    let mut state = SEED;
+    let mut next_entry = || random_sets(&mut state, keys, b"xxx");
     let warm: Vec<Vec<u8>> = (0..warmup).map(|_| next_entry()).collect();
     let measured: Vec<Vec<u8>> = (0..entries).map(|_| next_entry()).collect();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("a runtime");
+    let runtime = runtime();
     let mut machine = KvMachine::new();
     let mut index = 0;
     runtime.block_on(async {

@@ -12,22 +12,15 @@
 //!
 //! `cargo run --release -p stator-kv --example snapshot_under_writes`
 
+mod common;
+
+use common::{random_sets, runtime, set, setting, BATCH, SEED};
 use stator_api::app::StateMachine;
 use stator_kv::{encode_command, encode_exec, KvMachine};
 use std::time::{Duration, Instant};
 
-/// Commands per entry: one `-P 16` pipeline of one connection.
-const BATCH: usize = 16;
-
 /// Entries made ahead and replayed: 131,072 random keys, spread over every shard.
 const RING: usize = 8_192;
-
-fn setting(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A `/proc/self/status` field in MiB (Linux), or 0.
 fn status_mib(field: &str) -> u64 {
@@ -75,44 +68,25 @@ fn main() {
     let value_bytes = setting("STATOR_VALUE_BYTES", 256) as usize;
     let rounds = setting("STATOR_ROUNDS", 3);
     let value = vec![b'x'; value_bytes];
-    let set = |key: u64| {
-        vec![
-            b"SET".to_vec(),
-            format!("key:{{tag}}:{key:012}").into_bytes(),
-            value.clone(),
-        ]
-    };
-    // A fixed LCG: the same keys in every run and build. The entries are made before
-    // the clock starts and replayed in a ring, so the figures time the machine, not the
-    // making of entries (whose allocations a heap the snapshot fragmented slows).
-    let mut state: u64 = 0x5eed;
+    // The entries are made before the clock starts and replayed in a ring, so the
+    // figures time the machine, not the making of entries (whose allocations a heap the
+    // snapshot fragmented slows).
+    let mut state = SEED;
     let ring: Vec<Vec<u8>> = (0..RING)
-        .map(|_| {
-            let queued: Vec<Vec<Vec<u8>>> = (0..BATCH)
-                .map(|_| {
-                    state = state
-                        .wrapping_mul(6_364_136_223_846_793_005)
-                        .wrapping_add(1_442_695_040_888_963_407);
-                    set((state >> 33) % keys)
-                })
-                .collect();
-            encode_command(&encode_exec(&[], &queued))
-        })
+        .map(|_| random_sets(&mut state, keys, &value))
         .collect();
     let mut next = 0;
     let mut next_entry = || {
         next = (next + 1) % RING;
         ring[next].as_slice()
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("a runtime");
+    let runtime = runtime();
     let mut machine = KvMachine::new();
     let mut index = 0;
     runtime.block_on(async {
         let filled = Instant::now();
         for first in (0..keys).step_by(BATCH) {
-            let queued: Vec<Vec<Vec<u8>>> = (first..(first + BATCH as u64).min(keys)).map(set).collect();
+            let queued: Vec<Vec<Vec<u8>>> = (first..(first + BATCH as u64).min(keys)).map(|key| set(key, &value)).collect();
             index += 1;
             machine
                 .apply(index, index, &encode_command(&encode_exec(&[], &queued)))
