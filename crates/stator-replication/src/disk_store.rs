@@ -614,8 +614,9 @@ impl DiskLogStore {
     }
 
     /// [`Self::save_snapshot`] unless a snapshot past `meta`'s last log id is on disk
-    /// already (`None`; one at the same index is the same state, written again): a replica's own build, saved without holding its state
-    /// machine, must not replace a newer snapshot installed meanwhile.
+    /// already (`None`; one at the same index is the same state, written again): a
+    /// replica's own build, saved without holding its state machine, must not replace a
+    /// newer snapshot installed meanwhile.
     pub async fn save_snapshot_unless_older(
         &self,
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
